@@ -1,0 +1,73 @@
+"""The one error tree of the SDK, rooted at :class:`DMTError`.
+
+Each leaf also subclasses the nearest built-in exception, so callers that
+already catch ``ValueError`` or ``RuntimeError`` keep working. The two
+integrity failures, :class:`InvalidPackage` and :class:`InvalidBackup`, are
+the exception: they carry no reason, so that they cannot become an oracle
+for an attacker who feeds altered bytes.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AnonymizationError",
+    "BudgetExceededError",
+    "DMTError",
+    "InvalidBackup",
+    "InvalidPackage",
+    "MissingDependencyError",
+    "ModelFileError",
+    "SchemaError",
+    "UnknownCategoryError",
+    "UpdatableModelError",
+    "UpdateRejected",
+    "ValidationError",
+]
+
+
+class DMTError(Exception):
+    """Root of every error the SDK raises on purpose."""
+
+
+class SchemaError(DMTError, ValueError):
+    """A schema or field definition is inconsistent (bounds, kind, role...)."""
+
+
+class ValidationError(DMTError, ValueError):
+    """Input data does not fit its schema: a missing column, NaN, out of domain..."""
+
+
+class UnknownCategoryError(ValidationError):
+    """A categorical value is not in the field's vocabulary."""
+
+
+class AnonymizationError(DMTError, ValueError):
+    """An anonymization request cannot be satisfied as stated."""
+
+
+class BudgetExceededError(DMTError, RuntimeError):
+    """A release would spend more privacy budget than the ledger allows."""
+
+
+class ModelFileError(DMTError, ValueError):
+    """A model file is missing, unreadable, corrupted or not what was expected."""
+
+
+class UpdatableModelError(ModelFileError):
+    """A Core ML model breaks one of Core ML's rules for updatable models."""
+
+
+class UpdateRejected(DMTError, RuntimeError):
+    """An on-device update diverged or made held-out loss worse; nothing was replaced."""
+
+
+class MissingDependencyError(DMTError, ImportError):
+    """An optional dependency or data file (torch, coremltools, WordNet) is missing."""
+
+
+class InvalidPackage(DMTError):
+    """A sealed share package could not be opened. Deliberately says nothing more."""
+
+
+class InvalidBackup(DMTError):
+    """A backup could not be restored: wrong passphrase or altered bytes. Says nothing more."""

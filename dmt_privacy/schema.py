@@ -1,0 +1,348 @@
+"""Field and Schema: what each column of a user's records is and how it may be treated.
+
+A :class:`Schema` is a frozen, JSON-serializable description of records. Both
+sides of the SDK read it: the device to validate, anonymize and perturb
+records, the server to validate what it receives and to build features. Its
+:attr:`Schema.schema_id` is a hash of its canonical JSON, so two parties can
+tell cheaply whether they speak of the same records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Union
+
+from dmt_privacy.errors import SchemaError, UnknownCategoryError, ValidationError
+
+__all__ = ["Category", "Field", "Kind", "Role", "Schema"]
+
+Category = Union[str, int, float, bool]
+
+SCHEMA_FORMAT = 1
+
+
+class Kind(str, Enum):
+    """What a field's values are."""
+
+    NUMERIC = "numeric"
+    CATEGORICAL = "categorical"
+    TEXT = "text"
+    IMAGE = "image"
+    AUDIO = "audio"
+
+
+class Role(str, Enum):
+    """What a field means for privacy and for the model."""
+
+    IDENTIFIER = "identifier"
+    QUASI_IDENTIFIER = "quasi-identifier"
+    SENSITIVE = "sensitive"
+    INSENSITIVE = "insensitive"
+    TARGET = "target"
+
+
+@dataclass(frozen=True)
+class Field:
+    """One column of a record.
+
+    Parameters
+    ----------
+    name:
+        Column name, as it appears in DataFrames and in Core ML inputs.
+    kind:
+        A :class:`Kind` or its string value.
+    role:
+        A :class:`Role` or its string value. Defaults to insensitive.
+    bounds:
+        ``(low, high)`` for numeric fields. Required before a numeric field can
+        be perturbed with differential privacy; never inferred from data.
+    grid:
+        Spacing of the grid numeric values are snapped to when perturbed
+        (a positive number; ``None`` means no grid was declared).
+    categories:
+        The vocabulary of a categorical field, in a fixed order.
+    hierarchy:
+        Optional generalization hierarchy of a categorical field: for each
+        category, its ancestors from the most specific to the root
+        (ARX's CSV layout without the leaf itself).
+    description:
+        Free text for people.
+    """
+
+    name: str
+    kind: Kind
+    role: Role = Role.INSENSITIVE
+    bounds: tuple[float, float] | None = None
+    grid: float | None = None
+    categories: tuple[Category, ...] | None = None
+    hierarchy: Mapping[Category, tuple[str, ...]] | None = field(default=None, compare=False)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise SchemaError(f"Field name must be a non-empty string, got {self.name!r}.")
+        try:
+            object.__setattr__(self, "kind", Kind(self.kind))
+        except ValueError:
+            kinds = ", ".join(k.value for k in Kind)
+            raise SchemaError(
+                f"Field {self.name!r}: kind {self.kind!r} is not one of {kinds}."
+            ) from None
+        try:
+            object.__setattr__(self, "role", Role(self.role))
+        except ValueError:
+            roles = ", ".join(r.value for r in Role)
+            raise SchemaError(
+                f"Field {self.name!r}: role {self.role!r} is not one of {roles}."
+            ) from None
+        if self.bounds is not None:
+            if self.kind is not Kind.NUMERIC:
+                raise SchemaError(f"Field {self.name!r}: bounds apply to numeric fields only.")
+            low, high = (float(b) for b in self.bounds)
+            if not (math.isfinite(low) and math.isfinite(high) and low < high):
+                raise SchemaError(
+                    f"Field {self.name!r}: bounds must be finite with low < high, "
+                    f"got {self.bounds!r}."
+                )
+            object.__setattr__(self, "bounds", (low, high))
+        if self.grid is not None:
+            if self.kind is not Kind.NUMERIC:
+                raise SchemaError(f"Field {self.name!r}: a grid applies to numeric fields only.")
+            grid = float(self.grid)
+            if not (math.isfinite(grid) and grid > 0):
+                raise SchemaError(
+                    f"Field {self.name!r}: grid must be a positive number, got {self.grid!r}."
+                )
+            object.__setattr__(self, "grid", grid)
+        if self.categories is not None:
+            if self.kind is not Kind.CATEGORICAL:
+                raise SchemaError(
+                    f"Field {self.name!r}: categories apply to categorical fields only."
+                )
+            cats = tuple(self.categories)
+            if not cats:
+                raise SchemaError(f"Field {self.name!r}: categories must not be empty.")
+            if len(set(cats)) != len(cats):
+                raise SchemaError(f"Field {self.name!r}: categories repeat a value: {cats!r}.")
+            object.__setattr__(self, "categories", cats)
+        if self.hierarchy is not None:
+            if self.categories is None:
+                raise SchemaError(
+                    f"Field {self.name!r}: a hierarchy needs the field's categories."
+                )
+            hierarchy = {k: tuple(str(a) for a in v) for k, v in self.hierarchy.items()}
+            missing = [c for c in self.categories if c not in hierarchy]
+            if missing:
+                raise SchemaError(
+                    f"Field {self.name!r}: the hierarchy has no row for categories "
+                    f"{missing[:5]!r}; add a row for every category."
+                )
+            object.__setattr__(self, "hierarchy", hierarchy)
+
+    def evolve(self, **changes: Any) -> Field:
+        """A copy of this field with some attributes changed."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; :meth:`from_dict` reverses it."""
+        out: dict[str, Any] = {"name": self.name, "kind": self.kind.value, "role": self.role.value}
+        if self.bounds is not None:
+            out["bounds"] = list(self.bounds)
+        if self.grid is not None:
+            out["grid"] = self.grid
+        if self.categories is not None:
+            out["categories"] = list(self.categories)
+        if self.hierarchy is not None:
+            # JSON object keys are strings: keep the pairs as a list to preserve key types.
+            out["hierarchy"] = [[k, list(v)] for k, v in self.hierarchy.items()]
+        if self.description:
+            out["description"] = self.description
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Field:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise SchemaError(f"Field description has unknown keys {sorted(unknown)!r}.")
+        kwargs = dict(data)
+        if "bounds" in kwargs and kwargs["bounds"] is not None:
+            kwargs["bounds"] = tuple(kwargs["bounds"])
+        if "categories" in kwargs and kwargs["categories"] is not None:
+            kwargs["categories"] = tuple(kwargs["categories"])
+        if "hierarchy" in kwargs and kwargs["hierarchy"] is not None:
+            kwargs["hierarchy"] = {k: tuple(v) for k, v in kwargs["hierarchy"]}
+        try:
+            return cls(**kwargs)
+        except TypeError as exc:
+            raise SchemaError(f"Field description is incomplete: {exc}.") from None
+
+    def category_index(self, value: Category) -> int:
+        """Position of ``value`` in the vocabulary; raises :class:`UnknownCategoryError`."""
+        if self.categories is None:
+            raise SchemaError(f"Field {self.name!r} has no categories.")
+        try:
+            return self.categories.index(value)
+        except ValueError:
+            raise UnknownCategoryError(
+                f"Field {self.name!r}: value {value!r} is not one of its categories "
+                f"{list(self.categories)!r}. Map it to a known category or extend the schema."
+            ) from None
+
+
+@dataclass(frozen=True)
+class Schema:
+    """An ordered collection of :class:`Field` with unique names."""
+
+    fields: tuple[Field, ...]
+    name: str = "records"
+
+    def __post_init__(self) -> None:
+        fields = tuple(self.fields)
+        if not fields:
+            raise SchemaError("A schema needs at least one field.")
+        names = [f.name for f in fields]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise SchemaError(f"Schema {self.name!r} repeats field names {duplicated!r}.")
+        object.__setattr__(self, "fields", fields)
+
+    # --- access -----------------------------------------------------------
+    def __iter__(self) -> Iterator[Field]:
+        return iter(self.fields)
+
+    def __len__(self) -> int:
+        return len(self.fields)
+
+    def __contains__(self, name: object) -> bool:
+        return any(f.name == name for f in self.fields)
+
+    def __getitem__(self, name: str) -> Field:
+        for f in self.fields:
+            if f.name == name:
+                return f
+        raise KeyError(
+            f"Schema {self.name!r} has no field {name!r}; its fields are {self.names!r}."
+        )
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.fields]
+
+    def by_role(self, *roles: Role | str) -> list[Field]:
+        wanted = {Role(r) for r in roles}
+        return [f for f in self.fields if f.role in wanted]
+
+    def by_kind(self, *kinds: Kind | str) -> list[Field]:
+        wanted = {Kind(k) for k in kinds}
+        return [f for f in self.fields if f.kind in wanted]
+
+    @property
+    def target(self) -> Field | None:
+        targets = self.by_role(Role.TARGET)
+        return targets[0] if targets else None
+
+    def select(self, names: Iterable[str]) -> Schema:
+        """A schema with only the named fields, in the order given."""
+        return Schema(tuple(self[n] for n in names), name=self.name)
+
+    def evolve(self, **changes: Any) -> Schema:
+        return dataclasses.replace(self, **changes)
+
+    # --- validation -------------------------------------------------------
+    def validate(self, frame: Any, *, columns: Sequence[str] | None = None,
+                 allow_extra: bool = False) -> None:
+        """Check that a DataFrame holds the named fields with values they allow.
+
+        Raises :class:`ValidationError` (or :class:`UnknownCategoryError`) naming
+        the column and the first offending value. Numeric values outside the
+        declared bounds are allowed here: DP clamps them, models extrapolate.
+        """
+        names = list(columns) if columns is not None else self.names
+        present = list(frame.columns)
+        missing = [n for n in names if n not in present]
+        if missing:
+            raise ValidationError(
+                f"Missing column(s) {missing!r}; expected {names!r}, got {present!r}."
+            )
+        if not allow_extra:
+            extra = [c for c in present if c not in names]
+            if extra:
+                raise ValidationError(
+                    f"Unexpected column(s) {extra!r}; expected exactly {names!r}. "
+                    "Drop them or add them to the schema."
+                )
+        for name in names:
+            spec = self[name]
+            column = frame[name]
+            nulls = column.isna().to_numpy()
+            if nulls.any():
+                row = column.index[nulls.argmax()]
+                raise ValidationError(
+                    f"Column {name!r} has a missing value (NaN/None) at row {row!r}; "
+                    "fill or drop such rows first."
+                )
+            if spec.kind is Kind.NUMERIC:
+                try:
+                    values = column.to_numpy(dtype=float)
+                except (TypeError, ValueError):
+                    raise ValidationError(
+                        f"Column {name!r} must be numeric, got dtype {column.dtype}."
+                    ) from None
+                finite = [math.isfinite(v) for v in values]
+                if not all(finite):
+                    row = column.index[finite.index(False)]
+                    raise ValidationError(
+                        f"Column {name!r} has a non-finite value {values[finite.index(False)]!r} "
+                        f"at row {row!r}."
+                    )
+            elif spec.kind is Kind.CATEGORICAL and spec.categories is not None:
+                allowed = set(spec.categories)
+                unknown = ~column.isin(allowed).to_numpy()
+                if unknown.any():
+                    pos = int(unknown.argmax())
+                    spec.category_index(column.iloc[pos])  # raises with the message
+
+    # --- JSON -------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": SCHEMA_FORMAT, "name": self.name,
+                "fields": [f.to_dict() for f in self.fields]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Schema:
+        fmt = data.get("format")
+        if fmt != SCHEMA_FORMAT:
+            raise SchemaError(
+                f"Schema format {fmt!r} is not supported (this SDK reads format "
+                f"{SCHEMA_FORMAT}); upgrade dmt."
+            )
+        try:
+            fields = tuple(Field.from_dict(f) for f in data["fields"])
+            return cls(fields=fields, name=str(data.get("name", "records")))
+        except KeyError as exc:
+            raise SchemaError(f"Schema description lacks {exc}.") from None
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys, no spaces); the basis of :attr:`schema_id`."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Schema:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SchemaError(f"Schema JSON is malformed: {exc}.") from None
+        if not isinstance(data, dict):
+            raise SchemaError("Schema JSON must be an object.")
+        return cls.from_dict(data)
+
+    @property
+    def schema_id(self) -> str:
+        """First 16 hex digits of the SHA-256 of the canonical JSON."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
