@@ -1,0 +1,3 @@
+"""Public assertion helpers for users' own unit tests of anonymization guarantees."""
+
+__all__: list[str] = []
