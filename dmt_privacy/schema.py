@@ -16,13 +16,13 @@ import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Union
+from typing import Any
 
 from dmt_privacy.errors import SchemaError, UnknownCategoryError, ValidationError
 
 __all__ = ["Category", "Field", "Kind", "Role", "Schema"]
 
-Category = Union[str, int, float, bool]
+Category = str | int | float | bool
 
 SCHEMA_FORMAT = 1
 

@@ -1,0 +1,69 @@
+"""Reading and writing Core ML specs; the one place coremltools is imported."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from dmt_model.files import write_atomically
+from dmt_privacy.errors import MissingDependencyError, ModelFileError
+
+__all__ = ["import_coremltools", "load_spec", "save_spec", "spec_from_bytes"]
+
+
+def import_coremltools() -> Any:
+    """Import coremltools quietly: on Linux it logs that it cannot predict, which we know."""
+    logger = logging.getLogger("coremltools")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        import coremltools
+    except ImportError:
+        raise MissingDependencyError(
+            "coremltools is needed for Core ML models; install it with "
+            "`pip install 'dmt[model]'` (or `make install` in a checkout)."
+        ) from None
+    finally:
+        logger.setLevel(level)
+    return coremltools
+
+
+def spec_from_bytes(data: bytes, *, source: str = "model bytes") -> Any:
+    """Parse a ``.mlmodel``'s bytes into a ``Model`` protobuf message."""
+    import_coremltools()
+    from coremltools.proto import Model_pb2
+    from google.protobuf.message import DecodeError
+
+    spec = Model_pb2.Model()
+    try:
+        spec.ParseFromString(data)
+    except (DecodeError, ValueError, RuntimeError):
+        raise ModelFileError(
+            f"{source} is not a valid Core ML model (the file is corrupted or truncated); "
+            "export it again with `dmt export`."
+        ) from None
+    if not spec.specificationVersion or spec.WhichOneof("Type") is None:
+        raise ModelFileError(
+            f"{source} is not a Core ML model (no specification version or model type); "
+            "export it again with `dmt export`."
+        )
+    return spec
+
+
+def load_spec(path: str | os.PathLike[str]) -> Any:
+    """Read an ``.mlmodel`` file; a missing or corrupted file raises :class:`ModelFileError`."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ModelFileError(f"No Core ML model at {path}.") from None
+    except OSError as exc:
+        raise ModelFileError(f"Cannot read Core ML model {path}: {exc.strerror}.") from None
+    return spec_from_bytes(data, source=str(path))
+
+
+def save_spec(spec: Any, path: str | os.PathLike[str]) -> Path:
+    """Write ``spec`` to ``path`` atomically: the old file survives any failure."""
+    return write_atomically(path, spec.SerializeToString())

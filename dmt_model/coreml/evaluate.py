@@ -1,0 +1,157 @@
+"""A numpy evaluator of NeuralNetwork specs, so exported models are checked on Linux.
+
+Core ML itself runs only on Apple platforms and no package evaluates
+NeuralNetwork specs elsewhere. This evaluator runs the layer types the SDK
+exports (and a few neighbours), vectorized over a batch of examples: every
+blob carries a leading batch axis that the spec's shapes do not mention.
+It computes in float32, as Core ML does on the CPU. An unsupported layer type
+raises :class:`ModelFileError` naming it rather than guessing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dmt_model.coreml.weights import _network, weight_values
+from dmt_privacy.errors import ModelFileError, ValidationError
+
+__all__ = ["evaluate_spec", "input_names", "predict_frame"]
+
+Blobs = dict[str, np.ndarray]
+
+
+def _batch_axis(axis: int, rank: int) -> int:
+    """Map a spec axis (of an unbatched blob of ``rank``) onto the batched array."""
+    return axis if axis < 0 else axis + 1
+
+
+def _inner_product(layer: Any, x: np.ndarray) -> np.ndarray:
+    ip = layer.innerProduct
+    weight = weight_values(ip.weights, what=f"layer {layer.name!r}").reshape(
+        ip.outputChannels, ip.inputChannels)
+    if x.shape[-1] != ip.inputChannels:
+        raise ModelFileError(f"Layer {layer.name!r} expects {ip.inputChannels} inputs, "
+                             f"got a blob of shape {x.shape[1:]}.")
+    out = x @ weight.T
+    if ip.hasBias:
+        out = out + weight_values(ip.bias, what=f"layer {layer.name!r} bias")
+    return out.astype(np.float32)
+
+
+def _activation(layer: Any, x: np.ndarray) -> np.ndarray:
+    act = layer.activation
+    kind = act.WhichOneof("NonlinearityType")
+    if kind == "ReLU":
+        return np.maximum(x, np.float32(0))
+    if kind == "sigmoid":
+        return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
+    if kind == "tanh":
+        return np.tanh(x)
+    if kind == "linear":
+        return (act.linear.alpha * x + act.linear.beta).astype(np.float32)
+    if kind == "leakyReLU":
+        return np.where(x >= 0, x, act.leakyReLU.alpha * x).astype(np.float32)
+    raise ModelFileError(f"Layer {layer.name!r}: activation {kind!r} is not supported.")
+
+
+def _load_constant_nd(layer: Any, batch: int) -> np.ndarray:
+    const = layer.loadConstantND
+    values = weight_values(const.data, what=f"layer {layer.name!r}")
+    return np.broadcast_to(values.reshape(tuple(const.shape)), (batch, *const.shape))
+
+
+def _unary_inputs(layer: Any, blobs: Blobs) -> np.ndarray:
+    return blobs[layer.input[0]]
+
+
+def _run_layer(layer: Any, blobs: Blobs, batch: int) -> np.ndarray:
+    kind = layer.WhichOneof("layer")
+    if kind == "innerProduct":
+        return _inner_product(layer, _unary_inputs(layer, blobs))
+    if kind == "activation":
+        return _activation(layer, _unary_inputs(layer, blobs))
+    if kind == "loadConstantND":
+        return _load_constant_nd(layer, batch)
+    if kind == "concatND":
+        parts = [blobs[name] for name in layer.input]
+        axis = _batch_axis(layer.concatND.axis, parts[0].ndim - 1)
+        return np.concatenate(parts, axis=axis)
+    if kind == "equal":
+        a, b = (blobs[name] for name in layer.input) if len(layer.input) == 2 else (
+            blobs[layer.input[0]], np.float32(layer.equal.alpha))
+        return (a == b).astype(np.float32)
+    if kind in ("addBroadcastable", "multiplyBroadcastable"):
+        a, b = (blobs[name] for name in layer.input)
+        return (a + b) if kind == "addBroadcastable" else (a * b)
+    if kind == "flatten" or kind == "flattenTo2D":
+        return blobs[layer.input[0]].reshape(batch, -1)
+    raise ModelFileError(
+        f"Layer {layer.name!r} has type {kind!r}, which the numpy evaluator does not support."
+    )
+
+
+def input_names(spec: Any) -> list[str]:
+    return [feature.name for feature in spec.description.input]
+
+
+def evaluate_spec(spec: Any, inputs: Mapping[str, np.ndarray], *,
+                  outputs: Sequence[str] | None = None,
+                  on_layer: Callable[[Any, Blobs], None] | None = None) -> Blobs:
+    """Run the spec's layers on a batch.
+
+    ``inputs`` maps every model input to an array of shape ``[batch, *shape]``
+    (a 1-D array is taken as one value per example). Returns the requested
+    blobs (the model's outputs by default), each ``[batch, *shape]``.
+    """
+    network = _network(spec)
+    names = input_names(spec)
+    missing = [n for n in names if n not in inputs]
+    if missing:
+        raise ValidationError(f"Missing model input(s) {missing!r}; the model reads {names!r}.")
+    blobs: Blobs = {}
+    batch = None
+    for name in names:
+        value = np.asarray(inputs[name], dtype=np.float32)
+        if value.ndim == 1:
+            value = value[:, None]
+        if batch is None:
+            batch = value.shape[0]
+        elif value.shape[0] != batch:
+            raise ValidationError(f"Input {name!r} has {value.shape[0]} examples, "
+                                  f"expected {batch}.")
+        blobs[name] = value
+    assert batch is not None
+    for layer in network.layers:
+        result = _run_layer(layer, blobs, batch)
+        blobs[layer.output[0]] = result
+        if on_layer is not None:
+            on_layer(layer, blobs)
+    wanted = list(outputs) if outputs is not None else [o.name for o in spec.description.output]
+    unknown = [w for w in wanted if w not in blobs]
+    if unknown:
+        raise ModelFileError(f"The model produces no blob named {unknown!r}.")
+    return {w: blobs[w] for w in wanted}
+
+
+def predict_frame(spec: Any, frame: pd.DataFrame) -> np.ndarray:
+    """The model's single output for each record of ``frame`` (raw field values)."""
+    names = input_names(spec)
+    missing = [n for n in names if n not in frame.columns]
+    if missing:
+        raise ValidationError(f"Missing column(s) {missing!r}; the model reads {names!r}.")
+    values = {}
+    for name in names:
+        try:
+            column = frame[name].to_numpy(dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValidationError(f"Column {name!r} must hold numbers.") from None
+        if not np.isfinite(column).all():
+            row = frame.index[int((~np.isfinite(column)).argmax())]
+            raise ValidationError(f"Column {name!r} has NaN or infinity at row {row!r}.")
+        values[name] = column
+    (output,) = evaluate_spec(spec, values).values()
+    return output.reshape(len(frame))

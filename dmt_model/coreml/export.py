@@ -1,0 +1,231 @@
+"""Export a foundation model to NeuralNetwork ``.mlmodel`` files, plain or updatable.
+
+The graph takes the *raw* field values, one input of shape ``(1,)`` per field,
+and does the featurizer's work itself, so a device cannot preprocess
+differently from the server:
+
+* numeric inputs are concatenated and standardized by a fixed ``innerProduct``
+  (diagonal weights ``1/scale``, bias ``−mean/scale``): coremltools'
+  ``make_updatable`` refuses graphs holding a ``scale`` layer;
+* each categorical input is compared (``equal``) with its vocabulary, a
+  ``loadConstantND``, giving a one-hot vector (all zeros for an unknown
+  value), and an ``innerProduct`` without bias holding the embedding table
+  turns it into the embedding;
+* the embeddings and standardized numerics are concatenated and pass through
+  the dense layers: ``dense_0`` → ReLU → ``dense_1`` → ReLU → ``dense_2``,
+  whose output is the target field's name.
+
+The updatable model carries *all* foundation weights (the reference app copied
+only the embeddings) and marks the last ``updatable_layers`` dense layers
+updatable: a contiguous suffix ending at the loss, with only ReLU between,
+as Core ML requires. Loss: mean squared error against ``<target>_true``.
+
+The featurizer and schema JSON travel in the model's metadata
+(``dmt.featurizer``, ``dmt.schema``), with ``dmt.format`` and
+``dmt.model_version``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from dmt_model.coreml._spec import import_coremltools, save_spec
+from dmt_model.foundation import Foundation
+from dmt_privacy.errors import ValidationError
+
+__all__ = ["UpdateSettings", "build_spec", "export_coreml"]
+
+METADATA_FORMAT = "1"
+DENSE_PREFIX = "dense_"
+
+
+@dataclass(frozen=True)
+class UpdateSettings:
+    """How Core ML's ``MLUpdateTask`` trains the updatable model on a device.
+
+    The defaults were chosen by ``benchmarks/model_quality.py`` (README,
+    "Choosing the update defaults"): the last two dense layers, plain SGD at
+    learning rate 3e-4, mini-batches of 8, 500 epochs gave the lowest per-user
+    test RMSE at every appraisal spread (0, ±0.15, ±0.3), at or below the
+    oracle that knows each user's factor; larger learning rates (1e-3 and up)
+    overshoot on a dozen records, and Adam was no better.
+    """
+
+    updatable_layers: int = 2
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    learning_rate: float = 3e-4
+    batch_size: int = 8
+    epochs: int = 500
+    shuffle: bool = True
+    seed: int = 0
+    momentum: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValidationError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}.")
+        if not 0 < self.learning_rate <= 1:
+            raise ValidationError(
+                f"learning_rate must be in (0, 1] (Core ML's range), got {self.learning_rate!r}."
+            )
+        for name in ("batch_size", "epochs", "updatable_layers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValidationError(f"{name} must be a positive integer, got {value!r}.")
+        if not 0 <= self.momentum < 1:
+            raise ValidationError(f"momentum must be in [0, 1), got {self.momentum!r}.")
+
+
+def _dense_weights(foundation: Foundation) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(layer.weight.detach().numpy().astype(np.float32),
+             layer.bias.detach().numpy().astype(np.float32))
+            for layer in foundation.dense_layers]
+
+
+def build_spec(foundation: Foundation, *, updatable: UpdateSettings | None = None,
+               version: str = "1", description: str = "") -> Any:
+    """The Core ML spec of ``foundation``; updatable when ``updatable`` is given."""
+    import_coremltools()
+    from coremltools.models import datatypes
+    from coremltools.models.neural_network import AdamParams, NeuralNetworkBuilder, SgdParams
+
+    featurizer = foundation.featurizer
+    target = featurizer.target
+    inputs = [(name, datatypes.Array(1)) for name in featurizer.input_fields]
+    builder = NeuralNetworkBuilder(inputs, [(target, datatypes.Array(1))],
+                                   disable_rank5_shape_mapping=True)
+
+    # Standardization of the numeric inputs.
+    numeric = featurizer.numeric_fields
+    concat_inputs: list[str] = []
+    if numeric:
+        raw = numeric[0]
+        if len(numeric) > 1:
+            raw = "numeric_raw"
+            builder.add_concat_nd("numeric_raw", numeric, raw, axis=-1)
+        scale = featurizer.scale_.astype(np.float64)
+        builder.add_inner_product(
+            "standardize", W=np.diag(1.0 / scale).astype(np.float32),
+            b=(-featurizer.mean_ / scale).astype(np.float32),
+            input_channels=len(numeric), output_channels=len(numeric), has_bias=True,
+            input_name=raw, output_name="numeric_standardized")
+        concat_inputs.append("numeric_standardized")
+
+    # Category indexing and embeddings.
+    embedded = []
+    for name, embedding in zip(featurizer.categorical_fields, foundation.network.embeddings,
+                               strict=True):
+        vocabulary = np.asarray(featurizer.vocabularies_[name], dtype=np.float64)
+        builder.add_load_constant_nd(f"vocabulary_{name}", f"vocabulary_{name}",
+                                     constant_value=vocabulary, shape=vocabulary.shape)
+        builder.add_equal(f"one_hot_{name}", [name, f"vocabulary_{name}"], f"one_hot_{name}")
+        table = embedding.weight.detach().numpy().astype(np.float32)  # [vocab, dim]
+        builder.add_inner_product(
+            f"embed_{name}", W=table.T.copy(), b=None, input_channels=table.shape[0],
+            output_channels=table.shape[1], has_bias=False, input_name=f"one_hot_{name}",
+            output_name=f"embedded_{name}")
+        embedded.append(f"embedded_{name}")
+    concat_inputs = embedded + concat_inputs
+    features = concat_inputs[0]
+    if len(concat_inputs) > 1:
+        features = "features"
+        builder.add_concat_nd("features", concat_inputs, features, axis=-1)
+
+    # Dense layers.
+    dense = _dense_weights(foundation)
+    blob = features
+    for i, (weight, bias) in enumerate(dense):
+        last = i == len(dense) - 1
+        out = target if last else f"{DENSE_PREFIX}{i}_out"
+        builder.add_inner_product(
+            f"{DENSE_PREFIX}{i}", W=weight, b=bias, input_channels=weight.shape[1],
+            output_channels=weight.shape[0], has_bias=True, input_name=blob, output_name=out)
+        if not last:
+            builder.add_activation(f"relu_{i}", "RELU", out, f"relu_{i}_out")
+            blob = f"relu_{i}_out"
+
+    if updatable is not None:
+        if updatable.updatable_layers > len(dense):
+            raise ValidationError(
+                f"updatable_layers={updatable.updatable_layers} but the model has only "
+                f"{len(dense)} dense layers."
+            )
+        trainable = [f"{DENSE_PREFIX}{i}"
+                     for i in range(len(dense) - updatable.updatable_layers, len(dense))]
+        with contextlib.redirect_stdout(io.StringIO()):  # the builder prints its choices
+            builder.make_updatable(trainable)
+            builder.set_mean_squared_error_loss("loss", input_feature=(target,
+                                                                       datatypes.Array(1)))
+        batch_sizes = sorted({updatable.batch_size, 1, 8, 16, 32, 64})
+        if updatable.optimizer == "sgd":
+            builder.set_sgd_optimizer(SgdParams(lr=updatable.learning_rate,
+                                                batch=updatable.batch_size,
+                                                momentum=updatable.momentum))
+            builder.nn_spec.updateParams.optimizer.sgdOptimizer.miniBatchSize.set.values[:] = \
+                batch_sizes
+        else:
+            builder.set_adam_optimizer(AdamParams(lr=updatable.learning_rate,
+                                                  batch=updatable.batch_size,
+                                                  beta1=updatable.beta1, beta2=updatable.beta2,
+                                                  eps=updatable.eps))
+            builder.nn_spec.updateParams.optimizer.adamOptimizer.miniBatchSize.set.values[:] = \
+                batch_sizes
+        builder.set_epochs(updatable.epochs, allowed_set=sorted({updatable.epochs, 1, 10, 50,
+                                                                 100, 500, 1000}))
+        if updatable.shuffle:
+            builder.set_shuffle(seed=updatable.seed)
+        else:
+            builder.nn_spec.updateParams.shuffle.defaultValue = False
+
+    spec = builder.spec
+    _describe(spec, foundation, version=version, description=description,
+              updatable=updatable is not None)
+    return spec
+
+
+def _describe(spec: Any, foundation: Foundation, *, version: str, description: str,
+              updatable: bool) -> None:
+    featurizer = foundation.featurizer
+    meta = spec.description.metadata
+    meta.shortDescription = description or (
+        f"dmt foundation model for {featurizer.schema.name!r}"
+        + (" (updatable on device)" if updatable else "")
+    )
+    meta.versionString = version
+    meta.author = "dmt"
+    meta.userDefined["dmt.format"] = METADATA_FORMAT
+    meta.userDefined["dmt.model_version"] = version
+    meta.userDefined["dmt.featurizer"] = featurizer.to_json()
+    meta.userDefined["dmt.schema"] = featurizer.schema.to_json()
+    meta.userDefined["dmt.schema_id"] = featurizer.schema.schema_id
+    for feature in list(spec.description.input) + list(spec.description.trainingInput):
+        name = feature.name.removesuffix("_true")
+        if name in featurizer.schema:
+            text = featurizer.schema[name].description or name
+            feature.shortDescription = (
+                f"raw value of {name}: {text}" if feature.name == name
+                else f"true value of {name} for training"
+            )
+    for feature in spec.description.output:
+        feature.shortDescription = f"predicted {feature.name}"
+
+
+def export_coreml(foundation: Foundation, path: str | os.PathLike[str], *,
+                  updatable: UpdateSettings | None = None, version: str = "1",
+                  description: str = "") -> Path:
+    """Write ``foundation`` as an ``.mlmodel`` (atomically); validated when updatable."""
+    from dmt_model.coreml.validate import validate_updatable
+
+    spec = build_spec(foundation, updatable=updatable, version=version, description=description)
+    if updatable is not None:
+        validate_updatable(spec)
+    return save_spec(spec, path)

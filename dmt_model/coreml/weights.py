@@ -1,0 +1,79 @@
+"""Reading and writing the weights of a spec's layers, and what is updatable."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from dmt_privacy.errors import ModelFileError
+
+__all__ = ["get_inner_product", "layer_by_name", "set_inner_product", "updatable_layers",
+           "weight_values"]
+
+
+def weight_values(params: Any, *, what: str) -> np.ndarray:
+    """The values of a ``WeightParams`` message as float32 (float32 or float16 storage)."""
+    if len(params.floatValue):
+        return np.asarray(params.floatValue, dtype=np.float32)
+    if len(params.float16Value):
+        return np.frombuffer(params.float16Value, dtype=np.float16).astype(np.float32)
+    if len(params.rawValue):
+        raise ModelFileError(f"{what}: raw (quantized) weights are not supported.")
+    return np.zeros(0, dtype=np.float32)
+
+
+def layer_by_name(spec: Any, name: str) -> Any:
+    for layer in _network(spec).layers:
+        if layer.name == name:
+            return layer
+    names = [layer.name for layer in _network(spec).layers]
+    raise ModelFileError(f"The model has no layer {name!r}; its layers are {names!r}.")
+
+
+def _network(spec: Any) -> Any:
+    kind = spec.WhichOneof("Type")
+    if kind not in ("neuralNetwork", "neuralNetworkRegressor", "neuralNetworkClassifier"):
+        raise ModelFileError(f"Expected a NeuralNetwork Core ML model, got a {kind!r} model.")
+    return getattr(spec, kind)
+
+
+def updatable_layers(spec: Any) -> list[str]:
+    """Names of the layers marked updatable, in graph order."""
+    return [layer.name for layer in _network(spec).layers if layer.isUpdatable]
+
+
+def get_inner_product(spec: Any, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(weight [out, in], bias [out] or None)`` of an innerProduct layer."""
+    layer = layer_by_name(spec, name)
+    if layer.WhichOneof("layer") != "innerProduct":
+        raise ModelFileError(f"Layer {name!r} is a {layer.WhichOneof('layer')} layer, "
+                             "not innerProduct.")
+    ip = layer.innerProduct
+    weight = weight_values(ip.weights, what=f"layer {name!r} weights")
+    weight = weight.reshape(ip.outputChannels, ip.inputChannels)
+    bias = weight_values(ip.bias, what=f"layer {name!r} bias") if ip.hasBias else None
+    return weight, bias
+
+
+def set_inner_product(spec: Any, name: str, weight: np.ndarray,
+                      bias: np.ndarray | None = None) -> None:
+    """Overwrite an innerProduct layer's weights (same shapes), keeping its flags."""
+    layer = layer_by_name(spec, name)
+    old_weight, old_bias = get_inner_product(spec, name)
+    weight = np.asarray(weight, dtype=np.float32)
+    if weight.shape != old_weight.shape:
+        raise ModelFileError(
+            f"Layer {name!r}: new weight has shape {weight.shape}, expected {old_weight.shape}."
+        )
+    if not np.isfinite(weight).all():
+        raise ModelFileError(f"Layer {name!r}: new weight holds NaN or infinity.")
+    ip = layer.innerProduct
+    del ip.weights.floatValue[:]
+    ip.weights.floatValue.extend(weight.ravel().tolist())
+    if bias is not None:
+        bias = np.asarray(bias, dtype=np.float32)
+        if old_bias is None or bias.shape != old_bias.shape or not np.isfinite(bias).all():
+            raise ModelFileError(f"Layer {name!r}: new bias does not fit the layer.")
+        del ip.bias.floatValue[:]
+        ip.bias.floatValue.extend(bias.ravel().tolist())

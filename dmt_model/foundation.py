@@ -1,0 +1,252 @@
+"""The foundation model: trained on the server's proxy data, shipped to devices.
+
+The architecture is the DMT reference app's, generalized to any schema: one
+embedding per categorical field (vocabulary ``v`` → ``max(2, (v + 1) // 2)``
+dimensions, so Boston's CHAS 2→2 and RAD 9→5), concatenated with the
+standardized numeric fields, then Dense 64 ReLU, Dense 32 ReLU, Dense 1.
+
+Training defaults are the reference's: RMSProp (Keras' constants: ρ = 0.9,
+ε = 1e-7), learning rate 0.001, batch 32, 500 epochs, mean squared error on
+the raw target. Training is deterministic under a seed: torch's RNG seeds the
+weights and a separate generator shuffles each epoch.
+
+Embeddings are applied as ``one_hot @ weight``, which equals a lookup for a
+known category and gives a zero vector for an unknown one (see
+:mod:`dmt_model.features`), exactly as the exported Core ML graph does.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from dmt_model.features import FeatureBatch, Featurizer
+from dmt_model.files import write_atomically
+from dmt_privacy.errors import ModelFileError, ValidationError
+from dmt_privacy.schema import Schema
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["Foundation", "Metrics", "TrainingConfig", "embedding_size", "train_foundation"]
+
+HIDDEN_UNITS = (64, 32)
+
+
+def embedding_size(vocabulary_size: int) -> int:
+    """Embedding width for a vocabulary: CHAS 2→2 and RAD 9→5 as in the reference."""
+    return max(2, (vocabulary_size + 1) // 2)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """How the foundation is trained. The defaults are the reference app's."""
+
+    epochs: int = 500
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValidationError(f"{name} must be a positive integer, got {value!r}.")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValidationError(f"learning_rate must be positive, got {self.learning_rate!r}.")
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Test error in the target's units. RMSE = sqrt(mean((ŷ − y)²))."""
+
+    rmse: float
+    mae: float
+    n: int
+
+
+def _import_torch() -> Any:
+    try:
+        import torch
+    except ImportError:
+        from dmt_privacy.errors import MissingDependencyError
+
+        raise MissingDependencyError(
+            "torch is needed to train models; install it with `pip install 'dmt[model]'` "
+            "(or `make install` in a checkout)."
+        ) from None
+    return torch
+
+
+def _build_network(vocabulary_sizes: list[int], n_numeric: int) -> torch.nn.Module:
+    torch = _import_torch()
+    nn = torch.nn
+
+    class FoundationNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embeddings = nn.ModuleList(
+                nn.Embedding(v, embedding_size(v)) for v in vocabulary_sizes
+            )
+            width = sum(embedding_size(v) for v in vocabulary_sizes) + n_numeric
+            layers: list[nn.Module] = []
+            for units in HIDDEN_UNITS:
+                layers += [nn.Linear(width, units), nn.ReLU()]
+                width = units
+            layers.append(nn.Linear(width, 1))
+            self.dense = nn.Sequential(*layers)
+
+        def forward(self, numeric: torch.Tensor, *one_hots: torch.Tensor) -> torch.Tensor:
+            parts = [oh @ emb.weight for oh, emb in zip(one_hots, self.embeddings, strict=True)]
+            return self.dense(torch.cat([*parts, numeric], dim=1)).squeeze(1)
+
+    return FoundationNet()
+
+
+class Foundation:
+    """A trained foundation network with the featurizer it was trained with."""
+
+    def __init__(self, featurizer: Featurizer, network: torch.nn.Module,
+                 config: TrainingConfig | None = None) -> None:
+        self.featurizer = featurizer
+        self.network = network
+        self.config = config or TrainingConfig()
+
+    @property
+    def schema(self) -> Schema:
+        return self.featurizer.schema
+
+    @property
+    def dense_layers(self) -> list[torch.nn.Linear]:
+        torch = _import_torch()
+        return [m for m in self.network.dense if isinstance(m, torch.nn.Linear)]
+
+    def _tensors(self, batch: FeatureBatch) -> list[torch.Tensor]:
+        torch = _import_torch()
+        return [torch.from_numpy(batch.numeric)] + [
+            torch.from_numpy(batch.categorical[n]) for n in self.featurizer.categorical_fields
+        ]
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        """Predicted target for each record (float32)."""
+        torch = _import_torch()
+        tensors = self._tensors(self.featurizer.transform(frame))
+        self.network.eval()
+        with torch.no_grad():
+            return self.network(*tensors).numpy()
+
+    def evaluate(self, frame: pd.DataFrame) -> Metrics:
+        return regression_metrics(self.predict(frame), self.featurizer.target_values(frame))
+
+    # --- persistence: numpy arrays + JSON, never pickle -------------------------
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the weights and featurizer as one ``.npz`` file (no pickle), atomically."""
+        import json
+
+        path = Path(path)
+        arrays = {f"w:{k}": v.detach().numpy() for k, v in self.network.state_dict().items()}
+        meta = {"featurizer": self.featurizer.to_dict(), "config": asdict(self.config),
+                "format": 1}
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)  # type: ignore[arg-type]
+        write_atomically(path, buffer.getvalue())
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Foundation:
+        import json
+
+        torch = _import_torch()
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(bytes(data["meta"]).decode())
+                weights = {k[2:]: torch.from_numpy(data[k].copy()) for k in data.files
+                           if k.startswith("w:")}
+        except FileNotFoundError:
+            raise ModelFileError(f"No foundation model at {path}.") from None
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelFileError(
+                f"{path} is not a dmt foundation model file ({exc}); train one with `dmt train`."
+            ) from None
+        featurizer = Featurizer.from_dict(meta["featurizer"])
+        network = _build_network(
+            [len(featurizer.vocabularies_[n]) for n in featurizer.categorical_fields],
+            len(featurizer.numeric_fields),
+        )
+        network.load_state_dict(weights)
+        return cls(featurizer, network, TrainingConfig(**meta["config"]))
+
+
+def regression_metrics(predicted: np.ndarray, actual: np.ndarray) -> Metrics:
+    error = np.asarray(predicted, dtype=np.float64) - np.asarray(actual, dtype=np.float64)
+    return Metrics(rmse=float(np.sqrt(np.mean(error**2))), mae=float(np.mean(np.abs(error))),
+                   n=int(error.size))
+
+
+def train_foundation(
+    frame: pd.DataFrame,
+    schema: Schema,
+    config: TrainingConfig | None = None,
+    *,
+    on_epoch_end: Callable[[int, float], None] | None = None,
+) -> Foundation:
+    """Fit a featurizer on ``frame`` and train the foundation network on it.
+
+    ``on_epoch_end(epoch, mean_training_loss)`` is called after each epoch
+    (for progress bars).
+    """
+    torch = _import_torch()
+    config = config or TrainingConfig()
+    featurizer = Featurizer(schema).fit(frame)
+    batch = featurizer.transform(frame)
+    target = torch.from_numpy(featurizer.target_values(frame))
+    if len(frame) == 0:
+        raise ValidationError("Cannot train a foundation model on zero records.")
+
+    torch.manual_seed(config.seed)
+    network = _build_network(
+        [len(featurizer.vocabularies_[n]) for n in featurizer.categorical_fields],
+        len(featurizer.numeric_fields),
+    )
+    foundation = Foundation(featurizer, network, config)
+    inputs = foundation._tensors(batch)
+    optimizer = torch.optim.RMSprop(network.parameters(), lr=config.learning_rate,
+                                    alpha=0.9, eps=1e-7)
+    shuffle = torch.Generator().manual_seed(config.seed)
+    network.train()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a network this small trains fastest on one thread
+    try:
+        _train_epochs(network, inputs, target, optimizer, shuffle, config, on_epoch_end)
+    finally:
+        torch.set_num_threads(threads)
+    network.eval()
+    return foundation
+
+
+def _train_epochs(network: Any, inputs: list[Any], target: Any, optimizer: Any, shuffle: Any,
+                  config: TrainingConfig,
+                  on_epoch_end: Callable[[int, float], None] | None) -> None:
+    torch = _import_torch()
+    n = int(target.shape[0])
+    for epoch in range(config.epochs):
+        order = torch.randperm(n, generator=shuffle)
+        total = 0.0
+        for start in range(0, n, config.batch_size):
+            index = order[start:start + config.batch_size]
+            optimizer.zero_grad()
+            loss = torch.mean((network(*(t[index] for t in inputs)) - target[index]) ** 2)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(index)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, total / n)

@@ -1,0 +1,147 @@
+import numpy as np
+import pytest
+
+from dmt_model.coreml import (
+    UpdateSettings,
+    build_spec,
+    export_coreml,
+    get_inner_product,
+    load_spec,
+    predict_frame,
+    set_inner_product,
+    updatable_layers,
+)
+from dmt_model.coreml._spec import import_coremltools
+from dmt_model.coreml.validate import validate_updatable
+from dmt_model.personalize import featurizer_of
+from dmt_privacy.errors import ModelFileError, UpdatableModelError
+
+
+@pytest.fixture(scope="module")
+def exported(foundation, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    plain = export_coreml(foundation, folder / "plain.mlmodel")
+    updatable = export_coreml(foundation, folder / "updatable.mlmodel",
+                              updatable=UpdateSettings(updatable_layers=2))
+    return plain, updatable
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_exported_models_equal_the_torch_foundation_on_all_rows(exported, foundation, boston,
+                                                                 which):
+    spec = load_spec(exported[which])
+    expected = foundation.predict(boston)
+    got = predict_frame(spec, boston)  # raw values in: standardization is in the graph
+    assert got.shape == (506,)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+def test_coremltools_loads_both_and_metadata_travels(exported, foundation):
+    ct = import_coremltools()
+    for path in exported:
+        model = ct.models.MLModel(str(path), skip_model_load=True)
+        assert model.get_spec().specificationVersion >= 4
+        assert featurizer_of(model.get_spec()).to_json() == foundation.featurizer.to_json()
+    spec = load_spec(exported[1])
+    assert spec.isUpdatable and updatable_layers(spec) == ["dense_1", "dense_2"]
+    assert [f.name for f in spec.description.trainingInput][-1] == "MEDV_true"
+
+
+def test_updatable_model_carries_all_foundation_weights(exported, foundation):
+    spec = load_spec(exported[1])
+    for i, layer in enumerate(foundation.dense_layers):
+        weight, bias = get_inner_product(spec, f"dense_{i}")
+        assert np.array_equal(weight, layer.weight.detach().numpy())
+        assert np.array_equal(bias, layer.bias.detach().numpy())
+    for name, emb in zip(foundation.featurizer.categorical_fields,
+                         foundation.network.embeddings, strict=True):
+        table, _ = get_inner_product(spec, f"embed_{name}")
+        assert np.array_equal(table.T, emb.weight.detach().numpy())
+
+
+def test_unknown_category_gives_zero_embedding_in_graph(exported, foundation, boston):
+    spec = load_spec(exported[0])
+    row = boston.head(1).copy()
+    row["RAD"] = 13  # not a RAD value
+    from dmt_model.features import Featurizer
+
+    zero = Featurizer.from_dict({**foundation.featurizer.to_dict(), "unknown": "zero"})
+    import torch
+
+    tensors = foundation._tensors(zero.transform(row))
+    with torch.no_grad():
+        expected = foundation.network(*tensors).numpy()
+    np.testing.assert_allclose(predict_frame(spec, row), expected, rtol=1e-5)
+
+
+def test_validator_accepts_exports_with_any_suffix_length(foundation):
+    for layers in (1, 2, 3):
+        for optimizer in ("sgd", "adam"):
+            validate_updatable(build_spec(foundation, updatable=UpdateSettings(
+                updatable_layers=layers, optimizer=optimizer)))
+
+
+def _updatable(foundation):
+    return build_spec(foundation, updatable=UpdateSettings(updatable_layers=1))
+
+
+def test_validator_rejects_a_non_updatable_layer_after_an_updatable_one(foundation):
+    spec = _updatable(foundation)
+    layers = {layer.name: layer for layer in spec.neuralNetwork.layers}
+    layers["dense_2"].isUpdatable = False
+    layers["dense_1"].isUpdatable = True
+    layers["dense_1"].innerProduct.weights.isUpdatable = True
+    layers["dense_1"].innerProduct.bias.isUpdatable = True
+    with pytest.raises(UpdatableModelError, match="dense_2.*contiguous suffix"):
+        validate_updatable(spec)
+
+
+def test_validator_rejects_forbidden_layer_between_updatable_and_loss(foundation):
+    spec = build_spec(foundation, updatable=UpdateSettings(updatable_layers=2))
+    relu = next(layer for layer in spec.neuralNetwork.layers if layer.name == "relu_1")
+    relu.activation.linear.alpha = 1.0  # a linear activation may not stand there
+    with pytest.raises(UpdatableModelError, match="relu_1.*stands between"):
+        validate_updatable(spec)
+
+
+def test_validator_rejects_updatable_embedding_and_bad_settings(foundation):
+    spec = _updatable(foundation)
+    next(la for la in spec.neuralNetwork.layers if la.name == "relu_1").isUpdatable = True
+    with pytest.raises(UpdatableModelError, match="relu_1.*only innerProduct"):
+        validate_updatable(spec)
+    spec = _updatable(foundation)
+    spec.neuralNetwork.updateParams.optimizer.sgdOptimizer.learningRate.defaultValue = 5.0
+    with pytest.raises(UpdatableModelError, match="learningRate 5.0 is outside"):
+        validate_updatable(spec)
+    spec = _updatable(foundation)
+    spec.specificationVersion = 3
+    with pytest.raises(UpdatableModelError, match="version 3"):
+        validate_updatable(spec)
+    spec = _updatable(foundation)
+    spec.neuralNetwork.updateParams.lossLayers[0].meanSquaredErrorLossLayer.input = "MEDV2"
+    with pytest.raises(UpdatableModelError, match="MEDV2.*no layer produces"):
+        validate_updatable(spec)
+
+
+def test_weights_round_trip_and_refuse_bad_shapes(foundation):
+    spec = _updatable(foundation)
+    weight, bias = get_inner_product(spec, "dense_2")
+    set_inner_product(spec, "dense_2", weight * 2, bias + 1)
+    w2, b2 = get_inner_product(spec, "dense_2")
+    assert np.array_equal(w2, weight * 2) and np.array_equal(b2, bias + 1)
+    with pytest.raises(ModelFileError, match="shape"):
+        set_inner_product(spec, "dense_2", weight.T)
+    with pytest.raises(ModelFileError, match="NaN"):
+        set_inner_product(spec, "dense_2", weight * np.nan)
+    with pytest.raises(ModelFileError, match="no layer 'dense_9'"):
+        get_inner_product(spec, "dense_9")
+
+
+def test_corrupted_model_file_is_named(exported, tmp_path):
+    data = exported[1].read_bytes()
+    broken = tmp_path / "broken.mlmodel"
+    broken.write_bytes(data[: len(data) // 3])
+    with pytest.raises(ModelFileError, match="broken.mlmodel"):
+        load_spec(broken)
+    with pytest.raises(ModelFileError, match="No Core ML model"):
+        load_spec(tmp_path / "missing.mlmodel")

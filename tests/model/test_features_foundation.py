@@ -1,0 +1,90 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from dmt_model.datasets import BOSTON_SCHEMA, load_boston, simulate_users
+from dmt_model.features import Featurizer
+from dmt_model.foundation import Foundation, regression_metrics
+from dmt_privacy.errors import ModelFileError, UnknownCategoryError, ValidationError
+
+
+def test_boston_is_bundled_and_matches_its_schema(boston):
+    assert boston.shape == (506, 14)
+    BOSTON_SCHEMA.validate(boston)
+
+
+def test_simulated_users_follow_the_protocol(boston):
+    a = simulate_users(boston, seed=3)
+    b = simulate_users(boston, seed=3)
+    assert len(a.proxy) == round(0.3 * 506) and len(a.users) == 20
+    for ua, ub in zip(a.users, b.users, strict=True):  # reproducible from the seed
+        pd.testing.assert_frame_equal(ua.test, ub.test)
+        assert ua.factor == ub.factor and 0.85 <= ua.factor <= 1.15
+    rows = [a.proxy.index] + [u.train.index.append(u.test.index) for u in a.users]
+    everything = np.concatenate([np.asarray(r) for r in rows])
+    assert sorted(everything) == list(range(506))  # a partition of the rows
+    # Contiguous neighbourhoods: each user's DIS range does not overlap the next one's.
+    for left, right in zip(a.users, a.users[1:], strict=False):
+        left_dis = boston.loc[left.train.index.append(left.test.index), "DIS"]
+        right_dis = boston.loc[right.train.index.append(right.test.index), "DIS"]
+        assert left_dis.max() <= right_dis.min()
+    # The factor multiplies the target.
+    u = a.users[0]
+    assert np.allclose(u.test["MEDV"], boston.loc[u.test.index, "MEDV"] * u.factor)
+    assert all(user.factor == 1.0 for user in simulate_users(boston, spread=0.0).users)
+
+
+def test_featurizer_standardizes_with_population_std(boston):
+    featurizer = Featurizer(BOSTON_SCHEMA).fit(boston)
+    batch = featurizer.transform(boston)
+    assert np.allclose(batch.numeric.mean(axis=0), 0, atol=1e-5)
+    assert np.allclose(batch.numeric.std(axis=0, ddof=0), 1, atol=1e-4)
+    assert batch.categorical["RAD"].sum(axis=1).tolist() == [1.0] * 506
+
+
+def test_featurizer_json_round_trip(boston):
+    featurizer = Featurizer(BOSTON_SCHEMA).fit(boston.iloc[:100])
+    again = Featurizer.from_json(featurizer.to_json())
+    a, b = featurizer.transform(boston), again.transform(boston)
+    assert np.array_equal(a.numeric, b.numeric)
+    assert all(np.array_equal(a.categorical[k], b.categorical[k]) for k in a.categorical)
+
+
+def test_unknown_category_policy(boston):
+    odd = boston.head(3).copy()
+    odd.loc[odd.index[1], "RAD"] = 13
+    with pytest.raises(UnknownCategoryError, match="'RAD'.*13"):
+        Featurizer(BOSTON_SCHEMA).fit(boston).transform(odd)
+    zero = Featurizer(BOSTON_SCHEMA, unknown="zero").fit(boston).transform(odd)
+    assert zero.categorical["RAD"][1].sum() == 0 and zero.categorical["RAD"][0].sum() == 1
+
+
+def test_featurizer_rejects_nan_and_missing_columns(boston):
+    featurizer = Featurizer(BOSTON_SCHEMA).fit(boston)
+    with pytest.raises(ValidationError, match="Missing input column.*'LSTAT'"):
+        featurizer.transform(boston.drop(columns=["LSTAT"]))
+    broken = boston.head(2).copy()
+    broken.loc[broken.index[0], "RM"] = np.nan
+    with pytest.raises(ValidationError, match="'RM'"):
+        featurizer.transform(broken)
+
+
+def test_metrics_are_root_mean_square_and_mean_absolute():
+    m = regression_metrics(np.array([1.0, 3.0]), np.array([2.0, 1.0]))
+    assert m.rmse == pytest.approx(np.sqrt((1 + 4) / 2)) and m.mae == pytest.approx(1.5)
+
+
+def test_foundation_save_load_is_exact_and_pickle_free(foundation, boston, tmp_path):
+    path = foundation.save(tmp_path / "f.npz")
+    with np.load(path, allow_pickle=False) as data:
+        assert "meta" in data.files
+    again = Foundation.load(path)
+    assert np.array_equal(again.predict(boston), foundation.predict(boston))
+    (tmp_path / "bad.npz").write_bytes(b"not a model")
+    with pytest.raises(ModelFileError, match="bad.npz"):
+        Foundation.load(tmp_path / "bad.npz")
+
+
+def test_foundation_learns(foundation, simulation):
+    metrics = foundation.evaluate(load_boston())
+    assert metrics.rmse < 6.0  # 60 epochs on 152 rows; the benchmark checks the 500-epoch target

@@ -1,0 +1,160 @@
+import numpy as np
+import pytest
+import torch
+
+from dmt_model.coreml import UpdateSettings, build_spec, export_coreml, get_inner_product
+from dmt_model.coreml.evaluate import evaluate_spec
+from dmt_model.personalize import (
+    LossConvention,
+    UpdateEvent,
+    batch_order,
+    personalize,
+    update_spec,
+)
+from dmt_privacy.errors import UnknownCategoryError, ValidationError
+
+
+def _torch_fine_tune(spec, frame, *, layers, epochs, lr, batch_size, optimizer="sgd", seed=0):
+    """An independent plain-torch fine-tune of the same layers on the same batches."""
+    inputs = {f.name: frame[f.name].to_numpy(float) for f in spec.description.input}
+    first = f"dense_{3 - layers}"
+    start = next(la.input[0] for la in spec.neuralNetwork.layers if la.name == first)
+    (features,) = evaluate_spec(spec, inputs, outputs=[start]).values()
+    modules = []
+    for i in range(3 - layers, 3):
+        weight, bias = get_inner_product(spec, f"dense_{i}")
+        linear = torch.nn.Linear(weight.shape[1], weight.shape[0])
+        with torch.no_grad():
+            linear.weight.copy_(torch.from_numpy(weight))
+            linear.bias.copy_(torch.from_numpy(bias))
+        modules += [linear, torch.nn.ReLU()]
+    net = torch.nn.Sequential(*modules[:-1])
+    opt = (torch.optim.SGD(net.parameters(), lr=lr) if optimizer == "sgd"
+           else torch.optim.Adam(net.parameters(), lr=lr))
+    x = torch.from_numpy(features)
+    y = torch.from_numpy(frame["MEDV"].to_numpy(np.float32))
+    for batches in batch_order(len(frame), batch_size=batch_size, epochs=epochs, shuffle=True,
+                               seed=seed):
+        for index in batches:
+            index = torch.from_numpy(index)
+            opt.zero_grad()
+            loss = torch.mean((net(x[index]).squeeze(1) - y[index]) ** 2)
+            loss.backward()
+            opt.step()
+    return [(m.weight.detach().numpy(), m.bias.detach().numpy()) for m in net
+            if isinstance(m, torch.nn.Linear)]
+
+
+@pytest.mark.parametrize("epochs, rtol", [(1, 1e-5), (500, 1e-3)])
+def test_emulated_update_equals_plain_torch_fine_tune(foundation, simulation, epochs, rtol):
+    settings = UpdateSettings(updatable_layers=2, learning_rate=3e-4, batch_size=8, epochs=epochs)
+    spec = build_spec(foundation, updatable=settings)
+    records = simulation.users[3].train
+    updated, history = update_spec(spec, records)
+    expected = _torch_fine_tune(spec, records, layers=2, epochs=epochs, lr=3e-4, batch_size=8)
+    for i, (weight, bias) in zip((1, 2), expected, strict=True):
+        got_w, got_b = get_inner_product(updated, f"dense_{i}")
+        before_w, _ = get_inner_product(spec, f"dense_{i}")
+        assert not np.array_equal(got_w, before_w)  # the update did something
+        np.testing.assert_allclose(got_w, weight, rtol=rtol, atol=rtol * np.abs(weight).max())
+        np.testing.assert_allclose(got_b, bias, rtol=rtol, atol=rtol * np.abs(bias).max())
+    assert len(history.epoch_losses) == epochs
+
+
+def test_emulated_adam_equals_torch_adam(foundation, simulation):
+    spec = build_spec(foundation, updatable=UpdateSettings(updatable_layers=1, optimizer="adam",
+                                                           learning_rate=1e-3, epochs=3))
+    records = simulation.users[0].train
+    updated, _ = update_spec(spec, records)
+    ((weight, _bias),) = _torch_fine_tune(spec, records, layers=1, epochs=3, lr=1e-3,
+                                         batch_size=8, optimizer="adam")
+    np.testing.assert_allclose(get_inner_product(updated, "dense_2")[0], weight, rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_progress_events_are_like_core_mls(foundation, simulation):
+    spec = build_spec(foundation, updatable=UpdateSettings(epochs=3, batch_size=4))
+    events: list[UpdateEvent] = []
+    records = simulation.users[0].train  # 14 records: 4 mini-batches an epoch
+    update_spec(spec, records, on_event=events.append)
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "training_begin"
+    assert kinds.count("epoch_end") == 3 and kinds.count("mini_batch_end") == 3 * 4
+    assert [e.epoch for e in events if e.kind == "epoch_end"] == [0, 1, 2]
+
+
+def test_loss_convention_scales_the_step(foundation, simulation):
+    spec = build_spec(foundation, updatable=UpdateSettings(updatable_layers=1, epochs=1,
+                                                           batch_size=1, shuffle=False))
+    record = simulation.users[0].train.head(1)
+    before = get_inner_product(spec, "dense_2")[1]
+    mean, _ = update_spec(spec, record)
+    half, _ = update_spec(spec, record, convention=LossConvention(half=True))
+    step_mean = get_inner_product(mean, "dense_2")[1] - before
+    step_half = get_inner_product(half, "dense_2")[1] - before
+    np.testing.assert_allclose(step_mean, 2 * step_half, rtol=1e-4)
+
+
+@pytest.fixture
+def personal_model(foundation, tmp_path):
+    return export_coreml(foundation, tmp_path / "personal.mlmodel", updatable=UpdateSettings())
+
+
+def test_personalize_replaces_the_model_when_held_out_loss_improves(personal_model, simulation):
+    user = simulation.users[5]
+    before = personal_model.read_bytes()
+    result = personalize(personal_model, user.train, holdout=user.train)
+    assert result.accepted and result.holdout_loss_after <= result.holdout_loss_before
+    assert personal_model.read_bytes() != before
+    assert sorted(p.name for p in personal_model.parent.iterdir()) == ["personal.mlmodel"]
+
+
+def test_a_diverging_update_never_replaces_the_model(personal_model, simulation):
+    before = personal_model.read_bytes()
+    records = simulation.users[0].train.assign(MEDV=1e25)  # float32 overflows within steps
+    result = personalize(personal_model, records, learning_rate=1.0)
+    assert not result.accepted and "diverged" in result.reason
+    assert personal_model.read_bytes() == before
+
+
+def test_an_update_that_worsens_held_out_loss_is_not_kept(personal_model, simulation):
+    user = simulation.users[2]
+    skewed = user.train.copy()
+    skewed["MEDV"] = skewed["MEDV"] * 3  # trains toward prices the holdout does not have
+    before = personal_model.read_bytes()
+    result = personalize(personal_model, skewed, holdout=user.test)
+    assert not result.accepted and "would rise" in result.reason
+    assert personal_model.read_bytes() == before
+    with pytest.raises(Exception, match="would rise"):
+        result.raise_if_rejected()
+
+
+@pytest.mark.parametrize("change, error, words", [
+    (lambda f: f.assign(RAD=13), UnknownCategoryError, "'RAD'.*13"),
+    (lambda f: f.assign(RM=np.nan), ValidationError, "'RM'"),
+    (lambda f: f.drop(columns=["LSTAT"]), ValidationError, "LSTAT"),
+    (lambda f: f.assign(EXTRA=1.0), ValidationError, "EXTRA"),
+    (lambda f: f.drop(columns=["MEDV"]), ValidationError, "MEDV"),
+])
+def test_bad_records_are_named_and_nothing_is_written(personal_model, simulation, change, error,
+                                                      words):
+    before = personal_model.read_bytes()
+    with pytest.raises(error, match=words):
+        personalize(personal_model, change(simulation.users[0].train.copy()))
+    assert personal_model.read_bytes() == before
+
+
+def test_a_failed_write_leaves_the_old_model(personal_model, simulation, monkeypatch):
+    import dmt_model.files as files
+
+    before = personal_model.read_bytes()
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(files.os, "replace", broken_replace)
+    user = simulation.users[5]
+    with pytest.raises(OSError, match="disk full"):
+        personalize(personal_model, user.train, holdout=user.train)
+    assert personal_model.read_bytes() == before
+    assert sorted(p.name for p in personal_model.parent.iterdir()) == ["personal.mlmodel"]

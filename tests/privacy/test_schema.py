@@ -1,0 +1,76 @@
+import pandas as pd
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dmt_privacy import DMTError, Field, Schema, SchemaError, UnknownCategoryError, ValidationError
+from dmt_privacy.errors import InvalidBackup, InvalidPackage
+
+
+def test_error_tree_subclasses_builtins_except_integrity_failures():
+    assert issubclass(ValidationError, ValueError) and issubclass(ValidationError, DMTError)
+    assert issubclass(UnknownCategoryError, ValidationError)
+    for integrity in (InvalidBackup, InvalidPackage):
+        assert issubclass(integrity, DMTError) and not issubclass(integrity, ValueError)
+
+
+names = st.text(alphabet="abcdefghij_", min_size=1, max_size=8)
+
+
+@st.composite
+def fields(draw, name):
+    kind = draw(st.sampled_from(["numeric", "categorical"]))
+    if kind == "numeric":
+        low = draw(st.floats(-1e6, 1e6))
+        width = draw(st.floats(1e-3, 1e6))
+        grid = draw(st.none() | st.floats(1e-4, 10))
+        return Field(name, kind, role=draw(st.sampled_from(["insensitive", "quasi-identifier"])),
+                     bounds=(low, low + width), grid=grid)
+    cats = draw(st.lists(st.integers(0, 50) | st.text(max_size=5), min_size=1, max_size=6,
+                         unique=True))
+    return Field(name, kind, categories=tuple(cats))
+
+
+@given(st.lists(names, min_size=1, max_size=5, unique=True).flatmap(
+    lambda ns: st.tuples(*[fields(n) for n in ns])))
+def test_schema_json_round_trip(generated):
+    schema = Schema(tuple(generated), name="s")
+    again = Schema.from_json(schema.to_json())
+    assert again == schema
+    assert again.schema_id == schema.schema_id
+    for a, b in zip(again, schema, strict=True):
+        assert a.categories == b.categories  # ints stay ints, strings stay strings
+
+
+def test_hierarchy_round_trips_with_key_types():
+    field = Field("rad", "categorical", categories=(1, 24), hierarchy={1: ("low", "*"),
+                                                                      24: ("high", "*")})
+    again = Schema.from_json(Schema((field,)).to_json())["rad"]
+    assert again.hierarchy == {1: ("low", "*"), 24: ("high", "*")}
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"kind": "numbr"}, "kind 'numbr'"),
+    ({"kind": "numeric", "bounds": (3, 1)}, "low < high"),
+    ({"kind": "numeric", "grid": -1}, "grid"),
+    ({"kind": "categorical", "categories": (1, 1)}, "repeat"),
+    ({"kind": "categorical", "bounds": (0, 1)}, "numeric fields only"),
+])
+def test_bad_fields_are_refused_with_the_field_named(kwargs, words):
+    with pytest.raises(SchemaError, match=words) as info:
+        Field("age", **kwargs)
+    assert "age" in str(info.value)
+
+
+def test_validate_names_column_and_value():
+    schema = Schema((Field("a", "numeric"), Field("c", "categorical", categories=("x", "y"))))
+    schema.validate(pd.DataFrame({"a": [1.0], "c": ["x"]}))
+    with pytest.raises(ValidationError, match="Missing column"):
+        schema.validate(pd.DataFrame({"a": [1.0]}))
+    with pytest.raises(ValidationError, match="Unexpected column"):
+        schema.validate(pd.DataFrame({"a": [1.0], "c": ["x"], "z": [0]}))
+    with pytest.raises(ValidationError, match="'a'.*missing value"):
+        schema.validate(pd.DataFrame({"a": [float("nan")], "c": ["x"]}, index=[7]))
+    with pytest.raises(UnknownCategoryError, match="'c'.*'q'"):
+        schema.validate(pd.DataFrame({"a": [1.0, 2.0], "c": ["x", "q"]}).sample(frac=1.0,
+                                                                               random_state=1))
