@@ -365,19 +365,23 @@ def personalize(
     *,
     holdout: pd.DataFrame | None = None,
     output_path: str | os.PathLike[str] | None = None,
-    validation_fraction: float = 0.25,
+    folds: int = 4,
     seed: int = 0,
     on_event: Callable[[UpdateEvent], None] | None = None,
     **overrides: Any,
 ) -> PersonalizationResult:
     """Update the personal model at ``model_path`` on ``records``, keeping it only if better.
 
-    The held-out check uses ``holdout`` if given; otherwise ``validation_fraction``
-    of ``records`` (chosen with ``seed``) is held out from training. The model is
-    written to ``output_path`` (default: ``model_path`` itself) only if the
-    held-out MSE is finite and not worse than before; otherwise nothing is
-    written and the result says why. Bad input raises before anything is read
-    for training. ``overrides`` are passed to :func:`update_spec`
+    The check compares mean squared error on held-out records before and after
+    the update. With ``holdout`` given, the update trains on all ``records`` and
+    is checked on ``holdout``. Without it (the usual case on a device, where a
+    user has a dozen records), the check is a ``folds``-fold cross-validation:
+    each fold is held out in turn while the update trains on the rest, and the
+    summed held-out error must not rise; only then is the final update trained
+    on all records. The model is written to ``output_path`` (default:
+    ``model_path`` itself) only if the check passes and every loss stayed
+    finite; otherwise nothing is written and the result says why. Bad input
+    raises before any training. ``overrides`` go to :func:`update_spec`
     (``learning_rate``, ``epochs``, ``batch_size``, ``shuffle``, ``convention``).
     """
     model_path = Path(model_path)
@@ -385,28 +389,38 @@ def personalize(
     spec = load_spec(model_path)
     validate_updatable(spec)
     _check_records(spec, records, what=f"records for {model_path.name}")
-    if holdout is None:
-        if not 0 < validation_fraction < 1:
+    if holdout is not None:
+        checks = [(records, holdout)]
+    else:
+        if not isinstance(folds, int) or folds < 2:
+            raise ValidationError(f"folds must be an integer of at least 2, got {folds!r}.")
+        if len(records) < folds:
             raise ValidationError(
-                f"validation_fraction must be in (0, 1), got {validation_fraction!r}.")
-        n_hold = max(1, round(validation_fraction * len(records)))
-        if n_hold >= len(records):
-            raise ValidationError(
-                f"{len(records)} record(s) are too few to hold some out; pass holdout= "
-                "explicitly or give more records.")
+                f"{len(records)} record(s) are too few for {folds}-fold cross-validation; "
+                "pass holdout= explicitly, lower folds, or give more records.")
         order = np.random.default_rng(seed).permutation(len(records))
-        holdout, records = records.iloc[order[:n_hold]], records.iloc[order[n_hold:]]
-    hold_target = _check_records(spec, holdout, what="holdout records")
-    before = _mse(spec, holdout, hold_target)
+        parts = np.array_split(order, folds)
+        checks = [(records.iloc[np.setdiff1d(order, part)], records.iloc[part])
+                  for part in parts]
+    before = after = 0.0
+    history = UpdateHistory()
     try:
-        updated, history = update_spec(spec, records, on_event=on_event, **overrides)
+        for train, held in checks:
+            held_target = _check_records(spec, held, what="holdout records")
+            candidate, history = update_spec(spec, train, on_event=on_event, **overrides)
+            before += _mse(spec, held, held_target) * len(held)
+            after += _mse(candidate, held, held_target) * len(held)
+        n_held = sum(len(held) for _, held in checks)
+        before, after = before / n_held, after / n_held
+        if not math.isfinite(after) or after > before:
+            reason = (f"held-out MSE would rise from {before:.4g} to {after:.4g}; "
+                      "the personal model was kept as it was.")
+            return PersonalizationResult(False, reason, before, after, output, history)
+        if holdout is None:
+            candidate, history = update_spec(spec, records, on_event=on_event, **overrides)
     except UpdateRejected as exc:
-        return PersonalizationResult(False, str(exc), before, math.nan, output, UpdateHistory())
-    after = _mse(updated, holdout, hold_target)
-    if not math.isfinite(after) or after > before:
-        reason = (f"held-out MSE would rise from {before:.4g} to {after:.4g}; "
-                  "the personal model was kept as it was.")
-        return PersonalizationResult(False, reason, before, after, output, history)
-    save_spec(updated, output)
-    return PersonalizationResult(True, f"held-out MSE {before:.4g} → {after:.4g}", before, after,
-                                 output, history)
+        return PersonalizationResult(False, str(exc), before, math.nan, output, history)
+    save_spec(candidate, output)
+    how = "on the holdout" if holdout is not None else f"in {len(checks)}-fold cross-validation"
+    return PersonalizationResult(True, f"held-out MSE {before:.4g} → {after:.4g} {how}", before,
+                                 after, output, history)

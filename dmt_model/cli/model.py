@@ -1,0 +1,162 @@
+"""``dmt train``, ``dmt export`` and ``dmt personalize``: the loop, one step at a time."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from dmt_privacy.errors import ValidationError
+from dmt_privacy.schema import Schema
+
+__all__ = ["register"]
+
+
+def _read_csv(path: str, what: str) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except FileNotFoundError:
+        raise ValidationError(f"{what}: no file {path}.") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ValidationError(f"{what}: {path} is not a readable CSV file ({exc}).") from None
+
+
+def _schema(path: str | None) -> Schema:
+    if path is None:
+        from dmt_model.datasets import BOSTON_SCHEMA
+
+        return BOSTON_SCHEMA
+    try:
+        return Schema.from_json(Path(path).read_text())
+    except FileNotFoundError:
+        raise ValidationError(f"--schema: no file {path}.") from None
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from dmt_model.foundation import TrainingConfig, train_foundation
+
+    schema = _schema(args.schema)
+    if args.data is None:
+        from dmt_model.datasets import load_boston, simulate_users
+
+        data = simulate_users(load_boston(), seed=args.seed).proxy
+        print(f"Training on the bundled Boston proxy split ({len(data)} rows, seed {args.seed}).")
+    else:
+        data = _read_csv(args.data, "--data")
+    config = TrainingConfig(epochs=args.epochs, batch_size=args.batch_size,
+                            learning_rate=args.learning_rate, seed=args.seed)
+    with tqdm(total=config.epochs, desc="training foundation", unit="epoch") as bar:
+        def progress(epoch: int, loss: float) -> None:
+            bar.set_postfix(mse=f"{loss:.3f}", refresh=False)
+            bar.update()
+
+        foundation = train_foundation(data, schema, config, on_epoch_end=progress)
+    metrics = foundation.evaluate(data)
+    foundation.save(args.output)
+    print(f"Saved {args.output}: training RMSE {metrics.rmse:.3f}, MAE {metrics.mae:.3f} "
+          f"on {metrics.n} records.")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from dmt_model.coreml import UpdateSettings, export_coreml
+    from dmt_model.foundation import Foundation
+
+    foundation = Foundation.load(args.foundation)
+    settings = None
+    if args.updatable:
+        settings = UpdateSettings(
+            updatable_layers=args.updatable_layers, optimizer=args.optimizer,
+            learning_rate=args.learning_rate, batch_size=args.batch_size, epochs=args.epochs,
+            shuffle=not args.no_shuffle, seed=args.seed)
+    path = export_coreml(foundation, args.output, updatable=settings, version=args.version)
+    kind = (f"updatable (last {settings.updatable_layers} dense layer(s), {settings.optimizer}, "
+            f"lr {settings.learning_rate}, batch {settings.batch_size}, {settings.epochs} epochs)"
+            if settings else "non-updatable")
+    print(f"Wrote {path}: {kind} Core ML model, version {args.version}.")
+    return 0
+
+
+def run_personalize(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from dmt_model.coreml import load_spec
+    from dmt_model.personalize import UpdateEvent, personalize, read_settings
+
+    records = _read_csv(args.records, "--records")
+    holdout = _read_csv(args.holdout, "--holdout") if args.holdout else None
+    epochs = args.epochs or read_settings(load_spec(args.model)).epochs
+    with tqdm(total=epochs, desc="personalizing", unit="epoch") as bar:
+        def progress(event: UpdateEvent) -> None:
+            if event.kind == "epoch_end":
+                bar.set_postfix(mse=f"{event.loss:.3f}", refresh=False)
+                bar.update()
+
+        overrides = {k: v for k, v in (("learning_rate", args.learning_rate),
+                                       ("epochs", args.epochs),
+                                       ("batch_size", args.batch_size)) if v is not None}
+        result = personalize(args.model, records, holdout=holdout, output_path=args.output,
+                             on_event=progress, **overrides)
+    if result.accepted:
+        print(f"Updated {result.model_path}: {result.reason}.")
+        return 0
+    print(f"Kept the personal model unchanged: {result.reason}")
+    return 3
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    train = subparsers.add_parser(
+        "train", help="train a foundation model on proxy data (server side)",
+        description="Train the foundation network (embeddings for categorical fields, Dense "
+                    "64-32-1) with RMSProp on proxy data and save it as a pickle-free .npz.")
+    train.add_argument("--data", help="CSV of proxy records (default: the bundled Boston "
+                                      "proxy split)")
+    train.add_argument("--schema", help="schema JSON describing the CSV (default: Boston's)")
+    train.add_argument("-o", "--output", default="foundation.npz",
+                       help="where to write the model (default: %(default)s)")
+    train.add_argument("--epochs", type=int, default=500, help="default: %(default)s")
+    train.add_argument("--batch-size", type=int, default=32, help="default: %(default)s")
+    train.add_argument("--learning-rate", type=float, default=1e-3, help="default: %(default)s")
+    train.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    train.set_defaults(func=run_train)
+
+    export = subparsers.add_parser(
+        "export", help="export a foundation model as a Core ML .mlmodel",
+        description="Write a NeuralNetwork .mlmodel that takes raw field values (standardization "
+                    "and category lookup happen inside the graph). With --updatable, the last "
+                    "dense layers can be retrained on the device with MLUpdateTask.")
+    export.add_argument("foundation", help="a model written by 'dmt train'")
+    export.add_argument("-o", "--output", required=True, help="the .mlmodel to write")
+    export.add_argument("--updatable", action="store_true", help="make it updatable on device")
+    export.add_argument("--updatable-layers", type=int, default=2,
+                        help="how many of the last dense layers are updatable "
+                             "(default: %(default)s)")
+    export.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
+    export.add_argument("--learning-rate", type=float, default=3e-4,
+                        help="default: %(default)s")
+    export.add_argument("--batch-size", type=int, default=8, help="default: %(default)s")
+    export.add_argument("--epochs", type=int, default=500, help="default: %(default)s")
+    export.add_argument("--no-shuffle", action="store_true", help="keep example order")
+    export.add_argument("--seed", type=int, default=0, help="shuffle seed (default: 0)")
+    export.add_argument("--version", default="1", help="model version string (default: 1)")
+    export.set_defaults(func=run_export)
+
+    pers = subparsers.add_parser(
+        "personalize", help="retrain an updatable model on a user's records (emulated)",
+        description="Emulate Core ML's on-device update on the user's records. The model is "
+                    "replaced only if loss on held-out records does not get worse; otherwise "
+                    "it is left as it was and the command exits with status 3.")
+    pers.add_argument("model", help="the user's updatable .mlmodel")
+    pers.add_argument("--records", required=True,
+                      help="CSV of the user's records (model inputs and the target)")
+    pers.add_argument("--holdout", help="CSV of held-out records for the check (default: a "
+                                        "quarter of --records is held out)")
+    pers.add_argument("-o", "--output", help="write the new model here instead of replacing "
+                                             "MODEL")
+    pers.add_argument("--learning-rate", type=float, help="override the model's")
+    pers.add_argument("--epochs", type=int, help="override the model's")
+    pers.add_argument("--batch-size", type=int, help="override the model's")
+    pers.set_defaults(func=run_personalize)

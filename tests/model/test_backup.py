@@ -1,0 +1,557 @@
+"""dmt_model.backup: format, known answer, integrity, atomic files and the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import struct
+from pathlib import Path
+
+import pytest
+from argon2.low_level import Type, hash_secret_raw
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import dmt_model.backup as backup_module
+from dmt_model.backup import (
+    DEFAULT_KDF_PARAMS,
+    Argon2idParams,
+    BackupMetadata,
+    _backup_bytes_with,
+    backup,
+    backup_bytes,
+    restore,
+    restore_bytes,
+)
+from dmt_model.cli import backup as backup_cli
+from dmt_privacy.errors import InvalidBackup, ModelFileError, ValidationError
+
+# Argon2's smallest legal cost: fast enough to try hundreds of altered backups.
+TINY = Argon2idParams(memory_kib=8, iterations=1, lanes=1)
+HEADER_SIZE = 46
+
+
+def _tiny_backup(model: bytes = b"model", passphrase: str = "pw", **kwargs) -> bytes:
+    return _backup_bytes_with(
+        model, passphrase, salt=os.urandom(16), nonce=os.urandom(12), kdf_params=TINY, **kwargs
+    )
+
+
+def _assert_bare_invalid(exc_info: pytest.ExceptionInfo[InvalidBackup]) -> None:
+    """The one integrity failure: no message, no cause, no context."""
+    exc = exc_info.value
+    assert type(exc) is InvalidBackup
+    assert exc.args == ()
+    assert exc.__cause__ is None
+    assert exc.__context__ is None
+
+
+@pytest.fixture
+def fast_kdf(monkeypatch: pytest.MonkeyPatch) -> None:
+    """File-level tests do not need to pay 64 MiB per derivation."""
+    monkeypatch.setattr(backup_module, "DEFAULT_KDF_PARAMS", TINY)
+
+
+# --- known-answer vector --------------------------------------------------------
+
+KAT_PASSPHRASE = "correct horse battery staple"
+KAT_SALT = bytes(range(16))
+KAT_NONCE = bytes(range(0xA0, 0xAC))
+KAT_PARAMS = Argon2idParams(memory_kib=64, iterations=2, lanes=2)
+KAT_MODEL = b"\x08\x04\x12\x00personal-model-bytes\xff"
+KAT_METADATA = {"device": "test", "epochs": 500}
+KAT_NAME = "personal.mlmodel"
+KAT_CREATED = "2025-01-01T00:00:00Z"
+KAT_BLOB = bytes.fromhex(
+    "444d54420101000000400000000200000002000102030405060708090a0b0c0d"
+    "0e0fa0a1a2a3a4a5a6a7a8a9aaab10d6635a5fc2269c441584b115bae18959f0"
+    "7ac3432fa44b9feb0af4ce21909eb0045d3da4957b95b4327edea709c87c316f"
+    "242a7f3d12bb6b894e2432459d985810ea1a58218c1b71c54232bd7dc9e4ff41"
+    "89c36c90a2de993bbcdfe83302858098ee513e0004fcaf30a2deee38df74f47b"
+    "42261a40affab9791c8f9a93db880732d9f2a4af450ae3cee8815e7e308c24fa"
+    "619931cf4194ef41c6949338995a2beed769e712d2ea655c0fb0b97cae69157f"
+    "0ee27e7d851966ab418fa31c30fcbb090fa0b9e2ced8717accbc2855d4c010a1"
+    "9f99f549b8405ddfc1f0547553840cfe1c7ee610d0d9ea957d323351163cdbd2"
+    "f116e0df6ef2"
+)
+
+
+def test_known_answer_vector() -> None:
+    blob = _backup_bytes_with(
+        KAT_MODEL,
+        KAT_PASSPHRASE,
+        salt=KAT_SALT,
+        nonce=KAT_NONCE,
+        kdf_params=KAT_PARAMS,
+        metadata=KAT_METADATA,
+        model_name=KAT_NAME,
+        created=KAT_CREATED,
+    )
+    assert blob.hex() == KAT_BLOB.hex()
+
+
+def test_known_answer_vector_decrypts_independently() -> None:
+    """Re-read the vector from the format spec alone, with libargon2 (argon2-cffi)
+    instead of the module's OpenSSL Argon2id, and raw AES-GCM."""
+    magic, version, kdf_id, memory, iterations, lanes = struct.unpack(">4sBBIII", KAT_BLOB[:18])
+    assert (magic, version, kdf_id) == (b"DMTB", 1, 1)
+    assert (memory, iterations, lanes) == (64, 2, 2)
+    assert KAT_BLOB[18:34] == KAT_SALT
+    assert KAT_BLOB[34:46] == KAT_NONCE
+    key = hash_secret_raw(
+        KAT_PASSPHRASE.encode(),
+        KAT_SALT,
+        time_cost=iterations,
+        memory_cost=memory,
+        parallelism=lanes,
+        hash_len=32,
+        type=Type.ID,
+    )
+    plaintext = AESGCM(key).decrypt(KAT_NONCE, KAT_BLOB[46:], KAT_BLOB[:46])
+    (length,) = struct.unpack(">I", plaintext[:4])
+    document = json.loads(plaintext[4 : 4 + length])
+    assert plaintext[4 + length :] == KAT_MODEL
+    assert document == {
+        "created": KAT_CREATED,
+        "extra": KAT_METADATA,
+        "model_name": KAT_NAME,
+        "model_sha256": hashlib.sha256(KAT_MODEL).hexdigest(),
+        "model_size": len(KAT_MODEL),
+    }
+
+
+def test_known_answer_vector_restores() -> None:
+    model, info = restore_bytes(KAT_BLOB, KAT_PASSPHRASE)
+    assert model == KAT_MODEL
+    assert info == BackupMetadata(
+        model_name=KAT_NAME,
+        model_sha256=hashlib.sha256(KAT_MODEL).hexdigest(),
+        model_size=len(KAT_MODEL),
+        created=KAT_CREATED,
+        extra=KAT_METADATA,
+    )
+
+
+# --- round trips ----------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+json_objects = st.dictionaries(st.text(max_size=8), json_values, max_size=5)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    model=st.binary(max_size=4096),
+    metadata=st.none() | json_objects,
+    passphrase=st.text(min_size=1, max_size=20) | st.binary(min_size=1, max_size=20),
+    model_name=st.none() | st.text(max_size=20),
+)
+def test_round_trip_is_bit_exact(
+    model: bytes, metadata: dict | None, passphrase: str | bytes, model_name: str | None
+) -> None:
+    blob = _backup_bytes_with(
+        model,
+        passphrase,
+        salt=os.urandom(16),
+        nonce=os.urandom(12),
+        kdf_params=TINY,
+        metadata=metadata,
+        model_name=model_name,
+    )
+    restored, info = restore_bytes(blob, passphrase)
+    assert restored == model
+    assert info.extra == (metadata or {})
+    assert info.model_name == model_name
+    assert info.model_size == len(model)
+    assert info.model_sha256 == hashlib.sha256(model).hexdigest()
+
+
+def test_default_parameters_round_trip_and_wrong_passphrase() -> None:
+    """The public recipe, once, at its real cost (64 MiB, t=3, p=4)."""
+    model = os.urandom(3000)
+    blob = backup_bytes(model, "s3cret passphrase", metadata={"k": [1, 2]}, model_name="m.mlmodel")
+    assert blob[:6] == b"DMTB\x01\x01"
+    assert struct.unpack(">III", blob[6:18]) == (65536, 3, 4)
+    assert DEFAULT_KDF_PARAMS == Argon2idParams(65536, 3, 4)
+    restored, info = restore_bytes(blob, "s3cret passphrase")
+    assert restored == model
+    assert info.extra == {"k": [1, 2]}
+    assert info.model_name == "m.mlmodel"
+    assert info.created.endswith("Z")
+    with pytest.raises(InvalidBackup) as exc_info:
+        restore_bytes(blob, "s3cret passphrasE")
+    _assert_bare_invalid(exc_info)
+
+
+def test_fresh_salt_and_nonce_every_time() -> None:
+    blobs = {_tiny_backup() for _ in range(5)}
+    assert len(blobs) == 5
+    assert len({blob[18:34] for blob in blobs}) == 5
+    assert len({blob[34:46] for blob in blobs}) == 5
+
+
+def test_passphrase_is_nfc_normalized() -> None:
+    blob = _tiny_backup(passphrase="caf\u00e9")
+    assert restore_bytes(blob, "cafe\u0301")[0] == b"model"
+    assert restore_bytes(blob, "caf\u00e9".encode())[0] == b"model"
+
+
+def test_fallback_to_argon2_cffi_gives_the_same_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cryptography.hazmat.primitives.kdf import argon2 as cryptography_argon2
+
+    class Unsupported:
+        def __init__(self, **kwargs: object) -> None:
+            raise UnsupportedAlgorithm("no Argon2 in this OpenSSL")
+
+    monkeypatch.setattr(cryptography_argon2, "Argon2id", Unsupported)
+    assert restore_bytes(KAT_BLOB, KAT_PASSPHRASE)[0] == KAT_MODEL
+
+
+# --- integrity: one bare InvalidBackup for everything -------------------------------
+
+
+def test_wrong_passphrase() -> None:
+    blob = _tiny_backup(passphrase="right")
+    for wrong in ("wrong", "right ", "Right", b"righ"):
+        with pytest.raises(InvalidBackup) as exc_info:
+            restore_bytes(blob, wrong)
+        _assert_bare_invalid(exc_info)
+
+
+def test_every_single_byte_flip_is_refused() -> None:
+    blob = _tiny_backup(b"\x00model\xff", metadata={"a": 1}, model_name="m.mlmodel")
+    assert restore_bytes(blob, "pw")[0] == b"\x00model\xff"
+    for index in range(len(blob)):
+        for mask in (0x01, 0x80, 0xFF):
+            altered = bytearray(blob)
+            altered[index] ^= mask
+            with pytest.raises(InvalidBackup) as exc_info:
+                restore_bytes(bytes(altered), "pw")
+            _assert_bare_invalid(exc_info)
+
+
+def test_truncation_at_every_length_and_extension_are_refused() -> None:
+    blob = _tiny_backup()
+    for length in range(len(blob)):
+        with pytest.raises(InvalidBackup) as exc_info:
+            restore_bytes(blob[:length], "pw")
+        _assert_bare_invalid(exc_info)
+    for suffix in (b"\x00", b"extra bytes"):
+        with pytest.raises(InvalidBackup):
+            restore_bytes(blob + suffix, "pw")
+
+
+@pytest.mark.parametrize(
+    ("memory", "iterations", "lanes"),
+    [
+        (2 << 20, 1, 1),  # 2 GiB of memory
+        ((1 << 20) + 1, 1, 1),  # just above 1 GiB
+        (1 << 20, 5, 4),  # 1 GiB is allowed, but not five passes over it
+        (65536, 65, 4),  # too many passes
+        (65536, 3, 65),  # too many lanes
+        (65536, 0, 4),  # no pass
+        (65536, 3, 0),  # no lane
+        (31, 3, 4),  # below Argon2's 8 KiB per lane
+        (0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF),
+    ],
+)
+def test_absurd_kdf_parameters_are_refused_before_deriving(
+    monkeypatch: pytest.MonkeyPatch, memory: int, iterations: int, lanes: int
+) -> None:
+    def must_not_derive(*args: object) -> bytes:
+        raise AssertionError("a key was derived from absurd parameters")
+
+    blob = _tiny_backup()
+    crafted = blob[:6] + struct.pack(">III", memory, iterations, lanes) + blob[18:]
+    monkeypatch.setattr(backup_module, "_derive_key", must_not_derive)
+    with pytest.raises(InvalidBackup) as exc_info:
+        restore_bytes(crafted, "pw")
+    _assert_bare_invalid(exc_info)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [b"DMTC\x01\x01", b"DMTB\x02\x01", b"DMTB\x00\x01", b"DMTB\x01\x02", b"PK\x03\x04\x01\x01"],
+)
+def test_wrong_magic_version_or_kdf_is_refused(header: bytes) -> None:
+    blob = _tiny_backup()
+    with pytest.raises(InvalidBackup) as exc_info:
+        restore_bytes(header + blob[6:], "pw")
+    _assert_bare_invalid(exc_info)
+
+
+# --- caller mistakes: clear ValidationErrors ------------------------------------------
+
+
+@pytest.mark.parametrize("passphrase", ["", b""])
+def test_empty_passphrase_is_a_validation_error(passphrase: str | bytes) -> None:
+    with pytest.raises(ValidationError, match="empty"):
+        backup_bytes(b"model", passphrase)
+    with pytest.raises(ValidationError, match="empty"):
+        restore_bytes(_tiny_backup(), passphrase)
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {"t": (1, 2)},
+        {"b": b"bytes"},
+        {1: "int key"},
+        {"nan": float("nan")},
+        {"obj": object()},
+        ["not", "a", "dict"],
+    ],
+)
+def test_metadata_must_be_a_json_object(metadata: object) -> None:
+    with pytest.raises(ValidationError, match="metadata"):
+        _tiny_backup(metadata=metadata)
+
+
+def test_wrong_types_are_validation_errors() -> None:
+    with pytest.raises(ValidationError, match="model_bytes"):
+        _tiny_backup(model="a str")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="blob"):
+        restore_bytes("not bytes", "pw")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="salt"):
+        _backup_bytes_with(b"m", "pw", salt=b"short", nonce=bytes(12), kdf_params=TINY)
+
+
+# --- files ------------------------------------------------------------------------
+
+
+def _listing(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+def test_file_round_trip(tmp_path: Path, fast_kdf: None) -> None:
+    model = tmp_path / "personal.mlmodel"
+    model.write_bytes(os.urandom(10_000))
+    info = backup(model, tmp_path / "p.dmtbackup", "pw", metadata={"version": 3})
+    assert info.model_name == "personal.mlmodel"
+    assert (tmp_path / "p.dmtbackup").stat().st_mode & 0o777 == 0o600
+    restored = tmp_path / "out" / "restored.mlmodel"
+    restored.parent.mkdir()
+    back = restore(tmp_path / "p.dmtbackup", restored, "pw")
+    assert restored.read_bytes() == model.read_bytes()
+    assert back == info
+    assert _listing(restored.parent) == ["restored.mlmodel"]
+    assert _listing(tmp_path) == ["out", "p.dmtbackup", "personal.mlmodel"]
+
+
+def test_restore_never_overwrites_without_permission(tmp_path: Path, fast_kdf: None) -> None:
+    model = tmp_path / "m.mlmodel"
+    model.write_bytes(b"the model")
+    backup(model, tmp_path / "b", "pw")
+    target = tmp_path / "existing.mlmodel"
+    target.write_bytes(b"do not touch")
+    with pytest.raises(ModelFileError, match="already exists"):
+        restore(tmp_path / "b", target, "pw")
+    assert target.read_bytes() == b"do not touch"
+    with pytest.raises(ModelFileError, match="already exists"):
+        backup(model, tmp_path / "b", "pw")
+    restore(tmp_path / "b", target, "pw", overwrite=True)
+    assert target.read_bytes() == b"the model"
+    assert _listing(tmp_path) == ["b", "existing.mlmodel", "m.mlmodel"]
+
+
+def test_failed_restore_leaves_everything_as_it_was(tmp_path: Path, fast_kdf: None) -> None:
+    model = tmp_path / "m.mlmodel"
+    model.write_bytes(b"the model")
+    backup(model, tmp_path / "b", "pw")
+    target = tmp_path / "existing.mlmodel"
+    target.write_bytes(b"do not touch")
+    blob = (tmp_path / "b").read_bytes()
+    (tmp_path / "altered").write_bytes(blob[:-1] + bytes([blob[-1] ^ 1]))
+    before = _listing(tmp_path)
+    for source, passphrase, destination in [
+        ("b", "wrong", "existing.mlmodel"),
+        ("altered", "pw", "existing.mlmodel"),
+        ("b", "wrong", "new.mlmodel"),
+        ("altered", "pw", "new.mlmodel"),
+    ]:
+        with pytest.raises(InvalidBackup):
+            restore(tmp_path / source, tmp_path / destination, passphrase, overwrite=True)
+        assert target.read_bytes() == b"do not touch"
+        assert _listing(tmp_path) == before
+
+
+def test_write_failure_removes_the_temporary_file(
+    tmp_path: Path, fast_kdf: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = tmp_path / "m.mlmodel"
+    model.write_bytes(b"the model")
+    backup(model, tmp_path / "b", "pw")
+    target = tmp_path / "existing.mlmodel"
+    target.write_bytes(b"do not touch")
+    before = _listing(tmp_path)
+
+    def failing_replace(src: object, dst: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(backup_module.os, "replace", failing_replace)
+    with pytest.raises(ModelFileError, match="nothing was replaced"):
+        restore(tmp_path / "b", target, "pw", overwrite=True)
+    assert target.read_bytes() == b"do not touch"
+    assert _listing(tmp_path) == before
+
+
+def test_missing_files_are_model_file_errors(tmp_path: Path, fast_kdf: None) -> None:
+    with pytest.raises(ModelFileError, match="does not exist"):
+        backup(tmp_path / "absent.mlmodel", tmp_path / "b", "pw")
+    with pytest.raises(ModelFileError, match="does not exist"):
+        restore(tmp_path / "absent.dmtbackup", tmp_path / "m.mlmodel", "pw")
+    (tmp_path / "empty.mlmodel").write_bytes(b"")
+    with pytest.raises(ModelFileError, match="empty"):
+        backup(tmp_path / "empty.mlmodel", tmp_path / "b", "pw")
+    (tmp_path / "m.mlmodel").write_bytes(b"m")
+    with pytest.raises(ModelFileError, match="directory"):
+        backup(tmp_path / "m.mlmodel", tmp_path / "no" / "such" / "b", "pw")
+    assert _listing(tmp_path) == ["empty.mlmodel", "m.mlmodel"]
+
+
+# --- CLI ------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dmt")
+    backup_cli.register(parser.add_subparsers(dest="command"))
+    return parser
+
+
+def test_cli_round_trip_with_passphrase_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Through ``register`` on a fresh parser, at the default KDF cost."""
+    monkeypatch.setenv("DMT_TEST_BACKUP_PASSPHRASE", "correct horse")
+    model = tmp_path / "personal.mlmodel"
+    model.write_bytes(os.urandom(5000))
+    out = tmp_path / "p.dmtbackup"
+    args = _parser().parse_args(
+        ["backup", str(model), "-o", str(out), "--passphrase-env", "DMT_TEST_BACKUP_PASSPHRASE"]
+    )
+    assert args.func(args) == 0
+    assert "correct horse" not in capsys.readouterr().out
+    assert struct.unpack(">III", out.read_bytes()[6:18]) == (65536, 3, 4)
+
+    restored = tmp_path / "restored.mlmodel"
+    args = _parser().parse_args(
+        ["restore", str(out), "-o", str(restored), "--passphrase-env", "DMT_TEST_BACKUP_PASSPHRASE"]
+    )
+    assert args.func(args) == 0
+    assert restored.read_bytes() == model.read_bytes()
+    assert "personal.mlmodel" in capsys.readouterr().out
+
+    # An existing destination needs --force.
+    with pytest.raises(ModelFileError, match="--force"):
+        args.func(args)
+    args = _parser().parse_args(
+        ["restore", str(out), "-o", str(restored), "--passphrase-env",
+         "DMT_TEST_BACKUP_PASSPHRASE", "--force"]
+    )
+    assert args.func(args) == 0
+
+
+def test_cli_wrong_passphrase_prints_one_fixed_message(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    fast_kdf: None,
+) -> None:
+    model = tmp_path / "m.mlmodel"
+    model.write_bytes(b"model")
+    backup(model, tmp_path / "b", "right")
+    monkeypatch.setenv("DMT_TEST_BACKUP_PASSPHRASE", "wrong")
+    args = _parser().parse_args(
+        ["restore", str(tmp_path / "b"), "-o", str(tmp_path / "r.mlmodel"),
+         "--passphrase-env", "DMT_TEST_BACKUP_PASSPHRASE"]
+    )
+    assert args.func(args) == 1
+    assert backup_cli.INVALID_BACKUP_MESSAGE in capsys.readouterr().err
+    assert not (tmp_path / "r.mlmodel").exists()
+
+
+def test_cli_prompts_twice_on_backup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fast_kdf: None
+) -> None:
+    model = tmp_path / "m.mlmodel"
+    model.write_bytes(b"model")
+    answers = iter(["first", "second"])
+    monkeypatch.setattr(backup_cli.getpass, "getpass", lambda prompt="": next(answers))
+    args = _parser().parse_args(["backup", str(model), "-o", str(tmp_path / "b")])
+    with pytest.raises(ValidationError, match="differ"):
+        args.func(args)
+    assert not (tmp_path / "b").exists()
+
+    answers = iter(["same", "same"])
+    assert args.func(args) == 0
+    monkeypatch.setattr(backup_cli.getpass, "getpass", lambda prompt="": "same")
+    args = _parser().parse_args(["restore", str(tmp_path / "b"), "-o", str(tmp_path / "r")])
+    assert args.func(args) == 0
+    assert (tmp_path / "r").read_bytes() == b"model"
+
+
+def test_cli_missing_environment_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DMT_TEST_UNSET_VARIABLE", raising=False)
+    model = tmp_path / "m.mlmodel"
+    model.write_bytes(b"model")
+    args = _parser().parse_args(
+        ["backup", str(model), "-o", str(tmp_path / "b"), "--passphrase-env",
+         "DMT_TEST_UNSET_VARIABLE"]
+    )
+    with pytest.raises(ValidationError, match="DMT_TEST_UNSET_VARIABLE"):
+        args.func(args)
+    args = _parser().parse_args(
+        ["backup", str(model), "-o", str(tmp_path / "b"), "--passphrase-env", "hunter2 is my pw"]
+    )
+    with pytest.raises(ValidationError, match="NAME") as exc_info:
+        args.func(args)
+    assert "hunter2" not in str(exc_info.value)
+    assert not (tmp_path / "b").exists()
+
+
+def test_cli_has_no_plain_passphrase_option_and_says_why(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parser = _parser()
+    for command in ("backup", "restore"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([command, "x", "-o", "y", "--passphrase", "hunter2"])
+        with pytest.raises(SystemExit):
+            parser.parse_args([command, "--help"])
+        help_text = " ".join(capsys.readouterr().out.split())
+        assert "--passphrase-env" in help_text
+        assert "shell history" in help_text
+
+
+def test_cli_through_main(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    fast_kdf: None,
+) -> None:
+    """The dispatcher's contract, with "backup" added to COMMAND_MODULES."""
+    from dmt_model import cli
+
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("backup",))
+    monkeypatch.setenv("DMT_TEST_BACKUP_PASSPHRASE", "pw")
+    model = tmp_path / "m.mlmodel"
+    model.write_bytes(b"model")
+    env = ["--passphrase-env", "DMT_TEST_BACKUP_PASSPHRASE"]
+    assert cli.main(["backup", str(model), "-o", str(tmp_path / "b"), *env]) == 0
+    assert cli.main(["backup", str(model), "-o", str(tmp_path / "b"), *env]) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert cli.main(["restore", str(tmp_path / "b"), "-o", str(tmp_path / "r"), *env]) == 0
+    assert (tmp_path / "r").read_bytes() == b"model"
+    with pytest.raises(SystemExit):  # no prefix matching through the dispatcher either
+        cli.main(["restore", str(tmp_path / "b"), "-o", str(tmp_path / "s"), "--passphrase", "x"])
+    assert not (tmp_path / "s").exists()
