@@ -1,0 +1,59 @@
+"""k-anonymity with l-diversity and t-closeness, as a plan devices can apply.
+
+:class:`KAnonymizer` is a scikit-learn transformer on DataFrames: Mondrian
+multidimensional partitioning on integer-coded quasi-identifiers, numeric
+fields released as closed intervals, categorical fields as hierarchy nodes
+(ARX-format hierarchies) or value sets. ``fit`` learns an
+:class:`AnonymizationPlan` that serializes to JSON and that a device applies
+to its own records; :func:`release_classes` is the server's gate that
+releases only classes of at least ``k`` records. Information loss is
+measured by :func:`information_loss` (NCP, discernibility, average class size).
+"""
+
+from dmt_privacy.anonymity.anonymizer import AnonymizationReport, KAnonymizer
+from dmt_privacy.anonymity.constraints import (
+    LDiversity,
+    TCloseness,
+    emd_hierarchical,
+    emd_ordered,
+    l_achieved,
+)
+from dmt_privacy.anonymity.hierarchy import Hierarchy, interval_hierarchy
+from dmt_privacy.anonymity.metrics import (
+    InformationLoss,
+    equivalence_classes,
+    information_loss,
+    ncp_by_attribute,
+)
+from dmt_privacy.anonymity.mondrian import DimensionCoding, Partition, mondrian_partition
+from dmt_privacy.anonymity.plan import (
+    AnonymizationPlan,
+    Anonymized,
+    ColumnCoding,
+    format_generalized,
+    release_classes,
+)
+
+__all__ = [
+    "AnonymizationPlan",
+    "AnonymizationReport",
+    "Anonymized",
+    "ColumnCoding",
+    "DimensionCoding",
+    "Hierarchy",
+    "InformationLoss",
+    "KAnonymizer",
+    "LDiversity",
+    "Partition",
+    "TCloseness",
+    "emd_hierarchical",
+    "emd_ordered",
+    "equivalence_classes",
+    "format_generalized",
+    "information_loss",
+    "interval_hierarchy",
+    "l_achieved",
+    "mondrian_partition",
+    "ncp_by_attribute",
+    "release_classes",
+]

@@ -1,0 +1,655 @@
+"""KAnonymizer: k-anonymity (with l-diversity and t-closeness) as a scikit-learn transformer.
+
+``fit`` learns an :class:`~dmt_privacy.anonymity.plan.AnonymizationPlan` by
+Mondrian partitioning; ``transform`` applies the plan to any records with
+the same quasi-identifiers; ``fit_transform`` on one table is the ordinary
+dataset-level anonymizer (and equals ``fit(X).transform(X)``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, TransformerMixin
+
+from dmt_privacy.anonymity.constraints import (
+    LDiversity,
+    TCloseness,
+    emd_hierarchical,
+    emd_ordered,
+    entropy,
+)
+from dmt_privacy.anonymity.hierarchy import Hierarchy
+from dmt_privacy.anonymity.mondrian import DimensionCoding, mondrian_partition
+from dmt_privacy.anonymity.plan import (
+    AnonymizationPlan,
+    Anonymized,
+    ColumnCoding,
+    check_no_missing,
+)
+from dmt_privacy.errors import AnonymizationError, ValidationError
+
+__all__ = ["AnonymizationReport", "KAnonymizer"]
+
+HierarchyLike = Hierarchy | str | Path | Mapping[Any, Sequence[str]]
+
+
+@dataclass(frozen=True)
+class AnonymizationReport:
+    """What a fit released: classes, suppressed rows, information loss, l and t achieved.
+
+    ``average_class_size`` is released records per class divided by ``k``.
+    ``l_achieved``: the smallest number of distinct sensitive values in a
+    class; ``entropy_l_achieved``: exp of the smallest class entropy;
+    ``t_achieved``: the largest EMD between a class's sensitive distribution
+    and the table's. All three are ``nan`` without a sensitive column.
+    """
+
+    n_records: int
+    n_released: int
+    n_classes: int
+    min_class_size: int
+    average_class_size: float
+    discernibility: float
+    ncp: float
+    ncp_by_attribute: Mapping[str, float]
+    suppressed: tuple[Any, ...]
+    l_achieved: float
+    entropy_l_achieved: float
+    t_achieved: float
+    seconds: float
+    k: int
+    l: int | None = None  # noqa: E741
+    t: float | None = None
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def n_suppressed(self) -> int:
+        return len(self.suppressed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n_records": self.n_records,
+            "n_released": self.n_released,
+            "n_classes": self.n_classes,
+            "min_class_size": self.min_class_size,
+            "average_class_size": self.average_class_size,
+            "discernibility": self.discernibility,
+            "ncp": self.ncp,
+            "ncp_by_attribute": dict(self.ncp_by_attribute),
+            "n_suppressed": self.n_suppressed,
+            "suppressed": [_plain(v) for v in self.suppressed],
+            "l_achieved": self.l_achieved,
+            "entropy_l_achieved": self.entropy_l_achieved,
+            "t_achieved": self.t_achieved,
+            "seconds": self.seconds,
+            "k": self.k,
+            "l": self.l,
+            "t": self.t,
+            "notes": list(self.notes),
+        }
+
+    def to_text(self) -> str:
+        lines = [
+            f"records            {self.n_records}",
+            f"released           {self.n_released}",
+            f"suppressed         {self.n_suppressed}"
+            + (f"  (rows {list(self.suppressed)[:10]!r}{' ...' if self.n_suppressed > 10 else ''})"
+               if self.n_suppressed else ""),
+            f"classes            {self.n_classes} (smallest {self.min_class_size}, "
+            f"average size / k {self.average_class_size:.3f})",
+            f"NCP                {self.ncp:.4f}",
+        ]
+        lines += [f"  {name:<17}{value:.4f}" for name, value in self.ncp_by_attribute.items()]
+        lines += [
+            f"discernibility     {self.discernibility:.4g}",
+            f"k required         {self.k}",
+            f"l achieved         {self.l_achieved:g} distinct, "
+            f"{self.entropy_l_achieved:.3f} entropy" + (f" (required {self.l})" if self.l else ""),
+            f"t achieved (EMD)   {self.t_achieved:.4f}" + (
+                f" (required {self.t:g})" if self.t is not None else ""
+            ),
+            f"time               {self.seconds:.3f} s",
+        ]
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _is_numeric(series: pd.Series) -> bool:
+    return bool(
+        pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(series.dtype)
+    )
+
+
+def _sorted_unique(series: pd.Series) -> list[Any]:
+    uniques = pd.unique(series.to_numpy(dtype=object))
+    try:
+        return sorted(uniques)
+    except TypeError:
+        return sorted(uniques, key=lambda v: (type(v).__name__, str(v)))
+
+
+@dataclass(frozen=True)
+class _Sensitive:
+    codes: np.ndarray
+    m: int
+    kind: str  # "ordered" or "hierarchy"
+    hierarchy: Hierarchy | None
+    reference: np.ndarray
+
+    def emd(self, counts: np.ndarray) -> np.ndarray:
+        if self.kind == "ordered":
+            return emd_ordered(counts, self.reference)
+        assert self.hierarchy is not None
+        return emd_hierarchical(counts, self.reference, self.hierarchy)
+
+
+class KAnonymizer(TransformerMixin, BaseEstimator):
+    """k-anonymity by Mondrian multidimensional partitioning, on DataFrames.
+
+    Parameters
+    ----------
+    quasi_identifiers:
+        Columns an attacker may know. Numeric columns are released as closed
+        intervals (``pandas.Interval``, read their ``left``/``right``);
+        categorical ones as the lowest common hierarchy node of the class
+        when ``hierarchies`` has one for the column, else as a ``frozenset``
+        of the class's values.
+    sensitive:
+        The sensitive column, required for ``l`` and ``t``.
+    k:
+        Every released class holds at least ``k`` records.
+    l, l_kind, c:
+        l-diversity of ``sensitive`` within each class: ``"distinct"``,
+        ``"entropy"`` or ``"recursive"`` (with ``c``).
+    t:
+        t-closeness: the Earth Mover's Distance between each class's
+        sensitive distribution and the whole table's is at most ``t``
+        (ordered distance for a numeric sensitive column, hierarchical for a
+        categorical one with a hierarchy, equal distance otherwise).
+    hierarchies:
+        ``{column: Hierarchy | path to an ARX CSV | {value: ancestors}}``.
+        A hierarchy given for a numeric column makes it hierarchical too.
+    max_suppression:
+        Fraction of records (0 to 1) that may be suppressed when the table as
+        a whole is not l-diverse (records of the most frequent sensitive
+        values go first). Suppressed records stay in the output with missing
+        quasi-identifiers and are listed in ``report_.suppressed``.
+    strategy:
+        Split selection, see :func:`~dmt_privacy.anonymity.mondrian.mondrian_partition`.
+
+    Attributes
+    ----------
+    plan_: the fitted :class:`AnonymizationPlan` (``plan_.to_json()`` ships it).
+    report_: :class:`AnonymizationReport` of the fitted table.
+    labels_: class id of each fitted record (-1 where suppressed).
+    """
+
+    def __init__(
+        self,
+        quasi_identifiers: Sequence[str] = (),
+        *,
+        sensitive: str | None = None,
+        k: int = 10,
+        l: int | None = None,  # noqa: E741
+        l_kind: str = "distinct",
+        c: float = 1.0,
+        t: float | None = None,
+        hierarchies: Mapping[str, HierarchyLike] | None = None,
+        max_suppression: float = 0.0,
+        strategy: str = "ratio",
+    ) -> None:
+        self.quasi_identifiers = quasi_identifiers
+        self.sensitive = sensitive
+        self.k = k
+        self.l = l
+        self.l_kind = l_kind
+        self.c = c
+        self.t = t
+        self.hierarchies = hierarchies
+        self.max_suppression = max_suppression
+        self.strategy = strategy
+
+    # --- validation -----------------------------------------------------------------
+    def _check_params(self, X: Any) -> tuple[list[str], dict[str, Hierarchy]]:
+        if not isinstance(X, pd.DataFrame):
+            raise ValidationError(
+                f"KAnonymizer expects a pandas DataFrame, got {type(X).__name__}; "
+                "wrap arrays with pandas.DataFrame(..., columns=...)."
+            )
+        qis = [self.quasi_identifiers] if isinstance(self.quasi_identifiers, str) else list(
+            self.quasi_identifiers
+        )
+        if not qis:
+            raise AnonymizationError(
+                "quasi_identifiers is empty; name the columns an attacker may know."
+            )
+        if len(set(qis)) != len(qis):
+            raise AnonymizationError(f"quasi_identifiers repeats a column: {qis!r}.")
+        unknown = [q for q in qis if q not in X.columns]
+        if unknown:
+            raise ValidationError(
+                f"Unknown quasi-identifier(s) {unknown!r}: not columns of the data "
+                f"({list(X.columns)!r}). Fix the names in quasi_identifiers."
+            )
+        k = self.k
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise AnonymizationError(f"k must be a positive integer, got {k!r}.")
+        if self.sensitive is not None:
+            if self.sensitive not in X.columns:
+                raise ValidationError(
+                    f"Unknown sensitive column {self.sensitive!r}; columns are {list(X.columns)!r}."
+                )
+            if self.sensitive in qis:
+                raise AnonymizationError(
+                    f"Column {self.sensitive!r} is both sensitive and a quasi-identifier; "
+                    "choose one role."
+                )
+        if (self.l is not None or self.t is not None) and self.sensitive is None:
+            raise AnonymizationError(
+                f"l={self.l!r} / t={self.t!r} need a sensitive column; pass sensitive=..."
+            )
+        if self.l is not None:
+            LDiversity(self.l, self.l_kind, self.c)  # type: ignore[arg-type]
+        if self.t is not None:
+            TCloseness(self.t)
+        ms = self.max_suppression
+        if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not 0 <= ms <= 1:
+            raise AnonymizationError(
+                f"max_suppression must be a fraction of records in [0, 1], got {ms!r}."
+            )
+        if self.strategy not in ("ratio", "gain", "widest"):
+            raise AnonymizationError(
+                f"strategy {self.strategy!r} is not one of 'ratio', 'gain', 'widest'."
+            )
+        hierarchies: dict[str, Hierarchy] = {}
+        for name, spec in (self.hierarchies or {}).items():
+            if name not in qis and name != self.sensitive:
+                raise AnonymizationError(
+                    f"A hierarchy is given for {name!r}, which is neither a quasi-identifier "
+                    f"({qis!r}) nor the sensitive column ({self.sensitive!r})."
+                )
+            if isinstance(spec, Hierarchy):
+                hierarchies[name] = spec
+            elif isinstance(spec, (str, Path)):
+                hierarchies[name] = Hierarchy.from_csv(spec, name=name)
+            elif isinstance(spec, Mapping):
+                hierarchies[name] = Hierarchy.from_mapping(spec, name=name)
+            else:
+                raise AnonymizationError(
+                    f"Hierarchy for {name!r} must be a Hierarchy, a CSV path or a mapping, "
+                    f"got {type(spec).__name__}."
+                )
+        if len(X) < k:
+            raise AnonymizationError(
+                f"k={k} is larger than the data ({len(X)} records): no class can hold k "
+                "records. Lower k or anonymize more records together."
+            )
+        check_no_missing(X, qis)
+        if self.sensitive is not None:
+            check_no_missing(X, [self.sensitive])
+        return qis, hierarchies
+
+    # --- fitting --------------------------------------------------------------------
+    def _codings(
+        self, X: pd.DataFrame, qis: list[str], hierarchies: dict[str, Hierarchy]
+    ) -> tuple[list[ColumnCoding], np.ndarray]:
+        codings: list[ColumnCoding] = []
+        columns = []
+        for q in qis:
+            col = X[q]
+            if q in hierarchies:
+                h = hierarchies[q]
+                codes = h.encode(col, column=q)
+                codings.append(ColumnCoding(q, "hierarchy", hierarchy=h))
+            elif _is_numeric(col):
+                x = col.to_numpy(dtype=float)
+                if not np.isfinite(x).all():
+                    at = int(np.flatnonzero(~np.isfinite(x))[0])
+                    raise ValidationError(
+                        f"Quasi-identifier {q!r} has a non-finite value {x[at]!r} at row "
+                        f"{X.index[at]!r}; fill or drop it."
+                    )
+                values, codes = np.unique(x, return_inverse=True)
+                codings.append(ColumnCoding(q, "numeric", tuple(float(v) for v in values)))
+            else:
+                values = _sorted_unique(col)
+                lookup = {v: i for i, v in enumerate(values)}
+                codes = col.map(lookup).to_numpy(dtype=np.int64)
+                codings.append(ColumnCoding(q, "set", tuple(_plain(v) for v in values)))
+            columns.append(np.asarray(codes, dtype=np.int64).reshape(-1))
+        return codings, np.stack(columns, axis=1)
+
+    def _sensitive(self, X: pd.DataFrame, hierarchies: dict[str, Hierarchy]) -> _Sensitive:
+        assert self.sensitive is not None
+        col = X[self.sensitive]
+        if self.sensitive in hierarchies:
+            h = hierarchies[self.sensitive]
+            codes = h.encode(col, column=self.sensitive)
+            kind = "hierarchy"
+        elif _is_numeric(col):
+            _, codes = np.unique(col.to_numpy(dtype=float), return_inverse=True)
+            h = None
+            kind = "ordered"
+        else:
+            values = _sorted_unique(col)
+            h = Hierarchy(rows=tuple((str(v),) for v in values), name=self.sensitive)
+            lookup = {v: i for i, v in enumerate(values)}
+            codes = col.map(lookup).to_numpy(dtype=np.int64)
+            kind = "hierarchy"
+        codes = np.asarray(codes, dtype=np.int64).reshape(-1)
+        m = h.n_leaves if h is not None else int(codes.max()) + 1
+        reference = np.bincount(codes, minlength=m) / len(codes)
+        return _Sensitive(codes, m, kind, h, reference)
+
+    def _admissible(self, sens: _Sensitive) -> Any:
+        ldiv = LDiversity(self.l, self.l_kind, self.c) if self.l is not None else None  # type: ignore[arg-type]
+        t = self.t
+
+        def admissible(counts: np.ndarray) -> np.ndarray:
+            ok = np.ones(counts.shape[0], dtype=bool)
+            if ldiv is not None:
+                ok &= ldiv.holds(counts)
+            if t is not None:
+                ok &= sens.emd(counts) <= t + 1e-12
+            return ok
+
+        return admissible
+
+    def fit(self, X: pd.DataFrame, y: Any = None) -> KAnonymizer:
+        """Learn the plan on ``X`` (not modified). Returns ``self``."""
+        started = time.perf_counter()
+        qis, hierarchies = self._check_params(X)
+        codings, codes = self._codings(X, qis, hierarchies)
+        n = len(X)
+        k = int(self.k)
+        notes: list[str] = []
+        keep = np.ones(n, dtype=bool)
+        sens = None
+        admissible = None
+        if self.sensitive is not None:
+            sens = self._sensitive(X, hierarchies)
+            if self.l is not None or self.t is not None:
+                admissible = self._admissible(sens)
+                keep = self._root_suppression(sens, codes, admissible, notes)
+        rows = np.flatnonzero(keep)
+        if rows.size < k:
+            raise AnonymizationError(
+                f"k={k} is larger than the {rows.size} records left after suppression."
+            )
+        dims = [
+            DimensionCoding(c.kind, c.value_array() if c.kind == "numeric" else
+                            np.arange(c.cardinality), c.hierarchy)
+            for c in codings
+        ]
+        part = mondrian_partition(
+            codes[rows],
+            dims,
+            k,
+            sensitive=sens.codes[rows] if sens is not None else None,
+            n_sensitive=sens.m if sens is not None else 0,
+            admissible=admissible,
+            strategy=self.strategy,
+        )
+        labels = np.full(n, -1, dtype=np.int64)
+        labels[rows] = part.labels
+        plan = self._build_plan(codings, codes, labels, part)
+        self.plan_ = plan
+        self.labels_ = labels
+        self.n_features_in_ = X.shape[1]
+        self.feature_names_in_ = np.asarray(X.columns, dtype=object)
+        self.report_ = self._report(
+            X, labels, codings, sens, time.perf_counter() - started, notes
+        )
+        return self
+
+    def _root_suppression(
+        self, sens: _Sensitive, codes: np.ndarray, admissible: Any, notes: list[str]
+    ) -> np.ndarray:
+        n = len(sens.codes)
+        keep = np.ones(n, dtype=bool)
+        counts = np.bincount(sens.codes, minlength=sens.m).astype(np.int64)
+        if admissible(counts[None, :])[0]:
+            return keep
+        budget = math.floor(self.max_suppression * n + 1e-9)
+        # Remove records of the most frequent sensitive value, rarest quasi-identifiers first.
+        rarity = np.zeros(n)
+        for j in range(codes.shape[1]):
+            freq = np.bincount(codes[:, j])
+            rarity += -np.log(freq[codes[:, j]] / n)
+        removed = 0
+        while removed < budget and not admissible(counts[None, :])[0]:
+            top = int(np.argmax(counts))
+            cand = np.flatnonzero(keep & (sens.codes == top))
+            victim = cand[np.argmax(rarity[cand])]
+            keep[victim] = False
+            counts[top] -= 1
+            removed += 1
+        if not admissible(counts[None, :])[0]:
+            what = []
+            if self.l is not None:
+                what.append(f"l={self.l} ({self.l_kind})")
+            if self.t is not None:
+                what.append(f"t={self.t}")
+            raise AnonymizationError(
+                f"The table as a whole does not satisfy {' and '.join(what)} on "
+                f"{self.sensitive!r} (counts {counts.tolist()!r}) within the suppression budget "
+                f"max_suppression={self.max_suppression!r} ({budget} records). Lower l, or raise "
+                "max_suppression."
+            )
+        if removed:
+            notes.append(
+                f"{removed} records of the most frequent {self.sensitive!r} values were suppressed "
+                "so that the table as a whole is l-diverse."
+            )
+        return keep
+
+    def _build_plan(
+        self,
+        codings: list[ColumnCoding],
+        codes: np.ndarray,
+        labels: np.ndarray,
+        part: Any,
+    ) -> AnonymizationPlan:
+        n_classes = part.n_classes
+        rows = np.flatnonzero(labels >= 0)
+        lab = labels[rows]
+        order = np.argsort(lab, kind="stable")
+        lab_sorted = lab[order]
+        starts = np.searchsorted(lab_sorted, np.arange(n_classes))
+        class_low: list[tuple[float, ...]] = []
+        class_high: list[tuple[float, ...]] = []
+        class_node: list[tuple[int, ...]] = []
+        class_sets: list[tuple[tuple[int, ...], ...]] = []
+        thresholds = part.threshold.astype(float)
+        for j, coding in enumerate(codings):
+            c = codes[rows, j][order]
+            cmin = np.minimum.reduceat(c, starts)
+            cmax = np.maximum.reduceat(c, starts)
+            if coding.kind == "numeric":
+                vals = coding.value_array()
+                class_low.append(tuple(vals[cmin].tolist()))
+                class_high.append(tuple(vals[cmax].tolist()))
+                class_node.append(())
+                class_sets.append(())
+                at = part.split_dim == j
+                thresholds[at] = vals[part.threshold[at]]
+            elif coding.kind == "hierarchy":
+                h = coding.hierarchy
+                assert h is not None
+                class_low.append(())
+                class_high.append(())
+                class_node.append(tuple(h.lca(cmin, cmax).tolist()))
+                class_sets.append(())
+            else:
+                card = coding.cardinality
+                pairs = np.unique(lab_sorted * card + c)
+                pc, pv = pairs // card, pairs % card
+                bounds = np.searchsorted(pc, np.arange(n_classes + 1))
+                class_low.append(())
+                class_high.append(())
+                class_node.append(())
+                class_sets.append(
+                    tuple(tuple(pv[bounds[i]:bounds[i + 1]].tolist()) for i in range(n_classes))
+                )
+        return AnonymizationPlan(
+            quasi_identifiers=tuple(c.name for c in codings),
+            codings=tuple(codings),
+            split_dim=tuple(part.split_dim.tolist()),
+            threshold=tuple(thresholds.tolist()),
+            left=tuple(part.left.tolist()),
+            right=tuple(part.right.tolist()),
+            leaf_class=tuple(part.leaf_class.tolist()),
+            class_low=tuple(class_low),
+            class_high=tuple(class_high),
+            class_node=tuple(class_node),
+            class_sets=tuple(class_sets),
+            class_suppressed=(False,) * n_classes,
+            k=int(self.k),
+            sensitive=self.sensitive,
+            l=self.l,
+            l_kind=self.l_kind,
+            c=float(self.c),
+            t=self.t,
+        )
+
+    def _report(
+        self,
+        X: pd.DataFrame,
+        labels: np.ndarray,
+        codings: list[ColumnCoding],
+        sens: _Sensitive | None,
+        seconds: float,
+        notes: list[str],
+    ) -> AnonymizationReport:
+        plan = self.plan_
+        n = len(X)
+        sup = labels < 0
+        safe = np.where(sup, 0, labels)
+        ncp: dict[str, float] = {}
+        # Released classes: Mondrian classes whose generalizations coincide merge.
+        keys = []
+        for j, coding in enumerate(codings):
+            if coding.kind == "numeric":
+                lo = np.asarray(plan.class_low[j])
+                hi = np.asarray(plan.class_high[j])
+                span = coding.value_array()
+                width = (hi - lo) / ((span[-1] - span[0]) or 1.0)
+                keys += [pd.factorize(lo)[0], pd.factorize(hi)[0]]
+            elif coding.kind == "hierarchy":
+                h = coding.hierarchy
+                assert h is not None
+                nodes = np.asarray(plan.class_node[j], dtype=np.int64)
+                width = h.node_width(nodes)
+                labels_of = np.asarray(h.node_labels, dtype=object)[nodes]
+                keys.append(pd.factorize(labels_of)[0])
+            else:
+                sizes = np.asarray([len(s) for s in plan.class_sets[j]], dtype=float)
+                width = (sizes - 1) / max(coding.cardinality - 1, 1)
+                set_ids: dict[tuple[int, ...], int] = {}
+                keys.append(np.asarray(
+                    [set_ids.setdefault(s, len(set_ids)) for s in plan.class_sets[j]],
+                    dtype=np.int64,
+                ))
+            cell = np.where(sup, 1.0, width[safe] if width.size else 1.0)
+            ncp[coding.name] = float(cell.mean()) if n else 0.0
+        if plan.n_classes:
+            _, released_of_class = np.unique(np.stack(keys, axis=1), axis=0, return_inverse=True)
+            released_of_class = released_of_class.reshape(-1)
+        else:
+            released_of_class = np.zeros(0, dtype=np.int64)
+        rel = released_of_class[labels[~sup]]
+        sizes = np.bincount(rel) if rel.size else np.zeros(0, dtype=np.int64)
+        sizes = sizes[sizes > 0]
+        n_sup = int(sup.sum())
+        l_distinct = l_entropy = t_max = float("nan")
+        if sens is not None and rel.size:
+            groups = int(rel.max()) + 1
+            counts = np.bincount(
+                rel * sens.m + sens.codes[~sup], minlength=groups * sens.m
+            ).reshape(groups, sens.m)
+            counts = counts[counts.sum(axis=1) > 0]
+            l_distinct = float((counts > 0).sum(axis=1).min())
+            l_entropy = float(np.exp(entropy(counts).min()))
+            t_max = float(sens.emd(counts).max())
+        return AnonymizationReport(
+            n_records=n,
+            n_released=n - n_sup,
+            n_classes=len(sizes),
+            min_class_size=int(sizes.min()) if sizes.size else 0,
+            average_class_size=float((n - n_sup) / len(sizes) / self.k) if sizes.size else 0.0,
+            discernibility=float((sizes.astype(float) ** 2).sum() + n_sup * n),
+            ncp=float(np.mean(list(ncp.values()))),
+            ncp_by_attribute=ncp,
+            suppressed=tuple(_plain(v) for v in X.index[sup]),
+            l_achieved=l_distinct,
+            entropy_l_achieved=l_entropy,
+            t_achieved=t_max,
+            seconds=seconds,
+            k=int(self.k),
+            l=self.l,
+            t=self.t,
+            notes=tuple(notes),
+        )
+
+    # --- transforming -----------------------------------------------------------------
+    def transform(self, X: pd.DataFrame) -> pd.DataFrame:
+        """Generalize ``X`` by the fitted plan; a new DataFrame, ``X`` is not modified.
+
+        Records the plan cannot place (a value outside every fitted class)
+        keep missing quasi-identifiers; :meth:`apply` also says which and why.
+        """
+        return self.apply(X).data
+
+    def apply(self, X: pd.DataFrame) -> Anonymized:
+        """Like :meth:`transform`, with class ids and the suppressed records reported."""
+        plan = self._fitted_plan()
+        return plan.apply(X)
+
+    def fit_transform(self, X: pd.DataFrame, y: Any = None, **fit_params: Any) -> pd.DataFrame:
+        """Fit on ``X`` and return its anonymized copy (equal to ``fit(X).transform(X)``)."""
+        self.fit(X, y)
+        return self.plan_.release(X, self.labels_)
+
+    def _fitted_plan(self) -> AnonymizationPlan:
+        plan = getattr(self, "plan_", None)
+        if plan is None:
+            raise AnonymizationError(
+                "This KAnonymizer is not fitted yet; call fit(...) or load a plan with "
+                "KAnonymizer.from_plan(...)."
+            )
+        return plan
+
+    @classmethod
+    def from_plan(cls, plan: AnonymizationPlan | str | bytes) -> KAnonymizer:
+        """A fitted anonymizer from a plan (or its JSON), e.g. on a device."""
+        if not isinstance(plan, AnonymizationPlan):
+            plan = AnonymizationPlan.from_json(plan)
+        est = cls(
+            list(plan.quasi_identifiers),
+            sensitive=plan.sensitive,
+            k=plan.k,
+            l=plan.l,
+            l_kind=plan.l_kind,
+            c=plan.c,
+            t=plan.t,
+        )
+        est.plan_ = plan
+        return est
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        names = getattr(self, "feature_names_in_", None)
+        if names is None:
+            return np.asarray(list(self._fitted_plan().quasi_identifiers), dtype=object)
+        return np.asarray(names, dtype=object)

@@ -1,0 +1,460 @@
+"""The fitted recoding plan: what devices receive and apply to their own records.
+
+An :class:`AnonymizationPlan` holds the Mondrian tree (which attribute and
+threshold each node splits on), the coding of every quasi-identifier, and,
+for every class, the generalization it releases: an interval for numeric
+fields, a hierarchy node or a value set for categorical ones. It is a frozen
+value object; :meth:`AnonymizationPlan.to_json` and
+:meth:`AnonymizationPlan.from_json` round-trip it.
+
+:meth:`AnonymizationPlan.apply` routes each record down the tree and releases
+its class's generalization. A record whose value its class's generalization
+does not contain (a value never seen when the plan was fitted) is
+*suppressed*: kept in the output with its quasi-identifiers missing and
+reported, never dropped. :func:`release_classes` is the server's side: it
+releases only classes holding at least ``k`` records.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dmt_privacy.anonymity.hierarchy import Hierarchy
+from dmt_privacy.errors import SchemaError, ValidationError
+
+__all__ = [
+    "AnonymizationPlan",
+    "Anonymized",
+    "ColumnCoding",
+    "format_generalized",
+    "release_classes",
+]
+
+PLAN_FORMAT = 1
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+@dataclass(frozen=True)
+class ColumnCoding:
+    """How one quasi-identifier is coded and generalized.
+
+    ``kind``: ``"numeric"`` (``values``: the distinct fitted values, sorted;
+    classes release closed intervals), ``"hierarchy"`` (``hierarchy`` given;
+    classes release the lowest common ancestor of their values) or ``"set"``
+    (``values``: the fitted categories, sorted; classes release the set of
+    their values).
+    """
+
+    name: str
+    kind: str
+    values: tuple[Any, ...] = ()
+    hierarchy: Hierarchy | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("numeric", "hierarchy", "set"):
+            raise SchemaError(f"Column {self.name!r}: coding kind {self.kind!r} is unknown.")
+        if self.kind == "hierarchy" and self.hierarchy is None:
+            raise SchemaError(f"Column {self.name!r}: a hierarchy coding needs a hierarchy.")
+
+    @property
+    def cardinality(self) -> int:
+        return self.hierarchy.n_leaves if self.hierarchy is not None else len(self.values)
+
+    def value_array(self) -> np.ndarray:
+        if self.kind == "numeric":
+            return np.asarray(self.values, dtype=float)
+        if self.hierarchy is not None:
+            return np.asarray(self.hierarchy.leaves, dtype=object)
+        return np.asarray(self.values, dtype=object)
+
+    def encode(self, column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+        """(comparable value per row, code per row or -1 when unknown).
+
+        The comparable value is what tree thresholds are compared with: the
+        number itself for numeric columns, the code otherwise.
+        """
+        if self.kind == "numeric":
+            x = _numeric(column, self.name)
+            vals = np.asarray(self.values, dtype=float)
+            pos = np.clip(np.searchsorted(vals, x), 0, len(vals) - 1)
+            code = np.where(vals[pos] == x, pos, -1)
+            return x, code
+        if self.hierarchy is not None:
+            code = self.hierarchy.encode(column, column=self.name)
+            return code.astype(float), code
+        lookup = {v: i for i, v in enumerate(self.values)}
+        code = column.map(lookup).to_numpy()
+        code = np.where(pd.isna(code), -1, code).astype(np.int64)
+        return code.astype(float), code
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "kind": self.kind}
+        if self.hierarchy is not None:
+            out["hierarchy"] = self.hierarchy.to_rows()
+        else:
+            out["values"] = [_jsonable(v) for v in self.values]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ColumnCoding:
+        hierarchy = None
+        if data.get("hierarchy") is not None:
+            rows = tuple(tuple(r) for r in data["hierarchy"])
+            hierarchy = Hierarchy(rows=rows, name=str(data["name"]))
+        return cls(
+            name=str(data["name"]),
+            kind=str(data["kind"]),
+            values=tuple(data.get("values", ())),
+            hierarchy=hierarchy,
+        )
+
+
+def _numeric(column: pd.Series, name: str) -> np.ndarray:
+    try:
+        x = column.to_numpy(dtype=float)
+    except (TypeError, ValueError):
+        raise ValidationError(
+            f"Column {name!r} must be numeric for this plan, got dtype {column.dtype}."
+        ) from None
+    bad = ~np.isfinite(x)
+    if bad.any():
+        at = int(np.flatnonzero(bad)[0])
+        raise ValidationError(
+            f"Column {name!r} has a non-finite value {x[at]!r} at row {column.index[at]!r}."
+        )
+    return x
+
+
+def check_no_missing(frame: pd.DataFrame, columns: Sequence[str]) -> None:
+    """Raise :class:`ValidationError` naming the first missing value in ``columns``."""
+    for name in columns:
+        nulls = frame[name].isna().to_numpy()
+        if nulls.any():
+            row = frame.index[int(nulls.argmax())]
+            raise ValidationError(
+                f"Quasi-identifier {name!r} has a missing value (NaN/None) at row {row!r}; "
+                "fill or drop such rows before anonymizing."
+            )
+
+
+@dataclass(frozen=True)
+class Anonymized:
+    """What :meth:`AnonymizationPlan.apply` returns.
+
+    ``data``: the records, index and columns unchanged, quasi-identifiers
+    generalized (missing where suppressed). ``class_ids``: the plan's class
+    of each record (-1 where suppressed). ``suppressed``: index labels of the
+    suppressed records, with ``reasons`` for each.
+    """
+
+    data: pd.DataFrame
+    class_ids: np.ndarray
+    suppressed: pd.Index
+    reasons: pd.Series
+
+
+@dataclass(frozen=True)
+class AnonymizationPlan:
+    """A fitted Mondrian recoding, serializable and applicable to new records.
+
+    Built by :class:`~dmt_privacy.anonymity.KAnonymizer`; read it back with
+    :meth:`from_json`. Tree node ``i`` splits on quasi-identifier
+    ``split_dim[i]`` (``-1``: a leaf of class ``leaf_class[i]``): a record
+    goes left when its value (numeric) or code is below ``threshold[i]``.
+    """
+
+    quasi_identifiers: tuple[str, ...]
+    codings: tuple[ColumnCoding, ...]
+    split_dim: tuple[int, ...]
+    threshold: tuple[float, ...]
+    left: tuple[int, ...]
+    right: tuple[int, ...]
+    leaf_class: tuple[int, ...]
+    class_low: tuple[tuple[float, ...], ...]
+    class_high: tuple[tuple[float, ...], ...]
+    class_node: tuple[tuple[int, ...], ...]
+    class_sets: tuple[tuple[tuple[int, ...], ...], ...]
+    k: int
+    sensitive: str | None = None
+    l: int | None = None  # noqa: E741
+    l_kind: str = "distinct"
+    c: float = 1.0
+    t: float | None = None
+    class_suppressed: tuple[bool, ...] = ()
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_suppressed)
+
+    # --- applying ---------------------------------------------------------------
+    def apply(self, frame: pd.DataFrame) -> Anonymized:
+        """Generalize ``frame``'s quasi-identifiers by this plan; the input is not modified."""
+        if not isinstance(frame, pd.DataFrame):
+            raise ValidationError(
+                f"apply expects a pandas DataFrame, got {type(frame).__name__}."
+            )
+        missing = [q for q in self.quasi_identifiers if q not in frame.columns]
+        if missing:
+            raise ValidationError(
+                f"Quasi-identifier column(s) {missing!r} are not in the data (columns: "
+                f"{list(frame.columns)!r}); the plan was fitted on "
+                f"{list(self.quasi_identifiers)!r}."
+            )
+        check_no_missing(frame, self.quasi_identifiers)
+        n = len(frame)
+        comparable = np.empty((n, len(self.codings)))
+        codes = np.empty((n, len(self.codings)), dtype=np.int64)
+        for j, coding in enumerate(self.codings):
+            comparable[:, j], codes[:, j] = coding.encode(frame[coding.name])
+        split_dim = np.asarray(self.split_dim, dtype=np.int64)
+        threshold = np.asarray(self.threshold, dtype=float)
+        left = np.asarray(self.left, dtype=np.int64)
+        right = np.asarray(self.right, dtype=np.int64)
+        node = np.zeros(n, dtype=np.int64)
+        active = np.flatnonzero(split_dim[node] >= 0)
+        while active.size:
+            nd = node[active]
+            go_left = comparable[active, split_dim[nd]] < threshold[nd]
+            node[active] = np.where(go_left, left[nd], right[nd])
+            active = active[split_dim[node[active]] >= 0]
+        cls = np.asarray(self.leaf_class, dtype=np.int64)[node]
+        reason = np.full(n, "", dtype=object)
+        suppressed_cls = np.asarray(self.class_suppressed, dtype=bool)
+        if suppressed_cls.size:
+            hit = suppressed_cls[cls]
+            reason[hit] = "class suppressed when the plan was fitted"
+        ok = reason == ""
+        for j, coding in enumerate(self.codings):
+            if coding.kind == "numeric":
+                low = np.asarray(self.class_low[j])[cls]
+                high = np.asarray(self.class_high[j])[cls]
+                inside = (comparable[:, j] >= low) & (comparable[:, j] <= high)
+            elif coding.kind == "hierarchy":
+                h = coding.hierarchy
+                assert h is not None
+                nodes = np.asarray(self.class_node[j], dtype=np.int64)[cls]
+                inside = (codes[:, j] >= h.node_start[nodes]) & (codes[:, j] < h.node_stop[nodes])
+            else:
+                card = max(coding.cardinality, 1)
+                members = np.asarray(
+                    [c * card + v for c, vs in enumerate(self.class_sets[j]) for v in vs],
+                    dtype=np.int64,
+                )
+                inside = (codes[:, j] >= 0) & np.isin(cls * card + codes[:, j], members)
+            fresh = ok & ~inside
+            reason[fresh] = f"{coding.name!r} outside its class's generalization"
+            ok &= inside
+        cls_out = np.where(ok, cls, -1)
+        data = self.release(frame, cls_out)
+        sup = ~ok
+        return Anonymized(
+            data=data,
+            class_ids=cls_out,
+            suppressed=frame.index[sup],
+            reasons=pd.Series(reason[sup], index=frame.index[sup], dtype=object),
+        )
+
+    def release(self, frame: pd.DataFrame, class_ids: np.ndarray) -> pd.DataFrame:
+        """A copy of ``frame`` with quasi-identifiers replaced by their classes' generalizations."""
+        out = frame.copy()
+        cls = np.asarray(class_ids, dtype=np.int64)
+        sup = cls < 0
+        safe = np.where(sup, 0, cls)
+        for j, coding in enumerate(self.codings):
+            if coding.kind == "numeric":
+                low = np.asarray(self.class_low[j], dtype=float)[safe]
+                high = np.asarray(self.class_high[j], dtype=float)[safe]
+                low[sup] = np.nan
+                high[sup] = np.nan
+                col: Any = pd.arrays.IntervalArray.from_arrays(low, high, closed="both")
+            elif coding.kind == "hierarchy":
+                h = coding.hierarchy
+                assert h is not None
+                labels = list(dict.fromkeys(h.node_labels))
+                label_pos = {lab: i for i, lab in enumerate(labels)}
+                node_to_cat = np.asarray([label_pos[lab] for lab in h.node_labels])
+                nodes = np.asarray(self.class_node[j], dtype=np.int64)[safe]
+                cat = np.where(sup, -1, node_to_cat[nodes])
+                col = pd.Categorical.from_codes(cat, categories=labels)
+            else:
+                values = coding.value_array()
+                sets = np.empty(len(self.class_sets[j]) + 1, dtype=object)
+                for c, members in enumerate(self.class_sets[j]):
+                    sets[c] = frozenset(values[list(members)].tolist())
+                sets[-1] = None
+                col = sets[np.where(sup, -1, cls)]
+            out[coding.name] = pd.Series(col, index=frame.index)
+        return out
+
+    # --- JSON -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": PLAN_FORMAT,
+            "quasi_identifiers": list(self.quasi_identifiers),
+            "codings": [c.to_dict() for c in self.codings],
+            "tree": {
+                "split_dim": list(self.split_dim),
+                "threshold": list(self.threshold),
+                "left": list(self.left),
+                "right": list(self.right),
+                "leaf_class": list(self.leaf_class),
+            },
+            "classes": {
+                "low": [list(v) for v in self.class_low],
+                "high": [list(v) for v in self.class_high],
+                "node": [list(v) for v in self.class_node],
+                "sets": [[list(s) for s in v] for v in self.class_sets],
+                "suppressed": list(self.class_suppressed),
+            },
+            "privacy": {
+                "k": self.k,
+                "sensitive": self.sensitive,
+                "l": self.l,
+                "l_kind": self.l_kind,
+                "c": self.c,
+                "t": self.t,
+            },
+        }
+
+    def to_json(self) -> str:
+        """Compact JSON; :meth:`from_json` reverses it."""
+        return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AnonymizationPlan:
+        fmt = data.get("format")
+        if fmt != PLAN_FORMAT:
+            raise SchemaError(
+                f"Anonymization plan format {fmt!r} is not supported (this SDK reads format "
+                f"{PLAN_FORMAT}); upgrade dmt or refit the plan."
+            )
+        try:
+            tree, classes, privacy = data["tree"], data["classes"], data["privacy"]
+            return cls(
+                quasi_identifiers=tuple(data["quasi_identifiers"]),
+                codings=tuple(ColumnCoding.from_dict(c) for c in data["codings"]),
+                split_dim=tuple(int(v) for v in tree["split_dim"]),
+                threshold=tuple(float(v) for v in tree["threshold"]),
+                left=tuple(int(v) for v in tree["left"]),
+                right=tuple(int(v) for v in tree["right"]),
+                leaf_class=tuple(int(v) for v in tree["leaf_class"]),
+                class_low=tuple(tuple(float(x) for x in v) for v in classes["low"]),
+                class_high=tuple(tuple(float(x) for x in v) for v in classes["high"]),
+                class_node=tuple(tuple(int(x) for x in v) for v in classes["node"]),
+                class_sets=tuple(
+                    tuple(tuple(int(x) for x in s) for s in v) for v in classes["sets"]
+                ),
+                class_suppressed=tuple(bool(v) for v in classes["suppressed"]),
+                k=int(privacy["k"]),
+                sensitive=privacy.get("sensitive"),
+                l=privacy.get("l"),
+                l_kind=str(privacy.get("l_kind", "distinct")),
+                c=float(privacy.get("c", 1.0)),
+                t=privacy.get("t"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SchemaError(
+                f"Anonymization plan JSON is incomplete or malformed: {exc!r}."
+            ) from None
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> AnonymizationPlan:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SchemaError(f"Anonymization plan JSON is malformed: {exc}.") from None
+        if not isinstance(data, dict):
+            raise SchemaError("Anonymization plan JSON must be an object.")
+        return cls.from_dict(data)
+
+
+def _cell_key(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return value
+
+
+def release_classes(
+    records: pd.DataFrame,
+    quasi_identifiers: Sequence[str],
+    k: int,
+    *,
+    package_column: str | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Server side: split generalized records into (released, quarantined).
+
+    A class (records with the same generalized quasi-identifiers) is
+    released when it holds at least ``k`` records, or, with
+    ``package_column``, records from at least ``k`` distinct share packages.
+    Suppressed records (all quasi-identifiers missing) are always quarantined.
+    Neither frame is the input object; the input is not modified.
+    """
+    missing = [q for q in quasi_identifiers if q not in records.columns]
+    if missing:
+        raise ValidationError(
+            f"release_classes: column(s) {missing!r} are not in the records "
+            f"(columns: {list(records.columns)!r})."
+        )
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValidationError(f"release_classes: k must be a positive integer, got {k!r}.")
+    if records.empty:
+        return records.copy(), records.copy()
+    codes = np.stack(
+        [pd.factorize(records[q], use_na_sentinel=True)[0] for q in quasi_identifiers], axis=1
+    )
+    all_missing = (codes < 0).all(axis=1)
+    _, group = np.unique(codes, axis=0, return_inverse=True)
+    group = group.reshape(-1)
+    if package_column is not None:
+        if package_column not in records.columns:
+            raise ValidationError(
+                f"release_classes: package_column {package_column!r} is not in the records."
+            )
+        pkg = pd.factorize(records[package_column])[0]
+        pairs = np.unique(np.stack([group, pkg], axis=1), axis=0)
+        support = np.bincount(pairs[:, 0], minlength=group.max() + 1)
+    else:
+        support = np.bincount(group)
+    keep = (support[group] >= k) & ~all_missing
+    return records.loc[keep].copy(), records.loc[~keep].copy()
+
+
+def _fmt_number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def format_generalized(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """Text for CSV: intervals as ``[lo, hi]`` (or the value when lo == hi), sets as
+    ``{a|b}``, hierarchy labels unchanged, suppressed cells as ``*``."""
+    out = frame.copy()
+    for name in columns:
+        col = out[name]
+
+        def fmt(v: Any) -> str:
+            if isinstance(v, pd.Interval):
+                if v.left == v.right:
+                    return _fmt_number(v.left)
+                return f"[{_fmt_number(v.left)}, {_fmt_number(v.right)}]"
+            if isinstance(v, (frozenset, set)):
+                items = sorted(map(str, v))
+                return items[0] if len(items) == 1 else "{" + "|".join(items) + "}"
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                return "*"
+            return str(v)
+
+        inverse, uniques = pd.factorize(col.astype(object), use_na_sentinel=False)
+        text = np.asarray([fmt(_cell_key(u)) for u in uniques], dtype=object)
+        out[name] = text[inverse]
+    return out

@@ -1,0 +1,236 @@
+"""Assertions for users' own tests: k-anonymity, l-diversity and t-closeness of a table.
+
+These are deliberately plain: classes are formed by grouping rows on their
+released quasi-identifier values with a Python dict, so they serve as the
+slow, obvious reference the fast anonymizer is tested against. They do not
+depend on the index (shuffled or duplicated labels are fine) and they treat a
+missing value as a value of its own, never dropping the row. On failure they
+raise ``AssertionError`` naming the offending class, its size and some of
+its row labels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dmt_privacy.anonymity.constraints import emd_hierarchical, emd_ordered
+from dmt_privacy.anonymity.hierarchy import Hierarchy
+
+__all__ = ["assert_k_anonymous", "assert_l_diverse", "assert_t_close"]
+
+
+class _Missing:
+    """One key for every kind of missing value (None, NaN, NaT, pd.NA)."""
+
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+_MISSING = _Missing()
+
+
+def _key(value: Any) -> Any:
+    if value is None or value is pd.NA or value is pd.NaT:
+        return _MISSING
+    if isinstance(value, float) and math.isnan(value):
+        return _MISSING
+    if isinstance(value, pd.Interval) and (
+        (isinstance(value.left, float) and math.isnan(value.left))
+        or (isinstance(value.right, float) and math.isnan(value.right))
+    ):
+        return _MISSING
+    if isinstance(value, (list, set, np.ndarray)):
+        return frozenset(np.asarray(list(value), dtype=object).tolist())
+    return value
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _check_columns(frame: pd.DataFrame, columns: Sequence[str]) -> None:
+    if not isinstance(frame, pd.DataFrame):
+        raise AssertionError(f"expected a pandas DataFrame, got {type(frame).__name__}")
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise AssertionError(
+            f"column(s) {missing!r} are not in the table (columns: {list(frame.columns)!r})"
+        )
+
+
+def _classes(
+    frame: pd.DataFrame, quasi_identifiers: Sequence[str], ignore_suppressed: bool
+) -> dict[tuple[Any, ...], list[int]]:
+    """Row positions of each class, keyed by the tuple of released values."""
+    qis = list(quasi_identifiers)
+    _check_columns(frame, qis)
+    columns = [frame[q].astype(object).tolist() for q in qis]
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for pos in range(len(frame)):
+        key = tuple(_key(col[pos]) for col in columns)
+        if ignore_suppressed and all(v is _MISSING for v in key):
+            continue
+        groups.setdefault(key, []).append(pos)
+    return groups
+
+
+def _describe(frame: pd.DataFrame, qis: Sequence[str], key: tuple[Any, ...],
+              rows: list[int]) -> str:
+    cells = ", ".join(f"{q}={v!r}" for q, v in zip(qis, key, strict=False))
+    labels = [_plain(frame.index[p]) for p in rows[:5]]
+    more = " ..." if len(rows) > 5 else ""
+    return f"class ({cells}) with {len(rows)} record(s), rows {labels!r}{more}"
+
+
+def assert_k_anonymous(
+    frame: pd.DataFrame,
+    quasi_identifiers: Sequence[str],
+    k: int,
+    *,
+    ignore_suppressed: bool = False,
+) -> None:
+    """Every combination of released quasi-identifier values occurs at least ``k`` times.
+
+    ``ignore_suppressed``: skip rows whose quasi-identifiers are all missing
+    (the suppressed rows of an anonymizer), which otherwise form a class.
+    """
+    groups = _classes(frame, quasi_identifiers, ignore_suppressed)
+    small = [(key, rows) for key, rows in groups.items() if len(rows) < k]
+    if small:
+        key, rows = min(small, key=lambda item: len(item[1]))
+        raise AssertionError(
+            f"not {k}-anonymous: {len(small)} class(es) have fewer than {k} records; "
+            f"smallest: {_describe(frame, list(quasi_identifiers), key, rows)}"
+        )
+
+
+def _counts(values: list[Any]) -> dict[Any, int]:
+    out: dict[Any, int] = {}
+    for v in values:
+        if _key(v) is _MISSING:
+            continue  # a missing sensitive value adds no diversity
+        out[v] = out.get(v, 0) + 1
+    return out
+
+
+def assert_l_diverse(
+    frame: pd.DataFrame,
+    quasi_identifiers: Sequence[str],
+    sensitive: str,
+    l: int,  # noqa: E741
+    *,
+    kind: str = "distinct",
+    c: float = 1.0,
+    ignore_suppressed: bool = False,
+) -> None:
+    """Every class is l-diverse in ``sensitive``.
+
+    ``kind``: ``"distinct"`` (at least ``l`` distinct values), ``"entropy"``
+    (entropy at least ``log l``) or ``"recursive"`` (r1 < c (r_l + ... + r_m)).
+    Missing sensitive values add no diversity.
+    """
+    _check_columns(frame, [sensitive])
+    if kind not in ("distinct", "entropy", "recursive"):
+        raise AssertionError(f"unknown l-diversity kind {kind!r}")
+    groups = _classes(frame, quasi_identifiers, ignore_suppressed)
+    values = frame[sensitive].astype(object).tolist()
+    for key, rows in groups.items():
+        counts = sorted(_counts([values[p] for p in rows]).values(), reverse=True)
+        total = sum(counts)
+        if kind == "distinct":
+            ok, measured = len(counts) >= l, f"{len(counts)} distinct value(s)"
+        elif kind == "entropy":
+            ent = -sum(n / total * math.log(n / total) for n in counts) if total else 0.0
+            ok = ent >= math.log(l) - 1e-12
+            measured = f"entropy {ent:.4f} < log({l}) = {math.log(l):.4f}"
+        else:
+            tail = sum(counts[l - 1:])
+            ok = bool(counts) and counts[0] < c * tail
+            measured = f"counts {counts!r}: r1 < {c:g} x (r{l} + ...) fails"
+        if not ok:
+            raise AssertionError(
+                f"not {kind} {l}-diverse in {sensitive!r}: "
+                f"{_describe(frame, list(quasi_identifiers), key, rows)} has {measured}"
+            )
+
+
+def assert_t_close(
+    frame: pd.DataFrame,
+    quasi_identifiers: Sequence[str],
+    sensitive: str,
+    t: float,
+    *,
+    hierarchy: Hierarchy | None = None,
+    reference: pd.Series | None = None,
+    ignore_suppressed: bool = False,
+) -> None:
+    """Every class's distribution of ``sensitive`` is within EMD ``t`` of the reference.
+
+    The reference is ``reference`` (e.g. the original column) or else the
+    table's own ``sensitive`` column. The ground distance is ordered
+    (``|i - j| / (m - 1)``) for a numeric column, hierarchical when
+    ``hierarchy`` is given, and equal (half the L1 distance) otherwise.
+    Missing sensitive values are left out of every distribution.
+    """
+    _check_columns(frame, [sensitive])
+    groups = _classes(frame, quasi_identifiers, ignore_suppressed)
+    ref = reference if reference is not None else frame[sensitive]
+    ref_values = [v for v in ref.astype(object).tolist() if _key(v) is not _MISSING]
+    numeric = hierarchy is None and pd.api.types.is_numeric_dtype(ref.dtype) and not (
+        pd.api.types.is_bool_dtype(ref.dtype)
+    )
+    if hierarchy is not None:
+        domain: list[Any] = list(hierarchy.leaves)
+        position = {v: i for i, v in enumerate(domain)}
+
+        def index_of(v: Any) -> int:
+            key = str(v)
+            if key not in position:
+                raise AssertionError(f"value {v!r} of {sensitive!r} is not in the hierarchy")
+            return position[key]
+
+        tree: Hierarchy | None = hierarchy
+    else:
+        domain = sorted(set(ref_values) | set(
+            v for v in frame[sensitive].astype(object).tolist() if _key(v) is not _MISSING
+        ), key=(lambda v: float(v)) if numeric else (lambda v: (type(v).__name__, str(v))))
+        position = {v: i for i, v in enumerate(domain)}
+
+        def index_of(v: Any) -> int:
+            return position[v]
+
+        tree = None if numeric else Hierarchy(
+            rows=tuple((f"v{i}",) for i in range(len(domain))), name=sensitive
+        )
+    m = len(domain)
+
+    def distribution(vals: list[Any]) -> np.ndarray:
+        out = np.zeros(m)
+        for v in vals:
+            if _key(v) is not _MISSING:
+                out[index_of(v)] += 1
+        return out
+
+    q = distribution(ref_values)
+    if q.sum() == 0:
+        raise AssertionError(f"the reference distribution of {sensitive!r} is empty")
+    q = q / q.sum()
+    values = frame[sensitive].astype(object).tolist()
+    for key, rows in groups.items():
+        counts = distribution([values[p] for p in rows])[None, :]
+        if counts.sum() == 0:
+            continue
+        if tree is None:
+            emd = float(emd_ordered(counts, q)[0])
+        else:
+            emd = float(emd_hierarchical(counts, q, tree)[0])
+        if emd > t + 1e-9:
+            raise AssertionError(
+                f"not {t:g}-close in {sensitive!r}: "
+                f"{_describe(frame, list(quasi_identifiers), key, rows)} is at EMD {emd:.4f}"
+            )
