@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.dmt-installed
 
-.PHONY: install demo test lint typecheck bench clean
+.PHONY: install demo test lint typecheck bench clean wordnet
 
 install: $(STAMP)
 
@@ -19,11 +19,29 @@ $(PY):
 # any other request would pull a multi-gigabyte CUDA build.
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install --quiet "torch==2.13.0"
-	$(PIP) install --quiet -e ".[model,dev,bench]"
+	$(PIP) install --quiet -e ".[model,audio,image,dev,bench]"
 	touch $(STAMP)
 
-demo: install
-	$(VENV)/bin/dmt demo
+# WordNet 3.0 for nltk, offline: Debian's packages where apt-get exists, then a copy
+# into ./nltk_data (plus the lexnames table nltk needs); nltk.download where neither.
+NLTK_DATA_DIR := $(CURDIR)/nltk_data
+WORDNET_STAMP := $(NLTK_DATA_DIR)/corpora/wordnet/lexnames
+WORDNET_APT := wordnet-base wordnet-sense-index
+
+wordnet: $(WORDNET_STAMP)
+
+$(WORDNET_STAMP): | $(STAMP)
+	@if command -v apt-get >/dev/null 2>&1 && \
+	    { [ ! -f /usr/share/wordnet/data.noun ] || [ ! -f /usr/share/wordnet/index.sense ]; }; then \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $$SUDO apt-get install -y --no-install-recommends $(WORDNET_APT) || \
+	  { $$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends $(WORDNET_APT); }; \
+	fi
+	$(PY) -m dmt_privacy.modify.wordnet install $(NLTK_DATA_DIR)
+
+demo: install wordnet
+	NLTK_DATA=$(NLTK_DATA_DIR) $(VENV)/bin/dmt demo
 
 lint: install
 	$(VENV)/bin/ruff check dmt_privacy dmt_model tests benchmarks examples
@@ -31,8 +49,8 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
-test: install lint
-	$(PY) -m pytest -q
+test: install lint wordnet
+	NLTK_DATA=$(NLTK_DATA_DIR) $(PY) -m pytest -q
 
 bench: install
 	for script in benchmarks/*.py; do $(PY) $$script || exit 1; done
