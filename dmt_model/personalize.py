@@ -407,7 +407,8 @@ def personalize(
     try:
         for train, held in checks:
             held_target = _check_records(spec, held, what="holdout records")
-            candidate, history = update_spec(spec, train, on_event=on_event, **overrides)
+            report = on_event if holdout is not None else None  # events of the final update only
+            candidate, history = update_spec(spec, train, on_event=report, **overrides)
             before += _mse(spec, held, held_target) * len(held)
             after += _mse(candidate, held, held_target) * len(held)
         n_held = sum(len(held) for _, held in checks)

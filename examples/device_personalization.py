@@ -1,0 +1,41 @@
+"""Client tooling: personalize a shipped updatable model on one user's records, safely.
+
+Run: .venv/bin/python examples/device_personalization.py
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from dmt_model.coreml import UpdateSettings, export_coreml, load_spec, predict_frame
+from dmt_model.datasets import BOSTON_SCHEMA, load_boston, simulate_users
+from dmt_model.foundation import TrainingConfig, train_foundation
+from dmt_model.personalize import UpdateEvent, personalize
+
+
+def main() -> None:
+    simulation = simulate_users(load_boston(), spread=0.3, seed=1)
+    foundation = train_foundation(simulation.proxy, BOSTON_SCHEMA, TrainingConfig(seed=1))
+    folder = Path(tempfile.mkdtemp(prefix="dmt-device-"))
+    model = export_coreml(foundation, folder / "personal.mlmodel", updatable=UpdateSettings())
+
+    user = max(simulation.users, key=lambda u: abs(u.factor - 1))  # the most unusual appraiser
+    before = predict_frame(load_spec(model), user.test)
+
+    def progress(event: UpdateEvent) -> None:
+        if event.kind == "epoch_end" and event.epoch % 100 == 99:
+            print(f"  epoch {event.epoch + 1}: mean training MSE {event.loss:.3f}")
+
+    result = personalize(model, user.train, on_event=progress)
+    after = predict_frame(load_spec(model), user.test)
+    truth = user.test["MEDV"].to_numpy()
+    rmse = lambda p: float(((p - truth) ** 2).mean() ** 0.5)  # noqa: E731
+    print(f"user {user.user_id} (appraisal factor {user.factor:.3f}), "
+          f"{len(user.train)} training records")
+    print(f"update kept: {result.accepted} ({result.reason})")
+    print(f"test RMSE: foundation {rmse(before):.3f}, personal {rmse(after):.3f}")
+
+
+if __name__ == "__main__":
+    main()
