@@ -49,7 +49,7 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
-test: install lint wordnet
+test: install lint typecheck wordnet
 	NLTK_DATA=$(NLTK_DATA_DIR) $(PY) -m pytest -q
 
 bench: install

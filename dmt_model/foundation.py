@@ -89,22 +89,23 @@ def _import_torch() -> Any:
 def _build_network(vocabulary_sizes: list[int], n_numeric: int) -> torch.nn.Module:
     torch = _import_torch()
     nn = torch.nn
+    module: Any = nn.Module  # torch is imported lazily, so mypy cannot see the base class
 
-    class FoundationNet(nn.Module):
+    class FoundationNet(module):
         def __init__(self) -> None:
             super().__init__()
             self.embeddings = nn.ModuleList(
                 nn.Embedding(v, embedding_size(v)) for v in vocabulary_sizes
             )
             width = sum(embedding_size(v) for v in vocabulary_sizes) + n_numeric
-            layers: list[nn.Module] = []
+            layers: list[Any] = []
             for units in HIDDEN_UNITS:
                 layers += [nn.Linear(width, units), nn.ReLU()]
                 width = units
             layers.append(nn.Linear(width, 1))
             self.dense = nn.Sequential(*layers)
 
-        def forward(self, numeric: torch.Tensor, *one_hots: torch.Tensor) -> torch.Tensor:
+        def forward(self, numeric: Any, *one_hots: Any) -> Any:
             parts = [oh @ emb.weight for oh, emb in zip(one_hots, self.embeddings, strict=True)]
             return self.dense(torch.cat([*parts, numeric], dim=1)).squeeze(1)
 
@@ -117,7 +118,7 @@ class Foundation:
     def __init__(self, featurizer: Featurizer, network: torch.nn.Module,
                  config: TrainingConfig | None = None) -> None:
         self.featurizer = featurizer
-        self.network = network
+        self.network: Any = network
         self.config = config or TrainingConfig()
 
     @property

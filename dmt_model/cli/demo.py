@@ -71,10 +71,10 @@ def run_demo(args: argparse.Namespace) -> int:
               f"{'personal':>8} {'oracle':>7}  kept")
     print(header)
     print("-" * len(header))
-    for uid, factor, n_train, n_test, before, after, oracle, accepted in rows:
-        print(f"{uid:>4} {factor:>6.3f} {n_train:>5} {n_test:>4} {before:>10.3f} {after:>8.3f} "
-              f"{oracle:>7.3f}  {'yes' if accepted else 'no'}")
-    means = np.mean([[r[4], r[5], r[6]] for r in rows], axis=0)
+    for uid, factor, n_train, n_test, rmse_before, rmse_after, oracle, accepted in rows:
+        print(f"{uid:>4} {factor:>6.3f} {n_train:>5} {n_test:>4} {rmse_before:>10.3f} "
+              f"{rmse_after:>8.3f} {oracle:>7.3f}  {'yes' if accepted else 'no'}")
+    means = np.mean(np.array([[r[4], r[5], r[6]] for r in rows]), axis=0)
     print("-" * len(header))
     print(f"{'mean':>22} {means[0]:>10.3f} {means[1]:>8.3f} {means[2]:>7.3f}  "
           f"{sum(r[7] for r in rows)}/{len(rows)} updated")

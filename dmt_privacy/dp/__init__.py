@@ -1,0 +1,60 @@
+"""Local differential privacy for records, before they leave a device; estimators on the server.
+
+The recipe layer is :class:`LocalDPPerturber`, a scikit-learn transformer on
+DataFrames with a per-field ε allocation that charges a per-user
+:class:`PrivacyLedger` (SQLite) on every release and yields a
+:class:`ReleaseReceipt`. Below it, the vectorized mechanisms:
+:class:`DiscreteLaplace` and :class:`DiscreteGaussian` for numeric fields
+(clamped to the schema's bounds, snapped to its grid, integer noise, outputs
+exactly ``k * grid``), :class:`RandomizedResponse` (k-RR) and
+:class:`UnaryEncoding` (OUE) for categorical ones. Noise comes from the OS
+CSPRNG; ``random_state=<int>`` is NOT secure and exists for tests.
+
+On the server, :func:`estimate_mean` and :func:`estimate_frequencies` are the
+unbiased estimators for what was perturbed, and :func:`dp_mean` and
+:func:`dp_histogram` (diffprivlib) release central-DP aggregates.
+"""
+
+from dmt_privacy.dp.aggregates import dp_histogram, dp_mean
+from dmt_privacy.dp.categorical import RandomizedResponse, UnaryEncoding
+from dmt_privacy.dp.estimators import (
+    FrequencyEstimate,
+    MeanEstimate,
+    estimate_frequencies,
+    estimate_mean,
+)
+from dmt_privacy.dp.ledger import LedgerEntry, PrivacyLedger, Spend
+from dmt_privacy.dp.numeric import DiscreteGaussian, DiscreteLaplace, grid_units
+from dmt_privacy.dp.perturber import LocalDPPerturber, Release
+from dmt_privacy.dp.random import (
+    InsecureRandomnessWarning,
+    RandomSource,
+    SeededInsecureSource,
+    SystemSource,
+)
+from dmt_privacy.dp.receipt import FieldReceipt, ReleaseReceipt
+
+__all__ = [
+    "DiscreteGaussian",
+    "DiscreteLaplace",
+    "FieldReceipt",
+    "FrequencyEstimate",
+    "InsecureRandomnessWarning",
+    "LedgerEntry",
+    "LocalDPPerturber",
+    "MeanEstimate",
+    "PrivacyLedger",
+    "RandomSource",
+    "RandomizedResponse",
+    "Release",
+    "ReleaseReceipt",
+    "SeededInsecureSource",
+    "Spend",
+    "SystemSource",
+    "UnaryEncoding",
+    "dp_histogram",
+    "dp_mean",
+    "estimate_frequencies",
+    "estimate_mean",
+    "grid_units",
+]

@@ -1,0 +1,257 @@
+"""LocalDPPerturber: a scikit-learn transformer that perturbs the fields of records on a device.
+
+Per-field ε allocation; numeric fields with the schema's bounds and grid
+(:mod:`dmt_privacy.dp.numeric`), categorical fields with k-RR or OUE
+(:mod:`dmt_privacy.dp.categorical`). Every call is one release: it yields a
+:class:`ReleaseReceipt` and, when a :class:`PrivacyLedger` is attached,
+charges it before any noise is drawn.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted
+
+from dmt_privacy.dp._checks import check_delta, check_epsilon
+from dmt_privacy.dp.categorical import RandomizedResponse, UnaryEncoding
+from dmt_privacy.dp.ledger import PrivacyLedger
+from dmt_privacy.dp.numeric import DiscreteGaussian, DiscreteLaplace
+from dmt_privacy.dp.random import resolve_source
+from dmt_privacy.dp.receipt import FieldReceipt, ReleaseReceipt
+from dmt_privacy.errors import SchemaError, ValidationError
+from dmt_privacy.schema import Kind, Schema
+
+__all__ = ["LocalDPPerturber", "Release"]
+
+_NUMERIC = {"laplace": "laplace", "discrete_laplace": "laplace",
+            "gaussian": "gaussian", "discrete_gaussian": "gaussian"}
+_CATEGORICAL = {"k_rr": "k_rr", "krr": "k_rr", "randomized_response": "k_rr",
+                "oue": "oue", "unary_encoding": "oue"}
+_UNITS = ("record", "user")
+
+
+@dataclass(frozen=True, eq=False)
+class Release:
+    """The perturbed records and the receipt of the release that produced them."""
+
+    data: pd.DataFrame
+    receipt: ReleaseReceipt
+
+
+class LocalDPPerturber(TransformerMixin, BaseEstimator):
+    """Perturb the fields of records with local differential privacy before they leave a device.
+
+    Parameters
+    ----------
+    schema:
+        States each field's kind, and the bounds and grid of numeric fields or
+        the categories of categorical ones. Bounds are required, never inferred.
+    epsilon:
+        Mapping ``field -> ε`` (each > 0). Exactly these fields are released;
+        a DataFrame with any other column is refused.
+    delta:
+        Mapping ``field -> δ`` for fields using the Gaussian mechanism.
+    mechanism:
+        Mapping ``field -> name``: ``"laplace"`` (default for numeric) or
+        ``"gaussian"``; ``"k_rr"`` (default for categorical) or ``"oue"``
+        (output columns ``"<field>=<category>"`` of 0/1).
+    rounding:
+        ``"stochastic"`` (default; unbiased) or ``"nearest"`` snapping to the grid.
+    ledger:
+        A :class:`PrivacyLedger`; each :meth:`perturb`/:meth:`transform` call
+        charges it before drawing noise and refuses with
+        :class:`BudgetExceededError` past the budget.
+    privacy_unit:
+        ``"record"`` (default): a release costs ``sum(ε)`` — each record is
+        protected, records within one release are disjoint, and releases
+        compose sequentially (whether or not they repeat records).
+        ``"user"``: a release costs ``n_records * sum(ε)``, protecting all of a
+        user's records together.
+    random_state:
+        ``None`` (default): noise from the OS CSPRNG. An int seeds numpy's
+        PCG64: NOT SECURE, reproducible tests only (warns; receipts say so).
+    """
+
+    def __init__(
+        self,
+        schema: Schema,
+        *,
+        epsilon: Mapping[str, float],
+        delta: Mapping[str, float] | None = None,
+        mechanism: Mapping[str, str] | None = None,
+        rounding: str = "stochastic",
+        ledger: PrivacyLedger | None = None,
+        privacy_unit: str = "record",
+        random_state: Any = None,
+    ) -> None:
+        self.schema = schema
+        self.epsilon = epsilon
+        self.delta = delta
+        self.mechanism = mechanism
+        self.rounding = rounding
+        self.ledger = ledger
+        self.privacy_unit = privacy_unit
+        self.random_state = random_state
+
+    # --- fit ----------------------------------------------------------------------
+    def fit(self, X: Any = None, y: Any = None) -> LocalDPPerturber:
+        """Validate the parameters against the schema and build the mechanisms.
+
+        Looks at ``X`` only for its column names: nothing about the data's values
+        is learned (bounds come from the schema).
+        """
+        if not isinstance(self.schema, Schema):
+            raise SchemaError(f"schema must be a dmt_privacy Schema, got {type(self.schema)!r}.")
+        if not isinstance(self.epsilon, Mapping) or not self.epsilon:
+            raise ValidationError(
+                f"epsilon must map field names to ε, e.g. {{'age': 0.5, 'sex': 0.5}}; got "
+                f"{self.epsilon!r}."
+            )
+        if self.privacy_unit not in _UNITS:
+            raise ValidationError(
+                f"privacy_unit must be one of {_UNITS!r}, got {self.privacy_unit!r}."
+            )
+        delta = dict(self.delta or {})
+        choice = dict(self.mechanism or {})
+        unknown = sorted(set(delta) - set(self.epsilon)) + sorted(set(choice) - set(self.epsilon))
+        if unknown:
+            raise ValidationError(
+                f"delta/mechanism name field(s) {unknown!r} that have no ε allocated; add them "
+                "to epsilon or remove them."
+            )
+        source = resolve_source(self.random_state)
+        mechanisms: dict[str, Any] = {}
+        for name, eps in self.epsilon.items():
+            if name not in self.schema:
+                raise SchemaError(
+                    f"Field {name!r} has ε allocated but is not in schema {self.schema.name!r} "
+                    f"(fields: {self.schema.names!r})."
+                )
+            spec = self.schema[name]
+            check_epsilon(eps, field=name)
+            if spec.kind is Kind.NUMERIC:
+                kind = _NUMERIC.get(choice.get(name, "laplace"))
+                if kind is None:
+                    raise ValidationError(
+                        f"Field {name!r} is numeric: mechanism must be 'laplace' or 'gaussian', "
+                        f"got {choice[name]!r}."
+                    )
+                common: dict[str, Any] = {"epsilon": eps, "bounds": spec.bounds, "grid": spec.grid,
+                          "rounding": self.rounding, "random_state": source, "field": name}
+                if kind == "laplace":
+                    if delta.get(name, 0) != 0:
+                        raise ValidationError(
+                            f"Field {name!r}: delta={delta[name]!r} given for the Laplace "
+                            "mechanism, which is pure ε-DP; drop it or use 'gaussian'."
+                        )
+                    mechanisms[name] = DiscreteLaplace(**common)
+                else:
+                    mechanisms[name] = DiscreteGaussian(
+                        delta=check_delta(delta.get(name, 0.0), field=name, required=True),
+                        **common,
+                    )
+            elif spec.kind is Kind.CATEGORICAL:
+                kind = _CATEGORICAL.get(choice.get(name, "k_rr"))
+                if kind is None:
+                    raise ValidationError(
+                        f"Field {name!r} is categorical: mechanism must be 'k_rr' or 'oue', "
+                        f"got {choice[name]!r}."
+                    )
+                if delta.get(name, 0) != 0:
+                    raise ValidationError(
+                        f"Field {name!r}: delta={delta[name]!r} given for a pure ε-DP "
+                        "categorical mechanism; drop it."
+                    )
+                cls = RandomizedResponse if kind == "k_rr" else UnaryEncoding
+                mechanisms[name] = cls(epsilon=eps, categories=spec.categories,
+                                       random_state=source, field=name)
+            else:
+                raise SchemaError(
+                    f"Field {name!r} is {spec.kind.value}: local DP applies to numeric and "
+                    "categorical fields only; modify or drop it instead."
+                )
+        self.mechanisms_ = mechanisms
+        self.source_ = source
+        self.feature_names_in_ = np.array(list(mechanisms), dtype=object)
+        self.n_features_in_ = len(mechanisms)
+        return self
+
+    # --- release --------------------------------------------------------------------
+    def _check_frame(self, X: Any) -> pd.DataFrame:
+        if not isinstance(X, pd.DataFrame):
+            raise ValidationError(
+                f"LocalDPPerturber expects a pandas DataFrame with columns "
+                f"{list(self.mechanisms_)!r}, got {type(X).__name__}."
+            )
+        if len(X) == 0:
+            raise ValidationError("Nothing to release: the DataFrame has no rows.")
+        fields = list(self.mechanisms_)
+        self.schema.select(fields).validate(X, columns=fields)
+        return X
+
+    def _receipt(self, n_records: int) -> ReleaseReceipt:
+        fields: tuple[FieldReceipt, ...] = tuple(
+            m.field_receipt() for m in self.mechanisms_.values()
+        )
+        factor = n_records if self.privacy_unit == "user" else 1
+        return ReleaseReceipt(
+            release_id=uuid.uuid4().hex,
+            n_records=n_records,
+            epsilon=factor * sum(f.epsilon for f in fields),
+            delta=factor * sum(f.delta for f in fields),
+            fields=fields,
+            privacy_unit=self.privacy_unit,
+            user_id=self.ledger.user_id if self.ledger is not None else None,
+            random_source=self.source_.name,
+            secure_random=self.source_.secure,
+            created=_dt.datetime.now(_dt.timezone.utc).date().isoformat(),
+        )
+
+    def _draw(self, X: pd.DataFrame) -> pd.DataFrame:
+        columns: dict[str, Any] = {}
+        for name, mech in self.mechanisms_.items():
+            out = mech.randomise(X[name].to_numpy())
+            if isinstance(mech, UnaryEncoding):
+                for j, col in enumerate(mech.output_columns):
+                    columns[col] = out[:, j]
+            else:
+                columns[name] = out
+        return pd.DataFrame(columns, index=X.index.copy())
+
+    def perturb(self, X: pd.DataFrame) -> Release:
+        """Release ``X``: validate, charge the ledger, draw the noise; data and receipt.
+
+        Validation (missing columns, NaN, values outside a categorical domain)
+        happens before the charge, so a refused input costs nothing.
+        """
+        check_is_fitted(self, "mechanisms_")
+        frame = self._check_frame(X)
+        receipt = self._receipt(len(frame))
+        guard = (self.ledger.release(receipt) if self.ledger is not None
+                 else contextlib.nullcontext())
+        with guard:
+            data = self._draw(frame)
+        return Release(data=data, receipt=receipt)
+
+    def transform(self, X: pd.DataFrame) -> pd.DataFrame:
+        """The perturbed DataFrame; its receipt is in ``last_receipt_`` and ``.attrs``."""
+        release = self.perturb(X)
+        self.last_receipt_ = release.receipt
+        release.data.attrs["dmt_receipt"] = release.receipt.to_dict()
+        return release.data
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        check_is_fitted(self, "mechanisms_")
+        names: list[str] = []
+        for name, mech in self.mechanisms_.items():
+            names.extend(mech.output_columns if isinstance(mech, UnaryEncoding) else [name])
+        return np.array(names, dtype=object)
