@@ -15,11 +15,31 @@ proxy data). A value outside the vocabulary is handled by an explicit policy:
 * ``unknown="zero"``: encode it as the all-zero vector, so its embedding is
   zero. This is also what the exported Core ML graph does, since a model on a
   device cannot raise.
+
+Shared records reach the server generalized or perturbed;
+:meth:`Featurizer.transform_released` turns them into training features:
+
+* a numeric **interval** (``pandas.Interval`` or a ``(low, high)`` pair) becomes
+  its midpoint, the value that minimizes the worst-case squared error for a
+  value known only to lie in it;
+* a numeric value perturbed with local DP is used as it is: the noise is
+  zero-mean and the grid rounding unbiased, so a regression on it stays
+  unbiased in the inputs' expectation (its variance is the price);
+* a categorical **value set** or **hierarchy node** becomes the uniform
+  distribution over the categories it covers (a fractional one-hot, so the
+  embedding is the mean of their embeddings); ``"*"``, a suppressed cell
+  (``None``/NaN) or an unknown value becomes the uniform distribution over the
+  whole vocabulary;
+* a categorical value perturbed with **k-ary randomized response** becomes the
+  debiased one-hot ``(onehot(report) − q) / (p − q)``, with p and q the keep
+  and flip probabilities from the release receipt: its expectation is the true
+  one-hot.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -49,6 +69,26 @@ class FeatureBatch:
 
     def __len__(self) -> int:
         return int(self.numeric.shape[0])
+
+
+def released_numbers(column: pd.Series, *, fallback: float) -> np.ndarray:
+    """Numbers of a released numeric column: interval midpoints, values, ``fallback`` for gaps."""
+    out = np.empty(len(column), dtype=np.float64)
+    for i, value in enumerate(column.tolist()):
+        if isinstance(value, pd.Interval):
+            out[i] = (value.left + value.right) / 2
+        elif isinstance(value, (list, tuple)) and len(value) == 2:
+            out[i] = (float(value[0]) + float(value[1])) / 2
+        elif value is None or (isinstance(value, float) and math.isnan(value)):
+            out[i] = fallback
+        else:
+            try:
+                out[i] = float(value)
+            except (TypeError, ValueError):
+                raise ValidationError(
+                    f"Column {column.name!r}: cannot read {value!r} as a number or interval."
+                ) from None
+    return out
 
 
 class Featurizer:
@@ -174,6 +214,87 @@ class Featurizer:
             row = frame.index[int((~np.isfinite(values)).argmax())]
             raise ValidationError(f"Target column {self.target!r} is not finite at row {row!r}.")
         return values.astype(np.float32)
+
+    # --- released (generalized or perturbed) records ---------------------------
+    def transform_released(
+        self,
+        frame: pd.DataFrame,
+        *,
+        receipt: Any = None,
+        hierarchies: Mapping[str, Mapping[Any, Sequence[Any]]] | None = None,
+    ) -> FeatureBatch:
+        """Training features of records as the server received them (module docstring).
+
+        ``receipt`` is the local-DP :class:`~dmt_privacy.dp.ReleaseReceipt` the
+        records came with (or ``None``); ``hierarchies`` maps a field to
+        ``{node: categories under it}`` for nodes the schema's own hierarchy
+        does not describe.
+        """
+        self._check_fitted()
+        missing = [c for c in self.input_fields if c not in frame.columns]
+        if missing:
+            raise ValidationError(
+                f"Missing input column(s) {missing!r}; the model reads {self.input_fields!r}."
+            )
+        numeric = np.empty((len(frame), len(self.numeric_fields)), dtype=np.float64)
+        for j, name in enumerate(self.numeric_fields):
+            numeric[:, j] = released_numbers(frame[name], fallback=float(self.mean_[j]))
+        numeric = ((numeric - self.mean_) / self.scale_).astype(np.float32)
+        k_rr = {}
+        if receipt is not None:
+            k_rr = {f.field: f for f in receipt.fields if f.mechanism == "k_rr"}
+        categorical = {}
+        for name in self.categorical_fields:
+            leaves = self._leaves(name, hierarchies)
+            vocabulary = self.vocabularies_[name]
+            out = np.zeros((len(frame), len(vocabulary)), dtype=np.float32)
+            for i, value in enumerate(frame[name].tolist()):
+                covered = leaves(value)
+                out[i, covered] = 1.0 / len(covered)
+            if name in k_rr:
+                p, q = k_rr[name].keep_probability, k_rr[name].flip_probability
+                if p is None or q is None or p <= q:
+                    raise ValidationError(
+                        f"Receipt for {name!r}: k-RR needs keep > flip probability, "
+                        f"got {p!r} and {q!r}.")
+                out = ((out - q) / (p - q)).astype(np.float32)
+            categorical[name] = out
+        return FeatureBatch(numeric=numeric, categorical=categorical)
+
+    def released_target(self, frame: pd.DataFrame) -> np.ndarray:
+        """The target of released records (an interval becomes its midpoint)."""
+        if self.target not in frame.columns:
+            raise ValidationError(f"Missing target column {self.target!r}.")
+        values = released_numbers(frame[self.target], fallback=math.nan)
+        if not np.isfinite(values).all():
+            row = frame.index[int((~np.isfinite(values)).argmax())]
+            raise ValidationError(
+                f"Target {self.target!r} is missing at row {row!r}; drop such records.")
+        return values.astype(np.float32)
+
+    def _leaves(self, name: str, extra: Mapping[str, Mapping[Any, Sequence[Any]]] | None
+                ) -> Any:
+        vocabulary = self.vocabularies_[name]
+        index = {v: i for i, v in enumerate(vocabulary)}
+        everything = list(range(len(vocabulary)))
+        nodes: dict[Any, list[int]] = {}
+        hierarchy = self.schema[name].hierarchy or {}
+        for leaf, ancestors in hierarchy.items():
+            for node in ancestors:
+                nodes.setdefault(node, []).append(index[leaf])
+        for node, members in ((extra or {}).get(name) or {}).items():
+            nodes[node] = [index[m] for m in members if m in index] or everything
+
+        def leaves(value: Any) -> list[int]:
+            if isinstance(value, (set, frozenset, list, tuple)):
+                return [index[v] for v in value if v in index] or everything
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                return everything
+            if value in index:
+                return [index[value]]
+            return nodes.get(value, everything)
+
+        return leaves
 
     # --- JSON -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

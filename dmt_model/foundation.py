@@ -36,7 +36,15 @@ from dmt_privacy.schema import Schema
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Foundation", "Metrics", "TrainingConfig", "embedding_size", "train_foundation"]
+__all__ = [
+    "Foundation",
+    "Metrics",
+    "TrainingConfig",
+    "embedding_size",
+    "fit_foundation",
+    "regression_metrics",
+    "train_foundation",
+]
 
 HIDDEN_UNITS = (64, 32)
 
@@ -205,19 +213,40 @@ def train_foundation(
     ``on_epoch_end(epoch, mean_training_loss)`` is called after each epoch
     (for progress bars).
     """
-    torch = _import_torch()
-    config = config or TrainingConfig()
-    featurizer = Featurizer(schema).fit(frame)
-    batch = featurizer.transform(frame)
-    target = torch.from_numpy(featurizer.target_values(frame))
     if len(frame) == 0:
         raise ValidationError("Cannot train a foundation model on zero records.")
+    featurizer = Featurizer(schema).fit(frame)
+    return fit_foundation(featurizer, featurizer.transform(frame),
+                          featurizer.target_values(frame), config, on_epoch_end=on_epoch_end)
 
+
+def fit_foundation(
+    featurizer: Featurizer,
+    batch: FeatureBatch,
+    target: np.ndarray,
+    config: TrainingConfig | None = None,
+    *,
+    initial: Foundation | None = None,
+    on_epoch_end: Callable[[int, float], None] | None = None,
+) -> Foundation:
+    """Train the foundation network on features already computed by ``featurizer``.
+
+    ``initial`` warm-starts from a copy of another foundation's weights (it is
+    not modified); otherwise the weights are initialized from ``config.seed``.
+    """
+    torch = _import_torch()
+    config = config or TrainingConfig()
+    if len(batch) == 0 or len(batch) != len(target):
+        raise ValidationError(
+            f"Need as many targets as records, and at least one: got {len(batch)} records "
+            f"and {len(target)} targets.")
     torch.manual_seed(config.seed)
     network = _build_network(
         [len(featurizer.vocabularies_[n]) for n in featurizer.categorical_fields],
         len(featurizer.numeric_fields),
     )
+    if initial is not None:
+        network.load_state_dict(initial.network.state_dict())
     foundation = Foundation(featurizer, network, config)
     inputs = foundation._tensors(batch)
     optimizer = torch.optim.RMSprop(network.parameters(), lr=config.learning_rate,
@@ -227,7 +256,8 @@ def train_foundation(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a network this small trains fastest on one thread
     try:
-        _train_epochs(network, inputs, target, optimizer, shuffle, config, on_epoch_end)
+        _train_epochs(network, inputs, torch.from_numpy(np.asarray(target, np.float32)),
+                      optimizer, shuffle, config, on_epoch_end)
     finally:
         torch.set_num_threads(threads)
     network.eval()
