@@ -42,7 +42,7 @@ from __future__ import annotations
 import copy
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -62,6 +62,7 @@ __all__ = [
     "PersonalizationResult",
     "UpdateEvent",
     "UpdateHistory",
+    "adopt_new_version",
     "batch_order",
     "featurizer_of",
     "personalize",
@@ -359,6 +360,64 @@ def _mse(spec: Any, frame: pd.DataFrame, target: np.ndarray) -> float:
     return float(np.mean((predict_frame(spec, frame).astype(np.float64) - target) ** 2))
 
 
+def _checked_update(
+    spec: Any,
+    baseline: Any,
+    records: pd.DataFrame,
+    *,
+    holdout: pd.DataFrame | None,
+    output: Path,
+    folds: int,
+    seed: int,
+    on_event: Callable[[UpdateEvent], None] | None,
+    overrides: Mapping[str, Any],
+) -> PersonalizationResult:
+    """Update ``spec`` on ``records`` and write it to ``output`` only if it beats ``baseline``.
+
+    Both are compared by mean squared error on held-out records: ``holdout``
+    if given (the update then trains on all ``records``), otherwise each of
+    ``folds`` folds of ``records`` in turn while the update trains on the rest;
+    only if the summed held-out error does not rise is the final update
+    trained on all records and written (atomically).
+    """
+    _check_records(spec, records, what="records")
+    if holdout is not None:
+        checks = [(records, holdout)]
+    else:
+        if not isinstance(folds, int) or folds < 2:
+            raise ValidationError(f"folds must be an integer of at least 2, got {folds!r}.")
+        if len(records) < folds:
+            raise ValidationError(
+                f"{len(records)} record(s) are too few for {folds}-fold cross-validation; "
+                "pass holdout= explicitly, lower folds, or give more records.")
+        order = np.random.default_rng(seed).permutation(len(records))
+        checks = [(records.iloc[np.setdiff1d(order, part)], records.iloc[part])
+                  for part in np.array_split(order, folds)]
+    before = after = 0.0
+    history = UpdateHistory()
+    try:
+        for train, held in checks:
+            held_target = _check_records(spec, held, what="holdout records")
+            report = on_event if holdout is not None else None  # events of the final update only
+            candidate, history = update_spec(spec, train, on_event=report, **overrides)
+            before += _mse(baseline, held, held_target) * len(held)
+            after += _mse(candidate, held, held_target) * len(held)
+        n_held = sum(len(held) for _, held in checks)
+        before, after = before / n_held, after / n_held
+        if not math.isfinite(after) or after > before:
+            reason = (f"held-out MSE would rise from {before:.4g} to {after:.4g}; "
+                      "the personal model was kept as it was.")
+            return PersonalizationResult(False, reason, before, after, output, history)
+        if holdout is None:
+            candidate, history = update_spec(spec, records, on_event=on_event, **overrides)
+    except UpdateRejected as exc:
+        return PersonalizationResult(False, str(exc), before, math.nan, output, history)
+    save_spec(candidate, output)
+    how = "on the holdout" if holdout is not None else f"in {len(checks)}-fold cross-validation"
+    return PersonalizationResult(True, f"held-out MSE {before:.4g} → {after:.4g} {how}", before,
+                                 after, output, history)
+
+
 def personalize(
     model_path: str | os.PathLike[str],
     records: pd.DataFrame,
@@ -385,43 +444,43 @@ def personalize(
     (``learning_rate``, ``epochs``, ``batch_size``, ``shuffle``, ``convention``).
     """
     model_path = Path(model_path)
-    output = Path(output_path) if output_path is not None else model_path
     spec = load_spec(model_path)
     validate_updatable(spec)
     _check_records(spec, records, what=f"records for {model_path.name}")
-    if holdout is not None:
-        checks = [(records, holdout)]
-    else:
-        if not isinstance(folds, int) or folds < 2:
-            raise ValidationError(f"folds must be an integer of at least 2, got {folds!r}.")
-        if len(records) < folds:
-            raise ValidationError(
-                f"{len(records)} record(s) are too few for {folds}-fold cross-validation; "
-                "pass holdout= explicitly, lower folds, or give more records.")
-        order = np.random.default_rng(seed).permutation(len(records))
-        parts = np.array_split(order, folds)
-        checks = [(records.iloc[np.setdiff1d(order, part)], records.iloc[part])
-                  for part in parts]
-    before = after = 0.0
-    history = UpdateHistory()
-    try:
-        for train, held in checks:
-            held_target = _check_records(spec, held, what="holdout records")
-            report = on_event if holdout is not None else None  # events of the final update only
-            candidate, history = update_spec(spec, train, on_event=report, **overrides)
-            before += _mse(spec, held, held_target) * len(held)
-            after += _mse(candidate, held, held_target) * len(held)
-        n_held = sum(len(held) for _, held in checks)
-        before, after = before / n_held, after / n_held
-        if not math.isfinite(after) or after > before:
-            reason = (f"held-out MSE would rise from {before:.4g} to {after:.4g}; "
-                      "the personal model was kept as it was.")
-            return PersonalizationResult(False, reason, before, after, output, history)
-        if holdout is None:
-            candidate, history = update_spec(spec, records, on_event=on_event, **overrides)
-    except UpdateRejected as exc:
-        return PersonalizationResult(False, str(exc), before, math.nan, output, history)
-    save_spec(candidate, output)
-    how = "on the holdout" if holdout is not None else f"in {len(checks)}-fold cross-validation"
-    return PersonalizationResult(True, f"held-out MSE {before:.4g} → {after:.4g} {how}", before,
-                                 after, output, history)
+    return _checked_update(spec, spec, records, holdout=holdout,
+                           output=Path(output_path) if output_path is not None else model_path,
+                           folds=folds, seed=seed, on_event=on_event, overrides=overrides)
+
+
+def adopt_new_version(
+    new_model_path: str | os.PathLike[str],
+    personal_model_path: str | os.PathLike[str],
+    unshared_records: pd.DataFrame,
+    *,
+    holdout: pd.DataFrame | None = None,
+    folds: int = 4,
+    seed: int = 0,
+    on_event: Callable[[UpdateEvent], None] | None = None,
+    **overrides: Any,
+) -> PersonalizationResult:
+    """Replace the personal model by a new foundation version, re-personalized.
+
+    The new updatable model is personalized on the records the user never
+    shared, and replaces the personal model at ``personal_model_path`` only if
+    its held-out error is not worse than the current personal model's (same
+    check as :func:`personalize`, with the current personal model as the
+    baseline; in cross-validation the current model has seen the held-out
+    fold, so the comparison leans toward keeping it). The new model file is
+    not modified.
+    """
+    new_spec = load_spec(new_model_path)
+    validate_updatable(new_spec)
+    current = load_spec(personal_model_path)
+    new_schema = featurizer_of(new_spec).schema.schema_id
+    if featurizer_of(current).schema.schema_id != new_schema:
+        raise ModelFileError(
+            f"{new_model_path} describes different records (schema {new_schema}) from the "
+            f"personal model {personal_model_path}; it cannot replace it.")
+    return _checked_update(new_spec, current, unshared_records, holdout=holdout,
+                           output=Path(personal_model_path), folds=folds, seed=seed,
+                           on_event=on_event, overrides=overrides)

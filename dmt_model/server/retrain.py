@@ -1,0 +1,141 @@
+"""Retraining the foundation on proxy data plus what devices shared, as new model versions.
+
+Shared records arrive generalized (intervals, value sets, hierarchy nodes) and
+perturbed (local DP); :meth:`~dmt_model.features.Featurizer.transform_released`
+states how each becomes a training feature. The featurizer stays the one
+fitted on the proxy data, so every version standardizes inputs the same way.
+
+Each retrained foundation is published by :class:`ModelRegistry` as a new
+version: the foundation (``.npz``), its updatable Core ML model, and a JSON
+record of how it was trained and how it evaluates. Files are written
+atomically and the index last, so a failed publish leaves the registry as it
+was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dmt_model.coreml import UpdateSettings, export_coreml
+from dmt_model.features import FeatureBatch
+from dmt_model.files import write_atomically
+from dmt_model.foundation import Foundation, TrainingConfig, fit_foundation, regression_metrics
+from dmt_privacy.errors import ModelFileError, ValidationError
+
+__all__ = ["ModelRegistry", "ModelVersion", "SharedBatch", "retrain_foundation"]
+
+
+@dataclass(frozen=True)
+class SharedBatch:
+    """Records one package (or several with the same receipt) brought to the server."""
+
+    records: pd.DataFrame
+    receipt: Any = None  # the local-DP ReleaseReceipt, if the records were perturbed
+    hierarchies: Mapping[str, Mapping[Any, Sequence[Any]]] | None = None
+
+
+def _concat(batches: Sequence[FeatureBatch]) -> FeatureBatch:
+    return FeatureBatch(
+        numeric=np.concatenate([b.numeric for b in batches]),
+        categorical={name: np.concatenate([b.categorical[name] for b in batches])
+                     for name in batches[0].categorical},
+    )
+
+
+def retrain_foundation(
+    previous: Foundation,
+    proxy: pd.DataFrame,
+    shared: Sequence[SharedBatch] = (),
+    config: TrainingConfig | None = None,
+    *,
+    warm_start: bool = False,
+    on_epoch_end: Callable[[int, float], None] | None = None,
+) -> Foundation:
+    """Train a new foundation on ``proxy`` plus the ``shared`` records, as received.
+
+    ``previous`` supplies the featurizer (fitted on proxy data) and, with
+    ``warm_start``, the initial weights; it is not modified.
+    """
+    featurizer = previous.featurizer
+    batches = [featurizer.transform(proxy)]
+    targets = [featurizer.target_values(proxy)]
+    for batch in shared:
+        if len(batch.records) == 0:
+            continue
+        batches.append(featurizer.transform_released(batch.records, receipt=batch.receipt,
+                                                     hierarchies=batch.hierarchies))
+        targets.append(featurizer.released_target(batch.records))
+    return fit_foundation(featurizer, _concat(batches), np.concatenate(targets),
+                          config or previous.config,
+                          initial=previous if warm_start else None, on_epoch_end=on_epoch_end)
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One published foundation: its files and how it was made."""
+
+    version: int
+    foundation_file: str
+    mlmodel_file: str
+    created: str
+    trained_on: dict[str, int]
+    evaluation: dict[str, float] = field(default_factory=dict)
+    notes: str = ""
+
+
+class ModelRegistry:
+    """A folder of model versions with a JSON index; the newest is what devices fetch."""
+
+    INDEX = "versions.json"
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.folder = Path(folder)
+
+    def versions(self) -> list[ModelVersion]:
+        index = self.folder / self.INDEX
+        if not index.exists():
+            return []
+        try:
+            return [ModelVersion(**entry) for entry in json.loads(index.read_text())]
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise ModelFileError(f"The model index {index} is damaged ({exc}).") from None
+
+    def latest(self) -> ModelVersion | None:
+        versions = self.versions()
+        return versions[-1] if versions else None
+
+    def path(self, name: str) -> Path:
+        return self.folder / name
+
+    def publish(self, foundation: Foundation, *, trained_on: Mapping[str, int],
+                evaluation_data: pd.DataFrame | None = None,
+                update_settings: UpdateSettings | None = None, notes: str = "") -> ModelVersion:
+        """Save ``foundation`` and its updatable Core ML model as the next version."""
+        versions = self.versions()
+        number = versions[-1].version + 1 if versions else 1
+        evaluation: dict[str, float] = {}
+        if evaluation_data is not None:
+            if len(evaluation_data) == 0:
+                raise ValidationError("evaluation_data is empty.")
+            metrics = regression_metrics(foundation.predict(evaluation_data),
+                                         foundation.featurizer.target_values(evaluation_data))
+            evaluation = {"rmse": metrics.rmse, "mae": metrics.mae, "n": float(metrics.n)}
+        stem = f"foundation-v{number}"
+        foundation.save(self.folder / f"{stem}.npz")
+        export_coreml(foundation, self.folder / f"{stem}.mlmodel",
+                      updatable=update_settings or UpdateSettings(), version=str(number))
+        entry = ModelVersion(number, f"{stem}.npz", f"{stem}.mlmodel",
+                             datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                             dict(trained_on), evaluation, notes)
+        index = [asdict(v) for v in versions] + [asdict(entry)]
+        write_atomically(self.folder / self.INDEX, json.dumps(index, indent=2).encode())
+        return entry

@@ -1,0 +1,96 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from dmt_model.coreml import UpdateSettings, export_coreml, load_spec, set_inner_product
+from dmt_model.coreml.validate import validate_updatable
+from dmt_model.foundation import Foundation, TrainingConfig
+from dmt_model.personalize import adopt_new_version
+from dmt_model.server.retrain import ModelRegistry, SharedBatch, retrain_foundation
+
+
+def _generalized(records: pd.DataFrame) -> pd.DataFrame:
+    out = records.astype(object)
+    out["AGE"] = [pd.Interval(np.floor(a / 20) * 20, np.floor(a / 20) * 20 + 20, closed="both")
+                  for a in records["AGE"]]
+    out["RAD"] = [frozenset({r, 24}) for r in records["RAD"]]
+    return out
+
+
+def test_retraining_uses_the_proxy_featurizer_and_is_deterministic(foundation, simulation):
+    shared = [SharedBatch(_generalized(u.shareable)) for u in simulation.users]
+    config = TrainingConfig(epochs=5, seed=3)
+    a = retrain_foundation(foundation, simulation.proxy, shared, config)
+    b = retrain_foundation(foundation, simulation.proxy, shared, config)
+    assert a.featurizer is foundation.featurizer
+    test = pd.concat([u.test for u in simulation.users])
+    assert np.array_equal(a.predict(test), b.predict(test))
+    before = [p.detach().clone() for p in foundation.network.parameters()]
+    retrain_foundation(foundation, simulation.proxy, shared, config, warm_start=True)
+    after = list(foundation.network.parameters())
+    assert all(np.array_equal(x.numpy(), y.detach().numpy()) for x, y in
+               zip(before, after, strict=True))  # the previous foundation is not modified
+
+
+def test_warm_start_begins_at_the_previous_weights(foundation, simulation):
+    tiny = TrainingConfig(epochs=1, learning_rate=1e-9, seed=0)
+    warm = retrain_foundation(foundation, simulation.proxy, [], tiny, warm_start=True)
+    np.testing.assert_allclose(warm.predict(simulation.proxy), foundation.predict(simulation.proxy),
+                               rtol=1e-4)
+
+
+def test_registry_publishes_versions_atomically(foundation, simulation, tmp_path, monkeypatch):
+    registry = ModelRegistry(tmp_path)
+    assert registry.latest() is None
+    v1 = registry.publish(foundation, trained_on={"proxy": len(simulation.proxy)},
+                          evaluation_data=simulation.users[0].test)
+    v2 = registry.publish(foundation, trained_on={"proxy": 1, "shared": 2})
+    assert [v.version for v in registry.versions()] == [1, 2] and registry.latest() == v2
+    assert v1.evaluation["rmse"] > 0
+    validate_updatable(load_spec(registry.path(v2.mlmodel_file)))
+    assert Foundation.load(registry.path(v1.foundation_file)).featurizer.to_json() == \
+        foundation.featurizer.to_json()
+
+    import dmt_model.server.retrain as retrain
+
+    def broken_export(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(retrain, "export_coreml", broken_export)
+    with pytest.raises(OSError):
+        registry.publish(foundation, trained_on={})
+    assert [v.version for v in registry.versions()] == [1, 2]
+
+
+@pytest.fixture
+def personal(foundation, simulation, tmp_path):
+    path = export_coreml(foundation, tmp_path / "personal.mlmodel", updatable=UpdateSettings())
+    return path
+
+
+def _broken_copy(foundation, path):
+    from dmt_model.coreml import save_spec
+
+    spec = load_spec(export_coreml(foundation, path, updatable=UpdateSettings()))
+    set_inner_product(spec, "dense_0", np.zeros((64, 18), np.float32), np.zeros(64, np.float32))
+    return save_spec(spec, path)
+
+
+def test_a_better_new_version_replaces_the_personal_model(foundation, simulation, tmp_path):
+    user = simulation.users[4]
+    personal = _broken_copy(foundation, tmp_path / "personal.mlmodel")  # a poor personal model
+    new = export_coreml(foundation, tmp_path / "v2.mlmodel", updatable=UpdateSettings())
+    new_bytes = new.read_bytes()
+    result = adopt_new_version(new, personal, user.private, holdout=user.test)
+    assert result.accepted, result.reason
+    assert result.holdout_loss_after <= result.holdout_loss_before
+    assert personal.read_bytes() not in (new_bytes, b"")  # re-personalized, not copied
+    assert new.read_bytes() == new_bytes
+
+
+def test_a_worse_new_version_is_not_adopted(personal, foundation, simulation, tmp_path):
+    user = simulation.users[4]
+    bad = _broken_copy(foundation, tmp_path / "bad.mlmodel")  # a broken "new version"
+    before = personal.read_bytes()
+    result = adopt_new_version(bad, personal, user.private, holdout=user.test)
+    assert not result.accepted and personal.read_bytes() == before
