@@ -17,6 +17,7 @@ releases only classes holding at least ``k`` records.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -197,6 +198,67 @@ class AnonymizationPlan:
     @property
     def n_classes(self) -> int:
         return len(self.class_suppressed)
+
+    # --- widening for devices -----------------------------------------------------
+    def widened(self, domains: Mapping[str, tuple[float, float]]) -> AnonymizationPlan:
+        """This plan with each class generalized to its whole region of the tree.
+
+        A plan fitted on proxy data releases, per class, the tightest
+        generalization of the *fitted* records; a device's record that falls
+        between them is suppressed. The widened plan releases instead the
+        region of the domain the tree assigns to the class: for numeric
+        quasi-identifiers the interval between the thresholds on the class's
+        path, closed by ``domains[name] = (low, high)`` (the schema's bounds:
+        required for every numeric quasi-identifier, never inferred); for
+        categorical ones every category (or the hierarchy node covering every
+        leaf) in the class's range of codes. Every record inside the domains
+        then maps to a class, and k-anonymity is enforced where it must be in
+        the distributed setting: by the server's :func:`release_classes`.
+        """
+        numeric = [c.name for c in self.codings if c.kind == "numeric"]
+        missing = [n for n in numeric if n not in domains]
+        if missing:
+            raise ValidationError(
+                f"widened needs domain bounds for numeric quasi-identifier(s) {missing!r}; "
+                "pass the schema's bounds, e.g. {name: schema[name].bounds}."
+            )
+        upper = [float(domains[c.name][1]) if c.kind == "numeric" else float(c.cardinality)
+                 for c in self.codings]
+        lower = [float(domains[c.name][0]) if c.kind == "numeric" else 0.0
+                 for c in self.codings]
+        n_classes = self.n_classes
+        region_low = np.tile(np.asarray(lower), (n_classes, 1))
+        region_high = np.tile(np.asarray(upper), (n_classes, 1))
+        stack = [(0, np.asarray(lower), np.asarray(upper))]
+        while stack:
+            node, lo, hi = stack.pop()
+            dim = self.split_dim[node]
+            if dim < 0:
+                region_low[self.leaf_class[node]] = lo
+                region_high[self.leaf_class[node]] = hi
+                continue
+            cut = self.threshold[node]
+            left_hi, right_lo = hi.copy(), lo.copy()
+            left_hi[dim] = min(hi[dim], cut)
+            right_lo[dim] = max(lo[dim], cut)
+            stack += [(self.left[node], lo, left_hi), (self.right[node], right_lo, hi)]
+        class_low, class_high = list(self.class_low), list(self.class_high)
+        class_node, class_sets = list(self.class_node), list(self.class_sets)
+        for j, coding in enumerate(self.codings):
+            if coding.kind == "numeric":
+                class_low[j] = tuple(float(x) for x in region_low[:, j])
+                class_high[j] = tuple(float(x) for x in region_high[:, j])
+                continue
+            first = np.ceil(region_low[:, j]).astype(np.int64)
+            last = np.maximum(np.ceil(region_high[:, j]).astype(np.int64) - 1, first)
+            if coding.kind == "hierarchy":
+                assert coding.hierarchy is not None
+                class_node[j] = tuple(int(x) for x in coding.hierarchy.lca(first, last))
+            else:
+                class_sets[j] = tuple(tuple(range(a, b + 1)) for a, b in
+                                      zip(first.tolist(), last.tolist(), strict=True))
+        return dataclasses.replace(self, class_low=tuple(class_low), class_high=tuple(class_high),
+                                   class_node=tuple(class_node), class_sets=tuple(class_sets))
 
     # --- applying ---------------------------------------------------------------
     def apply(self, frame: pd.DataFrame) -> Anonymized:
