@@ -227,12 +227,15 @@ def fit_foundation(
     config: TrainingConfig | None = None,
     *,
     initial: Foundation | None = None,
+    sample_weight: np.ndarray | None = None,
     on_epoch_end: Callable[[int, float], None] | None = None,
 ) -> Foundation:
     """Train the foundation network on features already computed by ``featurizer``.
 
     ``initial`` warm-starts from a copy of another foundation's weights (it is
     not modified); otherwise the weights are initialized from ``config.seed``.
+    ``sample_weight`` (positive, one per record) makes each mini-batch's loss
+    the weighted mean ``Σ w (ŷ − y)² / Σ w``.
     """
     torch = _import_torch()
     config = config or TrainingConfig()
@@ -240,6 +243,14 @@ def fit_foundation(
         raise ValidationError(
             f"Need as many targets as records, and at least one: got {len(batch)} records "
             f"and {len(target)} targets.")
+    weight = None
+    if sample_weight is not None:
+        weight = np.asarray(sample_weight, dtype=np.float32)
+        if weight.shape != (len(target),) or not (np.isfinite(weight).all() and
+                                                  (weight > 0).all()):
+            raise ValidationError(
+                "sample_weight must hold one positive, finite weight per record "
+                f"({len(target)}), got shape {weight.shape}.")
     torch.manual_seed(config.seed)
     network = _build_network(
         [len(featurizer.vocabularies_[n]) for n in featurizer.categorical_fields],
@@ -257,6 +268,7 @@ def fit_foundation(
     torch.set_num_threads(1)  # a network this small trains fastest on one thread
     try:
         _train_epochs(network, inputs, torch.from_numpy(np.asarray(target, np.float32)),
+                      None if weight is None else torch.from_numpy(weight),
                       optimizer, shuffle, config, on_epoch_end)
     finally:
         torch.set_num_threads(threads)
@@ -264,8 +276,8 @@ def fit_foundation(
     return foundation
 
 
-def _train_epochs(network: Any, inputs: list[Any], target: Any, optimizer: Any, shuffle: Any,
-                  config: TrainingConfig,
+def _train_epochs(network: Any, inputs: list[Any], target: Any, weight: Any, optimizer: Any,
+                  shuffle: Any, config: TrainingConfig,
                   on_epoch_end: Callable[[int, float], None] | None) -> None:
     torch = _import_torch()
     n = int(target.shape[0])
@@ -275,7 +287,11 @@ def _train_epochs(network: Any, inputs: list[Any], target: Any, optimizer: Any, 
         for start in range(0, n, config.batch_size):
             index = order[start:start + config.batch_size]
             optimizer.zero_grad()
-            loss = torch.mean((network(*(t[index] for t in inputs)) - target[index]) ** 2)
+            squared = (network(*(t[index] for t in inputs)) - target[index]) ** 2
+            if weight is None:
+                loss = torch.mean(squared)
+            else:
+                loss = torch.sum(weight[index] * squared) / torch.sum(weight[index])
             loss.backward()
             optimizer.step()
             total += float(loss.detach()) * len(index)

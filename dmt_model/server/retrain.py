@@ -31,7 +31,13 @@ from dmt_model.files import write_atomically
 from dmt_model.foundation import Foundation, TrainingConfig, fit_foundation, regression_metrics
 from dmt_privacy.errors import ModelFileError, ValidationError
 
-__all__ = ["ModelRegistry", "ModelVersion", "SharedBatch", "retrain_foundation"]
+__all__ = [
+    "ModelRegistry",
+    "ModelVersion",
+    "NoiseWeigher",
+    "SharedBatch",
+    "retrain_foundation",
+]
 
 
 @dataclass(frozen=True)
@@ -58,25 +64,79 @@ def retrain_foundation(
     config: TrainingConfig | None = None,
     *,
     warm_start: bool = False,
+    weigh_by_noise: bool = True,
     on_epoch_end: Callable[[int, float], None] | None = None,
 ) -> Foundation:
     """Train a new foundation on ``proxy`` plus the ``shared`` records, as received.
 
     ``previous`` supplies the featurizer (fitted on proxy data) and, with
-    ``warm_start``, the initial weights; it is not modified.
+    ``warm_start``, the initial weights; it is not modified. With
+    ``weigh_by_noise`` (default), each shared record's loss is weighted by
+    :class:`NoiseWeigher` from its release receipt, so records drowned in
+    local-DP noise cannot swamp the clean proxy data.
     """
     featurizer = previous.featurizer
     batches = [featurizer.transform(proxy)]
     targets = [featurizer.target_values(proxy)]
+    weights = [np.ones(len(proxy))]
+    weigher = NoiseWeigher(previous, proxy) if weigh_by_noise else None
     for batch in shared:
         if len(batch.records) == 0:
             continue
         batches.append(featurizer.transform_released(batch.records, receipt=batch.receipt,
                                                      hierarchies=batch.hierarchies))
         targets.append(featurizer.released_target(batch.records))
+        weight = weigher(batch.receipt) if weigher is not None else 1.0
+        weights.append(np.full(len(batch.records), weight))
     return fit_foundation(featurizer, _concat(batches), np.concatenate(targets),
-                          config or previous.config,
-                          initial=previous if warm_start else None, on_epoch_end=on_epoch_end)
+                          config or previous.config, initial=previous if warm_start else None,
+                          sample_weight=np.concatenate(weights), on_epoch_end=on_epoch_end)
+
+
+class NoiseWeigher:
+    """Inverse-variance weights for records released with local-DP noise.
+
+    A record perturbed with noise of variance σ²_f on field f carries, by the
+    delta method, extra variance ``σ²_y + Σ_f g²_f σ²_f`` in its target,
+    where ``g_f`` is the root-mean-square gradient of the previous
+    foundation's prediction with respect to input f on the proxy data. Weighted
+    least squares then gives it the weight ``r² / (r² + that)``, with ``r²`` the
+    previous foundation's mean squared residual on the proxy data, so that a
+    clean record weighs 1. Categorical fields perturbed by randomized response
+    add no term (their features are debiased, see
+    :meth:`~dmt_model.features.Featurizer.transform_released`).
+    """
+
+    def __init__(self, foundation: Foundation, proxy: pd.DataFrame) -> None:
+
+        featurizer = foundation.featurizer
+        batch = featurizer.transform(proxy)
+        target = featurizer.target_values(proxy)
+        self.residual_variance = max(
+            float(np.mean((foundation.predict(proxy) - target) ** 2)), 1e-6)
+        tensors = foundation._tensors(batch)
+        numeric = tensors[0].clone().requires_grad_(True)
+        foundation.network(numeric, *tensors[1:]).sum().backward()
+        assert numeric.grad is not None
+        # d ŷ / d raw value = d ŷ / d standardized value / scale.
+        gradient = numeric.grad.numpy() / featurizer.scale_
+        self.gain_squared = dict(zip(featurizer.numeric_fields,
+                                     np.mean(gradient**2, axis=0).tolist(), strict=True))
+        self.target = featurizer.target
+
+    def __call__(self, receipt: Any) -> float:
+        if receipt is None:
+            return 1.0
+        extra = 0.0
+        for field_receipt in receipt.fields:
+            variance = field_receipt.noise_variance
+            if variance is None:
+                continue
+            if field_receipt.field == self.target:
+                extra += variance
+            else:
+                extra += self.gain_squared.get(field_receipt.field, 0.0) * variance
+        return self.residual_variance / (self.residual_variance + extra)
 
 
 @dataclass(frozen=True)

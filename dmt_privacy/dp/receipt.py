@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +55,24 @@ class FieldReceipt:
     categories: tuple[Any, ...] | None = None
     keep_probability: float | None = None
     flip_probability: float | None = None
+
+    @property
+    def noise_variance(self) -> float | None:
+        """Variance of the added noise in squared value units (numeric fields), else ``None``.
+
+        Discrete Laplace with scale b (grid units): ``2p / (1 − p)² · grid²``,
+        ``p = e^(−1/b)``; discrete Gaussian: ``σ² · grid²`` (its exact variance is
+        slightly below σ²). Stochastic rounding to the grid adds at most
+        ``grid² / 4`` more, not counted here.
+        """
+        if self.scale_units is None or self.grid is None or not self.scale_units:
+            return None
+        if self.mechanism == "discrete_laplace":
+            p = math.exp(-1.0 / self.scale_units)
+            return 2.0 * p / (-math.expm1(-1.0 / self.scale_units)) ** 2 * self.grid**2
+        if self.mechanism == "discrete_gaussian":
+            return self.scale_units**2 * self.grid**2
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -94,3 +94,40 @@ def test_a_worse_new_version_is_not_adopted(personal, foundation, simulation, tm
     before = personal.read_bytes()
     result = adopt_new_version(bad, personal, user.private, holdout=user.test)
     assert not result.accepted and personal.read_bytes() == before
+
+
+def test_noisier_releases_weigh_less(foundation, simulation):
+    import warnings
+
+    from dmt_model.datasets import BOSTON_SCHEMA
+    from dmt_model.server.retrain import NoiseWeigher
+    from dmt_privacy.dp import LocalDPPerturber
+
+    records = simulation.users[0].shareable[["AGE", "MEDV"]]
+    weigh = NoiseWeigher(foundation, simulation.proxy)
+    weights = []
+    for epsilon in (0.5, 2.0, 8.0):
+        perturber = LocalDPPerturber(BOSTON_SCHEMA.select(["AGE", "MEDV"]),
+                                     epsilon={"AGE": epsilon, "MEDV": epsilon}, random_state=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            receipt = perturber.fit(records).perturb(records).receipt
+        weights.append(weigh(receipt))
+    assert 0 < weights[0] < weights[1] < weights[2] < 1
+    assert weigh(None) == 1.0
+
+
+def test_sample_weights_are_checked(foundation, simulation):
+    from dmt_model.foundation import fit_foundation
+    from dmt_privacy.errors import ValidationError
+
+    batch = foundation.featurizer.transform(simulation.proxy)
+    target = foundation.featurizer.target_values(simulation.proxy)
+    with pytest.raises(ValidationError, match="sample_weight"):
+        fit_foundation(foundation.featurizer, batch, target, TrainingConfig(epochs=1),
+                       sample_weight=np.zeros(len(target)))
+    heavy = np.where(np.arange(len(target)) < 10, 1e6, 1.0)  # ten records dominate
+    model = fit_foundation(foundation.featurizer, batch, target,
+                           TrainingConfig(epochs=300, seed=0), sample_weight=heavy)
+    error = np.abs(model.predict(simulation.proxy) - target)
+    assert error[:10].mean() < error[10:].mean()

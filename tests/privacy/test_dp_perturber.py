@@ -235,3 +235,24 @@ def test_server_aggregates_charge_their_ledger(tmp_path):
         dp_mean(x, epsilon=0.1, bounds=(0, 10), ledger=ledger)
     with pytest.raises(SchemaError, match="no bounds"):
         dp_mean(x, epsilon=0.1, bounds=None)
+
+
+def test_receipt_states_the_noise_variance_the_mechanism_draws():
+    import warnings
+
+    import numpy as np
+    import pandas as pd
+
+    from dmt_privacy.dp import LocalDPPerturber
+    from dmt_privacy.schema import Field, Schema
+
+    schema = Schema((Field("x", "numeric", bounds=(0.0, 10.0), grid=0.5),))
+    records = pd.DataFrame({"x": np.full(200_000, 5.0)})
+    perturber = LocalDPPerturber(schema, epsilon={"x": 1.0}, random_state=3,
+                                 rounding="nearest")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        release = perturber.fit(records).perturb(records)
+    (field,) = release.receipt.fields
+    measured = release.data["x"].var()
+    assert abs(measured / field.noise_variance - 1) < 0.03

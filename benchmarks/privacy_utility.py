@@ -1,0 +1,296 @@
+"""The privacy-utility benchmark: does sharing part of the data, anonymized, pay off?
+
+On the simulated-user protocol (design.md; 5 seeds, h = 0.15), per-user test
+RMSE (mean ± std over seeds of the mean over 20 users) for:
+
+* foundation on proxy data only, and personalized on each user's records;
+* centralized raw: all users' training records pooled with the proxy data,
+  then personalized;
+* local only: a network trained from scratch on the user's own records;
+* DMT: the server retrains on proxy data plus the *shareable* half of every
+  user's training records, in the form they arrive — raw; k-anonymized
+  (k ∈ {2, 5, 10, 25}); perturbed with local DP (ε ∈ {0.5, 1, 2, 4, 8} per
+  record); and k = 5 with ε = 1 — and each user re-personalizes the new
+  foundation on the records they never shared;
+* FedAvg and DP-FedAvg (``dmt_model.federated``), when that module is present.
+
+How the data is shared here: the k-anonymity plan is fitted on the proxy data
+(the data the server may see, design.md), widened to the schema's bounds
+(``AnonymizationPlan.widened``) so that no device record falls between its
+classes, applied to each user's shareable records, and the server releases
+only classes holding records from at least k users (packages); the rest stay
+quarantined. With 20 users, k = 25 can release nothing. Local DP perturbs the
+quasi-identifiers and the target, ε split equally over them (so ε is per
+record), insensitive fields are shared as they are; with k and ε together the
+quasi-identifiers are generalized and the target alone gets the whole ε.
+Sealing and ingestion are lossless and tested elsewhere, so the records go to
+the retraining in memory, where each shared record is weighted by the
+signal-to-noise of its release (``noise_weight``). Personalization is the emulated Core ML update
+(``update_spec``) with the SDK's default settings, ungated, in every row,
+so rows compare approaches rather than the keep-or-discard check.
+
+The privacy side: with ``--risk``, anonymeter (run in its own environment,
+``.venv-risk``, as its numpy pin clashes) estimates singling-out, linkability
+and inference risk of what the server received at each k and ε, with the raw
+shareable records as the attacker's target and the never-shared records as
+control (seed 0).
+
+Writes ``benchmarks/results/privacy_utility.json`` and ``.png``.
+Run: ``.venv/bin/python benchmarks/privacy_utility.py [--seeds 5] [--risk]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dmt_model.coreml import UpdateSettings, build_spec, predict_frame
+from dmt_model.datasets import BOSTON_SCHEMA, load_boston, simulate_users
+from dmt_model.foundation import Foundation, TrainingConfig, fit_foundation, train_foundation
+from dmt_model.personalize import update_spec
+from dmt_model.server.retrain import SharedBatch, retrain_foundation
+from dmt_privacy.anonymity import KAnonymizer, release_classes
+from dmt_privacy.dp import LocalDPPerturber
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+QUASI_IDENTIFIERS = [f.name for f in BOSTON_SCHEMA.by_role("quasi-identifier")]
+TARGET = "MEDV"
+KS = (2, 5, 10, 25)
+EPSILONS = (0.5, 1.0, 2.0, 4.0, 8.0)
+DOMAINS = {f.name: f.bounds for f in BOSTON_SCHEMA if f.bounds is not None}
+
+
+def rmse(predicted: np.ndarray, actual: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((np.asarray(predicted, float) - np.asarray(actual, float)) ** 2)))
+
+
+# --- what the server receives -------------------------------------------------------
+def share(sim, *, k: int | None = None, epsilon: float | None = None, seed: int = 0
+          ) -> tuple[list[SharedBatch], dict]:
+    """The users' shareable records as the server receives them, and what was lost."""
+    frames = [u.shareable.assign(_package=u.user_id) for u in sim.users]
+    shared = pd.concat(frames)
+    info = {"offered": len(shared), "quarantined": 0}
+    if k is not None:
+        # Categorical quasi-identifiers are generalized to value sets (object dtype), the
+        # plan is fitted on proxy data, widened to the schema's bounds, applied per device.
+        categorical = {f.name: object for f in BOSTON_SCHEMA.by_kind("categorical")}
+        plan = KAnonymizer(QUASI_IDENTIFIERS, k=k).fit(
+            sim.proxy.astype(categorical)).plan_.widened(DOMAINS)
+        applied = plan.apply(shared.astype(categorical))
+        released, quarantined = release_classes(applied.data, QUASI_IDENTIFIERS, k,
+                                                package_column="_package")
+        info["quarantined"] = len(quarantined)
+        shared = released
+    if epsilon is None:
+        return [SharedBatch(shared.drop(columns="_package"))], info
+    fields = [TARGET] if k is not None else [*QUASI_IDENTIFIERS, TARGET]
+    batches = []
+    for _, records in shared.groupby("_package"):  # one release per device
+        perturber = LocalDPPerturber(BOSTON_SCHEMA.select(fields),
+                                     epsilon={f: epsilon / len(fields) for f in fields},
+                                     random_state=seed * 1000 + int(records["_package"].iloc[0]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the seeded source warns it is not secure: intended
+            release = perturber.fit(records[fields]).perturb(records[fields])
+        received = records.drop(columns="_package").copy()
+        for f in fields:
+            received[f] = release.data[f].to_numpy()
+        batches.append(SharedBatch(received, receipt=release.receipt))
+    return batches, info
+
+
+# --- evaluation -----------------------------------------------------------------------
+def per_user(model: Foundation, sim, *, personalize_on: str | None) -> tuple[float, float]:
+    """Mean per-user test RMSE of ``model``, without and with personalization."""
+    spec = build_spec(model, updatable=UpdateSettings())
+    plain, personal = [], []
+    for user in sim.users:
+        y = user.test[TARGET].to_numpy()
+        plain.append(rmse(predict_frame(spec, user.test), y))
+        if personalize_on is not None:
+            records = user.train if personalize_on == "train" else user.private
+            updated, _ = update_spec(spec, records)
+            personal.append(rmse(predict_frame(updated, user.test), y))
+    return float(np.mean(plain)), float(np.mean(personal)) if personal else float("nan")
+
+
+def local_only(sim, seed: int) -> float:
+    scores = []
+    for user in sim.users:
+        model = train_foundation(user.train, BOSTON_SCHEMA, TrainingConfig(seed=seed))
+        scores.append(rmse(model.predict(user.test), user.test[TARGET].to_numpy()))
+    return float(np.mean(scores))
+
+
+def federated_rows(sim, foundation: Foundation, seed: int, epsilons: dict) -> dict:
+    """FedAvg / DP-FedAvg rows, when dmt_model.federated is present."""
+    return {}
+
+
+def run_seed(data: pd.DataFrame, seed: int, spread: float) -> tuple[dict, dict]:
+    sim = simulate_users(data, spread=spread, seed=seed)
+    config = TrainingConfig(seed=seed)
+    rows: dict[str, float] = {}
+    lost: dict[str, dict] = {}
+    foundation = train_foundation(sim.proxy, BOSTON_SCHEMA, config)
+    rows["foundation (proxy only)"], rows["foundation, personalized"] = per_user(
+        foundation, sim, personalize_on="train")
+    pooled = pd.concat([sim.proxy, *[u.train for u in sim.users]])
+    central = fit_foundation(foundation.featurizer, foundation.featurizer.transform(pooled),
+                             foundation.featurizer.target_values(pooled), config)
+    rows["centralized raw"], rows["centralized raw, personalized"] = per_user(
+        central, sim, personalize_on="train")
+    rows["local only"] = local_only(sim, seed)
+    settings = [("DMT raw", {})]
+    settings += [(f"DMT k={k}", {"k": k}) for k in KS]
+    settings += [(f"DMT ε={e:g}", {"epsilon": e}) for e in EPSILONS]
+    settings += [("DMT k=5, ε=1", {"k": 5, "epsilon": 1.0})]
+    for name, kwargs in settings:
+        batches, info = share(sim, seed=seed, **kwargs)
+        lost[name] = info
+        model = retrain_foundation(foundation, sim.proxy, batches, config)
+        rows[f"{name}, no re-personalization"], rows[f"{name}, re-personalized"] = per_user(
+            model, sim, personalize_on="private")
+    rows.update(federated_rows(sim, foundation, seed, {"DP-FedAvg ε=1": 1.0}))
+    return rows, lost
+
+
+# --- privacy risk (anonymeter, in its own environment) ----------------------------------
+def as_plain_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Generalized cells as values an attacker's tooling can read: midpoints and labels."""
+    out = frame.copy()
+    for column in out.columns:
+        values = out[column].tolist()
+        if any(isinstance(v, pd.Interval) for v in values):
+            out[column] = [(v.left + v.right) / 2 if isinstance(v, pd.Interval) else v
+                           for v in values]
+        elif any(isinstance(v, frozenset) for v in values):
+            out[column] = ["|".join(map(str, sorted(v))) if isinstance(v, frozenset) else str(v)
+                           for v in values]
+    return out
+
+
+def risk(data: pd.DataFrame, spread: float) -> dict:
+    python = ROOT / ".venv-risk" / "bin" / "python"
+    if not python.exists():
+        print("(risk skipped: run `make risk-env` to create .venv-risk with anonymeter)")
+        return {}
+    sim = simulate_users(data, spread=spread, seed=0)
+    folder = Path(tempfile.mkdtemp(prefix="dmt-risk-"))
+    target = pd.concat([u.shareable for u in sim.users])
+    control = pd.concat([u.private for u in sim.users])
+    target.to_csv(folder / "target.csv", index=False)
+    control.to_csv(folder / "control.csv", index=False)
+    cases = {"raw": {}, **{f"k={k}": {"k": k} for k in KS},
+             **{f"ε={e:g}": {"epsilon": e} for e in EPSILONS}, "k=5, ε=1": {"k": 5, "epsilon": 1.0}}
+    for name, kwargs in cases.items():
+        batches, _ = share(sim, seed=0, **kwargs)
+        received = as_plain_table(pd.concat([b.records for b in batches]))
+        received.to_csv(folder / f"received {name}.csv", index=False)
+    out = subprocess.run([str(python), str(ROOT / "benchmarks" / "risk_anonymeter.py"),
+                          str(folder), *cases], capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        print(out.stderr[-2000:])
+        return {"error": out.stderr[-2000:]}
+    return json.loads(out.stdout)
+
+
+# --- reporting ---------------------------------------------------------------------------
+def plot(summary: dict, risks: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
+    baselines = {"foundation (proxy only)": "grey", "centralized raw, personalized": "green",
+                 "foundation, personalized": "tab:blue", "DMT raw, re-personalized": "purple"}
+    for ax, (label, xs, fmt) in zip(axes, (("ε per record", EPSILONS, "DMT ε={:g}"),
+                                           ("k", KS, "DMT k={}")), strict=True):
+        for suffix, style in ((", re-personalized", "o-"), (", no re-personalization", "s--")):
+            means = [summary[fmt.format(x) + suffix]["mean"] for x in xs]
+            stds = [summary[fmt.format(x) + suffix]["std"] for x in xs]
+            ax.errorbar(xs, means, yerr=stds, fmt=style, capsize=3,
+                        label="DMT" + suffix)
+        for name, color in baselines.items():
+            ax.axhline(summary[name]["mean"], color=color, ls=":", label=name)
+        if "DP-FedAvg ε=1, personalized" in summary and label.startswith("ε"):
+            ax.plot([1.0], [summary["DP-FedAvg ε=1, personalized"]["mean"]], "r*", ms=12,
+                    label="DP-FedAvg ε=1, personalized")
+        ax.set_xscale("log")
+        ax.set_xticks(list(xs))
+        ax.set_xticklabels([f"{x:g}" for x in xs])
+        ax.set_xlabel(label)
+        ax.set_title(f"per-user test RMSE against {label}")
+        if risks and "error" not in risks:
+            twin = ax.twinx()
+            keys = [("ε={:g}" if label.startswith("ε") else "k={}").format(x) for x in xs]
+            for metric, color in (("singling_out", "tab:red"), ("linkability", "tab:orange"),
+                                  ("inference", "tab:brown")):
+                twin.plot(xs, [risks[key][metric]["risk"] for key in keys], "x-.", color=color,
+                          alpha=0.6, label=f"risk: {metric}")
+            twin.set_ylim(0, 1)
+            twin.set_ylabel("anonymeter risk (attacker's advantage)")
+            twin.legend(fontsize=7, loc="upper right")
+    axes[0].set_ylabel("RMSE ($1000s)")
+    axes[0].legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--spread", type=float, default=0.15)
+    parser.add_argument("--risk", action="store_true", help="measure anonymeter risk too")
+    args = parser.parse_args()
+    data = load_boston()
+    started = time.perf_counter()
+    per_seed: dict[str, list[float]] = {}
+    lost: dict = {}
+    for seed in range(args.seeds):
+        rows, lost = run_seed(data, seed, args.spread)
+        for name, value in rows.items():
+            per_seed.setdefault(name, []).append(value)
+        print(f"seed {seed} done ({time.perf_counter() - started:.0f} s)", flush=True)
+    summary = {name: {"mean": statistics.mean(v), "std": statistics.stdev(v) if len(v) > 1
+                      else 0.0} for name, v in per_seed.items()}
+    risks = risk(data, args.spread) if args.risk else {}
+    reference = summary["centralized raw, personalized"]["mean"]
+    print(f"\nper-user test RMSE, mean ± std over {args.seeds} seeds, h = {args.spread}")
+    for name, s in summary.items():
+        print(f"{name:<42} {s['mean']:6.3f} ± {s['std']:.3f}   "
+              f"{100 * (s['mean'] / reference - 1):+6.1f} % vs centralized raw + personalized")
+    print("\nrecords quarantined by the server (seed "
+          f"{args.seeds - 1}): " + ", ".join(f"{n}: {i['quarantined']}/{i['offered']}"
+                                              for n, i in lost.items() if i["quarantined"]))
+    if risks:
+        print("\nanonymeter risk on what the server received (seed 0):")
+        for name, r in risks.items():
+            if name != "error":
+                print(f"  {name:<10} " + "  ".join(
+                    f"{m} {r[m]['risk']:.3f} [{r[m]['ci'][0]:.3f}, {r[m]['ci'][1]:.3f}]"
+                    for m in ("singling_out", "linkability", "inference")))
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "privacy_utility.json").write_text(json.dumps(
+        {"seeds": args.seeds, "spread": args.spread, "per_seed": per_seed, "summary": summary,
+         "quarantined_last_seed": lost, "risk": risks}, indent=2))
+    plot(summary, risks, RESULTS / "privacy_utility.png")
+    print(f"\nwrote {RESULTS / 'privacy_utility.json'} and privacy_utility.png "
+          f"({time.perf_counter() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
