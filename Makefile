@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.dmt-installed
 
-.PHONY: install demo test lint typecheck bench clean wordnet
+.PHONY: install demo test lint typecheck bench clean wordnet risk-env
 
 install: $(STAMP)
 
@@ -19,7 +19,7 @@ $(PY):
 # any other request would pull a multi-gigabyte CUDA build.
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install --quiet "torch==2.13.0"
-	$(PIP) install --quiet -e ".[model,audio,image,dev,bench]"
+	$(PIP) install --quiet -e ".[model,server,federated,audio,image,dev,bench]"
 	touch $(STAMP)
 
 # WordNet 3.0 for nltk, offline: Debian's packages where apt-get exists, then a copy
@@ -52,8 +52,25 @@ typecheck: install
 test: install lint typecheck wordnet
 	NLTK_DATA=$(NLTK_DATA_DIR) $(PY) -m pytest -q
 
-bench: install
-	for script in benchmarks/*.py; do $(PY) $$script || exit 1; done
+# anonymeter pins numpy < 1.27, so the privacy-risk measurement has an environment of its own.
+RISK_VENV := .venv-risk
+RISK_STAMP := $(RISK_VENV)/.dmt-installed
+
+risk-env: $(RISK_STAMP)
+
+$(RISK_STAMP):
+	$(PYTHON) -m venv $(RISK_VENV)
+	$(RISK_VENV)/bin/python -m pip install --quiet "anonymeter==1.1.0"
+	touch $(RISK_STAMP)
+
+BENCHMARKS := model_quality kanon_adult kanon_scaling ldp_throughput modify_throughput \
+	sharing_crypto sharing_pipeline federated_baseline
+
+bench: install wordnet risk-env
+	for name in $(BENCHMARKS); do \
+	  [ ! -f benchmarks/$$name.py ] || NLTK_DATA=$(NLTK_DATA_DIR) $(PY) benchmarks/$$name.py || exit 1; \
+	done
+	$(PY) benchmarks/privacy_utility.py --risk
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(RISK_VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,308 @@
+"""The server's SQL store of shared records, through SQLAlchemy (SQLite by default, any URL).
+
+Tables:
+
+- ``packages``: one row per accepted share package, keyed by its random
+  package id (a replayed package cannot be stored twice), with its schema
+  id, coarse creation day, record count and privacy receipt (JSON: k, l, t,
+  ε per field, mechanisms; no record values);
+- ``records``: one row per (package, k-anonymity class): the class key,
+  the number of records and their row positions in the package (no values);
+- ``classes``: the quarantine. One row per k-anonymity class: how many
+  records and how many distinct packages it holds, and whether it has been
+  released for training (``released_at``). A class is released once it
+  holds records from at least k distinct packages; until then its records
+  stay quarantined;
+- ``data_keys``: the server data keys, each sealed (HPKE) to the server's
+  public key.
+
+Encryption at rest: each package's records (its decrypted msgpack payload,
+byte for byte as the device encoded it, in ``packages.payload``) are
+encrypted with AES-256-GCM under a subkey of a random 256-bit **data key**.
+The data key is never stored in clear: the database holds it sealed to the
+server's public key (:func:`dmt_privacy.seal.seal`, info
+``b"dmt server data key v1"``), so the database alone opens nothing; the
+private key file, kept apart from the database, is needed to unwrap it. The
+nonce is random (96 bits) and the associated data binds the ciphertext to
+its package id and data key id, so payloads cannot be swapped between rows.
+A class is named by an HMAC-SHA256 (second subkey) of its generalized
+quasi-identifier values, never by the values themselves. Per package rather
+than per row: one AES-GCM call and no re-encoding per package keeps
+ingestion fast; the release decision is per class, applied when reading.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import hmac
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, cast
+
+import numpy as np
+import pandas as pd
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from sqlalchemy import (
+    Boolean,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    select,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from dmt_privacy.errors import DMTError, InvalidPackage, ValidationError
+from dmt_privacy.package import decode_package
+from dmt_privacy.seal import ServerPrivateKey, open_sealed, seal
+
+__all__ = [
+    "CLASSES",
+    "DATA_KEYS",
+    "PACKAGES",
+    "RECORDS",
+    "Base",
+    "ClassRow",
+    "DataKey",
+    "DataKeyRow",
+    "PackageRow",
+    "RecordBlock",
+    "SharedStore",
+    "connect",
+    "payload_aad",
+]
+
+DATA_KEY_INFO = b"dmt server data key v1"
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class PackageRow(Base):
+    __tablename__ = "packages"
+
+    package_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    schema_id: Mapped[str] = mapped_column(String(32))
+    created_day: Mapped[str] = mapped_column(String(16))
+    received_at: Mapped[str] = mapped_column(String(32))
+    n_records: Mapped[int] = mapped_column(Integer)
+    receipt: Mapped[str] = mapped_column(Text)
+    key_id: Mapped[str] = mapped_column(ForeignKey("data_keys.key_id"))
+    nonce: Mapped[bytes] = mapped_column(LargeBinary)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class RecordBlock(Base):
+    __tablename__ = "records"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    package_id: Mapped[str] = mapped_column(ForeignKey("packages.package_id"))
+    class_key: Mapped[str] = mapped_column(String(64))
+    n_records: Mapped[int] = mapped_column(Integer)
+    rows: Mapped[bytes] = mapped_column(LargeBinary)  # little-endian uint32 row positions
+
+    __table_args__ = (Index("records_class", "class_key"), Index("records_package", "package_id"))
+
+
+class ClassRow(Base):
+    __tablename__ = "classes"
+
+    class_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    n_records: Mapped[int] = mapped_column(Integer)
+    n_packages: Mapped[int] = mapped_column(Integer)
+    released: Mapped[bool] = mapped_column(Boolean, default=False)
+    released_at: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
+class DataKeyRow(Base):
+    __tablename__ = "data_keys"
+
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    wrapped: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[str] = mapped_column(String(32))
+
+
+PACKAGES = cast(Table, PackageRow.__table__)
+RECORDS = cast(Table, RecordBlock.__table__)
+CLASSES = cast(Table, ClassRow.__table__)
+DATA_KEYS = cast(Table, DataKeyRow.__table__)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    # WAL + NORMAL: a killed process never loses or half-writes a committed
+    # transaction; a power loss may drop the last few commits (never corrupts).
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def connect(db_url: str) -> Engine:
+    """An engine for ``db_url`` with the tables created (a bare path means a SQLite file)."""
+    if "://" not in db_url:
+        db_url = f"sqlite:///{db_url}"
+    engine = create_engine(db_url)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    Base.metadata.create_all(engine)
+    return engine
+
+
+# --- the data key -------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False, repr=False)
+class DataKey:
+    """A server data key, unwrapped: its id and the two subkeys derived from it."""
+
+    key_id: str
+    aead: AESGCM
+    mac_key: bytes
+
+    @classmethod
+    def from_secret(cls, key_id: str, secret: bytes) -> DataKey:
+        def sub(label: bytes) -> bytes:
+            return HKDF(hashes.SHA256(), 32, salt=None, info=label).derive(secret)
+
+        return cls(key_id, AESGCM(sub(b"dmt records aes-256-gcm v1")),
+                   sub(b"dmt class key hmac-sha256 v1"))
+
+    def class_key(self, description: bytes) -> str:
+        return hmac.new(self.mac_key, description, hashlib.sha256).hexdigest()[:32]
+
+    def encrypt(self, plaintext: bytes, aad: bytes) -> tuple[bytes, bytes]:
+        nonce = os.urandom(12)
+        return nonce, self.aead.encrypt(nonce, plaintext, aad)
+
+    def decrypt(self, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
+        return self.aead.decrypt(nonce, ciphertext, aad)
+
+    def __repr__(self) -> str:
+        return f"DataKey(key_id={self.key_id!r})"
+
+
+def payload_aad(package_id: str, key_id: str) -> bytes:
+    return f"dmt-package-payload-v1|{package_id}|{key_id}".encode()
+
+
+class SharedStore:
+    """The server's store opened with its private key: data key, reads of released records."""
+
+    def __init__(self, db_url: str | Engine, private_key: ServerPrivateKey) -> None:
+        self.engine = db_url if isinstance(db_url, Engine) else connect(db_url)
+        self.private_key = private_key
+        self._keys: dict[str, DataKey] = {}
+
+    def _unwrap(self, key_id: str, wrapped: bytes) -> DataKey:
+        try:
+            secret = open_sealed(wrapped, self.private_key, info=DATA_KEY_INFO)
+        except InvalidPackage:
+            raise DMTError(
+                f"Data key {key_id} of this database cannot be unwrapped with the private key "
+                f"{self.private_key.fingerprint()}: use the key the database was created with."
+            ) from None
+        return DataKey.from_secret(key_id, secret)
+
+    def key(self, key_id: str) -> DataKey:
+        if key_id not in self._keys:
+            with self.engine.connect() as conn:
+                wrapped = conn.execute(
+                    select(DataKeyRow.wrapped).where(DataKeyRow.key_id == key_id)
+                ).scalar_one()
+            self._keys[key_id] = self._unwrap(key_id, wrapped)
+        return self._keys[key_id]
+
+    def current_key(self) -> DataKey:
+        """The newest data key, created (and sealed to the public key) when there is none."""
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                select(DataKeyRow.key_id, DataKeyRow.wrapped)
+                .order_by(DataKeyRow.created_at.desc(), DataKeyRow.key_id).limit(1)
+            ).first()
+            if row is None:
+                secret = secrets.token_bytes(32)
+                key_id = secrets.token_hex(8)
+                wrapped = seal(secret, self.private_key.public_key(), info=DATA_KEY_INFO)
+                conn.execute(DATA_KEYS.insert().values(
+                    key_id=key_id, wrapped=wrapped, created_at=_now()))
+                self._keys[key_id] = DataKey.from_secret(key_id, secret)
+                return self._keys[key_id]
+        key_id, wrapped = row
+        if key_id not in self._keys:
+            self._keys[key_id] = self._unwrap(key_id, wrapped)
+        return self._keys[key_id]
+
+    # --- reading ----------------------------------------------------------------------
+    def _blocks(self, released: bool | None) -> Iterator[tuple[str, str, dict[str, list[Any]]]]:
+        """(package id, class key, columns) of every block of records, decrypted."""
+        query = select(RecordBlock.package_id, RecordBlock.class_key, RecordBlock.rows).join(
+            ClassRow, ClassRow.class_key == RecordBlock.class_key).order_by(RecordBlock.id)
+        if released is not None:
+            query = query.where(ClassRow.released == released)
+        with self.engine.connect() as conn:
+            blocks = conn.execute(query).all()
+            by_package: dict[str, list[tuple[str, bytes]]] = {}
+            for package_id, class_key, rows in blocks:
+                by_package.setdefault(package_id, []).append((class_key, rows))
+            for package_id, members in by_package.items():
+                key_id, nonce, payload = conn.execute(
+                    select(PackageRow.key_id, PackageRow.nonce, PackageRow.payload)
+                    .where(PackageRow.package_id == package_id)).one()
+                plaintext = self.key(key_id).decrypt(nonce, payload,
+                                                     payload_aad(package_id, key_id))
+                package = decode_package(plaintext, max_records=2**31 - 1,
+                                         max_bytes=max(len(plaintext), 1))
+                for class_key, rows in members:
+                    take = np.frombuffer(rows, dtype="<u4").tolist()
+                    yield package_id, class_key, {
+                        name: [values[i] for i in take] for name, values in package.columns.items()
+                    }
+
+    def frame(self, which: str = "released") -> pd.DataFrame:
+        """Decrypted records: ``"released"`` (for training), ``"quarantined"`` or ``"all"``.
+
+        Adds the columns ``package_id`` and ``class_key``.
+        """
+        flags = {"released": True, "quarantined": False, "all": None}
+        if which not in flags:
+            raise ValidationError(f"which must be one of {list(flags)!r}, got {which!r}.")
+        parts = []
+        for package_id, class_key, columns in self._blocks(flags[which]):
+            part = pd.DataFrame(columns)
+            part["package_id"] = package_id
+            part["class_key"] = class_key
+            parts.append(part)
+        if not parts:
+            return pd.DataFrame()
+        return pd.concat(parts, ignore_index=True)
+
+    def counts(self) -> dict[str, int]:
+        """Packages, records, classes released and quarantined, records in each."""
+        with self.engine.connect() as conn:
+            n_packages = conn.execute(select(PackageRow.package_id).with_only_columns(
+                PackageRow.package_id)).all()
+            classes = conn.execute(select(ClassRow.released, ClassRow.n_records)).all()
+        return {
+            "packages": len(n_packages),
+            "records": sum(n for _, n in classes),
+            "classes_released": sum(1 for r, _ in classes if r),
+            "classes_quarantined": sum(1 for r, _ in classes if not r),
+            "records_released": sum(n for r, n in classes if r),
+            "records_quarantined": sum(n for r, n in classes if not r),
+        }

@@ -1,0 +1,370 @@
+"""Partial sharing: a :class:`SharingPolicy` says what may leave the device, :func:`share` does it.
+
+A policy names the fields that are shared, which part of the eligible
+records (a fraction, a predicate, or an explicit set of record ids), and the
+transforms, applied in this order:
+
+1. **modification** (``modifiers``: field → a :mod:`dmt_privacy.modify`
+   transformer, e.g. synonyms for text, blur for images);
+2. **k-anonymity** (``plan``: a fitted
+   :class:`~dmt_privacy.anonymity.AnonymizationPlan`, shipped with the model):
+   each record's quasi-identifiers are replaced by its class's
+   generalization. Records the plan suppresses are left out of the package
+   and stay unshared on the device;
+3. **local DP** (``epsilon``: field → ε) by
+   :class:`~dmt_privacy.dp.LocalDPPerturber`, which charges the store's
+   :class:`~dmt_privacy.dp.PrivacyLedger` before it draws any noise.
+
+Fields outside ``fields`` never leave the device, nor do records outside the
+selection or records stored with ``shareable=False``. :func:`share` seals the
+package to the server's public key and puts it in the store's outbox: no
+record is marked shared until :meth:`LocalStore.acknowledge
+<dmt_privacy.store.LocalStore.acknowledge>` records the server's
+acknowledgement.
+
+A share package does not name the user: the DP receipt it carries has its
+``user_id`` removed (the ledger keeps the full receipt), since anything
+stable across packages would link a user's anonymized records together.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import secrets
+import types
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dmt_privacy.anonymity.plan import AnonymizationPlan
+from dmt_privacy.dp.perturber import LocalDPPerturber
+from dmt_privacy.dp.receipt import ReleaseReceipt
+from dmt_privacy.errors import AnonymizationError, SchemaError, ValidationError
+from dmt_privacy.package import PrivacyReceipt, SharePackage, seal_package
+from dmt_privacy.schema import Kind, Role, Schema
+from dmt_privacy.seal import ServerPublicKey
+from dmt_privacy.store import LocalStore, OutboxEntry
+
+__all__ = ["ShareResult", "SharingPolicy", "share"]
+
+_UNITS = ("record", "user")
+
+
+def _frozen_mapping(value: Mapping[str, Any] | None, name: str) -> Mapping[str, Any]:
+    if value is None:
+        return types.MappingProxyType({})
+    if not isinstance(value, Mapping):
+        raise ValidationError(f"{name} must be a mapping field -> value, got {value!r}.")
+    return types.MappingProxyType(dict(value))
+
+
+@dataclass(frozen=True)
+class SharingPolicy:
+    """What may be shared, and how it is transformed first.
+
+    Parameters
+    ----------
+    fields:
+        The fields that go into a package. Every other field stays on the device.
+    fraction, predicate, record_ids:
+        Which of the eligible records (shareable, not shared, not in a pending
+        package) are shared: at most one of a fraction in (0, 1] drawn at
+        random, a callable taking the eligible records (a DataFrame indexed by
+        record id) and returning a boolean mask, or explicit record ids. None
+        given: all eligible records.
+    modifiers:
+        field → a fitted-or-stateless modifier from :mod:`dmt_privacy.modify`.
+    plan:
+        The fitted :class:`~dmt_privacy.anonymity.AnonymizationPlan`; its
+        quasi-identifiers must all be in ``fields``.
+    epsilon, delta, mechanism:
+        Local DP per field, as :class:`~dmt_privacy.dp.LocalDPPerturber` takes
+        them (``"oue"`` is refused: its output columns are not schema fields).
+    privacy_unit:
+        ``"record"`` or ``"user"``, see :class:`~dmt_privacy.dp.LocalDPPerturber`.
+    required_k:
+        The plan's k must be at least this (the server refuses less).
+    max_epsilon:
+        The most one share may charge the ledger (sum over fields, times the
+        number of records for ``privacy_unit="user"``); checked before any
+        noise is drawn.
+
+    A field may take one transform only. A schema quasi-identifier must be
+    generalized by the plan or perturbed; an identifier is never shared.
+    """
+
+    fields: tuple[str, ...]
+    fraction: float | None = None
+    predicate: Callable[[pd.DataFrame], Any] | None = field(default=None, compare=False)
+    record_ids: frozenset[str] | None = None
+    modifiers: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    plan: AnonymizationPlan | None = None
+    epsilon: Mapping[str, float] = field(default_factory=dict)
+    delta: Mapping[str, float] = field(default_factory=dict)
+    mechanism: Mapping[str, str] = field(default_factory=dict)
+    privacy_unit: str = "record"
+    required_k: int | None = None
+    max_epsilon: float | None = None
+
+    def __post_init__(self) -> None:
+        names = (self.fields,) if isinstance(self.fields, str) else tuple(self.fields)
+        if not names or not all(isinstance(n, str) and n for n in names):
+            raise ValidationError(f"fields must name at least one field, got {self.fields!r}.")
+        if len(set(names)) != len(names):
+            raise ValidationError(f"fields repeats a name: {names!r}.")
+        object.__setattr__(self, "fields", names)
+        chosen = [n for n, v in (("fraction", self.fraction), ("predicate", self.predicate),
+                                 ("record_ids", self.record_ids)) if v is not None]
+        if len(chosen) > 1:
+            raise ValidationError(
+                f"Choose the records with one of fraction, predicate or record_ids; got {chosen!r}."
+            )
+        if self.fraction is not None:
+            f = self.fraction
+            if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
+                raise ValidationError(f"fraction must be in (0, 1], got {f!r}.")
+        if self.predicate is not None and not callable(self.predicate):
+            raise ValidationError(f"predicate must be callable, got {self.predicate!r}.")
+        if self.record_ids is not None:
+            if isinstance(self.record_ids, str) or not isinstance(self.record_ids, Collection):
+                raise ValidationError(
+                    f"record_ids must be a collection of ids, got {self.record_ids!r}."
+                )
+            object.__setattr__(self, "record_ids", frozenset(str(r) for r in self.record_ids))
+        for name in ("modifiers", "epsilon", "delta", "mechanism"):
+            object.__setattr__(self, name, _frozen_mapping(getattr(self, name), name))
+        if self.privacy_unit not in _UNITS:
+            raise ValidationError(
+                f"privacy_unit must be one of {_UNITS!r}, got {self.privacy_unit!r}."
+            )
+        if self.plan is not None and not isinstance(self.plan, AnonymizationPlan):
+            raise ValidationError(
+                f"plan must be a fitted AnonymizationPlan (KAnonymizer(...).fit(proxy).plan_), "
+                f"got {type(self.plan).__name__}."
+            )
+        qis = tuple(self.plan.quasi_identifiers) if self.plan is not None else ()
+        groups = {"modifiers": tuple(self.modifiers), "plan": qis, "epsilon": tuple(self.epsilon)}
+        seen: dict[str, str] = {}
+        for group, members in groups.items():
+            for name in members:
+                if name not in names:
+                    raise ValidationError(
+                        f"{group} names field {name!r}, which is not in fields {names!r}; add "
+                        "it to fields or drop the transform."
+                    )
+                if name in seen:
+                    raise ValidationError(
+                        f"Field {name!r} has two transforms ({seen[name]} and {group}); give "
+                        "each field one."
+                    )
+                seen[name] = group
+        for name, mech in self.mechanism.items():
+            if str(mech).lower() in ("oue", "unary_encoding"):
+                raise ValidationError(
+                    f"Field {name!r}: mechanism {mech!r} is not supported in share packages "
+                    "(its output columns are not schema fields); use 'k_rr'."
+                )
+        if self.required_k is not None:
+            rk = self.required_k
+            if isinstance(rk, bool) or not isinstance(rk, int) or rk < 1:
+                raise ValidationError(f"required_k must be a positive integer, got {rk!r}.")
+            if self.plan is None or self.plan.k < rk:
+                got = None if self.plan is None else self.plan.k
+                raise AnonymizationError(
+                    f"required_k={rk} but the plan gives k={got!r}; fit the plan with "
+                    f"k >= {rk}."
+                )
+        if self.max_epsilon is not None:
+            me = self.max_epsilon
+            if isinstance(me, bool) or not isinstance(me, (int, float)) or not (
+                    math.isfinite(me) and me > 0):
+                raise ValidationError(f"max_epsilon must be a finite number > 0, got {me!r}.")
+            spent = math.fsum(float(v) for v in self.epsilon.values())
+            if self.privacy_unit == "record" and spent > me * (1 + 1e-12):
+                raise ValidationError(
+                    f"The per-field ε sum to {spent:g}, above max_epsilon={me:g}; lower them."
+                )
+
+    def evolve(self, **changes: Any) -> SharingPolicy:
+        """A copy of this policy with some parameters changed."""
+        return dataclasses.replace(self, **changes)
+
+    def check(self, schema: Schema) -> None:
+        """Raise unless this policy can apply to records of ``schema``."""
+        unknown = [n for n in self.fields if n not in schema]
+        if unknown:
+            raise SchemaError(
+                f"fields {unknown!r} are not in schema {schema.name!r} ({schema.names!r})."
+            )
+        qis = set(self.plan.quasi_identifiers) if self.plan is not None else set()
+        for name in self.fields:
+            spec = schema[name]
+            if spec.role is Role.IDENTIFIER:
+                raise ValidationError(
+                    f"Field {name!r} is an identifier: it is never shared; drop it from fields."
+                )
+            if spec.role is Role.QUASI_IDENTIFIER and name not in qis and name not in self.epsilon:
+                raise ValidationError(
+                    f"Field {name!r} is a quasi-identifier: generalize it with the plan or "
+                    "perturb it (epsilon=...), or drop it from fields."
+                )
+        for name in self.epsilon:
+            if schema[name].kind not in (Kind.NUMERIC, Kind.CATEGORICAL):
+                raise SchemaError(
+                    f"Field {name!r} is {schema[name].kind.value}: local DP applies to numeric "
+                    "and categorical fields only; use a modifier."
+                )
+
+
+@dataclass(frozen=True, eq=False)
+class ShareResult:
+    """What :func:`share` produced: the sealed bytes to send, the receipt, the outbox entry.
+
+    ``suppressed``: ids of selected records the plan suppressed; they were
+    left out of the package and stay eligible.
+    """
+
+    envelope: bytes
+    receipt: PrivacyReceipt
+    entry: OutboxEntry
+    suppressed: tuple[str, ...] = ()
+
+    @property
+    def package_id(self) -> str:
+        return self.entry.package_id
+
+    @property
+    def n_records(self) -> int:
+        return self.entry.n_records
+
+
+def _select(eligible: pd.DataFrame, policy: SharingPolicy, random_state: Any) -> pd.DataFrame:
+    if policy.record_ids is not None:
+        wanted = policy.record_ids
+        return eligible.loc[[i for i in eligible.index if i in wanted]]
+    if policy.predicate is not None:
+        mask = np.asarray(policy.predicate(eligible.copy()), dtype=object)
+        if mask.shape != (len(eligible),) or not all(isinstance(m, (bool, np.bool_))
+                                                     for m in mask):
+            raise ValidationError(
+                f"predicate must return one boolean per eligible record ({len(eligible)}), got "
+                f"an array of shape {mask.shape}."
+            )
+        return eligible.loc[mask.astype(bool)]
+    fraction = 1.0 if policy.fraction is None else float(policy.fraction)
+    n = round(fraction * len(eligible))
+    if n >= len(eligible):
+        return eligible
+    if random_state is None:
+        chosen = secrets.SystemRandom().sample(range(len(eligible)), n)
+    else:
+        chosen = np.random.default_rng(random_state).permutation(len(eligible))[:n].tolist()
+    return eligible.iloc[sorted(chosen)]
+
+
+def _check_explicit_ids(store: LocalStore, policy: SharingPolicy) -> None:
+    if policy.record_ids is None:
+        return
+    known = set(store.record_ids())
+    unknown = sorted(policy.record_ids - known)
+    if unknown:
+        raise ValidationError(f"record_ids {unknown[:5]!r} are not in the store.")
+    private = sorted(policy.record_ids & set(store.record_ids("private")))
+    if private:
+        raise ValidationError(
+            f"record_ids {private[:5]!r} were stored with shareable=False and never leave "
+            "the device."
+        )
+
+
+def share(
+    store: LocalStore,
+    policy: SharingPolicy,
+    public_key: ServerPublicKey,
+    *,
+    random_state: Any = None,
+) -> ShareResult:
+    """Select, transform and seal records by ``policy``; put the package in the outbox.
+
+    Returns the sealed bytes to send to the server, the privacy receipt and
+    the outbox entry. Marks nothing as shared: call
+    ``store.acknowledge(result.package_id)`` when the server acknowledges.
+    The ledger is charged (by the DP perturber) only when ``policy.epsilon``
+    is not empty; a refused release (budget, bad input) leaves the outbox
+    unchanged.
+
+    ``random_state``: ``None`` (default) draws the selection and the noise from
+    the OS CSPRNG. An int makes both reproducible: NOT SECURE, tests only.
+    """
+    if not isinstance(store, LocalStore):
+        raise ValidationError(f"store must be a LocalStore, got {type(store).__name__}.")
+    if not isinstance(public_key, ServerPublicKey):
+        raise ValidationError(
+            f"public_key must be the server's ServerPublicKey, got {type(public_key).__name__}."
+        )
+    schema = store.schema
+    policy.check(schema)
+    _check_explicit_ids(store, policy)
+    selected = _select(store.records("eligible"), policy, random_state)
+    if selected.empty:
+        raise ValidationError(
+            "No eligible record matches the policy (eligible: shareable, unshared, not in a "
+            "pending package); nothing was shared."
+        )
+    frame = selected[list(policy.fields)].copy()
+    modifications = []
+    for name, modifier in policy.modifiers.items():
+        frame[name] = modifier.transform(frame[name])
+        modifications.append(f"{name}:{type(modifier).__name__}")
+    suppressed: tuple[str, ...] = ()
+    if policy.plan is not None:
+        anonymized = policy.plan.apply(frame)
+        suppressed = tuple(str(i) for i in anonymized.suppressed)
+        frame = anonymized.data.drop(index=anonymized.suppressed)
+        if frame.empty:
+            raise AnonymizationError(
+                f"The plan suppressed all {len(suppressed)} selected records (their values lie "
+                "outside every class it was fitted on); nothing was shared."
+            )
+    dp_receipt: ReleaseReceipt | None = None
+    if policy.epsilon:
+        dp_fields = list(policy.epsilon)
+        cost = math.fsum(float(v) for v in policy.epsilon.values())
+        if policy.privacy_unit == "user":
+            cost *= len(frame)
+        if policy.max_epsilon is not None and cost > policy.max_epsilon * (1 + 1e-12):
+            raise ValidationError(
+                f"This share would charge ε={cost:g} (privacy_unit={policy.privacy_unit!r}, "
+                f"{len(frame)} records), above max_epsilon={policy.max_epsilon:g}; share "
+                "fewer records or lower ε."
+            )
+        perturber = LocalDPPerturber(
+            schema, epsilon=dict(policy.epsilon), delta=dict(policy.delta) or None,
+            mechanism=dict(policy.mechanism) or None, ledger=store.ledger,
+            privacy_unit=policy.privacy_unit, random_state=random_state,
+        ).fit()
+        release = perturber.perturb(frame[dp_fields])  # charges the ledger, then draws
+        for name in dp_fields:
+            frame[name] = release.data[name]
+        dp_receipt = dataclasses.replace(release.receipt, user_id=None)
+    plan = policy.plan
+    receipt = PrivacyReceipt(
+        k=plan.k if plan is not None else None,
+        l=plan.l if plan is not None else None,
+        t=plan.t if plan is not None else None,
+        dp=dp_receipt,
+        modifications=tuple(modifications),
+    )
+    columns = {name: frame[name].tolist() for name in policy.fields}
+    package = SharePackage.create(schema.schema_id, columns, receipt)
+    envelope = seal_package(package, public_key)
+    entry = store.add_to_outbox(
+        package.package_id, envelope, [str(i) for i in frame.index],
+        json.dumps(receipt.to_dict(), sort_keys=True, separators=(",", ":"), default=str),
+    )
+    return ShareResult(envelope=envelope, receipt=receipt, entry=entry, suppressed=suppressed)

@@ -1,0 +1,502 @@
+"""LocalStore: the device's SQLite database of one user's records and what became of them.
+
+One file holds, for one user and one :class:`~dmt_privacy.schema.Schema`:
+
+- **records**, each with a record id, whether it may ever be shared
+  (``shareable``) and, once the server has acknowledged the package that
+  carried it, the package id and the time (``shared``);
+- the **outbox**: sealed share packages awaiting the server's
+  acknowledgement, with the ids of the records each one carries. A record
+  in a pending package is *pending*, not shared: it is marked shared only by
+  :meth:`LocalStore.acknowledge`;
+- the **privacy ledger**: :class:`~dmt_privacy.dp.PrivacyLedger` keeps its
+  ``dp_`` tables in this same file (:attr:`LocalStore.ledger`); nothing here
+  writes to them, the DP perturber charges them when it releases;
+- **personal model versions**: path, version number, creation time.
+
+Record values are stored as one msgpack array per record, in schema order
+(numpy arrays, e.g. images and audio, as a msgpack extension). Every write is
+one SQLite transaction, so a process killed at any point leaves the file as
+it was before the write or after it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+import pandas as pd
+
+from dmt_privacy.dp.ledger import PrivacyLedger
+from dmt_privacy.errors import SchemaError, ValidationError
+from dmt_privacy.schema import Schema
+
+__all__ = ["LocalStore", "ModelVersion", "OutboxEntry", "RecordState"]
+
+STORE_FORMAT = 1
+_NDARRAY_EXT = 1
+
+_SCHEMA_SQL = """
+CREATE TABLE IF NOT EXISTS store_meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS records (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    record_id TEXT NOT NULL UNIQUE,
+    shareable INTEGER NOT NULL CHECK (shareable IN (0, 1)),
+    shared_package TEXT,
+    shared_at TEXT,
+    added_at TEXT NOT NULL,
+    payload BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    package_id TEXT PRIMARY KEY,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'acknowledged', 'abandoned')),
+    envelope BLOB,
+    n_records INTEGER NOT NULL,
+    receipt TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    closed_at TEXT
+);
+CREATE TABLE IF NOT EXISTS outbox_records (
+    package_id TEXT NOT NULL REFERENCES outbox(package_id),
+    record_id TEXT NOT NULL REFERENCES records(record_id),
+    PRIMARY KEY (package_id, record_id)
+);
+CREATE INDEX IF NOT EXISTS outbox_records_record ON outbox_records(record_id);
+CREATE TABLE IF NOT EXISTS model_versions (
+    version INTEGER PRIMARY KEY,
+    path TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    note TEXT NOT NULL DEFAULT ''
+);
+"""
+
+_STATES = ("all", "unshared", "eligible", "pending", "shared", "private")
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
+
+
+def _pack_default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        if obj.dtype == object:
+            raise ValidationError("Object arrays cannot be stored; convert them to a list.")
+        header = msgpack.packb([obj.dtype.str, list(obj.shape)])
+        return msgpack.ExtType(_NDARRAY_EXT, header + np.ascontiguousarray(obj).tobytes())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, (pd.Timestamp, _dt.datetime, _dt.date)):
+        return obj.isoformat()
+    raise ValidationError(
+        f"A value of type {type(obj).__name__} cannot be stored in a LocalStore; store "
+        "numbers, strings, booleans or numpy arrays."
+    )
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code != _NDARRAY_EXT:
+        return msgpack.ExtType(code, data)
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed(data)
+    dtype, shape = unpacker.unpack()
+    offset = unpacker.tell()
+    return np.frombuffer(data[offset:], dtype=np.dtype(dtype)).reshape(shape).copy()
+
+
+@dataclass(frozen=True)
+class RecordState:
+    """Where one record stands: may it be shared, is it in a pending package, was it shared."""
+
+    record_id: str
+    shareable: bool
+    pending_package: str | None
+    shared_package: str | None
+    shared_at: str | None
+
+    @property
+    def shared(self) -> bool:
+        return self.shared_package is not None
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """A sealed package in the outbox: sent or not, awaiting the server's acknowledgement."""
+
+    package_id: str
+    status: str
+    envelope: bytes | None
+    n_records: int
+    receipt: str
+    created_at: str
+    closed_at: str | None
+    record_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One personal model the device kept: where its file is, its number and when."""
+
+    version: int
+    path: Path
+    created_at: str
+    note: str = ""
+
+
+class LocalStore:
+    """The device's database: records, their shared state, the outbox, the ledger, models.
+
+    Parameters
+    ----------
+    path:
+        The SQLite file (created if missing).
+    schema:
+        The records' schema: required when the file is created, checked
+        against the stored one when given on reopening.
+    user_id:
+        The device owner, the key of the privacy ledger: required when the
+        file is created, checked when given on reopening. It never leaves
+        the device (share packages do not carry it).
+    epsilon_budget, delta_budget:
+        The privacy budget, passed to :class:`~dmt_privacy.dp.PrivacyLedger`
+        the first time; afterwards the stored budget is used.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        schema: Schema | None = None,
+        user_id: str | None = None,
+        epsilon_budget: float | None = None,
+        delta_budget: float | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self.path = Path(path)
+        self._conn = sqlite3.connect(os.fspath(self.path), timeout=timeout, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        self._conn.executescript(_SCHEMA_SQL)
+        self.schema, self.user_id = self._open_meta(schema, user_id)
+        self._names = self.schema.names
+        self._budget = (epsilon_budget, delta_budget)
+        self._ledger: PrivacyLedger | None = None
+
+    # --- metadata -------------------------------------------------------------------
+    def _open_meta(self, schema: Schema | None, user_id: str | None) -> tuple[Schema, str]:
+        meta = dict(self._conn.execute("SELECT key, value FROM store_meta").fetchall())
+        if not meta:
+            if schema is None or user_id is None:
+                raise ValidationError(
+                    f"{self.path} is a new LocalStore: pass schema= and user_id= to create it."
+                )
+            if not isinstance(user_id, str) or not user_id:
+                raise ValidationError(f"user_id must be a non-empty string, got {user_id!r}.")
+            with self._transaction():
+                self._conn.executemany(
+                    "INSERT OR IGNORE INTO store_meta VALUES (?, ?)",
+                    [("format", str(STORE_FORMAT)), ("schema", schema.to_json()),
+                     ("user_id", user_id), ("created_at", _now())],
+                )
+            meta = dict(self._conn.execute("SELECT key, value FROM store_meta").fetchall())
+        if meta.get("format") != str(STORE_FORMAT):
+            raise SchemaError(
+                f"{self.path}: LocalStore format {meta.get('format')!r} is not supported (this "
+                f"SDK reads format {STORE_FORMAT}); upgrade dmt."
+            )
+        stored = Schema.from_json(meta["schema"])
+        if schema is not None and schema.schema_id != stored.schema_id:
+            raise SchemaError(
+                f"{self.path} holds records of schema {stored.name!r} (id {stored.schema_id}), "
+                f"not of schema {schema.name!r} (id {schema.schema_id}); open it without "
+                "schema= or use another file."
+            )
+        if user_id is not None and user_id != meta["user_id"]:
+            raise ValidationError(
+                f"{self.path} belongs to user {meta['user_id']!r}, not {user_id!r}."
+            )
+        return stored, meta["user_id"]
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One immediate (write-locking) transaction: committed on exit, rolled back on error."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    # --- the ledger -------------------------------------------------------------------
+    @property
+    def ledger(self) -> PrivacyLedger:
+        """The user's :class:`~dmt_privacy.dp.PrivacyLedger`, in this same database file."""
+        if self._ledger is None:
+            eps, dlt = self._budget
+            self._ledger = PrivacyLedger(self._conn, user_id=self.user_id,
+                                         epsilon_budget=eps, delta_budget=dlt)
+        return self._ledger
+
+    # --- records ----------------------------------------------------------------------
+    def add_records(
+        self,
+        frame: pd.DataFrame,
+        *,
+        ids: Sequence[Any] | None = None,
+        shareable: bool = True,
+    ) -> list[str]:
+        """Store records (every schema field, nothing else); return their ids.
+
+        ``ids`` default to the frame's index labels, as strings. ``shareable=False``
+        marks records that never leave the device: no policy selects them.
+        Refuses ids already stored; nothing is written then.
+        """
+        if not isinstance(frame, pd.DataFrame):
+            raise ValidationError(f"add_records expects a DataFrame, got {type(frame).__name__}.")
+        self.schema.validate(frame)
+        labels = list(frame.index) if ids is None else list(ids)
+        if len(labels) != len(frame):
+            raise ValidationError(f"ids has {len(labels)} entries for {len(frame)} records.")
+        record_ids = [str(v) for v in labels]
+        if len(set(record_ids)) != len(record_ids):
+            raise ValidationError("Record ids repeat within the records to add; make them unique.")
+        columns = [frame[name].tolist() for name in self._names]
+        packer = msgpack.Packer(default=_pack_default, use_bin_type=True)
+        now = _now()
+        rows = [
+            (rid, int(bool(shareable)), now, packer.pack(list(values)))
+            for rid, values in zip(record_ids, zip(*columns, strict=True), strict=True)
+        ]
+        try:
+            with self._transaction() as conn:
+                conn.executemany(
+                    "INSERT INTO records (record_id, shareable, added_at, payload) "
+                    "VALUES (?, ?, ?, ?)",
+                    rows,
+                )
+        except sqlite3.IntegrityError:
+            placeholders = ",".join("?" * len(record_ids))
+            taken = [r[0] for r in self._conn.execute(
+                f"SELECT record_id FROM records WHERE record_id IN ({placeholders}) LIMIT 5",  # noqa: S608
+                record_ids,
+            )] if len(record_ids) < 30000 else []
+            raise ValidationError(
+                f"Record id(s) {taken!r} are already stored; nothing was added. Pass ids= "
+                "with new ids."
+            ) from None
+        return record_ids
+
+    def _where(self, state: str) -> str:
+        pending = ("record_id IN (SELECT r.record_id FROM outbox_records r JOIN outbox o "
+                   "ON o.package_id = r.package_id WHERE o.status = 'pending')")
+        clauses = {
+            "all": "1",
+            "unshared": "shared_package IS NULL",
+            "shared": "shared_package IS NOT NULL",
+            "private": "shareable = 0",
+            "pending": f"shared_package IS NULL AND {pending}",
+            "eligible": f"shareable = 1 AND shared_package IS NULL AND NOT {pending}",
+        }
+        if state not in clauses:
+            raise ValidationError(f"state must be one of {_STATES!r}, got {state!r}.")
+        return clauses[state]
+
+    def records(self, state: str = "all", *, ids: Iterable[str] | None = None) -> pd.DataFrame:
+        """Records as a DataFrame indexed by record id, in the order they were added.
+
+        ``state``: ``"all"``; ``"unshared"`` (no acknowledged package carries them,
+        the records a personal model may be trained on after the foundation
+        learned the shared ones); ``"shared"`` (acknowledged); ``"pending"`` (in
+        a package awaiting acknowledgement); ``"eligible"`` (shareable, unshared
+        and not pending: what a sharing policy selects from); ``"private"``
+        (never shareable). ``ids`` restricts to those record ids.
+        """
+        sql = f"SELECT record_id, payload FROM records WHERE {self._where(state)}"  # noqa: S608
+        rows = self._conn.execute(sql + " ORDER BY seq").fetchall()
+        if ids is not None:
+            wanted = {str(i) for i in ids}
+            rows = [r for r in rows if r[0] in wanted]
+        unpacker_args: dict[str, Any] = {"raw": False, "ext_hook": _ext_hook}
+        values = [msgpack.unpackb(r[1], **unpacker_args) for r in rows]
+        index = pd.Index([r[0] for r in rows], name="record_id", dtype=object)
+        if not values:
+            return pd.DataFrame({n: pd.Series(dtype=object) for n in self._names}, index=index)
+        return pd.DataFrame(values, columns=self._names, index=index)
+
+    def record_ids(self, state: str = "all") -> list[str]:
+        sql = f"SELECT record_id FROM records WHERE {self._where(state)} ORDER BY seq"  # noqa: S608
+        return [r[0] for r in self._conn.execute(sql)]
+
+    def state(self, record_id: str) -> RecordState:
+        row = self._conn.execute(
+            "SELECT shareable, shared_package, shared_at FROM records WHERE record_id = ?",
+            (str(record_id),),
+        ).fetchone()
+        if row is None:
+            raise KeyError(f"No record {record_id!r} in {self.path}.")
+        pending = self._conn.execute(
+            "SELECT o.package_id FROM outbox_records r JOIN outbox o ON o.package_id = "
+            "r.package_id WHERE r.record_id = ? AND o.status = 'pending'", (str(record_id),),
+        ).fetchone()
+        return RecordState(str(record_id), bool(row[0]), pending[0] if pending else None,
+                           row[1], row[2])
+
+    def count(self, state: str = "all") -> int:
+        sql = f"SELECT COUNT(*) FROM records WHERE {self._where(state)}"  # noqa: S608
+        return int(self._conn.execute(sql).fetchone()[0])
+
+    # --- outbox -----------------------------------------------------------------------
+    def add_to_outbox(
+        self, package_id: str, envelope: bytes, record_ids: Sequence[str], receipt: str
+    ) -> OutboxEntry:
+        """Put a sealed package in the outbox; its records become pending (not shared).
+
+        Called by :func:`dmt_privacy.sharing.share`. Refuses records that are
+        unknown, never shareable, already shared or pending in another package.
+        """
+        ids = [str(r) for r in record_ids]
+        if not ids:
+            raise ValidationError("A package in the outbox must carry at least one record.")
+        now = _now()
+        with self._transaction() as conn:
+            placeholders = ",".join("?" * len(ids))
+            ok: set[str] = set()
+            for start in range(0, len(ids), 900):
+                chunk = ids[start:start + 900]
+                placeholders = ",".join("?" * len(chunk))
+                ok.update(r[0] for r in conn.execute(
+                    f"SELECT record_id FROM records WHERE record_id IN ({placeholders}) "  # noqa: S608
+                    f"AND {self._where('eligible')}", chunk))
+            bad = [r for r in ids if r not in ok]
+            if bad:
+                raise ValidationError(
+                    f"Record(s) {bad[:5]!r} are not eligible for a package (unknown, never "
+                    "shareable, shared or pending); nothing was added to the outbox."
+                )
+            conn.execute(
+                "INSERT INTO outbox (package_id, status, envelope, n_records, receipt, "
+                "created_at) VALUES (?, 'pending', ?, ?, ?, ?)",
+                (package_id, bytes(envelope), len(ids), receipt, now),
+            )
+            conn.executemany("INSERT INTO outbox_records VALUES (?, ?)",
+                             [(package_id, r) for r in ids])
+        return self.outbox_entry(package_id)
+
+    def outbox_entry(self, package_id: str) -> OutboxEntry:
+        row = self._conn.execute(
+            "SELECT package_id, status, envelope, n_records, receipt, created_at, closed_at "
+            "FROM outbox WHERE package_id = ?", (package_id,),
+        ).fetchone()
+        if row is None:
+            raise KeyError(f"No package {package_id!r} in the outbox of {self.path}.")
+        ids = tuple(r[0] for r in self._conn.execute(
+            "SELECT record_id FROM outbox_records WHERE package_id = ? ORDER BY rowid",
+            (package_id,)))
+        return OutboxEntry(row[0], row[1], None if row[2] is None else bytes(row[2]), row[3],
+                           row[4], row[5], row[6], ids)
+
+    def outbox(self, status: str = "pending") -> list[OutboxEntry]:
+        """Outbox entries with ``status`` (``"pending"``, ``"acknowledged"``, ``"abandoned"``)."""
+        ids = [r[0] for r in self._conn.execute(
+            "SELECT package_id FROM outbox WHERE status = ? ORDER BY created_at, package_id",
+            (status,))]
+        return [self.outbox_entry(p) for p in ids]
+
+    def acknowledge(self, package_id: str) -> int:
+        """Record the server's acknowledgement: the package's records become shared.
+
+        Returns how many records were newly marked shared; acknowledging twice
+        changes nothing the second time. The sealed bytes are dropped.
+        """
+        now = _now()
+        with self._transaction() as conn:
+            row = conn.execute("SELECT status FROM outbox WHERE package_id = ?",
+                               (package_id,)).fetchone()
+            if row is None:
+                raise ValidationError(
+                    f"Package {package_id!r} is not in the outbox of {self.path}; nothing was "
+                    "marked shared."
+                )
+            if row[0] == "acknowledged":
+                return 0
+            cur = conn.execute(
+                "UPDATE records SET shared_package = ?, shared_at = ? WHERE shared_package IS "
+                "NULL AND record_id IN (SELECT record_id FROM outbox_records WHERE "
+                "package_id = ?)", (package_id, now, package_id),
+            )
+            conn.execute(
+                "UPDATE outbox SET status = 'acknowledged', envelope = NULL, closed_at = ? "
+                "WHERE package_id = ?", (now, package_id),
+            )
+            return int(cur.rowcount)
+
+    def abandon(self, package_id: str) -> None:
+        """Drop a pending package that was never delivered; its records become eligible again.
+
+        Only for a package the server cannot have received: one that did reach
+        it is acknowledged, and its records are then marked shared anyway.
+        """
+        with self._transaction() as conn:
+            cur = conn.execute(
+                "UPDATE outbox SET status = 'abandoned', envelope = NULL, closed_at = ? "
+                "WHERE package_id = ? AND status = 'pending'", (_now(), package_id),
+            )
+            if cur.rowcount != 1:
+                raise ValidationError(f"Package {package_id!r} is not pending in the outbox.")
+
+    # --- personal models ----------------------------------------------------------------
+    def add_model_version(self, path: str | os.PathLike[str], *, note: str = "") -> ModelVersion:
+        """Record a new personal model file; its version is one more than the last."""
+        with self._transaction() as conn:
+            last = conn.execute("SELECT MAX(version) FROM model_versions").fetchone()[0]
+            version = 1 if last is None else int(last) + 1
+            conn.execute("INSERT INTO model_versions VALUES (?, ?, ?, ?)",
+                         (version, os.fspath(path), _now(), note))
+        return self.model_versions()[-1]
+
+    def model_versions(self) -> list[ModelVersion]:
+        return [
+            ModelVersion(int(r[0]), Path(r[1]), r[2], r[3])
+            for r in self._conn.execute(
+                "SELECT version, path, created_at, note FROM model_versions ORDER BY version")
+        ]
+
+    @property
+    def personal_model(self) -> ModelVersion | None:
+        """The latest personal model version, or ``None``."""
+        versions = self.model_versions()
+        return versions[-1] if versions else None
+
+    # --- lifetime -------------------------------------------------------------------------
+    def close(self) -> None:
+        self._ledger = None
+        self._conn.close()
+
+    def __enter__(self) -> LocalStore:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.record_ids())
+
+    def __len__(self) -> int:
+        return self.count()
+
+    def __repr__(self) -> str:
+        return (f"LocalStore({os.fspath(self.path)!r}, user_id={self.user_id!r}, "
+                f"records={self.count()}, shared={self.count('shared')}, "
+                f"pending={self.count('pending')})")

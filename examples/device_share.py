@@ -1,0 +1,61 @@
+"""Devices share part of their records: k-anonymized by a fitted plan, MEDV under local DP, sealed.
+
+Each simulated Boston user keeps a LocalStore; half of the user's training
+records are shareable, the rest never leave the device. Packages go to
+DIR/outbox/*.dmt, sealed to the server's public key (made here if DIR has no
+server.key yet). Nothing is marked shared until the server acknowledges:
+run examples/server_ingest.py next.
+
+Usage: python examples/device_share.py [DIR]   (default: $TMPDIR/dmt-share-example)
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+from dmt_model.datasets import BOSTON_SCHEMA, load_boston, simulate_users
+from dmt_privacy import AnonymizationError
+from dmt_privacy.anonymity import KAnonymizer
+from dmt_privacy.seal import generate_server_key, load_public_key, save_private_key, save_public_key
+from dmt_privacy.sharing import SharingPolicy, share
+from dmt_privacy.store import LocalStore
+
+DIR = Path(sys.argv[1] if len(sys.argv) > 1 else Path(tempfile.gettempdir()) / "dmt-share-example")
+(DIR / "outbox").mkdir(parents=True, exist_ok=True)
+(DIR / "devices").mkdir(exist_ok=True)
+if not (DIR / "server.key").exists():  # the server's `dmt keygen -o server.key`
+    key = generate_server_key()
+    save_private_key(key, DIR / "server.key")
+    save_public_key(key.public_key(), DIR / "server.key.pub")
+public_key = load_public_key(DIR / "server.key.pub")
+
+simulation = simulate_users(load_boston(), seed=0)
+# The server fits the plan on its proxy data and ships it with the model.
+plan = KAnonymizer(["CHAS", "RAD", "TAX"], k=5).fit(simulation.proxy).plan_
+policy = SharingPolicy(
+    fields=("CHAS", "RAD", "TAX", "RM", "LSTAT", "PTRATIO", "MEDV"),
+    plan=plan,                # quasi-identifiers released as their class's generalization
+    epsilon={"MEDV": 1.0},    # the target under local DP, charged to each user's ledger
+    required_k=5,
+)
+
+for user in simulation.users:
+    path = DIR / "devices" / f"user{user.user_id}.db"
+    with LocalStore(path, schema=BOSTON_SCHEMA, user_id=f"user{user.user_id}",
+                    epsilon_budget=4.0) as store:
+        if len(store) == 0:
+            store.add_records(user.shareable)
+            store.add_records(user.private, shareable=False)  # never leaves the device
+        try:
+            result = share(store, policy, public_key)
+        except AnonymizationError as exc:  # every selected record outside the plan's classes
+            print(f"user {user.user_id:2}: nothing shared ({exc})")
+            continue
+        (DIR / "outbox" / f"{result.package_id}.dmt").write_bytes(result.envelope)
+        print(f"user {user.user_id:2}: package {result.package_id[:8]}… {result.n_records} "
+              f"records, {len(result.suppressed)} suppressed, ε spent "
+              f"{store.ledger.spent.epsilon:g}/{store.ledger.budget.epsilon:g}, "
+              f"shared {store.count('shared')}, pending {store.count('pending')}")
+print(f"packages in {DIR / 'outbox'}; next: python examples/server_ingest.py {DIR}")

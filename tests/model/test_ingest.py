@@ -1,0 +1,294 @@
+"""Server ingestion: validation, replays, one transaction per package, encryption at rest,
+quarantine of small classes, the CLI, and SIGKILL at random points."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import sqlite3
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sqlalchemy import event
+
+from dmt_model.cli import ingest as cli_ingest
+from dmt_model.server import ServerPolicy, SharedStore, connect, ingest
+from dmt_privacy import Field, Schema
+from dmt_privacy.anonymity import KAnonymizer, release_classes
+from dmt_privacy.package import PrivacyReceipt, SharePackage, seal_package
+from dmt_privacy.seal import generate_server_key, save_private_key
+from dmt_privacy.sharing import SharingPolicy, share
+from dmt_privacy.store import LocalStore
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA = Schema((
+    Field("age", "numeric", role="quasi-identifier", bounds=(0, 100), grid=1.0),
+    Field("zip", "categorical", role="quasi-identifier", categories=("a", "b", "c", "d")),
+    Field("note", "text"),
+    Field("income", "numeric", bounds=(0, 1000), grid=0.5),
+    Field("score", "numeric", bounds=(0, 100_000)),
+))
+KEY = generate_server_key()
+POLICY = ServerPolicy(SCHEMA, min_k=3, max_epsilon={"income": 1.0})
+CLASSES = [(pd.Interval(20.0, 29.0, closed="both"), frozenset({"a", "b"})),
+           (pd.Interval(30.0, 45.0, closed="both"), frozenset({"c"})),
+           (pd.Interval(46.0, 60.0, closed="both"), frozenset({"a", "b", "c", "d"}))]
+
+
+def package(i: int, n: int = 3, *, k: int = 3, classes=None, score=None) -> SharePackage:
+    rng = np.random.default_rng(i)
+    chosen = [CLASSES[c] for c in (classes if classes is not None else rng.integers(0, 3, n))]
+    columns = {"age": [c[0] for c in chosen], "zip": [c[1] for c in chosen],
+               "note": [f"note-{i:05d}-{j}" for j in range(len(chosen))],
+               "score": [score if score is not None else 777.0 + i + j / 8
+                         for j in range(len(chosen))]}
+    return SharePackage.create(SCHEMA.schema_id, columns, PrivacyReceipt(k=k))
+
+
+def write_packages(directory: Path, packages) -> list[str]:
+    directory.mkdir(parents=True, exist_ok=True)
+    for p in packages:
+        (directory / f"{p.package_id}.dmt").write_bytes(seal_package(p, KEY.public_key()))
+    return [p.package_id for p in packages]
+
+
+def table_counts(db: Path) -> dict[str, int]:
+    with sqlite3.connect(db) as conn:
+        return {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+                for t in ("packages", "records", "classes", "data_keys")}
+
+
+def test_device_to_server_and_acknowledgement(tmp_path):
+    proxy = pd.DataFrame({"age": np.repeat(np.arange(20, 61), 8).astype(float),
+                          "zip": np.tile(["a", "b", "c", "d"], 82)})
+    plan = KAnonymizer(["age", "zip"], k=3).fit(proxy).plan_
+    rng = np.random.default_rng(0)
+    outbox = tmp_path / "outbox"
+    outbox.mkdir()
+    stores = []
+    for u in range(4):
+        n = 12
+        frame = pd.DataFrame({"age": rng.integers(20, 61, n).astype(float),
+                              "zip": rng.choice(["a", "b", "c", "d"], n),
+                              "note": [f"u{u}-{j}" for j in range(n)],
+                              "income": rng.uniform(0, 1000, n), "score": rng.uniform(0, 10, n)})
+        store = LocalStore(tmp_path / f"u{u}.db", schema=SCHEMA, user_id=f"u{u}",
+                           epsilon_budget=5)
+        store.add_records(frame)
+        result = share(store, SharingPolicy(fields=SCHEMA.names, plan=plan,
+                                            epsilon={"income": 1.0}), KEY.public_key())
+        (outbox / f"{result.package_id}.dmt").write_bytes(result.envelope)
+        stores.append(store)
+    db = f"sqlite:///{tmp_path / 'server.db'}"
+    report = ingest(outbox, db, KEY, POLICY)
+    assert len(report.accepted) == 4 and not report.rejected
+    for store in stores:
+        assert store.count("shared") == 0
+        for pid in report.stored_ids:
+            if pid in {e.package_id for e in store.outbox()}:
+                store.acknowledge(pid)
+        assert store.count("shared") == 12 and store.count("pending") == 0
+    frame = SharedStore(db, KEY).frame("all")
+    assert len(frame) == 48 and set(frame["note"]) == {f"u{u}-{j}" for u in range(4)
+                                                        for j in range(12)}
+
+
+def test_replays_rejected_and_double_ingestion_changes_nothing(tmp_path):
+    ids = write_packages(tmp_path / "in", [package(i) for i in range(20)])
+    db = tmp_path / "server.db"
+    first = ingest(tmp_path / "in", f"sqlite:///{db}", KEY, POLICY)
+    assert len(first.accepted) == 20 and not first.rejected
+    before = table_counts(db)
+    frame_before = SharedStore(f"sqlite:///{db}", KEY).frame("all")
+    second = ingest([tmp_path / "in"], f"sqlite:///{db}", KEY, POLICY)
+    assert not second.accepted and len(second.replays) == 20 == len(second.rejected)
+    assert all(o.reason.startswith("replay") for o in second.rejected)
+    assert sorted(second.stored_ids) == sorted(ids)  # a device may acknowledge a replay
+    assert table_counts(db) == before
+    pd.testing.assert_frame_equal(SharedStore(f"sqlite:///{db}", KEY).frame("all"), frame_before)
+    same_bytes = (tmp_path / "in" / f"{ids[0]}.dmt").read_bytes()
+    third = ingest([same_bytes, same_bytes], str(db), KEY, POLICY)
+    assert len(third.replays) == 2 and table_counts(db) == before
+    assert "replay: 2" in third.to_text()
+
+
+def _bad_packages():
+    tampered = bytearray(seal_package(package(1), KEY.public_key()))
+    tampered[-1] ^= 1
+    other_key = seal_package(package(2), generate_server_key().public_key())
+    wrong_schema = SharePackage.create("0" * 16, dict(package(3).columns), PrivacyReceipt(k=3))
+    low_k = package(4, k=2)
+    out_of_bounds = package(5, score=100_001.0)
+    raw_income = SharePackage.create(SCHEMA.schema_id, {**package(6).columns,
+                                                        "income": [1.0, 2.0, 3.0]},
+                                     PrivacyReceipt(k=3))
+    raw_qi = SharePackage.create(SCHEMA.schema_id, {**package(7).columns, "age": [25.0] * 3},
+                                 PrivacyReceipt(k=3))
+    bad_zip = SharePackage.create(SCHEMA.schema_id,
+                                  {**package(8).columns, "zip": [frozenset({"z"})] * 3},
+                                  PrivacyReceipt(k=3))
+    unknown = SharePackage.create(SCHEMA.schema_id, {**package(9).columns, "x": [1, 2, 3]},
+                                  PrivacyReceipt(k=3))
+    sealed = [bytes(tampered), other_key] + [
+        seal_package(p, KEY.public_key())
+        for p in (wrong_schema, low_k, out_of_bounds, raw_income, raw_qi, bad_zip, unknown)]
+    kinds = ["unreadable", "unreadable", "schema", "k", "bounds", "epsilon", "not generalized",
+             "bad values", "schema"]
+    return sealed, kinds
+
+
+def test_rejected_packages_leave_no_rows(tmp_path):
+    db = tmp_path / "server.db"
+    ingest([seal_package(package(100), KEY.public_key())], str(db), KEY, POLICY)
+    before = table_counts(db)
+    sealed, kinds = _bad_packages()
+    report = ingest(sealed, str(db), KEY, POLICY)
+    assert not report.accepted
+    assert [o.reason.split(":")[0] for o in report.rejected] == kinds
+    assert table_counts(db) == before
+
+
+def test_a_write_failing_midway_leaves_nothing(tmp_path):
+    db = tmp_path / "server.db"
+    engine = connect(f"sqlite:///{db}")
+    ingest([seal_package(package(0), KEY.public_key())], engine, KEY, POLICY)
+    before = table_counts(db)
+
+    def fail_on_classes(conn, cursor, statement, *args):
+        if statement.lstrip().upper().startswith(("INSERT INTO CLASSES", "UPDATE CLASSES")):
+            raise RuntimeError("disk on fire")
+
+    event.listen(engine, "before_cursor_execute", fail_on_classes)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        ingest([seal_package(package(1), KEY.public_key())], engine, KEY, POLICY)
+    event.remove(engine, "before_cursor_execute", fail_on_classes)
+    assert table_counts(db) == before  # the package row and its records rolled back too
+
+
+def test_records_encrypted_at_rest(tmp_path):
+    db = tmp_path / "server.db"
+    packages = [package(i) for i in range(10)]
+    ingest([seal_package(p, KEY.public_key()) for p in packages], str(db), KEY, POLICY)
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("server.db*"))
+    for p in packages:
+        for note, score in zip(p.columns["note"], p.columns["score"], strict=True):
+            assert note.encode() not in raw
+            for fmt in ("<d", ">d"):
+                assert struct.pack(fmt, score) not in raw
+    # readable with the private key, and only with it
+    frame = SharedStore(f"sqlite:///{db}", KEY).frame("all")
+    assert sorted(frame["note"]) == sorted(n for p in packages for n in p.columns["note"])
+    with pytest.raises(Exception, match="cannot be unwrapped"):
+        SharedStore(f"sqlite:///{db}", generate_server_key()).frame("all")
+
+
+def test_quarantine_matches_release_classes(tmp_path):
+    db = f"sqlite:///{tmp_path / 'server.db'}"
+    store = SharedStore(db, KEY)
+    # class 0 reaches 3 packages, class 1 gets many records from 2 packages, class 2 one package
+    packs = [package(0, classes=[0, 1, 1, 1]), package(1, classes=[0, 1, 1]),
+             package(2, classes=[2]), package(3, classes=[0])]
+    report = ingest([seal_package(p, KEY.public_key()) for p in packs[:2]], db, KEY, POLICY)
+    assert report.counts["classes_released"] == 0 and report.counts["records_quarantined"] == 7
+    report = ingest([seal_package(p, KEY.public_key()) for p in packs[2:]], db, KEY, POLICY)
+    assert report.released_classes == 1
+    released, quarantined = store.frame("released"), store.frame("quarantined")
+    assert len(released) == 3 and len(quarantined) == 6
+    everything = store.frame("all")
+    ref_released, _ = release_classes(everything, ["age", "zip"], POLICY.min_k,
+                                      package_column="package_id")
+    assert sorted(ref_released["note"]) == sorted(released["note"])
+
+
+def _run_cli(argv):
+    parser = argparse.ArgumentParser(prog="dmt")
+    cli_ingest.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_cli_keygen_and_ingest(tmp_path, capsys):
+    assert _run_cli(["keygen", "-o", str(tmp_path / "server.key")]) == 0
+    assert oct((tmp_path / "server.key").stat().st_mode & 0o777) == "0o600"
+    from dmt_privacy.seal import load_public_key
+
+    public = load_public_key(tmp_path / "server.key.pub")
+    (tmp_path / "in").mkdir()
+    for i in range(3):
+        (tmp_path / "in" / f"{i}.dmt").write_bytes(seal_package(package(i), public))
+    (tmp_path / "policy.json").write_text(POLICY.to_json())
+    argv = ["ingest", str(tmp_path / "in"), "--db", str(tmp_path / "s.db"),
+            "--key", str(tmp_path / "server.key"), "--policy", str(tmp_path / "policy.json")]
+    assert _run_cli(argv) == 0
+    out = capsys.readouterr().out
+    assert "accepted     3 package(s), 9 record(s)" in out and "quarantined" in out
+    assert _run_cli(argv) == 0
+    assert "rejected     3 package(s) (replay: 3)" in capsys.readouterr().out
+
+
+def _stored(db: Path) -> int:
+    try:
+        with sqlite3.connect(db, timeout=30) as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM packages").fetchone()[0])
+    except sqlite3.OperationalError:  # not created yet
+        return 0
+
+
+_CHILD = """
+import argparse, sys
+from dmt_model.cli import ingest as m
+p = argparse.ArgumentParser(); m.register(p.add_subparsers(dest="command"))
+a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))
+"""
+
+
+def test_sigkill_at_random_points_stores_every_package_once(tmp_path):
+    n = 1000
+    ids = write_packages(tmp_path / "in", [package(i, n=2) for i in range(n)])
+    save_private_key(KEY, tmp_path / "server.key")
+    (tmp_path / "policy.json").write_text(POLICY.to_json())
+    db = tmp_path / "server.db"
+    argv = [sys.executable, "-c", _CHILD, "ingest", str(tmp_path / "in"), "--db", str(db),
+            "--key", str(tmp_path / "server.key"), "--policy", str(tmp_path / "policy.json")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    rng = random.Random(1234)
+    kills = partial = 0
+    deadline = time.monotonic() + 40
+    stored_before = -1
+    while time.monotonic() < deadline and kills < 4:
+        child = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+        # wait until it is ingesting (new packages appear), then kill at a random moment
+        while child.poll() is None and _stored(db) <= max(stored_before, 0):
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.25))
+        if child.poll() is None:
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+            kills += 1
+        stored = _stored(db)
+        assert stored >= stored_before
+        partial += 0 < stored < n
+        stored_before = stored
+        if stored == n:
+            break
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    with sqlite3.connect(db) as conn:
+        stored_ids = [r[0] for r in conn.execute("SELECT package_id FROM packages")]
+        per_package = dict(conn.execute(
+            "SELECT package_id, SUM(n_records) FROM records GROUP BY package_id").fetchall())
+        class_total = conn.execute("SELECT SUM(n_records) FROM classes").fetchone()[0]
+    assert sorted(stored_ids) == sorted(ids)  # every package, exactly once
+    assert all(per_package[p] == 2 for p in ids) and class_total == 2 * n
+    assert kills >= 2 and partial >= 2  # killed mid-ingestion, more than once

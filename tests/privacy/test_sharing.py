@@ -1,0 +1,223 @@
+"""share(): what leaves the device, the ledger charge, the outbox; SharingPolicy validation."""
+
+from __future__ import annotations
+
+import struct
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dmt_privacy import (
+    AnonymizationError,
+    BudgetExceededError,
+    Field,
+    Schema,
+    SchemaError,
+    ValidationError,
+)
+from dmt_privacy.anonymity import KAnonymizer
+from dmt_privacy.dp import InsecureRandomnessWarning
+from dmt_privacy.package import PACKAGE_INFO, open_package
+from dmt_privacy.seal import generate_server_key, open_sealed
+from dmt_privacy.sharing import SharingPolicy, share
+from dmt_privacy.store import LocalStore
+
+SCHEMA = Schema((
+    Field("uid", "text", role="identifier"),
+    Field("age", "numeric", role="quasi-identifier", bounds=(0, 100), grid=1.0),
+    Field("zip", "categorical", role="quasi-identifier", categories=("a", "b", "c", "d")),
+    Field("note", "text"),
+    Field("income", "numeric", bounds=(0, 1000), grid=0.5),
+    Field("score", "numeric", bounds=(0, 100_000)),
+))
+KEY = generate_server_key()
+PROXY = pd.DataFrame({"age": np.repeat(np.arange(20, 61), 8).astype(float),
+                      "zip": np.tile(["a", "b", "c", "d"], 41 * 2)})
+PLAN = KAnonymizer(["age", "zip"], k=4).fit(PROXY).plan_
+FIELDS = ("age", "zip", "note", "income", "score")
+
+
+def records(n: int, start: int = 0, *, secret: bool = False) -> pd.DataFrame:
+    i = np.arange(start, start + n)
+    rng = np.random.default_rng(start)
+    return pd.DataFrame({
+        "uid": [f"user-{j}" for j in i],
+        "age": rng.integers(20, 61, n).astype(float),
+        "zip": rng.choice(["a", "b", "c", "d"], n),
+        "note": [f"SECRET-{j:05d}-do-not-share" if secret else f"shared-{j:05d}" for j in i],
+        "income": rng.uniform(0, 1000, n),
+        "score": (50_000.123456789 if secret else 1234.56789) + 1.1 * i,
+    }, index=[f"r{j}" for j in i])
+
+
+def make_store(path, *, budget=10.0, n=40, private=20):
+    store = LocalStore(path, schema=SCHEMA, user_id="alice", epsilon_budget=budget)
+    store.add_records(records(n))
+    if private:
+        store.add_records(records(private, start=10_000, secret=True), shareable=False)
+    return store
+
+
+def policy(**changes) -> SharingPolicy:
+    base = SharingPolicy(fields=FIELDS, plan=PLAN, epsilon={"income": 0.5}, required_k=4)
+    return base.evolve(**changes)
+
+
+def quiet_share(store, pol, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureRandomnessWarning)
+        return share(store, pol, KEY.public_key(), **kw)
+
+
+def test_unshared_values_never_in_a_package(tmp_path):
+    store = make_store(tmp_path / "d.db")
+    result = share(store, policy(fraction=0.5), KEY.public_key())
+    plaintext = open_sealed(result.envelope, KEY, info=PACKAGE_INFO)
+    package = open_package(result.envelope, KEY)
+    shipped = set(result.entry.record_ids)
+    assert len(shipped) == 20 and package.n_records == 20
+    all_records = store.records()
+    unshared = all_records.drop(index=list(shipped))
+    assert len(unshared) == 40  # 20 not selected + 20 never shareable
+    for rid, row in unshared.iterrows():
+        assert row["note"].encode() not in plaintext, rid
+        for fmt in ("<d", ">d"):  # f8 columns are little-endian, msgpack floats big-endian
+            assert struct.pack(fmt, row["score"]) not in plaintext, rid
+        assert row["uid"].encode() not in plaintext  # identifiers never leave
+    assert set(package.columns["note"]) == set(all_records.loc[list(shipped), "note"])
+    assert set(package.columns) == set(FIELDS)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(choice=st.sampled_from(["fraction", "predicate", "ids"]), seed=st.integers(0, 10**6))
+def test_package_holds_exactly_the_selected_eligible_records(tmp_path_factory, choice, seed):
+    store = make_store(tmp_path_factory.mktemp("s") / "d.db", n=30, private=10)
+    rng = np.random.default_rng(seed)
+    if choice == "fraction":
+        pol = policy(fraction=float(rng.uniform(0.05, 1.0)))
+    elif choice == "predicate":
+        cut = float(rng.uniform(20, 60))
+        pol = policy(predicate=lambda df: (df["age"] >= cut).to_numpy())
+    else:
+        pol = policy(record_ids=frozenset(f"r{j}" for j in rng.choice(30, 7, replace=False)))
+    try:
+        result = quiet_share(store, pol, random_state=seed)
+    except ValidationError as exc:
+        assert "No eligible record" in str(exc)
+        return
+    package = open_package(result.envelope, KEY)
+    ids = list(result.entry.record_ids)
+    expected = store.records().loc[ids]
+    assert list(package.columns["score"]) == list(expected["score"])
+    assert all(not i.startswith("r100") for i in ids)  # never a private record
+    if choice == "ids":
+        assert set(ids) <= pol.record_ids
+    if choice == "predicate":
+        assert (expected["age"] >= cut).all()
+    store.close()
+
+
+def test_records_marked_shared_only_after_acknowledgement(tmp_path):
+    store = make_store(tmp_path / "d.db")
+    result = share(store, policy(), KEY.public_key())
+    assert store.count("shared") == 0 and store.count("pending") == 40
+    assert [e.package_id for e in store.outbox()] == [result.package_id]
+    assert store.outbox()[0].envelope == result.envelope
+    with pytest.raises(ValidationError, match="No eligible record"):
+        share(store, policy(), KEY.public_key())  # pending records are not shared again
+    assert store.acknowledge(result.package_id) == 40
+    assert store.count("shared") == 40 and store.count("unshared") == 20
+
+
+def test_dp_charges_the_ledger_through_the_release(tmp_path):
+    store = make_store(tmp_path / "d.db", budget=1.2)
+    result = share(store, policy(epsilon={"income": 0.5}, fraction=0.25), KEY.public_key())
+    entries = store.ledger.entries()
+    assert len(entries) == 1 and entries[0].status == "released"
+    dp = result.receipt.dp
+    assert dp is not None and dp.release_id == entries[0].release_id
+    assert dp.user_id is None and entries[0].receipt.user_id == "alice"  # the package is anonymous
+    assert dp.epsilon == 0.5 and store.ledger.spent.epsilon == 0.5
+    package = open_package(result.envelope, KEY)
+    assert package.receipt == result.receipt and package.receipt.k == 4
+    incomes = np.asarray(package.columns["income"])
+    assert np.allclose(incomes / 0.5, np.round(incomes / 0.5))  # on the schema's grid
+    share(store, policy(fraction=0.25), KEY.public_key())
+    outbox_before = store.outbox()
+    with pytest.raises(BudgetExceededError):
+        share(store, policy(fraction=0.25), KEY.public_key())
+    assert store.outbox() == outbox_before  # a refused release puts nothing in the outbox
+    assert store.ledger.spent.epsilon == 1.0
+
+
+def test_max_epsilon_refuses_before_charging(tmp_path):
+    store = make_store(tmp_path / "d.db")
+    pol = policy(privacy_unit="user", epsilon={"income": 0.1}, max_epsilon=1.0)
+    with pytest.raises(ValidationError, match="above max_epsilon"):
+        share(store, pol, KEY.public_key())
+    assert store.ledger.spent.epsilon == 0 and store.outbox() == []
+
+
+def test_suppressed_records_stay_on_the_device(tmp_path):
+    store = make_store(tmp_path / "d.db", n=0, private=0)
+    frame = records(6)
+    frame.iloc[:2, frame.columns.get_loc("age")] = [5.0, 99.0]  # outside every fitted class
+    store.add_records(frame)
+    result = share(store, policy(), KEY.public_key())
+    assert set(result.suppressed) == {"r0", "r1"}
+    assert result.n_records == 4 and set(store.record_ids("eligible")) == {"r0", "r1"}
+
+
+def test_modifiers_apply_and_are_named_in_the_receipt(tmp_path):
+    class Upper:
+        def transform(self, x):
+            return x.str.upper()
+
+    store = make_store(tmp_path / "d.db", private=0)
+    result = share(store, policy(modifiers={"note": Upper()}), KEY.public_key())
+    package = open_package(result.envelope, KEY)
+    assert all(v.startswith("SHARED-") for v in package.columns["note"])
+    assert result.receipt.modifications == ("note:Upper",)
+
+
+def test_generalized_values_in_the_package(tmp_path):
+    store = make_store(tmp_path / "d.db", private=0)
+    package = open_package(share(store, policy(), KEY.public_key()).envelope, KEY)
+    assert all(isinstance(v, pd.Interval) for v in package.columns["age"])
+    assert all(isinstance(v, frozenset) for v in package.columns["zip"])
+
+
+@pytest.mark.parametrize(("changes", "error", "match"), [
+    ({"fraction": 0.5, "record_ids": {"r1"}}, ValidationError, "one of fraction"),
+    ({"fraction": 0.0}, ValidationError, "fraction must be"),
+    ({"epsilon": {"age": 1.0}}, ValidationError, "two transforms"),
+    ({"epsilon": {"other": 1.0}}, ValidationError, "not in fields"),
+    ({"required_k": 10}, AnonymizationError, "required_k=10"),
+    ({"mechanism": {"income": "oue"}}, ValidationError, "not supported in share packages"),
+    ({"max_epsilon": 0.1}, ValidationError, "above max_epsilon"),
+    ({"privacy_unit": "device"}, ValidationError, "privacy_unit"),
+])
+def test_policy_refuses_inconsistent_settings(changes, error, match):
+    with pytest.raises(error, match=match):
+        policy(**changes)
+
+
+def test_policy_checked_against_the_schema(tmp_path):
+    store = make_store(tmp_path / "d.db", private=0)
+    cases = [
+        (SharingPolicy(fields=("uid", "score")), ValidationError, "identifier"),
+        (SharingPolicy(fields=("age", "score")), ValidationError, "quasi-identifier"),
+        (SharingPolicy(fields=("nope",)), SchemaError, "not in schema"),
+        (SharingPolicy(fields=("note",), epsilon={"note": 1.0}), SchemaError, "local DP"),
+    ]
+    for pol, error, match in cases:
+        with pytest.raises(error, match=match):
+            share(store, pol, KEY.public_key())
+    with pytest.raises(ValidationError, match="shareable=False"):
+        store.add_records(records(1, start=500, secret=True), shareable=False)
+        share(store, policy(record_ids={"r500"}), KEY.public_key())
+    assert store.outbox() == [] and store.ledger.spent.epsilon == 0
