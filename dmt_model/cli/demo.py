@@ -1,4 +1,4 @@
-"""``dmt demo``: the device side of the loop on the bundled Boston data, end to end."""
+"""``dmt demo``: the whole loop on the bundled Boston data, device and server side."""
 
 from __future__ import annotations
 
@@ -13,6 +13,10 @@ import numpy as np
 
 __all__ = ["register", "run_demo"]
 
+QUASI_IDENTIFIERS = ("CHAS", "RAD", "AGE", "DIS", "TAX")
+SHARE_K = 5
+SHARE_EPSILON = 1.0
+
 
 def _rmse(predicted: np.ndarray, actual: np.ndarray) -> float:
     return float(np.sqrt(np.mean((np.asarray(predicted, float) - np.asarray(actual, float)) ** 2)))
@@ -25,89 +29,157 @@ def run_demo(args: argparse.Namespace) -> int:
     from dmt_model.coreml import UpdateSettings, export_coreml, load_spec, predict_frame
     from dmt_model.datasets import BOSTON_SCHEMA, load_boston, simulate_users
     from dmt_model.foundation import TrainingConfig, train_foundation
-    from dmt_model.personalize import personalize
+    from dmt_model.personalize import adopt_new_version, personalize
+    from dmt_model.server import ServerPolicy, SharedStore, ingest
+    from dmt_model.server.retrain import ModelRegistry, retrain_foundation, shared_batches
+    from dmt_privacy.anonymity import KAnonymizer
+    from dmt_privacy.seal import generate_server_key
+    from dmt_privacy.sharing import SharingPolicy, share
+    from dmt_privacy.store import LocalStore
 
     started = time.perf_counter()
     workdir = Path(args.workdir)
-    (workdir / "users").mkdir(parents=True, exist_ok=True)
+    if workdir.exists():
+        shutil.rmtree(workdir)  # a fresh run each time: databases and ledgers start empty
+    for sub in ("devices", "server", "outbox"):
+        (workdir / sub).mkdir(parents=True)
     simulation = simulate_users(load_boston(), n_users=args.users, spread=args.spread,
                                 seed=args.seed)
     print(f"Boston housing: {len(simulation.proxy)} proxy records on the server, "
-          f"{len(simulation.users)} simulated users (appraisal factor spread ±{args.spread}).")
+          f"{len(simulation.users)} simulated users (appraisal factor spread ±{args.spread}).\n")
 
     # 1. Foundation on the server's proxy data.
     config = TrainingConfig(seed=args.seed)
-    with tqdm(total=config.epochs, desc="1/5 training foundation", unit="epoch") as bar:
+    with tqdm(total=config.epochs, desc="1/7 server: training the foundation",
+              unit="epoch") as bar:
         foundation = train_foundation(simulation.proxy, BOSTON_SCHEMA, config,
                                       on_epoch_end=lambda epoch, loss: bar.update())
-    foundation.save(workdir / "foundation.npz")
+    registry = ModelRegistry(workdir / "server" / "models")
+    v1 = registry.publish(foundation, trained_on={"proxy": len(simulation.proxy)},
+                          notes="proxy data only")
 
     # 2. Core ML export, plain and updatable.
-    plain = export_coreml(foundation, workdir / "foundation.mlmodel")
+    plain = export_coreml(foundation, workdir / "server" / "foundation-v1-plain.mlmodel")
     settings = UpdateSettings()
-    updatable = export_coreml(foundation, workdir / "foundation-updatable.mlmodel",
-                              updatable=settings)
-    print(f"2/5 exported {plain} and {updatable} (last {settings.updatable_layers} dense layers "
-          f"updatable, SGD lr {settings.learning_rate}, batch {settings.batch_size}, "
-          f"{settings.epochs} epochs)")
+    updatable = registry.path(v1.mlmodel_file)
+    print(f"2/7 server: exported {plain.name} and {updatable.name} (all weights; the last "
+          f"{settings.updatable_layers} dense layers updatable, SGD lr {settings.learning_rate}, "
+          f"batch {settings.batch_size}, {settings.epochs} epochs)")
 
-    # 3. Personalization on each user's records (emulated MLUpdateTask).
-    base_spec = load_spec(updatable)
-    rows = []
-    for user in tqdm(simulation.users, desc="3/5 personalizing users", unit="user"):
-        personal = workdir / "users" / f"user-{user.user_id:02d}.mlmodel"
+    # 3. Each device personalizes the model on its own records.
+    devices = {}
+    for user in tqdm(simulation.users, desc="3/7 devices: personalizing", unit="user"):
+        folder = workdir / "devices" / f"user-{user.user_id:02d}"
+        folder.mkdir()
+        store = LocalStore(folder / "records.db", schema=BOSTON_SCHEMA,
+                           user_id=f"user-{user.user_id:02d}", epsilon_budget=4 * SHARE_EPSILON)
+        store.add_records(user.shareable)
+        store.add_records(user.private, shareable=False)
+        personal = folder / "personal.mlmodel"
         shutil.copyfile(updatable, personal)
         result = personalize(personal, user.train, seed=args.seed)
-        target = user.test["MEDV"].to_numpy()
-        before = predict_frame(base_spec, user.test)
-        after = predict_frame(load_spec(personal), user.test)
-        rows.append((user.user_id, user.factor, len(user.train), len(user.test),
-                     _rmse(before, target), _rmse(after, target),
-                     _rmse(before * user.factor, target), result.accepted))
+        store.add_model_version(personal, note=f"foundation v1, {result.reason}")
+        devices[user.user_id] = (store, personal, load_spec(personal))
 
-    # 4. The table.
-    print("\n4/5 per-user test RMSE ($1000s), before and after personalization")
-    header = (f"{'user':>4} {'factor':>6} {'train':>5} {'test':>4} {'foundation':>10} "
-              f"{'personal':>8} {'oracle':>7}  kept")
+    # 4. Encrypted backup and restore of one personal model.
+    _, first_model, _ = devices[simulation.users[0].user_id]
+    passphrase = secrets.token_urlsafe(12)
+    archive = workdir / "devices" / "user-00.dmtbackup"
+    restored = workdir / "devices" / "user-00-restored.mlmodel"
+    backup(first_model, archive, passphrase)
+    restore(archive, restored, passphrase)
+    same = first_model.read_bytes() == restored.read_bytes()
+    digest = hashlib.sha256(restored.read_bytes()).hexdigest()[:16]
+    print(f"4/7 device 0: backed up its personal model (Argon2id + AES-256-GCM, a fresh "
+          f"passphrase) and restored it: {'identical' if same else 'DIFFERENT'} "
+          f"(sha256 {digest}…)")
+
+    # 5. Devices share part of their records: k-anonymized, the target under local DP, sealed.
+    server_key = generate_server_key()
+    categorical = {f.name: object for f in BOSTON_SCHEMA.by_kind("categorical")}
+    domains = {q: BOSTON_SCHEMA[q].bounds for q in QUASI_IDENTIFIERS
+               if BOSTON_SCHEMA[q].bounds is not None}
+    plan = KAnonymizer(list(QUASI_IDENTIFIERS), k=SHARE_K).fit(
+        simulation.proxy.astype(categorical)).plan_.widened(domains)
+    policy = SharingPolicy(fields=tuple(BOSTON_SCHEMA.names), plan=plan,
+                           epsilon={"MEDV": SHARE_EPSILON}, required_k=SHARE_K)
+    envelopes = {}
+    for user_id, (store, _, _) in tqdm(devices.items(), desc="5/7 devices: sharing",
+                                       unit="user"):
+        result = share(store, policy, server_key.public_key())
+        envelopes[result.package_id] = (user_id, result.envelope)
+    report = ingest([envelope for _, envelope in envelopes.values()],
+                    f"sqlite:///{workdir / 'server' / 'shared.db'}", server_key,
+                    ServerPolicy(BOSTON_SCHEMA, min_k=SHARE_K,
+                                 max_epsilon={"MEDV": SHARE_EPSILON}))
+    for package_id in report.stored_ids:  # the acknowledgements go back to the devices
+        devices[envelopes[package_id][0]][0].acknowledge(package_id)
+    shared_store = SharedStore(f"sqlite:///{workdir / 'server' / 'shared.db'}", server_key)
+    counts = shared_store.counts()
+    print(f"    server: {len(report.accepted)} packages accepted, {len(report.rejected)} "
+          f"rejected; {counts.get('records_released', 0)} records released for training, "
+          f"{counts.get('records_quarantined', 0)} quarantined (classes with records from "
+          f"fewer than {SHARE_K} devices)")
+
+    # 6. The server retrains on proxy + released records, as received, and publishes v2.
+    batches = shared_batches(shared_store)
+    with tqdm(total=config.epochs, desc="6/7 server: retraining", unit="epoch") as bar:
+        retrained = retrain_foundation(foundation, simulation.proxy, batches, config,
+                                       on_epoch_end=lambda epoch, loss: bar.update())
+    v2 = registry.publish(retrained, trained_on={
+        "proxy": len(simulation.proxy), "shared": sum(len(b.records) for b in batches)},
+        notes=f"proxy + shared records (k={SHARE_K}, MEDV ε={SHARE_EPSILON:g})")
+    new_model = registry.path(v2.mlmodel_file)
+
+    # 7. Devices adopt v2, re-personalized on the records they never shared.
+    rows = []
+    v2_spec = load_spec(new_model)
+    v1_spec = load_spec(updatable)
+    for user in tqdm(simulation.users, desc="7/7 devices: adopting v2", unit="user"):
+        store, personal, personal_v1 = devices[user.user_id]
+        result = adopt_new_version(new_model, personal, store.records("unshared"),
+                                   seed=args.seed)
+        target = user.test["MEDV"].to_numpy()
+        base = predict_frame(v1_spec, user.test)
+        rows.append((user.user_id, user.factor, _rmse(base, target),
+                     _rmse(predict_frame(personal_v1, user.test), target),
+                     _rmse(predict_frame(v2_spec, user.test), target),
+                     _rmse(predict_frame(load_spec(personal), user.test), target),
+                     _rmse(base * user.factor, target), result.accepted))
+        store.close()
+
+    print("\nPer-user test RMSE ($1000s). v1: foundation on proxy data; personal v1: "
+          "personalized on the\nuser's records; v2: retrained with what devices shared; "
+          "personal: after adopting v2 if it did better.")
+    header = (f"{'user':>4} {'factor':>6} {'v1':>7} {'personal v1':>11} {'v2':>7} "
+              f"{'personal':>8} {'oracle':>7}  adopted v2")
     print(header)
     print("-" * len(header))
-    for uid, factor, n_train, n_test, rmse_before, rmse_after, oracle, accepted in rows:
-        print(f"{uid:>4} {factor:>6.3f} {n_train:>5} {n_test:>4} {rmse_before:>10.3f} "
-              f"{rmse_after:>8.3f} {oracle:>7.3f}  {'yes' if accepted else 'no'}")
-    means = np.mean(np.array([[r[4], r[5], r[6]] for r in rows]), axis=0)
+    for uid, factor, a, b, c, d, oracle, adopted in rows:
+        print(f"{uid:>4} {factor:>6.3f} {a:>7.3f} {b:>11.3f} {c:>7.3f} {d:>8.3f} {oracle:>7.3f}"
+              f"  {'yes' if adopted else 'no'}")
+    means = np.mean(np.array([r[2:7] for r in rows]), axis=0)
     print("-" * len(header))
-    print(f"{'mean':>22} {means[0]:>10.3f} {means[1]:>8.3f} {means[2]:>7.3f}  "
-          f"{sum(r[7] for r in rows)}/{len(rows)} updated")
-    print("The oracle knows each user's appraisal factor and multiplies the foundation's "
-          "prediction by it.")
-
-    # 5. Encrypted backup and restore of one personal model.
-    personal = workdir / "users" / "user-00.mlmodel"
-    passphrase = secrets.token_urlsafe(12)
-    archive = workdir / "user-00.dmtbackup"
-    restored = workdir / "user-00-restored.mlmodel"
-    for stale in (archive, restored):
-        stale.unlink(missing_ok=True)
-    backup(personal, archive, passphrase)
-    restore(archive, restored, passphrase)
-    same = personal.read_bytes() == restored.read_bytes()
-    digest = hashlib.sha256(restored.read_bytes()).hexdigest()[:16]
-    print(f"\n5/5 backed up {personal.name} to {archive} (Argon2id + AES-256-GCM, a fresh "
-          f"random passphrase), restored it to {restored.name}: "
-          f"{'identical' if same else 'DIFFERENT'} (sha256 {digest}…)")
+    print(f"{'mean':>11} {means[0]:>7.3f} {means[1]:>11.3f} {means[2]:>7.3f} {means[3]:>8.3f} "
+          f"{means[4]:>7.3f}  {sum(r[7] for r in rows)}/{len(rows)}")
+    print("The oracle knows each user's appraisal factor and multiplies v1's prediction by it.")
     print(f"\nDone in {time.perf_counter() - started:.1f} s. Files are in {workdir}/.")
     return 0 if same else 1
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     demo = subparsers.add_parser(
-        "demo", help="run the device side of the loop on the bundled Boston data",
-        description="Train a foundation model on the server's proxy data, export it as plain "
-                    "and updatable Core ML models, personalize the updatable model for each "
-                    "simulated user, print per-user test RMSE before and after, and back up "
-                    "and restore one personal model.")
+        "demo", help="run the whole loop on the bundled Boston data",
+        description="Train a foundation model on the server's proxy data, export it as Core ML "
+                    "models, personalize it on each simulated user's device, back one personal "
+                    "model up and restore it, share part of every device's records "
+                    f"(k={SHARE_K}-anonymized, the target under local DP at ε={SHARE_EPSILON:g}, "
+                    "sealed), ingest them on the server, retrain, and let every device adopt "
+                    "the new version re-personalized on the records it never shared. Prints "
+                    "per-user test RMSE at each stage.")
     demo.add_argument("--workdir", default="dmt-demo",
-                      help="where the models are written (default: %(default)s)")
+                      help="where the models and databases are written; emptied first "
+                           "(default: %(default)s)")
     demo.add_argument("--users", type=int, default=20, help="default: %(default)s")
     demo.add_argument("--spread", type=float, default=0.15,
                       help="appraisal factor spread h: factors ~ U(1-h, 1+h) "

@@ -37,6 +37,7 @@ __all__ = [
     "NoiseWeigher",
     "SharedBatch",
     "retrain_foundation",
+    "shared_batches",
 ]
 
 
@@ -47,6 +48,24 @@ class SharedBatch:
     records: pd.DataFrame
     receipt: Any = None  # the local-DP ReleaseReceipt, if the records were perturbed
     hierarchies: Mapping[str, Mapping[Any, Sequence[Any]]] | None = None
+
+
+def shared_batches(store: Any, which: str = "released") -> list[SharedBatch]:
+    """The records a :class:`~dmt_model.server.SharedStore` holds, one batch per package.
+
+    Each batch carries its package's local-DP receipt, so retraining can weigh
+    the records by their noise; the store's bookkeeping columns are dropped.
+    """
+    frame = store.frame(which)
+    if frame.empty:
+        return []
+    receipts = store.receipts()
+    batches = []
+    for package_id, records in frame.groupby("package_id", sort=True):
+        receipt = receipts.get(str(package_id))
+        batches.append(SharedBatch(records.drop(columns=["package_id", "class_key"]),
+                                   receipt=receipt.dp if receipt is not None else None))
+    return batches
 
 
 def _concat(batches: Sequence[FeatureBatch]) -> FeatureBatch:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import hmac
+import json
 import os
 import secrets
 from collections.abc import Iterator
@@ -64,7 +65,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from dmt_privacy.errors import DMTError, InvalidPackage, ValidationError
-from dmt_privacy.package import decode_package
+from dmt_privacy.package import PrivacyReceipt, decode_package
 from dmt_privacy.seal import ServerPrivateKey, open_sealed, seal
 
 __all__ = [
@@ -291,6 +292,13 @@ class SharedStore:
         if not parts:
             return pd.DataFrame()
         return pd.concat(parts, ignore_index=True)
+
+    def receipts(self) -> dict[str, PrivacyReceipt]:
+        """The privacy receipt of every stored package, by package id."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(PackageRow.package_id, PackageRow.receipt)).all()
+        return {package_id: PrivacyReceipt.from_dict(json.loads(text))
+                for package_id, text in rows}
 
     def counts(self) -> dict[str, int]:
         """Packages, records, classes released and quarantined, records in each."""
