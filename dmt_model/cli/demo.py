@@ -97,8 +97,8 @@ def run_demo(args: argparse.Namespace) -> int:
     # 5. Devices share part of their records: k-anonymized, the target under local DP, sealed.
     server_key = generate_server_key()
     categorical = {f.name: object for f in BOSTON_SCHEMA.by_kind("categorical")}
-    domains = {q: BOSTON_SCHEMA[q].bounds for q in QUASI_IDENTIFIERS
-               if BOSTON_SCHEMA[q].bounds is not None}
+    domains = {q: bounds for q in QUASI_IDENTIFIERS
+               if (bounds := BOSTON_SCHEMA[q].bounds) is not None}
     plan = KAnonymizer(list(QUASI_IDENTIFIERS), k=SHARE_K).fit(
         simulation.proxy.astype(categorical)).plan_.widened(domains)
     policy = SharingPolicy(fields=tuple(BOSTON_SCHEMA.names), plan=plan,
@@ -106,8 +106,8 @@ def run_demo(args: argparse.Namespace) -> int:
     envelopes = {}
     for user_id, (store, _, _) in tqdm(devices.items(), desc="5/7 devices: sharing",
                                        unit="user"):
-        result = share(store, policy, server_key.public_key())
-        envelopes[result.package_id] = (user_id, result.envelope)
+        package = share(store, policy, server_key.public_key())
+        envelopes[package.package_id] = (user_id, package.envelope)
     report = ingest([envelope for _, envelope in envelopes.values()],
                     f"sqlite:///{workdir / 'server' / 'shared.db'}", server_key,
                     ServerPolicy(BOSTON_SCHEMA, min_k=SHARE_K,
@@ -137,15 +137,15 @@ def run_demo(args: argparse.Namespace) -> int:
     v1_spec = load_spec(updatable)
     for user in tqdm(simulation.users, desc="7/7 devices: adopting v2", unit="user"):
         store, personal, personal_v1 = devices[user.user_id]
-        result = adopt_new_version(new_model, personal, store.records("unshared"),
-                                   seed=args.seed)
+        adopted = adopt_new_version(new_model, personal, store.records("unshared"),
+                                    seed=args.seed)
         target = user.test["MEDV"].to_numpy()
         base = predict_frame(v1_spec, user.test)
         rows.append((user.user_id, user.factor, _rmse(base, target),
                      _rmse(predict_frame(personal_v1, user.test), target),
                      _rmse(predict_frame(v2_spec, user.test), target),
                      _rmse(predict_frame(load_spec(personal), user.test), target),
-                     _rmse(base * user.factor, target), result.accepted))
+                     _rmse(base * user.factor, target), adopted.accepted))
         store.close()
 
     print("\nPer-user test RMSE ($1000s). v1: foundation on proxy data; personal v1: "
