@@ -155,9 +155,9 @@ def run_demo(args: argparse.Namespace) -> int:
               f"{'personal':>8} {'oracle':>7}  adopted v2")
     print(header)
     print("-" * len(header))
-    for uid, factor, a, b, c, d, oracle, adopted in rows:
+    for uid, factor, a, b, c, d, oracle, kept in rows:
         print(f"{uid:>4} {factor:>6.3f} {a:>7.3f} {b:>11.3f} {c:>7.3f} {d:>8.3f} {oracle:>7.3f}"
-              f"  {'yes' if adopted else 'no'}")
+              f"  {'yes' if kept else 'no'}")
     means = np.mean(np.array([r[2:7] for r in rows]), axis=0)
     print("-" * len(header))
     print(f"{'mean':>11} {means[0]:>7.3f} {means[1]:>11.3f} {means[2]:>7.3f} {means[3]:>8.3f} "
