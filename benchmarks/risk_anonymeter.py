@@ -54,6 +54,11 @@ def main(folder: Path, cases: list[str]) -> dict:
     for case in cases:
         received = prepare(pd.read_csv(folder / f"received {case}.csv"))
         received = received.dropna()  # suppressed or quarantined cells are not released
+        if len(received) < 2:
+            out[case] = {"released": len(received), **{
+                m: {"risk": 0.0, "ci": [0.0, 0.0]}
+                for m in ("singling_out", "linkability", "inference")}}
+            continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             singling = SinglingOutEvaluator(ori=target, syn=received, control=control,
@@ -68,7 +73,8 @@ def main(folder: Path, cases: list[str]) -> dict:
                                            aux_cols=aux, secret=SECRET, regression=True,
                                            n_attacks=attacks)
             inference.evaluate(n_jobs=1)
-        out[case] = {"singling_out": as_result(singling.risk()),
+        out[case] = {"released": len(received),
+                     "singling_out": as_result(singling.risk()),
                      "linkability": as_result(linking.risk()),
                      "inference": as_result(inference.risk())}
     return out
