@@ -30,6 +30,8 @@ Shared records reach the server generalized or perturbed;
   embedding is the mean of their embeddings); ``"*"``, a suppressed cell
   (``None``/NaN) or an unknown value becomes the uniform distribution over the
   whole vocabulary;
+* a field the sharing policy did not share at all is imputed: the proxy mean
+  for a numeric field, the uniform distribution for a categorical one;
 * a categorical value perturbed with **k-ary randomized response** becomes the
   debiased one-hot ``(onehot(report) − q) / (p − q)``, with p and q the keep
   and flip probabilities from the release receipt: its expectation is the true
@@ -231,13 +233,11 @@ class Featurizer:
         does not describe.
         """
         self._check_fitted()
-        missing = [c for c in self.input_fields if c not in frame.columns]
-        if missing:
-            raise ValidationError(
-                f"Missing input column(s) {missing!r}; the model reads {self.input_fields!r}."
-            )
         numeric = np.empty((len(frame), len(self.numeric_fields)), dtype=np.float64)
         for j, name in enumerate(self.numeric_fields):
+            if name not in frame.columns:  # a field the sharing policy did not share
+                numeric[:, j] = self.mean_[j]
+                continue
             numeric[:, j] = released_numbers(frame[name], fallback=float(self.mean_[j]))
         numeric = ((numeric - self.mean_) / self.scale_).astype(np.float32)
         k_rr = {}
@@ -248,7 +248,8 @@ class Featurizer:
             leaves = self._leaves(name, hierarchies)
             vocabulary = self.vocabularies_[name]
             out = np.zeros((len(frame), len(vocabulary)), dtype=np.float32)
-            for i, value in enumerate(frame[name].tolist()):
+            column = frame[name].tolist() if name in frame.columns else [None] * len(frame)
+            for i, value in enumerate(column):
                 covered = leaves(value)
                 out[i, covered] = 1.0 / len(covered)
             if name in k_rr:

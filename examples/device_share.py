@@ -32,8 +32,12 @@ if not (DIR / "server.key").exists():  # the server's `dmt keygen -o server.key`
 public_key = load_public_key(DIR / "server.key.pub")
 
 simulation = simulate_users(load_boston(), seed=0)
-# The server fits the plan on its proxy data and ships it with the model.
-plan = KAnonymizer(["CHAS", "RAD", "TAX"], k=5).fit(simulation.proxy).plan_
+# The server fits the plan on its proxy data (CHAS and RAD as categories, released as value
+# sets), widens it to the schema's bounds so no device record falls between its classes,
+# and ships it with the model.
+qis = ["CHAS", "RAD", "TAX"]
+plan = KAnonymizer(qis, k=5).fit(simulation.proxy.astype({"CHAS": object, "RAD": object})).plan_
+plan = plan.widened({"TAX": BOSTON_SCHEMA["TAX"].bounds})
 policy = SharingPolicy(
     fields=("CHAS", "RAD", "TAX", "RM", "LSTAT", "PTRATIO", "MEDV"),
     plan=plan,                # quasi-identifiers released as their class's generalization

@@ -76,3 +76,14 @@ def test_unreadable_numbers_are_named(featurizer, boston):
     rows["RM"] = ["six"]
     with pytest.raises(ValidationError, match="'RM'.*'six'"):
         featurizer.transform_released(rows)
+
+
+def test_fields_not_shared_are_imputed(featurizer, boston):
+    partial = boston.head(4)[["RM", "LSTAT", "MEDV"]]
+    batch = featurizer.transform_released(partial)
+    j = featurizer.numeric_fields.index("CRIM")
+    np.testing.assert_allclose(batch.numeric[:, j], 0.0, atol=1e-6)  # the proxy mean
+    np.testing.assert_allclose(batch.categorical["RAD"], 1 / 9, rtol=1e-6)
+    k = featurizer.numeric_fields.index("RM")
+    full = featurizer.transform(boston.head(4)).numeric
+    np.testing.assert_allclose(batch.numeric[:, k], full[:, k], rtol=1e-6)
