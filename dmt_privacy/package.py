@@ -11,9 +11,12 @@ the envelope, the msgpack or the structure.
 
 Cell values: ``None``, ``bool``, ``int`` (64-bit), ``float`` (binary64, NaN
 and ±inf included), ``str``, ``bytes``, closed/half-open numeric intervals
-(``pandas.Interval`` with float endpoints, as the k-anonymizer releases them)
-and value sets (``frozenset`` of scalars, as the k-anonymizer releases
-categorical classes). Hierarchy nodes are the node's label, a ``str``.
+(``pandas.Interval`` with float endpoints, as the k-anonymizer releases them),
+value sets (``frozenset`` of scalars, as the k-anonymizer releases
+categorical classes) and numeric arrays (``numpy.ndarray`` of 1 to 4
+dimensions and dtype uint8, uint16, int16, int32, float32 or float64: images
+and audio clips as :mod:`dmt_privacy.modify` returns them; decoded arrays are
+read-only). Hierarchy nodes are the node's label, a ``str``.
 
 Wire format, package format 1: one msgpack map of exactly these keys (written in
 this order; read in any order)::
@@ -31,13 +34,17 @@ Column encodings: ``"f8"`` (every cell a float): data is a bin of
 ``8 * n_records`` bytes, little-endian IEEE 754 binary64; ``"i8"`` (every
 cell an int in int64 range): a bin of little-endian int64; ``"obj"``: an
 array of ``n_records`` msgpack values, floats always as float64 (never
-``use_single_float``: it would truncate perturbed values). Two msgpack ext
+``use_single_float``: it would truncate perturbed values). Three msgpack ext
 types, and no others, may appear in ``"obj"`` cells::
 
     ext 1  interval   17 bytes: closed u8 (0 both, 1 left, 2 right, 3 neither),
                       lo f64 little-endian, hi f64 little-endian; lo <= hi
     ext 2  value set  a msgpack array of distinct scalar members (nil, bool, int,
                       float, str); encoders sort members by their msgpack bytes
+    ext 3  array      dtype u8 (1 uint8, 2 uint16, 3 int16, 4 int32, 5 float32,
+                      6 float64), ndim u8 (1 to 4), ndim dims u32 little-endian,
+                      then the elements in C order, little-endian: exactly
+                      prod(dims) * itemsize bytes
 
 Decoding (:func:`decode_package`) happens only after authenticated
 decryption, and still runs with explicit limits and full validation.
@@ -69,6 +76,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_RECORDS",
+    "EXT_ARRAY",
     "EXT_INTERVAL",
     "EXT_VALUE_SET",
     "PACKAGE_FORMAT",
@@ -86,12 +94,21 @@ PACKAGE_FORMAT = 1
 PACKAGE_INFO = b"dmt.share-package"
 EXT_INTERVAL = 1
 EXT_VALUE_SET = 2
+EXT_ARRAY = 3
 DEFAULT_MAX_RECORDS = 1_000_000
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 
 _CLOSED = ("both", "left", "right", "neither")
 _CLOSED_CODE = {name: code for code, name in enumerate(_CLOSED)}
 _INTERVAL = struct.Struct("<Bdd")
+_ARRAY_HEADER = struct.Struct("<BB")
+_ARRAY_DIM = struct.Struct("<I")
+#: ext 3 dtype codes; arrays of other dtypes are refused (convert them first).
+_ARRAY_DTYPES: dict[int, np.dtype[Any]] = {
+    code: np.dtype(name) for code, name in enumerate(("<u1", "<u2", "<i2", "<i4", "<f4", "<f8"), 1)
+}
+_ARRAY_CODE = {dtype: code for code, dtype in _ARRAY_DTYPES.items()}
+_MAX_ARRAY_NDIM = 4
 _PACKAGE_ID = re.compile(r"[0-9a-f]{32}")
 _DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _MAX_SCHEMA_ID = 128
@@ -100,7 +117,7 @@ _KEYS = ("format", "schema_id", "package_id", "created_day", "n_records", "recei
 _RECEIPT_KEYS = ("k", "l", "t", "dp", "modifications")
 
 _SCALAR_TYPES = frozenset({type(None), bool, int, float, str})
-_CELL_TYPES = _SCALAR_TYPES | {bytes, pd.Interval, frozenset}
+_CELL_TYPES = _SCALAR_TYPES | {bytes, pd.Interval, frozenset, np.ndarray}
 
 
 # --- privacy receipt ------------------------------------------------------------------------
@@ -298,6 +315,8 @@ def _cell(value: Any, where: str) -> Any:
     if type(value) in _CELL_TYPES:
         if type(value) is pd.Interval:
             return _interval(value, where)
+        if type(value) is np.ndarray:
+            return _array(value, where)
         if type(value) is frozenset:
             if all(type(m) in _SCALAR_TYPES for m in value):
                 return value  # shared, immutable: keep the object (encoding caches by identity)
@@ -315,7 +334,7 @@ def _cell(value: Any, where: str) -> Any:
         return frozenset(_scalar(m, where) for m in value)
     raise ValidationError(
         f"{where}: unsupported cell type {type(value).__name__} ({value!r}). Cells may be None, "
-        "bool, int, float, str, bytes, pandas.Interval or frozenset."
+        "bool, int, float, str, bytes, pandas.Interval, frozenset or a numeric numpy array."
     )
 
 
@@ -326,6 +345,25 @@ def _interval(value: pd.Interval, where: str) -> pd.Interval:
     if not (isinstance(lo, (int, float, np.number)) and isinstance(hi, (int, float, np.number))):
         raise ValidationError(f"{where}: interval endpoints must be numbers, got {value!r}.")
     return pd.Interval(float(lo), float(hi), closed=value.closed)
+
+
+def _array(value: np.ndarray, where: str) -> np.ndarray:
+    """A read-only, C-ordered, little-endian copy of a numeric array (an image, an audio clip)."""
+    dtype = value.dtype.newbyteorder("<")
+    if dtype not in _ARRAY_CODE:
+        names = ", ".join(str(d) for d in _ARRAY_DTYPES.values())
+        raise ValidationError(
+            f"{where}: an array cell must have dtype {names}, got {value.dtype}; convert it "
+            "first (e.g. image.astype(np.uint8), clip.astype(np.float32))."
+        )
+    if not 1 <= value.ndim <= _MAX_ARRAY_NDIM or any(d >= 2**32 for d in value.shape):
+        raise ValidationError(
+            f"{where}: an array cell must have 1 to {_MAX_ARRAY_NDIM} dimensions, each below "
+            f"2**32, got shape {value.shape}."
+        )
+    out = np.ascontiguousarray(value, dtype=dtype).copy()
+    out.flags.writeable = False
+    return out
 
 
 def _column(name: str, values: Any) -> list[Any]:
@@ -356,6 +394,8 @@ def _cell_key(value: Any) -> Any:
         return ("interval", value.closed, float(value.left), float(value.right))
     if type(value) is frozenset:
         return ("set", frozenset(_cell_key(m) for m in value))
+    if type(value) is np.ndarray:
+        return ("array", value.dtype.str, value.shape, value.tobytes())
     return (type(value).__name__, value)
 
 
@@ -426,8 +466,9 @@ class SharePackage:
 
         ``columns`` maps field names to lists, tuples, numpy arrays or pandas
         Series (a DataFrame works too). numpy scalars become Python scalars,
-        ``pd.NA``/``NaT`` become ``None``, sets become frozensets and interval
-        endpoints become floats; anything else is a ValidationError.
+        ``pd.NA``/``NaT`` become ``None``, sets become frozensets, interval
+        endpoints become floats and numeric arrays (images, audio) read-only
+        little-endian copies; anything else is a ValidationError.
         """
         if isinstance(columns, pd.DataFrame):
             if not columns.columns.is_unique:
@@ -512,8 +553,17 @@ def _set_payload(value: frozenset[Any]) -> bytes:
     return _array_header(len(members)) + b"".join(members)
 
 
-def _generalized_cells(col: list[Any]) -> list[Any]:
-    """``col`` with intervals and value sets as msgpack ExtTypes.
+def _array_payload(value: np.ndarray) -> bytes:
+    code = _ARRAY_CODE.get(value.dtype)
+    if code is None or not 1 <= value.ndim <= _MAX_ARRAY_NDIM:
+        raise ValidationError(f"Array of dtype {value.dtype} and shape {value.shape} cannot be "
+                              "encoded; build packages with SharePackage.create.")
+    dims = b"".join(_ARRAY_DIM.pack(d) for d in value.shape)
+    return _ARRAY_HEADER.pack(code, value.ndim) + dims + np.ascontiguousarray(value).tobytes()
+
+
+def _tagged_cells(col: list[Any]) -> list[Any]:
+    """``col`` with intervals, value sets and arrays as msgpack ExtTypes.
 
     Classes repeat: the k-anonymizer releases one interval or set object per
     class, so encodings are cached by object identity (exact: the cells stay
@@ -534,6 +584,8 @@ def _generalized_cells(col: list[Any]) -> list[Any]:
                     ext = by_payload[key] = msgpack.ExtType(*key)
                 by_id[id(v)] = ext
             out.append(ext)
+        elif t is np.ndarray:
+            out.append(msgpack.ExtType(EXT_ARRAY, _array_payload(v)))
         else:
             out.append(v)
     return out
@@ -569,8 +621,8 @@ def _encode_column(name: str, col: list[Any]) -> list[Any]:
             f"Column {name!r} holds unsupported cell types {bad!r}; build packages with "
             "SharePackage.create, which normalizes cells."
         )
-    if pd.Interval in kinds or frozenset in kinds:
-        return [name, "obj", _generalized_cells(col)]
+    if pd.Interval in kinds or frozenset in kinds or np.ndarray in kinds:
+        return [name, "obj", _tagged_cells(col)]
     return [name, "obj", col]
 
 
@@ -630,12 +682,27 @@ def _ext_hook_factory(max_bytes: int, max_records: int) -> Any:
             _require(type(members) is list and set(map(type, members)) <= _SCALAR_TYPES)
             value = frozenset(members)
             _require(len(value) == len(members))
+        elif code == EXT_ARRAY:
+            value = _decode_array(data)
         else:
             raise _Malformed
         cache[key] = value
         return value
 
     return hook
+
+
+def _decode_array(data: bytes) -> np.ndarray:
+    _require(len(data) >= _ARRAY_HEADER.size)
+    code, ndim = _ARRAY_HEADER.unpack_from(data)
+    _require(code in _ARRAY_DTYPES and 1 <= ndim <= _MAX_ARRAY_NDIM)
+    offset = _ARRAY_HEADER.size + ndim * _ARRAY_DIM.size
+    _require(len(data) >= offset)
+    shape = tuple(_ARRAY_DIM.unpack_from(data, _ARRAY_HEADER.size + i * _ARRAY_DIM.size)[0]
+                  for i in range(ndim))
+    dtype = _ARRAY_DTYPES[code]
+    _require(len(data) - offset == math.prod(shape) * dtype.itemsize)
+    return np.frombuffer(data, dtype=dtype, offset=offset).reshape(shape)  # read-only
 
 
 def _decode(data: Any, max_records: int, max_bytes: int) -> SharePackage:

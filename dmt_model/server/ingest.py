@@ -8,12 +8,15 @@ For each package, :func:`ingest`:
 2. rejects a replay: a package id already stored;
 3. validates the schema id, the columns (known fields, no identifiers,
    numeric values finite and within the schema's bounds, or within the DP
-   receipt's output window; categories in the vocabulary; quasi-identifiers
-   generalized, i.e. intervals inside the bounds, value sets or hierarchy
-   nodes) and the privacy receipt (k at least ``min_k`` when
-   quasi-identifiers are present; every field of ``max_epsilon`` perturbed
-   with at most that ε, with the schema's bounds and grid and a secure
-   random source; the DP record count equal to the package's);
+   receipt's output window; categories in the vocabulary; text as strings;
+   images as (H, W) or (H, W, C) arrays with C in 1, 3, 4 and audio as 1-D or
+   (channels, samples) arrays, finite, of the dtypes :mod:`dmt_privacy.modify`
+   takes; quasi-identifiers generalized, i.e. intervals inside the bounds,
+   value sets or hierarchy nodes) and the privacy receipt (k at least
+   ``min_k`` when quasi-identifiers are present; every field of
+   ``max_epsilon`` perturbed with at most that ε, with the schema's bounds
+   and grid and a secure random source; the DP record count equal to the
+   package's);
 4. writes the package, its encrypted record blocks and the class counts in
    ONE transaction, and releases every class that now holds records from at
    least ``min_k`` distinct packages. A rejected or interrupted package
@@ -387,7 +390,26 @@ def _validate(package: Any, policy: ServerPolicy) -> Mapping[str, list[Any]]:
         elif spec.kind is Kind.TEXT:
             if not all(isinstance(v, str) for v in values):
                 raise _Rejected(f"bad values: text field {name!r} holds non-strings")
+        elif spec.kind in (Kind.IMAGE, Kind.AUDIO):
+            _check_media(name, values, spec.kind)
     return columns
+
+
+def _check_media(name: str, values: Sequence[Any], kind: Kind) -> None:
+    """Images and audio clips as :mod:`dmt_privacy.modify` takes them (package ext 3 arrays)."""
+    for v in values:
+        if not isinstance(v, np.ndarray):
+            raise _Rejected(f"bad values: {kind.value} field {name!r} holds "
+                            f"{type(v).__name__}, not an array")
+        if kind is Kind.IMAGE:
+            ok = v.dtype.kind in "uf" and (v.ndim == 2 or (v.ndim == 3 and v.shape[2] in (1, 3, 4)))
+        else:
+            ok = v.dtype.kind in "if" and v.ndim in (1, 2)
+        if not ok:
+            raise _Rejected(f"bad values: {kind.value} field {name!r} holds an array of dtype "
+                            f"{v.dtype} and shape {v.shape}")
+        if v.dtype.kind == "f" and not np.isfinite(v).all():
+            raise _Rejected(f"bad values: {kind.value} field {name!r} holds non-finite samples")
 
 
 def _check_categories(name: str, values: Sequence[Any], categories: Any) -> None:
