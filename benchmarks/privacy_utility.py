@@ -254,6 +254,7 @@ def plot(summary: dict, risks: dict, path: Path) -> None:
         if dp_fedavg in summary and label.startswith("ε"):
             ax.plot([1.0], [summary[dp_fedavg]["mean"]], "r*", ms=12, label=dp_fedavg)
         ax.set_xscale("log")
+        ax.minorticks_off()
         ax.set_xticks(list(xs))
         ax.set_xticklabels([f"{x:g}" for x in xs])
         ax.set_xlabel(label)
@@ -279,7 +280,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--spread", type=float, default=0.15)
     parser.add_argument("--risk", action="store_true", help="measure anonymeter risk too")
+    parser.add_argument("--plot-only", action="store_true",
+                        help="redraw the plot from the last results JSON")
     args = parser.parse_args()
+    if args.plot_only:
+        saved = json.loads((RESULTS / "privacy_utility.json").read_text())
+        plot(saved["summary"], saved["risk"], RESULTS / "privacy_utility.png")
+        return
     data = load_boston()
     started = time.perf_counter()
     per_seed: dict[str, list[float]] = {}
