@@ -166,6 +166,7 @@ def _check_records(spec: Any, frame: pd.DataFrame, *, what: str) -> np.ndarray:
     if len(frame) == 0:
         raise ValidationError(f"{what}: no records given.")
     featurizer.schema.validate(frame, columns=columns)
+    featurizer.schema.check_bounds(frame, columns=columns)
     featurizer.transform(frame)  # unknown categories raise here, naming the field
     return featurizer.target_values(frame)
 
@@ -405,7 +406,7 @@ def _checked_update(
         n_held = sum(len(held) for _, held in checks)
         before, after = before / n_held, after / n_held
         if not math.isfinite(after) or after > before:
-            reason = (f"held-out MSE would rise from {before:.4g} to {after:.4g}; "
+            reason = (f"held-out MSE would rise from {before:.3f} to {after:.3f}; "
                       "the personal model was kept as it was.")
             return PersonalizationResult(False, reason, before, after, output, history)
         if holdout is None:
@@ -414,7 +415,7 @@ def _checked_update(
         return PersonalizationResult(False, str(exc), before, math.nan, output, history)
     save_spec(candidate, output)
     how = "on the holdout" if holdout is not None else f"in {len(checks)}-fold cross-validation"
-    return PersonalizationResult(True, f"held-out MSE {before:.4g} → {after:.4g} {how}", before,
+    return PersonalizationResult(True, f"held-out MSE {before:.3f} → {after:.3f} {how}", before,
                                  after, output, history)
 
 
@@ -446,7 +447,7 @@ def personalize(
     model_path = Path(model_path)
     spec = load_spec(model_path)
     validate_updatable(spec)
-    _check_records(spec, records, what=f"records for {model_path.name}")
+    _check_records(spec, records, what="records")
     return _checked_update(spec, spec, records, holdout=holdout,
                            output=Path(output_path) if output_path is not None else model_path,
                            folds=folds, seed=seed, on_event=on_event, overrides=overrides)

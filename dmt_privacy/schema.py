@@ -190,6 +190,7 @@ class Field:
         try:
             return self.categories.index(value)
         except ValueError:
+            value = value.item() if hasattr(value, "item") else value  # numpy scalars
             raise UnknownCategoryError(
                 f"Field {self.name!r}: value {value!r} is not one of its categories "
                 f"{list(self.categories)!r}. Map it to a known category or extend the schema."
@@ -309,6 +310,27 @@ class Schema:
                     pos = int(unknown.argmax())
                     spec.category_index(column.iloc[pos])  # raises with the message
 
+    def check_bounds(self, frame: Any, *, columns: Sequence[str] | None = None) -> None:
+        """Raise :class:`ValidationError` for a numeric value outside its field's bounds.
+
+        Names the column, the row and the value. Fields without bounds are not checked.
+        """
+        for name in columns if columns is not None else self.names:
+            spec = self[name]
+            if spec.kind is not Kind.NUMERIC or spec.bounds is None:
+                continue
+            values = frame[name].to_numpy(dtype=float)
+            outside = (values < spec.bounds[0]) | (values > spec.bounds[1])
+            if outside.any():
+                at = int(outside.argmax())
+                row = frame.index[at]
+                row = row.item() if hasattr(row, "item") else row
+                raise ValidationError(
+                    f"Column {name!r} has {float(values[at])!r} at row {row!r}, outside "
+                    f"its bounds [{spec.bounds[0]:g}, {spec.bounds[1]:g}]; fix the record or "
+                    "widen the schema's bounds."
+                )
+
     # --- JSON -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {"format": SCHEMA_FORMAT, "name": self.name,
@@ -317,6 +339,11 @@ class Schema:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Schema:
         fmt = data.get("format")
+        if fmt is None:
+            raise SchemaError(
+                "This is not a dmt schema: it has no \"format\" key. Write one with "
+                "Schema.to_json() (see dmt_model.datasets.BOSTON_SCHEMA for an example)."
+            )
         if fmt != SCHEMA_FORMAT:
             raise SchemaError(
                 f"Schema format {fmt!r} is not supported (this SDK reads format "

@@ -309,6 +309,7 @@ def save_private_key(key: ServerPrivateKey, path: str | os.PathLike[str], *,
 def load_private_key(path: str | os.PathLike[str]) -> ServerPrivateKey:
     """Read a private key file. Refuses a file that group or others may access (chmod 600 it)."""
     path = Path(path)
+    key = ServerPrivateKey.from_bytes(_read_key_file(path))  # a public key is refused here
     if os.name == "posix":
         mode = stat.S_IMODE(path.stat().st_mode)
         if mode & 0o077:
@@ -316,7 +317,7 @@ def load_private_key(path: str | os.PathLike[str]) -> ServerPrivateKey:
                 f"Private key file {path} has mode {mode:04o}: group or others may access it. "
                 f"Run `chmod 600 {path}` (and consider the key exposed)."
             )
-    return ServerPrivateKey.from_bytes(_read_key_file(path))
+    return key
 
 
 def save_public_key(key: ServerPublicKey, path: str | os.PathLike[str], *,

@@ -4,8 +4,9 @@ Run after examples/device_share.py and examples/server_ingest.py. Reads the
 records the server released (classes with records from at least k devices),
 with each package's privacy receipt, retrains the foundation on them in the
 form they arrived (intervals as midpoints, value sets spread over their
-categories, DP-perturbed values weighted by their noise), and publishes
-version 2 beside version 1 in DIR/models, each with its evaluation.
+categories, DP-perturbed values weighted by their noise), and publishes it as
+the next version in DIR/models (version 2 on the first run), beside the
+earlier ones, each with its evaluation.
 
 Usage: python examples/server_retrain.py [DIR]   (default: $TMPDIR/dmt-share-example)
 """
@@ -42,7 +43,8 @@ version = registry.publish(
     trained_on={"proxy": len(simulation.proxy), "shared": sum(len(b.records) for b in batches)})
 
 for v in registry.versions():
-    print(f"v{v.version}: {v.mlmodel_file:<24} trained on {v.trained_on}, "
+    trained_on = ", ".join(f"{n} {what}" for what, n in v.trained_on.items())
+    print(f"v{v.version}: {v.mlmodel_file:<24} trained on {trained_on} records, "
           f"test RMSE {v.evaluation['rmse']:.3f} ({v.notes})")
 print(f"devices fetch {registry.path(version.mlmodel_file)} and adopt it with "
       "dmt_model.personalize.adopt_new_version")

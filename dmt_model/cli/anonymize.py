@@ -55,6 +55,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                         metavar="COLUMN=FILE.csv",
                         help="ARX-format hierarchy for a column (repeatable)")
     parser.add_argument("--hierarchy-sep", default=";", help="separator of hierarchy files")
+    parser.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     parser.add_argument("--max-suppression", type=float, default=0.0,
                         help="fraction of records that may be suppressed (default 0)")
     parser.add_argument("--sep", default=None,
@@ -75,6 +76,10 @@ def run(args: argparse.Namespace) -> int:
     """Anonymize ``args.input`` into ``args.output``; print the report; return 0."""
     if not args.input.is_file():
         raise ValidationError(f"Input file {str(args.input)!r} does not exist.")
+    if args.output.resolve() == args.input.resolve():
+        raise ValidationError(f"-o {args.output} is the input file; write the result elsewhere.")
+    if args.output.exists() and not args.force:
+        raise ValidationError(f"{args.output} already exists; pass --force to replace it.")
     sep = args.sep or _guess_sep(args.input)
     frame = pd.read_csv(args.input, sep=sep)
     hierarchies = {

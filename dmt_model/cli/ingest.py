@@ -34,7 +34,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
             "Open sealed share packages with the server's private key, validate them against "
             "the server's policy (schema, bounds, k, ε), reject replays, store each package "
             "in one transaction (records encrypted at rest) and print a summary. Running it "
-            "again on the same packages changes nothing."
+            "again on the same packages changes nothing. Exits 4 when packages were offered "
+            "and none could be stored (often the wrong --key)."
         ),
     )
     parser.add_argument("paths", nargs="+", type=Path,
@@ -82,9 +83,17 @@ def run_ingest(args: argparse.Namespace) -> int:
     key = load_private_key(args.key)
     policy = (ServerPolicy.from_json(args.policy.read_text()) if args.policy is not None
               else default_policy())
-    report = ingest(list(args.paths), str(args.db), key, policy)
+    from sqlalchemy.exc import OperationalError
+
+    try:
+        report = ingest(list(args.paths), str(args.db), key, policy)
+    except OperationalError as exc:
+        raise ValidationError(
+            f"--db {args.db}: the database cannot be opened ({exc.orig}); check the URL or "
+            "path and that its folder exists.") from None
     if args.json:
         print(json.dumps(report.to_dict(), indent=1))
     else:
         print(report.to_text())
-    return 0
+    # Exit 4 when packages were offered and none could be stored: often the wrong --key.
+    return 4 if report.rejected and not report.stored_ids else 0

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from dmt_model.cli._progress import progress
 from dmt_privacy.errors import ValidationError
 from dmt_privacy.schema import Schema
 
@@ -14,12 +15,30 @@ __all__ = ["register"]
 
 
 def _read_csv(path: str, what: str) -> pd.DataFrame:
+    """A CSV file, its separator (comma, semicolon or tab) sniffed from its first line."""
     try:
-        return pd.read_csv(path)
+        frame = pd.read_csv(path, sep=None, engine="python")
     except FileNotFoundError:
         raise ValidationError(f"{what}: no file {path}.") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise ValidationError(f"{what}: {path} is not a readable CSV file ({exc}).") from None
+    if frame.empty:
+        raise ValidationError(f"{what}: {path} holds no records.")
+    return frame
+
+
+def _refuse_existing(path: str | None, force: bool, *, source: str | None = None) -> None:
+    """Refuse to replace an existing output file unless --force; never the input itself."""
+    if path is None:
+        return
+    if source is not None and Path(path).resolve() == Path(source).resolve():
+        raise ValidationError(f"-o {path} is the input file; write the result elsewhere.")
+    if Path(path).exists() and not force:
+        raise ValidationError(f"{path} already exists; pass --force to replace it.")
+
+
+def _named(what: str, error: ValidationError) -> ValidationError:
+    return ValidationError(f"{what}: {error}")
 
 
 def _schema(path: str | None) -> Schema:
@@ -31,13 +50,14 @@ def _schema(path: str | None) -> Schema:
         return Schema.from_json(Path(path).read_text())
     except FileNotFoundError:
         raise ValidationError(f"--schema: no file {path}.") from None
+    except ValueError as exc:  # SchemaError included
+        raise ValidationError(f"--schema {path}: {exc}") from None
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from dmt_model.foundation import TrainingConfig, train_foundation
 
+    _refuse_existing(args.output, args.force)
     schema = _schema(args.schema)
     if args.data is None:
         from dmt_model.datasets import load_boston, simulate_users
@@ -48,12 +68,12 @@ def run_train(args: argparse.Namespace) -> int:
         data = _read_csv(args.data, "--data")
     config = TrainingConfig(epochs=args.epochs, batch_size=args.batch_size,
                             learning_rate=args.learning_rate, seed=args.seed)
-    with tqdm(total=config.epochs, desc="training foundation", unit="epoch") as bar:
-        def progress(epoch: int, loss: float) -> None:
+    with progress(total=config.epochs, desc="training foundation", unit="epoch") as bar:
+        def on_epoch_end(epoch: int, loss: float) -> None:
             bar.set_postfix(mse=f"{loss:.3f}", refresh=False)
             bar.update()
 
-        foundation = train_foundation(data, schema, config, on_epoch_end=progress)
+        foundation = train_foundation(data, schema, config, on_epoch_end=on_epoch_end)
     metrics = foundation.evaluate(data)
     foundation.save(args.output)
     print(f"Saved {args.output}: training RMSE {metrics.rmse:.3f}, MAE {metrics.mae:.3f} "
@@ -65,6 +85,7 @@ def run_export(args: argparse.Namespace) -> int:
     from dmt_model.coreml import UpdateSettings, export_coreml
     from dmt_model.foundation import Foundation
 
+    _refuse_existing(args.output, args.force, source=args.foundation)
     foundation = Foundation.load(args.foundation)
     settings = None
     if args.updatable:
@@ -81,16 +102,15 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_personalize(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from dmt_model.coreml import load_spec
     from dmt_model.personalize import UpdateEvent, personalize, read_settings
 
+    _refuse_existing(args.output, args.force, source=args.records)
     records = _read_csv(args.records, "--records")
     holdout = _read_csv(args.holdout, "--holdout") if args.holdout else None
     epochs = args.epochs or read_settings(load_spec(args.model)).epochs
-    with tqdm(total=epochs, desc="personalizing", unit="epoch") as bar:
-        def progress(event: UpdateEvent) -> None:
+    with progress(total=epochs, desc="personalizing", unit="epoch") as bar:
+        def on_event(event: UpdateEvent) -> None:
             if event.kind == "epoch_end":
                 bar.set_postfix(mse=f"{event.loss:.3f}", refresh=False)
                 bar.update()
@@ -98,12 +118,15 @@ def run_personalize(args: argparse.Namespace) -> int:
         overrides = {k: v for k, v in (("learning_rate", args.learning_rate),
                                        ("epochs", args.epochs),
                                        ("batch_size", args.batch_size)) if v is not None}
-        result = personalize(args.model, records, holdout=holdout, output_path=args.output,
-                             on_event=progress, **overrides)
+        try:
+            result = personalize(args.model, records, holdout=holdout, output_path=args.output,
+                                 on_event=on_event, **overrides)
+        except ValidationError as exc:
+            raise _named(f"--records {args.records}", exc) from None
     if result.accepted:
         print(f"Updated {result.model_path}: {result.reason}.")
         return 0
-    print(f"Kept the personal model unchanged: {result.reason}")
+    print(f"Not updated: {result.reason}")
     return 3
 
 
@@ -121,6 +144,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     train.add_argument("--batch-size", type=int, default=32, help="default: %(default)s")
     train.add_argument("--learning-rate", type=float, default=1e-3, help="default: %(default)s")
     train.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    train.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     train.set_defaults(func=run_train)
 
     export = subparsers.add_parser(
@@ -142,6 +166,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     export.add_argument("--no-shuffle", action="store_true", help="keep example order")
     export.add_argument("--seed", type=int, default=0, help="shuffle seed (default: 0)")
     export.add_argument("--version", default="1", help="model version string (default: 1)")
+    export.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     export.set_defaults(func=run_export)
 
     pers = subparsers.add_parser(
@@ -152,11 +177,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     pers.add_argument("model", help="the user's updatable .mlmodel")
     pers.add_argument("--records", required=True,
                       help="CSV of the user's records (model inputs and the target)")
-    pers.add_argument("--holdout", help="CSV of held-out records for the check (default: a "
-                                        "quarter of --records is held out)")
+    pers.add_argument("--holdout", help="CSV of held-out records for the check (default: "
+                                        "4-fold cross-validation on --records)")
     pers.add_argument("-o", "--output", help="write the new model here instead of replacing "
                                              "MODEL")
     pers.add_argument("--learning-rate", type=float, help="override the model's")
     pers.add_argument("--epochs", type=int, help="override the model's")
     pers.add_argument("--batch-size", type=int, help="override the model's")
+    pers.add_argument("--force", action="store_true",
+                      help="replace the -o file if it exists (MODEL itself is replaced only "
+                           "when the update passes the check)")
     pers.set_defaults(func=run_personalize)

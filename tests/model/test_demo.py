@@ -11,3 +11,11 @@ def test_demo_runs_the_whole_loop(tmp_path, capsys):
     assert "adopted v2" in out and out.count("\n") > 20
     models = sorted(p.name for p in (tmp_path / "demo" / "server" / "models").iterdir())
     assert "foundation-v2.mlmodel" in models and "versions.json" in models
+
+
+def test_demo_never_empties_a_folder_it_did_not_write(tmp_path, capsys):
+    precious = tmp_path / "thesis.txt"
+    precious.write_text("years of work")
+    assert main(["demo", "--workdir", str(tmp_path), "--users", "4"]) == 1
+    assert precious.read_text() == "years of work"
+    assert "holds files that a demo did not write" in capsys.readouterr().err

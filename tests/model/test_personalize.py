@@ -109,10 +109,12 @@ def test_personalize_replaces_the_model_when_held_out_loss_improves(personal_mod
     assert sorted(p.name for p in personal_model.parent.iterdir()) == ["personal.mlmodel"]
 
 
-def test_a_diverging_update_never_replaces_the_model(personal_model, simulation):
+def test_a_diverging_update_never_replaces_the_model(foundation, simulation, tmp_path):
+    # Only the last (linear) layer updatable: at lr 0.3 its SGD steps grow without bound.
+    personal_model = export_coreml(foundation, tmp_path / "personal.mlmodel",
+                                   updatable=UpdateSettings(updatable_layers=1))
     before = personal_model.read_bytes()
-    records = simulation.users[0].train.assign(MEDV=1e25)  # float32 overflows within steps
-    result = personalize(personal_model, records, learning_rate=1.0)
+    result = personalize(personal_model, simulation.users[0].train, learning_rate=0.3)
     assert not result.accepted and "diverged" in result.reason
     assert personal_model.read_bytes() == before
 
@@ -120,7 +122,7 @@ def test_a_diverging_update_never_replaces_the_model(personal_model, simulation)
 def test_an_update_that_worsens_held_out_loss_is_not_kept(personal_model, simulation):
     user = simulation.users[2]
     skewed = user.train.copy()
-    skewed["MEDV"] = skewed["MEDV"] * 3  # trains toward prices the holdout does not have
+    skewed["MEDV"] = 58.0  # trains toward prices the holdout does not have
     before = personal_model.read_bytes()
     result = personalize(personal_model, skewed, holdout=user.test)
     assert not result.accepted and "would rise" in result.reason
@@ -158,3 +160,12 @@ def test_a_failed_write_leaves_the_old_model(personal_model, simulation, monkeyp
         personalize(personal_model, user.train, holdout=user.train)
     assert personal_model.read_bytes() == before
     assert sorted(p.name for p in personal_model.parent.iterdir()) == ["personal.mlmodel"]
+
+
+def test_values_outside_the_schema_bounds_are_named(personal_model, simulation):
+    before = personal_model.read_bytes()
+    records = simulation.users[0].train.copy()
+    records.iloc[2, records.columns.get_loc("RM")] = 1e6
+    with pytest.raises(ValidationError, match=r"'RM' has 1000000.0 at row .*bounds \[3, 9\]"):
+        personalize(personal_model, records)
+    assert personal_model.read_bytes() == before

@@ -1,0 +1,39 @@
+"""The train / export / personalize commands refuse to overwrite and name bad input."""
+
+import pytest
+
+from dmt_model.cli import main
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli")
+    assert main(["train", "-o", str(folder / "f.npz"), "--epochs", "5"]) == 0
+    assert main(["export", str(folder / "f.npz"), "-o", str(folder / "m.mlmodel"),
+                 "--updatable", "--epochs", "10"]) == 0
+    return folder
+
+
+def test_outputs_are_not_replaced_without_force(trained, capsys):
+    model = trained / "m.mlmodel"
+    before = model.read_bytes()
+    assert main(["export", str(trained / "f.npz"), "-o", str(model)]) == 1
+    assert "already exists; pass --force" in capsys.readouterr().err
+    assert model.read_bytes() == before
+    assert main(["train", "-o", str(trained / "f.npz"), "--epochs", "1"]) == 1
+
+
+def test_personalize_names_the_records_file(trained, boston, capsys):
+    records = trained / "user.csv"
+    broken = boston.head(12).copy()
+    broken.loc[broken.index[3], "RAD"] = 9
+    broken.to_csv(records, index=False)
+    before = (trained / "m.mlmodel").read_bytes()
+    assert main(["personalize", str(trained / "m.mlmodel"), "--records", str(records)]) == 1
+    err = capsys.readouterr().err
+    assert "--records" in err and "user.csv" in err and "'RAD'" in err and "9" in err
+    assert "np.int64" not in err
+    assert (trained / "m.mlmodel").read_bytes() == before
+    boston.head(12).to_csv(records, index=False, sep=";")  # the separator is sniffed
+    assert main(["personalize", str(trained / "m.mlmodel"), "--records", str(records),
+                 "--epochs", "5"]) in (0, 3)
