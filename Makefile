@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.dmt-installed
 
-.PHONY: install demo test lint typecheck bench clean wordnet risk-env
+.PHONY: install demo test lint typecheck bench clean wordnet risk-env postgres
 
 install: $(STAMP)
 
@@ -49,7 +49,46 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
-test: install lint typecheck wordnet
+# PostgreSQL for the server tests: Debian's packages where apt-get exists (installed if
+# missing); `make test` starts a throwaway cluster owned by a non-root user on 127.0.0.1 and a
+# free port, data under build/postgres (gitignored), passes its URL to pytest as
+# DMT_TEST_POSTGRES_URL and stops it when pytest ends, pass or fail. Elsewhere the PostgreSQL
+# tests skip.
+PG_DIR := $(CURDIR)/build/postgres
+PG_APT := postgresql
+
+postgres:
+	@if command -v apt-get >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $$SUDO apt-get install -y --no-install-recommends $(PG_APT) || \
+	  { $$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends $(PG_APT); }; \
+	fi
+
+# Sets pg_bin, pg_as (runs a command as the cluster's owner), pg_dir and pg_port; starts the
+# cluster or fails. As root the owner is Debian's `postgres` user; if it cannot write under the
+# checkout (e.g. one in /root), the data go to a temporary folder instead.
+define PG_START
+pg_bin=$$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1); \
+if [ -z "$$pg_bin" ]; then echo "No PostgreSQL here (needs apt-get): its tests will skip."; else \
+  pg_as=""; pg_dir=$(PG_DIR); rm -rf $(PG_DIR); mkdir -p $(PG_DIR); \
+  if [ "$$(id -u)" = 0 ]; then pg_as="runuser -u postgres --"; chown postgres $(PG_DIR); \
+    $$pg_as test -w $(PG_DIR) || { pg_dir=$$(mktemp -d /tmp/dmt-postgres.XXXXXX); chown postgres $$pg_dir; }; fi; \
+  pg_port=$$($(PY) -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'); \
+  { $$pg_as $$pg_bin/initdb -D $$pg_dir/data -U dmt --auth=trust -E UTF8 --no-sync >$$pg_dir/initdb.log && \
+    $$pg_as $$pg_bin/pg_ctl -D $$pg_dir/data -l $$pg_dir/server.log -w -t 60 \
+      -o "-c listen_addresses=127.0.0.1 -p $$pg_port -c unix_socket_directories=''" start >/dev/null; } || \
+  { echo "PostgreSQL did not start; see $$pg_dir/*.log"; exit 1; }; \
+  export DMT_TEST_POSTGRES_URL="postgresql://dmt@127.0.0.1:$$pg_port/postgres" \
+    DMT_TEST_POSTGRES_CTL="$$pg_as $$pg_bin/pg_ctl -D $$pg_dir/data"; \
+  echo "PostgreSQL test cluster on 127.0.0.1:$$pg_port ($$pg_dir)"; \
+fi
+endef
+PG_STOP = [ -z "$$pg_bin" ] || [ ! -f "$$pg_dir/data/postmaster.pid" ] || \
+  $$pg_as $$pg_bin/pg_ctl -D $$pg_dir/data -m fast -w stop >/dev/null
+
+test: install lint typecheck wordnet postgres
+	@trap '$(PG_STOP)' EXIT; trap 'exit 130' INT TERM; $(PG_START); \
 	NLTK_DATA=$(NLTK_DATA_DIR) $(PY) -m pytest -q
 
 # anonymeter pins numpy < 1.27, so the privacy-risk measurement has an environment of its own.

@@ -16,7 +16,7 @@ from dmt_privacy.errors import DMTError
 
 __all__ = ["build_parser", "main"]
 
-COMMAND_MODULES: tuple[str, ...] = ("demo", "model", "anonymize", "backup", "ingest")
+COMMAND_MODULES: tuple[str, ...] = ("demo", "model", "anonymize", "backup", "ingest", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

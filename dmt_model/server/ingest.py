@@ -468,7 +468,7 @@ def _write(engine: Engine, package: Any, plaintext: bytes, policy: ServerPolicy,
             received_at=now, n_records=package.n_records, receipt=receipt, key_id=key.key_id,
             nonce=nonce, payload=payload))
         conn.execute(insert(RECORDS), rows)
-        keys = list(per_class)
+        keys = sorted(per_class)  # one lock order for every writer: no deadlocks
         existing: set[str] = set()
         for start in range(0, len(keys), _CHUNK):
             chunk = keys[start:start + _CHUNK]
@@ -479,7 +479,7 @@ def _write(engine: Engine, package: Any, plaintext: bytes, policy: ServerPolicy,
                 update(CLASSES).where(CLASSES.c.class_key == bindparam("k"))
                 .values(n_records=CLASSES.c.n_records + bindparam("n"),
                         n_packages=CLASSES.c.n_packages + 1),
-                [{"k": k, "n": len(per_class[k])} for k in existing])
+                [{"k": k, "n": len(per_class[k])} for k in sorted(existing)])
         fresh = [{"class_key": k, "n_records": len(per_class[k]), "n_packages": 1,
                   "released": False} for k in keys if k not in existing]
         if fresh:

@@ -38,6 +38,7 @@ __all__ = [
     "SharedBatch",
     "retrain_foundation",
     "shared_batches",
+    "training_set",
 ]
 
 
@@ -68,14 +69,6 @@ def shared_batches(store: Any, which: str = "released") -> list[SharedBatch]:
     return batches
 
 
-def _concat(batches: Sequence[FeatureBatch]) -> FeatureBatch:
-    return FeatureBatch(
-        numeric=np.concatenate([b.numeric for b in batches]),
-        categorical={name: np.concatenate([b.categorical[name] for b in batches])
-                     for name in batches[0].categorical},
-    )
-
-
 def retrain_foundation(
     previous: Foundation,
     proxy: pd.DataFrame,
@@ -94,6 +87,20 @@ def retrain_foundation(
     :class:`NoiseWeigher` from its release receipt, so records drowned in
     local-DP noise cannot swamp the clean proxy data.
     """
+    features, target, weight = training_set(previous, proxy, shared,
+                                            weigh_by_noise=weigh_by_noise)
+    return fit_foundation(previous.featurizer, features, target, config or previous.config,
+                          initial=previous if warm_start else None, sample_weight=weight,
+                          on_epoch_end=on_epoch_end)
+
+
+def training_set(previous: Foundation, proxy: pd.DataFrame, shared: Sequence[SharedBatch] = (),
+                 *, weigh_by_noise: bool = True) -> tuple[FeatureBatch, np.ndarray, np.ndarray]:
+    """Features, targets and sample weights of proxy + shared records, as retraining uses them.
+
+    Shared by the single-process path (:func:`retrain_foundation`) and the
+    DDP one (:mod:`dmt_model.server.ddp`), so both train on the same data.
+    """
     featurizer = previous.featurizer
     batches = [featurizer.transform(proxy)]
     targets = [featurizer.target_values(proxy)]
@@ -107,9 +114,11 @@ def retrain_foundation(
         targets.append(featurizer.released_target(batch.records))
         weight = weigher(batch.receipt) if weigher is not None else 1.0
         weights.append(np.full(len(batch.records), weight))
-    return fit_foundation(featurizer, _concat(batches), np.concatenate(targets),
-                          config or previous.config, initial=previous if warm_start else None,
-                          sample_weight=np.concatenate(weights), on_epoch_end=on_epoch_end)
+    features = FeatureBatch(
+        numeric=np.concatenate([b.numeric for b in batches]),
+        categorical={name: np.concatenate([b.categorical[name] for b in batches])
+                     for name in batches[0].categorical})
+    return features, np.concatenate(targets), np.concatenate(weights)
 
 
 class NoiseWeigher:

@@ -156,11 +156,21 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def connect(db_url: str) -> Engine:
-    """An engine for ``db_url`` with the tables created (a bare path means a SQLite file)."""
+def connect(db_url: str, **engine_options: Any) -> Engine:
+    """An engine for ``db_url`` with the tables created (a bare path means a SQLite file).
+
+    ``engine_options`` go to :func:`sqlalchemy.create_engine` (e.g. ``pool_size``). For a
+    server database (not SQLite) connections are checked before use (``pool_pre_ping``), so
+    a restarted PostgreSQL costs the pool its stale connections, not the next requests.
+    ``postgresql://`` URLs use psycopg 3 (the ``server`` extra's driver).
+    """
     if "://" not in db_url:
         db_url = f"sqlite:///{db_url}"
-    engine = create_engine(db_url)
+    if db_url.startswith(("postgresql://", "postgres://")):
+        db_url = "postgresql+psycopg://" + db_url.split("://", 1)[1]  # psycopg 3, the extra's
+    if not db_url.startswith("sqlite"):
+        engine_options.setdefault("pool_pre_ping", True)
+    engine = create_engine(db_url, **engine_options)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     Base.metadata.create_all(engine)

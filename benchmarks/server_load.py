@@ -1,0 +1,441 @@
+"""Load and faults on the HTTP ingestion service (`dmt serve`), into SQLite and PostgreSQL.
+
+Concurrent clients (threads, one keep-alive connection each, loopback only) post
+sealed share packages to a `dmt serve` process. A client retries on a lost
+connection and on a retryable status (503, 408) after ``Retry-After``; ``201``
+and ``409`` end a package (``409`` after a retry means the first attempt was
+stored but its answer was lost). Afterwards the database is read: every
+package acknowledged must be stored exactly once, with all its records.
+
+Scenarios (each into SQLite and, when a PostgreSQL URL is given, PostgreSQL):
+
+- ``steady``: N packages, C clients;
+- ``faults``: the same with the service SIGKILLed and restarted at 30 % of
+  the load and, on PostgreSQL, the database restarted (``pg_ctl restart -m
+  immediate``: a crash and recovery) at 60 %.
+
+Reports p50/p99 latency of the answered requests and packages/s (wall clock,
+packages acknowledged / time). Writes benchmarks/results/server_load.json.
+
+Usage: python benchmarks/server_load.py [--packages 10000] [--clients 50]
+       [--postgres URL --pg-ctl "pg_ctl -D DATA"] (default: DMT_TEST_POSTGRES_URL and
+       DMT_TEST_POSTGRES_CTL, as `make test` sets them)
+
+The tests (tests/model/test_service.py) import this module and run smaller loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import queue
+import random
+import secrets
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dmt_model.server import ServerPolicy
+from dmt_privacy import Field, Schema
+from dmt_privacy.package import PrivacyReceipt, SharePackage, seal_package
+from dmt_privacy.seal import ServerPublicKey
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+SCHEMA = Schema((
+    Field("age", "numeric", role="quasi-identifier", bounds=(0, 100), grid=1.0),
+    Field("zip", "categorical", role="quasi-identifier", categories=("a", "b", "c", "d")),
+    Field("note", "text"),
+    Field("score", "numeric", bounds=(0, 100_000)),
+))
+POLICY = ServerPolicy(SCHEMA, min_k=3)
+CLASSES = [(pd.Interval(20.0, 29.0, closed="both"), frozenset({"a", "b"})),
+           (pd.Interval(30.0, 45.0, closed="both"), frozenset({"c"})),
+           (pd.Interval(46.0, 60.0, closed="both"), frozenset({"a", "b", "c", "d"}))]
+
+
+def make_envelopes(n: int, public_key: ServerPublicKey, *, records: int = 3,
+                   seed: int = 0) -> list[tuple[str, bytes]]:
+    """(package id, sealed bytes) of ``n`` valid packages of ``records`` records each."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        chosen = [CLASSES[c] for c in rng.integers(0, len(CLASSES), records)]
+        package = SharePackage.create(SCHEMA.schema_id, {
+            "age": [c[0] for c in chosen], "zip": [c[1] for c in chosen],
+            "note": [f"note-{i}-{j}" for j in range(records)],
+            "score": [float(rng.uniform(0, 1000)) for _ in range(records)],
+        }, PrivacyReceipt(k=3))
+        out.append((package.package_id, seal_package(package, public_key)))
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+_SERVE = """
+import argparse, sys
+from dmt_model.cli import serve as m
+p = argparse.ArgumentParser(prog="dmt"); m.register(p.add_subparsers(dest="command"))
+a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))
+"""
+
+
+class ServiceProcess:
+    """`dmt serve` in a child process on 127.0.0.1, restartable on the same port."""
+
+    def __init__(self, db_url: str, key_file: Path, policy_file: Path, *,
+                 models: Path | None = None, extra: Sequence[str] = (),
+                 port: int | None = None, log: Path | None = None) -> None:
+        self.port = port or free_port()
+        self.argv = [sys.executable, "-c", _SERVE, "serve", "--db", db_url, "--key",
+                     str(key_file), "--policy", str(policy_file), "--port", str(self.port),
+                     *(["--models", str(models)] if models is not None else []), *extra]
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> ServiceProcess:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        if self.log is None:
+            self.process = subprocess.Popen(self.argv, env=env, stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.DEVNULL)
+        else:
+            with open(self.log, "ab") as out:  # the child keeps its own descriptor
+                self.process = subprocess.Popen(self.argv, env=env, stdout=out, stderr=out)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"dmt serve exited with {self.process.returncode}")
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                conn.request("GET", "/v1/health")
+                if conn.getresponse().status == 200:
+                    conn.close()
+                    return self
+                conn.close()
+            except OSError:
+                pass
+            time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"dmt serve did not answer on port {self.port} in {timeout} s")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no flush, as a crash."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        """SIGTERM: finish requests in flight, then exit."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the service (Linux /proc)."""
+        assert self.process is not None
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")
+
+    def __enter__(self) -> ServiceProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass
+class LoadResult:
+    packages: int
+    clients: int
+    seconds: float
+    acknowledged: int
+    packages_per_second: float
+    latency_ms: dict[str, float]
+    statuses: dict[str, int]
+    connection_errors: int
+    accepted_ids: list[str] = field(repr=False, default_factory=list)
+    replayed_ids: list[str] = field(repr=False, default_factory=list)
+    unanswered_ids: list[str] = field(repr=False, default_factory=list)
+    failed: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        out = asdict(self)
+        for name in ("accepted_ids", "replayed_ids", "unanswered_ids"):
+            out[name] = len(out[name])
+        return out
+
+
+def run_load(base_url: str, envelopes: Sequence[tuple[str, bytes]], *, clients: int,
+             deadline: float = 300.0,
+             faults: Sequence[tuple[float, Callable[[], None]]] = ()) -> LoadResult:
+    """Post every envelope once (retrying as a device would) from ``clients`` threads.
+
+    ``faults``: (fraction acknowledged, action) pairs, each run once, in its own
+    thread, when that fraction of the packages has been acknowledged.
+    """
+    host, port = base_url.removeprefix("http://").split(":")
+    work: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
+    for item in envelopes:
+        work.put(item)
+    lock = threading.Lock()
+    latencies: list[float] = []
+    statuses: Counter[str] = Counter()
+    accepted: list[str] = []
+    replayed: list[str] = []
+    unanswered: list[str] = []
+    failed: Counter[str] = Counter()
+    errors = [0]
+    stop_at = time.monotonic() + deadline
+
+    def client() -> None:
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        while True:
+            try:
+                pid, body = work.get_nowait()
+            except queue.Empty:
+                break
+            pause = 0.02
+            while True:
+                if time.monotonic() > stop_at:
+                    with lock:
+                        unanswered.append(pid)
+                    break
+                start = time.perf_counter()
+                try:
+                    conn.request("POST", "/v1/packages", body=body,
+                                 headers={"Content-Type": "application/octet-stream"})
+                    response = conn.getresponse()
+                    response.read()
+                except (OSError, http.client.HTTPException):
+                    conn.close()
+                    with lock:
+                        errors[0] += 1
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.5)
+                    continue
+                elapsed = time.perf_counter() - start
+                with lock:
+                    statuses[str(response.status)] += 1
+                if response.status in (503, 408):
+                    wait = float(response.getheader("Retry-After") or 1)
+                    time.sleep(min(wait, 1.0) * random.uniform(0.5, 1.5))
+                    continue
+                with lock:
+                    latencies.append(elapsed)
+                    if response.status == 201:
+                        accepted.append(pid)
+                    elif response.status == 409:
+                        replayed.append(pid)
+                    else:
+                        failed[str(response.status)] += 1
+                        unanswered.append(pid)
+                break
+        conn.close()
+
+    pending = sorted(faults, key=lambda f: f[0])
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    fault_threads: list[threading.Thread] = []
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        with lock:
+            done = len(accepted) + len(replayed)
+        while pending and done >= pending[0][0] * len(envelopes):
+            action = pending.pop(0)[1]
+            fault_threads.append(threading.Thread(target=action, daemon=True))
+            fault_threads[-1].start()
+        time.sleep(0.01)
+    seconds = time.perf_counter() - t0
+    for t in fault_threads:
+        t.join(timeout=120)
+    lat = np.asarray(latencies) * 1000 if latencies else np.zeros(1)
+    acknowledged = len(accepted) + len(replayed)
+    return LoadResult(
+        packages=len(envelopes), clients=clients, seconds=round(seconds, 3),
+        acknowledged=acknowledged, packages_per_second=round(acknowledged / seconds, 1),
+        latency_ms={"p50": round(float(np.percentile(lat, 50)), 2),
+                    "p99": round(float(np.percentile(lat, 99)), 2),
+                    "max": round(float(lat.max()), 2)},
+        statuses=dict(statuses), connection_errors=errors[0], accepted_ids=accepted,
+        replayed_ids=replayed, unanswered_ids=unanswered, failed=dict(failed))
+
+
+def stored(db_url: str) -> dict[str, Any]:
+    """What the database holds: package ids (with repeats, if any), records per package."""
+    from sqlalchemy import text
+
+    from dmt_model.server import connect
+
+    engine = connect(db_url)
+    try:
+        with engine.connect() as conn:
+            ids = [r[0] for r in conn.execute(text("SELECT package_id FROM packages"))]
+            per_package = dict(conn.execute(text(
+                "SELECT package_id, SUM(n_records) FROM records GROUP BY package_id")).all())
+            class_total = conn.execute(text("SELECT SUM(n_records) FROM classes")).scalar()
+            n_records = dict(conn.execute(text(
+                "SELECT package_id, n_records FROM packages")).all())
+    finally:
+        engine.dispose()
+    return {"ids": ids, "records_per_package": {k: int(v) for k, v in per_package.items()},
+            "n_records": n_records, "class_total": int(class_total or 0)}
+
+
+def check_exactly_once(result: LoadResult, db: dict[str, Any],
+                       envelopes: Sequence[tuple[str, bytes]], records: int) -> dict[str, Any]:
+    """The exactly-once properties; a dict of named booleans (all must hold)."""
+    sent = {pid for pid, _ in envelopes}
+    acknowledged = set(result.accepted_ids) | set(result.replayed_ids)
+    ids = db["ids"]
+    return {
+        "every_package_acknowledged": acknowledged == sent and not result.unanswered_ids,
+        "every_acknowledged_stored": acknowledged <= set(ids),
+        "nothing_else_stored": set(ids) <= sent,
+        "none_stored_twice": len(ids) == len(set(ids)),
+        "accepted_at_most_once": len(result.accepted_ids) == len(set(result.accepted_ids)),
+        "records_complete": all(db["records_per_package"].get(p) == records
+                                and db["n_records"].get(p) == records for p in ids),
+        "class_counts_match": db["class_total"] == records * len(ids),
+    }
+
+
+def postgres_database(admin_url: str) -> tuple[str, Callable[[], None]]:
+    """A fresh database on the server of ``admin_url``; (its URL, a function dropping it)."""
+    import psycopg
+
+    name = f"dmt_{secrets.token_hex(6)}"
+    conninfo = admin_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base, _, _ = conninfo.rpartition("/")
+
+    def drop() -> None:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    return f"{base}/{name}", drop
+
+
+def pg_restart(ctl: str) -> Callable[[], None]:
+    """An action restarting PostgreSQL as a crash would (immediate stop, then recovery)."""
+    def action() -> None:
+        subprocess.run([*shlex.split(ctl), "restart", "-m", "immediate", "-w", "-t", "60"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return action
+
+
+def scenario(name: str, db_url: str, envelopes: Sequence[tuple[str, bytes]], *, clients: int,
+             key_file: Path, policy_file: Path, records: int, pg_ctl: str | None = None,
+             faults: bool = False, deadline: float = 600.0) -> dict[str, Any]:
+    service = ServiceProcess(db_url, key_file, policy_file).start()
+    try:
+        actions: list[tuple[float, Callable[[], None]]] = []
+        if faults:
+            actions.append((0.3, service.restart))
+            if pg_ctl is not None:
+                actions.append((0.6, pg_restart(pg_ctl)))
+        result = run_load(service.url, envelopes, clients=clients, faults=actions,
+                          deadline=deadline)
+    finally:
+        service.stop()
+    checks = check_exactly_once(result, stored(db_url), envelopes, records)
+    return {"scenario": name, **result.summary(), "checks": checks}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from dmt_privacy.seal import generate_server_key, save_private_key
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--packages", type=int, default=10_000)
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--records", type=int, default=3, help="records per package")
+    parser.add_argument("--postgres", default=os.environ.get("DMT_TEST_POSTGRES_URL"))
+    parser.add_argument("--pg-ctl", default=os.environ.get("DMT_TEST_POSTGRES_CTL"))
+    parser.add_argument("--output", type=Path, default=RESULTS / "server_load.json")
+    args = parser.parse_args(argv)
+
+    key = generate_server_key()
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        save_private_key(key, folder / "server.key")
+        (folder / "policy.json").write_text(POLICY.to_json())
+        t0 = time.perf_counter()
+        envelopes = [make_envelopes(args.packages, key.public_key(), records=args.records,
+                                    seed=s) for s in range(2)]
+        print(f"sealed {2 * args.packages} packages in {time.perf_counter() - t0:.1f} s")
+        stores: list[tuple[str, Callable[[], str], str | None]] = [
+            ("sqlite", lambda: f"sqlite:///{folder / secrets.token_hex(4)}.db", None)]
+        drops: list[Callable[[], None]] = []
+        if args.postgres:
+            def pg_url() -> str:
+                url, drop = postgres_database(args.postgres)
+                drops.append(drop)
+                return url
+            stores.append(("postgresql", pg_url, args.pg_ctl))
+        else:
+            print("no PostgreSQL URL (--postgres or DMT_TEST_POSTGRES_URL): SQLite only")
+        try:
+            for store, make_url, ctl in stores:
+                for faults, batch in ((False, envelopes[0]), (True, envelopes[1])):
+                    name = f"{store} {'faults' if faults else 'steady'}"
+                    run = scenario(name, make_url(), batch, clients=args.clients,
+                                   key_file=folder / "server.key",
+                                   policy_file=folder / "policy.json", records=args.records,
+                                   pg_ctl=ctl, faults=faults)
+                    runs.append(run)
+                    print(f"{name:22s} {run['packages_per_second']:8.1f} packages/s  "
+                          f"p50 {run['latency_ms']['p50']:7.1f} ms  "
+                          f"p99 {run['latency_ms']['p99']:7.1f} ms  statuses {run['statuses']}"
+                          f"  all checks {all(run['checks'].values())}")
+        finally:
+            for drop in drops:
+                drop()
+    out = {"benchmark": "server_load", "machine": {"cpus": os.cpu_count(),
+                                                   "python": platform.python_version(),
+                                                   "platform": platform.platform()},
+           "packages": args.packages, "clients": args.clients,
+           "records_per_package": args.records, "runs": runs}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(out, indent=1))
+    print(f"wrote {args.output}")
+    return 0 if all(all(r["checks"].values()) for r in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""``dmt serve``: the HTTP ingestion service (see :mod:`dmt_model.server.service`)."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+from pathlib import Path
+from typing import Any
+
+from dmt_privacy.errors import ValidationError
+
+__all__ = ["register", "run_serve"]
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``serve`` subcommand to ``subparsers``."""
+    from dmt_model.server.service import DEFAULT_MAX_BODY_BYTES
+
+    parser = subparsers.add_parser(
+        "serve",
+        help="run the HTTP service devices post share packages to",
+        description=(
+            "Serve POST /v1/packages (sealed share packages: 201 accepted, 409 replay, "
+            "400 invalid, 413 too large, 408 too slow, 503 retry later), GET /v1/models/latest "
+            "(the newest updatable model, version in X-DMT-Model-Version), GET /v1/health and "
+            "GET /openapi.json. Each package is validated like `dmt ingest` and stored in one "
+            "transaction. Stops on Ctrl-C or SIGTERM after finishing requests in flight."
+        ),
+    )
+    parser.add_argument("--db", required=True,
+                        help="SQLAlchemy URL (sqlite:///server.db, postgresql://user@host/db) "
+                             "or a SQLite file path")
+    parser.add_argument("--key", type=Path, required=True, help="the server's private key file")
+    parser.add_argument("--policy", type=Path,
+                        help="server policy JSON (ServerPolicy.to_json); default as `dmt ingest`")
+    parser.add_argument("--models", type=Path,
+                        help="model registry folder served at /v1/models/latest")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine only; put "
+                             "a TLS-terminating proxy in front for devices)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                        help=f"largest package accepted (default {DEFAULT_MAX_BODY_BYTES})")
+    parser.add_argument("--body-timeout", type=float, default=10.0,
+                        help="seconds a client has to send its body (default 10)")
+    parser.add_argument("--threads", type=int, default=4,
+                        help="packages ingested at once (default 4)")
+    parser.add_argument("--limit-concurrency", type=int, default=256,
+                        help="open requests beyond which the service answers 503 (default 256)")
+    parser.add_argument("--access-log", action="store_true", help="log every request")
+    parser.set_defaults(func=run_serve)
+    return parser
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from dmt_model.cli.ingest import default_policy
+    from dmt_model.server import ServerPolicy
+    from dmt_model.server.service import ServiceConfig, create_app, run_service
+    from dmt_privacy.seal import load_private_key
+
+    if not 0 <= args.port <= 65535:
+        raise ValidationError(f"--port must be in 0..65535, got {args.port}.")
+    try:
+        loopback = ipaddress.ip_address(args.host).is_loopback
+    except ValueError:
+        loopback = args.host == "localhost"
+    if not loopback:
+        print(f"dmt serve: listening on {args.host}: plain HTTP; terminate TLS in front of it.",
+              file=sys.stderr)
+    key = load_private_key(args.key)
+    policy = (ServerPolicy.from_json(args.policy.read_text()) if args.policy is not None
+              else default_policy())
+    config = ServiceConfig(max_body_bytes=args.max_body_bytes, body_timeout=args.body_timeout,
+                           ingest_threads=args.threads)
+    app = create_app(str(args.db), key, policy, models=args.models, config=config)
+    engine = app.state.ingestor.engine
+    print(f"dmt serve: http://{args.host}:{args.port}/v1/packages (key {key.fingerprint()}, "
+          f"store {engine.dialect.name})", file=sys.stderr, flush=True)
+    run_service(app, host=args.host, port=args.port, limit_concurrency=args.limit_concurrency,
+                access_log=args.access_log, log_level="info" if args.access_log else "warning")
+    return 0

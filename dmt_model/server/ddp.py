@@ -1,0 +1,214 @@
+"""Foundation retraining with torch DistributedDataParallel, launched by ``torchrun``.
+
+The same training as :func:`dmt_model.server.retrain.retrain_foundation`
+(same featurizer, sample weights, RMSProp, batches and shuffles), spread over
+processes: every rank builds the whole training set and draws the same
+permutation each epoch; each global mini-batch of ``batch_size`` records is
+split across the ranks (rank r takes positions r, r + W, …). A rank's loss is
+``W · Σ_local w (ŷ − y)² / Σ_batch w``, so DDP's gradient average equals the
+gradient of the single-process weighted batch mean: both paths give the same
+model for the same seed, up to float rounding in the all-reduce.
+
+Gloo on CPU, one thread per rank. On one machine::
+
+    torchrun --nproc-per-node 2 -m dmt_model.server.ddp \\
+        --foundation foundation.npz --db sqlite:///server.db --key server.key \\
+        -o foundation-next.npz
+
+On several machines, the same command on each, with the first one's address
+(reachable from the others, on a private network: gloo traffic is not
+encrypted), ``--nnodes N --node-rank i --master-addr HOST --master-port PORT``;
+``GLOO_SOCKET_IFNAME`` names the network interface when there are several.
+Every rank reads the proxy data and the database, so each machine needs the
+private key (or give them a shared CSV made on the server with ``--shared``).
+Rank 0 writes the result.
+
+Scaling: the foundation network is tiny (~3k parameters), so DDP pays off for
+large shared data sets, not for Boston: each step all-reduces the gradients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dmt_model.features import FeatureBatch, Featurizer
+from dmt_model.foundation import Foundation, TrainingConfig, _build_network, _import_torch
+from dmt_model.server.retrain import SharedBatch, training_set
+from dmt_privacy.errors import ValidationError
+
+__all__ = ["fit_foundation_ddp", "main", "retrain_foundation_ddp"]
+
+
+def fit_foundation_ddp(
+    featurizer: Featurizer,
+    batch: FeatureBatch,
+    target: np.ndarray,
+    config: TrainingConfig | None = None,
+    *,
+    initial: Foundation | None = None,
+    sample_weight: np.ndarray | None = None,
+    on_epoch_end: Callable[[int, float], None] | None = None,
+) -> Foundation:
+    """:func:`~dmt_model.foundation.fit_foundation` in an initialized process group.
+
+    Every rank passes the same arguments and gets the same model back.
+    """
+    torch = _import_torch()
+    dist = torch.distributed
+    if not dist.is_initialized():
+        raise ValidationError("fit_foundation_ddp needs torch.distributed initialized "
+                              "(launch with torchrun); use fit_foundation otherwise.")
+    config = config or TrainingConfig()
+    n = len(target)
+    if len(batch) == 0 or len(batch) != n:
+        raise ValidationError(f"Need as many targets as records, and at least one: got "
+                              f"{len(batch)} records and {n} targets.")
+    weights = np.ones(n, np.float32) if sample_weight is None else \
+        np.asarray(sample_weight, np.float32)
+    if weights.shape != (n,) or not (np.isfinite(weights).all() and (weights > 0).all()):
+        raise ValidationError("sample_weight must hold one positive, finite weight per record "
+                              f"({n}), got shape {weights.shape}.")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(config.seed)
+    network = _build_network(
+        [len(featurizer.vocabularies_[c]) for c in featurizer.categorical_fields],
+        len(featurizer.numeric_fields))
+    if initial is not None:
+        network.load_state_dict(initial.network.state_dict())
+    foundation = Foundation(featurizer, network, config)
+    inputs = foundation._tensors(batch)
+    y = torch.from_numpy(np.asarray(target, np.float32))
+    w = torch.from_numpy(weights)
+    model = torch.nn.parallel.DistributedDataParallel(network)
+    optimizer = torch.optim.RMSprop(network.parameters(), lr=config.learning_rate,
+                                    alpha=0.9, eps=1e-7)
+    shuffle = torch.Generator().manual_seed(config.seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    model.train()
+    try:
+        for epoch in range(config.epochs):
+            order = torch.randperm(n, generator=shuffle)
+            total = torch.zeros(1)
+            for start in range(0, n, config.batch_size):
+                index = order[start:start + config.batch_size]
+                mine = index[rank::world]
+                optimizer.zero_grad()
+                squared = (model(*(t[mine] for t in inputs)) - y[mine]) ** 2
+                weighted = torch.sum(w[mine] * squared)
+                loss = world * weighted / torch.sum(w[index])
+                loss.backward()
+                optimizer.step()
+                total += weighted.detach() / torch.sum(w[index]) * len(index)
+            if on_epoch_end is not None:
+                dist.all_reduce(total)
+                on_epoch_end(epoch, float(total) / n)
+    finally:
+        torch.set_num_threads(threads)
+    network.eval()
+    return foundation
+
+
+def retrain_foundation_ddp(
+    previous: Foundation,
+    proxy: pd.DataFrame,
+    shared: Sequence[SharedBatch] = (),
+    config: TrainingConfig | None = None,
+    *,
+    warm_start: bool = False,
+    weigh_by_noise: bool = True,
+    on_epoch_end: Callable[[int, float], None] | None = None,
+) -> Foundation:
+    """:func:`~dmt_model.server.retrain.retrain_foundation` over the process group's ranks."""
+    features, target, weights = training_set(previous, proxy, shared,
+                                             weigh_by_noise=weigh_by_noise)
+    return fit_foundation_ddp(previous.featurizer, features, target, config or previous.config,
+                              initial=previous if warm_start else None, sample_weight=weights,
+                              on_epoch_end=on_epoch_end)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="torchrun ... -m dmt_model.server.ddp",
+        description="Retrain the foundation on proxy + shared records with DDP (gloo, CPU).")
+    parser.add_argument("--foundation", type=Path, required=True,
+                        help="the previous foundation (.npz): featurizer, and weights with "
+                             "--warm-start")
+    parser.add_argument("--proxy", type=Path,
+                        help="proxy data CSV (default: the bundled Boston proxy split, --seed)")
+    parser.add_argument("--db", help="the server's store (SQLAlchemy URL): its released records")
+    parser.add_argument("--key", type=Path, help="the server's private key (with --db)")
+    parser.add_argument("--shared", type=Path, action="append", default=[],
+                        help="a CSV of shared records (weight 1), repeatable")
+    parser.add_argument("--epochs", type=int, help="default: the previous foundation's")
+    parser.add_argument("--seed", type=int, help="default: the previous foundation's")
+    parser.add_argument("--warm-start", action="store_true")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="new foundation .npz")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``torchrun`` entry point (``-m dmt_model.server.ddp``)."""
+    import dataclasses
+
+    torch = _import_torch()
+    args = _parser().parse_args(argv)
+    if args.db is not None and args.key is None:
+        raise ValidationError("--db needs --key, the server's private key file.")
+    dist = torch.distributed
+    dist.init_process_group("gloo")
+    try:
+        previous = Foundation.load(args.foundation)
+        config = previous.config
+        changes = {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed))
+                   if v is not None}
+        config = dataclasses.replace(config, **changes)
+        if args.proxy is not None:
+            proxy = pd.read_csv(args.proxy)
+        else:
+            from dmt_model.datasets import load_boston, simulate_users
+
+            proxy = simulate_users(load_boston(), seed=config.seed).proxy
+        shared = [SharedBatch(pd.read_csv(path)) for path in args.shared]
+        if args.db is not None:
+            from dmt_model.server import SharedStore
+            from dmt_model.server.retrain import shared_batches
+            from dmt_privacy.seal import load_private_key
+
+            shared += shared_batches(SharedStore(args.db, load_private_key(args.key)))
+        rank = dist.get_rank()
+        losses: list[float] = []
+        result = retrain_foundation_ddp(previous, proxy, shared, config,
+                                        warm_start=args.warm_start,
+                                        on_epoch_end=lambda _e, loss: losses.append(loss))
+        if rank == 0:
+            result.save(args.output)
+            records = len(proxy) + sum(len(b.records) for b in shared)
+            print(f"rank 0 of {dist.get_world_size()}: trained on {records} records, "
+                  f"{config.epochs} epochs, final training MSE {losses[-1]:.4f}; wrote "
+                  f"{args.output}", flush=True)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    return 0
+
+
+def _entry() -> Any:  # pragma: no cover - run by torchrun
+    try:
+        return main()
+    except ValidationError as exc:
+        print(f"dmt_model.server.ddp: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    sys.exit(_entry())

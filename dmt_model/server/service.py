@@ -1,0 +1,418 @@
+"""The HTTP ingestion service: devices post sealed share packages and fetch the latest model.
+
+An ASGI application (FastAPI on Starlette, served by uvicorn) over the same
+store and validation as :func:`dmt_model.server.ingest`:
+
+- ``POST /v1/packages``: the sealed bytes as the body
+  (``application/octet-stream``). ``201`` accepted, ``409`` replay (already
+  stored: a device may acknowledge it), ``400`` invalid (unreadable or
+  refused by the :class:`~dmt_model.server.ServerPolicy`), ``413`` too large,
+  ``408`` body too slow, ``503`` database unavailable (retry after
+  ``Retry-After`` seconds). Bodies say no more than the status: the reason a
+  package was refused is logged on the server, never told to the sender.
+- ``GET /v1/models/latest``: the newest updatable ``.mlmodel`` of a
+  :class:`~dmt_model.server.retrain.ModelRegistry`, its version in the
+  ``X-DMT-Model-Version`` header and the ``ETag`` (``If-None-Match`` → ``304``).
+- ``GET /v1/health``: ``200`` when the database answers, ``503`` otherwise.
+- ``GET /openapi.json``: the OpenAPI document.
+
+Each package is one transaction, run in a bounded thread pool (the store is
+synchronous SQLAlchemy): opening, validation and the replay check run in
+parallel; the write transactions of one process are serialized (one writer is
+all SQLite has, and on PostgreSQL writers contend for the same class rows
+anyway). Replays are refused by the package id's uniqueness, so two
+concurrent posts of the same package give exactly one ``201`` and one
+``409``, also across service processes; there, a concurrent insert of the
+same new k-anonymity class, or a PostgreSQL deadlock, is retried. A ``201``
+is sent only after the commit, so an accepted package survives the service
+being killed; a client that got no answer posts again and gets ``201`` or
+``409``, never a second copy.
+
+Hostile input: a declared ``Content-Length`` over the limit is refused before
+reading; a streamed body is counted and refused at the first byte past the
+limit; the request line and headers, then the whole body, must each arrive
+within ``body_timeout`` seconds (:func:`run_service` closes a connection
+whose headers do not; the app answers ``408`` to a slow body). Memory is
+therefore bounded by ``max_body_bytes`` × concurrent requests (uvicorn's
+``limit_concurrency`` answers ``503`` beyond that).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
+
+from dmt_model.server.ingest import (
+    Outcome,
+    ServerPolicy,
+    _open,
+    _Rejected,
+    _stored,
+    _validate,
+    _write,
+)
+from dmt_model.server.store import DataKey, SharedStore, connect
+from dmt_privacy.errors import InvalidPackage, ValidationError
+from dmt_privacy.seal import ENVELOPE_OVERHEAD, ServerPrivateKey
+
+__all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
+    "PackageIngestor",
+    "ServiceConfig",
+    "create_app",
+    "run_service",
+]
+
+log = logging.getLogger("dmt.server.service")
+
+#: A package of a few hundred records seals to a few kilobytes; 1 MiB leaves room.
+DEFAULT_MAX_BODY_BYTES = 2**20
+#: SQLSTATEs after which a transaction is simply tried again (deadlock, serialization).
+_RETRY_SQLSTATES = frozenset({"40P01", "40001"})
+_WRITE_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Limits of the HTTP service.
+
+    Parameters
+    ----------
+    max_body_bytes:
+        The largest body accepted (sealed bytes); larger is ``413``. Capped by
+        the policy's ``max_bytes`` plus the envelope's overhead.
+    body_timeout:
+        Seconds a client has to send the whole body; slower is ``408``.
+    ingest_threads:
+        Packages opened, validated and written at once (each holds one
+        database connection while it writes).
+    retry_after:
+        Seconds a client is told to wait (``Retry-After``) when the database is
+        unavailable.
+    """
+
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    body_timeout: float = 10.0
+    ingest_threads: int = 4
+    retry_after: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("max_body_bytes", "ingest_threads", "retry_after"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValidationError(f"{name} must be a positive integer, got {value!r}.")
+        if not (isinstance(self.body_timeout, (int, float)) and self.body_timeout > 0):
+            raise ValidationError(f"body_timeout must be > 0 seconds, got {self.body_timeout!r}.")
+
+
+class DatabaseUnavailable(Exception):
+    """The database could not be reached or refused the transaction; the client may retry."""
+
+
+def _retryable(exc: DBAPIError) -> bool:
+    return getattr(exc.orig, "sqlstate", None) in _RETRY_SQLSTATES
+
+
+class PackageIngestor:
+    """Ingests one package per call, safely from several threads at once.
+
+    The same steps as :func:`dmt_model.server.ingest` (open, replay check,
+    validation, one transaction), for one envelope at a time, returning its
+    :class:`~dmt_model.server.ingest.Outcome`. Raises
+    :class:`DatabaseUnavailable` when the database fails (a retryable
+    condition), never for a bad package.
+    """
+
+    def __init__(self, db_url: str | Engine, private_key: ServerPrivateKey,
+                 policy: ServerPolicy) -> None:
+        self.store = SharedStore(db_url, private_key)
+        self.engine = self.store.engine
+        self.private_key = private_key
+        self.policy = policy
+        self._key: DataKey | None = None
+        self._key_lock = threading.Lock()
+        # One writer per process: SQLite has only one, and on PostgreSQL every package
+        # updates the rows of its classes, which concurrent writers would lock in different
+        # orders (a deadlock costs deadlock_timeout, 1 s by default, then a retry).
+        self._write_lock = threading.Lock()
+
+    def _data_key(self) -> DataKey:
+        with self._key_lock:
+            if self._key is None:
+                self._key = self.store.current_key()
+            return self._key
+
+    @contextlib.contextmanager
+    def _database(self) -> Iterator[None]:
+        try:
+            yield
+        except IntegrityError:
+            raise
+        except (OperationalError, DBAPIError, SQLAlchemyError) as exc:
+            raise DatabaseUnavailable(type(exc).__name__) from exc
+
+    def __call__(self, envelope: bytes, source: str = "<http>") -> Outcome:
+        try:
+            package, plaintext = _open(envelope, self.private_key, self.policy)
+        except InvalidPackage:
+            return Outcome(source, "rejected", "unreadable: could not be opened with this "
+                           "server's key")
+        pid = package.package_id
+        replay = Outcome(source, "rejected", f"replay: package {pid} is already stored", pid,
+                         package.n_records, True)
+        try:
+            columns = _validate(package, self.policy)
+        except _Rejected as exc:
+            return Outcome(source, "rejected", str(exc), pid, package.n_records)
+        with self._database():
+            key = self._data_key()
+            if _stored(self.engine, pid):
+                return replay
+            for attempt in range(_WRITE_ATTEMPTS):
+                try:
+                    with self._write_lock:
+                        _write(self.engine, package, plaintext, self.policy, key, columns)
+                except IntegrityError:
+                    if _stored(self.engine, pid):
+                        return replay
+                    # a concurrent package created one of the same new classes: go again
+                    if attempt == _WRITE_ATTEMPTS - 1:
+                        raise
+                except DBAPIError as exc:
+                    if not _retryable(exc) or attempt == _WRITE_ATTEMPTS - 1:
+                        raise
+                else:
+                    return Outcome(source, "accepted", "", pid, package.n_records)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def healthy(self) -> bool:
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except SQLAlchemyError:
+            return False
+        return True
+
+
+_BINARY_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "A sealed share package (dmt_privacy.package.seal_package).",
+        "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                             "format": "binary"}}},
+    },
+}
+_STATUS = {"type": "object", "properties": {"status": {"type": "string"}}}
+
+
+def _responses(*codes: tuple[int, str]) -> dict[int | str, dict[str, Any]]:
+    return {code: {"description": text_,
+                   "content": {"application/json": {"schema": _STATUS}}}
+            for code, text_ in codes}
+
+
+def create_app(
+    db_url: str | Engine,
+    private_key: ServerPrivateKey,
+    policy: ServerPolicy,
+    *,
+    models: str | Path | None = None,
+    config: ServiceConfig | None = None,
+) -> Any:
+    """The ASGI application (a FastAPI instance); serve it with :func:`run_service` or uvicorn.
+
+    ``db_url``: an SQLAlchemy URL (``sqlite:///server.db``,
+    ``postgresql://user@host/db``), a SQLite path or an engine. ``models``: the
+    folder of a :class:`~dmt_model.server.retrain.ModelRegistry`, or ``None``
+    for no model endpoint content (``404``).
+    """
+    from dmt_model.server.retrain import ModelRegistry
+
+    config = config or ServiceConfig()
+    if not isinstance(private_key, ServerPrivateKey):
+        raise ValidationError(
+            f"private_key must be a ServerPrivateKey, got {type(private_key).__name__}.")
+    if not isinstance(policy, ServerPolicy):
+        raise ValidationError(f"policy must be a ServerPolicy, got {type(policy).__name__}.")
+    if isinstance(db_url, str):
+        db_url = connect(db_url, pool_size=config.ingest_threads + 2, max_overflow=4) \
+            if "://" in db_url and not db_url.startswith("sqlite") else connect(db_url)
+    ingestor = PackageIngestor(db_url, private_key, policy)
+    ingestor._data_key()  # fail now, not per request, when the key does not fit the database
+    limit = min(config.max_body_bytes, policy.max_bytes + ENVELOPE_OVERHEAD)
+    registry = ModelRegistry(models) if models is not None else None
+    limiter = anyio.CapacityLimiter(config.ingest_threads)
+
+    app = FastAPI(
+        title="dmt ingestion service",
+        version="1",
+        description="Devices post sealed share packages and fetch the newest updatable model.",
+        docs_url=None, redoc_url=None,
+    )
+    app.state.ingestor = ingestor
+    app.state.config = config
+    app.state.max_body_bytes = limit
+
+    def status(code: int, word: str, *, close: bool = False,
+               headers: dict[str, str] | None = None) -> Any:
+        extra = dict(headers or {})
+        if close:
+            extra["Connection"] = "close"
+        return JSONResponse({"status": word}, status_code=code, headers=extra)
+
+    async def run(fn: Callable[..., Any], *args: Any) -> Any:
+        return await anyio.to_thread.run_sync(fn, *args, limiter=limiter)
+
+    @app.post(
+        "/v1/packages", status_code=201, openapi_extra=_BINARY_BODY,
+        summary="Submit one sealed share package",
+        responses=_responses((201, "accepted and stored"),
+                             (400, "invalid: unreadable or refused by the server's policy"),
+                             (408, "the body did not arrive in time"),
+                             (409, "replay: this package is already stored"),
+                             (413, "too large"),
+                             (503, "unavailable: retry after Retry-After seconds")),
+    )
+    async def post_package(request: Request) -> Any:
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                return status(400, "invalid", close=True)
+            if size > limit:
+                return status(413, "too large", close=True)
+        body = bytearray()
+        try:
+            with anyio.fail_after(config.body_timeout):
+                async for chunk in request.stream():
+                    if len(body) + len(chunk) > limit:
+                        return status(413, "too large", close=True)
+                    body += chunk
+        except TimeoutError:
+            return status(408, "timeout", close=True)
+        except Exception:  # the client went away mid-body
+            return status(400, "invalid", close=True)
+        if not body:
+            return status(400, "invalid")
+        try:
+            outcome: Outcome = await run(ingestor, bytes(body))
+        except DatabaseUnavailable as exc:
+            log.warning("database unavailable: %s", exc)
+            return status(503, "unavailable",
+                          headers={"Retry-After": str(config.retry_after)})
+        if outcome.status == "accepted":
+            return status(201, "accepted")
+        if outcome.replay:
+            return status(409, "replay")
+        log.info("package refused: %s", outcome.reason)
+        return status(400, "invalid")
+
+    @app.get(
+        "/v1/models/latest", summary="The newest updatable Core ML model",
+        responses={200: {"description": "the .mlmodel bytes; version in X-DMT-Model-Version",
+                         "content": {"application/octet-stream": {
+                             "schema": {"type": "string", "format": "binary"}}}},
+                   304: {"description": "the If-None-Match version is the newest"},
+                   404: {"description": "no model has been published"}},
+    )
+    async def latest_model(request: Request) -> Any:
+        version = await run(registry.latest) if registry is not None else None
+        if version is None or registry is None:
+            return status(404, "no model")
+        etag = f'"v{version.version}"'
+        headers = {"X-DMT-Model-Version": str(version.version), "ETag": etag,
+                   "Cache-Control": "no-cache"}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
+        return FileResponse(registry.path(version.mlmodel_file),
+                            media_type="application/octet-stream", headers=headers,
+                            filename=f"foundation-v{version.version}.mlmodel")
+
+    @app.get("/v1/health", summary="Liveness and database reachability",
+             responses=_responses((200, "ok"), (503, "the database does not answer")))
+    async def health() -> Any:
+        if await run(ingestor.healthy):
+            return status(200, "ok")
+        return status(503, "unavailable", headers={"Retry-After": str(config.retry_after)})
+
+    return app
+
+
+def _header_timeout_protocol(seconds: float) -> type[Any]:
+    """uvicorn's h11 protocol, closing a connection whose request line and headers take too long.
+
+    uvicorn times out idle keep-alive connections but not a request that never
+    finishes its headers (slowloris); this does, ``seconds`` after the
+    connection opens or the previous response completes.
+    """
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutH11Protocol(H11Protocol):  # type: ignore[misc]
+        _header_timer: Any = None
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._header_timer = self.loop.call_later(seconds, self._headers_too_slow)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _headers_too_slow(self) -> None:
+            self._header_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                with contextlib.suppress(h11.LocalProtocolError):
+                    self.conn.send(h11.ConnectionClosed())
+                self.transport.close()
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.conn.their_state is not h11.IDLE:
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+                self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return HeaderTimeoutH11Protocol
+
+
+def run_service(app: Any, *, host: str = "127.0.0.1", port: int = 8000,
+                limit_concurrency: int = 256, access_log: bool = False,
+                log_level: str = "warning") -> None:
+    """Serve ``app`` with uvicorn until SIGINT/SIGTERM (in-flight requests finish first).
+
+    A request's line and headers must arrive within the app's ``body_timeout``
+    too, or the connection is closed.
+    """
+    import uvicorn
+
+    config: ServiceConfig = getattr(app.state, "config", None) or ServiceConfig()
+    uvicorn.run(app, host=host, port=port, http=_header_timeout_protocol(config.body_timeout),
+                limit_concurrency=limit_concurrency, access_log=access_log,
+                log_level=log_level, timeout_keep_alive=5, timeout_graceful_shutdown=10,
+                server_header=False)

@@ -1,0 +1,94 @@
+"""DDP retraining: the same model as the single-process path, for one rank in-process and for
+two ranks launched by ``torchrun --nproc-per-node 2`` (gloo on CPU, loopback)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dmt_model.foundation import Foundation, TrainingConfig, fit_foundation
+from dmt_model.server.ddp import fit_foundation_ddp
+from dmt_model.server.retrain import SharedBatch, retrain_foundation, training_set
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _max_relative(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+def test_one_rank_equals_fit_foundation(foundation, simulation):
+    import torch.distributed as dist
+
+    shared = [SharedBatch(simulation.users[0].train)]
+    features, target, weights = training_set(foundation, simulation.proxy, shared)
+    weights[-5:] = 0.3  # the weighted mean, not only the plain one
+    config = TrainingConfig(epochs=5, seed=3)
+    single = fit_foundation(foundation.featurizer, features, target, config,
+                            sample_weight=weights)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}",
+                             rank=0, world_size=1)
+    try:
+        ddp = fit_foundation_ddp(foundation.featurizer, features, target, config,
+                                 sample_weight=weights)
+    finally:
+        dist.destroy_process_group()
+    for (name, a), (_, b) in zip(single.network.state_dict().items(),
+                                 ddp.network.state_dict().items(), strict=True):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_fit_foundation_ddp_needs_a_process_group(foundation, simulation):
+    features, target, _ = training_set(foundation, simulation.proxy)
+    with pytest.raises(ValueError, match="torchrun"):
+        fit_foundation_ddp(foundation.featurizer, features, target)
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_match_single_process(tmp_path, foundation, simulation):
+    epochs = 30
+    previous = tmp_path / "previous.npz"
+    foundation.save(previous)
+    simulation.proxy.to_csv(tmp_path / "proxy.csv", index=False)
+    shared = simulation.users[0].train
+    shared.to_csv(tmp_path / "shared.csv", index=False)
+    out = tmp_path / "ddp.npz"
+    argv = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
+            "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+            "--master-port", str(_free_port()), "-m", "dmt_model.server.ddp",
+            "--foundation", str(previous), "--proxy", str(tmp_path / "proxy.csv"),
+            "--shared", str(tmp_path / "shared.csv"), "--epochs", str(epochs), "-o", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+           "GLOO_SOCKET_IFNAME": "lo"}
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rank 0 of 2" in done.stdout
+    # the single-process path, same previous model, data and seed
+    proxy = simulation.proxy.reset_index(drop=True)
+    import pandas as pd
+
+    config = dataclasses.replace(foundation.config, epochs=epochs)
+    single = retrain_foundation(foundation, pd.read_csv(tmp_path / "proxy.csv"),
+                                [SharedBatch(pd.read_csv(tmp_path / "shared.csv"))], config)
+    ddp = Foundation.load(out)
+    a, b = ddp.predict(proxy), single.predict(proxy)
+    difference = _max_relative(a, b)
+    weights = max(_max_relative(x.numpy(), y.numpy()) for x, y in zip(
+        ddp.network.state_dict().values(), single.network.state_dict().values(), strict=True))
+    print(f"\nDDP (2 ranks) vs single process, {epochs} epochs: predictions max relative "
+          f"difference {difference:.2e}, weights {weights:.2e}; RMSE "
+          f"{ddp.evaluate(proxy).rmse:.4f} vs {single.evaluate(proxy).rmse:.4f}")
+    assert difference < 1e-3

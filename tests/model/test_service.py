@@ -1,0 +1,318 @@
+"""The HTTP ingestion service: statuses, OpenAPI, the model endpoint, races, load,
+faults (service killed, database restarted) and hostile input, on SQLite and PostgreSQL.
+
+Loads here are small and bounded (500 packages, 10 clients); benchmarks/server_load.py
+runs 10,000 packages from 50 clients with the same client and checks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import select
+import socket
+import sys
+import threading
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+from test_ingest import KEY, POLICY, package
+
+from dmt_model.cli import serve as cli_serve
+from dmt_model.server import SharedStore, connect
+from dmt_model.server import service as service_module
+from dmt_model.server.service import PackageIngestor, ServiceConfig, create_app
+from dmt_privacy.package import seal_package
+from dmt_privacy.seal import save_private_key
+
+LINUX = sys.platform.startswith("linux")
+
+
+@pytest.fixture
+def client(tmp_path):
+    app = create_app(f"sqlite:///{tmp_path / 'server.db'}", KEY, POLICY,
+                     config=ServiceConfig(max_body_bytes=4096))
+    with TestClient(app) as c:
+        yield c
+
+
+def post(client, body: bytes, **headers):
+    return client.post("/v1/packages", content=body,
+                       headers={"Content-Type": "application/octet-stream", **headers})
+
+
+def test_statuses_and_bodies_say_no_more(client):
+    sealed = seal_package(package(1), KEY.public_key())
+    first = post(client, sealed)
+    assert first.status_code == 201 and first.json() == {"status": "accepted"}
+    again = post(client, sealed)
+    assert again.status_code == 409 and again.json() == {"status": "replay"}
+    low_k = seal_package(package(2, k=2), KEY.public_key())
+    tampered = bytearray(seal_package(package(3), KEY.public_key()))
+    tampered[-1] ^= 1
+    for body in (low_k, bytes(tampered), b"garbage", b""):
+        r = post(client, body)
+        assert r.status_code == 400 and r.json() == {"status": "invalid"}, body[:10]
+    big = post(client, b"\0" * 5000)
+    assert big.status_code == 413 and big.json() == {"status": "too large"}
+    chunked = client.post("/v1/packages", content=iter([b"\0" * 1000] * 10))
+    assert chunked.status_code == 413
+    assert client.get("/v1/health").json() == {"status": "ok"}
+    store = SharedStore(client.app.state.ingestor.engine, KEY)
+    assert store.counts()["packages"] == 1
+
+
+def test_openapi_document(client):
+    doc = client.get("/openapi.json").json()
+    assert doc["openapi"].startswith("3.")
+    post_op = doc["paths"]["/v1/packages"]["post"]
+    assert "application/octet-stream" in post_op["requestBody"]["content"]
+    assert {"201", "400", "409", "413", "503"} <= set(post_op["responses"])
+    assert {"/v1/models/latest", "/v1/health"} <= set(doc["paths"])
+
+
+def test_latest_model(tmp_path, foundation, simulation):
+    from dmt_model.server.retrain import ModelRegistry
+
+    registry = ModelRegistry(tmp_path / "models")
+    db = f"sqlite:///{tmp_path / 's.db'}"
+    with TestClient(create_app(db, KEY, POLICY, models=registry.folder)) as c:
+        assert c.get("/v1/models/latest").status_code == 404
+        registry.publish(foundation, trained_on={"proxy": len(simulation.proxy)})
+        registry.publish(foundation, trained_on={"proxy": len(simulation.proxy)})
+        r = c.get("/v1/models/latest")
+        assert r.status_code == 200 and r.headers["x-dmt-model-version"] == "2"
+        assert r.content == (registry.folder / "foundation-v2.mlmodel").read_bytes()
+        cached = c.get("/v1/models/latest", headers={"If-None-Match": r.headers["etag"]})
+        assert cached.status_code == 304
+    with TestClient(create_app(db, KEY, POLICY)) as c:
+        assert c.get("/v1/models/latest").status_code == 404
+
+
+def test_database_down_is_retryable(tmp_path, monkeypatch):
+    app = create_app(f"sqlite:///{tmp_path / 's.db'}", KEY, POLICY)
+    from sqlalchemy.exc import OperationalError
+
+    def down(*args, **kwargs):
+        raise OperationalError("SELECT 1", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(service_module, "_stored", down)
+    with TestClient(app) as c:
+        r = post(c, seal_package(package(1), KEY.public_key()))
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+
+
+def test_concurrent_posts_of_one_package_store_it_once(db_url, monkeypatch):
+    """Both posts pass the replay check before either writes: one 201, one 409."""
+    ingestor = PackageIngestor(db_url, KEY, POLICY)
+    real = service_module._stored
+    barrier = threading.Barrier(2, timeout=10)
+    calls = {"n": 0}
+    lock = threading.Lock()
+
+    def stored_after_both_checked(engine, pid):
+        with lock:
+            calls["n"] += 1
+            first_two = calls["n"] <= 2
+        if first_two:
+            barrier.wait()  # both threads are past the check, neither has written
+            return False
+        return real(engine, pid)
+
+    monkeypatch.setattr(service_module, "_stored", stored_after_both_checked)
+    sealed = seal_package(package(7), KEY.public_key())
+    outcomes = []
+    threads = [threading.Thread(target=lambda: outcomes.append(ingestor(sealed)))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted((o.status, o.replay) for o in outcomes) == [("accepted", False),
+                                                              ("rejected", True)]
+    assert SharedStore(ingestor.engine, KEY).counts()["packages"] == 1
+
+
+def test_concurrent_ingestion_shares_classes_without_loss(db_url):
+    """Two ingestors (as two service processes: two writers) racing to create the same new
+    classes and to update their counters: retried, counted exactly."""
+    ingestors = [PackageIngestor(db_url, KEY, POLICY) for _ in range(2)]
+    packages = [package(i, n=4) for i in range(40)]
+    sealed = [seal_package(p, KEY.public_key()) for p in packages]
+    outcomes = []
+    lock = threading.Lock()
+
+    def work(ingestor, chunk):
+        for body in chunk:
+            o = ingestor(body)
+            with lock:
+                outcomes.append(o)
+
+    threads = [threading.Thread(target=work, args=(ingestors[i % 2], sealed[i::4] + sealed[:5]))
+               for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    accepted = [o for o in outcomes if o.status == "accepted"]
+    assert len(accepted) == 40 and len({o.package_id for o in accepted}) == 40
+    assert all(o.replay for o in outcomes if o.status != "accepted")
+    counts = SharedStore(ingestors[0].engine, KEY).counts()
+    assert counts["packages"] == 40 and counts["records"] == 160
+
+
+# --- the service as a process: load, faults, hostile input ---------------------------------
+@pytest.fixture
+def files(tmp_path, server_load):
+    key = tmp_path / "server.key"
+    save_private_key(KEY, key)
+    policy = tmp_path / "policy.json"
+    policy.write_text(server_load.POLICY.to_json())
+    return key, policy
+
+
+def _load(server_load, db_url, files, tmp_path, *, n, clients, faults=()):
+    envelopes = server_load.make_envelopes(n, KEY.public_key(), seed=n)
+    service = server_load.ServiceProcess(db_url, *files, log=tmp_path / "serve.log").start()
+    try:
+        actions = [(at, service.restart if what == "service" else what)
+                   for at, what in faults]
+        result = server_load.run_load(service.url, envelopes, clients=clients, deadline=120,
+                                      faults=actions)
+    finally:
+        service.stop()
+    checks = server_load.check_exactly_once(result, server_load.stored(db_url), envelopes, 3)
+    print(f"\n{db_url.split(':')[0]}: {result.packages_per_second} packages/s, "
+          f"latency {result.latency_ms}, statuses {result.statuses}, "
+          f"connection errors {result.connection_errors}")
+    return result, checks
+
+
+@pytest.mark.slow
+def test_load_every_accepted_package_stored_once(db_url, files, tmp_path, server_load):
+    result, checks = _load(server_load, db_url, files, tmp_path, n=500, clients=10)
+    assert all(checks.values()), checks
+    assert result.statuses == {"201": 500}
+    assert result.latency_ms["p99"] > 0 and result.packages_per_second > 0
+
+
+@pytest.mark.slow
+def test_service_killed_and_restarted_mid_load(db_url, files, tmp_path, server_load):
+    result, checks = _load(server_load, db_url, files, tmp_path, n=500, clients=10,
+                           faults=[(0.3, "service")])
+    assert all(checks.values()), checks
+    assert result.connection_errors > 0  # the kill was felt by clients, who retried
+    assert set(result.statuses) <= {"201", "409", "503"}
+
+
+@pytest.mark.slow
+def test_database_restarted_mid_load(postgres_url, postgres_ctl, files, tmp_path, server_load):
+    result, checks = _load(server_load, postgres_url, files, tmp_path, n=500, clients=10,
+                           faults=[(0.4, server_load.pg_restart(postgres_ctl))])
+    assert all(checks.values()), checks
+    assert set(result.statuses) <= {"201", "409", "503"}
+    assert result.statuses.get("503", 0) > 0  # clients were told to retry, and did
+
+
+def _raw(port: int, data: bytes, *, pace: float = 0.0, chunks: int = 1,
+         timeout: float = 10.0) -> int:
+    """Send raw bytes (optionally slowly, in pieces); the status answered, 0 if closed silently."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        step = max(1, -(-len(data) // chunks))
+        for i in range(0, len(data), step):
+            if select.select([s], [], [], 0)[0]:
+                break  # the service answered (or closed) before the end: read it
+            try:
+                s.sendall(data[i:i + step])
+            except OSError:
+                break
+            if pace:
+                time.sleep(pace)
+        try:
+            head = s.recv(64)
+        except OSError:
+            return 0
+    parts = head.split(b" ")
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+
+
+def _in_parallel(n: int, fn) -> set[int]:
+    out: list[int] = []
+    threads = [threading.Thread(target=lambda: out.append(fn())) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    return set(out)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not LINUX, reason="measures the service's memory in /proc")
+def test_hostile_input_rejected_without_memory_growth(tmp_path, files, server_load):
+    db_url = f"sqlite:///{tmp_path / 's.db'}"
+    service = server_load.ServiceProcess(
+        db_url, *files, extra=["--max-body-bytes", "65536", "--body-timeout", "1"]).start()
+    port = service.port
+    header = (b"POST /v1/packages HTTP/1.1\r\nHost: x\r\n"
+              b"Content-Type: application/octet-stream\r\n")
+    oversize_declared = header + b"Content-Length: 104857600\r\n\r\n" + b"\0" * 65536
+    chunk = b"%x\r\n%s\r\n" % (65536, b"\0" * 65536)
+    oversize_chunked = header + b"Transfer-Encoding: chunked\r\n\r\n" + chunk * 16
+    garbage = header + b"Content-Length: 60000\r\n\r\n" + os.urandom(60000)
+    slow_body = header + b"Content-Length: 1000\r\n\r\n" + b"\0" * 999
+    slow_headers = header + b"X-Padding: " + b"a" * 400
+
+    def round_of_abuse() -> dict[str, set[int]]:
+        seen = {
+            "oversize declared": {_raw(port, oversize_declared) for _ in range(25)},
+            "oversize chunked": {_raw(port, oversize_chunked, chunks=16) for _ in range(25)},
+            "garbage": {_raw(port, garbage) for _ in range(25)},
+        }
+        seen["not http"] = _in_parallel(10, lambda: _raw(port, os.urandom(4096)))
+        seen["slow body"] = _in_parallel(10, lambda: _raw(port, slow_body, pace=0.1, chunks=40))
+        seen["slow headers"] = _in_parallel(
+            10, lambda: _raw(port, slow_headers, pace=0.1, chunks=40))
+        return seen
+
+    try:
+        round_of_abuse()  # warm up: every code path has run once
+        before = service.rss_bytes()
+        for _ in range(4):
+            seen = round_of_abuse()
+        after = service.rss_bytes()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("POST", "/v1/packages", body=seal_package(package(1), KEY.public_key()))
+        still_serving = conn.getresponse().status
+        conn.close()
+    finally:
+        service.stop()
+    print(f"\nservice RSS {before / 2**20:.1f} MiB -> {after / 2**20:.1f} MiB after 4 rounds "
+          f"of 115 hostile requests; statuses {seen}")
+    assert seen["oversize declared"] == {413}
+    assert seen["oversize chunked"] == {413}
+    assert seen["garbage"] == {400}
+    assert seen["not http"] <= {400, 0}
+    assert seen["slow body"] == {408}
+    assert seen["slow headers"] == {0}  # closed without a word, after the header timeout
+    assert after - before < 16 * 2**20
+    assert still_serving == 400  # a package of the test_ingest schema: refused, yet answered
+
+
+def test_cli_serve_parser():
+    parser = argparse.ArgumentParser(prog="dmt")
+    cli_serve.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["serve", "--db", "sqlite:///x.db", "--key", "k"])
+    assert args.host == "127.0.0.1" and args.func is cli_serve.run_serve
+
+
+def test_serve_refuses_a_key_that_does_not_fit_the_database(tmp_path):
+    from dmt_privacy.seal import generate_server_key
+
+    db = f"sqlite:///{tmp_path / 's.db'}"
+    create_app(db, KEY, POLICY)
+    with pytest.raises(Exception, match="cannot be unwrapped"):
+        create_app(db, generate_server_key(), POLICY)
+    assert connect(db).dialect.name == "sqlite"
+
