@@ -103,12 +103,15 @@ $(RISK_STAMP):
 	touch $(RISK_STAMP)
 
 BENCHMARKS := model_quality kanon_adult kanon_scaling ldp_throughput modify_throughput \
-	sharing_crypto sharing_pipeline federated_baseline
+	sharing_crypto sharing_pipeline federated_baseline server_load
 
-bench: install wordnet risk-env
+# Every benchmark writes benchmarks/results/*.json (and plots); server_load uses the same
+# throwaway PostgreSQL cluster as the tests.
+bench: install wordnet risk-env postgres
+	@trap '$(PG_STOP)' EXIT; trap 'exit 130' INT TERM; $(PG_START); \
 	for name in $(BENCHMARKS); do \
-	  [ ! -f benchmarks/$$name.py ] || NLTK_DATA=$(NLTK_DATA_DIR) $(PY) benchmarks/$$name.py || exit 1; \
-	done
+	  echo "== benchmarks/$$name.py"; NLTK_DATA=$(NLTK_DATA_DIR) $(PY) benchmarks/$$name.py || exit 1; \
+	done; \
 	$(PY) benchmarks/privacy_utility.py --risk
 
 clean:
