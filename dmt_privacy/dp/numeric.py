@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import functools
 import math
+from abc import ABC, abstractmethod
 from typing import Any
 
 import numpy as np
@@ -201,7 +202,7 @@ def discrete_gaussian_sigma(epsilon: float, delta: float, sensitivity: int) -> f
 
 
 # --- mechanisms ---------------------------------------------------------------
-class _GridMechanism:
+class _GridMechanism(ABC):
     """Clamp, snap to grid units, add integer noise, clip to the window."""
 
     mechanism_name = "abstract"
@@ -256,8 +257,9 @@ class _GridMechanism:
             k = np.rint(q)
         return np.clip(k, self.lo_units, self.hi_units).astype(np.int64)
 
+    @abstractmethod
     def noise_units(self, n: int) -> npt.NDArray[np.int64]:
-        raise NotImplementedError
+        """``n`` noise draws in grid units."""
 
     def randomise_units(self, units: npt.ArrayLike) -> npt.NDArray[np.int64]:
         """Noisy grid units ``clip(k + Z, window)`` for snapped units ``k``."""

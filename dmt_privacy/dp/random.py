@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from abc import ABC, abstractmethod
 from typing import Any
 
 import numpy as np
@@ -43,7 +44,7 @@ class InsecureRandomnessWarning(UserWarning):
     """Noise is being drawn from a seeded, predictable generator: for tests only."""
 
 
-class RandomSource:
+class RandomSource(ABC):
     """Uniform 64-bit words, and the derived draws every mechanism uses."""
 
     #: Whether the words come from a cryptographically secure generator.
@@ -51,9 +52,9 @@ class RandomSource:
     #: How the source is described in receipts.
     name: str = "abstract"
 
+    @abstractmethod
     def words(self, n: int) -> npt.NDArray[np.uint64]:
         """``n`` independent uniform 64-bit words."""
-        raise NotImplementedError
 
     # --- derived draws --------------------------------------------------------
     def uniform(self, n: int) -> npt.NDArray[np.float64]:

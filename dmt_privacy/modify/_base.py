@@ -8,6 +8,7 @@ kind of container holding new items, and never changes the one it was given.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -42,7 +43,7 @@ def check_number(name: str, value: Any, *, low: float | None = None, high: float
     )
 
 
-class Modifier(TransformerMixin, BaseEstimator):  # type: ignore[misc]
+class Modifier(TransformerMixin, BaseEstimator, ABC):  # type: ignore[misc]
     """Base of the modifiers: stateless scikit-learn transformers over items.
 
     Subclasses implement :meth:`_check_params` (validate, raise
@@ -56,14 +57,17 @@ class Modifier(TransformerMixin, BaseEstimator):  # type: ignore[misc]
     _item_name = "an item"
 
     # --- to implement ---------------------------------------------------
-    def _check_params(self) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def _check_params(self) -> None:
+        """Raise ValidationError naming a bad parameter."""
 
-    def _is_item(self, value: Any) -> bool:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def _is_item(self, value: Any) -> bool:
+        """Whether ``value`` is one item (not a collection of items)."""
 
-    def _modify_item(self, item: Any, rng: np.random.Generator) -> Any:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def _modify_item(self, item: Any, rng: np.random.Generator) -> Any:
+        """A modified copy of one item."""
 
     # --- scikit-learn contract -------------------------------------------
     def fit(self, X: Any = None, y: Any = None) -> Modifier:

@@ -15,6 +15,7 @@ first use, which takes a second or two once per process.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -78,9 +79,9 @@ class _AudioModifier(Modifier):
             return item.copy()
         return restore(self._modify_clip(clip, rng))
 
-    def _modify_clip(self, clip: np.ndarray, rng: np.random.Generator
-                     ) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def _modify_clip(self, clip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The modified clip, float."""
 
     def _check_sample_rate(self) -> int:
         rate = self.sample_rate  # type: ignore[attr-defined]

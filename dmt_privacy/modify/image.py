@@ -11,6 +11,7 @@ is blurred with the colours but never recoloured or noised.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -114,9 +115,9 @@ class _ImageModifier(Modifier):
         array, restore = _to_unit(item)
         return restore(self._modify_array(array, rng))
 
-    def _modify_array(self, array: np.ndarray, rng: np.random.Generator
-                      ) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def _modify_array(self, array: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The modified image, float in [0, 1]."""
 
 
 class GaussianBlur(_ImageModifier):
