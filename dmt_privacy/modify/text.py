@@ -358,5 +358,8 @@ class SynonymReplacer(Modifier):
         pieces.append(text[last:])
         return "".join(pieces)
 
-    def _modify_item(self, item: Any, rng: np.random.Generator) -> Any:  # pragma: no cover
-        raise NotImplementedError("SynonymReplacer overrides transform")
+    def _modify_item(self, item: Any, rng: np.random.Generator) -> Any:
+        """One text on its own. :meth:`transform` does not come here: it needs one
+        WordNet load and one report for the whole collection."""
+        text, _ = self.transform_with_report(item)
+        return text
