@@ -60,7 +60,6 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -77,6 +76,7 @@ from dmt_privacy.errors import (
     ModelFileError,
     ValidationError,
 )
+from dmt_privacy.files import write_atomically
 
 __all__ = [
     "DEFAULT_KDF_PARAMS",
@@ -564,76 +564,20 @@ def _read_backup(path: Path) -> bytes:
 
 
 def _write_atomic(path: Path, data: bytes, *, overwrite: bool, what: str) -> None:
-    """Write ``data`` to ``path`` all at once, or not at all.
-
-    The bytes go to a 0600 temporary file in the same directory, which is
-    fsynced and then renamed into place (``os.replace``, or a hard link that
-    cannot clobber when ``overwrite`` is false), and the directory is fsynced.
-    On any failure the temporary file is removed and ``path`` is untouched.
-    """
+    """Write ``data`` to ``path`` all at once, or not at all (0600; see ``write_atomically``)."""
     directory = path.parent
     if not directory.is_dir():
         raise ModelFileError(f"directory {str(directory)!r} for the {what} file does not exist")
     try:
-        fd, temp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise ModelFileError(
-            f"cannot write the {what} file in {str(directory)!r}: {exc.strerror}"
-        ) from None
-    temp = Path(temp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if overwrite:
-            os.replace(temp, path)
-        else:
-            _link_no_clobber(temp, path, what)
-    except BaseException as exc:
-        temp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise ModelFileError(
-                f"cannot write the {what} file {str(path)!r}: {exc.strerror or exc}; "
-                "nothing was replaced"
-            ) from None
-        raise
-    _fsync_directory(directory)
-
-
-def _link_no_clobber(temp: Path, path: Path, what: str) -> None:
-    try:
-        os.link(temp, path)
+        write_atomically(path, data, mode=0o600, overwrite=overwrite)
     except FileExistsError:
         raise ModelFileError(
             f"{what} file {str(path)!r} already exists; nothing was written. "
             "Pass overwrite=True (--force) to replace it."
         ) from None
-    except OSError:
-        # A file system without hard links: check, then rename (a small race).
-        if path.exists() or path.is_symlink():
-            raise ModelFileError(
-                f"{what} file {str(path)!r} already exists; nothing was written. "
-                "Pass overwrite=True (--force) to replace it."
-            ) from None
-        os.replace(temp, path)
-        return
-    try:
-        temp.unlink()
-    except OSError:
-        pass  # the file is in place; a stray hidden temp name is all that is left
+    except OSError as exc:
+        raise ModelFileError(
+            f"cannot write the {what} file {str(path)!r}: {exc.strerror or exc}; "
+            "nothing was replaced"
+        ) from None
 
-
-def _fsync_directory(directory: Path) -> None:
-    if os.name != "posix":
-        return
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -29,8 +29,8 @@ import numpy as np
 import pandas as pd
 
 from dmt_model.features import FeatureBatch, Featurizer
-from dmt_model.files import write_atomically
 from dmt_privacy.errors import ModelFileError, ValidationError
+from dmt_privacy.files import write_atomically
 from dmt_privacy.schema import Schema
 
 if TYPE_CHECKING:
@@ -167,7 +167,7 @@ class Foundation:
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)  # type: ignore[arg-type]
-        write_atomically(path, buffer.getvalue())
+        write_atomically(path, buffer.getvalue(), make_parents=True)
         return path
 
     @classmethod

@@ -51,7 +51,7 @@ import numpy as np
 import pandas as pd
 
 from dmt_model.coreml._spec import load_spec, save_spec
-from dmt_model.coreml.evaluate import evaluate_spec, predict_frame
+from dmt_model.coreml.evaluate import apply_activation, evaluate_spec, predict_frame
 from dmt_model.coreml.validate import validate_updatable
 from dmt_model.coreml.weights import _network, get_inner_product, set_inner_product
 from dmt_model.features import Featurizer
@@ -197,16 +197,6 @@ def _suffix(spec: Any) -> tuple[str, list[Any], str]:
     return start_blob, chain, loss_input
 
 
-def _act_forward(kind: str, x: np.ndarray) -> np.ndarray:
-    if kind == "ReLU":
-        return np.maximum(x, np.float32(0))
-    if kind == "sigmoid":
-        return (1 / (1 + np.exp(-x))).astype(np.float32)
-    if kind == "tanh":
-        return np.tanh(x)
-    raise ModelFileError(f"Activation {kind!r} cannot stand after an updatable layer.")
-
-
 def _act_backward(kind: str, out: np.ndarray, grad: np.ndarray) -> np.ndarray:
     if kind == "ReLU":
         return grad * (out > 0)
@@ -278,8 +268,7 @@ def update_spec(
                     w, bias = params[layer.name]
                     activations.append(x @ w.T + bias)
                 else:
-                    kind = layer.activation.WhichOneof("NonlinearityType")
-                    activations.append(_act_forward(kind, x))
+                    activations.append(apply_activation(layer, x))
             diff = activations[-1] - y[index]
             loss = convention.loss(diff)
             if not math.isfinite(loss):

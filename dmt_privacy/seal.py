@@ -50,13 +50,13 @@ import hmac
 import os
 import stat
 import struct
-import tempfile
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import x25519
 
 from dmt_privacy.errors import InvalidPackage, ValidationError
+from dmt_privacy.files import write_atomically
 
 __all__ = [
     "ENVELOPE_MAGIC",
@@ -259,36 +259,13 @@ def generate_server_key() -> ServerPrivateKey:
 
 # --- key files ------------------------------------------------------------------------------
 def _write_atomic(path: Path, data: bytes, mode: int, overwrite: bool) -> None:
-    path = Path(path)
-    if path.exists() and not overwrite:
+    try:
+        write_atomically(path, data, mode=mode, overwrite=overwrite)
+    except FileExistsError:
         raise FileExistsError(
             f"{path} exists; refusing to replace a key file (pass overwrite=True to replace it, "
             "and keep the old private key while packages sealed to it may still arrive)."
-        )
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+        ) from None
 
 
 def _read_key_file(path: Path) -> bytes:

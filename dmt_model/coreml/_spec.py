@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from dmt_model.files import write_atomically
 from dmt_privacy.errors import MissingDependencyError, ModelFileError
+from dmt_privacy.files import write_atomically
 
 __all__ = ["import_coremltools", "load_spec", "save_spec", "spec_from_bytes"]
 
@@ -66,4 +66,4 @@ def load_spec(path: str | os.PathLike[str]) -> Any:
 
 def save_spec(spec: Any, path: str | os.PathLike[str]) -> Path:
     """Write ``spec`` to ``path`` atomically: the old file survives any failure."""
-    return write_atomically(path, spec.SerializeToString())
+    return write_atomically(path, spec.SerializeToString(), make_parents=True)

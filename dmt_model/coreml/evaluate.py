@@ -19,7 +19,7 @@ import pandas as pd
 from dmt_model.coreml.weights import _network, weight_values
 from dmt_privacy.errors import ModelFileError, ValidationError
 
-__all__ = ["evaluate_spec", "input_names", "predict_frame"]
+__all__ = ["apply_activation", "evaluate_spec", "input_names", "predict_frame"]
 
 Blobs = dict[str, np.ndarray]
 
@@ -42,7 +42,7 @@ def _inner_product(layer: Any, x: np.ndarray) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def _activation(layer: Any, x: np.ndarray) -> np.ndarray:
+def apply_activation(layer: Any, x: np.ndarray) -> np.ndarray:
     act = layer.activation
     kind = act.WhichOneof("NonlinearityType")
     if kind == "ReLU":
@@ -73,7 +73,7 @@ def _run_layer(layer: Any, blobs: Blobs, batch: int) -> np.ndarray:
     if kind == "innerProduct":
         return _inner_product(layer, _unary_inputs(layer, blobs))
     if kind == "activation":
-        return _activation(layer, _unary_inputs(layer, blobs))
+        return apply_activation(layer, _unary_inputs(layer, blobs))
     if kind == "loadConstantND":
         return _load_constant_nd(layer, batch)
     if kind == "concatND":

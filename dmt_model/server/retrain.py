@@ -27,9 +27,9 @@ import pandas as pd
 
 from dmt_model.coreml import UpdateSettings, export_coreml
 from dmt_model.features import FeatureBatch
-from dmt_model.files import write_atomically
 from dmt_model.foundation import Foundation, TrainingConfig, fit_foundation, regression_metrics
 from dmt_privacy.errors import ModelFileError, ValidationError
+from dmt_privacy.files import write_atomically
 
 __all__ = [
     "ModelRegistry",
@@ -225,5 +225,6 @@ class ModelRegistry:
                              datetime.now(timezone.utc).isoformat(timespec="seconds"),
                              dict(trained_on), evaluation, notes)
         index = [asdict(v) for v in versions] + [asdict(entry)]
-        write_atomically(self.folder / self.INDEX, json.dumps(index, indent=2).encode())
+        write_atomically(self.folder / self.INDEX, json.dumps(index, indent=2).encode(),
+                         make_parents=True)
         return entry

@@ -147,7 +147,7 @@ def test_bad_records_are_named_and_nothing_is_written(personal_model, simulation
 
 
 def test_a_failed_write_leaves_the_old_model(personal_model, simulation, monkeypatch):
-    import dmt_model.files as files
+    import dmt_privacy.files as files
 
     before = personal_model.read_bytes()
 
