@@ -64,7 +64,7 @@ from dmt_model.foundation import Foundation, TrainingConfig, fit_foundation, tra
 from dmt_model.personalize import update_spec
 from dmt_model.server.retrain import SharedBatch, retrain_foundation
 from dmt_privacy.anonymity import KAnonymizer, release_classes
-from dmt_privacy.dp import LocalDPPerturber
+from dmt_privacy.dp import UNACCOUNTED, LocalDPPerturber
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,6 +104,7 @@ def share(sim, *, k: int | None = None, epsilon: float | None = None, seed: int 
     for _, records in shared.groupby("_package"):  # one release per device
         perturber = LocalDPPerturber(BOSTON_SCHEMA.select(fields),
                                      epsilon={f: epsilon / len(fields) for f in fields},
+                                     ledger=UNACCOUNTED,  # simulated users: no device ledger
                                      random_state=seed * 1000 + int(records["_package"].iloc[0]))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the seeded source warns it is not secure: intended

@@ -34,6 +34,7 @@ import json
 import math
 import secrets
 import types
+import warnings
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,7 +43,7 @@ import numpy as np
 import pandas as pd
 
 from dmt_privacy.anonymity.plan import AnonymizationPlan
-from dmt_privacy.dp.perturber import LocalDPPerturber
+from dmt_privacy.dp.perturber import LocalDPPerturber, release_epsilon
 from dmt_privacy.dp.receipt import ReleaseReceipt
 from dmt_privacy.errors import AnonymizationError, SchemaError, ValidationError
 from dmt_privacy.package import PrivacyReceipt, SharePackage, seal_package
@@ -52,7 +53,7 @@ from dmt_privacy.store import LocalStore, OutboxEntry
 
 __all__ = ["ShareResult", "SharingPolicy", "share"]
 
-_UNITS = ("record", "user")
+_UNITS = ("user", "record")
 
 
 def _frozen_mapping(value: Mapping[str, Any] | None, name: str) -> Mapping[str, Any]:
@@ -86,13 +87,18 @@ class SharingPolicy:
         Local DP per field, as :class:`~dmt_privacy.dp.LocalDPPerturber` takes
         them (``"oue"`` is refused: its output columns are not schema fields).
     privacy_unit:
-        ``"record"`` or ``"user"``, see :class:`~dmt_privacy.dp.LocalDPPerturber`.
+        ``"user"`` (user-level DP: a share of n records costs n × Σε, what
+        the user loses) or ``"record"`` (record-level, weaker), see
+        :class:`~dmt_privacy.dp.LocalDPPerturber`. Deprecation path: a policy
+        with ``epsilon`` and no ``privacy_unit`` is record-level and warns
+        (``FutureWarning``); the default becomes ``"user"`` once the callers
+        that rely on it (``dmt demo``) state their unit.
     required_k:
         The plan's k must be at least this (the server refuses less).
     max_epsilon:
-        The most one share may charge the ledger (sum over fields, times the
-        number of records for ``privacy_unit="user"``); checked before any
-        noise is drawn.
+        The most one share may charge the ledger (what
+        :func:`~dmt_privacy.dp.release_epsilon` says the release costs under
+        ``privacy_unit``); checked before any noise is drawn.
 
     A field may take one transform only. A schema quasi-identifier must be
     generalized by the plan or perturbed; an identifier is never shared.
@@ -107,7 +113,7 @@ class SharingPolicy:
     epsilon: Mapping[str, float] = field(default_factory=dict)
     delta: Mapping[str, float] = field(default_factory=dict)
     mechanism: Mapping[str, str] = field(default_factory=dict)
-    privacy_unit: str = "record"
+    privacy_unit: str | None = None
     required_k: int | None = None
     max_epsilon: float | None = None
 
@@ -138,6 +144,16 @@ class SharingPolicy:
             object.__setattr__(self, "record_ids", frozenset(str(r) for r in self.record_ids))
         for name in ("modifiers", "epsilon", "delta", "mechanism"):
             object.__setattr__(self, name, _frozen_mapping(getattr(self, name), name))
+        if self.privacy_unit is None:
+            if self.epsilon:
+                warnings.warn(
+                    "SharingPolicy without privacy_unit is record-level (each share costs Σε "
+                    "however many records it holds, which is not what the user loses); pass "
+                    "privacy_unit='user' (user-level, the coming default) or 'record'.",
+                    FutureWarning, stacklevel=3)
+                object.__setattr__(self, "privacy_unit", "record")
+            else:
+                object.__setattr__(self, "privacy_unit", "user")
         if self.privacy_unit not in _UNITS:
             raise ValidationError(
                 f"privacy_unit must be one of {_UNITS!r}, got {self.privacy_unit!r}."
@@ -185,7 +201,7 @@ class SharingPolicy:
                     math.isfinite(me) and me > 0):
                 raise ValidationError(f"max_epsilon must be a finite number > 0, got {me!r}.")
             spent = math.fsum(float(v) for v in self.epsilon.values())
-            if self.privacy_unit == "record" and spent > me * (1 + 1e-12):
+            if spent > me * (1 + 1e-12):  # the least any release can cost, under either unit
                 raise ValidationError(
                     f"The per-field ε sum to {spent:g}, above max_epsilon={me:g}; lower them."
                 )
@@ -334,9 +350,8 @@ def share(
     dp_receipt: ReleaseReceipt | None = None
     if policy.epsilon:
         dp_fields = list(policy.epsilon)
-        cost = math.fsum(float(v) for v in policy.epsilon.values())
-        if policy.privacy_unit == "user":
-            cost *= len(frame)
+        cost, _ = release_epsilon(frame[dp_fields], policy.epsilon, policy.delta,
+                                  privacy_unit=str(policy.privacy_unit))
         if policy.max_epsilon is not None and cost > policy.max_epsilon * (1 + 1e-12):
             raise ValidationError(
                 f"This share would charge ε={cost:g} (privacy_unit={policy.privacy_unit!r}, "
@@ -346,7 +361,7 @@ def share(
         perturber = LocalDPPerturber(
             schema, epsilon=dict(policy.epsilon), delta=dict(policy.delta) or None,
             mechanism=dict(policy.mechanism) or None, ledger=store.ledger,
-            privacy_unit=policy.privacy_unit, random_state=random_state,
+            privacy_unit=str(policy.privacy_unit), random_state=random_state,
         ).fit()
         release = perturber.perturb(frame[dp_fields])  # charges the ledger, then draws
         for name in dp_fields:

@@ -23,7 +23,7 @@ from dmt_model.foundation import train_foundation
 from dmt_model.personalize import update_spec
 from dmt_model.server.retrain import SharedBatch, retrain_foundation
 from dmt_privacy.anonymity import KAnonymizer, release_classes
-from dmt_privacy.dp import LocalDPPerturber
+from dmt_privacy.dp import UNACCOUNTED, LocalDPPerturber
 
 QIS = ["CHAS", "RAD", "AGE", "DIS", "TAX"]
 sim = simulate_users(load_boston(), spread=0.15, seed=1)
@@ -48,7 +48,8 @@ plan = KAnonymizer(QIS, k=5).fit(sim.proxy.astype(categorical)).plan_.widened(
 received = []
 for user in sim.users:
     generalized = plan.apply(user.shareable.astype(categorical)).data.assign(device=user.user_id)
-    perturber = LocalDPPerturber(BOSTON_SCHEMA.select(["MEDV"]), epsilon={"MEDV": 1.0})
+    perturber = LocalDPPerturber(BOSTON_SCHEMA.select(["MEDV"]), epsilon={"MEDV": 1.0},
+                                 ledger=UNACCOUNTED)  # a simulation: no device ledger
     release = perturber.fit(generalized[["MEDV"]]).perturb(generalized[["MEDV"]])
     received.append((generalized.assign(MEDV=release.data["MEDV"].to_numpy()), release.receipt))
 released, _ = release_classes(pd.concat([r for r, _ in received]), QIS, 5, package_column="device")

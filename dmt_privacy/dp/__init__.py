@@ -3,7 +3,9 @@
 The recipe layer is :class:`LocalDPPerturber`, a scikit-learn transformer on
 DataFrames with a per-field ε allocation that charges a per-user
 :class:`PrivacyLedger` (SQLite) on every release and yields a
-:class:`ReleaseReceipt`. Below it, the vectorized mechanisms:
+:class:`ReleaseReceipt`. The privacy unit is the user by default: a release
+of n records costs the user n × Σε. ``ledger=UNACCOUNTED`` is the only way
+to release without a ledger. Below it, the vectorized mechanisms:
 :class:`DiscreteLaplace` and :class:`DiscreteGaussian` for numeric fields
 (clamped to the schema's bounds, snapped to its grid, integer noise, outputs
 exactly ``k * grid``), :class:`RandomizedResponse` (k-RR) and
@@ -23,9 +25,9 @@ from dmt_privacy.dp.estimators import (
     estimate_frequencies,
     estimate_mean,
 )
-from dmt_privacy.dp.ledger import LedgerEntry, PrivacyLedger, Spend
+from dmt_privacy.dp.ledger import UNACCOUNTED, LedgerEntry, PrivacyLedger, Spend, Unaccounted
 from dmt_privacy.dp.numeric import DiscreteGaussian, DiscreteLaplace, grid_units
-from dmt_privacy.dp.perturber import LocalDPPerturber, Release
+from dmt_privacy.dp.perturber import LocalDPPerturber, Release, release_epsilon
 from dmt_privacy.dp.random import (
     InsecureRandomnessWarning,
     RandomSource,
@@ -35,6 +37,7 @@ from dmt_privacy.dp.random import (
 from dmt_privacy.dp.receipt import FieldReceipt, ReleaseReceipt
 
 __all__ = [
+    "UNACCOUNTED",
     "DiscreteGaussian",
     "DiscreteLaplace",
     "FieldReceipt",
@@ -51,10 +54,12 @@ __all__ = [
     "SeededInsecureSource",
     "Spend",
     "SystemSource",
+    "Unaccounted",
     "UnaryEncoding",
     "dp_histogram",
     "dp_mean",
     "estimate_frequencies",
     "estimate_mean",
     "grid_units",
+    "release_epsilon",
 ]

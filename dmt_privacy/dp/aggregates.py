@@ -22,11 +22,23 @@ import numpy as np
 import numpy.typing as npt
 
 from dmt_privacy.dp._checks import check_bounds, check_epsilon
-from dmt_privacy.dp.ledger import PrivacyLedger
+from dmt_privacy.dp.ledger import UNACCOUNTED, PrivacyLedger, Unaccounted
 from dmt_privacy.dp.receipt import FieldReceipt, ReleaseReceipt
 from dmt_privacy.errors import SchemaError, UnknownCategoryError, ValidationError
 
 __all__ = ["dp_histogram", "dp_mean"]
+
+
+def _check_ledger(ledger: Any, field: str) -> PrivacyLedger | None:
+    if isinstance(ledger, PrivacyLedger):
+        return ledger
+    if ledger is UNACCOUNTED:
+        return None
+    raise ValidationError(
+        f"Field {field!r}: ledger must be a PrivacyLedger (e.g. user_id='server:<dataset>') that "
+        f"this aggregate is charged to, or ledger=UNACCOUNTED to compute it with no accounting; "
+        f"got {ledger!r}."
+    )
 
 
 def _charge(ledger: PrivacyLedger | None, receipt: ReleaseReceipt) -> Any:
@@ -48,7 +60,7 @@ def dp_mean(
     *,
     epsilon: float,
     bounds: tuple[float, float],
-    ledger: PrivacyLedger | None = None,
+    ledger: PrivacyLedger | Unaccounted | None = None,
     random_state: Any = None,
     field: str = "value",
 ) -> float:
@@ -57,12 +69,13 @@ def dp_mean(
 
     eps = check_epsilon(epsilon, field=field)
     low, high = check_bounds(bounds, field=field)
+    accounted = _check_ledger(ledger, field)
     x = np.asarray(values, dtype=np.float64).ravel()
     if x.size == 0 or not np.isfinite(x).all():
         raise ValidationError(f"Field {field!r}: values must be non-empty and finite.")
     receipt = _receipt(FieldReceipt(field=field, mechanism="diffprivlib.tools.mean",
-                                    epsilon=eps, bounds=(low, high)), x.size, ledger)
-    with _charge(ledger, receipt):
+                                    epsilon=eps, bounds=(low, high)), x.size, accounted)
+    with _charge(accounted, receipt):
         return float(mean(np.clip(x, low, high), epsilon=eps, bounds=(low, high),
                           random_state=random_state))
 
@@ -72,7 +85,7 @@ def dp_histogram(
     *,
     epsilon: float,
     categories: Sequence[Any],
-    ledger: PrivacyLedger | None = None,
+    ledger: PrivacyLedger | Unaccounted | None = None,
     random_state: Any = None,
     field: str = "value",
 ) -> npt.NDArray[np.float64]:
@@ -80,6 +93,7 @@ def dp_histogram(
     from diffprivlib.tools import histogram
 
     eps = check_epsilon(epsilon, field=field)
+    accounted = _check_ledger(ledger, field)
     cats = list(categories)
     if not cats:
         raise SchemaError(f"Field {field!r}: dp_histogram needs the field's categories.")
@@ -92,8 +106,8 @@ def dp_histogram(
             )
         codes.append(index[v])
     receipt = _receipt(FieldReceipt(field=field, mechanism="diffprivlib.tools.histogram",
-                                    epsilon=eps, categories=tuple(cats)), len(codes), ledger)
-    with _charge(ledger, receipt):
+                                    epsilon=eps, categories=tuple(cats)), len(codes), accounted)
+    with _charge(accounted, receipt):
         counts, _ = histogram(np.asarray(codes, dtype=float), epsilon=eps, bins=len(cats),
                               range=(-0.5, len(cats) - 0.5), random_state=random_state)
     return np.asarray(counts, dtype=np.float64)

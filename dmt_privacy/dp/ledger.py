@@ -38,7 +38,33 @@ from typing import Any
 from dmt_privacy.dp.receipt import ReleaseReceipt
 from dmt_privacy.errors import BudgetExceededError, ValidationError
 
-__all__ = ["LedgerEntry", "PrivacyLedger", "Spend"]
+__all__ = ["UNACCOUNTED", "LedgerEntry", "PrivacyLedger", "Spend", "Unaccounted"]
+
+
+class Unaccounted:
+    """The type of :data:`UNACCOUNTED`: pass it as ``ledger=`` to release with NO accounting.
+
+    A release made so is charged to nobody and its receipt names no user. For
+    simulations and benchmarks, where there is no user to protect; never on a
+    device.
+    """
+
+    _instance: Unaccounted | None = None
+
+    def __new__(cls) -> Unaccounted:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "UNACCOUNTED"
+
+    def __reduce__(self) -> str:
+        return "UNACCOUNTED"
+
+
+#: ``ledger=UNACCOUNTED``: release without charging any privacy ledger (simulations only).
+UNACCOUNTED = Unaccounted()
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS dp_budget (

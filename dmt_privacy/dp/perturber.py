@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import math
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,20 +24,51 @@ from sklearn.utils.validation import check_is_fitted
 
 from dmt_privacy.dp._checks import check_delta, check_epsilon
 from dmt_privacy.dp.categorical import RandomizedResponse, UnaryEncoding
-from dmt_privacy.dp.ledger import PrivacyLedger
+from dmt_privacy.dp.ledger import UNACCOUNTED, PrivacyLedger, Unaccounted
 from dmt_privacy.dp.numeric import DiscreteGaussian, DiscreteLaplace
 from dmt_privacy.dp.random import resolve_source
 from dmt_privacy.dp.receipt import FieldReceipt, ReleaseReceipt
 from dmt_privacy.errors import SchemaError, ValidationError
 from dmt_privacy.schema import Kind, Schema
 
-__all__ = ["LocalDPPerturber", "Release"]
+__all__ = ["LocalDPPerturber", "Release", "release_epsilon"]
 
 _NUMERIC = {"laplace": "laplace", "discrete_laplace": "laplace",
             "gaussian": "gaussian", "discrete_gaussian": "gaussian"}
 _CATEGORICAL = {"k_rr": "k_rr", "krr": "k_rr", "randomized_response": "k_rr",
                 "oue": "oue", "unary_encoding": "oue"}
-_UNITS = ("record", "user")
+_UNITS = ("user", "record")
+
+
+def _max_multiplicity(frame: pd.DataFrame) -> int:
+    """How many times the most repeated row of ``frame`` (by value) occurs."""
+    if len(frame) <= 1:
+        return len(frame)
+    hashed = pd.util.hash_pandas_object(frame.astype(object), index=False).to_numpy()
+    return int(np.unique(hashed, return_counts=True)[1].max())
+
+
+def release_epsilon(frame: pd.DataFrame, epsilon: Mapping[str, float], delta: Mapping[str, float]
+                    | None = None, *, privacy_unit: str = "user") -> tuple[float, float]:
+    """The (ε, δ) one release of ``frame`` costs under ``privacy_unit``.
+
+    ``"user"``: every record of the release belongs to the one user whose
+    ledger pays, so the cost is ``n_records × Σε`` (and ``n_records × Σδ``):
+    basic sequential composition over the user's records and fields.
+    ``"record"``: each record is protected on its own and records are assumed
+    distinct, so the cost is ``Σε`` times the largest number of identical rows
+    (by value, over the released fields): a duplicated record reveals as much
+    as that many releases of it, and is charged so.
+    """
+    eps = math.fsum(float(v) for v in epsilon.values())
+    dlt = math.fsum(float(v) for v in (delta or {}).values())
+    if privacy_unit == "user":
+        factor = len(frame)
+    elif privacy_unit == "record":
+        factor = _max_multiplicity(frame[list(epsilon)])
+    else:
+        raise ValidationError(f"privacy_unit must be one of {_UNITS!r}, got {privacy_unit!r}.")
+    return factor * eps, factor * dlt
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,15 +99,20 @@ class LocalDPPerturber(TransformerMixin, BaseEstimator):
     rounding:
         ``"stochastic"`` (default; unbiased) or ``"nearest"`` snapping to the grid.
     ledger:
-        A :class:`PrivacyLedger`; each :meth:`perturb`/:meth:`transform` call
-        charges it before drawing noise and refuses with
-        :class:`BudgetExceededError` past the budget.
+        Required. The user's :class:`PrivacyLedger`; each
+        :meth:`perturb`/:meth:`transform` call charges it before drawing noise
+        and refuses with :class:`BudgetExceededError` past the budget.
+        ``ledger=UNACCOUNTED`` (:data:`dmt_privacy.dp.UNACCOUNTED`) releases
+        with no accounting at all: simulations and benchmarks only. ``None``
+        is refused at :meth:`fit`.
     privacy_unit:
-        ``"record"`` (default): a release costs ``sum(ε)`` — each record is
-        protected, records within one release are disjoint, and releases
-        compose sequentially (whether or not they repeat records).
-        ``"user"``: a release costs ``n_records * sum(ε)``, protecting all of a
-        user's records together.
+        ``"user"`` (default): user-level DP. The ledger is one user's and every
+        record of a release is that user's, so a release costs
+        ``n_records × Σε`` (``n_records × Σδ``): what the user loses when all
+        their records, duplicates included, are compared with none of them.
+        ``"record"``: record-level DP, a weaker promise: each record is
+        protected on its own; a release costs ``Σε`` times the largest number
+        of identical rows in it (a duplicate costs what it reveals).
     random_state:
         ``None`` (default): noise from the OS CSPRNG. An int seeds numpy's
         PCG64: NOT SECURE, reproducible tests only (warns; receipts say so).
@@ -89,8 +126,8 @@ class LocalDPPerturber(TransformerMixin, BaseEstimator):
         delta: Mapping[str, float] | None = None,
         mechanism: Mapping[str, str] | None = None,
         rounding: str = "stochastic",
-        ledger: PrivacyLedger | None = None,
-        privacy_unit: str = "record",
+        ledger: PrivacyLedger | Unaccounted | None = None,
+        privacy_unit: str = "user",
         random_state: Any = None,
     ) -> None:
         self.schema = schema
@@ -119,6 +156,16 @@ class LocalDPPerturber(TransformerMixin, BaseEstimator):
         if self.privacy_unit not in _UNITS:
             raise ValidationError(
                 f"privacy_unit must be one of {_UNITS!r}, got {self.privacy_unit!r}."
+            )
+        if self.ledger is None:
+            raise ValidationError(
+                "ledger is required: pass the user's PrivacyLedger (LocalStore.ledger) so every "
+                "release is charged, or ledger=UNACCOUNTED (dmt_privacy.dp) to release with no "
+                "accounting at all (simulations and benchmarks only)."
+            )
+        if not (isinstance(self.ledger, PrivacyLedger) or self.ledger is UNACCOUNTED):
+            raise ValidationError(
+                f"ledger must be a PrivacyLedger or UNACCOUNTED, got {type(self.ledger).__name__}."
             )
         delta = dict(self.delta or {})
         choice = dict(self.mechanism or {})
@@ -198,19 +245,22 @@ class LocalDPPerturber(TransformerMixin, BaseEstimator):
         self.schema.select(fields).validate(X, columns=fields)
         return X
 
-    def _receipt(self, n_records: int) -> ReleaseReceipt:
+    def _receipt(self, frame: pd.DataFrame) -> ReleaseReceipt:
         fields: tuple[FieldReceipt, ...] = tuple(
             m.field_receipt() for m in self.mechanisms_.values()
         )
-        factor = n_records if self.privacy_unit == "user" else 1
+        eps, dlt = release_epsilon(
+            frame, {f.field: f.epsilon for f in fields}, {f.field: f.delta for f in fields},
+            privacy_unit=self.privacy_unit)
+        ledger = self.ledger if isinstance(self.ledger, PrivacyLedger) else None
         return ReleaseReceipt(
             release_id=uuid.uuid4().hex,
-            n_records=n_records,
-            epsilon=factor * sum(f.epsilon for f in fields),
-            delta=factor * sum(f.delta for f in fields),
+            n_records=len(frame),
+            epsilon=eps,
+            delta=dlt,
             fields=fields,
             privacy_unit=self.privacy_unit,
-            user_id=self.ledger.user_id if self.ledger is not None else None,
+            user_id=ledger.user_id if ledger is not None else None,
             random_source=self.source_.name,
             secure_random=self.source_.secure,
             created=_dt.datetime.now(_dt.timezone.utc).date().isoformat(),
@@ -235,8 +285,8 @@ class LocalDPPerturber(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self, "mechanisms_")
         frame = self._check_frame(X)
-        receipt = self._receipt(len(frame))
-        guard = (self.ledger.release(receipt) if self.ledger is not None
+        receipt = self._receipt(frame)
+        guard = (self.ledger.release(receipt) if isinstance(self.ledger, PrivacyLedger)
                  else contextlib.nullcontext())
         with guard:
             data = self._draw(frame)

@@ -6,7 +6,7 @@ import pytest
 
 from dmt_model.datasets import BOSTON_SCHEMA
 from dmt_model.features import Featurizer
-from dmt_privacy.dp import LocalDPPerturber
+from dmt_privacy.dp import UNACCOUNTED, LocalDPPerturber
 from dmt_privacy.errors import ValidationError
 from dmt_privacy.schema import Field, Schema
 
@@ -60,7 +60,7 @@ def test_randomized_response_is_debiased_to_the_true_one_hot(featurizer, boston)
     full = boston.sample(20_000, replace=True, random_state=0).reset_index(drop=True)
     records = full[["RAD"]]
     perturber = LocalDPPerturber(BOSTON_SCHEMA.select(["RAD"]), epsilon={"RAD": 1.0},
-                                 random_state=1)
+                                 random_state=1, ledger=UNACCOUNTED)
     with pytest.warns(Warning):
         released = perturber.fit(records).transform(records)
     true = featurizer.transform(full).categorical["RAD"].mean(axis=0)

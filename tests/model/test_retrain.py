@@ -101,14 +101,15 @@ def test_noisier_releases_weigh_less(foundation, simulation):
 
     from dmt_model.datasets import BOSTON_SCHEMA
     from dmt_model.server.retrain import NoiseWeigher
-    from dmt_privacy.dp import LocalDPPerturber
+    from dmt_privacy.dp import UNACCOUNTED, LocalDPPerturber
 
     records = simulation.users[0].shareable[["AGE", "MEDV"]]
     weigh = NoiseWeigher(foundation, simulation.proxy)
     weights = []
     for epsilon in (0.5, 2.0, 8.0):
         perturber = LocalDPPerturber(BOSTON_SCHEMA.select(["AGE", "MEDV"]),
-                                     epsilon={"AGE": epsilon, "MEDV": epsilon}, random_state=0)
+                                     epsilon={"AGE": epsilon, "MEDV": epsilon}, random_state=0,
+                                     ledger=UNACCOUNTED)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             receipt = perturber.fit(records).perturb(records).receipt

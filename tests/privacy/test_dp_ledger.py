@@ -24,6 +24,7 @@ FRAME = pd.DataFrame({"age": [30.0, 41.5, 77.0], "sex": ["F", "M", "F"]})
 
 def perturber(ledger, **kw):
     kw.setdefault("epsilon", {"age": 0.1, "sex": 0.1})
+    kw.setdefault("privacy_unit", "record")  # FRAME's 3 distinct records cost Σε = 0.2
     return LocalDPPerturber(SCHEMA, ledger=ledger, **kw).fit()
 
 
@@ -63,7 +64,8 @@ def test_gaussian_releases_spend_delta(tmp_path):
     ledger = PrivacyLedger(tmp_path / "device.db", user_id="u1", epsilon_budget=10.0,
                            delta_budget=2e-6)
     t = LocalDPPerturber(SCHEMA, epsilon={"age": 1.0}, delta={"age": 1e-6},
-                         mechanism={"age": "gaussian"}, ledger=ledger).fit()
+                         mechanism={"age": "gaussian"}, ledger=ledger,
+                         privacy_unit="record").fit()
     frame = FRAME[["age"]]
     t.transform(frame)
     t.transform(frame)
@@ -135,7 +137,7 @@ CHILD = textwrap.dedent("""
     schema = Schema((Field("age", "numeric", bounds=(17, 90), grid=1.0),))
     ledger = PrivacyLedger(db, user_id="u1")
     t = LocalDPPerturber(schema, epsilon={"age": 0.5}, ledger=ledger).fit()
-    t.transform(pd.DataFrame({"age": [30.0, 40.0]}))
+    t.transform(pd.DataFrame({"age": [30.0]}))  # one record, user-level: ε = 0.5
     print("released")  # never reached
 """)
 
@@ -171,7 +173,7 @@ def test_kill_between_charge_and_release_keeps_exactly_one_charge(tmp_path):
         assert ledger.spent.epsilon == pytest.approx(0.5)  # not lost
         # a retry is a new release with fresh noise: charged once more, not twice
         t = LocalDPPerturber(SCHEMA.select(["age"]), epsilon={"age": 0.5}, ledger=ledger).fit()
-        t.transform(pd.DataFrame({"age": [30.0, 40.0]}))
+        t.transform(pd.DataFrame({"age": [40.0]}))
         assert ledger.spent.epsilon == pytest.approx(1.0)
         assert [e.status for e in ledger.entries()].count("released") == 1
         with pytest.raises(BudgetExceededError):

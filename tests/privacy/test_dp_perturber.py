@@ -20,6 +20,7 @@ from dmt_privacy import (
     ValidationError,
 )
 from dmt_privacy.dp import (
+    UNACCOUNTED,
     InsecureRandomnessWarning,
     LocalDPPerturber,
     ReleaseReceipt,
@@ -42,6 +43,11 @@ EPS = {"age": 1.0, "income": 0.5, "sex": 0.5, "rad": 1.0}
 CI = 1 - 1e-6  # a correct estimator misses the truth with probability 1e-6 per interval
 
 
+def unaccounted(**params) -> LocalDPPerturber:
+    """A perturber on SCHEMA with no ledger, as tests of the mechanisms need."""
+    return LocalDPPerturber(SCHEMA, ledger=UNACCOUNTED, **params)
+
+
 def frame(n: int, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     return pd.DataFrame({
@@ -56,7 +62,7 @@ def frame(n: int, seed: int = 0) -> pd.DataFrame:
 def test_transform_releases_every_field_with_a_receipt():
     df = frame(500)
     before = df.copy()
-    t = LocalDPPerturber(SCHEMA, epsilon=EPS, mechanism={"rad": "oue"})
+    t = unaccounted(epsilon=EPS, mechanism={"rad": "oue"})
     out = t.fit_transform(df)
     pd.testing.assert_frame_equal(df, before)  # input untouched
     assert list(out.columns) == ["age", "income", "sex", *[f"rad={i}" for i in range(1, 10)]]
@@ -65,9 +71,9 @@ def test_transform_releases_every_field_with_a_receipt():
     assert set(out["sex"]) <= {"F", "M"}
     assert (out["income"] % 100 == 0).all() and (out["age"] % 1 == 0).all()
     receipt = t.last_receipt_
-    assert receipt.epsilon == pytest.approx(3.0) and receipt.delta == 0
+    assert receipt.epsilon == pytest.approx(500 * 3.0) and receipt.delta == 0  # user-level
     assert receipt.secure_random and receipt.random_source == "os.urandom"
-    assert receipt.n_records == 500 and receipt.privacy_unit == "record"
+    assert receipt.n_records == 500 and receipt.privacy_unit == "user"
     age = receipt.field("age")
     assert (age.mechanism, age.epsilon, age.grid, age.bounds) == (
         "discrete_laplace", 1.0, 1.0, (17.0, 90.0))
@@ -79,14 +85,14 @@ def test_transform_releases_every_field_with_a_receipt():
 
 
 def test_perturb_returns_data_and_receipt_and_ids_differ():
-    t = LocalDPPerturber(SCHEMA, epsilon={"age": 1.0}).fit()
+    t = unaccounted(epsilon={"age": 1.0}).fit()
     a, b = t.perturb(frame(10)[["age"]]), t.perturb(frame(10)[["age"]])
     assert a.receipt.release_id != b.receipt.release_id
     assert a.data.shape == (10, 1)
 
 
 def test_it_is_a_scikit_learn_transformer():
-    t = LocalDPPerturber(SCHEMA, epsilon={"age": 1.0, "sex": 1.0})
+    t = unaccounted(epsilon={"age": 1.0, "sex": 1.0})
     assert clone(t).get_params()["epsilon"] == {"age": 1.0, "sex": 1.0}
     out = Pipeline([("dp", t)]).fit_transform(frame(20)[["age", "sex"]])
     assert out.shape == (20, 2)
@@ -95,9 +101,9 @@ def test_it_is_a_scikit_learn_transformer():
 def test_random_state_is_reproducible_and_receipts_say_insecure():
     df = frame(50)[["age", "sex"]]
     with pytest.warns(InsecureRandomnessWarning):
-        a = LocalDPPerturber(SCHEMA, epsilon={"age": 1, "sex": 1}, random_state=3).fit()
+        a = unaccounted(epsilon={"age": 1, "sex": 1}, random_state=3).fit()
     with pytest.warns(InsecureRandomnessWarning):
-        b = LocalDPPerturber(SCHEMA, epsilon={"age": 1, "sex": 1}, random_state=3).fit()
+        b = unaccounted(epsilon={"age": 1, "sex": 1}, random_state=3).fit()
     pd.testing.assert_frame_equal(a.transform(df), b.transform(df))
     assert not a.last_receipt_.secure_random and "NOT SECURE" in a.last_receipt_.random_source
 
@@ -115,24 +121,24 @@ def test_random_state_is_reproducible_and_receipts_say_insecure():
 ])
 def test_bad_parameters_name_the_field(epsilon, error, pattern):
     with pytest.raises(error, match=pattern):
-        LocalDPPerturber(SCHEMA, epsilon=epsilon).fit()
+        unaccounted(epsilon=epsilon).fit()
 
 
 def test_bad_mechanism_choices_are_refused():
     with pytest.raises(ValidationError, match=r"'age'.*delta > 0"):
-        LocalDPPerturber(SCHEMA, epsilon={"age": 1}, mechanism={"age": "gaussian"}).fit()
+        unaccounted(epsilon={"age": 1}, mechanism={"age": "gaussian"}).fit()
     with pytest.raises(ValidationError, match=r"'age'.*'laplace' or 'gaussian'"):
-        LocalDPPerturber(SCHEMA, epsilon={"age": 1}, mechanism={"age": "oue"}).fit()
+        unaccounted(epsilon={"age": 1}, mechanism={"age": "oue"}).fit()
     with pytest.raises(ValidationError, match=r"'sex'.*'k_rr' or 'oue'"):
-        LocalDPPerturber(SCHEMA, epsilon={"sex": 1}, mechanism={"sex": "laplace"}).fit()
+        unaccounted(epsilon={"sex": 1}, mechanism={"sex": "laplace"}).fit()
     with pytest.raises(ValidationError, match=r"'age'.*pure ε-DP"):
-        LocalDPPerturber(SCHEMA, epsilon={"age": 1}, delta={"age": 1e-6}).fit()
+        unaccounted(epsilon={"age": 1}, delta={"age": 1e-6}).fit()
     with pytest.raises(ValidationError, match=r"privacy_unit"):
-        LocalDPPerturber(SCHEMA, epsilon={"age": 1}, privacy_unit="device").fit()
+        unaccounted(epsilon={"age": 1}, privacy_unit="device").fit()
 
 
 def test_bad_data_names_the_field():
-    t = LocalDPPerturber(SCHEMA, epsilon=EPS).fit()
+    t = unaccounted(epsilon=EPS).fit()
     df = frame(5)
     with pytest.raises(ValidationError, match=r"'age'.*missing value"):
         t.transform(df.assign(age=[1.0, np.nan, 3.0, 4.0, 5.0]))
@@ -160,7 +166,7 @@ def test_dmt_privacy_imports_without_torch():
 # --- estimators: unbiased within their confidence intervals -------------------------------------
 def test_mean_estimates_cover_the_clamped_mean():
     df = frame(200_000, seed=1)
-    t = LocalDPPerturber(SCHEMA, epsilon={"age": 1.0, "income": 0.5}).fit()
+    t = unaccounted(epsilon={"age": 1.0, "income": 0.5}).fit()
     out = t.transform(df[["age", "income"]])
     for name in ("age", "income"):
         receipt = t.last_receipt_.field(name)
@@ -179,7 +185,7 @@ def test_bounded_domain_laplace_is_biased_where_ours_is_not():
     ref = LaplaceBoundedDomain(epsilon=1.0, sensitivity=10, lower=0, upper=10)
     biased = np.array([ref.randomise(v) for v in x])
     t = LocalDPPerturber(Schema((Field("v", "numeric", bounds=(0, 10), grid=0.01),)),
-                         epsilon={"v": 1.0}).fit()
+                         epsilon={"v": 1.0}, ledger=UNACCOUNTED).fit()
     ours = t.transform(pd.DataFrame({"v": x}))["v"]
     est = estimate_mean(ours, t.last_receipt_.field("v"), confidence=CI)
     assert est.ci_low <= 1.0 <= est.ci_high
@@ -188,7 +194,7 @@ def test_bounded_domain_laplace_is_biased_where_ours_is_not():
 
 
 def test_estimate_mean_rejects_values_off_the_grid():
-    t = LocalDPPerturber(SCHEMA, epsilon={"age": 1.0}).fit()
+    t = unaccounted(epsilon={"age": 1.0}).fit()
     out = t.transform(frame(10)[["age"]])
     with pytest.raises(ValidationError, match=r"'age'.*not on the grid"):
         estimate_mean(out["age"] + 0.5, t.last_receipt_.field("age"))
@@ -197,7 +203,7 @@ def test_estimate_mean_rejects_values_off_the_grid():
 @pytest.mark.parametrize("mechanism", ["k_rr", "oue"])
 def test_frequency_estimates_cover_the_true_frequencies(mechanism):
     df = frame(100_000, seed=2)
-    t = LocalDPPerturber(SCHEMA, epsilon={"sex": 0.5, "rad": 1.0},
+    t = unaccounted(epsilon={"sex": 0.5, "rad": 1.0},
                          mechanism={"sex": mechanism, "rad": mechanism}).fit()
     out = t.transform(df[["sex", "rad"]])
     for name in ("sex", "rad"):
@@ -211,8 +217,8 @@ def test_frequency_estimates_cover_the_true_frequencies(mechanism):
 
 
 def test_frequency_estimator_refuses_unknown_reports():
-    t = LocalDPPerturber(SCHEMA, epsilon={"sex": 1.0}).fit()
-    out = t.transform(frame(10)[["sex"]])
+    t = unaccounted(epsilon={"sex": 1.0}).fit()
+    out = t.transform(frame(200)[["sex"]])  # 10 reports held no "F" about 0.5 % of the time
     with pytest.raises(UnknownCategoryError, match="'sex'"):
         estimate_frequencies(out["sex"].replace("F", "Q"), t.last_receipt_.field("sex"))
 
@@ -249,7 +255,7 @@ def test_receipt_states_the_noise_variance_the_mechanism_draws():
     schema = Schema((Field("x", "numeric", bounds=(0.0, 10.0), grid=0.5),))
     records = pd.DataFrame({"x": np.full(200_000, 5.0)})
     perturber = LocalDPPerturber(schema, epsilon={"x": 1.0}, random_state=3,
-                                 rounding="nearest")
+                                 rounding="nearest", ledger=UNACCOUNTED)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         release = perturber.fit(records).perturb(records)

@@ -63,7 +63,8 @@ def make_store(path, *, budget=10.0, n=40, private=20):
 
 
 def policy(**changes) -> SharingPolicy:
-    base = SharingPolicy(fields=FIELDS, plan=PLAN, epsilon={"income": 0.5}, required_k=4)
+    base = SharingPolicy(fields=FIELDS, plan=PLAN, epsilon={"income": 0.5}, required_k=4,
+                         privacy_unit="record")
     return base.evolve(**changes)
 
 
