@@ -73,7 +73,7 @@ def default_policy() -> Any:
     from dmt_model.datasets import BOSTON_SCHEMA
     from dmt_model.server import ServerPolicy
 
-    return ServerPolicy(BOSTON_SCHEMA, min_k=5, max_epsilon={"MEDV": 1.0})
+    return ServerPolicy(BOSTON_SCHEMA, min_k=5, epsilon={"MEDV": 1.0})
 
 
 def run_ingest(args: argparse.Namespace) -> int:

@@ -1,13 +1,18 @@
 """The server side of sharing: ingest sealed share packages into a SQL store.
 
-:func:`ingest` opens packages with the server's private key, validates them
-against a :class:`ServerPolicy`, rejects replays and writes each package in
+:func:`ingest` (and :meth:`Ingestor.ingest_one`, the one path the CLI and the
+HTTP service share) opens packages with the server's private key, validates them
+exactly against a :class:`ServerPolicy`, rejects replays and writes each package in
 one transaction; :class:`SharedStore` reads the released (k-anonymous across
 packages) records back for retraining. SQLAlchemy is imported here, so
 ``dmt_privacy`` (the client side) never needs it.
 """
 
-from dmt_model.server.ingest import IngestReport, Outcome, ServerPolicy, ingest
+from dmt_model.server.ingest import DatabaseUnavailable, Ingestor, ingest
+from dmt_model.server.policy import ServerPolicy
+from dmt_model.server.report import IngestReport, Outcome
 from dmt_model.server.store import SharedStore, connect
+from dmt_model.server.validate import PackageRefused, validate_package
 
-__all__ = ["IngestReport", "Outcome", "ServerPolicy", "SharedStore", "connect", "ingest"]
+__all__ = ["DatabaseUnavailable", "IngestReport", "Ingestor", "Outcome", "PackageRefused",
+           "ServerPolicy", "SharedStore", "connect", "ingest", "validate_package"]

@@ -1,49 +1,51 @@
 """Ingestion of sealed share packages: open, validate against the server's policy, store once.
 
-For each package, :func:`ingest`:
+One path, :meth:`Ingestor.ingest_one`, serves ``dmt ingest`` (through
+:func:`ingest`) and the HTTP service alike. For each package it:
 
-1. opens it with the server's private key (:func:`dmt_privacy.package.open_package`,
-   with the policy's size limits); any failure is one reason, "could not be
-   opened", that says nothing more;
-2. rejects a replay: a package id already stored;
-3. validates the schema id, the columns (known fields, no identifiers,
-   numeric values finite and within the schema's bounds, or within the DP
-   receipt's output window; categories in the vocabulary; text as strings;
-   images as (H, W) or (H, W, C) arrays with C in 1, 3, 4 and audio as 1-D or
-   (channels, samples) arrays, finite, of the dtypes :mod:`dmt_privacy.modify`
-   takes; quasi-identifiers generalized, i.e. intervals inside the bounds,
-   value sets or hierarchy nodes) and the privacy receipt (k at least
-   ``min_k`` when quasi-identifiers are present; every field of
-   ``max_epsilon`` perturbed with at most that ε, with the schema's bounds
-   and grid and a secure random source; the DP record count equal to the
-   package's);
+1. opens it with the server's private key (:func:`dmt_privacy.seal.open_sealed`
+   and :func:`dmt_privacy.package.decode_package`, with the policy's size
+   limits); any failure is one reason, "could not be opened";
+2. validates it against the :class:`~dmt_model.server.policy.ServerPolicy`,
+   exactly and strictly typed (:func:`dmt_model.server.validate.validate_package`):
+   nothing the package claims is believed;
+3. rejects a replay: a package id already stored;
 4. writes the package, its encrypted record blocks and the class counts in
    ONE transaction, and releases every class that now holds records from at
    least ``min_k`` distinct packages. A rejected or interrupted package
    leaves no row behind; the package id's uniqueness makes a second
    ingestion of the same bytes a counted replay that changes nothing.
 
+A malformed-but-decryptable package is refused like an unreadable one: the
+sender learns "invalid" and nothing more; the reason (its kind and the field,
+never a value) is logged on the logger ``dmt.server.ingest`` and counted in
+:attr:`Ingestor.refusals`. Only the database failing raises
+(:class:`DatabaseUnavailable`); a package never does.
+
 Encryption at rest and the tables are described in :mod:`dmt_model.server.store`.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import json
+import logging
 import math
 import os
+import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import numpy as np
 import pandas as pd
-from sqlalchemy import Engine, bindparam, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Engine, bindparam, insert, select, text, update
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
+from dmt_model.server.policy import ServerPolicy
+from dmt_model.server.report import IngestReport, Outcome
 from dmt_model.server.store import (
     CLASSES,
     PACKAGES,
@@ -53,184 +55,32 @@ from dmt_model.server.store import (
     SharedStore,
     _now,
     payload_aad,
+    release_due,
+    release_rule,
 )
-from dmt_privacy.errors import InvalidPackage, SchemaError, ValidationError
+from dmt_model.server.validate import PackageRefused, validate_package
+from dmt_privacy.errors import DMTError, InvalidPackage, ValidationError
 from dmt_privacy.package import PACKAGE_INFO, decode_package
-from dmt_privacy.schema import Kind, Role, Schema
 from dmt_privacy.seal import ENVELOPE_OVERHEAD, ServerPrivateKey, open_sealed
 
 __all__ = [
     "PACKAGE_SUFFIX",
-    "IngestReport", "Outcome", "ServerPolicy", "ingest", "iter_sources"]
+    "DatabaseUnavailable", "IngestReport", "Ingestor", "Outcome", "ServerPolicy", "ingest",
+    "iter_sources"]
 
-POLICY_FORMAT = 1
+log = logging.getLogger("dmt.server.ingest")
+
 #: Directories are scanned for files with this suffix.
 PACKAGE_SUFFIX = ".dmt"
-_TOL = 1e-9
 _CHUNK = 500
+#: SQLSTATEs after which a transaction is simply tried again (deadlock, serialization).
+_RETRY_SQLSTATES = frozenset({"40P01", "40001"})
+_WRITE_ATTEMPTS = 5
+UNREADABLE = "unreadable: could not be opened with this server's key"
 
 
-@dataclass(frozen=True)
-class ServerPolicy:
-    """What the server accepts.
-
-    Parameters
-    ----------
-    schema:
-        The records' schema; packages must carry its id.
-    min_k:
-        The least k a package's receipt may state when it carries
-        quasi-identifiers, and the number of distinct packages a class needs
-        before its records are released from quarantine.
-    max_epsilon:
-        field → the most ε a package may have spent on it. These fields must
-        arrive perturbed (a raw value is an unbounded ε).
-    quasi_identifiers:
-        Default: the schema's fields with the quasi-identifier role.
-    max_records, max_bytes:
-        Limits on one package, enforced while decoding.
-    allow_insecure_random:
-        Accept DP releases drawn from a seeded generator. For tests only.
-    """
-
-    schema: Schema
-    min_k: int
-    max_epsilon: Mapping[str, float] = field(default_factory=dict)
-    quasi_identifiers: tuple[str, ...] | None = None
-    max_records: int = 100_000
-    max_bytes: int = 64 * 2**20
-    allow_insecure_random: bool = False
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.schema, Schema):
-            raise SchemaError(f"schema must be a Schema, got {type(self.schema).__name__}.")
-        k = self.min_k
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValidationError(f"min_k must be a positive integer, got {k!r}.")
-        eps = dict(self.max_epsilon)
-        for name, value in eps.items():
-            if name not in self.schema:
-                raise SchemaError(f"max_epsilon names {name!r}, not a field of the schema.")
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValidationError(
-                    f"max_epsilon[{name!r}] must be a finite number > 0, got {value!r}."
-                )
-        object.__setattr__(self, "max_epsilon", eps)
-        qis = (tuple(f.name for f in self.schema.by_role(Role.QUASI_IDENTIFIER))
-               if self.quasi_identifiers is None else tuple(self.quasi_identifiers))
-        unknown = [q for q in qis if q not in self.schema]
-        if unknown:
-            raise SchemaError(f"quasi_identifiers {unknown!r} are not fields of the schema.")
-        object.__setattr__(self, "quasi_identifiers", qis)
-        for name, limit in (("max_records", self.max_records), ("max_bytes", self.max_bytes)):
-            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-                raise ValidationError(f"{name} must be a positive integer, got {limit!r}.")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"format": POLICY_FORMAT, "schema": self.schema.to_dict(), "min_k": self.min_k,
-                "max_epsilon": dict(self.max_epsilon),
-                "quasi_identifiers": list(self.quasi_identifiers or ()),
-                "max_records": self.max_records, "max_bytes": self.max_bytes,
-                "allow_insecure_random": self.allow_insecure_random}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ServerPolicy:
-        if data.get("format") != POLICY_FORMAT:
-            raise SchemaError(
-                f"Server policy format {data.get('format')!r} is not supported (this SDK "
-                f"reads format {POLICY_FORMAT})."
-            )
-        try:
-            return cls(schema=Schema.from_dict(data["schema"]), min_k=data["min_k"],
-                       max_epsilon=data.get("max_epsilon", {}),
-                       quasi_identifiers=tuple(data["quasi_identifiers"])
-                       if data.get("quasi_identifiers") is not None else None,
-                       max_records=data.get("max_records", 100_000),
-                       max_bytes=data.get("max_bytes", 64 * 2**20),
-                       allow_insecure_random=bool(data.get("allow_insecure_random", False)))
-        except KeyError as exc:
-            raise SchemaError(f"Server policy lacks {exc}.") from None
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True, indent=1)
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> ServerPolicy:
-        try:
-            return cls.from_dict(json.loads(text))
-        except json.JSONDecodeError as exc:
-            raise SchemaError(f"Server policy JSON is malformed: {exc}.") from None
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What happened to one package: ``accepted`` or ``rejected`` (with the reason)."""
-
-    source: str
-    status: str
-    reason: str = ""
-    package_id: str | None = None
-    n_records: int = 0
-    replay: bool = False
-
-
-@dataclass
-class IngestReport:
-    """Every package's outcome, and the quarantine after the run."""
-
-    outcomes: list[Outcome] = field(default_factory=list)
-    released_classes: int = 0
-    counts: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def accepted(self) -> list[Outcome]:
-        return [o for o in self.outcomes if o.status == "accepted"]
-
-    @property
-    def rejected(self) -> list[Outcome]:
-        return [o for o in self.outcomes if o.status == "rejected"]
-
-    @property
-    def replays(self) -> list[Outcome]:
-        return [o for o in self.outcomes if o.replay]
-
-    @property
-    def stored_ids(self) -> list[str]:
-        """Package ids the server holds after this run (accepted now or before): what to ack."""
-        return [o.package_id for o in self.outcomes
-                if o.package_id is not None and (o.status == "accepted" or o.replay)]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"accepted": len(self.accepted),
-                "records_accepted": sum(o.n_records for o in self.accepted),
-                "rejected": len(self.rejected), "replays": len(self.replays),
-                "reasons": dict(Counter(_reason_kind(o.reason) for o in self.rejected)),
-                "released_classes": self.released_classes, "store": dict(self.counts),
-                "outcomes": [dataclasses.asdict(o) for o in self.outcomes]}
-
-    def to_text(self) -> str:
-        kinds = Counter(_reason_kind(o.reason) for o in self.rejected)
-        lines = [f"accepted     {len(self.accepted)} package(s), "
-                 f"{sum(o.n_records for o in self.accepted)} record(s)",
-                 f"rejected     {len(self.rejected)} package(s)"
-                 + (" (" + ", ".join(f"{k}: {n}" for k, n in sorted(kinds.items())) + ")"
-                    if kinds else "")]
-        shown = [o for o in self.rejected if not o.replay]
-        lines += [f"  {o.source}: {o.reason}" for o in shown[:20]]
-        if len(shown) > 20:
-            lines.append(f"  ... and {len(shown) - 20} more")
-        c = self.counts
-        if c:
-            lines.append(f"quarantined  {c['records_quarantined']} record(s) in "
-                         f"{c['classes_quarantined']} class(es) with fewer than k packages")
-            lines.append(f"released     {c['records_released']} record(s) in "
-                         f"{c['classes_released']} class(es) ({self.released_classes} newly)")
-            lines.append(f"store        {c['packages']} package(s), {c['records']} record(s)")
-        return "\n".join(lines)
-
-
-def _reason_kind(reason: str) -> str:
-    return reason.split(":", 1)[0]
+class DatabaseUnavailable(DMTError, RuntimeError):
+    """The database could not be reached or refused the transaction; the client may retry."""
 
 
 # --- sources ----------------------------------------------------------------------------------
@@ -259,166 +109,6 @@ def iter_sources(
                 yield str(file), None
             else:
                 yield str(file), file.read_bytes()
-
-
-# --- validation -------------------------------------------------------------------------------
-class _Rejected(Exception):
-    pass
-
-
-def _is_interval(v: Any) -> bool:
-    return isinstance(v, pd.Interval)
-
-
-def _check_numeric(name: str, values: Sequence[Any], low: float, high: float) -> None:
-    try:
-        x = np.asarray(values, dtype=float)
-    except (TypeError, ValueError):
-        raise _Rejected(f"bad values: field {name!r} holds non-numbers") from None
-    if x.ndim != 1 or not np.isfinite(x).all():
-        raise _Rejected(f"bad values: field {name!r} holds non-finite numbers")
-    bad = (x < low - _TOL * max(1.0, abs(low))) | (x > high + _TOL * max(1.0, abs(high)))
-    if bad.any():
-        raise _Rejected(
-            f"bounds: field {name!r} value {x[bad.argmax()]!r} outside [{low:g}, {high:g}]"
-        )
-
-
-def _check_generalized(name: str, values: Sequence[Any], schema: Schema) -> None:
-    spec = schema[name]
-    for v in set(values):
-        if _is_interval(v):
-            if spec.kind is Kind.NUMERIC:
-                if spec.bounds is not None:
-                    _check_numeric(name, [v.left, v.right], *spec.bounds)
-            elif spec.kind is Kind.CATEGORICAL and spec.categories is not None and all(
-                    isinstance(c, (int, float)) and not isinstance(c, bool)
-                    for c in spec.categories):
-                # ordered numeric categories (e.g. codes) generalized as a range
-                codes = [float(c) for c in spec.categories]  # type: ignore[arg-type]
-                _check_numeric(name, [v.left, v.right], min(codes), max(codes))
-            else:
-                raise _Rejected(f"bad values: {name!r} holds an interval but is neither numeric "
-                                "nor categorical with numeric categories")
-        elif isinstance(v, frozenset):
-            allowed = set(spec.categories or ())
-            if not v or (spec.categories is not None and not v <= allowed):
-                raise _Rejected(f"bad values: {name!r} holds the value set {sorted(v, key=str)!r} "
-                                "outside its categories")
-        elif isinstance(v, str) and spec.kind is Kind.CATEGORICAL:
-            nodes = {str(c) for c in spec.categories or ()}
-            for ancestors in (spec.hierarchy or {}).values():
-                nodes.update(ancestors)
-            if v not in nodes:
-                raise _Rejected(f"bad values: {name!r} holds {v!r}, not a category or "
-                                "hierarchy node")
-        else:
-            raise _Rejected(
-                f"not generalized: quasi-identifier {name!r} holds {type(v).__name__} values, "
-                "not intervals, value sets or hierarchy nodes"
-            )
-
-
-def _validate(package: Any, policy: ServerPolicy) -> Mapping[str, list[Any]]:
-    schema = policy.schema
-    if package.schema_id != schema.schema_id:
-        raise _Rejected(
-            f"schema: package schema id {package.schema_id!r} is not the server's "
-            f"{schema.schema_id!r}"
-        )
-    columns = package.columns
-    n = package.n_records
-    if n < 1:
-        raise _Rejected("empty: the package holds no records")
-    for name, values in columns.items():
-        if name not in schema:
-            raise _Rejected(f"schema: unknown field {name!r}")
-        if schema[name].role is Role.IDENTIFIER:
-            raise _Rejected(f"identifier: field {name!r} is an identifier and is never accepted")
-        if len(values) != n:
-            raise _Rejected(f"bad values: field {name!r} has {len(values)} values for {n} records")
-    receipt = package.receipt
-    dp = receipt.dp
-    dp_fields = {f.field: f for f in dp.fields} if dp is not None else {}
-    if dp is not None:
-        if dp.n_records != n:
-            raise _Rejected(f"receipt: DP release of {dp.n_records} records for {n} records")
-        if not dp.secure_random and not policy.allow_insecure_random:
-            raise _Rejected("receipt: DP noise from an insecure (seeded) random source")
-        extra = sorted(set(dp_fields) - set(columns))
-        if extra:
-            raise _Rejected(f"receipt: DP fields {extra!r} are not in the package")
-    for name, limit in policy.max_epsilon.items():
-        if name not in columns:
-            continue
-        fr = dp_fields.get(name)
-        if fr is None:
-            raise _Rejected(f"epsilon: field {name!r} arrived without local DP (allowed ε ≤ "
-                            f"{limit:g})")
-        if fr.epsilon > limit * (1 + _TOL):
-            raise _Rejected(f"epsilon: field {name!r} spent ε={fr.epsilon:g}, above the allowed "
-                            f"{limit:g}")
-    qis = [q for q in policy.quasi_identifiers or () if q in columns and q not in dp_fields]
-    if qis and (receipt.k is None or receipt.k < policy.min_k):
-        raise _Rejected(f"k: the package states k={receipt.k!r}, below the required "
-                        f"{policy.min_k}")
-    for name, values in columns.items():
-        spec = schema[name]
-        if name in qis:
-            _check_generalized(name, values, schema)
-        elif name in dp_fields:
-            fr = dp_fields[name]
-            if spec.kind is Kind.NUMERIC:
-                if fr.bounds is None or tuple(fr.bounds) != spec.bounds or fr.grid != spec.grid:
-                    raise _Rejected(f"receipt: field {name!r} perturbed with bounds "
-                                    f"{fr.bounds!r} / grid {fr.grid!r}, not the schema's")
-                lo_u, hi_u = fr.window_units or (0, 0)
-                grid = float(spec.grid or 0.0)
-                _check_numeric(name, values, lo_u * grid - _TOL, hi_u * grid + _TOL)
-            else:
-                if fr.mechanism != "k_rr":
-                    raise _Rejected(f"receipt: field {name!r} mechanism {fr.mechanism!r} is "
-                                    "not accepted (only k_rr)")
-                _check_categories(name, values, spec.categories)
-        elif spec.kind is Kind.NUMERIC:
-            if spec.bounds is None:
-                _check_numeric(name, values, -math.inf, math.inf)
-            else:
-                _check_numeric(name, values, *spec.bounds)
-        elif spec.kind is Kind.CATEGORICAL:
-            _check_categories(name, values, spec.categories)
-        elif spec.kind is Kind.TEXT:
-            if not all(isinstance(v, str) for v in values):
-                raise _Rejected(f"bad values: text field {name!r} holds non-strings")
-        elif spec.kind in (Kind.IMAGE, Kind.AUDIO):
-            _check_media(name, values, spec.kind)
-    return columns
-
-
-def _check_media(name: str, values: Sequence[Any], kind: Kind) -> None:
-    """Images and audio clips as :mod:`dmt_privacy.modify` takes them (package ext 3 arrays)."""
-    for v in values:
-        if not isinstance(v, np.ndarray):
-            raise _Rejected(f"bad values: {kind.value} field {name!r} holds "
-                            f"{type(v).__name__}, not an array")
-        if kind is Kind.IMAGE:
-            ok = v.dtype.kind in "uf" and (v.ndim == 2 or (v.ndim == 3 and v.shape[2] in (1, 3, 4)))
-        else:
-            ok = v.dtype.kind in "if" and v.ndim in (1, 2)
-        if not ok:
-            raise _Rejected(f"bad values: {kind.value} field {name!r} holds an array of dtype "
-                            f"{v.dtype} and shape {v.shape}")
-        if v.dtype.kind == "f" and not np.isfinite(v).all():
-            raise _Rejected(f"bad values: {kind.value} field {name!r} holds non-finite samples")
-
-
-def _check_categories(name: str, values: Sequence[Any], categories: Any) -> None:
-    if categories is None:
-        return
-    bad = ~pd.Series(list(values), dtype=object).isin(list(categories)).to_numpy()
-    if bad.any():
-        raise _Rejected(f"bad values: field {name!r} value {values[int(bad.argmax())]!r} is not "
-                        "one of its categories")
 
 
 # --- classes ----------------------------------------------------------------------------------
@@ -484,15 +174,10 @@ def _write(engine: Engine, package: Any, plaintext: bytes, policy: ServerPolicy,
                   "released": False} for k in keys if k not in existing]
         if fresh:
             conn.execute(insert(CLASSES), fresh)
-        released = 0
-        for start in range(0, len(keys), _CHUNK):
-            chunk = keys[start:start + _CHUNK]
-            result = conn.execute(
-                update(CLASSES).where(CLASSES.c.class_key.in_(chunk),
-                                       CLASSES.c.released.is_(False),
-                                       CLASSES.c.n_packages >= policy.min_k)
-                .values(released=True, released_at=now))
-            released += int(result.rowcount)
+        # The server's release rule (k, l and t over distinct packages, in cohorts that
+        # cannot be differenced) is dmt_model.server.store.release_due.
+        released = release_due(conn, release_rule(policy),
+                               lambda key_id: key if key_id == key.key_id else None, keys, now)
     return released
 
 
@@ -513,6 +198,128 @@ def _stored(engine: Engine, package_id: str) -> bool:
             PackageRow.package_id == package_id)).first() is not None
 
 
+def _retryable(exc: DBAPIError) -> bool:
+    return getattr(exc.orig, "sqlstate", None) in _RETRY_SQLSTATES
+
+
+class Ingestor:
+    """Ingests one package per :meth:`ingest_one` call, safely from several threads at once.
+
+    The one ingestion path: :func:`ingest` (``dmt ingest``) and the HTTP
+    service (:mod:`dmt_model.server.service`) both call :meth:`ingest_one`.
+    ``refusals`` counts refused packages by the kind of reason.
+    """
+
+    def __init__(self, db_url: str | Engine, private_key: ServerPrivateKey,
+                 policy: ServerPolicy) -> None:
+        if not isinstance(private_key, ServerPrivateKey):
+            raise ValidationError(
+                f"private_key must be a ServerPrivateKey, got {type(private_key).__name__}.")
+        if not isinstance(policy, ServerPolicy):
+            raise ValidationError(
+                f"policy must be a ServerPolicy, got {type(policy).__name__}.")
+        self.store = SharedStore(db_url, private_key)
+        self.engine = self.store.engine
+        self.private_key = private_key
+        self.policy = policy
+        self.refusals: Counter[str] = Counter()
+        self._key: DataKey | None = None
+        self._lock = threading.Lock()
+        # One writer per process: SQLite has only one, and on PostgreSQL every package
+        # updates the rows of its classes, which concurrent writers would lock in different
+        # orders (a deadlock costs deadlock_timeout, 1 s by default, then a retry).
+        self._write_lock = threading.Lock()
+
+    def data_key(self) -> DataKey:
+        """The store's current data key (created on first use)."""
+        with self._lock:
+            if self._key is None:
+                with self._database():
+                    self._key = self.store.current_key()
+            return self._key
+
+    @staticmethod
+    def _database() -> contextlib.AbstractContextManager[None]:
+        return _database_errors()
+
+    def _refused(self, source: str, reason: str, package_id: str | None = None,
+                 n_records: int = 0) -> Outcome:
+        kind = reason.split(":", 1)[0]
+        with self._lock:
+            self.refusals[kind] += 1
+        log.info("package refused (%s): %s", source, reason)
+        return Outcome(source, "rejected", reason, package_id, n_records)
+
+    def ingest_one(self, envelope: bytes, source: str = "<bytes>") -> Outcome:
+        """Open, validate and store one sealed package; its :class:`Outcome`.
+
+        Never raises for a package, however crafted: it is refused with a
+        reason for the log. Raises :class:`DatabaseUnavailable` when the
+        database fails (the caller may retry), and lets other errors of the
+        database layer through.
+        """
+        if not isinstance(envelope, (bytes, bytearray, memoryview)):
+            return self._refused(source, UNREADABLE)
+        try:
+            package, plaintext = _open(bytes(envelope), self.private_key, self.policy)
+        except InvalidPackage:
+            return self._refused(source, UNREADABLE)
+        pid = package.package_id
+        try:
+            checked = validate_package(package, self.policy)
+        except PackageRefused as exc:
+            return self._refused(source, exc.reason, pid, package.n_records)
+        replay = Outcome(source, "rejected", f"replay: package {pid} is already stored", pid,
+                         package.n_records, True)
+        with self._database():
+            key = self.data_key()
+            if _stored(self.engine, pid):
+                return replay
+            for attempt in range(_WRITE_ATTEMPTS):
+                try:
+                    with self._write_lock:
+                        released = _write(self.engine, package, plaintext, self.policy, key,
+                                          checked.columns)
+                except IntegrityError:
+                    if _stored(self.engine, pid):
+                        return replay
+                    # a concurrent package created one of the same new classes: go again
+                    if attempt == _WRITE_ATTEMPTS - 1:
+                        raise
+                except DBAPIError as exc:
+                    if not _retryable(exc) or attempt == _WRITE_ATTEMPTS - 1:
+                        raise
+                else:
+                    return Outcome(source, "accepted", "", pid, package.n_records,
+                                   released_classes=released)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def __call__(self, envelope: bytes, source: str = "<http>") -> Outcome:
+        return self.ingest_one(envelope, source)
+
+    def healthy(self) -> bool:
+        """Whether the database answers."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except SQLAlchemyError:
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def _database_errors() -> Iterator[None]:
+    """Turns a failing database (not a replay's IntegrityError) into DatabaseUnavailable."""
+    try:
+        yield
+    except IntegrityError:
+        raise
+    except SQLAlchemyError as exc:
+        raise DatabaseUnavailable(
+            f"The database failed ({type(exc).__name__}); the package was not stored, "
+            "try again.") from exc
+
+
 def ingest(
     sources: bytes | str | os.PathLike[str] | Iterable[bytes | str | os.PathLike[str]],
     db_url: str | Engine,
@@ -524,45 +331,18 @@ def ingest(
     ``sources``: package bytes, files, directories (their ``*.dmt`` files,
     recursively, sorted by path), or a list of these. ``db_url``: an SQLAlchemy URL, a SQLite
     file path or an engine. Returns an :class:`IngestReport`; never raises for
-    a bad package (it is rejected with a reason), only for a bad setup.
+    a bad package (it is rejected with a reason), only for a bad setup or a
+    failing database.
     """
-    if not isinstance(private_key, ServerPrivateKey):
-        raise ValidationError(
-            f"private_key must be a ServerPrivateKey, got {type(private_key).__name__}."
-        )
-    if not isinstance(policy, ServerPolicy):
-        raise ValidationError(f"policy must be a ServerPolicy, got {type(policy).__name__}.")
-    store = SharedStore(db_url, private_key)
-    key = store.current_key()
+    ingestor = Ingestor(db_url, private_key, policy)
+    ingestor.data_key()
     report = IngestReport()
     for name, data in iter_sources(sources, max_bytes=policy.max_bytes):
         if data is None:
-            report.outcomes.append(Outcome(name, "rejected", "too large: over max_bytes"))
+            report.outcomes.append(ingestor._refused(name, "too large: over max_bytes"))
             continue
-        try:
-            package, plaintext = _open(data, private_key, policy)
-        except InvalidPackage:
-            report.outcomes.append(Outcome(
-                name, "rejected", "unreadable: could not be opened with this server's key"))
-            continue
-        pid = package.package_id
-        if _stored(store.engine, pid):
-            report.outcomes.append(Outcome(name, "rejected", f"replay: package {pid} is "
-                                           "already stored", pid, package.n_records, True))
-            continue
-        try:
-            columns = _validate(package, policy)
-            released = _write(store.engine, package, plaintext, policy, key, columns)
-        except _Rejected as exc:
-            report.outcomes.append(Outcome(name, "rejected", str(exc), pid, package.n_records))
-            continue
-        except IntegrityError:
-            if not _stored(store.engine, pid):
-                raise
-            report.outcomes.append(Outcome(name, "rejected", f"replay: package {pid} is "
-                                           "already stored", pid, package.n_records, True))
-            continue
-        report.released_classes += released
-        report.outcomes.append(Outcome(name, "accepted", "", pid, package.n_records))
-    report.counts = store.counts()
+        outcome = ingestor.ingest_one(data, name)
+        report.released_classes += outcome.released_classes
+        report.outcomes.append(outcome)
+    report.counts = ingestor.store.counts()
     return report

@@ -41,8 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,24 +50,18 @@ import anyio
 import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
-from sqlalchemy import Engine, text
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy import Engine
 
-from dmt_model.server.ingest import (
-    Outcome,
-    ServerPolicy,
-    _open,
-    _Rejected,
-    _stored,
-    _validate,
-    _write,
-)
-from dmt_model.server.store import DataKey, SharedStore, connect
-from dmt_privacy.errors import InvalidPackage, ValidationError
+from dmt_model.server.ingest import DatabaseUnavailable, Ingestor
+from dmt_model.server.policy import ServerPolicy
+from dmt_model.server.report import Outcome
+from dmt_model.server.store import connect
+from dmt_privacy.errors import ValidationError
 from dmt_privacy.seal import ENVELOPE_OVERHEAD, ServerPrivateKey
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
+    "DatabaseUnavailable",
     "PackageIngestor",
     "ServiceConfig",
     "create_app",
@@ -79,9 +72,6 @@ log = logging.getLogger("dmt.server.service")
 
 #: A package of a few hundred records seals to a few kilobytes; 1 MiB leaves room.
 DEFAULT_MAX_BODY_BYTES = 2**20
-#: SQLSTATEs after which a transaction is simply tried again (deadlock, serialization).
-_RETRY_SQLSTATES = frozenset({"40P01", "40001"})
-_WRITE_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -117,93 +107,8 @@ class ServiceConfig:
             raise ValidationError(f"body_timeout must be > 0 seconds, got {self.body_timeout!r}.")
 
 
-class DatabaseUnavailable(Exception):
-    """The database could not be reached or refused the transaction; the client may retry."""
-
-
-def _retryable(exc: DBAPIError) -> bool:
-    return getattr(exc.orig, "sqlstate", None) in _RETRY_SQLSTATES
-
-
-class PackageIngestor:
-    """Ingests one package per call, safely from several threads at once.
-
-    The same steps as :func:`dmt_model.server.ingest` (open, replay check,
-    validation, one transaction), for one envelope at a time, returning its
-    :class:`~dmt_model.server.ingest.Outcome`. Raises
-    :class:`DatabaseUnavailable` when the database fails (a retryable
-    condition), never for a bad package.
-    """
-
-    def __init__(self, db_url: str | Engine, private_key: ServerPrivateKey,
-                 policy: ServerPolicy) -> None:
-        self.store = SharedStore(db_url, private_key)
-        self.engine = self.store.engine
-        self.private_key = private_key
-        self.policy = policy
-        self._key: DataKey | None = None
-        self._key_lock = threading.Lock()
-        # One writer per process: SQLite has only one, and on PostgreSQL every package
-        # updates the rows of its classes, which concurrent writers would lock in different
-        # orders (a deadlock costs deadlock_timeout, 1 s by default, then a retry).
-        self._write_lock = threading.Lock()
-
-    def _data_key(self) -> DataKey:
-        with self._key_lock:
-            if self._key is None:
-                self._key = self.store.current_key()
-            return self._key
-
-    @contextlib.contextmanager
-    def _database(self) -> Iterator[None]:
-        try:
-            yield
-        except IntegrityError:
-            raise
-        except (OperationalError, DBAPIError, SQLAlchemyError) as exc:
-            raise DatabaseUnavailable(type(exc).__name__) from exc
-
-    def __call__(self, envelope: bytes, source: str = "<http>") -> Outcome:
-        try:
-            package, plaintext = _open(envelope, self.private_key, self.policy)
-        except InvalidPackage:
-            return Outcome(source, "rejected", "unreadable: could not be opened with this "
-                           "server's key")
-        pid = package.package_id
-        replay = Outcome(source, "rejected", f"replay: package {pid} is already stored", pid,
-                         package.n_records, True)
-        try:
-            columns = _validate(package, self.policy)
-        except _Rejected as exc:
-            return Outcome(source, "rejected", str(exc), pid, package.n_records)
-        with self._database():
-            key = self._data_key()
-            if _stored(self.engine, pid):
-                return replay
-            for attempt in range(_WRITE_ATTEMPTS):
-                try:
-                    with self._write_lock:
-                        _write(self.engine, package, plaintext, self.policy, key, columns)
-                except IntegrityError:
-                    if _stored(self.engine, pid):
-                        return replay
-                    # a concurrent package created one of the same new classes: go again
-                    if attempt == _WRITE_ATTEMPTS - 1:
-                        raise
-                except DBAPIError as exc:
-                    if not _retryable(exc) or attempt == _WRITE_ATTEMPTS - 1:
-                        raise
-                else:
-                    return Outcome(source, "accepted", "", pid, package.n_records)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def healthy(self) -> bool:
-        try:
-            with self.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-        except SQLAlchemyError:
-            return False
-        return True
+#: The ingestion path of the service is the CLI's: :class:`~dmt_model.server.ingest.Ingestor`.
+PackageIngestor = Ingestor
 
 
 _BINARY_BODY = {
@@ -249,8 +154,8 @@ def create_app(
     if isinstance(db_url, str):
         db_url = connect(db_url, pool_size=config.ingest_threads + 2, max_overflow=4) \
             if "://" in db_url and not db_url.startswith("sqlite") else connect(db_url)
-    ingestor = PackageIngestor(db_url, private_key, policy)
-    ingestor._data_key()  # fail now, not per request, when the key does not fit the database
+    ingestor = Ingestor(db_url, private_key, policy)
+    ingestor.data_key()  # fail now, not per request, when the key does not fit the database
     limit = min(config.max_body_bytes, policy.max_bytes + ENVELOPE_OVERHEAD)
     registry = ModelRegistry(models) if models is not None else None
     limiter = anyio.CapacityLimiter(config.ingest_threads)
@@ -308,7 +213,7 @@ def create_app(
         if not body:
             return status(400, "invalid")
         try:
-            outcome: Outcome = await run(ingestor, bytes(body))
+            outcome: Outcome = await run(ingestor.ingest_one, bytes(body), "<http>")
         except DatabaseUnavailable as exc:
             log.warning("database unavailable: %s", exc)
             return status(503, "unavailable",
@@ -317,8 +222,7 @@ def create_app(
             return status(201, "accepted")
         if outcome.replay:
             return status(409, "replay")
-        log.info("package refused: %s", outcome.reason)
-        return status(400, "invalid")
+        return status(400, "invalid")  # the reason is logged and counted by the ingestor
 
     @app.get(
         "/v1/models/latest", summary="The newest updatable Core ML model",

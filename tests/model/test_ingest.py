@@ -37,7 +37,7 @@ SCHEMA = Schema((
     Field("score", "numeric", bounds=(0, 100_000)),
 ))
 KEY = generate_server_key()
-POLICY = ServerPolicy(SCHEMA, min_k=3, max_epsilon={"income": 1.0})
+POLICY = ServerPolicy(SCHEMA, min_k=3, epsilon={"income": 1.0})
 CLASSES = [(pd.Interval(20.0, 29.0, closed="both"), frozenset({"a", "b"})),
            (pd.Interval(30.0, 45.0, closed="both"), frozenset({"c"})),
            (pd.Interval(46.0, 60.0, closed="both"), frozenset({"a", "b", "c", "d"}))]
@@ -81,7 +81,7 @@ def test_device_to_server_and_acknowledgement(tmp_path):
                               "note": [f"u{u}-{j}" for j in range(n)],
                               "income": rng.uniform(0, 1000, n), "score": rng.uniform(0, 10, n)})
         store = LocalStore(tmp_path / f"u{u}.db", schema=SCHEMA, user_id=f"u{u}",
-                           epsilon_budget=5)
+                           epsilon_budget=100)
         store.add_records(frame)
         result = share(store, SharingPolicy(fields=SCHEMA.names, plan=plan,
                                             epsilon={"income": 1.0}), KEY.public_key())
@@ -140,8 +140,8 @@ def _bad_packages():
     sealed = [bytes(tampered), other_key] + [
         seal_package(p, KEY.public_key())
         for p in (wrong_schema, low_k, out_of_bounds, raw_income, raw_qi, bad_zip, unknown)]
-    kinds = ["unreadable", "unreadable", "schema", "k", "bounds", "epsilon", "not generalized",
-             "bad values", "schema"]
+    kinds = ["unreadable", "unreadable", "schema", "k", "bounds", "epsilon", "generalization",
+             "category", "schema"]
     return sealed, kinds
 
 

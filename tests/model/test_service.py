@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import importlib
 import os
 import select
 import socket
@@ -22,10 +23,11 @@ from test_ingest import KEY, POLICY, package
 
 from dmt_model.cli import serve as cli_serve
 from dmt_model.server import SharedStore, connect
-from dmt_model.server import service as service_module
 from dmt_model.server.service import PackageIngestor, ServiceConfig, create_app
 from dmt_privacy.package import seal_package
 from dmt_privacy.seal import save_private_key
+
+ingest_module = importlib.import_module("dmt_model.server.ingest")  # the module, not ingest()
 
 LINUX = sys.platform.startswith("linux")
 
@@ -98,7 +100,7 @@ def test_database_down_is_retryable(tmp_path, monkeypatch):
     def down(*args, **kwargs):
         raise OperationalError("SELECT 1", {}, Exception("connection refused"))
 
-    monkeypatch.setattr(service_module, "_stored", down)
+    monkeypatch.setattr(ingest_module, "_stored", down)
     with TestClient(app) as c:
         r = post(c, seal_package(package(1), KEY.public_key()))
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
@@ -107,7 +109,7 @@ def test_database_down_is_retryable(tmp_path, monkeypatch):
 def test_concurrent_posts_of_one_package_store_it_once(db_url, monkeypatch):
     """Both posts pass the replay check before either writes: one 201, one 409."""
     ingestor = PackageIngestor(db_url, KEY, POLICY)
-    real = service_module._stored
+    real = ingest_module._stored
     barrier = threading.Barrier(2, timeout=10)
     calls = {"n": 0}
     lock = threading.Lock()
@@ -121,7 +123,7 @@ def test_concurrent_posts_of_one_package_store_it_once(db_url, monkeypatch):
             return False
         return real(engine, pid)
 
-    monkeypatch.setattr(service_module, "_stored", stored_after_both_checked)
+    monkeypatch.setattr(ingest_module, "_stored", stored_after_both_checked)
     sealed = seal_package(package(7), KEY.public_key())
     outcomes = []
     threads = [threading.Thread(target=lambda: outcomes.append(ingestor(sealed)))
