@@ -1,0 +1,411 @@
+"""Signed model releases: the server signs what it publishes, a device verifies before it reads.
+
+The design follows TUF's targets metadata, cut down to one role: for every
+published model version the server writes a small JSON document, the
+*release*, whose ``signed`` part states
+
+    format        1
+    name          what is released (e.g. ``"foundation"``)
+    version       int >= 1, increasing: a device never goes back (no rollback)
+    created       ISO 8601 UTC
+    expires       ISO 8601 UTC: a device refuses it afterwards (no freeze)
+    length        the model file's length in bytes
+    sha256        the model file's SHA-256, hex
+    schema_id     the schema the model reads
+    policy_sha256 SHA-256 of the server policy JSON devices follow (served beside it)
+    server_key    the server's HPKE public key (the 44-byte key file, hex) packages
+                  are sealed to, or null: the key travels on the signed channel too
+
+and whose ``signatures`` are ``[{"key_id": ..., "sig": ...}]``: Ed25519
+(``cryptography``) over ``b"dmt model release v1\\n"`` followed by the
+canonical JSON of ``signed`` (sorted keys, no spaces, UTF-8). A key id is the
+first 16 hex digits of SHA-256 over the raw public key, so a device can pin
+several keys and the server can rotate: a release is trusted when one
+signature by a pinned key verifies.
+
+A device calls :func:`verify_release` with the release document, the model
+bytes it downloaded, its pinned keys and the version it has installed. The
+model bytes are checked whole before anything parses them; the function
+returns them, so the caller loads exactly the bytes that were verified. Any
+failure of the signature, the length or the hash raises :class:`InvalidRelease`,
+which says nothing more; an authentic release that is older than the installed
+version raises :class:`RollbackRefused`, one past its expiry
+:class:`ReleaseExpired` (both subclasses, with a message: they are raised only
+after the signature verified).
+
+This module imports only ``cryptography`` and the standard library: app-side
+tooling embeds it without torch.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import hmac
+import json
+import os
+import stat
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from dmt_privacy.errors import DMTError, ValidationError
+from dmt_privacy.files import write_atomically
+
+__all__ = [
+    "RELEASE_CONTEXT",
+    "RELEASE_FORMAT",
+    "InvalidRelease",
+    "ReleaseExpired",
+    "ReleaseMetadata",
+    "ReleaseSigningKey",
+    "ReleaseVerifyKey",
+    "RollbackRefused",
+    "VerifiedRelease",
+    "generate_release_key",
+    "load_release_signing_key",
+    "load_release_verify_key",
+    "sign_release",
+    "verify_release",
+]
+
+RELEASE_FORMAT = 1
+#: Domain separation: a release signature verifies as nothing else.
+RELEASE_CONTEXT = b"dmt model release v1\n"
+_MAX_DOCUMENT = 64 * 1024
+_HEX = frozenset("0123456789abcdef")
+
+
+class InvalidRelease(DMTError):
+    """A model release failed verification (signature, length or hash). Says nothing more."""
+
+
+class RollbackRefused(InvalidRelease):
+    """An authentic release older than the installed version: refused (no rollback)."""
+
+
+class ReleaseExpired(InvalidRelease):
+    """An authentic release past its expiry: refused (a server that stops publishing is seen)."""
+
+
+def _key_id(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+class ReleaseVerifyKey:
+    """The public half of a release signing key: what an app pins at build time."""
+
+    def __init__(self, key: ed25519.Ed25519PublicKey) -> None:
+        if not isinstance(key, ed25519.Ed25519PublicKey):
+            raise ValidationError(f"Expected an Ed25519 public key, got {type(key).__name__}.")
+        self._key = key
+        self._raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+    @property
+    def key_id(self) -> str:
+        """First 16 hex digits of SHA-256 over the raw public key."""
+        return _key_id(self._raw)
+
+    def raw_bytes(self) -> bytes:
+        return self._raw
+
+    @classmethod
+    def from_raw(cls, data: bytes) -> ReleaseVerifyKey:
+        if not isinstance(data, bytes) or len(data) != 32:
+            raise ValidationError("An Ed25519 public key is 32 raw bytes.")
+        return cls(ed25519.Ed25519PublicKey.from_public_bytes(data))
+
+    def to_pem(self) -> bytes:
+        return self._key.public_bytes(serialization.Encoding.PEM,
+                                      serialization.PublicFormat.SubjectPublicKeyInfo)
+
+    def verify(self, signature: bytes, message: bytes) -> bool:
+        try:
+            self._key.verify(signature, message)
+        except InvalidSignature:
+            return False
+        return True
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ReleaseVerifyKey) and hmac.compare_digest(self._raw, other._raw)
+
+    def __hash__(self) -> int:
+        return hash(self._raw)
+
+    def __repr__(self) -> str:
+        return f"ReleaseVerifyKey(key_id={self.key_id!r})"
+
+
+class ReleaseSigningKey:
+    """The server's Ed25519 release signing key (keep it off the serving machines)."""
+
+    def __init__(self, key: ed25519.Ed25519PrivateKey) -> None:
+        if not isinstance(key, ed25519.Ed25519PrivateKey):
+            raise ValidationError(f"Expected an Ed25519 private key, got {type(key).__name__}.")
+        self._key = key
+
+    def verify_key(self) -> ReleaseVerifyKey:
+        return ReleaseVerifyKey(self._key.public_key())
+
+    @property
+    def key_id(self) -> str:
+        return self.verify_key().key_id
+
+    def sign(self, message: bytes) -> bytes:
+        return self._key.sign(message)
+
+    def to_pem(self) -> bytes:
+        return self._key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption())
+
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
+        """The private key (PKCS #8 PEM, mode 0600) to ``path`` and the public key to ``.pub``."""
+        path = Path(path)
+        write_atomically(path, self.to_pem(), mode=0o600, overwrite=overwrite)
+        write_atomically(path.with_name(path.name + ".pub"), self.verify_key().to_pem(),
+                         mode=0o644, overwrite=overwrite)
+
+    def __repr__(self) -> str:
+        return f"ReleaseSigningKey(key_id={self.key_id!r})"
+
+
+def generate_release_key() -> ReleaseSigningKey:
+    """A fresh Ed25519 release signing key."""
+    return ReleaseSigningKey(ed25519.Ed25519PrivateKey.generate())
+
+
+def load_release_signing_key(path: str | os.PathLike[str]) -> ReleaseSigningKey:
+    """Read a key written by :meth:`ReleaseSigningKey.save`; refuses a group/world-readable file."""
+    path = Path(path)
+    if os.name == "posix" and stat.S_IMODE(path.stat().st_mode) & 0o077:
+        raise ValidationError(f"Release signing key {path} may be read by group or others; "
+                              f"run `chmod 600 {path}` (and consider the key exposed).")
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError) as exc:
+        raise ValidationError(f"{path} is not a PEM private key ({exc}).") from None
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise ValidationError(f"{path} holds a {type(key).__name__}, not an Ed25519 key.")
+    return ReleaseSigningKey(key)
+
+
+def load_release_verify_key(source: str | os.PathLike[str] | bytes) -> ReleaseVerifyKey:
+    """A pinned public key: PEM bytes, a PEM file, or the 32 raw bytes."""
+    if isinstance(source, bytes) and len(source) == 32:
+        return ReleaseVerifyKey.from_raw(source)
+    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError) as exc:
+        raise ValidationError(f"Not a PEM public key ({exc}).") from None
+    if not isinstance(key, ed25519.Ed25519PublicKey):
+        raise ValidationError(f"The key is a {type(key).__name__}, not an Ed25519 key.")
+    return ReleaseVerifyKey(key)
+
+
+# --- metadata -----------------------------------------------------------------------------
+def _utc(value: _dt.datetime) -> str:
+    if value.tzinfo is None:
+        raise ValidationError("Release times must be timezone-aware (UTC).")
+    return value.astimezone(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _parse_time(text: Any) -> _dt.datetime:
+    if type(text) is not str:
+        raise ValueError("time")
+    value = _dt.datetime.fromisoformat(text)
+    if value.tzinfo is None:
+        raise ValueError("naive time")
+    return value
+
+
+def _is_hex(text: Any, length: int | None = None) -> bool:
+    return (type(text) is str and (length is None or len(text) == length)
+            and set(text) <= _HEX and len(text) % 2 == 0)
+
+
+@dataclass(frozen=True)
+class ReleaseMetadata:
+    """The signed statement about one published model version (see the module docstring)."""
+
+    name: str
+    version: int
+    created: str
+    expires: str
+    length: int
+    sha256: str
+    schema_id: str
+    policy_sha256: str | None
+    server_key: str | None
+    format: int = RELEASE_FORMAT
+
+    def __post_init__(self) -> None:
+        checks = {
+            "format": type(self.format) is int and self.format == RELEASE_FORMAT,
+            "name": type(self.name) is str and 0 < len(self.name) <= 128,
+            "version": type(self.version) is int and self.version >= 1,
+            "length": type(self.length) is int and self.length >= 0,
+            "sha256": _is_hex(self.sha256, 64),
+            "schema_id": type(self.schema_id) is str and len(self.schema_id) <= 128,
+            "policy_sha256": self.policy_sha256 is None or _is_hex(self.policy_sha256, 64),
+            "server_key": self.server_key is None or _is_hex(self.server_key),
+        }
+        for name in ("created", "expires"):
+            try:
+                _parse_time(getattr(self, name))
+                checks[name] = True
+            except ValueError:
+                checks[name] = False
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValidationError(f"Release metadata has malformed {bad!r}.")
+
+    @property
+    def expires_at(self) -> _dt.datetime:
+        return _parse_time(self.expires)
+
+    def canonical(self) -> bytes:
+        """The bytes that are signed (after :data:`RELEASE_CONTEXT`)."""
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"),
+                          ensure_ascii=False, allow_nan=False).encode()
+
+
+@dataclass(frozen=True)
+class VerifiedRelease:
+    """What :func:`verify_release` vouches for: the metadata and exactly the verified bytes."""
+
+    metadata: ReleaseMetadata
+    model: bytes
+    key_id: str
+
+
+def sign_release(
+    model: bytes,
+    key: ReleaseSigningKey | Iterable[ReleaseSigningKey],
+    *,
+    version: int,
+    schema_id: str,
+    policy_json: str | bytes | None = None,
+    server_key: bytes | None = None,
+    name: str = "foundation",
+    valid_for: _dt.timedelta = _dt.timedelta(days=30),
+    now: _dt.datetime | None = None,
+) -> bytes:
+    """The signed release document (JSON bytes) for ``model`` as version ``version``.
+
+    ``key``: one signing key or several (during a rotation, sign with the old
+    and the new one). ``policy_json``: the server policy devices follow;
+    its SHA-256 is signed. ``server_key``: the HPKE public key file bytes
+    (:meth:`dmt_privacy.seal.ServerPublicKey.to_bytes`). ``valid_for``: the
+    release expires that long after ``now``; publish (or re-sign) before then.
+    """
+    if not isinstance(model, bytes):
+        raise ValidationError(f"model must be the model file's bytes, got {type(model).__name__}.")
+    keys = [key] if isinstance(key, ReleaseSigningKey) else list(key)
+    if not keys or not all(isinstance(k, ReleaseSigningKey) for k in keys):
+        raise ValidationError("key must be a ReleaseSigningKey or a list of them.")
+    if not isinstance(valid_for, _dt.timedelta) or valid_for <= _dt.timedelta(0):
+        raise ValidationError(f"valid_for must be a positive timedelta, got {valid_for!r}.")
+    now = now or _dt.datetime.now(_dt.timezone.utc)
+    policy_sha = None
+    if policy_json is not None:
+        raw = policy_json.encode() if isinstance(policy_json, str) else policy_json
+        policy_sha = hashlib.sha256(raw).hexdigest()
+    metadata = ReleaseMetadata(
+        name=name, version=version, created=_utc(now), expires=_utc(now + valid_for),
+        length=len(model), sha256=hashlib.sha256(model).hexdigest(), schema_id=schema_id,
+        policy_sha256=policy_sha, server_key=None if server_key is None else server_key.hex())
+    message = RELEASE_CONTEXT + metadata.canonical()
+    document = {"signed": asdict(metadata),
+                "signatures": [{"key_id": k.key_id, "sig": k.sign(message).hex()}
+                               for k in keys]}
+    return json.dumps(document, sort_keys=True, indent=1, allow_nan=False).encode()
+
+
+def _parse(document: bytes) -> tuple[ReleaseMetadata, list[tuple[str, bytes]]]:
+    if not isinstance(document, (bytes, bytearray)) or len(document) > _MAX_DOCUMENT:
+        raise ValueError("document")
+    data = json.loads(bytes(document))
+    if type(data) is not dict or set(data) != {"signed", "signatures"}:
+        raise ValueError("shape")
+    signed, signatures = data["signed"], data["signatures"]
+    if type(signed) is not dict or type(signatures) is not list or len(signatures) > 8:
+        raise ValueError("shape")
+    metadata = ReleaseMetadata(**signed)
+    sigs = []
+    for entry in signatures:
+        if type(entry) is not dict or set(entry) != {"key_id", "sig"}:
+            raise ValueError("signature")
+        if not _is_hex(entry["key_id"], 16) or not _is_hex(entry["sig"], 128):
+            raise ValueError("signature")
+        sigs.append((entry["key_id"], bytes.fromhex(entry["sig"])))
+    return metadata, sigs
+
+
+def verify_release(
+    document: bytes,
+    model: bytes,
+    trusted_keys: ReleaseVerifyKey | Iterable[ReleaseVerifyKey],
+    *,
+    installed_version: int | None = None,
+    installed_sha256: str | None = None,
+    policy_json: str | bytes | None = None,
+    name: str = "foundation",
+    now: _dt.datetime | None = None,
+) -> VerifiedRelease:
+    """Verify a downloaded model against its signed release, before anything reads the model.
+
+    ``trusted_keys``: the keys the app pinned at build time. ``installed_version``
+    (and ``installed_sha256``): what the device runs now; an older version, or
+    the same version with other bytes, is a rollback. ``policy_json``: when
+    given, must be the policy the release names. Returns a
+    :class:`VerifiedRelease` holding the verified bytes: load those, not the file
+    again. Raises :class:`InvalidRelease` (nothing more said) for a bad
+    signature, length, hash, name or policy; :class:`RollbackRefused` and
+    :class:`ReleaseExpired` for authentic but stale releases.
+    """
+    pinned = ([trusted_keys] if isinstance(trusted_keys, ReleaseVerifyKey)
+              else list(trusted_keys))
+    if not pinned or not all(isinstance(k, ReleaseVerifyKey) for k in pinned):
+        raise ValidationError("trusted_keys must be the app's pinned ReleaseVerifyKey(s).")
+    by_id = {k.key_id: k for k in pinned}
+    try:
+        metadata, signatures = _parse(document)
+    except Exception:  # every malformed document is the same failure
+        metadata = None
+    if metadata is None:
+        raise InvalidRelease()
+    message = RELEASE_CONTEXT + metadata.canonical()
+    signer = next((kid for kid, sig in signatures
+                   if kid in by_id and by_id[kid].verify(sig, message)), None)
+    if signer is None:
+        raise InvalidRelease()
+    if not isinstance(model, bytes) or len(model) != metadata.length or not hmac.compare_digest(
+            hashlib.sha256(model).hexdigest(), metadata.sha256):
+        raise InvalidRelease()
+    if metadata.name != name:
+        raise InvalidRelease()
+    if policy_json is not None:
+        raw = policy_json.encode() if isinstance(policy_json, str) else policy_json
+        if metadata.policy_sha256 != hashlib.sha256(raw).hexdigest():
+            raise InvalidRelease()
+    if installed_version is not None:
+        if metadata.version < installed_version or (
+                metadata.version == installed_version and installed_sha256 is not None
+                and metadata.sha256 != installed_sha256):
+            raise RollbackRefused(
+                f"Release {metadata.name} v{metadata.version} is older than (or differs from) "
+                f"the installed v{installed_version}; a device never goes back.")
+    now = now or _dt.datetime.now(_dt.timezone.utc)
+    if now >= metadata.expires_at:
+        raise ReleaseExpired(
+            f"Release {metadata.name} v{metadata.version} expired at {metadata.expires}; the "
+            "server has not published or re-signed since. Keep the installed model and retry.")
+    return VerifiedRelease(metadata=metadata, model=model, key_id=signer)
+

@@ -1,0 +1,103 @@
+"""Issue 15.3: a device refuses a backdoored, re-signed, rolled-back or frozen model.
+
+The attacker controls the channel the model travels on (the registry folder, the
+index, the HTTP responses) but not the release signing key, whose public half the
+app pinned at build time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+
+import pytest
+
+from dmt_privacy.release import (
+    InvalidRelease,
+    ReleaseExpired,
+    RollbackRefused,
+    generate_release_key,
+    sign_release,
+    verify_release,
+)
+
+KEY = generate_release_key()
+PINNED = [KEY.verify_key()]
+NOW = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.timezone.utc)
+
+
+def _release(model: bytes, version: int, *, key=KEY, now=NOW, **kw) -> bytes:
+    return sign_release(model, key, version=version, schema_id="boston", now=now,
+                        policy_json='{"policy": 1}', **kw)
+
+
+V1, V2 = b"model v1 " * 100, b"model v2 " * 100
+
+
+def test_an_honest_release_verifies_and_returns_the_verified_bytes():
+    verified = verify_release(_release(V2, 2), V2, PINNED, installed_version=1, now=NOW,
+                              policy_json='{"policy": 1}')
+    assert verified.model == V2 and verified.metadata.version == 2
+    assert verified.key_id == KEY.key_id
+
+
+def test_a_backdoored_model_under_the_real_release_is_refused():
+    backdoored = bytearray(V2)
+    backdoored[17] ^= 1
+    with pytest.raises(InvalidRelease) as info:
+        verify_release(_release(V2, 2), bytes(backdoored), PINNED, now=NOW)
+    assert str(info.value) == "" and type(info.value) is InvalidRelease
+    with pytest.raises(InvalidRelease):
+        verify_release(_release(V2, 2), V2 + b"\0", PINNED, now=NOW)  # length
+
+
+def test_a_release_signed_by_another_key_or_edited_is_refused():
+    with pytest.raises(InvalidRelease):
+        verify_release(_release(V2, 2, key=generate_release_key()), V2, PINNED, now=NOW)
+    doc = json.loads(_release(V1, 1))
+    doc["signed"]["version"] = 9  # same signature, edited statement
+    with pytest.raises(InvalidRelease):
+        verify_release(json.dumps(doc).encode(), V1, PINNED, installed_version=2, now=NOW)
+    doc = json.loads(_release(V1, 1))
+    doc["signed"]["sha256"] = __import__("hashlib").sha256(V2).hexdigest()
+    with pytest.raises(InvalidRelease):
+        verify_release(json.dumps(doc).encode(), V2, PINNED, now=NOW)
+    for garbage in (b"", b"{}", b"[]", b"\xff" * 10, b'{"signed": 1, "signatures": []}'):
+        with pytest.raises(InvalidRelease):
+            verify_release(garbage, V1, PINNED, now=NOW)
+
+
+def test_a_rolled_back_model_is_refused():
+    with pytest.raises(RollbackRefused):
+        verify_release(_release(V1, 1), V1, PINNED, installed_version=2, now=NOW)
+    resigned_other_bytes = _release(V1, 2)
+    with pytest.raises(RollbackRefused):
+        verify_release(resigned_other_bytes, V1, PINNED, installed_version=2,
+                       installed_sha256=__import__("hashlib").sha256(V2).hexdigest(), now=NOW)
+
+
+def test_a_frozen_release_expires():
+    old = _release(V2, 2, now=NOW - dt.timedelta(days=31))
+    with pytest.raises(ReleaseExpired):
+        verify_release(old, V2, PINNED, now=NOW)
+
+
+def test_the_policy_named_by_the_release_is_the_one_served():
+    with pytest.raises(InvalidRelease):
+        verify_release(_release(V2, 2), V2, PINNED, now=NOW, policy_json='{"policy": 2}')
+
+
+def test_key_rotation_old_and_new_signatures():
+    new = generate_release_key()
+    both = sign_release(V2, [KEY, new], version=2, schema_id="boston", now=NOW)
+    assert verify_release(both, V2, [new.verify_key()], now=NOW).key_id == new.key_id
+    assert verify_release(both, V2, PINNED, now=NOW).key_id == KEY.key_id
+
+
+def test_verification_imports_without_torch():
+    code = ("import sys, dmt_privacy.release as r; "
+            "assert 'torch' not in sys.modules and 'sqlalchemy' not in sys.modules, "
+            "sorted(m for m in sys.modules if m.startswith(('torch', 'sqlalchemy')))")
+    subprocess.run([sys.executable, "-c", code], check=True)
