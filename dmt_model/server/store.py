@@ -8,11 +8,18 @@ Tables:
   ε per field, mechanisms; no record values);
 - ``records``: one row per (package, k-anonymity class): the class key,
   the number of records and their row positions in the package (no values);
-- ``classes``: the quarantine. One row per k-anonymity class: how many
-  records and how many distinct packages it holds, and whether it has been
-  released for training (``released_at``). A class is released once it
-  holds records from at least k distinct packages; until then its records
-  stay quarantined;
+- ``classes``: one row per k-anonymity class: how many records and how
+  many distinct packages it holds, and whether any of it has been released
+  (``released_at``: the first release);
+- ``cohorts`` and ``released_blocks``: the release. Records leave quarantine
+  only as a *cohort*: the blocks of a class that are still quarantined,
+  released together once they alone meet the server's
+  :class:`~dmt_privacy.anonymity.ReleaseRule` (k distinct packages, l and t
+  with each package weighing the same). Later records of the class wait for
+  a cohort of their own, so two snapshots of the released data differ by
+  whole cohorts, each meeting the rule (:func:`release_due`,
+  :meth:`SharedStore.release`). A block not in ``released_blocks`` is
+  quarantined, whatever ``classes.released`` says;
 - ``data_keys``: the server data keys, each sealed (HPKE) to the server's
   public key.
 
@@ -39,7 +46,7 @@ import hmac
 import json
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -61,27 +68,37 @@ from sqlalchemy import (
     create_engine,
     event,
     select,
+    update,
 )
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from dmt_privacy.anonymity.release import ReleaseRule
 from dmt_privacy.errors import DMTError, InvalidPackage, ValidationError
 from dmt_privacy.package import PrivacyReceipt, decode_package
 from dmt_privacy.seal import ServerPrivateKey, open_sealed, seal
 
 __all__ = [
     "CLASSES",
+    "COHORTS",
     "DATA_KEYS",
     "PACKAGES",
     "RECORDS",
+    "RELEASED_BLOCKS",
     "Base",
     "ClassRow",
+    "CohortRow",
     "DataKey",
     "DataKeyRow",
     "PackageRow",
     "RecordBlock",
+    "ReleasedBlock",
     "SharedStore",
     "connect",
     "payload_aad",
+    "release_due",
+    "release_rule",
 ]
 
 DATA_KEY_INFO = b"dmt server data key v1"
@@ -131,6 +148,27 @@ class ClassRow(Base):
     released_at: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
+class CohortRow(Base):
+    """One release: the blocks of one class that left quarantine together."""
+
+    __tablename__ = "cohorts"
+
+    cohort_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    class_key: Mapped[str] = mapped_column(String(64), index=True)
+    n_records: Mapped[int] = mapped_column(Integer)
+    n_packages: Mapped[int] = mapped_column(Integer)
+    released_at: Mapped[str] = mapped_column(String(32))
+
+
+class ReleasedBlock(Base):
+    """A released record block and the cohort it left quarantine with (once: the key)."""
+
+    __tablename__ = "released_blocks"
+
+    block_id: Mapped[int] = mapped_column(ForeignKey("records.id"), primary_key=True)
+    cohort_id: Mapped[str] = mapped_column(ForeignKey("cohorts.cohort_id"), index=True)
+
+
 class DataKeyRow(Base):
     __tablename__ = "data_keys"
 
@@ -143,6 +181,8 @@ PACKAGES = cast(Table, PackageRow.__table__)
 RECORDS = cast(Table, RecordBlock.__table__)
 CLASSES = cast(Table, ClassRow.__table__)
 DATA_KEYS = cast(Table, DataKeyRow.__table__)
+COHORTS = cast(Table, CohortRow.__table__)
+RELEASED_BLOCKS = cast(Table, ReleasedBlock.__table__)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -212,6 +252,104 @@ def payload_aad(package_id: str, key_id: str) -> bytes:
     return f"dmt-package-payload-v1|{package_id}|{key_id}".encode()
 
 
+# --- the release rule ---------------------------------------------------------------------
+_CHUNK = 500
+
+
+def release_rule(policy: Any) -> ReleaseRule:
+    """The :class:`~dmt_privacy.anonymity.ReleaseRule` a server policy implies.
+
+    k is the policy's ``min_k``; with a plan (``policy.plan``), also the
+    plan's k (the larger), l, t and the reference distribution t is measured
+    against, so every constraint the plan promised holds on what is released.
+    """
+    plan = getattr(policy, "plan", None)
+    if plan is None:
+        return ReleaseRule(k=int(policy.min_k))
+    return ReleaseRule.from_plan(plan, k=int(policy.min_k))
+
+
+def _decode_columns(conn: Connection, package_id: str, key: DataKey) -> dict[str, list[Any]]:
+    key_id, nonce, payload = conn.execute(
+        select(PackageRow.key_id, PackageRow.nonce, PackageRow.payload)
+        .where(PackageRow.package_id == package_id)).one()
+    plaintext = key.decrypt(nonce, payload, payload_aad(package_id, key_id))
+    package = decode_package(plaintext, max_records=2**31 - 1, max_bytes=max(len(plaintext), 1))
+    return dict(package.columns)
+
+
+def release_due(
+    conn: Connection,
+    rule: ReleaseRule,
+    data_key: Callable[[str], DataKey | None],
+    class_keys: Iterable[str] | None = None,
+    now: str | None = None,
+) -> int:
+    """Release every pending cohort that meets ``rule``; the number of cohorts released.
+
+    Runs inside the caller's transaction ``conn``. A class's pending cohort is
+    all its blocks not yet released; it is released whole, or not at all.
+    ``data_key(key_id)`` unwraps a package's data key to read its sensitive
+    values when the rule has l or t; a cohort with a package it cannot read
+    (``None``) or without the sensitive field stays quarantined (fail
+    closed). ``class_keys``: only these classes (default: all).
+    """
+    query = (select(RecordBlock.id, RecordBlock.package_id, RecordBlock.class_key,
+                    RecordBlock.rows, PackageRow.key_id)
+             .join(PackageRow, PackageRow.package_id == RecordBlock.package_id)
+             .outerjoin(ReleasedBlock, ReleasedBlock.block_id == RecordBlock.id)
+             .where(ReleasedBlock.block_id.is_(None)).order_by(RecordBlock.id))
+    pending: list[Any] = []
+    if class_keys is None:
+        pending = list(conn.execute(query).all())
+    else:
+        wanted = sorted(set(class_keys))
+        for start in range(0, len(wanted), _CHUNK):
+            pending += conn.execute(
+                query.where(RecordBlock.class_key.in_(wanted[start:start + _CHUNK]))).all()
+    by_class: dict[str, list[Any]] = {}
+    for row in pending:
+        by_class.setdefault(row.class_key, []).append(row)
+    stamp = now or _now()
+    columns_cache: dict[str, dict[str, list[Any]] | None] = {}
+    released = 0
+    for class_key in sorted(by_class):
+        blocks = by_class[class_key]
+        if len({b.package_id for b in blocks}) < rule.k:
+            continue
+        contributors: list[str] = []
+        values: list[Any] | None = [] if rule.needs_values else None
+        readable = True
+        for b in blocks:
+            positions = np.frombuffer(b.rows, dtype="<u4").tolist()
+            contributors += [b.package_id] * len(positions)
+            if values is None:
+                continue
+            if b.package_id not in columns_cache:
+                key = data_key(b.key_id)
+                columns_cache[b.package_id] = (
+                    None if key is None else _decode_columns(conn, b.package_id, key))
+            columns = columns_cache[b.package_id]
+            if columns is None or rule.sensitive not in columns:
+                readable = False
+                break
+            column = columns[str(rule.sensitive)]
+            values += [column[i] for i in positions]
+        if not readable or not rule.admits(contributors, values):
+            continue
+        cohort_id = secrets.token_hex(16)
+        conn.execute(COHORTS.insert().values(
+            cohort_id=cohort_id, class_key=class_key, n_records=len(contributors),
+            n_packages=len(set(contributors)), released_at=stamp))
+        conn.execute(RELEASED_BLOCKS.insert(),
+                     [{"block_id": b.id, "cohort_id": cohort_id} for b in blocks])
+        conn.execute(update(CLASSES).where(CLASSES.c.class_key == class_key,
+                                           CLASSES.c.released.is_(False))
+                     .values(released=True, released_at=stamp))
+        released += 1
+    return released
+
+
 class SharedStore:
     """The server's store opened with its private key: data key, reads of released records."""
 
@@ -259,18 +397,44 @@ class SharedStore:
             self._keys[key_id] = self._unwrap(key_id, wrapped)
         return self._keys[key_id]
 
+    # --- releasing --------------------------------------------------------------------
+    def _data_key_or_none(self, key_id: str) -> DataKey | None:
+        try:
+            return self.key(key_id)
+        except DMTError:
+            return None
+
+    def release(self, rule: ReleaseRule, class_keys: Iterable[str] | None = None) -> int:
+        """Release every pending cohort that meets ``rule`` (see :func:`release_due`).
+
+        One transaction. Returns the number of cohorts released; 0 when another
+        process released the same blocks first.
+        """
+        if not isinstance(rule, ReleaseRule):
+            raise ValidationError(f"rule must be a ReleaseRule, got {type(rule).__name__}.")
+        try:
+            with self.engine.begin() as conn:
+                return release_due(conn, rule, self._data_key_or_none, class_keys)
+        except IntegrityError:
+            return 0
+
     # --- reading ----------------------------------------------------------------------
-    def _blocks(self, released: bool | None) -> Iterator[tuple[str, str, dict[str, list[Any]]]]:
-        """(package id, class key, columns) of every block of records, decrypted."""
-        query = select(RecordBlock.package_id, RecordBlock.class_key, RecordBlock.rows).join(
-            ClassRow, ClassRow.class_key == RecordBlock.class_key).order_by(RecordBlock.id)
-        if released is not None:
-            query = query.where(ClassRow.released == released)
+    def _blocks(self, released: bool | None
+                ) -> Iterator[tuple[str, str, str | None, dict[str, list[Any]]]]:
+        """(package id, class key, cohort id, columns) of every block of records, decrypted."""
+        query = select(RecordBlock.package_id, RecordBlock.class_key, RecordBlock.rows,
+                       ReleasedBlock.cohort_id).outerjoin(
+            ReleasedBlock, ReleasedBlock.block_id == RecordBlock.id).order_by(RecordBlock.id)
+        if released is True:
+            query = query.where(ReleasedBlock.block_id.is_not(None))
+        elif released is False:
+            query = query.where(ReleasedBlock.block_id.is_(None))
         with self.engine.connect() as conn:
             blocks = conn.execute(query).all()
-            by_package: dict[str, list[tuple[str, bytes]]] = {}
-            for package_id, class_key, rows in blocks:
-                by_package.setdefault(package_id, []).append((class_key, rows))
+            by_package: dict[str, list[tuple[str, bytes, str | None]]] = {}
+            for block in blocks:
+                by_package.setdefault(block.package_id, []).append(
+                    (block.class_key, block.rows, block.cohort_id))
             for package_id, members in by_package.items():
                 key_id, nonce, payload = conn.execute(
                     select(PackageRow.key_id, PackageRow.nonce, PackageRow.payload)
@@ -279,25 +443,28 @@ class SharedStore:
                                                      payload_aad(package_id, key_id))
                 package = decode_package(plaintext, max_records=2**31 - 1,
                                          max_bytes=max(len(plaintext), 1))
-                for class_key, rows in members:
+                for class_key, rows, cohort_id in members:
                     take = np.frombuffer(rows, dtype="<u4").tolist()
-                    yield package_id, class_key, {
+                    yield package_id, class_key, cohort_id, {
                         name: [values[i] for i in take] for name, values in package.columns.items()
                     }
 
-    def frame(self, which: str = "released") -> pd.DataFrame:
+    def frame(self, which: str = "released", *, cohorts: bool = False) -> pd.DataFrame:
         """Decrypted records: ``"released"`` (for training), ``"quarantined"`` or ``"all"``.
 
-        Adds the columns ``package_id`` and ``class_key``.
+        Adds the columns ``package_id`` and ``class_key`` (and ``cohort_id``, ``None``
+        while quarantined, with ``cohorts=True``).
         """
         flags = {"released": True, "quarantined": False, "all": None}
         if which not in flags:
             raise ValidationError(f"which must be one of {list(flags)!r}, got {which!r}.")
         parts = []
-        for package_id, class_key, columns in self._blocks(flags[which]):
+        for package_id, class_key, cohort_id, columns in self._blocks(flags[which]):
             part = pd.DataFrame(columns)
             part["package_id"] = package_id
             part["class_key"] = class_key
+            if cohorts:
+                part["cohort_id"] = cohort_id
             parts.append(part)
         if not parts:
             return pd.DataFrame()
@@ -311,16 +478,25 @@ class SharedStore:
                 for package_id, text in rows}
 
     def counts(self) -> dict[str, int]:
-        """Packages, records, classes released and quarantined, records in each."""
+        """Packages, records, classes with released / quarantined records, records in each.
+
+        A class whose first cohort is released while later records wait counts in both.
+        """
         with self.engine.connect() as conn:
             n_packages = conn.execute(select(PackageRow.package_id).with_only_columns(
                 PackageRow.package_id)).all()
-            classes = conn.execute(select(ClassRow.released, ClassRow.n_records)).all()
+            blocks = conn.execute(
+                select(RecordBlock.class_key, RecordBlock.n_records, ReleasedBlock.block_id)
+                .outerjoin(ReleasedBlock, ReleasedBlock.block_id == RecordBlock.id)).all()
+            n_cohorts = len(conn.execute(select(CohortRow.cohort_id)).all())
+        released = [(c, n) for c, n, b in blocks if b is not None]
+        held = [(c, n) for c, n, b in blocks if b is None]
         return {
             "packages": len(n_packages),
-            "records": sum(n for _, n in classes),
-            "classes_released": sum(1 for r, _ in classes if r),
-            "classes_quarantined": sum(1 for r, _ in classes if not r),
-            "records_released": sum(n for r, n in classes if r),
-            "records_quarantined": sum(n for r, n in classes if not r),
+            "records": sum(n for _, n, _ in blocks),
+            "classes_released": len({c for c, _ in released}),
+            "classes_quarantined": len({c for c, _ in held}),
+            "records_released": sum(n for _, n in released),
+            "records_quarantined": sum(n for _, n in held),
+            "cohorts_released": n_cohorts,
         }

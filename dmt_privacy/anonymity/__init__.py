@@ -5,8 +5,9 @@ multidimensional partitioning on integer-coded quasi-identifiers, numeric
 fields released as closed intervals, categorical fields as hierarchy nodes
 (ARX-format hierarchies) or value sets. ``fit`` learns an
 :class:`AnonymizationPlan` that serializes to JSON and that a device applies
-to its own records; :func:`release_classes` is the server's gate that
-releases only classes of at least ``k`` records. Information loss is
+to its own records; :class:`ReleaseRule` is the server's gate: it releases
+a class's records only in cohorts that meet k, l and t over distinct
+contributors (:func:`release_classes` applies it to one DataFrame). Information loss is
 measured by :func:`information_loss` (NCP, discernibility, average class size).
 """
 
@@ -33,6 +34,7 @@ from dmt_privacy.anonymity.plan import (
     format_generalized,
     release_classes,
 )
+from dmt_privacy.anonymity.release import ReleaseRule, reference_from_counts
 
 __all__ = [
     "AnonymizationPlan",
@@ -45,6 +47,7 @@ __all__ = [
     "KAnonymizer",
     "LDiversity",
     "Partition",
+    "ReleaseRule",
     "TCloseness",
     "emd_hierarchical",
     "emd_ordered",
@@ -55,5 +58,6 @@ __all__ = [
     "l_achieved",
     "mondrian_partition",
     "ncp_by_attribute",
+    "reference_from_counts",
     "release_classes",
 ]

@@ -34,6 +34,7 @@ from dmt_privacy.anonymity.plan import (
     ColumnCoding,
     check_no_missing,
 )
+from dmt_privacy.anonymity.release import reference_from_counts
 from dmt_privacy.errors import AnonymizationError, ValidationError
 
 __all__ = ["AnonymizationReport", "KAnonymizer"]
@@ -378,8 +379,12 @@ class KAnonymizer(TransformerMixin, BaseEstimator):
         keep = np.ones(n, dtype=bool)
         sens = None
         admissible = None
+        self._reference_: tuple[tuple[Any, float], ...] | None = None
         if self.sensitive is not None:
             sens = self._sensitive(X, hierarchies)
+            if not _is_numeric(X[self.sensitive]):
+                self._reference_ = reference_from_counts(
+                    X[self.sensitive].value_counts(sort=False).to_dict())
             if self.l is not None or self.t is not None:
                 admissible = self._admissible(sens)
                 keep = self._root_suppression(sens, codes, admissible, notes)
@@ -522,6 +527,7 @@ class KAnonymizer(TransformerMixin, BaseEstimator):
             l_kind=self.l_kind,
             c=float(self.c),
             t=self.t,
+            sensitive_reference=self._reference_,
         )
 
     def _report(

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from dmt_privacy.anonymity.hierarchy import Hierarchy
+from dmt_privacy.anonymity.release import ReleaseRule
 from dmt_privacy.errors import SchemaError, ValidationError
 
 __all__ = [
@@ -194,6 +195,9 @@ class AnonymizationPlan:
     c: float = 1.0
     t: float | None = None
     class_suppressed: tuple[bool, ...] = ()
+    #: ``((value, probability), ...)`` of the sensitive field in the fitting data (rounded),
+    #: what the server measures t against; ``None`` for a numeric sensitive field.
+    sensitive_reference: tuple[tuple[Any, float], ...] | None = None
 
     @property
     def n_classes(self) -> int:
@@ -387,6 +391,8 @@ class AnonymizationPlan:
                 "l_kind": self.l_kind,
                 "c": self.c,
                 "t": self.t,
+                "reference": None if self.sensitive_reference is None else [
+                    [_jsonable(v), p] for v, p in self.sensitive_reference],
             },
         }
 
@@ -425,6 +431,8 @@ class AnonymizationPlan:
                 l_kind=str(privacy.get("l_kind", "distinct")),
                 c=float(privacy.get("c", 1.0)),
                 t=privacy.get("t"),
+                sensitive_reference=None if privacy.get("reference") is None else tuple(
+                    (v, float(p)) for v, p in privacy["reference"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise SchemaError(
@@ -454,14 +462,20 @@ def release_classes(
     k: int,
     *,
     package_column: str | None = None,
+    rule: ReleaseRule | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Server side: split generalized records into (released, quarantined).
 
     A class (records with the same generalized quasi-identifiers) is
     released when it holds at least ``k`` records, or, with
     ``package_column``, records from at least ``k`` distinct share packages.
-    Suppressed records (all quasi-identifiers missing) are always quarantined.
-    Neither frame is the input object; the input is not modified.
+    With ``rule`` (a :class:`~dmt_privacy.anonymity.ReleaseRule`, e.g.
+    ``ReleaseRule.from_plan(plan)``) the class must also meet its k, l and t,
+    over distinct packages when ``package_column`` is given. Suppressed
+    records (all quasi-identifiers missing) are always quarantined. Neither
+    frame is the input object; the input is not modified. This judges one
+    snapshot; :class:`dmt_model.server.store.SharedStore` applies the same
+    rule to cohorts, so that releases over time cannot be differenced.
     """
     missing = [q for q in quasi_identifiers if q not in records.columns]
     if missing:
@@ -490,6 +504,26 @@ def release_classes(
     else:
         support = np.bincount(group)
     keep = (support[group] >= k) & ~all_missing
+    if rule is not None:
+        if not isinstance(rule, ReleaseRule):
+            raise ValidationError(
+                f"release_classes: rule must be a ReleaseRule, got {type(rule).__name__}.")
+        if rule.needs_values and rule.sensitive not in records.columns:
+            raise ValidationError(
+                f"release_classes: the rule's sensitive column {rule.sensitive!r} is not in "
+                "the records."
+            )
+        contributors = (records[package_column].to_numpy() if package_column is not None
+                        else np.arange(len(records)))
+        values = records[rule.sensitive].to_numpy() if rule.needs_values else None
+        order = np.argsort(group, kind="stable")
+        bounds = np.flatnonzero(np.diff(group[order])) + 1
+        for members in np.split(order, bounds):
+            if not keep[members[0]]:
+                continue
+            if not rule.admits(contributors[members],
+                               None if values is None else values[members]):
+                keep[members] = False
     return records.loc[keep].copy(), records.loc[~keep].copy()
 
 

@@ -1,0 +1,226 @@
+"""The server's release rule: which received records may leave quarantine, and when.
+
+A plan fitted with k, l and t guarantees them only on the data it was fitted
+on. Records that devices generalize with the plan arrive one package at a
+time, so the server must enforce every constraint again, on what it really
+releases. :class:`ReleaseRule` states them; :meth:`ReleaseRule.admits`
+judges one group of records.
+
+**Over distinct contributors.** The server cannot link packages to devices
+(nothing in a package names one), so a contributor is a package. ``k`` counts
+distinct packages, never records: one package of 50 records is one
+contributor. l-diversity and t-closeness are computed on the sensitive
+values with each contributor weighing the same (each package's records
+share a weight of 1), so a single package cannot make a class look diverse
+or close to the reference by volume. Distinct l counts the sensitive values
+present.
+
+**The schedule: cohorts.** A class is not released once and then left to
+grow: comparing two snapshots of a growing class would show the newcomer's
+records. Instead the records of a class that are still quarantined form its
+*pending cohort*, and the cohort is released as one block, only when the
+cohort itself meets k, l and t; later records start a new cohort that waits
+for its own k contributors. Any difference between two snapshots of the
+released data is therefore a union of whole cohorts, each of which meets the
+policy on its own: differencing reveals nothing a release would not.
+(Classes released once and frozen would waste every later record; fixed
+epochs still release a class's growth by one record when only one arrived;
+cohorts cost the least data for the same guarantee.)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dmt_privacy.anonymity.constraints import LDiversity
+from dmt_privacy.errors import AnonymizationError, ValidationError
+
+__all__ = ["ReleaseRule", "reference_from_counts"]
+
+
+@dataclass(frozen=True)
+class ReleaseRule:
+    """k, l and t that every released cohort must meet, over distinct contributors.
+
+    Parameters
+    ----------
+    k:
+        Distinct contributors (packages) a cohort needs.
+    sensitive:
+        The sensitive field; required with ``l`` or ``t``.
+    l, l_kind, c:
+        l-diversity of the sensitive values (``"distinct"``, ``"entropy"`` or
+        ``"recursive"`` with ``c``), as :class:`~dmt_privacy.anonymity.LDiversity`.
+    t:
+        Largest earth mover's distance allowed between a cohort's sensitive
+        distribution and ``reference``.
+    reference:
+        ``((value, probability), ...)``: the distribution t is measured
+        against (the server's, e.g. the plan's fitting data). Required with
+        ``t``. A value outside it is as far as any value can be.
+    ordered:
+        ``True``: the values of ``reference`` are ordered (numeric bins) and
+        the EMD uses the ordered distance ``|i − j| / (m − 1)``; ``False``
+        (default): the equal distance (half the L1 distance), which is never
+        below the hierarchical distance the plan may have been fitted with.
+    """
+
+    k: int
+    sensitive: str | None = None
+    l: int | None = None  # noqa: E741 - the literature's name
+    l_kind: str = "distinct"
+    c: float = 1.0
+    t: float | None = None
+    reference: tuple[tuple[Any, float], ...] | None = None
+    ordered: bool = False
+
+    def __post_init__(self) -> None:
+        k = self.k
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValidationError(f"ReleaseRule: k must be a positive integer, got {k!r}.")
+        if (self.l is not None or self.t is not None) and not self.sensitive:
+            raise ValidationError(
+                f"ReleaseRule: l={self.l!r} / t={self.t!r} need the sensitive field; pass "
+                "sensitive=..."
+            )
+        if self.l is not None:
+            LDiversity(self.l, self.l_kind, self.c)  # type: ignore[arg-type]  # validates
+        if self.t is not None:
+            t = self.t
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 1:
+                raise ValidationError(f"ReleaseRule: t must be a number in [0, 1], got {t!r}.")
+            if not self.reference:
+                raise ValidationError(
+                    f"ReleaseRule: t={t!r} needs the reference distribution of "
+                    f"{self.sensitive!r} (reference=((value, probability), ...)), e.g. from "
+                    "the plan's fitting data; it is never taken from the records received."
+                )
+        if self.reference is not None:
+            ref = tuple((v, float(p)) for v, p in self.reference)
+            probs = np.asarray([p for _, p in ref])
+            if not ref or (probs < 0).any() or not math.isclose(probs.sum(), 1.0, abs_tol=1e-6):
+                raise ValidationError(
+                    f"ReleaseRule: reference must be probabilities >= 0 summing to 1, got "
+                    f"{len(ref)} values summing to {probs.sum():g}."
+                )
+            if len({v for v, _ in ref}) != len(ref):
+                raise ValidationError("ReleaseRule: reference repeats a value.")
+            object.__setattr__(self, "reference", ref)
+
+    @classmethod
+    def from_plan(cls, plan: Any, *, k: int | None = None) -> ReleaseRule:
+        """The rule a fitted :class:`~dmt_privacy.anonymity.AnonymizationPlan` promises.
+
+        ``k`` (default: the plan's) may only raise the plan's k. The reference
+        for t is the plan's ``sensitive_reference``.
+        """
+        k_plan = int(plan.k)
+        k_rule = k_plan if k is None else max(int(k), k_plan)
+        reference = getattr(plan, "sensitive_reference", None)
+        return cls(k=k_rule, sensitive=plan.sensitive, l=plan.l, l_kind=plan.l_kind,
+                   c=plan.c, t=plan.t, reference=reference,
+                   ordered=bool(getattr(plan, "sensitive_ordered", False)))
+
+    @property
+    def needs_values(self) -> bool:
+        """Whether judging a cohort needs its sensitive values (l or t set)."""
+        return self.l is not None or self.t is not None
+
+    def admits(self, package_ids: Sequence[Any] | np.ndarray,
+               sensitive_values: Sequence[Any] | np.ndarray | None = None) -> bool:
+        """Whether a cohort, one entry per record, may be released.
+
+        ``package_ids``: each record's contributor. ``sensitive_values``: each
+        record's sensitive value (required when ``l`` or ``t`` is set).
+        """
+        packages = np.asarray(list(package_ids), dtype=object)
+        if len(set(packages.tolist())) < self.k:
+            return False
+        if not self.needs_values:
+            return True
+        if sensitive_values is None or len(sensitive_values) != len(packages):
+            raise AnonymizationError(
+                f"ReleaseRule: judging l / t needs one {self.sensitive!r} value per record "
+                f"({len(packages)} records)."
+            )
+        weights = self._weights(packages)
+        labels, domain = self._domain(sensitive_values)
+        counts = np.bincount(labels, weights=weights, minlength=len(domain))[None, :]
+        if self.l is not None:
+            ldiv = LDiversity(self.l, self.l_kind, self.c)  # type: ignore[arg-type]
+            if not ldiv.holds(counts)[0]:
+                return False
+        if self.t is not None and self.emd(counts)[0] > self.t + 1e-12:
+            return False
+        return True
+
+    @staticmethod
+    def _weights(packages: np.ndarray) -> np.ndarray:
+        _, inverse, sizes = np.unique(packages.astype(str), return_inverse=True,
+                                      return_counts=True)
+        return 1.0 / sizes[inverse.reshape(-1)]
+
+    def _domain(self, values: Sequence[Any] | np.ndarray) -> tuple[np.ndarray, list[Any]]:
+        """Each value's column, the reference's values first, then any value outside it."""
+        domain: list[Any] = [v for v, _ in self.reference] if self.reference else []
+        index: dict[Any, int] = {_key(v): i for i, v in enumerate(domain)}
+        labels = np.empty(len(values), dtype=np.int64)
+        for i, v in enumerate(values):
+            key = _key(v)
+            at = index.get(key)
+            if at is None:
+                at = index[key] = len(domain)
+                domain.append(v)
+            labels[i] = at
+        return labels, domain
+
+    def emd(self, counts: np.ndarray) -> np.ndarray:
+        """EMD of each row of ``counts`` (columns: the reference's values, then others)."""
+        assert self.reference is not None
+        counts = np.asarray(counts, dtype=np.float64)
+        m_ref = len(self.reference)
+        ref = np.zeros(counts.shape[1])
+        ref[:m_ref] = [p for _, p in self.reference]
+        total = counts.sum(axis=1, keepdims=True)
+        p = np.divide(counts, total, out=np.zeros_like(counts), where=total > 0)
+        outside = p[:, m_ref:].sum(axis=1)
+        if not self.ordered or m_ref < 2:
+            return 0.5 * np.abs(p - ref[None, :]).sum(axis=1)
+        # Ordered distance over the reference's values; mass outside them costs the most (1).
+        inside = p[:, :m_ref]
+        q = ref[:m_ref][None, :]
+        # move outside mass first at full cost, then the ordered EMD of what is left
+        scale = np.where(outside < 1, 1 - outside, 1.0)[:, None]
+        adjusted = np.divide(inside, scale, out=np.zeros_like(inside), where=scale > 0)
+        ordered = np.abs(np.cumsum(adjusted - q, axis=1)[:, :-1]).sum(axis=1) / (m_ref - 1)
+        return outside + (1 - outside) * ordered
+
+
+def _key(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return ("nan",)
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    return value
+
+
+def reference_from_counts(counts: Mapping[Any, float], *, decimals: int = 4
+                          ) -> tuple[tuple[Any, float], ...]:
+    """A reference distribution from value counts, probabilities rounded to ``decimals``.
+
+    Rounding keeps a plan's reference from telling apart two fitting tables
+    that differ by one record (at 10⁴ records and more).
+    """
+    total = float(sum(counts.values()))
+    if total <= 0:
+        raise ValidationError("reference_from_counts: the counts are empty.")
+    probs = {v: round(float(c) / total, decimals) for v, c in counts.items()}
+    drift = 1.0 - sum(probs.values())
+    top = max(probs, key=lambda v: probs[v])
+    probs[top] = round(probs[top] + drift, decimals + 2)
+    return tuple(probs.items())
