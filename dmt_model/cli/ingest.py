@@ -1,15 +1,16 @@
-"""``dmt ingest`` and ``dmt keygen``: the server's key pair, and ingestion of share packages."""
+"""``dmt ingest``, ``dmt keygen`` and ``dmt packages``: the server's keys, ingestion, removal."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 from dmt_privacy.errors import ValidationError
 
-__all__ = ["register", "run_ingest", "run_keygen"]
+__all__ = ["register", "run_ingest", "run_keygen", "run_packages"]
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -48,7 +49,44 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                              "Boston schema, k >= 5, MEDV perturbed with ε <= 1")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(func=run_ingest)
+    _register_packages(subparsers)
     return parser
+
+
+def _register_packages(subparsers: Any) -> None:
+    packages = subparsers.add_parser(
+        "packages",
+        help="list or remove stored share packages (operators)",
+        description=(
+            "List the packages the server stores (ids, days, record counts, receipts; never "
+            "record values), or remove packages chosen by id, day, a receipt value or the "
+            "reason today's policy refuses them. Each package is removed whole, in one "
+            "transaction, with its share of the class counts."
+        ),
+    )
+    actions = packages.add_subparsers(dest="action", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", help="list stored packages")
+    listing.add_argument("--db", required=True, help="SQLAlchemy URL or SQLite file path")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(func=run_packages)
+    remove = actions.add_parser(
+        "remove", help="remove stored packages",
+        description="Selectors combine with AND; at least one is required.")
+    remove.add_argument("--db", required=True, help="SQLAlchemy URL or SQLite file path")
+    remove.add_argument("--id", dest="ids", action="append", default=[], metavar="PACKAGE_ID",
+                        help="a package id (repeat for several)")
+    remove.add_argument("--day", help="YYYY-MM-DD: packages created or received that day")
+    remove.add_argument("--receipt", metavar="PATH=VALUE",
+                        help="packages whose stored receipt has this value, e.g. "
+                             "'dp.fields.MEDV.scale_units=0' or 'k=5'")
+    remove.add_argument("--reason", metavar="KIND",
+                        help="packages today's policy refuses for this kind of reason "
+                             "(epsilon, bounds, generalization, ...; 'any' for every refusal); "
+                             "needs --key and --policy")
+    remove.add_argument("--key", type=Path, help="the server's private key file")
+    remove.add_argument("--policy", type=Path, help="server policy JSON (default as ingest)")
+    remove.add_argument("--dry-run", action="store_true", help="show, remove nothing")
+    remove.set_defaults(func=run_packages)
 
 
 def run_keygen(args: argparse.Namespace) -> int:
@@ -97,3 +135,30 @@ def run_ingest(args: argparse.Namespace) -> int:
         print(report.to_text())
     # Exit 4 when packages were offered and none could be stored: often the wrong --key.
     return 4 if report.rejected and not report.stored_ids else 0
+
+
+def run_packages(args: argparse.Namespace) -> int:
+    from dmt_model.server.admin import list_packages, remove_packages
+    from dmt_model.server.policy import ServerPolicy
+    from dmt_privacy.seal import load_private_key
+
+    if args.action == "list":
+        stored = list_packages(str(args.db))
+        if args.json:
+            print(json.dumps([dataclasses.asdict(p) for p in stored], indent=1))
+        else:
+            for p in stored:
+                print(f"{p.package_id}  created {p.created_day}  received {p.received_at}  "
+                      f"{p.n_records:>6} record(s)  k={p.receipt.get('k')}")
+            print(f"{len(stored)} package(s)")
+        return 0
+    key = load_private_key(args.key) if args.key is not None else None
+    policy = None
+    if args.reason is not None or args.policy is not None:
+        policy = (ServerPolicy.from_json(args.policy.read_text()) if args.policy is not None
+                  else default_policy())
+    report = remove_packages(str(args.db), ids=args.ids, day=args.day, receipt=args.receipt,
+                             reason=args.reason, private_key=key, policy=policy,
+                             dry_run=args.dry_run)
+    print(report.to_text())
+    return 0

@@ -292,3 +292,36 @@ def test_sigkill_at_random_points_stores_every_package_once(tmp_path):
     assert sorted(stored_ids) == sorted(ids)  # every package, exactly once
     assert all(per_package[p] == 2 for p in ids) and class_total == 2 * n
     assert kills >= 2 and partial >= 2  # killed mid-ingestion, more than once
+
+
+def test_operators_remove_packages_by_id_day_receipt_and_reason(tmp_path, capsys):
+    from dmt_model.server.admin import list_packages, remove_packages
+
+    db = f"sqlite:///{tmp_path / 'server.db'}"
+    packs = [package(i, classes=[0, 1]) for i in range(6)]
+    ingest([seal_package(p, KEY.public_key()) for p in packs], db, KEY, POLICY)
+    assert len(list_packages(db)) == 6
+    before = SharedStore(db, KEY).counts()
+    report = remove_packages(db, ids=[packs[0].package_id])
+    assert report.removed == [packs[0].package_id] and report.records == 2
+    after = SharedStore(db, KEY).counts()
+    assert after["packages"] == 5 and after["records"] == before["records"] - 2
+    assert packs[0].package_id not in set(SharedStore(db, KEY).frame("all")["package_id"])
+    # by receipt value, dry run first
+    assert len(remove_packages(db, receipt="k=3", dry_run=True).removed) == 5
+    assert len(list_packages(db)) == 5
+    assert remove_packages(db, receipt="k=4").removed == []
+    # by reason: a stricter policy than the one they were accepted under
+    strict = ServerPolicy(SCHEMA, min_k=4, epsilon={"income": 1.0})
+    report = remove_packages(db, reason="k", private_key=KEY, policy=strict)
+    assert len(report.removed) == 5 and report.reasons == {"k": 5}
+    assert SharedStore(db, KEY).counts() == {k: 0 for k in before}
+    with pytest.raises(Exception, match="Choose what to remove"):
+        remove_packages(db)
+    # the CLI, by day
+    ingest([seal_package(package(99), KEY.public_key())], db, KEY, POLICY)
+    day = list_packages(db)[0].created_day
+    assert _run_cli(["packages", "remove", "--db", db, "--day", day]) == 0
+    assert "removed 1 package(s)" in capsys.readouterr().out
+    assert _run_cli(["packages", "list", "--db", db]) == 0
+    assert "0 package(s)" in capsys.readouterr().out
