@@ -47,7 +47,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=4,
                         help="packages ingested at once (default 4)")
     parser.add_argument("--limit-concurrency", type=int, default=256,
-                        help="open requests beyond which the service answers 503 (default 256)")
+                        help="requests in flight beyond which the service answers 503 "
+                             "(default 256; idle connections do not count)")
     parser.add_argument("--access-log", action="store_true", help="log every request")
     parser.set_defaults(func=run_serve)
     return parser

@@ -33,8 +33,9 @@ reading; a streamed body is counted and refused at the first byte past the
 limit; the request line and headers, then the whole body, must each arrive
 within ``body_timeout`` seconds (:func:`run_service` closes a connection
 whose headers do not; the app answers ``408`` to a slow body). Memory is
-therefore bounded by ``max_body_bytes`` × concurrent requests (uvicorn's
-``limit_concurrency`` answers ``503`` beyond that).
+therefore bounded by ``max_body_bytes`` × concurrent requests (:class:`InFlightLimit` answers
+``503`` beyond ``limit_concurrency`` requests in flight; idle connections do
+not count, and are closed by the header timeout).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ from dmt_privacy.seal import ENVELOPE_OVERHEAD, ServerPrivateKey
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
     "DatabaseUnavailable",
+    "InFlightLimit",
     "PackageIngestor",
     "ServiceConfig",
     "create_app",
@@ -305,18 +307,54 @@ def _header_timeout_protocol(seconds: float) -> type[Any]:
     return HeaderTimeoutH11Protocol
 
 
+class InFlightLimit:
+    """ASGI middleware: at most ``limit`` HTTP requests in flight; beyond, ``503`` at once.
+
+    It counts requests, not connections: an idle connection (opened, nothing
+    sent) costs a file descriptor until the header timeout closes it, and never
+    a place that legitimate requests wait for. uvicorn's own
+    ``limit_concurrency`` counts connections, so 300 idle sockets made it answer
+    ``503`` to nearly every real request.
+    """
+
+    def __init__(self, app: Any, limit: int, retry_after: int = 1) -> None:
+        self.app = app
+        self.limit = limit
+        self.retry_after = retry_after
+        self.in_flight = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            await send({"type": "http.response.start", "status": 503,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"retry-after", str(self.retry_after).encode()),
+                                    (b"connection", b"close")]})
+            await send({"type": "http.response.body", "body": b'{"status":"unavailable"}'})
+            return
+        self.in_flight += 1  # one event loop: no lock needed
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
 def run_service(app: Any, *, host: str = "127.0.0.1", port: int = 8000,
                 limit_concurrency: int = 256, access_log: bool = False,
                 log_level: str = "warning") -> None:
     """Serve ``app`` with uvicorn until SIGINT/SIGTERM (in-flight requests finish first).
 
-    A request's line and headers must arrive within the app's ``body_timeout``
+    ``limit_concurrency``: requests in flight beyond which the service answers
+    ``503`` (:class:`InFlightLimit`); idle connections do not count. A
+    request's line and headers must arrive within the app's ``body_timeout``
     too, or the connection is closed.
     """
     import uvicorn
 
     config: ServiceConfig = getattr(app.state, "config", None) or ServiceConfig()
-    uvicorn.run(app, host=host, port=port, http=_header_timeout_protocol(config.body_timeout),
-                limit_concurrency=limit_concurrency, access_log=access_log,
-                log_level=log_level, timeout_keep_alive=5, timeout_graceful_shutdown=10,
-                server_header=False)
+    uvicorn.run(InFlightLimit(app, limit_concurrency, config.retry_after), host=host, port=port,
+                http=_header_timeout_protocol(config.body_timeout), limit_concurrency=None,
+                access_log=access_log, log_level=log_level, timeout_keep_alive=5,
+                timeout_graceful_shutdown=10, server_header=False)

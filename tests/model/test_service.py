@@ -66,6 +66,19 @@ def test_statuses_and_bodies_say_no_more(client):
     assert store.counts()["packages"] == 1
 
 
+def test_requests_in_flight_beyond_the_limit_get_503(client):
+    from dmt_model.server.service import InFlightLimit
+
+    limited = InFlightLimit(client.app, 1)
+    limited.in_flight = 1  # one request already in flight
+    with TestClient(limited) as c:
+        r = c.get("/v1/health")
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    limited.in_flight = 0
+    with TestClient(limited) as c:
+        assert c.get("/v1/health").status_code == 200
+
+
 def test_openapi_document(client):
     doc = client.get("/openapi.json").json()
     assert doc["openapi"].startswith("3.")
