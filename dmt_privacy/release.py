@@ -70,6 +70,7 @@ __all__ = [
     "generate_release_key",
     "load_release_signing_key",
     "load_release_verify_key",
+    "release_file_name",
     "sign_release",
     "verify_release",
 ]
@@ -91,6 +92,11 @@ class RollbackRefused(InvalidRelease):
 
 class ReleaseExpired(InvalidRelease):
     """An authentic release past its expiry: refused (a server that stops publishing is seen)."""
+
+
+def release_file_name(model_file: str) -> str:
+    """Where a registry keeps the release of ``model_file``: ``foundation-v2.release.json``."""
+    return Path(model_file).stem + ".release.json"
 
 
 def _key_id(raw: bytes) -> str:

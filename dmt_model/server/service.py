@@ -13,6 +13,13 @@ store and validation as :func:`dmt_model.server.ingest`:
 - ``GET /v1/models/latest``: the newest updatable ``.mlmodel`` of a
   :class:`~dmt_model.server.retrain.ModelRegistry`, its version in the
   ``X-DMT-Model-Version`` header and the ``ETag`` (``If-None-Match`` → ``304``).
+  Only plain file names inside the registry folder are served, whatever the
+  index says.
+- ``GET /v1/models/latest/release``: the signed release of that model
+  (:mod:`dmt_privacy.release`): a device verifies it, and the model bytes
+  against it, before anything reads the model.
+- ``GET /v1/policy``: the :class:`~dmt_model.server.ServerPolicy` JSON packages
+  must match; its SHA-256 is signed in the release.
 - ``GET /v1/health``: ``200`` when the database answers, ``503`` otherwise.
 - ``GET /openapi.json``: the OpenAPI document.
 
@@ -42,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +66,7 @@ from dmt_model.server.policy import ServerPolicy
 from dmt_model.server.report import Outcome
 from dmt_model.server.store import connect
 from dmt_privacy.errors import ValidationError
+from dmt_privacy.release import release_file_name
 from dmt_privacy.seal import ENVELOPE_OVERHEAD, ServerPrivateKey
 
 __all__ = [
@@ -72,6 +81,8 @@ __all__ = [
 
 log = logging.getLogger("dmt.server.service")
 
+#: Registry file names the service serves: plain names, no paths.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 #: A package of a few hundred records seals to a few kilobytes; 1 MiB leaves room.
 DEFAULT_MAX_BODY_BYTES = 2**20
 
@@ -161,6 +172,7 @@ def create_app(
     limit = min(config.max_body_bytes, policy.max_bytes + ENVELOPE_OVERHEAD)
     registry = ModelRegistry(models) if models is not None else None
     limiter = anyio.CapacityLimiter(config.ingest_threads)
+    policy_json = policy.to_json().encode()
 
     app = FastAPI(
         title="dmt ingestion service",
@@ -226,6 +238,18 @@ def create_app(
             return status(409, "replay")
         return status(400, "invalid")  # the reason is logged and counted by the ingestor
 
+    def registry_file(name: str) -> Path | None:
+        """A file of the registry by the name its index gives; never outside the folder."""
+        assert registry is not None
+        if not _SAFE_NAME.fullmatch(name):
+            log.warning("model index names an unsafe file; not served")
+            return None
+        folder = registry.folder.resolve()
+        path = (folder / name).resolve()
+        if path.parent != folder or not path.is_file():
+            return None
+        return path
+
     @app.get(
         "/v1/models/latest", summary="The newest updatable Core ML model",
         responses={200: {"description": "the .mlmodel bytes; version in X-DMT-Model-Version",
@@ -238,14 +262,39 @@ def create_app(
         version = await run(registry.latest) if registry is not None else None
         if version is None or registry is None:
             return status(404, "no model")
+        path = registry_file(version.mlmodel_file)
+        if path is None:
+            return status(404, "no model")
         etag = f'"v{version.version}"'
         headers = {"X-DMT-Model-Version": str(version.version), "ETag": etag,
                    "Cache-Control": "no-cache"}
         if request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers=headers)
-        return FileResponse(registry.path(version.mlmodel_file),
-                            media_type="application/octet-stream", headers=headers,
+        return FileResponse(path, media_type="application/octet-stream", headers=headers,
                             filename=f"foundation-v{version.version}.mlmodel")
+
+    @app.get(
+        "/v1/models/latest/release", summary="The signed release of the newest model",
+        responses={200: {"description": "the release document (dmt_privacy.release): verify "
+                                        "it, and the model against it, before reading the model"},
+                   404: {"description": "no signed model has been published"}},
+    )
+    async def latest_release(request: Request) -> Any:
+        version = await run(registry.latest) if registry is not None else None
+        if version is None or registry is None:
+            return status(404, "no model")
+        path = registry_file(release_file_name(version.mlmodel_file))
+        if path is None:
+            return status(404, "no release")
+        return FileResponse(path, media_type="application/json",
+                            headers={"X-DMT-Model-Version": str(version.version),
+                                     "Cache-Control": "no-cache"})
+
+    @app.get("/v1/policy", summary="The server policy packages must match",
+             responses={200: {"description": "ServerPolicy JSON; its SHA-256 is in the release"}})
+    async def server_policy() -> Any:
+        return Response(policy_json, media_type="application/json",
+                        headers={"Cache-Control": "no-cache"})
 
     @app.get("/v1/health", summary="Liveness and database reachability",
              responses=_responses((200, "ok"), (503, "the database does not answer")))

@@ -79,6 +79,12 @@ def test_requests_in_flight_beyond_the_limit_get_503(client):
         assert c.get("/v1/health").status_code == 200
 
 
+def test_the_policy_is_served_as_signed(client):
+    r = client.get("/v1/policy")
+    assert r.status_code == 200 and r.content == POLICY.to_json().encode()
+    assert client.get("/v1/models/latest/release").status_code == 404  # no registry
+
+
 def test_openapi_document(client):
     doc = client.get("/openapi.json").json()
     assert doc["openapi"].startswith("3.")
