@@ -45,6 +45,7 @@ _CATEGORICAL_MECHANISMS = {"k_rr": "k_rr", "randomized_response": "k_rr"}
 _PRIVACY_UNITS = ("record", "user")
 DEFAULT_MAX_RECORDS = 10_000
 DEFAULT_MAX_BYTES = 64 * 2**20
+DEFAULT_MAX_TRAINING_RECORDS = 64
 
 
 def _positive_int(name: str, value: Any) -> None:
@@ -105,6 +106,15 @@ class ServerPolicy:
     fields:
         The fields a package may carry (a subset is fine). Default: every
         field of the schema that is not an identifier.
+    max_training_records:
+        The most records of one package retraining uses (a deterministic
+        sample beyond): with weights at most 1 and values inside the bounds or
+        the DP output window, this bounds one package's influence on the
+        retrained model (:mod:`dmt_model.server.training`).
+    max_residual:
+        Retraining winsorizes each shared record's target around the previous
+        foundation's prediction at ± this many standard deviations of the
+        proxy target (unit-free), bounding any one record's pull.
     """
 
     schema: Schema
@@ -120,6 +130,8 @@ class ServerPolicy:
     privacy_unit: str | None = field(default=None, kw_only=True)
     plan: AnonymizationPlan | None = field(default=None, kw_only=True, compare=False)
     fields: tuple[str, ...] | None = field(default=None, kw_only=True)
+    max_training_records: int = field(default=DEFAULT_MAX_TRAINING_RECORDS, kw_only=True)
+    max_residual: float = field(default=1.0, kw_only=True)
     _expected: Mapping[str, FieldReceipt] = field(init=False, repr=False, compare=False)
     _plan_classes: frozenset[tuple[Any, ...]] = field(init=False, repr=False, compare=False)
 
@@ -171,6 +183,9 @@ class ServerPolicy:
         object.__setattr__(self, "fields", names)
         _positive_int("max_records", self.max_records)
         _positive_int("max_bytes", self.max_bytes)
+        _positive_int("max_training_records", self.max_training_records)
+        object.__setattr__(self, "max_residual",
+                           _finite_positive("max_residual", self.max_residual))
         if not isinstance(self.allow_insecure_random, bool):
             raise ValidationError(
                 f"allow_insecure_random must be a bool, got {self.allow_insecure_random!r}.")
@@ -279,6 +294,8 @@ class ServerPolicy:
                 "fields": list(self.fields or ()),
                 "quasi_identifiers": list(self.quasi_identifiers or ()),
                 "max_records": self.max_records, "max_bytes": self.max_bytes,
+                "max_training_records": self.max_training_records,
+                "max_residual": self.max_residual,
                 "allow_insecure_random": self.allow_insecure_random}
 
     @classmethod
@@ -304,6 +321,9 @@ class ServerPolicy:
                        if data.get("quasi_identifiers") is not None else None,
                        max_records=data.get("max_records", DEFAULT_MAX_RECORDS),
                        max_bytes=data.get("max_bytes", DEFAULT_MAX_BYTES),
+                       max_training_records=data.get("max_training_records",
+                                                     DEFAULT_MAX_TRAINING_RECORDS),
+                       max_residual=data.get("max_residual", 1.0),
                        allow_insecure_random=data.get("allow_insecure_random", False))
         except KeyError as exc:
             raise SchemaError(f"Server policy lacks {exc}.") from None

@@ -35,7 +35,7 @@ def fit_plan(proxy: pd.DataFrame) -> Any:
 
 def sharing_policy(plan: Any) -> SharingPolicy:
     return SharingPolicy(fields=tuple(BOSTON_SCHEMA.names), plan=plan,
-                         epsilon={"MEDV": EPSILON}, required_k=K)
+                         epsilon={"MEDV": EPSILON}, required_k=K, privacy_unit="user")
 
 
 def honest_packages(simulation: Any, plan: Any, folder: Path) -> list[bytes]:
