@@ -1,7 +1,10 @@
 """Featurizer: raw records to model inputs, fitted once on the server's proxy data.
 
 Numeric fields are standardized with the proxy data's mean and *population*
-standard deviation (``ddof=0``; a constant column gets a scale of 1). The
+standard deviation (``ddof=0``; a constant column gets a scale of 1), and so
+is the target (``target_mean_``, ``target_scale_``): the foundation learns the
+standardized target, which makes training and on-device updates independent
+of the target's units. The
 reference iOS app divided by the variance instead, which made its predictions
 useless on device; here the same fitted numbers are baked into the Core ML
 graph, so a device passes raw values and cannot diverge from the server.
@@ -146,12 +149,30 @@ class Featurizer:
         self.mean_ = values.mean(axis=0) if len(values) else np.zeros(len(self.numeric_fields))
         std = values.std(axis=0, ddof=0) if len(values) else np.ones(len(self.numeric_fields))
         self.scale_ = np.where(std > 0, std, 1.0)
+        self._fit_target(frame)
         self.vocabularies_: dict[str, list[Any]] = {}
         for name in self.categorical_fields:
             declared = self.schema[name].categories
             seen = sorted(pd.unique(frame[name]).tolist())
             self.vocabularies_[name] = list(declared) if declared is not None else seen
         return self
+
+    def _fit_target(self, frame: pd.DataFrame) -> None:
+        """The target's mean and population std on the proxy data (0 and 1 without a target).
+
+        The foundation learns the *standardized* target and turns its output
+        back into the target's units with these two numbers, so no training or
+        update default depends on the target's units (see
+        :mod:`dmt_model.foundation`).
+        """
+        self.target_mean_, self.target_scale_ = 0.0, 1.0
+        target = self.schema.target
+        if target is None or target.name not in frame.columns or len(frame) == 0:
+            return
+        values = self.target_values(frame).astype(np.float64)
+        std = float(values.std(ddof=0))
+        self.target_mean_ = float(values.mean())
+        self.target_scale_ = std if std > 0 else 1.0
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "mean_"):
@@ -311,6 +332,7 @@ class Featurizer:
             "categorical": [
                 {"name": n, "vocabulary": self.vocabularies_[n]} for n in self.categorical_fields
             ],
+            "target": {"mean": self.target_mean_, "scale": self.target_scale_},
         }
 
     def to_json(self) -> str:
@@ -332,6 +354,15 @@ class Featurizer:
         featurizer.vocabularies_ = {c["name"]: list(c["vocabulary"]) for c in data["categorical"]}
         if list(featurizer.vocabularies_) != featurizer.categorical_fields:
             raise SchemaError("Featurizer JSON: categorical fields do not match its schema.")
+        # Models written before the target was standardized were trained on raw targets:
+        # a mean of 0 and a scale of 1 describe them exactly.
+        target = data.get("target", {"mean": 0.0, "scale": 1.0})
+        featurizer.target_mean_ = float(target["mean"])
+        featurizer.target_scale_ = float(target["scale"])
+        if not (math.isfinite(featurizer.target_mean_) and math.isfinite(featurizer.target_scale_)
+                and featurizer.target_scale_ > 0):
+            raise SchemaError(f"Featurizer JSON: target mean and scale must be finite, the "
+                              f"scale positive; got {target!r}.")
         return featurizer
 
     @classmethod

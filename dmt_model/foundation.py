@@ -6,9 +6,18 @@ dimensions, so Boston's CHAS 2→2 and RAD 9→5), concatenated with the
 standardized numeric fields, then Dense 64 ReLU, Dense 32 ReLU, Dense 1.
 
 Training defaults are the reference's: RMSProp (Keras' constants: ρ = 0.9,
-ε = 1e-7), learning rate 0.001, batch 32, 500 epochs, mean squared error on
-the raw target. Training is deterministic under a seed: torch's RNG seeds the
-weights and a separate generator shuffles each epoch.
+ε = 1e-7), learning rate 0.001, batch 32, 500 epochs. Training is
+deterministic under a seed: torch's RNG seeds the weights and a separate
+generator shuffles each epoch.
+
+**Scale-free.** The dense layers learn the *standardized* target
+``(y − mean) / scale`` (the featurizer's ``target_mean_`` and
+``target_scale_``, fitted on the proxy data); the network's output turns it
+back into the target's units with those two fixed numbers, and the training
+loss is the squared error measured in units of ``scale``. So the same data
+with its target multiplied by 1000 trains the same network, and no default
+depends on the target's units. The exported Core ML model does the same with
+its last layer, the personal head (:mod:`dmt_model.coreml.export`).
 
 Embeddings are applied as ``one_hot @ weight``, which equals a lookup for a
 known category and gives a zero vector for an unknown one (see
@@ -43,6 +52,7 @@ __all__ = [
     "embedding_size",
     "fit_foundation",
     "regression_metrics",
+    "standardized_squared_error",
     "train_foundation",
 ]
 
@@ -94,7 +104,21 @@ def _import_torch() -> Any:
     return torch
 
 
-def _build_network(vocabulary_sizes: list[int], n_numeric: int) -> torch.nn.Module:
+def network_for(featurizer: Featurizer) -> torch.nn.Module:
+    """A freshly initialized foundation network for ``featurizer``'s inputs and target."""
+    return _build_network(
+        [len(featurizer.vocabularies_[n]) for n in featurizer.categorical_fields],
+        len(featurizer.numeric_fields),
+        target_mean=featurizer.target_mean_, target_scale=featurizer.target_scale_)
+
+
+def standardized_squared_error(network: Any, predicted: Any, target: Any) -> Any:
+    """``((ŷ − y) / scale)²`` per record: the training loss, independent of the target's units."""
+    return ((predicted - target) / network.target_scale) ** 2
+
+
+def _build_network(vocabulary_sizes: list[int], n_numeric: int, *, target_mean: float = 0.0,
+                   target_scale: float = 1.0) -> torch.nn.Module:
     torch = _import_torch()
     nn = torch.nn
     module: Any = nn.Module  # torch is imported lazily, so mypy cannot see the base class
@@ -112,10 +136,17 @@ def _build_network(vocabulary_sizes: list[int], n_numeric: int) -> torch.nn.Modu
                 width = units
             layers.append(nn.Linear(width, 1))
             self.dense = nn.Sequential(*layers)
+            # Fixed, not trained and not saved with the weights: the featurizer owns them.
+            self.register_buffer("target_mean", torch.tensor(float(target_mean)),
+                                 persistent=False)
+            self.register_buffer("target_scale", torch.tensor(float(target_scale)),
+                                 persistent=False)
 
         def forward(self, numeric: Any, *one_hots: Any) -> Any:
+            """The prediction in the target's units."""
             parts = [oh @ emb.weight for oh, emb in zip(one_hots, self.embeddings, strict=True)]
-            return self.dense(torch.cat([*parts, numeric], dim=1)).squeeze(1)
+            standardized = self.dense(torch.cat([*parts, numeric], dim=1)).squeeze(1)
+            return standardized * self.target_scale + self.target_mean
 
     return FoundationNet()
 
@@ -187,11 +218,12 @@ class Foundation:
                 f"{path} is not a dmt foundation model file ({exc}); train one with `dmt train`."
             ) from None
         featurizer = Featurizer.from_dict(meta["featurizer"])
-        network = _build_network(
-            [len(featurizer.vocabularies_[n]) for n in featurizer.categorical_fields],
-            len(featurizer.numeric_fields),
-        )
-        network.load_state_dict(weights)
+        network = network_for(featurizer)
+        try:
+            network.load_state_dict(weights)
+        except RuntimeError as exc:
+            raise ModelFileError(
+                f"{path} does not hold the weights its featurizer describes ({exc}).") from None
         return cls(featurizer, network, TrainingConfig(**meta["config"]))
 
 
@@ -252,10 +284,7 @@ def fit_foundation(
                 "sample_weight must hold one positive, finite weight per record "
                 f"({len(target)}), got shape {weight.shape}.")
     torch.manual_seed(config.seed)
-    network = _build_network(
-        [len(featurizer.vocabularies_[n]) for n in featurizer.categorical_fields],
-        len(featurizer.numeric_fields),
-    )
+    network = network_for(featurizer)
     if initial is not None:
         network.load_state_dict(initial.network.state_dict())
     foundation = Foundation(featurizer, network, config)
@@ -287,7 +316,8 @@ def _train_epochs(network: Any, inputs: list[Any], target: Any, weight: Any, opt
         for start in range(0, n, config.batch_size):
             index = order[start:start + config.batch_size]
             optimizer.zero_grad()
-            squared = (network(*(t[index] for t in inputs)) - target[index]) ** 2
+            squared = standardized_squared_error(network, network(*(t[index] for t in inputs)),
+                                                 target[index])
             if weight is None:
                 loss = torch.mean(squared)
             else:

@@ -31,10 +31,13 @@ and four examples to tell a mean from a sum.
 
 Replacing the personal model
 ----------------------------
-:func:`personalize` writes the updated model only if its loss on held-out
-records is finite and not worse than the current model's; it writes through
-a temporary file and ``os.replace``, so a failure at any point leaves the old
-model intact.
+:func:`personalize` trains the update on the user's records plus anchor
+records that hold it near the current model (:func:`with_prior`), and writes
+the result only if a :class:`DecisionRule` (a paired, cross-validated
+comparison of per-record held-out errors) says it is better; it writes
+through a temporary file and ``os.replace``, so a failure at any point leaves
+the old model intact. :func:`adopt_new_version` applies the same rule to a new
+foundation version re-personalized on the device's records.
 """
 
 from __future__ import annotations
@@ -42,8 +45,9 @@ from __future__ import annotations
 import copy
 import math
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -58,6 +62,7 @@ from dmt_model.features import Featurizer
 from dmt_privacy.errors import ModelFileError, UpdateRejected, ValidationError
 
 __all__ = [
+    "DecisionRule",
     "LossConvention",
     "PersonalizationResult",
     "UpdateEvent",
@@ -67,6 +72,7 @@ __all__ = [
     "featurizer_of",
     "personalize",
     "update_spec",
+    "with_prior",
 ]
 
 
@@ -160,15 +166,36 @@ def featurizer_of(spec: Any) -> Featurizer:
 
 
 def _check_records(spec: Any, frame: pd.DataFrame, *, what: str) -> np.ndarray:
-    """Validate ``frame`` against the model's schema; returns the target values."""
+    """Validate ``frame`` against the model's schema; returns the target values.
+
+    A numeric value outside its field's bounds is accepted (bounds say what may
+    be *shared*), but one more than the bounds' width beyond them is refused as
+    corrupt: a house with a million rooms is a typo, not a preference.
+    """
     featurizer = featurizer_of(spec)
     columns = [*featurizer.input_fields, featurizer.target]
     if len(frame) == 0:
         raise ValidationError(f"{what}: no records given.")
     featurizer.schema.validate(frame, columns=columns)
-    featurizer.schema.check_bounds(frame, columns=columns)
     featurizer.transform(frame)  # unknown categories raise here, naming the field
-    return featurizer.target_values(frame)
+    target = featurizer.target_values(frame)
+    for name in [*featurizer.numeric_fields, featurizer.target]:
+        bounds = featurizer.schema[name].bounds
+        if bounds is None:
+            continue
+        low, high = bounds
+        values = frame[name].to_numpy(dtype=np.float64)
+        corrupt = (values < low - (high - low)) | (values > high + (high - low))
+        if corrupt.any():
+            at = int(corrupt.argmax())
+            row = frame.index[at]
+            row = row.item() if hasattr(row, "item") else row
+            raise ValidationError(
+                f"{what}: column {name!r} has {float(values[at])!r} at row {row!r}, more "
+                f"than the width of its bounds [{low:g}, {high:g}] outside them, so it looks "
+                "corrupt. Fix the record, or widen the field's bounds in the schema if such "
+                "values are real.")
+    return target
 
 
 def _suffix(spec: Any) -> tuple[str, list[Any], str]:
@@ -330,8 +357,79 @@ def _step(s: _Settings, params: list[np.ndarray], grads: list[np.ndarray],
 
 
 @dataclass(frozen=True)
+class DecisionRule:
+    """When an update may replace a model: a paired, cross-validated comparison.
+
+    The records are cut into ``folds`` folds (at most one per record); each
+    fold is held out in turn while the update trains on the others, so every
+    record gets a held-out squared error under the current model and under the
+    update. With ``d_i`` the per-record improvement (current − updated), the
+    update is kept only if
+
+    * the mean improvement exceeds ``margin`` × the current model's held-out
+      MSE, and
+    * a one-sided paired t-test of ``d`` is significant at ``confidence``
+      (the t statistic exceeds Student's quantile with n − 1 degrees of freedom).
+
+    With a dozen records, half of all updates that a plain "held-out error did
+    not rise" check keeps are noise; the test keeps an update only when the
+    records agree that it helps. ``benchmarks/model_quality.py`` measures how
+    often a kept update still raises a user's test error, and how often a
+    discarded one would have lowered it (README).
+    """
+
+    folds: int = 5
+    confidence: float = 0.8
+    margin: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.folds, int) or self.folds < 2:
+            raise ValidationError(f"folds must be an integer of at least 2, got {self.folds!r}.")
+        if not 0.5 <= self.confidence < 1:
+            raise ValidationError(f"confidence must be in [0.5, 1), got {self.confidence!r}.")
+        if not (math.isfinite(self.margin) and self.margin >= 0):
+            raise ValidationError(f"margin must be a non-negative number, got {self.margin!r}.")
+
+    def decide(self, before: np.ndarray, after: np.ndarray) -> tuple[bool, str]:
+        """(keep?, why) from per-record held-out squared errors of the current model and update."""
+        before = np.asarray(before, dtype=np.float64)
+        after = np.asarray(after, dtype=np.float64)
+        mse_before, mse_after = float(np.mean(before)), float(np.mean(after))
+        if not np.isfinite(after).all():
+            return False, "the update's held-out error is not finite"
+        improvement = before - after
+        mean = float(np.mean(improvement))
+        n = len(improvement)
+        spread = float(np.std(improvement, ddof=1)) if n > 1 else math.inf
+        t = mean / (spread / math.sqrt(n)) if spread > 0 else (math.inf if mean > 0 else 0.0)
+        from scipy.stats import t as student
+
+        needed = float(student.ppf(self.confidence, df=max(n - 1, 1)))
+        figures = (f"held-out MSE {mse_before:.4g} → {mse_after:.4g} on {n} records, "
+                   f"paired t = {t:.2f} (needs {needed:.2f})")
+        if mean <= self.margin * mse_before:
+            return False, f"no improvement beyond the margin: {figures}"
+        if t < needed:
+            return False, f"improvement not significant at {self.confidence:.0%}: {figures}"
+        return True, figures
+
+
+DEFAULT_RULE = DecisionRule()
+# Prior strengths (anchor records) tried per user; cross-validation picks one. Chosen by
+# benchmarks/model_quality.py on three data sets of different target scales (README).
+DEFAULT_PRIOR_RECORDS: tuple[int, ...] = (1, 3, 10, 30)
+
+
+@dataclass(frozen=True)
 class PersonalizationResult:
-    """What :func:`personalize` did. ``accepted`` says whether the model was replaced."""
+    """What :func:`personalize` did. ``accepted`` says whether the model was replaced.
+
+    ``holdout_loss_before`` / ``holdout_loss_after`` are the held-out mean
+    squared errors of the current model and of the update (in the target's
+    units squared); ``out_of_bounds`` counts the training records with a
+    numeric value outside its field's sharing bounds (trained on as they are);
+    ``prior_records`` is the prior strength cross-validation chose.
+    """
 
     accepted: bool
     reason: str
@@ -339,6 +437,8 @@ class PersonalizationResult:
     holdout_loss_after: float
     model_path: Path
     history: UpdateHistory
+    out_of_bounds: int = 0
+    prior_records: int | None = None
 
     def raise_if_rejected(self) -> PersonalizationResult:
         if not self.accepted:
@@ -346,8 +446,59 @@ class PersonalizationResult:
         return self
 
 
-def _mse(spec: Any, frame: pd.DataFrame, target: np.ndarray) -> float:
-    return float(np.mean((predict_frame(spec, frame).astype(np.float64) - target) ** 2))
+def _squared_errors(spec: Any, frame: pd.DataFrame, target: np.ndarray) -> np.ndarray:
+    return (predict_frame(spec, frame).astype(np.float64) - target) ** 2
+
+
+def _out_of_bounds(spec: Any, frame: pd.DataFrame) -> int:
+    """Records with a numeric value outside its field's (sharing) bounds."""
+    featurizer = featurizer_of(spec)
+    outside = np.zeros(len(frame), dtype=bool)
+    for name in [*featurizer.numeric_fields, featurizer.target]:
+        bounds = featurizer.schema[name].bounds
+        if bounds is not None:
+            values = frame[name].to_numpy(dtype=np.float64)
+            outside |= (values < bounds[0]) | (values > bounds[1])
+    return int(outside.sum())
+
+
+def with_prior(spec: Any, records: pd.DataFrame, prior_records: int) -> pd.DataFrame:
+    """``records`` plus ``prior_records`` anchor records that pull the update toward ``spec``.
+
+    An anchor is one of the user's own records (cycled in order) whose target
+    is replaced by ``spec``'s prediction for it. Training on records and
+    anchors together converges to the least-squares fit shrunk toward the
+    current model, the more so the fewer records the user has (with the
+    personal head: the adjustment is shrunk by ``n / (n + prior_records)``).
+    Because it is a property of the training set, not of the step size, the
+    result is the same whether the device averages the loss over a
+    mini-batch, sums it or halves it: only the speed of getting there changes.
+    """
+    if not isinstance(prior_records, int) or prior_records < 0:
+        raise ValidationError(
+            f"prior_records must be a non-negative integer, got {prior_records!r}.")
+    if prior_records == 0:
+        return records
+    anchors = records.iloc[np.arange(prior_records) % len(records)].copy()
+    anchors[featurizer_of(spec).target] = predict_frame(spec, anchors).astype(np.float64)
+    return pd.concat([records, anchors])
+
+
+def _personal_update(spec: Any, records: pd.DataFrame, *, prior_records: int,
+                     on_event: Callable[[UpdateEvent], None] | None,
+                     overrides: Mapping[str, Any]) -> tuple[Any, UpdateHistory]:
+    return update_spec(spec, with_prior(spec, records, prior_records), on_event=on_event,
+                       **overrides)
+
+
+def _prior_grid(prior_records: int | Sequence[int]) -> tuple[int, ...]:
+    grid = (prior_records,) if isinstance(prior_records, int) else tuple(prior_records)
+    if not grid or not all(isinstance(p, int) and not isinstance(p, bool) and p >= 0
+                           for p in grid):
+        raise ValidationError(
+            "prior_records must be a non-negative integer or a non-empty sequence of them, "
+            f"got {prior_records!r}.")
+    return grid
 
 
 def _checked_update(
@@ -357,55 +508,77 @@ def _checked_update(
     *,
     holdout: pd.DataFrame | None,
     output: Path,
-    folds: int,
+    rule: DecisionRule,
+    prior_records: int | Sequence[int],
     seed: int,
     on_event: Callable[[UpdateEvent], None] | None,
     overrides: Mapping[str, Any],
 ) -> PersonalizationResult:
-    """Update ``spec`` on ``records`` and write it to ``output`` only if it beats ``baseline``.
-
-    Both are compared by mean squared error on held-out records: ``holdout``
-    if given (the update then trains on all ``records``), otherwise each of
-    ``folds`` folds of ``records`` in turn while the update trains on the rest;
-    only if the summed held-out error does not rise is the final update
-    trained on all records and written (atomically).
+    """Update ``spec`` on ``records`` and write it to ``output`` only if ``rule`` says it beats
+    ``baseline`` on held-out records: ``holdout`` if given (the update then trains on all
+    ``records``), otherwise the rule's folds of ``records``. Each prior strength in
+    ``prior_records`` is tried on the same folds and the one with the lowest held-out error
+    is the candidate. Only if it is kept is the final update trained on all records and
+    written (atomically).
     """
-    _check_records(spec, records, what="records")
+    grid = _prior_grid(prior_records)
+    target = _check_records(spec, records, what="records")
+    out_of_bounds = _out_of_bounds(spec, records)
     if holdout is not None:
-        checks = [(records, holdout)]
+        held_target = _check_records(spec, holdout, what="holdout records")
+        checks = [(records, holdout, held_target)]
     else:
-        if not isinstance(folds, int) or folds < 2:
-            raise ValidationError(f"folds must be an integer of at least 2, got {folds!r}.")
-        if len(records) < folds:
+        if len(records) < 2:
             raise ValidationError(
-                f"{len(records)} record(s) are too few for {folds}-fold cross-validation; "
-                "pass holdout= explicitly, lower folds, or give more records.")
+                f"{len(records)} record(s) cannot be cross-validated; give at least 2, or "
+                "pass holdout= explicitly.")
         order = np.random.default_rng(seed).permutation(len(records))
-        checks = [(records.iloc[np.setdiff1d(order, part)], records.iloc[part])
-                  for part in np.array_split(order, folds)]
-    before = after = 0.0
+        parts = np.array_split(order, min(rule.folds, len(records)))
+        checks = [(records.iloc[np.setdiff1d(order, part)], records.iloc[part], target[part])
+                  for part in parts]
     history = UpdateHistory()
+    before = np.concatenate([_squared_errors(baseline, held, y) for _, held, y in checks])
+    after: dict[int, np.ndarray] = {}
+    candidate: Any = None
     try:
-        for train, held in checks:
-            held_target = _check_records(spec, held, what="holdout records")
-            report = on_event if holdout is not None else None  # events of the final update only
-            candidate, history = update_spec(spec, train, on_event=report, **overrides)
-            before += _mse(baseline, held, held_target) * len(held)
-            after += _mse(candidate, held, held_target) * len(held)
-        n_held = sum(len(held) for _, held in checks)
-        before, after = before / n_held, after / n_held
-        if not math.isfinite(after) or after > before:
-            reason = (f"held-out MSE would rise from {before:.3f} to {after:.3f}; "
-                      "the personal model was kept as it was.")
-            return PersonalizationResult(False, reason, before, after, output, history)
-        if holdout is None:
-            candidate, history = update_spec(spec, records, on_event=on_event, **overrides)
+        for prior in grid:
+            errors = []
+            for train, held, y in checks:
+                candidate, history = _personal_update(spec, train, prior_records=prior,
+                                                      on_event=None, overrides=overrides)
+                errors.append(_squared_errors(candidate, held, y))
+            after[prior] = np.concatenate(errors)
     except UpdateRejected as exc:
-        return PersonalizationResult(False, str(exc), before, math.nan, output, history)
+        return PersonalizationResult(False, str(exc), float(np.mean(before)), math.nan, output,
+                                     history, out_of_bounds)
+    chosen = min(grid, key=lambda prior: float(np.mean(after[prior])))
+    keep, why = rule.decide(before, after[chosen])
+    result_before, result_after = float(np.mean(before)), float(np.mean(after[chosen]))
+    if not keep:
+        return PersonalizationResult(False, f"{why}; the model was kept as it was.",
+                                     result_before, result_after, output, history,
+                                     out_of_bounds, chosen)
+    try:
+        if holdout is None or len(grid) > 1 or on_event is not None:
+            candidate, history = _personal_update(spec, records, prior_records=chosen,
+                                                  on_event=on_event, overrides=overrides)
+    except UpdateRejected as exc:
+        return PersonalizationResult(False, str(exc), result_before, math.nan, output, history,
+                                     out_of_bounds, chosen)
     save_spec(candidate, output)
     how = "on the holdout" if holdout is not None else f"in {len(checks)}-fold cross-validation"
-    return PersonalizationResult(True, f"held-out MSE {before:.3f} → {after:.3f} {how}", before,
-                                 after, output, history)
+    return PersonalizationResult(True, f"{why}, {how} (prior of {chosen} records)",
+                                 result_before, result_after, output, history, out_of_bounds,
+                                 chosen)
+
+
+def _rule(rule: DecisionRule | None, folds: int | None) -> DecisionRule:
+    rule = rule or DEFAULT_RULE
+    if folds is not None:
+        if not isinstance(folds, int) or folds < 2:
+            raise ValidationError(f"folds must be an integer of at least 2, got {folds!r}.")
+        rule = replace(rule, folds=folds)
+    return rule
 
 
 def personalize(
@@ -414,24 +587,37 @@ def personalize(
     *,
     holdout: pd.DataFrame | None = None,
     output_path: str | os.PathLike[str] | None = None,
-    folds: int = 4,
+    rule: DecisionRule | None = None,
+    prior_records: int | Sequence[int] = DEFAULT_PRIOR_RECORDS,
+    folds: int | None = None,
     seed: int = 0,
     on_event: Callable[[UpdateEvent], None] | None = None,
     **overrides: Any,
 ) -> PersonalizationResult:
     """Update the personal model at ``model_path`` on ``records``, keeping it only if better.
 
-    The check compares mean squared error on held-out records before and after
-    the update. With ``holdout`` given, the update trains on all ``records`` and
-    is checked on ``holdout``. Without it (the usual case on a device, where a
-    user has a dozen records), the check is a ``folds``-fold cross-validation:
-    each fold is held out in turn while the update trains on the rest, and the
-    summed held-out error must not rise; only then is the final update trained
-    on all records. The model is written to ``output_path`` (default:
-    ``model_path`` itself) only if the check passes and every loss stayed
-    finite; otherwise nothing is written and the result says why. Bad input
-    raises before any training. ``overrides`` go to :func:`update_spec`
-    (``learning_rate``, ``epochs``, ``batch_size``, ``shuffle``, ``convention``).
+    The update trains the model's updatable layers (by default the personal
+    head) on ``records`` plus anchor records that hold it near the current
+    model (:func:`with_prior`); ``prior_records`` is how many, or several
+    numbers to choose from by cross-validation (the default: users whose
+    records differ more from the model get a weaker prior). ``rule`` (default
+    :class:`DecisionRule`) decides whether it replaces the model: without
+    ``holdout`` (the usual case on a device, where a user has a dozen
+    records), by cross-validation over ``records``; with ``holdout``, on those
+    records after training on all of ``records``. The model is written to
+    ``output_path`` (default: ``model_path`` itself) only if the rule keeps the
+    update and every loss stayed finite; otherwise nothing is written and the
+    result says why. Bad input raises before any training.
+
+    Values outside a field's ``bounds`` are trained on as they are: bounds
+    describe what may be *shared* (DP clamps to them), while the personal model
+    should learn the user's own values. They are counted in
+    ``result.out_of_bounds``. Missing, non-finite or non-numeric values, and
+    unknown categories, are refused with an error naming the field.
+
+    ``overrides`` go to :func:`update_spec` (``learning_rate``, ``epochs``,
+    ``batch_size``, ``shuffle``, ``convention``); ``folds`` overrides
+    ``rule.folds``.
     """
     model_path = Path(model_path)
     spec = load_spec(model_path)
@@ -439,30 +625,46 @@ def personalize(
     _check_records(spec, records, what="records")
     return _checked_update(spec, spec, records, holdout=holdout,
                            output=Path(output_path) if output_path is not None else model_path,
-                           folds=folds, seed=seed, on_event=on_event, overrides=overrides)
+                           rule=_rule(rule, folds), prior_records=prior_records, seed=seed,
+                           on_event=on_event, overrides=overrides)
 
 
 def adopt_new_version(
     new_model_path: str | os.PathLike[str],
     personal_model_path: str | os.PathLike[str],
-    unshared_records: pd.DataFrame,
+    records: pd.DataFrame | None = None,
     *,
     holdout: pd.DataFrame | None = None,
-    folds: int = 4,
+    rule: DecisionRule | None = None,
+    prior_records: int | Sequence[int] = DEFAULT_PRIOR_RECORDS,
+    folds: int | None = None,
     seed: int = 0,
     on_event: Callable[[UpdateEvent], None] | None = None,
+    unshared_records: pd.DataFrame | None = None,
     **overrides: Any,
 ) -> PersonalizationResult:
     """Replace the personal model by a new foundation version, re-personalized.
 
-    The new updatable model is personalized on the records the user never
-    shared, and replaces the personal model at ``personal_model_path`` only if
-    its held-out error is not worse than the current personal model's (same
-    check as :func:`personalize`, with the current personal model as the
-    baseline; in cross-validation the current model has seen the held-out
-    fold, so the comparison leans toward keeping it). The new model file is
-    not modified.
+    The new updatable model is personalized on ``records`` — pass *all* the
+    device's local records (``LocalStore.records()``), the default the SDK
+    recommends; the unshared ones alone (``store.records("unshared")``) are an
+    option, measured to be too few on a phone-sized data set (README). It
+    replaces the personal model at ``personal_model_path`` only if ``rule``
+    says its held-out error beats the current personal model's (in
+    cross-validation the current model has seen the held-out fold, so the
+    comparison leans toward keeping it: a device is never moved to a worse
+    model by adopting). The new model file is not modified.
+
+    ``unshared_records=`` is the old name of ``records`` (deprecated).
     """
+    if unshared_records is not None:
+        if records is not None:
+            raise ValidationError("Pass records= only (unshared_records= is its old name).")
+        warnings.warn("adopt_new_version(unshared_records=...) is deprecated; pass records= "
+                      "(all local records by default).", DeprecationWarning, stacklevel=2)
+        records = unshared_records
+    if records is None:
+        raise ValidationError("adopt_new_version needs the device's records (records=...).")
     new_spec = load_spec(new_model_path)
     validate_updatable(new_spec)
     current = load_spec(personal_model_path)
@@ -471,6 +673,7 @@ def adopt_new_version(
         raise ModelFileError(
             f"{new_model_path} describes different records (schema {new_schema}) from the "
             f"personal model {personal_model_path}; it cannot replace it.")
-    return _checked_update(new_spec, current, unshared_records, holdout=holdout,
-                           output=Path(personal_model_path), folds=folds, seed=seed,
-                           on_event=on_event, overrides=overrides)
+    return _checked_update(new_spec, current, records, holdout=holdout,
+                           output=Path(personal_model_path), rule=_rule(rule, folds),
+                           prior_records=prior_records, seed=seed, on_event=on_event,
+                           overrides=overrides)

@@ -89,12 +89,13 @@ def run_export(args: argparse.Namespace) -> int:
     foundation = Foundation.load(args.foundation)
     settings = None
     if args.updatable:
-        settings = UpdateSettings(
-            updatable_layers=args.updatable_layers, optimizer=args.optimizer,
-            learning_rate=args.learning_rate, batch_size=args.batch_size, epochs=args.epochs,
-            shuffle=not args.no_shuffle, seed=args.seed)
+        given = {"updatable_layers": args.updatable_layers, "optimizer": args.optimizer,
+                 "learning_rate": args.learning_rate, "batch_size": args.batch_size,
+                 "epochs": args.epochs}  # what is not given keeps UpdateSettings' default
+        settings = UpdateSettings(**{k: v for k, v in given.items() if v is not None},
+                                  shuffle=not args.no_shuffle, seed=args.seed)
     path = export_coreml(foundation, args.output, updatable=settings, version=args.version)
-    kind = (f"updatable (last {settings.updatable_layers} dense layer(s), {settings.optimizer}, "
+    kind = (f"updatable (last {settings.updatable_layers} layer(s), {settings.optimizer}, "
             f"lr {settings.learning_rate}, batch {settings.batch_size}, {settings.epochs} epochs)"
             if settings else "non-updatable")
     print(f"Wrote {path}: {kind} Core ML model, version {args.version}.")
@@ -155,14 +156,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     export.add_argument("foundation", help="a model written by 'dmt train'")
     export.add_argument("-o", "--output", required=True, help="the .mlmodel to write")
     export.add_argument("--updatable", action="store_true", help="make it updatable on device")
-    export.add_argument("--updatable-layers", type=int, default=2,
-                        help="how many of the last dense layers are updatable "
-                             "(default: %(default)s)")
-    export.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
-    export.add_argument("--learning-rate", type=float, default=3e-4,
-                        help="default: %(default)s")
-    export.add_argument("--batch-size", type=int, default=8, help="default: %(default)s")
-    export.add_argument("--epochs", type=int, default=500, help="default: %(default)s")
+    sdk = "default: UpdateSettings' (README, 'Personalization on any data')"
+    export.add_argument("--updatable-layers", type=int,
+                        help="how many inner-product layers, back from the output, are "
+                             "updatable: 1 (the default) is the personal head, the only "
+                             "choice whose learning rate does not depend on the target's units")
+    export.add_argument("--optimizer", choices=("sgd", "adam"), help=sdk)
+    export.add_argument("--learning-rate", type=float, help=sdk)
+    export.add_argument("--batch-size", type=int, help=sdk)
+    export.add_argument("--epochs", type=int, help=sdk)
     export.add_argument("--no-shuffle", action="store_true", help="keep example order")
     export.add_argument("--seed", type=int, default=0, help="shuffle seed (default: 0)")
     export.add_argument("--version", default="1", help="model version string (default: 1)")

@@ -13,12 +13,25 @@ differently from the server:
   turns it into the embedding;
 * the embeddings and standardized numerics are concatenated and pass through
   the dense layers: ``dense_0`` → ReLU → ``dense_1`` → ReLU → ``dense_2``,
-  whose output is the target field's name.
+  whose output is the *standardized* target;
+* the **personal head**, a 1 → 1 ``innerProduct`` (weight = the target's
+  scale, bias = its mean), turns that into the target's units; its output is
+  the target field's name.
 
 The updatable model carries *all* foundation weights (the reference app copied
-only the embeddings) and marks the last ``updatable_layers`` dense layers
-updatable: a contiguous suffix ending at the loss, with only ReLU between,
-as Core ML requires. Loss: mean squared error against ``<target>_true``.
+only the embeddings) and marks the last ``updatable_layers`` inner-product
+layers of ``dense_0, dense_1, dense_2, personal_head`` updatable: a contiguous
+suffix ending at the loss, with only ReLU between, as Core ML requires (no
+frozen layer after an updatable one, coremltools #1983). Loss: mean squared
+error against ``<target>_true``, in the target's raw units, so the device
+passes raw values for everything.
+
+Why the personal head alone is updatable by default: its input is unitless
+(the standardized prediction) and its parameters are in the target's units,
+so an SGD step on it scales exactly with the target: the same update settings
+work for a target around 20 or around 20,000. A layer further upstream has
+unitless weights but gradients in the target's units, so its step size would
+depend on them. See :class:`UpdateSettings` for how the defaults were chosen.
 
 The featurizer and schema JSON travel in the model's metadata
 (``dmt.featurizer``, ``dmt.schema``), with ``dmt.format`` and
@@ -44,25 +57,37 @@ __all__ = ["UpdateSettings", "build_spec", "export_coreml"]
 
 METADATA_FORMAT = "1"
 DENSE_PREFIX = "dense_"
+HEAD = "personal_head"
 
 
 @dataclass(frozen=True)
 class UpdateSettings:
     """How Core ML's ``MLUpdateTask`` trains the updatable model on a device.
 
-    The defaults were chosen by ``benchmarks/model_quality.py`` (README,
-    "Choosing the update defaults"): the last two dense layers, plain SGD at
-    learning rate 3e-4, mini-batches of 8, 500 epochs gave the lowest per-user
-    test RMSE at every appraisal spread (0, ±0.15, ±0.3), at or below the
-    oracle that knows each user's factor; larger learning rates (1e-3 and up)
-    overshoot on a dozen records, and Adam was no better.
+    The defaults hold on any regression target and under every loss
+    convention a device might use (``benchmarks/model_quality.py``, README
+    "Personalization on any data"):
+
+    * only the personal head is updatable (``updatable_layers=1``): its input
+      is unitless and its parameters are in the target's units, so a plain SGD
+      step scales with the target and the learning rate does not depend on it;
+    * mini-batches of one record: Core ML does not document whether its MSE is
+      a mean or a sum over the batch, and with one record they are the same
+      (a ½ factor only halves the step);
+    * SGD at 0.01 for 100 epochs runs the head to the fixed point that
+      :func:`dmt_model.personalize.with_prior` sets, so what the update
+      converges to does not depend on the step size either.
+
+    ``updatable_layers`` counts inner-product layers back from the output:
+    1 is the head; 2 adds ``dense_2`` and so on (whose gradients are in the
+    target's units, so their learning rate would have to be tuned per target).
     """
 
-    updatable_layers: int = 2
+    updatable_layers: int = 1
     optimizer: Literal["sgd", "adam"] = "sgd"
-    learning_rate: float = 3e-4
-    batch_size: int = 8
-    epochs: int = 500
+    learning_rate: float = 0.01
+    batch_size: int = 1
+    epochs: int = 100
     shuffle: bool = True
     seed: int = 0
     momentum: float = 0.0
@@ -140,27 +165,32 @@ def build_spec(foundation: Foundation, *, updatable: UpdateSettings | None = Non
         features = "features"
         builder.add_concat_nd("features", concat_inputs, features, axis=-1)
 
-    # Dense layers.
+    # Dense layers, then the personal head (standardized → the target's units).
     dense = _dense_weights(foundation)
     blob = features
     for i, (weight, bias) in enumerate(dense):
         last = i == len(dense) - 1
-        out = target if last else f"{DENSE_PREFIX}{i}_out"
+        out = f"{DENSE_PREFIX}{i}_out"
         builder.add_inner_product(
             f"{DENSE_PREFIX}{i}", W=weight, b=bias, input_channels=weight.shape[1],
             output_channels=weight.shape[0], has_bias=True, input_name=blob, output_name=out)
+        blob = out
         if not last:
             builder.add_activation(f"relu_{i}", "RELU", out, f"relu_{i}_out")
             blob = f"relu_{i}_out"
+    builder.add_inner_product(
+        HEAD, W=np.array([[featurizer.target_scale_]], dtype=np.float32),
+        b=np.array([featurizer.target_mean_], dtype=np.float32), input_channels=1,
+        output_channels=1, has_bias=True, input_name=blob, output_name=target)
+    chain = [f"{DENSE_PREFIX}{i}" for i in range(len(dense))] + [HEAD]
 
     if updatable is not None:
-        if updatable.updatable_layers > len(dense):
+        if updatable.updatable_layers > len(chain):
             raise ValidationError(
                 f"updatable_layers={updatable.updatable_layers} but the model has only "
-                f"{len(dense)} dense layers."
+                f"{len(chain)} inner-product layers after the embeddings ({', '.join(chain)})."
             )
-        trainable = [f"{DENSE_PREFIX}{i}"
-                     for i in range(len(dense) - updatable.updatable_layers, len(dense))]
+        trainable = chain[len(chain) - updatable.updatable_layers:]
         with contextlib.redirect_stdout(io.StringIO()):  # the builder prints its choices
             builder.make_updatable(trainable)
             builder.set_mean_squared_error_loss("loss", input_feature=(target,

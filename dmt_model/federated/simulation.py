@@ -28,8 +28,9 @@ from dmt_model.federated.strategy import ClientUpdate, DPFedAvg, FedAvg, Strateg
 from dmt_model.foundation import (
     Foundation,
     TrainingConfig,
-    _build_network,
     _import_torch,
+    network_for,
+    standardized_squared_error,
     train_foundation,
 )
 from dmt_privacy.errors import UpdateRejected, ValidationError
@@ -167,8 +168,8 @@ def _local_update(network: Any, parameters: list[Any], global_vector: np.ndarray
         for start in range(0, data.n, base.local_batch_size):
             index = order[start:start + base.local_batch_size]
             optimizer.zero_grad()
-            loss = torch.mean((network(*(t[index] for t in data.inputs))
-                               - data.target[index]) ** 2)
+            loss = torch.mean(standardized_squared_error(
+                network, network(*(t[index] for t in data.inputs)), data.target[index]))
             loss.backward()
             optimizer.step()
             total += float(loss.detach()) * len(index)
@@ -208,9 +209,7 @@ def _starting_model(simulation: Simulation, strategy: Strategy, foundation: Foun
     featurizer = (foundation.featurizer if foundation is not None
                   else Featurizer(schema).fit(simulation.proxy))
     torch.manual_seed(strategy.base.seed)
-    network = _build_network(
-        [len(featurizer.vocabularies_[n]) for n in featurizer.categorical_fields],
-        len(featurizer.numeric_fields))
+    network = network_for(featurizer)
     return Foundation(featurizer, network, foundation_config or TrainingConfig())
 
 

@@ -40,7 +40,13 @@ import numpy as np
 import pandas as pd
 
 from dmt_model.features import FeatureBatch, Featurizer
-from dmt_model.foundation import Foundation, TrainingConfig, _build_network, _import_torch
+from dmt_model.foundation import (
+    Foundation,
+    TrainingConfig,
+    _import_torch,
+    network_for,
+    standardized_squared_error,
+)
 from dmt_model.server.retrain import SharedBatch, training_set
 from dmt_privacy.errors import ValidationError
 
@@ -78,9 +84,7 @@ def fit_foundation_ddp(
                               f"({n}), got shape {weights.shape}.")
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(config.seed)
-    network = _build_network(
-        [len(featurizer.vocabularies_[c]) for c in featurizer.categorical_fields],
-        len(featurizer.numeric_fields))
+    network = network_for(featurizer)
     if initial is not None:
         network.load_state_dict(initial.network.state_dict())
     foundation = Foundation(featurizer, network, config)
@@ -102,7 +106,8 @@ def fit_foundation_ddp(
                 index = order[start:start + config.batch_size]
                 mine = index[rank::world]
                 optimizer.zero_grad()
-                squared = (model(*(t[mine] for t in inputs)) - y[mine]) ** 2
+                squared = standardized_squared_error(network, model(*(t[mine] for t in inputs)),
+                                                     y[mine])
                 weighted = torch.sum(w[mine] * squared)
                 loss = world * weighted / torch.sum(w[index])
                 loss.backward()

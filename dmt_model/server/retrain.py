@@ -10,11 +10,17 @@ version: the foundation (``.npz``), its updatable Core ML model, and a JSON
 record of how it was trained and how it evaluates. Files are written
 atomically and the index last, so a failed publish leaves the registry as it
 was.
+
+A retrained version is *served* only if it passes the gate: no worse than the
+current published version on validation data the server keeps aside
+(:func:`validation_split`); a refused version is kept in the registry with
+both figures, but :meth:`ModelRegistry.latest` does not return it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -39,6 +45,7 @@ __all__ = [
     "retrain_foundation",
     "shared_batches",
     "training_set",
+    "validation_split",
 ]
 
 
@@ -169,7 +176,13 @@ class NoiseWeigher:
 
 @dataclass(frozen=True)
 class ModelVersion:
-    """One published foundation: its files and how it was made."""
+    """One foundation version: its files, how it was made, and whether it is served.
+
+    ``status`` is ``"published"`` (devices may fetch it) or ``"refused"`` (the
+    gate found it worse than the version it would replace on the server's
+    validation data; its files are kept for inspection but never served).
+    ``validation`` holds both figures the gate compared.
+    """
 
     version: int
     foundation_file: str
@@ -178,10 +191,23 @@ class ModelVersion:
     trained_on: dict[str, int]
     evaluation: dict[str, float] = field(default_factory=dict)
     notes: str = ""
+    status: str = "published"
+    validation: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def published(self) -> bool:
+        return self.status == "published"
 
 
 class ModelRegistry:
-    """A folder of model versions with a JSON index; the newest is what devices fetch."""
+    """A folder of model versions with a JSON index; the newest *published* one is served.
+
+    The gate: :meth:`publish` with ``validation_data`` (a held-out part of the
+    proxy data the server never trains on) compares the new foundation's RMSE
+    with the current published version's; a version more than ``tolerance``
+    (relative) worse is recorded as refused and :meth:`latest` keeps serving
+    the current one.
+    """
 
     INDEX = "versions.json"
 
@@ -189,6 +215,7 @@ class ModelRegistry:
         self.folder = Path(folder)
 
     def versions(self) -> list[ModelVersion]:
+        """Every version, published or refused, oldest first."""
         index = self.folder / self.INDEX
         if not index.exists():
             return []
@@ -198,33 +225,78 @@ class ModelRegistry:
             raise ModelFileError(f"The model index {index} is damaged ({exc}).") from None
 
     def latest(self) -> ModelVersion | None:
-        versions = self.versions()
-        return versions[-1] if versions else None
+        """The newest published version: what devices fetch."""
+        published = [v for v in self.versions() if v.published]
+        return published[-1] if published else None
 
     def path(self, name: str) -> Path:
         return self.folder / name
 
     def publish(self, foundation: Foundation, *, trained_on: Mapping[str, int],
                 evaluation_data: pd.DataFrame | None = None,
+                validation_data: pd.DataFrame | None = None, tolerance: float = 0.0,
                 update_settings: UpdateSettings | None = None, notes: str = "") -> ModelVersion:
-        """Save ``foundation`` and its updatable Core ML model as the next version."""
+        """Save ``foundation`` and its updatable Core ML model as the next version.
+
+        With ``validation_data``, the version is published only if its RMSE on
+        it is at most ``(1 + tolerance)`` × the current published version's
+        (the first version is always published); otherwise it is saved with
+        ``status="refused"``. Check ``version.published``.
+        """
+        if not (math.isfinite(tolerance) and tolerance >= 0):
+            raise ValidationError(f"tolerance must be a non-negative number, got {tolerance!r}.")
         versions = self.versions()
         number = versions[-1].version + 1 if versions else 1
-        evaluation: dict[str, float] = {}
-        if evaluation_data is not None:
-            if len(evaluation_data) == 0:
-                raise ValidationError("evaluation_data is empty.")
-            metrics = regression_metrics(foundation.predict(evaluation_data),
-                                         foundation.featurizer.target_values(evaluation_data))
-            evaluation = {"rmse": metrics.rmse, "mae": metrics.mae, "n": float(metrics.n)}
+        evaluation = self._evaluate(foundation, evaluation_data, "evaluation_data")
+        validation: dict[str, float] = {}
+        status = "published"
+        if validation_data is not None:
+            validation = self._evaluate(foundation, validation_data, "validation_data")
+            current = self.latest()
+            if current is not None:
+                previous = Foundation.load(self.path(current.foundation_file))
+                before = self._evaluate(previous, validation_data, "validation_data")
+                validation["current_rmse"] = before["rmse"]
+                validation["current_version"] = float(current.version)
+                if not validation["rmse"] <= before["rmse"] * (1 + tolerance):
+                    status = "refused"
         stem = f"foundation-v{number}"
         foundation.save(self.folder / f"{stem}.npz")
         export_coreml(foundation, self.folder / f"{stem}.mlmodel",
                       updatable=update_settings or UpdateSettings(), version=str(number))
         entry = ModelVersion(number, f"{stem}.npz", f"{stem}.mlmodel",
                              datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                             dict(trained_on), evaluation, notes)
+                             dict(trained_on), evaluation, notes, status, validation)
         index = [asdict(v) for v in versions] + [asdict(entry)]
         write_atomically(self.folder / self.INDEX, json.dumps(index, indent=2).encode(),
                          make_parents=True)
         return entry
+
+    @staticmethod
+    def _evaluate(foundation: Foundation, data: pd.DataFrame | None,
+                  what: str) -> dict[str, float]:
+        if data is None:
+            return {}
+        if len(data) == 0:
+            raise ValidationError(f"{what} is empty; pass records the server keeps aside.")
+        metrics = regression_metrics(foundation.predict(data),
+                                     foundation.featurizer.target_values(data))
+        return {"rmse": metrics.rmse, "mae": metrics.mae, "n": float(metrics.n)}
+
+
+def validation_split(proxy: pd.DataFrame, *, fraction: float = 0.2,
+                     seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(training part, validation part) of the proxy data, for the publication gate.
+
+    The server trains every version on the training part only and keeps the
+    validation part aside, so that :meth:`ModelRegistry.publish` compares
+    versions on records none of them was trained on.
+    """
+    if not 0 < fraction < 1:
+        raise ValidationError(f"fraction must be in (0, 1), got {fraction!r}.")
+    order = np.random.default_rng(seed).permutation(len(proxy))
+    n_validation = max(1, round(fraction * len(proxy)))
+    if n_validation >= len(proxy):
+        raise ValidationError(
+            f"{len(proxy)} proxy record(s) are too few to keep {fraction:.0%} aside.")
+    return proxy.iloc[order[n_validation:]], proxy.iloc[order[:n_validation]]

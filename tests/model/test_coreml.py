@@ -43,7 +43,7 @@ def test_coremltools_loads_both_and_metadata_travels(exported, foundation):
         assert model.get_spec().specificationVersion >= 4
         assert featurizer_of(model.get_spec()).to_json() == foundation.featurizer.to_json()
     spec = load_spec(exported[1])
-    assert spec.isUpdatable and updatable_layers(spec) == ["dense_1", "dense_2"]
+    assert spec.isUpdatable and updatable_layers(spec) == ["dense_2", "personal_head"]
     assert [f.name for f in spec.description.trainingInput][-1] == "MEDV_true"
 
 
@@ -75,7 +75,7 @@ def test_unknown_category_gives_zero_embedding_in_graph(exported, foundation, bo
 
 
 def test_validator_accepts_exports_with_any_suffix_length(foundation):
-    for layers in (1, 2, 3):
+    for layers in (1, 2, 3, 4):
         for optimizer in ("sgd", "adam"):
             validate_updatable(build_spec(foundation, updatable=UpdateSettings(
                 updatable_layers=layers, optimizer=optimizer)))
@@ -88,16 +88,16 @@ def _updatable(foundation):
 def test_validator_rejects_a_non_updatable_layer_after_an_updatable_one(foundation):
     spec = _updatable(foundation)
     layers = {layer.name: layer for layer in spec.neuralNetwork.layers}
-    layers["dense_2"].isUpdatable = False
-    layers["dense_1"].isUpdatable = True
-    layers["dense_1"].innerProduct.weights.isUpdatable = True
-    layers["dense_1"].innerProduct.bias.isUpdatable = True
-    with pytest.raises(UpdatableModelError, match="dense_2.*contiguous suffix"):
+    layers["personal_head"].isUpdatable = False
+    layers["dense_2"].isUpdatable = True
+    layers["dense_2"].innerProduct.weights.isUpdatable = True
+    layers["dense_2"].innerProduct.bias.isUpdatable = True
+    with pytest.raises(UpdatableModelError, match="personal_head.*contiguous suffix"):
         validate_updatable(spec)
 
 
 def test_validator_rejects_forbidden_layer_between_updatable_and_loss(foundation):
-    spec = build_spec(foundation, updatable=UpdateSettings(updatable_layers=2))
+    spec = build_spec(foundation, updatable=UpdateSettings(updatable_layers=3))
     relu = next(layer for layer in spec.neuralNetwork.layers if layer.name == "relu_1")
     relu.activation.linear.alpha = 1.0  # a linear activation may not stand there
     with pytest.raises(UpdatableModelError, match="relu_1.*stands between"):

@@ -146,7 +146,9 @@ def _centralized_gd(foundation, frame, *, steps, lr):
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     for _ in range(steps):
         optimizer.zero_grad()
-        torch.mean((model(*inputs) - target) ** 2).backward()
+        # The loss every trainer in the SDK minimizes: squared error in units of the
+        # target's scale, so learning rates do not depend on the target's units.
+        torch.mean(((model(*inputs) - target) / model.target_scale) ** 2).backward()
         optimizer.step()
     return torch.nn.utils.parameters_to_vector(model.parameters()).detach().numpy()
 

@@ -1,0 +1,216 @@
+"""Personalization that holds on any regression data: scale-free training and updates, a
+prior toward the current model, a decision rule, and the server's publication gate."""
+
+import dataclasses
+import shutil
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dmt_model.coreml import (
+    UpdateSettings,
+    build_spec,
+    export_coreml,
+    get_inner_product,
+    load_spec,
+    predict_frame,
+)
+from dmt_model.coreml.evaluate import evaluate_spec
+from dmt_model.datasets import BOSTON_SCHEMA
+from dmt_model.datasets.regression import FRIEDMAN_SCHEMA, load_friedman
+from dmt_model.foundation import TrainingConfig, train_foundation
+from dmt_model.personalize import (
+    DecisionRule,
+    LossConvention,
+    adopt_new_version,
+    personalize,
+    update_spec,
+    with_prior,
+)
+from dmt_model.server.retrain import ModelRegistry, validation_split
+from dmt_privacy.errors import ValidationError
+from dmt_privacy.schema import Schema
+
+SCALE = 1000.0
+QUICK = TrainingConfig(epochs=40, seed=0)
+
+
+def _scaled_schema(schema: Schema, target: str, factor: float) -> Schema:
+    def scaled(field):
+        if field.name != target:
+            return field
+        low, high = field.bounds
+        return dataclasses.replace(field, bounds=(low * factor, high * factor),
+                                   grid=field.grid * factor)
+
+    return Schema(name=f"{schema.name}-x{factor:g}", fields=tuple(scaled(f) for f in schema))
+
+
+def _scaled(frame: pd.DataFrame, factor: float) -> pd.DataFrame:
+    return frame.assign(MEDV=frame["MEDV"] * factor)
+
+
+@pytest.fixture(scope="module")
+def scaled_pair(simulation):
+    """The same foundation trained on MEDV and on MEDV × 1000."""
+    schema = _scaled_schema(BOSTON_SCHEMA, "MEDV", SCALE)
+    plain = train_foundation(simulation.proxy, BOSTON_SCHEMA, QUICK)
+    scaled = train_foundation(_scaled(simulation.proxy, SCALE), schema, QUICK)
+    return plain, scaled
+
+
+def test_the_foundation_is_invariant_to_the_targets_units(scaled_pair, simulation):
+    plain, scaled = scaled_pair
+    test = pd.concat([u.test for u in simulation.users])
+    np.testing.assert_allclose(scaled.predict(test) / SCALE, plain.predict(test), rtol=2e-3,
+                               atol=2e-3 * float(np.abs(plain.predict(test)).max()))
+
+
+def test_personalize_with_the_defaults_gives_the_same_relative_result_at_any_scale(
+        scaled_pair, simulation, tmp_path):
+    plain, scaled = scaled_pair
+    for user in simulation.users[:4]:
+        results, predictions = [], []
+        for foundation, factor in ((plain, 1.0), (scaled, SCALE)):
+            path = export_coreml(foundation, tmp_path / f"u{user.user_id}-{factor:g}.mlmodel",
+                                 updatable=UpdateSettings())
+            results.append(personalize(path, _scaled(user.train, factor)))
+            predictions.append(predict_frame(load_spec(path), user.test) / factor)
+        assert results[0].accepted == results[1].accepted
+        assert results[0].prior_records == results[1].prior_records
+        np.testing.assert_allclose(results[1].holdout_loss_after / SCALE**2,
+                                   results[0].holdout_loss_after, rtol=1e-2)
+        np.testing.assert_allclose(predictions[1], predictions[0], rtol=1e-2)
+
+
+def _anchored_least_squares(spec, records):
+    """The slow, obvious reference: the head's fixed point, by least squares on its input."""
+    inputs = {f.name: records[f.name].to_numpy(float) for f in spec.description.input}
+    z = evaluate_spec(spec, inputs, outputs=["dense_2_out"])["dense_2_out"].ravel()
+    design = np.stack([z, np.ones_like(z)], axis=1)
+    return np.linalg.lstsq(design, records["MEDV"].to_numpy(float), rcond=None)[0]
+
+
+@pytest.mark.parametrize("user", [1, 5, 9])
+def test_every_loss_convention_converges_to_the_same_anchored_fit(foundation, simulation, user):
+    spec = build_spec(foundation, updatable=UpdateSettings())
+    records = with_prior(spec, simulation.users[user].train, 3)
+    start = np.array([get_inner_product(spec, "personal_head")[0][0, 0],
+                      get_inner_product(spec, "personal_head")[1][0]])
+    reference = _anchored_least_squares(spec, records)
+    heads = {}
+    for name, convention in (("mean", LossConvention()), ("sum", LossConvention("sum")),
+                             ("half", LossConvention(half=True))):
+        updated, _ = update_spec(spec, records, convention=convention)
+        weight, bias = get_inner_product(updated, "personal_head")
+        heads[name] = np.array([weight[0, 0], bias[0]])
+    # With mini-batches of one record a mean and a sum are the same number.
+    assert np.array_equal(heads["mean"], heads["sum"])
+    # A ½ factor halves the step, not the place the update converges to.
+    for name in ("mean", "half"):
+        np.testing.assert_allclose(heads[name] - start, reference - start,
+                                   atol=0.15 * np.abs(reference - start).max())
+
+
+def test_anchor_records_carry_the_models_own_predictions(foundation, simulation):
+    spec = build_spec(foundation, updatable=UpdateSettings())
+    records = simulation.users[0].train
+    out = with_prior(spec, records, 20)
+    assert len(out) == len(records) + 20
+    anchors = out.iloc[len(records):]
+    np.testing.assert_allclose(anchors["MEDV"], predict_frame(spec, anchors), rtol=1e-6)
+    assert with_prior(spec, records, 0) is records
+    with pytest.raises(ValidationError, match="prior_records"):
+        with_prior(spec, records, -1)
+
+
+def test_the_decision_rule_keeps_only_clear_improvements():
+    rng = np.random.default_rng(0)
+    before = rng.uniform(1, 2, 15)
+    assert DecisionRule().decide(before, before * 0.5)[0]
+    keep, why = DecisionRule().decide(before, before * 1.01)
+    assert not keep and "no improvement" in why
+    noisy = before + rng.normal(0, 1, 15) - 0.05
+    assert not DecisionRule(confidence=0.95).decide(before, noisy)[0]
+    assert not DecisionRule(margin=0.6).decide(before, before * 0.5)[0]
+    assert not DecisionRule().decide(before, np.full(15, np.nan))[0]
+    for bad in ({"folds": 1}, {"confidence": 1.0}, {"margin": -1.0}):
+        with pytest.raises(ValidationError):
+            DecisionRule(**bad)
+
+
+def test_an_update_with_nothing_to_learn_is_discarded_by_cross_validation(
+        foundation, simulation, tmp_path):
+    path = export_coreml(foundation, tmp_path / "personal.mlmodel", updatable=UpdateSettings())
+    before = path.read_bytes()
+    records = simulation.users[2].train.copy()
+    # Targets that are the model's own predictions plus zero-mean noise: any update fits noise.
+    noise = np.random.default_rng(3).normal(0.0, 8.0, len(records))
+    records["MEDV"] = predict_frame(load_spec(path), records) + noise
+    result = personalize(path, records)
+    assert not result.accepted and path.read_bytes() == before
+
+
+def test_personalization_helps_off_boston_and_never_hurts_on_average(tmp_path):
+    """A target in the hundreds to thousands (Friedman #2), the same defaults."""
+    from dmt_model.datasets import simulate_users
+
+    data = load_friedman(400, seed=1)
+    sim = simulate_users(data, n_users=8, spread=0.3, seed=1, location="x0", target="y")
+    foundation = train_foundation(sim.proxy, FRIEDMAN_SCHEMA, TrainingConfig(epochs=150, seed=1))
+    model = export_coreml(foundation, tmp_path / "v1.mlmodel", updatable=UpdateSettings())
+    base, personal = [], []
+    for user in sim.users:
+        path = tmp_path / f"user{user.user_id}.mlmodel"
+        shutil.copyfile(model, path)
+        personalize(path, user.train)
+        y = user.test["y"].to_numpy()
+        base.append(np.sqrt(np.mean((predict_frame(load_spec(model), user.test) - y) ** 2)))
+        personal.append(np.sqrt(np.mean((predict_frame(load_spec(path), user.test) - y) ** 2)))
+    assert np.mean(personal) < np.mean(base)
+
+
+def test_adopting_a_new_version_trains_on_the_records_given(foundation, simulation, tmp_path):
+    v1 = export_coreml(foundation, tmp_path / "v1.mlmodel", updatable=UpdateSettings())
+    personal = tmp_path / "personal.mlmodel"
+    shutil.copyfile(v1, personal)
+    user = simulation.users[4]
+    result = adopt_new_version(v1, personal, user.train)
+    assert result.holdout_loss_before >= 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        adopt_new_version(v1, personal, unshared_records=user.private)
+    assert any(issubclass(w.category, DeprecationWarning) for w in caught)
+    with pytest.raises(ValidationError, match="records"):
+        adopt_new_version(v1, personal)
+
+
+def test_the_gate_refuses_a_planted_harmful_version_and_keeps_serving_the_current(
+        simulation, tmp_path):
+    train, validation = validation_split(simulation.proxy, seed=0)
+    good = train_foundation(train, BOSTON_SCHEMA, QUICK)
+    poisoned_data = train.assign(MEDV=np.clip(train["MEDV"] + 25.0, 0, 60))
+    poisoned = train_foundation(poisoned_data, BOSTON_SCHEMA, QUICK)
+    registry = ModelRegistry(tmp_path / "models")
+    v1 = registry.publish(good, trained_on={"proxy": len(train)}, validation_data=validation)
+    assert v1.published and "rmse" in v1.validation
+    v2 = registry.publish(poisoned, trained_on={"proxy": len(train)},
+                          validation_data=validation)
+    assert not v2.published and v2.status == "refused"
+    assert v2.validation["rmse"] > v2.validation["current_rmse"]
+    assert registry.latest() == v1
+    assert (tmp_path / "models" / v2.mlmodel_file).exists()  # kept for inspection
+    v3 = registry.publish(good, trained_on={"proxy": len(train)}, validation_data=validation)
+    assert v3.published and registry.latest() == v3
+    assert [v.status for v in registry.versions()] == ["published", "refused", "published"]
+
+
+def test_validation_split_keeps_records_aside():
+    frame = pd.DataFrame({"a": range(10)})
+    train, validation = validation_split(frame, fraction=0.2, seed=0)
+    assert len(validation) == 2 and len(train) == 8
+    assert set(train.index).isdisjoint(validation.index)
+    with pytest.raises(ValidationError, match="fraction"):
+        validation_split(frame, fraction=1.0)
