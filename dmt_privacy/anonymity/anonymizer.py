@@ -434,10 +434,15 @@ class KAnonymizer(TransformerMixin, BaseEstimator):
             freq = np.bincount(codes[:, j])
             rarity += -np.log(freq[codes[:, j]] / n)
         removed = 0
+        # Each value's records, rarest quasi-identifiers first (they cost the most to keep):
+        # one sort, then each step takes the next of the most frequent value, O(m) per step.
+        order = np.lexsort((-rarity, sens.codes))
+        starts = np.searchsorted(sens.codes[order], np.arange(sens.m + 1))
+        taken = np.zeros(sens.m, dtype=np.int64)
         while removed < budget and not admissible(counts[None, :])[0]:
             top = int(np.argmax(counts))
-            cand = np.flatnonzero(keep & (sens.codes == top))
-            victim = cand[np.argmax(rarity[cand])]
+            victim = order[starts[top] + taken[top]]
+            taken[top] += 1
             keep[victim] = False
             counts[top] -= 1
             removed += 1
@@ -579,11 +584,25 @@ class KAnonymizer(TransformerMixin, BaseEstimator):
         sizes = np.bincount(rel) if rel.size else np.zeros(0, dtype=np.int64)
         sizes = sizes[sizes > 0]
         n_sup = int(sup.sum())
+        class_sizes = sizes
+        sens_codes = sens.codes[~sup] if sens is not None else None
+        if n_sup and sens is not None and sens_codes is not None and self.sensitive is not None:
+            if plan.suppressed_group_releasable(X[self.sensitive].to_numpy()[sup]):
+                # released with its sensitive values: a class like the others
+                extra = int(rel.max()) + 1 if rel.size else 0
+                rel = np.concatenate([rel, np.full(n_sup, extra, dtype=rel.dtype)])
+                sens_codes = np.concatenate([sens_codes, sens.codes[sup]])
+                sizes = np.append(sizes, n_sup)
+                notes.append(f"The {n_sup} suppressed records meet k, l and t as one class and "
+                             f"keep their {self.sensitive!r} values.")
+            else:
+                notes.append(f"The {n_sup} suppressed records do not meet k, l and t as one "
+                             f"class: their {self.sensitive!r} values are withheld (missing).")
         l_distinct = l_entropy = t_max = float("nan")
-        if sens is not None and rel.size:
+        if sens is not None and sens_codes is not None and rel.size:
             groups = int(rel.max()) + 1
             counts = np.bincount(
-                rel * sens.m + sens.codes[~sup], minlength=groups * sens.m
+                rel * sens.m + sens_codes, minlength=groups * sens.m
             ).reshape(groups, sens.m)
             counts = counts[counts.sum(axis=1) > 0]
             l_distinct = float((counts > 0).sum(axis=1).min())
@@ -595,7 +614,7 @@ class KAnonymizer(TransformerMixin, BaseEstimator):
             n_classes=len(sizes),
             min_class_size=int(sizes.min()) if sizes.size else 0,
             average_class_size=float((n - n_sup) / len(sizes) / self.k) if sizes.size else 0.0,
-            discernibility=float((sizes.astype(float) ** 2).sum() + n_sup * n),
+            discernibility=float((class_sizes.astype(float) ** 2).sum() + n_sup * n),
             ncp=float(np.mean(list(ncp.values()))),
             ncp_by_attribute=ncp,
             suppressed=tuple(_plain(v) for v in X.index[sup]),

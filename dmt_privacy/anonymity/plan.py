@@ -332,11 +332,45 @@ class AnonymizationPlan:
             reasons=pd.Series(reason[sup], index=frame.index[sup], dtype=object),
         )
 
+    def suppressed_group_releasable(self, values: Sequence[Any] | np.ndarray) -> bool:
+        """Whether suppressed records may keep these sensitive values, seen as one class.
+
+        The suppressed records of a release share one generalization (every
+        quasi-identifier missing), so they are a class like any other: they
+        keep their sensitive values only if that class meets k, l and t
+        (t against :attr:`sensitive_reference` with the equal distance, never
+        below the hierarchical one). Without a reference (a numeric sensitive
+        field) and with t set, the answer is no: fail closed.
+        """
+        n = len(values)
+        if n < self.k:
+            return False
+        if self.l is None and self.t is None:
+            return True
+        if self.t is not None and not self.sensitive_reference:
+            return False
+        rule = ReleaseRule(k=1, sensitive=self.sensitive or "sensitive", l=self.l,
+                           l_kind=self.l_kind, c=self.c, t=self.t,
+                           reference=self.sensitive_reference)
+        return rule.admits(np.arange(n), list(values))
+
     def release(self, frame: pd.DataFrame, class_ids: np.ndarray) -> pd.DataFrame:
-        """A copy of ``frame`` with quasi-identifiers replaced by their classes' generalizations."""
+        """A copy of ``frame`` with quasi-identifiers replaced by their classes' generalizations.
+
+        Suppressed records (class id -1) keep their rows, with every
+        quasi-identifier missing; their sensitive values are withheld
+        (missing) too unless the suppressed records as one class meet the
+        plan's k, l and t (:meth:`suppressed_group_releasable`).
+        """
         out = frame.copy()
         cls = np.asarray(class_ids, dtype=np.int64)
         sup = cls < 0
+        sensitive = self.sensitive
+        if sup.any() and sensitive is not None and sensitive in out.columns and (
+                not self.suppressed_group_releasable(out[sensitive].to_numpy()[sup])):
+            column = out[sensitive].astype(object)
+            column[sup] = None
+            out[sensitive] = column
         safe = np.where(sup, 0, cls)
         for j, coding in enumerate(self.codings):
             if coding.kind == "numeric":
