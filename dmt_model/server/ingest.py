@@ -274,7 +274,7 @@ class Ingestor:
         with self._database():
             key = self.data_key()
             if _stored(self.engine, pid):
-                return replay
+                return self._replay_or_conflict(replay, plaintext)
             for attempt in range(_WRITE_ATTEMPTS):
                 try:
                     with self._write_lock:
@@ -282,7 +282,7 @@ class Ingestor:
                                           checked.columns)
                 except IntegrityError:
                     if _stored(self.engine, pid):
-                        return replay
+                        return self._replay_or_conflict(replay, plaintext)
                     # a concurrent package created one of the same new classes: go again
                     if attempt == _WRITE_ATTEMPTS - 1:
                         raise
@@ -293,6 +293,23 @@ class Ingestor:
                     return Outcome(source, "accepted", "", pid, package.n_records,
                                    released_classes=released)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _replay_or_conflict(self, replay: Outcome, plaintext: bytes) -> Outcome:
+        """A replay if the stored package is these bytes; a refusal if the id is reused."""
+        pid = replay.package_id
+        assert pid is not None
+        with self.engine.connect() as conn:
+            key_id, nonce, payload = conn.execute(
+                select(PackageRow.key_id, PackageRow.nonce, PackageRow.payload)
+                .where(PackageRow.package_id == pid)).one()
+        try:
+            stored = self.store.key(key_id).decrypt(nonce, payload, payload_aad(pid, key_id))
+        except Exception:  # a damaged row: the id is taken, these bytes are not it
+            stored = None
+        if stored == plaintext:
+            return replay
+        return self._refused(replay.source, "conflict: the package id is stored with other "
+                             "content", pid, replay.n_records)
 
     def __call__(self, envelope: bytes, source: str = "<http>") -> Outcome:
         return self.ingest_one(envelope, source)

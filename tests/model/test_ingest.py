@@ -325,3 +325,18 @@ def test_operators_remove_packages_by_id_day_receipt_and_reason(tmp_path, capsys
     assert "removed 1 package(s)" in capsys.readouterr().out
     assert _run_cli(["packages", "list", "--db", db]) == 0
     assert "0 package(s)" in capsys.readouterr().out
+
+
+def test_a_different_package_reusing_a_stored_id_is_refused_not_acknowledged(tmp_path):
+    import dataclasses
+
+    db = f"sqlite:///{tmp_path / 'server.db'}"
+    first = package(1)
+    ingest([seal_package(first, KEY.public_key())], db, KEY, POLICY)
+    impostor = dataclasses.replace(package(2), package_id=first.package_id)
+    report = ingest([seal_package(impostor, KEY.public_key())], db, KEY, POLICY)
+    [outcome] = report.outcomes
+    assert outcome.status == "rejected" and not outcome.replay
+    assert outcome.reason.startswith("conflict") and report.stored_ids == []
+    again = ingest([seal_package(first, KEY.public_key())], db, KEY, POLICY)
+    assert again.outcomes[0].replay and again.stored_ids == [first.package_id]
