@@ -26,6 +26,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     keygen.add_argument("-o", "--output", type=Path, required=True, help="private key file")
     keygen.add_argument("--force", action="store_true", help="replace existing key files")
+    keygen.add_argument("--release", action="store_true",
+                        help="make an Ed25519 release signing key instead (OUTPUT, mode 0600, "
+                             "and OUTPUT.pub, the key apps pin to verify model releases)")
     keygen.set_defaults(func=run_keygen)
 
     parser = subparsers.add_parser(
@@ -50,6 +53,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(func=run_ingest)
     _register_packages(subparsers)
+    from dmt_model.cli import release
+
+    release.register(subparsers)
     return parser
 
 
@@ -98,6 +104,15 @@ def run_keygen(args: argparse.Namespace) -> int:
         for path in (output, public):
             if path.exists():
                 raise ValidationError(f"{path} exists; pass --force to replace it.")
+    if getattr(args, "release", False):
+        from dmt_privacy.release import generate_release_key
+
+        release_key = generate_release_key()
+        release_key.save(output, overwrite=args.force)
+        print(f"release key  {output} (keep it off the serving machines, mode 0600)")
+        print(f"public key   {public} (pin it in the app at build time)")
+        print(f"key id       {release_key.key_id}")
+        return 0
     key = generate_server_key()
     save_private_key(key, output, overwrite=args.force)
     save_public_key(key.public_key(), public, overwrite=args.force)

@@ -101,3 +101,29 @@ def test_verification_imports_without_torch():
             "assert 'torch' not in sys.modules and 'sqlalchemy' not in sys.modules, "
             "sorted(m for m in sys.modules if m.startswith(('torch', 'sqlalchemy')))")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cli_keygen_sign_and_verify(tmp_path, capsys):
+    from dmt_model.cli import main
+    from dmt_privacy.seal import generate_server_key, save_public_key
+
+    assert main(["keygen", "--release", "-o", str(tmp_path / "release.key")]) == 0
+    assert oct((tmp_path / "release.key").stat().st_mode & 0o777) == "0o600"
+    save_public_key(generate_server_key().public_key(), tmp_path / "server.key.pub")
+    model = tmp_path / "foundation-v2.mlmodel"
+    model.write_bytes(V2)
+    (tmp_path / "policy.json").write_text('{"policy": 1}')
+    assert main(["release", "sign", str(model), "--version", "2", "--key",
+                 str(tmp_path / "release.key"), "--schema-id", "boston", "--policy",
+                 str(tmp_path / "policy.json"), "--server-key",
+                 str(tmp_path / "server.key.pub")]) == 0
+    release = tmp_path / "foundation-v2.release.json"
+    verify = ["release", "verify", str(model), str(release), "--pin",
+              str(tmp_path / "release.key.pub"), "--policy", str(tmp_path / "policy.json")]
+    capsys.readouterr()
+    assert main(verify) == 0 and '"verified": true' in capsys.readouterr().out
+    assert main([*verify, "--installed-version", "3"]) == 1
+    assert "never goes back" in capsys.readouterr().err
+    model.write_bytes(V2[:-1] + b"X")  # the backdoor
+    assert main(verify) == 1
+    assert capsys.readouterr().err.strip() == "dmt release: error:"
