@@ -145,3 +145,21 @@ def test_strings_never_read_as_numbers(base, policy, tmp_path, field):
     pkg = forge(base, columns={field: ["6_5"] * base.n_records})
     report = ingest([seal(pkg)], str(tmp_path / "s.db"), KEY, policy)
     assert not report.accepted
+
+
+def test_the_http_service_refuses_them_the_same_way(base, policy, tmp_path, caplog):
+    import logging
+
+    from fastapi.testclient import TestClient
+
+    from dmt_model.server.service import create_app
+
+    app = create_app(f"sqlite:///{tmp_path / 's.db'}", KEY, policy)
+    cases = list(_cases(base))
+    with TestClient(app) as client, caplog.at_level(logging.INFO, "dmt.server.ingest"):
+        statuses = {client.post("/v1/packages", content=seal(p)).status_code
+                    for _, p in cases}
+        honest = client.post("/v1/packages", content=seal(forge(base))).status_code
+    assert statuses == {400} and honest == 201
+    assert sum(app.state.ingestor.refusals.values()) == len(cases)
+    assert len([r for r in caplog.records if "package refused" in r.getMessage()]) == len(cases)
