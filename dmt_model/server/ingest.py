@@ -45,6 +45,7 @@ from sqlalchemy import Engine, bindparam, insert, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from dmt_model.server.policy import ServerPolicy
+from dmt_model.server.prescan import bounded_shape
 from dmt_model.server.report import IngestReport, Outcome
 from dmt_model.server.store import (
     CLASSES,
@@ -187,6 +188,8 @@ def _open(envelope: bytes, private_key: ServerPrivateKey,
     if len(envelope) > policy.max_bytes + ENVELOPE_OVERHEAD:
         raise InvalidPackage()
     plaintext = open_sealed(envelope, private_key, info=PACKAGE_INFO)
+    if not bounded_shape(plaintext):  # before msgpack allocates what headers declare
+        raise InvalidPackage()
     package = decode_package(plaintext, max_records=policy.max_records,
                              max_bytes=policy.max_bytes)
     return package, plaintext
