@@ -15,6 +15,7 @@ __all__ = [
     "DMTError",
     "InvalidBackup",
     "InvalidPackage",
+    "LedgerIntegrityError",
     "MissingDependencyError",
     "ModelFileError",
     "SchemaError",
@@ -47,6 +48,11 @@ class AnonymizationError(DMTError, ValueError):
 
 class BudgetExceededError(DMTError, RuntimeError):
     """A release would spend more privacy budget than the ledger allows."""
+
+
+class LedgerIntegrityError(DMTError, RuntimeError):
+    """A privacy ledger fails its integrity check (edited, truncated or corrupted): it refuses
+    to spend until it is restored from a good copy."""
 
 
 class ModelFileError(DMTError, ValueError):

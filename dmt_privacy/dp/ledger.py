@@ -22,12 +22,29 @@ is a new release with a new id and a new charge, since it draws new noise.
 Composition is basic sequential composition: spent ε is the sum of the ε of
 all rows, spent δ the sum of their δ. Tables are prefixed ``dp_`` so the
 ledger can live in the device's :class:`LocalStore` database file.
+
+Integrity. Every charge extends a hash chain that starts from the user's
+budget (SHA-256, or HMAC-SHA-256 under ``integrity_key``); the budget row
+keeps the number of charges and the chain's head. Every read of what was
+spent recomputes the chain over the rows (read without the index, so a
+corrupted index cannot hide rows): an edited, deleted or corrupted charge or
+budget raises :class:`~dmt_privacy.errors.LedgerIntegrityError` and nothing
+is spent. Without a key this detects corruption and naive edits, not a
+deliberate rewrite of the whole chain, nor the replacement of the file by an
+older copy (that needs state outside the file: pass an ``integrity_key``
+from the device's keychain and keep the head there). After each charge the
+WAL is checkpointed into the database file, so copying the ``.db`` file
+alone loses no charge. A user's budget is fixed when first stored:
+reopening it with another value, even in a race with another process that
+created it first, raises.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import hashlib
+import hmac
 import math
 import os
 import sqlite3
@@ -36,7 +53,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dmt_privacy.dp.receipt import ReleaseReceipt
-from dmt_privacy.errors import BudgetExceededError, ValidationError
+from dmt_privacy.errors import BudgetExceededError, LedgerIntegrityError, ValidationError
 
 __all__ = ["UNACCOUNTED", "LedgerEntry", "PrivacyLedger", "Spend", "Unaccounted"]
 
@@ -85,6 +102,10 @@ CREATE TABLE IF NOT EXISTS dp_charges (
 );
 CREATE INDEX IF NOT EXISTS dp_charges_user ON dp_charges(user_id);
 """
+#: Columns added after format 1 of the tables (added in place to older files).
+_CHAIN_COLUMNS = {"dp_budget": (("n_charges", "INTEGER"), ("head", "TEXT")),
+                  "dp_charges": (("chain", "TEXT"),)}
+_GENESIS = b"dmt privacy ledger chain v1"
 _TOLERANCE = 1e-12  # relative: ten charges of 0.1 fit a budget of 1.0
 
 
@@ -137,21 +158,125 @@ class PrivacyLedger:
         epsilon_budget: float | None = None,
         delta_budget: float | None = None,
         timeout: float = 30.0,
+        integrity_key: bytes | None = None,
     ) -> None:
         if not isinstance(user_id, str) or not user_id:
             raise ValidationError(f"user_id must be a non-empty string, got {user_id!r}.")
+        if integrity_key is not None and (not isinstance(integrity_key, bytes)
+                                          or len(integrity_key) < 16):
+            raise ValidationError("integrity_key must be at least 16 bytes (e.g. a random key "
+                                  "kept in the device's keychain), or None.")
         self.user_id = user_id
-        if isinstance(database, sqlite3.Connection):
-            self._conn = database
-            self._owns = False
-        else:
-            self._conn = sqlite3.connect(os.fspath(database), timeout=timeout,
-                                         isolation_level=None)
-            self._owns = True
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.executescript(_SCHEMA)
-        self._budget = self._open_budget(epsilon_budget, delta_budget)
+        self._integrity_key = integrity_key
+        self._owns = not isinstance(database, sqlite3.Connection)
+        try:
+            if isinstance(database, sqlite3.Connection):
+                self._conn = database
+            else:
+                self._conn = sqlite3.connect(os.fspath(database), timeout=timeout,
+                                             isolation_level=None)
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.executescript(_SCHEMA)
+            self._migrate()
+            self._budget = self._open_budget(epsilon_budget, delta_budget)
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                raise
+            raise self._corrupt(f"SQLite: {exc}") from None
+        self._verify(self._conn)
+
+    # --- integrity --------------------------------------------------------------
+    def _migrate(self) -> None:
+        """Add the chain columns to tables from before them; chain the rows already there."""
+        added = False
+        for table, columns in _CHAIN_COLUMNS.items():
+            have = {r[1] for r in self._conn.execute(f"PRAGMA table_info({table})")}
+            for name, kind in columns:
+                if name not in have:
+                    self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+                    added = True
+        if added:  # an older file: its rows are trusted once, then chained
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                users = [r[0] for r in self._conn.execute(
+                    "SELECT user_id FROM dp_budget WHERE head IS NULL")]
+                for user in users:
+                    self._rechain(user)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
+    def _rechain(self, user: str) -> None:
+        budget = self._conn.execute(
+            "SELECT epsilon_budget, delta_budget, created_at FROM dp_budget WHERE user_id = ?",
+            (user,)).fetchone()
+        head = self._genesis(user, float(budget[0]), float(budget[1]), str(budget[2]))
+        rows = self._conn.execute(
+            "SELECT rowid, release_id, epsilon, delta, receipt, charged_at FROM dp_charges "
+            "NOT INDEXED WHERE user_id = ? ORDER BY rowid", (user,)).fetchall()
+        for rowid, release_id, eps, dlt, receipt, charged_at in rows:
+            head = self._link(head, user, release_id, float(eps), float(dlt), receipt, charged_at)
+            self._conn.execute("UPDATE dp_charges SET chain = ? WHERE rowid = ?", (head, rowid))
+        self._conn.execute("UPDATE dp_budget SET n_charges = ?, head = ? WHERE user_id = ?",
+                           (len(rows), head, user))
+
+    def _digest(self, data: bytes) -> str:
+        if self._integrity_key is not None:
+            return hmac.new(self._integrity_key, data, hashlib.sha256).hexdigest()
+        return hashlib.sha256(data).hexdigest()
+
+    def _genesis(self, user: str, eps: float, dlt: float, created_at: str) -> str:
+        return self._digest(b"\x00".join([_GENESIS, user.encode(), repr(eps).encode(),
+                                           repr(dlt).encode(), created_at.encode()]))
+
+    def _link(self, head: str, user: str, release_id: str, eps: float, dlt: float,
+              receipt: str, charged_at: str) -> str:
+        return self._digest(b"\x00".join([head.encode(), user.encode(), release_id.encode(),
+                                           repr(eps).encode(), repr(dlt).encode(),
+                                           receipt.encode(), charged_at.encode()]))
+
+    def _corrupt(self, what: str) -> LedgerIntegrityError:
+        return LedgerIntegrityError(
+            f"The privacy ledger of user {self.user_id!r} fails its integrity check ({what}): "
+            "it was edited, truncated or corrupted. Nothing was spent; restore the database "
+            "from a good copy (or, knowingly, start a new ledger under a new user_id)."
+        )
+
+    def _verify(self, conn: sqlite3.Connection) -> Spend:
+        """Recompute the chain over every row; the spend, or LedgerIntegrityError."""
+        try:
+            budget = conn.execute(
+                "SELECT epsilon_budget, delta_budget, created_at, n_charges, head "
+                "FROM dp_budget NOT INDEXED WHERE user_id = ?", (self.user_id,)).fetchall()
+            rows = conn.execute(
+                "SELECT release_id, user_id, epsilon, delta, receipt, charged_at, chain "
+                "FROM dp_charges NOT INDEXED ORDER BY rowid").fetchall()
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+            raise self._corrupt(f"SQLite: {exc}") from None
+        if len(budget) != 1:
+            raise self._corrupt(f"{len(budget)} budget rows")
+        eps_b, dlt_b, created_at, n_charges, head = budget[0]
+        if (float(eps_b), float(dlt_b)) != (self._budget.epsilon, self._budget.delta):
+            raise self._corrupt("the budget changed")
+        chain = self._genesis(self.user_id, float(eps_b), float(dlt_b), str(created_at))
+        spent_eps: list[float] = []
+        spent_dlt: list[float] = []
+        for release_id, user, eps, dlt, receipt, charged_at, stored in rows:
+            if user != self.user_id:
+                continue
+            if not (isinstance(eps, float) and isinstance(dlt, float)):
+                raise self._corrupt(f"charge {release_id!r} is not a number")
+            chain = self._link(chain, user, str(release_id), eps, dlt, str(receipt),
+                               str(charged_at))
+            if stored != chain:
+                raise self._corrupt(f"charge {release_id!r} does not match its chain")
+            spent_eps.append(eps)
+            spent_dlt.append(dlt)
+        if n_charges != len(spent_eps) or head != chain:
+            raise self._corrupt(f"{len(spent_eps)} charges where {n_charges!r} were recorded")
+        return Spend(math.fsum(spent_eps), math.fsum(spent_dlt))
 
     # --- budget -----------------------------------------------------------------
     def _open_budget(self, epsilon: float | None, delta: float | None) -> Spend:
@@ -181,11 +306,15 @@ class PrivacyLedger:
             raise ValidationError(f"epsilon_budget must be a finite number > 0, got {epsilon!r}.")
         if not (math.isfinite(dlt) and 0 <= dlt < 1):
             raise ValidationError(f"delta_budget must lie in [0, 1), got {delta!r}.")
+        created = _now()
         self._conn.execute(
-            "INSERT OR IGNORE INTO dp_budget VALUES (?, ?, ?, ?)",
-            (self.user_id, eps, dlt, _now()),
+            "INSERT OR IGNORE INTO dp_budget (user_id, epsilon_budget, delta_budget, created_at, "
+            "n_charges, head) VALUES (?, ?, ?, ?, 0, ?)",
+            (self.user_id, eps, dlt, created, self._genesis(self.user_id, eps, dlt, created)),
         )
-        return self._open_budget(None, None)
+        # Re-read with the budget asked for: if another process stored the user's budget
+        # first with another value, this raises instead of handing that budget over.
+        return self._open_budget(eps, dlt)
 
     @property
     def budget(self) -> Spend:
@@ -197,10 +326,7 @@ class PrivacyLedger:
         return self._spent(self._conn)
 
     def _spent(self, conn: sqlite3.Connection) -> Spend:
-        rows = conn.execute(
-            "SELECT epsilon, delta FROM dp_charges WHERE user_id = ?", (self.user_id,)
-        ).fetchall()
-        return Spend(math.fsum(r[0] for r in rows), math.fsum(r[1] for r in rows))
+        return self._verify(conn)
 
     @property
     def remaining(self) -> Spend:
@@ -234,16 +360,32 @@ class PrivacyLedger:
                     "was released; lower the per-field ε, release fewer fields or records, or "
                     "wait for a new budget period."
                 )
+            head, n_charges = conn.execute(
+                "SELECT head, n_charges FROM dp_budget WHERE user_id = ?", (self.user_id,)
+            ).fetchone()
+            text, charged_at = receipt.to_json(), _now()
+            chain = self._link(head, self.user_id, receipt.release_id, eps, dlt, text,
+                               charged_at)
             conn.execute(
                 "INSERT INTO dp_charges (release_id, user_id, epsilon, delta, status, receipt, "
-                "charged_at) VALUES (?, ?, ?, ?, 'charged', ?, ?)",
-                (receipt.release_id, self.user_id, eps, dlt, receipt.to_json(), _now()),
+                "charged_at, chain) VALUES (?, ?, ?, ?, 'charged', ?, ?, ?)",
+                (receipt.release_id, self.user_id, eps, dlt, text, charged_at, chain),
             )
+            conn.execute("UPDATE dp_budget SET n_charges = ?, head = ? WHERE user_id = ?",
+                         (int(n_charges) + 1, chain, self.user_id))
             self._before_commit()
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        """Move the WAL into the database file, so a copy of the ``.db`` alone has the charge."""
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(FULL)").fetchall()
+        except sqlite3.OperationalError:  # another connection holds a lock: retried next time
+            pass
 
     def _before_commit(self) -> None:
         """Called inside the charge transaction, before COMMIT; tests kill the process here."""
