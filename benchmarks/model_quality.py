@@ -1,60 +1,75 @@
-"""Model quality and speed of the device side of the loop.
+"""Model quality and speed of the device side, on three regression data sets.
 
 Measures, in one run:
 
-1. the foundation's test RMSE/MAE on the reference app's 80/20 split protocol
-   (405 train / 101 test rows), 5 seeds;
+1. the foundation's test RMSE/MAE on the reference app's 80/20 split of
+   Boston (405 train / 101 test rows), 5 seeds;
 2. how closely the exported plain and updatable Core ML models (run through
-   the numpy evaluator on raw inputs) match the torch foundation on all 506 rows;
-3. one emulated update of 50 records × 500 epochs, beside a plain-torch
-   fine-tune of the same layers on the same batches (the peer);
-4. personalization on the simulated-user protocol (design.md), 5 seeds, at
-   appraisal spreads h ∈ {0, 0.15, 0.3}: the foundation, the oracle that knows
-   each user's factor, several update settings trained on each user's
-   training records, and the SDK's default path (``personalize`` with its
-   cross-validated keep-or-discard check).
+   the numpy evaluator on raw inputs) match the torch foundation on all rows;
+3. one emulated update with the default settings on 50 records, beside a
+   plain-torch fine-tune of the same layer on the same batches (the peer);
+4. scale invariance: Boston with its target × 1000 gives the same relative
+   per-user result;
+5. personalization on the simulated-user protocol (design.md), on Boston,
+   star98 and Friedman #2 (``dmt_model.datasets.REGRESSION_DATASETS``), 5
+   seeds, h ∈ {0, 0.15, 0.3}: the foundation, the oracle that knows each
+   user's factor, and ``personalize()`` with the defaults under the loss
+   conventions a device might use (mean over the batch, ½·mean; the sum over
+   a batch of one is the mean, checked on seed 0 to be the same update); how
+   often a kept update raised the user's test error, how often a discarded
+   one would have lowered it, and how often the oracle itself raises it (the
+   test sets hold 4–6 records a user);
+6. the full loop (``dmt_model.loop.run_loop``: share with k = 5 and the
+   target under local DP at ε = 1 per record, ingest, retrain, gate, adopt on
+   all local records) against personalizing v1 with nothing shared.
+
+v1 is trained on 80 % of the proxy data in every section from 5 on; the
+other 20 % is the server's validation data for the gate.
 
 Writes ``benchmarks/results/model_quality.json`` and ``model_quality.png``.
-Run: ``.venv/bin/python benchmarks/model_quality.py`` (about 3 minutes).
+Run: ``.venv/bin/python benchmarks/model_quality.py [--seeds 5] [--workers 2]
+[--output DIR]`` (about 25 minutes on 2 cores).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import statistics
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import torch
-
-from dmt_model.coreml import UpdateSettings, build_spec, export_coreml, load_spec, predict_frame
-from dmt_model.coreml.evaluate import evaluate_spec
-from dmt_model.coreml.weights import get_inner_product
-from dmt_model.datasets import BOSTON_SCHEMA, load_boston, simulate_users
-from dmt_model.foundation import TrainingConfig, train_foundation
-from dmt_model.personalize import batch_order, personalize, update_spec
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SEEDS = range(5)
 SPREADS = (0.0, 0.15, 0.3)
-CONFIGS = {  # name: (updatable layers, optimizer, learning rate, batch size)
-    "last layer, SGD 3e-4": (1, "sgd", 3e-4, 8),
-    "last two, SGD 1e-3": (2, "sgd", 1e-3, 8),
-    "last two, SGD 3e-4 (default)": (2, "sgd", 3e-4, 8),
-    "last layer, Adam 1e-3": (1, "adam", 1e-3, 8),
-}
+USERS = {"boston": 20, "star98": 10, "friedman": 20}
+CONVENTIONS = ("mean", "half")
 
 
 def rmse(predicted, actual) -> float:
     return float(np.sqrt(np.mean((np.asarray(predicted, float) - np.asarray(actual, float)) ** 2)))
 
 
-def foundation_protocol(data) -> dict:
+def _convention(name: str):
+    from dmt_model.personalize import LossConvention
+
+    return {"mean": LossConvention(), "sum": LossConvention(reduction="sum"),
+            "half": LossConvention(half=True)}[name]
+
+
+# --- 1–4: the foundation, parity, speed, scale -------------------------------------------------
+
+def foundation_protocol(seeds: int) -> dict:
+    from dmt_model.datasets import BOSTON_SCHEMA, load_boston
+    from dmt_model.foundation import TrainingConfig, train_foundation
+
+    data = load_boston()
     rows = []
-    for seed in SEEDS:
+    for seed in range(seeds):
         order = np.random.default_rng(seed).permutation(len(data))
         train, test = data.iloc[order[:405]], data.iloc[order[405:]]
         started = time.perf_counter()
@@ -64,15 +79,20 @@ def foundation_protocol(data) -> dict:
                      "train_seconds": time.perf_counter() - started})
     out = {"runs": rows,
            "rmse_mean": statistics.mean(r["rmse"] for r in rows),
-           "rmse_std": statistics.stdev(r["rmse"] for r in rows),
+           "rmse_std": statistics.stdev(r["rmse"] for r in rows) if len(rows) > 1 else 0.0,
            "mae_mean": statistics.mean(r["mae"] for r in rows),
            "reference_app_rmse": 4.36, "target_rmse": 3.3}
-    print(f"foundation, 80/20 split, 5 seeds: RMSE {out['rmse_mean']:.3f} ± {out['rmse_std']:.3f}"
-          f", MAE {out['mae_mean']:.3f} (reference app 4.36; target ≤ 3.3)")
+    print(f"foundation, Boston 80/20 split, {seeds} seeds: RMSE {out['rmse_mean']:.3f} ± "
+          f"{out['rmse_std']:.3f}, MAE {out['mae_mean']:.3f} (reference app 4.36; target ≤ 3.3)")
     return out
 
 
-def parity(data) -> dict:
+def parity() -> dict:
+    from dmt_model.coreml import UpdateSettings, export_coreml, load_spec, predict_frame
+    from dmt_model.datasets import BOSTON_SCHEMA, load_boston
+    from dmt_model.foundation import TrainingConfig, train_foundation
+
+    data = load_boston()
     model = train_foundation(data, BOSTON_SCHEMA, TrainingConfig(seed=0))
     expected = model.predict(data)
     out = {}
@@ -86,25 +106,34 @@ def parity(data) -> dict:
     return out
 
 
-def torch_fine_tune(spec, frame, settings: UpdateSettings) -> None:
-    """The peer: a plain-torch fine-tune of the same layers on the same batches."""
+def torch_fine_tune(spec, frame, settings, target: str) -> None:
+    """The peer: a plain-torch fine-tune of the same updatable layers on the same batches."""
+    import torch
+
+    from dmt_model.coreml import updatable_layers
+    from dmt_model.coreml.evaluate import evaluate_spec
+    from dmt_model.coreml.weights import get_inner_product
+    from dmt_model.personalize import batch_order
+
     torch.set_num_threads(1)
+    names = updatable_layers(spec)
     inputs = {f.name: frame[f.name].to_numpy(float) for f in spec.description.input}
-    first = f"dense_{3 - settings.updatable_layers}"
-    start = next(la.input[0] for la in spec.neuralNetwork.layers if la.name == first)
+    start = next(la.input[0] for la in spec.neuralNetwork.layers if la.name == names[0])
     (features,) = evaluate_spec(spec, inputs, outputs=[start]).values()
-    modules = []
-    for i in range(3 - settings.updatable_layers, 3):
-        weight, bias = get_inner_product(spec, f"dense_{i}")
+    modules: list = []
+    for name in names:
+        weight, bias = get_inner_product(spec, name)
         linear = torch.nn.Linear(weight.shape[1], weight.shape[0])
         with torch.no_grad():
             linear.weight.copy_(torch.from_numpy(weight))
             linear.bias.copy_(torch.from_numpy(bias))
-        modules += [linear, torch.nn.ReLU()]
-    net = torch.nn.Sequential(*modules[:-1])
+        modules.append(linear)
+        if name.startswith("dense_") and name != "dense_2":
+            modules.append(torch.nn.ReLU())
+    net = torch.nn.Sequential(*modules)
     optimizer = torch.optim.SGD(net.parameters(), lr=settings.learning_rate)
     x = torch.from_numpy(features)
-    y = torch.from_numpy(frame["MEDV"].to_numpy(np.float32))
+    y = torch.from_numpy(frame[target].to_numpy(np.float32))
     for batches in batch_order(len(frame), batch_size=settings.batch_size,
                                epochs=settings.epochs, shuffle=True, seed=0):
         for index in batches:
@@ -114,7 +143,13 @@ def torch_fine_tune(spec, frame, settings: UpdateSettings) -> None:
             optimizer.step()
 
 
-def update_speed(data) -> dict:
+def update_speed() -> dict:
+    from dmt_model.coreml import UpdateSettings, build_spec
+    from dmt_model.datasets import BOSTON_SCHEMA, load_boston
+    from dmt_model.foundation import TrainingConfig, train_foundation
+    from dmt_model.personalize import update_spec
+
+    data = load_boston()
     model = train_foundation(data.iloc[:152], BOSTON_SCHEMA, TrainingConfig(epochs=50))
     settings = UpdateSettings()
     spec = build_spec(model, updatable=settings)
@@ -125,104 +160,278 @@ def update_speed(data) -> dict:
         update_spec(spec, records)
         ours.append(time.perf_counter() - started)
         started = time.perf_counter()
-        torch_fine_tune(spec, records, settings)
+        torch_fine_tune(spec, records, settings, "MEDV")
         peer.append(time.perf_counter() - started)
     out = {"records": 50, "epochs": settings.epochs, "batch_size": settings.batch_size,
            "updatable_layers": settings.updatable_layers,
            "dmt_seconds_median": statistics.median(ours),
            "torch_seconds_median": statistics.median(peer), "target_seconds": 0.5}
     out["speedup_vs_torch"] = out["torch_seconds_median"] / out["dmt_seconds_median"]
-    print(f"one update, 50 records × 500 epochs: dmt {out['dmt_seconds_median']:.3f} s, "
-          f"plain torch {out['torch_seconds_median']:.3f} s "
-          f"({out['speedup_vs_torch']:.1f}× faster; target < 0.5 s)")
+    print(f"one default update, 50 records × {settings.epochs} epochs (batch "
+          f"{settings.batch_size}): dmt {out['dmt_seconds_median']:.3f} s, plain torch "
+          f"{out['torch_seconds_median']:.3f} s ({out['speedup_vs_torch']:.1f}× faster; "
+          "target < 0.5 s)")
     return out
 
 
-def personalization(data) -> dict:
-    methods = ["foundation", "oracle", *CONFIGS, "personalize() default, CV-checked"]
-    results: dict = {str(h): {m: [] for m in methods} for h in SPREADS}
-    accepted: dict = {str(h): [] for h in SPREADS}
-    folder = Path(tempfile.mkdtemp())
+def scale_invariance() -> dict:
+    """Per-user RMSE before and after personalize() on Boston and on Boston with MEDV × 1000."""
+    import dataclasses
+
+    from dmt_model.coreml import UpdateSettings, export_coreml, load_spec, predict_frame
+    from dmt_model.datasets import BOSTON_SCHEMA, load_boston, simulate_users
+    from dmt_model.foundation import TrainingConfig, train_foundation
+    from dmt_model.personalize import personalize
+    from dmt_privacy.schema import Schema
+
+    scaled_schema = Schema(name="boston-x1000", fields=tuple(
+        dataclasses.replace(f, bounds=(0.0, 60_000.0), grid=100.0) if f.name == "MEDV" else f
+        for f in BOSTON_SCHEMA))
+    sim = simulate_users(load_boston(), spread=0.15, seed=0)
+    errors: dict[float, list[tuple[float, float]]] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for factor, schema in ((1.0, BOSTON_SCHEMA), (1000.0, scaled_schema)):
+            proxy = sim.proxy.assign(MEDV=sim.proxy["MEDV"] * factor)
+            model = train_foundation(proxy, schema, TrainingConfig(seed=0))
+            path = export_coreml(model, Path(folder) / f"v1-{factor:g}.mlmodel",
+                                 updatable=UpdateSettings())
+            errors[factor] = []
+            for user in sim.users:
+                personal = Path(folder) / f"user-{factor:g}.mlmodel"
+                shutil.copyfile(path, personal)
+                personalize(personal, user.train.assign(MEDV=user.train["MEDV"] * factor))
+                y = user.test["MEDV"].to_numpy() * factor
+                errors[factor].append(
+                    (rmse(predict_frame(load_spec(path), user.test), y) / factor,
+                     rmse(predict_frame(load_spec(personal), user.test), y) / factor))
+    plain, scaled = np.array(errors[1.0]), np.array(errors[1000.0])
+    difference = float(np.max(np.abs(plain - scaled) / plain))
+    out = {"foundation": float(plain[:, 0].mean()), "personal": float(plain[:, 1].mean()),
+           "foundation_x1000": float(scaled[:, 0].mean()) * 1000,
+           "personal_x1000": float(scaled[:, 1].mean()) * 1000,
+           "max_relative_per_user_difference": difference}
+    print(f"scale invariance, Boston seed 0, h = 0.15: mean per-user RMSE foundation → "
+          f"personal {out['foundation']:.4f} → {out['personal']:.4f}; with MEDV × 1000 "
+          f"{out['foundation_x1000']:.1f} → {out['personal_x1000']:.1f}; largest per-user "
+          f"relative difference {difference:.1e}")
+    return out
+
+
+# --- 5–6: personalization and the full loop, one task per data set, spread and seed -----------
+
+def _personalization(dataset, sim, v1_path: Path, folder: Path, seed: int,
+                     conventions: tuple[str, ...]) -> dict:
+    from dmt_model.coreml import load_spec, predict_frame
+    from dmt_model.personalize import personalize, update_spec, with_prior
+
+    v1 = load_spec(v1_path)
+    out: dict = {c: [] for c in conventions}
+    out["users"] = []
+    for user in sim.users:
+        y = user.test[dataset.target].to_numpy()
+        base = predict_frame(v1, user.test)
+        out["users"].append({"foundation": rmse(base, y), "oracle": rmse(base * user.factor, y)})
+        for name in conventions:
+            personal = folder / f"{name}.mlmodel"
+            shutil.copyfile(v1_path, personal)
+            result = personalize(personal, user.train, seed=seed, convention=_convention(name))
+            # The update the rule judged, kept or not: the same deterministic run.
+            prior = result.prior_records if result.prior_records is not None else 0
+            candidate, _ = update_spec(v1, with_prior(v1, user.train, prior),
+                                       convention=_convention(name))
+            out[name].append({"kept": result.accepted, "prior_records": prior,
+                              "rmse": rmse(predict_frame(load_spec(personal), user.test), y),
+                              "candidate_rmse": rmse(predict_frame(candidate, user.test), y)})
+    return out
+
+
+def run_task(task: tuple[str, float, int]) -> dict:
+    import torch
+
+    from dmt_model.coreml import UpdateSettings, export_coreml
+    from dmt_model.datasets import REGRESSION_DATASETS, simulate_users
+    from dmt_model.foundation import TrainingConfig, train_foundation
+    from dmt_model.loop import run_loop
+    from dmt_model.server.retrain import validation_split
+
+    torch.set_num_threads(1)
+    name, spread, seed = task
+    dataset = REGRESSION_DATASETS[name]
+    started = time.perf_counter()
+    sim = simulate_users(dataset.load(), n_users=USERS[name], spread=spread, seed=seed,
+                         location=dataset.location, target=dataset.target)
+    proxy, _ = validation_split(sim.proxy, seed=seed)
+    config = TrainingConfig(seed=seed)
+    v1 = train_foundation(proxy, dataset.schema, config)
+    folder = Path(tempfile.mkdtemp(prefix="dmt-bench-"))
     try:
-        for seed in SEEDS:
-            for h in SPREADS:
-                sim = simulate_users(data, spread=h, seed=seed)
-                model = train_foundation(sim.proxy, BOSTON_SCHEMA, TrainingConfig(seed=seed))
-                specs = {name: build_spec(model, updatable=UpdateSettings(
-                    updatable_layers=c[0], optimizer=c[1], learning_rate=c[2], batch_size=c[3]))
-                    for name, c in CONFIGS.items()}
-                default = export_coreml(model, folder / "default.mlmodel",
-                                        updatable=UpdateSettings())
-                base = specs["last two, SGD 3e-4 (default)"]
-                per_user: dict = {m: [] for m in methods}
-                kept = 0
-                for user in sim.users:
-                    y = user.test["MEDV"].to_numpy()
-                    before = predict_frame(base, user.test)
-                    per_user["foundation"].append(rmse(before, y))
-                    per_user["oracle"].append(rmse(before * user.factor, y))
-                    for name, spec in specs.items():
-                        updated, _ = update_spec(spec, user.train)
-                        per_user[name].append(rmse(predict_frame(updated, user.test), y))
-                    personal = folder / "personal.mlmodel"
-                    shutil.copyfile(default, personal)
-                    kept += personalize(personal, user.train, seed=seed).accepted
-                    per_user["personalize() default, CV-checked"].append(
-                        rmse(predict_frame(load_spec(personal), user.test), y))
-                for m in methods:
-                    results[str(h)][m].append(float(np.mean(per_user[m])))
-                accepted[str(h)].append(kept / len(sim.users))
+        v1_path = export_coreml(v1, folder / "v1.mlmodel", updatable=UpdateSettings())
+        conventions = CONVENTIONS + (("sum",) if seed == 0 else ())
+        personalization = _personalization(dataset, sim, v1_path, folder, seed, conventions)
+        loop = run_loop(sim, dataset.schema, quasi_identifiers=dataset.quasi_identifiers,
+                        workdir=folder / "loop", seed=seed, config=config, foundation=v1)
     finally:
-        shutil.rmtree(folder)
-    summary = {h: {m: {"mean": statistics.mean(v), "std": statistics.stdev(v)}
-                   for m, v in per_method.items()} for h, per_method in results.items()}
-    print("\nper-user test RMSE, mean ± std over 5 seeds (simulated users, 20 per seed)")
-    print(f"{'method':<38}" + "".join(f"{'h = ' + h:>16}" for h in summary))
-    for m in methods:
-        print(f"{m:<38}" + "".join(
-            f"{summary[h][m]['mean']:>9.3f} ± {summary[h][m]['std']:.2f}" for h in summary))
-    print(f"{'share of users whose update was kept':<38}" + "".join(
-        f"{statistics.mean(accepted[h]):>16.2f}" for h in summary))
-    return {"per_seed": results, "summary": summary, "kept_fraction": accepted}
+        shutil.rmtree(folder, ignore_errors=True)
+    return {"dataset": name, "spread": spread, "seed": seed,
+            "seconds": time.perf_counter() - started, "personalization": personalization,
+            "loop": {"v1_validation_rmse": loop.v1_validation_rmse,
+                     "v2_validation_rmse": loop.v2_validation_rmse,
+                     "v2_published": loop.v2_published,
+                     "records_released": loop.records_released,
+                     "records_quarantined": loop.records_quarantined,
+                     "users": [vars(u) for u in loop.users]}}
 
 
-def plot(result: dict, path: Path) -> None:
+def summarize(tasks: list[dict]) -> dict:
+    """Means over users, then mean ± std over seeds, per data set and spread."""
+    summary: dict = {}
+    for name in USERS:
+        for spread in SPREADS:
+            runs = [t for t in tasks if t["dataset"] == name and t["spread"] == spread]
+            if not runs:
+                continue
+
+            def over_seeds(values: list[float]) -> dict:
+                return {"mean": statistics.mean(values),
+                        "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+            cell: dict = {}
+            p = [t["personalization"] for t in runs]
+            cell["foundation"] = over_seeds([np.mean([u["foundation"] for u in r["users"]])
+                                             for r in p])
+            cell["oracle"] = over_seeds([np.mean([u["oracle"] for u in r["users"]]) for r in p])
+            for conv in ("mean", "half", "sum"):
+                have = [r for r in p if conv in r]
+                if not have:
+                    continue
+                cell[f"personalize ({conv})"] = over_seeds(
+                    [np.mean([u["rmse"] for u in r[conv]]) for r in have])
+                kept = [(u, base) for r in have for u, base in zip(r[conv], r["users"],
+                                                                    strict=True) if u["kept"]]
+                dropped = [(u, base) for r in have for u, base in zip(r[conv], r["users"],
+                                                                      strict=True)
+                           if not u["kept"]]
+                cell[f"rule ({conv})"] = {
+                    "kept": len(kept), "users": len(kept) + len(dropped),
+                    "kept_that_raised_test_error": sum(u["rmse"] > b["foundation"]
+                                                       for u, b in kept),
+                    "discarded_that_would_have_lowered_it": sum(
+                        u["candidate_rmse"] < b["foundation"] for u, b in dropped),
+                    "discarded": len(dropped)}
+            oracle_raised = sum(u["oracle"] > u["foundation"] for r in p for u in r["users"])
+            cell["oracle_raised_test_error"] = {"users": oracle_raised,
+                                                "of": sum(len(r["users"]) for r in p)}
+            loops = [t["loop"] for t in runs]
+            cell["loop: personal v1, nothing shared"] = over_seeds(
+                [np.mean([u["personal"] for u in lp["users"]]) for lp in loops])
+            cell["loop: after sharing, gate, adoption"] = over_seeds(
+                [np.mean([u["final"] for u in lp["users"]]) for lp in loops])
+            adoptions = [(u["final"], u["personal"]) for lp in loops for u in lp["users"]
+                         if u["adopted"]]
+            cell["loop: adoption"] = {
+                "v2_published_runs": sum(lp["v2_published"] for lp in loops),
+                "runs": len(loops), "adopted": len(adoptions),
+                "users": sum(len(lp["users"]) for lp in loops),
+                "adoptions_that_raised_test_error": sum(f > p_ for f, p_ in adoptions),
+                "largest_raise_relative": max([f / p_ - 1 for f, p_ in adoptions],
+                                              default=0.0),
+                "records_released_mean": statistics.mean(lp["records_released"]
+                                                         for lp in loops),
+                "epsilon_spent_per_user_mean": float(np.mean(
+                    [u["epsilon_spent"] for lp in loops for u in lp["users"]]))}
+            summary.setdefault(name, {})[str(spread)] = cell
+    return summary
+
+
+def report(summary: dict) -> None:
+    for name, by_spread in summary.items():
+        print(f"\n{name}: per-user test RMSE, mean ± std over seeds")
+        rows = [m for m in next(iter(by_spread.values())) if isinstance(
+            next(iter(by_spread.values()))[m], dict) and "mean" in next(
+            iter(by_spread.values()))[m]]
+        print(f"{'':<40}" + "".join(f"{'h = ' + h:>18}" for h in by_spread))
+        for m in rows:
+            print(f"{m:<40}" + "".join(
+                f"{by_spread[h][m]['mean']:>10.3f} ± {by_spread[h][m]['std']:<5.2f}"
+                for h in by_spread))
+        for h, cell in by_spread.items():
+            for conv in ("mean", "half", "sum"):
+                rule = cell.get(f"rule ({conv})")
+                if rule:
+                    print(f"  h={h} {conv}: kept {rule['kept']}/{rule['users']}, of which "
+                          f"{rule['kept_that_raised_test_error']} raised the user's test error; "
+                          f"{rule['discarded_that_would_have_lowered_it']} of "
+                          f"{rule['discarded']} discarded would have lowered it")
+            o = cell["oracle_raised_test_error"]
+            a = cell["loop: adoption"]
+            print(f"  h={h}: the oracle itself raised the test error of {o['users']}/{o['of']} "
+                  f"users; v2 published in {a['v2_published_runs']}/{a['runs']} runs, adopted "
+                  f"by {a['adopted']}/{a['users']} users, {a['adoptions_that_raised_test_error']}"
+                  f" of them raised their test error (largest +{a['largest_raise_relative']:.1%})")
+
+
+def plot(summary: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    summary = result["personalization"]["summary"]
-    spreads = list(summary)
-    methods = list(summary[spreads[0]])
-    fig, ax = plt.subplots(figsize=(10, 4.8))
-    width = 0.8 / len(methods)
-    for i, m in enumerate(methods):
-        means = [summary[h][m]["mean"] for h in spreads]
-        stds = [summary[h][m]["std"] for h in spreads]
-        ax.bar(np.arange(len(spreads)) + i * width, means, width, yerr=stds, label=m, capsize=2)
-    ax.set_xticks(np.arange(len(spreads)) + width * (len(methods) - 1) / 2)
-    ax.set_xticklabels([f"appraisal spread h = {h}" for h in spreads])
-    ax.set_ylabel("per-user test RMSE ($1000s)")
-    ax.set_title("Personalization on simulated Boston users (5 seeds, mean ± std)")
-    ax.legend(fontsize=8, ncol=2, loc="upper left")
-    ax.set_ylim(0, max(summary[h][m]["mean"] for h in spreads for m in methods) * 1.35)
-    fig.tight_layout()
+    methods = [("foundation", "foundation v1"), ("personalize (mean)", "personalize(), mean MSE"),
+               ("personalize (half)", "personalize(), ½·MSE"),
+               ("loop: after sharing, gate, adoption", "after sharing + adopting v2")]
+    fig, axes = plt.subplots(1, len(summary), figsize=(4.2 * len(summary), 4.2), sharey=True)
+    axes = np.atleast_1d(axes)
+    for ax, (name, by_spread) in zip(axes, summary.items(), strict=True):
+        spreads = list(by_spread)
+        width = 0.8 / len(methods)
+        for i, (key, label) in enumerate(methods):
+            ratio = [by_spread[h][key]["mean"] / by_spread[h]["oracle"]["mean"] for h in spreads]
+            ax.bar(np.arange(len(spreads)) + (i - (len(methods) - 1) / 2) * width, ratio, width,
+                   label=label)
+        ax.axhline(1.0, color="black", linewidth=1)
+        ax.axhline(1.03, color="gray", linewidth=1, linestyle="--")
+        ax.set_xticks(np.arange(len(spreads)))
+        ax.set_xticklabels([f"h = {h}" for h in spreads])
+        ax.set_title(name)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("mean per-user test RMSE / oracle's")
+    lows = [by[h][k]["mean"] / by[h]["oracle"]["mean"] for by in summary.values() for h in by
+            for k, _ in methods]
+    axes[0].set_ylim(min(lows) - 0.03, max(lows) + 0.05)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(methods), fontsize=8)
+    fig.suptitle("Per-user test RMSE relative to the oracle (5 seeds; dashed: oracle + 3 %)")
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
 
 
 def main() -> None:
-    data = load_boston()
-    RESULTS.mkdir(exist_ok=True)
-    result = {
-        "foundation": foundation_protocol(data),
-        "parity": parity(data),
-        "update_speed": update_speed(data),
-        "personalization": personalization(data),
-    }
-    (RESULTS / "model_quality.json").write_text(json.dumps(result, indent=2))
-    plot(result, RESULTS / "model_quality.png")
-    print(f"\nwrote {RESULTS / 'model_quality.json'} and model_quality.png")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--datasets", default=",".join(USERS))
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    args.output.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    result: dict = {"foundation": foundation_protocol(args.seeds), "parity": parity(),
+                    "update_speed": update_speed(), "scale_invariance": scale_invariance()}
+    tasks = [(name, h, seed) for name in args.datasets.split(",") for h in SPREADS
+             for seed in range(args.seeds)]
+    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        runs = []
+        for run in pool.map(run_task, tasks):
+            print(f"  {run['dataset']} h={run['spread']} seed {run['seed']}: "
+                  f"{run['seconds']:.0f} s", flush=True)
+            runs.append(run)
+    result["runs"] = runs
+    result["summary"] = summarize(runs)
+    result["seconds"] = time.perf_counter() - started
+    report(result["summary"])
+    (args.output / "model_quality.json").write_text(json.dumps(result, indent=2))
+    plot(result["summary"], args.output / "model_quality.png")
+    print(f"\nwrote {args.output / 'model_quality.json'} and model_quality.png "
+          f"in {result['seconds'] / 60:.1f} min")
 
 
 if __name__ == "__main__":

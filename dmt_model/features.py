@@ -169,7 +169,8 @@ class Featurizer:
         target = self.schema.target
         if target is None or target.name not in frame.columns or len(frame) == 0:
             return
-        values = self.target_values(frame).astype(np.float64)
+        self.target_values(frame)  # checks that every target is a finite number
+        values = frame[target.name].to_numpy(dtype=np.float64)
         std = float(values.std(ddof=0))
         self.target_mean_ = float(values.mean())
         self.target_scale_ = std if std > 0 else 1.0

@@ -142,11 +142,14 @@ def _build_network(vocabulary_sizes: list[int], n_numeric: int, *, target_mean: 
             self.register_buffer("target_scale", torch.tensor(float(target_scale)),
                                  persistent=False)
 
+        def standardized(self, numeric: Any, *one_hots: Any) -> Any:
+            """The prediction of the standardized target ``(y − mean) / scale``."""
+            parts = [oh @ emb.weight for oh, emb in zip(one_hots, self.embeddings, strict=True)]
+            return self.dense(torch.cat([*parts, numeric], dim=1)).squeeze(1)
+
         def forward(self, numeric: Any, *one_hots: Any) -> Any:
             """The prediction in the target's units."""
-            parts = [oh @ emb.weight for oh, emb in zip(one_hots, self.embeddings, strict=True)]
-            standardized = self.dense(torch.cat([*parts, numeric], dim=1)).squeeze(1)
-            return standardized * self.target_scale + self.target_mean
+            return self.standardized(numeric, *one_hots) * self.target_scale + self.target_mean
 
     return FoundationNet()
 
@@ -242,14 +245,17 @@ def train_foundation(
 ) -> Foundation:
     """Fit a featurizer on ``frame`` and train the foundation network on it.
 
-    ``on_epoch_end(epoch, mean_training_loss)`` is called after each epoch
+    ``on_epoch_end(epoch, mean_training_loss)`` is called after each epoch (the loss is
+    the squared error of the standardized target, so it has no units)
     (for progress bars).
     """
     if len(frame) == 0:
         raise ValidationError("Cannot train a foundation model on zero records.")
     featurizer = Featurizer(schema).fit(frame)
-    return fit_foundation(featurizer, featurizer.transform(frame),
-                          featurizer.target_values(frame), config, on_epoch_end=on_epoch_end)
+    featurizer.target_values(frame)  # checks that every target is a finite number
+    target = frame[featurizer.target].to_numpy(dtype=np.float64)  # standardized in float64
+    return fit_foundation(featurizer, featurizer.transform(frame), target, config,
+                          on_epoch_end=on_epoch_end)
 
 
 def fit_foundation(
@@ -296,7 +302,11 @@ def fit_foundation(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a network this small trains fastest on one thread
     try:
-        _train_epochs(network, inputs, torch.from_numpy(np.asarray(target, np.float32)),
+        # The standardized target, computed in float64: the same data in other units
+        # trains bit for bit the same network.
+        standardized = (np.asarray(target, np.float64) - featurizer.target_mean_) \
+            / featurizer.target_scale_
+        _train_epochs(network, inputs, torch.from_numpy(standardized.astype(np.float32)),
                       None if weight is None else torch.from_numpy(weight),
                       optimizer, shuffle, config, on_epoch_end)
     finally:
@@ -316,8 +326,7 @@ def _train_epochs(network: Any, inputs: list[Any], target: Any, weight: Any, opt
         for start in range(0, n, config.batch_size):
             index = order[start:start + config.batch_size]
             optimizer.zero_grad()
-            squared = standardized_squared_error(network, network(*(t[index] for t in inputs)),
-                                                 target[index])
+            squared = (network.standardized(*(t[index] for t in inputs)) - target[index]) ** 2
             if weight is None:
                 loss = torch.mean(squared)
             else:

@@ -1,0 +1,231 @@
+"""The whole loop on simulated users, in one function: what ``dmt demo`` shows and
+``benchmarks/model_quality.py`` measures.
+
+1. The server keeps part of its proxy data aside for validation
+   (:func:`~dmt_model.server.retrain.validation_split`), trains the foundation
+   on the rest and publishes it as v1.
+2. Each device stores its records (:class:`~dmt_privacy.store.LocalStore`) and
+   personalizes v1 on all of them (:func:`~dmt_model.personalize.personalize`:
+   kept only if cross-validation says it helps).
+3. Each device shares its shareable records: quasi-identifiers generalized by a
+   k-anonymity plan fitted on the server's training proxy, the target under
+   local DP, sealed to the server's key (:func:`~dmt_privacy.sharing.share`);
+   the server ingests them and releases classes holding records from k devices.
+4. The server retrains on its training proxy plus the released records as
+   received (re-validated and weighed by its own policy) and publishes v2 only
+   if the gate finds it no worse on the validation data.
+5. If v2 is published, each device adopts it re-personalized on its local
+   records (all of them by default) only if the same decision rule says it
+   beats the device's current personal model.
+
+Every figure is a per-user test RMSE on records no step trained on.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+
+from dmt_model.datasets.users import Simulation
+from dmt_model.foundation import TrainingConfig
+from dmt_privacy.errors import ValidationError
+from dmt_privacy.schema import Schema
+
+__all__ = ["LoopResult", "UserOutcome", "run_loop"]
+
+T = TypeVar("T")
+Progress = Callable[[Iterable[T], str], Iterable[T]]
+Stage = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class UserOutcome:
+    """One simulated user's test RMSE at each stage of the loop."""
+
+    user_id: int
+    factor: float
+    foundation: float  # v1 as shipped
+    oracle: float  # v1 × the user's factor
+    personal: float  # v1 personalized on the device; nothing shared
+    personalized: bool  # whether the decision rule kept that update
+    new_version: float | None  # v2 as shipped, if the gate published it
+    final: float  # the model the device holds at the end
+    adopted: bool  # whether the device adopted v2
+    shared_records: int
+    epsilon_spent: float  # user-level ε the device's ledger was charged
+
+
+@dataclass(frozen=True)
+class LoopResult:
+    users: tuple[UserOutcome, ...]
+    v1_validation_rmse: float
+    v2_validation_rmse: float
+    v2_published: bool
+    packages_accepted: int
+    packages_rejected: int
+    records_released: int
+    records_quarantined: int
+    workdir: Path
+    devices: dict[int, Path] = field(default_factory=dict)  # user id → personal model file
+
+    def mean(self, stage: str) -> float:
+        """Mean over users of one stage's RMSE (``"foundation"``, ``"personal"``, ``"final"``…)."""
+        values = [getattr(u, stage) for u in self.users]
+        values = [v for v in values if v is not None]
+        return float(np.mean(values)) if values else float("nan")
+
+
+def _rmse(predicted: np.ndarray, actual: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((np.asarray(predicted, float) - np.asarray(actual, float)) ** 2)))
+
+
+def _quietly(items: Iterable[T], _: str) -> Iterable[T]:
+    return items
+
+
+def run_loop(
+    simulation: Simulation,
+    schema: Schema,
+    *,
+    quasi_identifiers: Sequence[str],
+    workdir: str | Path,
+    k: int = 5,
+    epsilon: float = 1.0,
+    seed: int = 0,
+    config: TrainingConfig | None = None,
+    foundation: Any = None,
+    validation_fraction: float = 0.2,
+    adopt_on: Literal["all", "unshared"] = "all",
+    progress: Progress[Any] | None = None,
+    on_stage: Stage | None = None,
+) -> LoopResult:
+    """Run the loop of the module docstring; files go under ``workdir`` (which must be empty).
+
+    ``progress(iterable, description)`` wraps the per-user iterations (for
+    progress bars) and ``on_stage(description)`` is called as each server
+    stage starts; ``adopt_on`` chooses which local records a device
+    re-personalizes v2 on. ``foundation``: a v1 already trained on the
+    training part of :func:`~dmt_model.server.retrain.validation_split` with
+    the same ``seed`` and ``validation_fraction`` (it is trained here if
+    ``None``).
+    """
+    from dmt_model.coreml import load_spec, predict_frame
+    from dmt_model.foundation import train_foundation
+    from dmt_model.personalize import adopt_new_version, personalize
+    from dmt_model.server import ServerPolicy, SharedStore, ingest
+    from dmt_model.server.retrain import ModelRegistry, retrain_foundation, validation_split
+    from dmt_model.server.training import policy_batches
+    from dmt_privacy.anonymity import KAnonymizer
+    from dmt_privacy.seal import generate_server_key
+    from dmt_privacy.sharing import SharingPolicy, share
+    from dmt_privacy.store import LocalStore
+
+    if adopt_on not in ("all", "unshared"):
+        raise ValidationError(f"adopt_on must be 'all' or 'unshared', got {adopt_on!r}.")
+    workdir = Path(workdir)
+    if workdir.exists() and any(workdir.iterdir()):
+        raise ValidationError(f"workdir {workdir} is not empty; give a new or empty folder.")
+    progress = progress or _quietly
+    on_stage = on_stage or (lambda description: None)
+    target = schema.target
+    if target is None:
+        raise ValidationError(f"Schema {schema.name!r} has no target field.")
+    config = config or TrainingConfig(seed=seed)
+
+    # 1. The server: training proxy, validation proxy, v1.
+    proxy, validation = validation_split(simulation.proxy, fraction=validation_fraction,
+                                         seed=seed)
+    if foundation is None:
+        on_stage(f"server: training v1 on {len(proxy)} proxy records "
+                 f"({len(validation)} kept aside for validation)")
+        foundation = train_foundation(proxy, schema, config)
+    registry = ModelRegistry(workdir / "server" / "models")
+    v1 = registry.publish(foundation, trained_on={"proxy": len(proxy)},
+                          validation_data=validation, notes="proxy data only")
+    v1_model = registry.path(v1.mlmodel_file)
+    v1_spec = load_spec(v1_model)
+
+    # 2. Devices store their records and personalize v1.
+    stores, personal_paths, first = {}, {}, {}
+    for user in progress(simulation.users, "devices: personalizing v1"):
+        folder = workdir / "devices" / f"user-{user.user_id:03d}"
+        folder.mkdir(parents=True)
+        budget = epsilon * max(1, len(user.shareable))  # what sharing them all costs
+        store = LocalStore(folder / "records.db", schema=schema,
+                           user_id=f"user-{user.user_id:03d}", epsilon_budget=budget)
+        store.add_records(user.shareable)
+        store.add_records(user.private, shareable=False)
+        personal = folder / "personal.mlmodel"
+        shutil.copyfile(v1_model, personal)
+        result = personalize(personal, user.train, seed=seed)
+        store.add_model_version(personal, note=f"v1: {result.reason}")
+        stores[user.user_id], personal_paths[user.user_id] = store, personal
+        first[user.user_id] = (result.accepted, load_spec(personal))
+
+    # 3. Partial sharing: k-anonymized quasi-identifiers, the target under local DP, sealed.
+    server_key = generate_server_key()
+    categorical = {f.name: object for f in schema.by_kind("categorical")}
+    domains = {q: bounds for q in quasi_identifiers if (bounds := schema[q].bounds) is not None}
+    plan = KAnonymizer(list(quasi_identifiers), k=k).fit(
+        proxy.astype(categorical)).plan_.widened(domains)
+    sharing = SharingPolicy(fields=tuple(schema.names), plan=plan,
+                            epsilon={target.name: epsilon}, required_k=k, privacy_unit="user")
+    server_policy = ServerPolicy(schema, min_k=k, epsilon={target.name: epsilon},
+                                 privacy_unit="user", plan=plan)
+    envelopes, owners = [], {}
+    for user in progress(simulation.users, "devices: sharing"):
+        package = share(stores[user.user_id], sharing, server_key.public_key())
+        envelopes.append(package.envelope)
+        owners[package.package_id] = user.user_id
+    db_url = f"sqlite:///{workdir / 'server' / 'shared.db'}"
+    report = ingest(envelopes, db_url, server_key, server_policy)
+    for package_id in report.stored_ids:  # acknowledgements go back to the devices
+        stores[owners[package_id]].acknowledge(package_id)
+    shared_store = SharedStore(db_url, server_key)
+    counts = shared_store.counts()
+
+    # 4. Retrain on the training proxy + released records, as received; the gate decides.
+    batches, _ = policy_batches(shared_store, server_policy, previous=foundation, proxy=proxy)
+    on_stage(f"server: retraining v2 on {len(proxy)} proxy + "
+             f"{sum(len(b.records) for b in batches)} released records")
+    retrained = retrain_foundation(foundation, proxy, batches, config)
+    v2 = registry.publish(retrained, trained_on={
+        "proxy": len(proxy), "shared": sum(len(b.records) for b in batches)},
+        validation_data=validation, notes=f"proxy + shared records (k={k}, ε={epsilon:g})")
+    v2_spec = load_spec(registry.path(v2.mlmodel_file))
+
+    # 5. Devices adopt v2 if the gate published it and it beats their personal model.
+    outcomes = []
+    for user in progress(simulation.users, "devices: adopting v2"):
+        store = stores[user.user_id]
+        adopted = False
+        if v2.published:
+            records = store.records("all" if adopt_on == "all" else "unshared")
+            adopted = adopt_new_version(registry.path(v2.mlmodel_file),
+                                        personal_paths[user.user_id], records,
+                                        seed=seed).accepted
+        y = user.test[target.name].to_numpy()
+        base = predict_frame(v1_spec, user.test)
+        personalized, personal_spec = first[user.user_id]
+        outcomes.append(UserOutcome(
+            user_id=user.user_id, factor=user.factor, foundation=_rmse(base, y),
+            oracle=_rmse(base * user.factor, y),
+            personal=_rmse(predict_frame(personal_spec, user.test), y),
+            personalized=personalized,
+            new_version=_rmse(predict_frame(v2_spec, user.test), y) if v2.published else None,
+            final=_rmse(predict_frame(load_spec(personal_paths[user.user_id]), user.test), y),
+            adopted=adopted, shared_records=len(store.records("shared")),
+            epsilon_spent=float(store.ledger.spent.epsilon)))
+        store.close()
+    return LoopResult(
+        users=tuple(outcomes), v1_validation_rmse=v1.validation["rmse"],
+        v2_validation_rmse=v2.validation["rmse"], v2_published=v2.published,
+        packages_accepted=len(report.accepted), packages_rejected=len(report.rejected),
+        records_released=int(counts.get("records_released", 0)),
+        records_quarantined=int(counts.get("records_quarantined", 0)),
+        workdir=workdir, devices=personal_paths)
