@@ -24,7 +24,7 @@ def main() -> None:
     before = predict_frame(load_spec(model), user.test)
 
     def progress(event: UpdateEvent) -> None:
-        if event.kind == "epoch_end" and event.epoch % 100 == 99:
+        if event.kind == "epoch_end" and event.epoch % 25 == 24:
             print(f"  epoch {event.epoch + 1}: mean training MSE {event.loss:.3f}")
 
     result = personalize(model, user.train, on_event=progress)
