@@ -28,38 +28,28 @@ Encryption at rest and the tables are described in :mod:`dmt_model.server.store`
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import math
 import os
 import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import msgpack
-import numpy as np
-import pandas as pd
-from sqlalchemy import Engine, bindparam, insert, select, text, update
+from sqlalchemy import Engine, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from dmt_model.server.policy import ServerPolicy
 from dmt_model.server.prescan import bounded_shape
 from dmt_model.server.report import IngestReport, Outcome
 from dmt_model.server.store import (
-    CLASSES,
-    PACKAGES,
-    RECORDS,
     DataKey,
     PackageRow,
     SharedStore,
-    _now,
     payload_aad,
-    release_due,
-    release_rule,
 )
 from dmt_model.server.validate import PackageRefused, validate_package
+from dmt_model.server.write import write_package
 from dmt_privacy.errors import DMTError, InvalidPackage, ValidationError
 from dmt_privacy.package import PACKAGE_INFO, decode_package
 from dmt_privacy.seal import ENVELOPE_OVERHEAD, ServerPrivateKey, open_sealed
@@ -110,76 +100,6 @@ def iter_sources(
                 yield str(file), None
             else:
                 yield str(file), file.read_bytes()
-
-
-# --- classes ----------------------------------------------------------------------------------
-def _canonical(value: Any) -> Any:
-    if isinstance(value, pd.Interval):
-        return ["i", value.closed, float(value.left), float(value.right)]
-    if isinstance(value, frozenset):
-        return ["s", sorted(str(v) for v in value)]
-    if isinstance(value, float) and math.isnan(value):
-        return ["na"]
-    return ["v", value if isinstance(value, (str, int, float, bool)) else str(value)]
-
-
-def _blocks(columns: Mapping[str, list[Any]], qis: Sequence[str], key: DataKey,
-            n: int) -> list[tuple[str, list[int]]]:
-    """(class key, row positions) of each k-anonymity class present in the package."""
-    if not qis:
-        return [(key.class_key(msgpack.packb([[]])), list(range(n)))]
-    groups: dict[tuple[Any, ...], list[int]] = {}
-    for i, combo in enumerate(zip(*(columns[q] for q in qis), strict=True)):
-        members = groups.get(combo)
-        if members is None:
-            groups[combo] = [i]
-        else:
-            members.append(i)
-    return [(key.class_key(msgpack.packb([list(qis), [_canonical(v) for v in combo]])), rows)
-            for combo, rows in groups.items()]
-
-
-def _write(engine: Engine, package: Any, plaintext: bytes, policy: ServerPolicy, key: DataKey,
-           columns: Mapping[str, list[Any]]) -> int:
-    """Store one validated package in one transaction; the number of classes it released."""
-    qis = [q for q in policy.quasi_identifiers or () if q in columns]
-    pid = package.package_id
-    per_class: dict[str, list[int]] = {}
-    for class_key, positions in _blocks(columns, qis, key, package.n_records):
-        per_class.setdefault(class_key, []).extend(positions)
-    rows = [{"package_id": pid, "class_key": k, "n_records": len(v),
-             "rows": np.asarray(v, dtype="<u4").tobytes()} for k, v in per_class.items()]
-    nonce, payload = key.encrypt(plaintext, payload_aad(pid, key.key_id))
-    receipt = json.dumps(package.receipt.to_dict(), sort_keys=True, separators=(",", ":"),
-                         default=str)
-    now = _now()
-    with engine.begin() as conn:
-        conn.execute(insert(PACKAGES).values(
-            package_id=pid, schema_id=package.schema_id, created_day=str(package.created_day),
-            received_at=now, n_records=package.n_records, receipt=receipt, key_id=key.key_id,
-            nonce=nonce, payload=payload))
-        conn.execute(insert(RECORDS), rows)
-        keys = sorted(per_class)  # one lock order for every writer: no deadlocks
-        existing: set[str] = set()
-        for start in range(0, len(keys), _CHUNK):
-            chunk = keys[start:start + _CHUNK]
-            existing.update(conn.execute(
-                select(CLASSES.c.class_key).where(CLASSES.c.class_key.in_(chunk))).scalars())
-        if existing:
-            conn.execute(
-                update(CLASSES).where(CLASSES.c.class_key == bindparam("k"))
-                .values(n_records=CLASSES.c.n_records + bindparam("n"),
-                        n_packages=CLASSES.c.n_packages + 1),
-                [{"k": k, "n": len(per_class[k])} for k in sorted(existing)])
-        fresh = [{"class_key": k, "n_records": len(per_class[k]), "n_packages": 1,
-                  "released": False} for k in keys if k not in existing]
-        if fresh:
-            conn.execute(insert(CLASSES), fresh)
-        # The server's release rule (k, l and t over distinct packages, in cohorts that
-        # cannot be differenced) is dmt_model.server.store.release_due.
-        released = release_due(conn, release_rule(policy),
-                               lambda key_id: key if key_id == key.key_id else None, keys, now)
-    return released
 
 
 def _open(envelope: bytes, private_key: ServerPrivateKey,
@@ -281,8 +201,8 @@ class Ingestor:
             for attempt in range(_WRITE_ATTEMPTS):
                 try:
                     with self._write_lock:
-                        released = _write(self.engine, package, plaintext, self.policy, key,
-                                          checked.columns)
+                        released = write_package(self.engine, package, plaintext,
+                                                 self.policy, key, checked.columns)
                 except IntegrityError:
                     if _stored(self.engine, pid):
                         return self._replay_or_conflict(replay, plaintext)

@@ -13,7 +13,6 @@ make retraining raise.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 
 import numpy as np
 import pandas as pd
@@ -24,10 +23,10 @@ from dmt_model.foundation import TrainingConfig
 from dmt_model.server import SharedStore, ingest
 from dmt_model.server.retrain import retrain_foundation
 from dmt_model.server.training import policy_batches
+from dmt_model.server.write import write_package
 from dmt_privacy.package import encode_package, open_package
 
 CONFIG = TrainingConfig(epochs=60, seed=0)
-ingest_module = importlib.import_module("dmt_model.server.ingest")
 
 
 def _store_bypassing_validation(db: str, packages, policy) -> None:
@@ -35,7 +34,7 @@ def _store_bypassing_validation(db: str, packages, policy) -> None:
     store = SharedStore(db, KEY)
     key = store.current_key()
     for pkg in packages:
-        ingest_module._write(store.engine, pkg, encode_package(pkg), policy, key,
+        write_package(store.engine, pkg, encode_package(pkg), policy, key,
                              dict(pkg.columns))
 
 
