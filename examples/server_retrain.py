@@ -6,7 +6,10 @@ with each package's privacy receipt, retrains the foundation on them in the
 form they arrived (intervals as midpoints, value sets spread over their
 categories, DP-perturbed values weighted by their noise), and publishes it as
 the next version in DIR/models (version 2 on the first run), beside the
-earlier ones, each with its evaluation.
+earlier ones, each with its evaluation. A version is *served* only if the
+publication gate finds it no worse than the current one on the part of the
+proxy data the server keeps aside for validation; a refused one is kept,
+marked refused, with both figures.
 
 Usage: python examples/server_retrain.py [DIR]   (default: $TMPDIR/dmt-share-example)
 """
@@ -22,29 +25,42 @@ import pandas as pd
 from dmt_model.datasets import BOSTON_SCHEMA, load_boston, simulate_users
 from dmt_model.foundation import train_foundation
 from dmt_model.server import SharedStore
-from dmt_model.server.retrain import ModelRegistry, retrain_foundation, shared_batches
+from dmt_model.server.retrain import (
+    ModelRegistry,
+    retrain_foundation,
+    shared_batches,
+    validation_split,
+)
 from dmt_privacy.seal import load_private_key
 
 DIR = Path(sys.argv[1] if len(sys.argv) > 1 else Path(tempfile.gettempdir()) / "dmt-share-example")
 simulation = simulate_users(load_boston(), seed=0)  # the same proxy data as the devices' model
 held_out = pd.concat([u.test for u in simulation.users])  # for the evaluation only
 
+proxy, validation = validation_split(simulation.proxy, seed=0)  # the gate's data, never trained on
+
 registry = ModelRegistry(DIR / "models")
-foundation = train_foundation(simulation.proxy, BOSTON_SCHEMA)
+foundation = train_foundation(proxy, BOSTON_SCHEMA)
 if registry.latest() is None:
-    registry.publish(foundation, trained_on={"proxy": len(simulation.proxy)},
-                     evaluation_data=held_out, notes="proxy data only")
+    registry.publish(foundation, trained_on={"proxy": len(proxy)}, evaluation_data=held_out,
+                     validation_data=validation, notes="proxy data only")
 
 store = SharedStore(f"sqlite:///{DIR / 'server.db'}", load_private_key(DIR / "server.key"))
 batches = shared_batches(store)
-retrained = retrain_foundation(foundation, simulation.proxy, batches)
+retrained = retrain_foundation(foundation, proxy, batches)
 version = registry.publish(
-    retrained, evaluation_data=held_out, notes="proxy + released shared records",
-    trained_on={"proxy": len(simulation.proxy), "shared": sum(len(b.records) for b in batches)})
+    retrained, evaluation_data=held_out, validation_data=validation,
+    notes="proxy + released shared records",
+    trained_on={"proxy": len(proxy), "shared": sum(len(b.records) for b in batches)})
 
 for v in registry.versions():
     trained_on = ", ".join(f"{n} {what}" for what, n in v.trained_on.items())
-    print(f"v{v.version}: {v.mlmodel_file:<24} trained on {trained_on} records, "
-          f"test RMSE {v.evaluation['rmse']:.3f} ({v.notes})")
-print(f"devices fetch {registry.path(version.mlmodel_file)} and adopt it with "
-      "dmt_model.personalize.adopt_new_version")
+    gate = (f"validation RMSE {v.validation['rmse']:.3f}"
+            + (f" vs v{v.validation['current_version']:.0f}'s {v.validation['current_rmse']:.3f}"
+               if "current_rmse" in v.validation else ""))
+    print(f"v{v.version}: {v.mlmodel_file:<24} {v.status:<9} trained on {trained_on} records, "
+          f"{gate}, test RMSE {v.evaluation['rmse']:.3f} ({v.notes})")
+served = registry.latest()
+assert served is not None
+print(f"devices fetch {registry.path(served.mlmodel_file)} (v{served.version}) and adopt it "
+      "with dmt_model.personalize.adopt_new_version(new, personal, store.records())")
