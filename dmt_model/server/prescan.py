@@ -23,76 +23,99 @@ from __future__ import annotations
 __all__ = ["bounded_shape"]
 
 _EXT_VALUE_SET = 2
-#: Fixed-size scalars: marker → bytes that follow.
-_FIXED = {0xCA: 4, 0xCB: 8, 0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8,
-          0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8}
-_FIXEXT = {0xD4: 1, 0xD5: 2, 0xD6: 4, 0xD7: 8, 0xD8: 16}
-#: Variable-length str / bin / ext: marker → bytes of the length field.
-_STR_BIN = {0xD9: 1, 0xDA: 2, 0xDB: 4, 0xC4: 1, 0xC5: 2, 0xC6: 4}
-_EXT = {0xC7: 1, 0xC8: 2, 0xC9: 4}
+_FIXMAP, _FIXARRAY, _VAR, _EXT, _FIXEXT, _BIG, _INVALID = -1, -2, -3, -4, -5, -6, -7
+
+
+def _table() -> tuple[list[int], dict[int, int]]:
+    """Per marker byte: bytes that follow a scalar (>= 0), or what kind of marker it is."""
+    table = [_INVALID] * 256
+    for b in range(0x00, 0x80):
+        table[b] = 0  # positive fixint
+    for b in range(0xE0, 0x100):
+        table[b] = 0  # negative fixint
+    for b in range(0x80, 0x90):
+        table[b] = _FIXMAP
+    for b in range(0x90, 0xA0):
+        table[b] = _FIXARRAY
+    for b in range(0xA0, 0xC0):
+        table[b] = b & 0x1F  # fixstr
+    for b, extra in {0xC0: 0, 0xC2: 0, 0xC3: 0, 0xCA: 4, 0xCB: 8, 0xCC: 1, 0xCD: 2,
+                     0xCE: 4, 0xCF: 8, 0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8}.items():
+        table[b] = extra
+    width = {}
+    for b, w in {0xC4: 1, 0xC5: 2, 0xC6: 4, 0xD9: 1, 0xDA: 2, 0xDB: 4}.items():
+        table[b], width[b] = _VAR, w
+    for b, w in {0xC7: 1, 0xC8: 2, 0xC9: 4}.items():
+        table[b], width[b] = _EXT, w
+    for b, w in {0xD4: 1, 0xD5: 2, 0xD6: 4, 0xD7: 8, 0xD8: 16}.items():
+        table[b], width[b] = _FIXEXT, w
+    for b, w in {0xDC: 2, 0xDD: 4, 0xDE: 2, 0xDF: 4}.items():
+        table[b], width[b] = _BIG, w
+    return table, width
+
+
+_MARKERS, _WIDTH = _table()
 
 
 def bounded_shape(data: bytes, *, max_depth: int = 6) -> bool:
     """Whether ``data`` is one msgpack object of bounded depth with honest lengths."""
+    checked: dict[bytes, bool] = {}  # value sets repeat (one per class): check each once
+    markers, widths = _MARKERS, _WIDTH
     n = len(data)
     pos = 0
-    stack = [1]  # elements still expected at each open level; the top expects one object
-    while stack:
-        if stack[-1] == 0:
-            stack.pop()
+    stack: list[int] = []  # elements still expected by each enclosing container
+    remaining = 1  # the top level holds one object
+    while True:
+        if remaining == 0:
+            if not stack:
+                break
+            remaining = stack.pop()
             continue
-        stack[-1] -= 1
+        remaining -= 1
         if pos >= n:
             return False
         b = data[pos]
         pos += 1
-        if b <= 0x7F or b >= 0xE0 or b in (0xC0, 0xC2, 0xC3):
+        kind = markers[b]
+        if kind >= 0:
+            pos += kind
             continue
-        count = -1
-        if 0x80 <= b <= 0x8F:
-            count = 2 * (b & 0x0F)
-        elif 0x90 <= b <= 0x9F:
+        if kind == _FIXARRAY:
             count = b & 0x0F
-        elif 0xA0 <= b <= 0xBF:
-            pos += b & 0x1F
-        elif b in _FIXED:
-            pos += _FIXED[b]
-        elif b in _STR_BIN or b in _EXT:
-            width = _STR_BIN.get(b) or _EXT[b]
-            if pos + width > n:
-                return False
-            length = int.from_bytes(data[pos:pos + width], "big")
-            pos += width
-            if b in _EXT:
+        elif kind == _FIXMAP:
+            count = 2 * (b & 0x0F)
+        elif kind == _INVALID:  # 0xc1: never used
+            return False
+        else:
+            width = widths[b]
+            if kind == _FIXEXT:
+                length = width
+            else:
+                if pos + width > n:
+                    return False
+                length = int.from_bytes(data[pos:pos + width], "big")
+                pos += width
+            if kind == _VAR:
+                pos += length
+                continue
+            if kind == _BIG:
+                count = length * 2 if b in (0xDE, 0xDF) else length
+            else:  # an extension: one type byte, then the payload
                 if pos + 1 + length > n:
                     return False
-                if data[pos] == _EXT_VALUE_SET and not _scalars(data[pos + 1:pos + 1 + length]):
-                    return False
-                pos += 1
-            pos += length
-        elif b in _FIXEXT:
-            length = _FIXEXT[b]
-            if pos + 1 + length > n:
-                return False
-            if data[pos] == _EXT_VALUE_SET and not _scalars(data[pos + 1:pos + 1 + length]):
-                return False
-            pos += 1 + length
-        elif b in (0xDC, 0xDD, 0xDE, 0xDF):
-            width = 2 if b in (0xDC, 0xDE) else 4
-            if pos + width > n:
-                return False
-            count = int.from_bytes(data[pos:pos + width], "big")
-            pos += width
-            if b in (0xDE, 0xDF):
-                count *= 2
-        else:  # 0xc1: never used
+                if data[pos] == _EXT_VALUE_SET:
+                    payload = data[pos + 1:pos + 1 + length]
+                    ok = checked.get(payload)
+                    if ok is None:
+                        ok = checked[payload] = _scalars(payload)
+                    if not ok:
+                        return False
+                pos += 1 + length
+                continue
+        if count > n - pos or len(stack) >= max_depth:
             return False
-        if pos > n:
-            return False
-        if count >= 0:
-            if count > n - pos or len(stack) > max_depth:
-                return False
-            stack.append(count)
+        stack.append(remaining)
+        remaining = count
     return pos == n
 
 

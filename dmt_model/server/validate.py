@@ -206,7 +206,7 @@ def _check_receipt(package: SharePackage, policy: Any, columns: Mapping[str, lis
 
 # --- cells --------------------------------------------------------------------------------
 def _numbers(name: str, values: Sequence[Any]) -> np.ndarray:
-    if not all(type(v) is float or type(v) is int for v in values):
+    if not set(map(type, values)) <= {float, int}:
         raise _refuse("type", f"field {name!r} holds cells that are not numbers")
     try:
         x = np.asarray(values, dtype=np.float64)
@@ -296,19 +296,30 @@ def _check_plan_classes(qis: Sequence[str], columns: Mapping[str, list[Any]],
     missing = [q for q in plan.quasi_identifiers if q not in qis]
     if missing:
         raise _refuse("generalization", f"quasi-identifiers {missing!r} of the plan are missing")
-    classes = policy.plan_classes()
-    seen: set[tuple[Any, ...]] = set()
-    for row in zip(*(columns[q] for q in plan.quasi_identifiers), strict=True):
-        if any(type(v) not in (pd.Interval, frozenset, str) for v in row):
-            raise _refuse("generalization", "quasi-identifiers hold cells that are not "
+    generalized = {pd.Interval, frozenset, str}
+    for q in plan.quasi_identifiers:
+        if not set(map(type, columns[q])) <= generalized:
+            raise _refuse("generalization", f"quasi-identifier {q!r} holds cells that are not "
                           "generalizations")
-        key = tuple(cell_key(v) for v in row)
-        if key in seen:
+    classes = policy.plan_classes()
+    # Cells of one class are one object each (the decoder caches ext payloads), so rows are
+    # compared by identity first and each distinct cell is keyed once.
+    keys: dict[int, Any] = {}
+    seen: set[tuple[int, ...]] = set()
+    for row in zip(*(columns[q] for q in plan.quasi_identifiers), strict=True):
+        ids = tuple(map(id, row))
+        if ids in seen:
             continue
-        if key not in classes:
+        seen.add(ids)
+        key = []
+        for v in row:
+            k = keys.get(id(v))
+            if k is None:
+                k = keys[id(v)] = cell_key(v)
+            key.append(k)
+        if tuple(key) not in classes:
             raise _refuse("generalization", "quasi-identifiers that are not one of the plan's "
                           "classes")
-        seen.add(key)
 
 
 def _check_media(name: str, values: Sequence[Any], kind: Kind) -> None:
