@@ -123,6 +123,21 @@ class AnonymizationReport:
         return "\n".join(lines)
 
 
+def _round_cut(below: float, at: float) -> float:
+    """The number in ``(below, at]`` with the fewest significant digits.
+
+    A numeric split sends ``x < cut`` left. Any cut in ``(below, at]`` splits
+    the fitted records the same way; the roundest one says only that the cut
+    lies between two fitted values, not what either value was.
+    """
+    for exponent in range(18, -13, -1):
+        step = 10.0**exponent
+        cut = (math.floor(below / step) + 1) * step
+        if below < cut <= at:
+            return float(cut)
+    return at
+
+
 def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
@@ -493,8 +508,11 @@ class KAnonymizer(TransformerMixin, BaseEstimator):
                 class_high.append(tuple(vals[cmax].tolist()))
                 class_node.append(())
                 class_sets.append(())
-                at = part.split_dim == j
-                thresholds[at] = vals[part.threshold[at]]
+                at = np.flatnonzero(part.split_dim == j)
+                for node in at:
+                    t = int(part.threshold[node])
+                    thresholds[node] = (_round_cut(float(vals[t - 1]), float(vals[t])) if t > 0
+                                        else float(vals[t]))
             elif coding.kind == "hierarchy":
                 h = coding.hierarchy
                 assert h is not None

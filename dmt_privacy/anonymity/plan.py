@@ -90,6 +90,8 @@ class ColumnCoding:
         if self.kind == "numeric":
             x = _numeric(column, self.name)
             vals = np.asarray(self.values, dtype=float)
+            if vals.size == 0:  # a plan read from JSON: numeric codes are never needed
+                return x, np.zeros(len(x), dtype=np.int64)
             pos = np.clip(np.searchsorted(vals, x), 0, len(vals) - 1)
             code = np.where(vals[pos] == x, pos, -1)
             return x, code
@@ -105,6 +107,8 @@ class ColumnCoding:
         out: dict[str, Any] = {"name": self.name, "kind": self.kind}
         if self.hierarchy is not None:
             out["hierarchy"] = self.hierarchy.to_rows()
+        elif self.kind == "numeric":
+            out["values"] = []  # the fitted values never leave the server
         else:
             out["values"] = [_jsonable(v) for v in self.values]
         return out
@@ -434,6 +438,96 @@ class AnonymizationPlan:
         """Compact JSON; :meth:`from_json` reverses it."""
         return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False)
 
+    def check(self) -> AnonymizationPlan:
+        """Raise :class:`SchemaError` unless the plan is structurally sound; return it.
+
+        Checks what :meth:`apply` indexes with: the tree (lengths, child and
+        class indices in range, every node reached once from the root, no
+        cycle), one entry per class in every class array, hierarchy nodes and
+        set members inside their codings, finite thresholds and bounds, and
+        the privacy parameters.
+        """
+        def bad(what: str) -> SchemaError:
+            return SchemaError(f"Anonymization plan is malformed: {what}; refit the plan or "
+                               "fetch an intact copy.")
+
+        n_qi = len(self.quasi_identifiers)
+        if n_qi == 0 or len(self.codings) != n_qi or any(
+                c.name != q for c, q in zip(self.codings, self.quasi_identifiers, strict=True)):
+            raise bad("the codings do not match quasi_identifiers "
+                      f"{list(self.quasi_identifiers)!r}")
+        nodes = len(self.split_dim)
+        if nodes == 0 or any(len(a) != nodes for a in (self.threshold, self.left, self.right,
+                                                       self.leaf_class)):
+            raise bad(f"tree arrays of lengths {[len(a) for a in (self.split_dim, self.threshold, self.left, self.right, self.leaf_class)]}")  # noqa: E501
+        n_classes = self.n_classes
+        if n_classes == 0:
+            raise bad("no classes")
+        seen = np.zeros(nodes, dtype=bool)
+        stack = [0]
+        leaves: list[int] = []
+        while stack:
+            node = stack.pop()
+            if not 0 <= node < nodes or seen[node]:
+                raise bad(f"tree node {node} is out of range or reached twice")
+            seen[node] = True
+            dim = self.split_dim[node]
+            if dim == -1:
+                if not 0 <= self.leaf_class[node] < n_classes:
+                    raise bad(f"leaf {node} names class {self.leaf_class[node]} of {n_classes}")
+                leaves.append(self.leaf_class[node])
+                continue
+            if not 0 <= dim < n_qi:
+                raise bad(f"node {node} splits on quasi-identifier {dim} of {n_qi}")
+            if not math.isfinite(self.threshold[node]):
+                raise bad(f"node {node} has threshold {self.threshold[node]!r}")
+            stack += [self.left[node], self.right[node]]
+        if not seen.all():
+            raise bad(f"{int((~seen).sum())} tree nodes are unreachable")
+        for name, arrays, used in (("low", self.class_low, "numeric"),
+                                   ("high", self.class_high, "numeric"),
+                                   ("node", self.class_node, "hierarchy"),
+                                   ("sets", self.class_sets, "set")):
+            if len(arrays) != n_qi:
+                raise bad(f"classes.{name} has {len(arrays)} columns for {n_qi} "
+                          "quasi-identifiers")
+            for coding, column in zip(self.codings, arrays, strict=True):
+                expected = n_classes if coding.kind == used else 0
+                if len(column) != expected:
+                    raise bad(f"classes.{name} of {coding.name!r} has {len(column)} entries, "
+                              f"expected {expected}")
+        for j, coding in enumerate(self.codings):
+            if coding.kind == "numeric":
+                lo, hi = np.asarray(self.class_low[j]), np.asarray(self.class_high[j])
+                if not (np.isfinite(lo).all() and np.isfinite(hi).all() and (lo <= hi).all()):
+                    raise bad(f"the intervals of {coding.name!r} are not finite and ordered")
+            elif coding.kind == "hierarchy":
+                assert coding.hierarchy is not None
+                n_nodes = len(coding.hierarchy.node_labels)
+                if any(not 0 <= v < n_nodes for v in self.class_node[j]):
+                    raise bad(f"a class of {coding.name!r} names a hierarchy node outside "
+                              f"0..{n_nodes - 1}")
+            else:
+                card = coding.cardinality
+                if any(not s or any(not 0 <= v < card for v in s) for s in self.class_sets[j]):
+                    raise bad(f"a class of {coding.name!r} names a value outside 0..{card - 1}")
+        if len(self.class_suppressed) != n_classes:
+            raise bad(f"classes.suppressed has {len(self.class_suppressed)} entries for "
+                      f"{n_classes} classes")
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise bad(f"k={self.k!r}")
+        if self.l is not None and (isinstance(self.l, bool) or not isinstance(self.l, int)
+                                   or self.l < 1):
+            raise bad(f"l={self.l!r}")
+        if self.t is not None and (isinstance(self.t, bool) or not isinstance(self.t, (int, float))
+                                   or not 0 <= self.t <= 1):
+            raise bad(f"t={self.t!r}")
+        if (self.l is not None or self.t is not None) and not isinstance(self.sensitive, str):
+            raise bad(f"l / t without a sensitive field name (got {self.sensitive!r})")
+        if self.l_kind not in ("distinct", "entropy", "recursive"):
+            raise bad(f"l_kind={self.l_kind!r}")
+        return self
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AnonymizationPlan:
         fmt = data.get("format")
@@ -467,8 +561,10 @@ class AnonymizationPlan:
                 t=privacy.get("t"),
                 sensitive_reference=None if privacy.get("reference") is None else tuple(
                     (v, float(p)) for v, p in privacy["reference"]),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
+            ).check()
+        except SchemaError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             raise SchemaError(
                 f"Anonymization plan JSON is incomplete or malformed: {exc!r}."
             ) from None

@@ -1,0 +1,91 @@
+"""Issue 14.4 / 6: a plan carries no fitted record's value to devices, and a corrupted plan
+JSON is refused with a SchemaError saying what is wrong, never an IndexError."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dmt_privacy.anonymity import AnonymizationPlan, Hierarchy, KAnonymizer
+from dmt_privacy.errors import DMTError, SchemaError
+
+COLOR = Hierarchy(rows=(("red", "warm", "*"), ("orange", "warm", "*"), ("blue", "cold", "*"),
+                        ("green", "cold", "*")))
+
+
+def table(n: int = 300, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    income = np.round(rng.gamma(2.0, 20_000, n), 2)
+    income[0] = 9_876_543.21  # the outlier that reached the plan JSON
+    return pd.DataFrame({"income": income, "age": rng.integers(17, 90, n),
+                         "color": rng.choice(COLOR.leaves, n),
+                         "shape": rng.choice(["circle", "square", "star"], n)})
+
+
+QIS = ["income", "age", "color", "shape"]
+PLAN = KAnonymizer(QIS, k=10, hierarchies={"color": COLOR}).fit(table()).plan_
+
+
+def test_a_widened_plan_carries_no_fitted_numeric_value():
+    frame = table()
+    widened = PLAN.widened({"income": (0.0, 1e7), "age": (0.0, 120.0)})
+    text = widened.to_json()
+    assert "9876543.21" not in text and "9876543" not in text
+    data = json.loads(text)
+    assert all(c["values"] == [] for c in data["codings"] if c["kind"] == "numeric")
+    fitted = set(frame["income"].tolist())
+    cuts = [t for t, d in zip(data["tree"]["threshold"], data["tree"]["split_dim"], strict=True)
+            if d == 0]
+    assert cuts and not fitted & set(cuts) - {0.0}  # round cuts between values, not values
+    edges = set(data["classes"]["low"][0]) | set(data["classes"]["high"][0])
+    assert edges <= set(cuts) | {0.0, 1e7}
+    # and the round-tripped plan places every record as before
+    again = AnonymizationPlan.from_json(text)
+    np.testing.assert_array_equal(again.apply(frame).class_ids, widened.apply(frame).class_ids)
+
+
+CORRUPTIONS = [
+    ("tree", "left", lambda v: [x + 10_000 for x in v]),
+    ("tree", "split_dim", lambda v: [7 if x >= 0 else x for x in v]),
+    ("tree", "leaf_class", lambda v: [x + 10_000 for x in v]),
+    ("tree", "threshold", lambda v: v[:-1]),
+    ("classes", "suppressed", lambda v: v[:-1]),
+    ("classes", "node", lambda v: [[x + 99 for x in col] for col in v]),
+    ("classes", "sets", lambda v: [[[x + 99 for x in s] for s in col] for col in v]),
+    ("classes", "low", lambda v: v[:1]),
+    ("privacy", "k", lambda v: -3),
+    ("privacy", "t", lambda v: 7.0),
+]
+
+
+@pytest.mark.parametrize("section,key,change", CORRUPTIONS)
+def test_a_corrupted_plan_says_what_is_wrong(section, key, change):
+    data = copy.deepcopy(PLAN.to_dict())
+    data[section][key] = change(data[section][key])
+    with pytest.raises(SchemaError, match="malformed"):
+        AnonymizationPlan.from_dict(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_any_json_edit_raises_a_dmt_error_or_applies(data):
+    """Random edits of the plan's JSON text either load into a plan that applies, or raise a
+    DMTError; never an IndexError, KeyError or TypeError."""
+    text = PLAN.to_json()
+    at = data.draw(st.integers(0, len(text) - 1))
+    replacement = data.draw(st.sampled_from(list('0123456789-[]{},":.eaz ')))
+    edited = text[:at] + replacement + text[at + 1:]
+    try:
+        plan = AnonymizationPlan.from_json(edited)
+    except DMTError:
+        return
+    try:
+        plan.apply(table(50, seed=1))
+    except DMTError:  # e.g. an edited hierarchy: a clear error, not a crash
+        pass
