@@ -121,3 +121,19 @@ def test_nothing_stored_makes_retraining_raise(scene, simulation, foundation, po
     retrain_foundation(foundation, simulation.proxy, batches,
                        dataclasses.replace(CONFIG, epochs=2))
     assert sum(read.skipped.values()) == 5 and read.skipped["unreadable"] == 1
+
+
+def test_many_packages_from_one_device_stay_within_10_percent(scene, simulation, foundation,
+                                                              policy):
+    """Nothing links packages to devices, so one device can send many: the per-package bound
+    adds up, but each DP'd record weighs ~0.0015 at ε = 1 and is winsorized."""
+    base = scene["base"]
+    top = policy.field_receipt("MEDV").window_units[1] * policy.field_receipt("MEDV").grid
+    n = policy.max_training_records
+    hostile = [forge(base, columns={"MEDV": [round(top, 1)] * n, "CRIM": [100.0] * n}, n=n)
+               for _ in range(50)]
+    rmse, report, read = _retrain(scene, simulation, foundation, policy, "sybil",
+                                  hostile=hostile)
+    print(f"\nRMSE clean {scene['clean']:.3f}, after 50 accepted packages of {n} records "
+          f"{rmse:.3f} ({read.records} shared records used)")
+    assert len(report.accepted) == 70 and rmse <= 1.10 * scene["clean"]
