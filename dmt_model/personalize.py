@@ -170,7 +170,8 @@ def _check_records(spec: Any, frame: pd.DataFrame, *, what: str) -> np.ndarray:
 
     A numeric value outside its field's bounds is accepted (bounds say what may
     be *shared*), but one more than the bounds' width beyond them is refused as
-    corrupt: a house with a million rooms is a typo, not a preference.
+    corrupt (``Schema.check_bounds(slack=1)``): a house with a million rooms is
+    a typo, not a preference.
     """
     featurizer = featurizer_of(spec)
     columns = [*featurizer.input_fields, featurizer.target]
@@ -179,22 +180,11 @@ def _check_records(spec: Any, frame: pd.DataFrame, *, what: str) -> np.ndarray:
     featurizer.schema.validate(frame, columns=columns)
     featurizer.transform(frame)  # unknown categories raise here, naming the field
     target = featurizer.target_values(frame)
-    for name in [*featurizer.numeric_fields, featurizer.target]:
-        bounds = featurizer.schema[name].bounds
-        if bounds is None:
-            continue
-        low, high = bounds
-        values = frame[name].to_numpy(dtype=np.float64)
-        corrupt = (values < low - (high - low)) | (values > high + (high - low))
-        if corrupt.any():
-            at = int(corrupt.argmax())
-            row = frame.index[at]
-            row = row.item() if hasattr(row, "item") else row
-            raise ValidationError(
-                f"{what}: column {name!r} has {float(values[at])!r} at row {row!r}, more "
-                f"than the width of its bounds [{low:g}, {high:g}] outside them, so it looks "
-                "corrupt. Fix the record, or widen the field's bounds in the schema if such "
-                "values are real.")
+    try:
+        featurizer.schema.check_bounds(
+            frame, columns=[*featurizer.numeric_fields, featurizer.target], slack=1.0)
+    except ValidationError as exc:
+        raise ValidationError(f"{what}: {exc}") from None
     return target
 
 

@@ -310,25 +310,34 @@ class Schema:
                     pos = int(unknown.argmax())
                     spec.category_index(column.iloc[pos])  # raises with the message
 
-    def check_bounds(self, frame: Any, *, columns: Sequence[str] | None = None) -> None:
+    def check_bounds(self, frame: Any, *, columns: Sequence[str] | None = None,
+                     slack: float = 0.0) -> None:
         """Raise :class:`ValidationError` for a numeric value outside its field's bounds.
 
-        Names the column, the row and the value. Fields without bounds are not checked.
+        Names the column, the row and the value. Fields without bounds are not
+        checked. ``slack`` widens each field's bounds by that many times their
+        width on either side: with ``slack=1`` a value is refused only when it
+        is so far outside that it looks corrupt (what personalization checks,
+        since bounds say what may be *shared*).
         """
         for name in columns if columns is not None else self.names:
             spec = self[name]
             if spec.kind is not Kind.NUMERIC or spec.bounds is None:
                 continue
+            low, high = spec.bounds
+            margin = slack * (high - low)
             values = frame[name].to_numpy(dtype=float)
-            outside = (values < spec.bounds[0]) | (values > spec.bounds[1])
+            outside = (values < low - margin) | (values > high + margin)
             if outside.any():
                 at = int(outside.argmax())
                 row = frame.index[at]
                 row = row.item() if hasattr(row, "item") else row
+                where = (f"more than {slack:g}× the width of its bounds [{low:g}, {high:g}] "
+                         "outside them, so it looks corrupt" if slack
+                         else f"outside its bounds [{low:g}, {high:g}]")
                 raise ValidationError(
-                    f"Column {name!r} has {float(values[at])!r} at row {row!r}, outside "
-                    f"its bounds [{spec.bounds[0]:g}, {spec.bounds[1]:g}]; fix the record or "
-                    "widen the schema's bounds."
+                    f"Column {name!r} has {float(values[at])!r} at row {row!r}, {where}; fix "
+                    "the record or widen the schema's bounds."
                 )
 
     # --- JSON -------------------------------------------------------------
