@@ -26,7 +26,8 @@ Measures, in one run:
 v1 is trained on 80 % of the proxy data in every section from 5 on; the
 other 20 % is the server's validation data for the gate.
 
-Writes ``benchmarks/results/model_quality.json`` and ``model_quality.png``.
+Writes ``benchmarks/results/model_quality.json``, ``.md`` (the README's
+tables) and ``.png``.
 Run: ``.venv/bin/python benchmarks/model_quality.py [--seeds 5] [--workers 2]
 [--output DIR]`` (about 25 minutes on 2 cores).
 """
@@ -370,6 +371,61 @@ def report(summary: dict) -> None:
                   f" of them raised their test error (largest +{a['largest_raise_relative']:.1%})")
 
 
+def markdown(result: dict) -> str:
+    """The README's tables, from the results (nothing typed in)."""
+    summary = result["summary"]
+    lines = []
+    stages = [("foundation", "foundation v1"), ("oracle", "oracle (v1 × the user's factor)"),
+              ("personalize (mean)", "`personalize()`, mean MSE"),
+              ("personalize (half)", "`personalize()`, ½·mean MSE"),
+              ("personalize (sum)", "`personalize()`, summed MSE (seed 0)"),
+              ("loop: personal v1, nothing shared", "loop: personal v1, nothing shared"),
+              ("loop: after sharing, gate, adoption", "loop: after sharing, gate, adoption")]
+    for name, by_spread in summary.items():
+        spreads = list(by_spread)
+        lines += [f"**{name}** — per-user test RMSE, mean ± std over seeds "
+                  f"({USERS[name]} users a seed)", "",
+                  "| | " + " | ".join(f"h = {h}" for h in spreads) + " |",
+                  "|---|" + "---|" * len(spreads)]
+        for key, label in stages:
+            if key not in by_spread[spreads[0]]:
+                continue
+            cells = []
+            for h in spreads:
+                value = by_spread[h][key]
+                cell = f"{value['mean']:.3f} ± {value['std']:.2f}"
+                if key == "loop: after sharing, gate, adoption":
+                    versus = by_spread[h]["loop: personal v1, nothing shared"]["mean"]
+                    cell += f" ({value['mean'] / versus - 1:+.1%} vs nothing shared)"
+                elif key.startswith(("personalize", "loop")):
+                    versus = by_spread[h]["oracle" if h != "0.0" else "foundation"]["mean"]
+                    cell += f" ({value['mean'] / versus - 1:+.1%})"
+                cells.append(cell)
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        for conv in ("mean", "half"):
+            rules = [by_spread[h][f"rule ({conv})"] for h in spreads]
+            lines.append(f"| kept updates that raised the user's test error ({conv}) | "
+                         + " | ".join(f"{r['kept_that_raised_test_error']}/{r['kept']}"
+                                      for r in rules) + " |")
+            lines.append(f"| discarded updates that would have lowered it ({conv}) | "
+                         + " | ".join(
+                             f"{r['discarded_that_would_have_lowered_it']}/{r['discarded']}"
+                             for r in rules) + " |")
+        lines.append("| users whose test error the oracle itself raises | " + " | ".join(
+            f"{by_spread[h]['oracle_raised_test_error']['users']}/"
+            f"{by_spread[h]['oracle_raised_test_error']['of']}" for h in spreads) + " |")
+        lines.append("| loop: v2 published / adopted by / adoptions that raised test error "
+                     "(largest) | " + " | ".join(
+                         f"{a['v2_published_runs']}/{a['runs']} runs; {a['adopted']}/{a['users']}"
+                         f" users; {a['adoptions_that_raised_test_error']} "
+                         f"(+{a['largest_raise_relative']:.0%})"
+                         for a in (by_spread[h]["loop: adoption"] for h in spreads)) + " |")
+        lines.append("")
+    lines.append("In brackets: against the oracle at h > 0 and the foundation at h = 0; the "
+                 "loop's end against the same users' personal v1 with nothing shared.")
+    return "\n".join(lines)
+
+
 def plot(summary: dict, path: Path) -> None:
     import matplotlib
 
@@ -429,6 +485,7 @@ def main() -> None:
     result["seconds"] = time.perf_counter() - started
     report(result["summary"])
     (args.output / "model_quality.json").write_text(json.dumps(result, indent=2))
+    (args.output / "model_quality.md").write_text(markdown(result))
     plot(result["summary"], args.output / "model_quality.png")
     print(f"\nwrote {args.output / 'model_quality.json'} and model_quality.png "
           f"in {result['seconds'] / 60:.1f} min")
