@@ -290,6 +290,15 @@ class VerifiedRelease:
     model: bytes
     key_id: str
 
+    def server_public_key(self) -> Any:
+        """The HPKE key to seal share packages to, as the signed release names it."""
+        from dmt_privacy.seal import ServerPublicKey
+
+        if self.metadata.server_key is None:
+            raise ValidationError("This release names no server key; the server published it "
+                                  "without server_key=.")
+        return ServerPublicKey.from_bytes(bytes.fromhex(self.metadata.server_key))
+
 
 def sign_release(
     model: bytes,

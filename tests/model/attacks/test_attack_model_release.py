@@ -43,6 +43,14 @@ def test_an_honest_release_verifies_and_returns_the_verified_bytes():
     assert verified.key_id == KEY.key_id
 
 
+def test_the_server_key_travels_in_the_signed_release():
+    from dmt_privacy.seal import generate_server_key
+
+    server = generate_server_key().public_key()
+    verified = verify_release(_release(V2, 2, server_key=server.to_bytes()), V2, PINNED, now=NOW)
+    assert verified.server_public_key().fingerprint() == server.fingerprint()
+
+
 def test_a_backdoored_model_under_the_real_release_is_refused():
     backdoored = bytearray(V2)
     backdoored[17] ^= 1
