@@ -11,7 +11,7 @@ contributors (:func:`release_classes` applies it to one DataFrame). Information 
 measured by :func:`information_loss` (NCP, discernibility, average class size).
 """
 
-from dmt_privacy.anonymity.anonymizer import AnonymizationReport, KAnonymizer
+from dmt_privacy.anonymity.anonymizer import AnonymizationReport, KAnonymityWarning, KAnonymizer
 from dmt_privacy.anonymity.constraints import (
     LDiversity,
     TCloseness,
@@ -44,6 +44,7 @@ __all__ = [
     "DimensionCoding",
     "Hierarchy",
     "InformationLoss",
+    "KAnonymityWarning",
     "KAnonymizer",
     "LDiversity",
     "Partition",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,7 @@ from dmt_privacy.anonymity.plan import (
 from dmt_privacy.anonymity.release import reference_from_counts
 from dmt_privacy.errors import AnonymizationError, ValidationError
 
-__all__ = ["AnonymizationReport", "KAnonymizer"]
+__all__ = ["AnonymizationReport", "KAnonymityWarning", "KAnonymizer"]
 
 HierarchyLike = Hierarchy | str | Path | Mapping[Any, Sequence[str]]
 
@@ -121,6 +122,10 @@ class AnonymizationReport:
         ]
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+class KAnonymityWarning(UserWarning):
+    """Records generalized by a plan form classes smaller than its k."""
 
 
 def _round_cut(below: float, at: float) -> float:
@@ -650,10 +655,26 @@ class KAnonymizer(TransformerMixin, BaseEstimator):
     def transform(self, X: pd.DataFrame) -> pd.DataFrame:
         """Generalize ``X`` by the fitted plan; a new DataFrame, ``X`` is not modified.
 
-        Records the plan cannot place (a value outside every fitted class)
-        keep missing quasi-identifiers; :meth:`apply` also says which and why.
+        Records the plan cannot place (a value outside every fitted class, or
+        not in a hierarchy) keep missing quasi-identifiers; :meth:`apply` also
+        says which and why. The plan guarantees k only on the data it was
+        fitted on: when the output of new records holds classes smaller than
+        k this warns (:class:`KAnonymityWarning`); gate such records with
+        :class:`~dmt_privacy.anonymity.ReleaseRule` / :func:`release_classes`.
         """
-        return self.apply(X).data
+        applied = self.apply(X)
+        kept = applied.class_ids[applied.class_ids >= 0]
+        if kept.size:
+            sizes = np.bincount(kept)
+            small = int(((sizes > 0) & (sizes < int(self.k))).sum())
+            if small:
+                warnings.warn(KAnonymityWarning(
+                    f"transform generalized {kept.size} records into {int((sizes > 0).sum())} "
+                    f"classes, {small} of them smaller than k={self.k}: the output is not "
+                    "k-anonymous by itself (the plan guarantees k on its fitting data only). "
+                    "Release such records through ReleaseRule / release_classes."),
+                    stacklevel=2)
+        return applied.data
 
     def apply(self, X: pd.DataFrame) -> Anonymized:
         """Like :meth:`transform`, with class ids and the suppressed records reported."""

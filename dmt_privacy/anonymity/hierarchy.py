@@ -201,8 +201,14 @@ class Hierarchy:
             return (self.node_high[node] - self.node_low[node]) / span
         return (self.node_leaf_count()[node] - 1) / max(self.n_leaves - 1, 1)
 
-    def encode(self, values: pd.Series, *, column: str = "") -> np.ndarray:
-        """Leaf position of each value; raises :class:`ValidationError` naming a missing value."""
+    def encode(self, values: pd.Series, *, column: str = "", unknown: str = "raise"
+               ) -> np.ndarray:
+        """Leaf position of each value.
+
+        A value with no row in the hierarchy raises :class:`ValidationError`
+        naming it (``unknown="raise"``, the default) or gets position -1
+        (``unknown="mark"``, for callers that suppress such records one by one).
+        """
         col = column or self.name
         if pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(
             values.dtype
@@ -225,6 +231,8 @@ class Hierarchy:
             codes = pd.Series(as_text).map(lookup).to_numpy()
             bad = pd.isna(codes)
             codes = np.where(bad, 0, codes).astype(np.int64)
+        if bad.any() and unknown == "mark":
+            return np.where(bad, -1, codes).astype(np.int64)
         if bad.any():
             at = int(np.flatnonzero(bad)[0])
             raise ValidationError(

@@ -171,6 +171,8 @@ def mondrian_partition(
             first_code = e_code[first_e]
             last_code = e_code[last_e]
             distinct = last_e - first_e + 1
+            child_node = None
+            node_start = None
             if child_start[j] is not None:
                 h = dim.hierarchy
                 assert h is not None
@@ -180,7 +182,14 @@ def mondrian_partition(
                 assert starts_j is not None
                 max_depth = starts_j.shape[0] - 1
                 child_depth = np.minimum(depth + 1, max_depth)[e_seg]
-                ok &= starts_j[child_depth, e_code]
+                # A cut between two present leaves is a subtree boundary when they lie in
+                # different children of the class's node, whether or not the right child's
+                # first leaf (in file order) is present; the cut is placed at that child's
+                # first leaf, so absent leaves of each child fall on the child's side.
+                child_node = h.ancestors[child_depth, e_code]
+                node_start = h.node_start
+                prev_code = np.concatenate([e_code[:1], e_code[:-1]])
+                ok &= child_node != h.ancestors[child_depth, prev_code]
             if not ok.any():
                 continue
             if strategy == "ratio":
@@ -202,7 +211,8 @@ def mondrian_partition(
                 head[1:] = es_sorted[1:] != es_sorted[:-1]
                 e = e_all[order[head]]
                 c_segs = e_seg[e]
-                thr = e_code[e]
+                thr = (e_code[e] if child_node is None or node_start is None
+                       else node_start[child_node[e]])
                 score_d = ratio[order[head]] + 1e-9 * wp[order[head]]
             else:
                 score = np.where(ok, np.abs(before - size_e / 2.0), np.inf)
@@ -210,7 +220,8 @@ def mondrian_partition(
                 chosen = np.flatnonzero(ok & (score == seg_min[e_seg]))
                 c_segs, pick = np.unique(e_seg[chosen], return_index=True)
                 e = chosen[pick]
-                thr = e_code[e]
+                thr = (e_code[e] if child_node is None or node_start is None
+                       else node_start[child_node[e]])
                 n_left = before[e]
                 n_right = sizes[c_segs] - n_left
                 w_parent = _widths(dim, first_code[c_segs], last_code[c_segs], distinct[c_segs])

@@ -96,7 +96,7 @@ class ColumnCoding:
             code = np.where(vals[pos] == x, pos, -1)
             return x, code
         if self.hierarchy is not None:
-            code = self.hierarchy.encode(column, column=self.name)
+            code = self.hierarchy.encode(column, column=self.name, unknown="mark")
             return code.astype(float), code
         lookup = {v: i for i, v in enumerate(self.values)}
         code = column.map(lookup).to_numpy()
@@ -305,6 +305,11 @@ class AnonymizationPlan:
         if suppressed_cls.size:
             hit = suppressed_cls[cls]
             reason[hit] = "class suppressed when the plan was fitted"
+        for j, coding in enumerate(self.codings):
+            if coding.kind != "numeric":
+                unknown = (codes[:, j] < 0) & (reason == "")
+                reason[unknown] = f"{coding.name!r} value is not in the plan's " + (
+                    "hierarchy" if coding.kind == "hierarchy" else "categories")
         ok = reason == ""
         for j, coding in enumerate(self.codings):
             if coding.kind == "numeric":

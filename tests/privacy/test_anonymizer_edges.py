@@ -1,0 +1,53 @@
+"""Issue 14.8: anonymizer edges: hierarchy cuts at absent first leaves, unknown hierarchy values
+suppressed one by one, and transform() saying when new records form classes below k."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dmt_privacy.anonymity import Hierarchy, KAnonymityWarning, KAnonymizer
+from dmt_privacy.testing import assert_k_anonymous
+
+H = Hierarchy(rows=(("a1", "a", "*"), ("a2", "a", "*"), ("b1", "b", "*"), ("b2", "b", "*")))
+
+
+def test_a_subtree_boundary_is_a_cut_even_when_its_first_leaf_is_absent():
+    """{a1, a2, b2} x 40 at k=10 was released all as '*': the cut needed b1 present."""
+    frame = pd.DataFrame({"x": ["a1", "a2", "b2"] * 40})
+    out = KAnonymizer(["x"], k=10, hierarchies={"x": H}).fit_transform(frame)
+    assert_k_anonymous(out, ["x"], 10)
+    assert "*" not in set(out["x"].astype(str))
+    assert set(out.loc[frame["x"] == "b2", "x"].astype(str)) <= {"b", "b2"}
+
+
+def test_an_absent_leaf_falls_on_its_own_subtree_side():
+    frame = pd.DataFrame({"x": ["a1", "a2", "b2"] * 40})
+    est = KAnonymizer(["x"], k=40, hierarchies={"x": H}).fit(frame)
+    widened = est.plan_  # categorical only: widening needs no bounds
+    applied = widened.widened({}).apply(pd.DataFrame({"x": ["b1", "a1"]}))
+    assert list(applied.data["x"].astype(str)) == ["b", "a1"]  # b1 was never seen
+
+
+def test_an_unknown_hierarchy_value_suppresses_that_record_only():
+    frame = pd.DataFrame({"x": ["a1", "a2", "b1", "b2"] * 30, "age": np.arange(120) % 60})
+    est = KAnonymizer(["x", "age"], k=10, hierarchies={"x": H}).fit(frame)
+    new = pd.DataFrame({"x": ["a1", "zz", "b2"], "age": [0, 20, 3]}, index=["p", "q", "r"])
+    applied = est.apply(new)  # used to raise for the whole batch
+    assert list(applied.suppressed) == ["q"]
+    assert "not in the plan's hierarchy" in applied.reasons["q"]
+    assert applied.data.loc[["p", "r"], "x"].notna().all()
+
+
+def test_transform_of_new_records_says_when_classes_are_below_k():
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"age": rng.integers(20, 60, 400)})
+    est = KAnonymizer(["age"], k=10).fit(frame)
+    with pytest.warns(KAnonymityWarning, match="smaller than k=10"):
+        est.transform(pd.DataFrame({"age": [25, 45]}))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", KAnonymityWarning)
+        est.transform(frame)  # the fitted table: every class has k records
