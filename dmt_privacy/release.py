@@ -71,6 +71,7 @@ __all__ = [
     "load_release_signing_key",
     "load_release_verify_key",
     "release_file_name",
+    "sharing_policy_from",
     "sign_release",
     "verify_release",
 ]
@@ -424,3 +425,40 @@ def verify_release(
             "server has not published or re-signed since. Keep the installed model and retry.")
     return VerifiedRelease(metadata=metadata, model=model, key_id=signer)
 
+
+def sharing_policy_from(policy_json: str | bytes, *, fields: Iterable[str] | None = None,
+                        **selection: Any) -> Any:
+    """The device's :class:`~dmt_privacy.sharing.SharingPolicy` for a (verified) server policy.
+
+    The server decides: ε, mechanisms, δ and the plan come from the policy JSON
+    the release signed (pass it to :func:`verify_release` first); ``fields``
+    (default: every field the policy accepts) and ``selection`` (``fraction``,
+    ``predicate``, ``record_ids``, ``modifiers``, ``privacy_unit``,
+    ``max_epsilon``) are the device's choices of what to share.
+    """
+    from dmt_privacy.anonymity.plan import AnonymizationPlan
+    from dmt_privacy.sharing import SharingPolicy
+
+    try:
+        data = json.loads(policy_json)
+        plan = data.get("plan")
+        accepted = tuple(data.get("fields") or ())
+        epsilon = dict(data.get("epsilon") or {})
+        mechanism = dict(data.get("mechanism") or {})
+        delta = dict(data.get("delta") or {})
+        min_k = data["min_k"]
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ValidationError(f"Not a server policy document ({exc}).") from None
+    chosen = tuple(fields) if fields is not None else accepted
+    outside = [f for f in chosen if accepted and f not in accepted]
+    if outside:
+        raise ValidationError(f"The server's policy does not accept the fields {outside!r}.")
+    return SharingPolicy(
+        fields=chosen,
+        plan=None if plan is None else AnonymizationPlan.from_dict(plan),
+        epsilon={k: v for k, v in epsilon.items() if k in chosen},
+        mechanism={k: v for k, v in mechanism.items() if k in chosen},
+        delta={k: v for k, v in delta.items() if k in chosen},
+        required_k=min_k if plan is not None else None,
+        **selection,
+    )

@@ -135,3 +135,25 @@ def test_cli_keygen_sign_and_verify(tmp_path, capsys):
     model.write_bytes(V2[:-1] + b"X")  # the backdoor
     assert main(verify) == 1
     assert capsys.readouterr().err.strip() == "dmt release: error:"
+
+
+def test_the_device_shares_by_the_signed_policy(policy, simulation, tmp_path):
+    from attack_kit import KEY as SERVER_KEY
+
+    from dmt_model.datasets import BOSTON_SCHEMA
+    from dmt_model.server import ingest
+    from dmt_privacy.release import sharing_policy_from
+    from dmt_privacy.sharing import share
+    from dmt_privacy.store import LocalStore
+
+    policy_json = policy.to_json()
+    verify_release(sign_release(V2, KEY, version=2, schema_id="boston", now=NOW,
+                                policy_json=policy_json), V2, PINNED, now=NOW,
+                   policy_json=policy_json)
+    store = LocalStore(tmp_path / "device.db", schema=BOSTON_SCHEMA, user_id="u",
+                       epsilon_budget=1000.0)
+    store.add_records(simulation.users[0].shareable)
+    sharing = sharing_policy_from(policy_json, privacy_unit="user")
+    result = share(store, sharing, SERVER_KEY.public_key())
+    report = ingest([result.envelope], str(tmp_path / "s.db"), SERVER_KEY, policy)
+    assert len(report.accepted) == 1, report.to_text()
