@@ -219,7 +219,11 @@ class AnonymizationPlan:
         path, closed by ``domains[name] = (low, high)`` (the schema's bounds:
         required for every numeric quasi-identifier, never inferred); for
         categorical ones every category (or the hierarchy node covering every
-        leaf) in the class's range of codes. Every record inside the domains
+        leaf) in the class's range of codes. For a value-set column,
+        ``domains[name]`` may give its categories (the schema's): the widened
+        plan is then coded over them, so it names no category merely because a
+        fitted record held it, and a category never fitted falls into a class
+        instead of being suppressed. Every record inside the domains
         then maps to a class, and k-anonymity is enforced where it must be in
         the distributed setting: by the server's :func:`release_classes`.
         """
@@ -230,6 +234,10 @@ class AnonymizationPlan:
                 f"widened needs domain bounds for numeric quasi-identifier(s) {missing!r}; "
                 "pass the schema's bounds, e.g. {name: schema[name].bounds}."
             )
+        if any(c.kind == "set" and c.name in domains for c in self.codings):
+            return self._with_set_domains(domains).widened(
+                {k: v for k, v in domains.items()
+                 if k in numeric})
         upper = [float(domains[c.name][1]) if c.kind == "numeric" else float(c.cardinality)
                  for c in self.codings]
         lower = [float(domains[c.name][0]) if c.kind == "numeric" else 0.0
@@ -267,6 +275,41 @@ class AnonymizationPlan:
                                       zip(first.tolist(), last.tolist(), strict=True))
         return dataclasses.replace(self, class_low=tuple(class_low), class_high=tuple(class_high),
                                    class_node=tuple(class_node), class_sets=tuple(class_sets))
+
+    def _with_set_domains(self, domains: Mapping[str, Any]) -> AnonymizationPlan:
+        """This plan with value-set columns coded over ``domains[name]`` (the schema's
+        categories) instead of the values seen when fitting, so the plan lists no
+        category just because a fitted record held it."""
+        codings = list(self.codings)
+        threshold = list(self.threshold)
+        class_sets = list(self.class_sets)
+        for j, coding in enumerate(self.codings):
+            if coding.kind != "set" or coding.name not in domains:
+                continue
+            categories = list(dict.fromkeys(domains[coding.name]))
+            unknown = [v for v in coding.values if v not in categories]
+            if unknown:
+                raise ValidationError(
+                    f"widened: {coding.name!r} was fitted on value(s) {unknown[:5]!r} that are "
+                    f"not in the domain given ({categories[:10]!r}...); pass the schema's "
+                    "categories."
+                )
+            try:
+                ordered = sorted(categories)
+            except TypeError:
+                ordered = sorted(categories, key=lambda v: (type(v).__name__, str(v)))
+            position = {v: i for i, v in enumerate(ordered)}
+            remap = np.asarray([position[v] for v in coding.values], dtype=np.int64)
+            for node, dim in enumerate(self.split_dim):
+                if dim == j:
+                    cut = math.ceil(self.threshold[node])
+                    threshold[node] = float(remap[cut]) if cut < len(remap) else float(
+                        len(ordered))
+            class_sets[j] = tuple(tuple(int(remap[v]) for v in members)
+                                  for members in self.class_sets[j])
+            codings[j] = ColumnCoding(coding.name, "set", tuple(ordered))
+        return dataclasses.replace(self, codings=tuple(codings), threshold=tuple(threshold),
+                                   class_sets=tuple(class_sets))
 
     # --- applying ---------------------------------------------------------------
     def apply(self, frame: pd.DataFrame) -> Anonymized:

@@ -89,3 +89,22 @@ def test_any_json_edit_raises_a_dmt_error_or_applies(data):
         plan.apply(table(50, seed=1))
     except DMTError:  # e.g. an edited hierarchy: a clear error, not a crash
         pass
+
+
+def test_a_widened_plan_codes_value_sets_over_the_schema_categories():
+    """A value-set column listed every category a fitted record held; widened over the schema's
+    categories it lists the domain, and a category never fitted is placed, not suppressed."""
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame({"shape": rng.choice(["circle", "square", "star"], 300),
+                          "age": rng.integers(17, 90, 300)})
+    plan = KAnonymizer(["shape", "age"], k=10).fit(frame).plan_
+    domain = ("circle", "hexagon", "square", "star", "triangle")
+    widened = plan.widened({"age": (0.0, 120.0), "shape": domain})
+    data = json.loads(widened.to_json())
+    assert [c["values"] for c in data["codings"] if c["name"] == "shape"] == [list(domain)]
+    np.testing.assert_array_equal(widened.apply(frame).class_ids,
+                                  plan.widened({"age": (0.0, 120.0)}).apply(frame).class_ids)
+    new = widened.apply(pd.DataFrame({"shape": ["hexagon", "triangle"], "age": [30, 60]}))
+    assert len(new.suppressed) == 0
+    again = AnonymizationPlan.from_json(widened.to_json())
+    np.testing.assert_array_equal(again.apply(frame).class_ids, widened.apply(frame).class_ids)
