@@ -453,19 +453,37 @@ class KAnonymizer(TransformerMixin, BaseEstimator):
         for j in range(codes.shape[1]):
             freq = np.bincount(codes[:, j])
             rarity += -np.log(freq[codes[:, j]] / n)
+        # The greedy order: each step removes one record of the currently most frequent
+        # value (ties: the lowest code), i.e. value i goes from level v to v - 1 in the order
+        # of (-v, i). That sequence is known up front, so the least number of removals that
+        # makes the table admissible is found by evaluating the constraint on many
+        # candidate counts at once (one numpy call per chunk), not one call per record.
+        original = counts.copy()
+        levels = np.concatenate([np.arange(c, 0, -1) for c in original.tolist()])
+        values = np.repeat(np.arange(sens.m), original)
+        sequence = values[np.lexsort((values, -levels))][:budget]
         removed = 0
-        # Each value's records, rarest quasi-identifiers first (they cost the most to keep):
-        # one sort, then each step takes the next of the most frequent value, O(m) per step.
-        order = np.lexsort((-rarity, sens.codes))
-        starts = np.searchsorted(sens.codes[order], np.arange(sens.m + 1))
-        taken = np.zeros(sens.m, dtype=np.int64)
-        while removed < budget and not admissible(counts[None, :])[0]:
-            top = int(np.argmax(counts))
-            victim = order[starts[top] + taken[top]]
-            taken[top] += 1
-            keep[victim] = False
-            counts[top] -= 1
-            removed += 1
+        if sequence.size:
+            chunk = max(1, min(sequence.size, 1 << 22) // max(sens.m, 1))
+            found = None
+            for start in range(0, sequence.size, chunk):
+                block = sequence[start:start + chunk]
+                onehot = np.zeros((block.size, sens.m), dtype=np.int64)
+                onehot[np.arange(block.size), block] = 1
+                before = original - np.bincount(sequence[:start], minlength=sens.m)
+                candidates = before[None, :] - np.cumsum(onehot, axis=0)
+                ok = np.flatnonzero(admissible(candidates))
+                if ok.size:
+                    found = start + int(ok[0]) + 1
+                    break
+            removed = found if found is not None else int(sequence.size)
+            per_value = np.bincount(sequence[:removed], minlength=sens.m)
+            counts = original - per_value
+            # Each value's records, rarest quasi-identifiers first (they cost the most to keep).
+            order = np.lexsort((-rarity, sens.codes))
+            starts = np.searchsorted(sens.codes[order], np.arange(sens.m + 1))
+            for value in np.flatnonzero(per_value):
+                keep[order[starts[value]:starts[value] + per_value[value]]] = False
         if not admissible(counts[None, :])[0]:
             what = []
             if self.l is not None:

@@ -90,4 +90,4 @@ def test_root_suppression_is_fast_at_scale():
     est._root_suppression(est._sensitive(table, {}),
                           np.stack([table["age"].to_numpy(), table["zip"].to_numpy()], axis=1),
                           est._admissible(est._sensitive(table, {})), [])
-    assert time.perf_counter() - started < 3.0
+    assert time.perf_counter() - started < 2.0  # 0.05 s measured on the 2-core machine
