@@ -24,7 +24,7 @@ import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from dmt_model.features import FeatureBatch
 from dmt_model.foundation import Foundation, TrainingConfig, fit_foundation, regression_metrics
 from dmt_privacy.errors import ModelFileError, ValidationError
 from dmt_privacy.files import write_atomically
+from dmt_privacy.release import ReleaseSigningKey, release_file_name, sign_release
 
 __all__ = [
     "ModelRegistry",
@@ -58,12 +59,27 @@ class SharedBatch:
     hierarchies: Mapping[str, Mapping[Any, Sequence[Any]]] | None = None
 
 
-def shared_batches(store: Any, which: str = "released") -> list[SharedBatch]:
+def shared_batches(store: Any, which: str = "released", *, policy: Any = None,
+                   previous: Foundation | None = None,
+                   proxy: pd.DataFrame | None = None) -> list[SharedBatch]:
     """The records a :class:`~dmt_model.server.SharedStore` holds, one batch per package.
 
-    Each batch carries its package's local-DP receipt, so retraining can weigh
-    the records by their noise; the store's bookkeeping columns are dropped.
+    With ``policy`` (the :class:`~dmt_model.server.ServerPolicy`; recommended):
+    every package is validated again against it and skipped if it fails, each
+    batch carries the DP receipt the policy implies (never the package's own
+    claim), at most ``policy.max_training_records`` records of a package are
+    used and, with ``previous`` and ``proxy``, targets are winsorized around
+    the previous foundation's prediction (:func:`dmt_model.server.training.policy_batches`).
+    Without it (deprecated), each batch carries its package's own receipt.
     """
+    if policy is not None:
+        from dmt_model.server.training import policy_batches
+
+        return policy_batches(store, policy, which, previous=previous, proxy=proxy)[0]
+    import warnings
+
+    warnings.warn("shared_batches(store) without policy= weighs records by the packages' own "
+                  "receipts; pass the server's policy.", DeprecationWarning, stacklevel=2)
     frame = store.frame(which)
     if frame.empty:
         return []
@@ -193,6 +209,8 @@ class ModelVersion:
     notes: str = ""
     status: str = "published"
     validation: dict[str, float] = field(default_factory=dict)
+    #: the signed release of ``mlmodel_file`` (:mod:`dmt_privacy.release`), "" if unsigned
+    release_file: str = ""
 
     @property
     def published(self) -> bool:
@@ -230,18 +248,31 @@ class ModelRegistry:
         return published[-1] if published else None
 
     def path(self, name: str) -> Path:
+        """A file of the registry by its plain name; never a path outside the folder."""
+        if (not isinstance(name, str) or not name or name.startswith(".") or "/" in name
+                or "\\" in name or Path(name).name != name):
+            raise ModelFileError(f"The model index names {name!r}, not a plain file name of "
+                                 f"the registry {self.folder}; the index may be tampered with.")
         return self.folder / name
 
     def publish(self, foundation: Foundation, *, trained_on: Mapping[str, int],
                 evaluation_data: pd.DataFrame | None = None,
                 validation_data: pd.DataFrame | None = None, tolerance: float = 0.0,
-                update_settings: UpdateSettings | None = None, notes: str = "") -> ModelVersion:
+                update_settings: UpdateSettings | None = None, notes: str = "",
+                signing_key: ReleaseSigningKey | Sequence[ReleaseSigningKey] | None = None,
+                policy: Any = None, server_key: Any = None,
+                release_valid_for: timedelta = timedelta(days=30)) -> ModelVersion:
         """Save ``foundation`` and its updatable Core ML model as the next version.
 
         With ``validation_data``, the version is published only if its RMSE on
         it is at most ``(1 + tolerance)`` × the current published version's
         (the first version is always published); otherwise it is saved with
         ``status="refused"``. Check ``version.published``.
+
+        With ``signing_key`` (the Ed25519 release key whose public half apps
+        pin), a published version gets its signed release (:meth:`sign`),
+        naming ``policy`` (the :class:`~dmt_model.server.ServerPolicy`) and
+        ``server_key`` (the HPKE public key devices seal packages to).
         """
         if not (math.isfinite(tolerance) and tolerance >= 0):
             raise ValidationError(f"tolerance must be a non-negative number, got {tolerance!r}.")
@@ -267,10 +298,51 @@ class ModelRegistry:
         entry = ModelVersion(number, f"{stem}.npz", f"{stem}.mlmodel",
                              datetime.now(timezone.utc).isoformat(timespec="seconds"),
                              dict(trained_on), evaluation, notes, status, validation)
+        if signing_key is not None and entry.published:
+            entry = self._sign_files(entry, signing_key, foundation.featurizer.schema.schema_id,
+                                     policy=policy, server_key=server_key,
+                                     valid_for=release_valid_for)
         index = [asdict(v) for v in versions] + [asdict(entry)]
         write_atomically(self.folder / self.INDEX, json.dumps(index, indent=2).encode(),
                          make_parents=True)
         return entry
+
+    def sign(self, version: int,
+             signing_key: ReleaseSigningKey | Sequence[ReleaseSigningKey], *,
+             policy: Any = None, server_key: Any = None,
+             valid_for: timedelta = timedelta(days=30)) -> ModelVersion:
+        """(Re-)sign a published version: a fresh expiry, or new keys during a rotation."""
+        versions = self.versions()
+        match = [i for i, v in enumerate(versions) if v.version == version]
+        if not match:
+            raise ValidationError(f"No version {version} in the registry {self.folder}.")
+        entry = versions[match[0]]
+        if not entry.published:
+            raise ValidationError(f"Version {version} was refused by the gate; it is never "
+                                  "served, so it is not signed.")
+        schema_id = Foundation.load(self.path(entry.foundation_file)).featurizer.schema.schema_id
+        entry = self._sign_files(entry, signing_key, schema_id, policy=policy,
+                                 server_key=server_key, valid_for=valid_for)
+        versions[match[0]] = entry
+        write_atomically(self.folder / self.INDEX,
+                         json.dumps([asdict(v) for v in versions], indent=2).encode())
+        return entry
+
+    def _sign_files(self, entry: ModelVersion,
+                    signing_key: ReleaseSigningKey | Sequence[ReleaseSigningKey],
+                    schema_id: str, *, policy: Any, server_key: Any,
+                    valid_for: timedelta) -> ModelVersion:
+        from dataclasses import replace
+
+        model = self.path(entry.mlmodel_file).read_bytes()
+        document = sign_release(
+            model, signing_key, version=entry.version, schema_id=schema_id,
+            policy_json=policy.to_json() if policy is not None else None,
+            server_key=server_key.to_bytes() if server_key is not None else None,
+            valid_for=valid_for)
+        name = release_file_name(entry.mlmodel_file)
+        write_atomically(self.path(name), document, mode=0o644)
+        return replace(entry, release_file=name)
 
     @staticmethod
     def _evaluate(foundation: Foundation, data: pd.DataFrame | None,

@@ -21,7 +21,7 @@ from attack_kit import KEY, forge, honest_packages, seal, with_field_receipt
 
 from dmt_model.foundation import TrainingConfig
 from dmt_model.server import SharedStore, ingest
-from dmt_model.server.retrain import retrain_foundation
+from dmt_model.server.retrain import retrain_foundation, shared_batches
 from dmt_model.server.training import policy_batches
 from dmt_model.server.write import write_package
 from dmt_privacy.package import encode_package, open_package
@@ -80,6 +80,15 @@ def test_the_issues_poisoning_run_is_refused_and_ignored(scene, simulation, foun
     assert len(report.rejected) == 5
     assert set(read.skipped) == {"noise"} and read.skipped["noise"] >= 1
     assert rmse <= 1.10 * scene["clean"]
+    # the same store read the deprecated way, believing each package's own receipt
+    store = SharedStore(f"sqlite:///{scene['folder'] / 'issue.db'}", KEY)
+    with pytest.warns(DeprecationWarning, match="own receipts"):
+        believed = shared_batches(store)
+    trusting = _rmse(retrain_foundation(foundation, simulation.proxy, believed, CONFIG),
+                     scene["test"])
+    print(f"believing the packages' receipts instead: RMSE {trusting:.1f}")
+    assert trusting > 10 * scene["clean"]
+    assert len(shared_batches(store, policy=policy)) == len(policy_batches(store, policy)[0])
 
 
 def test_the_strongest_packages_the_policy_accepts_stay_within_10_percent(

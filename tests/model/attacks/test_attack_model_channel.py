@@ -1,0 +1,110 @@
+"""Issue 15.3 end to end: the registry signs what it publishes; a device fetching through the
+service refuses a backdoored file, a rewritten index (rollback) and a file outside the registry.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from attack_kit import KEY
+from fastapi.testclient import TestClient
+
+from dmt_model.server.retrain import ModelRegistry
+from dmt_model.server.service import create_app
+from dmt_privacy.errors import ModelFileError
+from dmt_privacy.release import (
+    InvalidRelease,
+    RollbackRefused,
+    generate_release_key,
+    verify_release,
+)
+
+RELEASE_KEY = generate_release_key()
+PINNED = [RELEASE_KEY.verify_key()]
+
+
+@pytest.fixture(scope="module")
+def published(foundation, simulation, policy, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("registry")
+    registry = ModelRegistry(folder / "models")
+    for _ in range(2):
+        registry.publish(foundation, trained_on={"proxy": len(simulation.proxy)},
+                         signing_key=RELEASE_KEY, policy=policy,
+                         server_key=KEY.public_key())
+    return folder, registry
+
+
+def _fetch(client):
+    model = client.get("/v1/models/latest")
+    release = client.get("/v1/models/latest/release")
+    policy = client.get("/v1/policy")
+    assert model.status_code == release.status_code == policy.status_code == 200
+    return model.content, release.content, policy.content
+
+
+def test_the_device_verifies_what_the_service_serves(published, policy):
+    folder, registry = published
+    with TestClient(create_app(f"sqlite:///{folder / 's.db'}", KEY, policy,
+                               models=registry.folder)) as client:
+        model, release, served_policy = _fetch(client)
+    verified = verify_release(release, model, PINNED, installed_version=1,
+                              policy_json=served_policy)
+    assert verified.metadata.version == 2 and verified.model == model
+    assert bytes.fromhex(verified.metadata.server_key) == KEY.public_key().to_bytes()
+
+
+def test_a_backdoored_file_and_a_rolled_back_index_are_refused(published, policy, tmp_path):
+    import shutil
+
+    _, registry = published
+    copy = ModelRegistry(tmp_path / "models")
+    shutil.copytree(registry.folder, copy.folder)
+    app = create_app(f"sqlite:///{tmp_path / 's.db'}", KEY, policy, models=copy.folder)
+    latest = copy.latest()
+    assert latest is not None
+    mlmodel = copy.folder / latest.mlmodel_file
+    original = mlmodel.read_bytes()
+    mlmodel.write_bytes(original[:-64] + b"\x01" * 64)  # the backdoor, same name and version
+    with TestClient(app) as client:
+        model, release, served_policy = _fetch(client)
+    with pytest.raises(InvalidRelease):
+        verify_release(release, model, PINNED, installed_version=1, policy_json=served_policy)
+    mlmodel.write_bytes(original)
+    index = json.loads((copy.folder / "versions.json").read_text())
+    (copy.folder / "versions.json").write_text(json.dumps(index[:1]))  # v1 served as latest
+    with TestClient(app) as client:
+        model, release, served_policy = _fetch(client)
+    with pytest.raises(RollbackRefused):
+        verify_release(release, model, PINNED, installed_version=2, policy_json=served_policy)
+
+
+def test_the_index_cannot_point_outside_the_registry(published, policy, tmp_path):
+    import shutil
+
+    _, registry = published
+    copy = ModelRegistry(tmp_path / "models")
+    shutil.copytree(registry.folder, copy.folder)
+    index = json.loads((copy.folder / "versions.json").read_text())
+    index[-1]["mlmodel_file"] = "/etc/passwd"
+    (copy.folder / "versions.json").write_text(json.dumps(index))
+    with TestClient(create_app(f"sqlite:///{tmp_path / 's.db'}", KEY, policy,
+                               models=copy.folder)) as client:
+        assert client.get("/v1/models/latest").status_code == 404
+    for name in ("/etc/passwd", "../outside.mlmodel", ".hidden"):
+        with pytest.raises(ModelFileError):
+            copy.path(name)
+
+
+def test_resigning_rotates_keys_and_refreshes_expiry(published, policy, tmp_path):
+    import shutil
+
+    _, registry = published
+    copy = ModelRegistry(tmp_path / "models")
+    shutil.copytree(registry.folder, copy.folder)
+    new_key = generate_release_key()
+    entry = copy.sign(2, [RELEASE_KEY, new_key], policy=policy, server_key=KEY.public_key())
+    document = (copy.folder / entry.release_file).read_bytes()
+    model = (copy.folder / entry.mlmodel_file).read_bytes()
+    assert verify_release(document, model, [new_key.verify_key()]).key_id == new_key.key_id
+    assert verify_release(document, model, PINNED).key_id == RELEASE_KEY.key_id
