@@ -21,7 +21,7 @@ import pandas as pd
 from dmt_privacy.anonymity.constraints import emd_hierarchical, emd_ordered
 from dmt_privacy.anonymity.hierarchy import Hierarchy
 
-__all__ = ["assert_k_anonymous", "assert_l_diverse", "assert_t_close"]
+__all__ = ["assert_k_anonymous", "assert_l_diverse", "assert_release_rule", "assert_t_close"]
 
 
 class _Missing:
@@ -234,3 +234,75 @@ def assert_t_close(
                 f"not {t:g}-close in {sensitive!r}: "
                 f"{_describe(frame, list(quasi_identifiers), key, rows)} is at EMD {emd:.4f}"
             )
+
+
+def assert_release_rule(
+    released: pd.DataFrame,
+    rule: Any,
+    *,
+    group_by: Sequence[str] = ("cohort_id",),
+    package_column: str = "package_id",
+) -> None:
+    """Every group of ``released`` (default: each server cohort) meets ``rule``.
+
+    ``rule`` is a :class:`~dmt_privacy.anonymity.ReleaseRule`. A slow,
+    independent reference for it: distinct packages at least k; with each
+    package weighing the same, distinct / entropy / recursive (c, l)
+    diversity of the sensitive values, and the EMD to ``rule.reference``
+    (equal distance, or ordered when ``rule.ordered``) at most t. Use it on
+    ``SharedStore.frame("released", cohorts=True)``.
+    """
+    _check_columns(released, [*group_by, package_column])
+    if rule.l is not None or rule.t is not None:
+        _check_columns(released, [rule.sensitive])
+    groups: dict[Any, list[int]] = {}
+    for pos, key in enumerate(zip(*(released[c].tolist() for c in group_by), strict=True)):
+        groups.setdefault(tuple(_key(v) for v in key), []).append(pos)
+    packages = released[package_column].tolist()
+    values = released[rule.sensitive].tolist() if rule.sensitive in released.columns else None
+    for key, rows in groups.items():
+        members = [packages[i] for i in rows]
+        distinct = len(set(members))
+        if distinct < rule.k:
+            raise AssertionError(f"group {key!r}: {distinct} distinct packages, fewer than "
+                                 f"k={rule.k} (rows {rows[:5]!r})")
+        if values is None or (rule.l is None and rule.t is None):
+            continue
+        size: dict[Any, int] = {}
+        for p in members:
+            size[p] = size.get(p, 0) + 1
+        weight: dict[Any, float] = {}
+        for i in rows:
+            v = _key(values[i])
+            weight[v] = weight.get(v, 0.0) + 1.0 / size[packages[i]]
+        total = sum(weight.values())
+        dist = {v: w / total for v, w in weight.items()}
+        if rule.l is not None:
+            ranked = sorted(dist.values(), reverse=True)
+            if rule.l_kind == "distinct":
+                ok = len(ranked) >= rule.l
+            elif rule.l_kind == "entropy":
+                ok = -sum(p * math.log(p) for p in ranked if p > 0) >= math.log(rule.l) - 1e-9
+            else:
+                ok = len(ranked) >= rule.l and ranked[0] < rule.c * sum(ranked[rule.l - 1:])
+            if not ok:
+                raise AssertionError(f"group {key!r}: sensitive distribution {dist!r} is not "
+                                     f"{rule.l_kind} {rule.l}-diverse")
+        if rule.t is not None:
+            ref = dict(rule.reference or ())
+            if rule.ordered:
+                order = [v for v, _ in rule.reference or ()]
+                outside = sum(p for v, p in dist.items() if v not in ref)
+                inside = [dist.get(v, 0.0) / (1 - outside) if outside < 1 else 0.0
+                          for v in order]
+                cum, emd = 0.0, 0.0
+                for p, q in zip(inside, [ref[v] for v in order], strict=True):
+                    cum += p - q
+                    emd += abs(cum)
+                emd = outside + (1 - outside) * emd / max(len(order) - 1, 1)
+            else:
+                emd = 0.5 * sum(abs(dist.get(v, 0.0) - ref.get(v, 0.0))
+                                for v in set(dist) | set(ref))
+            if emd > rule.t + 1e-9:
+                raise AssertionError(f"group {key!r}: EMD {emd:.4f} to the reference is above "
+                                     f"t={rule.t}")

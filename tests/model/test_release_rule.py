@@ -17,6 +17,7 @@ from dmt_privacy import Field, Schema
 from dmt_privacy.anonymity import KAnonymizer, ReleaseRule, release_classes
 from dmt_privacy.package import PrivacyReceipt, SharePackage, seal_package
 from dmt_privacy.seal import generate_server_key
+from dmt_privacy.testing import assert_release_rule
 
 SCHEMA = Schema((
     Field("age", "numeric", role="quasi-identifier", bounds=(0, 100), grid=1.0),
@@ -115,6 +116,10 @@ def test_a_grown_class_is_not_released_by_one_newcomer(tmp_path):
     ingest([seal_package(newcomer, KEY.public_key())], db, KEY, policy)
     after = store.frame("released", cohorts=True)
     pd.testing.assert_frame_equal(after, before)  # the newcomer waits for a cohort of its own
+    # what a growing class would have shown between the snapshots: one package's record
+    difference = store.frame("quarantined", cohorts=True).assign(cohort_id="difference")
+    with pytest.raises(AssertionError, match="1 distinct packages"):
+        assert_release_rule(difference, release_rule(policy))
     assert store.counts()["records_quarantined"] == 1
 
 
@@ -146,6 +151,7 @@ def test_server_path_releases_only_cohorts_meeting_k_l_t(tmp_path_factory, n_dev
         released = store.frame("released", cohorts=True)
         if released.empty:
             continue
+        assert_release_rule(released, rule)  # the public helper, per cohort
         for cohort_id, cohort in released.groupby("cohort_id"):
             assert meets_rule(cohort, rule), cohort
             shape = (frozenset(cohort["package_id"]), len(cohort))
