@@ -170,6 +170,11 @@ class LocalStore:
     epsilon_budget, delta_budget:
         The privacy budget, passed to :class:`~dmt_privacy.dp.PrivacyLedger`
         the first time; afterwards the stored budget is used.
+    ledger_key:
+        Optional ``integrity_key`` of the ledger (at least 16 bytes, kept
+        outside this file, e.g. in the device's keychain): its hash chain is
+        then an HMAC, so a rewrite of the ledger by someone without the key
+        is detected. Give the same key every time the file is opened.
     """
 
     def __init__(
@@ -181,8 +186,10 @@ class LocalStore:
         epsilon_budget: float | None = None,
         delta_budget: float | None = None,
         timeout: float = 30.0,
+        ledger_key: bytes | None = None,
     ) -> None:
         self.path = Path(path)
+        self._ledger_key = ledger_key
         self._conn = sqlite3.connect(os.fspath(self.path), timeout=timeout, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
@@ -246,7 +253,8 @@ class LocalStore:
         if self._ledger is None:
             eps, dlt = self._budget
             self._ledger = PrivacyLedger(self._conn, user_id=self.user_id,
-                                         epsilon_budget=eps, delta_budget=dlt)
+                                         epsilon_budget=eps, delta_budget=dlt,
+                                         integrity_key=self._ledger_key)
         return self._ledger
 
     # --- records ----------------------------------------------------------------------

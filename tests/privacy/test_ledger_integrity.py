@@ -97,3 +97,44 @@ def test_a_budget_created_by_a_racing_process_is_not_handed_over(tmp_path, monke
     monkeypatch.setattr(ledger_module, "_now", real_now)
     with PrivacyLedger(path, user_id="u") as ledger:
         assert ledger.budget.epsilon == 10.0
+
+
+def _rewrite_charge(path, new_epsilon: float) -> None:
+    """What someone who knows the (public) chain algorithm does: edit a charge and recompute
+    every unkeyed SHA-256 link and the head."""
+    import hashlib
+
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE dp_charges SET epsilon = ? WHERE rowid = 1", (new_epsilon,))
+        eps_b, dlt_b, created = conn.execute(
+            "SELECT epsilon_budget, delta_budget, created_at FROM dp_budget").fetchone()
+        head = hashlib.sha256(b"\x00".join([b"dmt privacy ledger chain v1", b"u",
+                                            repr(eps_b).encode(), repr(dlt_b).encode(),
+                                            created.encode()])).hexdigest()
+        rows = conn.execute("SELECT rowid, release_id, epsilon, delta, receipt, charged_at "
+                            "FROM dp_charges ORDER BY rowid").fetchall()
+        for rowid, rid, eps, dlt, receipt, at in rows:
+            head = hashlib.sha256(b"\x00".join([head.encode(), b"u", rid.encode(),
+                                                repr(eps).encode(), repr(dlt).encode(),
+                                                receipt.encode(), at.encode()])).hexdigest()
+            conn.execute("UPDATE dp_charges SET chain = ? WHERE rowid = ?", (head, rowid))
+        conn.execute("UPDATE dp_budget SET head = ?", (head,))
+
+
+def test_a_rewritten_chain_passes_unkeyed_and_is_refused_with_a_key(tmp_path):
+    from dmt_privacy.store import LocalStore
+
+    plain = tmp_path / "plain.db"
+    charged_ledger(plain)
+    _rewrite_charge(plain, 0.0)
+    with PrivacyLedger(plain, user_id="u") as ledger:  # the documented limit
+        assert ledger.spent.epsilon == pytest.approx(2.0)
+    key = bytes(range(32))
+    keyed = tmp_path / "keyed.db"
+    store = LocalStore(keyed, schema=SCHEMA, user_id="u", epsilon_budget=10.0, ledger_key=key)
+    t = LocalDPPerturber(SCHEMA, epsilon={"x": 0.5}, ledger=store.ledger).fit()
+    t.perturb(pd.DataFrame({"x": [1.0]}))
+    store.close()
+    _rewrite_charge(keyed, 0.0)
+    with pytest.raises(LedgerIntegrityError):
+        LocalStore(keyed, ledger_key=key).ledger  # noqa: B018
