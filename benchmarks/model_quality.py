@@ -301,7 +301,15 @@ def summarize(tasks: list[dict]) -> dict:
             cell["foundation"] = over_seeds([np.mean([u["foundation"] for u in r["users"]])
                                              for r in p])
             cell["oracle"] = over_seeds([np.mean([u["oracle"] for u in r["users"]]) for r in p])
-            for conv in ("mean", "half", "sum"):
+            with_sum = [r for r in p if "sum" in r]
+            if with_sum:  # a summed MSE over a batch of one is the mean: the same update
+                cell["sum vs mean, largest per-user difference"] = max(
+                    abs(a["rmse"] - b["rmse"]) for r in with_sum
+                    for a, b in zip(r["sum"], r["mean"], strict=True))
+                cell["sum vs mean, decisions that differ"] = sum(
+                    a["kept"] != b["kept"] for r in with_sum
+                    for a, b in zip(r["sum"], r["mean"], strict=True))
+            for conv in ("mean", "half"):
                 have = [r for r in p if conv in r]
                 if not have:
                     continue
@@ -356,7 +364,7 @@ def report(summary: dict) -> None:
                 f"{by_spread[h][m]['mean']:>10.3f} ± {by_spread[h][m]['std']:<5.2f}"
                 for h in by_spread))
         for h, cell in by_spread.items():
-            for conv in ("mean", "half", "sum"):
+            for conv in ("mean", "half"):
                 rule = cell.get(f"rule ({conv})")
                 if rule:
                     print(f"  h={h} {conv}: kept {rule['kept']}/{rule['users']}, of which "
@@ -378,7 +386,6 @@ def markdown(result: dict) -> str:
     stages = [("foundation", "foundation v1"), ("oracle", "oracle (v1 × the user's factor)"),
               ("personalize (mean)", "`personalize()`, mean MSE"),
               ("personalize (half)", "`personalize()`, ½·mean MSE"),
-              ("personalize (sum)", "`personalize()`, summed MSE (seed 0)"),
               ("loop: personal v1, nothing shared", "loop: personal v1, nothing shared"),
               ("loop: after sharing, gate, adoption", "loop: after sharing, gate, adoption")]
     for name, by_spread in summary.items():
@@ -411,6 +418,12 @@ def markdown(result: dict) -> str:
                          + " | ".join(
                              f"{r['discarded_that_would_have_lowered_it']}/{r['discarded']}"
                              for r in rules) + " |")
+        if "sum vs mean, largest per-user difference" in by_spread[spreads[0]]:
+            lines.append("| summed MSE (seed 0): largest difference from mean MSE, decisions "
+                         "that differ | " + " | ".join(
+                             f"{by_spread[h]['sum vs mean, largest per-user difference']:.1g}, "
+                             f"{by_spread[h]['sum vs mean, decisions that differ']}"
+                             for h in spreads) + " |")
         lines.append("| users whose test error the oracle itself raises | " + " | ".join(
             f"{by_spread[h]['oracle_raised_test_error']['users']}/"
             f"{by_spread[h]['oracle_raised_test_error']['of']}" for h in spreads) + " |")
