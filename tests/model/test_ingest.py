@@ -340,3 +340,26 @@ def test_a_different_package_reusing_a_stored_id_is_refused_not_acknowledged(tmp
     assert outcome.reason.startswith("conflict") and report.stored_ids == []
     again = ingest([seal_package(first, KEY.public_key())], db, KEY, POLICY)
     assert again.outcomes[0].replay and again.stored_ids == [first.package_id]
+
+
+def test_randomized_response_and_gaussian_fields_match_the_policy_exactly(tmp_path):
+    """Categorical k-RR (no rounding in its receipt) and the Gaussian mechanism (δ) pass the
+    exact receipt check when the device follows the policy, and fail when it does not."""
+    policy = ServerPolicy(SCHEMA, min_k=3, epsilon={"income": 1.0, "zip": 1.0},
+                          mechanism={"income": "gaussian"}, delta={"income": 1e-5})
+    rng = np.random.default_rng(1)
+    store = LocalStore(tmp_path / "u.db", schema=SCHEMA, user_id="u", epsilon_budget=100,
+                       delta_budget=0.1)
+    store.add_records(pd.DataFrame({
+        "age": rng.integers(20, 61, 8).astype(float), "zip": rng.choice(["a", "b", "c"], 8),
+        "note": [f"n{j}" for j in range(8)], "income": rng.uniform(0, 1000, 8),
+        "score": rng.uniform(0, 10, 8)}))
+    fields = ("zip", "note", "income", "score")
+    follows = SharingPolicy(fields=fields, epsilon={"income": 1.0, "zip": 1.0},
+                            mechanism={"income": "gaussian"}, delta={"income": 1e-5},
+                            privacy_unit="record", fraction=0.5)
+    deviates = follows.evolve(mechanism={}, delta={})  # Laplace on income
+    envelopes = [share(store, p, KEY.public_key()).envelope for p in (follows, deviates)]
+    report = ingest(envelopes, str(tmp_path / "s.db"), KEY, policy)
+    assert [o.status for o in report.outcomes] == ["accepted", "rejected"]
+    assert report.outcomes[1].reason.startswith("mechanism")
