@@ -34,7 +34,6 @@ import json
 import math
 import secrets
 import types
-import warnings
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,10 +88,10 @@ class SharingPolicy:
     privacy_unit:
         ``"user"`` (user-level DP: a share of n records costs n × Σε, what
         the user loses) or ``"record"`` (record-level, weaker), see
-        :class:`~dmt_privacy.dp.LocalDPPerturber`. Deprecation path: a policy
-        with ``epsilon`` and no ``privacy_unit`` is record-level and warns
-        (``FutureWarning``); the default becomes ``"user"`` once the callers
-        that rely on it (``dmt demo``) state their unit.
+        :class:`~dmt_privacy.dp.LocalDPPerturber`. Default (``None``):
+        ``"user"``. Policies that relied on the earlier record-level default
+        must now give a budget for what their users really spend, or say
+        ``privacy_unit="record"``.
     required_k:
         The plan's k must be at least this (the server refuses less).
     max_epsilon:
@@ -144,16 +143,8 @@ class SharingPolicy:
             object.__setattr__(self, "record_ids", frozenset(str(r) for r in self.record_ids))
         for name in ("modifiers", "epsilon", "delta", "mechanism"):
             object.__setattr__(self, name, _frozen_mapping(getattr(self, name), name))
-        if self.privacy_unit is None:
-            if self.epsilon:
-                warnings.warn(
-                    "SharingPolicy without privacy_unit is record-level (each share costs Σε "
-                    "however many records it holds, which is not what the user loses); pass "
-                    "privacy_unit='user' (user-level, the coming default) or 'record'.",
-                    FutureWarning, stacklevel=3)
-                object.__setattr__(self, "privacy_unit", "record")
-            else:
-                object.__setattr__(self, "privacy_unit", "user")
+        if self.privacy_unit is None:  # user-level unless the caller asks for less
+            object.__setattr__(self, "privacy_unit", "user")
         if self.privacy_unit not in _UNITS:
             raise ValidationError(
                 f"privacy_unit must be one of {_UNITS!r}, got {self.privacy_unit!r}."

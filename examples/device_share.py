@@ -48,7 +48,7 @@ policy = SharingPolicy(
 for user in simulation.users:
     path = DIR / "devices" / f"user{user.user_id}.db"
     with LocalStore(path, schema=BOSTON_SCHEMA, user_id=f"user{user.user_id}",
-                    epsilon_budget=4.0) as store:
+                    epsilon_budget=10.0) as store:  # user-level: 7 records at ε=1 cost 7
         if len(store) == 0:
             store.add_records(user.shareable)
             store.add_records(user.private, shareable=False)  # never leaves the device

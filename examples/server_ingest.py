@@ -22,7 +22,7 @@ from dmt_privacy.store import LocalStore
 
 DIR = Path(sys.argv[1] if len(sys.argv) > 1 else Path(tempfile.gettempdir()) / "dmt-share-example")
 key = load_private_key(DIR / "server.key")
-policy = ServerPolicy(BOSTON_SCHEMA, min_k=5, max_epsilon={"MEDV": 1.0})
+policy = ServerPolicy(BOSTON_SCHEMA, min_k=5, epsilon={"MEDV": 1.0})
 db = f"sqlite:///{DIR / 'server.db'}"
 
 report = ingest(DIR / "outbox", db, key, policy)

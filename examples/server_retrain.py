@@ -24,7 +24,7 @@ import pandas as pd
 
 from dmt_model.datasets import BOSTON_SCHEMA, load_boston, simulate_users
 from dmt_model.foundation import train_foundation
-from dmt_model.server import SharedStore
+from dmt_model.server import ServerPolicy, SharedStore
 from dmt_model.server.retrain import (
     ModelRegistry,
     retrain_foundation,
@@ -46,7 +46,10 @@ if registry.latest() is None:
                      validation_data=validation, notes="proxy data only")
 
 store = SharedStore(f"sqlite:///{DIR / 'server.db'}", load_private_key(DIR / "server.key"))
-batches = shared_batches(store)
+# The same policy server_ingest.py accepted packages under: retraining re-validates every
+# stored package against it and weighs records by the noise it implies, never a package's claim.
+policy = ServerPolicy(BOSTON_SCHEMA, min_k=5, epsilon={"MEDV": 1.0})
+batches = shared_batches(store, policy=policy, previous=foundation, proxy=proxy)
 retrained = retrain_foundation(foundation, proxy, batches)
 version = registry.publish(
     retrained, evaluation_data=held_out, validation_data=validation,
