@@ -456,7 +456,7 @@ def _derive_key(secret: bytes, salt: bytes, params: Argon2idParams) -> bytes:
     except ImportError:
         raise MissingDependencyError(
             "backups need Argon2id: use cryptography >= 44 built with OpenSSL >= 3.2, "
-            "or install argon2-cffi (pip install 'dmt[model]')"
+            "or install argon2-cffi (pip install 'dmt-sdk[model]')"
         ) from None
     return hash_secret_raw(
         secret,

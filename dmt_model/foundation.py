@@ -98,7 +98,7 @@ def _import_torch() -> Any:
         from dmt_privacy.errors import MissingDependencyError
 
         raise MissingDependencyError(
-            "torch is needed to train models; install it with `pip install 'dmt[model]'` "
+            "torch is needed to train models; install it with `pip install 'dmt-sdk[model]'` "
             "(or `make install` in a checkout)."
         ) from None
     return torch

@@ -23,7 +23,7 @@ def import_coremltools() -> Any:
     except ImportError:
         raise MissingDependencyError(
             "coremltools is needed for Core ML models; install it with "
-            "`pip install 'dmt[model]'` (or `make install` in a checkout)."
+            "`pip install 'dmt-sdk[model]'` (or `make install` in a checkout)."
         ) from None
     finally:
         logger.setLevel(level)

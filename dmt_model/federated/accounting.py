@@ -46,7 +46,7 @@ def _opacus_accountant(mechanism: str) -> Any:
     except ImportError:
         raise MissingDependencyError(
             "opacus is needed for the DP-FedAvg accountant; install it with "
-            "`pip install 'dmt[federated]'` (or `pip install opacus`)."
+            "`pip install 'dmt-sdk[federated]'` (or `pip install opacus`)."
         ) from None
     return create_accountant(mechanism=mechanism)
 

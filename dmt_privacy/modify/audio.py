@@ -7,7 +7,7 @@ unclipped; integer PCM (``int16``, ``int32``) is scaled to [-1, 1] and comes
 back in its dtype, clipped. The sample rate is a parameter of the transformers
 that need one.
 
-Pitch and tempo use librosa (``pip install 'dmt[audio]'``): a phase vocoder
+Pitch and tempo use librosa (``pip install 'dmt-sdk[audio]'``): a phase vocoder
 (``librosa.effects.time_stretch``) and, for pitch, resampling with soxr
 (``librosa.effects.pitch_shift``). librosa compiles some code with numba on
 first use, which takes a second or two once per process.
@@ -61,7 +61,7 @@ def _librosa() -> Any:
         import librosa
     except ImportError as exc:
         raise MissingDependencyError(
-            "Pitch shift and tempo change need librosa: `pip install 'dmt[audio]'` "
+            "Pitch shift and tempo change need librosa: `pip install 'dmt-sdk[audio]'` "
             "(or `pip install librosa`)."
         ) from exc
     return librosa
