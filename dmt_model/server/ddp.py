@@ -151,6 +151,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="proxy data CSV (default: the bundled Boston proxy split, --seed)")
     parser.add_argument("--db", help="the server's store (SQLAlchemy URL): its released records")
     parser.add_argument("--key", type=Path, help="the server's private key (with --db)")
+    parser.add_argument("--policy", type=Path,
+                        help="the server's policy JSON (with --db): every stored package is "
+                             "validated again against it and weighed by its noise, never by "
+                             "its own receipt")
     parser.add_argument("--shared", type=Path, action="append", default=[],
                         help="a CSV of shared records (weight 1), repeatable")
     parser.add_argument("--epochs", type=int, help="default: the previous foundation's")
@@ -166,8 +170,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     torch = _import_torch()
     args = _parser().parse_args(argv)
-    if args.db is not None and args.key is None:
-        raise ValidationError("--db needs --key, the server's private key file.")
+    if args.db is not None and (args.key is None or args.policy is None):
+        raise ValidationError("--db needs --key, the server's private key file, and --policy, "
+                              "the policy JSON ingestion accepted the packages under.")
     dist = torch.distributed
     dist.init_process_group("gloo")
     try:
@@ -184,11 +189,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             proxy = simulate_users(load_boston(), seed=config.seed).proxy
         shared = [SharedBatch(pd.read_csv(path)) for path in args.shared]
         if args.db is not None:
-            from dmt_model.server import SharedStore
+            from dmt_model.server import ServerPolicy, SharedStore
             from dmt_model.server.retrain import shared_batches
             from dmt_privacy.seal import load_private_key
 
-            shared += shared_batches(SharedStore(args.db, load_private_key(args.key)))
+            policy = ServerPolicy.from_json(args.policy.read_bytes())
+            shared += shared_batches(SharedStore(args.db, load_private_key(args.key)),
+                                     policy=policy, previous=previous, proxy=proxy)
         rank = dist.get_rank()
         losses: list[float] = []
         result = retrain_foundation_ddp(previous, proxy, shared, config,
