@@ -38,10 +38,41 @@ project's 2-core machine and forces every passphrase guess to pay the same
 as UTF-8, so the same passphrase typed on different keyboards opens the backup;
 ``bytes`` are used as they are.
 
+Every backup this module makes or opens has its KDF parameters between a
+floor and a ceiling (:meth:`Argon2idParams.meets_floor`,
+:meth:`Argon2idParams.within_ceiling`):
+
+- **Floor**: memory >= 19 MiB with t >= 2, or memory >= 46 MiB with t = 1 --
+  the minimums of OWASP's Password Storage Cheat Sheet for Argon2id (its
+  lower-memory variants, 12 MiB with t=3 down to 7 MiB with t=5, are not
+  accepted: memory is what makes guessing dear on GPUs and ASICs). At the
+  floor a guess costs about 1/5 (19 MiB, t=2: 38 MiB of passes) to 1/4
+  (46 MiB, t=1) of one at the default (192 MiB of passes); at Argon2's legal
+  minimum (8 KiB, t=1) it costs 24,576 times less. Making a backup below the
+  floor raises :class:`WeakKDFParameters`. On restore a header below the
+  floor is first authenticated (cheap, by definition of the floor); a wrong
+  passphrase or an altered byte still raises the bare :class:`InvalidBackup`,
+  and an authentic backup raises :class:`WeakKDFParameters`, which names the
+  parameters and what to do, and the model is not returned. The error
+  therefore tells the holder of the right passphrase that it is right, which
+  the file's weak KDF already lets anyone with a copy learn offline.
+- **Ceiling**: memory <= 256 MiB, t <= 10, p <= 8, and memory x t <= 1 GiB
+  of passes (5.3 times the default's work, room for a stronger default). A
+  phone can hold 256 MiB in a foreground app, and a restore at the ceiling
+  (256 MiB, t=4, p=8) takes about 1.3 s and 285 MiB on the project's
+  machine (the old ceiling, 1 GiB and 4 GiB of passes, took 5-10 s per
+  crafted attempt). A header above the ceiling is refused before any key is
+  derived, with the bare :class:`InvalidBackup`.
+
+The format stays version 1: every backup :func:`backup` has ever made (64
+MiB, t=3, p=4) is between the floor and the ceiling and opens as before; only
+files made with other parameters, which only the test-only helpers could
+make, are refused. Tests that need cheap key derivation wrap their calls in
+:func:`_insecure_kdf_for_tests` (DANGEROUS, below).
+
 Any failure to open a backup -- a wrong passphrase, any altered, missing or
-extra byte, a wrong magic, an unknown version or KDF, absurd KDF parameters
-(more than 1 GiB of memory, or more than 4 GiB of total Argon2 work, so a
-crafted header cannot exhaust the device) -- raises one
+extra byte, a wrong magic, an unknown version or KDF, KDF parameters that are
+malformed or above the ceiling -- raises one
 :class:`~dmt_privacy.errors.InvalidBackup` carrying no message, no cause and
 no context, so that it cannot become an oracle. Mistakes of the caller (an
 empty passphrase, metadata that is not JSON) raise
@@ -61,7 +92,9 @@ import json
 import os
 import struct
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -71,6 +104,7 @@ from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from dmt_privacy.errors import (
+    DMTError,
     InvalidBackup,
     MissingDependencyError,
     ModelFileError,
@@ -82,6 +116,7 @@ __all__ = [
     "DEFAULT_KDF_PARAMS",
     "Argon2idParams",
     "BackupMetadata",
+    "WeakKDFParameters",
     "backup",
     "backup_bytes",
     "restore",
@@ -101,11 +136,15 @@ _FIXED = struct.Struct(">4sBBIII")  # magic, version, KDF id, memory KiB, iterat
 HEADER_SIZE = _FIXED.size + SALT_SIZE + NONCE_SIZE  # 46
 _METADATA_LENGTH = struct.Struct(">I")
 
-# Bounds a header must respect before any key is derived from it.
-MAX_MEMORY_KIB = 1 << 20  # 1 GiB
-MAX_ITERATIONS = 64
-MAX_LANES = 64
-MAX_WORK_KIB = 4 << 20  # memory x iterations: 4 GiB of passes, ~21x the default
+# The floor (OWASP's Argon2id minimums; see the module docstring).
+MIN_MEMORY_KIB = 19 * 1024  # 19 MiB, with at least MIN_ITERATIONS passes
+MIN_ITERATIONS = 2
+MIN_MEMORY_KIB_ONE_PASS = 46 * 1024  # 46 MiB, with a single pass
+# The ceiling: checked on every header before any key is derived from it.
+MAX_MEMORY_KIB = 256 * 1024  # 256 MiB
+MAX_ITERATIONS = 10
+MAX_LANES = 8
+MAX_WORK_KIB = 1 << 20  # memory x iterations: 1 GiB of passes, 5.3x the default
 # cryptography's AESGCM takes at most 2**31 - 1 bytes of data.
 MAX_PLAINTEXT_SIZE = (1 << 31) - 1
 MAX_BACKUP_SIZE = HEADER_SIZE + MAX_PLAINTEXT_SIZE + TAG_SIZE
@@ -123,8 +162,12 @@ class Argon2idParams:
     iterations: int
     lanes: int
 
-    def is_acceptable(self) -> bool:
-        """Whether these parameters are within what :func:`restore_bytes` will run."""
+    def within_ceiling(self) -> bool:
+        """Whether these are legal Argon2 parameters no dearer than the ceiling.
+
+        Argon2 needs t >= 1, p >= 1 and at least 8 KiB per lane; the ceiling
+        is memory <= 256 MiB, t <= 10, p <= 8 and memory x t <= 1 GiB.
+        """
         return (
             1 <= self.lanes <= MAX_LANES
             and 1 <= self.iterations <= MAX_ITERATIONS
@@ -132,9 +175,45 @@ class Argon2idParams:
             and self.memory_kib * self.iterations <= MAX_WORK_KIB
         )
 
+    def meets_floor(self) -> bool:
+        """Whether a guess costs at least OWASP's Argon2id minimum.
+
+        That is memory >= 19 MiB with t >= 2, or memory >= 46 MiB with t = 1.
+        """
+        return self.memory_kib >= MIN_MEMORY_KIB and (
+            self.iterations >= MIN_ITERATIONS or self.memory_kib >= MIN_MEMORY_KIB_ONE_PASS
+        )
+
+    def is_acceptable(self) -> bool:
+        """Whether :func:`backup_bytes` may use these and :func:`restore_bytes` opens them."""
+        return self.within_ceiling() and self.meets_floor()
+
+    def __str__(self) -> str:
+        return f"Argon2id memory {self.memory_kib} KiB, t={self.iterations}, p={self.lanes}"
+
+
+class WeakKDFParameters(DMTError, ValueError):
+    """A backup's KDF parameters are below the floor: guessing its passphrase is cheap.
+
+    Raised when making a backup with such parameters, and when restoring an
+    authentic backup (right passphrase, no altered byte) that has them; the
+    model is then not returned. See the module docstring for the floor.
+    """
+
 
 #: RFC 9106 §4, second recommended option: 64 MiB, t=3, p=4.
 DEFAULT_KDF_PARAMS = Argon2idParams(memory_kib=64 * 1024, iterations=3, lanes=4)
+
+_FLOOR_TEXT = (
+    f"memory >= {MIN_MEMORY_KIB} KiB (19 MiB) with t >= {MIN_ITERATIONS}, or memory >= "
+    f"{MIN_MEMORY_KIB_ONE_PASS} KiB (46 MiB) with t = 1 (OWASP's Argon2id minimums)"
+)
+
+# Set only by _insecure_kdf_for_tests: the cheap parameters new backups use
+# inside it; restore then opens backups below the floor (never above the ceiling).
+_INSECURE_TEST_KDF: ContextVar[Argon2idParams | None] = ContextVar(
+    "dmt_backup_insecure_test_kdf", default=None
+)
 
 
 @dataclass(frozen=True)
@@ -190,7 +269,7 @@ def backup_bytes(
         passphrase,
         salt=os.urandom(SALT_SIZE),
         nonce=os.urandom(NONCE_SIZE),
-        kdf_params=DEFAULT_KDF_PARAMS,
+        kdf_params=_kdf_params_for_new_backups(),
         metadata=metadata,
         model_name=model_name,
         created=_now(),
@@ -203,7 +282,8 @@ def restore_bytes(blob: bytes, passphrase: str | bytes) -> tuple[bytes, BackupMe
 
     The model bytes are bit-exact. Raises :class:`InvalidBackup`, with no
     reason, if the backup cannot be opened for any reason (see module
-    docstring), and :class:`ValidationError` for an empty passphrase.
+    docstring), :class:`WeakKDFParameters` if it opens but its KDF parameters
+    are below the floor, and :class:`ValidationError` for an empty passphrase.
     """
     if not isinstance(blob, (bytes, bytearray, memoryview)):
         raise ValidationError(
@@ -242,7 +322,7 @@ def backup(
         secret,
         salt=os.urandom(SALT_SIZE),
         nonce=os.urandom(NONCE_SIZE),
-        kdf_params=DEFAULT_KDF_PARAMS,
+        kdf_params=_kdf_params_for_new_backups(),
         metadata=metadata,
         model_name=model_path.name,
         created=_now(),
@@ -266,7 +346,8 @@ def restore(
     replaced only with ``overwrite=True``, and never when the backup cannot
     be opened. The model name stored in the backup is returned in the
     metadata but never used as a path. Raises :class:`InvalidBackup` when the
-    backup cannot be opened.
+    backup cannot be opened and :class:`WeakKDFParameters` when it opens but
+    its KDF parameters are below the floor; nothing is written then.
     """
     backup_path = Path(backup_path)
     model_path = Path(model_path)
@@ -280,6 +361,29 @@ def restore(
 
 
 # --- test-only: fixed salt, nonce and weak KDF parameters ----------------------
+
+
+@contextmanager
+def _insecure_kdf_for_tests(params: Argon2idParams) -> Iterator[None]:
+    """DANGEROUS -- for tests only. Never call this in product code.
+
+    Inside the ``with`` block (in the current thread or task only, a
+    :class:`~contextvars.ContextVar`), :func:`backup` and :func:`backup_bytes`
+    derive keys with ``params`` instead of :data:`DEFAULT_KDF_PARAMS`, and
+    making or restoring a backup below the KDF floor is allowed, so a
+    passphrase guess may cost next to nothing. The ceiling still holds.
+    """
+    if not isinstance(params, Argon2idParams) or not params.within_ceiling():
+        raise ValidationError(
+            f"params must be Argon2idParams within the ceiling (lanes 1..{MAX_LANES}, "
+            f"iterations 1..{MAX_ITERATIONS}, memory 8*lanes..{MAX_MEMORY_KIB} KiB, "
+            f"memory*iterations <= {MAX_WORK_KIB}), got {params!r}"
+        )
+    token = _INSECURE_TEST_KDF.set(params)
+    try:
+        yield
+    finally:
+        _INSECURE_TEST_KDF.reset(token)
 
 
 def _backup_bytes_with(
@@ -296,10 +400,11 @@ def _backup_bytes_with(
     """DANGEROUS -- for known-answer tests only. Never call this in product code.
 
     Builds a backup with a caller-chosen salt, nonce, creation time and KDF
-    parameters, which may be far too weak to protect anything (anything that
-    :func:`restore_bytes` accepts). Reusing a salt and nonce with the same
-    passphrase reuses the AES-GCM key and nonce, which breaks both the
-    confidentiality and the integrity of every backup made that way.
+    parameters. Parameters below the floor raise :class:`WeakKDFParameters`
+    unless the call is inside :func:`_insecure_kdf_for_tests`. Reusing a salt
+    and nonce with the same passphrase reuses the AES-GCM key and nonce, which
+    breaks both the confidentiality and the integrity of every backup made
+    that way.
     """
     if len(salt) != SALT_SIZE or len(nonce) != NONCE_SIZE:
         raise ValidationError(
@@ -340,11 +445,18 @@ def _seal(
         )
     model_bytes = bytes(model_bytes)
     secret = _passphrase_bytes(passphrase)
-    if not kdf_params.is_acceptable():
+    if not isinstance(kdf_params, Argon2idParams) or not kdf_params.within_ceiling():
         raise ValidationError(
-            f"KDF parameters {kdf_params} are outside what restore accepts "
+            f"KDF parameters {kdf_params!r} are outside what restore accepts "
             f"(lanes 1..{MAX_LANES}, iterations 1..{MAX_ITERATIONS}, "
             f"memory 8*lanes..{MAX_MEMORY_KIB} KiB, memory*iterations <= {MAX_WORK_KIB})"
+        )
+    if not kdf_params.meets_floor() and _INSECURE_TEST_KDF.get() is None:
+        raise WeakKDFParameters(
+            f"KDF parameters ({kdf_params}) are below the floor, {_FLOOR_TEXT}: "
+            f"guessing the passphrase would cost {_cheaper_than_default(kdf_params)} "
+            "less than at the default. Nothing was written. Use parameters at or above "
+            "the floor, such as DEFAULT_KDF_PARAMS (what backup() uses)."
         )
     if model_name is not None and not isinstance(model_name, str):
         raise ValidationError(f"model_name must be a str or None, got {model_name!r}")
@@ -380,16 +492,29 @@ def _open(blob: bytes, secret: bytes) -> tuple[bytes, BackupMetadata] | None:
     if magic != MAGIC or version != FORMAT_VERSION or kdf_id != KDF_ARGON2ID:
         return None
     params = Argon2idParams(memory_kib=memory_kib, iterations=iterations, lanes=lanes)
-    if not params.is_acceptable():
-        return None
+    if not params.within_ceiling():
+        return None  # refused before any key is derived
     salt = blob[_FIXED.size : _FIXED.size + SALT_SIZE]
     nonce = blob[_FIXED.size + SALT_SIZE : HEADER_SIZE]
     header = blob[:HEADER_SIZE]
+    # Below the floor, deriving costs less than at the floor: authenticate
+    # first, so that a wrong passphrase or an altered byte stays InvalidBackup.
     key = _derive_key(secret, salt, params)
     try:
         plaintext = AESGCM(key).decrypt(nonce, blob[HEADER_SIZE:], header)
     except InvalidTag:
         return None
+    if not params.meets_floor() and _INSECURE_TEST_KDF.get() is None:
+        del plaintext
+        raise WeakKDFParameters(
+            f"this backup opens with the passphrase given, but its key derivation "
+            f"({params}) is below the floor, {_FLOOR_TEXT}. Guessing its passphrase costs "
+            f"{_cheaper_than_default(params)} less than for a backup dmt makes, so anyone "
+            "who has held a copy of the file may have found the passphrase. dmt never "
+            "makes such backups, and nothing was restored or written. Restore it with "
+            "the software that made it, make a new backup with dmt_model.backup.backup() "
+            "or 'dmt backup', and stop using this passphrase anywhere else."
+        )
     return _parse_plaintext(plaintext)
 
 
@@ -432,6 +557,18 @@ def _parse_plaintext(plaintext: bytes) -> tuple[bytes, BackupMetadata] | None:
     return model_bytes, BackupMetadata(
         model_name=model_name, model_sha256=sha256, model_size=size, created=created, extra=extra
     )
+
+
+def _cheaper_than_default(params: Argon2idParams) -> str:
+    """How many times fewer KiB-passes than the default a guess pays, in words."""
+    default = DEFAULT_KDF_PARAMS.memory_kib * DEFAULT_KDF_PARAMS.iterations
+    ratio = default / (params.memory_kib * params.iterations)
+    return f"about {ratio:,.0f} times" if ratio >= 10 else f"about {ratio:.1f} times"
+
+
+def _kdf_params_for_new_backups() -> Argon2idParams:
+    insecure = _INSECURE_TEST_KDF.get()
+    return DEFAULT_KDF_PARAMS if insecure is None else insecure
 
 
 def _derive_key(secret: bytes, salt: bytes, params: Argon2idParams) -> bytes:

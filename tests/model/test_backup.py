@@ -1,4 +1,4 @@
-"""dmt_model.backup: format, known answer, integrity, atomic files and the CLI."""
+"""dmt_model.backup: format, known answer, integrity, KDF floor and ceiling, files, CLI."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import hashlib
 import json
 import os
 import struct
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,18 +23,30 @@ from dmt_model.backup import (
     DEFAULT_KDF_PARAMS,
     Argon2idParams,
     BackupMetadata,
+    WeakKDFParameters,
     _backup_bytes_with,
+    _insecure_kdf_for_tests,
     backup,
     backup_bytes,
     restore,
     restore_bytes,
 )
 from dmt_model.cli import backup as backup_cli
-from dmt_privacy.errors import InvalidBackup, ModelFileError, ValidationError
+from dmt_privacy.errors import DMTError, InvalidBackup, ModelFileError, ValidationError
 
-# Argon2's smallest legal cost: fast enough to try hundreds of altered backups.
+# Argon2's smallest legal cost: fast enough to try hundreds of altered backups,
+# and far below the floor, so usable only inside _insecure_kdf_for_tests.
 TINY = Argon2idParams(memory_kib=8, iterations=1, lanes=1)
+# The two corners of the floor (OWASP's Argon2id minimums) and of the ceiling.
+FLOOR_TWO_PASSES = Argon2idParams(memory_kib=19 * 1024, iterations=2, lanes=1)
+FLOOR_ONE_PASS = Argon2idParams(memory_kib=46 * 1024, iterations=1, lanes=1)
+CEILING_MEMORY = Argon2idParams(memory_kib=256 * 1024, iterations=4, lanes=8)
+CEILING_PASSES = Argon2idParams(memory_kib=(1 << 20) // 10, iterations=10, lanes=8)
 HEADER_SIZE = 46
+
+
+def _id(params: Argon2idParams) -> str:
+    return f"m{params.memory_kib}-t{params.iterations}-p{params.lanes}"
 
 
 def _tiny_backup(model: bytes = b"model", passphrase: str = "pw", **kwargs) -> bytes:
@@ -51,9 +65,57 @@ def _assert_bare_invalid(exc_info: pytest.ExceptionInfo[InvalidBackup]) -> None:
 
 
 @pytest.fixture
-def fast_kdf(monkeypatch: pytest.MonkeyPatch) -> None:
-    """File-level tests do not need to pay 64 MiB per derivation."""
-    monkeypatch.setattr(backup_module, "DEFAULT_KDF_PARAMS", TINY)
+def fast_kdf() -> Iterator[None]:
+    """Tests of everything but the KDF's cost do not pay 64 MiB per derivation.
+
+    Through the one DANGEROUS knob: inside it, new backups use TINY and
+    restore opens backups below the floor.
+    """
+    with _insecure_kdf_for_tests(TINY):
+        yield
+
+
+def _reference_backup(
+    model: bytes,
+    passphrase: str,
+    params: Argon2idParams,
+    *,
+    salt: bytes | None = None,
+    nonce: bytes | None = None,
+    created: str = "2025-01-01T00:00:00Z",
+) -> bytes:
+    """The version-1 format written out from its spec with libargon2 (argon2-cffi)
+    and raw AES-GCM, independently of the module: it crafts files the module
+    refuses to make (below the floor), valid in every other respect."""
+    salt = os.urandom(16) if salt is None else salt
+    nonce = os.urandom(12) if nonce is None else nonce
+    header = (
+        struct.pack(">4sBBIII", b"DMTB", 1, 1, params.memory_kib, params.iterations, params.lanes)
+        + salt
+        + nonce
+    )
+    key = hash_secret_raw(
+        passphrase.encode(),
+        salt,
+        time_cost=params.iterations,
+        memory_cost=params.memory_kib,
+        parallelism=params.lanes,
+        hash_len=32,
+        type=Type.ID,
+    )
+    document = json.dumps(
+        {
+            "created": created,
+            "extra": {},
+            "model_name": None,
+            "model_sha256": hashlib.sha256(model).hexdigest(),
+            "model_size": len(model),
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    ).encode()
+    plaintext = struct.pack(">I", len(document)) + document + model
+    return header + AESGCM(key).encrypt(nonce, plaintext, header)
 
 
 # --- known-answer vector --------------------------------------------------------
@@ -80,7 +142,7 @@ KAT_BLOB = bytes.fromhex(
 )
 
 
-def test_known_answer_vector() -> None:
+def test_known_answer_vector(fast_kdf: None) -> None:
     blob = _backup_bytes_with(
         KAT_MODEL,
         KAT_PASSPHRASE,
@@ -124,7 +186,7 @@ def test_known_answer_vector_decrypts_independently() -> None:
     }
 
 
-def test_known_answer_vector_restores() -> None:
+def test_known_answer_vector_restores(fast_kdf: None) -> None:
     model, info = restore_bytes(KAT_BLOB, KAT_PASSPHRASE)
     assert model == KAT_MODEL
     assert info == BackupMetadata(
@@ -134,6 +196,36 @@ def test_known_answer_vector_restores() -> None:
         created=KAT_CREATED,
         extra=KAT_METADATA,
     )
+
+
+# A second vector at the floor (19 MiB, t=2, p=1): opened by the public recipe
+# with no knob, and written out by the reference encoder above.
+FLOOR_KAT_BLOB = bytes.fromhex(
+    "444d5442010100004c000000000200000001000102030405060708090a0b0c0d"
+    "0e0fa0a1a2a3a4a5a6a7a8a9aaab67b994dc76fdb9c507eaa0bc981c7c10f100"
+    "82c400926728f1264520f6142ec7b072fa7151fbf452c2f60e9b4e6f74c8eb47"
+    "26bd67079eeab0cf53b61c251486c1194a86ec725dce77bea95559c437276e2e"
+    "1b52598af783ba97dc460a5a55ca1a9baea43fcc04ee969f26a6edd88fe96c26"
+    "6e5772d2f65c0737b7abe7d1b68b88c42b8185b7e67fd1256a083e3288ac01c6"
+    "5383be216dfbc82eb14e1fd911aa8ef7010addb85b396b6da44ac196f388e00d"
+    "9bb9286cb9d4788eed0813cafb30c0ef11119a5197d2a6dc248d8b77"
+)
+
+
+def test_known_answer_vector_at_the_floor() -> None:
+    reference = _reference_backup(
+        KAT_MODEL, KAT_PASSPHRASE, FLOOR_TWO_PASSES, salt=KAT_SALT, nonce=KAT_NONCE,
+        created=KAT_CREATED,
+    )
+    assert reference.hex() == FLOOR_KAT_BLOB.hex()
+    made = _backup_bytes_with(
+        KAT_MODEL, KAT_PASSPHRASE, salt=KAT_SALT, nonce=KAT_NONCE,
+        kdf_params=FLOOR_TWO_PASSES, created=KAT_CREATED,
+    )
+    assert made.hex() == FLOOR_KAT_BLOB.hex()
+    model, info = restore_bytes(FLOOR_KAT_BLOB, KAT_PASSPHRASE)
+    assert model == KAT_MODEL
+    assert (info.created, info.extra, info.model_name) == (KAT_CREATED, {}, None)
 
 
 # --- round trips ----------------------------------------------------------------
@@ -161,16 +253,17 @@ json_objects = st.dictionaries(st.text(max_size=8), json_values, max_size=5)
 def test_round_trip_is_bit_exact(
     model: bytes, metadata: dict | None, passphrase: str | bytes, model_name: str | None
 ) -> None:
-    blob = _backup_bytes_with(
-        model,
-        passphrase,
-        salt=os.urandom(16),
-        nonce=os.urandom(12),
-        kdf_params=TINY,
-        metadata=metadata,
-        model_name=model_name,
-    )
-    restored, info = restore_bytes(blob, passphrase)
+    with _insecure_kdf_for_tests(TINY):
+        blob = _backup_bytes_with(
+            model,
+            passphrase,
+            salt=os.urandom(16),
+            nonce=os.urandom(12),
+            kdf_params=TINY,
+            metadata=metadata,
+            model_name=model_name,
+        )
+        restored, info = restore_bytes(blob, passphrase)
     assert restored == model
     assert info.extra == (metadata or {})
     assert info.model_name == model_name
@@ -195,20 +288,22 @@ def test_default_parameters_round_trip_and_wrong_passphrase() -> None:
     _assert_bare_invalid(exc_info)
 
 
-def test_fresh_salt_and_nonce_every_time() -> None:
+def test_fresh_salt_and_nonce_every_time(fast_kdf: None) -> None:
     blobs = {_tiny_backup() for _ in range(5)}
     assert len(blobs) == 5
     assert len({blob[18:34] for blob in blobs}) == 5
     assert len({blob[34:46] for blob in blobs}) == 5
 
 
-def test_passphrase_is_nfc_normalized() -> None:
+def test_passphrase_is_nfc_normalized(fast_kdf: None) -> None:
     blob = _tiny_backup(passphrase="caf\u00e9")
     assert restore_bytes(blob, "cafe\u0301")[0] == b"model"
     assert restore_bytes(blob, "caf\u00e9".encode())[0] == b"model"
 
 
-def test_fallback_to_argon2_cffi_gives_the_same_key(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fallback_to_argon2_cffi_gives_the_same_key(
+    monkeypatch: pytest.MonkeyPatch, fast_kdf: None
+) -> None:
     from cryptography.hazmat.primitives.kdf import argon2 as cryptography_argon2
 
     class Unsupported:
@@ -222,7 +317,7 @@ def test_fallback_to_argon2_cffi_gives_the_same_key(monkeypatch: pytest.MonkeyPa
 # --- integrity: one bare InvalidBackup for everything -------------------------------
 
 
-def test_wrong_passphrase() -> None:
+def test_wrong_passphrase(fast_kdf: None) -> None:
     blob = _tiny_backup(passphrase="right")
     for wrong in ("wrong", "right ", "Right", b"righ"):
         with pytest.raises(InvalidBackup) as exc_info:
@@ -230,7 +325,7 @@ def test_wrong_passphrase() -> None:
         _assert_bare_invalid(exc_info)
 
 
-def test_every_single_byte_flip_is_refused() -> None:
+def test_every_single_byte_flip_is_refused(fast_kdf: None) -> None:
     blob = _tiny_backup(b"\x00model\xff", metadata={"a": 1}, model_name="m.mlmodel")
     assert restore_bytes(blob, "pw")[0] == b"\x00model\xff"
     for index in range(len(blob)):
@@ -242,7 +337,7 @@ def test_every_single_byte_flip_is_refused() -> None:
             _assert_bare_invalid(exc_info)
 
 
-def test_truncation_at_every_length_and_extension_are_refused() -> None:
+def test_truncation_at_every_length_and_extension_are_refused(fast_kdf: None) -> None:
     blob = _tiny_backup()
     for length in range(len(blob)):
         with pytest.raises(InvalidBackup) as exc_info:
@@ -257,35 +352,203 @@ def test_truncation_at_every_length_and_extension_are_refused() -> None:
     ("memory", "iterations", "lanes"),
     [
         (2 << 20, 1, 1),  # 2 GiB of memory
-        ((1 << 20) + 1, 1, 1),  # just above 1 GiB
-        (1 << 20, 5, 4),  # 1 GiB is allowed, but not five passes over it
-        (65536, 65, 4),  # too many passes
-        (65536, 3, 65),  # too many lanes
+        (1 << 20, 1, 1),  # 1 GiB: opened before the ceiling came down (5-10 s here)
+        ((256 << 10) + 1, 1, 1),  # just above 256 MiB
+        (256 << 10, 5, 4),  # 256 MiB is allowed, but not five passes over it
+        ((1 << 20) // 10 + 1, 10, 8),  # ten passes just above 1 GiB of work
+        (65536, 11, 4),  # too many passes
+        (65536, 3, 9),  # too many lanes
         (65536, 0, 4),  # no pass
         (65536, 3, 0),  # no lane
         (31, 3, 4),  # below Argon2's 8 KiB per lane
         (0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF),
     ],
 )
-def test_absurd_kdf_parameters_are_refused_before_deriving(
-    monkeypatch: pytest.MonkeyPatch, memory: int, iterations: int, lanes: int
+def test_kdf_parameters_above_the_ceiling_are_refused_before_deriving(
+    monkeypatch: pytest.MonkeyPatch, fast_kdf: None, memory: int, iterations: int, lanes: int
 ) -> None:
     def must_not_derive(*args: object) -> bytes:
-        raise AssertionError("a key was derived from absurd parameters")
+        raise AssertionError("a key was derived from parameters above the ceiling")
 
     blob = _tiny_backup()
     crafted = blob[:6] + struct.pack(">III", memory, iterations, lanes) + blob[18:]
     monkeypatch.setattr(backup_module, "_derive_key", must_not_derive)
+    start = time.perf_counter()
     with pytest.raises(InvalidBackup) as exc_info:
         restore_bytes(crafted, "pw")
+    assert time.perf_counter() - start < 0.5
     _assert_bare_invalid(exc_info)
+    with pytest.raises(ValidationError, match="outside what restore accepts"):
+        _backup_bytes_with(
+            b"m", "pw", salt=bytes(16), nonce=bytes(12),
+            kdf_params=Argon2idParams(memory, iterations, lanes),
+        )
+
+
+@pytest.mark.parametrize(
+    "params", [CEILING_MEMORY, CEILING_PASSES, DEFAULT_KDF_PARAMS], ids=_id
+)
+def test_the_ceiling_itself_is_accepted(
+    monkeypatch: pytest.MonkeyPatch, params: Argon2idParams
+) -> None:
+    """The whole path at the ceiling's corners, with a stand-in for Argon2id
+    (the real restore there takes about 1.3 s; see the README)."""
+    seen: list[Argon2idParams] = []
+
+    def stand_in(secret: bytes, salt: bytes, kdf_params: Argon2idParams) -> bytes:
+        seen.append(kdf_params)
+        return hashlib.sha256(secret + salt + repr(kdf_params).encode()).digest()
+
+    monkeypatch.setattr(backup_module, "_derive_key", stand_in)
+    blob = _backup_bytes_with(b"model", "pw", salt=bytes(16), nonce=bytes(12), kdf_params=params)
+    assert restore_bytes(blob, "pw")[0] == b"model"
+    assert seen == [params, params]
+    assert params.within_ceiling() and params.meets_floor() and params.is_acceptable()
+
+
+# --- the KDF floor: authentic but weak backups are refused, and never made ------------
+
+BELOW_THE_FLOOR = [
+    TINY,  # Argon2's legal minimum: 24,576 times cheaper to guess than the default
+    Argon2idParams(memory_kib=1024, iterations=10, lanes=1),  # passes do not buy memory
+    Argon2idParams(memory_kib=19 * 1024 - 1, iterations=2, lanes=1),
+    Argon2idParams(memory_kib=19 * 1024, iterations=1, lanes=1),  # one pass needs 46 MiB
+    Argon2idParams(memory_kib=46 * 1024 - 1, iterations=1, lanes=4),
+]
+
+
+def _assert_says_below_the_floor(exc: BaseException, params: Argon2idParams) -> None:
+    assert type(exc) is WeakKDFParameters
+    assert isinstance(exc, DMTError) and isinstance(exc, ValueError)
+    assert not isinstance(exc, InvalidBackup)
+    message = str(exc)
+    assert f"memory {params.memory_kib} KiB, t={params.iterations}, p={params.lanes}" in message
+    assert "below the floor" in message
+    assert "19 MiB" in message and "46 MiB" in message
+
+
+@pytest.mark.parametrize("params", BELOW_THE_FLOOR, ids=_id)
+def test_an_authentic_backup_below_the_floor_is_refused_with_a_clear_error(
+    params: Argon2idParams,
+) -> None:
+    """Issue 15.7: a header rewritten to a weak KDF and re-encrypted under it, so
+    valid in every other respect, opened before the floor existed."""
+    blob = _reference_backup(b"SECRET-MODEL-BYTES", "pw", params)
+    with pytest.raises(WeakKDFParameters) as exc_info:
+        restore_bytes(blob, "pw")
+    _assert_says_below_the_floor(exc_info.value, params)
+    message = str(exc_info.value)
+    assert "new backup" in message and "nothing was restored" in message
+    assert exc_info.value.__cause__ is None and exc_info.value.__context__ is None
+    assert "SECRET" not in message and "pw" not in message.split()
+
+
+@pytest.mark.parametrize("params", [FLOOR_TWO_PASSES, FLOOR_ONE_PASS], ids=_id)
+def test_a_backup_at_the_floor_opens(params: Argon2idParams) -> None:
+    assert params.meets_floor() and params.is_acceptable()
+    assert restore_bytes(_reference_backup(b"model", "pw", params), "pw")[0] == b"model"
+
+
+def test_below_the_floor_a_wrong_passphrase_or_an_altered_byte_is_still_opaque() -> None:
+    """Weakness is reported only for an authentic backup, so it is no oracle on
+    tampering; and a header lowered without re-encrypting is tampering."""
+    weak = _reference_backup(b"model", "pw", TINY)
+    altered = bytearray(weak)
+    altered[-1] ^= 1
+    floor = _reference_backup(b"model", "pw", FLOOR_TWO_PASSES)
+    lowered = floor[:6] + struct.pack(">III", 8, 1, 1) + floor[18:]
+    for blob, passphrase in [
+        (weak, "wrong"),
+        (bytes(altered), "pw"),
+        (weak[:18] + bytes(16) + weak[34:], "pw"),  # another salt
+        (lowered, "pw"),
+    ]:
+        with pytest.raises(InvalidBackup) as exc_info:
+            restore_bytes(blob, passphrase)
+        _assert_bare_invalid(exc_info)
+
+
+def test_restoring_a_weak_backup_writes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "weak.dmtbackup").write_bytes(_reference_backup(b"model", "pw", TINY))
+    target = tmp_path / "existing.mlmodel"
+    target.write_bytes(b"do not touch")
+    before = _listing(tmp_path)
+    for destination in (target, tmp_path / "new.mlmodel"):
+        with pytest.raises(WeakKDFParameters):
+            restore(tmp_path / "weak.dmtbackup", destination, "pw", overwrite=True)
+    assert target.read_bytes() == b"do not touch"
+    assert _listing(tmp_path) == before
+
+
+def test_cli_restore_of_a_weak_backup_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dmt_model import cli
+
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("backup",))
+    monkeypatch.setenv("DMT_TEST_BACKUP_PASSPHRASE", "pw")
+    (tmp_path / "weak").write_bytes(_reference_backup(b"model", "pw", TINY))
+    env = ["--passphrase-env", "DMT_TEST_BACKUP_PASSPHRASE"]
+    assert cli.main(["restore", str(tmp_path / "weak"), "-o", str(tmp_path / "r"), *env]) == 1
+    err = capsys.readouterr().err
+    assert "below the floor" in err and "memory 8 KiB, t=1, p=1" in err
+    assert backup_cli.INVALID_BACKUP_MESSAGE not in err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("params", BELOW_THE_FLOOR, ids=_id)
+def test_no_backup_is_made_below_the_floor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, params: Argon2idParams
+) -> None:
+    with pytest.raises(WeakKDFParameters) as exc_info:
+        _backup_bytes_with(b"model", "pw", salt=bytes(16), nonce=bytes(12), kdf_params=params)
+    _assert_says_below_the_floor(exc_info.value, params)
+    assert "DEFAULT_KDF_PARAMS" in str(exc_info.value)
+    # Lowering the defaults by hand, without the DANGEROUS knob, is refused too.
+    monkeypatch.setattr(backup_module, "DEFAULT_KDF_PARAMS", params)
+    with pytest.raises(WeakKDFParameters):
+        backup_bytes(b"model", "pw")
+    (tmp_path / "m.mlmodel").write_bytes(b"model")
+    with pytest.raises(WeakKDFParameters):
+        backup(tmp_path / "m.mlmodel", tmp_path / "b", "pw")
+    assert _listing(tmp_path) == ["m.mlmodel"]
+
+
+def test_the_insecure_knob_is_scoped_and_keeps_the_ceiling() -> None:
+    with _insecure_kdf_for_tests(TINY):
+        blob = backup_bytes(b"model", "pw")
+        assert struct.unpack(">III", blob[6:18]) == (8, 1, 1)
+        assert restore_bytes(blob, "pw")[0] == b"model"
+    with pytest.raises(WeakKDFParameters):
+        restore_bytes(blob, "pw")
+    for too_dear in (Argon2idParams(1 << 20, 1, 1), Argon2idParams(65536, 3, 9)):
+        with pytest.raises(ValidationError, match="ceiling"):
+            with _insecure_kdf_for_tests(too_dear):
+                pass  # pragma: no cover
+
+
+def test_floor_and_ceiling_boundaries() -> None:
+    mib = 1024
+    assert Argon2idParams(19 * mib, 2, 1).meets_floor()
+    assert Argon2idParams(19 * mib, 10, 8).meets_floor()
+    assert not Argon2idParams(19 * mib - 1, 10, 1).meets_floor()
+    assert not Argon2idParams(45 * mib, 1, 1).meets_floor()
+    assert Argon2idParams(46 * mib, 1, 1).meets_floor()
+    assert Argon2idParams(256 * mib, 4, 8).within_ceiling()
+    assert not Argon2idParams(256 * mib, 4, 9).within_ceiling()
+    assert not Argon2idParams(256 * mib + 1, 1, 1).within_ceiling()
+    assert Argon2idParams(64 * mib, 10, 4).within_ceiling()
+    assert not Argon2idParams(64 * mib, 11, 4).within_ceiling()
+    assert not Argon2idParams(128 * mib, 9, 4).within_ceiling()  # 1.125 GiB of passes
+    assert DEFAULT_KDF_PARAMS.is_acceptable()
+    assert not TINY.is_acceptable()
 
 
 @pytest.mark.parametrize(
     "header",
     [b"DMTC\x01\x01", b"DMTB\x02\x01", b"DMTB\x00\x01", b"DMTB\x01\x02", b"PK\x03\x04\x01\x01"],
 )
-def test_wrong_magic_version_or_kdf_is_refused(header: bytes) -> None:
+def test_wrong_magic_version_or_kdf_is_refused(header: bytes, fast_kdf: None) -> None:
     blob = _tiny_backup()
     with pytest.raises(InvalidBackup) as exc_info:
         restore_bytes(header + blob[6:], "pw")
@@ -296,7 +559,7 @@ def test_wrong_magic_version_or_kdf_is_refused(header: bytes) -> None:
 
 
 @pytest.mark.parametrize("passphrase", ["", b""])
-def test_empty_passphrase_is_a_validation_error(passphrase: str | bytes) -> None:
+def test_empty_passphrase_is_a_validation_error(passphrase: str | bytes, fast_kdf: None) -> None:
     with pytest.raises(ValidationError, match="empty"):
         backup_bytes(b"model", passphrase)
     with pytest.raises(ValidationError, match="empty"):
@@ -314,12 +577,12 @@ def test_empty_passphrase_is_a_validation_error(passphrase: str | bytes) -> None
         ["not", "a", "dict"],
     ],
 )
-def test_metadata_must_be_a_json_object(metadata: object) -> None:
+def test_metadata_must_be_a_json_object(metadata: object, fast_kdf: None) -> None:
     with pytest.raises(ValidationError, match="metadata"):
         _tiny_backup(metadata=metadata)
 
 
-def test_wrong_types_are_validation_errors() -> None:
+def test_wrong_types_are_validation_errors(fast_kdf: None) -> None:
     with pytest.raises(ValidationError, match="model_bytes"):
         _tiny_backup(model="a str")  # type: ignore[arg-type]
     with pytest.raises(ValidationError, match="blob"):
