@@ -7,9 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
-from dmt_privacy.anonymity import Hierarchy, KAnonymizer, format_generalized
 from dmt_privacy.errors import ValidationError
 
 __all__ = ["register", "run"]
@@ -74,6 +71,10 @@ def _guess_sep(path: Path) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Anonymize ``args.input`` into ``args.output``; print the report; return 0."""
+    import pandas as pd
+
+    from dmt_privacy.anonymity import Hierarchy, KAnonymizer, format_generalized
+
     if not args.input.is_file():
         raise ValidationError(f"Input file {str(args.input)!r} does not exist.")
     if args.output.resolve() == args.input.resolve():

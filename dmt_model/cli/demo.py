@@ -9,8 +9,6 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
-
 from dmt_model.cli._progress import progress
 
 __all__ = ["register", "run_demo"]
@@ -43,6 +41,8 @@ def _fresh_workdir(workdir: Path) -> Path:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from dmt_model.backup import backup, restore
     from dmt_model.datasets import REGRESSION_DATASETS, simulate_users
     from dmt_model.loop import run_loop

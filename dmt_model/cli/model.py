@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from dmt_model.cli._progress import progress
 from dmt_privacy.errors import ValidationError
 from dmt_privacy.schema import Schema
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["register"]
 
 
 def _read_csv(path: str, what: str) -> pd.DataFrame:
     """A CSV file, its separator (comma, semicolon or tab) sniffed from its first line."""
+    import pandas as pd
+
     try:
         frame = pd.read_csv(path, sep=None, engine="python")
     except FileNotFoundError:

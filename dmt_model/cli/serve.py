@@ -12,11 +12,13 @@ from dmt_privacy.errors import ValidationError
 
 __all__ = ["register", "run_serve"]
 
+#: ``dmt_model.server.service.DEFAULT_MAX_BODY_BYTES`` as the help states it, without importing
+#: the server stack to build the parser (a test keeps the two equal).
+MAX_BODY_BYTES_HELP = 2**20
+
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``serve`` subcommand to ``subparsers``."""
-    from dmt_model.server.service import DEFAULT_MAX_BODY_BYTES
-
     parser = subparsers.add_parser(
         "serve",
         help="run the HTTP service devices post share packages to",
@@ -40,8 +42,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                         help="address to listen on (default 127.0.0.1: this machine only; put "
                              "a TLS-terminating proxy in front for devices)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
-                        help=f"largest package accepted (default {DEFAULT_MAX_BODY_BYTES})")
+    parser.add_argument("--max-body-bytes", type=int,
+                        help=f"largest package accepted, in bytes (default {MAX_BODY_BYTES_HELP}"
+                             ", the service's)")
     parser.add_argument("--body-timeout", type=float, default=10.0,
                         help="seconds a client has to send its body (default 10)")
     parser.add_argument("--threads", type=int, default=4,
@@ -72,8 +75,8 @@ def run_serve(args: argparse.Namespace) -> int:
     key = load_private_key(args.key)
     policy = (ServerPolicy.from_json(args.policy.read_text()) if args.policy is not None
               else default_policy())
-    config = ServiceConfig(max_body_bytes=args.max_body_bytes, body_timeout=args.body_timeout,
-                           ingest_threads=args.threads)
+    limits = {} if args.max_body_bytes is None else {"max_body_bytes": args.max_body_bytes}
+    config = ServiceConfig(body_timeout=args.body_timeout, ingest_threads=args.threads, **limits)
     app = create_app(str(args.db), key, policy, models=args.models, config=config)
     engine = app.state.ingestor.engine
     print(f"dmt serve: http://{args.host}:{args.port}/v1/packages (key {key.fingerprint()}, "
