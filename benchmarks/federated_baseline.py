@@ -17,10 +17,10 @@ and is computed by Opacus' RDP accountant for the Poisson-subsampled Gaussian
 mechanism (here q = 1: every user takes part in every round, so there is no
 amplification by sampling), composed over the rounds; the noise multiplier is
 calibrated to each target ε for the planned number of rounds, and the ε the
-run reports is the accountant's after the last round. Personalization is
-``update_spec`` with the default ``UpdateSettings`` (the last two dense layers,
-SGD 3e-4, batch 8, 500 epochs) on each user's training records, exactly as in
-``benchmarks/model_quality.py``.
+run reports is the accountant's after the last round. Personalization is what
+a DMT device does, ``personalize()`` with the default ``UpdateSettings`` (the
+personal head, a per-user prior, the decision rule) on each user's training
+records, exactly as in ``benchmarks/model_quality.py``.
 
 The FL and DP settings below were picked on seed 0 before this run (a small
 grid over clip norm, rounds and federated layers at ε = 4) and then fixed:
@@ -45,7 +45,7 @@ from dmt_model.coreml import UpdateSettings, build_spec, predict_frame
 from dmt_model.datasets import BOSTON_SCHEMA, load_boston, simulate_users
 from dmt_model.federated import DPFedAvg, FedAvg, run_federated
 from dmt_model.foundation import TrainingConfig, train_foundation
-from dmt_model.personalize import update_spec
+from dmt_model.personalize import personalized
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SEEDS = range(5)
@@ -73,7 +73,7 @@ def proxy_rows(sim, foundation) -> dict[str, float]:
         before = predict_frame(spec, user.test)
         rows["foundation (proxy only)"].append(rmse(before, y))
         rows["oracle"].append(rmse(before * user.factor, y))
-        updated, _ = update_spec(spec, user.train)
+        updated, _ = personalized(spec, user.train)
         rows["foundation + personalization"].append(rmse(predict_frame(updated, user.test), y))
     return {name: float(np.mean(values)) for name, values in rows.items()}
 
@@ -141,7 +141,7 @@ def main() -> None:
                      "accountant": "opacus RDP accountant, Poisson-subsampled Gaussian, "
                                    "orders 1.1–1024",
                      "privacy_unit": "user-level (add/remove all records of one user)",
-                     "personalization": "update_spec with UpdateSettings() defaults"},
+                     "personalization": "personalize() with UpdateSettings() defaults"},
         "summary": {name: summary[name] for name in order},
         "per_seed": {name: per_seed[name] for name in order},
         "epsilon_reported": epsilons,

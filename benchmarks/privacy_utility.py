@@ -29,9 +29,9 @@ record), insensitive fields are shared as they are; with k and ε together the
 quasi-identifiers are generalized and the target alone gets the whole ε.
 Sealing and ingestion are lossless and tested elsewhere, so the records go to
 the retraining in memory, where each shared record is weighted by the
-signal-to-noise of its release (``noise_weight``). Personalization is the emulated Core ML update
-(``update_spec``) with the SDK's default settings, ungated, in every row,
-so rows compare approaches rather than the keep-or-discard check.
+signal-to-noise of its release (``noise_weight``). Personalization is what a
+DMT device does in every row: ``personalize()`` with the SDK's defaults (the
+personal head, a per-user prior, the decision rule).
 
 The privacy side: with ``--risk``, anonymeter (run in its own environment,
 ``.venv-risk``, as its numpy pin clashes) estimates singling-out, linkability
@@ -61,7 +61,7 @@ import pandas as pd
 from dmt_model.coreml import UpdateSettings, build_spec, predict_frame
 from dmt_model.datasets import BOSTON_SCHEMA, load_boston, simulate_users
 from dmt_model.foundation import Foundation, TrainingConfig, fit_foundation, train_foundation
-from dmt_model.personalize import update_spec
+from dmt_model.personalize import personalized
 from dmt_model.server.retrain import SharedBatch, retrain_foundation
 from dmt_privacy.anonymity import KAnonymizer, release_classes
 from dmt_privacy.dp import UNACCOUNTED, LocalDPPerturber
@@ -126,7 +126,7 @@ def per_user(model: Foundation, sim, *, personalize_on: str | None) -> tuple[flo
         plain.append(rmse(predict_frame(spec, user.test), y))
         if personalize_on is not None:
             records = user.train if personalize_on == "train" else user.private
-            updated, _ = update_spec(spec, records)
+            updated, _ = personalized(spec, records)
             personal.append(rmse(predict_frame(updated, user.test), y))
     return float(np.mean(plain)), float(np.mean(personal)) if personal else float("nan")
 

@@ -71,6 +71,7 @@ __all__ = [
     "batch_order",
     "featurizer_of",
     "personalize",
+    "personalized",
     "update_spec",
     "with_prior",
 ]
@@ -622,6 +623,22 @@ def personalize(
                            output=Path(output_path) if output_path is not None else model_path,
                            rule=_rule(rule, folds), prior_records=prior_records, seed=seed,
                            on_event=on_event, overrides=overrides)
+
+
+def personalized(spec: Any, records: pd.DataFrame, **kwargs: Any,
+                 ) -> tuple[Any, PersonalizationResult]:
+    """:func:`personalize` on an in-memory spec: (the spec the device holds afterwards, result).
+
+    ``spec`` itself is not modified; the returned spec is the update if it was
+    kept, otherwise a copy of ``spec``. For simulations and benchmarks that
+    personalize many users without keeping files.
+    """
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="dmt-personal-") as folder:
+        path = save_spec(spec, Path(folder) / "personal.mlmodel")
+        result = personalize(path, records, **kwargs)
+        return load_spec(path), result
 
 
 def adopt_new_version(

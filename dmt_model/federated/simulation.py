@@ -33,7 +33,7 @@ from dmt_model.foundation import (
     standardized_squared_error,
     train_foundation,
 )
-from dmt_privacy.errors import UpdateRejected, ValidationError
+from dmt_privacy.errors import ValidationError
 from dmt_privacy.schema import Schema
 
 __all__ = ["FederatedResult", "RoundMetrics", "UserResult", "run_federated"]
@@ -215,20 +215,18 @@ def _starting_model(simulation: Simulation, strategy: Strategy, foundation: Foun
 
 def _personalize(model: Foundation, simulation: Simulation, settings: Any,
                  users: list[UserResult]) -> list[UserResult]:
+    """Each user personalizes the global model as a DMT device does: ``personalize()``."""
     from dmt_model.coreml import UpdateSettings, build_spec, predict_frame
-    from dmt_model.personalize import update_spec
+    from dmt_model.personalize import personalized
 
     spec = build_spec(model, updatable=settings or UpdateSettings())
     target = model.featurizer.target
     out = []
     for user, result in zip(simulation.users, users, strict=True):
         actual = user.test[target].to_numpy(dtype=np.float64)
-        try:
-            updated, _ = update_spec(spec, user.train)
-            note = None
-        except UpdateRejected as exc:  # the device keeps the global model
-            updated, note = spec, f"update rejected: {exc}"
-        predicted = predict_frame(updated, user.test).astype(np.float64)
+        personal, outcome = personalized(spec, user.train)
+        note = None if outcome.accepted else f"update not kept: {outcome.reason}"
+        predicted = predict_frame(personal, user.test).astype(np.float64)
         rmse = float(np.sqrt(np.mean((predicted - actual) ** 2)))
         out.append(UserResult(result.user_id, result.n_train, result.n_test, result.rmse,
                               rmse, note))

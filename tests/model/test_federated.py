@@ -247,18 +247,22 @@ def test_aggregate_before_begin_is_refused():
 
 # --- personalization after FL, and parameters --------------------------------------------
 
-def test_personalization_uses_the_emulated_core_ml_update(simulation, foundation):
-    from dmt_model.coreml import UpdateSettings, build_spec, predict_frame
-    from dmt_model.personalize import update_spec
+def test_personalization_is_what_a_dmt_device_does(simulation, foundation, tmp_path):
+    import shutil
+
+    from dmt_model.coreml import UpdateSettings, export_coreml, load_spec, predict_frame
+    from dmt_model.personalize import personalize
 
     sim = _users(simulation, 3)
     settings = UpdateSettings(epochs=20)
     result = run_federated(sim, FedAvg(rounds=2, client_fraction=1.0), foundation=foundation,
                            personalize=True, update_settings=settings)
-    spec = build_spec(result.foundation, updatable=settings)
+    shipped = export_coreml(result.foundation, tmp_path / "global.mlmodel", updatable=settings)
     for user, row in zip(sim.users, result.users, strict=True):
-        updated, _ = update_spec(spec, user.train)
-        error = predict_frame(updated, user.test) - user.test["MEDV"].to_numpy()
+        personal = tmp_path / "personal.mlmodel"
+        shutil.copyfile(shipped, personal)
+        personalize(personal, user.train)
+        error = predict_frame(load_spec(personal), user.test) - user.test["MEDV"].to_numpy()
         assert row.personalized_rmse == pytest.approx(float(np.sqrt(np.mean(error ** 2))))
         assert row.rmse == pytest.approx(
             result.foundation.evaluate(user.test).rmse, rel=1e-5)
