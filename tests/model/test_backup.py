@@ -55,6 +55,11 @@ def _tiny_backup(model: bytes = b"model", passphrase: str = "pw", **kwargs) -> b
     )
 
 
+def _stand_in_kdf(secret: bytes, salt: bytes, params: Argon2idParams) -> bytes:
+    """A free stand-in for Argon2id, so that any parameters can be tried."""
+    return hashlib.sha256(secret + salt + repr(params).encode()).digest()
+
+
 def _assert_bare_invalid(exc_info: pytest.ExceptionInfo[InvalidBackup]) -> None:
     """The one integrity failure: no message, no cause, no context."""
     exc = exc_info.value
@@ -397,7 +402,7 @@ def test_the_ceiling_itself_is_accepted(
 
     def stand_in(secret: bytes, salt: bytes, kdf_params: Argon2idParams) -> bytes:
         seen.append(kdf_params)
-        return hashlib.sha256(secret + salt + repr(kdf_params).encode()).digest()
+        return _stand_in_kdf(secret, salt, kdf_params)
 
     monkeypatch.setattr(backup_module, "_derive_key", stand_in)
     blob = _backup_bytes_with(b"model", "pw", salt=bytes(16), nonce=bytes(12), kdf_params=params)
@@ -527,12 +532,66 @@ def test_the_insecure_knob_is_scoped_and_keeps_the_ceiling() -> None:
                 pass  # pragma: no cover
 
 
+def _near(*edges: int) -> st.SearchStrategy[int]:
+    return st.sampled_from([edge + step for edge in edges for step in (-1, 0, 1)])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    memory=_near(8, 19 * 1024, 46 * 1024, 256 * 1024, 104857) | st.integers(0, 2**32 - 1),
+    iterations=st.integers(0, 3) | st.integers(0, 12) | st.integers(0, 2**32 - 1),
+    lanes=st.integers(0, 9) | st.integers(0, 2**32 - 1),
+)
+def test_any_header_derives_only_within_the_ceiling_and_opens_only_at_the_floor(
+    memory: int, iterations: int, lanes: int
+) -> None:
+    """The rules written out plainly, against what restore does with any header."""
+    within_ceiling = (
+        1 <= lanes <= 8
+        and 1 <= iterations <= 10
+        and 8 * lanes <= memory <= 256 * 1024
+        and memory * iterations <= 1024 * 1024
+    )
+    at_the_floor = memory >= 19 * 1024 and (iterations >= 2 or memory >= 46 * 1024)
+    params = Argon2idParams(memory, iterations, lanes)
+    derived: list[Argon2idParams] = []
+
+    def counting_stand_in(secret: bytes, salt: bytes, kdf_params: Argon2idParams) -> bytes:
+        derived.append(kdf_params)
+        return _stand_in_kdf(secret, salt, kdf_params)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(backup_module, "_derive_key", counting_stand_in)
+        if within_ceiling:
+            with _insecure_kdf_for_tests(params):
+                blob = backup_bytes(b"model", "pw")
+        else:
+            with _insecure_kdf_for_tests(TINY):
+                blob = backup_bytes(b"model", "pw")
+            blob = blob[:6] + struct.pack(">III", memory, iterations, lanes) + blob[18:]
+        derived.clear()
+        outcome: object
+        try:
+            outcome = restore_bytes(blob, "pw")[0]
+        except WeakKDFParameters:
+            outcome = WeakKDFParameters
+        except InvalidBackup:
+            outcome = InvalidBackup
+    if not within_ceiling:
+        assert (outcome, derived) == (InvalidBackup, [])
+    else:
+        assert derived == [params]
+        assert outcome == (b"model" if at_the_floor else WeakKDFParameters)
+    assert params.within_ceiling() == within_ceiling
+    assert params.meets_floor() == at_the_floor
+
+
 def test_floor_and_ceiling_boundaries() -> None:
     mib = 1024
     assert Argon2idParams(19 * mib, 2, 1).meets_floor()
     assert Argon2idParams(19 * mib, 10, 8).meets_floor()
     assert not Argon2idParams(19 * mib - 1, 10, 1).meets_floor()
-    assert not Argon2idParams(45 * mib, 1, 1).meets_floor()
+    assert not Argon2idParams(46 * mib - 1, 1, 1).meets_floor()
     assert Argon2idParams(46 * mib, 1, 1).meets_floor()
     assert Argon2idParams(256 * mib, 4, 8).within_ceiling()
     assert not Argon2idParams(256 * mib, 4, 9).within_ceiling()
