@@ -39,4 +39,20 @@ __all__ = [
     "UpdateRejected",
     "ValidationError",
 ]
-__version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> str:
+    """``__version__``: the installed ``dmt-sdk``'s, looked up when first asked for.
+
+    The version is written once, in ``pyproject.toml``; ``0+unknown`` in a source
+    tree that was never installed. Looked up lazily because ``importlib.metadata``
+    takes longer to import than this package.
+    """
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("dmt-sdk")
+        except PackageNotFoundError:
+            return "0+unknown"
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
