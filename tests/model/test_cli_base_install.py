@@ -91,6 +91,10 @@ def base_install(tmp_path_factory) -> Path:
     return venv / "bin"
 
 
+# Every command runs outside the checkout: from its folder, `python -c` would import the
+# checkout's packages and read its dmt_sdk.egg-info instead of what was installed.
+
+
 def _dmt(bin_: Path, *argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(bin_ / "dmt"), *argv], capture_output=True, text=True,
                           cwd=cwd, env=_environment(), timeout=120, check=False)
@@ -101,8 +105,18 @@ def test_no_extra_is_installed(base_install):
             "print(*[m for m in ('torch', 'coremltools', 'argon2', 'sqlalchemy', 'fastapi', "
             "'uvicorn', 'opacus') if u.find_spec(m)])")
     out = subprocess.run([str(base_install / "python"), "-c", code], capture_output=True,
-                         text=True, env=_environment(), check=True).stdout
+                         text=True, env=_environment(), cwd=base_install, check=True).stdout
     assert out.split() == []
+
+
+def test_the_distribution_carries_its_license(base_install):
+    code = ("import importlib.metadata as m; d = m.distribution('dmt-sdk'); "
+            "print(d.metadata['License-Expression']); "
+            "print(*[f for f in d.files if f.name == 'LICENSE'])")
+    shown = subprocess.run([str(base_install / "python"), "-c", code], capture_output=True,
+                           text=True, env=_environment(), cwd=base_install, check=True)
+    expression, license_file = shown.stdout.splitlines()
+    assert expression == "MIT" and license_file.endswith("LICENSE")
 
 
 def test_help_and_version(base_install, tmp_path):
