@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dmt_model.cli._logs import LOG_LEVELS, log_to_stderr
 from dmt_privacy.errors import ValidationError
 
 __all__ = ["register", "run_ingest", "run_keygen", "run_packages"]
@@ -51,6 +52,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                         help="server policy JSON (ServerPolicy.to_json); default: the bundled "
                              "Boston schema, k >= 5, MEDV perturbed with ε <= 1")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default="info",
+                        help="log lines on stderr at this level and above (default: info, "
+                             "which shows each refused package with its reason, never a value)")
     parser.set_defaults(func=run_ingest)
     _register_packages(subparsers)
     from dmt_model.cli import release
@@ -133,6 +137,7 @@ def run_ingest(args: argparse.Namespace) -> int:
     from dmt_model.server import ServerPolicy, ingest
     from dmt_privacy.seal import load_private_key
 
+    log_to_stderr("ingest", args.log_level)
     key = load_private_key(args.key)
     policy = (ServerPolicy.from_json(args.policy.read_text()) if args.policy is not None
               else default_policy())

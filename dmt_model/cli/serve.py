@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dmt_model.cli._logs import LOG_LEVELS, log_to_stderr
 from dmt_privacy.errors import ValidationError
 
 __all__ = ["register", "run_serve"]
@@ -53,6 +54,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                         help="requests in flight beyond which the service answers 503 "
                              "(default 256; idle connections do not count)")
     parser.add_argument("--access-log", action="store_true", help="log every request")
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default="info",
+                        help="the service's log lines on stderr at this level and above "
+                             "(default: info, which shows each refused package with its "
+                             "reason, never a value)")
     parser.set_defaults(func=run_serve)
     return parser
 
@@ -72,6 +77,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if not loopback:
         print(f"dmt serve: listening on {args.host}: plain HTTP; terminate TLS in front of it.",
               file=sys.stderr)
+    log_to_stderr("serve", args.log_level, timestamps=True)
     key = load_private_key(args.key)
     policy = (ServerPolicy.from_json(args.policy.read_text()) if args.policy is not None
               else default_policy())
