@@ -87,7 +87,7 @@ def test_stereo_clips_and_collections_keep_shapes_and_inputs():
 
 def test_missing_librosa_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "librosa", None)
-    with pytest.raises(MissingDependencyError, match=r"dmt\[audio\]"):
+    with pytest.raises(MissingDependencyError, match=r"dmt-sdk\[audio\]"):
         PitchShift(2, sample_rate=SR).transform(tone())
     # Noise needs no librosa.
     AudioNoise(10.0, random_state=0).transform(tone())

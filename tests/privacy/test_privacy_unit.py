@@ -95,9 +95,10 @@ def test_share_charges_user_level(tmp_path):
     store = LocalStore(tmp_path / "s.db", schema=SCHEMA, user_id="u", epsilon_budget=3.0)
     store.add_records(pd.DataFrame({"x": [1.0, 1.0, 5.0], "c": ["a", "a", "b"]},
                                    index=["r1", "r2", "r3"]))
-    with pytest.warns(FutureWarning, match="privacy_unit='user'"):
-        assert SharingPolicy(fields=("x",), epsilon={"x": 0.5}).privacy_unit == "record"
-    policy = SharingPolicy(fields=("x",), epsilon={"x": 0.5}, privacy_unit="user")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default is user-level, said by no warning
+        policy = SharingPolicy(fields=("x",), epsilon={"x": 0.5})
+    assert policy.privacy_unit == "user"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", InsecureRandomnessWarning)
         result = share(store, policy, key.public_key())
