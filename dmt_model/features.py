@@ -169,8 +169,7 @@ class Featurizer:
         target = self.schema.target
         if target is None or target.name not in frame.columns or len(frame) == 0:
             return
-        self.target_values(frame)  # checks that every target is a finite number
-        values = frame[target.name].to_numpy(dtype=np.float64)
+        values = self.target_values(frame, dtype=np.float64)
         std = float(values.std(ddof=0))
         self.target_mean_ = float(values.mean())
         self.target_scale_ = std if std > 0 else 1.0
@@ -229,15 +228,16 @@ class Featurizer:
         out[np.flatnonzero(known), codes[known]] = 1.0
         return out
 
-    def target_values(self, frame: pd.DataFrame) -> np.ndarray:
-        """The target column as float32 ``[n]``."""
+    def target_values(self, frame: pd.DataFrame, *,
+                      dtype: type[np.floating[Any]] = np.float32) -> np.ndarray:
+        """The target column as ``[n]`` of ``dtype`` (float32 by default); every one finite."""
         if self.target not in frame.columns:
             raise ValidationError(f"Missing target column {self.target!r}.")
         values = frame[self.target].to_numpy(dtype=np.float64)
         if not np.isfinite(values).all():
             row = frame.index[int((~np.isfinite(values)).argmax())]
             raise ValidationError(f"Target column {self.target!r} is not finite at row {row!r}.")
-        return values.astype(np.float32)
+        return values.astype(dtype)
 
     # --- released (generalized or perturbed) records ---------------------------
     def transform_released(

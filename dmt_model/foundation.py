@@ -252,8 +252,7 @@ def train_foundation(
     if len(frame) == 0:
         raise ValidationError("Cannot train a foundation model on zero records.")
     featurizer = Featurizer(schema).fit(frame)
-    featurizer.target_values(frame)  # checks that every target is a finite number
-    target = frame[featurizer.target].to_numpy(dtype=np.float64)  # standardized in float64
+    target = featurizer.target_values(frame, dtype=np.float64)  # standardized in float64
     return fit_foundation(featurizer, featurizer.transform(frame), target, config,
                           on_epoch_end=on_epoch_end)
 

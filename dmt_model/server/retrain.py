@@ -33,7 +33,7 @@ import pandas as pd
 
 from dmt_model.coreml import UpdateSettings, export_coreml
 from dmt_model.features import FeatureBatch
-from dmt_model.foundation import Foundation, TrainingConfig, fit_foundation, regression_metrics
+from dmt_model.foundation import Foundation, TrainingConfig, fit_foundation
 from dmt_privacy.errors import ModelFileError, ValidationError
 from dmt_privacy.files import write_atomically
 from dmt_privacy.release import ReleaseSigningKey, release_file_name, sign_release
@@ -351,8 +351,7 @@ class ModelRegistry:
             return {}
         if len(data) == 0:
             raise ValidationError(f"{what} is empty; pass records the server keeps aside.")
-        metrics = regression_metrics(foundation.predict(data),
-                                     foundation.featurizer.target_values(data))
+        metrics = foundation.evaluate(data)
         return {"rmse": metrics.rmse, "mae": metrics.mae, "n": float(metrics.n)}
 
 
