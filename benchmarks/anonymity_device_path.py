@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from adult import ADULT, QIS, SENSITIVE, available, load_adult
 
 from dmt_privacy.anonymity import (
     Hierarchy,
@@ -40,11 +41,7 @@ from dmt_privacy.anonymity import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-ADULT = ROOT.parent / "shared" / "data" / "adult"
 RESULTS = ROOT / "benchmarks" / "results"
-QIS = ["age", "sex", "race", "marital-status", "education", "native-country",
-       "workclass", "occupation"]
-SENSITIVE = "salary-class"
 ARX_NCP = {"k=5": 0.175, "k=10": 0.219, "k=50": 0.276, "k=5,l=2": 0.336, "k=5,t=0.2": 0.497}
 SETTINGS = [("k=5", {"k": 5}), ("k=10", {"k": 10}), ("k=50", {"k": 50}),
             ("k=5,l=2", {"k": 5, "l": 2}), ("k=5,t=0.2", {"k": 5, "t": 0.2})]
@@ -133,12 +130,10 @@ def main() -> int:
     parser.add_argument("--million", action="store_true", help="also entropy l=2 at 1M rows")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    if not (ADULT / "adult.csv").is_file():
+    if not available():
         print(f"Adult not found at {ADULT}", file=sys.stderr)
         return 1
-    df = pd.read_csv(ADULT / "adult.csv", sep=";")
-    hier = {q: Hierarchy.from_csv(ADULT / f"adult_hierarchy_{q}.csv", name=q)
-            for q in QIS if q != "age"}
+    df, hier = load_adult()
     rows = []
     for name, params in SETTINGS:
         row = {"setting": name, "device_path": device_path(df, hier, params, args.seed),

@@ -25,16 +25,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from adult import ADULT, QIS, SENSITIVE, available, load_adult
 
 from dmt_privacy.anonymity import Hierarchy, KAnonymizer, information_loss
 from dmt_privacy.anonymity.constraints import emd_hierarchical
 
 ROOT = Path(__file__).resolve().parents[1]
-ADULT = ROOT.parent / "shared" / "data" / "adult"
 RESULTS = ROOT / "benchmarks" / "results"
-QIS = ["age", "sex", "race", "marital-status", "education", "native-country",
-       "workclass", "occupation"]
-SENSITIVE = "salary-class"
 
 # docs/targets.md: ARX 3.9.2 global + local recoding (NCP, suppressed rows, CPU s).
 ARX = {
@@ -121,12 +118,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-anonypy", action="store_true", help="skip the anonypy runs")
     args = parser.parse_args()
-    if not (ADULT / "adult.csv").is_file():
+    if not available():
         print(f"Adult not found at {ADULT}", file=sys.stderr)
         return 1
-    df = pd.read_csv(ADULT / "adult.csv", sep=";")
-    hier = {q: Hierarchy.from_csv(ADULT / f"adult_hierarchy_{q}.csv", name=q)
-            for q in QIS if q != "age"}
+    df, hier = load_adult()
     KAnonymizer(QIS, k=10).fit(df)  # warm-up (imports, caches)
     results = []
     for name, params in SETTINGS:

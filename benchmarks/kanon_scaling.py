@@ -17,24 +17,20 @@ import sys
 import time
 from pathlib import Path
 
+from adult import ADULT, QIS, available, load_adult
+
 ROOT = Path(__file__).resolve().parents[1]
-ADULT = ROOT.parent / "shared" / "data" / "adult"
 RESULTS = ROOT / "benchmarks" / "results"
-QIS = ["age", "sex", "race", "marital-status", "education", "native-country",
-       "workclass", "occupation"]
 SIZES = [100_000, 300_000, 1_000_000]
 K = 10
 
 
 def child(n: int) -> None:
-    import pandas as pd
 
-    from dmt_privacy.anonymity import Hierarchy, KAnonymizer
+    from dmt_privacy.anonymity import KAnonymizer
 
-    df = pd.read_csv(ADULT / "adult.csv", sep=";").sample(n=n, replace=True, random_state=0)
-    df = df.reset_index(drop=True)
-    hier = {q: Hierarchy.from_csv(ADULT / f"adult_hierarchy_{q}.csv", name=q)
-            for q in QIS if q != "age"}
+    df, hier = load_adult()
+    df = df.sample(n=n, replace=True, random_state=0).reset_index(drop=True)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     est = KAnonymizer(QIS, sensitive="salary-class", k=K, hierarchies=hier)
     start = time.perf_counter()
@@ -52,7 +48,7 @@ def main() -> int:
     if len(sys.argv) == 3 and sys.argv[1] == "--child":
         child(int(sys.argv[2]))
         return 0
-    if not (ADULT / "adult.csv").is_file():
+    if not available():
         print(f"Adult not found at {ADULT}", file=sys.stderr)
         return 1
     results = []
