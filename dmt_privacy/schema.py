@@ -47,6 +47,10 @@ class Role(str, Enum):
     TARGET = "target"
 
 
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
 @dataclass(frozen=True)
 class Field:
     """One column of a record.
@@ -71,6 +75,12 @@ class Field:
         Optional generalization hierarchy of a categorical field: for each
         category, its ancestors from the most specific to the root
         (ARX's CSV layout without the leaf itself).
+    shape:
+        The array shape of an image field's values: ``(height, width)`` for one
+        channel or ``(height, width, channels)``; a model needs it to size its input.
+    max_tokens:
+        The most tokens a text field's value may hold once tokenized
+        (:mod:`dmt_privacy.tokens`); a model needs it to size its input.
     description:
         Free text for people.
     """
@@ -83,6 +93,8 @@ class Field:
     categories: tuple[Category, ...] | None = None
     hierarchy: Mapping[Category, tuple[str, ...]] | None = field(default=None, compare=False)
     description: str = ""
+    shape: tuple[int, ...] | None = None
+    max_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -144,6 +156,22 @@ class Field:
                     f"{missing[:5]!r}; add a row for every category."
                 )
             object.__setattr__(self, "hierarchy", hierarchy)
+        if self.shape is not None:
+            if self.kind is not Kind.IMAGE:
+                raise SchemaError(f"Field {self.name!r}: a shape applies to image fields only.")
+            shape = tuple(self.shape)
+            if not (len(shape) in (2, 3) and all(_positive_int(d) for d in shape)):
+                raise SchemaError(
+                    f"Field {self.name!r}: shape must be (height, width) or (height, width, "
+                    f"channels) in positive integers, got {self.shape!r}.")
+            object.__setattr__(self, "shape", tuple(int(d) for d in shape))
+        if self.max_tokens is not None:
+            if self.kind is not Kind.TEXT:
+                raise SchemaError(
+                    f"Field {self.name!r}: max_tokens applies to text fields only.")
+            if not _positive_int(self.max_tokens):
+                raise SchemaError(f"Field {self.name!r}: max_tokens must be a positive integer, "
+                                  f"got {self.max_tokens!r}.")
 
     def evolve(self, **changes: Any) -> Field:
         """A copy of this field with some attributes changed."""
@@ -163,6 +191,10 @@ class Field:
             out["hierarchy"] = [[k, list(v)] for k, v in self.hierarchy.items()]
         if self.description:
             out["description"] = self.description
+        if self.shape is not None:
+            out["shape"] = list(self.shape)
+        if self.max_tokens is not None:
+            out["max_tokens"] = self.max_tokens
         return out
 
     @classmethod
@@ -178,6 +210,8 @@ class Field:
             kwargs["categories"] = tuple(kwargs["categories"])
         if "hierarchy" in kwargs and kwargs["hierarchy"] is not None:
             kwargs["hierarchy"] = {k: tuple(v) for k, v in kwargs["hierarchy"]}
+        if kwargs.get("shape") is not None:
+            kwargs["shape"] = tuple(kwargs["shape"])
         try:
             return cls(**kwargs)
         except TypeError as exc:
@@ -195,6 +229,24 @@ class Field:
                 f"Field {self.name!r}: value {value!r} is not one of its categories "
                 f"{list(self.categories)!r}. Map it to a known category or extend the schema."
             ) from None
+
+
+def _check_image(spec: Field, row: Any, value: Any) -> None:
+    """An image cell must be a finite array of the field's shape (one channel may be implicit)."""
+    import numpy as np
+
+    array = np.asarray(value)
+    shape = spec.shape or ()
+    fits = array.shape == shape or (len(shape) == 3 and shape[2] == 1
+                                    and array.shape == shape[:2])
+    if not fits:
+        raise ValidationError(
+            f"Column {spec.name!r}: the image at row {row!r} has shape {array.shape}, but the "
+            f"schema says {shape}; resize or convert it (channels last) before passing it.")
+    if array.dtype.kind not in "uif" or not np.isfinite(array).all():
+        raise ValidationError(
+            f"Column {spec.name!r}: the image at row {row!r} must hold finite numbers "
+            f"(pixels as the camera gives them, 0..255), got dtype {array.dtype}.")
 
 
 @dataclass(frozen=True)
@@ -309,6 +361,15 @@ class Schema:
                 if unknown.any():
                     pos = int(unknown.argmax())
                     spec.category_index(column.iloc[pos])  # raises with the message
+            elif spec.kind is Kind.IMAGE and spec.shape is not None:
+                for row, value in column.items():
+                    _check_image(spec, row, value)
+            elif spec.kind is Kind.TEXT:
+                for row, value in column.items():
+                    if not isinstance(value, str):
+                        raise ValidationError(
+                            f"Column {name!r} must hold text, got {type(value).__name__} at "
+                            f"row {row!r}.")
 
     def check_bounds(self, frame: Any, *, columns: Sequence[str] | None = None,
                      slack: float = 0.0) -> None:

@@ -1,3 +1,4 @@
+import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import given
@@ -74,3 +75,38 @@ def test_validate_names_column_and_value():
     with pytest.raises(UnknownCategoryError, match="'c'.*'q'"):
         schema.validate(pd.DataFrame({"a": [1.0, 2.0], "c": ["x", "q"]}).sample(frac=1.0,
                                                                                random_state=1))
+
+
+# --- media fields: the shape of an image, the token budget of a text ----------------------
+
+
+def test_image_shape_and_text_max_tokens_round_trip_and_leave_other_ids_alone():
+    image = Field("photo", "image", shape=(8, 8))
+    text = Field("note", "text", max_tokens=16)
+    schema = Schema((image, text))
+    assert Schema.from_json(schema.to_json()) == schema
+    # A field without them serializes as before, so existing schema ids do not move.
+    assert "shape" not in Field("x", "numeric").to_dict()
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"kind": "numeric", "shape": (8, 8)},
+    {"kind": "image", "shape": (8,)},
+    {"kind": "image", "shape": (8, 0)},
+    {"kind": "image", "shape": (8, True)},
+    {"kind": "numeric", "max_tokens": 5},
+    {"kind": "text", "max_tokens": 0},
+])
+def test_bad_shape_or_max_tokens_is_refused(kwargs):
+    with pytest.raises(SchemaError):
+        Field("f", **kwargs)
+
+
+def test_validate_names_the_image_of_the_wrong_size_and_the_non_text():
+    schema = Schema((Field("photo", "image", shape=(8, 8, 1)), Field("note", "text")))
+    good = np.zeros((8, 8), np.uint8)  # one channel may be implicit
+    schema.validate(pd.DataFrame({"photo": [good], "note": ["hi"]}))
+    with pytest.raises(ValidationError, match=r"'photo'.*row 1.*\(8, 8, 3\)"):
+        schema.validate(pd.DataFrame({"photo": [good, np.zeros((8, 8, 3))], "note": ["a", "b"]}))
+    with pytest.raises(ValidationError, match=r"'note' must hold text.*int"):
+        schema.validate(pd.DataFrame({"photo": [good], "note": [3]}))
