@@ -25,7 +25,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import x25519
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_seal import reference_open, reference_seal
+from test_seal import reference_open, reference_open_v1, reference_seal_v1
 
 from dmt_privacy.dp.receipt import FieldReceipt, ReleaseReceipt
 from dmt_privacy.errors import InvalidPackage, ValidationError
@@ -101,7 +101,7 @@ def make_package_vectors() -> dict[str, Any]:
         "msgpack": encoded.hex(),
         "ephemeral_private": _EPHEMERAL.hex(),
         "private_key": _RECIPIENT.to_bytes().hex(),
-        "envelope": reference_seal(_RECIPIENT.public_key(), _EPHEMERAL, encoded,
+        "envelope": reference_seal_v1(_RECIPIENT.public_key(), _EPHEMERAL, encoded,
                                    PACKAGE_INFO).hex(),
     }
 
@@ -145,10 +145,12 @@ def test_package_vector_layout(vectors: dict[str, Any]) -> None:
 def test_sealed_package_vector_opens(vectors: dict[str, Any]) -> None:
     private = ServerPrivateKey.from_bytes(bytes.fromhex(vectors["private_key"]))
     envelope = bytes.fromhex(vectors["envelope"])
-    assert open_package(envelope, private) == kat_package()
-    assert reference_open(private, envelope, PACKAGE_INFO) == bytes.fromhex(vectors["msgpack"])
+    assert open_package(envelope, private) == kat_package()  # a legacy (format 1) envelope
+    assert reference_open_v1(private, envelope, PACKAGE_INFO) == bytes.fromhex(vectors["msgpack"])
     # a package envelope is not a generic envelope: the info differs
     _assert_invalid(lambda: open_sealed(envelope, private))
+    fresh = seal_package(kat_package(), private.public_key())  # format 2, with the key id
+    assert reference_open(private, fresh, PACKAGE_INFO) == bytes.fromhex(vectors["msgpack"])
 
 
 def test_package_vectors_regenerate_exactly(vectors: dict[str, Any]) -> None:

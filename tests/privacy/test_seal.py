@@ -3,9 +3,10 @@
 The HPKE computation is checked by an independent, slow and obvious RFC 9180
 implementation written here from the RFC (HMAC-SHA256, X25519 and AES-GCM
 from ``cryptography``'s plain primitives): it reproduces the RFC's test vector
-A.1.1, regenerates the known-answer envelope in ``vectors/seal_v1.json`` byte
-for byte from a fixed ephemeral key, and opens envelopes that
-:func:`dmt_privacy.seal.seal` made.
+A.1.1, regenerates the known-answer envelopes in ``vectors/seal_v2.json`` (and
+the legacy ``vectors/seal_v1.json``, which must still open) byte for byte from
+a fixed ephemeral key, and opens envelopes that :func:`dmt_privacy.seal.seal`
+made.
 
 Regenerate the vectors (only when the format changes, with a new version):
 ``python tests/privacy/test_seal.py``.
@@ -31,9 +32,13 @@ from dmt_privacy.errors import InvalidPackage, ValidationError
 from dmt_privacy.seal import (
     ENVELOPE_OVERHEAD,
     KEY_FILE_SIZE,
+    MAX_KEYRING_KEYS,
+    ServerKeyring,
     ServerPrivateKey,
     ServerPublicKey,
+    envelope_key_id,
     generate_server_key,
+    load_keyring,
     load_private_key,
     load_public_key,
     open_sealed,
@@ -43,7 +48,8 @@ from dmt_privacy.seal import (
 )
 
 VECTORS = Path(__file__).resolve().parent / "vectors"
-SEAL_VECTORS = VECTORS / "seal_v1.json"
+SEAL_VECTORS = VECTORS / "seal_v2.json"
+LEGACY_SEAL_VECTORS = VECTORS / "seal_v1.json"
 
 
 # --- an independent RFC 9180 base-mode implementation (test-only, deterministic) -------------
@@ -108,20 +114,41 @@ def reference_hpke_open(sk_r: bytes, enc: bytes, ct: bytes, info: bytes) -> byte
     return AESGCM(key).decrypt(nonce, ct, b"")
 
 
-DMT_HEADER = b"DMT\x01\x00\x01"
+DMT_HEADER_V1 = b"DMT\x01\x00\x01"
+DMT_PREFIX = b"DMT\x02\x00\x01"
+
+
+def reference_header(public_key: ServerPublicKey) -> bytes:
+    """Format 2's header: prefix, then the first 8 bytes of SHA-256 over the raw public key."""
+    return DMT_PREFIX + hashlib.sha256(public_key.raw_bytes()).digest()[:8]
 
 
 def reference_seal(public_key: ServerPublicKey, sk_e: bytes, plaintext: bytes,
                    info: bytes = b"") -> bytes:
-    """The dmt envelope, from the format description alone, with a fixed ephemeral key."""
-    enc, ct = reference_hpke_seal(public_key.raw_bytes(), sk_e, DMT_HEADER + info, plaintext)
-    return DMT_HEADER + enc + ct
+    """The dmt envelope (format 2), from the format description alone, fixed ephemeral key."""
+    header = reference_header(public_key)
+    enc, ct = reference_hpke_seal(public_key.raw_bytes(), sk_e, header + info, plaintext)
+    return header + enc + ct
+
+
+def reference_seal_v1(public_key: ServerPublicKey, sk_e: bytes, plaintext: bytes,
+                      info: bytes = b"") -> bytes:
+    """The legacy format 1 envelope (no key id), which servers still open."""
+    enc, ct = reference_hpke_seal(public_key.raw_bytes(), sk_e, DMT_HEADER_V1 + info, plaintext)
+    return DMT_HEADER_V1 + enc + ct
+
+
+def reference_open_v1(private_key: ServerPrivateKey, envelope: bytes, info: bytes = b"") -> bytes:
+    assert envelope[:6] == DMT_HEADER_V1
+    sk = private_key.key.private_bytes_raw()
+    return reference_hpke_open(sk, envelope[6:38], envelope[38:], DMT_HEADER_V1 + info)
 
 
 def reference_open(private_key: ServerPrivateKey, envelope: bytes, info: bytes = b"") -> bytes:
-    assert envelope[:6] == DMT_HEADER
+    header = reference_header(private_key.public_key())
+    assert envelope[:14] == header
     sk = private_key.key.private_bytes_raw()
-    return reference_hpke_open(sk, envelope[6:38], envelope[38:], DMT_HEADER + info)
+    return reference_hpke_open(sk, envelope[14:46], envelope[46:], header + info)
 
 
 # RFC 9180, Appendix A.1.1: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-128-GCM, base mode.
@@ -169,8 +196,9 @@ def test_cryptography_hpke_opens_the_rfc_vector() -> None:
 
 
 # --- known-answer vectors ---------------------------------------------------------------------
-def make_seal_vectors() -> dict[str, object]:
+def make_seal_vectors(version: int = 2) -> dict[str, object]:
     """Fixed keys, fixed ephemeral key -> fixed envelopes (regenerated only on a format change)."""
+    make = reference_seal if version == 2 else reference_seal_v1
     recipient = ServerPrivateKey(x25519.X25519PrivateKey.from_private_bytes(
         hashlib.sha256(b"dmt test recipient key 1").digest()))
     cases = []
@@ -185,11 +213,14 @@ def make_seal_vectors() -> dict[str, object]:
             "ephemeral_private": sk_e.hex(),
             "info": info.hex(),
             "plaintext": plaintext.hex(),
-            "envelope": reference_seal(recipient.public_key(), sk_e, plaintext, info).hex(),
+            "envelope": make(recipient.public_key(), sk_e, plaintext, info).hex(),
         })
+    header = ("; header = 'DMT' 02 0001 key id (8 bytes of SHA-256 over the raw public key)"
+              if version == 2 else "")
     return {
-        "description": "dmt envelope format 1, suite 0x0001 (HPKE base, DHKEM(X25519, "
-                       "HKDF-SHA256), HKDF-SHA256, AES-128-GCM); HPKE info = header || info",
+        "description": f"dmt envelope format {version}, suite 0x0001 (HPKE base, DHKEM(X25519, "
+                       f"HKDF-SHA256), HKDF-SHA256, AES-128-GCM){header}; HPKE info = "
+                       "header || info",
         "private_key": recipient.to_bytes().hex(),
         "public_key": recipient.public_key().to_bytes().hex(),
         "cases": cases,
@@ -199,6 +230,11 @@ def make_seal_vectors() -> dict[str, object]:
 @pytest.fixture(scope="module")
 def seal_vectors() -> dict:
     return json.loads(SEAL_VECTORS.read_text())
+
+
+@pytest.fixture(scope="module")
+def legacy_vectors() -> dict:
+    return json.loads(LEGACY_SEAL_VECTORS.read_text())
 
 
 def test_key_vectors(seal_vectors: dict) -> None:
@@ -218,21 +254,36 @@ def test_envelope_vectors_open(seal_vectors: dict) -> None:
         envelope = bytes.fromhex(case["envelope"])
         info = bytes.fromhex(case["info"])
         plaintext = bytes.fromhex(case["plaintext"])
-        assert envelope[:6] == DMT_HEADER
+        assert envelope[:14] == reference_header(private.public_key())
         assert len(envelope) == len(plaintext) + ENVELOPE_OVERHEAD
         assert open_sealed(envelope, private, info=info) == plaintext
         assert reference_open(private, envelope, info) == plaintext
 
 
-def test_envelope_vectors_regenerate_exactly(seal_vectors: dict) -> None:
-    assert make_seal_vectors() == seal_vectors
+def test_envelope_vectors_regenerate_exactly(seal_vectors: dict, legacy_vectors: dict) -> None:
+    assert make_seal_vectors(2) == seal_vectors
+    assert make_seal_vectors(1) == legacy_vectors
+
+
+def test_legacy_envelopes_still_open(legacy_vectors: dict) -> None:
+    """Format 1 (no key id) is what outboxes and wrapped data keys already hold."""
+    private = ServerPrivateKey.from_bytes(bytes.fromhex(legacy_vectors["private_key"]))
+    ring = ServerKeyring([generate_server_key(), private])  # rotated: the old key second
+    for case in legacy_vectors["cases"]:
+        envelope = bytes.fromhex(case["envelope"])
+        assert envelope[:6] == DMT_HEADER_V1 and envelope_key_id(envelope) is None
+        info, plaintext = bytes.fromhex(case["info"]), bytes.fromhex(case["plaintext"])
+        assert open_sealed(envelope, private, info=info) == plaintext
+        assert open_sealed(envelope, ring, info=info) == plaintext
+        assert reference_open_v1(private, envelope, info) == plaintext
+        _assert_invalid(lambda e=envelope, i=info: open_sealed(e, _OTHER, info=i))
 
 
 def test_reference_opens_what_seal_makes() -> None:
     key = generate_server_key()
     for plaintext, info in [(b"", b""), (b"x" * 1000, b"ctx"), (os.urandom(77), b"")]:
         envelope = seal(plaintext, key.public_key(), info=info)
-        assert envelope[:6] == DMT_HEADER
+        assert envelope[:14] == reference_header(key.public_key())
         assert reference_open(key, envelope, info) == plaintext
 
 
@@ -292,22 +343,100 @@ def test_every_truncation_and_extension_fails() -> None:
 
 def test_header_variants_fail() -> None:
     """Other versions or suites, even re-encrypted under the altered header, do not open."""
-    body = seal(b"payload", _KEY.public_key())[6:]
-    for header in (b"DMT\x02\x00\x01", b"DMT\x01\x00\x02", b"DMX\x01\x00\x01", b"dmt\x01\x00\x01"):
-        _assert_invalid(lambda h=header: open_sealed(h + body, _KEY))
+    envelope = seal(b"payload", _KEY.public_key())
+    kid, body = envelope[6:14], envelope[14:]
+    for prefix in (b"DMT\x03\x00\x01", b"DMT\x02\x00\x02", b"DMX\x02\x00\x01",
+                   b"dmt\x02\x00\x01"):
+        _assert_invalid(lambda p=prefix: open_sealed(p + kid + body, _KEY))
+    _assert_invalid(lambda: open_sealed(DMT_HEADER_V1 + body, _KEY))  # no downgrade to v1
     sk_e = hashlib.sha256(b"e").digest()
-    enc, ct = reference_hpke_seal(_KEY.public_key().raw_bytes(), sk_e, b"DMT\x02\x00\x01", b"p")
-    _assert_invalid(lambda: open_sealed(b"DMT\x02\x00\x01" + enc + ct, _KEY))
-    # the same bytes under the right header but without the header bound in as info
+    for header in (b"DMT\x03\x00\x01" + kid, DMT_HEADER_V1 + kid):
+        enc, ct = reference_hpke_seal(_KEY.public_key().raw_bytes(), sk_e, header, b"p")
+        _assert_invalid(lambda h=header, e=enc, c=ct: open_sealed(h + e + c, _KEY))
+
+
+# --- key ids and rotation -------------------------------------------------------------------
+def test_key_id_is_the_release_convention() -> None:
+    """16 hex digits of SHA-256 over the raw public key, as dmt_privacy.release names keys."""
+    from dmt_privacy.release import _key_id as release_key_id
+
+    public = _KEY.public_key()
+    assert public.key_id == release_key_id(public.raw_bytes()) == public.fingerprint()
+    assert _KEY.key_id == public.key_id
+    assert envelope_key_id(seal(b"x", public)) == public.key_id
+    assert envelope_key_id(b"DMT") is None and envelope_key_id("no") is None  # type: ignore[arg-type]
+
+
+def test_keyring_opens_each_key_by_its_id() -> None:
+    old, new = generate_server_key(), generate_server_key()
+    ring = ServerKeyring([new, old])
+    assert ring.current == new and ring.public_key() == new.public_key()
+    assert ring.key_ids == (new.key_id, old.key_id) and len(ring) == 2
+    for key in (old, new):
+        assert open_sealed(seal(b"p", key.public_key(), info=b"i"), ring, info=b"i") == b"p"
+    _assert_invalid(lambda: open_sealed(seal(b"p", _OTHER.public_key()), ring))
+    assert "PRIVATE" not in repr(ring) and old.key_id in repr(ring)
+
+
+def test_unknown_key_id_is_refused_without_decrypting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The key id picks the key: no trial decryption, so no key is even tried."""
+    import dmt_privacy.seal as seal_module
+
+    calls = []
+    real = seal_module._SUITE
+
+    class Counting:
+        encrypt = real.encrypt
+
+        def decrypt(self, *args: object, **kwargs: object) -> bytes:
+            calls.append(1)
+            return real.decrypt(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(seal_module, "_SUITE", Counting())
+    ring = ServerKeyring([generate_server_key() for _ in range(3)] + [_KEY])
+    _assert_invalid(lambda: open_sealed(seal(b"p", _OTHER.public_key()), ring))
+    assert calls == []
+    assert open_sealed(seal(b"p", _KEY.public_key()), ring) == b"p"
+    assert calls == [1]  # exactly the named key
+
+
+def test_a_key_id_naming_another_held_key_fails() -> None:
+    """Swapping the key id for another key the server holds does not open the envelope."""
+    old, new = generate_server_key(), generate_server_key()
+    envelope = seal(b"p", old.public_key())
+    swapped = envelope[:6] + bytes.fromhex(new.key_id) + envelope[14:]
+    _assert_invalid(lambda: open_sealed(swapped, ServerKeyring([new, old])))
+
+
+def test_keyring_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="one or more"):
+        ServerKeyring([])
+    with pytest.raises(ValidationError, match="twice"):
+        ServerKeyring([_KEY, _KEY])
+    with pytest.raises(ValidationError, match="at most"):
+        ServerKeyring([generate_server_key() for _ in range(MAX_KEYRING_KEYS + 1)])
+    with pytest.raises(ValidationError, match="ServerKeyring"):
+        open_sealed(b"", _KEY.public_key())  # type: ignore[arg-type]
+    paths = []
+    for i, key in enumerate((_KEY, _OTHER)):
+        save_private_key(key, tmp_path / f"k{i}")
+        paths.append(tmp_path / f"k{i}")
+    assert load_keyring(paths).key_ids == (_KEY.key_id, _OTHER.key_id)
+    assert load_keyring(paths[0]).current == _KEY
+
+
+def test_header_must_be_bound_as_info() -> None:
+    """The same bytes under the right header but without the header bound in as info."""
+    sk_e = hashlib.sha256(b"e").digest()
     enc, ct = reference_hpke_seal(_KEY.public_key().raw_bytes(), sk_e, b"", b"p")
-    _assert_invalid(lambda: open_sealed(DMT_HEADER + enc + ct, _KEY))
+    _assert_invalid(lambda: open_sealed(reference_header(_KEY.public_key()) + enc + ct, _KEY))
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=300))
 def test_random_bytes_fail(data: bytes) -> None:
     _assert_invalid(lambda: open_sealed(data, _KEY))
-    _assert_invalid(lambda: open_sealed(DMT_HEADER + data, _KEY))
+    _assert_invalid(lambda: open_sealed(reference_header(_KEY.public_key()) + data, _KEY))
 
 
 def test_non_bytes_envelopes_fail() -> None:
@@ -409,11 +538,12 @@ def test_truncated_key_file(tmp_path: Path) -> None:
 
 
 def test_format_constants() -> None:
-    assert ENVELOPE_OVERHEAD == 6 + 32 + 16
-    assert struct.unpack(">3sBH", DMT_HEADER) == (b"DMT", 1, 1)
+    assert ENVELOPE_OVERHEAD == 6 + 8 + 32 + 16
+    assert struct.unpack(">3sBH", DMT_PREFIX) == (b"DMT", 2, 1)
+    assert struct.unpack(">3sBH", DMT_HEADER_V1) == (b"DMT", 1, 1)
 
 
 if __name__ == "__main__":
     VECTORS.mkdir(exist_ok=True)
-    SEAL_VECTORS.write_text(json.dumps(make_seal_vectors(), indent=2) + "\n")
+    SEAL_VECTORS.write_text(json.dumps(make_seal_vectors(2), indent=2) + "\n")
     print(f"wrote {SEAL_VECTORS}")
