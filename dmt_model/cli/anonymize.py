@@ -1,15 +1,35 @@
-"""``dmt anonymize``: k-anonymize a CSV file (with l-diversity and t-closeness) and report."""
+"""``dmt anonymize``: k-anonymize a CSV file (with l-diversity and t-closeness) and report.
+
+The input is read as text, so every column the command does not generalize is
+written back byte for byte. Each quasi-identifier (and the sensitive column,
+with ``--t``) must have a known kind: from ``--schema``, from ``--numeric`` /
+``--categorical``, from a ``--hierarchy`` (categorical), or because it holds
+no number at all (categorical). A column of numbers with no declared kind is
+refused rather than guessed (an integer-coded category is not an interval),
+and so is a column mixing numbers and text. The result is written by
+:func:`dmt_privacy.anonymity.released_table.write_released`: exact numbers,
+empty cells for suppressed ones, escaped value sets; read it back with
+``read_released_csv(path, report["columns"], sep=report["separator"])``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dmt_privacy.errors import ValidationError
 
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from dmt_privacy.schema import Schema
+
 __all__ = ["register", "run"]
+
+_FORMATS = ("csv", "jsonl")
 
 
 def _columns(text: str) -> list[str]:
@@ -34,14 +54,30 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
             "Generalize the quasi-identifiers of a CSV file so that every combination occurs "
             "at least k times (numeric columns become intervals, categorical ones hierarchy "
             "nodes or value sets), write the result and print a report: classes, suppressed "
-            "rows, NCP, l and t achieved."
+            "rows, NCP, l and t achieved. Numbers are written exactly; an empty cell means "
+            "suppressed (or, in the sensitive column, withheld); value sets are {a|b} with "
+            "\\ escaping \\ | { }. Columns holding numbers need a declared kind (--schema, "
+            "--numeric or --categorical): they are never guessed."
         ),
     )
     parser.add_argument("input", type=Path, help="CSV file to anonymize")
-    parser.add_argument("-o", "--output", type=Path, required=True, help="CSV file to write")
-    parser.add_argument("--quasi-identifiers", type=_columns, required=True,
-                        help="comma-separated quasi-identifier columns")
-    parser.add_argument("--sensitive", help="sensitive column (needed for --l and --t)")
+    parser.add_argument("-o", "--output", type=Path, required=True,
+                        help="file to write (CSV, or JSON Lines with --format jsonl or a "
+                             ".jsonl name)")
+    parser.add_argument("--schema", type=Path,
+                        help="schema JSON (dmt schema init): the kind of every column, and the "
+                             "quasi-identifiers and sensitive column when not given")
+    parser.add_argument("--quasi-identifiers", type=_columns,
+                        help="comma-separated quasi-identifier columns (default: the schema's)")
+    parser.add_argument("--sensitive",
+                        help="sensitive column, needed for --l and --t (default: the schema's "
+                             "one sensitive field, if it has exactly one)")
+    parser.add_argument("--numeric", type=_columns, default=[], metavar="COLS",
+                        help="comma-separated columns to treat as numbers (released as "
+                             "intervals)")
+    parser.add_argument("--categorical", type=_columns, default=[], metavar="COLS",
+                        help="comma-separated columns to treat as categories (released as "
+                             "value sets), even if they hold numbers")
     parser.add_argument("--k", type=int, required=True, help="minimum class size")
     parser.add_argument("--l", type=int, help="l-diversity of the sensitive column")
     parser.add_argument("--l-kind", choices=("distinct", "entropy", "recursive"),
@@ -52,13 +88,19 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                         metavar="COLUMN=FILE.csv",
                         help="ARX-format hierarchy for a column (repeatable)")
     parser.add_argument("--hierarchy-sep", default=";", help="separator of hierarchy files")
-    parser.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    parser.add_argument("--force", action="store_true",
+                        help="replace OUTPUT (and --plan, --report) if they exist")
     parser.add_argument("--max-suppression", type=float, default=0.0,
                         help="fraction of records that may be suppressed (default 0)")
     parser.add_argument("--sep", default=None,
                         help="CSV separator (default: guessed from the header, ';' or ',')")
+    parser.add_argument("--format", choices=_FORMATS, default=None,
+                        help="output format (default: jsonl for a .jsonl or .ndjson OUTPUT, "
+                             "else csv)")
     parser.add_argument("--plan", type=Path, help="also write the fitted plan (JSON) here")
-    parser.add_argument("--report", type=Path, help="also write the report (JSON) here")
+    parser.add_argument("--report", type=Path,
+                        help="also write the report (JSON) here, with the cell kind of each "
+                             "released column (what read_released_csv needs)")
     parser.set_defaults(func=run)
     return parser
 
@@ -69,27 +111,196 @@ def _guess_sep(path: Path) -> str:
     return ";" if header.count(";") > header.count(",") else ","
 
 
-def run(args: argparse.Namespace) -> int:
-    """Anonymize ``args.input`` into ``args.output``; print the report; return 0."""
+def _read_text_csv(path: Path, sep: str) -> pd.DataFrame:
     import pandas as pd
 
-    from dmt_privacy.anonymity import Hierarchy, KAnonymizer, format_generalized
+    try:
+        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_filter=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ValidationError(f"{path} is not a readable CSV file ({exc}).") from None
+
+
+def _load_schema(path: Path | None) -> Schema | None:
+    from dmt_privacy.schema import Schema
+
+    if path is None:
+        return None
+    try:
+        return Schema.from_json(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValidationError(f"--schema: no file {path}.") from None
+    except ValueError as exc:  # SchemaError included
+        raise ValidationError(f"--schema {path}: {exc}") from None
+
+
+def _line(position: int) -> int:
+    """The file line of the record at ``position`` (the header is line 1)."""
+    return position + 2
+
+
+def _column_kind(frame: pd.DataFrame, name: str, declared: dict[str, str]) -> str:
+    """``"numeric"`` or ``"categorical"``: as declared, else only if the column holds no
+    number; a column of numbers (or mixing numbers and text) with no declared kind is refused."""
+    import pandas as pd
+
+    if name in declared:
+        return declared[name]
+    parsed = pd.to_numeric(frame[name], errors="coerce").notna().to_numpy()
+    if not parsed.any():
+        return "categorical"
+    how = (f"pass --numeric {name} (intervals) or --categorical {name} (value sets), or "
+           "--schema (write one with 'dmt schema init')")
+    if parsed.all():
+        raise ValidationError(
+            f"column {name!r} holds only numbers, and its kind is not declared: it could be a "
+            f"measure or a category coded as numbers; {how}.")
+    text_at, number_at = int((~parsed).argmax()), int(parsed.argmax())
+    raise ValidationError(
+        f"column {name!r} mixes numbers (line {_line(number_at)}: "
+        f"{frame[name].iloc[number_at]!r}) and text (line {_line(text_at)}: "
+        f"{frame[name].iloc[text_at]!r}); fix the data or declare its kind: {how}.")
+
+
+def _declared_kinds(args: argparse.Namespace, schema: Schema | None) -> dict[str, str]:
+    declared: dict[str, str] = {}
+    if schema is not None:
+        for spec in schema:
+            if spec.kind.value == "numeric":
+                declared[spec.name] = "numeric"
+            elif spec.kind.value in ("categorical", "text"):
+                declared[spec.name] = "categorical"
+    both = sorted(set(args.numeric) & set(args.categorical))
+    if both:
+        raise ValidationError(f"--numeric and --categorical both name {both!r}; choose one.")
+    for names, kind in ((args.numeric, "numeric"), (args.categorical, "categorical")):
+        for name in names:
+            if declared.get(name, kind) != kind:
+                raise ValidationError(
+                    f"--{kind} {name}: the schema says {name!r} is {declared[name]}; change the "
+                    "schema or drop the flag.")
+            declared[name] = kind
+    for name, _ in args.hierarchy:
+        declared[name] = "categorical"  # a hierarchy's leaves are text
+    return declared
+
+
+def _roles(args: argparse.Namespace, schema: Schema | None) -> tuple[list[str], str | None]:
+    qis = args.quasi_identifiers
+    sensitive = args.sensitive
+    if schema is not None:
+        if not qis:
+            qis = [f.name for f in schema.by_role("quasi-identifier")]
+        if sensitive is None:
+            named = [f.name for f in schema.by_role("sensitive")]
+            sensitive = named[0] if len(named) == 1 else None
+    if not qis:
+        raise ValidationError(
+            "no quasi-identifiers: pass --quasi-identifiers COL,COL or a --schema whose fields "
+            "have the quasi-identifier role.")
+    return qis, sensitive
+
+
+def _typed(frame: pd.DataFrame, kinds: dict[str, str]) -> pd.DataFrame:
+    """``frame`` (all text) with its numeric columns as numbers; empty or non-numeric cells
+    of the columns in ``kinds`` refused with their line."""
+    import numpy as np
+    import pandas as pd
+
+    typed = frame.copy()
+    for name, kind in kinds.items():
+        empty = (frame[name] == "").to_numpy()
+        if empty.any():
+            raise ValidationError(
+                f"column {name!r} is empty at line {_line(int(empty.argmax()))}; fill or drop "
+                "such rows before anonymizing (an empty cell in the output means suppressed).")
+        if kind != "numeric":
+            continue
+        values = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            at = int(bad.argmax())
+            raise ValidationError(
+                f"column {name!r} is numeric but line {_line(at)} holds "
+                f"{frame[name].iloc[at]!r}; fix the value, or declare the column categorical "
+                f"(--categorical {name}) to release it as value sets.")
+        typed[name] = values
+    return typed
+
+
+def _finite(value: Any) -> Any:
+    """A JSON-ready copy of ``value`` with NaN and infinities as ``None`` (JSON has neither)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _output_text(released: pd.DataFrame, original: pd.DataFrame,
+                 qis: list[str], sensitive: str | None) -> pd.DataFrame:
+    """The released table with every column not generalized as it was read (exact text),
+    the sensitive column's withheld cells missing."""
+    out = original.astype(object).copy()
+    for name in qis:
+        out[name] = released[name].astype(object)
+    if sensitive is not None:
+        withheld = released[sensitive].isna().to_numpy()
+        column = out[sensitive].copy()
+        column[withheld] = None
+        out[sensitive] = column
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    """Anonymize ``args.input`` into ``args.output``; print the report; return 0."""
+    from dmt_privacy.anonymity import Hierarchy, KAnonymizer
+    from dmt_privacy.anonymity.released_table import column_kinds, write_released
+    from dmt_privacy.files import write_atomically
 
     if not args.input.is_file():
         raise ValidationError(f"Input file {str(args.input)!r} does not exist.")
-    if args.output.resolve() == args.input.resolve():
-        raise ValidationError(f"-o {args.output} is the input file; write the result elsewhere.")
-    if args.output.exists() and not args.force:
-        raise ValidationError(f"{args.output} already exists; pass --force to replace it.")
+    outputs = [(flag, path) for flag, path in (("-o", args.output), ("--plan", args.plan),
+                                               ("--report", args.report)) if path is not None]
+    for flag, path in outputs:
+        if path.resolve() == args.input.resolve():
+            raise ValidationError(f"{flag} {path} is the input file; write the result elsewhere.")
+        if path.exists() and not args.force:
+            raise ValidationError(f"{flag} {path} already exists; pass --force to replace it.")
+    fmt = args.format or ("jsonl" if args.output.suffix.lower() in (".jsonl", ".ndjson")
+                          else "csv")
     sep = args.sep or _guess_sep(args.input)
-    frame = pd.read_csv(args.input, sep=sep)
+    schema = _load_schema(args.schema)
+    frame = _read_text_csv(args.input, sep)
+    identifiers = [] if schema is None else [
+        f.name for f in schema.by_role("identifier") if f.name in frame.columns]
+    frame = frame.drop(columns=identifiers)
+    qis, sensitive = _roles(args, schema)
+    checked = [*qis, *([sensitive] if sensitive else [])]
+    missing = [c for c in checked if c not in frame.columns]
+    if missing:
+        raise ValidationError(
+            f"column(s) {missing!r} are not in {args.input} (its columns: "
+            f"{list(frame.columns)!r}); fix --quasi-identifiers / --sensitive or the schema.")
+    declared = _declared_kinds(args, schema)
+    kinds = {name: _column_kind(frame, name, declared) for name in qis}
+    if sensitive is not None:
+        # Only t-closeness reads the sensitive column's kind (ordered or equal distance).
+        kinds[sensitive] = (_column_kind(frame, sensitive, declared) if args.t is not None
+                            else declared.get(sensitive, "categorical"))
+    typed = _typed(frame, kinds)
     hierarchies = {
         column: Hierarchy.from_csv(path, sep=args.hierarchy_sep, name=column)
         for column, path in args.hierarchy
     }
+    if schema is not None:
+        for spec in schema:
+            if spec.name in qis and spec.hierarchy and spec.name not in hierarchies:
+                hierarchies[spec.name] = Hierarchy.from_mapping(spec.hierarchy, name=spec.name)
     anonymizer = KAnonymizer(
-        args.quasi_identifiers,
-        sensitive=args.sensitive,
+        qis,
+        sensitive=sensitive,
         k=args.k,
         l=args.l,
         l_kind=args.l_kind,
@@ -98,13 +309,20 @@ def run(args: argparse.Namespace) -> int:
         hierarchies=hierarchies,
         max_suppression=args.max_suppression,
     )
-    released = anonymizer.fit_transform(frame)
-    format_generalized(released, args.quasi_identifiers).to_csv(args.output, sep=sep, index=False)
+    released = anonymizer.fit_transform(typed)
+    cell_kinds = column_kinds(anonymizer.plan_)
+    table = _output_text(released, frame, qis, sensitive)
+    write_released(table, args.output, cell_kinds, fmt=fmt, sep=sep, overwrite=args.force)
     report = anonymizer.report_
     if args.plan is not None:
-        args.plan.write_text(anonymizer.plan_.to_json(), encoding="utf-8")
+        write_atomically(args.plan, anonymizer.plan_.to_json().encode(), overwrite=True)
     if args.report is not None:
-        args.report.write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
-    print(f"dmt anonymize: {args.input} -> {args.output}")
+        data = {**_finite(report.to_dict()), "columns": cell_kinds, "format": fmt,
+                "separator": sep}
+        write_atomically(args.report, json.dumps(data, indent=2, allow_nan=False).encode(),
+                         overwrite=True)
+    print(f"dmt anonymize: {args.input} -> {args.output} ({fmt})")
+    if identifiers:
+        print(f"identifier column(s) left out, as the schema says: {', '.join(identifiers)}")
     print(report.to_text())
     return 0

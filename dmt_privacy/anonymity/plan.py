@@ -705,30 +705,25 @@ def release_classes(
     return records.loc[keep].copy(), records.loc[~keep].copy()
 
 
-def _fmt_number(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else f"{x:g}"
-
-
 def format_generalized(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
-    """Text for CSV: intervals as ``[lo, hi]`` (or the value when lo == hi), sets as
-    ``{a|b}``, hierarchy labels unchanged, suppressed cells as ``*``."""
+    """Text for CSV, exact and unambiguous (grammar: :mod:`dmt_privacy.anonymity.released_table`):
+    intervals as ``[lo, hi]`` (or the number when lo == hi) written exactly, sets as
+    ``{a|b}`` (escaped), hierarchy labels unchanged, suppressed cells empty.
+
+    Each column's cell kind is taken from its cells (intervals, sets, else labels); with the
+    plan at hand, :func:`~dmt_privacy.anonymity.released_table.write_released` and
+    :func:`~dmt_privacy.anonymity.released_table.column_kinds` say it instead.
+    """
+    from dmt_privacy.anonymity.released_table import encode_cell
+
     out = frame.copy()
     for name in columns:
         col = out[name]
-
-        def fmt(v: Any) -> str:
-            if isinstance(v, pd.Interval):
-                if v.left == v.right:
-                    return _fmt_number(v.left)
-                return f"[{_fmt_number(v.left)}, {_fmt_number(v.right)}]"
-            if isinstance(v, (frozenset, set)):
-                items = sorted(map(str, v))
-                return items[0] if len(items) == 1 else "{" + "|".join(items) + "}"
-            if v is None or (isinstance(v, float) and math.isnan(v)):
-                return "*"
-            return str(v)
-
         inverse, uniques = pd.factorize(col.astype(object), use_na_sentinel=False)
-        text = np.asarray([fmt(_cell_key(u)) for u in uniques], dtype=object)
+        present = [u for u in (_cell_key(u) for u in uniques) if u is not None]
+        kind = ("interval" if present and isinstance(present[0], pd.Interval)
+                else "set" if present and isinstance(present[0], (set, frozenset)) else "node")
+        text = np.asarray([encode_cell(_cell_key(u), kind, column=str(name)) for u in uniques],
+                          dtype=object)
         out[name] = text[inverse]
     return out

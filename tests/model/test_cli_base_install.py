@@ -137,7 +137,8 @@ def test_keygen_and_anonymize(base_install, tmp_path):
     assert (tmp_path / "server.key").exists() and (tmp_path / "server.key.pub").exists()
     (tmp_path / "tiny.csv").write_text(TINY_CSV)
     done = _dmt(base_install, "anonymize", "tiny.csv", "-o", "out.csv", "--quasi-identifiers",
-                "age,zip", "--sensitive", "disease", "--k", "2", cwd=tmp_path)
+                "age,zip", "--numeric", "age,zip", "--sensitive", "disease", "--k", "2",
+                cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "suppressed         0" in done.stdout
     rows = (tmp_path / "out.csv").read_text().splitlines()

@@ -301,7 +301,7 @@ def test_cli_anonymize(tmp_path, adult, capsys):
     args = parser.parse_args([
         "anonymize", str(ADULT / "adult.csv"), "-o", str(out),
         "--quasi-identifiers", ",".join(ADULT_QIS), "--sensitive", "salary-class",
-        "--k", "10", "--l", "2", "--t", "0.2",
+        "--numeric", "age", "--k", "10", "--l", "2", "--t", "0.2",
         "--hierarchy", f"education={ADULT / 'adult_hierarchy_education.csv'}",
         "--plan", str(plan),
     ])
