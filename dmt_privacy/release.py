@@ -14,7 +14,8 @@ published model version the server writes a small JSON document, the
     schema_id     the schema the model reads
     policy_sha256 SHA-256 of the server policy JSON devices follow (served beside it)
     server_key    the server's HPKE public key (the 44-byte key file, hex) packages
-                  are sealed to, or null: the key travels on the signed channel too
+                  are sealed to, or null: the key travels on the signed channel too;
+                  its key id (same convention as below) is what envelopes carry
 
 and whose ``signatures`` are ``[{"key_id": ..., "sig": ...}]``: Ed25519
 (``cryptography``) over ``b"dmt model release v1\\n"`` followed by the
@@ -292,13 +293,22 @@ class VerifiedRelease:
     key_id: str
 
     def server_public_key(self) -> Any:
-        """The HPKE key to seal share packages to, as the signed release names it."""
+        """The HPKE key to seal share packages to, as the signed release names it.
+
+        Envelopes sealed to it carry its key id (:attr:`server_key_id`), so a
+        server that rotated its key opens them with this one.
+        """
         from dmt_privacy.seal import ServerPublicKey
 
         if self.metadata.server_key is None:
             raise ValidationError("This release names no server key; the server published it "
                                   "without server_key=.")
         return ServerPublicKey.from_bytes(bytes.fromhex(self.metadata.server_key))
+
+    @property
+    def server_key_id(self) -> str:
+        """The key id (16 hex digits, as release key ids) of the signed HPKE key."""
+        return str(self.server_public_key().key_id)
 
 
 def sign_release(

@@ -47,7 +47,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                         help="package files or directories (their *.dmt files)")
     parser.add_argument("--db", required=True,
                         help="SQLAlchemy URL (e.g. sqlite:///server.db) or a SQLite file path")
-    parser.add_argument("--key", type=Path, required=True, help="the server's private key file")
+    parser.add_argument("--key", type=Path, required=True, action="append",
+                        help="the server's private key file; repeat it after a key rotation, "
+                             "the current key first, then the keys it replaced")
     parser.add_argument("--policy", type=Path,
                         help="server policy JSON (ServerPolicy.to_json); default: the bundled "
                              "Boston schema, k >= 5, MEDV perturbed with ε <= 1")
@@ -93,7 +95,8 @@ def _register_packages(subparsers: Any) -> None:
                         help="packages today's policy refuses for this kind of reason "
                              "(epsilon, bounds, generalization, ...; 'any' for every refusal); "
                              "needs --key and --policy")
-    remove.add_argument("--key", type=Path, help="the server's private key file")
+    remove.add_argument("--key", type=Path, action="append",
+                        help="the server's private key file (repeat: current key first)")
     remove.add_argument("--policy", type=Path, help="server policy JSON (default as ingest)")
     remove.add_argument("--dry-run", action="store_true", help="show, remove nothing")
     remove.set_defaults(func=run_packages)
@@ -121,8 +124,10 @@ def run_keygen(args: argparse.Namespace) -> int:
     save_private_key(key, output, overwrite=args.force)
     save_public_key(key.public_key(), public, overwrite=args.force)
     print(f"private key  {output} (keep it on the server, mode 0600)")
-    print(f"public key   {public} (ship it to devices)")
-    print(f"fingerprint  {key.fingerprint()}")
+    print(f"public key   {public} (ship it to devices in the signed release)")
+    print(f"key id       {key.key_id} (envelopes sealed to it carry this id)")
+    print("rotation     give the server the new key first and keep the old ones: "
+          "--key new.key --key old.key")
     return 0
 
 
@@ -135,10 +140,10 @@ def default_policy() -> Any:
 
 def run_ingest(args: argparse.Namespace) -> int:
     from dmt_model.server import ServerPolicy, ingest
-    from dmt_privacy.seal import load_private_key
+    from dmt_privacy.seal import load_keyring
 
     log_to_stderr("ingest", args.log_level)
-    key = load_private_key(args.key)
+    key = load_keyring(args.key)
     policy = (ServerPolicy.from_json(args.policy.read_text()) if args.policy is not None
               else default_policy())
     from sqlalchemy.exc import OperationalError
@@ -160,7 +165,7 @@ def run_ingest(args: argparse.Namespace) -> int:
 def run_packages(args: argparse.Namespace) -> int:
     from dmt_model.server.admin import list_packages, remove_packages
     from dmt_model.server.policy import ServerPolicy
-    from dmt_privacy.seal import load_private_key
+    from dmt_privacy.seal import load_keyring
 
     if args.action == "list":
         stored = list_packages(str(args.db))
@@ -172,7 +177,7 @@ def run_packages(args: argparse.Namespace) -> int:
                       f"{p.n_records:>6} record(s)  k={p.receipt.get('k')}")
             print(f"{len(stored)} package(s)")
         return 0
-    key = load_private_key(args.key) if args.key is not None else None
+    key = load_keyring(args.key) if args.key else None
     policy = None
     if args.reason is not None or args.policy is not None:
         policy = (ServerPolicy.from_json(args.policy.read_text()) if args.policy is not None

@@ -34,7 +34,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--db", required=True,
                         help="SQLAlchemy URL (sqlite:///server.db, postgresql://user@host/db) "
                              "or a SQLite file path")
-    parser.add_argument("--key", type=Path, required=True, help="the server's private key file")
+    parser.add_argument("--key", type=Path, required=True, action="append",
+                        help="the server's private key file; repeat it after a key rotation, "
+                             "the current key first, then the keys it replaced")
     parser.add_argument("--policy", type=Path,
                         help="server policy JSON (ServerPolicy.to_json); default as `dmt ingest`")
     parser.add_argument("--models", type=Path,
@@ -66,7 +68,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from dmt_model.cli.ingest import default_policy
     from dmt_model.server import ServerPolicy
     from dmt_model.server.service import ServiceConfig, create_app, run_service
-    from dmt_privacy.seal import load_private_key
+    from dmt_privacy.seal import load_keyring
 
     if not 0 <= args.port <= 65535:
         raise ValidationError(f"--port must be in 0..65535, got {args.port}.")
@@ -78,14 +80,14 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"dmt serve: listening on {args.host}: plain HTTP; terminate TLS in front of it.",
               file=sys.stderr)
     log_to_stderr("serve", args.log_level, timestamps=True)
-    key = load_private_key(args.key)
+    key = load_keyring(args.key)
     policy = (ServerPolicy.from_json(args.policy.read_text()) if args.policy is not None
               else default_policy())
     limits = {} if args.max_body_bytes is None else {"max_body_bytes": args.max_body_bytes}
     config = ServiceConfig(body_timeout=args.body_timeout, ingest_threads=args.threads, **limits)
     app = create_app(str(args.db), key, policy, models=args.models, config=config)
     engine = app.state.ingestor.engine
-    print(f"dmt serve: http://{args.host}:{args.port}/v1/packages (key {key.fingerprint()}, "
+    print(f"dmt serve: http://{args.host}:{args.port}/v1/packages (keys {', '.join(key.key_ids)}, "
           f"store {engine.dialect.name})", file=sys.stderr, flush=True)
     run_service(app, host=args.host, port=args.port, limit_concurrency=args.limit_concurrency,
                 access_log=args.access_log, log_level="info" if args.access_log else "warning")

@@ -52,7 +52,13 @@ from dmt_model.server.validate import PackageRefused, validate_package
 from dmt_model.server.write import write_package
 from dmt_privacy.errors import DMTError, InvalidPackage, ValidationError
 from dmt_privacy.package import PACKAGE_INFO, decode_package
-from dmt_privacy.seal import ENVELOPE_OVERHEAD, ServerPrivateKey, open_sealed
+from dmt_privacy.seal import (
+    ENVELOPE_OVERHEAD,
+    ServerKeyring,
+    ServerPrivateKey,
+    envelope_key_id,
+    open_sealed,
+)
 
 __all__ = [
     "PACKAGE_SUFFIX",
@@ -102,7 +108,17 @@ def iter_sources(
                 yield str(file), file.read_bytes()
 
 
-def _open(envelope: bytes, private_key: ServerPrivateKey,
+def _unreadable(envelope: bytes, keys: ServerKeyring) -> str:
+    """Why an envelope did not open, for the log: its key id is public, never a value."""
+    key_id = envelope_key_id(envelope)
+    if key_id is not None and keys.get(key_id) is None:
+        return f"unreadable: sealed to key id {key_id}, which this server does not hold"
+    if envelope[:4] == b"DMT\x01":
+        return "unreadable: format 1 envelope (no key id) that none of this server's keys opens"
+    return UNREADABLE
+
+
+def _open(envelope: bytes, private_key: ServerKeyring,
           policy: ServerPolicy) -> tuple[Any, bytes]:
     """The package and its plaintext bytes (kept: they are what is encrypted at rest)."""
     if len(envelope) > policy.max_bytes + ENVELOPE_OVERHEAD:
@@ -133,17 +149,19 @@ class Ingestor:
     ``refusals`` counts refused packages by the kind of reason.
     """
 
-    def __init__(self, db_url: str | Engine, private_key: ServerPrivateKey,
+    def __init__(self, db_url: str | Engine, private_key: ServerPrivateKey | ServerKeyring,
                  policy: ServerPolicy) -> None:
-        if not isinstance(private_key, ServerPrivateKey):
+        if not isinstance(private_key, (ServerPrivateKey, ServerKeyring)):
             raise ValidationError(
-                f"private_key must be a ServerPrivateKey, got {type(private_key).__name__}.")
+                "private_key must be a ServerPrivateKey or a ServerKeyring, got "
+                f"{type(private_key).__name__}.")
         if not isinstance(policy, ServerPolicy):
             raise ValidationError(
                 f"policy must be a ServerPolicy, got {type(policy).__name__}.")
         self.store = SharedStore(db_url, private_key)
         self.engine = self.store.engine
-        self.private_key = private_key
+        self.keyring = self.store.keyring
+        self.private_key = self.keyring.current
         self.policy = policy
         self.refusals: Counter[str] = Counter()
         self._key: DataKey | None = None
@@ -183,10 +201,11 @@ class Ingestor:
         """
         if not isinstance(envelope, (bytes, bytearray, memoryview)):
             return self._refused(source, UNREADABLE)
+        envelope = bytes(envelope)
         try:
-            package, plaintext = _open(bytes(envelope), self.private_key, self.policy)
+            package, plaintext = _open(envelope, self.keyring, self.policy)
         except InvalidPackage:
-            return self._refused(source, UNREADABLE)
+            return self._refused(source, _unreadable(envelope, self.keyring))
         pid = package.package_id
         try:
             checked = validate_package(package, self.policy)
@@ -263,7 +282,7 @@ def _database_errors() -> Iterator[None]:
 def ingest(
     sources: bytes | str | os.PathLike[str] | Iterable[bytes | str | os.PathLike[str]],
     db_url: str | Engine,
-    private_key: ServerPrivateKey,
+    private_key: ServerPrivateKey | ServerKeyring,
     policy: ServerPolicy,
 ) -> IngestReport:
     """Open, validate and store share packages; see the module docstring.

@@ -67,7 +67,7 @@ from dmt_model.server.report import Outcome
 from dmt_model.server.store import connect
 from dmt_privacy.errors import ValidationError
 from dmt_privacy.release import release_file_name
-from dmt_privacy.seal import ENVELOPE_OVERHEAD, ServerPrivateKey
+from dmt_privacy.seal import ENVELOPE_OVERHEAD, ServerKeyring, ServerPrivateKey
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
@@ -143,7 +143,7 @@ def _responses(*codes: tuple[int, str]) -> dict[int | str, dict[str, Any]]:
 
 def create_app(
     db_url: str | Engine,
-    private_key: ServerPrivateKey,
+    private_key: ServerPrivateKey | ServerKeyring,
     policy: ServerPolicy,
     *,
     models: str | Path | None = None,
@@ -159,9 +159,9 @@ def create_app(
     from dmt_model.server.retrain import ModelRegistry
 
     config = config or ServiceConfig()
-    if not isinstance(private_key, ServerPrivateKey):
-        raise ValidationError(
-            f"private_key must be a ServerPrivateKey, got {type(private_key).__name__}.")
+    if not isinstance(private_key, (ServerPrivateKey, ServerKeyring)):
+        raise ValidationError("private_key must be a ServerPrivateKey or a ServerKeyring (the "
+                              f"current key first), got {type(private_key).__name__}.")
     if not isinstance(policy, ServerPolicy):
         raise ValidationError(f"policy must be a ServerPolicy, got {type(policy).__name__}.")
     if isinstance(db_url, str):

@@ -77,7 +77,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from dmt_privacy.anonymity.release import ReleaseRule
 from dmt_privacy.errors import DMTError, InvalidPackage, ValidationError
 from dmt_privacy.package import PrivacyReceipt, decode_package
-from dmt_privacy.seal import ServerPrivateKey, open_sealed, seal
+from dmt_privacy.seal import ServerKeyring, ServerPrivateKey, open_sealed, seal
 
 __all__ = [
     "CLASSES",
@@ -353,18 +353,22 @@ def release_due(
 class SharedStore:
     """The server's store opened with its private key: data key, reads of released records."""
 
-    def __init__(self, db_url: str | Engine, private_key: ServerPrivateKey) -> None:
+    def __init__(self, db_url: str | Engine,
+                 private_key: ServerPrivateKey | ServerKeyring) -> None:
         self.engine = db_url if isinstance(db_url, Engine) else connect(db_url)
-        self.private_key = private_key
+        self.keyring = private_key if isinstance(private_key, ServerKeyring) \
+            else ServerKeyring(private_key)
+        self.private_key = self.keyring.current
         self._keys: dict[str, DataKey] = {}
 
     def _unwrap(self, key_id: str, wrapped: bytes) -> DataKey:
         try:
-            secret = open_sealed(wrapped, self.private_key, info=DATA_KEY_INFO)
+            secret = open_sealed(wrapped, self.keyring, info=DATA_KEY_INFO)
         except InvalidPackage:
             raise DMTError(
-                f"Data key {key_id} of this database cannot be unwrapped with the private key "
-                f"{self.private_key.fingerprint()}: use the key the database was created with."
+                f"Data key {key_id} of this database cannot be unwrapped with the private "
+                f"key(s) {list(self.keyring.key_ids)}: use the key the database was created "
+                "with (after a rotation, keep the old key in the keyring)."
             ) from None
         return DataKey.from_secret(key_id, secret)
 
