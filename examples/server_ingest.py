@@ -6,7 +6,9 @@ it encrypted at rest in DIR/server.db and quarantines classes that have
 fewer than 5 packages. Run it twice: the second run changes nothing.
 
 Usage: python examples/server_ingest.py [DIR]   (default: $TMPDIR/dmt-share-example)
-The same from the shell: dmt ingest DIR/outbox --db DIR/server.db --key DIR/server.key
+The same from the shell (write the policy once with dmt policy init --schema schema.json
+--min-k 5 --epsilon MEDV=1 -o policy.json, schema.json being BOSTON_SCHEMA.to_json()):
+dmt ingest DIR/outbox --db DIR/server.db --key DIR/server.key --policy policy.json
 """
 
 from __future__ import annotations

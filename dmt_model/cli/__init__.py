@@ -24,10 +24,11 @@ from dmt_privacy.errors import DMTError, MissingDependencyError
 __all__ = ["COMMAND_EXTRAS", "EXTRA_MODULES", "EXTRA_OF_MODULE", "build_parser", "check_extras",
            "main", "missing_extra", "version"]
 
-COMMAND_MODULES: tuple[str, ...] = ("demo", "model", "anonymize", "backup", "ingest", "serve")
+COMMAND_MODULES: tuple[str, ...] = ("demo", "schema", "policy", "model", "anonymize", "backup",
+                                    "ingest", "serve")
 
 #: The extras of ``dmt-sdk`` each command needs; :func:`main` checks them before running it.
-#: Commands not named here (anonymize, keygen, release) run on the base install.
+#: Commands not named here (anonymize, keygen, release, schema) run on the base install.
 COMMAND_EXTRAS: dict[str, tuple[str, ...]] = {
     "demo": ("model", "server"),
     "train": ("model",),
@@ -37,6 +38,7 @@ COMMAND_EXTRAS: dict[str, tuple[str, ...]] = {
     "restore": ("model",),
     "ingest": ("server",),
     "packages": ("server",),
+    "policy": ("server",),
     "serve": ("server",),
 }
 

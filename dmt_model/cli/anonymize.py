@@ -20,6 +20,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dmt_model.cli._files import load_schema
 from dmt_privacy.errors import ValidationError
 
 if TYPE_CHECKING:
@@ -118,19 +119,6 @@ def _read_text_csv(path: Path, sep: str) -> pd.DataFrame:
         return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_filter=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise ValidationError(f"{path} is not a readable CSV file ({exc}).") from None
-
-
-def _load_schema(path: Path | None) -> Schema | None:
-    from dmt_privacy.schema import Schema
-
-    if path is None:
-        return None
-    try:
-        return Schema.from_json(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValidationError(f"--schema: no file {path}.") from None
-    except ValueError as exc:  # SchemaError included
-        raise ValidationError(f"--schema {path}: {exc}") from None
 
 
 def _line(position: int) -> int:
@@ -271,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
     fmt = args.format or ("jsonl" if args.output.suffix.lower() in (".jsonl", ".ndjson")
                           else "csv")
     sep = args.sep or _guess_sep(args.input)
-    schema = _load_schema(args.schema)
+    schema = None if args.schema is None else load_schema(args.schema)
     frame = _read_text_csv(args.input, sep)
     identifiers = [] if schema is None else [
         f.name for f in schema.by_role("identifier") if f.name in frame.columns]

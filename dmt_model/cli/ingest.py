@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dmt_model.cli._files import read_text
 from dmt_model.cli._logs import LOG_LEVELS, log_to_stderr
 from dmt_privacy.errors import ValidationError
 
@@ -51,8 +52,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                         help="the server's private key file; repeat it after a key rotation, "
                              "the current key first, then the keys it replaced")
     parser.add_argument("--policy", type=Path,
-                        help="server policy JSON (ServerPolicy.to_json); default: the bundled "
-                             "Boston schema, k >= 5, MEDV perturbed with ε <= 1")
+                        help="server policy JSON (required; write one with 'dmt policy init')")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info",
                         help="log lines on stderr at this level and above (default: info, "
@@ -97,7 +97,7 @@ def _register_packages(subparsers: Any) -> None:
                              "needs --key and --policy")
     remove.add_argument("--key", type=Path, action="append",
                         help="the server's private key file (repeat: current key first)")
-    remove.add_argument("--policy", type=Path, help="server policy JSON (default as ingest)")
+    remove.add_argument("--policy", type=Path, help="server policy JSON (needed with --reason)")
     remove.add_argument("--dry-run", action="store_true", help="show, remove nothing")
     remove.set_defaults(func=run_packages)
 
@@ -131,21 +131,29 @@ def run_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
-def default_policy() -> Any:
-    from dmt_model.datasets import BOSTON_SCHEMA
+def load_policy(path: Path | None) -> Any:
+    """The server policy JSON at ``path``; none given is refused with how to write one."""
     from dmt_model.server import ServerPolicy
 
-    return ServerPolicy(BOSTON_SCHEMA, min_k=5, epsilon={"MEDV": 1.0})
+    if path is None:
+        raise ValidationError(
+            "--policy is required: the server policy packages must match exactly; write one "
+            "with 'dmt policy init --schema schema.json --min-k K [--epsilon FIELD=EPS] -o "
+            "policy.json'.")
+    text = read_text(path, "--policy")
+    try:
+        return ServerPolicy.from_json(text)
+    except ValueError as exc:  # SchemaError included
+        raise ValidationError(f"--policy {path}: {exc}") from None
 
 
 def run_ingest(args: argparse.Namespace) -> int:
-    from dmt_model.server import ServerPolicy, ingest
+    from dmt_model.server import ingest
     from dmt_privacy.seal import load_keyring
 
     log_to_stderr("ingest", args.log_level)
+    policy = load_policy(args.policy)
     key = load_keyring(args.key)
-    policy = (ServerPolicy.from_json(args.policy.read_text()) if args.policy is not None
-              else default_policy())
     from sqlalchemy.exc import OperationalError
 
     try:
@@ -164,7 +172,6 @@ def run_ingest(args: argparse.Namespace) -> int:
 
 def run_packages(args: argparse.Namespace) -> int:
     from dmt_model.server.admin import list_packages, remove_packages
-    from dmt_model.server.policy import ServerPolicy
     from dmt_privacy.seal import load_keyring
 
     if args.action == "list":
@@ -180,8 +187,7 @@ def run_packages(args: argparse.Namespace) -> int:
     key = load_keyring(args.key) if args.key else None
     policy = None
     if args.reason is not None or args.policy is not None:
-        policy = (ServerPolicy.from_json(args.policy.read_text()) if args.policy is not None
-                  else default_policy())
+        policy = load_policy(args.policy)
     report = remove_packages(str(args.db), ids=args.ids, day=args.day, receipt=args.receipt,
                              reason=args.reason, private_key=key, policy=policy,
                              dry_run=args.dry_run)

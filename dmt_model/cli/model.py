@@ -3,73 +3,31 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-from typing import TYPE_CHECKING
 
+from dmt_model.cli._files import load_schema, read_records, refuse_existing
 from dmt_model.cli._progress import progress
 from dmt_privacy.errors import ValidationError
-from dmt_privacy.schema import Schema
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 __all__ = ["register"]
-
-
-def _read_csv(path: str, what: str) -> pd.DataFrame:
-    """A CSV file, its separator (comma, semicolon or tab) sniffed from its first line."""
-    import pandas as pd
-
-    try:
-        frame = pd.read_csv(path, sep=None, engine="python")
-    except FileNotFoundError:
-        raise ValidationError(f"{what}: no file {path}.") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise ValidationError(f"{what}: {path} is not a readable CSV file ({exc}).") from None
-    if frame.empty:
-        raise ValidationError(f"{what}: {path} holds no records.")
-    return frame
-
-
-def _refuse_existing(path: str | None, force: bool, *, source: str | None = None) -> None:
-    """Refuse to replace an existing output file unless --force; never the input itself."""
-    if path is None:
-        return
-    if source is not None and Path(path).resolve() == Path(source).resolve():
-        raise ValidationError(f"-o {path} is the input file; write the result elsewhere.")
-    if Path(path).exists() and not force:
-        raise ValidationError(f"{path} already exists; pass --force to replace it.")
 
 
 def _named(what: str, error: ValidationError) -> ValidationError:
     return ValidationError(f"{what}: {error}")
 
 
-def _schema(path: str | None) -> Schema:
-    if path is None:
-        from dmt_model.datasets import BOSTON_SCHEMA
-
-        return BOSTON_SCHEMA
-    try:
-        return Schema.from_json(Path(path).read_text())
-    except FileNotFoundError:
-        raise ValidationError(f"--schema: no file {path}.") from None
-    except ValueError as exc:  # SchemaError included
-        raise ValidationError(f"--schema {path}: {exc}") from None
-
-
 def run_train(args: argparse.Namespace) -> int:
     from dmt_model.foundation import TrainingConfig, train_foundation
 
-    _refuse_existing(args.output, args.force)
-    schema = _schema(args.schema)
+    refuse_existing(args.output, args.force)
     if args.data is None:
-        from dmt_model.datasets import load_boston, simulate_users
-
-        data = simulate_users(load_boston(), seed=args.seed).proxy
-        print(f"Training on the bundled Boston proxy split ({len(data)} rows, seed {args.seed}).")
-    else:
-        data = _read_csv(args.data, "--data")
+        raise ValidationError("--data is required: the CSV of proxy records to train on, with "
+                              "--schema describing it ('dmt demo' trains on the bundled "
+                              "Boston data).")
+    schema = load_schema(args.schema)
+    if schema.target is None:
+        raise ValidationError(f"--schema {args.schema} has no target field: give one the "
+                              "'target' role ('dmt schema init ... --target COLUMN').")
+    data = read_records(args.data, "--data")
     config = TrainingConfig(epochs=args.epochs, batch_size=args.batch_size,
                             learning_rate=args.learning_rate, seed=args.seed)
     with progress(total=config.epochs, desc="training foundation", unit="epoch") as bar:
@@ -80,8 +38,7 @@ def run_train(args: argparse.Namespace) -> int:
         foundation = train_foundation(data, schema, config, on_epoch_end=on_epoch_end)
     metrics = foundation.evaluate(data)
     foundation.save(args.output)
-    print(f"Saved {args.output}: training RMSE {metrics.rmse:.3f}, MAE {metrics.mae:.3f} "
-          f"on {metrics.n} records.")
+    print(f"Saved {args.output}: on the training data, {metrics.summary()}.")
     return 0
 
 
@@ -89,7 +46,7 @@ def run_export(args: argparse.Namespace) -> int:
     from dmt_model.coreml import UpdateSettings, export_coreml
     from dmt_model.foundation import Foundation
 
-    _refuse_existing(args.output, args.force, source=args.foundation)
+    refuse_existing(args.output, args.force, source=args.foundation)
     foundation = Foundation.load(args.foundation)
     settings = None
     if args.updatable:
@@ -110,9 +67,9 @@ def run_personalize(args: argparse.Namespace) -> int:
     from dmt_model.coreml import load_spec
     from dmt_model.personalize import UpdateEvent, personalize, read_settings
 
-    _refuse_existing(args.output, args.force, source=args.records)
-    records = _read_csv(args.records, "--records")
-    holdout = _read_csv(args.holdout, "--holdout") if args.holdout else None
+    refuse_existing(args.output, args.force, source=args.records)
+    records = read_records(args.records, "--records")
+    holdout = read_records(args.holdout, "--holdout") if args.holdout else None
     epochs = args.epochs or read_settings(load_spec(args.model)).epochs
     with progress(total=epochs, desc="personalizing", unit="epoch") as bar:
         def on_event(event: UpdateEvent) -> None:
@@ -140,9 +97,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "train", help="train a foundation model on proxy data (server side)",
         description="Train the foundation network (embeddings for categorical fields, Dense "
                     "64-32-1) with RMSProp on proxy data and save it as a pickle-free .npz.")
-    train.add_argument("--data", help="CSV of proxy records (default: the bundled Boston "
-                                      "proxy split)")
-    train.add_argument("--schema", help="schema JSON describing the CSV (default: Boston's)")
+    train.add_argument("--data", help="CSV of proxy records (required)")
+    train.add_argument("--schema", help="schema JSON describing the CSV, with a target field "
+                                        "(required; write one with 'dmt schema init')")
     train.add_argument("-o", "--output", default="foundation.npz",
                        help="where to write the model (default: %(default)s)")
     train.add_argument("--epochs", type=int, default=500, help="default: %(default)s")

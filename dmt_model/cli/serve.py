@@ -38,7 +38,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                         help="the server's private key file; repeat it after a key rotation, "
                              "the current key first, then the keys it replaced")
     parser.add_argument("--policy", type=Path,
-                        help="server policy JSON (ServerPolicy.to_json); default as `dmt ingest`")
+                        help="server policy JSON (required; write one with 'dmt policy init')")
     parser.add_argument("--models", type=Path,
                         help="model registry folder served at /v1/models/latest")
     parser.add_argument("--host", default="127.0.0.1",
@@ -65,8 +65,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from dmt_model.cli.ingest import default_policy
-    from dmt_model.server import ServerPolicy
+    from dmt_model.cli.ingest import load_policy
     from dmt_model.server.service import ServiceConfig, create_app, run_service
     from dmt_privacy.seal import load_keyring
 
@@ -81,8 +80,7 @@ def run_serve(args: argparse.Namespace) -> int:
               file=sys.stderr)
     log_to_stderr("serve", args.log_level, timestamps=True)
     key = load_keyring(args.key)
-    policy = (ServerPolicy.from_json(args.policy.read_text()) if args.policy is not None
-              else default_policy())
+    policy = load_policy(args.policy)
     limits = {} if args.max_body_bytes is None else {"max_body_bytes": args.max_body_bytes}
     config = ServiceConfig(body_timeout=args.body_timeout, ingest_threads=args.threads, **limits)
     app = create_app(str(args.db), key, policy, models=args.models, config=config)

@@ -38,6 +38,7 @@ NEEDS_AN_EXTRA = {
     "restore": ["restore", "m.dmtbackup", "-o", "m.mlmodel"],
     "ingest": ["ingest", "in", "--db", "s.db", "--key", "server.key"],
     "packages": ["packages", "list", "--db", "s.db"],
+    "policy": ["policy", "init", "--schema", "s.json", "--min-k", "5", "-o", "p.json"],
     "serve": ["serve", "--db", "s.db", "--key", "server.key"],
 }
 TINY_CSV = ("age,zip,disease\n25,1001,flu\n27,1002,cold\n31,1003,flu\n35,1004,cold\n"
@@ -146,6 +147,10 @@ def test_keygen_and_anonymize(base_install, tmp_path):
     classes = [row.rsplit(",", 1)[0] for row in rows[1:]]
     assert all(classes.count(c) >= 2 for c in classes)  # k = 2 holds in what was written
     assert rows[1].startswith('"[25, 27]"')  # the ages were generalized, not copied
+    schema = _dmt(base_install, "schema", "init", "tiny.csv", "-o", "schema.json",
+                  "--quasi-identifiers", "age,zip", "--categorical", "zip", cwd=tmp_path)
+    assert schema.returncode == 0, schema.stderr
+    assert "without bounds: age" in schema.stdout
 
 
 def test_commands_needing_an_extra_name_it(base_install, tmp_path):

@@ -5,10 +5,20 @@ import pytest
 from dmt_model.cli import main
 
 
+def _proxy_files(folder):
+    """The Boston proxy split and its schema as files, as a user would pass them."""
+    from dmt_model.datasets import BOSTON_SCHEMA, load_boston, simulate_users
+
+    simulate_users(load_boston(), seed=0).proxy.to_csv(folder / "proxy.csv", index=False)
+    (folder / "schema.json").write_text(BOSTON_SCHEMA.to_json())
+    return ["--data", str(folder / "proxy.csv"), "--schema", str(folder / "schema.json")]
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cli")
-    assert main(["train", "-o", str(folder / "f.npz"), "--epochs", "5"]) == 0
+    assert main(["train", *_proxy_files(folder), "-o", str(folder / "f.npz"),
+                 "--epochs", "5"]) == 0
     assert main(["export", str(folder / "f.npz"), "-o", str(folder / "m.mlmodel"),
                  "--updatable", "--epochs", "10"]) == 0
     return folder
@@ -20,7 +30,8 @@ def test_outputs_are_not_replaced_without_force(trained, capsys):
     assert main(["export", str(trained / "f.npz"), "-o", str(model)]) == 1
     assert "already exists; pass --force" in capsys.readouterr().err
     assert model.read_bytes() == before
-    assert main(["train", "-o", str(trained / "f.npz"), "--epochs", "1"]) == 1
+    assert main(["train", *_proxy_files(trained), "-o", str(trained / "f.npz"),
+                 "--epochs", "1"]) == 1
 
 
 def test_personalize_names_the_records_file(trained, boston, capsys):

@@ -16,7 +16,7 @@ from dmt_model.cli import main
 HEAVY = ("pandas", "sklearn", "scipy", "torch", "coremltools", "fastapi", "sqlalchemy",
          "uvicorn", "numpy", "nltk", "diffprivlib", "tqdm")
 #: Commands that need no extra: they run on the base install.
-BASE_COMMANDS = {"anonymize", "keygen", "release"}
+BASE_COMMANDS = {"anonymize", "keygen", "release", "schema"}
 
 
 def _commands() -> set[str]:

@@ -1,0 +1,114 @@
+"""Schema-first CLI (issue 17, item 5): ``dmt schema init`` and ``dmt policy init`` write the
+files the other commands need, and no command falls back to Boston's columns."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from dmt_model.cli import main
+from dmt_privacy.schema import Schema
+
+
+@pytest.fixture
+def records(tmp_path):
+    path = tmp_path / "records.csv"
+    pd.DataFrame({
+        "age": [31, 45, 52, 38, 29, 61],
+        "zip": [1300, 1301, 1300, 1302, 1301, 1300],
+        "job": ["nurse", "clerk", "nurse", "cook", "clerk", "cook"],
+        "income": [31000.5, 42000.0, 39000.25, 28000.0, 51000.0, 45000.75],
+        "name": ["a", "b", "c", "d", "e", "f"],
+    }).to_csv(path, index=False)
+    return path
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_schema_init_proposes_kinds_and_lists_what_is_left(tmp_path, records, capsys):
+    out = tmp_path / "schema.json"
+    code, stdout, err = _run(capsys, "schema", "init", str(records), "-o", str(out),
+                             "--target", "income", "--quasi-identifiers", "age,zip",
+                             "--categorical", "zip", "--identifiers", "name",
+                             "--bounds", "age=0:120", "--grid", "age=1")
+    assert code == 0, err
+    schema = Schema.from_json(out.read_text())
+    assert [f.kind.value for f in schema] == ["numeric", "categorical", "categorical",
+                                             "numeric", "categorical"]
+    assert [f.role.value for f in schema] == ["quasi-identifier", "quasi-identifier",
+                                             "insensitive", "target", "identifier"]
+    assert schema["age"].bounds == (0.0, 120.0) and schema["age"].grid == 1.0
+    assert schema["income"].bounds is None  # never taken from the data unasked
+    assert schema["zip"].categories is None
+    assert "without bounds: income" in stdout
+    assert "WARNING" not in stdout
+
+
+def test_bounds_from_data_are_given_with_a_warning(tmp_path, records, capsys):
+    out = tmp_path / "schema.json"
+    code, stdout, _ = _run(capsys, "schema", "init", str(records), "-o", str(out),
+                           "--bounds-from-data", "--categories-from-data")
+    assert code == 0
+    schema = Schema.from_json(out.read_text())
+    assert schema["income"].bounds == (28000.0, 51000.0)
+    assert schema["job"].categories == ("clerk", "cook", "nurse")
+    assert "WARNING: taken from the data, so they leak it" in stdout
+    assert "bounds of income" in stdout and "categories of job" in stdout
+    assert "no target" in stdout and "no quasi-identifiers" in stdout
+
+
+def test_schema_init_refuses_mixed_columns_and_unknown_names(tmp_path, capsys):
+    path = tmp_path / "mixed.csv"
+    path.write_text("age,job\n31,nurse\nunknown,cook\n")
+    code, _, err = _run(capsys, "schema", "init", str(path), "-o", str(tmp_path / "s.json"))
+    assert code == 1 and "'age' mixes numbers (line 2: '31') and text (line 3: 'unknown')" in err
+    code, _, err = _run(capsys, "schema", "init", str(path), "-o", str(tmp_path / "s.json"),
+                        "--target", "price")
+    assert code == 1 and "--target names 'price'" in err
+    assert not (tmp_path / "s.json").exists()
+
+
+def test_policy_init_writes_what_ingest_reads(tmp_path, records, capsys):
+    schema = tmp_path / "schema.json"
+    assert main(["schema", "init", str(records), "-o", str(schema), "--target", "income",
+                 "--quasi-identifiers", "age", "--bounds", "income=0:1000000",
+                 "--grid", "income=0.25"]) == 0
+    policy = tmp_path / "policy.json"
+    code, stdout, err = _run(capsys, "policy", "init", "--schema", str(schema), "-o",
+                             str(policy), "--min-k", "5", "--epsilon", "income=1",
+                             "--privacy-unit", "user")
+    assert code == 0, err
+    from dmt_model.server import ServerPolicy
+
+    read = ServerPolicy.from_json(policy.read_text())
+    assert read.min_k == 5 and dict(read.epsilon) == {"income": 1.0}
+    assert read.quasi_identifiers == ("age",)
+    assert "income: local DP, ε = 1 (laplace)" in stdout
+    code, _, err = _run(capsys, "policy", "init", "--schema", str(schema), "-o",
+                        str(tmp_path / "p2.json"), "--min-k", "5", "--epsilon", "age=1")
+    assert code == 1 and "'age' needs bounds and a grid" in err
+    assert not (tmp_path / "p2.json").exists()
+
+
+def test_train_and_ingest_have_no_boston_default(tmp_path, records, capsys):
+    code, _, err = _run(capsys, "train", "-o", str(tmp_path / "f.npz"))
+    assert code == 1 and "--data is required" in err
+    code, _, err = _run(capsys, "train", "--data", str(records), "-o", str(tmp_path / "f.npz"))
+    assert code == 1 and "--schema is required" in err and "dmt schema init" in err
+    schema = tmp_path / "schema.json"
+    assert main(["schema", "init", str(records), "-o", str(schema)]) == 0
+    code, _, err = _run(capsys, "train", "--data", str(records), "--schema", str(schema),
+                        "-o", str(tmp_path / "f.npz"))
+    assert code == 1 and "no target field" in err
+    code, _, err = _run(capsys, "ingest", str(tmp_path), "--db", str(tmp_path / "s.db"),
+                        "--key", str(tmp_path / "none.key"))
+    assert code == 1 and "--policy is required" in err and "dmt policy init" in err
+    assert not (tmp_path / "f.npz").exists() and not (tmp_path / "s.db").exists()
+    json.dumps(err)  # one line of text, no traceback
+    assert "Traceback" not in err
