@@ -19,7 +19,9 @@ and audio clips as :mod:`dmt_privacy.modify` returns them; decoded arrays are
 read-only). Hierarchy nodes are the node's label, a ``str``.
 
 Wire format, package format 1: one msgpack map of exactly these keys (written in
-this order; read in any order)::
+this order; read in any order); format 2 is format 1 plus one key, ``"token"``
+(bin: a Privacy Pass token, :mod:`dmt_privacy.privacy_pass`, that the server
+spends when it stores the package), written only when the package carries one::
 
     "format"      int 1
     "schema_id"   str (Schema.schema_id)
@@ -29,6 +31,7 @@ this order; read in any order)::
     "receipt"     map: "k" int|nil, "l" float|nil, "t" float|nil,
                   "dp" ReleaseReceipt.to_dict() map|nil, "modifications" [str]
     "columns"     array of [name str, encoding str, data], in field order
+    "token"       bin (format 2 only), at most 1024 bytes
 
 Column encodings: ``"f8"`` (every cell a float): data is a bin of
 ``8 * n_records`` bytes, little-endian IEEE 754 binary64; ``"i8"`` (every
@@ -52,6 +55,7 @@ decryption, and still runs with explicit limits and full validation.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import math
 import re
@@ -80,6 +84,7 @@ __all__ = [
     "EXT_INTERVAL",
     "EXT_VALUE_SET",
     "PACKAGE_FORMAT",
+    "PACKAGE_FORMAT_TOKEN",
     "PACKAGE_INFO",
     "PrivacyReceipt",
     "SharePackage",
@@ -90,6 +95,9 @@ __all__ = [
 ]
 
 PACKAGE_FORMAT = 1
+#: The format of a package that carries a rate-limiting token.
+PACKAGE_FORMAT_TOKEN = 2
+_MAX_TOKEN = 1024
 #: HPKE info of package envelopes: a package envelope opens only as a package.
 PACKAGE_INFO = b"dmt.share-package"
 EXT_INTERVAL = 1
@@ -420,12 +428,20 @@ class SharePackage:
     receipt: PrivacyReceipt
     columns: Mapping[str, list[Any]]
     format_version: int = PACKAGE_FORMAT
+    token: bytes | None = None
 
     def __post_init__(self) -> None:
-        if not _is_int(self.format_version) or self.format_version != PACKAGE_FORMAT:
+        if self.token is not None:
+            _check(type(self.token) is bytes and 0 < len(self.token) <= _MAX_TOKEN, "token",
+                   type(self.token).__name__, f"bytes (1 to {_MAX_TOKEN}) or None")
+            if self.format_version == PACKAGE_FORMAT:
+                object.__setattr__(self, "format_version", PACKAGE_FORMAT_TOKEN)
+        expected = PACKAGE_FORMAT if self.token is None else PACKAGE_FORMAT_TOKEN
+        if not _is_int(self.format_version) or self.format_version != expected:
             raise ValidationError(
-                f"Package format {self.format_version!r} is not supported (this SDK writes and "
-                f"reads format {PACKAGE_FORMAT})."
+                f"Package format {self.format_version!r} is not supported here (this SDK "
+                f"writes format {PACKAGE_FORMAT}, and {PACKAGE_FORMAT_TOKEN} for a package "
+                "carrying a token)."
             )
         _check(isinstance(self.schema_id, str) and 0 < len(self.schema_id) <= _MAX_SCHEMA_ID,
                "schema_id", self.schema_id, f"a non-empty str of at most {_MAX_SCHEMA_ID} chars")
@@ -502,9 +518,9 @@ class SharePackage:
         if not isinstance(other, SharePackage):
             return NotImplemented
         if (self.schema_id, self.package_id, self.created_day, self.receipt,
-                self.format_version, tuple(self.columns)) != (
+                self.format_version, self.token, tuple(self.columns)) != (
                 other.schema_id, other.package_id, other.created_day, other.receipt,
-                other.format_version, tuple(other.columns)):
+                other.format_version, other.token, tuple(other.columns)):
             return False
         return all(
             len(a) == len(b)
@@ -639,6 +655,8 @@ def encode_package(pkg: SharePackage) -> bytes:
         "receipt": pkg.receipt.to_dict(),
         "columns": [_encode_column(name, col) for name, col in pkg.columns.items()],
     }
+    if pkg.token is not None:
+        doc["token"] = pkg.token
     try:
         return msgpack.packb(doc, use_bin_type=True, use_single_float=False, default=_default,
                              strict_types=False)
@@ -725,8 +743,12 @@ def _decode(data: Any, max_records: int, max_bytes: int) -> SharePackage:
     unpacker.feed(data)
     doc = unpacker.unpack()
     _require(unpacker.tell() == len(data))
-    _require(type(doc) is dict and len(doc) == len(_KEYS) and set(doc) == set(_KEYS))
-    _require(type(doc["format"]) is int and doc["format"] == PACKAGE_FORMAT)
+    _require(type(doc) is dict and type(doc.get("format")) is int)
+    keys = _KEYS if doc["format"] == PACKAGE_FORMAT else (*_KEYS, "token")
+    _require(doc["format"] in (PACKAGE_FORMAT, PACKAGE_FORMAT_TOKEN))
+    _require(len(doc) == len(keys) and set(doc) == set(keys))
+    token = doc.get("token")
+    _require(token is None or (type(token) is bytes and 0 < len(token) <= _MAX_TOKEN))
     n = doc["n_records"]
     _require(type(n) is int and 0 <= n <= max_records)
     raw_columns = doc["columns"]
@@ -753,6 +775,7 @@ def _decode(data: Any, max_records: int, max_bytes: int) -> SharePackage:
         receipt=receipt,
         columns=columns,
         format_version=doc["format"],
+        token=token,
     )
 
 
@@ -783,8 +806,24 @@ def decode_package(
     return pkg
 
 
-def seal_package(pkg: SharePackage, public_key: ServerPublicKey) -> bytes:
-    """Encode ``pkg`` and seal it to the server's public key."""
+def seal_package(pkg: SharePackage, public_key: ServerPublicKey, *,
+                 token: Any = None) -> bytes:
+    """Encode ``pkg`` and seal it to the server's public key.
+
+    ``public_key``: the key of the verified release
+    (:meth:`~dmt_privacy.release.VerifiedRelease.server_public_key`).
+    ``token``: a :class:`~dmt_privacy.privacy_pass.Token` (or its bytes) taken
+    from the device's wallet, for a server whose policy limits packages per
+    device; it travels inside the envelope (package format 2).
+    """
+    if token is not None:
+        raw = token if isinstance(token, bytes) else getattr(token, "to_bytes", None)
+        if callable(raw):
+            raw = raw()
+        if not isinstance(raw, bytes):
+            raise ValidationError(f"token must be a privacy_pass.Token or bytes, got "
+                                  f"{type(token).__name__}.")
+        pkg = dataclasses.replace(pkg, token=raw, format_version=PACKAGE_FORMAT_TOKEN)
     return seal(encode_package(pkg), public_key, info=PACKAGE_INFO)
 
 

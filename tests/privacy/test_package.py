@@ -564,3 +564,26 @@ if __name__ == "__main__":
     VECTORS.mkdir(exist_ok=True)
     PACKAGE_VECTORS.write_text(json.dumps(make_package_vectors(), indent=2) + "\n")
     print(f"wrote {PACKAGE_VECTORS}")
+
+
+# --- format 2: a package carrying a rate-limiting token -----------------------------------------
+def test_a_token_travels_inside_the_envelope_as_format_2() -> None:
+    token = bytes(range(256)) + bytes(98)
+    pkg = kat_package()
+    envelope = seal_package(pkg, _RECIPIENT.public_key(), token=token)
+    opened = open_package(envelope, _RECIPIENT)
+    assert opened.token == token and opened.format_version == 2
+    assert opened.columns.keys() == pkg.columns.keys() and opened.package_id == pkg.package_id
+    doc = msgpack.unpackb(encode_package(opened), raw=False, ext_hook=lambda c, d: (c, d))
+    assert doc["format"] == 2 and doc["token"] == token
+    assert token not in envelope  # sealed, never beside the envelope
+    # format 1 (no token) is unchanged, and a format 1 map with a token key is refused
+    assert msgpack.unpackb(encode_package(pkg), raw=False,
+                           ext_hook=lambda c, d: (c, d))["format"] == 1
+    raw = msgpack.unpackb(encode_package(opened), raw=False)  # ext types kept as ExtType
+    raw["format"] = 1
+    _assert_invalid(lambda: decode_package(msgpack.packb(raw, use_bin_type=True)))
+    del raw["token"]
+    assert decode_package(msgpack.packb(raw, use_bin_type=True)) == pkg
+    with pytest.raises(ValidationError, match="token"):
+        seal_package(pkg, _RECIPIENT.public_key(), token="not bytes")
