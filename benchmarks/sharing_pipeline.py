@@ -94,7 +94,7 @@ def main() -> None:
 
     def one_share() -> object:
         store = LocalStore(tmp / f"device-{len(shares)}.db", schema=BOSTON_SCHEMA,
-                           user_id="bench", epsilon_budget=1e6)
+                           user_id="bench", epsilon_budget=1e6, key=LocalStore.generate_key())
         store.add_records(device_records(boston, n, len(shares)))
         start = time.perf_counter()
         result = share(store, policy, public)
@@ -107,7 +107,8 @@ def main() -> None:
     t_share = statistics.median(shares)
     rows.append({"stage": f"share() end to end, {n} records", "seconds": t_share,
                  "target": "< 1 s", "records_per_s": n / t_share})
-    store = LocalStore(tmp / "stages.db", schema=BOSTON_SCHEMA, user_id="s", epsilon_budget=1e6)
+    store = LocalStore(tmp / "stages.db", schema=BOSTON_SCHEMA, user_id="s", epsilon_budget=1e6,
+                       key=LocalStore.generate_key())
     store.add_records(device_records(boston, n, 99))
     t_select, eligible = timed(lambda: store.records("eligible"), args.repeat)
     frame = eligible[list(FIELDS)]  # type: ignore[index]
@@ -149,7 +150,7 @@ def main() -> None:
             warnings.simplefilter("ignore", InsecureRandomnessWarning)
             for i in range(count):
                 st = LocalStore(directory / f"u{i}.sqlite", schema=BOSTON_SCHEMA, user_id=f"u{i}",
-                                epsilon_budget=1e6)
+                                epsilon_budget=1e6, key=LocalStore.generate_key())
                 st.add_records(device_records(boston, per, 1000 + i))
                 res = share(st, policy, public)
                 (directory / f"{res.package_id}.dmt").write_bytes(res.envelope)

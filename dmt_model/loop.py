@@ -157,7 +157,8 @@ def run_loop(
         folder.mkdir(parents=True)
         budget = epsilon * max(1, len(user.shareable))  # what sharing them all costs
         store = LocalStore(folder / "records.db", schema=schema,
-                           user_id=f"user-{user.user_id:03d}", epsilon_budget=budget)
+                           user_id=f"user-{user.user_id:03d}", epsilon_budget=budget,
+                           key=LocalStore.generate_key())  # a device's, from its keystore
         store.add_records(user.shareable)
         store.add_records(user.private, shareable=False)
         personal = folder / "personal.mlmodel"

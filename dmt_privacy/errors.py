@@ -19,6 +19,9 @@ __all__ = [
     "MissingDependencyError",
     "ModelFileError",
     "SchemaError",
+    "StoreIntegrityError",
+    "StoreKeyError",
+    "StoreLockedError",
     "UnknownCategoryError",
     "UpdatableModelError",
     "UpdateRejected",
@@ -53,6 +56,20 @@ class BudgetExceededError(DMTError, RuntimeError):
 class LedgerIntegrityError(DMTError, RuntimeError):
     """A privacy ledger fails its integrity check (edited, truncated or corrupted): it refuses
     to spend until it is restored from a good copy."""
+
+
+class StoreIntegrityError(DMTError, RuntimeError):
+    """A device store file fails its check (truncated, altered, corrupted, an older copy put
+    back, or sealed under another key): nothing was read from it."""
+
+
+class StoreKeyError(StoreIntegrityError):
+    """A device store was sealed under another key than the one given (or its header was
+    altered)."""
+
+
+class StoreLockedError(DMTError, TimeoutError):
+    """Another process held a device store's write lock for longer than the timeout."""
 
 
 class ModelFileError(DMTError, ValueError):

@@ -1,6 +1,6 @@
-"""LocalStore: the device's SQLite database of one user's records and what became of them.
+"""LocalStore: the device's encrypted database of one user's records and what became of them.
 
-One file holds, for one user and one :class:`~dmt_privacy.schema.Schema`:
+One sealed file holds, for one user and one :class:`~dmt_privacy.schema.Schema`:
 
 - **records**, each with a record id, whether it may ever be shared
   (``shareable``) and, once the server has acknowledged the package that
@@ -15,9 +15,19 @@ One file holds, for one user and one :class:`~dmt_privacy.schema.Schema`:
 - **personal model versions**: path, version number, creation time.
 
 Record values are stored as one msgpack array per record, in schema order
-(numpy arrays, e.g. images and audio, as a msgpack extension). Every write is
-one SQLite transaction, so a process killed at any point leaves the file as
-it was before the write or after it.
+(numpy arrays, e.g. images and audio, as a msgpack extension).
+
+At rest the whole database is one AES-256-GCM sealed file under a 32-byte
+key the app supplies from the platform keystore
+(:class:`~dmt_privacy.sealed_database.SealedDatabase`): someone with the file
+but not the key reads nothing and cannot change, remove, reorder or roll back
+anything inside it unnoticed; a wrong key, an altered byte or a truncated file
+raises :class:`~dmt_privacy.errors.StoreIntegrityError` naming the file. The
+file is created 0600. Every write is one transaction that replaces the file
+atomically, so a process killed at any point leaves the file as it was before
+the write or after it. Not detected by the file alone: its replacement by an
+older copy of itself, or its deletion (keep :attr:`LocalStore.generation`
+outside the file and pass ``min_generation=`` to detect those).
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import os
+import secrets
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -36,8 +47,9 @@ import numpy as np
 import pandas as pd
 
 from dmt_privacy.dp.ledger import PrivacyLedger
-from dmt_privacy.errors import SchemaError, ValidationError
+from dmt_privacy.errors import SchemaError, StoreIntegrityError, ValidationError
 from dmt_privacy.schema import Schema
+from dmt_privacy.sealed_database import KEY_SIZE, SealedDatabase, check_key
 
 __all__ = ["LocalStore", "ModelVersion", "OutboxEntry", "RecordState"]
 
@@ -159,7 +171,15 @@ class LocalStore:
     Parameters
     ----------
     path:
-        The SQLite file (created if missing).
+        The store's file (created 0600 by the first write if missing).
+    key:
+        32 random bytes the app keeps in the platform keystore (iOS Keychain,
+        Android Keystore; see the README), made once with
+        :meth:`generate_key`. The file is encrypted and authenticated under
+        it; a file sealed under another key raises
+        :class:`~dmt_privacy.errors.StoreKeyError`. Required: an unencrypted
+        store from an older dmt-sdk is converted once by
+        :meth:`encrypt_existing`.
     schema:
         The records' schema: required when the file is created, checked
         against the stored one when given on reopening.
@@ -171,10 +191,16 @@ class LocalStore:
         The privacy budget, passed to :class:`~dmt_privacy.dp.PrivacyLedger`
         the first time; afterwards the stored budget is used.
     ledger_key:
-        Optional ``integrity_key`` of the ledger (at least 16 bytes, kept
-        outside this file, e.g. in the device's keychain): its hash chain is
-        then an HMAC, so a rewrite of the ledger by someone without the key
-        is detected. Give the same key every time the file is opened.
+        Optional ``integrity_key`` of the ledger's hash chain (at least 16
+        bytes). The sealed file already authenticates the ledger under
+        ``key``; this adds nothing against someone without ``key`` and is
+        kept for stores that used it. Give the same key every time.
+    min_generation:
+        The :attr:`generation` the app saw last (kept outside the file, e.g.
+        in the keychain beside the key): a file with a lower generation, an
+        older copy put back, or a missing file is refused.
+    timeout:
+        Seconds to wait for another process's write to finish.
     """
 
     def __init__(
@@ -187,36 +213,108 @@ class LocalStore:
         delta_budget: float | None = None,
         timeout: float = 30.0,
         ledger_key: bytes | None = None,
+        key: bytes | None = None,
+        min_generation: int | None = None,
     ) -> None:
         self.path = Path(path)
         self._ledger_key = ledger_key
-        self._conn = sqlite3.connect(os.fspath(self.path), timeout=timeout, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.execute("PRAGMA foreign_keys=ON")
-        self._conn.executescript(_SCHEMA_SQL)
-        self.schema, self.user_id = self._open_meta(schema, user_id)
-        self._names = self.schema.names
-        self._budget = (epsilon_budget, delta_budget)
-        self._ledger: PrivacyLedger | None = None
+        self._db = SealedDatabase(self.path, check_key(key, self.path), timeout=timeout,
+                                  min_generation=min_generation)
+        self._conn = self._db.connection
+        try:
+            self._conn.execute("PRAGMA foreign_keys=ON")
+            self.schema, self.user_id = self._open_meta(schema, user_id)
+            self._names = self.schema.names
+            self._budget = (epsilon_budget, delta_budget)
+            self._ledger: PrivacyLedger | None = None
+            if epsilon_budget is not None:  # stored now, not when the ledger is first used
+                self.ledger  # noqa: B018
+        except BaseException:
+            self._db.close()
+            raise
+
+    # --- keys -----------------------------------------------------------------------
+    @staticmethod
+    def generate_key() -> bytes:
+        """A new random store key (32 bytes from ``secrets``): keep it in the platform keystore."""
+        return secrets.token_bytes(KEY_SIZE)
+
+    @staticmethod
+    def encrypt_existing(path: str | os.PathLike[str], *, key: bytes) -> None:
+        """Convert an unencrypted store (made by an older dmt-sdk) to a sealed one, in place.
+
+        Reads the SQLite file with its WAL, seals it under ``key`` and replaces
+        it atomically (a process killed meanwhile leaves the old or the new
+        file), then removes the old ``-wal`` / ``-shm`` / ``-journal`` files.
+        Close every connection to the file first. The plaintext may survive in
+        free blocks of the disk or flash: this protects copies made from now on.
+        """
+        path = Path(path)
+        check_key(key, path)
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+        if head != b"SQLite format 3\x00":
+            raise ValidationError(f"{path} is not an unencrypted LocalStore (not an SQLite "
+                                  "file); nothing was changed.")
+        source = sqlite3.connect(os.fspath(path), isolation_level=None)
+        try:
+            tables = {r[0] for r in source.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if "store_meta" not in tables:
+                raise ValidationError(f"{path} is an SQLite file but not a LocalStore (no "
+                                      "store_meta table); nothing was changed.")
+            source.execute("PRAGMA journal_mode=DELETE")  # folds the WAL in
+            image = source.serialize()
+        finally:
+            source.close()
+        SealedDatabase.seal_image(path, key, image)
+        for suffix in ("-wal", "-shm", "-journal"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+    @property
+    def generation(self) -> int:
+        """How many writes the file has had (1 once created); only grows.
+
+        An app that keeps it outside the file after each write (e.g. in the
+        keychain) and passes it back as ``min_generation=`` detects an older
+        copy of the file put back in its place.
+        """
+        self._db.refresh()
+        return self._db.generation
+
+    def _read(self) -> sqlite3.Connection:
+        """The connection, after loading what other processes wrote since."""
+        self._db.refresh()
+        return self._conn
 
     # --- metadata -------------------------------------------------------------------
     def _open_meta(self, schema: Schema | None, user_id: str | None) -> tuple[Schema, str]:
-        meta = dict(self._conn.execute("SELECT key, value FROM store_meta").fetchall())
-        if not meta:
+        if not self._db.exists:
             if schema is None or user_id is None:
                 raise ValidationError(
                     f"{self.path} is a new LocalStore: pass schema= and user_id= to create it."
                 )
             if not isinstance(user_id, str) or not user_id:
                 raise ValidationError(f"user_id must be a non-empty string, got {user_id!r}.")
-            with self._transaction():
-                self._conn.executemany(
-                    "INSERT OR IGNORE INTO store_meta VALUES (?, ?)",
-                    [("format", str(STORE_FORMAT)), ("schema", schema.to_json()),
-                     ("user_id", user_id), ("created_at", _now())],
-                )
+            with self._transaction() as conn:
+                if not conn.execute("SELECT 1 FROM sqlite_master").fetchone():  # still new
+                    for statement in _SCHEMA_SQL.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                    conn.executemany(
+                        "INSERT INTO store_meta VALUES (?, ?)",
+                        [("format", str(STORE_FORMAT)), ("schema", schema.to_json()),
+                         ("user_id", user_id), ("created_at", _now())],
+                    )
+        try:
             meta = dict(self._conn.execute("SELECT key, value FROM store_meta").fetchall())
+        except sqlite3.DatabaseError:
+            meta = {}
+        if not meta or "schema" not in meta or "user_id" not in meta:
+            raise StoreIntegrityError(
+                f"{self.path} opens under the key but holds no LocalStore (no store metadata); "
+                "it is another kind of sealed database. Nothing was read from it."
+            )
         if meta.get("format") != str(STORE_FORMAT):
             raise SchemaError(
                 f"{self.path}: LocalStore format {meta.get('format')!r} is not supported (this "
@@ -237,14 +335,9 @@ class LocalStore:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One immediate (write-locking) transaction: committed on exit, rolled back on error."""
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._conn
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
+        """One write: the latest state, the block, then the file re-sealed (or nothing)."""
+        with self._db.transaction() as conn:
+            yield conn
 
     # --- the ledger -------------------------------------------------------------------
     @property
@@ -252,7 +345,7 @@ class LocalStore:
         """The user's :class:`~dmt_privacy.dp.PrivacyLedger`, in this same database file."""
         if self._ledger is None:
             eps, dlt = self._budget
-            self._ledger = PrivacyLedger(self._conn, user_id=self.user_id,
+            self._ledger = PrivacyLedger(self._db, user_id=self.user_id,
                                          epsilon_budget=eps, delta_budget=dlt,
                                          integrity_key=self._ledger_key)
         return self._ledger
@@ -332,7 +425,7 @@ class LocalStore:
         (never shareable). ``ids`` restricts to those record ids.
         """
         sql = f"SELECT record_id, payload FROM records WHERE {self._where(state)}"  # noqa: S608
-        rows = self._conn.execute(sql + " ORDER BY seq").fetchall()
+        rows = self._read().execute(sql + " ORDER BY seq").fetchall()
         if ids is not None:
             wanted = {str(i) for i in ids}
             rows = [r for r in rows if r[0] in wanted]
@@ -345,10 +438,10 @@ class LocalStore:
 
     def record_ids(self, state: str = "all") -> list[str]:
         sql = f"SELECT record_id FROM records WHERE {self._where(state)} ORDER BY seq"  # noqa: S608
-        return [r[0] for r in self._conn.execute(sql)]
+        return [r[0] for r in self._read().execute(sql)]
 
     def state(self, record_id: str) -> RecordState:
-        row = self._conn.execute(
+        row = self._read().execute(
             "SELECT shareable, shared_package, shared_at FROM records WHERE record_id = ?",
             (str(record_id),),
         ).fetchone()
@@ -363,7 +456,7 @@ class LocalStore:
 
     def count(self, state: str = "all") -> int:
         sql = f"SELECT COUNT(*) FROM records WHERE {self._where(state)}"  # noqa: S608
-        return int(self._conn.execute(sql).fetchone()[0])
+        return int(self._read().execute(sql).fetchone()[0])
 
     # --- outbox -----------------------------------------------------------------------
     def add_to_outbox(
@@ -403,7 +496,7 @@ class LocalStore:
         return self.outbox_entry(package_id)
 
     def outbox_entry(self, package_id: str) -> OutboxEntry:
-        row = self._conn.execute(
+        row = self._read().execute(
             "SELECT package_id, status, envelope, n_records, receipt, created_at, closed_at "
             "FROM outbox WHERE package_id = ?", (package_id,),
         ).fetchone()
@@ -417,7 +510,7 @@ class LocalStore:
 
     def outbox(self, status: str = "pending") -> list[OutboxEntry]:
         """Outbox entries with ``status`` (``"pending"``, ``"acknowledged"``, ``"abandoned"``)."""
-        ids = [r[0] for r in self._conn.execute(
+        ids = [r[0] for r in self._read().execute(
             "SELECT package_id FROM outbox WHERE status = ? ORDER BY created_at, package_id",
             (status,))]
         return [self.outbox_entry(p) for p in ids]
@@ -477,7 +570,7 @@ class LocalStore:
     def model_versions(self) -> list[ModelVersion]:
         return [
             ModelVersion(int(r[0]), Path(r[1]), r[2], r[3])
-            for r in self._conn.execute(
+            for r in self._read().execute(
                 "SELECT version, path, created_at, note FROM model_versions ORDER BY version")
         ]
 
@@ -490,7 +583,7 @@ class LocalStore:
     # --- lifetime -------------------------------------------------------------------------
     def close(self) -> None:
         self._ledger = None
-        self._conn.close()
+        self._db.close()
 
     def __enter__(self) -> LocalStore:
         return self

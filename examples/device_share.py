@@ -18,6 +18,7 @@ from pathlib import Path
 from dmt_model.datasets import BOSTON_SCHEMA, load_boston, simulate_users
 from dmt_privacy import AnonymizationError
 from dmt_privacy.anonymity import KAnonymizer
+from dmt_privacy.files import write_atomically
 from dmt_privacy.seal import generate_server_key, load_public_key, save_private_key, save_public_key
 from dmt_privacy.sharing import SharingPolicy, share
 from dmt_privacy.store import LocalStore
@@ -30,6 +31,17 @@ if not (DIR / "server.key").exists():  # the server's `dmt keygen -o server.key`
     save_private_key(key, DIR / "server.key")
     save_public_key(key.public_key(), DIR / "server.key.pub")
 public_key = load_public_key(DIR / "server.key.pub")
+
+
+def device_key(device: str) -> bytes:
+    """The store key of a simulated device. DIR/keystore stands in for the platform keystore
+    (iOS Keychain, Android Keystore: see the README); on a real device the key is never a
+    file beside the store."""
+    path = DIR / "keystore" / f"{device}.key"
+    if not path.exists():
+        write_atomically(path, LocalStore.generate_key(), make_parents=True)  # mode 0600
+    return path.read_bytes()
+
 
 simulation = simulate_users(load_boston(), seed=0)
 # The server fits the plan on its proxy data (CHAS and RAD as categories, released as value
@@ -48,7 +60,8 @@ policy = SharingPolicy(
 for user in simulation.users:
     path = DIR / "devices" / f"user{user.user_id}.db"
     with LocalStore(path, schema=BOSTON_SCHEMA, user_id=f"user{user.user_id}",
-                    epsilon_budget=10.0) as store:  # user-level: 7 records at ε=1 cost 7
+                    epsilon_budget=10.0,  # user-level: 7 records at ε=1 cost 7
+                    key=device_key(path.stem)) as store:
         if len(store) == 0:
             store.add_records(user.shareable)
             store.add_records(user.private, shareable=False)  # never leaves the device

@@ -33,7 +33,7 @@ print(report.to_text())
 # The acknowledgement travels back to the devices: only now are records marked shared.
 stored = set(report.stored_ids)
 for path in sorted((DIR / "devices").glob("*.db")):
-    with LocalStore(path) as store:
+    with LocalStore(path, key=(DIR / "keystore" / f"{path.stem}.key").read_bytes()) as store:
         for entry in store.outbox():
             if entry.package_id in stored:
                 store.acknowledge(entry.package_id)

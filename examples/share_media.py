@@ -98,7 +98,8 @@ def main() -> None:
         "memo": [memo(f) for f in (220.0, 262.0, 330.0, 392.0, 440.0, 494.0)],
     }, index=[f"r{i}" for i in range(6)])
 
-    store = LocalStore(folder / "device.db", schema=SCHEMA, user_id="alice")
+    store = LocalStore(folder / "device.db", schema=SCHEMA, user_id="alice",
+                       key=LocalStore.generate_key())  # on a device: from the keystore
     store.add_records(records.iloc[:5])
     store.add_records(records.iloc[5:], shareable=False)  # the spare key never leaves
     synonyms = SynonymReplacer(rate=0.5, protected=["Anna"])

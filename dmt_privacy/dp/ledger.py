@@ -49,13 +49,15 @@ import math
 import os
 import sqlite3
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from dmt_privacy.dp.receipt import ReleaseReceipt
 from dmt_privacy.errors import BudgetExceededError, LedgerIntegrityError, ValidationError
 
-__all__ = ["UNACCOUNTED", "LedgerEntry", "PrivacyLedger", "Spend", "Unaccounted"]
+__all__ = ["UNACCOUNTED", "LedgerEntry", "LedgerStorage", "PrivacyLedger", "Spend",
+           "Unaccounted"]
 
 
 class Unaccounted:
@@ -134,14 +136,55 @@ class LedgerEntry:
     receipt: ReleaseReceipt
 
 
+class LedgerStorage(Protocol):
+    """Where a ledger's tables live: an autocommit connection, its writes and its reads.
+
+    A plain SQLite file or connection is one (each write a ``BEGIN IMMEDIATE``
+    transaction); :class:`~dmt_privacy.sealed_database.SealedDatabase`, the
+    device store's sealed file, is another (each write also re-seals the file).
+    """
+
+    connection: sqlite3.Connection
+
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        """One write: committed on a normal exit, rolled back on an exception."""
+        ...
+
+    def refresh(self) -> None:
+        """Make the connection see what other writers committed."""
+        ...
+
+
+class _PlainStorage:
+    """A plain SQLite connection (autocommit): SQLite itself locks and persists."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self.connection = connection
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        conn = self.connection
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def refresh(self) -> None:
+        pass
+
+
 class PrivacyLedger:
     """A user's privacy budget and every release charged against it.
 
     Parameters
     ----------
     database:
-        Path of the SQLite file (created if missing), or an open
-        ``sqlite3.Connection`` in autocommit mode (``isolation_level=None``).
+        Path of the SQLite file (created if missing), an open
+        ``sqlite3.Connection`` in autocommit mode (``isolation_level=None``), or
+        a :class:`LedgerStorage` (the device store passes its sealed file).
     user_id:
         Whose budget this is.
     epsilon_budget, delta_budget:
@@ -152,7 +195,7 @@ class PrivacyLedger:
 
     def __init__(
         self,
-        database: str | os.PathLike[str] | sqlite3.Connection,
+        database: str | os.PathLike[str] | sqlite3.Connection | LedgerStorage,
         *,
         user_id: str,
         epsilon_budget: float | None = None,
@@ -168,17 +211,24 @@ class PrivacyLedger:
                                   "kept in the device's keychain), or None.")
         self.user_id = user_id
         self._integrity_key = integrity_key
-        self._owns = not isinstance(database, sqlite3.Connection)
+        self._owns = isinstance(database, (str, os.PathLike))
         try:
-            if isinstance(database, sqlite3.Connection):
-                self._conn = database
+            if isinstance(database, (str, os.PathLike)):
+                conn = sqlite3.connect(os.fspath(database), timeout=timeout,
+                                       isolation_level=None)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+                self._storage: LedgerStorage = _PlainStorage(conn)
+            elif isinstance(database, sqlite3.Connection):
+                self._storage = _PlainStorage(database)
             else:
-                self._conn = sqlite3.connect(os.fspath(database), timeout=timeout,
-                                             isolation_level=None)
-                self._conn.execute("PRAGMA journal_mode=WAL")
-                self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.executescript(_SCHEMA)
-            self._migrate()
+                self._storage = database
+            self._conn = self._storage.connection
+            with self._storage.transaction() as conn:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                self._migrate()
             self._budget = self._open_budget(epsilon_budget, delta_budget)
         except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
             if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
@@ -188,7 +238,9 @@ class PrivacyLedger:
 
     # --- integrity --------------------------------------------------------------
     def _migrate(self) -> None:
-        """Add the chain columns to tables from before them; chain the rows already there."""
+        """Add the chain columns to tables from before them; chain the rows already there.
+
+        Runs inside the opening transaction."""
         added = False
         for table, columns in _CHAIN_COLUMNS.items():
             have = {r[1] for r in self._conn.execute(f"PRAGMA table_info({table})")}
@@ -197,16 +249,10 @@ class PrivacyLedger:
                     self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
                     added = True
         if added:  # an older file: its rows are trusted once, then chained
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                users = [r[0] for r in self._conn.execute(
-                    "SELECT user_id FROM dp_budget WHERE head IS NULL")]
-                for user in users:
-                    self._rechain(user)
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+            users = [r[0] for r in self._conn.execute(
+                "SELECT user_id FROM dp_budget WHERE head IS NULL")]
+            for user in users:
+                self._rechain(user)
 
     def _rechain(self, user: str) -> None:
         budget = self._conn.execute(
@@ -307,11 +353,12 @@ class PrivacyLedger:
         if not (math.isfinite(dlt) and 0 <= dlt < 1):
             raise ValidationError(f"delta_budget must lie in [0, 1), got {delta!r}.")
         created = _now()
-        self._conn.execute(
-            "INSERT OR IGNORE INTO dp_budget (user_id, epsilon_budget, delta_budget, created_at, "
-            "n_charges, head) VALUES (?, ?, ?, ?, 0, ?)",
-            (self.user_id, eps, dlt, created, self._genesis(self.user_id, eps, dlt, created)),
-        )
+        with self._storage.transaction() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO dp_budget (user_id, epsilon_budget, delta_budget, "
+                "created_at, n_charges, head) VALUES (?, ?, ?, ?, 0, ?)",
+                (self.user_id, eps, dlt, created, self._genesis(self.user_id, eps, dlt, created)),
+            )
         # Re-read with the budget asked for: if another process stored the user's budget
         # first with another value, this raises instead of handing that budget over.
         return self._open_budget(eps, dlt)
@@ -323,6 +370,7 @@ class PrivacyLedger:
     @property
     def spent(self) -> Spend:
         """Everything charged, released or interrupted: the sum over all rows."""
+        self._storage.refresh()
         return self._spent(self._conn)
 
     def _spent(self, conn: sqlite3.Connection) -> Spend:
@@ -346,9 +394,7 @@ class PrivacyLedger:
                 f"ledger's user {self.user_id!r}."
             )
         eps, dlt = float(receipt.epsilon), float(receipt.delta)
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._storage.transaction() as conn:
             spent = self._spent(conn)
             over_eps = spent.epsilon + eps > self._budget.epsilon * (1 + _TOLERANCE)
             over_dlt = spent.delta + dlt > self._budget.delta * (1 + _TOLERANCE) + 1e-300
@@ -374,10 +420,6 @@ class PrivacyLedger:
             conn.execute("UPDATE dp_budget SET n_charges = ?, head = ? WHERE user_id = ?",
                          (int(n_charges) + 1, chain, self.user_id))
             self._before_commit()
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         self._checkpoint()
 
     def _checkpoint(self) -> None:
@@ -392,15 +434,16 @@ class PrivacyLedger:
 
     def mark_released(self, release_id: str) -> None:
         """Mark a charged release as completed (its data was produced)."""
-        cur = self._conn.execute(
-            "UPDATE dp_charges SET status = 'released', released_at = ? "
-            "WHERE release_id = ? AND user_id = ?",
-            (_now(), release_id, self.user_id),
-        )
-        if cur.rowcount != 1:
-            raise ValidationError(
-                f"Release {release_id!r} was never charged to user {self.user_id!r}."
+        with self._storage.transaction() as conn:
+            cur = conn.execute(
+                "UPDATE dp_charges SET status = 'released', released_at = ? "
+                "WHERE release_id = ? AND user_id = ?",
+                (_now(), release_id, self.user_id),
             )
+            if cur.rowcount != 1:
+                raise ValidationError(
+                    f"Release {release_id!r} was never charged to user {self.user_id!r}."
+                )
 
     @contextlib.contextmanager
     def release(self, receipt: ReleaseReceipt) -> Iterator[None]:
@@ -415,6 +458,7 @@ class PrivacyLedger:
 
     # --- reading ----------------------------------------------------------------
     def entries(self) -> list[LedgerEntry]:
+        self._storage.refresh()
         rows = self._conn.execute(
             "SELECT release_id, epsilon, delta, status, charged_at, released_at, receipt "
             "FROM dp_charges WHERE user_id = ? ORDER BY charged_at, release_id",

@@ -81,7 +81,7 @@ def test_device_to_server_and_acknowledgement(tmp_path):
                               "note": [f"u{u}-{j}" for j in range(n)],
                               "income": rng.uniform(0, 1000, n), "score": rng.uniform(0, 10, n)})
         store = LocalStore(tmp_path / f"u{u}.db", schema=SCHEMA, user_id=f"u{u}",
-                           epsilon_budget=100)
+                           epsilon_budget=100, key=LocalStore.generate_key())
         store.add_records(frame)
         result = share(store, SharingPolicy(fields=SCHEMA.names, plan=plan,
                                             epsilon={"income": 1.0}), KEY.public_key())
@@ -349,7 +349,7 @@ def test_randomized_response_and_gaussian_fields_match_the_policy_exactly(tmp_pa
                           mechanism={"income": "gaussian"}, delta={"income": 1e-5})
     rng = np.random.default_rng(1)
     store = LocalStore(tmp_path / "u.db", schema=SCHEMA, user_id="u", epsilon_budget=100,
-                       delta_budget=0.1)
+                       delta_budget=0.1, key=LocalStore.generate_key())
     store.add_records(pd.DataFrame({
         "age": rng.integers(20, 61, 8).astype(float), "zip": rng.choice(["a", "b", "c"], 8),
         "note": [f"n{j}" for j in range(8)], "income": rng.uniform(0, 1000, 8),

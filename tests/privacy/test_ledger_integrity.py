@@ -131,10 +131,18 @@ def test_a_rewritten_chain_passes_unkeyed_and_is_refused_with_a_key(tmp_path):
         assert ledger.spent.epsilon == pytest.approx(2.0)
     key = bytes(range(32))
     keyed = tmp_path / "keyed.db"
-    store = LocalStore(keyed, schema=SCHEMA, user_id="u", epsilon_budget=10.0, ledger_key=key)
+    with PrivacyLedger(keyed, user_id="u", epsilon_budget=10.0, integrity_key=key) as ledger:
+        t = LocalDPPerturber(SCHEMA, epsilon={"x": 0.5}, ledger=ledger).fit()
+        t.perturb(pd.DataFrame({"x": [1.0]}))
+    _rewrite_charge(keyed, 0.0)
+    with pytest.raises(LedgerIntegrityError):
+        PrivacyLedger(keyed, user_id="u", integrity_key=key)
+    # In a device store the ledger is inside the sealed file: it cannot even be read.
+    store_path = tmp_path / "store.db"
+    store = LocalStore(store_path, schema=SCHEMA, user_id="u", epsilon_budget=10.0,
+                       ledger_key=key, key=LocalStore.generate_key())
     t = LocalDPPerturber(SCHEMA, epsilon={"x": 0.5}, ledger=store.ledger).fit()
     t.perturb(pd.DataFrame({"x": [1.0]}))
     store.close()
-    _rewrite_charge(keyed, 0.0)
-    with pytest.raises(LedgerIntegrityError):
-        LocalStore(keyed, ledger_key=key).ledger  # noqa: B018
+    with pytest.raises(sqlite3.DatabaseError):
+        _rewrite_charge(store_path, 0.0)

@@ -92,7 +92,8 @@ def test_share_charges_user_level(tmp_path):
     from dmt_privacy.store import LocalStore
 
     key = generate_server_key()
-    store = LocalStore(tmp_path / "s.db", schema=SCHEMA, user_id="u", epsilon_budget=3.0)
+    store = LocalStore(tmp_path / "s.db", schema=SCHEMA, user_id="u", epsilon_budget=3.0,
+                       key=LocalStore.generate_key())
     store.add_records(pd.DataFrame({"x": [1.0, 1.0, 5.0], "c": ["a", "a", "b"]},
                                    index=["r1", "r2", "r3"]))
     with warnings.catch_warnings():

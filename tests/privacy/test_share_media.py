@@ -98,7 +98,8 @@ RECORDS = pd.DataFrame({
 def flow(tmp_path_factory):
     """Share r0 and r2 (r1 shareable but not selected, r3 never shareable), ingest, read back."""
     folder = tmp_path_factory.mktemp("media")
-    store = LocalStore(folder / "device.db", schema=SCHEMA, user_id="alice")
+    store = LocalStore(folder / "device.db", schema=SCHEMA, user_id="alice",
+                       key=LocalStore.generate_key())
     store.add_records(RECORDS.iloc[:3])
     store.add_records(RECORDS.iloc[3:], shareable=False)
     synonyms = SynonymReplacer(rate=0.5, random_state=3)

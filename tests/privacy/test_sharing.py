@@ -26,6 +26,8 @@ from dmt_privacy.seal import generate_server_key, open_sealed
 from dmt_privacy.sharing import SharingPolicy, share
 from dmt_privacy.store import LocalStore
 
+STORE_KEY = LocalStore.generate_key()  # the app's key, from the platform keystore
+
 SCHEMA = Schema((
     Field("uid", "text", role="identifier"),
     Field("age", "numeric", role="quasi-identifier", bounds=(0, 100), grid=1.0),
@@ -55,7 +57,8 @@ def records(n: int, start: int = 0, *, secret: bool = False) -> pd.DataFrame:
 
 
 def make_store(path, *, budget=10.0, n=40, private=20):
-    store = LocalStore(path, schema=SCHEMA, user_id="alice", epsilon_budget=budget)
+    store = LocalStore(path, schema=SCHEMA, user_id="alice", epsilon_budget=budget,
+                       key=STORE_KEY)
     store.add_records(records(n))
     if private:
         store.add_records(records(private, start=10_000, secret=True), shareable=False)

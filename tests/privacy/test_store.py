@@ -1,16 +1,18 @@
-"""LocalStore: records and their shared state, the outbox, the ledger in the same file, models."""
+"""LocalStore: records and their shared state, the outbox, the ledger in the same file, models.
+
+The file at rest (sealed, keys, tampering, atomicity) is tested in test_store_at_rest.py.
+"""
 
 from __future__ import annotations
-
-import sqlite3
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from dmt_privacy import Field, Schema, SchemaError, ValidationError
-from dmt_privacy.dp import PrivacyLedger
 from dmt_privacy.store import LocalStore
+
+KEY = LocalStore.generate_key()  # what the app keeps in the platform keystore
 
 SCHEMA = Schema((
     Field("age", "numeric", role="quasi-identifier", bounds=(0, 100), grid=1.0),
@@ -31,7 +33,7 @@ def records(n: int, start: int = 0) -> pd.DataFrame:
 @pytest.fixture
 def store(tmp_path):
     with LocalStore(tmp_path / "device.db", schema=SCHEMA, user_id="alice",
-                    epsilon_budget=5.0) as s:
+                    epsilon_budget=5.0, key=KEY) as s:
         yield s
 
 
@@ -46,7 +48,7 @@ def test_records_round_trip_with_their_types(store):
 
 def test_numpy_arrays_round_trip(tmp_path):
     schema = Schema((Field("image", "image"), Field("label", "categorical", categories=(0, 1))))
-    with LocalStore(tmp_path / "img.db", schema=schema, user_id="u") as s:
+    with LocalStore(tmp_path / "img.db", schema=schema, user_id="u", key=KEY) as s:
         image = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
         s.add_records(pd.DataFrame({"image": [image], "label": [1]}), ids=["x"])
         got = s.records().loc["x", "image"]
@@ -75,14 +77,15 @@ def test_records_must_fit_the_schema(store):
 def test_reopening_checks_schema_and_user(tmp_path):
     path = tmp_path / "d.db"
     with pytest.raises(ValidationError, match="schema= and user_id="):
-        LocalStore(path)
-    LocalStore(path, schema=SCHEMA, user_id="alice", epsilon_budget=1.0).close()
-    with LocalStore(path) as s:
+        LocalStore(path, key=KEY)
+    assert not path.exists()  # nothing was created
+    LocalStore(path, schema=SCHEMA, user_id="alice", epsilon_budget=1.0, key=KEY).close()
+    with LocalStore(path, key=KEY) as s:
         assert s.schema == SCHEMA and s.user_id == "alice"
     with pytest.raises(SchemaError, match="holds records of schema"):
-        LocalStore(path, schema=SCHEMA.select(["age", "zip"]))
+        LocalStore(path, schema=SCHEMA.select(["age", "zip"]), key=KEY)
     with pytest.raises(ValidationError, match="belongs to user"):
-        LocalStore(path, user_id="bob")
+        LocalStore(path, user_id="bob", key=KEY)
 
 
 def test_shared_only_after_acknowledgement(store):
@@ -128,13 +131,14 @@ def test_abandon_returns_records_to_eligible(store):
 
 def test_ledger_lives_in_the_store_file(tmp_path):
     path = tmp_path / "d.db"
-    with LocalStore(path, schema=SCHEMA, user_id="alice", epsilon_budget=2.0) as s:
-        assert s.ledger.budget.epsilon == 2.0 and s.ledger.spent.epsilon == 0
-    tables = {r[0] for r in sqlite3.connect(path).execute(
-        "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    with LocalStore(path, schema=SCHEMA, user_id="alice", epsilon_budget=2.0, key=KEY) as s:
+        tables = {r[0] for r in s._read().execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"dp_budget", "dp_charges", "records", "outbox"} <= tables
-    with PrivacyLedger(path, user_id="alice") as ledger:  # the same ledger, not a second one
-        assert ledger.budget.epsilon == 2.0
+    with LocalStore(path, key=KEY) as s:  # the budget was stored at creation
+        assert s.ledger.budget.epsilon == 2.0 and s.ledger.spent.epsilon == 0
+    with pytest.raises(ValidationError, match="already has budget"):
+        LocalStore(path, epsilon_budget=3.0, key=KEY)
 
 
 def test_personal_model_versions(store, tmp_path):

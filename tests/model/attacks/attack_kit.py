@@ -44,7 +44,8 @@ def honest_packages(simulation: Any, plan: Any, folder: Path) -> list[bytes]:
     envelopes = []
     for user in simulation.users:
         store = LocalStore(folder / f"user-{user.user_id:02d}.db", schema=BOSTON_SCHEMA,
-                           user_id=f"user-{user.user_id:02d}", epsilon_budget=1000.0)
+                           user_id=f"user-{user.user_id:02d}", epsilon_budget=1000.0,
+                           key=LocalStore.generate_key())
         store.add_records(user.shareable)
         envelopes.append(share(store, sharing_policy(plan), KEY.public_key()).envelope)
         store.close()

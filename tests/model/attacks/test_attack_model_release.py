@@ -151,7 +151,7 @@ def test_the_device_shares_by_the_signed_policy(policy, simulation, tmp_path):
                                 policy_json=policy_json), V2, PINNED, now=NOW,
                    policy_json=policy_json)
     store = LocalStore(tmp_path / "device.db", schema=BOSTON_SCHEMA, user_id="u",
-                       epsilon_budget=1000.0)
+                       epsilon_budget=1000.0, key=LocalStore.generate_key())
     store.add_records(simulation.users[0].shareable)
     sharing = sharing_policy_from(policy_json, privacy_unit="user")
     result = share(store, sharing, SERVER_KEY.public_key())
