@@ -42,12 +42,41 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_coremltools_alone() -> None:
+    """Import coremltools without letting it import torch or scikit-learn.
+
+    ``import coremltools`` imports torch (seconds) and scikit-learn when they are installed,
+    for converters ``dmt export`` never uses. Both are hidden while it loads; nothing else in
+    this process needs coremltools' converters. A no-op when coremltools is loaded already.
+    """
+    import sys
+
+    from dmt_model.coreml._spec import import_coremltools
+
+    if "coremltools" in sys.modules:
+        return
+    hidden = [name for name in ("torch", "sklearn") if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]  # import fails: not installed
+    try:
+        import_coremltools()
+    finally:
+        for name in hidden:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
+
+
 def run_export(args: argparse.Namespace) -> int:
-    from dmt_model.coreml import UpdateSettings, export_coreml
-    from dmt_model.foundation import Foundation
+    import hashlib
+    from typing import Any, cast
+
+    from dmt_model.model_file import read_foundation
 
     refuse_existing(args.output, args.force, source=args.foundation)
-    foundation = Foundation.load(args.foundation)
+    foundation = read_foundation(args.foundation)
+    _import_coremltools_alone()
+    from dmt_model.coreml import UpdateSettings, export_coreml
+
     settings = None
     if args.updatable:
         given = {"updatable_layers": args.updatable_layers, "optimizer": args.optimizer,
@@ -55,11 +84,19 @@ def run_export(args: argparse.Namespace) -> int:
                  "epochs": args.epochs}  # what is not given keeps UpdateSettings' default
         settings = UpdateSettings(**{k: v for k, v in given.items() if v is not None},
                                   shuffle=not args.no_shuffle, seed=args.seed)
-    path = export_coreml(foundation, args.output, updatable=settings, version=args.version)
+    # FoundationArrays offers what the exporter reads from a Foundation, without torch.
+    path = export_coreml(cast(Any, foundation), args.output, updatable=settings,
+                         version=args.version)
     kind = (f"updatable (last {settings.updatable_layers} layer(s), {settings.optimizer}, "
             f"lr {settings.learning_rate}, batch {settings.batch_size}, {settings.epochs} epochs)"
             if settings else "non-updatable")
-    print(f"Wrote {path}: {kind} Core ML model, version {args.version}.")
+    data = path.read_bytes()
+    featurizer = foundation.featurizer
+    inputs = [*featurizer.categorical_fields, *featurizer.numeric_fields,
+              *getattr(featurizer, "image_fields", ())]
+    print(f"Wrote {path} ({len(data):,} bytes, sha256 {hashlib.sha256(data).hexdigest()[:16]}): "
+          f"{kind} Core ML model, version {args.version}, schema {foundation.schema.name!r}; "
+          f"{len(inputs)} inputs, predicts {featurizer.target}.")
     return 0
 
 

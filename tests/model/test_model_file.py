@@ -1,0 +1,82 @@
+"""``dmt export`` reads the model file without torch (issue 17, items 2 and 6): the spec
+equals the one built from the torch Foundation, damaged files are clear errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import pytest
+
+from dmt_model.cli import main
+from dmt_model.coreml import UpdateSettings, build_spec
+from dmt_model.model_file import read_foundation
+from dmt_privacy.errors import ModelFileError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def model_file(foundation, tmp_path_factory):
+    return foundation.save(tmp_path_factory.mktemp("model_file") / "f.npz")
+
+
+@pytest.mark.parametrize("updatable", [None, UpdateSettings(), UpdateSettings(updatable_layers=3)])
+def test_the_spec_from_the_file_equals_the_spec_from_torch(foundation, model_file, updatable):
+    arrays = read_foundation(model_file)
+    assert build_spec(cast(Any, arrays), updatable=updatable) == build_spec(
+        foundation, updatable=updatable)
+
+
+def test_the_arrays_are_the_networks(foundation, model_file):
+    arrays = read_foundation(model_file)
+    for (weight, bias), layer in zip(arrays.dense, foundation.dense_layers, strict=True):
+        np.testing.assert_array_equal(weight, layer.weight.detach().numpy())
+        np.testing.assert_array_equal(bias, layer.bias.detach().numpy())
+
+
+def test_export_does_not_import_torch(model_file, tmp_path):
+    code = ("import sys\nfrom dmt_model.cli import main\n"
+            f"assert main(['export', {str(model_file)!r}, '-o', {str(tmp_path / 'm.mlmodel')!r},"
+            " '--updatable']) == 0\n"
+            "print(sorted(m for m in ('torch', 'sklearn') if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr
+    wrote, modules = done.stdout.strip().splitlines()
+    assert modules == "[]"
+    assert wrote.startswith(f"Wrote {tmp_path / 'm.mlmodel'} (") and "sha256" in wrote
+
+
+def test_truncated_and_foreign_files_are_model_file_errors(model_file, tmp_path, capsys):
+    data = model_file.read_bytes()
+    cases = {
+        "truncated.npz": data[: len(data) // 2],
+        "empty.npz": b"",
+        "text.npz": b"not a model",
+    }
+    for name, content in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ModelFileError, match="damaged or truncated"):
+            read_foundation(tmp_path / name)
+        assert main(["export", str(tmp_path / name), "-o", str(tmp_path / "m.mlmodel")]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("dmt export: error: ") and "dmt train" in err, err
+        assert "Traceback" not in err and "BadZipFile" not in err
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    with pytest.raises(ModelFileError, match="no 'meta' entry"):
+        read_foundation(tmp_path / "other.npz")
+    with pytest.raises(ModelFileError, match="No foundation model"):
+        read_foundation(tmp_path / "absent.npz")
+
+
+def test_weights_that_do_not_chain_are_refused(model_file, tmp_path):
+    with np.load(model_file, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["w:dense.2.weight"] = arrays["w:dense.2.weight"][:, :-1]
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(ModelFileError, match="dense layer 2 takes"):
+        read_foundation(tmp_path / "bad.npz")
