@@ -1,28 +1,29 @@
-"""The Adult data set the k-anonymity benchmarks share: where it is, its quasi-identifiers,
-its sensitive field, and how it is read with ARX's hierarchies (docs/targets.md)."""
+"""The Adult data set the k-anonymity benchmarks share, as the SDK loads it
+(:mod:`dmt_model.datasets.adult`: location, quasi-identifiers, ARX's hierarchies;
+docs/targets.md)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-ADULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "adult"
-QIS = ["age", "sex", "race", "marital-status", "education", "native-country",
-       "workclass", "occupation"]
+from dmt_model.datasets.adult import (
+    ADULT_DIR,
+    ADULT_QUASI_IDENTIFIERS,
+    adult_available,
+    find_adult,
+    load_adult_hierarchies,
+)
+from dmt_model.datasets.adult import load_adult as _load_records
+
+ADULT = find_adult() if adult_available() else ADULT_DIR  # where the benchmarks say they looked
+QIS = list(ADULT_QUASI_IDENTIFIERS)
 SENSITIVE = "salary-class"
 
 
 def available() -> bool:
-    return (ADULT / "adult.csv").is_file()
+    return adult_available()
 
 
 def load_adult() -> tuple[Any, dict[str, Any]]:
     """(the 30,162 rows, {quasi-identifier: its ARX hierarchy}); age stays numeric."""
-    import pandas as pd
-
-    from dmt_privacy.anonymity import Hierarchy
-
-    frame = pd.read_csv(ADULT / "adult.csv", sep=";")
-    hierarchies = {q: Hierarchy.from_csv(ADULT / f"adult_hierarchy_{q}.csv", name=q)
-                   for q in QIS if q != "age"}
-    return frame, hierarchies
+    return _load_records(), load_adult_hierarchies()
