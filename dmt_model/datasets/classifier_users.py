@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from dmt_model.datasets.users import SimulatedUser, Simulation
 from dmt_privacy.errors import ValidationError
 
 __all__ = [
@@ -46,30 +47,22 @@ _CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)
 
 
 @dataclass(frozen=True)
-class SimulatedClassifierUser:
-    """One simulated device owner: their label mix, their hand, and their records."""
+class SimulatedClassifierUser(SimulatedUser):
+    """A simulated user of a classifier: their own label mix and hand (``factor`` is 1:
+    labels are never scaled), so code written for :class:`SimulatedUser` takes them."""
 
-    user_id: int
-    label_distribution: tuple[float, ...]  # over ClassifierSimulation.classes; () if alpha=None
-    rotation: float  # degrees, counter-clockwise; 0 without an image field
-    stroke: float  # 0 = the pen of the data set
-    shareable: pd.DataFrame
-    private: pd.DataFrame
-    test: pd.DataFrame
-
-    @property
-    def train(self) -> pd.DataFrame:
-        """Every record the user may train on (shareable and private)."""
-        return pd.concat([self.shareable, self.private])
+    label_distribution: tuple[float, ...] = ()  # over ClassifierSimulation.classes; () if iid
+    rotation: float = 0.0  # degrees, counter-clockwise; 0 without an image field
+    stroke: float = 0.0  # 0 = the pen of the data set
 
 
 @dataclass(frozen=True)
-class ClassifierSimulation:
-    proxy: pd.DataFrame
+class ClassifierSimulation(Simulation):
+    """:class:`Simulation` (``spread`` is 0) with the classes and the label-shift ``alpha``."""
+
     users: tuple[SimulatedClassifierUser, ...]
-    classes: tuple[Hashable, ...]
-    seed: int
-    alpha: float | None
+    classes: tuple[Hashable, ...] = ()
+    alpha: float | None = None
 
 
 def restyle_image(image: np.ndarray, *, rotation: float = 0.0, stroke: float = 0.0
@@ -190,7 +183,8 @@ def simulate_classifier_users(
         test, train = records.iloc[:n_test], records.iloc[n_test:]
         n_share = round(share_fraction * len(train))
         mix = () if wanted is None else tuple(float(p) for p in wanted)
-        users.append(SimulatedClassifierUser(user_id, mix, rotation, stroke,
-                                             train.iloc[:n_share], train.iloc[n_share:], test))
-    return ClassifierSimulation(proxy=proxy, users=tuple(users), classes=classes, seed=seed,
-                                alpha=alpha)
+        users.append(SimulatedClassifierUser(
+            user_id, 1.0, train.iloc[:n_share], train.iloc[n_share:], test,
+            label_distribution=mix, rotation=rotation, stroke=stroke))
+    return ClassifierSimulation(proxy=proxy, users=tuple(users), seed=seed, spread=0.0,
+                                classes=classes, alpha=alpha)
