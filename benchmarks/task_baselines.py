@@ -18,7 +18,8 @@ schema's classes). Mean ± standard deviation over 5 seeds.
 
 Writes ``benchmarks/results/task_baselines.json`` and ``.md``.
 Run: ``.venv/bin/python benchmarks/task_baselines.py [--seeds 5]`` (about a minute on 2 cores
-with OMP_NUM_THREADS=1; needs the Adult folder and WordNet, ``make wordnet``, or skips those data sets).
+with OMP_NUM_THREADS=1; needs the Adult folder and WordNet, ``make wordnet``, or skips those
+data sets).
 """
 
 from __future__ import annotations
