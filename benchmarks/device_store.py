@@ -12,8 +12,10 @@ Times (median of ``--repeat`` runs), each on a fresh file unless said:
 - the file size.
 
 Run once per implementation; each run is stored under its ``--label`` in
-benchmarks/results/device_store.json (``plaintext`` was measured on the SQLite
-store before encryption, ``encrypted`` after).
+benchmarks/results/device_store.json. ``plaintext`` is the SQLite store of
+commit a2df0fb^ (``git archive a2df0fb^ dmt_privacy`` unpacked first on
+``sys.path``, the editable install's finder removed), ``encrypted`` the sealed
+store, run one after the other on the same machine.
 Usage: python benchmarks/device_store.py --label encrypted [--records N] [--repeat R]
 """
 
