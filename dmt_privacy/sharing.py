@@ -42,7 +42,6 @@ import numpy as np
 import pandas as pd
 
 from dmt_privacy.anonymity.plan import AnonymizationPlan
-from dmt_privacy.dp.perturber import LocalDPPerturber, release_epsilon
 from dmt_privacy.dp.receipt import ReleaseReceipt
 from dmt_privacy.errors import AnonymizationError, SchemaError, ValidationError
 from dmt_privacy.package import PrivacyReceipt, SharePackage, seal_package
@@ -295,6 +294,7 @@ def share(
     public_key: ServerPublicKey,
     *,
     random_state: Any = None,
+    token: Any = None,
 ) -> ShareResult:
     """Select, transform and seal records by ``policy``; put the package in the outbox.
 
@@ -307,6 +307,9 @@ def share(
 
     ``random_state``: ``None`` (default) draws the selection and the noise from
     the OS CSPRNG. An int makes both reproducible: NOT SECURE, tests only.
+    ``token``: a :class:`~dmt_privacy.privacy_pass.Token` from the device's
+    wallet, for a server whose policy limits packages per device; sealed
+    inside the package.
     """
     if not isinstance(store, LocalStore):
         raise ValidationError(f"store must be a LocalStore, got {type(store).__name__}.")
@@ -340,6 +343,10 @@ def share(
             )
     dp_receipt: ReleaseReceipt | None = None
     if policy.epsilon:
+        # Imported here: the perturber is a scikit-learn transformer, and scikit-learn takes
+        # seconds to import; a device that shares without local DP never needs it.
+        from dmt_privacy.dp.perturber import LocalDPPerturber, release_epsilon
+
         dp_fields = list(policy.epsilon)
         cost, _ = release_epsilon(frame[dp_fields], policy.epsilon, policy.delta,
                                   privacy_unit=str(policy.privacy_unit))
@@ -368,7 +375,7 @@ def share(
     )
     columns = {name: frame[name].tolist() for name in policy.fields}
     package = SharePackage.create(schema.schema_id, columns, receipt)
-    envelope = seal_package(package, public_key)
+    envelope = seal_package(package, public_key, token=token)
     entry = store.add_to_outbox(
         package.package_id, envelope, [str(i) for i in frame.index],
         json.dumps(receipt.to_dict(), sort_keys=True, separators=(",", ":"), default=str),

@@ -10,7 +10,10 @@ One path, :meth:`Ingestor.ingest_one`, serves ``dmt ingest`` (through
    exactly and strictly typed (:func:`dmt_model.server.validate.validate_package`):
    nothing the package claims is believed;
 3. rejects a replay: a package id already stored;
-4. writes the package, its encrypted record blocks and the class counts in
+3a. with a policy that limits packages per device (``tokens_per_period``),
+   requires a valid Privacy Pass token of this period or the last one
+   (:mod:`dmt_model.server.issuer`) that no stored package spent;
+4. writes the package (and its token, as spent), its encrypted record blocks and the class counts in
    ONE transaction, and releases every class that now holds records from at
    least ``min_k`` distinct packages. A rejected or interrupted package
    leaves no row behind; the package id's uniqueness makes a second
@@ -31,14 +34,16 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
+from dmt_model.server.issuer import IssuerKeys
 from dmt_model.server.policy import ServerPolicy
 from dmt_model.server.prescan import bounded_shape
 from dmt_model.server.report import IngestReport, Outcome
@@ -52,6 +57,7 @@ from dmt_model.server.validate import PackageRefused, validate_package
 from dmt_model.server.write import write_package
 from dmt_privacy.errors import DMTError, InvalidPackage, ValidationError
 from dmt_privacy.package import PACKAGE_INFO, decode_package
+from dmt_privacy.privacy_pass import InvalidToken
 from dmt_privacy.seal import (
     ENVELOPE_OVERHEAD,
     ServerKeyring,
@@ -150,7 +156,7 @@ class Ingestor:
     """
 
     def __init__(self, db_url: str | Engine, private_key: ServerPrivateKey | ServerKeyring,
-                 policy: ServerPolicy) -> None:
+                 policy: ServerPolicy, *, clock: Callable[[], float] = time.time) -> None:
         if not isinstance(private_key, (ServerPrivateKey, ServerKeyring)):
             raise ValidationError(
                 "private_key must be a ServerPrivateKey or a ServerKeyring, got "
@@ -164,6 +170,10 @@ class Ingestor:
         self.private_key = self.keyring.current
         self.policy = policy
         self.refusals: Counter[str] = Counter()
+        #: The issuer's keys by period, when the policy requires a token per package.
+        self.token_keys = (IssuerKeys(self.engine, self.keyring,
+                                      policy.token_period_days * 86400, clock=clock)
+                           if policy.requires_tokens else None)
         self._key: DataKey | None = None
         self._lock = threading.Lock()
         # One writer per process: SQLite has only one, and on PostgreSQL every package
@@ -213,18 +223,32 @@ class Ingestor:
             return self._refused(source, exc.reason, pid, package.n_records)
         replay = Outcome(source, "rejected", f"replay: package {pid} is already stored", pid,
                          package.n_records, True)
+        token: tuple[str, int] | None = None
+        if self.token_keys is not None:
+            try:
+                token = self.token_keys.redeem(package.token)
+            except InvalidToken as exc:
+                return self._refused(source, str(exc.args[0] if exc.args else "token: invalid"),
+                                     pid, package.n_records)
+        double_spend = "token: double spend (a stored package spent this token)"
         with self._database():
             key = self.data_key()
             if _stored(self.engine, pid):
                 return self._replay_or_conflict(replay, plaintext)
+            if token is not None and self.token_keys is not None \
+                    and self.token_keys.spent(token[0]):
+                return self._refused(source, double_spend, pid, package.n_records)
             for attempt in range(_WRITE_ATTEMPTS):
                 try:
                     with self._write_lock:
                         released = write_package(self.engine, package, plaintext,
-                                                 self.policy, key, checked.columns)
+                                                 self.policy, key, checked.columns, token)
                 except IntegrityError:
                     if _stored(self.engine, pid):
                         return self._replay_or_conflict(replay, plaintext)
+                    if token is not None and self.token_keys is not None \
+                            and self.token_keys.spent(token[0]):
+                        return self._refused(source, double_spend, pid, package.n_records)
                     # a concurrent package created one of the same new classes: go again
                     if attempt == _WRITE_ATTEMPTS - 1:
                         raise

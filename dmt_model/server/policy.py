@@ -115,6 +115,17 @@ class ServerPolicy:
         Retraining winsorizes each shared record's target around the previous
         foundation's prediction at ± this many standard deviations of the
         proxy target (unit-free), bounding any one record's pull.
+    tokens_per_period:
+        ``None`` (default): packages need no token, and the quarantine counts
+        packages (one sender can fill a class with packages of its own). An
+        int N: every package must carry an unspent Privacy Pass token
+        (:mod:`dmt_privacy.privacy_pass`); the issuer gives an attested device
+        at most N per period, and the release rule counts distinct tokens of
+        one period, so a class needs k tokens of one period to leave quarantine
+        (:mod:`dmt_model.server.issuer`).
+    token_period_days:
+        The period of ``tokens_per_period``, in days (default 7). A token is
+        accepted in its period and the next one.
     """
 
     schema: Schema
@@ -132,6 +143,8 @@ class ServerPolicy:
     fields: tuple[str, ...] | None = field(default=None, kw_only=True)
     max_training_records: int = field(default=DEFAULT_MAX_TRAINING_RECORDS, kw_only=True)
     max_residual: float = field(default=1.0, kw_only=True)
+    tokens_per_period: int | None = field(default=None, kw_only=True)
+    token_period_days: int = field(default=7, kw_only=True)
     _expected: Mapping[str, FieldReceipt] = field(init=False, repr=False, compare=False)
     _plan_classes: frozenset[tuple[Any, ...]] = field(init=False, repr=False, compare=False)
 
@@ -184,6 +197,9 @@ class ServerPolicy:
         _positive_int("max_records", self.max_records)
         _positive_int("max_bytes", self.max_bytes)
         _positive_int("max_training_records", self.max_training_records)
+        if self.tokens_per_period is not None:
+            _positive_int("tokens_per_period", self.tokens_per_period)
+        _positive_int("token_period_days", self.token_period_days)
         object.__setattr__(self, "max_residual",
                            _finite_positive("max_residual", self.max_residual))
         if not isinstance(self.allow_insecure_random, bool):
@@ -286,8 +302,17 @@ class ServerPolicy:
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:32]
 
     # --- JSON ---------------------------------------------------------------------------
+    @property
+    def requires_tokens(self) -> bool:
+        """Whether every package must carry an unspent rate-limiting token."""
+        return self.tokens_per_period is not None
+
     def to_dict(self) -> dict[str, Any]:
-        return {"format": POLICY_FORMAT, "schema": self.schema.to_dict(), "min_k": self.min_k,
+        tokens = ({} if self.tokens_per_period is None else
+                  {"tokens_per_period": self.tokens_per_period,
+                   "token_period_days": self.token_period_days})
+        return {**tokens, "format": POLICY_FORMAT, "schema": self.schema.to_dict(),
+                "min_k": self.min_k,
                 "epsilon": dict(self.epsilon), "mechanism": dict(self.mechanism),
                 "delta": dict(self.delta), "privacy_unit": self.privacy_unit,
                 "plan": None if self.plan is None else self.plan.to_dict(),
@@ -324,6 +349,8 @@ class ServerPolicy:
                        max_training_records=data.get("max_training_records",
                                                      DEFAULT_MAX_TRAINING_RECORDS),
                        max_residual=data.get("max_residual", 1.0),
+                       tokens_per_period=data.get("tokens_per_period"),
+                       token_period_days=data.get("token_period_days", 7),
                        allow_insecure_random=data.get("allow_insecure_random", False))
         except KeyError as exc:
             raise SchemaError(f"Server policy lacks {exc}.") from None

@@ -20,6 +20,14 @@ store and validation as :func:`dmt_model.server.ingest`:
   against it, before anything reads the model.
 - ``GET /v1/policy``: the :class:`~dmt_model.server.ServerPolicy` JSON packages
   must match; its SHA-256 is signed in the release.
+- ``GET /v1/tokens/key`` and ``POST /v1/tokens`` (only with a policy that
+  sets ``tokens_per_period``): the issuer key of the current period (RFC 9578
+  SubjectPublicKeyInfo, its period in ``X-DMT-Token-Epoch``), and the issuer:
+  a batch of TokenRequests as the body, the platform's attestation evidence
+  (base64) in ``X-DMT-Attestation``; ``200`` with the blind signatures, ``400``
+  malformed, ``403`` not attested, ``429`` over the period's limit
+  (:mod:`dmt_model.server.issuer`; the client is
+  :func:`dmt_privacy.privacy_pass.fetch_tokens`).
 - ``GET /v1/health``: ``200`` when the database answers, ``503`` otherwise.
 - ``GET /openapi.json``: the OpenAPI document.
 
@@ -47,6 +55,8 @@ not count, and are closed by the header timeout).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import logging
 import re
@@ -62,10 +72,12 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from sqlalchemy import Engine
 
 from dmt_model.server.ingest import DatabaseUnavailable, Ingestor
+from dmt_model.server.issuer import Attestation, TokenIssuer, TokenRefused
 from dmt_model.server.policy import ServerPolicy
 from dmt_model.server.report import Outcome
 from dmt_model.server.store import connect
 from dmt_privacy.errors import ValidationError
+from dmt_privacy.privacy_pass import MAX_BATCH, TOKEN_REQUEST_SIZE
 from dmt_privacy.release import release_file_name
 from dmt_privacy.seal import ENVELOPE_OVERHEAD, ServerKeyring, ServerPrivateKey
 
@@ -148,13 +160,18 @@ def create_app(
     *,
     models: str | Path | None = None,
     config: ServiceConfig | None = None,
+    attest: Attestation | None = None,
 ) -> Any:
     """The ASGI application (a FastAPI instance); serve it with :func:`run_service` or uvicorn.
 
     ``db_url``: an SQLAlchemy URL (``sqlite:///server.db``,
     ``postgresql://user@host/db``), a SQLite path or an engine. ``models``: the
     folder of a :class:`~dmt_model.server.retrain.ModelRegistry`, or ``None``
-    for no model endpoint content (``404``).
+    for no model endpoint content (``404``). ``private_key``: the server's key,
+    or a :class:`~dmt_privacy.seal.ServerKeyring` after a rotation.
+    ``attest``: with a policy that sets ``tokens_per_period``, the device
+    attestation check the token issuer calls (evidence bytes -> device id or
+    ``None``; verify App Attest / Play Integrity there); required then.
     """
     from dmt_model.server.retrain import ModelRegistry
 
@@ -167,8 +184,15 @@ def create_app(
     if isinstance(db_url, str):
         db_url = connect(db_url, pool_size=config.ingest_threads + 2, max_overflow=4) \
             if "://" in db_url and not db_url.startswith("sqlite") else connect(db_url)
+    if policy.requires_tokens and attest is None:
+        raise ValidationError(
+            "The policy requires a token per package (tokens_per_period), so the service "
+            "issues them: pass attest= (a callable verifying App Attest / Play Integrity "
+            "evidence and returning a device id, or None to refuse).")
     ingestor = Ingestor(db_url, private_key, policy)
     ingestor.data_key()  # fail now, not per request, when the key does not fit the database
+    issuer = (TokenIssuer(ingestor.token_keys, attest, int(policy.tokens_per_period or 1))
+              if ingestor.token_keys is not None and attest is not None else None)
     limit = min(config.max_body_bytes, policy.max_bytes + ENVELOPE_OVERHEAD)
     registry = ModelRegistry(models) if models is not None else None
     limiter = anyio.CapacityLimiter(config.ingest_threads)
@@ -295,6 +319,50 @@ def create_app(
     async def server_policy() -> Any:
         return Response(policy_json, media_type="application/json",
                         headers={"Cache-Control": "no-cache"})
+
+    @app.get("/v1/tokens/key", summary="The token issuer's key of the current period",
+             responses={200: {"description": "RFC 9578 SubjectPublicKeyInfo (DER); the period "
+                                             "in X-DMT-Token-Epoch"},
+                        404: {"description": "the policy requires no tokens"}})
+    async def token_key() -> Any:
+        if issuer is None:
+            return status(404, "no tokens")
+        epoch, public = await run(issuer.current_key)
+        return Response(public.to_bytes(), media_type="application/octet-stream",
+                        headers={"X-DMT-Token-Epoch": str(epoch),
+                                 "X-DMT-Token-Key-Id": public.key_id,
+                                 "Cache-Control": "no-cache"})
+
+    @app.post(
+        "/v1/tokens", summary="Issue rate-limiting tokens to an attested device",
+        responses=_responses((200, "the blind signatures (TokenResponses, concatenated)"),
+                             (400, "malformed token requests"), (403, "not attested"),
+                             (404, "the policy requires no tokens"),
+                             (429, "over this period's limit")),
+    )
+    async def issue_tokens(request: Request) -> Any:
+        if issuer is None:
+            return status(404, "no tokens")
+        body = bytearray()
+        try:
+            with anyio.fail_after(config.body_timeout):
+                async for chunk in request.stream():
+                    body += chunk
+                    if len(body) > MAX_BATCH * TOKEN_REQUEST_SIZE:
+                        return status(413, "too large", close=True)
+        except Exception:  # too slow, or the client went away
+            return status(400, "invalid", close=True)
+        try:
+            evidence = base64.b64decode(request.headers.get("x-dmt-attestation", ""),
+                                        validate=True)
+            signed = await run(issuer.issue, evidence, bytes(body))
+        except binascii.Error:
+            return status(400, "invalid")
+        except TokenRefused as exc:
+            log.info("token request refused: %s", exc.reason)
+            return status(exc.status, {400: "invalid", 403: "not attested"}.get(
+                exc.status, "too many"))
+        return Response(signed, media_type="application/private-token-response")
 
     @app.get("/v1/health", summary="Liveness and database reachability",
              responses=_responses((200, "ok"), (503, "the database does not answer")))

@@ -21,7 +21,15 @@ Tables:
   :meth:`SharedStore.release`). A block not in ``released_blocks`` is
   quarantined, whatever ``classes.released`` says;
 - ``data_keys``: the server data keys, each sealed (HPKE) to the server's
-  public key.
+  public key;
+- ``spent_tokens``, ``token_keys`` and ``token_issuance``: the per-device
+  package limit (:mod:`dmt_model.server.issuer`): each spent Privacy Pass token
+  (its nonce, its period and the package it came with; kept when the package
+  is removed, so a token is spent for good), the issuer's RSA key of each
+  period (sealed to the server's public key like the data keys) and how many
+  tokens each attested device (a hash of its id) received in each period.
+  With a policy that requires tokens, the release rule counts distinct tokens
+  of one period instead of packages (:func:`release_due`).
 
 Encryption at rest: each package's records (its decrypted msgpack payload,
 byte for byte as the device encoded it, in ``packages.payload``) are
@@ -46,6 +54,7 @@ import hmac
 import json
 import os
 import secrets
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
@@ -86,6 +95,9 @@ __all__ = [
     "PACKAGES",
     "RECORDS",
     "RELEASED_BLOCKS",
+    "SPENT_TOKENS",
+    "TOKEN_ISSUANCE",
+    "TOKEN_KEYS",
     "Base",
     "ClassRow",
     "CohortRow",
@@ -95,6 +107,9 @@ __all__ = [
     "RecordBlock",
     "ReleasedBlock",
     "SharedStore",
+    "SpentTokenRow",
+    "TokenIssuanceRow",
+    "TokenKeyRow",
     "connect",
     "payload_aad",
     "release_due",
@@ -177,12 +192,48 @@ class DataKeyRow(Base):
     created_at: Mapped[str] = mapped_column(String(32))
 
 
+class SpentTokenRow(Base):
+    """A spent rate-limiting token: its nonce (hex), its period and the package it came with."""
+
+    __tablename__ = "spent_tokens"
+
+    token_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer)
+    package_id: Mapped[str] = mapped_column(String(64), index=True)  # no FK: outlives removal
+    spent_at: Mapped[str] = mapped_column(String(32))
+
+
+class TokenKeyRow(Base):
+    """The issuer's RSA key of one period, sealed (HPKE) to the server's public key."""
+
+    __tablename__ = "token_keys"
+
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_key_id: Mapped[str] = mapped_column(String(64), unique=True)
+    public_key: Mapped[bytes] = mapped_column(LargeBinary)
+    wrapped: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[str] = mapped_column(String(32))
+
+
+class TokenIssuanceRow(Base):
+    """Tokens issued to one attested device (SHA-256 of its id) in one period."""
+
+    __tablename__ = "token_issuance"
+
+    device: Mapped[str] = mapped_column(String(64), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    issued: Mapped[int] = mapped_column(Integer)
+
+
 PACKAGES = cast(Table, PackageRow.__table__)
 RECORDS = cast(Table, RecordBlock.__table__)
 CLASSES = cast(Table, ClassRow.__table__)
 DATA_KEYS = cast(Table, DataKeyRow.__table__)
 COHORTS = cast(Table, CohortRow.__table__)
 RELEASED_BLOCKS = cast(Table, ReleasedBlock.__table__)
+SPENT_TOKENS = cast(Table, SpentTokenRow.__table__)
+TOKEN_KEYS = cast(Table, TokenKeyRow.__table__)
+TOKEN_ISSUANCE = cast(Table, TokenIssuanceRow.__table__)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -284,6 +335,8 @@ def release_due(
     data_key: Callable[[str], DataKey | None],
     class_keys: Iterable[str] | None = None,
     now: str | None = None,
+    *,
+    tokens: bool = False,
 ) -> int:
     """Release every pending cohort that meets ``rule``; the number of cohorts released.
 
@@ -293,10 +346,18 @@ def release_due(
     values when the rule has l or t; a cohort with a package it cannot read
     (``None``) or without the sensitive field stays quarantined (fail
     closed). ``class_keys``: only these classes (default: all).
+
+    ``tokens``: the policy limits packages per device with tokens
+    (:mod:`dmt_model.server.issuer`). Then a contributor is a spent token, not
+    a package: a cohort holds only blocks of packages that came with a token,
+    and needs ``rule.k`` distinct tokens of ONE period, so one device (at most
+    N tokens per period) cannot fill a class by spreading packages over periods.
     """
     query = (select(RecordBlock.id, RecordBlock.package_id, RecordBlock.class_key,
-                    RecordBlock.rows, PackageRow.key_id)
+                    RecordBlock.rows, PackageRow.key_id, SpentTokenRow.token_id,
+                    SpentTokenRow.epoch)
              .join(PackageRow, PackageRow.package_id == RecordBlock.package_id)
+             .outerjoin(SpentTokenRow, SpentTokenRow.package_id == RecordBlock.package_id)
              .outerjoin(ReleasedBlock, ReleasedBlock.block_id == RecordBlock.id)
              .where(ReleasedBlock.block_id.is_(None)).order_by(RecordBlock.id))
     pending: list[Any] = []
@@ -315,14 +376,19 @@ def release_due(
     released = 0
     for class_key in sorted(by_class):
         blocks = by_class[class_key]
-        if len({b.package_id for b in blocks}) < rule.k:
+        if tokens:
+            blocks = [b for b in blocks if b.token_id is not None]
+            per_epoch = Counter(epoch for _, epoch in {(b.token_id, b.epoch) for b in blocks})
+            if not per_epoch or max(per_epoch.values()) < rule.k:
+                continue
+        elif len({b.package_id for b in blocks}) < rule.k:
             continue
         contributors: list[str] = []
         values: list[Any] | None = [] if rule.needs_values else None
         readable = True
         for b in blocks:
             positions = np.frombuffer(b.rows, dtype="<u4").tolist()
-            contributors += [b.package_id] * len(positions)
+            contributors += [b.token_id if tokens else b.package_id] * len(positions)
             if values is None:
                 continue
             if b.package_id not in columns_cache:
@@ -408,7 +474,8 @@ class SharedStore:
         except DMTError:
             return None
 
-    def release(self, rule: ReleaseRule, class_keys: Iterable[str] | None = None) -> int:
+    def release(self, rule: ReleaseRule, class_keys: Iterable[str] | None = None, *,
+                tokens: bool = False) -> int:
         """Release every pending cohort that meets ``rule`` (see :func:`release_due`).
 
         One transaction. Returns the number of cohorts released; 0 when another
@@ -418,7 +485,8 @@ class SharedStore:
             raise ValidationError(f"rule must be a ReleaseRule, got {type(rule).__name__}.")
         try:
             with self.engine.begin() as conn:
-                return release_due(conn, rule, self._data_key_or_none, class_keys)
+                return release_due(conn, rule, self._data_key_or_none, class_keys,
+                                   tokens=tokens)
         except IntegrityError:
             return 0
 

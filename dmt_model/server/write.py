@@ -27,6 +27,7 @@ from dmt_model.server.store import (
     CLASSES,
     PACKAGES,
     RECORDS,
+    SPENT_TOKENS,
     DataKey,
     _now,
     payload_aad,
@@ -66,8 +67,14 @@ def _blocks(columns: Mapping[str, list[Any]], qis: Sequence[str], key: DataKey,
 
 
 def write_package(engine: Engine, package: Any, plaintext: bytes, policy: ServerPolicy,
-                  key: DataKey, columns: Mapping[str, list[Any]]) -> int:
-    """Store one validated package in one transaction; the number of classes it released."""
+                  key: DataKey, columns: Mapping[str, list[Any]],
+                  token: tuple[str, int] | None = None) -> int:
+    """Store one validated package in one transaction; the number of classes it released.
+
+    ``token``: (token id, period) of the verified token the package carries; it
+    is recorded as spent in the same transaction (a second spend violates the
+    table's key, so two packages never share a token, whatever the timing).
+    """
     qis = [q for q in policy.quasi_identifiers or () if q in columns]
     pid = package.package_id
     per_class: dict[str, list[int]] = {}
@@ -84,6 +91,9 @@ def write_package(engine: Engine, package: Any, plaintext: bytes, policy: Server
             package_id=pid, schema_id=package.schema_id, created_day=str(package.created_day),
             received_at=now, n_records=package.n_records, receipt=receipt, key_id=key.key_id,
             nonce=nonce, payload=payload))
+        if token is not None:
+            conn.execute(insert(SPENT_TOKENS).values(token_id=token[0], epoch=token[1],
+                                                     package_id=pid, spent_at=now))
         conn.execute(insert(RECORDS), rows)
         keys = sorted(per_class)  # one lock order for every writer: no deadlocks
         existing: set[str] = set()
@@ -104,5 +114,6 @@ def write_package(engine: Engine, package: Any, plaintext: bytes, policy: Server
         # The server's release rule (k, l and t over distinct packages, in cohorts that
         # cannot be differenced) is dmt_model.server.store.release_due.
         released = release_due(conn, release_rule(policy),
-                               lambda key_id: key if key_id == key.key_id else None, keys, now)
+                               lambda key_id: key if key_id == key.key_id else None, keys, now,
+                               tokens=policy.requires_tokens)
     return released

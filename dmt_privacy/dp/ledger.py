@@ -21,7 +21,10 @@ is a new release with a new id and a new charge, since it draws new noise.
 
 Composition is basic sequential composition: spent ε is the sum of the ε of
 all rows, spent δ the sum of their δ. Tables are prefixed ``dp_`` so the
-ledger can live in the device's :class:`LocalStore` database file.
+ledger can live in the device's :class:`LocalStore` database, whose sealed
+file (AES-256-GCM under the app's key) it writes through (a
+:class:`LedgerStorage`): there nobody without the store key can read or edit
+it. A ledger in a plain file relies on the hash chain below.
 
 Integrity. Every charge extends a hash chain that starts from the user's
 budget (SHA-256, or HMAC-SHA-256 under ``integrity_key``); the budget row

@@ -1,0 +1,124 @@
+"""Issue 15.2: one sender filling a victim's k-anonymity class with packages of its own.
+
+"A class is released once it holds records from k packages, and packages are
+free: one victim package in a rare class plus 4 one-record packages from the
+attacker released the victim's 7 records with one real contributor."
+
+The attack is run first as the issue ran it (no per-device limit: it still
+breaks the quarantine, which documents what a policy without tokens allows),
+then against a policy with ``tokens_per_period=1``: the attacker's one attested
+device gets one token per period, so its other packages are refused (no token,
+or a token spent twice), packages spread over periods do not add up (a cohort
+needs k tokens of one period), and the victim's records stay quarantined. It
+takes k - 1 = 4 attested devices in the victim's period, as the threat model
+states.
+"""
+
+from __future__ import annotations
+
+from attack_kit import EPSILON, KEY, K, forge
+
+from dmt_model.datasets import BOSTON_SCHEMA
+from dmt_model.server import ServerPolicy, SharedStore
+from dmt_model.server.ingest import Ingestor
+from dmt_model.server.issuer import TokenIssuer
+from dmt_privacy.package import seal_package
+from dmt_privacy.privacy_pass import request_tokens
+
+PERIOD = 7 * 86400
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _victim_and_attack(base):
+    one = forge(base, n=1)  # the victim's class: base's first record's generalization
+    victim = forge(one, n=7)
+    attack = [forge(one, n=1) for _ in range(K - 1)]
+    return victim, attack
+
+
+def _released_ids(db: str) -> set[str]:
+    frame = SharedStore(db, KEY).frame("released")
+    return set() if frame.empty else set(frame["package_id"])
+
+
+def _tokens(ingestor: Ingestor, device: str, n: int = 1):
+    """What a device's app does: fetch n tokens from the issuer (attested as ``device``)."""
+    assert ingestor.token_keys is not None
+    issuer = TokenIssuer(ingestor.token_keys, lambda evidence: evidence.decode() or None, 1)
+    _, public = issuer.current_key()
+    pending = request_tokens(public, n)
+    return pending.finalize(issuer.issue(device.encode(), pending.body))
+
+
+def _token_policy(plan) -> ServerPolicy:
+    return ServerPolicy(BOSTON_SCHEMA, min_k=K, epsilon={"MEDV": EPSILON}, plan=plan,
+                        tokens_per_period=1)
+
+
+def test_without_tokens_one_sender_still_breaks_the_quarantine(base, policy, tmp_path):
+    """The issue's attack, against a policy that sets no per-device limit: it works."""
+    db = f"sqlite:///{tmp_path / 'server.db'}"
+    victim, attack = _victim_and_attack(base)
+    ingestor = Ingestor(db, KEY, policy)
+    assert ingestor.ingest_one(seal_package(victim, KEY.public_key())).status == "accepted"
+    assert victim.package_id not in _released_ids(db)
+    for pkg in attack:
+        assert ingestor.ingest_one(seal_package(pkg, KEY.public_key())).status == "accepted"
+    assert victim.package_id in _released_ids(db)  # 7 records out, one real contributor
+
+
+def test_with_one_token_per_period_the_attacker_cannot_release_the_victim(base, plan, tmp_path):
+    db = f"sqlite:///{tmp_path / 'server.db'}"
+    clock = Clock()
+    ingestor = Ingestor(db, KEY, _token_policy(plan), clock=clock)
+    victim, attack = _victim_and_attack(base)
+    (victim_token,) = _tokens(ingestor, "victim-phone")
+    accepted = ingestor.ingest_one(seal_package(victim, KEY.public_key(), token=victim_token))
+    assert accepted.status == "accepted"
+
+    # the attacker's one device: one token this period, a second request is refused
+    (token,) = _tokens(ingestor, "attacker-phone")
+    try:
+        _tokens(ingestor, "attacker-phone")
+        raise AssertionError("a second token in the same period was issued")
+    except Exception as exc:  # TokenRefused(429)
+        assert getattr(exc, "status", None) == 429
+    outcomes = [ingestor.ingest_one(seal_package(attack[0], KEY.public_key(), token=token))]
+    outcomes += [ingestor.ingest_one(seal_package(attack[1], KEY.public_key(), token=token))]
+    outcomes += [ingestor.ingest_one(seal_package(pkg, KEY.public_key())) for pkg in attack[2:]]
+    assert [o.status for o in outcomes] == ["accepted", "rejected", "rejected", "rejected"]
+    assert outcomes[1].reason.startswith("token: double spend")
+    assert all(o.reason.startswith("token: missing") for o in outcomes[2:])
+    assert victim.package_id not in _released_ids(db)
+
+    # the same device over the next periods: each token is of another period, so no cohort
+    for pkg in attack[1:]:
+        clock.now += PERIOD
+        (token,) = _tokens(ingestor, "attacker-phone")
+        refreshed = forge(pkg, n=1)  # a fresh package id: the earlier ones were refused
+        assert ingestor.ingest_one(
+            seal_package(refreshed, KEY.public_key(), token=token)).status == "accepted"
+    assert victim.package_id not in _released_ids(db)
+    assert SharedStore(db, KEY).counts()["records_quarantined"] == 7 + 4
+
+
+def test_k_minus_one_attested_devices_in_the_victims_period_are_what_it_takes(base, plan,
+                                                                               tmp_path):
+    """The bound is tight: with N = 1, k - 1 devices (one token each) release the victim."""
+    db = f"sqlite:///{tmp_path / 'server.db'}"
+    ingestor = Ingestor(db, KEY, _token_policy(plan), clock=Clock())
+    victim, attack = _victim_and_attack(base)
+    (token,) = _tokens(ingestor, "victim-phone")
+    ingestor.ingest_one(seal_package(victim, KEY.public_key(), token=token))
+    for i, pkg in enumerate(attack):
+        (token,) = _tokens(ingestor, f"attacker-phone-{i}")
+        assert ingestor.ingest_one(seal_package(pkg, KEY.public_key(), token=token)).status \
+            == "accepted"
+        assert (victim.package_id in _released_ids(db)) == (i == len(attack) - 1)
