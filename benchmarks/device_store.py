@@ -32,8 +32,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
+from sharing_pipeline import FIELDS, QIS, device_records  # the same records and plan
 
 from dmt_model.datasets import BOSTON_SCHEMA, load_boston
 from dmt_privacy.anonymity import KAnonymizer
@@ -42,15 +42,6 @@ from dmt_privacy.sharing import SharingPolicy, share
 from dmt_privacy.store import LocalStore
 
 RESULTS = Path(__file__).resolve().parent / "results" / "device_store.json"
-QIS = ["CHAS", "RAD", "TAX", "AGE"]
-FIELDS = ("CHAS", "RAD", "TAX", "AGE", "RM", "LSTAT", "PTRATIO", "MEDV")
-
-
-def device_records(boston: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
-    rows = np.random.default_rng(seed).integers(0, len(boston), n)
-    frame = boston.iloc[rows].reset_index(drop=True)
-    frame.index = [f"s{seed}-r{i}" for i in range(n)]
-    return frame
 
 
 def main() -> None:
