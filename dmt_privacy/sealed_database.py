@@ -119,6 +119,17 @@ class SealedDatabase:
 
     def __init__(self, path: str | os.PathLike[str], key: bytes, *, timeout: float = 30.0,
                  min_generation: int | None = None) -> None:
+        self._setup(path, key, timeout)
+        self.refresh()
+        if min_generation is not None and self.generation < int(min_generation):
+            what = ("is missing" if self._stamp is None else
+                    f"is an older copy (generation {self.generation})")
+            raise StoreIntegrityError(
+                f"{self.path} {what}, but generation {int(min_generation)} was written: the "
+                f"file was replaced by an older copy or deleted. {_RESTORE}"
+            )
+
+    def _setup(self, path: str | os.PathLike[str], key: bytes, timeout: float) -> None:
         self.path = Path(path)
         if not hasattr(sqlite3.Connection, "serialize"):  # pragma: no cover - Python 3.10
             raise MissingDependencyError(
@@ -131,15 +142,7 @@ class SealedDatabase:
         self.connection = sqlite3.connect(":memory:", isolation_level=None)
         self.connection.execute("PRAGMA temp_store=MEMORY")
         self.generation = 0
-        self._stamp: bytes | None = None  # the header of the file state we hold
-        self.refresh()
-        if min_generation is not None and self.generation < int(min_generation):
-            what = ("is missing" if self._stamp is None else
-                    f"is an older copy (generation {self.generation})")
-            raise StoreIntegrityError(
-                f"{self.path} {what}, but generation {int(min_generation)} was written: the "
-                f"file was replaced by an older copy or deleted. {_RESTORE}"
-            )
+        self._stamp: bytes | None = None  # the header of the file state held in memory
 
     @property
     def exists(self) -> bool:
@@ -328,13 +331,8 @@ class SealedDatabase:
         For converting an unencrypted database (its journal mode must not be
         WAL). Takes the write lock; the result is generation 1.
         """
-        target = cls.__new__(cls)
-        target.path = Path(path)
-        target._key = check_key(key, target.path)
-        target._key_id = hmac.new(target._key, _KEY_ID_INFO, hashlib.sha256).digest()[:8]
-        target._timeout = 30.0
-        target.connection = sqlite3.connect(":memory:", isolation_level=None)
-        target.generation, target._stamp = 0, None
+        target = cls.__new__(cls)  # not read from the file: it is the plain database
+        target._setup(path, key, 30.0)
         try:
             target._load(image)
             with target._locked():
