@@ -52,10 +52,11 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from dmt_model.tasks import Task, task_for
 from dmt_privacy.errors import SchemaError, UnknownCategoryError, ValidationError
 from dmt_privacy.schema import Kind, Role, Schema
 
-__all__ = ["FeatureBatch", "Featurizer"]
+__all__ = ["FeatureBatch", "Featurizer", "coded_input"]
 
 FEATURIZER_FORMAT = 1
 UnknownPolicy = Literal["error", "zero"]
@@ -96,6 +97,18 @@ def released_numbers(column: pd.Series, *, fallback: float) -> np.ndarray:
     return out
 
 
+def coded_input(vocabulary: Sequence[Any]) -> bool:
+    """Whether a categorical field enters an exported model as its category's *position*.
+
+    Core ML NeuralNetwork inputs are numbers: a vocabulary of numbers is passed
+    as the raw value and compared with the vocabulary inside the graph; any
+    other vocabulary (strings) is passed as the value's index in it (the
+    schema's ``categories``, shipped in the model's metadata), −1 for a value
+    outside it. Either way an unknown value gives the all-zero one-hot.
+    """
+    return not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vocabulary)
+
+
 class Featurizer:
     """Standardizes numeric fields and one-hot encodes categorical ones.
 
@@ -125,9 +138,31 @@ class Featurizer:
                 (Role.TARGET, Role.IDENTIFIER)]
 
     @property
+    def image_fields(self) -> list[str]:
+        """Image inputs: each value an array of the field's ``shape``, pixels as captured."""
+        return [f.name for f in self.schema if f.kind is Kind.IMAGE and f.role not in
+                (Role.TARGET, Role.IDENTIFIER)]
+
+    @property
     def input_fields(self) -> list[str]:
-        """Every raw input column, categorical first then numeric (the model's order)."""
-        return self.categorical_fields + self.numeric_fields
+        """Every raw input column in the model's order: categorical, numeric, images."""
+        return self.categorical_fields + self.numeric_fields + self.image_fields
+
+    @property
+    def task(self) -> Task:
+        """What the model learns from these inputs (:mod:`dmt_model.tasks`)."""
+        return task_for(self.schema)
+
+    def model_input(self, name: str, column: pd.Series) -> np.ndarray:
+        """The number(s) an exported model takes for input ``name`` (see :func:`coded_input`)."""
+        if name in self.categorical_fields and coded_input(self.vocabularies_[name]):
+            codes = pd.Categorical(column, categories=self.vocabularies_[name]).codes
+            return codes.astype(np.float64)
+        return column.to_numpy(dtype=np.float64)
+
+    def image_width(self, name: str) -> int:
+        """How many numbers one image of field ``name`` holds (height × width × channels)."""
+        return int(np.prod(self.schema[name].shape or ()))
 
     @property
     def target(self) -> str:
@@ -143,12 +178,22 @@ class Featurizer:
                 f"unknown must be 'error' or 'zero', got {self.unknown!r}."
             )
         if not self.input_fields:
-            raise SchemaError(f"Schema {self.schema.name!r} has no numeric or categorical input.")
+            raise SchemaError(f"Schema {self.schema.name!r} has no numeric, categorical or "
+                              "image input.")
+        unsized = [n for n in self.image_fields if self.schema[n].shape is None]
+        if unsized:
+            raise SchemaError(f"Image field(s) {unsized!r} need a shape in the schema "
+                              "(Field(..., shape=(height, width))) to size the model's input.")
         self.schema.validate(frame, columns=self.input_fields, allow_extra=True)
         values = frame[self.numeric_fields].to_numpy(dtype=np.float64)
         self.mean_ = values.mean(axis=0) if len(values) else np.zeros(len(self.numeric_fields))
         std = values.std(axis=0, ddof=0) if len(values) else np.ones(len(self.numeric_fields))
         self.scale_ = np.where(std > 0, std, 1.0)
+        self.image_stats_: dict[str, tuple[float, float]] = {}
+        for name in self.image_fields:
+            pixels = self._pixels(name, frame[name]) if len(frame) else np.zeros(1)
+            std = float(pixels.std())
+            self.image_stats_[name] = (float(pixels.mean()), std if std > 0 else 1.0)
         self._fit_target(frame)
         self.vocabularies_: dict[str, list[Any]] = {}
         for name in self.categorical_fields:
@@ -158,16 +203,30 @@ class Featurizer:
         return self
 
     def _fit_target(self, frame: pd.DataFrame) -> None:
-        """The target's mean and population std on the proxy data (0 and 1 without a target).
+        """What the target needs to be learned, fitted on the proxy data.
 
-        The foundation learns the *standardized* target and turns its output
-        back into the target's units with these two numbers, so no training or
-        update default depends on the target's units (see
-        :mod:`dmt_model.foundation`).
+        A regression target's mean and population std (0 and 1 without a
+        target): the foundation learns the *standardized* target and turns its
+        output back into the target's units with these two numbers, so no
+        training or update default depends on the target's units (see
+        :mod:`dmt_model.foundation`). A classification target's classes: the
+        schema's categories, or else the sorted values seen.
         """
         self.target_mean_, self.target_scale_ = 0.0, 1.0
+        self.classes_: list[Any] = []
         target = self.schema.target
-        if target is None or target.name not in frame.columns or len(frame) == 0:
+        if target is None:
+            return
+        if target.kind is Kind.CATEGORICAL:
+            seen = sorted(pd.unique(frame[target.name]).tolist()) \
+                if target.name in frame.columns else []
+            self.classes_ = list(target.categories) if target.categories is not None else seen
+            if len(self.classes_) < 2:
+                raise SchemaError(
+                    f"Target {target.name!r} has {len(self.classes_)} class(es); a classifier "
+                    "needs at least 2. Declare the categories in the schema.")
+            return
+        if target.name not in frame.columns or len(frame) == 0:
             return
         values = self.target_values(frame, dtype=np.float64)
         std = float(values.std(ddof=0))
@@ -203,11 +262,57 @@ class Featurizer:
                 f"Column {self.numeric_fields[col]!r} has {raw[row, col]!r} at row "
                 f"{frame.index[row]!r}; every input must be a finite number."
             )
-        numeric = ((raw - self.mean_) / self.scale_).astype(np.float32)
+        numeric = self._with_images(((raw - self.mean_) / self.scale_).astype(np.float32),
+                                    frame)
         categorical = {}
         for name in self.categorical_fields:
             categorical[name] = self._one_hot(name, frame[name])
         return FeatureBatch(numeric=numeric, categorical=categorical)
+
+    def _pixels(self, name: str, column: pd.Series) -> np.ndarray:
+        """``[n, height × width × channels]`` float64 pixels; a missing image is NaN."""
+        width = self.image_width(name)
+        out = np.full((len(column), width), np.nan)
+        for i, value in enumerate(column.tolist()):
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                continue
+            array = np.asarray(value, dtype=np.float64)
+            if array.size != width:
+                raise ValidationError(
+                    f"Column {name!r}: the image at row {column.index[i]!r} has shape "
+                    f"{array.shape}, but the schema says {self.schema[name].shape}; resize it "
+                    "first.")
+            out[i] = array.reshape(-1)
+        return out
+
+    def _with_images(self, numeric: np.ndarray, frame: pd.DataFrame, *,
+                     missing_ok: bool = False) -> np.ndarray:
+        """``numeric`` followed by every image's standardized pixels (the model's order).
+
+        With ``missing_ok`` (released records), a missing image or field becomes
+        the proxy mean (zeros once standardized), as a missing numeric does.
+        """
+        if not self.image_fields:
+            return numeric
+        parts = [numeric]
+        for name in self.image_fields:
+            mean, scale = self.image_stats_[name]
+            if name not in frame.columns:
+                if not missing_ok:
+                    raise ValidationError(f"Missing input column {name!r}.")
+                parts.append(np.zeros((len(frame), self.image_width(name)), np.float32))
+                continue
+            pixels = (self._pixels(name, frame[name]) - mean) / scale
+            bad = ~np.isfinite(pixels)
+            if bad.any():
+                if not missing_ok:
+                    row = frame.index[int(bad.any(axis=1).argmax())]
+                    raise ValidationError(
+                        f"Column {name!r}: the image at row {row!r} is missing or holds NaN "
+                        "or infinity; every pixel must be a finite number.")
+                pixels[bad] = 0.0
+            parts.append(pixels.astype(np.float32))
+        return np.concatenate(parts, axis=1)
 
     def _one_hot(self, name: str, column: pd.Series) -> np.ndarray:
         vocabulary = self.vocabularies_[name]
@@ -230,14 +335,34 @@ class Featurizer:
 
     def target_values(self, frame: pd.DataFrame, *,
                       dtype: type[np.floating[Any]] = np.float32) -> np.ndarray:
-        """The target column as ``[n]`` of ``dtype`` (float32 by default); every one finite."""
+        """The target as the model learns it, one per record.
+
+        A regression target: ``[n]`` of ``dtype`` (float32 by default), every
+        one finite. A classification target: ``[n]`` int64 class indices into
+        :attr:`classes_` (``dtype`` does not apply); an unknown class raises
+        :class:`UnknownCategoryError` naming it.
+        """
         if self.target not in frame.columns:
             raise ValidationError(f"Missing target column {self.target!r}.")
+        if self.classes_:
+            return self._class_indices(frame[self.target])
         values = frame[self.target].to_numpy(dtype=np.float64)
         if not np.isfinite(values).all():
             row = frame.index[int((~np.isfinite(values)).argmax())]
             raise ValidationError(f"Target column {self.target!r} is not finite at row {row!r}.")
         return values.astype(dtype)
+
+    def _class_indices(self, column: pd.Series) -> np.ndarray:
+        codes = pd.Categorical(column, categories=self.classes_).codes.astype(np.int64)
+        if (codes < 0).any():
+            at = int((codes < 0).argmax())
+            value = column.iloc[at]
+            value = value.item() if hasattr(value, "item") else value
+            raise UnknownCategoryError(
+                f"Target {self.target!r}: value {value!r} at row {column.index[at]!r} is not "
+                f"one of its classes {self.classes_!r}. Fix the label, or drop the record; "
+                "a new class needs a new foundation version.")
+        return codes
 
     # --- released (generalized or perturbed) records ---------------------------
     def transform_released(
@@ -261,7 +386,8 @@ class Featurizer:
                 numeric[:, j] = self.mean_[j]
                 continue
             numeric[:, j] = released_numbers(frame[name], fallback=float(self.mean_[j]))
-        numeric = ((numeric - self.mean_) / self.scale_).astype(np.float32)
+        numeric = self._with_images(((numeric - self.mean_) / self.scale_).astype(np.float32),
+                                    frame, missing_ok=True)
         k_rr = {}
         if receipt is not None:
             k_rr = {f.field: f for f in receipt.fields if f.mechanism == "k_rr"}
@@ -285,9 +411,16 @@ class Featurizer:
         return FeatureBatch(numeric=numeric, categorical=categorical)
 
     def released_target(self, frame: pd.DataFrame) -> np.ndarray:
-        """The target of released records (an interval becomes its midpoint)."""
+        """The target of released records: an interval becomes its midpoint, a class its index.
+
+        A class label must arrive as one class (randomized response reports
+        one); a generalized or missing label cannot be learned from, so it
+        raises, as a missing number does.
+        """
         if self.target not in frame.columns:
             raise ValidationError(f"Missing target column {self.target!r}.")
+        if self.classes_:
+            return self._class_indices(frame[self.target])
         values = released_numbers(frame[self.target], fallback=math.nan)
         if not np.isfinite(values).all():
             row = frame.index[int((~np.isfinite(values)).argmax())]
@@ -333,7 +466,11 @@ class Featurizer:
             "categorical": [
                 {"name": n, "vocabulary": self.vocabularies_[n]} for n in self.categorical_fields
             ],
-            "target": {"mean": self.target_mean_, "scale": self.target_scale_},
+            "target": ({"classes": self.classes_} if self.classes_ else
+                       {"mean": self.target_mean_, "scale": self.target_scale_}),
+            **({"images": [{"name": n, "mean": self.image_stats_[n][0],
+                            "scale": self.image_stats_[n][1]} for n in self.image_fields]}
+               if self.image_fields else {}),
         }
 
     def to_json(self) -> str:
@@ -358,8 +495,20 @@ class Featurizer:
         # Models written before the target was standardized were trained on raw targets:
         # a mean of 0 and a scale of 1 describe them exactly.
         target = data.get("target", {"mean": 0.0, "scale": 1.0})
-        featurizer.target_mean_ = float(target["mean"])
-        featurizer.target_scale_ = float(target["scale"])
+        featurizer.classes_ = list(target.get("classes", []))
+        featurizer.target_mean_ = float(target.get("mean", 0.0))
+        featurizer.target_scale_ = float(target.get("scale", 1.0))
+        images = {i["name"]: (float(i["mean"]), float(i["scale"]))
+                  for i in data.get("images", [])}
+        if list(images) != featurizer.image_fields or not all(
+                math.isfinite(m) and math.isfinite(s) and s > 0 for m, s in images.values()):
+            raise SchemaError("Featurizer JSON: image fields do not match its schema, or their "
+                              "mean and scale are not finite with a positive scale.")
+        featurizer.image_stats_ = images
+        if (featurizer.schema.target is not None
+                and featurizer.schema.target.kind is Kind.CATEGORICAL) != bool(
+                    featurizer.classes_):
+            raise SchemaError("Featurizer JSON: the target's classes do not match its schema.")
         if not (math.isfinite(featurizer.target_mean_) and math.isfinite(featurizer.target_scale_)
                 and featurizer.target_scale_ > 0):
             raise SchemaError(f"Featurizer JSON: target mean and scale must be finite, the "

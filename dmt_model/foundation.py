@@ -38,6 +38,13 @@ import numpy as np
 import pandas as pd
 
 from dmt_model.features import FeatureBatch, Featurizer
+from dmt_model.tasks import (
+    REGRESSION,
+    ClassificationMetrics,
+    Metrics,
+    Task,
+    regression_metrics,
+)
 from dmt_privacy.errors import ModelFileError, ValidationError
 from dmt_privacy.files import write_atomically
 from dmt_privacy.schema import Schema
@@ -82,15 +89,6 @@ class TrainingConfig:
             raise ValidationError(f"learning_rate must be positive, got {self.learning_rate!r}.")
 
 
-@dataclass(frozen=True)
-class Metrics:
-    """Test error in the target's units. RMSE = sqrt(mean((ŷ − y)²))."""
-
-    rmse: float
-    mae: float
-    n: int
-
-
 def _import_torch() -> Any:
     try:
         import torch
@@ -105,10 +103,12 @@ def _import_torch() -> Any:
 
 
 def network_for(featurizer: Featurizer) -> torch.nn.Module:
-    """A freshly initialized foundation network for ``featurizer``'s inputs and target."""
+    """A freshly initialized foundation network for ``featurizer``'s inputs and task."""
     return _build_network(
         [len(featurizer.vocabularies_[n]) for n in featurizer.categorical_fields],
-        len(featurizer.numeric_fields),
+        len(featurizer.numeric_fields)
+        + sum(featurizer.image_width(n) for n in featurizer.image_fields),
+        task=featurizer.task, outputs=featurizer.task.output_units(featurizer),
         target_mean=featurizer.target_mean_, target_scale=featurizer.target_scale_)
 
 
@@ -117,7 +117,8 @@ def standardized_squared_error(network: Any, predicted: Any, target: Any) -> Any
     return ((predicted - target) / network.target_scale) ** 2
 
 
-def _build_network(vocabulary_sizes: list[int], n_numeric: int, *, target_mean: float = 0.0,
+def _build_network(vocabulary_sizes: list[int], n_numeric: int, *, task: Task = REGRESSION,
+                   outputs: int = 1, target_mean: float = 0.0,
                    target_scale: float = 1.0) -> torch.nn.Module:
     torch = _import_torch()
     nn = torch.nn
@@ -126,6 +127,7 @@ def _build_network(vocabulary_sizes: list[int], n_numeric: int, *, target_mean: 
     class FoundationNet(module):
         def __init__(self) -> None:
             super().__init__()
+            self.task = task
             self.embeddings = nn.ModuleList(
                 nn.Embedding(v, embedding_size(v)) for v in vocabulary_sizes
             )
@@ -134,7 +136,7 @@ def _build_network(vocabulary_sizes: list[int], n_numeric: int, *, target_mean: 
             for units in HIDDEN_UNITS:
                 layers += [nn.Linear(width, units), nn.ReLU()]
                 width = units
-            layers.append(nn.Linear(width, 1))
+            layers.append(nn.Linear(width, outputs))
             self.dense = nn.Sequential(*layers)
             # Fixed, not trained and not saved with the weights: the featurizer owns them.
             self.register_buffer("target_mean", torch.tensor(float(target_mean)),
@@ -142,14 +144,18 @@ def _build_network(vocabulary_sizes: list[int], n_numeric: int, *, target_mean: 
             self.register_buffer("target_scale", torch.tensor(float(target_scale)),
                                  persistent=False)
 
-        def standardized(self, numeric: Any, *one_hots: Any) -> Any:
-            """The prediction of the standardized target ``(y − mean) / scale``."""
+        def outputs(self, numeric: Any, *one_hots: Any) -> Any:
+            """What the loss reads, ``[n, outputs]``: the standardized target, or logits."""
             parts = [oh @ emb.weight for oh, emb in zip(one_hots, self.embeddings, strict=True)]
-            return self.dense(torch.cat([*parts, numeric], dim=1)).squeeze(1)
+            return self.dense(torch.cat([*parts, numeric], dim=1))
+
+        def standardized(self, numeric: Any, *one_hots: Any) -> Any:
+            """A regression's prediction of the standardized target ``(y − mean) / scale``."""
+            return self.outputs(numeric, *one_hots).squeeze(1)
 
         def forward(self, numeric: Any, *one_hots: Any) -> Any:
-            """The prediction in the target's units."""
-            return self.standardized(numeric, *one_hots) * self.target_scale + self.target_mean
+            """The prediction: in the target's units, or class probabilities ``[n, classes]``."""
+            return self.task.predictions(self, self.outputs(numeric, *one_hots))
 
     return FoundationNet()
 
@@ -178,16 +184,21 @@ class Foundation:
             torch.from_numpy(batch.categorical[n]) for n in self.featurizer.categorical_fields
         ]
 
+    @property
+    def task(self) -> Task:
+        return self.featurizer.task
+
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        """Predicted target for each record (float32)."""
+        """Predictions (float32): the target for each record, or ``[n, classes]`` probabilities."""
         torch = _import_torch()
         tensors = self._tensors(self.featurizer.transform(frame))
         self.network.eval()
         with torch.no_grad():
             return self.network(*tensors).numpy()
 
-    def evaluate(self, frame: pd.DataFrame) -> Metrics:
-        return regression_metrics(self.predict(frame), self.featurizer.target_values(frame))
+    def evaluate(self, frame: pd.DataFrame) -> Metrics | ClassificationMetrics:
+        """The task's metrics on ``frame`` (:mod:`dmt_model.tasks`)."""
+        return self.task.metrics(self.predict(frame), self.featurizer.target_values(frame))
 
     # --- persistence: numpy arrays + JSON, never pickle -------------------------
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -230,12 +241,6 @@ class Foundation:
         return cls(featurizer, network, TrainingConfig(**meta["config"]))
 
 
-def regression_metrics(predicted: np.ndarray, actual: np.ndarray) -> Metrics:
-    error = np.asarray(predicted, dtype=np.float64) - np.asarray(actual, dtype=np.float64)
-    return Metrics(rmse=float(np.sqrt(np.mean(error**2))), mae=float(np.mean(np.abs(error))),
-                   n=int(error.size))
-
-
 def train_foundation(
     frame: pd.DataFrame,
     schema: Schema,
@@ -265,6 +270,7 @@ def fit_foundation(
     *,
     initial: Foundation | None = None,
     sample_weight: np.ndarray | None = None,
+    label_noise: tuple[np.ndarray, np.ndarray] | None = None,
     on_epoch_end: Callable[[int, float], None] | None = None,
 ) -> Foundation:
     """Train the foundation network on features already computed by ``featurizer``.
@@ -272,7 +278,9 @@ def fit_foundation(
     ``initial`` warm-starts from a copy of another foundation's weights (it is
     not modified); otherwise the weights are initialized from ``config.seed``.
     ``sample_weight`` (positive, one per record) makes each mini-batch's loss
-    the weighted mean ``Σ w (ŷ − y)² / Σ w``.
+    the weighted mean ``Σ w · loss / Σ w``. ``label_noise`` (classification:
+    per-record keep and flip probabilities of randomized response, 1 and 0
+    for a clean label) trains with the forward correction (:mod:`dmt_model.tasks`).
     """
     torch = _import_torch()
     config = config or TrainingConfig()
@@ -301,12 +309,11 @@ def fit_foundation(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a network this small trains fastest on one thread
     try:
-        # The standardized target, computed in float64: the same data in other units
-        # trains bit for bit the same network.
-        standardized = (np.asarray(target, np.float64) - featurizer.target_mean_) \
-            / featurizer.target_scale_
-        _train_epochs(network, inputs, torch.from_numpy(standardized.astype(np.float32)),
-                      None if weight is None else torch.from_numpy(weight),
+        noise = None if label_noise is None else tuple(
+            torch.from_numpy(np.asarray(p, np.float32)) for p in label_noise)
+        _train_epochs(network, inputs,
+                      torch.from_numpy(featurizer.task.training_target(featurizer, target)),
+                      None if weight is None else torch.from_numpy(weight), noise,
                       optimizer, shuffle, config, on_epoch_end)
     finally:
         torch.set_num_threads(threads)
@@ -314,8 +321,8 @@ def fit_foundation(
     return foundation
 
 
-def _train_epochs(network: Any, inputs: list[Any], target: Any, weight: Any, optimizer: Any,
-                  shuffle: Any, config: TrainingConfig,
+def _train_epochs(network: Any, inputs: list[Any], target: Any, weight: Any, noise: Any,
+                  optimizer: Any, shuffle: Any, config: TrainingConfig,
                   on_epoch_end: Callable[[int, float], None] | None) -> None:
     torch = _import_torch()
     n = int(target.shape[0])
@@ -325,11 +332,13 @@ def _train_epochs(network: Any, inputs: list[Any], target: Any, weight: Any, opt
         for start in range(0, n, config.batch_size):
             index = order[start:start + config.batch_size]
             optimizer.zero_grad()
-            squared = (network.standardized(*(t[index] for t in inputs)) - target[index]) ** 2
+            losses = network.task.record_loss(
+                network, network.outputs(*(t[index] for t in inputs)), target[index],
+                None if noise is None else tuple(p[index] for p in noise))
             if weight is None:
-                loss = torch.mean(squared)
+                loss = torch.mean(losses)
             else:
-                loss = torch.sum(weight[index] * squared) / torch.sum(weight[index])
+                loss = torch.sum(weight[index] * losses) / torch.sum(weight[index])
             loss.backward()
             optimizer.step()
             total += float(loss.detach()) * len(index)

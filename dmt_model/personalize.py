@@ -55,10 +55,18 @@ import numpy as np
 import pandas as pd
 
 from dmt_model.coreml._spec import load_spec, save_spec
-from dmt_model.coreml.evaluate import apply_activation, evaluate_spec, predict_frame
+from dmt_model.coreml.evaluate import (
+    apply_activation,
+    class_labels_of,
+    evaluate_spec,
+    frame_inputs,
+    predict_frame,
+    softmax,
+)
 from dmt_model.coreml.validate import validate_updatable
 from dmt_model.coreml.weights import _network, get_inner_product, set_inner_product
 from dmt_model.features import Featurizer
+from dmt_model.tasks import PROBABILITY_FLOOR
 from dmt_privacy.errors import ModelFileError, UpdateRejected, ValidationError
 
 __all__ = [
@@ -79,13 +87,18 @@ __all__ = [
 
 @dataclass(frozen=True)
 class LossConvention:
-    """How the emulated update scales the MSE loss (see the module docstring)."""
+    """How the emulated update scales the loss over a mini-batch (see the module docstring).
+
+    For the MSE loss, ``half`` adds a ½ factor; the categorical cross-entropy
+    ``−log p(y)`` has none (its gradient with respect to the softmax's input
+    is ``p − onehot(y)``).
+    """
 
     reduction: Literal["mean", "sum"] = "mean"
     half: bool = False
 
     def gradient_scale(self, batch: int) -> float:
-        """d loss / d ŷ = scale · (ŷ − y)."""
+        """d loss / d ŷ = scale · (ŷ − y) for the MSE loss."""
         scale = 2.0 / batch if self.reduction == "mean" else 2.0
         return scale / 2.0 if self.half else scale
 
@@ -93,6 +106,15 @@ class LossConvention:
         total = float(np.sum(diff.astype(np.float64) ** 2))
         value = total / diff.shape[0] if self.reduction == "mean" else total
         return value / 2.0 if self.half else value
+
+    def cross_entropy(self, probabilities: np.ndarray, onehot: np.ndarray
+                      ) -> tuple[float, np.ndarray]:
+        """(loss, d loss / d softmax input) of the categorical cross-entropy on a mini-batch."""
+        chosen = np.sum(probabilities.astype(np.float64) * onehot, axis=1)
+        total = float(-np.sum(np.log(np.clip(chosen, PROBABILITY_FLOOR, 1.0))))
+        per = 1.0 / probabilities.shape[0] if self.reduction == "mean" else 1.0
+        grad = ((probabilities - onehot) * np.float32(per)).astype(np.float32)
+        return total * per, grad
 
 
 @dataclass(frozen=True)
@@ -180,7 +202,7 @@ def _check_records(spec: Any, frame: pd.DataFrame, *, what: str) -> np.ndarray:
         raise ValidationError(f"{what}: no records given.")
     featurizer.schema.validate(frame, columns=columns)
     featurizer.transform(frame)  # unknown categories raise here, naming the field
-    target = featurizer.target_values(frame)
+    target = featurizer.target_values(frame)  # an unknown class raises here
     try:
         featurizer.schema.check_bounds(
             frame, columns=[*featurizer.numeric_fields, featurizer.target], slack=1.0)
@@ -203,9 +225,9 @@ def _suffix(spec: Any) -> tuple[str, list[Any], str]:
         if layer.input[0] != blob:
             continue
         kind = layer.WhichOneof("layer")
-        if kind not in ("innerProduct", "activation"):
-            raise ModelFileError(f"The emulated update supports innerProduct and activation "
-                                 f"layers after the first updatable one, not {kind!r}.")
+        if kind not in ("innerProduct", "activation", "softmax", "softmaxND"):
+            raise ModelFileError(f"The emulated update supports innerProduct, activation and "
+                                 f"softmax layers after the first updatable one, not {kind!r}.")
         chain.append(layer)
         blob = layer.output[0]
         if blob == loss_input:
@@ -255,10 +277,15 @@ def update_spec(
     )
     convention = convention or LossConvention()
     start_blob, chain, _ = _suffix(spec)
-    inputs = {name: frame[name].to_numpy(dtype=np.float64)
-              for name in [f.name for f in spec.description.input]}
-    (frozen,) = evaluate_spec(spec, inputs, outputs=[start_blob]).values()
-    y = target.reshape(-1, 1).astype(np.float32)
+    (frozen,) = evaluate_spec(spec, frame_inputs(spec, frame), outputs=[start_blob]).values()
+    loss_kind = _network(spec).updateParams.lossLayers[0].WhichOneof("LossLayerType")
+    cross_entropy = loss_kind == "categoricalCrossEntropyLossLayer"
+    if cross_entropy:  # the softmax's gradient is taken together with the loss's
+        y = np.eye(len(class_labels_of(spec)), dtype=np.float32)[target]
+        backward_from = len(chain) - 2
+    else:
+        y = target.reshape(-1, 1).astype(np.float32)
+        backward_from = len(chain) - 1
 
     # Parameters of the updatable innerProduct layers in the chain.
     params: dict[str, list[np.ndarray]] = {}
@@ -285,19 +312,24 @@ def update_spec(
                 if layer.name in params:
                     w, bias = params[layer.name]
                     activations.append(x @ w.T + bias)
-                else:
+                elif layer.WhichOneof("layer") == "activation":
                     activations.append(apply_activation(layer, x))
-            diff = activations[-1] - y[index]
-            loss = convention.loss(diff)
+                else:  # the softmax before a cross-entropy loss
+                    activations.append(softmax(x))
+            if cross_entropy:
+                loss, grad = convention.cross_entropy(activations[-1], y[index])
+            else:
+                diff = activations[-1] - y[index]
+                loss = convention.loss(diff)
+                grad = (diff * f32(convention.gradient_scale(len(index)))).astype(np.float32)
             if not math.isfinite(loss):
                 raise UpdateRejected(
                     f"The update diverged (loss {loss}) at epoch {epoch}, mini-batch {b}; "
                     "lower the learning rate. Nothing was written."
                 )
             epoch_loss += loss * (len(index) if convention.reduction == "mean" else 1)
-            grad = (diff * f32(convention.gradient_scale(len(index)))).astype(np.float32)
             step += 1
-            for i in range(len(chain) - 1, -1, -1):
+            for i in range(backward_from, -1, -1):
                 layer, x = chain[i], activations[i]
                 if layer.name in params:
                     w, bias = params[layer.name]
@@ -386,7 +418,8 @@ class DecisionRule:
             raise ValidationError(f"margin must be a non-negative number, got {self.margin!r}.")
 
     def decide(self, before: np.ndarray, after: np.ndarray) -> tuple[bool, str]:
-        """(keep?, why) from per-record held-out squared errors of the current model and update."""
+        """(keep?, why) from per-record held-out errors of the current model and the update
+        (squared errors of a regressor, log losses of a classifier)."""
         before = np.asarray(before, dtype=np.float64)
         after = np.asarray(after, dtype=np.float64)
         mse_before, mse_after = float(np.mean(before)), float(np.mean(after))
@@ -400,7 +433,7 @@ class DecisionRule:
         from scipy.stats import t as student
 
         needed = float(student.ppf(self.confidence, df=max(n - 1, 1)))
-        figures = (f"held-out MSE {mse_before:.4g} → {mse_after:.4g} on {n} records, "
+        figures = (f"held-out mean error {mse_before:.4g} → {mse_after:.4g} on {n} records, "
                    f"paired t = {t:.2f} (needs {needed:.2f})")
         if mean <= self.margin * mse_before:
             return False, f"no improvement beyond the margin: {figures}"
@@ -420,9 +453,10 @@ class PersonalizationResult:
     """What :func:`personalize` did. ``accepted`` says whether the model was replaced.
 
     ``holdout_loss_before`` / ``holdout_loss_after`` are the held-out mean
-    squared errors of the current model and of the update (in the target's
-    units squared); ``out_of_bounds`` counts the training records with a
-    numeric value outside its field's sharing bounds (trained on as they are);
+    errors of the current model and of the update (a regressor's squared
+    error, in the target's units squared; a classifier's log loss);
+    ``out_of_bounds`` counts the training records with a numeric value outside
+    its field's sharing bounds (trained on as they are);
     ``prior_records`` is the prior strength cross-validation chose.
     """
 
@@ -441,8 +475,9 @@ class PersonalizationResult:
         return self
 
 
-def _squared_errors(spec: Any, frame: pd.DataFrame, target: np.ndarray) -> np.ndarray:
-    return (predict_frame(spec, frame).astype(np.float64) - target) ** 2
+def _record_errors(spec: Any, frame: pd.DataFrame, target: np.ndarray) -> np.ndarray:
+    """Each record's error under ``spec``: squared error or log loss (:mod:`dmt_model.tasks`)."""
+    return featurizer_of(spec).task.record_errors(predict_frame(spec, frame), target)
 
 
 def _out_of_bounds(spec: Any, frame: pd.DataFrame) -> int:
@@ -461,10 +496,11 @@ def with_prior(spec: Any, records: pd.DataFrame, prior_records: int) -> pd.DataF
     """``records`` plus ``prior_records`` anchor records that pull the update toward ``spec``.
 
     An anchor is one of the user's own records (cycled in order) whose target
-    is replaced by ``spec``'s prediction for it. Training on records and
-    anchors together converges to the least-squares fit shrunk toward the
-    current model, the more so the fewer records the user has (with the
-    personal head: the adjustment is shrunk by ``n / (n + prior_records)``).
+    is replaced by ``spec``'s prediction for it (a classifier's likeliest
+    class). Training on records and anchors together converges to the
+    least-squares fit shrunk toward the current model, the more so the fewer
+    records the user has (with the personal head: the adjustment is shrunk by
+    ``n / (n + prior_records)``).
     Because it is a property of the training set, not of the step size, the
     result is the same whether the device averages the loss over a
     mini-batch, sums it or halves it: only the speed of getting there changes.
@@ -475,7 +511,12 @@ def with_prior(spec: Any, records: pd.DataFrame, prior_records: int) -> pd.DataF
     if prior_records == 0:
         return records
     anchors = records.iloc[np.arange(prior_records) % len(records)].copy()
-    anchors[featurizer_of(spec).target] = predict_frame(spec, anchors).astype(np.float64)
+    featurizer = featurizer_of(spec)
+    predicted = predict_frame(spec, anchors)
+    if featurizer.classes_:  # a classifier's anchors carry its likeliest class
+        anchors[featurizer.target] = [featurizer.classes_[i] for i in predicted.argmax(axis=1)]
+    else:
+        anchors[featurizer.target] = predicted.astype(np.float64)
     return pd.concat([records, anchors])
 
 
@@ -532,7 +573,7 @@ def _checked_update(
         checks = [(records.iloc[np.setdiff1d(order, part)], records.iloc[part], target[part])
                   for part in parts]
     history = UpdateHistory()
-    before = np.concatenate([_squared_errors(baseline, held, y) for _, held, y in checks])
+    before = np.concatenate([_record_errors(baseline, held, y) for _, held, y in checks])
     after: dict[int, np.ndarray] = {}
     candidate: Any = None
     try:
@@ -541,7 +582,7 @@ def _checked_update(
             for train, held, y in checks:
                 candidate, history = _personal_update(spec, train, prior_records=prior,
                                                       on_event=None, overrides=overrides)
-                errors.append(_squared_errors(candidate, held, y))
+                errors.append(_record_errors(candidate, held, y))
             after[prior] = np.concatenate(errors)
     except UpdateRejected as exc:
         return PersonalizationResult(False, str(exc), float(np.mean(before)), math.nan, output,

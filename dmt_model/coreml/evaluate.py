@@ -19,7 +19,9 @@ import pandas as pd
 from dmt_model.coreml.weights import _network, weight_values
 from dmt_privacy.errors import ModelFileError, ValidationError
 
-__all__ = ["apply_activation", "evaluate_spec", "input_names", "predict_frame"]
+__all__ = ["apply_activation", "class_labels_of", "evaluate_spec", "frame_inputs", "input_names",
+           "predict_frame",
+           "softmax"]
 
 Blobs = dict[str, np.ndarray]
 
@@ -58,6 +60,12 @@ def apply_activation(layer: Any, x: np.ndarray) -> np.ndarray:
     raise ModelFileError(f"Layer {layer.name!r}: activation {kind!r} is not supported.")
 
 
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """``exp(x) / Σ exp(x)`` along ``axis``, computed stably in float32."""
+    shifted = np.exp(x - x.max(axis=axis, keepdims=True))
+    return (shifted / shifted.sum(axis=axis, keepdims=True)).astype(np.float32)
+
+
 def _load_constant_nd(layer: Any, batch: int) -> np.ndarray:
     const = layer.loadConstantND
     values = weight_values(const.data, what=f"layer {layer.name!r}")
@@ -89,6 +97,13 @@ def _run_layer(layer: Any, blobs: Blobs, batch: int) -> np.ndarray:
         return (a + b) if kind == "addBroadcastable" else (a * b)
     if kind == "flatten" or kind == "flattenTo2D":
         return blobs[layer.input[0]].reshape(batch, -1)
+    if kind == "reshapeStatic":
+        return blobs[layer.input[0]].reshape(batch, *layer.reshapeStatic.targetShape)
+    if kind in ("softmax", "softmaxND"):
+        x = blobs[layer.input[0]]
+        if kind == "softmax":  # the channel axis: −3 from rank 3 up, the last one below
+            return softmax(x, -3 if x.ndim - 1 >= 3 else -1)
+        return softmax(x, _batch_axis(layer.softmaxND.axis, x.ndim - 1))
     raise ModelFileError(
         f"Layer {layer.name!r} has type {kind!r}, which the numpy evaluator does not support."
     )
@@ -131,27 +146,74 @@ def evaluate_spec(spec: Any, inputs: Mapping[str, np.ndarray], *,
         if on_layer is not None:
             on_layer(layer, blobs)
     wanted = list(outputs) if outputs is not None else [o.name for o in spec.description.output]
+    label = spec.description.predictedFeatureName
+    if label in wanted and label not in blobs:  # a classifier's label: the likeliest class
+        labels = class_labels_of(spec)
+        probabilities = blobs[spec.description.predictedProbabilitiesName]
+        blobs[label] = np.asarray(labels, dtype=object)[probabilities.argmax(axis=-1)]
     unknown = [w for w in wanted if w not in blobs]
     if unknown:
         raise ModelFileError(f"The model produces no blob named {unknown!r}.")
     return {w: blobs[w] for w in wanted}
 
 
-def predict_frame(spec: Any, frame: pd.DataFrame) -> np.ndarray:
-    """The model's single output for each record of ``frame`` (raw field values)."""
-    names = input_names(spec)
-    missing = [n for n in names if n not in frame.columns]
-    if missing:
-        raise ValidationError(f"Missing column(s) {missing!r}; the model reads {names!r}.")
+def class_labels_of(spec: Any) -> list[Any]:
+    """A classifier's class labels, in the order of its probabilities (``[]`` otherwise)."""
+    if spec.WhichOneof("Type") != "neuralNetworkClassifier":
+        return []
+    network = spec.neuralNetworkClassifier
+    kind = network.WhichOneof("ClassLabels")
+    return list(getattr(network, kind).vector) if kind else []
+
+
+def _featurizer(spec: Any) -> Any:
+    from dmt_model.features import Featurizer
+
+    text = spec.description.metadata.userDefined.get("dmt.featurizer")
+    return Featurizer.from_json(text) if text else None
+
+
+def frame_inputs(spec: Any, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The model's inputs from ``frame``'s raw values: a number per scalar input, an array per
+    image input (``[n, *shape]``); anything missing, non-numeric, non-finite or of the wrong
+    shape raises :class:`ValidationError` naming the column and the row."""
+    featurizer = _featurizer(spec)
     values = {}
-    for name in names:
+    for feature in spec.description.input:
+        name = feature.name
+        if name not in frame.columns:
+            names = input_names(spec)
+            raise ValidationError(f"Missing column(s) {[n for n in names if n not in frame]!r}; "
+                                  f"the model reads {names!r}.")
+        shape = tuple(feature.type.multiArrayType.shape)
         try:
-            column = frame[name].to_numpy(dtype=np.float64)
+            if shape in ((), (1,)):
+                column = featurizer.model_input(name, frame[name]) if featurizer is not None \
+                    and name in featurizer.categorical_fields else \
+                    frame[name].to_numpy(dtype=np.float64)
+            else:
+                column = np.stack([np.asarray(v, dtype=np.float64).reshape(shape)
+                                   for v in frame[name].tolist()]) if len(frame) else \
+                    np.zeros((0, *shape))
         except (TypeError, ValueError):
-            raise ValidationError(f"Column {name!r} must hold numbers.") from None
-        if not np.isfinite(column).all():
-            row = frame.index[int((~np.isfinite(column)).argmax())]
+            raise ValidationError(
+                f"Column {name!r} must hold numbers" + (f" (arrays of shape {shape})"
+                                                        if shape not in ((), (1,)) else "")
+                + ".") from None
+        finite = np.isfinite(column).reshape(len(frame), -1).all(axis=1)
+        if not finite.all():
+            row = frame.index[int((~finite).argmax())]
             raise ValidationError(f"Column {name!r} has NaN or infinity at row {row!r}.")
         values[name] = column
-    (output,) = evaluate_spec(spec, values).values()
+    return values
+
+
+def predict_frame(spec: Any, frame: pd.DataFrame) -> np.ndarray:
+    """The model's prediction for each record of ``frame`` (raw field values): ``[n]`` values
+    of a regressor, ``[n, classes]`` probabilities of a classifier."""
+    if spec.WhichOneof("Type") == "neuralNetworkClassifier":
+        name = spec.description.predictedProbabilitiesName
+        (output,) = evaluate_spec(spec, frame_inputs(spec, frame), outputs=[name]).values()
+        return output.reshape(len(frame), -1)
+    (output,) = evaluate_spec(spec, frame_inputs(spec, frame)).values()
     return output.reshape(len(frame))

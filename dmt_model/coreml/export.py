@@ -10,13 +10,24 @@ differently from the server:
 * each categorical input is compared (``equal``) with its vocabulary, a
   ``loadConstantND``, giving a one-hot vector (all zeros for an unknown
   value), and an ``innerProduct`` without bias holding the embedding table
-  turns it into the embedding;
+  turns it into the embedding; a vocabulary of strings is passed as the
+  value's position in it (:func:`dmt_model.features.coded_input`);
+* an image input (a MultiArray of the field's ``shape``, pixels as captured)
+  is flattened (``reshapeStatic``) and standardized with the numeric inputs;
 * the embeddings and standardized numerics are concatenated and pass through
   the dense layers: ``dense_0`` → ReLU → ``dense_1`` → ReLU → ``dense_2``,
   whose output is the *standardized* target;
 * the **personal head**, a 1 → 1 ``innerProduct`` (weight = the target's
   scale, bias = its mean), turns that into the target's units; its output is
   the target field's name.
+
+A classifier (a categorical target, :mod:`dmt_model.tasks`) is a Core ML
+``neuralNetworkClassifier``: ``dense_2`` gives one logit per class, the
+personal head is a C → C ``innerProduct`` (the identity at export), and a
+``softmax`` gives ``<target>Probability``; Core ML adds the likeliest class
+label as the output ``<target>``. Its loss is the categorical cross-entropy
+of those probabilities, and its training target is the class label itself
+(input ``<target>``, an integer or a string like the model's class labels).
 
 The updatable model carries *all* foundation weights (the reference app copied
 only the embeddings) and marks the last ``updatable_layers`` inner-product
@@ -50,6 +61,7 @@ from typing import Any, Literal
 import numpy as np
 
 from dmt_model.coreml._spec import import_coremltools, save_spec
+from dmt_model.features import coded_input
 from dmt_model.foundation import Foundation
 from dmt_privacy.errors import ValidationError
 
@@ -110,6 +122,19 @@ class UpdateSettings:
             raise ValidationError(f"momentum must be in [0, 1), got {self.momentum!r}.")
 
 
+def probabilities_name(target: str) -> str:
+    """A classifier's output of class probabilities (Core ML's ``predictedProbabilitiesName``)."""
+    return f"{target}Probability"
+
+
+def class_labels(featurizer: Any) -> list[int] | list[str]:
+    """The classes as Core ML labels: integers when every class is one, else strings."""
+    classes = featurizer.classes_
+    if all(isinstance(c, int) and not isinstance(c, bool) for c in classes):
+        return [int(c) for c in classes]
+    return [str(c) for c in classes]
+
+
 def _dense_weights(foundation: Foundation) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(layer.weight.detach().numpy().astype(np.float32),
              layer.bias.detach().numpy().astype(np.float32))
@@ -125,23 +150,37 @@ def build_spec(foundation: Foundation, *, updatable: UpdateSettings | None = Non
 
     featurizer = foundation.featurizer
     target = featurizer.target
-    inputs = [(name, datatypes.Array(1)) for name in featurizer.input_fields]
-    builder = NeuralNetworkBuilder(inputs, [(target, datatypes.Array(1))],
-                                   disable_rank5_shape_mapping=True)
+    classifier = bool(featurizer.classes_)
+    inputs = [(name, datatypes.Array(1)) for name in featurizer.categorical_fields
+              + featurizer.numeric_fields]
+    inputs += [(name, datatypes.Array(*featurizer.schema[name].shape or ()))
+               for name in featurizer.image_fields]
+    output = probabilities_name(target) if classifier else target
+    builder = NeuralNetworkBuilder(
+        inputs, [(output, datatypes.Array(len(featurizer.classes_) if classifier else 1))],
+        mode="classifier" if classifier else None, disable_rank5_shape_mapping=True)
 
-    # Standardization of the numeric inputs.
-    numeric = featurizer.numeric_fields
+    # Standardization of the numeric inputs and image pixels, one diagonal innerProduct.
+    numeric = list(featurizer.numeric_fields)
+    means, scales = [featurizer.mean_.astype(np.float64)], [featurizer.scale_.astype(np.float64)]
+    for name in featurizer.image_fields:
+        width = featurizer.image_width(name)
+        builder.add_reshape_static(f"flatten_{name}", name, f"pixels_{name}", (width,))
+        numeric.append(f"pixels_{name}")
+        pixel_mean, pixel_scale = featurizer.image_stats_[name]
+        means.append(np.full(width, pixel_mean))
+        scales.append(np.full(width, pixel_scale))
     concat_inputs: list[str] = []
     if numeric:
         raw = numeric[0]
         if len(numeric) > 1:
             raw = "numeric_raw"
             builder.add_concat_nd("numeric_raw", numeric, raw, axis=-1)
-        scale = featurizer.scale_.astype(np.float64)
+        mean, scale = np.concatenate(means), np.concatenate(scales)
         builder.add_inner_product(
             "standardize", W=np.diag(1.0 / scale).astype(np.float32),
-            b=(-featurizer.mean_ / scale).astype(np.float32),
-            input_channels=len(numeric), output_channels=len(numeric), has_bias=True,
+            b=(-mean / scale).astype(np.float32),
+            input_channels=len(scale), output_channels=len(scale), has_bias=True,
             input_name=raw, output_name="numeric_standardized")
         concat_inputs.append("numeric_standardized")
 
@@ -149,7 +188,9 @@ def build_spec(foundation: Foundation, *, updatable: UpdateSettings | None = Non
     embedded = []
     for name, embedding in zip(featurizer.categorical_fields, foundation.network.embeddings,
                                strict=True):
-        vocabulary = np.asarray(featurizer.vocabularies_[name], dtype=np.float64)
+        values = featurizer.vocabularies_[name]
+        vocabulary = np.arange(len(values), dtype=np.float64) if coded_input(values) \
+            else np.asarray(values, dtype=np.float64)
         builder.add_load_constant_nd(f"vocabulary_{name}", f"vocabulary_{name}",
                                      constant_value=vocabulary, shape=vocabulary.shape)
         builder.add_equal(f"one_hot_{name}", [name, f"vocabulary_{name}"], f"one_hot_{name}")
@@ -165,7 +206,7 @@ def build_spec(foundation: Foundation, *, updatable: UpdateSettings | None = Non
         features = "features"
         builder.add_concat_nd("features", concat_inputs, features, axis=-1)
 
-    # Dense layers, then the personal head (standardized → the target's units).
+    # Dense layers, then the personal head.
     dense = _dense_weights(foundation)
     blob = features
     for i, (weight, bias) in enumerate(dense):
@@ -178,10 +219,24 @@ def build_spec(foundation: Foundation, *, updatable: UpdateSettings | None = Non
         if not last:
             builder.add_activation(f"relu_{i}", "RELU", out, f"relu_{i}_out")
             blob = f"relu_{i}_out"
-    builder.add_inner_product(
-        HEAD, W=np.array([[featurizer.target_scale_]], dtype=np.float32),
-        b=np.array([featurizer.target_mean_], dtype=np.float32), input_channels=1,
-        output_channels=1, has_bias=True, input_name=blob, output_name=target)
+    if classifier:
+        # logits → the personal head (identity at export) → softmax → class probabilities.
+        classes = len(featurizer.classes_)
+        builder.add_inner_product(
+            HEAD, W=np.eye(classes, dtype=np.float32), b=np.zeros(classes, np.float32),
+            input_channels=classes, output_channels=classes, has_bias=True, input_name=blob,
+            output_name="personal_logits")
+        # Core ML's loss builder wants the classic softmax layer (not softmaxND) here; on a
+        # rank-1 blob it normalizes the only axis.
+        builder.add_softmax("softmax", "personal_logits", output)
+        builder.set_class_labels(class_labels(featurizer), predicted_feature_name=target,
+                                 prediction_blob=output)
+    else:
+        # The standardized prediction → the target's units.
+        builder.add_inner_product(
+            HEAD, W=np.array([[featurizer.target_scale_]], dtype=np.float32),
+            b=np.array([featurizer.target_mean_], dtype=np.float32), input_channels=1,
+            output_channels=1, has_bias=True, input_name=blob, output_name=target)
     chain = [f"{DENSE_PREFIX}{i}" for i in range(len(dense))] + [HEAD]
 
     if updatable is not None:
@@ -193,8 +248,11 @@ def build_spec(foundation: Foundation, *, updatable: UpdateSettings | None = Non
         trainable = chain[len(chain) - updatable.updatable_layers:]
         with contextlib.redirect_stdout(io.StringIO()):  # the builder prints its choices
             builder.make_updatable(trainable)
-            builder.set_mean_squared_error_loss("loss", input_feature=(target,
-                                                                       datatypes.Array(1)))
+            if classifier:  # the training target is the class label itself, named `target`
+                builder.set_categorical_cross_entropy_loss("loss", input=output)
+            else:
+                builder.set_mean_squared_error_loss("loss", input_feature=(target,
+                                                                           datatypes.Array(1)))
         batch_sizes = sorted({updatable.batch_size, 1, 8, 16, 32, 64})
         if updatable.optimizer == "sgd":
             builder.set_sgd_optimizer(SgdParams(lr=updatable.learning_rate,
@@ -237,12 +295,13 @@ def _describe(spec: Any, foundation: Foundation, *, version: str, description: s
     meta.userDefined["dmt.featurizer"] = featurizer.to_json()
     meta.userDefined["dmt.schema"] = featurizer.schema.to_json()
     meta.userDefined["dmt.schema_id"] = featurizer.schema.schema_id
+    inputs = {feature.name for feature in spec.description.input}
     for feature in list(spec.description.input) + list(spec.description.trainingInput):
         name = feature.name.removesuffix("_true")
         if name in featurizer.schema:
             text = featurizer.schema[name].description or name
             feature.shortDescription = (
-                f"raw value of {name}: {text}" if feature.name == name
+                f"raw value of {name}: {text}" if feature.name in inputs
                 else f"true value of {name} for training"
             )
     for feature in spec.description.output:

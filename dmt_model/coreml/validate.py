@@ -10,11 +10,14 @@ validator and coremltools' builder):
 2. updatable layers are ``innerProduct`` or ``convolution`` with their weights
    (and bias) marked updatable and stored as float32, not float16;
 3. exactly one loss layer; its input is produced inside the graph and its
-   target is a training input;
+   target is a training input (for a classifier's cross-entropy: its class
+   label, the ``predictedFeatureName``);
 4. between any updatable layer and the loss input only convolution,
    innerProduct, flatten, pooling, batchnorm and ReLU/sigmoid/tanh
    activations may stand (concat, embedding, reshape, add or a linear
-   activation there makes the model invalid);
+   activation there makes the model invalid), and a softmax only as the
+   layer whose output a categorical cross-entropy loss reads (Core ML's rule
+   for that loss: its input must be a softmax's output);
 5. the updatable layers are a contiguous suffix: no non-updatable
    innerProduct/convolution between an updatable layer and the loss
    (coremltools #1983: such a model fails to compile on device);
@@ -100,8 +103,15 @@ def validate_updatable(spec: Any) -> None:
         _fail(f"loss layer {loss.name!r} reads {typed_loss.input!r}, which no layer produces; "
               "the loss input must be computed inside the graph.")
     training_inputs = {feature.name for feature in spec.description.trainingInput}
-    if typed_loss.target not in training_inputs:
-        _fail(f"the loss target {typed_loss.target!r} is not a training input.")
+    # An updatable classifier learns from its class label: coremltools names the loss's
+    # target `<probabilities>_true` but adds the label (predictedFeatureName) as the training
+    # input, as in Apple's updatable MNIST classifier.
+    target = typed_loss.target
+    if spec.WhichOneof("Type") == "neuralNetworkClassifier" and \
+            loss_kind == "categoricalCrossEntropyLossLayer":
+        target = spec.description.predictedFeatureName
+    if target not in training_inputs:
+        _fail(f"the loss target {target!r} is not a training input.")
 
     # Walk back from the loss input: every layer on a path from an updatable
     # layer to the loss must be allowed there, and be updatable if it has weights.
@@ -127,7 +137,16 @@ def validate_updatable(spec: Any) -> None:
         seen[blob] = reaches or bool(layer.isUpdatable)
         return seen[blob]
 
-    if not upstream_updatable(typed_loss.input, {}):
+    if loss_kind == "categoricalCrossEntropyLossLayer":
+        softmax = produced[typed_loss.input]
+        if _layer_type(softmax) not in ("softmax", "softmaxND"):
+            _fail(f"the categorical cross-entropy loss reads {typed_loss.input!r}, the output of "
+                  f"a {_layer_type(softmax)} layer; it must read a softmax's output.")
+        # The softmax is allowed between the updatable layers and this loss: start above it.
+        loss_inputs = list(softmax.input)
+    else:
+        loss_inputs = [typed_loss.input]
+    if not any([upstream_updatable(blob, {}) for blob in loss_inputs]):
         _fail(f"no updatable layer lies upstream of the loss input {typed_loss.input!r}.")
 
     optimizer_kind = params.optimizer.WhichOneof("OptimizerType")

@@ -264,8 +264,9 @@ class ModelRegistry:
                 release_valid_for: timedelta = timedelta(days=30)) -> ModelVersion:
         """Save ``foundation`` and its updatable Core ML model as the next version.
 
-        With ``validation_data``, the version is published only if its RMSE on
-        it is at most ``(1 + tolerance)`` × the current published version's
+        With ``validation_data``, the version is published only if its error on
+        it (the task's headline error: RMSE for a regression, log loss for a
+        classification) is at most ``(1 + tolerance)`` × the current published version's
         (the first version is always published); otherwise it is saved with
         ``status="refused"``. Check ``version.published``.
 
@@ -287,9 +288,9 @@ class ModelRegistry:
             if current is not None:
                 previous = Foundation.load(self.path(current.foundation_file))
                 before = self._evaluate(previous, validation_data, "validation_data")
-                validation["current_rmse"] = before["rmse"]
+                validation.update({f"current_{k}": v for k, v in before.items() if k != "n"})
                 validation["current_version"] = float(current.version)
-                if not validation["rmse"] <= before["rmse"] * (1 + tolerance):
+                if not validation["error"] <= before["error"] * (1 + tolerance):
                     status = "refused"
         stem = f"foundation-v{number}"
         foundation.save(self.folder / f"{stem}.npz")
@@ -352,7 +353,7 @@ class ModelRegistry:
         if len(data) == 0:
             raise ValidationError(f"{what} is empty; pass records the server keeps aside.")
         metrics = foundation.evaluate(data)
-        return {"rmse": metrics.rmse, "mae": metrics.mae, "n": float(metrics.n)}
+        return {**{k: float(v) for k, v in asdict(metrics).items()}, "error": metrics.error}
 
 
 def validation_split(proxy: pd.DataFrame, *, fraction: float = 0.2,

@@ -1,0 +1,247 @@
+"""What a model learns: the one place that says what a task is.
+
+A task is read off the schema (:func:`task_for`): a numeric target makes a
+:class:`Regression`, a categorical one a :class:`Classification`. Everything
+else about the model follows from the schema's inputs and is the same for
+every task (:mod:`dmt_model.features`, :mod:`dmt_model.foundation`): numeric
+fields and image pixels are standardized, categorical fields and texts become
+one-hot or bag-of-tokens vectors feeding embeddings, and a multilayer
+perceptron maps their concatenation to the task's outputs.
+
+A task says
+
+* how many outputs the network has (:meth:`Task.output_units`);
+* what the training loss compares those outputs with, and the loss itself,
+  per record and free of the target's units (:meth:`Task.training_target`,
+  :meth:`Task.record_loss`);
+* how outputs become predictions (:meth:`Task.predictions`): the target in its
+  own units for a regression, class probabilities for a classification;
+* how predictions are scored: :meth:`Task.metrics` for people and
+  :meth:`Task.record_errors`, a per-record loss (lower is better) that the
+  device's keep-or-discard rule and the server's gate compare.
+
+=========================  ==========================  ==============================
+                           Regression                  Classification
+=========================  ==========================  ==============================
+outputs                    1: the standardized target  one logit per class
+training loss              ``((ŷ − y) / scale)²``      cross-entropy of the softmax
+prediction                 ``z · scale + mean``        softmax probabilities
+metrics                    RMSE, MAE                   accuracy, macro-F1, log loss
+per-record error           squared error               log loss ``−log p(y)``
+Core ML                    personal head 1→1, MSE      personal head C→C, softmax, CCE
+=========================  ==========================  ==============================
+
+Labels released under k-ary randomized response (keep probability ``p``,
+flip probability ``q``) are learned with the *forward correction* of Patrini
+et al. (2017): the model's probability of the *reported* label is
+``q + (p − q) · P(label)``, and the loss is its negative logarithm, whose
+minimizer is the model of the true labels.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from dmt_privacy.errors import SchemaError
+from dmt_privacy.schema import Kind, Schema
+
+if TYPE_CHECKING:
+    from dmt_model.features import Featurizer
+
+__all__ = [
+    "Classification",
+    "ClassificationMetrics",
+    "Metrics",
+    "Regression",
+    "Task",
+    "classification_metrics",
+    "regression_metrics",
+    "task_for",
+]
+
+#: Probabilities are clipped to [PROBABILITY_FLOOR, 1] before a logarithm is taken, so one
+#: confident mistake costs at most −log(1e-7) ≈ 16 rather than infinity.
+PROBABILITY_FLOOR = 1e-7
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Regression test error in the target's units. RMSE = sqrt(mean((ŷ − y)²))."""
+
+    rmse: float
+    mae: float
+    n: int
+
+    @property
+    def error(self) -> float:
+        """The headline error, lower is better (RMSE)."""
+        return self.rmse
+
+    def summary(self) -> str:
+        return f"RMSE {self.rmse:.4g}, MAE {self.mae:.4g} on {self.n} records"
+
+
+@dataclass(frozen=True)
+class ClassificationMetrics:
+    """Classification test scores: accuracy, macro-averaged F1, mean log loss (natural log)."""
+
+    accuracy: float
+    macro_f1: float
+    log_loss: float
+    n: int
+
+    @property
+    def error(self) -> float:
+        """The headline error, lower is better (log loss: a proper scoring rule)."""
+        return self.log_loss
+
+    def summary(self) -> str:
+        return (f"accuracy {self.accuracy:.4f}, macro-F1 {self.macro_f1:.4f}, "
+                f"log loss {self.log_loss:.4f} on {self.n} records")
+
+
+def regression_metrics(predicted: np.ndarray, actual: np.ndarray) -> Metrics:
+    error = np.asarray(predicted, dtype=np.float64) - np.asarray(actual, dtype=np.float64)
+    return Metrics(rmse=float(np.sqrt(np.mean(error**2))), mae=float(np.mean(np.abs(error))),
+                   n=int(error.size))
+
+
+def _log_losses(probabilities: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    chosen = np.asarray(probabilities, np.float64)[np.arange(len(classes)), classes]
+    return -np.log(np.clip(chosen, PROBABILITY_FLOOR, 1.0))
+
+
+def classification_metrics(probabilities: np.ndarray, actual: np.ndarray) -> ClassificationMetrics:
+    """Scores of class probabilities ``[n, C]`` against true class indices ``[n]``.
+
+    Macro-F1 averages the F1 of the classes that occur in ``actual`` or in the
+    predictions (scikit-learn's convention).
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    actual = np.asarray(actual, dtype=np.int64)
+    predicted = probabilities.argmax(axis=1)
+    scores = []
+    for c in np.union1d(actual, predicted):
+        tp = float(np.sum((predicted == c) & (actual == c)))
+        fp = float(np.sum((predicted == c) & (actual != c)))
+        fn = float(np.sum((predicted != c) & (actual == c)))
+        scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    return ClassificationMetrics(accuracy=float(np.mean(predicted == actual)),
+                                 macro_f1=float(np.mean(scores)),
+                                 log_loss=float(np.mean(_log_losses(probabilities, actual))),
+                                 n=int(actual.size))
+
+
+class Task(ABC):
+    """What the foundation network learns (module docstring)."""
+
+    kind: ClassVar[str]
+
+    @abstractmethod
+    def output_units(self, featurizer: Featurizer) -> int:
+        """How many numbers the network outputs."""
+
+    @abstractmethod
+    def training_target(self, featurizer: Featurizer, target: np.ndarray) -> np.ndarray:
+        """What the loss compares the outputs with, from :meth:`Featurizer.target_values`."""
+
+    @abstractmethod
+    def record_loss(self, network: Any, outputs: Any, target: Any,
+                    label_noise: Any = None) -> Any:
+        """The training loss of each record (torch), without the target's units."""
+
+    @abstractmethod
+    def predictions(self, network: Any, outputs: Any) -> Any:
+        """Network outputs (torch) to predictions: target values or class probabilities."""
+
+    @abstractmethod
+    def metrics(self, predicted: np.ndarray, actual: np.ndarray) -> Metrics | ClassificationMetrics:
+        """Scores of predictions against :meth:`Featurizer.target_values`."""
+
+    @abstractmethod
+    def record_errors(self, predicted: np.ndarray, actual: np.ndarray) -> np.ndarray:
+        """Per-record error of predictions (float64, lower is better)."""
+
+
+class Regression(Task):
+    """A numeric target, learned standardized (scale-free: see :mod:`dmt_model.foundation`)."""
+
+    kind = "regression"
+
+    def output_units(self, featurizer: Featurizer) -> int:
+        return 1
+
+    def training_target(self, featurizer: Featurizer, target: np.ndarray) -> np.ndarray:
+        # Computed in float64: the same data in other units trains bit for bit the same network.
+        standardized = (np.asarray(target, np.float64) - featurizer.target_mean_) \
+            / featurizer.target_scale_
+        return standardized.astype(np.float32)
+
+    def record_loss(self, network: Any, outputs: Any, target: Any,
+                    label_noise: Any = None) -> Any:
+        return (outputs.squeeze(1) - target) ** 2
+
+    def predictions(self, network: Any, outputs: Any) -> Any:
+        return outputs.squeeze(1) * network.target_scale + network.target_mean
+
+    def metrics(self, predicted: np.ndarray, actual: np.ndarray) -> Metrics:
+        return regression_metrics(predicted, actual)
+
+    def record_errors(self, predicted: np.ndarray, actual: np.ndarray) -> np.ndarray:
+        return (np.asarray(predicted, np.float64) - np.asarray(actual, np.float64)) ** 2
+
+
+class Classification(Task):
+    """A categorical target: one logit per class, softmax, cross-entropy."""
+
+    kind = "classification"
+
+    def output_units(self, featurizer: Featurizer) -> int:
+        return len(featurizer.classes_)
+
+    def training_target(self, featurizer: Featurizer, target: np.ndarray) -> np.ndarray:
+        return np.asarray(target, dtype=np.int64)
+
+    def record_loss(self, network: Any, outputs: Any, target: Any,
+                    label_noise: Any = None) -> Any:
+        import torch
+
+        if label_noise is None:
+            return torch.nn.functional.cross_entropy(outputs, target, reduction="none")
+        keep, flip = label_noise  # per record; (1, 0) for a label released as it is
+        chosen = torch.softmax(outputs, dim=1).gather(1, target[:, None]).squeeze(1)
+        return -torch.log(torch.clamp(flip + (keep - flip) * chosen, min=PROBABILITY_FLOOR))
+
+    def predictions(self, network: Any, outputs: Any) -> Any:
+        import torch
+
+        return torch.softmax(outputs, dim=1)
+
+    def metrics(self, predicted: np.ndarray, actual: np.ndarray) -> ClassificationMetrics:
+        return classification_metrics(predicted, actual)
+
+    def record_errors(self, predicted: np.ndarray, actual: np.ndarray) -> np.ndarray:
+        return _log_losses(predicted, np.asarray(actual, dtype=np.int64))
+
+
+REGRESSION = Regression()
+CLASSIFICATION = Classification()
+
+
+def task_for(schema: Schema) -> Task:
+    """The task a schema describes: its target's kind decides."""
+    target = schema.target
+    if target is None:
+        raise SchemaError(f"Schema {schema.name!r} has no field with role 'target', so it "
+                          "describes no task; give one field role='target'.")
+    if target.kind is Kind.NUMERIC:
+        return REGRESSION
+    if target.kind is Kind.CATEGORICAL:
+        return CLASSIFICATION
+    raise SchemaError(
+        f"Target {target.name!r} is a {target.kind.value} field; a model learns a numeric "
+        "target (regression) or a categorical one (classification).")

@@ -1,0 +1,210 @@
+"""Tasks beyond one regression: a classifier with categorical, numeric and image inputs goes
+through training, Core ML export, the numpy evaluator, the validator, the emulated update and
+personalize(), each checked the way the regression is."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dmt_model.coreml import UpdateSettings, build_spec, export_coreml, get_inner_product, load_spec
+from dmt_model.coreml.evaluate import evaluate_spec, frame_inputs, predict_frame
+from dmt_model.coreml.validate import validate_updatable
+from dmt_model.foundation import Foundation, TrainingConfig, train_foundation
+from dmt_model.personalize import batch_order, personalize, update_spec, with_prior
+from dmt_model.tasks import Classification, Regression, classification_metrics, task_for
+from dmt_privacy.errors import (
+    SchemaError,
+    UnknownCategoryError,
+    UpdatableModelError,
+    ValidationError,
+)
+from dmt_privacy.schema import Field, Schema
+
+CLASSES = ("low", "mid", "high")
+SCHEMA = Schema((
+    Field("x", "numeric", bounds=(-5.0, 5.0)),
+    Field("colour", "categorical", categories=("red", "green", "blue")),
+    Field("patch", "image", shape=(4, 4)),
+    Field("level", "categorical", "target", categories=CLASSES),
+), name="toy-classification")
+
+
+def _records(n: int, seed: int, *, flip: bool = False) -> pd.DataFrame:
+    """A label that depends on the image's corner pixel, x and the colour; ``flip`` swaps
+    'low' and 'mid' (a user whose labels differ from the population's)."""
+    rng = np.random.default_rng(seed)
+    patch = rng.integers(0, 256, size=(n, 4, 4)).astype(np.uint8)
+    x = rng.normal(size=n)
+    colour = rng.choice(["red", "green", "blue"], n)
+    bright = patch[:, 0, 0] > 160
+    low, mid = ("mid", "low") if flip else ("low", "mid")
+    label = np.where(bright, "high", np.where(x + (colour == "red") > 0.3, mid, low))
+    return pd.DataFrame({"x": x, "colour": colour, "patch": list(patch), "level": label})
+
+
+@pytest.fixture(scope="module")
+def classifier() -> Foundation:
+    return train_foundation(_records(400, 0), SCHEMA, TrainingConfig(epochs=40, seed=0))
+
+
+def test_the_schema_says_which_task():
+    assert isinstance(task_for(SCHEMA), Classification)
+    numeric = SCHEMA.evolve(fields=(*SCHEMA.fields[:3], Field("level", "numeric", "target")))
+    assert isinstance(task_for(numeric), Regression)
+    with pytest.raises(SchemaError, match="no field with role 'target'"):
+        task_for(SCHEMA.select(["x"]))
+
+
+def test_classifier_learns_and_reports_classification_metrics(classifier):
+    metrics = classifier.evaluate(_records(300, 1))
+    assert metrics.accuracy > 0.8 and metrics.macro_f1 > 0.7
+    assert metrics.error == metrics.log_loss
+    probabilities = classifier.predict(_records(5, 2))
+    assert probabilities.shape == (5, 3)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-6)
+
+
+def test_classification_metrics_by_hand():
+    p = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    m = classification_metrics(p, np.array([0, 1, 1]))
+    assert m.accuracy == pytest.approx(2 / 3)
+    # class 0: tp 1 fp 1 fn 0 → 2/3; class 1: tp 1 fp 0 fn 1 → 2/3
+    assert m.macro_f1 == pytest.approx(2 / 3)
+    assert m.log_loss == pytest.approx(-(np.log(0.9) + np.log(0.8) + np.log(0.4)) / 3)
+
+
+def test_save_and_load_round_trip(classifier, tmp_path):
+    path = classifier.save(tmp_path / "classifier.npz")
+    again = Foundation.load(path)
+    data = _records(50, 3)
+    np.testing.assert_array_equal(again.predict(data), classifier.predict(data))
+    assert again.featurizer.classes_ == list(CLASSES)
+
+
+def test_exported_classifier_equals_torch_on_all_rows(classifier):
+    data = _records(300, 4)
+    for updatable in (None, UpdateSettings()):
+        spec = build_spec(classifier, updatable=updatable)
+        assert spec.WhichOneof("Type") == "neuralNetworkClassifier"
+        got = predict_frame(spec, data)
+        np.testing.assert_allclose(got, classifier.predict(data), rtol=1e-5, atol=1e-6)
+    labels = evaluate_spec(spec, frame_inputs(spec, data), outputs=["level"])["level"]
+    expected = np.array(CLASSES)[classifier.predict(data).argmax(axis=1)]
+    assert (labels == expected).all()
+    # The string category enters the model as its position in the schema's categories.
+    assert list(frame_inputs(spec, data.iloc[:3])["colour"]) == [
+        ["red", "green", "blue"].index(c) for c in data["colour"].iloc[:3]]
+
+
+def test_updatable_classifier_passes_the_validator_and_learns_from_its_label(classifier, tmp_path):
+    path = export_coreml(classifier, tmp_path / "c.mlmodel", updatable=UpdateSettings())
+    spec = load_spec(path)
+    validate_updatable(spec)
+    assert [f.name for f in spec.description.trainingInput][-1] == "level"
+    loss = spec.neuralNetworkClassifier.updateParams.lossLayers[0]
+    assert loss.WhichOneof("LossLayerType") == "categoricalCrossEntropyLossLayer"
+
+
+def test_a_frozen_layer_between_an_updatable_one_and_the_loss_is_refused(classifier):
+    spec = build_spec(classifier, updatable=UpdateSettings(updatable_layers=2))
+    head = next(la for la in spec.neuralNetworkClassifier.layers if la.name == "personal_head")
+    head.isUpdatable = False
+    head.innerProduct.weights.isUpdatable = False
+    head.innerProduct.bias.isUpdatable = False
+    with pytest.raises(UpdatableModelError, match="personal_head.*contiguous suffix"):
+        validate_updatable(spec)
+
+
+def _torch_head_fine_tune(spec, frame, *, epochs, lr, batch_size):
+    """An independent plain-torch fine-tune of the classifier's head: softmax cross-entropy."""
+    (logits,) = evaluate_spec(spec, frame_inputs(spec, frame), outputs=["dense_2_out"]).values()
+    weight, bias = get_inner_product(spec, "personal_head")
+    head = torch.nn.Linear(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(weight))
+        head.bias.copy_(torch.from_numpy(bias))
+    opt = torch.optim.SGD(head.parameters(), lr=lr)
+    x = torch.from_numpy(logits)
+    y = torch.from_numpy(pd.Categorical(frame["level"], categories=CLASSES).codes.astype(np.int64))
+    for batches in batch_order(len(frame), batch_size=batch_size, epochs=epochs, shuffle=True,
+                               seed=0):
+        for index in batches:
+            index = torch.from_numpy(index)
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(head(x[index]), y[index]).backward()
+            opt.step()
+    return head.weight.detach().numpy(), head.bias.detach().numpy()
+
+
+@pytest.mark.parametrize("batch_size", [1, 8])
+def test_emulated_update_equals_a_plain_torch_fine_tune(classifier, batch_size):
+    spec = build_spec(classifier, updatable=UpdateSettings(learning_rate=0.05,
+                                                          batch_size=batch_size))
+    records = _records(40, 5, flip=True)
+    updated, history = update_spec(spec, records, epochs=1)
+    weight, bias = _torch_head_fine_tune(spec, records, epochs=1, lr=0.05, batch_size=batch_size)
+    got_w, got_b = get_inner_product(updated, "personal_head")
+    assert not np.allclose(got_w, np.eye(3))  # the update did something
+    np.testing.assert_allclose(got_w, weight, rtol=1e-5, atol=1e-5 * np.abs(weight).max())
+    np.testing.assert_allclose(got_b, bias, rtol=1e-5, atol=1e-5 * np.abs(bias).max())
+    assert len(history.epoch_losses) == 1
+
+
+def test_anchor_records_carry_the_models_likeliest_class(classifier):
+    spec = build_spec(classifier, updatable=UpdateSettings())
+    records = _records(6, 6)
+    anchored = with_prior(spec, records, 4)
+    expected = np.array(CLASSES)[predict_frame(spec, records.iloc[:4]).argmax(axis=1)]
+    assert list(anchored["level"].iloc[6:]) == list(expected)
+
+
+def test_personalize_learns_a_users_own_labels_and_never_keeps_a_worse_model(classifier,
+                                                                              tmp_path):
+    path = export_coreml(classifier, tmp_path / "personal.mlmodel", updatable=UpdateSettings())
+    user_train, user_test = _records(30, 7, flip=True), _records(200, 8, flip=True)
+    before = classification_metrics(predict_frame(load_spec(path), user_test),
+                                    classifier.featurizer.target_values(user_test))
+    result = personalize(path, user_train)
+    after = classification_metrics(predict_frame(load_spec(path), user_test),
+                                   classifier.featurizer.target_values(user_test))
+    assert result.accepted, result.reason
+    assert result.holdout_loss_after < result.holdout_loss_before
+    assert after.accuracy > before.accuracy + 0.1
+
+    # A user whose labels are the population's gains nothing; the model is not made worse.
+    same = export_coreml(classifier, tmp_path / "same.mlmodel", updatable=UpdateSettings())
+    original = same.read_bytes()
+    result = personalize(same, _records(30, 9))
+    if not result.accepted:
+        assert same.read_bytes() == original
+
+
+@pytest.mark.parametrize("change, error, match", [
+    (lambda r: r.assign(level=["unheard-of"] * len(r)), UnknownCategoryError,
+     r"'level'.*'unheard-of'"),
+    (lambda r: r.assign(patch=[np.zeros((4, 5))] * len(r)), ValidationError,
+     r"'patch'.*\(4, 5\).*\(4, 4\)"),
+    (lambda r: r.assign(patch=[np.zeros((4, 4, 3))] * len(r)), ValidationError,
+     r"'patch'.*\(4, 4, 3\)"),
+])
+def test_bad_records_are_named_and_nothing_is_written(classifier, tmp_path, change, error, match):
+    path = export_coreml(classifier, tmp_path / "p.mlmodel", updatable=UpdateSettings())
+    original = path.read_bytes()
+    with pytest.raises(error, match=match):
+        personalize(path, change(_records(10, 10)))
+    assert path.read_bytes() == original
+
+
+def test_a_regression_still_learns_the_same_network_whatever_the_targets_units(boston):
+    from dmt_model.datasets import BOSTON_SCHEMA
+
+    small = boston.iloc[:120]
+    config = TrainingConfig(epochs=3, seed=0)
+    a = train_foundation(small, BOSTON_SCHEMA, config)
+    b = train_foundation(small.assign(MEDV=small["MEDV"] * 1000), BOSTON_SCHEMA, config)
+    for (_, wa), (_, wb) in zip(a.network.state_dict().items(), b.network.state_dict().items(),
+                                strict=True):
+        assert torch.equal(wa, wb)
