@@ -72,8 +72,11 @@ CLASSES = [(pd.Interval(20.0, 29.0, closed="both"), frozenset({"a", "b"})),
 
 
 def make_envelopes(n: int, public_key: ServerPublicKey, *, records: int = 3,
-                   seed: int = 0) -> list[tuple[str, bytes]]:
-    """(package id, sealed bytes) of ``n`` valid packages of ``records`` records each."""
+                   seed: int = 0, tokens: Sequence[Any] | None = None) -> list[tuple[str, bytes]]:
+    """(package id, sealed bytes) of ``n`` valid packages of ``records`` records each.
+
+    ``tokens``: one Privacy Pass token per package (a policy with ``tokens_per_period``).
+    """
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
@@ -83,7 +86,8 @@ def make_envelopes(n: int, public_key: ServerPublicKey, *, records: int = 3,
             "note": [f"note-{i}-{j}" for j in range(records)],
             "score": [float(rng.uniform(0, 1000)) for _ in range(records)],
         }, PrivacyReceipt(k=3))
-        out.append((package.package_id, seal_package(package, public_key)))
+        token = None if tokens is None else tokens[i]
+        out.append((package.package_id, seal_package(package, public_key, token=token)))
     return out
 
 
