@@ -86,7 +86,13 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from dmt_privacy.anonymity.release import ReleaseRule
 from dmt_privacy.errors import DMTError, InvalidPackage, ValidationError
 from dmt_privacy.package import PrivacyReceipt, decode_package
-from dmt_privacy.seal import ServerKeyring, ServerPrivateKey, open_sealed, seal
+from dmt_privacy.seal import (
+    ServerKeyring,
+    ServerPrivateKey,
+    envelope_key_id,
+    open_sealed,
+    seal,
+)
 
 __all__ = [
     "CLASSES",
@@ -466,6 +472,35 @@ class SharedStore:
         if key_id not in self._keys:
             self._keys[key_id] = self._unwrap(key_id, wrapped)
         return self._keys[key_id]
+
+    def rewrap(self) -> int:
+        """Re-seal every wrapped secret (data keys, token issuer keys) to the current key.
+
+        After a rotation (a :class:`~dmt_privacy.seal.ServerKeyring` with the new key
+        first), this lets the old private key be retired: nothing in the database is
+        sealed to it any more. One transaction; returns how many secrets moved.
+        """
+        from dmt_model.server.issuer import TOKEN_KEY_INFO
+
+        public = self.keyring.public_key()
+        moved = 0
+        with self.engine.begin() as conn:
+            for table, key_column, info in ((DATA_KEYS, "key_id", DATA_KEY_INFO),
+                                            (TOKEN_KEYS, "epoch", TOKEN_KEY_INFO)):
+                for ident, wrapped in conn.execute(
+                        select(table.c[key_column], table.c.wrapped)).all():
+                    if envelope_key_id(wrapped) == public.key_id:
+                        continue
+                    try:
+                        secret = open_sealed(wrapped, self.keyring, info=info)
+                    except InvalidPackage:
+                        raise DMTError(
+                            f"{table.name} {ident} cannot be unwrapped with the key(s) "
+                            f"{list(self.keyring.key_ids)}; nothing was re-wrapped.") from None
+                    conn.execute(update(table).where(table.c[key_column] == ident).values(
+                        wrapped=seal(secret, public, info=info)))
+                    moved += 1
+        return moved
 
     # --- releasing --------------------------------------------------------------------
     def _data_key_or_none(self, key_id: str) -> DataKey | None:

@@ -102,3 +102,16 @@ def test_keyring_of_nothing_is_a_clear_error(keys):
 
     with pytest.raises(ValidationError, match="ServerPrivateKey"):
         ServerKeyring(keys)
+
+
+def test_rewrap_lets_the_old_key_be_retired(tmp_path):
+    old, new = generate_server_key(), generate_server_key()
+    db = f"sqlite:///{tmp_path / 's.db'}"
+    ingest([seal_package(package(i), old.public_key()) for i in range(3)], db, old, POLICY)
+    assert SharedStore(db, ServerKeyring([new, old])).rewrap() == 1  # the one data key
+    assert SharedStore(db, ServerKeyring([new, old])).rewrap() == 0  # already the new key's
+    assert len(SharedStore(db, new).frame("all")) == 9  # the old key is no longer needed
+    from dmt_privacy.errors import DMTError
+
+    with pytest.raises(DMTError, match="nothing was re-wrapped"):
+        SharedStore(db, generate_server_key()).rewrap()
