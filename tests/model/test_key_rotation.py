@@ -8,27 +8,18 @@ ones opens each package with the one key it names.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import logging
 
 import pytest
-from test_ingest import POLICY, package
+from test_ingest import POLICY, _run_cli, package
 
-from dmt_model.cli import ingest as cli_ingest
 from dmt_model.server import SharedStore, ingest
 from dmt_privacy.package import seal_package
 from dmt_privacy.release import generate_release_key, sign_release, verify_release
 from dmt_privacy.seal import ServerKeyring, envelope_key_id, generate_server_key
 
 NOW = dt.datetime(2026, 11, 30, tzinfo=dt.timezone.utc)
-
-
-def _run_cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="dmt")
-    cli_ingest.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return int(args.func(args))
 
 
 def test_a_rotated_server_opens_old_and_new_envelopes_and_its_old_data(tmp_path):
