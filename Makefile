@@ -103,7 +103,7 @@ $(RISK_STAMP):
 	touch $(RISK_STAMP)
 
 BENCHMARKS := model_quality kanon_adult kanon_scaling ldp_throughput modify_throughput \
-	sharing_crypto sharing_pipeline federated_baseline server_load
+	sharing_crypto sharing_pipeline federated_baseline server_load startup
 
 # Every benchmark writes benchmarks/results/*.json (and plots); server_load uses the same
 # throwaway PostgreSQL cluster as the tests.

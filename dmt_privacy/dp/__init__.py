@@ -15,26 +15,64 @@ CSPRNG; ``random_state=<int>`` is NOT secure and exists for tests.
 On the server, :func:`estimate_mean` and :func:`estimate_frequencies` are the
 unbiased estimators for what was perturbed, and :func:`dp_mean` and
 :func:`dp_histogram` (diffprivlib) release central-DP aggregates.
+
+Importing the package is cheap: each name below is imported from its submodule
+when first used (:mod:`dmt_privacy._lazy`), so scikit-learn and scipy load only
+with a transformer.
 """
 
-from dmt_privacy.dp.aggregates import dp_histogram, dp_mean
-from dmt_privacy.dp.categorical import RandomizedResponse, UnaryEncoding
-from dmt_privacy.dp.estimators import (
-    FrequencyEstimate,
-    MeanEstimate,
-    estimate_frequencies,
-    estimate_mean,
-)
-from dmt_privacy.dp.ledger import UNACCOUNTED, LedgerEntry, PrivacyLedger, Spend, Unaccounted
-from dmt_privacy.dp.numeric import DiscreteGaussian, DiscreteLaplace, grid_units
-from dmt_privacy.dp.perturber import LocalDPPerturber, Release, release_epsilon
-from dmt_privacy.dp.random import (
-    InsecureRandomnessWarning,
-    RandomSource,
-    SeededInsecureSource,
-    SystemSource,
-)
-from dmt_privacy.dp.receipt import FieldReceipt, ReleaseReceipt
+from typing import TYPE_CHECKING
+
+from dmt_privacy._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from dmt_privacy.dp.aggregates import dp_histogram, dp_mean
+    from dmt_privacy.dp.categorical import RandomizedResponse, UnaryEncoding
+    from dmt_privacy.dp.estimators import (
+        FrequencyEstimate,
+        MeanEstimate,
+        estimate_frequencies,
+        estimate_mean,
+    )
+    from dmt_privacy.dp.ledger import UNACCOUNTED, LedgerEntry, PrivacyLedger, Spend, Unaccounted
+    from dmt_privacy.dp.numeric import DiscreteGaussian, DiscreteLaplace, grid_units
+    from dmt_privacy.dp.perturber import LocalDPPerturber, Release, release_epsilon
+    from dmt_privacy.dp.random import (
+        InsecureRandomnessWarning,
+        RandomSource,
+        SeededInsecureSource,
+        SystemSource,
+    )
+    from dmt_privacy.dp.receipt import FieldReceipt, ReleaseReceipt
+
+#: Public name -> the submodule that defines it.
+_EXPORTS = {
+    "dp_histogram": "aggregates",
+    "dp_mean": "aggregates",
+    "RandomizedResponse": "categorical",
+    "UnaryEncoding": "categorical",
+    "FrequencyEstimate": "estimators",
+    "MeanEstimate": "estimators",
+    "estimate_frequencies": "estimators",
+    "estimate_mean": "estimators",
+    "UNACCOUNTED": "ledger",
+    "LedgerEntry": "ledger",
+    "PrivacyLedger": "ledger",
+    "Spend": "ledger",
+    "Unaccounted": "ledger",
+    "DiscreteGaussian": "numeric",
+    "DiscreteLaplace": "numeric",
+    "grid_units": "numeric",
+    "LocalDPPerturber": "perturber",
+    "Release": "perturber",
+    "release_epsilon": "perturber",
+    "InsecureRandomnessWarning": "random",
+    "RandomSource": "random",
+    "SeededInsecureSource": "random",
+    "SystemSource": "random",
+    "FieldReceipt": "receipt",
+    "ReleaseReceipt": "receipt",
+}
 
 __all__ = [
     "UNACCOUNTED",
@@ -63,3 +101,5 @@ __all__ = [
     "grid_units",
     "release_epsilon",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
