@@ -101,7 +101,18 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMAND_MODULES:
         importlib.import_module(f"dmt_model.cli.{module_name}").register(subparsers)
+    _no_abbreviations(parser)
     return parser
+
+
+def _no_abbreviations(parser: argparse.ArgumentParser) -> None:
+    """One rule for every command: options are spelled in full (``--quasi`` is not
+    ``--quasi-identifiers``), so adding an option never changes what a script meant."""
+    parser.allow_abbrev = False
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _no_abbreviations(sub)
 
 
 def check_extras(extras: Sequence[str]) -> MissingDependencyError | None:
@@ -157,6 +168,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"dmt {args.command}: interrupted; nothing was replaced.", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of our output went away (`dmt ingest --json | head`): stop quietly.
+        # stdout is pointed at /dev/null so that the interpreter's final flush cannot fail.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -17,11 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dmt_model.cli._files import load_schema
-from dmt_privacy.errors import ValidationError
+from dmt_privacy.errors import DMTError, ValidationError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -215,6 +216,29 @@ def _typed(frame: pd.DataFrame, kinds: dict[str, str]) -> pd.DataFrame:
     return typed
 
 
+#: The anonymizer's parameter names, as this command's flags (its messages speak Python).
+_FLAGS = (
+    (re.compile(r"l=\S+ / t=\S+ need a sensitive column; pass sensitive=\.\.\."),
+     "--l and --t need a sensitive column: pass --sensitive COLUMN"),
+    (re.compile(r"\bpass sensitive=\.\.\."), "pass --sensitive COLUMN"),
+    (re.compile(r"\bquasi_identifiers\b"), "--quasi-identifiers"),
+    (re.compile(r"\bmax_suppression\b"), "--max-suppression"),
+    (re.compile(r"\bl_kind\b"), "--l-kind"),
+    (re.compile(r"(?<![\w-])([kltc])="), r"--\1 "),
+    (re.compile(r"(?<![\w-])([kltc]) must\b"), r"--\1 must"),
+    (re.compile(r"\bLower ([lt])\b"), r"Lower --\1"),
+    (re.compile(r"(--[a-z-]+)="), r"\1 "),
+)
+
+
+def _as_flags(message: str) -> str:
+    """A library message in the words of this command: ``max_suppression`` is
+    ``--max-suppression``, ``l=2`` is ``--l 2``."""
+    for pattern, flag in _FLAGS:
+        message = pattern.sub(flag, message)
+    return message.replace("  ", " ")
+
+
 def _finite(value: Any) -> Any:
     """A JSON-ready copy of ``value`` with NaN and infinities as ``None`` (JSON has neither)."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -286,6 +310,9 @@ def run(args: argparse.Namespace) -> int:
         for spec in schema:
             if spec.name in qis and spec.hierarchy and spec.name not in hierarchies:
                 hierarchies[spec.name] = Hierarchy.from_mapping(spec.hierarchy, name=spec.name)
+    if (args.l is not None or args.t is not None) and sensitive is None:
+        raise ValidationError("--l and --t need a sensitive column: pass --sensitive COLUMN (or "
+                              "a --schema with exactly one sensitive field).")
     anonymizer = KAnonymizer(
         qis,
         sensitive=sensitive,
@@ -297,7 +324,10 @@ def run(args: argparse.Namespace) -> int:
         hierarchies=hierarchies,
         max_suppression=args.max_suppression,
     )
-    released = anonymizer.fit_transform(typed)
+    try:
+        released = anonymizer.fit_transform(typed)
+    except DMTError as exc:
+        raise type(exc)(_as_flags(str(exc))) from None
     cell_kinds = column_kinds(anonymizer.plan_)
     table = _output_text(released, frame, qis, sensitive)
     write_released(table, args.output, cell_kinds, fmt=fmt, sep=sep, overwrite=args.force)

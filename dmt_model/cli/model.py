@@ -102,12 +102,22 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_personalize(args: argparse.Namespace) -> int:
     from dmt_model.coreml import load_spec
-    from dmt_model.personalize import UpdateEvent, personalize, read_settings
+    from dmt_model.personalize import UpdateEvent, featurizer_of, personalize, read_settings
 
     refuse_existing(args.output, args.force, source=args.records)
     records = read_records(args.records, "--records")
     holdout = read_records(args.holdout, "--holdout") if args.holdout else None
-    epochs = args.epochs or read_settings(load_spec(args.model)).epochs
+    spec = load_spec(args.model)
+    if holdout is not None:
+        # Checked first and on its own, so that an error in it names --holdout, not --records.
+        featurizer = featurizer_of(spec)
+        try:
+            featurizer.schema.validate(holdout, columns=[*featurizer.input_fields,
+                                                         featurizer.target])
+            featurizer.transform(holdout)
+        except ValidationError as exc:
+            raise _named(f"--holdout {args.holdout}", exc) from None
+    epochs = args.epochs or read_settings(spec).epochs
     with progress(total=epochs, desc="personalizing", unit="epoch") as bar:
         def on_event(event: UpdateEvent) -> None:
             if event.kind == "epoch_end":
@@ -121,7 +131,9 @@ def run_personalize(args: argparse.Namespace) -> int:
             result = personalize(args.model, records, holdout=holdout, output_path=args.output,
                                  on_event=on_event, **overrides)
         except ValidationError as exc:
-            raise _named(f"--records {args.records}", exc) from None
+            held = str(exc).startswith("holdout records:")
+            raise _named(f"--holdout {args.holdout}" if held else f"--records {args.records}",
+                         exc) from None
     if result.accepted:
         print(f"Updated {result.model_path}: {result.reason}.")
         return 0
