@@ -55,10 +55,14 @@ import pandas as pd
 from dmt_model.tasks import Task, task_for
 from dmt_privacy.errors import SchemaError, UnknownCategoryError, ValidationError
 from dmt_privacy.schema import Kind, Role, Schema
+from dmt_privacy.tokens import Tokenizer
 
 __all__ = ["FeatureBatch", "Featurizer", "coded_input"]
 
 FEATURIZER_FORMAT = 1
+#: A text field's vocabulary: the proxy texts' tokens seen at least twice, at most 5,000.
+TEXT_VOCABULARY = 5_000
+TEXT_MIN_COUNT = 2
 UnknownPolicy = Literal["error", "zero"]
 
 
@@ -144,9 +148,28 @@ class Featurizer:
                 (Role.TARGET, Role.IDENTIFIER)]
 
     @property
+    def text_fields(self) -> list[str]:
+        """Text inputs: tokenized on the device (:mod:`dmt_privacy.tokens`), a bag of tokens."""
+        return [f.name for f in self.schema if f.kind is Kind.TEXT and f.role not in
+                (Role.TARGET, Role.IDENTIFIER)]
+
+    @property
+    def bag_fields(self) -> list[str]:
+        """The inputs that feed an embedding: categorical fields (one-hot), then texts
+        (the mean of their tokens' one-hots), in :attr:`FeatureBatch.categorical`."""
+        return self.categorical_fields + self.text_fields
+
+    @property
     def input_fields(self) -> list[str]:
-        """Every raw input column in the model's order: categorical, numeric, images."""
-        return self.categorical_fields + self.numeric_fields + self.image_fields
+        """Every raw input column in the model's order: categorical, texts, numeric, images."""
+        return self.bag_fields + self.numeric_fields + self.image_fields
+
+    def bag_width(self, name: str) -> int:
+        """How wide ``name``'s one-hot or bag vector is: its categories, or its token ids
+        except padding (out-of-vocabulary is one)."""
+        if name in self.text_fields:
+            return self.tokenizers_[name].vocabulary_size - 1
+        return len(self.vocabularies_[name])
 
     @property
     def task(self) -> Task:
@@ -158,6 +181,9 @@ class Featurizer:
         if name in self.categorical_fields and coded_input(self.vocabularies_[name]):
             codes = pd.Categorical(column, categories=self.vocabularies_[name]).codes
             return codes.astype(np.float64)
+        if name in self.text_fields:  # ``[n, max_tokens]`` token ids; too long a text raises
+            return np.asarray(self.tokenizers_[name].encode_many(column.tolist(), strict=True),
+                              dtype=np.float64).reshape(len(column), -1)
         return column.to_numpy(dtype=np.float64)
 
     def image_width(self, name: str) -> int:
@@ -184,6 +210,10 @@ class Featurizer:
         if unsized:
             raise SchemaError(f"Image field(s) {unsized!r} need a shape in the schema "
                               "(Field(..., shape=(height, width))) to size the model's input.")
+        unsized = [n for n in self.text_fields if self.schema[n].max_tokens is None]
+        if unsized:
+            raise SchemaError(f"Text field(s) {unsized!r} need max_tokens in the schema "
+                              "(Field(..., max_tokens=64)) to size the model's input.")
         self.schema.validate(frame, columns=self.input_fields, allow_extra=True)
         values = frame[self.numeric_fields].to_numpy(dtype=np.float64)
         self.mean_ = values.mean(axis=0) if len(values) else np.zeros(len(self.numeric_fields))
@@ -194,6 +224,11 @@ class Featurizer:
             pixels = self._pixels(name, frame[name]) if len(frame) else np.zeros(1)
             std = float(pixels.std())
             self.image_stats_[name] = (float(pixels.mean()), std if std > 0 else 1.0)
+        self.tokenizers_: dict[str, Tokenizer] = {
+            name: Tokenizer.fit(frame[name].tolist(), max_size=TEXT_VOCABULARY,
+                                min_count=TEXT_MIN_COUNT,
+                                max_tokens=int(self.schema[name].max_tokens or 1), field=name)
+            for name in self.text_fields}
         self._fit_target(frame)
         self.vocabularies_: dict[str, list[Any]] = {}
         for name in self.categorical_fields:
@@ -267,7 +302,30 @@ class Featurizer:
         categorical = {}
         for name in self.categorical_fields:
             categorical[name] = self._one_hot(name, frame[name])
+        for name in self.text_fields:
+            categorical[name] = self._bag(name, frame[name], strict=True)
         return FeatureBatch(numeric=numeric, categorical=categorical)
+
+    def _bag(self, name: str, column: pd.Series, *, strict: bool) -> np.ndarray:
+        """Each text's tokens as the mean of their one-hots over ids 1.. (padding dropped).
+
+        ``strict``: a text longer than the field's ``max_tokens`` raises (input
+        to a model); otherwise it is truncated (released records, whose
+        synonyms may have added tokens). A missing text gives the zero vector.
+        """
+        tokenizer = self.tokenizers_[name]
+        out = np.zeros((len(column), tokenizer.vocabulary_size - 1), dtype=np.float32)
+        for i, text in enumerate(column.tolist()):
+            if text is None or (isinstance(text, float) and math.isnan(text)):
+                if strict:
+                    raise ValidationError(f"Column {name!r} has a missing text at row "
+                                          f"{column.index[i]!r}.")
+                continue
+            ids = np.asarray(tokenizer.encode(text, strict=strict))
+            ids = ids[ids > 0]
+            if len(ids):
+                np.add.at(out[i], ids - 1, np.float32(1.0 / len(ids)))
+        return out
 
     def _pixels(self, name: str, column: pd.Series) -> np.ndarray:
         """``[n, height × width × channels]`` float64 pixels; a missing image is NaN."""
@@ -408,6 +466,9 @@ class Featurizer:
                         f"got {p!r} and {q!r}.")
                 out = ((out - q) / (p - q)).astype(np.float32)
             categorical[name] = out
+        for name in self.text_fields:
+            column = frame[name] if name in frame.columns else pd.Series([None] * len(frame))
+            categorical[name] = self._bag(name, column, strict=False)
         return FeatureBatch(numeric=numeric, categorical=categorical)
 
     def released_target(self, frame: pd.DataFrame) -> np.ndarray:
@@ -471,6 +532,8 @@ class Featurizer:
             **({"images": [{"name": n, "mean": self.image_stats_[n][0],
                             "scale": self.image_stats_[n][1]} for n in self.image_fields]}
                if self.image_fields else {}),
+            **({"texts": [{"name": n, "tokenizer": self.tokenizers_[n].to_dict()}
+                          for n in self.text_fields]} if self.text_fields else {}),
         }
 
     def to_json(self) -> str:
@@ -505,6 +568,10 @@ class Featurizer:
             raise SchemaError("Featurizer JSON: image fields do not match its schema, or their "
                               "mean and scale are not finite with a positive scale.")
         featurizer.image_stats_ = images
+        featurizer.tokenizers_ = {t["name"]: Tokenizer.from_dict(t["tokenizer"])
+                                  for t in data.get("texts", [])}
+        if list(featurizer.tokenizers_) != featurizer.text_fields:
+            raise SchemaError("Featurizer JSON: text fields do not match its schema.")
         if (featurizer.schema.target is not None
                 and featurizer.schema.target.kind is Kind.CATEGORICAL) != bool(
                     featurizer.classes_):

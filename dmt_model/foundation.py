@@ -64,6 +64,8 @@ __all__ = [
 ]
 
 HIDDEN_UNITS = (64, 32)
+#: Embedding width of a text field (the mean of its tokens' embeddings).
+TEXT_EMBEDDING = 32
 
 
 def embedding_size(vocabulary_size: int) -> int:
@@ -73,20 +75,38 @@ def embedding_size(vocabulary_size: int) -> int:
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    """How the foundation is trained. The defaults are the reference app's."""
+    """How the foundation is trained. The defaults are the reference app's.
+
+    ``early_stopping``: the fraction of the training records held out (chosen
+    by ``seed``) to pick the epoch: after each epoch the held-out loss is
+    measured, training stops once it has not improved for ``patience``
+    epochs, and the weights of the best epoch are kept. ``None`` trains all
+    ``epochs`` on every record.
+    """
 
     epochs: int = 500
     batch_size: int = 32
     learning_rate: float = 1e-3
     seed: int = 0
+    early_stopping: float | None = None
+    patience: int = 20
+    hidden_units: tuple[int, ...] = HIDDEN_UNITS
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size"):
+        units = tuple(self.hidden_units)
+        if not all(isinstance(u, int) and not isinstance(u, bool) and u > 0 for u in units):
+            raise ValidationError(f"hidden_units must be positive integers (none for a linear "
+                                  f"model on the embeddings), got {self.hidden_units!r}.")
+        object.__setattr__(self, "hidden_units", units)
+        for name in ("epochs", "batch_size", "patience"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValidationError(f"{name} must be a positive integer, got {value!r}.")
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise ValidationError(f"learning_rate must be positive, got {self.learning_rate!r}.")
+        if self.early_stopping is not None and not 0 < self.early_stopping < 1:
+            raise ValidationError(f"early_stopping must be a fraction in (0, 1) or None, got "
+                                  f"{self.early_stopping!r}.")
 
 
 def _import_torch() -> Any:
@@ -102,10 +122,12 @@ def _import_torch() -> Any:
     return torch
 
 
-def network_for(featurizer: Featurizer) -> torch.nn.Module:
+def network_for(featurizer: Featurizer,
+                hidden_units: tuple[int, ...] = HIDDEN_UNITS) -> torch.nn.Module:
     """A freshly initialized foundation network for ``featurizer``'s inputs and task."""
-    return _build_network(
-        [len(featurizer.vocabularies_[n]) for n in featurizer.categorical_fields],
+    return _build_network(hidden_units,
+        [(featurizer.bag_width(n), embedding_size(featurizer.bag_width(n)) if n in
+          featurizer.categorical_fields else TEXT_EMBEDDING) for n in featurizer.bag_fields],
         len(featurizer.numeric_fields)
         + sum(featurizer.image_width(n) for n in featurizer.image_fields),
         task=featurizer.task, outputs=featurizer.task.output_units(featurizer),
@@ -117,7 +139,8 @@ def standardized_squared_error(network: Any, predicted: Any, target: Any) -> Any
     return ((predicted - target) / network.target_scale) ** 2
 
 
-def _build_network(vocabulary_sizes: list[int], n_numeric: int, *, task: Task = REGRESSION,
+def _build_network(hidden_units: tuple[int, ...], bags: list[tuple[int, int]], n_numeric: int,
+                   *, task: Task = REGRESSION,
                    outputs: int = 1, target_mean: float = 0.0,
                    target_scale: float = 1.0) -> torch.nn.Module:
     torch = _import_torch()
@@ -128,12 +151,10 @@ def _build_network(vocabulary_sizes: list[int], n_numeric: int, *, task: Task = 
         def __init__(self) -> None:
             super().__init__()
             self.task = task
-            self.embeddings = nn.ModuleList(
-                nn.Embedding(v, embedding_size(v)) for v in vocabulary_sizes
-            )
-            width = sum(embedding_size(v) for v in vocabulary_sizes) + n_numeric
+            self.embeddings = nn.ModuleList(nn.Embedding(rows, width) for rows, width in bags)
+            width = sum(width for _, width in bags) + n_numeric
             layers: list[Any] = []
-            for units in HIDDEN_UNITS:
+            for units in hidden_units:
                 layers += [nn.Linear(width, units), nn.ReLU()]
                 width = units
             layers.append(nn.Linear(width, outputs))
@@ -181,7 +202,7 @@ class Foundation:
     def _tensors(self, batch: FeatureBatch) -> list[torch.Tensor]:
         torch = _import_torch()
         return [torch.from_numpy(batch.numeric)] + [
-            torch.from_numpy(batch.categorical[n]) for n in self.featurizer.categorical_fields
+            torch.from_numpy(batch.categorical[n]) for n in self.featurizer.bag_fields
         ]
 
     @property
@@ -232,13 +253,14 @@ class Foundation:
                 f"{path} is not a dmt foundation model file ({exc}); train one with `dmt train`."
             ) from None
         featurizer = Featurizer.from_dict(meta["featurizer"])
-        network = network_for(featurizer)
+        config = TrainingConfig(**meta["config"])
+        network = network_for(featurizer, config.hidden_units)
         try:
             network.load_state_dict(weights)
         except RuntimeError as exc:
             raise ModelFileError(
                 f"{path} does not hold the weights its featurizer describes ({exc}).") from None
-        return cls(featurizer, network, TrainingConfig(**meta["config"]))
+        return cls(featurizer, network, config)
 
 
 def train_foundation(
@@ -297,7 +319,7 @@ def fit_foundation(
                 "sample_weight must hold one positive, finite weight per record "
                 f"({len(target)}), got shape {weight.shape}.")
     torch.manual_seed(config.seed)
-    network = network_for(featurizer)
+    network = network_for(featurizer, config.hidden_units)
     if initial is not None:
         network.load_state_dict(initial.network.state_dict())
     foundation = Foundation(featurizer, network, config)
@@ -321,26 +343,58 @@ def fit_foundation(
     return foundation
 
 
+def _early_stopping_split(n: int, config: TrainingConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, held-out rows); no rows are held out without early stopping."""
+    if config.early_stopping is None:
+        return np.arange(n), np.arange(0)
+    held = min(max(1, round(config.early_stopping * n)), n - 1)
+    if held < 1:
+        raise ValidationError(f"Early stopping needs at least 2 records, got {n}.")
+    order = np.random.default_rng(config.seed).permutation(n)
+    return np.sort(order[held:]), np.sort(order[:held])
+
+
+def _mean_loss(network: Any, inputs: list[Any], target: Any, weight: Any, noise: Any,
+               index: Any) -> Any:
+    torch = _import_torch()
+    losses = network.task.record_loss(
+        network, network.outputs(*(t[index] for t in inputs)), target[index],
+        None if noise is None else tuple(p[index] for p in noise))
+    if weight is None:
+        return torch.mean(losses)
+    return torch.sum(weight[index] * losses) / torch.sum(weight[index])
+
+
 def _train_epochs(network: Any, inputs: list[Any], target: Any, weight: Any, noise: Any,
                   optimizer: Any, shuffle: Any, config: TrainingConfig,
                   on_epoch_end: Callable[[int, float], None] | None) -> None:
+    import copy
+
     torch = _import_torch()
-    n = int(target.shape[0])
+    rows, held = (torch.from_numpy(a) for a in _early_stopping_split(int(target.shape[0]),
+                                                                        config))
+    n = len(rows)
+    best, best_epoch, best_state = math.inf, -1, None
     for epoch in range(config.epochs):
-        order = torch.randperm(n, generator=shuffle)
+        order = rows[torch.randperm(n, generator=shuffle)] if len(held) else \
+            torch.randperm(n, generator=shuffle)
         total = 0.0
         for start in range(0, n, config.batch_size):
             index = order[start:start + config.batch_size]
             optimizer.zero_grad()
-            losses = network.task.record_loss(
-                network, network.outputs(*(t[index] for t in inputs)), target[index],
-                None if noise is None else tuple(p[index] for p in noise))
-            if weight is None:
-                loss = torch.mean(losses)
-            else:
-                loss = torch.sum(weight[index] * losses) / torch.sum(weight[index])
+            loss = _mean_loss(network, inputs, target, weight, noise, index)
             loss.backward()
             optimizer.step()
             total += float(loss.detach()) * len(index)
         if on_epoch_end is not None:
             on_epoch_end(epoch, total / n)
+        if len(held):
+            with torch.no_grad():
+                held_loss = float(_mean_loss(network, inputs, target, weight, noise, held))
+            if held_loss < best:
+                best, best_epoch = held_loss, epoch
+                best_state = copy.deepcopy(network.state_dict())
+            elif epoch - best_epoch >= config.patience:
+                break
+    if best_state is not None:
+        network.load_state_dict(best_state)

@@ -125,11 +125,11 @@ def read_foundation(path: str | os.PathLike[str]) -> FoundationArrays:
             tables[int(m.group(1))] = value
         elif m := _DENSE.fullmatch(key):
             dense.setdefault(int(m.group(1)), {})[m.group(2)] = value
-    categorical = list(featurizer.categorical_fields)
-    if sorted(tables) != list(range(len(categorical))):
-        raise bad(f"{len(tables)} embedding tables for {len(categorical)} categorical fields")
-    for i, name in enumerate(categorical):
-        rows = len(featurizer.vocabularies_[name])
+    bags = list(featurizer.bag_fields)
+    if sorted(tables) != list(range(len(bags))):
+        raise bad(f"{len(tables)} embedding tables for {len(bags)} categorical and text fields")
+    for i, name in enumerate(bags):
+        rows = featurizer.bag_width(name)
         if tables[i].ndim != 2 or tables[i].shape[0] != rows:
             raise bad(f"the embedding of {name!r} has shape {tables[i].shape}, expected "
                       f"{rows} rows (one per category)")

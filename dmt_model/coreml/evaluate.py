@@ -72,6 +72,16 @@ def _load_constant_nd(layer: Any, batch: int) -> np.ndarray:
     return np.broadcast_to(values.reshape(tuple(const.shape)), (batch, *const.shape))
 
 
+def _aligned(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two batched blobs shaped for numpy to broadcast them as Core ML does unbatched: the
+    lower-rank one gains unit axes after its batch axis (rank alignment from the right)."""
+    if a.ndim < b.ndim:
+        a = a.reshape(a.shape[0], *([1] * (b.ndim - a.ndim)), *a.shape[1:])
+    elif b.ndim < a.ndim:
+        b = b.reshape(b.shape[0], *([1] * (a.ndim - b.ndim)), *b.shape[1:])
+    return a, b
+
+
 def _unary_inputs(layer: Any, blobs: Blobs) -> np.ndarray:
     return blobs[layer.input[0]]
 
@@ -89,12 +99,28 @@ def _run_layer(layer: Any, blobs: Blobs, batch: int) -> np.ndarray:
         axis = _batch_axis(layer.concatND.axis, parts[0].ndim - 1)
         return np.concatenate(parts, axis=axis)
     if kind == "equal":
-        a, b = (blobs[name] for name in layer.input) if len(layer.input) == 2 else (
+        a, b = _aligned(*(blobs[name] for name in layer.input)) if len(layer.input) == 2 else (
             blobs[layer.input[0]], np.float32(layer.equal.alpha))
         return (a == b).astype(np.float32)
-    if kind in ("addBroadcastable", "multiplyBroadcastable"):
-        a, b = (blobs[name] for name in layer.input)
+    if kind in ("addBroadcastable", "multiplyBroadcastable", "divideBroadcastable"):
+        a, b = _aligned(*(blobs[name] for name in layer.input))
+        if kind == "divideBroadcastable":
+            return (a / b).astype(np.float32)
         return (a + b) if kind == "addBroadcastable" else (a * b)
+    if kind == "expandDims":
+        x = blobs[layer.input[0]]
+        rank = x.ndim - 1 + len(layer.expandDims.axes)
+        for axis in sorted(a if a >= 0 else rank + a for a in layer.expandDims.axes):
+            x = np.expand_dims(x, axis + 1)
+        return x
+    if kind == "reduceSum":
+        x = blobs[layer.input[0]]
+        params = layer.reduceSum
+        summed = tuple(range(1, x.ndim)) if params.reduceAll else tuple(
+            _batch_axis(a if a >= 0 else x.ndim - 1 + a, x.ndim - 1) for a in params.axes)
+        return x.sum(axis=summed, keepdims=params.keepDims).astype(np.float32)
+    if kind == "clip":
+        return np.clip(blobs[layer.input[0]], layer.clip.minVal, layer.clip.maxVal)
     if kind == "flatten" or kind == "flattenTo2D":
         return blobs[layer.input[0]].reshape(batch, -1)
     if kind == "reshapeStatic":
@@ -187,10 +213,10 @@ def frame_inputs(spec: Any, frame: pd.DataFrame) -> dict[str, np.ndarray]:
                                   f"the model reads {names!r}.")
         shape = tuple(feature.type.multiArrayType.shape)
         try:
-            if shape in ((), (1,)):
-                column = featurizer.model_input(name, frame[name]) if featurizer is not None \
-                    and name in featurizer.categorical_fields else \
-                    frame[name].to_numpy(dtype=np.float64)
+            if featurizer is not None and name in featurizer.bag_fields:
+                column = featurizer.model_input(name, frame[name])
+            elif shape in ((), (1,)):
+                column = frame[name].to_numpy(dtype=np.float64)
             else:
                 column = np.stack([np.asarray(v, dtype=np.float64).reshape(shape)
                                    for v in frame[name].tolist()]) if len(frame) else \

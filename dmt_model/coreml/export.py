@@ -12,6 +12,11 @@ differently from the server:
   value), and an ``innerProduct`` without bias holding the embedding table
   turns it into the embedding; a vocabulary of strings is passed as the
   value's position in it (:func:`dmt_model.features.coded_input`);
+* a text input is its ``max_tokens`` token ids, from the tokenizer in the
+  model's metadata (:mod:`dmt_privacy.tokens`, run on the device); the graph
+  compares them with the ids (``equal``), sums over positions and divides by
+  the number of tokens: the mean of their one-hots, whose ``innerProduct``
+  with the embedding table is the mean of the tokens' embeddings;
 * an image input (a MultiArray of the field's ``shape``, pixels as captured)
   is flattened (``reshapeStatic``) and standardized with the numeric inputs;
 * the embeddings and standardized numerics are concatenated and pass through
@@ -135,6 +140,27 @@ def class_labels(featurizer: Any) -> list[int] | list[str]:
     return [str(c) for c in classes]
 
 
+def _token_bag(builder: Any, name: str, width: int) -> str:
+    """Token ids ``[max_tokens]`` → the mean of their one-hots over ids 1..width (padding, id 0,
+    matches none): ``expandDims`` → ``equal`` with the ids → ``reduceSum`` over positions →
+    ÷ max(1, number of tokens). Returns the bag's blob."""
+    ids = np.arange(1, width + 1, dtype=np.float64)
+    builder.add_expand_dims(f"ids_{name}", name, f"ids_{name}", axes=[-1])
+    builder.add_load_constant_nd(f"token_ids_{name}", f"token_ids_{name}",
+                                 constant_value=ids, shape=ids.shape)
+    builder.add_equal(f"tokens_{name}", [f"ids_{name}", f"token_ids_{name}"], f"tokens_{name}")
+    builder.add_reduce_sum(f"counts_{name}", f"tokens_{name}", f"counts_{name}", axes=[0],
+                           keepdims=False)
+    builder.add_reduce_sum(f"length_{name}", f"counts_{name}", f"length_{name}", axes=[0],
+                           keepdims=True)
+    builder.add_clip(f"length_at_least_1_{name}", f"length_{name}",
+                     f"length_at_least_1_{name}", min_value=1.0, max_value=float(2**24))
+    builder.add_divide_broadcastable(f"bag_{name}", [f"counts_{name}",
+                                                     f"length_at_least_1_{name}"],
+                                     f"bag_{name}")
+    return f"bag_{name}"
+
+
 def _dense_weights(foundation: Foundation) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(layer.weight.detach().numpy().astype(np.float32),
              layer.bias.detach().numpy().astype(np.float32))
@@ -151,8 +177,10 @@ def build_spec(foundation: Foundation, *, updatable: UpdateSettings | None = Non
     featurizer = foundation.featurizer
     target = featurizer.target
     classifier = bool(featurizer.classes_)
-    inputs = [(name, datatypes.Array(1)) for name in featurizer.categorical_fields
-              + featurizer.numeric_fields]
+    inputs = [(name, datatypes.Array(1)) for name in featurizer.categorical_fields]
+    inputs += [(name, datatypes.Array(featurizer.tokenizers_[name].max_tokens))
+               for name in featurizer.text_fields]
+    inputs += [(name, datatypes.Array(1)) for name in featurizer.numeric_fields]
     inputs += [(name, datatypes.Array(*featurizer.schema[name].shape or ()))
                for name in featurizer.image_fields]
     output = probabilities_name(target) if classifier else target
@@ -184,20 +212,24 @@ def build_spec(foundation: Foundation, *, updatable: UpdateSettings | None = Non
             input_name=raw, output_name="numeric_standardized")
         concat_inputs.append("numeric_standardized")
 
-    # Category indexing and embeddings.
+    # Category indexing, token bags and embeddings.
     embedded = []
-    for name, embedding in zip(featurizer.categorical_fields, foundation.network.embeddings,
+    for name, embedding in zip(featurizer.bag_fields, foundation.network.embeddings,
                                strict=True):
-        values = featurizer.vocabularies_[name]
-        vocabulary = np.arange(len(values), dtype=np.float64) if coded_input(values) \
-            else np.asarray(values, dtype=np.float64)
-        builder.add_load_constant_nd(f"vocabulary_{name}", f"vocabulary_{name}",
-                                     constant_value=vocabulary, shape=vocabulary.shape)
-        builder.add_equal(f"one_hot_{name}", [name, f"vocabulary_{name}"], f"one_hot_{name}")
+        if name in featurizer.text_fields:
+            one_hot = _token_bag(builder, name, featurizer.bag_width(name))
+        else:
+            values = featurizer.vocabularies_[name]
+            vocabulary = np.arange(len(values), dtype=np.float64) if coded_input(values) \
+                else np.asarray(values, dtype=np.float64)
+            builder.add_load_constant_nd(f"vocabulary_{name}", f"vocabulary_{name}",
+                                         constant_value=vocabulary, shape=vocabulary.shape)
+            one_hot = f"one_hot_{name}"
+            builder.add_equal(one_hot, [name, f"vocabulary_{name}"], one_hot)
         table = embedding.weight.detach().numpy().astype(np.float32)  # [vocab, dim]
         builder.add_inner_product(
             f"embed_{name}", W=table.T.copy(), b=None, input_channels=table.shape[0],
-            output_channels=table.shape[1], has_bias=False, input_name=f"one_hot_{name}",
+            output_channels=table.shape[1], has_bias=False, input_name=one_hot,
             output_name=f"embedded_{name}")
         embedded.append(f"embedded_{name}")
     concat_inputs = embedded + concat_inputs

@@ -209,8 +209,9 @@ def _starting_model(simulation: Simulation, strategy: Strategy, foundation: Foun
     featurizer = (foundation.featurizer if foundation is not None
                   else Featurizer(schema).fit(simulation.proxy))
     torch.manual_seed(strategy.base.seed)
-    network = network_for(featurizer)
-    return Foundation(featurizer, network, foundation_config or TrainingConfig())
+    config = foundation_config or TrainingConfig()
+    network = network_for(featurizer, config.hidden_units)
+    return Foundation(featurizer, network, config)
 
 
 def _personalize(model: Foundation, simulation: Simulation, settings: Any,

@@ -84,7 +84,7 @@ def fit_foundation_ddp(
                               f"({n}), got shape {weights.shape}.")
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(config.seed)
-    network = network_for(featurizer)
+    network = network_for(featurizer, config.hidden_units)
     if initial is not None:
         network.load_state_dict(initial.network.state_dict())
     foundation = Foundation(featurizer, network, config)

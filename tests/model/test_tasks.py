@@ -208,3 +208,68 @@ def test_a_regression_still_learns_the_same_network_whatever_the_targets_units(b
     for (_, wa), (_, wb) in zip(a.network.state_dict().items(), b.network.state_dict().items(),
                                 strict=True):
         assert torch.equal(wa, wb)
+
+
+# --- text: token ids in, the mean of their embeddings, a classifier out ---------------------
+
+TOPICS = {"food": ["apple", "bread", "soup", "cheese", "rice"],
+          "motion": ["run", "walk", "jump", "swim", "climb"]}
+TEXT_SCHEMA = Schema((Field("note", "text", max_tokens=8),
+                      Field("topic", "categorical", "target", categories=("food", "motion"))))
+
+
+def _texts(n: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    topics = rng.choice(list(TOPICS), n)
+    notes = [" ".join(rng.choice(TOPICS[t], rng.integers(1, 5))) + " and the"
+             for t in topics]
+    return pd.DataFrame({"note": notes, "topic": topics})
+
+
+@pytest.fixture(scope="module")
+def text_classifier() -> Foundation:
+    config = TrainingConfig(epochs=60, hidden_units=(), early_stopping=0.2, patience=5)
+    return train_foundation(_texts(200, 0), TEXT_SCHEMA, config)
+
+
+def test_text_classifier_learns_exports_and_equals_torch(text_classifier, tmp_path):
+    data = _texts(100, 1)
+    assert text_classifier.evaluate(data).accuracy > 0.95
+    spec = load_spec(export_coreml(text_classifier, tmp_path / "t.mlmodel",
+                                   updatable=UpdateSettings()))
+    validate_updatable(spec)
+    np.testing.assert_allclose(predict_frame(spec, data), text_classifier.predict(data),
+                               rtol=1e-5, atol=1e-6)
+    # The device passes max_tokens ids from the tokenizer in the model's metadata.
+    (feature,) = spec.description.input
+    assert list(feature.type.multiArrayType.shape) == [8]
+    ids = frame_inputs(spec, data.iloc[:1])["note"][0]
+    assert ids.tolist() == text_classifier.featurizer.tokenizers_["note"].encode(
+        data["note"].iloc[0])
+    again = Foundation.load(text_classifier.save(tmp_path / "t.npz"))
+    np.testing.assert_array_equal(again.predict(data), text_classifier.predict(data))
+
+
+def test_a_text_longer_than_the_maximum_is_refused_naming_it(text_classifier, tmp_path):
+    path = export_coreml(text_classifier, tmp_path / "t.mlmodel", updatable=UpdateSettings())
+    original = path.read_bytes()
+    long = _texts(10, 2).assign(note="apple " * 9)
+    with pytest.raises(ValidationError, match=r"'note'.*9 tokens.*maximum of 8"):
+        personalize(path, long)
+    assert path.read_bytes() == original
+
+
+def test_early_stopping_stops_when_held_out_loss_stops_improving():
+    # Labels unrelated to the texts: the held-out loss can only get worse once the
+    # network starts memorizing, so training stops long before 300 epochs.
+    data = _texts(80, 3)
+    data["topic"] = np.random.default_rng(4).permutation(data["topic"].to_numpy())
+    losses = []
+    config = TrainingConfig(epochs=300, early_stopping=0.3, patience=3, hidden_units=(8,))
+    train_foundation(data, TEXT_SCHEMA, config,
+                     on_epoch_end=lambda epoch, loss: losses.append(loss))
+    assert len(losses) < 100
+    with pytest.raises(ValidationError, match="early_stopping"):
+        TrainingConfig(early_stopping=1.0)
+    with pytest.raises(ValidationError, match="hidden_units"):
+        TrainingConfig(hidden_units=(0,))
