@@ -92,8 +92,7 @@ def run_export(args: argparse.Namespace) -> int:
             if settings else "non-updatable")
     data = path.read_bytes()
     featurizer = foundation.featurizer
-    inputs = [*featurizer.categorical_fields, *featurizer.numeric_fields,
-              *getattr(featurizer, "image_fields", ())]
+    inputs = featurizer.input_fields
     print(f"Wrote {path} ({len(data):,} bytes, sha256 {hashlib.sha256(data).hexdigest()[:16]}): "
           f"{kind} Core ML model, version {args.version}, schema {foundation.schema.name!r}; "
           f"{len(inputs)} inputs, predicts {featurizer.target}.")
