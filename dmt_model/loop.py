@@ -7,9 +7,11 @@
 2. Each device stores its records (:class:`~dmt_privacy.store.LocalStore`) and
    personalizes v1 on all of them (:func:`~dmt_model.personalize.personalize`:
    kept only if cross-validation says it helps).
-3. Each device shares its shareable records: quasi-identifiers generalized by a
-   k-anonymity plan fitted on the server's training proxy, the target under
-   local DP, sealed to the server's key (:func:`~dmt_privacy.sharing.share`);
+3. Each device shares its shareable records: modified first where
+   ``modifiers`` say (synonyms for text, blur for images), quasi-identifiers
+   generalized by a k-anonymity plan fitted on the server's training proxy,
+   the target under local DP (Laplace for a number, randomized response for
+   a class), sealed to the server's key (:func:`~dmt_privacy.sharing.share`);
    the server ingests them and releases classes holding records from k devices.
 4. The server retrains on its training proxy plus the released records as
    received (re-validated and weighed by its own policy) and publishes v2 only
@@ -18,13 +20,15 @@
    records (all of them by default) only if the same decision rule says it
    beats the device's current personal model.
 
-Every figure is a per-user test RMSE on records no step trained on.
+Every figure is a per-user test error on records no step trained on: the
+task's headline error (:mod:`dmt_model.tasks`: RMSE for a regression, log
+loss for a classification), with accuracy beside it for a classification.
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -45,12 +49,13 @@ Stage = Callable[[str], None]
 
 @dataclass(frozen=True)
 class UserOutcome:
-    """One simulated user's test RMSE at each stage of the loop."""
+    """One simulated user's test error at each stage of the loop (the task's headline error:
+    RMSE or log loss); ``accuracy`` holds a classifier's accuracy at the same stages."""
 
     user_id: int
     factor: float
     foundation: float  # v1 as shipped
-    oracle: float  # v1 × the user's factor
+    oracle: float  # v1 told the user's shift (× factor; a classifier: reweighted to its labels)
     personal: float  # v1 personalized on the device; nothing shared
     personalized: bool  # whether the decision rule kept that update
     new_version: float | None  # v2 as shipped, if the gate published it
@@ -58,13 +63,14 @@ class UserOutcome:
     adopted: bool  # whether the device adopted v2
     shared_records: int
     epsilon_spent: float  # user-level ε the device's ledger was charged
+    accuracy: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class LoopResult:
     users: tuple[UserOutcome, ...]
-    v1_validation_rmse: float
-    v2_validation_rmse: float
+    v1_validation_error: float
+    v2_validation_error: float
     v2_published: bool
     packages_accepted: int
     packages_rejected: int
@@ -72,16 +78,49 @@ class LoopResult:
     records_quarantined: int
     workdir: Path
     devices: dict[int, Path] = field(default_factory=dict)  # user id → personal model file
+    metric: str = "RMSE"  # what the errors are: "RMSE" or "log loss"
+
+    @property
+    def v1_validation_rmse(self) -> float:
+        """Deprecated name of :attr:`v1_validation_error` (an RMSE for a regression)."""
+        return self.v1_validation_error
+
+    @property
+    def v2_validation_rmse(self) -> float:
+        """Deprecated name of :attr:`v2_validation_error` (an RMSE for a regression)."""
+        return self.v2_validation_error
 
     def mean(self, stage: str) -> float:
-        """Mean over users of one stage's RMSE (``"foundation"``, ``"personal"``, ``"final"``…)."""
+        """Mean over users of one stage's error (``"foundation"``, ``"personal"``, ``"final"``…)."""
         values = [getattr(u, stage) for u in self.users]
         values = [v for v in values if v is not None]
         return float(np.mean(values)) if values else float("nan")
 
+    def mean_accuracy(self, stage: str) -> float:
+        """Mean over users of one stage's accuracy (a classification; NaN otherwise)."""
+        values = [u.accuracy[stage] for u in self.users if stage in u.accuracy]
+        return float(np.mean(values)) if values else float("nan")
 
-def _rmse(predicted: np.ndarray, actual: np.ndarray) -> float:
-    return float(np.sqrt(np.mean((np.asarray(predicted, float) - np.asarray(actual, float)) ** 2)))
+
+def _scores(featurizer: Any, predicted: np.ndarray, frame: Any) -> tuple[float, float | None]:
+    """(the task's headline error, accuracy or None) of predictions on ``frame``."""
+    metrics = featurizer.task.metrics(predicted, featurizer.target_values(frame))
+    return metrics.error, getattr(metrics, "accuracy", None)
+
+
+def _oracle(featurizer: Any, predicted: np.ndarray, user: Any, proxy: Any) -> np.ndarray:
+    """v1's predictions told the user's shift: a regression's × the user's factor; a
+    classifier's probabilities reweighted by the user's label mix over the proxy's (Bayes'
+    rule under label shift; users whose inputs differ get no more than that)."""
+    if not featurizer.classes_:
+        return predicted * user.factor
+    mix = getattr(user, "label_distribution", None)
+    if mix is None:
+        return predicted
+    prior = np.bincount(featurizer.target_values(proxy), minlength=len(featurizer.classes_))
+    ratio = np.asarray(mix, np.float64) / np.maximum(prior / prior.sum(), 1e-12)
+    weighted = predicted * ratio
+    return weighted / weighted.sum(axis=1, keepdims=True)
 
 
 def _quietly(items: Iterable[T], _: str) -> Iterable[T]:
@@ -101,6 +140,7 @@ def run_loop(
     foundation: Any = None,
     validation_fraction: float = 0.2,
     adopt_on: Literal["all", "unshared"] = "all",
+    modifiers: Mapping[str, Any] | None = None,
     progress: Progress[Any] | None = None,
     on_stage: Stage | None = None,
 ) -> LoopResult:
@@ -112,7 +152,10 @@ def run_loop(
     re-personalizes v2 on. ``foundation``: a v1 already trained on the
     training part of :func:`~dmt_model.server.retrain.validation_split` with
     the same ``seed`` and ``validation_fraction`` (it is trained here if
-    ``None``).
+    ``None``). ``modifiers`` (field → a :mod:`dmt_privacy.modify` transformer)
+    modify what devices share before it is anonymized; the server retrains on
+    it as modified. Without ``quasi_identifiers`` no k-anonymity plan is
+    applied (a classifier of images or texts has none).
     """
     from dmt_model.coreml import load_spec, predict_frame
     from dmt_model.foundation import train_foundation
@@ -170,12 +213,16 @@ def run_loop(
 
     # 3. Partial sharing: k-anonymized quasi-identifiers, the target under local DP, sealed.
     server_key = generate_server_key()
-    categorical = {f.name: object for f in schema.by_kind("categorical")}
-    domains = {q: bounds for q in quasi_identifiers if (bounds := schema[q].bounds) is not None}
-    plan = KAnonymizer(list(quasi_identifiers), k=k).fit(
-        proxy.astype(categorical)).plan_.widened(domains)
-    sharing = SharingPolicy(fields=tuple(schema.names), plan=plan,
-                            epsilon={target.name: epsilon}, required_k=k, privacy_unit="user")
+    plan = None
+    if quasi_identifiers:
+        categorical = {f.name: object for f in schema.by_kind("categorical")}
+        domains = {q: bounds for q in quasi_identifiers
+                   if (bounds := schema[q].bounds) is not None}
+        plan = KAnonymizer(list(quasi_identifiers), k=k).fit(
+            proxy.astype(categorical)).plan_.widened(domains)
+    sharing = SharingPolicy(fields=tuple(schema.names), plan=plan, modifiers=modifiers or {},
+                            epsilon={target.name: epsilon}, required_k=k if plan else None,
+                            privacy_unit="user")
     server_policy = ServerPolicy(schema, min_k=k, epsilon={target.name: epsilon},
                                  privacy_unit="user", plan=plan)
     envelopes, owners = [], {}
@@ -210,23 +257,30 @@ def run_loop(
             adopted = adopt_new_version(registry.path(v2.mlmodel_file),
                                         personal_paths[user.user_id], records,
                                         seed=seed).accepted
-        y = user.test[target.name].to_numpy()
+        featurizer = foundation.featurizer
         base = predict_frame(v1_spec, user.test)
         personalized, personal_spec = first[user.user_id]
+        stages = {"foundation": base, "oracle": _oracle(featurizer, base, user, proxy),
+                  "personal": predict_frame(personal_spec, user.test),
+                  "final": predict_frame(load_spec(personal_paths[user.user_id]), user.test)}
+        if v2.published:
+            stages["new_version"] = predict_frame(v2_spec, user.test)
+        scores = {stage: _scores(featurizer, p, user.test) for stage, p in stages.items()}
         outcomes.append(UserOutcome(
-            user_id=user.user_id, factor=user.factor, foundation=_rmse(base, y),
-            oracle=_rmse(base * user.factor, y),
-            personal=_rmse(predict_frame(personal_spec, user.test), y),
+            user_id=user.user_id, factor=user.factor, foundation=scores["foundation"][0],
+            oracle=scores["oracle"][0], personal=scores["personal"][0],
             personalized=personalized,
-            new_version=_rmse(predict_frame(v2_spec, user.test), y) if v2.published else None,
-            final=_rmse(predict_frame(load_spec(personal_paths[user.user_id]), user.test), y),
+            new_version=scores["new_version"][0] if v2.published else None,
+            final=scores["final"][0],
             adopted=adopted, shared_records=len(store.records("shared")),
-            epsilon_spent=float(store.ledger.spent.epsilon)))
+            epsilon_spent=float(store.ledger.spent.epsilon),
+            accuracy={stage: a for stage, (_, a) in scores.items() if a is not None}))
         store.close()
     return LoopResult(
-        users=tuple(outcomes), v1_validation_rmse=v1.validation["rmse"],
-        v2_validation_rmse=v2.validation["rmse"], v2_published=v2.published,
+        users=tuple(outcomes), v1_validation_error=v1.validation["error"],
+        v2_validation_error=v2.validation["error"], v2_published=v2.published,
         packages_accepted=len(report.accepted), packages_rejected=len(report.rejected),
         records_released=int(counts.get("records_released", 0)),
         records_quarantined=int(counts.get("records_quarantined", 0)),
-        workdir=workdir, devices=personal_paths)
+        workdir=workdir, devices=personal_paths,
+        metric="log loss" if foundation.featurizer.classes_ else "RMSE")

@@ -60,11 +60,12 @@ from dmt_model.coreml.evaluate import (
     class_labels_of,
     evaluate_spec,
     frame_inputs,
+    grouped_matmul,
     predict_frame,
     softmax,
 )
 from dmt_model.coreml.validate import validate_updatable
-from dmt_model.coreml.weights import _network, get_inner_product, set_inner_product
+from dmt_model.coreml.weights import _network, get_weights, set_weights
 from dmt_model.features import Featurizer
 from dmt_model.tasks import PROBABILITY_FLOOR
 from dmt_privacy.errors import ModelFileError, UpdateRejected, ValidationError
@@ -225,9 +226,10 @@ def _suffix(spec: Any) -> tuple[str, list[Any], str]:
         if layer.input[0] != blob:
             continue
         kind = layer.WhichOneof("layer")
-        if kind not in ("innerProduct", "activation", "softmax", "softmaxND"):
-            raise ModelFileError(f"The emulated update supports innerProduct, activation and "
-                                 f"softmax layers after the first updatable one, not {kind!r}.")
+        if kind not in ("innerProduct", "convolution", "activation", "softmax", "softmaxND"):
+            raise ModelFileError(f"The emulated update supports innerProduct, 1×1 convolution, "
+                                 f"activation and softmax layers after the first updatable "
+                                 f"one, not {kind!r}.")
         chain.append(layer)
         blob = layer.output[0]
         if blob == loss_input:
@@ -287,11 +289,14 @@ def update_spec(
         y = target.reshape(-1, 1).astype(np.float32)
         backward_from = len(chain) - 1
 
-    # Parameters of the updatable innerProduct layers in the chain.
+    # Parameters of the updatable layers in the chain (innerProduct, or a 1×1 convolution on a
+    # [C, 1, 1] blob, which is a grouped innerProduct on its C channels).
+    frozen = frozen.reshape(len(frozen), -1)
     params: dict[str, list[np.ndarray]] = {}
+    groups: dict[str, int] = {}
     for layer in chain:
-        if layer.WhichOneof("layer") == "innerProduct":
-            weight, bias = get_inner_product(spec, layer.name)
+        if layer.WhichOneof("layer") in ("innerProduct", "convolution"):
+            weight, bias, groups[layer.name] = get_weights(spec, layer.name)
             params[layer.name] = [weight.copy(), (bias if bias is not None else
                                                   np.zeros(weight.shape[0], np.float32)).copy()]
     state = {name: [np.zeros_like(p) for p in ps] for name, ps in params.items()}
@@ -311,7 +316,7 @@ def update_spec(
                 x = activations[-1]
                 if layer.name in params:
                     w, bias = params[layer.name]
-                    activations.append(x @ w.T + bias)
+                    activations.append(grouped_matmul(x, w, groups[layer.name]) + bias)
                 elif layer.WhichOneof("layer") == "activation":
                     activations.append(apply_activation(layer, x))
                 else:  # the softmax before a cross-entropy loss
@@ -333,9 +338,15 @@ def update_spec(
                 layer, x = chain[i], activations[i]
                 if layer.name in params:
                     w, bias = params[layer.name]
-                    grads = [grad.T @ x, grad.sum(axis=0)]
+                    g = groups[layer.name]
+                    n = len(grad)
+                    gg = grad.reshape(n, g, -1)
+                    xg = x.reshape(n, g, -1)
+                    grads = [np.einsum("ngo,ngi->goi", gg, xg).reshape(w.shape),
+                             grad.sum(axis=0)]
                     if i > 0:
-                        grad = grad @ w
+                        grad = np.einsum("ngo,goi->ngi", gg,
+                                         w.reshape(g, -1, w.shape[1])).reshape(n, -1)
                     _step(s, params[layer.name], grads, state[layer.name],
                           second[layer.name], step, lr)
                 else:
@@ -350,10 +361,10 @@ def update_spec(
 
     updated = copy.deepcopy(spec)
     for name, (weight, bias) in params.items():
-        has_bias = get_inner_product(spec, name)[1] is not None
+        has_bias = get_weights(spec, name)[1] is not None
         if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
             raise UpdateRejected("The update produced non-finite weights; nothing was written.")
-        set_inner_product(updated, name, weight, bias if has_bias else None)
+        set_weights(updated, name, weight, bias if has_bias else None)
     return updated, history
 
 
@@ -492,6 +503,9 @@ def _out_of_bounds(spec: Any, frame: pd.DataFrame) -> int:
     return int(outside.sum())
 
 
+_GOLDEN = (math.sqrt(5) - 1) / 2  # a low-discrepancy step: anchors' draws cover [0, 1) evenly
+
+
 def with_prior(spec: Any, records: pd.DataFrame, prior_records: int) -> pd.DataFrame:
     """``records`` plus ``prior_records`` anchor records that pull the update toward ``spec``.
 
@@ -513,8 +527,11 @@ def with_prior(spec: Any, records: pd.DataFrame, prior_records: int) -> pd.DataF
     anchors = records.iloc[np.arange(prior_records) % len(records)].copy()
     featurizer = featurizer_of(spec)
     predicted = predict_frame(spec, anchors)
-    if featurizer.classes_:  # a classifier's anchors carry its likeliest class
-        anchors[featurizer.target] = [featurizer.classes_[i] for i in predicted.argmax(axis=1)]
+    if featurizer.classes_:  # a classifier's anchors carry a class drawn from its prediction
+        u = (np.arange(prior_records) * _GOLDEN + 0.5) % 1.0  # evenly spread, deterministic
+        drawn = (np.cumsum(predicted, axis=1) < u[:, None]).sum(axis=1)
+        anchors[featurizer.target] = [featurizer.classes_[min(i, len(featurizer.classes_) - 1)]
+                                      for i in drawn]
     else:
         anchors[featurizer.target] = predicted.astype(np.float64)
     return pd.concat([records, anchors])

@@ -16,12 +16,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dmt_model.coreml.weights import _network, weight_values
+from dmt_model.coreml.weights import _network, pointwise_groups, weight_values
 from dmt_privacy.errors import ModelFileError, ValidationError
 
-__all__ = ["apply_activation", "class_labels_of", "evaluate_spec", "frame_inputs", "input_names",
-           "predict_frame",
-           "softmax"]
+__all__ = [
+    "apply_activation",
+    "class_labels_of",
+    "evaluate_spec",
+    "frame_inputs",
+    "grouped_matmul",
+    "input_names",
+    "predict_frame",
+    "softmax",
+]
 
 Blobs = dict[str, np.ndarray]
 
@@ -42,6 +49,32 @@ def _inner_product(layer: Any, x: np.ndarray) -> np.ndarray:
     if ip.hasBias:
         out = out + weight_values(ip.bias, what=f"layer {layer.name!r} bias")
     return out.astype(np.float32)
+
+
+def grouped_matmul(x: np.ndarray, weight: np.ndarray, groups: int) -> np.ndarray:
+    """``x [n, in]`` through ``weight [out, in / groups]`` group by group: ``[n, out]``."""
+    n, width = x.shape
+    out = weight.shape[0]
+    xg = x.reshape(n, groups, width // groups)
+    wg = weight.reshape(groups, out // groups, width // groups)
+    return np.einsum("ngi,goi->ngo", xg, wg).reshape(n, out).astype(np.float32)
+
+
+def _pointwise_convolution(layer: Any, x: np.ndarray) -> np.ndarray:
+    """A 1×1, stride-1 convolution of ``x [batch, C, H, W]`` (others raise)."""
+    conv = layer.convolution
+    groups = pointwise_groups(layer)
+    if x.ndim != 4 or x.shape[1] != conv.kernelChannels * groups:
+        raise ModelFileError(f"Layer {layer.name!r} expects [{conv.kernelChannels * groups}, H, "
+                             f"W] inputs, got a blob of shape {x.shape[1:]}.")
+    weight = weight_values(conv.weights, what=f"layer {layer.name!r}").reshape(
+        conv.outputChannels, conv.kernelChannels)
+    n, channels, height, width = x.shape
+    pixels = x.transpose(0, 2, 3, 1).reshape(-1, channels)
+    out = grouped_matmul(pixels, weight, groups)
+    if conv.hasBias:
+        out = out + weight_values(conv.bias, what=f"layer {layer.name!r} bias")
+    return out.reshape(n, height, width, -1).transpose(0, 3, 1, 2).astype(np.float32)
 
 
 def apply_activation(layer: Any, x: np.ndarray) -> np.ndarray:
@@ -90,6 +123,8 @@ def _run_layer(layer: Any, blobs: Blobs, batch: int) -> np.ndarray:
     kind = layer.WhichOneof("layer")
     if kind == "innerProduct":
         return _inner_product(layer, _unary_inputs(layer, blobs))
+    if kind == "convolution":
+        return _pointwise_convolution(layer, _unary_inputs(layer, blobs))
     if kind == "activation":
         return apply_activation(layer, _unary_inputs(layer, blobs))
     if kind == "loadConstantND":
@@ -175,8 +210,8 @@ def evaluate_spec(spec: Any, inputs: Mapping[str, np.ndarray], *,
     label = spec.description.predictedFeatureName
     if label in wanted and label not in blobs:  # a classifier's label: the likeliest class
         labels = class_labels_of(spec)
-        probabilities = blobs[spec.description.predictedProbabilitiesName]
-        blobs[label] = np.asarray(labels, dtype=object)[probabilities.argmax(axis=-1)]
+        probabilities = blobs[spec.description.predictedProbabilitiesName].reshape(batch, -1)
+        blobs[label] = np.asarray(labels, dtype=object)[probabilities.argmax(axis=1)]
     unknown = [w for w in wanted if w not in blobs]
     if unknown:
         raise ModelFileError(f"The model produces no blob named {unknown!r}.")

@@ -27,12 +27,15 @@ differently from the server:
   the target field's name.
 
 A classifier (a categorical target, :mod:`dmt_model.tasks`) is a Core ML
-``neuralNetworkClassifier``: ``dense_2`` gives one logit per class, the
-personal head is a C → C ``innerProduct`` (the identity at export), and a
-``softmax`` gives ``<target>Probability``; Core ML adds the likeliest class
-label as the output ``<target>``. Its loss is the categorical cross-entropy
-of those probabilities, and its training target is the class label itself
-(input ``<target>``, an integer or a string like the model's class labels).
+``neuralNetworkClassifier``: ``dense_2`` gives one logit per class, reshaped
+to ``[C, 1, 1]``; the personal head is a per-class scale and bias (a 1 × 1
+``convolution`` with one group per class, 1 and 0 at export, the only
+updatable layer: a full C × C head overfit a user's few records and raised
+their log loss, README), and a ``softmax`` gives ``<target>Probability``;
+Core ML adds the likeliest class label as the output ``<target>``. Its loss
+is the categorical cross-entropy of those probabilities, and its training
+target is the class label itself (input ``<target>``, an integer or a string
+like the model's class labels).
 
 The updatable model carries *all* foundation weights (the reference app copied
 only the embeddings) and marks the last ``updatable_layers`` inner-product
@@ -252,12 +255,16 @@ def build_spec(foundation: Foundation, *, updatable: UpdateSettings | None = Non
             builder.add_activation(f"relu_{i}", "RELU", out, f"relu_{i}_out")
             blob = f"relu_{i}_out"
     if classifier:
-        # logits → the personal head (identity at export) → softmax → class probabilities.
+        # logits [C] → [C, 1, 1] → the personal head, a per-class scale and bias (a 1×1
+        # convolution with one group per class; 1 and 0 at export) → softmax over the classes.
         classes = len(featurizer.classes_)
-        builder.add_inner_product(
-            HEAD, W=np.eye(classes, dtype=np.float32), b=np.zeros(classes, np.float32),
-            input_channels=classes, output_channels=classes, has_bias=True, input_name=blob,
-            output_name="personal_logits")
+        builder.add_reshape_static("logits_per_class", blob, "logits_per_class",
+                                   (classes, 1, 1))
+        builder.add_convolution(
+            HEAD, kernel_channels=1, output_channels=classes, height=1, width=1,
+            stride_height=1, stride_width=1, border_mode="valid", groups=classes,
+            W=np.ones((1, 1, 1, classes), np.float32), b=np.zeros(classes, np.float32),
+            has_bias=True, input_name="logits_per_class", output_name="personal_logits")
         # Core ML's loss builder wants the classic softmax layer (not softmaxND) here; on a
         # rank-1 blob it normalizes the only axis.
         builder.add_softmax("softmax", "personal_logits", output)
@@ -272,6 +279,12 @@ def build_spec(foundation: Foundation, *, updatable: UpdateSettings | None = Non
     chain = [f"{DENSE_PREFIX}{i}" for i in range(len(dense))] + [HEAD]
 
     if updatable is not None:
+        if classifier and updatable.updatable_layers > 1:
+            raise ValidationError(
+                f"updatable_layers={updatable.updatable_layers}, but a classifier updates only its "
+                "personal head: Core ML allows no reshape between updatable layers and the "
+                "loss, and the head's per-class scale and bias is what a user's own labels "
+                "need (README). Use updatable_layers=1.")
         if updatable.updatable_layers > len(chain):
             raise ValidationError(
                 f"updatable_layers={updatable.updatable_layers} but the model has only "

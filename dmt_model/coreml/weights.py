@@ -8,8 +8,8 @@ import numpy as np
 
 from dmt_privacy.errors import ModelFileError
 
-__all__ = ["get_inner_product", "layer_by_name", "set_inner_product", "updatable_layers",
-           "weight_values"]
+__all__ = ["get_inner_product", "get_weights", "layer_by_name", "pointwise_groups",
+           "set_inner_product", "set_weights", "updatable_layers", "weight_values"]
 
 
 def weight_values(params: Any, *, what: str) -> np.ndarray:
@@ -77,3 +77,61 @@ def set_inner_product(spec: Any, name: str, weight: np.ndarray,
             raise ModelFileError(f"Layer {name!r}: new bias does not fit the layer.")
         del ip.bias.floatValue[:]
         ip.bias.floatValue.extend(bias.ravel().tolist())
+
+
+def pointwise_groups(layer: Any) -> int:
+    """How many groups a 1×1 convolution has (1 for an innerProduct); other layers raise.
+
+    A 1×1 convolution with stride 1 maps each pixel's channels like an
+    innerProduct within each group: with as many groups as channels it is a
+    per-channel scale and bias (a classifier's personal head).
+    """
+    kind = layer.WhichOneof("layer")
+    if kind == "innerProduct":
+        return 1
+    if kind == "convolution":
+        conv = layer.convolution
+        if tuple(conv.kernelSize or (1, 1)) != (1, 1) or any(s != 1 for s in conv.stride) \
+                or any(d != 1 for d in conv.dilationFactor) or conv.isDeconvolution:
+            raise ModelFileError(f"Layer {layer.name!r}: only 1×1 convolutions with stride 1 "
+                                 "are supported.")
+        return int(conv.nGroups or 1)
+    raise ModelFileError(f"Layer {layer.name!r} is a {kind} layer, not innerProduct or "
+                         "convolution.")
+
+
+def get_weights(spec: Any, name: str) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """``(weight [out, in per group], bias [out] or None, groups)`` of an innerProduct or 1×1
+    convolution layer (an innerProduct has one group)."""
+    layer = layer_by_name(spec, name)
+    groups = pointwise_groups(layer)
+    if groups == 1 and layer.WhichOneof("layer") == "innerProduct":
+        weight, bias = get_inner_product(spec, name)
+        return weight, bias, 1
+    conv = layer.convolution
+    weight = weight_values(conv.weights, what=f"layer {name!r} weights").reshape(
+        conv.outputChannels, conv.kernelChannels)
+    bias = weight_values(conv.bias, what=f"layer {name!r} bias") if conv.hasBias else None
+    return weight, bias, groups
+
+
+def set_weights(spec: Any, name: str, weight: np.ndarray, bias: np.ndarray | None = None) -> None:
+    """Overwrite an innerProduct or 1×1 convolution layer's weights (same shapes)."""
+    layer = layer_by_name(spec, name)
+    if layer.WhichOneof("layer") == "innerProduct":
+        set_inner_product(spec, name, weight, bias)
+        return
+    old_weight, old_bias, _ = get_weights(spec, name)
+    weight = np.asarray(weight, dtype=np.float32)
+    if weight.shape != old_weight.shape or not np.isfinite(weight).all():
+        raise ModelFileError(f"Layer {name!r}: new weight of shape {weight.shape} does not fit "
+                             f"{old_weight.shape}, or holds NaN or infinity.")
+    conv = layer.convolution
+    del conv.weights.floatValue[:]
+    conv.weights.floatValue.extend(weight.ravel().tolist())
+    if bias is not None:
+        bias = np.asarray(bias, dtype=np.float32)
+        if old_bias is None or bias.shape != old_bias.shape or not np.isfinite(bias).all():
+            raise ModelFileError(f"Layer {name!r}: new bias does not fit the layer.")
+        del conv.bias.floatValue[:]
+        conv.bias.floatValue.extend(bias.ravel().tolist())

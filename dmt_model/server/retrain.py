@@ -108,18 +108,36 @@ def retrain_foundation(
     ``warm_start``, the initial weights; it is not modified. With
     ``weigh_by_noise`` (default), each shared record's loss is weighted by
     :class:`NoiseWeigher` from its release receipt, so records drowned in
-    local-DP noise cannot swamp the clean proxy data.
+    local-DP noise cannot swamp the clean proxy data. A class label released
+    under randomized response is learned with the forward correction
+    (:mod:`dmt_model.tasks`), with the keep and flip probabilities of its
+    receipt.
     """
-    features, target, weight = training_set(previous, proxy, shared,
-                                            weigh_by_noise=weigh_by_noise)
+    features, target, weight, label_noise = training_set(
+        previous, proxy, shared, weigh_by_noise=weigh_by_noise, label_noise=True)
     return fit_foundation(previous.featurizer, features, target, config or previous.config,
                           initial=previous if warm_start else None, sample_weight=weight,
-                          on_epoch_end=on_epoch_end)
+                          label_noise=label_noise, on_epoch_end=on_epoch_end)
+
+
+def _label_noise(featurizer: Any, receipt: Any) -> tuple[float, float]:
+    """(keep, flip) probabilities of a class label under ``receipt``; (1, 0) when clean."""
+    if not featurizer.classes_ or receipt is None:
+        return 1.0, 0.0
+    for field_receipt in receipt.fields:
+        if field_receipt.field == featurizer.target and field_receipt.mechanism == "k_rr":
+            keep, flip = field_receipt.keep_probability, field_receipt.flip_probability
+            if keep is None or flip is None or not keep > flip:
+                raise ValidationError(f"Receipt for the target {featurizer.target!r}: k-RR needs "
+                                      f"keep > flip probability, got {keep!r} and {flip!r}.")
+            return float(keep), float(flip)
+    return 1.0, 0.0
 
 
 def training_set(previous: Foundation, proxy: pd.DataFrame, shared: Sequence[SharedBatch] = (),
-                 *, weigh_by_noise: bool = True) -> tuple[FeatureBatch, np.ndarray, np.ndarray]:
-    """Features, targets and sample weights of proxy + shared records, as retraining uses them.
+                 *, weigh_by_noise: bool = True, label_noise: bool = False) -> Any:
+    """Features, targets and sample weights of proxy + shared records, as retraining uses them
+    (and, with ``label_noise``, the per-record keep and flip probabilities of the labels).
 
     Shared by the single-process path (:func:`retrain_foundation`) and the
     DDP one (:mod:`dmt_model.server.ddp`), so both train on the same data.
@@ -128,6 +146,7 @@ def training_set(previous: Foundation, proxy: pd.DataFrame, shared: Sequence[Sha
     batches = [featurizer.transform(proxy)]
     targets = [featurizer.target_values(proxy)]
     weights = [np.ones(len(proxy))]
+    noise = [np.tile([[1.0, 0.0]], (len(proxy), 1))]
     weigher = NoiseWeigher(previous, proxy) if weigh_by_noise else None
     for batch in shared:
         if len(batch.records) == 0:
@@ -137,11 +156,17 @@ def training_set(previous: Foundation, proxy: pd.DataFrame, shared: Sequence[Sha
         targets.append(featurizer.released_target(batch.records))
         weight = weigher(batch.receipt) if weigher is not None else 1.0
         weights.append(np.full(len(batch.records), weight))
+        noise.append(np.tile([_label_noise(featurizer, batch.receipt)], (len(batch.records), 1)))
     features = FeatureBatch(
         numeric=np.concatenate([b.numeric for b in batches]),
         categorical={name: np.concatenate([b.categorical[name] for b in batches])
                      for name in batches[0].categorical})
-    return features, np.concatenate(targets), np.concatenate(weights)
+    out = (features, np.concatenate(targets), np.concatenate(weights))
+    if not label_noise:
+        return out
+    pairs = np.concatenate(noise)
+    clean = bool((pairs[:, 0] == 1.0).all())
+    return (*out, None if clean else (pairs[:, 0], pairs[:, 1]))
 
 
 class NoiseWeigher:
@@ -153,14 +178,24 @@ class NoiseWeigher:
     foundation's prediction with respect to input f on the proxy data. Weighted
     least squares then gives it the weight ``r² / (r² + that)``, with ``r²`` the
     previous foundation's mean squared residual on the proxy data, so that a
-    clean record weighs 1. Categorical fields perturbed by randomized response
-    add no term (their features are debiased, see
+    clean record weighs 1. A classifier's records all weigh 1: a label under
+    randomized response is corrected for in the loss instead. Categorical
+    fields perturbed by randomized response add no term (their features are
+    debiased, see
     :meth:`~dmt_model.features.Featurizer.transform_released`).
     """
 
     def __init__(self, foundation: Foundation, proxy: pd.DataFrame) -> None:
 
         featurizer = foundation.featurizer
+        self.target = featurizer.target
+        self.gain_squared: dict[str, float] = {}
+        self.residual_variance = 1.0
+        if featurizer.classes_:
+            # A classifier: a perturbed label is corrected for, not down-weighted (its
+            # loss uses the receipt's probabilities), and inputs' noise is not weighed yet.
+            self.target = ""
+            return
         batch = featurizer.transform(proxy)
         target = featurizer.target_values(proxy)
         self.residual_variance = max(
@@ -170,10 +205,9 @@ class NoiseWeigher:
         foundation.network(numeric, *tensors[1:]).sum().backward()
         assert numeric.grad is not None
         # d ŷ / d raw value = d ŷ / d standardized value / scale.
-        gradient = numeric.grad.numpy() / featurizer.scale_
+        gradient = numeric.grad.numpy()[:, :len(featurizer.numeric_fields)] / featurizer.scale_
         self.gain_squared = dict(zip(featurizer.numeric_fields,
                                      np.mean(gradient**2, axis=0).tolist(), strict=True))
-        self.target = featurizer.target
 
     def __call__(self, receipt: Any) -> float:
         if receipt is None:

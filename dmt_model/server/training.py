@@ -119,8 +119,9 @@ def policy_batches(store: SharedStore, policy: Any, which: str = "released",
     if which not in ("released", "quarantined", "all"):
         raise ValidationError(f"which must be 'released', 'quarantined' or 'all', got {which!r}.")
     limit = policy.max_training_records
-    bound = None
-    if previous is not None and proxy is not None and len(proxy) > 1:
+    bound = None  # a class label needs no bound: its pull on the loss is bounded already
+    if previous is not None and proxy is not None and len(proxy) > 1 \
+            and not previous.featurizer.classes_:
         bound = policy.max_residual * float(
             np.std(previous.featurizer.target_values(proxy)))
     read = TrainingRead()

@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
-from dmt_model.coreml import UpdateSettings, build_spec, export_coreml, get_inner_product, load_spec
+from dmt_model.coreml import UpdateSettings, build_spec, export_coreml, load_spec
 from dmt_model.coreml.evaluate import evaluate_spec, frame_inputs, predict_frame
 from dmt_model.coreml.validate import validate_updatable
+from dmt_model.coreml.weights import get_weights
 from dmt_model.foundation import Foundation, TrainingConfig, train_foundation
 from dmt_model.personalize import batch_order, personalize, update_spec, with_prior
 from dmt_model.tasks import Classification, Regression, classification_metrics, task_for
@@ -109,24 +110,34 @@ def test_updatable_classifier_passes_the_validator_and_learns_from_its_label(cla
 
 
 def test_a_frozen_layer_between_an_updatable_one_and_the_loss_is_refused(classifier):
-    spec = build_spec(classifier, updatable=UpdateSettings(updatable_layers=2))
-    head = next(la for la in spec.neuralNetworkClassifier.layers if la.name == "personal_head")
+    spec = build_spec(classifier, updatable=UpdateSettings())
+    layers = {la.name: la for la in spec.neuralNetworkClassifier.layers}
+    head, dense = layers["personal_head"], layers["dense_2"]
     head.isUpdatable = False
-    head.innerProduct.weights.isUpdatable = False
-    head.innerProduct.bias.isUpdatable = False
-    with pytest.raises(UpdatableModelError, match="personal_head.*contiguous suffix"):
+    head.convolution.weights.isUpdatable = False
+    head.convolution.bias.isUpdatable = False
+    dense.isUpdatable = True
+    dense.innerProduct.weights.isUpdatable = True
+    dense.innerProduct.bias.isUpdatable = True
+    with pytest.raises(UpdatableModelError, match="logits_per_class.*stands between"):
         validate_updatable(spec)
 
 
+def test_a_classifier_updates_only_its_head():
+    with pytest.raises(ValidationError, match="updatable_layers=2.*only its personal head"):
+        build_spec(train_foundation(_records(50, 0), SCHEMA, TrainingConfig(epochs=1)),
+                   updatable=UpdateSettings(updatable_layers=2))
+
+
 def _torch_head_fine_tune(spec, frame, *, epochs, lr, batch_size):
-    """An independent plain-torch fine-tune of the classifier's head: softmax cross-entropy."""
+    """An independent plain-torch fine-tune of the classifier's head, a per-class scale and
+    bias, under softmax cross-entropy."""
     (logits,) = evaluate_spec(spec, frame_inputs(spec, frame), outputs=["dense_2_out"]).values()
-    weight, bias = get_inner_product(spec, "personal_head")
-    head = torch.nn.Linear(weight.shape[1], weight.shape[0])
-    with torch.no_grad():
-        head.weight.copy_(torch.from_numpy(weight))
-        head.bias.copy_(torch.from_numpy(bias))
-    opt = torch.optim.SGD(head.parameters(), lr=lr)
+    weight, bias, groups = get_weights(spec, "personal_head")
+    assert groups == 3 and weight.shape == (3, 1)
+    scale = torch.nn.Parameter(torch.from_numpy(weight[:, 0].copy()))
+    shift = torch.nn.Parameter(torch.from_numpy(bias.copy()))
+    opt = torch.optim.SGD([scale, shift], lr=lr)
     x = torch.from_numpy(logits)
     y = torch.from_numpy(pd.Categorical(frame["level"], categories=CLASSES).codes.astype(np.int64))
     for batches in batch_order(len(frame), batch_size=batch_size, epochs=epochs, shuffle=True,
@@ -134,9 +145,9 @@ def _torch_head_fine_tune(spec, frame, *, epochs, lr, batch_size):
         for index in batches:
             index = torch.from_numpy(index)
             opt.zero_grad()
-            torch.nn.functional.cross_entropy(head(x[index]), y[index]).backward()
+            torch.nn.functional.cross_entropy(x[index] * scale + shift, y[index]).backward()
             opt.step()
-    return head.weight.detach().numpy(), head.bias.detach().numpy()
+    return scale.detach().numpy()[:, None], shift.detach().numpy()
 
 
 @pytest.mark.parametrize("batch_size", [1, 8])
@@ -146,8 +157,8 @@ def test_emulated_update_equals_a_plain_torch_fine_tune(classifier, batch_size):
     records = _records(40, 5, flip=True)
     updated, history = update_spec(spec, records, epochs=1)
     weight, bias = _torch_head_fine_tune(spec, records, epochs=1, lr=0.05, batch_size=batch_size)
-    got_w, got_b = get_inner_product(updated, "personal_head")
-    assert not np.allclose(got_w, np.eye(3))  # the update did something
+    got_w, got_b, _ = get_weights(updated, "personal_head")
+    assert not np.allclose(got_w, 1.0)  # the update did something
     np.testing.assert_allclose(got_w, weight, rtol=1e-5, atol=1e-5 * np.abs(weight).max())
     np.testing.assert_allclose(got_b, bias, rtol=1e-5, atol=1e-5 * np.abs(bias).max())
     assert len(history.epoch_losses) == 1
