@@ -19,9 +19,15 @@ WRITE_A_SCHEMA = ("write one with 'dmt schema init DATA.csv -o schema.json' (rol
                   "as flags; see 'dmt schema init --help')")
 
 
-def read_records(path: str | Path, what: str, *, sep: str | None = None) -> pd.DataFrame:
+def read_records(path: str | Path, what: str, *, sep: str | None = None,
+                 schema: Schema | None = None) -> pd.DataFrame:
     """A CSV file of records, its separator (comma, semicolon or tab) sniffed from its first
-    line unless given; errors name the option ``what`` and the file."""
+    line unless given; errors name the option ``what`` and the file.
+
+    With ``schema``, each cell of an image field is the path of an image file, relative to
+    the CSV's folder: a ``.npy`` array (height × width [× channels], as the camera gives
+    it) or, with Pillow installed, a PNG or JPEG; it is replaced by its pixels.
+    """
     import pandas as pd
 
     try:
@@ -35,7 +41,35 @@ def read_records(path: str | Path, what: str, *, sep: str | None = None) -> pd.D
         raise ValidationError(f"{what}: {path} is not a readable CSV file ({exc}).") from None
     if frame.empty:
         raise ValidationError(f"{what}: {path} holds no records.")
+    if schema is not None:
+        for field in schema.by_kind("image"):
+            if field.name in frame.columns:
+                frame[field.name] = [_image(Path(path).parent, cell, field.name, what)
+                                     for cell in frame[field.name]]
     return frame
+
+
+def _image(folder: Path, cell: object, name: str, what: str) -> object:
+    """The pixels of the image file a CSV cell names (see :func:`read_records`)."""
+    import numpy as np
+
+    if not isinstance(cell, str) or not cell:
+        raise ValidationError(f"{what}: column {name!r} must hold image file paths, got "
+                              f"{cell!r}.")
+    file = folder / cell
+    try:
+        if file.suffix.lower() == ".npy":
+            return np.load(file, allow_pickle=False)
+        from PIL import Image
+
+        with Image.open(file) as image:
+            return np.asarray(image)
+    except ImportError:
+        raise ValidationError(f"{what}: {file} is not a .npy file, and reading other images "
+                              "needs Pillow: pip install 'dmt-sdk[image]'.") from None
+    except (OSError, ValueError) as exc:
+        raise ValidationError(f"{what}: column {name!r}: cannot read the image {file} "
+                              f"({exc}).") from None
 
 
 def refuse_existing(path: str | Path | None, force: bool, *, source: str | Path | None = None,

@@ -27,12 +27,26 @@ def run_train(args: argparse.Namespace) -> int:
     if schema.target is None:
         raise ValidationError(f"--schema {args.schema} has no target field: give one the "
                               "'target' role ('dmt schema init ... --target COLUMN').")
-    data = read_records(args.data, "--data")
-    config = TrainingConfig(epochs=args.epochs, batch_size=args.batch_size,
-                            learning_rate=args.learning_rate, seed=args.seed)
+    data = read_records(args.data, "--data", schema=schema)
+    classifier = schema.target.kind.value == "categorical"
+    stopping = args.early_stopping
+    if stopping == "auto":  # the reference's fixed epochs overfit classifiers (README)
+        stopping = "0.1" if classifier else "none"
+    config = TrainingConfig(
+        epochs=args.epochs if args.epochs is not None else (300 if classifier else 500),
+        batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
+        early_stopping=None if stopping == "none" else _fraction(stopping),
+        patience=args.patience,
+        hidden_units=tuple(args.hidden_units) if args.hidden_units is not None
+        else TrainingConfig().hidden_units)
+    print(f"Training a {'classifier' if classifier else 'regression'} for "
+          f"{schema.target.name!r}: up to {config.epochs} epochs"
+          + (f", stopped early on {config.early_stopping:.0%} of the records held out"
+             if config.early_stopping else "")
+          + f", hidden layers {list(config.hidden_units)}.")
     with progress(total=config.epochs, desc="training foundation", unit="epoch") as bar:
         def on_epoch_end(epoch: int, loss: float) -> None:
-            bar.set_postfix(mse=f"{loss:.3f}", refresh=False)
+            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
             bar.update()
 
         foundation = train_foundation(data, schema, config, on_epoch_end=on_epoch_end)
@@ -40,6 +54,17 @@ def run_train(args: argparse.Namespace) -> int:
     foundation.save(args.output)
     print(f"Saved {args.output}: on the training data, {metrics.summary()}.")
     return 0
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 1:
+        raise ValidationError(f"--early-stopping must be a fraction in (0, 1), 'none' or "
+                              f"'auto', got {text!r}.")
+    return value
 
 
 def _import_coremltools_alone() -> None:
@@ -104,9 +129,10 @@ def run_personalize(args: argparse.Namespace) -> int:
     from dmt_model.personalize import UpdateEvent, featurizer_of, personalize, read_settings
 
     refuse_existing(args.output, args.force, source=args.records)
-    records = read_records(args.records, "--records")
-    holdout = read_records(args.holdout, "--holdout") if args.holdout else None
     spec = load_spec(args.model)
+    schema = featurizer_of(spec).schema
+    records = read_records(args.records, "--records", schema=schema)
+    holdout = read_records(args.holdout, "--holdout", schema=schema) if args.holdout else None
     if holdout is not None:
         # Checked first and on its own, so that an error in it names --holdout, not --records.
         featurizer = featurizer_of(spec)
@@ -120,7 +146,7 @@ def run_personalize(args: argparse.Namespace) -> int:
     with progress(total=epochs, desc="personalizing", unit="epoch") as bar:
         def on_event(event: UpdateEvent) -> None:
             if event.kind == "epoch_end":
-                bar.set_postfix(mse=f"{event.loss:.3f}", refresh=False)
+                bar.set_postfix(loss=f"{event.loss:.3f}", refresh=False)
                 bar.update()
 
         overrides = {k: v for k, v in (("learning_rate", args.learning_rate),
@@ -150,7 +176,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                                         "(required; write one with 'dmt schema init')")
     train.add_argument("-o", "--output", default="foundation.npz",
                        help="where to write the model (default: %(default)s)")
-    train.add_argument("--epochs", type=int, default=500, help="default: %(default)s")
+    train.add_argument("--epochs", type=int,
+                       help="the most epochs (default: 500 for a regression, the reference "
+                            "app's; 300 for a classifier)")
+    train.add_argument("--early-stopping", default="auto", metavar="FRACTION",
+                       help="hold out this fraction of the records to pick the epoch and stop "
+                            "when it stops improving; 'none' trains every epoch (default "
+                            "'auto': 0.1 for a classifier, none for a regression)")
+    train.add_argument("--patience", type=int, default=20,
+                       help="epochs without improvement before stopping (default: 20)")
+    train.add_argument("--hidden-units", type=int, nargs="*", metavar="N",
+                       help="widths of the hidden layers (default: 64 32, the reference's; "
+                            "none at all for a linear model on the embeddings, e.g. for text)")
     train.add_argument("--batch-size", type=int, default=32, help="default: %(default)s")
     train.add_argument("--learning-rate", type=float, default=1e-3, help="default: %(default)s")
     train.add_argument("--seed", type=int, default=0, help="default: %(default)s")

@@ -216,6 +216,9 @@ class ClassificationDataset:
     #: The modification a device applies to what it shares (field → a dmt_privacy.modify
     #: transformer), made fresh for each run.
     modifiers: Callable[[], Mapping[str, Any]] = dict
+    #: How many records simulated users hold in all (None: every record left after the
+    #: proxy), so that a user holds tens to hundreds, as on a phone.
+    user_records: int | None = None
 
     @property
     def target(self) -> str:
@@ -244,13 +247,13 @@ def _synonyms() -> dict[str, Any]:
 
 CLASSIFICATION_DATASETS: dict[str, ClassificationDataset] = {
     "adult": ClassificationDataset("adult", load_adult, ADULT_SCHEMA, ADULT_QUASI_IDENTIFIERS,
-                                   adult_available),
+                                   adult_available, user_records=3000),
     "digits": ClassificationDataset("digits", load_digits, DIGITS_SCHEMA, (), lambda: True,
                                     style_field="image", modifiers=_blur),
     "wordnet-topics": ClassificationDataset(
         "wordnet-topics", load_wordnet_topics, WORDNET_TOPICS_SCHEMA, (), _wordnet_available,
         config=TrainingConfig(epochs=300, early_stopping=0.1, patience=20, hidden_units=()),
-        modifiers=_synonyms),
+        modifiers=_synonyms, user_records=2000),
 }
 
 
