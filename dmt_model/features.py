@@ -11,7 +11,14 @@ graph, so a device passes raw values and cannot diverge from the server.
 
 Categorical fields become one-hot vectors over a fixed vocabulary (the
 schema's categories when declared, otherwise the sorted values seen in the
-proxy data). A value outside the vocabulary is handled by an explicit policy:
+proxy data). An image field's pixels join the numeric inputs, standardized
+with the mean and standard deviation of all proxy pixels; a text field
+becomes the mean of its tokens' one-hots over the vocabulary of a
+:class:`~dmt_privacy.tokens.Tokenizer` fitted on the proxy texts (the device
+runs the same tokenizer, shipped in the model's metadata). A categorical
+target's classes are the schema's categories (or the sorted values seen); a
+numeric target is standardized as below. A category outside the vocabulary
+is handled by an explicit policy:
 
 * ``unknown="error"`` (default): raise :class:`UnknownCategoryError` naming the
   field and the value;

@@ -1,5 +1,10 @@
 """The foundation model: trained on the server's proxy data, shipped to devices.
 
+What it learns is the schema's task (:mod:`dmt_model.tasks`): a regression
+of a numeric target, or a classification of a categorical one (one logit per
+class, softmax, cross-entropy). Images and texts are inputs too
+(:mod:`dmt_model.features`).
+
 The architecture is the DMT reference app's, generalized to any schema: one
 embedding per categorical field (vocabulary ``v`` → ``max(2, (v + 1) // 2)``
 dimensions, so Boston's CHAS 2→2 and RAD 9→5), concatenated with the
