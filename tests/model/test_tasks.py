@@ -284,3 +284,23 @@ def test_early_stopping_stops_when_held_out_loss_stops_improving():
         TrainingConfig(early_stopping=1.0)
     with pytest.raises(ValidationError, match="hidden_units"):
         TrainingConfig(hidden_units=(0,))
+
+
+def test_the_whole_loop_runs_for_a_classifier_with_modified_sharing(tmp_path):
+    from dmt_model.datasets.classifier_users import simulate_classifier_users
+    from dmt_model.loop import run_loop
+    from dmt_privacy.modify import GaussianBlur
+
+    simulation = simulate_classifier_users(_records(400, 11), target="level", n_users=3,
+                                           image="patch", n_records=120, seed=0)
+    result = run_loop(simulation, SCHEMA, quasi_identifiers=(), workdir=tmp_path / "loop",
+                      config=TrainingConfig(epochs=20, early_stopping=0.1, patience=5),
+                      modifiers={"patch": GaussianBlur(sigma=0.5)})
+    assert result.metric == "log loss"
+    assert result.packages_accepted == 3 and result.packages_rejected == 0
+    for user in result.users:
+        assert set(user.accuracy) >= {"foundation", "personal", "final", "oracle"}
+        if not user.personalized:  # an update the rule refused left v1 in place
+            assert user.personal == pytest.approx(user.foundation)
+        assert user.epsilon_spent > 0
+    assert result.v1_validation_rmse == result.v1_validation_error  # the deprecated alias
