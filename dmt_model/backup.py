@@ -76,8 +76,9 @@ malformed or above the ceiling -- raises one
 :class:`~dmt_privacy.errors.InvalidBackup` carrying no message, no cause and
 no context, so that it cannot become an oracle. Mistakes of the caller (an
 empty passphrase, metadata that is not JSON) raise
-:class:`~dmt_privacy.errors.ValidationError`; missing or existing files raise
-:class:`~dmt_privacy.errors.ModelFileError`.
+:class:`~dmt_privacy.errors.ValidationError`; missing files raise
+:class:`~dmt_privacy.errors.ModelFileError`, existing ones (without
+``overwrite=True``) :class:`~dmt_privacy.errors.OutputExistsError`.
 
 Restoring writes atomically: the model is decrypted and checked in memory,
 written to a temporary file in the destination's directory, fsynced, and
@@ -108,6 +109,7 @@ from dmt_privacy.errors import (
     InvalidBackup,
     MissingDependencyError,
     ModelFileError,
+    OutputExistsError,
     ValidationError,
 )
 from dmt_privacy.files import write_atomically
@@ -667,7 +669,7 @@ def _now() -> str:
 
 def _refuse_existing(path: Path, what: str) -> None:
     if path.exists() or path.is_symlink():
-        raise ModelFileError(
+        raise OutputExistsError(
             f"{what} file {str(path)!r} already exists; nothing was written. "
             "Choose another path, or pass overwrite=True (--force) to replace it."
         )
@@ -708,7 +710,7 @@ def _write_atomic(path: Path, data: bytes, *, overwrite: bool, what: str) -> Non
     try:
         write_atomically(path, data, mode=0o600, overwrite=overwrite)
     except FileExistsError:
-        raise ModelFileError(
+        raise OutputExistsError(
             f"{what} file {str(path)!r} already exists; nothing was written. "
             "Pass overwrite=True (--force) to replace it."
         ) from None

@@ -51,7 +51,7 @@ from dmt_model.tasks import (
     regression_metrics,
 )
 from dmt_privacy.errors import ModelFileError, ValidationError
-from dmt_privacy.files import write_atomically
+from dmt_privacy.files import SHARED_FILE_MODE, write_atomically
 from dmt_privacy.schema import Schema
 
 if TYPE_CHECKING:
@@ -227,9 +227,17 @@ class Foundation:
         return self.task.metrics(self.predict(frame), self.featurizer.target_values(frame))
 
     # --- persistence: numpy arrays + JSON, never pickle -------------------------
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the weights and featurizer as one ``.npz`` file (no pickle), atomically."""
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Write the weights and featurizer as one ``.npz`` file (no pickle), atomically.
+
+        The same foundation gives the same bytes (the zip entries carry a fixed
+        date, not the time of writing). The file is 0644: a foundation is meant to
+        be shared. An existing ``path`` is replaced only with ``overwrite=True``;
+        otherwise :class:`~dmt_privacy.errors.OutputExistsError` and nothing is
+        written.
+        """
         import json
+        import zipfile
 
         path = Path(path)
         arrays = {f"w:{k}": v.detach().numpy() for k, v in self.network.state_dict().items()}
@@ -237,8 +245,15 @@ class Foundation:
                 "format": 1}
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         buffer = io.BytesIO()
-        np.savez(buffer, **arrays)  # type: ignore[arg-type]
-        write_atomically(path, buffer.getvalue(), make_parents=True)
+        # What np.savez writes, with a fixed entry date so that the bytes are reproducible.
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+            for name, array in arrays.items():
+                entry = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                with archive.open(entry, "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asanyarray(array),
+                                              allow_pickle=False)
+        write_atomically(path, buffer.getvalue(), mode=SHARED_FILE_MODE, overwrite=overwrite,
+                         make_parents=True)
         return path
 
     @classmethod

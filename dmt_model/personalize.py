@@ -618,7 +618,7 @@ def _checked_update(
     except UpdateRejected as exc:
         return PersonalizationResult(False, str(exc), result_before, math.nan, output, history,
                                      out_of_bounds, chosen)
-    save_spec(candidate, output)
+    save_spec(candidate, output, overwrite=True)  # replacing the personal model is the job
     how = "on the holdout" if holdout is not None else f"in {len(checks)}-fold cross-validation"
     anchors = f"{chosen} anchor record{'' if chosen == 1 else 's'}"
     return PersonalizationResult(True, f"{why}, {how}, prior: {anchors}",

@@ -18,6 +18,7 @@ __all__ = [
     "LedgerIntegrityError",
     "MissingDependencyError",
     "ModelFileError",
+    "OutputExistsError",
     "SchemaError",
     "StoreIntegrityError",
     "StoreKeyError",
@@ -74,6 +75,11 @@ class StoreLockedError(DMTError, TimeoutError):
 
 class ModelFileError(DMTError, ValueError):
     """A model file is missing, unreadable, corrupted or not what was expected."""
+
+
+class OutputExistsError(DMTError, FileExistsError):
+    """A writer was asked to write a file that already exists and was not told to replace it:
+    nothing was written. Pass ``overwrite=True`` (``--force`` on the command line)."""
 
 
 class UpdatableModelError(ModelFileError):

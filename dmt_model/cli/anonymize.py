@@ -269,7 +269,7 @@ def run(args: argparse.Namespace) -> int:
     """Anonymize ``args.input`` into ``args.output``; print the report; return 0."""
     from dmt_privacy.anonymity import Hierarchy, KAnonymizer
     from dmt_privacy.anonymity.released_table import column_kinds, write_released
-    from dmt_privacy.files import write_atomically
+    from dmt_privacy.files import SHARED_FILE_MODE, write_atomically
 
     if not args.input.is_file():
         raise ValidationError(f"Input file {str(args.input)!r} does not exist.")
@@ -333,12 +333,13 @@ def run(args: argparse.Namespace) -> int:
     write_released(table, args.output, cell_kinds, fmt=fmt, sep=sep, overwrite=args.force)
     report = anonymizer.report_
     if args.plan is not None:
-        write_atomically(args.plan, anonymizer.plan_.to_json().encode(), overwrite=True)
+        write_atomically(args.plan, anonymizer.plan_.to_json().encode(), overwrite=True,
+                         mode=SHARED_FILE_MODE)
     if args.report is not None:
         data = {**_finite(report.to_dict()), "columns": cell_kinds, "format": fmt,
                 "separator": sep}
         write_atomically(args.report, json.dumps(data, indent=2, allow_nan=False).encode(),
-                         overwrite=True)
+                         overwrite=True, mode=SHARED_FILE_MODE)
     print(f"dmt anonymize: {args.input} -> {args.output} ({fmt})")
     if identifiers:
         print(f"identifier column(s) left out, as the schema says: {', '.join(identifiers)}")

@@ -51,7 +51,7 @@ def run_train(args: argparse.Namespace) -> int:
 
         foundation = train_foundation(data, schema, config, on_epoch_end=on_epoch_end)
     metrics = foundation.evaluate(data)
-    foundation.save(args.output)
+    foundation.save(args.output, overwrite=args.force)
     print(f"Saved {args.output}: on the training data, {metrics.summary()}.")
     return 0
 
@@ -111,7 +111,7 @@ def run_export(args: argparse.Namespace) -> int:
                                   shuffle=not args.no_shuffle, seed=args.seed)
     # FoundationArrays offers what the exporter reads from a Foundation, without torch.
     path = export_coreml(cast(Any, foundation), args.output, updatable=settings,
-                         version=args.version)
+                         version=args.version, overwrite=args.force)
     kind = (f"updatable (last {settings.updatable_layers} layer(s), {settings.optimizer}, "
             f"lr {settings.learning_rate}, batch {settings.batch_size}, {settings.epochs} epochs)"
             if settings else "non-updatable")

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from dmt_privacy.errors import MissingDependencyError, ModelFileError
-from dmt_privacy.files import write_atomically
+from dmt_privacy.files import PRIVATE_FILE_MODE, write_atomically
 
-__all__ = ["import_coremltools", "load_spec", "save_spec", "spec_from_bytes"]
+__all__ = ["import_coremltools", "load_spec", "save_spec", "spec_bytes", "spec_from_bytes"]
 
 
 def import_coremltools() -> Any:
@@ -64,6 +64,25 @@ def load_spec(path: str | os.PathLike[str]) -> Any:
     return spec_from_bytes(data, source=str(path))
 
 
-def save_spec(spec: Any, path: str | os.PathLike[str]) -> Path:
-    """Write ``spec`` to ``path`` atomically: the old file survives any failure."""
-    return write_atomically(path, spec.SerializeToString(), make_parents=True)
+def spec_bytes(spec: Any) -> bytes:
+    """``spec`` serialized deterministically: the same spec gives the same bytes in any process.
+
+    Protobuf writes map fields (the model's ``userDefined`` metadata) in hash order
+    unless asked for deterministic output, so the default serialization of one
+    spec differs between runs with different ``PYTHONHASHSEED``.
+    """
+    return bytes(spec.SerializeToString(deterministic=True))
+
+
+def save_spec(spec: Any, path: str | os.PathLike[str], *, overwrite: bool = False,
+              mode: int = PRIVATE_FILE_MODE) -> Path:
+    """Write ``spec`` to ``path`` atomically: the old file survives any failure.
+
+    The bytes are reproducible (:func:`spec_bytes`). An existing file is replaced
+    only with ``overwrite=True``, otherwise
+    :class:`~dmt_privacy.errors.OutputExistsError`. The file is 0600 unless
+    ``mode`` says otherwise: a spec may be a personal model; ``export_coreml``
+    writes models meant to ship as 0644.
+    """
+    return write_atomically(path, spec_bytes(spec), mode=mode, overwrite=overwrite,
+                            make_parents=True)

@@ -72,6 +72,7 @@ from dmt_model.coreml._spec import import_coremltools, save_spec
 from dmt_model.features import coded_input
 from dmt_model.foundation import Foundation
 from dmt_privacy.errors import ValidationError
+from dmt_privacy.files import SHARED_FILE_MODE
 
 __all__ = ["UpdateSettings", "build_spec", "export_coreml"]
 
@@ -355,11 +356,17 @@ def _describe(spec: Any, foundation: Foundation, *, version: str, description: s
 
 def export_coreml(foundation: Foundation, path: str | os.PathLike[str], *,
                   updatable: UpdateSettings | None = None, version: str = "1",
-                  description: str = "") -> Path:
-    """Write ``foundation`` as an ``.mlmodel`` (atomically); validated when updatable."""
+                  description: str = "", overwrite: bool = False) -> Path:
+    """Write ``foundation`` as an ``.mlmodel`` (atomically); validated when updatable.
+
+    The same foundation and settings give the same bytes, in any process. The
+    file is 0644: it is meant to ship. An existing ``path`` is replaced only with
+    ``overwrite=True``; otherwise :class:`~dmt_privacy.errors.OutputExistsError`
+    and nothing is written.
+    """
     from dmt_model.coreml.validate import validate_updatable
 
     spec = build_spec(foundation, updatable=updatable, version=version, description=description)
     if updatable is not None:
         validate_updatable(spec)
-    return save_spec(spec, path)
+    return save_spec(spec, path, overwrite=overwrite, mode=SHARED_FILE_MODE)

@@ -48,7 +48,7 @@ from dmt_model.foundation import (
     standardized_squared_error,
 )
 from dmt_model.server.retrain import SharedBatch, training_set
-from dmt_privacy.errors import ValidationError
+from dmt_privacy.errors import OutputExistsError, ValidationError
 
 __all__ = ["fit_foundation_ddp", "main", "retrain_foundation_ddp"]
 
@@ -161,6 +161,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, help="default: the previous foundation's")
     parser.add_argument("--warm-start", action="store_true")
     parser.add_argument("-o", "--output", type=Path, required=True, help="new foundation .npz")
+    parser.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     return parser
 
 
@@ -173,6 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.db is not None and (args.key is None or args.policy is None):
         raise ValidationError("--db needs --key, the server's private key file, and --policy, "
                               "the policy JSON ingestion accepted the packages under.")
+    if args.output.exists() and not args.force:  # refused before training, not after
+        raise OutputExistsError(f"-o {args.output} already exists; pass --force to replace it.")
     dist = torch.distributed
     dist.init_process_group("gloo")
     try:
@@ -202,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                         warm_start=args.warm_start,
                                         on_epoch_end=lambda _e, loss: losses.append(loss))
         if rank == 0:
-            result.save(args.output)
+            result.save(args.output, overwrite=args.force)
             records = len(proxy) + sum(len(b.records) for b in shared)
             print(f"rank 0 of {dist.get_world_size()}: trained on {records} records, "
                   f"{config.epochs} epochs, final training MSE {losses[-1]:.4f}; wrote "

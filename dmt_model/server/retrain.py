@@ -327,9 +327,12 @@ class ModelRegistry:
                 if not validation["error"] <= before["error"] * (1 + tolerance):
                     status = "refused"
         stem = f"foundation-v{number}"
-        foundation.save(self.folder / f"{stem}.npz")
+        # The registry owns its folder: a version file no index names is a leftover of an
+        # interrupted publish, replaced by this one.
+        foundation.save(self.folder / f"{stem}.npz", overwrite=True)
         export_coreml(foundation, self.folder / f"{stem}.mlmodel",
-                      updatable=update_settings or UpdateSettings(), version=str(number))
+                      updatable=update_settings or UpdateSettings(), version=str(number),
+                      overwrite=True)
         entry = ModelVersion(number, f"{stem}.npz", f"{stem}.mlmodel",
                              datetime.now(timezone.utc).isoformat(timespec="seconds"),
                              dict(trained_on), evaluation, notes, status, validation)

@@ -256,7 +256,7 @@ def write_released(frame: pd.DataFrame, path: str | os.PathLike[str], kinds: Map
                    *, fmt: str = "csv", sep: str = ",", overwrite: bool = False) -> Path:
     """Write a released table to ``path`` as ``"csv"`` or ``"jsonl"``, all at once or not at
     all; refuses to replace an existing file unless ``overwrite``."""
-    from dmt_privacy.files import write_atomically
+    from dmt_privacy.files import SHARED_FILE_MODE, write_atomically
 
     if fmt == "csv":
         text = released_csv(frame, kinds, sep=sep)
@@ -265,7 +265,8 @@ def write_released(frame: pd.DataFrame, path: str | os.PathLike[str], kinds: Map
     else:
         raise ValidationError(f"format must be 'csv' or 'jsonl', got {fmt!r}.")
     try:
-        return write_atomically(path, text.encode("utf-8"), overwrite=overwrite)
+        return write_atomically(path, text.encode("utf-8"), mode=SHARED_FILE_MODE,
+                                overwrite=overwrite)
     except FileExistsError:
         raise ValidationError(f"{path} already exists; pass overwrite=True (--force) to replace "
                               "it.") from None

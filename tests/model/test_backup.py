@@ -32,7 +32,13 @@ from dmt_model.backup import (
     restore_bytes,
 )
 from dmt_model.cli import backup as backup_cli
-from dmt_privacy.errors import DMTError, InvalidBackup, ModelFileError, ValidationError
+from dmt_privacy.errors import (
+    DMTError,
+    InvalidBackup,
+    ModelFileError,
+    OutputExistsError,
+    ValidationError,
+)
 
 # Argon2's smallest legal cost: fast enough to try hundreds of altered backups,
 # and far below the floor, so usable only inside _insecure_kdf_for_tests.
@@ -678,10 +684,10 @@ def test_restore_never_overwrites_without_permission(tmp_path: Path, fast_kdf: N
     backup(model, tmp_path / "b", "pw")
     target = tmp_path / "existing.mlmodel"
     target.write_bytes(b"do not touch")
-    with pytest.raises(ModelFileError, match="already exists"):
+    with pytest.raises(OutputExistsError, match="already exists"):
         restore(tmp_path / "b", target, "pw")
     assert target.read_bytes() == b"do not touch"
-    with pytest.raises(ModelFileError, match="already exists"):
+    with pytest.raises(OutputExistsError, match="already exists"):
         backup(model, tmp_path / "b", "pw")
     restore(tmp_path / "b", target, "pw", overwrite=True)
     assert target.read_bytes() == b"the model"

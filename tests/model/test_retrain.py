@@ -73,7 +73,7 @@ def _broken_copy(foundation, path):
 
     spec = load_spec(export_coreml(foundation, path, updatable=UpdateSettings()))
     set_inner_product(spec, "dense_0", np.zeros((64, 18), np.float32), np.zeros(64, np.float32))
-    return save_spec(spec, path)
+    return save_spec(spec, path, overwrite=True)
 
 
 def test_a_better_new_version_replaces_the_personal_model(foundation, simulation, tmp_path):
