@@ -245,8 +245,10 @@ class KAnonymizer(TransformerMixin, BaseEstimator):
     # --- validation -----------------------------------------------------------------
     def _check_params(self, X: Any) -> tuple[list[str], dict[str, Hierarchy]]:
         if not isinstance(X, pd.DataFrame):
+            sparse = " (sparse input is not supported)" if type(X).__module__.startswith(
+                "scipy.sparse") else ""
             raise ValidationError(
-                f"KAnonymizer expects a pandas DataFrame, got {type(X).__name__}; "
+                f"KAnonymizer expects a pandas DataFrame, got {type(X).__name__}{sparse}; "
                 "wrap arrays with pandas.DataFrame(..., columns=...)."
             )
         qis = [self.quasi_identifiers] if isinstance(self.quasi_identifiers, str) else list(
@@ -729,6 +731,19 @@ class KAnonymizer(TransformerMixin, BaseEstimator):
         )
         est.plan_ = plan
         return est
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.categorical = True
+        tags.input_tags.string = True
+        tags.transformer_tags.preserves_dtype = []  # intervals, sets, hierarchy labels
+        return tags
+
+    def _expected_failed_checks(self) -> dict[str, str]:
+        """The ``sklearn.utils.estimator_checks`` that fail by design, with the reason."""
+        from dmt_privacy.dp.perturber import _ARRAY_CHECKS  # the checks that feed arrays
+
+        return dict.fromkeys(_ARRAY_CHECKS, "DataFrames only: quasi_identifiers name columns")
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         names = getattr(self, "feature_names_in_", None)

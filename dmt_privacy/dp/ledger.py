@@ -194,6 +194,14 @@ class PrivacyLedger:
         The budget, required the first time a user's ledger is opened and
         stored then. Reopening with ``None`` uses the stored budget; reopening
         with a different value raises (a budget is not raised by accident).
+
+    Copies. A ledger is an account, so it is never duplicated:
+    ``copy.copy``, ``copy.deepcopy`` and so scikit-learn's ``clone`` return
+    the same ledger, and a cloned perturber charges it. A ledger opened from
+    a path with no ``integrity_key`` pickles as a reference to that file
+    (the unpickled ledger reopens and charges the same file, which must
+    exist; joblib workers can use it); any other ledger refuses to pickle,
+    rather than write its key into the pickle or open a fresh account.
     """
 
     def __init__(
@@ -215,10 +223,12 @@ class PrivacyLedger:
         self.user_id = user_id
         self._integrity_key = integrity_key
         self._owns = isinstance(database, (str, os.PathLike))
+        self._path: str | None = None  # set when the ledger opens its own file
+        self._timeout = timeout
         try:
             if isinstance(database, (str, os.PathLike)):
-                conn = sqlite3.connect(os.fspath(database), timeout=timeout,
-                                       isolation_level=None)
+                self._path = os.fspath(database)
+                conn = sqlite3.connect(self._path, timeout=timeout, isolation_level=None)
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=FULL")
                 self._storage: LedgerStorage = _PlainStorage(conn)
@@ -477,6 +487,24 @@ class PrivacyLedger:
         """Charged releases that never completed (e.g. the process was killed); still counted."""
         return [e for e in self.entries() if e.status == "charged"]
 
+    # --- copies -----------------------------------------------------------------
+    def __copy__(self) -> PrivacyLedger:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> PrivacyLedger:
+        return self  # the same account: a copy would be a second budget for the same user
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self._path is None or self._integrity_key is not None:
+            what = ("has an integrity_key, which a pickle would hold in clear"
+                    if self._integrity_key is not None else
+                    "was opened on a connection or store, which cannot be reopened elsewhere")
+            raise ValidationError(
+                f"The privacy ledger of user {self.user_id!r} cannot be pickled: it {what}. "
+                "Keep the estimator in this process (n_jobs=1, or joblib's threading backend)."
+            )
+        return (_reopen, (self._path, self.user_id, self._timeout))
+
     # --- lifetime ---------------------------------------------------------------
     def close(self) -> None:
         if self._owns:
@@ -494,3 +522,13 @@ class PrivacyLedger:
             f"PrivacyLedger(user_id={self.user_id!r}, spent ε={spent.epsilon:g}/"
             f"{self._budget.epsilon:g}, δ={spent.delta:g}/{self._budget.delta:g})"
         )
+
+
+def _reopen(path: str, user_id: str, timeout: float) -> PrivacyLedger:
+    """The ledger a pickle refers to: the same file, which must still exist."""
+    if not os.path.isfile(path):
+        raise ValidationError(
+            f"The pickled privacy ledger of user {user_id!r} refers to {path!r}, which does not "
+            "exist here; a new file would be a fresh budget, so it is refused."
+        )
+    return PrivacyLedger(path, user_id=user_id, timeout=timeout)

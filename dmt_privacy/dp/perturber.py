@@ -38,6 +38,7 @@ _NUMERIC = {"laplace": "laplace", "discrete_laplace": "laplace",
 _CATEGORICAL = {"k_rr": "k_rr", "krr": "k_rr", "randomized_response": "k_rr",
                 "oue": "oue", "unary_encoding": "oue"}
 _UNITS = ("user", "record")
+_REMAINDERS = ("error", "drop", "passthrough")
 
 
 def _max_multiplicity(frame: pd.DataFrame) -> int:
@@ -79,6 +80,22 @@ class Release:
     receipt: ReleaseReceipt
 
 
+#: Checks of ``sklearn.utils.estimator_checks`` that feed a numpy array to fit or transform.
+_ARRAY_CHECKS = (
+    "check_fit_score_takes_y", "check_estimators_overwrite_params",
+    "check_dont_overwrite_parameters", "check_estimators_fit_returns_self",
+    "check_readonly_memmap_input", "check_n_features_in_after_fitting",
+    "check_positive_only_tag_during_fit", "check_estimators_dtypes", "check_complex_data",
+    "check_dtype_object", "check_estimators_empty_data_messages", "check_pipeline_consistency",
+    "check_estimators_nan_inf", "check_estimators_pickle", "check_f_contiguous_array_estimator",
+    "check_transformer_data_not_an_array", "check_transformer_general",
+    "check_transformer_preserve_dtypes", "check_methods_sample_order_invariance",
+    "check_methods_subset_invariance", "check_fit2d_1sample", "check_fit2d_1feature",
+    "check_dict_unchanged", "check_fit_idempotent", "check_fit_check_is_fitted",
+    "check_n_features_in", "check_fit2d_predict1d",
+)
+
+
 class LocalDPPerturber(TransformerMixin, BaseEstimator):
     """Perturb the fields of records with local differential privacy before they leave a device.
 
@@ -88,8 +105,8 @@ class LocalDPPerturber(TransformerMixin, BaseEstimator):
         States each field's kind, and the bounds and grid of numeric fields or
         the categories of categorical ones. Bounds are required, never inferred.
     epsilon:
-        Mapping ``field -> ε`` (each > 0). Exactly these fields are released;
-        a DataFrame with any other column is refused.
+        Mapping ``field -> ε`` (each > 0). Exactly these fields are perturbed;
+        what happens to a DataFrame's other columns is ``remainder``'s choice.
     delta:
         Mapping ``field -> δ`` for fields using the Gaussian mechanism.
     mechanism:
@@ -116,6 +133,19 @@ class LocalDPPerturber(TransformerMixin, BaseEstimator):
     random_state:
         ``None`` (default): noise from the OS CSPRNG. An int seeds numpy's
         PCG64: NOT SECURE, reproducible tests only (warns; receipts say so).
+    remainder:
+        The columns of a DataFrame that have no ε: ``"error"`` (default)
+        refuses them; ``"drop"`` leaves them out of the output;
+        ``"passthrough"`` copies them to the output UNPERTURBED, in their
+        place (as after a :class:`~dmt_privacy.anonymity.KAnonymizer` in a
+        ``Pipeline``); the receipt covers the perturbed fields only.
+
+    scikit-learn: ``clone`` and ``copy.deepcopy`` keep the SAME ledger (a
+    ledger is an account, never copied), so every clone that ``GridSearchCV``
+    or ``cross_validate`` makes charges it. Pickling follows
+    :meth:`PrivacyLedger.__reduce__`. Only DataFrames are accepted: the checks
+    of ``sklearn.utils.estimator_checks`` that feed arrays are declared by
+    :meth:`_expected_failed_checks`.
     """
 
     def __init__(
@@ -129,6 +159,7 @@ class LocalDPPerturber(TransformerMixin, BaseEstimator):
         ledger: PrivacyLedger | Unaccounted | None = None,
         privacy_unit: str = "user",
         random_state: Any = None,
+        remainder: str = "error",
     ) -> None:
         self.schema = schema
         self.epsilon = epsilon
@@ -138,13 +169,15 @@ class LocalDPPerturber(TransformerMixin, BaseEstimator):
         self.ledger = ledger
         self.privacy_unit = privacy_unit
         self.random_state = random_state
+        self.remainder = remainder
 
     # --- fit ----------------------------------------------------------------------
     def fit(self, X: Any = None, y: Any = None) -> LocalDPPerturber:
         """Validate the parameters against the schema and build the mechanisms.
 
-        Looks at ``X`` only for its column names: nothing about the data's values
-        is learned (bounds come from the schema).
+        ``X``, when given, is validated as a release would be (nothing is
+        charged) and its column names kept: nothing about the data's values is
+        learned (bounds come from the schema).
         """
         if not isinstance(self.schema, Schema):
             raise SchemaError(f"schema must be a dmt_privacy Schema, got {type(self.schema)!r}.")
@@ -156,6 +189,10 @@ class LocalDPPerturber(TransformerMixin, BaseEstimator):
         if self.privacy_unit not in _UNITS:
             raise ValidationError(
                 f"privacy_unit must be one of {_UNITS!r}, got {self.privacy_unit!r}."
+            )
+        if self.remainder not in _REMAINDERS:
+            raise ValidationError(
+                f"remainder must be one of {_REMAINDERS!r}, got {self.remainder!r}."
             )
         if self.ledger is None:
             raise ValidationError(
@@ -228,21 +265,31 @@ class LocalDPPerturber(TransformerMixin, BaseEstimator):
                 )
         self.mechanisms_ = mechanisms
         self.source_ = source
-        self.feature_names_in_ = np.array(list(mechanisms), dtype=object)
-        self.n_features_in_ = len(mechanisms)
+        names = list(mechanisms) if X is None else list(self._check_frame(X).columns)
+        self.feature_names_in_ = np.array(names, dtype=object)
+        self.n_features_in_ = len(names)
         return self
 
     # --- release --------------------------------------------------------------------
     def _check_frame(self, X: Any) -> pd.DataFrame:
         if not isinstance(X, pd.DataFrame):
+            sparse = " (sparse input is not supported)" if type(X).__module__.startswith(
+                "scipy.sparse") else ""
             raise ValidationError(
                 f"LocalDPPerturber expects a pandas DataFrame with columns "
-                f"{list(self.mechanisms_)!r}, got {type(X).__name__}."
+                f"{list(self.mechanisms_)!r}, got {type(X).__name__}{sparse}."
             )
         if len(X) == 0:
             raise ValidationError("Nothing to release: the DataFrame has no rows.")
         fields = list(self.mechanisms_)
-        self.schema.select(fields).validate(X, columns=fields)
+        extra = [c for c in X.columns if c not in self.mechanisms_]
+        if extra and self.remainder == "error":
+            raise ValidationError(
+                f"Unexpected column(s) {extra!r}: only {fields!r} have an ε. Drop them, or pass "
+                "remainder='drop' (leave them out) or remainder='passthrough' (release them "
+                "unperturbed, e.g. after a KAnonymizer)."
+            )
+        self.schema.select(fields).validate(X, columns=fields, allow_extra=True)
         return X
 
     def _receipt(self, frame: pd.DataFrame) -> ReleaseReceipt:
@@ -267,14 +314,21 @@ class LocalDPPerturber(TransformerMixin, BaseEstimator):
         )
 
     def _draw(self, X: pd.DataFrame) -> pd.DataFrame:
-        columns: dict[str, Any] = {}
+        perturbed: dict[str, dict[str, Any]] = {}
         for name, mech in self.mechanisms_.items():
             out = mech.randomise(X[name].to_numpy())
             if isinstance(mech, UnaryEncoding):
-                for j, col in enumerate(mech.output_columns):
-                    columns[col] = out[:, j]
+                perturbed[name] = {col: out[:, j] for j, col in enumerate(mech.output_columns)}
             else:
-                columns[name] = out
+                perturbed[name] = {name: out}
+        columns: dict[Any, Any] = {}
+        if self.remainder == "passthrough":  # every column in its place
+            for name in X.columns:
+                kept = {name: X[name].array.copy()} if name not in perturbed else perturbed[name]
+                columns.update(kept)
+        else:
+            for block in perturbed.values():
+                columns.update(block)
         return pd.DataFrame(columns, index=X.index.copy())
 
     def perturb(self, X: pd.DataFrame) -> Release:
@@ -300,8 +354,29 @@ class LocalDPPerturber(TransformerMixin, BaseEstimator):
         return release.data
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        """The output columns (OUE fields expand to ``"<field>=<category>"``).
+
+        With ``remainder='passthrough'``, the input's columns in their order
+        (``input_features``, else those seen by :meth:`fit`).
+        """
         check_is_fitted(self, "mechanisms_")
+        inputs = list(self.mechanisms_)
+        if self.remainder == "passthrough":
+            inputs = list(self.feature_names_in_ if input_features is None else input_features)
         names: list[str] = []
-        for name, mech in self.mechanisms_.items():
+        for name in inputs:
+            mech = self.mechanisms_.get(name)
             names.extend(mech.output_columns if isinstance(mech, UnaryEncoding) else [name])
         return np.array(names, dtype=object)
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = self.random_state is None  # the OS CSPRNG, unseeded
+        tags.input_tags.categorical = True
+        tags.input_tags.string = True
+        tags.transformer_tags.preserves_dtype = []
+        return tags
+
+    def _expected_failed_checks(self) -> dict[str, str]:
+        """The ``sklearn.utils.estimator_checks`` that fail by design, with the reason."""
+        return dict.fromkeys(_ARRAY_CHECKS, "DataFrames only: fields are named by the schema")

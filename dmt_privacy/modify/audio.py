@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from dmt_privacy.errors import MissingDependencyError, ValidationError
-from dmt_privacy.modify._base import Modifier, check_number
+from dmt_privacy.modify._base import _ROW_CHECKS, Modifier, check_number
 
 __all__ = ["AudioNoise", "PitchShift", "TempoChange", "snr_db"]
 
@@ -50,8 +50,6 @@ def _to_float(clip: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.n
             return np.clip(np.rint(out * scale), info.min, info.max).astype(dtype)
 
         return clip.astype(np.float64) / scale, restore
-    if not np.all(np.isfinite(clip)):
-        raise ValidationError("An audio clip holds NaN or infinite samples; fix them first.")
     work = np.result_type(dtype, np.float32)  # float32 stays float32: librosa is faster
     return clip.astype(work), lambda out: out.astype(dtype)
 
@@ -73,11 +71,20 @@ class _AudioModifier(Modifier):
     def _is_item(self, value: Any) -> bool:
         return _is_clip(value)
 
+    def _check_values(self, item: Any) -> str | None:
+        if item.size == 0:
+            return f"the audio clip has no samples (shape {item.shape})."
+        if np.issubdtype(item.dtype, np.floating) and not np.isfinite(item).all():
+            return "the audio clip holds NaN or infinite samples; fix them first."
+        return None
+
     def _modify_item(self, item: Any, rng: np.random.Generator) -> Any:
         clip, restore = _to_float(item)
-        if clip.shape[-1] == 0:
-            return item.copy()
         return restore(self._modify_clip(clip, rng))
+
+    def _expected_failed_checks(self) -> dict[str, str]:
+        return {**super()._expected_failed_checks(),
+                "check_fit1d": "a 1-D array is a mono clip, not a malformed table"}
 
     @abstractmethod
     def _modify_clip(self, clip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -172,3 +179,7 @@ class AudioNoise(_AudioModifier):
         noise = rng.standard_normal(clip.shape)
         noise *= np.sqrt(power / (10.0 ** (float(self.snr_db) / 10.0)) / np.mean(noise**2))
         return clip + noise
+
+    def _expected_failed_checks(self) -> dict[str, str]:
+        one = "a 2-D array is one clip: its noise is scaled to the whole clip's power"
+        return {**super()._expected_failed_checks(), **dict.fromkeys(_ROW_CHECKS, one)}

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from dmt_privacy.errors import ValidationError
-from dmt_privacy.modify._base import Modifier, check_number
+from dmt_privacy.modify._base import _ROW_CHECKS, Modifier, check_number
 
 __all__ = ["LUMA_WEIGHTS", "ColorCorrection", "GaussianBlur", "ImageNoise"]
 
@@ -111,9 +111,22 @@ class _ImageModifier(Modifier):
     def _is_item(self, value: Any) -> bool:
         return _is_image(value)
 
+    def _check_values(self, item: Any) -> str | None:
+        if _is_pil(item):
+            return None if item.size[0] * item.size[1] else "the image has no pixels."
+        if item.size == 0:
+            return f"the image has no pixels (shape {item.shape})."
+        if np.issubdtype(item.dtype, np.floating) and not np.isfinite(item).all():
+            return "the image holds NaN or infinite values; fix them first."
+        return None
+
     def _modify_item(self, item: Any, rng: np.random.Generator) -> Any:
         array, restore = _to_unit(item)
         return restore(self._modify_array(array, rng))
+
+    def _expected_failed_checks(self) -> dict[str, str]:
+        return {**super()._expected_failed_checks(),
+                "check_estimators_dtypes": "signed integer images (int64) are refused"}
 
     @abstractmethod
     def _modify_array(self, array: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -147,6 +160,10 @@ class GaussianBlur(_ImageModifier):
 
         return gaussian_filter(array, sigma=(sigma, sigma, 0.0), mode="reflect",
                                truncate=float(self.truncate))
+
+    def _expected_failed_checks(self) -> dict[str, str]:
+        return {**super()._expected_failed_checks(),
+                **dict.fromkeys(_ROW_CHECKS, "a 2-D array is one image: blurring mixes its rows")}
 
 
 class ColorCorrection(_ImageModifier):
@@ -240,3 +257,7 @@ class ImageNoise(_ImageModifier):
         c = _colour_channels(array)
         out[:, :, :c] += rng.normal(0.0, float(self.std), size=out[:, :, :c].shape)
         return out
+
+    def _expected_failed_checks(self) -> dict[str, str]:
+        return {**super()._expected_failed_checks(),
+                **dict.fromkeys(_ROW_CHECKS, "a 2-D array is one image: noise is drawn per image")}

@@ -268,10 +268,13 @@ class SynonymReplacer(Modifier):
 
     # --- scikit-learn contract ------------------------------------------------
     def fit(self, X: Any = None, y: Any = None) -> SynonymReplacer:
-        """Validate the parameters and load WordNet; nothing is learned from ``X``."""
+        """Validate the parameters (and ``X`` when given) and load WordNet.
+
+        Nothing is learned from ``X``; a DataFrame's columns become ``feature_names_in_``.
+        """
         from dmt_privacy.modify.wordnet import find_wordnet, load_wordnet
 
-        self._check_params()
+        super().fit(X)
         self.wordnet_root_ = str(find_wordnet(self.wordnet_dir))
         self.wordnet_version_ = load_wordnet(self.wordnet_root_).get_version()
         self.stop_words_ = self._stop_words()
@@ -312,6 +315,19 @@ class SynonymReplacer(Modifier):
 
     def _is_item(self, value: Any) -> bool:
         return isinstance(value, str)
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.string = True
+        return tags
+
+    def _expected_failed_checks(self) -> dict[str, str]:
+        texts = "texts only: a numeric array is refused"
+        from dmt_privacy.dp.perturber import _ARRAY_CHECKS  # the checks that feed arrays
+
+        checks = (*[c for c in _ARRAY_CHECKS if c != "check_complex_data"],  # refused as such
+                  "check_transformers_unfitted_stateless")
+        return {**super()._expected_failed_checks(), **dict.fromkeys(checks, texts)}
 
     def _modify_text(self, text: str, index: int, root: str, stop_words: frozenset[str],
                      protected: re.Pattern[str] | None, rate: float,
