@@ -26,7 +26,8 @@ Three measurements on each data set of ``dmt_model.datasets.CLASSIFICATION_DATAS
 
 Writes ``benchmarks/results/task_quality.{json,md}``.
 Run: ``NLTK_DATA=nltk_data .venv/bin/python benchmarks/task_quality.py [--seeds 5]
-[--parts foundation personalization sharing] [--workers 2]`` (about 40 min on 2 cores).
+[--parts foundation personalization sharing] [--workers 2] [--personalization-seeds 2]``
+(about 40 min on 2 cores).
 """
 
 from __future__ import annotations
@@ -209,20 +210,22 @@ def _call(job: tuple[str, tuple[Any, ...]]) -> Any:
     return globals()[function](*arguments)
 
 
-def run(seeds: int, parts: list[str], workers: int, names: list[str]) -> dict[str, Any]:
+def run(seeds: int, parts: list[str], workers: int, names: list[str],
+        personalization_seeds: int = 2) -> dict[str, Any]:
     jobs: list[tuple[str, tuple[Any, ...]]] = []
     for name in names:
         if "foundation" in parts:
             jobs += [("foundation_run", (name, seed)) for seed in range(seeds)]
         if "personalization" in parts:
             jobs += [("personalization_run", (name, shift, seed))
-                     for shift, _ in SHIFTS[name] for seed in range(min(seeds, 2))]
+                     for shift, _ in SHIFTS[name] for seed in range(personalization_seeds)]
         if "sharing" in parts:
             jobs += [("sharing_run", (name, seed)) for seed in range(min(seeds, 3))]
     started = time.perf_counter()
     with ProcessPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(_call, jobs))
-    out: dict[str, Any] = {"seeds": seeds, "seconds": round(time.perf_counter() - started),
+    out: dict[str, Any] = {"seeds": seeds, "personalization_seeds": personalization_seeds,
+                           "seconds": round(time.perf_counter() - started),
                            "foundation": {}, "personalization": {}, "sharing": {}}
     for (function, arguments), result in zip(jobs, results, strict=True):
         name = arguments[0]
@@ -294,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--personalization-seeds", type=int, default=2,
+                        help="seeds of the personalization part (20 users each; slow)")
     parser.add_argument("--parts", nargs="+", default=["foundation", "personalization",
                                                        "sharing"],
                         choices=["foundation", "personalization", "sharing"])
@@ -301,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     names = [n for n in args.datasets if CLASSIFICATION_DATASETS[n].available()]
-    result = run(args.seeds, args.parts, args.workers, names)
+    result = run(args.seeds, args.parts, args.workers, names, args.personalization_seeds)
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "task_quality.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.output / "task_quality.md").write_text(markdown(result))

@@ -115,7 +115,7 @@ def _oracle(featurizer: Any, predicted: np.ndarray, user: Any, proxy: Any) -> np
     if not featurizer.classes_:
         return predicted * user.factor
     mix = getattr(user, "label_distribution", None)
-    if mix is None:
+    if mix is None or len(mix) == 0:  # no label shift drawn: v1 is the oracle
         return predicted
     prior = np.bincount(featurizer.target_values(proxy), minlength=len(featurizer.classes_))
     ratio = np.asarray(mix, np.float64) / np.maximum(prior / prior.sum(), 1e-12)
