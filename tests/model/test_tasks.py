@@ -304,3 +304,19 @@ def test_the_whole_loop_runs_for_a_classifier_with_modified_sharing(tmp_path):
             assert user.personal == pytest.approx(user.foundation)
         assert user.epsilon_spent > 0
     assert result.v1_validation_rmse == result.v1_validation_error  # the deprecated alias
+
+
+def test_the_label_shift_oracle(classifier):
+    from types import SimpleNamespace
+
+    from dmt_model.loop import _oracle
+
+    proxy = _records(300, 12)
+    p = classifier.predict(proxy.iloc[:5])
+    # A user drawn with no label shift has an empty mix: the oracle is v1 itself.
+    assert np.array_equal(_oracle(classifier.featurizer, p, SimpleNamespace(
+        label_distribution=(), factor=1.0), proxy), p)
+    # A user holding only 'high' records: the oracle puts all its probability there.
+    only_high = _oracle(classifier.featurizer, p, SimpleNamespace(
+        label_distribution=(0.0, 0.0, 1.0), factor=1.0), proxy)
+    np.testing.assert_allclose(only_high[:, 2], 1.0)
