@@ -26,10 +26,11 @@ Measures, in one run:
 v1 is trained on 80 % of the proxy data in every section from 5 on; the
 other 20 % is the server's validation data for the gate.
 
-Writes ``benchmarks/results/model_quality.json``, ``.md`` (the README's
-tables) and ``.png``.
+Writes ``model_quality.json``, ``.md`` (the README's tables) and ``.png`` into
+``--output`` (default ``benchmarks/results``).
 Run: ``.venv/bin/python benchmarks/model_quality.py [--seeds 5] [--workers 2]
-[--output DIR]`` (about 25 minutes on 2 cores).
+[--output DIR]`` (about 48 minutes on 2 cores; ``--seeds 1 --datasets boston``
+for a quick check; ``--plot-only`` redraws the plot from the saved JSON).
 """
 
 from __future__ import annotations
@@ -439,39 +440,46 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(summary: dict, path: Path) -> None:
+def plot(summary: dict, path: Path, seeds: int) -> None:
+    """Each method's distance from the oracle in %, one panel per data set, each panel zoomed
+    on the personalized methods (the foundation's distance, far larger, is in the x labels)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    methods = [("foundation", "foundation v1"), ("personalize (mean)", "personalize(), mean MSE"),
-               ("personalize (half)", "personalize(), ½·MSE"),
-               ("loop: after sharing, gate, adoption", "after sharing + adopting v2")]
-    fig, axes = plt.subplots(1, len(summary), figsize=(4.2 * len(summary), 4.2), sharey=True)
+    methods = [("personalize (mean)", "personalize(), mean MSE", "o"),
+               ("personalize (half)", "personalize(), ½·MSE", "s"),
+               ("loop: after sharing, gate, adoption", "after sharing + adopting v2", "D")]
+    fig, axes = plt.subplots(1, len(summary), figsize=(4.4 * len(summary), 4.4))
     axes = np.atleast_1d(axes)
     for ax, (name, by_spread) in zip(axes, summary.items(), strict=True):
         spreads = list(by_spread)
-        width = 0.8 / len(methods)
-        for i, (key, label) in enumerate(methods):
-            ratio = [by_spread[h][key]["mean"] / by_spread[h]["oracle"]["mean"] for h in spreads]
-            ax.bar(np.arange(len(spreads)) + (i - (len(methods) - 1) / 2) * width, ratio, width,
-                   label=label)
-        ax.axhline(1.0, color="black", linewidth=1)
-        ax.axhline(1.03, color="gray", linewidth=1, linestyle="--")
+
+        def above_oracle(key: str, h: str, by: dict = by_spread) -> float:
+            return 100 * (by[h][key]["mean"] / by[h]["oracle"]["mean"] - 1)
+
+        for i, (key, label, marker) in enumerate(methods):
+            x = np.arange(len(spreads)) + (i - 1) * 0.08
+            ax.plot(x, [above_oracle(key, h) for h in spreads], marker=marker, label=label,
+                    linewidth=1)
+        ax.axhline(0.0, color="black", linewidth=1)
+        ax.axhline(3.0, color="gray", linewidth=1, linestyle="--")
         ax.set_xticks(np.arange(len(spreads)))
-        ax.set_xticklabels([f"h = {h}" for h in spreads])
+        ax.set_xticklabels([f"h = {h}\nfoundation {above_oracle('foundation', h):+.1f} %"
+                            for h in spreads], fontsize=8)
+        ax.set_xlim(-0.5, len(spreads) - 0.5)
         ax.set_title(name)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].set_ylabel("mean per-user test RMSE / oracle's")
-    lows = [by[h][k]["mean"] / by[h]["oracle"]["mean"] for by in summary.values() for h in by
-            for k, _ in methods]
-    axes[0].set_ylim(min(lows) - 0.03, max(lows) + 0.05)
+    axes[0].set_ylabel("mean per-user test RMSE vs the oracle's (%)")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(methods), fontsize=8)
-    fig.suptitle("Per-user test RMSE relative to the oracle (5 seeds; dashed: oracle + 3 %)")
+    fig.suptitle(f"Per-user test RMSE above the oracle's (means over {seeds} seed"
+                 f"{'' if seeds == 1 else 's'}; solid: oracle, dashed: oracle + 3 %; "
+                 "below 0 beats the oracle)", fontsize=10)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -479,8 +487,17 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--datasets", default=",".join(USERS))
-    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--output", type=Path, default=RESULTS,
+                        help="folder for the results (default benchmarks/results)")
+    parser.add_argument("--plot-only", action="store_true",
+                        help="redraw model_quality.png from OUTPUT/model_quality.json")
     args = parser.parse_args()
+    if args.plot_only:
+        saved = json.loads((args.output / "model_quality.json").read_text())
+        plot(saved["summary"], args.output / "model_quality.png",
+             len({run["seed"] for run in saved["runs"]}))
+        print(f"drew {args.output / 'model_quality.png'}")
+        return
     args.output.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     result: dict = {"foundation": foundation_protocol(args.seeds), "parity": parity(),
@@ -499,7 +516,7 @@ def main() -> None:
     report(result["summary"])
     (args.output / "model_quality.json").write_text(json.dumps(result, indent=2))
     (args.output / "model_quality.md").write_text(markdown(result))
-    plot(result["summary"], args.output / "model_quality.png")
+    plot(result["summary"], args.output / "model_quality.png", args.seeds)
     print(f"\nwrote {args.output / 'model_quality.json'} and model_quality.png "
           f"in {result['seconds'] / 60:.1f} min")
 

@@ -13,15 +13,17 @@ Baselines from the same run, where they install from PyPI and run offline:
 
 Each figure is the best of ``REPEATS`` timed runs after one warm-up run (the
 first pass over text also fills the per-word WordNet cache: it is reported
-separately as "cold"). Writes benchmarks/results/modify_throughput.json and
-modify_throughput.png; prints a table.
+separately as "cold"). Writes modify_throughput.json and modify_throughput.png
+into ``--output`` (default benchmarks/results); prints a table.
 
 Run from the checkout (WordNet from ``make wordnet`` is found in ./nltk_data):
-``.venv/bin/python benchmarks/modify_throughput.py``
+``.venv/bin/python benchmarks/modify_throughput.py`` (``--plot-only`` redraws the
+plot from the saved JSON).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -185,6 +187,7 @@ def bench_audio() -> list[dict[str, Any]]:
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """One panel per modality, linear axes from 0 so bar lengths compare, each bar labelled."""
     try:
         import matplotlib
 
@@ -193,25 +196,45 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         import matplotlib.ticker
     except ImportError:
         return
-    fig, axes = plt.subplots(3, 1, figsize=(11, 11))
-    for ax, modality in zip(axes, ("text", "image", "audio"), strict=True):
-        sub = [r for r in rows if r["modality"] == modality]
-        labels = [f"{r['tool']}\n{r['operation']}" for r in sub]
+    modalities = ("text", "image", "audio")
+    panels = [[r for r in rows if r["modality"] == m] for m in modalities]
+    fig, axes = plt.subplots(3, 1, figsize=(10, 10.5),
+                             height_ratios=[max(len(p), 1) + 1 for p in panels])
+    for ax, modality, sub in zip(axes, modalities, panels, strict=True):
+        labels = [f"{r['tool']}: {r['operation']}" for r in sub]
+        values = [r["value"] for r in sub]
         colours = ["tab:blue" if r["tool"] == "dmt" else "tab:grey" for r in sub]
-        ax.barh(range(len(sub)), [r["value"] for r in sub], color=colours)
-        ax.set_yticks(range(len(sub)), labels, fontsize=7)
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_xlabel(sub[0]["unit"] if sub else "")
-        ax.set_title(modality)
+        ax.barh(range(len(sub)), values, color=colours)
+        ax.set_yticks(range(len(sub)), labels, fontsize=8)
+        top = max(values, default=1.0)
+        for y, value in enumerate(values):
+            ax.text(value + top * 0.01, y, f"{value:,.0f}" if value >= 100 else f"{value:.1f}",
+                    va="center", fontsize=8)
+        ax.set_xlim(0, top * 1.12)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.StrMethodFormatter("{x:,.0f}"))
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_xlabel(f"{sub[0]['unit'] if sub else ''} (higher is faster)")
+        ax.set_title(modality, loc="left", fontweight="bold")
         ax.invert_yaxis()
-    fig.suptitle("dmt_privacy.modify throughput (blue: dmt, grey: baselines)")
+    fig.suptitle("dmt_privacy.modify throughput (blue: dmt, grey: baselines; best of "
+                 f"{REPEATS} runs)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, default=RESULTS,
+                        help="folder for the results (default benchmarks/results)")
+    parser.add_argument("--plot-only", action="store_true",
+                        help="redraw the plot from OUTPUT/modify_throughput.json")
+    args = parser.parse_args()
+    if args.plot_only:
+        saved = json.loads((args.output / "modify_throughput.json").read_text())
+        plot(saved["rows"], args.output / "modify_throughput.png")
+        print(f"drew {args.output / 'modify_throughput.png'}")
+        return
     os.environ.setdefault("NLTK_DATA", str(ROOT / "nltk_data"))
     rows = bench_text() + bench_images() + bench_audio()
     width = max(len(f"{r['tool']} | {r['operation']}") for r in rows)
@@ -219,13 +242,13 @@ def main() -> None:
     for r in rows:
         label = f"{r['tool']} | {r['operation']}"
         print(f"{r['modality']:8} {label:{width}} {r['value']:>10.1f} {r['unit']}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    args.output.mkdir(parents=True, exist_ok=True)
     result = {"machine": {"python": platform.python_version(), "cpu_count": os.cpu_count(),
                           "platform": platform.platform()},
               "repeats": REPEATS, "rows": rows}
-    (RESULTS / "modify_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot(rows, RESULTS / "modify_throughput.png")
-    print(f"wrote {RESULTS / 'modify_throughput.json'}")
+    (args.output / "modify_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(rows, args.output / "modify_throughput.png")
+    print(f"wrote {args.output / 'modify_throughput.json'} and modify_throughput.png")
 
 
 if __name__ == "__main__":

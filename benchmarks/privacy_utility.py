@@ -233,47 +233,75 @@ def risk(data: pd.DataFrame, spread: float) -> dict:
 
 
 # --- reporting ---------------------------------------------------------------------------
-def plot(summary: dict, risks: dict, path: Path) -> None:
+def plot(summary: dict, risks: dict, path: Path, seeds: int) -> None:
+    """Utility on top, anonymeter risk below (when measured), against ε (left) and k (right);
+    each panel has one y axis, and the legends sit outside the data."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
-    baselines = {"foundation (proxy only)": "grey", "centralized raw, personalized": "green",
-                 "foundation, personalized": "tab:blue", "DMT raw, re-personalized": "purple"}
-    for ax, (label, xs, fmt) in zip(axes, (("ε per record", EPSILONS, "DMT ε={:g}"),
-                                           ("k", KS, "DMT k={}")), strict=True):
-        for suffix, style in ((", re-personalized", "o-"), (", no re-personalization", "s--")):
-            means = [summary[fmt.format(x) + suffix]["mean"] for x in xs]
-            stds = [summary[fmt.format(x) + suffix]["std"] for x in xs]
-            ax.errorbar(xs, means, yerr=stds, fmt=style, capsize=3,
+    with_risk = bool(risks) and "error" not in risks
+    fig, axes = plt.subplots(2 if with_risk else 1, 2, figsize=(12, 7.8 if with_risk else 4.4),
+                             sharex="col", sharey="row", squeeze=False)
+    baselines = {"foundation (proxy only)": "grey", "foundation, personalized": "tab:blue",
+                 "centralized raw, personalized": "green"}
+    columns = (("ε per record (local DP on the target)", EPSILONS, "ε={:g}"),
+               ("k (k-anonymity of the quasi-identifiers)", KS, "k={}"))
+    for column, (label, xs, key) in enumerate(columns):
+        ax = axes[0][column]
+        for suffix, style, shift in ((", re-personalized", "o-", 0.96),
+                                     (", no re-personalization", "s--", 1.04)):
+            names = ["DMT " + key.format(x) + suffix for x in xs]
+            ax.errorbar([x * shift for x in xs], [summary[n]["mean"] for n in names],
+                        yerr=[summary[n]["std"] for n in names], fmt=style, capsize=3,
+                        color="tab:purple" if "re-" in suffix[:5] else "tab:orange",
                         label="DMT" + suffix)
         for name, color in baselines.items():
-            ax.axhline(summary[name]["mean"], color=color, ls=":", label=name)
+            ax.axhline(summary[name]["mean"], color=color, ls=":", lw=1.5, label=name)
         dp_fedavg = "DP-FedAvg ε=1 (user-level), personalized"
-        if dp_fedavg in summary and label.startswith("ε"):
+        if column == 0 and dp_fedavg in summary:
             ax.plot([1.0], [summary[dp_fedavg]["mean"]], "r*", ms=12, label=dp_fedavg)
-        ax.set_xscale("log")
-        ax.minorticks_off()
-        ax.set_xticks(list(xs))
-        ax.set_xticklabels([f"{x:g}" for x in xs])
-        ax.set_xlabel(label)
-        ax.set_title(f"per-user test RMSE against {label}")
-        if risks and "error" not in risks:
-            twin = ax.twinx()
-            keys = [("ε={:g}" if label.startswith("ε") else "k={}").format(x) for x in xs]
+        ax.set_title(f"per-user test RMSE against {label.split(' (')[0]}")
+        ax.grid(alpha=0.3)
+        if with_risk:
+            risk_ax = axes[1][column]
             for metric, color in (("singling_out", "tab:red"), ("linkability", "tab:orange"),
                                   ("inference", "tab:brown")):
-                twin.plot(xs, [risks[key][metric]["risk"] for key in keys], "x-.", color=color,
-                          alpha=0.6, label=f"risk: {metric}")
-            twin.set_ylim(0, 1)
-            twin.set_ylabel("anonymeter risk (attacker's advantage)")
-            twin.legend(fontsize=7, loc="upper right")
-    axes[0].set_ylabel("RMSE ($1000s)")
-    axes[0].legend(fontsize=7, loc="upper left")
+                values = [risks[key.format(x)][metric] for x in xs]
+                low = [v["risk"] - v["ci"][0] for v in values]
+                high = [v["ci"][1] - v["risk"] for v in values]
+                risk_ax.errorbar(xs, [v["risk"] for v in values], yerr=[low, high], fmt="x-",
+                                 capsize=3, color=color, label=metric.replace("_", "-"))
+            for metric, style in (("singling_out", "tab:red"), ("inference", "tab:brown")):
+                risk_ax.axhline(risks["raw"][metric]["risk"], color=style, ls=":", lw=1)
+            for x in xs:
+                if risks[key.format(x)].get("released") == 0:
+                    risk_ax.annotate("nothing\nreleased", (x, 0.0), xytext=(0, 12),
+                                     textcoords="offset points", ha="center", fontsize=8)
+            risk_ax.set_ylim(-0.02, 1.02)
+            risk_ax.set_title(f"anonymeter risk against {label.split(' (')[0]} (seed 0)")
+            risk_ax.grid(alpha=0.3)
+        bottom = axes[-1][column]
+        bottom.set_xscale("log")
+        bottom.minorticks_off()
+        bottom.set_xticks(list(xs))
+        bottom.set_xticklabels([f"{x:g}" for x in xs])
+        bottom.set_xlabel(label)
+    axes[0][0].set_ylabel("RMSE ($1000s), mean ± std over seeds")
+    legend: dict = {}
+    for ax in axes[0]:
+        legend.update(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
+    axes[0][1].legend(list(legend.values()), list(legend), fontsize=8, loc="upper left",
+                      bbox_to_anchor=(1.02, 1.0), title=f"h = 0.15, {seeds} seeds",
+                      title_fontsize=8)
+    if with_risk:
+        axes[1][0].set_ylabel("attacker's advantage (95 % CI)")
+        axes[1][1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                          title="risk (dotted: raw records)", title_fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -282,11 +310,15 @@ def main() -> None:
     parser.add_argument("--spread", type=float, default=0.15)
     parser.add_argument("--risk", action="store_true", help="measure anonymeter risk too")
     parser.add_argument("--plot-only", action="store_true",
-                        help="redraw the plot from the last results JSON")
+                        help="redraw the plot from OUTPUT/privacy_utility.json")
+    parser.add_argument("--output", type=Path, default=RESULTS,
+                        help="folder for the results (default benchmarks/results)")
     args = parser.parse_args()
     if args.plot_only:
-        saved = json.loads((RESULTS / "privacy_utility.json").read_text())
-        plot(saved["summary"], saved["risk"], RESULTS / "privacy_utility.png")
+        saved = json.loads((args.output / "privacy_utility.json").read_text())
+        plot(saved["summary"], saved["risk"], args.output / "privacy_utility.png",
+             saved["seeds"])
+        print(f"drew {args.output / 'privacy_utility.png'}")
         return
     data = load_boston()
     started = time.perf_counter()
@@ -315,12 +347,12 @@ def main() -> None:
                 print(f"  {name:<10} " + "  ".join(
                     f"{m} {r[m]['risk']:.3f} [{r[m]['ci'][0]:.3f}, {r[m]['ci'][1]:.3f}]"
                     for m in ("singling_out", "linkability", "inference")))
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "privacy_utility.json").write_text(json.dumps(
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "privacy_utility.json").write_text(json.dumps(
         {"seeds": args.seeds, "spread": args.spread, "per_seed": per_seed, "summary": summary,
          "quarantined_last_seed": lost, "risk": risks}, indent=2))
-    plot(summary, risks, RESULTS / "privacy_utility.png")
-    print(f"\nwrote {RESULTS / 'privacy_utility.json'} and privacy_utility.png "
+    plot(summary, risks, args.output / "privacy_utility.png", args.seeds)
+    print(f"\nwrote {args.output / 'privacy_utility.json'} and privacy_utility.png "
           f"({time.perf_counter() - started:.0f} s)")
 
 
