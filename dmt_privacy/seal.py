@@ -70,7 +70,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import x25519
 
-from dmt_privacy.errors import InvalidPackage, ValidationError
+from dmt_privacy.errors import InvalidPackage, OutputExistsError, ValidationError
 from dmt_privacy.files import write_atomically
 
 __all__ = [
@@ -377,7 +377,7 @@ def _write_atomic(path: Path, data: bytes, mode: int, overwrite: bool) -> None:
     try:
         write_atomically(path, data, mode=mode, overwrite=overwrite)
     except FileExistsError:
-        raise FileExistsError(
+        raise OutputExistsError(
             f"{path} exists; refusing to replace a key file (pass overwrite=True to replace it, "
             "and keep the old private key while packages sealed to it may still arrive)."
         ) from None

@@ -264,12 +264,8 @@ def write_released(frame: pd.DataFrame, path: str | os.PathLike[str], kinds: Map
         text = released_jsonl(frame, kinds)
     else:
         raise ValidationError(f"format must be 'csv' or 'jsonl', got {fmt!r}.")
-    try:
-        return write_atomically(path, text.encode("utf-8"), mode=SHARED_FILE_MODE,
-                                overwrite=overwrite)
-    except FileExistsError:
-        raise ValidationError(f"{path} already exists; pass overwrite=True (--force) to replace "
-                              "it.") from None
+    return write_atomically(path, text.encode("utf-8"), mode=SHARED_FILE_MODE,
+                            overwrite=overwrite)  # OutputExistsError names the file
 
 
 def read_released_csv(source: str | os.PathLike[str] | io.TextIOBase, kinds: Mapping[str, str],

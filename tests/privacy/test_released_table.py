@@ -23,7 +23,7 @@ from dmt_privacy.anonymity.released_table import (
     released_jsonl,
     write_released,
 )
-from dmt_privacy.errors import ValidationError
+from dmt_privacy.errors import OutputExistsError, ValidationError
 
 KINDS = {"income": "interval", "zip": "set", "job": "node", "disease": "value"}
 
@@ -122,7 +122,7 @@ def test_jsonl_round_trip_needs_no_kinds_and_is_strict_json():
 def test_write_released_refuses_to_overwrite(tmp_path):
     path = tmp_path / "out.csv"
     write_released(_table(), path, KINDS)
-    with pytest.raises(ValidationError, match="already exists"):
+    with pytest.raises(OutputExistsError, match="already exists"):
         write_released(_table(), path, KINDS)
     write_released(_table(), path, KINDS, fmt="jsonl", overwrite=True)
     _same(read_released_jsonl(path), _table())
