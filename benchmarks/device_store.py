@@ -12,7 +12,7 @@ Times (median of ``--repeat`` runs), each on a fresh file unless said:
 - the file size.
 
 Run once per implementation; each run is stored under its ``--label`` in
-benchmarks/results/device_store.json. ``plaintext`` is the SQLite store of
+device_store.json in ``--output`` (default benchmarks/results). ``plaintext`` is the SQLite store of
 commit a2df0fb^ (``git archive a2df0fb^ dmt_privacy`` unpacked first on
 ``sys.path``, the editable install's finder removed), ``encrypted`` the sealed
 store, run one after the other on the same machine.
@@ -41,7 +41,7 @@ from dmt_privacy.seal import generate_server_key
 from dmt_privacy.sharing import SharingPolicy, share
 from dmt_privacy.store import LocalStore
 
-RESULTS = Path(__file__).resolve().parent / "results" / "device_store.json"
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main() -> None:
@@ -49,6 +49,8 @@ def main() -> None:
     parser.add_argument("--label", required=True)
     parser.add_argument("--records", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--output", type=Path, default=RESULTS,
+                        help="folder for the results (default benchmarks/results)")
     args = parser.parse_args()
     n = args.records
     boston = load_boston()
@@ -98,13 +100,14 @@ def main() -> None:
         size = sum(p.stat().st_size for p in tmp.glob(f"device-{run}.db*"))
     rows = [{"stage": name, "seconds": statistics.median(values)}
             for name, values in times.items()]
-    report = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    path = args.output / "device_store.json"
+    report = json.loads(path.read_text()) if path.exists() else {}
     report[args.label] = {
         "records": n, "repeat": args.repeat, "file_bytes": size, "stages": rows,
         "machine": f"{platform.machine()} python {platform.python_version()}",
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    args.output.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"{args.label}: {n} records, file {size / 1e6:.2f} MB")
     for row in rows:
         print(f"  {row['stage']:<55} {row['seconds'] * 1e3:9.1f} ms")

@@ -12,7 +12,8 @@ Every method perturbs the same values in [0, 1] (sensitivity 1, ε = 1):
 * diffprivlib Snapping, per-value loop (floating-point safe);
 * OpenDP vector Laplace on a 2**-10 grid (``make_laplace``, k=-10; safe).
 
-Writes benchmarks/results/ldp_throughput.json and ldp_throughput.png.
+Writes ldp_throughput.json and ldp_throughput.png into ``--output`` (default
+benchmarks/results).
 Usage: python benchmarks/ldp_throughput.py [--values N] [--peer-values N] [--repeat R]
 """
 
@@ -53,6 +54,8 @@ def main() -> None:
     parser.add_argument("--peer-values", type=int, default=None,
                         help="values for the slow per-value peers (default: --values)")
     parser.add_argument("--repeat", type=int, default=5, help="repeats of the vectorized runs")
+    parser.add_argument("--output", type=Path, default=RESULTS,
+                        help="folder for the results (default benchmarks/results)")
     args = parser.parse_args()
     n = args.values
     n_peer = args.peer_values or n
@@ -128,7 +131,7 @@ def main() -> None:
     for k, ok in targets.items():
         print(f"target {k}: {'met' if ok else 'NOT met'}")
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    args.output.mkdir(parents=True, exist_ok=True)
     report = {
         "benchmark": "ldp_throughput",
         "epsilon": EPSILON, "grid": GRID, "values": n, "peer_values": n_peer,
@@ -136,7 +139,7 @@ def main() -> None:
                     "processor": platform.processor() or platform.machine()},
         "rows": rows, "ratios": ratios, "targets_met": targets,
     }
-    (RESULTS / "ldp_throughput.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.output / "ldp_throughput.json").write_text(json.dumps(report, indent=2) + "\n")
 
     import matplotlib
 
@@ -162,8 +165,8 @@ def main() -> None:
                 va="center", fontsize=8)
     ax.set_xlim(min(vps) / 2, max(vps) * 6)
     fig.tight_layout()
-    fig.savefig(RESULTS / "ldp_throughput.png", dpi=120)
-    print(f"wrote {RESULTS / 'ldp_throughput.json'} and {RESULTS / 'ldp_throughput.png'}")
+    fig.savefig(args.output / "ldp_throughput.png", dpi=120)
+    print(f"wrote {args.output / 'ldp_throughput.json'} and ldp_throughput.png")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ Measures, in one run, on the same machine:
 * raw AES-128-GCM on 1 MiB, HPKE single-shot seal and open of 64 B and 1 MiB.
 
 Times are the median of ``--repeat`` runs after one warm-up.
-Writes benchmarks/results/sharing_crypto.json.
+Writes sharing_crypto.json into ``--output`` (default benchmarks/results).
 Usage: python benchmarks/sharing_crypto.py [--records N] [--repeat R]
 """
 
@@ -144,6 +144,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=25)
+    parser.add_argument("--output", type=Path, default=RESULTS,
+                        help="folder for the results (default benchmarks/results)")
     args = parser.parse_args()
 
     frame = boston_like(args.records)
@@ -174,8 +176,8 @@ def main() -> None:
             "pandas": pd.__version__,
         },
     }
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "sharing_crypto.json"
+    args.output.mkdir(parents=True, exist_ok=True)
+    out = args.output / "sharing_crypto.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
 
     print(f"{'package':<48}{'records':>8}{'msgpack':>10}{'encode':>9}{'decode':>9}"

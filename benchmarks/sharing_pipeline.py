@@ -12,7 +12,7 @@ package), for large packages (records/s) and for many small ones
 (packages/s). A ceiling in the same run: plain ``sqlite3.executemany`` of
 the same records as plaintext msgpack rows, no validation, no encryption.
 
-Writes benchmarks/results/sharing_pipeline.json.
+Writes sharing_pipeline.json into ``--output`` (default benchmarks/results).
 Usage: python benchmarks/sharing_pipeline.py [--records N] [--packages N] [--repeat R]
 """
 
@@ -78,6 +78,8 @@ def main() -> None:
     parser.add_argument("--packages", type=int, default=20, help="large packages to ingest")
     parser.add_argument("--small", type=int, default=1_000, help="small packages to ingest")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--output", type=Path, default=RESULTS,
+                        help="folder for the results (default benchmarks/results)")
     args = parser.parse_args()
     n = args.records
     boston = load_boston()
@@ -85,7 +87,7 @@ def main() -> None:
     key = generate_server_key()
     public = key.public_key()
     policy = SharingPolicy(fields=FIELDS, plan=plan, epsilon=EPSILON, required_k=5)
-    server_policy = ServerPolicy(BOSTON_SCHEMA, min_k=5, max_epsilon={"MEDV": 1.0})
+    server_policy = ServerPolicy(BOSTON_SCHEMA, min_k=5, epsilon=EPSILON)
     rows: list[dict[str, object]] = []
     tmp = Path(tempfile.mkdtemp(prefix="dmt-sharing-bench-"))
 
@@ -191,8 +193,8 @@ def main() -> None:
 
     result_doc = {"records": n, "machine": platform.platform(), "cpus": os.cpu_count(),
                   "python": platform.python_version(), "rows": rows}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "sharing_pipeline.json").write_text(json.dumps(result_doc, indent=1))
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "sharing_pipeline.json").write_text(json.dumps(result_doc, indent=1))
     print(f"{'stage':<58} {'ms':>9} {'records/s':>12} {'packages/s':>11}  target")
     for r in rows:
         rps = r.get("records_per_s")

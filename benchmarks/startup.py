@@ -13,8 +13,9 @@ scipy, pandas, coremltools, sqlalchemy, fastapi). ``--tree DIR`` measures
 another checkout (e.g. ``git archive COMMIT | tar -x -C DIR``) with the same
 interpreter, to compare before and after a change.
 
-Usage: python benchmarks/startup.py [--repeat 7] [--tree DIR] [--output FILE]
-Writes benchmarks/results/startup.json unless --output says otherwise.
+Usage: python benchmarks/startup.py [--repeat 7] [--tree DIR] [--output DIR] [--name FILE]
+Writes startup.json (or --name, e.g. startup_before.json for another --tree) into
+--output (default benchmarks/results).
 """
 
 from __future__ import annotations
@@ -89,8 +90,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=7, help="timed runs each (default 7)")
     parser.add_argument("--tree", type=Path, default=ROOT,
                         help="the checkout to measure (default: this one)")
-    parser.add_argument("--output", type=Path, default=RESULTS / "startup.json",
-                        help="JSON file to write (default: %(default)s)")
+    parser.add_argument("--output", type=Path, default=RESULTS,
+                        help="folder for the results (default benchmarks/results)")
+    parser.add_argument("--name", default="startup.json",
+                        help="file name in OUTPUT (default: %(default)s)")
     args = parser.parse_args()
     tree = args.tree.resolve()
     python = sys.executable
@@ -119,13 +122,13 @@ def main() -> None:
                 "one warm-up run",
         "results": results,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / args.name).write_text(json.dumps(report, indent=2) + "\n")
     for name, row in results.items():
         assert isinstance(row, dict)
         print(f"{name:<32} best {row['best_s']:6.3f} s  median {row['median_s']:6.3f} s  "
               f"loads {', '.join(row['heavy_modules']) or '-'}")
-    print(f"wrote {args.output}")
+    print(f"wrote {args.output / args.name}")
 
 
 if __name__ == "__main__":
