@@ -15,7 +15,8 @@ Scenarios (each into SQLite and, when a PostgreSQL URL is given, PostgreSQL):
   immediate``: a crash and recovery) at 60 %.
 
 Reports p50/p99 latency of the answered requests and packages/s (wall clock,
-packages acknowledged / time). Writes benchmarks/results/server_load.json.
+packages acknowledged / time). Writes server_load.json into ``--output``
+(default benchmarks/results).
 
 Usage: python benchmarks/server_load.py [--packages 10000] [--clients 50]
        [--postgres URL --pg-ctl "pg_ctl -D DATA"] (default: DMT_TEST_POSTGRES_URL and
@@ -390,7 +391,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--records", type=int, default=3, help="records per package")
     parser.add_argument("--postgres", default=os.environ.get("DMT_TEST_POSTGRES_URL"))
     parser.add_argument("--pg-ctl", default=os.environ.get("DMT_TEST_POSTGRES_CTL"))
-    parser.add_argument("--output", type=Path, default=RESULTS / "server_load.json")
+    parser.add_argument("--output", type=Path, default=RESULTS,
+                        help="folder for the results (default benchmarks/results)")
     args = parser.parse_args(argv)
 
     key = generate_server_key()
@@ -435,9 +437,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                    "platform": platform.platform()},
            "packages": args.packages, "clients": args.clients,
            "records_per_package": args.records, "runs": runs}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(out, indent=1))
-    print(f"wrote {args.output}")
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "server_load.json").write_text(json.dumps(out, indent=1))
+    print(f"wrote {args.output / 'server_load.json'}")
     return 0 if all(all(r["checks"].values()) for r in runs) else 1
 
 
