@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.dmt-installed
 
-.PHONY: install demo test lint typecheck bench clean wordnet risk-env postgres
+.PHONY: install demo test lint typecheck bench bench-quick clean wordnet risk-env postgres
 
 install: $(STAMP)
 
@@ -102,17 +102,41 @@ $(RISK_STAMP):
 	$(RISK_VENV)/bin/python -m pip install --quiet "anonymeter==1.1.0"
 	touch $(RISK_STAMP)
 
-BENCHMARKS := model_quality kanon_adult kanon_scaling ldp_throughput modify_throughput \
-	sharing_crypto sharing_pipeline federated_baseline server_load startup
+# `make bench` runs every script in benchmarks/ to the end (several hours on 2 cores:
+# model_quality ~48 min, privacy_utility ~29 min, federated_baseline ~14 min, task_quality
+# longest), each writing its JSON (and plots) into BENCH_OUTPUT; adult.py is a module the
+# k-anonymity benchmarks share and risk_anonymeter.py runs inside privacy_utility --risk.
+# server_load uses the same throwaway PostgreSQL cluster as the tests. `make bench-quick`
+# runs every one with small arguments into build/bench-quick, to check that they all work
+# without replacing the committed results.
+BENCH_OUTPUT ?= benchmarks/results
+QUICK ?=
+quick = $(if $(QUICK),$(1))
 
-# Every benchmark writes benchmarks/results/*.json (and plots); server_load uses the same
-# throwaway PostgreSQL cluster as the tests.
 bench: install wordnet risk-env postgres
 	@trap '$(PG_STOP)' EXIT; trap 'exit 130' INT TERM; $(PG_START); \
-	for name in $(BENCHMARKS); do \
-	  echo "== benchmarks/$$name.py"; NLTK_DATA=$(NLTK_DATA_DIR) $(PY) benchmarks/$$name.py || exit 1; \
-	done; \
-	$(PY) benchmarks/privacy_utility.py --risk
+	run() { name=$$1; shift; echo "== benchmarks/$$name.py $$*"; \
+	  NLTK_DATA=$(NLTK_DATA_DIR) $(PY) benchmarks/$$name.py --output $(BENCH_OUTPUT) "$$@" \
+	  || exit 1; }; \
+	run startup $(call quick,--repeat 1); \
+	run kanon_adult $(call quick,--no-anonypy); \
+	run kanon_scaling $(call quick,--sizes 30000); \
+	run anonymity_device_path; \
+	run ldp_throughput $(call quick,--values 20000 --repeat 1); \
+	run modify_throughput; \
+	run sharing_crypto $(call quick,--records 500 --repeat 2); \
+	run sharing_pipeline $(call quick,--records 500 --packages 2 --small 20 --repeat 1); \
+	run device_store --label encrypted $(call quick,--records 500 --repeat 1); \
+	run privacy_pass_tokens $(call quick,--packages 20 --repeats 1); \
+	run server_load $(call quick,--packages 200 --clients 5); \
+	run federated_baseline $(call quick,--seeds 1); \
+	run model_quality $(call quick,--seeds 1 --datasets boston --workers 1); \
+	run privacy_utility --risk $(call quick,--seeds 1); \
+	run task_baselines $(call quick,--seeds 1); \
+	run task_quality $(call quick,--seeds 1 --personalization-seeds 1 --workers 1)
+
+bench-quick:
+	$(MAKE) bench QUICK=1 BENCH_OUTPUT=$(CURDIR)/build/bench-quick
 
 clean:
 	rm -rf $(VENV) $(RISK_VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache
