@@ -233,7 +233,7 @@ def risk(data: pd.DataFrame, spread: float) -> dict:
 
 
 # --- reporting ---------------------------------------------------------------------------
-def plot(summary: dict, risks: dict, path: Path, seeds: int) -> None:
+def plot(summary: dict, risks: dict, path: Path, seeds: int, spread: float) -> None:
     """Utility on top, anonymeter risk below (when measured), against ε (left) and k (right);
     each panel has one y axis, and the legends sit outside the data."""
     import matplotlib
@@ -292,9 +292,9 @@ def plot(summary: dict, risks: dict, path: Path, seeds: int) -> None:
     legend: dict = {}
     for ax in axes[0]:
         legend.update(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
+    title = f"h = {spread:g}, {seeds} seed{'' if seeds == 1 else 's'}"
     axes[0][1].legend(list(legend.values()), list(legend), fontsize=8, loc="upper left",
-                      bbox_to_anchor=(1.02, 1.0), title=f"h = 0.15, {seeds} seeds",
-                      title_fontsize=8)
+                      bbox_to_anchor=(1.02, 1.0), title=title, title_fontsize=8)
     if with_risk:
         axes[1][0].set_ylabel("attacker's advantage (95 % CI)")
         axes[1][1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0),
@@ -317,7 +317,7 @@ def main() -> None:
     if args.plot_only:
         saved = json.loads((args.output / "privacy_utility.json").read_text())
         plot(saved["summary"], saved["risk"], args.output / "privacy_utility.png",
-             saved["seeds"])
+             saved["seeds"], saved["spread"])
         print(f"drew {args.output / 'privacy_utility.png'}")
         return
     data = load_boston()
@@ -351,7 +351,7 @@ def main() -> None:
     (args.output / "privacy_utility.json").write_text(json.dumps(
         {"seeds": args.seeds, "spread": args.spread, "per_seed": per_seed, "summary": summary,
          "quarantined_last_seed": lost, "risk": risks}, indent=2))
-    plot(summary, risks, args.output / "privacy_utility.png", args.seeds)
+    plot(summary, risks, args.output / "privacy_utility.png", args.seeds, args.spread)
     print(f"\nwrote {args.output / 'privacy_utility.json'} and privacy_utility.png "
           f"({time.perf_counter() - started:.0f} s)")
 
