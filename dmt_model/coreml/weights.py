@@ -59,24 +59,8 @@ def get_inner_product(spec: Any, name: str) -> tuple[np.ndarray, np.ndarray | No
 def set_inner_product(spec: Any, name: str, weight: np.ndarray,
                       bias: np.ndarray | None = None) -> None:
     """Overwrite an innerProduct layer's weights (same shapes), keeping its flags."""
-    layer = layer_by_name(spec, name)
-    old_weight, old_bias = get_inner_product(spec, name)
-    weight = np.asarray(weight, dtype=np.float32)
-    if weight.shape != old_weight.shape:
-        raise ModelFileError(
-            f"Layer {name!r}: new weight has shape {weight.shape}, expected {old_weight.shape}."
-        )
-    if not np.isfinite(weight).all():
-        raise ModelFileError(f"Layer {name!r}: new weight holds NaN or infinity.")
-    ip = layer.innerProduct
-    del ip.weights.floatValue[:]
-    ip.weights.floatValue.extend(weight.ravel().tolist())
-    if bias is not None:
-        bias = np.asarray(bias, dtype=np.float32)
-        if old_bias is None or bias.shape != old_bias.shape or not np.isfinite(bias).all():
-            raise ModelFileError(f"Layer {name!r}: new bias does not fit the layer.")
-        del ip.bias.floatValue[:]
-        ip.bias.floatValue.extend(bias.ravel().tolist())
+    get_inner_product(spec, name)  # refuses any other layer type
+    set_weights(spec, name, weight, bias)
 
 
 def pointwise_groups(layer: Any) -> int:
@@ -116,22 +100,22 @@ def get_weights(spec: Any, name: str) -> tuple[np.ndarray, np.ndarray | None, in
 
 
 def set_weights(spec: Any, name: str, weight: np.ndarray, bias: np.ndarray | None = None) -> None:
-    """Overwrite an innerProduct or 1×1 convolution layer's weights (same shapes)."""
+    """Overwrite an innerProduct or 1×1 convolution layer's weights (same shapes), keeping its
+    flags; refuses a shape that does not fit and NaN or infinity."""
     layer = layer_by_name(spec, name)
-    if layer.WhichOneof("layer") == "innerProduct":
-        set_inner_product(spec, name, weight, bias)
-        return
     old_weight, old_bias, _ = get_weights(spec, name)
     weight = np.asarray(weight, dtype=np.float32)
-    if weight.shape != old_weight.shape or not np.isfinite(weight).all():
-        raise ModelFileError(f"Layer {name!r}: new weight of shape {weight.shape} does not fit "
-                             f"{old_weight.shape}, or holds NaN or infinity.")
-    conv = layer.convolution
-    del conv.weights.floatValue[:]
-    conv.weights.floatValue.extend(weight.ravel().tolist())
+    if weight.shape != old_weight.shape:
+        raise ModelFileError(
+            f"Layer {name!r}: new weight has shape {weight.shape}, expected {old_weight.shape}.")
+    if not np.isfinite(weight).all():
+        raise ModelFileError(f"Layer {name!r}: new weight holds NaN or infinity.")
+    params = getattr(layer, layer.WhichOneof("layer"))
+    del params.weights.floatValue[:]
+    params.weights.floatValue.extend(weight.ravel().tolist())
     if bias is not None:
         bias = np.asarray(bias, dtype=np.float32)
         if old_bias is None or bias.shape != old_bias.shape or not np.isfinite(bias).all():
             raise ModelFileError(f"Layer {name!r}: new bias does not fit the layer.")
-        del conv.bias.floatValue[:]
-        conv.bias.floatValue.extend(bias.ravel().tolist())
+        del params.bias.floatValue[:]
+        params.bias.floatValue.extend(bias.ravel().tolist())
