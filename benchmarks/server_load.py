@@ -28,11 +28,12 @@ The tests (tests/model/test_service.py) import this module and run smaller loads
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import http.client
 import json
 import os
 import platform
-import queue
 import random
 import secrets
 import shlex
@@ -125,12 +126,14 @@ class ServiceProcess:
 
     def start(self, timeout: float = 60.0) -> ServiceProcess:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        # a session of its own: with --workers, SIGKILL takes the supervisor and its workers
         if self.log is None:
             self.process = subprocess.Popen(self.argv, env=env, stdout=subprocess.DEVNULL,
-                                            stderr=subprocess.DEVNULL)
+                                            stderr=subprocess.DEVNULL, start_new_session=True)
         else:
             with open(self.log, "ab") as out:  # the child keeps its own descriptor
-                self.process = subprocess.Popen(self.argv, env=env, stdout=out, stderr=out)
+                self.process = subprocess.Popen(self.argv, env=env, stdout=out, stderr=out,
+                                                start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -148,20 +151,41 @@ class ServiceProcess:
         self.kill()
         raise RuntimeError(f"dmt serve did not answer on port {self.port} in {timeout} s")
 
+    def _kill_group(self) -> None:
+        assert self.process is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)  # the service and any workers
+        self.process.wait(timeout=30)
+
     def kill(self) -> None:
-        """SIGKILL: no shutdown, no flush, as a crash."""
+        """SIGKILL to the service and its workers: no shutdown, no flush, as a crash."""
         if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(timeout=30)
+            self._kill_group()
 
     def stop(self) -> None:
-        """SIGTERM: finish requests in flight, then exit."""
+        """SIGTERM: finish requests in flight, then exit (workers too)."""
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                self.kill()
+                pass
+        if self.process is not None:
+            self._kill_group()  # whatever outlived the supervisor
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) of the service and its workers so far (Linux /proc)."""
+        assert self.process is not None
+        total = 0.0
+        tick = os.sysconf("SC_CLK_TCK")
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == self.process.pid:  # field 5 (pgrp): our session's group
+                total += (int(fields[11]) + int(fields[12])) / tick
+        return total
 
     def restart(self) -> None:
         self.kill()
@@ -196,6 +220,8 @@ class LoadResult:
     replayed_ids: list[str] = field(repr=False, default_factory=list)
     unanswered_ids: list[str] = field(repr=False, default_factory=list)
     failed: dict[str, int] = field(default_factory=dict)
+    #: CPU time of the load generator (this process) during the load
+    client_cpu_seconds: float = 0.0
 
     def summary(self) -> dict[str, Any]:
         out = asdict(self)
@@ -204,88 +230,135 @@ class LoadResult:
         return out
 
 
+def _machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far (Linux /proc/stat)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    idle = values[3] + values[4]  # idle + iowait
+    return (sum(values) - idle) / tick, sum(values) / tick
+
+
+def uptime() -> str:
+    """The load averages, as `uptime` prints them: other work on the machine disturbs figures."""
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
 def run_load(base_url: str, envelopes: Sequence[tuple[str, bytes]], *, clients: int,
              deadline: float = 300.0,
              faults: Sequence[tuple[float, Callable[[], None]]] = ()) -> LoadResult:
-    """Post every envelope once (retrying as a device would) from ``clients`` threads.
+    """Post every envelope once (retrying as a device would) from ``clients`` connections.
 
-    ``faults``: (fraction acknowledged, action) pairs, each run once, in its own
-    thread, when that fraction of the packages has been acknowledged.
+    One asyncio event loop drives all the clients (one keep-alive connection
+    each, requests written as prepared bytes and answers parsed by hand), so
+    the load generator costs little CPU next to the service it measures; its
+    CPU time is in ``client_cpu_seconds``. ``faults``: (fraction acknowledged,
+    action) pairs, each run once, in its own thread, when that fraction of the
+    packages has been acknowledged.
     """
+    return asyncio.run(_run_load(base_url, envelopes, clients=clients, deadline=deadline,
+                                 faults=faults))
+
+
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    request: bytes) -> tuple[int, float | None, bool]:
+    """(status, Retry-After, connection closed by the server) of one request."""
+    writer.write(request)
+    status_line = await reader.readuntil(b"\r\n")
+    status = int(status_line.split(b" ", 2)[1])
+    length, retry_after, close = 0, None, False
+    while (line := await reader.readuntil(b"\r\n")) != b"\r\n":
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"retry-after":
+            retry_after = float(value)
+        elif name == b"connection" and value.strip().lower() == b"close":
+            close = True
+    if length:
+        await reader.readexactly(length)
+    return status, retry_after, close
+
+
+async def _run_load(base_url: str, envelopes: Sequence[tuple[str, bytes]], *, clients: int,
+                    deadline: float,
+                    faults: Sequence[tuple[float, Callable[[], None]]]) -> LoadResult:
     host, port = base_url.removeprefix("http://").split(":")
-    work: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
-    for item in envelopes:
-        work.put(item)
-    lock = threading.Lock()
+    head = ("POST /v1/packages HTTP/1.1\r\nHost: {h}\r\nContent-Type: "
+            "application/octet-stream\r\nContent-Length: {n}\r\n\r\n")
+    work = iter([(pid, head.format(h=host, n=len(body)).encode() + body)
+                 for pid, body in envelopes])
     latencies: list[float] = []
     statuses: Counter[str] = Counter()
     accepted: list[str] = []
     replayed: list[str] = []
     unanswered: list[str] = []
     failed: Counter[str] = Counter()
-    errors = [0]
+    errors = 0
     stop_at = time.monotonic() + deadline
 
-    def client() -> None:
-        conn = http.client.HTTPConnection(host, int(port), timeout=30)
-        while True:
-            try:
-                pid, body = work.get_nowait()
-            except queue.Empty:
-                break
+    async def client() -> None:
+        nonlocal errors
+        reader: asyncio.StreamReader | None = None
+        writer: asyncio.StreamWriter | None = None
+        for pid, request in work:
             pause = 0.02
             while True:
                 if time.monotonic() > stop_at:
-                    with lock:
-                        unanswered.append(pid)
+                    unanswered.append(pid)
                     break
                 start = time.perf_counter()
                 try:
-                    conn.request("POST", "/v1/packages", body=body,
-                                 headers={"Content-Type": "application/octet-stream"})
-                    response = conn.getresponse()
-                    response.read()
-                except (OSError, http.client.HTTPException):
-                    conn.close()
-                    with lock:
-                        errors[0] += 1
-                    time.sleep(pause)
+                    async with asyncio.timeout(30):
+                        if writer is None:
+                            reader, writer = await asyncio.open_connection(host, int(port))
+                        assert reader is not None
+                        status, retry_after, close = await _exchange(reader, writer, request)
+                except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                        TimeoutError, ValueError, IndexError):
+                    if writer is not None:
+                        writer.close()
+                    reader = writer = None
+                    errors += 1
+                    await asyncio.sleep(pause)
                     pause = min(pause * 2, 0.5)
                     continue
                 elapsed = time.perf_counter() - start
-                with lock:
-                    statuses[str(response.status)] += 1
-                if response.status in (503, 408):
-                    wait = float(response.getheader("Retry-After") or 1)
-                    time.sleep(min(wait, 1.0) * random.uniform(0.5, 1.5))
+                if close:
+                    writer.close()
+                    reader = writer = None
+                statuses[str(status)] += 1
+                if status in (503, 408):
+                    await asyncio.sleep(min(retry_after or 1.0, 1.0) * random.uniform(0.5, 1.5))
                     continue
-                with lock:
-                    latencies.append(elapsed)
-                    if response.status == 201:
-                        accepted.append(pid)
-                    elif response.status == 409:
-                        replayed.append(pid)
-                    else:
-                        failed[str(response.status)] += 1
-                        unanswered.append(pid)
+                latencies.append(elapsed)
+                if status == 201:
+                    accepted.append(pid)
+                elif status == 409:
+                    replayed.append(pid)
+                else:
+                    failed[str(status)] += 1
+                    unanswered.append(pid)
                 break
-        conn.close()
+        if writer is not None:
+            writer.close()
 
     pending = sorted(faults, key=lambda f: f[0])
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
     fault_threads: list[threading.Thread] = []
+    cpu0 = time.process_time()
     t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    while any(t.is_alive() for t in threads):
-        with lock:
-            done = len(accepted) + len(replayed)
+    tasks = [asyncio.create_task(client()) for _ in range(clients)]
+    while not all(t.done() for t in tasks):
+        done = len(accepted) + len(replayed)
         while pending and done >= pending[0][0] * len(envelopes):
             action = pending.pop(0)[1]
             fault_threads.append(threading.Thread(target=action, daemon=True))
             fault_threads[-1].start()
-        time.sleep(0.01)
+        await asyncio.sleep(0.01)
     seconds = time.perf_counter() - t0
+    client_cpu = time.process_time() - cpu0
+    for task in tasks:
+        task.result()  # a bug in the client is raised, not hidden
     for t in fault_threads:
         t.join(timeout=120)
     lat = np.asarray(latencies) * 1000 if latencies else np.zeros(1)
@@ -296,8 +369,9 @@ def run_load(base_url: str, envelopes: Sequence[tuple[str, bytes]], *, clients: 
         latency_ms={"p50": round(float(np.percentile(lat, 50)), 2),
                     "p99": round(float(np.percentile(lat, 99)), 2),
                     "max": round(float(lat.max()), 2)},
-        statuses=dict(statuses), connection_errors=errors[0], accepted_ids=accepted,
-        replayed_ids=replayed, unanswered_ids=unanswered, failed=dict(failed))
+        statuses=dict(statuses), connection_errors=errors, accepted_ids=accepted,
+        replayed_ids=replayed, unanswered_ids=unanswered, failed=dict(failed),
+        client_cpu_seconds=round(client_cpu, 2))
 
 
 def stored(db_url: str) -> dict[str, Any]:

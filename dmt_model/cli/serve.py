@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
+import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,7 +14,11 @@ from typing import Any
 from dmt_model.cli._logs import LOG_LEVELS, log_to_stderr
 from dmt_privacy.errors import ValidationError
 
-__all__ = ["register", "run_serve"]
+__all__ = ["WORKER_SETTINGS", "register", "run_serve", "worker_app"]
+
+#: How `dmt serve --workers N` hands its settings (file paths and limits, no secrets) to each
+#: worker process, which builds its own app with :func:`worker_app`.
+WORKER_SETTINGS = "DMT_SERVE_WORKER_SETTINGS"
 
 #: ``dmt_model.server.service.DEFAULT_MAX_BODY_BYTES`` as the help states it, without importing
 #: the server stack to build the parser (a test keeps the two equal).
@@ -51,7 +58,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--body-timeout", type=float, default=10.0,
                         help="seconds a client has to send its body (default 10)")
     parser.add_argument("--threads", type=int, default=4,
-                        help="packages ingested at once (default 4)")
+                        help="packages opened and validated at once per process (default 4); "
+                             "their writes are grouped into one transaction per process")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="service processes sharing the port (default 1); each keeps the "
+                             "same limits and timeouts. More than one pays on PostgreSQL; "
+                             "SQLite has one writer whatever the count")
     parser.add_argument("--limit-concurrency", type=int, default=256,
                         help="requests in flight beyond which the service answers 503 "
                              "(default 256; idle connections do not count)")
@@ -64,13 +76,46 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def run_serve(args: argparse.Namespace) -> int:
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    """What a worker needs to build the app: paths and limits (JSON, no key material)."""
+    config: dict[str, Any] = {"body_timeout": args.body_timeout, "ingest_threads": args.threads}
+    if args.max_body_bytes is not None:
+        config["max_body_bytes"] = args.max_body_bytes
+    return {"db": str(args.db), "keys": [str(k) for k in args.key],
+            "policy": None if args.policy is None else str(args.policy),
+            "models": None if args.models is None else str(args.models), "config": config,
+            "limit_concurrency": max(1, math.ceil(args.limit_concurrency / args.workers))}
+
+
+def _build_app(settings: dict[str, Any]) -> Any:
     from dmt_model.cli.ingest import load_policy
-    from dmt_model.server.service import ServiceConfig, create_app, run_service
+    from dmt_model.server.service import ServiceConfig, create_app
     from dmt_privacy.seal import load_keyring
+
+    key = load_keyring([Path(k) for k in settings["keys"]])
+    policy = load_policy(None if settings["policy"] is None else Path(settings["policy"]))
+    models = None if settings["models"] is None else Path(settings["models"])
+    return create_app(settings["db"], key, policy, models=models,
+                      config=ServiceConfig(**settings["config"]))
+
+
+def worker_app() -> Any:
+    """The app of one `dmt serve --workers N` process (uvicorn's factory): its own engine and
+    group-commit writer, behind the same in-flight limit (the total divided among workers)."""
+    from dmt_model.server.service import InFlightLimit
+
+    settings = json.loads(os.environ[WORKER_SETTINGS])
+    app = _build_app(settings)
+    return InFlightLimit(app, settings["limit_concurrency"], app.state.config.retry_after)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from dmt_model.server.service import run_service
 
     if not 0 <= args.port <= 65535:
         raise ValidationError(f"--port must be in 0..65535, got {args.port}.")
+    if args.workers < 1:
+        raise ValidationError(f"--workers must be at least 1, got {args.workers}.")
     try:
         loopback = ipaddress.ip_address(args.host).is_loopback
     except ValueError:
@@ -79,14 +124,19 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"dmt serve: listening on {args.host}: plain HTTP; terminate TLS in front of it.",
               file=sys.stderr)
     log_to_stderr("serve", args.log_level, timestamps=True)
-    key = load_keyring(args.key)
-    policy = load_policy(args.policy)
-    limits = {} if args.max_body_bytes is None else {"max_body_bytes": args.max_body_bytes}
-    config = ServiceConfig(body_timeout=args.body_timeout, ingest_threads=args.threads, **limits)
-    app = create_app(str(args.db), key, policy, models=args.models, config=config)
+    settings = _settings(args)
+    app = _build_app(settings)  # also in the parent: a bad key or policy fails before workers
     engine = app.state.ingestor.engine
-    print(f"dmt serve: http://{args.host}:{args.port}/v1/packages (keys {', '.join(key.key_ids)}, "
-          f"store {engine.dialect.name})", file=sys.stderr, flush=True)
-    run_service(app, host=args.host, port=args.port, limit_concurrency=args.limit_concurrency,
-                access_log=args.access_log, log_level="info" if args.access_log else "warning")
+    keys = app.state.ingestor.keyring.key_ids
+    print(f"dmt serve: http://{args.host}:{args.port}/v1/packages (keys {', '.join(keys)}, "
+          f"store {engine.dialect.name}, {args.workers} worker(s))", file=sys.stderr, flush=True)
+    serve: dict[str, Any] = dict(host=args.host, port=args.port, access_log=args.access_log,
+                                 log_level="info" if args.access_log else "warning")
+    if args.workers == 1:
+        run_service(app, limit_concurrency=args.limit_concurrency, **serve)
+        return 0
+    engine.dispose()
+    os.environ[WORKER_SETTINGS] = json.dumps(settings)
+    run_service(f"{__name__}:worker_app", workers=args.workers,
+                limit_concurrency=settings["limit_concurrency"], **serve)
     return 0

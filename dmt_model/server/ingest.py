@@ -9,15 +9,21 @@ One path, :meth:`Ingestor.ingest_one`, serves ``dmt ingest`` (through
 2. validates it against the :class:`~dmt_model.server.policy.ServerPolicy`,
    exactly and strictly typed (:func:`dmt_model.server.validate.validate_package`):
    nothing the package claims is believed;
-3. rejects a replay: a package id already stored;
-3a. with a policy that limits packages per device (``tokens_per_period``),
+3. with a policy that limits packages per device (``tokens_per_period``),
    requires a valid Privacy Pass token of this period or the last one
-   (:mod:`dmt_model.server.issuer`) that no stored package spent;
-4. writes the package (and its token, as spent), its encrypted record blocks and the class counts in
-   ONE transaction, and releases every class that now holds records from at
-   least ``min_k`` distinct packages. A rejected or interrupted package
-   leaves no row behind; the package id's uniqueness makes a second
-   ingestion of the same bytes a counted replay that changes nothing.
+   (:mod:`dmt_model.server.issuer`);
+4. encrypts it and names its classes (:func:`dmt_model.server.write.prepare_package`),
+   still in the caller's thread, so packages are prepared in parallel;
+5. hands it to the process's :class:`GroupCommit` writer, which stores every
+   package waiting at that moment in ONE transaction (one flush for all;
+   :func:`dmt_model.server.write.write_prepared`): the package row inserted
+   or nothing on its id (a replay, detected inside the write), its token as
+   spent (or nothing: a double spend), its record blocks, the class counts,
+   and the release of every class that now holds records from at least
+   ``min_k`` distinct packages. The caller hears back only after the commit.
+   A rejected or interrupted package leaves no row behind; the package id's
+   uniqueness makes a second ingestion of the same bytes a counted replay
+   that changes nothing, in one process or several.
 
 A malformed-but-decryptable package is refused like an unreadable one: the
 sender learns "invalid" and nothing more; the reason (its kind and the field,
@@ -33,10 +39,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +63,7 @@ from dmt_model.server.store import (
     payload_aad,
 )
 from dmt_model.server.validate import PackageRefused, validate_package
-from dmt_model.server.write import write_package
+from dmt_model.server.write import PreparedPackage, Written, prepare_package, write_prepared
 from dmt_privacy.errors import DMTError, InvalidPackage, ValidationError
 from dmt_privacy.package import PACKAGE_INFO, decode_package
 from dmt_privacy.privacy_pass import InvalidToken
@@ -68,8 +77,8 @@ from dmt_privacy.seal import (
 
 __all__ = [
     "PACKAGE_SUFFIX",
-    "DatabaseUnavailable", "IngestReport", "Ingestor", "Outcome", "ServerPolicy", "ingest",
-    "iter_sources"]
+    "DatabaseUnavailable", "GroupCommit", "IngestReport", "Ingestor", "Outcome",
+    "PreparedIngest", "ServerPolicy", "ingest", "iter_sources"]
 
 log = logging.getLogger("dmt.server.ingest")
 
@@ -79,6 +88,8 @@ _CHUNK = 500
 #: SQLSTATEs after which a transaction is simply tried again (deadlock, serialization).
 _RETRY_SQLSTATES = frozenset({"40P01", "40001"})
 _WRITE_ATTEMPTS = 5
+#: Packages written in one transaction at most.
+MAX_GROUP = 256
 UNREADABLE = "unreadable: could not be opened with this server's key"
 
 
@@ -137,26 +148,108 @@ def _open(envelope: bytes, private_key: ServerKeyring,
     return package, plaintext
 
 
-def _stored(engine: Engine, package_id: str) -> bool:
-    with engine.connect() as conn:
-        return conn.execute(select(PackageRow.package_id).where(
-            PackageRow.package_id == package_id)).first() is not None
-
-
 def _retryable(exc: DBAPIError) -> bool:
     return getattr(exc.orig, "sqlstate", None) in _RETRY_SQLSTATES
 
 
+class GroupCommit:
+    """Group commit: what arrives while one transaction runs is written by the next, together.
+
+    ``write(group)`` stores a list of prepared packages in one transaction and
+    returns one :class:`~dmt_model.server.write.Written` each. :meth:`submit`
+    queues one package and returns a future set only after its transaction
+    committed (or with the exception that stopped it). One writer thread,
+    started on demand and gone after a second idle, drains the queue: under
+    load each transaction carries every package that arrived meanwhile (at
+    most ``max_group``); alone, a package is written at once. When a group
+    fails for any reason but an unavailable database, its packages are
+    written again one by one, so a package that makes a write fail takes
+    only itself down.
+    """
+
+    def __init__(self, write: Callable[[list[PreparedPackage]], list[Written]], *,
+                 max_group: int = MAX_GROUP, idle: float = 1.0) -> None:
+        self._write = write
+        self.max_group = max_group
+        self._idle = idle
+        self._queue: queue.SimpleQueue[tuple[PreparedPackage, Future[Written]]] = \
+            queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        #: transactions committed and packages they carried (for measurements)
+        self.groups = 0
+        self.packages = 0
+
+    def submit(self, prepared: PreparedPackage) -> Future[Written]:
+        future: Future[Written] = Future()
+        self._queue.put((prepared, future))
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._drain, name="dmt-group-commit",
+                                                daemon=True)
+                self._thread.start()
+        return future
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                group = [self._queue.get(timeout=self._idle)]
+            except queue.Empty:
+                with self._lock:
+                    if self._queue.empty():
+                        self._thread = None
+                        return
+                continue
+            while len(group) < self.max_group:
+                try:
+                    group.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._commit(group)
+
+    def _commit(self, group: list[tuple[PreparedPackage, Future[Written]]]) -> None:
+        try:
+            results = self._write([prepared for prepared, _ in group])
+        except DatabaseUnavailable as exc:
+            for _, future in group:
+                future.set_exception(exc)
+            return
+        except BaseException as exc:  # handed to the callers: no future is left unset
+            if len(group) == 1:
+                group[0][1].set_exception(exc)
+                return
+            for item in group:  # find the package that made it fail: it alone fails
+                self._commit([item])
+            return
+        self.groups += 1
+        self.packages += len(group)
+        for (_, future), written in zip(group, results, strict=True):
+            future.set_result(written)
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedIngest:
+    """A package that passed every check and is ready to write (see :meth:`Ingestor.check`)."""
+
+    source: str
+    package_id: str
+    n_records: int
+    plaintext: bytes
+    prepared: PreparedPackage
+
+
 class Ingestor:
-    """Ingests one package per :meth:`ingest_one` call, safely from several threads at once.
+    """Ingests sealed packages, safely from several threads (and processes) at once.
 
     The one ingestion path: :func:`ingest` (``dmt ingest``) and the HTTP
-    service (:mod:`dmt_model.server.service`) both call :meth:`ingest_one`.
+    service (:mod:`dmt_model.server.service`) both go through :meth:`check`,
+    :meth:`submit` and :meth:`finish` (:meth:`ingest_one` chains the three).
     ``refusals`` counts refused packages by the kind of reason.
     """
 
     def __init__(self, db_url: str | Engine, private_key: ServerPrivateKey | ServerKeyring,
-                 policy: ServerPolicy, *, clock: Callable[[], float] = time.time) -> None:
+                 policy: ServerPolicy, *, clock: Callable[[], float] = time.time,
+                 max_group: int = MAX_GROUP) -> None:
         if not isinstance(private_key, (ServerPrivateKey, ServerKeyring)):
             raise ValidationError(
                 "private_key must be a ServerPrivateKey or a ServerKeyring, got "
@@ -164,6 +257,8 @@ class Ingestor:
         if not isinstance(policy, ServerPolicy):
             raise ValidationError(
                 f"policy must be a ServerPolicy, got {type(policy).__name__}.")
+        if isinstance(max_group, bool) or not isinstance(max_group, int) or max_group < 1:
+            raise ValidationError(f"max_group must be a positive integer, got {max_group!r}.")
         self.store = SharedStore(db_url, private_key)
         self.engine = self.store.engine
         self.keyring = self.store.keyring
@@ -176,10 +271,8 @@ class Ingestor:
                            if policy.requires_tokens else None)
         self._key: DataKey | None = None
         self._lock = threading.Lock()
-        # One writer per process: SQLite has only one, and on PostgreSQL every package
-        # updates the rows of its classes, which concurrent writers would lock in different
-        # orders (a deadlock costs deadlock_timeout, 1 s by default, then a retry).
-        self._write_lock = threading.Lock()
+        #: The process's writer: one transaction per group of packages waiting together.
+        self.writer = GroupCommit(self._write_group, max_group=max_group)
 
     def data_key(self) -> DataKey:
         """The store's current data key (created on first use)."""
@@ -201,13 +294,10 @@ class Ingestor:
         log.info("package refused (%s): %s", source, reason)
         return Outcome(source, "rejected", reason, package_id, n_records)
 
-    def ingest_one(self, envelope: bytes, source: str = "<bytes>") -> Outcome:
-        """Open, validate and store one sealed package; its :class:`Outcome`.
+    def check(self, envelope: bytes, source: str = "<bytes>") -> Outcome | PreparedIngest:
+        """Open, validate and prepare one sealed package: a refusal, or what to :meth:`submit`.
 
-        Never raises for a package, however crafted: it is refused with a
-        reason for the log. Raises :class:`DatabaseUnavailable` when the
-        database fails (the caller may retry), and lets other errors of the
-        database layer through.
+        Needs the database only for the data key (once) and token keys.
         """
         if not isinstance(envelope, (bytes, bytearray, memoryview)):
             return self._refused(source, UNREADABLE)
@@ -221,49 +311,70 @@ class Ingestor:
             checked = validate_package(package, self.policy)
         except PackageRefused as exc:
             return self._refused(source, exc.reason, pid, package.n_records)
-        replay = Outcome(source, "rejected", f"replay: package {pid} is already stored", pid,
-                         package.n_records, True)
         token: tuple[str, int] | None = None
-        if self.token_keys is not None:
-            try:
-                token = self.token_keys.redeem(package.token)
-            except InvalidToken as exc:
-                return self._refused(source, str(exc.args[0] if exc.args else "token: invalid"),
-                                     pid, package.n_records)
-        double_spend = "token: double spend (a stored package spent this token)"
         with self._database():
+            if self.token_keys is not None:
+                try:
+                    token = self.token_keys.redeem(package.token)
+                except InvalidToken as exc:
+                    return self._refused(source, str(exc.args[0] if exc.args
+                                                     else "token: invalid"),
+                                         pid, package.n_records)
             key = self.data_key()
-            if _stored(self.engine, pid):
-                return self._replay_or_conflict(replay, plaintext)
-            if token is not None and self.token_keys is not None \
-                    and self.token_keys.spent(token[0]):
-                return self._refused(source, double_spend, pid, package.n_records)
+        prepared = prepare_package(package, plaintext, self.policy, key, checked.columns, token)
+        return PreparedIngest(source, pid, package.n_records, plaintext, prepared)
+
+    def submit(self, ready: PreparedIngest) -> Future[Written]:
+        """Queue ``ready`` for the next group transaction; its future is set after the commit."""
+        return self.writer.submit(ready.prepared)
+
+    def finish(self, ready: PreparedIngest, written: Written) -> Outcome:
+        """The outcome of a written package (reads the database only for a stored id)."""
+        if written.status == "stored":
+            return Outcome(ready.source, "accepted", "", ready.package_id, ready.n_records,
+                           released_classes=written.released_classes)
+        if written.status == "token_spent":
+            return self._refused(ready.source,
+                                 "token: double spend (a stored package spent this token)",
+                                 ready.package_id, ready.n_records)
+        with self._database():
+            return self._replay_or_conflict(ready)
+
+    def ingest_one(self, envelope: bytes, source: str = "<bytes>") -> Outcome:
+        """Open, validate and store one sealed package; its :class:`Outcome`.
+
+        Never raises for a package, however crafted: it is refused with a
+        reason for the log. Raises :class:`DatabaseUnavailable` when the
+        database fails (the caller may retry), and lets other errors of the
+        database layer through.
+        """
+        ready = self.check(envelope, source)
+        if isinstance(ready, Outcome):
+            return ready
+        return self.finish(ready, self.submit(ready).result())
+
+    def _write_group(self, group: list[PreparedPackage]) -> list[Written]:
+        """One transaction for ``group``, tried again after a deadlock or a concurrent release."""
+        key = self.data_key()
+        with self._database():
             for attempt in range(_WRITE_ATTEMPTS):
                 try:
-                    with self._write_lock:
-                        released = write_package(self.engine, package, plaintext,
-                                                 self.policy, key, checked.columns, token)
+                    with self.engine.begin() as conn:
+                        return write_prepared(conn, group, self.policy, key)
                 except IntegrityError:
-                    if _stored(self.engine, pid):
-                        return self._replay_or_conflict(replay, plaintext)
-                    if token is not None and self.token_keys is not None \
-                            and self.token_keys.spent(token[0]):
-                        return self._refused(source, double_spend, pid, package.n_records)
-                    # a concurrent package created one of the same new classes: go again
+                    # another process released the same blocks first: go again
                     if attempt == _WRITE_ATTEMPTS - 1:
                         raise
                 except DBAPIError as exc:
                     if not _retryable(exc) or attempt == _WRITE_ATTEMPTS - 1:
                         raise
-                else:
-                    return Outcome(source, "accepted", "", pid, package.n_records,
-                                   released_classes=released)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _replay_or_conflict(self, replay: Outcome, plaintext: bytes) -> Outcome:
+    def _replay_or_conflict(self, ready: PreparedIngest) -> Outcome:
         """A replay if the stored package is these bytes; a refusal if the id is reused."""
-        pid = replay.package_id
-        assert pid is not None
+        pid = ready.package_id
+        replay = Outcome(ready.source, "rejected", f"replay: package {pid} is already stored",
+                         pid, ready.n_records, True)
         with self.engine.connect() as conn:
             key_id, nonce, payload = conn.execute(
                 select(PackageRow.key_id, PackageRow.nonce, PackageRow.payload)
@@ -272,7 +383,7 @@ class Ingestor:
             stored = self.store.key(key_id).decrypt(nonce, payload, payload_aad(pid, key_id))
         except Exception:  # a damaged row: the id is taken, these bytes are not it
             stored = None
-        if stored == plaintext:
+        if stored == ready.plaintext:
             return replay
         return self._refused(replay.source, "conflict: the package id is stored with other "
                              "content", pid, replay.n_records)

@@ -31,17 +31,20 @@ store and validation as :func:`dmt_model.server.ingest`:
 - ``GET /v1/health``: ``200`` when the database answers, ``503`` otherwise.
 - ``GET /openapi.json``: the OpenAPI document.
 
-Each package is one transaction, run in a bounded thread pool (the store is
-synchronous SQLAlchemy): opening, validation and the replay check run in
-parallel; the write transactions of one process are serialized (one writer is
-all SQLite has, and on PostgreSQL writers contend for the same class rows
-anyway). Replays are refused by the package id's uniqueness, so two
-concurrent posts of the same package give exactly one ``201`` and one
-``409``, also across service processes; there, a concurrent insert of the
-same new k-anonymity class, or a PostgreSQL deadlock, is retried. A ``201``
-is sent only after the commit, so an accepted package survives the service
-being killed; a client that got no answer posts again and gets ``201`` or
-``409``, never a second copy.
+Each package is opened, validated and encrypted in a bounded thread pool
+(``ingest_threads`` at once), then waits, without holding a thread, for the
+process's group commit (:class:`~dmt_model.server.ingest.GroupCommit`): every
+package waiting when a transaction starts is written by it, with one flush.
+Replays are refused inside that write by the package id's uniqueness
+(insert-or-nothing), so two concurrent posts of the same package give exactly
+one ``201`` and one ``409``, also across service processes (``dmt serve
+--workers N``: uvicorn's worker processes on one shared socket, each with the
+same limits and timeouts). Class counters are updated in one fixed order, so
+writers of several processes never deadlock; a concurrent release of the
+same blocks, or a PostgreSQL deadlock, is retried. A ``201`` is sent only
+after the commit, so an accepted package survives the service being killed; a
+client that got no answer posts again and gets ``201`` or ``409``, never a
+second copy.
 
 Hostile input: a declared ``Content-Length`` over the limit is refused before
 reading; a streamed body is counted and refused at the first byte past the
@@ -55,6 +58,7 @@ not count, and are closed by the header timeout).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -67,11 +71,13 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
+import h11
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from sqlalchemy import Engine
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from dmt_model.server.ingest import DatabaseUnavailable, Ingestor
+from dmt_model.server.ingest import DatabaseUnavailable, Ingestor, PreparedIngest
 from dmt_model.server.issuer import Attestation, TokenIssuer, TokenRefused
 from dmt_model.server.policy import ServerPolicy
 from dmt_model.server.report import Outcome
@@ -84,6 +90,7 @@ from dmt_privacy.seal import ENVELOPE_OVERHEAD, ServerKeyring, ServerPrivateKey
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
     "DatabaseUnavailable",
+    "HeaderTimeoutH11Protocol",
     "InFlightLimit",
     "PackageIngestor",
     "ServiceConfig",
@@ -111,8 +118,8 @@ class ServiceConfig:
     body_timeout:
         Seconds a client has to send the whole body; slower is ``408``.
     ingest_threads:
-        Packages opened, validated and written at once (each holds one
-        database connection while it writes).
+        Packages opened, validated and encrypted at once (threads); their
+        writes all go to the process's one group-commit writer.
     retry_after:
         Seconds a client is told to wait (``Retry-After``) when the database is
         unavailable.
@@ -251,7 +258,13 @@ def create_app(
         if not body:
             return status(400, "invalid")
         try:
-            outcome: Outcome = await run(ingestor.ingest_one, bytes(body), "<http>")
+            checked: Outcome | PreparedIngest = await run(ingestor.check, bytes(body), "<http>")
+            if isinstance(checked, Outcome):
+                outcome = checked
+            else:  # wait for the group commit without holding a thread
+                written = await asyncio.wrap_future(ingestor.submit(checked))
+                outcome = (ingestor.finish(checked, written) if written.status == "stored"
+                           else await run(ingestor.finish, checked, written))
         except DatabaseUnavailable as exc:
             log.warning("database unavailable: %s", exc)
             return status(503, "unavailable",
@@ -374,54 +387,65 @@ def create_app(
     return app
 
 
-def _header_timeout_protocol(seconds: float) -> type[Any]:
+def _body_timeout(app: Any) -> float:
+    """The ``body_timeout`` of the service inside ``app`` (through any middleware wrapping it)."""
+    for _ in range(16):
+        config = getattr(getattr(app, "state", None), "config", None)
+        if isinstance(config, ServiceConfig):
+            return config.body_timeout
+        app = getattr(app, "app", None)
+        if app is None:
+            break
+    return ServiceConfig().body_timeout
+
+
+class HeaderTimeoutH11Protocol(H11Protocol):  # type: ignore[misc]
     """uvicorn's h11 protocol, closing a connection whose request line and headers take too long.
 
     uvicorn times out idle keep-alive connections but not a request that never
-    finishes its headers (slowloris); this does, ``seconds`` after the
-    connection opens or the previous response completes.
+    finishes its headers (slowloris); this does, the app's ``body_timeout``
+    seconds after the connection opens or the previous response completes.
+    A class of its own (not made per call) so uvicorn's worker processes can
+    import it by name: every worker keeps the protection.
     """
-    import h11
-    from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    class HeaderTimeoutH11Protocol(H11Protocol):  # type: ignore[misc]
-        _header_timer: Any = None
+    _header_timer: Any = None
+    _header_seconds: float = 10.0
 
-        def _arm(self) -> None:
-            self._disarm()
-            self._header_timer = self.loop.call_later(seconds, self._headers_too_slow)
+    def _arm(self) -> None:
+        self._disarm()
+        self._header_timer = self.loop.call_later(self._header_seconds, self._headers_too_slow)
 
-        def _disarm(self) -> None:
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-                self._header_timer = None
-
-        def _headers_too_slow(self) -> None:
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
             self._header_timer = None
-            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-                with contextlib.suppress(h11.LocalProtocolError):
-                    self.conn.send(h11.ConnectionClosed())
-                self.transport.close()
 
-        def connection_made(self, transport: Any) -> None:
-            super().connection_made(transport)
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            with contextlib.suppress(h11.LocalProtocolError):
+                self.conn.send(h11.ConnectionClosed())
+            self.transport.close()
+
+    def connection_made(self, transport: Any) -> None:
+        self._header_seconds = _body_timeout(self.app)
+        super().connection_made(transport)
+        self._arm()
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.conn.their_state is not h11.IDLE:
+            self._disarm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
             self._arm()
 
-        def handle_events(self) -> None:
-            super().handle_events()
-            if self.conn.their_state is not h11.IDLE:
-                self._disarm()
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
-                self._arm()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
-
-    return HeaderTimeoutH11Protocol
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
 
 
 class InFlightLimit:
@@ -460,18 +484,36 @@ class InFlightLimit:
 
 def run_service(app: Any, *, host: str = "127.0.0.1", port: int = 8000,
                 limit_concurrency: int = 256, access_log: bool = False,
-                log_level: str = "warning") -> None:
+                log_level: str = "warning", workers: int = 1) -> None:
     """Serve ``app`` with uvicorn until SIGINT/SIGTERM (in-flight requests finish first).
 
     ``limit_concurrency``: requests in flight beyond which the service answers
     ``503`` (:class:`InFlightLimit`); idle connections do not count. A
     request's line and headers must arrive within the app's ``body_timeout``
     too, or the connection is closed.
+
+    ``workers`` > 1: uvicorn's worker processes on one shared socket (its
+    supervisor replaces a worker that dies). ``app`` is then the import string
+    of a factory (``"module:function"``) each worker calls to build its own
+    app, wrapped in :class:`InFlightLimit` with ``limit_concurrency`` divided
+    among the workers; each worker has the same header and body timeouts,
+    body limit and group commit.
     """
     import uvicorn
 
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValidationError(f"workers must be a positive integer, got {workers!r}.")
+    options: dict[str, Any] = dict(
+        host=host, port=port, http=HeaderTimeoutH11Protocol, limit_concurrency=None,
+        access_log=access_log, log_level=log_level, timeout_keep_alive=5,
+        timeout_graceful_shutdown=10, server_header=False)
+    if workers > 1:
+        if not isinstance(app, str):
+            raise ValidationError(
+                "workers > 1 needs app as the import string of a factory ('module:function') "
+                f"that each worker process calls, got {type(app).__name__}.")
+        uvicorn.run(app, factory=True, workers=workers,
+                    **{**options, "http": f"{__name__}:HeaderTimeoutH11Protocol"})
+        return
     config: ServiceConfig = getattr(app.state, "config", None) or ServiceConfig()
-    uvicorn.run(InFlightLimit(app, limit_concurrency, config.retry_after), host=host, port=port,
-                http=_header_timeout_protocol(config.body_timeout), limit_concurrency=None,
-                access_log=access_log, log_level=log_level, timeout_keep_alive=5,
-                timeout_graceful_shutdown=10, server_header=False)
+    uvicorn.run(InFlightLimit(app, limit_concurrency, config.retry_after), **options)

@@ -120,6 +120,7 @@ __all__ = [
     "payload_aad",
     "release_due",
     "release_rule",
+    "released_classes",
 ]
 
 DATA_KEY_INFO = b"dmt server data key v1"
@@ -346,6 +347,22 @@ def release_due(
 ) -> int:
     """Release every pending cohort that meets ``rule``; the number of cohorts released.
 
+    :func:`released_classes` does the same and names the classes.
+    """
+    return len(released_classes(conn, rule, data_key, class_keys, now, tokens=tokens))
+
+
+def released_classes(
+    conn: Connection,
+    rule: ReleaseRule,
+    data_key: Callable[[str], DataKey | None],
+    class_keys: Iterable[str] | None = None,
+    now: str | None = None,
+    *,
+    tokens: bool = False,
+) -> list[str]:
+    """Release every pending cohort that meets ``rule``; the keys of the classes released.
+
     Runs inside the caller's transaction ``conn``. A class's pending cohort is
     all its blocks not yet released; it is released whole, or not at all.
     ``data_key(key_id)`` unwraps a package's data key to read its sensitive
@@ -379,7 +396,7 @@ def release_due(
         by_class.setdefault(row.class_key, []).append(row)
     stamp = now or _now()
     columns_cache: dict[str, dict[str, list[Any]] | None] = {}
-    released = 0
+    released: list[str] = []
     for class_key in sorted(by_class):
         blocks = by_class[class_key]
         if tokens:
@@ -418,7 +435,7 @@ def release_due(
         conn.execute(update(CLASSES).where(CLASSES.c.class_key == class_key,
                                            CLASSES.c.released.is_(False))
                      .values(released=True, released_at=stamp))
-        released += 1
+        released.append(class_key)
     return released
 
 

@@ -1,26 +1,47 @@
-"""Storing one validated package: its encrypted payload, its record blocks, its classes.
+"""Storing validated packages: their encrypted payloads, record blocks and classes, in groups.
 
-:func:`write_package` writes, in ONE transaction, the package row (payload
-encrypted under the store's data key, bound to the package id), one record
-block per k-anonymity class it touches (row positions only, no values), the
-class counters, and runs the store's release rule
-(:func:`dmt_model.server.store.release_due`) on those classes. Classes are
-named by an HMAC of their generalized quasi-identifiers, never by the values.
-Callers validate first (:mod:`dmt_model.server.validate`); see
-:mod:`dmt_model.server.store` for the tables.
+:func:`prepare_package` does the work that needs no database (encryption under
+the store's data key, bound to the package id; the HMAC naming each
+k-anonymity class; the rows), so it runs in parallel, outside any transaction.
+:func:`write_prepared` then stores a group of prepared packages in ONE
+transaction (group commit: one flush for all of them), with one statement of
+each kind for the whole group:
+
+1. the package rows, inserted or nothing on the package id (the replay check
+   is the insert itself: a package id already stored, or twice in the group,
+   is left out, never an error that would abort the others);
+2. the spent tokens, inserted or nothing on the token id; a package whose
+   token was already spent has its row deleted again, in the same transaction;
+3. the record blocks of the packages that stayed, in one multi-row insert;
+4. the class counters, one upsert per chunk in sorted class order, so
+   concurrent writers (several service processes) lock classes in one order
+   and never deadlock;
+5. the store's release rule (:func:`dmt_model.server.store.released_classes`)
+   on the classes the group touched.
+
+Each package gets a :class:`Written`: stored (with the classes its write
+released), ``taken`` (its id is stored: a replay, or a reused id, which the
+caller tells apart) or ``token_spent``. SQLite and PostgreSQL use their
+``INSERT .. ON CONFLICT``; other databases write package by package inside
+savepoints. Classes are named by an HMAC of their generalized
+quasi-identifiers, never by the values. Callers validate first
+(:mod:`dmt_model.server.validate`); see :mod:`dmt_model.server.store` for the tables.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 import numpy as np
 import pandas as pd
-from sqlalchemy import Engine, bindparam, insert, select, update
+from sqlalchemy import Engine, Table, bindparam, delete, insert, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 
 from dmt_model.server.policy import ServerPolicy
 from dmt_model.server.store import (
@@ -31,11 +52,11 @@ from dmt_model.server.store import (
     DataKey,
     _now,
     payload_aad,
-    release_due,
     release_rule,
+    released_classes,
 )
 
-__all__ = ["write_package"]
+__all__ = ["PreparedPackage", "Written", "prepare_package", "write_package", "write_prepared"]
 
 _CHUNK = 500
 
@@ -66,15 +87,31 @@ def _blocks(columns: Mapping[str, list[Any]], qis: Sequence[str], key: DataKey,
             for combo, rows in groups.items()]
 
 
-def write_package(engine: Engine, package: Any, plaintext: bytes, policy: ServerPolicy,
-                  key: DataKey, columns: Mapping[str, list[Any]],
-                  token: tuple[str, int] | None = None) -> int:
-    """Store one validated package in one transaction; the number of classes it released.
+@dataclass(frozen=True, eq=False)
+class PreparedPackage:
+    """One validated package as rows, ready to insert (payload already encrypted)."""
 
-    ``token``: (token id, period) of the verified token the package carries; it
-    is recorded as spent in the same transaction (a second spend violates the
-    table's key, so two packages never share a token, whatever the timing).
-    """
+    package_id: str
+    package_row: dict[str, Any] = field(repr=False)
+    record_rows: list[dict[str, Any]] = field(repr=False)
+    #: records per class key
+    per_class: dict[str, int] = field(repr=False)
+    #: (token id, period) of the verified token the package spends, if the policy asks one
+    token: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True)
+class Written:
+    """What the group write did with one package."""
+
+    status: str  # "stored", "taken" (the id is stored already) or "token_spent"
+    released_classes: int = 0
+
+
+def prepare_package(package: Any, plaintext: bytes, policy: ServerPolicy, key: DataKey,
+                    columns: Mapping[str, list[Any]],
+                    token: tuple[str, int] | None = None) -> PreparedPackage:
+    """Encrypt and name the classes of one validated package (no database needed)."""
     qis = [q for q in policy.quasi_identifiers or () if q in columns]
     pid = package.package_id
     per_class: dict[str, list[int]] = {}
@@ -85,35 +122,157 @@ def write_package(engine: Engine, package: Any, plaintext: bytes, policy: Server
     nonce, payload = key.encrypt(plaintext, payload_aad(pid, key.key_id))
     receipt = json.dumps(package.receipt.to_dict(), sort_keys=True, separators=(",", ":"),
                          default=str)
-    now = _now()
-    with engine.begin() as conn:
-        conn.execute(insert(PACKAGES).values(
-            package_id=pid, schema_id=package.schema_id, created_day=str(package.created_day),
-            received_at=now, n_records=package.n_records, receipt=receipt, key_id=key.key_id,
-            nonce=nonce, payload=payload))
-        if token is not None:
-            conn.execute(insert(SPENT_TOKENS).values(token_id=token[0], epoch=token[1],
-                                                     package_id=pid, spent_at=now))
-        conn.execute(insert(RECORDS), rows)
-        keys = sorted(per_class)  # one lock order for every writer: no deadlocks
-        existing: set[str] = set()
-        for start in range(0, len(keys), _CHUNK):
-            chunk = keys[start:start + _CHUNK]
-            existing.update(conn.execute(
-                select(CLASSES.c.class_key).where(CLASSES.c.class_key.in_(chunk))).scalars())
+    row = {"package_id": pid, "schema_id": package.schema_id,
+           "created_day": str(package.created_day), "received_at": "",
+           "n_records": package.n_records, "receipt": receipt, "key_id": key.key_id,
+           "nonce": nonce, "payload": payload}
+    return PreparedPackage(pid, row, rows, {k: len(v) for k, v in per_class.items()}, token)
+
+
+# --- insert-or-nothing and upserts, by dialect --------------------------------------------
+def _dialect_insert(conn: Connection) -> Callable[[Table], Any] | None:
+    """The dialect's ``insert`` with ``on_conflict_do_*``, or None where there is none."""
+    name = conn.dialect.name
+    if name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+        return pg_insert
+    if name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+        return sqlite_insert
+    return None
+
+
+def _insert_or_nothing(conn: Connection, table: Table, column: str,
+                       rows: list[dict[str, Any]]) -> set[Any]:
+    """Insert ``rows`` (unique on ``column`` among themselves); the keys actually inserted."""
+    if not rows:
+        return set()
+    dialect_insert = _dialect_insert(conn)
+    if dialect_insert is not None:
+        inserted: set[Any] = set()
+        for start in range(0, len(rows), _CHUNK):
+            stmt = (dialect_insert(table).on_conflict_do_nothing(index_elements=[column])
+                    .returning(table.c[column]))
+            inserted.update(conn.execute(stmt, rows[start:start + _CHUNK]).scalars())
+        return inserted
+    inserted = set()
+    for row in rows:  # any other database: one savepoint per row
+        try:
+            with conn.begin_nested():
+                conn.execute(insert(table), row)
+        except IntegrityError:
+            continue
+        inserted.add(row[column])
+    return inserted
+
+
+def _add_to_classes(conn: Connection, counts: dict[str, tuple[int, int]]) -> None:
+    """Add (records, packages) to each class, creating it if new; classes in sorted order."""
+    keys = sorted(counts)
+    dialect_insert = _dialect_insert(conn)
+    for start in range(0, len(keys), _CHUNK):
+        chunk = keys[start:start + _CHUNK]
+        if dialect_insert is not None:
+            stmt = dialect_insert(CLASSES).values([
+                {"class_key": k, "n_records": counts[k][0], "n_packages": counts[k][1],
+                 "released": False} for k in chunk])
+            conn.execute(stmt.on_conflict_do_update(
+                index_elements=[CLASSES.c.class_key],
+                set_={"n_records": CLASSES.c.n_records + stmt.excluded.n_records,
+                      "n_packages": CLASSES.c.n_packages + stmt.excluded.n_packages}))
+            continue
+        existing = set(conn.execute(
+            select(CLASSES.c.class_key).where(CLASSES.c.class_key.in_(chunk))).scalars())
         if existing:
             conn.execute(
                 update(CLASSES).where(CLASSES.c.class_key == bindparam("k"))
                 .values(n_records=CLASSES.c.n_records + bindparam("n"),
-                        n_packages=CLASSES.c.n_packages + 1),
-                [{"k": k, "n": len(per_class[k])} for k in sorted(existing)])
-        fresh = [{"class_key": k, "n_records": len(per_class[k]), "n_packages": 1,
-                  "released": False} for k in keys if k not in existing]
+                        n_packages=CLASSES.c.n_packages + bindparam("p")),
+                [{"k": k, "n": counts[k][0], "p": counts[k][1]} for k in chunk if k in existing])
+        fresh = [{"class_key": k, "n_records": counts[k][0], "n_packages": counts[k][1],
+                  "released": False} for k in chunk if k not in existing]
         if fresh:
             conn.execute(insert(CLASSES), fresh)
-        # The server's release rule (k, l and t over distinct packages, in cohorts that
-        # cannot be differenced) is dmt_model.server.store.release_due.
-        released = release_due(conn, release_rule(policy),
-                               lambda key_id: key if key_id == key.key_id else None, keys, now,
-                               tokens=policy.requires_tokens)
-    return released
+
+
+def write_prepared(conn: Connection, group: Sequence[PreparedPackage], policy: ServerPolicy,
+                   key: DataKey) -> list[Written]:
+    """Store ``group`` inside the caller's transaction ``conn``; one :class:`Written` each.
+
+    Nothing here fails because of one package: a stored id or a spent token
+    leaves that package out. The caller commits (or rolls back everything).
+    """
+    now = _now()
+    order = sorted(range(len(group)), key=lambda i: group[i].package_id)  # one lock order
+    first: dict[str, int] = {}
+    for i in order:
+        first.setdefault(group[i].package_id, i)
+    inserted = _insert_or_nothing(
+        conn, PACKAGES, "package_id",
+        [{**group[i].package_row, "received_at": now} for i in sorted(
+            first.values(), key=lambda i: group[i].package_id)])
+    kept = [i for i in order if first[group[i].package_id] == i
+            and group[i].package_id in inserted]
+    status = ["taken"] * len(group)
+    spender: dict[str, tuple[int, int]] = {}  # token id -> (package index, period)
+    for i in kept:
+        token = group[i].token
+        if token is None or token[0] not in spender:
+            if token is not None:
+                spender[token[0]] = (i, token[1])
+            status[i] = "stored"
+        else:
+            status[i] = "token_spent"  # two packages of this group carry one token
+    spent = _insert_or_nothing(
+        conn, SPENT_TOKENS, "token_id",
+        [{"token_id": t, "epoch": epoch, "package_id": group[i].package_id, "spent_at": now}
+         for t, (i, epoch) in sorted(spender.items())])
+    for i in kept:
+        token = group[i].token
+        if status[i] == "stored" and token is not None and token[0] not in spent:
+            status[i] = "token_spent"
+    dropped = sorted(group[i].package_id for i in kept if status[i] == "token_spent")
+    if dropped:
+        conn.execute(delete(PACKAGES).where(PACKAGES.c.package_id.in_(dropped)))
+    stored = [i for i in kept if status[i] == "stored"]
+    records = [row for i in stored for row in group[i].record_rows]
+    if records:
+        conn.execute(insert(RECORDS), records)
+    counts: dict[str, tuple[int, int]] = {}
+    last_toucher: dict[str, int] = {}
+    for i in stored:
+        for class_key, n in group[i].per_class.items():
+            records_so_far, packages_so_far = counts.get(class_key, (0, 0))
+            counts[class_key] = (records_so_far + n, packages_so_far + 1)
+            last_toucher[class_key] = i
+    if not counts:
+        return [Written(s) for s in status]
+    _add_to_classes(conn, counts)
+    # The server's release rule (k, l and t over distinct packages, in cohorts that cannot
+    # be differenced) is dmt_model.server.store.released_classes.
+    released = released_classes(conn, release_rule(policy),
+                                lambda key_id: key if key_id == key.key_id else None,
+                                sorted(counts), now, tokens=policy.requires_tokens)
+    per_package = [0] * len(group)
+    for class_key in released:  # credited to the group's last package in that class
+        per_package[last_toucher[class_key]] += 1
+    return [Written(s, per_package[i]) for i, s in enumerate(status)]
+
+
+def write_package(engine: Engine, package: Any, plaintext: bytes, policy: ServerPolicy,
+                  key: DataKey, columns: Mapping[str, list[Any]],
+                  token: tuple[str, int] | None = None) -> int:
+    """Store one validated package in one transaction; the number of classes it released.
+
+    ``token``: (token id, period) of the verified token the package carries; it
+    is recorded as spent in the same transaction. Raises
+    :class:`sqlalchemy.exc.IntegrityError` (and stores nothing) when the
+    package id is already stored or the token already spent.
+    """
+    prepared = prepare_package(package, plaintext, policy, key, columns, token)
+    with engine.begin() as conn:
+        (written,) = write_prepared(conn, [prepared], policy, key)
+        if written.status != "stored":
+            raise IntegrityError("INSERT INTO packages", {"package_id": package.package_id},
+                                 Exception(f"not stored: {written.status}"))
+    return written.released_classes

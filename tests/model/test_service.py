@@ -117,43 +117,35 @@ def test_database_down_is_retryable(tmp_path, monkeypatch):
     from sqlalchemy.exc import OperationalError
 
     def down(*args, **kwargs):
-        raise OperationalError("SELECT 1", {}, Exception("connection refused"))
+        raise OperationalError("INSERT", {}, Exception("connection refused"))
 
-    monkeypatch.setattr(ingest_module, "_stored", down)
+    monkeypatch.setattr(ingest_module, "write_prepared", down)
     with TestClient(app) as c:
         r = post(c, seal_package(package(1), KEY.public_key()))
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
 
 
-def test_concurrent_posts_of_one_package_store_it_once(db_url, monkeypatch):
-    """Both posts pass the replay check before either writes: one 201, one 409."""
-    ingestor = PackageIngestor(db_url, KEY, POLICY)
-    real = ingest_module._stored
-    barrier = threading.Barrier(2, timeout=10)
-    calls = {"n": 0}
-    lock = threading.Lock()
-
-    def stored_after_both_checked(engine, pid):
-        with lock:
-            calls["n"] += 1
-            first_two = calls["n"] <= 2
-        if first_two:
-            barrier.wait()  # both threads are past the check, neither has written
-            return False
-        return real(engine, pid)
-
-    monkeypatch.setattr(ingest_module, "_stored", stored_after_both_checked)
+def test_concurrent_posts_of_one_package_store_it_once(db_url):
+    """Two writers (as two service processes) both checked one package before either wrote:
+    the insert-or-nothing on its id gives one 201 and one 409."""
+    ingestors = [PackageIngestor(db_url, KEY, POLICY) for _ in range(2)]
     sealed = seal_package(package(7), KEY.public_key())
+    barrier = threading.Barrier(2, timeout=10)
     outcomes = []
-    threads = [threading.Thread(target=lambda: outcomes.append(ingestor(sealed)))
-               for _ in range(2)]
+
+    def post_once(ingestor):
+        ready = ingestor.check(sealed)
+        barrier.wait()  # both are past every check, neither has written
+        outcomes.append(ingestor.finish(ready, ingestor.submit(ready).result()))
+
+    threads = [threading.Thread(target=post_once, args=(i,)) for i in ingestors]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=30)
     assert sorted((o.status, o.replay) for o in outcomes) == [("accepted", False),
                                                               ("rejected", True)]
-    assert SharedStore(ingestor.engine, KEY).counts()["packages"] == 1
+    assert SharedStore(ingestors[0].engine, KEY).counts()["packages"] == 1
 
 
 def test_concurrent_ingestion_shares_classes_without_loss(db_url):
