@@ -48,6 +48,7 @@ import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -183,6 +184,8 @@ def batch_order(n: int, *, batch_size: int, epochs: int, shuffle: bool,
 
 def featurizer_of(spec: Any) -> Featurizer:
     """The featurizer stored in a dmt model's metadata."""
+    if _is_program(spec):
+        return spec.featurizer  # type: ignore[no-any-return]
     text = spec.description.metadata.userDefined.get("dmt.featurizer")
     if not text:
         raise ModelFileError("The model carries no dmt featurizer metadata; export it with dmt.")
@@ -486,9 +489,39 @@ class PersonalizationResult:
         return self
 
 
+# A model here is a Core ML spec or an ExecuTorch training program (a ``.pte``, trained in the
+# ExecuTorch runtime by :mod:`dmt_model.executorch`): these four calls are where they differ.
+def _is_program(model: Any) -> bool:
+    from dmt_model.executorch.program import TrainingProgram
+
+    return isinstance(model, TrainingProgram)
+
+
+def _load_model(path: str | os.PathLike[str]) -> Any:
+    """The updatable model at ``path``: a ``.pte`` program, or else a ``.mlmodel`` spec."""
+    if Path(path).suffix == ".pte":
+        from dmt_model.executorch.program import load_program
+
+        return load_program(path)
+    spec = load_spec(path)
+    validate_updatable(spec)
+    return spec
+
+
+def _predict(model: Any, frame: pd.DataFrame) -> np.ndarray:
+    return model.predict(frame) if _is_program(model) else predict_frame(model, frame)
+
+
+def _save_model(model: Any, path: Path) -> None:
+    if _is_program(model):
+        model.save(path, overwrite=True)
+    else:
+        save_spec(model, path, overwrite=True)
+
+
 def _record_errors(spec: Any, frame: pd.DataFrame, target: np.ndarray) -> np.ndarray:
     """Each record's error under ``spec``: squared error or log loss (:mod:`dmt_model.tasks`)."""
-    return featurizer_of(spec).task.record_errors(predict_frame(spec, frame), target)
+    return featurizer_of(spec).task.record_errors(_predict(spec, frame), target)
 
 
 def _out_of_bounds(spec: Any, frame: pd.DataFrame) -> int:
@@ -526,7 +559,7 @@ def with_prior(spec: Any, records: pd.DataFrame, prior_records: int) -> pd.DataF
         return records
     anchors = records.iloc[np.arange(prior_records) % len(records)].copy()
     featurizer = featurizer_of(spec)
-    predicted = predict_frame(spec, anchors)
+    predicted = _predict(spec, anchors)
     if featurizer.classes_:  # a classifier's anchors carry a class drawn from its prediction
         u = (np.arange(prior_records) * _GOLDEN + 0.5) % 1.0  # evenly spread, deterministic
         drawn = (np.cumsum(predicted, axis=1) < u[:, None]).sum(axis=1)
@@ -540,8 +573,9 @@ def with_prior(spec: Any, records: pd.DataFrame, prior_records: int) -> pd.DataF
 def _personal_update(spec: Any, records: pd.DataFrame, *, prior_records: int,
                      on_event: Callable[[UpdateEvent], None] | None,
                      overrides: Mapping[str, Any]) -> tuple[Any, UpdateHistory]:
-    return update_spec(spec, with_prior(spec, records, prior_records), on_event=on_event,
-                       **overrides)
+    update = spec.updated if _is_program(spec) else partial(update_spec, spec)
+    return update(with_prior(spec, records, prior_records),  # type: ignore[no-any-return]
+                  on_event=on_event, **overrides)
 
 
 def _prior_grid(prior_records: int | Sequence[int]) -> tuple[int, ...]:
@@ -618,7 +652,7 @@ def _checked_update(
     except UpdateRejected as exc:
         return PersonalizationResult(False, str(exc), result_before, math.nan, output, history,
                                      out_of_bounds, chosen)
-    save_spec(candidate, output, overwrite=True)  # replacing the personal model is the job
+    _save_model(candidate, output)  # replacing the personal model is the job
     how = "on the holdout" if holdout is not None else f"in {len(checks)}-fold cross-validation"
     anchors = f"{chosen} anchor record{'' if chosen == 1 else 's'}"
     return PersonalizationResult(True, f"{why}, {how}, prior: {anchors}",
@@ -674,8 +708,7 @@ def personalize(
     ``rule.folds``.
     """
     model_path = Path(model_path)
-    spec = load_spec(model_path)
-    validate_updatable(spec)
+    spec = _load_model(model_path)
     _check_records(spec, records, what="records")
     return _checked_update(spec, spec, records, holdout=holdout,
                            output=Path(output_path) if output_path is not None else model_path,
@@ -694,9 +727,10 @@ def personalized(spec: Any, records: pd.DataFrame, **kwargs: Any,
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="dmt-personal-") as folder:
-        path = save_spec(spec, Path(folder) / "personal.mlmodel")
+        path = Path(folder) / ("personal.pte" if _is_program(spec) else "personal.mlmodel")
+        _save_model(spec, path)
         result = personalize(path, records, **kwargs)
-        return load_spec(path), result
+        return _load_model(path), result
 
 
 def adopt_new_version(
@@ -735,9 +769,8 @@ def adopt_new_version(
         records = unshared_records
     if records is None:
         raise ValidationError("adopt_new_version needs the device's records (records=...).")
-    new_spec = load_spec(new_model_path)
-    validate_updatable(new_spec)
-    current = load_spec(personal_model_path)
+    new_spec = _load_model(new_model_path)
+    current = _load_model(personal_model_path)
     new_schema = featurizer_of(new_spec).schema.schema_id
     if featurizer_of(current).schema.schema_id != new_schema:
         raise ModelFileError(
