@@ -440,20 +440,78 @@ def pg_restart(ctl: str) -> Callable[[], None]:
 
 def scenario(name: str, db_url: str, envelopes: Sequence[tuple[str, bytes]], *, clients: int,
              key_file: Path, policy_file: Path, records: int, pg_ctl: str | None = None,
-             faults: bool = False, deadline: float = 600.0) -> dict[str, Any]:
-    service = ServiceProcess(db_url, key_file, policy_file).start()
+             faults: bool = False, workers: int = 1, deadline: float = 600.0) -> dict[str, Any]:
+    service = ServiceProcess(db_url, key_file, policy_file,
+                             extra=["--workers", str(workers)]).start()
+    load_before = uptime()
+    busy0, total0 = _machine_busy()
     try:
         actions: list[tuple[float, Callable[[], None]]] = []
         if faults:
             actions.append((0.3, service.restart))
             if pg_ctl is not None:
                 actions.append((0.6, pg_restart(pg_ctl)))
+        server0 = service.cpu_seconds()
         result = run_load(service.url, envelopes, clients=clients, faults=actions,
                           deadline=deadline)
+        server_cpu = service.cpu_seconds() - server0  # after a restart: the new processes'
     finally:
+        busy1, total1 = _machine_busy()
         service.stop()
     checks = check_exactly_once(result, stored(db_url), envelopes, records)
-    return {"scenario": name, **result.summary(), "checks": checks}
+    cores = (total1 - total0) / result.seconds
+    return {"scenario": name, "workers": workers, **result.summary(),
+            "records_per_second": round(result.packages_per_second * records, 1),
+            "cpu_cores": {"machine_busy": round((busy1 - busy0) / result.seconds, 2),
+                          "machine": round(cores),
+                          "service": round(server_cpu / result.seconds, 2),
+                          "load_generator": round(result.client_cpu_seconds / result.seconds, 2)},
+            "uptime_load_before": load_before, "uptime_load_after": uptime(),
+            "checks": checks}
+
+
+def ceiling(db_url: str, envelopes: Sequence[tuple[str, bytes]], key: Any, *,
+            group: int = 64) -> dict[str, Any]:
+    """Plain inserts of the same rows (package rows, record blocks), no checks, no HTTP.
+
+    The packages are opened and prepared first (not timed); then their rows go
+    in with plain INSERTs (executemany), ``group`` packages per transaction, on
+    one connection: no replay check, no class counters, no release. What the
+    database takes at most from one Python writer.
+    """
+    from sqlalchemy import insert
+
+    from dmt_model.server.ingest import Ingestor, PreparedIngest
+    from dmt_model.server.store import PACKAGES, RECORDS
+
+    ingestor = Ingestor(db_url, key, POLICY)
+    prepared = []
+    for _, body in envelopes:
+        ready = ingestor.check(body)
+        assert isinstance(ready, PreparedIngest), ready
+        prepared.append(ready.prepared)
+    load_before = uptime()
+    t0 = time.perf_counter()
+    with ingestor.engine.connect() as conn:
+        for start in range(0, len(prepared), group):
+            chunk = prepared[start:start + group]
+            with conn.begin():
+                conn.execute(insert(PACKAGES), [{**p.package_row, "received_at": "now"}
+                                                for p in chunk])
+                conn.execute(insert(RECORDS), [r for p in chunk for r in p.record_rows])
+    seconds = time.perf_counter() - t0
+    ingestor.engine.dispose()
+    return {"packages": len(prepared), "group": group, "seconds": round(seconds, 3),
+            "packages_per_second": round(len(prepared) / seconds, 1),
+            "uptime_load_before": load_before, "uptime_load_after": uptime()}
+
+
+def _print(run: dict[str, Any]) -> None:
+    print(f"{run['scenario']:34s} {run['packages_per_second']:8.1f} packages/s "
+          f"({run['records_per_second']:9.1f} records/s)  p50 {run['latency_ms']['p50']:7.1f} ms"
+          f"  p99 {run['latency_ms']['p99']:7.1f} ms  statuses {run['statuses']}  cores "
+          f"{run['cpu_cores']}  load {run['uptime_load_before']}  "
+          f"all checks {all(run['checks'].values())}", flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -463,22 +521,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--packages", type=int, default=10_000)
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--records", type=int, default=3, help="records per package")
+    parser.add_argument("--workers", default="1,2,4",
+                        help="service processes to measure, comma-separated (default 1,2,4; "
+                             "SQLite runs the first two)")
+    parser.add_argument("--large-records", type=int, default=300,
+                        help="records per package of the large-package run (0: none)")
+    parser.add_argument("--large-packages", type=int, default=1000)
     parser.add_argument("--postgres", default=os.environ.get("DMT_TEST_POSTGRES_URL"))
     parser.add_argument("--pg-ctl", default=os.environ.get("DMT_TEST_POSTGRES_CTL"))
     parser.add_argument("--output", type=Path, default=RESULTS,
                         help="folder for the results (default benchmarks/results)")
     args = parser.parse_args(argv)
+    worker_counts = [int(w) for w in args.workers.split(",")]
 
     key = generate_server_key()
-    runs = []
+    runs: list[dict[str, Any]] = []
+    ceilings: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         save_private_key(key, folder / "server.key")
         (folder / "policy.json").write_text(POLICY.to_json())
         t0 = time.perf_counter()
-        envelopes = [make_envelopes(args.packages, key.public_key(), records=args.records,
-                                    seed=s) for s in range(2)]
-        print(f"sealed {2 * args.packages} packages in {time.perf_counter() - t0:.1f} s")
+        envelopes = make_envelopes(args.packages, key.public_key(), records=args.records)
+        large = (make_envelopes(args.large_packages, key.public_key(),
+                                records=args.large_records, seed=1)
+                 if args.large_records else [])
+        print(f"sealed {len(envelopes) + len(large)} packages in "
+              f"{time.perf_counter() - t0:.1f} s")
         stores: list[tuple[str, Callable[[], str], str | None]] = [
             ("sqlite", lambda: f"sqlite:///{folder / secrets.token_hex(4)}.db", None)]
         drops: list[Callable[[], None]] = []
@@ -490,19 +559,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             stores.append(("postgresql", pg_url, args.pg_ctl))
         else:
             print("no PostgreSQL URL (--postgres or DMT_TEST_POSTGRES_URL): SQLite only")
+        common = dict(clients=args.clients, key_file=folder / "server.key",
+                      policy_file=folder / "policy.json")
         try:
             for store, make_url, ctl in stores:
-                for faults, batch in ((False, envelopes[0]), (True, envelopes[1])):
-                    name = f"{store} {'faults' if faults else 'steady'}"
-                    run = scenario(name, make_url(), batch, clients=args.clients,
-                                   key_file=folder / "server.key",
-                                   policy_file=folder / "policy.json", records=args.records,
-                                   pg_ctl=ctl, faults=faults)
+                ceilings[store] = ceiling(make_url(), envelopes, key)
+                print(f"{store} ceiling: {ceilings[store]['packages_per_second']} packages/s "
+                      f"(plain inserts, {ceilings[store]['group']} per transaction)", flush=True)
+                counts = worker_counts[:2] if store == "sqlite" else worker_counts
+                steady = []
+                for workers in counts:
+                    run = scenario(f"{store} steady, {workers} worker(s)", make_url(), envelopes,
+                                   records=args.records, workers=workers, **common)
+                    steady.append(run)
+                    _print(run)
+                best = max(steady, key=lambda r: r["packages_per_second"])["workers"]
+                run = scenario(f"{store} faults, {best} worker(s)", make_url(), envelopes,
+                               records=args.records, workers=best, pg_ctl=ctl, faults=True,
+                               **common)
+                _print(run)
+                runs += [*steady, run]
+                if large:
+                    run = scenario(f"{store} {args.large_records} records, {best} worker(s)",
+                                   make_url(), large, records=args.large_records,
+                                   workers=best, **common)
+                    _print(run)
                     runs.append(run)
-                    print(f"{name:22s} {run['packages_per_second']:8.1f} packages/s  "
-                          f"p50 {run['latency_ms']['p50']:7.1f} ms  "
-                          f"p99 {run['latency_ms']['p99']:7.1f} ms  statuses {run['statuses']}"
-                          f"  all checks {all(run['checks'].values())}")
         finally:
             for drop in drops:
                 drop()
@@ -510,7 +592,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                    "python": platform.python_version(),
                                                    "platform": platform.platform()},
            "packages": args.packages, "clients": args.clients,
-           "records_per_package": args.records, "runs": runs}
+           "records_per_package": args.records, "large_packages": args.large_packages,
+           "large_records_per_package": args.large_records,
+           "ceiling": ceilings, "runs": runs}
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "server_load.json").write_text(json.dumps(out, indent=1))
     print(f"wrote {args.output / 'server_load.json'}")

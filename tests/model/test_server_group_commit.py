@@ -1,0 +1,185 @@
+"""Group commit (issue 18): packages waiting together are written in one transaction, each
+acknowledged only after that commit, each stored once, a failing one alone; the statements of
+a group do not grow with its size; `dmt serve --workers N` keeps the single process's limits."""
+
+from __future__ import annotations
+
+import dataclasses
+import http.client
+import threading
+import time
+
+import pytest
+from sqlalchemy import event, func, select
+from test_ingest import KEY, POLICY, package
+
+from dmt_model.server import SharedStore
+from dmt_model.server.ingest import DatabaseUnavailable, GroupCommit, PreparedIngest
+from dmt_model.server.service import PackageIngestor
+from dmt_model.server.store import CLASSES
+from dmt_model.server.write import Written, write_prepared
+from dmt_privacy.package import seal_package
+
+
+def _ready(ingestor, *packages) -> list[PreparedIngest]:
+    out = []
+    for p in packages:
+        ready = ingestor.check(seal_package(p, KEY.public_key()))
+        assert isinstance(ready, PreparedIngest), ready
+        out.append(ready)
+    return out
+
+
+def _class_totals(engine) -> tuple[int, int]:
+    with engine.connect() as conn:
+        return tuple(conn.execute(select(func.sum(CLASSES.c.n_records),
+                                         func.count())).one())
+
+
+def test_a_group_stores_each_package_once_and_leaves_out_the_rest(db_url):
+    """Fresh packages, a stored one, one id twice and two spending one token, in one group."""
+    ingestor = PackageIngestor(db_url, KEY, POLICY)
+    stored_before, *fresh = _ready(ingestor, *(package(i) for i in range(6)))
+    assert ingestor.finish(stored_before, ingestor.submit(stored_before).result()).status \
+        == "accepted"
+    token = ("ab" * 32, 0)
+    with_token = [dataclasses.replace(r.prepared, token=token) for r in fresh[3:5]]
+    group = [fresh[0].prepared, stored_before.prepared, fresh[1].prepared, fresh[1].prepared,
+             fresh[2].prepared, *with_token]
+    with ingestor.engine.begin() as conn:
+        written = write_prepared(conn, group, POLICY, ingestor.data_key())
+    assert [w.status for w in written[:5]] == ["stored", "taken", "stored", "taken", "stored"]
+    assert sorted(w.status for w in written[5:]) == ["stored", "token_spent"]  # one spend
+    counts = SharedStore(ingestor.engine, KEY).counts()
+    assert counts["packages"] == 5 and counts["records"] == 15
+    assert _class_totals(ingestor.engine)[0] == 15  # the counters add up to the records
+    replay = ingestor.finish(fresh[1], Written("taken"))
+    assert replay.replay and replay.status == "rejected"
+
+
+def test_statements_per_group_do_not_grow_with_its_size(tmp_path):
+    """One statement sequence per group: 1 or 40 packages, the same statements."""
+    ingestor = PackageIngestor(f"sqlite:///{tmp_path / 's.db'}", KEY, POLICY)
+    ingestor.data_key()
+    writes = ("INSERT INTO packages", "INSERT INTO spent_tokens", "DELETE FROM packages",
+              "INSERT INTO records", "INSERT INTO classes")
+    seen: list[str] = []
+
+    def count(conn, cursor, statement, *args):
+        seen.extend(w for w in writes if statement.startswith(w))
+
+    event.listen(ingestor.engine, "before_cursor_execute", count)
+    per_size: dict[int, list[list[str]]] = {}
+    for size, first in ((1, 0), (40, 100), (1, 200)):
+        group = [r.prepared for r in _ready(ingestor, *(package(first + i)
+                                                        for i in range(size)))]
+        seen.clear()
+        with ingestor.engine.begin() as conn:
+            write_prepared(conn, group, POLICY, ingestor.data_key())
+        per_size.setdefault(size, []).append(list(seen))
+    # (the release of classes, after these, reads and writes what the data make due)
+    assert per_size[1][0] == per_size[40][0] == per_size[1][1] == [
+        "INSERT INTO packages", "INSERT INTO records", "INSERT INTO classes"]
+
+
+def test_concurrent_packages_share_transactions_each_acknowledged_after_commit(db_url):
+    ingestor = PackageIngestor(db_url, KEY, POLICY)
+    ready = _ready(ingestor, *(package(i) for i in range(60)))
+    gate = threading.Event()
+    commits = []
+
+    def hold_commit(conn):
+        commits.append(time.monotonic())
+        gate.wait(timeout=30)
+
+    event.listen(ingestor.engine, "commit", hold_commit)
+    futures = [ingestor.submit(r) for r in ready]
+    deadline = time.monotonic() + 10
+    while not commits and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)
+    assert commits and not any(f.done() for f in futures)  # nothing acknowledged before commit
+    gate.set()
+    outcomes = [ingestor.finish(r, f.result(timeout=60))
+                for r, f in zip(ready, futures, strict=True)]
+    event.remove(ingestor.engine, "commit", hold_commit)
+    assert all(o.status == "accepted" for o in outcomes)
+    assert ingestor.writer.packages == 60 and ingestor.writer.groups < 60
+    assert SharedStore(ingestor.engine, KEY).counts()["packages"] == 60
+
+
+def test_a_package_that_fails_the_write_takes_only_itself_down():
+    groups = []
+    busy, go_on = threading.Event(), threading.Event()
+
+    def write(group):
+        groups.append(list(group))
+        if group == ["first"]:  # while this one writes, the next four queue up together
+            busy.set()
+            go_on.wait(timeout=10)
+        if "bad" in group:
+            raise RuntimeError("disk on fire")
+        return [Written("stored") for _ in group]
+
+    writer = GroupCommit(write)
+    first = writer.submit("first")
+    assert busy.wait(timeout=10)
+    futures = [writer.submit(p) for p in ["a", "b", "bad", "c"]]
+    go_on.set()
+    results = []
+    for f in [first, *futures]:
+        try:
+            results.append(f.result(timeout=10).status)
+        except RuntimeError as exc:
+            results.append(str(exc))
+    assert results == ["stored", "stored", "stored", "disk on fire", "stored"]
+    assert groups[1] == ["a", "b", "bad", "c"]  # one group, then one by one
+    assert groups[2:] == [["a"], ["b"], ["bad"], ["c"]]
+
+
+def test_an_unavailable_database_fails_the_group_at_once():
+    calls = []
+
+    def write(group):
+        calls.append(len(group))
+        raise DatabaseUnavailable("down")
+
+    writer = GroupCommit(write)
+    future = writer.submit("a")
+    with pytest.raises(DatabaseUnavailable):
+        future.result(timeout=10)
+    assert calls == [1]
+
+
+# --- dmt serve --workers ---------------------------------------------------------------------
+@pytest.mark.slow
+def test_workers_keep_limits_timeouts_and_exactly_once(tmp_path, server_load):
+    from dmt_privacy.seal import save_private_key
+
+    save_private_key(KEY, tmp_path / "server.key")
+    (tmp_path / "policy.json").write_text(server_load.POLICY.to_json())
+    db_url = f"sqlite:///{tmp_path / 's.db'}"
+    service = server_load.ServiceProcess(
+        db_url, tmp_path / "server.key", tmp_path / "policy.json",
+        extra=["--workers", "2", "--max-body-bytes", "65536", "--body-timeout", "1"]).start()
+    try:
+        port = service.port
+        header = (b"POST /v1/packages HTTP/1.1\r\nHost: x\r\n"
+                  b"Content-Type: application/octet-stream\r\n")
+        from test_service import _raw
+
+        assert _raw(port, header + b"Content-Length: 104857600\r\n\r\n" + b"\0" * 65536) == 413
+        assert _raw(port, header + b"Content-Length: 1000\r\n\r\n" + b"\0" * 999,
+                    pace=0.1, chunks=40) == 408
+        assert _raw(port, header + b"X-Padding: " + b"a" * 400, pace=0.1, chunks=40) == 0
+        envelopes = server_load.make_envelopes(300, KEY.public_key(), seed=3)
+        result = server_load.run_load(service.url, envelopes, clients=10, deadline=120)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("POST", "/v1/packages", body=envelopes[0][1])
+        assert conn.getresponse().status == 409  # the other worker knows it too
+        conn.close()
+    finally:
+        service.stop()
+    checks = server_load.check_exactly_once(result, server_load.stored(db_url), envelopes, 3)
+    assert all(checks.values()), checks
+    assert result.statuses == {"201": 300}
