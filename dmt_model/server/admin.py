@@ -22,11 +22,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, delete, select, update
+from sqlalchemy import Engine, delete, insert, select, update
 
 from dmt_model.server.store import (
     CLASSES,
     PACKAGES,
+    PENDING_BLOCKS,
     RECORDS,
     Base,
     PackageRow,
@@ -170,6 +171,10 @@ def _dissolve_cohorts(conn: Any, block_ids: Sequence[int]) -> None:
         touched.update(conn.execute(select(released_blocks.c.cohort_id).where(
             released_blocks.c.block_id.in_(block_ids[start:start + _CHUNK]))).scalars())
     for cohort_id in sorted(touched):
+        back = select(released_blocks.c.block_id, RECORDS.c.class_key).join(
+            RECORDS, RECORDS.c.id == released_blocks.c.block_id).where(
+            released_blocks.c.cohort_id == cohort_id)
+        conn.execute(insert(PENDING_BLOCKS).from_select(["block_id", "class_key"], back))
         conn.execute(delete(released_blocks).where(released_blocks.c.cohort_id == cohort_id))
         if cohorts is not None:
             conn.execute(delete(cohorts).where(cohorts.c.cohort_id == cohort_id))
@@ -183,6 +188,9 @@ def _remove_one(conn: Any, package_id: str, min_k: int | None) -> int:
     per_class = Counter[str]()
     for b in blocks:
         per_class[b.class_key] += b.n_records
+    for start in range(0, len(ids), _CHUNK):
+        conn.execute(delete(PENDING_BLOCKS).where(
+            PENDING_BLOCKS.c.block_id.in_(ids[start:start + _CHUNK])))
     conn.execute(delete(RECORDS).where(RECORDS.c.package_id == package_id))
     for class_key in sorted(per_class):
         conn.execute(update(CLASSES).where(CLASSES.c.class_key == class_key).values(

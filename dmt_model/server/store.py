@@ -20,6 +20,11 @@ Tables:
   whole cohorts, each meeting the rule (:func:`release_due`,
   :meth:`SharedStore.release`). A block not in ``released_blocks`` is
   quarantined, whatever ``classes.released`` says;
+- ``pending_blocks``: the blocks not yet released (``records`` less
+  ``released_blocks``, with their class), kept in the same transactions by
+  every writer, so the release reads what waits instead of every block ever
+  stored (:func:`released_classes`); a database from before it gets it filled
+  on :func:`connect`;
 - ``data_keys``: the server data keys, each sealed (HPKE) to the server's
   public key;
 - ``spent_tokens``, ``token_keys`` and ``token_issuance``: the per-device
@@ -75,7 +80,9 @@ from sqlalchemy import (
     Table,
     Text,
     create_engine,
+    delete,
     event,
+    insert,
     select,
     update,
 )
@@ -99,6 +106,7 @@ __all__ = [
     "COHORTS",
     "DATA_KEYS",
     "PACKAGES",
+    "PENDING_BLOCKS",
     "RECORDS",
     "RELEASED_BLOCKS",
     "SPENT_TOKENS",
@@ -110,6 +118,7 @@ __all__ = [
     "DataKey",
     "DataKeyRow",
     "PackageRow",
+    "PendingBlock",
     "RecordBlock",
     "ReleasedBlock",
     "SharedStore",
@@ -191,6 +200,15 @@ class ReleasedBlock(Base):
     cohort_id: Mapped[str] = mapped_column(ForeignKey("cohorts.cohort_id"), index=True)
 
 
+class PendingBlock(Base):
+    """A record block still in quarantine, by class: what :func:`released_classes` reads."""
+
+    __tablename__ = "pending_blocks"
+
+    block_id: Mapped[int] = mapped_column(ForeignKey("records.id"), primary_key=True)
+    class_key: Mapped[str] = mapped_column(String(64), index=True)
+
+
 class DataKeyRow(Base):
     __tablename__ = "data_keys"
 
@@ -238,6 +256,7 @@ CLASSES = cast(Table, ClassRow.__table__)
 DATA_KEYS = cast(Table, DataKeyRow.__table__)
 COHORTS = cast(Table, CohortRow.__table__)
 RELEASED_BLOCKS = cast(Table, ReleasedBlock.__table__)
+PENDING_BLOCKS = cast(Table, PendingBlock.__table__)
 SPENT_TOKENS = cast(Table, SpentTokenRow.__table__)
 TOKEN_KEYS = cast(Table, TokenKeyRow.__table__)
 TOKEN_ISSUANCE = cast(Table, TokenIssuanceRow.__table__)
@@ -272,7 +291,23 @@ def connect(db_url: str, **engine_options: Any) -> Engine:
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     Base.metadata.create_all(engine)
+    _fill_pending(engine)
     return engine
+
+
+def _fill_pending(engine: Engine) -> None:
+    """Index every unreleased block ``pending_blocks`` lacks (a database from before it)."""
+    missing = (select(RECORDS.c.id, RECORDS.c.class_key)
+               .outerjoin(RELEASED_BLOCKS, RELEASED_BLOCKS.c.block_id == RECORDS.c.id)
+               .outerjoin(PENDING_BLOCKS, PENDING_BLOCKS.c.block_id == RECORDS.c.id)
+               .where(RELEASED_BLOCKS.c.block_id.is_(None), PENDING_BLOCKS.c.block_id.is_(None)))
+    try:
+        with engine.begin() as conn:
+            if conn.execute(missing.limit(1)).first() is not None:
+                conn.execute(insert(PENDING_BLOCKS).from_select(["block_id", "class_key"],
+                                                                missing))
+    except IntegrityError:
+        pass  # another process filled it at the same time
 
 
 # --- the data key -------------------------------------------------------------------------
@@ -379,6 +414,8 @@ def released_classes(
     query = (select(RecordBlock.id, RecordBlock.package_id, RecordBlock.class_key,
                     RecordBlock.rows, PackageRow.key_id, SpentTokenRow.token_id,
                     SpentTokenRow.epoch)
+             .select_from(PendingBlock)
+             .join(RecordBlock, RecordBlock.id == PendingBlock.block_id)
              .join(PackageRow, PackageRow.package_id == RecordBlock.package_id)
              .outerjoin(SpentTokenRow, SpentTokenRow.package_id == RecordBlock.package_id)
              .outerjoin(ReleasedBlock, ReleasedBlock.block_id == RecordBlock.id)
@@ -390,7 +427,7 @@ def released_classes(
         wanted = sorted(set(class_keys))
         for start in range(0, len(wanted), _CHUNK):
             pending += conn.execute(
-                query.where(RecordBlock.class_key.in_(wanted[start:start + _CHUNK]))).all()
+                query.where(PendingBlock.class_key.in_(wanted[start:start + _CHUNK]))).all()
     by_class: dict[str, list[Any]] = {}
     for row in pending:
         by_class.setdefault(row.class_key, []).append(row)
@@ -432,6 +469,10 @@ def released_classes(
             n_packages=len(set(contributors)), released_at=stamp))
         conn.execute(RELEASED_BLOCKS.insert(),
                      [{"block_id": b.id, "cohort_id": cohort_id} for b in blocks])
+        ids = [b.id for b in blocks]
+        for start in range(0, len(ids), _CHUNK):
+            conn.execute(delete(PENDING_BLOCKS).where(
+                PENDING_BLOCKS.c.block_id.in_(ids[start:start + _CHUNK])))
         conn.execute(update(CLASSES).where(CLASSES.c.class_key == class_key,
                                            CLASSES.c.released.is_(False))
                      .values(released=True, released_at=stamp))

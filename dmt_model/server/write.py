@@ -12,7 +12,8 @@ each kind for the whole group:
    is left out, never an error that would abort the others);
 2. the spent tokens, inserted or nothing on the token id; a package whose
    token was already spent has its row deleted again, in the same transaction;
-3. the record blocks of the packages that stayed, in one multi-row insert;
+3. the record blocks of the packages that stayed, in one multi-row insert,
+   and their index as pending (``pending_blocks``);
 4. the class counters, one upsert per chunk in sorted class order, so
    concurrent writers (several service processes) lock classes in one order
    and never deadlock;
@@ -47,6 +48,7 @@ from dmt_model.server.policy import ServerPolicy
 from dmt_model.server.store import (
     CLASSES,
     PACKAGES,
+    PENDING_BLOCKS,
     RECORDS,
     SPENT_TOKENS,
     DataKey,
@@ -166,20 +168,31 @@ def _insert_or_nothing(conn: Connection, table: Table, column: str,
     return inserted
 
 
+def _insert_pending(conn: Connection, records: list[dict[str, Any]]) -> None:
+    """Insert record blocks and index them as pending (quarantined) in ``pending_blocks``."""
+    stmt = insert(RECORDS).returning(RECORDS.c.id, RECORDS.c.class_key)
+    if conn.dialect.insert_executemany_returning:
+        blocks = conn.execute(stmt, records).all()
+    else:
+        blocks = [conn.execute(stmt, row).one() for row in records]
+    conn.execute(insert(PENDING_BLOCKS), [{"block_id": block_id, "class_key": class_key}
+                                          for block_id, class_key in blocks])
+
+
 def _add_to_classes(conn: Connection, counts: dict[str, tuple[int, int]]) -> None:
     """Add (records, packages) to each class, creating it if new; classes in sorted order."""
     keys = sorted(counts)
     dialect_insert = _dialect_insert(conn)
     for start in range(0, len(keys), _CHUNK):
         chunk = keys[start:start + _CHUNK]
-        if dialect_insert is not None:
-            stmt = dialect_insert(CLASSES).values([
-                {"class_key": k, "n_records": counts[k][0], "n_packages": counts[k][1],
-                 "released": False} for k in chunk])
+        if dialect_insert is not None:  # executemany, in the order given: the lock order
+            stmt = dialect_insert(CLASSES)
             conn.execute(stmt.on_conflict_do_update(
                 index_elements=[CLASSES.c.class_key],
                 set_={"n_records": CLASSES.c.n_records + stmt.excluded.n_records,
-                      "n_packages": CLASSES.c.n_packages + stmt.excluded.n_packages}))
+                      "n_packages": CLASSES.c.n_packages + stmt.excluded.n_packages}),
+                [{"class_key": k, "n_records": counts[k][0], "n_packages": counts[k][1],
+                  "released": False} for k in chunk])
             continue
         existing = set(conn.execute(
             select(CLASSES.c.class_key).where(CLASSES.c.class_key.in_(chunk))).scalars())
@@ -237,7 +250,7 @@ def write_prepared(conn: Connection, group: Sequence[PreparedPackage], policy: S
     stored = [i for i in kept if status[i] == "stored"]
     records = [row for i in stored for row in group[i].record_rows]
     if records:
-        conn.execute(insert(RECORDS), records)
+        _insert_pending(conn, records)
     counts: dict[str, tuple[int, int]] = {}
     last_toucher: dict[str, int] = {}
     for i in stored:

@@ -62,7 +62,7 @@ def test_statements_per_group_do_not_grow_with_its_size(tmp_path):
     ingestor = PackageIngestor(f"sqlite:///{tmp_path / 's.db'}", KEY, POLICY)
     ingestor.data_key()
     writes = ("INSERT INTO packages", "INSERT INTO spent_tokens", "DELETE FROM packages",
-              "INSERT INTO records", "INSERT INTO classes")
+              "INSERT INTO records", "INSERT INTO pending_blocks", "INSERT INTO classes")
     seen: list[str] = []
 
     def count(conn, cursor, statement, *args):
@@ -79,7 +79,8 @@ def test_statements_per_group_do_not_grow_with_its_size(tmp_path):
         per_size.setdefault(size, []).append(list(seen))
     # (the release of classes, after these, reads and writes what the data make due)
     assert per_size[1][0] == per_size[40][0] == per_size[1][1] == [
-        "INSERT INTO packages", "INSERT INTO records", "INSERT INTO classes"]
+        "INSERT INTO packages", "INSERT INTO records", "INSERT INTO pending_blocks",
+        "INSERT INTO classes"]
 
 
 def test_concurrent_packages_share_transactions_each_acknowledged_after_commit(db_url):
@@ -183,3 +184,37 @@ def test_workers_keep_limits_timeouts_and_exactly_once(tmp_path, server_load):
     checks = server_load.check_exactly_once(result, server_load.stored(db_url), envelopes, 3)
     assert all(checks.values()), checks
     assert result.statuses == {"201": 300}
+
+
+def test_pending_blocks_are_the_unreleased_blocks(db_url):
+    """The release reads pending_blocks: it stays records less released_blocks through
+    ingestion and removal, and a database from before it is indexed on connect."""
+    from sqlalchemy import delete
+
+    from dmt_model.server import connect, ingest
+    from dmt_model.server.admin import remove_packages
+    from dmt_model.server.store import PENDING_BLOCKS, RECORDS, RELEASED_BLOCKS
+
+    def check(engine) -> int:
+        with engine.connect() as conn:
+            pending = set(conn.execute(select(PENDING_BLOCKS.c.block_id)).scalars())
+            blocks = set(conn.execute(select(RECORDS.c.id)).scalars())
+            released = set(conn.execute(select(RELEASED_BLOCKS.c.block_id)).scalars())
+        assert pending == blocks - released
+        return len(pending)
+
+    engine = connect(db_url)
+    packages = [package(i, classes=[i % 3] * 3) for i in range(11)]
+    report = ingest([seal_package(p, KEY.public_key()) for p in packages], engine, KEY, POLICY)
+    assert report.released_classes == 3 and check(engine) == 2  # the 4th of classes 0 and 1
+    remove_packages(engine, ids=[packages[0].package_id])  # dissolves class 0's cohort
+    assert check(engine) == 4
+    with engine.begin() as conn:  # as a database from before pending_blocks
+        conn.execute(delete(PENDING_BLOCKS))
+    engine.dispose()
+    engine = connect(db_url)
+    assert check(engine) == 4
+    more = ingest([seal_package(package(100 + i, classes=[0] * 3), KEY.public_key())
+                   for i in range(2)], engine, KEY, POLICY)
+    assert more.released_classes == 1 and check(engine) == 2
+    engine.dispose()
