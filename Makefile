@@ -19,7 +19,7 @@ $(PY):
 # any other request would pull a multi-gigabyte CUDA build.
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install --quiet "torch==2.13.0"
-	$(PIP) install --quiet -e ".[model,server,federated,audio,image,dev,bench]"
+	$(PIP) install --quiet -e ".[model,server,federated,audio,image,dev,bench,executorch]"
 	touch $(STAMP)
 
 # WordNet 3.0 for nltk, offline: Debian's packages where apt-get exists, then a copy

@@ -91,6 +91,19 @@ def _import_coremltools_alone() -> None:
                 del sys.modules[name]
 
 
+def _export_format(args: argparse.Namespace) -> str:
+    """``--format``, or else the output's suffix: ``.pte`` is ExecuTorch, anything else Core ML."""
+    from pathlib import Path
+
+    suffix = Path(args.output).suffix
+    chosen = args.format or ("executorch" if suffix == ".pte" else "coreml")
+    expected = ".pte" if chosen == "executorch" else ".mlmodel"
+    if (suffix == ".pte") != (chosen == "executorch"):  # personalize reads the suffix
+        raise ValidationError(f"-o {args.output}: a {chosen} export is written as a "
+                              f"'{expected}' file; name it so (e.g. personal{expected}).")
+    return chosen
+
+
 def run_export(args: argparse.Namespace) -> int:
     import hashlib
     from typing import Any, cast
@@ -98,38 +111,56 @@ def run_export(args: argparse.Namespace) -> int:
     from dmt_model.model_file import read_foundation
 
     refuse_existing(args.output, args.force, source=args.foundation)
+    fmt = _export_format(args)
     foundation = read_foundation(args.foundation)
-    _import_coremltools_alone()
+    if fmt == "coreml":
+        _import_coremltools_alone()
     from dmt_model.coreml import UpdateSettings, export_coreml
 
     settings = None
-    if args.updatable:
+    if args.updatable or fmt == "executorch":  # an ExecuTorch program is always trainable
         given = {"updatable_layers": args.updatable_layers, "optimizer": args.optimizer,
                  "learning_rate": args.learning_rate, "batch_size": args.batch_size,
                  "epochs": args.epochs}  # what is not given keeps UpdateSettings' default
         settings = UpdateSettings(**{k: v for k, v in given.items() if v is not None},
                                   shuffle=not args.no_shuffle, seed=args.seed)
-    # FoundationArrays offers what the exporter reads from a Foundation, without torch.
-    path = export_coreml(cast(Any, foundation), args.output, updatable=settings,
-                         version=args.version, overwrite=args.force)
+    # FoundationArrays offers what the exporters read from a Foundation, without torch.
+    if fmt == "executorch":
+        from dmt_model.executorch import export_executorch
+
+        path = export_executorch(cast(Any, foundation), args.output, updatable=settings,
+                                 version=args.version, overwrite=args.force)
+    else:
+        path = export_coreml(cast(Any, foundation), args.output, updatable=settings,
+                             version=args.version, overwrite=args.force)
     kind = (f"updatable (last {settings.updatable_layers} layer(s), {settings.optimizer}, "
             f"lr {settings.learning_rate}, batch {settings.batch_size}, {settings.epochs} epochs)"
             if settings else "non-updatable")
     data = path.read_bytes()
+    artifact = "ExecuTorch program" if fmt == "executorch" else "Core ML model"
     featurizer = foundation.featurizer
     inputs = featurizer.input_fields
     print(f"Wrote {path} ({len(data):,} bytes, sha256 {hashlib.sha256(data).hexdigest()[:16]}): "
-          f"{kind} Core ML model, version {args.version}, schema {foundation.schema.name!r}; "
+          f"{kind} {artifact}, version {args.version}, schema {foundation.schema.name!r}; "
           f"{len(inputs)} inputs, predicts {featurizer.target}.")
     return 0
 
 
 def run_personalize(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from dmt_model.coreml import load_spec
     from dmt_model.personalize import UpdateEvent, featurizer_of, personalize, read_settings
 
     refuse_existing(args.output, args.force, source=args.records)
-    spec = load_spec(args.model)
+    if Path(args.model).suffix == ".pte":  # an ExecuTorch program, trained in its runtime
+        from dmt_model.executorch import load_program
+
+        spec = load_program(args.model)
+        stored_epochs = spec.settings.epochs
+    else:
+        spec = load_spec(args.model)
+        stored_epochs = read_settings(spec).epochs
     schema = featurizer_of(spec).schema
     records = read_records(args.records, "--records", schema=schema)
     holdout = read_records(args.holdout, "--holdout", schema=schema) if args.holdout else None
@@ -142,7 +173,7 @@ def run_personalize(args: argparse.Namespace) -> int:
             featurizer.transform(holdout)
         except ValidationError as exc:
             raise _named(f"--holdout {args.holdout}", exc) from None
-    epochs = args.epochs or read_settings(spec).epochs
+    epochs = args.epochs or stored_epochs
     with progress(total=epochs, desc="personalizing", unit="epoch") as bar:
         def on_event(event: UpdateEvent) -> None:
             if event.kind == "epoch_end":
@@ -195,12 +226,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     train.set_defaults(func=run_train)
 
     export = subparsers.add_parser(
-        "export", help="export a foundation model as a Core ML .mlmodel",
+        "export", help="export a foundation model as a Core ML .mlmodel or ExecuTorch .pte",
         description="Write a NeuralNetwork .mlmodel that takes raw field values (standardization "
                     "and category lookup happen inside the graph). With --updatable, the last "
-                    "dense layers can be retrained on the device with MLUpdateTask.")
+                    "dense layers can be retrained on the device with MLUpdateTask. With "
+                    "--format executorch, write an ExecuTorch training program (.pte) with "
+                    "the same preprocessing, updatable layers and settings, trained on Android, "
+                    "iOS or Linux by ExecuTorch's runtime (needs the 'executorch' extra).")
     export.add_argument("foundation", help="a model written by 'dmt train'")
-    export.add_argument("-o", "--output", required=True, help="the .mlmodel to write")
+    export.add_argument("-o", "--output", required=True, help="the .mlmodel or .pte to write")
+    export.add_argument("--format", choices=("coreml", "executorch"),
+                        help="default: executorch for a .pte output, else coreml")
     export.add_argument("--updatable", action="store_true", help="make it updatable on device")
     sdk = "default: UpdateSettings' (README, 'Personalization on any data')"
     export.add_argument("--updatable-layers", type=int,
@@ -218,11 +254,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     export.set_defaults(func=run_export)
 
     pers = subparsers.add_parser(
-        "personalize", help="retrain an updatable model on a user's records (emulated)",
-        description="Emulate Core ML's on-device update on the user's records. The model is "
+        "personalize", help="retrain an updatable model on a user's records",
+        description="Update the model on the user's records: a .mlmodel with an emulation of "
+                    "Core ML's on-device update, a .pte in ExecuTorch's runtime. The model is "
                     "replaced only if loss on held-out records does not get worse; otherwise "
                     "it is left as it was and the command exits with status 3.")
-    pers.add_argument("model", help="the user's updatable .mlmodel")
+    pers.add_argument("model", help="the user's updatable .mlmodel, or ExecuTorch .pte")
     pers.add_argument("--records", required=True,
                       help="CSV of the user's records (model inputs and the target)")
     pers.add_argument("--holdout", help="CSV of held-out records for the check (default: "

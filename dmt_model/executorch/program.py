@@ -331,18 +331,18 @@ def program_from_bytes(data: bytes, *, source: str = "program bytes") -> Trainin
 
     if len(data) < 8 or data[4:6] != _IDENTIFIER:
         raise bad("no ExecuTorch program header")
-    try:
+    try:  # the runtime reads the file lazily: damage shows on the first look inside
         module = _training_module(data)
+        methods = set(_quietly(module.model.method_names))
     except (RuntimeError, ValueError) as exc:
-        raise bad(f"the runtime cannot load it, it is damaged or truncated: {exc}") from None
-    methods = set(module.model.method_names())
+        raise bad(f"the runtime cannot read it; it is damaged or truncated ({exc})") from None
     if not {METADATA_METHOD, FEATURES_METHOD, "forward"} <= methods:
         raise bad(f"it has the methods {sorted(methods)!r}, not dmt's")
     try:
-        (raw,) = module.model.run_method(METADATA_METHOD, ())
+        (raw,) = _quietly(lambda: module.model.run_method(METADATA_METHOD, ()))
         meta = json.loads(bytes(raw.numpy().astype(np.uint8)).decode())
     except (RuntimeError, ValueError, UnicodeDecodeError) as exc:
-        raise bad(f"its metadata does not read: {exc}") from None
+        raise bad(f"its metadata does not read; it is damaged ({exc})") from None
     if not isinstance(meta, dict) or meta.get("kind") != PROGRAM_KIND:
         raise bad("its metadata is not a dmt training program's")
     if meta.get("format") != PROGRAM_FORMAT:
