@@ -1,16 +1,19 @@
-"""Federated learning baselines: FedAvg and user-level DP-FedAvg on the simulated users.
+"""Federated learning baselines on Flower: FedAvg, FedProx and user-level DP-FedAvg.
 
 The alternative the DMT loop is compared against (design.md, row
-``federated``). Three layers, as in Flower:
+``federated``), run the way teams that do federated learning run it: by
+Flower (``flwr``, its simulation engine on Ray), one virtual SuperNode per
+simulated user. Three layers, as in Flower:
 
-* :mod:`~dmt_model.federated.aggregation` — the pure arithmetic
-  (example-weighted mean, clipping, Gaussian noise, the DP estimator);
-* :mod:`~dmt_model.federated.strategy` — :class:`FedAvg` and
-  :class:`DPFedAvg`, which wraps it and charges its own
-  :mod:`~dmt_model.federated.accounting` ledger (Opacus' RDP or PRV
-  accountant) in every aggregation;
-* :mod:`~dmt_model.federated.simulation` — :func:`run_federated`, the rounds
-  on :func:`~dmt_model.datasets.simulate_users`, with optional on-device
+* :mod:`~dmt_model.federated.strategy` — the settings: :class:`FedAvg`,
+  :class:`FedProx`, and :class:`DPFedAvg`, which wraps either and holds the
+  user-level privacy ledger (:mod:`~dmt_model.federated.accounting`, Opacus'
+  RDP or PRV accountant);
+* :mod:`~dmt_model.federated.flower` — Flower's strategies (``FedAvg``,
+  ``FedProx``, ``DifferentialPrivacyServerSideFixedClipping``), the client's
+  training step, and the simulation run;
+* :mod:`~dmt_model.federated.simulation` — :func:`run_federated`, on
+  :func:`~dmt_model.datasets.simulate_users`, with optional on-device
   personalization afterwards through the same emulated Core ML update as DMT.
 
 Example::
@@ -20,19 +23,21 @@ Example::
     dp = run_federated(sim, DPFedAvg(FedAvg(rounds=30), clip_norm=1.0, target_epsilon=4.0))
     dp.epsilon  # user-level, at dp.delta = 1e-5
 
-torch is imported when a run starts; opacus when a DP strategy is built.
+torch, flwr and ray are imported when a run starts; opacus when a DP strategy is built.
+
+Deprecated (the hand-written loop's arithmetic, unused since Flower runs the
+rounds; removed in 0.2): ``ClientUpdate``, ``clip_update``, ``dp_aggregate``,
+``fedavg_aggregate``, ``gaussian_noise``, still importable from here with a
+``DeprecationWarning``.
 """
+
+import warnings
+from typing import Any
 
 from dmt_model.federated.accounting import (
     PrivacyAccountant,
     calibrate_noise_multiplier,
     epsilon_for,
-)
-from dmt_model.federated.aggregation import (
-    clip_update,
-    dp_aggregate,
-    fedavg_aggregate,
-    gaussian_noise,
 )
 from dmt_model.federated.simulation import (
     FederatedResult,
@@ -40,12 +45,16 @@ from dmt_model.federated.simulation import (
     UserResult,
     run_federated,
 )
-from dmt_model.federated.strategy import ClientUpdate, DPFedAvg, FedAvg, Strategy
+from dmt_model.federated.strategy import DPFedAvg, FedAvg, FedProx, Strategy
+
+_DEPRECATED = ("ClientUpdate", "clip_update", "dp_aggregate", "fedavg_aggregate",
+               "gaussian_noise")
 
 __all__ = [
     "ClientUpdate",
     "DPFedAvg",
     "FedAvg",
+    "FedProx",
     "FederatedResult",
     "PrivacyAccountant",
     "RoundMetrics",
@@ -59,3 +68,15 @@ __all__ = [
     "gaussian_noise",
     "run_federated",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _DEPRECATED:
+        warnings.warn(
+            f"dmt_model.federated.{name} is deprecated and will be removed in 0.2: Flower "
+            "aggregates, clips and adds the noise now (flwr.serverapp.strategy); "
+            "run_federated does not use it.", DeprecationWarning, stacklevel=2)
+        from dmt_model.federated import aggregation
+
+        return getattr(aggregation, name)
+    raise AttributeError(f"module 'dmt_model.federated' has no attribute {name!r}")

@@ -1,4 +1,10 @@
-"""The arithmetic of federated averaging, with no orchestration and no state.
+"""Deprecated: the arithmetic of the hand-written FedAvg loop that Flower replaced.
+
+:func:`~dmt_model.federated.run_federated` no longer uses anything here:
+Flower's ``FedAvg`` aggregates and its
+``DifferentialPrivacyServerSideFixedClipping`` clips and adds the noise. The
+functions stay importable from :mod:`dmt_model.federated` (with a
+``DeprecationWarning``) until 0.2 for code that called them directly.
 
 Every function here takes flat float vectors (one per client: the change of
 all model parameters over a round, the *delta*) and returns new vectors; none
@@ -22,12 +28,29 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from dmt_privacy.errors import ValidationError
 
-__all__ = ["clip_update", "dp_aggregate", "fedavg_aggregate", "gaussian_noise", "l2_norm"]
+__all__ = ["ClientUpdate", "clip_update", "dp_aggregate", "fedavg_aggregate", "gaussian_noise",
+           "l2_norm"]
+
+
+@dataclass(frozen=True)
+class ClientUpdate:
+    """Deprecated: one client's change of every model parameter after a round."""
+
+    client: int
+    delta: np.ndarray = field(repr=False)
+    n_examples: int
+    loss: float = math.nan
+    diverged: bool = False
+
+    @property
+    def norm(self) -> float:
+        return float(np.linalg.norm(self.delta))
 
 
 def _as_matrix(updates: Sequence[np.ndarray] | np.ndarray, *, name: str) -> np.ndarray:

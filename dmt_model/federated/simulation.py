@@ -1,12 +1,13 @@
-"""Running a federated strategy on the simulated users (the orchestration).
+"""Running a federated strategy on the simulated users.
 
-:func:`run_federated` plays both sides of every round in one process: the
-server sends the global model to the clients the strategy samples, each
-client trains a copy on its own training records (shareable and private:
-nothing but the delta leaves a device), and the strategy aggregates the
-deltas. After the last round the global model is evaluated on every user's
-test records and, with ``personalize=True``, exported as an updatable Core ML
-spec and personalized per user with :func:`dmt_model.personalize.update_spec`
+:func:`run_federated` builds the starting model and each user's tensors,
+hands the rounds to Flower (:mod:`dmt_model.federated.flower`: one virtual
+SuperNode per user, each training a copy of the global model on its own
+training records — shareable and private: nothing but the model leaves a
+device — and Flower's strategy aggregating them). After the last round the
+global model is evaluated on every user's test records and, with
+``personalize=True``, exported as an updatable Core ML spec and personalized
+per user with :func:`dmt_model.personalize.update_spec`
 — the same emulated on-device update DMT uses — so FL and DMT are compared
 on the same footing.
 """
@@ -24,13 +25,13 @@ import numpy as np
 
 from dmt_model.datasets.users import Simulation
 from dmt_model.features import Featurizer
-from dmt_model.federated.strategy import ClientUpdate, DPFedAvg, FedAvg, Strategy
+from dmt_model.federated.flower import ClientData, RoundLog, run_rounds, trainable_parameters
+from dmt_model.federated.strategy import DPFedAvg, FedAvg, Strategy
 from dmt_model.foundation import (
     Foundation,
     TrainingConfig,
     _import_torch,
     network_for,
-    standardized_squared_error,
     train_foundation,
 )
 from dmt_privacy.errors import ValidationError
@@ -109,79 +110,16 @@ class FederatedResult:
         }
 
 
-@dataclass(frozen=True)
-class _ClientData:
-    inputs: list[Any]
-    target: Any
-    n: int
-
-
-def _client_data(foundation: Foundation, frame: Any) -> _ClientData:
+def _client_data(foundation: Foundation, frame: Any) -> ClientData:
     torch = _import_torch()
     if len(frame) == 0:
-        return _ClientData([], torch.zeros(0), 0)
+        return ClientData([], torch.zeros(0), 0)
     inputs = foundation._tensors(foundation.featurizer.transform(frame))
     target = torch.from_numpy(foundation.featurizer.target_values(frame))
-    return _ClientData(inputs, target, len(frame))
+    return ClientData(inputs, target, len(frame))
 
 
-def _client_seed(seed: int, round_index: int, client: int) -> int:
-    return int(np.random.SeedSequence([seed, round_index, client]).generate_state(1)[0])
-
-
-def _federated_parameters(network: Any, base: FedAvg) -> list[Any]:
-    """The parameters FL trains and exchanges, in a fixed order; the others are frozen."""
-    if base.trainable_layers is None:
-        return list(network.parameters())
-    torch = _import_torch()
-    dense = [m for m in network.dense if isinstance(m, torch.nn.Linear)]
-    if base.trainable_layers > len(dense):
-        raise ValidationError(
-            f"trainable_layers must be at most {len(dense)} (the dense layers of "
-            f"this network), got {base.trainable_layers!r}.")
-    chosen = [p for layer in dense[-base.trainable_layers:] for p in (layer.weight, layer.bias)]
-    for parameter in network.parameters():
-        parameter.requires_grad_(any(parameter is c for c in chosen))
-    return chosen
-
-
-def _local_update(network: Any, parameters: list[Any], global_vector: np.ndarray,
-                  data: _ClientData, base: FedAvg, round_index: int,
-                  client: int) -> ClientUpdate:
-    """Train ``network`` (loaded with the global model) on one client's records."""
-    torch = _import_torch()
-    from torch.nn.utils import parameters_to_vector, vector_to_parameters
-
-    vector_to_parameters(torch.from_numpy(global_vector.astype(np.float32)), parameters)
-    if data.n == 0:
-        return ClientUpdate(client, np.zeros(global_vector.size), 0)
-    if base.local_optimizer == "sgd":
-        optimizer = torch.optim.SGD(parameters, lr=base.local_learning_rate)
-    else:
-        optimizer = torch.optim.RMSprop(parameters, lr=base.local_learning_rate, alpha=0.9,
-                                        eps=1e-7)
-    shuffle = torch.Generator().manual_seed(_client_seed(base.seed, round_index, client))
-    network.train()
-    total, count = 0.0, 0
-    for _ in range(base.local_epochs):
-        order = torch.randperm(data.n, generator=shuffle)
-        for start in range(0, data.n, base.local_batch_size):
-            index = order[start:start + base.local_batch_size]
-            optimizer.zero_grad()
-            loss = torch.mean(standardized_squared_error(
-                network, network(*(t[index] for t in data.inputs)), data.target[index]))
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(index)
-            count += len(index)
-    local = parameters_to_vector(parameters).detach().numpy().astype(np.float64)
-    delta = local - global_vector.astype(np.float64)
-    if not np.isfinite(delta).all() or not math.isfinite(total):
-        return ClientUpdate(client, np.zeros(global_vector.size), 0, math.nan, diverged=True)
-    return ClientUpdate(client, delta, data.n, total / count)
-
-
-def _mean_test_rmse(network: Any, tests: list[_ClientData]) -> tuple[float, list[float]]:
+def _mean_test_rmse(network: Any, tests: list[ClientData]) -> tuple[float, list[float]]:
     torch = _import_torch()
     network.eval()
     per_user = []
@@ -246,7 +184,7 @@ def run_federated(
     update_settings: Any = None,
     on_round_end: Callable[[RoundMetrics], None] | None = None,
 ) -> FederatedResult:
-    """Train ``strategy`` (FedAvg or DP-FedAvg) on the simulated users; see the module doc.
+    """Train ``strategy`` (FedAvg, FedProx or DP-FedAvg) with Flower on the simulated users.
 
     Parameters
     ----------
@@ -265,62 +203,62 @@ def run_federated(
         and update it on each user's training records with
         :func:`~dmt_model.personalize.update_spec`; a diverging update keeps
         the global model for that user and says so.
-    on_round_end: called with each round's :class:`RoundMetrics`.
+    on_round_end: called with each round's :class:`RoundMetrics`, from
+        Flower's server thread, as the round ends.
+
+    Each run starts Flower's simulation engine (a local Ray instance, two
+    worker processes) and stops it: about 20 s of start-up on a loaded
+    2-core machine, then about 1 s a round for 20 users.
     """
     torch = _import_torch()
     if start not in ("proxy", "scratch"):
         raise ValidationError(f"start must be 'proxy' or 'scratch', got {start!r}.")
-    if not hasattr(strategy, "aggregate") or not hasattr(strategy, "base"):
+    if not isinstance(strategy, (FedAvg, DPFedAvg)):
         raise ValidationError(
-            f"strategy must be a FedAvg or DPFedAvg, got {type(strategy).__name__}.")
+            f"strategy must be a FedAvg, FedProx or DPFedAvg, got {type(strategy).__name__}.")
     if not simulation.users:
         raise ValidationError("The simulation has no users.")
     started = time.perf_counter()
     base = strategy.base
+    clip = strategy.clip_norm if isinstance(strategy, DPFedAvg) else None
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a network this small trains fastest on one thread
     try:
         model = _starting_model(simulation, strategy, foundation, start, schema,
                                 foundation_config)
-        from torch.nn.utils import parameters_to_vector, vector_to_parameters
-
         network = model.network
-        worker = copy.deepcopy(network)
-        shared = _federated_parameters(network, base)
-        local = _federated_parameters(worker, base)
+        shared = trainable_parameters(network, base)
         train = [_client_data(model, user.train) for user in simulation.users]
         tests = [_client_data(model, user.test) for user in simulation.users]
-        global_vector = parameters_to_vector(shared).detach().numpy().copy()
-        initial_rmse, _ = _mean_test_rmse(network, tests)
-        n_clients = len(simulation.users)
-        strategy.begin(n_clients)
-        clip = strategy.clip_norm if isinstance(strategy, DPFedAvg) else None
-        history = []
-        for round_index in range(base.rounds):
-            clients = strategy.sample_clients(n_clients, round_index)
-            updates = [_local_update(worker, local, global_vector, train[int(k)], base,
-                                     round_index, int(k)) for k in clients]
-            aggregated = strategy.aggregate(global_vector, updates)
-            global_vector = aggregated.astype(np.float32)
-            vector_to_parameters(torch.from_numpy(global_vector.copy()), shared)
-            test_rmse, _ = _mean_test_rmse(network, tests)
-            norms = [u.norm for u in updates if not u.diverged]
-            examples = sum(u.n_examples for u in updates)
+
+        def load(arrays: list[np.ndarray]) -> None:
+            with torch.no_grad():
+                for parameter, value in zip(shared, arrays, strict=True):
+                    parameter.copy_(torch.from_numpy(np.asarray(value, dtype=np.float32)))
+
+        def evaluate(arrays: list[np.ndarray]) -> float:
+            load(arrays)
+            return _mean_test_rmse(network, tests)[0]
+
+        history: list[RoundMetrics] = []
+
+        def round_end(index: int, log: RoundLog) -> None:
+            examples = sum(log.examples)
             metrics = RoundMetrics(
-                round=round_index,
-                clients=tuple(int(k) for k in clients),
-                train_loss=(sum(u.loss * u.n_examples for u in updates if u.n_examples)
-                            / examples) if examples else math.nan,
-                mean_update_norm=float(np.mean(norms)) if norms else math.nan,
-                clipped_fraction=(float(np.mean([n > clip for n in norms])) if norms else 0.0)
-                if clip is not None else None,
-                diverged=sum(u.diverged for u in updates),
-                test_rmse=test_rmse,
-                epsilon=strategy.epsilon() if isinstance(strategy, DPFedAvg) else None,
-            )
+                round=index, clients=tuple(log.clients),
+                train_loss=(sum(loss * n for loss, n in zip(log.losses, log.examples,
+                                                            strict=True)) / examples)
+                if examples else math.nan,
+                mean_update_norm=float(np.mean(log.norms)) if log.norms else math.nan,
+                clipped_fraction=(float(np.mean([n > clip for n in log.norms]))
+                                  if log.norms else 0.0) if clip is not None else None,
+                diverged=log.diverged, test_rmse=log.test_rmse, epsilon=log.epsilon)
             history.append(metrics)
             if on_round_end is not None:
                 on_round_end(metrics)
+
+        final, initial_rmse, _ = run_rounds(strategy, network, train, evaluate, round_end)
+        load(final)
         for parameter in network.parameters():
             parameter.requires_grad_(True)
         network.eval()
@@ -338,3 +276,4 @@ def run_federated(
         epsilon=dp.epsilon() if dp else None, delta=dp.delta if dp else None,
         noise_multiplier=dp.noise_multiplier if dp else None,
         accountant=dp.accountant if dp else None, seconds=time.perf_counter() - started)
+

@@ -1,41 +1,37 @@
-"""Federated strategies: which clients train in a round and how their deltas combine.
+"""Federated strategies: the settings of a run, and for DP the privacy ledger.
 
-A strategy holds hyperparameters and, for DP, the privacy ledger; it does no
-training and knows nothing of models or data (the orchestration is in
-:mod:`dmt_model.federated.simulation`), and its arithmetic is the pure
-functions of :mod:`dmt_model.federated.aggregation`.
+A strategy holds hyperparameters and, for DP, the ledger; it trains nothing
+and aggregates nothing. Flower does both (:mod:`dmt_model.federated.flower`
+maps each strategy to Flower's own):
 
-* :class:`FedAvg` — each round samples ``max(1, round(client_fraction · N))``
-  distinct clients uniformly, each trains ``local_epochs`` on its own
-  records from the current global model, and the server moves the global
-  model by ``server_learning_rate`` times the example-weighted mean delta.
-* :class:`DPFedAvg` wraps a :class:`FedAvg` (it adds no flags to it, as
-  Flower's DP wrappers do): each client is sampled independently with
-  probability ``sampling_rate`` (Poisson sampling, which the accountant's
-  analysis assumes), deltas are clipped to ``clip_norm`` and the server adds
-  Gaussian noise to their sum (:func:`~dmt_model.federated.aggregation.dp_aggregate`).
-  Example weights are dropped: every user counts once, since a weight that
-  grows with a user's number of records would need its own sensitivity bound.
-  The accountant is charged by :meth:`DPFedAvg.aggregate` itself, so no noisy
-  model leaves the strategy without being counted; with ``target_epsilon``
-  the noise multiplier is calibrated for the wrapped strategy's ``rounds`` and
-  a round beyond the budget raises :class:`~dmt_privacy.errors.BudgetExceededError`.
+* :class:`FedAvg` — each round Flower samples ``max(1, round(client_fraction · N))``
+  distinct users uniformly, each trains ``local_epochs`` on its own records
+  from the current global model, and the global model becomes the
+  example-weighted mean of theirs (Flower's ``FedAvg``).
+* :class:`FedProx` — FedAvg whose clients add a proximal term (Flower's ``FedProx``).
+* :class:`DPFedAvg` wraps a :class:`FedAvg` or :class:`FedProx` (it adds no
+  flags to it, as Flower's DP wrappers do): ``max(1, round(sampling_rate · N))``
+  users a round, each update clipped to ``clip_norm`` by the server and
+  Gaussian noise of std ``σ·clip_norm / m`` added to the mean of the ``m``
+  (Flower's ``DifferentialPrivacyServerSideFixedClipping``). Every user counts
+  once (uniform weights), since a weight that grows with a user's number of
+  records would need its own sensitivity bound. The Opacus ledger is charged
+  by the Flower strategy each time it releases a noisy aggregate; with
+  ``target_epsilon`` the noise multiplier is calibrated for the wrapped
+  strategy's ``rounds`` and a round beyond the budget raises
+  :class:`~dmt_privacy.errors.BudgetExceededError` before any client trains.
 
-Randomness: client sampling of round ``r`` uses a generator seeded from
-``(seed, r)``; DP noise uses a separate stream seeded from ``seed`` at
-:meth:`DPFedAvg.begin`. A run is therefore reproducible from ``seed`` — which
-is right for a benchmark and wrong for a deployment, where the noise must
-not be predictable.
+Randomness: a run is reproducible from ``seed`` up to float32 rounding
+(Flower's sampling and noise generators are seeded from it for the run) —
+which is right for a benchmark and wrong for a deployment, where the noise
+must not be predictable.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Literal, Protocol
-
-import numpy as np
+from dataclasses import dataclass
+from typing import Literal, TypeAlias
 
 from dmt_model.federated.accounting import (
     Accountant,
@@ -46,42 +42,15 @@ from dmt_model.federated.accounting import (
     check_noise_multiplier,
     check_sampling_rate,
 )
-from dmt_model.federated.aggregation import dp_aggregate, fedavg_aggregate
 from dmt_privacy.errors import BudgetExceededError, ValidationError
 
-__all__ = ["ClientUpdate", "DPFedAvg", "FedAvg", "Strategy"]
+__all__ = ["ACCOUNTED_SAMPLING_RATE", "DPFedAvg", "FedAvg", "FedProx", "Strategy"]
 
-_SAMPLING_STREAM = 1
-_NOISE_STREAM = 2
-
-
-@dataclass(frozen=True)
-class ClientUpdate:
-    """What one client sends back after a round: the change of every model parameter."""
-
-    client: int
-    delta: np.ndarray = field(repr=False)
-    n_examples: int
-    loss: float = math.nan
-    diverged: bool = False
-
-    @property
-    def norm(self) -> float:
-        return float(np.linalg.norm(self.delta))
-
-
-class Strategy(Protocol):
-    """What :func:`~dmt_model.federated.run_federated` needs from a strategy."""
-
-    @property
-    def base(self) -> FedAvg: ...
-
-    def begin(self, n_clients: int) -> None: ...
-
-    def sample_clients(self, n_clients: int, round_index: int) -> np.ndarray: ...
-
-    def aggregate(self, current: np.ndarray, updates: Sequence[ClientUpdate]) -> np.ndarray: ...
-
+#: The sampling rate the ledger is charged at. Flower samples a fixed number of
+#: users each round, uniformly, which the Poisson-subsampled analysis does not
+#: cover; as Flower's own accountant does ("no amplification"), every round is
+#: charged as if every user took part: a valid, conservative bound.
+ACCOUNTED_SAMPLING_RATE = 1.0
 
 def _positive_int(name: str, value: object) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -95,12 +64,8 @@ def _positive_number(name: str, value: object) -> None:
 
 
 def _check_clients(n_clients: int) -> None:
-    if not isinstance(n_clients, (int, np.integer)) or n_clients < 1:
+    if isinstance(n_clients, bool) or not isinstance(n_clients, int) or n_clients < 1:
         raise ValidationError(f"n_clients must be a positive integer, got {n_clients!r}.")
-
-
-def _round_rng(seed: int, round_index: int) -> np.random.Generator:
-    return np.random.default_rng([seed, _SAMPLING_STREAM, round_index])
 
 
 @dataclass(frozen=True)
@@ -116,8 +81,8 @@ class FedAvg:
         or ``"rmsprop"`` with the foundation's constants); a fresh optimizer
         every round, batches reshuffled every epoch from a seed of
         ``(seed, round, client)``.
-    server_learning_rate: the global model moves by this times the mean delta
-        (1 is plain FedAvg).
+    server_learning_rate: kept for the settings of earlier runs; must be 1
+        (Flower's FedAvg moves the global model to the mean of the clients').
     trainable_layers: ``None`` trains and exchanges every parameter; ``k``
         only those of the last ``k`` dense layers, the rest staying the
         starting model's (fewer parameters means less DP noise in total).
@@ -147,7 +112,10 @@ class FedAvg:
             raise ValidationError(
                 f"client_fraction must be in (0, 1], got {self.client_fraction!r}.")
         _positive_number("local_learning_rate", self.local_learning_rate)
-        _positive_number("server_learning_rate", self.server_learning_rate)
+        if self.server_learning_rate != 1:
+            raise ValidationError(
+                f"server_learning_rate must be 1 (plain FedAvg, as Flower runs it), got "
+                f"{self.server_learning_rate!r}.")
         if self.local_optimizer not in ("sgd", "rmsprop"):
             raise ValidationError(
                 f"local_optimizer must be 'sgd' or 'rmsprop', got {self.local_optimizer!r}.")
@@ -163,24 +131,25 @@ class FedAvg:
         _check_clients(n_clients)
         return max(1, min(n_clients, round(self.client_fraction * n_clients)))
 
-    def begin(self, n_clients: int) -> None:
-        """Start a run over ``n_clients`` clients (FedAvg keeps no state)."""
-        _check_clients(n_clients)
 
-    def sample_clients(self, n_clients: int, round_index: int) -> np.ndarray:
-        """The sorted indices of the clients that train in round ``round_index``."""
-        m = self.clients_per_round(n_clients)
-        chosen = _round_rng(self.seed, round_index).choice(n_clients, size=m, replace=False)
-        return np.sort(chosen)
+@dataclass(frozen=True)
+class FedProx(FedAvg):
+    """FedProx (Li et al., 2020): FedAvg whose clients add ``μ/2 · ‖w − w_global‖²`` to their loss.
 
-    def aggregate(self, current: np.ndarray, updates: Sequence[ClientUpdate]) -> np.ndarray:
-        """``current + server_learning_rate · Σ n_k Δ_k / Σ n_k`` (float64)."""
-        useful = [u for u in updates if u.n_examples > 0]
-        base = np.asarray(current, dtype=np.float64)
-        if not useful:
-            return base.copy()
-        mean = fedavg_aggregate([u.delta for u in useful], [u.n_examples for u in useful])
-        return base + self.server_learning_rate * mean
+    Run by Flower's ``FedProx`` strategy, which sends ``proximal_mu`` to the
+    clients; μ = 0 is FedAvg. The term keeps heterogeneous clients' local
+    models near the global one during their local epochs.
+    """
+
+    proximal_mu: float = 0.01
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        mu = self.proximal_mu
+        if not (isinstance(mu, (int, float)) and not isinstance(mu, bool)
+                and math.isfinite(mu) and mu >= 0):
+            raise ValidationError(
+                f"proximal_mu must be a non-negative number, got {self.proximal_mu!r}.")
 
 
 class DPFedAvg:
@@ -188,15 +157,18 @@ class DPFedAvg:
 
     Parameters
     ----------
-    strategy: the FedAvg whose rounds, local training and server learning
-        rate are used. Its ``client_fraction`` is the default ``sampling_rate``.
-    clip_norm: C, the bound on each client's delta (L2 norm over all parameters).
+    strategy: the FedAvg (or FedProx) whose rounds and local training are
+        used. Its ``client_fraction`` is the default ``sampling_rate``.
+    clip_norm: C, the bound on each client's delta (L2 norm over the exchanged
+        parameters), applied by the server.
     noise_multiplier: σ; the noise on the sum of clipped deltas has std σ·C.
         Give either this or ``target_epsilon``.
     target_epsilon: calibrate σ so that ε after ``strategy.rounds`` rounds is
         at most this (user-level, at ``delta``); a further round is refused.
     delta: the δ of the (ε, δ) guarantee; should be below 1 / number of users.
-    sampling_rate: q, each client's probability of taking part in a round.
+    sampling_rate: q; ``max(1, round(q·N))`` users take part in a round. The
+        ledger is charged at :data:`ACCOUNTED_SAMPLING_RATE` (1: no
+        amplification by sampling is claimed), so q < 1 only costs utility.
     accountant: ``"rdp"`` or ``"prv"`` (see :mod:`dmt_model.federated.accounting`).
 
     What is private: the sequence of global models, with respect to adding or
@@ -226,7 +198,8 @@ class DPFedAvg:
         else:
             assert target_epsilon is not None
             sigma = calibrate_noise_multiplier(target_epsilon=target_epsilon, delta=delta,
-                                               sampling_rate=rate, rounds=strategy.rounds,
+                                               sampling_rate=ACCOUNTED_SAMPLING_RATE,
+                                               rounds=strategy.rounds,
                                                accountant=accountant)
         self.strategy = strategy
         self.clip_norm = float(clip_norm)
@@ -237,7 +210,6 @@ class DPFedAvg:
         self.noise_multiplier = sigma
         self.accountant_: PrivacyAccountant | None = None
         self.n_clients_: int | None = None
-        self._noise_rng: np.random.Generator | None = None
 
     def __repr__(self) -> str:
         return (f"DPFedAvg({self.strategy!r}, clip_norm={self.clip_norm}, "
@@ -250,17 +222,38 @@ class DPFedAvg:
         return self.strategy
 
     def begin(self, n_clients: int) -> None:
-        """Start a run: a fresh ledger, a fresh noise stream, ``n_clients`` users."""
+        """Start a run over ``n_clients`` users with a fresh ledger."""
         _check_clients(n_clients)
         self.n_clients_ = int(n_clients)
         self.accountant_ = PrivacyAccountant(self.accountant)
-        self._noise_rng = np.random.default_rng([self.strategy.seed, _NOISE_STREAM])
 
-    def sample_clients(self, n_clients: int, round_index: int) -> np.ndarray:
-        """Poisson sampling: each client independently with probability ``sampling_rate``."""
+    def clients_per_round(self, n_clients: int) -> int:
+        """``max(1, round(sampling_rate · N))``: the fixed number of users Flower samples."""
         _check_clients(n_clients)
-        draws = _round_rng(self.strategy.seed, round_index).random(n_clients)
-        return np.flatnonzero(draws < self.sampling_rate)
+        return max(1, min(n_clients, round(self.sampling_rate * n_clients)))
+
+    def check_next_round(self) -> None:
+        """Refuse a round that would bring ε past ``target_epsilon`` (nothing is charged)."""
+        if self.accountant_ is None:
+            raise ValidationError("Call begin(n_clients) before the first round; "
+                                  "run_federated does it for you.")
+        if self.target_epsilon is None:
+            return
+        after = self.accountant_.epsilon_after(noise_multiplier=self.noise_multiplier,
+                                               sampling_rate=ACCOUNTED_SAMPLING_RATE,
+                                               delta=self.delta)
+        if after > self.target_epsilon:
+            raise BudgetExceededError(
+                f"Round {self.accountant_.rounds + 1} would bring ε to {after:.3f} > "
+                f"target_epsilon={self.target_epsilon}; the budget was calibrated for "
+                f"{self.strategy.rounds} rounds. Nothing was released.")
+
+    def charge_round(self) -> None:
+        """Charge the ledger for one released noisy aggregate (Flower's DP wrapper calls it)."""
+        self.check_next_round()
+        assert self.accountant_ is not None
+        self.accountant_.charge(noise_multiplier=self.noise_multiplier,
+                                sampling_rate=ACCOUNTED_SAMPLING_RATE)
 
     def epsilon(self) -> float:
         """User-level ε (at :attr:`delta`) spent by the rounds aggregated so far."""
@@ -268,32 +261,6 @@ class DPFedAvg:
             return 0.0
         return self.accountant_.epsilon(self.delta)
 
-    def aggregate(self, current: np.ndarray, updates: Sequence[ClientUpdate]) -> np.ndarray:
-        """Charge the accountant for one round, then return the noisy new global model.
 
-        ``current + server_learning_rate · (Σ clip(Δ_k, C) + N(0, σ²C²I)) / (q·N)``.
-        """
-        if self.accountant_ is None or self._noise_rng is None or self.n_clients_ is None:
-            raise ValidationError("Call begin(n_clients) before aggregate(); "
-                                  "run_federated does it for you.")
-        if len(updates) > self.n_clients_:
-            raise ValidationError(
-                f"{len(updates)} updates for a run over {self.n_clients_} clients.")
-        if self.target_epsilon is not None:
-            after = self.accountant_.epsilon_after(noise_multiplier=self.noise_multiplier,
-                                                   sampling_rate=self.sampling_rate,
-                                                   delta=self.delta)
-            if after > self.target_epsilon:
-                raise BudgetExceededError(
-                    f"Round {self.accountant_.rounds + 1} would bring ε to {after:.3f} > "
-                    f"target_epsilon={self.target_epsilon}; the budget was calibrated for "
-                    f"{self.strategy.rounds} rounds. Nothing was released.")
-        base = np.asarray(current, dtype=np.float64)
-        self.accountant_.charge(noise_multiplier=self.noise_multiplier,
-                                sampling_rate=self.sampling_rate)
-        noisy_mean = dp_aggregate([u.delta for u in updates], size=base.size,
-                                  clip_norm=self.clip_norm,
-                                  noise_multiplier=self.noise_multiplier,
-                                  expected_clients=self.sampling_rate * self.n_clients_,
-                                  rng=self._noise_rng)
-        return base + self.strategy.server_learning_rate * noisy_mean
+#: What :func:`~dmt_model.federated.run_federated` runs.
+Strategy: TypeAlias = FedAvg | DPFedAvg
