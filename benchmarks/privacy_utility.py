@@ -9,14 +9,30 @@ RMSE (mean ± std over seeds of the mean over 20 users) for:
 * local only: a network trained from scratch on the user's own records;
 * DMT: the server retrains on proxy data plus the *shareable* half of every
   user's training records, in the form they arrive — raw; k-anonymized
-  (k ∈ {2, 5, 10, 25}); perturbed with local DP (ε ∈ {0.5, 1, 2, 4, 8} per
-  record); and k = 5 with ε = 1 — and each user re-personalizes the new
-  foundation on the records they never shared;
-* FedAvg and DP-FedAvg at ε = 1 (``dmt_model.federated``, the settings of
-  ``benchmarks/federated_baseline.py``). Their ε is user-level central DP
-  (a user's whole data, noise added by the aggregator); DMT's ε is local DP
-  per shared record, noise added on the device: the two are not the same
-  guarantee, and the table says which is which.
+  (k ∈ {2, 5, 10, 25}); perturbed with local DP at a user-level ε ∈
+  {1, 4, 8, 64}; and k = 5 with the target alone perturbed at user-level
+  ε = 1 — and each user re-personalizes the new foundation on the records
+  they never shared;
+* FedAvg and DP-FedAvg at user-level ε ∈ {1, 4, 8} (``dmt_model.federated``
+  on Flower, the settings of ``benchmarks/federated_baseline.py``), each
+  personalized after training.
+
+Privacy at the same unit (issue 13, part 3): every row states a
+**user-level** (ε, δ): neighbouring data sets differ by all records of one
+user. DMT's local-DP rows give each user a budget ε: the user's
+:class:`~dmt_privacy.dp.PrivacyLedger` holds it, the perturber (with
+``privacy_unit="user"``) charges it ``n × Σε`` for the user's release of n
+records, so the budget is split equally over the records and fields
+(``ε / (n · n_fields)`` each, Laplace, δ = 0) and the ledger would refuse more.
+DP-FedAvg's ε is central DP (Gaussian noise added by the aggregator on the
+clipped sum of the users' updates) from Opacus' RDP accountant at δ = 1e-5.
+Raw, k-anonymized and FedAvg rows carry no formal DP and say so; k-anonymity
+with a perturbed target is listed as no formal DP too, since its
+quasi-identifiers are released generalized, not perturbed. The two DP
+guarantees are the same promise to a user (what the released data or models
+reveal about all their records) reached by different trust models: DMT's
+noise is added on the device, DP-FedAvg's by a server the user must trust to
+add it.
 
 How the data is shared here: the k-anonymity plan is fitted on the proxy data
 (the data the server may see, design.md), widened to the schema's bounds
@@ -24,14 +40,14 @@ How the data is shared here: the k-anonymity plan is fitted on the proxy data
 classes, applied to each user's shareable records, and the server releases
 only classes holding records from at least k users (packages); the rest stay
 quarantined. With 20 users, k = 25 can release nothing. Local DP perturbs the
-quasi-identifiers and the target, ε split equally over them (so ε is per
-record), insensitive fields are shared as they are; with k and ε together the
-quasi-identifiers are generalized and the target alone gets the whole ε.
-Sealing and ingestion are lossless and tested elsewhere, so the records go to
-the retraining in memory, where each shared record is weighted by the
-signal-to-noise of its release (``noise_weight``). Personalization is what a
-DMT device does in every row: ``personalize()`` with the SDK's defaults (the
-personal head, a per-user prior, the decision rule).
+quasi-identifiers and the target, insensitive fields are shared as they are;
+with k and ε together the quasi-identifiers are generalized and the target
+alone gets the whole budget. Sealing and ingestion are lossless and tested
+elsewhere, so the records go to the retraining in memory, where each shared
+record is weighted by the signal-to-noise of its release (``noise_weight``).
+Personalization is what a DMT device does in every row: ``personalize()``
+with the SDK's defaults (the personal head, a per-user prior, the decision
+rule).
 
 The privacy side: with ``--risk``, anonymeter (run in its own environment,
 ``.venv-risk``, as its numpy pin clashes) estimates singling-out, linkability
@@ -39,7 +55,8 @@ and inference risk of what the server received at each k and ε, with the raw
 shareable records as the attacker's target and the never-shared records as
 control (seed 0).
 
-Writes ``benchmarks/results/privacy_utility.json`` and ``.png``.
+Writes ``privacy_utility.json`` and ``.png`` into ``--output`` (default
+``benchmarks/results``).
 Run: ``.venv/bin/python benchmarks/privacy_utility.py [--seeds 5] [--risk]``.
 """
 
@@ -47,6 +64,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -64,14 +82,18 @@ from dmt_model.foundation import Foundation, TrainingConfig, fit_foundation, tra
 from dmt_model.personalize import personalized
 from dmt_model.server.retrain import SharedBatch, retrain_foundation
 from dmt_privacy.anonymity import KAnonymizer, release_classes
-from dmt_privacy.dp import UNACCOUNTED, LocalDPPerturber
+from dmt_privacy.dp import LocalDPPerturber, PrivacyLedger
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
 QUASI_IDENTIFIERS = [f.name for f in BOSTON_SCHEMA.by_role("quasi-identifier")]
 TARGET = "MEDV"
 KS = (2, 5, 10, 25)
-EPSILONS = (0.5, 1.0, 2.0, 4.0, 8.0)
+#: User-level ε of DMT's local-DP shares: ε ∈ {1, 4, 8} to compare with DP-FedAvg at the
+#: same user-level ε, and 64 (about what per-record ε = 8 cost a user of this protocol).
+USER_EPSILONS = (1.0, 4.0, 8.0, 64.0)
+FL_EPSILONS = (1.0, 4.0, 8.0)
+NO_DP = {"epsilon": None, "delta": None, "unit": "user", "guarantee": "no formal DP"}
 DOMAINS = {f.name: f.bounds for f in BOSTON_SCHEMA if f.bounds is not None}
 
 
@@ -82,7 +104,14 @@ def rmse(predicted: np.ndarray, actual: np.ndarray) -> float:
 # --- what the server receives -------------------------------------------------------
 def share(sim, *, k: int | None = None, epsilon: float | None = None, seed: int = 0
           ) -> tuple[list[SharedBatch], dict]:
-    """The users' shareable records as the server receives them, and what was lost."""
+    """The users' shareable records as the server receives them, and what was lost.
+
+    ``epsilon`` is each user's budget (user-level, δ = 0): every user opens a
+    :class:`PrivacyLedger` with that budget, the perturber (``privacy_unit="user"``)
+    charges it ``n_records × Σε`` for the user's one release, so each field of
+    each record gets ``epsilon / (n_records · n_fields)``; the ledger would refuse
+    anything more. ``info["user_epsilon"]`` is the largest charge of any user.
+    """
     frames = [u.shareable.assign(_package=u.user_id) for u in sim.users]
     shared = pd.concat(frames)
     info = {"offered": len(shared), "quarantined": 0}
@@ -101,18 +130,24 @@ def share(sim, *, k: int | None = None, epsilon: float | None = None, seed: int 
         return [SharedBatch(shared.drop(columns="_package"))], info
     fields = [TARGET] if k is not None else [*QUASI_IDENTIFIERS, TARGET]
     batches = []
-    for _, records in shared.groupby("_package"):  # one release per device
+    charged = []
+    for package, records in shared.groupby("_package"):  # one release per device
+        ledger = PrivacyLedger(sqlite3.connect(":memory:", isolation_level=None),
+                               user_id=str(package), epsilon_budget=epsilon, delta_budget=0.0)
+        per_field = epsilon / (len(records) * len(fields))
         perturber = LocalDPPerturber(BOSTON_SCHEMA.select(fields),
-                                     epsilon={f: epsilon / len(fields) for f in fields},
-                                     ledger=UNACCOUNTED,  # simulated users: no device ledger
+                                     epsilon=dict.fromkeys(fields, per_field), ledger=ledger,
+                                     privacy_unit="user",
                                      random_state=seed * 1000 + int(records["_package"].iloc[0]))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the seeded source warns it is not secure: intended
             release = perturber.fit(records[fields]).perturb(records[fields])
+        charged.append(ledger.spent.epsilon)
         received = records.drop(columns="_package").copy()
         for f in fields:
             received[f] = release.data[f].to_numpy()
         batches.append(SharedBatch(received, receipt=release.receipt))
+    info["user_epsilon"] = max(charged)
     return batches, info
 
 
@@ -139,33 +174,41 @@ def local_only(sim, seed: int) -> float:
     return float(np.mean(scores))
 
 
-def federated_rows(sim, foundation: Foundation, seed: int) -> dict:
-    """FedAvg and DP-FedAvg at ε = 1, with the settings of benchmarks/federated_baseline.py."""
+def federated_rows(sim, foundation: Foundation, seed: int) -> tuple[dict, dict]:
+    """FedAvg and DP-FedAvg at user-level ε ∈ FL_EPSILONS on Flower, personalized after
+    training, with the settings of benchmarks/federated_baseline.py; and each row's privacy."""
     from dataclasses import replace
 
     from federated_baseline import CLIP_NORM, DELTA, DP_FEDAVG, FEDAVG
 
     from dmt_model.federated import DPFedAvg, run_federated
 
-    rows = {}
+    rows, privacy = {}, {}
     plain = run_federated(sim, replace(FEDAVG, seed=seed), foundation=foundation,
                           personalize=True)
     rows["FedAvg"], rows["FedAvg, personalized"] = plain.mean_rmse, plain.mean_personalized_rmse
-    strategy = DPFedAvg(replace(DP_FEDAVG, seed=seed), clip_norm=CLIP_NORM, target_epsilon=1.0,
-                        delta=DELTA)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        private = run_federated(sim, strategy, foundation=foundation, personalize=True)
-    rows["DP-FedAvg ε=1 (user-level)"] = private.mean_rmse
-    rows["DP-FedAvg ε=1 (user-level), personalized"] = private.mean_personalized_rmse
-    return rows
+    privacy["FedAvg"] = NO_DP
+    for epsilon in FL_EPSILONS:
+        strategy = DPFedAvg(replace(DP_FEDAVG, seed=seed), clip_norm=CLIP_NORM,
+                            target_epsilon=epsilon, delta=DELTA)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            private = run_federated(sim, strategy, foundation=foundation, personalize=True)
+        name = f"DP-FedAvg ε={epsilon:g}"
+        rows[name], rows[f"{name}, personalized"] = (private.mean_rmse,
+                                                     private.mean_personalized_rmse)
+        privacy[name] = {"epsilon": private.epsilon, "delta": DELTA, "unit": "user",
+                         "guarantee": "central DP: Gaussian noise on the clipped sum of the "
+                                      "users' updates (Flower), Opacus RDP accountant"}
+    return rows, privacy
 
 
-def run_seed(data: pd.DataFrame, seed: int, spread: float) -> tuple[dict, dict]:
+def run_seed(data: pd.DataFrame, seed: int, spread: float) -> tuple[dict, dict, dict]:
     sim = simulate_users(data, spread=spread, seed=seed)
     config = TrainingConfig(seed=seed)
     rows: dict[str, float] = {}
     lost: dict[str, dict] = {}
+    privacy: dict[str, dict] = {}
     foundation = train_foundation(sim.proxy, BOSTON_SCHEMA, config)
     rows["foundation (proxy only)"], rows["foundation, personalized"] = per_user(
         foundation, sim, personalize_on="train")
@@ -175,21 +218,50 @@ def run_seed(data: pd.DataFrame, seed: int, spread: float) -> tuple[dict, dict]:
     rows["centralized raw"], rows["centralized raw, personalized"] = per_user(
         central, sim, personalize_on="train")
     rows["local only"] = local_only(sim, seed)
+    for name in ("foundation (proxy only)", "local only"):
+        privacy[name] = {"epsilon": 0.0, "delta": 0.0, "unit": "user",
+                         "guarantee": "nothing leaves the device"}
+    privacy["centralized raw"] = NO_DP
     settings = [("DMT raw", {})]
     settings += [(f"DMT k={k}", {"k": k}) for k in KS]
-    settings += [(f"DMT ε={e:g}", {"epsilon": e}) for e in EPSILONS]
-    settings += [("DMT k=5, ε=1", {"k": 5, "epsilon": 1.0})]
+    settings += [(f"DMT ε={e:g}", {"epsilon": e}) for e in USER_EPSILONS]
+    settings += [("DMT k=5, target ε=1", {"k": 5, "epsilon": 1.0})]
     for name, kwargs in settings:
         batches, info = share(sim, seed=seed, **kwargs)
         lost[name] = info
+        privacy[name] = NO_DP if "epsilon" not in kwargs or "k" in kwargs else {
+            "epsilon": info["user_epsilon"], "delta": 0.0, "unit": "user",
+            "guarantee": "local DP on the device (Laplace), charged to the user's ledger"}
+        if "k" in kwargs and "epsilon" in kwargs:
+            privacy[name] = NO_DP | {"note": f"target under local DP at user-level ε="
+                                              f"{info['user_epsilon']:g}; quasi-identifiers "
+                                              "k-anonymized (no formal DP)"}
         model = retrain_foundation(foundation, sim.proxy, batches, config)
         rows[f"{name}, no re-personalization"], rows[f"{name}, re-personalized"] = per_user(
             model, sim, personalize_on="private")
-        if name in ("DMT raw", "DMT k=5, ε=1"):
+        if name in ("DMT raw", "DMT k=5, target ε=1"):
             _, rows[f"{name}, re-personalized on all local records"] = per_user(
                 model, sim, personalize_on="train")
-    rows.update(federated_rows(sim, foundation, seed))
-    return rows, lost
+    fl_rows, fl_privacy = federated_rows(sim, foundation, seed)
+    rows.update(fl_rows)
+    privacy.update(fl_privacy)
+    return rows, lost, privacy
+
+
+def row_privacy(name: str, privacy: dict) -> dict:
+    """The (ε, δ) of a result row: that of the setting it belongs to."""
+    for suffix in (", re-personalized on all local records", ", no re-personalization",
+                   ", re-personalized", ", personalized"):
+        if name.endswith(suffix):
+            name = name[:-len(suffix)]
+            break
+    return privacy[name]
+
+
+def privacy_text(entry: dict) -> str:
+    if entry["epsilon"] is None:
+        return "no formal DP"
+    return f"ε={entry['epsilon']:.3g}, δ={entry['delta']:g}"
 
 
 # --- privacy risk (anonymeter, in its own environment) ----------------------------------
@@ -219,7 +291,8 @@ def risk(data: pd.DataFrame, spread: float) -> dict:
     target.to_csv(folder / "target.csv", index=False)
     control.to_csv(folder / "control.csv", index=False)
     cases = {"raw": {}, **{f"k={k}": {"k": k} for k in KS},
-             **{f"ε={e:g}": {"epsilon": e} for e in EPSILONS}, "k=5, ε=1": {"k": 5, "epsilon": 1.0}}
+             **{f"ε={e:g}": {"epsilon": e} for e in USER_EPSILONS},
+             "k=5, target ε=1": {"k": 5, "epsilon": 1.0}}
     for name, kwargs in cases.items():
         batches, _ = share(sim, seed=0, **kwargs)
         received = as_plain_table(pd.concat([b.records for b in batches]))
@@ -244,24 +317,35 @@ def plot(summary: dict, risks: dict, path: Path, seeds: int, spread: float) -> N
     with_risk = bool(risks) and "error" not in risks
     fig, axes = plt.subplots(2 if with_risk else 1, 2, figsize=(12, 7.8 if with_risk else 4.4),
                              sharex="col", sharey="row", squeeze=False)
-    baselines = {"foundation (proxy only)": "grey", "foundation, personalized": "tab:blue",
-                 "centralized raw, personalized": "green"}
-    columns = (("ε per record (local DP on the target)", EPSILONS, "ε={:g}"),
+    columns = (("user-level ε (local DP for DMT, central DP for DP-FedAvg)", USER_EPSILONS,
+                "ε={:g}"),
                ("k (k-anonymity of the quasi-identifiers)", KS, "k={}"))
     for column, (label, xs, key) in enumerate(columns):
         ax = axes[0][column]
-        for suffix, style, shift in ((", re-personalized", "o-", 0.96),
-                                     (", no re-personalization", "s--", 1.04)):
-            names = ["DMT " + key.format(x) + suffix for x in xs]
-            ax.errorbar([x * shift for x in xs], [summary[n]["mean"] for n in names],
+        if column == 0:  # DMT and DP-FedAvg at the same user-level ε
+            series = [("DMT ε={:g}, re-personalized", USER_EPSILONS, "o-", "tab:purple", 0.96,
+                       "DMT (local DP), re-personalized"),
+                      ("DP-FedAvg ε={:g}, personalized", FL_EPSILONS, "s-", "tab:red", 1.04,
+                       "DP-FedAvg (Flower), personalized")]
+            lines = {"foundation, personalized": "tab:blue",
+                     "FedAvg, personalized": "tab:red"}
+        else:
+            series = [("DMT k={}, re-personalized", KS, "o-", "tab:purple", 0.96,
+                       "DMT, re-personalized"),
+                      ("DMT k={}, no re-personalization", KS, "s--", "tab:orange", 1.04,
+                       "DMT, no re-personalization")]
+            lines = {"foundation, personalized": "tab:blue",
+                     "centralized raw, personalized": "green"}
+        for pattern, values, style, color, shift, legend_name in series:
+            names = [pattern.format(x) for x in values]
+            if not all(n in summary for n in names):
+                continue
+            ax.errorbar([x * shift for x in values], [summary[n]["mean"] for n in names],
                         yerr=[summary[n]["std"] for n in names], fmt=style, capsize=3,
-                        color="tab:purple" if "re-" in suffix[:5] else "tab:orange",
-                        label="DMT" + suffix)
-        for name, color in baselines.items():
-            ax.axhline(summary[name]["mean"], color=color, ls=":", lw=1.5, label=name)
-        dp_fedavg = "DP-FedAvg ε=1 (user-level), personalized"
-        if column == 0 and dp_fedavg in summary:
-            ax.plot([1.0], [summary[dp_fedavg]["mean"]], "r*", ms=12, label=dp_fedavg)
+                        color=color, label=legend_name)
+        for name, color in lines.items():
+            ax.axhline(summary[name]["mean"], color=color, ls=":", lw=1.5,
+                       label=f"{name} (no formal DP)" if name.startswith("FedAvg") else name)
         ax.set_title(f"per-user test RMSE against {label.split(' (')[0]}")
         ax.grid(alpha=0.3)
         if with_risk:
@@ -324,19 +408,25 @@ def main() -> None:
     started = time.perf_counter()
     per_seed: dict[str, list[float]] = {}
     lost: dict = {}
+    privacy: dict[str, dict] = {}
     for seed in range(args.seeds):
-        rows, lost = run_seed(data, seed, args.spread)
+        rows, lost, spent = run_seed(data, seed, args.spread)
         for name, value in rows.items():
             per_seed.setdefault(name, []).append(value)
+        for name, entry in spent.items():  # the largest ε any seed spent
+            if name not in privacy or (entry["epsilon"] or 0) > (privacy[name]["epsilon"] or 0):
+                privacy[name] = entry
         print(f"seed {seed} done ({time.perf_counter() - started:.0f} s)", flush=True)
     summary = {name: {"mean": statistics.mean(v), "std": statistics.stdev(v) if len(v) > 1
                       else 0.0} for name, v in per_seed.items()}
     risks = risk(data, args.spread) if args.risk else {}
     reference = summary["centralized raw, personalized"]["mean"]
-    print(f"\nper-user test RMSE, mean ± std over {args.seeds} seeds, h = {args.spread}")
+    print(f"\nper-user test RMSE, mean ± std over {args.seeds} seeds, h = {args.spread}; "
+          "privacy: user-level (ε, δ)")
     for name, s in summary.items():
-        print(f"{name:<42} {s['mean']:6.3f} ± {s['std']:.3f}   "
-              f"{100 * (s['mean'] / reference - 1):+6.1f} % vs centralized raw + personalized")
+        print(f"{name:<58} {s['mean']:6.3f} ± {s['std']:.3f}  "
+              f"{100 * (s['mean'] / reference - 1):+6.1f} % vs centralized raw + pers.  "
+              f"{privacy_text(row_privacy(name, privacy))}")
     print("\nrecords quarantined by the server (seed "
           f"{args.seeds - 1}): " + ", ".join(f"{n}: {i['quarantined']}/{i['offered']}"
                                               for n, i in lost.items() if i["quarantined"]))
@@ -350,7 +440,10 @@ def main() -> None:
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "privacy_utility.json").write_text(json.dumps(
         {"seeds": args.seeds, "spread": args.spread, "per_seed": per_seed, "summary": summary,
-         "quarantined_last_seed": lost, "risk": risks}, indent=2))
+         "privacy": {name: row_privacy(name, privacy) for name in summary},
+         "privacy_unit": "user-level: neighbouring data sets differ by all records of one user",
+         "quarantined_last_seed": lost, "risk": risks,
+         "seconds": time.perf_counter() - started}, indent=2))
     plot(summary, risks, args.output / "privacy_utility.png", args.seeds, args.spread)
     print(f"\nwrote {args.output / 'privacy_utility.json'} and privacy_utility.png "
           f"({time.perf_counter() - started:.0f} s)")
