@@ -21,7 +21,11 @@ Measures, in one run:
    test sets hold 4–6 records a user);
 6. the full loop (``dmt_model.loop.run_loop``: share with k = 5 and the
    target under local DP at ε = 1 per record, ingest, retrain, gate, adopt on
-   all local records) against personalizing v1 with nothing shared.
+   all local records) against personalizing v1 with nothing shared;
+7. with ExecuTorch installed (the ``executorch`` extra): the same users
+   personalized with the same seeds through a ``.pte`` trained in
+   ExecuTorch's runtime, beside the Core ML emulation (mean MSE), user by
+   user; and one update of 50 records × 500 epochs timed in both.
 
 v1 is trained on 80 % of the proxy data in every section from 5 on; the
 other 20 % is the server's validation data for the gate.
@@ -31,7 +35,8 @@ Writes ``model_quality.json``, ``.md`` (the README's tables) and ``.png`` into
 Run: ``.venv/bin/python benchmarks/model_quality.py [--seeds 5] [--workers 2]
 [--output DIR]`` (about 48 minutes on 2 cores; ``--seeds 1 --datasets boston
 --spreads 0.15`` for a quick check; ``--plot-only`` redraws the plot from the saved
-JSON).
+JSON; ``--executorch-only`` runs sections 5 and 7 alone, without the loop, into
+``model_quality_executorch.json`` and ``.md``).
 """
 
 from __future__ import annotations
@@ -177,6 +182,59 @@ def update_speed() -> dict:
     return out
 
 
+def executorch_available() -> bool:
+    try:
+        import executorch.extension.training  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def executorch_update_speed(repeats: int = 3) -> dict:
+    """One update of 50 records × 500 epochs (otherwise the default settings: the personal
+    head, SGD, batch 1) in ExecuTorch's runtime and in the Core ML emulation."""
+    from dmt_model.coreml import UpdateSettings, build_spec
+    from dmt_model.coreml.weights import get_weights
+    from dmt_model.datasets import BOSTON_SCHEMA, load_boston
+    from dmt_model.executorch import export_executorch, load_program
+    from dmt_model.foundation import TrainingConfig, train_foundation
+    from dmt_model.personalize import update_spec
+
+    data = load_boston()
+    model = train_foundation(data.iloc[:152], BOSTON_SCHEMA, TrainingConfig(epochs=50))
+    settings = UpdateSettings(epochs=500)
+    spec = build_spec(model, updatable=settings)
+    records = data.iloc[200:250]
+    with tempfile.TemporaryDirectory() as folder:
+        program = load_program(export_executorch(model, Path(folder) / "v1.pte",
+                                                 updatable=settings))
+    emulation, runtime = [], []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        emulated, _ = update_spec(spec, records)
+        emulation.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        trained, _ = program.updated(records)
+        runtime.append(time.perf_counter() - started)
+    weight, bias, _ = get_weights(emulated, "personal_head")
+    out = {"records": 50, "epochs": settings.epochs, "batch_size": settings.batch_size,
+           "updatable_layers": settings.updatable_layers,
+           "emulation_seconds_median": statistics.median(emulation),
+           "executorch_seconds_median": statistics.median(runtime),
+           "largest_relative_parameter_difference": max(
+               float(np.max(np.abs(trained.parameters[f"personal_head.{k}"].reshape(-1)
+                                   - v.reshape(-1)) / np.abs(v).max()))
+               for k, v in (("weight", weight), ("bias", bias)))}
+    out["executorch_over_emulation"] = (out["executorch_seconds_median"]
+                                        / out["emulation_seconds_median"])
+    print(f"one update, 50 records × 500 epochs (batch 1): ExecuTorch runtime "
+          f"{out['executorch_seconds_median']:.3f} s, Core ML emulation "
+          f"{out['emulation_seconds_median']:.3f} s (ratio "
+          f"{out['executorch_over_emulation']:.2f}, target ≤ 1); parameters agree to "
+          f"{out['largest_relative_parameter_difference']:.1e}")
+    return out
+
+
 def scale_invariance() -> dict:
     """Per-user RMSE before and after personalize() on Boston and on Boston with MEDV × 1000."""
     import dataclasses
@@ -223,13 +281,15 @@ def scale_invariance() -> dict:
 # --- 5–6: personalization and the full loop, one task per data set, spread and seed -----------
 
 def _personalization(dataset, sim, v1_path: Path, folder: Path, seed: int,
-                     conventions: tuple[str, ...]) -> dict:
+                     conventions: tuple[str, ...], pte_path: Path | None = None) -> dict:
     from dmt_model.coreml import load_spec, predict_frame
     from dmt_model.personalize import personalize, update_spec, with_prior
 
     v1 = load_spec(v1_path)
     out: dict = {c: [] for c in conventions}
     out["users"] = []
+    if pte_path is not None:
+        out["executorch"] = []
     for user in sim.users:
         y = user.test[dataset.target].to_numpy()
         base = predict_frame(v1, user.test)
@@ -237,18 +297,36 @@ def _personalization(dataset, sim, v1_path: Path, folder: Path, seed: int,
         for name in conventions:
             personal = folder / f"{name}.mlmodel"
             shutil.copyfile(v1_path, personal)
+            started = time.perf_counter()
             result = personalize(personal, user.train, seed=seed, convention=_convention(name))
+            seconds = time.perf_counter() - started
             # The update the rule judged, kept or not: the same deterministic run.
             prior = result.prior_records if result.prior_records is not None else 0
             candidate, _ = update_spec(v1, with_prior(v1, user.train, prior),
                                        convention=_convention(name))
-            out[name].append({"kept": result.accepted, "prior_records": prior,
+            out[name].append({"kept": result.accepted, "prior_records": prior, "seconds": seconds,
                               "rmse": rmse(predict_frame(load_spec(personal), user.test), y),
                               "candidate_rmse": rmse(predict_frame(candidate, user.test), y)})
+        if pte_path is not None:
+            out["executorch"].append(_executorch_user(pte_path, folder, user, y, seed))
     return out
 
 
-def run_task(task: tuple[str, float, int]) -> dict:
+def _executorch_user(pte_path: Path, folder: Path, user, y, seed: int) -> dict:
+    """``personalize()`` on the user's copy of the ``.pte``: trained in ExecuTorch's runtime."""
+    from dmt_model.executorch import load_program
+    from dmt_model.personalize import personalize
+
+    personal = folder / "personal.pte"
+    shutil.copyfile(pte_path, personal)
+    started = time.perf_counter()
+    result = personalize(personal, user.train, seed=seed)
+    return {"kept": result.accepted, "prior_records": result.prior_records,
+            "seconds": time.perf_counter() - started,
+            "rmse": rmse(load_program(personal).predict(user.test), y)}
+
+
+def run_task(task: tuple[str, float, int, bool]) -> dict:
     import torch
 
     from dmt_model.coreml import UpdateSettings, export_coreml
@@ -258,7 +336,7 @@ def run_task(task: tuple[str, float, int]) -> dict:
     from dmt_model.server.retrain import validation_split
 
     torch.set_num_threads(1)
-    name, spread, seed = task
+    name, spread, seed, with_loop = task
     dataset = REGRESSION_DATASETS[name]
     started = time.perf_counter()
     sim = simulate_users(dataset.load(), n_users=USERS[name], spread=spread, seed=seed,
@@ -269,14 +347,26 @@ def run_task(task: tuple[str, float, int]) -> dict:
     folder = Path(tempfile.mkdtemp(prefix="dmt-bench-"))
     try:
         v1_path = export_coreml(v1, folder / "v1.mlmodel", updatable=UpdateSettings())
+        pte_path = None
+        if executorch_available():
+            from dmt_model.executorch import export_executorch
+
+            pte_path = export_executorch(v1, folder / "v1.pte", updatable=UpdateSettings())
         conventions = CONVENTIONS + (("sum",) if seed == 0 else ())
-        personalization = _personalization(dataset, sim, v1_path, folder, seed, conventions)
+        if not with_loop:
+            conventions = ("mean",)
+        personalization = _personalization(dataset, sim, v1_path, folder, seed, conventions,
+                                           pte_path)
         loop = run_loop(sim, dataset.schema, quasi_identifiers=dataset.quasi_identifiers,
-                        workdir=folder / "loop", seed=seed, config=config, foundation=v1)
+                        workdir=folder / "loop", seed=seed, config=config,
+                        foundation=v1) if with_loop else None
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    return {"dataset": name, "spread": spread, "seed": seed,
-            "seconds": time.perf_counter() - started, "personalization": personalization,
+    out = {"dataset": name, "spread": spread, "seed": seed,
+           "seconds": time.perf_counter() - started, "personalization": personalization}
+    if loop is None:
+        return out
+    return {**out,
             "loop": {"v1_validation_rmse": loop.v1_validation_rmse,
                      "v2_validation_rmse": loop.v2_validation_rmse,
                      "v2_published": loop.v2_published,
@@ -332,6 +422,11 @@ def summarize(tasks: list[dict]) -> dict:
             oracle_raised = sum(u["oracle"] > u["foundation"] for r in p for u in r["users"])
             cell["oracle_raised_test_error"] = {"users": oracle_raised,
                                                 "of": sum(len(r["users"]) for r in p)}
+            if all("executorch" in r for r in p):
+                cell.update(_executorch_cells(p, over_seeds))
+            if "loop" not in runs[0]:
+                summary.setdefault(name, {})[str(spread)] = cell
+                continue
             loops = [t["loop"] for t in runs]
             cell["loop: personal v1, nothing shared"] = over_seeds(
                 [np.mean([u["personal"] for u in lp["users"]]) for lp in loops])
@@ -354,6 +449,25 @@ def summarize(tasks: list[dict]) -> dict:
     return summary
 
 
+def _executorch_cells(p: list[dict], over_seeds) -> dict:
+    """ExecuTorch's runtime beside the emulation (mean MSE), the same users and seeds."""
+    pairs = [(e, m) for r in p for e, m in zip(r["executorch"], r["mean"], strict=True)]
+    return {
+        "personalize (executorch)": over_seeds([np.mean([u["rmse"] for u in r["executorch"]])
+                                                for r in p]),
+        "executorch vs emulation": {
+            "users": len(pairs),
+            "largest_per_user_rmse_difference": max(abs(e["rmse"] - m["rmse"])
+                                                    for e, m in pairs),
+            "largest_per_user_relative_difference": max(abs(e["rmse"] / m["rmse"] - 1)
+                                                        for e, m in pairs),
+            "decisions_that_differ": sum(e["kept"] != m["kept"] for e, m in pairs),
+            "priors_that_differ": sum(e["prior_records"] != m["prior_records"]
+                                      for e, m in pairs),
+            "seconds_per_user_executorch": statistics.mean(e["seconds"] for e, _ in pairs),
+            "seconds_per_user_emulation": statistics.mean(m["seconds"] for _, m in pairs)}}
+
+
 def report(summary: dict) -> None:
     for name, by_spread in summary.items():
         print(f"\n{name}: per-user test RMSE, mean ± std over seeds")
@@ -373,6 +487,16 @@ def report(summary: dict) -> None:
                           f"{rule['kept_that_raised_test_error']} raised the user's test error; "
                           f"{rule['discarded_that_would_have_lowered_it']} of "
                           f"{rule['discarded']} discarded would have lowered it")
+            et = cell.get("executorch vs emulation")
+            if et:
+                print(f"  h={h} ExecuTorch runtime vs emulation, {et['users']} users: largest "
+                      f"per-user RMSE difference {et['largest_per_user_rmse_difference']:.2g} "
+                      f"({et['largest_per_user_relative_difference']:.1e} relative), "
+                      f"{et['decisions_that_differ']} decisions differ; "
+                      f"{et['seconds_per_user_executorch']:.2f} s vs "
+                      f"{et['seconds_per_user_emulation']:.2f} s per user")
+            if "loop: adoption" not in cell:
+                continue
             o = cell["oracle_raised_test_error"]
             a = cell["loop: adoption"]
             print(f"  h={h}: the oracle itself raised the test error of {o['users']}/{o['of']} "
@@ -388,6 +512,7 @@ def markdown(result: dict) -> str:
     stages = [("foundation", "foundation v1"), ("oracle", "oracle (v1 × the user's factor)"),
               ("personalize (mean)", "`personalize()`, mean MSE"),
               ("personalize (half)", "`personalize()`, ½·mean MSE"),
+              ("personalize (executorch)", "`personalize()` on the `.pte`, ExecuTorch runtime"),
               ("loop: personal v1, nothing shared", "loop: personal v1, nothing shared"),
               ("loop: after sharing, gate, adoption", "loop: after sharing, gate, adoption")]
     for name, by_spread in summary.items():
@@ -412,6 +537,8 @@ def markdown(result: dict) -> str:
                 cells.append(cell)
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         for conv in ("mean", "half"):
+            if f"rule ({conv})" not in by_spread[spreads[0]]:
+                continue
             rules = [by_spread[h][f"rule ({conv})"] for h in spreads]
             lines.append(f"| kept updates that raised the user's test error ({conv}) | "
                          + " | ".join(f"{r['kept_that_raised_test_error']}/{r['kept']}"
@@ -429,6 +556,20 @@ def markdown(result: dict) -> str:
         lines.append("| users whose test error the oracle itself raises | " + " | ".join(
             f"{by_spread[h]['oracle_raised_test_error']['users']}/"
             f"{by_spread[h]['oracle_raised_test_error']['of']}" for h in spreads) + " |")
+        if "executorch vs emulation" in by_spread[spreads[0]]:
+            lines.append("| ExecuTorch runtime vs emulation: largest per-user RMSE difference "
+                         "(relative), decisions that differ, s per user (ExecuTorch / "
+                         "emulation) | " + " | ".join(
+                             f"{e['largest_per_user_rmse_difference']:.1g} "
+                             f"({e['largest_per_user_relative_difference']:.0e}), "
+                             f"{e['decisions_that_differ']}/{e['users']}, "
+                             f"{e['seconds_per_user_executorch']:.2f} / "
+                             f"{e['seconds_per_user_emulation']:.2f}"
+                             for e in (by_spread[h]["executorch vs emulation"]
+                                       for h in spreads)) + " |")
+        if "loop: adoption" not in by_spread[spreads[0]]:
+            lines.append("")
+            continue
         lines.append("| loop: v2 published / adopted by / adoptions that raised test error "
                      "(largest) | " + " | ".join(
                          f"{a['v2_published_runs']}/{a['runs']} runs; {a['adopted']}/{a['users']}"
@@ -438,6 +579,33 @@ def markdown(result: dict) -> str:
         lines.append("")
     lines.append("In brackets: against the oracle at h > 0 and the foundation at h = 0; the "
                  "loop's end against the same users' personal v1 with nothing shared.")
+    if "executorch_update_speed" in result:
+        e = result["executorch_update_speed"]
+        lines += ["", f"One update of {e['records']} records × {e['epochs']} epochs (batch "
+                  f"{e['batch_size']}): ExecuTorch runtime {e['executorch_seconds_median']:.3f} s,"
+                  f" Core ML emulation {e['emulation_seconds_median']:.3f} s (ratio "
+                  f"{e['executorch_over_emulation']:.2f}); parameters agree to "
+                  f"{e['largest_relative_parameter_difference']:.1e} relative."]
+    return "\n".join(lines)
+
+
+def per_user_markdown(runs: list[dict]) -> str:
+    """User by user, each data set and spread at its first seed: the emulation's and the
+    runtime's test RMSE and decisions."""
+    lines = []
+    for run in runs:
+        p = run["personalization"]
+        if run["seed"] != min(r["seed"] for r in runs) or "executorch" not in p:
+            continue
+        lines += [f"**{run['dataset']}**, h = {run['spread']}, seed {run['seed']}", "",
+                  "| user | foundation | emulation (kept) | ExecuTorch runtime (kept) |",
+                  "|---|---|---|---|"]
+        for i, (base, m, e) in enumerate(zip(p["users"], p["mean"], p["executorch"],
+                                             strict=True)):
+            lines.append(f"| {i} | {base['foundation']:.4f} | {m['rmse']:.4f} "
+                         f"({'yes' if m['kept'] else 'no'}) | {e['rmse']:.4f} "
+                         f"({'yes' if e['kept'] else 'no'}) |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -494,7 +662,13 @@ def main() -> None:
                         help="folder for the results (default benchmarks/results)")
     parser.add_argument("--plot-only", action="store_true",
                         help="redraw model_quality.png from OUTPUT/model_quality.json")
+    parser.add_argument("--executorch-only", action="store_true",
+                        help="only ExecuTorch's runtime beside the emulation (sections 5 and 7, "
+                             "no loop) into OUTPUT/model_quality_executorch.json and .md")
     args = parser.parse_args()
+    if args.executorch_only:
+        run_executorch_only(args)
+        return
     if args.plot_only:
         saved = json.loads((args.output / "model_quality.json").read_text())
         plot(saved["summary"], args.output / "model_quality.png",
@@ -505,7 +679,9 @@ def main() -> None:
     started = time.perf_counter()
     result: dict = {"foundation": foundation_protocol(args.seeds), "parity": parity(),
                     "update_speed": update_speed(), "scale_invariance": scale_invariance()}
-    tasks = [(name, h, seed) for name in args.datasets.split(",") for h in args.spreads
+    if executorch_available():
+        result["executorch_update_speed"] = executorch_update_speed()
+    tasks = [(name, h, seed, True) for name in args.datasets.split(",") for h in args.spreads
              for seed in range(args.seeds)]
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         runs = []
@@ -518,10 +694,32 @@ def main() -> None:
     result["seconds"] = time.perf_counter() - started
     report(result["summary"])
     (args.output / "model_quality.json").write_text(json.dumps(result, indent=2))
-    (args.output / "model_quality.md").write_text(markdown(result))
+    (args.output / "model_quality.md").write_text(
+        markdown(result) + ("\n\n" + per_user_markdown(runs) if executorch_available() else ""))
     plot(result["summary"], args.output / "model_quality.png", args.seeds)
     print(f"\nwrote {args.output / 'model_quality.json'} and model_quality.png "
           f"in {result['seconds'] / 60:.1f} min")
+
+
+def run_executorch_only(args: argparse.Namespace) -> None:
+    if not executorch_available():
+        raise SystemExit("ExecuTorch is not installed: pip install 'dmt-sdk[executorch]' "
+                         "(make install)")
+    args.output.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    result: dict = {"executorch_update_speed": executorch_update_speed()}
+    tasks = [(name, h, seed, False) for name in args.datasets.split(",") for h in args.spreads
+             for seed in range(args.seeds)]
+    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        result["runs"] = list(pool.map(run_task, tasks))
+    result["summary"] = summarize(result["runs"])
+    result["seconds"] = time.perf_counter() - started
+    report(result["summary"])
+    (args.output / "model_quality_executorch.json").write_text(json.dumps(result, indent=2))
+    (args.output / "model_quality_executorch.md").write_text(
+        markdown(result) + "\n\n" + per_user_markdown(result["runs"]))
+    print(f"\nwrote {args.output / 'model_quality_executorch.json'} and .md in "
+          f"{result['seconds'] / 60:.1f} min")
 
 
 if __name__ == "__main__":
