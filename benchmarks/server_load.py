@@ -238,6 +238,31 @@ def _machine_busy() -> tuple[float, float]:
     return (sum(values) - idle) / tick, sum(values) / tick
 
 
+def _cpu_of(pids: set[int]) -> float:
+    """CPU seconds (user + system) of the live processes ``pids`` or their children."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(stat.parent.name) in pids or int(fields[1]) in pids:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def postmaster_pid(pg_ctl: str | None) -> int | None:
+    """The PostgreSQL server's pid, from ``postmaster.pid`` in the data folder of ``pg_ctl -D``."""
+    words = shlex.split(pg_ctl or "")
+    if "-D" not in words:
+        return None
+    try:
+        return int((Path(words[words.index("-D") + 1]) / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def uptime() -> str:
     """The load averages, as `uptime` prints them: other work on the machine disturbs figures."""
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -452,9 +477,12 @@ def scenario(name: str, db_url: str, envelopes: Sequence[tuple[str, bytes]], *, 
             if pg_ctl is not None:
                 actions.append((0.6, pg_restart(pg_ctl)))
         server0 = service.cpu_seconds()
+        postgres = postmaster_pid(pg_ctl)
+        db0 = _cpu_of({postgres}) if postgres else 0.0
         result = run_load(service.url, envelopes, clients=clients, faults=actions,
                           deadline=deadline)
         server_cpu = service.cpu_seconds() - server0  # after a restart: the new processes'
+        db_cpu = _cpu_of({postgres}) - db0 if postgres and not faults else None
     finally:
         busy1, total1 = _machine_busy()
         service.stop()
@@ -465,7 +493,13 @@ def scenario(name: str, db_url: str, envelopes: Sequence[tuple[str, bytes]], *, 
             "cpu_cores": {"machine_busy": round((busy1 - busy0) / result.seconds, 2),
                           "machine": round(cores),
                           "service": round(server_cpu / result.seconds, 2),
+                          "database": None if db_cpu is None else round(db_cpu / result.seconds, 2),
                           "load_generator": round(result.client_cpu_seconds / result.seconds, 2)},
+            # CPU time per package acknowledged: what the run cost, whatever else ran
+            "cpu_ms_per_package": {
+                "service": round(server_cpu / max(result.acknowledged, 1) * 1000, 3),
+                "database": None if db_cpu is None else round(
+                    db_cpu / max(result.acknowledged, 1) * 1000, 3)},
             "uptime_load_before": load_before, "uptime_load_after": uptime(),
             "checks": checks}
 
