@@ -776,6 +776,11 @@ def adopt_new_version(
         raise ModelFileError(
             f"{new_model_path} describes different records (schema {new_schema}) from the "
             f"personal model {personal_model_path}; it cannot replace it.")
+    if _is_program(new_spec) != _is_program(current):
+        raise ModelFileError(
+            f"{new_model_path} and the personal model {personal_model_path} are of different "
+            "formats (Core ML .mlmodel, ExecuTorch .pte); adopt a new version exported in the "
+            "personal model's format.")
     return _checked_update(new_spec, current, records, holdout=holdout,
                            output=Path(personal_model_path), rule=_rule(rule, folds),
                            prior_records=prior_records, seed=seed, on_event=on_event,

@@ -300,6 +300,8 @@ def test_a_pte_for_other_records_is_refused(boston_files, task_programs, simulat
     before = personal.read_bytes()
     with pytest.raises(ModelFileError, match="describes different records"):
         adopt_new_version(digits, personal, simulation.users[0].train)
+    with pytest.raises(ModelFileError, match="different formats"):
+        adopt_new_version(boston_files / "shipped.mlmodel", personal, simulation.users[0].train)
     with pytest.raises(ModelFileError, match=f"{digits}.*other records"):
         load_program(digits, schema_id=load_program(personal).metadata["schema_id"])
     assert personal.read_bytes() == before
