@@ -466,6 +466,8 @@ def pg_restart(ctl: str) -> Callable[[], None]:
 def scenario(name: str, db_url: str, envelopes: Sequence[tuple[str, bytes]], *, clients: int,
              key_file: Path, policy_file: Path, records: int, pg_ctl: str | None = None,
              faults: bool = False, workers: int = 1, deadline: float = 600.0) -> dict[str, Any]:
+    """One load on a fresh ``db_url``; ``pg_ctl`` measures PostgreSQL's CPU, and with
+    ``faults`` restarts it (crash and recovery) at 60 %."""
     service = ServiceProcess(db_url, key_file, policy_file,
                              extra=["--workers", str(workers)]).start()
     load_before = uptime()
@@ -604,7 +606,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 steady = []
                 for workers in counts:
                     run = scenario(f"{store} steady, {workers} worker(s)", make_url(), envelopes,
-                                   records=args.records, workers=workers, **common)
+                                   records=args.records, workers=workers, pg_ctl=ctl, **common)
                     steady.append(run)
                     _print(run)
                 best = max(steady, key=lambda r: r["packages_per_second"])["workers"]
@@ -616,7 +618,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if large:
                     run = scenario(f"{store} {args.large_records} records, {best} worker(s)",
                                    make_url(), large, records=args.large_records,
-                                   workers=best, **common)
+                                   workers=best, pg_ctl=ctl, **common)
                     _print(run)
                     runs.append(run)
         finally:

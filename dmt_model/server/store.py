@@ -434,6 +434,8 @@ def released_classes(
     stamp = now or _now()
     columns_cache: dict[str, dict[str, list[Any]] | None] = {}
     released: list[str] = []
+    cohorts: list[dict[str, Any]] = []
+    members: list[dict[str, Any]] = []
     for class_key in sorted(by_class):
         blocks = by_class[class_key]
         if tokens:
@@ -464,19 +466,22 @@ def released_classes(
         if not readable or not rule.admits(contributors, values):
             continue
         cohort_id = secrets.token_hex(16)
-        conn.execute(COHORTS.insert().values(
-            cohort_id=cohort_id, class_key=class_key, n_records=len(contributors),
-            n_packages=len(set(contributors)), released_at=stamp))
-        conn.execute(RELEASED_BLOCKS.insert(),
-                     [{"block_id": b.id, "cohort_id": cohort_id} for b in blocks])
-        ids = [b.id for b in blocks]
+        cohorts.append({"cohort_id": cohort_id, "class_key": class_key,
+                        "n_records": len(contributors),
+                        "n_packages": len(set(contributors)), "released_at": stamp})
+        members += [{"block_id": b.id, "cohort_id": cohort_id} for b in blocks]
+        released.append(class_key)
+    if released:  # every cohort at once: a few statements, however many classes
+        conn.execute(COHORTS.insert(), cohorts)
+        conn.execute(RELEASED_BLOCKS.insert(), members)
+        ids = [m["block_id"] for m in members]
         for start in range(0, len(ids), _CHUNK):
             conn.execute(delete(PENDING_BLOCKS).where(
                 PENDING_BLOCKS.c.block_id.in_(ids[start:start + _CHUNK])))
-        conn.execute(update(CLASSES).where(CLASSES.c.class_key == class_key,
-                                           CLASSES.c.released.is_(False))
-                     .values(released=True, released_at=stamp))
-        released.append(class_key)
+        for start in range(0, len(released), _CHUNK):
+            conn.execute(update(CLASSES).where(
+                CLASSES.c.class_key.in_(released[start:start + _CHUNK]),
+                CLASSES.c.released.is_(False)).values(released=True, released_at=stamp))
     return released
 
 
