@@ -218,7 +218,7 @@ def run_seed(data: pd.DataFrame, seed: int, spread: float) -> tuple[dict, dict, 
     rows["centralized raw"], rows["centralized raw, personalized"] = per_user(
         central, sim, personalize_on="train")
     rows["local only"] = local_only(sim, seed)
-    for name in ("foundation (proxy only)", "local only"):
+    for name in ("foundation (proxy only)", "foundation", "local only"):
         privacy[name] = {"epsilon": 0.0, "delta": 0.0, "unit": "user",
                          "guarantee": "nothing leaves the device"}
     privacy["centralized raw"] = NO_DP
