@@ -25,11 +25,13 @@ a DMT device does, ``personalize()`` with the default ``UpdateSettings`` (the
 personal head, a per-user prior, the decision rule) on each user's training
 records, exactly as in ``benchmarks/model_quality.py``.
 
-Hyperparameters (issue 13, part 4) are chosen with ``--tune`` on seeds 100
-and 101, which are never reported: FedAvg's local learning rate, FedProx's μ
-(at that rate) and DP-FedAvg's clip norm (at ε = 4), by the global model's
-mean per-user test RMSE; the grid and every trial's figure go to
-``federated_tuning.json`` and the chosen values are fixed below. DMT's
+Hyperparameters (issue 13, part 4): ``--tune`` chooses them on seeds 100
+and 101, which are never reported — FedAvg's local learning rate, FedProx's
+μ (at that rate) and DP-FedAvg's clip norm (at ε = 4), by the global model's
+mean per-user test RMSE — and writes the grid and every trial's figure to
+``federated_tuning.json``. It has not been run yet on Flower (machine time):
+the values below are still the earlier ones, FedAvg's and DP-FedAvg's picked
+on seed 0 (one of the reported seeds) and FedProx's μ = 0.1 not tuned. DMT's
 settings are the SDK's defaults and were not tuned at all.
 
 Writes ``federated_baseline.json`` (or ``federated_tuning.json``) into
