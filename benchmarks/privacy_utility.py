@@ -388,13 +388,67 @@ def plot(summary: dict, risks: dict, path: Path, seeds: int, spread: float) -> N
     plt.close(fig)
 
 
+def report(per_seed: dict, privacy: dict, lost: dict, risks: dict, *, seeds: list[int],
+           spread: float, output: Path, seconds: float) -> None:
+    """Print the table, write privacy_utility.json and draw the plot."""
+    summary = {name: {"mean": statistics.mean(v), "std": statistics.stdev(v) if len(v) > 1
+                      else 0.0} for name, v in per_seed.items()}
+    reference = summary["centralized raw, personalized"]["mean"]
+    print(f"\nper-user test RMSE, mean ± std over {len(seeds)} seeds, h = {spread}; "
+          "privacy: user-level (ε, δ)")
+    for name, s in summary.items():
+        print(f"{name:<58} {s['mean']:6.3f} ± {s['std']:.3f}  "
+              f"{100 * (s['mean'] / reference - 1):+6.1f} % vs centralized raw + pers.  "
+              f"{privacy_text(row_privacy(name, privacy))}")
+    print(f"\nrecords quarantined by the server (seed {seeds[-1]}): " + ", ".join(
+        f"{n}: {i['quarantined']}/{i['offered']}" for n, i in lost.items() if i["quarantined"]))
+    if risks:
+        print("\nanonymeter risk on what the server received (seed 0):")
+        for name, r in risks.items():
+            if name != "error":
+                print(f"  {name:<10} " + "  ".join(
+                    f"{m} {r[m]['risk']:.3f} [{r[m]['ci'][0]:.3f}, {r[m]['ci'][1]:.3f}]"
+                    for m in ("singling_out", "linkability", "inference")))
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "privacy_utility.json").write_text(json.dumps(
+        {"seeds": len(seeds), "seed_list": seeds, "spread": spread, "per_seed": per_seed,
+         "summary": summary, "privacy": {name: row_privacy(name, privacy) for name in summary},
+         "privacy_by_setting": privacy,
+         "privacy_unit": "user-level: neighbouring data sets differ by all records of one user",
+         "quarantined_last_seed": lost, "risk": risks, "seconds": seconds}, indent=2))
+    plot(summary, risks, output / "privacy_utility.png", len(seeds), spread)
+    print(f"\nwrote {output / 'privacy_utility.json'} and privacy_utility.png ({seconds:.0f} s)")
+
+
+def merge(folders: list[Path], output: Path) -> None:
+    """One report from runs over different seeds (``--first-seed``), e.g. run side by side."""
+    runs = [json.loads((folder / "privacy_utility.json").read_text()) for folder in folders]
+    runs.sort(key=lambda run: run["seed_list"][0])
+    per_seed: dict[str, list[float]] = {}
+    privacy: dict[str, dict] = {}
+    for run in runs:
+        for name, values in run["per_seed"].items():
+            per_seed.setdefault(name, []).extend(values)
+        for name, entry in run["privacy_by_setting"].items():
+            if name not in privacy or (entry["epsilon"] or 0) > (privacy[name]["epsilon"] or 0):
+                privacy[name] = entry
+    risks = next((run["risk"] for run in runs if run["risk"]), {})
+    report(per_seed, privacy, runs[-1]["quarantined_last_seed"], risks,
+           seeds=[s for run in runs for s in run["seed_list"]], spread=runs[0]["spread"],
+           output=output, seconds=sum(run["seconds"] for run in runs))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="run seeds FIRST..FIRST+SEEDS-1 (to split a run over processes)")
     parser.add_argument("--spread", type=float, default=0.15)
     parser.add_argument("--risk", action="store_true", help="measure anonymeter risk too")
     parser.add_argument("--plot-only", action="store_true",
                         help="redraw the plot from OUTPUT/privacy_utility.json")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="FOLDER",
+                        help="report the runs saved in these folders together into OUTPUT")
     parser.add_argument("--output", type=Path, default=RESULTS,
                         help="folder for the results (default benchmarks/results)")
     args = parser.parse_args()
@@ -404,12 +458,16 @@ def main() -> None:
              saved["seeds"], saved["spread"])
         print(f"drew {args.output / 'privacy_utility.png'}")
         return
+    if args.merge:
+        merge(args.merge, args.output)
+        return
     data = load_boston()
     started = time.perf_counter()
     per_seed: dict[str, list[float]] = {}
     lost: dict = {}
     privacy: dict[str, dict] = {}
-    for seed in range(args.seeds):
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    for seed in seeds:
         rows, lost, spent = run_seed(data, seed, args.spread)
         for name, value in rows.items():
             per_seed.setdefault(name, []).append(value)
@@ -417,36 +475,9 @@ def main() -> None:
             if name not in privacy or (entry["epsilon"] or 0) > (privacy[name]["epsilon"] or 0):
                 privacy[name] = entry
         print(f"seed {seed} done ({time.perf_counter() - started:.0f} s)", flush=True)
-    summary = {name: {"mean": statistics.mean(v), "std": statistics.stdev(v) if len(v) > 1
-                      else 0.0} for name, v in per_seed.items()}
     risks = risk(data, args.spread) if args.risk else {}
-    reference = summary["centralized raw, personalized"]["mean"]
-    print(f"\nper-user test RMSE, mean ± std over {args.seeds} seeds, h = {args.spread}; "
-          "privacy: user-level (ε, δ)")
-    for name, s in summary.items():
-        print(f"{name:<58} {s['mean']:6.3f} ± {s['std']:.3f}  "
-              f"{100 * (s['mean'] / reference - 1):+6.1f} % vs centralized raw + pers.  "
-              f"{privacy_text(row_privacy(name, privacy))}")
-    print("\nrecords quarantined by the server (seed "
-          f"{args.seeds - 1}): " + ", ".join(f"{n}: {i['quarantined']}/{i['offered']}"
-                                              for n, i in lost.items() if i["quarantined"]))
-    if risks:
-        print("\nanonymeter risk on what the server received (seed 0):")
-        for name, r in risks.items():
-            if name != "error":
-                print(f"  {name:<10} " + "  ".join(
-                    f"{m} {r[m]['risk']:.3f} [{r[m]['ci'][0]:.3f}, {r[m]['ci'][1]:.3f}]"
-                    for m in ("singling_out", "linkability", "inference")))
-    args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "privacy_utility.json").write_text(json.dumps(
-        {"seeds": args.seeds, "spread": args.spread, "per_seed": per_seed, "summary": summary,
-         "privacy": {name: row_privacy(name, privacy) for name in summary},
-         "privacy_unit": "user-level: neighbouring data sets differ by all records of one user",
-         "quarantined_last_seed": lost, "risk": risks,
-         "seconds": time.perf_counter() - started}, indent=2))
-    plot(summary, risks, args.output / "privacy_utility.png", args.seeds, args.spread)
-    print(f"\nwrote {args.output / 'privacy_utility.json'} and privacy_utility.png "
-          f"({time.perf_counter() - started:.0f} s)")
+    report(per_seed, privacy, lost, risks, seeds=seeds, spread=args.spread, output=args.output,
+           seconds=time.perf_counter() - started)
 
 
 if __name__ == "__main__":
