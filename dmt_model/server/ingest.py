@@ -1,7 +1,8 @@
 """Ingestion of sealed share packages: open, validate against the server's policy, store once.
 
-One path, :meth:`Ingestor.ingest_one`, serves ``dmt ingest`` (through
-:func:`ingest`) and the HTTP service alike. For each package it:
+One path serves ``dmt ingest`` (:func:`ingest`, through :meth:`Ingestor.ingest_one`)
+and the HTTP service alike (:meth:`Ingestor.check`, :meth:`~Ingestor.submit`,
+:meth:`~Ingestor.finish`, the three steps ``ingest_one`` chains). For each package it:
 
 1. opens it with the server's private key (:func:`dmt_privacy.seal.open_sealed`
    and :func:`dmt_privacy.package.decode_package`, with the policy's size
