@@ -176,16 +176,8 @@ class ServiceProcess:
     def cpu_seconds(self) -> float:
         """CPU time (user + system) of the service and its workers so far (Linux /proc)."""
         assert self.process is not None
-        total = 0.0
-        tick = os.sysconf("SC_CLK_TCK")
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[3]) == self.process.pid:  # field 5 (pgrp): our session's group
-                total += (int(fields[11]) + int(fields[12])) / tick
-        return total
+        group = self.process.pid  # its own session: the workers share its process group
+        return _cpu_seconds(lambda pid, ppid, pgrp: pgrp == group)
 
     def restart(self) -> None:
         self.kill()
@@ -238,8 +230,8 @@ def _machine_busy() -> tuple[float, float]:
     return (sum(values) - idle) / tick, sum(values) / tick
 
 
-def _cpu_of(pids: set[int]) -> float:
-    """CPU seconds (user + system) of the live processes ``pids`` or their children."""
+def _cpu_seconds(chosen: Callable[[int, int, int], bool]) -> float:
+    """CPU seconds (user + system) of the live processes ``chosen(pid, parent, group)`` picks."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -247,9 +239,14 @@ def _cpu_of(pids: set[int]) -> float:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(stat.parent.name) in pids or int(fields[1]) in pids:
+        if chosen(int(stat.parent.name), int(fields[1]), int(fields[2])):
             total += (int(fields[11]) + int(fields[12])) / tick
     return total
+
+
+def _cpu_of(pid: int) -> float:
+    """CPU seconds of the live process ``pid`` and its children (PostgreSQL's backends)."""
+    return _cpu_seconds(lambda p, parent, _: pid in (p, parent))
 
 
 def postmaster_pid(pg_ctl: str | None) -> int | None:
@@ -480,11 +477,11 @@ def scenario(name: str, db_url: str, envelopes: Sequence[tuple[str, bytes]], *, 
                 actions.append((0.6, pg_restart(pg_ctl)))
         server0 = service.cpu_seconds()
         postgres = postmaster_pid(pg_ctl)
-        db0 = _cpu_of({postgres}) if postgres else 0.0
+        db0 = _cpu_of(postgres) if postgres else 0.0
         result = run_load(service.url, envelopes, clients=clients, faults=actions,
                           deadline=deadline)
         server_cpu = service.cpu_seconds() - server0  # after a restart: the new processes'
-        db_cpu = _cpu_of({postgres}) - db0 if postgres and not faults else None
+        db_cpu = _cpu_of(postgres) - db0 if postgres and not faults else None
     finally:
         busy1, total1 = _machine_busy()
         service.stop()
