@@ -24,7 +24,8 @@ Three measurements on each data set of ``dmt_model.datasets.CLASSIFICATION_DATAS
    users' test records. Labels are shared exactly here, to isolate the modification; the
    loop (``dmt demo --task``) adds randomized response on them.
 
-Writes ``benchmarks/results/task_quality.{json,md}``.
+Writes ``benchmarks/results/task_quality.{json,md}``; parts not run keep the figures already
+in that file (listed under ``carried_over``).
 Run: ``NLTK_DATA=nltk_data .venv/bin/python benchmarks/task_quality.py [--seeds 5]
 [--parts foundation personalization sharing] [--workers 2] [--personalization-seeds 2]``
 (about 40 min on 2 cores).
@@ -307,6 +308,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     names = [n for n in args.datasets if CLASSIFICATION_DATASETS[n].available()]
     result = run(args.seeds, args.parts, args.workers, names, args.personalization_seeds)
+    earlier = args.output / "task_quality.json"
+    if earlier.exists():  # parts not run this time keep their last measured figures
+        previous = json.loads(earlier.read_text())
+        for part in {"foundation", "personalization", "sharing"} - set(args.parts):
+            result[part] = previous.get(part, {})
+            result.setdefault("carried_over", {})[part] = {
+                key: previous.get(key) for key in ("seeds", "personalization_seeds", "seconds")}
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "task_quality.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.output / "task_quality.md").write_text(markdown(result))

@@ -28,8 +28,29 @@ training loss              ``((ŷ − y) / scale)²``      cross-entropy of the 
 prediction                 ``z · scale + mean``        softmax probabilities
 metrics                    RMSE, MAE                   accuracy, macro-F1, log loss
 per-record error           squared error               log loss ``−log p(y)``
-Core ML                    personal head 1→1, MSE      personal head C→C, softmax, CCE
+personal head (updatable)  1→1: ``scale``, ``mean``   per class: ``K``, ``0`` on logits/K
+Core ML loss               MSE                         softmax, CCE
+keep-or-discard confidence 0.5                         0.9
 =========================  ==========================  ==============================
+
+The **personal head** is the one layer a device trains by default
+(:meth:`Task.personal_layers`). A regression's turns the standardized
+prediction into the target's units. A classifier's is a per-class scale and
+bias on the logits; its input is the logits divided by
+:data:`HEAD_LOGIT_SCALE` ``K`` (folded into the last dense layer) and its
+scales start at ``K``, so the function is unchanged but an SGD step moves a
+logit ``z`` through its scale by ``η (z/K)² (p − y)`` against ``η (p − y)``
+through its bias. With ``K = 100`` the scales move at under 4 % of the biases'
+rate for logits up to 20: a user's labels shift the class priors (the
+label-shift correction of Saerens et al., 2002) instead of sharpening or
+flattening classes on a dozen records, which raised the log loss of users
+whose labels follow the proxy's (``benchmarks/task_quality.py``, README).
+
+:attr:`Task.decision_confidence` is the confidence the device's
+keep-or-discard rule (:class:`dmt_model.personalize.DecisionRule`) needs
+unless told otherwise: a classifier's per-record log losses are heavy-tailed
+and its head has two parameters per class, so a cross-validated improvement
+of a dozen records is more often chance than a regression's.
 
 Labels released under k-ary randomized response (keep probability ``p``,
 flip probability ``q``) are learned with the *forward correction* of Patrini
@@ -53,6 +74,7 @@ if TYPE_CHECKING:
     from dmt_model.features import Featurizer
 
 __all__ = [
+    "HEAD_LOGIT_SCALE",
     "Classification",
     "ClassificationMetrics",
     "Metrics",
@@ -62,6 +84,10 @@ __all__ = [
     "regression_metrics",
     "task_for",
 ]
+
+#: A classifier's personal head sees the logits divided by this and starts with scales equal
+#: to it (module docstring): its per-class scales learn (z/K)² as fast as its biases.
+HEAD_LOGIT_SCALE = 100.0
 
 #: Probabilities are clipped to [PROBABILITY_FLOOR, 1] before a logarithm is taken, so one
 #: confident mistake costs at most −log(1e-7) ≈ 16 rather than infinity.
@@ -140,6 +166,8 @@ class Task(ABC):
     """What the foundation network learns (module docstring)."""
 
     kind: ClassVar[str]
+    #: the confidence the device's keep-or-discard rule needs by default (module docstring)
+    decision_confidence: ClassVar[float]
 
     @abstractmethod
     def output_units(self, featurizer: Featurizer) -> int:
@@ -166,11 +194,19 @@ class Task(ABC):
     def record_errors(self, predicted: np.ndarray, actual: np.ndarray) -> np.ndarray:
         """Per-record error of predictions (float64, lower is better)."""
 
+    @abstractmethod
+    def personal_layers(self, featurizer: Featurizer, dense: list[tuple[np.ndarray, np.ndarray]],
+                        ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The exported layers after the embeddings, as float32 (weight, bias) pairs: the
+        network's ``dense`` layers (the last one rescaled if the head needs it), then the
+        personal head's. Every exporter (Core ML, ExecuTorch) builds its layers from this."""
+
 
 class Regression(Task):
     """A numeric target, learned standardized (scale-free: see :mod:`dmt_model.foundation`)."""
 
     kind = "regression"
+    decision_confidence = 0.5
 
     def output_units(self, featurizer: Featurizer) -> int:
         return 1
@@ -194,11 +230,18 @@ class Regression(Task):
     def record_errors(self, predicted: np.ndarray, actual: np.ndarray) -> np.ndarray:
         return (np.asarray(predicted, np.float64) - np.asarray(actual, np.float64)) ** 2
 
+    def personal_layers(self, featurizer: Featurizer, dense: list[tuple[np.ndarray, np.ndarray]],
+                        ) -> list[tuple[np.ndarray, np.ndarray]]:
+        head = (np.array([[featurizer.target_scale_]], np.float32),
+                np.array([featurizer.target_mean_], np.float32))
+        return [*_float32(dense), head]
+
 
 class Classification(Task):
     """A categorical target: one logit per class, softmax, cross-entropy."""
 
     kind = "classification"
+    decision_confidence = 0.9
 
     def output_units(self, featurizer: Featurizer) -> int:
         return len(featurizer.classes_)
@@ -226,6 +269,19 @@ class Classification(Task):
 
     def record_errors(self, predicted: np.ndarray, actual: np.ndarray) -> np.ndarray:
         return _log_losses(predicted, np.asarray(actual, dtype=np.int64))
+
+    def personal_layers(self, featurizer: Featurizer, dense: list[tuple[np.ndarray, np.ndarray]],
+                        ) -> list[tuple[np.ndarray, np.ndarray]]:
+        *hidden, (weight, bias) = _float32(dense)
+        classes = len(featurizer.classes_)
+        last = ((weight / np.float32(HEAD_LOGIT_SCALE)).astype(np.float32),
+                (bias / np.float32(HEAD_LOGIT_SCALE)).astype(np.float32))
+        head = (np.full(classes, HEAD_LOGIT_SCALE, np.float32), np.zeros(classes, np.float32))
+        return [*hidden, last, head]
+
+
+def _float32(dense: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(np.asarray(w, np.float32), np.asarray(b, np.float32)) for w, b in dense]
 
 
 REGRESSION = Regression()

@@ -29,9 +29,11 @@ differently from the server:
 A classifier (a categorical target, :mod:`dmt_model.tasks`) is a Core ML
 ``neuralNetworkClassifier``: ``dense_2`` gives one logit per class, reshaped
 to ``[C, 1, 1]``; the personal head is a per-class scale and bias (a 1 × 1
-``convolution`` with one group per class, 1 and 0 at export, the only
-updatable layer: a full C × C head overfit a user's few records and raised
-their log loss, README), and a ``softmax`` gives ``<target>Probability``;
+``convolution`` with one group per class, the only updatable layer: a full
+C × C head overfit a user's few records and raised their log loss, README).
+``dense_2`` gives the logits divided by ``K`` and the head's scales start at
+``K`` (:data:`dmt_model.tasks.HEAD_LOGIT_SCALE`), so that an update moves the
+class biases and barely the scales. A ``softmax`` gives ``<target>Probability``;
 Core ML adds the likeliest class label as the output ``<target>``. Its loss
 is the categorical cross-entropy of those probabilities, and its training
 target is the class label itself (input ``<target>``, an integer or a string
@@ -242,8 +244,9 @@ def build_spec(foundation: Foundation, *, updatable: UpdateSettings | None = Non
         features = "features"
         builder.add_concat_nd("features", concat_inputs, features, axis=-1)
 
-    # Dense layers, then the personal head.
-    dense = _dense_weights(foundation)
+    # Dense layers, then the personal head (the task says what they hold, tasks.py).
+    *dense, (head_weight, head_bias) = featurizer.task.personal_layers(
+        featurizer, _dense_weights(foundation))
     blob = features
     for i, (weight, bias) in enumerate(dense):
         last = i == len(dense) - 1
@@ -256,15 +259,15 @@ def build_spec(foundation: Foundation, *, updatable: UpdateSettings | None = Non
             builder.add_activation(f"relu_{i}", "RELU", out, f"relu_{i}_out")
             blob = f"relu_{i}_out"
     if classifier:
-        # logits [C] → [C, 1, 1] → the personal head, a per-class scale and bias (a 1×1
-        # convolution with one group per class; 1 and 0 at export) → softmax over the classes.
+        # logits/K [C] → [C, 1, 1] → the personal head, a per-class scale and bias (a 1×1
+        # convolution with one group per class; K and 0 at export) → softmax over the classes.
         classes = len(featurizer.classes_)
         builder.add_reshape_static("logits_per_class", blob, "logits_per_class",
                                    (classes, 1, 1))
         builder.add_convolution(
             HEAD, kernel_channels=1, output_channels=classes, height=1, width=1,
             stride_height=1, stride_width=1, border_mode="valid", groups=classes,
-            W=np.ones((1, 1, 1, classes), np.float32), b=np.zeros(classes, np.float32),
+            W=head_weight.reshape(1, 1, 1, classes), b=head_bias,
             has_bias=True, input_name="logits_per_class", output_name="personal_logits")
         # Core ML's loss builder wants the classic softmax layer (not softmaxND) here; on a
         # rank-1 blob it normalizes the only axis.
@@ -274,8 +277,7 @@ def build_spec(foundation: Foundation, *, updatable: UpdateSettings | None = Non
     else:
         # The standardized prediction → the target's units.
         builder.add_inner_product(
-            HEAD, W=np.array([[featurizer.target_scale_]], dtype=np.float32),
-            b=np.array([featurizer.target_mean_], dtype=np.float32), input_channels=1,
+            HEAD, W=head_weight, b=head_bias, input_channels=1,
             output_channels=1, has_bias=True, input_name=blob, output_name=target)
     chain = [f"{DENSE_PREFIX}{i}" for i in range(len(dense))] + [HEAD]
 

@@ -69,16 +69,9 @@ class FoundationWeights:
         featurizer = foundation.featurizer
         tables = tuple(np.asarray(e.weight.detach().numpy(), np.float32)
                        for e in foundation.network.embeddings)
-        dense = [(np.asarray(d.weight.detach().numpy(), np.float32),
-                  np.asarray(d.bias.detach().numpy(), np.float32))
+        dense = [(d.weight.detach().numpy(), d.bias.detach().numpy())
                  for d in foundation.dense_layers]
-        if featurizer.classes_:
-            classes = len(featurizer.classes_)
-            head = (np.ones(classes, np.float32), np.zeros(classes, np.float32))
-        else:
-            head = (np.array([[featurizer.target_scale_]], np.float32),
-                    np.array([featurizer.target_mean_], np.float32))
-        return cls(tables, (*dense, head))
+        return cls(tables, tuple(featurizer.task.personal_layers(featurizer, dense)))
 
 
 class _Layer(torch.nn.Module):

@@ -25,6 +25,7 @@ from dmt_model.personalize import (
     personalize,
     update_spec,
 )
+from dmt_model.tasks import HEAD_LOGIT_SCALE
 from dmt_privacy.errors import ModelFileError, ValidationError
 
 SMALL = TrainingConfig(epochs=3, hidden_units=(16,), seed=0)
@@ -107,7 +108,9 @@ def _plain_torch(foundation, frame, settings, epochs):
     target = torch.from_numpy(featurizer.target_values(frame))
     if classifier:
         classes = len(featurizer.classes_)
-        head = [torch.nn.Parameter(torch.ones(classes)), torch.nn.Parameter(torch.zeros(classes))]
+        features = features / HEAD_LOGIT_SCALE  # the export's head sees logits / K (tasks.py)
+        head = [torch.nn.Parameter(torch.full((classes,), HEAD_LOGIT_SCALE)),
+                torch.nn.Parameter(torch.zeros(classes))]
     else:
         head = [torch.nn.Parameter(torch.tensor([[featurizer.target_scale_]])),
                 torch.nn.Parameter(torch.tensor([featurizer.target_mean_]))]
