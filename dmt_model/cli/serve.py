@@ -57,8 +57,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                              ", the service's)")
     parser.add_argument("--body-timeout", type=float, default=10.0,
                         help="seconds a client has to send its body (default 10)")
-    parser.add_argument("--threads", type=int, default=4,
-                        help="packages opened and validated at once per process (default 4); "
+    parser.add_argument("--threads", type=int, default=8,
+                        help="packages opened and validated at once per process (default 8); "
                              "their writes are grouped into one transaction per process")
     parser.add_argument("--workers", type=int, default=1,
                         help="service processes sharing the port (default 1); each keeps the "

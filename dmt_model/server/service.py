@@ -127,7 +127,7 @@ class ServiceConfig:
 
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     body_timeout: float = 10.0
-    ingest_threads: int = 4
+    ingest_threads: int = 8
     retry_after: int = 1
 
     def __post_init__(self) -> None:
