@@ -22,6 +22,7 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -133,8 +134,9 @@ class TrainingProgram:
     parameters: dict[str, np.ndarray] | None = None
     _module: Any = field(default=None, repr=False, compare=False)
 
-    @property
+    @cached_property
     def featurizer(self) -> Featurizer:
+        """The featurizer in the metadata (read once: personalize asks for it often)."""
         return Featurizer.from_dict(self.metadata["featurizer"])
 
     @property
