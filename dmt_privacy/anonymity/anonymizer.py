@@ -347,10 +347,10 @@ class KAnonymizer(TransformerMixin, BaseEstimator):
                 values, codes = np.unique(x, return_inverse=True)
                 codings.append(ColumnCoding(q, "numeric", tuple(float(v) for v in values)))
             else:
-                values = _sorted_unique(col)
-                lookup = {v: i for i, v in enumerate(values)}
+                categories = _sorted_unique(col)
+                lookup = {v: i for i, v in enumerate(categories)}
                 codes = col.map(lookup).to_numpy(dtype=np.int64)
-                codings.append(ColumnCoding(q, "set", tuple(_plain(v) for v in values)))
+                codings.append(ColumnCoding(q, "set", tuple(_plain(v) for v in categories)))
             columns.append(np.asarray(codes, dtype=np.int64).reshape(-1))
         return codings, np.stack(columns, axis=1)
 
