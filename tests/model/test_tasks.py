@@ -14,8 +14,22 @@ from dmt_model.coreml.evaluate import evaluate_spec, frame_inputs, predict_frame
 from dmt_model.coreml.validate import validate_updatable
 from dmt_model.coreml.weights import get_weights
 from dmt_model.foundation import Foundation, TrainingConfig, train_foundation
-from dmt_model.personalize import batch_order, personalize, update_spec, with_prior
-from dmt_model.tasks import Classification, Regression, classification_metrics, task_for
+from dmt_model.personalize import (
+    DecisionRule,
+    batch_order,
+    personalize,
+    update_spec,
+    with_prior,
+)
+from dmt_model.tasks import (
+    CLASSIFICATION,
+    HEAD_LOGIT_SCALE,
+    REGRESSION,
+    Classification,
+    Regression,
+    classification_metrics,
+    task_for,
+)
 from dmt_privacy.errors import (
     SchemaError,
     UnknownCategoryError,
@@ -171,6 +185,29 @@ def test_anchor_records_carry_the_models_likeliest_class(classifier):
     anchored = with_prior(spec, records, 4)
     expected = np.array(CLASSES)[predict_frame(spec, records.iloc[:4]).argmax(axis=1)]
     assert list(anchored["level"].iloc[6:]) == list(expected)
+
+
+def test_the_head_starts_at_k_on_logits_over_k_so_an_update_moves_the_class_priors(classifier):
+    spec = build_spec(classifier, updatable=UpdateSettings())
+    weight, bias, _ = get_weights(spec, "personal_head")
+    np.testing.assert_array_equal(weight, HEAD_LOGIT_SCALE)
+    np.testing.assert_array_equal(bias, 0.0)
+    records = _records(40, 5, threshold=-0.7)
+    (logits,) = evaluate_spec(spec, frame_inputs(spec, records), outputs=["dense_2_out"]).values()
+    with torch.no_grad():
+        torch_logits = classifier.network.outputs(
+            *classifier._tensors(classifier.featurizer.transform(records))).numpy()
+    np.testing.assert_allclose(logits * HEAD_LOGIT_SCALE, torch_logits, rtol=1e-4, atol=1e-4)
+    updated, _ = update_spec(spec, records, epochs=5)
+    moved_w, moved_b, _ = get_weights(updated, "personal_head")
+    # the scales move far less than the biases: (z / K)² of their rate
+    assert np.abs(moved_w - HEAD_LOGIT_SCALE).max() < 0.05 * np.abs(moved_b).max()
+
+
+def test_the_keep_rule_takes_its_confidence_from_the_task_unless_given():
+    assert DecisionRule().for_task(CLASSIFICATION).confidence == 0.9
+    assert DecisionRule().for_task(REGRESSION).confidence == 0.5
+    assert DecisionRule(confidence=0.6).for_task(CLASSIFICATION).confidence == 0.6
 
 
 def test_personalize_learns_a_users_own_labels_and_never_keeps_a_worse_model(classifier,
