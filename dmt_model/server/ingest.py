@@ -78,7 +78,7 @@ from dmt_privacy.seal import (
 
 __all__ = [
     "PACKAGE_SUFFIX",
-    "DatabaseUnavailable", "GroupCommit", "IngestReport", "Ingestor", "Outcome",
+    "BatchIngest", "DatabaseUnavailable", "GroupCommit", "IngestReport", "Ingestor", "Outcome",
     "PreparedIngest", "ServerPolicy", "ingest", "iter_sources"]
 
 log = logging.getLogger("dmt.server.ingest")
@@ -226,6 +226,88 @@ class GroupCommit:
         self.packages += len(group)
         for (_, future), written in zip(group, results, strict=True):
             future.set_result(written)
+
+
+class BatchIngest:
+    """Sealed bodies in, outcomes out, in batches: the service's path (no thread per package).
+
+    :meth:`submit` queues one body with a ``tag`` (the caller's handle, e.g.
+    an asyncio future). Up to ``threads`` threads, started on demand and gone
+    after ``idle`` seconds without work, each take every body waiting (at
+    most ``max_batch``), check them one by one (:meth:`Ingestor.check`), hand
+    the good ones to the group commit, wait for its commit and finish them
+    (:meth:`Ingestor.finish`); then ``deliver`` receives the whole batch as
+    (tag, :class:`~dmt_model.server.report.Outcome` or the exception it
+    raised) pairs, once. A refused body or one that makes anything raise
+    affects only its own pair; an outcome is delivered only after its commit.
+    While one thread waits for a commit, another checks the next batch.
+    """
+
+    def __init__(self, ingestor: Ingestor,
+                 deliver: Callable[[list[tuple[Any, Outcome | BaseException]]], None], *,
+                 threads: int = 2, max_batch: int = 64, idle: float = 1.0) -> None:
+        for name, value in (("threads", threads), ("max_batch", max_batch)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValidationError(f"{name} must be a positive integer, got {value!r}.")
+        self.ingestor = ingestor
+        self._deliver = deliver
+        self.threads = threads
+        self.max_batch = max_batch
+        self._idle = idle
+        self._queue: queue.SimpleQueue[tuple[bytes, str, Any]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._alive = 0
+        #: batches taken and bodies they carried (for measurements)
+        self.batches = 0
+        self.bodies = 0
+
+    def submit(self, body: bytes, tag: Any, source: str = "<http>") -> None:
+        self._queue.put((body, source, tag))
+        with self._lock:
+            if self._alive < self.threads:
+                self._alive += 1
+                threading.Thread(target=self._work, name="dmt-ingest", daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            try:
+                batch = [self._queue.get(timeout=self._idle)]
+            except queue.Empty:
+                with self._lock:
+                    if self._queue.empty():
+                        self._alive -= 1
+                        return
+                continue
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self.batches += 1
+            self.bodies += len(batch)
+            self._deliver(self.run(batch))
+
+    def run(self, batch: list[tuple[bytes, str, Any]]) -> list[tuple[Any, Outcome | BaseException]]:
+        """Check, write and finish ``batch`` of (body, source, tag) in this thread."""
+        ingestor = self.ingestor
+        done: list[tuple[Any, Outcome | BaseException]] = []
+        waiting: list[tuple[Any, PreparedIngest, Future[Written]]] = []
+        for body, source, tag in batch:
+            try:
+                checked = ingestor.check(body, source)
+            except BaseException as exc:  # e.g. the database, for the data key: this one fails
+                done.append((tag, exc))
+                continue
+            if isinstance(checked, Outcome):
+                done.append((tag, checked))
+            else:
+                waiting.append((tag, checked, ingestor.submit(checked)))
+        for tag, checked, future in waiting:
+            try:
+                done.append((tag, ingestor.finish(checked, future.result())))
+            except BaseException as exc:
+                done.append((tag, exc))
+        return done
 
 
 @dataclass(frozen=True, eq=False)
