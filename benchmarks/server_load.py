@@ -462,11 +462,12 @@ def pg_restart(ctl: str) -> Callable[[], None]:
 
 def scenario(name: str, db_url: str, envelopes: Sequence[tuple[str, bytes]], *, clients: int,
              key_file: Path, policy_file: Path, records: int, pg_ctl: str | None = None,
-             faults: bool = False, workers: int = 1, deadline: float = 600.0) -> dict[str, Any]:
+             faults: bool = False, workers: int = 1, deadline: float = 600.0,
+             extra: Sequence[str] = ()) -> dict[str, Any]:
     """One load on a fresh ``db_url``; ``pg_ctl`` measures PostgreSQL's CPU, and with
-    ``faults`` restarts it (crash and recovery) at 60 %."""
+    ``faults`` restarts it (crash and recovery) at 60 %. ``extra``: more `dmt serve` options."""
     service = ServiceProcess(db_url, key_file, policy_file,
-                             extra=["--workers", str(workers)]).start()
+                             extra=["--workers", str(workers), *extra]).start()
     load_before = uptime()
     busy0, total0 = _machine_busy()
     try:

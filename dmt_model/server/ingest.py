@@ -15,10 +15,11 @@ and the HTTP service alike (:meth:`Ingestor.check`, :meth:`~Ingestor.submit`,
    (:mod:`dmt_model.server.issuer`);
 4. encrypts it and names its classes (:func:`dmt_model.server.write.prepare_package`),
    still in the caller's thread, so packages are prepared in parallel;
-5. hands it to the process's :class:`GroupCommit` writer, which stores every
-   package waiting at that moment in ONE transaction (one flush for all;
-   :func:`dmt_model.server.write.write_prepared`): the package row inserted
-   or nothing on its id (a replay, detected inside the write), its token as
+5. stores it with every package waiting at that moment in ONE transaction
+   (one flush for all; :func:`dmt_model.server.write.write_prepared`; the CLI
+   through the process's :class:`GroupCommit` writer thread, the service in
+   the thread that checked the batch, :class:`BatchIngest`): the package row
+   inserted or nothing on its id (a replay, detected inside the write), its token as
    spent (or nothing: a double spend), its record blocks, the class counts,
    and the release of every class that now holds records from at least
    ``min_k`` distinct packages. The caller hears back only after the commit.
@@ -209,23 +210,31 @@ class GroupCommit:
             self._commit(group)
 
     def _commit(self, group: list[tuple[PreparedPackage, Future[Written]]]) -> None:
+        results = self.commit_now([prepared for prepared, _ in group])
+        for (_, future), result in zip(group, results, strict=True):
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+    def commit_now(self, group: list[PreparedPackage]) -> list[Written | BaseException]:
+        """Write ``group`` in one transaction in the caller's thread; each its result or error.
+
+        What the writer thread does with a group: an unavailable database
+        fails them all; any other failure has them written again one by one,
+        so the package that made the write fail takes only itself down.
+        """
         try:
-            results = self._write([prepared for prepared, _ in group])
+            results: list[Written | BaseException] = list(self._write(group))
         except DatabaseUnavailable as exc:
-            for _, future in group:
-                future.set_exception(exc)
-            return
-        except BaseException as exc:  # handed to the callers: no future is left unset
+            return [exc] * len(group)
+        except BaseException as exc:  # handed to the callers: no package is left unanswered
             if len(group) == 1:
-                group[0][1].set_exception(exc)
-                return
-            for item in group:  # find the package that made it fail: it alone fails
-                self._commit([item])
-            return
+                return [exc]
+            return [self.commit_now([item])[0] for item in group]
         self.groups += 1
         self.packages += len(group)
-        for (_, future), written in zip(group, results, strict=True):
-            future.set_result(written)
+        return results
 
 
 class BatchIngest:
@@ -234,18 +243,20 @@ class BatchIngest:
     :meth:`submit` queues one body with a ``tag`` (the caller's handle, e.g.
     an asyncio future). Up to ``threads`` threads, started on demand and gone
     after ``idle`` seconds without work, each take every body waiting (at
-    most ``max_batch``), check them one by one (:meth:`Ingestor.check`), hand
-    the good ones to the group commit, wait for its commit and finish them
+    most ``max_batch``), check them one by one (:meth:`Ingestor.check`),
+    write the good ones in ONE transaction (:meth:`GroupCommit.commit_now`:
+    group commit, a failing package retried alone) and finish them
     (:meth:`Ingestor.finish`); then ``deliver`` receives the whole batch as
     (tag, :class:`~dmt_model.server.report.Outcome` or the exception it
-    raised) pairs, once. A refused body or one that makes anything raise
-    affects only its own pair; an outcome is delivered only after its commit.
-    While one thread waits for a commit, another checks the next batch.
+    raised) pairs, once, after the commit. A refused body, or one that makes
+    anything raise, affects only its own pair. Checking and writing in the
+    same thread spares a hand-over per package and the GIL contention of a
+    separate writer thread (measured: 0.55 against 0.63 ms of CPU a package).
     """
 
     def __init__(self, ingestor: Ingestor,
                  deliver: Callable[[list[tuple[Any, Outcome | BaseException]]], None], *,
-                 threads: int = 2, max_batch: int = 64, idle: float = 1.0) -> None:
+                 threads: int = 1, max_batch: int = MAX_GROUP, idle: float = 1.0) -> None:
         for name, value in (("threads", threads), ("max_batch", max_batch)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValidationError(f"{name} must be a positive integer, got {value!r}.")
@@ -291,7 +302,7 @@ class BatchIngest:
         """Check, write and finish ``batch`` of (body, source, tag) in this thread."""
         ingestor = self.ingestor
         done: list[tuple[Any, Outcome | BaseException]] = []
-        waiting: list[tuple[Any, PreparedIngest, Future[Written]]] = []
+        waiting: list[tuple[Any, PreparedIngest]] = []
         for body, source, tag in batch:
             try:
                 checked = ingestor.check(body, source)
@@ -301,11 +312,17 @@ class BatchIngest:
             if isinstance(checked, Outcome):
                 done.append((tag, checked))
             else:
-                waiting.append((tag, checked, ingestor.submit(checked)))
-        for tag, checked, future in waiting:
+                waiting.append((tag, checked))
+        if not waiting:
+            return done
+        written = ingestor.writer.commit_now([checked.prepared for _, checked in waiting])
+        for (tag, checked), result in zip(waiting, written, strict=True):
+            if isinstance(result, BaseException):
+                done.append((tag, result))
+                continue
             try:
-                done.append((tag, ingestor.finish(checked, future.result())))
-            except BaseException as exc:
+                done.append((tag, ingestor.finish(checked, result)))
+            except BaseException as exc:  # the replay check's read failed: this one fails
                 done.append((tag, exc))
         return done
 
