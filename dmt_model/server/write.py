@@ -144,11 +144,45 @@ def _dialect_insert(conn: Connection) -> Callable[[Table], Any] | None:
     return None
 
 
+# PostgreSQL: one statement of constant text per kind, whatever the group's size, its rows as
+# arrays (unnest): psycopg prepares it once and sends the arrays in binary; SQLAlchemy's
+# executemany would render a new multi-row text per size or send the rows one by one.
+_PG_PACKAGES = (
+    "INSERT INTO packages (package_id, schema_id, created_day, received_at, n_records, "
+    "receipt, key_id, nonce, payload) SELECT * FROM unnest(%(package_id)s::varchar[], "
+    "%(schema_id)s::varchar[], %(created_day)s::varchar[], %(received_at)s::varchar[], "
+    "%(n_records)s::integer[], %(receipt)s::text[], %(key_id)s::varchar[], "
+    "%(nonce)s::bytea[], %(payload)s::bytea[]) "
+    "ON CONFLICT (package_id) DO NOTHING RETURNING package_id")
+_PG_RECORDS = (
+    "WITH blocks AS (INSERT INTO records (package_id, class_key, n_records, rows) "
+    "SELECT * FROM unnest(%(package_id)s::varchar[], %(class_key)s::varchar[], "
+    "%(n_records)s::integer[], %(rows)s::bytea[]) RETURNING id, class_key) "
+    "INSERT INTO pending_blocks (block_id, class_key) SELECT id, class_key FROM blocks")
+_PG_CLASSES = (
+    "INSERT INTO classes (class_key, n_records, n_packages, released) "
+    "SELECT k, n, p, false FROM unnest(%(class_key)s::varchar[], %(n_records)s::integer[], "
+    "%(n_packages)s::integer[]) AS u(k, n, p) ORDER BY k "
+    "ON CONFLICT (class_key) DO UPDATE SET n_records = classes.n_records + excluded.n_records, "
+    "n_packages = classes.n_packages + excluded.n_packages")
+
+
+def _columns(rows: list[dict[str, Any]], names: Sequence[str]) -> dict[str, list[Any]]:
+    return {name: [row[name] for row in rows] for name in names}
+
+
+def _postgres(conn: Connection) -> bool:
+    return conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg"
+
+
 def _insert_or_nothing(conn: Connection, table: Table, column: str,
                        rows: list[dict[str, Any]]) -> set[Any]:
     """Insert ``rows`` (unique on ``column`` among themselves); the keys actually inserted."""
     if not rows:
         return set()
+    if table is PACKAGES and _postgres(conn):
+        return set(conn.exec_driver_sql(
+            _PG_PACKAGES, _columns(rows, [c.name for c in PACKAGES.columns])).scalars())
     dialect_insert = _dialect_insert(conn)
     if dialect_insert is not None:
         inserted: set[Any] = set()
@@ -170,6 +204,10 @@ def _insert_or_nothing(conn: Connection, table: Table, column: str,
 
 def _insert_pending(conn: Connection, records: list[dict[str, Any]]) -> None:
     """Insert record blocks and index them as pending (quarantined) in ``pending_blocks``."""
+    if _postgres(conn):
+        conn.exec_driver_sql(_PG_RECORDS, _columns(
+            records, ["package_id", "class_key", "n_records", "rows"]))
+        return
     stmt = insert(RECORDS).returning(RECORDS.c.id, RECORDS.c.class_key)
     if conn.dialect.insert_executemany_returning:
         blocks = conn.execute(stmt, records).all()
@@ -182,6 +220,11 @@ def _insert_pending(conn: Connection, records: list[dict[str, Any]]) -> None:
 def _add_to_classes(conn: Connection, counts: dict[str, tuple[int, int]]) -> None:
     """Add (records, packages) to each class, creating it if new; classes in sorted order."""
     keys = sorted(counts)
+    if _postgres(conn):
+        conn.exec_driver_sql(_PG_CLASSES, {"class_key": keys,
+                                           "n_records": [counts[k][0] for k in keys],
+                                           "n_packages": [counts[k][1] for k in keys]})
+        return
     dialect_insert = _dialect_insert(conn)
     for start in range(0, len(keys), _CHUNK):
         chunk = keys[start:start + _CHUNK]
