@@ -7,7 +7,9 @@ update on the spec itself, in numpy: the layers before the first updatable
 layer are evaluated once (they are frozen), then the updatable suffix is
 trained with the optimizer, learning rate, mini-batch size, epochs and
 shuffle read from the spec (each can be overridden, as on a device), and the
-new weights are written back into a copy of the spec.
+new weights are written back into a copy of the spec. :func:`update_specs` trains
+several independent updates in one pass (step ``t`` of every update is one
+batched numpy operation), which is how :func:`personalize` cross-validates.
 
 What Apple does not document, and what this emulation assumes
 -------------------------------------------------------------
@@ -46,7 +48,7 @@ import copy
 import math
 import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -61,7 +63,6 @@ from dmt_model.coreml.evaluate import (
     class_labels_of,
     evaluate_spec,
     frame_inputs,
-    grouped_matmul,
     predict_frame,
     softmax,
 )
@@ -83,6 +84,7 @@ __all__ = [
     "personalize",
     "personalized",
     "update_spec",
+    "update_specs",
     "with_prior",
 ]
 
@@ -99,23 +101,42 @@ class LossConvention:
     reduction: Literal["mean", "sum"] = "mean"
     half: bool = False
 
-    def gradient_scale(self, batch: int) -> float:
-        """d loss / d ŷ = scale · (ŷ − y) for the MSE loss."""
-        scale = 2.0 / batch if self.reduction == "mean" else 2.0
-        return scale / 2.0 if self.half else scale
+    def gradient_scale(self, batch: Any) -> Any:
+        """d loss / d ŷ = scale · (ŷ − y) for the MSE loss (``batch``: a size, or an array of
+        them, one per update run together)."""
+        scale = 2.0 / np.asarray(batch, np.float64) if self.reduction == "mean" else (
+            np.full(np.shape(batch), 2.0))
+        scale = scale / 2.0 if self.half else scale
+        return scale.astype(np.float32) if np.ndim(batch) else float(scale)
 
     def loss(self, diff: np.ndarray) -> float:
-        total = float(np.sum(diff.astype(np.float64) ** 2))
-        value = total / diff.shape[0] if self.reduction == "mean" else total
+        return float(self.losses(diff[None], np.array([diff.shape[0]]))[0])
+
+    def losses(self, diff: np.ndarray, batch: np.ndarray) -> np.ndarray:
+        """The loss of each update's mini-batch: ``diff [k, n, 1]`` (zero where unused), the
+        mini-batches' sizes ``batch [k]``."""
+        total = np.sum(diff.astype(np.float64) ** 2, axis=tuple(range(1, diff.ndim)))
+        value = total / batch if self.reduction == "mean" else total
         return value / 2.0 if self.half else value
 
     def cross_entropy(self, probabilities: np.ndarray, onehot: np.ndarray
                       ) -> tuple[float, np.ndarray]:
         """(loss, d loss / d softmax input) of the categorical cross-entropy on a mini-batch."""
-        chosen = np.sum(probabilities.astype(np.float64) * onehot, axis=1)
-        total = float(-np.sum(np.log(np.clip(chosen, PROBABILITY_FLOOR, 1.0))))
-        per = 1.0 / probabilities.shape[0] if self.reduction == "mean" else 1.0
-        grad = ((probabilities - onehot) * np.float32(per)).astype(np.float32)
+        n = probabilities.shape[0]
+        loss, grad = self.cross_entropies(probabilities[None], onehot[None],
+                                          np.ones((1, n, 1), np.float32), np.array([n]))
+        return float(loss[0]), grad[0]
+
+    def cross_entropies(self, probabilities: np.ndarray, onehot: np.ndarray,
+                        present: np.ndarray, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`cross_entropy` of each update's mini-batch: ``[k, n, classes]`` arrays,
+        ``present [k, n, 1]`` (0 where a place is unused), the sizes ``batch [k]``."""
+        chosen = np.sum(probabilities.astype(np.float64) * onehot, axis=2)
+        total = -np.sum(np.log(np.clip(chosen, PROBABILITY_FLOOR, 1.0)) * present[..., 0],
+                        axis=1)
+        per = 1.0 / batch if self.reduction == "mean" else np.ones(len(batch))
+        grad = ((probabilities - onehot) * per.astype(np.float32)[:, None, None]
+                * present).astype(np.float32)
         return total * per, grad
 
 
@@ -134,6 +155,10 @@ class UpdateHistory:
     """The mean training loss of each epoch."""
 
     epoch_losses: list[float] = field(default_factory=list)
+
+
+#: One update's outcome: the updated copy and its history, or why it was refused.
+_Fit = tuple[Any, UpdateHistory] | UpdateRejected
 
 
 @dataclass(frozen=True)
@@ -171,15 +196,18 @@ def read_settings(spec: Any) -> _Settings:
     )
 
 
+def _epoch_orders(n: int, *, epochs: int, shuffle: bool, seed: int) -> Iterator[np.ndarray]:
+    """The order of the ``n`` examples in each epoch: PCG64 permutations from ``seed``."""
+    rng = np.random.default_rng(seed)
+    for _ in range(epochs):
+        yield rng.permutation(n) if shuffle else np.arange(n)
+
+
 def batch_order(n: int, *, batch_size: int, epochs: int, shuffle: bool,
                 seed: int) -> list[list[np.ndarray]]:
     """The example indices of every mini-batch of every epoch, as the emulation uses them."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(epochs):
-        order = rng.permutation(n) if shuffle else np.arange(n)
-        out.append([order[s:s + batch_size] for s in range(0, n, batch_size)])
-    return out
+    return [[order[s:s + batch_size] for s in range(0, n, batch_size)]
+            for order in _epoch_orders(n, epochs=epochs, shuffle=shuffle, seed=seed)]
 
 
 def featurizer_of(spec: Any) -> Featurizer:
@@ -268,8 +296,44 @@ def update_spec(
     Parameters left ``None`` are read from the spec. Raises
     :class:`UpdateRejected` if the loss becomes NaN or infinite.
     """
+    (outcome,) = update_specs(spec, [frame], learning_rate=learning_rate, epochs=epochs,
+                              batch_size=batch_size, shuffle=shuffle, seed=seed,
+                              convention=convention, on_event=on_event)
+    if isinstance(outcome, UpdateRejected):
+        raise outcome
+    return outcome
+
+
+@np.errstate(over="ignore", invalid="ignore")  # divergence is detected and reported
+def update_specs(
+    spec: Any,
+    frames: Sequence[pd.DataFrame],
+    *,
+    learning_rate: float | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    shuffle: bool | None = None,
+    seed: int | None = None,
+    convention: LossConvention | None = None,
+    on_event: Callable[[UpdateEvent], None] | None = None,
+) -> list[_Fit]:
+    """:func:`update_spec` on each of ``frames``, independently, in one pass.
+
+    Each frame is its own update of ``spec`` (its own shuffle, optimizer state
+    and divergence check), exactly as if :func:`update_spec` ran on it alone;
+    the updates only share numpy's calls: step ``t`` of every update is one
+    batched operation, so cross-validating an update (several folds, several
+    priors) costs little more than its longest update. Returns, per frame,
+    ``(updated copy, history)`` or the :class:`UpdateRejected` of a diverged
+    update (the others are unaffected). ``on_event`` needs a single frame.
+    """
+    if on_event is not None and len(frames) != 1:
+        raise ValidationError(f"on_event reports one update; got {len(frames)} frames.")
+    if not frames:
+        return []
     validate_updatable(spec)
-    target = _check_records(spec, frame, what="update")
+    whole = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+    target = _check_records(spec, whole, what="update")
     stored = read_settings(spec)
     s = _Settings(
         optimizer=stored.optimizer,
@@ -282,115 +346,207 @@ def update_spec(
     )
     convention = convention or LossConvention()
     start_blob, chain, _ = _suffix(spec)
-    (frozen,) = evaluate_spec(spec, frame_inputs(spec, frame), outputs=[start_blob]).values()
+    (frozen,) = evaluate_spec(spec, frame_inputs(spec, whole), outputs=[start_blob]).values()
     loss_kind = _network(spec).updateParams.lossLayers[0].WhichOneof("LossLayerType")
     cross_entropy = loss_kind == "categoricalCrossEntropyLossLayer"
+    pad = len(whole)  # a row of zeros: the unused places of a short or finished mini-batch
+    frozen = np.vstack([frozen.reshape(pad, -1), np.zeros((1, frozen[0].size), np.float32)])
     if cross_entropy:  # the softmax's gradient is taken together with the loss's
-        y = np.eye(len(class_labels_of(spec)), dtype=np.float32)[target]
+        y = np.eye(len(class_labels_of(spec)) + 1, dtype=np.float32)[
+            np.append(target, -1)][:, :-1]  # the padding row's one-hot is all zeros
         backward_from = len(chain) - 2
     else:
-        y = target.reshape(-1, 1).astype(np.float32)
+        y = np.append(target, 0.0).reshape(-1, 1).astype(np.float32)
         backward_from = len(chain) - 1
+    plan = _LanePlan.of([len(f) for f in frames], s)
+    k = len(frames)
 
     # Parameters of the updatable layers in the chain (innerProduct, or a 1×1 convolution on a
-    # [C, 1, 1] blob, which is a grouped innerProduct on its C channels).
-    frozen = frozen.reshape(len(frozen), -1)
+    # [C, 1, 1] blob, which is a grouped innerProduct on its C channels), one copy per update.
     params: dict[str, list[np.ndarray]] = {}
     groups: dict[str, int] = {}
     for layer in chain:
         if layer.WhichOneof("layer") in ("innerProduct", "convolution"):
             weight, bias, groups[layer.name] = get_weights(spec, layer.name)
-            params[layer.name] = [weight.copy(), (bias if bias is not None else
-                                                  np.zeros(weight.shape[0], np.float32)).copy()]
+            bias = bias if bias is not None else np.zeros(weight.shape[0], np.float32)
+            params[layer.name] = [np.repeat(weight[None], k, axis=0),
+                                  np.repeat(bias[None], k, axis=0)]
     state = {name: [np.zeros_like(p) for p in ps] for name, ps in params.items()}
     second = {name: [np.zeros_like(p) for p in ps] for name, ps in params.items()}
-    step = 0
-    history = UpdateHistory()
+    taken = np.zeros(k, np.int64)  # optimizer steps each update has taken
+    epoch_loss = np.zeros((k, s.epochs))
+    rejected: dict[int, UpdateRejected] = {}
+    alive = np.ones(k, dtype=bool)
     if on_event:
         on_event(UpdateEvent("training_begin", 0, 0, math.nan))
     lr, f32 = np.float32(s.learning_rate), np.float32
-    for epoch, batches in enumerate(batch_order(len(frame), batch_size=s.batch_size,
-                                                epochs=s.epochs, shuffle=s.shuffle,
-                                                seed=s.seed)):
-        epoch_loss = 0.0
-        for b, index in enumerate(batches):
-            activations = [frozen[index]]
-            for layer in chain:
-                x = activations[-1]
-                if layer.name in params:
-                    w, bias = params[layer.name]
-                    activations.append(grouped_matmul(x, w, groups[layer.name]) + bias)
-                elif layer.WhichOneof("layer") == "activation":
-                    activations.append(apply_activation(layer, x))
-                else:  # the softmax before a cross-entropy loss
-                    activations.append(softmax(x))
-            if cross_entropy:
-                loss, grad = convention.cross_entropy(activations[-1], y[index])
+    lanes = np.arange(k)
+    for t in range(plan.steps):
+        index, n = plan.index[t], plan.size[t]
+        active = (n > 0) & alive
+        if not active.any():
+            continue
+        present = (index != pad)[..., None].astype(np.float32)
+        activations = [frozen[index]]
+        for layer in chain:
+            x = activations[-1]
+            if layer.name in params:
+                w, bias = params[layer.name]
+                activations.append(_lane_matmul(x, w, groups[layer.name]) + bias[:, None, :])
+            elif layer.WhichOneof("layer") == "activation":
+                activations.append(apply_activation(layer, x))
+            else:  # the softmax before a cross-entropy loss
+                activations.append(softmax(x))
+        batch = np.maximum(n, 1)
+        labels = y[index]
+        if cross_entropy:
+            loss, grad = convention.cross_entropies(activations[-1], labels, present, batch)
+        else:
+            diff = (activations[-1] - labels) * present
+            loss = convention.losses(diff, batch)
+            grad = (diff * convention.gradient_scale(batch)[:, None, None]).astype(f32)
+        diverged = active & ~np.isfinite(loss)
+        for lane in np.flatnonzero(diverged):
+            rejected[int(lane)] = UpdateRejected(
+                f"The update diverged (loss {loss[lane]}) at epoch {plan.epoch[t, lane]}, "
+                f"mini-batch {plan.batch[t, lane]}; lower the learning rate. Nothing was "
+                "written.")
+            for values in (*params.values(), *state.values(), *second.values()):
+                for value in values:
+                    value[lane] = 0  # a rejected update's numbers no longer matter
+        alive &= ~diverged
+        active &= ~diverged
+        grad *= active[:, None, None]
+        epoch_loss[lanes[active], plan.epoch[t, active]] += (
+            loss[active] * (n[active] if convention.reduction == "mean" else 1))
+        taken += active
+        for i in range(backward_from, -1, -1):
+            layer, x = chain[i], activations[i]
+            if layer.name in params:
+                w, bias = params[layer.name]
+                g = groups[layer.name]
+                gg = grad.reshape(k, grad.shape[1], g, -1)
+                xg = x.reshape(k, x.shape[1], g, -1)
+                grads = [np.einsum("kngo,kngi->kgoi", gg, xg).reshape(w.shape),
+                         grad.sum(axis=1)]
+                if i > 0:
+                    grad = np.einsum("kngo,kgoi->kngi", gg,
+                                     w.reshape(k, g, -1, w.shape[2])).reshape(k, grad.shape[1], -1)
+                _lane_step(s, params[layer.name], grads, state[layer.name],
+                           second[layer.name], taken, active, lr)
             else:
-                diff = activations[-1] - y[index]
-                loss = convention.loss(diff)
-                grad = (diff * f32(convention.gradient_scale(len(index)))).astype(np.float32)
-            if not math.isfinite(loss):
-                raise UpdateRejected(
-                    f"The update diverged (loss {loss}) at epoch {epoch}, mini-batch {b}; "
-                    "lower the learning rate. Nothing was written."
-                )
-            epoch_loss += loss * (len(index) if convention.reduction == "mean" else 1)
-            step += 1
-            for i in range(backward_from, -1, -1):
-                layer, x = chain[i], activations[i]
-                if layer.name in params:
-                    w, bias = params[layer.name]
-                    g = groups[layer.name]
-                    n = len(grad)
-                    gg = grad.reshape(n, g, -1)
-                    xg = x.reshape(n, g, -1)
-                    grads = [np.einsum("ngo,ngi->goi", gg, xg).reshape(w.shape),
-                             grad.sum(axis=0)]
-                    if i > 0:
-                        grad = np.einsum("ngo,goi->ngi", gg,
-                                         w.reshape(g, -1, w.shape[1])).reshape(n, -1)
-                    _step(s, params[layer.name], grads, state[layer.name],
-                          second[layer.name], step, lr)
-                else:
-                    kind = layer.activation.WhichOneof("NonlinearityType")
-                    grad = _act_backward(kind, activations[i + 1], grad)
-            if on_event:
-                on_event(UpdateEvent("mini_batch_end", epoch, b, loss))
-        mean_loss = epoch_loss / (len(frame) if convention.reduction == "mean" else 1)
-        history.epoch_losses.append(mean_loss)
+                kind = layer.activation.WhichOneof("NonlinearityType")
+                grad = _act_backward(kind, activations[i + 1], grad)
         if on_event:
-            on_event(UpdateEvent("epoch_end", epoch, len(batches) - 1, mean_loss))
+            on_event(UpdateEvent("mini_batch_end", int(plan.epoch[t, 0]),
+                                 int(plan.batch[t, 0]), float(loss[0])))
+            if plan.last[t, 0]:
+                epoch = int(plan.epoch[t, 0])
+                on_event(UpdateEvent("epoch_end", epoch, int(plan.batch[t, 0]),
+                                     float(epoch_loss[0, epoch] / _per_epoch(convention,
+                                                                             len(frames[0])))))
 
-    updated = copy.deepcopy(spec)
-    for name, (weight, bias) in params.items():
-        has_bias = get_weights(spec, name)[1] is not None
-        if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
-            raise UpdateRejected("The update produced non-finite weights; nothing was written.")
-        set_weights(updated, name, weight, bias if has_bias else None)
-    return updated, history
+    out: list[_Fit] = []
+    for lane, frame in enumerate(frames):
+        if lane in rejected:
+            out.append(rejected[lane])
+            continue
+        updated = copy.deepcopy(spec)
+        finite = True
+        for name, (weight, bias) in params.items():
+            has_bias = get_weights(spec, name)[1] is not None
+            finite &= bool(np.isfinite(weight[lane]).all() and np.isfinite(bias[lane]).all())
+            set_weights(updated, name, weight[lane], bias[lane] if has_bias else None)
+        if not finite:
+            out.append(UpdateRejected(
+                "The update produced non-finite weights; nothing was written."))
+            continue
+        history = UpdateHistory(list(epoch_loss[lane] / _per_epoch(convention, len(frame))))
+        out.append((updated, history))
+    return out
 
 
-def _step(s: _Settings, params: list[np.ndarray], grads: list[np.ndarray],
-          velocity: list[np.ndarray], second: list[np.ndarray], step: int,
-          lr: np.float32) -> None:
+def _per_epoch(convention: LossConvention, n: int) -> int:
+    return n if convention.reduction == "mean" else 1
+
+
+@dataclass(frozen=True)
+class _LanePlan:
+    """Which rows each of ``k`` independent updates reads at each step ``t``.
+
+    ``index[t, lane]`` holds the rows of that update's mini-batch in the frames
+    stacked; unused places (the end of a short batch, every place once the
+    update has run all its epochs) hold the padding row after the last frame's.
+    ``size``, ``epoch``, ``batch`` and ``last`` say how many rows it has, which
+    epoch and mini-batch it is, and whether it ends the epoch.
+    An update's batches are those of :func:`batch_order`.
+    """
+
+    index: np.ndarray
+    size: np.ndarray
+    epoch: np.ndarray
+    batch: np.ndarray
+    last: np.ndarray
+
+    @property
+    def steps(self) -> int:
+        return int(self.index.shape[0])
+
+    @classmethod
+    def of(cls, sizes: Sequence[int], s: _Settings) -> _LanePlan:
+        b, k, pad = s.batch_size, len(sizes), int(sum(sizes))
+        per_epoch = [-(-n // b) for n in sizes]
+        steps = max(s.epochs * m for m in per_epoch)
+        index = np.full((steps, k, b), pad, dtype=np.int64)
+        size = np.zeros((steps, k), dtype=np.int64)
+        epoch = np.zeros((steps, k), dtype=np.int64)
+        batch = np.zeros((steps, k), dtype=np.int64)
+        offset = 0
+        for lane, (n, m) in enumerate(zip(sizes, per_epoch, strict=True)):
+            end = s.epochs * m
+            for e, order in enumerate(_epoch_orders(n, epochs=s.epochs, shuffle=s.shuffle,
+                                                    seed=s.seed)):
+                padded = np.full(m * b, pad - offset, dtype=np.int64)
+                padded[:n] = order
+                index[e * m:(e + 1) * m, lane] = padded.reshape(m, b) + offset
+            size[:end, lane] = np.tile(np.minimum(b, n - b * np.arange(m)), s.epochs)
+            epoch[:end, lane] = np.repeat(np.arange(s.epochs), m)
+            batch[:end, lane] = np.tile(np.arange(m), s.epochs)
+            offset += n
+        last = (batch == (np.array(per_epoch) - 1)[None, :]) & (size > 0)
+        return cls(index, size, epoch, batch, last)
+
+
+def _lane_matmul(x: np.ndarray, weight: np.ndarray, groups: int) -> np.ndarray:
+    """Each update's ``x [k, n, in]`` through its ``weight [k, out, in / groups]``, group by
+    group: ``[k, n, out]`` (:func:`~dmt_model.coreml.evaluate.grouped_matmul` per update)."""
+    k, n, width = x.shape
+    out = weight.shape[1]
+    xg = x.reshape(k, n, groups, width // groups)
+    wg = weight.reshape(k, groups, out // groups, width // groups)
+    return np.einsum("kngi,kgoi->kngo", xg, wg).reshape(k, n, out).astype(np.float32)
+
+
+def _lane_step(s: _Settings, params: list[np.ndarray], grads: list[np.ndarray],
+               velocity: list[np.ndarray], second: list[np.ndarray], taken: np.ndarray,
+               active: np.ndarray, lr: np.float32) -> None:
+    """One optimizer step of every active update (``taken``: the steps each has taken)."""
     for p, g, v, m2 in zip(params, grads, velocity, second, strict=True):
         g = g.astype(np.float32)
+        on = active.reshape(-1, *([1] * (p.ndim - 1)))
         if s.optimizer == "sgd":
             if s.momentum:
-                v *= np.float32(s.momentum)
-                v += g
+                v[...] = np.where(on, v * np.float32(s.momentum) + g, v)
                 g = v
-            p -= lr * g
+            p -= lr * g * on
         else:
             b1, b2 = np.float32(s.beta1), np.float32(s.beta2)
-            v *= b1
-            v += (1 - b1) * g
-            m2 *= b2
-            m2 += (1 - b2) * g * g
-            m_hat = v / np.float32(1 - s.beta1**step)
-            v_hat = m2 / np.float32(1 - s.beta2**step)
-            p -= lr * m_hat / (np.sqrt(v_hat) + np.float32(s.eps))
+            v[...] = np.where(on, v * b1 + (1 - b1) * g, v)
+            m2[...] = np.where(on, m2 * b2 + (1 - b2) * g * g, m2)
+            t = np.maximum(taken, 1).reshape(on.shape)
+            m_hat = v / (1 - s.beta1 ** t).astype(np.float32)
+            v_hat = m2 / (1 - s.beta2 ** t).astype(np.float32)
+            p -= lr * m_hat / (np.sqrt(v_hat) + np.float32(s.eps)) * on
 
 
 @dataclass(frozen=True)
@@ -585,6 +741,24 @@ def with_prior(spec: Any, records: pd.DataFrame, prior_records: int) -> pd.DataF
     return pd.concat([records, anchors])
 
 
+def _personal_updates(spec: Any, record_sets: Sequence[pd.DataFrame], priors: Sequence[int],
+                      overrides: Mapping[str, Any]) -> list[_Fit]:
+    """The update of ``spec`` on each record set with its prior (:func:`with_prior`): one
+    batched emulation (:func:`update_specs`) for a Core ML spec, one after the other for an
+    ExecuTorch program (its runtime trains one update at a time)."""
+    frames = [with_prior(spec, records, prior)
+              for records, prior in zip(record_sets, priors, strict=True)]
+    if not _is_program(spec):
+        return update_specs(spec, frames, **overrides)
+    out: list[_Fit] = []
+    for frame in frames:
+        try:
+            out.append(spec.updated(frame, **overrides))
+        except UpdateRejected as exc:
+            out.append(exc)
+    return out
+
+
 def _personal_update(spec: Any, records: pd.DataFrame, *, prior_records: int,
                      on_event: Callable[[UpdateEvent], None] | None,
                      overrides: Mapping[str, Any]) -> tuple[Any, UpdateHistory]:
@@ -641,19 +815,24 @@ def _checked_update(
                   for part in parts]
     history = UpdateHistory()
     before = np.concatenate([_record_errors(baseline, held, y) for _, held, y in checks])
+    # Every fold of every prior, and the final update on all records for every prior (one of
+    # them is kept if the rule says so), trained together in one pass.
+    final = (holdout is None or len(grid) > 1) and on_event is None
+    sets = [train for _ in grid for train, _, _ in checks] + [records] * (len(grid) * final)
+    priors = [prior for prior in grid for _ in checks] + list(grid) * final
+    fits = _personal_updates(spec, sets, priors, overrides)
+    rejection = next((fit for fit in fits[:len(grid) * len(checks)]
+                      if isinstance(fit, UpdateRejected)), None)
+    if rejection is not None:
+        return PersonalizationResult(False, str(rejection), float(np.mean(before)), math.nan,
+                                     output, history, out_of_bounds)
     after: dict[int, np.ndarray] = {}
-    candidate: Any = None
-    try:
-        for prior in grid:
-            errors = []
-            for train, held, y in checks:
-                candidate, history = _personal_update(spec, train, prior_records=prior,
-                                                      on_event=None, overrides=overrides)
-                errors.append(_record_errors(candidate, held, y))
-            after[prior] = np.concatenate(errors)
-    except UpdateRejected as exc:
-        return PersonalizationResult(False, str(exc), float(np.mean(before)), math.nan, output,
-                                     history, out_of_bounds)
+    for g, prior in enumerate(grid):
+        errors = []
+        for c, (_, held, y) in enumerate(checks):
+            candidate, history = fits[g * len(checks) + c]  # type: ignore[misc]
+            errors.append(_record_errors(candidate, held, y))
+        after[prior] = np.concatenate(errors)
     chosen = min(grid, key=lambda prior: float(np.mean(after[prior])))
     keep, why = rule.decide(before, after[chosen])
     result_before, result_after = float(np.mean(before)), float(np.mean(after[chosen]))
@@ -662,7 +841,12 @@ def _checked_update(
                                      result_before, result_after, output, history,
                                      out_of_bounds, chosen)
     try:
-        if holdout is None or len(grid) > 1 or on_event is not None:
+        if final:
+            fit = fits[len(grid) * len(checks) + grid.index(chosen)]
+            if isinstance(fit, UpdateRejected):
+                raise fit
+            candidate, history = fit
+        elif on_event is not None:
             candidate, history = _personal_update(spec, records, prior_records=chosen,
                                                   on_event=on_event, overrides=overrides)
     except UpdateRejected as exc:

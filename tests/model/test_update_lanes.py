@@ -1,0 +1,90 @@
+"""Several emulated updates trained together (``update_specs``) are each the update alone.
+
+``personalize()`` cross-validates every prior on every fold and trains the final
+update in one batched pass; these tests hold that pass to the one-update
+emulation (itself held to plain torch and ExecuTorch's runtime elsewhere).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_tasks import _records, classifier  # noqa: F401 — the toy classifier fixture
+
+from dmt_model.coreml import UpdateSettings, build_spec
+from dmt_model.coreml.weights import get_weights
+from dmt_model.personalize import personalized, update_spec, update_specs
+from dmt_privacy.errors import UpdateRejected, ValidationError
+
+CHAIN = ["dense_0", "dense_1", "dense_2", "personal_head"]
+
+
+def _weights(spec, names):
+    return [w for name in names for w in get_weights(spec, name)[:2] if w is not None]
+
+
+def _assert_same(together, alone, names):
+    (spec_t, history_t), (spec_a, history_a) = together, alone
+    for got, want in zip(_weights(spec_t, names), _weights(spec_a, names), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # float32 sums in another order: equal to 1e-5 of the largest loss (a memorized record's
+    # last losses are at float32's rounding)
+    np.testing.assert_allclose(history_t.epoch_losses, history_a.epoch_losses, rtol=1e-5,
+                               atol=1e-5 * max(history_a.epoch_losses))
+
+
+@pytest.mark.parametrize("settings", [
+    UpdateSettings(updatable_layers=2, learning_rate=3e-4, batch_size=8, epochs=30),
+    UpdateSettings(updatable_layers=3, optimizer="adam", learning_rate=1e-3, batch_size=4,
+                   epochs=20),
+], ids=["sgd", "adam"])
+def test_regression_updates_run_together_equal_each_run_alone(foundation, simulation, settings):
+    spec = build_spec(foundation, updatable=settings)
+    frames = [simulation.users[0].train, simulation.users[1].train.iloc[:3],
+              simulation.users[2].train.iloc[:1], simulation.users[3].train.iloc[:9]]
+    assert len({len(f) for f in frames}) == len(frames)  # different lengths: lanes end apart
+    together = update_specs(spec, frames)
+    for frame, outcome in zip(frames, together, strict=True):
+        _assert_same(outcome, update_spec(spec, frame), CHAIN)
+
+
+def test_classifier_updates_run_together_equal_each_run_alone(classifier):  # noqa: F811
+    spec = build_spec(classifier, updatable=UpdateSettings(epochs=25, batch_size=8))
+    frames = [_records(30, 1), _records(5, 2, threshold=-0.5), _records(13, 3, flip=True)]
+    together = update_specs(spec, frames)
+    for frame, outcome in zip(frames, together, strict=True):
+        _assert_same(outcome, update_spec(spec, frame), ["personal_head"])
+
+
+def test_a_diverging_update_is_refused_alone_and_the_others_finish(foundation, boston):
+    spec = build_spec(foundation, updatable=UpdateSettings(updatable_layers=2))
+    calm, wild = boston.iloc[[0]], boston.nlargest(20, "CRIM")
+    settings = {"learning_rate": 3e-3, "epochs": 20}
+    with pytest.raises(UpdateRejected, match="diverged") as alone:
+        update_spec(spec, wild, **settings)
+    first, second = update_specs(spec, [calm, wild], **settings)
+    _assert_same(first, update_spec(spec, calm, **settings), CHAIN)
+    assert isinstance(second, UpdateRejected) and str(second) == str(alone.value)
+
+
+def test_progress_events_need_a_single_update(foundation, simulation):
+    spec = build_spec(foundation, updatable=UpdateSettings())
+    frames = [simulation.users[0].train, simulation.users[1].train]
+    with pytest.raises(ValidationError, match="on_event"):
+        update_specs(spec, frames, on_event=print)
+    assert update_specs(spec, []) == []
+
+
+def test_personalize_keeps_the_update_the_one_at_a_time_rule_keeps(foundation, simulation):
+    """The batched pass changes no decision: each prior's folds and the final update are the
+    ones ``update_spec`` trains alone, so the chosen prior and the written model are too."""
+    from dmt_model.personalize import DEFAULT_PRIOR_RECORDS, with_prior
+
+    spec = build_spec(foundation, updatable=UpdateSettings())
+    user = simulation.users[5]
+    personal, result = personalized(spec, user.train)
+    assert result.accepted
+    alone, _ = update_spec(spec, with_prior(spec, user.train, result.prior_records))
+    for got, want in zip(_weights(personal, CHAIN), _weights(alone, CHAIN), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert result.prior_records in DEFAULT_PRIOR_RECORDS
