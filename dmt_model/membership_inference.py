@@ -169,6 +169,12 @@ def attack_model(
     ``predict(frame)`` gives the predictions attacked, ``model.predict`` unless told: pass
     ``lambda f: predict_frame(spec, f)`` to attack a Core ML export of ``model``, or a
     personal model's prediction. The other arguments are :func:`loss_threshold_attack`'s.
+
+    The non-members must be drawn as the members were, or the advantage measures how the
+    two populations differ rather than what the model remembers: for a global or
+    retrained model, the held-out records of the same users whose records trained it
+    (records shared or trained on against the same users' test records), not another
+    region or another user's scaled targets.
     """
     predict = model.predict if predict is None else predict
     losses = []
