@@ -29,6 +29,7 @@ escapes as a crash.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -111,6 +112,45 @@ def cell_key(value: Any) -> Any:
     if isinstance(value, np.generic):
         return cell_key(value.item())
     raise TypeError(type(value).__name__)
+
+
+class _SchemaView:
+    """What validation reads of a schema, computed once per schema object (hot path)."""
+
+    def __init__(self, schema: Schema) -> None:
+        self.schema = schema  # held: the cache's key (its id) stays this object's
+        self.schema_id = schema.schema_id
+        self.fields = {f.name: f for f in schema.fields}
+        self.nodes: dict[str, frozenset[str]] = {}
+        for f in schema.fields:
+            nodes = {str(c) for c in f.categories or ()}
+            for ancestors in (f.hierarchy or {}).values():
+                nodes.update(ancestors)
+            self.nodes[f.name] = frozenset(nodes)
+
+
+_VIEWS: dict[int, _SchemaView] = {}
+
+
+def _view(schema: Schema) -> _SchemaView:
+    view = _VIEWS.get(id(schema))
+    if view is None or view.schema is not schema:
+        if len(_VIEWS) > 64:  # schemas of policies long gone
+            _VIEWS.clear()
+        view = _VIEWS[id(schema)] = _SchemaView(schema)
+    return view
+
+
+@functools.lru_cache(maxsize=256)
+def _allowed(categories: tuple[Any, ...]) -> frozenset[Any]:
+    """The cell keys of a vocabulary (the schema's categories are tuples)."""
+    allowed = set()
+    for c in categories:
+        try:
+            allowed.add(cell_key(c))
+        except TypeError:
+            continue
+    return frozenset(allowed)
 
 
 def _refuse(kind: str, what: str) -> PackageRefused:
@@ -243,20 +283,18 @@ def _check_categories(name: str, values: Sequence[Any], categories: Any) -> None
         if not all(type(v) is str or type(v) is int for v in values):
             raise _refuse("type", f"field {name!r} holds cells that are not categories")
         return
-    allowed = set()
-    for c in categories:
-        try:
-            allowed.add(cell_key(c))
-        except TypeError:
-            continue
+    try:
+        allowed = _allowed(categories)
+    except TypeError:  # not a tuple of hashables: no cache
+        allowed = _allowed.__wrapped__(tuple(categories))
     for v in values:
         if type(v) not in (str, int, float, bool) or cell_key(v) not in allowed:
             raise _refuse("category", f"field {name!r} holds a value outside its categories")
 
 
-def _check_generalized(name: str, values: Sequence[Any], schema: Schema) -> None:
+def _check_generalized(name: str, values: Sequence[Any], view: _SchemaView) -> None:
     """Without a plan: intervals inside the domain, value sets of categories, hierarchy nodes."""
-    spec = schema[name]
+    spec = view.fields[name]
     seen: set[Any] = set()
     for v in values:
         t = type(v)
@@ -284,10 +322,7 @@ def _check_generalized(name: str, values: Sequence[Any], schema: Schema) -> None
                               "but is not categorical")
             _check_categories(name, list(v), spec.categories)
         else:
-            nodes = {str(c) for c in spec.categories or ()}
-            for ancestors in (spec.hierarchy or {}).values():
-                nodes.update(ancestors)
-            if spec.kind is not Kind.CATEGORICAL or v not in nodes:
+            if spec.kind is not Kind.CATEGORICAL or v not in view.nodes[name]:
                 raise _refuse("generalization", f"quasi-identifier {name!r} holds a label that "
                               "is not a category or hierarchy node")
 
@@ -340,12 +375,12 @@ def _check_media(name: str, values: Sequence[Any], kind: Kind) -> None:
             raise _refuse("bad values", f"{kind.value} field {name!r} holds non-finite samples")
 
 
-def _check_cells(name: str, values: Sequence[Any], schema: Schema, qis: Sequence[str],
+def _check_cells(name: str, values: Sequence[Any], view: _SchemaView, qis: Sequence[str],
                  policy: Any, dp_fields: Sequence[str]) -> None:
-    spec = schema[name]
+    spec = view.fields[name]
     if name in qis:
         if policy.plan is None:
-            _check_generalized(name, values, schema)
+            _check_generalized(name, values, view)
         elif name not in policy.plan.quasi_identifiers:
             raise _refuse("generalization", f"quasi-identifier {name!r} is neither generalized "
                           "by the plan nor perturbed")
@@ -373,8 +408,8 @@ def _check_cells(name: str, values: Sequence[Any], schema: Schema, qis: Sequence
 
 
 def _validate(package: SharePackage, policy: Any) -> ValidatedPackage:
-    schema = policy.schema
-    if type(package.schema_id) is not str or package.schema_id != schema.schema_id:
+    view = _view(policy.schema)
+    if type(package.schema_id) is not str or package.schema_id != view.schema_id:
         raise _refuse("schema", "the package's schema id is not the server's")
     n = package.n_records
     if n < 1:
@@ -384,9 +419,9 @@ def _validate(package: SharePackage, policy: Any) -> ValidatedPackage:
     columns = package.columns
     accepted = set(policy.fields or ())
     for name, values in columns.items():
-        if name not in schema:
+        if name not in view.fields:
             raise _refuse("schema", "the package holds a field the schema does not know")
-        if schema[name].role is Role.IDENTIFIER:
+        if view.fields[name].role is Role.IDENTIFIER:
             raise _refuse("identifier", f"field {name!r} is an identifier and is never accepted")
         if name not in accepted:
             raise _refuse("schema", f"field {name!r} is not one the policy accepts")
@@ -396,7 +431,7 @@ def _validate(package: SharePackage, policy: Any) -> ValidatedPackage:
     qis = tuple(q for q in policy.quasi_identifiers or () if q in columns and q not in dp_policy)
     dp_fields = _check_receipt(package, policy, columns, qis)
     for name, values in columns.items():
-        _check_cells(name, values, schema, qis, policy, dp_fields)
+        _check_cells(name, values, view, qis, policy, dp_fields)
     if qis and policy.plan is not None:
         _check_plan_classes(qis, columns, policy)
     return ValidatedPackage(package, columns, qis, dp_fields)
