@@ -83,10 +83,10 @@ from dmt_model.personalize import personalized
 from dmt_model.server.retrain import SharedBatch, retrain_foundation
 from dmt_privacy.anonymity import KAnonymizer, release_classes
 from dmt_privacy.dp import LocalDPPerturber, PrivacyLedger
+from dmt_privacy.schema import Schema
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
-QUASI_IDENTIFIERS = [f.name for f in BOSTON_SCHEMA.by_role("quasi-identifier")]
 TARGET = "MEDV"
 KS = (2, 5, 10, 25)
 #: User-level ε of DMT's local-DP shares: ε ∈ {1, 4, 8} to compare with DP-FedAvg at the
@@ -94,7 +94,6 @@ KS = (2, 5, 10, 25)
 USER_EPSILONS = (1.0, 4.0, 8.0, 64.0)
 FL_EPSILONS = (1.0, 4.0, 8.0)
 NO_DP = {"epsilon": None, "delta": None, "unit": "user", "guarantee": "no formal DP"}
-DOMAINS = {f.name: f.bounds for f in BOSTON_SCHEMA if f.bounds is not None}
 
 
 def rmse(predicted: np.ndarray, actual: np.ndarray) -> float:
@@ -102,8 +101,8 @@ def rmse(predicted: np.ndarray, actual: np.ndarray) -> float:
 
 
 # --- what the server receives -------------------------------------------------------
-def share(sim, *, k: int | None = None, epsilon: float | None = None, seed: int = 0
-          ) -> tuple[list[SharedBatch], dict]:
+def share(sim, *, k: int | None = None, epsilon: float | None = None, seed: int = 0,
+          schema: Schema = BOSTON_SCHEMA) -> tuple[list[SharedBatch], dict]:
     """The users' shareable records as the server receives them, and what was lost.
 
     ``epsilon`` is each user's budget (user-level, δ = 0): every user opens a
@@ -111,31 +110,34 @@ def share(sim, *, k: int | None = None, epsilon: float | None = None, seed: int 
     charges it ``n_records × Σε`` for the user's one release, so each field of
     each record gets ``epsilon / (n_records · n_fields)``; the ledger would refuse
     anything more. ``info["user_epsilon"]`` is the largest charge of any user.
+    ``schema`` says which fields are quasi-identifiers, the target and their bounds.
     """
+    quasi_identifiers = [f.name for f in schema.by_role("quasi-identifier")]
+    target = next(f.name for f in schema.by_role("target"))
     frames = [u.shareable.assign(_package=u.user_id) for u in sim.users]
     shared = pd.concat(frames)
     info = {"offered": len(shared), "quarantined": 0}
     if k is not None:
         # Categorical quasi-identifiers are generalized to value sets (object dtype), the
         # plan is fitted on proxy data, widened to the schema's bounds, applied per device.
-        categorical = {f.name: object for f in BOSTON_SCHEMA.by_kind("categorical")}
-        plan = KAnonymizer(QUASI_IDENTIFIERS, k=k).fit(
-            sim.proxy.astype(categorical)).plan_.widened(DOMAINS)
+        categorical = {f.name: object for f in schema.by_kind("categorical")}
+        plan = KAnonymizer(quasi_identifiers, k=k).fit(sim.proxy.astype(categorical)).plan_.widened(
+            {f.name: f.bounds for f in schema if f.bounds is not None})
         applied = plan.apply(shared.astype(categorical))
-        released, quarantined = release_classes(applied.data, QUASI_IDENTIFIERS, k,
+        released, quarantined = release_classes(applied.data, quasi_identifiers, k,
                                                 package_column="_package")
         info["quarantined"] = len(quarantined)
         shared = released
     if epsilon is None:
         return [SharedBatch(shared.drop(columns="_package"))], info
-    fields = [TARGET] if k is not None else [*QUASI_IDENTIFIERS, TARGET]
+    fields = [target] if k is not None else [*quasi_identifiers, target]
     batches = []
     charged = []
     for package, records in shared.groupby("_package"):  # one release per device
         ledger = PrivacyLedger(sqlite3.connect(":memory:", isolation_level=None),
                                user_id=str(package), epsilon_budget=epsilon, delta_budget=0.0)
         per_field = epsilon / (len(records) * len(fields))
-        perturber = LocalDPPerturber(BOSTON_SCHEMA.select(fields),
+        perturber = LocalDPPerturber(schema.select(fields),
                                      epsilon=dict.fromkeys(fields, per_field), ledger=ledger,
                                      privacy_unit="user",
                                      random_state=seed * 1000 + int(records["_package"].iloc[0]))

@@ -18,7 +18,8 @@ What this module adds:
   the Opacus accountant of :class:`~dmt_model.federated.DPFedAvg` when a noisy
   aggregate is released, and to refuse a round past ``target_epsilon``
   before any client trains;
-* per-round measurements (which clients, their loss and update norms, the
+* per-round measurements (which clients, their loss, update norms and CPU
+  seconds of local training, the
   mean per-user test RMSE of the global model via Flower's ``evaluate_fn``).
 
 Client sampling is Flower's (``random.sample`` of ``max(1, round(f·N))``
@@ -37,6 +38,7 @@ import copy
 import logging
 import math
 import random
+import time
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -72,6 +74,7 @@ class RoundLog:
     examples: list[int] = field(default_factory=list)
     norms: list[float] = field(default_factory=list)
     diverged: int = 0
+    seconds: float = 0.0
     test_rmse: float = math.nan
     epsilon: float | None = None
 
@@ -123,6 +126,7 @@ class _ClientTrainer:
               proximal_mu: float) -> tuple[list[np.ndarray], dict[str, Any]]:
         torch = _import_torch()
         torch.set_num_threads(1)  # a network this small trains fastest on one thread
+        started = time.process_time()
         network = copy.deepcopy(self.network)
         parameters = trainable_parameters(network, self.base)
         with torch.no_grad():
@@ -131,7 +135,7 @@ class _ClientTrainer:
         start = [p.detach().clone() for p in parameters]
         data = self.users[client]
         metrics: dict[str, Any] = {"client": float(client), _WEIGHT: float(data.n), _UNIFORM: 1.0,
-                   "loss": 0.0, "update-norm": 0.0, "diverged": 0.0}
+                   "loss": 0.0, "update-norm": 0.0, "diverged": 0.0, "seconds": 0.0}
         if data.n == 0:
             return [np.asarray(a) for a in arrays], metrics
         base = self.base
@@ -166,6 +170,7 @@ class _ClientTrainer:
             metrics.update({_WEIGHT: 0.0, "diverged": 1.0})
             return [np.asarray(a) for a in arrays], metrics
         metrics["loss"] = total / count
+        metrics["seconds"] = time.process_time() - started
         metrics["update-norm"] = float(math.sqrt(sum(float(np.sum(d ** 2)) for d in delta)))
         return local, metrics
 
@@ -256,6 +261,7 @@ def run_rounds(strategy: Strategy, network: Any, train: list[ClientData],
         for reply in replies:
             metrics: dict[str, Any] = dict(next(iter(reply.metric_records.values())))
             log.clients.append(int(metrics["client"]))
+            log.seconds += float(metrics["seconds"])
             if metrics["diverged"]:
                 log.diverged += 1
                 continue

@@ -43,7 +43,8 @@ __all__ = ["FederatedResult", "RoundMetrics", "UserResult", "run_federated"]
 @dataclass(frozen=True)
 class RoundMetrics:
     """What one round did. ``test_rmse`` is the mean over users of each user's test RMSE
-    of the global model after the round; ``epsilon`` the user-level ε spent so far (DP)."""
+    of the global model after the round; ``epsilon`` the user-level ε spent so far (DP);
+    ``client_seconds`` the CPU seconds the round's clients spent training, summed."""
 
     round: int
     clients: tuple[int, ...]
@@ -53,6 +54,7 @@ class RoundMetrics:
     diverged: int
     test_rmse: float
     epsilon: float | None
+    client_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -252,7 +254,8 @@ def run_federated(
                 mean_update_norm=float(np.mean(log.norms)) if log.norms else math.nan,
                 clipped_fraction=(float(np.mean([n > clip for n in log.norms]))
                                   if log.norms else 0.0) if clip is not None else None,
-                diverged=log.diverged, test_rmse=log.test_rmse, epsilon=log.epsilon)
+                diverged=log.diverged, test_rmse=log.test_rmse, epsilon=log.epsilon,
+                client_seconds=log.seconds)
             history.append(metrics)
             if on_round_end is not None:
                 on_round_end(metrics)
