@@ -329,3 +329,149 @@ def test_serve_refuses_a_key_that_does_not_fit_the_database(tmp_path):
         create_app(db, generate_server_key(), POLICY)
     assert connect(db).dialect.name == "sqlite"
 
+
+
+# --- the raw route of POST /v1/packages (PackageRoute) ---------------------------------------
+def _statuses(c, sealed: bytes) -> list[int]:
+    """good, replay, garbage, empty, too large declared, too large streamed."""
+    return [post(c, sealed).status_code, post(c, sealed).status_code,
+            post(c, b"garbage").status_code, post(c, b"").status_code,
+            post(c, b"\0" * 5000).status_code,
+            c.post("/v1/packages", content=iter([b"\0" * 1000] * 10)).status_code]
+
+
+def test_the_raw_route_answers_as_the_fastapi_route(tmp_path):
+    """PackageRoute serves POST /v1/packages itself; the FastAPI app alone (which declares the
+    route for the OpenAPI document) answers the same codes and bodies."""
+    from dmt_model.server.service import PackageRoute
+
+    config = ServiceConfig(max_body_bytes=4096)
+    seen = []
+    for i, alone in enumerate((False, True)):
+        app = create_app(f"sqlite:///{tmp_path / f's{i}.db'}", KEY, POLICY, config=config)
+        assert isinstance(app, PackageRoute) and app.state is app.fastapi.state
+        with TestClient(app.fastapi if alone else app) as c:
+            sealed = seal_package(package(11), KEY.public_key())
+            seen.append(_statuses(c, sealed))
+            r = post(c, sealed)
+            assert r.json() == {"status": "replay"}
+            assert r.headers["content-type"] == "application/json"
+    assert seen[0] == seen[1] == [201, 409, 400, 400, 413, 413]
+
+
+def test_the_raw_route_times_out_a_slow_body_and_a_vanished_client(tmp_path):
+    import asyncio
+
+    app = create_app(f"sqlite:///{tmp_path / 's.db'}", KEY, POLICY,
+                     config=ServiceConfig(body_timeout=0.2))
+    scope = {"type": "http", "method": "POST", "path": "/v1/packages",
+             "headers": [(b"content-length", b"100")]}
+
+    async def slow():
+        await asyncio.sleep(5)
+        return {"type": "http.request", "body": b"x", "more_body": False}
+
+    async def gone():
+        return {"type": "http.disconnect"}
+
+    parts = iter([{"type": "http.request", "body": b"\0" * 50, "more_body": True},
+                  {"type": "http.request", "body": b"\0" * 50, "more_body": False}])
+
+    async def in_two_parts():
+        return next(parts)
+
+    async def answers():
+        return [(await app.answer(scope, receive))[0] for receive in (slow, gone, in_two_parts)]
+
+    started = time.monotonic()
+    assert asyncio.run(answers()) == [408, 400, 400]  # the last: two parts, garbage
+    assert time.monotonic() - started < 3
+    assert app.state.ingestor.refusals["unreadable"] == 1
+
+
+def test_a_batch_is_answered_once_after_its_commit_a_failing_package_alone(tmp_path, monkeypatch):
+    """BatchIngest checks and writes a batch in one thread and one transaction; a package
+    that makes the write fail is retried alone and fails alone; every answer comes after
+    the commit, in one delivery."""
+    from dmt_model.server.ingest import BatchIngest, Ingestor
+
+    ingestor = Ingestor(f"sqlite:///{tmp_path / 's.db'}", KEY, POLICY)
+    packages = [package(20 + i) for i in range(5)]
+    bad = packages[2].package_id
+    real_write = ingest_module.write_prepared
+    groups = []
+
+    def write(conn, group, *args):
+        groups.append([p.package_id for p in group])
+        if any(p.package_id == bad for p in group):
+            raise RuntimeError("disk on fire")
+        return real_write(conn, group, *args)
+
+    monkeypatch.setattr(ingest_module, "write_prepared", write)
+    deliveries = []
+
+    def deliver(results):  # what the database holds when the answers go out
+        deliveries.append((results, SharedStore(ingestor.engine, KEY).counts()["packages"]))
+
+    batch = BatchIngest(ingestor, deliver)
+    bodies = [seal_package(p, KEY.public_key()) for p in packages] + [b"garbage"]
+    results = batch.run([(body, "<test>", i) for i, body in enumerate(bodies)])
+    deliver(results)
+    assert len(groups[0]) == 5 and groups[1:] == [[p.package_id] for p in packages]
+    by_tag = dict(results)
+    assert isinstance(by_tag[2], RuntimeError) and by_tag[5].status == "rejected"
+    assert [by_tag[i].status for i in (0, 1, 3, 4)] == ["accepted"] * 4
+    assert deliveries[0][1] == 4  # answered after the commit
+    for i in range(3):  # and through the threads: one delivery per batch
+        batch.submit(seal_package(package(40 + i), KEY.public_key()), i)
+    deadline = time.monotonic() + 30
+    while sum(len(r) for r, _ in deliveries[1:]) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sorted(o.status for r, _ in deliveries[1:] for _, o in r) == ["accepted"] * 3
+    assert len(deliveries) - 1 == batch.batches
+
+
+def test_the_service_runs_on_httptools_and_uvloop(monkeypatch):
+    pytest.importorskip("httptools")
+    pytest.importorskip("uvloop")
+    import uvicorn
+
+    from dmt_model.server import service
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: calls.append(options))
+    service.run_service(create_app("sqlite://", KEY, POLICY))
+    service.run_service("module:factory", workers=2)
+    assert calls[0]["http"] is service.HeaderTimeoutHttpToolsProtocol
+    assert calls[1]["http"] == "dmt_model.server.service:HeaderTimeoutHttpToolsProtocol"
+    assert calls[0]["loop"] == calls[1]["loop"] == "uvloop"
+
+
+@pytest.mark.slow
+def test_headers_of_a_next_request_on_a_kept_alive_connection_must_be_quick(tmp_path, files,
+                                                                           server_load):
+    """The header timeout is armed again after each response (httptools protocol): a client
+    that keeps its connection and then trickles the next request's headers is closed."""
+    service = server_load.ServiceProcess(f"sqlite:///{tmp_path / 's.db'}", *files,
+                                         extra=["--body-timeout", "1"]).start()
+    try:
+        with socket.create_connection(("127.0.0.1", service.port), timeout=10) as s:
+            s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = b""
+            while not answer.endswith(b'{"status":"ok"}'):
+                answer += s.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 200")
+            started = time.monotonic()
+            s.sendall(b"POST /v1/packages HTTP/1.1\r\nHost: x\r\n")
+            for _ in range(30):  # a header line every 0.1 s, never the end of the headers
+                try:
+                    s.sendall(b"X-A: b\r\n")
+                except OSError:
+                    break
+                if select.select([s], [], [], 0.1)[0]:
+                    break
+            closed_after = time.monotonic() - started
+            assert s.recv(64) == b""
+    finally:
+        service.stop()
+    assert 0.8 < closed_after < 2.5
