@@ -374,19 +374,22 @@ def update_specs(
     state = {name: [np.zeros_like(p) for p in ps] for name, ps in params.items()}
     second = {name: [np.zeros_like(p) for p in ps] for name, ps in params.items()}
     taken = np.zeros(k, np.int64)  # optimizer steps each update has taken
-    epoch_loss = np.zeros((k, s.epochs))
+    step_loss = np.zeros((plan.steps, k))  # each update's loss at each step it took, else 0
+    present_all = (plan.index != pad)[..., None].astype(np.float32)
+    batch_all = np.maximum(plan.size, 1)
+    scale_all = convention.gradient_scale(batch_all)
     rejected: dict[int, UpdateRejected] = {}
     alive = np.ones(k, dtype=bool)
     if on_event:
         on_event(UpdateEvent("training_begin", 0, 0, math.nan))
     lr, f32 = np.float32(s.learning_rate), np.float32
-    lanes = np.arange(k)
+    event_loss = 0.0
     for t in range(plan.steps):
         index, n = plan.index[t], plan.size[t]
         active = (n > 0) & alive
         if not active.any():
             continue
-        present = (index != pad)[..., None].astype(np.float32)
+        present, batch = present_all[t], batch_all[t]
         activations = [frozen[index]]
         for layer in chain:
             x = activations[-1]
@@ -397,28 +400,28 @@ def update_specs(
                 activations.append(apply_activation(layer, x))
             else:  # the softmax before a cross-entropy loss
                 activations.append(softmax(x))
-        batch = np.maximum(n, 1)
         labels = y[index]
         if cross_entropy:
             loss, grad = convention.cross_entropies(activations[-1], labels, present, batch)
         else:
             diff = (activations[-1] - labels) * present
             loss = convention.losses(diff, batch)
-            grad = (diff * convention.gradient_scale(batch)[:, None, None]).astype(f32)
-        diverged = active & ~np.isfinite(loss)
-        for lane in np.flatnonzero(diverged):
-            rejected[int(lane)] = UpdateRejected(
-                f"The update diverged (loss {loss[lane]}) at epoch {plan.epoch[t, lane]}, "
-                f"mini-batch {plan.batch[t, lane]}; lower the learning rate. Nothing was "
-                "written.")
-            for values in (*params.values(), *state.values(), *second.values()):
-                for value in values:
-                    value[lane] = 0  # a rejected update's numbers no longer matter
-        alive &= ~diverged
-        active &= ~diverged
+            grad = (diff * scale_all[t][:, None, None]).astype(f32)
+        if not np.isfinite(loss).all():  # (a finished or rejected update's loss is 0)
+            diverged = active & ~np.isfinite(loss)
+            for lane in np.flatnonzero(diverged):
+                rejected[int(lane)] = UpdateRejected(
+                    f"The update diverged (loss {loss[lane]}) at epoch {plan.epoch[t, lane]}, "
+                    f"mini-batch {plan.batch[t, lane]}; lower the learning rate. Nothing was "
+                    "written.")
+                for values in (*params.values(), *state.values(), *second.values()):
+                    for value in values:
+                        value[lane] = 0  # a rejected update's numbers no longer matter
+            alive &= ~diverged
+            active &= ~diverged
+            loss = np.where(active, loss, 0.0)
         grad *= active[:, None, None]
-        epoch_loss[lanes[active], plan.epoch[t, active]] += (
-            loss[active] * (n[active] if convention.reduction == "mean" else 1))
+        step_loss[t] = loss * active
         taken += active
         for i in range(backward_from, -1, -1):
             layer, x = chain[i], activations[i]
@@ -440,11 +443,17 @@ def update_specs(
         if on_event:
             on_event(UpdateEvent("mini_batch_end", int(plan.epoch[t, 0]),
                                  int(plan.batch[t, 0]), float(loss[0])))
+            event_loss += float(loss[0]) * (int(n[0]) if convention.reduction == "mean" else 1)
             if plan.last[t, 0]:
-                epoch = int(plan.epoch[t, 0])
-                on_event(UpdateEvent("epoch_end", epoch, int(plan.batch[t, 0]),
-                                     float(epoch_loss[0, epoch] / _per_epoch(convention,
-                                                                             len(frames[0])))))
+                on_event(UpdateEvent("epoch_end", int(plan.epoch[t, 0]), int(plan.batch[t, 0]),
+                                     event_loss / _per_epoch(convention, len(frames[0]))))
+                event_loss = 0.0
+
+    # Each update's loss per epoch: its steps' losses (weighted by batch size for a mean).
+    weighted = step_loss * (plan.size if convention.reduction == "mean" else 1)
+    epoch_loss = np.zeros((k, s.epochs))
+    np.add.at(epoch_loss, (np.broadcast_to(np.arange(k), plan.epoch.shape), plan.epoch),
+              weighted)
 
     out: list[_Fit] = []
     for lane, frame in enumerate(frames):
