@@ -54,6 +54,7 @@ ingestion fast; the release decision is per class, applied when reading.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import hmac
 import json
@@ -79,6 +80,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -397,6 +399,21 @@ def release_due(
     return len(released_classes(conn, rule, data_key, class_keys, now, tokens=tokens))
 
 
+@functools.cache
+def _pending_queries() -> tuple[Any, Any]:
+    """The pending blocks (all, and of given classes): built once, not per group written."""
+    query = (select(RecordBlock.id, RecordBlock.package_id, RecordBlock.class_key,
+                    RecordBlock.rows, PackageRow.key_id, SpentTokenRow.token_id,
+                    SpentTokenRow.epoch)
+             .select_from(PendingBlock)
+             .join(RecordBlock, RecordBlock.id == PendingBlock.block_id)
+             .join(PackageRow, PackageRow.package_id == RecordBlock.package_id)
+             .outerjoin(SpentTokenRow, SpentTokenRow.package_id == RecordBlock.package_id)
+             .outerjoin(ReleasedBlock, ReleasedBlock.block_id == RecordBlock.id)
+             .where(ReleasedBlock.block_id.is_(None)).order_by(RecordBlock.id))
+    return query, query.where(PendingBlock.class_key.in_(bindparam("keys", expanding=True)))
+
+
 def released_classes(
     conn: Connection,
     rule: ReleaseRule,
@@ -421,23 +438,14 @@ def released_classes(
     and needs ``rule.k`` distinct tokens of ONE period, so one device (at most
     N tokens per period) cannot fill a class by spreading packages over periods.
     """
-    query = (select(RecordBlock.id, RecordBlock.package_id, RecordBlock.class_key,
-                    RecordBlock.rows, PackageRow.key_id, SpentTokenRow.token_id,
-                    SpentTokenRow.epoch)
-             .select_from(PendingBlock)
-             .join(RecordBlock, RecordBlock.id == PendingBlock.block_id)
-             .join(PackageRow, PackageRow.package_id == RecordBlock.package_id)
-             .outerjoin(SpentTokenRow, SpentTokenRow.package_id == RecordBlock.package_id)
-             .outerjoin(ReleasedBlock, ReleasedBlock.block_id == RecordBlock.id)
-             .where(ReleasedBlock.block_id.is_(None)).order_by(RecordBlock.id))
+    query, of_classes = _pending_queries()
     pending: list[Any] = []
     if class_keys is None:
         pending = list(conn.execute(query).all())
     else:
         wanted = sorted(set(class_keys))
         for start in range(0, len(wanted), _CHUNK):
-            pending += conn.execute(
-                query.where(PendingBlock.class_key.in_(wanted[start:start + _CHUNK]))).all()
+            pending += conn.execute(of_classes, {"keys": wanted[start:start + _CHUNK]}).all()
     by_class: dict[str, list[Any]] = {}
     for row in pending:
         by_class.setdefault(row.class_key, []).append(row)

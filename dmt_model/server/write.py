@@ -31,6 +31,7 @@ quasi-identifiers, never by the values. Callers validate first
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -144,6 +145,26 @@ def _dialect_insert(conn: Connection) -> Callable[[Table], Any] | None:
     return None
 
 
+# Statements built once (not per group written: building one costs more than running it).
+@functools.cache
+def _or_nothing(dialect_insert: Callable[[Table], Any], table: Table, column: str) -> Any:
+    return (dialect_insert(table).on_conflict_do_nothing(index_elements=[column])
+            .returning(table.c[column]))
+
+
+@functools.cache
+def _class_upsert(dialect_insert: Callable[[Table], Any]) -> Any:
+    stmt = dialect_insert(CLASSES)
+    return stmt.on_conflict_do_update(
+        index_elements=[CLASSES.c.class_key],
+        set_={"n_records": CLASSES.c.n_records + stmt.excluded.n_records,
+              "n_packages": CLASSES.c.n_packages + stmt.excluded.n_packages})
+
+
+_RECORDS_INSERT = insert(RECORDS).returning(RECORDS.c.id, RECORDS.c.class_key)
+_PENDING_INSERT = insert(PENDING_BLOCKS)
+
+
 # PostgreSQL: one statement of constant text per kind, whatever the group's size, its rows as
 # arrays (unnest): psycopg prepares it once and sends the arrays in binary; SQLAlchemy's
 # executemany would render a new multi-row text per size or send the rows one by one.
@@ -186,9 +207,8 @@ def _insert_or_nothing(conn: Connection, table: Table, column: str,
     dialect_insert = _dialect_insert(conn)
     if dialect_insert is not None:
         inserted: set[Any] = set()
+        stmt = _or_nothing(dialect_insert, table, column)
         for start in range(0, len(rows), _CHUNK):
-            stmt = (dialect_insert(table).on_conflict_do_nothing(index_elements=[column])
-                    .returning(table.c[column]))
             inserted.update(conn.execute(stmt, rows[start:start + _CHUNK]).scalars())
         return inserted
     inserted = set()
@@ -208,13 +228,12 @@ def _insert_pending(conn: Connection, records: list[dict[str, Any]]) -> None:
         conn.exec_driver_sql(_PG_RECORDS, _columns(
             records, ["package_id", "class_key", "n_records", "rows"]))
         return
-    stmt = insert(RECORDS).returning(RECORDS.c.id, RECORDS.c.class_key)
     if conn.dialect.insert_executemany_returning:
-        blocks = conn.execute(stmt, records).all()
+        blocks = conn.execute(_RECORDS_INSERT, records).all()
     else:
-        blocks = [conn.execute(stmt, row).one() for row in records]
-    conn.execute(insert(PENDING_BLOCKS), [{"block_id": block_id, "class_key": class_key}
-                                          for block_id, class_key in blocks])
+        blocks = [conn.execute(_RECORDS_INSERT, row).one() for row in records]
+    conn.execute(_PENDING_INSERT, [{"block_id": block_id, "class_key": class_key}
+                                   for block_id, class_key in blocks])
 
 
 def _add_to_classes(conn: Connection, counts: dict[str, tuple[int, int]]) -> None:
@@ -229,13 +248,9 @@ def _add_to_classes(conn: Connection, counts: dict[str, tuple[int, int]]) -> Non
     for start in range(0, len(keys), _CHUNK):
         chunk = keys[start:start + _CHUNK]
         if dialect_insert is not None:  # executemany, in the order given: the lock order
-            stmt = dialect_insert(CLASSES)
-            conn.execute(stmt.on_conflict_do_update(
-                index_elements=[CLASSES.c.class_key],
-                set_={"n_records": CLASSES.c.n_records + stmt.excluded.n_records,
-                      "n_packages": CLASSES.c.n_packages + stmt.excluded.n_packages}),
-                [{"class_key": k, "n_records": counts[k][0], "n_packages": counts[k][1],
-                  "released": False} for k in chunk])
+            conn.execute(_class_upsert(dialect_insert),
+                         [{"class_key": k, "n_records": counts[k][0],
+                           "n_packages": counts[k][1], "released": False} for k in chunk])
             continue
         existing = set(conn.execute(
             select(CLASSES.c.class_key).where(CLASSES.c.class_key.in_(chunk))).scalars())
