@@ -154,6 +154,20 @@ def _retryable(exc: DBAPIError) -> bool:
     return getattr(exc.orig, "sqlstate", None) in _RETRY_SQLSTATES
 
 
+def _take(waiting: queue.SimpleQueue[Any], most: int, idle: float) -> list[Any] | None:
+    """Everything waiting (at most ``most``), once there is something; None after ``idle`` s."""
+    try:
+        taken = [waiting.get(timeout=idle)]
+    except queue.Empty:
+        return None
+    while len(taken) < most:
+        try:
+            taken.append(waiting.get_nowait())
+        except queue.Empty:
+            break
+    return taken
+
+
 class GroupCommit:
     """Group commit: what arrives while one transaction runs is written by the next, together.
 
@@ -194,19 +208,13 @@ class GroupCommit:
 
     def _drain(self) -> None:
         while True:
-            try:
-                group = [self._queue.get(timeout=self._idle)]
-            except queue.Empty:
+            group = _take(self._queue, self.max_group, self._idle)
+            if group is None:
                 with self._lock:
                     if self._queue.empty():
                         self._thread = None
                         return
                 continue
-            while len(group) < self.max_group:
-                try:
-                    group.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
             self._commit(group)
 
     def _commit(self, group: list[tuple[PreparedPackage, Future[Written]]]) -> None:
@@ -281,19 +289,13 @@ class BatchIngest:
 
     def _work(self) -> None:
         while True:
-            try:
-                batch = [self._queue.get(timeout=self._idle)]
-            except queue.Empty:
+            batch = _take(self._queue, self.max_batch, self._idle)
+            if batch is None:
                 with self._lock:
                     if self._queue.empty():
                         self._alive -= 1
                         return
                 continue
-            while len(batch) < self.max_batch:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
             self.batches += 1
             self.bodies += len(batch)
             self._deliver(self.run(batch))
