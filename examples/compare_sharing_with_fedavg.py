@@ -3,7 +3,9 @@
 Personalizing the proxy foundation alone; DMT sharing half of every user's
 training records k-anonymized (k=5) with the target under local DP (ε=1 per
 record, so a user sharing n records spends ε=n: the script prints it), then
-re-personalizing; DP-FedAvg at user-level ε=1 then personalizing. The
+re-personalizing; DP-FedAvg at user-level ε=1 then personalizing. Every
+device personalizes as the SDK's devices do, with ``personalize()``'s rule
+(an update is kept only if it beats the model it would replace). The
 full benchmark, 5 seeds and more settings with privacy risk, is
 benchmarks/privacy_utility.py.
 
@@ -21,7 +23,7 @@ from dmt_model.coreml import UpdateSettings, build_spec, predict_frame
 from dmt_model.datasets import BOSTON_SCHEMA, load_boston, simulate_users
 from dmt_model.federated import DPFedAvg, FedAvg, run_federated
 from dmt_model.foundation import train_foundation
-from dmt_model.personalize import update_spec
+from dmt_model.personalize import personalized
 from dmt_model.server.retrain import SharedBatch, retrain_foundation
 from dmt_privacy.anonymity import KAnonymizer, release_classes
 from dmt_privacy.dp import UNACCOUNTED, LocalDPPerturber
@@ -35,7 +37,7 @@ def personalized_rmse(model, records_of) -> float:
     spec = build_spec(model, updatable=UpdateSettings())
     errors = []
     for user in sim.users:
-        updated, _ = update_spec(spec, records_of(user))
+        updated, _ = personalized(spec, records_of(user))  # the device's keep-or-discard path
         errors.append(np.sqrt(np.mean((predict_frame(updated, user.test)
                                        - user.test["MEDV"].to_numpy()) ** 2)))
     return float(np.mean(errors))
