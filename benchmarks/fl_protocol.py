@@ -24,9 +24,15 @@ a 30 % unbiased proxy) leaves sharing little to add:
 * each user's records: 25 % test (at least one), of the rest 50 % shareable,
   the others never leave the device — as ``simulate_users`` does.
 
-The methods, each ending with every user personalizing the model they hold
-on all their local training records with ``personalize()`` (the SDK's
-defaults: the personal head, a per-user prior, the keep-or-discard rule):
+Every device first personalizes the proxy foundation on all its training
+records with ``personalize()`` (the SDK's defaults: the personal head, a
+per-user prior, the keep-or-discard rule). When a method gives it a new model
+(DMT's retrained foundation, Flower's final global model) the device does what
+an SDK device does, ``adopt_new_version()``: it re-personalizes the new model
+on all its training records and moves to it only if that beats its current
+personal model in cross-validation — so every method is measured as the
+model users hold in the end, and a new model that is worse for a user is not
+forced on them. The methods:
 
 * **nothing shared**: the proxy foundation (user-level ε = 0);
 * **DMT**: the server retrains on proxy + every user's shareable records as
@@ -273,23 +279,33 @@ def tune(args: argparse.Namespace) -> None:
 
 
 # --- one seed -------------------------------------------------------------------------
-def personalize_users(model: Any, sim: Simulation) -> dict[str, Any]:
-    """The model each user holds, before and after ``personalize()`` on all their training
-    records: mean per-user test RMSE, and the CPU seconds a device spent personalizing."""
+def personalize_users(model: Any, sim: Simulation,
+                      current: list[Any] | None = None) -> dict[str, Any]:
+    """What each user holds in the end, as an SDK device decides it: with no ``current``
+    personal models, ``model`` personalized on all their training records
+    (``personalize()``); otherwise ``model`` adopted only if, re-personalized, it beats the
+    user's ``current`` personal model in cross-validation (``adopt_new_version``). Mean
+    per-user test RMSE of ``model`` itself and of what users hold, the share of users who
+    moved to it, the CPU seconds a device spent, and the personal models."""
     from dmt_model.coreml import UpdateSettings, build_spec, predict_frame
-    from dmt_model.personalize import personalized
+    from dmt_model.personalize import adopted, personalized
 
     spec = build_spec(model, updatable=UpdateSettings())
-    plain, personal, seconds = [], [], []
-    for user in sim.users:
+    plain, personal, seconds, moved, held = [], [], [], [], []
+    for i, user in enumerate(sim.users):
         plain.append(rmse(predict_frame(spec, user.test), user.test[TARGET]))
         started = time.process_time()
-        updated, _ = personalized(spec, user.train)
+        if current is None:
+            updated, result = personalized(spec, user.train)
+        else:
+            updated, result = adopted(spec, current[i], user.train)
         seconds.append(time.process_time() - started)
+        moved.append(result.accepted)
+        held.append(updated)
         personal.append(rmse(predict_frame(updated, user.test), user.test[TARGET]))
     return {"rmse_released": float(np.mean(plain)), "rmse": float(np.mean(personal)),
-            "personalize_seconds": float(np.mean(seconds)),
-            "model_bytes": len(spec.SerializeToString())}
+            "moved": float(np.mean(moved)), "personalize_seconds": float(np.mean(seconds)),
+            "model_bytes": len(spec.SerializeToString()), "personal_models": held}
 
 
 def membership(model: Any, members: pd.DataFrame, non_members: pd.DataFrame,
@@ -348,6 +364,7 @@ def run_seed(sim: Simulation, seed: int, *, rounds: int, epsilons: tuple[float, 
     rows: dict[str, dict[str, Any]] = {}
     foundation = train_foundation(sim.proxy, FRIEDMAN_SCHEMA, TrainingConfig(seed=seed))
     held = personalize_users(foundation, sim)
+    current = held.pop("personal_models")
     model_bytes = held["model_bytes"]
     tests = pd.concat([u.test for u in sim.users])
     rows["nothing shared"] = held | {
@@ -360,7 +377,8 @@ def run_seed(sim: Simulation, seed: int, *, rounds: int, epsilons: tuple[float, 
         model, batches, info = dmt_model_for(sim, foundation, epsilon, seed,
                                              settings["dmt_learning_rate"])
         sizes, seal_seconds = sealed_sizes(sim, batches)
-        result = personalize_users(model, sim)
+        result = personalize_users(model, sim, current)
+        del result["personal_models"]
         rows[name] = result | {
             "epsilon": info.get("user_epsilon"),
             "guarantee": "no formal DP" if epsilon is None else
@@ -370,30 +388,32 @@ def run_seed(sim: Simulation, seed: int, *, rounds: int, epsilons: tuple[float, 
             "device_seconds": held["personalize_seconds"] + seal_seconds
             + result["personalize_seconds"],
             "membership": membership(model, shared, tests, seed)}
-        print(f"  {name}: {result['rmse']:.2f} ({result['rmse_released']:.2f} released)",
-              flush=True)
+        print(f"  {name}: {result['rmse']:.2f} ({result['rmse_released']:.2f} released, "
+              f"{result['moved']:.0%} adopted)", flush=True)
     fedavg, fedprox, dp = fl_strategies(settings, seed, rounds)
     trained = pd.concat([u.train for u in sim.users])
     runs = [("FedAvg", fedavg, None), ("FedProx", fedprox, None)]
     runs += [(f"DP-FedAvg ε={e:g}", dp(e), e) for e in epsilons]
     for name, strategy, epsilon in runs:
         result = federated(sim, strategy, foundation)
-        personal = personalize_users(result.foundation, sim)
+        personal = personalize_users(result.foundation, sim, current)
+        del personal["personal_models"]
         cost = fl_cost(result, strategy.base, len(sim.users), model_bytes)
         rows[name] = personal | cost | {
             "epsilon": result.epsilon,
             "guarantee": "no formal DP" if epsilon is None else
             "central DP: Gaussian noise on the clipped sum of the users' updates (Flower), "
             "Opacus RDP accountant, δ = 1e-5",
-            "device_seconds": cost["train_seconds"] + personal["personalize_seconds"],
+            "device_seconds": held["personalize_seconds"] + cost["train_seconds"]
+            + personal["personalize_seconds"],
             "membership": membership(result.foundation, trained, tests, seed)}
-        print(f"  {name}: {personal['rmse']:.2f} ({personal['rmse_released']:.2f} released)",
-              flush=True)
+        print(f"  {name}: {personal['rmse']:.2f} ({personal['rmse_released']:.2f} released, "
+              f"{personal['moved']:.0%} adopted)", flush=True)
     return rows
 
 
 # --- summary, table, plots -------------------------------------------------------------
-METRICS = ("rmse", "rmse_released", "sent_bytes", "received_bytes", "device_seconds")
+METRICS = ("rmse", "rmse_released", "moved", "sent_bytes", "received_bytes", "device_seconds")
 
 
 def summarize(per_seed: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
@@ -422,9 +442,10 @@ def table(summary: dict[str, dict[str, Any]], seeds: int) -> str:
     def kb(value: float) -> str:
         return "0" if value == 0 else f"{value / 1024:,.1f} KB"
 
-    lines = ["| method | user-level ε | personalized RMSE | released model RMSE | device sends "
-             "| device receives | device CPU s | membership advantage (95 % CI) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | user-level ε | users' RMSE | released model RMSE | adopted "
+             "| device sends | device receives | device CPU s "
+             "| membership advantage (95 % CI) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, row in summary.items():
         epsilon = ("0" if row["epsilon"] == 0 else "no formal DP" if row["epsilon"] is None
                    else f"{row['epsilon']:.2f}")
@@ -434,10 +455,14 @@ def table(summary: dict[str, dict[str, Any]], seeds: int) -> str:
         lines.append(
             f"| {name} | {epsilon} | {row['rmse']['mean']:.2f} ± {row['rmse']['std']:.2f} "
             f"| {row['rmse_released']['mean']:.2f} ± {row['rmse_released']['std']:.2f} "
-            f"| {kb(row['sent_bytes']['mean'])} | {kb(row['received_bytes']['mean'])} "
+            f"| {row['moved']['mean']:.0%} | {kb(row['sent_bytes']['mean'])} "
+            f"| {kb(row['received_bytes']['mean'])} "
             f"| {row['device_seconds']['mean']:.2f} | {attack_text} |")
     return (f"Mean ± std over {seeds} seed{'s' if seeds > 1 else ''} of the mean per-user "
-            "test RMSE (lower is better).\n\n" + "\n".join(lines) + "\n")
+            "test RMSE (lower is better) of the model each user holds in the end (users' "
+            "RMSE) and of the released model itself; adopted: the share of users whose "
+            "device moved to the new model (nothing shared: whose update was kept).\n\n"
+            + "\n".join(lines) + "\n")
 
 
 def plot(summary: dict[str, dict[str, Any]], epsilons: tuple[float, ...], output: Path,
@@ -474,7 +499,7 @@ def plot(summary: dict[str, dict[str, Any]], epsilons: tuple[float, ...], output
                color="grey", alpha=0.15)
     ax.set_xticks(x, labels)
     ax.set_xlabel("user-level privacy cost")
-    ax.set_ylabel("per-user test RMSE after personalization")
+    ax.set_ylabel("per-user test RMSE of the model users hold")
     ax.set_title(f"Which approach gives users the better model?\nFriedman #2 regression, "
                  f"{seeds} seed{'s' if seeds > 1 else ''}, mean ± std", fontsize=10)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)

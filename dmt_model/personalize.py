@@ -79,6 +79,7 @@ __all__ = [
     "UpdateEvent",
     "UpdateHistory",
     "adopt_new_version",
+    "adopted",
     "batch_order",
     "featurizer_of",
     "personalize",
@@ -940,6 +941,22 @@ def personalized(spec: Any, records: pd.DataFrame, **kwargs: Any,
         _save_model(spec, path)
         result = personalize(path, records, **kwargs)
         return _load_model(path), result
+
+
+def adopted(new_spec: Any, current: Any, records: pd.DataFrame, **kwargs: Any,
+            ) -> tuple[Any, PersonalizationResult]:
+    """:func:`adopt_new_version` on in-memory models: (the personal model the device holds
+    afterwards, result) — ``new_spec`` re-personalized if the rule kept it, else a copy of
+    ``current``. Neither argument is modified. For simulations and benchmarks."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="dmt-adopt-") as folder:
+        suffix = ".pte" if _is_program(new_spec) else ".mlmodel"
+        new_path, personal_path = Path(folder) / f"new{suffix}", Path(folder) / f"personal{suffix}"
+        _save_model(new_spec, new_path)
+        _save_model(current, personal_path)
+        result = adopt_new_version(new_path, personal_path, records, **kwargs)
+        return _load_model(personal_path), result
 
 
 def adopt_new_version(

@@ -43,6 +43,7 @@ def test_quick_run_writes_every_row_with_privacy_cost_and_risk(tmp_path):
         assert row["received_bytes"]["mean"] > 0
         assert (name == "nothing shared") == (row["sent_bytes"]["mean"] == 0)
         assert ("membership_advantage" in row) == (name != "nothing shared")
+        assert 0.0 <= row["moved"]["mean"] <= 1.0
     assert summary["nothing shared"]["epsilon"] == 0.0
     assert summary["DMT raw"]["epsilon"] is None and summary["FedAvg"]["epsilon"] is None
     assert 0 < summary["DMT local DP ε=4"]["epsilon"] <= 4.0

@@ -88,3 +88,27 @@ def test_personalize_keeps_the_update_the_one_at_a_time_rule_keeps(foundation, s
     for got, want in zip(_weights(personal, CHAIN), _weights(alone, CHAIN), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     assert result.prior_records in DEFAULT_PRIOR_RECORDS
+
+
+def test_adopted_moves_a_device_only_to_a_better_model_and_changes_neither_input(
+        foundation, simulation):
+    """The in-memory adoption the benchmarks use is adopt_new_version: a new model that is
+    worse for the user leaves the device on its current personal model."""
+    from dmt_model.coreml.weights import set_weights
+    from dmt_model.personalize import adopted
+
+    spec = build_spec(foundation, updatable=UpdateSettings())
+    user = simulation.users[5]
+    current, _ = personalized(spec, user.train)
+    broken = build_spec(foundation, updatable=UpdateSettings())
+    weight, bias, _ = get_weights(broken, "dense_2")
+    set_weights(broken, "dense_2", weight, bias + 1.5)  # a "new version" 1.5 target stds off
+    before = [w.copy() for w in _weights(current, CHAIN)]
+    held, result = adopted(broken, current, user.train)
+    assert not result.accepted
+    for got, want in zip(_weights(held, CHAIN), before, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert np.all(get_weights(broken, "dense_2")[1] == bias + 1.5)  # not modified
+    held, result = adopted(spec, build_spec(foundation, updatable=UpdateSettings()),
+                           user.train)
+    assert result.accepted == personalized(spec, user.train)[1].accepted
