@@ -38,8 +38,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         help="open, validate and store sealed share packages",
         description=(
             "Open sealed share packages with the server's private key, validate them against "
-            "the server's policy (schema, bounds, k, ε), reject replays, store each package "
-            "in one transaction (records encrypted at rest) and print a summary. Running it "
+            "the server's policy (schema, bounds, k, ε), reject replays, store the packages "
+            "in groups of up to 256 per transaction (records encrypted at rest; a package "
+            "whose write fails is retried alone) and print a summary. Running it "
             "again on the same packages changes nothing. Exits 4 when packages were offered "
             "and none could be stored (often the wrong --key)."
         ),

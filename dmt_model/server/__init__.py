@@ -2,9 +2,9 @@
 
 :func:`ingest` (and :meth:`Ingestor.ingest_one`, the one path the CLI and the
 HTTP service share) opens packages with the server's private key, validates them
-exactly against a :class:`ServerPolicy`, rejects replays and writes each package in
-one transaction; :class:`SharedStore` reads the released (k-anonymous across
-packages) records back for retraining. SQLAlchemy is imported here, so
+exactly against a :class:`ServerPolicy`, rejects replays and writes the packages that
+arrive together in one transaction (group commit); :class:`SharedStore` reads the
+released (k-anonymous across packages) records back for retraining. SQLAlchemy is imported here, so
 ``dmt_privacy`` (the client side) never needs it.
 """
 

@@ -1,6 +1,6 @@
 """Ingestion of sealed share packages: open, validate against the server's policy, store once.
 
-One path serves ``dmt ingest`` (:func:`ingest`, through :meth:`Ingestor.ingest_one`)
+One path serves ``dmt ingest`` (:func:`ingest`, through :class:`BatchIngest`)
 and the HTTP service alike (:meth:`Ingestor.check`, :meth:`~Ingestor.submit`,
 :meth:`~Ingestor.finish`, the three steps ``ingest_one`` chains). For each package it:
 
@@ -16,9 +16,10 @@ and the HTTP service alike (:meth:`Ingestor.check`, :meth:`~Ingestor.submit`,
 4. encrypts it and names its classes (:func:`dmt_model.server.write.prepare_package`),
    still in the caller's thread, so packages are prepared in parallel;
 5. stores it with every package waiting at that moment in ONE transaction
-   (one flush for all; :func:`dmt_model.server.write.write_prepared`; the CLI
-   through the process's :class:`GroupCommit` writer thread, the service in
-   the thread that checked the batch, :class:`BatchIngest`): the package row
+   (one flush for all; :func:`dmt_model.server.write.write_prepared`; ``dmt
+   ingest`` and the service in the thread that checked the batch,
+   :class:`BatchIngest`, :meth:`ingest_one` through the process's
+   :class:`GroupCommit` writer thread): the package row
    inserted or nothing on its id (a replay, detected inside the write), its token as
    spent (or nothing: a double spend), its record blocks, the class counts,
    and the release of every class that now holds records from at least
@@ -521,24 +522,62 @@ def ingest(
     db_url: str | Engine,
     private_key: ServerPrivateKey | ServerKeyring,
     policy: ServerPolicy,
+    *,
+    max_group: int = MAX_GROUP,
 ) -> IngestReport:
     """Open, validate and store share packages; see the module docstring.
 
     ``sources``: package bytes, files, directories (their ``*.dmt`` files,
     recursively, sorted by path), or a list of these. ``db_url``: an SQLAlchemy URL, a SQLite
-    file path or an engine. Returns an :class:`IngestReport`; never raises for
-    a bad package (it is rejected with a reason), only for a bad setup or a
-    failing database.
+    file path or an engine. Packages are read ``max_group`` at a time, checked,
+    and the good ones written in ONE transaction (the service's group write,
+    :meth:`GroupCommit.commit_now`); an outcome is recorded only after its
+    commit. Returns an :class:`IngestReport`; never raises for a bad package
+    (it is rejected with a reason), only for a bad setup or a failing
+    database: then the group is finished first (a package whose write fails
+    is retried alone, so the others of its group are stored), the first error
+    is raised and nothing after that group is read. Running it again stores
+    what is left, each package exactly once (the rest are counted replays).
     """
-    ingestor = Ingestor(db_url, private_key, policy)
+    ingestor = Ingestor(db_url, private_key, policy, max_group=max_group)
     ingestor.data_key()
+    batch = BatchIngest(ingestor, lambda done: None, max_batch=max_group)
     report = IngestReport()
+    group: list[tuple[bytes, str, Any]] = []
     for name, data in iter_sources(sources, max_bytes=policy.max_bytes):
         if data is None:
-            report.outcomes.append(ingestor._refused(name, "too large: over max_bytes"))
-            continue
-        outcome = ingestor.ingest_one(data, name)
-        report.released_classes += outcome.released_classes
-        report.outcomes.append(outcome)
+            group.append((b"", name, "too large: over max_bytes"))
+        else:
+            group.append((data, name, None))
+        if len(group) == max_group:
+            _ingest_group(batch, group, report)
+            group = []
+    if group:
+        _ingest_group(batch, group, report)
     report.counts = ingestor.store.counts()
     return report
+
+
+def _ingest_group(batch: BatchIngest, group: list[tuple[bytes, str, Any]],
+                  report: IngestReport) -> None:
+    """Check and write ``group`` (one transaction), its outcomes in order into ``report``.
+
+    A ``group`` item is (body, source, None), or ("", source, reason) for a
+    file refused unread.
+    """
+    ingestor = batch.ingestor
+    results: list[Outcome | BaseException | None] = [None] * len(group)
+    readable: list[tuple[bytes, str, Any]] = []
+    for i, (body, source, refused) in enumerate(group):
+        if refused is None:
+            readable.append((body, source, i))
+        else:
+            results[i] = ingestor._refused(source, refused)
+    for i, result in batch.run(readable):
+        results[i] = result
+    for outcome in results:
+        if isinstance(outcome, BaseException):
+            raise outcome
+        assert outcome is not None
+        report.released_classes += outcome.released_classes
+        report.outcomes.append(outcome)

@@ -247,6 +247,10 @@ def _stored(db: Path) -> int:
 _CHILD = """
 import argparse, sys
 from dmt_model.cli import ingest as m
+import dmt_model.server.ingest  # noqa: F401 (the module, shadowed by the function)
+ing = sys.modules["dmt_model.server.ingest"]
+# groups of 4 (not 256): 1,000 packages are then many transactions to kill the run between
+ing.ingest.__kwdefaults__["max_group"] = 4
 p = argparse.ArgumentParser(); m.register(p.add_subparsers(dest="command"))
 a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))
 """
@@ -363,3 +367,62 @@ def test_randomized_response_and_gaussian_fields_match_the_policy_exactly(tmp_pa
     report = ingest(envelopes, str(tmp_path / "s.db"), KEY, policy)
     assert [o.status for o in report.outcomes] == ["accepted", "rejected"]
     assert report.outcomes[1].reason.startswith("mechanism")
+
+
+def _write_commits(engine) -> list[int]:
+    """Counts the engine's commits in a one-element list (a listener keeps it up to date)."""
+    commits = [0]
+
+    def count(conn):
+        commits[0] += 1
+
+    event.listen(engine, "commit", count)
+    return commits
+
+
+def test_ingest_writes_packages_in_groups_not_one_transaction_each(tmp_path):
+    """`dmt ingest` on 100 packages: ceil(100 / max_group) write transactions, not 100."""
+    db = tmp_path / "server.db"
+    engine = connect(f"sqlite:///{db}")
+    ingest([seal_package(package(1000), KEY.public_key())], engine, KEY, POLICY)  # data key
+    ids = write_packages(tmp_path / "in", [package(i) for i in range(100)])
+    commits = _write_commits(engine)
+    report = ingest(tmp_path / "in", engine, KEY, POLICY, max_group=32)
+    assert sorted(report.stored_ids) == sorted(ids) and len(report.accepted) == 100
+    assert commits[0] == 1 + 4  # the data key's read, then 32 + 32 + 32 + 4 packages
+    commits[0] = 0
+    again = ingest(tmp_path / "in", engine, KEY, POLICY)
+    assert len(again.replays) == 100 and commits[0] == 1 + 1  # exactly once on a re-run
+    assert table_counts(db)["packages"] == 101
+
+
+def test_a_package_failing_its_write_takes_only_itself_down(tmp_path):
+    """A package whose write fails, in the middle of a group: the others of its group are
+    stored (each retried alone), it is not, the run stops with the error after that group,
+    and a re-run stores the rest exactly once."""
+    db = tmp_path / "server.db"
+    engine = connect(f"sqlite:///{db}")
+    packages = [package(i) for i in range(100)]
+    order = sorted(p.package_id for p in packages)  # files are read sorted by name
+    bad = order[30]
+    write_packages(tmp_path / "in", packages)
+
+    def fail_on_bad(conn, cursor, statement, parameters, *args):
+        if statement.lstrip().upper().startswith("INSERT INTO PACKAGES") and bad in str(
+                parameters):
+            raise RuntimeError("disk on fire")
+
+    event.listen(engine, "before_cursor_execute", fail_on_bad)
+    commits = _write_commits(engine)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        ingest(tmp_path / "in", engine, KEY, POLICY, max_group=64)
+    stored = {r[0] for r in sqlite3.connect(db).execute("SELECT package_id FROM packages")}
+    assert stored == set(order[:64]) - {bad}  # its group-mates stored, the next group not
+    assert commits[0] <= 1 + 64  # the data key, then the failed group's packages alone
+    event.remove(engine, "before_cursor_execute", fail_on_bad)
+    report = ingest(tmp_path / "in", engine, KEY, POLICY)
+    assert len(report.replays) == len(stored) and len(report.accepted) == 100 - len(stored)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT COUNT(*), COUNT(DISTINCT package_id) FROM packages"
+                            ).fetchone() == (100, 100)
+        assert conn.execute("SELECT SUM(n_records) FROM classes").fetchone()[0] == 300

@@ -205,7 +205,9 @@ def test_pending_blocks_are_the_unreleased_blocks(db_url):
 
     engine = connect(db_url)
     packages = [package(i, classes=[i % 3] * 3) for i in range(11)]
-    report = ingest([seal_package(p, KEY.public_key()) for p in packages], engine, KEY, POLICY)
+    # one package a transaction (ingest groups them): the 4th of a class finds a cohort of 3
+    report = ingest([seal_package(p, KEY.public_key()) for p in packages], engine, KEY, POLICY,
+                    max_group=1)
     assert report.released_classes == 3 and check(engine) == 2  # the 4th of classes 0 and 1
     remove_packages(engine, ids=[packages[0].package_id])  # dissolves class 0's cohort
     assert check(engine) == 4
@@ -215,6 +217,6 @@ def test_pending_blocks_are_the_unreleased_blocks(db_url):
     engine = connect(db_url)
     assert check(engine) == 4
     more = ingest([seal_package(package(100 + i, classes=[0] * 3), KEY.public_key())
-                   for i in range(2)], engine, KEY, POLICY)
+                   for i in range(2)], engine, KEY, POLICY, max_group=1)
     assert more.released_classes == 1 and check(engine) == 2
     engine.dispose()
