@@ -675,37 +675,60 @@ def _require(ok: bool) -> None:
         raise _Malformed
 
 
-def _ext_hook_factory(max_bytes: int, max_records: int) -> Any:
-    cache: dict[tuple[int, bytes], Any] = {}
+#: Decoded intervals and value sets by (ext code, max_records, payload), shared by every
+#: decode: both are immutable, and the few generalization classes of a schema repeat in
+#: every package, so each is checked and built once, not once per package (pd.Interval
+#: construction and a nested msgpack decode were most of a 3-record package's decode).
+#: Bounded: payloads of at most _SHARED_EXT_BYTES, emptied when it holds _SHARED_EXT_MAX.
+_SHARED_EXT: dict[tuple[int, int, bytes], Any] = {}
+_SHARED_EXT_BYTES = 256
+_SHARED_EXT_MAX = 4096
 
-    def no_ext(code: int, data: bytes) -> Any:
-        raise _Malformed
+
+def _no_ext(code: int, data: bytes) -> Any:
+    raise _Malformed
+
+
+def _ext_value(code: int, data: bytes, max_records: int) -> Any:
+    """One extension's value; ``_Malformed`` when it is not exactly what encode writes."""
+    if code == EXT_INTERVAL:
+        _require(len(data) == _INTERVAL.size)
+        closed, lo, hi = _INTERVAL.unpack(data)
+        _require(closed < len(_CLOSED) and lo <= hi)
+        return pd.Interval(lo, hi, closed=_CLOSED[closed])
+    if code == EXT_VALUE_SET:
+        members = msgpack.unpackb(
+            data, raw=False, use_list=True, strict_map_key=True, ext_hook=_no_ext,
+            max_str_len=len(data), max_bin_len=0, max_array_len=min(len(data), max_records),
+            max_map_len=0, max_ext_len=0,
+        )
+        _require(type(members) is list and set(map(type, members)) <= _SCALAR_TYPES)
+        value = frozenset(members)
+        _require(len(value) == len(members))
+        return value
+    if code == EXT_ARRAY:
+        return _decode_array(data)
+    raise _Malformed
+
+
+def _ext_hook_factory(max_bytes: int, max_records: int) -> Any:
+    cache: dict[tuple[int, bytes], Any] = {}  # this package's arrays and large value sets
 
     def hook(code: int, data: bytes) -> Any:
+        if code != EXT_ARRAY and len(data) <= _SHARED_EXT_BYTES:
+            shared_key = (code, max_records, data)
+            value = _SHARED_EXT.get(shared_key)
+            if value is None:
+                value = _ext_value(code, data, max_records)
+                if len(_SHARED_EXT) >= _SHARED_EXT_MAX:
+                    _SHARED_EXT.clear()
+                _SHARED_EXT[shared_key] = value
+            return value
         key = (code, data)
         hit = cache.get(key)
-        if hit is not None:
-            return hit
-        if code == EXT_INTERVAL:
-            _require(len(data) == _INTERVAL.size)
-            closed, lo, hi = _INTERVAL.unpack(data)
-            _require(closed < len(_CLOSED) and lo <= hi)
-            value: Any = pd.Interval(lo, hi, closed=_CLOSED[closed])
-        elif code == EXT_VALUE_SET:
-            members = msgpack.unpackb(
-                data, raw=False, use_list=True, strict_map_key=True, ext_hook=no_ext,
-                max_str_len=len(data), max_bin_len=0, max_array_len=min(len(data), max_records),
-                max_map_len=0, max_ext_len=0,
-            )
-            _require(type(members) is list and set(map(type, members)) <= _SCALAR_TYPES)
-            value = frozenset(members)
-            _require(len(value) == len(members))
-        elif code == EXT_ARRAY:
-            value = _decode_array(data)
-        else:
-            raise _Malformed
-        cache[key] = value
-        return value
+        if hit is None:
+            hit = cache[key] = _ext_value(code, data, max_records)
+        return hit
 
     return hook
 

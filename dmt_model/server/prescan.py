@@ -55,11 +55,17 @@ def _table() -> tuple[list[int], dict[int, int]]:
 
 
 _MARKERS, _WIDTH = _table()
+#: Value-set payloads already checked, shared by every call (a schema's few generalized
+#: categories repeat in every package); bounded like dmt_privacy.package's decode cache.
+_CHECKED: dict[bytes, bool] = {}
+_CHECKED_BYTES = 256
+_CHECKED_MAX = 4096
 
 
 def bounded_shape(data: bytes, *, max_depth: int = 6) -> bool:
     """Whether ``data`` is one msgpack object of bounded depth with honest lengths."""
     checked: dict[bytes, bool] = {}  # value sets repeat (one per class): check each once
+    shared = _CHECKED
     markers, widths = _MARKERS, _WIDTH
     n = len(data)
     pos = 0
@@ -105,9 +111,13 @@ def bounded_shape(data: bytes, *, max_depth: int = 6) -> bool:
                     return False
                 if data[pos] == _EXT_VALUE_SET:
                     payload = data[pos + 1:pos + 1 + length]
-                    ok = checked.get(payload)
+                    cache = shared if length <= _CHECKED_BYTES else checked
+                    ok = cache.get(payload)
                     if ok is None:
-                        ok = checked[payload] = _scalars(payload)
+                        ok = _scalars(payload)
+                        if len(cache) >= _CHECKED_MAX:
+                            cache.clear()
+                        cache[payload] = ok
                     if not ok:
                         return False
                 pos += 1 + length

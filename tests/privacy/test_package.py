@@ -587,3 +587,34 @@ def test_a_token_travels_inside_the_envelope_as_format_2() -> None:
     assert decode_package(msgpack.packb(raw, use_bin_type=True)) == pkg
     with pytest.raises(ValidationError, match="token"):
         seal_package(pkg, _RECIPIENT.public_key(), token="not bytes")
+
+
+def test_intervals_and_value_sets_decoded_once_across_packages_without_weakening_a_check():
+    """Decoded intervals and value sets are shared between packages (they repeat in every
+    package of a schema), but a shared value is only ever one that passed the checks of the
+    limits in force: a value set accepted under a high max_records is refused under a lower
+    one, a malformed extension is refused every time, and the cache stays bounded."""
+    import dmt_privacy.package as package_module
+
+    cls = (pd.Interval(20.0, 29.0, closed="both"), frozenset({"a", "b", "c"}))
+    first, second = (SharePackage.create("s" * 16, {"age": [cls[0]] * 2, "zip": [cls[1]] * 2},
+                                         PrivacyReceipt(k=2)) for _ in range(2))
+    one, two = (decode_package(encode_package(p)) for p in (first, second))
+    assert one == first and two == second
+    assert one.columns["age"][0] is two.columns["age"][0]  # built once, shared
+    assert one.columns["zip"][0] is two.columns["zip"][0]
+    # the value set has 3 members: fine with max_records=3, refused with 2 (cached or not)
+    data = encode_package(SharePackage.create("s" * 16, {"zip": [cls[1]]}, PrivacyReceipt(k=1)))
+    assert decode_package(data, max_records=3).columns["zip"] == [cls[1]]
+    _assert_invalid(lambda: decode_package(data, max_records=2))
+    bad = encode_package(first)
+    interval = struct.pack("<Bdd", 0, 20.0, 29.0)
+    flipped = struct.pack("<Bdd", 0, 29.0, 20.0)  # lo > hi
+    assert interval in bad
+    for _ in range(2):
+        _assert_invalid(lambda: decode_package(bad.replace(interval, flipped)))
+    package_module._SHARED_EXT.clear()
+    for i in range(package_module._SHARED_EXT_MAX + 10):
+        package_module._SHARED_EXT[(0, 0, str(i).encode())] = i
+    decode_package(encode_package(first))
+    assert len(package_module._SHARED_EXT) <= package_module._SHARED_EXT_MAX
