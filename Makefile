@@ -129,6 +129,7 @@ bench: install wordnet risk-env postgres
 	run device_store --label encrypted $(call quick,--records 500 --repeat 1); \
 	run privacy_pass_tokens $(call quick,--packages 20 --repeats 1); \
 	run server_load $(call quick,--packages 200 --clients 5); \
+	run ingest_cli $(call quick,--packages 200 --rounds 1); \
 	run federated_baseline $(call quick,--seeds 1); \
 	run fl_engine_parity $(call quick,--seeds 1); \
 	run fl_protocol $(call quick,--quick); \

@@ -6,7 +6,8 @@ against one transaction per package, interleaved in one process.
 "per package" is the old loop (:meth:`Ingestor.ingest_one` for each file, one
 transaction each); "grouped" is :func:`ingest` as it now is. Each round
 ingests the same sealed files into a fresh database with both, alternating
-which goes first. Writes ``benchmarks/results/ingest_cli.json``.
+which goes first. Writes ``ingest_cli.json`` into ``--output`` (default
+benchmarks/results).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dmt_privacy import Field, Schema
 from dmt_privacy.package import PrivacyReceipt, SharePackage, seal_package
 from dmt_privacy.seal import generate_server_key
 
+RESULTS = Path(__file__).resolve().parent / "results"
 SCHEMA = Schema((
     Field("zip", "categorical", role="quasi-identifier", categories=("a", "b", "c", "d")),
     Field("score", "numeric", bounds=(0, 1000)),
@@ -51,6 +53,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--packages", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--output", type=Path, default=RESULTS,
+                        help="folder for the results (default benchmarks/results)")
     args = parser.parse_args()
     key = generate_server_key()
     rng = np.random.default_rng(0)
@@ -76,8 +80,8 @@ def main() -> None:
     result = {"packages": args.packages, "ratio": ratio, "median_packages_per_s": medians,
               "runs": runs}
     print(f"grouped / per package: {ratio:.2f}x")
-    out = Path(__file__).parent / "results" / "ingest_cli.json"
-    out.parent.mkdir(exist_ok=True)
+    args.output.mkdir(parents=True, exist_ok=True)
+    out = args.output / "ingest_cli.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
 
 
