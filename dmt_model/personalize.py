@@ -410,14 +410,14 @@ def update_specs(
             grad = (diff * scale_all[t][:, None, None]).astype(f32)
         if not np.isfinite(loss).all():  # (a finished or rejected update's loss is 0)
             diverged = active & ~np.isfinite(loss)
-            for lane in np.flatnonzero(diverged):
-                rejected[int(lane)] = UpdateRejected(
-                    f"The update diverged (loss {loss[lane]}) at epoch {plan.epoch[t, lane]}, "
-                    f"mini-batch {plan.batch[t, lane]}; lower the learning rate. Nothing was "
+            for bad in np.flatnonzero(diverged).tolist():
+                rejected[bad] = UpdateRejected(
+                    f"The update diverged (loss {loss[bad]}) at epoch {plan.epoch[t, bad]}, "
+                    f"mini-batch {plan.batch[t, bad]}; lower the learning rate. Nothing was "
                     "written.")
                 for values in (*params.values(), *state.values(), *second.values()):
                     for value in values:
-                        value[lane] = 0  # a rejected update's numbers no longer matter
+                        value[bad] = 0  # a rejected update's numbers no longer matter
             alive &= ~diverged
             active &= ~diverged
             loss = np.where(active, loss, 0.0)
