@@ -507,10 +507,12 @@ class _HeaderTimer:
 
     Armed when the connection opens and when a response completes, disarmed
     when a request's headers are complete; the app's ``body_timeout`` seconds.
+    Mixed in before a uvicorn protocol class, whose methods it extends.
     """
 
     _header_timer: Any = None
     _header_seconds: float = 10.0
+    app: Any
     loop: Any
     transport: Any
 
@@ -524,7 +526,19 @@ class _HeaderTimer:
             self._header_timer = None
 
     def _headers_too_slow(self) -> None:
-        raise NotImplementedError
+        """Close the connection (a protocol may first tell the peer, as h11's does)."""
+        self._header_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def connection_made(self, transport: Any) -> None:
+        self._header_seconds = _body_timeout(self.app)
+        super().connection_made(transport)  # type: ignore[misc]
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)  # type: ignore[misc]
 
 
 class HeaderTimeoutH11Protocol(_HeaderTimer, H11Protocol):  # type: ignore[misc]
@@ -539,16 +553,13 @@ class HeaderTimeoutH11Protocol(_HeaderTimer, H11Protocol):  # type: ignore[misc]
     """
 
     def _headers_too_slow(self) -> None:
-        self._header_timer = None
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+        if self.conn.their_state is not h11.IDLE:  # the headers came in the meantime
+            self._header_timer = None
+            return
+        if not self.transport.is_closing():
             with contextlib.suppress(h11.LocalProtocolError):
                 self.conn.send(h11.ConnectionClosed())
-            self.transport.close()
-
-    def connection_made(self, transport: Any) -> None:
-        self._header_seconds = _body_timeout(self.app)
-        super().connection_made(transport)
-        self._arm()
+        super()._headers_too_slow()
 
     def handle_events(self) -> None:
         super().handle_events()
@@ -559,10 +570,6 @@ class HeaderTimeoutH11Protocol(_HeaderTimer, H11Protocol):  # type: ignore[misc]
         super().on_response_complete()
         if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
             self._arm()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        super().connection_lost(exc)
 
 
 #: httptools (uvicorn's C parser) and uvloop are used when installed (the ``server`` extra).
@@ -581,16 +588,6 @@ if HTTPTOOLS:
         unless a pipelined request (headers complete) is next.
         """
 
-        def _headers_too_slow(self) -> None:
-            self._header_timer = None
-            if not self.transport.is_closing():
-                self.transport.close()
-
-        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
-            self._header_seconds = _body_timeout(self.app)
-            super().connection_made(transport)
-            self._arm()
-
         def on_headers_complete(self) -> None:
             self._disarm()
             super().on_headers_complete()
@@ -600,10 +597,6 @@ if HTTPTOOLS:
             super().on_response_complete()
             if not pipelined and not self.transport.is_closing():
                 self._arm()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
 
     _PROTOCOL: type = HeaderTimeoutHttpToolsProtocol
 else:  # pragma: no cover - httptools is in the server extra

@@ -475,3 +475,68 @@ def test_headers_of_a_next_request_on_a_kept_alive_connection_must_be_quick(tmp_
     finally:
         service.stop()
     assert 0.8 < closed_after < 2.5
+
+
+def _trickled_headers_closed_after(port: int) -> float:
+    """Seconds until the server closes a connection that answered one request and then
+    trickles the next request's headers without ever ending them."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = b""
+        while not answer.endswith(b"\r\n\r\nok"):
+            chunk = s.recv(4096)
+            assert chunk, f"closed before the answer: {answer!r}"
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200")
+        started = time.monotonic()
+        s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\n")
+        for _ in range(40):  # a header line every 0.1 s, never the end of the headers
+            try:
+                s.sendall(b"X-A: b\r\n")
+            except OSError:
+                break
+            if select.select([s], [], [], 0.1)[0]:
+                break
+        closed_after = time.monotonic() - started
+        assert s.recv(64) == b""
+    return closed_after
+
+
+@pytest.mark.parametrize("name", ["HeaderTimeoutH11Protocol", "HeaderTimeoutHttpToolsProtocol"])
+def test_each_protocol_closes_trickled_headers_on_a_fresh_and_a_kept_alive_connection(name):
+    """Both protocols (httptools, and the h11 fallback) share the header timer: armed on
+    connect and after each response, it closes a connection whose headers never end."""
+    import uvicorn
+
+    from dmt_model.server import service
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    app.state = argparse.Namespace(config=ServiceConfig(body_timeout=1.0))  # what it reads
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           http=getattr(service, name), lifespan="off",
+                                           log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"GET / HTTP/1.1\r\n")  # a fresh connection that never ends its headers
+            started = time.monotonic()
+            assert s.recv(64) == b""  # closed, nothing sent
+            fresh = time.monotonic() - started
+        assert 0.8 < fresh < 2.5
+        assert 0.8 < _trickled_headers_closed_after(port) < 2.5
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
