@@ -59,8 +59,16 @@ def test_idle_sockets_do_not_starve_legitimate_requests(tmp_path, server_load):
         for s in idle:
             s.close()
         service.stop()
-    p99_unloaded, p99_loaded = np.quantile(unloaded, 0.99), np.quantile(loaded, 0.99)
-    print(f"\nGET /v1/health p99: {p99_unloaded * 1e3:.1f} ms unloaded, "
-          f"{p99_loaded * 1e3:.1f} ms beside {IDLE} idle sockets; statuses {set(statuses)}")
+    median_unloaded, median_loaded = np.median(unloaded), np.median(loaded)
+    p99_loaded = np.quantile(loaded, 0.99)
+    print(f"\nGET /v1/health: median {median_unloaded * 1e3:.1f} ms unloaded, "
+          f"{median_loaded * 1e3:.1f} ms beside {IDLE} idle sockets "
+          f"(p99 {p99_loaded * 1e3:.1f} ms); statuses {set(statuses)}")
     assert set(statuses) == {200}
-    assert p99_loaded <= 2 * p99_unloaded + 0.005  # 5 ms of slack for a shared CI machine
+    # The typical request is not slowed: the median is the statistic a shared 2-core CI
+    # machine leaves steady (one scheduler hiccup is a whole p99 of 100 requests: CI once
+    # saw 8.9 ms against 1.7 ms with the median unchanged).
+    assert median_loaded <= 2 * median_unloaded + 0.002
+    # No request waits on the idle sockets: starvation costs a header timeout (seconds)
+    # or a 503, far above the scheduling noise this bound leaves room for.
+    assert p99_loaded <= 0.1
