@@ -109,7 +109,7 @@ def tune(output: Path) -> None:
         for seed, (sim, foundation) in zip(TUNING_SEEDS, setups, strict=True):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
-                values.append(run_federated(sim, make(seed), foundation=foundation).mean_rmse)
+                values.append(run_federated(sim, make(seed), foundation=foundation).mean_error)
         return statistics.mean(values)
 
     trials: dict[str, dict[str, float]] = {}
@@ -169,16 +169,16 @@ def main() -> None:
             record(name, value)
         fl = run_federated(sim, replace(FEDAVG, seed=seed), foundation=foundation,
                            personalize=True)
-        record("FedAvg", fl.mean_rmse)
-        record("FedAvg + personalization", fl.mean_personalized_rmse)
+        record("FedAvg", fl.mean_error)
+        record("FedAvg + personalization", fl.mean_personalized_error)
         runs.append({"seed": seed, "method": "FedAvg", **fl.to_dict()})
         prox = run_federated(sim, replace(FEDPROX, seed=seed), foundation=foundation,
                              personalize=True)
-        record("FedProx", prox.mean_rmse)
-        record("FedProx + personalization", prox.mean_personalized_rmse)
+        record("FedProx", prox.mean_error)
+        record("FedProx + personalization", prox.mean_personalized_error)
         runs.append({"seed": seed, "method": "FedProx", **prox.to_dict()})
         head = run_federated(sim, replace(DP_FEDAVG, seed=seed), foundation=foundation)
-        record("FedAvg, DP settings without noise", head.mean_rmse)
+        record("FedAvg, DP settings without noise", head.mean_error)
         for epsilon in EPSILONS:
             strategy = DPFedAvg(replace(DP_FEDAVG, seed=seed), clip_norm=CLIP_NORM,
                                 target_epsilon=epsilon, delta=DELTA)
@@ -186,8 +186,8 @@ def main() -> None:
                 warnings.simplefilter("ignore", UserWarning)
                 dp = run_federated(sim, strategy, foundation=foundation, personalize=True)
             label = f"DP-FedAvg ε={epsilon:g}"
-            record(label, dp.mean_rmse)
-            record(f"{label} + personalization", dp.mean_personalized_rmse)
+            record(label, dp.mean_error)
+            record(f"{label} + personalization", dp.mean_personalized_error)
             epsilons.setdefault(label, []).append(float(dp.epsilon or 0.0))
             sigmas[label] = strategy.noise_multiplier
             runs.append({"seed": seed, "method": label, **dp.to_dict()})

@@ -85,7 +85,7 @@ def main() -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 result = run_federated(sim, make(), foundation=foundation)
-            per_seed[name].setdefault("flower", []).append(result.mean_rmse)
+            per_seed[name].setdefault("flower", []).append(result.mean_error)
             if result.epsilon is not None:
                 epsilon.setdefault(name, {}).setdefault("flower", []).append(result.epsilon)
             seconds["flower"] += result.seconds

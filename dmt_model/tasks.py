@@ -28,6 +28,7 @@ training loss              ``((ŷ − y) / scale)²``      cross-entropy of the 
 prediction                 ``z · scale + mean``        softmax probabilities
 metrics                    RMSE, MAE                   accuracy, macro-F1, log loss
 per-record error           squared error               log loss ``−log p(y)``
+test error (one number)    RMSE                        mean log loss
 personal head (updatable)  1→1: ``scale``, ``mean``   per class: ``K``, ``0`` on logits/K
 Core ML loss               MSE                         softmax, CCE
 keep-or-discard confidence 0.5                         0.9
@@ -166,6 +167,8 @@ class Task(ABC):
     """What the foundation network learns (module docstring)."""
 
     kind: ClassVar[str]
+    #: what :meth:`test_error` reports: ``"RMSE"`` or ``"log loss"``
+    error_name: ClassVar[str]
     #: the confidence the device's keep-or-discard rule needs by default (module docstring)
     decision_confidence: ClassVar[float]
 
@@ -195,6 +198,11 @@ class Task(ABC):
         """Per-record error of predictions (float64, lower is better)."""
 
     @abstractmethod
+    def test_error(self, predicted: np.ndarray, actual: np.ndarray) -> float:
+        """One number for a set of test records (lower is better, named :attr:`error_name`):
+        what benchmarks average over users to compare models of this task."""
+
+    @abstractmethod
     def personal_layers(self, featurizer: Featurizer, dense: list[tuple[np.ndarray, np.ndarray]],
                         ) -> list[tuple[np.ndarray, np.ndarray]]:
         """The exported layers after the embeddings, as float32 (weight, bias) pairs: the
@@ -206,6 +214,7 @@ class Regression(Task):
     """A numeric target, learned standardized (scale-free: see :mod:`dmt_model.foundation`)."""
 
     kind = "regression"
+    error_name = "RMSE"
     decision_confidence = 0.5
 
     def output_units(self, featurizer: Featurizer) -> int:
@@ -230,6 +239,9 @@ class Regression(Task):
     def record_errors(self, predicted: np.ndarray, actual: np.ndarray) -> np.ndarray:
         return (np.asarray(predicted, np.float64) - np.asarray(actual, np.float64)) ** 2
 
+    def test_error(self, predicted: np.ndarray, actual: np.ndarray) -> float:
+        return float(np.sqrt(np.mean(self.record_errors(predicted, actual))))
+
     def personal_layers(self, featurizer: Featurizer, dense: list[tuple[np.ndarray, np.ndarray]],
                         ) -> list[tuple[np.ndarray, np.ndarray]]:
         head = (np.array([[featurizer.target_scale_]], np.float32),
@@ -241,6 +253,7 @@ class Classification(Task):
     """A categorical target: one logit per class, softmax, cross-entropy."""
 
     kind = "classification"
+    error_name = "log loss"
     decision_confidence = 0.9
 
     def output_units(self, featurizer: Featurizer) -> int:
@@ -269,6 +282,9 @@ class Classification(Task):
 
     def record_errors(self, predicted: np.ndarray, actual: np.ndarray) -> np.ndarray:
         return _log_losses(predicted, np.asarray(actual, dtype=np.int64))
+
+    def test_error(self, predicted: np.ndarray, actual: np.ndarray) -> float:
+        return float(np.mean(self.record_errors(predicted, actual)))
 
     def personal_layers(self, featurizer: Featurizer, dense: list[tuple[np.ndarray, np.ndarray]],
                         ) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -78,6 +78,6 @@ print(f"  DMT k=5 ε=1/record, re-personalized on unshared    "
 print(f"  DMT k=5 ε=1/record, re-personalized on all local   "
       f"{personalized_rmse(retrained, lambda u: u.train):.3f}")
 print(f"  DP-FedAvg ε={federated.epsilon:.2f} (user-level), personalized      "
-      f"{federated.mean_personalized_rmse:.3f}")
+      f"{federated.mean_personalized_error:.3f}")
 print("One seed, 20 users with 4 test records each: differences below about 0.5 are noise "
       "(the 5-seed\nstandard deviations in the README are 0.26-0.60).")

@@ -20,7 +20,7 @@ What this module adds:
   before any client trains;
 * per-round measurements (which clients, their loss, update norms and CPU
   seconds of local training, the
-  mean per-user test RMSE of the global model via Flower's ``evaluate_fn``).
+  mean per-user test error of the global model via Flower's ``evaluate_fn``).
 
 Client sampling is Flower's (``random.sample`` of ``max(1, round(f·N))``
 nodes once all ``N`` have connected); Flower's global ``random`` and numpy
@@ -47,7 +47,7 @@ from typing import Any, cast
 import numpy as np
 
 from dmt_model.federated.strategy import DPFedAvg, FedAvg, FedProx, Strategy
-from dmt_model.foundation import _import_torch, standardized_squared_error
+from dmt_model.foundation import _import_torch
 from dmt_privacy.errors import DMTError, MissingDependencyError, ValidationError
 
 __all__ = ["ClientData", "FederatedRunError", "RoundLog", "run_rounds", "trainable_parameters"]
@@ -75,7 +75,7 @@ class RoundLog:
     norms: list[float] = field(default_factory=list)
     diverged: int = 0
     seconds: float = 0.0
-    test_rmse: float = math.nan
+    test_error: float = math.nan
     epsilon: float | None = None
 
 
@@ -152,8 +152,9 @@ class _ClientTrainer:
             for first in range(0, data.n, base.local_batch_size):
                 index = order[first:first + base.local_batch_size]
                 optimizer.zero_grad()
-                loss = torch.mean(standardized_squared_error(
-                    network, network(*(t[index] for t in data.inputs)), data.target[index]))
+                loss = torch.mean(network.task.record_loss(
+                    network, network.outputs(*(t[index] for t in data.inputs)),
+                    data.target[index]))
                 objective = loss
                 if proximal_mu > 0:
                     objective = loss + proximal_mu / 2 * sum(
@@ -226,9 +227,9 @@ def run_rounds(strategy: Strategy, network: Any, train: list[ClientData],
 
     ``network`` is the starting model (its trainable parameters are the
     initial global arrays; it is not changed), ``train`` one
-    :class:`ClientData` per user, ``evaluate`` the mean per-user test RMSE
+    :class:`ClientData` per user, ``evaluate`` the mean per-user test error
     of a global model given as its trainable arrays. Returns the final
-    arrays, the starting model's RMSE and one :class:`RoundLog` per round.
+    arrays, the starting model's error and one :class:`RoundLog` per round.
     """
     _import_flower()
     from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
@@ -272,17 +273,17 @@ def run_rounds(strategy: Strategy, network: Any, train: list[ClientData],
         return MetricRecord({})
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        rmse = evaluate(arrays.to_numpy_ndarrays())
+        error = evaluate(arrays.to_numpy_ndarrays())
         if server_round == 0:
-            outcome["initial_rmse"] = rmse
+            outcome["initial_error"] = error
         else:
             log = logs[-1]
             log.clients.sort()
-            log.test_rmse = rmse
+            log.test_error = error
             log.epsilon = strategy.epsilon() if isinstance(strategy, DPFedAvg) else None
             if on_round_end is not None:
                 on_round_end(server_round - 1, log)
-        return MetricRecord({"test-rmse": rmse})
+        return MetricRecord({"test-error": error})
 
     server_app = ServerApp()
 
@@ -322,5 +323,5 @@ def run_rounds(strategy: Strategy, network: Any, train: list[ClientData],
         raise FederatedRunError(
             f"Flower's simulation ended after {len(logs)} of {base.rounds} rounds without "
             "a final model; its log above says why.")
-    return outcome["arrays"], outcome["initial_rmse"], logs
+    return outcome["arrays"], outcome["initial_error"], logs
 

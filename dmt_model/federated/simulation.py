@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -40,10 +41,18 @@ from dmt_privacy.schema import Schema
 __all__ = ["FederatedResult", "RoundMetrics", "UserResult", "run_federated"]
 
 
+def _renamed(old: str, new: str) -> None:
+    warnings.warn(f"{old} is deprecated and will be removed in 0.2: it is {new} now, the "
+                  "task's test error (RMSE for a regression, log loss for a classifier).",
+                  DeprecationWarning, stacklevel=3)
+
+
 @dataclass(frozen=True)
 class RoundMetrics:
-    """What one round did. ``test_rmse`` is the mean over users of each user's test RMSE
-    of the global model after the round; ``epsilon`` the user-level ε spent so far (DP);
+    """What one round did. ``test_error`` is the mean over users of each user's test error
+    of the global model after the round (the task's :meth:`~dmt_model.tasks.Task.test_error`:
+    RMSE for a regression, log loss for a classifier); ``epsilon`` the user-level ε spent so
+    far (DP);
     ``client_seconds`` the CPU seconds the round's clients spent training, summed."""
 
     round: int
@@ -52,21 +61,40 @@ class RoundMetrics:
     mean_update_norm: float
     clipped_fraction: float | None
     diverged: int
-    test_rmse: float
+    test_error: float
     epsilon: float | None
     client_seconds: float = 0.0
+
+    @property
+    def test_rmse(self) -> float:
+        """Deprecated name of :attr:`test_error` (removed in 0.2)."""
+        _renamed("RoundMetrics.test_rmse", "test_error")
+        return self.test_error
 
 
 @dataclass(frozen=True)
 class UserResult:
-    """One user's test RMSE under the global model and, if asked, after personalization."""
+    """One user's test error (the task's: RMSE or log loss) under the global model and, if
+    asked, after personalization."""
 
     user_id: int
     n_train: int
     n_test: int
-    rmse: float
-    personalized_rmse: float | None = None
+    error: float
+    personalized_error: float | None = None
     personalization_note: str | None = None
+
+    @property
+    def rmse(self) -> float:
+        """Deprecated name of :attr:`error` (removed in 0.2)."""
+        _renamed("UserResult.rmse", "error")
+        return self.error
+
+    @property
+    def personalized_rmse(self) -> float | None:
+        """Deprecated name of :attr:`personalized_error` (removed in 0.2)."""
+        _renamed("UserResult.personalized_rmse", "personalized_error")
+        return self.personalized_error
 
 
 @dataclass(frozen=True)
@@ -75,7 +103,7 @@ class FederatedResult:
 
     strategy: str
     start: str
-    initial_rmse: float
+    initial_error: float
     rounds: tuple[RoundMetrics, ...]
     users: tuple[UserResult, ...]
     foundation: Foundation = field(repr=False)
@@ -86,22 +114,46 @@ class FederatedResult:
     seconds: float = math.nan
 
     @property
-    def mean_rmse(self) -> float:
-        """Mean over users of the global model's per-user test RMSE."""
-        return float(np.mean([u.rmse for u in self.users]))
+    def error_name(self) -> str:
+        """What the errors are: ``"RMSE"`` (regression) or ``"log loss"`` (classifier)."""
+        return self.foundation.featurizer.task.error_name
 
     @property
-    def mean_personalized_rmse(self) -> float | None:
-        values = [u.personalized_rmse for u in self.users]
+    def mean_error(self) -> float:
+        """Mean over users of the global model's per-user test error."""
+        return float(np.mean([u.error for u in self.users]))
+
+    @property
+    def mean_personalized_error(self) -> float | None:
+        values = [u.personalized_error for u in self.users]
         if any(v is None for v in values):
             return None
         return float(np.mean([v for v in values if v is not None]))
 
+    @property
+    def initial_rmse(self) -> float:
+        """Deprecated name of :attr:`initial_error` (removed in 0.2)."""
+        _renamed("FederatedResult.initial_rmse", "initial_error")
+        return self.initial_error
+
+    @property
+    def mean_rmse(self) -> float:
+        """Deprecated name of :attr:`mean_error` (removed in 0.2)."""
+        _renamed("FederatedResult.mean_rmse", "mean_error")
+        return self.mean_error
+
+    @property
+    def mean_personalized_rmse(self) -> float | None:
+        """Deprecated name of :attr:`mean_personalized_error` (removed in 0.2)."""
+        _renamed("FederatedResult.mean_personalized_rmse", "mean_personalized_error")
+        return self.mean_personalized_error
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary (without the model)."""
         return {
-            "strategy": self.strategy, "start": self.start, "initial_rmse": self.initial_rmse,
-            "mean_rmse": self.mean_rmse, "mean_personalized_rmse": self.mean_personalized_rmse,
+            "strategy": self.strategy, "start": self.start, "error_name": self.error_name,
+            "initial_error": self.initial_error, "mean_error": self.mean_error,
+            "mean_personalized_error": self.mean_personalized_error,
             "epsilon": self.epsilon, "delta": self.delta,
             "privacy_unit": "user-level (add/remove all records of one user)"
             if self.epsilon is not None else None,
@@ -112,23 +164,29 @@ class FederatedResult:
         }
 
 
-def _client_data(foundation: Foundation, frame: Any) -> ClientData:
+def _client_data(foundation: Foundation, frame: Any, *, training: bool) -> ClientData:
+    """A user's tensors; the target as the training loss reads it (the task's
+    ``training_target``) or, for a test, as its errors read it (``target_values``)."""
     torch = _import_torch()
     if len(frame) == 0:
         return ClientData([], torch.zeros(0), 0)
-    inputs = foundation._tensors(foundation.featurizer.transform(frame))
-    target = torch.from_numpy(foundation.featurizer.target_values(frame))
-    return ClientData(inputs, target, len(frame))
+    featurizer = foundation.featurizer
+    inputs = foundation._tensors(featurizer.transform(frame))
+    target = featurizer.target_values(frame, dtype=np.float64)
+    if training:
+        target = featurizer.task.training_target(featurizer, target)
+    return ClientData(inputs, torch.from_numpy(target), len(frame))
 
 
-def _mean_test_rmse(network: Any, tests: list[ClientData]) -> tuple[float, list[float]]:
+def _mean_test_error(network: Any, tests: list[ClientData]) -> tuple[float, list[float]]:
+    """The mean over users of the task's test error of ``network``, and each user's."""
     torch = _import_torch()
     network.eval()
     per_user = []
     with torch.no_grad():
         for data in tests:
-            predicted = network(*data.inputs).double()
-            per_user.append(float(torch.sqrt(torch.mean((predicted - data.target.double()) ** 2))))
+            predicted = network(*data.inputs).double().numpy()
+            per_user.append(network.task.test_error(predicted, data.target.numpy()))
     return float(np.mean(per_user)), per_user
 
 
@@ -161,16 +219,15 @@ def _personalize(model: Foundation, simulation: Simulation, settings: Any,
     from dmt_model.personalize import personalized
 
     spec = build_spec(model, updatable=settings or UpdateSettings())
-    target = model.featurizer.target
+    featurizer = model.featurizer
     out = []
     for user, result in zip(simulation.users, users, strict=True):
-        actual = user.test[target].to_numpy(dtype=np.float64)
+        actual = featurizer.target_values(user.test, dtype=np.float64)
         personal, outcome = personalized(spec, user.train)
         note = None if outcome.accepted else f"update not kept: {outcome.reason}"
         predicted = predict_frame(personal, user.test).astype(np.float64)
-        rmse = float(np.sqrt(np.mean((predicted - actual) ** 2)))
-        out.append(UserResult(result.user_id, result.n_train, result.n_test, result.rmse,
-                              rmse, note))
+        out.append(UserResult(result.user_id, result.n_train, result.n_test, result.error,
+                              featurizer.task.test_error(predicted, actual), note))
     return out
 
 
@@ -230,8 +287,8 @@ def run_federated(
                                 foundation_config)
         network = model.network
         shared = trainable_parameters(network, base)
-        train = [_client_data(model, user.train) for user in simulation.users]
-        tests = [_client_data(model, user.test) for user in simulation.users]
+        train = [_client_data(model, user.train, training=True) for user in simulation.users]
+        tests = [_client_data(model, user.test, training=False) for user in simulation.users]
 
         def load(arrays: list[np.ndarray]) -> None:
             with torch.no_grad():
@@ -240,7 +297,7 @@ def run_federated(
 
         def evaluate(arrays: list[np.ndarray]) -> float:
             load(arrays)
-            return _mean_test_rmse(network, tests)[0]
+            return _mean_test_error(network, tests)[0]
 
         history: list[RoundMetrics] = []
 
@@ -254,27 +311,27 @@ def run_federated(
                 mean_update_norm=float(np.mean(log.norms)) if log.norms else math.nan,
                 clipped_fraction=(float(np.mean([n > clip for n in log.norms]))
                                   if log.norms else 0.0) if clip is not None else None,
-                diverged=log.diverged, test_rmse=log.test_rmse, epsilon=log.epsilon,
+                diverged=log.diverged, test_error=log.test_error, epsilon=log.epsilon,
                 client_seconds=log.seconds)
             history.append(metrics)
             if on_round_end is not None:
                 on_round_end(metrics)
 
-        final, initial_rmse, _ = run_rounds(strategy, network, train, evaluate, round_end)
+        final, initial_error, _ = run_rounds(strategy, network, train, evaluate, round_end)
         load(final)
         for parameter in network.parameters():
             parameter.requires_grad_(True)
         network.eval()
-        _, per_user = _mean_test_rmse(network, tests)
-        users = [UserResult(user.user_id, len(user.train), len(user.test), rmse)
-                 for user, rmse in zip(simulation.users, per_user, strict=True)]
+        _, per_user = _mean_test_error(network, tests)
+        users = [UserResult(user.user_id, len(user.train), len(user.test), error)
+                 for user, error in zip(simulation.users, per_user, strict=True)]
         if personalize:
             users = _personalize(model, simulation, update_settings, users)
     finally:
         torch.set_num_threads(threads)
     dp = strategy if isinstance(strategy, DPFedAvg) else None
     return FederatedResult(
-        strategy=repr(strategy), start=start, initial_rmse=initial_rmse,
+        strategy=repr(strategy), start=start, initial_error=initial_error,
         rounds=tuple(history), users=tuple(users), foundation=model,
         epsilon=dp.epsilon() if dp else None, delta=dp.delta if dp else None,
         noise_multiplier=dp.noise_multiplier if dp else None,

@@ -32,6 +32,7 @@ from dmt_model.federated.flower import (
     _flower_strategy,
     trainable_parameters,
 )
+from dmt_model.federated.simulation import RoundMetrics, UserResult, _client_data
 from dmt_privacy.errors import BudgetExceededError, ValidationError
 
 pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning:flwr"),
@@ -47,9 +48,7 @@ def _users(simulation, n):
 
 
 def _data(foundation, frame) -> ClientData:
-    inputs = foundation._tensors(foundation.featurizer.transform(frame))
-    target = torch.from_numpy(foundation.featurizer.target_values(frame))
-    return ClientData(inputs, target, len(frame))
+    return _client_data(foundation, frame, training=True)
 
 
 def _centralized_gd(foundation, frame, *, steps, lr):
@@ -119,6 +118,55 @@ def test_the_client_step_is_sgd_on_the_users_records(simulation, foundation):
         longer.train(0, start, 0, proximal_mu=mu)[0], start, strict=True)]))
         for mu in (0.0, 50.0)]
     assert drift[1] < drift[0]
+
+
+def test_a_classifiers_client_step_is_sgd_on_its_cross_entropy():
+    """Every task trains with its own loss on Flower: a classifier's client step is a
+    gradient step on the mean cross-entropy of its logits, and its test error is the
+    mean log loss the task defines."""
+    from dmt_model.datasets import load_digits
+    from dmt_model.datasets.classification import DIGITS_SCHEMA
+    from dmt_model.federated.simulation import _mean_test_error
+    from dmt_model.foundation import TrainingConfig, train_foundation
+
+    digits = load_digits()
+    digits_foundation = train_foundation(digits.iloc[:300], DIGITS_SCHEMA,
+                                         TrainingConfig(epochs=3, seed=0))
+    user = digits.iloc[300:340]
+    settings = FedAvg(local_epochs=1, local_batch_size=1000, local_learning_rate=1e-2)
+    trainer = _ClientTrainer(copy.deepcopy(digits_foundation.network), settings,
+                             [_data(digits_foundation, user)])
+    start = [p.detach().numpy().copy() for p in digits_foundation.network.parameters()]
+    arrays, metrics = trainer.train(0, start, 0, proximal_mu=0.0)
+
+    model = copy.deepcopy(digits_foundation.network)
+    inputs = digits_foundation._tensors(digits_foundation.featurizer.transform(user))
+    labels = torch.from_numpy(digits_foundation.featurizer.target_values(user))
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
+    loss = torch.nn.functional.cross_entropy(model.outputs(*inputs), labels)
+    loss.backward()
+    optimizer.step()
+    expected = torch.nn.utils.parameters_to_vector(model.parameters()).detach().numpy()
+    np.testing.assert_allclose(np.concatenate([a.ravel() for a in arrays]), expected,
+                               rtol=0, atol=1e-6)
+    assert metrics["loss"] == pytest.approx(float(loss.detach()), rel=1e-5)
+
+    mean, (error,) = _mean_test_error(digits_foundation.network,
+                                      [_client_data(digits_foundation, user, training=False)])
+    assert error == pytest.approx(digits_foundation.evaluate(user).log_loss, rel=1e-5)
+    assert mean == error and digits_foundation.featurizer.task.error_name == "log loss"
+
+
+def test_the_old_rmse_names_still_work_and_warn():
+    row = UserResult(user_id=1, n_train=2, n_test=1, error=0.5, personalized_error=0.25)
+    with pytest.warns(DeprecationWarning, match="error"):
+        assert row.rmse == 0.5
+    with pytest.warns(DeprecationWarning, match="personalized_error"):
+        assert row.personalized_rmse == 0.25
+    metrics = RoundMetrics(round=0, clients=(1,), train_loss=0.1, mean_update_norm=0.2,
+                           clipped_fraction=None, diverged=0, test_error=0.3, epsilon=None)
+    with pytest.warns(DeprecationWarning, match="test_error"):
+        assert metrics.test_rmse == 0.3
 
 
 def test_the_client_step_trains_only_the_exchanged_layers(foundation):
@@ -221,7 +269,7 @@ def test_fedavg_on_flower_is_one_centralized_step_on_the_union(simulation, found
     np.testing.assert_allclose(_vector(result.foundation), expected, rtol=0, atol=1e-6)
     (metrics,) = result.rounds
     assert metrics.clients == (0, 1, 2, 3) and metrics.diverged == 0
-    assert metrics.test_rmse == pytest.approx(result.mean_rmse, rel=1e-6)
+    assert metrics.test_error == pytest.approx(result.mean_error, rel=1e-6)
     np.testing.assert_array_equal(_vector(foundation), before)  # the input is never changed
 
 
@@ -274,10 +322,10 @@ def test_fedprox_then_personalization_is_what_a_dmt_device_does(simulation, foun
         shutil.copyfile(shipped, personal)
         personalize(personal, user.train)
         error = predict_frame(load_spec(personal), user.test) - user.test["MEDV"].to_numpy()
-        assert row.personalized_rmse == pytest.approx(float(np.sqrt(np.mean(error ** 2))))
-        assert row.rmse == pytest.approx(
+        assert row.personalized_error == pytest.approx(float(np.sqrt(np.mean(error ** 2))))
+        assert row.error == pytest.approx(
             result.foundation.evaluate(user.test).rmse, rel=1e-5)
-    assert result.to_dict()["mean_rmse"] == result.mean_rmse
+    assert result.to_dict()["mean_error"] == result.mean_error
 
 
 # --- parameters ---------------------------------------------------------------------------------
