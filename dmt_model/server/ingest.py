@@ -63,6 +63,7 @@ from dmt_model.server.store import (
     DataKey,
     PackageRow,
     SharedStore,
+    WriterLock,
     payload_aad,
 )
 from dmt_model.server.validate import PackageRefused, validate_package
@@ -376,6 +377,8 @@ class Ingestor:
         self._lock = threading.Lock()
         #: The process's writer: one transaction per group of packages waiting together.
         self.writer = GroupCommit(self._write_group, max_group=max_group)
+        #: SQLite: writers of the file (this process's threads, other processes) take turns
+        self.writer_lock = WriterLock(self.engine)
 
     def data_key(self) -> DataKey:
         """The store's current data key (created on first use)."""
@@ -459,7 +462,7 @@ class Ingestor:
     def _write_group(self, group: list[PreparedPackage]) -> list[Written]:
         """One transaction for ``group``, tried again after a deadlock or a concurrent release."""
         key = self.data_key()
-        with self._database():
+        with self._database(), self.writer_lock:
             for attempt in range(_WRITE_ATTEMPTS):
                 try:
                     with self.engine.begin() as conn:

@@ -60,6 +60,7 @@ import hmac
 import json
 import os
 import secrets
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -127,6 +128,7 @@ __all__ = [
     "SpentTokenRow",
     "TokenIssuanceRow",
     "TokenKeyRow",
+    "WriterLock",
     "connect",
     "payload_aad",
     "release_due",
@@ -295,6 +297,56 @@ def connect(db_url: str, **engine_options: Any) -> Engine:
     Base.metadata.create_all(engine)
     _fill_pending(engine)
     return engine
+
+
+class WriterLock:
+    """Writers of one SQLite file take turns here, across threads and processes.
+
+    SQLite lets one writer in at a time; another one waiting for it sleeps in
+    SQLite's busy handler (1, 2, 5, 10... ms, whether or not the lock was freed
+    meanwhile), which left two `dmt serve` workers idle a third of the time
+    and put 150 ms in the p99. This lock is an ``flock`` on a file next to the
+    database (``<database>-writer.lock``): a waiting writer is woken as soon as
+    the lock is free. SQLite's own locking still guards the file (writers that
+    do not take this lock wait in the busy handler, as before). Any other
+    database, an in-memory one, or a folder where the lock file cannot be made
+    (then SQLite's locking alone): no lock.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._threads = threading.Lock()
+        self._fd: int | None = None
+        database = engine.url.database if engine.dialect.name == "sqlite" else None
+        self.path: str | None = None
+        if database and database != ":memory:" and not database.startswith("file:"):
+            try:
+                import fcntl  # noqa: F401  (POSIX only)
+            except ImportError:  # pragma: no cover - Windows: SQLite's locking alone
+                return
+            self.path = f"{database}-writer.lock"
+
+    def __enter__(self) -> WriterLock:
+        self._threads.acquire()
+        if self.path is None:
+            return self
+        import fcntl
+
+        try:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except OSError:
+            self.path = None  # e.g. a read-only folder: SQLite's locking alone from now on
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self.path is not None and self._fd is not None:
+                import fcntl
+
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._threads.release()
 
 
 def _fill_pending(engine: Engine) -> None:

@@ -426,3 +426,37 @@ def test_a_package_failing_its_write_takes_only_itself_down(tmp_path):
         assert conn.execute("SELECT COUNT(*), COUNT(DISTINCT package_id) FROM packages"
                             ).fetchone() == (100, 100)
         assert conn.execute("SELECT SUM(n_records) FROM classes").fetchone()[0] == 300
+
+
+def test_sqlite_writers_take_turns_on_a_lock_woken_at_release(tmp_path):
+    """Writers of one SQLite file (threads, processes) queue on an flock next to it, woken
+    when it is freed (SQLite's busy handler sleeps 1, 2, 5, 10... ms whatever happens);
+    any other database, or an in-memory one, has no lock file."""
+    import threading
+
+    from dmt_model.server.store import WriterLock
+
+    db = tmp_path / "s.db"
+    engine = connect(f"sqlite:///{db}")
+    first, second = WriterLock(engine), WriterLock(engine)  # two open files: two processes
+    assert first.path == f"{db}-writer.lock"
+    events = []
+    with first:
+        waiter = threading.Thread(target=lambda: events.append(second.__enter__() and "in"))
+        waiter.start()
+        waiter.join(0.3)
+        assert waiter.is_alive() and events == []  # blocked while the first one writes
+        events.append("out")
+    waiter.join(10)
+    assert events == ["out", "in"]
+    second.__exit__(None, None, None)
+    engine.dispose()
+    memory = connect("sqlite://")
+    assert WriterLock(memory).path is None
+    with WriterLock(memory):  # threads of one process still take turns
+        pass
+    memory.dispose()
+    report = ingest([seal_package(package(i), KEY.public_key()) for i in range(3)],
+                    f"sqlite:///{tmp_path / 'i.db'}", KEY, POLICY)
+    assert [o.status for o in report.outcomes] == ["accepted"] * 3
+    assert (tmp_path / "i.db-writer.lock").exists()

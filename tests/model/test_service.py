@@ -440,11 +440,72 @@ def test_the_service_runs_on_httptools_and_uvloop(monkeypatch):
 
     calls = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **options: calls.append(options))
+    monkeypatch.setattr(service, "REUSE_PORT", False)  # workers on uvicorn's shared socket
     service.run_service(create_app("sqlite://", KEY, POLICY))
     service.run_service("module:factory", workers=2)
     assert calls[0]["http"] is service.HeaderTimeoutHttpToolsProtocol
     assert calls[1]["http"] == "dmt_model.server.service:HeaderTimeoutHttpToolsProtocol"
     assert calls[0]["loop"] == calls[1]["loop"] == "uvloop"
+
+
+@pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="SO_REUSEPORT")
+def test_workers_listen_each_on_a_socket_of_their_own(monkeypatch):
+    """`dmt serve --workers N`: the supervisor holds the port (a taken one fails at once), each
+    worker listens with SO_REUSEPORT on it, and the kernel spreads connections over them
+    (one shared socket let one of two workers take 38 of 50 clients)."""
+    import uvicorn.supervisors
+
+    from dmt_model.server import service
+
+    started = []
+
+    class Supervisor:  # uvicorn's Multiprocess, without processes
+        def __init__(self, config, target, sockets):
+            started.append((config, target, sockets))
+
+        def run(self):
+            pass
+
+    monkeypatch.setattr(uvicorn.supervisors, "Multiprocess", Supervisor)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(OSError):
+            service.run_service("module:factory", workers=2, port=taken.getsockname()[1])
+    assert not started
+    service.run_service("dmt_model.cli.serve:worker_app", workers=2, port=0)
+    ((config, target, sockets),) = started
+    assert sockets == [] and config.workers == 2 and config.port > 0
+    assert config.http == "dmt_model.server.service:HeaderTimeoutHttpToolsProtocol"
+    served = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets: served.append(sockets))
+    listeners = []
+    try:
+        for _ in range(2):  # what each worker process does
+            target(sockets=[])
+            (sock,) = served[-1]
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
+            assert sock.getsockname()[1] == config.port
+            sock.listen()
+            sock.setblocking(False)
+            listeners.append(sock)
+        clients = [socket.create_connection(("127.0.0.1", config.port)) for _ in range(40)]
+        accepted = [0, 0]
+        deadline = time.monotonic() + 10
+        while sum(accepted) < len(clients) and time.monotonic() < deadline:
+            for i, sock in enumerate(listeners):
+                try:
+                    sock.accept()[0].close()
+                    accepted[i] += 1
+                except BlockingIOError:
+                    pass
+        for c in clients:
+            c.close()
+        assert sum(accepted) == 40
+        assert min(accepted) >= 5, accepted  # each worker its share (all 40 on one: p = 2e-12)
+    finally:
+        for sock in listeners:
+            sock.close()
 
 
 @pytest.mark.slow
