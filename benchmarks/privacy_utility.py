@@ -71,6 +71,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,7 @@ from dmt_model.personalize import personalized
 from dmt_model.server.retrain import SharedBatch, retrain_foundation
 from dmt_privacy.anonymity import KAnonymizer, release_classes
 from dmt_privacy.dp import LocalDPPerturber, PrivacyLedger
+from dmt_privacy.errors import SchemaError
 from dmt_privacy.schema import Schema
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -281,30 +283,143 @@ def as_plain_table(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def risk(data: pd.DataFrame, spread: float) -> dict:
+#: The two column groups Boston's linkability attack joins (fixed before the schema split
+#: its quasi-identifiers in halves; kept so the published risk figures stay comparable).
+BOSTON_LINK_COLUMNS = (("CRIM", "ZN", "INDUS", "NOX", "RM", "PTRATIO"),
+                       ("AGE", "DIS", "TAX", "B", "LSTAT"))
+#: Attacks per anonymeter evaluator at most, to bound its time on large tables: fl_protocol's
+#: ~900 shared records run uncapped (6 cases in ~15 s); 2,100 run 1,000 attacks in 16 s
+#: instead of 36-45 s uncapped, with a CI about 1.4 times as wide.
+ANONYMETER_ATTACKS = 1000
+#: Field kinds anonymeter reads; images, text and audio are dropped from its tables.
+ANONYMETER_KINDS = ("numeric", "categorical")
+
+
+def attack_settings(schema: Schema, columns: Sequence[str] | None = None, *,
+                    link_columns: tuple[Sequence[str], Sequence[str]] | None = None) -> dict:
+    """How anonymeter attacks records of ``schema`` with these ``columns`` (default: its fields).
+
+    The inference attack guesses the schema's target (as a class when it is
+    categorical); categorical fields are read as labels; linkability joins the
+    quasi-identifiers split in two halves, or all the other fields split so when
+    fewer than two quasi-identifiers remain (``link_columns`` overrides the split).
+    Image, text and audio fields, and columns the schema does not declare, are
+    dropped: anonymeter reads only numbers and labels. Returns ``{"secret",
+    "categorical", "link_columns", "columns" (kept, in order), "dropped"}``.
+    Raises :class:`SchemaError` when the schema has no target, or fewer than two
+    readable fields besides it (nothing to link).
+    """
+    names = list(schema.names if columns is None else columns)
+    kept = [n for n in names if n in schema and schema[n].kind.value in ANONYMETER_KINDS]
+    dropped = [n for n in names if n not in kept]
+    secret = schema.target
+    if secret is None or secret.name not in kept:
+        found = "none" if secret is None else f"{secret.name!r}, not a readable column here"
+        raise SchemaError(
+            f"Schema {schema.name!r}: anonymeter's inference attack guesses the target "
+            f"(found: {found}); give the schema a numeric or categorical field with role "
+            "'target' and pass its column.")
+    others = [n for n in kept if n != secret.name]
+    if len(others) < 2:
+        raise SchemaError(
+            f"Schema {schema.name!r}: anonymeter needs two numeric or categorical fields "
+            f"besides the target {secret.name!r} to link records; it has {others} "
+            f"(dropped as unreadable: {dropped}). Its risk is not measurable this way.")
+    if link_columns is None:
+        quasi = [n for n in others if schema[n].role.value == "quasi-identifier"]
+        pool = quasi if len(quasi) >= 2 else others
+        half = (len(pool) + 1) // 2
+        link_columns = (pool[:half], pool[half:])
+    groups = [list(group) for group in link_columns]
+    unknown = [n for group in groups for n in group if n not in others]
+    if len(groups) != 2 or not all(groups) or unknown:
+        raise SchemaError(
+            f"link_columns {link_columns!r}: give two non-empty groups of the columns "
+            f"{others} (not the target); unknown: {unknown}.")
+    return {"secret": secret.name,
+            "categorical": [n for n in kept if schema[n].kind.value == "categorical"],
+            "link_columns": groups, "columns": kept, "dropped": dropped}
+
+
+def anonymeter_risks(target: pd.DataFrame, control: pd.DataFrame,
+                     received: Mapping[str, pd.DataFrame], schema: Schema, *, seed: int = 0,
+                     link_columns: tuple[Sequence[str], Sequence[str]] | None = None,
+                     n_attacks: int | None = ANONYMETER_ATTACKS) -> dict:
+    """anonymeter's singling-out, linkability and inference risk of each released table.
+
+    ``target``: the records the attacker wants to learn about (what devices
+    shared, before any protection); ``control``: records of the same population
+    never released (anonymeter's baseline); ``received``: case name → the
+    records the server received in that case (generalized cells are read as
+    midpoints and labels, ``as_plain_table``; rows with a missing cell count as
+    not released). The attack follows :func:`attack_settings`; each evaluator
+    runs ``min(len(target), len(control)) - 1`` attacks, at most ``n_attacks``
+    (``None``: no cap), seeded by ``seed``.
+
+    Returns ``{"cases": {name: {"released", "n_attacks", "singling_out",
+    "linkability", "inference"}}, "settings": attack_settings(...) | {"n_attacks",
+    "n_attacks_cap", "capped", "seed", "target_records", "control_records"},
+    "seconds"}`` with each risk ``{"risk": r, "ci": [low, high]}`` (95 %);
+    ``{"error": stderr}`` when the script fails, and ``{}`` (after printing why)
+    when ``.venv-risk`` is missing (``make risk-env``) or the schema leaves
+    anonymeter nothing to link (image and text tasks).
+    """
     python = ROOT / ".venv-risk" / "bin" / "python"
     if not python.exists():
         print("(risk skipped: run `make risk-env` to create .venv-risk with anonymeter)")
         return {}
-    sim = simulate_users(data, spread=spread, seed=0)
-    folder = Path(tempfile.mkdtemp(prefix="dmt-risk-"))
-    target = pd.concat([u.shareable for u in sim.users])
-    control = pd.concat([u.private for u in sim.users])
-    target.to_csv(folder / "target.csv", index=False)
-    control.to_csv(folder / "control.csv", index=False)
-    cases = {"raw": {}, **{f"k={k}": {"k": k} for k in KS},
-             **{f"ε={e:g}": {"epsilon": e} for e in USER_EPSILONS},
-             "k=5, target ε=1": {"k": 5, "epsilon": 1.0}}
-    for name, kwargs in cases.items():
-        batches, _ = share(sim, seed=0, **kwargs)
-        received = as_plain_table(pd.concat([b.records for b in batches]))
-        received.to_csv(folder / f"received {name}.csv", index=False)
-    out = subprocess.run([str(python), str(ROOT / "benchmarks" / "risk_anonymeter.py"),
-                          str(folder), *cases], capture_output=True, text=True, check=False)
+    try:
+        settings = attack_settings(schema, list(target.columns), link_columns=link_columns)
+    except SchemaError as error:
+        if link_columns is not None:
+            raise
+        print(f"(risk skipped: {error})")
+        return {}
+    bad = [name for name in received if not name or "/" in name or "\0" in name]
+    missing = {name: sorted(set(settings["columns"]) - set(frame.columns))
+               for name, frame in received.items()}
+    if bad or any(missing.values()):
+        raise ValueError(f"received: case names must be file names (got {bad}) and every "
+                         f"frame needs the target's columns (missing: "
+                         f"{ {n: m for n, m in missing.items() if m} }).")
+    available = min(len(target), len(control)) - 1
+    attacks = available if n_attacks is None else min(available, n_attacks)
+    settings |= {"n_attacks": attacks, "n_attacks_cap": n_attacks,
+                 "capped": attacks < available, "seed": seed,
+                 "target_records": len(target), "control_records": len(control)}
+    columns = settings["columns"]
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="dmt-risk-") as name:
+        folder = Path(name)
+        (folder / "attack.json").write_text(json.dumps(
+            {key: settings[key] for key in ("secret", "categorical", "link_columns", "seed")}
+            | {"n_attacks": attacks}))
+        as_plain_table(target[columns]).to_csv(folder / "target.csv", index=False)
+        as_plain_table(control[columns]).to_csv(folder / "control.csv", index=False)
+        for case, frame in received.items():
+            as_plain_table(frame[columns]).to_csv(folder / f"received {case}.csv", index=False)
+        out = subprocess.run([str(python), str(ROOT / "benchmarks" / "risk_anonymeter.py"),
+                              str(folder), *received], capture_output=True, text=True,
+                             check=False)
     if out.returncode != 0:
         print(out.stderr[-2000:])
         return {"error": out.stderr[-2000:]}
-    return json.loads(out.stdout)
+    return {"cases": json.loads(out.stdout), "settings": settings,
+            "seconds": time.perf_counter() - started}
+
+
+def risk(data: pd.DataFrame, spread: float) -> dict:
+    """anonymeter risk of what the server received at each k and ε (seed 0), per case."""
+    sim = simulate_users(data, spread=spread, seed=0)
+    cases = {"raw": {}, **{f"k={k}": {"k": k} for k in KS},
+             **{f"ε={e:g}": {"epsilon": e} for e in USER_EPSILONS},
+             "k=5, target ε=1": {"k": 5, "epsilon": 1.0}}
+    received = {name: pd.concat([b.records for b in share(sim, seed=0, **kwargs)[0]])
+                for name, kwargs in cases.items()}
+    result = anonymeter_risks(pd.concat([u.shareable for u in sim.users]),
+                              pd.concat([u.private for u in sim.users]), received,
+                              BOSTON_SCHEMA, seed=0, link_columns=BOSTON_LINK_COLUMNS)
+    return result.get("cases", result)
 
 
 # --- reporting ---------------------------------------------------------------------------

@@ -2,17 +2,28 @@
 
 anonymeter pins numpy below 1.27, which the SDK's environment does not allow,
 so this script runs in its own environment (``make risk-env``) and imports
-nothing from dmt. ``benchmarks/privacy_utility.py --risk`` writes the CSV files
-and calls it:
+nothing from dmt. ``benchmarks/privacy_utility.py``'s ``anonymeter_risks``
+writes the files and calls it:
 
     .venv-risk/bin/python benchmarks/risk_anonymeter.py FOLDER CASE...
 
 FOLDER holds ``target.csv`` (the raw records the attacker wants to learn
 about: what devices shared, before anonymization), ``control.csv`` (records
-from the same population that were never released, anonymeter's baseline)
-and ``received CASE.csv`` for each case. Prints a JSON object mapping each
-case to its singling-out (univariate), linkability and inference (secret:
-the target column) risk, each ``{"risk": r, "ci": [low, high]}``.
+from the same population that were never released, anonymeter's baseline),
+``received CASE.csv`` for each case, all with the same columns, and
+``attack.json``, which says how to attack them::
+
+    {"secret": "MEDV",                  # the column the inference attack guesses
+     "categorical": ["CHAS", "RAD"],    # read as labels; a categorical secret is
+                                        # guessed as a class (regression=False)
+     "link_columns": [["CRIM", ...], ["AGE", ...]],  # the two halves linkability joins
+     "n_attacks": 500,                  # cap on the attacks per evaluator, or null
+     "seed": 0}                         # singling-out queries and inference targets
+
+Prints a JSON object mapping each case to the number of records released and
+its singling-out (univariate), linkability and inference (secret: the
+``secret`` column) risk, each ``{"risk": r, "ci": [low, high]}``, plus
+``n_attacks``, the attacks each evaluator was asked for.
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from anonymeter.evaluators import (
     InferenceEvaluator,
@@ -29,51 +41,58 @@ from anonymeter.evaluators import (
     SinglingOutEvaluator,
 )
 
-SECRET = "MEDV"
-CATEGORICAL = ("CHAS", "RAD")
-LINK_COLUMNS = (["CRIM", "ZN", "INDUS", "NOX", "RM", "PTRATIO"],
-                ["AGE", "DIS", "TAX", "B", "LSTAT"])
+METRICS = ("singling_out", "linkability", "inference")
 
 
-def prepare(frame: pd.DataFrame) -> pd.DataFrame:
-    out = frame.copy()
-    for column in CATEGORICAL:
-        out[column] = out[column].astype(str)
-    return out
+def read(path: Path, categorical: list[str]) -> pd.DataFrame:
+    """Categorical columns as labels ("0", "1|2"), missing cells left missing."""
+    return pd.read_csv(path, dtype=dict.fromkeys(categorical, str))
 
 
 def as_result(risk) -> dict:
     return {"risk": float(risk.value), "ci": [float(risk.ci[0]), float(risk.ci[1])]}
 
 
-def main(folder: Path, cases: list[str]) -> dict:
-    target = prepare(pd.read_csv(folder / "target.csv"))
-    control = prepare(pd.read_csv(folder / "control.csv"))
+def attacks_for(target: pd.DataFrame, control: pd.DataFrame, cap: int | None) -> int:
     attacks = min(len(target), len(control)) - 1
+    return attacks if cap is None else min(attacks, cap)
+
+
+def main(folder: Path, cases: list[str]) -> dict:
+    attack = json.loads((folder / "attack.json").read_text())
+    secret, categorical = attack["secret"], list(attack["categorical"])
+    link_columns = tuple(list(group) for group in attack["link_columns"])
+    target = read(folder / "target.csv", categorical)
+    control = read(folder / "control.csv", categorical)
+    attacks = attacks_for(target, control, attack.get("n_attacks"))
+    aux = [c for c in target.columns if c != secret]
     out = {}
     for case in cases:
-        received = prepare(pd.read_csv(folder / f"received {case}.csv"))
+        received = read(folder / f"received {case}.csv", categorical)
         received = received.dropna()  # suppressed or quarantined cells are not released
         if len(received) < 2:
-            out[case] = {"released": len(received), **{
-                m: {"risk": 0.0, "ci": [0.0, 0.0]}
-                for m in ("singling_out", "linkability", "inference")}}
+            out[case] = {"released": len(received), "n_attacks": 0, **{
+                m: {"risk": 0.0, "ci": [0.0, 0.0]} for m in METRICS}}
             continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             singling = SinglingOutEvaluator(ori=target, syn=received, control=control,
-                                            n_attacks=attacks, max_attempts=20 * attacks)
+                                            n_attacks=attacks, max_attempts=20 * attacks,
+                                            seed=attack["seed"])
             singling.evaluate(mode="univariate")
+            # linkability and inference sample their targets with pandas, from numpy's global
+            # state: seeded here, each case draws the same targets whatever the order of cases
+            np.random.seed(attack["seed"])  # noqa: NPY002
             linking = LinkabilityEvaluator(ori=target, syn=received, control=control,
-                                           n_attacks=attacks, aux_cols=LINK_COLUMNS,
+                                           n_attacks=attacks, aux_cols=link_columns,
                                            n_neighbors=5)
             linking.evaluate(n_jobs=1)
-            aux = [c for c in target.columns if c != SECRET]
             inference = InferenceEvaluator(ori=target, syn=received, control=control,
-                                           aux_cols=aux, secret=SECRET, regression=True,
+                                           aux_cols=aux, secret=secret,
+                                           regression=secret not in categorical,
                                            n_attacks=attacks)
             inference.evaluate(n_jobs=1)
-        out[case] = {"released": len(received),
+        out[case] = {"released": len(received), "n_attacks": attacks,
                      "singling_out": as_result(singling.risk()),
                      "linkability": as_result(linking.risk()),
                      "inference": as_result(inference.risk())}
