@@ -34,13 +34,14 @@ that is inside one machine's simulation, not a trust boundary.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
 import random
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -176,6 +177,27 @@ class _ClientTrainer:
         return local, metrics
 
 
+@contextlib.contextmanager
+def _zero_updates_need_no_clipping() -> Iterator[None]:
+    """Flower's fixed clipping scales an update by ``min(1, C / ‖u‖)``, dividing by zero
+    when a client's update is exactly zero (flwr 1.42: a classifier whose softmax saturates
+    on a user's few records has zero gradients, and the run dies with ZeroDivisionError).
+    A zero update is within every clipping norm: for the run, it is left as it is."""
+    from flwr.supercore import differential_privacy
+
+    clip = differential_privacy.clip_inputs_inplace
+
+    def clip_nonzero(input_arrays: Any, clipping_norm: float) -> None:
+        if differential_privacy.get_norm(input_arrays) > 0:
+            clip(input_arrays, clipping_norm)
+
+    differential_privacy.clip_inputs_inplace = clip_nonzero
+    try:
+        yield
+    finally:
+        differential_privacy.clip_inputs_inplace = clip
+
+
 def _flower_strategy(strategy: Strategy, n_clients: int, record: Callable[..., Any]) -> Any:
     """Flower's strategy for our settings; DP wraps it as Flower's DP wrappers do."""
     from flwr.serverapp.strategy import (
@@ -306,7 +328,7 @@ def run_rounds(strategy: Strategy, network: Any, train: list[ClientData],
     level = flower_log.level
     flower_log.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _zero_updates_need_no_clipping():
             warnings.simplefilter("ignore")  # run_simulation's deprecation note, Ray's tips
             run_simulation(server_app, client_app, num_supernodes=n_clients,
                            backend_config={"client_resources": {"num_cpus": 1},

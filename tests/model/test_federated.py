@@ -157,6 +157,29 @@ def test_a_classifiers_client_step_is_sgd_on_its_cross_entropy():
     assert mean == error and digits_foundation.featurizer.task.error_name == "log loss"
 
 
+def test_a_zero_update_passes_flowers_clipping_unchanged():
+    """Reproduces a DP-FedAvg run on digits dying in Flower's clipping (ZeroDivisionError):
+    a client whose softmax saturates on its few records sends back the global model."""
+    from flwr.supercore.differential_privacy import compute_clip_model_update
+
+    from dmt_model.federated.flower import _zero_updates_need_no_clipping
+
+    current = [np.ones((2, 3), np.float32), np.zeros(3, np.float32)]
+    with pytest.raises(ZeroDivisionError):
+        compute_clip_model_update([a.copy() for a in current], current, 0.1)
+    with _zero_updates_need_no_clipping():
+        reply = [a.copy() for a in current]
+        compute_clip_model_update(reply, current, 0.1)
+        assert all(np.array_equal(r, c) for r, c in zip(reply, current, strict=True))
+        moved = [a + 1.0 for a in current]  # a nonzero update is still clipped to 0.1
+        compute_clip_model_update(moved, current, 0.1)
+        norm = np.sqrt(sum(float(np.sum((m - c) ** 2)) for m, c in zip(moved, current,
+                                                                        strict=True)))
+        assert norm == pytest.approx(0.1, rel=1e-5)
+    with pytest.raises(ZeroDivisionError):  # Flower's own function again after the run
+        compute_clip_model_update([a.copy() for a in current], current, 0.1)
+
+
 def test_the_old_rmse_names_still_work_and_warn():
     row = UserResult(user_id=1, n_train=2, n_test=1, error=0.5, personalized_error=0.25)
     with pytest.warns(DeprecationWarning, match="error"):
