@@ -1,7 +1,7 @@
 """Load and faults on the HTTP ingestion service (`dmt serve`), into SQLite and PostgreSQL.
 
-Concurrent clients (threads, one keep-alive connection each, loopback only) post
-sealed share packages to a `dmt serve` process. A client retries on a lost
+Concurrent clients (one asyncio loop, one keep-alive connection each, loopback only)
+post sealed share packages to a `dmt serve` process. A client retries on a lost
 connection and on a retryable status (503, 408) after ``Retry-After``; ``201``
 and ``409`` end a package (``409`` after a retry means the first attempt was
 stored but its answer was lost). Afterwards the database is read: every
@@ -271,9 +271,10 @@ def run_load(base_url: str, envelopes: Sequence[tuple[str, bytes]], *, clients: 
     """Post every envelope once (retrying as a device would) from ``clients`` connections.
 
     One asyncio event loop drives all the clients (one keep-alive connection
-    each, requests written as prepared bytes and answers parsed by hand), so
-    the load generator costs little CPU next to the service it measures; its
-    CPU time is in ``client_cpu_seconds``. ``faults``: (fraction acknowledged,
+    each, a protocol object rather than stream readers: requests written as
+    prepared bytes, each answer parsed once when complete), so the load
+    generator costs little CPU next to the service it measures; its CPU time
+    is in ``client_cpu_seconds``. ``faults``: (fraction acknowledged,
     action) pairs, each run once, in its own thread, when that fraction of the
     packages has been acknowledged.
     """
@@ -286,25 +287,58 @@ def run_load(base_url: str, envelopes: Sequence[tuple[str, bytes]], *, clients: 
                          faults=faults))
 
 
-async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    request: bytes) -> tuple[int, float | None, bool]:
-    """(status, Retry-After, connection closed by the server) of one request."""
-    writer.write(request)
-    status_line = await reader.readuntil(b"\r\n")
-    status = int(status_line.split(b" ", 2)[1])
-    length, retry_after, close = 0, None, False
-    while (line := await reader.readuntil(b"\r\n")) != b"\r\n":
-        name, _, value = line.partition(b":")
-        name = name.strip().lower()
-        if name == b"content-length":
-            length = int(value)
-        elif name == b"retry-after":
-            retry_after = float(value)
-        elif name == b"connection" and value.strip().lower() == b"close":
-            close = True
-    if length:
-        await reader.readexactly(length)
-    return status, retry_after, close
+class _Connection(asyncio.Protocol):
+    """One keep-alive client connection: a request written as prepared bytes, its answer
+    parsed from the buffer when complete (status, ``Retry-After``, ``Connection: close``),
+    one future a request: no stream reader, no await per header line."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.answer: asyncio.Future[tuple[int, float | None, bool]] | None = None
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def request(self, data: bytes) -> asyncio.Future[tuple[int, float | None, bool]]:
+        assert self.transport is not None
+        self.answer = asyncio.get_running_loop().create_future()
+        self.buffer.clear()
+        if self.lost:
+            self.answer.set_exception(ConnectionResetError("connection lost"))
+        else:
+            self.transport.write(data)
+        return self.answer
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0 or self.answer is None or self.answer.done():
+            return
+        lines = bytes(self.buffer[:end]).split(b"\r\n")
+        status = int(lines[0].split(b" ", 2)[1])
+        length, retry_after, close = 0, None, False
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"retry-after":
+                retry_after = float(value)
+            elif name == b"connection" and value.strip().lower() == b"close":
+                close = True
+        if len(self.buffer) >= end + 4 + length:
+            self.answer.set_result((status, retry_after, close))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self.answer is not None and not self.answer.done():
+            self.answer.set_exception(exc or ConnectionResetError("closed by the server"))
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
 
 async def _run_load(base_url: str, envelopes: Sequence[tuple[str, bytes]], *, clients: int,
@@ -326,8 +360,8 @@ async def _run_load(base_url: str, envelopes: Sequence[tuple[str, bytes]], *, cl
 
     async def client() -> None:
         nonlocal errors
-        reader: asyncio.StreamReader | None = None
-        writer: asyncio.StreamWriter | None = None
+        loop = asyncio.get_running_loop()
+        conn: _Connection | None = None
         for pid, request in work:
             pause = 0.02
             while True:
@@ -337,23 +371,21 @@ async def _run_load(base_url: str, envelopes: Sequence[tuple[str, bytes]], *, cl
                 start = time.perf_counter()
                 try:
                     async with asyncio.timeout(30):
-                        if writer is None:
-                            reader, writer = await asyncio.open_connection(host, int(port))
-                        assert reader is not None
-                        status, retry_after, close = await _exchange(reader, writer, request)
-                except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                        TimeoutError, ValueError, IndexError):
-                    if writer is not None:
-                        writer.close()
-                    reader = writer = None
+                        if conn is None:
+                            _, conn = await loop.create_connection(_Connection, host, int(port))
+                        status, retry_after, close = await conn.request(request)
+                except (OSError, TimeoutError, ValueError, IndexError):
+                    if conn is not None:
+                        conn.close()
+                    conn = None
                     errors += 1
                     await asyncio.sleep(pause)
                     pause = min(pause * 2, 0.5)
                     continue
                 elapsed = time.perf_counter() - start
                 if close:
-                    writer.close()
-                    reader = writer = None
+                    conn.close()
+                    conn = None
                 statuses[str(status)] += 1
                 if status in (503, 408):
                     await asyncio.sleep(min(retry_after or 1.0, 1.0) * random.uniform(0.5, 1.5))
@@ -367,8 +399,8 @@ async def _run_load(base_url: str, envelopes: Sequence[tuple[str, bytes]], *, cl
                     failed[str(status)] += 1
                     unanswered.append(pid)
                 break
-        if writer is not None:
-            writer.close()
+        if conn is not None:
+            conn.close()
 
     pending = sorted(faults, key=lambda f: f[0])
     fault_threads: list[threading.Thread] = []

@@ -59,11 +59,14 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                         help="seconds a client has to send its body (default 10)")
     parser.add_argument("--threads", type=int, default=1,
                         help="threads per process that each take every package waiting, "
-                             "check it and write the batch in one transaction (default 1, "
-                             "fastest on few cores; more overlap commit waits with checking)")
+                             "check it and write the batch in one transaction (default 1; "
+                             "more overlap commit waits with checking; 0: no thread, the "
+                             "event loop checks and writes what each of its rounds brought)")
     parser.add_argument("--workers", type=int, default=1,
                         help="service processes sharing the port (default 1); each keeps the "
-                             "same limits and timeouts. More than one pays on PostgreSQL; "
+                             "same limits and timeouts, and a listening socket of its own "
+                             "(SO_REUSEPORT: connections spread evenly). More than one pays "
+                             "on PostgreSQL; "
                              "SQLite has one writer whatever the count")
     parser.add_argument("--limit-concurrency", type=int, default=256,
                         help="requests in flight beyond which the service answers 503 "

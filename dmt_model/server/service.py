@@ -127,9 +127,12 @@ class ServiceConfig:
     ingest_threads:
         Threads per process that each take every package waiting as one
         batch, open, validate and encrypt them and write them in one
-        transaction (:class:`~dmt_model.server.ingest.BatchIngest`). One is
-        fastest on 2 cores (no contention for the GIL); more overlap a
-        database's commit wait with checking.
+        transaction (:class:`~dmt_model.server.ingest.BatchIngest`); more
+        overlap a database's commit wait with checking. ``0``: no thread, the
+        event loop itself checks and writes, in one transaction, the bodies
+        each of its rounds brought in (no hand-over, no contention for the
+        GIL; the loop answers nothing else meanwhile, so a database that
+        hangs holds the whole process: for a local database).
     retry_after:
         Seconds a client is told to wait (``Retry-After``) when the database is
         unavailable.
@@ -143,8 +146,11 @@ class ServiceConfig:
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "ingest_threads", "retry_after"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValidationError(f"{name} must be a positive integer, got {value!r}.")
+            if (isinstance(value, bool) or not isinstance(value, int)
+                    or value < (0 if name == "ingest_threads" else 1)):
+                raise ValidationError(f"{name} must be a positive integer"
+                                      f"{' or 0' if name == 'ingest_threads' else ''}, "
+                                      f"got {value!r}.")
         if not (isinstance(self.body_timeout, (int, float)) and self.body_timeout > 0):
             raise ValidationError(f"body_timeout must be > 0 seconds, got {self.body_timeout!r}.")
 
@@ -428,8 +434,29 @@ class PackageRoute:
         self.fastapi = app
         self.limit = limit
         self.body_timeout = config.body_timeout
-        self.batch = BatchIngest(ingestor, _deliver, threads=config.ingest_threads)
+        self.batch = BatchIngest(ingestor, _deliver, threads=max(config.ingest_threads, 1))
         self._answers = _answers(config.retry_after)
+        #: ingest_threads=0: bodies waiting for the event loop's own batch (see _ingest_inline)
+        self._inline = config.ingest_threads == 0
+        self._waiting: list[tuple[bytes, str, asyncio.Future[Outcome]]] = []
+
+    def _submit(self, body: bytes, future: asyncio.Future[Outcome]) -> None:
+        if not self._inline:
+            self.batch.submit(body, future)
+            return
+        self._waiting.append((body, "<http>", future))
+        if len(self._waiting) == 1:  # after every request this round of the loop brought in
+            future.get_loop().call_soon(self._ingest_inline)
+
+    def _ingest_inline(self) -> None:
+        """Check and write every body waiting, in the event loop's thread (one transaction).
+
+        No thread, so no hand-over and no contention for the GIL: the loop is
+        busy for the batch, meanwhile the next requests gather in the sockets
+        and make the next batch.
+        """
+        batch, self._waiting = self._waiting, []
+        _settle(self.batch.run(batch))
 
     def __getattr__(self, name: str) -> Any:  # .state, .openapi(), .routes... of the app
         return getattr(self.__dict__["app"], name)
@@ -476,7 +503,7 @@ class PackageRoute:
         if not size:
             return answers["invalid"]
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self.batch.submit(parts[0] if len(parts) == 1 else b"".join(parts), future)
+        self._submit(parts[0] if len(parts) == 1 else b"".join(parts), future)
         try:
             outcome = await future
         except DatabaseUnavailable as exc:

@@ -186,9 +186,10 @@ def files(tmp_path, server_load):
     return key, policy
 
 
-def _load(server_load, db_url, files, tmp_path, *, n, clients, faults=()):
+def _load(server_load, db_url, files, tmp_path, *, n, clients, faults=(), extra=()):
     envelopes = server_load.make_envelopes(n, KEY.public_key(), seed=n)
-    service = server_load.ServiceProcess(db_url, *files, log=tmp_path / "serve.log").start()
+    service = server_load.ServiceProcess(db_url, *files, log=tmp_path / "serve.log",
+                                         extra=extra).start()
     try:
         actions = [(at, service.restart if what == "service" else what)
                    for at, what in faults]
@@ -204,8 +205,10 @@ def _load(server_load, db_url, files, tmp_path, *, n, clients, faults=()):
 
 
 @pytest.mark.slow
-def test_load_every_accepted_package_stored_once(db_url, files, tmp_path, server_load):
-    result, checks = _load(server_load, db_url, files, tmp_path, n=500, clients=10)
+@pytest.mark.parametrize("threads", ["1", "0"])  # 0: checked and written in the event loop
+def test_load_every_accepted_package_stored_once(db_url, files, tmp_path, server_load, threads):
+    result, checks = _load(server_load, db_url, files, tmp_path, n=500, clients=10,
+                           extra=["--threads", threads])
     assert all(checks.values()), checks
     assert result.statuses == {"201": 500}
     assert result.latency_ms["p99"] > 0 and result.packages_per_second > 0
@@ -429,6 +432,37 @@ def test_a_batch_is_answered_once_after_its_commit_a_failing_package_alone(tmp_p
         time.sleep(0.01)
     assert sorted(o.status for r, _ in deliveries[1:] for _, o in r) == ["accepted"] * 3
     assert len(deliveries) - 1 == batch.batches
+
+
+def test_ingest_threads_0_writes_a_round_of_requests_in_the_event_loop_as_one_batch(tmp_path):
+    """ingest_threads=0: the bodies that arrive in one round of the event loop are checked
+    and written there, in one transaction, with the same answers (a duplicate in the batch
+    is a replay, garbage invalid) and no ingest thread."""
+    import asyncio
+
+    route = create_app(f"sqlite:///{tmp_path / 's.db'}", KEY, POLICY,
+                       config=ServiceConfig(ingest_threads=0))
+    sealed = [seal_package(package(60 + i), KEY.public_key()) for i in range(5)]
+    bodies = [*sealed, sealed[0], b"garbage"]
+
+    async def answer(body: bytes) -> int:
+        async def receive():
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        scope = {"type": "http", "method": "POST", "path": "/v1/packages",
+                 "headers": [(b"content-length", str(len(body)).encode())]}
+        return (await route.answer(scope, receive))[0]
+
+    async def round_of_requests():
+        return await asyncio.gather(*(answer(b) for b in bodies))
+
+    threads = {t.name for t in threading.enumerate()}
+    assert asyncio.run(round_of_requests()) == [201] * 5 + [409, 400]
+    assert route.state.ingestor.writer.groups == 1  # one transaction for the round
+    assert "dmt-ingest" not in {t.name for t in threading.enumerate()} - threads
+    assert SharedStore(route.state.ingestor.engine, KEY).counts()["packages"] == 5
+    with pytest.raises(Exception, match="ingest_threads must be a positive integer or 0"):
+        ServiceConfig(ingest_threads=-1)
 
 
 def test_the_service_runs_on_httptools_and_uvloop(monkeypatch):
