@@ -287,9 +287,9 @@ def as_plain_table(frame: pd.DataFrame) -> pd.DataFrame:
 #: its quasi-identifiers in halves; kept so the published risk figures stay comparable).
 BOSTON_LINK_COLUMNS = (("CRIM", "ZN", "INDUS", "NOX", "RM", "PTRATIO"),
                        ("AGE", "DIS", "TAX", "B", "LSTAT"))
-#: Attacks per anonymeter evaluator at most, to bound its time on large tables: fl_protocol's
-#: ~900 shared records run uncapped (6 cases in ~15 s); 2,100 run 1,000 attacks in 16 s
-#: instead of 36-45 s uncapped, with a CI about 1.4 times as wide.
+#: Attacks per anonymeter evaluator at most, to bound its time on large tables. Measured on 2
+#: busy cores (load 4.5), 6 cases: Adult's 839 shared records uncapped 13 s, Friedman's 1,048
+#: capped at 1,000 22 s; 5 cases of 2,104 records 16 s capped, 36-45 s uncapped.
 ANONYMETER_ATTACKS = 1000
 #: Field kinds anonymeter reads; images, text and audio are dropped from its tables.
 ANONYMETER_KINDS = ("numeric", "categorical")
