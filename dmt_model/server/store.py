@@ -413,6 +413,29 @@ _PG_RELEASE = (
     "WHERE class_key = ANY(%(released)s::varchar[]) AND NOT released")
 
 
+# The same on SQLite (the standard library's driver): plain text, rows as tuples (SQLAlchemy's
+# compiled statements cost more Python a group than SQLite spends running them).
+_SQLITE_PENDING_OF = (
+    "SELECT records.id, records.package_id, records.class_key, records.rows, "
+    "packages.key_id, spent_tokens.token_id, spent_tokens.epoch FROM pending_blocks "
+    "JOIN records ON records.id = pending_blocks.block_id "
+    "JOIN packages ON packages.package_id = records.package_id "
+    "LEFT OUTER JOIN spent_tokens ON spent_tokens.package_id = records.package_id "
+    "LEFT OUTER JOIN released_blocks ON released_blocks.block_id = records.id "
+    "WHERE released_blocks.block_id IS NULL AND pending_blocks.class_key IN ({}) "
+    "ORDER BY records.id")
+_SQLITE_RELEASE = (
+    ("INSERT INTO cohorts (cohort_id, class_key, n_records, n_packages, released_at) "
+     "VALUES (?, ?, ?, ?, ?)"),
+    "INSERT INTO released_blocks (block_id, cohort_id) VALUES (?, ?)",
+    "DELETE FROM pending_blocks WHERE block_id = ?",
+    "UPDATE classes SET released = 1, released_at = ? WHERE class_key = ? AND NOT released")
+
+
+def _sqlite(conn: Connection) -> bool:
+    return conn.dialect.name == "sqlite" and conn.dialect.driver == "pysqlite"
+
+
 def release_rule(policy: Any) -> ReleaseRule:
     """The :class:`~dmt_privacy.anonymity.ReleaseRule` a server policy implies.
 
@@ -497,7 +520,12 @@ def released_classes(
     else:
         wanted = sorted(set(class_keys))
         for start in range(0, len(wanted), _CHUNK):
-            pending += conn.execute(of_classes, {"keys": wanted[start:start + _CHUNK]}).all()
+            chunk = wanted[start:start + _CHUNK]
+            if _sqlite(conn):
+                pending += conn.exec_driver_sql(
+                    _SQLITE_PENDING_OF.format(", ".join("?" * len(chunk))), tuple(chunk)).all()
+            else:
+                pending += conn.execute(of_classes, {"keys": chunk}).all()
     by_class: dict[str, list[Any]] = {}
     for row in pending:
         by_class.setdefault(row.class_key, []).append(row)
@@ -552,6 +580,13 @@ def released_classes(
             "block_id": [m["block_id"] for m in members],
             "block_cohort": [m["cohort_id"] for m in members],
             "released": released, "stamp": stamp})
+    elif released and _sqlite(conn):  # executemany of plain text, in the same four steps
+        cohort_sql, blocks_sql, pending_sql, classes_sql = _SQLITE_RELEASE
+        conn.exec_driver_sql(cohort_sql, [(c["cohort_id"], c["class_key"], c["n_records"],
+                                           c["n_packages"], stamp) for c in cohorts])
+        conn.exec_driver_sql(blocks_sql, [(m["block_id"], m["cohort_id"]) for m in members])
+        conn.exec_driver_sql(pending_sql, [(m["block_id"],) for m in members])
+        conn.exec_driver_sql(classes_sql, [(stamp, k) for k in released])
     elif released:  # every cohort at once: a few statements, however many classes
         conn.execute(COHORTS.insert(), cohorts)
         conn.execute(RELEASED_BLOCKS.insert(), members)

@@ -188,6 +188,42 @@ _PG_CLASSES = (
     "n_packages = classes.n_packages + excluded.n_packages")
 
 
+# SQLite (the standard library's driver): statements of plain text with "?" placeholders,
+# multi-row VALUES of the group's size (text made once per size), rows as tuples; SQLAlchemy's
+# compiled inserts cost more Python a group than SQLite spends running them.
+_SQLITE_PACKAGE_COLUMNS = tuple(c.name for c in PACKAGES.columns)
+_SQLITE_RECORD_COLUMNS = ("package_id", "class_key", "n_records", "rows")
+_SQLITE_PENDING = "INSERT INTO pending_blocks (block_id, class_key) VALUES (?, ?)"
+_SQLITE_CLASSES = (
+    "INSERT INTO classes (class_key, n_records, n_packages, released) VALUES (?, ?, ?, 0) "
+    "ON CONFLICT (class_key) DO UPDATE SET n_records = classes.n_records + excluded.n_records, "
+    "n_packages = classes.n_packages + excluded.n_packages")
+
+
+@functools.cache
+def _sqlite_insert(table: str, columns: tuple[str, ...], n: int, tail: str) -> str:
+    """``INSERT INTO table (columns) VALUES (?, ..), .. (n rows) tail``."""
+    row = "(" + ", ".join("?" * len(columns)) + ")"
+    return (f"INSERT INTO {table} ({', '.join(columns)}) "  # noqa: S608 - names are ours
+            f"VALUES {', '.join([row] * n)} {tail}")
+
+
+def _sqlite(conn: Connection) -> bool:
+    return conn.dialect.name == "sqlite" and conn.dialect.driver == "pysqlite"
+
+
+def _sqlite_rows(conn: Connection, table: str, columns: tuple[str, ...],
+                 rows: list[dict[str, Any]], tail: str) -> list[Any]:
+    """Multi-row inserts of ``rows`` (``_CHUNK`` at a time); what ``tail``'s RETURNING gives."""
+    out: list[Any] = []
+    for start in range(0, len(rows), _CHUNK):
+        chunk = rows[start:start + _CHUNK]
+        values = tuple(row[c] for row in chunk for c in columns)
+        out += conn.exec_driver_sql(_sqlite_insert(table, columns, len(chunk), tail),
+                                    values).all()
+    return out
+
+
 def _columns(rows: list[dict[str, Any]], names: Sequence[str]) -> dict[str, list[Any]]:
     return {name: [row[name] for row in rows] for name in names}
 
@@ -204,6 +240,10 @@ def _insert_or_nothing(conn: Connection, table: Table, column: str,
     if table is PACKAGES and _postgres(conn):
         return set(conn.exec_driver_sql(
             _PG_PACKAGES, _columns(rows, [c.name for c in PACKAGES.columns])).scalars())
+    if table is PACKAGES and _sqlite(conn):
+        return {r[0] for r in _sqlite_rows(
+            conn, "packages", _SQLITE_PACKAGE_COLUMNS, rows,
+            "ON CONFLICT (package_id) DO NOTHING RETURNING package_id")}
     dialect_insert = _dialect_insert(conn)
     if dialect_insert is not None:
         inserted: set[Any] = set()
@@ -228,6 +268,11 @@ def _insert_pending(conn: Connection, records: list[dict[str, Any]]) -> None:
         conn.exec_driver_sql(_PG_RECORDS, _columns(
             records, ["package_id", "class_key", "n_records", "rows"]))
         return
+    if _sqlite(conn):
+        inserted = _sqlite_rows(conn, "records", _SQLITE_RECORD_COLUMNS, records,
+                                "RETURNING id, class_key")
+        conn.exec_driver_sql(_SQLITE_PENDING, [tuple(b) for b in inserted])
+        return
     if conn.dialect.insert_executemany_returning:
         blocks = conn.execute(_RECORDS_INSERT, records).all()
     else:
@@ -243,6 +288,9 @@ def _add_to_classes(conn: Connection, counts: dict[str, tuple[int, int]]) -> Non
         conn.exec_driver_sql(_PG_CLASSES, {"class_key": keys,
                                            "n_records": [counts[k][0] for k in keys],
                                            "n_packages": [counts[k][1] for k in keys]})
+        return
+    if _sqlite(conn):  # executemany, in the order given: the lock order
+        conn.exec_driver_sql(_SQLITE_CLASSES, [(k, *counts[k]) for k in keys])
         return
     dialect_insert = _dialect_insert(conn)
     for start in range(0, len(keys), _CHUNK):

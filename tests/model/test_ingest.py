@@ -460,3 +460,50 @@ def test_sqlite_writers_take_turns_on_a_lock_woken_at_release(tmp_path):
                     f"sqlite:///{tmp_path / 'i.db'}", KEY, POLICY)
     assert [o.status for o in report.outcomes] == ["accepted"] * 3
     assert (tmp_path / "i.db-writer.lock").exists()
+
+
+def test_sqlite_plain_statements_store_what_the_sqlalchemy_path_stores(tmp_path, monkeypatch):
+    """The SQLite write and release in plain driver statements leave the same rows (ids,
+    blocks, pending index, class counters, cohorts and releases) as the dialect-neutral
+    SQLAlchemy statements, replays and duplicates in the group included."""
+    from sqlalchemy import text
+
+    from dmt_model.server import store, write
+
+    unique = [seal_package(package(200 + i), KEY.public_key()) for i in range(7)]
+    sealed = [*unique, *unique[:2]]  # two packages twice in one group
+    tables = {
+        "packages": "SELECT package_id, n_records FROM packages ORDER BY package_id",
+        "records": "SELECT package_id, class_key, n_records, rows FROM records "
+                   "ORDER BY package_id, class_key",
+        "pending": "SELECT r.package_id, p.class_key FROM pending_blocks p JOIN records r "
+                   "ON r.id = p.block_id ORDER BY 1, 2",
+        "classes": "SELECT class_key, n_records, n_packages, released FROM classes ORDER BY 1",
+        "cohorts": "SELECT class_key, n_records, n_packages FROM cohorts ORDER BY 1, 2",
+        "released": "SELECT r.package_id, c.class_key FROM released_blocks b JOIN records r "
+                    "ON r.id = b.block_id JOIN cohorts c ON c.cohort_id = b.cohort_id "
+                    "ORDER BY 1, 2",
+    }
+    seen = []
+    for plain in (True, False):
+        if not plain:
+            monkeypatch.setattr(write, "_sqlite", lambda conn: False)
+            monkeypatch.setattr(store, "_sqlite", lambda conn: False)
+        url = f"sqlite:///{tmp_path / f'{plain}.db'}"
+        report = ingest(sealed[:5], url, KEY, POLICY)
+        again = ingest(sealed, url, KEY, POLICY)
+        engine = connect(url)
+        with engine.connect() as conn:
+            rows = {name: conn.execute(text(sql)).all() for name, sql in tables.items()}
+        engine.dispose()
+        # class keys are HMACs under each database's own data key: name a class by its members
+        members: dict[str, set[str]] = {}
+        for pid, class_key, *_ in rows["records"]:
+            members.setdefault(class_key, set()).add(pid)
+        name = {k: ",".join(sorted(v)) for k, v in members.items()}
+        rows = {table: sorted(tuple(name.get(v, v) if isinstance(v, str) else v for v in row)
+                              for row in found) for table, found in rows.items()}
+        seen.append(([o.status for o in report.outcomes + again.outcomes], rows))
+    assert seen[0] == seen[1]
+    statuses, rows = seen[0]
+    assert statuses.count("accepted") == 7 and rows["cohorts"]  # something was released
