@@ -579,6 +579,26 @@ def ceiling(db_url: str, envelopes: Sequence[tuple[str, bytes]], key: Any, *,
             "uptime_load_before": load_before, "uptime_load_after": uptime()}
 
 
+def _uptime_command() -> str:
+    """What `uptime` prints (the load of the machine, other work included)."""
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return f"load average: {uptime()}"
+
+
+def _scaling(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Packages/s with two workers over one, by store (steady runs of the same invocation)."""
+    out = {}
+    for store in ("sqlite", "postgresql"):
+        steady = {r["workers"]: r["packages_per_second"] for r in runs
+                  if r["scenario"].startswith(f"{store} steady")}
+        if 1 in steady and 2 in steady:
+            out[store] = round(steady[2] / steady[1], 2)
+    return out
+
+
 def _print(run: dict[str, Any]) -> None:
     print(f"{run['scenario']:34s} {run['packages_per_second']:8.1f} packages/s "
           f"({run['records_per_second']:9.1f} records/s)  p50 {run['latency_ms']['p50']:7.1f} ms"
@@ -603,12 +623,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--large-packages", type=int, default=1000)
     parser.add_argument("--postgres", default=os.environ.get("DMT_TEST_POSTGRES_URL"))
     parser.add_argument("--pg-ctl", default=os.environ.get("DMT_TEST_POSTGRES_CTL"))
+    parser.add_argument("--serve-options", default="",
+                        help="more `dmt serve` options for every run, e.g. '--threads 0'")
     parser.add_argument("--output", type=Path, default=RESULTS,
                         help="folder for the results (default benchmarks/results)")
     args = parser.parse_args(argv)
     worker_counts = [int(w) for w in args.workers.split(",")]
 
     key = generate_server_key()
+    uptime_before = _uptime_command()
     runs: list[dict[str, Any]] = []
     ceilings: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -634,7 +657,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print("no PostgreSQL URL (--postgres or DMT_TEST_POSTGRES_URL): SQLite only")
         common = dict(clients=args.clients, key_file=folder / "server.key",
-                      policy_file=folder / "policy.json")
+                      policy_file=folder / "policy.json",
+                      extra=shlex.split(args.serve_options))
         try:
             for store, make_url, ctl in stores:
                 ceilings[store] = ceiling(make_url(), envelopes, key)
@@ -668,7 +692,9 @@ def main(argv: Sequence[str] | None = None) -> int:
            "packages": args.packages, "clients": args.clients,
            "records_per_package": args.records, "large_packages": args.large_packages,
            "large_records_per_package": args.large_records,
-           "ceiling": ceilings, "runs": runs}
+           "serve_options": args.serve_options,
+           "uptime_before": uptime_before, "uptime_after": _uptime_command(),
+           "ceiling": ceilings, "scaling_1_to_2_workers": _scaling(runs), "runs": runs}
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "server_load.json").write_text(json.dumps(out, indent=1))
     print(f"wrote {args.output / 'server_load.json'}")

@@ -54,6 +54,7 @@ from dmt_model.server.store import (
     SPENT_TOKENS,
     DataKey,
     _now,
+    _sqlite,
     payload_aad,
     release_rule,
     released_classes,
@@ -206,10 +207,6 @@ def _sqlite_insert(table: str, columns: tuple[str, ...], n: int, tail: str) -> s
     row = "(" + ", ".join("?" * len(columns)) + ")"
     return (f"INSERT INTO {table} ({', '.join(columns)}) "  # noqa: S608 - names are ours
             f"VALUES {', '.join([row] * n)} {tail}")
-
-
-def _sqlite(conn: Connection) -> bool:
-    return conn.dialect.name == "sqlite" and conn.dialect.driver == "pysqlite"
 
 
 def _sqlite_rows(conn: Connection, table: str, columns: tuple[str, ...],
