@@ -3,26 +3,37 @@ at a stated user-level privacy cost, its risk and its cost to a device).
 
 The protocol (part 1) is built so that the question is open — the simulated-user
 protocol of the other benchmarks (20 Boston users of about 14 training records,
-a 30 % unbiased proxy) leaves sharing little to add:
+a 30 % unbiased proxy) leaves sharing little to add. One protocol, every task
+the SDK supports (``--task``; default all whose data is on the machine):
 
-* **data**: Friedman #2 (``dmt_model.datasets.load_friedman``, scikit-learn's
-  documented generator), ``--rows`` rows (default 6000) drawn from a seed, so
-  the heterogeneity is known and the protocol scales past Boston's 506 rows;
-  the target is ``sqrt(x0² + (x1·x2 − 1/(x1·x3))²)`` + noise, driven mostly
-  by x1·x2.
-* **scarce, biased proxy**: ``--proxy-fraction`` (3 %) of the rows, drawn only
-  from rows with ``x2 ≤ --proxy-region`` (0.6): the server never sees the
-  40 % of the input space where the targets are largest, which users hold.
-* **many users, power-law sizes**: ``--users`` (120) users; user u holds
-  ``min(cap, ⌈n_min · U^(−1/α)⌉)`` records (a Pareto tail, α = 1.2, n_min = 3,
-  cap = 300, U uniform), as real apps have: most users have a handful of
-  records, a few have hundreds.
-* **users that differ**: each user holds one neighbourhood (users, in random
-  order, take contiguous blocks of the rows sorted by x2, so big and small
-  users sit everywhere), and an own scale factor U(1 − h, 1 + h) (h = 0.3)
-  multiplies the target on their records.
+* **many users, power-law sizes**: ``--users`` (120) users, most with a handful
+  of records, a few with hundreds;
+* **a scarce, biased proxy**: the server's data is a small sample that misses
+  a region or classes users hold;
+* **users that differ**: their own scale (regression), label mix or hand;
 * each user's records: 25 % test (at least one), of the rest 50 % shareable,
   the others never leave the device — as ``simulate_users`` does.
+
+The tasks (:data:`TASKS`):
+
+* **friedman** (regression): Friedman #2 (``load_friedman``, scikit-learn's
+  documented generator), 6000 rows drawn from the seed, so the heterogeneity
+  is known; target ``sqrt(x0² + (x1·x2 − 1/(x1·x3))²)`` + noise. The proxy is
+  3 % of the rows, drawn only from ``x2 ≤ 0.6``: the server never sees the
+  region where the targets are largest. User u holds ``min(300, ⌈3 ·
+  U^(−1/1.2)⌉)`` records (a Pareto tail), one neighbourhood of x2 (users in
+  random order take contiguous blocks of the rows sorted by x2), and an own
+  scale factor U(0.7, 1.3) on the target.
+* **adult** (tabular classification, income > 50K): 14 records per user on
+  average (``simulate_classifier_users``: Pareto shape 1.2, at least 4), a
+  label mix from Dirichlet(0.5); the proxy is 900 records of people aged 40
+  or under — users of every age hold the rest.
+* **digits** (images): scikit-learn's 8×8 digits, 9 per user on average, own
+  label mix and own hand (rotation, stroke weight); the proxy is 90 unstyled
+  images with no 7, 8 or 9.
+* **wordnet-topics** (text): WordNet glosses by topic, 14 per user on
+  average, own label mix; the proxy is 300 glosses of the first 7 of the 10
+  topics.
 
 Every device first personalizes the proxy foundation on all its training
 records with ``personalize()`` (the SDK's defaults: the personal head, a
@@ -36,7 +47,9 @@ forced on them. The methods:
 
 * **nothing shared**: the proxy foundation (user-level ε = 0);
 * **DMT**: the server retrains on proxy + every user's shareable records as
-  they arrive — raw (no formal DP), or under local DP at user-level ε ∈
+  they arrive — raw (no formal DP); for tabular tasks k-anonymous (k = 5,
+  ``privacy_utility.share``: the plan fitted on the proxy, classes smaller
+  than k quarantined) or under local DP at user-level ε ∈
   {1, 4, 8} (each user's :class:`~dmt_privacy.dp.PrivacyLedger` holds ε and
   the perturber charges it for the whole release, δ = 0;
   ``privacy_utility.share``);
@@ -48,10 +61,16 @@ forced on them. The methods:
 
 Hyperparameters (part 4): ``--tune`` gives every method the same budget, three
 trials, on seeds 100 and 101, which are never reported, scored by the released
-model's mean per-user test RMSE: FedAvg's local learning rate, FedProx's μ (at
+model's mean per-user test error: FedAvg's local learning rate, FedProx's μ (at
 that rate), DP-FedAvg's clip norm (at ε = 4), DMT's retraining learning rate.
-It writes ``federated_protocol_tuning.json``; the main run reads its choices
-from there (and says so), or uses the defaults and says they are untuned.
+It writes ``federated_protocol_<task>_tuning.json``; the main run reads its
+choices from there (and says so), or uses the same defaults for every method
+and says they are untuned.
+
+Scores: the task's per-user test error (``Task.test_error``: RMSE for the
+regression, mean log loss for a classifier — the quantity the device's
+keep-or-discard rule compares), averaged over users; classifiers also report
+accuracy.
 
 Risk (part 5): a membership-inference attack on every released model — DMT's
 retrained foundation, Flower's global model — the same attack for all
@@ -69,22 +88,26 @@ ways — Flower's own message framing not counted), rounds, and CPU seconds of
 on-device training (FL: local training in Flower's client, summed over rounds;
 every method: the final ``personalize()``).
 
-Writes ``federated_protocol.json``, ``federated_protocol.md`` (the README
-table) and three plots (utility vs ε, cost, membership advantage) into
-``--output`` (default ``benchmarks/results``).
-Run: ``.venv/bin/python benchmarks/fl_protocol.py [--seeds 5]``; ``--quick``
-is one seed, 60 users and 10 FedAvg rounds; ``--tune`` the tuning run.
+Writes, per task, ``federated_protocol_<task>.json``, ``….md`` (the README
+table) and three plots (``…_utility.png``, ``…_cost.png``,
+``…_membership.png``) into ``--output`` (default ``benchmarks/results``), after
+every seed. The devices' personalizations run in ``--workers`` processes (2).
+Run: ``.venv/bin/python benchmarks/fl_protocol.py [--task T] [--seeds 5]``;
+``--quick`` is one seed, 60 users and 10 FedAvg rounds; ``--tune`` the tuning
+run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
 import warnings
-from dataclasses import replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -92,9 +115,14 @@ import numpy as np
 import pandas as pd
 
 from dmt_model.datasets import load_friedman
+from dmt_model.datasets.classification import CLASSIFICATION_DATASETS, CLASSIFIER_TRAINING
+from dmt_model.datasets.classifier_users import simulate_classifier_users
 from dmt_model.datasets.regression import FRIEDMAN_SCHEMA
 from dmt_model.datasets.users import SimulatedUser, Simulation
+from dmt_model.foundation import TrainingConfig
+from dmt_model.tasks import Task, task_for
 from dmt_privacy.errors import ValidationError
+from dmt_privacy.schema import Schema
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmarks' helpers
 
@@ -103,13 +131,13 @@ TARGET = "y"
 LOCATION = "x2"
 EPSILONS = (1.0, 4.0, 8.0)
 DELTA = 1e-5
+K = 5  # the k of DMT's k-anonymous row (tabular tasks)
 TUNING_SEEDS = (100, 101)
 #: Three trials per method (the same budget for every method), in this order.
 GRID = {"dmt_learning_rate": (3e-4, 1e-3, 3e-3),
         "fedavg_learning_rate": (1e-3, 3e-3, 1e-2),
         "proximal_mu": (0.01, 0.1, 1.0),
         "clip_norm": (0.03, 0.1, 0.3)}
-TUNING_FILE = "federated_protocol_tuning.json"
 
 
 def power_law_sizes(n_users: int, rng: np.random.Generator, *, alpha: float = 1.2,
@@ -121,7 +149,7 @@ def power_law_sizes(n_users: int, rng: np.random.Generator, *, alpha: float = 1.
 def open_protocol(data: pd.DataFrame, *, n_users: int = 120, proxy_fraction: float = 0.03,
                   proxy_region: float = 0.6, spread: float = 0.3, test_fraction: float = 0.25,
                   share_fraction: float = 0.5, seed: int = 0) -> Simulation:
-    """The users and the server's proxy data of this protocol (see the module doc)."""
+    """The users and the server's proxy data of the regression task (see the module doc)."""
     rng = np.random.default_rng(seed)
     shuffled = data.iloc[rng.permutation(len(data))]
     eligible = shuffled[shuffled[LOCATION] <= proxy_region]
@@ -152,7 +180,113 @@ def open_protocol(data: pd.DataFrame, *, n_users: int = 120, proxy_fraction: flo
     return Simulation(proxy=proxy, users=tuple(users), seed=seed, spread=spread)
 
 
-def describe(sim: Simulation, proxy_region: float) -> dict:
+def classifier_protocol(data: pd.DataFrame, *, target: str, unseen: Callable[[pd.DataFrame],
+                        pd.Series], proxy_records: int, n_users: int = 120,
+                        n_records: int = 1700, alpha: float = 0.5, image: str | None = None,
+                        seed: int = 0) -> Simulation:
+    """The users and proxy data of a classification task: ``n_users`` users whose record
+    counts follow a power law (``simulate_classifier_users``, Pareto shape 1.2, at least 4
+    each, ``n_records`` in all), each with their own label mix (Dirichlet(``alpha``)) and,
+    for images, their own hand; the proxy is ``proxy_records`` records drawn from the
+    remaining rows where ``unseen`` is false — a region or classes users hold and the
+    server never sees."""
+    sim = simulate_classifier_users(data, target=target, n_users=n_users, proxy_fraction=0.3,
+                                    alpha=alpha, n_records=n_records, min_records=4,
+                                    size_shape=1.2, image=image, seed=seed)
+    seen = sim.proxy[~unseen(sim.proxy).to_numpy()]
+    if len(seen) < proxy_records:
+        raise ValidationError(f"The proxy needs {proxy_records} records outside the unseen "
+                              f"part, the data has {len(seen)}: ask for fewer.")
+    return replace(sim, proxy=seen.iloc[:proxy_records])
+
+
+@dataclass(frozen=True)
+class ProtocolTask:
+    """One task of the protocol: its data, how its users and biased proxy are made, how its
+    foundation trains, and which of DMT's protections apply to what it shares."""
+
+    name: str
+    title: str
+    schema: Schema
+    #: (seed, users) → the simulation
+    simulate: Callable[[int, int], Simulation]
+    #: the records the proxy never holds (the bias), and a phrase saying which
+    unseen: Callable[[pd.DataFrame], pd.Series]
+    bias: str
+    config: TrainingConfig = field(default_factory=TrainingConfig)
+    #: the SDK's local DP covers every field shared (tabular data): DMT's ε rows and k=5
+    tabular: bool = True
+    #: media: the modification a device applies before sharing (field → transformer)
+    modifiers: Callable[[], Mapping[str, Any]] | None = None
+    available: Callable[[], bool] = lambda: True
+
+    @property
+    def task(self) -> Task:
+        return task_for(self.schema)
+
+    @property
+    def target(self) -> str:
+        return next(f.name for f in self.schema.by_role("target"))
+
+    def files(self, suffix: str) -> str:
+        return f"federated_protocol_{self.name}{suffix}"
+
+
+def _friedman(seed: int, n_users: int) -> Simulation:
+    return open_protocol(load_friedman(6000, seed=seed), n_users=n_users, seed=seed)
+
+
+def _classifier(name: str, unseen: Callable[[pd.DataFrame], pd.Series], proxy_records: int,
+                records_per_user: float) -> Callable[[int, int], Simulation]:
+    dataset = CLASSIFICATION_DATASETS[name]
+
+    def simulate(seed: int, n_users: int) -> Simulation:
+        return classifier_protocol(dataset.load(), target=dataset.schema.target.name,
+                                   unseen=unseen, proxy_records=proxy_records, n_users=n_users,
+                                   n_records=round(records_per_user * n_users),
+                                   image=dataset.style_field, seed=seed)
+    return simulate
+
+
+def _adult_unseen(frame: pd.DataFrame) -> pd.Series:
+    return frame["age"] > 40
+
+
+def _digits_unseen(frame: pd.DataFrame) -> pd.Series:
+    return frame["digit"].isin([7, 8, 9])
+
+
+TOPICS_UNSEEN = 3  # the proxy lacks the last three topics
+
+
+def _topics_unseen(frame: pd.DataFrame) -> pd.Series:
+    topics = CLASSIFICATION_DATASETS["wordnet-topics"].schema.target.categories
+    return frame["topic"].isin(list(topics)[-TOPICS_UNSEEN:])
+
+
+TASKS: dict[str, ProtocolTask] = {task.name: task for task in (
+    ProtocolTask("friedman", "Friedman #2 regression", FRIEDMAN_SCHEMA, _friedman,
+                 lambda frame: frame[LOCATION] > 0.6,
+                 "no record with x2 > 0.6, where the targets are largest"),
+    ProtocolTask("adult", "Adult income classification", CLASSIFICATION_DATASETS["adult"].schema,
+                 _classifier("adult", _adult_unseen, 900, 14), _adult_unseen,
+                 "no one over 40", CLASSIFIER_TRAINING,
+                 available=CLASSIFICATION_DATASETS["adult"].available),
+    ProtocolTask("digits", "handwritten digits (images)", CLASSIFICATION_DATASETS["digits"].schema,
+                 _classifier("digits", _digits_unseen, 90, 9), _digits_unseen,
+                 "no 7, 8 or 9, and no user's hand", CLASSIFIER_TRAINING, tabular=False,
+                 modifiers=CLASSIFICATION_DATASETS["digits"].modifiers),
+    ProtocolTask("wordnet-topics", "WordNet topics (text)",
+                 CLASSIFICATION_DATASETS["wordnet-topics"].schema,
+                 _classifier("wordnet-topics", _topics_unseen, 300, 14), _topics_unseen,
+                 f"none of the last {TOPICS_UNSEEN} topics",
+                 CLASSIFICATION_DATASETS["wordnet-topics"].config, tabular=False,
+                 modifiers=CLASSIFICATION_DATASETS["wordnet-topics"].modifiers,
+                 available=CLASSIFICATION_DATASETS["wordnet-topics"].available),
+)}
+
+
+def describe(sim: Simulation, task: ProtocolTask) -> dict:
     sizes = np.array([len(u.train) + len(u.test) for u in sim.users])
     held = pd.concat([u.train for u in sim.users])
     return {
@@ -164,32 +298,39 @@ def describe(sim: Simulation, proxy_region: float) -> dict:
                                  np.sort(sizes)[::-1][:max(1, len(sizes) // 10)].sum()
                                  / sizes.sum())},
         "users_with_at_most_5_records": int((sizes <= 5).sum()),
-        "user_training_records_outside_the_proxy_region": float(
-            (held[LOCATION] > proxy_region).mean()),
+        "proxy_bias": task.bias,
+        "user_training_records_the_proxy_never_covers": float(task.unseen(held).mean()),
     }
 
 
-def rmse(predicted, actual) -> float:
-    return float(np.sqrt(np.mean((np.asarray(predicted, float) - np.asarray(actual, float)) ** 2)))
+def user_scores(task: Task, predicted: np.ndarray, actual: np.ndarray) -> dict[str, float]:
+    """One user's test error (the task's: RMSE or log loss) and, for a classifier, accuracy."""
+    scores = {"error": task.test_error(predicted, actual)}
+    if task.kind == "classification":
+        scores["accuracy"] = float(np.mean(np.argmax(predicted, axis=1) == actual))
+    return scores
 
 
 # --- hyperparameters ------------------------------------------------------------------
-def settings_from(output: Path) -> dict[str, Any]:
-    """The tuned choices of ``--tune`` if its file is in ``output`` (or benchmarks/results),
-    else the defaults, marked untuned."""
+def settings_from(output: Path, task: ProtocolTask) -> dict[str, Any]:
+    """The tuned choices of ``--tune`` for ``task`` if its file is in ``output`` (or
+    benchmarks/results), else the defaults, marked untuned."""
     defaults = {"dmt_learning_rate": 1e-3, "fedavg_learning_rate": 1e-3, "proximal_mu": 0.1,
                 "clip_norm": 0.1, "tuned": False}
     for folder in (output, RESULTS):
-        path = folder / TUNING_FILE
+        path = folder / task.files("_tuning.json")
         if path.exists():
             return {**defaults, **json.loads(path.read_text())["chosen"], "tuned": True}
     return defaults
 
 
-def fl_strategies(settings: dict[str, Any], seed: int, rounds: int) -> tuple[Any, Any, Any]:
-    """FedAvg, FedProx and a DP-FedAvg maker at user-level ε, with ``settings``."""
+def fl_strategies(settings: dict[str, Any], seed: int, rounds: int,
+                  foundation: Any) -> tuple[Any, Any, Any]:
+    """FedAvg, FedProx and a DP-FedAvg maker at user-level ε, with ``settings``. DP-FedAvg
+    exchanges the last two dense layers (all of them if ``foundation`` has fewer)."""
     from dataclasses import asdict
 
+    import torch
     from federated_baseline import DP_FEDAVG, FEDAVG
 
     from dmt_model.federated import DPFedAvg, FedProx
@@ -198,9 +339,13 @@ def fl_strategies(settings: dict[str, Any], seed: int, rounds: int) -> tuple[Any
                      local_learning_rate=settings["fedavg_learning_rate"])
     fedprox = FedProx(**asdict(fedavg), proximal_mu=settings["proximal_mu"])
 
+    layers = sum(isinstance(m, torch.nn.Linear) for m in foundation.network.dense)
+    private = replace(DP_FEDAVG, seed=seed,
+                      trainable_layers=min(DP_FEDAVG.trainable_layers or layers, layers))
+
     def dp(epsilon: float) -> Any:
-        return DPFedAvg(replace(DP_FEDAVG, seed=seed), clip_norm=settings["clip_norm"],
-                        target_epsilon=epsilon, delta=DELTA)
+        return DPFedAvg(private, clip_norm=settings["clip_norm"], target_epsilon=epsilon,
+                        delta=DELTA)
 
     return fedavg, fedprox, dp
 
@@ -210,37 +355,63 @@ def federated(sim: Simulation, strategy: Any, foundation: Any) -> Any:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # Flower's and Ray's notes
-        return run_federated(sim, strategy, foundation=foundation, schema=FRIEDMAN_SCHEMA)
+        return run_federated(sim, strategy, foundation=foundation)
 
 
-def dmt_model_for(sim: Simulation, foundation: Any, epsilon: float | None, seed: int,
-                  learning_rate: float) -> tuple[Any, list[Any], dict]:
-    """DMT's retrained foundation from the users' shareable records (raw, or local DP at
-    user-level ``epsilon``), the batches the server received, and what was lost."""
+def foundation_for(sim: Simulation, task: ProtocolTask, seed: int) -> Any:
+    from dmt_model.foundation import train_foundation
+
+    return train_foundation(sim.proxy, task.schema, replace(task.config, seed=seed))
+
+
+def modified(sim: Simulation, task: ProtocolTask) -> list[Any]:
+    """Each user's shareable records after the device's modification (media tasks)."""
+    from dmt_model.server.retrain import SharedBatch
+
+    assert task.modifiers is not None
+    batches = []
+    for user in sim.users:
+        records = user.shareable.copy()
+        for name, transformer in task.modifiers().items():
+            records[name] = list(transformer.transform(list(records[name])))
+        batches.append(SharedBatch(records))
+    return batches
+
+
+def dmt_model_for(sim: Simulation, task: ProtocolTask, foundation: Any, how: dict[str, Any],
+                  seed: int, learning_rate: float) -> tuple[Any, list[Any], dict]:
+    """DMT's retrained foundation from the users' shareable records as the server receives
+    them (``how``: ``{}`` raw, ``{"epsilon": ε}`` local DP at user-level ε, ``{"k": k}``
+    k-anonymous, ``{"modified": True}`` after the device's modification), the batches the
+    server received, and what was lost."""
     from privacy_utility import share
 
-    from dmt_model.foundation import TrainingConfig
     from dmt_model.server.retrain import retrain_foundation
 
-    batches, info = share(sim, epsilon=epsilon, seed=seed, schema=FRIEDMAN_SCHEMA)
-    config = TrainingConfig(seed=seed, learning_rate=learning_rate)
+    if how.get("modified"):
+        batches, info = modified(sim, task), {}
+    else:
+        batches, info = share(sim, seed=seed, schema=task.schema, **how)
+    config = replace(task.config, seed=seed, learning_rate=learning_rate)
     return retrain_foundation(foundation, sim.proxy, batches, config), batches, info
 
 
-def tune(args: argparse.Namespace) -> None:
-    """Three trials per method on TUNING_SEEDS, scored by the released model's mean per-user
-    test RMSE; writes the trials and the choices to TUNING_FILE."""
-    from dmt_model.foundation import TrainingConfig, train_foundation
+def released_error(model: Any, sim: Simulation, task: ProtocolTask) -> float:
+    """Mean per-user test error of ``model`` itself (before any personalization)."""
+    featurizer = model.featurizer
+    return float(np.mean([task.task.test_error(model.predict(u.test),
+                                               featurizer.target_values(u.test, dtype=float))
+                          for u in sim.users]))
 
+
+def tune(args: argparse.Namespace, task: ProtocolTask) -> None:
+    """Three trials per method on TUNING_SEEDS, scored by the released model's mean per-user
+    test error; writes the trials and the choices to the task's tuning file."""
     started = time.perf_counter()
     setups = []
     for seed in TUNING_SEEDS:
-        sim = open_protocol(load_friedman(args.rows, seed=seed), n_users=args.users, seed=seed)
-        setups.append((seed, sim, train_foundation(sim.proxy, FRIEDMAN_SCHEMA,
-                                                   TrainingConfig(seed=seed))))
-
-    def released_rmse(model: Any, sim: Simulation) -> float:
-        return float(np.mean([rmse(model.predict(u.test), u.test[TARGET]) for u in sim.users]))
+        sim = task.simulate(seed, args.users)
+        setups.append((seed, sim, foundation_for(sim, task, seed)))
 
     def score(run) -> float:
         return statistics.mean(run(seed, sim, foundation) for seed, sim, foundation in setups)
@@ -252,60 +423,103 @@ def tune(args: argparse.Namespace) -> None:
         trials[name] = {}
         for value in GRID[name]:
             trials[name][f"{value:g}"] = score(lambda seed, sim, f, v=value: run(v, seed, sim, f))
-            print(f"{name}={value:g}: {trials[name][f'{value:g}']:.3f} "
+            print(f"{name}={value:g}: {trials[name][f'{value:g}']:.4f} "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)
         chosen[name] = float(min(trials[name], key=trials[name].get))
 
-    pick("dmt_learning_rate", lambda lr, seed, sim, f: released_rmse(
-        dmt_model_for(sim, f, None, seed, lr)[0], sim))
-    base = settings_from(args.output)
+    pick("dmt_learning_rate", lambda lr, seed, sim, f: released_error(
+        dmt_model_for(sim, task, f, {}, seed, lr)[0], sim, task))
+    base = settings_from(args.output, task)
 
     def fl(seed: int, sim: Simulation, f: Any, which: int, **overrides: float) -> float:
-        strategies = fl_strategies({**base, **chosen, **overrides}, seed, args.rounds)
+        strategies = fl_strategies({**base, **chosen, **overrides}, seed, args.rounds, f)
         strategy = strategies[2](4.0) if which == 2 else strategies[which]
-        return float(federated(sim, strategy, f).mean_rmse)
+        return float(federated(sim, strategy, f).mean_error)
 
     pick("fedavg_learning_rate", lambda v, seed, sim, f: fl(seed, sim, f, 0,
                                                             fedavg_learning_rate=v))
     pick("proximal_mu", lambda v, seed, sim, f: fl(seed, sim, f, 1, proximal_mu=v))
     pick("clip_norm", lambda v, seed, sim, f: fl(seed, sim, f, 2, clip_norm=v))
-    result = {"seeds": list(TUNING_SEEDS), "grid": {k: list(v) for k, v in GRID.items()},
-              "score": "released model's mean per-user test RMSE, mean over the tuning seeds",
+    result = {"task": task.name, "seeds": list(TUNING_SEEDS),
+              "grid": {k: list(v) for k, v in GRID.items()},
+              "score": f"released model's mean per-user test {task.task.error_name}, mean "
+                       "over the tuning seeds",
               "trials": trials, "chosen": chosen, "users": args.users, "rounds": args.rounds,
               "seconds": time.perf_counter() - started}
     args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / TUNING_FILE).write_text(json.dumps(result, indent=1))
-    print(f"chosen {chosen}; wrote {args.output / TUNING_FILE} ({result['seconds']:.0f} s)")
+    path = args.output / task.files("_tuning.json")
+    path.write_text(json.dumps(result, indent=1))
+    print(f"chosen {chosen}; wrote {path} ({result['seconds']:.0f} s)")
 
 
 # --- one seed -------------------------------------------------------------------------
-def personalize_users(model: Any, sim: Simulation,
-                      current: list[Any] | None = None) -> dict[str, Any]:
+def _device(spec_data: bytes, current_data: bytes | None, train: pd.DataFrame,
+            test: pd.DataFrame, kind: str) -> tuple[bytes, bool, float, dict, dict]:
+    """One device's decision (runs in a worker process): the personal model it holds after
+    ``personalize()`` (no ``current_data``) or ``adopt_new_version`` against its current
+    one, whether it moved, its CPU seconds, and the scores of the released and held model."""
+    from dmt_model.coreml import predict_frame
+    from dmt_model.coreml._spec import spec_bytes, spec_from_bytes
+    from dmt_model.personalize import adopted, featurizer_of, personalized
+    from dmt_model.tasks import CLASSIFICATION, REGRESSION
+
+    task = CLASSIFICATION if kind == "classification" else REGRESSION
+    spec = spec_from_bytes(spec_data)
+    actual = featurizer_of(spec).target_values(test, dtype=float)
+    released = user_scores(task, predict_frame(spec, test), actual)
+    started = time.process_time()
+    if current_data is None:
+        updated, result = personalized(spec, train)
+    else:
+        updated, result = adopted(spec, spec_from_bytes(current_data), train)
+    seconds = time.process_time() - started
+    held = user_scores(task, predict_frame(updated, test), actual)
+    return spec_bytes(updated), bool(result.accepted), seconds, released, held
+
+
+_POOL: Any = None
+
+
+def _pool(workers: int) -> Any:
+    """Worker processes for the devices' personalization (spawned once, reused)."""
+    global _POOL
+    if _POOL is None or _POOL._max_workers != workers:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        _POOL = ProcessPoolExecutor(max_workers=workers,
+                                    mp_context=multiprocessing.get_context("spawn"))
+    return _POOL
+
+
+def personalize_users(model: Any, sim: Simulation, task: ProtocolTask,
+                      current: list[bytes] | None = None, *, workers: int = 1
+                      ) -> dict[str, Any]:
     """What each user holds in the end, as an SDK device decides it: with no ``current``
     personal models, ``model`` personalized on all their training records
     (``personalize()``); otherwise ``model`` adopted only if, re-personalized, it beats the
     user's ``current`` personal model in cross-validation (``adopt_new_version``). Mean
-    per-user test RMSE of ``model`` itself and of what users hold, the share of users who
-    moved to it, the CPU seconds a device spent, and the personal models."""
-    from dmt_model.coreml import UpdateSettings, build_spec, predict_frame
-    from dmt_model.personalize import adopted, personalized
+    per-user test error (and accuracy) of ``model`` itself and of what users hold, the share
+    of users who moved to it, the CPU seconds a device spent, and the personal models (as
+    ``.mlmodel`` bytes). The devices are independent: ``workers`` processes run them,
+    biggest users first; the result does not depend on ``workers``."""
+    from dmt_model.coreml import UpdateSettings, build_spec
+    from dmt_model.coreml._spec import spec_bytes
 
-    spec = build_spec(model, updatable=UpdateSettings())
-    plain, personal, seconds, moved, held = [], [], [], [], []
-    for i, user in enumerate(sim.users):
-        plain.append(rmse(predict_frame(spec, user.test), user.test[TARGET]))
-        started = time.process_time()
-        if current is None:
-            updated, result = personalized(spec, user.train)
-        else:
-            updated, result = adopted(spec, current[i], user.train)
-        seconds.append(time.process_time() - started)
-        moved.append(result.accepted)
-        held.append(updated)
-        personal.append(rmse(predict_frame(updated, user.test), user.test[TARGET]))
-    return {"rmse_released": float(np.mean(plain)), "rmse": float(np.mean(personal)),
-            "moved": float(np.mean(moved)), "personalize_seconds": float(np.mean(seconds)),
-            "model_bytes": len(spec.SerializeToString()), "personal_models": held}
+    data = spec_bytes(build_spec(model, updatable=UpdateSettings()))
+    jobs = [(data, None if current is None else current[i], user.train, user.test,
+             task.task.kind) for i, user in enumerate(sim.users)]
+    if workers > 1:
+        order = sorted(range(len(jobs)), key=lambda i: -len(sim.users[i].train))
+        futures = {i: _pool(workers).submit(_device, *jobs[i]) for i in order}
+        outcomes = [futures[i].result() for i in range(len(jobs))]
+    else:
+        outcomes = [_device(*job) for job in jobs]
+    held, moved, seconds, plain, personal = zip(*outcomes, strict=True)
+    out = {f"{metric}{suffix}": float(np.mean([scores[metric] for scores in which]))
+           for metric in plain[0] for suffix, which in (("", personal), ("_released", plain))}
+    return out | {"moved": float(np.mean(moved)), "personalize_seconds": float(np.mean(seconds)),
+                  "model_bytes": len(data), "personal_models": list(held)}
 
 
 def membership(model: Any, members: pd.DataFrame, non_members: pd.DataFrame,
@@ -316,10 +530,10 @@ def membership(model: Any, members: pd.DataFrame, non_members: pd.DataFrame,
     return attack_model(model, members, non_members, seed=seed).to_dict()
 
 
-def sealed_sizes(sim: Simulation, batches: list[Any]) -> tuple[list[int], float]:
+def sealed_sizes(sim: Simulation, batches: list[Any], schema: Schema) -> tuple[list[int], float]:
     """Each user's share package as ``seal_package`` writes it (bytes), and the mean CPU
-    seconds of building and sealing it. One batch per user under local DP (its receipt
-    travels with it); raw records travel with an empty receipt."""
+    seconds of building and sealing it. One batch per user under local DP or modification
+    (a DP receipt travels with it); raw and k-anonymous records are sized as the raw ones."""
     from dmt_privacy.package import PrivacyReceipt, SharePackage, seal_package
     from dmt_privacy.seal import generate_server_key
 
@@ -329,10 +543,10 @@ def sealed_sizes(sim: Simulation, batches: list[Any]) -> tuple[list[int], float]
                 if len(batches) == len(sim.users)
                 else [(u.shareable, None) for u in sim.users])
     sizes, seconds = [], []
-    columns = [f.name for f in FRIEDMAN_SCHEMA]
+    columns = [f.name for f in schema]
     for records, receipt in per_user:
         started = time.process_time()
-        package = SharePackage.create(FRIEDMAN_SCHEMA.schema_id, records[columns],
+        package = SharePackage.create(schema.schema_id, records[columns],
                                       PrivacyReceipt(dp=receipt))
         sizes.append(len(seal_package(package, key)))
         seconds.append(time.process_time() - started)
@@ -357,13 +571,64 @@ def fl_cost(result: Any, base: Any, n_users: int, model_bytes: int) -> dict[str,
             "train_seconds": float(sum(r.client_seconds for r in result.rounds) / n_users)}
 
 
-def run_seed(sim: Simulation, seed: int, *, rounds: int, epsilons: tuple[float, ...],
-             settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    from dmt_model.foundation import TrainingConfig, train_foundation
+def dmt_rows(task: ProtocolTask, epsilons: tuple[float, ...]) -> list[tuple[str, dict, str]]:
+    """DMT's sharing settings for ``task``: (row name, how, the guarantee)."""
+    rows = [("DMT raw", {}, "no formal DP")]
+    if task.tabular:
+        rows.append((f"DMT k-anonymous k={K}", {"k": K},
+                     f"k-anonymity (k = {K}) of the quasi-identifiers, no formal DP"))
+        rows += [(f"DMT local DP ε={e:g}", {"epsilon": e},
+                  "local DP on the device (Laplace / randomized response, δ = 0), charged to "
+                  "the user's ledger") for e in epsilons]
+    else:
+        rows.append(("DMT modified", {"modified": True},
+                     "modified on the device (" + ", ".join(
+                         repr(t) for t in task.modifiers().values()) + "), no formal DP"))
+    return rows
 
+
+def server_risk(task: ProtocolTask, seed: int, users: int,
+                epsilons: tuple[float, ...]) -> dict[str, Any]:
+    """anonymeter's singling-out, linkability and inference risk of what the server holds
+    under each of DMT's tabular settings, on seed ``seed``'s users (the same records
+    ``run_seed`` shares): target = the shared records before protection, control = the
+    users' private records. ``{}`` when anonymeter's environment is missing."""
+    from privacy_utility import anonymeter_risks, share
+
+    sim = task.simulate(seed, users)
+    received = {}
+    for name, how, _ in dmt_rows(task, epsilons):
+        batches, _ = share(sim, seed=seed, schema=task.schema, **how)
+        received[name] = pd.concat([b.records for b in batches])
+    return anonymeter_risks(pd.concat([u.shareable for u in sim.users]),
+                            pd.concat([u.private for u in sim.users]), received, task.schema,
+                            seed=seed) | {"seed": seed}
+
+
+def risk_table(risk: dict[str, Any]) -> str:
+    """The anonymeter section of a task's table."""
+    def cell(value: dict[str, Any]) -> str:
+        return f"{value['risk']:.2f} [{value['ci'][0]:.2f}, {value['ci'][1]:.2f}]"
+
+    lines = ["| what the server holds | records | singling out | linkability | inference |",
+             "|---|---|---|---|---|"]
+    for name, case in risk["cases"].items():
+        lines.append(f"| {name} | {case['released']} | {cell(case['singling_out'])} "
+                     f"| {cell(case['linkability'])} | {cell(case['inference'])} |")
+    settings = risk["settings"]
+    return (f"\nanonymeter's risks (95 % CI) of what the server holds under each DMT setting, "
+            f"seed {risk['seed']}: target = the {settings['target_records']} shared records "
+            f"before protection, control = {settings['control_records']} records never "
+            f"shared, {settings['n_attacks']} attacks; secret `{settings['secret']}`.\n\n"
+            + "\n".join(lines) + "\n")
+
+
+def run_seed(sim: Simulation, task: ProtocolTask, seed: int, *, rounds: int,
+             epsilons: tuple[float, ...], settings: dict[str, Any],
+             workers: int = 1) -> dict[str, dict[str, Any]]:
     rows: dict[str, dict[str, Any]] = {}
-    foundation = train_foundation(sim.proxy, FRIEDMAN_SCHEMA, TrainingConfig(seed=seed))
-    held = personalize_users(foundation, sim)
+    foundation = foundation_for(sim, task, seed)
+    held = personalize_users(foundation, sim, task, workers=workers)
     current = held.pop("personal_models")
     model_bytes = held["model_bytes"]
     tests = pd.concat([u.test for u in sim.users])
@@ -372,62 +637,71 @@ def run_seed(sim: Simulation, seed: int, *, rounds: int, epsilons: tuple[float, 
         "received_bytes": float(model_bytes), "rounds": 0,
         "device_seconds": held["personalize_seconds"], "membership": None}
     shared = pd.concat([u.shareable for u in sim.users])
-    for epsilon in (None, *epsilons):
-        name = "DMT raw" if epsilon is None else f"DMT local DP ε={epsilon:g}"
-        model, batches, info = dmt_model_for(sim, foundation, epsilon, seed,
+
+    def report(name: str, result: dict[str, Any]) -> None:
+        print(f"  {name}: {result['error']:.4g} ({result['error_released']:.4g} released, "
+              f"{result['moved']:.0%} adopted)", flush=True)
+
+    for name, how, guarantee in dmt_rows(task, epsilons):
+        model, batches, info = dmt_model_for(sim, task, foundation, how, seed,
                                              settings["dmt_learning_rate"])
-        sizes, seal_seconds = sealed_sizes(sim, batches)
-        result = personalize_users(model, sim, current)
+        sizes, seal_seconds = sealed_sizes(sim, batches, task.schema)
+        result = personalize_users(model, sim, task, current, workers=workers)
         del result["personal_models"]
         rows[name] = result | {
-            "epsilon": info.get("user_epsilon"),
-            "guarantee": "no formal DP" if epsilon is None else
-            "local DP on the device (Laplace, δ = 0), charged to the user's ledger",
+            "epsilon": info.get("user_epsilon"), "guarantee": guarantee,
             "sent_bytes": float(np.mean(sizes)), "received_bytes": 2.0 * model_bytes,
             "rounds": 1,
             "device_seconds": held["personalize_seconds"] + seal_seconds
             + result["personalize_seconds"],
             "membership": membership(model, shared, tests, seed)}
-        print(f"  {name}: {result['rmse']:.2f} ({result['rmse_released']:.2f} released, "
-              f"{result['moved']:.0%} adopted)", flush=True)
-    fedavg, fedprox, dp = fl_strategies(settings, seed, rounds)
+        report(name, result)
+    fedavg, fedprox, dp = fl_strategies(settings, seed, rounds, foundation)
     trained = pd.concat([u.train for u in sim.users])
     runs = [("FedAvg", fedavg, None), ("FedProx", fedprox, None)]
     runs += [(f"DP-FedAvg ε={e:g}", dp(e), e) for e in epsilons]
     for name, strategy, epsilon in runs:
-        result = federated(sim, strategy, foundation)
-        personal = personalize_users(result.foundation, sim, current)
+        fl = federated(sim, strategy, foundation)
+        personal = personalize_users(fl.foundation, sim, task, current, workers=workers)
         del personal["personal_models"]
-        cost = fl_cost(result, strategy.base, len(sim.users), model_bytes)
+        cost = fl_cost(fl, strategy.base, len(sim.users), model_bytes)
         rows[name] = personal | cost | {
-            "epsilon": result.epsilon,
+            "epsilon": fl.epsilon,
             "guarantee": "no formal DP" if epsilon is None else
             "central DP: Gaussian noise on the clipped sum of the users' updates (Flower), "
             "Opacus RDP accountant, δ = 1e-5",
             "device_seconds": held["personalize_seconds"] + cost["train_seconds"]
             + personal["personalize_seconds"],
-            "membership": membership(result.foundation, trained, tests, seed)}
-        print(f"  {name}: {personal['rmse']:.2f} ({personal['rmse_released']:.2f} released, "
-              f"{personal['moved']:.0%} adopted)", flush=True)
+            "membership": membership(fl.foundation, trained, tests, seed)}
+        report(name, personal)
     return rows
 
 
 # --- summary, table, plots -------------------------------------------------------------
-METRICS = ("rmse", "rmse_released", "moved", "sent_bytes", "received_bytes", "device_seconds")
+METRICS = ("error", "error_released", "accuracy", "accuracy_released", "moved", "sent_bytes",
+           "received_bytes", "device_seconds")
 
 
 def summarize(per_seed: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-    """Mean ± std over seeds of each metric; the membership advantage's mean over seeds with
-    a 95 % interval combined from the seeds' (independent) intervals."""
+    """Mean ± std over seeds of each metric, and of each method's paired difference from
+    sharing nothing (the seeds differ in level); the membership advantage's mean over seeds
+    with a 95 % interval combined from the seeds' (independent) intervals."""
     out: dict[str, dict[str, Any]] = {}
     for name in per_seed[0]:
         runs = [seed[name] for seed in per_seed]
         row: dict[str, Any] = {"epsilon": runs[0]["epsilon"], "guarantee": runs[0]["guarantee"],
                                "rounds": runs[0]["rounds"]}
         for metric in METRICS:
+            if metric not in runs[0]:
+                continue
             values = [r[metric] for r in runs]
             row[metric] = {"mean": statistics.mean(values),
                            "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+        gains = [r["error"] - seed["nothing shared"]["error"]
+                 for r, seed in zip(runs, per_seed, strict=True)]
+        row["error_vs_nothing_shared"] = {
+            "mean": statistics.mean(gains),
+            "std": statistics.stdev(gains) if len(gains) > 1 else 0.0}
         attacks = [r["membership"] for r in runs if r["membership"] is not None]
         if attacks:
             mean = statistics.mean(a["advantage"] for a in attacks)
@@ -438,52 +712,77 @@ def summarize(per_seed: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, 
     return out
 
 
-def table(summary: dict[str, dict[str, Any]], seeds: int) -> str:
+def table(summary: dict[str, dict[str, Any]], seeds: int, task: ProtocolTask) -> str:
     def kb(value: float) -> str:
         return "0" if value == 0 else f"{value / 1024:,.1f} KB"
 
-    lines = ["| method | user-level ε | users' RMSE | released model RMSE | adopted "
-             "| device sends | device receives | device CPU s "
-             "| membership advantage (95 % CI) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    error = task.task.error_name
+    accuracy = "accuracy" in summary["nothing shared"]
+    level = abs(summary["nothing shared"]["error"]["mean"]) or 1.0
+    places = int(min(4, max(1, 3 - np.floor(np.log10(level)))))  # 4 significant digits
+
+    def num(value: float, sign: str = "") -> str:
+        return f"{value:{sign}.{places}f}"
+
+    lines = [f"| method | user-level ε | users' {error} | vs nothing shared "
+             + ("| users' accuracy " if accuracy else "")
+             + f"| released model {error} | adopted | device sends | device receives "
+             "| device CPU s | membership advantage (95 % CI) |",
+             "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if accuracy else "")]
     for name, row in summary.items():
         epsilon = ("0" if row["epsilon"] == 0 else "no formal DP" if row["epsilon"] is None
                    else f"{row['epsilon']:.2f}")
         attack = row.get("membership_advantage")
         attack_text = "—" if attack is None else (
             f"{attack['mean']:+.3f} [{attack['ci'][0]:+.3f}, {attack['ci'][1]:+.3f}]")
+        gain = row["error_vs_nothing_shared"]
         lines.append(
-            f"| {name} | {epsilon} | {row['rmse']['mean']:.2f} ± {row['rmse']['std']:.2f} "
-            f"| {row['rmse_released']['mean']:.2f} ± {row['rmse_released']['std']:.2f} "
+            f"| {name} | {epsilon} | {num(row['error']['mean'])} ± {num(row['error']['std'])} "
+            + ("| — " if name == "nothing shared"
+               else f"| {num(gain['mean'], '+')} ± {num(gain['std'])} ")
+            + (f"| {row['accuracy']['mean']:.3f} ± {row['accuracy']['std']:.3f} "
+               if accuracy else "")
+            + f"| {num(row['error_released']['mean'])} ± {num(row['error_released']['std'])} "
             f"| {row['moved']['mean']:.0%} | {kb(row['sent_bytes']['mean'])} "
             f"| {kb(row['received_bytes']['mean'])} "
             f"| {row['device_seconds']['mean']:.2f} | {attack_text} |")
-    return (f"Mean ± std over {seeds} seed{'s' if seeds > 1 else ''} of the mean per-user "
-            "test RMSE (lower is better) of the model each user holds in the end (users' "
-            "RMSE) and of the released model itself; adopted: the share of users whose "
-            "device moved to the new model (nothing shared: whose update was kept).\n\n"
-            + "\n".join(lines) + "\n")
+    return (f"**{task.title}.** Mean ± std over {seeds} seed{'s' if seeds > 1 else ''} of the "
+            f"mean per-user test {error} (lower is better) of the model each user holds in the "
+            f"end (users' {error}), its paired per-seed difference from sharing nothing "
+            "(negative: users gain), and the released model's own; adopted: the share of "
+            "users whose device moved to the new model (nothing shared: whose update was "
+            "kept).\n\n" + "\n".join(lines) + "\n")
 
 
 def plot(summary: dict[str, dict[str, Any]], epsilons: tuple[float, ...], output: Path,
-         seeds: int) -> None:
+         seeds: int, task: ProtocolTask) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    # 1. Utility against user-level ε: DMT and DP-FedAvg at each ε, their no-DP forms at
-    #    the right, nothing shared as a line.
+    error = task.task.error_name
+    seeds_text = f"{seeds} seed{'s' if seeds > 1 else ''}"
+    # 1. Utility against user-level ε: DMT and DP-FedAvg at each ε, the settings without
+    #    formal DP at the right, nothing shared as a line.
+    dmt_private = [f"DMT local DP ε={e:g}" for e in epsilons] if task.tabular \
+        else [None] * len(epsilons)
+    other_dmt = f"DMT k-anonymous k={K}" if task.tabular else "DMT modified"
     labels = [f"ε={e:g}" for e in epsilons] + ["no formal DP"]
     x = np.arange(len(labels))
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    series = [("DMT (share half, local DP)", [f"DMT local DP ε={e:g}" for e in epsilons]
-               + ["DMT raw"], -0.08, "o"),
-              ("DP-FedAvg / FedAvg (Flower)", [f"DP-FedAvg ε={e:g}" for e in epsilons]
-               + ["FedAvg"], 0.0, "s"),
-              ("FedProx (Flower)", [None] * len(epsilons) + ["FedProx"], 0.08, "^")]
-    for (label, names, shift, marker), colour in zip(series, ("C0", "C1", "C2"), strict=True):
-        points = [(i + shift, summary[n]["rmse"]) for i, n in enumerate(names) if n]
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
+    series = [("DMT raw / local DP", [*dmt_private, "DMT raw"], -0.12, "o"),
+              (f"DMT {'k=' + str(K) if task.tabular else 'modified'}",
+               [None] * len(epsilons) + [other_dmt], -0.04, "D"),
+              ("FedAvg / DP-FedAvg (Flower)", [f"DP-FedAvg ε={e:g}" for e in epsilons]
+               + ["FedAvg"], 0.04, "s"),
+              ("FedProx (Flower)", [None] * len(epsilons) + ["FedProx"], 0.12, "^")]
+    for (label, names, shift, marker), colour in zip(series, ("C0", "C3", "C1", "C2"),
+                                                     strict=True):
+        points = [(i + shift, summary[n]["error_vs_nothing_shared"])
+                  for i, n in enumerate(names) if n in summary]
+        if not points:
+            continue
         private, plain = points[:-1], points[-1]  # the ε points joined; no formal DP apart
         if private:
             ax.errorbar([p[0] for p in private], [p[1]["mean"] for p in private],
@@ -492,19 +791,17 @@ def plot(summary: dict[str, dict[str, Any]], epsilons: tuple[float, ...], output
         ax.errorbar([plain[0]], [plain[1]["mean"]], yerr=[plain[1]["std"]], marker=marker,
                     capsize=4, color=colour, linestyle="none",
                     label=None if private else label)
-    nothing = summary["nothing shared"]["rmse"]
-    ax.axhline(nothing["mean"], color="grey", linestyle="--",
-               label="nothing shared (ε = 0)")
-    ax.axhspan(nothing["mean"] - nothing["std"], nothing["mean"] + nothing["std"],
-               color="grey", alpha=0.15)
+    nothing = summary["nothing shared"]["error"]["mean"]
+    ax.axhline(0.0, color="grey", linestyle="--",
+               label=f"nothing shared (ε = 0): {nothing:.4g}")
     ax.set_xticks(x, labels)
     ax.set_xlabel("user-level privacy cost")
-    ax.set_ylabel("per-user test RMSE of the model users hold")
-    ax.set_title(f"Which approach gives users the better model?\nFriedman #2 regression, "
-                 f"{seeds} seed{'s' if seeds > 1 else ''}, mean ± std", fontsize=10)
+    ax.set_ylabel(f"change in users' test {error}\nagainst sharing nothing (lower: better)")
+    ax.set_title(f"Which approach gives users the better model?\n{task.title}, {seeds_text}: "
+                 "mean ± std over seeds of the paired difference", fontsize=10)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     fig.tight_layout()
-    fig.savefig(output / "federated_protocol_utility.png", dpi=120)
+    fig.savefig(output / task.files("_utility.png"), dpi=120)
     plt.close(fig)
 
     # 2. Cost to a device: bytes sent and received.
@@ -523,10 +820,10 @@ def plot(summary: dict[str, dict[str, Any]], epsilons: tuple[float, ...], output
     ax.set_xscale("log")
     ax.set_xlim(0.1, 4 * max(summary[n]["received_bytes"]["mean"] for n in names) / 1024)
     ax.set_xlabel("KB per device (mean over users; log scale)")
-    ax.set_title("What each approach costs a device in traffic")
+    ax.set_title(f"What each approach costs a device in traffic ({task.title})", fontsize=10)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    fig.savefig(output / "federated_protocol_cost.png", dpi=120)
+    fig.savefig(output / task.files("_cost.png"), dpi=120)
     plt.close(fig)
 
     # 3. Membership-inference advantage on each released model.
@@ -542,27 +839,120 @@ def plot(summary: dict[str, dict[str, Any]], epsilons: tuple[float, ...], output
     ax.set_yticks(np.arange(len(attacked)), attacked)
     ax.invert_yaxis()
     ax.set_xlabel("membership-inference advantage (TPR − FPR), 95 % CI")
-    ax.set_title("How much each released model gives away about its training records")
+    ax.set_title(f"How much each released model gives away about its training records\n"
+                 f"({task.title}, {seeds_text})", fontsize=10)
     fig.tight_layout()
-    fig.savefig(output / "federated_protocol_membership.png", dpi=120)
+    fig.savefig(output / task.files("_membership.png"), dpi=120)
     plt.close(fig)
+
+
+def run_task(task: ProtocolTask, args: argparse.Namespace) -> dict[str, Any]:
+    """Every seed of ``task``; writes its JSON, table and plots into ``args.output`` after
+    each seed, so a run cut short leaves the seeds it finished."""
+    epsilons = tuple(args.epsilons)
+    settings = settings_from(args.output, task)
+    print(f"{task.title}: hyperparameters "
+          f"({'tuned on seeds 100, 101' if settings['tuned'] else 'untuned'}): {settings}",
+          flush=True)
+    started = time.perf_counter()
+    shapes: list[dict] = []
+    per_seed: list[dict] = []
+    risk: dict[str, Any] = {}
+    args.output.mkdir(parents=True, exist_ok=True)
+
+    def write() -> dict[str, Any]:
+        result: dict[str, Any] = {
+            "task": task.name, "title": task.title, "error": task.task.error_name,
+            "protocol": {k: v for k, v in vars(args).items() if k not in ("output", "task")},
+            "hyperparameters": settings, "shape_per_seed": shapes}
+        if per_seed:
+            summary = summarize(per_seed)
+            (args.output / task.files(".md")).write_text(
+                table(summary, len(per_seed), task)
+                + (risk_table(risk) if risk.get("cases") else ""))
+            plot(summary, epsilons, args.output, len(per_seed), task)
+            result |= {"summary": summary, "per_seed": per_seed}
+        if risk:
+            result["anonymeter"] = risk
+        result["seconds"] = time.perf_counter() - started
+        (args.output / task.files(".json")).write_text(json.dumps(result, indent=1))
+        return result
+
+    if args.first_seed:  # continue a run: keep the seeds before first_seed from its JSON
+        earlier = json.loads((args.output / task.files(".json")).read_text()) \
+            if (args.output / task.files(".json")).exists() else {}
+        if len(earlier.get("per_seed", [])) != args.first_seed:
+            raise ValidationError(
+                f"--first-seed {args.first_seed} continues a run with seeds 0..."
+                f"{args.first_seed - 1}; {args.output / task.files('.json')} holds "
+                f"{len(earlier.get('per_seed', []))}. Run from seed 0 instead.")
+        shapes.extend(earlier["shape_per_seed"])
+        per_seed.extend(earlier["per_seed"])
+        risk = earlier.get("anonymeter", {})
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        sim = task.simulate(seed, args.users)
+        shapes.append(describe(sim, task))
+        print(f"seed {seed}: {json.dumps(shapes[-1])}", flush=True)
+        if args.describe_only:
+            continue
+        per_seed.append(run_seed(sim, task, seed, rounds=args.rounds, epsilons=epsilons,
+                                 settings=settings, workers=args.workers))
+        write()
+        print(f"seed {seed} done ({time.perf_counter() - started:.0f} s)", flush=True)
+    if task.tabular and per_seed and not risk and args.risk:
+        risk = server_risk(task, 0, args.users, epsilons)
+    result = write()
+    print((args.output / task.files(".md")).read_text() if per_seed else "", flush=True)
+    print(f"wrote {args.output / task.files('.json')} ({result['seconds']:.0f} s)", flush=True)
+    return result
+
+
+def render(task: ProtocolTask, output: Path) -> None:
+    """The table and plots of ``task`` again, from the per-seed figures in its JSON."""
+    path = output / task.files(".json")
+    if not path.exists():
+        print(f"{task.title}: no {path} to render", flush=True)
+        return
+    result = json.loads(path.read_text())
+    if not result.get("per_seed"):
+        return
+    result["summary"] = summarize(result["per_seed"])
+    risk = result.get("anonymeter", {})
+    (output / task.files(".md")).write_text(
+        table(result["summary"], len(result["per_seed"]), task)
+        + (risk_table(risk) if risk.get("cases") else ""))
+    plot(result["summary"], tuple(result["protocol"]["epsilons"]), output,
+         len(result["per_seed"]), task)
+    path.write_text(json.dumps(result, indent=1))
+    print(f"{task.title}: rendered {len(result['per_seed'])} seeds from {path}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=[*TASKS, "all"], default="all",
+                        help="the task (default: every task whose data is on this machine)")
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default 5)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="continue a run: add seeds F..F+N-1 to the F seeds in its JSON")
     parser.add_argument("--users", type=int, help="users (default 120; --quick: 60)")
-    parser.add_argument("--rows", type=int, default=6000)
-    parser.add_argument("--proxy-fraction", type=float, default=0.03)
-    parser.add_argument("--proxy-region", type=float, default=0.6)
-    parser.add_argument("--spread", type=float, default=0.3)
     parser.add_argument("--epsilons", type=float, nargs="+", default=list(EPSILONS),
                         help="user-level ε of the DP rows (default 1 4 8)")
     parser.add_argument("--rounds", type=int,
                         help="FedAvg/FedProx rounds (default 30; --quick: 10)")
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                        help="processes personalizing the devices (default: 2, or 1 on a "
+                             "1-core machine); the figures do not depend on it")
     parser.add_argument("--quick", action="store_true", help="1 seed, 60 users, 10 rounds")
     parser.add_argument("--tune", action="store_true",
                         help="choose the hyperparameters on seeds 100 and 101 (not reported)")
+    parser.add_argument("--no-risk", dest="risk", action="store_false",
+                        help="skip anonymeter's risks of what the server holds (tabular tasks, "
+                             "seed 0; needs `make risk-env`)")
+    parser.add_argument("--risk-only", action="store_true",
+                        help="add anonymeter's risks to each tabular task's JSON and table, "
+                             "train nothing")
+    parser.add_argument("--render-only", action="store_true",
+                        help="redraw each task's table and plots from its JSON, run nothing")
     parser.add_argument("--describe-only", action="store_true",
                         help="print the protocol's shape, train nothing")
     parser.add_argument("--output", type=Path, default=RESULTS,
@@ -572,40 +962,26 @@ def main(argv: list[str] | None = None) -> None:
         args.seeds = 1
     args.users = args.users or (60 if args.quick else 120)
     args.rounds = args.rounds or (10 if args.quick else 30)
-    if args.tune:
-        tune(args)
-        return
-    epsilons = tuple(args.epsilons)
-    settings = settings_from(args.output)
-    print(f"hyperparameters ({'tuned on seeds 100, 101' if settings['tuned'] else 'untuned'})"
-          f": {settings}", flush=True)
-    started = time.perf_counter()
-    shapes, per_seed = [], []
-    for seed in range(args.seeds):
-        data = load_friedman(args.rows, seed=seed)
-        sim = open_protocol(data, n_users=args.users, proxy_fraction=args.proxy_fraction,
-                            proxy_region=args.proxy_region, spread=args.spread, seed=seed)
-        shapes.append(describe(sim, args.proxy_region))
-        print(f"seed {seed}: {json.dumps(shapes[-1])}", flush=True)
-        if args.describe_only:
+    tasks = list(TASKS.values()) if args.task == "all" else [TASKS[args.task]]
+    for task in tasks:
+        if not task.available():
+            print(f"{task.title}: skipped, its data is not on this machine "
+                  "(`make install` fetches it)", flush=True)
             continue
-        per_seed.append(run_seed(sim, seed, rounds=args.rounds, epsilons=epsilons,
-                                 settings=settings))
-        print(f"seed {seed} done ({time.perf_counter() - started:.0f} s)", flush=True)
-    args.output.mkdir(parents=True, exist_ok=True)
-    result: dict[str, Any] = {
-        "protocol": {k: v for k, v in vars(args).items() if k != "output"},
-        "hyperparameters": settings, "shape_per_seed": shapes}
-    if per_seed:
-        summary = summarize(per_seed)
-        markdown = table(summary, len(per_seed))
-        print(markdown)
-        (args.output / "federated_protocol.md").write_text(markdown)
-        plot(summary, epsilons, args.output, len(per_seed))
-        result |= {"summary": summary, "per_seed": per_seed}
-    result["seconds"] = time.perf_counter() - started
-    (args.output / "federated_protocol.json").write_text(json.dumps(result, indent=1))
-    print(f"wrote {args.output / 'federated_protocol.json'} ({result['seconds']:.0f} s)")
+        if args.risk_only:
+            path = args.output / task.files(".json")
+            if task.tabular and path.exists():
+                result = json.loads(path.read_text())
+                result["anonymeter"] = server_risk(task, 0, result["protocol"]["users"],
+                                                   tuple(result["protocol"]["epsilons"]))
+                path.write_text(json.dumps(result, indent=1))
+                render(task, args.output)
+        elif args.render_only:
+            render(task, args.output)
+        elif args.tune:
+            tune(args, task)
+        else:
+            run_task(task, args)
 
 
 if __name__ == "__main__":

@@ -190,7 +190,7 @@ def federated_rows(sim, foundation: Foundation, seed: int) -> tuple[dict, dict]:
     rows, privacy = {}, {}
     plain = run_federated(sim, replace(FEDAVG, seed=seed), foundation=foundation,
                           personalize=True)
-    rows["FedAvg"], rows["FedAvg, personalized"] = plain.mean_rmse, plain.mean_personalized_rmse
+    rows["FedAvg"], rows["FedAvg, personalized"] = plain.mean_error, plain.mean_personalized_error
     privacy["FedAvg"] = NO_DP
     for epsilon in FL_EPSILONS:
         strategy = DPFedAvg(replace(DP_FEDAVG, seed=seed), clip_norm=CLIP_NORM,
@@ -199,8 +199,8 @@ def federated_rows(sim, foundation: Foundation, seed: int) -> tuple[dict, dict]:
             warnings.simplefilter("ignore", UserWarning)
             private = run_federated(sim, strategy, foundation=foundation, personalize=True)
         name = f"DP-FedAvg ε={epsilon:g}"
-        rows[name], rows[f"{name}, personalized"] = (private.mean_rmse,
-                                                     private.mean_personalized_rmse)
+        rows[name], rows[f"{name}, personalized"] = (private.mean_error,
+                                                     private.mean_personalized_error)
         privacy[name] = {"epsilon": private.epsilon, "delta": DELTA, "unit": "user",
                          "guarantee": "central DP: Gaussian noise on the clipped sum of the "
                                       "users' updates (Flower), Opacus RDP accountant"}

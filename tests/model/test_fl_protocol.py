@@ -3,12 +3,14 @@ form: a test that the code works, not that any method wins (issue 13)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,24 +32,55 @@ def test_the_protocol_has_power_law_users_and_a_proxy_that_misses_their_region()
         assert len(user.test) >= 1 and len(user.shareable) >= 1
 
 
+def test_each_classification_task_has_power_law_users_and_a_proxy_that_misses_what_they_hold():
+    for name in ("adult", "digits", "wordnet-topics"):
+        task = fl_protocol.TASKS[name]
+        if not task.available():
+            continue
+        sim = task.simulate(0, 120)
+        sizes = np.array([len(u.train) + len(u.test) for u in sim.users])
+        assert len(sim.users) == 120 and sizes.max() >= 5 * np.median(sizes), name
+        assert not task.unseen(sim.proxy).any(), name
+        held = pd.concat([u.train for u in sim.users])
+        assert task.unseen(held).mean() > 0.2, name  # users hold what the server never sees
+        mixes = np.array([u.label_distribution for u in sim.users])
+        assert mixes.std(axis=0).max() > 0.1, name  # users' label mixes differ
+
+
 @pytest.mark.filterwarnings("ignore")
-def test_quick_run_writes_every_row_with_privacy_cost_and_risk(tmp_path):
-    fl_protocol.main(["--quick", "--users", "12", "--rounds", "1", "--epsilons", "4",
-                      "--output", str(tmp_path)])
-    result = json.loads((tmp_path / "federated_protocol.json").read_text())
+@pytest.mark.parametrize(("task", "workers"), [("friedman", 2), ("digits", 1)])
+def test_quick_run_writes_every_row_with_privacy_cost_and_risk(tmp_path, task, workers):
+    fl_protocol.main(["--task", task, "--quick", "--users", "12", "--rounds", "1",
+                      "--epsilons", "4", "--workers", str(workers), "--output", str(tmp_path)])
+    result = json.loads((tmp_path / f"federated_protocol_{task}.json").read_text())
     summary = result["summary"]
-    assert list(summary) == ["nothing shared", "DMT raw", "DMT local DP ε=4", "FedAvg",
-                             "FedProx", "DP-FedAvg ε=4"]
+    dmt = (["DMT raw", "DMT k-anonymous k=5", "DMT local DP ε=4"] if task == "friedman"
+           else ["DMT raw", "DMT modified"])
+    assert list(summary) == ["nothing shared", *dmt, "FedAvg", "FedProx", "DP-FedAvg ε=4"]
     for name, row in summary.items():
-        assert math.isfinite(row["rmse"]["mean"]) and math.isfinite(row["rmse_released"]["mean"])
+        assert math.isfinite(row["error"]["mean"]) and math.isfinite(row["error_released"]["mean"])
+        assert ("accuracy" in row) == (task != "friedman")
         assert row["received_bytes"]["mean"] > 0
         assert (name == "nothing shared") == (row["sent_bytes"]["mean"] == 0)
         assert ("membership_advantage" in row) == (name != "nothing shared")
         assert 0.0 <= row["moved"]["mean"] <= 1.0
     assert summary["nothing shared"]["epsilon"] == 0.0
     assert summary["DMT raw"]["epsilon"] is None and summary["FedAvg"]["epsilon"] is None
-    assert 0 < summary["DMT local DP ε=4"]["epsilon"] <= 4.0
+    if task == "friedman":
+        assert 0 < summary["DMT local DP ε=4"]["epsilon"] <= 4.0
     assert 0 < summary["DP-FedAvg ε=4"]["epsilon"] <= 4.0
-    assert "| method | user-level ε |" in (tmp_path / "federated_protocol.md").read_text()
+    table = (tmp_path / f"federated_protocol_{task}.md").read_text()
+    assert "| method | user-level ε |" in table
     for plot in ("utility", "cost", "membership"):
-        assert (tmp_path / f"federated_protocol_{plot}.png").stat().st_size > 10_000
+        assert (tmp_path / f"federated_protocol_{task}_{plot}.png").stat().st_size > 10_000
+
+
+def test_personalizing_in_worker_processes_changes_nothing():
+    task = fl_protocol.TASKS["friedman"]
+    sim = task.simulate(0, 120)
+    sim = dataclasses.replace(sim, users=sim.users[:6])
+    foundation = fl_protocol.foundation_for(sim, task, 0)
+    one, two = (fl_protocol.personalize_users(foundation, sim, task, workers=w) for w in (1, 2))
+    for result in (one, two):
+        assert result.pop("personalize_seconds") > 0  # CPU time: the one thing that varies
+    assert one == two
