@@ -460,7 +460,8 @@ class Ingestor:
         return self.finish(ready, self.submit(ready).result())
 
     def _write_group(self, group: list[PreparedPackage]) -> list[Written]:
-        """One transaction for ``group``, tried again after a deadlock or a concurrent release."""
+        """One transaction for ``group``, tried again after a deadlock, a concurrent release
+        or on a fresh connection when the database had dropped the one used."""
         key = self.data_key()
         with self._database(), self.writer_lock:
             for attempt in range(_WRITE_ATTEMPTS):
@@ -472,7 +473,11 @@ class Ingestor:
                     if attempt == _WRITE_ATTEMPTS - 1:
                         raise
                 except DBAPIError as exc:
-                    if not _retryable(exc) or attempt == _WRITE_ATTEMPTS - 1:
+                    # a deadlock, or a connection the database had dropped (a restart):
+                    # nothing was committed, or (dropped during COMMIT) the retry finds the
+                    # packages stored and answers them as replays
+                    if not (_retryable(exc) or exc.connection_invalidated) \
+                            or attempt == _WRITE_ATTEMPTS - 1:
                         raise
         raise AssertionError("unreachable")  # pragma: no cover
 

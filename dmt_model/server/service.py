@@ -209,7 +209,11 @@ def create_app(
     if not isinstance(policy, ServerPolicy):
         raise ValidationError(f"policy must be a ServerPolicy, got {type(policy).__name__}.")
     if isinstance(db_url, str):
-        db_url = connect(db_url, pool_size=config.ingest_threads + 2, max_overflow=4) \
+        # No ping before each use (a round trip of the 8 a group write made on PostgreSQL):
+        # a write on a connection the database dropped is tried again on a fresh one
+        # (Ingestor._write_group), and the pool then renews every connection it held.
+        db_url = connect(db_url, pool_size=config.ingest_threads + 2, max_overflow=4,
+                         pool_pre_ping=False) \
             if "://" in db_url and not db_url.startswith("sqlite") else connect(db_url)
     if policy.requires_tokens and attest is None:
         raise ValidationError(

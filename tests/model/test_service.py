@@ -465,6 +465,26 @@ def test_ingest_threads_0_writes_a_round_of_requests_in_the_event_loop_as_one_ba
         ServiceConfig(ingest_threads=-1)
 
 
+def test_a_write_on_a_connection_the_database_dropped_goes_again_on_a_fresh_one(postgres_url):
+    """No ping before each use of a pooled connection (a round trip a group): a package
+    written on a connection PostgreSQL has dropped (a restart, an idle timeout) is written
+    again on a new one and accepted, not answered 503."""
+    import psycopg
+
+    app = create_app(postgres_url, KEY, POLICY)
+    with TestClient(app) as c:
+        assert post(c, seal_package(package(80), KEY.public_key())).status_code == 201
+        database = postgres_url.rsplit("/", 1)[1]
+        with psycopg.connect(postgres_url.rsplit("/", 1)[0] + "/postgres",
+                             autocommit=True) as admin:
+            dropped = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()", (database,)).fetchone()
+        assert dropped is not None and dropped[0] >= 1  # the pool's connections are gone
+        assert post(c, seal_package(package(81), KEY.public_key())).status_code == 201
+    assert SharedStore(app.state.ingestor.engine, KEY).counts()["packages"] == 2
+
+
 def test_the_service_runs_on_httptools_and_uvloop(monkeypatch):
     pytest.importorskip("httptools")
     pytest.importorskip("uvloop")
