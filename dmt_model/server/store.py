@@ -424,6 +424,9 @@ _SQLITE_PENDING_OF = (
     "LEFT OUTER JOIN released_blocks ON released_blocks.block_id = records.id "
     "WHERE released_blocks.block_id IS NULL AND pending_blocks.class_key IN ({}) "
     "ORDER BY records.id")
+#: PostgreSQL (psycopg): the same query of constant text, the classes as one array, so it is
+#: prepared once instead of parsed and planned for each length of an IN list.
+_PG_PENDING_OF = _SQLITE_PENDING_OF.replace("IN ({})", "= ANY(%(keys)s::varchar[])")
 _SQLITE_RELEASE = (
     ("INSERT INTO cohorts (cohort_id, class_key, n_records, n_packages, released_at) "
      "VALUES (?, ?, ?, ?, ?)"),
@@ -524,6 +527,8 @@ def released_classes(
             if _sqlite(conn):
                 pending += conn.exec_driver_sql(
                     _SQLITE_PENDING_OF.format(", ".join("?" * len(chunk))), tuple(chunk)).all()
+            elif conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
+                pending += conn.exec_driver_sql(_PG_PENDING_OF, {"keys": chunk}).all()
             else:
                 pending += conn.execute(of_classes, {"keys": chunk}).all()
     by_class: dict[str, list[Any]] = {}
