@@ -440,17 +440,22 @@ class PackageRoute:
         self.body_timeout = config.body_timeout
         self.batch = BatchIngest(ingestor, _deliver, threads=max(config.ingest_threads, 1))
         self._answers = _answers(config.retry_after)
-        #: ingest_threads=0: bodies waiting for the event loop's own batch (see _ingest_inline)
+        #: bodies of this round of the event loop, handed over together (_hand_over), or
+        #: with ingest_threads=0 checked and written by the loop itself (_ingest_inline)
         self._inline = config.ingest_threads == 0
         self._waiting: list[tuple[bytes, str, asyncio.Future[Outcome]]] = []
 
     def _submit(self, body: bytes, future: asyncio.Future[Outcome]) -> None:
-        if not self._inline:
-            self.batch.submit(body, future)
-            return
+        """Queue ``body``: the bodies of one round of the event loop go on together."""
         self._waiting.append((body, "<http>", future))
         if len(self._waiting) == 1:  # after every request this round of the loop brought in
-            future.get_loop().call_soon(self._ingest_inline)
+            future.get_loop().call_soon(
+                self._ingest_inline if self._inline else self._hand_over)
+
+    def _hand_over(self) -> None:
+        """To the ingest threads, one wake-up for the round (not one a body)."""
+        batch, self._waiting = self._waiting, []
+        self.batch.submit_many(batch)
 
     def _ingest_inline(self) -> None:
         """Check and write every body waiting, in the event loop's thread (one transaction).
