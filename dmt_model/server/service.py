@@ -69,6 +69,7 @@ import importlib.util
 import logging
 import re
 import socket
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -707,8 +708,8 @@ def run_service(app: Any, *, host: str = "127.0.0.1", port: int = 8000,
     :class:`InFlightLimit` with ``limit_concurrency`` divided among the
     workers; each worker has the same header and body timeouts, body limit
     and group commit. Each worker listens on a socket of its own bound with
-    ``SO_REUSEPORT`` (Linux, the BSDs), so the kernel spreads connections
-    evenly over the workers; one socket shared by all let whichever worker
+    ``SO_REUSEPORT`` (Linux), so the kernel spreads connections evenly over
+    the workers; one socket shared by all let whichever worker
     woke first take them (38 of 50 kept-alive clients on one of two workers).
     The supervisor binds the port first (fails at once when it is taken) and
     keeps it while workers come and go. Without ``SO_REUSEPORT`` the workers
@@ -737,8 +738,9 @@ def run_service(app: Any, *, host: str = "127.0.0.1", port: int = 8000,
     uvicorn.run(InFlightLimit(app, limit_concurrency, config.retry_after), **options)
 
 
-#: Whether worker processes get a listening socket each (``SO_REUSEPORT``).
-REUSE_PORT = hasattr(socket, "SO_REUSEPORT")
+#: Whether worker processes get a listening socket each (``SO_REUSEPORT``): Linux, where the
+#: kernel balances connections over such sockets (macOS gives them all to one).
+REUSE_PORT = hasattr(socket, "SO_REUSEPORT") and sys.platform.startswith("linux")
 
 
 def _run_reuse_port_workers(app: str, workers: int, options: dict[str, Any]) -> None:

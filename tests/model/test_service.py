@@ -508,7 +508,7 @@ def test_the_service_runs_on_httptools_and_uvloop(monkeypatch):
     assert calls[0]["loop"] == calls[1]["loop"] == "uvloop"
 
 
-@pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="SO_REUSEPORT")
+@pytest.mark.skipif(not LINUX, reason="SO_REUSEPORT balancing is Linux's")
 def test_workers_listen_each_on_a_socket_of_their_own(monkeypatch):
     """`dmt serve --workers N`: the supervisor holds the port (a taken one fails at once), each
     worker listens with SO_REUSEPORT on it, and the kernel spreads connections over them
