@@ -88,6 +88,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     return {"db": str(args.db), "keys": [str(k) for k in args.key],
             "policy": None if args.policy is None else str(args.policy),
             "models": None if args.models is None else str(args.models), "config": config,
+            "log_level": args.log_level,
             "limit_concurrency": max(1, math.ceil(args.limit_concurrency / args.workers))}
 
 
@@ -109,6 +110,8 @@ def worker_app() -> Any:
     from dmt_model.server.service import InFlightLimit
 
     settings = json.loads(os.environ[WORKER_SETTINGS])
+    # a spawned process: the parent's log handler is not inherited (refusals went unlogged)
+    log_to_stderr("serve", settings.get("log_level", "info"), timestamps=True)
     app = _build_app(settings)
     return InFlightLimit(app, settings["limit_concurrency"], app.state.config.retry_after)
 

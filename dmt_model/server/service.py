@@ -453,6 +453,16 @@ class PackageRoute:
             future.get_loop().call_soon(
                 self._ingest_inline if self._inline else self._hand_over)
 
+    def _on_shutdown(self, send: Any) -> Any:
+        """``send`` of the lifespan, logging the batches taken when the service stops."""
+        async def send_and_log(message: Any) -> None:
+            if message.get("type") == "lifespan.shutdown.complete" and self.batch.batches:
+                log.info("ingested %d packages in %d batches (%.1f a batch)",
+                         self.batch.bodies, self.batch.batches,
+                         self.batch.bodies / self.batch.batches)
+            await send(message)
+        return send_and_log
+
     def _hand_over(self) -> None:
         """To the ingest threads, one wake-up for the round (not one a body)."""
         batch, self._waiting = self._waiting, []
@@ -466,12 +476,17 @@ class PackageRoute:
         and make the next batch.
         """
         batch, self._waiting = self._waiting, []
+        self.batch.batches += 1
+        self.batch.bodies += len(batch)
         _settle(self.batch.run(batch))
 
     def __getattr__(self, name: str) -> Any:  # .state, .openapi(), .routes... of the app
         return getattr(self.__dict__["app"], name)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, self._on_shutdown(send))
+            return
         if (scope["type"] != "http" or scope["path"] != "/v1/packages"
                 or scope["method"] != "POST"):
             await self.app(scope, receive, send)

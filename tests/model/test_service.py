@@ -508,6 +508,30 @@ def test_the_service_runs_on_httptools_and_uvloop(monkeypatch):
     assert calls[0]["loop"] == calls[1]["loop"] == "uvloop"
 
 
+@pytest.mark.slow
+def test_workers_log_refusals_and_their_batches(tmp_path, files, server_load):
+    """`dmt serve --workers 2`: each worker logs like the single process (a refused package
+    with its reason; the batches it took, when it stops). Worker processes are spawned, so
+    the parent's log handler was not theirs: their refusals went unlogged."""
+    service = server_load.ServiceProcess(f"sqlite:///{tmp_path / 's.db'}", *files,
+                                         log=tmp_path / "serve.log", extra=["--workers", "2"])
+    service.start()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", service.port, timeout=10)
+        for body, status in ((b"garbage", 400),
+                             (server_load.make_envelopes(1, KEY.public_key(), seed=9)[0][1], 201)):
+            conn.request("POST", "/v1/packages", body=body)
+            answer = conn.getresponse()
+            answer.read()
+            assert answer.status == status
+        conn.close()
+    finally:
+        service.stop()
+    logged = (tmp_path / "serve.log").read_text()
+    assert "package refused (<http>): unreadable" in logged
+    assert "ingested 1 packages in 1 batches" in logged or "ingested 2 packages" in logged
+
+
 @pytest.mark.skipif(not LINUX, reason="SO_REUSEPORT balancing is Linux's")
 def test_workers_listen_each_on_a_socket_of_their_own(monkeypatch):
     """`dmt serve --workers N`: the supervisor holds the port (a taken one fails at once), each
