@@ -771,7 +771,8 @@ def plot(summary: dict[str, dict[str, Any]], epsilons: tuple[float, ...], output
     labels = [f"ε={e:g}" for e in epsilons] + ["no formal DP"]
     x = np.arange(len(labels))
     fig, ax = plt.subplots(figsize=(8.5, 4.5))
-    series = [("DMT raw / local DP", [*dmt_private, "DMT raw"], -0.12, "o"),
+    series = [("DMT raw / local DP" if task.tabular else "DMT raw", [*dmt_private, "DMT raw"],
+               -0.12, "o"),
               (f"DMT {'k=' + str(K) if task.tabular else 'modified'}",
                [None] * len(epsilons) + [other_dmt], -0.04, "D"),
               ("FedAvg / DP-FedAvg (Flower)", [f"DP-FedAvg ε={e:g}" for e in epsilons]
@@ -924,7 +925,7 @@ def render(task: ProtocolTask, output: Path) -> None:
     plot(result["summary"], tuple(result["protocol"]["epsilons"]), output,
          len(result["per_seed"]), task)
     path.write_text(json.dumps(result, indent=1))
-    print(f"{task.title}: rendered {len(result['per_seed'])} seeds from {path}", flush=True)
+    print(f"{task.title}: rendered {len(result['per_seed'])} seed(s) from {path}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
