@@ -289,9 +289,8 @@ class BatchIngest:
     def submit_many(self, items: list[tuple[bytes, str, Any]]) -> None:
         """Queue (body, source, tag) items together: a thread takes them in one wake-up.
 
-        The service hands over what one round of its event loop read this way: a
-        thread woken by each body took one or two a batch on an idle machine (a
-        group's fixed cost a package or two), and woke once a request.
+        The service hands over what one round of its event loop read this way:
+        one wake-up of the thread for the round, not one a body.
         """
         self._queue.put(items)
         with self._lock:

@@ -437,10 +437,9 @@ def test_a_batch_is_answered_once_after_its_commit_a_failing_package_alone(tmp_p
 @pytest.mark.parametrize("threads", [1, 0])
 def test_a_round_of_requests_is_one_batch_in_one_transaction(tmp_path, threads):
     """The bodies that arrive in one round of the event loop go to the ingest thread in one
-    hand-over (one wake-up, one batch: a thread woken by each body took one or two at a
-    time on an idle machine), or with ingest_threads=0 are checked and written by the loop
-    itself with no thread; either way one transaction and the same answers (a duplicate in
-    the batch is a replay, garbage invalid)."""
+    hand-over (one wake-up, one batch, not one wake-up a body), or with ingest_threads=0
+    are checked and written by the loop itself with no thread; either way one transaction
+    and the same answers (a duplicate in the batch is a replay, garbage invalid)."""
     import asyncio
 
     route = create_app(f"sqlite:///{tmp_path / 's.db'}", KEY, POLICY,
