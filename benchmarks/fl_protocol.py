@@ -454,16 +454,14 @@ def tune(args: argparse.Namespace, task: ProtocolTask) -> None:
 
 # --- one seed -------------------------------------------------------------------------
 def _device(spec_data: bytes, current_data: bytes | None, train: pd.DataFrame,
-            test: pd.DataFrame, kind: str) -> tuple[bytes, bool, float, dict, dict]:
+            test: pd.DataFrame, task: Task) -> tuple[bytes, bool, float, dict, dict]:
     """One device's decision (runs in a worker process): the personal model it holds after
     ``personalize()`` (no ``current_data``) or ``adopt_new_version`` against its current
     one, whether it moved, its CPU seconds, and the scores of the released and held model."""
     from dmt_model.coreml import predict_frame
     from dmt_model.coreml._spec import spec_bytes, spec_from_bytes
     from dmt_model.personalize import adopted, featurizer_of, personalized
-    from dmt_model.tasks import CLASSIFICATION, REGRESSION
 
-    task = CLASSIFICATION if kind == "classification" else REGRESSION
     spec = spec_from_bytes(spec_data)
     actual = featurizer_of(spec).target_values(test, dtype=float)
     released = user_scores(task, predict_frame(spec, test), actual)
@@ -477,19 +475,18 @@ def _device(spec_data: bytes, current_data: bytes | None, train: pd.DataFrame,
     return spec_bytes(updated), bool(result.accepted), seconds, released, held
 
 
-_POOL: Any = None
+_POOLS: dict[int, Any] = {}
 
 
 def _pool(workers: int) -> Any:
-    """Worker processes for the devices' personalization (spawned once, reused)."""
-    global _POOL
-    if _POOL is None or _POOL._max_workers != workers:
+    """``workers`` processes for the devices' personalization (spawned once, reused)."""
+    if workers not in _POOLS:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        _POOL = ProcessPoolExecutor(max_workers=workers,
-                                    mp_context=multiprocessing.get_context("spawn"))
-    return _POOL
+        _POOLS[workers] = ProcessPoolExecutor(max_workers=workers,
+                                              mp_context=multiprocessing.get_context("spawn"))
+    return _POOLS[workers]
 
 
 def personalize_users(model: Any, sim: Simulation, task: ProtocolTask,
@@ -508,7 +505,7 @@ def personalize_users(model: Any, sim: Simulation, task: ProtocolTask,
 
     data = spec_bytes(build_spec(model, updatable=UpdateSettings()))
     jobs = [(data, None if current is None else current[i], user.train, user.test,
-             task.task.kind) for i, user in enumerate(sim.users)]
+             task.task) for i, user in enumerate(sim.users)]
     if workers > 1:
         order = sorted(range(len(jobs)), key=lambda i: -len(sim.users[i].train))
         futures = {i: _pool(workers).submit(_device, *jobs[i]) for i in order}

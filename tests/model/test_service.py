@@ -599,41 +599,30 @@ def test_headers_of_a_next_request_on_a_kept_alive_connection_must_be_quick(tmp_
     service = server_load.ServiceProcess(f"sqlite:///{tmp_path / 's.db'}", *files,
                                          extra=["--body-timeout", "1"]).start()
     try:
-        with socket.create_connection(("127.0.0.1", service.port), timeout=10) as s:
-            s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
-            answer = b""
-            while not answer.endswith(b'{"status":"ok"}'):
-                answer += s.recv(4096)
-            assert answer.startswith(b"HTTP/1.1 200")
-            started = time.monotonic()
-            s.sendall(b"POST /v1/packages HTTP/1.1\r\nHost: x\r\n")
-            for _ in range(30):  # a header line every 0.1 s, never the end of the headers
-                try:
-                    s.sendall(b"X-A: b\r\n")
-                except OSError:
-                    break
-                if select.select([s], [], [], 0.1)[0]:
-                    break
-            closed_after = time.monotonic() - started
-            assert s.recv(64) == b""
+        closed_after = _trickled_headers_closed_after(
+            service.port, first=b"GET /v1/health", answer_end=b'{"status":"ok"}',
+            then=b"POST /v1/packages")
     finally:
         service.stop()
     assert 0.8 < closed_after < 2.5
 
 
-def _trickled_headers_closed_after(port: int) -> float:
-    """Seconds until the server closes a connection that answered one request and then
-    trickles the next request's headers without ever ending them."""
+def _trickled_headers_closed_after(port: int, *, first: bytes = b"GET /",
+                                   answer_end: bytes = b"\r\n\r\nok",
+                                   then: bytes = b"POST /") -> float:
+    """Seconds until the server closes a connection that answered one request (``first``,
+    whose answer ends with ``answer_end``) and then trickles the next request's (``then``)
+    headers without ever ending them."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.sendall(first + b" HTTP/1.1\r\nHost: x\r\n\r\n")
         answer = b""
-        while not answer.endswith(b"\r\n\r\nok"):
+        while not answer.endswith(answer_end):
             chunk = s.recv(4096)
             assert chunk, f"closed before the answer: {answer!r}"
             answer += chunk
         assert answer.startswith(b"HTTP/1.1 200")
         started = time.monotonic()
-        s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\n")
+        s.sendall(then + b" HTTP/1.1\r\nHost: x\r\n")
         for _ in range(40):  # a header line every 0.1 s, never the end of the headers
             try:
                 s.sendall(b"X-A: b\r\n")
