@@ -25,6 +25,12 @@ from dmt_model.datasets.regression import (
     load_friedman,
     load_star98,
 )
+from dmt_model.datasets.synthetic import (
+    SYNTHETIC_SCHEMA,
+    SyntheticSimulation,
+    SyntheticUser,
+    simulate_synthetic,
+)
 from dmt_model.datasets.users import SimulatedUser, Simulation, simulate_users
 
 __all__ = [
@@ -36,6 +42,7 @@ __all__ = [
     "FRIEDMAN_SCHEMA",
     "REGRESSION_DATASETS",
     "STAR98_SCHEMA",
+    "SYNTHETIC_SCHEMA",
     "WORDNET_TOPICS_SCHEMA",
     "ClassificationDataset",
     "ClassifierSimulation",
@@ -43,6 +50,8 @@ __all__ = [
     "SimulatedClassifierUser",
     "SimulatedUser",
     "Simulation",
+    "SyntheticSimulation",
+    "SyntheticUser",
     "holdout_split",
     "load_adult",
     "load_boston",
@@ -52,5 +61,6 @@ __all__ = [
     "load_wordnet_topics",
     "restyle_image",
     "simulate_classifier_users",
+    "simulate_synthetic",
     "simulate_users",
 ]
