@@ -17,8 +17,9 @@
    received (re-validated and weighed by its own policy) and publishes v2 only
    if the gate finds it no worse on the validation data.
 5. If v2 is published, each device adopts it re-personalized on its local
-   records (all of them by default) only if the same decision rule says it
-   beats the device's current personal model.
+   records (all of them by default) unless the adoption rule
+   (:data:`~dmt_model.personalize.ADOPTION_RULE`) finds the device's current
+   personal model better, both scored out of fold.
 
 Every figure is a per-user test error on records no step trained on: the
 task's headline error (:mod:`dmt_model.tasks`: RMSE for a regression, log
@@ -247,7 +248,7 @@ def run_loop(
         validation_data=validation, notes=f"proxy + shared records (k={k}, ε={epsilon:g})")
     v2_spec = load_spec(registry.path(v2.mlmodel_file))
 
-    # 5. Devices adopt v2 if the gate published it and it beats their personal model.
+    # 5. Devices adopt v2 if the gate published it, unless their records show it worse.
     outcomes = []
     for user in progress(simulation.users, "devices: adopting v2"):
         store = stores[user.user_id]
@@ -256,7 +257,7 @@ def run_loop(
             records = store.records("all" if adopt_on == "all" else "unshared")
             adopted = adopt_new_version(registry.path(v2.mlmodel_file),
                                         personal_paths[user.user_id], records,
-                                        seed=seed).accepted
+                                        previous=v1_model, seed=seed).accepted
         featurizer = foundation.featurizer
         base = predict_frame(v1_spec, user.test)
         personalized, personal_spec = first[user.user_id]

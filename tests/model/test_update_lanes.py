@@ -90,7 +90,7 @@ def test_personalize_keeps_the_update_the_one_at_a_time_rule_keeps(foundation, s
     assert result.prior_records in DEFAULT_PRIOR_RECORDS
 
 
-def test_adopted_moves_a_device_only_to_a_better_model_and_changes_neither_input(
+def test_adopted_keeps_a_device_off_a_worse_model_and_changes_neither_input(
         foundation, simulation):
     """The in-memory adoption the benchmarks use is adopt_new_version: a new model that is
     worse for the user leaves the device on its current personal model."""
