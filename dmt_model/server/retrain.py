@@ -292,6 +292,8 @@ class ModelRegistry:
     def publish(self, foundation: Foundation, *, trained_on: Mapping[str, int],
                 evaluation_data: pd.DataFrame | None = None,
                 validation_data: pd.DataFrame | None = None, tolerance: float = 0.0,
+                validation_devices: Sequence[pd.DataFrame] | None = None,
+                device_confidence: float = 0.9,
                 update_settings: UpdateSettings | None = None, notes: str = "",
                 signing_key: ReleaseSigningKey | Sequence[ReleaseSigningKey] | None = None,
                 policy: Any = None, server_key: Any = None,
@@ -303,6 +305,16 @@ class ModelRegistry:
         classification) is at most ``(1 + tolerance)`` × the current published version's
         (the first version is always published); otherwise it is saved with
         ``status="refused"``. Check ``version.published``.
+
+        With ``validation_devices`` (the records of devices whose packages the
+        version did not train on, one frame per device), it is also published only
+        if, personalized on each device as the device would, it beats the current
+        version personalized the same way (:func:`~dmt_model.personalize.compare_on_devices`,
+        the device as the unit, one-sided at ``device_confidence``). This is what
+        lets devices adopt it unless their own records show it worse
+        (:data:`~dmt_model.personalize.ADOPTION_RULE`): the proxy's validation data
+        cannot see how a version serves users once personalized, and one device's
+        few records cannot either.
 
         With ``signing_key`` (the Ed25519 release key whose public half apps
         pin), a published version gets its signed release (:meth:`sign`),
@@ -325,6 +337,24 @@ class ModelRegistry:
                 validation.update({f"current_{k}": v for k, v in before.items() if k != "n"})
                 validation["current_version"] = float(current.version)
                 if not validation["error"] <= before["error"] * (1 + tolerance):
+                    status = "refused"
+        if validation_devices is not None:
+            current = self.latest()
+            if current is not None:
+                from dmt_model.coreml import build_spec
+                from dmt_model.personalize import compare_on_devices
+
+                settings = update_settings or UpdateSettings()
+                held = Foundation.load(self.path(current.foundation_file))
+                found = compare_on_devices(build_spec(held, updatable=settings),
+                                           build_spec(foundation, updatable=settings),
+                                           validation_devices, confidence=device_confidence)
+                validation.update({"devices": float(found.devices),
+                                   "device_error": found.error_after,
+                                   "current_device_error": found.error_before,
+                                   "device_t": found.t, "device_t_needed": found.needed,
+                                   "current_version": float(current.version)})
+                if not found.better:
                     status = "refused"
         stem = f"foundation-v{number}"
         # The registry owns its folder: a version file no index names is a leftover of an

@@ -104,3 +104,21 @@ def test_a_previous_version_of_other_records_is_refused_and_nothing_changes(
     with pytest.raises(ModelFileError, match="previous="):
         adopt_new_version(new, personal, train, previous=boston)
     assert personal.read_bytes() == before
+
+
+def test_the_server_compares_versions_as_devices_personalize_them(digits):
+    """compare_on_devices: held-out devices that write 7, 8 and 9 find v2 (which knows them)
+    better than v1 once each personalizes it; the other way round it is not better."""
+    from dmt_model.personalize import compare_on_devices
+
+    v1, v2, _, test = digits
+    devices = [test.iloc[i:i + 8] for i in range(0, 160, 8)]
+    better = compare_on_devices(v1, v2, devices)
+    assert better.better and better.devices == 20, better.reason
+    assert better.error_after < better.error_before
+    worse = compare_on_devices(v2, v1, devices)
+    assert not worse.better and "not better on devices" in worse.reason
+    with pytest.raises(ValidationError, match="at least 2 such devices"):
+        compare_on_devices(v1, v2, [test.iloc[:5], test.iloc[5:6]])
+    with pytest.raises(ValidationError, match="confidence"):
+        compare_on_devices(v1, v2, devices, confidence=1.0)

@@ -132,3 +132,25 @@ def test_sample_weights_are_checked(foundation, simulation):
                            TrainingConfig(epochs=300, seed=0), sample_weight=heavy)
     error = np.abs(model.predict(simulation.proxy) - target)
     assert error[:10].mean() < error[10:].mean()
+
+
+def test_the_gate_on_held_out_devices_refuses_a_version_worse_once_personalized(
+        foundation, simulation, tmp_path):
+    """publish(validation_devices=...): a version is published only if, personalized on
+    held-out devices as they would, it beats the current one; the figures are recorded."""
+    broken = Foundation.load(foundation.save(tmp_path / "f.npz"))
+    layer = next(m for m in broken.network.modules() if hasattr(m, "weight"))
+    with __import__("torch").no_grad():
+        layer.weight.zero_()  # a foundation that ignores its first layer's inputs
+    devices = [user.train for user in simulation.users[:10]]
+    registry = ModelRegistry(tmp_path / "registry")
+    registry.publish(foundation, trained_on={})
+    worse = registry.publish(broken, trained_on={}, validation_devices=devices)
+    assert not worse.published
+    assert worse.validation["devices"] == 10
+    assert worse.validation["device_error"] > worse.validation["current_device_error"]
+    assert registry.latest().version == 1
+    other = ModelRegistry(tmp_path / "other")
+    other.publish(broken, trained_on={})
+    better = other.publish(foundation, trained_on={}, validation_devices=devices)
+    assert better.published, better.validation
