@@ -40,11 +40,12 @@ records with ``personalize()`` (the SDK's defaults: the personal head, a
 per-user prior, the keep-or-discard rule). When a method gives it a new model
 (DMT's retrained foundation, Flower's final global model) the device does what
 an SDK device does, ``adopt_new_version()``: it re-personalizes the new model
-on all its training records and moves to it unless its records show the new
-model worse than its current personal model, both scored out of fold (the
-SDK's adoption rule) — so every method is measured as the model users hold
-in the end, and a new model that a user's records show worse is not forced
-on them. The methods:
+on all its training records and moves to it by the SDK's adoption rule
+(``ADOPTION_RULE``: the lower held-out error wins, both scored out of fold;
+for DMT, only on the records the device did not share, which the new model
+has not seen) — so every method is measured as the model users hold in the
+end, and a new model that a user's records show worse is not forced on
+them. The methods:
 
 * **nothing shared**: the proxy foundation (user-level ε = 0);
 * **DMT**: the server retrains on proxy + every user's shareable records as
@@ -455,12 +456,13 @@ def tune(args: argparse.Namespace, task: ProtocolTask) -> None:
 
 # --- one seed -------------------------------------------------------------------------
 def _device(spec_data: bytes, current_data: bytes | None, previous_data: bytes | None,
-            train: pd.DataFrame, test: pd.DataFrame, task: Task
-            ) -> tuple[bytes, bool, float, dict, dict]:
+            train: pd.DataFrame, test: pd.DataFrame, task: Task,
+            shared: pd.DataFrame | None = None) -> tuple[bytes, bool, float, dict, dict]:
     """One device's decision (runs in a worker process): the personal model it holds after
     ``personalize()`` (no ``current_data``) or ``adopt_new_version`` against its current
-    one (personalized from ``previous_data``), whether it moved, its CPU seconds, and the
-    scores of the released and held model."""
+    one (personalized from ``previous_data``; ``shared``: the records among ``train`` it
+    shared, never scored), whether it moved, its CPU seconds, and the scores of the
+    released and held model."""
     from dmt_model.coreml import predict_frame
     from dmt_model.coreml._spec import spec_bytes, spec_from_bytes
     from dmt_model.personalize import adopted, featurizer_of, personalized
@@ -473,7 +475,14 @@ def _device(spec_data: bytes, current_data: bytes | None, previous_data: bytes |
         updated, result = personalized(spec, train)
     else:
         previous = None if previous_data is None else spec_from_bytes(previous_data)
-        updated, result = adopted(spec, spec_from_bytes(current_data), train, previous=previous)
+        unshared = train if shared is None else train.drop(shared.index)
+        if len(unshared) < 2:  # too few records the new model has not seen: keep
+            current = spec_from_bytes(current_data)
+            seconds = time.process_time() - started
+            return current_data, False, seconds, released, user_scores(
+                task, predict_frame(current, test), actual)
+        updated, result = adopted(spec, spec_from_bytes(current_data), unshared,
+                                  shared_records=shared, previous=previous)
     seconds = time.process_time() - started
     held = user_scores(task, predict_frame(updated, test), actual)
     return spec_bytes(updated), bool(result.accepted), seconds, released, held
@@ -495,12 +504,13 @@ def _pool(workers: int) -> Any:
 
 def personalize_users(model: Any, sim: Simulation, task: ProtocolTask,
                       current: list[bytes] | None = None, *, previous: Any | None = None,
-                      workers: int = 1) -> dict[str, Any]:
+                      shared: bool = False, workers: int = 1) -> dict[str, Any]:
     """What each user holds in the end, as an SDK device decides it: with no ``current``
     personal models, ``model`` personalized on all their training records
     (``personalize()``); otherwise ``model`` re-personalized and adopted unless the user's
     records show it worse than their ``current`` personal model, personalized from
-    ``previous`` (``adopt_new_version``'s default rule, both scored out of fold). Mean
+    ``previous`` (``adopt_new_version``'s default rule, both scored out of fold; with
+    ``shared``, on the records the user did not share only). Mean
     per-user test error (and accuracy) of ``model`` itself and of what users hold, the share
     of users who moved to it, the CPU seconds a device spent, and the personal models (as
     ``.mlmodel`` bytes). The devices are independent: ``workers`` processes run them,
@@ -512,7 +522,7 @@ def personalize_users(model: Any, sim: Simulation, task: ProtocolTask,
     base = None if previous is None else spec_bytes(build_spec(previous,
                                                                updatable=UpdateSettings()))
     jobs = [(data, None if current is None else current[i], base, user.train, user.test,
-             task.task) for i, user in enumerate(sim.users)]
+             task.task, user.shareable if shared else None) for i, user in enumerate(sim.users)]
     if workers > 1:
         order = sorted(range(len(jobs)), key=lambda i: -len(sim.users[i].train))
         futures = {i: _pool(workers).submit(_device, *jobs[i]) for i in order}
@@ -651,7 +661,7 @@ def run_seed(sim: Simulation, task: ProtocolTask, seed: int, *, rounds: int,
                                              settings["dmt_learning_rate"])
         sizes, seal_seconds = sealed_sizes(sim, batches, task.schema)
         result = personalize_users(model, sim, task, current, previous=foundation,
-                                   workers=workers)
+                                   shared=True, workers=workers)
         del result["personal_models"]
         rows[name] = result | {
             "epsilon": info.get("user_epsilon"), "guarantee": guarantee,

@@ -19,7 +19,8 @@
 5. If v2 is published, each device adopts it re-personalized on its local
    records (all of them by default) unless the adoption rule
    (:data:`~dmt_model.personalize.ADOPTION_RULE`) finds the device's current
-   personal model better, both scored out of fold.
+   personal model better, both scored out of fold on the records the device
+   did not share (v2 may have trained on the others).
 
 Every figure is a per-user test error on records no step trained on: the
 task's headline error (:mod:`dmt_model.tasks`: RMSE for a regression, log
@@ -253,11 +254,13 @@ def run_loop(
     for user in progress(simulation.users, "devices: adopting v2"):
         store = stores[user.user_id]
         adopted = False
-        if v2.published:
-            records = store.records("all" if adopt_on == "all" else "unshared")
+        unshared = store.records("unshared")
+        if v2.published and len(unshared) >= 2:  # too few unseen records to judge: keep
+            shared = store.records("shared") if adopt_on == "all" else None
             adopted = adopt_new_version(registry.path(v2.mlmodel_file),
-                                        personal_paths[user.user_id], records,
-                                        previous=v1_model, seed=seed).accepted
+                                        personal_paths[user.user_id], unshared,
+                                        shared_records=shared, previous=v1_model,
+                                        seed=seed).accepted
         featurizer = foundation.featurizer
         base = predict_frame(v1_spec, user.test)
         personalized, personal_spec = first[user.user_id]

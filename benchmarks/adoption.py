@@ -1,0 +1,265 @@
+"""When should a device adopt a new foundation version? The adoption rule, per user.
+
+A device holds a personal model (the proxy foundation personalized on its records). The
+server publishes a retrained version (here DMT's, retrained on proxy + every user's
+shareable records as they are; ``benchmarks/fl_protocol.py``'s protocol, whose proxy
+misses a region or classes users hold). What users hold in the end depends on the rule a
+device applies, measured here as the SDK runs each one (``dmt_model.personalize``):
+
+* **never**: keep the personal model;
+* **the version must prove itself**: ``adopt_new_version(..., rule=DecisionRule())``, the
+  rule of earlier releases: the re-personalized version must beat the personal model in
+  cross-validation, significantly at the task's confidence (90 % for a classifier), and
+  the personal model is scored on records it trained on;
+* **adopt unless shown worse** (``DecisionRule(prefer="update")``), in sample and out of
+  fold: adopted unless the personal model is better, significantly at the task's
+  confidence;
+* **the lower out-of-fold error wins** (the SDK's default, ``ADOPTION_RULE`` with
+  ``previous=``): the previous version and the new one are each personalized on the
+  training folds and scored on the held-out fold, no significance asked either way;
+* **the same, scored on unshared records only** (``shared_records=``, as the SDK
+  recommends): the new version may have trained on what the device shared, so those
+  records are trained on but never held out; a device with fewer than 2 unshared records
+  keeps its model;
+* **always**: re-personalize the new version (``personalize()``) and take it;
+* **gated**: the previous rule, where the server publishes only versions that
+  ``compare_on_devices`` finds better on a quarter of the devices held out from
+  retraining (the server retrains on the other devices' records in every row).
+
+For each: users' mean per-user test error (RMSE, or log loss for a classifier), the share
+of devices that moved, how often the rule's choice raised a user's test error (harmed:
+moved, and the test error rose above the personal model's) and how often it kept one
+that adopting would have lowered (missed). A user's test set is a handful of records
+(25 % of theirs), so these per-user comparisons hold much noise: a rule that is right in
+expectation still "harms" users whose few test records happen to favour the other model.
+Where users differ by their label mix alone (Adult), each user's **expected** error is
+measured too — every other user's test record, each class weighted by the user's own
+label share — and harmed and missed are counted on it, without that noise.
+
+Writes ``adoption.json`` and ``adoption.md`` (the README's table) into ``--output``.
+Run: ``.venv/bin/python benchmarks/adoption.py [--tasks friedman adult digits]
+[--seeds 2] [--users 120] [--workers 2] [--output DIR]`` (about 27 minutes on 2 cores;
+``--tasks adult --users 20`` is the small deployment where a version hurts users once
+personalized, about 6 minutes). ``--render`` rewrites the table from the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fl_protocol import (  # a sibling benchmark script
+    TASKS,
+    dmt_model_for,
+    foundation_for,
+    personalize_users,
+    settings_from,
+    user_scores,
+)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+RULES = ("never", "asks proof", "unless worse, in sample", "unless worse, out of fold",
+         "even, out of fold", "even, unshared", "always")
+#: what a device holds when the server publishes only versions compare_on_devices passed
+#: and devices adopt by the default rule
+GATED = "gated"
+LABELS = {
+    "never": "never adopt",
+    "asks proof": "the version must prove itself (the earlier default, DecisionRule())",
+    "unless worse, in sample": "adopt unless shown worse at the task's confidence, in sample",
+    "unless worse, out of fold": "adopt unless shown worse at the task's confidence, "
+                                 "out of fold",
+    "even, out of fold": "the lower out-of-fold error wins (ADOPTION_RULE, previous=), "
+                         "scored on every record",
+    "even, unshared": "**the same, scored on unshared records only (shared_records=)**",
+    "always": "always adopt",
+    GATED: "the same, on versions the device gate published (compare_on_devices)",
+}
+
+
+def _user(new_data: bytes, current_data: bytes, previous_data: bytes, unshared: Any,
+          shared: Any, test: Any, task: Any, reference: Any = None, weights: Any = None
+          ) -> dict[str, Any]:
+    """One device under every rule (in a worker process): its test error, its expected error
+    (``weights`` over the ``reference`` records; None without them) and whether it moved."""
+    from dmt_model.coreml import predict_frame
+    from dmt_model.coreml._spec import spec_from_bytes
+    from dmt_model.personalize import DecisionRule, adopted, featurizer_of, personalized
+
+    train = pd.concat([shared, unshared])
+    new, current = spec_from_bytes(new_data), spec_from_bytes(current_data)
+    previous = spec_from_bytes(previous_data)
+    actual = featurizer_of(new).target_values(test, dtype=float)
+    if reference is not None:
+        truth = featurizer_of(new).target_values(reference, dtype=float)
+
+    def error(spec: Any) -> float:
+        return user_scores(task, predict_frame(spec, test), actual)["error"]
+
+    def expected(spec: Any) -> float | None:
+        if reference is None:
+            return None
+        return float(np.dot(weights, task.record_errors(predict_frame(spec, reference), truth)))
+
+    unless_worse = DecisionRule(prefer="update")  # the task's confidence: 90 % a classifier
+    held = {
+        "never": (current, False),
+        "asks proof": adopted(new, current, train, rule=DecisionRule()),
+        "unless worse, in sample": adopted(new, current, train, rule=unless_worse),
+        "unless worse, out of fold": adopted(new, current, train, previous=previous,
+                                             rule=unless_worse),
+        "even, out of fold": adopted(new, current, train, previous=previous),
+        "even, unshared": adopted(new, current, unshared, previous=previous,
+                                  shared_records=shared) if len(unshared) >= 2 else (
+                                      current, False),
+        "always": (personalized(new, train)[0], True),
+    }
+    return {rule: {"error": error(model), "expected": expected(model),
+                   "moved": bool(result if isinstance(result, bool) else result.accepted)}
+            for rule, (model, result) in held.items()}
+
+
+def expected_error_weights(sim: Any, target: str) -> list[tuple[Any, Any]] | None:
+    """Per user, records and weights whose weighted error is the user's expected error: the
+    other users' test records, each class weighted by the user's own label share. Only for
+    classifier users who differ by their label mix alone (no hand of their own), where a
+    record of a class is a record of that class for every user; None otherwise. A handful
+    of test records makes a per-user comparison noisy; this one is not."""
+    users = sim.users
+    if not all(getattr(u, "label_distribution", ()) and not getattr(u, "rotation", 0.0)
+               and not getattr(u, "stroke", 0.0) for u in users):
+        return None
+    out = []
+    for i, user in enumerate(users):
+        reference = pd.concat([u.test for j, u in enumerate(users) if j != i])
+        labels = reference[target].to_numpy()
+        weights = np.zeros(len(reference))
+        for c, share in zip(sim.classes, user.label_distribution, strict=True):
+            mine = labels == c
+            if mine.any():
+                weights[mine] = share / mine.sum()
+        out.append((reference, weights / weights.sum()))
+    return out
+
+
+def run_seed(name: str, seed: int, users: int, workers: int) -> dict[str, Any]:
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from dmt_model.coreml import UpdateSettings, build_spec
+    from dmt_model.coreml._spec import spec_bytes
+    from dmt_model.personalize import compare_on_devices
+
+    task = TASKS[name]
+    started = time.perf_counter()
+    sim = task.simulate(seed, users)
+    foundation = foundation_for(sim, task, seed)
+    current = personalize_users(foundation, sim, task, workers=workers)["personal_models"]
+    rate = settings_from(RESULTS, task)["dmt_learning_rate"]
+    # The server holds out the packages of a quarter of the devices: it retrains on the
+    # others' and checks the new version, personalized, on the held-out devices' records.
+    held_out = set(np.random.default_rng(seed).choice(len(sim.users), len(sim.users) // 4,
+                                                      replace=False).tolist())
+    trainers = replace(sim, users=tuple(u for i, u in enumerate(sim.users) if i not in held_out))
+    model, _, _ = dmt_model_for(trainers, task, foundation, {}, seed, rate)
+    new_spec = build_spec(model, updatable=UpdateSettings())
+    previous_spec = build_spec(foundation, updatable=UpdateSettings())
+    gate = compare_on_devices(previous_spec, new_spec,
+                              [sim.users[i].shareable for i in sorted(held_out)])
+    new, previous = spec_bytes(new_spec), spec_bytes(previous_spec)
+    references = expected_error_weights(sim, task.target) or [(None, None)] * len(sim.users)
+    jobs = [(new, current[i], previous, u.private, u.shareable, u.test, task.task,
+             *references[i])
+            for i, u in enumerate(sim.users)]
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        per_user = list(pool.map(_user, *zip(*jobs, strict=True)))
+    keep = np.array([u["never"]["error"] for u in per_user])
+    take = np.array([u["always"]["error"] for u in per_user])
+    rows = {}
+    for rule in RULES:
+        error = np.array([u[rule]["error"] for u in per_user])
+        moved = np.array([u[rule]["moved"] for u in per_user])
+        rows[rule] = {"error": float(error.mean()), "moved": float(moved.mean()),
+                      "harmed": float(np.mean(moved & (error > keep))),
+                      "missed": float(np.mean(~moved & (take < keep)))}
+        if per_user[0]["never"]["expected"] is not None:
+            keep_e, take_e, mine = (np.array([u[r]["expected"] for u in per_user])
+                                    for r in ("never", "always", rule))
+            rows[rule] |= {
+                "expected": float(mine.mean()),
+                "harmed_expected": float(np.mean(moved & (mine > keep_e))),
+                "missed_expected": float(np.mean(~moved & (take_e < keep_e)))}
+    print(f"{name} seed {seed}: " + ", ".join(f"{r} {v['error']:.4g}" for r, v in rows.items())
+          + f"; gate: {gate.reason} ({time.perf_counter() - started:.0f} s)", flush=True)
+    return {"task": name, "seed": seed, "users": users, "error_name": task.task.error_name,
+            "rules": rows,
+            "gate": asdict(gate), "seconds": time.perf_counter() - started}
+
+
+def markdown(runs: list[dict[str, Any]]) -> str:
+    lines = ["| task | rule | users' mean test error | vs never adopting | moved | harmed | "
+             "missed | users' mean expected error | harmed, expected | missed, expected |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, users in dict.fromkeys((r["task"], r.get("users", 120)) for r in runs):
+        mine = [r for r in runs if r["task"] == name and r.get("users", 120) == users]
+        for rule in (*RULES, GATED):
+            if rule not in mine[0]["rules"] and rule != GATED:
+                continue  # not measured in this (earlier) run
+            default = "even, unshared" if "even, unshared" in mine[0]["rules"] \
+                else "even, out of fold"
+            cell = [r["rules"][rule] if rule != GATED else r["rules"][
+                default if r["gate"]["better"] else "never"] for r in mine]
+            gain = [c["error"] - r["rules"]["never"]["error"] for c, r in zip(cell, mine,
+                                                                           strict=True)]
+            cells = [f"{np.mean([c['error'] for c in cell]):.4g}", f"{np.mean(gain):+.3g}"
+                     + (f" ± {np.std(gain, ddof=1):.2g}" if len(mine) > 1 else "")]
+            cells += [f"{np.mean([c[k] for c in cell]):.0%}" for k in ("moved", "harmed", "missed")]
+            if "expected" in cell[0]:
+                cells += [f"{np.mean([c['expected'] for c in cell]):.4g}"]
+                cells += [f"{np.mean([c[k] for c in cell]):.0%}"
+                          for k in ("harmed_expected", "missed_expected")]
+            else:
+                cells += ["—"] * 3
+            lines.append(f"| {TASKS[name].title}, {users} users ({mine[0]['error_name']}, "
+                         f"{len(mine)} seed{'s' * (len(mine) > 1)}) | {LABELS[rule]} | "
+                         + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tasks", nargs="+", default=["friedman", "adult", "digits"],
+                        choices=sorted(TASKS))
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--users", type=int, nargs="+", default=[120],
+                        help="users per simulation; several values run each (default 120)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--render", action="store_true",
+                        help="rewrite adoption.md from OUTPUT/adoption.json")
+    args = parser.parse_args(argv)
+    if args.render:
+        saved = json.loads((args.output / "adoption.json").read_text())["runs"]
+        (args.output / "adoption.md").write_text(markdown(saved))
+        print(markdown(saved))
+        return
+    runs = [run_seed(name, seed, users, args.workers) for users in args.users
+            for name in args.tasks if TASKS[name].available() for seed in range(args.seeds)]
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "adoption.json").write_text(json.dumps({"runs": runs}, indent=1))
+    (args.output / "adoption.md").write_text(markdown(runs))
+    print(markdown(runs))
+
+
+if __name__ == "__main__":
+    main()
