@@ -66,5 +66,5 @@ for v in registry.versions():
 served = registry.latest()
 assert served is not None
 print(f"devices fetch {registry.path(served.mlmodel_file)} (v{served.version}) and adopt it "
-      "with dmt_model.personalize.adopt_new_version(new, personal, store.records(), "
-      "previous=the_version_they_personalized)")
+      "with dmt_model.personalize.adopt_new_version(new, personal, store.records('unshared'), "
+      "shared_records=store.records('shared'), previous=the_version_they_personalized)")
