@@ -634,16 +634,9 @@ class DecisionRule:
         mse_before, mse_after = float(np.mean(before)), float(np.mean(after))
         if not np.isfinite(after).all():
             return False, "the update's held-out error is not finite"
-        improvement = before - after
-        mean = float(np.mean(improvement))
-        n = len(improvement)
-        spread = float(np.std(improvement, ddof=1)) if n > 1 else math.inf
-        t = mean / (spread / math.sqrt(n)) if spread > 0 else (
-            math.copysign(math.inf, mean) if mean else 0.0)
-        from scipy.stats import t as student
-
         confidence = 0.5 if self.confidence is None else self.confidence
-        needed = float(student.ppf(confidence, df=max(n - 1, 1)))
+        mean, t, needed = _paired_t(before - after, confidence)
+        n = len(before)
         figures = f"held-out mean error {mse_before:.4g} → {mse_after:.4g} on {n} records"
         if self.prefer == "update":
             figures += f", paired t = {t:.2f} (refused at {-needed:.2f} or below)"
@@ -657,6 +650,18 @@ class DecisionRule:
         if t < needed:
             return False, f"improvement not significant at {confidence:.0%}: {figures}"
         return True, figures
+
+
+def _paired_t(improvement: np.ndarray, confidence: float) -> tuple[float, float, float]:
+    """(mean improvement, its paired t statistic, Student's quantile at ``confidence`` it
+    must reach) for a one-sided test that the improvements are positive."""
+    from scipy.stats import t as student
+
+    mean, n = float(np.mean(improvement)), len(improvement)
+    spread = float(np.std(improvement, ddof=1)) if n > 1 else math.inf
+    t = mean / (spread / math.sqrt(n)) if spread > 0 else (
+        math.copysign(math.inf, mean) if mean else 0.0)
+    return mean, t, float(student.ppf(confidence, df=max(n - 1, 1)))
 
 
 DEFAULT_RULE = DecisionRule()
@@ -977,14 +982,8 @@ def compare_on_devices(previous: Any, candidate: Any, devices: Sequence[pd.DataF
         raise ValidationError(
             f"{len(differences)} device(s) with at least 2 records; comparing versions "
             "needs at least 2 such devices.")
-    d = np.asarray(differences)
-    mean, n = float(d.mean()), len(d)
-    spread = float(d.std(ddof=1))
-    t = mean / (spread / math.sqrt(n)) if spread > 0 else (
-        math.copysign(math.inf, mean) if mean else 0.0)
-    from scipy.stats import t as student
-
-    needed = float(student.ppf(confidence, df=n - 1))
+    n = len(differences)
+    mean, t, needed = _paired_t(np.asarray(differences), confidence)
     better = bool(np.isfinite(after).all() and mean > 0 and t >= needed)
     figures = (f"devices' held-out error personalized {np.mean(before):.4g} → "
                f"{np.mean(after):.4g} on {n} devices, paired t = {t:.2f} (needs {needed:.2f})")
