@@ -355,20 +355,23 @@ def update_specs(
     (frozen,) = evaluate_spec(spec, frame_inputs(spec, whole), outputs=[start_blob]).values()
     loss_kind = _network(spec).updateParams.lossLayers[0].WhichOneof("LossLayerType")
     cross_entropy = loss_kind == "categoricalCrossEntropyLossLayer"
-    pad = len(whole)  # a row of zeros: the unused places of a short or finished mini-batch
-    frozen = np.vstack([frozen.reshape(pad, -1), np.zeros((1, frozen[0].size), np.float32)])
+    # Row 0 is a row of zeros: the unused places of a short mini-batch (the frames' rows
+    # follow in their given order).
+    frozen = np.vstack([np.zeros((1, frozen[0].size), np.float32),
+                        frozen.reshape(len(whole), -1)])
     if cross_entropy:  # the softmax's gradient is taken together with the loss's
         y = np.eye(len(class_labels_of(spec)) + 1, dtype=np.float32)[
-            np.append(target, -1)][:, :-1]  # the padding row's one-hot is all zeros
+            np.concatenate([[-1], target])][:, :-1]  # the padding row's one-hot is all zeros
         backward_from = len(chain) - 2
     else:
-        y = np.append(target, 0.0).reshape(-1, 1).astype(np.float32)
+        y = np.concatenate([[0.0], target]).reshape(-1, 1).astype(np.float32)
         backward_from = len(chain) - 1
     plan = _LanePlan.of([len(f) for f in frames], s)
     k = len(frames)
 
     # Parameters of the updatable layers in the chain (innerProduct, or a 1×1 convolution on a
-    # [C, 1, 1] blob, which is a grouped innerProduct on its C channels), one copy per update.
+    # [C, 1, 1] blob, which is a grouped innerProduct on its C channels), one copy per update,
+    # in the plan's lanes.
     params: dict[str, list[np.ndarray]] = {}
     groups: dict[str, int] = {}
     for layer in chain:
@@ -380,89 +383,96 @@ def update_specs(
     state = {name: [np.zeros_like(p) for p in ps] for name, ps in params.items()}
     second = {name: [np.zeros_like(p) for p in ps] for name, ps in params.items()}
     taken = np.zeros(k, np.int64)  # optimizer steps each update has taken
-    step_loss = np.zeros((plan.steps, k))  # each update's loss at each step it took, else 0
-    present_all = (plan.index != pad)[..., None].astype(np.float32)
-    batch_all = np.maximum(plan.size, 1)
-    scale_all = convention.gradient_scale(batch_all)
-    rejected: dict[int, UpdateRejected] = {}
+    step_loss = np.zeros((k, plan.steps))  # each update's loss at each step it took, else 0
+    # d loss / d ŷ per unit of (ŷ − y), by batch size (each update's at each step is one of
+    # these: a full or a last partial mini-batch)
+    scale_of = convention.gradient_scale(np.maximum(np.arange(s.batch_size + 1), 1))
+    rejected: dict[int, UpdateRejected] = {}  # by lane
     alive = np.ones(k, dtype=bool)
     if on_event:
         on_event(UpdateEvent("training_begin", 0, 0, math.nan))
     lr, f32 = np.float32(s.learning_rate), np.float32
     event_loss = 0.0
-    for t in range(plan.steps):
-        index, n = plan.index[t], plan.size[t]
-        active = (n > 0) & alive
-        if not active.any():
+    for t, a in enumerate(plan.running.tolist()):
+        # Only the first a lanes take step t: every later update has run all its steps.
+        index, batch = plan.index[:a, t], plan.size[:a, t]
+        # Until an update diverges, every running update is active and no mask is applied;
+        # while every mini-batch is full, neither is the mask of a batch's unused places
+        # (multiplying by an all-true mask changes no number).
+        active = alive[:a] if rejected else None
+        if active is not None and not active.any():
             continue
-        present, batch = present_all[t], batch_all[t]
         activations = [frozen[index]]
         for layer in chain:
             x = activations[-1]
             if layer.name in params:
                 w, bias = params[layer.name]
-                activations.append(_lane_matmul(x, w, groups[layer.name]) + bias[:, None, :])
+                activations.append(_lane_matmul(x, w[:a], groups[layer.name])
+                                   + bias[:a, None, :])
             elif layer.WhichOneof("layer") == "activation":
                 activations.append(apply_activation(layer, x))
             else:  # the softmax before a cross-entropy loss
                 activations.append(softmax(x))
         labels = y[index]
         if cross_entropy:
+            present = (index != 0)[..., None].astype(f32)
             loss, grad = convention.cross_entropies(activations[-1], labels, present, batch)
         else:
-            diff = (activations[-1] - labels) * present
+            diff = activations[-1] - labels
+            if plan.partial[t]:
+                diff = diff * (index != 0)[..., None].astype(f32)
             loss = convention.losses(diff, batch)
-            grad = (diff * scale_all[t][:, None, None]).astype(f32)
-        if not np.isfinite(loss).all():  # (a finished or rejected update's loss is 0)
+            grad = (diff * scale_of[batch][:, None, None]).astype(f32, copy=False)
+        if not np.isfinite(loss).all():  # (a rejected update's loss is 0)
+            active = alive[:a].copy()
             diverged = active & ~np.isfinite(loss)
             for bad in np.flatnonzero(diverged).tolist():
                 rejected[bad] = UpdateRejected(
-                    f"The update diverged (loss {loss[bad]}) at epoch {plan.epoch[t, bad]}, "
-                    f"mini-batch {plan.batch[t, bad]}; lower the learning rate. Nothing was "
+                    f"The update diverged (loss {loss[bad]}) at epoch {plan.epoch[bad, t]}, "
+                    f"mini-batch {plan.batch[bad, t]}; lower the learning rate. Nothing was "
                     "written.")
                 for values in (*params.values(), *state.values(), *second.values()):
                     for value in values:
                         value[bad] = 0  # a rejected update's numbers no longer matter
-            alive &= ~diverged
+            alive[:a] &= ~diverged
             active &= ~diverged
             loss = np.where(active, loss, 0.0)
-        grad *= active[:, None, None]
-        step_loss[t] = loss * active
-        taken += active
+        if active is None:
+            step_loss[:a, t] = loss
+        else:
+            grad *= active[:, None, None]
+            step_loss[:a, t] = loss * active
+        if s.optimizer == "adam":  # (only Adam's bias correction counts steps)
+            taken[:a] += 1 if active is None else active
         for i in range(backward_from, -1, -1):
             layer, x = chain[i], activations[i]
             if layer.name in params:
                 w, bias = params[layer.name]
                 g = groups[layer.name]
-                gg = grad.reshape(k, grad.shape[1], g, -1)
-                xg = x.reshape(k, x.shape[1], g, -1)
-                grads = [np.einsum("kngo,kngi->kgoi", gg, xg).reshape(w.shape),
+                gg = grad.reshape(a, grad.shape[1], g, -1)
+                xg = x.reshape(a, x.shape[1], g, -1)
+                grads = [np.einsum("kngo,kngi->kgoi", gg, xg).reshape(a, *w.shape[1:]),
                          grad.sum(axis=1)]
                 if i > 0:
-                    grad = np.einsum("kngo,kgoi->kngi", gg,
-                                     w.reshape(k, g, -1, w.shape[2])).reshape(k, grad.shape[1], -1)
-                _lane_step(s, params[layer.name], grads, state[layer.name],
+                    grad = np.einsum("kngo,kgoi->kngi", gg, w[:a].reshape(a, g, -1, w.shape[2])
+                                     ).reshape(a, grad.shape[1], -1)
+                _lane_step(s, a, params[layer.name], grads, state[layer.name],
                            second[layer.name], taken, active, lr)
             else:
                 kind = layer.activation.WhichOneof("NonlinearityType")
                 grad = _act_backward(kind, activations[i + 1], grad)
         if on_event:
-            on_event(UpdateEvent("mini_batch_end", int(plan.epoch[t, 0]),
-                                 int(plan.batch[t, 0]), float(loss[0])))
-            event_loss += float(loss[0]) * (int(n[0]) if convention.reduction == "mean" else 1)
-            if plan.last[t, 0]:
-                on_event(UpdateEvent("epoch_end", int(plan.epoch[t, 0]), int(plan.batch[t, 0]),
+            epoch, mini_batch = int(plan.epoch[0, t]), int(plan.batch[0, t])
+            on_event(UpdateEvent("mini_batch_end", epoch, mini_batch, float(loss[0])))
+            event_loss += float(loss[0]) * (int(batch[0]) if convention.reduction == "mean"
+                                            else 1)
+            if mini_batch == plan.per_epoch[0] - 1:
+                on_event(UpdateEvent("epoch_end", epoch, mini_batch,
                                      event_loss / _per_epoch(convention, len(frames[0]))))
                 event_loss = 0.0
 
-    # Each update's loss per epoch: its steps' losses (weighted by batch size for a mean).
-    weighted = step_loss * (plan.size if convention.reduction == "mean" else 1)
-    epoch_loss = np.zeros((k, s.epochs))
-    np.add.at(epoch_loss, (np.broadcast_to(np.arange(k), plan.epoch.shape), plan.epoch),
-              weighted)
-
     out: list[_Fit] = []
-    for lane, frame in enumerate(frames):
+    for frame, lane in zip(frames, plan.lane, strict=True):
         if lane in rejected:
             out.append(rejected[lane])
             continue
@@ -476,8 +486,15 @@ def update_specs(
             out.append(UpdateRejected(
                 "The update produced non-finite weights; nothing was written."))
             continue
-        history = UpdateHistory(list(epoch_loss[lane] / _per_epoch(convention, len(frame))))
-        out.append((updated, history))
+        # The update's loss per epoch: its steps' losses (weighted by batch size for a mean),
+        # added up step by step.
+        steps = plan.steps_of(lane)
+        weighted = step_loss[lane, :steps] * (plan.size[lane, :steps]
+                                              if convention.reduction == "mean" else 1)
+        epoch_loss = np.zeros(s.epochs)
+        np.add.at(epoch_loss, plan.epoch[lane, :steps], weighted)
+        out.append((updated, UpdateHistory(list(epoch_loss
+                                                / _per_epoch(convention, len(frame))))))
     return out
 
 
@@ -489,47 +506,64 @@ def _per_epoch(convention: LossConvention, n: int) -> int:
 class _LanePlan:
     """Which rows each of ``k`` independent updates reads at each step ``t``.
 
-    ``index[t, lane]`` holds the rows of that update's mini-batch in the frames
-    stacked; unused places (the end of a short batch, every place once the
-    update has run all its epochs) hold the padding row after the last frame's.
-    ``size``, ``epoch``, ``batch`` and ``last`` say how many rows it has, which
-    epoch and mini-batch it is, and whether it ends the epoch.
-    An update's batches are those of :func:`batch_order`.
+    The updates run in lanes, longest first: the updates still running at step
+    ``t`` are those of the first ``running[t]`` lanes, and ``lane[i]`` is the lane
+    of the ``i``-th update (its batches depend only on its own length and the
+    seed, not on its lane). ``index[lane, t]`` holds the rows of that update's
+    mini-batch: row 0 is padding (the unused places of a short batch, and every
+    place once the update has run all its epochs), the frames' rows follow in
+    their given order. ``size``, ``epoch`` and ``batch`` say how many rows it has
+    and which epoch and mini-batch it is; ``per_epoch`` is each lane's number of
+    mini-batches per epoch, ``partial[t]`` whether some running update's
+    mini-batch at step ``t`` is short. An update's batches are those of
+    :func:`batch_order`.
     """
 
     index: np.ndarray
     size: np.ndarray
     epoch: np.ndarray
     batch: np.ndarray
-    last: np.ndarray
+    per_epoch: np.ndarray
+    partial: np.ndarray
+    lane: np.ndarray
+    running: np.ndarray
 
     @property
     def steps(self) -> int:
-        return int(self.index.shape[0])
+        return int(self.index.shape[1])
+
+    def steps_of(self, lane: int) -> int:
+        """How many steps the update in ``lane`` takes."""
+        return int(np.count_nonzero(self.size[lane]))
 
     @classmethod
     def of(cls, sizes: Sequence[int], s: _Settings) -> _LanePlan:
-        b, k, pad = s.batch_size, len(sizes), int(sum(sizes))
-        per_epoch = [-(-n // b) for n in sizes]
-        steps = max(s.epochs * m for m in per_epoch)
-        index = np.full((steps, k, b), pad, dtype=np.int64)
-        size = np.zeros((steps, k), dtype=np.int64)
-        epoch = np.zeros((steps, k), dtype=np.int64)
-        batch = np.zeros((steps, k), dtype=np.int64)
-        offset = 0
-        for lane, (n, m) in enumerate(zip(sizes, per_epoch, strict=True)):
-            end = s.epochs * m
-            for e, order in enumerate(_epoch_orders(n, epochs=s.epochs, shuffle=s.shuffle,
-                                                    seed=s.seed)):
-                padded = np.full(m * b, pad - offset, dtype=np.int64)
-                padded[:n] = order
-                index[e * m:(e + 1) * m, lane] = padded.reshape(m, b) + offset
-            size[:end, lane] = np.tile(np.minimum(b, n - b * np.arange(m)), s.epochs)
-            epoch[:end, lane] = np.repeat(np.arange(s.epochs), m)
-            batch[:end, lane] = np.tile(np.arange(m), s.epochs)
-            offset += n
-        last = (batch == (np.array(per_epoch) - 1)[None, :]) & (size > 0)
-        return cls(index, size, epoch, batch, last)
+        b, k = s.batch_size, len(sizes)
+        per_epoch = np.array([-(-n // b) for n in sizes], dtype=np.int64)
+        lengths = s.epochs * per_epoch  # each update's number of steps
+        updates = np.argsort(-lengths, kind="stable")  # the update in each lane
+        offsets = np.cumsum([1, *sizes])  # where each frame's rows start (row 0 is padding)
+        steps = int(lengths.max())
+        # Lane by lane, so that the zeros after an update's last step are never written.
+        index = np.zeros((k, steps, b), dtype=np.int64)
+        size = np.zeros((k, steps), dtype=np.int64)
+        epoch = np.zeros((k, steps), dtype=np.int64)
+        batch = np.zeros((k, steps), dtype=np.int64)
+        partial = np.zeros(steps, dtype=bool)
+        for lane, update in enumerate(updates.tolist()):
+            n, m, end = sizes[update], int(per_epoch[update]), int(lengths[update])
+            padded = np.zeros((s.epochs, m * b), dtype=np.int64)
+            padded[:, :n] = np.stack(list(_epoch_orders(n, epochs=s.epochs, shuffle=s.shuffle,
+                                                        seed=s.seed))) + offsets[update]
+            index[lane, :end] = padded.reshape(end, b)
+            size[lane, :end] = np.tile(np.minimum(b, n - b * np.arange(m)), s.epochs)
+            epoch[lane, :end] = np.repeat(np.arange(s.epochs), m)
+            batch[lane, :end] = np.tile(np.arange(m), s.epochs)
+            if n % b:
+                partial[m - 1:end:m] = True
+        running = k - np.searchsorted(np.sort(lengths), np.arange(steps), side="right")
+        return cls(index, size, epoch, batch, per_epoch[updates], partial,
+                   np.argsort(updates), running)
 
 
 def _lane_matmul(x: np.ndarray, weight: np.ndarray, groups: int) -> np.ndarray:
@@ -539,29 +573,39 @@ def _lane_matmul(x: np.ndarray, weight: np.ndarray, groups: int) -> np.ndarray:
     out = weight.shape[1]
     xg = x.reshape(k, n, groups, width // groups)
     wg = weight.reshape(k, groups, out // groups, width // groups)
-    return np.einsum("kngi,kgoi->kngo", xg, wg).reshape(k, n, out).astype(np.float32)
+    return np.einsum("kngi,kgoi->kngo", xg, wg).reshape(k, n, out).astype(np.float32,
+                                                                            copy=False)
 
 
-def _lane_step(s: _Settings, params: list[np.ndarray], grads: list[np.ndarray],
+def _lane_step(s: _Settings, a: int, params: list[np.ndarray], grads: list[np.ndarray],
                velocity: list[np.ndarray], second: list[np.ndarray], taken: np.ndarray,
-               active: np.ndarray, lr: np.float32) -> None:
-    """One optimizer step of every active update (``taken``: the steps each has taken)."""
-    for p, g, v, m2 in zip(params, grads, velocity, second, strict=True):
-        g = g.astype(np.float32)
-        on = active.reshape(-1, *([1] * (p.ndim - 1)))
+               active: np.ndarray | None, lr: np.float32) -> None:
+    """One optimizer step of the updates in the first ``a`` lanes that are active (``active``
+    None: all of them; ``taken``: the steps each has taken, counted for Adam only)."""
+    for whole, g, velocities, seconds in zip(params, grads, velocity, second, strict=True):
+        p, g = whole[:a], g.astype(np.float32, copy=False)
+        on = None if active is None else active.reshape(-1, *([1] * (p.ndim - 1)))
         if s.optimizer == "sgd":
             if s.momentum:
-                v[...] = np.where(on, v * np.float32(s.momentum) + g, v)
+                v = velocities[:a]
+                v[...] = _masked(on, v * np.float32(s.momentum) + g, v)
                 g = v
-            p -= lr * g * on
+            p -= lr * g if on is None else lr * g * on
         else:
+            v, m2 = velocities[:a], seconds[:a]
             b1, b2 = np.float32(s.beta1), np.float32(s.beta2)
-            v[...] = np.where(on, v * b1 + (1 - b1) * g, v)
-            m2[...] = np.where(on, m2 * b2 + (1 - b2) * g * g, m2)
-            t = np.maximum(taken, 1).reshape(on.shape)
+            v[...] = _masked(on, v * b1 + (1 - b1) * g, v)
+            m2[...] = _masked(on, m2 * b2 + (1 - b2) * g * g, m2)
+            t = np.maximum(taken[:a], 1).reshape(-1, *([1] * (p.ndim - 1)))
             m_hat = v / (1 - s.beta1 ** t).astype(np.float32)
             v_hat = m2 / (1 - s.beta2 ** t).astype(np.float32)
-            p -= lr * m_hat / (np.sqrt(v_hat) + np.float32(s.eps)) * on
+            change = lr * m_hat / (np.sqrt(v_hat) + np.float32(s.eps))
+            p -= change if on is None else change * on
+
+
+def _masked(on: np.ndarray | None, new: np.ndarray, old: np.ndarray) -> np.ndarray:
+    """``new`` where ``on`` (everywhere if ``on`` is None), else ``old``."""
+    return new if on is None else np.where(on, new, old)
 
 
 @dataclass(frozen=True)

@@ -112,3 +112,32 @@ def test_adopted_keeps_a_device_off_a_worse_model_and_changes_neither_input(
     held, result = adopted(spec, build_spec(foundation, updatable=UpdateSettings()),
                            user.train)
     assert result.accepted == personalized(spec, user.train)[1].accepted
+
+
+def test_many_updates_of_very_different_lengths_each_equal_the_update_alone(
+        foundation, simulation, boston):
+    """update_specs runs the updates longest first and computes, at each step, only those
+    still running: a lane's result must not depend on where it runs, on which lanes have
+    finished, or on a lane that diverged among them (here one in the middle of the order,
+    diverging while shorter ones still run)."""
+    import pandas as pd
+
+    spec = build_spec(foundation, updatable=UpdateSettings(updatable_layers=2, batch_size=4))
+    users = simulation.users
+    wild = boston.nlargest(9, "CRIM")  # diverges at epoch 3 of 20 at this learning rate
+    frames = [users[0].train.iloc[:1], pd.concat([u.train for u in users[1:6]]),
+              users[2].train.iloc[:1], pd.concat([u.train for u in users[6:8]]), wild,
+              users[3].train.iloc[:2], users[8].train.iloc[:5], users[9].train.iloc[:1],
+              users[10].train, pd.concat([u.train for u in users[11:14]]).iloc[:39]]
+    longest_first = sorted(range(len(frames)), key=lambda i: -(-len(frames[i]) // 4))
+    assert 3 <= longest_first.index(4) <= len(frames) - 4  # the wild lane runs mid-order
+    settings = {"learning_rate": 1e-3, "epochs": 20}
+    together = update_specs(spec, frames, **settings)
+    for frame, outcome in zip(frames, together, strict=True):
+        try:
+            alone = update_spec(spec, frame, **settings)
+        except UpdateRejected as exc:
+            assert isinstance(outcome, UpdateRejected) and str(outcome) == str(exc)
+            continue
+        _assert_same(outcome, alone, CHAIN)
+    assert [isinstance(o, UpdateRejected) for o in together] == [i == 4 for i in range(10)]
