@@ -496,6 +496,40 @@ class Featurizer:
                 f"Target {self.target!r} is missing at row {row!r}; drop such records.")
         return values.astype(np.float32)
 
+    def plain_released(self, frame: pd.DataFrame, *,
+                       hierarchies: Mapping[str, Mapping[Any, Sequence[Any]]] | None = None,
+                       seed: int = 0) -> pd.DataFrame:
+        """Released records as plain records, the kind a device holds and a model reads.
+
+        A number's interval becomes its midpoint; a generalized category becomes
+        one of the categories it covers, drawn uniformly (from ``seed``); a field
+        the records do not carry becomes the proxy's mean or a category drawn
+        from all; the target as :meth:`released_target` reads it; text and images
+        as they are. Local-DP noise stays. The server personalizes versions on a
+        held-out device's package this way
+        (:func:`~dmt_model.personalize.compare_on_devices`): both versions see
+        the same imputed records, so generalization and noise make the comparison
+        less certain, not one-sided.
+        """
+        self._check_fitted()
+        rng = np.random.default_rng(seed)
+        out = pd.DataFrame(index=range(len(frame)))
+        for j, name in enumerate(self.numeric_fields):
+            out[name] = (released_numbers(frame[name], fallback=float(self.mean_[j]))
+                         if name in frame.columns else float(self.mean_[j]))
+        for name in self.categorical_fields:
+            leaves, vocabulary = self._leaves(name, hierarchies), self.vocabularies_[name]
+            column = frame[name].tolist() if name in frame.columns else [None] * len(frame)
+            out[name] = pd.Series([vocabulary[int(rng.choice(leaves(v)))] for v in column],
+                                  dtype=object)
+        for name in [*self.text_fields, *self.image_fields]:
+            if name in frame.columns:
+                out[name] = frame[name].to_numpy()
+        target = self.released_target(frame)
+        out[self.target] = (pd.Series([self.classes_[i] for i in target], dtype=object)
+                            if self.classes_ else target.astype(np.float64))
+        return out[[n for n in self.schema.names if n in out.columns]]
+
     def _leaves(self, name: str, extra: Mapping[str, Mapping[Any, Sequence[Any]]] | None
                 ) -> Any:
         vocabulary = self.vocabularies_[name]

@@ -13,14 +13,20 @@
    the target under local DP (Laplace for a number, randomized response for
    a class), sealed to the server's key (:func:`~dmt_privacy.sharing.share`);
    the server ingests them and releases classes holding records from k devices.
-4. The server retrains on its training proxy plus the released records as
-   received (re-validated and weighed by its own policy) and publishes v2 only
-   if the gate finds it no worse on the validation data.
-5. If v2 is published, each device adopts it re-personalized on its local
-   records (all of them by default) unless the adoption rule
-   (:data:`~dmt_model.personalize.ADOPTION_RULE`) finds the device's current
-   personal model better, both scored out of fold on the records the device
-   did not share (v2 may have trained on the others).
+4. The server holds out the packages of some devices (``held_out_share``),
+   retrains on its training proxy plus the other released records as
+   received (re-validated and weighed by its own policy), and publishes v2
+   only if it is no worse on the validation data and, personalized on each
+   held-out device's records as the device would, better for those devices
+   (:func:`~dmt_model.personalize.compare_on_devices`). The signed release
+   says on how many devices it was shown better.
+5. If v2 is published, each device verifies its release and adopts it
+   re-personalized on its local records (all of them by default) under the
+   rule the release earns (:func:`~dmt_model.personalize.adoption_rule_for`):
+   a version shown better on held-out devices is adopted unless the device's
+   own records show it worse; one that was not must prove itself on them.
+   Both sides are scored out of fold on the records the device did not share
+   (v2 may have trained on the others).
 
 Every figure is a per-user test error on records no step trained on: the
 task's headline error (:mod:`dmt_model.tasks`: RMSE for a regression, log
@@ -81,6 +87,10 @@ class LoopResult:
     workdir: Path
     devices: dict[int, Path] = field(default_factory=dict)  # user id → personal model file
     metric: str = "RMSE"  # what the errors are: "RMSE" or "log loss"
+    #: what the gate measured of v2 (ModelVersion.validation): on the validation data, and on
+    #: the held-out devices ("devices", "device_error", "current_device_error", "device_t")
+    v2_validation: dict[str, float] = field(default_factory=dict)
+    held_out_devices: int = 0  # devices whose packages v2 did not train on, to check it
 
     @property
     def v1_validation_rmse(self) -> float:
@@ -136,12 +146,13 @@ def run_loop(
     quasi_identifiers: Sequence[str],
     workdir: str | Path,
     k: int = 5,
-    epsilon: float = 1.0,
+    epsilon: float | None = 1.0,
     seed: int = 0,
     config: TrainingConfig | None = None,
     foundation: Any = None,
     validation_fraction: float = 0.2,
     adopt_on: Literal["all", "unshared"] = "all",
+    held_out_share: float | None = None,
     modifiers: Mapping[str, Any] | None = None,
     progress: Progress[Any] | None = None,
     on_stage: Stage | None = None,
@@ -157,21 +168,35 @@ def run_loop(
     ``None``). ``modifiers`` (field → a :mod:`dmt_privacy.modify` transformer)
     modify what devices share before it is anonymized; the server retrains on
     it as modified. Without ``quasi_identifiers`` no k-anonymity plan is
-    applied (a classifier of images or texts has none).
+    applied (a classifier of images or texts has none). ``epsilon``: the
+    per-record ε of the target's local DP, ``None`` to share it as it is.
+    ``held_out_share``: the share of accepted packages the server keeps out of
+    retraining to check v2 on their devices; by default 0.25 when targets are
+    shared as they are and 0 under local DP, whose noise (Laplace of scale the
+    bounds' width at ε = 1) leaves a device's few records unable to tell two
+    versions apart, and cannot be personalized on as a device personalizes
+    on its own records. With fewer than 2 held-out devices of 2 records v2's
+    release carries no device claim, and devices ask it to prove itself.
     """
     from dmt_model.coreml import load_spec, predict_frame
     from dmt_model.foundation import train_foundation
-    from dmt_model.personalize import adopt_new_version, personalize
+    from dmt_model.personalize import adopt_new_version, adoption_rule_for, personalize
     from dmt_model.server import ServerPolicy, SharedStore, ingest
     from dmt_model.server.retrain import ModelRegistry, retrain_foundation, validation_split
     from dmt_model.server.training import policy_batches
     from dmt_privacy.anonymity import KAnonymizer
+    from dmt_privacy.release import generate_release_key, verify_release
     from dmt_privacy.seal import generate_server_key
     from dmt_privacy.sharing import SharingPolicy, share
     from dmt_privacy.store import LocalStore
 
     if adopt_on not in ("all", "unshared"):
         raise ValidationError(f"adopt_on must be 'all' or 'unshared', got {adopt_on!r}.")
+    if held_out_share is None:
+        held_out_share = 0.25 if epsilon is None else 0.0
+    if not 0 <= held_out_share < 1:
+        raise ValidationError(f"held_out_share must be in [0, 1), got {held_out_share!r}; "
+                              "0 checks v2 on no device.")
     workdir = Path(workdir)
     if workdir.exists() and any(workdir.iterdir()):
         raise ValidationError(f"workdir {workdir} is not empty; give a new or empty folder.")
@@ -200,7 +225,8 @@ def run_loop(
     for user in progress(simulation.users, "devices: personalizing v1"):
         folder = workdir / "devices" / f"user-{user.user_id:03d}"
         folder.mkdir(parents=True)
-        budget = epsilon * max(1, len(user.shareable))  # what sharing them all costs
+        # what sharing them all costs (nothing is charged without local DP)
+        budget = epsilon * max(1, len(user.shareable)) if epsilon is not None else 1.0
         store = LocalStore(folder / "records.db", schema=schema,
                            user_id=f"user-{user.user_id:03d}", epsilon_budget=budget,
                            key=LocalStore.generate_key())  # a device's, from its keystore
@@ -222,10 +248,11 @@ def run_loop(
                    if (bounds := schema[q].bounds) is not None}
         plan = KAnonymizer(list(quasi_identifiers), k=k).fit(
             proxy.astype(categorical)).plan_.widened(domains)
+    dp = {} if epsilon is None else {target.name: epsilon}
     sharing = SharingPolicy(fields=tuple(schema.names), plan=plan, modifiers=modifiers or {},
-                            epsilon={target.name: epsilon}, required_k=k if plan else None,
+                            epsilon=dp, required_k=k if plan else None,
                             privacy_unit="user")
-    server_policy = ServerPolicy(schema, min_k=k, epsilon={target.name: epsilon},
+    server_policy = ServerPolicy(schema, min_k=k, epsilon=dp,
                                  privacy_unit="user", plan=plan)
     envelopes, owners = [], {}
     for user in progress(simulation.users, "devices: sharing"):
@@ -239,15 +266,33 @@ def run_loop(
     shared_store = SharedStore(db_url, server_key)
     counts = shared_store.counts()
 
-    # 4. Retrain on the training proxy + released records, as received; the gate decides.
+    # 4. Retrain on the training proxy + the released records of the devices not held out,
+    # as received; the gate checks v2 on the validation data and on the held-out devices.
     batches, _ = policy_batches(shared_store, server_policy, previous=foundation, proxy=proxy)
+    held = _hold_out([b.package_id for b in batches], held_out_share, seed)
+    batches = [b for b in batches if b.package_id not in held]
+    # The held-out devices' records as received: not winsorized around v1's predictions,
+    # which would pull their targets toward v1 and bias the comparison in its favour.
+    devices = [d for b in policy_batches(shared_store, server_policy)[0] if b.package_id in held
+               and len(d := foundation.featurizer.plain_released(
+                   b.records, hierarchies=b.hierarchies, seed=seed)) >= 2]
     on_stage(f"server: retraining v2 on {len(proxy)} proxy + "
-             f"{sum(len(b.records) for b in batches)} released records")
+             f"{sum(len(b.records) for b in batches)} released records "
+             f"({len(devices)} devices' packages held out to check it)")
     retrained = retrain_foundation(foundation, proxy, batches, config)
+    release_key = generate_release_key()  # the app pins its public half
     v2 = registry.publish(retrained, trained_on={
         "proxy": len(proxy), "shared": sum(len(b.records) for b in batches)},
-        validation_data=validation, notes=f"proxy + shared records (k={k}, ε={epsilon:g})")
+        validation_data=validation, validation_devices=devices if len(devices) >= 2 else None,
+        signing_key=release_key,
+        notes=f"proxy + shared records (k={k}, ε={'none' if epsilon is None else epsilon})")
     v2_spec = load_spec(registry.path(v2.mlmodel_file))
+    rule = None
+    if v2.published:  # what every device does before it reads v2: verify its signed release
+        release = verify_release(registry.path(v2.release_file).read_bytes(),
+                                 registry.path(v2.mlmodel_file).read_bytes(),
+                                 release_key.verify_key(), installed_version=v1.version)
+        rule = adoption_rule_for(release)
 
     # 5. Devices adopt v2 if the gate published it, unless their records show it worse.
     outcomes = []
@@ -259,7 +304,7 @@ def run_loop(
             shared = store.records("shared") if adopt_on == "all" else None
             adopted = adopt_new_version(registry.path(v2.mlmodel_file),
                                         personal_paths[user.user_id], unshared,
-                                        shared_records=shared, previous=v1_model,
+                                        shared_records=shared, previous=v1_model, rule=rule,
                                         seed=seed).accepted
         featurizer = foundation.featurizer
         base = predict_frame(v1_spec, user.test)
@@ -287,4 +332,13 @@ def run_loop(
         records_released=int(counts.get("records_released", 0)),
         records_quarantined=int(counts.get("records_quarantined", 0)),
         workdir=workdir, devices=personal_paths,
-        metric="log loss" if foundation.featurizer.classes_ else "RMSE")
+        metric="log loss" if foundation.featurizer.classes_ else "RMSE",
+        v2_validation=dict(v2.validation), held_out_devices=len(devices))
+
+
+def _hold_out(packages: Sequence[str], share: float, seed: int) -> set[str]:
+    """``share`` of the packages (at least 2 of 4 or more, else none), drawn from ``seed``."""
+    n = len(packages)
+    count = min(n, max(2, round(share * n))) if share > 0 and n >= 4 else 0
+    return {packages[i] for i in np.random.default_rng(seed).choice(n, size=count,
+                                                                     replace=False).tolist()}

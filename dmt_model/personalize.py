@@ -84,6 +84,7 @@ __all__ = [
     "UpdateHistory",
     "adopt_new_version",
     "adopted",
+    "adoption_rule_for",
     "batch_order",
     "compare_on_devices",
     "featurizer_of",
@@ -716,6 +717,29 @@ DEFAULT_RULE = DecisionRule()
 #: of Adult users to a version worse for them in expectation, against 27 % with this rule,
 #: for the same mean gain (``benchmarks/adoption.py``).
 ADOPTION_RULE = DecisionRule(confidence=0.5, prefer="update")
+
+
+def adoption_rule_for(release: Any) -> DecisionRule:
+    """The adoption rule a new version's signed release earns.
+
+    ``release`` is what :func:`dmt_privacy.release.verify_release` returned (or
+    its :class:`~dmt_privacy.release.ReleaseMetadata`). If the server found the
+    version better on held-out devices, each personalized as a device would
+    (``held_out_devices`` in the release:
+    :meth:`~dmt_model.server.retrain.ModelRegistry.publish` with
+    ``validation_devices=``), :data:`ADOPTION_RULE`: the device adopts it unless
+    its own records show it worse. Otherwise (proxy data alone vouch for it, or
+    ``release`` is ``None``) :class:`DecisionRule`: it must prove itself on the
+    device's records, since a version the proxy's validation data score better
+    can be worse for users once personalized (``benchmarks/adoption.py``).
+    """
+    metadata = getattr(release, "metadata", release)
+    devices = getattr(metadata, "held_out_devices", None)
+    if release is not None and not hasattr(metadata, "held_out_devices"):
+        raise ValidationError(
+            f"release must be a verified release (verify_release) or its metadata, got "
+            f"{type(release).__name__}.")
+    return ADOPTION_RULE if devices else DEFAULT_RULE
 # Prior strengths (anchor records) tried per user; cross-validation picks one. Chosen by
 # benchmarks/model_quality.py on three data sets of different target scales (README).
 DEFAULT_PRIOR_RECORDS: tuple[int, ...] = (1, 3, 10, 30)

@@ -16,6 +16,14 @@ published model version the server writes a small JSON document, the
     server_key    the server's HPKE public key (the 44-byte key file, hex) packages
                   are sealed to, or null: the key travels on the signed channel too;
                   its key id (same convention as below) is what envelopes carry
+    held_out_devices  (only when the server checked) the number of held-out
+                  devices on which this version, personalized as a device
+                  personalizes it, beat the previous one
+                  (``dmt_model.personalize.compare_on_devices``); a device
+                  chooses how much proof to ask of the version by it
+                  (``dmt_model.personalize.adoption_rule_for``). A release
+                  without it has the same canonical form as before the field
+                  existed, so older releases still verify.
 
 and whose ``signatures`` are ``[{"key_id": ..., "sig": ...}]``: Ed25519
 (``cryptography``) over ``b"dmt model release v1\\n"`` followed by the
@@ -252,6 +260,7 @@ class ReleaseMetadata:
     policy_sha256: str | None
     server_key: str | None
     format: int = RELEASE_FORMAT
+    held_out_devices: int | None = None
 
     def __post_init__(self) -> None:
         checks = {
@@ -263,6 +272,8 @@ class ReleaseMetadata:
             "schema_id": type(self.schema_id) is str and len(self.schema_id) <= 128,
             "policy_sha256": self.policy_sha256 is None or _is_hex(self.policy_sha256, 64),
             "server_key": self.server_key is None or _is_hex(self.server_key),
+            "held_out_devices": self.held_out_devices is None or (
+                type(self.held_out_devices) is int and self.held_out_devices >= 2),
         }
         for name in ("created", "expires"):
             try:
@@ -278,9 +289,17 @@ class ReleaseMetadata:
     def expires_at(self) -> _dt.datetime:
         return _parse_time(self.expires)
 
+    def as_signed(self) -> dict[str, Any]:
+        """The ``signed`` part of the release document."""
+        signed = asdict(self)
+        if signed["held_out_devices"] is None:
+            del signed["held_out_devices"]
+        return signed
+
     def canonical(self) -> bytes:
-        """The bytes that are signed (after :data:`RELEASE_CONTEXT`)."""
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"),
+        """The bytes that are signed (after :data:`RELEASE_CONTEXT`); ``held_out_devices`` is
+        left out when ``None``, as releases signed before it existed were."""
+        return json.dumps(self.as_signed(), sort_keys=True, separators=(",", ":"),
                           ensure_ascii=False, allow_nan=False).encode()
 
 
@@ -322,6 +341,7 @@ def sign_release(
     name: str = "foundation",
     valid_for: _dt.timedelta = _dt.timedelta(days=30),
     now: _dt.datetime | None = None,
+    held_out_devices: int | None = None,
 ) -> bytes:
     """The signed release document (JSON bytes) for ``model`` as version ``version``.
 
@@ -330,6 +350,8 @@ def sign_release(
     its SHA-256 is signed. ``server_key``: the HPKE public key file bytes
     (:meth:`dmt_privacy.seal.ServerPublicKey.to_bytes`). ``valid_for``: the
     release expires that long after ``now``; publish (or re-sign) before then.
+    ``held_out_devices``: on how many held-out devices the server found this
+    version better once personalized (leave ``None`` if it did not check).
     """
     if not isinstance(model, bytes):
         raise ValidationError(f"model must be the model file's bytes, got {type(model).__name__}.")
@@ -346,9 +368,10 @@ def sign_release(
     metadata = ReleaseMetadata(
         name=name, version=version, created=_utc(now), expires=_utc(now + valid_for),
         length=len(model), sha256=hashlib.sha256(model).hexdigest(), schema_id=schema_id,
-        policy_sha256=policy_sha, server_key=None if server_key is None else server_key.hex())
+        policy_sha256=policy_sha, server_key=None if server_key is None else server_key.hex(),
+        held_out_devices=held_out_devices)
     message = RELEASE_CONTEXT + metadata.canonical()
-    document = {"signed": asdict(metadata),
+    document = {"signed": metadata.as_signed(),
                 "signatures": [{"key_id": k.key_id, "sig": k.sign(message).hex()}
                                for k in keys]}
     return json.dumps(document, sort_keys=True, indent=1, allow_nan=False).encode()

@@ -57,6 +57,7 @@ class SharedBatch:
     records: pd.DataFrame
     receipt: Any = None  # the local-DP ReleaseReceipt, if the records were perturbed
     hierarchies: Mapping[str, Mapping[Any, Sequence[Any]]] | None = None
+    package_id: str = ""  # the package the records came in ("" if not from a package)
 
 
 def shared_batches(store: Any, which: str = "released", *, policy: Any = None,
@@ -307,19 +308,27 @@ class ModelRegistry:
         ``status="refused"``. Check ``version.published``.
 
         With ``validation_devices`` (the records of devices whose packages the
-        version did not train on, one frame per device), it is also published only
-        if, personalized on each device as the device would, it beats the current
-        version personalized the same way (:func:`~dmt_model.personalize.compare_on_devices`,
-        the device as the unit, one-sided at ``device_confidence``). This is what
-        lets devices adopt it unless their own records show it worse
-        (:data:`~dmt_model.personalize.ADOPTION_RULE`): the proxy's validation data
-        cannot see how a version serves users once personalized, and one device's
-        few records cannot either.
+        version did not train on, one frame per device), both versions are
+        personalized on each device as the device would and compared
+        (:func:`~dmt_model.personalize.compare_on_devices`, the device as the unit,
+        one-sided at ``device_confidence``). A version shown *worse* for those
+        devices is refused. One shown *better* (``validation["devices_better"]``)
+        has it said in its signed release, and devices adopt it unless their own
+        records show it worse (:data:`~dmt_model.personalize.ADOPTION_RULE`): the
+        proxy's validation data cannot see how a version serves users once
+        personalized, and one device's few records cannot either. One neither
+        shown better nor worse (too few devices to tell) is published without
+        that claim, and devices ask it to prove itself on their records
+        (:func:`~dmt_model.personalize.adoption_rule_for`).
 
         With ``signing_key`` (the Ed25519 release key whose public half apps
         pin), a published version gets its signed release (:meth:`sign`),
         naming ``policy`` (the :class:`~dmt_model.server.ServerPolicy`) and
-        ``server_key`` (the HPKE public key devices seal packages to).
+        ``server_key`` (the HPKE public key devices seal packages to), and, if
+        it passed the gate on ``validation_devices``, on how many devices
+        (``held_out_devices``): devices ask a version that carries it only not
+        to be worse on their records, and one that does not to prove itself
+        (:func:`~dmt_model.personalize.adoption_rule_for`).
         """
         if not (math.isfinite(tolerance) and tolerance >= 0):
             raise ValidationError(f"tolerance must be a non-negative number, got {tolerance!r}.")
@@ -349,12 +358,14 @@ class ModelRegistry:
                 found = compare_on_devices(build_spec(held, updatable=settings),
                                            build_spec(foundation, updatable=settings),
                                            validation_devices, confidence=device_confidence)
+                worse = found.error_after > found.error_before and found.t <= -found.needed
                 validation.update({"devices": float(found.devices),
                                    "device_error": found.error_after,
                                    "current_device_error": found.error_before,
                                    "device_t": found.t, "device_t_needed": found.needed,
+                                   "devices_better": float(found.better),
                                    "current_version": float(current.version)})
-                if not found.better:
+                if worse:
                     status = "refused"
         stem = f"foundation-v{number}"
         # The registry owns its folder: a version file no index names is a leftover of an
@@ -403,11 +414,13 @@ class ModelRegistry:
         from dataclasses import replace
 
         model = self.path(entry.mlmodel_file).read_bytes()
+        devices = (entry.validation.get("devices")
+                   if entry.validation.get("devices_better") else None)
         document = sign_release(
             model, signing_key, version=entry.version, schema_id=schema_id,
             policy_json=policy.to_json() if policy is not None else None,
             server_key=server_key.to_bytes() if server_key is not None else None,
-            valid_for=valid_for)
+            valid_for=valid_for, held_out_devices=None if devices is None else int(devices))
         name = release_file_name(entry.mlmodel_file)
         write_atomically(self.path(name), document, mode=0o644)
         return replace(entry, release_file=name)

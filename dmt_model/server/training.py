@@ -160,7 +160,7 @@ def policy_batches(store: SharedStore, policy: Any, which: str = "released",
         records = pd.DataFrame({name: [values[i] for i in taken]
                                 for name, values in package.columns.items()})
         batch = SharedBatch(records, receipt=policy.release_receipt(
-            package.columns, n_records=len(taken)))
+            package.columns, n_records=len(taken)), package_id=package_id)
         if previous is not None:
             try:
                 batch = _bounded(previous, batch, bound)

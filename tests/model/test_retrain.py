@@ -136,8 +136,13 @@ def test_sample_weights_are_checked(foundation, simulation):
 
 def test_the_gate_on_held_out_devices_refuses_a_version_worse_once_personalized(
         foundation, simulation, tmp_path):
-    """publish(validation_devices=...): a version is published only if, personalized on
-    held-out devices as they would, it beats the current one; the figures are recorded."""
+    """publish(validation_devices=...): personalized on held-out devices as they would, a
+    version shown worse is refused, one shown better says so in its signed release, and one
+    the devices cannot tell apart is published without that claim; figures are recorded."""
+    import json
+
+    from dmt_privacy.release import generate_release_key
+
     broken = Foundation.load(foundation.save(tmp_path / "f.npz"))
     layer = next(m for m in broken.network.modules() if hasattr(m, "weight"))
     with __import__("torch").no_grad():
@@ -150,7 +155,18 @@ def test_the_gate_on_held_out_devices_refuses_a_version_worse_once_personalized(
     assert worse.validation["devices"] == 10
     assert worse.validation["device_error"] > worse.validation["current_device_error"]
     assert registry.latest().version == 1
+    key = generate_release_key()
     other = ModelRegistry(tmp_path / "other")
     other.publish(broken, trained_on={})
-    better = other.publish(foundation, trained_on={}, validation_devices=devices)
-    assert better.published, better.validation
+    better = other.publish(foundation, trained_on={}, validation_devices=devices,
+                           signing_key=key)
+    assert better.published and better.validation["devices_better"] == 1.0, better.validation
+    claim = json.loads(other.path(better.release_file).read_text())["signed"]
+    assert claim["held_out_devices"] == 10
+    same = other.publish(foundation, trained_on={}, validation_devices=devices,
+                         signing_key=key)  # the same weights: no device can tell them apart
+    assert same.published and same.validation["devices_better"] == 0.0, same.validation
+    assert "held_out_devices" not in json.loads(
+        other.path(same.release_file).read_text())["signed"]
+    resigned = json.loads(other.path(other.sign(2, key).release_file).read_text())["signed"]
+    assert resigned["held_out_devices"] == 10  # a fresh expiry keeps what was shown

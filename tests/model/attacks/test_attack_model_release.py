@@ -157,3 +157,28 @@ def test_the_device_shares_by_the_signed_policy(policy, simulation, tmp_path):
     result = share(store, sharing, SERVER_KEY.public_key())
     report = ingest([result.envelope], str(tmp_path / "s.db"), SERVER_KEY, policy)
     assert len(report.accepted) == 1, report.to_text()
+
+
+def test_the_device_evidence_is_signed_and_cannot_be_added_or_stripped():
+    """A release says on how many held-out devices the version was shown better; the claim
+    decides how much proof a device asks (adoption_rule_for), so it is signed like the rest."""
+    from dmt_model.personalize import ADOPTION_RULE, DEFAULT_RULE, adoption_rule_for
+
+    gated = verify_release(_release(V2, 2, held_out_devices=30), V2, PINNED, now=NOW)
+    assert gated.metadata.held_out_devices == 30 and adoption_rule_for(gated) == ADOPTION_RULE
+    plain = verify_release(_release(V2, 2), V2, PINNED, now=NOW)
+    assert plain.metadata.held_out_devices is None
+    assert adoption_rule_for(plain) == DEFAULT_RULE == adoption_rule_for(None)
+    assert "held_out_devices" not in json.loads(_release(V2, 2))["signed"]  # the old form
+    added = json.loads(_release(V2, 2))
+    added["signed"]["held_out_devices"] = 30  # the channel claims a gate that never ran
+    stripped = json.loads(_release(V2, 2, held_out_devices=30))
+    del stripped["signed"]["held_out_devices"]
+    for forged in (added, stripped):
+        with pytest.raises(InvalidRelease):
+            verify_release(json.dumps(forged).encode(), V2, PINNED, now=NOW)
+    for bad in (1, True, -3, 2.5, "30"):
+        with pytest.raises(Exception, match="held_out_devices"):
+            _release(V2, 2, held_out_devices=bad)
+    with pytest.raises(Exception, match="verified release"):
+        adoption_rule_for("a release file")
