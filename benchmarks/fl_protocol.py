@@ -96,7 +96,10 @@ table) and three plots (``…_utility.png``, ``…_cost.png``,
 every seed. The devices' personalizations run in ``--workers`` processes (2).
 Run: ``.venv/bin/python benchmarks/fl_protocol.py [--task T] [--seeds 5]``;
 ``--quick`` is one seed, 60 users and 10 FedAvg rounds; ``--tune`` the tuning
-run.
+run. ``--methods`` runs some of the method families (:data:`METHODS`: ``dmt``,
+``fedavg``, ``fedprox``, ``dp-fedavg``; default all) — e.g. ``--methods dmt fedavg``
+on your own data — with *nothing shared* always run as the baseline; the table
+and plots show the rows that ran.
 """
 
 from __future__ import annotations
@@ -134,6 +137,8 @@ LOCATION = "x2"
 EPSILONS = (1.0, 4.0, 8.0)
 DELTA = 1e-5
 K = 5  # the k of DMT's k-anonymous row (tabular tasks)
+#: The method families ``--methods`` chooses from; "nothing shared" always runs.
+METHODS = ("dmt", "fedavg", "fedprox", "dp-fedavg")
 TUNING_SEEDS = (100, 101)
 #: Three trials per method (the same budget for every method), in this order.
 GRID = {"dmt_learning_rate": (3e-4, 1e-3, 3e-3),
@@ -638,8 +643,10 @@ def risk_table(risk: dict[str, Any]) -> str:
 
 
 def run_seed(sim: Simulation, task: ProtocolTask, seed: int, *, rounds: int,
-             epsilons: tuple[float, ...], settings: dict[str, Any],
-             workers: int = 1) -> dict[str, dict[str, Any]]:
+             epsilons: tuple[float, ...], settings: dict[str, Any], workers: int = 1,
+             methods: tuple[str, ...] = METHODS) -> dict[str, dict[str, Any]]:
+    """One seed of every method family in ``methods`` (:data:`METHODS`), after the
+    baseline "nothing shared": a row per method, in the order of the table."""
     rows: dict[str, dict[str, Any]] = {}
     foundation = foundation_for(sim, task, seed)
     held = personalize_users(foundation, sim, task, workers=workers)
@@ -656,7 +663,7 @@ def run_seed(sim: Simulation, task: ProtocolTask, seed: int, *, rounds: int,
         print(f"  {name}: {result['error']:.4g} ({result['error_released']:.4g} released, "
               f"{result['moved']:.0%} adopted)", flush=True)
 
-    for name, how, guarantee in dmt_rows(task, epsilons):
+    for name, how, guarantee in dmt_rows(task, epsilons) if "dmt" in methods else ():
         model, batches, info = dmt_model_for(sim, task, foundation, how, seed,
                                              settings["dmt_learning_rate"])
         sizes, seal_seconds = sealed_sizes(sim, batches, task.schema)
@@ -673,8 +680,10 @@ def run_seed(sim: Simulation, task: ProtocolTask, seed: int, *, rounds: int,
         report(name, result)
     fedavg, fedprox, dp = fl_strategies(settings, seed, rounds, foundation)
     trained = pd.concat([u.train for u in sim.users])
-    runs = [("FedAvg", fedavg, None), ("FedProx", fedprox, None)]
-    runs += [(f"DP-FedAvg ε={e:g}", dp(e), e) for e in epsilons]
+    runs = [("FedAvg", fedavg, None)] if "fedavg" in methods else []
+    runs += [("FedProx", fedprox, None)] if "fedprox" in methods else []
+    runs += [(f"DP-FedAvg ε={e:g}", dp(e), e) for e in epsilons] if "dp-fedavg" in methods \
+        else []
     for name, strategy, epsilon in runs:
         fl = federated(sim, strategy, foundation)
         personal = personalize_users(fl.foundation, sim, task, current,
@@ -796,18 +805,19 @@ def plot(summary: dict[str, dict[str, Any]], epsilons: tuple[float, ...], output
               ("FedProx (Flower)", [None] * len(epsilons) + ["FedProx"], 0.12, "^")]
     for (label, names, shift, marker), colour in zip(series, ("C0", "C3", "C1", "C2"),
                                                      strict=True):
-        points = [(i + shift, summary[n]["error_vs_nothing_shared"])
-                  for i, n in enumerate(names) if n in summary]
-        if not points:
-            continue
-        private, plain = points[:-1], points[-1]  # the ε points joined; no formal DP apart
+        # The ε points joined; the one without formal DP (the last name) apart. A method
+        # family that did not run (--methods) has no rows: it is left out.
+        private = [(i + shift, summary[n]["error_vs_nothing_shared"])
+                   for i, n in enumerate(names[:-1]) if n in summary]
         if private:
             ax.errorbar([p[0] for p in private], [p[1]["mean"] for p in private],
                         yerr=[p[1]["std"] for p in private], marker=marker, capsize=4,
                         color=colour, label=label)
-        ax.errorbar([plain[0]], [plain[1]["mean"]], yerr=[plain[1]["std"]], marker=marker,
-                    capsize=4, color=colour, linestyle="none",
-                    label=None if private else label)
+        if names[-1] in summary:
+            plain = summary[names[-1]]["error_vs_nothing_shared"]
+            ax.errorbar([len(names) - 1 + shift], [plain["mean"]], yerr=[plain["std"]],
+                        marker=marker, capsize=4, color=colour, linestyle="none",
+                        label=None if private else label)
     nothing = summary["nothing shared"]["error"]["mean"]
     ax.axhline(0.0, color="grey", linestyle="--",
                label=f"nothing shared (ε = 0): {nothing:.4g}")
@@ -903,6 +913,11 @@ def run_task(task: ProtocolTask, args: argparse.Namespace) -> dict[str, Any]:
                 f"--first-seed {args.first_seed} continues a run with seeds 0..."
                 f"{args.first_seed - 1}; {args.output / task.files('.json')} holds "
                 f"{len(earlier.get('per_seed', []))}. Run from seed 0 instead.")
+        ran = earlier.get("protocol", {}).get("methods", list(METHODS))
+        if sorted(ran) != sorted(args.methods):
+            raise ValidationError(
+                f"--methods {' '.join(args.methods)}: the run --first-seed continues ran "
+                f"{' '.join(ran)}; give those methods to continue it.")
         shapes.extend(earlier["shape_per_seed"])
         per_seed.extend(earlier["per_seed"])
         risk = earlier.get("anonymeter", {})
@@ -913,10 +928,11 @@ def run_task(task: ProtocolTask, args: argparse.Namespace) -> dict[str, Any]:
         if args.describe_only:
             continue
         per_seed.append(run_seed(sim, task, seed, rounds=args.rounds, epsilons=epsilons,
-                                 settings=settings, workers=args.workers))
+                                 settings=settings, workers=args.workers,
+                                 methods=tuple(args.methods)))
         write()
         print(f"seed {seed} done ({time.perf_counter() - started:.0f} s)", flush=True)
-    if task.tabular and per_seed and not risk and args.risk:
+    if task.tabular and per_seed and not risk and args.risk and "dmt" in args.methods:
         risk = server_risk(task, 0, args.users, epsilons)
     result = write()
     print((args.output / task.files(".md")).read_text() if per_seed else "", flush=True)
@@ -959,6 +975,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                         help="processes personalizing the devices (default: 2, or 1 on a "
                              "1-core machine); the figures do not depend on it")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+                        metavar="METHOD",
+                        help="the method families to run: " + ", ".join(METHODS)
+                             + " (default all; 'nothing shared' always runs as the "
+                             "baseline; --tune tunes every method)")
     parser.add_argument("--quick", action="store_true", help="1 seed, 60 users, 10 rounds")
     parser.add_argument("--tune", action="store_true",
                         help="choose the hyperparameters on seeds 100 and 101 (not reported)")
@@ -975,6 +996,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, default=RESULTS,
                         help="folder for the results (default benchmarks/results)")
     args = parser.parse_args(argv)
+    args.methods = [m for m in METHODS if m in args.methods]  # the table's order, once each
     if args.quick:
         args.seeds = 1
     args.users = args.users or (60 if args.quick else 120)

@@ -19,6 +19,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import fl_protocol  # noqa: E402
 
 from dmt_model.datasets import load_friedman  # noqa: E402
+from dmt_privacy.errors import ValidationError  # noqa: E402
 
 
 def test_the_protocol_has_power_law_users_and_a_proxy_that_misses_their_region():
@@ -48,15 +49,25 @@ def test_each_classification_task_has_power_law_users_and_a_proxy_that_misses_wh
 
 
 @pytest.mark.filterwarnings("ignore")
-@pytest.mark.parametrize(("task", "workers"), [("friedman", 2), ("digits", 1)])
-def test_quick_run_writes_every_row_with_privacy_cost_and_risk(tmp_path, task, workers):
+@pytest.mark.parametrize(("task", "workers", "methods"), [
+    # Every method family runs in one of the two (Flower's fixed cost is ~9 s a run): the
+    # tabular DMT rows, FedProx and DP-FedAvg on Friedman; on images what is specific to
+    # them, DMT's rows and FedAvg of the image model. The plot meets a DP row without its
+    # plain one. test_federated.py runs each strategy on Flower as well.
+    ("friedman", 2, ("dmt", "fedprox", "dp-fedavg")),
+    ("digits", 1, ("dmt", "fedavg"))])
+def test_quick_run_writes_every_row_with_privacy_cost_and_risk(tmp_path, task, workers,
+                                                                methods):
     fl_protocol.main(["--task", task, "--quick", "--users", "12", "--rounds", "1",
-                      "--epsilons", "4", "--workers", str(workers), "--output", str(tmp_path)])
+                      "--epsilons", "4", "--workers", str(workers), "--methods", *methods,
+                      "--output", str(tmp_path)])
     result = json.loads((tmp_path / f"federated_protocol_{task}.json").read_text())
     summary = result["summary"]
     dmt = (["DMT raw", "DMT k-anonymous k=5", "DMT local DP ε=4"] if task == "friedman"
            else ["DMT raw", "DMT modified"])
-    assert list(summary) == ["nothing shared", *dmt, "FedAvg", "FedProx", "DP-FedAvg ε=4"]
+    fl = {"fedavg": ["FedAvg"], "fedprox": ["FedProx"], "dp-fedavg": ["DP-FedAvg ε=4"]}
+    assert list(summary) == ["nothing shared", *dmt, *(n for m in methods if m in fl
+                                                       for n in fl[m])]
     for name, row in summary.items():
         assert math.isfinite(row["error"]["mean"]) and math.isfinite(row["error_released"]["mean"])
         assert ("accuracy" in row) == (task != "friedman")
@@ -65,14 +76,35 @@ def test_quick_run_writes_every_row_with_privacy_cost_and_risk(tmp_path, task, w
         assert ("membership_advantage" in row) == (name != "nothing shared")
         assert 0.0 <= row["moved"]["mean"] <= 1.0
     assert summary["nothing shared"]["epsilon"] == 0.0
-    assert summary["DMT raw"]["epsilon"] is None and summary["FedAvg"]["epsilon"] is None
+    assert summary["DMT raw"]["epsilon"] is None
     if task == "friedman":
+        assert summary["FedProx"]["epsilon"] is None
         assert 0 < summary["DMT local DP ε=4"]["epsilon"] <= 4.0
-    assert 0 < summary["DP-FedAvg ε=4"]["epsilon"] <= 4.0
+        assert 0 < summary["DP-FedAvg ε=4"]["epsilon"] <= 4.0
+    else:
+        assert summary["FedAvg"]["epsilon"] is None
     table = (tmp_path / f"federated_protocol_{task}.md").read_text()
     assert "| method | user-level ε |" in table
     for plot in ("utility", "cost", "membership"):
         assert (tmp_path / f"federated_protocol_{task}_{plot}.png").stat().st_size > 10_000
+
+
+def test_every_method_runs_unless_methods_says_otherwise(tmp_path):
+    fl_protocol.main(["--task", "friedman", "--users", "12", "--seeds", "1", "--describe-only",
+                      "--output", str(tmp_path)])
+    path = tmp_path / "federated_protocol_friedman.json"
+    assert json.loads(path.read_text())["protocol"]["methods"] == list(fl_protocol.METHODS)
+    fl_protocol.main(["--task", "friedman", "--users", "12", "--seeds", "1", "--describe-only",
+                      "--methods", "fedavg", "dmt", "fedavg", "--output", str(tmp_path)])
+    assert json.loads(path.read_text())["protocol"]["methods"] == ["dmt", "fedavg"]
+    with pytest.raises(SystemExit):
+        fl_protocol.main(["--task", "friedman", "--methods", "scaffold"])
+    # A run is continued with the methods it ran, or not at all.
+    path.write_text(json.dumps({"per_seed": [{}], "shape_per_seed": [{}],
+                                "protocol": {"methods": ["dmt"]}}))
+    with pytest.raises(ValidationError, match="--methods fedavg"):
+        fl_protocol.main(["--task", "friedman", "--users", "12", "--first-seed", "1",
+                          "--seeds", "1", "--methods", "fedavg", "--output", str(tmp_path)])
 
 
 def test_personalizing_in_worker_processes_changes_nothing():
