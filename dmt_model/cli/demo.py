@@ -123,14 +123,15 @@ quarantined (classes with records from fewer
   than {SHARE_K} devices).
 - The server retrained on proxy + released records. On its validation data v2 scored
   {result.v2_validation_rmse:.3f} against v1's {result.v1_validation_rmse:.3f}, so v2 was \
-{'published' if result.v2_published else 'REFUSED and v1 stays the served version'}.""")
+{'published' if result.v2_published else 'REFUSED and v1 stays the served version'}.
+{_device_check(result)}""")
     if result.v2_published:
-        print(f"""- {len(adopted)} of {len(users)} devices adopted v2, re-personalized on all \
-their records; the others' own
-  records showed it worse than their personal model (both scored out of fold). Mean error
-  {result.mean('personal'):.3f} → {result.mean('final'):.3f}. Test error
-  rose for {len(worse)} user(s) (each has about {n_test} test records, so one row is
-  mostly noise; benchmarks/model_quality.py measures this over 5 seeds and three data sets).""")
+        print(f"""- {len(adopted)} of {len(users)} devices adopted v2 after verifying its \
+signed release, re-personalized on
+  all their records. Mean error {result.mean('personal'):.3f} → \
+{result.mean('final'):.3f}. Test error rose for {len(worse)} user(s)
+  (each has about {n_test} test records, so one row is mostly noise;
+  benchmarks/model_quality.py measures this over 5 seeds and three data sets).""")
     print(f"\nDone in {time.perf_counter() - started:.1f} s. Files are in {workdir}/.")
     return 0 if same else 1
 
@@ -204,10 +205,36 @@ def _classifier_demo(args: argparse.Namespace) -> int:
           f"{result.records_quarantined} quarantined. v2, retrained on proxy + released "
           f"records, scored\n  log loss {result.v2_validation_error:.3f} against v1's "
           f"{result.v1_validation_error:.3f} on the server's validation data: {verdict}.\n"
-          f"- {adopted} device(s) adopted v2, re-personalized on their records; the others' "
-          "own records\n  showed it worse than their personal model (both scored out of fold).")
+          f"{_device_check(result)}\n"
+          f"- {adopted} device(s) adopted v2 after verifying its signed release, "
+          "re-personalized on their records.")
     print(f"\nDone in {time.perf_counter() - started:.1f} s. Files are in {workdir}/.")
     return 0
+
+
+def _device_check(result: Any) -> str:
+    """What the server's check of v2 on held-out devices found, and what it asks of devices."""
+    check = result.v2_validation
+    if "devices" not in check:
+        told = ("- No device's packages were held out to check v2 on (under local DP on the "
+                "target, a\n  device's few noisy records cannot tell two versions apart)")
+        if not result.v2_published:
+            return told + "."
+        return (told + ", so v2's signed release\n  claims nothing about devices and each "
+                "device asked v2 to prove itself on its own\n  records (adoption_rule_for).")
+    found = (f"personalized on their records, v2 scored {check['device_error']:.3f} against "
+             f"v1's\n  {check['current_device_error']:.3f} (paired t = {check['device_t']:.2f}, "
+             f"needs {check['device_t_needed']:.2f}).")
+    if check.get("devices_better"):
+        then = ("Its signed release says so, and devices adopt it unless their own\n  records "
+                "show it worse.")
+    elif result.v2_published:
+        then = ("Not shown better: its signed release claims nothing about devices, and each\n"
+                "  device asked it to prove itself on its own records.")
+    else:
+        then = "Shown worse, or refused on the validation data: devices keep v1."
+    return (f"- The server held out {int(check['devices'])} devices' packages from retraining; "
+            f"{found}\n  {then}")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
