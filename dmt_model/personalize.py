@@ -1035,23 +1035,19 @@ def compare_on_devices(previous: Any, candidate: Any, devices: Sequence[pd.DataF
     if featurizer_of(previous).schema.schema_id != featurizer_of(candidate).schema.schema_id:
         raise ModelFileError("The previous version and the candidate describe different "
                              "records; compare versions of the same schema.")
-    differences, before, after = [], [], []
-    for i, records in enumerate(devices):
-        if len(records) < 2:
-            continue
-        target = _check_records(candidate, records, what=f"device {i}'s records")
-        checks = _folds(records, target, folds, seed)
-        b = float(np.mean(_held_out_errors(previous, checks, grid, {})))
-        a = float(np.mean(_held_out_errors(candidate, checks, grid, {})))
-        before.append(b)
-        after.append(a)
-        differences.append(b - a)
-    if len(differences) < 2:
+    checks = [_folds(records, _check_records(candidate, records, what=f"device {i}'s records"),
+                     folds, seed)
+              for i, records in enumerate(devices) if len(records) >= 2]
+    if len(checks) < 2:
         raise ValidationError(
-            f"{len(differences)} device(s) with at least 2 records; comparing versions "
+            f"{len(checks)} device(s) with at least 2 records; comparing versions "
             "needs at least 2 such devices.")
-    n = len(differences)
-    mean, t, needed = _paired_t(np.asarray(differences), confidence)
+    # Each version's updates on every device (folds × priors) train together.
+    before, after = ([float(np.mean(errors))
+                      for errors in _devices_held_out_errors(version, checks, grid, {})]
+                     for version in (previous, candidate))
+    n = len(checks)
+    mean, t, needed = _paired_t(np.subtract(before, after), confidence)
     better = bool(np.isfinite(after).all() and mean > 0 and t >= needed)
     figures = (f"devices' held-out error personalized {np.mean(before):.4g} → "
                f"{np.mean(after):.4g} on {n} devices, paired t = {t:.2f} (needs {needed:.2f})")
@@ -1059,13 +1055,64 @@ def compare_on_devices(previous: Any, candidate: Any, devices: Sequence[pd.DataF
                             better, figures if better else f"not better on devices: {figures}")
 
 
-def _held_out_errors(spec: Any, checks: Sequence[tuple[pd.DataFrame, pd.DataFrame, np.ndarray]],
-                     grid: Sequence[int], overrides: Mapping[str, Any]) -> np.ndarray:
+#: A check: (training records, held-out records, their targets), as :func:`_folds` cuts them.
+_Check = tuple[pd.DataFrame, pd.DataFrame, np.ndarray]
+#: How many lane-steps (updates × the longest one's steps) one pass of
+#: :func:`_devices_held_out_errors` may hold: its plan's arrays grow with it.
+_PASS_LANE_STEPS = 1 << 22
+
+
+def _held_out_errors(spec: Any, checks: Sequence[_Check], grid: Sequence[int],
+                     overrides: Mapping[str, Any]) -> np.ndarray:
     """Per-record held-out errors of ``spec`` personalized on each check's training records,
     at the prior strength of ``grid`` with the lowest mean (an update the emulation rejects
     counts as ``spec`` itself, which a device would have kept)."""
-    fits = _personal_updates(spec, [train for _ in grid for train, _, _ in checks],
-                             [prior for prior in grid for _ in checks], overrides)
+    (errors,) = _devices_held_out_errors(spec, [checks], grid, overrides)
+    return errors
+
+
+def _devices_held_out_errors(spec: Any, devices: Sequence[Sequence[_Check]], grid: Sequence[int],
+                             overrides: Mapping[str, Any]) -> list[np.ndarray]:
+    """:func:`_held_out_errors` of each device's checks; the updates of many devices train
+    in one pass (as many as :data:`_PASS_LANE_STEPS` allows), each exactly the update its
+    device's own pass would train."""
+    out: list[np.ndarray] = []
+    for group in _passes(spec, devices, grid, overrides):
+        fits = _personal_updates(spec, [train for checks in group for _ in grid
+                                        for train, _, _ in checks],
+                                 [prior for checks in group for prior in grid for _ in checks],
+                                 overrides)
+        for checks in group:
+            out.append(_best_errors(spec, fits[:len(grid) * len(checks)], checks, grid))
+            fits = fits[len(grid) * len(checks):]
+    return out
+
+
+def _passes(spec: Any, devices: Sequence[Sequence[_Check]], grid: Sequence[int],
+            overrides: Mapping[str, Any]) -> Iterator[Sequence[Sequence[_Check]]]:
+    """``devices`` in consecutive groups whose updates fit one pass (one device at a time for
+    an ExecuTorch program, which trains its updates one by one anyway)."""
+    if _is_program(spec):
+        yield from ([checks] for checks in devices)
+        return
+    stored = read_settings(spec)
+    epochs, batch = overrides.get("epochs", stored.epochs), overrides.get("batch_size",
+                                                                          stored.batch_size)
+    start, lanes, steps = 0, 0, 0
+    for end, checks in enumerate(devices):
+        longest = max(len(train) for train, _, _ in checks) + max(grid)
+        lanes, steps = lanes + len(grid) * len(checks), max(steps, epochs * -(-longest // batch))
+        if end > start and lanes * steps > _PASS_LANE_STEPS:
+            yield devices[start:end]
+            start, lanes = end, len(grid) * len(checks)
+            steps = epochs * -(-longest // batch)
+    yield devices[start:]
+
+
+def _best_errors(spec: Any, fits: Sequence[_Fit], checks: Sequence[_Check],
+                 grid: Sequence[int]) -> np.ndarray:
+    """The held-out errors of the prior strength with the lowest mean, from ``fits``: the
+    update on each check's training records, prior by prior (``grid``'s order)."""
     best: np.ndarray | None = None
     for g in range(len(grid)):
         errors = np.concatenate([

@@ -1,6 +1,8 @@
 """Adopting a new foundation version: a version the server's gate published is adopted
 unless the device's records show it worse, and both sides can be scored out of fold."""
 
+import itertools
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -124,6 +126,61 @@ def test_the_server_compares_versions_as_devices_personalize_them(digits):
         compare_on_devices(v1, v2, [test.iloc[:5], test.iloc[5:6]])
     with pytest.raises(ValidationError, match="confidence"):
         compare_on_devices(v1, v2, devices, confidence=1.0)
+
+
+def _compare_device_by_device(previous, candidate, devices, *, confidence=0.9, folds=5, seed=0):
+    """The reference compare_on_devices: each device's folds × priors personalized in a pass
+    of their own, device after device (what compare_on_devices did before it trained every
+    device's updates together)."""
+    from dmt_model.personalize import (
+        DEFAULT_PRIOR_RECORDS,
+        DeviceComparison,
+        _check_records,
+        _folds,
+        _held_out_errors,
+        _paired_t,
+    )
+
+    before, after = [], []
+    for i, records in enumerate(devices):
+        if len(records) < 2:
+            continue
+        target = _check_records(candidate, records, what=f"device {i}'s records")
+        checks = _folds(records, target, folds, seed)
+        before.append(float(np.mean(_held_out_errors(previous, checks,
+                                                     DEFAULT_PRIOR_RECORDS, {}))))
+        after.append(float(np.mean(_held_out_errors(candidate, checks,
+                                                    DEFAULT_PRIOR_RECORDS, {}))))
+    mean, t, needed = _paired_t(np.subtract(before, after), confidence)
+    better = bool(np.isfinite(after).all() and mean > 0 and t >= needed)
+    figures = (f"devices' held-out error personalized {np.mean(before):.4g} → "
+               f"{np.mean(after):.4g} on {len(before)} devices, paired t = {t:.2f} "
+               f"(needs {needed:.2f})")
+    return DeviceComparison(len(before), float(np.mean(before)), float(np.mean(after)), t,
+                            needed, better,
+                            figures if better else f"not better on devices: {figures}")
+
+
+def test_comparing_every_device_in_one_pass_changes_no_number(digits, monkeypatch):
+    """compare_on_devices trains every device's folds × priors of a version together (in
+    passes of bounded size); each update is the one its device's own pass trained, so the
+    comparison is the same to the last bit: devices of 1 to 14 records (one too small,
+    skipped), in one pass or in several."""
+    from dmt_model import personalize
+
+    v1, v2, _, test = digits
+    sizes = [2, 14, 5, 1, 9, 3, 6]
+    devices = [test.iloc[a:b] for a, b in itertools.pairwise(np.cumsum([0, *sizes]))]
+    reference = _compare_device_by_device(v1, v2, devices)
+    assert personalize.compare_on_devices(v1, v2, devices) == reference
+    passes = []
+    train = personalize._personal_updates
+    monkeypatch.setattr(personalize, "_personal_updates",
+                        lambda *args: passes.append(len(args[1])) or train(*args))
+    monkeypatch.setattr(personalize, "_PASS_LANE_STEPS", 200_000)  # about 2 devices a pass
+    assert personalize.compare_on_devices(v1, v2, devices) == reference
+    folds = sum(min(5, n) for n in sizes if n >= 2)
+    assert len(passes) >= 4 and sum(passes) == 2 * folds * 4  # versions × folds × priors
 
 
 def test_records_the_device_shared_are_trained_on_but_never_scored(digits):
