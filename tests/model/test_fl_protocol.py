@@ -55,7 +55,7 @@ def test_each_classification_task_has_power_law_users_and_a_proxy_that_misses_wh
     # them, DMT's rows and FedAvg of the image model. The plot meets a DP row without its
     # plain one. test_federated.py runs each strategy on Flower as well.
     ("friedman", 2, ("dmt", "fedprox", "dp-fedavg")),
-    ("digits", 1, ("dmt", "fedavg"))])
+    ("digits", 2, ("dmt", "fedavg"))])
 def test_quick_run_writes_every_row_with_privacy_cost_and_risk(tmp_path, task, workers,
                                                                 methods):
     fl_protocol.main(["--task", task, "--quick", "--users", "12", "--rounds", "1",
