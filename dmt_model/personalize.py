@@ -47,6 +47,7 @@ error wins, both scored out of fold when the device passes the version it person
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import os
 import warnings
@@ -311,7 +312,6 @@ def update_spec(
     return outcome
 
 
-@np.errstate(over="ignore", invalid="ignore")  # divergence is detected and reported
 def update_specs(
     spec: Any,
     frames: Sequence[pd.DataFrame],
@@ -327,13 +327,38 @@ def update_specs(
     """:func:`update_spec` on each of ``frames``, independently, in one pass.
 
     Each frame is its own update of ``spec`` (its own shuffle, optimizer state
-    and divergence check), exactly as if :func:`update_spec` ran on it alone;
+    and divergence check), exactly as if :func:`update_spec` ran on it alone
+    (to float32 rounding: the frozen layers evaluate all frames in one batch);
     the updates only share numpy's calls: step ``t`` of every update is one
     batched operation, so cross-validating an update (several folds, several
-    priors) costs little more than its longest update. Returns, per frame,
+    priors) costs little more than its longest update. The updates run longest
+    first, and each step computes only those still running. Returns, per frame,
     ``(updated copy, history)`` or the :class:`UpdateRejected` of a diverged
     update (the others are unaffected). ``on_event`` needs a single frame.
     """
+    return _update_specs(spec, frames, (len(frames),), learning_rate=learning_rate,
+                         epochs=epochs, batch_size=batch_size, shuffle=shuffle, seed=seed,
+                         convention=convention, on_event=on_event)
+
+
+@np.errstate(over="ignore", invalid="ignore")  # divergence is detected and reported
+def _update_specs(
+    spec: Any,
+    frames: Sequence[pd.DataFrame],
+    parts: Sequence[int],
+    *,
+    learning_rate: float | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    shuffle: bool | None = None,
+    seed: int | None = None,
+    convention: LossConvention | None = None,
+    on_event: Callable[[UpdateEvent], None] | None = None,
+) -> list[_Fit]:
+    """:func:`update_specs`, the frozen layers evaluating ``frames`` in ``parts`` (how many
+    consecutive frames each): a float32 matrix product's rows can differ in their last bit
+    with the number of rows multiplied together, so each part's updates are exactly those
+    of a pass of their own (:func:`_devices_held_out_errors`)."""
     if on_event is not None and len(frames) != 1:
         raise ValidationError(f"on_event reports one update; got {len(frames)} frames.")
     if not frames:
@@ -353,13 +378,18 @@ def update_specs(
     )
     convention = convention or LossConvention()
     start_blob, chain, _ = _suffix(spec)
-    (frozen,) = evaluate_spec(spec, frame_inputs(spec, whole), outputs=[start_blob]).values()
+    blocks = []
+    for first, end in itertools.pairwise(np.cumsum([0, *parts]).tolist()):
+        part = whole if len(parts) == 1 else frames[first] if end - first == 1 else pd.concat(
+            frames[first:end], ignore_index=True)
+        (features,) = evaluate_spec(spec, frame_inputs(spec, part),
+                                    outputs=[start_blob]).values()
+        blocks.append(features.reshape(len(part), -1))
     loss_kind = _network(spec).updateParams.lossLayers[0].WhichOneof("LossLayerType")
     cross_entropy = loss_kind == "categoricalCrossEntropyLossLayer"
     # Row 0 is a row of zeros: the unused places of a short mini-batch (the frames' rows
     # follow in their given order).
-    frozen = np.vstack([np.zeros((1, frozen[0].size), np.float32),
-                        frozen.reshape(len(whole), -1)])
+    frozen = np.vstack([np.zeros((1, blocks[0].shape[1]), np.float32), *blocks])
     if cross_entropy:  # the softmax's gradient is taken together with the loss's
         y = np.eye(len(class_labels_of(spec)) + 1, dtype=np.float32)[
             np.concatenate([[-1], target])][:, :-1]  # the padding row's one-hot is all zeros
@@ -857,14 +887,16 @@ def with_prior(spec: Any, records: pd.DataFrame, prior_records: int) -> pd.DataF
 
 
 def _personal_updates(spec: Any, record_sets: Sequence[pd.DataFrame], priors: Sequence[int],
-                      overrides: Mapping[str, Any]) -> list[_Fit]:
+                      overrides: Mapping[str, Any], parts: Sequence[int] | None = None
+                      ) -> list[_Fit]:
     """The update of ``spec`` on each record set with its prior (:func:`with_prior`): one
-    batched emulation (:func:`update_specs`) for a Core ML spec, one after the other for an
-    ExecuTorch program (its runtime trains one update at a time)."""
+    batched emulation (:func:`update_specs`; ``parts``: see :func:`_update_specs`) for a
+    Core ML spec, one after the other for an ExecuTorch program (its runtime trains one
+    update at a time)."""
     frames = [with_prior(spec, records, prior)
               for records, prior in zip(record_sets, priors, strict=True)]
     if not _is_program(spec):
-        return update_specs(spec, frames, **overrides)
+        return _update_specs(spec, frames, parts or (len(frames),), **overrides)
     out: list[_Fit] = []
     for frame in frames:
         try:
@@ -1075,13 +1107,13 @@ def _devices_held_out_errors(spec: Any, devices: Sequence[Sequence[_Check]], gri
                              overrides: Mapping[str, Any]) -> list[np.ndarray]:
     """:func:`_held_out_errors` of each device's checks; the updates of many devices train
     in one pass (as many as :data:`_PASS_LANE_STEPS` allows), each exactly the update its
-    device's own pass would train."""
+    device's own pass would train (the frozen layers evaluate each device's records apart)."""
     out: list[np.ndarray] = []
     for group in _passes(spec, devices, grid, overrides):
         fits = _personal_updates(spec, [train for checks in group for _ in grid
                                         for train, _, _ in checks],
                                  [prior for checks in group for prior in grid for _ in checks],
-                                 overrides)
+                                 overrides, [len(grid) * len(checks) for checks in group])
         for checks in group:
             out.append(_best_errors(spec, fits[:len(grid) * len(checks)], checks, grid))
             fits = fits[len(grid) * len(checks):]

@@ -20,7 +20,9 @@ from dmt_model.personalize import (
 from dmt_model.tasks import task_for
 from dmt_privacy.errors import ModelFileError, ValidationError
 
-QUICK = TrainingConfig(epochs=60, seed=0)
+# 20 epochs (60 before) keep every asserted margin wide: v2 personalized has under 5 % of the
+# kept model's test log loss (< 50 % asserted), compare_on_devices' t is about 11 (1.36 needed)
+QUICK = TrainingConfig(epochs=20, seed=0)
 UNSEEN = [7, 8, 9]
 
 
@@ -128,12 +130,12 @@ def test_the_server_compares_versions_as_devices_personalize_them(digits):
         compare_on_devices(v1, v2, devices, confidence=1.0)
 
 
-def _compare_device_by_device(previous, candidate, devices, *, confidence=0.9, folds=5, seed=0):
+def _compare_device_by_device(previous, candidate, devices, grid, *, confidence=0.9, folds=5,
+                              seed=0):
     """The reference compare_on_devices: each device's folds × priors personalized in a pass
     of their own, device after device (what compare_on_devices did before it trained every
     device's updates together)."""
     from dmt_model.personalize import (
-        DEFAULT_PRIOR_RECORDS,
         DeviceComparison,
         _check_records,
         _folds,
@@ -147,10 +149,8 @@ def _compare_device_by_device(previous, candidate, devices, *, confidence=0.9, f
             continue
         target = _check_records(candidate, records, what=f"device {i}'s records")
         checks = _folds(records, target, folds, seed)
-        before.append(float(np.mean(_held_out_errors(previous, checks,
-                                                     DEFAULT_PRIOR_RECORDS, {}))))
-        after.append(float(np.mean(_held_out_errors(candidate, checks,
-                                                    DEFAULT_PRIOR_RECORDS, {}))))
+        before.append(float(np.mean(_held_out_errors(previous, checks, grid, {}))))
+        after.append(float(np.mean(_held_out_errors(candidate, checks, grid, {}))))
     mean, t, needed = _paired_t(np.subtract(before, after), confidence)
     better = bool(np.isfinite(after).all() and mean > 0 and t >= needed)
     figures = (f"devices' held-out error personalized {np.mean(before):.4g} → "
@@ -169,18 +169,18 @@ def test_comparing_every_device_in_one_pass_changes_no_number(digits, monkeypatc
     from dmt_model import personalize
 
     v1, v2, _, test = digits
-    sizes = [2, 14, 5, 1, 9, 3, 6]
+    sizes, grid = [2, 14, 5, 1, 9, 3, 6], (1, 10)
     devices = [test.iloc[a:b] for a, b in itertools.pairwise(np.cumsum([0, *sizes]))]
-    reference = _compare_device_by_device(v1, v2, devices)
-    assert personalize.compare_on_devices(v1, v2, devices) == reference
+    reference = _compare_device_by_device(v1, v2, devices, grid)
+    assert personalize.compare_on_devices(v1, v2, devices, prior_records=grid) == reference
     passes = []
     train = personalize._personal_updates
     monkeypatch.setattr(personalize, "_personal_updates",
                         lambda *args: passes.append(len(args[1])) or train(*args))
-    monkeypatch.setattr(personalize, "_PASS_LANE_STEPS", 200_000)  # about 2 devices a pass
-    assert personalize.compare_on_devices(v1, v2, devices) == reference
+    monkeypatch.setattr(personalize, "_PASS_LANE_STEPS", 40_000)  # about 2 devices a pass
+    assert personalize.compare_on_devices(v1, v2, devices, prior_records=grid) == reference
     folds = sum(min(5, n) for n in sizes if n >= 2)
-    assert len(passes) >= 4 and sum(passes) == 2 * folds * 4  # versions × folds × priors
+    assert len(passes) >= 4 and sum(passes) == 2 * folds * 2  # versions × folds × priors
 
 
 def test_records_the_device_shared_are_trained_on_but_never_scored(digits):
