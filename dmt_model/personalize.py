@@ -414,7 +414,10 @@ def _update_specs(
     state = {name: [np.zeros_like(p) for p in ps] for name, ps in params.items()}
     second = {name: [np.zeros_like(p) for p in ps] for name, ps in params.items()}
     taken = np.zeros(k, np.int64)  # optimizer steps each update has taken
-    step_loss = np.zeros((k, plan.steps))  # each update's loss at each step it took, else 0
+    # Each update's loss at each step it took (else 0); a regression's is computed once the
+    # pass is over, from each step's ŷ − y (``diffs``), as it would have been at the step.
+    step_loss = np.zeros((k, plan.steps))
+    diffs = np.zeros((k, 0 if cross_entropy else plan.steps, s.batch_size), np.float32)
     # d loss / d ŷ per unit of (ŷ − y), by batch size (each update's at each step is one of
     # these: a full or a last partial mini-batch)
     scale_of = convention.gradient_scale(np.maximum(np.arange(s.batch_size + 1), 1))
@@ -445,6 +448,7 @@ def _update_specs(
             else:  # the softmax before a cross-entropy loss
                 activations.append(softmax(x))
         labels = y[index]
+        loss: np.ndarray | None
         if cross_entropy:
             present = (index != 0)[..., None].astype(f32)
             loss, grad = convention.cross_entropies(activations[-1], labels, present, batch)
@@ -452,9 +456,12 @@ def _update_specs(
             diff = activations[-1] - labels
             if plan.partial[t]:
                 diff = diff * (index != 0)[..., None].astype(f32)
-            loss = convention.losses(diff, batch)
+            diffs[:a, t] = diff[..., 0]
             grad = (diff * scale_of[batch][:, None, None]).astype(f32, copy=False)
-        if not np.isfinite(loss).all():  # (a rejected update's loss is 0)
+            # (a float32 ŷ − y squared in float64 cannot overflow: the loss is finite iff it is)
+            loss = convention.losses(diff, batch) if on_event or not np.isfinite(diff).all() \
+                else None
+        if loss is not None and not np.isfinite(loss).all():  # (a rejected update's loss is 0)
             active = alive[:a].copy()
             diverged = active & ~np.isfinite(loss)
             for bad in np.flatnonzero(diverged).tolist():
@@ -468,11 +475,10 @@ def _update_specs(
             alive[:a] &= ~diverged
             active &= ~diverged
             loss = np.where(active, loss, 0.0)
-        if active is None:
-            step_loss[:a, t] = loss
-        else:
+        if active is not None:
             grad *= active[:, None, None]
-            step_loss[:a, t] = loss * active
+        if loss is not None:
+            step_loss[:a, t] = loss if active is None else loss * active
         if s.optimizer == "adam":  # (only Adam's bias correction counts steps)
             taken[:a] += 1 if active is None else active
         for i in range(backward_from, -1, -1):
@@ -480,19 +486,25 @@ def _update_specs(
             if layer.name in params:
                 w, bias = params[layer.name]
                 g = groups[layer.name]
-                gg = grad.reshape(a, grad.shape[1], g, -1)
-                xg = x.reshape(a, x.shape[1], g, -1)
-                grads = [np.einsum("kngo,kngi->kgoi", gg, xg).reshape(a, *w.shape[1:]),
-                         grad.sum(axis=1)]
-                if i > 0:
-                    grad = np.einsum("kngo,kgoi->kngi", gg, w[:a].reshape(a, g, -1, w.shape[2])
-                                     ).reshape(a, grad.shape[1], -1)
+                if g == 1:  # (the same numbers as the grouped form's, with fewer calls)
+                    grads = [np.einsum("kno,kni->koi", grad, x), grad.sum(axis=1)]
+                    if i > 0:
+                        grad = np.einsum("kno,koi->kni", grad, w[:a])
+                else:
+                    gg = grad.reshape(a, grad.shape[1], g, -1)
+                    xg = x.reshape(a, x.shape[1], g, -1)
+                    grads = [np.einsum("kngo,kngi->kgoi", gg, xg).reshape(a, *w.shape[1:]),
+                             grad.sum(axis=1)]
+                    if i > 0:
+                        grad = np.einsum("kngo,kgoi->kngi", gg,
+                                         w[:a].reshape(a, g, -1, w.shape[2])
+                                         ).reshape(a, grad.shape[1], -1)
                 _lane_step(s, a, params[layer.name], grads, state[layer.name],
                            second[layer.name], taken, active, lr)
             else:
                 kind = layer.activation.WhichOneof("NonlinearityType")
                 grad = _act_backward(kind, activations[i + 1], grad)
-        if on_event:
+        if on_event and loss is not None:  # (with on_event, every step's loss is computed)
             epoch, mini_batch = int(plan.epoch[0, t]), int(plan.batch[0, t])
             on_event(UpdateEvent("mini_batch_end", epoch, mini_batch, float(loss[0])))
             event_loss += float(loss[0]) * (int(batch[0]) if convention.reduction == "mean"
@@ -520,8 +532,9 @@ def _update_specs(
         # The update's loss per epoch: its steps' losses (weighted by batch size for a mean),
         # added up step by step.
         steps = plan.steps_of(lane)
-        weighted = step_loss[lane, :steps] * (plan.size[lane, :steps]
-                                              if convention.reduction == "mean" else 1)
+        losses = step_loss[lane, :steps] if cross_entropy else convention.losses(
+            diffs[lane, :steps, :, None], plan.size[lane, :steps])
+        weighted = losses * (plan.size[lane, :steps] if convention.reduction == "mean" else 1)
         epoch_loss = np.zeros(s.epochs)
         np.add.at(epoch_loss, plan.epoch[lane, :steps], weighted)
         out.append((updated, UpdateHistory(list(epoch_loss
@@ -600,6 +613,8 @@ class _LanePlan:
 def _lane_matmul(x: np.ndarray, weight: np.ndarray, groups: int) -> np.ndarray:
     """Each update's ``x [k, n, in]`` through its ``weight [k, out, in / groups]``, group by
     group: ``[k, n, out]`` (:func:`~dmt_model.coreml.evaluate.grouped_matmul` per update)."""
+    if groups == 1:  # (the same numbers as through the grouped form, with fewer calls)
+        return np.einsum("kni,koi->kno", x, weight)
     k, n, width = x.shape
     out = weight.shape[1]
     xg = x.reshape(k, n, groups, width // groups)
