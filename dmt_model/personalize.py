@@ -594,17 +594,21 @@ class _LanePlan:
         epoch = np.zeros((k, steps), dtype=np.int64)
         batch = np.zeros((k, steps), dtype=np.int64)
         partial = np.zeros(steps, dtype=bool)
+        # Updates of one length read their frames' rows in the same orders: drawn once.
+        of_length: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
         for lane, update in enumerate(updates.tolist()):
             n, m, end = sizes[update], int(per_epoch[update]), int(lengths[update])
-            padded = np.zeros((s.epochs, m * b), dtype=np.int64)
-            padded[:, :n] = np.stack(list(_epoch_orders(n, epochs=s.epochs, shuffle=s.shuffle,
-                                                        seed=s.seed))) + offsets[update]
-            index[lane, :end] = padded.reshape(end, b)
-            size[lane, :end] = np.tile(np.minimum(b, n - b * np.arange(m)), s.epochs)
-            epoch[lane, :end] = np.repeat(np.arange(s.epochs), m)
-            batch[lane, :end] = np.tile(np.arange(m), s.epochs)
-            if n % b:
-                partial[m - 1:end:m] = True
+            if n not in of_length:
+                padded = np.full((s.epochs, m * b), -1, dtype=np.int64)
+                padded[:, :n] = np.stack(list(_epoch_orders(n, epochs=s.epochs,
+                                                            shuffle=s.shuffle, seed=s.seed)))
+                of_length[n] = (padded.reshape(end, b),
+                                np.tile(np.minimum(b, n - b * np.arange(m)), s.epochs),
+                                np.repeat(np.arange(s.epochs), m), np.tile(np.arange(m), s.epochs))
+                if n % b:
+                    partial[m - 1:end:m] = True
+            rows, size[lane, :end], epoch[lane, :end], batch[lane, :end] = of_length[n]
+            index[lane, :end] = np.where(rows >= 0, rows + offsets[update], 0)
         running = k - np.searchsorted(np.sort(lengths), np.arange(steps), side="right")
         return cls(index, size, epoch, batch, per_epoch[updates], partial,
                    np.argsort(updates), running)
