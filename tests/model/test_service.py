@@ -658,13 +658,19 @@ def test_each_protocol_closes_trickled_headers_on_a_fresh_and_a_kept_alive_conne
         deadline = time.monotonic() + 10
         while not server.started and time.monotonic() < deadline:
             time.sleep(0.02)
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-            s.sendall(b"GET / HTTP/1.1\r\n")  # a fresh connection that never ends its headers
-            started = time.monotonic()
-            assert s.recv(64) == b""  # closed, nothing sent
-            fresh = time.monotonic() - started
-        assert 0.8 < fresh < 2.5
-        assert 0.8 < _trickled_headers_closed_after(port) < 2.5
+
+        def fresh_closed_after() -> float:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall(b"GET / HTTP/1.1\r\n")  # a fresh connection never ending its headers
+                started = time.monotonic()
+                assert s.recv(64) == b""  # closed, nothing sent
+                return time.monotonic() - started
+
+        with ThreadPoolExecutor(max_workers=2) as pool:  # both timeouts waited out at once
+            fresh, kept_alive = pool.submit(fresh_closed_after), pool.submit(
+                _trickled_headers_closed_after, port)
+        assert 0.8 < fresh.result() < 2.5
+        assert 0.8 < kept_alive.result() < 2.5
     finally:
         server.should_exit = True
         thread.join(timeout=10)
