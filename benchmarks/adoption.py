@@ -11,20 +11,27 @@ device applies, measured here as the SDK runs each one (``dmt_model.personalize`
   rule of earlier releases: the re-personalized version must beat the personal model in
   cross-validation, significantly at the task's confidence (90 % for a classifier), and
   the personal model is scored on records it trained on;
+* **the same, out of fold, scored on unshared records** (``rule=DecisionRule()`` with
+  ``previous=`` and ``shared_records=``): what the SDK's device does by default now with a
+  version whose release claims nothing about devices (``adoption_rule_for``);
 * **adopt unless shown worse** (``DecisionRule(prefer="update")``), in sample and out of
   fold: adopted unless the personal model is better, significantly at the task's
   confidence;
-* **the lower out-of-fold error wins** (the SDK's default, ``ADOPTION_RULE`` with
-  ``previous=``): the previous version and the new one are each personalized on the
-  training folds and scored on the held-out fold, no significance asked either way;
+* **the lower out-of-fold error wins** (``ADOPTION_RULE`` with ``previous=``, what the
+  SDK's device applies to a version shown better on held-out devices): the previous
+  version and the new one are each personalized on the training folds and scored on the
+  held-out fold, no significance asked either way;
 * **the same, scored on unshared records only** (``shared_records=``, as the SDK
   recommends): the new version may have trained on what the device shared, so those
   records are trained on but never held out; a device with fewer than 2 unshared records
   keeps its model;
 * **always**: re-personalize the new version (``personalize()``) and take it;
-* **gated**: the previous rule, where the server publishes only versions that
-  ``compare_on_devices`` finds better on a quarter of the devices held out from
-  retraining (the server retrains on the other devices' records in every row).
+* **gated**: the SDK's flow, where the server checks each version on a quarter of the
+  devices held out from retraining (``compare_on_devices``; the server retrains on the
+  other devices' records in every row): a version shown better is adopted under
+  ``ADOPTION_RULE`` (the row "the same, scored on unshared records only"), one shown worse
+  is refused (never), and one the devices cannot tell apart must prove itself (the row
+  "the same, out of fold, scored on unshared records").
 
 For each: users' mean per-user test error (RMSE, or log loss for a classifier), the share
 of devices that moved, how often the rule's choice raised a user's test error (harmed:
@@ -68,14 +75,16 @@ from fl_protocol import (  # a sibling benchmark script
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
-RULES = ("never", "asks proof", "unless worse, in sample", "unless worse, out of fold",
-         "even, out of fold", "even, unshared", "always")
-#: what a device holds when the server publishes only versions compare_on_devices passed
-#: and devices adopt by the default rule
+RULES = ("never", "asks proof", "proof, unshared", "unless worse, in sample",
+         "unless worse, out of fold", "even, out of fold", "even, unshared", "always")
+#: what a device holds when the server checks each version on held-out devices and devices
+#: adopt by the rule its release earns (adoption_rule_for)
 GATED = "gated"
 LABELS = {
     "never": "never adopt",
-    "asks proof": "the version must prove itself (the earlier default, DecisionRule())",
+    "asks proof": "the version must prove itself (DecisionRule()), in sample",
+    "proof, unshared": "the version must prove itself, out of fold, scored on unshared "
+                       "records (the SDK's default without a device claim)",
     "unless worse, in sample": "adopt unless shown worse at the task's confidence, in sample",
     "unless worse, out of fold": "adopt unless shown worse at the task's confidence, "
                                  "out of fold",
@@ -83,7 +92,8 @@ LABELS = {
                          "scored on every record",
     "even, unshared": "**the same, scored on unshared records only (shared_records=)**",
     "always": "always adopt",
-    GATED: "the same, on versions the device gate published (compare_on_devices)",
+    GATED: "**the SDK's flow: the server's device check decides the rule "
+           "(compare_on_devices, adoption_rule_for)**",
 }
 
 
@@ -94,7 +104,13 @@ def _user(new_data: bytes, current_data: bytes, previous_data: bytes, unshared: 
     (``weights`` over the ``reference`` records; None without them) and whether it moved."""
     from dmt_model.coreml import predict_frame
     from dmt_model.coreml._spec import spec_from_bytes
-    from dmt_model.personalize import DecisionRule, adopted, featurizer_of, personalized
+    from dmt_model.personalize import (
+        ADOPTION_RULE,
+        DecisionRule,
+        adopted,
+        featurizer_of,
+        personalized,
+    )
 
     train = pd.concat([shared, unshared])
     new, current = spec_from_bytes(new_data), spec_from_bytes(current_data)
@@ -118,9 +134,14 @@ def _user(new_data: bytes, current_data: bytes, previous_data: bytes, unshared: 
         "unless worse, in sample": adopted(new, current, train, rule=unless_worse),
         "unless worse, out of fold": adopted(new, current, train, previous=previous,
                                              rule=unless_worse),
-        "even, out of fold": adopted(new, current, train, previous=previous),
+        "proof, unshared": adopted(new, current, unshared, previous=previous,
+                                   shared_records=shared, rule=DecisionRule()
+                                   ) if len(unshared) >= 2 else (current, False),
+        "even, out of fold": adopted(new, current, train, previous=previous,
+                                     rule=ADOPTION_RULE),
         "even, unshared": adopted(new, current, unshared, previous=previous,
-                                  shared_records=shared) if len(unshared) >= 2 else (
+                                  shared_records=shared, rule=ADOPTION_RULE
+                                  ) if len(unshared) >= 2 else (
                                       current, False),
         "always": (personalized(new, train)[0], True),
     }
@@ -206,6 +227,18 @@ def run_seed(name: str, seed: int, users: int, workers: int) -> dict[str, Any]:
             "gate": asdict(gate), "seconds": time.perf_counter() - started}
 
 
+def _gated(run: dict[str, Any]) -> str:
+    """The rule a device applies to the run's version under the SDK's flow: the server's
+    device check shows it better (ADOPTION_RULE), worse (refused: never) or neither (it must
+    prove itself). Runs before "proof, unshared" existed fall back to the in-sample row."""
+    gate, rules = run["gate"], run["rules"]
+    if gate["better"]:
+        return "even, unshared" if "even, unshared" in rules else "even, out of fold"
+    if gate["error_after"] > gate["error_before"] and gate["t"] <= -gate["needed"]:
+        return "never"
+    return "proof, unshared" if "proof, unshared" in rules else "asks proof"
+
+
 def markdown(runs: list[dict[str, Any]]) -> str:
     lines = ["| task | rule | users' mean test error | vs never adopting | moved | harmed | "
              "missed | users' mean expected error | harmed, expected | missed, expected |",
@@ -215,10 +248,8 @@ def markdown(runs: list[dict[str, Any]]) -> str:
         for rule in (*RULES, GATED):
             if rule not in mine[0]["rules"] and rule != GATED:
                 continue  # not measured in this (earlier) run
-            default = "even, unshared" if "even, unshared" in mine[0]["rules"] \
-                else "even, out of fold"
-            cell = [r["rules"][rule] if rule != GATED else r["rules"][
-                default if r["gate"]["better"] else "never"] for r in mine]
+            cell = [r["rules"][rule] if rule != GATED else r["rules"][_gated(r)]
+                    for r in mine]
             gain = [c["error"] - r["rules"]["never"]["error"] for c, r in zip(cell, mine,
                                                                            strict=True)]
             cells = [f"{np.mean([c['error'] for c in cell]):.4g}", f"{np.mean(gain):+.3g}"

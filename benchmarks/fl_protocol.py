@@ -470,7 +470,7 @@ def _device(spec_data: bytes, current_data: bytes | None, previous_data: bytes |
     released and held model."""
     from dmt_model.coreml import predict_frame
     from dmt_model.coreml._spec import spec_bytes, spec_from_bytes
-    from dmt_model.personalize import adopted, featurizer_of, personalized
+    from dmt_model.personalize import ADOPTION_RULE, adopted, featurizer_of, personalized
 
     spec = spec_from_bytes(spec_data)
     actual = featurizer_of(spec).target_values(test, dtype=float)
@@ -486,8 +486,11 @@ def _device(spec_data: bytes, current_data: bytes | None, previous_data: bytes |
             seconds = time.process_time() - started
             return current_data, False, seconds, released, user_scores(
                 task, predict_frame(current, test), actual)
+        # Every method's devices adopt under ADOPTION_RULE, as if the server had shown each
+        # version better on held-out devices (neither DMT's server nor Flower's checks it
+        # here); the SDK's default asks an unchecked version to prove itself.
         updated, result = adopted(spec, spec_from_bytes(current_data), unshared,
-                                  shared_records=shared, previous=previous)
+                                  shared_records=shared, previous=previous, rule=ADOPTION_RULE)
     seconds = time.process_time() - started
     held = user_scores(task, predict_frame(updated, test), actual)
     return spec_bytes(updated), bool(result.accepted), seconds, released, held

@@ -39,9 +39,11 @@ the result only if a :class:`DecisionRule` (a paired, cross-validated
 comparison of per-record held-out errors) says it is better; it writes
 through a temporary file and ``os.replace``, so a failure at any point leaves
 the old model intact. :func:`adopt_new_version` compares a new foundation version,
-re-personalized on the device's records, with the personal model the same way, without
-asking either for significance (:data:`ADOPTION_RULE`): the one with the lower held-out
-error wins, both scored out of fold when the device passes the version it personalized.
+re-personalized on the device's records, with the personal model the same way, both
+scored out of fold when the device passes the version it personalized. How much proof it
+asks of the new version depends on what the server showed (:func:`adoption_rule_for`):
+none beyond not being worse (:data:`ADOPTION_RULE`) for a version the release says was
+better on held-out devices, the same as an update for any other.
 """
 
 from __future__ import annotations
@@ -759,12 +761,13 @@ def _paired_t(improvement: np.ndarray, confidence: float) -> tuple[float, float,
 
 
 DEFAULT_RULE = DecisionRule()
-#: The rule :func:`adopt_new_version` applies by default: the new version is adopted unless
-#: the personal model's mean held-out error is lower (no significance asked of either side;
-#: with ``previous=`` both are scored out of fold). Asking the new version to prove itself
-#: kept most users on a worse model; refusing it only when shown worse at 90 % moved 45 %
-#: of Adult users to a version worse for them in expectation, against 27 % with this rule,
-#: for the same mean gain (``benchmarks/adoption.py``).
+#: The rule :func:`adopt_new_version` applies to a version whose release says the server
+#: showed it better on held-out devices (:func:`adoption_rule_for`): the new version is
+#: adopted unless the personal model's mean held-out error is lower (no significance asked
+#: of either side; with ``previous=`` both are scored out of fold). Asking such a version to
+#: prove itself kept most users on a worse model; refusing it only when shown worse at 90 %
+#: moved 45 % of Adult users to a version worse for them in expectation, against 27 % with
+#: this rule, for the same mean gain (``benchmarks/adoption.py``).
 ADOPTION_RULE = DecisionRule(confidence=0.5, prefer="update")
 
 
@@ -1278,6 +1281,7 @@ def adopt_new_version(
     previous: str | os.PathLike[str] | None = None,
     shared_records: pd.DataFrame | None = None,
     holdout: pd.DataFrame | None = None,
+    release: Any = None,
     rule: DecisionRule | None = None,
     prior_records: int | Sequence[int] = DEFAULT_PRIOR_RECORDS,
     folds: int | None = None,
@@ -1286,31 +1290,30 @@ def adopt_new_version(
     unshared_records: pd.DataFrame | None = None,
     **overrides: Any,
 ) -> PersonalizationResult:
-    """Replace the personal model by a new foundation version, re-personalized, unless the
-    device's records show the new version is worse.
+    """Replace the personal model by a new foundation version, re-personalized, if the
+    device's records (and what the server showed) say it serves the device.
 
     The new updatable model is personalized on ``records`` — pass *all* the
     device's local records (``LocalStore.records()``), the default the SDK
     recommends; the unshared ones alone (``store.records("unshared")``) are an
     option, measured to be too few on a phone-sized data set (README). It
-    replaces the personal model at ``personal_model_path`` unless ``rule``
-    refuses it: by default :data:`ADOPTION_RULE`, under which the model with the
-    lower mean held-out error wins, a tie going to the new version
-    (:class:`DecisionRule` with ``prefer="update"``, ``confidence=0.5``). Pass
-    ``rule=DecisionRule()`` to require the new version to show it is better
-    instead (the earlier default, which ``benchmarks/adoption.py`` measured
-    keeping most users on a worse model).
+    replaces the personal model at ``personal_model_path`` if ``rule`` keeps it.
 
-    The device's few records are a weak judge either way, so the default leans
-    on the server too: it must not publish a version that is worse once
-    personalized. Publish versions
-    through :meth:`~dmt_model.server.retrain.ModelRegistry.publish` with
-    ``validation_devices=`` (:func:`compare_on_devices` on held-out devices);
-    a gate on proxy data alone does not see it (``benchmarks/adoption.py``,
-    Adult with 20 users: a version the proxy's validation data scored better
-    raised users' expected log loss from 0.48 to 0.55 under this rule, and 42 %
-    of devices moved to a version worse for them). For a release validated on
-    proxy data only, pass ``rule=DecisionRule()``.
+    ``release`` is the new version's verified release
+    (:func:`dmt_privacy.release.verify_release`); without ``rule`` it decides
+    how much proof the device asks (:func:`adoption_rule_for`). A version the
+    server showed better on held-out devices (its release says on how many) is
+    adopted unless the device's records show it worse (:data:`ADOPTION_RULE`:
+    the lower mean held-out error wins, a tie going to the new version). Any
+    other version, and any version when ``release`` is not given, must show it
+    is better on the device's records (:class:`DecisionRule`). A device's few
+    records are a weak judge either way: asking every version for proof kept
+    most devices on a model that fails on classes the proxy missed (digits),
+    and asking none moved 42 % of devices to a version worse for them where the
+    proxy's validation data had scored it better (Adult, 20 users;
+    ``benchmarks/adoption.py``). Only the server, on devices it held out, can
+    tell the two apart (:meth:`~dmt_model.server.retrain.ModelRegistry.publish`
+    with ``validation_devices=``).
 
     ``previous`` is the foundation version the personal model was personalized
     from (the device keeps it, or fetches it again from the registry). With it,
@@ -1367,6 +1370,6 @@ def adopt_new_version(
         records = pd.concat([records, shared_records])
     return _checked_update(new_spec, current, records, holdout=holdout,
                            output=Path(personal_model_path),
-                           rule=_rule(rule or ADOPTION_RULE, folds),
+                           rule=_rule(rule or adoption_rule_for(release), folds),
                            prior_records=prior_records, seed=seed, on_event=on_event,
                            overrides=overrides, baseline_from=base, scored=scored)

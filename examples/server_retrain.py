@@ -65,6 +65,8 @@ for v in registry.versions():
           f"{gate}, test RMSE {v.evaluation['rmse']:.3f} ({v.notes})")
 served = registry.latest()
 assert served is not None
-print(f"devices fetch {registry.path(served.mlmodel_file)} (v{served.version}) and adopt it "
-      "with dmt_model.personalize.adopt_new_version(new, personal, store.records('unshared'), "
-      "shared_records=store.records('shared'), previous=the_version_they_personalized)")
+print(f"devices fetch {registry.path(served.mlmodel_file)} (v{served.version}), verify its "
+      "release and adopt it with dmt_model.personalize.adopt_new_version(new, personal, "
+      "store.records('unshared'), shared_records=store.records('shared'), "
+      "previous=the_version_they_personalized, release=verified); this version was not "
+      "checked on held-out devices, so each device asks it to prove itself on its records")
