@@ -171,12 +171,16 @@ def run_loop(
     applied (a classifier of images or texts has none). ``epsilon``: the
     per-record ε of the target's local DP, ``None`` to share it as it is.
     ``held_out_share``: the share of accepted packages the server keeps out of
-    retraining to check v2 on their devices; by default 0.25 when targets are
-    shared as they are and 0 under local DP, whose noise (Laplace of scale the
-    bounds' width at ε = 1) leaves a device's few records unable to tell two
-    versions apart, and cannot be personalized on as a device personalizes
-    on its own records. With fewer than 2 held-out devices of 2 records v2's
-    release carries no device claim, and devices ask it to prove itself.
+    retraining to check v2 on their devices (drawn from ``seed`` among the
+    devices, each with all its packages); by default 0.25 when targets are
+    shared as they are. Under local DP on the target it must be 0 (the
+    default): the noise (Laplace of scale the bounds' width at ε = 1) leaves a
+    device's few records unable to tell two versions apart, cannot be
+    personalized on as a device personalizes on its own records, and
+    randomized-response labels score a flatter version better, so what they
+    showed would not be what the signed claim says. With fewer than 2
+    held-out devices of 2 records v2's release carries no device claim, and
+    devices ask it to prove itself.
     """
     from dmt_model.coreml import load_spec, predict_frame
     from dmt_model.foundation import train_foundation
@@ -185,6 +189,7 @@ def run_loop(
     from dmt_model.server.retrain import ModelRegistry, retrain_foundation, validation_split
     from dmt_model.server.training import policy_batches
     from dmt_privacy.anonymity import KAnonymizer
+    from dmt_privacy.files import write_atomically
     from dmt_privacy.release import generate_release_key, verify_release
     from dmt_privacy.seal import generate_server_key
     from dmt_privacy.sharing import SharingPolicy, share
@@ -197,6 +202,13 @@ def run_loop(
     if not 0 <= held_out_share < 1:
         raise ValidationError(f"held_out_share must be in [0, 1), got {held_out_share!r}; "
                               "0 checks v2 on no device.")
+    if held_out_share > 0 and epsilon is not None:
+        raise ValidationError(
+            f"held_out_share={held_out_share!r} with epsilon={epsilon!r}: the held-out "
+            "devices' targets would be under local DP, and what versions personalized on "
+            "noisy targets and scored against them show (randomized-response labels score "
+            "a flatter version better) is not what the signed device claim says. Pass "
+            "epsilon=None to check v2 on held-out devices, or held_out_share=0.")
     workdir = Path(workdir)
     if workdir.exists() and any(workdir.iterdir()):
         raise ValidationError(f"workdir {workdir} is not empty; give a new or empty folder.")
@@ -269,7 +281,8 @@ def run_loop(
     # 4. Retrain on the training proxy + the released records of the devices not held out,
     # as received; the gate checks v2 on the validation data and on the held-out devices.
     batches, _ = policy_batches(shared_store, server_policy, previous=foundation, proxy=proxy)
-    held = _hold_out([b.package_id for b in batches], held_out_share, seed)
+    held = _hold_out({b.package_id: owners[b.package_id] for b in batches},
+                     held_out_share, seed)
     batches = [b for b in batches if b.package_id not in held]
     # The held-out devices' records as received: not winsorized around v1's predictions,
     # which would pull their targets toward v1 and bias the comparison in its favour.
@@ -287,12 +300,14 @@ def run_loop(
         signing_key=release_key,
         notes=f"proxy + shared records (k={k}, ε={'none' if epsilon is None else epsilon})")
     v2_spec = load_spec(registry.path(v2.mlmodel_file))
-    rule = None
+    rule, v2_model = None, workdir / "devices" / "v2.mlmodel"
     if v2.published:  # what every device does before it reads v2: verify its signed release
         release = verify_release(registry.path(v2.release_file).read_bytes(),
                                  registry.path(v2.mlmodel_file).read_bytes(),
                                  release_key.verify_key(), installed_version=v1.version)
         rule = adoption_rule_for(release)
+        # and adopt exactly the bytes it verified, not the server's file read again
+        write_atomically(v2_model, release.model)
 
     # 5. Devices adopt v2 if the gate published it, unless their records show it worse.
     outcomes = []
@@ -302,7 +317,7 @@ def run_loop(
         unshared = store.records("unshared")
         if v2.published and len(unshared) >= 2:  # too few unseen records to judge: keep
             shared = store.records("shared") if adopt_on == "all" else None
-            adopted = adopt_new_version(registry.path(v2.mlmodel_file),
+            adopted = adopt_new_version(v2_model,
                                         personal_paths[user.user_id], unshared,
                                         shared_records=shared, previous=v1_model, rule=rule,
                                         seed=seed).accepted
@@ -336,9 +351,17 @@ def run_loop(
         v2_validation=dict(v2.validation), held_out_devices=len(devices))
 
 
-def _hold_out(packages: Sequence[str], share: float, seed: int) -> set[str]:
-    """``share`` of the packages (at least 2 of 4 or more, else none), drawn from ``seed``."""
-    n = len(packages)
+def _hold_out(owners: Mapping[str, int], share: float, seed: int) -> set[str]:
+    """The packages of ``share`` of the devices (at least 2 of 4 or more, else none).
+
+    ``owners`` maps each package id to the device that sent it. Devices are drawn from
+    ``seed`` in the order of their ids, not of the package ids (random), so a seed holds
+    out the same devices on every run; every package of a drawn device is held out, so no
+    device is both trained on and checked.
+    """
+    devices = sorted(set(owners.values()))
+    n = len(devices)
     count = min(n, max(2, round(share * n))) if share > 0 and n >= 4 else 0
-    return {packages[i] for i in np.random.default_rng(seed).choice(n, size=count,
-                                                                     replace=False).tolist()}
+    drawn = {devices[i] for i in np.random.default_rng(seed).choice(n, size=count,
+                                                                    replace=False).tolist()}
+    return {package for package, device in owners.items() if device in drawn}

@@ -225,14 +225,15 @@ def _device_check(result: Any) -> str:
     found = (f"personalized on their records, v2 scored {check['device_error']:.3f} against "
              f"v1's\n  {check['current_device_error']:.3f} (paired t = {check['device_t']:.2f}, "
              f"needs {check['device_t_needed']:.2f}).")
-    if check.get("devices_better"):
+    if not result.v2_published:
+        then = ("Refused (shown worse on these devices or on the validation data): no "
+                "release,\n  devices keep v1.")
+    elif check.get("devices_better"):
         then = ("Its signed release says so, and devices adopt it unless their own\n  records "
                 "show it worse.")
-    elif result.v2_published:
+    else:
         then = ("Not shown better: its signed release claims nothing about devices, and each\n"
                 "  device asked it to prove itself on its own records.")
-    else:
-        then = "Shown worse, or refused on the validation data: devices keep v1."
     return (f"- The server held out {int(check['devices'])} devices' packages from retraining; "
             f"{found}\n  {then}")
 
