@@ -75,10 +75,11 @@ from dmt_model.coreml.validate import validate_updatable
 from dmt_model.coreml.weights import _network, get_weights, set_weights
 from dmt_model.features import Featurizer
 from dmt_model.tasks import PROBABILITY_FLOOR, Task
-from dmt_privacy.errors import ModelFileError, UpdateRejected, ValidationError
+from dmt_privacy.errors import DMTError, ModelFileError, UpdateRejected, ValidationError
 
 __all__ = [
     "ADOPTION_RULE",
+    "IN_MEMORY",
     "DecisionRule",
     "DeviceComparison",
     "LossConvention",
@@ -87,12 +88,14 @@ __all__ = [
     "UpdateHistory",
     "adopt_new_version",
     "adopted",
+    "adopted_many",
     "adoption_rule_for",
     "batch_order",
     "compare_on_devices",
     "featurizer_of",
     "personalize",
     "personalized",
+    "personalized_many",
     "update_spec",
     "update_specs",
     "with_prior",
@@ -946,6 +949,64 @@ def _prior_grid(prior_records: int | Sequence[int]) -> tuple[int, ...]:
     return grid
 
 
+#: A check: (training records, held-out records, their targets), as :func:`_folds` cuts them.
+_Check = tuple[pd.DataFrame, pd.DataFrame, np.ndarray]
+
+
+@dataclass(frozen=True)
+class _UpdatePlan:
+    """One device's update, as :func:`_plan_update` validated it before any training: the
+    ``checks`` it is scored on (the rule's folds of ``records``, or the one holdout), each
+    prior strength of ``grid`` on each check's training records and, with ``final``, on all
+    ``records`` too (the update written if the rule keeps it)."""
+
+    records: pd.DataFrame
+    checks: list[_Check]
+    grid: tuple[int, ...]
+    rule: DecisionRule
+    holdout: bool
+    final: bool
+    out_of_bounds: int
+
+    @property
+    def record_sets(self) -> list[pd.DataFrame]:
+        """What each of the device's updates trains on (with :attr:`priors`), in the order
+        :func:`_decide_update` reads their fits: every fold of every prior, then the finals."""
+        return ([train for _ in self.grid for train, _, _ in self.checks]
+                + [self.records] * (len(self.grid) * self.final))
+
+    @property
+    def priors(self) -> list[int]:
+        return ([prior for prior in self.grid for _ in self.checks]
+                + list(self.grid) * self.final)
+
+
+#: A device's decision: the update it keeps (``None``: it keeps its model), and the result.
+_Decision = tuple[Any | None, PersonalizationResult]
+
+
+def _plan_update(spec: Any, records: pd.DataFrame, *, holdout: pd.DataFrame | None,
+                 rule: DecisionRule, grid: tuple[int, ...], seed: int, final: bool,
+                 scored: int | None = None) -> _UpdatePlan:
+    """Validate one device's records and cut its checks (:func:`_checked_update`); raises on
+    bad input. ``final``: train the final updates in the same pass (not with ``on_event``)."""
+    rule = rule.for_task(featurizer_of(spec).task)
+    target = _check_records(spec, records, what="records")
+    out_of_bounds = _out_of_bounds(spec, records)
+    if holdout is not None:
+        held_target = _check_records(spec, holdout, what="holdout records")
+        checks = [(records, holdout, held_target)]
+    else:
+        if len(records) < 2 or (scored is not None and scored < 2):
+            raise ValidationError(
+                f"{len(records) if scored is None else scored} record(s) cannot be "
+                "cross-validated; give at least 2, or pass holdout= explicitly.")
+        checks = _folds(records, target, rule.folds, seed, scored)
+    # With a holdout and one prior, the update on the check's training records is the final.
+    return _UpdatePlan(records, checks, grid, rule, holdout is not None,
+                       final and (holdout is None or len(grid) > 1), out_of_bounds)
+
+
 def _checked_update(
     spec: Any,
     baseline: Any,
@@ -973,36 +1034,58 @@ def _checked_update(
     training records exactly as the update is (its best prior strength), so neither side
     has seen the records it is scored on. With ``scored``, only the first ``scored``
     records are ever held out (the others are trained on in every fold).
+
+    One device of :func:`_checked_updates`, which plans, trains and decides; this writes.
     """
-    grid = _prior_grid(prior_records)
-    rule = rule.for_task(featurizer_of(spec).task)
-    target = _check_records(spec, records, what="records")
-    out_of_bounds = _out_of_bounds(spec, records)
-    if holdout is not None:
-        held_target = _check_records(spec, holdout, what="holdout records")
-        checks = [(records, holdout, held_target)]
-    else:
-        if len(records) < 2 or (scored is not None and scored < 2):
-            raise ValidationError(
-                f"{len(records) if scored is None else scored} record(s) cannot be "
-                "cross-validated; give at least 2, or pass holdout= explicitly.")
-        checks = _folds(records, target, rule.folds, seed, scored)
-    history = UpdateHistory()
+    plan = _plan_update(spec, records, holdout=holdout, rule=rule,
+                        grid=_prior_grid(prior_records), seed=seed, final=on_event is None,
+                        scored=scored)
+    ((candidate, result),) = _checked_updates(spec, [baseline], [plan], output=output,
+                                              baseline_from=baseline_from, on_event=on_event,
+                                              overrides=overrides)
+    if candidate is not None:
+        _save_model(candidate, output)  # replacing the personal model is the job
+    return result
+
+
+def _checked_updates(spec: Any, baselines: Sequence[Any], plans: Sequence[_UpdatePlan], *,
+                     output: Path, baseline_from: Any | None,
+                     on_event: Callable[[UpdateEvent], None] | None,
+                     overrides: Mapping[str, Any]) -> list[_Decision]:
+    """Each device's decision (:func:`_checked_update`, nothing written): the update of
+    ``spec`` it keeps (else ``None``) and the result. The devices' plans share one prior
+    grid; their updates train together in passes (:func:`_devices_fits`), each exactly the
+    update its device's own pass would train, so every result is the device's alone."""
+    if not plans:
+        return []
+    grid = plans[0].grid
     if baseline_from is None:
-        before = np.concatenate([_record_errors(baseline, held, y) for _, held, y in checks])
+        befores = [np.concatenate([_record_errors(baseline, held, y)
+                                   for _, held, y in plan.checks])
+                   for baseline, plan in zip(baselines, plans, strict=True)]
     else:
-        before = _held_out_errors(baseline_from, checks, grid, overrides)
-    # Every fold of every prior, and the final update on all records for every prior (one of
-    # them is kept if the rule says so), trained together in one pass.
-    final = (holdout is None or len(grid) > 1) and on_event is None
-    sets = [train for _ in grid for train, _, _ in checks] + [records] * (len(grid) * final)
-    priors = [prior for prior in grid for _ in checks] + list(grid) * final
-    fits = _personal_updates(spec, sets, priors, overrides)
+        befores = _devices_held_out_errors(baseline_from, [plan.checks for plan in plans],
+                                           grid, overrides)
+    out: list[_Decision | None] = [None] * len(plans)
+    for i, fits in _devices_fits(spec, [plan.record_sets for plan in plans],
+                                 [plan.priors for plan in plans], overrides):
+        out[i] = _decide_update(spec, plans[i], fits, befores[i], output=output,
+                                on_event=on_event, overrides=overrides)
+    return [decision for decision in out if decision is not None]
+
+
+def _decide_update(spec: Any, plan: _UpdatePlan, fits: Sequence[_Fit], before: np.ndarray, *,
+                   output: Path, on_event: Callable[[UpdateEvent], None] | None,
+                   overrides: Mapping[str, Any]) -> _Decision:
+    """``plan``'s decision from its ``fits`` (:attr:`_UpdatePlan.record_sets`' order) and
+    the baseline's held-out errors ``before``: (the update to write or ``None``, result)."""
+    grid, checks, out_of_bounds = plan.grid, plan.checks, plan.out_of_bounds
+    history = UpdateHistory()
     rejection = next((fit for fit in fits[:len(grid) * len(checks)]
                       if isinstance(fit, UpdateRejected)), None)
     if rejection is not None:
-        return PersonalizationResult(False, str(rejection), float(np.mean(before)), math.nan,
-                                     output, history, out_of_bounds)
+        return None, PersonalizationResult(False, str(rejection), float(np.mean(before)),
+                                           math.nan, output, history, out_of_bounds)
     after: dict[int, np.ndarray] = {}
     for g, prior in enumerate(grid):
         errors = []
@@ -1011,30 +1094,29 @@ def _checked_update(
             errors.append(_record_errors(candidate, held, y))
         after[prior] = np.concatenate(errors)
     chosen = min(grid, key=lambda prior: float(np.mean(after[prior])))
-    keep, why = rule.decide(before, after[chosen])
+    keep, why = plan.rule.decide(before, after[chosen])
     result_before, result_after = float(np.mean(before)), float(np.mean(after[chosen]))
     if not keep:
-        return PersonalizationResult(False, f"{why}; the model was kept as it was.",
-                                     result_before, result_after, output, history,
-                                     out_of_bounds, chosen)
+        return None, PersonalizationResult(False, f"{why}; the model was kept as it was.",
+                                           result_before, result_after, output, history,
+                                           out_of_bounds, chosen)
     try:
-        if final:
+        if plan.final:
             fit = fits[len(grid) * len(checks) + grid.index(chosen)]
             if isinstance(fit, UpdateRejected):
                 raise fit
             candidate, history = fit
         elif on_event is not None:
-            candidate, history = _personal_update(spec, records, prior_records=chosen,
+            candidate, history = _personal_update(spec, plan.records, prior_records=chosen,
                                                   on_event=on_event, overrides=overrides)
     except UpdateRejected as exc:
-        return PersonalizationResult(False, str(exc), result_before, math.nan, output, history,
-                                     out_of_bounds, chosen)
-    _save_model(candidate, output)  # replacing the personal model is the job
-    how = "on the holdout" if holdout is not None else f"in {len(checks)}-fold cross-validation"
+        return None, PersonalizationResult(False, str(exc), result_before, math.nan, output,
+                                           history, out_of_bounds, chosen)
+    how = "on the holdout" if plan.holdout else f"in {len(checks)}-fold cross-validation"
     anchors = f"{chosen} anchor record{'' if chosen == 1 else 's'}"
-    return PersonalizationResult(True, f"{why}, {how}, prior: {anchors}",
-                                 result_before, result_after, output, history, out_of_bounds,
-                                 chosen)
+    return candidate, PersonalizationResult(True, f"{why}, {how}, prior: {anchors}",
+                                            result_before, result_after, output, history,
+                                            out_of_bounds, chosen)
 
 
 def _folds(records: pd.DataFrame, target: np.ndarray, folds: int, seed: int,
@@ -1109,10 +1191,8 @@ def compare_on_devices(previous: Any, candidate: Any, devices: Sequence[pd.DataF
                             better, figures if better else f"not better on devices: {figures}")
 
 
-#: A check: (training records, held-out records, their targets), as :func:`_folds` cuts them.
-_Check = tuple[pd.DataFrame, pd.DataFrame, np.ndarray]
 #: How many lane-steps (updates × the longest one's steps) one pass of
-#: :func:`_devices_held_out_errors` may hold: its plan's arrays grow with it.
+#: :func:`_devices_fits` may hold: its plan's arrays grow with it.
 _PASS_LANE_STEPS = 1 << 22
 
 
@@ -1127,40 +1207,62 @@ def _held_out_errors(spec: Any, checks: Sequence[_Check], grid: Sequence[int],
 
 def _devices_held_out_errors(spec: Any, devices: Sequence[Sequence[_Check]], grid: Sequence[int],
                              overrides: Mapping[str, Any]) -> list[np.ndarray]:
-    """:func:`_held_out_errors` of each device's checks; the updates of many devices train
-    in one pass (as many as :data:`_PASS_LANE_STEPS` allows), each exactly the update its
-    device's own pass would train (the frozen layers evaluate each device's records apart)."""
-    out: list[np.ndarray] = []
-    for group in _passes(spec, devices, grid, overrides):
-        fits = _personal_updates(spec, [train for checks in group for _ in grid
-                                        for train, _, _ in checks],
-                                 [prior for checks in group for prior in grid for _ in checks],
-                                 overrides, [len(grid) * len(checks) for checks in group])
-        for checks in group:
-            out.append(_best_errors(spec, fits[:len(grid) * len(checks)], checks, grid))
-            fits = fits[len(grid) * len(checks):]
+    """:func:`_held_out_errors` of each device's checks, their updates trained together
+    (:func:`_devices_fits`)."""
+    out: list[np.ndarray] = [np.empty(0)] * len(devices)
+    for i, fits in _devices_fits(spec, [[train for _ in grid for train, _, _ in checks]
+                                        for checks in devices],
+                                 [[prior for prior in grid for _ in checks]
+                                  for checks in devices], overrides):
+        out[i] = _best_errors(spec, fits, devices[i], grid)
     return out
 
 
-def _passes(spec: Any, devices: Sequence[Sequence[_Check]], grid: Sequence[int],
-            overrides: Mapping[str, Any]) -> Iterator[Sequence[Sequence[_Check]]]:
-    """``devices`` in consecutive groups whose updates fit one pass (one device at a time for
-    an ExecuTorch program, which trains its updates one by one anyway)."""
+def _devices_fits(spec: Any, record_sets: Sequence[Sequence[pd.DataFrame]],
+                  priors: Sequence[Sequence[int]], overrides: Mapping[str, Any]
+                  ) -> Iterator[tuple[int, list[_Fit]]]:
+    """(device index, its updates) for each device: the update of ``spec`` on each of its
+    record sets with its prior (:func:`_personal_updates`). The updates of many devices
+    train in one pass (as many as :data:`_PASS_LANE_STEPS` allows, the longest devices
+    together), each exactly the update its device's own pass would train (the frozen layers
+    evaluate each device's records apart); a pass's devices come out before the next pass
+    trains, so only one pass's updated copies are held at a time."""
+    lanes = [(len(sets), max((len(records) + prior for records, prior
+                              in zip(sets, device_priors, strict=True)), default=0))
+             for sets, device_priors in zip(record_sets, priors, strict=True)]
+    for group in _passes(spec, lanes, overrides):
+        fits = _personal_updates(spec, [records for i in group for records in record_sets[i]],
+                                 [prior for i in group for prior in priors[i]], overrides,
+                                 [len(record_sets[i]) for i in group])
+        for i in group:
+            yield i, fits[:len(record_sets[i])]
+            fits = fits[len(record_sets[i]):]
+
+
+def _passes(spec: Any, lanes: Sequence[tuple[int, int]], overrides: Mapping[str, Any]
+            ) -> Iterator[list[int]]:
+    """The devices (``lanes``: each one's number of updates and its longest training set) in
+    groups whose updates fit one pass, longest first (devices of similar lengths share a
+    pass, which runs as many steps as its longest update); one device at a time for an
+    ExecuTorch program, which trains its updates one by one anyway."""
     if _is_program(spec):
-        yield from ([checks] for checks in devices)
+        yield from ([i] for i in range(len(lanes)))
         return
     stored = read_settings(spec)
     epochs, batch = overrides.get("epochs", stored.epochs), overrides.get("batch_size",
                                                                           stored.batch_size)
-    start, lanes, steps = 0, 0, 0
-    for end, checks in enumerate(devices):
-        longest = max(len(train) for train, _, _ in checks) + max(grid)
-        lanes, steps = lanes + len(grid) * len(checks), max(steps, epochs * -(-longest // batch))
-        if end > start and lanes * steps > _PASS_LANE_STEPS:
-            yield devices[start:end]
-            start, lanes = end, len(grid) * len(checks)
-            steps = epochs * -(-longest // batch)
-    yield devices[start:]
+    group: list[int] = []
+    updates, steps = 0, 0
+    for i in sorted(range(len(lanes)), key=lambda i: -lanes[i][1]):
+        count, longest = lanes[i]
+        if group and (updates + count) * max(steps, epochs * -(-longest // batch)) \
+                > _PASS_LANE_STEPS:
+            yield group
+            group, updates, steps = [], 0, 0
+        group.append(i)
+        updates, steps = updates + count, max(steps, epochs * -(-longest // batch))
+    if group:
+        yield group
 
 
 def _best_errors(spec: Any, fits: Sequence[_Fit], checks: Sequence[_Check],
@@ -1273,6 +1375,155 @@ def adopted(new_spec: Any, current: Any, records: pd.DataFrame, *, previous: Any
         return _load_model(paths["personal"]), result
 
 
+#: The ``model_path`` of the results of :func:`personalized_many` and :func:`adopted_many`,
+#: which write no file (the models are returned).
+IN_MEMORY = Path("<in memory>")
+
+
+def personalized_many(
+    spec: Any,
+    record_sets: Sequence[pd.DataFrame],
+    *,
+    holdouts: Sequence[pd.DataFrame | None] | None = None,
+    rule: DecisionRule | None = None,
+    prior_records: int | Sequence[int] = DEFAULT_PRIOR_RECORDS,
+    folds: int | None = None,
+    seed: int = 0,
+    **overrides: Any,
+) -> list[tuple[Any, PersonalizationResult]]:
+    """:func:`personalized` on many devices at once: ``record_sets`` holds each device's
+    records (``holdouts``: each one's ``holdout=``, or ``None``); one (the spec the device
+    holds afterwards, result) per device.
+
+    Each device's result is what :func:`personalized` returns for it alone (its weights
+    to the last bit, its :class:`PersonalizationResult` equal but for ``model_path``,
+    :data:`IN_MEMORY`): the devices' updates only share numpy's calls, in passes of bounded
+    size. Bad input raises before any training, the error naming the device
+    (``device 3: ...``); a device with fewer than 2 records cannot be cross-validated, as
+    alone. ``spec`` is not modified. An ExecuTorch program's devices run one by one. For
+    simulations and benchmarks of many devices."""
+    if _is_program(spec):
+        return [personalized(spec, records, holdout=holdout, rule=rule,
+                             prior_records=prior_records, folds=folds, seed=seed, **overrides)
+                for records, holdout in zip(record_sets, _per_device(holdouts, record_sets,
+                                                                     "holdouts"), strict=True)]
+    validate_updatable(spec)
+    rule, grid = _rule(rule, folds), _prior_grid(prior_records)
+    plans = [_device_plan(i, spec, records, holdout=holdout, rule=rule, grid=grid, seed=seed,
+                          final=True)
+             for i, (records, holdout) in enumerate(zip(
+                 record_sets, _per_device(holdouts, record_sets, "holdouts"), strict=True))]
+    decisions = _checked_updates(spec, [spec] * len(plans), plans, output=IN_MEMORY,
+                                 baseline_from=None, on_event=None, overrides=overrides)
+    return [(copy.deepcopy(spec) if kept is None else kept, result)
+            for kept, result in decisions]
+
+
+def adopted_many(
+    new_spec: Any,
+    currents: Sequence[Any],
+    record_sets: Sequence[pd.DataFrame],
+    *,
+    previous: Any | None = None,
+    shared_records: Sequence[pd.DataFrame | None] | None = None,
+    holdouts: Sequence[pd.DataFrame | None] | None = None,
+    release: Any = None,
+    rule: DecisionRule | None = None,
+    prior_records: int | Sequence[int] = DEFAULT_PRIOR_RECORDS,
+    folds: int | None = None,
+    seed: int = 0,
+    **overrides: Any,
+) -> list[tuple[Any, PersonalizationResult]]:
+    """:func:`adopted` on many devices at once: device ``i`` holds ``currents[i]``, its
+    records ``record_sets[i]`` and, in ``shared_records`` (or ``None``), the records it
+    shared; all were personalized from ``previous`` (or it is not given). One (the
+    personal model the device holds afterwards, result) per device, each what
+    :func:`adopted` returns for it alone, as :func:`personalized_many` says (the rule
+    too: ``rule``, else :func:`adoption_rule_for` ``release``). No argument is modified."""
+    shared = _per_device(shared_records, record_sets, "shared_records")
+    holdout = _per_device(holdouts, record_sets, "holdouts")
+    if len(currents) != len(record_sets):
+        raise ValidationError(f"currents: {len(currents)} personal models for "
+                              f"{len(record_sets)} devices' records; give one per device.")
+    if _is_program(new_spec):
+        return [adopted(new_spec, current, records, previous=previous, shared_records=s,
+                        holdout=h, release=release, rule=rule, prior_records=prior_records,
+                        folds=folds, seed=seed, **overrides)
+                for current, records, s, h in zip(currents, record_sets, shared, holdout,
+                                                  strict=True)]
+    validate_updatable(new_spec)
+    rule, grid = _rule(rule or adoption_rule_for(release), folds), _prior_grid(prior_records)
+    if previous is not None:
+        validate_updatable(previous)
+    plans = []
+    for i, current in enumerate(currents):
+        if not _is_program(current):
+            validate_updatable(current)
+        _check_versions(new_spec, current, previous, new="the new version",
+                        personal=f"of device {i}", previous="previous=")
+        records, scored = _with_shared(record_sets[i], shared[i])
+        plans.append(_device_plan(i, new_spec, records, holdout=holdout[i], rule=rule,
+                                  grid=grid, seed=seed, final=True, scored=scored))
+    decisions = _checked_updates(new_spec, currents, plans, output=IN_MEMORY,
+                                 baseline_from=previous, on_event=None, overrides=overrides)
+    return [(copy.deepcopy(current) if kept is None else kept, result)
+            for current, (kept, result) in zip(currents, decisions, strict=True)]
+
+
+def _per_device(values: Sequence[pd.DataFrame | None] | None, record_sets: Sequence[Any],
+                name: str) -> list[pd.DataFrame | None]:
+    """``values`` (one per device, or ``None`` for none at all) as a list of ``None`` or
+    records, one per device of ``record_sets``."""
+    if values is None:
+        return [None] * len(record_sets)
+    if isinstance(values, pd.DataFrame) or len(values) != len(record_sets):
+        got = "one DataFrame" if isinstance(values, pd.DataFrame) else f"{len(values)}"
+        raise ValidationError(f"{name} must hold one entry (records or None) per device, "
+                              f"{len(record_sets)} in all; got {got}.")
+    return list(values)
+
+
+def _device_plan(i: int, spec: Any, records: pd.DataFrame, **kwargs: Any) -> _UpdatePlan:
+    """:func:`_plan_update` of device ``i``: its bad input raises the error it would raise
+    alone, saying which device."""
+    try:
+        return _plan_update(spec, records, **kwargs)
+    except DMTError as exc:
+        raise type(exc)(f"device {i}: {exc}") from exc
+
+
+def _with_shared(records: pd.DataFrame, shared: pd.DataFrame | None
+                 ) -> tuple[pd.DataFrame, int | None]:
+    """(every record a device trains on, how many of the first are scored: ``None`` for all)
+    — ``shared`` records are trained on, never scored (:func:`adopt_new_version`)."""
+    if shared is None or not len(shared):
+        return records, None
+    return pd.concat([records, shared]), len(records)
+
+
+def _check_versions(new_spec: Any, current: Any, base: Any | None, *, new: str, personal: str,
+                    previous: str) -> None:
+    """Refuse a new version (``new_spec``, named ``new``) that cannot replace the personal
+    model ``current`` (named ``personal``): other records, or another format; and a
+    ``base`` (named ``previous``) that is not the version ``current`` was personalized from."""
+    schema = featurizer_of(new_spec).schema.schema_id
+    if featurizer_of(current).schema.schema_id != schema:
+        raise ModelFileError(
+            f"{new} describes different records (schema {schema}) from the personal model "
+            f"{personal}; it cannot replace it.")
+    if _is_program(new_spec) != _is_program(current):
+        raise ModelFileError(
+            f"{new} and the personal model {personal} are of different formats (Core ML "
+            ".mlmodel, ExecuTorch .pte); adopt a new version exported in the personal model's "
+            "format.")
+    if base is not None and (featurizer_of(base).schema.schema_id != schema
+                             or _is_program(base) != _is_program(new_spec)):
+        raise ModelFileError(
+            f"{previous} is not the version the personal model {personal} was personalized "
+            "from: it describes other records or is of another format. Pass the foundation "
+            "version the device personalized, or leave previous= out.")
+
+
 def adopt_new_version(
     new_model_path: str | os.PathLike[str],
     personal_model_path: str | os.PathLike[str],
@@ -1344,30 +1595,10 @@ def adopt_new_version(
         raise ValidationError("adopt_new_version needs the device's records (records=...).")
     new_spec = _load_model(new_model_path)
     current = _load_model(personal_model_path)
-    new_schema = featurizer_of(new_spec).schema.schema_id
-    if featurizer_of(current).schema.schema_id != new_schema:
-        raise ModelFileError(
-            f"{new_model_path} describes different records (schema {new_schema}) from the "
-            f"personal model {personal_model_path}; it cannot replace it.")
-    if _is_program(new_spec) != _is_program(current):
-        raise ModelFileError(
-            f"{new_model_path} and the personal model {personal_model_path} are of different "
-            "formats (Core ML .mlmodel, ExecuTorch .pte); adopt a new version exported in the "
-            "personal model's format.")
-    base = None
-    if previous is not None:
-        base = _load_model(previous)
-        if featurizer_of(base).schema.schema_id != new_schema or (
-                _is_program(base) != _is_program(new_spec)):
-            raise ModelFileError(
-                f"previous={previous} is not the version the personal model "
-                f"{personal_model_path} was personalized from: it describes other records or "
-                "is of another format. Pass the foundation version the device personalized, "
-                "or leave previous= out.")
-    scored = None
-    if shared_records is not None and len(shared_records):
-        scored = len(records)
-        records = pd.concat([records, shared_records])
+    base = None if previous is None else _load_model(previous)
+    _check_versions(new_spec, current, base, new=str(new_model_path),
+                    personal=str(personal_model_path), previous=f"previous={previous}")
+    records, scored = _with_shared(records, shared_records)
     return _checked_update(new_spec, current, records, holdout=holdout,
                            output=Path(personal_model_path),
                            rule=_rule(rule or adoption_rule_for(release), folds),

@@ -1,0 +1,128 @@
+"""Many devices personalized at once (``personalized_many``, ``adopted_many``) are each the
+device personalized alone (``personalized``, ``adopted``): the same weights to the last bit
+and the same result, whatever the devices' sizes, passes, divergences and errors."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_tasks import _records, classifier  # noqa: F401 — the toy classifier fixture
+
+from dmt_model.coreml import UpdateSettings, build_spec
+from dmt_model.coreml._spec import spec_bytes
+from dmt_model.coreml.weights import get_weights, set_weights
+from dmt_model.personalize import (
+    ADOPTION_RULE,
+    IN_MEMORY,
+    adopted,
+    adopted_many,
+    personalized,
+    personalized_many,
+)
+from dmt_privacy.errors import ModelFileError, ValidationError
+
+FAST = {"epochs": 20}  # every device's update, batched or alone, with the same overrides
+
+
+def _assert_each_alone(many, alone):
+    assert len(many) == len(alone)
+    for (spec_m, result_m), (spec_a, result_a) in zip(many, alone, strict=True):
+        assert spec_bytes(spec_m) == spec_bytes(spec_a)  # every weight, to the last bit
+        assert result_m.model_path == IN_MEMORY
+        assert dataclasses.replace(result_m, model_path=result_a.model_path) == result_a
+
+
+@pytest.fixture(scope="module")
+def devices(simulation, boston):
+    """Regression devices of 2 to 60 records, and one whose update diverges (the records
+    with the largest crime rates, at a learning rate that a calm device survives)."""
+    users = simulation.users
+    frames = [users[0].train.iloc[:2], pd.concat([u.train for u in users[1:8]]).iloc[:60],
+              users[8].train.iloc[:5], boston.nlargest(20, "CRIM"),
+              pd.concat([u.train for u in users[9:12]]).iloc[:17]]
+    assert [len(f) for f in frames] == [2, 60, 5, 20, 17]
+    return frames
+
+
+def test_personalizing_many_devices_is_personalizing_each_alone(foundation, devices):
+    spec = build_spec(foundation, updatable=UpdateSettings(updatable_layers=2))
+    settings = {"learning_rate": 3e-3, **FAST}
+    many = personalized_many(spec, devices, **settings)
+    _assert_each_alone(many, [personalized(spec, records, **settings) for records in devices])
+    reasons = [result.reason for _, result in many]
+    assert "diverged" in reasons[3] and any(result.accepted for _, result in many)
+
+
+def test_many_classifier_devices_with_a_holdout_each_alone(classifier):  # noqa: F811
+    spec = build_spec(classifier, updatable=UpdateSettings(epochs=25))
+    devices = [_records(3, 1), _records(40, 2, flip=True), _records(9, 3, threshold=-0.5),
+               _records(30, 7, threshold=-0.7)]
+    holdouts = [None, _records(10, 5, flip=True), None, None]
+    many = personalized_many(spec, devices, holdouts=holdouts, prior_records=(1, 10))
+    _assert_each_alone(many, [personalized(spec, records, holdout=holdout, prior_records=(1, 10))
+                              for records, holdout in zip(devices, holdouts, strict=True)])
+    assert [result.accepted for _, result in many][3]
+
+
+def test_adopting_on_many_devices_is_adopting_on_each_alone(foundation, devices, monkeypatch):
+    """previous=, shared records (never scored), the rule from the release or given, and
+    devices split over several passes."""
+    from dmt_model import personalize
+
+    previous = build_spec(foundation, updatable=UpdateSettings())
+    calm = [devices[i] for i in (0, 1, 2, 4)]
+    currents = [spec for spec, _ in personalized_many(previous, calm, **FAST)]
+    new = build_spec(foundation, updatable=UpdateSettings())
+    weight, bias, _ = get_weights(new, "dense_2")
+    set_weights(new, "dense_2", weight, bias + 0.3)  # a new version somewhat off
+    unshared = [records.iloc[: max(2, len(records) // 2)] for records in calm]
+    shared = [records.drop(part.index) for records, part in zip(calm, unshared, strict=True)]
+    shared[2] = None
+    for rule in (ADOPTION_RULE, None):
+        alone = [adopted(new, current, records, previous=previous, shared_records=s, rule=rule,
+                         **FAST)
+                 for current, records, s in zip(currents, unshared, shared, strict=True)]
+        many = adopted_many(new, currents, unshared, previous=previous, shared_records=shared,
+                            rule=rule, **FAST)
+        _assert_each_alone(many, alone)
+    passes = []
+    train = personalize._personal_updates
+    monkeypatch.setattr(personalize, "_personal_updates",
+                        lambda *args: passes.append(len(args[1])) or train(*args))
+    monkeypatch.setattr(personalize, "_PASS_LANE_STEPS", 30_000)
+    _assert_each_alone(adopted_many(new, currents, calm, previous=previous, **FAST),
+                       [adopted(new, current, records, previous=previous, **FAST)
+                        for current, records in zip(currents, calm, strict=True)])
+    assert len(passes) > 2 * len(calm)  # several passes per version (and alone: one each)
+    assert all(np.array_equal(a, b) for a, b in zip(get_weights(new, "dense_2")[:2],
+                                                    (weight, bias + 0.3), strict=True))
+
+
+def test_bad_input_raises_before_any_training_naming_the_device(foundation, devices,
+                                                                monkeypatch):
+    from dmt_model import personalize
+
+    spec = build_spec(foundation, updatable=UpdateSettings())
+    monkeypatch.setattr(personalize, "_update_specs", lambda *a, **k: pytest.fail("trained"))
+    with pytest.raises(ValidationError, match="record"):
+        personalized(spec, devices[0].iloc[:1])
+    with pytest.raises(ValidationError, match=r"^device 2: 1 record\(s\) cannot be cross"):
+        personalized_many(spec, [devices[1], devices[4], devices[0].iloc[:1]])
+    broken = devices[2].assign(RM=np.nan)
+    with pytest.raises(ValidationError, match="^device 1: .*RM"):
+        personalized_many(spec, [devices[1], broken])
+    with pytest.raises(ValidationError, match="^device 0: .*cannot be cross"):
+        adopted_many(spec, [spec], [devices[1].iloc[:1]], shared_records=[devices[2]])
+    with pytest.raises(ValidationError, match="one per device"):
+        adopted_many(spec, [spec], devices[:2])
+    with pytest.raises(ValidationError, match="holdouts"):
+        personalized_many(spec, devices[:2], holdouts=devices[2])
+    other = build_spec(foundation, updatable=UpdateSettings())
+    other.description.metadata.userDefined["dmt.featurizer"] = \
+        other.description.metadata.userDefined["dmt.featurizer"].replace("CRIM", "CRIME")
+    with pytest.raises(ModelFileError, match="of device 1"):
+        adopted_many(spec, [spec, other], devices[1:3])
+    assert personalized_many(spec, []) == []
