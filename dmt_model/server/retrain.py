@@ -308,7 +308,10 @@ class ModelRegistry:
         ``status="refused"``. Check ``version.published``.
 
         With ``validation_devices`` (the records of devices whose packages the
-        version did not train on, one frame per device), both versions are
+        version did not train on, one frame per device, every package of such a
+        device left out; their targets as the devices hold them, not under local
+        DP, whose noise would make the check measure something else than the
+        claim says: see :func:`~dmt_model.loop.run_loop`), both versions are
         personalized on each device as the device would and compared
         (:func:`~dmt_model.personalize.compare_on_devices`, the device as the unit,
         one-sided at ``device_confidence``). A version shown *worse* for those
@@ -328,7 +331,8 @@ class ModelRegistry:
         it passed the gate on ``validation_devices``, on how many devices
         (``held_out_devices``): devices ask a version that carries it only not
         to be worse on their records, and one that does not to prove itself
-        (:func:`~dmt_model.personalize.adoption_rule_for`).
+        (:func:`~dmt_model.personalize.adoption_rule_for`). A version whose
+        device figures are not finite is refused.
         """
         if not (math.isfinite(tolerance) and tolerance >= 0):
             raise ValidationError(f"tolerance must be a non-negative number, got {tolerance!r}.")
@@ -358,7 +362,12 @@ class ModelRegistry:
                 found = compare_on_devices(build_spec(held, updatable=settings),
                                            build_spec(foundation, updatable=settings),
                                            validation_devices, confidence=device_confidence)
-                worse = found.error_after > found.error_before and found.t <= -found.needed
+                # Fail closed: a non-finite error or a NaN t (which compares false both ways)
+                # is refused, never published for not having been shown worse.
+                worse = (not (math.isfinite(found.error_after)
+                              and math.isfinite(found.error_before)) or math.isnan(found.t)
+                         or (found.error_after > found.error_before
+                             and found.t <= -found.needed))
                 validation.update({"devices": float(found.devices),
                                    "device_error": found.error_after,
                                    "current_device_error": found.error_before,
@@ -390,7 +399,14 @@ class ModelRegistry:
              signing_key: ReleaseSigningKey | Sequence[ReleaseSigningKey], *,
              policy: Any = None, server_key: Any = None,
              valid_for: timedelta = timedelta(days=30)) -> ModelVersion:
-        """(Re-)sign a published version: a fresh expiry, or new keys during a rotation."""
+        """(Re-)sign a published version: a fresh expiry, or new keys during a rotation.
+
+        The release carries ``held_out_devices`` only if the index records the
+        version as shown better on held-out devices (``validation["devices_better"]``);
+        a version published before that was recorded is re-signed without the
+        claim, so its devices ask it for proof. The registry's folder is trusted:
+        whoever can write its index or model files gets what they wrote signed.
+        """
         versions = self.versions()
         match = [i for i, v in enumerate(versions) if v.version == version]
         if not match:

@@ -170,3 +170,18 @@ def test_the_gate_on_held_out_devices_refuses_a_version_worse_once_personalized(
         other.path(same.release_file).read_text())["signed"]
     resigned = json.loads(other.path(other.sign(2, key).release_file).read_text())["signed"]
     assert resigned["held_out_devices"] == 10  # a fresh expiry keeps what was shown
+
+
+def test_the_device_gate_refuses_a_version_whose_device_errors_are_not_finite(
+        foundation, monkeypatch, tmp_path):
+    """A NaN device error compares false both ways (not worse, not better): the gate must
+    fail closed and refuse the version, not publish it because it was not shown worse."""
+    import dmt_model.personalize as personalize
+
+    nan = float("nan")
+    monkeypatch.setattr(personalize, "compare_on_devices", lambda *a, **k: (
+        personalize.DeviceComparison(3, 0.5, nan, nan, 1.9, False, "not better on devices")))
+    registry = ModelRegistry(tmp_path)
+    registry.publish(foundation, trained_on={})
+    version = registry.publish(foundation, trained_on={}, validation_devices=[pd.DataFrame()])
+    assert not version.published and registry.latest().version == 1, version.validation
