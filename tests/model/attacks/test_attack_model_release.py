@@ -182,3 +182,49 @@ def test_the_device_evidence_is_signed_and_cannot_be_added_or_stripped():
             _release(V2, 2, held_out_devices=bad)
     with pytest.raises(Exception, match="verified release"):
         adoption_rule_for("a release file")
+
+
+# The two tests below reproduce defects of dmt_model/personalize.py, which another engineer is
+# refactoring (review of the device claim, helper-23): strict xfail until it is fixed there.
+@pytest.mark.xfail(strict=True, reason="adoption_rule_for duck-types held_out_devices: it "
+                   "accepts metadata parsed from an unverified file (personalize.py)")
+def test_a_claim_read_from_an_unverified_file_earns_no_lenient_rule():
+    """The channel writes a release whose signed part claims 30 held-out devices, with no
+    valid signature. An app that parses it into ReleaseMetadata (or any object with a
+    held_out_devices attribute) instead of calling verify_release must not get the
+    lenient rule: adoption_rule_for should take only what verify_release returned."""
+    from types import SimpleNamespace
+
+    from dmt_model.personalize import adoption_rule_for
+    from dmt_privacy.release import ReleaseMetadata
+
+    forged = json.loads(_release(V2, 2))
+    forged["signed"]["held_out_devices"] = 30
+    forged["signatures"] = []
+    for unverified in (ReleaseMetadata(**forged["signed"]),
+                       SimpleNamespace(held_out_devices=30)):
+        with pytest.raises(Exception, match="verify_release"):
+            adoption_rule_for(unverified)
+
+
+@pytest.mark.xfail(strict=True, reason="adopt_new_version(release=) never checks that the "
+                   "model it reads is the one the release signed (personalize.py)")
+def test_a_release_earns_its_rule_only_for_the_bytes_it_signed(foundation, simulation,
+                                                                tmp_path):
+    """The device verifies v2's release (it claims held-out devices), then adopt_new_version
+    reads the model from a path again: bytes the channel swapped in after verification
+    are adopted, under the lenient rule, without any signature. It must refuse them."""
+    from dmt_model.coreml import UpdateSettings, export_coreml
+    from dmt_model.personalize import adopt_new_version
+
+    v2 = export_coreml(foundation, tmp_path / "v2.mlmodel", updatable=UpdateSettings(),
+                       version="2")
+    verified = verify_release(_release(v2.read_bytes(), 2, held_out_devices=30),
+                              v2.read_bytes(), PINNED, now=NOW)
+    swapped = export_coreml(foundation, tmp_path / "swapped.mlmodel",
+                            updatable=UpdateSettings(epochs=1), version="2")
+    assert swapped.read_bytes() != verified.model
+    personal = tmp_path / "personal.mlmodel"
+    personal.write_bytes(v2.read_bytes())
+    with pytest.raises(Exception, match="release"):
+        adopt_new_version(swapped, personal, simulation.users[0].train, release=verified)
