@@ -508,8 +508,13 @@ class Featurizer:
         as they are. Local-DP noise stays. The server personalizes versions on a
         held-out device's package this way
         (:func:`~dmt_model.personalize.compare_on_devices`): both versions see
-        the same imputed records, so generalization and noise make the comparison
-        less certain, not one-sided.
+        the same imputed records, but those are not the records the device
+        holds, so the comparison is less certain and may favour the version
+        that copes better with midpoints and drawn categories. Targets under
+        local DP make it measure something else (randomized-response labels
+        score a flatter version better in log loss): check versions only on
+        packages whose targets were shared as they are
+        (:func:`~dmt_model.loop.run_loop` refuses otherwise).
         """
         self._check_fitted()
         rng = np.random.default_rng(seed)
