@@ -512,7 +512,7 @@ class Featurizer:
         holds, so the comparison is less certain and may favour the version
         that copes better with midpoints and drawn categories. Targets under
         local DP make it measure something else (randomized-response labels
-        score a flatter version better in log loss): check versions only on
+        can score a flatter version better in log loss): check versions only on
         packages whose targets were shared as they are
         (:func:`~dmt_model.loop.run_loop` refuses otherwise).
         """

@@ -177,7 +177,7 @@ def run_loop(
     default): the noise (Laplace of scale the bounds' width at ε = 1) leaves a
     device's few records unable to tell two versions apart, cannot be
     personalized on as a device personalizes on its own records, and
-    randomized-response labels score a flatter version better, so what they
+    randomized-response labels can score a flatter version better, so what they
     showed would not be what the signed claim says. With fewer than 2
     held-out devices of 2 records v2's release carries no device claim, and
     devices ask it to prove itself.
@@ -206,8 +206,8 @@ def run_loop(
         raise ValidationError(
             f"held_out_share={held_out_share!r} with epsilon={epsilon!r}: the held-out "
             "devices' targets would be under local DP, and what versions personalized on "
-            "noisy targets and scored against them show (randomized-response labels score "
-            "a flatter version better) is not what the signed device claim says. Pass "
+            "noisy targets and scored against them show (randomized-response labels can "
+            "score a flatter version better) is not what the signed device claim says. Pass "
             "epsilon=None to check v2 on held-out devices, or held_out_share=0.")
     workdir = Path(workdir)
     if workdir.exists() and any(workdir.iterdir()):

@@ -23,7 +23,11 @@ published model version the server writes a small JSON document, the
                   chooses how much proof to ask of the version by it
                   (``dmt_model.personalize.adoption_rule_for``). A release
                   without it has the same canonical form as before the field
-                  existed, so older releases still verify.
+                  existed, so older releases still verify; an SDK from before
+                  the field refuses a release that carries it (unknown key:
+                  InvalidRelease), so apps update before the server signs it.
+                  It names no baseline: the version beat the one published
+                  before it, not necessarily the one a device runs.
 
 and whose ``signatures`` are ``[{"key_id": ..., "sig": ...}]``: Ed25519
 (``cryptography``) over ``b"dmt model release v1\\n"`` followed by the

@@ -93,7 +93,7 @@ def test_the_held_out_devices_follow_the_seed_not_the_random_package_ids():
 
 def test_devices_under_local_dp_on_the_target_are_not_held_out_to_sign_a_claim(tmp_path):
     """Under local DP on the target the held-out devices' targets are noisy (k-RR labels
-    score a flatter version better in log loss), so what they show is not what the signed
+    can score a flatter version better in log loss), so what they show is not what the signed
     claim says; run_loop refuses to hold them out instead of signing it."""
     from dmt_model.datasets.classifier_users import simulate_classifier_users
     from dmt_model.loop import run_loop
