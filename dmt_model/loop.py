@@ -286,9 +286,8 @@ def run_loop(
     batches = [b for b in batches if b.package_id not in held]
     # The held-out devices' records as received: not winsorized around v1's predictions,
     # which would pull their targets toward v1 and bias the comparison in its favour.
-    devices = [d for b in policy_batches(shared_store, server_policy)[0] if b.package_id in held
-               and len(d := foundation.featurizer.plain_released(
-                   b.records, hierarchies=b.hierarchies, seed=seed)) >= 2]
+    devices = _held_out_devices(policy_batches(shared_store, server_policy)[0], owners, held,
+                                foundation.featurizer, seed=seed)
     on_stage(f"server: retraining v2 on {len(proxy)} proxy + "
              f"{sum(len(b.records) for b in batches)} released records "
              f"({len(devices)} devices' packages held out to check it)")
@@ -349,6 +348,24 @@ def run_loop(
         workdir=workdir, devices=personal_paths,
         metric="log loss" if foundation.featurizer.classes_ else "RMSE",
         v2_validation=dict(v2.validation), held_out_devices=len(devices))
+
+
+def _held_out_devices(batches: Sequence[Any], owners: Mapping[str, int], held: set[str],
+                      featurizer: Any, *, seed: int) -> list[Any]:
+    """One frame per held-out device with at least 2 records: its packages' records
+    (``batches`` whose ``package_id`` is in ``held``) as plain records
+    (:meth:`~dmt_model.features.Featurizer.plain_released`), in the order of the devices'
+    ids. The device is the unit of :func:`~dmt_model.personalize.compare_on_devices`, so a
+    device's packages are one frame, never several devices."""
+    import pandas as pd
+
+    frames: dict[int, list[pd.DataFrame]] = {}
+    for batch in batches:
+        if batch.package_id in held:
+            frames.setdefault(owners[batch.package_id], []).append(featurizer.plain_released(
+                batch.records, hierarchies=batch.hierarchies, seed=seed))
+    devices = [pd.concat(frames[d], ignore_index=True) for d in sorted(frames)]
+    return [records for records in devices if len(records) >= 2]
 
 
 def _hold_out(owners: Mapping[str, int], share: float, seed: int) -> set[str]:

@@ -119,3 +119,22 @@ def test_the_demo_says_no_release_carries_a_claim_for_a_refused_version():
     assert "signed release says" not in refused and "refused" in refused.lower()
     published = _device_check(SimpleNamespace(v2_validation=check, v2_published=True))
     assert "signed release says so" in published
+
+
+def test_a_device_with_several_packages_is_one_device_in_the_check(classifier):  # noqa: F811
+    """compare_on_devices takes the device as the unit: two packages of one device are one
+    frame, or the t-test counts that device twice and the signed claim names one device
+    too many."""
+    from dmt_model.loop import _held_out_devices
+    from dmt_model.server.retrain import SharedBatch
+
+    records = _records(9, 4)
+    batches = [SharedBatch(records.iloc[:3], package_id="a1"),
+               SharedBatch(records.iloc[3:5], package_id="a2"),
+               SharedBatch(records.iloc[5:8], package_id="b1"),
+               SharedBatch(records.iloc[8:], package_id="c1"),  # one record: not checked
+               SharedBatch(records, package_id="trained")]
+    owners = {"a1": 1, "a2": 1, "b1": 2, "c1": 3, "trained": 4}
+    devices = _held_out_devices(batches, owners, {"a1", "a2", "b1", "c1"},
+                                classifier.featurizer, seed=0)
+    assert [len(d) for d in devices] == [5, 3]
