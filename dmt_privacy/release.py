@@ -390,6 +390,8 @@ def _parse(document: bytes) -> tuple[ReleaseMetadata, list[tuple[str, bytes]]]:
     signed, signatures = data["signed"], data["signatures"]
     if type(signed) is not dict or type(signatures) is not list or len(signatures) > 8:
         raise ValueError("shape")
+    if "held_out_devices" in signed and signed["held_out_devices"] is None:
+        raise ValueError("no claim is spelt by leaving held_out_devices out")  # one encoding
     metadata = ReleaseMetadata(**signed)
     sigs = []
     for entry in signatures:

@@ -174,7 +174,9 @@ def test_the_device_evidence_is_signed_and_cannot_be_added_or_stripped():
     added["signed"]["held_out_devices"] = 30  # the channel claims a gate that never ran
     stripped = json.loads(_release(V2, 2, held_out_devices=30))
     del stripped["signed"]["held_out_devices"]
-    for forged in (added, stripped):
+    nulled = json.loads(_release(V2, 2))
+    nulled["signed"]["held_out_devices"] = None  # a second spelling of "no claim"
+    for forged in (added, stripped, nulled):
         with pytest.raises(InvalidRelease):
             verify_release(json.dumps(forged).encode(), V2, PINNED, now=NOW)
     for bad in (1, True, -3, 2.5, "30"):
