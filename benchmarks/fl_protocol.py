@@ -460,40 +460,76 @@ def tune(args: argparse.Namespace, task: ProtocolTask) -> None:
 
 
 # --- one seed -------------------------------------------------------------------------
-def _device(spec_data: bytes, current_data: bytes | None, previous_data: bytes | None,
-            train: pd.DataFrame, test: pd.DataFrame, task: Task,
-            shared: pd.DataFrame | None = None) -> tuple[bytes, bool, float, dict, dict]:
-    """One device's decision (runs in a worker process): the personal model it holds after
-    ``personalize()`` (no ``current_data``) or ``adopt_new_version`` against its current
-    one (personalized from ``previous_data``; ``shared``: the records among ``train`` it
-    shared, never scored), whether it moved, its CPU seconds, and the scores of the
-    released and held model."""
+def _devices(jobs: list[tuple]) -> list[tuple[bytes, bool, float, dict, dict]]:
+    """The decisions of devices that share a model, its previous version and a task (runs in
+    a worker process): for each, the personal model it holds after ``personalize()`` (no
+    current model) or ``adopt_new_version`` against its current one (personalized from the
+    previous version; its shared records, among its training ones, never scored), whether
+    it moved, the CPU seconds of the whole call, and the scores of the released and held
+    model. The devices are decided together (``personalized_many``, ``adopted_many``), each
+    exactly as alone; one job is one device, and its seconds are its own."""
     from dmt_model.coreml import predict_frame
     from dmt_model.coreml._spec import spec_bytes, spec_from_bytes
-    from dmt_model.personalize import ADOPTION_RULE, adopted, featurizer_of, personalized
+    from dmt_model.personalize import (
+        ADOPTION_RULE,
+        adopted_many,
+        featurizer_of,
+        personalized_many,
+    )
 
+    spec_data, _, previous_data, _, _, task, _ = jobs[0]
+    assert all(job[0] is spec_data or job[0] == spec_data for job in jobs)
     spec = spec_from_bytes(spec_data)
-    actual = featurizer_of(spec).target_values(test, dtype=float)
-    released = user_scores(task, predict_frame(spec, test), actual)
+    actual = [featurizer_of(spec).target_values(job[4], dtype=float) for job in jobs]
+    released = [user_scores(task, predict_frame(spec, job[4]), y)
+                for job, y in zip(jobs, actual, strict=True)]
     started = time.process_time()
-    if current_data is None:
-        updated, result = personalized(spec, train)
+    held: list[Any] = [None] * len(jobs)
+    moved = [False] * len(jobs)
+    if jobs[0][1] is None:
+        outcomes = personalized_many(spec, [job[3] for job in jobs])
+        movable = list(range(len(jobs)))
     else:
         previous = None if previous_data is None else spec_from_bytes(previous_data)
-        unshared = train if shared is None else train.drop(shared.index)
-        if len(unshared) < 2:  # too few records the new model has not seen: keep
-            current = spec_from_bytes(current_data)
-            seconds = time.process_time() - started
-            return current_data, False, seconds, released, user_scores(
-                task, predict_frame(current, test), actual)
+        currents = [spec_from_bytes(job[1]) for job in jobs]
+        unshared = [job[3] if job[6] is None else job[3].drop(job[6].index) for job in jobs]
+        movable = [i for i in range(len(jobs)) if len(unshared[i]) >= 2]
+        held = currents  # too few records the new model has not seen: keep
         # Every method's devices adopt under ADOPTION_RULE, as if the server had shown each
         # version better on held-out devices (neither DMT's server nor Flower's checks it
         # here); the SDK's default asks an unchecked version to prove itself.
-        updated, result = adopted(spec, spec_from_bytes(current_data), unshared,
-                                  shared_records=shared, previous=previous, rule=ADOPTION_RULE)
+        outcomes = adopted_many(spec, [currents[i] for i in movable],
+                                [unshared[i] for i in movable],
+                                shared_records=[jobs[i][6] for i in movable],
+                                previous=previous, rule=ADOPTION_RULE)
+    for i, (updated, result) in zip(movable, outcomes, strict=True):
+        held[i], moved[i] = updated, bool(result.accepted)
     seconds = time.process_time() - started
-    held = user_scores(task, predict_frame(updated, test), actual)
-    return spec_bytes(updated), bool(result.accepted), seconds, released, held
+    return [(spec_bytes(model) if i in movable else job[1], moved[i], seconds, scores,
+             user_scores(task, predict_frame(model, job[4]), y))
+            for i, (job, model, scores, y) in enumerate(zip(jobs, held, released, actual,
+                                                             strict=True))]
+
+
+def _timed(sizes: list[int]) -> list[int]:
+    """The devices timed alone (``sizes``: each one's number of training records, or 0 for a
+    device that trains nothing): one of every ten that train, the middle one of each tenth
+    of them by size, so that the timed devices span every size."""
+    order = sorted((i for i, n in enumerate(sizes) if n), key=lambda i: -sizes[i])
+    strata = np.array_split(np.array(order, dtype=int), -(-len(order) // 10))
+    return sorted(int(part[len(part) // 2]) for part in strata if len(part))
+
+
+def _device_seconds(sizes: list[int], seconds: dict[int, float]) -> list[float]:
+    """Each device's CPU seconds on its own: measured for the devices timed alone
+    (``seconds``), else the least-squares line through those against the records it trains
+    on (0 for a device that trains nothing)."""
+    x = [sizes[i] for i in seconds]
+    line = np.polyfit(x, list(seconds.values()), 1) if len(set(x)) > 1 else (
+        [0.0, float(np.mean(list(seconds.values())))] if seconds else [0.0, 0.0])
+    return [seconds[i] if i in seconds else
+            max(0.0, float(np.polyval(line, n))) if n else 0.0 for i, n in enumerate(sizes)]
+
 
 
 _POOLS: dict[int, Any] = {}
@@ -521,8 +557,13 @@ def personalize_users(model: Any, sim: Simulation, task: ProtocolTask,
     ``shared``, on the records the user did not share only). Mean
     per-user test error (and accuracy) of ``model`` itself and of what users hold, the share
     of users who moved to it, the CPU seconds a device spent, and the personal models (as
-    ``.mlmodel`` bytes). The devices are independent: ``workers`` processes run them,
-    biggest users first; the result does not depend on ``workers``."""
+    ``.mlmodel`` bytes).
+
+    The devices are independent, and decided together in batches (``personalized_many``,
+    ``adopted_many``: each exactly as alone), one batch per ``workers`` process; one device
+    in ten, spread over the sizes, is decided and timed alone, and the others' CPU seconds
+    are read off the line through those against the records a device trains on (a batch's
+    seconds are not a device's). The result does not depend on ``workers``."""
     from dmt_model.coreml import UpdateSettings, build_spec
     from dmt_model.coreml._spec import spec_bytes
 
@@ -531,13 +572,25 @@ def personalize_users(model: Any, sim: Simulation, task: ProtocolTask,
                                                                updatable=UpdateSettings()))
     jobs = [(data, None if current is None else current[i], base, user.train, user.test,
              task.task, user.shareable if shared else None) for i, user in enumerate(sim.users)]
+    sizes = [0 if current is not None and shared and len(u.train) - len(u.shareable) < 2
+             else len(u.train) for u in sim.users]
+    timed = _timed(sizes)
+    rest = sorted(set(range(len(jobs))) - set(timed), key=lambda i: -sizes[i])
+    # Each worker's batch deals devices of every size, the biggest units of work first.
+    units = sorted([[i] for i in timed] + [rest[w::workers] for w in range(workers)
+                                           if rest[w::workers]],
+                   key=lambda unit: -sum(sizes[i] for i in unit))
     if workers > 1:
-        order = sorted(range(len(jobs)), key=lambda i: -len(sim.users[i].train))
-        futures = {i: _pool(workers).submit(_device, *jobs[i]) for i in order}
-        outcomes = [futures[i].result() for i in range(len(jobs))]
+        futures = [_pool(workers).submit(_devices, [jobs[i] for i in unit]) for unit in units]
+        decided = [future.result() for future in futures]
     else:
-        outcomes = [_device(*job) for job in jobs]
-    held, moved, seconds, plain, personal = zip(*outcomes, strict=True)
+        decided = [_devices([jobs[i] for i in unit]) for unit in units]
+    outcomes: list[Any] = [None] * len(jobs)
+    for unit, unit_outcomes in zip(units, decided, strict=True):
+        for i, outcome in zip(unit, unit_outcomes, strict=True):
+            outcomes[i] = outcome
+    held, moved, _, plain, personal = zip(*outcomes, strict=True)
+    seconds = _device_seconds(sizes, {i: outcomes[i][2] for i in timed})
     out = {f"{metric}{suffix}": float(np.mean([scores[metric] for scores in which]))
            for metric in plain[0] for suffix, which in (("", personal), ("_released", plain))}
     return out | {"moved": float(np.mean(moved)), "personalize_seconds": float(np.mean(seconds)),
