@@ -29,9 +29,10 @@ device applies, measured here as the SDK runs each one (``dmt_model.personalize`
 * **gated**: the SDK's flow, where the server checks each version on a quarter of the
   devices held out from retraining (``compare_on_devices``; the server retrains on the
   other devices' records in every row): a version shown better is adopted under
-  ``ADOPTION_RULE`` (the row "the same, scored on unshared records only"), one shown worse
-  is refused (never), and one the devices cannot tell apart must prove itself (the row
-  "the same, out of fold, scored on unshared records").
+  ``ADOPTION_RULE`` (the row "the same, scored on unshared records only"), any other is
+  refused (never); with ``publish_unless_worse=True`` only one shown worse is refused,
+  and one the devices cannot tell apart must prove itself (the row "the same, out of
+  fold, scored on unshared records").
 
 For each: users' mean per-user test error (RMSE, or log loss for a classifier), the share
 of devices that moved, how often the rule's choice raised a user's test error (harmed:
@@ -80,6 +81,9 @@ RULES = ("never", "asks proof", "proof, unshared", "unless worse, in sample",
 #: what a device holds when the server checks each version on held-out devices and devices
 #: adopt by the rule its release earns (adoption_rule_for)
 GATED = "gated"
+#: the same with publish(..., publish_unless_worse=True): a version the devices cannot tell
+#: apart is published without the claim, and devices ask it to prove itself
+GATED_LOOSE = "gated, unless worse"
 LABELS = {
     "never": "never adopt",
     "asks proof": "the version must prove itself (DecisionRule()), in sample",
@@ -92,6 +96,8 @@ LABELS = {
                          "scored on every record",
     "even, unshared": "**the same, scored on unshared records only (shared_records=)**",
     "always": "always adopt",
+    GATED_LOOSE: "the server publishes unless shown worse on devices "
+                 "(publish_unless_worse=True); the release decides the rule",
     GATED: "**the SDK's flow: the server's device check decides the rule "
            "(compare_on_devices, adoption_rule_for)**",
 }
@@ -227,14 +233,17 @@ def run_seed(name: str, seed: int, users: int, workers: int) -> dict[str, Any]:
             "gate": asdict(gate), "seconds": time.perf_counter() - started}
 
 
-def _gated(run: dict[str, Any]) -> str:
+def _gated(run: dict[str, Any], *, unless_worse: bool = False) -> str:
     """The rule a device applies to the run's version under the SDK's flow: the server's
-    device check shows it better (ADOPTION_RULE), worse (refused: never) or neither (it must
-    prove itself). Runs before "proof, unshared" existed fall back to the in-sample row."""
+    device check shows it better (ADOPTION_RULE); otherwise it is refused (never), unless
+    ``unless_worse`` (``publish_unless_worse=True``), where only a version shown worse is
+    refused and one the devices cannot tell apart must prove itself. Runs before "proof,
+    unshared" existed fall back to the in-sample row."""
     gate, rules = run["gate"], run["rules"]
     if gate["better"]:
         return "even, unshared" if "even, unshared" in rules else "even, out of fold"
-    if gate["error_after"] > gate["error_before"] and gate["t"] <= -gate["needed"]:
+    shown_worse = gate["error_after"] > gate["error_before"] and gate["t"] <= -gate["needed"]
+    if shown_worse or not unless_worse:
         return "never"
     return "proof, unshared" if "proof, unshared" in rules else "asks proof"
 
@@ -245,10 +254,11 @@ def markdown(runs: list[dict[str, Any]]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, users in dict.fromkeys((r["task"], r.get("users", 120)) for r in runs):
         mine = [r for r in runs if r["task"] == name and r.get("users", 120) == users]
-        for rule in (*RULES, GATED):
-            if rule not in mine[0]["rules"] and rule != GATED:
+        for rule in (*RULES, GATED_LOOSE, GATED):
+            if rule not in mine[0]["rules"] and rule not in (GATED, GATED_LOOSE):
                 continue  # not measured in this (earlier) run
-            cell = [r["rules"][rule] if rule != GATED else r["rules"][_gated(r)]
+            cell = [r["rules"][rule] if rule not in (GATED, GATED_LOOSE)
+                    else r["rules"][_gated(r, unless_worse=rule == GATED_LOOSE)]
                     for r in mine]
             gain = [c["error"] - r["rules"]["never"]["error"] for c, r in zip(cell, mine,
                                                                            strict=True)]

@@ -226,8 +226,8 @@ def _device_check(result: Any) -> str:
              f"v1's\n  {check['current_device_error']:.3f} (paired t = {check['device_t']:.2f}, "
              f"needs {check['device_t_needed']:.2f}).")
     if not result.v2_published:
-        then = ("Refused (shown worse on these devices or on the validation data): no "
-                "release,\n  devices keep v1.")
+        then = ("Refused (not shown better on these devices, or worse on the validation "
+                "data): no\n  release, devices keep v1.")
     elif check.get("devices_better"):
         then = ("Its signed release says so, and devices adopt it unless their own\n  records "
                 "show it worse.")

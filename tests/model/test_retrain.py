@@ -137,8 +137,9 @@ def test_sample_weights_are_checked(foundation, simulation):
 def test_the_gate_on_held_out_devices_refuses_a_version_worse_once_personalized(
         foundation, simulation, tmp_path):
     """publish(validation_devices=...): personalized on held-out devices as they would, a
-    version shown worse is refused, one shown better says so in its signed release, and one
-    the devices cannot tell apart is published without that claim; figures are recorded."""
+    version shown better says so in its signed release; one the devices cannot tell apart is
+    refused, or with publish_unless_worse=True published without that claim; one shown worse
+    is refused either way; figures are recorded."""
     import json
 
     from dmt_privacy.release import generate_release_key
@@ -150,7 +151,8 @@ def test_the_gate_on_held_out_devices_refuses_a_version_worse_once_personalized(
     devices = [user.train for user in simulation.users[:10]]
     registry = ModelRegistry(tmp_path / "registry")
     registry.publish(foundation, trained_on={})
-    worse = registry.publish(broken, trained_on={}, validation_devices=devices)
+    worse = registry.publish(broken, trained_on={}, validation_devices=devices,
+                             publish_unless_worse=True)
     assert not worse.published
     assert worse.validation["devices"] == 10
     assert worse.validation["device_error"] > worse.validation["current_device_error"]
@@ -163,8 +165,13 @@ def test_the_gate_on_held_out_devices_refuses_a_version_worse_once_personalized(
     assert better.published and better.validation["devices_better"] == 1.0, better.validation
     claim = json.loads(other.path(better.release_file).read_text())["signed"]
     assert claim["held_out_devices"] == 10
+    # The same weights: no device can tell them apart.
+    refused = other.publish(foundation, trained_on={}, validation_devices=devices,
+                            signing_key=key)
+    assert not refused.published and refused.validation["devices_better"] == 0.0
+    assert other.latest().version == 2 and not refused.release_file
     same = other.publish(foundation, trained_on={}, validation_devices=devices,
-                         signing_key=key)  # the same weights: no device can tell them apart
+                         signing_key=key, publish_unless_worse=True)
     assert same.published and same.validation["devices_better"] == 0.0, same.validation
     assert "held_out_devices" not in json.loads(
         other.path(same.release_file).read_text())["signed"]
