@@ -62,7 +62,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from dmt_model.coreml._spec import load_spec, save_spec
+from dmt_model.coreml._spec import load_spec, save_spec, spec_from_bytes
 from dmt_model.coreml.evaluate import (
     apply_activation,
     class_labels_of,
@@ -777,24 +777,59 @@ ADOPTION_RULE = DecisionRule(confidence=0.5, prefer="update")
 def adoption_rule_for(release: Any) -> DecisionRule:
     """The adoption rule a new version's signed release earns.
 
-    ``release`` is what :func:`dmt_privacy.release.verify_release` returned (or
-    its :class:`~dmt_privacy.release.ReleaseMetadata`). If the server found the
-    version better on held-out devices, each personalized as a device would
-    (``held_out_devices`` in the release:
+    ``release`` is what :func:`dmt_privacy.release.verify_release` returned, or
+    ``None``. If the server found the version better on held-out devices, each
+    personalized as a device would (``held_out_devices`` in the release:
     :meth:`~dmt_model.server.retrain.ModelRegistry.publish` with
     ``validation_devices=``), :data:`ADOPTION_RULE`: the device adopts it unless
     its own records show it worse. Otherwise (proxy data alone vouch for it, or
     ``release`` is ``None``) :class:`DecisionRule`: it must prove itself on the
     device's records, since a version the proxy's validation data score better
     can be worse for users once personalized (``benchmarks/adoption.py``).
+    Anything else is refused, metadata parsed from a release file included: only a
+    verified release says what the server signed.
     """
-    metadata = getattr(release, "metadata", release)
-    devices = getattr(metadata, "held_out_devices", None)
-    if release is not None and not hasattr(metadata, "held_out_devices"):
+    from dmt_privacy.release import VerifiedRelease
+
+    if release is None:
+        return DEFAULT_RULE
+    if not isinstance(release, VerifiedRelease):
         raise ValidationError(
-            f"release must be a verified release (verify_release) or its metadata, got "
-            f"{type(release).__name__}.")
-    return ADOPTION_RULE if devices else DEFAULT_RULE
+            f"release must be what verify_release returned, got {type(release).__name__}; "
+            "parse nothing yourself: metadata read from a release file is unverified.")
+    return ADOPTION_RULE if release.metadata.held_out_devices else DEFAULT_RULE
+
+
+def _load_released(path: str | os.PathLike[str], release: Any) -> Any:
+    """The new version at ``path``, and with ``release`` only if the file holds exactly the
+    bytes the release signed (read once: what is checked is what is loaded)."""
+    if release is None:
+        return _load_model(path)
+    import hashlib
+    import hmac
+    import tempfile
+
+    from dmt_privacy.release import InvalidRelease
+
+    adoption_rule_for(release)  # a verified release, or refused here
+    data = Path(path).read_bytes()
+    signed = release.metadata
+    if len(data) != signed.length or not hmac.compare_digest(
+            hashlib.sha256(data).hexdigest(), signed.sha256):
+        raise InvalidRelease(
+            f"{path} is not the model release v{signed.version} signed (length or SHA-256 "
+            "differ); write the bytes verify_release returned (release.model) and adopt "
+            "those.")
+    if Path(path).suffix != ".pte":
+        spec = spec_from_bytes(data, source=str(path))
+        validate_updatable(spec)
+        return spec
+    with tempfile.TemporaryDirectory(prefix="dmt-release-") as folder:
+        copy_ = Path(folder) / "new.pte"
+        copy_.write_bytes(data)
+        return _load_model(copy_)
+
+
 # Prior strengths (anchor records) tried per user; cross-validation picks one. Chosen by
 # benchmarks/model_quality.py on three data sets of different target scales (README).
 DEFAULT_PRIOR_RECORDS: tuple[int, ...] = (1, 3, 10, 30)
@@ -1359,7 +1394,8 @@ def adopted(new_spec: Any, current: Any, records: pd.DataFrame, *, previous: Any
     """:func:`adopt_new_version` on in-memory models: (the personal model the device holds
     afterwards, result) — ``new_spec`` re-personalized if the rule kept it, else a copy of
     ``current``; ``previous`` is the version ``current`` was personalized from. No argument
-    is modified. For simulations and benchmarks."""
+    is modified. ``release=`` chooses the rule only (:func:`adoption_rule_for`): an
+    in-memory spec has no signed bytes to check. For simulations and benchmarks."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="dmt-adopt-") as folder:
@@ -1369,6 +1405,9 @@ def adopted(new_spec: Any, current: Any, records: pd.DataFrame, *, previous: Any
         _save_model(current, paths["personal"])
         if previous is not None:
             _save_model(previous, paths["previous"])
+        if kwargs.get("rule") is None:  # in memory there are no signed bytes to check
+            kwargs["rule"] = adoption_rule_for(kwargs.pop("release", None))
+        kwargs.pop("release", None)
         result = adopt_new_version(paths["new"], paths["personal"], records,
                                    previous=paths["previous"] if previous is not None else None,
                                    **kwargs)
@@ -1551,7 +1590,10 @@ def adopt_new_version(
     replaces the personal model at ``personal_model_path`` if ``rule`` keeps it.
 
     ``release`` is the new version's verified release
-    (:func:`dmt_privacy.release.verify_release`); without ``rule`` it decides
+    (:func:`dmt_privacy.release.verify_release`): the file at ``new_model_path``
+    must hold exactly the bytes it signed (else :class:`~dmt_privacy.release.
+    InvalidRelease`, nothing changed), and those bytes are what is adopted.
+    Without ``rule`` it decides
     how much proof the device asks (:func:`adoption_rule_for`). A version the
     server showed better on held-out devices (its release says on how many) is
     adopted unless the device's records show it worse (:data:`ADOPTION_RULE`:
@@ -1593,7 +1635,7 @@ def adopt_new_version(
         records = unshared_records
     if records is None:
         raise ValidationError("adopt_new_version needs the device's records (records=...).")
-    new_spec = _load_model(new_model_path)
+    new_spec = _load_released(new_model_path, release)
     current = _load_model(personal_model_path)
     base = None if previous is None else _load_model(previous)
     _check_versions(new_spec, current, base, new=str(new_model_path),

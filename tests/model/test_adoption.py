@@ -2,7 +2,6 @@
 devices (its release says so) is adopted unless the device's records show it worse, any
 other must prove itself on them, and both sides can be scored out of fold."""
 
-import dataclasses
 import itertools
 
 import numpy as np
@@ -74,22 +73,26 @@ def test_a_version_better_where_the_user_has_no_records_yet_is_adopted(digits):
     user with six records, one of them an 8, could not show that, so the device kept a
     model that fails on the 7, 8 and 9 it will meet (benchmarks/fl_protocol.py: 55 % of
     digits users stayed on such a model)."""
-    from dmt_privacy.release import ReleaseMetadata
+    from dmt_model.coreml._spec import spec_bytes
+    from dmt_privacy.release import generate_release_key, sign_release, verify_release
 
     v1, v2, train, test = digits
     current, _ = personalized(v1, train)
     kept, old = adopted(v2, current, train, rule=DecisionRule())
     assert not old.accepted, old.reason  # the reproduced defect
-    shown = ReleaseMetadata(name="foundation", version=2, created="2026-12-01T00:00:00Z",
-                            expires="2026-12-31T00:00:00Z", length=1, sha256="0" * 64,
-                            schema_id="digits", policy_sha256=None, server_key=None,
-                            held_out_devices=30)  # the server showed v2 better on 30 devices
+    key, model = generate_release_key(), spec_bytes(v2)
+
+    def release(**claim):
+        document = sign_release(model, key, version=2, schema_id="digits", **claim)
+        return verify_release(document, model, [key.verify_key()])
+
+    shown = release(held_out_devices=30)  # the server showed v2 better on 30 devices
     held, result = adopted(v2, current, train, previous=v1, release=shown)
     assert result.accepted, result.reason
     assert _log_loss(held, test) < 0.5 * _log_loss(kept, test)
     # Without that claim (or any release) the device asks v2 to prove itself: the safe
     # default where nobody has checked how a version serves devices once personalized.
-    for unchecked in (None, dataclasses.replace(shown, held_out_devices=None)):
+    for unchecked in (None, release()):
         _, asked = adopted(v2, current, train, previous=v1, release=unchecked)
         assert not asked.accepted and "not significant" in asked.reason, asked.reason
 
