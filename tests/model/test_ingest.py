@@ -272,10 +272,13 @@ def test_sigkill_at_random_points_stores_every_package_once(tmp_path):
     while time.monotonic() < deadline and kills < 4:
         child = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL)
-        # wait until it is ingesting (new packages appear), then kill at a random moment
-        while child.poll() is None and _stored(db) <= max(stored_before, 0):
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.25))
+        # kill when a random number of packages, at most a third of those left, is stored:
+        # a random moment counted in packages, not in seconds, so a fast machine cannot
+        # finish the run before the kill
+        base = max(stored_before, 0)
+        target = base + rng.randint(1, max(1, (n - base) // 3))
+        while child.poll() is None and _stored(db) < target:
+            time.sleep(0.002)
         if child.poll() is None:
             child.send_signal(signal.SIGKILL)
             child.wait()
