@@ -464,7 +464,7 @@ def _devices(jobs: list[tuple]) -> list[tuple[bytes, bool, float, dict, dict]]:
     """The decisions of devices that share a model, its previous version and a task (runs in
     a worker process): for each, the personal model it holds after ``personalize()`` (no
     current model) or ``adopt_new_version`` against its current one (personalized from the
-    previous version; its shared records, among its training ones, never scored), whether
+    previous version; every training record scored, as for every method), whether
     it moved, the CPU seconds of the whole call, and the scores of the released and held
     model. The devices are decided together (``personalized_many``, ``adopted_many``), each
     exactly as alone; one job is one device, and its seconds are its own."""
@@ -477,7 +477,7 @@ def _devices(jobs: list[tuple]) -> list[tuple[bytes, bool, float, dict, dict]]:
         personalized_many,
     )
 
-    spec_data, _, previous_data, _, _, task, _ = jobs[0]
+    spec_data, _, previous_data, _, _, task = jobs[0]
     assert all(job[0] is spec_data or job[0] == spec_data for job in jobs)
     spec = spec_from_bytes(spec_data)
     actual = [featurizer_of(spec).target_values(job[4], dtype=float) for job in jobs]
@@ -492,16 +492,17 @@ def _devices(jobs: list[tuple]) -> list[tuple[bytes, bool, float, dict, dict]]:
     else:
         previous = None if previous_data is None else spec_from_bytes(previous_data)
         currents = [spec_from_bytes(job[1]) for job in jobs]
-        unshared = [job[3] if job[6] is None else job[3].drop(job[6].index) for job in jobs]
-        movable = [i for i in range(len(jobs)) if len(unshared[i]) >= 2]
-        held = currents  # too few records the new model has not seen: keep
+        movable = [i for i in range(len(jobs)) if len(jobs[i][3]) >= 2]
+        held = currents  # too few records to score: keep
         # Every method's devices adopt under ADOPTION_RULE, as if the server had shown each
         # version better on held-out devices (neither DMT's server nor Flower's checks it
-        # here); the SDK's default asks an unchecked version to prove itself.
+        # here); the SDK's default asks an unchecked version to prove itself. Every training
+        # record is scored, for every method: Flower's global model trained on all of a
+        # client's records, so the SDK's guard (records a version trained on are never
+        # scored, ``shared_records=``) would leave an FL device nothing to score.
         outcomes = adopted_many(spec, [currents[i] for i in movable],
-                                [unshared[i] for i in movable],
-                                shared_records=[jobs[i][6] for i in movable],
-                                previous=previous, rule=ADOPTION_RULE)
+                                [jobs[i][3] for i in movable], previous=previous,
+                                rule=ADOPTION_RULE)
     for i, (updated, result) in zip(movable, outcomes, strict=True):
         held[i], moved[i] = updated, bool(result.accepted)
     seconds = time.process_time() - started
@@ -548,13 +549,12 @@ def _pool(workers: int) -> Any:
 
 def personalize_users(model: Any, sim: Simulation, task: ProtocolTask,
                       current: list[bytes] | None = None, *, previous: Any | None = None,
-                      shared: bool = False, workers: int = 1) -> dict[str, Any]:
+                      workers: int = 1) -> dict[str, Any]:
     """What each user holds in the end, as an SDK device decides it: with no ``current``
     personal models, ``model`` personalized on all their training records
     (``personalize()``); otherwise ``model`` re-personalized and adopted unless the user's
     records show it worse than their ``current`` personal model, personalized from
-    ``previous`` (``adopt_new_version``'s default rule, both scored out of fold; with
-    ``shared``, on the records the user did not share only). Mean
+    ``previous`` (``ADOPTION_RULE``, both scored out of fold on every training record). Mean
     per-user test error (and accuracy) of ``model`` itself and of what users hold, the share
     of users who moved to it, the CPU seconds a device spent, and the personal models (as
     ``.mlmodel`` bytes).
@@ -571,9 +571,9 @@ def personalize_users(model: Any, sim: Simulation, task: ProtocolTask,
     base = None if previous is None else spec_bytes(build_spec(previous,
                                                                updatable=UpdateSettings()))
     jobs = [(data, None if current is None else current[i], base, user.train, user.test,
-             task.task, user.shareable if shared else None) for i, user in enumerate(sim.users)]
-    sizes = [0 if current is not None and shared and len(u.train) - len(u.shareable) < 2
-             else len(u.train) for u in sim.users]
+             task.task) for i, user in enumerate(sim.users)]
+    sizes = [0 if current is not None and len(u.train) < 2 else len(u.train)
+             for u in sim.users]
     timed = _timed(sizes)
     rest = sorted(set(range(len(jobs))) - set(timed), key=lambda i: -sizes[i])
     # Each worker's batch deals devices of every size, the biggest units of work first.
@@ -724,7 +724,7 @@ def run_seed(sim: Simulation, task: ProtocolTask, seed: int, *, rounds: int,
                                              settings["dmt_learning_rate"])
         sizes, seal_seconds = sealed_sizes(sim, batches, task.schema)
         result = personalize_users(model, sim, task, current, previous=foundation,
-                                   shared=True, workers=workers)
+                                   workers=workers)
         del result["personal_models"]
         rows[name] = result | {
             "epsilon": info.get("user_epsilon"), "guarantee": guarantee,
