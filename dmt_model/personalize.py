@@ -885,6 +885,66 @@ def _predict(model: Any, frame: pd.DataFrame) -> np.ndarray:
     return model.predict(frame) if _is_program(model) else predict_frame(model, frame)
 
 
+#: A model a call was given, as a check of its predictions names it: (the model, what to
+#: call it, what to do if it is broken).
+_Given = tuple[Any, str, str]
+
+_BROKEN = ("its predictions are not finite, so it can be neither personalized nor compared "
+           "(its weights hold NaN or infinity, or overflow on this record). The model is at "
+           "fault, not the records; nothing was trained or written.")
+_RETRAIN = ("Download the version again; if its predictions are still not finite, its training "
+            "diverged: retrain it.")
+# What to do about each model an adoption is given, in the order they are checked.
+_NEW_VERSION = f"The personal model is unchanged. {_RETRAIN}"
+_PREVIOUS = ("Pass the foundation version the device personalized (download it again), or "
+             "leave previous= out.")
+_PERSONAL = ("Restore it from a backup (dmt_model.backup.restore); without one, start again "
+             "from the new version: copy it over the personal model and personalize it.")
+_RESTORE = ("If it is a personal model, restore it from a backup (dmt_model.backup.restore) "
+            "or start again from its foundation version; if it is a foundation version, "
+            "download it again, or retrain it if its predictions are still not finite.")
+
+
+def _refuse_non_finite(model: Any, frames: Sequence[pd.DataFrame | None], *, name: str,
+                       remedy: str, devices: Sequence[int] | None = None,
+                       predicted: np.ndarray | None = None, what: str = "record") -> None:
+    """Raise :class:`ModelFileError` if ``model`` predicts NaN or infinity for a record of
+    ``frames`` (``None`` entries skipped): one of its predictions would become an anchor's
+    target or a held-out error, and the records would be blamed for it. ``name`` is the
+    model as the message calls it and ``remedy`` what to do; ``devices`` the device of each
+    frame (the message then starts with it); ``predicted`` the predictions if already made
+    (one frame)."""
+    parts = [(frame, device) for frame, device in zip(
+        frames, devices if devices is not None else [None] * len(frames), strict=True)
+        if frame is not None and len(frame)]
+    if not parts:
+        return
+    whole = parts[0][0] if len(parts) == 1 else pd.concat([frame for frame, _ in parts])
+    if predicted is None:
+        predicted = _predict(model, whole)
+    values = np.asarray(predicted, dtype=np.float64).reshape(len(whole), -1)
+    finite = np.isfinite(values).all(axis=1)
+    if finite.all():
+        return
+    at = int((~finite).argmax())
+    shown = str(float(values[at, 0])) if values.shape[1] == 1 else \
+        "class probabilities that are NaN or infinite"
+    device = [d for frame, d in parts for _ in range(len(frame))][at]
+    row = whole.index[at]
+    row = row.item() if isinstance(row, np.generic) else row
+    raise ModelFileError(("" if device is None else f"device {device}: ")
+                         + f"{name} predicts {shown} for the {what} at row {row!r}: "
+                         f"{_BROKEN} {remedy}")
+
+
+def _refuse_broken_models(given: Sequence[_Given], frames: Sequence[pd.DataFrame | None],
+                          devices: Sequence[int] | None = None) -> None:
+    """:func:`_refuse_non_finite` of each given model (a ``None`` model is skipped)."""
+    for model, name, remedy in given:
+        if model is not None:
+            _refuse_non_finite(model, frames, name=name, remedy=remedy, devices=devices)
+
+
 def _save_model(model: Any, path: Path) -> None:
     if _is_program(model):
         model.save(path, overwrite=True)
@@ -920,7 +980,8 @@ def with_prior(spec: Any, records: pd.DataFrame, prior_records: int) -> pd.DataF
     class). Training on records and anchors together converges to the
     least-squares fit shrunk toward the current model, the more so the fewer
     records the user has (with the personal head: the adjustment is shrunk by
-    ``n / (n + prior_records)``).
+    ``n / (n + prior_records)``). A ``spec`` that predicts NaN or infinity for an
+    anchor raises :class:`ModelFileError`: the model is broken, not the records.
     Because it is a property of the training set, not of the step size, the
     result is the same whether the device averages the loss over a
     mini-batch, sums it or halves it: only the speed of getting there changes.
@@ -936,6 +997,8 @@ def with_prior(spec: Any, records: pd.DataFrame, prior_records: int) -> pd.DataF
     anchors = records.iloc[np.arange(prior_records) % len(records)].copy()
     featurizer = featurizer_of(spec)
     predicted = _predict(spec, anchors)
+    _refuse_non_finite(spec, [anchors], name="The model", remedy=_RETRAIN,
+                       predicted=predicted, what="anchor record")
     if featurizer.classes_:  # a classifier's anchors carry a class drawn from its prediction
         u = (np.arange(prior_records) * _GOLDEN + 0.5) % 1.0  # evenly spread, deterministic
         drawn = (np.cumsum(predicted, axis=1) < u[:, None]).sum(axis=1)
@@ -1022,9 +1085,10 @@ _Decision = tuple[Any | None, PersonalizationResult]
 
 def _plan_update(spec: Any, records: pd.DataFrame, *, holdout: pd.DataFrame | None,
                  rule: DecisionRule, grid: tuple[int, ...], seed: int, final: bool,
-                 scored: int | None = None) -> _UpdatePlan:
-    """Validate one device's records and cut its checks (:func:`_checked_update`); raises on
-    bad input. ``final``: train the final updates in the same pass (not with ``on_event``)."""
+                 scored: int | None = None, given: Sequence[_Given] = ()) -> _UpdatePlan:
+    """Validate one device's records, then the ``given`` models' predictions for them
+    (:func:`_refuse_non_finite`), and cut its checks (:func:`_checked_update`); raises on bad
+    input. ``final``: train the final updates in the same pass (not with ``on_event``)."""
     rule = rule.for_task(featurizer_of(spec).task)
     target = _check_records(spec, records, what="records")
     out_of_bounds = _out_of_bounds(spec, records)
@@ -1037,6 +1101,7 @@ def _plan_update(spec: Any, records: pd.DataFrame, *, holdout: pd.DataFrame | No
                 f"{len(records) if scored is None else scored} record(s) cannot be "
                 "cross-validated; give at least 2, or pass holdout= explicitly.")
         checks = _folds(records, target, rule.folds, seed, scored)
+    _refuse_broken_models(given, [records, holdout])
     # With a holdout and one prior, the update on the check's training records is the final.
     return _UpdatePlan(records, checks, grid, rule, holdout is not None,
                        final and (holdout is None or len(grid) > 1), out_of_bounds)
@@ -1056,6 +1121,7 @@ def _checked_update(
     overrides: Mapping[str, Any],
     baseline_from: Any | None = None,
     scored: int | None = None,
+    given: Sequence[_Given] = (),
 ) -> PersonalizationResult:
     """Update ``spec`` on ``records`` and write it to ``output`` only if ``rule`` says it beats
     ``baseline`` on held-out records: ``holdout`` if given (the update then trains on all
@@ -1068,13 +1134,15 @@ def _checked_update(
     held-out errors are out of fold too: ``baseline_from`` is personalized on each fold's
     training records exactly as the update is (its best prior strength), so neither side
     has seen the records it is scored on. With ``scored``, only the first ``scored``
-    records are ever held out (the others are trained on in every fold).
+    records are ever held out (the others are trained on in every fold). The ``given``
+    models (``spec``, ``baseline``, ``baseline_from``, named) must predict finite values
+    for every record, or nothing is trained (:func:`_refuse_non_finite`).
 
     One device of :func:`_checked_updates`, which plans, trains and decides; this writes.
     """
     plan = _plan_update(spec, records, holdout=holdout, rule=rule,
                         grid=_prior_grid(prior_records), seed=seed, final=on_event is None,
-                        scored=scored)
+                        scored=scored, given=given)
     ((candidate, result),) = _checked_updates(spec, [baseline], [plan], output=output,
                                               baseline_from=baseline_from, on_event=on_event,
                                               overrides=overrides)
@@ -1357,7 +1425,9 @@ def personalize(
     describe what may be *shared* (DP clamps to them), while the personal model
     should learn the user's own values. They are counted in
     ``result.out_of_bounds``. Missing, non-finite or non-numeric values, and
-    unknown categories, are refused with an error naming the field.
+    unknown categories, are refused with an error naming the field. A model that
+    predicts NaN or infinity for a record (weights that diverged, a damaged file)
+    is refused with :class:`ModelFileError` naming it and the record.
 
     ``overrides`` go to :func:`update_spec` (``learning_rate``, ``epochs``,
     ``batch_size``, ``shuffle``, ``convention``); ``folds`` overrides
@@ -1369,7 +1439,8 @@ def personalize(
     return _checked_update(spec, spec, records, holdout=holdout,
                            output=Path(output_path) if output_path is not None else model_path,
                            rule=_rule(rule, folds), prior_records=prior_records, seed=seed,
-                           on_event=on_event, overrides=overrides)
+                           on_event=on_event, overrides=overrides,
+                           given=[(spec, f"The model {model_path}", _RESTORE)])
 
 
 def personalized(spec: Any, records: pd.DataFrame, **kwargs: Any,
@@ -1452,6 +1523,7 @@ def personalized_many(
                           final=True)
              for i, (records, holdout) in enumerate(zip(
                  record_sets, _per_device(holdouts, record_sets, "holdouts"), strict=True))]
+    _refuse_broken_models([(spec, "The model", _RETRAIN)], *_devices_records(plans))
     decisions = _checked_updates(spec, [spec] * len(plans), plans, output=IN_MEMORY,
                                  baseline_from=None, on_event=None, overrides=overrides)
     return [(copy.deepcopy(spec) if kept is None else kept, result)
@@ -1503,10 +1575,30 @@ def adopted_many(
         records, scored = _with_shared(record_sets[i], shared[i])
         plans.append(_device_plan(i, new_spec, records, holdout=holdout[i], rule=rule,
                                   grid=grid, seed=seed, final=True, scored=scored))
+    # The versions every device shares are checked on all devices' records at once.
+    _refuse_broken_models([(new_spec, "The new version", _NEW_VERSION),
+                           (previous, "previous=", _PREVIOUS)], *_devices_records(plans))
+    for i, current in enumerate(currents):
+        _refuse_broken_models([(current, "The personal model", _PERSONAL)],
+                              *_devices_records(plans[i:i + 1], first=i))
     decisions = _checked_updates(new_spec, currents, plans, output=IN_MEMORY,
                                  baseline_from=previous, on_event=None, overrides=overrides)
     return [(copy.deepcopy(current) if kept is None else kept, result)
             for current, (kept, result) in zip(currents, decisions, strict=True)]
+
+
+def _devices_records(plans: Sequence[_UpdatePlan], first: int = 0
+                     ) -> tuple[list[pd.DataFrame], list[int]]:
+    """(every record set the devices' ``plans`` read: their records and holdouts, the device
+    of each), devices numbered from ``first``."""
+    frames, devices = [], []
+    for i, plan in enumerate(plans, start=first):
+        frames.append(plan.records)
+        devices.append(i)
+        if plan.holdout:
+            frames.append(plan.checks[0][1])
+            devices.append(i)
+    return frames, devices
 
 
 def _per_device(values: Sequence[pd.DataFrame | None] | None, record_sets: Sequence[Any],
@@ -1624,8 +1716,10 @@ def adopt_new_version(
     ``shared_records=``; users' expected log loss 0.557 against 0.547).
 
     The new model file is not modified; the personal model is replaced
-    atomically, or not at all. ``unshared_records=`` is the old name of
-    ``records`` (deprecated).
+    atomically, or not at all. A model among the three (the new version, ``previous``,
+    the personal model) that predicts NaN or infinity for one of the records is refused
+    with :class:`ModelFileError` naming it, before any training. ``unshared_records=``
+    is the old name of ``records`` (deprecated).
     """
     if unshared_records is not None:
         if records is not None:
@@ -1645,4 +1739,8 @@ def adopt_new_version(
                            output=Path(personal_model_path),
                            rule=_rule(rule or adoption_rule_for(release), folds),
                            prior_records=prior_records, seed=seed, on_event=on_event,
-                           overrides=overrides, baseline_from=base, scored=scored)
+                           overrides=overrides, baseline_from=base, scored=scored,
+                           given=[(new_spec, f"The new version {new_model_path}", _NEW_VERSION),
+                                  (base, f"previous={previous}", _PREVIOUS),
+                                  (current, f"The personal model {personal_model_path}",
+                                   _PERSONAL)])

@@ -1,0 +1,163 @@
+"""A model whose predictions are NaN or infinite (weights that diverged, a damaged download) is
+named as the problem, with what to do: not the user's records, whose target column its
+predictions were written into as anchors. Nothing is trained or written."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dmt_model.coreml import UpdateSettings, build_spec, evaluate_spec, predict_frame, save_spec
+from dmt_model.coreml.evaluate import frame_inputs
+from dmt_model.coreml.weights import layer_by_name
+from dmt_model.personalize import (
+    adopt_new_version,
+    adopted,
+    adopted_many,
+    personalize,
+    personalized,
+    personalized_many,
+    with_prior,
+)
+from dmt_privacy.errors import ModelFileError
+
+FAST = {"epochs": 5}
+
+
+def _poisoned(spec, layer="dense_1", value=np.nan, part="weights"):
+    """A copy of ``spec`` whose ``layer``'s weights (or bias) are all ``value``: what a training
+    that diverged leaves (``set_weights`` refuses such values, so they are written directly)."""
+    spec = type(spec).FromString(spec.SerializeToString())
+    params = getattr(layer_by_name(spec, layer).innerProduct, part)
+    n = len(params.floatValue)
+    del params.floatValue[:]
+    params.floatValue.extend([float(value)] * n)
+    return spec
+
+
+@pytest.fixture(scope="module")
+def v1(foundation):
+    return build_spec(foundation, updatable=UpdateSettings())
+
+
+@pytest.fixture
+def records(simulation):
+    return simulation.users[0].train
+
+
+def _files(tmp_path, **specs):
+    paths = {}
+    for name, spec in specs.items():
+        paths[name] = tmp_path / f"{name}.mlmodel"
+        save_spec(spec, paths[name])
+    return paths, {name: path.read_bytes() for name, path in paths.items()}
+
+
+def _assert_names_the_model(error, path):
+    message = str(error.value)
+    assert str(path) in message and "not finite" in message
+    assert "missing value" not in message and "MEDV" not in message
+
+
+def test_personalize_names_a_model_that_predicts_nan_and_writes_nothing(v1, records, tmp_path,
+                                                                         monkeypatch):
+    from dmt_model import personalize as module
+
+    paths, before = _files(tmp_path, personal=_poisoned(v1))
+    monkeypatch.setattr(module, "_update_specs", lambda *a, **k: pytest.fail("trained"))
+    with pytest.raises(ModelFileError, match=r"predicts nan for the record at row") as error:
+        personalize(paths["personal"], records, **FAST)
+    _assert_names_the_model(error, paths["personal"])
+    assert "backup" in str(error.value)
+    assert paths["personal"].read_bytes() == before["personal"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["personal.mlmodel"]
+
+
+@pytest.mark.parametrize("value, shown", [(np.nan, "nan"), (np.inf, "inf")])
+def test_adoption_names_a_new_version_that_predicts_nan_or_inf(v1, records, tmp_path, value,
+                                                               shown):
+    # An infinite bias in the last layer makes every prediction infinite; NaN weights NaN.
+    bad = _poisoned(v1, "personal_head", value, "bias")
+    paths, before = _files(tmp_path, new=bad, personal=v1)
+    with pytest.raises(ModelFileError, match=f"predicts {shown} ") as error:
+        adopt_new_version(paths["new"], paths["personal"], records, **FAST)
+    _assert_names_the_model(error, paths["new"])
+    assert "again" in str(error.value) and "retrain" in str(error.value)
+    assert {name: path.read_bytes() for name, path in paths.items()} == before
+
+
+def test_adoption_names_a_personal_model_or_previous_version_that_predicts_nan(v1, records,
+                                                                               tmp_path):
+    paths, before = _files(tmp_path, new=v1, personal=_poisoned(v1), previous=v1)
+    with pytest.raises(ModelFileError, match="The personal model") as error:
+        adopt_new_version(paths["new"], paths["personal"], records, **FAST)
+    _assert_names_the_model(error, paths["personal"])
+    paths["previous"].write_bytes(paths["personal"].read_bytes())
+    paths["personal"].write_bytes(before["new"])
+    with pytest.raises(ModelFileError, match=r"^previous=") as error:
+        adopt_new_version(paths["new"], paths["personal"], records, previous=paths["previous"],
+                          **FAST)
+    _assert_names_the_model(error, paths["previous"])
+    assert paths["personal"].read_bytes() == before["new"]
+
+
+def test_a_model_that_overflows_on_one_record_is_named_with_that_record(v1, records, tmp_path):
+    # Finite weights whose prediction overflows on the one record with the largest input to
+    # the personal head, and on no other: that record's row is named, not the first one's.
+    head = layer_by_name(v1, "personal_head")
+    (inputs,) = evaluate_spec(v1, frame_inputs(v1, records), outputs=[head.input[0]]).values()
+    inputs = np.abs(inputs.reshape(len(records)))
+    largest = int(inputs.argmax())
+    assert largest > 0 and (inputs < 0.99 * inputs[largest]).sum() == len(records) - 1
+    bad = _poisoned(v1, "personal_head", np.finfo(np.float32).max / inputs[largest] / 0.999)
+    predicted = predict_frame(bad, records)
+    assert np.flatnonzero(~np.isfinite(predicted)).tolist() == [largest]
+    paths, before = _files(tmp_path, personal=bad)
+    with pytest.raises(ModelFileError, match=rf"for the record at row {records.index[largest]}:"):
+        personalize(paths["personal"], records, **FAST)
+    assert paths["personal"].read_bytes() == before["personal"]
+
+
+def test_with_prior_refuses_anchor_predictions_that_are_not_finite(v1, records):
+    with pytest.raises(ModelFileError, match="not finite"):
+        with_prior(_poisoned(v1), records, 3)
+    assert len(with_prior(v1, records, 3)) == len(records) + 3
+
+
+def test_in_memory_and_many_devices_name_the_model_and_the_device(v1, simulation):
+    bad = _poisoned(v1)
+    devices = [simulation.users[i].train for i in range(3)]
+    with pytest.raises(ModelFileError, match="not finite"):
+        personalized(bad, devices[0], **FAST)
+    with pytest.raises(ModelFileError, match="The new version.*not finite"):
+        adopted(bad, v1, devices[0], **FAST)
+    with pytest.raises(ModelFileError, match=r"^device 0: .*not finite"):
+        personalized_many(bad, devices, **FAST)
+    with pytest.raises(ModelFileError, match=r"^device 0: The new version.*not finite"):
+        adopted_many(bad, [v1] * 3, devices, **FAST)
+    with pytest.raises(ModelFileError, match=r"^device 2: The personal model.*not finite"):
+        adopted_many(v1, [v1, v1, bad], devices, **FAST)
+    with pytest.raises(ModelFileError, match=r"^device 0: previous=.*not finite"):
+        adopted_many(v1, [v1] * 3, devices, previous=bad, **FAST)
+
+
+def test_an_executorch_program_that_predicts_nan_is_named_too(foundation, records, tmp_path):
+    pytest.importorskip("executorch.extension.training",
+                        reason="ExecuTorch is not installed (pip install 'dmt-sdk[executorch]')")
+    import dataclasses
+
+    from dmt_model.executorch import export_executorch, load_program
+
+    export_executorch(foundation, tmp_path / "v1.pte")
+    trained, _ = load_program(tmp_path / "v1.pte").updated(records, epochs=1)
+    bad = dataclasses.replace(trained, parameters={
+        name: np.full_like(value, np.nan) for name, value in trained.parameters.items()})
+    bad.save(tmp_path / "personal.pte")
+    before = (tmp_path / "personal.pte").read_bytes()
+    with pytest.raises(ModelFileError, match="predicts nan") as error:
+        personalize(tmp_path / "personal.pte", records, **FAST)
+    _assert_names_the_model(error, tmp_path / "personal.pte")
+    with pytest.raises(ModelFileError, match="The new version") as error:
+        adopt_new_version(tmp_path / "personal.pte", tmp_path / "v1.pte", records, **FAST)
+    _assert_names_the_model(error, tmp_path / "personal.pte")
+    assert (tmp_path / "personal.pte").read_bytes() == before
