@@ -62,6 +62,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from dmt_model._non_finite import refuse_non_finite
 from dmt_model.coreml._spec import load_spec, save_spec, spec_from_bytes
 from dmt_model.coreml.evaluate import (
     apply_activation,
@@ -913,28 +914,10 @@ def _refuse_non_finite(model: Any, frames: Sequence[pd.DataFrame | None], *, nam
     target or a held-out error, and the records would be blamed for it. ``name`` is the
     model as the message calls it and ``remedy`` what to do; ``devices`` the device of each
     frame (the message then starts with it); ``predicted`` the predictions if already made
-    (one frame)."""
-    parts = [(frame, device) for frame, device in zip(
-        frames, devices if devices is not None else [None] * len(frames), strict=True)
-        if frame is not None and len(frame)]
-    if not parts:
-        return
-    whole = parts[0][0] if len(parts) == 1 else pd.concat([frame for frame, _ in parts])
-    if predicted is None:
-        predicted = _predict(model, whole)
-    values = np.asarray(predicted, dtype=np.float64).reshape(len(whole), -1)
-    finite = np.isfinite(values).all(axis=1)
-    if finite.all():
-        return
-    at = int((~finite).argmax())
-    shown = str(float(values[at, 0])) if values.shape[1] == 1 else \
-        "class probabilities that are NaN or infinite"
-    device = [d for frame, d in parts for _ in range(len(frame))][at]
-    row = whole.index[at]
-    row = row.item() if isinstance(row, np.generic) else row
-    raise ModelFileError(("" if device is None else f"device {device}: ")
-                         + f"{name} predicts {shown} for the {what} at row {row!r}: "
-                         f"{_BROKEN} {remedy}")
+    (one frame). The server makes the same check (:mod:`dmt_model._non_finite`)."""
+    refuse_non_finite(partial(_predict, model), frames, name=name,
+                      explanation=f"{_BROKEN} {remedy}", what=what, predicted=predicted,
+                      sources=None if devices is None else [f"device {d}" for d in devices])
 
 
 def _refuse_broken_models(given: Sequence[_Given], frames: Sequence[pd.DataFrame | None],

@@ -1,0 +1,55 @@
+"""Refusing a model whose predictions are NaN or infinite, naming the model and the record.
+
+Devices (:mod:`dmt_model.personalize`) and the server (:mod:`dmt_model.server.training`,
+:class:`~dmt_model.server.retrain.ModelRegistry`) write a model's predictions into targets,
+weights and published versions; a model whose weights diverged would put NaN there, and the
+error would surface later as bad records or a broken version. Each checks the predictions
+first, here, so the message names the model, the value and the record, and says what to do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from dmt_privacy.errors import ModelFileError
+
+__all__ = ["refuse_non_finite"]
+
+
+def refuse_non_finite(predict: Callable[[pd.DataFrame], np.ndarray],
+                      frames: Sequence[pd.DataFrame | None], *, name: str, explanation: str,
+                      sources: Sequence[str | None] | None = None,
+                      predicted: np.ndarray | None = None, what: str = "record") -> None:
+    """Raise :class:`~dmt_privacy.errors.ModelFileError` if a prediction for a record of
+    ``frames`` (``None`` and empty entries skipped) is NaN or infinite.
+
+    ``predict`` makes the predictions of all frames at once (one per record, or a row of
+    class probabilities); ``predicted`` are they, if already made (one frame). The message
+    reads "``source``: ``name`` predicts ``value`` for the ``what`` at row ``row``:
+    ``explanation``", the first such record's; ``sources`` labels each frame (``None``: no
+    label), ``name`` is the model and ``explanation`` why that is refused and what to do.
+    """
+    parts = [(frame, source) for frame, source in zip(
+        frames, sources if sources is not None else [None] * len(frames), strict=True)
+        if frame is not None and len(frame)]
+    if not parts:
+        return
+    whole = parts[0][0] if len(parts) == 1 else pd.concat([frame for frame, _ in parts])
+    if predicted is None:
+        predicted = predict(whole)
+    values = np.asarray(predicted, dtype=np.float64).reshape(len(whole), -1)
+    finite = np.isfinite(values).all(axis=1)
+    if finite.all():
+        return
+    at = int((~finite).argmax())
+    shown = str(float(values[at, 0])) if values.shape[1] == 1 else \
+        "class probabilities that are NaN or infinite"
+    source = [s for frame, s in parts for _ in range(len(frame))][at]
+    row = whole.index[at]
+    row = row.item() if isinstance(row, np.generic) else row
+    raise ModelFileError(("" if source is None else f"{source}: ")
+                         + f"{name} predicts {shown} for the {what} at row {row!r}: "
+                         f"{explanation}")
