@@ -901,6 +901,11 @@ _PREVIOUS = ("Pass the foundation version the device personalized (download it a
              "leave previous= out.")
 _PERSONAL = ("Restore it from a backup (dmt_model.backup.restore); without one, start again "
              "from the new version: copy it over the personal model and personalize it.")
+# What to do about each version compare_on_devices is given.
+_CANDIDATE = ("Do not publish it: its training diverged; retrain it, with a lower learning rate "
+              "if it diverges again.")
+_COMPARED_PREVIOUS = ("Restore its file (the version devices are served), or compare the "
+                      "candidate with a version whose predictions are finite.")
 _RESTORE = ("If it is a personal model, restore it from a backup (dmt_model.backup.restore) "
             "or start again from its foundation version; if it is a foundation version, "
             "download it again, or retrain it if its predictions are still not finite.")
@@ -1250,6 +1255,8 @@ def compare_on_devices(previous: Any, candidate: Any, devices: Sequence[pd.DataF
     a one-sided paired t-test over devices is significant at ``confidence``. A device's
     few records say little; many devices' say much more, and a device that adopts under
     :data:`ADOPTION_RULE` relies on it. Devices with fewer than 2 records are skipped.
+    A version that predicts NaN or infinity for a device's record is refused with
+    :class:`ModelFileError` naming it, before any training.
     """
     grid = _prior_grid(prior_records)
     if not 0.5 <= confidence < 1:
@@ -1264,6 +1271,10 @@ def compare_on_devices(previous: Any, candidate: Any, devices: Sequence[pd.DataF
         raise ValidationError(
             f"{len(checks)} device(s) with at least 2 records; comparing versions "
             "needs at least 2 such devices.")
+    compared = [(i, records) for i, records in enumerate(devices) if len(records) >= 2]
+    _refuse_broken_models([(previous, "The previous version", _COMPARED_PREVIOUS),
+                           (candidate, "The candidate", _CANDIDATE)],
+                          [records for _, records in compared], [i for i, _ in compared])
     # Each version's updates on every device (folds × priors) train together.
     before, after = ([float(np.mean(errors))
                       for errors in _devices_held_out_errors(version, checks, grid, {})]

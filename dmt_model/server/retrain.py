@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dmt_model._non_finite import refuse_non_finite
 from dmt_model.coreml import UpdateSettings, export_coreml
 from dmt_model.features import FeatureBatch
 from dmt_model.foundation import Foundation, TrainingConfig, fit_foundation
@@ -170,6 +171,15 @@ def training_set(previous: Foundation, proxy: pd.DataFrame, shared: Sequence[Sha
     return (*out, None if clean else (pairs[:, 0], pairs[:, 1]))
 
 
+#: Why NoiseWeigher refuses a foundation that predicts NaN or infinity, and what to do.
+_WEIGHED_BY_NAN = (
+    "its predictions are not finite (its weights hold NaN or infinity, or overflow on this "
+    "record), and shared records are weighed by its residuals on the proxy data, so every "
+    "weight would be NaN. The foundation is at fault, not the records; nothing was trained. "
+    "Retrain from the last foundation version whose predictions are finite "
+    "(ModelRegistry.latest), or from the proxy data alone.")
+
+
 class NoiseWeigher:
     """Inverse-variance weights for records released with local-DP noise.
 
@@ -183,7 +193,9 @@ class NoiseWeigher:
     randomized response is corrected for in the loss instead. Categorical
     fields perturbed by randomized response add no term (their features are
     debiased, see
-    :meth:`~dmt_model.features.Featurizer.transform_released`).
+    :meth:`~dmt_model.features.Featurizer.transform_released`). A regression
+    foundation that predicts NaN or infinity for a proxy record raises
+    :class:`~dmt_privacy.errors.ModelFileError`.
     """
 
     def __init__(self, foundation: Foundation, proxy: pd.DataFrame) -> None:
@@ -199,8 +211,10 @@ class NoiseWeigher:
             return
         batch = featurizer.transform(proxy)
         target = featurizer.target_values(proxy)
-        self.residual_variance = max(
-            float(np.mean((foundation.predict(proxy) - target) ** 2)), 1e-6)
+        predicted = foundation.predict(proxy)
+        refuse_non_finite(foundation.predict, [proxy], name="The previous foundation",
+                          explanation=_WEIGHED_BY_NAN, what="proxy record", predicted=predicted)
+        self.residual_variance = max(float(np.mean((predicted - target) ** 2)), 1e-6)
         tensors = foundation._tensors(batch)
         numeric = tensors[0].clone().requires_grad_(True)
         foundation.network(numeric, *tensors[1:]).sum().backward()
@@ -337,11 +351,22 @@ class ModelRegistry:
         to be worse on their records, and one that does not to prove itself
         (:func:`~dmt_model.personalize.adoption_rule_for`). A version whose
         device figures are not finite is refused.
+
+        A foundation whose weights hold NaN or infinity, or that predicts NaN or
+        infinity for a record of ``evaluation_data``, ``validation_data`` or
+        ``validation_devices``, is never published, whatever the gate (the first
+        version too): :class:`~dmt_privacy.errors.ModelFileError` names it and the
+        record, and nothing is written, so the registry and the version it serves
+        are unchanged.
         """
         if not (math.isfinite(tolerance) and tolerance >= 0):
             raise ValidationError(f"tolerance must be a non-negative number, got {tolerance!r}.")
         versions = self.versions()
         number = versions[-1].version + 1 if versions else 1
+        _refuse_non_finite_candidate(foundation, number, self.latest(), {
+            "evaluation_data": evaluation_data, "validation_data": validation_data,
+            **{f"validation_devices[{i}]": frame
+               for i, frame in enumerate(validation_devices or ())}})
         evaluation = self._evaluate(foundation, evaluation_data, "evaluation_data")
         validation: dict[str, float] = {}
         status = "published"
@@ -454,6 +479,33 @@ class ModelRegistry:
             raise ValidationError(f"{what} is empty; pass records the server keeps aside.")
         metrics = foundation.evaluate(data)
         return {**{k: float(v) for k, v in asdict(metrics).items()}, "error": metrics.error}
+
+
+def _refuse_non_finite_candidate(foundation: Foundation, number: int,
+                                 current: ModelVersion | None,
+                                 record_sets: Mapping[str, pd.DataFrame | None]) -> None:
+    """Raise :class:`ModelFileError` if ``foundation``, to be published as version ``number``,
+    holds a NaN or infinite weight, or predicts NaN or infinity for a record of
+    ``record_sets`` (name → records; ``None`` skipped): devices would receive it, and the
+    gate's comparisons with NaN could not tell it apart (a first version is not compared)."""
+    name = f"The candidate foundation (version {number})"
+    refused = (
+        "so it is not published: nothing was written, and "
+        + (f"version {current.version} is still served. " if current is not None
+           else "no version is served yet. ")
+        + "Its training diverged: retrain it, from the last published version "
+        "(ModelRegistry.latest) or from the proxy data, with a lower learning rate if it "
+        "diverges again.")
+    for label, records in record_sets.items():
+        source, what = (label, "record") if label.endswith("]") else (None, f"{label} record")
+        refuse_non_finite(foundation.predict, [records], name=name, sources=[source], what=what,
+                          explanation="its predictions are not finite (its weights hold NaN "
+                          f"or infinity, or overflow on this record), {refused}")
+    for parameter, tensor in foundation.network.state_dict().items():
+        values = tensor.detach().numpy()
+        if not np.isfinite(values).all():
+            shown = float(values[~np.isfinite(values)][0])
+            raise ModelFileError(f"{name} holds {shown} in its weights {parameter}, {refused}")
 
 
 def validation_split(proxy: pd.DataFrame, *, fraction: float = 0.2,

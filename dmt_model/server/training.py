@@ -15,6 +15,10 @@
   the previous foundation's prediction at ± ``policy.max_residual`` proxy
   standard deviations: one package's pull on the retrained model is bounded
   by that many records, each of weight at most 1 and residual at most that.
+  A previous foundation that predicts NaN or infinity (training that diverged)
+  would make that prediction the target: it is refused with
+  :class:`~dmt_privacy.errors.ModelFileError`, on the proxy data before any
+  package is read, and on a shared record (never counted as the package's fault).
 
 Records are released or quarantined as the store's release rule says (the
 ``released_blocks`` of release cohorts where the store has them, else the
@@ -33,9 +37,10 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import select
 
+from dmt_model._non_finite import refuse_non_finite
 from dmt_model.server.store import CLASSES, PACKAGES, RECORDS, Base, SharedStore, payload_aad
 from dmt_model.server.validate import PackageRefused, validate_package
-from dmt_privacy.errors import ValidationError
+from dmt_privacy.errors import ModelFileError, ValidationError
 from dmt_privacy.package import decode_package
 
 __all__ = ["TrainingRead", "policy_batches"]
@@ -81,8 +86,26 @@ def _sample(positions: list[int], limit: int, package_id: str) -> list[int]:
     return [positions[i] for i in sorted(chosen.tolist())]
 
 
+#: Why a previous foundation predicting NaN or infinity is refused, and what to do.
+_DIVERGED = ("its predictions are not finite (its weights hold NaN or infinity, or overflow "
+             "on this record), and the shared records' targets are bounded around them, so "
+             "retraining would learn from NaN. The foundation is at fault, not the records; "
+             "nothing was read for training. Retrain from the last foundation version whose "
+             "predictions are finite (ModelRegistry.latest), or from the proxy data alone.")
+
+
+def _refuse_diverged(previous: Any, records: pd.DataFrame, *, what: str,
+                     predicted: np.ndarray | None = None) -> None:
+    """:class:`ModelFileError` if ``previous`` predicts NaN or infinity for ``records``."""
+    refuse_non_finite(previous.predict, [records], name="The previous foundation",
+                      explanation=_DIVERGED, what=what, predicted=predicted)
+
+
 def _bounded(previous: Any, batch: Any, bound: float | None) -> Any:
-    """``batch`` checked to featurize, its target winsorized at ± ``bound`` around ŷ."""
+    """``batch`` checked to featurize, its target winsorized at ± ``bound`` around ŷ.
+
+    A ŷ that is NaN or infinite raises :class:`ModelFileError` (the foundation's fault);
+    any other exception means the package's records do not featurize."""
     import dataclasses
 
     import torch
@@ -96,6 +119,8 @@ def _bounded(previous: Any, batch: Any, bound: float | None) -> Any:
     network.eval()
     with torch.no_grad():
         predicted = network(*previous._tensors(features)).numpy().astype(np.float64)
+    _refuse_diverged(previous, batch.records, predicted=predicted,
+                     what=f"record of package {batch.package_id}")
     clipped = predicted + np.clip(target - predicted, -bound, bound)
     records = batch.records.copy()
     records[featurizer.target] = clipped.tolist()
@@ -112,7 +137,9 @@ def policy_batches(store: SharedStore, policy: Any, which: str = "released",
     ``proxy`` too, each shared record's target is winsorized around the
     previous foundation's prediction, at ± ``policy.max_residual`` standard
     deviations of the proxy target (a Huber-style bound on any one record's
-    pull, whatever value it carries).
+    pull, whatever value it carries). A previous foundation that predicts NaN or
+    infinity for a proxy or shared record raises
+    :class:`~dmt_privacy.errors.ModelFileError`: its predictions would become targets.
     """
     from dmt_model.server.retrain import SharedBatch
 
@@ -124,6 +151,8 @@ def policy_batches(store: SharedStore, policy: Any, which: str = "released",
             and not previous.featurizer.classes_:
         bound = policy.max_residual * float(
             np.std(previous.featurizer.target_values(proxy)))
+        # The server's own records first: a diverged foundation is named before any package.
+        _refuse_diverged(previous, proxy, what="proxy record")
     read = TrainingRead()
     skipped: Counter[str] = Counter()
     batches = []
@@ -164,6 +193,8 @@ def policy_batches(store: SharedStore, policy: Any, which: str = "released",
         if previous is not None:
             try:
                 batch = _bounded(previous, batch, bound)
+            except ModelFileError:
+                raise  # the previous foundation is broken: no package is to blame
             except Exception:
                 skipped["features"] += 1
                 log.warning("stored package %s skipped: its records do not featurize",
