@@ -13,14 +13,67 @@ __all__ = ["get_inner_product", "get_weights", "layer_by_name", "pointwise_group
 
 
 def weight_values(params: Any, *, what: str) -> np.ndarray:
-    """The values of a ``WeightParams`` message as float32 (float32 or float16 storage)."""
-    if len(params.floatValue):
-        return np.asarray(params.floatValue, dtype=np.float32)
+    """The values of a ``WeightParams`` message as float32 (float32 or float16 storage): a new
+    array, read from the message each time (nothing is cached, so a message whose weights
+    were just set gives its new values)."""
+    count = len(params.floatValue)
+    if count:
+        return _float_values(params, count)
     if len(params.float16Value):
         return np.frombuffer(params.float16Value, dtype=np.float16).astype(np.float32)
     if len(params.rawValue):
         raise ModelFileError(f"{what}: raw (quantized) weights are not supported.")
     return np.zeros(0, dtype=np.float32)
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    """The protobuf varint at ``data[pos:]`` and the position after it."""
+    value, shift = 0, 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _float_values(params: Any, count: int) -> np.ndarray:
+    """``params.floatValue`` (``count`` values) as float32, read from the message's wire bytes.
+
+    Converting the repeated field itself (``np.asarray(params.floatValue)``) makes a Python
+    float of every value, which cost 70 times as much as serializing the message in C and
+    viewing its packed little-endian float32s; the values are the same to the bit. Any
+    encoding this does not expect (which protobuf does not write) falls back to the field.
+    """
+    data = params.SerializeToString()
+    parts: list[np.ndarray] = []
+    pos, end = 0, len(data)
+    while pos < end:
+        key, pos = _varint(data, pos)
+        field, wire = key >> 3, key & 7
+        if wire == 2:
+            length, pos = _varint(data, pos)
+            if field == 1:  # floatValue, packed
+                if length % 4:
+                    break
+                parts.append(np.frombuffer(data, dtype="<f4", count=length // 4, offset=pos))
+            pos += length
+        elif wire == 5:
+            if field == 1:  # floatValue, one value unpacked
+                parts.append(np.frombuffer(data, dtype="<f4", count=1, offset=pos))
+            pos += 4
+        elif wire == 0:
+            _, pos = _varint(data, pos)
+        elif wire == 1:
+            pos += 8
+        else:
+            break
+    else:
+        values = parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else None
+        if values is not None and len(values) == count and pos == end:
+            return values.astype(np.float32)  # a native, writable copy
+    return np.asarray(params.floatValue, dtype=np.float32)
 
 
 def layer_by_name(spec: Any, name: str) -> Any:

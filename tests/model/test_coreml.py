@@ -11,8 +11,10 @@ from dmt_model.coreml import (
     set_inner_product,
     updatable_layers,
 )
-from dmt_model.coreml._spec import import_coremltools
+from dmt_model.coreml._spec import import_coremltools, spec_bytes, spec_from_bytes
+from dmt_model.coreml.evaluate import _featurizer
 from dmt_model.coreml.validate import validate_updatable
+from dmt_model.coreml.weights import weight_values
 from dmt_model.personalize import featurizer_of
 from dmt_privacy.errors import ModelFileError, UpdatableModelError
 
@@ -145,3 +147,45 @@ def test_corrupted_model_file_is_named(exported, tmp_path):
         load_spec(broken)
     with pytest.raises(ModelFileError, match="No Core ML model"):
         load_spec(tmp_path / "missing.mlmodel")
+
+
+@pytest.mark.parametrize("n", [1, 2, 31, 32, 33, 4096])
+def test_weight_values_are_the_stored_float32s_to_the_bit(n):
+    import_coremltools()
+    from coremltools.proto import NeuralNetwork_pb2
+
+    values = np.random.default_rng(n).normal(size=n).astype(np.float32)
+    edges = np.array([-0.0, 1e-45, np.inf, -3.4e38], np.float32)  # sign, subnormal, range
+    values[:min(n, 4)] = edges[:min(n, 4)]
+    params = NeuralNetwork_pb2.WeightParams(isUpdatable=True)
+    params.floatValue.extend(values.tolist())
+    got = weight_values(params, what="test")
+    assert got.dtype == np.float32 and got.flags.writeable
+    assert got.tobytes() == values.tobytes() == np.asarray(params.floatValue,
+                                                           np.float32).tobytes()
+    params.floatValue[0] = 7.0  # read again: the new value, nothing remembered
+    assert weight_values(params, what="test")[0] == 7.0
+
+
+def test_a_spec_predicts_with_the_weights_just_set(foundation, boston):
+    spec = _updatable(foundation)
+    records = boston.iloc[:20]
+    before = predict_frame(spec, records)
+    weight, bias = get_inner_product(spec, "dense_2")
+    set_inner_product(spec, "dense_2", weight * 2, bias + 1)
+    after = predict_frame(spec, records)
+    assert not np.array_equal(before, after)
+    assert np.array_equal(after, predict_frame(spec_from_bytes(spec_bytes(spec)), records))
+    set_inner_product(spec, "dense_2", weight, bias)
+    assert np.array_equal(predict_frame(spec, records), before)
+
+
+def test_the_featurizer_is_read_from_the_spec_as_it_is_now(foundation):
+    spec = _updatable(foundation)
+    featurizer_of(spec).target_scale_ = 1e9  # the caller's own object
+    assert featurizer_of(spec).target_scale_ != 1e9
+    assert _featurizer(spec).target_scale_ != 1e9
+    changed = featurizer_of(spec)
+    changed.target_scale_ = 123.0
+    spec.description.metadata.userDefined["dmt.featurizer"] = changed.to_json()
+    assert _featurizer(spec).target_scale_ == featurizer_of(spec).target_scale_ == 123.0
