@@ -65,6 +65,7 @@ import pandas as pd
 from dmt_model._non_finite import refuse_non_finite
 from dmt_model.coreml._spec import load_spec, save_spec, spec_from_bytes
 from dmt_model.coreml.evaluate import (
+    _parsed_featurizer,
     apply_activation,
     class_labels_of,
     evaluate_spec,
@@ -146,12 +147,27 @@ class LossConvention:
         """:meth:`cross_entropy` of each update's mini-batch: ``[k, n, classes]`` arrays,
         ``present [k, n, 1]`` (0 where a place is unused), the sizes ``batch [k]``."""
         chosen = np.sum(probabilities.astype(np.float64) * onehot, axis=2)
-        total = -np.sum(np.log(np.clip(chosen, PROBABILITY_FLOOR, 1.0)) * present[..., 0],
-                        axis=1)
-        per = 1.0 / batch if self.reduction == "mean" else np.ones(len(batch))
-        grad = ((probabilities - onehot) * per.astype(np.float32)[:, None, None]
-                * present).astype(np.float32)
-        return total * per, grad
+        return (self._chosen_cross_entropies(chosen, present[..., 0], batch),
+                self._cross_entropy_gradient(probabilities, onehot, present, batch))
+
+    def _per_update(self, batch: np.ndarray) -> np.ndarray:
+        return 1.0 / batch if self.reduction == "mean" else np.ones(len(batch))
+
+    def _chosen_cross_entropies(self, chosen: np.ndarray, present: np.ndarray,
+                                batch: np.ndarray) -> np.ndarray:
+        """:meth:`cross_entropies`' losses from each row's probability of its label, ``chosen
+        [k, n]`` (float64; 0 for an unused place), ``present [k, n]``, the sizes ``batch
+        [k]``: the loss reads nothing else."""
+        total = -np.sum(np.log(np.clip(chosen, PROBABILITY_FLOOR, 1.0)) * present, axis=1)
+        return total * self._per_update(batch)  # type: ignore[no-any-return]
+
+    def _cross_entropy_gradient(self, probabilities: np.ndarray, onehot: np.ndarray,
+                                present: np.ndarray | None, batch: np.ndarray) -> np.ndarray:
+        """:meth:`cross_entropies`' gradient; ``present`` ``None`` when every place is used
+        (multiplying by ones changes no number)."""
+        grad = (probabilities - onehot) * self._per_update(batch).astype(np.float32)[:, None,
+                                                                                     None]
+        return (grad if present is None else grad * present).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -228,10 +244,23 @@ def featurizer_of(spec: Any) -> Featurizer:
     """The featurizer stored in a dmt model's metadata."""
     if _is_program(spec):
         return spec.featurizer  # type: ignore[no-any-return]
+    return Featurizer.from_json(_featurizer_json(spec))
+
+
+def _featurizer_json(spec: Any) -> str:
     text = spec.description.metadata.userDefined.get("dmt.featurizer")
     if not text:
         raise ModelFileError("The model carries no dmt featurizer metadata; export it with dmt.")
-    return Featurizer.from_json(text)
+    return str(text)
+
+
+def _reading_featurizer(spec: Any) -> Featurizer:
+    """:func:`featurizer_of` for this module to read, never to fit: for a Core ML spec one
+    object serves every spec that carries the same featurizer JSON (parsing it on every
+    prediction and check cost as much as a small batch's prediction)."""
+    if _is_program(spec):
+        return spec.featurizer  # type: ignore[no-any-return]
+    return _parsed_featurizer(_featurizer_json(spec))  # type: ignore[no-any-return]
 
 
 def _check_records(spec: Any, frame: pd.DataFrame, *, what: str) -> np.ndarray:
@@ -242,7 +271,7 @@ def _check_records(spec: Any, frame: pd.DataFrame, *, what: str) -> np.ndarray:
     corrupt (``Schema.check_bounds(slack=1)``): a house with a million rooms is
     a typo, not a preference.
     """
-    featurizer = featurizer_of(spec)
+    featurizer = _reading_featurizer(spec)
     columns = [*featurizer.input_fields, featurizer.target]
     if len(frame) == 0:
         raise ValidationError(f"{what}: no records given.")
@@ -424,6 +453,16 @@ def _update_specs(
     # pass is over, from each step's ŷ − y (``diffs``), as it would have been at the step.
     step_loss = np.zeros((k, plan.steps))
     diffs = np.zeros((k, 0 if cross_entropy else plan.steps, s.batch_size), np.float32)
+    # A classifier's likewise (unless on_event wants every step's loss): from each step's
+    # probability of each row's label (0 for a padding row), the one number of a row its
+    # cross-entropy reads.
+    defer = cross_entropy and not on_event
+    chosen = np.zeros((k, plan.steps if defer else 0, s.batch_size), np.float32)
+    # The chain's layers as the loop reads them (protobuf fields are slow to read).
+    kinds = [layer.WhichOneof("layer") for layer in chain]
+    names = [layer.name for layer in chain]
+    nonlinear = [str(layer.activation.WhichOneof("NonlinearityType")) if kind == "activation"
+                 else "" for layer, kind in zip(chain, kinds, strict=True)]
     # d loss / d ŷ per unit of (ŷ − y), by batch size (each update's at each step is one of
     # these: a full or a last partial mini-batch)
     scale_of = convention.gradient_scale(np.maximum(np.arange(s.batch_size + 1), 1))
@@ -443,19 +482,29 @@ def _update_specs(
         if active is not None and not active.any():
             continue
         activations = [frozen[index]]
-        for layer in chain:
+        for layer, name, kind in zip(chain, names, kinds, strict=True):
             x = activations[-1]
-            if layer.name in params:
-                w, bias = params[layer.name]
-                activations.append(_lane_matmul(x, w[:a], groups[layer.name])
-                                   + bias[:a, None, :])
-            elif layer.WhichOneof("layer") == "activation":
+            if name in params:
+                w, bias = params[name]
+                activations.append(_lane_matmul(x, w[:a], groups[name]) + bias[:a, None, :])
+            elif kind == "activation":
                 activations.append(apply_activation(layer, x))
             else:  # the softmax before a cross-entropy loss
                 activations.append(softmax(x))
         labels = y[index]
         loss: np.ndarray | None
-        if cross_entropy:
+        if defer:  # each row's probability of its label now, the losses once the pass is over
+            probabilities = activations[-1]
+            grad = convention._cross_entropy_gradient(
+                probabilities, labels, (index != 0)[..., None].astype(f32)
+                if plan.partial[t] else None, batch)
+            # (exactly the label's probability: the other terms are 0, or NaN for a row with a
+            # NaN, whose loss is then not finite either)
+            label_probability = np.sum(probabilities * labels, axis=2)
+            chosen[:a, t] = label_probability
+            loss = None if np.isfinite(label_probability).all() else convention.cross_entropies(
+                probabilities, labels, (index != 0)[..., None].astype(f32), batch)[0]
+        elif cross_entropy:
             present = (index != 0)[..., None].astype(f32)
             loss, grad = convention.cross_entropies(activations[-1], labels, present, batch)
         else:
@@ -488,10 +537,10 @@ def _update_specs(
         if s.optimizer == "adam":  # (only Adam's bias correction counts steps)
             taken[:a] += 1 if active is None else active
         for i in range(backward_from, -1, -1):
-            layer, x = chain[i], activations[i]
-            if layer.name in params:
-                w, bias = params[layer.name]
-                g = groups[layer.name]
+            name, x = names[i], activations[i]
+            if name in params:
+                w, bias = params[name]
+                g = groups[name]
                 if g == 1:  # (the same numbers as the grouped form's, with fewer calls)
                     grads = [np.einsum("kno,kni->koi", grad, x), grad.sum(axis=1)]
                     if i > 0:
@@ -505,11 +554,10 @@ def _update_specs(
                         grad = np.einsum("kngo,kgoi->kngi", gg,
                                          w[:a].reshape(a, g, -1, w.shape[2])
                                          ).reshape(a, grad.shape[1], -1)
-                _lane_step(s, a, params[layer.name], grads, state[layer.name],
-                           second[layer.name], taken, active, lr)
+                _lane_step(s, a, params[name], grads, state[name], second[name], taken,
+                           active, lr)
             else:
-                kind = layer.activation.WhichOneof("NonlinearityType")
-                grad = _act_backward(kind, activations[i + 1], grad)
+                grad = _act_backward(nonlinear[i], activations[i + 1], grad)
         if on_event and loss is not None:  # (with on_event, every step's loss is computed)
             epoch, mini_batch = int(plan.epoch[0, t]), int(plan.batch[0, t])
             on_event(UpdateEvent("mini_batch_end", epoch, mini_batch, float(loss[0])))
@@ -538,8 +586,13 @@ def _update_specs(
         # The update's loss per epoch: its steps' losses (weighted by batch size for a mean),
         # added up step by step.
         steps = plan.steps_of(lane)
-        losses = step_loss[lane, :steps] if cross_entropy else convention.losses(
-            diffs[lane, :steps, :, None], plan.size[lane, :steps])
+        if defer:
+            losses = convention._chosen_cross_entropies(
+                chosen[lane, :steps].astype(np.float64),
+                (plan.index[lane, :steps] != 0).astype(f32), plan.size[lane, :steps])
+        else:
+            losses = step_loss[lane, :steps] if cross_entropy else convention.losses(
+                diffs[lane, :steps, :, None], plan.size[lane, :steps])
         weighted = losses * (plan.size[lane, :steps] if convention.reduction == "mean" else 1)
         epoch_loss = np.zeros(s.epochs)
         np.add.at(epoch_loss, plan.epoch[lane, :steps], weighted)
@@ -942,12 +995,12 @@ def _save_model(model: Any, path: Path) -> None:
 
 def _record_errors(spec: Any, frame: pd.DataFrame, target: np.ndarray) -> np.ndarray:
     """Each record's error under ``spec``: squared error or log loss (:mod:`dmt_model.tasks`)."""
-    return featurizer_of(spec).task.record_errors(_predict(spec, frame), target)
+    return _reading_featurizer(spec).task.record_errors(_predict(spec, frame), target)
 
 
 def _out_of_bounds(spec: Any, frame: pd.DataFrame) -> int:
     """Records with a numeric value outside its field's (sharing) bounds."""
-    featurizer = featurizer_of(spec)
+    featurizer = _reading_featurizer(spec)
     outside = np.zeros(len(frame), dtype=bool)
     for name in [*featurizer.numeric_fields, featurizer.target]:
         bounds = featurizer.schema[name].bounds
@@ -983,7 +1036,7 @@ def with_prior(spec: Any, records: pd.DataFrame, prior_records: int) -> pd.DataF
     if prior_records == 0:
         return records
     anchors = records.iloc[np.arange(prior_records) % len(records)].copy()
-    featurizer = featurizer_of(spec)
+    featurizer = _reading_featurizer(spec)
     predicted = _predict(spec, anchors)
     _refuse_non_finite(spec, [anchors], name="The model", remedy=_RETRAIN,
                        predicted=predicted, what="anchor record")

@@ -10,6 +10,7 @@ raises :class:`ModelFileError` naming it rather than guessing.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -48,7 +49,7 @@ def _inner_product(layer: Any, x: np.ndarray) -> np.ndarray:
     out = x @ weight.T
     if ip.hasBias:
         out = out + weight_values(ip.bias, what=f"layer {layer.name!r} bias")
-    return out.astype(np.float32)
+    return out.astype(np.float32, copy=False)  # (a new array already)
 
 
 def grouped_matmul(x: np.ndarray, weight: np.ndarray, groups: int) -> np.ndarray:
@@ -57,7 +58,7 @@ def grouped_matmul(x: np.ndarray, weight: np.ndarray, groups: int) -> np.ndarray
     out = weight.shape[0]
     xg = x.reshape(n, groups, width // groups)
     wg = weight.reshape(groups, out // groups, width // groups)
-    return np.einsum("ngi,goi->ngo", xg, wg).reshape(n, out).astype(np.float32)
+    return np.einsum("ngi,goi->ngo", xg, wg).reshape(n, out).astype(np.float32, copy=False)
 
 
 def _pointwise_convolution(layer: Any, x: np.ndarray) -> np.ndarray:
@@ -96,7 +97,7 @@ def apply_activation(layer: Any, x: np.ndarray) -> np.ndarray:
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """``exp(x) / Σ exp(x)`` along ``axis``, computed stably in float32."""
     shifted = np.exp(x - x.max(axis=axis, keepdims=True))
-    return (shifted / shifted.sum(axis=axis, keepdims=True)).astype(np.float32)
+    return (shifted / shifted.sum(axis=axis, keepdims=True)).astype(np.float32, copy=False)
 
 
 def _load_constant_nd(layer: Any, batch: int) -> np.ndarray:
@@ -228,10 +229,19 @@ def class_labels_of(spec: Any) -> list[Any]:
 
 
 def _featurizer(spec: Any) -> Any:
+    """The featurizer in ``spec``'s metadata, for :func:`frame_inputs` to read (never to fit:
+    one object serves every spec that carries the same JSON)."""
+    text = spec.description.metadata.userDefined.get("dmt.featurizer")
+    return _parsed_featurizer(text) if text else None
+
+
+@functools.lru_cache(maxsize=16)
+def _parsed_featurizer(text: str) -> Any:
+    """``Featurizer.from_json(text)``, parsed once per text: parsing on every prediction
+    cost more than the prediction of a small batch."""
     from dmt_model.features import Featurizer
 
-    text = spec.description.metadata.userDefined.get("dmt.featurizer")
-    return Featurizer.from_json(text) if text else None
+    return Featurizer.from_json(text)
 
 
 def frame_inputs(spec: Any, frame: pd.DataFrame) -> dict[str, np.ndarray]:

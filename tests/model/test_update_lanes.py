@@ -12,7 +12,7 @@ import pytest
 from test_tasks import _records, classifier  # noqa: F401 — the toy classifier fixture
 
 from dmt_model.coreml import UpdateSettings, build_spec
-from dmt_model.coreml.weights import get_weights
+from dmt_model.coreml.weights import get_weights, set_weights
 from dmt_model.personalize import personalized, update_spec, update_specs
 from dmt_privacy.errors import UpdateRejected, ValidationError
 
@@ -54,6 +54,25 @@ def test_classifier_updates_run_together_equal_each_run_alone(classifier):  # no
     together = update_specs(spec, frames)
     for frame, outcome in zip(frames, together, strict=True):
         _assert_same(outcome, update_spec(spec, frame), ["personal_head"])
+
+
+def test_a_classifier_update_s_losses_are_those_of_every_step(classifier):  # noqa: F811
+    """Without on_event a classifier's losses are computed once the pass is over, from each
+    step's probability of the label; with it at every step: the same numbers to the bit."""
+    spec = build_spec(classifier, updatable=UpdateSettings(epochs=7, batch_size=4))
+    frame = _records(13, 3, flip=True)  # a last partial mini-batch in every epoch
+    events = []
+    watched, history = update_spec(spec, frame, on_event=events.append)
+    (unwatched, quiet), = update_specs(spec, [frame])
+    assert quiet.epoch_losses == history.epoch_losses
+    assert get_weights(watched, "personal_head")[0].tobytes() == \
+        get_weights(unwatched, "personal_head")[0].tobytes()
+    weight, bias, _ = get_weights(spec, "dense_2")  # the head's inputs overflow: NaN
+    set_weights(spec, "dense_2", np.full_like(weight, 3e38), bias)  # probabilities
+    with pytest.raises(UpdateRejected, match="diverged") as alone:
+        update_spec(spec, frame, on_event=events.append)
+    together = update_specs(spec, [_records(30, 1), frame])
+    assert [str(outcome) for outcome in together] == [str(alone.value)] * 2
 
 
 def test_a_diverging_update_is_refused_alone_and_the_others_finish(foundation, boston):
