@@ -17,13 +17,20 @@ def weight_values(params: Any, *, what: str) -> np.ndarray:
     array, read from the message each time (nothing is cached, so a message whose weights
     were just set gives its new values)."""
     count = len(params.floatValue)
-    if count:
+    if count >= _FROM_WIRE:
         return _float_values(params, count)
+    if count:
+        return np.asarray(params.floatValue, dtype=np.float32)
     if len(params.float16Value):
         return np.frombuffer(params.float16Value, dtype=np.float16).astype(np.float32)
     if len(params.rawValue):
         raise ModelFileError(f"{what}: raw (quantized) weights are not supported.")
     return np.zeros(0, dtype=np.float32)
+
+
+#: From how many values :func:`_float_values` reads them faster than the repeated field does
+#: (1.8 against 3.7 µs for one value, 7.3 against 6.1 µs for 64, 343 against 10 µs for 4096).
+_FROM_WIRE = 64
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:

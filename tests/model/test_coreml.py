@@ -149,7 +149,7 @@ def test_corrupted_model_file_is_named(exported, tmp_path):
         load_spec(tmp_path / "missing.mlmodel")
 
 
-@pytest.mark.parametrize("n", [1, 2, 31, 32, 33, 4096])
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 4095, 4096])  # (a 2- and a 3-byte length)
 def test_weight_values_are_the_stored_float32s_to_the_bit(n):
     import_coremltools()
     from coremltools.proto import NeuralNetwork_pb2
