@@ -116,3 +116,28 @@ def test_personalizing_in_worker_processes_changes_nothing():
     for result in (one, two):
         assert result.pop("personalize_seconds") > 0  # CPU time: the one thing that varies
     assert one == two
+
+
+def test_every_methods_devices_score_every_training_record(monkeypatch, tmp_path):
+    """DMT's devices once scored only their unshared records (``shared_records=``) while
+    FL's scored all, though Flower's global model trained on all of them: DMT's devices now
+    decide on the same records as every method's, all their training ones."""
+    import dmt_model.personalize as personalize
+
+    task = fl_protocol.TASKS["friedman"]
+    sim = task.simulate(0, 12)
+    seen: list[tuple[list[pd.DataFrame], dict]] = []
+    adopted_many = personalize.adopted_many
+
+    def spy(new_spec, currents, record_sets, **kwargs):
+        seen.append((list(record_sets), kwargs))
+        return adopted_many(new_spec, currents, record_sets, **kwargs)
+
+    monkeypatch.setattr(personalize, "adopted_many", spy)
+    fl_protocol.run_seed(sim, task, 0, rounds=1, epsilons=(),
+                         settings=fl_protocol.settings_from(tmp_path, task), methods=("dmt",))
+    # each of DMT's two rows (raw, k-anonymous) decides every device on all its training records
+    trained = [len(u.train) for u in sim.users if len(u.train) >= 2]
+    assert sorted(len(frame) for sets, _ in seen for frame in sets) == sorted(trained * 2)
+    assert all(s is None for _, kwargs in seen for s in kwargs.get("shared_records") or [None])
+    assert any(len(u.shareable) for u in sim.users)  # there were shared records to leave out
