@@ -40,7 +40,7 @@ from sqlalchemy import select
 from dmt_model._non_finite import refuse_non_finite
 from dmt_model.server.store import CLASSES, PACKAGES, RECORDS, Base, SharedStore, payload_aad
 from dmt_model.server.validate import PackageRefused, validate_package
-from dmt_privacy.errors import ModelFileError, ValidationError
+from dmt_privacy.errors import ValidationError
 from dmt_privacy.package import decode_package
 
 __all__ = ["TrainingRead", "policy_batches"]
@@ -104,14 +104,20 @@ def _refuse_diverged(previous: Any, records: pd.DataFrame, *, what: str,
 def _bounded(previous: Any, batch: Any, bound: float | None) -> Any:
     """``batch`` checked to featurize, its target winsorized at ± ``bound`` around ŷ.
 
-    A ŷ that is NaN or infinite raises :class:`ModelFileError` (the foundation's fault);
-    any other exception means the package's records do not featurize."""
+    Any exception means the package's records do not featurize, or drive the
+    previous foundation out of range: features or a ŷ that are not finite (a
+    number far beyond float32 in a field without bounds). The foundation was
+    shown finite on the proxy first, so such a record is the package's, and one
+    package cannot stop retraining."""
     import dataclasses
 
     import torch
 
     featurizer = previous.featurizer
     features = featurizer.transform_released(batch.records, receipt=batch.receipt)
+    if not all(np.isfinite(part).all() for part in (features.numeric,
+                                                    *features.categorical.values())):
+        raise ValueError("features that are not finite")
     target = featurizer.released_target(batch.records).astype(np.float64)
     if bound is None:
         return batch
@@ -119,8 +125,8 @@ def _bounded(previous: Any, batch: Any, bound: float | None) -> Any:
     network.eval()
     with torch.no_grad():
         predicted = network(*previous._tensors(features)).numpy().astype(np.float64)
-    _refuse_diverged(previous, batch.records, predicted=predicted,
-                     what=f"record of package {batch.package_id}")
+    if not np.isfinite(predicted).all():
+        raise ValueError("a prediction that is not finite")
     clipped = predicted + np.clip(target - predicted, -bound, bound)
     records = batch.records.copy()
     records[featurizer.target] = clipped.tolist()
@@ -138,8 +144,10 @@ def policy_batches(store: SharedStore, policy: Any, which: str = "released",
     previous foundation's prediction, at ± ``policy.max_residual`` standard
     deviations of the proxy target (a Huber-style bound on any one record's
     pull, whatever value it carries). A previous foundation that predicts NaN or
-    infinity for a proxy or shared record raises
-    :class:`~dmt_privacy.errors.ModelFileError`: its predictions would become targets.
+    infinity for a proxy record raises :class:`~dmt_privacy.errors.ModelFileError`
+    before any package is read: its predictions would become targets. A shared
+    record whose features or prediction are not finite (a value far beyond
+    float32) skips its package (reason ``features``).
     """
     from dmt_model.server.retrain import SharedBatch
 
@@ -193,12 +201,10 @@ def policy_batches(store: SharedStore, policy: Any, which: str = "released",
         if previous is not None:
             try:
                 batch = _bounded(previous, batch, bound)
-            except ModelFileError:
-                raise  # the previous foundation is broken: no package is to blame
-            except Exception:
+            except Exception as exc:
                 skipped["features"] += 1
-                log.warning("stored package %s skipped: its records do not featurize",
-                            package_id)
+                log.warning("stored package %s skipped: its records do not featurize (%s)",
+                            package_id, exc)
                 continue
         batches.append(batch)
         read.packages += 1

@@ -151,9 +151,10 @@ def test_retraining_refuses_a_previous_foundation_predicting_nan(
         policy_batches(store, policy, "all", previous=nan_foundation, proxy=simulation.proxy)
 
 
-def test_a_shared_record_it_predicts_nan_for_is_the_foundations_fault(
+def test_a_shared_record_the_foundation_predicts_nan_for_skips_its_package(
         foundation, simulation, tmp_path, monkeypatch):
-    """Finite on the proxy, NaN on a shared record: still the model, never a skipped package."""
+    """Finite on the proxy, NaN on a shared record: the record drove the model out of range,
+    so its package is skipped (reason ``features``); one package cannot stop retraining."""
     from dmt_model.server import training
 
     store, policy = _store_with_packages(simulation, tmp_path)
@@ -165,10 +166,25 @@ def test_a_shared_record_it_predicts_nan_for_is_the_foundations_fault(
         return out if len(out) == proxy_rows else out * float("nan")
 
     monkeypatch.setattr(foundation.network, "forward", nan_beyond_the_proxy)
-    with pytest.raises(ModelFileError, match=r"The previous foundation predicts nan for the "
-                       r"record of package \S+ at row 0"):
-        training.policy_batches(store, policy, "all", previous=foundation,
-                                proxy=simulation.proxy)
+    batches, read = training.policy_batches(store, policy, "all", previous=foundation,
+                                            proxy=simulation.proxy)
+    assert batches == [] and read.packages == 0 and read.skipped == {"features": 3}
+
+
+def test_a_value_beyond_float32_in_a_field_without_bounds_skips_its_package(
+        foundation, simulation):
+    """Validation lets any finite number into a numeric field without bounds; 1e300 becomes
+    infinity once featurized. Such a package is skipped, never allowed to stop retraining or
+    blamed on the foundation (review of 069af28)."""
+    from dmt_model.server import training
+
+    records = simulation.users[0].shareable.copy()
+    records["B"] = records["B"].astype(float)
+    assert training._bounded(foundation, SharedBatch(records, package_id="fine"), 5.0)
+    records.loc[records.index[0], "B"] = 1e300
+    with pytest.raises(ValueError, match="not finite") as raised:
+        training._bounded(foundation, SharedBatch(records, package_id="crafted"), 5.0)
+    assert not isinstance(raised.value, ModelFileError)
 
 
 def test_weighing_by_noise_refuses_a_previous_foundation_predicting_nan(
