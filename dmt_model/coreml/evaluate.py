@@ -33,6 +33,8 @@ __all__ = [
 
 Blobs = dict[str, np.ndarray]
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 
 def _batch_axis(axis: int, rank: int) -> int:
     """Map a spec axis (of an unbatched blob of ``rank``) onto the batched array."""
@@ -275,6 +277,13 @@ def frame_inputs(spec: Any, frame: pd.DataFrame) -> dict[str, np.ndarray]:
         if not finite.all():
             row = frame.index[int((~finite).argmax())]
             raise ValidationError(f"Column {name!r} has NaN or infinity at row {row!r}.")
+        # the model computes in float32: a larger number would become infinity there
+        readable = (np.abs(column) <= _FLOAT32_MAX).reshape(len(frame), -1).all(axis=1)
+        if not readable.all():
+            row = frame.index[int((~readable).argmax())]
+            raise ValidationError(
+                f"Column {name!r} holds a number beyond what the model reads (float32, "
+                f"±{_FLOAT32_MAX:.3g}) at row {row!r}; fix or drop that record.")
         values[name] = column
     return values
 

@@ -161,3 +161,19 @@ def test_an_executorch_program_that_predicts_nan_is_named_too(foundation, record
         adopt_new_version(tmp_path / "personal.pte", tmp_path / "v1.pte", records, **FAST)
     _assert_names_the_model(error, tmp_path / "personal.pte")
     assert (tmp_path / "personal.pte").read_bytes() == before
+
+
+def test_a_record_beyond_float32_is_the_records_fault_not_the_models(v1, records):
+    """The model reads float32: 1e39, finite as a Python float, became infinity there, so a
+    sound model predicted NaN and was named broken (review of f152cf8). The record is named."""
+    from dmt_privacy.errors import ValidationError
+
+    huge = records.copy()
+    huge["B"] = huge["B"].astype(float)
+    huge.loc[huge.index[1], "B"] = 1e39
+    with pytest.raises(ValidationError, match=r"Column 'B' holds a number beyond what the "
+                       r"model reads .* at row .*" + str(huge.index[1])):
+        frame_inputs(v1, huge)
+    with pytest.raises(ValidationError, match="beyond what the model reads"):
+        predict_frame(v1, huge)
+    assert np.isfinite(predict_frame(v1, records)).all()
