@@ -496,16 +496,16 @@ def _refuse_non_finite_candidate(foundation: Foundation, number: int,
         + "Its training diverged: retrain it, from the last published version "
         "(ModelRegistry.latest) or from the proxy data, with a lower learning rate if it "
         "diverges again.")
-    for label, records in record_sets.items():
-        source, what = (label, "record") if label.endswith("]") else (None, f"{label} record")
-        refuse_non_finite(foundation.predict, [records], name=name, sources=[source], what=what,
-                          explanation="its predictions are not finite (its weights hold NaN "
-                          f"or infinity, or overflow on this record), {refused}")
     for parameter, tensor in foundation.network.state_dict().items():
         values = tensor.detach().numpy()
         if not np.isfinite(values).all():
             shown = float(values[~np.isfinite(values)][0])
             raise ModelFileError(f"{name} holds {shown} in its weights {parameter}, {refused}")
+    for label, records in record_sets.items():
+        source, what = (label, "record") if label.endswith("]") else (None, f"{label} record")
+        refuse_non_finite(foundation.predict, [records], name=name, sources=[source], what=what,
+                          explanation="its weights are finite but its predictions overflow on "
+                          f"this record, {refused}")
 
 
 def validation_split(proxy: pd.DataFrame, *, fraction: float = 0.2,

@@ -94,13 +94,6 @@ _DIVERGED = ("its predictions are not finite (its weights hold NaN or infinity, 
              "predictions are finite (ModelRegistry.latest), or from the proxy data alone.")
 
 
-def _refuse_diverged(previous: Any, records: pd.DataFrame, *, what: str,
-                     predicted: np.ndarray | None = None) -> None:
-    """:class:`ModelFileError` if ``previous`` predicts NaN or infinity for ``records``."""
-    refuse_non_finite(previous.predict, [records], name="The previous foundation",
-                      explanation=_DIVERGED, what=what, predicted=predicted)
-
-
 def _bounded(previous: Any, batch: Any, bound: float | None) -> Any:
     """``batch`` checked to featurize, its target winsorized at ± ``bound`` around ŷ.
 
@@ -160,7 +153,8 @@ def policy_batches(store: SharedStore, policy: Any, which: str = "released",
         bound = policy.max_residual * float(
             np.std(previous.featurizer.target_values(proxy)))
         # The server's own records first: a diverged foundation is named before any package.
-        _refuse_diverged(previous, proxy, what="proxy record")
+        refuse_non_finite(previous.predict, [proxy], name="The previous foundation",
+                          explanation=_DIVERGED, what="proxy record")
     read = TrainingRead()
     skipped: Counter[str] = Counter()
     batches = []

@@ -75,14 +75,23 @@ def test_a_candidate_predicting_nan_is_not_published_and_nothing_is_written(
     assert (registry.latest() is None) if first else registry.latest().version == 1
 
 
-def test_a_candidate_predicting_infinity_names_the_value_and_the_record(
-        foundation, simulation, tmp_path):
+def test_a_candidate_holding_infinity_names_its_weights(foundation, simulation, tmp_path):
     overflowing = _diverged(foundation, tmp_path, value=np.inf, part="bias")
     registry = ModelRegistry(tmp_path / "registry")
     _, validation = validation_split(simulation.proxy)
-    with pytest.raises(ModelFileError,
-                       match=rf"predicts inf for the validation_data record at row "
-                       rf"{validation.index[0]}:"):
+    with pytest.raises(ModelFileError, match=r"The candidate foundation \(version 1\) holds "
+                       r"inf in its weights \S+bias, so it is not published"):
+        registry.publish(overflowing, trained_on={}, validation_data=validation)
+    assert registry.versions() == []
+
+
+def test_a_finite_candidate_overflowing_on_a_record_names_the_value_and_the_record(
+        foundation, simulation, tmp_path):
+    overflowing = _diverged(foundation, tmp_path, value=3e38)  # finite, and it overflows
+    registry = ModelRegistry(tmp_path / "registry")
+    _, validation = validation_split(simulation.proxy)
+    with pytest.raises(ModelFileError, match=r"predicts -?inf for the validation_data record "
+                       rf"at row {validation.index[0]}:.*overflow on this record"):
         registry.publish(overflowing, trained_on={}, validation_data=validation)
     assert registry.versions() == []
 
