@@ -588,6 +588,30 @@ def _uptime_command() -> str:
         return f"load average: {uptime()}"
 
 
+_SPIN = """
+import hashlib, sys, time
+end, n, block = time.perf_counter() + float(sys.argv[1]), 0, bytes(4096)
+while time.perf_counter() < end:
+    sum(range(200)); hashlib.sha256(block).digest(); n += 1
+print(n)
+"""
+
+
+def machine_scaling(seconds: float = 3.0) -> dict[str, Any]:
+    """How much more CPU work two processes get done than one on this machine, measured now:
+    a loop of interpreter work and hashing, run alone and then twice at once for ``seconds``
+    each. On two independent idle cores it is 2.0; two hyperthreads of one core, a CPU quota
+    or other jobs make it less. Two service workers cannot scale beyond it."""
+    def run(copies: int) -> int:
+        procs = [subprocess.Popen([sys.executable, "-c", _SPIN, str(seconds)],
+                                  stdout=subprocess.PIPE, text=True) for _ in range(copies)]
+        return sum(int(p.communicate()[0]) for p in procs)
+
+    one, two = run(1), run(2)
+    return {"one_process": one, "two_processes": two, "ratio": round(two / one, 2),
+            "seconds": seconds}
+
+
 def _scaling(runs: list[dict[str, Any]]) -> dict[str, float]:
     """Packages/s with two workers over one, by store (steady runs of the same invocation)."""
     out = {}
@@ -632,6 +656,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     key = generate_server_key()
     uptime_before = _uptime_command()
+    cpu_scaling = machine_scaling()
+    print(f"this machine: two processes do {cpu_scaling['ratio']}x the CPU work of one",
+          flush=True)
     runs: list[dict[str, Any]] = []
     ceilings: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -694,7 +721,8 @@ def main(argv: Sequence[str] | None = None) -> int:
            "large_records_per_package": args.large_records,
            "serve_options": args.serve_options,
            "uptime_before": uptime_before, "uptime_after": _uptime_command(),
-           "ceiling": ceilings, "scaling_1_to_2_workers": _scaling(runs), "runs": runs}
+           "ceiling": ceilings, "scaling_1_to_2_workers": _scaling(runs),
+           "machine_scaling_1_to_2_processes": cpu_scaling, "runs": runs}
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "server_load.json").write_text(json.dumps(out, indent=1))
     print(f"wrote {args.output / 'server_load.json'}")
