@@ -37,15 +37,48 @@ The tasks (:data:`TASKS`):
 
 Every device first personalizes the proxy foundation on all its training
 records with ``personalize()`` (the SDK's defaults: the personal head, a
-per-user prior, the keep-or-discard rule). When a method gives it a new model
-(DMT's retrained foundation, Flower's final global model) the device does what
-an SDK device does, ``adopt_new_version()``: it re-personalizes the new model
-on all its training records and moves to it by the SDK's adoption rule
-(``ADOPTION_RULE``: the lower held-out error wins, both scored out of fold;
-for DMT, only on the records the device did not share, which the new model
-has not seen) — so every method is measured as the model users hold in the
-end, and a new model that a user's records show worse is not forced on
-them. The methods:
+per-user prior, the keep-or-discard rule). Each method then makes a new model
+(DMT's retrained foundation, Flower's final global model), and the server
+releases it as an SDK deployment does, checked on held-out devices:
+
+* **held-out users**: 25 % of the users (the SDK's ``run_loop`` default
+  ``held_out_share``; at least 2 of 4 or more), drawn from the seed by the
+  SDK's rule (``dmt_model.loop._hold_out``), the same users for every method,
+  train no method: DMT's server keeps their packages out of retraining, Flower
+  does not make them training (fit) clients. They are users like the others
+  in every reported mean: they receive a released version and decide on it
+  like everyone else.
+* **the check**, the same function for every method:
+  ``compare_on_devices(foundation, new model, held-out devices,
+  confidence=0.9)`` (``ModelRegistry.publish``'s default
+  ``device_confidence``), both versions personalized on each device as it
+  would and compared with the device as the unit. For DMT a device's frame is
+  what the server holds of it, its shared packages' records as received (a
+  k-anonymous interval as its midpoint, a generalized category drawn from
+  those it covers; images and texts as modified), as ``run_loop`` makes them;
+  for Flower it is the held-out client's own training records on the device —
+  in a Flower deployment this runs as federated evaluation on held-out
+  clients; the computation is the same.
+* **the release**, as ``publish`` decides by default: a version shown better
+  is released with that claim, and every device adopts it unless its own
+  records show it worse (``ADOPTION_RULE``, what ``adoption_rule_for`` grants
+  such a release: the lower error wins, both scored out of fold). Any other
+  (``checked``: ``"worse"`` or ``"not shown better"``) is not released: every
+  user keeps what they held (their personal model of *nothing shared*;
+  adopted 0 %), while the row still reports the version's own error, its
+  training costs and its membership risk. With fewer than 2 held-out devices
+  of 2 records (``"too few devices"``) the version is released without the
+  claim, as ``run_loop`` does. Under DMT's local DP the SDK holds out no
+  devices (``run_loop`` refuses it: personalizing and scoring on noisy
+  targets would not show what the signed claim says) and publishes without
+  the claim: those rows hold out no one, retrain on every user's packages and
+  are released unchecked (``"no check"``), and devices apply
+  ``DEFAULT_RULE``: the version must prove itself on their records.
+
+A device scores every one of its training records when adopting, for every
+method (Flower's global model trained on all of a client's records). So every
+method is measured as the model users hold in the end, with no method's
+version granted more trust than the SDK would grant it. The methods:
 
 * **nothing shared**: the proxy foundation (user-level ε = 0);
 * **DMT**: the server retrains on proxy + every user's shareable records as
@@ -58,8 +91,8 @@ them. The methods:
 * **FedAvg** and **FedProx** (no formal DP) and **DP-FedAvg** at user-level
   ε ∈ {1, 4, 8}, δ = 1e-5, on Flower (``dmt_model.federated``: Flower's own
   strategies and its server-side fixed-clipping DP wrapper, Opacus' RDP
-  accountant; every client trains on all its training records), from the
-  same foundation.
+  accountant; every training client trains on all its training records), from
+  the same foundation.
 
 Hyperparameters (part 4): ``--tune`` gives every method the same budget, three
 trials, on seeds 100 and 101, which are never reported, scored by the released
@@ -78,19 +111,30 @@ Risk (part 5): a membership-inference attack on every released model — DMT's
 retrained foundation, Flower's global model — the same attack for all
 (``dmt_model.membership_inference.attack_model``, Yeom et al.'s loss
 threshold): the members are the user records the model was trained on (DMT:
-the shared ones; FL: every training record), the non-members the same users'
-test records, never trained on. The attacker's
+the shared records of the users not held out, every user's under local DP;
+FL: every training record of the training clients), the non-members every
+user's test records, never trained on. The attacker's
 advantage (TPR − FPR) with its 95 % confidence interval. Personal models
 never leave the device and are not attacked.
 
 Cost (part 6), per device, mean over users: bytes sent and received (DMT: its
 sealed share package, as ``seal_package`` writes it, and each model version
 as an ``.mlmodel``; FL: the trainable arrays each round it takes part in, both
-ways — Flower's own message framing not counted), rounds, and CPU seconds of
-on-device training (FL: local training in Flower's client, summed over rounds;
-every method: the final ``personalize()``).
+ways — Flower's own message framing not counted, nor a held-out client's
+evaluation exchange), rounds, and CPU seconds of on-device training (FL: local
+training in Flower's client, summed over rounds; every method: the final
+``personalize()``). A version not released is not downloaded or adopted:
+its ``.mlmodel`` and the adoption's seconds are not counted.
 
-Writes, per task, ``federated_protocol_<task>.json``, ``….md`` (the README
+Each row records, per seed, the check's outcome (``checked``: ``"better"``,
+``"worse"``, ``"not shown better"``, ``"too few devices"`` or ``"no check"``),
+its figures (``device_check``: devices, their error before and after, t and
+the t it needed), whether the version was released and the held-out users;
+the table shows in how many seeds it was released.
+
+Writes, per task, ``federated_protocol_<task>.json`` (with its
+``protocol_version``: a file of another protocol is never continued with
+``--first-seed`` nor redrawn or added to), ``….md`` (the README
 table) and three plots (``…_utility.png``, ``…_cost.png``,
 ``…_membership.png``) into ``--output`` (default ``benchmarks/results``), after
 every seed. The devices' personalizations run in ``--workers`` processes (2).
@@ -137,6 +181,20 @@ LOCATION = "x2"
 EPSILONS = (1.0, 4.0, 8.0)
 DELTA = 1e-5
 K = 5  # the k of DMT's k-anonymous row (tabular tasks)
+#: The share of users whose records train no method, on whose devices every method's new
+#: version is checked (the SDK's ``run_loop`` default ``held_out_share``), and the check's
+#: one-sided confidence (``ModelRegistry.publish``'s default ``device_confidence``).
+HELD_OUT_SHARE = 0.25
+DEVICE_CONFIDENCE = 0.9
+#: How the server releases a method's new version (``personalize_users``' ``release``):
+#: with the claim that held-out devices showed it better, without it, or not at all.
+RELEASES = ("claimed", "unclaimed", "withheld")
+#: The protocol the results follow; a JSON of another is never continued or added to.
+PROTOCOL_VERSION = 2
+PROTOCOL_CHANGE = ("2: every method's new version is checked on held-out users (a quarter, "
+                   "whose records train no method) and released with the claim only if "
+                   "shown better, DMT under local DP without a check or the claim; "
+                   "1 (unmarked): every version adopted under ADOPTION_RULE, unchecked")
 #: The method families ``--methods`` chooses from; "nothing shared" always runs.
 METHODS = ("dmt", "fedavg", "fedprox", "dp-fedavg")
 TUNING_SEEDS = (100, 101)
@@ -385,12 +443,53 @@ def modified(sim: Simulation, task: ProtocolTask) -> list[Any]:
     return batches
 
 
+def held_out_users(sim: Simulation, seed: int) -> frozenset[int]:
+    """The ids of the users whose records train no method in this seed, on whose devices
+    every method's new version is checked: :data:`HELD_OUT_SHARE` of the users, drawn from
+    ``seed`` by the SDK's own rule (``dmt_model.loop._hold_out``: at least 2 of 4 or more,
+    in the order of the users' ids)."""
+    from dmt_model.loop import _hold_out
+
+    return frozenset(_hold_out({u.user_id: u.user_id for u in sim.users}, HELD_OUT_SHARE,
+                               seed))
+
+
+def split_held_out(sim: Simulation, batches: list[Any], held_out: frozenset[int],
+                   featurizer: Any, seed: int) -> tuple[list[Any], list[pd.DataFrame]]:
+    """What the server received, split as ``run_loop`` splits it: the batches' records of
+    users not in ``held_out`` (to retrain on), and one frame per held-out user with at least
+    2 records received — their packages' records as plain records
+    (``Featurizer.plain_released``: a k-anonymous interval's midpoint, a generalized
+    category drawn from those it covers), as ``dmt_model.loop._held_out_devices`` makes
+    them, in the order of the users' ids. A record's owner is read from its index label,
+    which ``privacy_utility.share`` and :func:`modified` keep."""
+    owner = {label: u.user_id for u in sim.users for label in u.shareable.index}
+    if len(owner) != sum(len(u.shareable) for u in sim.users):
+        raise ValidationError("The users' shareable records share index labels; the server "
+                              "cannot tell whose package a record came in. Give each record "
+                              "its own label.")
+    training, frames = [], {}
+    for batch in batches:
+        owners = batch.records.index.map(owner).to_numpy()
+        held = np.isin(owners, list(held_out))
+        if (~held).any():
+            training.append(replace(batch, records=batch.records[~held]))
+        for user_id in sorted(set(owners[held].tolist())):
+            frames.setdefault(user_id, []).append(featurizer.plain_released(
+                batch.records[owners == user_id], hierarchies=batch.hierarchies, seed=seed))
+    devices = [pd.concat(frames[u], ignore_index=True) for u in sorted(frames)]
+    return training, [records for records in devices if len(records) >= 2]
+
+
 def dmt_model_for(sim: Simulation, task: ProtocolTask, foundation: Any, how: dict[str, Any],
-                  seed: int, learning_rate: float) -> tuple[Any, list[Any], dict]:
+                  seed: int, learning_rate: float, *, held_out: frozenset[int] = frozenset()
+                  ) -> tuple[Any, list[Any], dict, list[pd.DataFrame]]:
     """DMT's retrained foundation from the users' shareable records as the server receives
     them (``how``: ``{}`` raw, ``{"epsilon": ε}`` local DP at user-level ε, ``{"k": k}``
-    k-anonymous, ``{"modified": True}`` after the device's modification), the batches the
-    server received, and what was lost."""
+    k-anonymous, ``{"modified": True}`` after the device's modification), the packages of
+    the ``held_out`` users kept out of retraining; the batches the server received (every
+    user's), what was lost, and the held-out devices' frames to check it on
+    (:func:`split_held_out`)."""
     from privacy_utility import share
 
     from dmt_model.server.retrain import retrain_foundation
@@ -399,8 +498,46 @@ def dmt_model_for(sim: Simulation, task: ProtocolTask, foundation: Any, how: dic
         batches, info = modified(sim, task), {}
     else:
         batches, info = share(sim, seed=seed, schema=task.schema, **how)
+    training, devices = split_held_out(sim, batches, held_out, foundation.featurizer, seed)
     config = replace(task.config, seed=seed, learning_rate=learning_rate)
-    return retrain_foundation(foundation, sim.proxy, batches, config), batches, info
+    return retrain_foundation(foundation, sim.proxy, training, config), batches, info, devices
+
+
+def device_check(previous: Any, candidate: Any, devices: list[pd.DataFrame]) -> dict[str, Any]:
+    """The server's check of a new version on held-out devices, the same for every method:
+    ``compare_on_devices`` (previous = the foundation, candidate = the new version, both
+    updatable as ``personalize_users`` builds them; the device as the unit, one-sided at
+    :data:`DEVICE_CONFIDENCE`), and what ``ModelRegistry.publish`` with
+    ``validation_devices=`` decides from it by default: ``"better"`` (published with the
+    claim), else ``"worse"`` (its error higher and the t-test significant the other way, or
+    a figure not finite: fail closed) or ``"not shown better"`` (both refused). With fewer
+    than 2 devices of 2 records, ``"too few devices"``: ``run_loop`` then publishes the
+    version without the claim. ``devices`` are DMT's held-out packages as the server holds
+    them, or a Flower client's own training records — in a Flower deployment this runs as
+    federated evaluation on held-out clients, each device personalizing and scoring both
+    versions on its records; the computation is the same function."""
+    import math
+
+    from dmt_model.coreml import UpdateSettings, build_spec
+    from dmt_model.personalize import compare_on_devices
+
+    if sum(len(records) >= 2 for records in devices) < 2:
+        return {"checked": "too few devices", "devices": sum(len(d) >= 2 for d in devices)}
+    found = compare_on_devices(build_spec(previous, updatable=UpdateSettings()),
+                               build_spec(candidate, updatable=UpdateSettings()), devices,
+                               confidence=DEVICE_CONFIDENCE)
+    worse = (not (math.isfinite(found.error_after) and math.isfinite(found.error_before))
+             or math.isnan(found.t)
+             or (found.error_after > found.error_before and found.t <= -found.needed))
+    checked = "worse" if worse else "better" if found.better else "not shown better"
+    return {"checked": checked, "devices": found.devices, "error_before": found.error_before,
+            "error_after": found.error_after, "t": found.t, "t_needed": found.needed}
+
+
+#: What the server does with a version after :func:`device_check` (``checked``), or after
+#: none (``"no check"``: DMT under local DP), as ``personalize_users``' ``release``.
+RELEASE_AFTER = {"better": "claimed", "worse": "withheld", "not shown better": "withheld",
+                 "too few devices": "unclaimed", "no check": "unclaimed"}
 
 
 def released_error(model: Any, sim: Simulation, task: ProtocolTask) -> float:
@@ -461,24 +598,30 @@ def tune(args: argparse.Namespace, task: ProtocolTask) -> None:
 
 # --- one seed -------------------------------------------------------------------------
 def _devices(jobs: list[tuple]) -> list[tuple[bytes, bool, float, dict, dict]]:
-    """The decisions of devices that share a model, its previous version and a task (runs in
-    a worker process): for each, the personal model it holds after ``personalize()`` (no
-    current model) or ``adopt_new_version`` against its current one (personalized from the
-    previous version; every training record scored, as for every method), whether
-    it moved, the CPU seconds of the whole call, and the scores of the released and held
-    model. The devices are decided together (``personalized_many``, ``adopted_many``), each
-    exactly as alone; one job is one device, and its seconds are its own."""
+    """The decisions of devices that share a model, its previous version, a task and how the
+    model was released (runs in a worker process): for each, the personal model it holds
+    after ``personalize()`` (no current model) or ``adopt_new_version`` against its current
+    one (personalized from the previous version; every training record scored, as for every
+    method) under the rule the release earned — ``"claimed"`` (shown better on held-out
+    devices): ``ADOPTION_RULE``; ``"unclaimed"`` (released without that claim):
+    ``DEFAULT_RULE``; ``"withheld"`` (not released): no device sees it and each keeps its
+    current model — whether it moved, the CPU seconds of the whole call, and the scores of
+    the model and of the one held. The devices are decided together
+    (``personalized_many``, ``adopted_many``), each exactly as alone; one job is one device,
+    and its seconds are its own."""
     from dmt_model.coreml import predict_frame
     from dmt_model.coreml._spec import spec_bytes, spec_from_bytes
     from dmt_model.personalize import (
         ADOPTION_RULE,
+        DEFAULT_RULE,
         adopted_many,
         featurizer_of,
         personalized_many,
     )
 
-    spec_data, _, previous_data, _, _, task = jobs[0]
+    spec_data, _, previous_data, _, _, task, release = jobs[0]
     assert all(job[0] is spec_data or job[0] == spec_data for job in jobs)
+    assert all(job[6] == release for job in jobs)
     spec = spec_from_bytes(spec_data)
     actual = [featurizer_of(spec).target_values(job[4], dtype=float) for job in jobs]
     released = [user_scores(task, predict_frame(spec, job[4]), y)
@@ -492,17 +635,23 @@ def _devices(jobs: list[tuple]) -> list[tuple[bytes, bool, float, dict, dict]]:
     else:
         previous = None if previous_data is None else spec_from_bytes(previous_data)
         currents = [spec_from_bytes(job[1]) for job in jobs]
-        movable = [i for i in range(len(jobs)) if len(jobs[i][3]) >= 2]
-        held = currents  # too few records to score: keep
-        # Every method's devices adopt under ADOPTION_RULE, as if the server had shown each
-        # version better on held-out devices (neither DMT's server nor Flower's checks it
-        # here); the SDK's default asks an unchecked version to prove itself. Every training
-        # record is scored, for every method: Flower's global model trained on all of a
-        # client's records, so the SDK's guard (records a version trained on are never
-        # scored, ``shared_records=``) would leave an FL device nothing to score.
+        # A version the server did not release reaches no device: each keeps what it holds.
+        movable = [] if release == "withheld" else [i for i in range(len(jobs))
+                                                    if len(jobs[i][3]) >= 2]
+        held = currents  # too few records to score, or nothing released: keep
+        # The rule the release earned, as adoption_rule_for reads it from a signed release:
+        # ADOPTION_RULE only for a version shown better on the held-out devices (run_seed's
+        # device_check, the same for every method), DEFAULT_RULE (the version must prove
+        # itself on the device's records) for one released without that claim — DMT under
+        # local DP, where the SDK holds out no devices, or too few held-out devices to check
+        # on (run_loop publishes it without the claim). Every training record is scored, for
+        # every method: Flower's global model trained on all of a client's records, so the
+        # SDK's guard (records a version trained on are never scored, ``shared_records=``)
+        # would leave an FL device nothing to score.
+        rule = {"claimed": ADOPTION_RULE, "unclaimed": DEFAULT_RULE}.get(release)
         outcomes = adopted_many(spec, [currents[i] for i in movable],
                                 [jobs[i][3] for i in movable], previous=previous,
-                                rule=ADOPTION_RULE)
+                                rule=rule) if movable else []
     for i, (updated, result) in zip(movable, outcomes, strict=True):
         held[i], moved[i] = updated, bool(result.accepted)
     seconds = time.process_time() - started
@@ -517,6 +666,8 @@ def _timed(sizes: list[int]) -> list[int]:
     device that trains nothing): one of every ten that train, the middle one of each tenth
     of them by size, so that the timed devices span every size."""
     order = sorted((i for i, n in enumerate(sizes) if n), key=lambda i: -sizes[i])
+    if not order:  # no device trains (a version not released): none to time
+        return []
     strata = np.array_split(np.array(order, dtype=int), -(-len(order) // 10))
     return sorted(int(part[len(part) // 2]) for part in strata if len(part))
 
@@ -549,15 +700,25 @@ def _pool(workers: int) -> Any:
 
 def personalize_users(model: Any, sim: Simulation, task: ProtocolTask,
                       current: list[bytes] | None = None, *, previous: Any | None = None,
-                      workers: int = 1) -> dict[str, Any]:
+                      release: str | None = None, workers: int = 1) -> dict[str, Any]:
     """What each user holds in the end, as an SDK device decides it: with no ``current``
     personal models, ``model`` personalized on all their training records
-    (``personalize()``); otherwise ``model`` re-personalized and adopted unless the user's
-    records show it worse than their ``current`` personal model, personalized from
-    ``previous`` (``ADOPTION_RULE``, both scored out of fold on every training record). Mean
-    per-user test error (and accuracy) of ``model`` itself and of what users hold, the share
-    of users who moved to it, the CPU seconds a device spent, and the personal models (as
-    ``.mlmodel`` bytes).
+    (``personalize()``); otherwise what the server's ``release`` of ``model`` lets the
+    device do with it against its ``current`` personal model, personalized from
+    ``previous`` (both scored out of fold on every training record):
+
+    * ``"claimed"``: released with the claim that it was shown better on held-out devices
+      (:func:`device_check`): re-personalized and adopted unless the user's records show it
+      worse (``ADOPTION_RULE``, what ``adoption_rule_for`` grants such a release);
+    * ``"unclaimed"``: released without that claim (DMT under local DP, where the SDK holds
+      out no devices, or too few held-out devices to check on): adopted only if the user's
+      records show it better (``DEFAULT_RULE``);
+    * ``"withheld"``: not released, since the check did not show it better: every user keeps
+      their ``current`` model and none moves.
+
+    Every user gets the same, held-out users included. Mean per-user test error (and
+    accuracy) of ``model`` itself and of what users hold, the share of users who moved to
+    it, the CPU seconds a device spent, and the personal models (as ``.mlmodel`` bytes).
 
     The devices are independent, and decided together in batches (``personalized_many``,
     ``adopted_many``: each exactly as alone), one batch per ``workers`` process; one device
@@ -567,13 +728,17 @@ def personalize_users(model: Any, sim: Simulation, task: ProtocolTask,
     from dmt_model.coreml import UpdateSettings, build_spec
     from dmt_model.coreml._spec import spec_bytes
 
+    if current is not None and release not in RELEASES:
+        raise ValidationError(f"release must be one of {', '.join(RELEASES)} when devices "
+                              f"hold a current model, got {release!r}.")
     data = spec_bytes(build_spec(model, updatable=UpdateSettings()))
     base = None if previous is None else spec_bytes(build_spec(previous,
                                                                updatable=UpdateSettings()))
     jobs = [(data, None if current is None else current[i], base, user.train, user.test,
-             task.task) for i, user in enumerate(sim.users)]
-    sizes = [0 if current is not None and len(u.train) < 2 else len(u.train)
-             for u in sim.users]
+             task.task, release) for i, user in enumerate(sim.users)]
+    # A device trains nothing when it has too few records to score, or nothing to adopt.
+    sizes = [0 if current is not None and (len(u.train) < 2 or release == "withheld")
+             else len(u.train) for u in sim.users]
     timed = _timed(sizes)
     rest = sorted(set(range(len(jobs))) - set(timed), key=lambda i: -sizes[i])
     # Each worker's batch deals devices of every size, the biggest units of work first.
@@ -630,7 +795,9 @@ def sealed_sizes(sim: Simulation, batches: list[Any], schema: Schema) -> tuple[l
 
 def fl_cost(result: Any, base: Any, n_users: int, model_bytes: int) -> dict[str, Any]:
     """Bytes a device exchanges with Flower (its trainable arrays each round it takes part,
-    both ways; the final model as an .mlmodel to personalize) and its training seconds."""
+    both ways; the final model as an .mlmodel to personalize, ``model_bytes``: 0 when it is
+    not released) and its training seconds, mean over ``n_users`` users: the held-out ones
+    take part in no round (``result``'s clients are the training users)."""
     import copy
 
     from dmt_model.federated.flower import trainable_parameters
@@ -702,51 +869,81 @@ def run_seed(sim: Simulation, task: ProtocolTask, seed: int, *, rounds: int,
              epsilons: tuple[float, ...], settings: dict[str, Any], workers: int = 1,
              methods: tuple[str, ...] = METHODS) -> dict[str, dict[str, Any]]:
     """One seed of every method family in ``methods`` (:data:`METHODS`), after the
-    baseline "nothing shared": a row per method, in the order of the table."""
+    baseline "nothing shared": a row per method, in the order of the table.
+
+    The users of :func:`held_out_users` train no method (DMT's server keeps their packages
+    out of retraining, Flower does not make them fit clients); each method's new version is
+    checked on their devices (:func:`device_check`) and reaches every user, held-out ones
+    included, only as the check's outcome releases it (:data:`RELEASE_AFTER`). DMT under
+    local DP holds out no one and is released without the check, as the SDK does."""
     rows: dict[str, dict[str, Any]] = {}
     foundation = foundation_for(sim, task, seed)
     held = personalize_users(foundation, sim, task, workers=workers)
     current = held.pop("personal_models")
     model_bytes = held["model_bytes"]
     tests = pd.concat([u.test for u in sim.users])
+    held_out = held_out_users(sim, seed)
     rows["nothing shared"] = held | {
         "epsilon": 0.0, "guarantee": "nothing leaves the device", "sent_bytes": 0.0,
         "received_bytes": float(model_bytes), "rounds": 0,
         "device_seconds": held["personalize_seconds"], "membership": None}
-    shared = pd.concat([u.shareable for u in sim.users])
+
+    def checked(version: Any, devices: list[pd.DataFrame] | None) -> dict[str, Any]:
+        """The check's record, and the release it earns (``devices=None``: no check)."""
+        check = {"checked": "no check"} if devices is None else device_check(
+            foundation, version, devices)
+        outcome = check.pop("checked")
+        return {"checked": outcome, "device_check": check or None,
+                "released": RELEASE_AFTER[outcome] != "withheld"}
 
     def report(name: str, result: dict[str, Any]) -> None:
-        print(f"  {name}: {result['error']:.4g} ({result['error_released']:.4g} released, "
-              f"{result['moved']:.0%} adopted)", flush=True)
+        print(f"  {name}: {result['error']:.4g} ({result['error_released']:.4g} released "
+              f"model, {result['checked']}, {result['moved']:.0%} adopted)", flush=True)
 
     for name, how, guarantee in dmt_rows(task, epsilons) if "dmt" in methods else ():
-        model, batches, info = dmt_model_for(sim, task, foundation, how, seed,
-                                             settings["dmt_learning_rate"])
+        # Under local DP the SDK holds out no devices (run_loop refuses it: noisy targets
+        # cannot show what the signed claim says) and publishes without the claim.
+        private = "epsilon" in how
+        row_held_out = frozenset() if private else held_out
+        model, batches, info, devices = dmt_model_for(sim, task, foundation, how, seed,
+                                                      settings["dmt_learning_rate"],
+                                                      held_out=row_held_out)
+        check = checked(model, None if private else devices)
+        release = RELEASE_AFTER[check["checked"]]
         sizes, seal_seconds = sealed_sizes(sim, batches, task.schema)
         result = personalize_users(model, sim, task, current, previous=foundation,
-                                   workers=workers)
+                                   release=release, workers=workers)
         del result["personal_models"]
-        rows[name] = result | {
+        members = pd.concat([u.shareable for u in sim.users if u.user_id not in row_held_out])
+        rows[name] = result | check | {
+            "held_out_users": sorted(row_held_out),
             "epsilon": info.get("user_epsilon"), "guarantee": guarantee,
-            "sent_bytes": float(np.mean(sizes)), "received_bytes": 2.0 * model_bytes,
+            # v1, and the new version if it was released
+            "sent_bytes": float(np.mean(sizes)),
+            "received_bytes": (2.0 if check["released"] else 1.0) * model_bytes,
             "rounds": 1,
             "device_seconds": held["personalize_seconds"] + seal_seconds
             + result["personalize_seconds"],
-            "membership": membership(model, shared, tests, seed)}
-        report(name, result)
+            "membership": membership(model, members, tests, seed)}
+        report(name, rows[name])
     fedavg, fedprox, dp = fl_strategies(settings, seed, rounds, foundation)
-    trained = pd.concat([u.train for u in sim.users])
+    clients = replace(sim, users=tuple(u for u in sim.users if u.user_id not in held_out))
+    evaluators = [u.train for u in sim.users if u.user_id in held_out]
+    trained = pd.concat([u.train for u in clients.users])
     runs = [("FedAvg", fedavg, None)] if "fedavg" in methods else []
     runs += [("FedProx", fedprox, None)] if "fedprox" in methods else []
     runs += [(f"DP-FedAvg ε={e:g}", dp(e), e) for e in epsilons] if "dp-fedavg" in methods \
         else []
     for name, strategy, epsilon in runs:
-        fl = federated(sim, strategy, foundation)
-        personal = personalize_users(fl.foundation, sim, task, current,
-                                     previous=foundation, workers=workers)
+        fl = federated(clients, strategy, foundation)
+        check = checked(fl.foundation, evaluators)
+        personal = personalize_users(fl.foundation, sim, task, current, previous=foundation,
+                                     release=RELEASE_AFTER[check["checked"]], workers=workers)
         del personal["personal_models"]
-        cost = fl_cost(fl, strategy.base, len(sim.users), model_bytes)
-        rows[name] = personal | cost | {
+        cost = fl_cost(fl, strategy.base, len(sim.users),
+                       model_bytes if check["released"] else 0)
+        rows[name] = personal | cost | check | {
+            "held_out_users": sorted(held_out),
             "epsilon": fl.epsilon,
             "guarantee": "no formal DP" if epsilon is None else
             "central DP: Gaussian noise on the clipped sum of the users' updates (Flower), "
@@ -754,7 +951,7 @@ def run_seed(sim: Simulation, task: ProtocolTask, seed: int, *, rounds: int,
             "device_seconds": held["personalize_seconds"] + cost["train_seconds"]
             + personal["personalize_seconds"],
             "membership": membership(fl.foundation, trained, tests, seed)}
-        report(name, personal)
+        report(name, rows[name])
     return rows
 
 
@@ -766,7 +963,8 @@ METRICS = ("error", "error_released", "accuracy", "accuracy_released", "moved", 
 def summarize(per_seed: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
     """Mean ± std over seeds of each metric, and of each method's paired difference from
     sharing nothing (the seeds differ in level); the membership advantage's mean over seeds
-    with a 95 % interval combined from the seeds' (independent) intervals."""
+    with a 95 % interval combined from the seeds' (independent) intervals; the number of
+    seeds in which a method's version was released, and the held-out check's outcomes."""
     out: dict[str, dict[str, Any]] = {}
     for name in per_seed[0]:
         runs = [seed[name] for seed in per_seed]
@@ -789,6 +987,10 @@ def summarize(per_seed: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, 
             half = float(np.sqrt(sum(((a["advantage_high"] - a["advantage_low"]) / 2) ** 2
                                      for a in attacks)) / len(attacks))
             row["membership_advantage"] = {"mean": mean, "ci": [mean - half, mean + half]}
+        if "checked" in runs[0]:  # the held-out devices' check: its outcome in each seed
+            row["released_seeds"] = sum(bool(r["released"]) for r in runs)
+            row["checked"] = {outcome: sum(r["checked"] == outcome for r in runs)
+                              for outcome in dict.fromkeys(r["checked"] for r in runs)}
         out[name] = row
     return out
 
@@ -805,11 +1007,18 @@ def table(summary: dict[str, dict[str, Any]], seeds: int, task: ProtocolTask) ->
     def num(value: float, sign: str = "") -> str:
         return f"{value:{sign}.{places}f}"
 
+    def released(row: dict[str, Any]) -> str:
+        if "released_seeds" not in row:
+            return "—"
+        unchecked = [o for o in ("no check", "too few devices") if row["checked"].get(o)]
+        return f"{row['released_seeds']}/{seeds}" + (
+            f" ({', '.join(unchecked)})" if unchecked else "")
+
     lines = [f"| method | user-level ε | users' {error} | vs nothing shared "
              + ("| users' accuracy " if accuracy else "")
-             + f"| released model {error} | adopted | device sends | device receives "
-             "| device CPU s | membership advantage (95 % CI) |",
-             "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if accuracy else "")]
+             + f"| released model {error} | released (seeds) | adopted | device sends "
+             "| device receives | device CPU s | membership advantage (95 % CI) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if accuracy else "")]
     for name, row in summary.items():
         epsilon = ("0" if row["epsilon"] == 0 else "no formal DP" if row["epsilon"] is None
                    else f"{row['epsilon']:.2f}")
@@ -824,14 +1033,22 @@ def table(summary: dict[str, dict[str, Any]], seeds: int, task: ProtocolTask) ->
             + (f"| {row['accuracy']['mean']:.3f} ± {row['accuracy']['std']:.3f} "
                if accuracy else "")
             + f"| {num(row['error_released']['mean'])} ± {num(row['error_released']['std'])} "
-            f"| {row['moved']['mean']:.0%} | {kb(row['sent_bytes']['mean'])} "
+            f"| {released(row)} | {row['moved']['mean']:.0%} | {kb(row['sent_bytes']['mean'])} "
             f"| {kb(row['received_bytes']['mean'])} "
             f"| {row['device_seconds']['mean']:.2f} | {attack_text} |")
     return (f"**{task.title}.** Mean ± std over {seeds} seed{'s' if seeds > 1 else ''} of the "
             f"mean per-user test {error} (lower is better) of the model each user holds in the "
             f"end (users' {error}), its paired per-seed difference from sharing nothing "
-            "(negative: users gain), and the released model's own; adopted: the share of "
-            "users whose device moved to the new model (nothing shared: whose update was "
+            "(negative: users gain), and the new model's own (released or not); released: "
+            f"in how many seeds the server released the new model — {HELD_OUT_SHARE:.0%} "
+            "of the users, drawn from the seed, train no method, and each method's new model is "
+            "released to every user only if it is shown better on their devices "
+            f"(one-sided paired t-test over devices at {DEVICE_CONFIDENCE:.0%}), devices "
+            "then keeping it unless their records show it worse; DMT under local DP holds "
+            "out no one and is released unchecked, devices keeping it only if their records "
+            "show it better (no check); a model not released leaves every user with what "
+            "they held; held-out users count in every mean; adopted: the share of users "
+            "whose device moved to the new model (nothing shared: whose update was "
             "kept).\n\n" + "\n".join(lines) + "\n")
 
 
@@ -946,6 +1163,7 @@ def run_task(task: ProtocolTask, args: argparse.Namespace) -> dict[str, Any]:
     def write() -> dict[str, Any]:
         result: dict[str, Any] = {
             "task": task.name, "title": task.title, "error": task.task.error_name,
+            "protocol_version": PROTOCOL_VERSION, "protocol_change": PROTOCOL_CHANGE,
             "protocol": {k: v for k, v in vars(args).items() if k not in ("output", "task")},
             "hyperparameters": settings, "shape_per_seed": shapes}
         if per_seed:
@@ -974,6 +1192,7 @@ def run_task(task: ProtocolTask, args: argparse.Namespace) -> dict[str, Any]:
             raise ValidationError(
                 f"--methods {' '.join(args.methods)}: the run --first-seed continues ran "
                 f"{' '.join(ran)}; give those methods to continue it.")
+        same_protocol(earlier, args.output / task.files(".json"))
         shapes.extend(earlier["shape_per_seed"])
         per_seed.extend(earlier["per_seed"])
         risk = earlier.get("anonymeter", {})
@@ -996,6 +1215,18 @@ def run_task(task: ProtocolTask, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def same_protocol(result: dict[str, Any], path: Path) -> None:
+    """Refuse a results file of another protocol than :data:`PROTOCOL_VERSION` (an unmarked
+    one is protocol 1): its seeds are not to be continued, redrawn or added to as this
+    one's."""
+    version = result.get("protocol_version", 1)
+    if version != PROTOCOL_VERSION:
+        raise ValidationError(
+            f"{path} holds results of protocol {version}, this is protocol {PROTOCOL_VERSION} "
+            f"({PROTOCOL_CHANGE}); its seeds cannot be mixed with this protocol's. Run from "
+            "seed 0 into another --output, or move the file away.")
+
+
 def render(task: ProtocolTask, output: Path) -> None:
     """The table and plots of ``task`` again, from the per-seed figures in its JSON."""
     path = output / task.files(".json")
@@ -1005,6 +1236,7 @@ def render(task: ProtocolTask, output: Path) -> None:
     result = json.loads(path.read_text())
     if not result.get("per_seed"):
         return
+    same_protocol(result, path)
     result["summary"] = summarize(result["per_seed"])
     risk = result.get("anonymeter", {})
     (output / task.files(".md")).write_text(
@@ -1067,6 +1299,7 @@ def main(argv: list[str] | None = None) -> None:
             path = args.output / task.files(".json")
             if task.tabular and path.exists():
                 result = json.loads(path.read_text())
+                same_protocol(result, path)
                 result["anonymeter"] = server_risk(task, 0, result["protocol"]["users"],
                                                    tuple(result["protocol"]["epsilons"]))
                 path.write_text(json.dumps(result, indent=1))

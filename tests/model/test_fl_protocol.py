@@ -83,8 +83,16 @@ def test_quick_run_writes_every_row_with_privacy_cost_and_risk(tmp_path, task, w
         assert 0 < summary["DP-FedAvg ε=4"]["epsilon"] <= 4.0
     else:
         assert summary["FedAvg"]["epsilon"] is None
+    assert result["protocol_version"] == fl_protocol.PROTOCOL_VERSION
+    for name, row in result["per_seed"][0].items():  # the held-out check of every version
+        if name != "nothing shared":
+            assert row["checked"] in fl_protocol.RELEASE_AFTER, name
+            assert row["released"] == (fl_protocol.RELEASE_AFTER[row["checked"]]
+                                       != "withheld"), name
+            assert (row["device_check"] is None) == (row["checked"] == "no check"), name
+            assert summary[name]["released_seeds"] == int(row["released"]), name
     table = (tmp_path / f"federated_protocol_{task}.md").read_text()
-    assert "| method | user-level ε |" in table
+    assert "| method | user-level ε |" in table and "| released (seeds) |" in table
     for plot in ("utility", "cost", "membership"):
         assert (tmp_path / f"federated_protocol_{task}_{plot}.png").stat().st_size > 10_000
 
@@ -134,6 +142,7 @@ def test_every_methods_devices_score_every_training_record(monkeypatch, tmp_path
         return adopted_many(new_spec, currents, record_sets, **kwargs)
 
     monkeypatch.setattr(personalize, "adopted_many", spy)
+    _check_says(monkeypatch, better=True)  # every row released: every device decides
     fl_protocol.run_seed(sim, task, 0, rounds=1, epsilons=(),
                          settings=fl_protocol.settings_from(tmp_path, task), methods=("dmt",))
     # each of DMT's two rows (raw, k-anonymous) decides every device on all its training records
@@ -141,3 +150,19 @@ def test_every_methods_devices_score_every_training_record(monkeypatch, tmp_path
     assert sorted(len(frame) for sets, _ in seen for frame in sets) == sorted(trained * 2)
     assert all(s is None for _, kwargs in seen for s in kwargs.get("shared_records") or [None])
     assert any(len(u.shareable) for u in sim.users)  # there were shared records to leave out
+
+
+def _check_says(monkeypatch, *, better: bool) -> list[int]:
+    """Make the held-out devices' check (``compare_on_devices``) find the candidate better,
+    or not better and not worse; returns a list that grows by one per check run."""
+    import dmt_model.personalize as personalize
+
+    calls: list[int] = []
+
+    def compare(previous, candidate, devices, **kwargs):
+        calls.append(len(devices))
+        return personalize.DeviceComparison(len(devices), 1.0, 0.5 if better else 1.0,
+                                            3.0 if better else 0.0, 1.5, better, "stub")
+
+    monkeypatch.setattr(personalize, "compare_on_devices", compare)
+    return calls
