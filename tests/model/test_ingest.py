@@ -277,7 +277,13 @@ def test_sigkill_at_random_points_stores_every_package_once(tmp_path):
         # finish the run before the kill
         base = max(stored_before, 0)
         target = base + rng.randint(1, max(1, (n - base) // 3))
+        stalled = time.monotonic() + 60  # an ingester that stops storing must fail the test
         while child.poll() is None and _stored(db) < target:
+            if time.monotonic() > stalled:
+                child.kill()
+                child.wait()
+                pytest.fail(f"the ingester stored {_stored(db)} of {n} packages and then "
+                            f"nothing more for 60 s without exiting (waiting for {target})")
             time.sleep(0.002)
         if child.poll() is None:
             child.send_signal(signal.SIGKILL)
