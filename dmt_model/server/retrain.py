@@ -318,8 +318,9 @@ class ModelRegistry:
         With ``validation_data``, the version is published only if its error on
         it (the task's headline error: RMSE for a regression, log loss for a
         classification) is at most ``(1 + tolerance)`` × the current published version's
-        (the first version is always published); otherwise it is saved with
-        ``status="refused"``. Check ``version.published``.
+        (the first version is always published, and so is any version replacing one whose
+        error there is not finite); otherwise it is saved with ``status="refused"``. Check
+        ``version.published``.
 
         With ``validation_devices`` (the records of devices whose packages the
         version did not train on, one frame per device, every package of such a
@@ -378,7 +379,10 @@ class ModelRegistry:
                 before = self._evaluate(previous, validation_data, "validation_data")
                 validation.update({f"current_{k}": v for k, v in before.items() if k != "n"})
                 validation["current_version"] = float(current.version)
-                if not validation["error"] <= before["error"] * (1 + tolerance):
+                # A served version whose error is not finite (published before candidates
+                # were checked) is broken: any candidate, shown finite above, replaces it.
+                if math.isfinite(before["error"]) \
+                        and not validation["error"] <= before["error"] * (1 + tolerance):
                     status = "refused"
         if validation_devices is not None:
             current = self.latest()

@@ -204,3 +204,20 @@ def test_weighing_by_noise_refuses_a_previous_foundation_predicting_nan(
     with pytest.raises(ModelFileError, match="The previous foundation predicts nan for the "
                        "proxy record"):
         retrain_foundation(nan_foundation, simulation.proxy, shared)
+
+
+def test_a_finite_candidate_replaces_a_served_version_that_predicts_nan(
+        foundation, nan_foundation, simulation, tmp_path, monkeypatch):
+    # A version served before the registry refused non-finite candidates: the gate compared
+    # every candidate's error with NaN, which is never smaller, and refused them all.
+    import dmt_model.server.retrain as retrain
+
+    registry = ModelRegistry(tmp_path / "registry")
+    with monkeypatch.context() as patched:
+        patched.setattr(retrain, "_refuse_non_finite_candidate", lambda *args: None)
+        registry.publish(nan_foundation, trained_on={})
+    _, validation = validation_split(simulation.proxy)
+    version = registry.publish(foundation, trained_on={}, validation_data=validation)
+    assert version.published and registry.latest().version == 2
+    assert version.validation["current_version"] == 1
+    assert np.isnan(version.validation["current_error"])
