@@ -166,3 +166,157 @@ def _check_says(monkeypatch, *, better: bool) -> list[int]:
 
     monkeypatch.setattr(personalize, "compare_on_devices", compare)
     return calls
+
+
+def _flower_without_ray(monkeypatch, sim, task) -> list[list[int]]:
+    """Replace Flower by a stand-in that records its fit clients (the users of the
+    simulation it is given) and returns the foundation retrained on their training
+    records; returns the list of each run's clients."""
+    from types import SimpleNamespace
+
+    from dmt_model.server.retrain import SharedBatch, retrain_foundation
+
+    clients: list[list[int]] = []
+
+    def federated(simulation, strategy, foundation):
+        clients.append([u.user_id for u in simulation.users])
+        trained = pd.concat([u.train for u in simulation.users])
+        model = retrain_foundation(foundation, simulation.proxy, [SharedBatch(trained)],
+                                   dataclasses.replace(task.config, seed=0))
+        return SimpleNamespace(foundation=model, rounds=(), epsilon=None)
+
+    monkeypatch.setattr(fl_protocol, "federated", federated)
+    return clients
+
+
+def test_held_out_users_train_no_method_and_are_the_same_for_every_method(monkeypatch,
+                                                                          tmp_path):
+    """Every method's version is checked on held-out users, whose records reach neither
+    DMT's retraining (except under local DP, where the SDK holds out no one) nor Flower's
+    fit clients; the same users for every method. Fails on the protocol that granted every
+    version ADOPTION_RULE unchecked, whose methods trained on every user."""
+    import dmt_model.server.retrain as retrain
+    from dmt_model.loop import _hold_out
+
+    task = fl_protocol.TASKS["friedman"]
+    sim = task.simulate(0, 12)
+    retrained: list[pd.DataFrame] = []
+
+    def spy(foundation, proxy, batches, config):
+        # (k = 5 may quarantine every record of 12 users: nothing but the proxy)
+        retrained.append(pd.concat([b.records for b in batches]) if batches else pd.DataFrame())
+        return foundation  # what it trained on is the question, not the model
+
+    monkeypatch.setattr(retrain, "retrain_foundation", spy)
+    clients = _flower_without_ray(monkeypatch, sim, task)
+    rows = fl_protocol.run_seed(sim, task, 0, rounds=1, epsilons=(4.0,),
+                                settings=fl_protocol.settings_from(tmp_path, task),
+                                methods=("dmt", "fedavg", "dp-fedavg"))
+    # a quarter of 12 users, drawn from the seed by the SDK's rule
+    held = sorted(_hold_out({u.user_id: u.user_id for u in sim.users}, 0.25, 0))
+    assert len(held) == 3
+    held_records = pd.concat([u.shareable for u in sim.users if u.user_id in held]).index
+    others = pd.concat([u.shareable for u in sim.users if u.user_id not in held]).index
+    raw, k_anonymous, private = retrained[:3]  # DMT's rows (the Flower stand-in follows)
+    for frame in (raw, k_anonymous):
+        assert not frame.index.isin(held_records).any()
+    assert set(raw.index) == set(others)
+    assert private.index.isin(held_records).any()  # local DP: every user's packages
+    assert clients == [[u.user_id for u in sim.users if u.user_id not in held]] * 2
+    checked = ["DMT raw", "DMT k-anonymous k=5", "FedAvg", "DP-FedAvg ε=4"]
+    assert all(rows[name]["held_out_users"] == held for name in checked)
+    assert rows["DMT local DP ε=4"]["held_out_users"] == []
+    assert all(rows[name]["checked"] in ("better", "worse", "not shown better",
+                                         "too few devices") for name in checked)
+
+
+def test_a_version_the_check_does_not_show_better_reaches_no_user(monkeypatch, tmp_path):
+    """The server releases a version only if the held-out devices show it better, as the
+    SDK's publish does by default; otherwise every user keeps what they held. Fails on the
+    protocol under which every version was adopted unchecked."""
+    task = fl_protocol.TASKS["friedman"]
+    sim = task.simulate(0, 12)
+    checks = _check_says(monkeypatch, better=False)
+    _flower_without_ray(monkeypatch, sim, task)
+    held: list[list[bytes]] = []
+    personalize_users = fl_protocol.personalize_users
+
+    def spy(*args, **kwargs):
+        result = personalize_users(*args, **kwargs)
+        held.append(list(result["personal_models"]))
+        return result
+
+    monkeypatch.setattr(fl_protocol, "personalize_users", spy)
+    rows = fl_protocol.run_seed(sim, task, 0, rounds=1, epsilons=(),
+                                settings=fl_protocol.settings_from(tmp_path, task),
+                                methods=("dmt", "fedavg"))
+    nothing = rows.pop("nothing shared")
+    assert list(rows) == ["DMT raw", "DMT k-anonymous k=5", "FedAvg"]
+    for name in ("DMT raw", "FedAvg"):
+        row = rows[name]
+        assert row["moved"] == 0.0 and row["error"] == nothing["error"], name
+        assert row["error_released"] != nothing["error"], name  # the version is reported
+        models = held[1 + list(rows).index(name)]
+        assert models == held[0], name  # every user's personal model unchanged
+        assert row["checked"] == "not shown better" and not row["released"], name
+    # k = 5 quarantines most of 12 users' records: too few held-out devices to check it on
+    k_checked = rows["DMT k-anonymous k=5"]["checked"]
+    assert k_checked in ("not shown better", "too few devices")
+    assert len(checks) == 2 + (k_checked == "not shown better")
+
+
+def test_local_dp_rows_are_released_without_the_claim_and_devices_ask_them_to_prove_it(
+        monkeypatch, tmp_path):
+    """Under local DP the SDK holds out no device and publishes without the claim, so
+    devices apply DEFAULT_RULE; a version shown better on held-out devices gets
+    ADOPTION_RULE. Fails on the protocol that gave every version ADOPTION_RULE."""
+    import dmt_model.personalize as personalize
+
+    task = fl_protocol.TASKS["friedman"]
+    sim = task.simulate(0, 12)
+    checks = _check_says(monkeypatch, better=True)
+    row = [0]
+    rules: list[tuple[int, object]] = []
+    personalize_users, adopted_many = fl_protocol.personalize_users, personalize.adopted_many
+
+    def each_row(*args, **kwargs):
+        row[0] += 1
+        return personalize_users(*args, **kwargs)
+
+    def spy(new_spec, currents, record_sets, **kwargs):
+        rules.append((row[0], kwargs.get("rule")))
+        return adopted_many(new_spec, currents, record_sets, **kwargs)
+
+    monkeypatch.setattr(fl_protocol, "personalize_users", each_row)
+    monkeypatch.setattr(personalize, "adopted_many", spy)
+    rows = fl_protocol.run_seed(sim, task, 0, rounds=1, epsilons=(4.0,),
+                                settings=fl_protocol.settings_from(tmp_path, task),
+                                methods=("dmt",))
+    assert list(rows) == ["nothing shared", "DMT raw", "DMT k-anonymous k=5",
+                          "DMT local DP ε=4"]
+    assert {rule for r, rule in rules if r == 4} == {personalize.DEFAULT_RULE}
+    assert {rule for r, rule in rules if r == 2} == {personalize.ADOPTION_RULE}
+    # raw and k-anonymous are checked (k = 5 leaves 12 users' held-out devices too few
+    # records to check on, and run_loop then publishes without the claim); local DP is not
+    k_checked = rows["DMT k-anonymous k=5"]["checked"]
+    assert k_checked in ("better", "too few devices")
+    assert {rule for r, rule in rules if r == 3} == {
+        personalize.ADOPTION_RULE if k_checked == "better" else personalize.DEFAULT_RULE}
+    assert len(checks) == 1 + (k_checked == "better")
+    assert rows["DMT raw"]["checked"] == "better"
+    assert rows["DMT local DP ε=4"]["checked"] == "no check"
+    assert rows["DMT local DP ε=4"]["released"]
+
+
+def test_results_of_another_protocol_are_never_continued_or_added_to(tmp_path):
+    path = tmp_path / "federated_protocol_friedman.json"
+    path.write_text(json.dumps({"per_seed": [{}], "shape_per_seed": [{}],
+                                "protocol": {"methods": list(fl_protocol.METHODS),
+                                             "users": 12, "epsilons": [4.0]}}))
+    with pytest.raises(ValidationError, match="protocol 1"):
+        fl_protocol.main(["--task", "friedman", "--users", "12", "--first-seed", "1",
+                          "--seeds", "1", "--output", str(tmp_path)])
+    with pytest.raises(ValidationError, match="protocol 1"):
+        fl_protocol.main(["--task", "friedman", "--risk-only", "--output", str(tmp_path)])
+    with pytest.raises(ValidationError, match="protocol 1"):
+        fl_protocol.main(["--task", "friedman", "--render-only", "--output", str(tmp_path)])
