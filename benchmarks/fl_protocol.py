@@ -107,7 +107,7 @@ regression, mean log loss for a classifier — the quantity the device's
 keep-or-discard rule compares), averaged over users; classifiers also report
 accuracy.
 
-Risk (part 5): a membership-inference attack on every released model — DMT's
+Risk (part 5): a membership-inference attack on every new model, released or not — DMT's
 retrained foundation, Flower's global model — the same attack for all
 (``dmt_model.membership_inference.attack_model``, Yeom et al.'s loss
 threshold): the members are the user records the model was trained on (DMT:
@@ -1016,7 +1016,7 @@ def table(summary: dict[str, dict[str, Any]], seeds: int, task: ProtocolTask) ->
 
     lines = [f"| method | user-level ε | users' {error} | vs nothing shared "
              + ("| users' accuracy " if accuracy else "")
-             + f"| released model {error} | released (seeds) | adopted | device sends "
+             + f"| new model {error} | released (seeds) | adopted | device sends "
              "| device receives | device CPU s | membership advantage (95 % CI) |",
              "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if accuracy else "")]
     for name, row in summary.items():
@@ -1046,7 +1046,9 @@ def table(summary: dict[str, dict[str, Any]], seeds: int, task: ProtocolTask) ->
             f"(one-sided paired t-test over devices at {DEVICE_CONFIDENCE:.0%}), devices "
             "then keeping it unless their records show it worse; DMT under local DP holds "
             "out no one and is released unchecked, devices keeping it only if their records "
-            "show it better (no check); a model not released leaves every user with what "
+            "show it better (no check), as is a model with fewer than 2 held-out devices of "
+            "2 records to check on (too few devices); a model not released leaves every "
+            "user with what "
             "they held; held-out users count in every mean; adopted: the share of users "
             "whose device moved to the new model (nothing shared: whose update was "
             "kept).\n\n" + "\n".join(lines) + "\n")
