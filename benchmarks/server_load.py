@@ -107,6 +107,12 @@ a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))
 """
 
 
+def listening_sockets(port: int) -> int:
+    """How many sockets listen on 127.0.0.1:``port`` (Linux: ``/proc/net/tcp``, state 0A)."""
+    rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    return sum(row[1] == f"0100007F:{port:04X}" and row[3] == "0A" for row in rows)
+
+
 class ServiceProcess:
     """`dmt serve` in a child process on 127.0.0.1, restartable on the same port."""
 
@@ -141,7 +147,7 @@ class ServiceProcess:
             try:
                 conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
                 conn.request("GET", "/v1/health")
-                if conn.getresponse().status == 200:
+                if conn.getresponse().status == 200 and self._all_listening():
                     conn.close()
                     return self
                 conn.close()
@@ -150,6 +156,17 @@ class ServiceProcess:
             time.sleep(0.05)
         self.kill()
         raise RuntimeError(f"dmt serve did not answer on port {self.port} in {timeout} s")
+
+    def _all_listening(self) -> bool:
+        """Whether every worker of ``--workers N`` listens. Each has a ``SO_REUSEPORT`` socket
+        of its own (Linux), and a client goes to one of the sockets listening when it
+        connects: a load begun when the first worker answered kept its clients on that one
+        (two workers used one core between them). Elsewhere the workers share one socket."""
+        workers = int(self.argv[self.argv.index("--workers") + 1]) \
+            if "--workers" in self.argv else 1
+        if workers == 1 or not sys.platform.startswith("linux"):
+            return True
+        return listening_sockets(self.port) >= workers
 
     def _kill_group(self) -> None:
         assert self.process is not None
