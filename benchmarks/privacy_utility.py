@@ -85,7 +85,7 @@ from dmt_model.server.retrain import SharedBatch, retrain_foundation
 from dmt_privacy.anonymity import KAnonymizer, release_classes
 from dmt_privacy.dp import LocalDPPerturber, PrivacyLedger
 from dmt_privacy.errors import SchemaError
-from dmt_privacy.schema import Schema
+from dmt_privacy.schema import Role, Schema
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,11 +111,12 @@ def share(sim, *, k: int | None = None, epsilon: float | None = None, seed: int 
     :class:`PrivacyLedger` with that budget, the perturber (``privacy_unit="user"``)
     charges it ``n_records × Σε`` for the user's one release, so each field of
     each record gets ``epsilon / (n_records · n_fields)``; the ledger would refuse
-    anything more. ``info["user_epsilon"]`` is the largest charge of any user.
+    anything more. Every field but the schema's insensitive ones is perturbed (with
+    ``k``, the quasi-identifiers are generalized instead); insensitive fields travel as
+    they are. ``info["user_epsilon"]`` is the largest charge of any user.
     ``schema`` says which fields are quasi-identifiers, the target and their bounds.
     """
     quasi_identifiers = [f.name for f in schema.by_role("quasi-identifier")]
-    target = next(f.name for f in schema.by_role("target"))
     frames = [u.shareable.assign(_package=u.user_id) for u in sim.users]
     shared = pd.concat(frames)
     info = {"offered": len(shared), "quarantined": 0}
@@ -132,7 +133,11 @@ def share(sim, *, k: int | None = None, epsilon: float | None = None, seed: int 
         shared = released
     if epsilon is None:
         return [SharedBatch(shared.drop(columns="_package"))], info
-    fields = [target] if k is not None else [*quasi_identifiers, target]
+    # Every field but the insensitive ones is perturbed (quasi-identifiers already
+    # generalized under k are not): a sensitive field left as it was would void the user-level
+    # ε the row states.
+    fields = [f.name for f in schema if f.role is not Role.INSENSITIVE
+              and not (k is not None and f.name in quasi_identifiers)]
     batches = []
     charged = []
     for package, records in shared.groupby("_package"):  # one release per device

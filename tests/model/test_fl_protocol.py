@@ -320,3 +320,26 @@ def test_results_of_another_protocol_are_never_continued_or_added_to(tmp_path):
         fl_protocol.main(["--task", "friedman", "--risk-only", "--output", str(tmp_path)])
     with pytest.raises(ValidationError, match="protocol 1"):
         fl_protocol.main(["--task", "friedman", "--render-only", "--output", str(tmp_path)])
+
+
+def test_local_dp_rows_perturb_every_field_but_the_insensitive_ones():
+    # privacy_utility.share perturbed the quasi-identifiers and the target only: a field
+    # the schema calls sensitive travelled as it was under a row that claims user-level ε
+    # (Synthetic(α, β)'s 60 inputs are all sensitive). Only insensitive fields may.
+    from privacy_utility import share
+
+    from dmt_model.datasets import SYNTHETIC_SCHEMA as schema
+    from dmt_model.datasets import simulate_synthetic
+
+    sim = simulate_synthetic(1.0, 1.0, n_users=8, records_per_user=6, proxy_records=40,
+                             seed=0)
+    sent = pd.concat([u.shareable for u in sim.users])
+    batches, info = share(sim, epsilon=1.0, seed=0, schema=schema)
+    received = pd.concat([b.records for b in batches]).loc[sent.index]
+    for field in schema:
+        changed = (received[field.name] != sent[field.name]).mean()
+        if field.role.value == "insensitive":
+            assert changed == 0, field.name
+        else:
+            assert changed > 0.5, (field.name, field.role.value, changed)
+    assert info["user_epsilon"] <= 1.0 + 1e-9
