@@ -34,6 +34,13 @@ The tasks (:data:`TASKS`):
 * **wordnet-topics** (text): WordNet glosses by topic, 14 per user on
   average, own label mix; the proxy is 300 glosses of the first 7 of the 10
   topics.
+* **synthetic** (the FedProx paper's Synthetic(1, 1),
+  ``dmt_model.datasets.simulate_synthetic``): 60 inputs, 10 classes, 14
+  records per user on average; every user labels with a model of its own
+  around a centre of its own, so what the others hold teaches a user little;
+  the proxy is 300 records of 5 further users. Its inputs are all sensitive:
+  DMT's local-DP rows perturb all 60 of them and the label, and there is no
+  k-anonymous row (no quasi-identifiers).
 
 Every device first personalizes the proxy foundation on all its training
 records with ``personalize()`` (the SDK's defaults: the personal head, a
@@ -163,7 +170,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dmt_model.datasets import load_friedman
+from dmt_model.datasets import SYNTHETIC_SCHEMA, load_friedman, simulate_synthetic
 from dmt_model.datasets.classification import CLASSIFICATION_DATASETS, CLASSIFIER_TRAINING
 from dmt_model.datasets.classifier_users import simulate_classifier_users
 from dmt_model.datasets.regression import FRIEDMAN_SCHEMA
@@ -329,6 +336,21 @@ def _topics_unseen(frame: pd.DataFrame) -> pd.Series:
     return frame["topic"].isin(list(topics)[-TOPICS_UNSEEN:])
 
 
+#: Synthetic(α, β)'s knobs (the FedProx paper's Synthetic(1, 1)): every user labels with a
+#: model of its own around its own centre.
+SYNTHETIC_ALPHA_BETA = (1.0, 1.0)
+
+
+def _synthetic(seed: int, n_users: int) -> Simulation:
+    return simulate_synthetic(*SYNTHETIC_ALPHA_BETA, n_users=n_users, seed=seed)
+
+
+def _every_record(frame: pd.DataFrame) -> pd.Series:
+    """Synthetic(α, β): the proxy's users are none of the simulated users, so no user's
+    labelling model or centre is in it — every user record is outside what it covers."""
+    return pd.Series(True, index=frame.index)
+
+
 TASKS: dict[str, ProtocolTask] = {task.name: task for task in (
     ProtocolTask("friedman", "Friedman #2 regression", FRIEDMAN_SCHEMA, _friedman,
                  lambda frame: frame[LOCATION] > 0.6,
@@ -348,6 +370,10 @@ TASKS: dict[str, ProtocolTask] = {task.name: task for task in (
                  CLASSIFICATION_DATASETS["wordnet-topics"].config, tabular=False,
                  modifiers=CLASSIFICATION_DATASETS["wordnet-topics"].modifiers,
                  available=CLASSIFICATION_DATASETS["wordnet-topics"].available),
+    ProtocolTask("synthetic", "Synthetic(1, 1) classification (FedProx's generator)",
+                 SYNTHETIC_SCHEMA, _synthetic, _every_record,
+                 "300 records of 5 other users: no user's own model or centre",
+                 CLASSIFIER_TRAINING),
 )}
 
 
@@ -816,9 +842,10 @@ def fl_cost(result: Any, base: Any, n_users: int, model_bytes: int) -> dict[str,
 def dmt_rows(task: ProtocolTask, epsilons: tuple[float, ...]) -> list[tuple[str, dict, str]]:
     """DMT's sharing settings for ``task``: (row name, how, the guarantee)."""
     rows = [("DMT raw", {}, "no formal DP")]
-    if task.tabular:
+    if task.tabular and task.schema.by_role("quasi-identifier"):
         rows.append((f"DMT k-anonymous k={K}", {"k": K},
                      f"k-anonymity (k = {K}) of the quasi-identifiers, no formal DP"))
+    if task.tabular:
         rows += [(f"DMT local DP ε={e:g}", {"epsilon": e},
                   "local DP on the device (Laplace / randomized response, δ = 0), charged to "
                   "the user's ledger") for e in epsilons]

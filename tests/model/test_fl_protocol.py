@@ -55,7 +55,10 @@ def test_each_classification_task_has_power_law_users_and_a_proxy_that_misses_wh
     # them, DMT's rows and FedAvg of the image model. The plot meets a DP row without its
     # plain one. test_federated.py runs each strategy on Flower as well.
     ("friedman", 2, ("dmt", "fedprox", "dp-fedavg")),
-    ("digits", 2, ("dmt", "fedavg"))])
+    ("digits", 2, ("dmt", "fedavg")),
+    # Synthetic(1, 1): tabular without quasi-identifiers (no k-anonymous row), every input
+    # sensitive, so under local DP all 60 are perturbed.
+    ("synthetic", 1, ("dmt",))])
 def test_quick_run_writes_every_row_with_privacy_cost_and_risk(tmp_path, task, workers,
                                                                 methods):
     fl_protocol.main(["--task", task, "--quick", "--users", "12", "--rounds", "1",
@@ -63,8 +66,8 @@ def test_quick_run_writes_every_row_with_privacy_cost_and_risk(tmp_path, task, w
                       "--output", str(tmp_path)])
     result = json.loads((tmp_path / f"federated_protocol_{task}.json").read_text())
     summary = result["summary"]
-    dmt = (["DMT raw", "DMT k-anonymous k=5", "DMT local DP ε=4"] if task == "friedman"
-           else ["DMT raw", "DMT modified"])
+    dmt = {"friedman": ["DMT raw", "DMT k-anonymous k=5", "DMT local DP ε=4"],
+           "synthetic": ["DMT raw", "DMT local DP ε=4"]}.get(task, ["DMT raw", "DMT modified"])
     fl = {"fedavg": ["FedAvg"], "fedprox": ["FedProx"], "dp-fedavg": ["DP-FedAvg ε=4"]}
     assert list(summary) == ["nothing shared", *dmt, *(n for m in methods if m in fl
                                                        for n in fl[m])]
@@ -81,6 +84,8 @@ def test_quick_run_writes_every_row_with_privacy_cost_and_risk(tmp_path, task, w
         assert summary["FedProx"]["epsilon"] is None
         assert 0 < summary["DMT local DP ε=4"]["epsilon"] <= 4.0
         assert 0 < summary["DP-FedAvg ε=4"]["epsilon"] <= 4.0
+    elif task == "synthetic":
+        assert 0 < summary["DMT local DP ε=4"]["epsilon"] <= 4.0
     else:
         assert summary["FedAvg"]["epsilon"] is None
     assert result["protocol_version"] == fl_protocol.PROTOCOL_VERSION
