@@ -332,7 +332,9 @@ def run_rounds(strategy: Strategy, network: Any, train: list[ClientData],
             warnings.simplefilter("ignore")  # run_simulation's deprecation note, Ray's tips
             run_simulation(server_app, client_app, num_supernodes=n_clients,
                            backend_config={"client_resources": {"num_cpus": 1},
-                                           "init_args": {"num_cpus": 2,
+                                           # A Ray of its own: ray.init() would otherwise join
+                                           # RAY_ADDRESS or a cluster another process started.
+                                           "init_args": {"address": "local", "num_cpus": 2,
                                                          "object_store_memory": 100 * 2 ** 20,
                                                          "log_to_driver": False}})
     finally:

@@ -296,6 +296,16 @@ def test_fedavg_on_flower_is_one_centralized_step_on_the_union(simulation, found
     np.testing.assert_array_equal(_vector(foundation), before)  # the input is never changed
 
 
+def test_flower_starts_a_ray_of_its_own(simulation, foundation, monkeypatch):
+    # ray.init() without an address joins RAY_ADDRESS, or the cluster another process on the
+    # machine started: a second run beside a benchmark failed ("num_cpus must not be
+    # provided" when joining), and a user's own Ray cluster would have run the simulation.
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")  # a cluster that is not there
+    strategy = FedAvg(rounds=1, client_fraction=1.0, local_epochs=1, local_learning_rate=1e-3)
+    result = run_federated(_users(simulation, 2), strategy, foundation=foundation)
+    assert len(result.rounds) == 1
+
+
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::UserWarning")  # Opacus' note on very noisy rounds
 def test_dp_fedavg_on_flower_clips_adds_noise_reports_epsilon_and_repeats(simulation,
