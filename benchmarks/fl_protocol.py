@@ -370,7 +370,7 @@ TASKS: dict[str, ProtocolTask] = {task.name: task for task in (
                  CLASSIFICATION_DATASETS["wordnet-topics"].config, tabular=False,
                  modifiers=CLASSIFICATION_DATASETS["wordnet-topics"].modifiers,
                  available=CLASSIFICATION_DATASETS["wordnet-topics"].available),
-    ProtocolTask("synthetic", "Synthetic(1, 1) classification (FedProx's generator)",
+    ProtocolTask("synthetic", "Synthetic(1, 1) classification",
                  SYNTHETIC_SCHEMA, _synthetic, _every_record,
                  "300 records of 5 other users: no user's own model or centre",
                  CLASSIFIER_TRAINING),
