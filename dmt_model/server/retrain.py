@@ -392,6 +392,15 @@ class ModelRegistry:
 
                 settings = update_settings or UpdateSettings()
                 held = Foundation.load(self.path(current.foundation_file))
+                refuse_non_finite(
+                    held.predict, list(validation_devices),
+                    sources=[f"validation_devices[{i}]" for i in range(len(validation_devices))],
+                    name=f"The served version {current.version}",
+                    explanation="the device check cannot compare a candidate with it, and "
+                    "nothing was written. Publish the candidate with validation_data instead "
+                    "of validation_devices: a finite candidate replaces a served version "
+                    "whose validation error is not finite; check the versions after it on "
+                    "devices.")
                 found = compare_on_devices(build_spec(held, updatable=settings),
                                            build_spec(foundation, updatable=settings),
                                            validation_devices, confidence=device_confidence)
@@ -509,7 +518,8 @@ def _refuse_non_finite_candidate(foundation: Foundation, number: int,
         source, what = (label, "record") if label.endswith("]") else (None, f"{label} record")
         refuse_non_finite(foundation.predict, [records], name=name, sources=[source], what=what,
                           explanation="its weights are finite but its predictions overflow on "
-                          f"this record, {refused}")
+                          "this record (or the record's values are far outside what it was "
+                          f"trained on), {refused}")
 
 
 def validation_split(proxy: pd.DataFrame, *, fraction: float = 0.2,

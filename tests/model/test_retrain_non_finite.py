@@ -221,3 +221,24 @@ def test_a_finite_candidate_replaces_a_served_version_that_predicts_nan(
     assert version.published and registry.latest().version == 2
     assert version.validation["current_version"] == 1
     assert np.isnan(version.validation["current_error"])
+
+
+def test_the_device_check_names_a_served_version_that_predicts_nan_and_the_way_out(
+        foundation, nan_foundation, simulation, tmp_path, monkeypatch):
+    # It used to say "The previous version predicts nan ... compare the candidate with a
+    # version whose predictions are finite", which publish (always against the served one)
+    # cannot do.
+    import dmt_model.server.retrain as retrain
+
+    registry = ModelRegistry(tmp_path / "registry")
+    with monkeypatch.context() as patched:
+        patched.setattr(retrain, "_refuse_non_finite_candidate", lambda *args: None)
+        registry.publish(nan_foundation, trained_on={})
+    before = _contents(registry.folder)
+    devices = [user.train for user in simulation.users[:4]]
+    with pytest.raises(ModelFileError, match=r"^validation_devices\[0\]: The served version 1 "
+                       r"predicts nan .*validation_data instead of validation_devices"):
+        registry.publish(foundation, trained_on={}, validation_devices=devices)
+    assert _contents(registry.folder) == before
+    _, validation = validation_split(simulation.proxy)
+    assert registry.publish(foundation, trained_on={}, validation_data=validation).published
