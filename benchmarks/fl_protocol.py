@@ -1265,7 +1265,11 @@ def render(task: ProtocolTask, output: Path) -> None:
     result = json.loads(path.read_text())
     if not result.get("per_seed"):
         return
-    same_protocol(result, path)
+    version = result.get("protocol_version", 1)
+    if version != PROTOCOL_VERSION:  # redrawn as this protocol's, its table would mislead
+        print(f"{task.title}: {path} holds protocol {version}'s results, not redrawn as "
+              f"protocol {PROTOCOL_VERSION}'s; re-run the task to replace them", flush=True)
+        return
     result["summary"] = summarize(result["per_seed"])
     risk = result.get("anonymeter", {})
     (output / task.files(".md")).write_text(

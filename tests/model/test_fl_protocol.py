@@ -313,7 +313,7 @@ def test_local_dp_rows_are_released_without_the_claim_and_devices_ask_them_to_pr
     assert rows["DMT local DP ε=4"]["released"]
 
 
-def test_results_of_another_protocol_are_never_continued_or_added_to(tmp_path):
+def test_results_of_another_protocol_are_never_continued_or_added_to(tmp_path, capsys):
     path = tmp_path / "federated_protocol_friedman.json"
     path.write_text(json.dumps({"per_seed": [{}], "shape_per_seed": [{}],
                                 "protocol": {"methods": list(fl_protocol.METHODS),
@@ -323,8 +323,12 @@ def test_results_of_another_protocol_are_never_continued_or_added_to(tmp_path):
                           "--seeds", "1", "--output", str(tmp_path)])
     with pytest.raises(ValidationError, match="protocol 1"):
         fl_protocol.main(["--task", "friedman", "--risk-only", "--output", str(tmp_path)])
-    with pytest.raises(ValidationError, match="protocol 1"):
-        fl_protocol.main(["--task", "friedman", "--render-only", "--output", str(tmp_path)])
+    # Redrawing all tasks goes on past one of another protocol, which it leaves as it is.
+    before = path.read_text()
+    fl_protocol.main(["--task", "friedman", "--render-only", "--output", str(tmp_path)])
+    assert "protocol 1's results, not redrawn" in capsys.readouterr().out
+    assert path.read_text() == before
+    assert not (tmp_path / "federated_protocol_friedman.md").exists()
 
 
 def test_local_dp_rows_perturb_every_field_but_the_insensitive_ones():
