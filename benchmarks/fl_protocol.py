@@ -46,7 +46,9 @@ Every device first personalizes the proxy foundation on all its training
 records with ``personalize()`` (the SDK's defaults: the personal head, a
 per-user prior, the keep-or-discard rule). Each method then makes a new model
 (DMT's retrained foundation, Flower's final global model), and the server
-releases it as an SDK deployment does, checked on held-out devices:
+releases it as ``publish(validation_devices=)`` does by default, checked on
+held-out devices (``run_loop``'s other gate, on the proxy's validation split, is
+left out: the foundation trains on the whole proxy):
 
 * **held-out users**: 25 % of the users (the SDK's ``run_loop`` default
   ``held_out_share``; at least 2 of 4 or more), drawn from the seed by the

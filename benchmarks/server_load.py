@@ -154,8 +154,10 @@ class ServiceProcess:
             except OSError:
                 pass
             time.sleep(0.05)
+        listening = listening_sockets(self.port) if sys.platform.startswith("linux") else "?"
         self.kill()
-        raise RuntimeError(f"dmt serve did not answer on port {self.port} in {timeout} s")
+        raise RuntimeError(f"dmt serve did not answer on port {self.port} with every worker "
+                           f"listening in {timeout} s ({listening} socket(s) listening)")
 
     def _all_listening(self) -> bool:
         """Whether every worker of ``--workers N`` listens. Each has a ``SO_REUSEPORT`` socket
