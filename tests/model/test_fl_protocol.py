@@ -352,3 +352,28 @@ def test_local_dp_rows_perturb_every_field_but_the_insensitive_ones():
         else:
             assert changed > 0.5, (field.name, field.role.value, changed)
     assert info["user_epsilon"] <= 1.0 + 1e-9
+
+
+@pytest.mark.parametrize(("before", "after", "t", "better", "expected"), [
+    (1.0, 0.8, 2.5, True, "better"),
+    (1.0, 0.9, 0.5, False, "not shown better"),
+    (1.0, 1.3, -2.5, False, "worse"),
+    (1.0, float("nan"), float("nan"), False, "worse"),  # fail closed: never released
+    (float("inf"), 0.8, 2.5, True, "worse"),
+])
+def test_the_device_check_decides_as_publish_does(monkeypatch, before, after, t, better,
+                                                   expected):
+    import dmt_model.coreml as coreml
+    import dmt_model.personalize as personalize
+
+    found = dataclasses.make_dataclass("Found", ["devices", "error_before", "error_after",
+                                                 "t", "needed", "better"])
+    monkeypatch.setattr(coreml, "build_spec", lambda model, **kwargs: model)
+    monkeypatch.setattr(personalize, "compare_on_devices",
+                        lambda *args, **kwargs: found(3, before, after, t, 1.31, better))
+    devices = [pd.DataFrame({"x": [0, 1]})] * 3
+    check = fl_protocol.device_check(object(), object(), devices)
+    assert check["checked"] == expected
+    assert (fl_protocol.RELEASE_AFTER[expected] == "withheld") == (expected != "better")
+    assert fl_protocol.device_check(object(), object(), devices[:1])["checked"] \
+        == "too few devices"
