@@ -206,16 +206,23 @@ def test_weighing_by_noise_refuses_a_previous_foundation_predicting_nan(
         retrain_foundation(nan_foundation, simulation.proxy, shared)
 
 
-def test_a_finite_candidate_replaces_a_served_version_that_predicts_nan(
-        foundation, nan_foundation, simulation, tmp_path, monkeypatch):
-    # A version served before the registry refused non-finite candidates: the gate compared
-    # every candidate's error with NaN, which is never smaller, and refused them all.
+def _serving_nan(tmp_path, nan_foundation, monkeypatch) -> ModelRegistry:
+    """A registry serving a version that predicts NaN, as one published before the registry
+    refused such candidates."""
     import dmt_model.server.retrain as retrain
 
     registry = ModelRegistry(tmp_path / "registry")
     with monkeypatch.context() as patched:
         patched.setattr(retrain, "_refuse_non_finite_candidate", lambda *args: None)
         registry.publish(nan_foundation, trained_on={})
+    return registry
+
+
+def test_a_finite_candidate_replaces_a_served_version_that_predicts_nan(
+        foundation, nan_foundation, simulation, tmp_path, monkeypatch):
+    # A version served before the registry refused non-finite candidates: the gate compared
+    # every candidate's error with NaN, which is never smaller, and refused them all.
+    registry = _serving_nan(tmp_path, nan_foundation, monkeypatch)
     _, validation = validation_split(simulation.proxy)
     version = registry.publish(foundation, trained_on={}, validation_data=validation)
     assert version.published and registry.latest().version == 2
@@ -228,12 +235,7 @@ def test_the_device_check_names_a_served_version_that_predicts_nan_and_the_way_o
     # It used to say "The previous version predicts nan ... compare the candidate with a
     # version whose predictions are finite", which publish (always against the served one)
     # cannot do.
-    import dmt_model.server.retrain as retrain
-
-    registry = ModelRegistry(tmp_path / "registry")
-    with monkeypatch.context() as patched:
-        patched.setattr(retrain, "_refuse_non_finite_candidate", lambda *args: None)
-        registry.publish(nan_foundation, trained_on={})
+    registry = _serving_nan(tmp_path, nan_foundation, monkeypatch)
     before = _contents(registry.folder)
     devices = [user.train for user in simulation.users[:4]]
     with pytest.raises(ModelFileError, match=r"^validation_devices\[0\]: The served version 1 "
