@@ -544,8 +544,6 @@ def device_check(previous: Any, candidate: Any, devices: list[pd.DataFrame]) -> 
     them, or a Flower client's own training records — in a Flower deployment this runs as
     federated evaluation on held-out clients, each device personalizing and scoring both
     versions on its records; the computation is the same function."""
-    import math
-
     from dmt_model.coreml import UpdateSettings, build_spec
     from dmt_model.personalize import compare_on_devices
 
@@ -554,10 +552,7 @@ def device_check(previous: Any, candidate: Any, devices: list[pd.DataFrame]) -> 
     found = compare_on_devices(build_spec(previous, updatable=UpdateSettings()),
                                build_spec(candidate, updatable=UpdateSettings()), devices,
                                confidence=DEVICE_CONFIDENCE)
-    worse = (not (math.isfinite(found.error_after) and math.isfinite(found.error_before))
-             or math.isnan(found.t)
-             or (found.error_after > found.error_before and found.t <= -found.needed))
-    checked = "worse" if worse else "better" if found.better else "not shown better"
+    checked = "worse" if found.worse else "better" if found.better else "not shown better"
     return {"checked": checked, "devices": found.devices, "error_before": found.error_before,
             "error_after": found.error_after, "t": found.t, "t_needed": found.needed}
 

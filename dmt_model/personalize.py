@@ -1291,6 +1291,15 @@ class DeviceComparison:
     better: bool
     reason: str
 
+    @property
+    def worse(self) -> bool:
+        """Whether the candidate is shown worse: its mean error higher and the t-test
+        significant the other way, or a figure that is not finite (a NaN t compares false
+        both ways), so a check that failed is never read as "not shown worse"."""
+        return (not (math.isfinite(self.error_after) and math.isfinite(self.error_before))
+                or math.isnan(self.t)
+                or (self.error_after > self.error_before and self.t <= -self.needed))
+
 
 def compare_on_devices(previous: Any, candidate: Any, devices: Sequence[pd.DataFrame], *,
                        confidence: float = 0.9,

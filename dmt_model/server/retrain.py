@@ -404,12 +404,8 @@ class ModelRegistry:
                 found = compare_on_devices(build_spec(held, updatable=settings),
                                            build_spec(foundation, updatable=settings),
                                            validation_devices, confidence=device_confidence)
-                # Fail closed: a non-finite error or a NaN t (which compares false both ways)
-                # is refused, never published for not having been shown worse.
-                worse = (not (math.isfinite(found.error_after)
-                              and math.isfinite(found.error_before)) or math.isnan(found.t)
-                         or (found.error_after > found.error_before
-                             and found.t <= -found.needed))
+                # Fail closed: a non-finite figure counts as worse (DeviceComparison.worse).
+                worse = found.worse
                 validation.update({"devices": float(found.devices),
                                    "device_error": found.error_after,
                                    "current_device_error": found.error_before,

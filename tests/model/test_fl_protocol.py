@@ -366,11 +366,10 @@ def test_the_device_check_decides_as_publish_does(monkeypatch, before, after, t,
     import dmt_model.coreml as coreml
     import dmt_model.personalize as personalize
 
-    found = dataclasses.make_dataclass("Found", ["devices", "error_before", "error_after",
-                                                 "t", "needed", "better"])
     monkeypatch.setattr(coreml, "build_spec", lambda model, **kwargs: model)
     monkeypatch.setattr(personalize, "compare_on_devices",
-                        lambda *args, **kwargs: found(3, before, after, t, 1.31, better))
+                        lambda *args, **kwargs: personalize.DeviceComparison(
+                            3, before, after, t, 1.31, better, "stub"))
     devices = [pd.DataFrame({"x": [0, 1]})] * 3
     check = fl_protocol.device_check(object(), object(), devices)
     assert check["checked"] == expected

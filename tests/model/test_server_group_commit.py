@@ -187,12 +187,6 @@ def test_workers_keep_limits_timeouts_and_exactly_once(tmp_path, server_load):
     assert result.statuses == {"201": 300}
 
 
-def _listening(port: int) -> int:
-    """Sockets listening on 127.0.0.1:``port`` (Linux: /proc/net/tcp, state 0A)."""
-    rows = [line.split() for line in open("/proc/net/tcp").read().splitlines()[1:]]
-    return sum(r[1] == f"0100007F:{port:04X}" and r[3] == "0A" for r in rows)
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT workers: Linux")
 def test_the_load_client_starts_when_every_worker_listens(tmp_path, server_load):
     # The load client began as soon as one worker answered /v1/health. With SO_REUSEPORT
@@ -207,7 +201,7 @@ def test_the_load_client_starts_when_every_worker_listens(tmp_path, server_load)
         f"sqlite:///{tmp_path / 's.db'}", tmp_path / "server.key", tmp_path / "policy.json",
         extra=["--workers", "3"]).start()
     try:
-        assert _listening(service.port) == 3
+        assert server_load.listening_sockets(service.port) == 3
     finally:
         service.stop()
 
