@@ -323,8 +323,10 @@ def share(
     selected = _select(store.records("eligible"), policy, random_state)
     if selected.empty:
         raise ValidationError(
-            "No eligible record matches the policy (eligible: shareable, unshared, not in a "
-            "pending package); nothing was shared."
+            f"No eligible record matches the policy (eligible: shareable, unshared, not in a "
+            f"pending package; this store has {store.count('eligible')} eligible, "
+            f"{store.count('pending')} pending, {store.count('shared')} shared); nothing was "
+            f"shared. Add new records, or check store.count('eligible') before sharing."
         )
     frame = selected[list(policy.fields)].copy()
     modifications = []

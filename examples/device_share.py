@@ -4,7 +4,8 @@ Each simulated Boston user keeps a LocalStore; half of the user's training
 records are shareable, the rest never leave the device. Packages go to
 DIR/outbox/*.dmt, sealed to the server's public key (made here if DIR has no
 server.key yet). Nothing is marked shared until the server acknowledges:
-run examples/server_ingest.py next.
+run examples/server_ingest.py next. Run again in the same DIR, a device whose records
+are all in a package (pending or acknowledged) says it has nothing new to share.
 
 Usage: python examples/device_share.py [DIR]   (default: $TMPDIR/dmt-share-example)
 """
@@ -65,6 +66,10 @@ for user in simulation.users:
         if len(store) == 0:
             store.add_records(user.shareable)
             store.add_records(user.private, shareable=False)  # never leaves the device
+        if store.count("eligible") == 0:  # all in a package: pending or acknowledged
+            print(f"user {user.user_id:2}: nothing new to share (shared "
+                  f"{store.count('shared')}, pending {store.count('pending')})")
+            continue
         try:
             result = share(store, policy, public_key)
         except AnonymizationError as exc:  # every selected record outside the plan's classes
