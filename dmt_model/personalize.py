@@ -828,18 +828,28 @@ DEFAULT_RULE = DecisionRule()
 ADOPTION_RULE = DecisionRule(confidence=0.5, prefer="update")
 
 
-def adoption_rule_for(release: Any) -> DecisionRule:
+def adoption_rule_for(release: Any, *, based_on: int | None = None) -> DecisionRule:
     """The adoption rule a new version's signed release earns.
 
     ``release`` is what :func:`dmt_privacy.release.verify_release` returned, or
     ``None``. If the server found the version better on held-out devices, each
     personalized as a device would (``held_out_devices`` in the release:
     :meth:`~dmt_model.server.retrain.ModelRegistry.publish` with
-    ``validation_devices=``), :data:`ADOPTION_RULE`: the device adopts it unless
-    its own records show it worse. Otherwise (proxy data alone vouch for it, or
-    ``release`` is ``None``) :class:`DecisionRule`: it must prove itself on the
-    device's records, since a version the proxy's validation data score better
-    can be worse for users once personalized (``benchmarks/adoption.py``).
+    ``validation_devices=``), than the version the device's personal model comes
+    from, :data:`ADOPTION_RULE`: the device adopts it unless its own records show it
+    worse. Otherwise (proxy data alone vouch for it, or ``release`` is ``None``)
+    :class:`DecisionRule`: it must prove itself on the device's records, since a
+    version the proxy's validation data score better can be worse for users once
+    personalized (``benchmarks/adoption.py``).
+
+    The claim names the version it beat (``held_out_baseline``): better than v2
+    says nothing about v3 against a personal model from v1, so the claim counts
+    only when ``based_on`` — the version the device's personal model was
+    personalized from; by default the ``installed_version`` the release was
+    verified against — is that version. A device that said neither gets
+    :data:`DEFAULT_RULE`. A claim signed before releases named their baseline
+    counts for every device, as it did then.
+
     Anything else is refused, metadata parsed from a release file included: only a
     verified release says what the server signed.
     """
@@ -851,7 +861,13 @@ def adoption_rule_for(release: Any) -> DecisionRule:
         raise ValidationError(
             f"release must be what verify_release returned, got {type(release).__name__}; "
             "parse nothing yourself: metadata read from a release file is unverified.")
-    return ADOPTION_RULE if release.metadata.held_out_devices else DEFAULT_RULE
+    signed = release.metadata
+    if not signed.held_out_devices:
+        return DEFAULT_RULE
+    based_on = release.installed_version if based_on is None else based_on
+    if signed.held_out_baseline is not None and signed.held_out_baseline != based_on:
+        return DEFAULT_RULE  # shown better than another version than the device's
+    return ADOPTION_RULE
 
 
 def _load_released(path: str | os.PathLike[str], release: Any) -> Any:

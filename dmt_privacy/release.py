@@ -26,8 +26,12 @@ published model version the server writes a small JSON document, the
                   existed, so older releases still verify; an SDK from before
                   the field refuses a release that carries it (unknown key:
                   InvalidRelease), so apps update before the server signs it.
-                  It names no baseline: the version beat the one published
-                  before it, not necessarily the one a device runs.
+    held_out_baseline  (with ``held_out_devices``) the version it beat there:
+                  the claim says nothing about it against any other, so a
+                  device whose personal model comes from another version asks
+                  it to prove itself. Releases signed before this field carry
+                  the claim without it (deprecated: ``sign_release`` warns),
+                  and a device reads such a claim as before.
 
 and whose ``signatures`` are ``[{"key_id": ..., "sig": ...}]``: Ed25519
 (``cryptography``) over ``b"dmt model release v1\\n"`` followed by the
@@ -58,6 +62,7 @@ import hmac
 import json
 import os
 import stat
+import warnings
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -93,6 +98,8 @@ RELEASE_FORMAT = 1
 #: Domain separation: a release signature verifies as nothing else.
 RELEASE_CONTEXT = b"dmt model release v1\n"
 _MAX_DOCUMENT = 64 * 1024
+#: Signed fields left out when ``None`` (releases signed before they existed lack them).
+_OPTIONAL = ("held_out_devices", "held_out_baseline")
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -265,6 +272,7 @@ class ReleaseMetadata:
     server_key: str | None
     format: int = RELEASE_FORMAT
     held_out_devices: int | None = None
+    held_out_baseline: int | None = None
 
     def __post_init__(self) -> None:
         checks = {
@@ -278,6 +286,10 @@ class ReleaseMetadata:
             "server_key": self.server_key is None or _is_hex(self.server_key),
             "held_out_devices": self.held_out_devices is None or (
                 type(self.held_out_devices) is int and self.held_out_devices >= 2),
+            # an earlier version, and only as the other side of a held-out-device claim
+            "held_out_baseline": self.held_out_baseline is None or (
+                self.held_out_devices is not None and type(self.held_out_baseline) is int
+                and type(self.version) is int and 1 <= self.held_out_baseline < self.version),
         }
         for name in ("created", "expires"):
             try:
@@ -296,13 +308,15 @@ class ReleaseMetadata:
     def as_signed(self) -> dict[str, Any]:
         """The ``signed`` part of the release document."""
         signed = asdict(self)
-        if signed["held_out_devices"] is None:
-            del signed["held_out_devices"]
+        for optional in _OPTIONAL:
+            if signed[optional] is None:
+                del signed[optional]
         return signed
 
     def canonical(self) -> bytes:
-        """The bytes that are signed (after :data:`RELEASE_CONTEXT`); ``held_out_devices`` is
-        left out when ``None``, as releases signed before it existed were."""
+        """The bytes that are signed (after :data:`RELEASE_CONTEXT`); ``held_out_devices`` and
+        ``held_out_baseline`` are left out when ``None``, as releases signed before they
+        existed were."""
         return json.dumps(self.as_signed(), sort_keys=True, separators=(",", ":"),
                           ensure_ascii=False, allow_nan=False).encode()
 
@@ -314,6 +328,8 @@ class VerifiedRelease:
     metadata: ReleaseMetadata
     model: bytes
     key_id: str
+    #: The version the device said it runs (``verify_release``'s ``installed_version``).
+    installed_version: int | None = None
 
     def server_public_key(self) -> Any:
         """The HPKE key to seal share packages to, as the signed release names it.
@@ -346,6 +362,7 @@ def sign_release(
     valid_for: _dt.timedelta = _dt.timedelta(days=30),
     now: _dt.datetime | None = None,
     held_out_devices: int | None = None,
+    held_out_baseline: int | None = None,
 ) -> bytes:
     """The signed release document (JSON bytes) for ``model`` as version ``version``.
 
@@ -355,7 +372,11 @@ def sign_release(
     (:meth:`dmt_privacy.seal.ServerPublicKey.to_bytes`). ``valid_for``: the
     release expires that long after ``now``; publish (or re-sign) before then.
     ``held_out_devices``: on how many held-out devices the server found this
-    version better once personalized (leave ``None`` if it did not check).
+    version better once personalized (leave ``None`` if it did not check), and
+    ``held_out_baseline`` the version it was found better than: a device applies
+    the claim only when its personal model comes from that version. A claim
+    without its baseline is deprecated (it warns): devices would apply it whatever
+    version they run.
     """
     if not isinstance(model, bytes):
         raise ValidationError(f"model must be the model file's bytes, got {type(model).__name__}.")
@@ -364,6 +385,11 @@ def sign_release(
         raise ValidationError("key must be a ReleaseSigningKey or a list of them.")
     if not isinstance(valid_for, _dt.timedelta) or valid_for <= _dt.timedelta(0):
         raise ValidationError(f"valid_for must be a positive timedelta, got {valid_for!r}.")
+    if held_out_devices is not None and held_out_baseline is None:
+        warnings.warn("sign_release(held_out_devices=...) without held_out_baseline is "
+                      "deprecated: devices apply a claim that names no baseline whatever "
+                      "version they run. Pass held_out_baseline=, the version the held-out "
+                      "devices compared this one with.", DeprecationWarning, stacklevel=2)
     now = now or _dt.datetime.now(_dt.timezone.utc)
     policy_sha = None
     if policy_json is not None:
@@ -373,7 +399,7 @@ def sign_release(
         name=name, version=version, created=_utc(now), expires=_utc(now + valid_for),
         length=len(model), sha256=hashlib.sha256(model).hexdigest(), schema_id=schema_id,
         policy_sha256=policy_sha, server_key=None if server_key is None else server_key.hex(),
-        held_out_devices=held_out_devices)
+        held_out_devices=held_out_devices, held_out_baseline=held_out_baseline)
     message = RELEASE_CONTEXT + metadata.canonical()
     document = {"signed": metadata.as_signed(),
                 "signatures": [{"key_id": k.key_id, "sig": k.sign(message).hex()}
@@ -390,8 +416,8 @@ def _parse(document: bytes) -> tuple[ReleaseMetadata, list[tuple[str, bytes]]]:
     signed, signatures = data["signed"], data["signatures"]
     if type(signed) is not dict or type(signatures) is not list or len(signatures) > 8:
         raise ValueError("shape")
-    if "held_out_devices" in signed and signed["held_out_devices"] is None:
-        raise ValueError("no claim is spelt by leaving held_out_devices out")  # one encoding
+    if any(optional in signed and signed[optional] is None for optional in _OPTIONAL):
+        raise ValueError("no claim is spelt by leaving the field out")  # one encoding
     metadata = ReleaseMetadata(**signed)
     sigs = []
     for entry in signatures:
@@ -418,7 +444,9 @@ def verify_release(
 
     ``trusted_keys``: the keys the app pinned at build time. ``installed_version``
     (and ``installed_sha256``): what the device runs now; an older version, or
-    the same version with other bytes, is a rollback. ``policy_json``: when
+    the same version with other bytes, is a rollback; the result keeps it, so
+    a held-out-device claim applies only if it names that version as its
+    baseline (``dmt_model.personalize.adoption_rule_for``). ``policy_json``: when
     given, must be the policy the release names. Returns a
     :class:`VerifiedRelease` holding the verified bytes: load those, not the file
     again. Raises :class:`InvalidRelease` (nothing more said) for a bad
@@ -462,7 +490,8 @@ def verify_release(
         raise ReleaseExpired(
             f"Release {metadata.name} v{metadata.version} expired at {metadata.expires}; the "
             "server has not published or re-signed since. Keep the installed model and retry.")
-    return VerifiedRelease(metadata=metadata, model=model, key_id=signer)
+    return VerifiedRelease(metadata=metadata, model=model, key_id=signer,
+                           installed_version=installed_version)
 
 
 def sharing_policy_from(policy_json: str | bytes, *, fields: Iterable[str] | None = None,

@@ -348,8 +348,10 @@ class ModelRegistry:
         naming ``policy`` (the :class:`~dmt_model.server.ServerPolicy`) and
         ``server_key`` (the HPKE public key devices seal packages to), and, if
         it passed the gate on ``validation_devices``, on how many devices
-        (``held_out_devices``): devices ask a version that carries it only not
-        to be worse on their records, and one that does not to prove itself
+        (``held_out_devices``) and against which version (``held_out_baseline``, the
+        one served when it was checked): devices whose personal model comes from that
+        version ask a version that carries it only not to be worse on their records,
+        and any other device, or any version without it, to prove itself
         (:func:`~dmt_model.personalize.adoption_rule_for`). A version whose
         device figures are not finite is refused.
 
@@ -468,13 +470,16 @@ class ModelRegistry:
         from dataclasses import replace
 
         model = self.path(entry.mlmodel_file).read_bytes()
-        devices = (entry.validation.get("devices")
-                   if entry.validation.get("devices_better") else None)
+        claimed = bool(entry.validation.get("devices_better"))
+        devices = entry.validation.get("devices") if claimed else None
+        # the version the devices compared it with: the claim holds against that one only
+        baseline = entry.validation.get("current_version") if claimed else None
         document = sign_release(
             model, signing_key, version=entry.version, schema_id=schema_id,
             policy_json=policy.to_json() if policy is not None else None,
             server_key=server_key.to_bytes() if server_key is not None else None,
-            valid_for=valid_for, held_out_devices=None if devices is None else int(devices))
+            valid_for=valid_for, held_out_devices=None if devices is None else int(devices),
+            held_out_baseline=None if baseline is None else int(baseline))
         name = release_file_name(entry.mlmodel_file)
         write_atomically(self.path(name), document, mode=0o644)
         return replace(entry, release_file=name)

@@ -165,6 +165,7 @@ def test_the_gate_on_held_out_devices_refuses_a_version_worse_once_personalized(
     assert better.published and better.validation["devices_better"] == 1.0, better.validation
     claim = json.loads(other.path(better.release_file).read_text())["signed"]
     assert claim["held_out_devices"] == 10
+    assert claim["held_out_baseline"] == 1  # the version the devices compared it with
     # The same weights: no device can tell them apart.
     refused = other.publish(foundation, trained_on={}, validation_devices=devices,
                             signing_key=key)
@@ -177,6 +178,7 @@ def test_the_gate_on_held_out_devices_refuses_a_version_worse_once_personalized(
         other.path(same.release_file).read_text())["signed"]
     resigned = json.loads(other.path(other.sign(2, key).release_file).read_text())["signed"]
     assert resigned["held_out_devices"] == 10  # a fresh expiry keeps what was shown
+    assert resigned["held_out_baseline"] == 1
 
 
 def test_the_device_gate_refuses_a_version_whose_device_errors_are_not_finite(

@@ -164,7 +164,8 @@ def test_the_device_evidence_is_signed_and_cannot_be_added_or_stripped():
     decides how much proof a device asks (adoption_rule_for), so it is signed like the rest."""
     from dmt_model.personalize import ADOPTION_RULE, DEFAULT_RULE, adoption_rule_for
 
-    gated = verify_release(_release(V2, 2, held_out_devices=30), V2, PINNED, now=NOW)
+    gated = verify_release(_release(V2, 2, held_out_devices=30, held_out_baseline=1), V2,
+                           PINNED, installed_version=1, now=NOW)
     assert gated.metadata.held_out_devices == 30 and adoption_rule_for(gated) == ADOPTION_RULE
     plain = verify_release(_release(V2, 2), V2, PINNED, now=NOW)
     assert plain.metadata.held_out_devices is None
@@ -172,7 +173,7 @@ def test_the_device_evidence_is_signed_and_cannot_be_added_or_stripped():
     assert "held_out_devices" not in json.loads(_release(V2, 2))["signed"]  # the old form
     added = json.loads(_release(V2, 2))
     added["signed"]["held_out_devices"] = 30  # the channel claims a gate that never ran
-    stripped = json.loads(_release(V2, 2, held_out_devices=30))
+    stripped = json.loads(_release(V2, 2, held_out_devices=30, held_out_baseline=1))
     del stripped["signed"]["held_out_devices"]
     nulled = json.loads(_release(V2, 2))
     nulled["signed"]["held_out_devices"] = None  # a second spelling of "no claim"
@@ -184,6 +185,50 @@ def test_the_device_evidence_is_signed_and_cannot_be_added_or_stripped():
             _release(V2, 2, held_out_devices=bad)
     with pytest.raises(Exception, match="verify_release returned"):
         adoption_rule_for("a release file")
+
+
+
+def test_a_claim_holds_only_against_the_version_the_devices_compared_it_with():
+    """v3 was shown better than v2 on held-out devices. A device whose personal model still
+    comes from v1 (it was offline while v2 was served, or kept its v1 model) learns nothing
+    from that claim about v3 against what it holds: it must ask v3 to prove itself. The
+    baseline is signed, so the channel can neither strip nor change it."""
+    import warnings
+
+    from dmt_model.personalize import ADOPTION_RULE, DEFAULT_RULE, adoption_rule_for
+
+    v3 = b"model v3 " * 100
+    document = _release(v3, 3, held_out_devices=30, held_out_baseline=2)
+    assert json.loads(document)["signed"]["held_out_baseline"] == 2
+    on_v2 = verify_release(document, v3, PINNED, installed_version=2, now=NOW)
+    assert on_v2.installed_version == 2 and adoption_rule_for(on_v2) == ADOPTION_RULE
+    on_v1 = verify_release(document, v3, PINNED, installed_version=1, now=NOW)
+    assert adoption_rule_for(on_v1) == DEFAULT_RULE
+    # A device that does not say what it runs cannot be matched to the claim: fail closed.
+    assert adoption_rule_for(verify_release(document, v3, PINNED, now=NOW)) == DEFAULT_RULE
+    # It installed v2 but kept its personal model from v1: what it holds is the v1 line.
+    assert adoption_rule_for(on_v2, based_on=1) == DEFAULT_RULE
+    assert adoption_rule_for(on_v1, based_on=2) == ADOPTION_RULE
+    for field, value in (("held_out_baseline", 1), ("held_out_baseline", None)):
+        forged = json.loads(document)
+        forged["signed"][field] = value  # another baseline, or a second spelling of none
+        with pytest.raises(InvalidRelease):
+            verify_release(json.dumps(forged).encode(), v3, PINNED, now=NOW)
+    stripped = json.loads(document)
+    del stripped["signed"]["held_out_baseline"]
+    with pytest.raises(InvalidRelease):
+        verify_release(json.dumps(stripped).encode(), v3, PINNED, now=NOW)
+    for bad in (0, 3, 4, True, 2.0, "2"):  # a baseline is an earlier version
+        with pytest.raises(Exception, match="held_out_baseline"):
+            _release(v3, 3, held_out_devices=30, held_out_baseline=bad)
+    with pytest.raises(Exception, match="held_out_baseline"):
+        _release(v3, 3, held_out_baseline=2)  # a baseline names the comparison of a claim
+    with warnings.catch_warnings(record=True) as caught:  # the form of releases before it
+        warnings.simplefilter("always")
+        legacy = verify_release(_release(v3, 3, held_out_devices=30), v3, PINNED,
+                                installed_version=1, now=NOW)
+    assert any(issubclass(w.category, DeprecationWarning) for w in caught)
+    assert adoption_rule_for(legacy) == ADOPTION_RULE  # as before: it names no baseline
 
 
 # The two tests below reproduced defects found in review (helper-23), fixed in personalize.py.
@@ -216,8 +261,9 @@ def test_a_release_earns_its_rule_only_for_the_bytes_it_signed(foundation, simul
 
     v2 = export_coreml(foundation, tmp_path / "v2.mlmodel", updatable=UpdateSettings(),
                        version="2")
-    verified = verify_release(_release(v2.read_bytes(), 2, held_out_devices=30),
-                              v2.read_bytes(), PINNED, now=NOW)
+    verified = verify_release(_release(v2.read_bytes(), 2, held_out_devices=30,
+                                       held_out_baseline=1),
+                              v2.read_bytes(), PINNED, installed_version=1, now=NOW)
     swapped = export_coreml(foundation, tmp_path / "swapped.mlmodel",
                             updatable=UpdateSettings(epochs=1), version="2")
     assert swapped.read_bytes() != verified.model
