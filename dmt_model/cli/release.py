@@ -94,6 +94,8 @@ def run_release(args: argparse.Namespace) -> int:
         installed_version=args.installed_version,
         policy_json=args.policy.read_bytes() if args.policy is not None else None)
     meta = verified.metadata
+    claim = {"held_out_devices": meta.held_out_devices,
+             "held_out_baseline": meta.held_out_baseline} if meta.held_out_devices else {}
     print(json.dumps({"verified": True, "version": meta.version, "sha256": meta.sha256,
-                      "expires": meta.expires, "key_id": verified.key_id}, indent=1))
+                      "expires": meta.expires, "key_id": verified.key_id, **claim}, indent=1))
     return 0
