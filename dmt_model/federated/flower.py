@@ -25,20 +25,26 @@ What this module adds:
 Client sampling is Flower's (``random.sample`` of ``max(1, round(f·N))``
 nodes once all ``N`` have connected); Flower's global ``random`` and numpy
 generators are seeded from the strategy's seed for the run and restored
-afterwards, so a run is reproducible from its seed up to float32 rounding
-(Flower sums the replies in the order they arrive).
+afterwards, the nodes are numbered in the order of the users
+(:func:`_nodes_numbered_in_partition_order`) and the replies are aggregated
+in the order of the clients, not of their arrival, so a run is reproducible
+from its seed.
 
 The client app is handed to Ray's worker processes by Ray (cloudpickle):
-that is inside one machine's simulation, not a trust boundary.
+that is inside one machine's simulation, not a trust boundary. The clients'
+records and the network travel once a run through Ray's object store, not
+with every message (:class:`_ByReference`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import logging
 import math
 import random
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -177,6 +183,85 @@ class _ClientTrainer:
         return local, metrics
 
 
+class _ByReference:
+    """The client trainer as Flower's messages carry it: by reference, not by value.
+
+    Flower's Ray backend pickles the ``ClientApp`` — with everything its functions close
+    over — into every message it sends a client. Closed over directly, the trainer (the
+    network and every user's records) was pickled in the driver and unpickled in a worker
+    for each client of each round: in ``benchmarks/fl_protocol.py`` the driver spent more
+    time pickling it than the clients spent training. The first time this is pickled
+    with Ray running, the trainer goes into Ray's object store once, and every message
+    carries only its reference; each worker process fetches it once a run
+    (:func:`_trainer_in_worker`). Without Ray it is pickled by value, as before. The
+    trainer is stateless between calls (each call copies the network and seeds its own
+    generator), so a cached one trains exactly as a fresh copy does."""
+
+    def __init__(self, trainer: _ClientTrainer) -> None:
+        self.trainer = trainer
+        self._reference: Any = None
+        self._lock = threading.Lock()
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        with self._lock:  # Flower's worker threads send messages concurrently
+            if self._reference is None:
+                try:
+                    import ray
+                except ImportError:
+                    ray = None
+                if ray is None or not ray.is_initialized():
+                    return _by_value, (self.trainer,)
+                self._reference = ray.put(self.trainer)
+            return _trainer_in_worker, (self._reference,)
+
+
+def _by_value(trainer: _ClientTrainer) -> _ClientTrainer:
+    return trainer
+
+
+#: This process's trainer of the current run, by its object reference's id (one run at a
+#: time: a worker that sees a new run drops the last one's).
+_TRAINERS: dict[str, _ClientTrainer] = {}
+
+
+def _trainer_in_worker(reference: Any) -> _ClientTrainer:
+    """The trainer ``reference`` names, fetched from Ray's object store once per process."""
+    import ray
+
+    key = reference.hex()
+    if key not in _TRAINERS:
+        _TRAINERS.clear()
+        _TRAINERS[key] = ray.get(reference)
+    return _TRAINERS[key]
+
+
+@contextlib.contextmanager
+def _nodes_numbered_in_partition_order() -> Iterator[None]:
+    """Flower's in-memory link state gives each simulated node a random 64-bit id
+    (``secrets``), and its strategies sample a round's clients with ``random.sample``
+    over the set of ids: the seeded draw picked other users on every run (flwr 1.42;
+    Friedman, two runs of one seed trained different clients from round 1). For the
+    run, the link state numbers what it creates in sequence instead, so node ``i`` is
+    partition ``i``'s in order and the seeded sample names the same users every time.
+    The ids only need to be unique within the run's in-memory state, which is private
+    to the simulation."""
+    from flwr.server.superlink.linkstate import in_memory_linkstate as state
+
+    random_id = state.generate_rand_int_from_bytes
+    counter = itertools.count(2)  # 0 and 1 (the SuperLink's own node) are reserved
+
+    def in_sequence(num_bytes: int, exclude: set[int] | None = None) -> int:
+        while (number := next(counter)) in (exclude or ()):
+            pass
+        return number
+
+    state.generate_rand_int_from_bytes = in_sequence
+    try:
+        yield
+    finally:
+        state.generate_rand_int_from_bytes = random_id
+
+
 @contextlib.contextmanager
 def _zero_updates_need_no_clipping() -> Iterator[None]:
     """Flower's fixed clipping scales an update by ``min(1, C / ‖u‖)``, dividing by zero
@@ -198,6 +283,27 @@ def _zero_updates_need_no_clipping() -> Iterator[None]:
         differential_privacy.clip_inputs_inplace = clip
 
 
+@contextlib.contextmanager
+def _sampling_from(seed: int, server_round: int) -> Iterator[None]:
+    """Flower's ``sample_nodes`` draws from a generator of ``(seed, server_round)`` alone."""
+    from flwr.serverapp.strategy import strategy_utils
+
+    drawn = strategy_utils.random
+    strategy_utils.random = random.Random(f"dmt client sample {seed} {server_round}")  # noqa: S311 — a simulation's seeded sample
+    try:
+        yield
+    finally:
+        strategy_utils.random = drawn
+
+
+def _client_of(reply: Any) -> tuple[int, float]:
+    """The sending client's index (replies that failed last, in any order)."""
+    if reply.has_error():
+        return (1, 0.0)
+    metrics = next(iter(reply.content.metric_records.values()), {})
+    return (0, float(metrics.get("client", math.inf)))
+
+
 def _flower_strategy(strategy: Strategy, n_clients: int, record: Callable[..., Any]) -> Any:
     """Flower's strategy for our settings; DP wraps it as Flower's DP wrappers do."""
     from flwr.serverapp.strategy import (
@@ -217,8 +323,26 @@ def _flower_strategy(strategy: Strategy, n_clients: int, record: Callable[..., A
         "fraction_train": m / n_clients, "fraction_evaluate": 0.0, "min_train_nodes": m,
         "min_evaluate_nodes": 0, "min_available_nodes": n_clients,
         "weighted_by_key": _UNIFORM if dp else _WEIGHT, "train_metrics_aggr_fn": record}
-    inner = (FlowerFedProx(proximal_mu=base.proximal_mu, **options)
-             if isinstance(base, FedProx) else FlowerFedAvg(**options))
+    flower = FlowerFedProx if isinstance(base, FedProx) else FlowerFedAvg
+
+    class InClientOrder(flower):  # type: ignore[misc, valid-type]
+        """Flower's strategy, reproducible from the seed: a round's clients are sampled from
+        a generator of ``(seed, round)`` rather than the global ``random``, which Ray's
+        start-up draws from in another thread (so the first round's sample depended on
+        timing), and the replies are summed in the order of the clients rather than the
+        order they arrived in (float32 sums in arrival order made two runs of one seed
+        differ: Friedman, 5 rounds, the global model's error 114.5–115.4)."""
+
+        def configure_train(self, server_round: int, arrays: Any, config: Any,
+                            grid: Any) -> Iterable[Any]:
+            with _sampling_from(base.seed, server_round):
+                return list(super().configure_train(server_round, arrays, config, grid))
+
+        def aggregate_train(self, server_round: int, replies: Iterable[Any]) -> Any:
+            return super().aggregate_train(server_round, sorted(replies, key=_client_of))
+
+    inner = (InClientOrder(proximal_mu=base.proximal_mu, **options)
+             if isinstance(base, FedProx) else InClientOrder(**options))
     if dp is None:
         return inner
     ledger: DPFedAvg = dp
@@ -261,7 +385,7 @@ def run_rounds(strategy: Strategy, network: Any, train: list[ClientData],
 
     base = strategy.base
     n_clients = len(train)
-    trainer = _ClientTrainer(copy.deepcopy(network), base, train)
+    shared = _ByReference(_ClientTrainer(copy.deepcopy(network), base, train))
     start = [p.detach().numpy().astype(np.float32).copy()
              for p in trainable_parameters(copy.deepcopy(network), base)]
     logs: list[RoundLog] = []
@@ -273,6 +397,7 @@ def run_rounds(strategy: Strategy, network: Any, train: list[ClientData],
     def _train(msg: Message, context: Context) -> Message:
         config: Any = msg.content["config"]
         received: Any = msg.content["arrays"]
+        trainer = shared.trainer if isinstance(shared, _ByReference) else shared
         arrays, metrics = trainer.train(
             int(cast(int, context.node_config["partition-id"])), received.to_numpy_ndarrays(),
             int(config["server-round"]) - 1, float(config.get("proximal-mu", 0.0)))
@@ -328,7 +453,8 @@ def run_rounds(strategy: Strategy, network: Any, train: list[ClientData],
     level = flower_log.level
     flower_log.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), _zero_updates_need_no_clipping():
+        with warnings.catch_warnings(), _zero_updates_need_no_clipping(), \
+                _nodes_numbered_in_partition_order():
             warnings.simplefilter("ignore")  # run_simulation's deprecation note, Ray's tips
             run_simulation(server_app, client_app, num_supernodes=n_clients,
                            backend_config={"client_resources": {"num_cpus": 1},
