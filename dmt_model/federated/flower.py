@@ -289,7 +289,8 @@ def _sampling_from(seed: int, server_round: int) -> Iterator[None]:
     from flwr.serverapp.strategy import strategy_utils
 
     drawn = strategy_utils.random
-    strategy_utils.random = random.Random(f"dmt client sample {seed} {server_round}")  # noqa: S311 — a simulation's seeded sample
+    # a simulation's seeded sample, not a secret
+    strategy_utils.random = random.Random(f"dmt client sample {seed} {server_round}")  # noqa: S311
     try:
         yield
     finally:
