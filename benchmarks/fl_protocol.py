@@ -128,9 +128,10 @@ never leave the device and are not attacked.
 
 Cost (part 6), per device, mean over users: bytes sent and received (DMT: its
 sealed share package, as ``seal_package`` writes it, and each model version
-as an ``.mlmodel``; FL: the trainable arrays each round it takes part in, both
-ways — Flower's own message framing not counted, nor a held-out client's
-evaluation exchange), rounds, and CPU seconds of on-device training (FL: local
+as an ``.mlmodel``; FL: the proxy foundation as an ``.mlmodel``, which every
+device personalizes first, then the trainable arrays each round it takes part
+in, both ways, and the final model — Flower's own message framing not counted,
+nor a held-out client's evaluation exchange), rounds, and CPU seconds of on-device training (FL: local
 training in Flower's client, summed over rounds; every method: the final
 ``personalize()``). A version not released is not downloaded or adopted:
 its ``.mlmodel`` and the adoption's seconds are not counted.
@@ -816,11 +817,14 @@ def sealed_sizes(sim: Simulation, batches: list[Any], schema: Schema) -> tuple[l
     return sizes, float(np.mean(seconds))
 
 
-def fl_cost(result: Any, base: Any, n_users: int, model_bytes: int) -> dict[str, Any]:
+def fl_cost(result: Any, base: Any, n_users: int, model_bytes: int,
+            v1_bytes: int) -> dict[str, Any]:
     """Bytes a device exchanges with Flower (its trainable arrays each round it takes part,
-    both ways; the final model as an .mlmodel to personalize, ``model_bytes``: 0 when it is
-    not released) and its training seconds, mean over ``n_users`` users: the held-out ones
-    take part in no round (``result``'s clients are the training users)."""
+    both ways; before that the proxy foundation it personalized first, ``v1_bytes``, as
+    every method's device did; the final model as an .mlmodel to personalize,
+    ``model_bytes``: 0 when it is not released) and its training seconds, mean over
+    ``n_users`` users: the held-out ones take part in no round (``result``'s clients are the
+    training users)."""
     import copy
 
     from dmt_model.federated.flower import trainable_parameters
@@ -831,7 +835,8 @@ def fl_cost(result: Any, base: Any, n_users: int, model_bytes: int) -> dict[str,
     for r in result.rounds:
         taken[list(r.clients)] += 1
     return {"sent_bytes": float(taken.mean() * arrays),
-            "received_bytes": float(taken.mean() * arrays + model_bytes),
+            "received_bytes": float(v1_bytes + taken.mean() * arrays + model_bytes),
+            "v1_counted": True,
             "rounds": len(result.rounds),
             "train_seconds": float(sum(r.client_seconds for r in result.rounds) / n_users)}
 
@@ -965,7 +970,7 @@ def run_seed(sim: Simulation, task: ProtocolTask, seed: int, *, rounds: int,
                                      release=RELEASE_AFTER[check["checked"]], workers=workers)
         del personal["personal_models"]
         cost = fl_cost(fl, strategy.base, len(sim.users),
-                       model_bytes if check["released"] else 0)
+                       model_bytes if check["released"] else 0, model_bytes)
         rows[name] = personal | cost | check | {
             "held_out_users": sorted(held_out),
             "epsilon": fl.epsilon,
@@ -1220,7 +1225,7 @@ def run_task(task: ProtocolTask, args: argparse.Namespace) -> dict[str, Any]:
                 f"{' '.join(ran)}; give those methods to continue it.")
         same_protocol(earlier, args.output / task.files(".json"))
         shapes.extend(earlier["shape_per_seed"])
-        per_seed.extend(earlier["per_seed"])
+        per_seed.extend(count_v1(earlier["per_seed"]))
         risk = earlier.get("anonymeter", {})
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         sim = task.simulate(seed, args.users)
@@ -1239,6 +1244,19 @@ def run_task(task: ProtocolTask, args: argparse.Namespace) -> dict[str, Any]:
     print((args.output / task.files(".md")).read_text() if per_seed else "", flush=True)
     print(f"wrote {args.output / task.files('.json')} ({result['seconds']:.0f} s)", flush=True)
     return result
+
+
+def count_v1(per_seed: list[dict[str, dict[str, Any]]]) -> list[dict[str, dict[str, Any]]]:
+    """The seeds' rows with every Flower row's received bytes counting the proxy foundation
+    its devices downloaded first (the *nothing shared* row's received bytes of the seed, the
+    same ``.mlmodel``): rows written before ``fl_cost`` counted it lack ``v1_counted``."""
+    for rows in per_seed:
+        v1 = rows["nothing shared"]["received_bytes"]
+        for row in rows.values():
+            if "train_seconds" in row and not row.get("v1_counted"):  # a Flower row
+                row["received_bytes"] += v1
+                row["v1_counted"] = True
+    return per_seed
 
 
 def same_protocol(result: dict[str, Any], path: Path) -> None:
@@ -1267,7 +1285,7 @@ def render(task: ProtocolTask, output: Path) -> None:
         print(f"{task.title}: {path} holds protocol {version}'s results, not redrawn as "
               f"protocol {PROTOCOL_VERSION}'s; re-run the task to replace them", flush=True)
         return
-    result["summary"] = summarize(result["per_seed"])
+    result["summary"] = summarize(count_v1(result["per_seed"]))
     risk = result.get("anonymeter", {})
     (output / task.files(".md")).write_text(
         table(result["summary"], len(result["per_seed"]), task)

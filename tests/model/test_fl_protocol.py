@@ -89,6 +89,9 @@ def test_quick_run_writes_every_row_with_privacy_cost_and_risk(tmp_path, task, w
     else:
         assert summary["FedAvg"]["epsilon"] is None
     assert result["protocol_version"] == fl_protocol.PROTOCOL_VERSION
+    v1 = result["per_seed"][0]["nothing shared"]["received_bytes"]
+    for name, row in result["per_seed"][0].items():  # every device downloaded v1 first
+        assert row["received_bytes"] >= v1, name
     for name, row in result["per_seed"][0].items():  # the held-out check of every version
         if name != "nothing shared":
             assert row["checked"] in fl_protocol.RELEASE_AFTER, name
@@ -376,3 +379,17 @@ def test_the_device_check_decides_as_publish_does(monkeypatch, before, after, t,
     assert (fl_protocol.RELEASE_AFTER[expected] == "withheld") == (expected != "better")
     assert fl_protocol.device_check(object(), object(), devices[:1])["checked"] \
         == "too few devices"
+
+
+def test_flower_rows_written_before_v1_was_counted_count_it_once():
+    """Every method's device downloads the proxy foundation (v1) and personalizes it first;
+    Flower's rows once left it out of the bytes a device receives. A results file written
+    then is corrected when continued or rendered, and only once."""
+    seed = {"nothing shared": {"received_bytes": 100.0},
+            "DMT raw": {"received_bytes": 200.0},
+            "FedAvg": {"received_bytes": 500.0, "train_seconds": 1.0},
+            "FedProx": {"received_bytes": 600.0, "train_seconds": 1.0, "v1_counted": True}}
+    once = fl_protocol.count_v1([json.loads(json.dumps(seed))])
+    twice = fl_protocol.count_v1(json.loads(json.dumps(once)))
+    for rows in (once[0], twice[0]):
+        assert [rows[n]["received_bytes"] for n in seed] == [100.0, 200.0, 600.0, 600.0]
