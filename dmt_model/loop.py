@@ -23,7 +23,8 @@
 5. If v2 is published, each device verifies its release and adopts it
    re-personalized on its local records (all of them by default) under the
    rule the release earns (:func:`~dmt_model.personalize.adoption_rule_for`):
-   a version shown better on held-out devices is adopted unless the device's
+   a version shown better than v1 (the release's baseline, the version the
+   devices personalized) on held-out devices is adopted unless the device's
    own records show it worse; one that was not must prove itself on them.
    Both sides are scored out of fold on the records the device did not share
    (v2 may have trained on the others).

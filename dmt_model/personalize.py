@@ -43,7 +43,8 @@ re-personalized on the device's records, with the personal model the same way, b
 scored out of fold when the device passes the version it personalized. How much proof it
 asks of the new version depends on what the server showed (:func:`adoption_rule_for`):
 none beyond not being worse (:data:`ADOPTION_RULE`) for a version the release says was
-better on held-out devices, the same as an update for any other.
+better on held-out devices than the version the device's personal model comes from, the
+same as an update for any other.
 """
 
 from __future__ import annotations
@@ -847,8 +848,14 @@ def adoption_rule_for(release: Any, *, based_on: int | None = None) -> DecisionR
     only when ``based_on`` — the version the device's personal model was
     personalized from; by default the ``installed_version`` the release was
     verified against — is that version. A device that said neither gets
-    :data:`DEFAULT_RULE`. A claim signed before releases named their baseline
-    counts for every device, as it did then.
+    :data:`DEFAULT_RULE`. A device that installed a version but kept its personal
+    model from an earlier one passes ``based_on=`` that earlier one.
+
+    A claim signed before releases named their baseline (deprecated) beat the
+    version published just before it, which a device can only be sure of when it
+    is on the version numbered just before: it counts for ``based_on == version -
+    1`` only (so such an old document replayed to a device further behind earns
+    nothing), and, for callers that say nothing, as it did before.
 
     Anything else is refused, metadata parsed from a release file included: only a
     verified release says what the server signed.
@@ -861,13 +868,17 @@ def adoption_rule_for(release: Any, *, based_on: int | None = None) -> DecisionR
         raise ValidationError(
             f"release must be what verify_release returned, got {type(release).__name__}; "
             "parse nothing yourself: metadata read from a release file is unverified.")
+    if based_on is not None and (type(based_on) is not int or based_on < 1):
+        raise ValidationError(f"based_on must be a version number (an int >= 1), got "
+                              f"{based_on!r}: the version the personal model comes from.")
     signed = release.metadata
     if not signed.held_out_devices:
         return DEFAULT_RULE
     based_on = release.installed_version if based_on is None else based_on
-    if signed.held_out_baseline is not None and signed.held_out_baseline != based_on:
-        return DEFAULT_RULE  # shown better than another version than the device's
-    return ADOPTION_RULE
+    if signed.held_out_baseline is not None:  # shown better than that version only
+        return ADOPTION_RULE if signed.held_out_baseline == based_on else DEFAULT_RULE
+    # A claim from before baselines were signed: it beat the version published just before.
+    return ADOPTION_RULE if based_on in (None, signed.version - 1) else DEFAULT_RULE
 
 
 def _load_released(path: str | os.PathLike[str], release: Any) -> Any:
@@ -1759,8 +1770,10 @@ def adopt_new_version(
     InvalidRelease`, nothing changed), and those bytes are what is adopted.
     Without ``rule`` it decides
     how much proof the device asks (:func:`adoption_rule_for`). A version the
-    server showed better on held-out devices (its release says on how many) is
-    adopted unless the device's records show it worse (:data:`ADOPTION_RULE`:
+    server showed better on held-out devices (its release says on how many) than
+    the version the device's personal model comes from (the release's baseline;
+    the ``installed_version`` given to ``verify_release``) is adopted unless the
+    device's records show it worse (:data:`ADOPTION_RULE`:
     the lower mean held-out error wins, a tie going to the new version). Any
     other version, and any version when ``release`` is not given, must show it
     is better on the device's records (:class:`DecisionRule`). A device's few

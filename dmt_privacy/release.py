@@ -30,8 +30,9 @@ published model version the server writes a small JSON document, the
                   the claim says nothing about it against any other, so a
                   device whose personal model comes from another version asks
                   it to prove itself. Releases signed before this field carry
-                  the claim without it (deprecated: ``sign_release`` warns),
-                  and a device reads such a claim as before.
+                  the claim without it (deprecated: ``sign_release`` warns);
+                  a device reads such a claim as beating the version numbered
+                  just before it, and no other.
 
 and whose ``signatures`` are ``[{"key_id": ..., "sig": ...}]``: Ed25519
 (``cryptography``) over ``b"dmt model release v1\\n"`` followed by the
@@ -453,6 +454,10 @@ def verify_release(
     signature, length, hash, name or policy; :class:`RollbackRefused` and
     :class:`ReleaseExpired` for authentic but stale releases.
     """
+    if installed_version is not None and (type(installed_version) is not int
+                                          or installed_version < 1):
+        raise ValidationError(f"installed_version must be the version number the device "
+                              f"runs (an int >= 1), got {installed_version!r}.")
     pinned = ([trusted_keys] if isinstance(trusted_keys, ReleaseVerifyKey)
               else list(trusted_keys))
     if not pinned or not all(isinstance(k, ReleaseVerifyKey) for k in pinned):

@@ -46,6 +46,7 @@ import math
 import random
 import threading
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -199,6 +200,7 @@ class _ByReference:
 
     def __init__(self, trainer: _ClientTrainer) -> None:
         self.trainer = trainer
+        self._run = uuid.uuid4().hex  # object ids may repeat across Ray clusters; runs don't
         self._reference: Any = None
         self._lock = threading.Lock()
 
@@ -212,27 +214,27 @@ class _ByReference:
                 if ray is None or not ray.is_initialized():
                     return _by_value, (self.trainer,)
                 self._reference = ray.put(self.trainer)
-            return _trainer_in_worker, (self._reference,)
+            return _trainer_in_worker, (self._run, self._reference)
 
 
 def _by_value(trainer: _ClientTrainer) -> _ClientTrainer:
     return trainer
 
 
-#: This process's trainer of the current run, by its object reference's id (one run at a
-#: time: a worker that sees a new run drops the last one's).
+#: This process's trainer of the current run, by the run's id (one run at a time: a worker
+#: that sees a new run drops the last one's).
 _TRAINERS: dict[str, _ClientTrainer] = {}
 
 
-def _trainer_in_worker(reference: Any) -> _ClientTrainer:
-    """The trainer ``reference`` names, fetched from Ray's object store once per process."""
+def _trainer_in_worker(run: str, reference: Any) -> _ClientTrainer:
+    """Run ``run``'s trainer, fetched from Ray's object store (``reference``) once per
+    process."""
     import ray
 
-    key = reference.hex()
-    if key not in _TRAINERS:
+    if run not in _TRAINERS:
         _TRAINERS.clear()
-        _TRAINERS[key] = ray.get(reference)
-    return _TRAINERS[key]
+        _TRAINERS[run] = ray.get(reference)
+    return _TRAINERS[run]
 
 
 @contextlib.contextmanager
@@ -244,7 +246,8 @@ def _nodes_numbered_in_partition_order() -> Iterator[None]:
     run, the link state numbers what it creates in sequence instead, so node ``i`` is
     partition ``i``'s in order and the seeded sample names the same users every time.
     The ids only need to be unique within the run's in-memory state, which is private
-    to the simulation."""
+    to the simulation. Not re-entrant (nor is a run: it seeds the process's generators),
+    like :func:`_sampling_from`."""
     from flwr.server.superlink.linkstate import in_memory_linkstate as state
 
     random_id = state.generate_rand_int_from_bytes

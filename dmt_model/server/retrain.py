@@ -441,8 +441,9 @@ class ModelRegistry:
              valid_for: timedelta = timedelta(days=30)) -> ModelVersion:
         """(Re-)sign a published version: a fresh expiry, or new keys during a rotation.
 
-        The release carries ``held_out_devices`` only if the index records the
-        version as shown better on held-out devices (``validation["devices_better"]``);
+        The release carries ``held_out_devices`` (and ``held_out_baseline``, the version
+        it was compared with) only if the index records the version as shown better on
+        held-out devices (``validation["devices_better"]``);
         a version published before that was recorded is re-signed without the
         claim, so its devices ask it for proof. The registry's folder is trusted:
         whoever can write its index or model files gets what they wrote signed.

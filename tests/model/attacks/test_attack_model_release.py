@@ -228,7 +228,24 @@ def test_a_claim_holds_only_against_the_version_the_devices_compared_it_with():
         legacy = verify_release(_release(v3, 3, held_out_devices=30), v3, PINNED,
                                 installed_version=1, now=NOW)
     assert any(issubclass(w.category, DeprecationWarning) for w in caught)
-    assert adoption_rule_for(legacy) == ADOPTION_RULE  # as before: it names no baseline
+    assert adoption_rule_for(legacy) == DEFAULT_RULE  # v3's claim: v1 is two versions behind
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        old = _release(v3, 3, held_out_devices=30)
+    # An old claim beat the version just before it: a device on v2 trusts it, and so does a
+    # caller that says nothing (as before baselines were signed) ...
+    assert adoption_rule_for(verify_release(old, v3, PINNED, installed_version=2,
+                                            now=NOW)) == ADOPTION_RULE
+    assert adoption_rule_for(verify_release(old, v3, PINNED, now=NOW)) == ADOPTION_RULE
+    # ... but an old document replayed by the channel to a device further behind, after the
+    # server re-signed v3 with its baseline, earns it nothing (review, helper-30).
+    assert adoption_rule_for(verify_release(old, v3, PINNED, installed_version=1,
+                                            now=NOW)) == DEFAULT_RULE
+    for bad in (True, 1.0, "1", 0):
+        with pytest.raises(Exception, match="based_on"):
+            adoption_rule_for(on_v2, based_on=bad)
+        with pytest.raises(Exception, match="installed_version"):
+            verify_release(document, v3, PINNED, installed_version=bad, now=NOW)
 
 
 # The two tests below reproduced defects found in review (helper-23), fixed in personalize.py.
