@@ -881,6 +881,23 @@ def adoption_rule_for(release: Any, *, based_on: int | None = None) -> DecisionR
     return ADOPTION_RULE if based_on in (None, signed.version - 1) else DEFAULT_RULE
 
 
+def _version_of(model: Any) -> int | None:
+    """The version number a Core ML model says it is (its ``versionString``, which the
+    registry sets to the version's number and personalization keeps), else ``None``."""
+    if model is None or _is_program(model):
+        return None
+    text = str(model.description.metadata.versionString)
+    return int(text) if text.isdigit() and int(text) >= 1 else None
+
+
+def _release_rule(release: Any, current: Any, previous: Any) -> DecisionRule:
+    """:func:`adoption_rule_for` ``release``, against the version the personal model comes
+    from: ``previous``'s number when it is given, else the personal model's own (both
+    device-local files the registry numbered), else what ``verify_release`` was told."""
+    based_on = _version_of(previous) if previous is not None else _version_of(current)
+    return adoption_rule_for(release, based_on=based_on)
+
+
 def _load_released(path: str | os.PathLike[str], release: Any) -> Any:
     """The new version at ``path``, and with ``release`` only if the file holds exactly the
     bytes the release signed (read once: what is checked is what is loaded)."""
@@ -1560,7 +1577,7 @@ def adopted(new_spec: Any, current: Any, records: pd.DataFrame, *, previous: Any
         if previous is not None:
             _save_model(previous, paths["previous"])
         if kwargs.get("rule") is None:  # in memory there are no signed bytes to check
-            kwargs["rule"] = adoption_rule_for(kwargs.pop("release", None))
+            kwargs["rule"] = _release_rule(kwargs.pop("release", None), current, previous)
         kwargs.pop("release", None)
         result = adopt_new_version(paths["new"], paths["personal"], records,
                                    previous=paths["previous"] if previous is not None else None,
@@ -1646,7 +1663,15 @@ def adopted_many(
                 for current, records, s, h in zip(currents, record_sets, shared, holdout,
                                                   strict=True)]
     validate_updatable(new_spec)
-    rule, grid = _rule(rule or adoption_rule_for(release), folds), _prior_grid(prior_records)
+    if rule is None and release is not None and previous is None \
+            and len(versions := {_version_of(c) for c in currents}) > 1:
+        raise ValidationError(
+            f"The personal models come from versions {sorted(versions, key=str)}, and a "
+            "release's claim counts against one version only: pass previous= (the version "
+            "they were personalized from) or decide each version's devices apart.")
+    rule = _rule(rule or (_release_rule(release, currents[0], previous) if currents else
+                          adoption_rule_for(release)), folds)
+    grid = _prior_grid(prior_records)
     if previous is not None:
         validate_updatable(previous)
     plans = []
@@ -1822,7 +1847,7 @@ def adopt_new_version(
     records, scored = _with_shared(records, shared_records)
     return _checked_update(new_spec, current, records, holdout=holdout,
                            output=Path(personal_model_path),
-                           rule=_rule(rule or adoption_rule_for(release), folds),
+                           rule=_rule(rule or _release_rule(release, current, base), folds),
                            prior_records=prior_records, seed=seed, on_event=on_event,
                            overrides=overrides, baseline_from=base, scored=scored,
                            given=[(new_spec, f"The new version {new_model_path}", _NEW_VERSION),

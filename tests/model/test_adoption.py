@@ -16,6 +16,7 @@ from dmt_model.personalize import (
     DecisionRule,
     adopt_new_version,
     adopted,
+    adopted_many,
     personalized,
 )
 from dmt_model.tasks import task_for
@@ -91,6 +92,26 @@ def test_a_version_better_where_the_user_has_no_records_yet_is_adopted(digits):
     held, result = adopted(v2, current, train, previous=v1, release=shown)
     assert result.accepted, result.reason
     assert _log_loss(held, test) < 0.5 * _log_loss(kept, test)
+    # A claim against another version than the one this device personalized (v1, as its
+    # models' version numbers say) earns nothing, whatever verify_release was told.
+    def numbered(spec, number):
+        copy = type(spec)()
+        copy.CopyFrom(spec)
+        copy.description.metadata.versionString = str(number)
+        return copy
+
+    document = sign_release(model, key, version=3, schema_id="digits", held_out_devices=30,
+                            held_out_baseline=2)
+    other = verify_release(document, model, [key.verify_key()], installed_version=2)
+    _, asked = adopted(v2, numbered(current, 1), train, previous=numbered(v1, 1),
+                       release=other)
+    assert not asked.accepted and "not significant" in asked.reason, asked.reason
+    _, trusted = adopted(v2, numbered(current, 2), train, previous=numbered(v1, 2),
+                         release=other)
+    assert trusted.accepted, trusted.reason
+    with pytest.raises(ValidationError, match="come from versions"):  # one rule per batch
+        adopted_many(v2, [numbered(current, 1), numbered(current, 2)], [train, train],
+                     release=other)
     # Without that claim (or any release) the device asks v2 to prove itself: the safe
     # default where nobody has checked how a version serves devices once personalized.
     for unchecked in (None, release()):
