@@ -21,8 +21,9 @@ maps each strategy to Flower's own):
   strategy's ``rounds`` and a round beyond the budget raises
   :class:`~dmt_privacy.errors.BudgetExceededError` before any client trains.
 
-Randomness: a run is reproducible from ``seed`` up to float32 rounding
-(Flower's sampling and noise generators are seeded from it for the run) —
+Randomness: a run is reproducible from ``seed``, to the bit (Flower's client
+sample is drawn from ``(seed, round)``, its noise generator seeded for the run,
+the replies summed in the order of the clients: ``dmt_model.federated.flower``) —
 which is right for a benchmark and wrong for a deployment, where the noise
 must not be predictable.
 """
