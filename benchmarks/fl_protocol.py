@@ -131,8 +131,9 @@ sealed share package, as ``seal_package`` writes it, and each model version
 as an ``.mlmodel``; FL: the proxy foundation as an ``.mlmodel``, which every
 device personalizes first, then the trainable arrays each round it takes part
 in, both ways, and the final model — Flower's own message framing not counted,
-nor a held-out client's evaluation exchange), rounds, and CPU seconds of on-device training (FL: local
-training in Flower's client, summed over rounds; every method: the final
+nor a held-out client's evaluation exchange), rounds, and CPU seconds of
+on-device training (FL: local training in Flower's client, summed over
+rounds; every method: the final
 ``personalize()``). A version not released is not downloaded or adopted:
 its ``.mlmodel`` and the adoption's seconds are not counted.
 
