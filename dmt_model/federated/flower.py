@@ -207,10 +207,9 @@ class _ByReference:
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         with self._lock:  # Flower's worker threads send messages concurrently
             if self._reference is None:
-                try:
+                ray: Any = None
+                with contextlib.suppress(ImportError):
                     import ray
-                except ImportError:
-                    ray = None
                 if ray is None or not ray.is_initialized():
                     return _by_value, (self.trainer,)
                 self._reference = ray.put(self.trainer)
@@ -293,7 +292,8 @@ def _sampling_from(seed: int, server_round: int) -> Iterator[None]:
 
     drawn = strategy_utils.random
     # a simulation's seeded sample, not a secret
-    strategy_utils.random = random.Random(f"dmt client sample {seed} {server_round}")  # noqa: S311
+    sample: Any = random.Random(f"dmt client sample {seed} {server_round}")  # noqa: S311
+    strategy_utils.random = sample
     try:
         yield
     finally:
@@ -304,7 +304,7 @@ def _client_of(reply: Any) -> tuple[int, float]:
     """The sending client's index (replies that failed last, in any order)."""
     if reply.has_error():
         return (1, 0.0)
-    metrics = next(iter(reply.content.metric_records.values()), {})
+    metrics: Any = next(iter(reply.content.metric_records.values()), {})
     return (0, float(metrics.get("client", math.inf)))
 
 
