@@ -13,11 +13,20 @@ from dmt_privacy.files import PRIVATE_FILE_MODE, write_atomically
 __all__ = ["import_coremltools", "load_spec", "save_spec", "spec_bytes", "spec_from_bytes"]
 
 
+#: Loggers that warn, while coremltools is imported, of what no user can act on: coremltools
+#: that it cannot predict on Linux; torchao (which coremltools imports when executorch is
+#: installed) of each CUDA kernel a CPU build cannot load; torch's pytree that torchao
+#: registers an enum the old way.
+_QUIET_ON_IMPORT = ("coremltools", "torchao", "torch.utils._pytree")
+
+
 def import_coremltools() -> Any:
-    """Import coremltools quietly: on Linux it logs that it cannot predict, which we know."""
-    logger = logging.getLogger("coremltools")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    """Import coremltools quietly (:data:`_QUIET_ON_IMPORT`); the loggers' levels are
+    restored after, so later warnings still reach the user."""
+    loggers = [logging.getLogger(name) for name in _QUIET_ON_IMPORT]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         import coremltools
     except ImportError:
@@ -26,7 +35,8 @@ def import_coremltools() -> Any:
             "`pip install 'dmt-sdk[model]'` (or `make install` in a checkout)."
         ) from None
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
     return coremltools
 
 

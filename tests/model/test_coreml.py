@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -189,3 +192,19 @@ def test_the_featurizer_is_read_from_the_spec_as_it_is_now(foundation):
     changed.target_scale_ = 123.0
     spec.description.metadata.userDefined["dmt.featurizer"] = changed.to_json()
     assert _featurizer(spec).target_scale_ == featurizer_of(spec).target_scale_ == 123.0
+
+
+def test_importing_coremltools_prints_nothing_and_leaves_log_levels_as_they_were():
+    # coremltools imports torchao (executorch's dependency), which logs a warning for
+    # each of its CUDA kernels a CPU machine cannot load, and torch's pytree warns
+    # that torchao registers an enum the old way: lines every user saw, none theirs to act on.
+    script = (
+        "import logging\n"
+        "from dmt_model.coreml._spec import import_coremltools\n"
+        "import_coremltools()\n"
+        "names = ('coremltools', 'torchao', 'torch.utils._pytree')\n"
+        "print([logging.getLogger(n).level for n in names])\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=True, timeout=300)
+    assert done.stderr == ""
+    assert done.stdout.strip() == "[0, 0, 0]"
