@@ -50,6 +50,9 @@ __all__ = ["PackageRefused", "ValidatedPackage", "cell_key", "validate_package"]
 _GRID_TOL = 1e-6
 _MAX_MODIFICATIONS = 32
 _MAX_LABEL = 128
+#: Columns of at most this many numbers are checked without numpy (:func:`_checked_numbers`).
+_SHORT = 16
+_NUMBER_TYPES = frozenset({float, int})
 
 
 class PackageRefused(InvalidPackage):
@@ -103,11 +106,17 @@ def cell_key(value: Any) -> Any:
             raise TypeError("interval endpoints")
         return ("i", value.closed, float(lo), float(hi))
     if t is frozenset:
-        members = []
-        for m in value:
-            if type(m) not in (float, int, str, bool):
+        members = set()
+        for m in value:  # the members' keys, as cell_key gives them (inlined: the hot path)
+            mt = type(m)
+            if mt is str:
+                members.add(("s", m))
+            elif mt is float or mt is int:
+                members.add(("n", float(m)))
+            elif mt is bool:
+                members.add(("b", m))
+            else:
                 raise TypeError("value set member")
-            members.append(cell_key(m))
         return ("set", frozenset(members))
     if isinstance(value, np.generic):
         return cell_key(value.item())
@@ -259,10 +268,36 @@ def _numbers(name: str, values: Sequence[Any]) -> np.ndarray:
     return x
 
 
-def _within(name: str, x: np.ndarray, low: float, high: float) -> None:
+def _checked_numbers(name: str, values: Sequence[Any]) -> np.ndarray | list[float]:
+    """:func:`_numbers`' checks and refusals; a short column as a list of floats.
+
+    A few cells cost numpy more in calls than in arithmetic (a 3-record package's
+    columns and every interval's two endpoints): they are checked one by one, in
+    the same order (types first, then binary64, then finiteness) with the same
+    results (``float`` of an int is numpy's conversion, correctly rounded).
+    """
+    if len(values) > _SHORT:
+        return _numbers(name, values)
+    if not set(map(type, values)) <= _NUMBER_TYPES:
+        raise _refuse("type", f"field {name!r} holds cells that are not numbers")
+    try:
+        x = [float(v) for v in values]
+    except OverflowError:
+        raise _refuse("bounds", f"field {name!r} holds an integer beyond binary64") from None
+    if not all(map(math.isfinite, x)):
+        raise _refuse("bounds", f"field {name!r} holds non-finite numbers")
+    return x
+
+
+def _within(name: str, x: np.ndarray | list[float], low: float, high: float) -> None:
     tol_lo = 1e-9 * max(1.0, abs(low))
     tol_hi = 1e-9 * max(1.0, abs(high))
-    if ((x < low - tol_lo) | (x > high + tol_hi)).any():
+    lo, hi = low - tol_lo, high + tol_hi
+    if isinstance(x, list):
+        outside = any(v < lo or v > hi for v in x)
+    else:
+        outside = bool(((x < lo) | (x > hi)).any())
+    if outside:
         raise _refuse("bounds", f"field {name!r} holds values outside its bounds")
 
 
@@ -315,7 +350,7 @@ def _check_generalized(name: str, values: Sequence[Any], view: _SchemaView) -> N
             else:
                 raise _refuse("generalization", f"quasi-identifier {name!r} holds an interval "
                               "but is neither numeric nor ordered categorical")
-            _within(name, _numbers(name, [v.left, v.right]), low, high)
+            _within(name, _checked_numbers(name, [v.left, v.right]), low, high)
         elif t is frozenset:
             if spec.kind is not Kind.CATEGORICAL or not v:
                 raise _refuse("generalization", f"quasi-identifier {name!r} holds a value set "
@@ -393,7 +428,7 @@ def _check_cells(name: str, values: Sequence[Any], view: _SchemaView, qis: Seque
             _check_categories(name, values, spec.categories)
         return
     if spec.kind is Kind.NUMERIC:
-        x = _numbers(name, values)
+        x = _checked_numbers(name, values)
         if spec.bounds is not None:
             _within(name, x, *spec.bounds)
     elif spec.kind is Kind.CATEGORICAL:
