@@ -34,12 +34,12 @@ from __future__ import annotations
 import functools
 import json
 import math
+import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
-import numpy as np
 import pandas as pd
 from sqlalchemy import Engine, Table, bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection
@@ -63,6 +63,8 @@ from dmt_model.server.store import (
 __all__ = ["PreparedPackage", "Written", "prepare_package", "write_package", "write_prepared"]
 
 _CHUNK = 500
+#: The stored receipt's JSON (sorted keys, no spaces): one encoder, not one a package.
+_RECEIPT_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
 
 
 def _canonical(value: Any) -> Any:
@@ -119,16 +121,16 @@ def prepare_package(package: Any, plaintext: bytes, policy: ServerPolicy, key: D
     qis = [q for q in policy.quasi_identifiers or () if q in columns]
     pid = package.package_id
     per_class: dict[str, list[int]] = {}
-    for class_key, positions in _blocks(columns, qis, key, package.n_records):
+    n = package.n_records
+    for class_key, positions in _blocks(columns, qis, key, n):
         per_class.setdefault(class_key, []).extend(positions)
     rows = [{"package_id": pid, "class_key": k, "n_records": len(v),
-             "rows": np.asarray(v, dtype="<u4").tobytes()} for k, v in per_class.items()]
+             "rows": struct.pack(f"<{len(v)}I", *v)} for k, v in per_class.items()]
     nonce, payload = key.encrypt(plaintext, payload_aad(pid, key.key_id))
-    receipt = json.dumps(package.receipt.to_dict(), sort_keys=True, separators=(",", ":"),
-                         default=str)
+    receipt = _RECEIPT_JSON.encode(package.receipt.to_dict())
     row = {"package_id": pid, "schema_id": package.schema_id,
            "created_day": str(package.created_day), "received_at": "",
-           "n_records": package.n_records, "receipt": receipt, "key_id": key.key_id,
+           "n_records": n, "receipt": receipt, "key_id": key.key_id,
            "nonce": nonce, "payload": payload}
     return PreparedPackage(pid, row, rows, {k: len(v) for k, v in per_class.items()}, token)
 
