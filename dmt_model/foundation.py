@@ -236,10 +236,16 @@ class Foundation:
         otherwise :class:`~dmt_privacy.errors.OutputExistsError` and nothing is
         written.
         """
+        path = Path(path)
+        write_atomically(path, self.to_bytes(), mode=SHARED_FILE_MODE, overwrite=overwrite,
+                         make_parents=True)
+        return path
+
+    def to_bytes(self) -> bytes:
+        """The ``.npz`` file :meth:`save` writes: the same foundation, the same bytes."""
         import json
         import zipfile
 
-        path = Path(path)
         arrays = {f"w:{k}": v.detach().numpy() for k, v in self.network.state_dict().items()}
         meta = {"featurizer": self.featurizer.to_dict(), "config": asdict(self.config),
                 "format": 1}
@@ -252,9 +258,7 @@ class Foundation:
                 with archive.open(entry, "w", force_zip64=True) as member:
                     np.lib.format.write_array(member, np.asanyarray(array),
                                               allow_pickle=False)
-        write_atomically(path, buffer.getvalue(), mode=SHARED_FILE_MODE, overwrite=overwrite,
-                         make_parents=True)
-        return path
+        return buffer.getvalue()
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Foundation:

@@ -299,9 +299,14 @@ def run_loop(
         validation_data=validation, validation_devices=devices if len(devices) >= 2 else None,
         signing_key=release_key,
         notes=f"proxy + shared records (k={k}, ε={'none' if epsilon is None else epsilon})")
+    # Retraining that gave v1's weights again (nothing shared) publishes nothing new.
+    shipped = v2.published and v2.version > v1.version
+    if v2.version == v1.version:
+        on_stage("server: the retrained foundation is v1's, weight for weight: nothing new "
+                 "to publish")
     v2_spec = load_spec(registry.path(v2.mlmodel_file))
     rule, v2_model = None, workdir / "devices" / "v2.mlmodel"
-    if v2.published:  # what every device does before it reads v2: verify its signed release
+    if shipped:  # what every device does before it reads v2: verify its signed release
         release = verify_release(registry.path(v2.release_file).read_bytes(),
                                  registry.path(v2.mlmodel_file).read_bytes(),
                                  release_key.verify_key(), installed_version=v1.version)
@@ -315,7 +320,7 @@ def run_loop(
         store = stores[user.user_id]
         adopted = False
         unshared = store.records("unshared")
-        if v2.published and len(unshared) >= 2:  # too few unseen records to judge: keep
+        if shipped and len(unshared) >= 2:  # too few unseen records to judge: keep
             shared = store.records("shared") if adopt_on == "all" else None
             adopted = adopt_new_version(v2_model,
                                         personal_paths[user.user_id], unshared,
@@ -327,14 +332,14 @@ def run_loop(
         stages = {"foundation": base, "oracle": _oracle(featurizer, base, user, proxy),
                   "personal": predict_frame(personal_spec, user.test),
                   "final": predict_frame(load_spec(personal_paths[user.user_id]), user.test)}
-        if v2.published:
+        if shipped:
             stages["new_version"] = predict_frame(v2_spec, user.test)
         scores = {stage: _scores(featurizer, p, user.test) for stage, p in stages.items()}
         outcomes.append(UserOutcome(
             user_id=user.user_id, factor=user.factor, foundation=scores["foundation"][0],
             oracle=scores["oracle"][0], personal=scores["personal"][0],
             personalized=personalized,
-            new_version=scores["new_version"][0] if v2.published else None,
+            new_version=scores["new_version"][0] if shipped else None,
             final=scores["final"][0],
             adopted=adopted, shared_records=len(store.records("shared")),
             epsilon_spent=float(store.ledger.spent.epsilon),
@@ -342,7 +347,7 @@ def run_loop(
         store.close()
     return LoopResult(
         users=tuple(outcomes), v1_validation_error=v1.validation["error"],
-        v2_validation_error=v2.validation["error"], v2_published=v2.published,
+        v2_validation_error=v2.validation["error"], v2_published=shipped,
         packages_accepted=len(report.accepted), packages_rejected=len(report.rejected),
         records_released=int(counts.get("records_released", 0)),
         records_quarantined=int(counts.get("records_quarantined", 0)),

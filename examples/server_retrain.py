@@ -51,10 +51,14 @@ store = SharedStore(f"sqlite:///{DIR / 'server.db'}", load_private_key(DIR / "se
 policy = ServerPolicy(BOSTON_SCHEMA, min_k=5, epsilon={"MEDV": 1.0})
 batches = shared_batches(store, policy=policy, previous=foundation, proxy=proxy)
 retrained = retrain_foundation(foundation, proxy, batches)
+newest = registry.versions()[-1].version
 version = registry.publish(
     retrained, evaluation_data=held_out, validation_data=validation,
     notes="proxy + released shared records",
     trained_on={"proxy": len(proxy), "shared": sum(len(b.records) for b in batches)})
+if version.version == newest:  # the registry publishes no version twice
+    print(f"nothing new since v{newest}: retrained on the same records, the foundation is "
+          f"v{newest}'s; share and ingest more, then run this again")
 
 for v in registry.versions():
     trained_on = ", ".join(f"{n} {what}" for what, n in v.trained_on.items())

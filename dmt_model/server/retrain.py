@@ -361,6 +361,13 @@ class ModelRegistry:
         version too): :class:`~dmt_privacy.errors.ModelFileError` names it and the
         record, and nothing is written, so the registry and the version it serves
         are unchanged.
+
+        A foundation the same as the newest version's, byte for byte (retrained on
+        the same records with the same settings: a retraining script run again before
+        devices shared anything new), is not a new version: nothing is written and
+        that version is returned as it is, published or refused, so devices are not
+        asked to verify and re-personalize a model they hold. A foundation the same as
+        an older version's is published as usual (a rollback).
         """
         if not (math.isfinite(tolerance) and tolerance >= 0):
             raise ValidationError(f"tolerance must be a non-negative number, got {tolerance!r}.")
@@ -370,6 +377,8 @@ class ModelRegistry:
             "evaluation_data": evaluation_data, "validation_data": validation_data,
             **{f"validation_devices[{i}]": frame
                for i, frame in enumerate(validation_devices or ())}})
+        if versions and self._holds(versions[-1], foundation):
+            return versions[-1]
         evaluation = self._evaluate(foundation, evaluation_data, "evaluation_data")
         validation: dict[str, float] = {}
         status = "published"
@@ -484,6 +493,11 @@ class ModelRegistry:
         name = release_file_name(entry.mlmodel_file)
         write_atomically(self.path(name), document, mode=0o644)
         return replace(entry, release_file=name)
+
+    def _holds(self, version: ModelVersion, foundation: Foundation) -> bool:
+        """Whether ``version``'s foundation file holds ``foundation``, byte for byte."""
+        path = self.path(version.foundation_file)
+        return path.is_file() and path.read_bytes() == foundation.to_bytes()
 
     @staticmethod
     def _evaluate(foundation: Foundation, data: pd.DataFrame | None,

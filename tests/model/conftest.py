@@ -69,3 +69,22 @@ def db_url(request, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'server.db'}"
     return request.getfixturevalue("postgres_url")
+
+
+def _shifted(foundation, by: float):
+    """A copy of ``foundation`` whose predictions move by ``by``: another version's weights
+    (the registry does not publish the newest version's foundation again)."""
+    import copy
+
+    import torch
+
+    other = copy.deepcopy(foundation)
+    with torch.no_grad():
+        other.dense_layers[-1].bias += by
+    return other
+
+
+@pytest.fixture(scope="session")
+def shifted():
+    """``shifted(foundation, by)``: :func:`_shifted`."""
+    return _shifted

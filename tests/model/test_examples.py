@@ -26,3 +26,16 @@ def test_device_share_runs_again_in_the_same_folder(tmp_path):
     assert "package " not in again.replace("packages in", "")
     assert "pending 0" not in again  # still waiting for the server's acknowledgement
     assert len(list((tmp_path / "outbox").glob("*.dmt"))) == 20  # nothing sent twice
+
+
+def test_server_retrain_run_again_with_nothing_new_publishes_no_version(tmp_path):
+    """Reported: a second run of server_retrain.py, with nothing new ingested, published v3,
+    the same model as v2."""
+    run("device_share.py", str(tmp_path))
+    run("server_ingest.py", str(tmp_path))
+    first = run("server_retrain.py", str(tmp_path))
+    assert "\nv2: " in first and "nothing new" not in first
+    again = run("server_retrain.py", str(tmp_path))
+    assert "nothing new since v2" in again and "\nv3: " not in again
+    assert sorted(p.name for p in (tmp_path / "models").glob("*.mlmodel")) == [
+        "foundation-v1.mlmodel", "foundation-v2.mlmodel"]

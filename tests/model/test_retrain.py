@@ -39,12 +39,13 @@ def test_warm_start_begins_at_the_previous_weights(foundation, simulation):
                                rtol=1e-4)
 
 
-def test_registry_publishes_versions_atomically(foundation, simulation, tmp_path, monkeypatch):
+def test_registry_publishes_versions_atomically(foundation, simulation, tmp_path, monkeypatch,
+                                                shifted):
     registry = ModelRegistry(tmp_path)
     assert registry.latest() is None
     v1 = registry.publish(foundation, trained_on={"proxy": len(simulation.proxy)},
                           evaluation_data=simulation.users[0].test)
-    v2 = registry.publish(foundation, trained_on={"proxy": 1, "shared": 2})
+    v2 = registry.publish(shifted(foundation, 0.01), trained_on={"proxy": 1, "shared": 2})
     assert [v.version for v in registry.versions()] == [1, 2] and registry.latest() == v2
     assert v1.evaluation["rmse"] > 0
     validate_updatable(load_spec(registry.path(v2.mlmodel_file)))
@@ -59,6 +60,38 @@ def test_registry_publishes_versions_atomically(foundation, simulation, tmp_path
     monkeypatch.setattr(retrain, "export_coreml", broken_export)
     with pytest.raises(OSError):
         registry.publish(foundation, trained_on={})
+    assert [v.version for v in registry.versions()] == [1, 2]
+
+
+def test_a_foundation_the_same_as_the_newest_version_is_not_published_again(
+        foundation, simulation, tmp_path):
+    # Reported: running examples/server_retrain.py twice, with nothing new shared, published
+    # v3, the same model as v2, which devices would verify and re-personalize for nothing.
+    shared = [SharedBatch(_generalized(u.shareable)) for u in simulation.users]
+    config = TrainingConfig(epochs=2, seed=3)
+    registry = ModelRegistry(tmp_path)
+    v1 = registry.publish(foundation, trained_on={"proxy": len(simulation.proxy)})
+    v2 = registry.publish(retrain_foundation(foundation, simulation.proxy, shared, config),
+                          trained_on={"proxy": len(simulation.proxy), "shared": 1})
+    files = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    again = registry.publish(retrain_foundation(foundation, simulation.proxy, shared, config),
+                             trained_on={"proxy": len(simulation.proxy), "shared": 1})
+    assert again == v2 and registry.versions() == [v1, v2]
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == files
+    # The same as an older version is a rollback: a new version, served.
+    v3 = registry.publish(foundation, trained_on={"proxy": len(simulation.proxy)})
+    assert v3.version == 3 and registry.latest() == v3
+
+
+def test_a_refused_version_is_not_published_again_as_another_refused_one(
+        foundation, simulation, tmp_path, shifted):
+    registry = ModelRegistry(tmp_path)
+    validation = simulation.proxy.iloc[:40]
+    registry.publish(foundation, trained_on={}, validation_data=validation)
+    worse = shifted(foundation, 5.0)
+    refused = registry.publish(worse, trained_on={}, validation_data=validation)
+    assert refused.status == "refused"
+    assert registry.publish(worse, trained_on={}, validation_data=validation) == refused
     assert [v.version for v in registry.versions()] == [1, 2]
 
 
@@ -135,7 +168,7 @@ def test_sample_weights_are_checked(foundation, simulation):
 
 
 def test_the_gate_on_held_out_devices_refuses_a_version_worse_once_personalized(
-        foundation, simulation, tmp_path):
+        foundation, simulation, tmp_path, shifted):
     """publish(validation_devices=...): personalized on held-out devices as they would, a
     version shown better says so in its signed release; one the devices cannot tell apart is
     refused, or with publish_unless_worse=True published without that claim; one shown worse
@@ -166,8 +199,9 @@ def test_the_gate_on_held_out_devices_refuses_a_version_worse_once_personalized(
     claim = json.loads(other.path(better.release_file).read_text())["signed"]
     assert claim["held_out_devices"] == 10
     assert claim["held_out_baseline"] == 1  # the version the devices compared it with
-    # The same weights: no device can tell them apart.
-    refused = other.publish(foundation, trained_on={}, validation_devices=devices,
+    # Weights a hair apart: no device can tell them apart.
+    refused = other.publish(shifted(foundation, 1e-4), trained_on={},
+                            validation_devices=devices,
                             signing_key=key)
     assert not refused.published and refused.validation["devices_better"] == 0.0
     assert other.latest().version == 2 and not refused.release_file
@@ -182,7 +216,7 @@ def test_the_gate_on_held_out_devices_refuses_a_version_worse_once_personalized(
 
 
 def test_the_device_gate_refuses_a_version_whose_device_errors_are_not_finite(
-        foundation, monkeypatch, tmp_path):
+        foundation, monkeypatch, tmp_path, shifted):
     """A NaN device error compares false both ways (not worse, not better): the gate must
     fail closed and refuse the version, not publish it because it was not shown worse."""
     import dmt_model.personalize as personalize
@@ -192,5 +226,6 @@ def test_the_device_gate_refuses_a_version_whose_device_errors_are_not_finite(
         personalize.DeviceComparison(3, 0.5, nan, nan, 1.9, False, "not better on devices")))
     registry = ModelRegistry(tmp_path)
     registry.publish(foundation, trained_on={})
-    version = registry.publish(foundation, trained_on={}, validation_devices=[pd.DataFrame()])
+    version = registry.publish(shifted(foundation, 0.01), trained_on={},
+                               validation_devices=[pd.DataFrame()])
     assert not version.published and registry.latest().version == 1, version.validation

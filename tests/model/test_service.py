@@ -95,7 +95,7 @@ def test_openapi_document(client):
     assert {"/v1/models/latest", "/v1/health"} <= set(doc["paths"])
 
 
-def test_latest_model(tmp_path, foundation, simulation):
+def test_latest_model(tmp_path, foundation, simulation, shifted):
     from dmt_model.server.retrain import ModelRegistry
 
     registry = ModelRegistry(tmp_path / "models")
@@ -103,7 +103,7 @@ def test_latest_model(tmp_path, foundation, simulation):
     with TestClient(create_app(db, KEY, POLICY, models=registry.folder)) as c:
         assert c.get("/v1/models/latest").status_code == 404
         registry.publish(foundation, trained_on={"proxy": len(simulation.proxy)})
-        registry.publish(foundation, trained_on={"proxy": len(simulation.proxy)})
+        registry.publish(shifted(foundation, 0.01), trained_on={"proxy": len(simulation.proxy)})
         r = c.get("/v1/models/latest")
         assert r.status_code == 200 and r.headers["x-dmt-model-version"] == "2"
         assert r.content == (registry.folder / "foundation-v2.mlmodel").read_bytes()

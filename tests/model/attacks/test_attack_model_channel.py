@@ -25,11 +25,11 @@ PINNED = [RELEASE_KEY.verify_key()]
 
 
 @pytest.fixture(scope="module")
-def published(foundation, simulation, policy, tmp_path_factory):
+def published(foundation, simulation, policy, tmp_path_factory, shifted):
     folder = tmp_path_factory.mktemp("registry")
     registry = ModelRegistry(folder / "models")
-    for _ in range(2):
-        registry.publish(foundation, trained_on={"proxy": len(simulation.proxy)},
+    for version in (foundation, shifted(foundation, 0.01)):
+        registry.publish(version, trained_on={"proxy": len(simulation.proxy)},
                          signing_key=RELEASE_KEY, policy=policy,
                          server_key=KEY.public_key())
     return folder, registry
