@@ -750,22 +750,21 @@ def _decode(data: Any, max_records: int, max_bytes: int) -> SharePackage:
     _require(isinstance(data, (bytes, bytearray, memoryview)))
     data = bytes(data)
     _require(len(data) <= max_bytes)
-    unpacker = msgpack.Unpacker(
+    # One object filling the bytes exactly: unpackb raises on trailing or missing bytes
+    # (an Unpacker fed the bytes, then unpack and tell, did the same at more cost).
+    doc = msgpack.unpackb(
+        data,
         raw=False,
         use_list=True,
         strict_map_key=True,
         unicode_errors="strict",
         ext_hook=_ext_hook_factory(max_bytes, max_records),
-        max_buffer_size=max(max_bytes, 1),
         max_str_len=max_bytes,
         max_bin_len=max_bytes,
         max_array_len=max(max_records, 4096),
         max_map_len=_MAX_MAP_LEN,
         max_ext_len=max_bytes,
     )
-    unpacker.feed(data)
-    doc = unpacker.unpack()
-    _require(unpacker.tell() == len(data))
     _require(type(doc) is dict and type(doc.get("format")) is int)
     keys = _KEYS if doc["format"] == PACKAGE_FORMAT else (*_KEYS, "token")
     _require(doc["format"] in (PACKAGE_FORMAT, PACKAGE_FORMAT_TOKEN))

@@ -387,6 +387,7 @@ def test_every_truncation_of_the_msgpack_fails() -> None:
     for n in range(len(data)):
         _assert_invalid(lambda n=n: decode_package(data[:n]))
     _assert_invalid(lambda: decode_package(data + b"\xc0"))
+    _assert_invalid(lambda: decode_package(data + data))  # a second object after the first
     _assert_invalid(lambda: open_package(seal(data[:-1], _KEY.public_key(), info=PACKAGE_INFO),
                                          _KEY))
 
