@@ -43,7 +43,10 @@ import copy
 import itertools
 import logging
 import math
+import os
 import random
+import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -234,6 +237,18 @@ def _trainer_in_worker(run: str, reference: Any) -> _ClientTrainer:
         _TRAINERS.clear()
         _TRAINERS[run] = ray.get(reference)
     return _TRAINERS[run]
+
+
+def _ray_temporary_root() -> str:
+    """Where Ray would keep its temporary folder (``RAY_TMPDIR``, else ``TMPDIR`` on Linux,
+    else ``/tmp`` on Linux and macOS: the paths of its sockets must stay short)."""
+    if os.environ.get("RAY_TMPDIR"):
+        return os.environ["RAY_TMPDIR"]
+    if sys.platform.startswith("linux") and os.environ.get("TMPDIR"):
+        return os.environ["TMPDIR"]
+    if sys.platform.startswith(("linux", "darwin")):
+        return "/tmp"  # noqa: S108 — Ray's own choice, for short socket paths
+    return tempfile.gettempdir()
 
 
 @contextlib.contextmanager
@@ -457,8 +472,12 @@ def run_rounds(strategy: Strategy, network: Any, train: list[ClientData],
     level = flower_log.level
     flower_log.setLevel(logging.ERROR)
     try:
+        # Ray keeps each session's logs and sockets in its temporary folder (/tmp/ray) for
+        # good; the run's own folder goes when the run ends.
         with warnings.catch_warnings(), _zero_updates_need_no_clipping(), \
-                _nodes_numbered_in_partition_order():
+                _nodes_numbered_in_partition_order(), tempfile.TemporaryDirectory(
+                    prefix="dmt-ray-", dir=_ray_temporary_root(),
+                    ignore_cleanup_errors=True) as ray_folder:
             warnings.simplefilter("ignore")  # run_simulation's deprecation note, Ray's tips
             run_simulation(server_app, client_app, num_supernodes=n_clients,
                            backend_config={"client_resources": {"num_cpus": 1},
@@ -466,7 +485,8 @@ def run_rounds(strategy: Strategy, network: Any, train: list[ClientData],
                                            # RAY_ADDRESS or a cluster another process started.
                                            "init_args": {"address": "local", "num_cpus": 2,
                                                          "object_store_memory": 100 * 2 ** 20,
-                                                         "log_to_driver": False}})
+                                                         "log_to_driver": False,
+                                                         "_temp_dir": ray_folder}})
     finally:
         random.setstate(saved[0])
         np.random.set_state(saved[1])  # noqa: NPY002

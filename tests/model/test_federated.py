@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import shutil
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -303,14 +306,24 @@ def test_fedavg_on_flower_is_one_centralized_step_on_the_union(simulation, found
     np.testing.assert_array_equal(_vector(foundation), before)  # the input is never changed
 
 
-def test_flower_starts_a_ray_of_its_own(simulation, foundation, monkeypatch):
+def test_flower_starts_a_ray_of_its_own_and_leaves_nothing_of_it(simulation, foundation,
+                                                                 monkeypatch, tmp_path):
     # ray.init() without an address joins RAY_ADDRESS, or the cluster another process on the
     # machine started: a second run beside a benchmark failed ("num_cpus must not be
     # provided" when joining), and a user's own Ray cluster would have run the simulation.
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")  # a cluster that is not there
-    strategy = FedAvg(rounds=1, client_fraction=1.0, local_epochs=1, local_learning_rate=1e-3)
-    result = run_federated(_users(simulation, 2), strategy, foundation=foundation)
-    assert len(result.rounds) == 1
+    # Reported: every run left Ray's session folder (logs, sockets; about 330 KB) in
+    # /tmp/ray, 264 of them after a day of benchmarks. Ray's socket paths must stay short.
+    temporary = Path(tempfile.mkdtemp(prefix="t", dir="/tmp"))
+    monkeypatch.setenv("RAY_TMPDIR", str(temporary))
+    try:
+        strategy = FedAvg(rounds=1, client_fraction=1.0, local_epochs=1,
+                          local_learning_rate=1e-3)
+        result = run_federated(_users(simulation, 2), strategy, foundation=foundation)
+        assert len(result.rounds) == 1
+        assert list(temporary.rglob("*")) == []
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
 
 
 @pytest.mark.slow
