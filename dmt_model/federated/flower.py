@@ -342,7 +342,9 @@ def _flower_strategy(strategy: Strategy, n_clients: int, record: Callable[..., A
         "fraction_train": m / n_clients, "fraction_evaluate": 0.0, "min_train_nodes": m,
         "min_evaluate_nodes": 0, "min_available_nodes": n_clients,
         "weighted_by_key": _UNIFORM if dp else _WEIGHT, "train_metrics_aggr_fn": record}
-    flower = FlowerFedProx if isinstance(base, FedProx) else FlowerFedAvg
+    flower: type = FlowerFedAvg
+    if isinstance(base, FedProx):
+        flower, options["proximal_mu"] = FlowerFedProx, base.proximal_mu
 
     class InClientOrder(flower):  # type: ignore[misc, valid-type]
         """Flower's strategy, reproducible from the seed: a round's clients are sampled from
@@ -360,8 +362,7 @@ def _flower_strategy(strategy: Strategy, n_clients: int, record: Callable[..., A
         def aggregate_train(self, server_round: int, replies: Iterable[Any]) -> Any:
             return super().aggregate_train(server_round, sorted(replies, key=_client_of))
 
-    inner = (InClientOrder(proximal_mu=base.proximal_mu, **options)
-             if isinstance(base, FedProx) else InClientOrder(**options))
+    inner = InClientOrder(**options)
     if dp is None:
         return inner
     ledger: DPFedAvg = dp
