@@ -87,9 +87,13 @@ endef
 PG_STOP = [ -z "$$pg_bin" ] || [ ! -f "$$pg_dir/data/postmaster.pid" ] || \
   $$pg_as $$pg_bin/pg_ctl -D $$pg_dir/data -m fast -w stop >/dev/null
 
+# Two workers (CI has 2 cores; TEST_WORKERS=0 runs in one process); the PostgreSQL tests
+# share one worker (tests/conftest.py).
+TEST_WORKERS ?= 2
+
 test: install lint typecheck wordnet postgres
 	@trap '$(PG_STOP)' EXIT; trap 'exit 130' INT TERM; $(PG_START); \
-	NLTK_DATA=$(NLTK_DATA_DIR) $(PY) -m pytest -q
+	NLTK_DATA=$(NLTK_DATA_DIR) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 # anonymeter pins numpy < 1.27, so the privacy-risk measurement has an environment of its own.
 RISK_VENV := .venv-risk

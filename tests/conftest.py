@@ -30,3 +30,14 @@ def foundation(simulation):
     from dmt_model.foundation import TrainingConfig, train_foundation
 
     return train_foundation(simulation.proxy, BOSTON_SCHEMA, TrainingConfig(epochs=60, seed=0))
+
+
+def pytest_collection_modifyitems(config, items):
+    """``make test`` runs two pytest-xdist workers (``--dist loadgroup``): the tests on the
+    PostgreSQL cluster run on one of them, one after another, since some crash-restart the
+    cluster, which would cut off another worker's test."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if "postgres_admin_url" in item.fixturenames or (
+                callspec is not None and callspec.params.get("db_url") == "postgresql"):
+            item.add_marker(pytest.mark.xdist_group("postgres"))
