@@ -522,30 +522,17 @@ class Ingestor:
         return True
 
 
-class _DatabaseErrors:
-    """Turns a failing database (not a replay's IntegrityError) into DatabaseUnavailable.
-
-    A class, not a generator context manager: entered for every package, and
-    stateless, so one instance serves every thread.
-    """
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 traceback: Any) -> None:
-        if isinstance(exc, SQLAlchemyError) and not isinstance(exc, IntegrityError):
-            raise DatabaseUnavailable(
-                f"The database failed ({type(exc).__name__}); the package was not stored, "
-                "try again.") from exc
-
-
-_DATABASE_ERRORS = _DatabaseErrors()
-
-
-def _database_errors() -> contextlib.AbstractContextManager[None]:
+@contextlib.contextmanager
+def _database_errors() -> Iterator[None]:
     """Turns a failing database (not a replay's IntegrityError) into DatabaseUnavailable."""
-    return _DATABASE_ERRORS
+    try:
+        yield
+    except IntegrityError:
+        raise
+    except SQLAlchemyError as exc:
+        raise DatabaseUnavailable(
+            f"The database failed ({type(exc).__name__}); the package was not stored, "
+            "try again.") from exc
 
 
 def ingest(

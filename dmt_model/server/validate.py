@@ -85,13 +85,8 @@ def _is_number(v: Any) -> bool:
     return t is float or t is int
 
 
-def cell_key(value: Any) -> Any:
-    """A hashable, strictly typed key of one cell: equal keys mean the same released value.
-
-    Numbers (int or float, never bool) compare by value; intervals by closedness
-    and float endpoints; value sets by their members' keys; strings as strings.
-    Anything else (bytes, arrays, nested sets...) raises ``TypeError``.
-    """
+def _scalar_key(value: Any) -> tuple[str, Any] | None:
+    """:func:`cell_key` of a number, string or bool; ``None`` for anything else."""
     t = type(value)
     if t is float or t is int:
         return ("n", float(value))
@@ -99,6 +94,20 @@ def cell_key(value: Any) -> Any:
         return ("s", value)
     if t is bool:
         return ("b", value)
+    return None
+
+
+def cell_key(value: Any) -> Any:
+    """A hashable, strictly typed key of one cell: equal keys mean the same released value.
+
+    Numbers (int or float, never bool) compare by value; intervals by closedness
+    and float endpoints; value sets by their members' keys; strings as strings.
+    Anything else (bytes, arrays, nested sets...) raises ``TypeError``.
+    """
+    key = _scalar_key(value)
+    if key is not None:
+        return key
+    t = type(value)
     if t is pd.Interval:
         lo, hi = value.left, value.right
         if not (_is_number(lo) or isinstance(lo, np.floating)) or not (
@@ -107,16 +116,10 @@ def cell_key(value: Any) -> Any:
         return ("i", value.closed, float(lo), float(hi))
     if t is frozenset:
         members = set()
-        for m in value:  # the members' keys, as cell_key gives them (inlined: the hot path)
-            mt = type(m)
-            if mt is str:
-                members.add(("s", m))
-            elif mt is float or mt is int:
-                members.add(("n", float(m)))
-            elif mt is bool:
-                members.add(("b", m))
-            else:
+        for m in value:
+            if (key := _scalar_key(m)) is None:
                 raise TypeError("value set member")
+            members.add(key)
         return ("set", frozenset(members))
     if isinstance(value, np.generic):
         return cell_key(value.item())
