@@ -210,22 +210,7 @@ def run_seed(name: str, seed: int, users: int, workers: int) -> dict[str, Any]:
             for i, u in enumerate(sim.users)]
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         per_user = list(pool.map(_user, *zip(*jobs, strict=True)))
-    keep = np.array([u["never"]["error"] for u in per_user])
-    take = np.array([u["always"]["error"] for u in per_user])
-    rows = {}
-    for rule in RULES:
-        error = np.array([u[rule]["error"] for u in per_user])
-        moved = np.array([u[rule]["moved"] for u in per_user])
-        rows[rule] = {"error": float(error.mean()), "moved": float(moved.mean()),
-                      "harmed": float(np.mean(moved & (error > keep))),
-                      "missed": float(np.mean(~moved & (take < keep)))}
-        if per_user[0]["never"]["expected"] is not None:
-            keep_e, take_e, mine = (np.array([u[r]["expected"] for u in per_user])
-                                    for r in ("never", "always", rule))
-            rows[rule] |= {
-                "expected": float(mine.mean()),
-                "harmed_expected": float(np.mean(moved & (mine > keep_e))),
-                "missed_expected": float(np.mean(~moved & (take_e < keep_e)))}
+    rows = _summary(per_user, list(RULES))
     print(f"{name} seed {seed}: " + ", ".join(f"{r} {v['error']:.4g}" for r, v in rows.items())
           + f"; gate: {gate.reason} ({time.perf_counter() - started:.0f} s)", flush=True)
     return {"task": name, "seed": seed, "users": users, "error_name": task.task.error_name,
@@ -246,6 +231,172 @@ def _gated(run: dict[str, Any], *, unless_worse: bool = False) -> str:
     if shown_worse or not unless_worse:
         return "never"
     return "proof, unshared" if "proof, unshared" in rules else "asks proof"
+
+
+# --- versions released without a device claim -----------------------------------------
+#: The confidence levels at which "the version must prove itself" is measured for a version
+#: released without a device claim (--unclaimed): the rule's figures are the same at every
+#: level, so each device is compared once and every level decided from that comparison.
+CONFIDENCES = (0.5, 0.75, 0.9, 0.95, 0.975, 0.99)
+
+
+def _proof_at_every_level(new: Any, current: Any, previous: Any, unshared: Any, shared: Any,
+                          ) -> tuple[Any, dict[float, bool]]:
+    """A device's comparison of the new version, out of fold and scored on its unshared
+    records as the SDK's device makes it (``adopted(..., previous=, shared_records=)``), and
+    whether "the version must prove itself" (``DecisionRule(confidence=c)``) keeps it at each
+    of :data:`CONFIDENCES`: the model it holds if kept (else ``None``) and the decisions.
+
+    The comparison runs once, under the rule at 0.5 (a t statistic of 0 or more), and the
+    per-record errors it was decided on decide every stricter level too: a version kept at a
+    level is kept at every lower one, and the model kept is the same (the re-personalized
+    version), so one comparison gives what each level's own run would."""
+    from dmt_model.personalize import DecisionRule, adopted
+
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+
+    class Noted(DecisionRule):
+        def decide(self, before: np.ndarray, after: np.ndarray) -> tuple[bool, str]:
+            seen.append((np.array(before, dtype=float), np.array(after, dtype=float)))
+            return super().decide(before, after)
+
+    if len(unshared) < 2:  # nothing to score: the device keeps its model
+        return None, dict.fromkeys(CONFIDENCES, False)
+    model, result = adopted(new, current, unshared, previous=previous, shared_records=shared,
+                            rule=Noted(confidence=0.5))
+    if not seen:  # refused before comparing (a non-finite loss): kept at no level
+        return None, dict.fromkeys(CONFIDENCES, False)
+    (before, after), = seen
+    kept = {c: DecisionRule(confidence=c).decide(before, after)[0] for c in CONFIDENCES}
+    assert kept[0.5] == result.accepted
+    return (model if result.accepted else None), kept
+
+
+def _unclaimed_user(new_data: bytes, current_data: bytes, previous_data: bytes, unshared: Any,
+                    shared: Any, test: Any, task: Any, reference: Any = None,
+                    weights: Any = None) -> dict[str, Any]:
+    """One device offered a version released without a device claim (in a worker process):
+    its test error (and expected error, as :func:`_user`) when it never adopts, always
+    adopts, and adopts if the version proves itself at each of :data:`CONFIDENCES`."""
+    from dmt_model.coreml import predict_frame
+    from dmt_model.coreml._spec import spec_from_bytes
+    from dmt_model.personalize import featurizer_of, personalized
+
+    train = pd.concat([shared, unshared])
+    new, current = spec_from_bytes(new_data), spec_from_bytes(current_data)
+    previous = spec_from_bytes(previous_data)
+    actual = featurizer_of(new).target_values(test, dtype=float)
+    truth = None if reference is None else featurizer_of(new).target_values(reference,
+                                                                             dtype=float)
+
+    def scores(spec: Any, moved: bool) -> dict[str, Any]:
+        expected = None if reference is None else float(np.dot(
+            weights, task.record_errors(predict_frame(spec, reference), truth)))
+        return {"error": user_scores(task, predict_frame(spec, test), actual)["error"],
+                "expected": expected, "moved": moved}
+
+    kept_model, kept = _proof_at_every_level(new, current, previous, unshared, shared)
+    never, adopted_scores = scores(current, False), (scores(kept_model, True)
+                                                     if kept_model is not None else None)
+    out = {"never": never, "always": scores(personalized(new, train)[0], True)}
+    out |= {f"proof {c:g}": adopted_scores if kept[c] else never for c in CONFIDENCES}
+    return out
+
+
+def _summary(per_user: list[dict[str, Any]], rules: list[str]) -> dict[str, Any]:
+    """Per rule: users' mean test error, the share that moved, harmed (moved, and the test
+    error rose above the personal model's) and missed (kept the personal model where
+    adopting would have lowered it), and the same on the expected error where measured."""
+    keep = np.array([u["never"]["error"] for u in per_user])
+    take = np.array([u["always"]["error"] for u in per_user])
+    rows = {}
+    for rule in rules:
+        error = np.array([u[rule]["error"] for u in per_user])
+        moved = np.array([u[rule]["moved"] for u in per_user])
+        rows[rule] = {"error": float(error.mean()), "moved": float(moved.mean()),
+                      "harmed": float(np.mean(moved & (error > keep))),
+                      "missed": float(np.mean(~moved & (take < keep)))}
+        if per_user[0]["never"]["expected"] is not None:
+            keep_e, take_e, mine = (np.array([u[r]["expected"] for u in per_user])
+                                    for r in ("never", "always", rule))
+            rows[rule] |= {
+                "expected": float(mine.mean()),
+                "harmed_expected": float(np.mean(moved & (mine > keep_e))),
+                "missed_expected": float(np.mean(~moved & (take_e < keep_e)))}
+    return rows
+
+
+def run_unclaimed(name: str, seed: int, users: int, version: str, workers: int
+                  ) -> dict[str, Any]:
+    """One seed of ``name`` where the server retrains on every user's packages (``version``:
+    ``"raw"`` as shared, or ``"ε=E"`` under local DP at user-level ε E) and releases the new
+    version without a device claim — as ``run_loop`` does under local DP, where it holds out
+    no devices, or with too few held-out devices — so each device decides on its own records
+    alone."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from dmt_model.coreml import UpdateSettings, build_spec
+    from dmt_model.coreml._spec import spec_bytes
+
+    task = TASKS[name]
+    started = time.perf_counter()
+    sim = task.simulate(seed, users)
+    foundation = foundation_for(sim, task, seed)
+    current = personalize_users(foundation, sim, task, workers=workers)["personal_models"]
+    rate = settings_from(RESULTS, task)["dmt_learning_rate"]
+    how = {} if version == "raw" else {"epsilon": float(version.removeprefix("ε="))}
+    model, _, _, _ = dmt_model_for(sim, task, foundation, how, seed, rate)
+    new = spec_bytes(build_spec(model, updatable=UpdateSettings()))
+    previous = spec_bytes(build_spec(foundation, updatable=UpdateSettings()))
+    references = expected_error_weights(sim, task.target) or [(None, None)] * len(sim.users)
+    jobs = [(new, current[i], previous, u.private, u.shareable, u.test, task.task,
+             *references[i]) for i, u in enumerate(sim.users)]
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        per_user = list(pool.map(_unclaimed_user, *zip(*jobs, strict=True)))
+    rows = _summary(per_user, ["never", *(f"proof {c:g}" for c in CONFIDENCES), "always"])
+    seconds = time.perf_counter() - started
+    print(f"{name} {version} seed {seed}: " + ", ".join(
+        f"{r} {v['error']:.4g} ({v['moved']:.0%})" for r, v in rows.items())
+        + f" ({seconds:.0f} s)", flush=True)
+    return {"task": name, "seed": seed, "users": users, "version": version,
+            "error_name": task.task.error_name, "rules": rows, "seconds": seconds}
+
+
+def unclaimed_markdown(runs: list[dict[str, Any]]) -> str:
+    """The table of ``--unclaimed``: per task, version and rule, users' mean test error and
+    its paired difference from never adopting (mean ± std over seeds), moved, harmed,
+    missed, and the expected-error figures where measured."""
+    lines = ["| task | version | rule | users' mean test error | vs never adopting | moved | "
+             "harmed | missed | users' mean expected error | vs never, expected | "
+             "harmed, expected |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    keys = dict.fromkeys((r["task"], r["users"], r["version"]) for r in runs)
+    for name, users, version in keys:
+        mine = [r for r in runs if (r["task"], r["users"], r["version"]) == (name, users,
+                                                                              version)]
+        for rule in mine[0]["rules"]:
+            cell = [r["rules"][rule] for r in mine]
+            gain = [c["error"] - r["rules"]["never"]["error"] for c, r in zip(cell, mine,
+                                                                           strict=True)]
+            spread = f" ± {np.std(gain, ddof=1):.2g}" if len(mine) > 1 else ""
+            cells = [f"{np.mean([c['error'] for c in cell]):.4g}",
+                     f"{np.mean(gain):+.3g}{spread}"]
+            cells += [f"{np.mean([c[k] for c in cell]):.0%}" for k in ("moved", "harmed",
+                                                                        "missed")]
+            if "expected" in cell[0]:
+                drift = [c["expected"] - r["rules"]["never"]["expected"]
+                         for c, r in zip(cell, mine, strict=True)]
+                cells += [f"{np.mean([c['expected'] for c in cell]):.4g}",
+                          f"{np.mean(drift):+.3g}",
+                          f"{np.mean([c['harmed_expected'] for c in cell]):.0%}"]
+            else:
+                cells += ["—"] * 3
+            label = rule if not rule.startswith("proof ") else \
+                f"must prove itself at {float(rule.split()[1]):.1%}"
+            lines.append(f"| {TASKS[name].title}, {users} users ({mine[0]['error_name']}, "
+                         f"{len(mine)} seed{'s' * (len(mine) > 1)}) | {version} | {label} | "
+                         + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def markdown(runs: list[dict[str, Any]]) -> str:
@@ -287,19 +438,33 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--render", action="store_true",
-                        help="rewrite adoption.md from OUTPUT/adoption.json")
+                        help="rewrite the table from the JSON in OUTPUT")
+    parser.add_argument("--unclaimed", nargs="+", metavar="VERSION",
+                        help="measure versions released without a device claim instead: "
+                             "'raw' (retrained on every user's packages as shared) or a "
+                             "user-level epsilon of local DP ('4'); writes "
+                             "adoption_unclaimed.{json,md}")
     args = parser.parse_args(argv)
+    stem = "adoption_unclaimed" if args.unclaimed else "adoption"
+    render = unclaimed_markdown if args.unclaimed else markdown
     if args.render:
-        saved = json.loads((args.output / "adoption.json").read_text())["runs"]
-        (args.output / "adoption.md").write_text(markdown(saved))
-        print(markdown(saved))
+        saved = json.loads((args.output / f"{stem}.json").read_text())["runs"]
+        (args.output / f"{stem}.md").write_text(render(saved))
+        print(render(saved))
         return
-    runs = [run_seed(name, seed, users, args.workers) for users in args.users
-            for name in args.tasks if TASKS[name].available() for seed in range(args.seeds)]
+    if args.unclaimed:
+        versions = ["raw" if v == "raw" else f"ε={float(v):g}" for v in args.unclaimed]
+        runs = [run_unclaimed(name, seed, users, version, args.workers)
+                for users in args.users for name in args.tasks if TASKS[name].available()
+                for version in versions for seed in range(args.seeds)]
+    else:
+        runs = [run_seed(name, seed, users, args.workers) for users in args.users
+                for name in args.tasks if TASKS[name].available()
+                for seed in range(args.seeds)]
     args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "adoption.json").write_text(json.dumps({"runs": runs}, indent=1))
-    (args.output / "adoption.md").write_text(markdown(runs))
-    print(markdown(runs))
+    (args.output / f"{stem}.json").write_text(json.dumps({"runs": runs}, indent=1))
+    (args.output / f"{stem}.md").write_text(render(runs))
+    print(render(runs))
 
 
 if __name__ == "__main__":
