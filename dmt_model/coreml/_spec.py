@@ -2,41 +2,68 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from dmt_privacy.errors import MissingDependencyError, ModelFileError
 from dmt_privacy.files import PRIVATE_FILE_MODE, write_atomically
 
-__all__ = ["import_coremltools", "load_spec", "save_spec", "spec_bytes", "spec_from_bytes"]
+__all__ = ["import_coremltools", "load_spec", "quiet_import", "save_spec", "spec_bytes",
+           "spec_from_bytes"]
 
 
-#: Loggers that warn, while coremltools is imported, of what no user can act on: coremltools
-#: that it cannot predict on Linux; torchao (which coremltools imports when executorch is
-#: installed) of each CUDA kernel a CPU build cannot load; torch's pytree that torchao
+#: Loggers that warn, while coremltools or executorch is imported, of what no user can act
+#: on: coremltools that it cannot predict on Linux; torchao (which both import when executorch
+#: is installed) of each CUDA kernel a CPU build cannot load; torch's pytree that torchao
 #: registers an enum the old way.
 _QUIET_ON_IMPORT = ("coremltools", "torchao", "torch.utils._pytree")
 
+#: Deprecation warnings raised while executorch is imported (by :func:`import_coremltools`, or
+#: by :func:`dmt_model.executorch.import_executorch`), none of them a user's to act on:
+#: executorch reads its edge dialect with importlib.resources' legacy ``read_text`` (which
+#: warns again from ``open_text``), torch.export (which it imports) uses
+#: ``torch.jit.script_method``, and its runtime bindings say they are experimental
+#: (``ExperimentalWarning``, a ``DeprecationWarning``). Python hides them outside
+#: ``__main__``, but Flower's simulation shows every DeprecationWarning once.
+_DEPRECATED_ON_IMPORT = (r"read_text is deprecated", r"open_text is deprecated",
+                         r"`torch\.jit\.script_method` is deprecated",
+                         r"This API is experimental")
 
-def import_coremltools() -> Any:
-    """Import coremltools quietly (:data:`_QUIET_ON_IMPORT`); the loggers' levels are
-    restored after, so later warnings still reach the user."""
+
+@contextlib.contextmanager
+def quiet_import() -> Iterator[None]:
+    """Third-party imports in the block say nothing of :data:`_QUIET_ON_IMPORT` and
+    :data:`_DEPRECATED_ON_IMPORT`; the loggers' levels and the warning filters are restored
+    after, so later warnings, ours or theirs, still reach the user."""
     loggers = [logging.getLogger(name) for name in _QUIET_ON_IMPORT]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
     try:
-        import coremltools
+        with warnings.catch_warnings():
+            for message in _DEPRECATED_ON_IMPORT:
+                warnings.filterwarnings("ignore", message=message, category=DeprecationWarning)
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def import_coremltools() -> Any:
+    """Import coremltools quietly (:func:`quiet_import`)."""
+    try:
+        with quiet_import():
+            import coremltools
     except ImportError:
         raise MissingDependencyError(
             "coremltools is needed for Core ML models; install it with "
             "`pip install 'dmt-sdk[model]'` (or `make install` in a checkout)."
         ) from None
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
     return coremltools
 
 

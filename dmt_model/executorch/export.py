@@ -48,6 +48,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from dmt_model.coreml._spec import quiet_import
 from dmt_model.coreml.export import UpdateSettings
 from dmt_privacy.errors import MissingDependencyError, ValidationError
 from dmt_privacy.files import SHARED_FILE_MODE, write_atomically
@@ -64,10 +65,12 @@ FEATURES_METHOD = "features"
 
 
 def import_executorch() -> Any:
-    """The ExecuTorch package, or :class:`MissingDependencyError` saying how to install it."""
+    """The ExecuTorch package, or :class:`MissingDependencyError` saying how to install it;
+    imported quietly (:func:`~dmt_model.coreml._spec.quiet_import`)."""
     try:
-        import executorch.exir
-        import executorch.extension.training
+        with quiet_import():
+            import executorch.exir
+            import executorch.extension.training
     except ImportError:
         raise MissingDependencyError(
             "ExecuTorch is needed for .pte programs; install it with "

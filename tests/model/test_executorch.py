@@ -4,6 +4,9 @@ plain torch; personalize, backup, adopt and the CLI take a .pte; bad files are n
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -321,3 +324,28 @@ def test_the_cli_exports_and_personalizes_a_pte(boston_files, simulation, tmp_pa
                  "-o", str(tmp_path / "x.mlmodel")]) == 1
     assert "written as a '.pte' file" in capsys.readouterr().err
     assert not (tmp_path / "x.mlmodel").exists()
+
+
+@pytest.mark.parametrize("importer", ["dmt_model.executorch.export:import_executorch",
+                                      "dmt_model.coreml._spec:import_coremltools"])
+def test_importing_executorch_shows_none_of_its_warnings_and_later_ones_still_show(importer):
+    """Importing executorch (ours, or coremltools', which imports it when installed) raised
+    DeprecationWarnings no user can act on: importlib.resources' legacy read_text and open_text
+    (executorch's edge dialect), torch.jit.script_method (torch.export, 15 times) and
+    executorch's ExperimentalWarning, and torchao logged its CUDA kernels. Python hides
+    DeprecationWarning outside ``__main__``, but Flower's simulation shows each once
+    (flwr.simulation.ray_transport.utils), so examples/compare_sharing_with_fedavg.py printed
+    them on stderr. They are hidden during the import only: a warning raised after it shows."""
+    module, name = importer.split(":")
+    script = (
+        "import json, warnings\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        f"    from {module} import {name}\n"
+        f"    {name}()\n"
+        "    warnings.warn('raised after the import', DeprecationWarning)\n"
+        "print(json.dumps([str(w.message) for w in caught]))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=True, timeout=300)
+    assert json.loads(done.stdout) == ["raised after the import"]
+    assert done.stderr == ""
