@@ -13,51 +13,65 @@ from typing import Any
 from dmt_privacy.errors import MissingDependencyError, ModelFileError
 from dmt_privacy.files import PRIVATE_FILE_MODE, write_atomically
 
-__all__ = ["import_coremltools", "load_spec", "quiet_import", "save_spec", "spec_bytes",
-           "spec_from_bytes"]
+__all__ = ["import_coremltools", "load_spec", "quiet_import", "quiet_third_party", "save_spec",
+           "spec_bytes", "spec_from_bytes"]
 
 
 #: Loggers that warn, while coremltools or executorch is imported, of what no user can act
 #: on: coremltools that it cannot predict on Linux; torchao (which both import when executorch
 #: is installed) of each CUDA kernel a CPU build cannot load; torch's pytree that torchao
 #: registers an enum the old way.
-_QUIET_ON_IMPORT = ("coremltools", "torchao", "torch.utils._pytree")
+_QUIET_LOGGERS = ("coremltools", "torchao", "torch.utils._pytree")
 
-#: Deprecation warnings raised while executorch is imported (by :func:`import_coremltools`, or
-#: by :func:`dmt_model.executorch.import_executorch`), none of them a user's to act on:
-#: executorch reads its edge dialect with importlib.resources' legacy ``read_text`` (which
-#: warns again from ``open_text``), torch.export (which it imports) uses
-#: ``torch.jit.script_method``, and its runtime bindings say they are experimental
-#: (``ExperimentalWarning``, a ``DeprecationWarning``). Python hides them outside
-#: ``__main__``, but Flower's simulation shows every DeprecationWarning once.
-_DEPRECATED_ON_IMPORT = (r"read_text is deprecated", r"open_text is deprecated",
-                         r"`torch\.jit\.script_method` is deprecated",
-                         r"This API is experimental")
+#: Warnings (category, message regex) that third-party code raises inside :func:`quiet_third_party`,
+#: none of them a user's to act on. While executorch is imported (by :func:`import_coremltools`,
+#: or by :func:`dmt_model.executorch.import_executorch`): executorch reads its edge dialect with
+#: importlib.resources' legacy ``read_text`` (which warns again from ``open_text``), torch.export
+#: (which it imports) uses ``torch.jit.script_method``, and its runtime bindings say they are
+#: experimental (``ExperimentalWarning``, a ``DeprecationWarning``). While a program is exported
+#: (:func:`dmt_model.executorch.program_bytes`): executorch's flatbuffer serializer reads its
+#: schema with the legacy ``read_binary``, and torch's pytree deprecates the ``LeafSpec`` that
+#: torch.export copies (a ``FutureWarning``, which Python shows by default; Python hides
+#: DeprecationWarning outside ``__main__``, but Flower's simulation shows each once). Each is
+#: matched exactly, so a new warning still reaches the user.
+_THIRD_PARTY_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
+    (DeprecationWarning, r"read_text is deprecated"),
+    (DeprecationWarning, r"open_text is deprecated"),
+    (DeprecationWarning, r"`torch\.jit\.script_method` is deprecated"),
+    (DeprecationWarning, r"This API is experimental"),
+    (DeprecationWarning, r"read_binary is deprecated"),
+    (FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),
+)
 
 
 @contextlib.contextmanager
-def quiet_import() -> Iterator[None]:
-    """Third-party imports in the block say nothing of :data:`_QUIET_ON_IMPORT` and
-    :data:`_DEPRECATED_ON_IMPORT`; the loggers' levels and the warning filters are restored
-    after, so later warnings, ours or theirs, still reach the user."""
-    loggers = [logging.getLogger(name) for name in _QUIET_ON_IMPORT]
+def quiet_third_party() -> Iterator[None]:
+    """Third-party code in the block (importing coremltools or executorch, exporting a program)
+    says nothing of :data:`_QUIET_LOGGERS` and :data:`_THIRD_PARTY_WARNINGS`; the loggers'
+    levels and the warning filters are restored after, so later warnings, ours or theirs, still
+    reach the user."""
+    loggers = [logging.getLogger(name) for name in _QUIET_LOGGERS]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
-            for message in _DEPRECATED_ON_IMPORT:
-                warnings.filterwarnings("ignore", message=message, category=DeprecationWarning)
+            for category, message in _THIRD_PARTY_WARNINGS:
+                warnings.filterwarnings("ignore", message=message, category=category)
             yield
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
 
 
+#: The name :func:`quiet_third_party` had when it served imports only.
+quiet_import = quiet_third_party
+
+
 def import_coremltools() -> Any:
-    """Import coremltools quietly (:func:`quiet_import`)."""
+    """Import coremltools quietly (:func:`quiet_third_party`)."""
     try:
-        with quiet_import():
+        with quiet_third_party():
             import coremltools
     except ImportError:
         raise MissingDependencyError(

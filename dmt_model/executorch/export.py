@@ -48,7 +48,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from dmt_model.coreml._spec import quiet_import
+from dmt_model.coreml._spec import quiet_third_party
 from dmt_model.coreml.export import UpdateSettings
 from dmt_privacy.errors import MissingDependencyError, ValidationError
 from dmt_privacy.files import SHARED_FILE_MODE, write_atomically
@@ -66,9 +66,9 @@ FEATURES_METHOD = "features"
 
 def import_executorch() -> Any:
     """The ExecuTorch package, or :class:`MissingDependencyError` saying how to install it;
-    imported quietly (:func:`~dmt_model.coreml._spec.quiet_import`)."""
+    imported quietly (:func:`~dmt_model.coreml._spec.quiet_third_party`)."""
     try:
-        with quiet_import():
+        with quiet_third_party():
             import executorch.exir
             import executorch.extension.training
     except ImportError:
@@ -135,16 +135,17 @@ def program_bytes(featurizer: Any, weights: Any, settings: UpdateSettings, *,
     graph = TrainingGraph(featurizer, weights, updatable)
     meta = _metadata(featurizer, settings, version, updatable)
     values, example = graph_inputs(graph, 2)
-    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    features = torch.export.export(FeatureGraph(graph), (values,),
-                                   dynamic_shapes=({0: batch},), strict=True)
-    training = _export_forward_backward(torch.export.export(
-        graph, example, dynamic_shapes=({0: batch}, {0: batch}), strict=True))
     text = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
-    edge = to_edge({"forward": training, FEATURES_METHOD: features},
-                   constant_methods={METADATA_METHOD: torch.frombuffer(bytearray(text),
-                                                                       dtype=torch.uint8)})
-    return bytes(edge.to_executorch().buffer)
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    with quiet_third_party():  # torch's pytree and executorch's serializer warn of their own code
+        features = torch.export.export(FeatureGraph(graph), (values,),
+                                       dynamic_shapes=({0: batch},), strict=True)
+        training = _export_forward_backward(torch.export.export(
+            graph, example, dynamic_shapes=({0: batch}, {0: batch}), strict=True))
+        edge = to_edge({"forward": training, FEATURES_METHOD: features},
+                       constant_methods={METADATA_METHOD: torch.frombuffer(bytearray(text),
+                                                                           dtype=torch.uint8)})
+        return bytes(edge.to_executorch().buffer)
 
 
 def export_executorch(foundation: Any, path: str | os.PathLike[str], *,

@@ -349,3 +349,30 @@ def test_importing_executorch_shows_none_of_its_warnings_and_later_ones_still_sh
                           check=True, timeout=300)
     assert json.loads(done.stdout) == ["raised after the import"]
     assert done.stderr == ""
+
+
+def test_exporting_a_pte_shows_none_of_executorchs_warnings_and_later_ones_still_show(
+        foundation, tmp_path):
+    """Exporting a program raised, after the quiet import, executorch's flatbuffer serializer's
+    DeprecationWarning (importlib.resources' legacy read_binary) and torch's pytree FutureWarning
+    (``isinstance(treespec, LeafSpec)``), which Python shows by default: ``dmt export --format
+    executorch`` printed it on stderr three times. They are hidden during the export only: the
+    same FutureWarning raised after it shows."""
+    foundation.save(tmp_path / "f.npz")
+    leaf_spec = ("`isinstance(treespec, LeafSpec)` is deprecated, "
+                 "use `isinstance(treespec, TreeSpec) and treespec.is_leaf()` instead.")
+    script = (
+        "import json, sys, warnings\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    from dmt_model.executorch import export_executorch\n"
+        "    from dmt_model.model_file import read_foundation\n"
+        "    export_executorch(read_foundation(sys.argv[1]), sys.argv[2])\n"
+        f"    warnings.warn({leaf_spec!r}, FutureWarning)\n"
+        "print(json.dumps([str(w.message) for w in caught]))\n")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "f.npz"),
+                           str(tmp_path / "p.pte")], capture_output=True, text=True, check=True,
+                          timeout=300)
+    assert json.loads(done.stdout) == [leaf_spec]
+    assert done.stderr == ""
+    load_program(tmp_path / "p.pte")
