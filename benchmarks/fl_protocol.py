@@ -82,7 +82,7 @@ left out: the foundation trains on the whole proxy):
   targets would not show what the signed claim says) and publishes without
   the claim: those rows hold out no one, retrain on every user's packages and
   are released unchecked (``"no check"``), and devices apply
-  ``DEFAULT_RULE``: the version must prove itself on their records.
+  ``UNCHECKED_RULE``: the version must prove itself on their records at 99 %.
 
 A device scores every one of its training records when adopting, for every
 method (Flower's global model trained on all of a client's records). So every
@@ -629,7 +629,7 @@ def _devices(jobs: list[tuple]) -> list[tuple[bytes, bool, float, dict, dict]]:
     one (personalized from the previous version; every training record scored, as for every
     method) under the rule the release earned — ``"claimed"`` (shown better on held-out
     devices): ``ADOPTION_RULE``; ``"unclaimed"`` (released without that claim):
-    ``DEFAULT_RULE``; ``"withheld"`` (not released): no device sees it and each keeps its
+    ``UNCHECKED_RULE``; ``"withheld"`` (not released): no device sees it and each keeps its
     current model — whether it moved, the CPU seconds of the whole call, and the scores of
     the model and of the one held. The devices are decided together
     (``personalized_many``, ``adopted_many``), each exactly as alone; one job is one device,
@@ -638,7 +638,7 @@ def _devices(jobs: list[tuple]) -> list[tuple[bytes, bool, float, dict, dict]]:
     from dmt_model.coreml._spec import spec_bytes, spec_from_bytes
     from dmt_model.personalize import (
         ADOPTION_RULE,
-        DEFAULT_RULE,
+        UNCHECKED_RULE,
         adopted_many,
         featurizer_of,
         personalized_many,
@@ -666,14 +666,14 @@ def _devices(jobs: list[tuple]) -> list[tuple[bytes, bool, float, dict, dict]]:
         held = currents  # too few records to score, or nothing released: keep
         # The rule the release earned, as adoption_rule_for reads it from a signed release:
         # ADOPTION_RULE only for a version shown better on the held-out devices (run_seed's
-        # device_check, the same for every method), DEFAULT_RULE (the version must prove
-        # itself on the device's records) for one released without that claim — DMT under
+        # device_check, the same for every method), UNCHECKED_RULE (the version must prove
+        # itself on the device's records at 99 %) for one released without that claim — DMT under
         # local DP, where the SDK holds out no devices, or too few held-out devices to check
         # on (run_loop publishes it without the claim). Every training record is scored, for
         # every method: Flower's global model trained on all of a client's records, so the
         # SDK's guard (records a version trained on are never scored, ``shared_records=``)
         # would leave an FL device nothing to score.
-        rule = {"claimed": ADOPTION_RULE, "unclaimed": DEFAULT_RULE}.get(release)
+        rule = {"claimed": ADOPTION_RULE, "unclaimed": UNCHECKED_RULE}.get(release)
         outcomes = adopted_many(spec, [currents[i] for i in movable],
                                 [jobs[i][3] for i in movable], previous=previous,
                                 rule=rule) if movable else []
@@ -737,7 +737,7 @@ def personalize_users(model: Any, sim: Simulation, task: ProtocolTask,
       worse (``ADOPTION_RULE``, what ``adoption_rule_for`` grants such a release);
     * ``"unclaimed"``: released without that claim (DMT under local DP, where the SDK holds
       out no devices, or too few held-out devices to check on): adopted only if the user's
-      records show it better (``DEFAULT_RULE``);
+      records show it better at 99 % (``UNCHECKED_RULE``);
     * ``"withheld"``: not released, since the check did not show it better: every user keeps
       their ``current`` model and none moves.
 

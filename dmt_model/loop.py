@@ -25,7 +25,8 @@
    rule the release earns (:func:`~dmt_model.personalize.adoption_rule_for`):
    a version shown better than v1 (the release's baseline, the version the
    devices personalized) on held-out devices is adopted unless the device's
-   own records show it worse; one that was not must prove itself on them.
+   own records show it worse; one that was not must prove itself on them,
+   significantly at 99 % (:data:`~dmt_model.personalize.UNCHECKED_RULE`).
    Both sides are scored out of fold on the records the device did not share
    (v2 may have trained on the others).
 
@@ -181,7 +182,7 @@ def run_loop(
     randomized-response labels can score a flatter version better, so what they
     showed would not be what the signed claim says. With fewer than 2
     held-out devices of 2 records v2's release carries no device claim, and
-    devices ask it to prove itself.
+    devices ask it to prove itself at 99 %.
     """
     from dmt_model.coreml import load_spec, predict_frame
     from dmt_model.foundation import train_foundation

@@ -221,7 +221,8 @@ def _device_check(result: Any) -> str:
         if not result.v2_published:
             return told + "."
         return (told + ", so v2's signed release\n  claims nothing about devices and each "
-                "device asked v2 to prove itself on its own\n  records (adoption_rule_for).")
+                "device asked v2 to prove itself on its own\n  records, at 99 % "
+                "(adoption_rule_for).")
     found = (f"personalized on their records, v2 scored {check['device_error']:.3f} against "
              f"v1's\n  {check['current_device_error']:.3f} (paired t = {check['device_t']:.2f}, "
              f"needs {check['device_t_needed']:.2f}).")
@@ -233,7 +234,7 @@ def _device_check(result: Any) -> str:
                 "show it worse.")
     else:
         then = ("Not shown better: its signed release claims nothing about devices, and each\n"
-                "  device asked it to prove itself on its own records.")
+                "  device asked it to prove itself on its own records, at 99 %.")
     return (f"- The server held out {int(check['devices'])} devices' packages from retraining; "
             f"{found}\n  {then}")
 

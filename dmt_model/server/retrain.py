@@ -338,7 +338,7 @@ class ModelRegistry:
         by default. With ``publish_unless_worse=True`` only a version shown
         *worse* is refused, and one the devices cannot tell apart (too few
         devices) is published without the claim, so devices ask it to prove
-        itself on their records (:func:`~dmt_model.personalize.adoption_rule_for`);
+        itself on their records, at 99 % (:data:`~dmt_model.personalize.UNCHECKED_RULE`);
         ``benchmarks/adoption.py`` measured that a device's own check does not
         make this safe (Adult, 20 users: users' expected log loss 0.477 → 0.499,
         12 % worse off; 120 users: 0.451 → 0.447, 3 % worse off).

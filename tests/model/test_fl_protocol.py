@@ -276,7 +276,7 @@ def test_a_version_the_check_does_not_show_better_reaches_no_user(monkeypatch, t
 def test_local_dp_rows_are_released_without_the_claim_and_devices_ask_them_to_prove_it(
         monkeypatch, tmp_path):
     """Under local DP the SDK holds out no device and publishes without the claim, so
-    devices apply DEFAULT_RULE; a version shown better on held-out devices gets
+    devices apply UNCHECKED_RULE; a version shown better on held-out devices gets
     ADOPTION_RULE. Fails on the protocol that gave every version ADOPTION_RULE."""
     import dmt_model.personalize as personalize
 
@@ -302,14 +302,14 @@ def test_local_dp_rows_are_released_without_the_claim_and_devices_ask_them_to_pr
                                 methods=("dmt",))
     assert list(rows) == ["nothing shared", "DMT raw", "DMT k-anonymous k=5",
                           "DMT local DP ε=4"]
-    assert {rule for r, rule in rules if r == 4} == {personalize.DEFAULT_RULE}
+    assert {rule for r, rule in rules if r == 4} == {personalize.UNCHECKED_RULE}
     assert {rule for r, rule in rules if r == 2} == {personalize.ADOPTION_RULE}
     # raw and k-anonymous are checked (k = 5 leaves 12 users' held-out devices too few
     # records to check on, and run_loop then publishes without the claim); local DP is not
     k_checked = rows["DMT k-anonymous k=5"]["checked"]
     assert k_checked in ("better", "too few devices")
     assert {rule for r, rule in rules if r == 3} == {
-        personalize.ADOPTION_RULE if k_checked == "better" else personalize.DEFAULT_RULE}
+        personalize.ADOPTION_RULE if k_checked == "better" else personalize.UNCHECKED_RULE}
     assert len(checks) == 1 + (k_checked == "better")
     assert rows["DMT raw"]["checked"] == "better"
     assert rows["DMT local DP ε=4"]["checked"] == "no check"

@@ -13,7 +13,7 @@ from test_tasks import _records, classifier  # noqa: F401 — the toy classifier
 
 from dmt_model.coreml import UpdateSettings, build_spec
 from dmt_model.coreml.weights import get_weights, set_weights
-from dmt_model.personalize import personalized, update_spec, update_specs
+from dmt_model.personalize import DecisionRule, personalized, update_spec, update_specs
 from dmt_privacy.errors import UpdateRejected, ValidationError
 
 CHAIN = ["dense_0", "dense_1", "dense_2", "personal_head"]
@@ -128,8 +128,10 @@ def test_adopted_keeps_a_device_off_a_worse_model_and_changes_neither_input(
     for got, want in zip(_weights(held, CHAIN), before, strict=True):
         np.testing.assert_array_equal(got, want)
     assert np.all(get_weights(broken, "dense_2")[1] == bias + 1.5)  # not modified
+    # Under the rule personalize() applies (without it adopted() asks a version no device
+    # vouched for to prove itself at 99 %, UNCHECKED_RULE), the same decision.
     held, result = adopted(spec, build_spec(foundation, updatable=UpdateSettings()),
-                           user.train)
+                           user.train, rule=DecisionRule())
     assert result.accepted == personalized(spec, user.train)[1].accepted
 
 

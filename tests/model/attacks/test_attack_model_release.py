@@ -162,14 +162,14 @@ def test_the_device_shares_by_the_signed_policy(policy, simulation, tmp_path):
 def test_the_device_evidence_is_signed_and_cannot_be_added_or_stripped():
     """A release says on how many held-out devices the version was shown better; the claim
     decides how much proof a device asks (adoption_rule_for), so it is signed like the rest."""
-    from dmt_model.personalize import ADOPTION_RULE, DEFAULT_RULE, adoption_rule_for
+    from dmt_model.personalize import ADOPTION_RULE, UNCHECKED_RULE, adoption_rule_for
 
     gated = verify_release(_release(V2, 2, held_out_devices=30, held_out_baseline=1), V2,
                            PINNED, installed_version=1, now=NOW)
     assert gated.metadata.held_out_devices == 30 and adoption_rule_for(gated) == ADOPTION_RULE
     plain = verify_release(_release(V2, 2), V2, PINNED, now=NOW)
     assert plain.metadata.held_out_devices is None
-    assert adoption_rule_for(plain) == DEFAULT_RULE == adoption_rule_for(None)
+    assert adoption_rule_for(plain) == UNCHECKED_RULE == adoption_rule_for(None)
     assert "held_out_devices" not in json.loads(_release(V2, 2))["signed"]  # the old form
     added = json.loads(_release(V2, 2))
     added["signed"]["held_out_devices"] = 30  # the channel claims a gate that never ran
@@ -195,7 +195,7 @@ def test_a_claim_holds_only_against_the_version_the_devices_compared_it_with():
     baseline is signed, so the channel can neither strip nor change it."""
     import warnings
 
-    from dmt_model.personalize import ADOPTION_RULE, DEFAULT_RULE, adoption_rule_for
+    from dmt_model.personalize import ADOPTION_RULE, UNCHECKED_RULE, adoption_rule_for
 
     v3 = b"model v3 " * 100
     document = _release(v3, 3, held_out_devices=30, held_out_baseline=2)
@@ -203,11 +203,11 @@ def test_a_claim_holds_only_against_the_version_the_devices_compared_it_with():
     on_v2 = verify_release(document, v3, PINNED, installed_version=2, now=NOW)
     assert on_v2.installed_version == 2 and adoption_rule_for(on_v2) == ADOPTION_RULE
     on_v1 = verify_release(document, v3, PINNED, installed_version=1, now=NOW)
-    assert adoption_rule_for(on_v1) == DEFAULT_RULE
+    assert adoption_rule_for(on_v1) == UNCHECKED_RULE
     # A device that does not say what it runs cannot be matched to the claim: fail closed.
-    assert adoption_rule_for(verify_release(document, v3, PINNED, now=NOW)) == DEFAULT_RULE
+    assert adoption_rule_for(verify_release(document, v3, PINNED, now=NOW)) == UNCHECKED_RULE
     # It installed v2 but kept its personal model from v1: what it holds is the v1 line.
-    assert adoption_rule_for(on_v2, based_on=1) == DEFAULT_RULE
+    assert adoption_rule_for(on_v2, based_on=1) == UNCHECKED_RULE
     assert adoption_rule_for(on_v1, based_on=2) == ADOPTION_RULE
     for field, value in (("held_out_baseline", 1), ("held_out_baseline", None)):
         forged = json.loads(document)
@@ -228,7 +228,7 @@ def test_a_claim_holds_only_against_the_version_the_devices_compared_it_with():
         legacy = verify_release(_release(v3, 3, held_out_devices=30), v3, PINNED,
                                 installed_version=1, now=NOW)
     assert any(issubclass(w.category, DeprecationWarning) for w in caught)
-    assert adoption_rule_for(legacy) == DEFAULT_RULE  # v3's claim: v1 is two versions behind
+    assert adoption_rule_for(legacy) == UNCHECKED_RULE  # v3's claim: v1 is two versions behind
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         old = _release(v3, 3, held_out_devices=30)
@@ -240,7 +240,7 @@ def test_a_claim_holds_only_against_the_version_the_devices_compared_it_with():
     # ... but an old document replayed by the channel to a device further behind, after the
     # server re-signed v3 with its baseline, earns it nothing (review, helper-30).
     assert adoption_rule_for(verify_release(old, v3, PINNED, installed_version=1,
-                                            now=NOW)) == DEFAULT_RULE
+                                            now=NOW)) == UNCHECKED_RULE
     for bad in (True, 1.0, "1", 0):
         with pytest.raises(Exception, match="based_on"):
             adoption_rule_for(on_v2, based_on=bad)
