@@ -44,6 +44,14 @@ Where users differ by their label mix alone (Adult), each user's **expected** er
 measured too — every other user's test record, each class weighted by the user's own
 label share — and harmed and missed are counted on it, without that noise.
 
+``--unclaimed raw 4 1 8`` measures instead the version a device gets without a device
+claim — the server retrains on every user's packages, as shared (``raw``) or under local
+DP at a user-level ε, and holds out no devices, as ``run_loop`` does under local DP — so the
+device's own check is the only one: never, always, and "the version must prove itself"
+(out of fold, scored on unshared records) at confidence 50 % (a regression's
+``DEFAULT_RULE``), 75, 90 (a classifier's), 95, 97.5 and 99 % (``UNCHECKED_RULE``, what
+``adoption_rule_for`` gives such a version). Writes ``adoption_unclaimed.{json,md}``.
+
 Writes ``adoption.json`` and ``adoption.md`` (the README's table) into ``--output``.
 Run: ``.venv/bin/python benchmarks/adoption.py [--tasks friedman adult digits]
 [--seeds 2] [--users 120] [--workers 2] [--output DIR]`` (about 27 minutes on 2 cores;
@@ -363,11 +371,38 @@ def run_unclaimed(name: str, seed: int, users: int, version: str, workers: int
             "error_name": task.task.error_name, "rules": rows, "seconds": seconds}
 
 
+def unclaimed_summary(runs: list[dict[str, Any]]) -> str:
+    """The README's table of ``--unclaimed``: per task and version, for each rule, the change
+    in users' mean test error from never adopting — its mean over the seeds, the worst
+    seed's, and the share of devices that moved."""
+    rules = list(runs[0]["rules"])[1:]  # every rule but "never"
+    names = {"always": "always adopt", **{f"proof {c:g}": f"proves itself at {c * 100:g} %"
+                                          for c in CONFIDENCES}}
+    lines = ["| task | version | never adopting | " + " | ".join(names[r] for r in rules)
+             + " |", "|---|---|---|" + "---|" * len(rules)]
+    for name, users, version in dict.fromkeys((r["task"], r["users"], r["version"])
+                                              for r in runs):
+        mine = [r for r in runs if (r["task"], r["users"], r["version"]) == (name, users,
+                                                                              version)]
+        cells = []
+        for rule in rules:
+            change = [r["rules"][rule]["error"] - r["rules"]["never"]["error"] for r in mine]
+            moved = np.mean([r["rules"][rule]["moved"] for r in mine])
+            cells.append(f"{np.mean(change):+.3g} (worst {max(change):+.3g}; {moved:.0%})")
+        never = np.mean([r["rules"]["never"]["error"] for r in mine])
+        lines.append(f"| {TASKS[name].title}, {users} users ({mine[0]['error_name']}, "
+                     f"{len(mine)} seed{'s' * (len(mine) > 1)}) | {version} | {never:.4g} | "
+                     + " | ".join(cells)
+                     + " |")
+    return "\n".join(lines) + "\n"
+
+
 def unclaimed_markdown(runs: list[dict[str, Any]]) -> str:
-    """The table of ``--unclaimed``: per task, version and rule, users' mean test error and
-    its paired difference from never adopting (mean ± std over seeds), moved, harmed,
-    missed, and the expected-error figures where measured."""
-    lines = ["| task | version | rule | users' mean test error | vs never adopting | moved | "
+    """The tables of ``--unclaimed``: :func:`unclaimed_summary`, then per task, version and
+    rule, users' mean test error and its paired difference from never adopting (mean ± std
+    over seeds), moved, harmed, missed, and the expected-error figures where measured."""
+    lines = [unclaimed_summary(runs),
+             "| task | version | rule | users' mean test error | vs never adopting | moved | "
              "harmed | missed | users' mean expected error | vs never, expected | "
              "harmed, expected |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     keys = dict.fromkeys((r["task"], r["users"], r["version"]) for r in runs)
@@ -392,7 +427,7 @@ def unclaimed_markdown(runs: list[dict[str, Any]]) -> str:
             else:
                 cells += ["—"] * 3
             label = rule if not rule.startswith("proof ") else \
-                f"must prove itself at {float(rule.split()[1]):.1%}"
+                f"must prove itself at {float(rule.split()[1]) * 100:g} %"
             lines.append(f"| {TASKS[name].title}, {users} users ({mine[0]['error_name']}, "
                          f"{len(mine)} seed{'s' * (len(mine) > 1)}) | {version} | {label} | "
                          + " | ".join(cells) + " |")
@@ -439,14 +474,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--render", action="store_true",
                         help="rewrite the table from the JSON in OUTPUT")
-    parser.add_argument("--unclaimed", nargs="+", metavar="VERSION",
+    parser.add_argument("--unclaimed", nargs="*", metavar="VERSION",
                         help="measure versions released without a device claim instead: "
                              "'raw' (retrained on every user's packages as shared) or a "
                              "user-level epsilon of local DP ('4'); writes "
                              "adoption_unclaimed.{json,md}")
     args = parser.parse_args(argv)
-    stem = "adoption_unclaimed" if args.unclaimed else "adoption"
-    render = unclaimed_markdown if args.unclaimed else markdown
+    if args.unclaimed == [] and not args.render:
+        parser.error("--unclaimed needs the versions to measure: raw, or epsilons (4 1 8)")
+    stem = "adoption_unclaimed" if args.unclaimed is not None else "adoption"
+    render = unclaimed_markdown if args.unclaimed is not None else markdown
     if args.render:
         saved = json.loads((args.output / f"{stem}.json").read_text())["runs"]
         (args.output / f"{stem}.md").write_text(render(saved))
