@@ -187,6 +187,18 @@ def expected_error_weights(sim: Any, target: str) -> list[tuple[Any, Any]] | Non
     return out
 
 
+def _seed_setting(name: str, seed: int, users: int, workers: int
+                  ) -> tuple[Any, Any, Any, list[bytes], float]:
+    """One seed's setting: the task, its simulation of ``users`` users, the proxy foundation,
+    each user's personal model (the foundation personalized on their records) and DMT's
+    retraining learning rate."""
+    task = TASKS[name]
+    sim = task.simulate(seed, users)
+    foundation = foundation_for(sim, task, seed)
+    current = personalize_users(foundation, sim, task, workers=workers)["personal_models"]
+    return task, sim, foundation, current, settings_from(RESULTS, task)["dmt_learning_rate"]
+
+
 def run_seed(name: str, seed: int, users: int, workers: int) -> dict[str, Any]:
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
@@ -195,12 +207,8 @@ def run_seed(name: str, seed: int, users: int, workers: int) -> dict[str, Any]:
     from dmt_model.coreml._spec import spec_bytes
     from dmt_model.personalize import compare_on_devices
 
-    task = TASKS[name]
     started = time.perf_counter()
-    sim = task.simulate(seed, users)
-    foundation = foundation_for(sim, task, seed)
-    current = personalize_users(foundation, sim, task, workers=workers)["personal_models"]
-    rate = settings_from(RESULTS, task)["dmt_learning_rate"]
+    task, sim, foundation, current, rate = _seed_setting(name, seed, users, workers)
     # The server holds out the packages of a quarter of the devices: it retrains on the
     # others' and checks the new version, personalized, on the held-out devices' records.
     held_out = set(np.random.default_rng(seed).choice(len(sim.users), len(sim.users) // 4,
@@ -347,12 +355,8 @@ def run_unclaimed(name: str, seed: int, users: int, version: str, workers: int
     from dmt_model.coreml import UpdateSettings, build_spec
     from dmt_model.coreml._spec import spec_bytes
 
-    task = TASKS[name]
     started = time.perf_counter()
-    sim = task.simulate(seed, users)
-    foundation = foundation_for(sim, task, seed)
-    current = personalize_users(foundation, sim, task, workers=workers)["personal_models"]
-    rate = settings_from(RESULTS, task)["dmt_learning_rate"]
+    task, sim, foundation, current, rate = _seed_setting(name, seed, users, workers)
     how = {} if version == "raw" else {"epsilon": float(version.removeprefix("ε="))}
     model, _, _, _ = dmt_model_for(sim, task, foundation, how, seed, rate)
     new = spec_bytes(build_spec(model, updatable=UpdateSettings()))
