@@ -13,8 +13,8 @@ from typing import Any
 from dmt_privacy.errors import MissingDependencyError, ModelFileError
 from dmt_privacy.files import PRIVATE_FILE_MODE, write_atomically
 
-__all__ = ["import_coremltools", "load_spec", "quiet_import", "quiet_third_party", "save_spec",
-           "spec_bytes", "spec_from_bytes"]
+__all__ = ["import_coremltools", "load_spec", "quiet_third_party", "save_spec", "spec_bytes",
+           "spec_from_bytes"]
 
 
 #: Loggers that warn, while coremltools or executorch is imported, of what no user can act
@@ -62,10 +62,6 @@ def quiet_third_party() -> Iterator[None]:
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
-
-
-#: The name :func:`quiet_third_party` had when it served imports only.
-quiet_import = quiet_third_party
 
 
 def import_coremltools() -> Any:
