@@ -1375,20 +1375,36 @@ def compare_on_devices(previous: Any, candidate: Any, devices: Sequence[pd.DataF
     A version that predicts NaN or infinity for a device's record is refused with
     :class:`ModelFileError` naming it, before any training.
     """
-    grid = _prior_grid(prior_records)
     if not 0.5 <= confidence < 1:
         raise ValidationError(f"confidence must be in [0.5, 1), got {confidence!r}.")
+    before, after = _versions_on_devices(previous, candidate, devices, minimum=2,
+                                         prior_records=prior_records, folds=folds, seed=seed)
+    n = len(before)
+    mean, t, needed = _paired_t(np.subtract(before, after), confidence)
+    better = bool(np.isfinite(after).all() and mean > 0 and t >= needed)
+    figures = (f"devices' held-out error personalized {np.mean(before):.4g} → "
+               f"{np.mean(after):.4g} on {n} devices, paired t = {t:.2f} (needs {needed:.2f})")
+    return DeviceComparison(n, float(np.mean(before)), float(np.mean(after)), t, needed,
+                            better, figures if better else f"not better on devices: {figures}")
+
+
+def _versions_on_devices(previous: Any, candidate: Any, devices: Sequence[pd.DataFrame], *,
+                        minimum: int, prior_records: int | Sequence[int], folds: int,
+                        seed: int) -> tuple[list[float], list[float]]:
+    """Each device's mean held-out error (devices with at least 2 records; at least
+    ``minimum`` of them) under ``previous`` and under ``candidate``, each personalized on the
+    device's other records (:func:`compare_on_devices`)."""
+    grid = _prior_grid(prior_records)
     if featurizer_of(previous).schema.schema_id != featurizer_of(candidate).schema.schema_id:
         raise ModelFileError("The previous version and the candidate describe different "
                              "records; compare versions of the same schema.")
-    checks = [_folds(records, _check_records(candidate, records, what=f"device {i}'s records"),
-                     folds, seed)
-              for i, records in enumerate(devices) if len(records) >= 2]
-    if len(checks) < 2:
-        raise ValidationError(
-            f"{len(checks)} device(s) with at least 2 records; comparing versions "
-            "needs at least 2 such devices.")
     compared = [(i, records) for i, records in enumerate(devices) if len(records) >= 2]
+    if len(compared) < minimum:
+        raise ValidationError(
+            f"{len(compared)} device(s) with at least 2 records; comparing versions "
+            f"needs at least {minimum} such device{'s' * (minimum > 1)}.")
+    checks = [_folds(records, _check_records(candidate, records, what=f"device {i}'s records"),
+                     folds, seed) for i, records in compared]
     _refuse_broken_models([(previous, "The previous version", _COMPARED_PREVIOUS),
                            (candidate, "The candidate", _CANDIDATE)],
                           [records for _, records in compared], [i for i, _ in compared])
@@ -1396,13 +1412,7 @@ def compare_on_devices(previous: Any, candidate: Any, devices: Sequence[pd.DataF
     before, after = ([float(np.mean(errors))
                       for errors in _devices_held_out_errors(version, checks, grid, {})]
                      for version in (previous, candidate))
-    n = len(checks)
-    mean, t, needed = _paired_t(np.subtract(before, after), confidence)
-    better = bool(np.isfinite(after).all() and mean > 0 and t >= needed)
-    figures = (f"devices' held-out error personalized {np.mean(before):.4g} → "
-               f"{np.mean(after):.4g} on {n} devices, paired t = {t:.2f} (needs {needed:.2f})")
-    return DeviceComparison(n, float(np.mean(before)), float(np.mean(after)), t, needed,
-                            better, figures if better else f"not better on devices: {figures}")
+    return before, after
 
 
 #: How many lane-steps (updates × the longest one's steps) one pass of

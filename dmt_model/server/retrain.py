@@ -475,6 +475,69 @@ class ModelRegistry:
                          json.dumps([asdict(v) for v in versions], indent=2).encode())
         return entry
 
+    def record_version_checks(self, tally: Any, *,
+                              signing_key: ReleaseSigningKey | Sequence[ReleaseSigningKey]
+                              | None = None, policy: Any = None, server_key: Any = None,
+                              valid_for: timedelta = timedelta(days=30)) -> ModelVersion:
+        """Record what devices reported about a published version
+        (:func:`~dmt_model.version_check.tally_version_checks`) and, with ``signing_key``,
+        sign its release again so that it says so.
+
+        A version more than half of the reporting devices were shown better off with
+        (``tally.better``) gets the held-out-device claim against ``tally.baseline``, as
+        :meth:`publish`'s own check on ``validation_devices`` gives it: devices whose
+        personal model comes from that version adopt it unless their records show it worse.
+        Otherwise the figures are recorded and the version keeps no claim. The tally must
+        name a published version of this registry by its number and the SHA-256 of its model
+        file, and a baseline older than it; a version the server's own check already vouched
+        for is left as it is (refused with :class:`~dmt_privacy.errors.ValidationError`).
+        Nothing is written unless every check passes.
+        """
+        import hashlib
+        from dataclasses import replace
+
+        from dmt_model.version_check import VersionCheckTally
+
+        if not isinstance(tally, VersionCheckTally):
+            raise ValidationError(f"tally must be what tally_version_checks returned, got "
+                                  f"{type(tally).__name__}.")
+        versions = self.versions()
+        match = [i for i, v in enumerate(versions) if v.version == tally.version]
+        if not match or not versions[match[0]].published:
+            raise ValidationError(f"No published version {tally.version} in the registry "
+                                  f"{self.folder}: devices report only on served versions.")
+        entry = versions[match[0]]
+        sha256 = hashlib.sha256(self.path(entry.mlmodel_file).read_bytes()).hexdigest()
+        if tally.sha256 != sha256:
+            raise ValidationError(
+                f"The reports name a model file of SHA-256 {tally.sha256}; version "
+                f"{entry.version}'s is {sha256}. Tally the reports on the file served.")
+        if not any(v.version == tally.baseline and v.published for v in versions[:match[0]]):
+            raise ValidationError(f"The reports compare with version {tally.baseline}, not a "
+                                  f"published version older than {entry.version}.")
+        if entry.validation.get("devices_better") and "device_reports" not in entry.validation:
+            raise ValidationError(
+                f"Version {entry.version} was already shown better on held-out devices by the "
+                "server's own check; devices' reports do not replace that claim.")
+        figures = {"device_reports": float(tally.devices),
+                   "device_reports_share_better": tally.share_better,
+                   "device_reports_lower": tally.lower, "device_reports_upper": tally.upper,
+                   "device_reports_epsilon": tally.epsilon,
+                   "device_reports_confidence": tally.confidence}
+        claim = {"devices": float(tally.devices), "devices_better": 1.0,
+                 "current_version": float(tally.baseline)} if tally.better \
+            else {"devices_better": 0.0}
+        entry = replace(entry, validation={**entry.validation, **figures, **claim})
+        if signing_key is not None:
+            schema_id = Foundation.load(
+                self.path(entry.foundation_file)).featurizer.schema.schema_id
+            entry = self._sign_files(entry, signing_key, schema_id, policy=policy,
+                                     server_key=server_key, valid_for=valid_for)
+        versions[match[0]] = entry
+        write_atomically(self.folder / self.INDEX,
+                         json.dumps([asdict(v) for v in versions], indent=2).encode())
+        return entry
+
     def _sign_files(self, entry: ModelVersion,
                     signing_key: ReleaseSigningKey | Sequence[ReleaseSigningKey],
                     schema_id: str, *, policy: Any, server_key: Any,

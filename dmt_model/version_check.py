@@ -1,0 +1,274 @@
+"""Devices vouch for a new version: one locally private bit each, tallied by the server.
+
+Under local DP the server holds no device's records as they are, so it cannot compare a
+new version with the one devices personalized on held-out devices
+(:meth:`~dmt_model.server.retrain.ModelRegistry.publish` with ``validation_devices=``). It
+releases the version without that claim, devices then ask it to prove itself on their own
+records at 99 % (:data:`~dmt_model.personalize.UNCHECKED_RULE`), and a version that would
+have served them better reaches few of them (``benchmarks/adoption.py --unclaimed``).
+
+Here the devices make the check instead, each on its own records, and tell the server one
+bit:
+
+1. A device whose records did not train the version (it shared nothing since the version
+   its personal model comes from) verifies the release, personalizes both versions on its
+   records out of fold, exactly as the server's check does for each held-out device
+   (:func:`~dmt_model.personalize.compare_on_devices`), and takes the bit "the new
+   version's held-out error is lower" (:func:`check_version`).
+2. The bit goes through randomized response at ``epsilon``
+   (:class:`~dmt_privacy.dp.RandomizedResponse`, two categories; the OS CSPRNG), charged
+   to the device's :class:`~dmt_privacy.dp.PrivacyLedger` before it is drawn: the report
+   is ε-locally private whatever the server does with it, and nothing else about the
+   records leaves the device.
+3. :func:`seal_version_check` seals it to the server's key (HPKE, its own ``info``, so a
+   report never opens as a share package nor a package as a report), naming the version,
+   the hash of its model file and the version compared against (the baseline).
+
+The server opens the reports (:func:`open_version_check`) and tallies those naming the
+version, its hash, the baseline and the ε it asked for (:func:`tally_version_checks`):
+the unbiased share of devices better off and a one-sided confidence bound. A version that
+more than half of the devices are shown better off with (the lower bound above one half)
+is vouched for: :meth:`~dmt_model.server.retrain.ModelRegistry.record_version_checks`
+records it as the version's held-out-device claim against that baseline and signs the
+release again, and devices whose personal model comes from the baseline then adopt it
+unless their own records show it worse (:data:`~dmt_model.personalize.ADOPTION_RULE`).
+
+The claim says a majority of devices is better off (a sign test on devices), where the
+server's own check says their mean error is lower (a paired t-test): one bit per device
+is what a few hundred devices can report usefully under local DP. What the server cannot
+check: that a report comes from a device, once (an app that wants that attaches a
+privacy-pass token, as packages do), and that the device shared nothing into the version;
+one report moves the share by one device's weight at most, and a claim only changes which
+rule devices apply to their own records.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import pandas as pd
+
+from dmt_privacy.errors import InvalidPackage, ValidationError
+
+__all__ = [
+    "VERSION_CHECK_EPSILON",
+    "VersionCheck",
+    "VersionCheckTally",
+    "check_version",
+    "open_version_check",
+    "seal_version_check",
+    "tally_version_checks",
+]
+
+#: The ε of one device's report unless the server asks for another: the bit is told
+#: truthfully with probability e^ε / (1 + e^ε), 73 % at ε = 1.
+VERSION_CHECK_EPSILON = 1.0
+#: The HPKE ``info`` of a sealed report (a share package's differs).
+_INFO = b"dmt-version-check-v1"
+_FORMAT = 1
+_FIELDS = {"format": int, "version": int, "sha256": str, "baseline": int, "better": bool,
+           "epsilon": float}
+_CATEGORIES = (False, True)
+
+
+@dataclass(frozen=True)
+class VersionCheck:
+    """One device's report: whether version ``version`` (its model file's SHA-256
+    ``sha256``) served it better than version ``baseline`` once personalized, told by
+    randomized response at ``epsilon`` (so ``better`` is the truth with probability
+    e^ε / (1 + e^ε) only)."""
+
+    version: int
+    sha256: str
+    baseline: int
+    better: bool
+    epsilon: float
+
+    def __post_init__(self) -> None:
+        bad = [name for name, kind in _FIELDS.items()
+               if name != "format" and type(getattr(self, name)) is not kind]
+        if not bad:
+            bad = [name for name, ok in (
+                ("version", self.version >= 2), ("baseline", 1 <= self.baseline < self.version),
+                ("sha256", len(self.sha256) == 64
+                 and all(c in "0123456789abcdef" for c in self.sha256)),
+                ("epsilon", math.isfinite(self.epsilon) and self.epsilon > 0)) if not ok]
+        if bad:
+            raise ValidationError(f"A version check has malformed {bad!r}: {self!r}.")
+
+
+@dataclass(frozen=True)
+class VersionCheckTally:
+    """What the reports say about ``version`` against ``baseline``.
+
+    ``share_better`` is the unbiased estimate of the share of reporting devices that were
+    better off, ``lower``/``upper`` its one-sided bounds at ``confidence``; ``better``:
+    ``lower`` is above one half, ``worse``: ``upper`` is below it. ``ignored`` counts the
+    reports left out, by why (another version, hash, baseline or ε).
+    """
+
+    version: int
+    sha256: str
+    baseline: int
+    epsilon: float
+    devices: int
+    share_better: float
+    lower: float
+    upper: float
+    confidence: float
+    better: bool
+    worse: bool
+    reason: str
+    ignored: Mapping[str, int] = field(default_factory=dict)
+
+
+def check_version(release: Any, previous: Any, records: pd.DataFrame, *, ledger: Any,
+                  based_on: int | None = None, epsilon: float = VERSION_CHECK_EPSILON,
+                  prior_records: int | Sequence[int] | None = None, folds: int = 5,
+                  seed: int = 0, random_state: Any = None) -> VersionCheck:
+    """This device's report on the new version ``release`` names (what
+    :func:`~dmt_privacy.release.verify_release` returned), against ``previous``: the
+    version its personal model comes from (an updatable spec or ``.mlmodel`` path; its
+    number is ``based_on``, by default the ``installed_version`` the release was verified
+    against).
+
+    ``records`` are the device's own records, none of which trained the new version: a
+    device that shared since ``previous`` was published must not report. Both versions are
+    personalized on ``records`` out of fold (``folds``, ``seed``, ``prior_records`` as
+    :func:`~dmt_model.personalize.compare_on_devices`), and the bit "the new version's
+    mean held-out error is lower" goes through randomized response at ``epsilon``,
+    charged to ``ledger`` first (a :class:`~dmt_privacy.dp.PrivacyLedger`, or
+    :data:`~dmt_privacy.dp.UNACCOUNTED` in simulations; a budget the charge would exceed
+    raises :class:`~dmt_privacy.errors.BudgetExceededError` and nothing is reported).
+    ``random_state`` other than ``None`` is not secure: for tests.
+    """
+    from dmt_model.coreml._spec import spec_from_bytes
+    from dmt_model.personalize import (
+        DEFAULT_PRIOR_RECORDS,
+        _load_model,
+        _versions_on_devices,
+    )
+    from dmt_privacy.dp import PrivacyLedger, RandomizedResponse, Unaccounted
+    from dmt_privacy.dp.receipt import ReleaseReceipt
+    from dmt_privacy.release import VerifiedRelease
+
+    if not isinstance(release, VerifiedRelease):
+        raise ValidationError(
+            f"release must be what verify_release returned, got {type(release).__name__}: "
+            "a device reports only on a version whose signature it checked.")
+    if not isinstance(ledger, PrivacyLedger | Unaccounted):
+        raise ValidationError(
+            f"ledger must be the device's PrivacyLedger (or UNACCOUNTED in a simulation), got "
+            f"{type(ledger).__name__}: a report spends ε of the user's budget.")
+    baseline = release.installed_version if based_on is None else based_on
+    if type(baseline) is not int or not 1 <= baseline < release.metadata.version:
+        raise ValidationError(
+            f"based_on must be the number of the version the personal model comes from, "
+            f"older than the new version {release.metadata.version}; got {baseline!r}. Pass "
+            "based_on=, or verify the release with installed_version=.")
+    mechanism = RandomizedResponse(epsilon=epsilon, categories=_CATEGORIES,
+                                   random_state=random_state, field="better")
+    candidate = spec_from_bytes(release.model)
+    if isinstance(previous, (str, bytes)) or hasattr(previous, "__fspath__"):
+        previous = _load_model(previous)
+    before, after = _versions_on_devices(
+        previous, candidate, [records], minimum=1,
+        prior_records=DEFAULT_PRIOR_RECORDS if prior_records is None else prior_records,
+        folds=folds, seed=seed)
+    truth = bool(after[0] < before[0])  # a tie, or a failed check, is not "better"
+    receipt = ReleaseReceipt(
+        release_id=uuid.uuid4().hex, n_records=1, epsilon=mechanism.epsilon, delta=0.0,
+        fields=(mechanism.field_receipt(),), privacy_unit="user",
+        user_id=getattr(ledger, "user_id", None), random_source=mechanism.source.name,
+        secure_random=mechanism.source.secure)
+    if isinstance(ledger, PrivacyLedger):
+        with ledger.release(receipt):
+            told = bool(mechanism.randomise([truth])[0])
+    else:
+        told = bool(mechanism.randomise([truth])[0])
+    return VersionCheck(release.metadata.version, release.metadata.sha256, baseline, told,
+                        float(mechanism.epsilon))
+
+
+def seal_version_check(check: VersionCheck, server_key: Any) -> bytes:
+    """``check`` sealed to the server's HPKE key (``VerifiedRelease.server_public_key()``)."""
+    from dmt_privacy.seal import seal
+
+    if not isinstance(check, VersionCheck):
+        raise ValidationError(f"check must be a VersionCheck, got {type(check).__name__}.")
+    body = msgpack.packb({"format": _FORMAT, "version": check.version, "sha256": check.sha256,
+                          "baseline": check.baseline, "better": check.better,
+                          "epsilon": check.epsilon})
+    return seal(body, server_key, info=_INFO)
+
+
+def open_version_check(envelope: bytes, server_key: Any) -> VersionCheck:
+    """The report sealed in ``envelope`` (the server's private key or keyring); anything
+    that is not one raises :class:`~dmt_privacy.errors.InvalidPackage` with no detail."""
+    from dmt_privacy.seal import open_sealed
+
+    body = open_sealed(envelope, server_key, info=_INFO)
+    try:
+        doc = msgpack.unpackb(body, raw=False, strict_map_key=True, max_str_len=128,
+                              max_bin_len=0, max_array_len=0, max_map_len=len(_FIELDS))
+        if (not isinstance(doc, dict) or set(doc) != set(_FIELDS)
+                or any(type(doc[k]) is not kind for k, kind in _FIELDS.items())
+                or doc["format"] != _FORMAT):
+            raise InvalidPackage()
+        return VersionCheck(doc["version"], doc["sha256"], doc["baseline"], doc["better"],
+                            doc["epsilon"])
+    except Exception:  # every failure is the same failure
+        raise InvalidPackage() from None
+
+
+def tally_version_checks(checks: Iterable[VersionCheck], *, version: int, sha256: str,
+                         baseline: int, epsilon: float = VERSION_CHECK_EPSILON,
+                         confidence: float = 0.9) -> VersionCheckTally:
+    """What the reports naming ``version`` (model file hash ``sha256``), ``baseline`` and
+    ``epsilon`` say: the unbiased share of devices better off
+    (:func:`~dmt_privacy.dp.estimate_frequencies`) and its one-sided bounds at
+    ``confidence``. Reports for anything else are counted in ``ignored`` and left out;
+    the version is ``better`` only on at least 2 reports."""
+    from dmt_privacy.dp import RandomizedResponse, estimate_frequencies
+
+    if not 0.5 <= confidence < 1:
+        raise ValidationError(f"confidence must be in [0.5, 1), got {confidence!r}.")
+    mechanism = RandomizedResponse(epsilon=epsilon, categories=_CATEGORIES, field="better")
+    told: list[bool] = []
+    ignored: Counter[str] = Counter()
+    for check in checks:
+        if not isinstance(check, VersionCheck):
+            raise ValidationError(f"checks must hold VersionCheck reports (open_version_check"
+                                  f"), got {type(check).__name__}.")
+        why = next((name for name, mine, asked in (
+            ("version", check.version, version), ("sha256", check.sha256, sha256),
+            ("baseline", check.baseline, baseline), ("epsilon", check.epsilon,
+                                                     mechanism.epsilon)) if mine != asked), None)
+        if why is None:
+            told.append(check.better)
+        else:
+            ignored[f"another {why}"] += 1
+    n = len(told)
+    if n == 0:
+        return VersionCheckTally(version, sha256, baseline, mechanism.epsilon, 0, math.nan,
+                                 0.0, 1.0, confidence, False, False,
+                                 "no report on this version against this baseline",
+                                 dict(ignored))
+    # one-sided bounds at `confidence` are the two-sided interval at 2 × confidence − 1
+    estimate = estimate_frequencies(told, mechanism.field_receipt(),
+                                    confidence=max(2 * confidence - 1, 1e-9))
+    share, low, high = (float(a[1]) for a in (estimate.frequencies, estimate.ci_low,
+                                              estimate.ci_high))
+    better, worse = n >= 2 and low > 0.5, n >= 2 and high < 0.5
+    figures = (f"{share:.0%} of {n} devices better off (one-sided {confidence:.0%} bounds "
+               f"{low:.0%}–{high:.0%}; reports at ε = {mechanism.epsilon:g})")
+    reason = (f"better on devices: {figures}" if better else
+              f"worse on devices: {figures}" if worse else f"not shown better: {figures}")
+    return VersionCheckTally(version, sha256, baseline, mechanism.epsilon, n, share, low,
+                             high, confidence, better, worse, reason, dict(ignored))

@@ -1,0 +1,151 @@
+"""Devices vouch for a version released without a claim: each reports one bit under local
+DP, sealed; the server tallies the bits and, if a majority of devices is shown better off,
+signs the release again with the claim, so devices adopt it under ADOPTION_RULE."""
+
+import numpy as np
+import pytest
+
+from dmt_model.datasets.classification import DIGITS_SCHEMA, load_digits
+from dmt_model.foundation import TrainingConfig, train_foundation
+from dmt_model.personalize import ADOPTION_RULE, UNCHECKED_RULE, adoption_rule_for
+from dmt_model.server.retrain import ModelRegistry
+from dmt_model.version_check import (
+    VersionCheck,
+    check_version,
+    open_version_check,
+    seal_version_check,
+    tally_version_checks,
+)
+from dmt_privacy.dp import UNACCOUNTED, PrivacyLedger
+from dmt_privacy.errors import BudgetExceededError, InvalidPackage, ValidationError
+from dmt_privacy.release import generate_release_key, verify_release
+from dmt_privacy.seal import generate_server_key
+
+QUICK = TrainingConfig(epochs=20, seed=0)
+UNSEEN = [7, 8, 9]
+SEEDED = pytest.mark.filterwarnings("ignore::dmt_privacy.dp.InsecureRandomnessWarning")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A registry serving v1 (trained without 7, 8 and 9) and v2 (every digit), v2 published
+    without a device claim, both signed; 30 devices' records (8 each) that hold every
+    digit, none of which trained either version."""
+    data = load_digits()
+    order = np.random.default_rng(0).permutation(len(data))
+    proxy, rest = data.iloc[order[:900]], data.iloc[order[900:]]
+    registry = ModelRegistry(tmp_path_factory.mktemp("registry"))
+    key, server_key = generate_release_key(), generate_server_key()
+    for foundation in (train_foundation(proxy[~proxy["digit"].isin(UNSEEN)], DIGITS_SCHEMA,
+                                        QUICK),
+                       train_foundation(proxy, DIGITS_SCHEMA, QUICK)):
+        registry.publish(foundation, trained_on={"proxy": len(proxy)}, signing_key=key,
+                         server_key=server_key.public_key())
+    devices = [rest.iloc[i:i + 8] for i in range(0, 240, 8)]
+    return registry, key, server_key, devices
+
+
+def _release(registry, key, version, installed=1):
+    entry = registry.versions()[version - 1]
+    return verify_release(registry.path(entry.release_file).read_bytes(),
+                          registry.path(entry.mlmodel_file).read_bytes(), [key.verify_key()],
+                          installed_version=installed)
+
+
+@SEEDED
+def test_devices_reports_earn_a_version_the_claim(served):
+    registry, key, server_key, devices = served
+    release = _release(registry, key, 2)
+    assert adoption_rule_for(release) == UNCHECKED_RULE  # released without a claim
+    v1 = registry.path(registry.versions()[0].mlmodel_file)
+    sealed = [seal_version_check(check_version(release, v1, records, ledger=UNACCOUNTED,
+                                               random_state=i), release.server_public_key())
+              for i, records in enumerate(devices)]
+    reports = [open_version_check(envelope, server_key) for envelope in sealed]
+    tally = tally_version_checks(reports, version=2, sha256=release.metadata.sha256,
+                                 baseline=1)
+    assert tally.devices == 30 and tally.better and not tally.worse, tally.reason
+    assert tally.lower > 0.5
+    entry = registry.record_version_checks(tally, signing_key=key,
+                                           server_key=server_key.public_key())
+    assert entry.validation["devices_better"] == 1.0 and entry.validation["device_reports"] == 30
+    claimed = _release(registry, key, 2)
+    assert claimed.metadata.held_out_devices == 30 and claimed.metadata.held_out_baseline == 1
+    assert adoption_rule_for(claimed) == ADOPTION_RULE
+    # the claim is against v1: a device whose personal model comes from elsewhere earns nothing
+    assert adoption_rule_for(claimed, based_on=2) == UNCHECKED_RULE
+
+
+def test_the_tally_is_unbiased_under_randomized_response_and_needs_a_majority():
+    sha = "ab" * 32
+
+    def reports(n_better, n, epsilon=1.0, seed=0):
+        from dmt_privacy.dp import RandomizedResponse
+
+        truth = [True] * n_better + [False] * (n - n_better)
+        told = RandomizedResponse(epsilon=epsilon, categories=(False, True),
+                                  random_state=seed).randomise(truth)
+        return [VersionCheck(2, sha, 1, bool(b), epsilon) for b in told]
+
+    with pytest.warns(Warning):  # a seeded source is not secure
+        many = reports(7000, 10000)
+    share = tally_version_checks(many, version=2, sha256=sha, baseline=1)
+    assert abs(share.share_better - 0.7) < 0.03 and share.better
+    with pytest.warns(Warning):
+        half = reports(500, 1000)
+    even = tally_version_checks(half, version=2, sha256=sha, baseline=1)
+    assert not even.better and not even.worse and "not shown better" in even.reason
+    with pytest.warns(Warning):
+        few = reports(300, 1000)
+    assert tally_version_checks(few, version=2, sha256=sha, baseline=1).worse
+    # reports about anything else are counted apart, never in the share
+    other = [VersionCheck(2, "cd" * 32, 1, True, 1.0), VersionCheck(3, sha, 1, True, 1.0),
+             VersionCheck(2, sha, 1, True, 4.0)]
+    tally = tally_version_checks(other, version=2, sha256=sha, baseline=1)
+    assert tally.devices == 0 and not tally.better
+    assert tally.ignored == {"another sha256": 1, "another version": 1, "another epsilon": 1}
+
+
+@SEEDED
+def test_a_report_spends_the_users_budget_first(served, tmp_path):
+    registry, key, _, devices = served
+    release = _release(registry, key, 2)
+    v1 = registry.path(registry.versions()[0].mlmodel_file)
+    ledger = PrivacyLedger(tmp_path / "ledger.db", user_id="u", epsilon_budget=1.5)
+    check_version(release, v1, devices[0], ledger=ledger, random_state=0)
+    assert ledger.spent.epsilon == pytest.approx(1.0)
+    with pytest.raises(BudgetExceededError):
+        check_version(release, v1, devices[0], ledger=ledger, random_state=0)
+    assert ledger.spent.epsilon == pytest.approx(1.0)
+    with pytest.raises(ValidationError, match="ledger"):
+        check_version(release, v1, devices[0], ledger=None)
+    with pytest.raises(ValidationError, match="based_on"):
+        check_version(release, v1, devices[0], ledger=UNACCOUNTED, based_on=2)
+
+
+def test_only_a_sealed_report_opens_and_the_registry_checks_what_it_names(served):
+    registry, key, server_key, _ = served
+    release = _release(registry, key, 2)
+    check = VersionCheck(2, release.metadata.sha256, 1, True, 1.0)
+    envelope = seal_version_check(check, release.server_public_key())
+    assert open_version_check(envelope, server_key) == check
+    tampered = envelope[:-1] + bytes([envelope[-1] ^ 1])
+    with pytest.raises(InvalidPackage):
+        open_version_check(tampered, server_key)
+    from dmt_privacy.seal import open_sealed, seal
+
+    with pytest.raises(InvalidPackage):  # a share package's envelope is not a report
+        open_version_check(seal(b"\x80", release.server_public_key()), server_key)
+    with pytest.raises(InvalidPackage):  # nor a report a package
+        open_sealed(envelope, server_key)
+    with pytest.raises(ValidationError, match="malformed"):
+        VersionCheck(2, release.metadata.sha256, 2, True, 1.0)  # the baseline must be older
+    before = registry.versions()
+    tally = tally_version_checks([check, check], version=2, sha256="00" * 32, baseline=1)
+    with pytest.raises(ValidationError, match="SHA-256"):
+        registry.record_version_checks(tally)
+    tally = tally_version_checks([check, check], version=5, sha256=release.metadata.sha256,
+                                 baseline=1)
+    with pytest.raises(ValidationError, match="No published version 5"):
+        registry.record_version_checks(tally)
+    assert registry.versions() == before
