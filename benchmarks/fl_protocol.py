@@ -77,11 +77,15 @@ left out: the foundation trains on the whole proxy):
   adopted 0 %), while the row still reports the version's own error, its
   training costs and its membership risk. With fewer than 2 held-out devices
   of 2 records (``"too few devices"``) the version is released without the
-  claim, as ``run_loop`` does. Under DMT's local DP the SDK holds out no
-  devices (``run_loop`` refuses it: personalizing and scoring on noisy
-  targets would not show what the signed claim says) and publishes without
-  the claim: those rows hold out no one, retrain on every user's packages and
-  are released unchecked (``"no check"``), and devices apply
+  claim, as ``run_loop`` does. Under DMT's local DP the server cannot check
+  (its held-out packages are noisy: personalizing and scoring on them would
+  not show what the signed claim says), so the held-out devices check
+  instead (:func:`device_reports`, :mod:`dmt_model.version_check`): each
+  personalizes both versions on its own records out of fold and reports one
+  bit, "better", by randomized response at the row's user-level ε; the version
+  is released with the claim if the reports show more than half of the devices
+  better off (one-sided at 90 %: ``"devices report better"``), else without it
+  (``"devices report not better"`` or ``"… worse"``), and devices then apply
   ``UNCHECKED_RULE``: the version must prove itself on their records at 99 %.
 
 A device scores every one of its training records when adopting, for every
@@ -138,9 +142,11 @@ rounds; every method: the final
 its ``.mlmodel`` and the adoption's seconds are not counted.
 
 Each row records, per seed, the check's outcome (``checked``: ``"better"``,
-``"worse"``, ``"not shown better"``, ``"too few devices"`` or ``"no check"``),
-its figures (``device_check``: devices, their error before and after, t and
-the t it needed), whether the version was released and the held-out users;
+``"worse"``, ``"not shown better"``, ``"too few devices"``, or under local DP
+``"devices report better"``, ``"… not better"`` or ``"… worse"``), its figures
+(``device_check``: devices, their error before and after, t and the t it
+needed; or the devices' reports: the estimated share better off and its
+one-sided bounds), whether the version was released and the held-out users;
 the table shows in how many seeds it was released.
 
 Writes, per task, ``federated_protocol_<task>.json`` (with its
@@ -201,8 +207,12 @@ DEVICE_CONFIDENCE = 0.9
 #: with the claim that held-out devices showed it better, without it, or not at all.
 RELEASES = ("claimed", "unclaimed", "withheld")
 #: The protocol the results follow; a JSON of another is never continued or added to.
-PROTOCOL_VERSION = 2
-PROTOCOL_CHANGE = ("2: every method's new version is checked on held-out users (a quarter, "
+PROTOCOL_VERSION = 3
+PROTOCOL_CHANGE = ("3: DMT under local DP holds out the same quarter of users, whose devices "
+                   "check its version themselves and report one randomized-response bit each "
+                   "at the row's epsilon (dmt_model.version_check): released with the claim if "
+                   "a majority is shown better off, else without it; "
+                   "2: every method's new version is checked on held-out users (a quarter, "
                    "whose records train no method) and released with the claim only if "
                    "shown better, DMT under local DP without a check or the claim; "
                    "1 (unmarked): every version adopted under ADOPTION_RULE, unchecked")
@@ -559,10 +569,52 @@ def device_check(previous: Any, candidate: Any, devices: list[pd.DataFrame]) -> 
             "error_after": found.error_after, "t": found.t, "t_needed": found.needed}
 
 
-#: What the server does with a version after :func:`device_check` (``checked``), or after
-#: none (``"no check"``: DMT under local DP), as ``personalize_users``' ``release``.
+def device_reports(previous: Any, candidate: Any, devices: list[pd.DataFrame], epsilon: float,
+                   seed: int) -> dict[str, Any]:
+    """The held-out devices' own check of a version retrained under local DP, as the SDK
+    runs it (:mod:`dmt_model.version_check`): the version signed and verified as a device
+    verifies it, each device with at least 2 records of its own (none of which trained the
+    version) reporting by :func:`~dmt_model.version_check.check_version` (all of them at
+    once: ``check_version_many``) whether it is
+    better than ``previous`` once personalized — one bit, by randomized response at
+    ``epsilon`` (seeded here, for reproducible tables) — and the server's tally, one-sided
+    at :data:`DEVICE_CONFIDENCE`: ``"devices report better"`` (released with the claim),
+    else ``"devices report worse"`` or ``"devices report not better"`` (without it)."""
+    from dmt_model.coreml import UpdateSettings, build_spec
+    from dmt_model.coreml._spec import spec_bytes
+    from dmt_model.version_check import check_version_many, tally_version_checks
+    from dmt_privacy.dp import UNACCOUNTED
+    from dmt_privacy.release import generate_release_key, sign_release, verify_release
+
+    usable = [records for records in devices if len(records) >= 2]
+    if len(usable) < 2:
+        return {"checked": "too few devices", "devices": len(usable)}
+    key = generate_release_key()
+    model = spec_bytes(build_spec(candidate, updatable=UpdateSettings()))
+    release = verify_release(
+        sign_release(model, key, version=2,
+                     schema_id=candidate.featurizer.schema.schema_id),
+        model, [key.verify_key()], installed_version=1)
+    before = build_spec(previous, updatable=UpdateSettings())
+    with warnings.catch_warnings():  # seeded randomized response: reproducible, not secure
+        warnings.simplefilter("ignore", UserWarning)
+        checks = check_version_many(release, before, usable, ledgers=[UNACCOUNTED] * len(usable),
+                                    epsilon=epsilon, random_states=[seed * 1000 + i for i
+                                                                    in range(len(usable))])
+    tally = tally_version_checks(checks, version=2, sha256=release.metadata.sha256,
+                                 baseline=1, epsilon=epsilon, confidence=DEVICE_CONFIDENCE)
+    checked = ("devices report better" if tally.better else "devices report worse"
+               if tally.worse else "devices report not better")
+    return {"checked": checked, "devices": tally.devices, "share_better": tally.share_better,
+            "lower": tally.lower, "upper": tally.upper, "epsilon": tally.epsilon}
+
+
+#: What the server does with a version after :func:`device_check` or :func:`device_reports`
+#: (``checked``), as ``personalize_users``' ``release``.
 RELEASE_AFTER = {"better": "claimed", "worse": "withheld", "not shown better": "withheld",
-                 "too few devices": "unclaimed", "no check": "unclaimed"}
+                 "too few devices": "unclaimed", "devices report better": "claimed",
+                 "devices report not better": "unclaimed",
+                 "devices report worse": "unclaimed"}
 
 
 def released_error(model: Any, sim: Simulation, task: ProtocolTask) -> float:
@@ -666,10 +718,11 @@ def _devices(jobs: list[tuple]) -> list[tuple[bytes, bool, float, dict, dict]]:
         held = currents  # too few records to score, or nothing released: keep
         # The rule the release earned, as adoption_rule_for reads it from a signed release:
         # ADOPTION_RULE only for a version shown better on the held-out devices (run_seed's
-        # device_check, the same for every method), UNCHECKED_RULE (the version must prove
-        # itself on the device's records at 99 %) for one released without that claim — DMT under
-        # local DP, where the SDK holds out no devices, or too few held-out devices to check
-        # on (run_loop publishes it without the claim). Every training record is scored, for
+        # device_check, the same for every method, or under DMT's local DP the devices' own
+        # reports), UNCHECKED_RULE (the version must prove itself on the device's records at
+        # 99 %) for one released without that claim — reports that did not show it better,
+        # or too few held-out devices to check on (run_loop publishes it without the
+        # claim). Every training record is scored, for
         # every method: Flower's global model trained on all of a client's records, so the
         # SDK's guard (records a version trained on are never scored, ``shared_records=``)
         # would leave an FL device nothing to score.
@@ -905,7 +958,8 @@ def run_seed(sim: Simulation, task: ProtocolTask, seed: int, *, rounds: int,
     out of retraining, Flower does not make them fit clients); each method's new version is
     checked on their devices (:func:`device_check`) and reaches every user, held-out ones
     included, only as the check's outcome releases it (:data:`RELEASE_AFTER`). DMT under
-    local DP holds out no one and is released without the check, as the SDK does."""
+    local DP is checked by the held-out devices' own reports (:func:`device_reports`), at
+    the row's ε."""
     rows: dict[str, dict[str, Any]] = {}
     foundation = foundation_for(sim, task, seed)
     held = personalize_users(foundation, sim, task, workers=workers)
@@ -918,10 +972,14 @@ def run_seed(sim: Simulation, task: ProtocolTask, seed: int, *, rounds: int,
         "received_bytes": float(model_bytes), "rounds": 0,
         "device_seconds": held["personalize_seconds"], "membership": None}
 
-    def checked(version: Any, devices: list[pd.DataFrame] | None) -> dict[str, Any]:
-        """The check's record, and the release it earns (``devices=None``: no check)."""
-        check = {"checked": "no check"} if devices is None else device_check(
-            foundation, version, devices)
+    reporters = [u.train for u in sim.users if u.user_id in held_out]
+
+    def checked(version: Any, devices: list[pd.DataFrame] | None,
+                epsilon: float | None = None) -> dict[str, Any]:
+        """The check's record, and the release it earns (``epsilon``: the held-out devices'
+        reports at that ε instead of the server's check on ``devices``)."""
+        check = device_check(foundation, version, devices) if epsilon is None \
+            else device_reports(foundation, version, reporters, epsilon, seed)
         outcome = check.pop("checked")
         return {"checked": outcome, "device_check": check or None,
                 "released": RELEASE_AFTER[outcome] != "withheld"}
@@ -931,22 +989,20 @@ def run_seed(sim: Simulation, task: ProtocolTask, seed: int, *, rounds: int,
               f"model, {result['checked']}, {result['moved']:.0%} adopted)", flush=True)
 
     for name, how, guarantee in dmt_rows(task, epsilons) if "dmt" in methods else ():
-        # Under local DP the SDK holds out no devices (run_loop refuses it: noisy targets
-        # cannot show what the signed claim says) and publishes without the claim.
-        private = "epsilon" in how
-        row_held_out = frozenset() if private else held_out
+        # Under local DP the server's held-out packages are noisy (they cannot show what the
+        # signed claim says): the held-out devices check on their own records and report.
         model, batches, info, devices = dmt_model_for(sim, task, foundation, how, seed,
                                                       settings["dmt_learning_rate"],
-                                                      held_out=row_held_out)
-        check = checked(model, None if private else devices)
+                                                      held_out=held_out)
+        check = checked(model, devices, how.get("epsilon"))
         release = RELEASE_AFTER[check["checked"]]
         sizes, seal_seconds = sealed_sizes(sim, batches, task.schema)
         result = personalize_users(model, sim, task, current, previous=foundation,
                                    release=release, workers=workers)
         del result["personal_models"]
-        members = pd.concat([u.shareable for u in sim.users if u.user_id not in row_held_out])
+        members = pd.concat([u.shareable for u in sim.users if u.user_id not in held_out])
         rows[name] = result | check | {
-            "held_out_users": sorted(row_held_out),
+            "held_out_users": sorted(held_out),
             "epsilon": info.get("user_epsilon"), "guarantee": guarantee,
             # v1, and the new version if it was released
             "sent_bytes": float(np.mean(sizes)),
@@ -1040,9 +1096,11 @@ def table(summary: dict[str, dict[str, Any]], seeds: int, task: ProtocolTask) ->
     def released(row: dict[str, Any]) -> str:
         if "released_seeds" not in row:
             return "—"
-        unchecked = [o for o in ("no check", "too few devices") if row["checked"].get(o)]
-        return f"{row['released_seeds']}/{seeds}" + (
-            f" ({', '.join(unchecked)})" if unchecked else "")
+        noted = [o for o in ("no check", "too few devices", "devices report better",
+                             "devices report not better", "devices report worse")
+                 if row["checked"].get(o)]
+        notes = ", ".join(f"{o} {row['checked'][o]}" for o in noted)
+        return f"{row['released_seeds']}/{seeds}" + (f" ({notes})" if noted else "")
 
     lines = [f"| method | user-level ε | users' {error} | vs nothing shared "
              + ("| users' accuracy " if accuracy else "")
@@ -1074,9 +1132,12 @@ def table(summary: dict[str, dict[str, Any]], seeds: int, task: ProtocolTask) ->
             "of the users, drawn from the seed, train no method, and each method's new model is "
             "released to every user only if it is shown better on their devices "
             f"(one-sided paired t-test over devices at {DEVICE_CONFIDENCE:.0%}), devices "
-            "then keeping it unless their records show it worse; DMT under local DP holds "
-            "out no one and is released unchecked, devices keeping it only if their records "
-            "show it better (no check), as is a model with fewer than 2 held-out devices of "
+            "then keeping it unless their records show it worse; DMT under local DP is "
+            "checked by the held-out devices themselves, each reporting one bit (better once "
+            "personalized, out of fold) by randomized response at the row's ε, and released "
+            "with the claim if more than half are shown better off at 90 % (devices report "
+            "better), else without it, devices keeping it only if their records show it "
+            "better at 99 %, as is a model with fewer than 2 held-out devices of "
             "2 records to check on (too few devices); a model not released leaves every "
             "user with what "
             "they held; held-out users count in every mean; adopted: the share of users "

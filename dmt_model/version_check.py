@@ -48,19 +48,21 @@ import math
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 import pandas as pd
 
-from dmt_privacy.errors import InvalidPackage, ValidationError
+from dmt_privacy.errors import BudgetExceededError, InvalidPackage, ValidationError
 
 __all__ = [
     "VERSION_CHECK_EPSILON",
     "VersionCheck",
     "VersionCheckTally",
     "check_version",
+    "check_version_many",
     "open_version_check",
     "seal_version_check",
     "tally_version_checks",
@@ -148,6 +150,23 @@ def check_version(release: Any, previous: Any, records: pd.DataFrame, *, ledger:
     raises :class:`~dmt_privacy.errors.BudgetExceededError` and nothing is reported).
     ``random_state`` other than ``None`` is not secure: for tests.
     """
+    (check,) = check_version_many(release, previous, [records], ledgers=[ledger],
+                                  based_on=based_on, epsilon=epsilon,
+                                  prior_records=prior_records, folds=folds, seed=seed,
+                                  random_states=[random_state])
+    return check
+
+
+def check_version_many(release: Any, previous: Any, record_sets: Sequence[pd.DataFrame], *,
+                       ledgers: Sequence[Any], based_on: int | None = None,
+                       epsilon: float = VERSION_CHECK_EPSILON,
+                       prior_records: int | Sequence[int] | None = None, folds: int = 5,
+                       seed: int = 0, random_states: Sequence[Any] | None = None
+                       ) -> list[VersionCheck]:
+    """:func:`check_version` of several devices (a simulation's), each with its records and
+    its ledger (``random_states``: one each, ``None`` for the secure source); their
+    personalizations train together, as :func:`~dmt_model.personalize.compare_on_devices`
+    trains them, so each report is the one its device alone would make."""
     from dmt_model.coreml._spec import spec_from_bytes
     from dmt_model.personalize import (
         DEFAULT_PRIOR_RECORDS,
@@ -162,38 +181,56 @@ def check_version(release: Any, previous: Any, records: pd.DataFrame, *, ledger:
         raise ValidationError(
             f"release must be what verify_release returned, got {type(release).__name__}: "
             "a device reports only on a version whose signature it checked.")
-    if not isinstance(ledger, PrivacyLedger | Unaccounted):
-        raise ValidationError(
-            f"ledger must be the device's PrivacyLedger (or UNACCOUNTED in a simulation), got "
-            f"{type(ledger).__name__}: a report spends ε of the user's budget.")
+    random_states = [None] * len(record_sets) if random_states is None else random_states
+    if not len(ledgers) == len(random_states) == len(record_sets):
+        raise ValidationError(f"{len(record_sets)} record sets, {len(ledgers)} ledgers and "
+                              f"{len(random_states)} random states: give one of each per "
+                              "device.")
+    for ledger in ledgers:
+        if not isinstance(ledger, PrivacyLedger | Unaccounted):
+            raise ValidationError(
+                f"ledger must be the device's PrivacyLedger (or UNACCOUNTED in a "
+                f"simulation), got {type(ledger).__name__}: a report spends ε of the user's "
+                "budget.")
+    for i, ledger in enumerate(ledgers):  # before any report is drawn: all or none
+        if isinstance(ledger, PrivacyLedger) and ledger.remaining.epsilon < epsilon:
+            raise BudgetExceededError(
+                f"A report at ε={epsilon:g} would exceed the budget of device {i}'s user "
+                f"{ledger.user_id!r}, who has ε={ledger.remaining.epsilon:g} left. Nothing "
+                "was reported; report at a lower ε, or wait for a new budget period.")
     baseline = release.installed_version if based_on is None else based_on
     if type(baseline) is not int or not 1 <= baseline < release.metadata.version:
         raise ValidationError(
             f"based_on must be the number of the version the personal model comes from, "
             f"older than the new version {release.metadata.version}; got {baseline!r}. Pass "
             "based_on=, or verify the release with installed_version=.")
-    mechanism = RandomizedResponse(epsilon=epsilon, categories=_CATEGORIES,
-                                   random_state=random_state, field="better")
-    candidate = spec_from_bytes(release.model)
+    mechanisms = [RandomizedResponse(epsilon=epsilon, categories=_CATEGORIES,
+                                     random_state=state, field="better")
+                  for state in random_states]
+    short = [i for i, records in enumerate(record_sets) if len(records) < 2]
+    if short:
+        raise ValidationError(f"Device {short[0]} holds {len(record_sets[short[0]])} record(s); "
+                              "checking a version needs at least 2 (it holds one out).")
+    candidate = spec_from_bytes(release.model, source=f"release v{release.metadata.version}")
     if isinstance(previous, (str, bytes)) or hasattr(previous, "__fspath__"):
         previous = _load_model(previous)
     before, after = _versions_on_devices(
-        previous, candidate, [records], minimum=1,
+        previous, candidate, record_sets, minimum=1,
         prior_records=DEFAULT_PRIOR_RECORDS if prior_records is None else prior_records,
         folds=folds, seed=seed)
-    truth = bool(after[0] < before[0])  # a tie, or a failed check, is not "better"
-    receipt = ReleaseReceipt(
-        release_id=uuid.uuid4().hex, n_records=1, epsilon=mechanism.epsilon, delta=0.0,
-        fields=(mechanism.field_receipt(),), privacy_unit="user",
-        user_id=getattr(ledger, "user_id", None), random_source=mechanism.source.name,
-        secure_random=mechanism.source.secure)
-    if isinstance(ledger, PrivacyLedger):
-        with ledger.release(receipt):
+    checks = []
+    for mechanism, ledger, was, now in zip(mechanisms, ledgers, before, after, strict=True):
+        truth = bool(now < was)  # a tie, or a failed check (NaN), is not "better"
+        receipt = ReleaseReceipt(
+            release_id=uuid.uuid4().hex, n_records=1, epsilon=mechanism.epsilon, delta=0.0,
+            fields=(mechanism.field_receipt(),), privacy_unit="user",
+            user_id=getattr(ledger, "user_id", None), random_source=mechanism.source.name,
+            secure_random=mechanism.source.secure)
+        with ledger.release(receipt) if isinstance(ledger, PrivacyLedger) else nullcontext():
             told = bool(mechanism.randomise([truth])[0])
-    else:
-        told = bool(mechanism.randomise([truth])[0])
-    return VersionCheck(release.metadata.version, release.metadata.sha256, baseline, told,
-                        float(mechanism.epsilon))
+        checks.append(VersionCheck(release.metadata.version, release.metadata.sha256,
+                                   baseline, told, float(mechanism.epsilon)))
+    return checks
 
 
 def seal_version_check(check: VersionCheck, server_key: Any) -> bytes:

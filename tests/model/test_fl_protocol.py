@@ -97,7 +97,7 @@ def test_quick_run_writes_every_row_with_privacy_cost_and_risk(tmp_path, task, w
             assert row["checked"] in fl_protocol.RELEASE_AFTER, name
             assert row["released"] == (fl_protocol.RELEASE_AFTER[row["checked"]]
                                        != "withheld"), name
-            assert (row["device_check"] is None) == (row["checked"] == "no check"), name
+            assert row["device_check"] is not None, name  # every version is checked
             assert summary[name]["released_seeds"] == int(row["released"]), name
     table = (tmp_path / f"federated_protocol_{task}.md").read_text()
     assert "| method | user-level ε |" in table and "| released (seeds) |" in table
@@ -200,9 +200,9 @@ def _flower_without_ray(monkeypatch, sim, task) -> list[list[int]]:
 def test_held_out_users_train_no_method_and_are_the_same_for_every_method(monkeypatch,
                                                                           tmp_path):
     """Every method's version is checked on held-out users, whose records reach neither
-    DMT's retraining (except under local DP, where the SDK holds out no one) nor Flower's
-    fit clients; the same users for every method. Fails on the protocol that granted every
-    version ADOPTION_RULE unchecked, whose methods trained on every user."""
+    DMT's retraining (under local DP too, whose version they check by their reports) nor
+    Flower's fit clients; the same users for every method. Fails on the protocol that
+    granted every version ADOPTION_RULE unchecked, whose methods trained on every user."""
     import dmt_model.server.retrain as retrain
     from dmt_model.loop import _hold_out
 
@@ -226,16 +226,16 @@ def test_held_out_users_train_no_method_and_are_the_same_for_every_method(monkey
     held_records = pd.concat([u.shareable for u in sim.users if u.user_id in held]).index
     others = pd.concat([u.shareable for u in sim.users if u.user_id not in held]).index
     raw, k_anonymous, private = retrained[:3]  # DMT's rows (the Flower stand-in follows)
-    for frame in (raw, k_anonymous):
+    for frame in (raw, k_anonymous, private):
         assert not frame.index.isin(held_records).any()
     assert set(raw.index) == set(others)
-    assert private.index.isin(held_records).any()  # local DP: every user's packages
     assert clients == [[u.user_id for u in sim.users if u.user_id not in held]] * 2
     checked = ["DMT raw", "DMT k-anonymous k=5", "FedAvg", "DP-FedAvg ε=4"]
-    assert all(rows[name]["held_out_users"] == held for name in checked)
-    assert rows["DMT local DP ε=4"]["held_out_users"] == []
+    assert all(rows[name]["held_out_users"] == held for name in [*checked,
+                                                                   "DMT local DP ε=4"])
     assert all(rows[name]["checked"] in ("better", "worse", "not shown better",
                                          "too few devices") for name in checked)
+    assert rows["DMT local DP ε=4"]["checked"].startswith("devices report")
 
 
 def test_a_version_the_check_does_not_show_better_reaches_no_user(monkeypatch, tmp_path):
@@ -273,16 +273,29 @@ def test_a_version_the_check_does_not_show_better_reaches_no_user(monkeypatch, t
     assert len(checks) == 2 + (k_checked == "not shown better")
 
 
-def test_local_dp_rows_are_released_without_the_claim_and_devices_ask_them_to_prove_it(
-        monkeypatch, tmp_path):
-    """Under local DP the SDK holds out no device and publishes without the claim, so
-    devices apply UNCHECKED_RULE; a version shown better on held-out devices gets
-    ADOPTION_RULE. Fails on the protocol that gave every version ADOPTION_RULE."""
+@pytest.mark.parametrize("reports_better", [False, True])
+def test_local_dp_rows_earn_the_claim_only_from_the_devices_reports(monkeypatch, tmp_path,
+                                                                     reports_better):
+    """Under local DP the server cannot check on its noisy packages: the held-out devices'
+    reports decide. Reports that do not show the version better release it without the
+    claim, so devices apply UNCHECKED_RULE; reports that do give it the claim, and
+    ADOPTION_RULE, as a version shown better by the server's check. Fails on the protocol
+    that gave every version ADOPTION_RULE, and on the one that never checked local DP."""
     import dmt_model.personalize as personalize
+    import dmt_model.version_check as version_check
 
     task = fl_protocol.TASKS["friedman"]
     sim = task.simulate(0, 12)
     checks = _check_says(monkeypatch, better=True)
+    tallies = []
+    tally = version_check.tally_version_checks
+
+    def says(checks_, **kwargs):
+        found = tally(checks_, **kwargs)
+        tallies.append(found)
+        return dataclasses.replace(found, better=reports_better, worse=False)
+
+    monkeypatch.setattr(version_check, "tally_version_checks", says)
     row = [0]
     rules: list[tuple[int, object]] = []
     personalize_users, adopted_many = fl_protocol.personalize_users, personalize.adopted_many
@@ -302,8 +315,11 @@ def test_local_dp_rows_are_released_without_the_claim_and_devices_ask_them_to_pr
                                 methods=("dmt",))
     assert list(rows) == ["nothing shared", "DMT raw", "DMT k-anonymous k=5",
                           "DMT local DP ε=4"]
-    assert {rule for r, rule in rules if r == 4} == {personalize.UNCHECKED_RULE}
+    assert {rule for r, rule in rules if r == 4} == {
+        personalize.ADOPTION_RULE if reports_better else personalize.UNCHECKED_RULE}
     assert {rule for r, rule in rules if r == 2} == {personalize.ADOPTION_RULE}
+    # the 3 held-out users of 12 reported, each at the row's ε
+    assert len(tallies) == 1 and tallies[0].devices == 3 and tallies[0].epsilon == 4.0
     # raw and k-anonymous are checked (k = 5 leaves 12 users' held-out devices too few
     # records to check on, and run_loop then publishes without the claim); local DP is not
     k_checked = rows["DMT k-anonymous k=5"]["checked"]
@@ -312,7 +328,8 @@ def test_local_dp_rows_are_released_without_the_claim_and_devices_ask_them_to_pr
         personalize.ADOPTION_RULE if k_checked == "better" else personalize.UNCHECKED_RULE}
     assert len(checks) == 1 + (k_checked == "better")
     assert rows["DMT raw"]["checked"] == "better"
-    assert rows["DMT local DP ε=4"]["checked"] == "no check"
+    assert rows["DMT local DP ε=4"]["checked"] == (
+        "devices report better" if reports_better else "devices report not better")
     assert rows["DMT local DP ε=4"]["released"]
 
 
