@@ -269,10 +269,10 @@ def tally_version_checks(checks: Iterable[VersionCheck], *, version: int, sha256
                          confidence: float = 0.9) -> VersionCheckTally:
     """What the reports naming ``version`` (model file hash ``sha256``), ``baseline`` and
     ``epsilon`` say: the unbiased share of devices better off
-    (:func:`~dmt_privacy.dp.estimate_frequencies`) and its one-sided bounds at
-    ``confidence``. Reports for anything else are counted in ``ignored`` and left out;
-    the version is ``better`` only on at least 2 reports."""
-    from dmt_privacy.dp import RandomizedResponse, estimate_frequencies
+    (as :func:`~dmt_privacy.dp.estimate_frequencies` estimates it) and its exact one-sided
+    bounds at ``confidence``, within [0, 1]. Reports for anything else are counted in
+    ``ignored`` and left out; the version is ``better`` only on at least 2 reports."""
+    from dmt_privacy.dp import RandomizedResponse
 
     if not 0.5 <= confidence < 1:
         raise ValidationError(f"confidence must be in [0.5, 1), got {confidence!r}.")
@@ -297,11 +297,18 @@ def tally_version_checks(checks: Iterable[VersionCheck], *, version: int, sha256
                                  0.0, 1.0, confidence, False, False,
                                  "no report on this version against this baseline",
                                  dict(ignored))
-    # one-sided bounds at `confidence` are the two-sided interval at 2 × confidence − 1
-    estimate = estimate_frequencies(told, mechanism.field_receipt(),
-                                    confidence=max(2 * confidence - 1, 1e-9))
-    share, low, high = (float(a[1]) for a in (estimate.frequencies, estimate.ci_low,
-                                              estimate.ci_high))
+    # A device better off says "better" with probability p, one that is not with q = 1 - p:
+    # the share of "better" reports is q + (p - q) × the share better off. Its bounds are
+    # exact (Clopper–Pearson, one-sided at `confidence`): a normal interval collapses to a
+    # point on reports that agree, and two of them would have made a claim.
+    from scipy.stats import binomtest
+
+    p, q = mechanism.keep_probability, mechanism.flip_probability
+    said = sum(told)
+    share = (said / n - q) / (p - q)
+    low, high = ((min(max((bound - q) / (p - q), 0.0), 1.0)) for bound in (
+        binomtest(said, n, 0.5, alternative="greater").proportion_ci(confidence).low,
+        binomtest(said, n, 0.5, alternative="less").proportion_ci(confidence).high))
     better, worse = n >= 2 and low > 0.5, n >= 2 and high < 0.5
     figures = (f"{share:.0%} of {n} devices better off (one-sided {confidence:.0%} bounds "
                f"{low:.0%}–{high:.0%}; reports at ε = {mechanism.epsilon:g})")

@@ -149,3 +149,19 @@ def test_only_a_sealed_report_opens_and_the_registry_checks_what_it_names(served
     with pytest.raises(ValidationError, match="No published version 5"):
         registry.record_version_checks(tally)
     assert registry.versions() == before
+
+
+def test_a_few_reports_that_agree_are_not_proof():
+    """Two reports of "better" at ε = 1 happen one time in four when no device is better
+    off; a normal (Wald) interval collapses to a point on reports that agree and claimed the
+    version. The bounds are exact (binomial), so they earn nothing; nor does a bound
+    leave [0, 1]."""
+    sha = "ab" * 32
+    agree = [VersionCheck(2, sha, 1, True, 1.0)] * 2
+    tally = tally_version_checks(agree, version=2, sha256=sha, baseline=1)
+    assert not tally.better and tally.lower < 0.5 < tally.upper, tally.reason
+    assert 0.0 <= tally.lower <= tally.upper <= 1.0
+    many = [VersionCheck(2, sha, 1, True, 1.0)] * 12  # enough agreeing reports prove it
+    assert tally_version_checks(many, version=2, sha256=sha, baseline=1).better
+    against = [VersionCheck(2, sha, 1, False, 1.0)] * 2
+    assert not tally_version_checks(against, version=2, sha256=sha, baseline=1).worse
