@@ -19,7 +19,14 @@
    only if it is no worse on the validation data and, personalized on each
    held-out device's records as the device would, better for those devices
    (:func:`~dmt_model.personalize.compare_on_devices`). The signed release
-   says on how many devices it was shown better.
+   says on how many devices it was shown better. Under local DP on the target
+   the server's copy of those records is noisy, so the held-out devices check
+   instead (:mod:`dmt_model.version_check`): v2 is published without the claim,
+   each held-out device personalizes both versions on its own records and
+   reports one bit (better?) by randomized response at ``report_epsilon``,
+   charged to its ledger and sealed; the server tallies the reports and signs
+   v2's release again with the claim if more than half of the devices are
+   shown better off.
 5. If v2 is published, each device verifies its release and adopts it
    re-personalized on its local records (all of them by default) under the
    rule the release earns (:func:`~dmt_model.personalize.adoption_rule_for`):
@@ -154,7 +161,8 @@ def run_loop(
     foundation: Any = None,
     validation_fraction: float = 0.2,
     adopt_on: Literal["all", "unshared"] = "all",
-    held_out_share: float | None = None,
+    held_out_share: float = 0.25,
+    report_epsilon: float = 1.0,
     modifiers: Mapping[str, Any] | None = None,
     progress: Progress[Any] | None = None,
     on_stage: Stage | None = None,
@@ -174,15 +182,18 @@ def run_loop(
     per-record ε of the target's local DP, ``None`` to share it as it is.
     ``held_out_share``: the share of accepted packages the server keeps out of
     retraining to check v2 on their devices (drawn from ``seed`` among the
-    devices, each with all its packages); by default 0.25 when targets are
-    shared as they are. Under local DP on the target it must be 0 (the
-    default): the noise (Laplace of scale the bounds' width at ε = 1) leaves a
-    device's few records unable to tell two versions apart, cannot be
+    devices, each with all its packages; 0 checks on none). With the target
+    shared as it is the server checks on their packages. Under local DP on the
+    target it cannot: the noise (Laplace of scale the bounds' width at ε = 1)
+    leaves a device's few records unable to tell two versions apart, cannot be
     personalized on as a device personalizes on its own records, and
     randomized-response labels can score a flatter version better, so what they
-    showed would not be what the signed claim says. With fewer than 2
-    held-out devices of 2 records v2's release carries no device claim, and
-    devices ask it to prove itself at 99 %.
+    showed would not be what the signed claim says. The held-out devices report
+    instead, each one bit at ``report_epsilon`` (:func:`~dmt_model.version_check.
+    check_version`, on all its records, none of which trained v2), which every
+    device's budget holds beside what sharing costs. With fewer than 2 held-out
+    devices of 2 records, or reports that do not show v2 better, v2's release
+    carries no device claim, and devices ask it to prove itself at 99 %.
     """
     from dmt_model.coreml import load_spec, predict_frame
     from dmt_model.foundation import train_foundation
@@ -190,6 +201,12 @@ def run_loop(
     from dmt_model.server import ServerPolicy, SharedStore, ingest
     from dmt_model.server.retrain import ModelRegistry, retrain_foundation, validation_split
     from dmt_model.server.training import policy_batches
+    from dmt_model.version_check import (
+        check_version_many,
+        open_version_check,
+        seal_version_check,
+        tally_version_checks,
+    )
     from dmt_privacy.anonymity import KAnonymizer
     from dmt_privacy.files import write_atomically
     from dmt_privacy.release import generate_release_key, verify_release
@@ -199,18 +216,9 @@ def run_loop(
 
     if adopt_on not in ("all", "unshared"):
         raise ValidationError(f"adopt_on must be 'all' or 'unshared', got {adopt_on!r}.")
-    if held_out_share is None:
-        held_out_share = 0.25 if epsilon is None else 0.0
     if not 0 <= held_out_share < 1:
         raise ValidationError(f"held_out_share must be in [0, 1), got {held_out_share!r}; "
                               "0 checks v2 on no device.")
-    if held_out_share > 0 and epsilon is not None:
-        raise ValidationError(
-            f"held_out_share={held_out_share!r} with epsilon={epsilon!r}: the held-out "
-            "devices' targets would be under local DP, and what versions personalized on "
-            "noisy targets and scored against them show (randomized-response labels can "
-            "score a flatter version better) is not what the signed device claim says. Pass "
-            "epsilon=None to check v2 on held-out devices, or held_out_share=0.")
     workdir = Path(workdir)
     if workdir.exists() and any(workdir.iterdir()):
         raise ValidationError(f"workdir {workdir} is not empty; give a new or empty folder.")
@@ -239,8 +247,10 @@ def run_loop(
     for user in progress(simulation.users, "devices: personalizing v1"):
         folder = workdir / "devices" / f"user-{user.user_id:03d}"
         folder.mkdir(parents=True)
-        # what sharing them all costs (nothing is charged without local DP)
-        budget = epsilon * max(1, len(user.shareable)) if epsilon is not None else 1.0
+        # what sharing them all costs, and a report on v2 (nothing is charged without
+        # local DP)
+        budget = epsilon * max(1, len(user.shareable)) + report_epsilon \
+            if epsilon is not None else 1.0
         store = LocalStore(folder / "records.db", schema=schema,
                            user_id=f"user-{user.user_id:03d}", epsilon_budget=budget,
                            key=LocalStore.generate_key())  # a device's, from its keystore
@@ -290,15 +300,19 @@ def run_loop(
     # which would pull their targets toward v1 and bias the comparison in its favour.
     devices = _held_out_devices(policy_batches(shared_store, server_policy)[0], owners, held,
                                 foundation.featurizer, seed=seed)
+    # Under local DP they are noisy: the held-out devices report on v2 themselves.
+    reporters = sorted({owners[p] for p in held}) if epsilon is not None else []
+    reporters = [u for u in reporters if len(stores[u].records("all")) >= 2]
     on_stage(f"server: retraining v2 on {len(proxy)} proxy + "
              f"{sum(len(b.records) for b in batches)} released records "
              f"({len(devices)} devices' packages held out to check it)")
     retrained = retrain_foundation(foundation, proxy, batches, config)
     release_key = generate_release_key()  # the app pins its public half
+    server_check = epsilon is None and len(devices) >= 2
     v2 = registry.publish(retrained, trained_on={
         "proxy": len(proxy), "shared": sum(len(b.records) for b in batches)},
-        validation_data=validation, validation_devices=devices if len(devices) >= 2 else None,
-        signing_key=release_key,
+        validation_data=validation, validation_devices=devices if server_check else None,
+        signing_key=release_key, server_key=server_key.public_key(),
         notes=f"proxy + shared records (k={k}, ε={'none' if epsilon is None else epsilon})")
     # Retraining that gave v1's weights again (nothing shared) publishes nothing new.
     shipped = v2.published and v2.version > v1.version
@@ -307,10 +321,29 @@ def run_loop(
                  "to publish")
     v2_spec = load_spec(registry.path(v2.mlmodel_file))
     rule, v2_model = None, workdir / "devices" / "v2.mlmodel"
-    if shipped:  # what every device does before it reads v2: verify its signed release
-        release = verify_release(registry.path(v2.release_file).read_bytes(),
-                                 registry.path(v2.mlmodel_file).read_bytes(),
-                                 release_key.verify_key(), installed_version=v1.version)
+
+    def verified() -> Any:  # what every device does before it reads v2
+        return verify_release(registry.path(v2.release_file).read_bytes(),
+                              registry.path(v2.mlmodel_file).read_bytes(),
+                              release_key.verify_key(), installed_version=v1.version)
+
+    if shipped and len(reporters) >= 2:
+        # Each held-out device checks v2 on its records and reports one bit, sealed; the
+        # server tallies them and signs v2's release again if they show it better.
+        on_stage(f"devices: {len(reporters)} held-out devices report on v2 (one bit each at "
+                 f"ε={report_epsilon:g})")
+        release = verified()
+        checks = check_version_many(
+            release, v1_model, [stores[u].records("all") for u in reporters],
+            ledgers=[stores[u].ledger for u in reporters], epsilon=report_epsilon, seed=seed)
+        sealed = [seal_version_check(c, release.server_public_key()) for c in checks]
+        tally = tally_version_checks([open_version_check(e, server_key) for e in sealed],
+                                     version=v2.version, sha256=release.metadata.sha256,
+                                     baseline=v1.version, epsilon=report_epsilon)
+        v2 = registry.record_version_checks(tally, signing_key=release_key,
+                                            server_key=server_key.public_key())
+    if shipped:
+        release = verified()
         rule = adoption_rule_for(release)
         # and adopt exactly the bytes it verified, not the server's file read again
         write_atomically(v2_model, release.model)
@@ -354,7 +387,8 @@ def run_loop(
         records_quarantined=int(counts.get("records_quarantined", 0)),
         workdir=workdir, devices=personal_paths,
         metric="log loss" if foundation.featurizer.classes_ else "RMSE",
-        v2_validation=dict(v2.validation), held_out_devices=len(devices))
+        v2_validation=dict(v2.validation),
+        held_out_devices=len(reporters) if epsilon is not None else len(devices))
 
 
 def _held_out_devices(batches: Sequence[Any], owners: Mapping[str, int], held: set[str],

@@ -215,9 +215,22 @@ def _classifier_demo(args: argparse.Namespace) -> int:
 def _device_check(result: Any) -> str:
     """What the server's check of v2 on held-out devices found, and what it asks of devices."""
     check = result.v2_validation
+    if "device_reports" in check:  # local DP: the held-out devices reported themselves
+        told = (f"- The server held out {result.held_out_devices} devices' packages from "
+                "retraining. Under local DP\n  it cannot check v2 on their noisy records, "
+                f"so each checked v2 on its own records and\n  reported one bit (better or "
+                f"not, by randomized response at ε={check['device_reports_epsilon']:g}): "
+                f"an estimated\n  {check['device_reports_share_better']:.0%} of them are "
+                f"better off (one-sided {check['device_reports_confidence']:.0%} bounds "
+                f"{check['device_reports_lower']:.0%}–{check['device_reports_upper']:.0%}).")
+        if check.get("devices_better"):
+            return told + ("\n  More than half, so v2's release was signed again saying so, "
+                           "and devices adopt it\n  unless their own records show it worse.")
+        return told + ("\n  That does not show more than half better off, so v2's signed "
+                       "release claims\n  nothing about devices, and each device asked v2 to "
+                       "prove itself on its own\n  records, at 99 %.")
     if "devices" not in check:
-        told = ("- No device's packages were held out to check v2 on (under local DP on the "
-                "target, a\n  device's few noisy records cannot tell two versions apart)")
+        told = "- No device's packages were held out to check v2 on"
         if not result.v2_published:
             return told + "."
         return (told + ", so v2's signed release\n  claims nothing about devices and each "

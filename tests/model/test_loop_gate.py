@@ -91,19 +91,37 @@ def test_the_held_out_devices_follow_the_seed_not_the_random_package_ids():
     assert _hold_out(first, 0.0, seed=0) == set()
 
 
-def test_devices_under_local_dp_on_the_target_are_not_held_out_to_sign_a_claim(tmp_path):
-    """Under local DP on the target the held-out devices' targets are noisy (k-RR labels
-    can score a flatter version better in log loss), so what they show is not what the signed
-    claim says; run_loop refuses to hold them out instead of signing it."""
+def test_under_local_dp_the_held_out_devices_report_on_v2_themselves(tmp_path):
+    """Under local DP on the target the held-out devices' targets are noisy as the server
+    holds them (k-RR labels can score a flatter version better in log loss), so the server
+    does not check on them: v2 trains without their packages, each held-out device checks it
+    on its own records and reports one bit at report_epsilon, charged to its ledger, and the
+    server records the reports' tally. Two reports at ε = 1 cannot show v2 better, so its
+    release claims nothing. (Before, run_loop refused to hold devices out under local DP,
+    and every local-DP version was released unchecked.)"""
     from dmt_model.datasets.classifier_users import simulate_classifier_users
     from dmt_model.loop import run_loop
 
-    simulation = simulate_classifier_users(_records(200, 21), target="level", n_users=4,
-                                           image="patch", n_records=60, seed=0)
-    with pytest.raises(ValidationError, match="held_out_share=0.25 with epsilon=1.0"):
-        run_loop(simulation, SCHEMA, quasi_identifiers=(), workdir=tmp_path / "dp",
-                 epsilon=1.0, held_out_share=0.25)
-    assert not (tmp_path / "dp").exists()  # refused before anything is written
+    simulation = simulate_classifier_users(_records(400, 21), target="level", n_users=8,
+                                           image="patch", n_records=120, seed=0)
+    config = TrainingConfig(epochs=20, early_stopping=0.1, patience=5)
+    result = run_loop(simulation, SCHEMA, quasi_identifiers=(), workdir=tmp_path / "dp",
+                      config=config, epsilon=1.0, report_epsilon=0.5)
+    assert result.held_out_devices == 2
+    check = result.v2_validation
+    assert "device_t" not in check  # the server did not check on the noisy packages
+    if result.v2_published:
+        assert check["device_reports"] == 2 and check["device_reports_epsilon"] == 0.5
+        assert not check["devices_better"]
+        index = json.loads((tmp_path / "dp/server/models/versions.json").read_text())
+        signed = json.loads((tmp_path / "dp/server/models" / index[1]["release_file"])
+                            .read_text())["signed"]
+        assert "held_out_devices" not in signed
+        assert 0 < index[1]["trained_on"]["shared"] < sum(u.shared_records
+                                                           for u in result.users)
+        # the reporters spent report_epsilon beyond what sharing cost; the others did not
+        spent = sorted(u.epsilon_spent - u.shared_records * 1.0 for u in result.users)
+        assert spent == pytest.approx([0.0] * 6 + [0.5] * 2)
 
 
 def test_the_demo_says_no_release_carries_a_claim_for_a_refused_version():
@@ -119,6 +137,24 @@ def test_the_demo_says_no_release_carries_a_claim_for_a_refused_version():
     assert "signed release says" not in refused and "refused" in refused.lower()
     published = _device_check(SimpleNamespace(v2_validation=check, v2_published=True))
     assert "signed release says so" in published
+
+
+def test_the_demo_says_what_the_devices_reports_showed():
+    from types import SimpleNamespace
+
+    from dmt_model.cli.demo import _device_check
+
+    reports = {"device_reports": 30.0, "device_reports_epsilon": 1.0,
+               "device_reports_share_better": 0.8, "device_reports_confidence": 0.9,
+               "device_reports_lower": 0.62, "device_reports_upper": 0.97,
+               "devices": 30.0, "devices_better": 1.0, "current_version": 1.0}
+    told = _device_check(SimpleNamespace(v2_validation=reports, v2_published=True,
+                                         held_out_devices=30))
+    assert "reported one bit" in told and "80%" in told and "signed again" in told
+    unproven = {**reports, "devices_better": 0.0, "device_reports_lower": 0.4}
+    told = _device_check(SimpleNamespace(v2_validation=unproven, v2_published=True,
+                                         held_out_devices=30))
+    assert "prove itself" in told and "signed again" not in told
 
 
 def test_a_device_with_several_packages_is_one_device_in_the_check(classifier):  # noqa: F811
