@@ -46,7 +46,9 @@ label share — and harmed and missed are counted on it, without that noise.
 
 ``--unclaimed raw 4 1 8`` measures instead the version a device gets without a device
 claim — the server retrains on every user's packages, as shared (``raw``) or under local
-DP at a user-level ε, and holds out no devices, as ``run_loop`` does under local DP — so the
+DP at a user-level ε, and holds out no devices — the case of a version nothing vouched for
+(under local DP, ``run_loop`` now lets held-out devices report, ``dmt_model.version_check``,
+and this is what its devices do when the reports do not show it better) — so the
 device's own check is the only one: never, always, and "the version must prove itself"
 (out of fold, scored on unshared records) at confidence 50 % (a regression's
 ``DEFAULT_RULE``), 75, 90 (a classifier's), 95, 97.5 and 99 % (``UNCHECKED_RULE``, what

@@ -830,7 +830,8 @@ DEFAULT_RULE = DecisionRule()
 ADOPTION_RULE = DecisionRule(confidence=0.5, prefer="update")
 #: The rule :func:`adopt_new_version` applies to a version no held-out devices vouched for
 #: (:func:`adoption_rule_for`): released without that claim — under local DP, where the
-#: server holds out no devices, or with too few of them — or a claim against another version
+#: server cannot check and the held-out devices' reports (:mod:`dmt_model.version_check`)
+#: did not show it better, or with too few devices — or a claim against another version
 #: than the device's, or no release at all. It must prove itself on the device's records,
 #: significantly at 99 % whatever the task: the device's own check is then the only one, and
 #: at the task's confidence (90 % for a classifier) it let through versions that were worse
