@@ -80,7 +80,7 @@ if [ -z "$$pg_bin" ]; then echo "No PostgreSQL here (needs apt-get): its tests w
       -o "-c listen_addresses=127.0.0.1 -p $$pg_port -c unix_socket_directories=''" start >/dev/null; } || \
   { echo "PostgreSQL did not start; see $$pg_dir/*.log"; exit 1; }; \
   export DMT_TEST_POSTGRES_URL="postgresql://dmt@127.0.0.1:$$pg_port/postgres" \
-    DMT_TEST_POSTGRES_CTL="$$pg_as $$pg_bin/pg_ctl -D $$pg_dir/data"; \
+    DMT_TEST_POSTGRES_CTL="$$pg_as $$pg_bin/pg_ctl -D $$pg_dir/data -l $$pg_dir/server.log"; \
   echo "PostgreSQL test cluster on 127.0.0.1:$$pg_port ($$pg_dir)"; \
 fi
 endef
