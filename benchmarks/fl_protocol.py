@@ -579,15 +579,24 @@ def device_reports(previous: Any, candidate: Any, devices: list[pd.DataFrame], e
     better than ``previous`` once personalized — one bit, by randomized response at
     ``epsilon`` (seeded here, for reproducible tables) — and the server's tally, one-sided
     at :data:`DEVICE_CONFIDENCE`: ``"devices report better"`` (released with the claim),
-    else ``"devices report worse"`` or ``"devices report not better"`` (without it)."""
+    else ``"devices report worse"`` or ``"devices report not better"`` (without it); with
+    fewer devices than could ever show it better (``reports_needed``: 4), none reports and
+    it is ``"too few devices"``. The held-out devices share nothing (``run_seed``): the
+    report is all they send, and its ε all they spend."""
     from dmt_model.coreml import UpdateSettings, build_spec
     from dmt_model.coreml._spec import spec_bytes
-    from dmt_model.version_check import check_version_many, tally_version_checks
-    from dmt_privacy.dp import UNACCOUNTED
+    from dmt_model.version_check import (
+        check_version_many,
+        reports_needed,
+        seal_version_check,
+        tally_version_checks,
+    )
+    from dmt_privacy.dp import UNACCOUNTED, InsecureRandomnessWarning
     from dmt_privacy.release import generate_release_key, sign_release, verify_release
+    from dmt_privacy.seal import generate_server_key
 
     usable = [records for records in devices if len(records) >= 2]
-    if len(usable) < 2:
+    if len(usable) < reports_needed(DEVICE_CONFIDENCE):  # they could never show it better
         return {"checked": "too few devices", "devices": len(usable)}
     key = generate_release_key()
     model = spec_bytes(build_spec(candidate, updatable=UpdateSettings()))
@@ -597,16 +606,19 @@ def device_reports(previous: Any, candidate: Any, devices: list[pd.DataFrame], e
         model, [key.verify_key()], installed_version=1)
     before = build_spec(previous, updatable=UpdateSettings())
     with warnings.catch_warnings():  # seeded randomized response: reproducible, not secure
-        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", InsecureRandomnessWarning)
         checks = check_version_many(release, before, usable, ledgers=[UNACCOUNTED] * len(usable),
                                     epsilon=epsilon, random_states=[seed * 1000 + i for i
                                                                     in range(len(usable))])
     tally = tally_version_checks(checks, version=2, sha256=release.metadata.sha256,
-                                 baseline=1, epsilon=epsilon, confidence=DEVICE_CONFIDENCE)
+                                 baseline=1, asked=len(usable), epsilon=epsilon,
+                                 confidence=DEVICE_CONFIDENCE)
     checked = ("devices report better" if tally.better else "devices report worse"
                if tally.worse else "devices report not better")
+    sealed = seal_version_check(checks[0], generate_server_key().public_key())
     return {"checked": checked, "devices": tally.devices, "share_better": tally.share_better,
-            "lower": tally.lower, "upper": tally.upper, "epsilon": tally.epsilon}
+            "lower": tally.lower, "upper": tally.upper, "epsilon": tally.epsilon,
+            "report_bytes": len(sealed)}
 
 
 #: What the server does with a version after :func:`device_check` or :func:`device_reports`
@@ -904,7 +916,8 @@ def dmt_rows(task: ProtocolTask, epsilons: tuple[float, ...]) -> list[tuple[str,
     if task.tabular:
         rows += [(f"DMT local DP ε={e:g}", {"epsilon": e},
                   "local DP on the device (Laplace / randomized response, δ = 0), charged to "
-                  "the user's ledger") for e in epsilons]
+                  "the user's ledger; the held-out users share nothing and report one "
+                  "randomized-response bit at the same ε") for e in epsilons]
     else:
         rows.append(("DMT modified", {"modified": True},
                      "modified on the device (" + ", ".join(
@@ -989,14 +1002,19 @@ def run_seed(sim: Simulation, task: ProtocolTask, seed: int, *, rounds: int,
               f"model, {result['checked']}, {result['moved']:.0%} adopted)", flush=True)
 
     for name, how, guarantee in dmt_rows(task, epsilons) if "dmt" in methods else ():
-        # Under local DP the server's held-out packages are noisy (they cannot show what the
-        # signed claim says): the held-out devices check on their own records and report.
-        model, batches, info, devices = dmt_model_for(sim, task, foundation, how, seed,
+        # Under local DP the server's held-out packages would be noisy (they cannot show what
+        # the signed claim says): the held-out devices share nothing and check on their own
+        # records instead, each reporting one bit at the row's ε, so no user spends more.
+        private = "epsilon" in how
+        sharers = replace(sim, users=tuple(u for u in sim.users if u.user_id not in held_out)) \
+            if private else sim
+        model, batches, info, devices = dmt_model_for(sharers, task, foundation, how, seed,
                                                       settings["dmt_learning_rate"],
-                                                      held_out=held_out)
+                                                      held_out=frozenset() if private
+                                                      else held_out)
         check = checked(model, devices, how.get("epsilon"))
         release = RELEASE_AFTER[check["checked"]]
-        sizes, seal_seconds = sealed_sizes(sim, batches, task.schema)
+        sizes, seal_seconds = sealed_sizes(sharers, batches, task.schema)
         result = personalize_users(model, sim, task, current, previous=foundation,
                                    release=release, workers=workers)
         del result["personal_models"]
@@ -1005,7 +1023,10 @@ def run_seed(sim: Simulation, task: ProtocolTask, seed: int, *, rounds: int,
             "held_out_users": sorted(held_out),
             "epsilon": info.get("user_epsilon"), "guarantee": guarantee,
             # v1, and the new version if it was released
-            "sent_bytes": float(np.mean(sizes)),
+            # under local DP the held-out devices send their sealed report instead
+            "sent_bytes": float(np.mean(sizes)) if not private else float(
+                (sum(sizes) + check["device_check"].get("report_bytes", 0) * len(held_out))
+                / len(sim.users)),
             "received_bytes": (2.0 if check["released"] else 1.0) * model_bytes,
             "rounds": 1,
             "device_seconds": held["personalize_seconds"] + seal_seconds

@@ -204,6 +204,7 @@ def run_loop(
     from dmt_model.version_check import (
         check_version_many,
         open_version_check,
+        reports_needed,
         seal_version_check,
         tally_version_checks,
     )
@@ -327,7 +328,7 @@ def run_loop(
                               registry.path(v2.mlmodel_file).read_bytes(),
                               release_key.verify_key(), installed_version=v1.version)
 
-    if shipped and len(reporters) >= 2:
+    if shipped and len(reporters) >= reports_needed():  # fewer could never show it better
         # Each held-out device checks v2 on its records and reports one bit, sealed; the
         # server tallies them and signs v2's release again if they show it better.
         on_stage(f"devices: {len(reporters)} held-out devices report on v2 (one bit each at "
@@ -339,7 +340,8 @@ def run_loop(
         sealed = [seal_version_check(c, release.server_public_key()) for c in checks]
         tally = tally_version_checks([open_version_check(e, server_key) for e in sealed],
                                      version=v2.version, sha256=release.metadata.sha256,
-                                     baseline=v1.version, epsilon=report_epsilon)
+                                     baseline=v1.version, asked=len(reporters),
+                                     epsilon=report_epsilon)
         v2 = registry.record_version_checks(tally, signing_key=release_key,
                                             server_key=server_key.public_key())
     if shipped:

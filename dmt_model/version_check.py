@@ -10,8 +10,9 @@ have served them better reaches few of them (``benchmarks/adoption.py --unclaime
 Here the devices make the check instead, each on its own records, and tell the server one
 bit:
 
-1. A device whose records did not train the version (it shared nothing since the version
-   its personal model comes from) verifies the release, personalizes both versions on its
+1. A device whose records did not train the version (one the server asked to check
+   instead of sharing, whose packages, if it sent any, the server kept out of the version)
+   verifies the release, personalizes both versions on its
    records out of fold, exactly as the server's check does for each held-out device
    (:func:`~dmt_model.personalize.compare_on_devices`), and takes the bit "the new
    version's held-out error is lower" (:func:`check_version`).
@@ -25,7 +26,8 @@ bit:
    the hash of its model file and the version compared against (the baseline).
 
 The server opens the reports (:func:`open_version_check`) and tallies those naming the
-version, its hash, the baseline and the ε it asked for (:func:`tally_version_checks`):
+version, its hash, the baseline and the ε it asked for, from as many devices as it asked
+at most (:func:`tally_version_checks`):
 the unbiased share of devices better off and a one-sided confidence bound. A version that
 more than half of the devices are shown better off with (the lower bound above one half)
 is vouched for: :meth:`~dmt_model.server.retrain.ModelRegistry.record_version_checks`
@@ -35,11 +37,15 @@ unless their own records show it worse (:data:`~dmt_model.personalize.ADOPTION_R
 
 The claim says a majority of devices is better off (a sign test on devices), where the
 server's own check says their mean error is lower (a paired t-test): one bit per device
-is what a few hundred devices can report usefully under local DP. What the server cannot
-check: that a report comes from a device, once (an app that wants that attaches a
-privacy-pass token, as packages do), and that the device shared nothing into the version;
-one report moves the share by one device's weight at most, and a claim only changes which
-rule devices apply to their own records.
+is what a few hundred devices can report usefully under local DP. It needs at least
+:func:`reports_needed` reports (4 at 90 %), whatever ε.
+
+What the server cannot check: that a report comes from a device it asked, once. Reports
+carry no token yet (a privacy-pass token scoped to the version, as packages carry, would
+bind each to one asked device), and the server's public key is in every release, so
+anyone can seal reports. A tally of more reports than devices asked claims nothing, so
+forged reports can only take the place of asked devices that did not report; and a claim
+only changes which rule devices apply to their own records.
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ __all__ = [
     "check_version",
     "check_version_many",
     "open_version_check",
+    "reports_needed",
     "seal_version_check",
     "tally_version_checks",
 ]
@@ -111,8 +118,9 @@ class VersionCheckTally:
 
     ``share_better`` is the unbiased estimate of the share of reporting devices that were
     better off, ``lower``/``upper`` its one-sided bounds at ``confidence``; ``better``:
-    ``lower`` is above one half, ``worse``: ``upper`` is below it. ``ignored`` counts the
-    reports left out, by why (another version, hash, baseline or ε).
+    ``lower`` is above one half, ``worse``: ``upper`` is below it; neither with more reports
+    than the ``asked`` devices. ``ignored`` counts the reports left out, by why (another
+    version, hash, baseline or ε).
     """
 
     version: int
@@ -120,6 +128,7 @@ class VersionCheckTally:
     baseline: int
     epsilon: float
     devices: int
+    asked: int
     share_better: float
     lower: float
     upper: float
@@ -174,6 +183,7 @@ def check_version_many(release: Any, previous: Any, record_sets: Sequence[pd.Dat
         _versions_on_devices,
     )
     from dmt_privacy.dp import PrivacyLedger, RandomizedResponse, Unaccounted
+    from dmt_privacy.dp.ledger import _TOLERANCE as _LEDGER_TOLERANCE
     from dmt_privacy.dp.receipt import ReleaseReceipt
     from dmt_privacy.release import VerifiedRelease
 
@@ -192,12 +202,17 @@ def check_version_many(release: Any, previous: Any, record_sets: Sequence[pd.Dat
                 f"ledger must be the device's PrivacyLedger (or UNACCOUNTED in a "
                 f"simulation), got {type(ledger).__name__}: a report spends ε of the user's "
                 "budget.")
-    for i, ledger in enumerate(ledgers):  # before any report is drawn: all or none
-        if isinstance(ledger, PrivacyLedger) and ledger.remaining.epsilon < epsilon:
-            raise BudgetExceededError(
-                f"A report at ε={epsilon:g} would exceed the budget of device {i}'s user "
-                f"{ledger.user_id!r}, who has ε={ledger.remaining.epsilon:g} left. Nothing "
-                "was reported; report at a lower ε, or wait for a new budget period.")
+    asking: dict[int, float] = {}  # before any report is drawn: all or none
+    for i, ledger in enumerate(ledgers):
+        if isinstance(ledger, PrivacyLedger):
+            asking[id(ledger)] = asking.get(id(ledger), 0.0) + epsilon
+            left = ledger.remaining.epsilon
+            # the ledger's own tolerance (charge), so what it would accept is not refused
+            if asking[id(ledger)] > left + ledger.budget.epsilon * _LEDGER_TOLERANCE:
+                raise BudgetExceededError(
+                    f"Reports at ε={epsilon:g} would exceed the budget of device {i}'s user "
+                    f"{ledger.user_id!r}, who has ε={left:.17g} left. Nothing was reported; "
+                    "report at a lower ε, or wait for a new budget period.")
     baseline = release.installed_version if based_on is None else based_on
     if type(baseline) is not int or not 1 <= baseline < release.metadata.version:
         raise ValidationError(
@@ -264,18 +279,31 @@ def open_version_check(envelope: bytes, server_key: Any) -> VersionCheck:
         raise InvalidPackage() from None
 
 
+def reports_needed(confidence: float = 0.9) -> int:
+    """The fewest reports that can show a version better at ``confidence`` (all of them
+    saying "better"), whatever their ε: fewer spend the devices' ε for nothing."""
+    if not 0.5 <= confidence < 1:
+        raise ValidationError(f"confidence must be in [0.5, 1), got {confidence!r}.")
+    return max(2, math.floor(math.log(1 - confidence) / math.log(0.5)) + 1)
+
+
 def tally_version_checks(checks: Iterable[VersionCheck], *, version: int, sha256: str,
-                         baseline: int, epsilon: float = VERSION_CHECK_EPSILON,
+                         baseline: int, asked: int, epsilon: float = VERSION_CHECK_EPSILON,
                          confidence: float = 0.9) -> VersionCheckTally:
     """What the reports naming ``version`` (model file hash ``sha256``), ``baseline`` and
     ``epsilon`` say: the unbiased share of devices better off
     (as :func:`~dmt_privacy.dp.estimate_frequencies` estimates it) and its exact one-sided
     bounds at ``confidence``, within [0, 1]. Reports for anything else are counted in
-    ``ignored`` and left out; the version is ``better`` only on at least 2 reports."""
+    ``ignored`` and left out. ``asked`` is how many devices the server asked to report:
+    more reports than that mean forged or replayed ones are among them, and the tally
+    claims nothing."""
     from dmt_privacy.dp import RandomizedResponse
 
     if not 0.5 <= confidence < 1:
         raise ValidationError(f"confidence must be in [0.5, 1), got {confidence!r}.")
+    if type(asked) is not int or asked < 0:
+        raise ValidationError(f"asked must be the number of devices asked to report (an int "
+                              f">= 0), got {asked!r}.")
     mechanism = RandomizedResponse(epsilon=epsilon, categories=_CATEGORIES, field="better")
     told: list[bool] = []
     ignored: Counter[str] = Counter()
@@ -293,8 +321,8 @@ def tally_version_checks(checks: Iterable[VersionCheck], *, version: int, sha256
             ignored[f"another {why}"] += 1
     n = len(told)
     if n == 0:
-        return VersionCheckTally(version, sha256, baseline, mechanism.epsilon, 0, math.nan,
-                                 0.0, 1.0, confidence, False, False,
+        return VersionCheckTally(version, sha256, baseline, mechanism.epsilon, 0, asked,
+                                 math.nan, 0.0, 1.0, confidence, False, False,
                                  "no report on this version against this baseline",
                                  dict(ignored))
     # A device better off says "better" with probability p, one that is not with q = 1 - p:
@@ -309,10 +337,17 @@ def tally_version_checks(checks: Iterable[VersionCheck], *, version: int, sha256
     low, high = ((min(max((bound - q) / (p - q), 0.0), 1.0)) for bound in (
         binomtest(said, n, 0.5, alternative="greater").proportion_ci(confidence).low,
         binomtest(said, n, 0.5, alternative="less").proportion_ci(confidence).high))
-    better, worse = n >= 2 and low > 0.5, n >= 2 and high < 0.5
-    figures = (f"{share:.0%} of {n} devices better off (one-sided {confidence:.0%} bounds "
-               f"{low:.0%}–{high:.0%}; reports at ε = {mechanism.epsilon:g})")
+    figures = (f"{min(max(share, 0.0), 1.0):.0%} of {n} devices better off (one-sided "
+               f"{confidence:.0%} bounds {low:.0%}–{high:.0%}; reports at ε = "
+               f"{mechanism.epsilon:g})")
+    if n > asked:
+        return VersionCheckTally(
+            version, sha256, baseline, mechanism.epsilon, n, asked, share, low, high,
+            confidence, False, False, f"refused: {n} reports for {asked} devices asked, so "
+            f"forged or replayed reports are among them; nothing is claimed ({figures})",
+            dict(ignored))
+    better, worse = low > 0.5, high < 0.5
     reason = (f"better on devices: {figures}" if better else
               f"worse on devices: {figures}" if worse else f"not shown better: {figures}")
-    return VersionCheckTally(version, sha256, baseline, mechanism.epsilon, n, share, low,
-                             high, confidence, better, worse, reason, dict(ignored))
+    return VersionCheckTally(version, sha256, baseline, mechanism.epsilon, n, asked, share,
+                             low, high, confidence, better, worse, reason, dict(ignored))

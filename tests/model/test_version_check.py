@@ -63,7 +63,7 @@ def test_devices_reports_earn_a_version_the_claim(served):
               for i, records in enumerate(devices)]
     reports = [open_version_check(envelope, server_key) for envelope in sealed]
     tally = tally_version_checks(reports, version=2, sha256=release.metadata.sha256,
-                                 baseline=1)
+                                 baseline=1, asked=30)
     assert tally.devices == 30 and tally.better and not tally.worse, tally.reason
     assert tally.lower > 0.5
     entry = registry.record_version_checks(tally, signing_key=key,
@@ -89,19 +89,19 @@ def test_the_tally_is_unbiased_under_randomized_response_and_needs_a_majority():
 
     with pytest.warns(Warning):  # a seeded source is not secure
         many = reports(7000, 10000)
-    share = tally_version_checks(many, version=2, sha256=sha, baseline=1)
+    share = tally_version_checks(many, version=2, sha256=sha, baseline=1, asked=10000)
     assert abs(share.share_better - 0.7) < 0.03 and share.better
     with pytest.warns(Warning):
         half = reports(500, 1000)
-    even = tally_version_checks(half, version=2, sha256=sha, baseline=1)
+    even = tally_version_checks(half, version=2, sha256=sha, baseline=1, asked=10000)
     assert not even.better and not even.worse and "not shown better" in even.reason
     with pytest.warns(Warning):
         few = reports(300, 1000)
-    assert tally_version_checks(few, version=2, sha256=sha, baseline=1).worse
+    assert tally_version_checks(few, version=2, sha256=sha, baseline=1, asked=10000).worse
     # reports about anything else are counted apart, never in the share
     other = [VersionCheck(2, "cd" * 32, 1, True, 1.0), VersionCheck(3, sha, 1, True, 1.0),
              VersionCheck(2, sha, 1, True, 4.0)]
-    tally = tally_version_checks(other, version=2, sha256=sha, baseline=1)
+    tally = tally_version_checks(other, version=2, sha256=sha, baseline=1, asked=10000)
     assert tally.devices == 0 and not tally.better
     assert tally.ignored == {"another sha256": 1, "another version": 1, "another epsilon": 1}
 
@@ -141,11 +141,12 @@ def test_only_a_sealed_report_opens_and_the_registry_checks_what_it_names(served
     with pytest.raises(ValidationError, match="malformed"):
         VersionCheck(2, release.metadata.sha256, 2, True, 1.0)  # the baseline must be older
     before = registry.versions()
-    tally = tally_version_checks([check, check], version=2, sha256="00" * 32, baseline=1)
+    tally = tally_version_checks([check, check], version=2, sha256="00" * 32, baseline=1,
+                                 asked=2)
     with pytest.raises(ValidationError, match="SHA-256"):
         registry.record_version_checks(tally)
     tally = tally_version_checks([check, check], version=5, sha256=release.metadata.sha256,
-                                 baseline=1)
+                                 baseline=1, asked=2)
     with pytest.raises(ValidationError, match="No published version 5"):
         registry.record_version_checks(tally)
     assert registry.versions() == before
@@ -158,10 +159,26 @@ def test_a_few_reports_that_agree_are_not_proof():
     leave [0, 1]."""
     sha = "ab" * 32
     agree = [VersionCheck(2, sha, 1, True, 1.0)] * 2
-    tally = tally_version_checks(agree, version=2, sha256=sha, baseline=1)
+    tally = tally_version_checks(agree, version=2, sha256=sha, baseline=1, asked=10000)
     assert not tally.better and tally.lower < 0.5 < tally.upper, tally.reason
     assert 0.0 <= tally.lower <= tally.upper <= 1.0
     many = [VersionCheck(2, sha, 1, True, 1.0)] * 12  # enough agreeing reports prove it
-    assert tally_version_checks(many, version=2, sha256=sha, baseline=1).better
+    assert tally_version_checks(many, version=2, sha256=sha, baseline=1, asked=10000).better
     against = [VersionCheck(2, sha, 1, False, 1.0)] * 2
-    assert not tally_version_checks(against, version=2, sha256=sha, baseline=1).worse
+    assert not tally_version_checks(against, version=2, sha256=sha, baseline=1,
+                                    asked=10000).worse
+
+
+def test_more_reports_than_devices_asked_claim_nothing():
+    """Anyone holding a release can seal reports to the server's key: a tally of more
+    reports than devices asked has forged or replayed ones among it and earns no claim."""
+    from dmt_model.version_check import reports_needed
+
+    sha = "ab" * 32
+    flood = [VersionCheck(2, sha, 1, True, 1.0)] * 40
+    tally = tally_version_checks(flood, version=2, sha256=sha, baseline=1, asked=30)
+    assert not tally.better and "refused" in tally.reason
+    assert tally_version_checks(flood[:30], version=2, sha256=sha, baseline=1, asked=30).better
+    assert reports_needed(0.9) == 4 and reports_needed(0.5) == 2
+    with pytest.raises(ValidationError, match="asked"):
+        tally_version_checks(flood, version=2, sha256=sha, baseline=1, asked=-1)
