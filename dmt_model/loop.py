@@ -20,13 +20,13 @@
    held-out device's records as the device would, better for those devices
    (:func:`~dmt_model.personalize.compare_on_devices`). The signed release
    says on how many devices it was shown better. Under local DP on the target
-   the server's copy of those records is noisy, so the held-out devices check
-   instead (:mod:`dmt_model.version_check`): v2 is published without the claim,
-   each held-out device personalizes both versions on its own records and
-   reports one bit (better?) by randomized response at ``report_epsilon``,
-   charged to its ledger and sealed; the server tallies the reports and signs
-   v2's release again with the claim if more than half of the devices are
-   shown better off.
+   the server could not check on those devices' noisy records, so they share
+   nothing and check v2 themselves (:mod:`dmt_model.version_check`): v2 is
+   published without the claim, each of them personalizes both versions on its
+   own records and reports one bit (better?) by randomized response at
+   ``report_epsilon``, charged to its ledger and sealed; the server tallies the
+   reports and signs v2's release again with the claim if more than half of the
+   devices are shown better off.
 5. If v2 is published, each device verifies its release and adopts it
    re-personalized on its local records (all of them by default) under the
    rule the release earns (:func:`~dmt_model.personalize.adoption_rule_for`):
@@ -44,6 +44,7 @@ loss for a classification), with accuracy beside it for a classification.
 
 from __future__ import annotations
 
+import math
 import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -99,7 +100,10 @@ class LoopResult:
     #: what the gate measured of v2 (ModelVersion.validation): on the validation data, and on
     #: the held-out devices ("devices", "device_error", "current_device_error", "device_t")
     v2_validation: dict[str, float] = field(default_factory=dict)
-    held_out_devices: int = 0  # devices whose packages v2 did not train on, to check it
+    #: devices whose packages v2 did not train on, to check it (under local DP: asked to
+    #: check it instead of sharing)
+    held_out_devices: int = 0
+    epsilon: float | None = None  # the per-record ε of the target's local DP, if any
 
     @property
     def v1_validation_rmse(self) -> float:
@@ -161,7 +165,7 @@ def run_loop(
     foundation: Any = None,
     validation_fraction: float = 0.2,
     adopt_on: Literal["all", "unshared"] = "all",
-    held_out_share: float = 0.25,
+    held_out_share: float | None = 0.25,
     report_epsilon: float = 1.0,
     modifiers: Mapping[str, Any] | None = None,
     progress: Progress[Any] | None = None,
@@ -180,20 +184,21 @@ def run_loop(
     it as modified. Without ``quasi_identifiers`` no k-anonymity plan is
     applied (a classifier of images or texts has none). ``epsilon``: the
     per-record ε of the target's local DP, ``None`` to share it as it is.
-    ``held_out_share``: the share of accepted packages the server keeps out of
-    retraining to check v2 on their devices (drawn from ``seed`` among the
-    devices, each with all its packages; 0 checks on none). With the target
-    shared as it is the server checks on their packages. Under local DP on the
-    target it cannot: the noise (Laplace of scale the bounds' width at ε = 1)
-    leaves a device's few records unable to tell two versions apart, cannot be
-    personalized on as a device personalizes on its own records, and
-    randomized-response labels can score a flatter version better, so what they
-    showed would not be what the signed claim says. The held-out devices report
-    instead, each one bit at ``report_epsilon`` (:func:`~dmt_model.version_check.
-    check_version`, on all its records, none of which trained v2), which every
-    device's budget holds beside what sharing costs. With fewer than 2 held-out
-    devices of 2 records, or reports that do not show v2 better, v2's release
-    carries no device claim, and devices ask it to prove itself at 99 %.
+    ``held_out_share``: the share of devices that check v2 instead of training
+    it (drawn from ``seed`` among the devices; 0 checks on none). With the target
+    shared as it is the server keeps their packages out of retraining and checks
+    on them. Under local DP on the target it cannot: the noise (Laplace of scale
+    the bounds' width at ε = 1) leaves a device's few records unable to tell two
+    versions apart, cannot be personalized on as a device personalizes on its
+    own records, and randomized-response labels can score a flatter version
+    better, so what they showed would not be what the signed claim says. Those
+    devices share nothing then, and report instead, each one bit at
+    ``report_epsilon`` (:func:`~dmt_model.version_check.check_version`, on all
+    its records), which every device's budget holds beside what sharing costs.
+    With fewer held-out devices of 2 records than could show v2 better (2 for the
+    server's check, :func:`~dmt_model.version_check.reports_needed` for reports),
+    or a check that does not show it better, v2's release carries no device
+    claim, and devices ask it to prove itself at 99 %.
     """
     from dmt_model.coreml import load_spec, predict_frame
     from dmt_model.foundation import train_foundation
@@ -217,9 +222,16 @@ def run_loop(
 
     if adopt_on not in ("all", "unshared"):
         raise ValidationError(f"adopt_on must be 'all' or 'unshared', got {adopt_on!r}.")
-    if not 0 <= held_out_share < 1:
+    if held_out_share is None:  # the default before local DP held devices out too
+        held_out_share = 0.25
+    if not (isinstance(held_out_share, int | float) and 0 <= held_out_share < 1):
         raise ValidationError(f"held_out_share must be in [0, 1), got {held_out_share!r}; "
                               "0 checks v2 on no device.")
+    if not (isinstance(report_epsilon, int | float) and math.isfinite(report_epsilon)
+            and report_epsilon > 0):
+        raise ValidationError(f"report_epsilon must be a finite number > 0, got "
+                              f"{report_epsilon!r}: the ε of each held-out device's report "
+                              "on v2 under local DP.")
     workdir = Path(workdir)
     if workdir.exists() and any(workdir.iterdir()):
         raise ValidationError(f"workdir {workdir} is not empty; give a new or empty folder.")
@@ -279,8 +291,15 @@ def run_loop(
                             privacy_unit="user")
     server_policy = ServerPolicy(schema, min_k=k, epsilon=dp,
                                  privacy_unit="user", plan=plan)
+    # Under local DP the server asks some devices to check v2 instead of sharing (it could
+    # not check on their noisy packages): they share nothing and spend only their report.
+    ids = {str(u.user_id): u.user_id for u in simulation.users}
+    checkers = {ids[d] for d in _hold_out(ids, held_out_share, seed)} \
+        if epsilon is not None else set()
     envelopes, owners = [], {}
     for user in progress(simulation.users, "devices: sharing"):
+        if user.user_id in checkers:
+            continue
         package = share(stores[user.user_id], sharing, server_key.public_key())
         envelopes.append(package.envelope)
         owners[package.package_id] = user.user_id
@@ -295,18 +314,17 @@ def run_loop(
     # as received; the gate checks v2 on the validation data and on the held-out devices.
     batches, _ = policy_batches(shared_store, server_policy, previous=foundation, proxy=proxy)
     held = _hold_out({b.package_id: owners[b.package_id] for b in batches},
-                     held_out_share, seed)
+                     held_out_share if epsilon is None else 0.0, seed)
     batches = [b for b in batches if b.package_id not in held]
     # The held-out devices' records as received: not winsorized around v1's predictions,
     # which would pull their targets toward v1 and bias the comparison in its favour.
     devices = _held_out_devices(policy_batches(shared_store, server_policy)[0], owners, held,
                                 foundation.featurizer, seed=seed)
-    # Under local DP they are noisy: the held-out devices report on v2 themselves.
-    reporters = sorted({owners[p] for p in held}) if epsilon is not None else []
-    reporters = [u for u in reporters if len(stores[u].records("all")) >= 2]
+    reporters = [u for u in sorted(checkers) if len(stores[u].records("all")) >= 2]
     on_stage(f"server: retraining v2 on {len(proxy)} proxy + "
              f"{sum(len(b.records) for b in batches)} released records "
-             f"({len(devices)} devices' packages held out to check it)")
+             + (f"({len(devices)} devices' packages held out to check it)" if epsilon is None
+                else f"({len(checkers)} devices asked to check it instead of sharing)"))
     retrained = retrain_foundation(foundation, proxy, batches, config)
     release_key = generate_release_key()  # the app pins its public half
     server_check = epsilon is None and len(devices) >= 2
@@ -331,8 +349,8 @@ def run_loop(
     if shipped and len(reporters) >= reports_needed():  # fewer could never show it better
         # Each held-out device checks v2 on its records and reports one bit, sealed; the
         # server tallies them and signs v2's release again if they show it better.
-        on_stage(f"devices: {len(reporters)} held-out devices report on v2 (one bit each at "
-                 f"ε={report_epsilon:g})")
+        on_stage(f"devices: {len(reporters)} devices asked to check v2 report (one bit each "
+                 f"at ε={report_epsilon:g})")
         release = verified()
         checks = check_version_many(
             release, v1_model, [stores[u].records("all") for u in reporters],
@@ -390,7 +408,8 @@ def run_loop(
         workdir=workdir, devices=personal_paths,
         metric="log loss" if foundation.featurizer.classes_ else "RMSE",
         v2_validation=dict(v2.validation),
-        held_out_devices=len(reporters) if epsilon is not None else len(devices))
+        held_out_devices=len(checkers) if epsilon is not None else len(devices),
+        epsilon=epsilon)
 
 
 def _held_out_devices(batches: Sequence[Any], owners: Mapping[str, int], held: set[str],

@@ -61,7 +61,12 @@ from typing import Any
 import msgpack
 import pandas as pd
 
-from dmt_privacy.errors import BudgetExceededError, InvalidPackage, ValidationError
+from dmt_privacy.errors import (
+    BudgetExceededError,
+    InvalidPackage,
+    ModelFileError,
+    ValidationError,
+)
 
 __all__ = [
     "VERSION_CHECK_EPSILON",
@@ -229,10 +234,24 @@ def check_version_many(release: Any, previous: Any, record_sets: Sequence[pd.Dat
     candidate = spec_from_bytes(release.model, source=f"release v{release.metadata.version}")
     if isinstance(previous, (str, bytes)) or hasattr(previous, "__fspath__"):
         previous = _load_model(previous)
-    before, after = _versions_on_devices(
-        previous, candidate, record_sets, minimum=1,
-        prior_records=DEFAULT_PRIOR_RECORDS if prior_records is None else prior_records,
-        folds=folds, seed=seed)
+    grid = DEFAULT_PRIOR_RECORDS if prior_records is None else prior_records
+    try:
+        before, after = _versions_on_devices(previous, candidate, record_sets, minimum=1,
+                                             prior_records=grid, folds=folds, seed=seed)
+    except ModelFileError:
+        # A version that predicts NaN or infinity for some device's records is not better
+        # for that device, which still reports (with the same noise): whether a report is
+        # sent must not depend on its records.
+        before, after = [], []
+        for records in record_sets:
+            try:
+                (was,), (now,) = _versions_on_devices(
+                    previous, candidate, [records], minimum=1, prior_records=grid,
+                    folds=folds, seed=seed)
+            except ModelFileError:
+                was, now = math.inf, math.nan
+            before.append(was)
+            after.append(now)
     checks = []
     for mechanism, ledger, was, now in zip(mechanisms, ledgers, before, after, strict=True):
         truth = bool(now < was)  # a tie, or a failed check (NaN), is not "better"

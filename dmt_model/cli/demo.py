@@ -216,11 +216,12 @@ def _device_check(result: Any) -> str:
     """What the server's check of v2 on held-out devices found, and what it asks of devices."""
     check = result.v2_validation
     if "device_reports" in check:  # local DP: the held-out devices reported themselves
-        told = (f"- The server held out {result.held_out_devices} devices' packages from "
-                "retraining. Under local DP\n  it cannot check v2 on their noisy records, "
-                f"so each checked v2 on its own records and\n  reported one bit (better or "
+        share = min(max(check["device_reports_share_better"], 0.0), 1.0)
+        told = (f"- The server asked {result.held_out_devices} devices to check v2 instead of "
+                "sharing (under local DP\n  it could not check on their noisy records). Each "
+                f"checked v2 on its own records and\n  reported one bit (better or "
                 f"not, by randomized response at ε={check['device_reports_epsilon']:g}): "
-                f"an estimated\n  {check['device_reports_share_better']:.0%} of them are "
+                f"an estimated\n  {share:.0%} of them are "
                 f"better off (one-sided {check['device_reports_confidence']:.0%} bounds "
                 f"{check['device_reports_lower']:.0%}–{check['device_reports_upper']:.0%}).")
         if check.get("devices_better"):
@@ -229,6 +230,15 @@ def _device_check(result: Any) -> str:
         return told + ("\n  That does not show more than half better off, so v2's signed "
                        "release claims\n  nothing about devices, and each device asked v2 to "
                        "prove itself on its own\n  records, at 99 %.")
+    if "devices" not in check and getattr(result, "epsilon", None) is not None \
+            and result.held_out_devices:
+        told = (f"- The server asked {result.held_out_devices} devices to check v2 instead "
+                "of sharing")
+        if not result.v2_published:
+            return told + ", but v2 was refused before they could."
+        return (told + ": too few to show it better (4 reports are needed), so\n  none "
+                "reported; v2's signed release claims nothing about devices and each device "
+                "asked\n  v2 to prove itself on its own records, at 99 % (adoption_rule_for).")
     if "devices" not in check:
         told = "- No device's packages were held out to check v2 on"
         if not result.v2_published:

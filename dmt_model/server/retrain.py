@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -38,6 +38,9 @@ from dmt_model.foundation import Foundation, TrainingConfig, fit_foundation
 from dmt_privacy.errors import ModelFileError, ValidationError
 from dmt_privacy.files import write_atomically
 from dmt_privacy.release import ReleaseSigningKey, release_file_name, sign_release
+
+if TYPE_CHECKING:
+    from dmt_model.version_check import VersionCheckTally
 
 __all__ = [
     "ModelRegistry",
@@ -475,23 +478,30 @@ class ModelRegistry:
                          json.dumps([asdict(v) for v in versions], indent=2).encode())
         return entry
 
-    def record_version_checks(self, tally: Any, *,
+    def record_version_checks(self, tally: VersionCheckTally, *,
                               signing_key: ReleaseSigningKey | Sequence[ReleaseSigningKey]
                               | None = None, policy: Any = None, server_key: Any = None,
                               valid_for: timedelta = timedelta(days=30)) -> ModelVersion:
         """Record what devices reported about a published version
-        (:func:`~dmt_model.version_check.tally_version_checks`) and, with ``signing_key``,
-        sign its release again so that it says so.
+        (:func:`~dmt_model.version_check.tally_version_checks`) and sign its release again
+        so that it says so.
 
         A version more than half of the reporting devices were shown better off with
-        (``tally.better``) gets the held-out-device claim against ``tally.baseline``, as
-        :meth:`publish`'s own check on ``validation_devices`` gives it: devices whose
-        personal model comes from that version adopt it unless their records show it worse.
-        Otherwise the figures are recorded and the version keeps no claim. The tally must
-        name a published version of this registry by its number and the SHA-256 of its model
-        file, and a baseline older than it; a version the server's own check already vouched
-        for is left as it is (refused with :class:`~dmt_privacy.errors.ValidationError`).
-        Nothing is written unless every check passes.
+        (``tally.lower`` above one half, at a confidence of at least 90 %, as
+        :meth:`publish`'s check asks, from no more reports than devices asked) gets the
+        held-out-device claim against ``tally.baseline``, as :meth:`publish`'s own check
+        on ``validation_devices`` gives it: devices whose personal model comes from that
+        version adopt it unless their records show it worse. Otherwise the figures are
+        recorded and the version keeps no claim; the last tally recorded is the one that
+        counts. The tally must name a published version of this registry by its number
+        and the SHA-256 of its model file, and a baseline older than it, and hold at least
+        one report. A version the server's own check ran on (``validation_devices``) is
+        left as that check found it.
+
+        A signed version needs ``signing_key`` (its release must say what the reports
+        showed); ``server_key`` defaults to the one its current release names, and a
+        release that names a policy needs ``policy=`` again. Nothing is written unless
+        every check passes.
         """
         import hashlib
         from dataclasses import replace
@@ -513,21 +523,45 @@ class ModelRegistry:
                 f"The reports name a model file of SHA-256 {tally.sha256}; version "
                 f"{entry.version}'s is {sha256}. Tally the reports on the file served.")
         if not any(v.version == tally.baseline and v.published for v in versions[:match[0]]):
-            raise ValidationError(f"The reports compare with version {tally.baseline}, not a "
-                                  f"published version older than {entry.version}.")
-        if entry.validation.get("devices_better") and "device_reports" not in entry.validation:
             raise ValidationError(
-                f"Version {entry.version} was already shown better on held-out devices by the "
-                "server's own check; devices' reports do not replace that claim.")
+                f"The reports compare with version {tally.baseline}, not a published version "
+                f"older than {entry.version}. Ask devices to compare with a version the "
+                "registry served before it (the one their personal models come from).")
+        if tally.devices < 1:
+            raise ValidationError(f"The tally holds no report on version {entry.version} "
+                                  f"against {tally.baseline}: there is nothing to record.")
+        if "device_t" in entry.validation:
+            found = "better" if entry.validation.get("devices_better") else "not shown better"
+            raise ValidationError(
+                f"The server's own check on held-out devices already decided version "
+                f"{entry.version} ({found}); devices' reports do not overrule it.")
+        current = (json.loads(self.path(entry.release_file).read_bytes())["signed"]
+                   if entry.release_file else {})
+        if current and signing_key is None:
+            raise ValidationError(
+                f"Version {entry.version} has a signed release; pass signing_key= so that it "
+                "says what the reports showed (else it would keep saying what it said).")
+        if current.get("policy_sha256") and policy is None:
+            raise ValidationError(
+                f"Version {entry.version}'s release names a policy; pass it again as policy= "
+                "(the ServerPolicy it was published under), or the release would lose it.")
+        if server_key is None and current.get("server_key"):
+            from dmt_privacy.seal import ServerPublicKey
+
+            server_key = ServerPublicKey.from_bytes(bytes.fromhex(current["server_key"]))
+        claimed = (tally.lower > 0.5 and tally.confidence >= 0.9
+                   and tally.devices <= tally.asked and tally.devices >= 2)
         figures = {"device_reports": float(tally.devices),
+                   "device_reports_asked": float(tally.asked),
                    "device_reports_share_better": tally.share_better,
                    "device_reports_lower": tally.lower, "device_reports_upper": tally.upper,
                    "device_reports_epsilon": tally.epsilon,
                    "device_reports_confidence": tally.confidence}
+        validation = {k: v for k, v in entry.validation.items() if k != "devices"}
         claim = {"devices": float(tally.devices), "devices_better": 1.0,
-                 "current_version": float(tally.baseline)} if tally.better \
+                 "current_version": float(tally.baseline)} if claimed \
             else {"devices_better": 0.0}
-        entry = replace(entry, validation={**entry.validation, **figures, **claim})
+        entry = replace(entry, validation={**validation, **figures, **claim})
         if signing_key is not None:
             schema_id = Foundation.load(
                 self.path(entry.foundation_file)).featurizer.schema.schema_id

@@ -2,6 +2,8 @@
 DP, sealed; the server tallies the bits and, if a majority of devices is shown better off,
 signs the release again with the claim, so devices adopt it under ADOPTION_RULE."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -182,3 +184,65 @@ def test_more_reports_than_devices_asked_claim_nothing():
     assert reports_needed(0.9) == 4 and reports_needed(0.5) == 2
     with pytest.raises(ValidationError, match="asked"):
         tally_version_checks(flood, version=2, sha256=sha, baseline=1, asked=-1)
+
+
+def test_the_registry_signs_only_what_the_reports_show_and_keeps_the_release_whole(
+        served, tmp_path):
+    """helper-34's review: a tally recorded without the signing key left a release claiming
+    what the index no longer said; one re-signed without server_key= lost the key devices
+    seal to; a hand-made tally's `better` was believed; and reports could overrule the
+    server's own check."""
+    import dataclasses
+    import shutil
+
+    registry, key, _, _ = served
+    copy = ModelRegistry(shutil.copytree(registry.folder, tmp_path / "registry"))
+    release = _release(copy, key, 2)
+    sha = release.metadata.sha256
+    good = tally_version_checks([VersionCheck(2, sha, 1, True, 1.0)] * 12, version=2,
+                                sha256=sha, baseline=1, asked=12)
+    before = copy.versions()
+    with pytest.raises(ValidationError, match="signing_key"):
+        copy.record_version_checks(good)
+    assert copy.versions() == before
+    copy.record_version_checks(good, signing_key=key)  # no server_key=: the release's is kept
+    claimed = _release(copy, key, 2)
+    assert claimed.metadata.held_out_devices == 12 and claimed.metadata.server_key
+    assert claimed.server_key_id == release.server_key_id
+    # a tally that says better on figures that do not show it earns nothing
+    forged = dataclasses.replace(good, lower=0.3)
+    entry = copy.record_version_checks(forged, signing_key=key)
+    assert not entry.validation["devices_better"] and "devices" not in entry.validation
+    assert _release(copy, key, 2).metadata.held_out_devices is None  # the claim withdrawn
+    # the server's own check is not overruled by reports
+    index = json.loads((copy.folder / "versions.json").read_text())
+    index[1]["validation"]["device_t"] = 0.4
+    (copy.folder / "versions.json").write_text(json.dumps(index))
+    with pytest.raises(ValidationError, match="own check"):
+        copy.record_version_checks(good, signing_key=key)
+
+
+@SEEDED
+def test_a_device_the_version_fails_on_still_reports(served, monkeypatch):
+    """Whether a report arrives must not depend on the device's records: a version that
+    predicts NaN for one device's records (ModelFileError) is "not better" for that device,
+    which reports like the others, instead of the whole batch failing."""
+    import dmt_model.personalize as personalize
+    from dmt_model.version_check import check_version_many
+    from dmt_privacy.errors import ModelFileError
+
+    registry, key, _, devices = served
+    release = _release(registry, key, 2)
+    real = personalize._versions_on_devices
+
+    def breaks_on_seven(previous, candidate, record_sets, **kwargs):
+        if any(len(records) == 7 for records in record_sets):
+            raise ModelFileError("The candidate predicts NaN for a record of device 0.")
+        return real(previous, candidate, record_sets, **kwargs)
+
+    monkeypatch.setattr(personalize, "_versions_on_devices", breaks_on_seven)
+    v1 = registry.path(registry.versions()[0].mlmodel_file)
+    sets = [devices[0], devices[1].iloc[:7], devices[2]]
+    checks = check_version_many(release, v1, sets, ledgers=[UNACCOUNTED] * 3,
+                                epsilon=50.0, random_states=[0, 1, 2])
+    assert [c.better for c in checks] == [True, False, True]  # ε = 50: told as it is
