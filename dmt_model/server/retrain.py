@@ -470,10 +470,20 @@ class ModelRegistry:
         if not entry.published:
             raise ValidationError(f"Version {version} was refused by the gate; it is never "
                                   "served, so it is not signed.")
-        schema_id = Foundation.load(self.path(entry.foundation_file)).featurizer.schema.schema_id
-        entry = self._sign_files(entry, signing_key, schema_id, policy=policy,
-                                 server_key=server_key, valid_for=valid_for)
-        versions[match[0]] = entry
+        return self._store(versions, match[0], entry, signing_key, policy=policy,
+                           server_key=server_key, valid_for=valid_for)
+
+    def _store(self, versions: list[ModelVersion], at: int, entry: ModelVersion,
+               signing_key: ReleaseSigningKey | Sequence[ReleaseSigningKey] | None, *,
+               policy: Any, server_key: Any, valid_for: timedelta) -> ModelVersion:
+        """``entry`` in place of ``versions[at]``: its release signed (with ``signing_key``),
+        then the index written."""
+        if signing_key is not None:
+            schema_id = Foundation.load(
+                self.path(entry.foundation_file)).featurizer.schema.schema_id
+            entry = self._sign_files(entry, signing_key, schema_id, policy=policy,
+                                     server_key=server_key, valid_for=valid_for)
+        versions[at] = entry
         write_atomically(self.folder / self.INDEX,
                          json.dumps([asdict(v) for v in versions], indent=2).encode())
         return entry
@@ -561,16 +571,10 @@ class ModelRegistry:
         claim = {"devices": float(tally.devices), "devices_better": 1.0,
                  "current_version": float(tally.baseline)} if claimed \
             else {"devices_better": 0.0}
-        entry = replace(entry, validation={**validation, **figures, **claim})
-        if signing_key is not None:
-            schema_id = Foundation.load(
-                self.path(entry.foundation_file)).featurizer.schema.schema_id
-            entry = self._sign_files(entry, signing_key, schema_id, policy=policy,
-                                     server_key=server_key, valid_for=valid_for)
-        versions[match[0]] = entry
-        write_atomically(self.folder / self.INDEX,
-                         json.dumps([asdict(v) for v in versions], indent=2).encode())
-        return entry
+        return self._store(versions, match[0],
+                           replace(entry, validation={**validation, **figures, **claim}),
+                           signing_key, policy=policy, server_key=server_key,
+                           valid_for=valid_for)
 
     def _sign_files(self, entry: ModelVersion,
                     signing_key: ReleaseSigningKey | Sequence[ReleaseSigningKey],
