@@ -194,7 +194,10 @@ def run_loop(
     better, so what they showed would not be what the signed claim says. Those
     devices share nothing then, and report instead, each one bit at
     ``report_epsilon`` (:func:`~dmt_model.version_check.check_version`, on all
-    its records), which every device's budget holds beside what sharing costs.
+    its records), which every device's budget holds beside what sharing costs;
+    if fewer would be asked than could ever show v2 better
+    (:func:`~dmt_model.version_check.reports_needed`, 4), none is, and every
+    device shares.
     With fewer held-out devices of 2 records than could show v2 better (2 for the
     server's check, :func:`~dmt_model.version_check.reports_needed` for reports),
     or a check that does not show it better, v2's release carries no device
@@ -293,9 +296,13 @@ def run_loop(
                                  privacy_unit="user", plan=plan)
     # Under local DP the server asks some devices to check v2 instead of sharing (it could
     # not check on their noisy packages): they share nothing and spend only their report.
+    # Fewer than could ever show v2 better (reports_needed) are not asked: they would give up
+    # sharing for nothing.
     ids = {str(u.user_id): u.user_id for u in simulation.users}
     checkers = {ids[d] for d in _hold_out(ids, held_out_share, seed)} \
         if epsilon is not None else set()
+    if len(checkers) < reports_needed():
+        checkers = set()
     envelopes, owners = [], {}
     for user in progress(simulation.users, "devices: sharing"):
         if user.user_id in checkers:
@@ -346,7 +353,7 @@ def run_loop(
                               registry.path(v2.mlmodel_file).read_bytes(),
                               release_key.verify_key(), installed_version=v1.version)
 
-    if shipped and len(reporters) >= reports_needed():  # fewer could never show it better
+    if shipped and len(reporters) >= reports_needed():
         # Each held-out device checks v2 on its records and reports one bit, sealed; the
         # server tallies them and signs v2's release again if they show it better.
         on_stage(f"devices: {len(reporters)} devices asked to check v2 report (one bit each "
