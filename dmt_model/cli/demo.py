@@ -102,7 +102,11 @@ def run_demo(args: argparse.Namespace) -> int:
     adopted = [u for u in users if u.adopted]
     worse = [u for u in users if u.final > u.personal]
     n_test = round(float(np.mean([len(u.test) for u in simulation.users])))
-    spent = float(np.mean([u.epsilon_spent for u in users]))
+    sharers = [u for u in users if u.shared_records]
+    spent = float(np.mean([u.epsilon_spent for u in sharers])) if sharers else 0.0
+    who = ("Every device shared its shareable records" if len(sharers) == len(users) else
+           f"{len(sharers)} of {len(users)} devices shared their shareable records (the other "
+           f"{len(users) - len(sharers)}\n  were asked to check v2 instead)")
     print(f"""
 What happened:
 - v1, trained on the server's proxy data, was personalized on each device. The update was
@@ -113,9 +117,9 @@ which knows each user's
 - Device {simulation.users[0].user_id} backed up its personal model (Argon2id + AES-256-GCM, a \
 fresh passphrase) and
   restored it: {'identical' if same else 'DIFFERENT'} (sha256 {digest}…).
-- Every device shared its shareable records: quasi-identifiers generalized to k={SHARE_K} classes,
-  the price under local DP at ε={SHARE_EPSILON:g} per record (each user spent \
-ε={spent:g} in all: a
+- {who}: quasi-identifiers generalized to k={SHARE_K} classes,
+  the price under local DP at ε={SHARE_EPSILON:g} per record (a sharing user spent \
+ε={spent:.3g} on average in all: a
   user-level figure). The server accepted {result.packages_accepted} packages, rejected \
 {result.packages_rejected}, released
   {result.records_released} records for training and kept {result.records_quarantined} \
