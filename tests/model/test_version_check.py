@@ -14,6 +14,7 @@ from dmt_model.server.retrain import ModelRegistry
 from dmt_model.version_check import (
     VersionCheck,
     check_version,
+    check_version_many,
     open_version_check,
     seal_version_check,
     tally_version_checks,
@@ -60,9 +61,11 @@ def test_devices_reports_earn_a_version_the_claim(served):
     release = _release(registry, key, 2)
     assert adoption_rule_for(release) == UNCHECKED_RULE  # released without a claim
     v1 = registry.path(registry.versions()[0].mlmodel_file)
-    sealed = [seal_version_check(check_version(release, v1, records, ledger=UNACCOUNTED,
-                                               random_state=i), release.server_public_key())
-              for i, records in enumerate(devices)]
+    # one device as a device calls it, the other 29 in one batched pass (the same reports)
+    checks = [check_version(release, v1, devices[0], ledger=UNACCOUNTED, random_state=0),
+              *check_version_many(release, v1, devices[1:], ledgers=[UNACCOUNTED] * 29,
+                                  random_states=list(range(1, 30)))]
+    sealed = [seal_version_check(check, release.server_public_key()) for check in checks]
     reports = [open_version_check(envelope, server_key) for envelope in sealed]
     tally = tally_version_checks(reports, version=2, sha256=release.metadata.sha256,
                                  baseline=1, asked=30)
