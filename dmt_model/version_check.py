@@ -188,7 +188,6 @@ def check_version_many(release: Any, previous: Any, record_sets: Sequence[pd.Dat
         _versions_on_devices,
     )
     from dmt_privacy.dp import PrivacyLedger, RandomizedResponse, Unaccounted
-    from dmt_privacy.dp.ledger import _TOLERANCE as _LEDGER_TOLERANCE
     from dmt_privacy.dp.receipt import ReleaseReceipt
     from dmt_privacy.release import VerifiedRelease
 
@@ -211,13 +210,12 @@ def check_version_many(release: Any, previous: Any, record_sets: Sequence[pd.Dat
     for i, ledger in enumerate(ledgers):
         if isinstance(ledger, PrivacyLedger):
             asking[id(ledger)] = asking.get(id(ledger), 0.0) + epsilon
-            left = ledger.remaining.epsilon
-            # the ledger's own tolerance (charge), so what it would accept is not refused
-            if asking[id(ledger)] > left + ledger.budget.epsilon * _LEDGER_TOLERANCE:
+            if not ledger.can_spend(asking[id(ledger)]):  # the rule charge() applies
                 raise BudgetExceededError(
                     f"Reports at ε={epsilon:g} would exceed the budget of device {i}'s user "
-                    f"{ledger.user_id!r}, who has ε={left:.17g} left. Nothing was reported; "
-                    "report at a lower ε, or wait for a new budget period.")
+                    f"{ledger.user_id!r}, who has ε={ledger.remaining.epsilon:.17g} left. "
+                    "Nothing was reported; report at a lower ε, or wait for a new budget "
+                    "period.")
     baseline = release.installed_version if based_on is None else based_on
     if type(baseline) is not int or not 1 <= baseline < release.metadata.version:
         raise ValidationError(

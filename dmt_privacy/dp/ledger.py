@@ -396,6 +396,18 @@ class PrivacyLedger:
                      max(0.0, self._budget.delta - spent.delta))
 
     # --- charging ---------------------------------------------------------------
+    def _fits(self, spent: Spend, epsilon: float, delta: float) -> bool:
+        """Whether ``epsilon`` and ``delta`` more fit the budget after ``spent`` (within a
+        relative tolerance, so ten charges of 0.1 fit a budget of 1.0)."""
+        over_eps = spent.epsilon + epsilon > self._budget.epsilon * (1 + _TOLERANCE)
+        over_dlt = spent.delta + delta > self._budget.delta * (1 + _TOLERANCE) + 1e-300
+        return not (over_eps or (delta > 0 and over_dlt))
+
+    def can_spend(self, epsilon: float, delta: float = 0.0) -> bool:
+        """Whether :meth:`charge` would accept ``epsilon`` (and ``delta``) now: for callers
+        that must know before any of several releases is drawn."""
+        return self._fits(self.spent, float(epsilon), float(delta))
+
     def charge(self, receipt: ReleaseReceipt) -> None:
         """Record the release as charged, or raise :class:`BudgetExceededError`.
 
@@ -409,9 +421,7 @@ class PrivacyLedger:
         eps, dlt = float(receipt.epsilon), float(receipt.delta)
         with self._storage.transaction() as conn:
             spent = self._spent(conn)
-            over_eps = spent.epsilon + eps > self._budget.epsilon * (1 + _TOLERANCE)
-            over_dlt = spent.delta + dlt > self._budget.delta * (1 + _TOLERANCE) + 1e-300
-            if over_eps or (dlt > 0 and over_dlt):
+            if not self._fits(spent, eps, dlt):
                 raise BudgetExceededError(
                     f"Release {receipt.release_id} would spend ε={eps:g}, δ={dlt:g} for user "
                     f"{self.user_id!r}, who has spent ε={spent.epsilon:g}, δ={spent.delta:g} of "

@@ -43,6 +43,23 @@ def test_ledger_refuses_overspending_and_charges_each_release_once(tmp_path):
     assert entries[-1].receipt == t.last_receipt_
 
 
+def test_can_spend_says_what_charge_would_do(tmp_path):
+    """Reports drawn together (dmt_model.version_check) check the budget first with
+    can_spend: it must accept what charge accepts, float sums included (helper-34: a
+    budget of 4 x 0.1 + 1 left 0.9999999999999999, and a strict comparison refused the
+    report charge would take)."""
+    ledger = PrivacyLedger(tmp_path / "device.db", user_id="u1", epsilon_budget=4 * 0.1 + 1)
+    t = perturber(ledger, epsilon={"age": 0.05, "sex": 0.05})
+    t.transform(FRAME.iloc[:1])
+    for _ in range(3):
+        t.transform(FRAME.iloc[:1])
+    assert ledger.remaining.epsilon < 1.0 and ledger.can_spend(1.0)
+    assert not ledger.can_spend(1.01)
+    t = perturber(ledger, epsilon={"age": 0.5, "sex": 0.5})
+    t.transform(FRAME.iloc[:1])  # what can_spend(1.0) said charge would accept
+    assert not ledger.can_spend(1e-6)
+
+
 def test_refused_input_costs_nothing(tmp_path):
     ledger = PrivacyLedger(tmp_path / "device.db", user_id="u1", epsilon_budget=1.0)
     t = perturber(ledger)
