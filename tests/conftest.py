@@ -32,10 +32,12 @@ def foundation(simulation):
     return train_foundation(simulation.proxy, BOSTON_SCHEMA, TrainingConfig(epochs=60, seed=0))
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """``make test`` runs two pytest-xdist workers (``--dist loadgroup``): the tests on the
     PostgreSQL cluster run on one of them, one after another, since some crash-restart the
-    cluster, which would cut off another worker's test."""
+    cluster, which would cut off another worker's test. First of the hooks: xdist's own reads
+    the group markers (tests/model/test_postgres_grouping.py)."""
     for item in items:
         callspec = getattr(item, "callspec", None)
         if "postgres_admin_url" in item.fixturenames or (
