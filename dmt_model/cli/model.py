@@ -67,30 +67,6 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _import_coremltools_alone() -> None:
-    """Import coremltools without letting it import torch or scikit-learn.
-
-    ``import coremltools`` imports torch (seconds) and scikit-learn when they are installed,
-    for converters ``dmt export`` never uses. Both are hidden while it loads; nothing else in
-    this process needs coremltools' converters. A no-op when coremltools is loaded already.
-    """
-    import sys
-
-    from dmt_model.coreml._spec import import_coremltools
-
-    if "coremltools" in sys.modules:
-        return
-    hidden = [name for name in ("torch", "sklearn") if name not in sys.modules]
-    for name in hidden:
-        sys.modules[name] = None  # type: ignore[assignment]  # import fails: not installed
-    try:
-        import_coremltools()
-    finally:
-        for name in hidden:
-            if name in sys.modules and sys.modules[name] is None:
-                del sys.modules[name]
-
-
 def _export_format(args: argparse.Namespace) -> str:
     """``--format``, or else the output's suffix: ``.pte`` is ExecuTorch, anything else Core ML."""
     from pathlib import Path
@@ -113,8 +89,10 @@ def run_export(args: argparse.Namespace) -> int:
     refuse_existing(args.output, args.force, source=args.foundation)
     fmt = _export_format(args)
     foundation = read_foundation(args.foundation)
-    if fmt == "coreml":
-        _import_coremltools_alone()
+    if fmt == "coreml":  # without torch, which the export does not need (seconds saved)
+        from dmt_model.coreml._spec import import_coremltools
+
+        import_coremltools()
     from dmt_model.coreml import UpdateSettings, export_coreml
 
     settings = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,8 +65,23 @@ def quiet_third_party() -> Iterator[None]:
             logger.setLevel(level)
 
 
+#: What ``import coremltools`` imports, when installed, only for converters the SDK never
+#: calls (it builds, reads and writes specs): torch and scikit-learn, and executorch with
+#: torchao, whose import alone took 5-7 of the 10-13 s coremltools took on a 2-core machine.
+_CONVERTER_DEPENDENCIES = ("torch", "sklearn", "executorch", "torchao")
+
+
 def import_coremltools() -> Any:
-    """Import coremltools quietly (:func:`quiet_third_party`)."""
+    """Import coremltools quietly (:func:`quiet_third_party`), without the converter
+    dependencies (:data:`_CONVERTER_DEPENDENCIES`) that are not loaded yet: each is hidden while
+    coremltools loads and importable again after it, so coremltools' converters do without
+    them in this process. A program that converts models with coremltools in the same process
+    (``ct.convert``) imports coremltools before it uses dmt_model."""
+    if "coremltools" in sys.modules:
+        return sys.modules["coremltools"]
+    hidden = [name for name in _CONVERTER_DEPENDENCIES if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]  # import fails: not installed
     try:
         with quiet_third_party():
             import coremltools
@@ -74,6 +90,10 @@ def import_coremltools() -> Any:
             "coremltools is needed for Core ML models; install it with "
             "`pip install 'dmt-sdk[model]'` (or `make install` in a checkout)."
         ) from None
+    finally:
+        for name in hidden:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
     return coremltools
 
 
