@@ -550,7 +550,9 @@ class Featurizer:
 
         def leaves(value: Any) -> list[int]:
             if isinstance(value, (set, frozenset, list, tuple)):
-                return [index[v] for v in value if v in index] or everything
+                # In the vocabulary's order: a set iterates in an order that Python's string
+                # hashing sets anew in each process, and a draw by position must not follow it.
+                return sorted(index[v] for v in value if v in index) or everything
             if value is None or (isinstance(value, float) and math.isnan(value)):
                 return everything
             if value in index:
