@@ -291,13 +291,28 @@ def test_prv_accountant_is_available_and_close_to_rdp():
 # --- runs on Flower's simulation engine -------------------------------------------------------
 
 @pytest.mark.slow
-def test_fedavg_on_flower_is_one_centralized_step_on_the_union(simulation, foundation):
-    """FedSGD: Σ n_k/n (w − η∇L_k) = w − η∇L, since ∇L = Σ n_k/n ∇L_k."""
+def test_fedavg_on_flower_is_one_centralized_step_on_a_ray_of_its_own_that_leaves_nothing(
+        simulation, foundation, monkeypatch):
+    """FedSGD: Σ n_k/n (w − η∇L_k) = w − η∇L, since ∇L = Σ n_k/n ∇L_k.
+
+    ray.init() without an address joins RAY_ADDRESS, or the cluster another process on the
+    machine started: a second run beside a benchmark failed ("num_cpus must not be
+    provided" when joining), and a user's own Ray cluster would have run the simulation.
+    Reported: every run left Ray's session folder (logs, sockets; about 330 KB) in
+    /tmp/ray, 264 of them after a day of benchmarks. (One Flower run checks both: each
+    starts a Ray of its own, 10-30 s on two cores.)"""
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")  # a cluster that is not there
+    temporary = Path(tempfile.mkdtemp(prefix="t", dir="/tmp"))  # Ray's socket paths: short
+    monkeypatch.setenv("RAY_TMPDIR", str(temporary))
     sim = _users(simulation, 4)
     strategy = FedAvg(rounds=1, client_fraction=1.0, local_epochs=1, local_batch_size=1000,
                       local_learning_rate=1e-3)
     before = _vector(foundation).copy()
-    result = run_federated(sim, strategy, foundation=foundation)
+    try:
+        result = run_federated(sim, strategy, foundation=foundation)
+        assert list(temporary.rglob("*")) == []
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
     union = pd.concat([u.train for u in sim.users])
     expected = _centralized_gd(foundation, union, steps=1, lr=1e-3)
     np.testing.assert_allclose(_vector(result.foundation), expected, rtol=0, atol=1e-6)
@@ -305,26 +320,6 @@ def test_fedavg_on_flower_is_one_centralized_step_on_the_union(simulation, found
     assert metrics.clients == (0, 1, 2, 3) and metrics.diverged == 0
     assert metrics.test_error == pytest.approx(result.mean_error, rel=1e-6)
     np.testing.assert_array_equal(_vector(foundation), before)  # the input is never changed
-
-
-def test_flower_starts_a_ray_of_its_own_and_leaves_nothing_of_it(simulation, foundation,
-                                                                 monkeypatch, tmp_path):
-    # ray.init() without an address joins RAY_ADDRESS, or the cluster another process on the
-    # machine started: a second run beside a benchmark failed ("num_cpus must not be
-    # provided" when joining), and a user's own Ray cluster would have run the simulation.
-    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")  # a cluster that is not there
-    # Reported: every run left Ray's session folder (logs, sockets; about 330 KB) in
-    # /tmp/ray, 264 of them after a day of benchmarks. Ray's socket paths must stay short.
-    temporary = Path(tempfile.mkdtemp(prefix="t", dir="/tmp"))
-    monkeypatch.setenv("RAY_TMPDIR", str(temporary))
-    try:
-        strategy = FedAvg(rounds=1, client_fraction=1.0, local_epochs=1,
-                          local_learning_rate=1e-3)
-        result = run_federated(_users(simulation, 2), strategy, foundation=foundation)
-        assert len(result.rounds) == 1
-        assert list(temporary.rglob("*")) == []
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
 
 
 def test_the_client_trainer_travels_by_value_only_without_ray():
