@@ -581,15 +581,18 @@ def device_reports(previous: Any, candidate: Any, devices: list[pd.DataFrame], e
     at :data:`DEVICE_CONFIDENCE`: ``"devices report better"`` (released with the claim),
     else ``"devices report worse"`` or ``"devices report not better"`` (without it); with
     fewer devices than could ever show it better (``reports_needed``: 4), none reports and
-    it is ``"too few devices"``. The held-out devices share nothing (``run_seed``): the
-    report is all they send, and its ε all they spend."""
+    it is ``"too few devices"``. Each device asked gets one token for the check
+    (``VersionCheckIssuer``), and the tally counts only reports that carry one. The held-out
+    devices share nothing (``run_seed``): the report is all they send, and its ε all they
+    spend."""
     from dmt_model.coreml import UpdateSettings, build_spec
     from dmt_model.coreml._spec import spec_bytes
     from dmt_model.version_check import (
+        VersionCheckIssuer,
         check_version_many,
         reports_needed,
+        request_version_check_token,
         seal_version_check,
-        tally_version_checks,
     )
     from dmt_privacy.dp import UNACCOUNTED, InsecureRandomnessWarning
     from dmt_privacy.release import generate_release_key, sign_release, verify_release
@@ -605,14 +608,19 @@ def device_reports(previous: Any, candidate: Any, devices: list[pd.DataFrame], e
                      schema_id=candidate.featurizer.schema.schema_id),
         model, [key.verify_key()], installed_version=1)
     before = build_spec(previous, updatable=UpdateSettings())
+    issuer = VersionCheckIssuer(version=2, sha256=release.metadata.sha256, baseline=1,
+                                epsilon=epsilon)
+    tokens = []
+    for _ in usable:  # each device asked gets one token for this check
+        pending = request_version_check_token(release, issuer.public_key, epsilon=epsilon)
+        tokens.append(pending.finalize(issuer.ask(pending.body))[0])
     with warnings.catch_warnings():  # seeded randomized response: reproducible, not secure
         warnings.simplefilter("ignore", InsecureRandomnessWarning)
         checks = check_version_many(release, before, usable, ledgers=[UNACCOUNTED] * len(usable),
                                     epsilon=epsilon, random_states=[seed * 1000 + i for i
-                                                                    in range(len(usable))])
-    tally = tally_version_checks(checks, version=2, sha256=release.metadata.sha256,
-                                 baseline=1, asked=len(usable), epsilon=epsilon,
-                                 confidence=DEVICE_CONFIDENCE)
+                                                                    in range(len(usable))],
+                                    tokens=tokens)
+    tally = issuer.tally(checks, confidence=DEVICE_CONFIDENCE)
     checked = ("devices report better" if tally.better else "devices report worse"
                if tally.worse else "devices report not better")
     sealed = seal_version_check(checks[0], generate_server_key().public_key())

@@ -194,7 +194,9 @@ def run_loop(
     better, so what they showed would not be what the signed claim says. Those
     devices share nothing then, and report instead, each one bit at
     ``report_epsilon`` (:func:`~dmt_model.version_check.check_version`, on all
-    its records), which every device's budget holds beside what sharing costs;
+    its records, with the one token the server gave it when it asked:
+    :class:`~dmt_model.version_check.VersionCheckIssuer`), which every device's budget
+    holds beside what sharing costs;
     if fewer would be asked than could ever show v2 better
     (:func:`~dmt_model.version_check.reports_needed`, 4), none is, and every
     device shares.
@@ -210,11 +212,12 @@ def run_loop(
     from dmt_model.server.retrain import ModelRegistry, retrain_foundation, validation_split
     from dmt_model.server.training import policy_batches
     from dmt_model.version_check import (
+        VersionCheckIssuer,
         check_version_many,
         open_version_check,
         reports_needed,
+        request_version_check_token,
         seal_version_check,
-        tally_version_checks,
     )
     from dmt_privacy.anonymity import KAnonymizer
     from dmt_privacy.files import write_atomically
@@ -359,14 +362,21 @@ def run_loop(
         on_stage(f"devices: {len(reporters)} devices asked to check v2 report (one bit each "
                  f"at ε={report_epsilon:g})")
         release = verified()
+        # The server gives each device it asks one token for this check (a blind signature:
+        # it never sees the token), and counts only reports that carry one, each once.
+        issuer = VersionCheckIssuer(version=v2.version, sha256=release.metadata.sha256,
+                                    baseline=v1.version, epsilon=report_epsilon)
+        tokens = []
+        for _ in reporters:
+            pending = request_version_check_token(release, issuer.public_key,
+                                                  epsilon=report_epsilon)
+            tokens.append(pending.finalize(issuer.ask(pending.body))[0])
         checks = check_version_many(
             release, v1_model, [stores[u].records("all") for u in reporters],
-            ledgers=[stores[u].ledger for u in reporters], epsilon=report_epsilon, seed=seed)
+            ledgers=[stores[u].ledger for u in reporters], epsilon=report_epsilon, seed=seed,
+            tokens=tokens)
         sealed = [seal_version_check(c, release.server_public_key()) for c in checks]
-        tally = tally_version_checks([open_version_check(e, server_key) for e in sealed],
-                                     version=v2.version, sha256=release.metadata.sha256,
-                                     baseline=v1.version, asked=len(reporters),
-                                     epsilon=report_epsilon)
+        tally = issuer.tally([open_version_check(e, server_key) for e in sealed])
         v2 = registry.record_version_checks(tally, signing_key=release_key,
                                             server_key=server_key.public_key())
     if shipped:

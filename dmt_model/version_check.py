@@ -40,18 +40,26 @@ server's own check says their mean error is lower (a paired t-test): one bit per
 is what a few hundred devices can report usefully under local DP. It needs at least
 :func:`reports_needed` reports (4 at 90 %), whatever ε.
 
-What the server cannot check: that a report comes from a device it asked, once. Reports
-carry no token yet (a privacy-pass token scoped to the version, as packages carry, would
-bind each to one asked device), and the server's public key is in every release, so
-anyone can seal reports. A tally of more reports than devices asked claims nothing, so
-forged reports can only take the place of asked devices that did not report; and a claim
-only changes which rule devices apply to their own records.
+**One report per device asked.** The server's public key is in every release, so anyone
+can seal a report. So the server gives each device it asks one Privacy Pass token
+(:mod:`dmt_privacy.privacy_pass`: an RSA blind signature) under a key of this check's own
+(:class:`VersionCheckIssuer`), bound to the version, its hash, the baseline and ε
+(:func:`version_check_challenge`); the device puts it in its report, and the tally counts
+only reports with a valid token, each token once. The issuer signs one token per device
+it asks and never sees the token it signs, so a report does not name its device, and at
+most as many reports count as devices were asked. A tally of more reports than devices
+asked claims nothing either way. What tokens do not stop: the server's own forgeries (it
+holds the key; a claim only changes which rule devices apply to their own records), and
+a server that gives each device a key of its own to tell their reports apart: devices
+should see the same key (as for package tokens, ``fetch_issuer_key``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import uuid
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
@@ -67,17 +75,33 @@ from dmt_privacy.errors import (
     ModelFileError,
     ValidationError,
 )
+from dmt_privacy.privacy_pass import (
+    TOKEN_SIZE,
+    InvalidToken,
+    IssuerKey,
+    IssuerPublicKey,
+    PendingTokens,
+    Token,
+    blind_sign,
+    parse_token_requests,
+    request_tokens,
+    token_challenge,
+    verify_token,
+)
 
 __all__ = [
     "VERSION_CHECK_EPSILON",
     "VersionCheck",
+    "VersionCheckIssuer",
     "VersionCheckTally",
     "check_version",
     "check_version_many",
     "open_version_check",
     "reports_needed",
+    "request_version_check_token",
     "seal_version_check",
     "tally_version_checks",
+    "version_check_challenge",
 ]
 
 #: The ε of one device's report unless the server asks for another: the bit is told
@@ -85,10 +109,12 @@ __all__ = [
 VERSION_CHECK_EPSILON = 1.0
 #: The HPKE ``info`` of a sealed report (a share package's differs).
 _INFO = b"dmt-version-check-v1"
-_FORMAT = 1
+_FORMAT = 2  # 2: with the device's token (b"" for none)
 _FIELDS = {"format": int, "version": int, "sha256": str, "baseline": int, "better": bool,
-           "epsilon": float}
+           "epsilon": float, "token": bytes}
 _CATEGORIES = (False, True)
+#: The origin a report's token is bound to (with the check, as its redemption context).
+_TOKEN_ORIGIN = b"dmt.version-check"
 
 
 @dataclass(frozen=True)
@@ -96,13 +122,15 @@ class VersionCheck:
     """One device's report: whether version ``version`` (its model file's SHA-256
     ``sha256``) served it better than version ``baseline`` once personalized, told by
     randomized response at ``epsilon`` (so ``better`` is the truth with probability
-    e^ε / (1 + e^ε) only)."""
+    e^ε / (1 + e^ε) only); ``token``: the Privacy Pass token the server gave the device
+    when it asked (:func:`request_version_check_token`), ``b""`` for none."""
 
     version: int
     sha256: str
     baseline: int
     better: bool
     epsilon: float
+    token: bytes = b""
 
     def __post_init__(self) -> None:
         bad = [name for name, kind in _FIELDS.items()
@@ -112,7 +140,8 @@ class VersionCheck:
                 ("version", self.version >= 2), ("baseline", 1 <= self.baseline < self.version),
                 ("sha256", len(self.sha256) == 64
                  and all(c in "0123456789abcdef" for c in self.sha256)),
-                ("epsilon", math.isfinite(self.epsilon) and self.epsilon > 0)) if not ok]
+                ("epsilon", math.isfinite(self.epsilon) and self.epsilon > 0),
+                ("token", len(self.token) in (0, TOKEN_SIZE))) if not ok]
         if bad:
             raise ValidationError(f"A version check has malformed {bad!r}: {self!r}.")
 
@@ -125,7 +154,8 @@ class VersionCheckTally:
     better off, ``lower``/``upper`` its one-sided bounds at ``confidence``; ``better``:
     ``lower`` is above one half, ``worse``: ``upper`` is below it; neither with more reports
     than the ``asked`` devices. ``ignored`` counts the reports left out, by why (another
-    version, hash, baseline or ε).
+    version, hash, baseline or ε; with ``tokens``, no valid token or one spent twice).
+    ``tokens``: only reports with a valid token of the check's issuer counted.
     """
 
     version: int
@@ -142,12 +172,13 @@ class VersionCheckTally:
     worse: bool
     reason: str
     ignored: Mapping[str, int] = field(default_factory=dict)
+    tokens: bool = False
 
 
 def check_version(release: Any, previous: Any, records: pd.DataFrame, *, ledger: Any,
                   based_on: int | None = None, epsilon: float = VERSION_CHECK_EPSILON,
                   prior_records: int | Sequence[int] | None = None, folds: int = 5,
-                  seed: int = 0, random_state: Any = None) -> VersionCheck:
+                  seed: int = 0, random_state: Any = None, token: Any = b"") -> VersionCheck:
     """This device's report on the new version ``release`` names (what
     :func:`~dmt_privacy.release.verify_release` returned), against ``previous``: the
     version its personal model comes from (an updatable spec or ``.mlmodel`` path; its
@@ -162,12 +193,14 @@ def check_version(release: Any, previous: Any, records: pd.DataFrame, *, ledger:
     charged to ``ledger`` first (a :class:`~dmt_privacy.dp.PrivacyLedger`, or
     :data:`~dmt_privacy.dp.UNACCOUNTED` in simulations; a budget the charge would exceed
     raises :class:`~dmt_privacy.errors.BudgetExceededError` and nothing is reported).
-    ``random_state`` other than ``None`` is not secure: for tests.
+    ``token``: the one the server gave this device when it asked it to report
+    (:func:`request_version_check_token`); a server that checks tokens counts no report
+    without one. ``random_state`` other than ``None`` is not secure: for tests.
     """
     (check,) = check_version_many(release, previous, [records], ledgers=[ledger],
                                   based_on=based_on, epsilon=epsilon,
                                   prior_records=prior_records, folds=folds, seed=seed,
-                                  random_states=[random_state])
+                                  random_states=[random_state], tokens=[token])
     return check
 
 
@@ -175,10 +208,11 @@ def check_version_many(release: Any, previous: Any, record_sets: Sequence[pd.Dat
                        ledgers: Sequence[Any], based_on: int | None = None,
                        epsilon: float = VERSION_CHECK_EPSILON,
                        prior_records: int | Sequence[int] | None = None, folds: int = 5,
-                       seed: int = 0, random_states: Sequence[Any] | None = None
-                       ) -> list[VersionCheck]:
-    """:func:`check_version` of several devices (a simulation's), each with its records and
-    its ledger (``random_states``: one each, ``None`` for the secure source); their
+                       seed: int = 0, random_states: Sequence[Any] | None = None,
+                       tokens: Sequence[Any] | None = None) -> list[VersionCheck]:
+    """:func:`check_version` of several devices (a simulation's), each with its records,
+    its ledger and its token (``random_states``: one each, ``None`` for the secure source;
+    ``tokens``: one each, or none); their
     personalizations train together, as :func:`~dmt_model.personalize.compare_on_devices`
     trains them, so each report is the one its device alone would make."""
     from dmt_model.coreml._spec import spec_from_bytes
@@ -196,10 +230,12 @@ def check_version_many(release: Any, previous: Any, record_sets: Sequence[pd.Dat
             f"release must be what verify_release returned, got {type(release).__name__}: "
             "a device reports only on a version whose signature it checked.")
     random_states = [None] * len(record_sets) if random_states is None else random_states
-    if not len(ledgers) == len(random_states) == len(record_sets):
-        raise ValidationError(f"{len(record_sets)} record sets, {len(ledgers)} ledgers and "
-                              f"{len(random_states)} random states: give one of each per "
-                              "device.")
+    tokens = [b""] * len(record_sets) if tokens is None else tokens
+    if not len(ledgers) == len(random_states) == len(tokens) == len(record_sets):
+        raise ValidationError(f"{len(record_sets)} record sets, {len(ledgers)} ledgers, "
+                              f"{len(random_states)} random states and {len(tokens)} tokens: "
+                              "give one of each per device.")
+    token_bytes = [_token_bytes(token) for token in tokens]
     for ledger in ledgers:
         if not isinstance(ledger, PrivacyLedger | Unaccounted):
             raise ValidationError(
@@ -251,7 +287,8 @@ def check_version_many(release: Any, previous: Any, record_sets: Sequence[pd.Dat
             before.append(was)
             after.append(now)
     checks = []
-    for mechanism, ledger, was, now in zip(mechanisms, ledgers, before, after, strict=True):
+    for mechanism, ledger, was, now, token in zip(mechanisms, ledgers, before, after,
+                                                  token_bytes, strict=True):
         truth = bool(now < was)  # a tie, or a failed check (NaN), is not "better"
         receipt = ReleaseReceipt(
             release_id=uuid.uuid4().hex, n_records=1, epsilon=mechanism.epsilon, delta=0.0,
@@ -261,8 +298,99 @@ def check_version_many(release: Any, previous: Any, record_sets: Sequence[pd.Dat
         with ledger.release(receipt) if isinstance(ledger, PrivacyLedger) else nullcontext():
             told = bool(mechanism.randomise([truth])[0])
         checks.append(VersionCheck(release.metadata.version, release.metadata.sha256,
-                                   baseline, told, float(mechanism.epsilon)))
+                                   baseline, told, float(mechanism.epsilon), token))
     return checks
+
+
+def _token_bytes(token: Any) -> bytes:
+    if isinstance(token, Token):
+        token = token.to_bytes()
+    if not isinstance(token, bytes) or len(token) not in (0, TOKEN_SIZE):
+        raise ValidationError(f"token must be the Token the server gave the device "
+                              f"(request_version_check_token) or its {TOKEN_SIZE} bytes, got "
+                              f"{type(token).__name__}.")
+    return token
+
+
+def version_check_challenge(version: int, sha256: str, baseline: int,
+                            epsilon: float = VERSION_CHECK_EPSILON) -> bytes:
+    """The Privacy Pass TokenChallenge a report's token is bound to: this version (its model
+    file's SHA-256), against this baseline, at this ε. A device computes it from the release
+    it verified, so the server cannot give each device a challenge of its own."""
+    context = hashlib.sha256(msgpack.packb([int(version), str(sha256), int(baseline),
+                                            float(epsilon)])).digest()
+    return token_challenge(_TOKEN_ORIGIN, context)
+
+
+def request_version_check_token(release: Any, public_key: IssuerPublicKey, *,
+                                based_on: int | None = None,
+                                epsilon: float = VERSION_CHECK_EPSILON) -> PendingTokens:
+    """The device's blinded request for its report's token, when the server asks it to check
+    ``release`` (what :func:`~dmt_privacy.release.verify_release` returned) against
+    ``based_on`` (default: the release's ``installed_version``) at ``epsilon``, under the
+    check's key ``public_key`` (:attr:`VersionCheckIssuer.public_key`). Send ``.body`` to
+    the server; ``.finalize(its answer)[0]`` is the token to pass to :func:`check_version`.
+    """
+    from dmt_privacy.release import VerifiedRelease
+
+    if not isinstance(release, VerifiedRelease):
+        raise ValidationError(
+            f"release must be what verify_release returned, got {type(release).__name__}.")
+    baseline = release.installed_version if based_on is None else based_on
+    if type(baseline) is not int:
+        raise ValidationError(f"based_on must be the number of the version the personal model "
+                              f"comes from; got {baseline!r}.")
+    return request_tokens(public_key, 1, challenge=version_check_challenge(
+        release.metadata.version, release.metadata.sha256, baseline, epsilon))
+
+
+class VersionCheckIssuer:
+    """The server's side of one check: version ``version`` (model file hash ``sha256``)
+    against ``baseline`` at ``epsilon``. It gives each device it asks one token
+    (:meth:`ask`: a blind signature of the device's request, so it never sees the token),
+    under a key of this check's own (``key``, new unless given), and :meth:`tally` counts
+    only reports with a valid token, each token once: at most :attr:`asked` reports."""
+
+    def __init__(self, *, version: int, sha256: str, baseline: int,
+                 epsilon: float = VERSION_CHECK_EPSILON, key: IssuerKey | None = None) -> None:
+        if key is not None and not isinstance(key, IssuerKey):
+            raise ValidationError(f"key must be an IssuerKey, got {type(key).__name__}.")
+        self.version, self.sha256, self.baseline = version, sha256, baseline
+        self.epsilon = float(epsilon)
+        self.challenge = version_check_challenge(version, sha256, baseline, self.epsilon)
+        self._key = key if key is not None else IssuerKey.generate()
+        self.asked = 0
+
+    @property
+    def public_key(self) -> IssuerPublicKey:
+        """What the server sends each device it asks, with the ask."""
+        return self._key.public_key()
+
+    def ask(self, request: bytes) -> bytes:
+        """The answer to one device's token request (:func:`request_version_check_token`'s
+        ``.body``): one blind signature, and the device counts as asked. A request for more
+        than one token, or not for this key, raises
+        :class:`~dmt_privacy.errors.InvalidPackage`."""
+        try:
+            (blinded,) = parse_token_requests(request, self.public_key)
+        except (InvalidToken, ValueError):
+            raise InvalidPackage() from None
+        answer = blind_sign(self._key, blinded)
+        self.asked += 1
+        return answer
+
+    def tally(self, checks: Iterable[VersionCheck], *, confidence: float = 0.9
+              ) -> VersionCheckTally:
+        """:func:`tally_version_checks` of ``checks`` for this check, counting only reports
+        with a valid token of this key, each once, against the devices asked."""
+        return tally_version_checks(checks, version=self.version, sha256=self.sha256,
+                                    baseline=self.baseline, asked=self.asked,
+                                    epsilon=self.epsilon, confidence=confidence,
+                                    token_key=self.public_key)
+
+    def __repr__(self) -> str:  # never the key
+        return (f"VersionCheckIssuer(version={self.version}, baseline={self.baseline}, "
+                f"epsilon={self.epsilon:g}, asked={self.asked})")
 
 
 def seal_version_check(check: VersionCheck, server_key: Any) -> bytes:
@@ -273,7 +401,7 @@ def seal_version_check(check: VersionCheck, server_key: Any) -> bytes:
         raise ValidationError(f"check must be a VersionCheck, got {type(check).__name__}.")
     body = msgpack.packb({"format": _FORMAT, "version": check.version, "sha256": check.sha256,
                           "baseline": check.baseline, "better": check.better,
-                          "epsilon": check.epsilon})
+                          "epsilon": check.epsilon, "token": check.token}, use_bin_type=True)
     return seal(body, server_key, info=_INFO)
 
 
@@ -285,13 +413,14 @@ def open_version_check(envelope: bytes, server_key: Any) -> VersionCheck:
     body = open_sealed(envelope, server_key, info=_INFO)
     try:
         doc = msgpack.unpackb(body, raw=False, strict_map_key=True, max_str_len=128,
-                              max_bin_len=0, max_array_len=0, max_map_len=len(_FIELDS))
+                              max_bin_len=TOKEN_SIZE, max_array_len=0,
+                              max_map_len=len(_FIELDS))
         if (not isinstance(doc, dict) or set(doc) != set(_FIELDS)
                 or any(type(doc[k]) is not kind for k, kind in _FIELDS.items())
                 or doc["format"] != _FORMAT):
             raise InvalidPackage()
         return VersionCheck(doc["version"], doc["sha256"], doc["baseline"], doc["better"],
-                            doc["epsilon"])
+                            doc["epsilon"], doc["token"])
     except Exception:  # every failure is the same failure
         raise InvalidPackage() from None
 
@@ -306,14 +435,21 @@ def reports_needed(confidence: float = 0.9) -> int:
 
 def tally_version_checks(checks: Iterable[VersionCheck], *, version: int, sha256: str,
                          baseline: int, asked: int, epsilon: float = VERSION_CHECK_EPSILON,
-                         confidence: float = 0.9) -> VersionCheckTally:
+                         confidence: float = 0.9, token_key: IssuerPublicKey | None = None
+                         ) -> VersionCheckTally:
     """What the reports naming ``version`` (model file hash ``sha256``), ``baseline`` and
     ``epsilon`` say: the unbiased share of devices better off
     (as :func:`~dmt_privacy.dp.estimate_frequencies` estimates it) and its exact one-sided
     bounds at ``confidence``, within [0, 1]. Reports for anything else are counted in
     ``ignored`` and left out. ``asked`` is how many devices the server asked to report:
     more reports than that mean forged or replayed ones are among them, and the tally
-    claims nothing."""
+    claims nothing.
+
+    ``token_key``: the check's token key (:attr:`VersionCheckIssuer.public_key`; or call
+    :meth:`VersionCheckIssuer.tally`): only reports with a valid token for this check count,
+    each token once. Without it, anyone holding the release's server key can report, so a
+    forged report can take an asked device's place (deprecated: a ``DeprecationWarning``).
+    """
     from dmt_privacy.dp import RandomizedResponse
 
     if not 0.5 <= confidence < 1:
@@ -321,7 +457,17 @@ def tally_version_checks(checks: Iterable[VersionCheck], *, version: int, sha256
     if type(asked) is not int or asked < 0:
         raise ValidationError(f"asked must be the number of devices asked to report (an int "
                               f">= 0), got {asked!r}.")
+    if token_key is None:
+        warnings.warn("tally_version_checks without token_key counts reports anyone holding "
+                      "the release's server key can forge; give each device asked a token "
+                      "(VersionCheckIssuer) and tally with token_key= or "
+                      "VersionCheckIssuer.tally.", DeprecationWarning, stacklevel=2)
+    elif not isinstance(token_key, IssuerPublicKey):
+        raise ValidationError(f"token_key must be the check's IssuerPublicKey, got "
+                              f"{type(token_key).__name__}.")
     mechanism = RandomizedResponse(epsilon=epsilon, categories=_CATEGORIES, field="better")
+    challenge = version_check_challenge(version, sha256, baseline, mechanism.epsilon)
+    spent: set[str] = set()
     told: list[bool] = []
     ignored: Counter[str] = Counter()
     for check in checks:
@@ -332,16 +478,26 @@ def tally_version_checks(checks: Iterable[VersionCheck], *, version: int, sha256
             ("version", check.version, version), ("sha256", check.sha256, sha256),
             ("baseline", check.baseline, baseline), ("epsilon", check.epsilon,
                                                      mechanism.epsilon)) if mine != asked), None)
-        if why is None:
-            told.append(check.better)
-        else:
+        if why is not None:
             ignored[f"another {why}"] += 1
+            continue
+        if token_key is not None:
+            try:
+                token_id = verify_token(check.token, token_key, challenge=challenge).token_id
+            except InvalidToken:
+                ignored["no valid token"] += 1
+                continue
+            if token_id in spent:
+                ignored["token spent twice"] += 1
+                continue
+            spent.add(token_id)
+        told.append(check.better)
     n = len(told)
     if n == 0:
         return VersionCheckTally(version, sha256, baseline, mechanism.epsilon, 0, asked,
                                  math.nan, 0.0, 1.0, confidence, False, False,
                                  "no report on this version against this baseline",
-                                 dict(ignored))
+                                 dict(ignored), token_key is not None)
     # A device better off says "better" with probability p, one that is not with q = 1 - p:
     # the share of "better" reports is q + (p - q) × the share better off. Its bounds are
     # exact (Clopper–Pearson, one-sided at `confidence`): a normal interval collapses to a
@@ -362,9 +518,10 @@ def tally_version_checks(checks: Iterable[VersionCheck], *, version: int, sha256
             version, sha256, baseline, mechanism.epsilon, n, asked, share, low, high,
             confidence, False, False, f"refused: {n} reports for {asked} devices asked, so "
             f"forged or replayed reports are among them; nothing is claimed ({figures})",
-            dict(ignored))
+            dict(ignored), token_key is not None)
     better, worse = low > 0.5, high < 0.5
     reason = (f"better on devices: {figures}" if better else
               f"worse on devices: {figures}" if worse else f"not shown better: {figures}")
     return VersionCheckTally(version, sha256, baseline, mechanism.epsilon, n, asked, share,
-                             low, high, confidence, better, worse, reason, dict(ignored))
+                             low, high, confidence, better, worse, reason, dict(ignored),
+                             token_key is not None)

@@ -23,10 +23,12 @@ The construction is RFC 9578's token type 0x0002: RSABSSA-SHA384-PSS-Determinist
 
 ``token_key_id`` is SHA-256 over the issuer key as RFC 9578 serializes it (a
 SubjectPublicKeyInfo with the id-RSASSA-PSS algorithm identifier, SHA-384,
-MGF1-SHA-384, salt length 48); ``challenge_digest`` is SHA-256 over dmt's
-fixed TokenChallenge (RFC 9577: issuer name ``dmt``, empty redemption context,
-origin info ``dmt.share-package``). The authenticator is an ordinary RSASSA-PSS
-signature over the token input: :func:`verify_token` checks it with
+MGF1-SHA-384, salt length 48); ``challenge_digest`` is SHA-256 over the
+TokenChallenge the token is bound to (RFC 9577: issuer name ``dmt``): for share
+packages an empty redemption context and origin info ``dmt.share-package``;
+:func:`token_challenge` makes others (a device's report on one new version,
+:mod:`dmt_model.version_check`, is bound to that version). The authenticator
+is an ordinary RSASSA-PSS signature over the token input: :func:`verify_token` checks it with
 ``cryptography``. A batch of requests is their concatenation, and so is its
 answer (:mod:`dmt_model.server.issuer` serves them).
 
@@ -83,6 +85,7 @@ __all__ = [
     "finalize",
     "parse_token_requests",
     "request_tokens",
+    "token_challenge",
     "verify_token",
 ]
 
@@ -105,8 +108,19 @@ def _challenge(issuer_name: bytes, redemption_context: bytes, origin_info: bytes
             + struct.pack(">H", len(origin_info)) + origin_info)
 
 
-#: dmt's TokenChallenge: every share package redeems against this one challenge.
-TOKEN_CHALLENGE = _challenge(b"dmt", b"", b"dmt.share-package")
+def token_challenge(origin_info: bytes, redemption_context: bytes = b"") -> bytes:
+    """An RFC 9577 TokenChallenge from issuer ``dmt``, encoded: what a token is bound to.
+    ``redemption_context`` is empty or 32 bytes (RFC 9577 §2.1.1), e.g. a hash naming the
+    one occasion a token may be spent on."""
+    if not isinstance(origin_info, bytes) or not 0 < len(origin_info) < 2 ** 16:
+        raise ValidationError("origin_info must be 1 to 65535 bytes.")
+    if not isinstance(redemption_context, bytes) or len(redemption_context) not in (0, 32):
+        raise ValidationError("redemption_context must be empty or 32 bytes (RFC 9577).")
+    return _challenge(b"dmt", redemption_context, origin_info)
+
+
+#: dmt's TokenChallenge for share packages: every package redeems against this one challenge.
+TOKEN_CHALLENGE = token_challenge(b"dmt.share-package")
 CHALLENGE_DIGEST = hashlib.sha256(TOKEN_CHALLENGE).digest()
 
 _SHA384 = bytes.fromhex("0609608648016503040202")  # OID 2.16.840.1.101.3.4.2.2
@@ -381,8 +395,10 @@ class Token:
                    authenticator=data[98:], token_type=token_type)
 
 
-def verify_token(token: Token | bytes, public_key: IssuerPublicKey) -> Token:
-    """The token if it is dmt's, made under ``public_key`` and authentic; else ``InvalidToken``.
+def verify_token(token: Token | bytes, public_key: IssuerPublicKey, *,
+                 challenge: bytes = TOKEN_CHALLENGE) -> Token:
+    """The token if it is made for ``challenge`` (dmt's share packages unless given:
+    :func:`token_challenge`) under ``public_key`` and authentic; else ``InvalidToken``.
 
     Spending is the caller's: record :attr:`Token.token_id` and refuse it a second time.
     """
@@ -390,7 +406,7 @@ def verify_token(token: Token | bytes, public_key: IssuerPublicKey) -> Token:
         parsed = token if isinstance(token, Token) else Token.from_bytes(token)
     except ValidationError:
         raise InvalidToken() from None
-    if not (hmac.compare_digest(parsed.challenge_digest, CHALLENGE_DIGEST)
+    if not (hmac.compare_digest(parsed.challenge_digest, hashlib.sha256(challenge).digest())
             and hmac.compare_digest(parsed.token_key_id, public_key.token_key_id)
             and _pss_verify(public_key, parsed.token_input(), parsed.authenticator)):
         raise InvalidToken()
@@ -405,6 +421,7 @@ class PendingTokens:
     nonces: tuple[bytes, ...]
     inverses: tuple[bytes, ...]
     body: bytes
+    challenge_digest: bytes = CHALLENGE_DIGEST
 
     def finalize(self, response: bytes) -> list[Token]:
         """Tokens from the issuer's response (``InvalidToken`` if any signature is wrong)."""
@@ -412,32 +429,37 @@ class PendingTokens:
             raise InvalidToken()
         tokens = []
         for i, (nonce, inv) in enumerate(zip(self.nonces, self.inverses, strict=True)):
-            token = Token(nonce=nonce, challenge_digest=CHALLENGE_DIGEST,
+            token = Token(nonce=nonce, challenge_digest=self.challenge_digest,
                           token_key_id=self.public_key.token_key_id, authenticator=b"\0" * _NK)
             sig = finalize(self.public_key, token.token_input(),
                            response[i * _NK:(i + 1) * _NK], inv)
-            tokens.append(Token(nonce=nonce, challenge_digest=CHALLENGE_DIGEST,
+            tokens.append(Token(nonce=nonce, challenge_digest=self.challenge_digest,
                                 token_key_id=self.public_key.token_key_id, authenticator=sig))
         return tokens
 
 
-def request_tokens(public_key: IssuerPublicKey, n: int) -> PendingTokens:
-    """Blinded requests for ``n`` tokens: send ``.body`` to the issuer, keep the rest secret."""
+def request_tokens(public_key: IssuerPublicKey, n: int, *,
+                   challenge: bytes = TOKEN_CHALLENGE) -> PendingTokens:
+    """Blinded requests for ``n`` tokens for ``challenge`` (dmt's share packages unless
+    given: :func:`token_challenge`): send ``.body`` to the issuer, keep the rest secret."""
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_BATCH:
         raise ValidationError(f"n must be an int in 1..{MAX_BATCH}, got {n!r}.")
     if not isinstance(public_key, IssuerPublicKey) or public_key.size != _NK:
         raise ValidationError("public_key must be a 2048-bit IssuerPublicKey (token type "
                               f"0x0002), got {public_key!r}.")
+    if not isinstance(challenge, bytes) or not challenge:
+        raise ValidationError("challenge must be an encoded TokenChallenge (token_challenge).")
+    digest = hashlib.sha256(challenge).digest()
     nonces, inverses, parts = [], [], []
     for _ in range(n):
         nonce = secrets.token_bytes(_NONCE_SIZE)
-        token_input = (struct.pack(">H", TOKEN_TYPE) + nonce + CHALLENGE_DIGEST
+        token_input = (struct.pack(">H", TOKEN_TYPE) + nonce + digest
                        + public_key.token_key_id)
         blinded, inv = blind(public_key, token_input)
         nonces.append(nonce)
         inverses.append(inv)
         parts.append(struct.pack(">HB", TOKEN_TYPE, public_key.token_key_id[-1]) + blinded)
-    return PendingTokens(public_key, tuple(nonces), tuple(inverses), b"".join(parts))
+    return PendingTokens(public_key, tuple(nonces), tuple(inverses), b"".join(parts), digest)
 
 
 def parse_token_requests(body: bytes, public_key: IssuerPublicKey) -> list[bytes]:

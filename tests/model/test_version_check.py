@@ -13,9 +13,11 @@ from dmt_model.personalize import ADOPTION_RULE, UNCHECKED_RULE, adoption_rule_f
 from dmt_model.server.retrain import ModelRegistry
 from dmt_model.version_check import (
     VersionCheck,
+    VersionCheckIssuer,
     check_version,
     check_version_many,
     open_version_check,
+    request_version_check_token,
     seal_version_check,
     tally_version_checks,
 )
@@ -27,6 +29,10 @@ from dmt_privacy.seal import generate_server_key
 QUICK = TrainingConfig(epochs=20, seed=0)
 UNSEEN = [7, 8, 9]
 SEEDED = pytest.mark.filterwarnings("ignore::dmt_privacy.dp.InsecureRandomnessWarning")
+# The statistics' tests tally bare reports; test_only_reports_with_a_token_of_the_check_count
+# tests tokens, and that a tally without them warns.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:tally_version_checks without token_key:DeprecationWarning")
 
 
 @pytest.fixture(scope="module")
@@ -61,14 +67,21 @@ def test_devices_reports_earn_a_version_the_claim(served):
     release = _release(registry, key, 2)
     assert adoption_rule_for(release) == UNCHECKED_RULE  # released without a claim
     v1 = registry.path(registry.versions()[0].mlmodel_file)
+    # The server asks 30 devices, giving each one token for this check.
+    issuer = VersionCheckIssuer(version=2, sha256=release.metadata.sha256, baseline=1)
+    tokens = []
+    for _ in devices:
+        pending = request_version_check_token(release, issuer.public_key)
+        tokens.append(pending.finalize(issuer.ask(pending.body))[0])
     # one device as a device calls it, the other 29 in one batched pass (the same reports)
-    checks = [check_version(release, v1, devices[0], ledger=UNACCOUNTED, random_state=0),
+    checks = [check_version(release, v1, devices[0], ledger=UNACCOUNTED, random_state=0,
+                            token=tokens[0]),
               *check_version_many(release, v1, devices[1:], ledgers=[UNACCOUNTED] * 29,
-                                  random_states=list(range(1, 30)))]
+                                  random_states=list(range(1, 30)), tokens=tokens[1:])]
     sealed = [seal_version_check(check, release.server_public_key()) for check in checks]
     reports = [open_version_check(envelope, server_key) for envelope in sealed]
-    tally = tally_version_checks(reports, version=2, sha256=release.metadata.sha256,
-                                 baseline=1, asked=30)
+    tally = issuer.tally(reports)
+    assert tally.tokens and tally.asked == 30 and not tally.ignored
     assert tally.devices == 30 and tally.better and not tally.worse, tally.reason
     assert tally.lower > 0.5
     entry = registry.record_version_checks(tally, signing_key=key,
@@ -79,6 +92,55 @@ def test_devices_reports_earn_a_version_the_claim(served):
     assert adoption_rule_for(claimed) == ADOPTION_RULE
     # the claim is against v1: a device whose personal model comes from elsewhere earns nothing
     assert adoption_rule_for(claimed, based_on=2) == UNCHECKED_RULE
+
+
+@SEEDED
+def test_only_reports_with_a_token_of_the_check_count(served):
+    """Reported (README, *Devices vouch*): the server's public key is in every release, so
+    anyone could seal a report, and a forged one could take the place of an asked device
+    that did not report. Now each device asked gets one token bound to the check, and only
+    reports with such a token count, each token once."""
+    from dmt_privacy.privacy_pass import InvalidToken, request_tokens, verify_token
+
+    registry, key, server_key, _ = served
+    release = _release(registry, key, 2)
+    sha = release.metadata.sha256
+    issuer = VersionCheckIssuer(version=2, sha256=sha, baseline=1)
+    tokens = []
+    for _ in range(3):
+        pending = request_version_check_token(release, issuer.public_key)
+        tokens.append(pending.finalize(issuer.ask(pending.body))[0])
+    assert issuer.asked == 3 and len({t.token_id for t in tokens}) == 3
+    # A token bound to this check does not verify as a share package's, nor for another ε.
+    with pytest.raises(InvalidToken):
+        verify_token(tokens[0], issuer.public_key)
+    at_4 = request_version_check_token(release, issuer.public_key, epsilon=4.0)
+    foreign = at_4.finalize(issuer.ask(at_4.body))[0]  # the server asked a 4th device...
+    assert issuer.asked == 4
+    other = VersionCheckIssuer(version=2, sha256=sha, baseline=1)  # ...another check's key
+    pending = request_version_check_token(release, other.public_key)
+    stolen = pending.finalize(other.ask(pending.body))[0]
+
+    def report(token=b"", better=True):
+        envelope = seal_version_check(VersionCheck(2, sha, 1, better, 1.0,
+                                                   b"" if token == b"" else token.to_bytes()),
+                                      release.server_public_key())
+        return open_version_check(envelope, server_key)  # the token survives sealing
+
+    reports = [report(t) for t in tokens] + [
+        report(), report(tokens[0]), report(foreign), report(stolen), report(better=False)]
+    tally = issuer.tally(reports)
+    assert tally.tokens and tally.devices == 3 and tally.asked == 4
+    assert tally.ignored == {"no valid token": 4, "token spent twice": 1}
+    with pytest.raises(InvalidPackage):  # one token a device: a request for two is refused
+        issuer.ask(request_tokens(issuer.public_key, 2, challenge=issuer.challenge).body)
+    assert issuer.asked == 4 and "key" not in repr(issuer).replace("token_key", "")
+    with pytest.warns(DeprecationWarning, match="token_key"):  # without tokens, every
+        bare = tally_version_checks(reports, version=2, sha256=sha, baseline=1, asked=9)
+    assert not bare.tokens and bare.devices == 8  # forged and replayed report counts
+    with pytest.raises(ValidationError, match="token"):
+        check_version(release, registry.path(registry.versions()[0].mlmodel_file),
+                      served[3][0], ledger=UNACCOUNTED, random_state=0, token=b"short")
 
 
 def test_the_tally_is_unbiased_under_randomized_response_and_needs_a_majority():
