@@ -546,7 +546,7 @@ class Featurizer:
             for node in ancestors:
                 nodes.setdefault(node, []).append(index[leaf])
         for node, members in ((extra or {}).get(name) or {}).items():
-            nodes[node] = [index[m] for m in members if m in index] or everything
+            nodes[node] = sorted(index[m] for m in members if m in index) or everything
 
         def leaves(value: Any) -> list[int]:
             if isinstance(value, (set, frozenset, list, tuple)):

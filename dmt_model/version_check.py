@@ -42,16 +42,21 @@ is what a few hundred devices can report usefully under local DP. It needs at le
 
 **One report per device asked.** The server's public key is in every release, so anyone
 can seal a report. So the server gives each device it asks one Privacy Pass token
-(:mod:`dmt_privacy.privacy_pass`: an RSA blind signature) under a key of this check's own
-(:class:`VersionCheckIssuer`), bound to the version, its hash, the baseline and ε
-(:func:`version_check_challenge`); the device puts it in its report, and the tally counts
-only reports with a valid token, each token once. The issuer signs one token per device
-it asks and never sees the token it signs, so a report does not name its device, and at
-most as many reports count as devices were asked. A tally of more reports than devices
-asked claims nothing either way. What tokens do not stop: the server's own forgeries (it
-holds the key; a claim only changes which rule devices apply to their own records), and
-a server that gives each device a key of its own to tell their reports apart: devices
-should see the same key (as for package tokens, ``fetch_issuer_key``).
+(:mod:`dmt_privacy.privacy_pass`: an RSA blind signature) under a key made for this check
+alone (:class:`VersionCheckIssuer`); the device puts it in its report, and the tally
+counts only reports with a valid token of that key, each token once. The issuer signs
+one token per device it asks and never sees the token it signs, so a report does not
+name its device, and at most as many reports count as devices were asked. The token's
+challenge names the version, its hash, the baseline and ε
+(:func:`version_check_challenge`), which keeps a device from spending a token on the
+wrong report by mistake; since the issuer signs blind, only the key keeps checks apart.
+A tally of more reports than devices asked claims nothing either way.
+
+What tokens do not stop: the server's own forgeries (it holds the key; a claim only
+changes which rule devices apply to their own records), and a server that gives each
+device a key of its own to tell their reports apart. Devices cannot yet compare the
+check's key with a signed copy (the release is signed before devices are asked), so
+this blindness rests on the server handing every device the same key.
 """
 
 from __future__ import annotations
@@ -130,7 +135,7 @@ class VersionCheck:
     baseline: int
     better: bool
     epsilon: float
-    token: bytes = b""
+    token: bytes = field(default=b"", repr=False)  # a bearer credential until spent
 
     def __post_init__(self) -> None:
         bad = [name for name, kind in _FIELDS.items()
@@ -236,6 +241,21 @@ def check_version_many(release: Any, previous: Any, record_sets: Sequence[pd.Dat
                               f"{len(random_states)} random states and {len(tokens)} tokens: "
                               "give one of each per device.")
     token_bytes = [_token_bytes(token) for token in tokens]
+    baseline = release.installed_version if based_on is None else based_on
+    if type(baseline) is not int or not 1 <= baseline < release.metadata.version:
+        raise ValidationError(
+            f"based_on must be the number of the version the personal model comes from, "
+            f"older than the new version {release.metadata.version}; got {baseline!r}. Pass "
+            "based_on=, or verify the release with installed_version=.")
+    fits = hashlib.sha256(version_check_challenge(
+        release.metadata.version, release.metadata.sha256, baseline, epsilon)).digest()
+    wrong = [i for i, token in enumerate(token_bytes) if token and token[34:66] != fits]
+    if wrong:  # a report the server cannot count would spend the user's ε for nothing
+        raise ValidationError(
+            f"Device {wrong[0]}'s token was made for another check than this report (version "
+            f"{release.metadata.version} against {baseline} at ε={epsilon:g}); nothing was "
+            "reported. Request it with the same based_on and epsilon "
+            "(request_version_check_token).")
     for ledger in ledgers:
         if not isinstance(ledger, PrivacyLedger | Unaccounted):
             raise ValidationError(
@@ -252,12 +272,6 @@ def check_version_many(release: Any, previous: Any, record_sets: Sequence[pd.Dat
                     f"{ledger.user_id!r}, who has ε={ledger.remaining.epsilon:.17g} left. "
                     "Nothing was reported; report at a lower ε, or wait for a new budget "
                     "period.")
-    baseline = release.installed_version if based_on is None else based_on
-    if type(baseline) is not int or not 1 <= baseline < release.metadata.version:
-        raise ValidationError(
-            f"based_on must be the number of the version the personal model comes from, "
-            f"older than the new version {release.metadata.version}; got {baseline!r}. Pass "
-            "based_on=, or verify the release with installed_version=.")
     mechanisms = [RandomizedResponse(epsilon=epsilon, categories=_CATEGORIES,
                                      random_state=state, field="better")
                   for state in random_states]
@@ -306,9 +320,10 @@ def _token_bytes(token: Any) -> bytes:
     if isinstance(token, Token):
         token = token.to_bytes()
     if not isinstance(token, bytes) or len(token) not in (0, TOKEN_SIZE):
+        got = (f"{len(token)} bytes" if isinstance(token, bytes) else type(token).__name__)
         raise ValidationError(f"token must be the Token the server gave the device "
                               f"(request_version_check_token) or its {TOKEN_SIZE} bytes, got "
-                              f"{type(token).__name__}.")
+                              f"{got}.")
     return token
 
 
@@ -317,9 +332,20 @@ def version_check_challenge(version: int, sha256: str, baseline: int,
     """The Privacy Pass TokenChallenge a report's token is bound to: this version (its model
     file's SHA-256), against this baseline, at this ε. A device computes it from the release
     it verified, so the server cannot give each device a challenge of its own."""
-    context = hashlib.sha256(msgpack.packb([int(version), str(sha256), int(baseline),
-                                            float(epsilon)])).digest()
+    version, sha256, baseline, epsilon = _check_names(version, sha256, baseline, epsilon)
+    context = hashlib.sha256(msgpack.packb([version, sha256, baseline, epsilon])).digest()
     return token_challenge(_TOKEN_ORIGIN, context)
+
+
+def _check_names(version: Any, sha256: Any, baseline: Any, epsilon: Any
+                 ) -> tuple[int, str, int, float]:
+    """The check's names as a report carries them, validated as :class:`VersionCheck` does
+    (ε as a float: the challenge and the tally must see the same number)."""
+    from dmt_privacy.dp._checks import check_epsilon
+
+    check = VersionCheck(version, sha256, baseline, False,
+                         check_epsilon(epsilon, field="epsilon"))
+    return check.version, check.sha256, check.baseline, check.epsilon
 
 
 def request_version_check_token(release: Any, public_key: IssuerPublicKey, *,
@@ -348,17 +374,22 @@ class VersionCheckIssuer:
     """The server's side of one check: version ``version`` (model file hash ``sha256``)
     against ``baseline`` at ``epsilon``. It gives each device it asks one token
     (:meth:`ask`: a blind signature of the device's request, so it never sees the token),
-    under a key of this check's own (``key``, new unless given), and :meth:`tally` counts
-    only reports with a valid token, each token once: at most :attr:`asked` reports."""
+    under a key made for this check alone, and :meth:`tally` counts only reports with a
+    valid token, each token once: at most :attr:`asked` reports.
+
+    The key is what keeps checks apart: the issuer signs blind, so it cannot see which
+    challenge a device asks it to sign, and a key shared with another check (or with the
+    package issuer) would let a device asked there report here. So each issuer makes its
+    own key and never takes one. The devices must all be given the same key: a key per
+    device would tell their reports apart (they cannot yet compare it against a signed
+    copy; see the module's notes)."""
 
     def __init__(self, *, version: int, sha256: str, baseline: int,
-                 epsilon: float = VERSION_CHECK_EPSILON, key: IssuerKey | None = None) -> None:
-        if key is not None and not isinstance(key, IssuerKey):
-            raise ValidationError(f"key must be an IssuerKey, got {type(key).__name__}.")
-        self.version, self.sha256, self.baseline = version, sha256, baseline
-        self.epsilon = float(epsilon)
+                 epsilon: float = VERSION_CHECK_EPSILON) -> None:
+        self.version, self.sha256, self.baseline, self.epsilon = _check_names(
+            version, sha256, baseline, epsilon)
         self.challenge = version_check_challenge(version, sha256, baseline, self.epsilon)
-        self._key = key if key is not None else IssuerKey.generate()
+        self._key = IssuerKey.generate()
         self.asked = 0
 
     @property
@@ -373,9 +404,9 @@ class VersionCheckIssuer:
         :class:`~dmt_privacy.errors.InvalidPackage`."""
         try:
             (blinded,) = parse_token_requests(request, self.public_key)
+            answer = blind_sign(self._key, blinded)
         except (InvalidToken, ValueError):
             raise InvalidPackage() from None
-        answer = blind_sign(self._key, blinded)
         self.asked += 1
         return answer
 
@@ -415,9 +446,11 @@ def open_version_check(envelope: bytes, server_key: Any) -> VersionCheck:
         doc = msgpack.unpackb(body, raw=False, strict_map_key=True, max_str_len=128,
                               max_bin_len=TOKEN_SIZE, max_array_len=0,
                               max_map_len=len(_FIELDS))
+        if isinstance(doc, dict) and doc.get("format") == 1 and "token" not in doc:
+            doc["token"] = b""  # format 1 (no token) opens; a tally with tokens refuses it
         if (not isinstance(doc, dict) or set(doc) != set(_FIELDS)
                 or any(type(doc[k]) is not kind for k, kind in _FIELDS.items())
-                or doc["format"] != _FORMAT):
+                or doc["format"] not in (1, _FORMAT)):
             raise InvalidPackage()
         return VersionCheck(doc["version"], doc["sha256"], doc["baseline"], doc["better"],
                             doc["epsilon"], doc["token"])

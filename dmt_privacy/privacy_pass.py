@@ -113,9 +113,10 @@ def token_challenge(origin_info: bytes, redemption_context: bytes = b"") -> byte
     ``redemption_context`` is empty or 32 bytes (RFC 9577 §2.1.1), e.g. a hash naming the
     one occasion a token may be spent on."""
     if not isinstance(origin_info, bytes) or not 0 < len(origin_info) < 2 ** 16:
-        raise ValidationError("origin_info must be 1 to 65535 bytes.")
+        raise ValidationError(f"origin_info must be 1 to 65535 bytes, got {origin_info!r:.80}.")
     if not isinstance(redemption_context, bytes) or len(redemption_context) not in (0, 32):
-        raise ValidationError("redemption_context must be empty or 32 bytes (RFC 9577).")
+        raise ValidationError(f"redemption_context must be empty or 32 bytes (RFC 9577), got "
+                              f"{redemption_context!r:.80}.")
     return _challenge(b"dmt", redemption_context, origin_info)
 
 
@@ -402,6 +403,8 @@ def verify_token(token: Token | bytes, public_key: IssuerPublicKey, *,
 
     Spending is the caller's: record :attr:`Token.token_id` and refuse it a second time.
     """
+    if not isinstance(challenge, bytes) or not challenge:
+        raise ValidationError("challenge must be an encoded TokenChallenge (token_challenge).")
     try:
         parsed = token if isinstance(token, Token) else Token.from_bytes(token)
     except ValidationError:

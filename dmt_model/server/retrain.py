@@ -521,6 +521,12 @@ class ModelRegistry:
         if not isinstance(tally, VersionCheckTally):
             raise ValidationError(f"tally must be what tally_version_checks returned, got "
                                   f"{type(tally).__name__}.")
+        if not tally.tokens:
+            import warnings
+
+            warnings.warn("record_version_checks of a tally without tokens records reports "
+                          "anyone holding the release's server key can forge; tally with "
+                          "VersionCheckIssuer.tally.", DeprecationWarning, stacklevel=2)
         versions = self.versions()
         match = [i for i, v in enumerate(versions) if v.version == tally.version]
         if not match or not versions[match[0]].published:

@@ -31,8 +31,9 @@ UNSEEN = [7, 8, 9]
 SEEDED = pytest.mark.filterwarnings("ignore::dmt_privacy.dp.InsecureRandomnessWarning")
 # The statistics' tests tally bare reports; test_only_reports_with_a_token_of_the_check_count
 # tests tokens, and that a tally without them warns.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:tally_version_checks without token_key:DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings(
+    "ignore:tally_version_checks without token_key:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:record_version_checks of a tally without tokens")]
 
 
 @pytest.fixture(scope="module")
@@ -134,13 +135,47 @@ def test_only_reports_with_a_token_of_the_check_count(served):
     assert tally.ignored == {"no valid token": 4, "token spent twice": 1}
     with pytest.raises(InvalidPackage):  # one token a device: a request for two is refused
         issuer.ask(request_tokens(issuer.public_key, 2, challenge=issuer.challenge).body)
+    kid = issuer.public_key.token_key_id
+    with pytest.raises(InvalidPackage):  # a blinded message out of the key's range
+        issuer.ask(b"\x00\x02" + kid[-1:] + b"\xff" * 256)
     assert issuer.asked == 4 and "key" not in repr(issuer).replace("token_key", "")
+    assert tokens[0].to_bytes().hex() not in repr(reports[0])  # a token stays out of logs
     with pytest.warns(DeprecationWarning, match="token_key"):  # without tokens, every
         bare = tally_version_checks(reports, version=2, sha256=sha, baseline=1, asked=9)
     assert not bare.tokens and bare.devices == 8  # forged and replayed report counts
+    with pytest.warns(DeprecationWarning, match="without tokens"):
+        registry.record_version_checks(bare, signing_key=key,
+                                       server_key=server_key.public_key())
     with pytest.raises(ValidationError, match="token"):
         check_version(release, registry.path(registry.versions()[0].mlmodel_file),
                       served[3][0], ledger=UNACCOUNTED, random_state=0, token=b"short")
+
+
+@SEEDED
+def test_a_token_names_its_check_and_no_report_spends_for_nothing(served, tmp_path):
+    from dmt_model.version_check import version_check_challenge
+
+    registry, key, _, devices = served
+    release = _release(registry, key, 2)
+    sha = release.metadata.sha256
+    names = [(2, sha, 1, 1.0), (3, sha, 1, 1.0), (2, "ab" * 32, 1, 1.0), (3, sha, 2, 1.0),
+             (2, sha, 1, 4.0)]
+    assert len({version_check_challenge(*n) for n in names}) == len(names)
+    assert version_check_challenge(2, sha, 1, 1) == version_check_challenge(2, sha, 1, 1.0)
+    for bad in [("2", sha, 1, 1.0), (2, "XYZ", 1, 1.0), (2, sha, 2, 1.0), (2, sha, 1, 0)]:
+        with pytest.raises(ValidationError):
+            VersionCheckIssuer(version=bad[0], sha256=bad[1], baseline=bad[2], epsilon=bad[3])
+    issuer = VersionCheckIssuer(version=2, sha256=sha, baseline=1)
+    pending = request_version_check_token(release, issuer.public_key)  # at ε = 1
+    token = pending.finalize(issuer.ask(pending.body))[0]
+    ledger = PrivacyLedger(tmp_path / "ledger.db", user_id="u", epsilon_budget=10.0)
+    v1 = registry.path(registry.versions()[0].mlmodel_file)
+    with pytest.raises(ValidationError, match="another check"):  # reported at ε = 4
+        check_version(release, v1, devices[0], ledger=ledger, epsilon=4.0, random_state=0,
+                      token=token)
+    assert ledger.spent.epsilon == 0  # nothing spent on a report the server cannot count
+    check = check_version(release, v1, devices[0], ledger=ledger, random_state=0, token=token)
+    assert ledger.spent.epsilon == 1.0 and issuer.tally([check]).devices == 1
 
 
 def test_the_tally_is_unbiased_under_randomized_response_and_needs_a_majority():
