@@ -169,6 +169,7 @@ def test_the_demo_says_what_the_devices_reports_showed():
     told = _device_check(SimpleNamespace(v2_validation=reports, v2_published=True,
                                          held_out_devices=30))
     assert "reported one bit" in told and "80%" in told and "signed again" in told
+    assert "token" in told  # only the devices asked could report
     unproven = {**reports, "devices_better": 0.0, "device_reports_lower": 0.4}
     told = _device_check(SimpleNamespace(v2_validation=unproven, v2_published=True,
                                          held_out_devices=30))
