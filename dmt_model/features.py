@@ -384,7 +384,9 @@ class Featurizer:
         if column.isna().any():
             row = column.index[column.isna().to_numpy().argmax()]
             raise ValidationError(f"Column {name!r} has a missing value at row {row!r}.")
-        codes = pd.Categorical(column, categories=vocabulary).codes
+        # -1 for a value outside the vocabulary (pd.Categorical with such values is
+        # deprecated in pandas and will raise)
+        codes = pd.Index(vocabulary).get_indexer(column)
         unknown = codes < 0
         if unknown.any() and self.unknown == "error":
             value = column.iloc[int(unknown.argmax())]

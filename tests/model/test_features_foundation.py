@@ -50,6 +50,9 @@ def test_featurizer_json_round_trip(boston):
     assert all(np.array_equal(a.categorical[k], b.categorical[k]) for k in a.categorical)
 
 
+# pandas deprecates a Categorical of values outside its categories (Pandas4Warning: "will
+# raise in a future version"), which is what an unknown category is.
+@pytest.mark.filterwarnings("error:Constructing a Categorical")
 def test_unknown_category_policy(boston):
     odd = boston.head(3).copy()
     odd.loc[odd.index[1], "RAD"] = 13
