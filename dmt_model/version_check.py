@@ -249,7 +249,8 @@ def check_version_many(release: Any, previous: Any, record_sets: Sequence[pd.Dat
             "based_on=, or verify the release with installed_version=.")
     fits = hashlib.sha256(version_check_challenge(
         release.metadata.version, release.metadata.sha256, baseline, epsilon)).digest()
-    wrong = [i for i, token in enumerate(token_bytes) if token and token[34:66] != fits]
+    wrong = [i for i, token in enumerate(token_bytes)
+             if token and Token.from_bytes(token).challenge_digest != fits]
     if wrong:  # a report the server cannot count would spend the user's ε for nothing
         raise ValidationError(
             f"Device {wrong[0]}'s token was made for another check than this report (version "
