@@ -166,6 +166,7 @@ and plots show the rows that ran.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -603,16 +604,16 @@ def device_reports(previous: Any, candidate: Any, devices: list[pd.DataFrame], e
         return {"checked": "too few devices", "devices": len(usable)}
     key = generate_release_key()
     model = spec_bytes(build_spec(candidate, updatable=UpdateSettings()))
-    release = verify_release(
-        sign_release(model, key, version=2,
-                     schema_id=candidate.featurizer.schema.schema_id),
+    issuer = VersionCheckIssuer(version=2, sha256=hashlib.sha256(model).hexdigest(),
+                                baseline=1, epsilon=epsilon)
+    release = verify_release(  # the release names the check's key and ε, as the SDK's does
+        sign_release(model, key, version=2, schema_id=candidate.featurizer.schema.schema_id,
+                     version_check=issuer.announcement),
         model, [key.verify_key()], installed_version=1)
     before = build_spec(previous, updatable=UpdateSettings())
-    issuer = VersionCheckIssuer(version=2, sha256=release.metadata.sha256, baseline=1,
-                                epsilon=epsilon)
     tokens = []
     for _ in usable:  # each device asked gets one token for this check
-        pending = request_version_check_token(release, issuer.public_key, epsilon=epsilon)
+        pending = request_version_check_token(release, issuer.public_key)
         tokens.append(pending.finalize(issuer.ask(pending.body))[0])
     with warnings.catch_warnings():  # seeded randomized response: reproducible, not secure
         warnings.simplefilter("ignore", InsecureRandomnessWarning)

@@ -44,6 +44,7 @@ loss for a classification), with accuracy beside it for a classification.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -351,6 +352,9 @@ def run_loop(
     v2_spec = load_spec(registry.path(v2.mlmodel_file))
     rule, v2_model = None, workdir / "devices" / "v2.mlmodel"
 
+    def v2_sha256() -> str:  # the server's: the hash of the model file it serves
+        return hashlib.sha256(registry.path(v2.mlmodel_file).read_bytes()).hexdigest()
+
     def verified() -> Any:  # what every device does before it reads v2
         return verify_release(registry.path(v2.release_file).read_bytes(),
                               registry.path(v2.mlmodel_file).read_bytes(),
@@ -361,20 +365,22 @@ def run_loop(
         # server tallies them and signs v2's release again if they show it better.
         on_stage(f"devices: {len(reporters)} devices asked to check v2 report (one bit each "
                  f"at ε={report_epsilon:g})")
-        release = verified()
         # The server gives each device it asks one token for this check (a blind signature:
-        # it never sees the token), and counts only reports that carry one, each once.
-        issuer = VersionCheckIssuer(version=v2.version, sha256=release.metadata.sha256,
+        # it never sees the token), and counts only reports that carry one, each once. It
+        # signs the check's key and ε into v2's release first; each device verifies that
+        # release and takes a token only under the key it names.
+        issuer = VersionCheckIssuer(version=v2.version, sha256=v2_sha256(),
                                     baseline=v1.version, epsilon=report_epsilon)
+        v2 = registry.announce_version_check(issuer, signing_key=release_key,
+                                             server_key=server_key.public_key())
+        release = verified()
         tokens = []
         for _ in reporters:
-            pending = request_version_check_token(release, issuer.public_key,
-                                                  epsilon=report_epsilon)
+            pending = request_version_check_token(release, issuer.public_key)
             tokens.append(pending.finalize(issuer.ask(pending.body))[0])
         checks = check_version_many(
             release, v1_model, [stores[u].records("all") for u in reporters],
-            ledgers=[stores[u].ledger for u in reporters], epsilon=report_epsilon, seed=seed,
-            tokens=tokens)
+            ledgers=[stores[u].ledger for u in reporters], seed=seed, tokens=tokens)
         sealed = [seal_version_check(c, release.server_public_key()) for c in checks]
         tally = issuer.tally([open_version_check(e, server_key) for e in sealed])
         v2 = registry.record_version_checks(tally, signing_key=release_key,

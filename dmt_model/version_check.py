@@ -52,11 +52,19 @@ challenge names the version, its hash, the baseline and ε
 wrong report by mistake; since the issuer signs blind, only the key keeps checks apart.
 A tally of more reports than devices asked claims nothing either way.
 
+**One key for every device.** Blind signatures keep a report from naming its device only
+if every device asked gets the same key (and ε): a key per device would tell their reports
+apart. So the server signs the check into the version's release before it asks anyone
+(:meth:`~dmt_model.server.retrain.ModelRegistry.announce_version_check`: the release's
+``version_check`` names the key's id, the baseline and ε), and a device takes a token only
+under the key its verified release names, at that ε (:func:`request_version_check_token`).
+A server that wanted devices apart would have to sign releases of one version that differ:
+two such releases, both verifying, are evidence anyone can show. Devices that compare the
+releases they received (or fetch them from one public place) would see it; the SDK does not
+compare them for them.
+
 What tokens do not stop: the server's own forgeries (it holds the key; a claim only
-changes which rule devices apply to their own records), and a server that gives each
-device a key of its own to tell their reports apart. Devices cannot yet compare the
-check's key with a signed copy (the release is signed before devices are asked), so
-this blindness rests on the server handing every device the same key.
+changes which rule devices apply to their own records).
 """
 
 from __future__ import annotations
@@ -181,21 +189,23 @@ class VersionCheckTally:
 
 
 def check_version(release: Any, previous: Any, records: pd.DataFrame, *, ledger: Any,
-                  based_on: int | None = None, epsilon: float = VERSION_CHECK_EPSILON,
+                  based_on: int | None = None, epsilon: float | None = None,
                   prior_records: int | Sequence[int] | None = None, folds: int = 5,
                   seed: int = 0, random_state: Any = None, token: Any = b"") -> VersionCheck:
     """This device's report on the new version ``release`` names (what
     :func:`~dmt_privacy.release.verify_release` returned), against ``previous``: the
     version its personal model comes from (an updatable spec or ``.mlmodel`` path; its
     number is ``based_on``, by default the ``installed_version`` the release was verified
-    against).
+    against; a release that names the check, ``version_check``, must name that one).
 
     ``records`` are the device's own records, none of which trained the new version: a
     device that shared since ``previous`` was published must not report. Both versions are
     personalized on ``records`` out of fold (``folds``, ``seed``, ``prior_records`` as
     :func:`~dmt_model.personalize.compare_on_devices`), and the bit "the new version's
-    mean held-out error is lower" goes through randomized response at ``epsilon``,
-    charged to ``ledger`` first (a :class:`~dmt_privacy.dp.PrivacyLedger`, or
+    mean held-out error is lower" goes through randomized response at ``epsilon`` (by
+    default the ε the release's ``version_check`` names, else
+    :data:`VERSION_CHECK_EPSILON`; another than the release names is refused), charged
+    to ``ledger`` first (a :class:`~dmt_privacy.dp.PrivacyLedger`, or
     :data:`~dmt_privacy.dp.UNACCOUNTED` in simulations; a budget the charge would exceed
     raises :class:`~dmt_privacy.errors.BudgetExceededError` and nothing is reported).
     ``token``: the one the server gave this device when it asked it to report
@@ -211,7 +221,7 @@ def check_version(release: Any, previous: Any, records: pd.DataFrame, *, ledger:
 
 def check_version_many(release: Any, previous: Any, record_sets: Sequence[pd.DataFrame], *,
                        ledgers: Sequence[Any], based_on: int | None = None,
-                       epsilon: float = VERSION_CHECK_EPSILON,
+                       epsilon: float | None = None,
                        prior_records: int | Sequence[int] | None = None, folds: int = 5,
                        seed: int = 0, random_states: Sequence[Any] | None = None,
                        tokens: Sequence[Any] | None = None) -> list[VersionCheck]:
@@ -241,12 +251,7 @@ def check_version_many(release: Any, previous: Any, record_sets: Sequence[pd.Dat
                               f"{len(random_states)} random states and {len(tokens)} tokens: "
                               "give one of each per device.")
     token_bytes = [_token_bytes(token) for token in tokens]
-    baseline = release.installed_version if based_on is None else based_on
-    if type(baseline) is not int or not 1 <= baseline < release.metadata.version:
-        raise ValidationError(
-            f"based_on must be the number of the version the personal model comes from, "
-            f"older than the new version {release.metadata.version}; got {baseline!r}. Pass "
-            "based_on=, or verify the release with installed_version=.")
+    baseline, epsilon = _announced(release, based_on, epsilon)
     fits = hashlib.sha256(version_check_challenge(
         release.metadata.version, release.metadata.sha256, baseline, epsilon)).digest()
     wrong = [i for i, token in enumerate(token_bytes)
@@ -349,24 +354,72 @@ def _check_names(version: Any, sha256: Any, baseline: Any, epsilon: Any
     return check.version, check.sha256, check.baseline, check.epsilon
 
 
+def _announced(release: Any, based_on: Any, epsilon: Any) -> tuple[int, float]:
+    """The baseline and ε of a device's report on ``release``: ``based_on`` (default: the
+    release's ``installed_version``, else the baseline its ``version_check`` names) and
+    ``epsilon`` (default: the ε it names, else :data:`VERSION_CHECK_EPSILON`); a release
+    that names the check accepts no other."""
+    from dmt_privacy.dp._checks import check_epsilon
+
+    announced = release.metadata.version_check
+    baseline = based_on if based_on is not None else (
+        release.installed_version if release.installed_version is not None
+        else None if announced is None else announced["baseline"])
+    if type(baseline) is not int or not 1 <= baseline < release.metadata.version:
+        raise ValidationError(
+            f"based_on must be the number of the version the personal model comes from, "
+            f"older than the new version {release.metadata.version}; got {baseline!r}. Pass "
+            "based_on=, or verify the release with installed_version=.")
+    epsilon = check_epsilon(epsilon if epsilon is not None else VERSION_CHECK_EPSILON
+                            if announced is None else announced["epsilon"], field="epsilon")
+    if announced is not None and (baseline, float(epsilon)) != (announced["baseline"],
+                                                                announced["epsilon"]):
+        raise ValidationError(
+            f"Version {release.metadata.version}'s signed release asks every device to check "
+            f"it against version {announced['baseline']} at ε={announced['epsilon']:g}; this "
+            f"report would be against version {baseline} at ε={epsilon:g}. Nothing was "
+            "charged or reported: a device whose personal model comes from another version "
+            "does not report, and none reports at another ε than every other device.")
+    return baseline, float(epsilon)
+
+
 def request_version_check_token(release: Any, public_key: IssuerPublicKey, *,
                                 based_on: int | None = None,
-                                epsilon: float = VERSION_CHECK_EPSILON) -> PendingTokens:
+                                epsilon: float | None = None) -> PendingTokens:
     """The device's blinded request for its report's token, when the server asks it to check
-    ``release`` (what :func:`~dmt_privacy.release.verify_release` returned) against
-    ``based_on`` (default: the release's ``installed_version``) at ``epsilon``, under the
+    ``release`` (what :func:`~dmt_privacy.release.verify_release` returned) under the
     check's key ``public_key`` (:attr:`VersionCheckIssuer.public_key`). Send ``.body`` to
     the server; ``.finalize(its answer)[0]`` is the token to pass to :func:`check_version`.
+
+    The release must name the check (``version_check``, signed when the server opened it:
+    :meth:`~dmt_model.server.retrain.ModelRegistry.announce_version_check`), and the key
+    must be the one it names: a device does not take a token of a key that no signed
+    release names, since a server could give each device a key of its own and tell their
+    reports apart. ``based_on`` and ``epsilon`` default to what it names, and no other is
+    accepted (:class:`~dmt_privacy.errors.ValidationError` for each: nothing is sent).
     """
     from dmt_privacy.release import VerifiedRelease
 
     if not isinstance(release, VerifiedRelease):
         raise ValidationError(
             f"release must be what verify_release returned, got {type(release).__name__}.")
-    baseline = release.installed_version if based_on is None else based_on
-    if type(baseline) is not int:
-        raise ValidationError(f"based_on must be the number of the version the personal model "
-                              f"comes from; got {baseline!r}.")
+    if not isinstance(public_key, IssuerPublicKey):
+        raise ValidationError(f"public_key must be the check's IssuerPublicKey, got "
+                              f"{type(public_key).__name__}.")
+    announced = release.metadata.version_check
+    if announced is None:
+        raise ValidationError(
+            f"Version {release.metadata.version}'s release names no version check, so this "
+            "device cannot tell whether every device asked is given the same key. Fetch the "
+            "release again: the server signs the check into it before it asks devices "
+            "(ModelRegistry.announce_version_check); do not report until it names one.")
+    if public_key.token_key_id.hex() != announced["key"]:
+        raise ValidationError(
+            f"The check's key {public_key.key_id} is not the one version "
+            f"{release.metadata.version}'s signed release names "
+            f"({announced['key'][:16]}): the server may be giving devices keys of their own, "
+            "to tell their reports apart. Do not report; keep this release as evidence.")
+    baseline, epsilon = _announced(release, based_on, epsilon)
     return request_tokens(public_key, 1, challenge=version_check_challenge(
         release.metadata.version, release.metadata.sha256, baseline, epsilon))
 
@@ -381,9 +434,10 @@ class VersionCheckIssuer:
     The key is what keeps checks apart: the issuer signs blind, so it cannot see which
     challenge a device asks it to sign, and a key shared with another check (or with the
     package issuer) would let a device asked there report here. So each issuer makes its
-    own key and never takes one. The devices must all be given the same key: a key per
-    device would tell their reports apart (they cannot yet compare it against a signed
-    copy; see the module's notes)."""
+    own key and never takes one. The devices must all be given the same key, or a key per
+    device would tell their reports apart: the registry signs :attr:`announcement` into the
+    version's release before devices are asked, and a device takes a token only under the
+    key its verified release names (:func:`request_version_check_token`)."""
 
     def __init__(self, *, version: int, sha256: str, baseline: int,
                  epsilon: float = VERSION_CHECK_EPSILON) -> None:
@@ -397,6 +451,15 @@ class VersionCheckIssuer:
     def public_key(self) -> IssuerPublicKey:
         """What the server sends each device it asks, with the ask."""
         return self._key.public_key()
+
+    @property
+    def announcement(self) -> dict[str, Any]:
+        """The check as the version's signed release names it (its ``version_check``: the
+        key's token key id, the baseline and ε), so each device asked can see it is given
+        what every other is (:meth:`~dmt_model.server.retrain.ModelRegistry.announce_version_check`
+        signs it in)."""
+        return {"key": self.public_key.token_key_id.hex(), "baseline": self.baseline,
+                "epsilon": self.epsilon}
 
     def ask(self, request: bytes) -> bytes:
         """The answer to one device's token request (:func:`request_version_check_token`'s

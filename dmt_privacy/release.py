@@ -33,6 +33,16 @@ published model version the server writes a small JSON document, the
                   the claim without it (deprecated: ``sign_release`` warns);
                   a device reads such a claim as beating the version numbered
                   just before it, and no other.
+    version_check (only while the server asks devices to check this version
+                  themselves, ``dmt_model.version_check``) ``{"key": ...,
+                  "baseline": ..., "epsilon": ...}``: the token key id (SHA-256
+                  of the check's Privacy Pass key, hex) devices are given, the
+                  version they compare it with and each report's ε. A device
+                  asked to check takes a token under that key only, at that ε,
+                  so a server that gave devices keys or ε of their own, to tell
+                  their reports apart, would have to sign two releases of one
+                  version that differ in what they say: evidence anyone holding
+                  both can show. Optional, as ``held_out_devices`` is.
 
 and whose ``signatures`` are ``[{"key_id": ..., "sig": ...}]``: Ed25519
 (``cryptography``) over ``b"dmt model release v1\\n"`` followed by the
@@ -61,10 +71,11 @@ import datetime as _dt
 import hashlib
 import hmac
 import json
+import math
 import os
 import stat
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -100,7 +111,8 @@ RELEASE_FORMAT = 1
 RELEASE_CONTEXT = b"dmt model release v1\n"
 _MAX_DOCUMENT = 64 * 1024
 #: Signed fields left out when ``None`` (releases signed before they existed lack them).
-_OPTIONAL = ("held_out_devices", "held_out_baseline")
+_OPTIONAL = ("held_out_devices", "held_out_baseline", "version_check")
+_VERSION_CHECK_KEYS = frozenset({"key", "baseline", "epsilon"})
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -258,6 +270,16 @@ def _is_hex(text: Any, length: int | None = None) -> bool:
             and set(text) <= _HEX and len(text) % 2 == 0)
 
 
+def _valid_version_check(check: Any, version: Any) -> bool:
+    """Whether ``check`` is a release's ``version_check``: the token key id, a baseline
+    older than ``version`` and a finite ε > 0."""
+    return (type(check) is dict and set(check) == _VERSION_CHECK_KEYS
+            and _is_hex(check["key"], 64) and type(check["baseline"]) is int
+            and type(version) is int and 1 <= check["baseline"] < version
+            and type(check["epsilon"]) is float and math.isfinite(check["epsilon"])
+            and check["epsilon"] > 0)
+
+
 @dataclass(frozen=True)
 class ReleaseMetadata:
     """The signed statement about one published model version (see the module docstring)."""
@@ -274,6 +296,7 @@ class ReleaseMetadata:
     format: int = RELEASE_FORMAT
     held_out_devices: int | None = None
     held_out_baseline: int | None = None
+    version_check: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         checks = {
@@ -291,6 +314,8 @@ class ReleaseMetadata:
             "held_out_baseline": self.held_out_baseline is None or (
                 self.held_out_devices is not None and type(self.held_out_baseline) is int
                 and type(self.version) is int and 1 <= self.held_out_baseline < self.version),
+            "version_check": self.version_check is None or _valid_version_check(
+                self.version_check, self.version),
         }
         for name in ("created", "expires"):
             try:
@@ -315,9 +340,9 @@ class ReleaseMetadata:
         return signed
 
     def canonical(self) -> bytes:
-        """The bytes that are signed (after :data:`RELEASE_CONTEXT`); ``held_out_devices`` and
-        ``held_out_baseline`` are left out when ``None``, as releases signed before they
-        existed were."""
+        """The bytes that are signed (after :data:`RELEASE_CONTEXT`); ``held_out_devices``,
+        ``held_out_baseline`` and ``version_check`` are left out when ``None``, as releases
+        signed before they existed were."""
         return json.dumps(self.as_signed(), sort_keys=True, separators=(",", ":"),
                           ensure_ascii=False, allow_nan=False).encode()
 
@@ -364,6 +389,7 @@ def sign_release(
     now: _dt.datetime | None = None,
     held_out_devices: int | None = None,
     held_out_baseline: int | None = None,
+    version_check: Mapping[str, Any] | None = None,
 ) -> bytes:
     """The signed release document (JSON bytes) for ``model`` as version ``version``.
 
@@ -377,7 +403,9 @@ def sign_release(
     ``held_out_baseline`` the version it was found better than: a device applies
     the claim only when its personal model comes from that version. A claim
     without its baseline is deprecated (it warns): devices would apply it whatever
-    version they run.
+    version they run. ``version_check``: the check devices are asked to make of this
+    version (``dmt_model.version_check.VersionCheckIssuer.announcement``), so that each
+    can see it is given the same key and ε as every other.
     """
     if not isinstance(model, bytes):
         raise ValidationError(f"model must be the model file's bytes, got {type(model).__name__}.")
@@ -400,7 +428,9 @@ def sign_release(
         name=name, version=version, created=_utc(now), expires=_utc(now + valid_for),
         length=len(model), sha256=hashlib.sha256(model).hexdigest(), schema_id=schema_id,
         policy_sha256=policy_sha, server_key=None if server_key is None else server_key.hex(),
-        held_out_devices=held_out_devices, held_out_baseline=held_out_baseline)
+        held_out_devices=held_out_devices, held_out_baseline=held_out_baseline,
+        version_check=dict(version_check) if isinstance(version_check, Mapping)
+        else version_check)  # anything else: malformed, named by ReleaseMetadata
     message = RELEASE_CONTEXT + metadata.canonical()
     document = {"signed": metadata.as_signed(),
                 "signatures": [{"key_id": k.key_id, "sig": k.sign(message).hex()}

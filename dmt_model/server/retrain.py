@@ -40,7 +40,7 @@ from dmt_privacy.files import write_atomically
 from dmt_privacy.release import ReleaseSigningKey, release_file_name, sign_release
 
 if TYPE_CHECKING:
-    from dmt_model.version_check import VersionCheckTally
+    from dmt_model.version_check import VersionCheckIssuer, VersionCheckTally
 
 __all__ = [
     "ModelRegistry",
@@ -263,6 +263,9 @@ class ModelVersion:
     validation: dict[str, float] = field(default_factory=dict)
     #: the signed release of ``mlmodel_file`` (:mod:`dmt_privacy.release`), "" if unsigned
     release_file: str = ""
+    #: the check devices are asked to make of it, as its release names it
+    #: (:meth:`ModelRegistry.announce_version_check`), ``None`` if none
+    version_check: dict[str, Any] | None = None
 
     @property
     def published(self) -> bool:
@@ -488,6 +491,39 @@ class ModelRegistry:
                          json.dumps([asdict(v) for v in versions], indent=2).encode())
         return entry
 
+    def announce_version_check(self, issuer: VersionCheckIssuer, *,
+                               signing_key: ReleaseSigningKey | Sequence[ReleaseSigningKey]
+                               | None = None, policy: Any = None, server_key: Any = None,
+                               valid_for: timedelta = timedelta(days=30)) -> ModelVersion:
+        """Sign the check ``issuer`` runs into its version's release, before any device is
+        asked (:class:`~dmt_model.version_check.VersionCheckIssuer`).
+
+        The release's ``version_check`` then names the check's key (its token key id),
+        baseline and ε (:attr:`~dmt_model.version_check.VersionCheckIssuer.announcement`),
+        and a device asked to check takes a token only under the key its verified release
+        names, at that ε (:func:`~dmt_model.version_check.request_version_check_token`):
+        the server cannot give devices keys of their own, to tell their reports apart,
+        without signing releases of one version that differ. The issuer must name a
+        published version of this registry by its number and the SHA-256 of its model
+        file, and a baseline published before it; a version the server's own check ran
+        on is not checked again. ``signing_key``, ``policy`` and ``server_key`` as
+        :meth:`record_version_checks`; nothing is written unless every check passes.
+        """
+        from dataclasses import replace
+
+        from dmt_model.version_check import VersionCheckIssuer
+
+        if not isinstance(issuer, VersionCheckIssuer):
+            raise ValidationError(f"issuer must be the check's VersionCheckIssuer, got "
+                                  f"{type(issuer).__name__}.")
+        versions, at, server_key = self._checked(
+            issuer.version, issuer.sha256, issuer.baseline, "The check",
+            signing_key=signing_key, policy=policy, server_key=server_key)
+        return self._store(versions, at, replace(versions[at],
+                                                 version_check=issuer.announcement),
+                           signing_key, policy=policy, server_key=server_key,
+                           valid_for=valid_for)
+
     def record_version_checks(self, tally: VersionCheckTally, *,
                               signing_key: ReleaseSigningKey | Sequence[ReleaseSigningKey]
                               | None = None, policy: Any = None, server_key: Any = None,
@@ -505,15 +541,15 @@ class ModelRegistry:
         recorded and the version keeps no claim; the last tally recorded is the one that
         counts. The tally must name a published version of this registry by its number
         and the SHA-256 of its model file, and a baseline older than it, and hold at least
-        one report. A version the server's own check ran on (``validation_devices``) is
-        left as that check found it.
+        one report; a check announced in the release (:meth:`announce_version_check`) must
+        be the one tallied (its baseline and ε). A version the server's own check ran on
+        (``validation_devices``) is left as that check found it.
 
         A signed version needs ``signing_key`` (its release must say what the reports
         showed); ``server_key`` defaults to the one its current release names, and a
         release that names a policy needs ``policy=`` again. Nothing is written unless
         every check passes.
         """
-        import hashlib
         from dataclasses import replace
 
         from dmt_model.version_check import VersionCheckTally
@@ -527,25 +563,63 @@ class ModelRegistry:
             warnings.warn("record_version_checks of a tally without tokens records reports "
                           "anyone holding the release's server key can forge; tally with "
                           "VersionCheckIssuer.tally.", DeprecationWarning, stacklevel=2)
-        versions = self.versions()
-        match = [i for i, v in enumerate(versions) if v.version == tally.version]
-        if not match or not versions[match[0]].published:
-            raise ValidationError(f"No published version {tally.version} in the registry "
-                                  f"{self.folder}: devices report only on served versions.")
-        entry = versions[match[0]]
-        sha256 = hashlib.sha256(self.path(entry.mlmodel_file).read_bytes()).hexdigest()
-        if tally.sha256 != sha256:
+        versions, at, server_key = self._checked(
+            tally.version, tally.sha256, tally.baseline, "The reports",
+            signing_key=signing_key, policy=policy, server_key=server_key)
+        entry = versions[at]
+        announced = entry.version_check
+        if announced is not None and (announced["baseline"], announced["epsilon"]) != (
+                tally.baseline, tally.epsilon):
             raise ValidationError(
-                f"The reports name a model file of SHA-256 {tally.sha256}; version "
-                f"{entry.version}'s is {sha256}. Tally the reports on the file served.")
-        if not any(v.version == tally.baseline and v.published for v in versions[:match[0]]):
-            raise ValidationError(
-                f"The reports compare with version {tally.baseline}, not a published version "
-                f"older than {entry.version}. Ask devices to compare with a version the "
-                "registry served before it (the one their personal models come from).")
+                f"Version {entry.version}'s release announced a check against version "
+                f"{announced['baseline']} at ε={announced['epsilon']:g}; the tally is against "
+                f"{tally.baseline} at ε={tally.epsilon:g}. Tally the announced check.")
         if tally.devices < 1:
             raise ValidationError(f"The tally holds no report on version {entry.version} "
                                   f"against {tally.baseline}: there is nothing to record.")
+        claimed = (tally.lower > 0.5 and tally.confidence >= 0.9
+                   and tally.devices <= tally.asked and tally.devices >= 2)
+        figures = {"device_reports": float(tally.devices),
+                   "device_reports_asked": float(tally.asked),
+                   "device_reports_share_better": tally.share_better,
+                   "device_reports_lower": tally.lower, "device_reports_upper": tally.upper,
+                   "device_reports_epsilon": tally.epsilon,
+                   "device_reports_confidence": tally.confidence}
+        validation = {k: v for k, v in entry.validation.items() if k != "devices"}
+        claim = {"devices": float(tally.devices), "devices_better": 1.0,
+                 "current_version": float(tally.baseline)} if claimed \
+            else {"devices_better": 0.0}
+        return self._store(versions, at,
+                           replace(entry, validation={**validation, **figures, **claim}),
+                           signing_key, policy=policy, server_key=server_key,
+                           valid_for=valid_for)
+
+    def _checked(self, version: int, sha256: str, baseline: int, what: str, *,
+                 signing_key: Any, policy: Any, server_key: Any
+                 ) -> tuple[list[ModelVersion], int, Any]:
+        """The index, the position of the published ``version`` whose model file has SHA-256
+        ``sha256`` and that devices check against the older published ``baseline``, and the
+        server key its release is to name; a :class:`ValidationError` saying what is wrong
+        (``what`` names the caller's input) otherwise, or when the server's own check on
+        held-out devices decided it, or when re-signing its release lacks an argument."""
+        import hashlib
+
+        versions = self.versions()
+        match = [i for i, v in enumerate(versions) if v.version == version]
+        if not match or not versions[match[0]].published:
+            raise ValidationError(f"No published version {version} in the registry "
+                                  f"{self.folder}: devices report only on served versions.")
+        entry = versions[match[0]]
+        actual = hashlib.sha256(self.path(entry.mlmodel_file).read_bytes()).hexdigest()
+        if sha256 != actual:
+            raise ValidationError(
+                f"{what} name a model file of SHA-256 {sha256}; version "
+                f"{entry.version}'s is {actual}. Check the file served.")
+        if not any(v.version == baseline and v.published for v in versions[:match[0]]):
+            raise ValidationError(
+                f"{what} compare with version {baseline}, not a published version "
+                f"older than {entry.version}. Ask devices to compare with a version the "
+                "registry served before it (the one their personal models come from).")
         if "device_t" in entry.validation:
             found = "better" if entry.validation.get("devices_better") else "not shown better"
             raise ValidationError(
@@ -565,22 +639,7 @@ class ModelRegistry:
             from dmt_privacy.seal import ServerPublicKey
 
             server_key = ServerPublicKey.from_bytes(bytes.fromhex(current["server_key"]))
-        claimed = (tally.lower > 0.5 and tally.confidence >= 0.9
-                   and tally.devices <= tally.asked and tally.devices >= 2)
-        figures = {"device_reports": float(tally.devices),
-                   "device_reports_asked": float(tally.asked),
-                   "device_reports_share_better": tally.share_better,
-                   "device_reports_lower": tally.lower, "device_reports_upper": tally.upper,
-                   "device_reports_epsilon": tally.epsilon,
-                   "device_reports_confidence": tally.confidence}
-        validation = {k: v for k, v in entry.validation.items() if k != "devices"}
-        claim = {"devices": float(tally.devices), "devices_better": 1.0,
-                 "current_version": float(tally.baseline)} if claimed \
-            else {"devices_better": 0.0}
-        return self._store(versions, match[0],
-                           replace(entry, validation={**validation, **figures, **claim}),
-                           signing_key, policy=policy, server_key=server_key,
-                           valid_for=valid_for)
+        return versions, match[0], server_key
 
     def _sign_files(self, entry: ModelVersion,
                     signing_key: ReleaseSigningKey | Sequence[ReleaseSigningKey],
@@ -598,7 +657,8 @@ class ModelRegistry:
             policy_json=policy.to_json() if policy is not None else None,
             server_key=server_key.to_bytes() if server_key is not None else None,
             valid_for=valid_for, held_out_devices=None if devices is None else int(devices),
-            held_out_baseline=None if baseline is None else int(baseline))
+            held_out_baseline=None if baseline is None else int(baseline),
+            version_check=entry.version_check)
         name = release_file_name(entry.mlmodel_file)
         write_atomically(self.path(name), document, mode=0o644)
         return replace(entry, release_file=name)

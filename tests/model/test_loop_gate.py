@@ -135,6 +135,9 @@ def test_under_local_dp_the_held_out_devices_report_on_v2_themselves(tmp_path):
         signed = json.loads((tmp_path / "dp/server/models" / index[1]["release_file"])
                             .read_text())["signed"]
         assert ("held_out_devices" in signed) == bool(check["devices_better"])
+        # the check the devices were asked to make, signed before they were asked
+        assert {k: signed["version_check"][k] for k in ("baseline", "epsilon")} == {
+            "baseline": 1, "epsilon": 0.5}
     else:
         assert spent == [0.0] * 4 and "device_reports" not in check
     with pytest.raises(ValidationError, match="report_epsilon"):

@@ -23,7 +23,12 @@ from dmt_model.version_check import (
 )
 from dmt_privacy.dp import UNACCOUNTED, PrivacyLedger
 from dmt_privacy.errors import BudgetExceededError, InvalidPackage, ValidationError
-from dmt_privacy.release import generate_release_key, verify_release
+from dmt_privacy.release import (
+    InvalidRelease,
+    generate_release_key,
+    sign_release,
+    verify_release,
+)
 from dmt_privacy.seal import generate_server_key
 
 QUICK = TrainingConfig(epochs=20, seed=0)
@@ -62,14 +67,26 @@ def _release(registry, key, version, installed=1):
                           installed_version=installed)
 
 
+def _check(served, epsilon=1.0):
+    """A new check of v2 against v1 at ``epsilon``, signed into v2's release: the issuer,
+    and the release as a device verifies it then."""
+    registry, key, server_key, _ = served
+    issuer = VersionCheckIssuer(version=2, sha256=_release(registry, key, 2).metadata.sha256,
+                                baseline=1, epsilon=epsilon)
+    registry.announce_version_check(issuer, signing_key=key,
+                                    server_key=server_key.public_key())
+    return issuer, _release(registry, key, 2)
+
+
 @SEEDED
 def test_devices_reports_earn_a_version_the_claim(served):
     registry, key, server_key, devices = served
-    release = _release(registry, key, 2)
-    assert adoption_rule_for(release) == UNCHECKED_RULE  # released without a claim
+    assert adoption_rule_for(_release(registry, key, 2)) == UNCHECKED_RULE  # no claim
     v1 = registry.path(registry.versions()[0].mlmodel_file)
-    # The server asks 30 devices, giving each one token for this check.
-    issuer = VersionCheckIssuer(version=2, sha256=release.metadata.sha256, baseline=1)
+    # The server asks 30 devices, giving each one token for this check, whose key it signed
+    # into v2's release first.
+    issuer, release = _check(served)
+    assert adoption_rule_for(release) == UNCHECKED_RULE  # announcing it claims nothing
     tokens = []
     for _ in devices:
         pending = request_version_check_token(release, issuer.public_key)
@@ -90,6 +107,7 @@ def test_devices_reports_earn_a_version_the_claim(served):
     assert entry.validation["devices_better"] == 1.0 and entry.validation["device_reports"] == 30
     claimed = _release(registry, key, 2)
     assert claimed.metadata.held_out_devices == 30 and claimed.metadata.held_out_baseline == 1
+    assert claimed.metadata.version_check == issuer.announcement  # still says what was asked
     assert adoption_rule_for(claimed) == ADOPTION_RULE
     # the claim is against v1: a device whose personal model comes from elsewhere earns nothing
     assert adoption_rule_for(claimed, based_on=2) == UNCHECKED_RULE
@@ -101,12 +119,12 @@ def test_only_reports_with_a_token_of_the_check_count(served):
     anyone could seal a report, and a forged one could take the place of an asked device
     that did not report. Now each device asked gets one token bound to the check, and only
     reports with such a token count, each token once."""
+    from dmt_model.version_check import version_check_challenge
     from dmt_privacy.privacy_pass import InvalidToken, request_tokens, verify_token
 
     registry, key, server_key, _ = served
-    release = _release(registry, key, 2)
+    issuer, release = _check(served)
     sha = release.metadata.sha256
-    issuer = VersionCheckIssuer(version=2, sha256=sha, baseline=1)
     tokens = []
     for _ in range(3):
         pending = request_version_check_token(release, issuer.public_key)
@@ -115,11 +133,13 @@ def test_only_reports_with_a_token_of_the_check_count(served):
     # A token bound to this check does not verify as a share package's, nor for another ε.
     with pytest.raises(InvalidToken):
         verify_token(tokens[0], issuer.public_key)
-    at_4 = request_version_check_token(release, issuer.public_key, epsilon=4.0)
-    foreign = at_4.finalize(issuer.ask(at_4.body))[0]  # the server asked a 4th device...
+    # Tokens an SDK device would not ask for (the release names this key at ε = 1), made by
+    # hand: the server asked a 4th device, which asked at ε = 4...
+    at_4 = request_tokens(issuer.public_key, 1, challenge=version_check_challenge(2, sha, 1, 4.0))
+    foreign = at_4.finalize(issuer.ask(at_4.body))[0]
     assert issuer.asked == 4
-    other = VersionCheckIssuer(version=2, sha256=sha, baseline=1)  # ...another check's key
-    pending = request_version_check_token(release, other.public_key)
+    other = VersionCheckIssuer(version=2, sha256=sha, baseline=1)  # ...and another check's key
+    pending = request_tokens(other.public_key, 1, challenge=issuer.challenge)
     stolen = pending.finalize(other.ask(pending.body))[0]
 
     def report(token=b"", better=True):
@@ -155,8 +175,8 @@ def test_only_reports_with_a_token_of_the_check_count(served):
 def test_a_token_names_its_check_and_no_report_spends_for_nothing(served, tmp_path):
     from dmt_model.version_check import version_check_challenge
 
-    registry, key, _, devices = served
-    release = _release(registry, key, 2)
+    registry, _, _, devices = served
+    issuer, release = _check(served)
     sha = release.metadata.sha256
     names = [(2, sha, 1, 1.0), (3, sha, 1, 1.0), (2, "ab" * 32, 1, 1.0), (3, sha, 2, 1.0),
              (2, sha, 1, 4.0)]
@@ -165,17 +185,68 @@ def test_a_token_names_its_check_and_no_report_spends_for_nothing(served, tmp_pa
     for bad in [("2", sha, 1, 1.0), (2, "XYZ", 1, 1.0), (2, sha, 2, 1.0), (2, sha, 1, 0)]:
         with pytest.raises(ValidationError):
             VersionCheckIssuer(version=bad[0], sha256=bad[1], baseline=bad[2], epsilon=bad[3])
-    issuer = VersionCheckIssuer(version=2, sha256=sha, baseline=1)
     pending = request_version_check_token(release, issuer.public_key)  # at ε = 1
     token = pending.finalize(issuer.ask(pending.body))[0]
     ledger = PrivacyLedger(tmp_path / "ledger.db", user_id="u", epsilon_budget=10.0)
     v1 = registry.path(registry.versions()[0].mlmodel_file)
-    with pytest.raises(ValidationError, match="another check"):  # reported at ε = 4
+    with pytest.raises(ValidationError, match="Nothing was charged"):  # reported at ε = 4
         check_version(release, v1, devices[0], ledger=ledger, epsilon=4.0, random_state=0,
+                      token=token)
+    unannounced = release.__class__(  # the same check under a release that names none
+        release.metadata.__class__(**{**release.metadata.__dict__, "version_check": None}),
+        release.model, release.key_id, installed_version=1)
+    with pytest.raises(ValidationError, match="another check"):
+        check_version(unannounced, v1, devices[0], ledger=ledger, epsilon=4.0, random_state=0,
                       token=token)
     assert ledger.spent.epsilon == 0  # nothing spent on a report the server cannot count
     check = check_version(release, v1, devices[0], ledger=ledger, random_state=0, token=token)
     assert ledger.spent.epsilon == 1.0 and issuer.tally([check]).devices == 1
+
+
+@SEEDED
+def test_a_device_takes_a_token_only_under_the_key_its_signed_release_names(served):
+    """Reported (last session's note): the issuer signs blind, but a server that gave each
+    device a key of its own could tell their reports apart, and devices had no signed copy
+    of the key to compare it with. Now the release names the check's key, baseline and ε,
+    and a device asks for a token under that key only, at that ε."""
+    registry, key, _, _ = served
+    issuer, release = _check(served)
+    assert release.metadata.version_check == {
+        "key": issuer.public_key.token_key_id.hex(), "baseline": 1, "epsilon": 1.0}
+    # A key per device: the second device is given a key no signed release names.
+    own = VersionCheckIssuer(version=2, sha256=release.metadata.sha256, baseline=1)
+    with pytest.raises(ValidationError, match="keys of their own"):
+        request_version_check_token(release, own.public_key)
+    # Another ε, or another baseline, than every other device is asked for: refused too.
+    with pytest.raises(ValidationError, match="at ε=1"):
+        request_version_check_token(release, issuer.public_key, epsilon=4.0)
+    with pytest.raises(ValidationError, match="at ε=1"):
+        request_version_check_token(release, issuer.public_key, epsilon=1.5)
+    # A release that names no check (v2 as first published, say): no token at all.
+    bare = verify_release(sign_release(release.model, key, version=2, schema_id="digits"),
+                          release.model, [key.verify_key()], installed_version=1)
+    with pytest.raises(ValidationError, match="names no version check"):
+        request_version_check_token(bare, issuer.public_key)
+    assert issuer.asked == 0 and own.asked == 0  # nothing was sent
+    # The key is signed: a release whose check names another key does not verify.
+    document = json.loads(registry.path(registry.versions()[1].release_file).read_bytes())
+    document["signed"]["version_check"]["key"] = own.public_key.token_key_id.hex()
+    with pytest.raises(InvalidRelease):
+        verify_release(json.dumps(document).encode(), release.model, [key.verify_key()])
+    # The server records only a tally of the check it announced.
+    at_4 = VersionCheckIssuer(version=2, sha256=release.metadata.sha256, baseline=1,
+                              epsilon=4.0)
+    before = registry.versions()
+    with pytest.raises(ValidationError, match="announced a check"):
+        registry.record_version_checks(at_4.tally([]), signing_key=key)
+    assert registry.versions() == before
+    # Announcing checks what it names, as recording a tally does, and writes nothing else.
+    with pytest.raises(ValidationError, match="SHA-256"):
+        registry.announce_version_check(
+            VersionCheckIssuer(version=2, sha256="ab" * 32, baseline=1), signing_key=key)
+    with pytest.raises(ValidationError, match="signing_key"):
+        registry.announce_version_check(own)
+    assert registry.versions() == before
 
 
 def test_the_tally_is_unbiased_under_randomized_response_and_needs_a_majority():
@@ -331,8 +402,8 @@ def test_a_device_the_version_fails_on_still_reports(served, monkeypatch):
     from dmt_model.version_check import check_version_many
     from dmt_privacy.errors import ModelFileError
 
-    registry, key, _, devices = served
-    release = _release(registry, key, 2)
+    registry, _, _, devices = served
+    _, release = _check(served, epsilon=50.0)  # asked at ε = 50: each told as it is
     real = personalize._versions_on_devices
 
     def breaks_on_seven(previous, candidate, record_sets, **kwargs):

@@ -248,6 +248,34 @@ def test_a_claim_holds_only_against_the_version_the_devices_compared_it_with():
             verify_release(document, v3, PINNED, installed_version=bad, now=NOW)
 
 
+def test_the_version_check_a_release_names_is_signed_and_well_formed():
+    """The check devices are asked to make (its key id, baseline and ε) is signed: the
+    channel can neither strip nor change it, and a malformed one is never signed."""
+    check = {"key": "ab" * 32, "baseline": 1, "epsilon": 1.0}
+    document = _release(V2, 2, version_check=check)
+    assert verify_release(document, V2, PINNED, now=NOW).metadata.version_check == check
+    for change in ({"key": "cd" * 32}, {"baseline": 2}, {"epsilon": 4.0}, None):
+        forged = json.loads(document)
+        if change is None:
+            del forged["signed"]["version_check"]
+        else:
+            forged["signed"]["version_check"].update(change)
+        with pytest.raises(InvalidRelease):
+            verify_release(json.dumps(forged).encode(), V2, PINNED, now=NOW)
+    spelt_none = json.loads(document)
+    spelt_none["signed"]["version_check"] = None  # a second spelling of none
+    with pytest.raises(InvalidRelease):
+        verify_release(json.dumps(spelt_none).encode(), V2, PINNED, now=NOW)
+    for bad in ({**check, "key": "AB" * 32}, {**check, "key": "ab" * 16},
+                {**check, "baseline": 2}, {**check, "baseline": True}, {**check, "epsilon": 1},
+                {**check, "epsilon": float("inf")}, {**check, "epsilon": 0.0},
+                {**check, "extra": 1}, {"key": check["key"], "baseline": 1}, [1, 2]):
+        with pytest.raises(Exception, match="version_check"):
+            _release(V2, 2, version_check=bad)
+    # a release without one has the canonical form of releases before the field
+    assert "version_check" not in json.loads(_release(V2, 2))["signed"]
+
+
 # The two tests below reproduced defects found in review (helper-23), fixed in personalize.py.
 def test_a_claim_read_from_an_unverified_file_earns_no_lenient_rule():
     """The channel writes a release whose signed part claims 30 held-out devices, with no
