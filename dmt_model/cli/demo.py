@@ -225,8 +225,9 @@ def _device_check(result: Any) -> str:
                 "sharing (under local DP\n  it could not check on their noisy records). Each "
                 f"checked v2 on its own records and\n  reported one bit (better or "
                 f"not, by randomized response at ε={check['device_reports_epsilon']:g}), "
-                "with the one\n  token the server gave it when it asked, so only they could "
-                f"report: an estimated\n  {share:.0%} of them are "
+                "with the one\n  token the server gave it when it asked, under the key v2's "
+                "signed release names\n  for every device, so only they could report: an "
+                f"estimated {share:.0%} of them are\n  "
                 f"better off (one-sided {check['device_reports_confidence']:.0%} bounds "
                 f"{check['device_reports_lower']:.0%}–{check['device_reports_upper']:.0%}).")
         if check.get("devices_better"):
