@@ -19,6 +19,7 @@ both figures, but :meth:`ModelRegistry.latest` does not return it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -479,8 +480,11 @@ class ModelRegistry:
     def _store(self, versions: list[ModelVersion], at: int, entry: ModelVersion,
                signing_key: ReleaseSigningKey | Sequence[ReleaseSigningKey] | None, *,
                policy: Any, server_key: Any, valid_for: timedelta) -> ModelVersion:
-        """``entry`` in place of ``versions[at]``: its release signed (with ``signing_key``),
-        then the index written."""
+        """``entry`` in place of ``versions[at]``: its release signed (with ``signing_key``)
+        into a file of its own, then the index written, which makes it the one served; the
+        release it replaces is removed after. Until the index is written the old release is
+        the one served, so a failure in between leaves the release and the index agreeing."""
+        replaced = versions[at].release_file
         if signing_key is not None:
             schema_id = Foundation.load(
                 self.path(entry.foundation_file)).featurizer.schema.schema_id
@@ -489,6 +493,8 @@ class ModelRegistry:
         versions[at] = entry
         write_atomically(self.folder / self.INDEX,
                          json.dumps([asdict(v) for v in versions], indent=2).encode())
+        if replaced and replaced != entry.release_file:
+            self.path(replaced).unlink(missing_ok=True)
         return entry
 
     def announce_version_check(self, issuer: VersionCheckIssuer, *,
@@ -602,8 +608,6 @@ class ModelRegistry:
         server key its release is to name; a :class:`ValidationError` saying what is wrong
         (``what`` names the caller's input) otherwise, or when the server's own check on
         held-out devices decided it, or when re-signing its release lacks an argument."""
-        import hashlib
-
         versions = self.versions()
         match = [i for i, v in enumerate(versions) if v.version == version]
         if not match or not versions[match[0]].published:
@@ -659,7 +663,10 @@ class ModelRegistry:
             valid_for=valid_for, held_out_devices=None if devices is None else int(devices),
             held_out_baseline=None if baseline is None else int(baseline),
             version_check=entry.version_check)
+        # Named by its content: a new signing never overwrites the release the index names.
         name = release_file_name(entry.mlmodel_file)
+        if entry.release_file:  # a version signed before: its first release kept the name
+            name = name.removesuffix(".json") + f".{hashlib.sha256(document).hexdigest()[:16]}.json"
         write_atomically(self.path(name), document, mode=0o644)
         return replace(entry, release_file=name)
 

@@ -313,7 +313,8 @@ def create_app(
         version = await run(registry.latest) if registry is not None else None
         if version is None or registry is None:
             return status(404, "no model")
-        path = registry_file(release_file_name(version.mlmodel_file))
+        # the release the index names (re-signing writes a new file, then the index)
+        path = registry_file(version.release_file or release_file_name(version.mlmodel_file))
         if path is None:
             return status(404, "no release")
         return FileResponse(path, media_type="application/json",

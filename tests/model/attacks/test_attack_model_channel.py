@@ -108,3 +108,57 @@ def test_resigning_rotates_keys_and_refreshes_expiry(published, policy, tmp_path
     model = (copy.folder / entry.mlmodel_file).read_bytes()
     assert verify_release(document, model, [new_key.verify_key()]).key_id == new_key.key_id
     assert verify_release(document, model, PINNED).key_id == RELEASE_KEY.key_id
+
+
+def test_a_release_signed_again_is_served_only_once_the_index_says_so(published, policy,
+                                                                      tmp_path, monkeypatch):
+    """Reported (session notes): re-signing wrote the release over the served file, then the
+    index. A failure in between (a full disk, a killed process) left a signed claim out that
+    the index did not hold. Now the new release goes to a file of its own and the index,
+    written last, makes it the one served."""
+    import shutil
+    import warnings
+
+    import dmt_model.server.retrain as retrain
+    from dmt_model.version_check import VersionCheck, tally_version_checks
+
+    _, registry = published
+    copy = ModelRegistry(tmp_path / "models")
+    shutil.copytree(registry.folder, copy.folder)
+    app = create_app(f"sqlite:///{tmp_path / 's.db'}", KEY, policy, models=copy.folder)
+    with TestClient(app) as client:
+        before = _fetch(client)[1]
+    entry = copy.versions()[1]
+    with warnings.catch_warnings():  # a bare tally: the reports' tokens are not the point
+        warnings.simplefilter("ignore", DeprecationWarning)
+        tally = tally_version_checks([VersionCheck(2, json.loads(before)["signed"]["sha256"],
+                                                   1, True, 1.0)] * 12,
+                                     version=2, sha256=json.loads(before)["signed"]["sha256"],
+                                     baseline=1, asked=12)
+    real = retrain.write_atomically
+
+    def index_fails(path, data, **kwargs):
+        if str(path).endswith(ModelRegistry.INDEX):
+            raise OSError(28, "No space left on device")
+        return real(path, data, **kwargs)
+
+    monkeypatch.setattr(retrain, "write_atomically", index_fails)
+    with pytest.raises(OSError), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        copy.record_version_checks(tally, signing_key=RELEASE_KEY, policy=policy)
+    assert copy.versions()[1] == entry
+    with TestClient(app) as client:
+        model, release, served_policy = _fetch(client)
+    assert release == before  # the claim the index does not hold was never served
+    assert "held_out_devices" not in json.loads(release)["signed"]
+    monkeypatch.setattr(retrain, "write_atomically", real)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        claimed = copy.record_version_checks(tally, signing_key=RELEASE_KEY, policy=policy)
+    with TestClient(app) as client:
+        model, release, served_policy = _fetch(client)
+    verified = verify_release(release, model, PINNED, installed_version=1,
+                              policy_json=served_policy)
+    assert verified.metadata.held_out_devices == 12
+    assert release == (copy.folder / claimed.release_file).read_bytes()
+    assert not (copy.folder / entry.release_file).exists()  # the one it replaced is gone
