@@ -613,7 +613,7 @@ def device_reports(previous: Any, candidate: Any, devices: list[pd.DataFrame], e
     before = build_spec(previous, updatable=UpdateSettings())
     tokens = []
     for _ in usable:  # each device asked gets one token for this check
-        pending = request_version_check_token(release, issuer.public_key)
+        pending = request_version_check_token(release, issuer.public_key, epsilon=epsilon)
         tokens.append(pending.finalize(issuer.ask(pending.body))[0])
     with warnings.catch_warnings():  # seeded randomized response: reproducible, not secure
         warnings.simplefilter("ignore", InsecureRandomnessWarning)

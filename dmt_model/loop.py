@@ -376,11 +376,14 @@ def run_loop(
         release = verified()
         tokens = []
         for _ in reporters:
-            pending = request_version_check_token(release, issuer.public_key)
+            # report_epsilon is this app's own choice, so it is passed, not taken from v2
+            pending = request_version_check_token(release, issuer.public_key,
+                                                  epsilon=report_epsilon)
             tokens.append(pending.finalize(issuer.ask(pending.body))[0])
         checks = check_version_many(
             release, v1_model, [stores[u].records("all") for u in reporters],
-            ledgers=[stores[u].ledger for u in reporters], seed=seed, tokens=tokens)
+            ledgers=[stores[u].ledger for u in reporters], epsilon=report_epsilon, seed=seed,
+            tokens=tokens)
         sealed = [seal_version_check(c, release.server_public_key()) for c in checks]
         tally = issuer.tally([open_version_check(e, server_key) for e in sealed])
         v2 = registry.record_version_checks(tally, signing_key=release_key,

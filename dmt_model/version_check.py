@@ -168,7 +168,8 @@ class VersionCheckTally:
     ``lower`` is above one half, ``worse``: ``upper`` is below it; neither with more reports
     than the ``asked`` devices. ``ignored`` counts the reports left out, by why (another
     version, hash, baseline or ε; with ``tokens``, no valid token or one spent twice).
-    ``tokens``: only reports with a valid token of the check's issuer counted.
+    ``tokens``: only reports with a valid token of the check's issuer counted, the key
+    :attr:`key_id` names.
     """
 
     version: int
@@ -186,10 +187,13 @@ class VersionCheckTally:
     reason: str
     ignored: Mapping[str, int] = field(default_factory=dict)
     tokens: bool = False
+    #: the token key id (hex) the counted reports' tokens were verified under, with ``tokens``
+    key_id: str | None = None
 
 
 def check_version(release: Any, previous: Any, records: pd.DataFrame, *, ledger: Any,
                   based_on: int | None = None, epsilon: float | None = None,
+                  max_epsilon: float = VERSION_CHECK_EPSILON,
                   prior_records: int | Sequence[int] | None = None, folds: int = 5,
                   seed: int = 0, random_state: Any = None, token: Any = b"") -> VersionCheck:
     """This device's report on the new version ``release`` names (what
@@ -204,7 +208,8 @@ def check_version(release: Any, previous: Any, records: pd.DataFrame, *, ledger:
     :func:`~dmt_model.personalize.compare_on_devices`), and the bit "the new version's
     mean held-out error is lower" goes through randomized response at ``epsilon`` (by
     default the ε the release's ``version_check`` names, else
-    :data:`VERSION_CHECK_EPSILON`; another than the release names is refused), charged
+    :data:`VERSION_CHECK_EPSILON`; another than the release names is refused, and the
+    release's above ``max_epsilon`` unless passed as ``epsilon=``), charged
     to ``ledger`` first (a :class:`~dmt_privacy.dp.PrivacyLedger`, or
     :data:`~dmt_privacy.dp.UNACCOUNTED` in simulations; a budget the charge would exceed
     raises :class:`~dmt_privacy.errors.BudgetExceededError` and nothing is reported).
@@ -214,14 +219,15 @@ def check_version(release: Any, previous: Any, records: pd.DataFrame, *, ledger:
     """
     (check,) = check_version_many(release, previous, [records], ledgers=[ledger],
                                   based_on=based_on, epsilon=epsilon,
-                                  prior_records=prior_records, folds=folds, seed=seed,
-                                  random_states=[random_state], tokens=[token])
+                                  max_epsilon=max_epsilon, prior_records=prior_records,
+                                  folds=folds, seed=seed, random_states=[random_state],
+                                  tokens=[token])
     return check
 
 
 def check_version_many(release: Any, previous: Any, record_sets: Sequence[pd.DataFrame], *,
                        ledgers: Sequence[Any], based_on: int | None = None,
-                       epsilon: float | None = None,
+                       epsilon: float | None = None, max_epsilon: float = VERSION_CHECK_EPSILON,
                        prior_records: int | Sequence[int] | None = None, folds: int = 5,
                        seed: int = 0, random_states: Sequence[Any] | None = None,
                        tokens: Sequence[Any] | None = None) -> list[VersionCheck]:
@@ -251,17 +257,21 @@ def check_version_many(release: Any, previous: Any, record_sets: Sequence[pd.Dat
                               f"{len(random_states)} random states and {len(tokens)} tokens: "
                               "give one of each per device.")
     token_bytes = [_token_bytes(token) for token in tokens]
-    baseline, epsilon = _announced(release, based_on, epsilon)
+    baseline, epsilon = _announced(release, based_on, epsilon, max_epsilon)
     fits = hashlib.sha256(version_check_challenge(
         release.metadata.version, release.metadata.sha256, baseline, epsilon)).digest()
+    announced = release.metadata.version_check
+    key = None if announced is None else bytes.fromhex(announced["key"])
     wrong = [i for i, token in enumerate(token_bytes)
-             if token and Token.from_bytes(token).challenge_digest != fits]
+             if token and (Token.from_bytes(token).challenge_digest != fits
+                           or (key is not None
+                               and Token.from_bytes(token).token_key_id != key))]
     if wrong:  # a report the server cannot count would spend the user's ε for nothing
         raise ValidationError(
             f"Device {wrong[0]}'s token was made for another check than this report (version "
-            f"{release.metadata.version} against {baseline} at ε={epsilon:g}); nothing was "
-            "reported. Request it with the same based_on and epsilon "
-            "(request_version_check_token).")
+            f"{release.metadata.version} against {baseline} at ε={epsilon!r}, under the key "
+            "the release names); nothing was reported. Request it with "
+            "request_version_check_token, with the same based_on and epsilon.")
     for ledger in ledgers:
         if not isinstance(ledger, PrivacyLedger | Unaccounted):
             raise ValidationError(
@@ -354,12 +364,18 @@ def _check_names(version: Any, sha256: Any, baseline: Any, epsilon: Any
     return check.version, check.sha256, check.baseline, check.epsilon
 
 
-def _announced(release: Any, based_on: Any, epsilon: Any) -> tuple[int, float]:
+def _announced(release: Any, based_on: Any, epsilon: Any, max_epsilon: Any
+               ) -> tuple[int, float]:
     """The baseline and ε of a device's report on ``release``: ``based_on`` (default: the
     release's ``installed_version``, else the baseline its ``version_check`` names) and
     ``epsilon`` (default: the ε it names, else :data:`VERSION_CHECK_EPSILON`); a release
-    that names the check accepts no other."""
+    that names the check accepts no other. An ε taken from the release (the server chose
+    it) above ``max_epsilon``, the most the app lets one report spend unasked, is refused;
+    one the app passes itself is its own choice."""
     from dmt_privacy.dp._checks import check_epsilon
+
+    cap = check_epsilon(max_epsilon, field="max_epsilon")
+    chosen_by_server = epsilon is None
 
     announced = release.metadata.version_check
     baseline = based_on if based_on is not None else (
@@ -376,16 +392,24 @@ def _announced(release: Any, based_on: Any, epsilon: Any) -> tuple[int, float]:
                                                                 announced["epsilon"]):
         raise ValidationError(
             f"Version {release.metadata.version}'s signed release asks every device to check "
-            f"it against version {announced['baseline']} at ε={announced['epsilon']:g}; this "
-            f"report would be against version {baseline} at ε={epsilon:g}. Nothing was "
-            "charged or reported: a device whose personal model comes from another version "
-            "does not report, and none reports at another ε than every other device.")
+            f"it against version {announced['baseline']} at ε={announced['epsilon']!r}; "
+            f"this report would be against version {baseline} at ε={float(epsilon)!r}. "
+            "Nothing was charged or reported: a device whose personal model comes from "
+            "another version does not report, and none reports at another ε than every "
+            "other device.")
+    if chosen_by_server and epsilon > cap:
+        raise ValidationError(
+            f"Version {release.metadata.version}'s release asks for reports at "
+            f"ε={epsilon!r}, more than max_epsilon={cap!r}, the most this app lets one report "
+            "spend unasked. Nothing was charged or reported; pass epsilon= (or a higher "
+            "max_epsilon) only if the app's users agreed to spend that much.")
     return baseline, float(epsilon)
 
 
 def request_version_check_token(release: Any, public_key: IssuerPublicKey, *,
                                 based_on: int | None = None,
-                                epsilon: float | None = None) -> PendingTokens:
+                                epsilon: float | None = None,
+                                max_epsilon: float = VERSION_CHECK_EPSILON) -> PendingTokens:
     """The device's blinded request for its report's token, when the server asks it to check
     ``release`` (what :func:`~dmt_privacy.release.verify_release` returned) under the
     check's key ``public_key`` (:attr:`VersionCheckIssuer.public_key`). Send ``.body`` to
@@ -396,7 +420,10 @@ def request_version_check_token(release: Any, public_key: IssuerPublicKey, *,
     must be the one it names: a device does not take a token of a key that no signed
     release names, since a server could give each device a key of its own and tell their
     reports apart. ``based_on`` and ``epsilon`` default to what it names, and no other is
-    accepted (:class:`~dmt_privacy.errors.ValidationError` for each: nothing is sent).
+    accepted. The server chooses the ε the release names, so one above ``max_epsilon``
+    (default :data:`VERSION_CHECK_EPSILON`), the most the app lets one report spend
+    unasked, is refused unless the app passes it as ``epsilon=`` itself
+    (:class:`~dmt_privacy.errors.ValidationError` for each: nothing is sent).
     """
     from dmt_privacy.release import VerifiedRelease
 
@@ -419,7 +446,7 @@ def request_version_check_token(release: Any, public_key: IssuerPublicKey, *,
             f"{release.metadata.version}'s signed release names "
             f"({announced['key'][:16]}): the server may be giving devices keys of their own, "
             "to tell their reports apart. Do not report; keep this release as evidence.")
-    baseline, epsilon = _announced(release, based_on, epsilon)
+    baseline, epsilon = _announced(release, based_on, epsilon, max_epsilon)
     return request_tokens(public_key, 1, challenge=version_check_challenge(
         release.metadata.version, release.metadata.sha256, baseline, epsilon))
 
@@ -562,6 +589,7 @@ def tally_version_checks(checks: Iterable[VersionCheck], *, version: int, sha256
     elif not isinstance(token_key, IssuerPublicKey):
         raise ValidationError(f"token_key must be the check's IssuerPublicKey, got "
                               f"{type(token_key).__name__}.")
+    key_id = None if token_key is None else token_key.token_key_id.hex()
     mechanism = RandomizedResponse(epsilon=epsilon, categories=_CATEGORIES, field="better")
     challenge = version_check_challenge(version, sha256, baseline, mechanism.epsilon)
     spent: set[str] = set()
@@ -594,7 +622,7 @@ def tally_version_checks(checks: Iterable[VersionCheck], *, version: int, sha256
         return VersionCheckTally(version, sha256, baseline, mechanism.epsilon, 0, asked,
                                  math.nan, 0.0, 1.0, confidence, False, False,
                                  "no report on this version against this baseline",
-                                 dict(ignored), token_key is not None)
+                                 dict(ignored), token_key is not None, key_id)
     # A device better off says "better" with probability p, one that is not with q = 1 - p:
     # the share of "better" reports is q + (p - q) × the share better off. Its bounds are
     # exact (Clopper–Pearson, one-sided at `confidence`): a normal interval collapses to a
@@ -615,10 +643,10 @@ def tally_version_checks(checks: Iterable[VersionCheck], *, version: int, sha256
             version, sha256, baseline, mechanism.epsilon, n, asked, share, low, high,
             confidence, False, False, f"refused: {n} reports for {asked} devices asked, so "
             f"forged or replayed reports are among them; nothing is claimed ({figures})",
-            dict(ignored), token_key is not None)
+            dict(ignored), token_key is not None, key_id)
     better, worse = low > 0.5, high < 0.5
     reason = (f"better on devices: {figures}" if better else
               f"worse on devices: {figures}" if worse else f"not shown better: {figures}")
     return VersionCheckTally(version, sha256, baseline, mechanism.epsilon, n, asked, share,
                              low, high, confidence, better, worse, reason, dict(ignored),
-                             token_key is not None)
+                             token_key is not None, key_id)

@@ -42,7 +42,10 @@ published model version the server writes a small JSON document, the
                   so a server that gave devices keys or ε of their own, to tell
                   their reports apart, would have to sign two releases of one
                   version that differ in what they say: evidence anyone holding
-                  both can show. Optional, as ``held_out_devices`` is.
+                  both can show (compare ``ReleaseMetadata.canonical()``, what is
+                  signed, not the documents' bytes). Optional, as
+                  ``held_out_devices`` is; a version's release names it for good
+                  once the server announced a check, so apps update before that.
 
 and whose ``signatures`` are ``[{"key_id": ..., "sig": ...}]``: Ed25519
 (``cryptography``) over ``b"dmt model release v1\\n"`` followed by the

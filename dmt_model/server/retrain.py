@@ -19,6 +19,7 @@ both figures, but :meth:`ModelRegistry.latest` does not return it.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import math
@@ -481,9 +482,11 @@ class ModelRegistry:
                signing_key: ReleaseSigningKey | Sequence[ReleaseSigningKey] | None, *,
                policy: Any, server_key: Any, valid_for: timedelta) -> ModelVersion:
         """``entry`` in place of ``versions[at]``: its release signed (with ``signing_key``)
-        into a file of its own, then the index written, which makes it the one served; the
-        release it replaces is removed after. Until the index is written the old release is
-        the one served, so a failure in between leaves the release and the index agreeing."""
+        into a file of its own, then the index written, which makes it the one served. Until
+        the index is written the old release is the one served, so a failure in between
+        leaves the release and the index agreeing (and the new file is removed). The release
+        it replaced is kept, for a request that read the index just before; older ones of
+        the version are removed."""
         replaced = versions[at].release_file
         if signing_key is not None:
             schema_id = Foundation.load(
@@ -491,10 +494,19 @@ class ModelRegistry:
             entry = self._sign_files(entry, signing_key, schema_id, policy=policy,
                                      server_key=server_key, valid_for=valid_for)
         versions[at] = entry
-        write_atomically(self.folder / self.INDEX,
-                         json.dumps([asdict(v) for v in versions], indent=2).encode())
-        if replaced and replaced != entry.release_file:
-            self.path(replaced).unlink(missing_ok=True)
+        try:
+            write_atomically(self.folder / self.INDEX,
+                             json.dumps([asdict(v) for v in versions], indent=2).encode())
+        except BaseException:
+            if entry.release_file != replaced:
+                self.path(entry.release_file).unlink(missing_ok=True)
+            raise
+        if entry.release_file != replaced:
+            first = release_file_name(entry.mlmodel_file)
+            for old in [self.folder / first, *self.folder.glob(
+                    f"{glob.escape(first.removesuffix('.json'))}.*.json")]:
+                if old.name not in (entry.release_file, replaced):
+                    old.unlink(missing_ok=True)
         return entry
 
     def announce_version_check(self, issuer: VersionCheckIssuer, *,
@@ -512,8 +524,10 @@ class ModelRegistry:
         without signing releases of one version that differ. The issuer must name a
         published version of this registry by its number and the SHA-256 of its model
         file, and a baseline published before it; a version the server's own check ran
-        on is not checked again. ``signing_key``, ``policy`` and ``server_key`` as
-        :meth:`record_version_checks`; nothing is written unless every check passes.
+        on is not checked again. A version is checked once: another check of a version
+        whose release names one is refused (the same one again re-signs it).
+        ``signing_key``, ``policy`` and ``server_key`` as :meth:`record_version_checks`;
+        nothing is written unless every check passes.
         """
         from dataclasses import replace
 
@@ -525,6 +539,15 @@ class ModelRegistry:
         versions, at, server_key = self._checked(
             issuer.version, issuer.sha256, issuer.baseline, "The check",
             signing_key=signing_key, policy=policy, server_key=server_key)
+        announced = versions[at].version_check
+        if announced is not None and announced != issuer.announcement:
+            raise ValidationError(
+                f"Version {issuer.version}'s release already names a check (key "
+                f"{announced['key'][:16]}, against version {announced['baseline']} at "
+                f"ε={announced['epsilon']!r}). One version is checked once, under one key for "
+                "every device: two releases of it naming different keys would let the server "
+                "tell devices apart. Ask the devices already asked under that key, or check a "
+                "new version.")
         return self._store(versions, at, replace(versions[at],
                                                  version_check=issuer.announcement),
                            signing_key, policy=policy, server_key=server_key,
@@ -574,12 +597,16 @@ class ModelRegistry:
             signing_key=signing_key, policy=policy, server_key=server_key)
         entry = versions[at]
         announced = entry.version_check
-        if announced is not None and (announced["baseline"], announced["epsilon"]) != (
-                tally.baseline, tally.epsilon):
+        if announced is not None and (announced["baseline"], announced["epsilon"],
+                                      announced["key"]) != (tally.baseline, tally.epsilon,
+                                                            tally.key_id):
             raise ValidationError(
                 f"Version {entry.version}'s release announced a check against version "
-                f"{announced['baseline']} at ε={announced['epsilon']:g}; the tally is against "
-                f"{tally.baseline} at ε={tally.epsilon:g}. Tally the announced check.")
+                f"{announced['baseline']} at ε={announced['epsilon']!r} under the key "
+                f"{announced['key'][:16]}; the tally is against {tally.baseline} at "
+                f"ε={tally.epsilon!r} under "
+                f"{'no key' if tally.key_id is None else 'the key ' + tally.key_id[:16]}. "
+                "Tally the announced check with its issuer (VersionCheckIssuer.tally).")
         if tally.devices < 1:
             raise ValidationError(f"The tally holds no report on version {entry.version} "
                                   f"against {tally.baseline}: there is nothing to record.")

@@ -67,25 +67,28 @@ def _release(registry, key, version, installed=1):
                           installed_version=installed)
 
 
-def _check(served, epsilon=1.0):
-    """A new check of v2 against v1 at ``epsilon``, signed into v2's release: the issuer,
-    and the release as a device verifies it then."""
+def _check(served, folder, epsilon=1.0):
+    """A check of v2 against v1 at ``epsilon``, signed into v2's release in a copy of the
+    registry under ``folder`` (a version is checked once): the copy, the issuer, and the
+    release as a device verifies it then."""
+    import shutil
+
     registry, key, server_key, _ = served
-    issuer = VersionCheckIssuer(version=2, sha256=_release(registry, key, 2).metadata.sha256,
+    copy = ModelRegistry(shutil.copytree(registry.folder, folder / "registry"))
+    issuer = VersionCheckIssuer(version=2, sha256=_release(copy, key, 2).metadata.sha256,
                                 baseline=1, epsilon=epsilon)
-    registry.announce_version_check(issuer, signing_key=key,
-                                    server_key=server_key.public_key())
-    return issuer, _release(registry, key, 2)
+    copy.announce_version_check(issuer, signing_key=key, server_key=server_key.public_key())
+    return copy, issuer, _release(copy, key, 2)
 
 
 @SEEDED
-def test_devices_reports_earn_a_version_the_claim(served):
-    registry, key, server_key, devices = served
-    assert adoption_rule_for(_release(registry, key, 2)) == UNCHECKED_RULE  # no claim
-    v1 = registry.path(registry.versions()[0].mlmodel_file)
+def test_devices_reports_earn_a_version_the_claim(served, tmp_path):
+    _, key, server_key, devices = served
+    assert adoption_rule_for(_release(served[0], key, 2)) == UNCHECKED_RULE  # no claim
     # The server asks 30 devices, giving each one token for this check, whose key it signed
     # into v2's release first.
-    issuer, release = _check(served)
+    registry, issuer, release = _check(served, tmp_path)
+    v1 = registry.path(registry.versions()[0].mlmodel_file)
     assert adoption_rule_for(release) == UNCHECKED_RULE  # announcing it claims nothing
     tokens = []
     for _ in devices:
@@ -114,7 +117,7 @@ def test_devices_reports_earn_a_version_the_claim(served):
 
 
 @SEEDED
-def test_only_reports_with_a_token_of_the_check_count(served):
+def test_only_reports_with_a_token_of_the_check_count(served, tmp_path):
     """Reported (README, *Devices vouch*): the server's public key is in every release, so
     anyone could seal a report, and a forged one could take the place of an asked device
     that did not report. Now each device asked gets one token bound to the check, and only
@@ -122,8 +125,8 @@ def test_only_reports_with_a_token_of_the_check_count(served):
     from dmt_model.version_check import version_check_challenge
     from dmt_privacy.privacy_pass import InvalidToken, request_tokens, verify_token
 
-    registry, key, server_key, _ = served
-    issuer, release = _check(served)
+    _, key, server_key, _ = served
+    registry, issuer, release = _check(served, tmp_path)
     sha = release.metadata.sha256
     tokens = []
     for _ in range(3):
@@ -163,9 +166,14 @@ def test_only_reports_with_a_token_of_the_check_count(served):
     with pytest.warns(DeprecationWarning, match="token_key"):  # without tokens, every
         bare = tally_version_checks(reports, version=2, sha256=sha, baseline=1, asked=9)
     assert not bare.tokens and bare.devices == 8  # forged and replayed report counts
+    import shutil
+
+    # (on a registry that announced no check: one that did records only its issuer's tally)
+    plain = ModelRegistry(shutil.copytree(served[0].folder, tmp_path / "plain"))
     with pytest.warns(DeprecationWarning, match="without tokens"):
-        registry.record_version_checks(bare, signing_key=key,
-                                       server_key=server_key.public_key())
+        plain.record_version_checks(bare, signing_key=key, server_key=server_key.public_key())
+    with pytest.raises(ValidationError, match="under no key"):
+        registry.record_version_checks(bare, signing_key=key)
     with pytest.raises(ValidationError, match="token"):
         check_version(release, registry.path(registry.versions()[0].mlmodel_file),
                       served[3][0], ledger=UNACCOUNTED, random_state=0, token=b"short")
@@ -175,8 +183,8 @@ def test_only_reports_with_a_token_of_the_check_count(served):
 def test_a_token_names_its_check_and_no_report_spends_for_nothing(served, tmp_path):
     from dmt_model.version_check import version_check_challenge
 
-    registry, _, _, devices = served
-    issuer, release = _check(served)
+    _, _, _, devices = served
+    registry, issuer, release = _check(served, tmp_path)
     sha = release.metadata.sha256
     names = [(2, sha, 1, 1.0), (3, sha, 1, 1.0), (2, "ab" * 32, 1, 1.0), (3, sha, 2, 1.0),
              (2, sha, 1, 4.0)]
@@ -204,13 +212,14 @@ def test_a_token_names_its_check_and_no_report_spends_for_nothing(served, tmp_pa
 
 
 @SEEDED
-def test_a_device_takes_a_token_only_under_the_key_its_signed_release_names(served):
+def test_a_device_takes_a_token_only_under_the_key_its_signed_release_names(served,
+                                                                           tmp_path):
     """Reported (last session's note): the issuer signs blind, but a server that gave each
     device a key of its own could tell their reports apart, and devices had no signed copy
     of the key to compare it with. Now the release names the check's key, baseline and ε,
     and a device asks for a token under that key only, at that ε."""
-    registry, key, _, _ = served
-    issuer, release = _check(served)
+    _, key, _, devices = served
+    registry, issuer, release = _check(served, tmp_path)
     assert release.metadata.version_check == {
         "key": issuer.public_key.token_key_id.hex(), "baseline": 1, "epsilon": 1.0}
     # A key per device: the second device is given a key no signed release names.
@@ -233,13 +242,45 @@ def test_a_device_takes_a_token_only_under_the_key_its_signed_release_names(serv
     document["signed"]["version_check"]["key"] = own.public_key.token_key_id.hex()
     with pytest.raises(InvalidRelease):
         verify_release(json.dumps(document).encode(), release.model, [key.verify_key()])
-    # The server records only a tally of the check it announced.
+    # A token of another key, made by hand and passed straight to the check: refused
+    # before anything is charged.
+    from dmt_privacy.privacy_pass import request_tokens
+
+    pending = request_tokens(own.public_key, 1, challenge=issuer.challenge)
+    ledger = PrivacyLedger(tmp_path / "ledger.db", user_id="u", epsilon_budget=10.0)
+    with pytest.raises(ValidationError, match="another check"):
+        check_version(release, registry.path(registry.versions()[0].mlmodel_file),
+                      devices[0], ledger=ledger, random_state=0,
+                      token=pending.finalize(own.ask(pending.body))[0])
+    assert ledger.spent.epsilon == 0
+    # One version, one check: announcing another key for it is refused (the same again
+    # only re-signs), so two releases of v2 naming different keys are evidence.
+    before = registry.versions()
+    with pytest.raises(ValidationError, match="already names a check"):
+        registry.announce_version_check(own, signing_key=key)
+    assert registry.versions() == before
+    registry.announce_version_check(issuer, signing_key=key)
+    assert _release(registry, key, 2).metadata.version_check == issuer.announcement
+    before = registry.versions()
+    # The server records only a tally of the check it announced: its ε, and its key.
     at_4 = VersionCheckIssuer(version=2, sha256=release.metadata.sha256, baseline=1,
                               epsilon=4.0)
-    before = registry.versions()
     with pytest.raises(ValidationError, match="announced a check"):
         registry.record_version_checks(at_4.tally([]), signing_key=key)
+    with pytest.raises(ValidationError, match="announced a check"):
+        registry.record_version_checks(own.tally([]), signing_key=key)
     assert registry.versions() == before
+    # The server chooses the ε the release names: above what the app lets a report spend
+    # unasked (max_epsilon, 1 by default), a device refuses it unless the app passes it.
+    _, at_8, asks_8 = _check(served, tmp_path / "eight", epsilon=8.0)
+    with pytest.raises(ValidationError, match="max_epsilon"):
+        request_version_check_token(asks_8, at_8.public_key)
+    with pytest.raises(ValidationError, match="max_epsilon"):
+        check_version(asks_8, registry.path(registry.versions()[0].mlmodel_file),
+                      devices[0], ledger=ledger, random_state=0)
+    assert ledger.spent.epsilon == 0
+    request_version_check_token(asks_8, at_8.public_key, epsilon=8.0)  # the app's choice
+    request_version_check_token(asks_8, at_8.public_key, max_epsilon=8.0)
     # Announcing checks what it names, as recording a tally does, and writes nothing else.
     with pytest.raises(ValidationError, match="SHA-256"):
         registry.announce_version_check(
@@ -394,7 +435,7 @@ def test_the_registry_signs_only_what_the_reports_show_and_keeps_the_release_who
 
 
 @SEEDED
-def test_a_device_the_version_fails_on_still_reports(served, monkeypatch):
+def test_a_device_the_version_fails_on_still_reports(served, monkeypatch, tmp_path):
     """Whether a report arrives must not depend on the device's records: a version that
     predicts NaN for one device's records (ModelFileError) is "not better" for that device,
     which reports like the others, instead of the whole batch failing."""
@@ -402,8 +443,8 @@ def test_a_device_the_version_fails_on_still_reports(served, monkeypatch):
     from dmt_model.version_check import check_version_many
     from dmt_privacy.errors import ModelFileError
 
-    registry, _, _, devices = served
-    _, release = _check(served, epsilon=50.0)  # asked at ε = 50: each told as it is
+    _, _, _, devices = served
+    registry, _, release = _check(served, tmp_path, epsilon=50.0)  # ε = 50: told as it is
     real = personalize._versions_on_devices
 
     def breaks_on_seven(previous, candidate, record_sets, **kwargs):

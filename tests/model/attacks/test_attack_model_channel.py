@@ -4,6 +4,7 @@ service refuses a backdoored file, a rewritten index (rollback) and a file outsi
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import pytest
@@ -161,4 +162,11 @@ def test_a_release_signed_again_is_served_only_once_the_index_says_so(published,
                               policy_json=served_policy)
     assert verified.metadata.held_out_devices == 12
     assert release == (copy.folder / claimed.release_file).read_bytes()
-    assert not (copy.folder / entry.release_file).exists()  # the one it replaced is gone
+    # the failed signing left no file; the release replaced is kept one signing more (for a
+    # request that read the index just before), then removed
+    def releases():
+        return sorted(p.name for p in copy.folder.glob("*v2.release*"))
+
+    assert releases() == sorted([entry.release_file, claimed.release_file])
+    again = copy.sign(2, RELEASE_KEY, policy=policy, valid_for=dt.timedelta(days=7))
+    assert releases() == sorted([claimed.release_file, again.release_file])
