@@ -42,6 +42,10 @@ _THIRD_PARTY_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
     (DeprecationWarning, r"This API is experimental"),
     (DeprecationWarning, r"read_binary is deprecated"),
     (FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),
+    # Compiling a module whose .pyc is missing (pip install --no-compile): its source's
+    # escapes (DeprecationWarning on Python 3.11, SyntaxWarning from 3.12).
+    (DeprecationWarning, r"invalid escape sequence"),
+    (SyntaxWarning, r"invalid escape sequence"),
 )
 
 

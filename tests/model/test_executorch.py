@@ -7,6 +7,7 @@ import copy
 import json
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -349,6 +350,23 @@ def test_importing_executorch_shows_none_of_its_warnings_and_later_ones_still_sh
                           check=True, timeout=300)
     assert json.loads(done.stdout) == ["raised after the import"]
     assert done.stderr == ""
+
+
+def test_compiling_third_party_source_says_nothing_of_its_invalid_escapes():
+    """Reported (CI at dd19969): with pip's byte-compiling off (`make install` passes
+    --no-compile), the first import of executorch compiles its modules, and Python warns of
+    each invalid escape sequence in their source (DeprecationWarning on 3.11, SyntaxWarning
+    from 3.12), which the two tests above saw. Compiling in the quiet block says nothing."""
+    from dmt_model.coreml._spec import quiet_third_party
+
+    source = 'pattern = "\\d+"\n'  # the escape executorch's sources hold
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with quiet_third_party():
+            compile(source, "executorch/fake.py", "exec")
+        assert caught == []
+        compile(source, "ours.py", "exec")  # after the block, it is shown again
+    assert [str(w.message) for w in caught] == ["invalid escape sequence '\\d'"]
 
 
 def test_exporting_a_pte_shows_none_of_executorchs_warnings_and_later_ones_still_show(
