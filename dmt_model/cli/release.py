@@ -94,8 +94,9 @@ def run_release(args: argparse.Namespace) -> int:
         installed_version=args.installed_version,
         policy_json=args.policy.read_bytes() if args.policy is not None else None)
     meta = verified.metadata
-    claim = {"held_out_devices": meta.held_out_devices,
-             "held_out_baseline": meta.held_out_baseline} if meta.held_out_devices else {}
+    claim: dict[str, Any] = {"held_out_devices": meta.held_out_devices,
+                             "held_out_baseline": meta.held_out_baseline} \
+        if meta.held_out_devices else {}
     if meta.version_check is not None:  # the check devices are asked to make: one key for all
         claim["version_check"] = meta.version_check
     print(json.dumps({"verified": True, "version": meta.version, "sha256": meta.sha256,
