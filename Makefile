@@ -16,12 +16,13 @@ $(PY):
 	$(PIP) install --quiet --upgrade pip
 
 # torch first, pinned: on the project's machines this pin is a local CPU build;
-# any other request would pull a multi-gigabyte CUDA build. --no-compile: pip would
-# byte-compile all 2 GB it installs (about 110 of its 180 s here); Python compiles what
-# is imported, once, as it imports it.
+# any other request would pull a multi-gigabyte CUDA build. pip byte-compiles what it
+# installs (about 110 of its 180 s here), and must: with PYTHONDONTWRITEBYTECODE set, as
+# on the project's machines, Python would otherwise compile torch and the rest from source
+# in every process that imports them (a clean-checkout `make test` ran twice as long).
 $(STAMP): pyproject.toml | $(PY)
-	$(PIP) install --quiet --no-compile "torch==2.13.0"
-	$(PIP) install --quiet --no-compile -e ".[model,server,federated,audio,image,dev,bench,executorch]"
+	$(PIP) install --quiet "torch==2.13.0"
+	$(PIP) install --quiet -e ".[model,server,federated,audio,image,dev,bench,executorch]"
 	touch $(STAMP)
 
 # WordNet 3.0 for nltk, offline: Debian's packages where apt-get exists, then a copy
