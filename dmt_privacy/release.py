@@ -330,6 +330,9 @@ class ReleaseMetadata:
         if bad:
             raise ValidationError(f"Release metadata has malformed {bad!r}.")
 
+    def __hash__(self) -> int:  # what is signed (``version_check`` is a dict)
+        return hash(self.canonical())
+
     @property
     def expires_at(self) -> _dt.datetime:
         return _parse_time(self.expires)

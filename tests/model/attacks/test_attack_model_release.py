@@ -274,6 +274,9 @@ def test_the_version_check_a_release_names_is_signed_and_well_formed():
             _release(V2, 2, version_check=bad)
     # a release without one has the canonical form of releases before the field
     assert "version_check" not in json.loads(_release(V2, 2))["signed"]
+    # metadata stays hashable, as it was before the field (helper-36's review)
+    named = verify_release(document, V2, PINNED, now=NOW).metadata
+    assert len({named, verify_release(document, V2, PINNED, now=NOW).metadata}) == 1
 
 
 # The two tests below reproduced defects found in review (helper-23), fixed in personalize.py.
