@@ -59,9 +59,10 @@ apart. So the server signs the check into the version's release before it asks a
 ``version_check`` names the key's id, the baseline and ε), and a device takes a token only
 under the key its verified release names, at that ε (:func:`request_version_check_token`).
 A server that wanted devices apart would have to sign releases of one version that differ:
-two such releases, both verifying, are evidence anyone can show. Devices that compare the
-releases they received (or fetch them from one public place) would see it; the SDK does not
-compare them for them.
+two such releases, both verifying, are evidence anyone can show
+(:func:`~dmt_privacy.release.conflicting_releases` names where they disagree). Devices that
+fetch releases from one public place, or an app that gathers what its devices received,
+would see it; the SDK does not gather them.
 
 What tokens do not stop: the server's own forgeries (it holds the key; a claim only
 changes which rule devices apply to their own records).

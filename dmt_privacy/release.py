@@ -100,6 +100,7 @@ __all__ = [
     "ReleaseVerifyKey",
     "RollbackRefused",
     "VerifiedRelease",
+    "conflicting_releases",
     "generate_release_key",
     "load_release_signing_key",
     "load_release_verify_key",
@@ -533,6 +534,32 @@ def verify_release(
             "server has not published or re-signed since. Keep the installed model and retry.")
     return VerifiedRelease(metadata=metadata, model=model, key_id=signer,
                            installed_version=installed_version)
+
+
+def conflicting_releases(first: VerifiedRelease, second: VerifiedRelease) -> list[str]:
+    """The signed fields in which two verified releases of one version disagree where every
+    release of a version must agree: its model (``sha256``, ``length``) and, once both name
+    one, the version check devices are asked to make (``version_check``). Empty when they
+    agree, or name different versions (or models). Re-signing legitimately changes the rest
+    (expiry, a claim the devices' reports earned, a rotated key).
+
+    Two releases that disagree, both signed by the server, are evidence that it told
+    devices different things about one version, for instance a check key each, to tell
+    their reports apart: an app that gathers the releases its devices received, or an
+    auditor, checks them pairwise with this.
+    """
+    if not (isinstance(first, VerifiedRelease) and isinstance(second, VerifiedRelease)):
+        raise ValidationError("conflicting_releases compares two releases verify_release "
+                              f"returned, got {type(first).__name__} and "
+                              f"{type(second).__name__}.")
+    a, b = first.metadata, second.metadata
+    if (a.name, a.version) != (b.name, b.version):
+        return []
+    fields = [name for name in ("sha256", "length") if getattr(a, name) != getattr(b, name)]
+    if a.version_check is not None and b.version_check is not None \
+            and a.version_check != b.version_check:
+        fields.append("version_check")
+    return fields
 
 
 def sharing_policy_from(policy_json: str | bytes, *, fields: Iterable[str] | None = None,

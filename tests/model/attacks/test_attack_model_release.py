@@ -274,6 +274,22 @@ def test_the_version_check_a_release_names_is_signed_and_well_formed():
             _release(V2, 2, version_check=bad)
     # a release without one has the canonical form of releases before the field
     assert "version_check" not in json.loads(_release(V2, 2))["signed"]
+    # A server that gave devices a check key each signed two releases of v2 that disagree:
+    # evidence, which conflicting_releases finds; a fresh expiry or a claim is no conflict.
+    from dmt_privacy.release import conflicting_releases
+
+    other = verify_release(_release(V2, 2, version_check={**check, "key": "cd" * 32}), V2,
+                           PINNED, now=NOW)
+    later = verify_release(_release(V2, 2, version_check=check, held_out_devices=30,
+                                    held_out_baseline=1, now=NOW + dt.timedelta(days=1)),
+                           V2, PINNED, now=NOW + dt.timedelta(days=1))
+    first = verify_release(document, V2, PINNED, now=NOW)
+    assert conflicting_releases(first, other) == ["version_check"]
+    assert conflicting_releases(first, later) == []
+    swapped = verify_release(_release(V1, 2, version_check=check), V1, PINNED, now=NOW)
+    assert conflicting_releases(first, swapped) == ["sha256"]  # V1 and V2: one length
+    assert conflicting_releases(first, verify_release(_release(V2, 3), V2, PINNED,
+                                                      now=NOW)) == []  # another version
     # metadata stays hashable, as it was before the field (helper-36's review)
     named = verify_release(document, V2, PINNED, now=NOW).metadata
     assert len({named, verify_release(document, V2, PINNED, now=NOW).metadata}) == 1
