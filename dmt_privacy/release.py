@@ -79,8 +79,9 @@ import os
 import stat
 import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -277,7 +278,7 @@ def _is_hex(text: Any, length: int | None = None) -> bool:
 def _valid_version_check(check: Any, version: Any) -> bool:
     """Whether ``check`` is a release's ``version_check``: the token key id, a baseline
     older than ``version`` and a finite ε > 0."""
-    return (type(check) is dict and set(check) == _VERSION_CHECK_KEYS
+    return (type(check) in (dict, MappingProxyType) and set(check) == _VERSION_CHECK_KEYS
             and _is_hex(check["key"], 64) and type(check["baseline"]) is int
             and type(version) is int and 1 <= check["baseline"] < version
             and type(check["epsilon"]) is float and math.isfinite(check["epsilon"])
@@ -300,7 +301,8 @@ class ReleaseMetadata:
     format: int = RELEASE_FORMAT
     held_out_devices: int | None = None
     held_out_baseline: int | None = None
-    version_check: dict[str, Any] | None = None
+    #: read-only once made (a mapping proxy of the signed dict)
+    version_check: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         checks = {
@@ -330,6 +332,9 @@ class ReleaseMetadata:
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ValidationError(f"Release metadata has malformed {bad!r}.")
+        if self.version_check is not None:  # what was verified cannot be changed after
+            object.__setattr__(self, "version_check",
+                               MappingProxyType(dict(self.version_check)))
 
     def __hash__(self) -> int:  # what is signed (``version_check`` is a dict)
         return hash(self.canonical())
@@ -340,7 +345,9 @@ class ReleaseMetadata:
 
     def as_signed(self) -> dict[str, Any]:
         """The ``signed`` part of the release document."""
-        signed = asdict(self)
+        signed = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.version_check is not None:
+            signed["version_check"] = dict(self.version_check)
         for optional in _OPTIONAL:
             if signed[optional] is None:
                 del signed[optional]

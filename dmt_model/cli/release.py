@@ -98,7 +98,7 @@ def run_release(args: argparse.Namespace) -> int:
                              "held_out_baseline": meta.held_out_baseline} \
         if meta.held_out_devices else {}
     if meta.version_check is not None:  # the check devices are asked to make: one key for all
-        claim["version_check"] = meta.version_check
+        claim["version_check"] = dict(meta.version_check)
     print(json.dumps({"verified": True, "version": meta.version, "sha256": meta.sha256,
                       "expires": meta.expires, "key_id": verified.key_id, **claim}, indent=1))
     return 0

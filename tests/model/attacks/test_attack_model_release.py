@@ -293,6 +293,8 @@ def test_the_version_check_a_release_names_is_signed_and_well_formed():
     # metadata stays hashable, as it was before the field (helper-36's review)
     named = verify_release(document, V2, PINNED, now=NOW).metadata
     assert len({named, verify_release(document, V2, PINNED, now=NOW).metadata}) == 1
+    with pytest.raises(TypeError):  # and what was verified cannot be changed after
+        named.version_check["key"] = "cd" * 32
 
 
 # The two tests below reproduced defects found in review (helper-23), fixed in personalize.py.
