@@ -44,7 +44,6 @@ loss for a classification), with accuracy beside it for a classification.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -352,9 +351,6 @@ def run_loop(
     v2_spec = load_spec(registry.path(v2.mlmodel_file))
     rule, v2_model = None, workdir / "devices" / "v2.mlmodel"
 
-    def v2_sha256() -> str:  # the server's: the hash of the model file it serves
-        return hashlib.sha256(registry.path(v2.mlmodel_file).read_bytes()).hexdigest()
-
     def verified() -> Any:  # what every device does before it reads v2
         return verify_release(registry.path(v2.release_file).read_bytes(),
                               registry.path(v2.mlmodel_file).read_bytes(),
@@ -369,7 +365,7 @@ def run_loop(
         # it never sees the token), and counts only reports that carry one, each once. It
         # signs the check's key and ε into v2's release first; each device verifies that
         # release and takes a token only under the key it names.
-        issuer = VersionCheckIssuer(version=v2.version, sha256=v2_sha256(),
+        issuer = VersionCheckIssuer(version=v2.version, sha256=verified().metadata.sha256,
                                     baseline=v1.version, epsilon=report_epsilon)
         v2 = registry.announce_version_check(issuer, signing_key=release_key,
                                              server_key=server_key.public_key())

@@ -263,10 +263,9 @@ def check_version_many(release: Any, previous: Any, record_sets: Sequence[pd.Dat
         release.metadata.version, release.metadata.sha256, baseline, epsilon)).digest()
     announced = release.metadata.version_check
     key = None if announced is None else bytes.fromhex(announced["key"])
-    wrong = [i for i, token in enumerate(token_bytes)
-             if token and (Token.from_bytes(token).challenge_digest != fits
-                           or (key is not None
-                               and Token.from_bytes(token).token_key_id != key))]
+    parsed = [(i, Token.from_bytes(token)) for i, token in enumerate(token_bytes) if token]
+    wrong = [i for i, token in parsed if token.challenge_digest != fits
+             or (key is not None and token.token_key_id != key)]
     if wrong:  # a report the server cannot count would spend the user's ε for nothing
         raise ValidationError(
             f"Device {wrong[0]}'s token was made for another check than this report (version "
