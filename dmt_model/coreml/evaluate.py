@@ -251,41 +251,74 @@ def frame_inputs(spec: Any, frame: pd.DataFrame) -> dict[str, np.ndarray]:
     image input (``[n, *shape]``); anything missing, non-numeric, non-finite or of the wrong
     shape raises :class:`ValidationError` naming the column and the row."""
     featurizer = _featurizer(spec)
-    values = {}
-    for feature in spec.description.input:
-        name = feature.name
-        if name not in frame.columns:
-            names = input_names(spec)
-            raise ValidationError(f"Missing column(s) {[n for n in names if n not in frame]!r}; "
-                                  f"the model reads {names!r}.")
-        shape = tuple(feature.type.multiArrayType.shape)
-        try:
-            if featurizer is not None and name in featurizer.bag_fields:
-                column = featurizer.model_input(name, frame[name])
-            elif shape in ((), (1,)):
-                column = frame[name].to_numpy(dtype=np.float64)
-            else:
-                column = np.stack([np.asarray(v, dtype=np.float64).reshape(shape)
-                                   for v in frame[name].tolist()]) if len(frame) else \
-                    np.zeros((0, *shape))
-        except (TypeError, ValueError):
-            raise ValidationError(
-                f"Column {name!r} must hold numbers" + (f" (arrays of shape {shape})"
-                                                        if shape not in ((), (1,)) else "")
-                + ".") from None
-        finite = np.isfinite(column).reshape(len(frame), -1).all(axis=1)
-        if not finite.all():
-            row = frame.index[int((~finite).argmax())]
-            raise ValidationError(f"Column {name!r} has NaN or infinity at row {row!r}.")
-        # the model computes in float32: a larger number would become infinity there
-        readable = (np.abs(column) <= _FLOAT32_MAX).reshape(len(frame), -1).all(axis=1)
-        if not readable.all():
-            row = frame.index[int((~readable).argmax())]
-            raise ValidationError(
-                f"Column {name!r} holds a number beyond what the model reads (float32, "
-                f"±{_FLOAT32_MAX:.3g}) at row {row!r}; fix or drop that record.")
-        values[name] = column
-    return values
+    bags = frozenset(featurizer.bag_fields) if featurizer is not None else frozenset()
+    features = list(spec.description.input)
+    numbers = _plain_numbers(frame, [f.name for f in features if f.name not in bags and
+                                     tuple(f.type.multiArrayType.shape) in ((), (1,))])
+    return {f.name: numbers[f.name] if f.name in numbers else
+            _column_input(spec, f, featurizer if f.name in bags else None, frame)
+            for f in features}
+
+
+def _plain_numbers(frame: pd.DataFrame, names: list[str]) -> dict[str, np.ndarray]:
+    """The scalar inputs ``names`` read from ``frame`` in one conversion, when each is a
+    column of plain numbers (bool, integer or float), finite and within float32; else ``{}``
+    and each is read, and its fault named, by :func:`_column_input`. The values are those
+    ``_column_input`` gives: reading 60 inputs column by column cost a small device's batch
+    ten times its prediction."""
+    columns = frame.columns
+    if not names or not columns.is_unique or not all(name in columns for name in names):
+        return {}
+    block = frame[names]
+    if not all(isinstance(dtype, np.dtype) and dtype.kind in "biuf" for dtype in block.dtypes):
+        return {}
+    values = block.to_numpy(dtype=np.float64)
+    if not (np.isfinite(values).all() and (np.abs(values) <= _FLOAT32_MAX).all()):
+        return {}
+    return {name: values[:, i] for i, name in enumerate(names)}
+
+
+def _column_input(spec: Any, feature: Any, featurizer: Any, frame: pd.DataFrame) -> np.ndarray:
+    """Input ``feature`` from its column of ``frame`` (through ``featurizer`` for one that
+    feeds an embedding, else ``None``), or the :class:`ValidationError` naming its fault."""
+    name = feature.name
+    if name not in frame.columns:
+        names = input_names(spec)
+        raise ValidationError(f"Missing column(s) {[n for n in names if n not in frame]!r}; "
+                              f"the model reads {names!r}.")
+    shape = tuple(feature.type.multiArrayType.shape)
+    try:
+        if featurizer is not None:
+            column = featurizer.model_input(name, frame[name])
+        elif shape in ((), (1,)):
+            column = frame[name].to_numpy(dtype=np.float64)
+        else:
+            column = np.stack([np.asarray(v, dtype=np.float64).reshape(shape)
+                               for v in frame[name].tolist()]) if len(frame) else \
+                np.zeros((0, *shape))
+    except (TypeError, ValueError):
+        raise ValidationError(
+            f"Column {name!r} must hold numbers" + (f" (arrays of shape {shape})"
+                                                    if shape not in ((), (1,)) else "")
+            + ".") from None
+    per_record = tuple(range(1, column.ndim))  # a record's verdict: all its numbers (pixels)
+    finite = np.isfinite(column).all(axis=per_record)
+    if not finite.all():
+        row = _label(frame.index[int((~finite).argmax())])
+        raise ValidationError(f"Column {name!r} has NaN or infinity at row {row!r}.")
+    # the model computes in float32: a larger number would become infinity there
+    readable = (np.abs(column) <= _FLOAT32_MAX).all(axis=per_record)
+    if not readable.all():
+        row = _label(frame.index[int((~readable).argmax())])
+        raise ValidationError(
+            f"Column {name!r} holds a number beyond what the model reads (float32, "
+            f"±{_FLOAT32_MAX:.3g}) at row {row!r}; fix or drop that record.")
+    return column
+
+
+def _label(row: Any) -> Any:
+    """A row label as the user wrote it: ``372``, not numpy's ``np.int64(372)``."""
+    return row.item() if isinstance(row, np.generic) else row
 
 
 def predict_frame(spec: Any, frame: pd.DataFrame) -> np.ndarray:
