@@ -267,12 +267,18 @@ def _plain_numbers(frame: pd.DataFrame, names: list[str]) -> dict[str, np.ndarra
     ``_column_input`` gives: reading 60 inputs column by column cost a small device's batch
     ten times its prediction."""
     columns = frame.columns
-    if not names or not columns.is_unique or not all(name in columns for name in names):
+    if not names or not columns.is_unique:
         return {}
-    block = frame[names]
-    if not all(isinstance(dtype, np.dtype) and dtype.kind in "biuf" for dtype in block.dtypes):
+    position = {name: i for i, name in enumerate(columns)}
+    if not all(name in position for name in names):
         return {}
-    values = block.to_numpy(dtype=np.float64)
+    plain = [isinstance(dtype, np.dtype) and dtype.kind in "biuf" for dtype in frame.dtypes]
+    if all(plain):  # the whole frame at once: cheaper than selecting its columns first
+        values = frame.to_numpy(dtype=np.float64)[:, [position[name] for name in names]]
+    elif all(plain[position[name]] for name in names):
+        values = frame[names].to_numpy(dtype=np.float64)
+    else:
+        return {}
     if not (np.isfinite(values).all() and (np.abs(values) <= _FLOAT32_MAX).all()):
         return {}
     return {name: values[:, i] for i, name in enumerate(names)}
