@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dmt_model.coreml import build_spec
-from dmt_model.coreml.evaluate import _column_input, _featurizer, frame_inputs
+from dmt_model.coreml.evaluate import _column_input, _featurizer, frame_inputs, predict_frame
 from dmt_privacy.errors import ValidationError
 
 
@@ -89,6 +89,8 @@ def test_the_first_bad_input_in_the_models_order_is_named(spec, simulation):
 
 def test_no_records_read_as_no_inputs(spec, simulation):
     """Reading an empty frame once raised numpy's "cannot reshape array of size 0"."""
-    inputs = frame_inputs(spec, simulation.users[0].train.head(0))
+    empty = simulation.users[0].train.head(0)
+    inputs = frame_inputs(spec, empty)
     assert list(inputs) == [f.name for f in spec.description.input]
     assert all(len(values) == 0 for values in inputs.values())
+    assert predict_frame(spec, empty).shape == (0,)
