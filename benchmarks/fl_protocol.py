@@ -193,6 +193,8 @@ from dmt_privacy.schema import Schema
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmarks' helpers
 
+from run_environment import differences, environment  # a sibling, on the path above
+
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET = "y"
 LOCATION = "x2"
@@ -1279,6 +1281,8 @@ def run_task(task: ProtocolTask, args: argparse.Namespace) -> dict[str, Any]:
           flush=True)
     started = time.perf_counter()
     shapes: list[dict] = []
+    environments: list[dict | None] = []  # what each seed ran on (None: not recorded)
+    here = environment()
     per_seed: list[dict] = []
     risk: dict[str, Any] = {}
     args.output.mkdir(parents=True, exist_ok=True)
@@ -1288,7 +1292,8 @@ def run_task(task: ProtocolTask, args: argparse.Namespace) -> dict[str, Any]:
             "task": task.name, "title": task.title, "error": task.task.error_name,
             "protocol_version": PROTOCOL_VERSION, "protocol_change": PROTOCOL_CHANGE,
             "protocol": {k: v for k, v in vars(args).items() if k not in ("output", "task")},
-            "hyperparameters": settings, "shape_per_seed": shapes}
+            "hyperparameters": settings, "shape_per_seed": shapes,
+            "environment_per_seed": environments}
         if per_seed:
             summary = summarize(per_seed)
             (args.output / task.files(".md")).write_text(
@@ -1317,11 +1322,18 @@ def run_task(task: ProtocolTask, args: argparse.Namespace) -> dict[str, Any]:
                 f"{' '.join(ran)}; give those methods to continue it.")
         same_protocol(earlier, args.output / task.files(".json"))
         shapes.extend(earlier["shape_per_seed"])
+        environments.extend(earlier.get("environment_per_seed") or [None] * args.first_seed)
+        changed = differences(environments[-1] if environments else None, here)
+        if changed:
+            print(f"Warning: the seeds before {args.first_seed} ran in another environment "
+                  f"({'; '.join(changed)}): the seeds are draws of the same methods, not "
+                  "bit-for-bit comparable.", flush=True)
         per_seed.extend(count_v1(earlier["per_seed"]))
         risk = earlier.get("anonymeter", {})
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         sim = task.simulate(seed, args.users)
         shapes.append(describe(sim, task))
+        environments.append(here)
         print(f"seed {seed}: {json.dumps(shapes[-1])}", flush=True)
         if args.describe_only:
             continue

@@ -91,6 +91,8 @@ def test_quick_run_writes_every_row_with_privacy_cost_and_risk(tmp_path, task, w
     else:
         assert summary["FedProx"]["epsilon"] is None
     assert result["protocol_version"] == fl_protocol.PROTOCOL_VERSION
+    (ran_in,) = result["environment_per_seed"]  # what the seed's figures depend on
+    assert ran_in["packages"]["numpy"] == np.__version__ and "commit" in ran_in
     v1 = result["per_seed"][0]["nothing shared"]["received_bytes"]
     for name, row in result["per_seed"][0].items():  # every device downloaded v1 first
         assert row["received_bytes"] >= v1, name
@@ -355,6 +357,20 @@ def test_results_of_another_protocol_are_never_continued_or_added_to(tmp_path, c
     assert "protocol 1's results, not redrawn" in capsys.readouterr().out
     assert path.read_text() == before
     assert not (tmp_path / "federated_protocol_friedman.md").exists()
+
+
+def test_a_run_says_which_libraries_moved_since_the_seeds_it_continues():
+    """The committed Friedman rows gave *nothing shared* 117.71 for seed 0, the same commit
+    114.59 on a machine installed later: a continued run names what changed."""
+    from run_environment import differences, environment
+
+    here = environment()
+    assert differences(here, here) == []
+    assert differences(None, here) == ["not recorded"]
+    before = {**here, "packages": {**here["packages"], "numpy": "1.0", "ray": None}}
+    assert differences(before, here) == [f"numpy 1.0 -> {np.__version__}",
+                                         f"ray None -> {here['packages']['ray']}"]
+    assert differences({**before, "commit": "elsewhere", "cpus": 64}, before) == []
 
 
 def test_local_dp_rows_perturb_every_field_but_the_insensitive_ones():
