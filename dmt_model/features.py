@@ -189,8 +189,9 @@ class Featurizer:
             codes = pd.Categorical(column, categories=self.vocabularies_[name]).codes
             return codes.astype(np.float64)
         if name in self.text_fields:  # ``[n, max_tokens]`` token ids; too long a text raises
-            return np.asarray(self.tokenizers_[name].encode_many(column.tolist(), strict=True),
-                              dtype=np.float64).reshape(len(column), -1)
+            tokenizer = self.tokenizers_[name]
+            return np.asarray(tokenizer.encode_many(column.tolist(), strict=True),
+                              dtype=np.float64).reshape(len(column), tokenizer.max_tokens)
         return column.to_numpy(dtype=np.float64)
 
     def image_width(self, name: str) -> int:

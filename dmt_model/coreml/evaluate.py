@@ -36,6 +36,12 @@ Blobs = dict[str, np.ndarray]
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
+def _per_example(blob: np.ndarray, batch: int) -> np.ndarray:
+    """``blob`` as ``[batch, numbers of one example]`` (``reshape(batch, -1)`` cannot say
+    how many when there are no examples)."""
+    return blob.reshape(batch, int(np.prod(blob.shape[1:], dtype=np.int64)))
+
+
 def _batch_axis(axis: int, rank: int) -> int:
     """Map a spec axis (of an unbatched blob of ``rank``) onto the batched array."""
     return axis if axis < 0 else axis + 1
@@ -77,7 +83,7 @@ def _pointwise_convolution(layer: Any, x: np.ndarray) -> np.ndarray:
     out = grouped_matmul(pixels, weight, groups)
     if conv.hasBias:
         out = out + weight_values(conv.bias, what=f"layer {layer.name!r} bias")
-    return out.reshape(n, height, width, -1).transpose(0, 3, 1, 2).astype(np.float32)
+    return out.reshape(n, height, width, out.shape[-1]).transpose(0, 3, 1, 2).astype(np.float32)
 
 
 def apply_activation(layer: Any, x: np.ndarray) -> np.ndarray:
@@ -160,7 +166,7 @@ def _run_layer(layer: Any, blobs: Blobs, batch: int) -> np.ndarray:
     if kind == "clip":
         return np.clip(blobs[layer.input[0]], layer.clip.minVal, layer.clip.maxVal)
     if kind == "flatten" or kind == "flattenTo2D":
-        return blobs[layer.input[0]].reshape(batch, -1)
+        return _per_example(blobs[layer.input[0]], batch)
     if kind == "reshapeStatic":
         return blobs[layer.input[0]].reshape(batch, *layer.reshapeStatic.targetShape)
     if kind in ("softmax", "softmaxND"):
@@ -213,7 +219,7 @@ def evaluate_spec(spec: Any, inputs: Mapping[str, np.ndarray], *,
     label = spec.description.predictedFeatureName
     if label in wanted and label not in blobs:  # a classifier's label: the likeliest class
         labels = class_labels_of(spec)
-        probabilities = blobs[spec.description.predictedProbabilitiesName].reshape(batch, -1)
+        probabilities = _per_example(blobs[spec.description.predictedProbabilitiesName], batch)
         blobs[label] = np.asarray(labels, dtype=object)[probabilities.argmax(axis=1)]
     unknown = [w for w in wanted if w not in blobs]
     if unknown:
@@ -253,6 +259,12 @@ def frame_inputs(spec: Any, frame: pd.DataFrame) -> dict[str, np.ndarray]:
     featurizer = _featurizer(spec)
     bags = frozenset(featurizer.bag_fields) if featurizer is not None else frozenset()
     features = list(spec.description.input)
+    if not frame.columns.is_unique:
+        twice = sorted({str(f.name) for f in features
+                        if (frame.columns == f.name).sum() > 1})
+        if twice:
+            raise ValidationError(f"Column(s) {twice!r} appear more than once; the model reads "
+                                  "each input from one column: drop the copies.")
     numbers = _plain_numbers(frame, [f.name for f in features if f.name not in bags and
                                      tuple(f.type.multiArrayType.shape) in ((), (1,))])
     return {f.name: numbers[f.name] if f.name in numbers else
@@ -273,7 +285,8 @@ def _plain_numbers(frame: pd.DataFrame, names: list[str]) -> dict[str, np.ndarra
     if not all(name in position for name in names):
         return {}
     plain = [isinstance(dtype, np.dtype) and dtype.kind in "biuf" for dtype in frame.dtypes]
-    if all(plain):  # the whole frame at once: cheaper than selecting its columns first
+    if all(plain) and len(columns) <= 2 * len(names):  # the whole frame, then its inputs:
+        # cheaper than selecting them first, unless it holds many columns besides
         values = frame.to_numpy(dtype=np.float64)[:, [position[name] for name in names]]
     elif all(plain[position[name]] for name in names):
         values = frame[names].to_numpy(dtype=np.float64)
@@ -307,6 +320,9 @@ def _column_input(spec: Any, feature: Any, featurizer: Any, frame: pd.DataFrame)
             f"Column {name!r} must hold numbers" + (f" (arrays of shape {shape})"
                                                     if shape not in ((), (1,)) else "")
             + ".") from None
+    if len(column) != len(frame):  # what pandas made of the column is not one per record
+        raise ValidationError(f"Column {name!r} must hold one value per record; it gives "
+                              f"{len(column)} for {len(frame)} records.")
     per_record = tuple(range(1, column.ndim))  # a record's verdict: all its numbers (pixels)
     finite = np.isfinite(column).all(axis=per_record)
     if not finite.all():
@@ -323,8 +339,11 @@ def _column_input(spec: Any, feature: Any, featurizer: Any, frame: pd.DataFrame)
 
 
 def _label(row: Any) -> Any:
-    """A row label as the user wrote it: ``372``, not numpy's ``np.int64(372)``."""
-    return row.item() if isinstance(row, np.generic) else row
+    """A row label as the user wrote it: ``372``, not numpy's ``np.int64(372)`` (a date or a
+    duration stays itself: ``item()`` would make it a number of nanoseconds)."""
+    plain = isinstance(row, (np.number, np.bool_, np.character)) and \
+        not isinstance(row, np.timedelta64)
+    return row.item() if plain else row
 
 
 def predict_frame(spec: Any, frame: pd.DataFrame) -> np.ndarray:
@@ -333,6 +352,6 @@ def predict_frame(spec: Any, frame: pd.DataFrame) -> np.ndarray:
     if spec.WhichOneof("Type") == "neuralNetworkClassifier":
         name = spec.description.predictedProbabilitiesName
         (output,) = evaluate_spec(spec, frame_inputs(spec, frame), outputs=[name]).values()
-        return output.reshape(len(frame), -1)
+        return _per_example(output, len(frame))
     (output,) = evaluate_spec(spec, frame_inputs(spec, frame)).values()
     return output.reshape(len(frame))
