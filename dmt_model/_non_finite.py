@@ -10,6 +10,7 @@ first, here, so the message names the model, the value and the record, and says 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -48,8 +49,15 @@ def refuse_non_finite(predict: Callable[[pd.DataFrame], np.ndarray],
     shown = str(float(values[at, 0])) if values.shape[1] == 1 else \
         "class probabilities that are NaN or infinite"
     source = [s for frame, s in parts for _ in range(len(frame))][at]
-    row = whole.index[at]
-    row = row.item() if isinstance(row, np.generic) else row
+    row = row_label(whole.index[at])
     raise ModelFileError(("" if source is None else f"{source}: ")
                          + f"{name} predicts {shown} for the {what} at row {row!r}: "
                          f"{explanation}")
+
+
+def row_label(row: Any) -> Any:
+    """A row label as the user wrote it: ``372``, not numpy's ``np.int64(372)`` (a date or a
+    duration stays itself: ``item()`` would make it a number of nanoseconds)."""
+    plain = isinstance(row, (np.number, np.bool_, np.character)) and \
+        not isinstance(row, np.timedelta64)
+    return row.item() if plain else row

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dmt_model._non_finite import row_label
 from dmt_model.coreml.weights import _network, pointwise_groups, weight_values
 from dmt_privacy.errors import ModelFileError, ValidationError
 
@@ -326,24 +327,16 @@ def _column_input(spec: Any, feature: Any, featurizer: Any, frame: pd.DataFrame)
     per_record = tuple(range(1, column.ndim))  # a record's verdict: all its numbers (pixels)
     finite = np.isfinite(column).all(axis=per_record)
     if not finite.all():
-        row = _label(frame.index[int((~finite).argmax())])
+        row = row_label(frame.index[int((~finite).argmax())])
         raise ValidationError(f"Column {name!r} has NaN or infinity at row {row!r}.")
     # the model computes in float32: a larger number would become infinity there
     readable = (np.abs(column) <= _FLOAT32_MAX).all(axis=per_record)
     if not readable.all():
-        row = _label(frame.index[int((~readable).argmax())])
+        row = row_label(frame.index[int((~readable).argmax())])
         raise ValidationError(
             f"Column {name!r} holds a number beyond what the model reads (float32, "
             f"±{_FLOAT32_MAX:.3g}) at row {row!r}; fix or drop that record.")
     return column
-
-
-def _label(row: Any) -> Any:
-    """A row label as the user wrote it: ``372``, not numpy's ``np.int64(372)`` (a date or a
-    duration stays itself: ``item()`` would make it a number of nanoseconds)."""
-    plain = isinstance(row, (np.number, np.bool_, np.character)) and \
-        not isinstance(row, np.timedelta64)
-    return row.item() if plain else row
 
 
 def predict_frame(spec: Any, frame: pd.DataFrame) -> np.ndarray:
