@@ -321,9 +321,6 @@ def _column_input(spec: Any, feature: Any, featurizer: Any, frame: pd.DataFrame)
             f"Column {name!r} must hold numbers" + (f" (arrays of shape {shape})"
                                                     if shape not in ((), (1,)) else "")
             + ".") from None
-    if len(column) != len(frame):  # what pandas made of the column is not one per record
-        raise ValidationError(f"Column {name!r} must hold one value per record; it gives "
-                              f"{len(column)} for {len(frame)} records.")
     per_record = tuple(range(1, column.ndim))  # a record's verdict: all its numbers (pixels)
     finite = np.isfinite(column).all(axis=per_record)
     if not finite.all():
