@@ -373,15 +373,19 @@ def update_specs(
     ``(updated copy, history)`` or the :class:`UpdateRejected` of a diverged
     update (the others are unaffected). ``on_event`` needs a single frame.
     """
-    return _update_specs(spec, frames, (len(frames),), learning_rate=learning_rate,
-                         epochs=epochs, batch_size=batch_size, shuffle=shuffle, seed=seed,
-                         convention=convention, on_event=on_event)
+    if not frames:
+        return []
+    return _update_specs(spec, frames[0] if len(frames) == 1 else pd.concat(
+        frames, ignore_index=True), [len(frame) for frame in frames], (len(frames),),
+        learning_rate=learning_rate, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
+        seed=seed, convention=convention, on_event=on_event)
 
 
 @np.errstate(over="ignore", invalid="ignore")  # divergence is detected and reported
 def _update_specs(
     spec: Any,
-    frames: Sequence[pd.DataFrame],
+    whole: pd.DataFrame,
+    lengths: Sequence[int],
     parts: Sequence[int],
     *,
     learning_rate: float | None = None,
@@ -392,16 +396,16 @@ def _update_specs(
     convention: LossConvention | None = None,
     on_event: Callable[[UpdateEvent], None] | None = None,
 ) -> list[_Fit]:
-    """:func:`update_specs`, the frozen layers evaluating ``frames`` in ``parts`` (how many
-    consecutive frames each): a float32 matrix product's rows can differ in their last bit
-    with the number of rows multiplied together, so each part's updates are exactly those
-    of a pass of their own (:func:`_devices_held_out_errors`)."""
-    if on_event is not None and len(frames) != 1:
-        raise ValidationError(f"on_event reports one update; got {len(frames)} frames.")
-    if not frames:
+    """:func:`update_specs` of the frames that ``whole`` holds one after the other
+    (``lengths``: the rows of each), the frozen layers evaluating them in ``parts`` (how
+    many consecutive frames each): a float32 matrix product's rows can differ in their last
+    bit with the number of rows multiplied together, so each part's updates are exactly
+    those of a pass of their own (:func:`_devices_held_out_errors`)."""
+    if on_event is not None and len(lengths) != 1:
+        raise ValidationError(f"on_event reports one update; got {len(lengths)} frames.")
+    if not lengths:
         return []
     validate_updatable(spec)
-    whole = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
     target = _check_records(spec, whole, what="update")
     stored = read_settings(spec)
     s = _Settings(
@@ -416,9 +420,9 @@ def _update_specs(
     convention = convention or LossConvention()
     start_blob, chain, _ = _suffix(spec)
     blocks = []
+    rows = np.cumsum([0, *lengths]).tolist()
     for first, end in itertools.pairwise(np.cumsum([0, *parts]).tolist()):
-        part = whole if len(parts) == 1 else frames[first] if end - first == 1 else pd.concat(
-            frames[first:end], ignore_index=True)
+        part = whole if len(parts) == 1 else whole.iloc[rows[first]:rows[end]]
         (features,) = evaluate_spec(spec, frame_inputs(spec, part),
                                     outputs=[start_blob]).values()
         blocks.append(features.reshape(len(part), -1))
@@ -434,8 +438,8 @@ def _update_specs(
     else:
         y = np.concatenate([[0.0], target]).reshape(-1, 1).astype(np.float32)
         backward_from = len(chain) - 1
-    plan = _LanePlan.of([len(f) for f in frames], s)
-    k = len(frames)
+    plan = _LanePlan.of(lengths, s)
+    k = len(lengths)
 
     # Parameters of the updatable layers in the chain (innerProduct, or a 1×1 convolution on a
     # [C, 1, 1] blob, which is a grouped innerProduct on its C channels), one copy per update,
@@ -567,11 +571,11 @@ def _update_specs(
                                             else 1)
             if mini_batch == plan.per_epoch[0] - 1:
                 on_event(UpdateEvent("epoch_end", epoch, mini_batch,
-                                     event_loss / _per_epoch(convention, len(frames[0]))))
+                                     event_loss / _per_epoch(convention, lengths[0])))
                 event_loss = 0.0
 
     out: list[_Fit] = []
-    for frame, lane in zip(frames, plan.lane, strict=True):
+    for length, lane in zip(lengths, plan.lane, strict=True):
         if lane in rejected:
             out.append(rejected[lane])
             continue
@@ -599,7 +603,7 @@ def _update_specs(
         epoch_loss = np.zeros(s.epochs)
         np.add.at(epoch_loss, plan.epoch[lane, :steps], weighted)
         out.append((updated, UpdateHistory(list(epoch_loss
-                                                / _per_epoch(convention, len(frame))))))
+                                                / _per_epoch(convention, length)))))
     return out
 
 
@@ -1091,19 +1095,51 @@ def with_prior(spec: Any, records: pd.DataFrame, prior_records: int) -> pd.DataF
             f"prior_records must be a non-negative integer, got {prior_records!r}.")
     if prior_records == 0:
         return records
-    anchors = records.iloc[np.arange(prior_records) % len(records)].copy()
+    whole, _ = _anchored(spec, [records], [prior_records])
+    return whole
+
+
+def _anchored(spec: Any, record_sets: Sequence[pd.DataFrame], priors: Sequence[int]
+              ) -> tuple[pd.DataFrame, list[int]]:
+    """Each record set followed by its anchors (:func:`with_prior`), all in one frame, and
+    each set's length in it. The anchors of every set are predicted in one batch: a
+    device's updates (its folds, each prior) cost one prediction, not one each. (A float32
+    prediction can differ in its last bit with the rows it is batched with, so a device's
+    anchors are those of its own batch, whichever devices train beside it.)"""
+    lengths = [len(records) + prior for records, prior in zip(record_sets, priors, strict=True)]
+    if not any(priors):
+        return (record_sets[0] if len(record_sets) == 1
+                else pd.concat(record_sets, ignore_index=True)), lengths
+    source = record_sets[0] if len(record_sets) == 1 else pd.concat(record_sets)
+    starts = np.cumsum([0, *(len(records) for records in record_sets)])
+    rows, anchor_rows, draws = [], [], []
+    place = 0
+    for records, prior, start in zip(record_sets, priors, starts[:-1].tolist(), strict=True):
+        if prior and not len(records):
+            raise ValidationError(f"{prior} anchor record(s) need at least one record to "
+                                  "copy; got none.")
+        rows += [start + np.arange(len(records)), start + np.arange(prior) % max(len(records), 1)]
+        anchor_rows.append(place + len(records) + np.arange(prior))
+        draws.append(np.arange(prior))
+        place += len(records) + prior
+    whole = source.iloc[np.concatenate(rows)]
+    at = np.concatenate(anchor_rows)
+    anchors = whole.iloc[at]
     featurizer = _reading_featurizer(spec)
     predicted = _predict(spec, anchors)
     _refuse_non_finite(spec, [anchors], name="The model", remedy=_RETRAIN,
                        predicted=predicted, what="anchor record")
     if featurizer.classes_:  # a classifier's anchors carry a class drawn from its prediction
-        u = (np.arange(prior_records) * _GOLDEN + 0.5) % 1.0  # evenly spread, deterministic
+        # evenly spread over each set's anchors, deterministic
+        u = (np.concatenate(draws) * _GOLDEN + 0.5) % 1.0
         drawn = (np.cumsum(predicted, axis=1) < u[:, None]).sum(axis=1)
-        anchors[featurizer.target] = [featurizer.classes_[min(i, len(featurizer.classes_) - 1)]
-                                      for i in drawn]
+        labels = whole[featurizer.target].to_numpy(dtype=object, copy=True)
+        labels[at] = [featurizer.classes_[min(i, len(featurizer.classes_) - 1)]
+                      for i in drawn.tolist()]
     else:
-        anchors[featurizer.target] = predicted.astype(np.float64)
-    return pd.concat([records, anchors])
+        labels = whole[featurizer.target].to_numpy(dtype=np.float64, copy=True)
+        labels[at] = predicted.reshape(len(at)).astype(np.float64)
+    return whole.assign(**{featurizer.target: labels}), lengths
 
 
 def _personal_updates(spec: Any, record_sets: Sequence[pd.DataFrame], priors: Sequence[int],
@@ -1113,12 +1149,20 @@ def _personal_updates(spec: Any, record_sets: Sequence[pd.DataFrame], priors: Se
     batched emulation (:func:`update_specs`; ``parts``: see :func:`_update_specs`) for a
     Core ML spec, one after the other for an ExecuTorch program (its runtime trains one
     update at a time)."""
-    frames = [with_prior(spec, records, prior)
-              for records, prior in zip(record_sets, priors, strict=True)]
+    if not record_sets:
+        return []
+    parts = parts or (len(record_sets),)
     if not _is_program(spec):
-        return _update_specs(spec, frames, parts or (len(frames),), **overrides)
+        wholes, lengths = [], []
+        for first, end in itertools.pairwise(np.cumsum([0, *parts]).tolist()):
+            part, part_lengths = _anchored(spec, record_sets[first:end], priors[first:end])
+            wholes.append(part)
+            lengths += part_lengths
+        return _update_specs(spec, wholes[0] if len(wholes) == 1 else pd.concat(
+            wholes, ignore_index=True), lengths, parts, **overrides)
     out: list[_Fit] = []
-    for frame in frames:
+    for frame in (with_prior(spec, records, prior)
+                  for records, prior in zip(record_sets, priors, strict=True)):
         try:
             out.append(spec.updated(frame, **overrides))
         except UpdateRejected as exc:

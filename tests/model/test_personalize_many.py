@@ -126,3 +126,54 @@ def test_bad_input_raises_before_any_training_naming_the_device(foundation, devi
     with pytest.raises(ModelFileError, match="of device 1"):
         adopted_many(spec, [spec, other], devices[1:3])
     assert personalized_many(spec, []) == []
+
+
+def _anchors_one_set_at_a_time(spec, records, prior):
+    """A regression set's anchors as with_prior once made them, set by set: its records
+    cycled, and the model's predictions for them (their targets)."""
+    from dmt_model.coreml import predict_frame
+
+    anchors = records.iloc[np.arange(prior) % len(records)]
+    return anchors, predict_frame(spec, anchors)
+
+
+def test_a_devices_anchors_are_predicted_once_and_are_each_sets_own(
+        foundation, devices, classifier, monkeypatch):  # noqa: F811 — the fixture
+    """Every update a device trains (each fold at each prior strength, and the finals) gets
+    anchor records; they come from one prediction of the model for the device, and each
+    set's anchors are the ones it would get alone (its own records, cycled; to float32
+    rounding of the batch)."""
+    from dmt_model import personalize
+    from dmt_model.personalize import with_prior
+
+    spec = build_spec(foundation, updatable=UpdateSettings())
+    sets, priors = [devices[1], devices[2].iloc[:3], devices[4]], [5, 0, 40]
+    whole, lengths = personalize._anchored(spec, sets, priors)
+    assert lengths == [65, 3, 57]
+    at = 0
+    for records, prior, length in zip(sets, priors, lengths, strict=True):
+        got = whole.iloc[at:at + length]
+        pd.testing.assert_frame_equal(got.iloc[:len(records)].drop(columns="MEDV"),
+                                      records.drop(columns="MEDV"))
+        np.testing.assert_array_equal(got["MEDV"].iloc[:len(records)], records["MEDV"])
+        anchors, predicted = _anchors_one_set_at_a_time(spec, records, prior)
+        pd.testing.assert_frame_equal(got.iloc[len(records):].drop(columns="MEDV"),
+                                      anchors.drop(columns="MEDV"))
+        np.testing.assert_allclose(got["MEDV"].iloc[len(records):], predicted, rtol=1e-6)
+        at += length
+    assert at == len(whole)
+
+    # A classifier's anchors draw their classes from each set's own sequence.
+    spec_c = build_spec(classifier, updatable=UpdateSettings())
+    sets_c = [_records(6, 6), _records(9, 7)]
+    whole, _ = personalize._anchored(spec_c, sets_c, [4, 10])
+    assert list(whole["level"]) == [label for records, prior in zip(sets_c, (4, 10), strict=True)
+                                    for label in with_prior(spec_c, records, prior)["level"]]
+
+    # One prediction for all of a device's anchors: 5 folds and the final, each at 2 priors.
+    sizes: list[int] = []
+    predict = personalize._predict
+    monkeypatch.setattr(personalize, "_predict",
+                        lambda model, frame: sizes.append(len(frame)) or predict(model, frame))
+    personalized(spec, devices[1], prior_records=(1, 10), **FAST)
+    assert sizes.count(6 * 11) == 1 and 1 not in sizes and 10 not in sizes
