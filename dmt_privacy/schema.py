@@ -231,6 +231,74 @@ class Field:
             ) from None
 
 
+#: At most this many values are converted at once (32 MiB of float64) by
+#: :func:`_finite_plain_numbers`: a wide frame of many records is converted in column blocks.
+_VALIDATED_AT_ONCE = 1 << 22
+
+
+def _finite_plain_numbers(schema: Schema, frame: Any, names: Sequence[str]) -> set[str]:
+    """The numeric fields of ``names`` whose columns hold plain numbers (a numpy bool, int
+    or float dtype), every one finite: checked in one conversion (or a few, for a large
+    frame) instead of column by column. A column with a missing or non-finite value is left out, for
+    :func:`_validate_column` to name it; so is every column of a frame whose column names
+    repeat."""
+    if not frame.columns.is_unique:
+        return set()
+    import numpy as np
+
+    dtypes = frame.dtypes
+    plain = [name for name in names if schema[name].kind is Kind.NUMERIC
+             and isinstance(dtypes[name], np.dtype) and dtypes[name].kind in "biuf"]
+    checked: set[str] = set()
+    width = max(1, _VALIDATED_AT_ONCE // max(len(frame), 1))  # columns a conversion takes
+    for start in range(0, len(plain), width):
+        block = plain[start:start + width]
+        finite = np.isfinite(frame[block].to_numpy(dtype=np.float64)).all(axis=0)
+        checked.update(name for name, ok in zip(block, finite.tolist(), strict=True) if ok)
+    return checked
+
+
+def _validate_column(spec: Field, column: Any) -> None:
+    """:meth:`Schema.validate` of one column: no missing value, and values its field allows."""
+    name = spec.name
+    nulls = column.isna().to_numpy()
+    if nulls.any():
+        row = column.index[nulls.argmax()]
+        raise ValidationError(
+            f"Column {name!r} has a missing value (NaN/None) at row {row!r}; "
+            "fill or drop such rows first."
+        )
+    if spec.kind is Kind.NUMERIC:
+        try:
+            values = column.to_numpy(dtype=float)
+        except (TypeError, ValueError):
+            raise ValidationError(
+                f"Column {name!r} must be numeric, got dtype {column.dtype}."
+            ) from None
+        finite = [math.isfinite(v) for v in values]
+        if not all(finite):
+            row = column.index[finite.index(False)]
+            raise ValidationError(
+                f"Column {name!r} has a non-finite value {values[finite.index(False)]!r} "
+                f"at row {row!r}."
+            )
+    elif spec.kind is Kind.CATEGORICAL and spec.categories is not None:
+        allowed = set(spec.categories)
+        unknown = ~column.isin(allowed).to_numpy()
+        if unknown.any():
+            pos = int(unknown.argmax())
+            spec.category_index(column.iloc[pos])  # raises with the message
+    elif spec.kind is Kind.IMAGE and spec.shape is not None:
+        for row, value in column.items():
+            _check_image(spec, row, value)
+    elif spec.kind is Kind.TEXT:
+        for row, value in column.items():
+            if not isinstance(value, str):
+                raise ValidationError(
+                    f"Column {name!r} must hold text, got {type(value).__name__} at "
+                    f"row {row!r}.")
+
+
 def _check_image(spec: Field, row: Any, value: Any) -> None:
     """An image cell must be a finite array of the field's shape (one channel may be implicit)."""
     import numpy as np
@@ -331,45 +399,10 @@ class Schema:
                     f"Unexpected column(s) {extra!r}; expected exactly {names!r}. "
                     "Drop them or add them to the schema."
                 )
+        checked = _finite_plain_numbers(self, frame, names)
         for name in names:
-            spec = self[name]
-            column = frame[name]
-            nulls = column.isna().to_numpy()
-            if nulls.any():
-                row = column.index[nulls.argmax()]
-                raise ValidationError(
-                    f"Column {name!r} has a missing value (NaN/None) at row {row!r}; "
-                    "fill or drop such rows first."
-                )
-            if spec.kind is Kind.NUMERIC:
-                try:
-                    values = column.to_numpy(dtype=float)
-                except (TypeError, ValueError):
-                    raise ValidationError(
-                        f"Column {name!r} must be numeric, got dtype {column.dtype}."
-                    ) from None
-                finite = [math.isfinite(v) for v in values]
-                if not all(finite):
-                    row = column.index[finite.index(False)]
-                    raise ValidationError(
-                        f"Column {name!r} has a non-finite value {values[finite.index(False)]!r} "
-                        f"at row {row!r}."
-                    )
-            elif spec.kind is Kind.CATEGORICAL and spec.categories is not None:
-                allowed = set(spec.categories)
-                unknown = ~column.isin(allowed).to_numpy()
-                if unknown.any():
-                    pos = int(unknown.argmax())
-                    spec.category_index(column.iloc[pos])  # raises with the message
-            elif spec.kind is Kind.IMAGE and spec.shape is not None:
-                for row, value in column.items():
-                    _check_image(spec, row, value)
-            elif spec.kind is Kind.TEXT:
-                for row, value in column.items():
-                    if not isinstance(value, str):
-                        raise ValidationError(
-                            f"Column {name!r} must hold text, got {type(value).__name__} at "
-                            f"row {row!r}.")
+            if name not in checked:
+                _validate_column(self[name], frame[name])
 
     def check_bounds(self, frame: Any, *, columns: Sequence[str] | None = None,
                      slack: float = 0.0) -> None:

@@ -110,3 +110,59 @@ def test_validate_names_the_image_of_the_wrong_size_and_the_non_text():
         schema.validate(pd.DataFrame({"photo": [good, np.zeros((8, 8, 3))], "note": ["a", "b"]}))
     with pytest.raises(ValidationError, match=r"'note' must hold text.*int"):
         schema.validate(pd.DataFrame({"photo": [good], "note": [3]}))
+
+
+# --- validate: plain numeric columns in one conversion, each error as column by column ------
+_CELLS = {"float64": [0.5, -2.0, np.nan, np.inf, -np.inf, 1e308],
+          "int64": [0, 3, -7, 2**40], "bool": [True, False],
+          "object": [1.5, None, "x", np.nan, np.inf, 2],
+          "Float64": [0.25, None, np.inf], "datetime64[ns]": [pd.Timestamp(0), pd.NaT]}
+
+
+@st.composite
+def _frames(draw):
+    n = draw(st.integers(0, 6))
+    columns, schema_fields = {}, []
+    for i in range(draw(st.integers(1, 5))):
+        name = f"c{i}"
+        if draw(st.booleans()):
+            dtype = draw(st.sampled_from(sorted(_CELLS)))
+            cells = draw(st.lists(st.sampled_from(_CELLS[dtype]), min_size=n, max_size=n))
+            columns[name] = pd.Series(cells, dtype=dtype if dtype != "object" else object)
+            schema_fields.append(Field(name, "numeric"))
+        else:
+            columns[name] = pd.Series(draw(st.lists(st.sampled_from(["x", "y", "q", None]),
+                                                    min_size=n, max_size=n)), dtype=object)
+            schema_fields.append(Field(name, "categorical", categories=("x", "y")))
+    index = draw(st.sampled_from([None, [f"r{i}" for i in range(n)], list(range(n))[::-1]]))
+    frame = pd.DataFrame(columns)
+    if index is not None:
+        frame.index = index
+    return Schema(tuple(schema_fields)), frame
+
+
+def _outcome(check):
+    try:
+        check()
+    except ValidationError as exc:
+        return type(exc), str(exc)
+    return None
+
+
+@given(_frames(), st.sampled_from([1, 3, 1 << 22]))
+def test_validate_refuses_what_the_column_by_column_check_refuses_naming_the_same_cell(
+        case, at_once):
+    """Plain numeric columns are checked in one conversion (in blocks of ``at_once`` values
+    for a large frame); whatever the columns' dtypes and bad cells, validate raises the
+    error, naming the column, row and value, that checking column by column in the
+    schema's order raises first, or none."""
+    from dmt_privacy import schema as module
+
+    schema, frame = case
+    reference = _outcome(lambda: [module._validate_column(schema[name], frame[name])
+                                  for name in schema.names])
+    previous, module._VALIDATED_AT_ONCE = module._VALIDATED_AT_ONCE, at_once
+    try:
+        assert _outcome(lambda: schema.validate(frame)) == reference
+    finally:
+        module._VALIDATED_AT_ONCE = previous
