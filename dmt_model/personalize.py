@@ -71,6 +71,7 @@ from dmt_model.coreml.evaluate import (
     class_labels_of,
     evaluate_spec,
     frame_inputs,
+    grouped_matmul,
     predict_frame,
     softmax,
 )
@@ -1058,6 +1059,54 @@ def _record_errors(spec: Any, frame: pd.DataFrame, target: np.ndarray) -> np.nda
     return _reading_featurizer(spec).task.record_errors(_predict(spec, frame), target)
 
 
+def _checks_errors(model: Any, checks: Sequence[_Check]) -> np.ndarray:
+    """Per-record errors of ``model`` on the held-out records of every check, predicted in
+    one batch."""
+    held = [frame for _, frame, _ in checks]
+    predicted = _predict(model, held[0] if len(held) == 1 else pd.concat(held))
+    return _reading_featurizer(model).task.record_errors(
+        predicted, np.concatenate([y for _, _, y in checks]))
+
+
+def _updates_errors(spec: Any, updates: Sequence[Any], checks: Sequence[_Check]
+                    ) -> list[np.ndarray]:
+    """Per-record errors of each of ``updates`` (``spec`` or an update of it) on the held-out
+    records of its check, ``checks[i]``. For a Core ML spec the layers before the first
+    updatable one, the same in every update, run once on all the checks' records, and each
+    update's own chain of updatable layers (:func:`_suffix`) on its check's rows: a
+    device's folds and prior strengths are scored together. A prediction can differ in its
+    last float32 bit from the update's own :func:`predict_frame`, which batches other rows
+    with it."""
+    if _is_program(spec):
+        return [_record_errors(update, held, y)
+                for update, (_, held, y) in zip(updates, checks, strict=True)]
+    start_blob, chain, _ = _suffix(spec)
+    distinct = list({id(check[1]): check[1] for check in checks}.values())
+    where = {id(frame): i for i, frame in enumerate(distinct)}
+    rows = np.cumsum([0, *(len(frame) for frame in distinct)]).tolist()
+    whole = distinct[0] if len(distinct) == 1 else pd.concat(distinct, ignore_index=True)
+    (features,) = evaluate_spec(spec, frame_inputs(spec, whole), outputs=[start_blob]).values()
+    features = features.reshape(len(whole), -1)
+    task = _reading_featurizer(spec).task
+    classifier = spec.WhichOneof("Type") == "neuralNetworkClassifier"
+    out = []
+    for update, (_, held, y) in zip(updates, checks, strict=True):
+        i = where[id(held)]
+        x = features[rows[i]:rows[i + 1]]
+        for layer in chain:
+            kind = layer.WhichOneof("layer")
+            if kind in ("innerProduct", "convolution"):
+                weight, bias, groups = get_weights(update, layer.name)
+                x = grouped_matmul(x, weight, groups) if groups > 1 else x @ weight.T
+                x = (x if bias is None else x + bias).astype(np.float32, copy=False)
+            elif kind == "activation":
+                x = apply_activation(layer, x)
+            else:  # the softmax of a classifier's probabilities
+                x = softmax(x)
+        out.append(task.record_errors(x if classifier else x.reshape(len(held)), y))
+    return out
+
+
 def _out_of_bounds(spec: Any, frame: pd.DataFrame) -> int:
     """Records with a numeric value outside its field's (sharing) bounds."""
     featurizer = _reading_featurizer(spec)
@@ -1304,8 +1353,7 @@ def _checked_updates(spec: Any, baselines: Sequence[Any], plans: Sequence[_Updat
         return []
     grid = plans[0].grid
     if baseline_from is None:
-        befores = [np.concatenate([_record_errors(baseline, held, y)
-                                   for _, held, y in plan.checks])
+        befores = [_checks_errors(baseline, plan.checks)
                    for baseline, plan in zip(baselines, plans, strict=True)]
     else:
         befores = _devices_held_out_errors(baseline_from, [plan.checks for plan in plans],
@@ -1330,13 +1378,12 @@ def _decide_update(spec: Any, plan: _UpdatePlan, fits: Sequence[_Fit], before: n
     if rejection is not None:
         return None, PersonalizationResult(False, str(rejection), float(np.mean(before)),
                                            math.nan, output, history, out_of_bounds)
-    after: dict[int, np.ndarray] = {}
-    for g, prior in enumerate(grid):
-        errors = []
-        for c, (_, held, y) in enumerate(checks):
-            candidate, history = fits[g * len(checks) + c]  # type: ignore[misc]
-            errors.append(_record_errors(candidate, held, y))
-        after[prior] = np.concatenate(errors)
+    scored = len(grid) * len(checks)
+    _, history = fits[scored - 1]  # type: ignore[misc]
+    errors = _updates_errors(spec, [fit[0] for fit in fits[:scored]],  # type: ignore[index]
+                             list(checks) * len(grid))
+    after = {prior: np.concatenate(errors[g * len(checks):(g + 1) * len(checks)])
+             for g, prior in enumerate(grid)}
     chosen = min(grid, key=lambda prior: float(np.mean(after[prior])))
     keep, why = plan.rule.decide(before, after[chosen])
     result_before, result_after = float(np.mean(before)), float(np.mean(after[chosen]))
@@ -1539,11 +1586,11 @@ def _best_errors(spec: Any, fits: Sequence[_Fit], checks: Sequence[_Check],
     """The held-out errors of the prior strength with the lowest mean, from ``fits``: the
     update on each check's training records, prior by prior (``grid``'s order)."""
     best: np.ndarray | None = None
+    scored = _updates_errors(spec, [spec if isinstance(fit, UpdateRejected) else fit[0]
+                                    for fit in fits[:len(grid) * len(checks)]],
+                             list(checks) * len(grid))
     for g in range(len(grid)):
-        errors = np.concatenate([
-            _record_errors(spec if isinstance(fit, UpdateRejected) else fit[0], held, y)
-            for fit, (_, held, y) in zip(fits[g * len(checks):(g + 1) * len(checks)], checks,
-                                         strict=True)])
+        errors = np.concatenate(scored[g * len(checks):(g + 1) * len(checks)])
         if best is None or float(np.mean(errors)) < float(np.mean(best)):
             best = errors
     assert best is not None

@@ -177,3 +177,27 @@ def test_a_devices_anchors_are_predicted_once_and_are_each_sets_own(
                         lambda model, frame: sizes.append(len(frame)) or predict(model, frame))
     personalized(spec, devices[1], prior_records=(1, 10), **FAST)
     assert sizes.count(6 * 11) == 1 and 1 not in sizes and 10 not in sizes
+
+
+def test_a_devices_updates_are_scored_as_each_update_predicts_alone(
+        foundation, devices, classifier):  # noqa: F811 — the fixture
+    """A device's folds and prior strengths are scored together: the frozen layers once, each
+    update's own layers on its fold's held-out records. Each error is the one the update's
+    own prediction gives (to float32 rounding of the batch), for a regressor and for a
+    classifier (whose head is a grouped 1×1 convolution), the unchanged model included."""
+    from dmt_model import personalize
+
+    cases = [(build_spec(foundation, updatable=UpdateSettings(updatable_layers=2)), devices[1]),
+             (build_spec(classifier, updatable=UpdateSettings()), _records(30, 7))]
+    for spec, records in cases:
+        target = personalize.featurizer_of(spec).target_values(records)
+        checks = personalize._folds(records, target, 3, seed=0)
+        updates = [fit[0] for fit in personalize.update_specs(
+            spec, [personalize.with_prior(spec, train, prior) for prior in (1, 10)
+                   for train, _, _ in checks], epochs=5, learning_rate=1e-3)]
+        models = [*updates, spec, spec, spec]
+        together = personalize._updates_errors(spec, models, checks * 3)
+        for model, (_, held, y), errors in zip(models, checks * 3, together, strict=True):
+            np.testing.assert_allclose(errors, personalize._record_errors(model, held, y),
+                                       rtol=1e-5, atol=1e-6)
+        assert not np.allclose(together[0], together[6])  # the updates did move
