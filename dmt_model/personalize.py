@@ -374,6 +374,8 @@ def update_specs(
     ``(updated copy, history)`` or the :class:`UpdateRejected` of a diverged
     update (the others are unaffected). ``on_event`` needs a single frame.
     """
+    if on_event is not None and len(frames) != 1:
+        raise ValidationError(f"on_event reports one update; got {len(frames)} frames.")
     if not frames:
         return []
     return _update_specs(spec, frames[0] if len(frames) == 1 else pd.concat(
@@ -1175,20 +1177,28 @@ def _anchored(spec: Any, record_sets: Sequence[pd.DataFrame], priors: Sequence[i
     at = np.concatenate(anchor_rows)
     anchors = whole.iloc[at]
     featurizer = _reading_featurizer(spec)
+    if featurizer.target not in whole.columns:
+        raise ValidationError(f"The records have no target column {featurizer.target!r}; an "
+                              "update trains on records that hold it.")
     predicted = _predict(spec, anchors)
     _refuse_non_finite(spec, [anchors], name="The model", remedy=_RETRAIN,
                        predicted=predicted, what="anchor record")
+    column = whole[featurizer.target]
     if featurizer.classes_:  # a classifier's anchors carry a class drawn from its prediction
         # evenly spread over each set's anchors, deterministic
         u = (np.concatenate(draws) * _GOLDEN + 0.5) % 1.0
         drawn = (np.cumsum(predicted, axis=1) < u[:, None]).sum(axis=1)
-        labels = whole[featurizer.target].to_numpy(dtype=object, copy=True)
+        labels = column.to_numpy(dtype=object, copy=True)
         labels[at] = [featurizer.classes_[min(i, len(featurizer.classes_) - 1)]
                       for i in drawn.tolist()]
+        try:  # the labels keep the column's dtype where it holds them
+            values: Any = pd.array(labels, dtype=column.dtype)
+        except (TypeError, ValueError):
+            values = labels
     else:
-        labels = whole[featurizer.target].to_numpy(dtype=np.float64, copy=True)
-        labels[at] = predicted.reshape(len(at)).astype(np.float64)
-    return whole.assign(**{featurizer.target: labels}), lengths
+        values = column.to_numpy(dtype=np.float64, copy=True)
+        values[at] = predicted.reshape(len(at)).astype(np.float64)
+    return whole.assign(**{featurizer.target: values}), lengths
 
 
 def _personal_updates(spec: Any, record_sets: Sequence[pd.DataFrame], priors: Sequence[int],
@@ -1379,7 +1389,9 @@ def _decide_update(spec: Any, plan: _UpdatePlan, fits: Sequence[_Fit], before: n
         return None, PersonalizationResult(False, str(rejection), float(np.mean(before)),
                                            math.nan, output, history, out_of_bounds)
     scored = len(grid) * len(checks)
-    _, history = fits[scored - 1]  # type: ignore[misc]
+    # The last scored update: with a holdout and one prior strength it is the update kept
+    # (no final update is trained), and its history is the result's either way.
+    candidate, history = fits[scored - 1]  # type: ignore[misc]
     errors = _updates_errors(spec, [fit[0] for fit in fits[:scored]],  # type: ignore[index]
                              list(checks) * len(grid))
     after = {prior: np.concatenate(errors[g * len(checks):(g + 1) * len(checks)])

@@ -247,7 +247,7 @@ def _finite_plain_numbers(schema: Schema, frame: Any, names: Sequence[str]) -> s
     import numpy as np
 
     dtypes = frame.dtypes
-    plain = [name for name in names if schema[name].kind is Kind.NUMERIC
+    plain = [name for name in names if name in schema and schema[name].kind is Kind.NUMERIC
              and isinstance(dtypes[name], np.dtype) and dtypes[name].kind in "biuf"]
     checked: set[str] = set()
     width = max(1, _VALIDATED_AT_ONCE // max(len(frame), 1))  # columns a conversion takes

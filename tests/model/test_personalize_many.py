@@ -201,3 +201,31 @@ def test_a_devices_updates_are_scored_as_each_update_predicts_alone(
             np.testing.assert_allclose(errors, personalize._record_errors(model, held, y),
                                        rtol=1e-5, atol=1e-6)
         assert not np.allclose(together[0], together[6])  # the updates did move
+
+
+def test_a_holdout_and_one_prior_strength_keep_the_update_the_rule_accepts(foundation, devices):
+    """With a holdout and a single prior strength the update scored on the holdout is the one
+    written (no final update is trained): the kept model is that update, on one device or
+    many (a regression of the batched scoring, which lost it)."""
+    spec = build_spec(foundation, updatable=UpdateSettings())
+    records, holdout = devices[1].iloc[:40], devices[1].iloc[40:]
+    personal, result = personalized(spec, records, holdout=holdout, prior_records=3, **FAST)
+    assert result.accepted and result.prior_records == 3
+    assert spec_bytes(personal) != spec_bytes(spec)
+    ((many, many_result),) = personalized_many(spec, [records], holdouts=[holdout],
+                                               prior_records=3, **FAST)
+    assert spec_bytes(many) == spec_bytes(personal) and many_result.accepted
+
+
+def test_anchors_keep_the_label_columns_dtype_and_refuse_records_without_a_target(
+        foundation, devices, classifier):  # noqa: F811 — the fixture
+    from dmt_model.personalize import update_specs, with_prior
+
+    spec = build_spec(classifier, updatable=UpdateSettings())
+    for records in (_records(6, 6), _records(6, 6).astype({"level": "category"})):
+        assert with_prior(spec, records, 4)["level"].dtype == records["level"].dtype
+    regressor = build_spec(foundation, updatable=UpdateSettings())
+    with pytest.raises(ValidationError, match="no target column 'MEDV'"):
+        with_prior(regressor, devices[1].drop(columns="MEDV"), 3)
+    with pytest.raises(ValidationError, match="on_event reports one update; got 0"):
+        update_specs(regressor, [], on_event=print)

@@ -166,3 +166,10 @@ def test_validate_refuses_what_the_column_by_column_check_refuses_naming_the_sam
         assert _outcome(lambda: schema.validate(frame)) == reference
     finally:
         module._VALIDATED_AT_ONCE = previous
+
+
+def test_validate_names_the_first_bad_column_before_a_column_the_schema_lacks():
+    schema = Schema((Field("a", "numeric"),))
+    frame = pd.DataFrame({"a": [np.inf], "zzz": [1.0]})
+    with pytest.raises(ValidationError, match="'a' has a non-finite value"):
+        schema.validate(frame, columns=["a", "zzz"])
