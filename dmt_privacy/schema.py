@@ -269,6 +269,10 @@ def _validate_column(spec: Field, column: Any) -> None:
             "fill or drop such rows first."
         )
     if spec.kind is Kind.NUMERIC:
+        if getattr(column.dtype, "kind", "") == "c":  # float() would drop the imaginary part
+            raise ValidationError(
+                f"Column {name!r} holds complex numbers (dtype {column.dtype}); the field is "
+                "numeric: take the part it should hold (.real, abs()) first.")
         try:
             values = column.to_numpy(dtype=float)
         except (TypeError, ValueError):

@@ -307,6 +307,11 @@ def _column_input(spec: Any, feature: Any, featurizer: Any, frame: pd.DataFrame)
         raise ValidationError(f"Missing column(s) {[n for n in names if n not in frame]!r}; "
                               f"the model reads {names!r}.")
     shape = tuple(feature.type.multiArrayType.shape)
+    if featurizer is None and (getattr(frame[name].dtype, "kind", "") == "c" or (
+            shape not in ((), (1,)) and any(np.iscomplexobj(v) for v in frame[name]))):
+        # (float64 would drop the imaginary part without a word)
+        raise ValidationError(f"Column {name!r} holds complex numbers; the model reads real "
+                              "ones: take the part it should read (.real, abs()) first.")
     try:
         if featurizer is not None:
             column = featurizer.model_input(name, frame[name])

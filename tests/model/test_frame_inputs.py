@@ -171,3 +171,17 @@ def test_every_kind_of_input_reads_as_before(media):
     for name, values in before.items():
         np.testing.assert_array_equal(inputs[name], values)
     assert inputs["patch"].shape == (5, 4, 4) and inputs["note"].shape == (5, 8)
+
+
+def test_complex_numbers_are_refused_not_cut_to_their_real_part(spec, media, simulation):
+    """float64 would drop the imaginary part of a complex column (or image) without a word."""
+    boston = simulation.users[0].train.head(3)
+    with pytest.raises(ValidationError, match="'CRIM' holds complex numbers"):
+        predict_frame(spec, boston.assign(CRIM=boston["CRIM"] + 1j))
+    model, frame = media
+    three = frame.head(3)
+    with pytest.raises(ValidationError, match="'patch' holds complex numbers"):
+        frame_inputs(model, three.assign(patch=[p + 1j for p in three["patch"]]))
+    # a complex dtype whose imaginary parts are all zero is refused too: say which part
+    with pytest.raises(ValidationError, match="'x' holds complex numbers"):
+        frame_inputs(model, three.assign(x=three["x"].astype(complex)))

@@ -173,3 +173,9 @@ def test_validate_names_the_first_bad_column_before_a_column_the_schema_lacks():
     frame = pd.DataFrame({"a": [np.inf], "zzz": [1.0]})
     with pytest.raises(ValidationError, match="'a' has a non-finite value"):
         schema.validate(frame, columns=["a", "zzz"])
+
+
+def test_validate_refuses_complex_numbers_instead_of_dropping_their_imaginary_part():
+    schema = Schema((Field("a", "numeric"),))
+    with pytest.raises(ValidationError, match="'a' holds complex numbers"):
+        schema.validate(pd.DataFrame({"a": np.array([1 + 2j, 3 + 0j])}))
