@@ -5,8 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# The properties hold however long an example takes: a 2-core CI machine running the suite
+# on both cores (and beside other jobs) must not fail them on Hypothesis's 200 ms deadline
+# (test_schema_json_round_trip did, once, beside a benchmark).
+settings.register_profile("dmt", deadline=None)
+settings.load_profile("dmt")
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
