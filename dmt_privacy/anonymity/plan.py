@@ -128,6 +128,10 @@ class ColumnCoding:
 
 
 def _numeric(column: pd.Series, name: str) -> np.ndarray:
+    if getattr(column.dtype, "kind", "") == "c":  # float would drop the imaginary part
+        raise ValidationError(
+            f"Column {name!r} holds complex numbers (dtype {column.dtype}); the plan codes "
+            "real ones: take the part it should hold (.real, abs()) first.")
     try:
         x = column.to_numpy(dtype=float)
     except (TypeError, ValueError):

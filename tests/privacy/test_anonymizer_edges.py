@@ -51,3 +51,13 @@ def test_transform_of_new_records_says_when_classes_are_below_k():
     with warnings.catch_warnings():
         warnings.simplefilter("error", KAnonymityWarning)
         est.transform(frame)  # the fitted table: every class has k records
+
+
+def test_a_complex_column_is_refused_not_coded_by_its_real_part():
+    from dmt_privacy.anonymity.plan import ColumnCoding
+    from dmt_privacy.errors import ValidationError
+
+    coding = ColumnCoding("age", "numeric", values=(30.0, 40.0))
+    with pytest.raises(ValidationError, match="'age' holds complex numbers"):
+        coding.encode(pd.Series([30 + 1j, 40 + 0j]))
+    assert coding.encode(pd.Series([30.0, 40.0]))[1].tolist() == [0, 1]
