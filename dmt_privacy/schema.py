@@ -258,6 +258,20 @@ def _finite_plain_numbers(schema: Schema, frame: Any, names: Sequence[str]) -> s
     return checked
 
 
+def refuse_complex(column: Any, name: str, reads: str, *, cells: bool = False) -> None:
+    """Raise :class:`ValidationError` if ``column`` holds complex numbers: converting them to
+    float would keep their real part with only numpy's warning. ``reads`` says what the reader
+    takes instead ("the model reads real ones"); ``cells`` also looks inside array cells
+    (images, vectors) of an object column."""
+    import numpy as np
+
+    if getattr(column.dtype, "kind", "") == "c" or (
+            cells and any(np.iscomplexobj(value) for value in column)):
+        raise ValidationError(
+            f"Column {name!r} holds complex numbers (dtype {column.dtype}); {reads}: take "
+            "the part it should hold (.real, abs()) first.")
+
+
 def _validate_column(spec: Field, column: Any) -> None:
     """:meth:`Schema.validate` of one column: no missing value, and values its field allows."""
     name = spec.name
@@ -269,10 +283,7 @@ def _validate_column(spec: Field, column: Any) -> None:
             "fill or drop such rows first."
         )
     if spec.kind is Kind.NUMERIC:
-        if getattr(column.dtype, "kind", "") == "c":  # float() would drop the imaginary part
-            raise ValidationError(
-                f"Column {name!r} holds complex numbers (dtype {column.dtype}); the field is "
-                "numeric: take the part it should hold (.real, abs()) first.")
+        refuse_complex(column, name, "the field holds real numbers")
         try:
             values = column.to_numpy(dtype=float)
         except (TypeError, ValueError):

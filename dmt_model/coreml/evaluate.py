@@ -20,6 +20,7 @@ import pandas as pd
 from dmt_model._non_finite import row_label
 from dmt_model.coreml.weights import _network, pointwise_groups, weight_values
 from dmt_privacy.errors import ModelFileError, ValidationError
+from dmt_privacy.schema import refuse_complex
 
 __all__ = [
     "apply_activation",
@@ -307,11 +308,9 @@ def _column_input(spec: Any, feature: Any, featurizer: Any, frame: pd.DataFrame)
         raise ValidationError(f"Missing column(s) {[n for n in names if n not in frame]!r}; "
                               f"the model reads {names!r}.")
     shape = tuple(feature.type.multiArrayType.shape)
-    if featurizer is None and (getattr(frame[name].dtype, "kind", "") == "c" or (
-            shape not in ((), (1,)) and any(np.iscomplexobj(v) for v in frame[name]))):
-        # (float64 would drop the imaginary part without a word)
-        raise ValidationError(f"Column {name!r} holds complex numbers; the model reads real "
-                              "ones: take the part it should read (.real, abs()) first.")
+    if featurizer is None:
+        refuse_complex(frame[name], name, "the model reads real ones",
+                       cells=shape not in ((), (1,)))
     try:
         if featurizer is not None:
             column = featurizer.model_input(name, frame[name])

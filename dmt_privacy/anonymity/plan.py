@@ -30,6 +30,7 @@ import pandas as pd
 from dmt_privacy.anonymity.hierarchy import Hierarchy
 from dmt_privacy.anonymity.release import ReleaseRule
 from dmt_privacy.errors import SchemaError, ValidationError
+from dmt_privacy.schema import refuse_complex
 
 __all__ = [
     "AnonymizationPlan",
@@ -128,10 +129,7 @@ class ColumnCoding:
 
 
 def _numeric(column: pd.Series, name: str) -> np.ndarray:
-    if getattr(column.dtype, "kind", "") == "c":  # float would drop the imaginary part
-        raise ValidationError(
-            f"Column {name!r} holds complex numbers (dtype {column.dtype}); the plan codes "
-            "real ones: take the part it should hold (.real, abs()) first.")
+    refuse_complex(column, name, "the plan codes real ones")
     try:
         x = column.to_numpy(dtype=float)
     except (TypeError, ValueError):
