@@ -985,6 +985,7 @@ def run_seed(sim: Simulation, task: ProtocolTask, seed: int, *, rounds: int,
     local DP is checked by the held-out devices' own reports (:func:`device_reports`), at
     the row's ε."""
     rows: dict[str, dict[str, Any]] = {}
+    started = time.perf_counter()
     foundation = foundation_for(sim, task, seed)
     held = personalize_users(foundation, sim, task, workers=workers)
     current = held.pop("personal_models")
@@ -994,7 +995,9 @@ def run_seed(sim: Simulation, task: ProtocolTask, seed: int, *, rounds: int,
     rows["nothing shared"] = held | {
         "epsilon": 0.0, "guarantee": "nothing leaves the device", "sent_bytes": 0.0,
         "received_bytes": float(model_bytes), "rounds": 0,
-        "device_seconds": held["personalize_seconds"], "membership": None}
+        "device_seconds": held["personalize_seconds"], "membership": None,
+        "wall_seconds": time.perf_counter() - started}  # with training the foundation
+    started = time.perf_counter()
 
     reporters = [u.train for u in sim.users if u.user_id in held_out]
 
@@ -1009,8 +1012,14 @@ def run_seed(sim: Simulation, task: ProtocolTask, seed: int, *, rounds: int,
                 "released": RELEASE_AFTER[outcome] != "withheld"}
 
     def report(name: str, result: dict[str, Any]) -> None:
+        """Print the row, and record the benchmark's wall time since the previous row: where
+        a seed's time goes."""
+        nonlocal started
+        result["wall_seconds"] = time.perf_counter() - started
+        started = time.perf_counter()
         print(f"  {name}: {result['error']:.4g} ({result['error_released']:.4g} released "
-              f"model, {result['checked']}, {result['moved']:.0%} adopted)", flush=True)
+              f"model, {result['checked']}, {result['moved']:.0%} adopted; "
+              f"{result['wall_seconds']:.0f} s)", flush=True)
 
     for name, how, guarantee in dmt_rows(task, epsilons) if "dmt" in methods else ():
         # Under local DP the server's held-out packages would be noisy (they cannot show what

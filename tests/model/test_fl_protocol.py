@@ -93,6 +93,8 @@ def test_quick_run_writes_every_row_with_privacy_cost_and_risk(tmp_path, task, w
     assert result["protocol_version"] == fl_protocol.PROTOCOL_VERSION
     (ran_in,) = result["environment_per_seed"]  # what the seed's figures depend on
     assert ran_in["packages"]["numpy"] == np.__version__ and "commit" in ran_in
+    walls = [row["wall_seconds"] for row in result["per_seed"][0].values()]
+    assert all(w > 0 for w in walls) and sum(walls) <= result["seconds"]  # where the seed went
     v1 = result["per_seed"][0]["nothing shared"]["received_bytes"]
     for name, row in result["per_seed"][0].items():  # every device downloaded v1 first
         assert row["received_bytes"] >= v1, name
