@@ -62,6 +62,7 @@ from dmt_model.server.report import IngestReport, Outcome
 from dmt_model.server.store import (
     DataKey,
     PackageRow,
+    PendingVacuum,
     SharedStore,
     WriterLock,
     payload_aad,
@@ -389,6 +390,8 @@ class Ingestor:
         self.writer = GroupCommit(self._write_group, max_group=max_group)
         #: SQLite: writers of the file (this process's threads, other processes) take turns
         self.writer_lock = WriterLock(self.engine)
+        #: PostgreSQL: keeps the release's pending blocks from piling up dead rows
+        self.vacuum = PendingVacuum(self.engine)
 
     def data_key(self) -> DataKey:
         """The store's current data key (created on first use)."""
@@ -477,7 +480,11 @@ class Ingestor:
             for attempt in range(_WRITE_ATTEMPTS):
                 try:
                     with self.engine.begin() as conn:
-                        return write_prepared(conn, group, self.policy, key)
+                        written = write_prepared(conn, group, self.policy, key)
+                    self.vacuum.written(sum(
+                        len(p.record_rows) for p, w in zip(group, written, strict=True)
+                        if w.status == "stored"))
+                    return written
                 except IntegrityError:
                     # another process released the same blocks first: go again
                     if attempt == _WRITE_ATTEMPTS - 1:
