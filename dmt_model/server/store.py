@@ -381,7 +381,12 @@ class PendingVacuum:
     it stayed near 1 ms. :meth:`written` counts the blocks a writer stored and,
     every ``every`` of them, vacuums the table in a thread of its own (one at a
     time in a process; ``SKIP_LOCKED``: not while another process vacuums it),
-    so no group waits for it. A failed vacuum (the database restarting, a
+    so no group waits for it. It leaves the table's emptied end in place
+    (``TRUNCATE false``): cutting it off takes a lock that excludes the
+    writers, and a vacuum kept retrying that lock for 42 ms on average while
+    two workers wrote (its wait, ``VacuumTruncate``, was sampled more often than
+    the writers' waits on the class counters: 26 against 19 of 2,250); the next blocks reuse that
+    space anyway. A failed vacuum (the database restarting, a
     role that does not own the table) is logged and tried again ``every``
     blocks later. Other databases: nothing to do.
     """
@@ -412,7 +417,7 @@ class PendingVacuum:
     def _vacuum(self) -> None:
         try:
             with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                conn.exec_driver_sql("VACUUM (SKIP_LOCKED) pending_blocks")
+                conn.exec_driver_sql("VACUUM (SKIP_LOCKED, TRUNCATE false) pending_blocks")
             self.runs += 1
         except SQLAlchemyError as exc:  # maintenance: the next one tries again
             log.warning("could not vacuum pending_blocks (%s); trying again later",
