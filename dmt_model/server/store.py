@@ -384,11 +384,13 @@ class PendingVacuum:
     so no group waits for it. It leaves the table's emptied end in place
     (``TRUNCATE false``): cutting it off takes a lock that excludes the
     writers, and a vacuum kept retrying that lock for 42 ms on average while
-    two workers wrote (its wait, ``VacuumTruncate``, was sampled more often than
-    the writers' waits on the class counters: 26 against 19 of 2,250); the next blocks reuse that
-    space anyway. A failed vacuum (the database restarting, a
-    role that does not own the table) is logged and tried again ``every``
-    blocks later. Other databases: nothing to do.
+    two workers wrote (its wait, ``VacuumTruncate``, was sampled more often
+    than the writers' waits on the class counters: 26 against 19 of 2,250);
+    the next blocks reuse that space anyway. A failed vacuum (the database
+    restarting, a server older than PostgreSQL 12) is logged and tried again
+    ``every`` blocks later; a role that does not own the table gets
+    PostgreSQL's warning and nothing is vacuumed. Other databases: nothing
+    to do.
     """
 
     def __init__(self, engine: Engine, every: int = 2_000) -> None:
