@@ -242,7 +242,7 @@ def test_pending_blocks_are_the_unreleased_blocks(db_url):
     engine.dispose()
 
 
-def _release_read_plans(engine) -> str:
+def _release_read_plan(engine) -> str:
     """EXPLAIN of the release's read of pending blocks as a prepared statement runs it once
     PostgreSQL settles on a generic plan (made without the classes asked for)."""
     from dmt_model.server.store import _PG_PENDING_OF
@@ -274,7 +274,7 @@ def test_the_release_reads_blocks_by_key_whatever_the_statistics(postgres_url):
                     for i in range(300)], engine, KEY, POLICY)
             with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                 conn.exec_driver_sql("ANALYZE")
-        plan = _release_read_plans(engine)
+        plan = _release_read_plan(engine)
         for table in ("records", "packages", "spent_tokens", "released_blocks"):
             with engine.connect() as conn:  # (a scan of a table known to be empty is free)
                 rows = conn.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar_one()
@@ -291,7 +291,6 @@ def test_pending_blocks_do_not_pile_up_dead_rows_on_postgresql(postgres_admin_ur
     released since (in-process, 10,000 packages: 0.9 ms a group at first, 5.9 ms at the end).
     The writers vacuum it every ``every`` blocks; the same load, written with and without,
     must leave the table a fraction of the size."""
-    ready = None
     sizes = {}
     for vacuum in (False, True):
         url, drop = server_load.postgres_database(postgres_admin_url)
