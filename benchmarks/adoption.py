@@ -40,9 +40,11 @@ moved, and the test error rose above the personal model's) and how often it kept
 that adopting would have lowered (missed). A user's test set is a handful of records
 (25 % of theirs), so these per-user comparisons hold much noise: a rule that is right in
 expectation still "harms" users whose few test records happen to favour the other model.
-Where users differ by their label mix alone (Adult), each user's **expected** error is
-measured too — every other user's test record, each class weighted by the user's own
-label share — and harmed and missed are counted on it, without that noise.
+Where the simulation knows each user's distribution, each user's **expected** error is
+measured too, and harmed and missed are counted on it, without that noise: for
+Synthetic(α, β), on 2,000 fresh records of the user's own (``fresh_records``); where users
+differ by their label mix alone (Adult), on every other user's test record, each class
+weighted by the user's own label share.
 
 ``--unclaimed raw 4 1 8`` measures instead the version a device gets without a device
 claim — the server retrains on every user's packages, as shared (``raw``) or under local
@@ -166,13 +168,22 @@ def _user(new_data: bytes, current_data: bytes, previous_data: bytes, unshared: 
             for rule, (model, result) in held.items()}
 
 
+#: Fresh records a Synthetic user's expected error is measured on.
+FRESH_RECORDS = 2000
+
+
 def expected_error_weights(sim: Any, target: str) -> list[tuple[Any, Any]] | None:
-    """Per user, records and weights whose weighted error is the user's expected error: the
-    other users' test records, each class weighted by the user's own label share. Only for
-    classifier users who differ by their label mix alone (no hand of their own), where a
-    record of a class is a record of that class for every user; None otherwise. A handful
-    of test records makes a per-user comparison noisy; this one is not."""
+    """Per user, records and weights whose weighted error is the user's expected error.
+    Synthetic(α, β), whose simulation knows each user's distribution: :data:`FRESH_RECORDS`
+    new records of the user's own, equally weighted. Classifier users who differ by their
+    label mix alone (no hand of their own), where a record of a class is a record of that
+    class for every user: the other users' test records, each class weighted by the user's
+    own label share. None otherwise. A handful of test records makes a per-user comparison
+    noisy; these are not."""
     users = sim.users
+    if hasattr(sim, "fresh_records"):
+        return [(sim.fresh_records(u.user_id, FRESH_RECORDS),
+                 np.full(FRESH_RECORDS, 1.0 / FRESH_RECORDS)) for u in users]
     if not all(getattr(u, "label_distribution", ()) and not getattr(u, "rotation", 0.0)
                and not getattr(u, "stroke", 0.0) for u in users):
         return None

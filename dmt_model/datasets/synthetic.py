@@ -59,7 +59,7 @@ own index across the simulation.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from numbers import Real
 
 import numpy as np
@@ -111,7 +111,12 @@ class SyntheticUser(SimulatedUser):
 
 @dataclass(frozen=True)
 class SyntheticSimulation(Simulation):
-    """:class:`Simulation` (``spread`` is 0) of Synthetic(α, β) and its proxy's origin."""
+    """:class:`Simulation` (``spread`` is 0) of Synthetic(α, β) and its proxy's origin.
+
+    It keeps each user's generator, so :meth:`fresh_records` can draw more records from
+    the distribution a user's own come from: a model's *expected* error for that user,
+    which a handful of test records only estimates.
+    """
 
     users: tuple[SyntheticUser, ...]
     classes: tuple[int, ...]
@@ -119,6 +124,23 @@ class SyntheticSimulation(Simulation):
     beta: float
     iid: bool
     proxy_users: int  # how many further users the proxy's records come from
+    _sources: tuple[_Source, ...] = field(default=(), repr=False, compare=False)
+
+    def fresh_records(self, user_id: int, n: int, *, seed: int = 0) -> pd.DataFrame:
+        """``n`` new records of user ``user_id``: from their own model and centre, as their
+        records are, but from a stream of their own (``seed`` and the user's id), so they
+        are none of the simulation's records and the same on every call. Frames fit
+        :data:`SYNTHETIC_SCHEMA`; the index starts at 0."""
+        if not self._sources:
+            raise ValidationError("This simulation keeps no user generators: make it with "
+                                  "simulate_synthetic to draw fresh records.")
+        if isinstance(user_id, bool) or not isinstance(user_id, int) or not (
+                0 <= user_id < len(self._sources)):
+            raise ValidationError(f"user_id must be one of the simulation's users, 0 to "
+                                  f"{len(self._sources) - 1}, got {user_id!r}.")
+        n = _check_whole("n", n, 1, "ask for at least one record")
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, seed, user_id]))
+        return _frame(*self._sources[user_id].records(rng, n), 0)
 
 
 @dataclass(frozen=True)
@@ -233,9 +255,11 @@ def simulate_synthetic(
     total = round(records_per_user * n_users)  # at least n_users × min_records, checked
     sizes = _sizes(rng, n_users, total, min_records, float(size_shape))
     users: list[SyntheticUser] = []
+    sources: list[_Source] = []
     start = 0
     for user_id, size in enumerate(sizes.tolist()):
         source = shared or _source(rng, alpha, beta)
+        sources.append(source)
         records = _frame(*source.records(rng, size), start)
         start += size
         n_test = max(1, round(test_fraction * size))
@@ -255,4 +279,4 @@ def simulate_synthetic(
     proxy = proxy.iloc[proxy_rng.permutation(len(proxy))]
     return SyntheticSimulation(proxy=proxy, users=tuple(users), seed=seed, spread=0.0,
                                classes=CLASSES, alpha=alpha, beta=beta, iid=iid,
-                               proxy_users=proxy_users)
+                               proxy_users=proxy_users, _sources=tuple(sources))

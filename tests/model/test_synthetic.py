@@ -110,3 +110,39 @@ def test_users_differ_at_every_setting_and_not_in_synthetic_iid():
 def test_bad_arguments_are_refused_naming_them(args, kwargs, match):
     with pytest.raises(ValidationError, match=match):
         simulate_synthetic(*args, **kwargs)
+
+
+def test_fresh_records_come_from_the_users_own_distribution():
+    """What a user's expected error is measured on (benchmarks/adoption.py): more records of
+    that user, none of the simulation's, the same on every call."""
+    sim = simulate_synthetic(1.0, 1.0, n_users=40, seed=2)
+    own = _records(sim)
+    centres = np.array([r[list(FEATURES)].to_numpy().mean(axis=0) for r in own])
+    nearest, same_majority = [], []
+    for user in sim.users:
+        fresh = sim.fresh_records(user.user_id, 400)
+        SYNTHETIC_SCHEMA.validate(fresh)
+        SYNTHETIC_SCHEMA.check_bounds(fresh)
+        mean = fresh[list(FEATURES)].to_numpy().mean(axis=0)
+        nearest.append(int(np.argmin(np.linalg.norm(centres - mean, axis=1))))
+        mine = own[user.user_id]["y"]
+        # the class a user's records hold most is, most often, the one a new record is
+        same_majority.append(fresh["y"].value_counts().index[0] == mine.value_counts().index[0])
+    assert nearest == [u.user_id for u in sim.users]  # each user's own centre, no other's
+    assert np.mean(same_majority) >= 0.8
+    first = sim.fresh_records(3, 50)
+    assert first.equals(sim.fresh_records(3, 50))
+    assert not first.equals(sim.fresh_records(3, 50, seed=1))
+    values = set(map(tuple, pd.concat(own)[list(FEATURES)].to_numpy().round(9)))
+    assert not values & set(map(tuple, first[list(FEATURES)].to_numpy().round(9)))
+
+
+@pytest.mark.parametrize(("user_id", "n", "match"), [
+    (40, 5, "user_id must be one of the simulation's users, 0 to 39, got 40"),
+    (True, 5, "user_id must be one of"),
+    (0, 0, "n must be an integer of at least 1"),
+])
+def test_fresh_records_refuse_bad_arguments_naming_them(user_id, n, match):
+    sim = simulate_synthetic(0.0, 0.0, n_users=40, seed=0)
+    with pytest.raises(ValidationError, match=match):
+        sim.fresh_records(user_id, n)
