@@ -156,7 +156,8 @@ table) and three plots (``…_utility.png``, ``…_cost.png``,
 ``…_membership.png``) into ``--output`` (default ``benchmarks/results``), after
 every seed. The devices' personalizations run in ``--workers`` processes (2).
 Run: ``.venv/bin/python benchmarks/fl_protocol.py [--task T] [--seeds 5]``;
-``--quick`` is one seed, 60 users and 10 FedAvg rounds; ``--tune`` the tuning
+``--quick`` is one seed, 60 users and 10 FedAvg rounds, written into
+``build/fl_protocol_quick`` unless ``--output`` is given; ``--tune`` the tuning
 run. ``--methods`` runs some of the method families (:data:`METHODS`: ``dmt``,
 ``fedavg``, ``fedprox``, ``dp-fedavg``; default all) — e.g. ``--methods dmt fedavg``
 on your own data — with *nothing shared* always run as the baseline; the table
@@ -196,6 +197,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmar
 from run_environment import differences, environment  # a sibling, on the path above
 
 RESULTS = Path(__file__).resolve().parent / "results"
+#: Where ``--quick`` writes unless ``--output`` says otherwise: never over the committed
+#: results, which a one-seed run would replace.
+QUICK_RESULTS = Path(__file__).resolve().parents[1] / "build" / "fl_protocol_quick"
 TARGET = "y"
 LOCATION = "x2"
 EPSILONS = (1.0, 4.0, 8.0)
@@ -1351,6 +1355,8 @@ def run_task(task: ProtocolTask, args: argparse.Namespace) -> dict[str, Any]:
                                  methods=tuple(args.methods)))
         write()
         print(f"seed {seed} done ({time.perf_counter() - started:.0f} s)", flush=True)
+    if args.describe_only:  # a shape, no results: the folder's files stay as they are
+        return {"shape_per_seed": shapes}
     if task.tabular and per_seed and not risk and args.risk and "dmt" in args.methods:
         risk = server_risk(task, 0, args.users, epsilons)
     result = write()
@@ -1441,10 +1447,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--render-only", action="store_true",
                         help="redraw each task's table and plots from its JSON, run nothing")
     parser.add_argument("--describe-only", action="store_true",
-                        help="print the protocol's shape, train nothing")
-    parser.add_argument("--output", type=Path, default=RESULTS,
-                        help="folder for the results (default benchmarks/results)")
+                        help="print the protocol's shape; train and write nothing")
+    parser.add_argument("--output", type=Path,
+                        help="folder for the results (default benchmarks/results; --quick: "
+                             "build/fl_protocol_quick)")
     args = parser.parse_args(argv)
+    if args.output is None:
+        args.output = QUICK_RESULTS if args.quick else RESULTS
     args.methods = [m for m in METHODS if m in args.methods]  # the table's order, once each
     if args.quick:
         args.seeds = 1

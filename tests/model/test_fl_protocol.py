@@ -111,14 +111,22 @@ def test_quick_run_writes_every_row_with_privacy_cost_and_risk(tmp_path, task, w
         assert (tmp_path / f"federated_protocol_{task}_{plot}.png").stat().st_size > 10_000
 
 
-def test_every_method_runs_unless_methods_says_otherwise(tmp_path):
-    fl_protocol.main(["--task", "friedman", "--users", "12", "--seeds", "1", "--describe-only",
-                      "--output", str(tmp_path)])
+def _run_args(monkeypatch, argv: list[str]) -> list:
+    """The arguments ``main(argv)`` gives each task's run (which is not run)."""
+    seen: list = []
+    monkeypatch.setattr(fl_protocol, "run_task", lambda task, args: seen.append(args))
+    fl_protocol.main(argv)
+    return seen
+
+
+def test_every_method_runs_unless_methods_says_otherwise(tmp_path, monkeypatch):
+    with monkeypatch.context() as patch:
+        (args,) = _run_args(patch, ["--task", "friedman"])
+        assert args.methods == list(fl_protocol.METHODS)
+        (args,) = _run_args(patch, ["--task", "friedman", "--methods", "fedavg", "dmt",
+                                    "fedavg"])
+        assert args.methods == ["dmt", "fedavg"]
     path = tmp_path / "federated_protocol_friedman.json"
-    assert json.loads(path.read_text())["protocol"]["methods"] == list(fl_protocol.METHODS)
-    fl_protocol.main(["--task", "friedman", "--users", "12", "--seeds", "1", "--describe-only",
-                      "--methods", "fedavg", "dmt", "fedavg", "--output", str(tmp_path)])
-    assert json.loads(path.read_text())["protocol"]["methods"] == ["dmt", "fedavg"]
     with pytest.raises(SystemExit):
         fl_protocol.main(["--task", "friedman", "--methods", "scaffold"])
     # A run is continued with the methods it ran, or not at all.
@@ -434,3 +442,22 @@ def test_flower_rows_written_before_v1_was_counted_count_it_once():
     twice = fl_protocol.count_v1(json.loads(json.dumps(once)))
     for rows in (once[0], twice[0]):
         assert [rows[n]["received_bytes"] for n in seed] == [100.0, 200.0, 600.0, 600.0]
+
+
+def test_describing_or_a_quick_run_never_replaces_the_committed_results(tmp_path, monkeypatch):
+    """A reported defect: ``--describe-only`` wrote a JSON of no seeds over the 5-seed
+    results it found, and ``--quick`` (one seed) wrote into benchmarks/results."""
+    path = tmp_path / "federated_protocol_friedman.json"
+    path.write_text('{"per_seed": ["five seeds"]}')
+    fl_protocol.main(["--task", "friedman", "--users", "12", "--seeds", "1", "--describe-only",
+                      "--output", str(tmp_path)])
+    assert path.read_text() == '{"per_seed": ["five seeds"]}'
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+    (quick,) = _run_args(monkeypatch, ["--task", "friedman", "--quick"])
+    assert quick.output == fl_protocol.QUICK_RESULTS != fl_protocol.RESULTS
+    assert quick.output.parent.name == "build"
+    (full,) = _run_args(monkeypatch, ["--task", "friedman"])
+    assert full.output == fl_protocol.RESULTS
+    (chosen,) = _run_args(monkeypatch, ["--task", "friedman", "--quick", "--output",
+                                        str(tmp_path)])
+    assert chosen.output == tmp_path
