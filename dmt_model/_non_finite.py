@@ -10,12 +10,12 @@ first, here, so the message names the model, the value and the record, and says 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from dmt_privacy.errors import ModelFileError
+from dmt_privacy.schema import row_label
 
 __all__ = ["refuse_non_finite"]
 
@@ -55,9 +55,3 @@ def refuse_non_finite(predict: Callable[[pd.DataFrame], np.ndarray],
                          f"{explanation}")
 
 
-def row_label(row: Any) -> Any:
-    """A row label as the user wrote it: ``372``, not numpy's ``np.int64(372)`` (a date or a
-    duration stays itself: ``item()`` would make it a number of nanoseconds)."""
-    plain = isinstance(row, (np.number, np.bool_, np.character)) and \
-        not isinstance(row, np.timedelta64)
-    return row.item() if plain else row

@@ -272,31 +272,50 @@ def refuse_complex(column: Any, name: str, reads: str, *, cells: bool = False) -
             "the part it should hold (.real, abs()) first.")
 
 
+def finite_reals(column: Any, name: str, reads: str, *, purpose: str = "") -> Any:
+    """``column`` as a float64 array, or :class:`ValidationError` naming the column (and the
+    row of the first offending value) if it holds complex numbers (``reads``, as
+    :func:`refuse_complex`), values that are not numbers ("must be numeric" + ``purpose``)
+    or non-finite ones. The one check of a numeric column: :meth:`Schema.validate` and the
+    anonymization plans both use it."""
+    import numpy as np
+
+    refuse_complex(column, name, reads)
+    try:
+        values = column.to_numpy(dtype=float)
+    except (TypeError, ValueError):
+        raise ValidationError(
+            f"Column {name!r} must be numeric{purpose}, got dtype {column.dtype}.") from None
+    bad = ~np.isfinite(values)
+    if bad.any():
+        at = int(np.flatnonzero(bad)[0])
+        raise ValidationError(f"Column {name!r} has a non-finite value {float(values[at])!r} "
+                              f"at row {row_label(column.index[at])!r}.")
+    return values
+
+
+def row_label(row: Any) -> Any:
+    """A row label as the user wrote it: ``372``, not numpy's ``np.int64(372)`` (a date or a
+    duration stays itself: ``item()`` would make it a number of nanoseconds)."""
+    import numpy as np
+
+    plain = isinstance(row, (np.number, np.bool_, np.character)) and \
+        not isinstance(row, np.timedelta64)
+    return row.item() if plain else row
+
+
 def _validate_column(spec: Field, column: Any) -> None:
     """:meth:`Schema.validate` of one column: no missing value, and values its field allows."""
     name = spec.name
     nulls = column.isna().to_numpy()
     if nulls.any():
-        row = column.index[nulls.argmax()]
+        row = row_label(column.index[int(nulls.argmax())])
         raise ValidationError(
             f"Column {name!r} has a missing value (NaN/None) at row {row!r}; "
             "fill or drop such rows first."
         )
     if spec.kind is Kind.NUMERIC:
-        refuse_complex(column, name, "the field holds real numbers")
-        try:
-            values = column.to_numpy(dtype=float)
-        except (TypeError, ValueError):
-            raise ValidationError(
-                f"Column {name!r} must be numeric, got dtype {column.dtype}."
-            ) from None
-        finite = [math.isfinite(v) for v in values]
-        if not all(finite):
-            row = column.index[finite.index(False)]
-            raise ValidationError(
-                f"Column {name!r} has a non-finite value {values[finite.index(False)]!r} "
-                f"at row {row!r}."
-            )
+        finite_reals(column, name, "the field holds real numbers")
     elif spec.kind is Kind.CATEGORICAL and spec.categories is not None:
         allowed = set(spec.categories)
         unknown = ~column.isin(allowed).to_numpy()
@@ -439,8 +458,7 @@ class Schema:
             outside = (values < low - margin) | (values > high + margin)
             if outside.any():
                 at = int(outside.argmax())
-                row = frame.index[at]
-                row = row.item() if hasattr(row, "item") else row
+                row = row_label(frame.index[at])
                 where = (f"more than {slack:g}× the width of its bounds [{low:g}, {high:g}] "
                          "outside them, so it looks corrupt" if slack
                          else f"outside its bounds [{low:g}, {high:g}]")

@@ -17,10 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dmt_model._non_finite import row_label
 from dmt_model.coreml.weights import _network, pointwise_groups, weight_values
 from dmt_privacy.errors import ModelFileError, ValidationError
-from dmt_privacy.schema import refuse_complex
+from dmt_privacy.schema import refuse_complex, row_label
 
 __all__ = [
     "apply_activation",

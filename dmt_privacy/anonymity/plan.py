@@ -30,7 +30,7 @@ import pandas as pd
 from dmt_privacy.anonymity.hierarchy import Hierarchy
 from dmt_privacy.anonymity.release import ReleaseRule
 from dmt_privacy.errors import SchemaError, ValidationError
-from dmt_privacy.schema import refuse_complex
+from dmt_privacy.schema import finite_reals
 
 __all__ = [
     "AnonymizationPlan",
@@ -129,20 +129,7 @@ class ColumnCoding:
 
 
 def _numeric(column: pd.Series, name: str) -> np.ndarray:
-    refuse_complex(column, name, "the plan codes real ones")
-    try:
-        x = column.to_numpy(dtype=float)
-    except (TypeError, ValueError):
-        raise ValidationError(
-            f"Column {name!r} must be numeric for this plan, got dtype {column.dtype}."
-        ) from None
-    bad = ~np.isfinite(x)
-    if bad.any():
-        at = int(np.flatnonzero(bad)[0])
-        raise ValidationError(
-            f"Column {name!r} has a non-finite value {x[at]!r} at row {column.index[at]!r}."
-        )
-    return x
+    return finite_reals(column, name, "the plan codes real ones", purpose=" for this plan")
 
 
 def check_no_missing(frame: pd.DataFrame, columns: Sequence[str]) -> None:

@@ -179,3 +179,21 @@ def test_validate_refuses_complex_numbers_instead_of_dropping_their_imaginary_pa
     schema = Schema((Field("a", "numeric"),))
     with pytest.raises(ValidationError, match="'a' holds complex numbers"):
         schema.validate(pd.DataFrame({"a": np.array([1 + 2j, 3 + 0j])}))
+
+
+@pytest.mark.parametrize(("values", "match"), [
+    ([1.0, np.inf, 2.0], r"'a' has a non-finite value inf at row 11"),
+    ([1.0, 2.0, -np.inf], r"'a' has a non-finite value -inf at row 12"),
+    (["1", "x", "2"], r"'a' must be numeric.*, got dtype"),
+    ([1 + 0j, 2 + 1j, 3 + 0j], r"'a' holds complex numbers"),
+])
+def test_a_schema_and_an_anonymization_plan_refuse_a_numeric_column_alike(values, match):
+    """One check of a numeric column (``finite_reals``): validating it and coding it for an
+    anonymization plan name the same column, row and value (the row as Python prints it)."""
+    from dmt_privacy.anonymity.plan import ColumnCoding
+
+    column = pd.Series(values, index=[10, 11, 12], name="a")
+    with pytest.raises(ValidationError, match=match):
+        Schema((Field("a", "numeric"),)).validate(column.to_frame())
+    with pytest.raises(ValidationError, match=match):
+        ColumnCoding("a", "numeric", values=(1.0, 2.0)).encode(column)
