@@ -180,8 +180,10 @@ def expected_error_weights(sim: Any, target: str) -> list[tuple[Any, Any]] | Non
     class for every user: the other users' test records, each class weighted by the user's
     own label share. None otherwise. A handful of test records makes a per-user comparison
     noisy; these are not."""
+    from dmt_model.datasets import SyntheticSimulation
+
     users = sim.users
-    if hasattr(sim, "fresh_records"):
+    if isinstance(sim, SyntheticSimulation):
         return [(sim.fresh_records(u.user_id, FRESH_RECORDS),
                  np.full(FRESH_RECORDS, 1.0 / FRESH_RECORDS)) for u in users]
     if not all(getattr(u, "label_distribution", ()) and not getattr(u, "rotation", 0.0)

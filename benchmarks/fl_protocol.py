@@ -1298,7 +1298,8 @@ def run_task(task: ProtocolTask, args: argparse.Namespace) -> dict[str, Any]:
     here = environment()
     per_seed: list[dict] = []
     risk: dict[str, Any] = {}
-    args.output.mkdir(parents=True, exist_ok=True)
+    if not args.describe_only:
+        args.output.mkdir(parents=True, exist_ok=True)
 
     def write() -> dict[str, Any]:
         result: dict[str, Any] = {

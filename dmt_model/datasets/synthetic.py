@@ -85,6 +85,9 @@ FEATURE_BOUND = 8.0
 FEATURES = tuple(f"x{j}" for j in range(DIMENSION))
 TARGET = "y"
 #: The standard deviation of feature j (0-based) around its user's centre: √((j+1)^(−1.2)).
+#: ``fresh_records``' child of the seed: the simulation spawns children 0 (users), 1 (proxy)
+#: and 2 (the IID model), so 3 is a stream none of its records come from.
+_FRESH_STREAM = 3
 _SPREAD = np.arange(1, DIMENSION + 1, dtype=np.float64) ** -0.6
 
 SYNTHETIC_SCHEMA = Schema(
@@ -128,19 +131,22 @@ class SyntheticSimulation(Simulation):
 
     def fresh_records(self, user_id: int, n: int, *, seed: int = 0) -> pd.DataFrame:
         """``n`` new records of user ``user_id``: from their own model and centre, as their
-        records are, but from a stream of their own (``seed`` and the user's id), so they
-        are none of the simulation's records and the same on every call. Frames fit
+        records are, but from a stream of their own (a child of the simulation's seed that
+        none of its other streams is, keyed by ``seed`` and the user's id), so they are none
+        of the simulation's records and the same on every call. Frames fit
         :data:`SYNTHETIC_SCHEMA`; the index starts at 0."""
         if not self._sources:
             raise ValidationError("This simulation keeps no user generators: make it with "
                                   "simulate_synthetic to draw fresh records.")
-        if isinstance(user_id, bool) or not isinstance(user_id, int) or not (
-                0 <= user_id < len(self._sources)):
-            raise ValidationError(f"user_id must be one of the simulation's users, 0 to "
-                                  f"{len(self._sources) - 1}, got {user_id!r}.")
+        ids = sorted(u.user_id for u in self.users)
+        if isinstance(user_id, bool) or not isinstance(user_id, (int, np.integer)) or \
+                int(user_id) not in set(ids):
+            raise ValidationError(f"user_id must be one of the simulation's users ({ids[0]} "
+                                  f"to {ids[-1]}, {len(ids)} users), got {user_id!r}.")
         n = _check_whole("n", n, 1, "ask for at least one record")
-        rng = np.random.default_rng(np.random.SeedSequence([self.seed, seed, user_id]))
-        return _frame(*self._sources[user_id].records(rng, n), 0)
+        seed = _check_whole("seed", seed, 0, "pass a non-negative integer")
+        stream = np.random.SeedSequence(self.seed, spawn_key=(_FRESH_STREAM, seed, int(user_id)))
+        return _frame(*self._sources[int(user_id)].records(np.random.default_rng(stream), n), 0)
 
 
 @dataclass(frozen=True)

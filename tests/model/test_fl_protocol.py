@@ -453,6 +453,9 @@ def test_describing_or_a_quick_run_never_replaces_the_committed_results(tmp_path
                       "--output", str(tmp_path)])
     assert path.read_text() == '{"per_seed": ["five seeds"]}'
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
+    fl_protocol.main(["--task", "friedman", "--users", "12", "--describe-only", "--output",
+                      str(tmp_path / "none")])
+    assert not (tmp_path / "none").exists()
     (quick,) = _run_args(monkeypatch, ["--task", "friedman", "--quick"])
     assert quick.output == fl_protocol.QUICK_RESULTS != fl_protocol.RESULTS
     assert quick.output.parent.name == "build"

@@ -138,7 +138,7 @@ def test_fresh_records_come_from_the_users_own_distribution():
 
 
 @pytest.mark.parametrize(("user_id", "n", "match"), [
-    (40, 5, "user_id must be one of the simulation's users, 0 to 39, got 40"),
+    (40, 5, r"user_id must be one of the simulation's users \(0 to 39, 40 users\), got 40"),
     (True, 5, "user_id must be one of"),
     (0, 0, "n must be an integer of at least 1"),
 ])
@@ -146,3 +146,37 @@ def test_fresh_records_refuse_bad_arguments_naming_them(user_id, n, match):
     sim = simulate_synthetic(0.0, 0.0, n_users=40, seed=0)
     with pytest.raises(ValidationError, match=match):
         sim.fresh_records(user_id, n)
+
+
+def test_fresh_records_of_a_subset_are_the_same_users_and_only_theirs():
+    import dataclasses
+
+    sim = simulate_synthetic(1.0, 1.0, n_users=40, seed=0)
+    subset = dataclasses.replace(sim, users=sim.users[10:20])
+    assert subset.fresh_records(np.int64(12), 30).equals(sim.fresh_records(12, 30))
+    with pytest.raises(ValidationError, match=r"\(10 to 19, 10 users\), got 3"):
+        subset.fresh_records(3, 30)
+
+
+def test_fresh_records_come_from_a_stream_no_other_draw_of_the_seed_uses():
+    """User 0's fresh records at seed 0 are not numpy's default_rng(the simulation's seed),
+    which benchmarks draw held-out users and shuffles from."""
+    sim = simulate_synthetic(1.0, 1.0, n_users=10, seed=7)
+    source = sim._sources[0]
+    plain = source.records(np.random.default_rng(7), 50)[0]
+    assert not np.allclose(sim.fresh_records(0, 50)[list(FEATURES)].to_numpy(), plain)
+
+
+def test_the_adoption_benchmark_measures_synthetic_users_on_their_own_fresh_records():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import adoption
+
+    sim = simulate_synthetic(1.0, 1.0, n_users=6, seed=1)
+    weights = adoption.expected_error_weights(sim, "y")
+    assert len(weights) == 6
+    for user, (records, weight) in zip(sim.users, weights, strict=True):
+        assert records.equals(sim.fresh_records(user.user_id, adoption.FRESH_RECORDS))
+        assert np.allclose(weight, 1 / adoption.FRESH_RECORDS) and np.isclose(weight.sum(), 1)
