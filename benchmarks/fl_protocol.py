@@ -156,8 +156,8 @@ table) and three plots (``…_utility.png``, ``…_cost.png``,
 ``…_membership.png``) into ``--output`` (default ``benchmarks/results``), after
 every seed. The devices' personalizations run in ``--workers`` processes (2).
 Run: ``.venv/bin/python benchmarks/fl_protocol.py [--task T] [--seeds 5]``;
-``--quick`` is one seed, 60 users and 10 FedAvg rounds, written into
-``build/fl_protocol_quick`` unless ``--output`` is given; ``--tune`` the tuning
+``--quick`` is one seed, 60 users and 10 FedAvg rounds, never written into
+``benchmarks/results`` (into ``build/fl_protocol_quick`` instead); ``--tune`` the tuning
 run. ``--methods`` runs some of the method families (:data:`METHODS`: ``dmt``,
 ``fedavg``, ``fedprox``, ``dp-fedavg``; default all) — e.g. ``--methods dmt fedavg``
 on your own data — with *nothing shared* always run as the baseline; the table
@@ -1449,12 +1449,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="redraw each task's table and plots from its JSON, run nothing")
     parser.add_argument("--describe-only", action="store_true",
                         help="print the protocol's shape; train and write nothing")
-    parser.add_argument("--output", type=Path,
-                        help="folder for the results (default benchmarks/results; --quick: "
-                             "build/fl_protocol_quick)")
+    parser.add_argument("--output", type=Path, default=RESULTS,
+                        help="folder for the results (default benchmarks/results; a --quick "
+                             "run never writes there, but into build/fl_protocol_quick)")
     args = parser.parse_args(argv)
-    if args.output is None:
-        args.output = QUICK_RESULTS if args.quick else RESULTS
+    if args.quick and args.output.resolve() == RESULTS.resolve():
+        args.output = QUICK_RESULTS
     args.methods = [m for m in METHODS if m in args.methods]  # the table's order, once each
     if args.quick:
         args.seeds = 1

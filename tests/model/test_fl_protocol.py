@@ -459,6 +459,9 @@ def test_describing_or_a_quick_run_never_replaces_the_committed_results(tmp_path
     (quick,) = _run_args(monkeypatch, ["--task", "friedman", "--quick"])
     assert quick.output == fl_protocol.QUICK_RESULTS != fl_protocol.RESULTS
     assert quick.output.parent.name == "build"
+    (named,) = _run_args(monkeypatch, ["--task", "friedman", "--quick", "--output",
+                                       str(fl_protocol.RESULTS)])
+    assert named.output == fl_protocol.QUICK_RESULTS
     (full,) = _run_args(monkeypatch, ["--task", "friedman"])
     assert full.output == fl_protocol.RESULTS
     (chosen,) = _run_args(monkeypatch, ["--task", "friedman", "--quick", "--output",
