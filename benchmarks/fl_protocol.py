@@ -1453,11 +1453,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="folder for the results (default benchmarks/results; a --quick "
                              "run never writes there, but into build/fl_protocol_quick)")
     args = parser.parse_args(argv)
-    if args.quick and args.output.resolve() == RESULTS.resolve():
-        args.output = QUICK_RESULTS
     args.methods = [m for m in METHODS if m in args.methods]  # the table's order, once each
     if args.quick:
         args.seeds = 1
+        if args.output.resolve() == RESULTS.resolve():  # never over the committed results
+            args.output = QUICK_RESULTS
     args.users = args.users or (60 if args.quick else 120)
     args.rounds = args.rounds or (10 if args.quick else 30)
     tasks = list(TASKS.values()) if args.task == "all" else [TASKS[args.task]]

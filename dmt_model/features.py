@@ -61,7 +61,7 @@ import pandas as pd
 
 from dmt_model.tasks import Task, task_for
 from dmt_privacy.errors import SchemaError, UnknownCategoryError, ValidationError
-from dmt_privacy.schema import Kind, Role, Schema
+from dmt_privacy.schema import Kind, Role, Schema, row_label
 from dmt_privacy.tokens import Tokenizer
 
 __all__ = ["FeatureBatch", "Featurizer", "coded_input"]
@@ -345,7 +345,7 @@ class Featurizer:
             array = np.asarray(value, dtype=np.float64)
             if array.size != width:
                 raise ValidationError(
-                    f"Column {name!r}: the image at row {column.index[i]!r} has shape "
+                    f"Column {name!r}: the image at row {row_label(column.index[i])!r} has shape "
                     f"{array.shape}, but the schema says {self.schema[name].shape}; resize it "
                     "first.")
             out[i] = array.reshape(-1)
@@ -372,7 +372,7 @@ class Featurizer:
             bad = ~np.isfinite(pixels)
             if bad.any():
                 if not missing_ok:
-                    row = frame.index[int(bad.any(axis=1).argmax())]
+                    row = row_label(frame.index[int(bad.any(axis=1).argmax())])
                     raise ValidationError(
                         f"Column {name!r}: the image at row {row!r} is missing or holds NaN "
                         "or infinity; every pixel must be a finite number.")
@@ -383,7 +383,7 @@ class Featurizer:
     def _one_hot(self, name: str, column: pd.Series) -> np.ndarray:
         vocabulary = self.vocabularies_[name]
         if column.isna().any():
-            row = column.index[column.isna().to_numpy().argmax()]
+            row = row_label(column.index[int(column.isna().to_numpy().argmax())])
             raise ValidationError(f"Column {name!r} has a missing value at row {row!r}.")
         # -1 for a value outside the vocabulary (pd.Categorical with such values is
         # deprecated in pandas and will raise)
@@ -416,7 +416,7 @@ class Featurizer:
             return self._class_indices(frame[self.target])
         values = frame[self.target].to_numpy(dtype=np.float64)
         if not np.isfinite(values).all():
-            row = frame.index[int((~np.isfinite(values)).argmax())]
+            row = row_label(frame.index[int((~np.isfinite(values)).argmax())])
             raise ValidationError(f"Target column {self.target!r} is not finite at row {row!r}.")
         return values.astype(dtype)
 
@@ -426,8 +426,9 @@ class Featurizer:
             at = int((codes < 0).argmax())
             value = column.iloc[at]
             value = value.item() if hasattr(value, "item") else value
+            row = row_label(column.index[at])
             raise UnknownCategoryError(
-                f"Target {self.target!r}: value {value!r} at row {column.index[at]!r} is not "
+                f"Target {self.target!r}: value {value!r} at row {row!r} is not "
                 f"one of its classes {self.classes_!r}. Fix the label, or drop the record; "
                 "a new class needs a new foundation version.")
         return codes
@@ -494,7 +495,7 @@ class Featurizer:
             return self._class_indices(frame[self.target])
         values = released_numbers(frame[self.target], fallback=math.nan)
         if not np.isfinite(values).all():
-            row = frame.index[int((~np.isfinite(values)).argmax())]
+            row = row_label(frame.index[int((~np.isfinite(values)).argmax())])
             raise ValidationError(
                 f"Target {self.target!r} is missing at row {row!r}; drop such records.")
         return values.astype(np.float32)

@@ -85,10 +85,10 @@ FEATURE_BOUND = 8.0
 FEATURES = tuple(f"x{j}" for j in range(DIMENSION))
 TARGET = "y"
 #: The standard deviation of feature j (0-based) around its user's centre: √((j+1)^(−1.2)).
+_SPREAD = np.arange(1, DIMENSION + 1, dtype=np.float64) ** -0.6
 #: ``fresh_records``' child of the seed: the simulation spawns children 0 (users), 1 (proxy)
 #: and 2 (the IID model), so 3 is a stream none of its records come from.
 _FRESH_STREAM = 3
-_SPREAD = np.arange(1, DIMENSION + 1, dtype=np.float64) ** -0.6
 
 SYNTHETIC_SCHEMA = Schema(
     name="synthetic-fedprox",
@@ -138,11 +138,11 @@ class SyntheticSimulation(Simulation):
         if not self._sources:
             raise ValidationError("This simulation keeps no user generators: make it with "
                                   "simulate_synthetic to draw fresh records.")
-        ids = sorted(u.user_id for u in self.users)
+        ids = {u.user_id for u in self.users}
         if isinstance(user_id, bool) or not isinstance(user_id, (int, np.integer)) or \
-                int(user_id) not in set(ids):
-            raise ValidationError(f"user_id must be one of the simulation's users ({ids[0]} "
-                                  f"to {ids[-1]}, {len(ids)} users), got {user_id!r}.")
+                int(user_id) not in ids:
+            raise ValidationError(f"user_id must be one of the simulation's users ({min(ids)} "
+                                  f"to {max(ids)}, {len(ids)} users), got {user_id!r}.")
         n = _check_whole("n", n, 1, "ask for at least one record")
         seed = _check_whole("seed", seed, 0, "pass a non-negative integer")
         stream = np.random.SeedSequence(self.seed, spawn_key=(_FRESH_STREAM, seed, int(user_id)))

@@ -41,6 +41,7 @@ from dmt_model.executorch.export import (
 from dmt_model.features import Featurizer
 from dmt_privacy.errors import ModelFileError, SchemaError, UpdateRejected, ValidationError
 from dmt_privacy.files import PRIVATE_FILE_MODE, write_atomically
+from dmt_privacy.schema import row_label
 
 __all__ = ["TrainingProgram", "load_program", "program_from_bytes"]
 
@@ -178,7 +179,7 @@ class TrainingProgram:
             values = np.asarray(values, np.float64).reshape(len(frame), -1)
             finite = np.isfinite(values).all(axis=1)
             if not finite.all():
-                row = frame.index[int((~finite).argmax())]
+                row = row_label(frame.index[int((~finite).argmax())])
                 raise ValidationError(f"Column {name!r} has NaN or infinity at row {row!r}.")
             out[:, field_["column"]:field_["column"] + field_["width"]] = values
         return torch.from_numpy(out)

@@ -30,7 +30,7 @@ import pandas as pd
 from dmt_privacy.anonymity.hierarchy import Hierarchy
 from dmt_privacy.anonymity.release import ReleaseRule
 from dmt_privacy.errors import SchemaError, ValidationError
-from dmt_privacy.schema import finite_reals
+from dmt_privacy.schema import finite_reals, row_label
 
 __all__ = [
     "AnonymizationPlan",
@@ -89,7 +89,8 @@ class ColumnCoding:
         number itself for numeric columns, the code otherwise.
         """
         if self.kind == "numeric":
-            x = _numeric(column, self.name)
+            x = finite_reals(column, self.name, "the plan codes real ones",
+                             purpose=" for this plan")
             vals = np.asarray(self.values, dtype=float)
             if vals.size == 0:  # a plan read from JSON: numeric codes are never needed
                 return x, np.zeros(len(x), dtype=np.int64)
@@ -128,16 +129,12 @@ class ColumnCoding:
         )
 
 
-def _numeric(column: pd.Series, name: str) -> np.ndarray:
-    return finite_reals(column, name, "the plan codes real ones", purpose=" for this plan")
-
-
 def check_no_missing(frame: pd.DataFrame, columns: Sequence[str]) -> None:
     """Raise :class:`ValidationError` naming the first missing value in ``columns``."""
     for name in columns:
         nulls = frame[name].isna().to_numpy()
         if nulls.any():
-            row = frame.index[int(nulls.argmax())]
+            row = row_label(frame.index[int(nulls.argmax())])
             raise ValidationError(
                 f"Quasi-identifier {name!r} has a missing value (NaN/None) at row {row!r}; "
                 "fill or drop such rows before anonymizing."

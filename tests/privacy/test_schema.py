@@ -197,3 +197,11 @@ def test_a_schema_and_an_anonymization_plan_refuse_a_numeric_column_alike(values
         Schema((Field("a", "numeric"),)).validate(column.to_frame())
     with pytest.raises(ValidationError, match=match):
         ColumnCoding("a", "numeric", values=(1.0, 2.0)).encode(column)
+
+
+def test_a_plans_missing_quasi_identifier_names_its_row_as_python_prints_it():
+    from dmt_privacy.anonymity.plan import check_no_missing
+
+    frame = pd.DataFrame({"age": [30.0, None]}, index=np.array([7, 8], dtype=np.int64))
+    with pytest.raises(ValidationError, match=r"'age' has a missing value \(NaN/None\) at row 8;"):
+        check_no_missing(frame, ["age"])
