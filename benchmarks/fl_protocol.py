@@ -111,6 +111,9 @@ Hyperparameters (part 4): ``--tune`` gives every method the same budget, three
 trials, on seeds 100 and 101, which are never reported, scored by the released
 model's mean per-user test error: FedAvg's local learning rate, FedProx's μ (at
 that rate), DP-FedAvg's clip norm (at ε = 4), DMT's retraining learning rate.
+While a method's best trial is at an end of the values tried, it gets one more a
+step past that end, at most two (the same rule for every method), so no method is
+held at the edge of a grid too narrow for its task.
 It writes ``federated_protocol_<task>_tuning.json``; the main run reads its
 choices from there (and says so), or uses the same defaults for every method
 and says they are untuned.
@@ -231,6 +234,29 @@ GRID = {"dmt_learning_rate": (3e-4, 1e-3, 3e-3),
         "fedavg_learning_rate": (1e-3, 3e-3, 1e-2),
         "proximal_mu": (0.01, 0.1, 1.0),
         "clip_norm": (0.03, 0.1, 0.3)}
+#: While a method's best trial is at an end of what it has tried, one more trial a step
+#: beyond that end (:func:`beyond_edge`), at most this many: the same rule for every method.
+EXTRA_TRIALS = 2
+
+
+def beyond_edge(scores: Mapping[float, float]) -> float | None:
+    """The next value to try when the best (lowest; a diverged, non-finite score is the
+    worst) of ``scores`` is at an end of the values tried: one step past that end, at the
+    ratio of its last two values, to one significant figure. None when the best is inside.
+
+    >>> beyond_edge({1e-3: 3.0, 3e-3: 2.0, 1e-2: 1.0})
+    0.03
+    >>> beyond_edge({0.01: 1.0, 0.1: 2.0, 1.0: float("nan")})
+    0.001
+    >>> beyond_edge({0.03: 2.0, 0.1: 1.0, 0.3: 2.0}) is None
+    True
+    """
+    values = sorted(scores)
+    best = min(values, key=lambda v: scores[v] if np.isfinite(scores[v]) else np.inf)
+    if best not in (values[0], values[-1]):
+        return None
+    edge, inner = (values[0], values[1]) if best == values[0] else (values[-1], values[-2])
+    return float(f"{edge * edge / inner:.1g}")
 
 
 def power_law_sizes(n_users: int, rng: np.random.Generator, *, alpha: float = 1.2,
@@ -653,8 +679,9 @@ def released_error(model: Any, sim: Simulation, task: ProtocolTask) -> float:
 
 
 def tune(args: argparse.Namespace, task: ProtocolTask) -> None:
-    """Three trials per method on TUNING_SEEDS, scored by the released model's mean per-user
-    test error; writes the trials and the choices to the task's tuning file."""
+    """Three trials per method on TUNING_SEEDS (and up to EXTRA_TRIALS more past an end of
+    the grid), scored by the released model's mean per-user test error; writes the trials
+    and the choices to the task's tuning file."""
     started = time.perf_counter()
     setups = []
     for seed in TUNING_SEEDS:
@@ -668,12 +695,21 @@ def tune(args: argparse.Namespace, task: ProtocolTask) -> None:
     trials: dict[str, dict[str, float]] = {}
 
     def pick(name: str, run) -> None:
-        trials[name] = {}
-        for value in GRID[name]:
-            trials[name][f"{value:g}"] = score(lambda seed, sim, f, v=value: run(v, seed, sim, f))
-            print(f"{name}={value:g}: {trials[name][f'{value:g}']:.4f} "
+        scores: dict[float, float] = {}
+
+        def trial(value: float) -> None:
+            scores[value] = score(lambda seed, sim, f: run(value, seed, sim, f))
+            print(f"{name}={value:g}: {scores[value]:.4f} "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)
-        chosen[name] = float(min(trials[name], key=trials[name].get))
+
+        for value in GRID[name]:
+            trial(value)
+        for _ in range(EXTRA_TRIALS):
+            if (value := beyond_edge(scores)) is None:
+                break
+            trial(value)
+        trials[name] = {f"{v:g}": scores[v] for v in sorted(scores)}
+        chosen[name] = min(scores, key=lambda v: scores[v] if np.isfinite(scores[v]) else np.inf)
 
     pick("dmt_learning_rate", lambda lr, seed, sim, f: released_error(
         dmt_model_for(sim, task, f, {}, seed, lr)[0], sim, task))
@@ -689,7 +725,7 @@ def tune(args: argparse.Namespace, task: ProtocolTask) -> None:
     pick("proximal_mu", lambda v, seed, sim, f: fl(seed, sim, f, 1, proximal_mu=v))
     pick("clip_norm", lambda v, seed, sim, f: fl(seed, sim, f, 2, clip_norm=v))
     result = {"task": task.name, "seeds": list(TUNING_SEEDS),
-              "grid": {k: list(v) for k, v in GRID.items()},
+              "grid": {k: list(v) for k, v in GRID.items()}, "extra_trials": EXTRA_TRIALS,
               "score": f"released model's mean per-user test {task.task.error_name}, mean "
                        "over the tuning seeds",
               "trials": trials, "chosen": chosen, "users": args.users, "rounds": args.rounds,

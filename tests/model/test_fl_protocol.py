@@ -467,3 +467,49 @@ def test_describing_or_a_quick_run_never_replaces_the_committed_results(tmp_path
     (chosen,) = _run_args(monkeypatch, ["--task", "friedman", "--quick", "--output",
                                         str(tmp_path)])
     assert chosen.output == tmp_path
+
+
+def test_beyond_edge_steps_past_the_end_the_best_trial_sits_at():
+    assert fl_protocol.beyond_edge({1e-3: 3.0, 3e-3: 2.0, 1e-2: 1.0}) == 0.03
+    assert fl_protocol.beyond_edge({3e-4: 1.0, 1e-3: 2.0, 3e-3: 3.0}) == 9e-5
+    assert fl_protocol.beyond_edge({0.03: 2.0, 0.1: 1.0, 0.3: 2.0}) is None
+    # a diverged trial is the worst, never the best
+    assert fl_protocol.beyond_edge({0.01: 1.0, 0.1: 2.0, 1.0: math.nan}) == 0.001
+    assert fl_protocol.beyond_edge({0.01: math.inf, 0.1: 1.0, 1.0: 2.0}) is None
+
+
+def test_tuning_gives_every_method_the_same_rule_past_the_edge_of_its_grid(monkeypatch,
+                                                                           tmp_path):
+    """Synthetic's tuning chose FedAvg's largest learning rate and DP-FedAvg's largest clip:
+    a method whose best trial is at an end of the grid gets up to EXTRA_TRIALS more beyond
+    it, whichever method it is."""
+    best = {"dmt_learning_rate": 1e-4, "fedavg_learning_rate": 0.05, "proximal_mu": 0.1,
+            "clip_norm": 100.0}
+
+    def error(name, value):
+        return abs(math.log(value / best[name]))
+
+    def strategies(settings, seed, rounds, foundation):
+        dp = ("clip_norm", settings["clip_norm"])
+        return (("fedavg_learning_rate", settings["fedavg_learning_rate"]),
+                ("proximal_mu", settings["proximal_mu"]), lambda epsilon: dp)
+
+    monkeypatch.setattr(fl_protocol, "foundation_for", lambda sim, task, seed: None)
+    monkeypatch.setattr(fl_protocol, "dmt_model_for",
+                        lambda sim, task, f, shared, seed, lr: (("dmt_learning_rate", lr),))
+    monkeypatch.setattr(fl_protocol, "released_error", lambda model, sim, task: error(*model))
+    monkeypatch.setattr(fl_protocol, "fl_strategies", strategies)
+    result_type = dataclasses.make_dataclass("Result", ["mean_error"])
+    monkeypatch.setattr(fl_protocol, "federated",
+                        lambda sim, strategy, f: result_type(error(*strategy)))
+    task = dataclasses.replace(fl_protocol.TASKS["friedman"], simulate=lambda seed, n: None)
+    fl_protocol.tune(fl_protocol.argparse.Namespace(users=12, rounds=1, output=tmp_path), task)
+    result = json.loads((tmp_path / task.files("_tuning.json")).read_text())
+    assert result["chosen"] == {"dmt_learning_rate": 9e-5, "fedavg_learning_rate": 0.03,
+                                "proximal_mu": 0.1, "clip_norm": 3.0}
+    assert {name: list(trials) for name, trials in result["trials"].items()} == {
+        "dmt_learning_rate": ["3e-05", "9e-05", "0.0003", "0.001", "0.003"],
+        "fedavg_learning_rate": ["0.001", "0.003", "0.01", "0.03", "0.09"],
+        "proximal_mu": ["0.01", "0.1", "1"],
+        "clip_norm": ["0.03", "0.1", "0.3", "0.9", "3"]}
+    assert result["extra_trials"] == fl_protocol.EXTRA_TRIALS == 2
