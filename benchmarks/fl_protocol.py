@@ -112,7 +112,7 @@ trials, on seeds 100 and 101, which are never reported, scored by the released
 model's mean per-user test error: FedAvg's local learning rate, FedProx's μ (at
 that rate), DP-FedAvg's clip norm (at ε = 4), DMT's retraining learning rate.
 While a method's best trial is at an end of the values tried, it gets one more a
-step past that end, at most two (the same rule for every method), so no method is
+step past that end, at most four (the same rule for every method), so no method is
 held at the edge of a grid too narrow for its task.
 It writes ``federated_protocol_<task>_tuning.json``; the main run reads its
 choices from there (and says so), or uses the same defaults for every method
@@ -236,7 +236,7 @@ GRID = {"dmt_learning_rate": (3e-4, 1e-3, 3e-3),
         "clip_norm": (0.03, 0.1, 0.3)}
 #: While a method's best trial is at an end of what it has tried, one more trial a step
 #: beyond that end (:func:`beyond_edge`), at most this many: the same rule for every method.
-EXTRA_TRIALS = 2
+EXTRA_TRIALS = 4
 
 
 def beyond_edge(scores: Mapping[float, float]) -> float | None:

@@ -506,10 +506,10 @@ def test_tuning_gives_every_method_the_same_rule_past_the_edge_of_its_grid(monke
     fl_protocol.tune(fl_protocol.argparse.Namespace(users=12, rounds=1, output=tmp_path), task)
     result = json.loads((tmp_path / task.files("_tuning.json")).read_text())
     assert result["chosen"] == {"dmt_learning_rate": 9e-5, "fedavg_learning_rate": 0.03,
-                                "proximal_mu": 0.1, "clip_norm": 3.0}
+                                "proximal_mu": 0.1, "clip_norm": 30.0}
     assert {name: list(trials) for name, trials in result["trials"].items()} == {
         "dmt_learning_rate": ["3e-05", "9e-05", "0.0003", "0.001", "0.003"],
         "fedavg_learning_rate": ["0.001", "0.003", "0.01", "0.03", "0.09"],
         "proximal_mu": ["0.01", "0.1", "1"],
-        "clip_norm": ["0.03", "0.1", "0.3", "0.9", "3"]}
-    assert result["extra_trials"] == fl_protocol.EXTRA_TRIALS == 2
+        "clip_norm": ["0.03", "0.1", "0.3", "0.9", "3", "10", "30"]}
+    assert result["extra_trials"] == fl_protocol.EXTRA_TRIALS == 4
