@@ -110,7 +110,8 @@ version granted more trust than the SDK would grant it. The methods:
 Hyperparameters (part 4): ``--tune`` gives every method the same budget, three
 trials, on seeds 100 and 101, which are never reported, scored by the released
 model's mean per-user test error: FedAvg's local learning rate, FedProx's μ (at
-that rate), DP-FedAvg's clip norm (at ε = 4), DMT's retraining learning rate.
+that rate), DP-FedAvg's clip norm (at that rate, ε = 4), DMT's retraining learning
+rate.
 While a method's best trial is at an end of the values tried, it gets one more a
 step past that end, at most four (the same rule for every method), so no method is
 held at the edge of a grid too narrow for its task.
@@ -452,9 +453,11 @@ def user_scores(task: Task, predicted: np.ndarray, actual: np.ndarray) -> dict[s
 # --- hyperparameters ------------------------------------------------------------------
 def settings_from(output: Path, task: ProtocolTask) -> dict[str, Any]:
     """The tuned choices of ``--tune`` for ``task`` if its file is in ``output`` (or
-    benchmarks/results), else the defaults, marked untuned."""
+    benchmarks/results), else the defaults, marked untuned. A file written before DP-FedAvg
+    trained at FedAvg's chosen rate has no ``dp_fedavg_learning_rate``: its runs keep the
+    default, as they ran."""
     defaults = {"dmt_learning_rate": 1e-3, "fedavg_learning_rate": 1e-3, "proximal_mu": 0.1,
-                "clip_norm": 0.1, "tuned": False}
+                "dp_fedavg_learning_rate": 1e-3, "clip_norm": 0.1, "tuned": False}
     for folder in (output, RESULTS):
         path = folder / task.files("_tuning.json")
         if path.exists():
@@ -479,6 +482,7 @@ def fl_strategies(settings: dict[str, Any], seed: int, rounds: int,
 
     layers = sum(isinstance(m, torch.nn.Linear) for m in foundation.network.dense)
     private = replace(DP_FEDAVG, seed=seed,
+                      local_learning_rate=settings["dp_fedavg_learning_rate"],
                       trainable_layers=min(DP_FEDAVG.trainable_layers or layers, layers))
 
     def dp(epsilon: float) -> Any:
@@ -723,6 +727,8 @@ def tune(args: argparse.Namespace, task: ProtocolTask) -> None:
     pick("fedavg_learning_rate", lambda v, seed, sim, f: fl(seed, sim, f, 0,
                                                             fedavg_learning_rate=v))
     pick("proximal_mu", lambda v, seed, sim, f: fl(seed, sim, f, 1, proximal_mu=v))
+    # DP-FedAvg trains at FedAvg's chosen rate, as FedProx does, and its clip is tuned there
+    chosen["dp_fedavg_learning_rate"] = chosen["fedavg_learning_rate"]
     pick("clip_norm", lambda v, seed, sim, f: fl(seed, sim, f, 2, clip_norm=v))
     result = {"task": task.name, "seeds": list(TUNING_SEEDS),
               "grid": {k: list(v) for k, v in GRID.items()}, "extra_trials": EXTRA_TRIALS,

@@ -489,10 +489,15 @@ def test_tuning_gives_every_method_the_same_rule_past_the_edge_of_its_grid(monke
     def error(name, value):
         return abs(math.log(value / best[name]))
 
+    dp_rates = set()
+
     def strategies(settings, seed, rounds, foundation):
-        dp = ("clip_norm", settings["clip_norm"])
+        def dp(epsilon):
+            dp_rates.add(settings["dp_fedavg_learning_rate"])
+            return "clip_norm", settings["clip_norm"]
+
         return (("fedavg_learning_rate", settings["fedavg_learning_rate"]),
-                ("proximal_mu", settings["proximal_mu"]), lambda epsilon: dp)
+                ("proximal_mu", settings["proximal_mu"]), dp)
 
     monkeypatch.setattr(fl_protocol, "foundation_for", lambda sim, task, seed: None)
     monkeypatch.setattr(fl_protocol, "dmt_model_for",
@@ -506,10 +511,32 @@ def test_tuning_gives_every_method_the_same_rule_past_the_edge_of_its_grid(monke
     fl_protocol.tune(fl_protocol.argparse.Namespace(users=12, rounds=1, output=tmp_path), task)
     result = json.loads((tmp_path / task.files("_tuning.json")).read_text())
     assert result["chosen"] == {"dmt_learning_rate": 9e-5, "fedavg_learning_rate": 0.03,
-                                "proximal_mu": 0.1, "clip_norm": 30.0}
+                                "proximal_mu": 0.1, "dp_fedavg_learning_rate": 0.03,
+                                "clip_norm": 30.0}
+    assert dp_rates == {0.03}  # DP-FedAvg's clip is tuned at FedAvg's chosen rate
     assert {name: list(trials) for name, trials in result["trials"].items()} == {
         "dmt_learning_rate": ["3e-05", "9e-05", "0.0003", "0.001", "0.003"],
         "fedavg_learning_rate": ["0.001", "0.003", "0.01", "0.03", "0.09"],
         "proximal_mu": ["0.01", "0.1", "1"],
         "clip_norm": ["0.03", "0.1", "0.3", "0.9", "3", "10", "30"]}
     assert result["extra_trials"] == fl_protocol.EXTRA_TRIALS == 4
+
+
+def test_a_tuning_file_from_before_dp_fedavg_took_fedavgs_rate_keeps_its_runs_as_they_ran(
+        tmp_path):
+    """Friedman's and Synthetic's tuning files predate DP-FedAvg training at FedAvg's chosen
+    rate: their DP-FedAvg rows ran at the default 1e-3, and re-running them still does."""
+    task = fl_protocol.TASKS["friedman"]
+    foundation = fl_protocol.foundation_for(task.simulate(0, 12), task, 0)
+    path = tmp_path / task.files("_tuning.json")
+
+    def dp_rate(chosen):
+        path.write_text(json.dumps({"chosen": chosen}))
+        settings = fl_protocol.settings_from(tmp_path, task)
+        dp = fl_protocol.fl_strategies(settings, 0, 1, foundation)[2](4.0)
+        return settings["dp_fedavg_learning_rate"], dp.strategy.local_learning_rate
+
+    older = {"dmt_learning_rate": 3e-4, "fedavg_learning_rate": 0.01, "proximal_mu": 1.0,
+             "clip_norm": 0.1}
+    assert dp_rate(older) == (1e-3, 1e-3)
+    assert dp_rate({**older, "dp_fedavg_learning_rate": 0.01}) == (0.01, 0.01)
