@@ -107,14 +107,13 @@ version granted more trust than the SDK would grant it. The methods:
   accountant; every training client trains on all its training records), from
   the same foundation.
 
-Hyperparameters (part 4): ``--tune`` gives every method the same budget, three
-trials, on seeds 100 and 101, which are never reported, scored by the released
-model's mean per-user test error: FedAvg's local learning rate, FedProx's μ (at
-that rate), DP-FedAvg's clip norm (at that rate, ε = 4), DMT's retraining learning
-rate.
-While a method's best trial is at an end of the values tried, it gets one more a
-step past that end, at most four (the same rule for every method), so no method is
-held at the edge of a grid too narrow for its task.
+Hyperparameters (part 4): ``--tune`` tunes every method by the same rule, on seeds
+100 and 101, which are never reported, scored by the released model's mean
+per-user test error: FedAvg's local learning rate, FedProx's μ (at that rate),
+DP-FedAvg's clip norm (at that rate, ε = 4), DMT's retraining learning rate. Each
+gets three trials and, while its best trial is at an end of the values tried, one
+more a step past that end, at most four more, so no method is held at the edge of
+a grid too narrow for its task.
 It writes ``federated_protocol_<task>_tuning.json``; the main run reads its
 choices from there (and says so), or uses the same defaults for every method
 and says they are untuned.
@@ -709,7 +708,7 @@ def tune(args: argparse.Namespace, task: ProtocolTask) -> None:
         for value in GRID[name]:
             trial(value)
         for _ in range(EXTRA_TRIALS):
-            if (value := beyond_edge(scores)) is None:
+            if (value := beyond_edge(scores)) is None or value in scores:
                 break
             trial(value)
         trials[name] = {f"{v:g}": scores[v] for v in sorted(scores)}
