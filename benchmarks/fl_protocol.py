@@ -239,6 +239,11 @@ GRID = {"dmt_learning_rate": (3e-4, 1e-3, 3e-3),
 EXTRA_TRIALS = 4
 
 
+def best_trial(scores: Mapping[float, float]) -> float:
+    """The value of the lowest score; a diverged, non-finite score is the worst."""
+    return min(scores, key=lambda v: scores[v] if np.isfinite(scores[v]) else np.inf)
+
+
 def beyond_edge(scores: Mapping[float, float]) -> float | None:
     """The next value to try when the best (lowest; a diverged, non-finite score is the
     worst) of ``scores`` is at an end of the values tried: one step past that end, at the
@@ -252,7 +257,7 @@ def beyond_edge(scores: Mapping[float, float]) -> float | None:
     True
     """
     values = sorted(scores)
-    best = min(values, key=lambda v: scores[v] if np.isfinite(scores[v]) else np.inf)
+    best = best_trial(scores)
     if best not in (values[0], values[-1]):
         return None
     edge, inner = (values[0], values[1]) if best == values[0] else (values[-1], values[-2])
@@ -712,7 +717,7 @@ def tune(args: argparse.Namespace, task: ProtocolTask) -> None:
                 break
             trial(value)
         trials[name] = {f"{v:g}": scores[v] for v in sorted(scores)}
-        chosen[name] = min(scores, key=lambda v: scores[v] if np.isfinite(scores[v]) else np.inf)
+        chosen[name] = best_trial(scores)
 
     pick("dmt_learning_rate", lambda lr, seed, sim, f: released_error(
         dmt_model_for(sim, task, f, {}, seed, lr)[0], sim, task))
