@@ -108,8 +108,10 @@ version granted more trust than the SDK would grant it. The methods:
   the same foundation.
 
 Hyperparameters (part 4): ``--tune`` tunes every method by the same rule, on seeds
-100 and 101, which are never reported, scored by the released model's mean
-per-user test error: FedAvg's local learning rate, FedProx's μ (at that rate),
+100 and 101, which are never reported, each trial run as the tables run a method
+(the held-out check, then every device's decision) and scored by what the tables
+report, users' mean per-user test error, ties broken by the new model's own:
+FedAvg's local learning rate, FedProx's μ (at that rate),
 DP-FedAvg's clip norm (at that rate, ε = 4), DMT's retraining learning rate. Each
 gets three trials and, while its best trial is at an end of the values tried, one
 more a step past that end, at most four more, so no method is held at the edge of
@@ -239,12 +241,22 @@ GRID = {"dmt_learning_rate": (3e-4, 1e-3, 3e-3),
 EXTRA_TRIALS = 4
 
 
-def best_trial(scores: Mapping[float, float]) -> float:
+#: A trial's score: a number, or numbers compared in order (the first deciding, the next
+#: breaking its ties), each lower better.
+Score = float | tuple[float, ...]
+
+
+def best_trial(scores: Mapping[float, Score]) -> float:
     """The value of the lowest score; a diverged, non-finite score is the worst."""
-    return min(scores, key=lambda v: scores[v] if np.isfinite(scores[v]) else np.inf)
+    def key(value: float) -> tuple[float, ...]:
+        score = scores[value]
+        return tuple(s if np.isfinite(s) else np.inf
+                     for s in (score if isinstance(score, tuple) else (score,)))
+
+    return min(scores, key=key)
 
 
-def beyond_edge(scores: Mapping[float, float]) -> float | None:
+def beyond_edge(scores: Mapping[float, Score]) -> float | None:
     """The next value to try when the best (lowest; a diverged, non-finite score is the
     worst) of ``scores`` is at an end of the values tried: one step past that end, at the
     ratio of its last two values, to one significant figure. None when the best is inside.
@@ -686,29 +698,75 @@ def released_error(model: Any, sim: Simulation, task: ProtocolTask) -> float:
                           for u in sim.users]))
 
 
+@dataclass(frozen=True)
+class TuningSeed:
+    """One tuning seed as every trial on it starts: its users, the proxy foundation, each
+    user's personal model of it (what *nothing shared* leaves them) and the held-out users."""
+
+    seed: int
+    sim: Simulation
+    foundation: Any
+    current: list[bytes]
+    held_out: frozenset[int]
+
+
+def fl_clients(sim: Simulation, held_out: frozenset[int]
+               ) -> tuple[Simulation, list[pd.DataFrame]]:
+    """Flower's training clients (every user but the held-out ones) and the held-out
+    devices' records its new version is checked on."""
+    return (replace(sim, users=tuple(u for u in sim.users if u.user_id not in held_out)),
+            [u.train for u in sim.users if u.user_id in held_out])
+
+
+def users_outcome(version: Any, devices: list[pd.DataFrame], at: TuningSeed,
+                  task: ProtocolTask, workers: int = 1) -> tuple[float, float]:
+    """A trial's score on one tuning seed, as the tables score a method: the mean per-user
+    test error of what users hold once ``version`` is checked on the held-out ``devices``
+    and each device decides (:func:`run_seed`), then the new model's own error, which
+    breaks ties (a version withheld leaves every user as they were, whatever its
+    setting)."""
+    check = device_check(at.foundation, version, devices)
+    users = personalize_users(version, at.sim, task, at.current, previous=at.foundation,
+                              release=RELEASE_AFTER[check["checked"]], workers=workers)
+    return float(users["error"]), released_error(version, at.sim, task)
+
+
+#: What a trial's score is, as the tuning file records it.
+TUNING_SCORE = ("users' mean per-user test {error} once the version is checked on the "
+                "held-out devices and each device decides (what the tables report), ties "
+                "broken by the new model's own; each the mean over the tuning seeds")
+
+
 def tune(args: argparse.Namespace, task: ProtocolTask) -> None:
     """Three trials per method on TUNING_SEEDS (and up to EXTRA_TRIALS more past an end of
-    the grid), scored by the released model's mean per-user test error; writes the trials
-    and the choices to the task's tuning file."""
+    the grid), each run as the tables run it (the held-out check, then every device's
+    decision) and scored by what users hold (:func:`users_outcome`); writes the trials and
+    the choices to the task's tuning file."""
     started = time.perf_counter()
+    workers = getattr(args, "workers", 1)
     setups = []
     for seed in TUNING_SEEDS:
         sim = task.simulate(seed, args.users)
-        setups.append((seed, sim, foundation_for(sim, task, seed)))
+        foundation = foundation_for(sim, task, seed)
+        current = personalize_users(foundation, sim, task, workers=workers)["personal_models"]
+        setups.append(TuningSeed(seed, sim, foundation, current, held_out_users(sim, seed)))
 
-    def score(run) -> float:
-        return statistics.mean(run(seed, sim, foundation) for seed, sim, foundation in setups)
+    def score(run: Callable[[TuningSeed], tuple[float, float]]) -> tuple[float, float]:
+        outcomes = [run(at) for at in setups]
+        return (statistics.mean(users for users, _ in outcomes),
+                statistics.mean(new for _, new in outcomes))
 
     chosen: dict[str, float] = {}
-    trials: dict[str, dict[str, float]] = {}
+    trials: dict[str, dict[str, dict[str, float]]] = {}
 
-    def pick(name: str, run) -> None:
-        scores: dict[float, float] = {}
+    def pick(name: str, run: Callable[[float, TuningSeed], tuple[float, float]]) -> None:
+        scores: dict[float, tuple[float, float]] = {}
 
         def trial(value: float) -> None:
-            scores[value] = score(lambda seed, sim, f: run(value, seed, sim, f))
-            print(f"{name}={value:g}: {scores[value]:.4f} "
-                  f"({time.perf_counter() - started:.0f} s)", flush=True)
+            scores[value] = score(lambda at: run(value, at))
+            print(f"{name}={value:g}: users {scores[value][0]:.4f}, new model "
+                  f"{scores[value][1]:.4f} ({time.perf_counter() - started:.0f} s)",
+                  flush=True)
 
         for value in GRID[name]:
             trial(value)
@@ -716,28 +774,34 @@ def tune(args: argparse.Namespace, task: ProtocolTask) -> None:
             if (value := beyond_edge(scores)) is None or value in scores:
                 break
             trial(value)
-        trials[name] = {f"{v:g}": scores[v] for v in sorted(scores)}
+        trials[name] = {f"{v:g}": {"users": scores[v][0], "new_model": scores[v][1]}
+                        for v in sorted(scores)}
         chosen[name] = best_trial(scores)
 
-    pick("dmt_learning_rate", lambda lr, seed, sim, f: released_error(
-        dmt_model_for(sim, task, f, {}, seed, lr)[0], sim, task))
+    def dmt(lr: float, at: TuningSeed) -> tuple[float, float]:
+        model, _, _, devices = dmt_model_for(at.sim, task, at.foundation, {}, at.seed, lr,
+                                             held_out=at.held_out)
+        return users_outcome(model, devices, at, task, workers)
+
+    pick("dmt_learning_rate", dmt)
     base = settings_from(args.output, task)
 
-    def fl(seed: int, sim: Simulation, f: Any, which: int, **overrides: float) -> float:
-        strategies = fl_strategies({**base, **chosen, **overrides}, seed, args.rounds, f)
+    def fl(at: TuningSeed, which: int, **overrides: float) -> tuple[float, float]:
+        strategies = fl_strategies({**base, **chosen, **overrides}, at.seed, args.rounds,
+                                   at.foundation)
         strategy = strategies[2](4.0) if which == 2 else strategies[which]
-        return float(federated(sim, strategy, f).mean_error)
+        clients, evaluators = fl_clients(at.sim, at.held_out)
+        return users_outcome(federated(clients, strategy, at.foundation).foundation,
+                             evaluators, at, task, workers)
 
-    pick("fedavg_learning_rate", lambda v, seed, sim, f: fl(seed, sim, f, 0,
-                                                            fedavg_learning_rate=v))
-    pick("proximal_mu", lambda v, seed, sim, f: fl(seed, sim, f, 1, proximal_mu=v))
+    pick("fedavg_learning_rate", lambda v, at: fl(at, 0, fedavg_learning_rate=v))
+    pick("proximal_mu", lambda v, at: fl(at, 1, proximal_mu=v))
     # DP-FedAvg trains at FedAvg's chosen rate, as FedProx does, and its clip is tuned there
     chosen["dp_fedavg_learning_rate"] = chosen["fedavg_learning_rate"]
-    pick("clip_norm", lambda v, seed, sim, f: fl(seed, sim, f, 2, clip_norm=v))
+    pick("clip_norm", lambda v, at: fl(at, 2, clip_norm=v))
     result = {"task": task.name, "seeds": list(TUNING_SEEDS),
               "grid": {k: list(v) for k, v in GRID.items()}, "extra_trials": EXTRA_TRIALS,
-              "score": f"released model's mean per-user test {task.task.error_name}, mean "
-                       "over the tuning seeds",
+              "score": TUNING_SCORE.format(error=task.task.error_name),
               "trials": trials, "chosen": chosen, "users": args.users, "rounds": args.rounds,
               "seconds": time.perf_counter() - started}
     args.output.mkdir(parents=True, exist_ok=True)
@@ -1104,8 +1168,7 @@ def run_seed(sim: Simulation, task: ProtocolTask, seed: int, *, rounds: int,
             "membership": membership(model, members, tests, seed)}
         report(name, rows[name])
     fedavg, fedprox, dp = fl_strategies(settings, seed, rounds, foundation)
-    clients = replace(sim, users=tuple(u for u in sim.users if u.user_id not in held_out))
-    evaluators = [u.train for u in sim.users if u.user_id in held_out]
+    clients, evaluators = fl_clients(sim, held_out)
     trained = pd.concat([u.train for u in clients.users])
     runs = [("FedAvg", fedavg, None)] if "fedavg" in methods else []
     runs += [("FedProx", fedprox, None)] if "fedprox" in methods else []

@@ -478,17 +478,14 @@ def test_beyond_edge_steps_past_the_end_the_best_trial_sits_at():
     assert fl_protocol.beyond_edge({0.01: math.inf, 0.1: 1.0, 1.0: 2.0}) is None
 
 
-def test_tuning_gives_every_method_the_same_rule_past_the_edge_of_its_grid(monkeypatch,
-                                                                           tmp_path):
-    """Synthetic's tuning chose FedAvg's largest learning rate and DP-FedAvg's largest clip:
-    a method whose best trial is at an end of the grid gets up to EXTRA_TRIALS more beyond
-    it, whichever method it is."""
-    best = {"dmt_learning_rate": 1e-4, "fedavg_learning_rate": 0.05, "proximal_mu": 0.1,
-            "clip_norm": 100.0}
-
-    def error(name, value):
-        return abs(math.log(value / best[name]))
-
+def _stand_in_tuning(monkeypatch, tmp_path, new_model, users=None, checked="better"):
+    """Run ``tune`` on Friedman with stand-ins for training, the check and the devices:
+    a trial's version is ``(setting, value)``, the new model's error ``new_model(setting,
+    value)``, what users hold ``users(setting, value)`` (by default the same), the check's
+    outcome ``checked(setting, value)`` or always ``checked``. Returns the tuning file and
+    the rates DP-FedAvg trained at."""
+    users = users or new_model
+    check = checked if callable(checked) else (lambda name, value: checked)
     dp_rates = set()
 
     def strategies(settings, seed, rounds, foundation):
@@ -499,17 +496,44 @@ def test_tuning_gives_every_method_the_same_rule_past_the_edge_of_its_grid(monke
         return (("fedavg_learning_rate", settings["fedavg_learning_rate"]),
                 ("proximal_mu", settings["proximal_mu"]), dp)
 
+    @dataclasses.dataclass(frozen=True)
+    class Users:
+        users: tuple = ()
+
+    def personalize(version, sim, task, current=None, *, previous=None, release=None,
+                    workers=1):
+        if current is None:
+            return {"error": None, "personal_models": []}
+        return {"error": users(*version) if release != "withheld" else 99.0}
+
     monkeypatch.setattr(fl_protocol, "foundation_for", lambda sim, task, seed: None)
+    monkeypatch.setattr(fl_protocol, "held_out_users", lambda sim, seed: frozenset())
+    monkeypatch.setattr(fl_protocol, "personalize_users", personalize)
+    monkeypatch.setattr(fl_protocol, "device_check",
+                        lambda previous, version, devices: {"checked": check(*version)})
     monkeypatch.setattr(fl_protocol, "dmt_model_for",
-                        lambda sim, task, f, shared, seed, lr: (("dmt_learning_rate", lr),))
-    monkeypatch.setattr(fl_protocol, "released_error", lambda model, sim, task: error(*model))
+                        lambda sim, task, f, shared, seed, lr, held_out:
+                        (("dmt_learning_rate", lr), [], {}, []))
+    monkeypatch.setattr(fl_protocol, "released_error",
+                        lambda model, sim, task: new_model(*model))
     monkeypatch.setattr(fl_protocol, "fl_strategies", strategies)
-    result_type = dataclasses.make_dataclass("Result", ["mean_error"])
+    result_type = dataclasses.make_dataclass("Result", ["foundation"])
     monkeypatch.setattr(fl_protocol, "federated",
-                        lambda sim, strategy, f: result_type(error(*strategy)))
-    task = dataclasses.replace(fl_protocol.TASKS["friedman"], simulate=lambda seed, n: None)
+                        lambda sim, strategy, f: result_type(strategy))
+    task = dataclasses.replace(fl_protocol.TASKS["friedman"], simulate=lambda seed, n: Users())
     fl_protocol.tune(fl_protocol.argparse.Namespace(users=12, rounds=1, output=tmp_path), task)
-    result = json.loads((tmp_path / task.files("_tuning.json")).read_text())
+    return json.loads((tmp_path / task.files("_tuning.json")).read_text()), dp_rates
+
+
+def test_tuning_gives_every_method_the_same_rule_past_the_edge_of_its_grid(monkeypatch,
+                                                                           tmp_path):
+    """Synthetic's tuning chose FedAvg's largest learning rate and DP-FedAvg's largest clip:
+    a method whose best trial is at an end of the grid gets up to EXTRA_TRIALS more beyond
+    it, whichever method it is."""
+    best = {"dmt_learning_rate": 1e-4, "fedavg_learning_rate": 0.05, "proximal_mu": 0.1,
+            "clip_norm": 100.0}
+    result, dp_rates = _stand_in_tuning(
+        monkeypatch, tmp_path, lambda name, value: abs(math.log(value / best[name])))
     assert result["chosen"] == {"dmt_learning_rate": 9e-5, "fedavg_learning_rate": 0.03,
                                 "proximal_mu": 0.1, "dp_fedavg_learning_rate": 0.03,
                                 "clip_norm": 30.0}
@@ -520,6 +544,37 @@ def test_tuning_gives_every_method_the_same_rule_past_the_edge_of_its_grid(monke
         "proximal_mu": ["0.01", "0.1", "1"],
         "clip_norm": ["0.03", "0.1", "0.3", "0.9", "3", "10", "30"]}
     assert result["extra_trials"] == fl_protocol.EXTRA_TRIALS == 4
+
+
+def test_tuning_chooses_by_what_users_hold_not_by_the_new_model(monkeypatch, tmp_path):
+    """Adult, tuned on the new model's error, got FedAvg's rate 3e-3: a better new model
+    (0.519 against 0.537 on the tuning seeds) that the held-out check released in 1 seed of
+    5 instead of 4, and users gained 0.006 instead of 0.026. A trial is now scored as the
+    tables score a method, by what users hold after the check and their devices' decisions;
+    the new model only breaks ties (a withheld version leaves everyone as they were)."""
+    def new_model(name, value):
+        return -math.log10(value)  # the larger the setting, the better the new model
+
+    def users(name, value):
+        return abs(math.log10(value / GRID[name][1]))  # users do best in the middle
+
+    GRID = fl_protocol.GRID
+    result, _ = _stand_in_tuning(monkeypatch, tmp_path, new_model, users)
+    assert result["chosen"] == {name: values[1] for name, values in GRID.items()} | {
+        "dp_fedavg_learning_rate": GRID["fedavg_learning_rate"][1]}
+    assert result["trials"]["fedavg_learning_rate"]["0.01"] == {
+        "users": pytest.approx(math.log10(1e-2 / 3e-3)), "new_model": 2.0}
+    assert result["score"].startswith("users' mean per-user test RMSE once the version is "
+                                      "checked on the held-out devices")
+
+    # every version withheld: users keep what they had whatever the setting, and the new
+    # model's error decides among the ties
+    result, _ = _stand_in_tuning(monkeypatch, tmp_path / "withheld", new_model, users,
+                                 checked="not shown better")
+    assert {t["users"] for trials in result["trials"].values() for t in trials.values()} \
+        == {99.0}
+    assert result["chosen"]["fedavg_learning_rate"] == max(
+        float(v) for v in result["trials"]["fedavg_learning_rate"])
 
 
 def test_a_tuning_file_from_before_dp_fedavg_took_fedavgs_rate_keeps_its_runs_as_they_ran(
@@ -540,3 +595,22 @@ def test_a_tuning_file_from_before_dp_fedavg_took_fedavgs_rate_keeps_its_runs_as
              "clip_norm": 0.1}
     assert dp_rate(older) == (1e-3, 1e-3)
     assert dp_rate({**older, "dp_fedavg_learning_rate": 0.01}) == (0.01, 0.01)
+
+
+def test_a_tuning_trial_scores_a_withheld_version_as_what_users_already_held():
+    """The real pieces of a tuning trial, end to end on Friedman: the foundation offered
+    again as the "new" version is not shown better on the held-out devices, so it is
+    withheld, and users' score is exactly *nothing shared*'s; the new model's own error is
+    the foundation's."""
+    task = fl_protocol.TASKS["friedman"]
+    sim = task.simulate(0, 12)
+    foundation = fl_protocol.foundation_for(sim, task, 0)
+    held = fl_protocol.personalize_users(foundation, sim, task)
+    at = fl_protocol.TuningSeed(0, sim, foundation, held["personal_models"],
+                                fl_protocol.held_out_users(sim, 0))
+    clients, evaluators = fl_protocol.fl_clients(sim, at.held_out)
+    assert {u.user_id for u in clients.users}.isdisjoint(at.held_out)
+    assert len(clients.users) + len(evaluators) == len(sim.users)
+    users, new_model = fl_protocol.users_outcome(foundation, evaluators, at, task)
+    assert users == pytest.approx(held["error"])
+    assert new_model == pytest.approx(fl_protocol.released_error(foundation, sim, task))
