@@ -743,7 +743,7 @@ def tune(args: argparse.Namespace, task: ProtocolTask) -> None:
     decision) and scored by what users hold (:func:`users_outcome`); writes the trials and
     the choices to the task's tuning file."""
     started = time.perf_counter()
-    workers = getattr(args, "workers", 1)
+    workers = args.workers
     setups = []
     for seed in TUNING_SEEDS:
         sim = task.simulate(seed, args.users)

@@ -521,7 +521,8 @@ def _stand_in_tuning(monkeypatch, tmp_path, new_model, users=None, checked="bett
     monkeypatch.setattr(fl_protocol, "federated",
                         lambda sim, strategy, f: result_type(strategy))
     task = dataclasses.replace(fl_protocol.TASKS["friedman"], simulate=lambda seed, n: Users())
-    fl_protocol.tune(fl_protocol.argparse.Namespace(users=12, rounds=1, output=tmp_path), task)
+    fl_protocol.tune(fl_protocol.argparse.Namespace(users=12, rounds=1, workers=1,
+                                                   output=tmp_path), task)
     return json.loads((tmp_path / task.files("_tuning.json")).read_text()), dp_rates
 
 
