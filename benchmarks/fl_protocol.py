@@ -112,10 +112,11 @@ Hyperparameters (part 4): ``--tune`` tunes every method by the same rule, on see
 (the held-out check, then every device's decision) and scored by what the tables
 report, users' mean per-user test error, ties broken by the new model's own:
 FedAvg's local learning rate, FedProx's μ (at that rate),
-DP-FedAvg's clip norm (at that rate, ε = 4), DMT's retraining learning rate. Each
-gets three trials and, while its best trial is at an end of the values tried, one
-more a step past that end, at most four more, so no method is held at the edge of
-a grid too narrow for its task.
+DP-FedAvg's clip norm (at that rate, at each ε: first at ε = 4 on the grid, then at
+ε = 1 and 8 from ε = 4's choice and a factor 3 either side), DMT's retraining
+learning rate. Each gets three trials and, while its best trial is at an end of the
+values tried, one more a step past that end, at most four more, so no method is held
+at the edge of a grid too narrow for its task.
 It writes ``federated_protocol_<task>_tuning.json``; the main run reads its
 choices from there (and says so), or uses the same defaults for every method
 and says they are untuned.
@@ -471,7 +472,8 @@ def settings_from(output: Path, task: ProtocolTask) -> dict[str, Any]:
     """The tuned choices of ``--tune`` for ``task`` if its file is in ``output`` (or
     benchmarks/results), else the defaults, marked untuned. A file written before DP-FedAvg
     trained at FedAvg's chosen rate has no ``dp_fedavg_learning_rate``: its runs keep the
-    default, as they ran."""
+    default, as they ran; one written before the clip was tuned at each ε has no
+    ``clip_norm_by_epsilon``, and every ε keeps its ``clip_norm`` (:func:`clip_at`)."""
     defaults = {"dmt_learning_rate": 1e-3, "fedavg_learning_rate": 1e-3, "proximal_mu": 0.1,
                 "dp_fedavg_learning_rate": 1e-3, "clip_norm": 0.1, "tuned": False}
     for folder in (output, RESULTS):
@@ -479,6 +481,18 @@ def settings_from(output: Path, task: ProtocolTask) -> dict[str, Any]:
         if path.exists():
             return {**defaults, **json.loads(path.read_text())["chosen"], "tuned": True}
     return defaults
+
+
+def clip_at(settings: dict[str, Any], epsilon: float) -> float:
+    """DP-FedAvg's clip norm at user-level ``epsilon``: the one tuned at that ε, else
+    ``clip_norm`` (tuned at ε = 4, or the default).
+
+    >>> clip_at({"clip_norm": 3.0, "clip_norm_by_epsilon": {"1": 0.9}}, 1.0)
+    0.9
+    >>> clip_at({"clip_norm": 3.0}, 1.0)
+    3.0
+    """
+    return settings.get("clip_norm_by_epsilon", {}).get(f"{epsilon:g}", settings["clip_norm"])
 
 
 def fl_strategies(settings: dict[str, Any], seed: int, rounds: int,
@@ -502,7 +516,7 @@ def fl_strategies(settings: dict[str, Any], seed: int, rounds: int,
                       trainable_layers=min(DP_FEDAVG.trainable_layers or layers, layers))
 
     def dp(epsilon: float) -> Any:
-        return DPFedAvg(private, clip_norm=settings["clip_norm"], target_epsilon=epsilon,
+        return DPFedAvg(private, clip_norm=clip_at(settings, epsilon), target_epsilon=epsilon,
                         delta=DELTA)
 
     return fedavg, fedprox, dp
@@ -756,10 +770,11 @@ def tune(args: argparse.Namespace, task: ProtocolTask) -> None:
         return (statistics.mean(users for users, _ in outcomes),
                 statistics.mean(new for _, new in outcomes))
 
-    chosen: dict[str, float] = {}
+    chosen: dict[str, Any] = {}
     trials: dict[str, dict[str, dict[str, float]]] = {}
 
-    def pick(name: str, run: Callable[[float, TuningSeed], tuple[float, float]]) -> None:
+    def pick(name: str, run: Callable[[float, TuningSeed], tuple[float, float]],
+             grid: tuple[float, ...] | None = None) -> float:
         scores: dict[float, tuple[float, float]] = {}
 
         def trial(value: float) -> None:
@@ -768,7 +783,7 @@ def tune(args: argparse.Namespace, task: ProtocolTask) -> None:
                   f"{scores[value][1]:.4f} ({time.perf_counter() - started:.0f} s)",
                   flush=True)
 
-        for value in GRID[name]:
+        for value in grid or GRID[name]:
             trial(value)
         for _ in range(EXTRA_TRIALS):
             if (value := beyond_edge(scores)) is None or value in scores:
@@ -776,29 +791,39 @@ def tune(args: argparse.Namespace, task: ProtocolTask) -> None:
             trial(value)
         trials[name] = {f"{v:g}": {"users": scores[v][0], "new_model": scores[v][1]}
                         for v in sorted(scores)}
-        chosen[name] = best_trial(scores)
+        return best_trial(scores)
 
     def dmt(lr: float, at: TuningSeed) -> tuple[float, float]:
         model, _, _, devices = dmt_model_for(at.sim, task, at.foundation, {}, at.seed, lr,
                                              held_out=at.held_out)
         return users_outcome(model, devices, at, task, workers)
 
-    pick("dmt_learning_rate", dmt)
+    chosen["dmt_learning_rate"] = pick("dmt_learning_rate", dmt)
     base = settings_from(args.output, task)
 
-    def fl(at: TuningSeed, which: int, **overrides: float) -> tuple[float, float]:
+    def fl(at: TuningSeed, which: int, epsilon: float = 4.0,
+           **overrides: float) -> tuple[float, float]:
         strategies = fl_strategies({**base, **chosen, **overrides}, at.seed, args.rounds,
                                    at.foundation)
-        strategy = strategies[2](4.0) if which == 2 else strategies[which]
+        strategy = strategies[2](epsilon) if which == 2 else strategies[which]
         clients, evaluators = fl_clients(at.sim, at.held_out)
         return users_outcome(federated(clients, strategy, at.foundation).foundation,
                              evaluators, at, task, workers)
 
-    pick("fedavg_learning_rate", lambda v, at: fl(at, 0, fedavg_learning_rate=v))
-    pick("proximal_mu", lambda v, at: fl(at, 1, proximal_mu=v))
-    # DP-FedAvg trains at FedAvg's chosen rate, as FedProx does, and its clip is tuned there
+    chosen["fedavg_learning_rate"] = pick("fedavg_learning_rate",
+                                          lambda v, at: fl(at, 0, fedavg_learning_rate=v))
+    chosen["proximal_mu"] = pick("proximal_mu", lambda v, at: fl(at, 1, proximal_mu=v))
+    # DP-FedAvg trains at FedAvg's chosen rate, as FedProx does, and its clip is tuned there,
+    # at each ε: the noise grows as ε falls, so the clip that balances it moves (text's and
+    # Synthetic's clip tuned at ε = 4 left ε = 1's model withheld in 4 seeds of 5)
     chosen["dp_fedavg_learning_rate"] = chosen["fedavg_learning_rate"]
-    pick("clip_norm", lambda v, at: fl(at, 2, clip_norm=v))
+    chosen["clip_norm"] = at_4 = pick("clip_norm", lambda v, at: fl(at, 2, clip_norm=v))
+    by_epsilon = {4.0: at_4}
+    for epsilon in (e for e in EPSILONS if e != 4.0):
+        around = tuple(float(f"{v:.1g}") for v in (at_4 / 3, at_4, at_4 * 3))
+        by_epsilon[epsilon] = pick(f"clip_norm_epsilon_{epsilon:g}",
+                                   lambda v, at, e=epsilon: fl(at, 2, e, clip_norm=v), around)
+    chosen["clip_norm_by_epsilon"] = {f"{e:g}": by_epsilon[e] for e in sorted(by_epsilon)}
     result = {"task": task.name, "seeds": list(TUNING_SEEDS),
               "grid": {k: list(v) for k, v in GRID.items()}, "extra_trials": EXTRA_TRIALS,
               "score": TUNING_SCORE.format(error=task.task.error_name),

@@ -482,8 +482,9 @@ def _stand_in_tuning(monkeypatch, tmp_path, new_model, users=None, checked="bett
     """Run ``tune`` on Friedman with stand-ins for training, the check and the devices:
     a trial's version is ``(setting, value)``, the new model's error ``new_model(setting,
     value)``, what users hold ``users(setting, value)`` (by default the same), the check's
-    outcome ``checked(setting, value)`` or always ``checked``. Returns the tuning file and
-    the rates DP-FedAvg trained at."""
+    outcome ``checked(setting, value)`` or always ``checked``; DP-FedAvg's setting is
+    ``clip_norm`` at ε = 4 and ``clip_norm_epsilon_<ε>`` at the others, as the tuning
+    file names its trials. Returns the tuning file and the rates DP-FedAvg trained at."""
     users = users or new_model
     check = checked if callable(checked) else (lambda name, value: checked)
     dp_rates = set()
@@ -491,7 +492,8 @@ def _stand_in_tuning(monkeypatch, tmp_path, new_model, users=None, checked="bett
     def strategies(settings, seed, rounds, foundation):
         def dp(epsilon):
             dp_rates.add(settings["dp_fedavg_learning_rate"])
-            return "clip_norm", settings["clip_norm"]
+            name = "clip_norm" if epsilon == 4 else f"clip_norm_epsilon_{epsilon:g}"
+            return name, fl_protocol.clip_at(settings, epsilon)
 
         return (("fedavg_learning_rate", settings["fedavg_learning_rate"]),
                 ("proximal_mu", settings["proximal_mu"]), dp)
@@ -532,18 +534,22 @@ def test_tuning_gives_every_method_the_same_rule_past_the_edge_of_its_grid(monke
     a method whose best trial is at an end of the grid gets up to EXTRA_TRIALS more beyond
     it, whichever method it is."""
     best = {"dmt_learning_rate": 1e-4, "fedavg_learning_rate": 0.05, "proximal_mu": 0.1,
-            "clip_norm": 100.0}
+            "clip_norm": 100.0, "clip_norm_epsilon_1": 100.0, "clip_norm_epsilon_8": 100.0}
     result, dp_rates = _stand_in_tuning(
         monkeypatch, tmp_path, lambda name, value: abs(math.log(value / best[name])))
     assert result["chosen"] == {"dmt_learning_rate": 9e-5, "fedavg_learning_rate": 0.03,
                                 "proximal_mu": 0.1, "dp_fedavg_learning_rate": 0.03,
-                                "clip_norm": 30.0}
+                                "clip_norm": 30.0,
+                                "clip_norm_by_epsilon": {"1": 90.0, "4": 30.0, "8": 90.0}}
     assert dp_rates == {0.03}  # DP-FedAvg's clip is tuned at FedAvg's chosen rate
     assert {name: list(trials) for name, trials in result["trials"].items()} == {
         "dmt_learning_rate": ["3e-05", "9e-05", "0.0003", "0.001", "0.003"],
         "fedavg_learning_rate": ["0.001", "0.003", "0.01", "0.03", "0.09"],
         "proximal_mu": ["0.01", "0.1", "1"],
-        "clip_norm": ["0.03", "0.1", "0.3", "0.9", "3", "10", "30"]}
+        "clip_norm": ["0.03", "0.1", "0.3", "0.9", "3", "10", "30"],
+        # ε = 1 and 8 start from ε = 4's choice, a factor 3 either side, by the same rule
+        "clip_norm_epsilon_1": ["10", "30", "90", "300"],
+        "clip_norm_epsilon_8": ["10", "30", "90", "300"]}
     assert result["extra_trials"] == fl_protocol.EXTRA_TRIALS == 4
 
 
@@ -557,12 +563,14 @@ def test_tuning_chooses_by_what_users_hold_not_by_the_new_model(monkeypatch, tmp
         return -math.log10(value)  # the larger the setting, the better the new model
 
     def users(name, value):
-        return abs(math.log10(value / GRID[name][1]))  # users do best in the middle
+        middle = GRID[name.removesuffix("_epsilon_1").removesuffix("_epsilon_8")][1]
+        return abs(math.log10(value / middle))  # users do best in the middle
 
     GRID = fl_protocol.GRID
     result, _ = _stand_in_tuning(monkeypatch, tmp_path, new_model, users)
     assert result["chosen"] == {name: values[1] for name, values in GRID.items()} | {
-        "dp_fedavg_learning_rate": GRID["fedavg_learning_rate"][1]}
+        "dp_fedavg_learning_rate": GRID["fedavg_learning_rate"][1],
+        "clip_norm_by_epsilon": {"1": 0.1, "4": 0.1, "8": 0.1}}
     assert result["trials"]["fedavg_learning_rate"]["0.01"] == {
         "users": pytest.approx(math.log10(1e-2 / 3e-3)), "new_model": 2.0}
     assert result["score"].startswith("users' mean per-user test RMSE once the version is "
@@ -576,6 +584,32 @@ def test_tuning_chooses_by_what_users_hold_not_by_the_new_model(monkeypatch, tmp
         == {99.0}
     assert result["chosen"]["fedavg_learning_rate"] == max(
         float(v) for v in result["trials"]["fedavg_learning_rate"])
+
+
+def test_dp_fedavgs_clip_is_tuned_at_each_epsilon_and_each_row_runs_with_its_own(
+        monkeypatch, tmp_path):
+    """Text's and Synthetic's DP-FedAvg at ε = 1 ran with the clip tuned at ε = 4 and its
+    model was withheld in 4 seeds of 5: the noise grows as ε falls, so the clip that
+    balances it moves. The clip is now tuned at every ε, and each ε's row runs with its
+    own; a tuning file from before keeps one clip for every ε, as its rows ran."""
+    best = {"clip_norm": 1.0, "clip_norm_epsilon_1": 0.1, "clip_norm_epsilon_8": 3.0}
+    result, _ = _stand_in_tuning(monkeypatch, tmp_path, lambda name, value: abs(
+        math.log(value / best.get(name, 1e-3))))
+    assert result["chosen"]["clip_norm"] == 0.9
+    assert result["chosen"]["clip_norm_by_epsilon"] == {"1": 0.1, "4": 0.9, "8": 3.0}
+
+    monkeypatch.undo()
+    task = fl_protocol.TASKS["friedman"]
+    foundation = fl_protocol.foundation_for(task.simulate(0, 12), task, 0)
+    settings = fl_protocol.settings_from(tmp_path, task)
+    dp = fl_protocol.fl_strategies(settings, 0, 1, foundation)[2]
+    assert [dp(e).clip_norm for e in fl_protocol.EPSILONS] == [0.1, 0.9, 3.0]
+
+    path = tmp_path / task.files("_tuning.json")
+    path.write_text(json.dumps({"chosen": {"clip_norm": 0.3}}))
+    dp = fl_protocol.fl_strategies(fl_protocol.settings_from(tmp_path, task), 0, 1,
+                                   foundation)[2]
+    assert [dp(e).clip_norm for e in fl_protocol.EPSILONS] == [0.3, 0.3, 0.3]
 
 
 def test_a_tuning_file_from_before_dp_fedavg_took_fedavgs_rate_keeps_its_runs_as_they_ran(
