@@ -616,8 +616,10 @@ def device_check(previous: Any, candidate: Any, devices: list[pd.DataFrame]) -> 
     updatable as ``personalize_users`` builds them; the device as the unit, one-sided at
     :data:`DEVICE_CONFIDENCE`), and what ``ModelRegistry.publish`` with
     ``validation_devices=`` decides from it by default: ``"better"`` (published with the
-    claim), else ``"worse"`` (its error higher and the t-test significant the other way, or
-    a figure not finite: fail closed) or ``"not shown better"`` (both refused). With fewer
+    claim), else ``"worse"`` (its error higher and the t-test significant the other way, a
+    figure not finite, or a version that predicts NaN or far outside the target's bounds,
+    which ``compare_on_devices`` refuses with its reason, kept as ``"refused"``: fail
+    closed) or ``"not shown better"`` (both refused). With fewer
     than 2 devices of 2 records, ``"too few devices"``: ``run_loop`` then publishes the
     version without the claim. ``devices`` are DMT's held-out packages as the server holds
     them, or a Flower client's own training records — in a Flower deployment this runs as
@@ -625,12 +627,17 @@ def device_check(previous: Any, candidate: Any, devices: list[pd.DataFrame]) -> 
     versions on its records; the computation is the same function."""
     from dmt_model.coreml import UpdateSettings, build_spec
     from dmt_model.personalize import compare_on_devices
+    from dmt_privacy.errors import ModelFileError
 
     if sum(len(records) >= 2 for records in devices) < 2:
         return {"checked": "too few devices", "devices": sum(len(d) >= 2 for d in devices)}
-    found = compare_on_devices(build_spec(previous, updatable=UpdateSettings()),
-                               build_spec(candidate, updatable=UpdateSettings()), devices,
-                               confidence=DEVICE_CONFIDENCE)
+    try:
+        found = compare_on_devices(build_spec(previous, updatable=UpdateSettings()),
+                                   build_spec(candidate, updatable=UpdateSettings()), devices,
+                                   confidence=DEVICE_CONFIDENCE)
+    except ModelFileError as exc:  # it predicts NaN or far off: refused, as publish() would
+        return {"checked": "worse", "devices": sum(len(d) >= 2 for d in devices),
+                "refused": str(exc)}
     checked = "worse" if found.worse else "better" if found.better else "not shown better"
     return {"checked": checked, "devices": found.devices, "error_before": found.error_before,
             "error_after": found.error_after, "t": found.t, "t_needed": found.needed}

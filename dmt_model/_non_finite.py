@@ -1,10 +1,14 @@
-"""Refusing a model whose predictions are NaN or infinite, naming the model and the record.
+"""Refusing a model whose predictions are NaN or infinite, or far outside what the target can
+be, naming the model and the record.
 
 Devices (:mod:`dmt_model.personalize`) and the server (:mod:`dmt_model.server.training`,
 :class:`~dmt_model.server.retrain.ModelRegistry`) write a model's predictions into targets,
-weights and published versions; a model whose weights diverged would put NaN there, and the
-error would surface later as bad records or a broken version. Each checks the predictions
-first, here, so the message names the model, the value and the record, and says what to do.
+weights and published versions; a model whose weights diverged would put NaN there, or
+numbers like 1e11 where the target's bounds are [0, 2500], and the error would surface later
+as bad records or a broken version (the records' own check, which refuses a value more than
+the bounds' width outside them as corrupt, blamed the user's record). Each checks the
+predictions first, here, so the message names the model, the value and the record, and says
+what to do.
 """
 
 from __future__ import annotations
@@ -23,9 +27,13 @@ __all__ = ["refuse_non_finite"]
 def refuse_non_finite(predict: Callable[[pd.DataFrame], np.ndarray],
                       frames: Sequence[pd.DataFrame | None], *, name: str, explanation: str,
                       sources: Sequence[str | None] | None = None,
-                      predicted: np.ndarray | None = None, what: str = "record") -> None:
+                      predicted: np.ndarray | None = None, what: str = "record",
+                      target_bounds: tuple[str, float, float] | None = None) -> None:
     """Raise :class:`~dmt_privacy.errors.ModelFileError` if a prediction for a record of
-    ``frames`` (``None`` and empty entries skipped) is NaN or infinite.
+    ``frames`` (``None`` and empty entries skipped) is NaN or infinite, or, with
+    ``target_bounds`` (the target's name and bounds, for a model predicting one number),
+    more than the bounds' width outside them: as far out as a record's value is refused as
+    corrupt (``Schema.check_bounds(slack=1)``), so a record cannot hold it.
 
     ``predict`` makes the predictions of all frames at once (one per record, or a row of
     class probabilities); ``predicted`` are they, if already made (one frame). The message
@@ -43,15 +51,25 @@ def refuse_non_finite(predict: Callable[[pd.DataFrame], np.ndarray],
         predicted = predict(whole)
     values = np.asarray(predicted, dtype=np.float64).reshape(len(whole), -1)
     finite = np.isfinite(values).all(axis=1)
-    if finite.all():
+    beyond = ""
+    if not finite.all():  # the first record it overflows on, wherever it is far off before
+        at = int((~finite).argmax())
+    elif target_bounds is not None and values.shape[1] == 1:
+        target, low, high = target_bounds
+        width = high - low
+        outside = (values[:, 0] < low - width) | (values[:, 0] > high + width)
+        if not outside.any():
+            return
+        at = int(outside.argmax())
+        beyond = f", more than the width of {target}'s bounds [{low:g}, {high:g}] outside them"
+    else:
         return
-    at = int((~finite).argmax())
     shown = str(float(values[at, 0])) if values.shape[1] == 1 else \
         "class probabilities that are NaN or infinite"
     source = [s for frame, s in parts for _ in range(len(frame))][at]
     row = row_label(whole.index[at])
     raise ModelFileError(("" if source is None else f"{source}: ")
-                         + f"{name} predicts {shown} for the {what} at row {row!r}: "
+                         + f"{name} predicts {shown} for the {what} at row {row!r}{beyond}: "
                          f"{explanation}")
 
 

@@ -1006,11 +1006,12 @@ def _predict(model: Any, frame: pd.DataFrame) -> np.ndarray:
 #: call it, what to do if it is broken).
 _Given = tuple[Any, str, str]
 
-_BROKEN = ("its predictions are not finite, so it can be neither personalized nor compared "
-           "(its weights hold NaN or infinity, or overflow on this record). The model is at "
-           "fault, not the records; nothing was trained or written.")
-_RETRAIN = ("Download the version again; if its predictions are still not finite, its training "
-            "diverged: retrain it.")
+_BROKEN = ("its predictions are not finite, or not what the target can be, so it can be "
+           "neither personalized nor compared (its weights hold NaN or infinity, or diverged, "
+           "or overflow on this record). The model is at fault, not the records; nothing was "
+           "trained or written.")
+_RETRAIN = ("Download the version again; if it still predicts so, its training diverged: "
+            "retrain it.")
 # What to do about each model an adoption is given, in the order they are checked.
 _NEW_VERSION = f"The personal model is unchanged. {_RETRAIN}"
 _PREVIOUS = ("Pass the foundation version the device personalized (download it again), or "
@@ -1024,21 +1025,26 @@ _COMPARED_PREVIOUS = ("Restore its file (the version devices are served), or com
                       "candidate with a version whose predictions are finite.")
 _RESTORE = ("If it is a personal model, restore it from a backup (dmt_model.backup.restore) "
             "or start again from its foundation version; if it is a foundation version, "
-            "download it again, or retrain it if its predictions are still not finite.")
+            "download it again, or retrain it if it still predicts so.")
 
 
 def _refuse_non_finite(model: Any, frames: Sequence[pd.DataFrame | None], *, name: str,
                        remedy: str, devices: Sequence[int] | None = None,
                        predicted: np.ndarray | None = None, what: str = "record") -> None:
     """Raise :class:`ModelFileError` if ``model`` predicts NaN or infinity for a record of
-    ``frames`` (``None`` entries skipped): one of its predictions would become an anchor's
-    target or a held-out error, and the records would be blamed for it. ``name`` is the
-    model as the message calls it and ``remedy`` what to do; ``devices`` the device of each
-    frame (the message then starts with it); ``predicted`` the predictions if already made
-    (one frame). The server makes the same check (:mod:`dmt_model._non_finite`)."""
+    ``frames`` (``None`` entries skipped), or a number more than the target's bounds' width
+    outside them (a regression target with bounds): one of its predictions would become an
+    anchor's target or a held-out error, and the records would be blamed for it (their own
+    check refuses such a value as corrupt). ``name`` is the model as the message calls it
+    and ``remedy`` what to do; ``devices`` the device of each frame (the message then starts
+    with it); ``predicted`` the predictions if already made (one frame). The server makes
+    the same check of non-finite predictions (:mod:`dmt_model._non_finite`)."""
+    featurizer = _reading_featurizer(model)
+    bounds = None if featurizer.classes_ else featurizer.schema[featurizer.target].bounds
     refuse_non_finite(partial(_predict, model), frames, name=name,
                       explanation=f"{_BROKEN} {remedy}", what=what, predicted=predicted,
-                      sources=None if devices is None else [f"device {d}" for d in devices])
+                      sources=None if devices is None else [f"device {d}" for d in devices],
+                      target_bounds=None if bounds is None else (featurizer.target, *bounds))
 
 
 def _refuse_broken_models(given: Sequence[_Given], frames: Sequence[pd.DataFrame | None],

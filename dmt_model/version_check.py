@@ -303,9 +303,9 @@ def check_version_many(release: Any, previous: Any, record_sets: Sequence[pd.Dat
         before, after = _versions_on_devices(previous, candidate, record_sets, minimum=1,
                                              prior_records=grid, folds=folds, seed=seed)
     except ModelFileError:
-        # A version that predicts NaN or infinity for some device's records is not better
-        # for that device, which still reports (with the same noise): whether a report is
-        # sent must not depend on its records.
+        # A version that predicts NaN, infinity or far outside the target's bounds for
+        # some device's records is not better for that device, which still reports (with
+        # the same noise): whether a report is sent must not depend on its records.
         before, after = [], []
         for records in record_sets:
             try:

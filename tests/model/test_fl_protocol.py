@@ -430,6 +430,24 @@ def test_the_device_check_decides_as_publish_does(monkeypatch, before, after, t,
         == "too few devices"
 
 
+def test_a_version_the_device_check_refuses_as_broken_is_withheld_not_a_crash(monkeypatch):
+    """FedAvg at rate 0.09 diverged on Friedman's tuning seeds to predictions of 1e11;
+    compare_on_devices now refuses such a version with ModelFileError (as publish() does),
+    and the benchmark's check withholds it, with the reason, instead of stopping the run."""
+    import dmt_model.coreml as coreml
+    import dmt_model.personalize as personalize
+    from dmt_privacy.errors import ModelFileError
+
+    def refuse(*args, **kwargs):
+        raise ModelFileError("device 0: The candidate predicts 1e11 for the record at row 3")
+
+    monkeypatch.setattr(coreml, "build_spec", lambda model, **kwargs: model)
+    monkeypatch.setattr(personalize, "compare_on_devices", refuse)
+    check = fl_protocol.device_check(object(), object(), [pd.DataFrame({"x": [0, 1]})] * 3)
+    assert check["checked"] == "worse" and "1e11" in check["refused"]
+    assert fl_protocol.RELEASE_AFTER[check["checked"]] == "withheld"
+
+
 def test_flower_rows_written_before_v1_was_counted_count_it_once():
     """Every method's device downloads the proxy foundation (v1) and personalizes it first;
     Flower's rows once left it out of the bytes a device receives. A results file written
