@@ -810,8 +810,10 @@ def tune(args: argparse.Namespace, task: ProtocolTask) -> None:
 
     def fl(at: TuningSeed, which: int, epsilon: float = 4.0,
            **overrides: float) -> tuple[float, float]:
-        strategies = fl_strategies({**base, **chosen, **overrides}, at.seed, args.rounds,
-                                   at.foundation)
+        settings = {**base, **chosen, **overrides}
+        if "clip_norm" in overrides:  # the trial's clip, not the one an earlier file tuned
+            settings.pop("clip_norm_by_epsilon", None)  # at this ε (clip_at prefers it)
+        strategies = fl_strategies(settings, at.seed, args.rounds, at.foundation)
         strategy = strategies[2](epsilon) if which == 2 else strategies[which]
         clients, evaluators = fl_clients(at.sim, at.held_out)
         return users_outcome(federated(clients, strategy, at.foundation).foundation,

@@ -571,6 +571,26 @@ def test_tuning_gives_every_method_the_same_rule_past_the_edge_of_its_grid(monke
     assert result["extra_trials"] == fl_protocol.EXTRA_TRIALS == 4
 
 
+def test_a_clip_trial_runs_with_its_own_clip_whatever_an_earlier_file_tuned(monkeypatch,
+                                                                           tmp_path):
+    """Re-tuning a task whose tuning file already had a clip at each ε ran every clip trial
+    with that file's clip: the trial set ``clip_norm``, and ``clip_at`` prefers
+    ``clip_norm_by_epsilon`` (found when Friedman's re-tuned file, the first tuned at each ε
+    that tests fall back to, was committed). Each trial's clip is its own."""
+    earlier = {"dmt_learning_rate": 1e-3, "fedavg_learning_rate": 1e-3, "proximal_mu": 0.1,
+               "dp_fedavg_learning_rate": 1e-3, "clip_norm": 5.0,
+               "clip_norm_by_epsilon": {"1": 5.0, "4": 5.0, "8": 5.0}}
+    name = fl_protocol.TASKS["friedman"].files("_tuning.json")
+    (tmp_path / name).write_text(json.dumps({"chosen": earlier}))
+    best = {"dmt_learning_rate": 1e-4, "fedavg_learning_rate": 0.05, "proximal_mu": 0.1,
+            "clip_norm": 100.0, "clip_norm_epsilon_1": 100.0, "clip_norm_epsilon_8": 100.0}
+    result, _ = _stand_in_tuning(
+        monkeypatch, tmp_path, lambda name, value: abs(math.log(value / best[name])))
+    assert result["chosen"]["clip_norm"] == 30.0
+    assert result["chosen"]["clip_norm_by_epsilon"] == {"1": 90.0, "4": 30.0, "8": 90.0}
+    assert list(result["trials"]["clip_norm"]) == ["0.03", "0.1", "0.3", "0.9", "3", "10", "30"]
+
+
 def test_tuning_chooses_by_what_users_hold_not_by_the_new_model(monkeypatch, tmp_path):
     """Adult, tuned on the new model's error, got FedAvg's rate 3e-3: a better new model
     (0.519 against 0.537 on the tuning seeds) that the held-out check released in 1 seed of
