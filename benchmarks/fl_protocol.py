@@ -629,15 +629,15 @@ def device_check(previous: Any, candidate: Any, devices: list[pd.DataFrame]) -> 
     from dmt_model.personalize import compare_on_devices
     from dmt_privacy.errors import ModelFileError
 
-    if sum(len(records) >= 2 for records in devices) < 2:
-        return {"checked": "too few devices", "devices": sum(len(d) >= 2 for d in devices)}
+    usable = sum(len(records) >= 2 for records in devices)
+    if usable < 2:
+        return {"checked": "too few devices", "devices": usable}
     try:
         found = compare_on_devices(build_spec(previous, updatable=UpdateSettings()),
                                    build_spec(candidate, updatable=UpdateSettings()), devices,
                                    confidence=DEVICE_CONFIDENCE)
     except ModelFileError as exc:  # it predicts NaN or far off: refused, as publish() would
-        return {"checked": "worse", "devices": sum(len(d) >= 2 for d in devices),
-                "refused": str(exc)}
+        return {"checked": "worse", "devices": usable, "refused": str(exc)}
     checked = "worse" if found.worse else "better" if found.better else "not shown better"
     return {"checked": checked, "devices": found.devices, "error_before": found.error_before,
             "error_after": found.error_after, "t": found.t, "t_needed": found.needed}

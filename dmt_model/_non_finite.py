@@ -28,12 +28,14 @@ def refuse_non_finite(predict: Callable[[pd.DataFrame], np.ndarray],
                       frames: Sequence[pd.DataFrame | None], *, name: str, explanation: str,
                       sources: Sequence[str | None] | None = None,
                       predicted: np.ndarray | None = None, what: str = "record",
-                      target_bounds: tuple[str, float, float] | None = None) -> None:
+                      target_bounds: tuple[str, float, float] | None = None,
+                      slack: float = 1.0) -> None:
     """Raise :class:`~dmt_privacy.errors.ModelFileError` if a prediction for a record of
     ``frames`` (``None`` and empty entries skipped) is NaN or infinite, or, with
     ``target_bounds`` (the target's name and bounds, for a model predicting one number),
-    more than the bounds' width outside them: as far out as a record's value is refused as
-    corrupt (``Schema.check_bounds(slack=1)``), so a record cannot hold it.
+    more than ``slack`` times the bounds' width outside them: pass the slack at which a
+    record's value is refused as corrupt (``Schema.check_bounds(slack=...)``), so that no
+    prediction this lets through is refused once written into a record.
 
     ``predict`` makes the predictions of all frames at once (one per record, or a row of
     class probabilities); ``predicted`` are they, if already made (one frame). The message
@@ -52,16 +54,17 @@ def refuse_non_finite(predict: Callable[[pd.DataFrame], np.ndarray],
     values = np.asarray(predicted, dtype=np.float64).reshape(len(whole), -1)
     finite = np.isfinite(values).all(axis=1)
     beyond = ""
-    if not finite.all():  # the first record it overflows on, wherever it is far off before
+    if not finite.all():  # name a record it overflows on before one it is merely far off on
         at = int((~finite).argmax())
     elif target_bounds is not None and values.shape[1] == 1:
         target, low, high = target_bounds
-        width = high - low
-        outside = (values[:, 0] < low - width) | (values[:, 0] > high + width)
+        margin = slack * (high - low)
+        outside = (values[:, 0] < low - margin) | (values[:, 0] > high + margin)
         if not outside.any():
             return
         at = int(outside.argmax())
-        beyond = f", more than the width of {target}'s bounds [{low:g}, {high:g}] outside them"
+        beyond = (f", more than {slack:g}× the width of {target}'s bounds [{low:g}, {high:g}] "
+                  "outside them")
     else:
         return
     shown = str(float(values[at, 0])) if values.shape[1] == 1 else \

@@ -266,6 +266,13 @@ def _reading_featurizer(spec: Any) -> Featurizer:
     return _parsed_featurizer(_featurizer_json(spec))  # type: ignore[no-any-return]
 
 
+#: How many times its field's bounds' width outside them a number is corrupt: a record's is
+#: refused (:func:`_check_records`), and so is a model whose prediction would be written into
+#: a record's target as far out (:func:`_refuse_non_finite`): one setting, so a model the one
+#: check lets through never has its anchors blamed on the user's records by the other.
+_CORRUPT_SLACK = 1.0
+
+
 def _check_records(spec: Any, frame: pd.DataFrame, *, what: str) -> np.ndarray:
     """Validate ``frame`` against the model's schema; returns the target values.
 
@@ -283,7 +290,8 @@ def _check_records(spec: Any, frame: pd.DataFrame, *, what: str) -> np.ndarray:
     target = featurizer.target_values(frame)  # an unknown class raises here
     try:
         featurizer.schema.check_bounds(
-            frame, columns=[*featurizer.numeric_fields, featurizer.target], slack=1.0)
+            frame, columns=[*featurizer.numeric_fields, featurizer.target],
+            slack=_CORRUPT_SLACK)
     except ValidationError as exc:
         raise ValidationError(f"{what}: {exc}") from None
     return target
@@ -1032,19 +1040,21 @@ def _refuse_non_finite(model: Any, frames: Sequence[pd.DataFrame | None], *, nam
                        remedy: str, devices: Sequence[int] | None = None,
                        predicted: np.ndarray | None = None, what: str = "record") -> None:
     """Raise :class:`ModelFileError` if ``model`` predicts NaN or infinity for a record of
-    ``frames`` (``None`` entries skipped), or a number more than the target's bounds' width
-    outside them (a regression target with bounds): one of its predictions would become an
-    anchor's target or a held-out error, and the records would be blamed for it (their own
-    check refuses such a value as corrupt). ``name`` is the model as the message calls it
-    and ``remedy`` what to do; ``devices`` the device of each frame (the message then starts
-    with it); ``predicted`` the predictions if already made (one frame). The server makes
-    the same check of non-finite predictions (:mod:`dmt_model._non_finite`)."""
+    ``frames`` (``None`` entries skipped), or a number as far outside the target's bounds
+    as a record may not hold (:data:`_CORRUPT_SLACK`; a regression target with bounds): one
+    of its predictions would become an anchor's target or a held-out error, and the records
+    would be blamed for it (their own check refuses such a value as corrupt). ``name`` is
+    the model as the message calls it and ``remedy`` what to do; ``devices`` the device of
+    each frame (the message then starts with it); ``predicted`` the predictions if already
+    made (one frame). The server makes the same check of non-finite predictions
+    (:mod:`dmt_model._non_finite`)."""
     featurizer = _reading_featurizer(model)
     bounds = None if featurizer.classes_ else featurizer.schema[featurizer.target].bounds
     refuse_non_finite(partial(_predict, model), frames, name=name,
                       explanation=f"{_BROKEN} {remedy}", what=what, predicted=predicted,
                       sources=None if devices is None else [f"device {d}" for d in devices],
-                      target_bounds=None if bounds is None else (featurizer.target, *bounds))
+                      target_bounds=None if bounds is None else (featurizer.target, *bounds),
+                      slack=_CORRUPT_SLACK)
 
 
 def _refuse_broken_models(given: Sequence[_Given], frames: Sequence[pd.DataFrame | None],

@@ -204,7 +204,7 @@ def test_a_model_predicting_far_outside_the_targets_bounds_is_named_not_the_reco
     assert np.allclose(predict_frame(bad, records), 1e6, rtol=1e-3)
     paths, before = _files(tmp_path, new=bad, personal=v1)
     with pytest.raises(ModelFileError, match=r"predicts 100\d{4}\.?\d* for the record at row .*"
-                       r"more than the width of MEDV's bounds \[0, 60\]") as error:
+                       r"more than 1× the width of MEDV's bounds \[0, 60\]") as error:
         adopt_new_version(paths["new"], paths["personal"], records, **FAST)
     assert str(paths["new"]) in str(error.value) and "The personal model is unchanged" in str(
         error.value)
