@@ -3,9 +3,12 @@
 A package is removed whole, in one transaction: its record blocks, its row,
 and its share of each class's counts (a class left with no package is
 deleted; one left with fewer than ``min_k`` packages is marked quarantined
-when a policy is given). Every release cohort the package was part of goes
-back to quarantine whole: it met the release rule with that package and may
-not without it; the release rule releases what is due again. Packages are chosen by id, by the
+when a policy is given). Every release cohort the package was part of leaves the
+release whole: it met the release rule with that package and may not without it.
+Its other blocks are *withdrawn* for good (``withdrawn_blocks``), never released
+or trained on again: they were seen released with the removed package, so released
+again (with one newcomer, say) two snapshots of the released data would differ by
+the newcomer's records alone, or by the removed package's. Packages are chosen by id, by the
 day they were created or received, by a value in their stored receipt, or by
 the reason today's policy refuses them (each stored package is re-opened and
 re-validated: the way to purge what an older, laxer policy let in).
@@ -29,9 +32,11 @@ from dmt_model.server.store import (
     PACKAGES,
     PENDING_BLOCKS,
     RECORDS,
+    WITHDRAWN_BLOCKS,
     Base,
     PackageRow,
     SharedStore,
+    _now,
     connect,
     payload_aad,
 )
@@ -65,10 +70,18 @@ class RemovalReport:
     records: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     dry_run: bool = False
+    #: records of other packages taken out of the release for good: the rest of the
+    #: release cohorts the removed packages were part of (the module's docstring says why)
+    withdrawn_records: int = 0
 
     def to_text(self) -> str:
         verb = "would remove" if self.dry_run else "removed"
         lines = [f"{verb} {len(self.removed)} package(s), {self.records} record(s)"]
+        if self.withdrawn_records:
+            lines.append(f"{'would withdraw' if self.dry_run else 'withdrew'} "
+                         f"{self.withdrawn_records} record(s) of other packages from the release "
+                         "for good: released with a removed one, released again they would let "
+                         "two snapshots single out a package")
         lines += [f"  {kind}: {n}" for kind, n in sorted(self.reasons.items())]
         lines += [f"  {pid}" for pid in self.removed[:50]]
         if len(self.removed) > 50:
@@ -155,42 +168,66 @@ def refusal_reason(store: SharedStore, package_id: str, policy: Any) -> str | No
     return None
 
 
-def _dissolve_cohorts(conn: Any, block_ids: Sequence[int]) -> None:
-    """Send every cohort holding one of ``block_ids`` back to quarantine, whole.
-
-    A cohort was released because it met the release rule with all its
-    packages; without one of them it may not, so its other blocks wait for the
-    release rule again rather than stay released on a count that no longer holds.
-    """
-    released_blocks = Base.metadata.tables.get("released_blocks")
-    cohorts = Base.metadata.tables.get("cohorts")
-    if released_blocks is None:
-        return
-    touched: set[str] = set()
+def _companions(conn: Any, block_ids: Sequence[int]) -> tuple[list[str], list[tuple[int, int]]]:
+    """The release cohorts holding one of ``block_ids``, and (block id, records) of their
+    other blocks."""
+    released_blocks = Base.metadata.tables["released_blocks"]
+    cohorts: set[str] = set()
     for start in range(0, len(block_ids), _CHUNK):
-        touched.update(conn.execute(select(released_blocks.c.cohort_id).where(
+        cohorts.update(conn.execute(select(released_blocks.c.cohort_id).where(
             released_blocks.c.block_id.in_(block_ids[start:start + _CHUNK]))).scalars())
-    for cohort_id in sorted(touched):
-        back = select(released_blocks.c.block_id, RECORDS.c.class_key).join(
-            RECORDS, RECORDS.c.id == released_blocks.c.block_id).where(
-            released_blocks.c.cohort_id == cohort_id)
-        conn.execute(insert(PENDING_BLOCKS).from_select(["block_id", "class_key"], back))
+    leaving = set(block_ids)
+    others: list[tuple[int, int]] = []
+    for cohort_id in sorted(cohorts):
+        others += [(b, n) for b, n in conn.execute(
+            select(released_blocks.c.block_id, RECORDS.c.n_records).join(
+                RECORDS, RECORDS.c.id == released_blocks.c.block_id).where(
+                released_blocks.c.cohort_id == cohort_id)).all() if b not in leaving]
+    return sorted(cohorts), others
+
+
+def _withdraw_cohorts(conn: Any, block_ids: Sequence[int]) -> int:
+    """Take every release cohort holding one of ``block_ids`` out of the release, whole;
+    its other blocks are withdrawn for good. The records withdrawn.
+
+    A cohort was released because it met the release rule with all its packages;
+    without one of them it may not. Its other blocks cannot wait for the rule again:
+    they were seen released, so any later release holding them would differ from
+    the earlier snapshot by less than a cohort (a newcomer's records alone, or the
+    removed package's).
+    """
+    cohorts, others = _companions(conn, block_ids)
+    if not cohorts:
+        return 0
+    released_blocks = Base.metadata.tables["released_blocks"]
+    cohort_rows = Base.metadata.tables["cohorts"]
+    if others:
+        stamp = _now()
+        conn.execute(insert(WITHDRAWN_BLOCKS),
+                     [{"block_id": b, "withdrawn_at": stamp} for b, _ in others])
+    for cohort_id in cohorts:
         conn.execute(delete(released_blocks).where(released_blocks.c.cohort_id == cohort_id))
-        if cohorts is not None:
-            conn.execute(delete(cohorts).where(cohorts.c.cohort_id == cohort_id))
+        conn.execute(delete(cohort_rows).where(cohort_rows.c.cohort_id == cohort_id))
+    return sum(n for _, n in others)
 
 
-def _remove_one(conn: Any, package_id: str, min_k: int | None) -> int:
-    blocks = conn.execute(select(RECORDS.c.id, RECORDS.c.class_key, RECORDS.c.n_records)
-                          .where(RECORDS.c.package_id == package_id)).all()
+def _package_blocks(conn: Any, package_id: str) -> list[Any]:
+    return conn.execute(select(RECORDS.c.id, RECORDS.c.class_key, RECORDS.c.n_records)
+                        .where(RECORDS.c.package_id == package_id)).all()
+
+
+def _remove_one(conn: Any, package_id: str, min_k: int | None) -> tuple[int, int]:
+    """Remove one package: (packages removed, 0 or 1; records of others withdrawn)."""
+    blocks = _package_blocks(conn, package_id)
     ids = [b.id for b in blocks]
-    _dissolve_cohorts(conn, ids)
+    withdrawn = _withdraw_cohorts(conn, ids)
     per_class = Counter[str]()
     for b in blocks:
         per_class[b.class_key] += b.n_records
     for start in range(0, len(ids), _CHUNK):
-        conn.execute(delete(PENDING_BLOCKS).where(
-            PENDING_BLOCKS.c.block_id.in_(ids[start:start + _CHUNK])))
+        chunk = ids[start:start + _CHUNK]
+        conn.execute(delete(PENDING_BLOCKS).where(PENDING_BLOCKS.c.block_id.in_(chunk)))
+        conn.execute(delete(WITHDRAWN_BLOCKS).where(WITHDRAWN_BLOCKS.c.block_id.in_(chunk)))
     conn.execute(delete(RECORDS).where(RECORDS.c.package_id == package_id))
     for class_key in sorted(per_class):
         conn.execute(update(CLASSES).where(CLASSES.c.class_key == class_key).values(
@@ -203,7 +240,7 @@ def _remove_one(conn: Any, package_id: str, min_k: int | None) -> int:
                                                CLASSES.c.n_packages < min_k)
                          .values(released=False, released_at=None))
     result = conn.execute(delete(PACKAGES).where(PACKAGES.c.package_id == package_id))
-    return int(result.rowcount)
+    return int(result.rowcount), withdrawn
 
 
 def remove_packages(
@@ -252,12 +289,19 @@ def remove_packages(
             kind = why.split(":", 1)[0]
             if reason != "any" and kind != reason:
                 continue
-        if not dry_run:
+        if dry_run:
+            with engine.connect() as conn:
+                blocks = [b.id for b in _package_blocks(conn, stored.package_id)]
+                report.withdrawn_records += sum(n for _, n in _companions(conn, blocks)[1])
+        else:
             with engine.begin() as conn:
-                if not _remove_one(conn, stored.package_id,
-                                   None if policy is None else policy.min_k):
-                    continue
-            log.info("package %s removed (%s)", stored.package_id, kind)
+                removed, withdrawn = _remove_one(conn, stored.package_id,
+                                                 None if policy is None else policy.min_k)
+            if not removed:
+                continue
+            report.withdrawn_records += withdrawn
+            log.info("package %s removed (%s); %d record(s) of others withdrawn",
+                     stored.package_id, kind, withdrawn)
         kinds[kind] += 1
         report.removed.append(stored.package_id)
         report.records += stored.n_records

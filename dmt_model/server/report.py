@@ -95,5 +95,8 @@ class IngestReport:
                          f"{c['classes_quarantined']} class(es) with fewer than k packages")
             lines.append(f"released     {c['records_released']} record(s) in "
                          f"{c['classes_released']} class(es) ({self.released_classes} newly)")
+            if c.get("records_withdrawn"):
+                lines.append(f"withdrawn    {c['records_withdrawn']} record(s) out of the release "
+                             "for good (released with a package since removed)")
             lines.append(f"store        {c['packages']} package(s), {c['records']} record(s)")
         return "\n".join(lines)

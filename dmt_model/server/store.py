@@ -20,8 +20,14 @@ Tables:
   whole cohorts, each meeting the rule (:func:`release_due`,
   :meth:`SharedStore.release`). A block not in ``released_blocks`` is
   quarantined, whatever ``classes.released`` says;
+- ``withdrawn_blocks``: blocks that left the release for good. Removing a
+  package (:mod:`dmt_model.server.admin`) takes its whole cohort out of the
+  release; the other blocks of that cohort were seen released with it, so
+  released again (with one newcomer, say) two snapshots would differ by the
+  newcomer's records alone, or by the removed package's. They are never
+  released again, and never trained on;
 - ``pending_blocks``: the blocks not yet released (``records`` less
-  ``released_blocks``, with their class), kept in the same transactions by
+  ``released_blocks`` and ``withdrawn_blocks``, with their class), kept in the same transactions by
   every writer, so the release reads what waits instead of every block ever
   stored (:func:`released_classes`), and reads only it: a block both pending
   and released could only come from a writer that broke this, and the key of
@@ -118,6 +124,7 @@ __all__ = [
     "SPENT_TOKENS",
     "TOKEN_ISSUANCE",
     "TOKEN_KEYS",
+    "WITHDRAWN_BLOCKS",
     "Base",
     "ClassRow",
     "CohortRow",
@@ -132,6 +139,7 @@ __all__ = [
     "SpentTokenRow",
     "TokenIssuanceRow",
     "TokenKeyRow",
+    "WithdrawnBlock",
     "WriterLock",
     "connect",
     "payload_aad",
@@ -209,6 +217,15 @@ class ReleasedBlock(Base):
     cohort_id: Mapped[str] = mapped_column(ForeignKey("cohorts.cohort_id"), index=True)
 
 
+class WithdrawnBlock(Base):
+    """A block taken out of the release for good (``withdrawn_blocks``): see the module."""
+
+    __tablename__ = "withdrawn_blocks"
+
+    block_id: Mapped[int] = mapped_column(ForeignKey("records.id"), primary_key=True)
+    withdrawn_at: Mapped[str] = mapped_column(String(32))
+
+
 class PendingBlock(Base):
     """A record block still in quarantine, by class: what :func:`released_classes` reads."""
 
@@ -266,6 +283,7 @@ DATA_KEYS = cast(Table, DataKeyRow.__table__)
 COHORTS = cast(Table, CohortRow.__table__)
 RELEASED_BLOCKS = cast(Table, ReleasedBlock.__table__)
 PENDING_BLOCKS = cast(Table, PendingBlock.__table__)
+WITHDRAWN_BLOCKS = cast(Table, WithdrawnBlock.__table__)
 SPENT_TOKENS = cast(Table, SpentTokenRow.__table__)
 TOKEN_KEYS = cast(Table, TokenKeyRow.__table__)
 TOKEN_ISSUANCE = cast(Table, TokenIssuanceRow.__table__)
@@ -355,11 +373,14 @@ class WriterLock:
 
 
 def _fill_pending(engine: Engine) -> None:
-    """Index every unreleased block ``pending_blocks`` lacks (a database from before it)."""
+    """Index every unreleased block ``pending_blocks`` lacks (a database from before it);
+    withdrawn blocks are never in line again."""
     missing = (select(RECORDS.c.id, RECORDS.c.class_key)
                .outerjoin(RELEASED_BLOCKS, RELEASED_BLOCKS.c.block_id == RECORDS.c.id)
                .outerjoin(PENDING_BLOCKS, PENDING_BLOCKS.c.block_id == RECORDS.c.id)
-               .where(RELEASED_BLOCKS.c.block_id.is_(None), PENDING_BLOCKS.c.block_id.is_(None)))
+               .outerjoin(WITHDRAWN_BLOCKS, WITHDRAWN_BLOCKS.c.block_id == RECORDS.c.id)
+               .where(RELEASED_BLOCKS.c.block_id.is_(None), PENDING_BLOCKS.c.block_id.is_(None),
+                      WITHDRAWN_BLOCKS.c.block_id.is_(None)))
     try:
         with engine.begin() as conn:
             if conn.execute(missing.limit(1)).first() is not None:
@@ -789,16 +810,21 @@ class SharedStore:
             return 0
 
     # --- reading ----------------------------------------------------------------------
-    def _blocks(self, released: bool | None
+    def _blocks(self, which: str
                 ) -> Iterator[tuple[str, str, str | None, dict[str, list[Any]]]]:
-        """(package id, class key, cohort id, columns) of every block of records, decrypted."""
+        """(package id, class key, cohort id, columns) of every block of records ``which``
+        (:meth:`frame`) selects, decrypted."""
         query = select(RecordBlock.package_id, RecordBlock.class_key, RecordBlock.rows,
                        ReleasedBlock.cohort_id).outerjoin(
-            ReleasedBlock, ReleasedBlock.block_id == RecordBlock.id).order_by(RecordBlock.id)
-        if released is True:
+            ReleasedBlock, ReleasedBlock.block_id == RecordBlock.id).outerjoin(
+            WithdrawnBlock, WithdrawnBlock.block_id == RecordBlock.id).order_by(RecordBlock.id)
+        if which == "released":
             query = query.where(ReleasedBlock.block_id.is_not(None))
-        elif released is False:
-            query = query.where(ReleasedBlock.block_id.is_(None))
+        elif which == "quarantined":
+            query = query.where(ReleasedBlock.block_id.is_(None),
+                                WithdrawnBlock.block_id.is_(None))
+        elif which == "withdrawn":
+            query = query.where(WithdrawnBlock.block_id.is_not(None))
         with self.engine.connect() as conn:
             blocks = conn.execute(query).all()
             by_package: dict[str, list[tuple[str, bytes, str | None]]] = {}
@@ -820,16 +846,18 @@ class SharedStore:
                     }
 
     def frame(self, which: str = "released", *, cohorts: bool = False) -> pd.DataFrame:
-        """Decrypted records: ``"released"`` (for training), ``"quarantined"`` or ``"all"``.
+        """Decrypted records: ``"released"`` (for training), ``"quarantined"`` (waiting for
+        the release rule), ``"withdrawn"`` (out of the release for good: the rest of a
+        cohort a removed package was released with) or ``"all"``.
 
         Adds the columns ``package_id`` and ``class_key`` (and ``cohort_id``, ``None``
-        while quarantined, with ``cohorts=True``).
+        unless released, with ``cohorts=True``).
         """
-        flags = {"released": True, "quarantined": False, "all": None}
-        if which not in flags:
-            raise ValidationError(f"which must be one of {list(flags)!r}, got {which!r}.")
+        choices = ("released", "quarantined", "withdrawn", "all")
+        if which not in choices:
+            raise ValidationError(f"which must be one of {list(choices)!r}, got {which!r}.")
         parts = []
-        for package_id, class_key, cohort_id, columns in self._blocks(flags[which]):
+        for package_id, class_key, cohort_id, columns in self._blocks(which):
             part = pd.DataFrame(columns)
             part["package_id"] = package_id
             part["class_key"] = class_key
@@ -848,7 +876,8 @@ class SharedStore:
                 for package_id, text in rows}
 
     def counts(self) -> dict[str, int]:
-        """Packages, records, classes with released / quarantined records, records in each.
+        """Packages, records, classes with released / quarantined records, records in each,
+        and the records withdrawn from the release for good (:meth:`frame`).
 
         A class whose first cohort is released while later records wait counts in both.
         """
@@ -856,17 +885,20 @@ class SharedStore:
             n_packages = conn.execute(select(PackageRow.package_id).with_only_columns(
                 PackageRow.package_id)).all()
             blocks = conn.execute(
-                select(RecordBlock.class_key, RecordBlock.n_records, ReleasedBlock.block_id)
-                .outerjoin(ReleasedBlock, ReleasedBlock.block_id == RecordBlock.id)).all()
+                select(RecordBlock.class_key, RecordBlock.n_records, ReleasedBlock.block_id,
+                       WithdrawnBlock.block_id.is_not(None))
+                .outerjoin(ReleasedBlock, ReleasedBlock.block_id == RecordBlock.id)
+                .outerjoin(WithdrawnBlock, WithdrawnBlock.block_id == RecordBlock.id)).all()
             n_cohorts = len(conn.execute(select(CohortRow.cohort_id)).all())
-        released = [(c, n) for c, n, b in blocks if b is not None]
-        held = [(c, n) for c, n, b in blocks if b is None]
+        released = [(c, n) for c, n, b, _ in blocks if b is not None]
+        held = [(c, n) for c, n, b, out in blocks if b is None and not out]
         return {
             "packages": len(n_packages),
-            "records": sum(n for _, n, _ in blocks),
+            "records": sum(n for _, n, _, _ in blocks),
             "classes_released": len({c for c, _ in released}),
             "classes_quarantined": len({c for c, _ in held}),
             "records_released": sum(n for _, n in released),
             "records_quarantined": sum(n for _, n in held),
+            "records_withdrawn": sum(n for _, n, _, out in blocks if out),
             "cohorts_released": n_cohorts,
         }

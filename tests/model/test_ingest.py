@@ -340,6 +340,48 @@ def test_operators_remove_packages_by_id_day_receipt_and_reason(tmp_path, capsys
     assert "0 package(s)" in capsys.readouterr().out
 
 
+def test_removing_a_package_never_lets_two_snapshots_single_out_one_package(tmp_path):
+    """Removing a package from a released cohort must not put its companions back in line:
+    released again with one newcomer, two snapshots of the released data would differ by
+    that newcomer's records alone (and by the removed package's). Every two snapshots
+    differ by whole cohorts of at least k packages, or not at all."""
+    from dmt_model.server.admin import remove_packages
+
+    db = f"sqlite:///{tmp_path / 'server.db'}"
+    store = SharedStore(db, KEY)
+
+    def snapshot() -> frozenset[str]:
+        frame = store.frame("released")
+        return frozenset(frame["package_id"]) if len(frame) else frozenset()
+
+    first = [package(i, n=1, classes=[0]) for i in range(3)]
+    ingest([seal_package(p, KEY.public_key()) for p in first], db, KEY, POLICY)
+    snapshots = [snapshot()]
+    assert snapshots[0] == {p.package_id for p in first}
+    assert remove_packages(db, ids=[first[0].package_id], dry_run=True).withdrawn_records == 2
+    report = remove_packages(db, ids=[first[0].package_id])
+    assert report.withdrawn_records == 2  # the two companions leave the release for good
+    snapshots.append(snapshot())
+    newcomers = [package(10 + i, n=1, classes=[0]) for i in range(3)]
+    for p in newcomers:  # one at a time: each is a chance to release a smaller difference
+        ingest([seal_package(p, KEY.public_key())], db, KEY, POLICY)
+        snapshots.append(snapshot())
+    assert snapshots[-1] == {p.package_id for p in newcomers}  # a cohort of their own
+    for a in snapshots:
+        for b in snapshots:
+            assert len(a - b) in (0, *range(POLICY.min_k, 100)), (a - b, a, b)
+    counts = store.counts()
+    assert counts["records_withdrawn"] == 2 and counts["records_released"] == 3
+    # a connect (which indexes blocks a database from before pending_blocks lacks) does
+    # not put them back in line either
+    from dmt_model.server import connect
+
+    connect(db).dispose()
+    ingest([seal_package(package(20 + i, n=1, classes=[0]), KEY.public_key())
+            for i in range(2)], db, KEY, POLICY)
+    assert snapshot() == {p.package_id for p in newcomers}
+
+
 def test_a_different_package_reusing_a_stored_id_is_refused_not_acknowledged(tmp_path):
     import dataclasses
 

@@ -207,20 +207,27 @@ def test_the_load_client_starts_when_every_worker_listens(tmp_path, server_load)
 
 
 def test_pending_blocks_are_the_unreleased_blocks(db_url):
-    """The release reads pending_blocks: it stays records less released_blocks through
-    ingestion and removal, and a database from before it is indexed on connect."""
+    """The release reads pending_blocks: it stays records less released_blocks (and less
+    the blocks a removal withdrew) through ingestion and removal, and a database from
+    before it is indexed on connect."""
     from sqlalchemy import delete
 
     from dmt_model.server import connect, ingest
     from dmt_model.server.admin import remove_packages
-    from dmt_model.server.store import PENDING_BLOCKS, RECORDS, RELEASED_BLOCKS
+    from dmt_model.server.store import (
+        PENDING_BLOCKS,
+        RECORDS,
+        RELEASED_BLOCKS,
+        WITHDRAWN_BLOCKS,
+    )
 
     def check(engine) -> int:
         with engine.connect() as conn:
             pending = set(conn.execute(select(PENDING_BLOCKS.c.block_id)).scalars())
             blocks = set(conn.execute(select(RECORDS.c.id)).scalars())
             released = set(conn.execute(select(RELEASED_BLOCKS.c.block_id)).scalars())
-        assert pending == blocks - released
+            withdrawn = set(conn.execute(select(WITHDRAWN_BLOCKS.c.block_id)).scalars())
+        assert pending == blocks - released - withdrawn
         return len(pending)
 
     engine = connect(db_url)
@@ -229,16 +236,17 @@ def test_pending_blocks_are_the_unreleased_blocks(db_url):
     report = ingest([seal_package(p, KEY.public_key()) for p in packages], engine, KEY, POLICY,
                     max_group=1)
     assert report.released_classes == 3 and check(engine) == 2  # the 4th of classes 0 and 1
-    remove_packages(engine, ids=[packages[0].package_id])  # dissolves class 0's cohort
-    assert check(engine) == 4
+    # takes class 0's cohort out of the release, its two other packages withdrawn for good
+    assert remove_packages(engine, ids=[packages[0].package_id]).withdrawn_records == 6
+    assert check(engine) == 2
     with engine.begin() as conn:  # as a database from before pending_blocks
         conn.execute(delete(PENDING_BLOCKS))
     engine.dispose()
     engine = connect(db_url)
-    assert check(engine) == 4
+    assert check(engine) == 2
     more = ingest([seal_package(package(100 + i, classes=[0] * 3), KEY.public_key())
                    for i in range(2)], engine, KEY, POLICY, max_group=1)
-    assert more.released_classes == 1 and check(engine) == 2
+    assert more.released_classes == 1 and check(engine) == 1  # the 4th of class 1
     engine.dispose()
 
 
