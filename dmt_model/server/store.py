@@ -71,7 +71,7 @@ import os
 import secrets
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -562,6 +562,15 @@ def _decode_columns(conn: Connection, package_id: str, key: DataKey) -> dict[str
     return dict(package.columns)
 
 
+def _enough(blocks: Sequence[Any], k: int, *, tokens: bool) -> bool:
+    """Whether ``blocks`` come from k contributors: k distinct tokens of one period
+    (``tokens``), else k distinct packages."""
+    if tokens:
+        per_epoch = Counter(epoch for _, epoch in {(b.token_id, b.epoch) for b in blocks})
+        return bool(per_epoch) and max(per_epoch.values()) >= k
+    return len({b.package_id for b in blocks}) >= k
+
+
 def release_due(
     conn: Connection,
     rule: ReleaseRule,
@@ -606,9 +615,10 @@ def released_classes(
     Runs inside the caller's transaction ``conn``. A class's pending cohort is
     all its blocks not yet released; it is released whole, or not at all.
     ``data_key(key_id)`` unwraps a package's data key to read its sensitive
-    values when the rule has l or t; a cohort with a package it cannot read
-    (``None``) or without the sensitive field stays quarantined (fail
-    closed). ``class_keys``: only these classes (default: all).
+    values when the rule has l or t; a block it cannot read (``None``) or
+    without the sensitive field stays quarantined on its own (fail closed),
+    and the cohort is judged without it. ``class_keys``: only these classes
+    (default: all).
 
     ``tokens``: the policy limits packages per device with tokens
     (:mod:`dmt_model.server.issuer`). Then a contributor is a spent token, not
@@ -643,30 +653,31 @@ def released_classes(
         blocks = by_class[class_key]
         if tokens:
             blocks = [b for b in blocks if b.token_id is not None]
-            per_epoch = Counter(epoch for _, epoch in {(b.token_id, b.epoch) for b in blocks})
-            if not per_epoch or max(per_epoch.values()) < rule.k:
-                continue
-        elif len({b.package_id for b in blocks}) < rule.k:
+        if not _enough(blocks, rule.k, tokens=tokens):
             continue
-        contributors: list[str] = []
-        values: list[Any] | None = [] if rule.needs_values else None
-        readable = True
-        for b in blocks:
-            positions = np.frombuffer(b.rows, dtype="<u4").tolist()
-            contributors += [b.token_id if tokens else b.package_id] * len(positions)
-            if values is None:
+        values: list[Any] | None = None
+        if rule.needs_values:
+            # A block whose sensitive values cannot be read (a package without the field,
+            # or whose data key is not at hand) stays in quarantine on its own: it never
+            # holds back the cohort of the others (fail closed for it alone).
+            readable, values = [], []
+            for b in blocks:
+                if b.package_id not in columns_cache:
+                    key = data_key(b.key_id)
+                    columns_cache[b.package_id] = (
+                        None if key is None else _decode_columns(conn, b.package_id, key))
+                columns = columns_cache[b.package_id]
+                if columns is None or rule.sensitive not in columns:
+                    continue
+                column = columns[str(rule.sensitive)]
+                readable.append(b)
+                values += [column[i] for i in np.frombuffer(b.rows, dtype="<u4").tolist()]
+            blocks = readable
+            if not _enough(blocks, rule.k, tokens=tokens):
                 continue
-            if b.package_id not in columns_cache:
-                key = data_key(b.key_id)
-                columns_cache[b.package_id] = (
-                    None if key is None else _decode_columns(conn, b.package_id, key))
-            columns = columns_cache[b.package_id]
-            if columns is None or rule.sensitive not in columns:
-                readable = False
-                break
-            column = columns[str(rule.sensitive)]
-            values += [column[i] for i in positions]
-        if not readable or not rule.admits(contributors, values):
+        contributors = [b.token_id if tokens else b.package_id for b in blocks
+                        for _ in np.frombuffer(b.rows, dtype="<u4")]
+        if not rule.admits(contributors, values):
             continue
         cohort_id = secrets.token_hex(16)
         cohorts.append({"cohort_id": cohort_id, "class_key": class_key,

@@ -465,6 +465,14 @@ def _validate(package: SharePackage, policy: Any) -> ValidatedPackage:
             raise _refuse("schema", f"field {name!r} is not one the policy accepts")
         if type(values) is not list or len(values) != n:
             raise _refuse("size", f"field {name!r} does not hold one cell per record")
+    plan = policy.plan
+    if plan is not None and (plan.l is not None or plan.t is not None) \
+            and plan.sensitive not in columns:
+        # the release judges every class's l and t on it: a block without it could never
+        # leave quarantine, and would keep every cohort of its class there with it
+        raise _refuse("schema", f"the package lacks the sensitive field {plan.sensitive!r}, on "
+                      "which the plan's l-diversity / t-closeness is judged; share it with "
+                      "the records")
     dp_policy = set(policy.epsilon)
     qis = tuple(q for q in policy.quasi_identifiers or () if q in columns and q not in dp_policy)
     dp_fields = _check_receipt(package, policy, columns, qis)

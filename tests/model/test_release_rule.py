@@ -123,6 +123,34 @@ def test_a_grown_class_is_not_released_by_one_newcomer(tmp_path):
     assert store.counts()["records_quarantined"] == 1
 
 
+def test_a_package_without_the_sensitive_field_neither_passes_nor_holds_its_class_back(
+        tmp_path):
+    """l and t are judged on the sensitive field. A package carrying quasi-identifiers
+    without it is refused, saying so; and one stored before (under a policy without l or
+    t) stays in quarantine on its own instead of keeping every cohort of its class there."""
+    from dmt_model.server.validate import PackageRefused, validate_package
+
+    policy = planned_policy()
+    lone = device_package(pd.DataFrame({"age": [40.0], "zip": ["b"], "disease": ["flu"]}))
+    assert lone is not None
+    blind = dataclasses.replace(
+        lone, columns={c: v for c, v in lone.columns.items() if c != "disease"})
+    with pytest.raises(PackageRefused) as refused:
+        validate_package(blind, policy)
+    assert "sensitive field 'disease'" in refused.value.reason
+    db = f"sqlite:///{tmp_path / 'server.db'}"
+    laxer = ServerPolicy(SCHEMA, min_k=K)  # no plan: no l or t to judge
+    assert ingest([seal_package(blind, KEY.public_key())], db, KEY, laxer).stored_ids
+    honest = [device_package(pd.DataFrame({"age": [40.0], "zip": ["b"], "disease": [d]}))
+              for d in ["flu", "cold", "flu", "hiv", "cold", "flu"]]
+    report = ingest([seal_package(p, KEY.public_key()) for p in honest if p is not None],
+                    db, KEY, policy)
+    released = SharedStore(db, KEY).frame("released")
+    assert report.released_classes >= 1 and len(released) == 6
+    assert blind.package_id not in set(released["package_id"])
+    assert SharedStore(db, KEY).counts()["records_quarantined"] == 1
+
+
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                  HealthCheck.function_scoped_fixture])
 @given(n_devices=st.integers(3, 30), batches=st.integers(1, 3), seed=st.integers(0, 2**16),
