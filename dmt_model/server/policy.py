@@ -22,7 +22,7 @@ import hashlib
 import json
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -210,6 +210,15 @@ class ServerPolicy:
         object.__setattr__(self, "_plan_classes", self._classes())
 
     # --- what the policy implies ------------------------------------------------------
+    def class_quasi_identifiers(self, columns: Iterable[str]) -> tuple[str, ...]:
+        """The quasi-identifiers that name a package's k-anonymity class, given the fields
+        it carries (``columns``): those it carries, less the ones perturbed under local
+        DP (the alternative to generalizing them: their noisy values name no class).
+        Validation checks these as generalized and the store groups records by them."""
+        carried = set(columns)
+        return tuple(q for q in self.quasi_identifiers or ()
+                     if q in carried and q not in self.epsilon)
+
     def _field_receipt(self, name: str) -> FieldReceipt:
         spec = self.schema[name]
         eps = self.epsilon[name]

@@ -473,8 +473,7 @@ def _validate(package: SharePackage, policy: Any) -> ValidatedPackage:
         raise _refuse("schema", f"the package lacks the sensitive field {plan.sensitive!r}, on "
                       "which the plan's l-diversity / t-closeness is judged; share it with "
                       "the records")
-    dp_policy = set(policy.epsilon)
-    qis = tuple(q for q in policy.quasi_identifiers or () if q in columns and q not in dp_policy)
+    qis = policy.class_quasi_identifiers(columns)
     dp_fields = _check_receipt(package, policy, columns, qis)
     for name, values in columns.items():
         _check_cells(name, values, view, qis, policy, dp_fields)

@@ -118,7 +118,7 @@ def prepare_package(package: Any, plaintext: bytes, policy: ServerPolicy, key: D
                     columns: Mapping[str, list[Any]],
                     token: tuple[str, int] | None = None) -> PreparedPackage:
     """Encrypt and name the classes of one validated package (no database needed)."""
-    qis = [q for q in policy.quasi_identifiers or () if q in columns]
+    qis = policy.class_quasi_identifiers(columns)
     pid = package.package_id
     per_class: dict[str, list[int]] = {}
     n = package.n_records

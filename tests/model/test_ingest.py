@@ -382,6 +382,27 @@ def test_removing_a_package_never_lets_two_snapshots_single_out_one_package(tmp_
     assert snapshot() == {p.package_id for p in newcomers}
 
 
+def test_a_quasi_identifier_shared_under_local_dp_does_not_name_the_class(tmp_path):
+    """Local DP on a quasi-identifier is the alternative to generalizing it: validation
+    leaves it out of the class, and so must the store. Keyed by its noisy value, every
+    record was a class of its own and never reached k (the users' ε spent for nothing)."""
+    schema = Schema((
+        Field("age", "numeric", role="quasi-identifier", bounds=(0, 100), grid=1.0),
+        Field("y", "numeric", role="target", bounds=(0, 10), grid=0.1),
+    ))
+    sharing = SharingPolicy(fields=("age", "y"), epsilon={"age": 1.0}, privacy_unit="record")
+    policy = ServerPolicy(schema, min_k=3, epsilon={"age": 1.0})
+    envelopes = []
+    for u in range(6):
+        store = LocalStore(tmp_path / f"u{u}.db", schema=schema, user_id=f"u{u}",
+                           epsilon_budget=100, key=LocalStore.generate_key())
+        store.add_records(pd.DataFrame({"age": [40.0], "y": [5.0]}), ids=[f"r{u}"])
+        envelopes.append(share(store, sharing, KEY.public_key()).envelope)
+    report = ingest(envelopes, f"sqlite:///{tmp_path / 'server.db'}", KEY, policy)
+    assert len(report.accepted) == 6
+    assert report.counts["records_released"] == 6 and report.counts["classes_released"] == 1
+
+
 def test_a_different_package_reusing_a_stored_id_is_refused_not_acknowledged(tmp_path):
     import dataclasses
 
