@@ -78,7 +78,9 @@ class ServerPolicy:
         a ceiling: a package that spent less has more noise than the policy
         weighs it by).
     quasi_identifiers:
-        Default: the schema's fields with the quasi-identifier role.
+        The fields checked as generalized. Default: the schema's fields with the
+        quasi-identifier role. A quasi-identifier of the schema that ``fields``
+        accepts must be here or in ``epsilon``; never accepted raw.
     max_records, max_bytes:
         Limits on one package, enforced while decoding.
     allow_insecure_random:
@@ -194,6 +196,13 @@ class ServerPolicy:
             if self.schema[name].role is Role.IDENTIFIER:
                 raise ValidationError(f"fields names {name!r}, an identifier: never accepted.")
         object.__setattr__(self, "fields", names)
+        raw = [f.name for f in self.schema.by_role(Role.QUASI_IDENTIFIER)
+               if f.name in names and f.name not in qis and f.name not in eps]
+        if raw:
+            raise ValidationError(
+                f"quasi-identifiers {raw!r} would be accepted raw: neither generalized "
+                "(quasi_identifiers=) nor perturbed (epsilon=). Add them to "
+                "quasi_identifiers, give them an epsilon, or leave them out of fields.")
         _positive_int("max_records", self.max_records)
         _positive_int("max_bytes", self.max_bytes)
         _positive_int("max_training_records", self.max_training_records)

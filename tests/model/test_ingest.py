@@ -403,6 +403,19 @@ def test_a_quasi_identifier_shared_under_local_dp_does_not_name_the_class(tmp_pa
     assert report.counts["records_released"] == 6 and report.counts["classes_released"] == 1
 
 
+def test_a_server_policy_cannot_let_a_quasi_identifier_through_raw():
+    """quasi_identifiers= that leaves out a quasi-identifier the policy accepts, neither
+    generalized nor under local DP, would store and release its raw values: refused,
+    naming it and the three ways out (the device's SharingPolicy refuses the same)."""
+    from dmt_privacy.errors import ValidationError
+
+    with pytest.raises(ValidationError, match=r"'zip'.*quasi_identifiers.*epsilon.*fields"):
+        ServerPolicy(SCHEMA, min_k=3, quasi_identifiers=("age",))
+    ServerPolicy(SCHEMA, min_k=3, quasi_identifiers=("age",), epsilon={"zip": 1.0})
+    ServerPolicy(SCHEMA, min_k=3, quasi_identifiers=("age",),
+                 fields=("age", "note", "income", "score"))
+
+
 def test_a_different_package_reusing_a_stored_id_is_refused_not_acknowledged(tmp_path):
     import dataclasses
 
