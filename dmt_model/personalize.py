@@ -1710,6 +1710,14 @@ def adopted(new_spec: Any, current: Any, records: pd.DataFrame, *, previous: Any
     in-memory spec has no signed bytes to check. For simulations and benchmarks."""
     import tempfile
 
+    from dmt_privacy.release import VerifiedRelease
+
+    release = kwargs.get("release")
+    if isinstance(release, VerifiedRelease) and not _is_program(new_spec):
+        # the version the release signed, as the registry numbers the model it signs: the
+        # rollback check and the rule read it from the file
+        new_spec = copy.deepcopy(new_spec)
+        new_spec.description.metadata.versionString = str(release.metadata.version)
     with tempfile.TemporaryDirectory(prefix="dmt-adopt-") as folder:
         suffix = ".pte" if _is_program(new_spec) else ".mlmodel"
         paths = {name: Path(folder) / f"{name}{suffix}" for name in ("new", "personal", "previous")}
@@ -1820,7 +1828,7 @@ def adopted_many(
         if not _is_program(current):
             validate_updatable(current)
         _check_versions(new_spec, current, previous, new="the new version",
-                        personal=f"of device {i}", previous="previous=")
+                        personal=f"of device {i}", previous="previous=", release=release)
         records, scored = _with_shared(record_sets[i], shared[i])
         plans.append(_device_plan(i, new_spec, records, holdout=holdout[i], rule=rule,
                                   grid=grid, seed=seed, final=True, scored=scored))
@@ -1882,10 +1890,23 @@ def _with_shared(records: pd.DataFrame, shared: pd.DataFrame | None
 
 
 def _check_versions(new_spec: Any, current: Any, base: Any | None, *, new: str, personal: str,
-                    previous: str) -> None:
+                    previous: str, release: Any = None) -> None:
     """Refuse a new version (``new_spec``, named ``new``) that cannot replace the personal
-    model ``current`` (named ``personal``): other records, or another format; and a
-    ``base`` (named ``previous``) that is not the version ``current`` was personalized from."""
+    model ``current`` (named ``personal``): other records, another format, or an older
+    version than the one ``current`` comes from (``base``'s number, else its own; the
+    new one's is its ``release``'s, else its own): a device never goes back, whether or
+    not ``verify_release`` was told the installed version. Also a ``base`` (named
+    ``previous``) that is not the version ``current`` was personalized from."""
+    from dmt_privacy.release import RollbackRefused, VerifiedRelease
+
+    based_on = _version_of(base) if base is not None else _version_of(current)
+    offered = (release.metadata.version if isinstance(release, VerifiedRelease)
+               else _version_of(new_spec))
+    if based_on is not None and offered is not None and offered < based_on:
+        raise RollbackRefused(
+            f"{new} is v{offered}, older than v{based_on} the personal model {personal} "
+            "comes from; a device never goes back. The personal model is unchanged: keep it, "
+            "and adopt the newest version the registry serves.")
     schema = featurizer_of(new_spec).schema.schema_id
     if featurizer_of(current).schema.schema_id != schema:
         raise ModelFileError(
@@ -1985,7 +2006,8 @@ def adopt_new_version(
     current = _load_model(personal_model_path)
     base = None if previous is None else _load_model(previous)
     _check_versions(new_spec, current, base, new=str(new_model_path),
-                    personal=str(personal_model_path), previous=f"previous={previous}")
+                    personal=str(personal_model_path), previous=f"previous={previous}",
+                    release=release)
     records, scored = _with_shared(records, shared_records)
     return _checked_update(new_spec, current, records, holdout=holdout,
                            output=Path(personal_model_path),

@@ -340,3 +340,34 @@ def test_a_release_earns_its_rule_only_for_the_bytes_it_signed(foundation, simul
         adopt_new_version(swapped, personal, simulation.users[0].train, release=verified)
     assert personal.read_bytes() == before  # nothing changed
     adopt_new_version(v2, personal, simulation.users[0].train, release=verified)  # the real one
+
+
+# Found in review (4 December, helper-42): adopt_new_version read the personal model's
+# version but never compared it with the release's, so leaving installed_version out of
+# verify_release (its default) let the channel roll a device back.
+def test_a_device_never_adopts_a_version_older_than_its_personal_model(foundation, simulation,
+                                                                        tmp_path):
+    """The personal model comes from v3; the channel serves v2 with its genuine release, and
+    the app verifies it without installed_version. adopt_new_version refuses it, naming both
+    versions, and the personal model is unchanged; so does the in-memory path."""
+    from dmt_model.coreml import UpdateSettings, export_coreml
+    from dmt_model.personalize import _load_model as load_model
+    from dmt_model.personalize import adopt_new_version, adopted_many, personalized
+
+    v2 = export_coreml(foundation, tmp_path / "v2.mlmodel", updatable=UpdateSettings(),
+                       version="2")
+    v3 = export_coreml(foundation, tmp_path / "v3.mlmodel", updatable=UpdateSettings(),
+                       version="3")
+    records = simulation.users[0].train
+    personal = tmp_path / "personal.mlmodel"
+    personal.write_bytes(v3.read_bytes())
+    before = personal.read_bytes()
+    genuine = verify_release(_release(v2.read_bytes(), 2), v2.read_bytes(), PINNED, now=NOW)
+    with pytest.raises(RollbackRefused, match=r"v2.*older than v3"):
+        adopt_new_version(v2, personal, records, release=genuine)
+    with pytest.raises(RollbackRefused, match=r"v2.*older than v3"):
+        adopt_new_version(v2, personal, records)  # no release: the files' own numbers
+    assert personal.read_bytes() == before
+    current, _ = personalized(load_model(v3), records)
+    with pytest.raises(RollbackRefused, match=r"v2.*older than v3"):
+        adopted_many(load_model(v2), [current], [records])
