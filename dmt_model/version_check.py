@@ -58,7 +58,8 @@ apart. So the server signs the check into the version's release before it asks a
 (:meth:`~dmt_model.server.retrain.ModelRegistry.announce_version_check`: the release's
 ``version_check`` names the key's id, the baseline and ε), and a device takes a token only
 under the key its verified release names, at that ε (:func:`request_version_check_token`).
-A server that wanted devices apart would have to sign releases of one version that differ:
+A server that wanted devices apart would have to sign releases of one version that differ
+(in the check, or in the server key the reports are sealed to, which every envelope names):
 two such releases, both verifying, are evidence anyone can show
 (:func:`~dmt_privacy.release.conflicting_releases` names where they disagree). Devices that
 fetch releases from one public place, or an app that gathers what its devices received,

@@ -546,14 +546,17 @@ def verify_release(
 def conflicting_releases(first: VerifiedRelease, second: VerifiedRelease) -> list[str]:
     """The signed fields in which two verified releases of one version disagree where every
     release of a version must agree: its model (``sha256``, ``length``) and, once both name
-    one, the version check devices are asked to make (``version_check``). Empty when they
-    agree, or name different versions (or models). Re-signing legitimately changes the rest
-    (expiry, a claim the devices' reports earned, a rotated key).
+    one, the version check devices are asked to make (``version_check``) and the server key
+    their reports are sealed to (``server_key``: every envelope names its key, so a key
+    per device would tell whose report is whose as surely as a check key each). Empty when
+    they agree, or name different versions (or models). Re-signing legitimately changes the
+    rest (expiry, a claim the devices' reports earned, a rotated signing key, a server key
+    rotated while no check is announced).
 
     Two releases that disagree, both signed by the server, are evidence that it told
-    devices different things about one version, for instance a check key each, to tell
-    their reports apart: an app that gathers the releases its devices received, or an
-    auditor, checks them pairwise with this.
+    devices different things about one version, for instance a check key or a server key
+    each, to tell their reports apart: an app that gathers the releases its devices
+    received, or an auditor, checks them pairwise with this.
     """
     if not (isinstance(first, VerifiedRelease) and isinstance(second, VerifiedRelease)):
         raise ValidationError("conflicting_releases compares two releases verify_release "
@@ -563,9 +566,9 @@ def conflicting_releases(first: VerifiedRelease, second: VerifiedRelease) -> lis
     if (a.name, a.version) != (b.name, b.version):
         return []
     fields = [name for name in ("sha256", "length") if getattr(a, name) != getattr(b, name)]
-    if a.version_check is not None and b.version_check is not None \
-            and a.version_check != b.version_check:
-        fields.append("version_check")
+    if a.version_check is not None and b.version_check is not None:
+        fields += [name for name in ("version_check", "server_key")
+                   if getattr(a, name) != getattr(b, name)]
     return fields
 
 

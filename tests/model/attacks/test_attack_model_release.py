@@ -371,3 +371,24 @@ def test_a_device_never_adopts_a_version_older_than_its_personal_model(foundatio
     current, _ = personalized(load_model(v3), records)
     with pytest.raises(RollbackRefused, match=r"v2.*older than v3"):
         adopted_many(load_model(v2), [current], [records])
+
+
+# Found in review (4 December, helper-42): the same check key for every device, but an
+# HPKE key each: every report's envelope names the key it was sealed to, so the server
+# knew whose report it opened, and conflicting_releases found nothing.
+def test_a_server_key_per_device_during_a_check_is_evidence_too():
+    """Two releases of v2 that announce the same check but name different server keys are
+    a conflict; a key rotated before the check was announced, or between checks, is not."""
+    from dmt_privacy.release import conflicting_releases
+    from dmt_privacy.seal import generate_server_key
+
+    check = {"key": "ab" * 32, "baseline": 1, "epsilon": 1.0}
+    one, two = (generate_server_key().public_key().to_bytes() for _ in range(2))
+
+    def verified(server_key, version_check=check):
+        return verify_release(_release(V2, 2, server_key=server_key,
+                                       version_check=version_check), V2, PINNED, now=NOW)
+
+    assert conflicting_releases(verified(one), verified(two)) == ["server_key"]
+    assert conflicting_releases(verified(one), verified(one)) == []
+    assert conflicting_releases(verified(one, None), verified(two)) == []  # rotated, then asked
