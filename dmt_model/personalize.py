@@ -751,12 +751,10 @@ class DecisionRule:
 
     ``confidence=None`` (the default) takes the model's task's
     :attr:`~dmt_model.tasks.Task.decision_confidence`
-    (:meth:`for_task`): 0.5 for a regression, which keeps an update whose mean
-    held-out error is lower than the current model's (with the prior toward
-    the current model, :func:`with_prior`, an update is already small where
-    the records are few or disagree, and a stricter test discarded more updates
-    that would have helped than ones that would have hurt on the three data
-    sets of ``benchmarks/model_quality.py``); 0.9 for a classification, whose
+    (:meth:`for_task`): 0.9 for a regression (0.5 until 4 December, which kept an
+    update whose mean held-out error was lower than the current model's: users
+    with a few records drawn like the proxy ended worse off, :mod:`dmt_model.tasks`);
+    0.9 for a classification, whose
     per-record log losses are heavy-tailed: at 0.5, users whose labels follow
     the proxy's kept updates that lowered their test accuracy
     (``benchmarks/task_quality.py``). :meth:`decide` on a rule without a task
@@ -1412,7 +1410,9 @@ def _decide_update(spec: Any, plan: _UpdatePlan, fits: Sequence[_Fit], before: n
                              list(checks) * len(grid))
     after = {prior: np.concatenate(errors[g * len(checks):(g + 1) * len(checks)])
              for g, prior in enumerate(grid)}
-    chosen = min(grid, key=lambda prior: float(np.mean(after[prior])))
+    # A device with few records to score takes the strongest prior only (Task.few_records).
+    eligible = [max(grid)] if len(before) < featurizer_of(spec).task.few_records else grid
+    chosen = min(eligible, key=lambda prior: float(np.mean(after[prior])))
     keep, why = plan.rule.decide(before, after[chosen])
     result_before, result_after = float(np.mean(before)), float(np.mean(after[chosen]))
     if not keep:

@@ -206,7 +206,8 @@ def test_the_head_starts_at_k_on_logits_over_k_so_an_update_moves_the_class_prio
 
 def test_the_keep_rule_takes_its_confidence_from_the_task_unless_given():
     assert DecisionRule().for_task(CLASSIFICATION).confidence == 0.9
-    assert DecisionRule().for_task(REGRESSION).confidence == 0.5
+    assert DecisionRule().for_task(REGRESSION).confidence == 0.9  # 0.5 until 4 December
+    assert (REGRESSION.few_records, CLASSIFICATION.few_records) == (30, 0)
     assert DecisionRule(confidence=0.6).for_task(CLASSIFICATION).confidence == 0.6
 
 

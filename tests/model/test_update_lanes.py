@@ -97,16 +97,17 @@ def test_progress_events_need_a_single_update(foundation, simulation):
 def test_personalize_keeps_the_update_the_one_at_a_time_rule_keeps(foundation, simulation):
     """The batched pass changes no decision: each prior's folds and the final update are the
     ones ``update_spec`` trains alone, so the chosen prior and the written model are too."""
-    from dmt_model.personalize import DEFAULT_PRIOR_RECORDS, with_prior
+    from dmt_model.personalize import with_prior
 
     spec = build_spec(foundation, updatable=UpdateSettings())
     user = simulation.users[5]
-    personal, result = personalized(spec, user.train)
+    personal, result = personalized(spec, user.train, prior_records=(1, 3, 10),
+                                    rule=DecisionRule(confidence=0.5))  # one it keeps
     assert result.accepted
     alone, _ = update_spec(spec, with_prior(spec, user.train, result.prior_records))
     for got, want in zip(_weights(personal, CHAIN), _weights(alone, CHAIN), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    assert result.prior_records in DEFAULT_PRIOR_RECORDS
+    assert result.prior_records in (1, 3, 10)
 
 
 def test_adopted_keeps_a_device_off_a_worse_model_and_changes_neither_input(

@@ -1,0 +1,130 @@
+"""Do users with a few records end worse off after ``personalize()``? The default rule
+against the one before 4 December, in one run.
+
+Users drawn like the proxy have nothing to learn: any update kept for them is chance.
+Users whose target is scaled by their own factor in [1 − h, 1 + h] have something to
+learn. ``make_friedman1`` (10 inputs, noise 1): the foundation is trained on 300 proxy
+records (500 epochs); each of 60 users a seed holds ``n`` training records and 100 test
+records, and ``personalized_many`` decides every user's update with
+
+* **now**: the defaults, the regression's rule at 90 % and, below 30 records to score,
+  the prior grid's strongest prior only (``Task.few_records``);
+* **before**: the rule at 50 % (``DecisionRule(confidence=0.5)``) and any prior of the
+  grid at any size (``few_records`` 0), the defaults until 4 December.
+
+Reports mean per-user test RMSE of the foundation and of what users hold, the change,
+and the share of users worse off. Writes ``benchmarks/results/personalization_few_records
+.json`` and ``.md``.
+
+    python benchmarks/personalization_few_records.py [--seeds 2] [--records 2 3 5 10 20 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.datasets import make_friedman1
+
+from dmt_model.coreml import UpdateSettings, build_spec, predict_frame
+from dmt_model.foundation import TrainingConfig, train_foundation
+from dmt_model.personalize import DecisionRule, personalized_many
+from dmt_model.tasks import Regression
+from dmt_privacy.schema import Field, Schema
+
+RESULTS = Path(__file__).resolve().parent / "results"
+N_USERS, N_TEST, N_PROXY = 60, 100, 300
+SCHEMA = Schema(name="friedman1", fields=tuple(
+    [Field(f"x{i}", "numeric", bounds=(-1.0, 2.0)) for i in range(10)]
+    + [Field("y", "numeric", bounds=(-30.0, 60.0), role="target")]))
+
+
+def users_of(n: int, spread: float, seed: int) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
+    """The proxy, and each user's ``n`` training then 100 test records."""
+    X, y = make_friedman1(N_PROXY + N_USERS * (n + N_TEST), 10, noise=1.0, random_state=seed)
+    frame = pd.DataFrame(X, columns=[f"x{i}" for i in range(10)]).assign(y=y)
+    factors = np.random.default_rng(seed).uniform(1 - spread, 1 + spread, N_USERS)
+    users = []
+    for u in range(N_USERS):
+        block = frame.iloc[N_PROXY + u * (n + N_TEST):][:n + N_TEST].copy()
+        block["y"] *= factors[u]
+        users.append(block)
+    return frame.iloc[:N_PROXY], users
+
+
+def rmse(model, records: pd.DataFrame) -> float:
+    return float(np.sqrt(np.mean((predict_frame(model, records) - records["y"]) ** 2)))
+
+
+def one(n: int, spread: float, seed: int) -> dict[str, dict[str, float]]:
+    proxy, users = users_of(n, spread, seed)
+    foundation = build_spec(train_foundation(proxy, SCHEMA, TrainingConfig(epochs=500, seed=0)),
+                            updatable=UpdateSettings())
+    before = np.array([rmse(foundation, u.iloc[n:]) for u in users])
+    out = {}
+    for name, rule, few in (("now", None, Regression.few_records),
+                            ("before", DecisionRule(confidence=0.5), 0)):
+        default = Regression.few_records
+        Regression.few_records = few
+        try:
+            held = personalized_many(foundation, [u.iloc[:n] for u in users], rule=rule)
+        finally:
+            Regression.few_records = default
+        after = np.array([rmse(model, u.iloc[n:])
+                          for (model, _), u in zip(held, users, strict=True)])
+        out[name] = {"foundation": float(before.mean()), "personal": float(after.mean()),
+                     "change": float(after.mean() / before.mean() - 1),
+                     "worse_off": float(np.mean(after > before * (1 + 1e-9))),
+                     "kept": float(np.mean([r.accepted for _, r in held]))}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--records", type=int, nargs="+", default=[2, 3, 5, 10, 20, 50])
+    parser.add_argument("--spreads", type=float, nargs="+", default=[0.0, 0.3])
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    started = time.perf_counter()
+    rows = []
+    for spread in args.spreads:
+        for n in args.records:
+            runs = [one(n, spread, seed) for seed in range(args.seeds)]
+            row = {"h": spread, "records": n, "seeds": args.seeds}
+            for name in ("before", "now"):
+                row[name] = {key: float(np.mean([r[name][key] for r in runs]))
+                             for key in runs[0][name]}
+                row[name]["change_per_seed"] = [r[name]["change"] for r in runs]
+            rows.append(row)
+            b, w = row["before"], row["now"]
+            print(f"h={spread} n={n}: foundation {w['foundation']:.3f}; before "
+                  f"{b['personal']:.3f} ({b['change']:+.1%}); now {w['personal']:.3f} "
+                  f"({w['change']:+.1%})", flush=True)
+    result = {"rows": rows, "users_per_seed": N_USERS, "test_records": N_TEST,
+              "seconds": time.perf_counter() - started}
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "personalization_few_records.json").write_text(json.dumps(result, indent=1))
+    lines = ["| h | records a user | foundation | before: personal (change; worse off) | "
+             "now: personal (change; worse off) | change per seed, before → now |",
+             "|---|---|---|---|---|---|"]
+    for row in rows:
+        b, w = row["before"], row["now"]
+        seeds = ", ".join(f"{x:+.1%} → {y:+.1%}" for x, y in
+                          zip(b["change_per_seed"], w["change_per_seed"], strict=True))
+        lines.append(f"| {row['h']:g} | {row['records']} | {w['foundation']:.3f} | "
+                     f"{b['personal']:.3f} ({b['change']:+.1%}; {b['worse_off']:.0%}) | "
+                     f"{w['personal']:.3f} ({w['change']:+.1%}; {w['worse_off']:.0%}) | "
+                     f"{seeds} |")
+    (args.output / "personalization_few_records.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"wrote {args.output / 'personalization_few_records.json'} "
+          f"({result['seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
