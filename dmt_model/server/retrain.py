@@ -569,9 +569,12 @@ class ModelRegistry:
         held-out-device claim against ``tally.baseline``, as :meth:`publish`'s own check
         on ``validation_devices`` gives it: devices whose personal model comes from that
         version adopt it unless their records show it worse. Otherwise the figures are
-        recorded and the version keeps no claim; the last tally recorded is the one that
-        counts. The tally must name a published version of this registry by its number
-        and the SHA-256 of its model file, and a baseline older than it, and hold at least
+        recorded and the version keeps no claim. An announced check is tallied once, when
+        the devices asked have answered: a second tally of it is refused (tallying as
+        reports come in and keeping the one that shows it better would claim better more
+        often than the confidence says); a tally without tokens (deprecated) may be
+        recorded again, and the last one counts. The tally must name a published version
+        of this registry by its number and the SHA-256 of its model file, and a baseline older than it, and hold at least
         one report; a check announced in the release (:meth:`announce_version_check`) must
         be the one tallied (its baseline and ε). A version the server's own check ran on
         (``validation_devices``) is left as that check found it.
@@ -609,6 +612,14 @@ class ModelRegistry:
                 f"ε={tally.epsilon!r} under "
                 f"{'no key' if tally.key_id is None else 'the key ' + tally.key_id[:16]}. "
                 "Tally the announced check with its issuer (VersionCheckIssuer.tally).")
+        if announced is not None and "device_reports" in entry.validation:
+            raise ValidationError(
+                f"Version {entry.version}'s announced check was tallied already "
+                f"({entry.validation['device_reports']:.0f} reports of "
+                f"{entry.validation.get('device_reports_asked', 0):.0f} asked): a check is "
+                "tallied once, when the devices asked have answered. Tallying again as "
+                "reports come in, and keeping the tally that shows it better, would claim "
+                "better more often than the test's confidence says. Check a new version.")
         if tally.devices < 1:
             raise ValidationError(f"The tally holds no report on version {entry.version} "
                                   f"against {tally.baseline}: there is nothing to record.")
