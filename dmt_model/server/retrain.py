@@ -574,10 +574,11 @@ class ModelRegistry:
         reports come in and keeping the one that shows it better would claim better more
         often than the confidence says); a tally without tokens (deprecated) may be
         recorded again, and the last one counts. The tally must name a published version
-        of this registry by its number and the SHA-256 of its model file, and a baseline older than it, and hold at least
-        one report; a check announced in the release (:meth:`announce_version_check`) must
-        be the one tallied (its baseline and ε). A version the server's own check ran on
-        (``validation_devices``) is left as that check found it.
+        of this registry by its number and the SHA-256 of its model file, and a baseline
+        older than it, and hold at least one report; a check announced in the release
+        (:meth:`announce_version_check`) must be the one tallied (its baseline and ε). A
+        version the server's own check ran on (``validation_devices``) is left as that
+        check found it.
 
         A signed version needs ``signing_key`` (its release must say what the reports
         showed); ``server_key`` defaults to the one its current release names, and a
