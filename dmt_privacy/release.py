@@ -494,10 +494,20 @@ def verify_release(
     baseline (``dmt_model.personalize.adoption_rule_for``). ``policy_json``: when
     given, must be the policy the release names. Returns a
     :class:`VerifiedRelease` holding the verified bytes: load those, not the file
-    again. Raises :class:`InvalidRelease` (nothing more said) for a bad
-    signature, length, hash, name or policy; :class:`RollbackRefused` and
-    :class:`ReleaseExpired` for authentic but stale releases.
+    again. Raises :class:`~dmt_privacy.errors.ValidationError` naming an argument of
+    the wrong type (a path or text where the bytes belong), :class:`InvalidRelease`
+    (nothing more said) for a bad signature, length, hash, name or policy;
+    :class:`RollbackRefused` and :class:`ReleaseExpired` for authentic but stale
+    releases.
     """
+    for argument, value, what in (("document", document, "the release file's"),
+                                  ("model", model, "the model file's")):
+        if not isinstance(value, (bytes, bytearray)):
+            raise ValidationError(f"{argument} must be {what} bytes (Path.read_bytes()), got "
+                                  f"{type(value).__name__}.")
+    model = bytes(model)
+    if not isinstance(name, str):
+        raise ValidationError(f"name must be the release's name (a str), got {name!r}.")
     if installed_version is not None and (type(installed_version) is not int
                                           or installed_version < 1):
         raise ValidationError(f"installed_version must be the version number the device "

@@ -392,3 +392,18 @@ def test_a_server_key_per_device_during_a_check_is_evidence_too():
     assert conflicting_releases(verified(one), verified(two)) == ["server_key"]
     assert conflicting_releases(verified(one), verified(one)) == []
     assert conflicting_releases(verified(one, None), verified(two)) == []  # rotated, then asked
+
+
+def test_arguments_of_the_wrong_type_are_named_not_an_invalid_release(tmp_path):
+    """A path or text where the bytes belong is the caller's mistake, not a forged release:
+    it is named (found in review, helper-42, where each gave InvalidRelease(''))."""
+    from dmt_privacy.errors import ValidationError
+
+    document = _release(V2, 2)
+    (tmp_path / "v2.mlmodel").write_bytes(V2)
+    for args, named in (((document, str(tmp_path / "v2.mlmodel")), "model"),
+                        ((tmp_path / "v2.release.json", V2), "document"),
+                        ((document.decode(), V2), "document")):
+        with pytest.raises(ValidationError, match=f"{named} must be"):
+            verify_release(*args, PINNED, now=NOW)
+    assert verify_release(document, bytearray(V2), PINNED, now=NOW).model == V2
