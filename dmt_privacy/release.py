@@ -79,7 +79,7 @@ import os
 import stat
 import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -361,15 +361,29 @@ class ReleaseMetadata:
                           ensure_ascii=False, allow_nan=False).encode()
 
 
+#: What :func:`verify_release` passes when it builds a :class:`VerifiedRelease`.
+_VERIFIED = object()
+
+
 @dataclass(frozen=True)
 class VerifiedRelease:
-    """What :func:`verify_release` vouches for: the metadata and exactly the verified bytes."""
+    """What :func:`verify_release` vouches for: the metadata and exactly the verified bytes.
+
+    Only :func:`verify_release` builds one (the SDK trusts it as verified: a claim in its
+    metadata earns devices a lenient rule); built by hand it raises
+    :class:`~dmt_privacy.errors.ValidationError`."""
 
     metadata: ReleaseMetadata
     model: bytes
     key_id: str
     #: The version the device said it runs (``verify_release``'s ``installed_version``).
     installed_version: int | None = None
+    _by: object = field(default=None, repr=False, compare=False, kw_only=True)
+
+    def __post_init__(self) -> None:
+        if self._by is not _VERIFIED:
+            raise ValidationError("A VerifiedRelease comes from verify_release only: call "
+                                  "verify_release(document, model, trusted_keys).")
 
     def server_public_key(self) -> Any:
         """The HPKE key to seal share packages to, as the signed release names it.
@@ -550,7 +564,7 @@ def verify_release(
             f"Release {metadata.name} v{metadata.version} expired at {metadata.expires}; the "
             "server has not published or re-signed since. Keep the installed model and retry.")
     return VerifiedRelease(metadata=metadata, model=model, key_id=signer,
-                           installed_version=installed_version)
+                           installed_version=installed_version, _by=_VERIFIED)
 
 
 def conflicting_releases(first: VerifiedRelease, second: VerifiedRelease) -> list[str]:

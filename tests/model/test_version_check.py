@@ -2,6 +2,7 @@
 DP, sealed; the server tallies the bits and, if a majority of devices is shown better off,
 signs the release again with the claim, so devices adopt it under ADOPTION_RULE."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -200,9 +201,9 @@ def test_a_token_names_its_check_and_no_report_spends_for_nothing(served, tmp_pa
     with pytest.raises(ValidationError, match="Nothing was charged"):  # reported at ε = 4
         check_version(release, v1, devices[0], ledger=ledger, epsilon=4.0, random_state=0,
                       token=token)
-    unannounced = release.__class__(  # the same check under a release that names none
-        release.metadata.__class__(**{**release.metadata.__dict__, "version_check": None}),
-        release.model, release.key_id, installed_version=1)
+    unannounced = dataclasses.replace(  # the same check under a release that names none
+        release, metadata=release.metadata.__class__(
+            **{**release.metadata.__dict__, "version_check": None}), installed_version=1)
     with pytest.raises(ValidationError, match="another check"):
         check_version(unannounced, v1, devices[0], ledger=ledger, epsilon=4.0, random_state=0,
                       token=token)

@@ -407,3 +407,19 @@ def test_arguments_of_the_wrong_type_are_named_not_an_invalid_release(tmp_path):
         with pytest.raises(ValidationError, match=f"{named} must be"):
             verify_release(*args, PINNED, now=NOW)
     assert verify_release(document, bytearray(V2), PINNED, now=NOW).model == V2
+
+
+def test_a_verified_release_comes_from_verify_release_only():
+    """adoption_rule_for, check_version and adopt_new_version trust a VerifiedRelease as
+    verified: built by hand from unsigned metadata claiming 50 held-out devices, it earned
+    the lenient rule (found in review, helper-42). It cannot be built by hand."""
+    from dmt_privacy.errors import ValidationError
+    from dmt_privacy.release import ReleaseMetadata, VerifiedRelease
+
+    forged = json.loads(_release(V2, 2, held_out_devices=50, held_out_baseline=1))
+    with pytest.raises(ValidationError, match="verify_release"):
+        VerifiedRelease(metadata=ReleaseMetadata(**forged["signed"]), model=V2, key_id="00" * 8)
+    genuine = verify_release(_release(V2, 2), V2, PINNED, now=NOW)
+    import dataclasses
+
+    assert dataclasses.replace(genuine, installed_version=1).installed_version == 1
