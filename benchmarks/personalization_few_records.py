@@ -8,7 +8,8 @@ records (500 epochs); each of 60 users a seed holds ``n`` training records and 1
 records, and ``personalized_many`` decides every user's update with
 
 * **now**: the defaults, the regression's rule at 90 % and, below 30 records to score,
-  the prior grid's strongest prior only (``Task.few_records``);
+  the prior grid's strongest prior, or a weaker one better at 99 % (``Task.few_records``,
+  ``FEW_RECORDS_CONFIDENCE``);
 * **before**: the rule at 50 % (``DecisionRule(confidence=0.5)``) and any prior of the
   grid at any size (``few_records`` 0), the defaults until 4 December.
 

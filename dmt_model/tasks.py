@@ -57,11 +57,13 @@ every seed (``make_friedman1``, 60 users, 100 test records each: +5 to +13 %
 RMSE at 2-5 records, +3 % at 10): chance kept about half of the updates with
 nothing to learn. :attr:`Task.few_records` (30 for a regression): a device
 with fewer records to score takes the grid's strongest prior (30 anchor
-records) only. At 90 % one update in ten with nothing to learn is still kept
-by chance; with a weak prior (1 or 3 anchor records) such an update on 10
-records raised that user's test RMSE by a third, with 30 by little. The price:
-users who do differ from the proxy keep less of their gain below 30 records
-(README, *Personalization on any data*).
+records), and a weaker one only if its update is better at 99 %
+(:data:`dmt_model.personalize.FEW_RECORDS_CONFIDENCE`). At 90 % one update in
+ten with nothing to learn is still kept by chance; with a weak prior (1 or 3
+anchor records) such an update on 10 records raised that user's test RMSE by a
+third, with 30 by little. A user who differs from the proxy shows it at 99 %
+on a dozen records and keeps most of the weak prior's gain (README,
+*Personalization on any data*).
 
 Labels released under k-ary randomized response (keep probability ``p``,
 flip probability ``q``) are learned with the *forward correction* of Patrini
@@ -182,7 +184,7 @@ class Task(ABC):
     #: the confidence the device's keep-or-discard rule needs by default (module docstring)
     decision_confidence: ClassVar[float]
     #: with fewer records than this to score, a device's update takes the prior grid's
-    #: strongest prior only (module docstring); 0: any prior of the grid
+    #: strongest prior, or a weaker one better at 99 % (module docstring); 0: any prior
     few_records: ClassVar[int] = 0
 
     @abstractmethod

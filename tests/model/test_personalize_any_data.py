@@ -221,8 +221,10 @@ def test_validation_split_keeps_records_aside():
 # records each: +5-13 % RMSE at 2-5 records, +3 % at 10). Cross-validation on a handful of
 # records picked a weak prior by chance, and a regression's rule kept any update whose mean
 # held-out error was lower (confidence 0.5).
-@pytest.mark.parametrize("n_records", [3, 10])
-def test_few_records_drawn_like_the_proxy_leave_users_no_worse_off(n_records):
+@pytest.mark.parametrize(("n_records", "factor"), [(3, 1.0), (10, 1.0), (10, 0.7)])
+def test_few_records_drawn_like_the_proxy_leave_users_no_worse_off(n_records, factor):
+    """... and users who differ (their target × 0.7) still gain: a weak prior's update is
+    kept on a few records when it is better at 99 %."""
     from sklearn.datasets import make_friedman1
 
     from dmt_model.personalize import personalized_many
@@ -238,7 +240,7 @@ def test_few_records_drawn_like_the_proxy_leave_users_no_worse_off(n_records):
                                              TrainingConfig(epochs=500, seed=0)),
                             updatable=UpdateSettings())
     users = [frame.iloc[300 + u * (n_records + n_test):][:n_records + n_test]
-             for u in range(n_users)]
+             .assign(y=lambda f: f["y"] * factor) for u in range(n_users)]
     personal = personalized_many(foundation, [u.iloc[:n_records] for u in users])
 
     def rmse(model, records):
@@ -247,4 +249,4 @@ def test_few_records_drawn_like_the_proxy_leave_users_no_worse_off(n_records):
     before = np.mean([rmse(foundation, u.iloc[n_records:]) for u in users])
     after = np.mean([rmse(model, u.iloc[n_records:]) for (model, _), u in
                      zip(personal, users, strict=True)])
-    assert after <= before * 1.01, (before, after)
+    assert after <= before * (1.01 if factor == 1.0 else 0.6), (before, after)
