@@ -542,7 +542,7 @@ def verify_release(
                    if kid in by_id and by_id[kid].verify(sig, message)), None)
     if signer is None:
         raise InvalidRelease()
-    if not isinstance(model, bytes) or len(model) != metadata.length or not hmac.compare_digest(
+    if len(model) != metadata.length or not hmac.compare_digest(
             hashlib.sha256(model).hexdigest(), metadata.sha256):
         raise InvalidRelease()
     if metadata.name != name:
