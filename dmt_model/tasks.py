@@ -57,13 +57,13 @@ every seed (``make_friedman1``, 60 users, 100 test records each: +5 to +13 %
 RMSE at 2-5 records, +3 % at 10): chance kept about half of the updates with
 nothing to learn. :attr:`Task.few_records` (30 for a regression): a device
 with fewer records to score takes the grid's strongest prior (30 anchor
-records), and a weaker one only if its update is better at 99 %
-(:data:`dmt_model.personalize.FEW_RECORDS_CONFIDENCE`). At 90 % one update in
-ten with nothing to learn is still kept by chance; with a weak prior (1 or 3
-anchor records) such an update on 10 records raised that user's test RMSE by a
-third, with 30 by little. A user who differs from the proxy shows it at 99 %
-on a dozen records and keeps most of the weak prior's gain (README,
-*Personalization on any data*).
+records), and a weaker one only if its update is better at 99 % on 3 or 4
+records, at 97.5 % from 5 (:data:`dmt_model.personalize.FEW_RECORDS_CONFIDENCE`).
+At 90 % one update in ten with nothing to learn is still kept by chance; with a
+weak prior (1 or 3 anchor records) such an update on 10 records raised that
+user's test RMSE by a third, with 30 by little. A user who differs from the
+proxy shows it at that confidence on a few records and keeps much of the weak
+prior's gain (README, *Personalization on any data*).
 
 Labels released under k-ary randomized response (keep probability ``p``,
 flip probability ``q``) are learned with the *forward correction* of Patrini

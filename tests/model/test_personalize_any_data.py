@@ -221,10 +221,15 @@ def test_validation_split_keeps_records_aside():
 # records each: +5-13 % RMSE at 2-5 records, +3 % at 10). Cross-validation on a handful of
 # records picked a weak prior by chance, and a regression's rule kept any update whose mean
 # held-out error was lower (confidence 0.5).
-@pytest.mark.parametrize(("n_records", "factor"), [(3, 1.0), (10, 1.0), (10, 0.7)])
+#
+# The 99 % that fixed it cost users who differ much of their gain on 5 records: users whose
+# target is × 0.6 kept 0.64 of the foundation's RMSE; at 97.5 % from 5 records, 0.51.
+@pytest.mark.parametrize(("n_records", "factor"),
+                         [(3, 1.0), (10, 1.0), (10, 0.7), (5, 0.6)])
 def test_few_records_drawn_like_the_proxy_leave_users_no_worse_off(n_records, factor):
-    """... and users who differ (their target × 0.7) still gain: a weak prior's update is
-    kept on a few records when it is better at 99 %."""
+    """... and users who differ (their target × 0.7 or × 0.6) still gain: a weak prior's
+    update is kept on a few records when it is better at 99 % (3 or 4 records) or 97.5 %
+    (from 5)."""
     from sklearn.datasets import make_friedman1
 
     from dmt_model.personalize import personalized_many
@@ -249,4 +254,4 @@ def test_few_records_drawn_like_the_proxy_leave_users_no_worse_off(n_records, fa
     before = np.mean([rmse(foundation, u.iloc[n_records:]) for u in users])
     after = np.mean([rmse(model, u.iloc[n_records:]) for (model, _), u in
                      zip(personal, users, strict=True)])
-    assert after <= before * (1.01 if factor == 1.0 else 0.6), (before, after)
+    assert after <= before * {1.0: 1.01, 0.7: 0.6, 0.6: 0.56}[factor], (before, after)
