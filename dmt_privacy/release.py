@@ -343,6 +343,12 @@ class ReleaseMetadata:
     def expires_at(self) -> _dt.datetime:
         return _parse_time(self.expires)
 
+    @property
+    def created_at(self) -> _dt.datetime:
+        """When the server signed it: what a device keeps of the newest release it verified
+        (:func:`verify_release`'s ``newest_seen``)."""
+        return _parse_time(self.created)
+
     def as_signed(self) -> dict[str, Any]:
         """The ``signed`` part of the release document."""
         signed = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -498,6 +504,7 @@ def verify_release(
     policy_json: str | bytes | None = None,
     name: str = "foundation",
     now: _dt.datetime | None = None,
+    newest_seen: VerifiedRelease | _dt.datetime | None = None,
 ) -> VerifiedRelease:
     """Verify a downloaded model against its signed release, before anything reads the model.
 
@@ -506,7 +513,13 @@ def verify_release(
     the same version with other bytes, is a rollback; the result keeps it, so
     a held-out-device claim applies only if it names that version as its
     baseline (``dmt_model.personalize.adoption_rule_for``). ``policy_json``: when
-    given, must be the policy the release names. Returns a
+    given, must be the policy the release names. ``newest_seen``: the newest release of
+    this name the device verified before, or when it was signed (its
+    ``metadata.created_at``, the one thing to keep of it); a release signed before it is
+    refused as a rollback, even of the same version. A release stays valid until it
+    expires after the server replaced it, and the older one can still carry a claim the
+    devices' reports withdrew, or the server key the server rotated away from: whoever
+    controls the channel could otherwise serve it again. Returns a
     :class:`VerifiedRelease` holding the verified bytes: load those, not the file
     again. Raises :class:`~dmt_privacy.errors.ValidationError` naming an argument of
     the wrong type (a path or text where the bytes belong), :class:`InvalidRelease`
@@ -526,6 +539,7 @@ def verify_release(
                                           or installed_version < 1):
         raise ValidationError(f"installed_version must be the version number the device "
                               f"runs (an int >= 1), got {installed_version!r}.")
+    seen = _newest_seen(newest_seen, name)
     pinned = ([trusted_keys] if isinstance(trusted_keys, ReleaseVerifyKey)
               else list(trusted_keys))
     if not pinned or not all(isinstance(k, ReleaseVerifyKey) for k in pinned):
@@ -558,6 +572,11 @@ def verify_release(
             raise RollbackRefused(
                 f"Release {metadata.name} v{metadata.version} is older than (or differs from) "
                 f"the installed v{installed_version}; a device never goes back.")
+    if seen is not None and metadata.created_at < seen:
+        raise RollbackRefused(
+            f"Release {metadata.name} v{metadata.version} was signed at {metadata.created}, "
+            f"before the newest release this device verified ({_utc(seen)}); a replaced "
+            "release may carry a withdrawn claim or a rotated server key. Keep the newer one.")
     now = now or _dt.datetime.now(_dt.timezone.utc)
     if now >= metadata.expires_at:
         raise ReleaseExpired(
@@ -565,6 +584,25 @@ def verify_release(
             "server has not published or re-signed since. Keep the installed model and retry.")
     return VerifiedRelease(metadata=metadata, model=model, key_id=signer,
                            installed_version=installed_version, _by=_VERIFIED)
+
+
+def _newest_seen(newest_seen: VerifiedRelease | _dt.datetime | None,
+                 name: str) -> _dt.datetime | None:
+    """When the newest release of ``name`` the device verified was signed
+    (:func:`verify_release`'s ``newest_seen``), or ``None``."""
+    if newest_seen is None:
+        return None
+    if isinstance(newest_seen, VerifiedRelease):
+        if newest_seen.metadata.name != name:
+            raise ValidationError(
+                f"newest_seen is a release of {newest_seen.metadata.name!r}, not of {name!r}: "
+                "pass the newest release of the name being verified.")
+        return newest_seen.metadata.created_at
+    if isinstance(newest_seen, _dt.datetime) and newest_seen.tzinfo is not None:
+        return newest_seen
+    raise ValidationError(
+        "newest_seen must be the newest VerifiedRelease the device verified or its "
+        f"metadata.created_at (a timezone-aware datetime), got {newest_seen!r}.")
 
 
 def conflicting_releases(first: VerifiedRelease, second: VerifiedRelease) -> list[str]:

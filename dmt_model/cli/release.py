@@ -52,6 +52,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                         help="a pinned release public key (PEM); repeat for several")
     verify.add_argument("--installed-version", type=int,
                         help="the version the device runs now (refuses older)")
+    verify.add_argument("--newest-seen", metavar="TIME",
+                        help="when the newest release the device verified was signed (its "
+                             "'created', ISO 8601 with a zone); refuses releases signed "
+                             "before it")
     verify.add_argument("--policy", type=Path, help="the policy JSON served beside it")
     verify.set_defaults(func=run_release)
     return parser
@@ -91,7 +95,7 @@ def run_release(args: argparse.Namespace) -> int:
     pins = [load_release_verify_key(p) for p in args.pin]
     verified = verify_release(
         args.release.read_bytes(), args.model.read_bytes(), pins,
-        installed_version=args.installed_version,
+        installed_version=args.installed_version, newest_seen=_time(args.newest_seen),
         policy_json=args.policy.read_bytes() if args.policy is not None else None)
     meta = verified.metadata
     claim: dict[str, Any] = {"held_out_devices": meta.held_out_devices,
@@ -100,5 +104,20 @@ def run_release(args: argparse.Namespace) -> int:
     if meta.version_check is not None:  # the check devices are asked to make: one key for all
         claim["version_check"] = dict(meta.version_check)
     print(json.dumps({"verified": True, "version": meta.version, "sha256": meta.sha256,
-                      "expires": meta.expires, "key_id": verified.key_id, **claim}, indent=1))
+                      "created": meta.created, "expires": meta.expires,
+                      "key_id": verified.key_id, **claim}, indent=1))
     return 0
+
+
+def _time(value: str | None) -> dt.datetime | None:
+    """``--newest-seen``: an ISO 8601 time with its zone, as a release's ``created``."""
+    if value is None:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise ValidationError(f"--newest-seen must be an ISO 8601 time with its zone, as a "
+                              f"release's 'created' (2026-12-04T08:00:00+00:00), got {value!r}.")
+    return parsed

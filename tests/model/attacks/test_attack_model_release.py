@@ -132,6 +132,14 @@ def test_cli_keygen_sign_and_verify(tmp_path, capsys):
     assert main(verify) == 0 and '"verified": true' in capsys.readouterr().out
     assert main([*verify, "--installed-version", "3"]) == 1
     assert "never goes back" in capsys.readouterr().err
+    created = json.loads(release.read_text())["signed"]["created"]
+    assert main([*verify, "--newest-seen", created]) == 0
+    assert f'"created": "{created}"' in capsys.readouterr().out
+    later = (dt.datetime.fromisoformat(created) + dt.timedelta(seconds=1)).isoformat()
+    assert main([*verify, "--newest-seen", later]) == 1
+    assert "before the newest release this device verified" in capsys.readouterr().err
+    assert main([*verify, "--newest-seen", "yesterday"]) == 1
+    assert "--newest-seen must be an ISO 8601 time" in capsys.readouterr().err
     model.write_bytes(V2[:-1] + b"X")  # the backdoor
     assert main(verify) == 1
     assert capsys.readouterr().err.strip() == "dmt release: error:"
@@ -423,3 +431,38 @@ def test_a_verified_release_comes_from_verify_release_only():
     import dataclasses
 
     assert dataclasses.replace(genuine, installed_version=1).installed_version == 1
+
+
+# Found in review (4 December, helper-42): a release stays valid until it expires (30 days by
+# default) after a newer one of the same version replaced it, so whoever controls the channel
+# could serve a device the older one: a claim the devices' reports withdrew, or the server key
+# the server rotated away from (a compromised one reads what the device seals to it).
+def test_a_release_signed_before_the_newest_the_device_verified_is_refused():
+    from dmt_privacy.errors import ValidationError
+    from dmt_privacy.seal import generate_server_key
+
+    old_key, new_key = (generate_server_key().public_key() for _ in range(2))
+    first = _release(V2, 2, now=NOW, server_key=old_key.to_bytes(), held_out_devices=9,
+                     held_out_baseline=1)
+    later = NOW + dt.timedelta(days=2)
+    second = _release(V2, 2, now=later, server_key=new_key.to_bytes())
+    newest = verify_release(second, V2, PINNED, now=later)
+    for seen in (newest, newest.metadata.created_at):
+        with pytest.raises(RollbackRefused, match="signed at 2026-11-30T12:00:00.*newest"):
+            verify_release(first, V2, PINNED, now=later, newest_seen=seen)
+        assert verify_release(second, V2, PINNED, now=later,
+                              newest_seen=seen).metadata == newest.metadata
+    # A newer release, of this version or the next, verifies; the first one did not know it.
+    older = verify_release(first, V2, PINNED, now=NOW)
+    assert verify_release(second, V2, PINNED, now=later, newest_seen=older) == newest
+    third = _release(V1, 3, now=later + dt.timedelta(hours=1))
+    assert verify_release(third, V1, PINNED, now=later + dt.timedelta(hours=1),
+                          newest_seen=newest).metadata.version == 3
+    # Releases of another name are another sequence.
+    other = sign_release(V1, KEY, version=1, schema_id="boston", now=later, name="other")
+    with pytest.raises(ValidationError, match="newest_seen.*'other'.*'foundation'"):
+        verify_release(first, V2, PINNED, now=later,
+                       newest_seen=verify_release(other, V1, PINNED, now=later, name="other"))
+    for wrong in ("2026-12-02", dt.datetime(2026, 12, 2), 5):
+        with pytest.raises(ValidationError, match="newest_seen"):
+            verify_release(second, V2, PINNED, now=later, newest_seen=wrong)
