@@ -1310,11 +1310,15 @@ def _plan_update(spec: Any, records: pd.DataFrame, *, holdout: pd.DataFrame | No
         held_target = _check_records(spec, holdout, what="holdout records")
         checks = [(records, holdout, held_target)]
     else:
-        if len(records) < 2 or (scored is not None and scored < 2):
+        groups = _copies(spec, records)
+        to_score = len(records) if scored is None else scored
+        distinct = len(np.unique(groups[:to_score]))
+        if distinct < 2:
+            copies = "" if distinct == to_score else f" ({distinct} distinct: the others copy it)"
             raise ValidationError(
-                f"{len(records) if scored is None else scored} record(s) cannot be "
-                "cross-validated; give at least 2, or pass holdout= explicitly.")
-        checks = _folds(records, target, rule.folds, seed, scored)
+                f"{to_score} record(s){copies} cannot be cross-validated; give at least 2 "
+                "distinct records, or pass holdout= explicitly.")
+        checks = _folds(records, target, rule.folds, seed, scored, groups=groups)
     _refuse_broken_models(given, [records, holdout])
     # With a holdout and one prior, the update on the check's training records is the final.
     return _UpdatePlan(records, checks, grid, rule, holdout is not None,
@@ -1471,16 +1475,35 @@ def _eligible_priors(grid: Sequence[int], before: np.ndarray, after: Mapping[int
 
 
 def _folds(records: pd.DataFrame, target: np.ndarray, folds: int, seed: int,
-           scored: int | None = None) -> list[tuple[pd.DataFrame, pd.DataFrame, np.ndarray]]:
+           scored: int | None = None, *, groups: np.ndarray | None = None,
+           ) -> list[tuple[pd.DataFrame, pd.DataFrame, np.ndarray]]:
     """(training records, held-out records, their targets) of each of ``folds`` folds (at
-    most one per record). Only the first ``scored`` records (default: all) are ever held
-    out; the others are always trained on."""
+    most one per distinct record). Only the first ``scored`` records (default: all) are
+    ever held out; the others are trained on in every fold but those holding out a copy.
+
+    ``groups`` (:func:`_copies`): records of one group are copies of one record. A group
+    is held out as one record, and no copy of it trains in that fold: a record stored
+    twice (a sync that ran again) held out while its copy trained made an update look
+    better than it was, and users drawn like the proxy ended worse off (README, *Few
+    records*). Without copies the folds are the ones cut before copies were looked for."""
     scored = len(records) if scored is None else scored
-    order = np.random.default_rng(seed).permutation(scored)
-    everything = np.arange(len(records))
-    parts = np.array_split(order, min(folds, scored))
-    return [(records.iloc[np.setdiff1d(everything, part)], records.iloc[part], target[part])
-            for part in parts]
+    groups = np.arange(len(records)) if groups is None else np.asarray(groups)
+    held, first = np.unique(groups[:scored], return_index=True)  # each group's first record
+    order = np.random.default_rng(seed).permutation(len(held))
+    parts = np.array_split(order, min(folds, len(held)))
+    return [(records.iloc[np.flatnonzero(~np.isin(groups, held[part]))],
+             records.iloc[first[part]], target[first[part]]) for part in parts]
+
+
+def _copies(spec: Any, records: pd.DataFrame) -> np.ndarray:
+    """Each record's group: records the model reads identically (inputs and target) share
+    one (:func:`_folds`)."""
+    featurizer = _reading_featurizer(spec)
+    batch = featurizer.transform(records)
+    read = np.column_stack([batch.numeric, *batch.categorical.values(),
+                            np.asarray(featurizer.target_values(records), dtype=np.float64)])
+    copies = np.unique(read, axis=0, return_inverse=True)[1].reshape(-1)
+    return pd.factorize(copies)[0]  # numbered in order: without copies, 0, 1, 2, ...
 
 
 @dataclass(frozen=True)
@@ -1523,7 +1546,8 @@ def compare_on_devices(previous: Any, candidate: Any, devices: Sequence[pd.DataF
     is better only if the mean over devices of their error differences is positive and
     a one-sided paired t-test over devices is significant at ``confidence``. A device's
     few records say little; many devices' say much more, and a device that adopts under
-    :data:`ADOPTION_RULE` relies on it. Devices with fewer than 2 records are skipped.
+    :data:`ADOPTION_RULE` relies on it. Devices with fewer than 2 distinct records are
+    skipped (copies of a record are held out together).
     A version that predicts NaN or infinity for a device's record is refused with
     :class:`ModelFileError` naming it, before any training.
     """
@@ -1543,20 +1567,24 @@ def compare_on_devices(previous: Any, candidate: Any, devices: Sequence[pd.DataF
 def _versions_on_devices(previous: Any, candidate: Any, devices: Sequence[pd.DataFrame], *,
                         minimum: int, prior_records: int | Sequence[int], folds: int,
                         seed: int) -> tuple[list[float], list[float]]:
-    """Each device's mean held-out error (devices with at least 2 records; at least
-    ``minimum`` of them) under ``previous`` and under ``candidate``, each personalized on the
-    device's other records (:func:`compare_on_devices`)."""
+    """Each device's mean held-out error (devices with at least 2 distinct records, copies
+    held out together, :func:`_folds`; at least ``minimum`` of them) under ``previous`` and
+    under ``candidate``, each personalized on the device's other records
+    (:func:`compare_on_devices`)."""
     grid = _prior_grid(prior_records)
     if featurizer_of(previous).schema.schema_id != featurizer_of(candidate).schema.schema_id:
         raise ModelFileError("The previous version and the candidate describe different "
                              "records; compare versions of the same schema.")
-    compared = [(i, records) for i, records in enumerate(devices) if len(records) >= 2]
+    targets = {i: _check_records(candidate, records, what=f"device {i}'s records")
+               for i, records in enumerate(devices) if len(records) >= 2}
+    groups = {i: _copies(candidate, devices[i]) for i in targets}
+    compared = [(i, devices[i]) for i in targets if groups[i].max() >= 1]  # 2 distinct
     if len(compared) < minimum:
         raise ValidationError(
-            f"{len(compared)} device(s) with at least 2 records; comparing versions "
+            f"{len(compared)} device(s) with at least 2 distinct records; comparing versions "
             f"needs at least {minimum} such device{'s' * (minimum > 1)}.")
-    checks = [_folds(records, _check_records(candidate, records, what=f"device {i}'s records"),
-                     folds, seed) for i, records in compared]
+    checks = [_folds(records, targets[i], folds, seed, groups=groups[i])
+              for i, records in compared]
     _refuse_broken_models([(previous, "The previous version", _COMPARED_PREVIOUS),
                            (candidate, "The candidate", _CANDIDATE)],
                           [records for _, records in compared], [i for i, _ in compared])

@@ -233,6 +233,9 @@ def test_records_the_device_shared_are_trained_on_but_never_scored(digits):
     assert f"on {len(unshared) + len(shared)} records" in everything.reason
     with pytest.raises(ValidationError, match="cannot be cross-validated"):
         adopted(v2, current, unshared.iloc[:1], shared_records=shared, previous=v1)
+    with pytest.raises(ValidationError, match=r"2 record\(s\) \(1 distinct: the others copy"):
+        adopted(v2, current, pd.concat([unshared.iloc[:1]] * 2), shared_records=shared,
+                previous=v1)
 
 
 def test_a_version_no_devices_vouched_for_leaves_users_no_worse_off():
