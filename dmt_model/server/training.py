@@ -21,12 +21,22 @@
   package is read, and on a shared record (never counted as the package's fault).
 
 Records are released or quarantined as the store's release rule says (the
-``released_blocks`` of release cohorts where the store has them, else the
-class flag).
+``released_blocks`` of its release cohorts); blocks withdrawn for good
+(``withdrawn_blocks``) are never read. **A released cohort is trained on whole,
+or not at all**: a cohort is left out when one of its packages is skipped
+(today's policy refuses it, it is unreadable, or its records do not
+featurize), when the cap leaves one of its blocks without a record, or when it
+holds fewer packages than today's release rule's k (``min_k`` raised since).
+Skipping packages one at a time trained on 1 or 2 packages of a class released
+with 3, and a model trained on fewer than k packages of a class answers for
+those few. The cap keeps a record of each of the package's blocks first (its
+sample over the whole package could drop a class's only record). l and t are
+not judged again: only the store, at release, reads the sensitive values.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from collections import Counter
@@ -38,7 +48,15 @@ import pandas as pd
 from sqlalchemy import select
 
 from dmt_model._non_finite import refuse_non_finite
-from dmt_model.server.store import CLASSES, PACKAGES, RECORDS, Base, SharedStore, payload_aad
+from dmt_model.server.store import (
+    PACKAGES,
+    RECORDS,
+    RELEASED_BLOCKS,
+    WITHDRAWN_BLOCKS,
+    SharedStore,
+    payload_aad,
+    release_rule,
+)
 from dmt_model.server.validate import PackageRefused, validate_package
 from dmt_privacy.errors import ValidationError
 from dmt_privacy.package import decode_package
@@ -50,31 +68,39 @@ log = logging.getLogger("dmt.server.training")
 
 @dataclass
 class TrainingRead:
-    """What :func:`policy_batches` read: packages used, skipped (by reason), records capped."""
+    """What :func:`policy_batches` read: packages used, skipped (by reason), records capped,
+    and released cohorts left out whole (their packages' other records may still be used; a
+    package left with none is skipped as ``cohort``)."""
 
     packages: int = 0
     records: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     capped_records: int = 0
+    cohorts_left_out: int = 0
 
 
-def _block_rows(store: SharedStore, which: str) -> dict[str, list[tuple[str, bytes]]]:
-    """package id → [(class key, row positions)] of the blocks ``which`` selects."""
-    released_blocks = Base.metadata.tables.get("released_blocks")
-    if released_blocks is not None:
-        query = select(RECORDS.c.package_id, RECORDS.c.class_key, RECORDS.c.rows,
-                       released_blocks.c.block_id.is_not(None).label("released")).outerjoin(
-            released_blocks, released_blocks.c.block_id == RECORDS.c.id)
-    else:
-        query = select(RECORDS.c.package_id, RECORDS.c.class_key, RECORDS.c.rows,
-                       CLASSES.c.released.label("released")).join(
-            CLASSES, CLASSES.c.class_key == RECORDS.c.class_key)
-    query = query.order_by(RECORDS.c.id)
-    out: dict[str, list[tuple[str, bytes]]] = {}
+@dataclass(frozen=True)
+class _Block:
+    """One stored block: a package's records of one class, and its release cohort (``None``
+    while quarantined)."""
+
+    positions: list[int]
+    cohort: str | None
+
+
+def _block_rows(store: SharedStore, which: str) -> dict[str, list[_Block]]:
+    """package id → the blocks ``which`` selects, never a withdrawn one."""
+    query = (select(RECORDS.c.package_id, RECORDS.c.rows, RELEASED_BLOCKS.c.cohort_id)
+             .outerjoin(RELEASED_BLOCKS, RELEASED_BLOCKS.c.block_id == RECORDS.c.id)
+             .outerjoin(WITHDRAWN_BLOCKS, WITHDRAWN_BLOCKS.c.block_id == RECORDS.c.id)
+             .where(WITHDRAWN_BLOCKS.c.block_id.is_(None))
+             .order_by(RECORDS.c.id))
+    out: dict[str, list[_Block]] = {}
     with store.engine.connect() as conn:
-        for package_id, class_key, rows, released in conn.execute(query):
-            if which == "all" or bool(released) == (which == "released"):
-                out.setdefault(package_id, []).append((class_key, rows))
+        for package_id, rows, cohort in conn.execute(query):
+            if which == "all" or (cohort is not None) == (which == "released"):
+                out.setdefault(package_id, []).append(
+                    _Block(np.frombuffer(rows, dtype="<u4").tolist(), cohort))
     return out
 
 
@@ -84,6 +110,25 @@ def _sample(positions: list[int], limit: int, package_id: str) -> list[int]:
     seed = int.from_bytes(hashlib.sha256(package_id.encode()).digest()[:8], "little")
     chosen = np.random.default_rng(seed).choice(len(positions), size=limit, replace=False)
     return [positions[i] for i in sorted(chosen.tolist())]
+
+
+def _capped(blocks: list[_Block], limit: int, package_id: str) -> list[list[int]]:
+    """Each block's positions that the cap of ``limit`` records a package keeps: the
+    package's sample (:func:`_sample`) when it keeps a record of every block, else a record
+    of each block first (of ``limit`` blocks drawn, if there are more), then the rest drawn
+    from what is left. Deterministic, seeded by the package id."""
+    everything = sorted(p for block in blocks for p in block.positions)
+    taken = set(_sample(everything, limit, package_id))
+    if all(taken & set(block.positions) for block in blocks):
+        return [[p for p in block.positions if p in taken] for block in blocks]
+    seed = int.from_bytes(hashlib.sha256(package_id.encode()).digest()[:8], "little")
+    rng = np.random.default_rng(seed)
+    first = {int(b): blocks[int(b)].positions[int(rng.integers(len(blocks[int(b)].positions)))]
+             for b in rng.permutation(len(blocks))[:limit]}
+    rest = [p for p in everything if p not in first.values()]
+    more = rng.choice(len(rest), size=limit - len(first), replace=False).tolist()
+    taken = set(first.values()) | {rest[i] for i in more}
+    return [[p for p in block.positions if p in taken] for block in blocks]
 
 
 #: Why a previous foundation predicting NaN or infinity is refused, and what to do.
@@ -102,7 +147,6 @@ def _bounded(previous: Any, batch: Any, bound: float | None) -> Any:
     number far beyond float32 in a field without bounds). The foundation was
     shown finite on the proxy first, so such a record is the package's, and one
     package cannot stop retraining."""
-    import dataclasses
 
     import torch
 
@@ -140,7 +184,9 @@ def policy_batches(store: SharedStore, policy: Any, which: str = "released",
     infinity for a proxy record raises :class:`~dmt_privacy.errors.ModelFileError`
     before any package is read: its predictions would become targets. A shared
     record whose features or prediction are not finite (a value far beyond
-    float32) skips its package (reason ``features``).
+    float32) skips its package (reason ``features``). A released cohort is read whole or
+    not at all (module docstring): a package whose every record is in a cohort left out
+    is skipped (reason ``cohort``), and :attr:`TrainingRead.cohorts_left_out` counts them.
     """
     from dmt_model.server.retrain import SharedBatch
 
@@ -157,12 +203,20 @@ def policy_batches(store: SharedStore, policy: Any, which: str = "released",
                           explanation=_DIVERGED, what="proxy record")
     read = TrainingRead()
     skipped: Counter[str] = Counter()
-    batches = []
     blocks = _block_rows(store, which)
     with store.engine.connect() as conn:
         stored = {row.package_id: row for row in conn.execute(
             select(PACKAGES.c.package_id, PACKAGES.c.key_id, PACKAGES.c.nonce,
                    PACKAGES.c.payload).where(PACKAGES.c.package_id.in_(sorted(blocks))))}
+    members: dict[str, set[str]] = {}
+    for package_id, package_blocks in blocks.items():
+        for block in package_blocks:
+            if block.cohort is not None:
+                members.setdefault(block.cohort, set()).add(package_id)
+    # A cohort holding fewer packages than today's rule asks (min_k raised since) is left out.
+    k = release_rule(policy).k
+    left_out = {cohort for cohort, packages in members.items() if len(packages) < k}
+    candidates = []  # (package, batch of the capped records, each record's cohort)
     for package_id in sorted(blocks):
         row = stored.get(package_id)
         try:
@@ -177,17 +231,24 @@ def policy_batches(store: SharedStore, policy: Any, which: str = "released",
         except Exception:  # damaged at rest: skipped, never raised
             skipped["unreadable"] += 1
             log.warning("stored package %s skipped: unreadable", package_id)
+            left_out |= {b.cohort for b in blocks[package_id] if b.cohort is not None}
             continue
         try:
             validate_package(package, policy)
         except PackageRefused as exc:
             skipped[exc.kind] += 1
             log.warning("stored package %s skipped: %s", package_id, exc.reason)
+            left_out |= {b.cohort for b in blocks[package_id] if b.cohort is not None}
             continue
-        positions = sorted(p for _, rows in blocks[package_id]
-                           for p in np.frombuffer(rows, dtype="<u4").tolist())
-        taken = _sample(positions, limit, package_id)
-        read.capped_records += len(positions) - len(taken)
+        kept = _capped(blocks[package_id], limit, package_id)
+        left_out |= {block.cohort for block, positions in zip(blocks[package_id], kept,
+                                                               strict=True)
+                     if not positions and block.cohort is not None}
+        cohort_of = {p: block.cohort for block, positions in zip(blocks[package_id], kept,
+                                                                  strict=True)
+                     for p in positions}
+        taken = sorted(cohort_of)
+        read.capped_records += sum(len(b.positions) for b in blocks[package_id]) - len(taken)
         records = pd.DataFrame({name: [values[i] for i in taken]
                                 for name, values in package.columns.items()})
         batch = SharedBatch(records, receipt=policy.release_receipt(
@@ -199,9 +260,25 @@ def policy_batches(store: SharedStore, policy: Any, which: str = "released",
                 skipped["features"] += 1
                 log.warning("stored package %s skipped: its records do not featurize (%s)",
                             package_id, exc)
+                left_out |= {b.cohort for b in blocks[package_id] if b.cohort is not None}
                 continue
+        candidates.append((package, batch, [cohort_of[p] for p in taken]))
+    batches = []
+    for package, batch, cohorts in candidates:
+        whole = np.array([cohort not in left_out for cohort in cohorts], dtype=bool)
+        if not whole.any():
+            skipped["cohort"] += 1
+            log.warning("stored package %s skipped: each of its release cohorts was left out "
+                        "(a member skipped, or fewer packages than k = %d)", package.package_id,
+                        k)
+            continue
+        if not whole.all():
+            batch = dataclasses.replace(
+                batch, records=batch.records[whole].reset_index(drop=True),
+                receipt=policy.release_receipt(package.columns, n_records=int(whole.sum())))
         batches.append(batch)
         read.packages += 1
-        read.records += len(taken)
+        read.records += len(batch.records)
+    read.cohorts_left_out = len(left_out & set(members))
     read.skipped = dict(skipped)
     return batches, read
