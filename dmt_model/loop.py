@@ -322,14 +322,16 @@ def run_loop(
 
     # 4. Retrain on the training proxy + the released records of the devices not held out,
     # as received; the gate checks v2 on the validation data and on the held-out devices.
-    batches, _ = policy_batches(shared_store, server_policy, previous=foundation, proxy=proxy)
-    held = _hold_out({b.package_id: owners[b.package_id] for b in batches},
-                     held_out_share if epsilon is None else 0.0, seed)
-    batches = [b for b in batches if b.package_id not in held]
     # The held-out devices' records as received: not winsorized around v1's predictions,
     # which would pull their targets toward v1 and bias the comparison in its favour.
-    devices = _held_out_devices(policy_batches(shared_store, server_policy)[0], owners, held,
-                                foundation.featurizer, seed=seed)
+    received, _ = policy_batches(shared_store, server_policy)
+    held = _hold_out({b.package_id: owners[b.package_id] for b in received},
+                     held_out_share if epsilon is None else 0.0, seed)
+    devices = _held_out_devices(received, owners, held, foundation.featurizer, seed=seed)
+    # Their packages' release cohorts are left out whole: training on the rest of a cohort
+    # would train on fewer than k packages of its class.
+    batches, _ = policy_batches(shared_store, server_policy, previous=foundation, proxy=proxy,
+                                exclude=held)
     reporters = [u for u in sorted(checkers) if len(stores[u].records("all")) >= 2]
     on_stage(f"server: retraining v2 on {len(proxy)} proxy + "
              f"{sum(len(b.records) for b in batches)} released records "

@@ -22,16 +22,15 @@
 
 Records are released or quarantined as the store's release rule says (the
 ``released_blocks`` of its release cohorts); blocks withdrawn for good
-(``withdrawn_blocks``) are never read. **A released cohort is trained on whole,
-or not at all**: a cohort is left out when one of its packages is skipped
-(today's policy refuses it, it is unreadable, or its records do not
-featurize), when the cap leaves one of its blocks without a record, or when it
-holds fewer packages than today's release rule's k (``min_k`` raised since).
-Skipping packages one at a time trained on 1 or 2 packages of a class released
-with 3, and a model trained on fewer than k packages of a class answers for
-those few. The cap keeps a record of each of the package's blocks first (its
-sample over the whole package could drop a class's only record). l and t are
-not judged again: only the store, at release, reads the sensitive values.
+(``withdrawn_blocks``) are never read. **A released cohort is trained on with at
+least k of its packages (today's release rule's k), or not at all.** Skipping
+packages one at a time trained on 1 or 2 packages of a class released with 3
+(today's policy refused the others, they were unreadable, or their records did
+not featurize), or on a cohort of 3 after ``min_k`` went up to 5; a model
+trained on fewer than k packages of a class answers for those few. The cap
+keeps a record of each of the package's blocks first (its sample over the whole
+package could drop a class's only record). l and t are not judged again: only
+the store, at release, reads the sensitive values.
 """
 
 from __future__ import annotations
@@ -40,6 +39,7 @@ import dataclasses
 import hashlib
 import logging
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,8 +69,9 @@ log = logging.getLogger("dmt.server.training")
 @dataclass
 class TrainingRead:
     """What :func:`policy_batches` read: packages used, skipped (by reason), records capped,
-    and released cohorts left out whole (their packages' other records may still be used; a
-    package left with none is skipped as ``cohort``)."""
+    and released cohorts left out, with fewer than k of their packages to train on (their
+    packages' other records may still be used; a package left with none is skipped as
+    ``cohort``)."""
 
     packages: int = 0
     records: int = 0
@@ -172,6 +173,7 @@ def _bounded(previous: Any, batch: Any, bound: float | None) -> Any:
 
 def policy_batches(store: SharedStore, policy: Any, which: str = "released",
                    *, previous: Any = None, proxy: pd.DataFrame | None = None,
+                   exclude: Collection[str] = (),
                    ) -> tuple[list[Any], TrainingRead]:
     """One :class:`~dmt_model.server.retrain.SharedBatch` per valid package, and what was read.
 
@@ -184,9 +186,15 @@ def policy_batches(store: SharedStore, policy: Any, which: str = "released",
     infinity for a proxy record raises :class:`~dmt_privacy.errors.ModelFileError`
     before any package is read: its predictions would become targets. A shared
     record whose features or prediction are not finite (a value far beyond
-    float32) skips its package (reason ``features``). A released cohort is read whole or
-    not at all (module docstring): a package whose every record is in a cohort left out
-    is skipped (reason ``cohort``), and :attr:`TrainingRead.cohorts_left_out` counts them.
+    float32) skips its package (reason ``features``). A released cohort is read with at
+    least k of its packages or not at all (module docstring): a package whose every record
+    is in a cohort left out is skipped (reason ``cohort``), and
+    :attr:`TrainingRead.cohorts_left_out` counts the cohorts.
+
+    ``exclude``: package ids kept out of training (held-out devices' packages, to check the
+    new version on: :func:`dmt_model.loop.run_loop`), reason ``held out``; a cohort left
+    with fewer than k packages without them is left out too, so dropping the packages
+    from the batches afterwards is not the same.
     """
     from dmt_model.server.retrain import SharedBatch
 
@@ -213,11 +221,13 @@ def policy_batches(store: SharedStore, policy: Any, which: str = "released",
         for block in package_blocks:
             if block.cohort is not None:
                 members.setdefault(block.cohort, set()).add(package_id)
-    # A cohort holding fewer packages than today's rule asks (min_k raised since) is left out.
     k = release_rule(policy).k
-    left_out = {cohort for cohort, packages in members.items() if len(packages) < k}
     candidates = []  # (package, batch of the capped records, each record's cohort)
+    exclude = set(exclude)
     for package_id in sorted(blocks):
+        if package_id in exclude:
+            skipped["held out"] += 1
+            continue
         row = stored.get(package_id)
         try:
             if row is None:
@@ -231,19 +241,14 @@ def policy_batches(store: SharedStore, policy: Any, which: str = "released",
         except Exception:  # damaged at rest: skipped, never raised
             skipped["unreadable"] += 1
             log.warning("stored package %s skipped: unreadable", package_id)
-            left_out |= {b.cohort for b in blocks[package_id] if b.cohort is not None}
             continue
         try:
             validate_package(package, policy)
         except PackageRefused as exc:
             skipped[exc.kind] += 1
             log.warning("stored package %s skipped: %s", package_id, exc.reason)
-            left_out |= {b.cohort for b in blocks[package_id] if b.cohort is not None}
             continue
         kept = _capped(blocks[package_id], limit, package_id)
-        left_out |= {block.cohort for block, positions in zip(blocks[package_id], kept,
-                                                               strict=True)
-                     if not positions and block.cohort is not None}
         cohort_of = {p: block.cohort for block, positions in zip(blocks[package_id], kept,
                                                                   strict=True)
                      for p in positions}
@@ -260,17 +265,22 @@ def policy_batches(store: SharedStore, policy: Any, which: str = "released",
                 skipped["features"] += 1
                 log.warning("stored package %s skipped: its records do not featurize (%s)",
                             package_id, exc)
-                left_out |= {b.cohort for b in blocks[package_id] if b.cohort is not None}
                 continue
         candidates.append((package, batch, [cohort_of[p] for p in taken]))
+    # A cohort is trained on with at least today's k of its packages, or not at all.
+    trained: dict[str, set[str]] = {}
+    for package, _, cohorts in candidates:
+        for cohort in set(cohorts) - {None}:
+            trained.setdefault(cohort, set()).add(package.package_id)
+    left_out = {cohort for cohort in members if len(trained.get(cohort, ())) < k}
     batches = []
     for package, batch, cohorts in candidates:
         whole = np.array([cohort not in left_out for cohort in cohorts], dtype=bool)
         if not whole.any():
             skipped["cohort"] += 1
             log.warning("stored package %s skipped: each of its release cohorts was left out "
-                        "(a member skipped, or fewer packages than k = %d)", package.package_id,
-                        k)
+                        "(fewer than k = %d of its packages left to train on)",
+                        package.package_id, k)
             continue
         if not whole.all():
             batch = dataclasses.replace(
@@ -279,6 +289,6 @@ def policy_batches(store: SharedStore, policy: Any, which: str = "released",
         batches.append(batch)
         read.packages += 1
         read.records += len(batch.records)
-    read.cohorts_left_out = len(left_out & set(members))
+    read.cohorts_left_out = len(left_out)
     read.skipped = dict(skipped)
     return batches, read

@@ -55,12 +55,14 @@ def test_the_loop_holds_devices_out_and_the_release_says_what_they_showed(tmp_pa
     from dmt_model.datasets.classifier_users import simulate_classifier_users
     from dmt_model.loop import run_loop
 
-    simulation = simulate_classifier_users(_records(600, 21), target="level", n_users=6,
-                                           image="patch", n_records=90, seed=0)
+    # 8 devices: 2 held out leave 6 packages of the one class (no quasi-identifiers) to train
+    # on, at least k = 5 (with 6, the 4 left were fewer than k and nothing shared was used).
+    simulation = simulate_classifier_users(_records(800, 21), target="level", n_users=8,
+                                           image="patch", n_records=120, seed=0)
     config = TrainingConfig(epochs=20, early_stopping=0.1, patience=5)
     result = run_loop(simulation, SCHEMA, quasi_identifiers=(), workdir=tmp_path / "loop",
                       config=config, epsilon=None)  # labels shared as they are
-    assert result.packages_accepted == 6 and result.held_out_devices == 2
+    assert result.packages_accepted == 8 and result.held_out_devices == 2
     check = result.v2_validation
     assert check["devices"] == 2 and {"device_error", "current_device_error",
                                       "device_t"} <= set(check)
