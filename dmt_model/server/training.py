@@ -270,7 +270,7 @@ def policy_batches(store: SharedStore, policy: Any, which: str = "released",
     # A cohort is trained on with at least today's k of its packages, or not at all.
     trained: dict[str, set[str]] = {}
     for package, _, cohorts in candidates:
-        for cohort in set(cohorts) - {None}:
+        for cohort in {cohort for cohort in cohorts if cohort is not None}:
             trained.setdefault(cohort, set()).add(package.package_id)
     left_out = {cohort for cohort in members if len(trained.get(cohort, ())) < k}
     batches = []
