@@ -22,14 +22,18 @@
 
 Records are released or quarantined as the store's release rule says (the
 ``released_blocks`` of its release cohorts); blocks withdrawn for good
-(``withdrawn_blocks``) are never read. **A released cohort is trained on with at
-least k of its packages (today's release rule's k), or not at all.** Skipping
+(``withdrawn_blocks``) are never read. **A released cohort is trained on with k
+contributors, or not at all**: k the larger of today's release rule's and the largest
+its members' receipts claim, contributors counted as the store counts them at release
+(packages, or with tokens distinct tokens of one period). Skipping
 packages one at a time trained on 1 or 2 packages of a class released with 3
 (today's policy refused the others, they were unreadable, or their records did
 not featurize), or on a cohort of 3 after ``min_k`` went up to 5; a model
 trained on fewer than k packages of a class answers for those few. The cap
-keeps a record of each of the package's blocks first (its sample over the whole
-package could drop a class's only record). l and t are not judged again: only
+keeps a record of each of the package's blocks first, of as many blocks as it
+allows (its sample over the whole package could drop a class's only record); a
+package with more classes than the cap drops some, and their cohorts may then
+lack k. l and t are not judged again: only
 the store, at release, reads the sensitive values.
 """
 
@@ -41,7 +45,7 @@ import logging
 from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -52,8 +56,10 @@ from dmt_model.server.store import (
     PACKAGES,
     RECORDS,
     RELEASED_BLOCKS,
+    SPENT_TOKENS,
     WITHDRAWN_BLOCKS,
     SharedStore,
+    _enough,
     payload_aad,
     release_rule,
 )
@@ -87,6 +93,15 @@ class _Block:
 
     positions: list[int]
     cohort: str | None
+
+
+class _Contributor(NamedTuple):
+    """A package trained on in a cohort, as :func:`dmt_model.server.store._enough` counts
+    contributors: by package, or with tokens by token and period."""
+
+    package_id: str
+    token_id: str | None
+    epoch: int | None
 
 
 def _block_rows(store: SharedStore, which: str) -> dict[str, list[_Block]]:
@@ -124,8 +139,9 @@ def _capped(blocks: list[_Block], limit: int, package_id: str) -> list[list[int]
         return [[p for p in block.positions if p in taken] for block in blocks]
     seed = int.from_bytes(hashlib.sha256(package_id.encode()).digest()[:8], "little")
     rng = np.random.default_rng(seed)
-    first = {int(b): blocks[int(b)].positions[int(rng.integers(len(blocks[int(b)].positions)))]
-             for b in rng.permutation(len(blocks))[:limit]}
+    filled = [b for b in rng.permutation(len(blocks)).tolist() if blocks[b].positions]
+    first = {b: blocks[b].positions[int(rng.integers(len(blocks[b].positions)))]
+             for b in filled[:limit]}
     rest = [p for p in everything if p not in first.values()]
     more = rng.choice(len(rest), size=limit - len(first), replace=False).tolist()
     taken = set(first.values()) | {rest[i] for i in more}
@@ -267,20 +283,35 @@ def policy_batches(store: SharedStore, policy: Any, which: str = "released",
                             package_id, exc)
                 continue
         candidates.append((package, batch, [cohort_of[p] for p in taken]))
-    # A cohort is trained on with at least today's k of its packages, or not at all.
-    trained: dict[str, set[str]] = {}
+    # A cohort is trained on with k contributors or not at all: k the larger of today's and
+    # the largest its members' receipts claim (a min_k lowered since weakens no promise),
+    # contributors counted as the store counted them at release (with tokens, distinct
+    # tokens of one period: one device's packages of several periods are one contributor).
+    claimed: dict[str, int] = {}
+    trained: dict[str, list[_Contributor]] = {}
+    with store.engine.connect() as conn:
+        token_of = {row.package_id: row for row in conn.execute(
+            select(SPENT_TOKENS.c.package_id, SPENT_TOKENS.c.token_id, SPENT_TOKENS.c.epoch)
+            .where(SPENT_TOKENS.c.package_id.in_(sorted(blocks))))}
     for package, _, cohorts in candidates:
+        token = token_of.get(package.package_id)
         for cohort in {cohort for cohort in cohorts if cohort is not None}:
-            trained.setdefault(cohort, set()).add(package.package_id)
-    left_out = {cohort for cohort in members if len(trained.get(cohort, ())) < k}
+            claimed[cohort] = max(claimed.get(cohort, 0), package.receipt.k or 0)
+            trained.setdefault(cohort, []).append(_Contributor(
+                package.package_id, None if token is None else token.token_id,
+                None if token is None else token.epoch))
+    tokens = bool(getattr(policy, "requires_tokens", False))
+    left_out = {cohort for cohort in members
+                if not _enough(trained.get(cohort, []), max(k, claimed.get(cohort, 0)),
+                               tokens=tokens)}
     batches = []
     for package, batch, cohorts in candidates:
         whole = np.array([cohort not in left_out for cohort in cohorts], dtype=bool)
         if not whole.any():
             skipped["cohort"] += 1
             log.warning("stored package %s skipped: each of its release cohorts was left out "
-                        "(fewer than k = %d of its packages left to train on)",
-                        package.package_id, k)
+                        "(fewer contributors left to train on than its k: today's %d, or "
+                        "the larger its members' receipts ask for)", package.package_id, k)
             continue
         if not whole.all():
             batch = dataclasses.replace(

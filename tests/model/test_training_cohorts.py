@@ -107,15 +107,32 @@ def _k_or_nothing(store, packages, policy, **options) -> dict[int, int]:
     return counts
 
 
-def test_the_same_policy_trains_on_every_cohort_whole(stored):
+def test_the_same_policy_trains_on_every_cohort_its_receipts_allow(stored):
+    """Cohorts 50-60 and 80-90 were released with 3 packages, but their members' receipts
+    ask for k = 5: they are not trained on (the store's release does not read receipts)."""
     _, store, packages = stored
-    assert _k_or_nothing(store, packages, POLICY) == dict.fromkeys(
-        (30, 40, 50, 60, 70, 80), 3)
+    assert _k_or_nothing(store, packages, POLICY) == {30: 3, 40: 3, 50: 0, 60: 3, 70: 3,
+                                                      80: 0}
+
+
+def test_a_min_k_lowered_since_the_release_weakens_no_cohort(tmp_path):
+    """Found in review (helper-44): released at min_k = 5, then trained with min_k = 3 and 2
+    of the 5 packages held out, 3 packages of a class whose receipts ask for 5 were used."""
+    strict = dataclasses.replace(POLICY, min_k=5)
+    five = [_package([(30, 2)], k=5) for _ in range(5)]
+    db = f"sqlite:///{tmp_path / 'shared.db'}"
+    ingest([seal_package(p, KEY.public_key()) for p in five], db, KEY, strict)
+    store = SharedStore(db, KEY)
+    assert store.frame("released")["package_id"].nunique() == 5
+    lenient = dataclasses.replace(strict, min_k=3)
+    assert _k_or_nothing(store, five, lenient) == {30: 5}
+    assert _k_or_nothing(store, five, lenient,
+                         exclude={five[0].package_id, five[1].package_id}) == {30: 0}
 
 
 @pytest.mark.parametrize(("change", "left_out"), [
     ({"fields": ("age", "y")}, {30, 40, 50, 60, 70, 80}),  # the x carriers refused; 30's third
-    ({"max_records": 5}, {40}),                             # the 9-record package unreadable
+    ({"max_records": 5}, {40, 50, 80}),  # the 9-record package unreadable; 50, 80 as ever
     ({"min_k": 5}, {30, 40, 50, 60, 70, 80}),              # receipts of k=3; cohorts of 3 < 5
 ])
 def test_after_a_policy_change_a_cohort_is_trained_on_with_k_packages_or_not_at_all(
@@ -153,10 +170,10 @@ def test_packages_held_out_to_check_a_version_take_their_cohorts_out_of_training
     cohorts = _cohorts(store, packages)
     held = {sorted(cohorts[30])[0], sorted(cohorts[60])[0]}  # 60's also holds a 70-80 record
     counts = _k_or_nothing(store, packages, POLICY, exclude=held)
-    assert counts == {30: 0, 40: 3, 50: 3, 60: 0, 70: 0, 80: 3}
+    assert counts == {30: 0, 40: 3, 50: 0, 60: 0, 70: 0, 80: 0}
     batches, read = policy_batches(store, POLICY, exclude=held)
-    assert read.cohorts_left_out == 3 and not held & {b.package_id for b in batches}
-    assert read.skipped == {"held out": 2, "cohort": 4}
-    lenient = dataclasses.replace(POLICY, min_k=2)
+    assert read.cohorts_left_out == 5 and not held & {b.package_id for b in batches}
+    assert read.skipped == {"held out": 2, "cohort": 10}
+    lenient = dataclasses.replace(POLICY, min_k=2)  # receipts of 30-50 and 60-80 ask for 3
     assert _k_or_nothing(store, packages, lenient, exclude=held) == {
-        30: 2, 40: 3, 50: 3, 60: 2, 70: 2, 80: 3}
+        30: 0, 40: 3, 50: 0, 60: 0, 70: 0, 80: 0}

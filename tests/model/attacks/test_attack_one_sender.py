@@ -122,3 +122,35 @@ def test_k_minus_one_attested_devices_in_the_victims_period_are_what_it_takes(ba
         assert ingestor.ingest_one(seal_package(pkg, KEY.public_key(), token=token)).status \
             == "accepted"
         assert (victim.package_id in _released_ids(db)) == (i == len(attack) - 1)
+
+
+def test_retraining_counts_contributors_as_the_release_did(base, plan, tmp_path):
+    """Found in review (helper-44): a cohort released with k tokens of one period also takes
+    the class's blocks of other periods, and retraining counted packages: one device's
+    packages of 4 periods, with k - 1 honest ones held out, made the victim's records train
+    with one real contributor beside them."""
+    from dmt_model.server.training import policy_batches
+
+    db = f"sqlite:///{tmp_path / 'server.db'}"
+    clock = Clock()
+    ingestor = Ingestor(db, KEY, _token_policy(plan), clock=clock)
+    victim, attack = _victim_and_attack(base)
+    for pkg in attack:  # one attacker device, one package a period
+        (token,) = _tokens(ingestor, "attacker-phone")
+        assert ingestor.ingest_one(seal_package(pkg, KEY.public_key(), token=token)).status \
+            == "accepted"
+        clock.now += PERIOD
+    (token,) = _tokens(ingestor, "victim-phone")
+    ingestor.ingest_one(seal_package(victim, KEY.public_key(), token=token))
+    honest = [forge(forge(base, n=1), n=1) for _ in range(K - 1)]
+    for i, pkg in enumerate(honest):  # k - 1 attested devices in the victim's period
+        (token,) = _tokens(ingestor, f"honest-phone-{i}")
+        ingestor.ingest_one(seal_package(pkg, KEY.public_key(), token=token))
+    assert victim.package_id in _released_ids(db)
+    store = SharedStore(db, KEY)
+    everyone, _ = policy_batches(store, _token_policy(plan))
+    assert victim.package_id in {b.package_id for b in everyone}
+    batches, read = policy_batches(store, _token_policy(plan),
+                                   exclude={p.package_id for p in honest})
+    assert victim.package_id not in {b.package_id for b in batches}
+    assert read.cohorts_left_out >= 1
