@@ -477,6 +477,12 @@ class ModelRegistry:
         if not entry.published:
             raise ValidationError(f"Version {version} was refused by the gate; it is never "
                                   "served, so it is not signed.")
+        newest = max(v.version for v in versions if v.published)
+        if version != newest:
+            raise ValidationError(
+                f"Version {version} is not served: version {newest} is the newest published, "
+                f"and a device that verified a v{version} release signed after it would refuse "
+                f"v{newest} as signed before (verify_release(newest_seen=)). Sign v{newest}.")
         return self._store(versions, match[0], entry, signing_key, policy=policy,
                            server_key=server_key, valid_for=valid_for)
 
@@ -699,6 +705,7 @@ class ModelRegistry:
         baseline = entry.validation.get("current_version") if claimed else None
         document = sign_release(
             model, signing_key, version=entry.version, schema_id=schema_id,
+            now=self._signing_time(),
             policy_json=policy.to_json() if policy is not None else None,
             server_key=server_key.to_bytes() if server_key is not None else None,
             valid_for=valid_for, held_out_devices=None if devices is None else int(devices),
@@ -710,6 +717,24 @@ class ModelRegistry:
             name = name.removesuffix(".json") + f".{hashlib.sha256(document).hexdigest()[:16]}.json"
         write_atomically(self.path(name), document, mode=0o644)
         return replace(entry, release_file=name)
+
+    def _signing_time(self) -> datetime:
+        """Now, or a second after the newest release the registry signed if that is later:
+        a release's ``created`` is in whole seconds, and a device refuses only a release
+        signed before the newest it verified (``verify_release(newest_seen=)``), so one
+        re-signed within the second (a check announced right after publishing) must not
+        share its time with the release it replaces."""
+        from dmt_privacy.release import _parse_time
+
+        now = datetime.now(timezone.utc).replace(microsecond=0)
+        for version in self.versions():
+            if version.release_file and self.path(version.release_file).is_file():
+                try:
+                    signed = json.loads(self.path(version.release_file).read_text())["signed"]
+                    now = max(now, _parse_time(signed["created"]) + timedelta(seconds=1))
+                except (ValueError, KeyError, TypeError):
+                    continue  # a damaged release file is not this signing's concern
+        return now
 
     def _holds(self, version: ModelVersion, foundation: Foundation) -> bool:
         """Whether ``version``'s foundation file holds ``foundation``, byte for byte."""

@@ -208,14 +208,21 @@ def test_the_gate_on_held_out_devices_refuses_a_version_worse_once_personalized(
                             signing_key=key)
     assert not refused.published and refused.validation["devices_better"] == 0.0
     assert other.latest().version == 2 and not refused.release_file
+    resigned = json.loads(other.path(other.sign(2, key).release_file).read_text())["signed"]
+    assert resigned["held_out_devices"] == 10  # a fresh expiry keeps what was shown
+    assert resigned["held_out_baseline"] == 1
+    assert resigned["created"] > claim["created"]  # signed later, even within the second
     same = other.publish(foundation, trained_on={}, validation_devices=devices,
                          signing_key=key, publish_unless_worse=True)
     assert same.published and same.validation["devices_better"] == 0.0, same.validation
     assert "held_out_devices" not in json.loads(
         other.path(same.release_file).read_text())["signed"]
-    resigned = json.loads(other.path(other.sign(2, key).release_file).read_text())["signed"]
-    assert resigned["held_out_devices"] == 10  # a fresh expiry keeps what was shown
-    assert resigned["held_out_baseline"] == 1
+    # Only the newest published version is signed again: a device that verified a v2
+    # re-signed after v4 would refuse v4 as signed before it (verify_release(newest_seen=)).
+    from dmt_privacy.errors import ValidationError
+
+    with pytest.raises(ValidationError, match="version 4 is the newest published"):
+        other.sign(2, key)
 
 
 def test_the_device_gate_refuses_a_version_whose_device_errors_are_not_finite(

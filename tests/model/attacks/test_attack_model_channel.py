@@ -111,6 +111,29 @@ def test_resigning_rotates_keys_and_refreshes_expiry(published, policy, tmp_path
     assert verify_release(document, model, PINNED).key_id == RELEASE_KEY.key_id
 
 
+def test_a_release_signed_again_within_the_second_is_still_the_newer(published, policy,
+                                                                     tmp_path):
+    """Found in review (helper-44): ``created`` is in whole seconds and a device refuses only
+    a release signed *before* the newest it verified, so a release replaced within the same
+    second (a check announced right after publishing) passed ``newest_seen``."""
+    import shutil
+
+    from dmt_privacy.release import RollbackRefused
+
+    _, registry = published
+    copy = ModelRegistry(tmp_path / "models")
+    shutil.copytree(registry.folder, copy.folder)
+    first = copy.sign(2, RELEASE_KEY, policy=policy, server_key=KEY.public_key())
+    second = copy.sign(2, RELEASE_KEY, policy=policy, server_key=KEY.public_key())
+    model = (copy.folder / first.mlmodel_file).read_bytes()
+    old, new = (verify_release((copy.folder / entry.release_file).read_bytes(), model, PINNED)
+                for entry in (first, second))
+    assert new.metadata.created_at > old.metadata.created_at
+    with pytest.raises(RollbackRefused):
+        verify_release((copy.folder / first.release_file).read_bytes(), model, PINNED,
+                       newest_seen=new)
+
+
 def test_a_release_signed_again_is_served_only_once_the_index_says_so(published, policy,
                                                                       tmp_path, monkeypatch):
     """Reported (session notes): re-signing wrote the release over the served file, then the
