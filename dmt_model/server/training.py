@@ -23,18 +23,18 @@
 Records are released or quarantined as the store's release rule says (the
 ``released_blocks`` of its release cohorts); blocks withdrawn for good
 (``withdrawn_blocks``) are never read. **A released cohort is trained on with k
-contributors, or not at all**: k the larger of today's release rule's and the largest
-its members' receipts claim, contributors counted as the store counts them at release
-(packages, or with tokens distinct tokens of one period). Skipping
-packages one at a time trained on 1 or 2 packages of a class released with 3
-(today's policy refused the others, they were unreadable, or their records did
-not featurize), or on a cohort of 3 after ``min_k`` went up to 5; a model
-trained on fewer than k packages of a class answers for those few. The cap
-keeps a record of each of the package's blocks first, of as many blocks as it
-allows (its sample over the whole package could drop a class's only record); a
-package with more classes than the cap drops some, and their cohorts may then
-lack k. l and t are not judged again: only
-the store, at release, reads the sensitive values.
+contributors, or not at all**: k the larger of today's release rule's and the
+largest its members' receipts claim, contributors counted as the store counts
+them at release (packages, or with tokens distinct tokens of one period).
+Skipping packages one at a time trained on 1 or 2 packages of a class released
+with 3 (today's policy refused the others, they were unreadable, or their
+records did not featurize), or on a cohort of 3 after ``min_k`` went up to 5; a
+model trained on fewer than k packages of a class answers for those few. The
+cap keeps a record of each of the package's blocks first, of as many blocks as
+it allows (its sample over the whole package could drop a class's only record);
+a package with more classes than the cap drops some, and their cohorts may then
+lack k. l and t are not judged again: only the store, at release, reads the
+sensitive values.
 """
 
 from __future__ import annotations
