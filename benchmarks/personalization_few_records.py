@@ -65,8 +65,8 @@ def users_of(n: int, spread: float, seed: int) -> tuple[pd.DataFrame, list[pd.Da
     return frame.iloc[:N_PROXY], users
 
 
-def rmse(model, records: pd.DataFrame) -> float:
-    return float(np.sqrt(np.mean((predict_frame(model, records) - records["y"]) ** 2)))
+def rmse(model, records: pd.DataFrame, target: str = "y") -> float:
+    return float(np.sqrt(np.mean((predict_frame(model, records) - records[target]) ** 2)))
 
 
 #: The rules compared, in the table's order (the module's docstring).
@@ -122,12 +122,10 @@ def on_simulated_users(names: list[str], seeds: int, output: Path) -> None:
                                                  TrainingConfig(seed=seed)),
                                 updatable=UpdateSettings())
 
-                def error(model, records, target=dataset.target):
-                    return float(np.sqrt(np.mean(
-                        (predict_frame(model, records) - records[target]) ** 2)))
-
                 records = [pd.concat([u.shareable, u.private]) for u in sim.users]
-                per_seed["v1"].append(float(np.mean([error(v1, u.test) for u in sim.users])))
+                target = dataset.target
+                per_seed["v1"].append(float(np.mean([rmse(v1, u.test, target)
+                                                     for u in sim.users])))
                 for rule, confidence in (("99 %", ((3, 0.99),)), ("now", levels)):
                     personalize_module.FEW_RECORDS_CONFIDENCE = confidence
                     try:
@@ -135,8 +133,8 @@ def on_simulated_users(names: list[str], seeds: int, output: Path) -> None:
                     finally:
                         personalize_module.FEW_RECORDS_CONFIDENCE = levels
                     per_seed[rule].append(float(np.mean(
-                        [error(model, u.test) for (model, _), u in zip(held, sim.users,
-                                                                       strict=True)])))
+                        [rmse(model, u.test, target)
+                         for (model, _), u in zip(held, sim.users, strict=True)])))
             v1_mean = float(np.mean(per_seed["v1"]))
             row = {"dataset": name, "h": spread, "seeds": seeds, "per_seed": per_seed,
                    **{rule: float(np.mean(per_seed[rule])) / v1_mean - 1

@@ -184,7 +184,8 @@ class Task(ABC):
     #: the confidence the device's keep-or-discard rule needs by default (module docstring)
     decision_confidence: ClassVar[float]
     #: with fewer records than this to score, a device's update takes the prior grid's
-    #: strongest prior, or a weaker one better at 99 % (module docstring); 0: any prior
+    #: strongest prior, or a weaker one better at
+    #: :data:`~dmt_model.personalize.FEW_RECORDS_CONFIDENCE` (module docstring); 0: any prior
     few_records: ClassVar[int] = 0
 
     @abstractmethod

@@ -202,14 +202,14 @@ def policy_batches(store: SharedStore, policy: Any, which: str = "released",
     infinity for a proxy record raises :class:`~dmt_privacy.errors.ModelFileError`
     before any package is read: its predictions would become targets. A shared
     record whose features or prediction are not finite (a value far beyond
-    float32) skips its package (reason ``features``). A released cohort is read with at
-    least k of its packages or not at all (module docstring): a package whose every record
-    is in a cohort left out is skipped (reason ``cohort``), and
+    float32) skips its package (reason ``features``). A released cohort is read with k
+    contributors or not at all (module docstring): a package whose every record is in a
+    cohort left out is skipped (reason ``cohort``), and
     :attr:`TrainingRead.cohorts_left_out` counts the cohorts.
 
     ``exclude``: package ids kept out of training (held-out devices' packages, to check the
     new version on: :func:`dmt_model.loop.run_loop`), reason ``held out``; a cohort left
-    with fewer than k packages without them is left out too, so dropping the packages
+    with fewer than k contributors without them is left out too, so dropping the packages
     from the batches afterwards is not the same.
     """
     from dmt_model.server.retrain import SharedBatch
@@ -232,11 +232,11 @@ def policy_batches(store: SharedStore, policy: Any, which: str = "released",
         stored = {row.package_id: row for row in conn.execute(
             select(PACKAGES.c.package_id, PACKAGES.c.key_id, PACKAGES.c.nonce,
                    PACKAGES.c.payload).where(PACKAGES.c.package_id.in_(sorted(blocks))))}
-    members: dict[str, set[str]] = {}
-    for package_id, package_blocks in blocks.items():
-        for block in package_blocks:
-            if block.cohort is not None:
-                members.setdefault(block.cohort, set()).add(package_id)
+        token_of = {row.package_id: row for row in conn.execute(
+            select(SPENT_TOKENS.c.package_id, SPENT_TOKENS.c.token_id, SPENT_TOKENS.c.epoch)
+            .where(SPENT_TOKENS.c.package_id.in_(sorted(blocks))))}
+    released = {block.cohort for package_blocks in blocks.values()
+                for block in package_blocks if block.cohort is not None}
     k = release_rule(policy).k
     candidates = []  # (package, batch of the capped records, each record's cohort)
     exclude = set(exclude)
@@ -289,10 +289,6 @@ def policy_batches(store: SharedStore, policy: Any, which: str = "released",
     # tokens of one period: one device's packages of several periods are one contributor).
     claimed: dict[str, int] = {}
     trained: dict[str, list[_Contributor]] = {}
-    with store.engine.connect() as conn:
-        token_of = {row.package_id: row for row in conn.execute(
-            select(SPENT_TOKENS.c.package_id, SPENT_TOKENS.c.token_id, SPENT_TOKENS.c.epoch)
-            .where(SPENT_TOKENS.c.package_id.in_(sorted(blocks))))}
     for package, _, cohorts in candidates:
         token = token_of.get(package.package_id)
         for cohort in {cohort for cohort in cohorts if cohort is not None}:
@@ -301,7 +297,7 @@ def policy_batches(store: SharedStore, policy: Any, which: str = "released",
                 package.package_id, None if token is None else token.token_id,
                 None if token is None else token.epoch))
     tokens = bool(getattr(policy, "requires_tokens", False))
-    left_out = {cohort for cohort in members
+    left_out = {cohort for cohort in released
                 if not _enough(trained.get(cohort, []), max(k, claimed.get(cohort, 0)),
                                tokens=tokens)}
     batches = []
