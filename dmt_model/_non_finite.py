@@ -8,7 +8,9 @@ numbers like 1e11 where the target's bounds are [0, 2500], and the error would s
 as bad records or a broken version (the records' own check, which refuses a value more than
 the bounds' width outside them as corrupt, blamed the user's record). Each checks the
 predictions first, here, so the message names the model, the value and the record, and says
-what to do.
+what to do. How far outside the bounds is too far is the caller's ``slack``: devices refuse
+a model at ten widths (``dmt_model.personalize._DIVERGED_SLACK``), not at one, since a
+foundation trained on little proxy data extrapolates past one on a user's ordinary record.
 """
 
 from __future__ import annotations
@@ -33,9 +35,8 @@ def refuse_non_finite(predict: Callable[[pd.DataFrame], np.ndarray],
     """Raise :class:`~dmt_privacy.errors.ModelFileError` if a prediction for a record of
     ``frames`` (``None`` and empty entries skipped) is NaN or infinite, or, with
     ``target_bounds`` (the target's name and bounds, for a model predicting one number),
-    more than ``slack`` times the bounds' width outside them: pass the slack at which a
-    record's value is refused as corrupt (``Schema.check_bounds(slack=...)``), so that no
-    prediction this lets through is refused once written into a record.
+    more than ``slack`` times the bounds' width outside them (a prediction written into a
+    record is clipped to the bounds first, so none this lets through is refused there).
 
     ``predict`` makes the predictions of all frames at once (one per record, or a row of
     class probabilities); ``predicted`` are they, if already made (one frame). The message

@@ -371,8 +371,8 @@ class ModelRegistry:
         version too): :class:`~dmt_privacy.errors.ModelFileError` names it and the
         record, and nothing is written, so the registry and the version it serves
         are unchanged. So is one that, checked on ``validation_devices``, predicts a
-        number more than the target bounds' width outside them (a training that
-        diverged): the device check refuses it the same way.
+        number more than ten times the target bounds' width outside them (a training
+        that diverged): the device check refuses it the same way.
 
         A foundation the same as the newest version's, byte for byte (retrained on
         the same records with the same settings: a retraining script run again before
