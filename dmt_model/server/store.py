@@ -71,7 +71,7 @@ import os
 import secrets
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -506,7 +506,8 @@ _PG_RELEASE = (
 # compiled statements cost more Python a group than SQLite spends running them).
 _SQLITE_PENDING_OF = (
     "SELECT records.id, records.package_id, records.class_key, records.rows, "
-    "packages.key_id, spent_tokens.token_id, spent_tokens.epoch FROM pending_blocks "
+    "packages.key_id, packages.receipt, spent_tokens.token_id, spent_tokens.epoch "
+    "FROM pending_blocks "
     "JOIN records ON records.id = pending_blocks.block_id "
     "JOIN packages ON packages.package_id = records.package_id "
     "LEFT OUTER JOIN spent_tokens ON spent_tokens.package_id = records.package_id "
@@ -520,10 +521,10 @@ _SQLITE_PENDING_OF = (
 #: record, package and token are therefore read in a LATERAL subquery that ``OFFSET 0`` keeps
 #: from being merged into a join: by their keys, whatever the statistics.
 _PG_PENDING_OF = (
-    "SELECT p.block_id AS id, b.package_id, p.class_key, b.rows, b.key_id, b.token_id, "
-    "b.epoch FROM pending_blocks AS p CROSS JOIN LATERAL ("
-    "SELECT records.package_id, records.rows, packages.key_id, spent_tokens.token_id, "
-    "spent_tokens.epoch FROM records "
+    "SELECT p.block_id AS id, b.package_id, p.class_key, b.rows, b.key_id, b.receipt, "
+    "b.token_id, b.epoch FROM pending_blocks AS p CROSS JOIN LATERAL ("
+    "SELECT records.package_id, records.rows, packages.key_id, packages.receipt, "
+    "spent_tokens.token_id, spent_tokens.epoch FROM records "
     "JOIN packages ON packages.package_id = records.package_id "
     "LEFT OUTER JOIN spent_tokens ON spent_tokens.package_id = records.package_id "
     "WHERE records.id = p.block_id OFFSET 0) AS b "
@@ -571,6 +572,30 @@ def _enough(blocks: Sequence[Any], k: int, *, tokens: bool) -> bool:
     return len({b.package_id for b in blocks}) >= k
 
 
+def _receipt_k(text: str) -> int:
+    """The k a stored package's receipt promises (0 if none)."""
+    return int(json.loads(text).get("k") or 0)
+
+
+def _admitted(blocks: Sequence[Any], rule: ReleaseRule, values_of: Mapping[int, list[Any]],
+              *, tokens: bool) -> list[Any]:
+    """The blocks of a class's pending cohort that may be released together: the largest
+    set in which every block's k (the rule's, or its receipt's if larger) is met by the
+    set's contributors (:func:`_enough`) and the rule admits the set (``values_of``: each
+    block's sensitive values, when the rule judges l or t); none if no set is."""
+    need = {b.id: max(rule.k, _receipt_k(b.receipt)) for b in blocks}
+    for k in sorted(set(need.values()), reverse=True):
+        chosen = [b for b in blocks if need[b.id] <= k]
+        if not _enough(chosen, k, tokens=tokens):
+            continue
+        contributors = [b.token_id if tokens else b.package_id for b in chosen
+                        for _ in np.frombuffer(b.rows, dtype="<u4")]
+        values = [v for b in chosen for v in values_of[b.id]] if rule.needs_values else None
+        if rule.admits(contributors, values):
+            return chosen
+    return []
+
+
 def release_due(
     conn: Connection,
     rule: ReleaseRule,
@@ -591,8 +616,8 @@ def release_due(
 def _pending_queries() -> tuple[Any, Any]:
     """The pending blocks (all, and of given classes): built once, not per group written."""
     query = (select(RecordBlock.id, RecordBlock.package_id, RecordBlock.class_key,
-                    RecordBlock.rows, PackageRow.key_id, SpentTokenRow.token_id,
-                    SpentTokenRow.epoch)
+                    RecordBlock.rows, PackageRow.key_id, PackageRow.receipt,
+                    SpentTokenRow.token_id, SpentTokenRow.epoch)
              .select_from(PendingBlock)
              .join(RecordBlock, RecordBlock.id == PendingBlock.block_id)
              .join(PackageRow, PackageRow.package_id == RecordBlock.package_id)
@@ -613,12 +638,19 @@ def released_classes(
     """Release every pending cohort that meets ``rule``; the keys of the classes released.
 
     Runs inside the caller's transaction ``conn``. A class's pending cohort is
-    all its blocks not yet released; it is released whole, or not at all.
-    ``data_key(key_id)`` unwraps a package's data key to read its sensitive
-    values when the rule has l or t; a block it cannot read (``None``) or
-    without the sensitive field stays quarantined on its own (fail closed),
-    and the cohort is judged without it. ``class_keys``: only these classes
-    (default: all).
+    all its blocks not yet released; it is released whole, or not at all, but
+    for blocks that stay in quarantine on their own:
+
+    - a block whose package's receipt promises a larger k than ``rule.k``
+      (validation accepts that without a plan) needs that many contributors: it
+      waits, and the others are released without it, until a cohort of its k can
+      take it (the largest set whose every member's k it meets is released);
+    - when the rule has l or t, ``data_key(key_id)`` unwraps a package's data key
+      to read its sensitive values; a block it cannot read (``None``) or without
+      the sensitive field waits for good (fail closed), and the cohort is judged
+      without it.
+
+    ``class_keys``: only these classes (default: all).
 
     ``tokens``: the policy limits packages per device with tokens
     (:mod:`dmt_model.server.issuer`). Then a contributor is a spent token, not
@@ -655,12 +687,12 @@ def released_classes(
             blocks = [b for b in blocks if b.token_id is not None]
         if not _enough(blocks, rule.k, tokens=tokens):
             continue
-        values: list[Any] | None = None
+        values_of: dict[int, list[Any]] = {}
         if rule.needs_values:
             # A block whose sensitive values cannot be read (a package without the field,
             # or whose data key is not at hand) stays in quarantine on its own: it never
             # holds back the cohort of the others (fail closed for it alone).
-            readable, values = [], []
+            readable = []
             for b in blocks:
                 if b.package_id not in columns_cache:
                     key = data_key(b.key_id)
@@ -671,14 +703,13 @@ def released_classes(
                     continue
                 column = columns[str(rule.sensitive)]
                 readable.append(b)
-                values += [column[i] for i in np.frombuffer(b.rows, dtype="<u4").tolist()]
+                values_of[b.id] = [column[i] for i in np.frombuffer(b.rows, dtype="<u4").tolist()]
             blocks = readable
-            if not _enough(blocks, rule.k, tokens=tokens):
-                continue
+        blocks = _admitted(blocks, rule, values_of, tokens=tokens)
+        if not blocks:
+            continue
         contributors = [b.token_id if tokens else b.package_id for b in blocks
                         for _ in np.frombuffer(b.rows, dtype="<u4")]
-        if not rule.admits(contributors, values):
-            continue
         cohort_id = secrets.token_hex(16)
         cohorts.append({"cohort_id": cohort_id, "class_key": class_key,
                         "n_records": len(contributors),

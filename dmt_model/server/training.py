@@ -33,8 +33,10 @@ model trained on fewer than k packages of a class answers for those few. The
 cap keeps a record of each of the package's blocks first, of as many blocks as
 it allows (its sample over the whole package could drop a class's only record);
 a package with more classes than the cap drops some, and their cohorts may then
-lack k. l and t are not judged again: only the store, at release, reads the
-sensitive values.
+lack k. With l or t in today's release rule, they are judged again on the records a
+cohort would be trained on, as the store judged them at release: a cohort released
+l-diverse that lost its one package of another value (held out, or refused since) is
+left out too.
 """
 
 from __future__ import annotations
@@ -187,6 +189,33 @@ def _bounded(previous: Any, batch: Any, bound: float | None) -> Any:
     return dataclasses.replace(batch, records=records)
 
 
+def _not_diverse(rule: Any, candidates: list[tuple[Any, Any, list[str | None], list[int]]],
+                 token_of: dict[str, Any], *, tokens: bool) -> set[str]:
+    """The cohorts whose records among ``candidates`` (package, batch, each record's cohort
+    and position in the package) the release ``rule`` would not admit for their l or t,
+    judged on the package's own values as the store judges a release
+    (:func:`dmt_model.server.store.released_classes`): contributors weighing the same, by
+    package or with ``tokens`` by token. A package without the sensitive field fails its
+    cohorts (fail closed)."""
+    contributors: dict[str, list[str]] = {}
+    values: dict[str, list[Any]] = {}
+    failed: set[str] = set()
+    for package, _, cohorts, taken in candidates:
+        token = token_of.get(package.package_id)
+        who = token.token_id if tokens and token is not None else package.package_id
+        column = package.columns.get(str(rule.sensitive))
+        for cohort, position in zip(cohorts, taken, strict=True):
+            if cohort is None:
+                continue
+            if column is None:
+                failed.add(cohort)
+                continue
+            contributors.setdefault(cohort, []).append(who)
+            values.setdefault(cohort, []).append(column[position])
+    return failed | {cohort for cohort in contributors
+                     if not rule.admits(contributors[cohort], values[cohort])}
+
+
 def policy_batches(store: SharedStore, policy: Any, which: str = "released",
                    *, previous: Any = None, proxy: pd.DataFrame | None = None,
                    exclude: Collection[str] = (),
@@ -203,8 +232,8 @@ def policy_batches(store: SharedStore, policy: Any, which: str = "released",
     before any package is read: its predictions would become targets. A shared
     record whose features or prediction are not finite (a value far beyond
     float32) skips its package (reason ``features``). A released cohort is read with k
-    contributors or not at all (module docstring): a package whose every record is in a
-    cohort left out is skipped (reason ``cohort``), and
+    contributors, and l and t holding on them, or not at all (module docstring): a
+    package whose every record is in a cohort left out is skipped (reason ``cohort``), and
     :attr:`TrainingRead.cohorts_left_out` counts the cohorts.
 
     ``exclude``: package ids kept out of training (held-out devices' packages, to check the
@@ -237,8 +266,10 @@ def policy_batches(store: SharedStore, policy: Any, which: str = "released",
             .where(SPENT_TOKENS.c.package_id.in_(sorted(blocks))))}
     released = {block.cohort for package_blocks in blocks.values()
                 for block in package_blocks if block.cohort is not None}
-    k = release_rule(policy).k
-    candidates = []  # (package, batch of the capped records, each record's cohort)
+    rule = release_rule(policy)
+    k = rule.k
+    # (package, batch of the capped records, each record's cohort, its position in the package)
+    candidates = []
     exclude = set(exclude)
     for package_id in sorted(blocks):
         if package_id in exclude:
@@ -282,14 +313,14 @@ def policy_batches(store: SharedStore, policy: Any, which: str = "released",
                 log.warning("stored package %s skipped: its records do not featurize (%s)",
                             package_id, exc)
                 continue
-        candidates.append((package, batch, [cohort_of[p] for p in taken]))
+        candidates.append((package, batch, [cohort_of[p] for p in taken], taken))
     # A cohort is trained on with k contributors or not at all: k the larger of today's and
     # the largest its members' receipts claim (a min_k lowered since weakens no promise),
     # contributors counted as the store counted them at release (with tokens, distinct
     # tokens of one period: one device's packages of several periods are one contributor).
     claimed: dict[str, int] = {}
     trained: dict[str, list[_Contributor]] = {}
-    for package, _, cohorts in candidates:
+    for package, _, cohorts, _ in candidates:
         token = token_of.get(package.package_id)
         for cohort in {cohort for cohort in cohorts if cohort is not None}:
             claimed[cohort] = max(claimed.get(cohort, 0), package.receipt.k or 0)
@@ -300,14 +331,17 @@ def policy_batches(store: SharedStore, policy: Any, which: str = "released",
     left_out = {cohort for cohort in released
                 if not _enough(trained.get(cohort, []), max(k, claimed.get(cohort, 0)),
                                tokens=tokens)}
+    if rule.needs_values:
+        left_out |= _not_diverse(rule, candidates, token_of, tokens=tokens)
     batches = []
-    for package, batch, cohorts in candidates:
+    for package, batch, cohorts, _ in candidates:
         whole = np.array([cohort not in left_out for cohort in cohorts], dtype=bool)
         if not whole.any():
             skipped["cohort"] += 1
             log.warning("stored package %s skipped: each of its release cohorts was left out "
                         "(fewer contributors left to train on than its k: today's %d, or "
-                        "the larger its members' receipts ask for)", package.package_id, k)
+                        "the larger its members' receipts ask for; or, with l or t, too few "
+                        "distinct sensitive values left)", package.package_id, k)
             continue
         if not whole.all():
             batch = dataclasses.replace(

@@ -185,3 +185,67 @@ def test_server_path_releases_only_cohorts_meeting_k_l_t(tmp_path_factory, n_dev
             shape = (frozenset(cohort["package_id"]), len(cohort))
             assert seen.setdefault(str(cohort_id), shape) == shape  # a cohort never changes
         assert store.counts()["records_released"] == len(released)
+
+
+def test_a_package_asking_for_a_larger_k_waits_for_that_many_contributors(tmp_path):
+    """A device whose receipt promises its user k = 5 (more than the server's min_k = 3,
+    which validation accepts without a plan) had its records released in a cohort of 3:
+    the release rule used the server's k alone, and only training (policy_batches) asked
+    for the receipt's. Such a block now waits in quarantine until a cohort of 5 can take
+    it; the others of its class are released without it meanwhile."""
+    db = f"sqlite:///{tmp_path / 'server.db'}"
+    policy = ServerPolicy(SCHEMA, min_k=K)
+
+    def sent(n: int, k: int = K) -> list[SharePackage]:
+        cell = {"age": [pd.Interval(40.0, 49.0, closed="both")], "zip": [frozenset("ab")],
+                "disease": ["flu"]}
+        return [SharePackage.create(SCHEMA.schema_id, cell, PrivacyReceipt(k=k))
+                for _ in range(n)]
+
+    def store_packages(packages: list[SharePackage]) -> None:
+        ingest([seal_package(p, KEY.public_key()) for p in packages], db, KEY, policy)
+
+    asking, first = sent(1, k=5), sent(3)
+    store_packages(asking + first)
+    store = SharedStore(db, KEY)
+    released = store.frame("released", cohorts=True)
+    assert set(released["package_id"]) == {p.package_id for p in first}
+    assert set(store.frame("quarantined")["package_id"]) == {asking[0].package_id}
+    store_packages(sent(2))  # 3 contributors pending, the asking one among them: not 5
+    assert asking[0].package_id not in set(store.frame("released")["package_id"])
+    store_packages(sent(2))  # 5 pending: released together
+    released = store.frame("released", cohorts=True)
+    cohort = released.loc[released["package_id"] == asking[0].package_id, "cohort_id"].iloc[0]
+    assert released.loc[released["cohort_id"] == cohort, "package_id"].nunique() == 5
+    assert store.counts()["records_quarantined"] == 0
+    receipts = store.receipts()
+    for _, members in released.groupby("cohort_id"):
+        assert members["package_id"].nunique() >= max(
+            receipts[p].k or 0 for p in members["package_id"])
+
+
+def test_training_judges_l_and_t_again_on_the_packages_it_trains_on(tmp_path):
+    """A cohort released l-diverse (3 × flu, 1 × cold; l = 2) lost its one "cold" package
+    at training (held out to check a version, or refused by a changed policy): k = 3
+    packages were left, all "flu", and ``policy_batches`` trained on them. A model trained on
+    that cohort can say what everyone in the class has, which l-diversity was there to
+    stop. The cohort is now left out, as it is when fewer than k packages are left."""
+    from dmt_model.server.training import policy_batches
+
+    policy = planned_policy()
+    packages = [device_package(pd.DataFrame({"age": [40.0], "zip": ["b"], "disease": [d]}))
+                for d in ("flu", "cold", "flu", "flu")]
+    assert all(p is not None for p in packages)
+    db = f"sqlite:///{tmp_path / 'server.db'}"
+    ingest([seal_package(p, KEY.public_key()) for p in packages], db, KEY, policy)
+    store = SharedStore(db, KEY)
+    released = store.frame("released", cohorts=True)
+    assert len(released) == 4 and released["cohort_id"].nunique() == 1
+    batches, read = policy_batches(store, policy)
+    assert sorted(b.records["disease"].iloc[0] for b in batches) == ["cold", "flu", "flu", "flu"]
+    cold = packages[1].package_id
+    batches, read = policy_batches(store, policy, exclude={cold})
+    assert batches == [] and read.cohorts_left_out == 1 and read.skipped["cohort"] == 3
+    # without l or t to judge, the 3 "flu" packages meet k = 3 and are trained on
+    batches, _ = policy_batches(store, ServerPolicy(SCHEMA, min_k=K), exclude={cold})
+    assert len(batches) == 3
