@@ -21,7 +21,7 @@ change, and the share of users worse off. Writes ``benchmarks/results/
 personalization_few_records.json`` and ``.md``.
 
     python benchmarks/personalization_few_records.py [--seeds 2 3] [--records 2 3 5 7 10 20 50]
-    python benchmarks/personalization_few_records.py --datasets boston friedman
+    python benchmarks/personalization_few_records.py --datasets boston friedman star98
 
 The second form compares the 99 % rule with now on model_quality's simulated users of
 other regression data sets (10 seeds), into ``personalization_few_records_datasets``.
