@@ -195,6 +195,7 @@ from dmt_model.datasets.regression import FRIEDMAN_SCHEMA
 from dmt_model.datasets.users import SimulatedUser, Simulation
 from dmt_model.foundation import TrainingConfig
 from dmt_model.tasks import Task, task_for
+from dmt_privacy.anonymity import release_classes
 from dmt_privacy.errors import ValidationError
 from dmt_privacy.schema import Schema
 
@@ -562,14 +563,21 @@ def held_out_users(sim: Simulation, seed: int) -> frozenset[int]:
 
 
 def split_held_out(sim: Simulation, batches: list[Any], held_out: frozenset[int],
-                   featurizer: Any, seed: int) -> tuple[list[Any], list[pd.DataFrame]]:
+                   featurizer: Any, seed: int, *, k: int | None = None
+                   ) -> tuple[list[Any], list[pd.DataFrame]]:
     """What the server received, split as ``run_loop`` splits it: the batches' records of
     users not in ``held_out`` (to retrain on), and one frame per held-out user with at least
     2 records received — their packages' records as plain records
     (``Featurizer.plain_released``: a k-anonymous interval's midpoint, a generalized
     category drawn from those it covers), as ``dmt_model.loop._held_out_devices`` makes
     them, in the order of the users' ids. A record's owner is read from its index label,
-    which ``privacy_utility.share`` and :func:`modified` keep."""
+    which ``privacy_utility.share`` and :func:`modified` keep.
+
+    ``k``: the records are k-anonymous, released in classes of k users; a class left with
+    fewer than k users once the held-out users' records are out is not trained on, as
+    ``policy_batches(exclude=)`` leaves such a cohort out in ``run_loop`` (the same rule:
+    ``dmt_privacy.anonymity.release_classes`` over the schema's quasi-identifiers, each
+    user one package)."""
     owner = {label: u.user_id for u in sim.users for label in u.shareable.index}
     if len(owner) != sum(len(u.shareable) for u in sim.users):
         raise ValidationError("The users' shareable records share index labels; the server "
@@ -584,6 +592,14 @@ def split_held_out(sim: Simulation, batches: list[Any], held_out: frozenset[int]
         for user_id in sorted(set(owners[held].tolist())):
             frames.setdefault(user_id, []).append(featurizer.plain_released(
                 batch.records[owners == user_id], hierarchies=batch.hierarchies, seed=seed))
+    if k is not None and training:
+        qis = [f.name for f in featurizer.schema.by_role("quasi-identifier")]
+        whole = pd.concat([batch.records for batch in training])
+        kept, _ = release_classes(whole.assign(_owner=whole.index.map(owner).to_numpy()), qis,
+                                  k, package_column="_owner")
+        training = [replace(batch, records=batch.records[batch.records.index.isin(kept.index)])
+                    for batch in training]
+        training = [batch for batch in training if len(batch.records)]
     devices = [pd.concat(frames[u], ignore_index=True) for u in sorted(frames)]
     return training, [records for records in devices if len(records) >= 2]
 
@@ -605,7 +621,8 @@ def dmt_model_for(sim: Simulation, task: ProtocolTask, foundation: Any, how: dic
         batches, info = modified(sim, task), {}
     else:
         batches, info = share(sim, seed=seed, schema=task.schema, **how)
-    training, devices = split_held_out(sim, batches, held_out, foundation.featurizer, seed)
+    training, devices = split_held_out(sim, batches, held_out, foundation.featurizer, seed,
+                                       k=how.get("k"))
     config = replace(task.config, seed=seed, learning_rate=learning_rate)
     return retrain_foundation(foundation, sim.proxy, training, config), batches, info, devices
 
