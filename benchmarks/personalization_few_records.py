@@ -23,8 +23,8 @@ personalization_few_records.json`` and ``.md``.
     python benchmarks/personalization_few_records.py [--seeds 2 3] [--records 2 3 5 7 10 20 50]
     python benchmarks/personalization_few_records.py --datasets boston friedman star98
 
-The second form compares the 99 % rule with now on model_quality's simulated users of
-other regression data sets (10 seeds), into ``personalization_few_records_datasets``.
+The second form runs the three rules on model_quality's simulated users of other
+regression data sets (10 seeds), into ``personalization_few_records_datasets``.
 """
 
 from __future__ import annotations
@@ -73,22 +73,29 @@ def rmse(model, records: pd.DataFrame, target: str = "y") -> float:
 RULES = ("before", "99 %", "now")
 
 
+def under_rule(name: str, spec, record_sets: list[pd.DataFrame]) -> list:
+    """``personalized_many`` under one of :data:`RULES`: *now*; *99 %* (the first fix: the
+    strongest prior, a weaker one only at 99 %); *before* (until 4 December: any prior, an
+    update kept at 50 %)."""
+    default, levels = Regression.few_records, personalize_module.FEW_RECORDS_CONFIDENCE
+    rule, few, confidence = {"now": (None, default, levels),
+                             "99 %": (None, default, ((3, 0.99),)),
+                             "before": (DecisionRule(confidence=0.5), 0, levels)}[name]
+    Regression.few_records, personalize_module.FEW_RECORDS_CONFIDENCE = few, confidence
+    try:
+        return personalized_many(spec, record_sets, rule=rule)
+    finally:
+        Regression.few_records, personalize_module.FEW_RECORDS_CONFIDENCE = default, levels
+
+
 def one(n: int, spread: float, seed: int) -> dict[str, dict[str, float]]:
     proxy, users = users_of(n, spread, seed)
     foundation = build_spec(train_foundation(proxy, SCHEMA, TrainingConfig(epochs=500, seed=0)),
                             updatable=UpdateSettings())
     before = np.array([rmse(foundation, u.iloc[n:]) for u in users])
     out = {}
-    default, levels = Regression.few_records, personalize_module.FEW_RECORDS_CONFIDENCE
-    for name, rule, few, confidence in (
-            ("now", None, default, levels),
-            ("99 %", None, default, ((3, 0.99),)),
-            ("before", DecisionRule(confidence=0.5), 0, levels)):
-        Regression.few_records, personalize_module.FEW_RECORDS_CONFIDENCE = few, confidence
-        try:
-            held = personalized_many(foundation, [u.iloc[:n] for u in users], rule=rule)
-        finally:
-            Regression.few_records, personalize_module.FEW_RECORDS_CONFIDENCE = default, levels
+    for name in ("now", "99 %", "before"):
+        held = under_rule(name, foundation, [u.iloc[:n] for u in users])
         after = np.array([rmse(model, u.iloc[n:])
                           for (model, _), u in zip(held, users, strict=True)])
         out[name] = {"foundation": float(before.mean()), "personal": float(after.mean()),
@@ -99,21 +106,21 @@ def one(n: int, spread: float, seed: int) -> dict[str, dict[str, float]]:
 
 
 def on_simulated_users(names: list[str], seeds: int, output: Path) -> None:
-    """The "99 %" rule against "now" on model_quality's simulated users (20 users a seed,
+    """The rules (:data:`RULES`) on model_quality's simulated users (20 users a seed,
     h = 0, 0.15, 0.3; v1 trained on 80 % of the proxy), mean per-user test RMSE: whether
-    the rule chosen on ``make_friedman1`` helps users of the other regression data sets.
+    the rule chosen on ``make_friedman1`` helps users of the other regression data sets,
+    and what it costs users who differ against the rule before 4 December.
     Writes ``personalization_few_records_datasets.json`` and ``.md``."""
     from dmt_model.datasets import REGRESSION_DATASETS, simulate_users
     from dmt_model.server.retrain import validation_split
 
     started = time.perf_counter()
-    levels = personalize_module.FEW_RECORDS_CONFIDENCE
     rows = []
     for name in names:
         dataset = REGRESSION_DATASETS[name]
         data = dataset.load()
         for spread in (0.0, 0.15, 0.3):
-            per_seed: dict[str, list[float]] = {"v1": [], "99 %": [], "now": []}
+            per_seed: dict[str, list[float]] = {"v1": [], **{rule: [] for rule in RULES}}
             for seed in range(seeds):
                 sim = simulate_users(data, n_users=20, spread=spread, seed=seed,
                                      location=dataset.location, target=dataset.target)
@@ -126,32 +133,30 @@ def on_simulated_users(names: list[str], seeds: int, output: Path) -> None:
                 target = dataset.target
                 per_seed["v1"].append(float(np.mean([rmse(v1, u.test, target)
                                                      for u in sim.users])))
-                for rule, confidence in (("99 %", ((3, 0.99),)), ("now", levels)):
-                    personalize_module.FEW_RECORDS_CONFIDENCE = confidence
-                    try:
-                        held = personalized_many(v1, records)
-                    finally:
-                        personalize_module.FEW_RECORDS_CONFIDENCE = levels
+                for rule in RULES:
+                    held = under_rule(rule, v1, records)
                     per_seed[rule].append(float(np.mean(
                         [rmse(model, u.test, target)
                          for (model, _), u in zip(held, sim.users, strict=True)])))
             v1_mean = float(np.mean(per_seed["v1"]))
             row = {"dataset": name, "h": spread, "seeds": seeds, "per_seed": per_seed,
-                   **{rule: float(np.mean(per_seed[rule])) / v1_mean - 1
-                      for rule in ("99 %", "now")}}
+                   **{rule: float(np.mean(per_seed[rule])) / v1_mean - 1 for rule in RULES}}
             rows.append(row)
-            print(f"{name} h={spread}: 99 % {row['99 %']:+.1%}, now {row['now']:+.1%}",
-                  flush=True)
+            print(f"{name} h={spread}: " + ", ".join(f"{rule} {row[rule]:+.1%}"
+                                                     for rule in RULES), flush=True)
     output.mkdir(parents=True, exist_ok=True)
     (output / "personalization_few_records_datasets.json").write_text(json.dumps(
         {"rows": rows, "seconds": time.perf_counter() - started}, indent=1))
-    lines = ["| data set | h | 99 %: change from v1 | now: change from v1 | "
-             "seeds where now is worse than 99 % |", "|---|---|---|---|---|"]
+    lines = ["| data set | h | before: change from v1 | 99 %: change from v1 | "
+             "now: change from v1 | seeds where now is worse than 99 % / than before |",
+             "|---|---|---|---|---|---|"]
     for row in rows:
-        worse = sum(a > b + 1e-12 for a, b in zip(row["per_seed"]["now"],
-                                                  row["per_seed"]["99 %"], strict=True))
-        lines.append(f"| {row['dataset']} | {row['h']:g} | {row['99 %']:+.1%} | "
-                     f"{row['now']:+.1%} | {worse} of {row['seeds']} |")
+        worse = [sum(a > b + 1e-12 for a, b in zip(row["per_seed"]["now"],
+                                                   row["per_seed"][rule], strict=True))
+                 for rule in ("99 %", "before")]
+        lines.append(f"| {row['dataset']} | {row['h']:g} | {row['before']:+.1%} | "
+                     f"{row['99 %']:+.1%} | {row['now']:+.1%} | {worse[0]} / {worse[1]} "
+                     f"of {row['seeds']} |")
     (output / "personalization_few_records_datasets.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
