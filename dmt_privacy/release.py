@@ -638,11 +638,15 @@ def sharing_policy_from(policy_json: str | bytes, *, fields: Iterable[str] | Non
                         **selection: Any) -> Any:
     """The device's :class:`~dmt_privacy.sharing.SharingPolicy` for a (verified) server policy.
 
-    The server decides: ε, mechanisms, δ and the plan come from the policy JSON
-    the release signed (pass it to :func:`verify_release` first); ``fields``
-    (default: every field the policy accepts) and ``selection`` (``fraction``,
-    ``predicate``, ``record_ids``, ``modifiers``, ``privacy_unit``,
-    ``max_epsilon``) are the device's choices of what to share.
+    The server decides: ε, mechanisms, δ, the plan and the privacy unit its
+    receipts must state come from the policy JSON the release signed (pass it to
+    :func:`verify_release` first); ``fields`` (default: every field the policy
+    accepts) and ``selection`` (``fraction``, ``predicate``, ``record_ids``,
+    ``modifiers``, ``max_epsilon``, and ``privacy_unit`` where the policy leaves
+    it open) are the device's choices of what to share. A choice the server
+    would refuse every package of (another privacy unit than the policy's, or
+    fields without the sensitive field the plan judges l or t on) raises
+    :class:`~dmt_privacy.errors.ValidationError` here, before any budget is spent.
     """
     from dmt_privacy.anonymity.plan import AnonymizationPlan
     from dmt_privacy.sharing import SharingPolicy
@@ -655,8 +659,16 @@ def sharing_policy_from(policy_json: str | bytes, *, fields: Iterable[str] | Non
         mechanism = dict(data.get("mechanism") or {})
         delta = dict(data.get("delta") or {})
         min_k = data["min_k"]
+        unit = data.get("privacy_unit")
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise ValidationError(f"Not a server policy document ({exc}).") from None
+    if unit is not None:
+        chosen_unit = selection.setdefault("privacy_unit", unit)
+        if chosen_unit != unit:
+            raise ValidationError(
+                f"privacy_unit={chosen_unit!r}, but the server's policy requires receipts "
+                f"that state privacy_unit={unit!r}: it would refuse every package. Leave "
+                "privacy_unit out (the policy's is taken).")
     chosen = tuple(fields) if fields is not None else accepted
     outside = [f for f in chosen if accepted and f not in accepted]
     if outside:

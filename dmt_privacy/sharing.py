@@ -80,7 +80,8 @@ class SharingPolicy:
         field → a fitted-or-stateless modifier from :mod:`dmt_privacy.modify`.
     plan:
         The fitted :class:`~dmt_privacy.anonymity.AnonymizationPlan`; its
-        quasi-identifiers must all be in ``fields``.
+        quasi-identifiers must all be in ``fields``, and its sensitive field too
+        when it has l or t (the server judges them on it).
     epsilon, delta, mechanism:
         Local DP per field, as :class:`~dmt_privacy.dp.LocalDPPerturber` takes
         them (``"oue"`` is refused: its output columns are not schema fields).
@@ -154,6 +155,15 @@ class SharingPolicy:
                 f"got {type(self.plan).__name__}."
             )
         qis = tuple(self.plan.quasi_identifiers) if self.plan is not None else ()
+        plan = self.plan
+        if plan is not None and (plan.l is not None or plan.t is not None) \
+                and plan.sensitive not in names:
+            # the server judges l and t on it and refuses a package without it
+            # (dmt_model.server.validate), after the ledger was charged for the package
+            raise ValidationError(
+                f"The plan's l / t are judged on the sensitive field {plan.sensitive!r}, which "
+                f"is not in fields {names!r}: the server refuses every package without it. "
+                "Add it to fields.")
         groups = {"modifiers": tuple(self.modifiers), "plan": qis, "epsilon": tuple(self.epsilon)}
         seen: dict[str, str] = {}
         for group, members in groups.items():

@@ -1,0 +1,90 @@
+"""A device that builds its sharing policy from the server's signed policy
+(``sharing_policy_from``) sends packages the server accepts, or is told before its budget
+is charged. Found in review (4 December, helper-45): the server's ``privacy_unit`` was not
+carried over, and a field choice without the plan's sensitive field was let through; in
+both the user's ε was spent on a package the server refuses every time."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dmt_model.server import ServerPolicy, ingest
+from dmt_privacy import Field, Schema
+from dmt_privacy.anonymity import KAnonymizer
+from dmt_privacy.errors import ValidationError
+from dmt_privacy.release import sharing_policy_from
+from dmt_privacy.seal import generate_server_key
+from dmt_privacy.sharing import SharingPolicy, share
+from dmt_privacy.store import LocalStore
+
+SCHEMA = Schema((
+    Field("age", "numeric", role="quasi-identifier", bounds=(0, 100), grid=1.0),
+    Field("zip", "categorical", role="quasi-identifier", categories=("a", "b", "c", "d")),
+    Field("disease", "categorical", role="sensitive", categories=("flu", "cold", "hiv")),
+    Field("income", "numeric", bounds=(0, 1000), grid=1.0),
+))
+KEY = generate_server_key()
+
+
+def _proxy(n: int = 400) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    return pd.DataFrame({"age": rng.integers(0, 101, n).astype(float),
+                         "zip": rng.choice(list("abcd"), n),
+                         "disease": rng.choice(["flu", "cold", "hiv"], n, p=[.5, .35, .15]),
+                         "income": rng.integers(0, 1000, n).astype(float)})
+
+
+PLAN = KAnonymizer(["age", "zip"], k=3, sensitive="disease", l=2).fit(
+    _proxy()[["age", "zip", "disease"]]).plan_.widened({"age": (0.0, 100.0)})
+
+
+def _device(tmp_path) -> LocalStore:
+    store = LocalStore(tmp_path / "device.db", schema=SCHEMA, user_id="u", epsilon_budget=100,
+                       key=LocalStore.generate_key())
+    store.add_records(_proxy().iloc[:3].set_axis(["r0", "r1", "r2"]))
+    return store
+
+
+def _nothing_spent(store: LocalStore) -> None:
+    assert store.ledger.spent.epsilon == 0 and store.count("pending") == 0
+
+
+@pytest.mark.parametrize("unit", ["record", "user", None])
+def test_the_device_states_the_privacy_unit_the_servers_policy_asks(tmp_path, unit):
+    policy = ServerPolicy(SCHEMA, min_k=3, plan=PLAN, epsilon={"income": 1.0},
+                          privacy_unit=unit)
+    store = _device(tmp_path)
+    sharing = sharing_policy_from(policy.to_json())
+    assert sharing.privacy_unit == (unit or "user")  # none asked: user-level, the stricter
+    report = ingest([share(store, sharing, KEY.public_key()).envelope],
+                    f"sqlite:///{tmp_path / 'server.db'}", KEY, policy)
+    assert len(report.accepted) == 1, report.to_text()
+
+
+def test_a_privacy_unit_the_server_would_refuse_is_refused_before_anything_is_spent(tmp_path):
+    policy = ServerPolicy(SCHEMA, min_k=3, plan=PLAN, epsilon={"income": 1.0},
+                          privacy_unit="record")
+    store = _device(tmp_path)
+    with pytest.raises(ValidationError, match=r"privacy_unit='user'.*'record'"):
+        sharing_policy_from(policy.to_json(), privacy_unit="user")
+    _nothing_spent(store)
+
+
+def test_a_field_choice_without_the_plans_sensitive_field_is_refused_before_anything_is_spent(
+        tmp_path):
+    """The plan has l = 2: the server judges every class's l on the sensitive field and
+    refuses a package without it ("lacks the sensitive field")."""
+    policy = ServerPolicy(SCHEMA, min_k=3, plan=PLAN, epsilon={"income": 1.0})
+    store = _device(tmp_path)
+    with pytest.raises(ValidationError, match=r"sensitive field 'disease'.*fields"):
+        sharing_policy_from(policy.to_json(), fields=("age", "zip", "income"))
+    with pytest.raises(ValidationError, match=r"sensitive field 'disease'"):
+        SharingPolicy(fields=("age", "zip", "income"), plan=PLAN, epsilon={"income": 1.0})
+    _nothing_spent(store)
+    # with it, the package is accepted
+    sharing = sharing_policy_from(policy.to_json(), fields=("age", "zip", "disease", "income"))
+    report = ingest([share(store, sharing, KEY.public_key()).envelope],
+                    f"sqlite:///{tmp_path / 'server.db'}", KEY, policy)
+    assert len(report.accepted) == 1, report.to_text()
