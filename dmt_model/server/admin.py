@@ -32,6 +32,7 @@ from dmt_model.server.store import (
     PACKAGES,
     PENDING_BLOCKS,
     RECORDS,
+    REMOVED_PACKAGES,
     WITHDRAWN_BLOCKS,
     Base,
     PackageRow,
@@ -240,6 +241,9 @@ def _remove_one(conn: Any, package_id: str, min_k: int | None) -> tuple[int, int
                                                CLASSES.c.n_packages < min_k)
                          .values(released=False, released_at=None))
     result = conn.execute(delete(PACKAGES).where(PACKAGES.c.package_id == package_id))
+    if result.rowcount:  # for good: the same id sent again is never stored again
+        conn.execute(insert(REMOVED_PACKAGES), [{"package_id": package_id,
+                                                 "removed_at": _now()}])
     return int(result.rowcount), withdrawn
 
 
@@ -261,7 +265,9 @@ def remove_packages(
     ``reason``: a refusal kind (``"epsilon"``, ``"bounds"``...) or ``"any"``: the
     packages today's ``policy`` refuses (needs ``private_key`` and ``policy``).
     Selectors combine with AND; at least one is required. Each package goes in
-    its own transaction.
+    its own transaction. A removal is for good: the package's id is kept
+    (``removed_packages``), and the same package sent again is answered as a
+    replay and not stored.
     """
     wanted = set(ids)
     if not wanted and day is None and receipt is None and reason is None:

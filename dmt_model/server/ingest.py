@@ -456,6 +456,10 @@ class Ingestor:
             return self._refused(ready.source,
                                  "token: double spend (a stored package spent this token)",
                                  ready.package_id, ready.n_records)
+        if written.status == "removed":  # received before: the device may acknowledge it
+            return Outcome(ready.source, "rejected", f"replay: package {ready.package_id} was "
+                           "removed from the store by its operator; it is not stored again",
+                           ready.package_id, ready.n_records, True)
         with self._database():
             return self._replay_or_conflict(ready)
 

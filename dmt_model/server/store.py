@@ -34,6 +34,9 @@ Tables:
   ``released_blocks`` refuses to release it twice. A database from before it
   gets it filled on :func:`connect`. On PostgreSQL the writers also vacuum it
   (:class:`PendingVacuum`);
+- ``removed_packages``: the ids of packages an operator removed, so that the
+  same sealed bytes sent again (a device retrying, or anyone who kept them) are
+  answered as a replay and never stored again: a removal is for good;
 - ``data_keys``: the server data keys, each sealed (HPKE) to the server's
   public key;
 - ``spent_tokens``, ``token_keys`` and ``token_issuance``: the per-device
@@ -121,6 +124,7 @@ __all__ = [
     "PENDING_BLOCKS",
     "RECORDS",
     "RELEASED_BLOCKS",
+    "REMOVED_PACKAGES",
     "SPENT_TOKENS",
     "TOKEN_ISSUANCE",
     "TOKEN_KEYS",
@@ -266,6 +270,16 @@ class TokenKeyRow(Base):
     created_at: Mapped[str] = mapped_column(String(32))
 
 
+class RemovedPackageRow(Base):
+    """The id of a package an operator removed (:func:`dmt_model.server.admin.remove_packages`):
+    the same id sent again is never stored again."""
+
+    __tablename__ = "removed_packages"
+
+    package_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    removed_at: Mapped[str] = mapped_column(String(32))
+
+
 class TokenIssuanceRow(Base):
     """Tokens issued to one attested device (SHA-256 of its id) in one period."""
 
@@ -285,6 +299,7 @@ RELEASED_BLOCKS = cast(Table, ReleasedBlock.__table__)
 PENDING_BLOCKS = cast(Table, PendingBlock.__table__)
 WITHDRAWN_BLOCKS = cast(Table, WithdrawnBlock.__table__)
 SPENT_TOKENS = cast(Table, SpentTokenRow.__table__)
+REMOVED_PACKAGES = cast(Table, RemovedPackageRow.__table__)
 TOKEN_KEYS = cast(Table, TokenKeyRow.__table__)
 TOKEN_ISSUANCE = cast(Table, TokenIssuanceRow.__table__)
 

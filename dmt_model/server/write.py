@@ -22,7 +22,8 @@ each kind for the whole group:
 
 Each package gets a :class:`Written`: stored (with the classes its write
 released), ``taken`` (its id is stored: a replay, or a reused id, which the
-caller tells apart) or ``token_spent``. SQLite and PostgreSQL use their
+caller tells apart), ``removed`` (an operator removed a package of that id:
+it is not stored again) or ``token_spent``. SQLite and PostgreSQL use their
 ``INSERT .. ON CONFLICT``; other databases write package by package inside
 savepoints. Classes are named by an HMAC of their generalized
 quasi-identifiers, never by the values. Callers validate first
@@ -51,6 +52,7 @@ from dmt_model.server.store import (
     PACKAGES,
     PENDING_BLOCKS,
     RECORDS,
+    REMOVED_PACKAGES,
     SPENT_TOKENS,
     DataKey,
     _now,
@@ -110,7 +112,7 @@ class PreparedPackage:
 class Written:
     """What the group write did with one package."""
 
-    status: str  # "stored", "taken" (the id is stored already) or "token_spent"
+    status: str  # "stored", "taken" (the id is stored already), "removed" or "token_spent"
     released_classes: int = 0
 
 
@@ -332,6 +334,14 @@ def write_prepared(conn: Connection, group: Sequence[PreparedPackage], policy: S
     kept = [i for i in order if first[group[i].package_id] == i
             and group[i].package_id in inserted]
     status = ["taken"] * len(group)
+    if kept:  # an id an operator removed is never stored again
+        gone = _removed(conn, [group[i].package_id for i in kept])
+        if gone:
+            conn.execute(delete(PACKAGES).where(PACKAGES.c.package_id.in_(sorted(gone))))
+            for i in kept:
+                if group[i].package_id in gone:
+                    status[i] = "removed"
+            kept = [i for i in kept if status[i] != "removed"]
     spender: dict[str, tuple[int, int]] = {}  # token id -> (package index, period)
     for i in kept:
         token = group[i].token
@@ -375,6 +385,17 @@ def write_prepared(conn: Connection, group: Sequence[PreparedPackage], policy: S
     for class_key in released:  # credited to the group's last package in that class
         per_package[last_toucher[class_key]] += 1
     return [Written(s, per_package[i]) for i, s in enumerate(status)]
+
+
+def _removed(conn: Connection, package_ids: list[str]) -> set[str]:
+    """Which of ``package_ids`` an operator removed before (``removed_packages``)."""
+    gone: set[str] = set()
+    for start in range(0, len(package_ids), _CHUNK):
+        gone.update(conn.execute(
+            select(REMOVED_PACKAGES.c.package_id).where(
+                REMOVED_PACKAGES.c.package_id.in_(package_ids[start:start + _CHUNK]))
+        ).scalars())
+    return gone
 
 
 def write_package(engine: Engine, package: Any, plaintext: bytes, policy: ServerPolicy,

@@ -340,6 +340,27 @@ def test_operators_remove_packages_by_id_day_receipt_and_reason(tmp_path, capsys
     assert "0 package(s)" in capsys.readouterr().out
 
 
+def test_a_removed_package_sent_again_is_never_stored_again(tmp_path):
+    """Found in review (4 December): an operator removed a package (a user's erasure
+    request, say), and the same sealed bytes sent again, by the device retrying or by
+    anyone who kept them, were accepted and stored as new. A removed id is now answered as
+    a replay (the device may acknowledge it) and stores nothing, in a group with others
+    that are stored."""
+    from dmt_model.server.admin import list_packages, remove_packages
+
+    db = f"sqlite:///{tmp_path / 'server.db'}"
+    removed, other = package(1, classes=[0]), package(2, classes=[0])
+    envelope = seal_package(removed, KEY.public_key())
+    ingest([envelope], db, KEY, POLICY)
+    assert remove_packages(db, ids=[removed.package_id]).removed == [removed.package_id]
+    report = ingest([envelope, seal_package(other, KEY.public_key())], db, KEY, POLICY)
+    again, stored = report.outcomes
+    assert (again.status, again.replay) == ("rejected", True) and "removed" in again.reason
+    assert stored.status == "accepted"
+    assert [p.package_id for p in list_packages(db)] == [other.package_id]
+    assert SharedStore(db, KEY).counts()["records"] == 1
+
+
 def test_removing_a_package_never_lets_two_snapshots_single_out_one_package(tmp_path):
     """Removing a package from a released cohort must not put its companions back in line:
     released again with one newcomer, two snapshots of the released data would differ by
