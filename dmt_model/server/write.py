@@ -334,12 +334,12 @@ def write_prepared(conn: Connection, group: Sequence[PreparedPackage], policy: S
     kept = [i for i in order if first[group[i].package_id] == i
             and group[i].package_id in inserted]
     status = ["taken"] * len(group)
-    if kept:  # an id an operator removed is never stored again
+    if kept:  # an id an operator removed is never stored again, nor any copy of it
         gone = _removed(conn, [group[i].package_id for i in kept])
         if gone:
             conn.execute(delete(PACKAGES).where(PACKAGES.c.package_id.in_(sorted(gone))))
-            for i in kept:
-                if group[i].package_id in gone:
+            for i, prepared in enumerate(group):
+                if prepared.package_id in gone:
                     status[i] = "removed"
             kept = [i for i in kept if status[i] != "removed"]
     spender: dict[str, tuple[int, int]] = {}  # token id -> (package index, period)
@@ -387,14 +387,26 @@ def write_prepared(conn: Connection, group: Sequence[PreparedPackage], policy: S
     return [Written(s, per_package[i]) for i, s in enumerate(status)]
 
 
+_SQLITE_REMOVED = "SELECT package_id FROM removed_packages WHERE package_id IN ({})"
+_PG_REMOVED = "SELECT package_id FROM removed_packages WHERE package_id = ANY(%(ids)s::varchar[])"
+
+
 def _removed(conn: Connection, package_ids: list[str]) -> set[str]:
-    """Which of ``package_ids`` an operator removed before (``removed_packages``)."""
+    """Which of ``package_ids`` an operator removed before (``removed_packages``): plain
+    SQL text on SQLite and PostgreSQL, as the group's other statements (a compiled select
+    cost 0.4 ms a group of 64 on SQLite, a tenth of the write)."""
     gone: set[str] = set()
     for start in range(0, len(package_ids), _CHUNK):
-        gone.update(conn.execute(
-            select(REMOVED_PACKAGES.c.package_id).where(
-                REMOVED_PACKAGES.c.package_id.in_(package_ids[start:start + _CHUNK]))
-        ).scalars())
+        chunk = package_ids[start:start + _CHUNK]
+        if _sqlite(conn):
+            rows = conn.exec_driver_sql(_SQLITE_REMOVED.format(", ".join("?" * len(chunk))),
+                                        tuple(chunk))
+        elif conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
+            rows = conn.exec_driver_sql(_PG_REMOVED, {"ids": chunk})
+        else:
+            rows = conn.execute(select(REMOVED_PACKAGES.c.package_id).where(
+                REMOVED_PACKAGES.c.package_id.in_(chunk)))
+        gone.update(row[0] for row in rows)
     return gone
 
 
