@@ -659,7 +659,12 @@ def released_classes(
     - a block whose package's receipt promises a larger k than ``rule.k``
       (validation accepts that without a plan) needs that many contributors: it
       waits, and the others are released without it, until a cohort of its k can
-      take it (the largest set whose every member's k it meets is released);
+      take it (the largest set whose every member's k it meets is released). The
+      others leave as soon as ``rule.k`` of them wait, so it leaves only when
+      that many arrive between two writes: with packages arriving one at a time
+      it waits for good (its promise kept, its records never trained on). Holding
+      the class back for it instead would let one package claiming a huge k stop
+      its class's release;
     - when the rule has l or t, ``data_key(key_id)`` unwraps a package's data key
       to read its sensitive values; a block it cannot read (``None``) or without
       the sensitive field waits for good (fail closed), and the cohort is judged

@@ -253,6 +253,10 @@ def _check_receipt(package: SharePackage, policy: Any, columns: Mapping[str, lis
                     raise _refuse("k", f"the receipt's {attr} is not the plan's")
         elif not (type(receipt.k) is int and receipt.k >= policy.min_k):
             raise _refuse("k", f"the receipt's k is below the required {policy.min_k}")
+        elif receipt.l is not None or receipt.t is not None:
+            # without a plan the release judges k alone: a promised l or t would not be kept
+            raise _refuse("k", "the receipt states l or t, which a policy without a plan "
+                          "cannot keep (no sensitive field or reference to judge them on)")
     elif (receipt.k, receipt.l, receipt.t) != (None, None, None):
         raise _refuse("k", "k, l or t stated for a package without quasi-identifiers")
     return expected

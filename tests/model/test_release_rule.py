@@ -135,19 +135,20 @@ def test_a_package_without_the_sensitive_field_neither_passes_nor_holds_its_clas
     assert lone is not None
     blind = dataclasses.replace(
         lone, columns={c: v for c, v in lone.columns.items() if c != "disease"})
+    blind_then = dataclasses.replace(blind, receipt=PrivacyReceipt(k=PLAN.k))  # no l, t then
     with pytest.raises(PackageRefused) as refused:
         validate_package(blind, policy)
     assert "sensitive field 'disease'" in refused.value.reason
     db = f"sqlite:///{tmp_path / 'server.db'}"
     laxer = ServerPolicy(SCHEMA, min_k=K)  # no plan: no l or t to judge
-    assert ingest([seal_package(blind, KEY.public_key())], db, KEY, laxer).stored_ids
+    assert ingest([seal_package(blind_then, KEY.public_key())], db, KEY, laxer).stored_ids
     honest = [device_package(pd.DataFrame({"age": [40.0], "zip": ["b"], "disease": [d]}))
               for d in ["flu", "cold", "flu", "hiv", "cold", "flu"]]
     report = ingest([seal_package(p, KEY.public_key()) for p in honest if p is not None],
                     db, KEY, policy)
     released = SharedStore(db, KEY).frame("released")
     assert report.released_classes >= 1 and len(released) == 6
-    assert blind.package_id not in set(released["package_id"])
+    assert blind_then.package_id not in set(released["package_id"])
     assert SharedStore(db, KEY).counts()["records_quarantined"] == 1
 
 
@@ -246,6 +247,19 @@ def test_training_judges_l_and_t_again_on_the_packages_it_trains_on(tmp_path):
     cold = packages[1].package_id
     batches, read = policy_batches(store, policy, exclude={cold})
     assert batches == [] and read.cohorts_left_out == 1 and read.skipped["cohort"] == 3
-    # without l or t to judge, the 3 "flu" packages meet k = 3 and are trained on
-    batches, _ = policy_batches(store, ServerPolicy(SCHEMA, min_k=K), exclude={cold})
-    assert len(batches) == 3
+
+
+def test_a_receipt_promising_l_or_t_is_refused_where_the_policy_cannot_keep_it(tmp_path):
+    """Found in review (helper-46): without a plan, validation checked the receipt's k and
+    accepted any l or t, and the release (k alone) released 3 packages of "flu" whose
+    receipts promised l = 2 in one cohort. Such a receipt is now refused: the server cannot
+    keep the promise, and says so before anything is stored."""
+    policy = ServerPolicy(SCHEMA, min_k=K)
+    cell = {"age": [pd.Interval(40.0, 49.0, closed="both")], "zip": [frozenset("ab")],
+            "disease": ["flu"]}
+    promising = [SharePackage.create(SCHEMA.schema_id, cell, PrivacyReceipt(k=K, l=2.0, t=0.1))
+                 for _ in range(3)]
+    db = f"sqlite:///{tmp_path / 'server.db'}"
+    report = ingest([seal_package(p, KEY.public_key()) for p in promising], db, KEY, policy)
+    assert not report.accepted and all("l or t" in o.reason for o in report.rejected)
+    assert SharedStore(db, KEY).counts()["packages"] == 0
