@@ -593,11 +593,12 @@ def _receipt_k(text: str) -> int:
 
 
 def _admitted(blocks: Sequence[Any], rule: ReleaseRule, values_of: Mapping[int, list[Any]],
-              *, tokens: bool) -> list[Any]:
-    """The blocks of a class's pending cohort that may be released together: the largest
-    set in which every block's k (the rule's, or its receipt's if larger) is met by the
-    set's contributors (:func:`_enough`) and the rule admits the set (``values_of``: each
-    block's sensitive values, when the rule judges l or t); none if no set is."""
+              *, tokens: bool) -> tuple[list[Any], list[Any]]:
+    """The blocks of a class's pending cohort that may be released together, and each of
+    their records' contributor: the largest set in which every block's k (the rule's, or
+    its receipt's if larger) is met by the set's contributors (:func:`_enough`) and the
+    rule admits the set (``values_of``: each block's sensitive values, when the rule judges
+    l or t); none if no set is."""
     need = {b.id: max(rule.k, _receipt_k(b.receipt)) for b in blocks}
     for k in sorted(set(need.values()), reverse=True):
         chosen = [b for b in blocks if need[b.id] <= k]
@@ -607,8 +608,8 @@ def _admitted(blocks: Sequence[Any], rule: ReleaseRule, values_of: Mapping[int, 
                         for _ in np.frombuffer(b.rows, dtype="<u4")]
         values = [v for b in chosen for v in values_of[b.id]] if rule.needs_values else None
         if rule.admits(contributors, values):
-            return chosen
-    return []
+            return chosen, contributors
+    return [], []
 
 
 def release_due(
@@ -725,11 +726,9 @@ def released_classes(
                 readable.append(b)
                 values_of[b.id] = [column[i] for i in np.frombuffer(b.rows, dtype="<u4").tolist()]
             blocks = readable
-        blocks = _admitted(blocks, rule, values_of, tokens=tokens)
+        blocks, contributors = _admitted(blocks, rule, values_of, tokens=tokens)
         if not blocks:
             continue
-        contributors = [b.token_id if tokens else b.package_id for b in blocks
-                        for _ in np.frombuffer(b.rows, dtype="<u4")]
         cohort_id = secrets.token_hex(16)
         cohorts.append({"cohort_id": cohort_id, "class_key": class_key,
                         "n_records": len(contributors),
