@@ -340,15 +340,15 @@ def test_operators_remove_packages_by_id_day_receipt_and_reason(tmp_path, capsys
     assert "0 package(s)" in capsys.readouterr().out
 
 
-def test_a_removed_package_sent_again_is_never_stored_again(tmp_path):
+def test_a_removed_package_sent_again_is_never_stored_again(db_url):
     """Found in review (4 December): an operator removed a package (a user's erasure
     request, say), and the same sealed bytes sent again, by the device retrying or by
     anyone who kept them, were accepted and stored as new. A removed id is now answered as
     a replay (the device may acknowledge it) and stores nothing, in a group with others
-    that are stored."""
+    that are stored. On both stores: PostgreSQL answers it in the packages' insert."""
     from dmt_model.server.admin import list_packages, remove_packages
 
-    db = f"sqlite:///{tmp_path / 'server.db'}"
+    db = db_url
     removed, other = package(1, classes=[0]), package(2, classes=[0])
     envelope = seal_package(removed, KEY.public_key())
     ingest([envelope], db, KEY, POLICY)
