@@ -838,15 +838,31 @@ def seal_package(pkg: SharePackage, public_key: ServerPublicKey, *,
     from the device's wallet, for a server whose policy limits packages per
     device; it travels inside the envelope (package format 2).
     """
-    if token is not None:
-        raw = token if isinstance(token, bytes) else getattr(token, "to_bytes", None)
-        if callable(raw):
-            raw = raw()
-        if not isinstance(raw, bytes):
-            raise ValidationError(f"token must be a privacy_pass.Token or bytes, got "
-                                  f"{type(token).__name__}.")
+    raw = token_bytes(token)
+    if raw is not None:
         pkg = dataclasses.replace(pkg, token=raw, format_version=PACKAGE_FORMAT_TOKEN)
     return seal(encode_package(pkg), public_key, info=PACKAGE_INFO)
+
+
+def token_bytes(token: Any) -> bytes | None:
+    """``token`` (a :class:`~dmt_privacy.privacy_pass.Token`, its bytes, or ``None``) as the
+    bytes a package carries; a token that is not one raises :class:`ValidationError`.
+    :func:`~dmt_privacy.sharing.share` asks before it charges the ledger."""
+    if token is None:
+        return None
+    from dmt_privacy.privacy_pass import Token
+
+    raw = token if isinstance(token, bytes) else getattr(token, "to_bytes", None)
+    if callable(raw):
+        raw = raw()
+    if not isinstance(raw, bytes):
+        raise ValidationError(f"token must be a privacy_pass.Token or bytes, got "
+                              f"{type(token).__name__}.")
+    try:
+        Token.from_bytes(raw)
+    except ValidationError as exc:
+        raise ValidationError(f"token is not a Privacy Pass token: {exc}") from None
+    return raw
 
 
 def open_package(

@@ -44,7 +44,7 @@ import pandas as pd
 from dmt_privacy.anonymity.plan import AnonymizationPlan
 from dmt_privacy.dp.receipt import ReleaseReceipt
 from dmt_privacy.errors import AnonymizationError, SchemaError, ValidationError
-from dmt_privacy.package import PrivacyReceipt, SharePackage, seal_package
+from dmt_privacy.package import PrivacyReceipt, SharePackage, seal_package, token_bytes
 from dmt_privacy.schema import Kind, Role, Schema
 from dmt_privacy.seal import ServerPublicKey
 from dmt_privacy.store import LocalStore, OutboxEntry
@@ -330,6 +330,7 @@ def share(
     schema = store.schema
     policy.check(schema)
     _check_explicit_ids(store, policy)
+    token = token_bytes(token)  # before the ledger is charged: a wrong one costs no ε
     selected = _select(store.records("eligible"), policy, random_state)
     if selected.empty:
         raise ValidationError(

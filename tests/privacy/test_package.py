@@ -569,7 +569,7 @@ if __name__ == "__main__":
 
 # --- format 2: a package carrying a rate-limiting token -----------------------------------------
 def test_a_token_travels_inside_the_envelope_as_format_2() -> None:
-    token = bytes(range(256)) + bytes(98)
+    token = b"\x00\x02" + bytes(range(2, 256)) + bytes(98)  # type 0x0002, 354 bytes
     pkg = kat_package()
     envelope = seal_package(pkg, _RECIPIENT.public_key(), token=token)
     opened = open_package(envelope, _RECIPIENT)

@@ -166,6 +166,20 @@ def test_max_epsilon_refuses_before_charging(tmp_path):
     assert store.ledger.spent.epsilon == 0 and store.outbox() == []
 
 
+@pytest.mark.parametrize("token", ["not-a-token", b"too short"])
+def test_a_token_that_cannot_be_sealed_is_refused_before_charging(tmp_path, token):
+    """Found in review (helper-47): the token was checked when the package was sealed,
+    after the ledger was charged, so a wrong token cost the user ε for a package that never
+    left the device."""
+    store = make_store(tmp_path / "d.db", n=4, private=0)
+    pol = policy(plan=None, required_k=None, fields=("income",), epsilon={"income": 1.0},
+                 privacy_unit="user")
+    with pytest.raises(ValidationError, match="token"):
+        share(store, pol, KEY.public_key(), token=token)
+    assert store.ledger.spent.epsilon == 0 and store.outbox() == []
+    assert store.count("eligible") == 4
+
+
 def test_suppressed_records_stay_on_the_device(tmp_path):
     store = make_store(tmp_path / "d.db", n=0, private=0)
     frame = records(6)
