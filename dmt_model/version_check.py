@@ -216,8 +216,10 @@ def check_version(release: Any, previous: Any, records: pd.DataFrame, *, ledger:
     :data:`~dmt_privacy.dp.UNACCOUNTED` in simulations; a budget the charge would exceed
     raises :class:`~dmt_privacy.errors.BudgetExceededError` and nothing is reported).
     ``token``: the one the server gave this device when it asked it to report
-    (:func:`request_version_check_token`); a server that checks tokens counts no report
-    without one. ``random_state`` other than ``None`` is not secure: for tests.
+    (:func:`request_version_check_token`). A release that announces the check
+    (``version_check``) is tallied on tokens alone, so without one this raises
+    :class:`~dmt_privacy.errors.ValidationError` before anything is charged.
+    ``random_state`` other than ``None`` is not secure: for tests.
     """
     (check,) = check_version_many(release, previous, [records], ledgers=[ledger],
                                   based_on=based_on, epsilon=epsilon,
@@ -264,6 +266,13 @@ def check_version_many(release: Any, previous: Any, record_sets: Sequence[pd.Dat
         release.metadata.version, release.metadata.sha256, baseline, epsilon)).digest()
     announced = release.metadata.version_check
     key = None if announced is None else bytes.fromhex(announced["key"])
+    missing = [i for i, token in enumerate(token_bytes) if not token]
+    if announced is not None and missing:  # its issuer's tally counts no report without one
+        raise ValidationError(
+            f"Device {missing[0]} would report without a token, but the release announces a "
+            f"check whose tally counts only reports with a token under key "
+            f"{announced['key'][:16]}; nothing was reported or charged. Request one with "
+            "request_version_check_token and pass it as token=.")
     parsed = [(i, Token.from_bytes(token)) for i, token in enumerate(token_bytes) if token]
     wrong = [i for i, token in parsed if token.challenge_digest != fits
              or (key is not None and token.token_key_id != key)]

@@ -207,6 +207,10 @@ def test_a_token_names_its_check_and_no_report_spends_for_nothing(served, tmp_pa
     with pytest.raises(ValidationError, match="another check"):
         check_version(unannounced, v1, devices[0], ledger=ledger, epsilon=4.0, random_state=0,
                       token=token)
+    # no token under a release that announces a token-checked check (found in review,
+    # helper-47: charged, then ignored by the tally as "no valid token")
+    with pytest.raises(ValidationError, match="without a token"):
+        check_version(release, v1, devices[0], ledger=ledger, random_state=0)
     assert ledger.spent.epsilon == 0  # nothing spent on a report the server cannot count
     check = check_version(release, v1, devices[0], ledger=ledger, random_state=0, token=token)
     assert ledger.spent.epsilon == 1.0 and issuer.tally([check]).devices == 1
@@ -445,7 +449,7 @@ def test_a_device_the_version_fails_on_still_reports(served, monkeypatch, tmp_pa
     from dmt_privacy.errors import ModelFileError
 
     _, _, _, devices = served
-    registry, _, release = _check(served, tmp_path, epsilon=50.0)  # ε = 50: told as it is
+    registry, issuer, release = _check(served, tmp_path, epsilon=50.0)  # ε = 50: told as it is
     real = personalize._versions_on_devices
 
     def breaks_on_seven(previous, candidate, record_sets, **kwargs):
@@ -456,8 +460,12 @@ def test_a_device_the_version_fails_on_still_reports(served, monkeypatch, tmp_pa
     monkeypatch.setattr(personalize, "_versions_on_devices", breaks_on_seven)
     v1 = registry.path(registry.versions()[0].mlmodel_file)
     sets = [devices[0], devices[1].iloc[:7], devices[2]]
+    tokens = []
+    for _ in sets:
+        pending = request_version_check_token(release, issuer.public_key, epsilon=50.0)
+        tokens.append(pending.finalize(issuer.ask(pending.body))[0])
     checks = check_version_many(release, v1, sets, ledgers=[UNACCOUNTED] * 3,
-                                epsilon=50.0, random_states=[0, 1, 2])
+                                epsilon=50.0, random_states=[0, 1, 2], tokens=tokens)
     assert [c.better for c in checks] == [True, False, True]  # ε = 50: told as it is
 
 
