@@ -98,6 +98,10 @@ class SharingPolicy:
         The most one share may charge the ledger (what
         :func:`~dmt_privacy.dp.release_epsilon` says the release costs under
         ``privacy_unit``); checked before any noise is drawn.
+    max_records:
+        The most records one package may hold (the server's policy's ``max_records``:
+        it refuses a larger package); a larger selection is refused before any noise is
+        drawn. Share the rest in another package (``fraction``, ``record_ids``).
 
     A field may take one transform only. A schema quasi-identifier must be
     generalized by the plan or perturbed; an identifier is never shared.
@@ -115,6 +119,7 @@ class SharingPolicy:
     privacy_unit: str | None = None
     required_k: int | None = None
     max_epsilon: float | None = None
+    max_records: int | None = None
 
     def __post_init__(self) -> None:
         names = (self.fields,) if isinstance(self.fields, str) else tuple(self.fields)
@@ -133,6 +138,11 @@ class SharingPolicy:
             f = self.fraction
             if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
                 raise ValidationError(f"fraction must be in (0, 1], got {f!r}.")
+        if self.max_records is not None and (
+                isinstance(self.max_records, bool) or not isinstance(self.max_records, int)
+                or self.max_records < 1):
+            raise ValidationError(
+                f"max_records must be a positive int or None, got {self.max_records!r}.")
         if self.predicate is not None and not callable(self.predicate):
             raise ValidationError(f"predicate must be callable, got {self.predicate!r}.")
         if self.record_ids is not None:
@@ -354,6 +364,12 @@ def share(
                 f"The plan suppressed all {len(suppressed)} selected records (their values lie "
                 "outside every class it was fitted on); nothing was shared."
             )
+    if policy.max_records is not None and len(frame) > policy.max_records:
+        raise ValidationError(
+            f"{len(frame)} records would go into one package, above max_records="
+            f"{policy.max_records} (the server refuses a larger package); nothing was shared "
+            "or charged. Select fewer (fraction=, record_ids=) and share the rest in another "
+            "package.")
     dp_receipt: ReleaseReceipt | None = None
     if policy.epsilon:
         # Imported here: the perturber is a scikit-learn transformer, and scikit-learn takes

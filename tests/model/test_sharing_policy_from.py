@@ -88,3 +88,23 @@ def test_a_field_choice_without_the_plans_sensitive_field_is_refused_before_anyt
     report = ingest([share(store, sharing, KEY.public_key()).envelope],
                     f"sqlite:///{tmp_path / 'server.db'}", KEY, policy)
     assert len(report.accepted) == 1, report.to_text()
+
+
+def test_a_selection_larger_than_the_servers_package_limit_is_refused_before_charging(
+        tmp_path):
+    """Found in review (helper-47): ``max_records`` of the signed policy was not carried
+    over, so a device with more eligible records than the server takes in one package was
+    charged for all of them and the package was refused every time."""
+    policy = ServerPolicy(SCHEMA, min_k=1, epsilon={"income": 0.1}, max_records=2)
+    store = _device(tmp_path)  # 3 eligible records
+    sharing = sharing_policy_from(policy.to_json(), fields=("income",))
+    assert sharing.max_records == 2
+    with pytest.raises(ValidationError, match="max_records=2"):
+        share(store, sharing, KEY.public_key())
+    _nothing_spent(store)
+    assert store.count("eligible") == 3
+    result = share(store, sharing.evolve(record_ids=["r0", "r1"]), KEY.public_key())
+    report = ingest([result.envelope], f"sqlite:///{tmp_path / 'server.db'}", KEY, policy)
+    assert [o.status for o in report.outcomes] == ["accepted"]
+    with pytest.raises(ValidationError, match="max_records"):
+        SharingPolicy(fields=("income",), max_records=0)
