@@ -203,6 +203,15 @@ class ServerPolicy:
                 f"quasi-identifiers {raw!r} would be accepted raw: neither generalized "
                 "(quasi_identifiers=) nor perturbed (epsilon=). Add them to "
                 "quasi_identifiers, give them an epsilon, or leave them out of fields.")
+        # (a generalized quasi-identifier is checked class by class: k packages share its value)
+        generalized = set(qis) | set(self.plan.quasi_identifiers if self.plan else ())
+        unbounded = [name for name in names if self.schema[name].kind is Kind.NUMERIC
+                     and self.schema[name].bounds is None and name not in generalized]
+        if unbounded:  # validation could check no range, and training clips none
+            raise ValidationError(
+                f"numeric fields {unbounded!r} have no bounds: a package could carry any "
+                "number there, and one package's pull on retraining would have no limit. "
+                "Give each bounds in the schema, or leave it out of fields.")
         _positive_int("max_records", self.max_records)
         _positive_int("max_bytes", self.max_bytes)
         _positive_int("max_training_records", self.max_training_records)

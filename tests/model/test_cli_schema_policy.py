@@ -80,6 +80,14 @@ def test_policy_init_writes_what_ingest_reads(tmp_path, records, capsys):
                  "--quasi-identifiers", "age", "--bounds", "income=0:1000000",
                  "--grid", "income=0.25"]) == 0
     policy = tmp_path / "policy.json"
+    # a numeric field accepted without bounds ('zip': the schema inferred, bounds never
+    # are) is refused, naming it (found in review, helper-47)
+    code, _, err = _run(capsys, "policy", "init", "--schema", str(schema), "-o",
+                        str(policy), "--min-k", "5", "--epsilon", "income=1")
+    assert code == 1 and "['zip'] have no bounds" in err and not policy.exists()
+    assert main(["schema", "init", str(records), "-o", str(schema), "--target", "income",
+                 "--quasi-identifiers", "age", "--bounds", "income=0:1000000",
+                 "--bounds", "zip=0:99999", "--grid", "income=0.25", "--force"]) == 0
     code, stdout, err = _run(capsys, "policy", "init", "--schema", str(schema), "-o",
                              str(policy), "--min-k", "5", "--epsilon", "income=1",
                              "--privacy-unit", "user")

@@ -442,6 +442,25 @@ def test_a_server_policy_cannot_let_a_quasi_identifier_through_raw():
                  fields=("age", "note", "income", "score"))
 
 
+def test_a_server_policy_refuses_a_numeric_field_without_bounds():
+    """Found in review (helper-47): a numeric field the policy accepts without bounds let
+    a package carry any finite number (1e30) through validation into retraining, which
+    clips nothing. Refused, naming the field; a quasi-identifier the plan generalizes is
+    bounded by the plan's classes and stays accepted."""
+    from dmt_privacy.errors import ValidationError
+
+    schema = Schema((Field("x", "numeric"),
+                     Field("y", "numeric", role="target", bounds=(0, 10), grid=0.1)))
+    with pytest.raises(ValidationError, match=r"\['x'\] have no bounds.*leave it out"):
+        ServerPolicy(schema, min_k=1, epsilon={"y": 1.0})
+    ServerPolicy(schema, min_k=1, epsilon={"y": 1.0}, fields=("y",))
+    proxy = pd.DataFrame({"age": np.arange(20.0, 80.0), "y": np.linspace(0, 10, 60)})
+    plan = KAnonymizer(["age"], k=3).fit(proxy[["age"]]).plan_
+    generalized = Schema((Field("age", "numeric", role="quasi-identifier"),
+                          Field("y", "numeric", role="target", bounds=(0, 10), grid=0.1)))
+    ServerPolicy(generalized, min_k=3, plan=plan, epsilon={"y": 1.0})
+
+
 def test_a_different_package_reusing_a_stored_id_is_refused_not_acknowledged(tmp_path):
     import dataclasses
 
