@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -205,3 +206,18 @@ def test_kill_inside_the_charge_transaction_charges_nothing(tmp_path):
         t = LocalDPPerturber(SCHEMA.select(["age"]), epsilon={"age": 0.5}, ledger=ledger).fit()
         t.transform(pd.DataFrame({"age": [30.0]}))  # the database is not locked
         assert ledger.spent.epsilon == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("epsilon, delta", [(-5.0, 0.0), (math.nan, 0.0), (math.inf, 0.0),
+                                            (1.0, -1e-5), (1.0, 1.0)])
+def test_a_charge_that_is_not_a_cost_is_refused_with_a_clear_error(tmp_path, epsilon, delta):
+    """Found in review (helper-47): a receipt of negative or NaN ε reached SQLite's CHECK and
+    surfaced as a raw sqlite3.IntegrityError. It is refused first, naming the value, and the
+    ledger is unchanged."""
+    from dmt_privacy.dp.receipt import ReleaseReceipt
+
+    ledger = PrivacyLedger(tmp_path / "device.db", user_id="u1", epsilon_budget=10.0)
+    ledger.charge(ReleaseReceipt("first", 1, 1.0, 0.0, ()))
+    with pytest.raises(ValidationError, match="not a privacy cost"):
+        ledger.charge(ReleaseReceipt("bad", 1, epsilon, delta, ()))
+    assert ledger.spent.epsilon == 1.0 and len(ledger.entries()) == 1
