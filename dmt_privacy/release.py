@@ -639,8 +639,8 @@ def sharing_policy_from(policy_json: str | bytes, *, fields: Iterable[str] | Non
     """The device's :class:`~dmt_privacy.sharing.SharingPolicy` for a (verified) server policy.
 
     The server decides: ε, mechanisms, δ, the plan, the privacy unit its
-    receipts must state and the most records a package may hold come from the policy
-    JSON the release signed (pass it to
+    receipts must state and the most records and bytes a package may hold come from the
+    policy JSON the release signed (pass it to
     :func:`verify_release` first); ``fields`` (default: every field the policy
     accepts) and ``selection`` (``fraction``, ``predicate``, ``record_ids``,
     ``modifiers``, ``max_epsilon``, and ``privacy_unit`` where the policy leaves
@@ -662,6 +662,7 @@ def sharing_policy_from(policy_json: str | bytes, *, fields: Iterable[str] | Non
         min_k = data["min_k"]
         unit = data.get("privacy_unit")
         max_records = data.get("max_records")
+        max_bytes = data.get("max_bytes")
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise ValidationError(f"Not a server policy document ({exc}).") from None
     if unit is not None:
@@ -683,5 +684,6 @@ def sharing_policy_from(policy_json: str | bytes, *, fields: Iterable[str] | Non
         delta={k: v for k, v in delta.items() if k in chosen},
         required_k=min_k if plan is not None else None,
         max_records=max_records,
+        max_bytes=max_bytes,
         **selection,
     )

@@ -44,7 +44,14 @@ import pandas as pd
 from dmt_privacy.anonymity.plan import AnonymizationPlan
 from dmt_privacy.dp.receipt import ReleaseReceipt
 from dmt_privacy.errors import AnonymizationError, SchemaError, ValidationError
-from dmt_privacy.package import PrivacyReceipt, SharePackage, seal_package, token_bytes
+from dmt_privacy.package import (
+    PACKAGE_FORMAT_TOKEN,
+    PrivacyReceipt,
+    SharePackage,
+    encode_package,
+    seal_package,
+    token_bytes,
+)
 from dmt_privacy.schema import Kind, Role, Schema
 from dmt_privacy.seal import ServerPublicKey
 from dmt_privacy.store import LocalStore, OutboxEntry
@@ -102,6 +109,11 @@ class SharingPolicy:
         The most records one package may hold (the server's policy's ``max_records``:
         it refuses a larger package); a larger selection is refused before any noise is
         drawn. Share the rest in another package (``fraction``, ``record_ids``).
+    max_bytes:
+        The most bytes one encoded package may take (the server's policy's
+        ``max_bytes``). Checked before any noise is drawn, with the widest value each
+        perturbed cell may take (a float; a categorical field's longest category) and the
+        receipt the package would carry: a package let through fits.
 
     A field may take one transform only. A schema quasi-identifier must be
     generalized by the plan or perturbed; an identifier is never shared.
@@ -120,6 +132,7 @@ class SharingPolicy:
     required_k: int | None = None
     max_epsilon: float | None = None
     max_records: int | None = None
+    max_bytes: int | None = None
 
     def __post_init__(self) -> None:
         names = (self.fields,) if isinstance(self.fields, str) else tuple(self.fields)
@@ -138,11 +151,11 @@ class SharingPolicy:
             f = self.fraction
             if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
                 raise ValidationError(f"fraction must be in (0, 1], got {f!r}.")
-        if self.max_records is not None and (
-                isinstance(self.max_records, bool) or not isinstance(self.max_records, int)
-                or self.max_records < 1):
-            raise ValidationError(
-                f"max_records must be a positive int or None, got {self.max_records!r}.")
+        for name in ("max_records", "max_bytes"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 1):
+                raise ValidationError(f"{name} must be a positive int or None, got {value!r}.")
         if self.predicate is not None and not callable(self.predicate):
             raise ValidationError(f"predicate must be callable, got {self.predicate!r}.")
         if self.record_ids is not None:
@@ -293,6 +306,38 @@ def _select(eligible: pd.DataFrame, policy: SharingPolicy, random_state: Any) ->
     return eligible.iloc[sorted(chosen)]
 
 
+def _refuse_oversized(policy: SharingPolicy, schema: Schema, frame: pd.DataFrame,
+                      modifications: list[str], token: bytes | None,
+                      dp_receipt: ReleaseReceipt | None) -> None:
+    """Refuse, before any charge, a package that could encode to more than
+    ``policy.max_bytes``: each cell local DP will replace at its widest (a float, which
+    msgpack always writes in 9 bytes; a categorical field's longest category), with the
+    receipt and token it would carry."""
+    columns = {}
+    for name in policy.fields:
+        values = frame[name].tolist()
+        if name in policy.epsilon:
+            spec = schema[name]
+            widest: Any = (float(spec.bounds[1]) if spec.kind is Kind.NUMERIC and spec.bounds
+                           else max(spec.categories or ("",), key=lambda c: len(str(c).encode())))
+            values = [widest] * len(values)
+        columns[name] = values
+    plan = policy.plan
+    receipt = PrivacyReceipt(k=plan.k if plan else None, l=plan.l if plan else None,
+                             t=plan.t if plan else None, dp=dp_receipt,
+                             modifications=tuple(modifications))
+    package = SharePackage.create(schema.schema_id, columns, receipt)
+    if token is not None:
+        package = dataclasses.replace(package, token=token, format_version=PACKAGE_FORMAT_TOKEN)
+    size = len(encode_package(package))
+    if size > policy.max_bytes:  # type: ignore[operator]
+        raise ValidationError(
+            f"These {len(frame)} records would encode to about {size:,} bytes, above "
+            f"max_bytes={policy.max_bytes:,} (the server refuses a larger package); nothing "
+            "was shared or charged. Select fewer records (fraction=, record_ids=) and share "
+            "the rest in another package.")
+
+
 def _check_explicit_ids(store: LocalStore, policy: SharingPolicy) -> None:
     if policy.record_ids is None:
         return
@@ -390,6 +435,10 @@ def share(
             mechanism=dict(policy.mechanism) or None, ledger=store.ledger,
             privacy_unit=str(policy.privacy_unit), random_state=random_state,
         ).fit()
+        if policy.max_bytes is not None:
+            _refuse_oversized(policy, schema, frame, modifications, token,
+                              dataclasses.replace(perturber.receipt_for(frame[dp_fields]),
+                                                  user_id=None))
         release = perturber.perturb(frame[dp_fields])  # charges the ledger, then draws
         for name in dp_fields:
             frame[name] = release.data[name]
@@ -404,6 +453,8 @@ def share(
     )
     columns = {name: frame[name].tolist() for name in policy.fields}
     package = SharePackage.create(schema.schema_id, columns, receipt)
+    if policy.max_bytes is not None and not policy.epsilon:  # nothing drawn: its exact size
+        _refuse_oversized(policy, schema, frame, modifications, token, None)
     envelope = seal_package(package, public_key, token=token)
     entry = store.add_to_outbox(
         package.package_id, envelope, [str(i) for i in frame.index],

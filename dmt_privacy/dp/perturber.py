@@ -331,6 +331,13 @@ class LocalDPPerturber(TransformerMixin, BaseEstimator):
                 columns.update(block)
         return pd.DataFrame(columns, index=X.index.copy())
 
+    def receipt_for(self, X: pd.DataFrame) -> ReleaseReceipt:
+        """The receipt :meth:`perturb` would give ``X`` (under a release id of its own),
+        charging nothing and drawing nothing: what a release would cost and carry, known
+        before it happens (:func:`~dmt_privacy.sharing.share` sizes its package with it)."""
+        check_is_fitted(self, "mechanisms_")
+        return self._receipt(self._check_frame(X))
+
     def perturb(self, X: pd.DataFrame) -> Release:
         """Release ``X``: validate, charge the ledger, draw the noise; data and receipt.
 

@@ -108,3 +108,25 @@ def test_a_selection_larger_than_the_servers_package_limit_is_refused_before_cha
     assert [o.status for o in report.outcomes] == ["accepted"]
     with pytest.raises(ValidationError, match="max_records"):
         SharingPolicy(fields=("income",), max_records=0)
+
+
+def test_a_package_larger_than_the_servers_byte_limit_is_refused_before_charging(tmp_path):
+    """``max_bytes`` of the signed policy too: the device sizes the package with the widest
+    value each perturbed cell may take and the receipt it would carry, before the charge;
+    a package it lets through is one the server's limit takes."""
+    store = _device(tmp_path)
+    store.add_records(_proxy(60).iloc[3:].set_axis([f"r{i}" for i in range(3, 60)]))
+    loose = ServerPolicy(SCHEMA, min_k=1, epsilon={"income": 0.01})
+    size = len(share(store, sharing_policy_from(loose.to_json(), fields=("income",),
+                                                 record_ids=["r0"]), KEY.public_key()
+                     ).envelope)  # one record's package, sealed
+    policy = ServerPolicy(SCHEMA, min_k=1, epsilon={"income": 0.01}, max_bytes=size + 100)
+    sharing = sharing_policy_from(policy.to_json(), fields=("income",))
+    assert sharing.max_bytes == size + 100
+    spent = store.ledger.spent.epsilon
+    with pytest.raises(ValidationError, match="max_bytes"):
+        share(store, sharing, KEY.public_key())  # 59 records: far above the limit
+    assert store.ledger.spent.epsilon == spent and store.count("pending") == 1
+    result = share(store, sharing.evolve(record_ids=["r1"]), KEY.public_key())
+    report = ingest([result.envelope], f"sqlite:///{tmp_path / 'server.db'}", KEY, policy)
+    assert [o.status for o in report.outcomes] == ["accepted"]
