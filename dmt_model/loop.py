@@ -332,7 +332,8 @@ def run_loop(
     # would train on fewer than k packages of its class.
     batches, _ = policy_batches(shared_store, server_policy, previous=foundation, proxy=proxy,
                                 exclude=held)
-    reporters = [u for u in sorted(checkers) if len(stores[u].records("all")) >= 2]
+    # every device asked reports: one that cannot check reports "not better" (check_version)
+    reporters = sorted(checkers)
     on_stage(f"server: retraining v2 on {len(proxy)} proxy + "
              f"{sum(len(b.records) for b in batches)} released records "
              + (f"({len(devices)} devices' packages held out to check it)" if epsilon is None

@@ -301,31 +301,31 @@ def check_version_many(release: Any, previous: Any, record_sets: Sequence[pd.Dat
     mechanisms = [RandomizedResponse(epsilon=epsilon, categories=_CATEGORIES,
                                      random_state=state, field="better")
                   for state in random_states]
-    short = [i for i, records in enumerate(record_sets) if len(records) < 2]
-    if short:
-        raise ValidationError(f"Device {short[0]} holds {len(record_sets[short[0]])} record(s); "
-                              "checking a version needs at least 2 (it holds one out).")
     candidate = spec_from_bytes(release.model, source=f"release v{release.metadata.version}")
     if isinstance(previous, (str, bytes)) or hasattr(previous, "__fspath__"):
         previous = _load_model(previous)
     grid = DEFAULT_PRIOR_RECORDS if prior_records is None else prior_records
+    # Whether a report is sent must not depend on the device's records: a device that
+    # cannot check (fewer than 2 records: one is held out), or whose check fails, reports
+    # "not better" with the same noise and charge as every other.
+    before, after = [math.inf] * len(record_sets), [math.nan] * len(record_sets)
+    able = [i for i, records in enumerate(record_sets) if len(records) >= 2]
     try:
-        before, after = _versions_on_devices(previous, candidate, record_sets, minimum=1,
-                                             prior_records=grid, folds=folds, seed=seed)
+        checked = _versions_on_devices(previous, candidate, [record_sets[i] for i in able],
+                                       minimum=1, prior_records=grid, folds=folds,
+                                       seed=seed) if able else ([], [])
+        for i, was, now in zip(able, *checked, strict=True):
+            before[i], after[i] = was, now
     except ModelFileError:
         # A version that predicts NaN, infinity or far outside the target's bounds for
-        # some device's records is not better for that device, which still reports (with
-        # the same noise): whether a report is sent must not depend on its records.
-        before, after = [], []
-        for records in record_sets:
+        # some device's records is not better for that device, which still reports.
+        for i in able:
             try:
-                (was,), (now,) = _versions_on_devices(
-                    previous, candidate, [records], minimum=1, prior_records=grid,
+                (before[i],), (after[i],) = _versions_on_devices(
+                    previous, candidate, [record_sets[i]], minimum=1, prior_records=grid,
                     folds=folds, seed=seed)
             except ModelFileError:
-                was, now = math.inf, math.nan
-            before.append(was)
-            after.append(now)
+                before[i], after[i] = math.inf, math.nan
     checks = []
     for mechanism, ledger, was, now, token in zip(mechanisms, ledgers, before, after,
                                                   token_bytes, strict=True):

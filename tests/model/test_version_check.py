@@ -469,6 +469,31 @@ def test_a_device_the_version_fails_on_still_reports(served, monkeypatch, tmp_pa
     assert [c.better for c in checks] == [True, False, True]  # ε = 50: told as it is
 
 
+@SEEDED
+def test_a_device_with_too_few_records_to_check_still_reports(served, tmp_path):
+    """Found in review (4 December, helper-47): a device with fewer than 2 records raised
+    instead of reporting, so whether a report arrived told the server it held 0 or 1
+    record. It reports "not better" (a check it could not make), with the same noise and
+    charge as every device."""
+    from dmt_model.version_check import check_version_many
+
+    _, _, _, devices = served
+    registry, issuer, release = _check(served, tmp_path, epsilon=50.0)  # ε = 50: told as it is
+    v1 = registry.path(registry.versions()[0].mlmodel_file)
+    sets = [devices[0], devices[1].iloc[:1], devices[2]]
+    tokens = []
+    for _ in sets:
+        pending = request_version_check_token(release, issuer.public_key, epsilon=50.0)
+        tokens.append(pending.finalize(issuer.ask(pending.body))[0])
+    ledgers = [PrivacyLedger(tmp_path / f"ledger{i}.db", user_id=f"u{i}", epsilon_budget=100.0)
+               for i in range(3)]
+    checks = check_version_many(release, v1, sets, ledgers=ledgers, epsilon=50.0,
+                                random_states=[0, 1, 2], tokens=tokens)
+    assert [c.better for c in checks] == [True, False, True]
+    assert [ledger.spent.epsilon for ledger in ledgers] == [50.0] * 3
+    assert issuer.tally(checks).devices == 3
+
+
 # Found in review (4 December, helper-42): tallying an announced check again as reports
 # came in, and recording the first tally whose bound crossed one half, claimed "better"
 # for a version better for 45 % of devices 17.7 % of the time, against the 10 % stated.
