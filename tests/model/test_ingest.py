@@ -366,6 +366,42 @@ def test_a_removed_package_sent_again_is_never_stored_again(db_url):
     assert SharedStore(db, KEY).counts()["records"] == 1
 
 
+def test_a_package_sent_again_while_its_removal_commits_is_not_stored_again(postgres_url):
+    """Found in review (helper-48): with the removed-id check inside the packages' INSERT
+    (one statement, one snapshot), a copy sent while an operator's removal was committing
+    waited on the removal's delete, was inserted once it committed, and its check did not
+    see the removal, taken after the statement's snapshot: the removed package was stored
+    again. The check is a statement of its own after the insert, which sees it."""
+    import threading
+
+    from sqlalchemy import text
+
+    from dmt_model.server import admin
+
+    engine = connect(postgres_url)
+    first = package(1, classes=[0])
+    envelope = seal_package(first, KEY.public_key())
+    ingest([envelope], engine, KEY, POLICY)
+    remover = engine.connect()
+    removal = remover.begin()
+    admin._remove_one(remover, first.package_id, None)  # not committed yet
+    outcomes = []
+    sender = threading.Thread(
+        target=lambda: outcomes.extend(ingest([envelope], engine, KEY, POLICY).outcomes))
+    sender.start()
+    time.sleep(1.0)
+    assert sender.is_alive()  # its insert waits on the removal's delete
+    removal.commit()
+    remover.close()
+    sender.join(30)
+    [outcome] = outcomes
+    assert (outcome.status, outcome.replay) == ("rejected", True), outcome
+    with engine.connect() as conn:
+        stored = conn.execute(text("SELECT count(*) FROM packages WHERE package_id = :p"),
+                              {"p": first.package_id}).scalar()
+    assert stored == 0
+
+
 def test_removing_a_package_never_lets_two_snapshots_single_out_one_package(tmp_path):
     """Removing a package from a released cohort must not put its companions back in line:
     released again with one newcomer, two snapshots of the released data would differ by
