@@ -672,6 +672,14 @@ def sharing_policy_from(policy_json: str | bytes, *, fields: Iterable[str] | Non
                 f"privacy_unit={chosen_unit!r}, but the server's policy requires receipts "
                 f"that state privacy_unit={unit!r}: it would refuse every package. Leave "
                 "privacy_unit out (the policy's is taken).")
+    limits = {"max_records": max_records, "max_bytes": max_bytes}
+    for name, servers in list(limits.items()):  # the device may ask for less, never more
+        mine = selection.pop(name, None)
+        if mine is not None and servers is not None and mine > servers:
+            raise ValidationError(
+                f"{name}={mine!r}, but the server's policy refuses packages above {servers!r}; "
+                "leave it out (the policy's is taken) or give a smaller one.")
+        limits[name] = servers if mine is None else mine
     chosen = tuple(fields) if fields is not None else accepted
     outside = [f for f in chosen if accepted and f not in accepted]
     if outside:
@@ -683,7 +691,6 @@ def sharing_policy_from(policy_json: str | bytes, *, fields: Iterable[str] | Non
         mechanism={k: v for k, v in mechanism.items() if k in chosen},
         delta={k: v for k, v in delta.items() if k in chosen},
         required_k=min_k if plan is not None else None,
-        max_records=max_records,
-        max_bytes=max_bytes,
+        **limits,
         **selection,
     )

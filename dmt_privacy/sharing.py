@@ -38,6 +38,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
 import numpy as np
 import pandas as pd
 
@@ -319,7 +320,8 @@ def _refuse_oversized(policy: SharingPolicy, schema: Schema, frame: pd.DataFrame
         if name in policy.epsilon:
             spec = schema[name]
             widest: Any = (float(spec.bounds[1]) if spec.kind is Kind.NUMERIC and spec.bounds
-                           else max(spec.categories or ("",), key=lambda c: len(str(c).encode())))
+                           else max(spec.categories or ("",),  # as msgpack writes it: False
+                                    key=lambda c: len(msgpack.packb(c))))  # is 1 byte, "n/a" 4
             values = [widest] * len(values)
         columns[name] = values
     plan = policy.plan

@@ -419,11 +419,13 @@ class PrivacyLedger:
                 f"ledger's user {self.user_id!r}."
             )
         eps, dlt = float(receipt.epsilon), float(receipt.delta)
-        if not (math.isfinite(eps) and eps >= 0 and 0 <= dlt < 1):  # NaN fails both
+        # (a δ of 1 or more is a cost, over any budget: _fits refuses it as such; a release
+        # of many records under user-level δ adds up to one)
+        if not (math.isfinite(eps) and eps >= 0 and math.isfinite(dlt) and dlt >= 0):
             raise ValidationError(
                 f"Release {receipt.release_id} states ε={eps!r}, δ={dlt!r}: not a privacy cost "
-                "(ε a finite number ≥ 0, δ in [0, 1)); nothing was charged. The receipt is "
-                "corrupt or was built by hand.")
+                "(finite numbers ≥ 0); nothing was charged. The receipt is corrupt or was "
+                "built by hand.")
         with self._storage.transaction() as conn:
             spent = self._spent(conn)
             if not self._fits(spent, eps, dlt):

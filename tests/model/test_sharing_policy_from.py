@@ -99,6 +99,9 @@ def test_a_selection_larger_than_the_servers_package_limit_is_refused_before_cha
     store = _device(tmp_path)  # 3 eligible records
     sharing = sharing_policy_from(policy.to_json(), fields=("income",))
     assert sharing.max_records == 2
+    assert sharing_policy_from(policy.to_json(), max_records=1).max_records == 1  # less: yes
+    with pytest.raises(ValidationError, match="max_records=3.*above 2"):  # more: never
+        sharing_policy_from(policy.to_json(), max_records=3)
     with pytest.raises(ValidationError, match="max_records=2"):
         share(store, sharing, KEY.public_key())
     _nothing_spent(store)

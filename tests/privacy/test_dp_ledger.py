@@ -209,7 +209,7 @@ def test_kill_inside_the_charge_transaction_charges_nothing(tmp_path):
 
 
 @pytest.mark.parametrize("epsilon, delta", [(-5.0, 0.0), (math.nan, 0.0), (math.inf, 0.0),
-                                            (1.0, -1e-5), (1.0, 1.0)])
+                                            (1.0, -1e-5), (1.0, math.nan)])
 def test_a_charge_that_is_not_a_cost_is_refused_with_a_clear_error(tmp_path, epsilon, delta):
     """Found in review (helper-47): a receipt of negative or NaN ε reached SQLite's CHECK and
     surfaced as a raw sqlite3.IntegrityError. It is refused first, naming the value, and the
@@ -221,3 +221,16 @@ def test_a_charge_that_is_not_a_cost_is_refused_with_a_clear_error(tmp_path, eps
     with pytest.raises(ValidationError, match="not a privacy cost"):
         ledger.charge(ReleaseReceipt("bad", 1, epsilon, delta, ()))
     assert ledger.spent.epsilon == 1.0 and len(ledger.entries()) == 1
+
+
+def test_a_delta_of_one_is_a_cost_over_any_budget_not_a_corrupt_receipt(tmp_path):
+    """Found in review (helper-48): 200 records at δ = 0.005 each under user-level DP add up
+    to δ = 1, which the perturber states as it is; it is refused as over the budget (the
+    error callers catch), not as a corrupt receipt."""
+    from dmt_privacy.dp.receipt import ReleaseReceipt
+
+    ledger = PrivacyLedger(tmp_path / "device.db", user_id="u1", epsilon_budget=10.0,
+                           delta_budget=1e-3)
+    with pytest.raises(BudgetExceededError):
+        ledger.charge(ReleaseReceipt("many", 200, 1.0, 1.0, ()))
+    assert ledger.spent.epsilon == 0

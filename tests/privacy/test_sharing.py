@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import struct
 import warnings
 
@@ -239,3 +240,23 @@ def test_policy_checked_against_the_schema(tmp_path):
         store.add_records(records(1, start=500, secret=True), shareable=False)
         share(store, policy(record_ids={"r500"}), KEY.public_key())
     assert store.outbox() == [] and store.ledger.spent.epsilon == 0
+
+
+def test_a_package_the_device_sizes_under_max_bytes_fits_it(tmp_path):
+    """Found in review (helper-48): the widest category was picked by its text (False: 5
+    characters), not by what msgpack writes (False: 1 byte, "n/a": 4), so a package sized
+    under max_bytes encoded above it, after the ledger was charged. The device's size is
+    never below the package's."""
+    schema = Schema((Field("answer", "categorical", categories=(True, False, "n/a")),))
+    store = LocalStore(tmp_path / "d.db", schema=schema, user_id="u", epsilon_budget=1e4,
+                       key=STORE_KEY)
+    store.add_records(pd.DataFrame({"answer": [True] * 300},
+                                   index=[f"r{i}" for i in range(300)]))
+    pol = SharingPolicy(fields=("answer",), epsilon={"answer": 0.1}, privacy_unit="record",
+                        max_bytes=1)
+    with pytest.raises(ValidationError, match=r"about ([\d,]+) bytes") as refused:
+        quiet_share(store, pol, random_state=1)
+    assert store.ledger.spent.epsilon == 0
+    sized = int(re.search(r"about ([\d,]+) bytes", str(refused.value))[1].replace(",", ""))
+    result = quiet_share(store, pol.evolve(max_bytes=sized), random_state=1)
+    assert len(open_sealed(result.envelope, KEY, info=PACKAGE_INFO)) <= sized
