@@ -33,6 +33,7 @@ from dmt_privacy.dp.numeric import DiscreteGaussian, DiscreteLaplace
 from dmt_privacy.dp.receipt import FieldReceipt, ReleaseReceipt
 from dmt_privacy.errors import SchemaError, ValidationError
 from dmt_privacy.schema import Kind, Role, Schema
+from dmt_privacy.seal import ENVELOPE_OVERHEAD
 
 __all__ = ["POLICY_FORMAT", "ServerPolicy"]
 
@@ -44,7 +45,9 @@ _NUMERIC_MECHANISMS = {"laplace": "laplace", "discrete_laplace": "laplace",
 _CATEGORICAL_MECHANISMS = {"k_rr": "k_rr", "randomized_response": "k_rr"}
 _PRIVACY_UNITS = ("record", "user")
 DEFAULT_MAX_RECORDS = 10_000
-DEFAULT_MAX_BYTES = 64 * 2**20
+#: The largest sealed package `dmt serve`'s default body limit (1 MiB) takes: a policy's
+#: limit is what devices size their packages by, and the service must take what it allows.
+DEFAULT_MAX_BYTES = 2**20 - ENVELOPE_OVERHEAD
 DEFAULT_MAX_TRAINING_RECORDS = 64
 
 
@@ -82,7 +85,10 @@ class ServerPolicy:
         quasi-identifier role. A quasi-identifier of the schema that ``fields``
         accepts must be here or in ``epsilon``; never accepted raw.
     max_records, max_bytes:
-        Limits on one package, enforced while decoding.
+        Limits on one package, enforced while decoding; devices size their packages by
+        them before their ledger is charged (:func:`~dmt_privacy.release.sharing_policy_from`).
+        ``max_bytes`` defaults to what ``dmt serve``'s default body limit takes (1 MiB
+        sealed); the service refuses to start with a body limit below it.
     allow_insecure_random:
         Accept DP releases drawn from a seeded generator. For tests only.
     epsilon:

@@ -121,8 +121,9 @@ class ServiceConfig:
     Parameters
     ----------
     max_body_bytes:
-        The largest body accepted (sealed bytes); larger is ``413``. Capped by
-        the policy's ``max_bytes`` plus the envelope's overhead.
+        The largest body the service may accept (sealed bytes); larger is ``413``.
+        The service takes the policy's ``max_bytes`` plus the envelope's overhead, and
+        refuses to start when this is below that (devices size packages by the policy).
     body_timeout:
         Seconds a client has to send the whole body; slower is ``408``.
     ingest_threads:
@@ -225,7 +226,14 @@ def create_app(
     ingestor.data_key()  # fail now, not per request, when the key does not fit the database
     issuer = (TokenIssuer(ingestor.token_keys, attest, int(policy.tokens_per_period or 1))
               if ingestor.token_keys is not None and attest is not None else None)
-    limit = min(config.max_body_bytes, policy.max_bytes + ENVELOPE_OVERHEAD)
+    if config.max_body_bytes < policy.max_bytes + ENVELOPE_OVERHEAD:
+        # devices size their packages by the policy's max_bytes before they are charged
+        raise ValidationError(
+            f"The service's body limit ({config.max_body_bytes:,} bytes) is below what the "
+            f"policy lets a package take ({policy.max_bytes:,} bytes, {ENVELOPE_OVERHEAD} more "
+            "sealed): devices would be charged for packages answered 413. Raise "
+            "max_body_bytes (--max-body-bytes) or lower the policy's max_bytes.")
+    limit = policy.max_bytes + ENVELOPE_OVERHEAD
     registry = ModelRegistry(models) if models is not None else None
     limiter = anyio.CapacityLimiter(4)  # the other routes' threads (health, model files)
     policy_json = policy.to_json().encode()

@@ -8,6 +8,7 @@ runs 10,000 packages from 50 clients with the same client and checks.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import http.client
 import importlib
 import os
@@ -26,16 +27,20 @@ from dmt_model.cli import serve as cli_serve
 from dmt_model.server import SharedStore, connect
 from dmt_model.server.service import PackageIngestor, ServiceConfig, create_app
 from dmt_privacy.package import seal_package
-from dmt_privacy.seal import save_private_key
+from dmt_privacy.seal import ENVELOPE_OVERHEAD, save_private_key
 
 ingest_module = importlib.import_module("dmt_model.server.ingest")  # the module, not ingest()
 
 LINUX = sys.platform.startswith("linux")
 
 
+#: A policy whose packages fit a 4 KiB body (the service refuses a body limit below its own).
+SMALL = dataclasses.replace(POLICY, max_bytes=4096 - ENVELOPE_OVERHEAD)
+
+
 @pytest.fixture
 def client(tmp_path):
-    app = create_app(f"sqlite:///{tmp_path / 'server.db'}", KEY, POLICY,
+    app = create_app(f"sqlite:///{tmp_path / 'server.db'}", KEY, SMALL,
                      config=ServiceConfig(max_body_bytes=4096))
     with TestClient(app) as c:
         yield c
@@ -82,8 +87,26 @@ def test_requests_in_flight_beyond_the_limit_get_503(client):
 
 def test_the_policy_is_served_as_signed(client):
     r = client.get("/v1/policy")
-    assert r.status_code == 200 and r.content == POLICY.to_json().encode()
+    assert r.status_code == 200 and r.content == SMALL.to_json().encode()
     assert client.get("/v1/models/latest/release").status_code == 404  # no registry
+
+
+def test_the_service_refuses_a_body_limit_below_the_policys_package_limit(tmp_path):
+    """Found in review (helper-48): devices size their packages by the signed policy's
+    max_bytes before their ledger is charged, and the service answered 413 to packages
+    the policy allowed (a 64 MiB policy behind a 1 MiB body limit, both defaults). The
+    defaults now agree, and a body limit below the policy's is refused at start."""
+    from dmt_model.server.policy import DEFAULT_MAX_BYTES
+    from dmt_model.server.service import DEFAULT_MAX_BODY_BYTES
+    from dmt_privacy.errors import ValidationError
+
+    assert DEFAULT_MAX_BYTES + ENVELOPE_OVERHEAD == DEFAULT_MAX_BODY_BYTES
+    create_app(f"sqlite:///{tmp_path / 'a.db'}", KEY, POLICY)  # the defaults agree
+    big = dataclasses.replace(POLICY, max_bytes=4 * 2**20)
+    with pytest.raises(ValidationError, match="max_body_bytes.*lower the policy's max_bytes"):
+        create_app(f"sqlite:///{tmp_path / 'b.db'}", KEY, big)
+    create_app(f"sqlite:///{tmp_path / 'c.db'}", KEY, big,
+               config=ServiceConfig(max_body_bytes=4 * 2**20 + ENVELOPE_OVERHEAD))
 
 
 def test_openapi_document(client):
@@ -259,8 +282,11 @@ def _raw(port: int, data: bytes, *, pace: float = 0.0, chunks: int = 1,
 @pytest.mark.skipif(not LINUX, reason="measures the service's memory in /proc")
 def test_hostile_input_rejected_without_memory_growth(tmp_path, files, server_load):
     db_url = f"sqlite:///{tmp_path / 's.db'}"
+    key, policy = files  # packages of at most the 64 KiB body (the service refuses less)
+    policy.write_text(dataclasses.replace(server_load.POLICY,
+                                          max_bytes=65536 - ENVELOPE_OVERHEAD).to_json())
     service = server_load.ServiceProcess(
-        db_url, *files, extra=["--max-body-bytes", "65536", "--body-timeout", "1"]).start()
+        db_url, key, policy, extra=["--max-body-bytes", "65536", "--body-timeout", "1"]).start()
     port = service.port
     header = (b"POST /v1/packages HTTP/1.1\r\nHost: x\r\n"
               b"Content-Type: application/octet-stream\r\n")
@@ -346,7 +372,7 @@ def test_the_raw_route_answers_as_the_fastapi_route(tmp_path):
     config = ServiceConfig(max_body_bytes=4096)
     seen = []
     for i, alone in enumerate((False, True)):
-        app = create_app(f"sqlite:///{tmp_path / f's{i}.db'}", KEY, POLICY, config=config)
+        app = create_app(f"sqlite:///{tmp_path / f's{i}.db'}", KEY, SMALL, config=config)
         assert isinstance(app, PackageRoute) and app.state is app.fastapi.state
         with TestClient(app.fastapi if alone else app) as c:
             sealed = seal_package(package(11), KEY.public_key())
