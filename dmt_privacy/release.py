@@ -663,6 +663,7 @@ def sharing_policy_from(policy_json: str | bytes, *, fields: Iterable[str] | Non
         unit = data.get("privacy_unit")
         max_records = data.get("max_records")
         max_bytes = data.get("max_bytes")
+        requires_token = data.get("tokens_per_period") is not None
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise ValidationError(f"Not a server policy document ({exc}).") from None
     if unit is not None:
@@ -692,5 +693,6 @@ def sharing_policy_from(policy_json: str | bytes, *, fields: Iterable[str] | Non
         delta={k: v for k, v in delta.items() if k in chosen},
         required_k=min_k if plan is not None else None,
         **limits,
+        requires_token=requires_token,
         **selection,
     )

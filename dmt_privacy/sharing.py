@@ -115,6 +115,9 @@ class SharingPolicy:
         ``max_bytes``). Checked before any noise is drawn, with the widest value each
         perturbed cell may take (a float; a categorical field's longest category) and the
         receipt the package would carry: a package let through fits.
+    requires_token:
+        The server counts only packages that carry a Privacy Pass token (its policy's
+        ``tokens_per_period``): ``share`` without ``token=`` is refused before any charge.
 
     A field may take one transform only. A schema quasi-identifier must be
     generalized by the plan or perturbed; an identifier is never shared.
@@ -134,6 +137,7 @@ class SharingPolicy:
     max_epsilon: float | None = None
     max_records: int | None = None
     max_bytes: int | None = None
+    requires_token: bool = False
 
     def __post_init__(self) -> None:
         names = (self.fields,) if isinstance(self.fields, str) else tuple(self.fields)
@@ -152,6 +156,9 @@ class SharingPolicy:
             f = self.fraction
             if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
                 raise ValidationError(f"fraction must be in (0, 1], got {f!r}.")
+        if not isinstance(self.requires_token, bool):
+            raise ValidationError(
+                f"requires_token must be a bool, got {self.requires_token!r}.")
         for name in ("max_records", "max_bytes"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)
@@ -388,6 +395,11 @@ def share(
     policy.check(schema)
     _check_explicit_ids(store, policy)
     token = token_bytes(token)  # before the ledger is charged: a wrong one costs no ε
+    if policy.requires_token and token is None:
+        raise ValidationError(
+            "The server's policy counts only packages that carry a token (tokens_per_period), "
+            "and none was given; nothing was shared or charged. Take one from the device's "
+            "wallet (fetch_tokens) and pass it as token=.")
     selected = _select(store.records("eligible"), policy, random_state)
     if selected.empty:
         raise ValidationError(

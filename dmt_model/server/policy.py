@@ -215,9 +215,10 @@ class ServerPolicy:
                      and self.schema[name].bounds is None and name not in generalized]
         if unbounded:  # validation could check no range, and training clips none
             raise ValidationError(
-                f"numeric fields {unbounded!r} have no bounds: a package could carry any "
-                "number there, and one package's pull on retraining would have no limit. "
-                "Give each bounds in the schema, or leave it out of fields.")
+                f"numeric fields {unbounded!r} have no bounds: validation could check no "
+                "range there, so a package could carry any number (as an input, its pull on "
+                "retraining would have no limit). Give each bounds in the schema, or leave "
+                "it out of fields.")
         _positive_int("max_records", self.max_records)
         _positive_int("max_bytes", self.max_bytes)
         _positive_int("max_training_records", self.max_training_records)

@@ -133,3 +133,18 @@ def test_a_package_larger_than_the_servers_byte_limit_is_refused_before_charging
     result = share(store, sharing.evolve(record_ids=["r1"]), KEY.public_key())
     report = ingest([result.envelope], f"sqlite:///{tmp_path / 'server.db'}", KEY, policy)
     assert [o.status for o in report.outcomes] == ["accepted"]
+
+
+def test_a_package_without_the_token_the_policy_requires_is_refused_before_charging(tmp_path):
+    """Found in review (helper-48): ``tokens_per_period`` was not carried over, so a device
+    sharing without a token to a server that counts only packages with one was charged and
+    refused every time."""
+    policy = ServerPolicy(SCHEMA, min_k=1, epsilon={"income": 0.1}, tokens_per_period=4)
+    store = _device(tmp_path)
+    sharing = sharing_policy_from(policy.to_json(), fields=("income",))
+    assert sharing.requires_token
+    with pytest.raises(ValidationError, match="token"):
+        share(store, sharing, KEY.public_key())
+    _nothing_spent(store)
+    assert not sharing_policy_from(
+        ServerPolicy(SCHEMA, min_k=1, epsilon={"income": 0.1}).to_json()).requires_token
