@@ -208,7 +208,10 @@ def check_version(release: Any, previous: Any, records: pd.DataFrame, *, ledger:
     device that shared since ``previous`` was published must not report. Both versions are
     personalized on ``records`` out of fold (``folds``, ``seed``, ``prior_records`` as
     :func:`~dmt_model.personalize.compare_on_devices`), and the bit "the new version's
-    mean held-out error is lower" goes through randomized response at ``epsilon`` (by
+    mean held-out error is lower" (false for a device that cannot tell: fewer than 2
+    records, or a version that predicts no finite number for them; such a device still
+    reports, since whether it does must not depend on its records) goes through
+    randomized response at ``epsilon`` (by
     default the ε the release's ``version_check`` names, else
     :data:`VERSION_CHECK_EPSILON`; another than the release names is refused, and the
     release's above ``max_epsilon`` unless passed as ``epsilon=``), charged
