@@ -673,9 +673,15 @@ def sharing_policy_from(policy_json: str | bytes, *, fields: Iterable[str] | Non
                 f"privacy_unit={chosen_unit!r}, but the server's policy requires receipts "
                 f"that state privacy_unit={unit!r}: it would refuse every package. Leave "
                 "privacy_unit out (the policy's is taken).")
+    if "requires_token" in selection:
+        raise ValidationError("requires_token comes from the server's policy (its "
+                              "tokens_per_period); leave it out.")
     limits = {"max_records": max_records, "max_bytes": max_bytes}
     for name, servers in list(limits.items()):  # the device may ask for less, never more
         mine = selection.pop(name, None)
+        if mine is not None and (isinstance(mine, bool) or not isinstance(mine, int)
+                                 or mine < 1):
+            raise ValidationError(f"{name} must be a positive int, got {mine!r}.")
         if mine is not None and servers is not None and mine > servers:
             raise ValidationError(
                 f"{name}={mine!r}, but the server's policy refuses packages above {servers!r}; "

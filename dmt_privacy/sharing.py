@@ -318,18 +318,21 @@ def _refuse_oversized(policy: SharingPolicy, schema: Schema, frame: pd.DataFrame
                       modifications: list[str], token: bytes | None,
                       dp_receipt: ReleaseReceipt | None) -> None:
     """Refuse, before any charge, a package that could encode to more than
-    ``policy.max_bytes``: each cell local DP will replace at its widest (a float, which
-    msgpack always writes in 9 bytes; a categorical field's longest category), with the
-    receipt and token it would carry."""
-    columns = {}
+    ``policy.max_bytes``: each cell local DP will replace at its widest, with the receipt
+    and token it would carry. The widest is a float, or a categorical field's category
+    msgpack writes longest (``False``: 1 byte, ``"n/a"``: 4). A column of one number type
+    is written packed (8 bytes a cell), a mixed one cell by cell (a float in 9): so a
+    column sized packed is counted a byte a cell more, and a few for its header."""
+    columns, packed = {}, 0
     for name in policy.fields:
         values = frame[name].tolist()
         if name in policy.epsilon:
             spec = schema[name]
             widest: Any = (float(spec.bounds[1]) if spec.kind is Kind.NUMERIC and spec.bounds
-                           else max(spec.categories or ("",),  # as msgpack writes it: False
-                                    key=lambda c: len(msgpack.packb(c))))  # is 1 byte, "n/a" 4
+                           else max(spec.categories or ("",),
+                                    key=lambda c: len(msgpack.packb(c))))
             values = [widest] * len(values)
+            packed += (len(values) + 5) * (type(widest) in (float, int))
         columns[name] = values
     plan = policy.plan
     receipt = PrivacyReceipt(k=plan.k if plan else None, l=plan.l if plan else None,
@@ -338,7 +341,7 @@ def _refuse_oversized(policy: SharingPolicy, schema: Schema, frame: pd.DataFrame
     package = SharePackage.create(schema.schema_id, columns, receipt)
     if token is not None:
         package = dataclasses.replace(package, token=token, format_version=PACKAGE_FORMAT_TOKEN)
-    size = len(encode_package(package))
+    size = len(encode_package(package)) + packed
     if size > policy.max_bytes:  # type: ignore[operator]
         raise ValidationError(
             f"These {len(frame)} records would encode to about {size:,} bytes, above "

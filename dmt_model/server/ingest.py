@@ -421,6 +421,9 @@ class Ingestor:
         if not isinstance(envelope, (bytes, bytearray, memoryview)):
             return self._refused(source, UNREADABLE)
         envelope = bytes(envelope)
+        if len(envelope) > self.policy.max_bytes + ENVELOPE_OVERHEAD:  # not a key problem
+            return self._refused(source, f"too large: {len(envelope):,} bytes sealed, over "
+                                         f"the policy's max_bytes ({self.policy.max_bytes:,})")
         try:
             package, plaintext = _open(envelope, self.keyring, self.policy)
         except InvalidPackage:

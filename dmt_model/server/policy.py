@@ -209,8 +209,9 @@ class ServerPolicy:
                 f"quasi-identifiers {raw!r} would be accepted raw: neither generalized "
                 "(quasi_identifiers=) nor perturbed (epsilon=). Add them to "
                 "quasi_identifiers, give them an epsilon, or leave them out of fields.")
-        # (a generalized quasi-identifier is checked class by class: k packages share its value)
-        generalized = set(qis) | set(self.plan.quasi_identifiers if self.plan else ())
+        # (a quasi-identifier the plan generalizes takes only its classes' values; without a
+        # plan, any interval passes validation, and its midpoint trains)
+        generalized = set(self.plan.quasi_identifiers) if self.plan is not None else set()
         unbounded = [name for name in names if self.schema[name].kind is Kind.NUMERIC
                      and self.schema[name].bounds is None and name not in generalized]
         if unbounded:  # validation could check no range, and training clips none

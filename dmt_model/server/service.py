@@ -210,6 +210,13 @@ def create_app(
                               f"current key first), got {type(private_key).__name__}.")
     if not isinstance(policy, ServerPolicy):
         raise ValidationError(f"policy must be a ServerPolicy, got {type(policy).__name__}.")
+    if config.max_body_bytes < policy.max_bytes + ENVELOPE_OVERHEAD:
+        # devices size their packages by the policy's max_bytes before they are charged
+        raise ValidationError(
+            f"The service's body limit ({config.max_body_bytes:,} bytes) is below what the "
+            f"policy lets a package take ({policy.max_bytes:,} bytes, {ENVELOPE_OVERHEAD} more "
+            "sealed): devices would be charged for packages answered 413. Raise "
+            "max_body_bytes (--max-body-bytes) or lower the policy's max_bytes.")
     if isinstance(db_url, str):
         # No ping before each use (a round trip of the 8 a group write made on PostgreSQL):
         # a write on a connection the database dropped is tried again on a fresh one
@@ -226,13 +233,6 @@ def create_app(
     ingestor.data_key()  # fail now, not per request, when the key does not fit the database
     issuer = (TokenIssuer(ingestor.token_keys, attest, int(policy.tokens_per_period or 1))
               if ingestor.token_keys is not None and attest is not None else None)
-    if config.max_body_bytes < policy.max_bytes + ENVELOPE_OVERHEAD:
-        # devices size their packages by the policy's max_bytes before they are charged
-        raise ValidationError(
-            f"The service's body limit ({config.max_body_bytes:,} bytes) is below what the "
-            f"policy lets a package take ({policy.max_bytes:,} bytes, {ENVELOPE_OVERHEAD} more "
-            "sealed): devices would be charged for packages answered 413. Raise "
-            "max_body_bytes (--max-body-bytes) or lower the policy's max_bytes.")
     limit = policy.max_bytes + ENVELOPE_OVERHEAD
     registry = ModelRegistry(models) if models is not None else None
     limiter = anyio.CapacityLimiter(4)  # the other routes' threads (health, model files)

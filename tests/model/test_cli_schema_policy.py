@@ -80,14 +80,16 @@ def test_policy_init_writes_what_ingest_reads(tmp_path, records, capsys):
                  "--quasi-identifiers", "age", "--bounds", "income=0:1000000",
                  "--grid", "income=0.25"]) == 0
     policy = tmp_path / "policy.json"
-    # a numeric field accepted without bounds ('zip': the schema inferred, bounds never
-    # are) is refused, naming it (found in review, helper-47)
+    # numeric fields accepted without bounds (the schema inferred them, bounds never are;
+    # 'age' is a quasi-identifier but no plan generalizes it) are refused, naming them
+    # (found in review, helper-47 and helper-49)
     code, _, err = _run(capsys, "policy", "init", "--schema", str(schema), "-o",
                         str(policy), "--min-k", "5", "--epsilon", "income=1")
-    assert code == 1 and "['zip'] have no bounds" in err and not policy.exists()
+    assert code == 1 and "['age', 'zip'] have no bounds" in err and not policy.exists()
     assert main(["schema", "init", str(records), "-o", str(schema), "--target", "income",
                  "--quasi-identifiers", "age", "--bounds", "income=0:1000000",
-                 "--bounds", "zip=0:99999", "--grid", "income=0.25", "--force"]) == 0
+                 "--bounds", "zip=0:99999", "--bounds", "age=0:120", "--grid", "income=0.25",
+                 "--force"]) == 0
     code, stdout, err = _run(capsys, "policy", "init", "--schema", str(schema), "-o",
                              str(policy), "--min-k", "5", "--epsilon", "income=1",
                              "--privacy-unit", "user")

@@ -495,6 +495,23 @@ def test_a_server_policy_refuses_a_numeric_field_without_bounds():
     generalized = Schema((Field("age", "numeric", role="quasi-identifier"),
                           Field("y", "numeric", role="target", bounds=(0, 10), grid=0.1)))
     ServerPolicy(generalized, min_k=3, plan=plan, epsilon={"y": 1.0})
+    # without a plan any interval passes (helper-49: (0, 1e300] was released and trained)
+    with pytest.raises(ValidationError, match=r"\['age'\] have no bounds"):
+        ServerPolicy(generalized, min_k=3, epsilon={"y": 1.0})
+
+
+def test_a_package_over_max_bytes_is_refused_as_too_large_not_unreadable(tmp_path):
+    """Found in review (helper-49): a package over the policy's max_bytes was answered
+    "unreadable: could not be opened with this server's key", sending an operator after a
+    key problem."""
+    import dataclasses
+
+    small = dataclasses.replace(POLICY, max_bytes=200)
+    report = ingest([seal_package(package(1, n=40), KEY.public_key())],
+                    f"sqlite:///{tmp_path / 'server.db'}", KEY, small)
+    [outcome] = report.outcomes
+    assert outcome.status == "rejected" and outcome.reason.startswith("too large:"), outcome
+    assert "max_bytes (200)" in outcome.reason
 
 
 def test_a_different_package_reusing_a_stored_id_is_refused_not_acknowledged(tmp_path):

@@ -105,6 +105,7 @@ def test_the_service_refuses_a_body_limit_below_the_policys_package_limit(tmp_pa
     big = dataclasses.replace(POLICY, max_bytes=4 * 2**20)
     with pytest.raises(ValidationError, match="max_body_bytes.*lower the policy's max_bytes"):
         create_app(f"sqlite:///{tmp_path / 'b.db'}", KEY, big)
+    assert not (tmp_path / "b.db").exists()  # refused before the database is touched
     create_app(f"sqlite:///{tmp_path / 'c.db'}", KEY, big,
                config=ServiceConfig(max_body_bytes=4 * 2**20 + ENVELOPE_OVERHEAD))
 

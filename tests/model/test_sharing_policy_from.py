@@ -102,6 +102,10 @@ def test_a_selection_larger_than_the_servers_package_limit_is_refused_before_cha
     assert sharing_policy_from(policy.to_json(), max_records=1).max_records == 1  # less: yes
     with pytest.raises(ValidationError, match="max_records=3.*above 2"):  # more: never
         sharing_policy_from(policy.to_json(), max_records=3)
+    with pytest.raises(ValidationError, match="positive int"):  # helper-49: was a TypeError
+        sharing_policy_from(policy.to_json(), max_bytes="1000")
+    with pytest.raises(ValidationError, match="requires_token comes from the server"):
+        sharing_policy_from(policy.to_json(), requires_token=False)
     with pytest.raises(ValidationError, match="max_records=2"):
         share(store, sharing, KEY.public_key())
     _nothing_spent(store)

@@ -480,18 +480,20 @@ def test_a_device_with_too_few_records_to_check_still_reports(served, tmp_path):
     _, _, _, devices = served
     registry, issuer, release = _check(served, tmp_path, epsilon=50.0)  # ε = 50: told as it is
     v1 = registry.path(registry.versions()[0].mlmodel_file)
-    sets = [devices[0], devices[1].iloc[:1], devices[2]]
+    # one record; three copies of one record (helper-49: skipped by the comparison, which
+    # then lost count of the devices)
+    sets = [devices[0], devices[1].iloc[:1], devices[2], devices[1].iloc[[0, 0, 0]]]
     tokens = []
     for _ in sets:
         pending = request_version_check_token(release, issuer.public_key, epsilon=50.0)
         tokens.append(pending.finalize(issuer.ask(pending.body))[0])
     ledgers = [PrivacyLedger(tmp_path / f"ledger{i}.db", user_id=f"u{i}", epsilon_budget=100.0)
-               for i in range(3)]
+               for i in range(4)]
     checks = check_version_many(release, v1, sets, ledgers=ledgers, epsilon=50.0,
-                                random_states=[0, 1, 2], tokens=tokens)
-    assert [c.better for c in checks] == [True, False, True]
-    assert [ledger.spent.epsilon for ledger in ledgers] == [50.0] * 3
-    assert issuer.tally(checks).devices == 3
+                                random_states=[0, 1, 2, 3], tokens=tokens)
+    assert [c.better for c in checks] == [True, False, True, False]
+    assert [ledger.spent.epsilon for ledger in ledgers] == [50.0] * 4
+    assert issuer.tally(checks).devices == 4
 
 
 # Found in review (4 December, helper-42): tallying an announced check again as reports

@@ -242,17 +242,22 @@ def test_policy_checked_against_the_schema(tmp_path):
     assert store.outbox() == [] and store.ledger.spent.epsilon == 0
 
 
-def test_a_package_the_device_sizes_under_max_bytes_fits_it(tmp_path):
+@pytest.mark.parametrize("categories", [(True, False, "n/a"), (2.5, "x"), (False, 0.5, 1.5)])
+def test_a_package_the_device_sizes_under_max_bytes_fits_it(tmp_path, categories):
     """Found in review (helper-48): the widest category was picked by its text (False: 5
     characters), not by what msgpack writes (False: 1 byte, "n/a": 4), so a package sized
-    under max_bytes encoded above it, after the ledger was charged. The device's size is
-    never below the package's."""
-    schema = Schema((Field("answer", "categorical", categories=(True, False, "n/a")),))
+    under max_bytes encoded above it, after the ledger was charged. Then (helper-49) a
+    column of the widest number alone is written packed, 8 bytes a cell, where the real,
+    mixed one takes 9. The device's size is never below the package's."""
+    schema = Schema((Field("answer", "categorical", categories=categories),))
     store = LocalStore(tmp_path / "d.db", schema=schema, user_id="u", epsilon_budget=1e4,
                        key=STORE_KEY)
-    store.add_records(pd.DataFrame({"answer": [True] * 300},
+    import msgpack
+
+    widest = max(categories, key=lambda c: len(msgpack.packb(c)))  # most cells keep it
+    store.add_records(pd.DataFrame({"answer": [widest] * 300},
                                    index=[f"r{i}" for i in range(300)]))
-    pol = SharingPolicy(fields=("answer",), epsilon={"answer": 0.1}, privacy_unit="record",
+    pol = SharingPolicy(fields=("answer",), epsilon={"answer": 3.0}, privacy_unit="record",
                         max_bytes=1)
     with pytest.raises(ValidationError, match=r"about ([\d,]+) bytes") as refused:
         quiet_share(store, pol, random_state=1)

@@ -95,9 +95,13 @@ def test_the_strongest_packages_the_policy_accepts_stay_within_10_percent(
         scene, simulation, foundation, policy):
     base = scene["base"]
     top = policy.field_receipt("MEDV").window_units[1] * policy.field_receipt("MEDV").grid
-    n = policy.max_records
-    hostile = [forge(base, columns={"MEDV": [round(top, 1)] * n, "CRIM": [100.0] * n}, n=n)
-               for _ in range(5)]
+    def strongest(n: int):
+        return forge(base, columns={"MEDV": [round(top, 1)] * n, "CRIM": [100.0] * n}, n=n)
+
+    n = policy.max_records  # as many records as the policy's max_records and max_bytes allow
+    while len(encode_package(strongest(n))) > policy.max_bytes:
+        n = int(n * 0.95)
+    hostile = [strongest(n) for _ in range(5)]
     rmse, report, read = _retrain(scene, simulation, foundation, policy, "in-policy",
                                   hostile=hostile)
     print(f"\nRMSE clean {scene['clean']:.3f}, after 5 accepted packages of {n} records "
