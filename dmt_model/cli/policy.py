@@ -73,6 +73,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     init.add_argument("--fields", type=_columns, metavar="COLS",
                       help="fields a package may carry (default: every field but identifiers)")
     init.add_argument("--max-records", type=int, help="most records of one package")
+    init.add_argument("--max-bytes", type=int,
+                      help="most bytes of one package (default 1 MiB sealed, what `dmt serve`'s "
+                           "default --max-body-bytes takes; raise both for media)")
     init.add_argument("--max-training-records", type=int,
                       help="most records of one package retraining uses")
     init.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
@@ -96,6 +99,7 @@ def run_policy_init(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise ValidationError(f"--plan {args.plan}: {exc}") from None
     limits = {name: value for name, value in (("max_records", args.max_records),
+                                              ("max_bytes", args.max_bytes),
                                               ("max_training_records",
                                                args.max_training_records))
               if value is not None}

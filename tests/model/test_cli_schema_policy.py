@@ -98,6 +98,13 @@ def test_policy_init_writes_what_ingest_reads(tmp_path, records, capsys):
 
     read = ServerPolicy.from_json(policy.read_text())
     assert read.min_k == 5 and dict(read.epsilon) == {"income": 1.0}
+    from dmt_model.server.policy import DEFAULT_MAX_BYTES
+
+    assert read.max_bytes == DEFAULT_MAX_BYTES  # what dmt serve's default body limit takes
+    code, _, err = _run(capsys, "policy", "init", "--schema", str(schema), "-o",
+                        str(tmp_path / "media.json"), "--min-k", "5", "--max-bytes", "8388608")
+    assert code == 0, err  # a media app raises it (and dmt serve --max-body-bytes with it)
+    assert ServerPolicy.from_json((tmp_path / "media.json").read_text()).max_bytes == 8388608
     assert read.quasi_identifiers == ("age",)
     assert "income: local DP, ε = 1 (laplace)" in stdout
     code, _, err = _run(capsys, "policy", "init", "--schema", str(schema), "-o",
