@@ -113,8 +113,9 @@ class SharingPolicy:
     max_bytes:
         The most bytes one encoded package may take (the server's policy's
         ``max_bytes``). Checked before any noise is drawn, with the widest value each
-        perturbed cell may take (a float; a categorical field's longest category) and the
-        receipt the package would carry: a package let through fits.
+        perturbed cell may take (a float; a categorical field's category that msgpack
+        writes longest) and the receipt the package would carry: a package let through
+        fits.
     requires_token:
         The server counts only packages that carry a Privacy Pass token (its policy's
         ``tokens_per_period``): ``share`` without ``token=`` is refused before any charge.
