@@ -209,9 +209,9 @@ def check_version(release: Any, previous: Any, records: pd.DataFrame, *, ledger:
     personalized on ``records`` out of fold (``folds``, ``seed``, ``prior_records`` as
     :func:`~dmt_model.personalize.compare_on_devices`), and the bit "the new version's
     mean held-out error is lower" (false for a device that cannot tell: fewer than 2
-    distinct records, or a version that predicts no finite number for them; such a device still
-    reports, since whether it does must not depend on its records) goes through
-    randomized response at ``epsilon`` (by
+    distinct records, or a version that predicts no finite number for them; such a
+    device still reports, since whether it does must not depend on its records) goes
+    through randomized response at ``epsilon`` (by
     default the ε the release's ``version_check`` names, else
     :data:`VERSION_CHECK_EPSILON`; another than the release names is refused, and the
     release's above ``max_epsilon`` unless passed as ``epsilon=``), charged
@@ -311,8 +311,7 @@ def check_version_many(release: Any, previous: Any, record_sets: Sequence[pd.Dat
     grid = DEFAULT_PRIOR_RECORDS if prior_records is None else prior_records
     # Whether a report is sent must not depend on the device's records: a device that
     # cannot check (fewer than 2 distinct records: one is held out), or whose check fails,
-    # reports
-    # "not better" with the same noise and charge as every other.
+    # reports "not better" with the same noise and charge as every other.
     before, after = [math.inf] * len(record_sets), [math.nan] * len(record_sets)
     able = [i for i, records in enumerate(record_sets)  # 2 distinct records, as compared
             if len(records) >= 2 and _copies(candidate, records).max() >= 1]

@@ -315,6 +315,22 @@ def _select(eligible: pd.DataFrame, policy: SharingPolicy, random_state: Any) ->
     return eligible.iloc[sorted(chosen)]
 
 
+def _package_receipt(policy: SharingPolicy, modifications: list[str],
+                     dp_receipt: ReleaseReceipt | None) -> PrivacyReceipt:
+    """The receipt a package under ``policy`` carries: the plan's k, l and t, the local-DP
+    release's receipt and the modifications applied."""
+    plan = policy.plan
+    return PrivacyReceipt(k=plan.k if plan is not None else None,
+                          l=plan.l if plan is not None else None,
+                          t=plan.t if plan is not None else None,
+                          dp=dp_receipt, modifications=tuple(modifications))
+
+
+def _device_free(receipt: ReleaseReceipt) -> ReleaseReceipt:
+    """A release receipt as a package carries it: without the user id its ledger knows."""
+    return dataclasses.replace(receipt, user_id=None)
+
+
 def _refuse_oversized(policy: SharingPolicy, schema: Schema, frame: pd.DataFrame,
                       modifications: list[str], token: bytes | None,
                       dp_receipt: ReleaseReceipt | None) -> None:
@@ -335,11 +351,8 @@ def _refuse_oversized(policy: SharingPolicy, schema: Schema, frame: pd.DataFrame
             values = [widest] * len(values)
             packed += (len(values) + 5) * (type(widest) in (float, int))
         columns[name] = values
-    plan = policy.plan
-    receipt = PrivacyReceipt(k=plan.k if plan else None, l=plan.l if plan else None,
-                             t=plan.t if plan else None, dp=dp_receipt,
-                             modifications=tuple(modifications))
-    package = SharePackage.create(schema.schema_id, columns, receipt)
+    package = SharePackage.create(schema.schema_id, columns,
+                                  _package_receipt(policy, modifications, dp_receipt))
     if token is not None:
         package = dataclasses.replace(package, token=token, format_version=PACKAGE_FORMAT_TOKEN)
     size = len(encode_package(package)) + packed
@@ -433,13 +446,13 @@ def share(
             f"{policy.max_records} (the server refuses a larger package); nothing was shared "
             "or charged. Select fewer (fraction=, record_ids=) and share the rest in another "
             "package.")
-    dp_receipt: ReleaseReceipt | None = None
-    if policy.epsilon:
+    dp_fields = list(policy.epsilon)
+    perturber = None
+    if dp_fields:
         # Imported here: the perturber is a scikit-learn transformer, and scikit-learn takes
         # seconds to import; a device that shares without local DP never needs it.
         from dmt_privacy.dp.perturber import LocalDPPerturber, release_epsilon
 
-        dp_fields = list(policy.epsilon)
         cost, _ = release_epsilon(frame[dp_fields], policy.epsilon, policy.delta,
                                   privacy_unit=str(policy.privacy_unit))
         if policy.max_epsilon is not None and cost > policy.max_epsilon * (1 + 1e-12):
@@ -453,26 +466,18 @@ def share(
             mechanism=dict(policy.mechanism) or None, ledger=store.ledger,
             privacy_unit=str(policy.privacy_unit), random_state=random_state,
         ).fit()
-        if policy.max_bytes is not None:
-            _refuse_oversized(policy, schema, frame, modifications, token,
-                              dataclasses.replace(perturber.receipt_for(frame[dp_fields]),
-                                                  user_id=None))
+    if policy.max_bytes is not None:  # before the charge, with the receipt it would carry
+        _refuse_oversized(policy, schema, frame, modifications, token, None if perturber is None
+                          else _device_free(perturber.receipt_for(frame[dp_fields])))
+    dp_receipt: ReleaseReceipt | None = None
+    if perturber is not None:
         release = perturber.perturb(frame[dp_fields])  # charges the ledger, then draws
         for name in dp_fields:
             frame[name] = release.data[name]
-        dp_receipt = dataclasses.replace(release.receipt, user_id=None)
-    plan = policy.plan
-    receipt = PrivacyReceipt(
-        k=plan.k if plan is not None else None,
-        l=plan.l if plan is not None else None,
-        t=plan.t if plan is not None else None,
-        dp=dp_receipt,
-        modifications=tuple(modifications),
-    )
+        dp_receipt = _device_free(release.receipt)
+    receipt = _package_receipt(policy, modifications, dp_receipt)
     columns = {name: frame[name].tolist() for name in policy.fields}
     package = SharePackage.create(schema.schema_id, columns, receipt)
-    if policy.max_bytes is not None and not policy.epsilon:  # nothing drawn: its exact size
-        _refuse_oversized(policy, schema, frame, modifications, token, None)
     envelope = seal_package(package, public_key, token=token)
     entry = store.add_to_outbox(
         package.package_id, envelope, [str(i) for i in frame.index],

@@ -142,9 +142,8 @@ def _unreadable(envelope: bytes, keys: ServerKeyring) -> str:
 
 def _open(envelope: bytes, private_key: ServerKeyring,
           policy: ServerPolicy) -> tuple[Any, bytes]:
-    """The package and its plaintext bytes (kept: they are what is encrypted at rest)."""
-    if len(envelope) > policy.max_bytes + ENVELOPE_OVERHEAD:
-        raise InvalidPackage()
+    """The package and its plaintext bytes (kept: they are what is encrypted at rest); the
+    envelope's size is checked by the caller (:meth:`Ingestor.check`), which names it."""
     plaintext = open_sealed(envelope, private_key, info=PACKAGE_INFO)
     if not bounded_shape(plaintext):  # before msgpack allocates what headers declare
         raise InvalidPackage()

@@ -401,7 +401,7 @@ def _removed(conn: Connection, package_ids: list[str]) -> set[str]:
         if _sqlite(conn):
             rows = conn.exec_driver_sql(_SQLITE_REMOVED.format(", ".join("?" * len(chunk))),
                                         tuple(chunk))
-        elif conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
+        elif _postgres(conn):
             rows = conn.exec_driver_sql(_PG_REMOVED, {"ids": chunk})
         else:
             rows = conn.execute(select(REMOVED_PACKAGES.c.package_id).where(
