@@ -46,6 +46,15 @@ published model version the server writes a small JSON document, the
                   signed, not the documents' bytes). Optional, as
                   ``held_out_devices`` is; a version's release names it for good
                   once the server announced a check, so apps update before that.
+    open_rule_devices  (only when the server showed it) the number of held-out
+                  devices on which personal updates of this version under the
+                  open rule (any prior strength, whatever a device's number of
+                  records) beat the default rule, which keeps a device with few
+                  records on the strongest prior
+                  (``dmt_model.personalize.compare_personal_rules``); a device
+                  personalizing this version follows the open rule only then
+                  (``dmt_model.personalize.personal_rule_for``). Optional, as
+                  ``held_out_devices`` is.
 
 and whose ``signatures`` are ``[{"key_id": ..., "sig": ...}]``: Ed25519
 (``cryptography``) over ``b"dmt model release v1\\n"`` followed by the
@@ -116,7 +125,7 @@ RELEASE_FORMAT = 1
 RELEASE_CONTEXT = b"dmt model release v1\n"
 _MAX_DOCUMENT = 64 * 1024
 #: Signed fields left out when ``None`` (releases signed before they existed lack them).
-_OPTIONAL = ("held_out_devices", "held_out_baseline", "version_check")
+_OPTIONAL = ("held_out_devices", "held_out_baseline", "version_check", "open_rule_devices")
 _VERSION_CHECK_KEYS = frozenset({"key", "baseline", "epsilon"})
 _HEX = frozenset("0123456789abcdef")
 
@@ -303,6 +312,7 @@ class ReleaseMetadata:
     held_out_baseline: int | None = None
     #: read-only once made (a mapping proxy of the signed dict)
     version_check: Mapping[str, Any] | None = None
+    open_rule_devices: int | None = None
 
     def __post_init__(self) -> None:
         checks = {
@@ -322,6 +332,8 @@ class ReleaseMetadata:
                 and type(self.version) is int and 1 <= self.held_out_baseline < self.version),
             "version_check": self.version_check is None or _valid_version_check(
                 self.version_check, self.version),
+            "open_rule_devices": self.open_rule_devices is None or (
+                type(self.open_rule_devices) is int and self.open_rule_devices >= 2),
         }
         for name in ("created", "expires"):
             try:
@@ -361,8 +373,8 @@ class ReleaseMetadata:
 
     def canonical(self) -> bytes:
         """The bytes that are signed (after :data:`RELEASE_CONTEXT`); ``held_out_devices``,
-        ``held_out_baseline`` and ``version_check`` are left out when ``None``, as releases
-        signed before they existed were."""
+        ``held_out_baseline``, ``version_check`` and ``open_rule_devices`` are left out when
+        ``None``, as releases signed before they existed were."""
         return json.dumps(self.as_signed(), sort_keys=True, separators=(",", ":"),
                           ensure_ascii=False, allow_nan=False).encode()
 
@@ -424,6 +436,7 @@ def sign_release(
     held_out_devices: int | None = None,
     held_out_baseline: int | None = None,
     version_check: Mapping[str, Any] | None = None,
+    open_rule_devices: int | None = None,
 ) -> bytes:
     """The signed release document (JSON bytes) for ``model`` as version ``version``.
 
@@ -439,7 +452,10 @@ def sign_release(
     without its baseline is deprecated (it warns): devices would apply it whatever
     version they run. ``version_check``: the check devices are asked to make of this
     version (``dmt_model.version_check.VersionCheckIssuer.announcement``), so that each
-    can see it is given the same key and ε as every other.
+    can see it is given the same key and ε as every other. ``open_rule_devices``: on how
+    many held-out devices the server found personal updates of this version better under
+    the open rule (``dmt_model.personalize.compare_personal_rules``; leave ``None`` if it
+    did not check, or found it not better).
     """
     if not isinstance(model, bytes):
         raise ValidationError(f"model must be the model file's bytes, got {type(model).__name__}.")
@@ -464,7 +480,8 @@ def sign_release(
         policy_sha256=policy_sha, server_key=None if server_key is None else server_key.hex(),
         held_out_devices=held_out_devices, held_out_baseline=held_out_baseline,
         version_check=dict(version_check) if isinstance(version_check, Mapping)
-        else version_check)  # anything else: malformed, named by ReleaseMetadata
+        else version_check,  # anything else: malformed, named by ReleaseMetadata
+        open_rule_devices=open_rule_devices)
     message = RELEASE_CONTEXT + metadata.canonical()
     document = {"signed": metadata.as_signed(),
                 "signatures": [{"key_id": k.key_id, "sig": k.sign(message).hex()}

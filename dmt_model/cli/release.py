@@ -103,6 +103,8 @@ def run_release(args: argparse.Namespace) -> int:
         if meta.held_out_devices else {}
     if meta.version_check is not None:  # the check devices are asked to make: one key for all
         claim["version_check"] = dict(meta.version_check)
+    if meta.open_rule_devices:  # devices personalize this version under the open rule
+        claim["open_rule_devices"] = meta.open_rule_devices
     print(json.dumps({"verified": True, "version": meta.version, "sha256": meta.sha256,
                       "created": meta.created, "expires": meta.expires,
                       "key_id": verified.key_id, **claim}, indent=1))

@@ -676,12 +676,21 @@ class ModelRegistry:
             raise ValidationError(
                 f"The server's own check on held-out devices already decided version "
                 f"{entry.version} ({found}); devices' reports do not overrule it.")
+        return versions, match[0], self._resigned_key(entry, "the reports showed",
+                                                      signing_key=signing_key, policy=policy,
+                                                      server_key=server_key)
+
+    def _resigned_key(self, entry: ModelVersion, showed: str, *, signing_key: Any,
+                      policy: Any, server_key: Any) -> Any:
+        """The server key ``entry``'s release is re-signed with (``server_key``, else the one
+        its release names); a :class:`ValidationError` when re-signing it to say what
+        ``showed`` lacks ``signing_key`` or ``policy``."""
         current = (json.loads(self.path(entry.release_file).read_bytes())["signed"]
                    if entry.release_file else {})
         if current and signing_key is None:
             raise ValidationError(
                 f"Version {entry.version} has a signed release; pass signing_key= so that it "
-                "says what the reports showed (else it would keep saying what it said).")
+                f"says what {showed} (else it would keep saying what it said).")
         if current.get("policy_sha256") and policy is None:
             raise ValidationError(
                 f"Version {entry.version}'s release names a policy; pass it again as policy= "
@@ -690,7 +699,70 @@ class ModelRegistry:
             from dmt_privacy.seal import ServerPublicKey
 
             server_key = ServerPublicKey.from_bytes(bytes.fromhex(current["server_key"]))
-        return versions, match[0], server_key
+        return server_key
+
+    def check_personal_rule(self, version: int, devices: Sequence[pd.DataFrame], *,
+                            confidence: float = 0.9,
+                            signing_key: ReleaseSigningKey | Sequence[ReleaseSigningKey]
+                            | None = None, policy: Any = None, server_key: Any = None,
+                            valid_for: timedelta = timedelta(days=30)) -> ModelVersion:
+        """Compare the rules devices may personalize the served ``version`` under, on
+        held-out devices' records, and sign what was shown into its release.
+
+        ``devices`` as :meth:`publish`'s ``validation_devices`` (each device's records as it
+        holds them, of devices whose records the version did not train on). Their records
+        personalize the version under the default rule and under
+        :data:`~dmt_model.personalize.OPEN_RULE`
+        (:func:`~dmt_model.personalize.compare_personal_rules`, one-sided at
+        ``confidence``). If the open rule is shown better, the release says on how many
+        devices (``open_rule_devices``), and devices personalizing this version follow it
+        (:func:`~dmt_model.personalize.personal_rule_for`); otherwise the release is
+        re-signed without it. The figures go into the version's ``validation``
+        (``open_rule_*``, ``default_rule_error``).
+
+        The version must be the newest published (only its release is served), a
+        regression model, and not checked before: checking again as devices share more, and
+        keeping the check that shows the open rule better, would claim it more often than
+        the test's confidence says. A first version can be checked too, once devices have
+        shared: its release is re-signed with what was shown. ``signing_key``, ``policy``
+        and ``server_key`` as :meth:`record_version_checks`; nothing is written unless every
+        check passes.
+        """
+        from dataclasses import replace
+
+        from dmt_model.coreml import load_spec
+        from dmt_model.personalize import compare_personal_rules
+
+        versions = self.versions()
+        published = [v.version for v in versions if v.published]
+        if version not in published:
+            raise ValidationError(f"No published version {version} in the registry "
+                                  f"{self.folder}: devices personalize only served versions.")
+        if version != max(published):
+            raise ValidationError(
+                f"Version {version} is not served: version {max(published)} is the newest "
+                f"published. Check the rules on version {max(published)}.")
+        at = next(i for i, v in enumerate(versions) if v.version == version)
+        entry = versions[at]
+        if "open_rule_t" in entry.validation:
+            outcome = "better" if entry.validation.get("open_rule_better") else "not better"
+            raise ValidationError(
+                f"Version {version}'s personal rules were compared already (the open rule "
+                f"{outcome} on {entry.validation['open_rule_devices']:.0f} devices). A version is "
+                "checked once: checking again and keeping the check that shows the open rule "
+                "better would claim it more often than the test's confidence says.")
+        server_key = self._resigned_key(entry, "the comparison showed", signing_key=signing_key,
+                                        policy=policy, server_key=server_key)
+        found = compare_personal_rules(load_spec(self.path(entry.mlmodel_file)), devices,
+                                       confidence=confidence)
+        figures = {"open_rule_devices": float(found.devices),
+                   "open_rule_better": float(found.better), "open_rule_t": found.t,
+                   "open_rule_t_needed": found.needed, "open_rule_error": found.error_after,
+                   "default_rule_error": found.error_before}
+        return self._store(versions, at,
+                           replace(entry, validation={**entry.validation, **figures}),
+                           signing_key, policy=policy, server_key=server_key,
+                           valid_for=valid_for)
 
     def _sign_files(self, entry: ModelVersion,
                     signing_key: ReleaseSigningKey | Sequence[ReleaseSigningKey],
@@ -710,7 +782,9 @@ class ModelRegistry:
             server_key=server_key.to_bytes() if server_key is not None else None,
             valid_for=valid_for, held_out_devices=None if devices is None else int(devices),
             held_out_baseline=None if baseline is None else int(baseline),
-            version_check=entry.version_check)
+            version_check=entry.version_check,
+            open_rule_devices=int(entry.validation["open_rule_devices"])
+            if entry.validation.get("open_rule_better") else None)
         # Named by its content: a new signing never overwrites the release the index names.
         name = release_file_name(entry.mlmodel_file)
         if entry.release_file:  # a version signed before: its first release kept the name

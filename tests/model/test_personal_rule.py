@@ -1,0 +1,178 @@
+"""The server chooses the rule devices personalize a version under: the open rule (any prior,
+whatever a device's number of records) only where held-out devices show it better than the
+default, which keeps devices with few records on the strongest prior; signed into the
+release, read by the device."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dmt_model.coreml import UpdateSettings, build_spec, load_spec
+from dmt_model.datasets.classification import DIGITS_SCHEMA, load_digits
+from dmt_model.datasets.regression import FRIEDMAN_SCHEMA, load_friedman
+from dmt_model.foundation import TrainingConfig, train_foundation
+from dmt_model.personalize import (
+    DEFAULT_RULE,
+    OPEN_RULE,
+    DecisionRule,
+    compare_personal_rules,
+    personal_rule_for,
+    personalized_many,
+)
+from dmt_model.server.retrain import ModelRegistry
+from dmt_privacy.errors import ValidationError
+from dmt_privacy.release import (
+    InvalidRelease,
+    generate_release_key,
+    sign_release,
+    verify_release,
+)
+from dmt_privacy.seal import generate_server_key
+
+QUICK = TrainingConfig(epochs=60, seed=0)
+TARGET = FRIEDMAN_SCHEMA.target.name
+
+
+def _devices(frame: pd.DataFrame, n_devices: int, records: int, factors: np.ndarray
+             ) -> list[pd.DataFrame]:
+    """``n_devices`` devices of ``records`` records each, device i's targets × factors[i]."""
+    return [frame.iloc[i * records:(i + 1) * records].assign(
+        **{TARGET: frame[TARGET].iloc[i * records:(i + 1) * records] * factors[i]})
+        for i in range(n_devices)]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A registry serving a signed v1 of Friedman #2, and two populations of 30 held-out
+    devices of 8 records each: drawn like the proxy, and each device's targets scaled by its
+    own factor in [0.4, 0.6] ∪ [1.4, 1.6] (users who differ from the proxy)."""
+    data = load_friedman(2000, seed=0)
+    proxy, rest = data.iloc[:600], data.iloc[600:]
+    registry = ModelRegistry(tmp_path_factory.mktemp("registry"))
+    key, server_key = generate_release_key(), generate_server_key()
+    registry.publish(train_foundation(proxy, FRIEDMAN_SCHEMA, QUICK), trained_on={"proxy": 600},
+                     signing_key=key, server_key=server_key.public_key())
+    rng = np.random.default_rng(0)
+    differ = np.where(rng.random(30) < 0.5, rng.uniform(0.4, 0.6, 30), rng.uniform(1.4, 1.6, 30))
+    alike = _devices(rest.iloc[:240], 30, 8, np.ones(30))
+    differing = _devices(rest.iloc[240:480], 30, 8, differ)
+    return registry, key, alike, differing
+
+
+def _copy(served, folder):
+    return ModelRegistry(shutil.copytree(served[0].folder, folder / "registry"))
+
+
+def _release(registry, key, installed=None):
+    entry = registry.versions()[-1]
+    return verify_release(registry.path(entry.release_file).read_bytes(),
+                          registry.path(entry.mlmodel_file).read_bytes(), [key.verify_key()],
+                          installed_version=installed)
+
+
+def _v1(registry):
+    return load_spec(registry.path(registry.versions()[0].mlmodel_file))
+
+
+def test_the_open_rule_lets_a_device_with_few_records_take_a_weak_prior(served):
+    registry, _, _, differing = served
+    held = {name: personalized_many(_v1(registry), differing[:10], rule=rule)
+            for name, rule in (("default", None), ("open", OPEN_RULE))}
+    default_priors = {r.prior_records for _, r in held["default"] if r.accepted}
+    open_priors = {r.prior_records for _, r in held["open"] if r.accepted}
+    # 8 records: the default keeps the strongest prior unless a weaker one is better at 97.5 %
+    assert open_priors and min(open_priors) < 30
+    assert sum(r.accepted for _, r in held["open"]) > sum(r.accepted for _, r in
+                                                          held["default"])
+    assert default_priors <= {1, 3, 10, 30}
+    assert DecisionRule(few_records=0).few_records == 0
+    for bad in (-1, 1.5, True, "30"):
+        with pytest.raises(ValidationError, match="few_records"):
+            DecisionRule(few_records=bad)
+
+
+def test_the_server_signs_the_open_rule_only_where_devices_show_it_better(served, tmp_path):
+    _, key, alike, differing = served
+    assert personal_rule_for(_release(served[0], key)) == DEFAULT_RULE  # nothing checked
+    for name, devices, better in (("alike", alike, False), ("differing", differing, True)):
+        registry = _copy(served, tmp_path / name)
+        entry = registry.check_personal_rule(1, devices, signing_key=key)
+        assert entry.validation["open_rule_devices"] == 30
+        assert bool(entry.validation["open_rule_better"]) is better, entry.validation
+        release = _release(registry, key)
+        assert release.metadata.open_rule_devices == (30 if better else None)
+        assert release.metadata.server_key  # re-signed whole: the key devices seal to kept
+        assert personal_rule_for(release) == (OPEN_RULE if better else DEFAULT_RULE)
+        assert personal_rule_for(release, version=1) == personal_rule_for(release)
+        # the claim is about version 1: a model from another version gets the default
+        assert personal_rule_for(release, version=2) == DEFAULT_RULE
+    # what the claim rests on: under the open rule the devices' held-out error is lower
+    assert entry.validation["open_rule_error"] < entry.validation["default_rule_error"]
+
+
+def test_a_version_is_checked_once_and_a_refused_check_writes_nothing(served, tmp_path):
+    _, key, _, differing = served
+    registry = _copy(served, tmp_path)
+    before = (registry.folder / "versions.json").read_bytes()
+    with pytest.raises(ValidationError, match="signing_key"):
+        registry.check_personal_rule(1, differing)  # its release would not say it
+    with pytest.raises(ValidationError, match="No published version 2"):
+        registry.check_personal_rule(2, differing, signing_key=key)
+    with pytest.raises(ValidationError, match="at least 2 such devices"):
+        registry.check_personal_rule(1, [d.iloc[:3] for d in differing], signing_key=key)
+    assert (registry.folder / "versions.json").read_bytes() == before
+    registry.check_personal_rule(1, differing, signing_key=key)
+    with pytest.raises(ValidationError, match="compared already"):
+        registry.check_personal_rule(1, differing, signing_key=key)
+    # a newer version is served: the older one's release is not signed again
+    registry.publish(train_foundation(load_friedman(700, seed=1), FRIEDMAN_SCHEMA, QUICK),
+                     trained_on={"proxy": 700}, signing_key=key)
+    with pytest.raises(ValidationError, match="not served"):
+        registry.check_personal_rule(1, differing, signing_key=key)
+
+
+def test_only_regression_models_and_enough_devices_are_compared(served):
+    registry, _, alike, _ = served
+    v1 = _v1(registry)
+    with pytest.raises(ValidationError, match="confidence"):
+        compare_personal_rules(v1, alike, confidence=1.0)
+    with pytest.raises(ValidationError, match="at least 2 such devices"):
+        compare_personal_rules(v1, [alike[0], alike[1].iloc[:3]])
+    # copies of one record are one record: 8 copies of 2 records are not 4 distinct records
+    copies = [pd.concat([d.iloc[:2]] * 4) for d in alike[:3]]
+    with pytest.raises(ValidationError, match="at least 2 such devices"):
+        compare_personal_rules(v1, copies)
+    digits = load_digits().iloc[:300]
+    classifier = build_spec(train_foundation(digits, DIGITS_SCHEMA, TrainingConfig(epochs=5)),
+                            updatable=UpdateSettings())
+    with pytest.raises(ValidationError, match="regression"):
+        compare_personal_rules(classifier, [digits.iloc[:8], digits.iloc[8:16]])
+
+
+def test_the_claim_is_signed_and_only_a_verified_release_grants_it(served):
+    registry, key, _, _ = served
+    entry = registry.versions()[0]
+    model = registry.path(entry.mlmodel_file).read_bytes()
+    with pytest.raises(ValidationError, match="open_rule_devices"):
+        sign_release(model, key, version=1, schema_id="s", open_rule_devices=1)
+    document = sign_release(model, key, version=1, schema_id="s", open_rule_devices=12)
+    release = verify_release(document, model, [key.verify_key()])
+    assert release.metadata.open_rule_devices == 12
+    assert personal_rule_for(release) == OPEN_RULE
+    # one spelling: the claim left out, never null
+    data = json.loads(document)
+    data["signed"]["open_rule_devices"] = None
+    with pytest.raises(InvalidRelease):
+        verify_release(json.dumps(data).encode(), model, [key.verify_key()])
+    # the claim cannot be added to a release signed without it
+    plain = json.loads(sign_release(model, key, version=1, schema_id="s"))
+    assert "open_rule_devices" not in plain["signed"]
+    plain["signed"]["open_rule_devices"] = 30
+    with pytest.raises(InvalidRelease):
+        verify_release(json.dumps(plain).encode(), model, [key.verify_key()])
+    with pytest.raises(ValidationError, match="verify_release"):
+        personal_rule_for(release.metadata)
+    assert personal_rule_for(None) == DEFAULT_RULE
