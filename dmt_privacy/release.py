@@ -53,8 +53,12 @@ published model version the server writes a small JSON document, the
                   records on the strongest prior
                   (``dmt_model.personalize.compare_personal_rules``); a device
                   personalizing this version follows the open rule only then
-                  (``dmt_model.personalize.personal_rule_for``). Optional, as
-                  ``held_out_devices`` is.
+                  (``dmt_model.personalize.personal_rule_for``). The open rule
+                  also keeps an update at 50 % rather than the task's 90 %: the
+                  rule as the check measured it. Optional, as
+                  ``held_out_devices`` is: an SDK from before the field refuses a
+                  release that carries it, so apps update before the server
+                  checks a version they run.
 
 and whose ``signatures`` are ``[{"key_id": ..., "sig": ...}]``: Ed25519
 (``cryptography``) over ``b"dmt model release v1\\n"`` followed by the
@@ -630,7 +634,8 @@ def conflicting_releases(first: VerifiedRelease, second: VerifiedRelease) -> lis
     per device would tell whose report is whose as surely as a check key each). Empty when
     they agree, or name different versions (or models). Re-signing legitimately changes the
     rest (expiry, a claim the devices' reports earned, a rotated signing key, a server key
-    rotated while no check is announced).
+    rotated while no check is announced). ``open_rule_devices`` is one check's outcome, so
+    two releases that both name it name the same number.
 
     Two releases that disagree, both signed by the server, are evidence that it told
     devices different things about one version, for instance a check key or a server key
@@ -645,6 +650,9 @@ def conflicting_releases(first: VerifiedRelease, second: VerifiedRelease) -> lis
     if (a.name, a.version) != (b.name, b.version):
         return []
     fields = [name for name in ("sha256", "length") if getattr(a, name) != getattr(b, name)]
+    if a.open_rule_devices is not None and b.open_rule_devices is not None \
+            and a.open_rule_devices != b.open_rule_devices:  # a version's rules compare once
+        fields.append("open_rule_devices")
     if a.version_check is not None and b.version_check is not None:
         fields += [name for name in ("version_check", "server_key")
                    if getattr(a, name) != getattr(b, name)]

@@ -464,7 +464,8 @@ class ModelRegistry:
 
         The release carries ``held_out_devices`` (and ``held_out_baseline``, the version
         it was compared with) only if the index records the version as shown better on
-        held-out devices (``validation["devices_better"]``);
+        held-out devices (``validation["devices_better"]``), and ``open_rule_devices`` only
+        if it records the open rule as shown better (:meth:`check_personal_rule`);
         a version published before that was recorded is re-signed without the
         claim, so its devices ask it for proof. The registry's folder is trusted:
         whoever can write its index or model files gets what they wrote signed.
@@ -721,18 +722,28 @@ class ModelRegistry:
         (``open_rule_*``, ``default_rule_error``).
 
         The version must be the newest published (only its release is served), a
-        regression model, and not checked before: checking again as devices share more, and
-        keeping the check that shows the open rule better, would claim it more often than
-        the test's confidence says. A first version can be checked too, once devices have
-        shared: its release is re-signed with what was shown. ``signing_key``, ``policy``
-        and ``server_key`` as :meth:`record_version_checks`; nothing is written unless every
-        check passes.
+        regression model, and not checked before, nor any version of the same weights (a
+        rollback published again): checking again as devices share more, and keeping the
+        check that shows the open rule better, would claim it more often than the test's
+        confidence says; for the same reason ``confidence`` may not be below 90 %. A first
+        version can be checked too, once devices have shared: its release is re-signed with
+        what was shown, and keeps it when signed again (:meth:`sign`). An SDK from before
+        ``open_rule_devices`` refuses a release that carries it (dmt_privacy.release), so
+        apps update before the server checks a version they run. The devices' records must
+        be as they hold them (not under local DP, whose noise the rules would be compared
+        on). ``signing_key``, ``policy`` and ``server_key`` as :meth:`record_version_checks`;
+        nothing is written unless every check passes.
         """
         from dataclasses import replace
 
         from dmt_model.coreml import load_spec
         from dmt_model.personalize import compare_personal_rules
 
+        if not (isinstance(confidence, float | int) and 0.9 <= confidence < 1):
+            raise ValidationError(
+                f"confidence must be in [0.9, 1), got {confidence!r}: a check at a lower "
+                "level would sign the open rule into the release on weaker evidence than "
+                "the measured 90 % (benchmarks/personal_rule.py).")
         versions = self.versions()
         published = [v.version for v in versions if v.published]
         if version not in published:
@@ -744,13 +755,18 @@ class ModelRegistry:
                 f"published. Check the rules on version {max(published)}.")
         at = next(i for i, v in enumerate(versions) if v.version == version)
         entry = versions[at]
-        if "open_rule_t" in entry.validation:
-            outcome = "better" if entry.validation.get("open_rule_better") else "not better"
+        weights = self.path(entry.foundation_file).read_bytes()
+        checked = next((v for v in versions if "open_rule_t" in v.validation
+                        and self.path(v.foundation_file).read_bytes() == weights), None)
+        if checked is not None:
+            outcome = "better" if checked.validation.get("open_rule_better") else "not better"
             raise ValidationError(
-                f"Version {version}'s personal rules were compared already (the open rule "
-                f"{outcome} on {entry.validation['open_rule_devices']:.0f} devices). A version is "
-                "checked once: checking again and keeping the check that shows the open rule "
-                "better would claim it more often than the test's confidence says.")
+                f"The rules were compared already on version {checked.version}"
+                f"{'' if checked is entry else ', whose weights version ' + str(version) + ' has'}"
+                f" (the open rule {outcome} on {checked.validation['open_rule_devices']:.0f} "
+                "devices). A model is checked once: checking again and keeping the check that "
+                "shows the open rule better would claim it more often than the test's "
+                "confidence says. Check the next version you publish.")
         server_key = self._resigned_key(entry, "the comparison showed", signing_key=signing_key,
                                         policy=policy, server_key=server_key)
         found = compare_personal_rules(load_spec(self.path(entry.mlmodel_file)), devices,

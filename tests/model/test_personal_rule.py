@@ -26,6 +26,7 @@ from dmt_model.server.retrain import ModelRegistry
 from dmt_privacy.errors import ValidationError
 from dmt_privacy.release import (
     InvalidRelease,
+    conflicting_releases,
     generate_release_key,
     sign_release,
     verify_release,
@@ -102,13 +103,18 @@ def test_the_server_signs_the_open_rule_only_where_devices_show_it_better(served
         entry = registry.check_personal_rule(1, devices, signing_key=key)
         assert entry.validation["open_rule_devices"] == 30
         assert bool(entry.validation["open_rule_better"]) is better, entry.validation
-        release = _release(registry, key)
+        release = _release(registry, key, installed=1)
         assert release.metadata.open_rule_devices == (30 if better else None)
         assert release.metadata.server_key  # re-signed whole: the key devices seal to kept
         assert personal_rule_for(release) == (OPEN_RULE if better else DEFAULT_RULE)
         assert personal_rule_for(release, version=1) == personal_rule_for(release)
         # the claim is about version 1: a model from another version gets the default
         assert personal_rule_for(release, version=2) == DEFAULT_RULE
+        # a device that says neither which version it runs nor where its model comes from
+        assert personal_rule_for(_release(registry, key)) == DEFAULT_RULE
+        # signing the served version again keeps what the check showed
+        registry.sign(1, key)
+        assert _release(registry, key).metadata.open_rule_devices == (30 if better else None)
     # what the claim rests on: under the open rule the devices' held-out error is lower
     assert entry.validation["open_rule_error"] < entry.validation["default_rule_error"]
 
@@ -124,14 +130,26 @@ def test_a_version_is_checked_once_and_a_refused_check_writes_nothing(served, tm
     with pytest.raises(ValidationError, match="at least 2 such devices"):
         registry.check_personal_rule(1, [d.iloc[:3] for d in differing], signing_key=key)
     assert (registry.folder / "versions.json").read_bytes() == before
+    with pytest.raises(ValidationError, match="0.9, 1"):
+        registry.check_personal_rule(1, differing, signing_key=key, confidence=0.5)
+    assert (registry.folder / "versions.json").read_bytes() == before
     registry.check_personal_rule(1, differing, signing_key=key)
     with pytest.raises(ValidationError, match="compared already"):
         registry.check_personal_rule(1, differing, signing_key=key)
     # a newer version is served: the older one's release is not signed again
+    v1 = registry.versions()[0]
     registry.publish(train_foundation(load_friedman(700, seed=1), FRIEDMAN_SCHEMA, QUICK),
                      trained_on={"proxy": 700}, signing_key=key)
     with pytest.raises(ValidationError, match="not served"):
         registry.check_personal_rule(1, differing, signing_key=key)
+    # v1's weights published again (a rollback) are the model checked already
+    from dmt_model.foundation import Foundation
+
+    rollback = registry.publish(Foundation.load(registry.path(v1.foundation_file)),
+                                trained_on={"proxy": 600}, signing_key=key)
+    assert rollback.version == 3
+    with pytest.raises(ValidationError, match="compared already on version 1"):
+        registry.check_personal_rule(3, differing, signing_key=key)
 
 
 def test_only_regression_models_and_enough_devices_are_compared(served):
@@ -159,9 +177,16 @@ def test_the_claim_is_signed_and_only_a_verified_release_grants_it(served):
     with pytest.raises(ValidationError, match="open_rule_devices"):
         sign_release(model, key, version=1, schema_id="s", open_rule_devices=1)
     document = sign_release(model, key, version=1, schema_id="s", open_rule_devices=12)
-    release = verify_release(document, model, [key.verify_key()])
+    release = verify_release(document, model, [key.verify_key()], installed_version=1)
     assert release.metadata.open_rule_devices == 12
     assert personal_rule_for(release) == OPEN_RULE
+    # two releases of one version naming different outcomes of its one check conflict
+    other = verify_release(sign_release(model, key, version=1, schema_id="s",
+                                        open_rule_devices=13), model, [key.verify_key()])
+    assert conflicting_releases(release, other) == ["open_rule_devices"]
+    unclaimed = verify_release(sign_release(model, key, version=1, schema_id="s"), model,
+                               [key.verify_key()])
+    assert conflicting_releases(release, unclaimed) == []  # the claim can come later
     # one spelling: the claim left out, never null
     data = json.loads(document)
     data["signed"]["open_rule_devices"] = None
