@@ -663,19 +663,23 @@ def device_check(previous: Any, candidate: Any, devices: list[pd.DataFrame]) -> 
 def device_reports(previous: Any, candidate: Any, devices: list[pd.DataFrame], epsilon: float,
                    seed: int) -> dict[str, Any]:
     """The held-out devices' own check of a version retrained under local DP, as the SDK
-    runs it (:mod:`dmt_model.version_check`): the version signed and verified as a device
-    verifies it, each device with at least 2 records of its own (none of which trained the
-    version) reporting by :func:`~dmt_model.version_check.check_version` (all of them at
-    once: ``check_version_many``) whether it is
-    better than ``previous`` once personalized — one bit, by randomized response at
-    ``epsilon`` (seeded here, for reproducible tables) — and the server's tally, one-sided
-    at :data:`DEVICE_CONFIDENCE`: ``"devices report better"`` (released with the claim),
+    runs it (:mod:`dmt_model.version_check`) but for whom it asks: the version signed and
+    verified as a device verifies it, each device with at least 2 records of its own (none
+    of which trained the version) reporting by
+    :func:`~dmt_model.version_check.check_version` (all of them at once:
+    ``check_version_many``) whether it is better than ``previous`` once personalized —
+    one bit, by randomized response at ``epsilon`` (seeded here, for reproducible tables)
+    — and the server's tally, one-sided at :data:`DEVICE_CONFIDENCE`: ``"devices report
+    better"`` (released with the claim),
     else ``"devices report worse"`` or ``"devices report not better"`` (without it); with
     fewer devices than could ever show it better (``reports_needed``: 4), none reports and
     it is ``"too few devices"``. Each device asked gets one token for the check
     (``VersionCheckIssuer``), and the tally counts only reports that carry one. The held-out
     devices share nothing (``run_seed``): the report is all they send, and its ε all they
-    spend."""
+    spend. ``run_loop`` asks every held-out device since 4 December, and one with fewer than
+    2 distinct records reports "not better"; this asks only those with 2 records or more, as
+    the committed tables were measured. Asking all would add such reports and make a claim
+    rarer."""
     from dmt_model.coreml import UpdateSettings, build_spec
     from dmt_model.coreml._spec import spec_bytes
     from dmt_model.version_check import (
