@@ -173,6 +173,7 @@ and plots show the rows that ran.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -193,6 +194,7 @@ from dmt_model.datasets.classification import CLASSIFICATION_DATASETS, CLASSIFIE
 from dmt_model.datasets.classifier_users import simulate_classifier_users
 from dmt_model.datasets.regression import FRIEDMAN_SCHEMA
 from dmt_model.datasets.users import SimulatedUser, Simulation
+from dmt_model.federated.flower import ray_session
 from dmt_model.foundation import TrainingConfig
 from dmt_model.tasks import Task, task_for
 from dmt_privacy.anonymity import release_classes
@@ -1625,27 +1627,34 @@ def main(argv: list[str] | None = None) -> None:
     args.users = args.users or (60 if args.quick else 120)
     args.rounds = args.rounds or (10 if args.quick else 30)
     tasks = list(TASKS.values()) if args.task == "all" else [TASKS[args.task]]
-    for task in tasks:
-        if not task.available():
-            print(f"{task.title}: skipped, its data is not on this machine "
-                  "(`make install` fetches it)", flush=True)
-            continue
-        if args.risk_only:
-            path = args.output / task.files(".json")
-            if task.tabular and path.exists():
-                result = json.loads(path.read_text())
-                same_protocol(result, path)
-                result["anonymeter"] = server_risk(task, 0, result["protocol"]["users"],
-                                                   tuple(result["protocol"]["epsilons"]))
-                path.write_text(json.dumps(result, indent=1))
-                render(task, args.output)
-        elif args.render_only:
-            render(task, args.output)
-        elif args.tune:
-            tune(args, task)
-        else:
-            run_task(task, args)
+    # Every Flower run of this process shares one Ray (ray_session), not one start each.
+    flower = not (args.risk_only or args.render_only or args.describe_only) \
+        and (args.tune or set(args.methods) - {"dmt"})
+    with ray_session() if flower else contextlib.nullcontext():
+        for task in tasks:
+            run_one_task(task, args)
 
+
+def run_one_task(task: ProtocolTask, args: argparse.Namespace) -> None:
+    """What :func:`main` does for ``task``: its results, risks, table, tuning or shape."""
+    if not task.available():
+        print(f"{task.title}: skipped, its data is not on this machine "
+              "(`make install` fetches it)", flush=True)
+    elif args.risk_only:
+        path = args.output / task.files(".json")
+        if task.tabular and path.exists():
+            result = json.loads(path.read_text())
+            same_protocol(result, path)
+            result["anonymeter"] = server_risk(task, 0, result["protocol"]["users"],
+                                               tuple(result["protocol"]["epsilons"]))
+            path.write_text(json.dumps(result, indent=1))
+            render(task, args.output)
+    elif args.render_only:
+        render(task, args.output)
+    elif args.tune:
+        tune(args, task)
+    else:
+        run_task(task, args)
 
 if __name__ == "__main__":
     main()

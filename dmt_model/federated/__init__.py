@@ -39,6 +39,7 @@ from dmt_model.federated.accounting import (
     calibrate_noise_multiplier,
     epsilon_for,
 )
+from dmt_model.federated.flower import ray_session
 from dmt_model.federated.simulation import (
     FederatedResult,
     RoundMetrics,
@@ -66,6 +67,7 @@ __all__ = [
     "epsilon_for",
     "fedavg_aggregate",
     "gaussian_noise",
+    "ray_session",
     "run_federated",
 ]
 

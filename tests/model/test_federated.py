@@ -322,6 +322,37 @@ def test_fedavg_on_flower_is_one_centralized_step_on_a_ray_of_its_own_that_leave
     np.testing.assert_array_equal(_vector(foundation), before)  # the input is never changed
 
 
+@pytest.mark.slow
+def test_runs_in_one_ray_session_are_each_run_alone_and_ray_stops_after(
+        simulation, foundation, monkeypatch):
+    """issue 13: every Flower run started and stopped a Ray of its own, 4-5 s of a run
+    whose rounds take 10-20 s. Inside ray_session the runs share one; each is what it is
+    alone, and Ray, its folder and Flower's terminate are as before once the block ends."""
+    import ray
+    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
+
+    from dmt_model.federated import ray_session
+
+    temporary = Path(tempfile.mkdtemp(prefix="t", dir="/tmp"))  # Ray's socket paths: short
+    monkeypatch.setenv("RAY_TMPDIR", str(temporary))
+    sim = _users(simulation, 4)
+    strategy = FedAvg(rounds=2, client_fraction=0.5, local_learning_rate=1e-3, seed=1)
+    terminate = RayBackend.terminate
+    try:
+        alone = run_federated(sim, strategy, foundation=foundation)
+        with ray_session():
+            together = [run_federated(sim, strategy, foundation=foundation)
+                        for _ in range(2)]
+            assert ray.is_initialized()  # the runs ended, the session's Ray did not
+        assert not ray.is_initialized() and RayBackend.terminate is terminate
+        assert list(temporary.rglob("*")) == []
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+    for run in together:
+        assert [m.clients for m in run.rounds] == [m.clients for m in alone.rounds]
+        np.testing.assert_array_equal(_vector(run.foundation), _vector(alone.foundation))
+
+
 def test_the_client_trainer_travels_by_value_only_without_ray():
     """Flower's Ray backend pickles the client app with every message; the trainer it closes
     over (the network and every user's records) goes by reference once Ray runs, and by
