@@ -666,7 +666,7 @@ def device_reports(previous: Any, candidate: Any, devices: list[pd.DataFrame], e
                    seed: int) -> dict[str, Any]:
     """The held-out devices' own check of a version retrained under local DP, as the SDK
     runs it (:mod:`dmt_model.version_check`) but for whom it asks: the version signed and
-    verified as a device verifies it, each device with at least 2 records of its own (none
+    verified as a device verifies it, each device with at least 2 rows of its own (none
     of which trained the version) reporting by
     :func:`~dmt_model.version_check.check_version` (all of them at once:
     ``check_version_many``) whether it is better than ``previous`` once personalized —
@@ -679,9 +679,9 @@ def device_reports(previous: Any, candidate: Any, devices: list[pd.DataFrame], e
     (``VersionCheckIssuer``), and the tally counts only reports that carry one. The held-out
     devices share nothing (``run_seed``): the report is all they send, and its ε all they
     spend. ``run_loop`` asks every held-out device since 4 December, and one with fewer than
-    2 distinct records reports "not better"; this asks only those with 2 records or more, as
-    the committed tables were measured. Asking all would add such reports and make a claim
-    rarer."""
+    2 distinct records reports "not better"; this asks only those with 2 rows or more (two
+    copies of one record still report "not better"), as the committed tables were
+    measured. Asking all would add such reports and make a claim rarer."""
     from dmt_model.coreml import UpdateSettings, build_spec
     from dmt_model.coreml._spec import spec_bytes
     from dmt_model.version_check import (
@@ -1628,8 +1628,9 @@ def main(argv: list[str] | None = None) -> None:
     args.rounds = args.rounds or (10 if args.quick else 30)
     tasks = list(TASKS.values()) if args.task == "all" else [TASKS[args.task]]
     # Every Flower run of this process shares one Ray (ray_session), not one start each.
-    flower = not (args.risk_only or args.render_only or args.describe_only) \
-        and (args.tune or set(args.methods) - {"dmt"})
+    flower = any(task.available() for task in tasks) \
+        and not (args.risk_only or args.render_only) \
+        and (args.tune or (not args.describe_only and set(args.methods) - {"dmt"}))
     with ray_session() if flower else contextlib.nullcontext():
         for task in tasks:
             run_one_task(task, args)
@@ -1655,6 +1656,7 @@ def run_one_task(task: ProtocolTask, args: argparse.Namespace) -> None:
         tune(args, task)
     else:
         run_task(task, args)
+
 
 if __name__ == "__main__":
     main()

@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sqlite3
 import statistics
 import subprocess
@@ -403,9 +404,14 @@ def anonymeter_risks(target: pd.DataFrame, control: pd.DataFrame,
         as_plain_table(control[columns]).to_csv(folder / "control.csv", index=False)
         for case, frame in received.items():
             as_plain_table(frame[columns]).to_csv(folder / f"received {case}.csv", index=False)
+        # Its own environment's libraries: Flower's Ray backend sets PYTHONPATH in this
+        # process to its whole sys.path, which made .venv-risk import this venv's numpy,
+        # pandas and scikit-learn when a Flower run came first.
+        environment = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",
+                                                                        "PYTHONHOME")}
         out = subprocess.run([str(python), str(ROOT / "benchmarks" / "risk_anonymeter.py"),
                               str(folder), *received], capture_output=True, text=True,
-                             check=False)
+                             check=False, env=environment)
     if out.returncode != 0:
         print(out.stderr[-2000:])
         return {"error": out.stderr[-2000:]}

@@ -935,20 +935,22 @@ def adoption_rule_for(release: Any, *, based_on: int | None = None) -> DecisionR
     return ADOPTION_RULE if based_on in (None, signed.version - 1) else UNCHECKED_RULE
 
 
-def personal_rule_for(release: Any, *, version: int | None = None) -> DecisionRule:
-    """The rule a device's personal updates of a released version follow: :data:`OPEN_RULE`
-    if the version's signed release says the server showed it better than the default on
-    held-out devices (``open_rule_devices``: :func:`compare_personal_rules`,
+def personal_rule_for(release: Any, model: Any) -> DecisionRule:
+    """The rule a device's personal update of ``model`` follows: :data:`OPEN_RULE` if the
+    signed release of the version ``model`` comes from says the server showed it better
+    than the default on held-out devices (``open_rule_devices``:
+    :func:`compare_personal_rules`,
     :meth:`~dmt_model.server.retrain.ModelRegistry.check_personal_rule`), else the default
     (:data:`DEFAULT_RULE`: the task's confidence and its guard of devices with few records).
 
     Pass it to :func:`personalize` as ``rule=``. ``release`` is what
-    :func:`dmt_privacy.release.verify_release` returned, or ``None``. The claim was
-    measured on the release's version only, so it counts only for a model personalized
-    from that version: ``version``, the version the device's personal model comes from
-    (its ``versionString``), by default the ``installed_version`` the release was verified
-    against. A device that said neither, or whose model comes from another version (one
-    that verified version N + 1's release but has not adopted it yet), gets the default.
+    :func:`dmt_privacy.release.verify_release` returned, or ``None``; ``model`` the model
+    the device personalizes (its path, or the model in memory). The claim was measured on
+    the release's version only, so it counts only for a model that says it comes from that
+    version (its ``versionString``, which the registry sets and personalization keeps): a
+    model from another version (a device that verified version N + 1's release but has not
+    adopted it yet), one that names none, an ExecuTorch program, or a model whose task does
+    not guard few records (a classifier: the check refuses those) gets the default.
     Anything but a verified release is refused, as :func:`adoption_rule_for` refuses it.
     """
     from dmt_privacy.release import VerifiedRelease
@@ -959,12 +961,12 @@ def personal_rule_for(release: Any, *, version: int | None = None) -> DecisionRu
         raise ValidationError(
             f"release must be what verify_release returned, got {type(release).__name__}; "
             "parse nothing yourself: metadata read from a release file is unverified.")
-    if version is not None and (type(version) is not int or version < 1):
-        raise ValidationError(f"version must be a version number (an int >= 1), got "
-                              f"{version!r}: the version the personalized model comes from.")
-    signed = release.metadata
-    based_on = release.installed_version if version is None else version
-    if not signed.open_rule_devices or based_on != signed.version:
+    if not release.metadata.open_rule_devices:
+        return DEFAULT_RULE
+    if isinstance(model, (str, os.PathLike)):
+        model = _load_model(Path(model))
+    if _version_of(model) != release.metadata.version or _is_program(model) \
+            or not featurizer_of(model).task.few_records:
         return DEFAULT_RULE
     return OPEN_RULE
 
@@ -1092,9 +1094,9 @@ _CANDIDATE = ("Do not publish it: its training diverged; retrain it, with a lowe
               "if it diverges again.")
 _COMPARED_PREVIOUS = ("Restore its file (the version devices are served), or compare the "
                       "candidate with a version whose predictions are finite.")
-_COMPARED_MODEL = ("Do not release it: devices would personalize a model that predicts "
-                   "nothing usable; retrain it, or compare the rules on a version whose "
-                   "predictions are finite.")
+_COMPARED_MODEL = ("It predicts nothing usable, so its devices cannot personalize it: "
+                   "publish a retrained version (or roll back to one whose predictions are "
+                   "finite) and compare the rules on that one.")
 _RESTORE = ("If it is a personal model, restore it from a backup (dmt_model.backup.restore) "
             "or start again from its foundation version; if it is a foundation version, "
             "download it again, or retrain it if it still predicts so.")
@@ -1640,7 +1642,6 @@ def compare_on_devices(previous: Any, candidate: Any, devices: Sequence[pd.DataF
                             better, figures if better else f"not better on devices: {figures}")
 
 
-
 def compare_personal_rules(model: Any, devices: Sequence[pd.DataFrame], *,
                            confidence: float = 0.9,
                            prior_records: int | Sequence[int] = DEFAULT_PRIOR_RECORDS,
@@ -1686,7 +1687,8 @@ def compare_personal_rules(model: Any, devices: Sequence[pd.DataFrame], *,
     if len(compared) < 2:
         raise ValidationError(
             f"{len(compared)} device(s) with at least 4 distinct records; comparing the "
-            "rules needs at least 2 such devices.")
+            "rules needs at least 2 such devices. Wait until more held-out devices have "
+            "shared 4 distinct records or more, and compare then.")
     _refuse_broken_models([(model, "The model", _COMPARED_MODEL)],
                           [devices[i] for i in compared], compared)
     halves = [(i, check) for i in compared
@@ -1866,7 +1868,7 @@ def personalize(
     ``holdout`` (the usual case on a device, where a user has a dozen
     records), by cross-validation over ``records``; with ``holdout``, on those
     records after training on all of ``records``. A device personalizing a
-    released version passes ``rule=personal_rule_for(release)``: the default,
+    released version passes ``rule=personal_rule_for(release, model_path)``: the default,
     which keeps a device with few records on the strongest prior, unless the
     server showed on held-out devices that the open rule serves devices of this
     version better (:func:`compare_personal_rules`). The model is written to

@@ -266,15 +266,17 @@ def ray_session() -> Iterator[None]:
     """One local Ray for every federated run inside it, instead of one a run.
 
     Flower's Ray backend starts Ray when a run starts and shuts it down when the run ends
-    (``RayBackend.terminate``, flwr 1.42): 3–4 s to start and about 1 s to stop on the
-    2-core machine, for a run whose rounds take 10–20 s. Inside this, Ray is started once
-    (as :func:`run_rounds` would start it), each run's backend finds it running and ends
-    by terminating its client actors only, and Ray stops when the block ends. Runs are the
-    same as alone: their clients are new actors, their trainer a new object in Ray's store
-    (``benchmarks/fl_protocol.py``, Friedman's five Flower runs of a seed: 85.3 s → 68.4 s
-    with the start, the same errors to the last digit). If Ray is running already (started
-    by the caller), it is left as it is, and each run ends it as before. For benchmarks and
-    simulations that run many federated runs in one process.
+    (``RayBackend.terminate``, flwr 1.42): about 4 s a run on the 2-core machine (2.6-3.6 s
+    to start, about 1 s to stop), for a run whose rounds take 10-20 s. Inside this, Ray is
+    started once (with the arguments and the workers' import path :func:`run_rounds` gives
+    it; unlike Flower's start, this process's ``PYTHONPATH`` is left as it is), each run's
+    backend finds it running and ends by terminating its client actors only, and Ray stops
+    when the block ends, whatever ended it. Runs are the same as alone: their clients are
+    new actors, their trainer a new object in Ray's store (``benchmarks/fl_protocol.py``,
+    one Friedman seed: its five Flower rows 95 s → 77 s, the seed 160 s → 148 s, every
+    figure the same). If Ray is running already (started by the caller), this does
+    nothing: each run ends that Ray, as it always did. For benchmarks and simulations that
+    run many federated runs in one process.
     """
     _import_flower()
     import ray
@@ -295,10 +297,10 @@ def ray_session() -> Iterator[None]:
         # does this start.
         pythonpath = os.pathsep.join(sys.path + ([os.environ["PYTHONPATH"]]
                                                  if os.environ.get("PYTHONPATH") else []))
-        ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
-                 include_dashboard=False, **_ray_init_args(folder))
-        RayBackend.terminate = actors_only  # type: ignore[method-assign]
         try:
+            ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+                     include_dashboard=False, **_ray_init_args(folder))
+            RayBackend.terminate = actors_only  # type: ignore[method-assign]
             yield
         finally:
             RayBackend.terminate = terminate  # type: ignore[method-assign]
