@@ -757,6 +757,7 @@ class ModelRegistry:
         entry = versions[at]
         weights = self.path(entry.foundation_file).read_bytes()
         checked = next((v for v in versions if "open_rule_t" in v.validation
+                        and self.path(v.foundation_file).is_file()
                         and self.path(v.foundation_file).read_bytes() == weights), None)
         if checked is not None:
             outcome = "better" if checked.validation.get("open_rule_better") else "not better"
