@@ -1714,6 +1714,7 @@ def compare_personal_rules(model: Any, devices: Sequence[pd.DataFrame], *,
                             better, figures if better
                             else f"the open rule is not better on devices: {figures}")
 
+
 def _versions_on_devices(previous: Any, candidate: Any, devices: Sequence[pd.DataFrame], *,
                         minimum: int, prior_records: int | Sequence[int], folds: int,
                         seed: int) -> tuple[list[float], list[float]]:
