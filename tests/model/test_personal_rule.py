@@ -20,6 +20,7 @@ from dmt_model.personalize import (
     DecisionRule,
     compare_personal_rules,
     personal_rule_for,
+    personalize,
     personalized_many,
 )
 from dmt_model.server.retrain import ModelRegistry
@@ -117,6 +118,14 @@ def test_the_server_signs_the_open_rule_only_where_devices_show_it_better(served
         for version in ("2", ""):
             other.description.metadata.versionString = version
             assert personal_rule_for(release, other) == DEFAULT_RULE
+        if better:  # as a device runs it: a copy of the model file, personalized in place
+            results = []
+            for records in differing[:10]:
+                personal = tmp_path / f"{name}-personal.mlmodel"
+                shutil.copyfile(model, personal)
+                rule = personal_rule_for(release, personal)
+                results.append(personalize(personal, records, rule=rule).prior_records)
+            assert rule is OPEN_RULE and min(p for p in results if p is not None) < 30
         # signing the served version again keeps what the check showed
         registry.sign(1, key)
         assert _release(registry, key).metadata.open_rule_devices == (30 if better else None)
