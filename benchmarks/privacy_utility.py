@@ -575,11 +575,23 @@ def main() -> None:
     parser.add_argument("--risk", action="store_true", help="measure anonymeter risk too")
     parser.add_argument("--plot-only", action="store_true",
                         help="redraw the plot from OUTPUT/privacy_utility.json")
+    parser.add_argument("--risk-only", action="store_true",
+                        help="measure anonymeter's risks again into OUTPUT/privacy_utility.json "
+                             "and redraw its plot; train nothing")
     parser.add_argument("--merge", type=Path, nargs="+", metavar="FOLDER",
                         help="report the runs saved in these folders together into OUTPUT")
     parser.add_argument("--output", type=Path, default=RESULTS,
                         help="folder for the results (default benchmarks/results)")
     args = parser.parse_args()
+    if args.risk_only:
+        path = args.output / "privacy_utility.json"
+        saved = json.loads(path.read_text())
+        saved["risk"] = risk(load_boston(), saved["spread"])
+        path.write_text(json.dumps(saved, indent=2))
+        plot(saved["summary"], saved["risk"], args.output / "privacy_utility.png",
+             saved["seeds"], saved["spread"])
+        print(f"wrote the risks into {path} and redrew privacy_utility.png")
+        return
     if args.plot_only:
         saved = json.loads((args.output / "privacy_utility.json").read_text())
         plot(saved["summary"], saved["risk"], args.output / "privacy_utility.png",
