@@ -1633,13 +1633,25 @@ def compare_on_devices(previous: Any, candidate: Any, devices: Sequence[pd.DataF
         raise ValidationError(f"confidence must be in [0.5, 1), got {confidence!r}.")
     before, after = _versions_on_devices(previous, candidate, devices, minimum=2,
                                          prior_records=prior_records, folds=folds, seed=seed)
+    return _over_devices(before, after, confidence, lambda b, a: (
+        f"devices' held-out error personalized {b:.4g} → {a:.4g}"), "not better on devices")
+
+
+def _over_devices(before: Sequence[float], after: Sequence[float], confidence: float,
+                  errors: Callable[[float, float], str], refused: str) -> DeviceComparison:
+    """Each device's mean held-out error under what is compared (``before``) and under what
+    would replace it (``after``), paired over devices, one-sided at ``confidence``: better
+    only if every figure is finite, the mean difference positive and the t-test significant
+    (:func:`compare_on_devices`, :func:`compare_personal_rules`). ``errors`` words the two
+    means, ``refused`` what a result not better is."""
     n = len(before)
     mean, t, needed = _paired_t(np.subtract(before, after), confidence)
-    better = bool(np.isfinite(after).all() and mean > 0 and t >= needed)
-    figures = (f"devices' held-out error personalized {np.mean(before):.4g} → "
-               f"{np.mean(after):.4g} on {n} devices, paired t = {t:.2f} (needs {needed:.2f})")
+    better = bool(np.isfinite(after).all() and np.isfinite(before).all() and mean > 0
+                  and t >= needed)
+    figures = (f"{errors(float(np.mean(before)), float(np.mean(after)))} on {n} devices, "
+               f"paired t = {t:.2f} (needs {needed:.2f})")
     return DeviceComparison(n, float(np.mean(before)), float(np.mean(after)), t, needed,
-                            better, figures if better else f"not better on devices: {figures}")
+                            better, figures if better else f"{refused}: {figures}")
 
 
 def compare_personal_rules(model: Any, devices: Sequence[pd.DataFrame], *,
@@ -1702,17 +1714,9 @@ def compare_personal_rules(model: Any, devices: Sequence[pd.DataFrame], *,
         for (i, (_, frame, y)), (personal, _) in zip(halves, held, strict=True):
             per_device.setdefault(i, []).append(_record_errors(personal, frame, y))
         errors[name] = [float(np.mean(np.concatenate(per_device[i]))) for i in compared]
-    before, after = errors["default"], errors["open"]
-    n = len(compared)
-    mean, t, needed = _paired_t(np.subtract(before, after), confidence)
-    better = bool(np.isfinite(after).all() and np.isfinite(before).all() and mean > 0
-                  and t >= needed)
-    figures = (f"devices' held-out error personalized under the default rule "
-               f"{np.mean(before):.4g}, under the open rule {np.mean(after):.4g}, on {n} "
-               f"devices, paired t = {t:.2f} (needs {needed:.2f})")
-    return DeviceComparison(n, float(np.mean(before)), float(np.mean(after)), t, needed,
-                            better, figures if better
-                            else f"the open rule is not better on devices: {figures}")
+    return _over_devices(errors["default"], errors["open"], confidence, lambda b, a: (
+        f"devices' held-out error personalized under the default rule {b:.4g}, under the "
+        f"open rule {a:.4g},"), "the open rule is not better on devices")
 
 
 def _versions_on_devices(previous: Any, candidate: Any, devices: Sequence[pd.DataFrame], *,

@@ -46,7 +46,6 @@ from dmt_privacy.anonymity.plan import AnonymizationPlan
 from dmt_privacy.dp.receipt import ReleaseReceipt
 from dmt_privacy.errors import AnonymizationError, SchemaError, ValidationError
 from dmt_privacy.package import (
-    PACKAGE_FORMAT_TOKEN,
     PrivacyReceipt,
     SharePackage,
     encode_package,
@@ -353,8 +352,8 @@ def _refuse_oversized(policy: SharingPolicy, schema: Schema, frame: pd.DataFrame
         columns[name] = values
     package = SharePackage.create(schema.schema_id, columns,
                                   _package_receipt(policy, modifications, dp_receipt))
-    if token is not None:
-        package = dataclasses.replace(package, token=token, format_version=PACKAGE_FORMAT_TOKEN)
+    if token is not None:  # SharePackage takes the token's format itself
+        package = dataclasses.replace(package, token=token)
     size = len(encode_package(package)) + packed
     if size > policy.max_bytes:  # type: ignore[operator]
         raise ValidationError(

@@ -470,22 +470,28 @@ class ModelRegistry:
         claim, so its devices ask it for proof. The registry's folder is trusted:
         whoever can write its index or model files gets what they wrote signed.
         """
+        versions, at = self._served(version, "signed")
+        return self._store(versions, at, versions[at], signing_key, policy=policy,
+                           server_key=server_key, valid_for=valid_for)
+
+    def _served(self, version: int, done: str) -> tuple[list[ModelVersion], int]:
+        """The index and the position of ``version`` in it, if it is the version served
+        (the newest published); a :class:`ValidationError` saying why not otherwise, as one
+        that cannot be ``done`` (its release is signed again either way)."""
         versions = self.versions()
         match = [i for i, v in enumerate(versions) if v.version == version]
         if not match:
             raise ValidationError(f"No version {version} in the registry {self.folder}.")
-        entry = versions[match[0]]
-        if not entry.published:
+        if not versions[match[0]].published:
             raise ValidationError(f"Version {version} was refused by the gate; it is never "
-                                  "served, so it is not signed.")
+                                  f"served, so it is not {done}.")
         newest = max(v.version for v in versions if v.published)
         if version != newest:
             raise ValidationError(
                 f"Version {version} is not served: version {newest} is the newest published, "
                 f"and a device that verified a v{version} release signed after it would refuse "
-                f"v{newest} as signed before (verify_release(newest_seen=)). Sign v{newest}.")
-        return self._store(versions, match[0], entry, signing_key, policy=policy,
-                           server_key=server_key, valid_for=valid_for)
+                f"v{newest} as signed before (verify_release(newest_seen=)). Use v{newest}.")
+        return versions, match[0]
 
     def _store(self, versions: list[ModelVersion], at: int, entry: ModelVersion,
                signing_key: ReleaseSigningKey | Sequence[ReleaseSigningKey] | None, *,
@@ -744,16 +750,7 @@ class ModelRegistry:
                 f"confidence must be in [0.9, 1), got {confidence!r}: a check at a lower "
                 "level would sign the open rule into the release on weaker evidence than "
                 "the measured 90 % (benchmarks/personal_rule.py).")
-        versions = self.versions()
-        published = [v.version for v in versions if v.published]
-        if version not in published:
-            raise ValidationError(f"No published version {version} in the registry "
-                                  f"{self.folder}: devices personalize only served versions.")
-        if version != max(published):
-            raise ValidationError(
-                f"Version {version} is not served: version {max(published)} is the newest "
-                f"published. Check the rules on version {max(published)}.")
-        at = next(i for i, v in enumerate(versions) if v.version == version)
+        versions, at = self._served(version, "checked")
         entry = versions[at]
         weights = self.path(entry.foundation_file).read_bytes()
         checked = next((v for v in versions if "open_rule_t" in v.validation

@@ -139,7 +139,7 @@ def test_a_version_is_checked_once_and_a_refused_check_writes_nothing(served, tm
     before = (registry.folder / "versions.json").read_bytes()
     with pytest.raises(ValidationError, match="signing_key"):
         registry.check_personal_rule(1, differing)  # its release would not say it
-    with pytest.raises(ValidationError, match="No published version 2"):
+    with pytest.raises(ValidationError, match="No version 2"):
         registry.check_personal_rule(2, differing, signing_key=key)
     with pytest.raises(ValidationError, match="at least 2 such devices"):
         registry.check_personal_rule(1, [d.iloc[:3] for d in differing], signing_key=key)
