@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import itertools
 import logging
 import math
@@ -126,6 +127,17 @@ def _client_seed(seed: int, round_index: int, client: int) -> int:
     return int(np.random.SeedSequence([seed, round_index, client]).generate_state(1)[0])
 
 
+@functools.cache
+def _torch_warmed_up() -> None:
+    """Once a process: what torch does at its first optimizer step and nowhere after (imports
+    its compiler, about 2 s of CPU), so that a client's seconds are its training's."""
+    torch = _import_torch()
+    weight = torch.zeros(1, requires_grad=True)
+    for optimizer in (torch.optim.SGD([weight], lr=0.1), torch.optim.RMSprop([weight], lr=0.1)):
+        (weight * 2).sum().backward()
+        optimizer.step()
+
+
 @dataclass
 class _ClientTrainer:
     """Everything a client process needs: the starting network and every user's records."""
@@ -138,6 +150,7 @@ class _ClientTrainer:
               proximal_mu: float) -> tuple[list[np.ndarray], dict[str, Any]]:
         torch = _import_torch()
         torch.set_num_threads(1)  # a network this small trains fastest on one thread
+        _torch_warmed_up()  # (a process's first optimizer imports torch's compiler: not a client's)
         started = time.process_time()
         network = copy.deepcopy(self.network)
         parameters = trainable_parameters(network, self.base)
@@ -263,33 +276,56 @@ def _ray_init_args(folder: str) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def ray_session() -> Iterator[None]:
-    """One local Ray for every federated run inside it, instead of one a run.
+    """One local Ray, and one pool of client actors, for every federated run inside it.
 
     Flower's Ray backend starts Ray when a run starts and shuts it down when the run ends
-    (``RayBackend.terminate``, flwr 1.42): about 4 s a run on the 2-core machine (2.6-3.6 s
-    to start, about 1 s to stop), for a run whose rounds take 10-20 s. Inside this, Ray is
-    started once (with the arguments and the workers' import path :func:`run_rounds` gives
-    it; unlike Flower's start, this process's ``PYTHONPATH`` is left as it is), each run's
-    backend finds it running and ends by terminating its client actors only, and Ray stops
-    when the block ends, whatever ended it. Runs are the same as alone: their clients are
-    new actors, their trainer a new object in Ray's store (``benchmarks/fl_protocol.py``,
-    one Friedman seed: its five Flower rows 95 s → 77 s, the seed 160 s → 148 s, every
-    figure the same). If Ray is running already (started by the caller), this does
-    nothing: each run ends that Ray, as it always did. For benchmarks and simulations that
-    run many federated runs in one process.
+    (``RayBackend.terminate``, flwr 1.42), and makes its client actors anew in every run
+    (``RayBackend.build``). On the 2-core machine that was about 4 s a run to start and
+    stop Ray (for a run whose rounds take 10-20 s), and then 3-4 s of CPU an actor: each
+    new actor's process imports torch and flwr and, at its first optimizer, torch's
+    compiler (``benchmarks/fl_protocol.py``, one Friedman FedAvg run: each of the two
+    actors spent 9 s of CPU for 4.4 s of training). Inside this, Ray is started once (with
+    the arguments and the workers' import path :func:`run_rounds` gives it; unlike
+    Flower's start, this process's ``PYTHONPATH`` is left as it is) and each run's backend
+    takes the session's actors, made by the first run that asks for them; a run's end
+    leaves them for the next, and Ray stops when the block ends, whatever ended it. A
+    run that ends with an actor still busy (it failed) ends the actors, and the next run
+    makes new ones. Runs are the same as alone: a client's training depends only on its
+    message (the network, its records and a seed drawn from the run's seed, round and
+    client; :class:`_ClientTrainer`), not on which process ran what before it, and each run's
+    trainer is a new object in Ray's store. If Ray is running already (started by the
+    caller), this does nothing: each run ends that Ray, as it always did. For benchmarks
+    and simulations that run many federated runs in one process.
     """
     _import_flower()
     import ray
     from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
+    from flwr.simulation.ray_transport.ray_actor import BasicActorPool, ClientAppActor
 
     if ray.is_initialized():
         yield
         return
-    terminate = RayBackend.terminate
+    build, terminate = RayBackend.build, RayBackend.terminate
+    pools: dict[tuple[Any, ...], Any] = {}  # by the actors' resources and arguments
 
-    def actors_only(self: Any) -> None:
-        if self.pool:
-            self.pool.terminate_all_actors()
+    def kept(self: Any) -> tuple[Any, ...]:
+        return (tuple(sorted(self.client_resources.items())),
+                tuple(sorted(self.actor_kwargs.items())))
+
+    def with_session_actors(self: Any, app_fn: Callable[[], Any]) -> None:
+        key = kept(self)
+        if key not in pools:
+            pools[key] = BasicActorPool(actor_type=ClientAppActor,
+                                        client_resources=self.client_resources,
+                                        actor_kwargs=self.actor_kwargs)
+            pools[key].add_actors_to_pool(pools[key].actors_capacity)
+        self.pool, self.app_fn = pools[key], app_fn
+
+    def leave_them(self: Any) -> None:
+        pool = self.pool
+        if pool is not None and (pool._future_to_actor or len(pool.pool) != pool.num_actors):
+            pool.terminate_all_actors()  # (a failed run: some actor may still be busy)
+            pools.pop(kept(self), None)
 
     with tempfile.TemporaryDirectory(prefix="dmt-ray-", dir=_ray_temporary_root(),
                                      ignore_cleanup_errors=True) as folder:
@@ -300,10 +336,13 @@ def ray_session() -> Iterator[None]:
         try:
             ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
                      include_dashboard=False, **_ray_init_args(folder))
-            RayBackend.terminate = actors_only  # type: ignore[method-assign]
+            RayBackend.build = with_session_actors  # type: ignore[method-assign]
+            RayBackend.terminate = leave_them  # type: ignore[method-assign]
             yield
         finally:
-            RayBackend.terminate = terminate  # type: ignore[method-assign]
+            RayBackend.build, RayBackend.terminate = build, terminate  # type: ignore[method-assign]
+            for pool in pools.values():
+                pool.terminate_all_actors()
             ray.shutdown()
 
 

@@ -267,7 +267,9 @@ def run_federated(
 
     Each run starts Flower's simulation engine (a local Ray instance, two
     worker processes) and stops it: about 20 s of start-up on a loaded
-    2-core machine, then about 1 s a round for 20 users.
+    2-core machine, then about 1 s a round for 20 users. Runs inside
+    :func:`~dmt_model.federated.ray_session` share one Ray and its two
+    client processes instead.
     """
     torch = _import_torch()
     if start not in ("proxy", "scratch"):

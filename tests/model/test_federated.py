@@ -326,8 +326,10 @@ def test_fedavg_on_flower_is_one_centralized_step_on_a_ray_of_its_own_that_leave
 def test_runs_in_one_ray_session_are_each_run_alone_and_ray_stops_after(
         simulation, foundation, monkeypatch):
     """issue 13: every Flower run started and stopped a Ray of its own, 4-5 s of a run
-    whose rounds take 10-20 s. Inside ray_session the runs share one; each is what it is
-    alone, and Ray, its folder and Flower's terminate are as before once the block ends."""
+    whose rounds take 10-20 s, and made new client actors, 3-4 s of CPU each (imports).
+    Inside ray_session the runs share one Ray and one pool of actors; each run is what it is
+    alone, a run that fails leaves the next one as it would be alone, and Ray, its folder and
+    Flower's backend are as before once the block ends."""
     import ray
     from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
 
@@ -337,17 +339,30 @@ def test_runs_in_one_ray_session_are_each_run_alone_and_ray_stops_after(
     monkeypatch.setenv("RAY_TMPDIR", str(temporary))
     sim = _users(simulation, 4)
     strategy = FedAvg(rounds=2, client_fraction=0.5, local_learning_rate=1e-3, seed=1)
-    terminate = RayBackend.terminate
+    build, terminate = RayBackend.build, RayBackend.terminate
+    pools = []
     try:
         alone = run_federated(sim, strategy, foundation=foundation)
         with ray_session():
-            together = [run_federated(sim, strategy, foundation=foundation)
-                        for _ in range(2)]
+            backend_build = RayBackend.build
+
+            def seen(self, app_fn):
+                backend_build(self, app_fn)
+                pools.append(self.pool)
+
+            monkeypatch.setattr(RayBackend, "build", seen)
+            together = [run_federated(sim, strategy, foundation=foundation)]
+            with pytest.raises(ZeroDivisionError):  # the server fails after round 1
+                run_federated(sim, strategy, foundation=foundation,
+                              on_round_end=lambda _: 1 / 0)
+            together.append(run_federated(sim, strategy, foundation=foundation))
             assert ray.is_initialized()  # the runs ended, the session's Ray did not
-        assert not ray.is_initialized() and RayBackend.terminate is terminate
+        assert not ray.is_initialized()
+        assert RayBackend.build is build and RayBackend.terminate is terminate
         assert list(temporary.rglob("*")) == []
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
+    assert len(pools) == 3 and len({id(pool) for pool in pools}) == 1  # one pool for all
     for run in together:
         assert [m.clients for m in run.rounds] == [m.clients for m in alone.rounds]
         np.testing.assert_array_equal(_vector(run.foundation), _vector(alone.foundation))
