@@ -160,7 +160,9 @@ Writes, per task, ``federated_protocol_<task>.json`` (with its
 ``--first-seed`` nor redrawn or added to), ``….md`` (the README
 table) and three plots (``…_utility.png``, ``…_cost.png``,
 ``…_membership.png``) into ``--output`` (default ``benchmarks/results``), after
-every seed. The devices' personalizations run in ``--workers`` processes (2).
+every seed. Seeds run ``--jobs`` at a time (2), each in a process of its own with its own
+Ray, and a seed's devices are personalized in ``--workers`` processes (1 with jobs, else 2);
+neither changes a figure.
 Run: ``.venv/bin/python benchmarks/fl_protocol.py [--task T] [--seeds 5]``;
 ``--quick`` is one seed, 60 users and 10 FedAvg rounds, never written into
 ``benchmarks/results`` (into ``build/fl_protocol_quick`` instead); ``--tune`` the tuning
@@ -1450,86 +1452,167 @@ def plot(summary: dict[str, dict[str, Any]], epsilons: tuple[float, ...], output
     plt.close(fig)
 
 
-def run_task(task: ProtocolTask, args: argparse.Namespace) -> dict[str, Any]:
-    """Every seed of ``task``; writes its JSON, table and plots into ``args.output`` after
-    each seed, so a run cut short leaves the seeds it finished."""
-    epsilons = tuple(args.epsilons)
-    settings = settings_from(args.output, task)
-    print(f"{task.title}: hyperparameters "
-          f"({'tuned on seeds 100, 101' if settings['tuned'] else 'untuned'}): {settings}",
-          flush=True)
-    started = time.perf_counter()
-    shapes: list[dict] = []
-    environments: list[dict | None] = []  # what each seed ran on (None: not recorded)
-    here = environment()
-    per_seed: list[dict] = []
-    risk: dict[str, Any] = {}
-    if not args.describe_only:
-        args.output.mkdir(parents=True, exist_ok=True)
+class TaskRun:
+    """One task's run: its hyperparameters, the seeds a ``--first-seed`` run continues, and
+    its JSON, table and plots, written again as each seed is added, so a run cut short
+    leaves the seeds it finished."""
 
-    def write() -> dict[str, Any]:
-        result: dict[str, Any] = {
-            "task": task.name, "title": task.title, "error": task.task.error_name,
-            "protocol_version": PROTOCOL_VERSION, "protocol_change": PROTOCOL_CHANGE,
-            "protocol": {k: v for k, v in vars(args).items() if k not in ("output", "task")},
-            "hyperparameters": settings, "shape_per_seed": shapes,
-            "environment_per_seed": environments}
-        if per_seed:
-            summary = summarize(per_seed)
-            (args.output / task.files(".md")).write_text(
-                table(summary, len(per_seed), task)
-                + (risk_table(risk) if risk.get("cases") else ""))
-            plot(summary, epsilons, args.output, len(per_seed), task)
-            result |= {"summary": summary, "per_seed": per_seed}
-        if risk:
-            result["anonymeter"] = risk
-        result["seconds"] = time.perf_counter() - started
-        (args.output / task.files(".json")).write_text(json.dumps(result, indent=1))
-        return result
+    def __init__(self, task: ProtocolTask, args: argparse.Namespace) -> None:
+        self.task, self.args = task, args
+        self.epsilons = tuple(args.epsilons)
+        self.settings = settings_from(args.output, task)
+        print(f"{task.title}: hyperparameters "
+              f"({'tuned on seeds 100, 101' if self.settings['tuned'] else 'untuned'}): "
+              f"{self.settings}", flush=True)
+        self.started = time.perf_counter()
+        self.shapes: list[dict] = []
+        self.environments: list[dict | None] = []  # what each seed ran on (None: not recorded)
+        self.here = environment()
+        self.per_seed: list[dict] = []
+        self.risk: dict[str, Any] = {}
+        self.seeds = range(args.first_seed, args.first_seed + args.seeds)
+        if not args.describe_only:
+            args.output.mkdir(parents=True, exist_ok=True)
+        if args.first_seed:
+            self._continue()
 
-    if args.first_seed:  # continue a run: keep the seeds before first_seed from its JSON
-        earlier = json.loads((args.output / task.files(".json")).read_text()) \
-            if (args.output / task.files(".json")).exists() else {}
+    def _continue(self) -> None:
+        """Keep the seeds before ``--first-seed`` from the run's JSON."""
+        args, path = self.args, self.args.output / self.task.files(".json")
+        earlier = json.loads(path.read_text()) if path.exists() else {}
         if len(earlier.get("per_seed", [])) != args.first_seed:
             raise ValidationError(
                 f"--first-seed {args.first_seed} continues a run with seeds 0..."
-                f"{args.first_seed - 1}; {args.output / task.files('.json')} holds "
+                f"{args.first_seed - 1}; {path} holds "
                 f"{len(earlier.get('per_seed', []))}. Run from seed 0 instead.")
         ran = earlier.get("protocol", {}).get("methods", list(METHODS))
         if sorted(ran) != sorted(args.methods):
             raise ValidationError(
                 f"--methods {' '.join(args.methods)}: the run --first-seed continues ran "
                 f"{' '.join(ran)}; give those methods to continue it.")
-        same_protocol(earlier, args.output / task.files(".json"))
-        shapes.extend(earlier["shape_per_seed"])
-        environments.extend(earlier.get("environment_per_seed") or [None] * args.first_seed)
-        changed = differences(environments[-1] if environments else None, here)
+        same_protocol(earlier, path)
+        self.shapes.extend(earlier["shape_per_seed"])
+        self.environments.extend(earlier.get("environment_per_seed")
+                                 or [None] * args.first_seed)
+        changed = differences(self.environments[-1] if self.environments else None, self.here)
         if changed:
             print(f"Warning: the seeds before {args.first_seed} ran in another environment "
                   f"({'; '.join(changed)}): the seeds are draws of the same methods, not "
                   "bit-for-bit comparable.", flush=True)
-        per_seed.extend(count_v1(earlier["per_seed"]))
-        risk = earlier.get("anonymeter", {})
-    for seed in range(args.first_seed, args.first_seed + args.seeds):
-        sim = task.simulate(seed, args.users)
-        shapes.append(describe(sim, task))
-        environments.append(here)
-        print(f"seed {seed}: {json.dumps(shapes[-1])}", flush=True)
-        if args.describe_only:
-            continue
-        per_seed.append(run_seed(sim, task, seed, rounds=args.rounds, epsilons=epsilons,
-                                 settings=settings, workers=args.workers,
-                                 methods=tuple(args.methods)))
-        write()
-        print(f"seed {seed} done ({time.perf_counter() - started:.0f} s)", flush=True)
-    if args.describe_only:  # a shape, no results: the folder's files stay as they are
-        return {"shape_per_seed": shapes}
-    if task.tabular and per_seed and not risk and args.risk and "dmt" in args.methods:
-        risk = server_risk(task, 0, args.users, epsilons)
-    result = write()
-    print((args.output / task.files(".md")).read_text() if per_seed else "", flush=True)
-    print(f"wrote {args.output / task.files('.json')} ({result['seconds']:.0f} s)", flush=True)
-    return result
+        self.per_seed.extend(count_v1(earlier["per_seed"]))
+        self.risk = earlier.get("anonymeter", {})
+
+    def describe(self, seed: int) -> None:
+        """Record and print ``seed``'s shape."""
+        self.shapes.append(describe(self.task.simulate(seed, self.args.users), self.task))
+        self.environments.append(self.here)
+        print(f"{self.task.title} seed {seed}: {json.dumps(self.shapes[-1])}", flush=True)
+
+    def seed_arguments(self) -> dict[str, Any]:
+        """What :func:`run_seed` takes besides the users and the seed."""
+        return {"rounds": self.args.rounds, "epsilons": self.epsilons,
+                "settings": self.settings, "workers": self.args.workers,
+                "methods": tuple(self.args.methods)}
+
+    def add(self, seed: int, rows: dict[str, dict[str, Any]]) -> None:
+        """``seed``'s rows (seeds are added in order); the files written again."""
+        self.per_seed.append(rows)
+        self.write()
+        print(f"{self.task.title} seed {seed} done "
+              f"({time.perf_counter() - self.started:.0f} s)", flush=True)
+
+    def write(self) -> dict[str, Any]:
+        args, task = self.args, self.task
+        result: dict[str, Any] = {
+            "task": task.name, "title": task.title, "error": task.task.error_name,
+            "protocol_version": PROTOCOL_VERSION, "protocol_change": PROTOCOL_CHANGE,
+            "protocol": {k: v for k, v in vars(args).items() if k not in ("output", "task")},
+            "hyperparameters": self.settings, "shape_per_seed": self.shapes,
+            "environment_per_seed": self.environments}
+        if self.per_seed:
+            summary = summarize(self.per_seed)
+            (args.output / task.files(".md")).write_text(
+                table(summary, len(self.per_seed), task)
+                + (risk_table(self.risk) if self.risk.get("cases") else ""))
+            plot(summary, self.epsilons, args.output, len(self.per_seed), task)
+            result |= {"summary": summary, "per_seed": self.per_seed}
+        if self.risk:
+            result["anonymeter"] = self.risk
+        result["seconds"] = time.perf_counter() - self.started
+        (args.output / task.files(".json")).write_text(json.dumps(result, indent=1))
+        return result
+
+    def finish(self) -> dict[str, Any]:
+        """anonymeter's risks (once a task), the files, and the table printed."""
+        args, task = self.args, self.task
+        if args.describe_only:  # a shape, no results: the folder's files stay as they are
+            return {"shape_per_seed": self.shapes}
+        if task.tabular and self.per_seed and not self.risk and args.risk \
+                and "dmt" in args.methods:
+            self.risk = server_risk(task, 0, args.users, self.epsilons)
+        result = self.write()
+        print((args.output / task.files(".md")).read_text() if self.per_seed else "",
+              flush=True)
+        print(f"wrote {args.output / task.files('.json')} ({result['seconds']:.0f} s)",
+              flush=True)
+        return result
+
+
+def run_task(task: ProtocolTask, args: argparse.Namespace) -> dict[str, Any]:
+    """Every seed of ``task``, one after the other, in this process; writes its JSON, table
+    and plots into ``args.output`` after each seed."""
+    run = TaskRun(task, args)
+    for seed in run.seeds:
+        run.describe(seed)
+        if not args.describe_only:
+            run.add(seed, run_seed(task.simulate(seed, args.users), task, seed,
+                                   **run.seed_arguments()))
+    return run.finish()
+
+
+#: The Ray session of a ``--jobs`` process, open while the process lives (:func:`_job_start`).
+_JOB_SESSION = contextlib.ExitStack()
+
+
+def _job_start(flower: bool) -> None:
+    """A ``--jobs`` process's start: one Ray session (``flower``) for every seed it runs,
+    closed as the process ends."""
+    import multiprocessing.util
+
+    if flower:
+        _JOB_SESSION.enter_context(ray_session())
+        multiprocessing.util.Finalize(None, _JOB_SESSION.close, exitpriority=10)
+
+
+def _seed_job(task_name: str, seed: int, users: int, arguments: dict[str, Any]
+              ) -> dict[str, dict[str, Any]]:
+    """One seed of a task, as :func:`run_task` runs it (in a ``--jobs`` process)."""
+    task = TASKS[task_name]
+    return run_seed(task.simulate(seed, users), task, seed, **arguments)
+
+
+def run_in_jobs(tasks: list[ProtocolTask], args: argparse.Namespace) -> None:
+    """Every seed of every task in ``tasks``, ``args.jobs`` at a time, each in a process of
+    its own (each with its own Ray); a task's files are written as its seeds finish, in
+    order, and its risks as its last seed does. The figures are those of one seed after
+    the other: a seed depends on its task, seed and settings only."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    runs = [TaskRun(task, args) for task in tasks]
+    for run in runs:
+        for seed in run.seeds:
+            run.describe(seed)
+    flower = bool(set(args.methods) - {"dmt"})
+    with ProcessPoolExecutor(max_workers=min(args.jobs, len(runs) * args.seeds),
+                             mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_job_start, initargs=(flower,)) as pool:
+        futures = [[pool.submit(_seed_job, run.task.name, seed, args.users,
+                                run.seed_arguments()) for seed in run.seeds] for run in runs]
+        for run, seeds in zip(runs, futures, strict=True):
+            for seed, future in zip(run.seeds, seeds, strict=True):
+                run.add(seed, future.result())
+            run.finish()
 
 
 def count_v1(per_seed: list[dict[str, dict[str, Any]]]) -> list[dict[str, dict[str, Any]]]:
@@ -1594,9 +1677,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="user-level ε of the DP rows (default 1 4 8)")
     parser.add_argument("--rounds", type=int,
                         help="FedAvg/FedProx rounds (default 30; --quick: 10)")
-    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
-                        help="processes personalizing the devices (default: 2, or 1 on a "
-                             "1-core machine); the figures do not depend on it")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                        help="seeds run at once, each in a process of its own (default: 2, "
+                             "or 1 on a 1-core machine: then in this process); the figures "
+                             "do not depend on it")
+    parser.add_argument("--workers", type=int,
+                        help="processes personalizing a seed's devices (default: 1 with "
+                             "--jobs 2 or more, else 2, or 1 on a 1-core machine); the "
+                             "figures do not depend on it")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
                         metavar="METHOD",
                         help="the method families to run: " + ", ".join(METHODS)
@@ -1624,9 +1712,21 @@ def main(argv: list[str] | None = None) -> None:
         args.seeds = 1
         if args.output.resolve() == RESULTS.resolve():  # never over the committed results
             args.output = QUICK_RESULTS
+    for name in ("jobs", "workers"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name} must be 1 or more, got {getattr(args, name)}")
+    args.workers = args.workers or (1 if args.jobs > 1 else min(2, os.cpu_count() or 1))
     args.users = args.users or (60 if args.quick else 120)
     args.rounds = args.rounds or (10 if args.quick else 30)
     tasks = list(TASKS.values()) if args.task == "all" else [TASKS[args.task]]
+    available = [task for task in tasks if task.available()]
+    if args.jobs > 1 and len(available) * args.seeds > 1 and not (
+            args.risk_only or args.render_only or args.tune or args.describe_only):
+        for task in tasks:
+            if task not in available:
+                run_one_task(task, args)  # (says it is skipped)
+        run_in_jobs(available, args)
+        return
     # Every Flower run of this process shares one Ray (ray_session), not one start each.
     flower = any(task.available() for task in tasks) \
         and not (args.risk_only or args.render_only) \
