@@ -935,14 +935,20 @@ def _devices(jobs: list[tuple]) -> list[tuple[bytes, bool, float, dict, dict]]:
                                                              strict=True))]
 
 
+#: One device in this many is decided and timed alone (:func:`personalize_users`). A device
+#: alone costs about as much CPU as ten in a batch: one in ten timed was 40-45 % of the
+#: personalizations' CPU (Friedman, 120 devices: 1.7 of 4.1 s; adoption 3.0 of 6.0 s).
+TIMED_EVERY = 20
+
+
 def _timed(sizes: list[int]) -> list[int]:
     """The devices timed alone (``sizes``: each one's number of training records, or 0 for a
-    device that trains nothing): one of every ten that train, the middle one of each tenth
-    of them by size, so that the timed devices span every size."""
+    device that trains nothing): one of every :data:`TIMED_EVERY` that train, the middle one
+    of each such share of them by size, so that the timed devices span every size."""
     order = sorted((i for i, n in enumerate(sizes) if n), key=lambda i: -sizes[i])
     if not order:  # no device trains (a version not released): none to time
         return []
-    strata = np.array_split(np.array(order, dtype=int), -(-len(order) // 10))
+    strata = np.array_split(np.array(order, dtype=int), -(-len(order) // TIMED_EVERY))
     return sorted(int(part[len(part) // 2]) for part in strata if len(part))
 
 
@@ -996,9 +1002,9 @@ def personalize_users(model: Any, sim: Simulation, task: ProtocolTask,
 
     The devices are independent, and decided together in batches (``personalized_many``,
     ``adopted_many``: each exactly as alone), one batch per ``workers`` process; one device
-    in ten, spread over the sizes, is decided and timed alone, and the others' CPU seconds
-    are read off the line through those against the records a device trains on (a batch's
-    seconds are not a device's). The result does not depend on ``workers``."""
+    in :data:`TIMED_EVERY`, spread over the sizes, is decided and timed alone, and the
+    others' CPU seconds are read off the line through those against the records a device
+    trains on (a batch's seconds are not a device's). The result does not depend on ``workers``."""
     from dmt_model.coreml import UpdateSettings, build_spec
     from dmt_model.coreml._spec import spec_bytes
 

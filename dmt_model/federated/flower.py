@@ -375,6 +375,36 @@ def _nodes_numbered_in_partition_order() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def _nodes_with_nothing_waiting_skip_the_scan() -> Iterator[None]:
+    """Flower's simulation asks its in-memory link state for each node's next message, for
+    every node, every 0.1 s (``add_messages_to_queue``, flwr 1.42), and each ask checks
+    every stored message for expiry before it looks at the message's destination: a
+    node-by-message scan ten times a second, though a node has a message only once in a
+    round it takes part in (``benchmarks/fl_protocol.py``, one Friedman FedAvg run of 120
+    nodes: 3.8 s of the driver's CPU in that thread). For the run, a node with no
+    undelivered message is answered with none before the scan; a node with one is scanned
+    as before, and its scan still deletes every expired message. Not re-entrant, like
+    :func:`_nodes_numbered_in_partition_order`."""
+    from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
+
+    scan = InMemoryLinkState.get_message_ins
+
+    def if_waiting(self: Any, node_id: int, limit: int | None, *,
+                   run_id: int | None = None) -> list[Any]:
+        with self.lock:
+            waiting = any(message.metadata.dst_node_id == node_id
+                          and message.metadata.delivered_at == ""
+                          for message in self.message_ins_store.values())
+        return scan(self, node_id, limit, run_id=run_id) if waiting else []
+
+    InMemoryLinkState.get_message_ins = if_waiting  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        InMemoryLinkState.get_message_ins = scan  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
 def _zero_updates_need_no_clipping() -> Iterator[None]:
     """Flower's fixed clipping scales an update by ``min(1, C / ‖u‖)``, dividing by zero
     when a client's update is exactly zero (flwr 1.42: a classifier whose softmax saturates
@@ -571,7 +601,8 @@ def run_rounds(strategy: Strategy, network: Any, train: list[ClientData],
         # Ray keeps each session's logs and sockets in its temporary folder (/tmp/ray) for
         # good; the run's own folder goes when the run ends.
         with warnings.catch_warnings(), _zero_updates_need_no_clipping(), \
-                _nodes_numbered_in_partition_order(), tempfile.TemporaryDirectory(
+                _nodes_numbered_in_partition_order(), \
+                _nodes_with_nothing_waiting_skip_the_scan(), tempfile.TemporaryDirectory(
                     prefix="dmt-ray-", dir=_ray_temporary_root(),
                     ignore_cleanup_errors=True) as ray_folder:
             warnings.simplefilter("ignore")  # run_simulation's deprecation note, Ray's tips
