@@ -162,7 +162,7 @@ table) and three plots (``…_utility.png``, ``…_cost.png``,
 ``…_membership.png``) into ``--output`` (default ``benchmarks/results``), after
 every seed. Seeds run ``--jobs`` at a time (2), each in a process of its own with its own
 Ray, and a seed's devices are personalized in ``--workers`` processes (1 with jobs, else 2);
-neither changes a figure.
+neither changes a figure but the seconds.
 Run: ``.venv/bin/python benchmarks/fl_protocol.py [--task T] [--seeds 5]``;
 ``--quick`` is one seed, 60 users and 10 FedAvg rounds, never written into
 ``benchmarks/results`` (into ``build/fl_protocol_quick`` instead); ``--tune`` the tuning
@@ -948,7 +948,9 @@ def _timed(sizes: list[int]) -> list[int]:
     order = sorted((i for i, n in enumerate(sizes) if n), key=lambda i: -sizes[i])
     if not order:  # no device trains (a version not released): none to time
         return []
-    strata = np.array_split(np.array(order, dtype=int), -(-len(order) // TIMED_EVERY))
+    # (at least two when two or more train: a line has a slope)
+    strata = np.array_split(np.array(order, dtype=int),
+                            min(len(order), max(2, -(-len(order) // TIMED_EVERY))))
     return sorted(int(part[len(part) // 2]) for part in strata if len(part))
 
 
@@ -1196,7 +1198,8 @@ def run_seed(sim: Simulation, task: ProtocolTask, seed: int, *, rounds: int,
         nonlocal started
         result["wall_seconds"] = time.perf_counter() - started
         started = time.perf_counter()
-        print(f"  {name}: {result['error']:.4g} ({result['error_released']:.4g} released "
+        print(f"  {task.name} seed {seed} {name}: {result['error']:.4g} "
+              f"({result['error_released']:.4g} released "
               f"model, {result['checked']}, {result['moved']:.0%} adopted; "
               f"{result['wall_seconds']:.0f} s)", flush=True)
 
@@ -1460,27 +1463,35 @@ def plot(summary: dict[str, dict[str, Any]], epsilons: tuple[float, ...], output
 
 class TaskRun:
     """One task's run: its hyperparameters, the seeds a ``--first-seed`` run continues, and
-    its JSON, table and plots, written again as each seed is added, so a run cut short
-    leaves the seeds it finished."""
+    its JSON, table and plots, written again as each seed is added (one after the other: a
+    run cut short leaves the seeds it finished; with ``--jobs``, those finished before the
+    first seed still running)."""
 
-    def __init__(self, task: ProtocolTask, args: argparse.Namespace) -> None:
-        self.task, self.args = task, args
+    def __init__(self, task: ProtocolTask, args: argparse.Namespace, settings: dict[str, Any],
+                 here: dict[str, Any]) -> None:
+        self.task, self.args, self.settings, self.here = task, args, settings, here
         self.epsilons = tuple(args.epsilons)
-        self.settings = settings_from(args.output, task)
-        print(f"{task.title}: hyperparameters "
-              f"({'tuned on seeds 100, 101' if self.settings['tuned'] else 'untuned'}): "
-              f"{self.settings}", flush=True)
         self.started = time.perf_counter()
         self.shapes: list[dict] = []
         self.environments: list[dict | None] = []  # what each seed ran on (None: not recorded)
-        self.here = environment()
         self.per_seed: list[dict] = []
         self.risk: dict[str, Any] = {}
         self.seeds = range(args.first_seed, args.first_seed + args.seeds)
+
+    @classmethod
+    def start(cls, task: ProtocolTask, args: argparse.Namespace) -> TaskRun:
+        """The run of ``task``: its settings printed, its folder made, and the seeds before
+        ``--first-seed`` read from its JSON."""
+        settings = settings_from(args.output, task)
+        print(f"{task.title}: hyperparameters "
+              f"({'tuned on seeds 100, 101' if settings['tuned'] else 'untuned'}): "
+              f"{settings}", flush=True)
+        run = cls(task, args, settings, environment())
         if not args.describe_only:
             args.output.mkdir(parents=True, exist_ok=True)
         if args.first_seed:
-            self._continue()
+            run._continue()
+        return run
 
     def _continue(self) -> None:
         """Keep the seeds before ``--first-seed`` from the run's JSON."""
@@ -1505,14 +1516,25 @@ class TaskRun:
             print(f"Warning: the seeds before {args.first_seed} ran in another environment "
                   f"({'; '.join(changed)}): the seeds are draws of the same methods, not "
                   "bit-for-bit comparable.", flush=True)
+        before = earlier.get("timing", {"timed_every": 10, "client_warm_up_excluded": False})
+        if before != self.timing():
+            print(f"Warning: the seeds before {args.first_seed} measured a device's CPU "
+                  f"seconds otherwise ({before} against {self.timing()}): their seconds are "
+                  "not comparable; every other figure is.", flush=True)
         self.per_seed.extend(count_v1(earlier["per_seed"]))
         self.risk = earlier.get("anonymeter", {})
 
-    def describe(self, seed: int) -> None:
-        """Record and print ``seed``'s shape."""
-        self.shapes.append(describe(self.task.simulate(seed, self.args.users), self.task))
+    @staticmethod
+    def timing() -> dict[str, Any]:
+        """How a seed's CPU seconds are measured (written into the JSON; a run continued with
+        ``--first-seed`` says when its earlier seeds were measured otherwise)."""
+        return {"timed_every": TIMED_EVERY, "client_warm_up_excluded": True}
+
+    def describe(self, seed: int, shape: dict[str, Any]) -> None:
+        """Record and print ``seed``'s shape (:func:`describe`)."""
+        self.shapes.append(shape)
         self.environments.append(self.here)
-        print(f"{self.task.title} seed {seed}: {json.dumps(self.shapes[-1])}", flush=True)
+        print(f"{self.task.title} seed {seed}: {json.dumps(shape)}", flush=True)
 
     def seed_arguments(self) -> dict[str, Any]:
         """What :func:`run_seed` takes besides the users and the seed."""
@@ -1528,13 +1550,14 @@ class TaskRun:
               f"({time.perf_counter() - self.started:.0f} s)", flush=True)
 
     def write(self) -> dict[str, Any]:
+        """The task's JSON, and with a seed's rows its table and plots; the JSON's content."""
         args, task = self.args, self.task
         result: dict[str, Any] = {
             "task": task.name, "title": task.title, "error": task.task.error_name,
             "protocol_version": PROTOCOL_VERSION, "protocol_change": PROTOCOL_CHANGE,
             "protocol": {k: v for k, v in vars(args).items() if k not in ("output", "task")},
-            "hyperparameters": self.settings, "shape_per_seed": self.shapes,
-            "environment_per_seed": self.environments}
+            "timing": self.timing(), "hyperparameters": self.settings,
+            "shape_per_seed": self.shapes, "environment_per_seed": self.environments}
         if self.per_seed:
             summary = summarize(self.per_seed)
             (args.output / task.files(".md")).write_text(
@@ -1544,7 +1567,7 @@ class TaskRun:
             result |= {"summary": summary, "per_seed": self.per_seed}
         if self.risk:
             result["anonymeter"] = self.risk
-        result["seconds"] = time.perf_counter() - self.started
+        result["seconds"] = time.perf_counter() - self.started  # (--jobs: since the run began)
         (args.output / task.files(".json")).write_text(json.dumps(result, indent=1))
         return result
 
@@ -1567,16 +1590,17 @@ class TaskRun:
 def run_task(task: ProtocolTask, args: argparse.Namespace) -> dict[str, Any]:
     """Every seed of ``task``, one after the other, in this process; writes its JSON, table
     and plots into ``args.output`` after each seed."""
-    run = TaskRun(task, args)
+    run = TaskRun.start(task, args)
     for seed in run.seeds:
-        run.describe(seed)
+        sim = task.simulate(seed, args.users)
+        run.describe(seed, describe(sim, task))
         if not args.describe_only:
-            run.add(seed, run_seed(task.simulate(seed, args.users), task, seed,
-                                   **run.seed_arguments()))
+            run.add(seed, run_seed(sim, task, seed, **run.seed_arguments()))
     return run.finish()
 
 
-#: The Ray session of a ``--jobs`` process, open while the process lives (:func:`_job_start`).
+#: A ``--jobs`` process's Ray session: open from the process's start to its end
+#: (:func:`_job_start`), for every seed the process runs.
 _JOB_SESSION = contextlib.ExitStack()
 
 
@@ -1591,34 +1615,43 @@ def _job_start(flower: bool) -> None:
 
 
 def _seed_job(task_name: str, seed: int, users: int, arguments: dict[str, Any]
-              ) -> dict[str, dict[str, Any]]:
-    """One seed of a task, as :func:`run_task` runs it (in a ``--jobs`` process)."""
+              ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """One seed of a task, as :func:`run_task` runs it (in a ``--jobs`` process): its shape
+    and its rows."""
     task = TASKS[task_name]
-    return run_seed(task.simulate(seed, users), task, seed, **arguments)
+    sim = task.simulate(seed, users)
+    return describe(sim, task), run_seed(sim, task, seed, **arguments)
 
 
 def run_in_jobs(tasks: list[ProtocolTask], args: argparse.Namespace) -> None:
     """Every seed of every task in ``tasks``, ``args.jobs`` at a time, each in a process of
     its own (each with its own Ray); a task's files are written as its seeds finish, in
-    order, and its risks as its last seed does. The figures are those of one seed after
-    the other: a seed depends on its task, seed and settings only."""
+    order, and its risks as its last seed does. Every figure but the seconds is that of one
+    seed after the other: a seed depends on its task, seed and settings only (its CPU and
+    wall seconds on what runs beside it). A seed that fails, or an interrupt, ends the
+    run: the seeds not started are cancelled, and each task keeps the files of the seeds
+    it had added."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    runs = [TaskRun(task, args) for task in tasks]
-    for run in runs:
-        for seed in run.seeds:
-            run.describe(seed)
+    runs = [TaskRun.start(task, args) for task in tasks]
     flower = bool(set(args.methods) - {"dmt"})
-    with ProcessPoolExecutor(max_workers=min(args.jobs, len(runs) * args.seeds),
-                             mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_job_start, initargs=(flower,)) as pool:
+    pool = ProcessPoolExecutor(max_workers=min(args.jobs, len(runs) * args.seeds),
+                               mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_job_start, initargs=(flower,))
+    try:
         futures = [[pool.submit(_seed_job, run.task.name, seed, args.users,
                                 run.seed_arguments()) for seed in run.seeds] for run in runs]
         for run, seeds in zip(runs, futures, strict=True):
             for seed, future in zip(run.seeds, seeds, strict=True):
-                run.add(seed, future.result())
+                shape, rows = future.result()
+                run.describe(seed, shape)
+                run.add(seed, rows)
             run.finish()
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
 
 
 def count_v1(per_seed: list[dict[str, dict[str, Any]]]) -> list[dict[str, dict[str, Any]]]:
@@ -1685,12 +1718,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="FedAvg/FedProx rounds (default 30; --quick: 10)")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                         help="seeds run at once, each in a process of its own (default: 2, "
-                             "or 1 on a 1-core machine: then in this process); the figures "
-                             "do not depend on it")
+                             "or 1 on a 1-core machine: then in this process); no figure but "
+                             "the seconds depends on it")
     parser.add_argument("--workers", type=int,
-                        help="processes personalizing a seed's devices (default: 1 with "
-                             "--jobs 2 or more, else 2, or 1 on a 1-core machine); the "
-                             "figures do not depend on it")
+                        help="processes personalizing a seed's devices (default: 1 when "
+                             "seeds run in jobs, else 2, or 1 on a 1-core machine); no "
+                             "figure but the seconds depends on it")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
                         metavar="METHOD",
                         help="the method families to run: " + ", ".join(METHODS)
@@ -1721,13 +1754,14 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("jobs", "workers"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be 1 or more, got {getattr(args, name)}")
-    args.workers = args.workers or (1 if args.jobs > 1 else min(2, os.cpu_count() or 1))
     args.users = args.users or (60 if args.quick else 120)
     args.rounds = args.rounds or (10 if args.quick else 30)
     tasks = list(TASKS.values()) if args.task == "all" else [TASKS[args.task]]
     available = [task for task in tasks if task.available()]
-    if args.jobs > 1 and len(available) * args.seeds > 1 and not (
-            args.risk_only or args.render_only or args.tune or args.describe_only):
+    in_jobs = args.jobs > 1 and len(available) * args.seeds > 1 and not (
+        args.risk_only or args.render_only or args.tune or args.describe_only)
+    args.workers = args.workers or (1 if in_jobs else min(2, os.cpu_count() or 1))
+    if in_jobs:
         for task in tasks:
             if task not in available:
                 run_one_task(task, args)  # (says it is skipped)

@@ -37,18 +37,38 @@ def environment(packages: tuple[str, ...] = PACKAGES) -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             versions[name] = None
     return {"commit": _commit(), "python": platform.python_version(),
-            "platform": platform.platform(), "cpus": os.cpu_count(), "packages": versions}
+            "platform": platform.platform(), "cpus": os.cpu_count(), "cpu": _cpu(),
+            "packages": versions}
+
+
+def _cpu() -> str:
+    """The CPU's model and the vector instructions torch's and BLAS's kernels choose among
+    (their sums round differently on other instructions). ``fl_protocol.py``'s committed
+    Friedman rows of 4 December (e5b689d with changes not committed) give seed 0's
+    foundation an error of 137.20; e5b689d itself, and every commit since, 135.81 on the
+    host of the same evening, whose recorded environment differs in nothing but the commit:
+    the CPU, not recorded then, may be what differs."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = {key.strip(): value for key, value in
+              (line.split(":", 1) for line in info.splitlines() if ":" in line)}
+    flags = sorted(f for f in fields.get("flags", "").split()
+                   if f.startswith(("avx", "fma", "amx")))
+    return " ".join([fields.get("model name", "").strip() or platform.machine(), *flags])
 
 
 def differences(before: dict[str, Any] | None, now: dict[str, Any]) -> list[str]:
     """What differs between two :func:`environment` records that can move a figure: the
-    Python version and each package's, as ``"name a -> b"`` (the commit and the machine are
-    left out: a continued run is expected to move to a later commit); ``["not recorded"]``
-    when ``before`` is ``None``."""
+    Python version, the CPU (``None`` in records made before it was recorded) and each
+    package's version, as ``"name a -> b"`` (the commit and the platform are left out: a
+    continued run is expected to move to a later commit); ``["not recorded"]`` when
+    ``before`` is ``None``."""
     if before is None:
         return ["not recorded"]
-    changed = [f"python {before.get('python')} -> {now.get('python')}"] \
-        if before.get("python") != now.get("python") else []
+    changed = [f"{key} {before.get(key)} -> {now.get(key)}" for key in ("python", "cpu")
+               if before.get(key) != now.get(key)]
     old, new = before.get("packages", {}), now.get("packages", {})
     return changed + [f"{name} {old.get(name)} -> {new.get(name)}"
                       for name in sorted(set(old) | set(new)) if old.get(name) != new.get(name)]

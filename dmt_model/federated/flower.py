@@ -288,11 +288,13 @@ def ray_session() -> Iterator[None]:
     the arguments and the workers' import path :func:`run_rounds` gives it; unlike
     Flower's start, this process's ``PYTHONPATH`` is left as it is) and each run's backend
     takes the session's actors, made by the first run that asks for them; a run's end
-    leaves them for the next, and Ray stops when the block ends, whatever ended it. A
-    run that ends with an actor still busy (it failed) ends the actors, and the next run
-    makes new ones. Runs are the same as alone: a client's training depends only on its
-    message (the network, its records and a seed drawn from the run's seed, round and
-    client; :class:`_ClientTrainer`), not on which process ran what before it, and each run's
+    leaves them for the next, and Ray stops when the block ends, whatever ended it. New
+    actors replace them when a run asks for other resources, when one of them no longer
+    answers (it died: Flower would send it clients all the same, and drop their replies),
+    and after a run that ended with an actor still busy (it was interrupted). Runs are the
+    same as alone: a client's training depends only on its message (the network, its
+    records and a seed drawn from the run's seed, round and client;
+    :class:`_ClientTrainer`), not on which process ran what before it, and each run's
     trainer is a new object in Ray's store. If Ray is running already (started by the
     caller), this does nothing: each run ends that Ray, as it always did. For benchmarks
     and simulations that run many federated runs in one process.
@@ -306,26 +308,41 @@ def ray_session() -> Iterator[None]:
         yield
         return
     build, terminate = RayBackend.build, RayBackend.terminate
-    pools: dict[tuple[Any, ...], Any] = {}  # by the actors' resources and arguments
+    actors: dict[str, Any] = {}  # the session's pool, and the resources it was made with
 
-    def kept(self: Any) -> tuple[Any, ...]:
-        return (tuple(sorted(self.client_resources.items())),
-                tuple(sorted(self.actor_kwargs.items())))
+    def resources_of(backend: Any) -> tuple[Any, ...]:
+        return (tuple(sorted(backend.client_resources.items())),
+                tuple(sorted(backend.actor_kwargs.items())))
 
-    def with_session_actors(self: Any, app_fn: Callable[[], Any]) -> None:
-        key = kept(self)
-        if key not in pools:
-            pools[key] = BasicActorPool(actor_type=ClientAppActor,
-                                        client_resources=self.client_resources,
-                                        actor_kwargs=self.actor_kwargs)
-            pools[key].add_actors_to_pool(pools[key].actors_capacity)
-        self.pool, self.app_fn = pools[key], app_fn
+    def answering(pool: Any) -> bool:
+        try:
+            ray.get([actor.__ray_ready__.remote() for actor in pool.pool], timeout=60)
+        except ray.exceptions.RayError:
+            return False
+        return True
 
-    def leave_them(self: Any) -> None:
-        pool = self.pool
+    def end_actors() -> None:
+        pool = actors.pop("pool", None)
+        if pool is not None:  # (Flower's terminate_all_actors ends only the idle ones)
+            for actor in [*pool.pool, *pool._future_to_actor.values()]:
+                ray.kill(actor)
+
+    def with_session_actors(backend: Any, app_fn: Callable[[], Any]) -> None:
+        resources = resources_of(backend)
+        if "pool" not in actors or actors["resources"] != resources \
+                or not answering(actors["pool"]):
+            end_actors()  # (the session's actors hold its CPUs: new ones need them)
+            pool = BasicActorPool(actor_type=ClientAppActor,
+                                  client_resources=backend.client_resources,
+                                  actor_kwargs=backend.actor_kwargs)
+            pool.add_actors_to_pool(pool.actors_capacity)
+            actors.update(pool=pool, resources=resources)
+        backend.pool, backend.app_fn = actors["pool"], app_fn
+
+    def keep_idle_actors(backend: Any) -> None:
+        pool = backend.pool
         if pool is not None and (pool._future_to_actor or len(pool.pool) != pool.num_actors):
-            pool.terminate_all_actors()  # (a failed run: some actor may still be busy)
-            pools.pop(kept(self), None)
+            end_actors()
 
     with tempfile.TemporaryDirectory(prefix="dmt-ray-", dir=_ray_temporary_root(),
                                      ignore_cleanup_errors=True) as folder:
@@ -336,14 +353,15 @@ def ray_session() -> Iterator[None]:
         try:
             ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
                      include_dashboard=False, **_ray_init_args(folder))
-            RayBackend.build = with_session_actors  # type: ignore[method-assign]
-            RayBackend.terminate = leave_them  # type: ignore[method-assign]
+            RayBackend.build = with_session_actors  # type: ignore[method-assign,assignment]
+            RayBackend.terminate = keep_idle_actors  # type: ignore[method-assign,assignment]
             yield
         finally:
             RayBackend.build, RayBackend.terminate = build, terminate  # type: ignore[method-assign]
-            for pool in pools.values():
-                pool.terminate_all_actors()
-            ray.shutdown()
+            try:
+                end_actors()
+            finally:
+                ray.shutdown()
 
 
 @contextlib.contextmanager
@@ -382,22 +400,23 @@ def _nodes_with_nothing_waiting_skip_the_scan() -> Iterator[None]:
     node-by-message scan ten times a second, though a node has a message only once in a
     round it takes part in (``benchmarks/fl_protocol.py``, one Friedman FedAvg run of 120
     nodes: 3.8 s of the driver's CPU in that thread). For the run, a node with no
-    undelivered message is answered with none before the scan; a node with one is scanned
-    as before, and its scan still deletes every expired message. Not re-entrant, like
+    undelivered message is answered with none before the scan (a look at each message's
+    destination, not its expiry); a node with one is scanned as before, expired messages
+    deleted as that scan meets them. Not re-entrant, like
     :func:`_nodes_numbered_in_partition_order`."""
     from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
 
     scan = InMemoryLinkState.get_message_ins
 
-    def if_waiting(self: Any, node_id: int, limit: int | None, *,
-                   run_id: int | None = None) -> list[Any]:
+    def scan_if_waiting(self: Any, node_id: int, limit: int | None, *,
+                        run_id: int | None = None) -> list[Any]:
         with self.lock:
             waiting = any(message.metadata.dst_node_id == node_id
                           and message.metadata.delivered_at == ""
                           for message in self.message_ins_store.values())
         return scan(self, node_id, limit, run_id=run_id) if waiting else []
 
-    InMemoryLinkState.get_message_ins = if_waiting  # type: ignore[method-assign]
+    InMemoryLinkState.get_message_ins = scan_if_waiting  # type: ignore[method-assign]
     try:
         yield
     finally:

@@ -328,8 +328,9 @@ def test_runs_in_one_ray_session_are_each_run_alone_and_ray_stops_after(
     """issue 13: every Flower run started and stopped a Ray of its own, 4-5 s of a run
     whose rounds take 10-20 s, and made new client actors, 3-4 s of CPU each (imports).
     Inside ray_session the runs share one Ray and one pool of actors; each run is what it is
-    alone, a run that fails leaves the next one as it would be alone, and Ray, its folder and
-    Flower's backend are as before once the block ends."""
+    alone, after a run that failed too, an actor that died is replaced rather than sent
+    clients whose replies Flower would drop, and Ray, its folder and Flower's backend are
+    as before once the block ends."""
     import ray
     from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
 
@@ -344,25 +345,31 @@ def test_runs_in_one_ray_session_are_each_run_alone_and_ray_stops_after(
     try:
         alone = run_federated(sim, strategy, foundation=foundation)
         with ray_session():
-            backend_build = RayBackend.build
+            session_build = RayBackend.build
 
-            def seen(self, app_fn):
-                backend_build(self, app_fn)
-                pools.append(self.pool)
+            def seen(backend, app_fn):
+                session_build(backend, app_fn)
+                pools.append(backend.pool)
 
-            monkeypatch.setattr(RayBackend, "build", seen)
-            together = [run_federated(sim, strategy, foundation=foundation)]
-            with pytest.raises(ZeroDivisionError):  # the server fails after round 1
-                run_federated(sim, strategy, foundation=foundation,
-                              on_round_end=lambda _: 1 / 0)
-            together.append(run_federated(sim, strategy, foundation=foundation))
+            RayBackend.build = seen
+            try:
+                together = [run_federated(sim, strategy, foundation=foundation)]
+                with pytest.raises(ZeroDivisionError):  # the server fails after round 1
+                    run_federated(sim, strategy, foundation=foundation,
+                                  on_round_end=lambda _: 1 / 0)
+                together.append(run_federated(sim, strategy, foundation=foundation))
+                ray.kill(pools[-1].pool[0])  # an actor dies between runs
+                together.append(run_federated(sim, strategy, foundation=foundation))
+            finally:
+                RayBackend.build = session_build
             assert ray.is_initialized()  # the runs ended, the session's Ray did not
         assert not ray.is_initialized()
         assert RayBackend.build is build and RayBackend.terminate is terminate
         assert list(temporary.rglob("*")) == []
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
-    assert len(pools) == 3 and len({id(pool) for pool in pools}) == 1  # one pool for all
+    # one pool for the first three runs, a new one once an actor had died
+    assert [id(pool) for pool in pools[:3]] == [id(pools[0])] * 3 and pools[3] is not pools[0]
     for run in together:
         assert [m.clients for m in run.rounds] == [m.clients for m in alone.rounds]
         np.testing.assert_array_equal(_vector(run.foundation), _vector(alone.foundation))

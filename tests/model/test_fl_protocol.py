@@ -151,8 +151,8 @@ def test_personalizing_in_worker_processes_changes_nothing():
 @pytest.mark.slow
 def test_seeds_run_in_jobs_give_the_figures_of_one_after_the_other(tmp_path):
     """issue 13: one seed after the other left one of the 2 cores idle about 40 % of the
-    time; --jobs runs seeds at once in processes of their own (each with its own Ray). The
-    figures are the same, the files too but for the times."""
+    time; --jobs runs seeds at once in processes of their own (each with its own Ray). Every
+    seed's rows and shape are the same but for the seconds."""
     argv = ["--task", "friedman", "--seeds", "2", "--users", "12", "--rounds", "1",
             "--epsilons", "4", "--methods", "dp-fedavg", "--no-risk"]
     for jobs in (1, 2):
@@ -406,6 +406,8 @@ def test_a_run_says_which_libraries_moved_since_the_seeds_it_continues():
     assert differences(before, here) == [f"numpy 1.0 -> {np.__version__}",
                                          f"ray None -> {here['packages']['ray']}"]
     assert differences({**before, "commit": "elsewhere", "cpus": 64}, before) == []
+    assert here["cpu"]  # the instructions the kernels choose among, recorded since 4 December
+    assert differences({**here, "cpu": None}, here) == [f"cpu None -> {here['cpu']}"]
 
 
 def test_local_dp_rows_perturb_every_field_but_the_insensitive_ones():
