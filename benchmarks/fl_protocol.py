@@ -944,7 +944,8 @@ TIMED_EVERY = 20
 def _timed(sizes: list[int]) -> list[int]:
     """The devices timed alone (``sizes``: each one's number of training records, or 0 for a
     device that trains nothing): one of every :data:`TIMED_EVERY` that train, the middle one
-    of each such share of them by size, so that the timed devices span every size."""
+    of each such share of them by size, so that the timed devices span every size; at
+    least two when two or more train."""
     order = sorted((i for i, n in enumerate(sizes) if n), key=lambda i: -sizes[i])
     if not order:  # no device trains (a version not released): none to time
         return []
@@ -1004,9 +1005,10 @@ def personalize_users(model: Any, sim: Simulation, task: ProtocolTask,
 
     The devices are independent, and decided together in batches (``personalized_many``,
     ``adopted_many``: each exactly as alone), one batch per ``workers`` process; one device
-    in :data:`TIMED_EVERY`, spread over the sizes, is decided and timed alone, and the
-    others' CPU seconds are read off the line through those against the records a device
-    trains on (a batch's seconds are not a device's). The result does not depend on ``workers``."""
+    in :data:`TIMED_EVERY` (at least two), spread over the sizes, is decided and timed
+    alone, and the others' CPU seconds are read off the line through those against the
+    records a device trains on (a batch's seconds are not a device's). The result does not
+    depend on ``workers``."""
     from dmt_model.coreml import UpdateSettings, build_spec
     from dmt_model.coreml._spec import spec_bytes
 
@@ -1628,30 +1630,44 @@ def run_in_jobs(tasks: list[ProtocolTask], args: argparse.Namespace) -> None:
     its own (each with its own Ray); a task's files are written as its seeds finish, in
     order, and its risks as its last seed does. Every figure but the seconds is that of one
     seed after the other: a seed depends on its task, seed and settings only (its CPU and
-    wall seconds on what runs beside it). A seed that fails, or an interrupt, ends the
-    run: the seeds not started are cancelled, and each task keeps the files of the seeds
-    it had added."""
+    wall seconds on what runs beside it). A seed that fails, or an interrupt, starts no
+    other: the seeds running finish (at most ``jobs`` − 1), and the error is raised; each
+    task keeps the files of the seeds it had added."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
     runs = [TaskRun.start(task, args) for task in tasks]
     flower = bool(set(args.methods) - {"dmt"})
-    pool = ProcessPoolExecutor(max_workers=min(args.jobs, len(runs) * args.seeds),
-                               mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_job_start, initargs=(flower,))
-    try:
-        futures = [[pool.submit(_seed_job, run.task.name, seed, args.users,
-                                run.seed_arguments()) for seed in run.seeds] for run in runs]
-        for run, seeds in zip(runs, futures, strict=True):
-            for seed, future in zip(run.seeds, seeds, strict=True):
-                shape, rows = future.result()
+    todo = [(run, seed) for run in runs for seed in run.seeds]
+    done: dict[tuple[str, int], Any] = {}  # (task, seed) → (shape, rows), until added
+    added = {run.task.name: 0 for run in runs}  # seeds added, per task
+
+    def add_in_order() -> None:
+        for run in runs:
+            while added[run.task.name] < len(run.seeds):
+                seed = run.seeds[added[run.task.name]]
+                if (run.task.name, seed) not in done:
+                    break
+                shape, rows = done.pop((run.task.name, seed))
                 run.describe(seed, shape)
                 run.add(seed, rows)
-            run.finish()
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown()
+                added[run.task.name] += 1
+                if added[run.task.name] == len(run.seeds):
+                    run.finish()
+
+    with ProcessPoolExecutor(max_workers=min(args.jobs, len(todo)),
+                             mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_job_start, initargs=(flower,)) as pool:
+        running: dict[Future[Any], tuple[str, int]] = {}
+        while todo or running:
+            while todo and len(running) < args.jobs:  # (never more queued than run)
+                run, seed = todo.pop(0)
+                running[pool.submit(_seed_job, run.task.name, seed, args.users,
+                                    run.seed_arguments())] = (run.task.name, seed)
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                done[running.pop(future)] = future.result()  # (a failed seed raises here)
+            add_in_order()
 
 
 def count_v1(per_seed: list[dict[str, dict[str, Any]]]) -> list[dict[str, dict[str, Any]]]:

@@ -315,6 +315,8 @@ def ray_session() -> Iterator[None]:
                 tuple(sorted(backend.actor_kwargs.items())))
 
     def answering(pool: Any) -> bool:
+        if not pool.pool or len(pool.pool) != pool.num_actors:
+            return False
         try:
             ray.get([actor.__ray_ready__.remote() for actor in pool.pool], timeout=60)
         except ray.exceptions.RayError:
@@ -322,9 +324,12 @@ def ray_session() -> Iterator[None]:
         return True
 
     def end_actors() -> None:
-        pool = actors.pop("pool", None)
-        if pool is not None:  # (Flower's terminate_all_actors ends only the idle ones)
-            for actor in [*pool.pool, *pool._future_to_actor.values()]:
+        actors.pop("pool", None)
+        # Every actor the pool was made with (Flower's terminate_all_actors ends only the
+        # idle ones, and an actor whose job could not be sent is in neither of its lists);
+        # one that cannot be killed must not keep the others alive.
+        for actor in actors.pop("made", []):
+            with contextlib.suppress(Exception):
                 ray.kill(actor)
 
     def with_session_actors(backend: Any, app_fn: Callable[[], Any]) -> None:
@@ -336,7 +341,7 @@ def ray_session() -> Iterator[None]:
                                   client_resources=backend.client_resources,
                                   actor_kwargs=backend.actor_kwargs)
             pool.add_actors_to_pool(pool.actors_capacity)
-            actors.update(pool=pool, resources=resources)
+            actors.update(pool=pool, resources=resources, made=list(pool.pool))
         backend.pool, backend.app_fn = actors["pool"], app_fn
 
     def keep_idle_actors(backend: Any) -> None:

@@ -173,6 +173,18 @@ def test_seeds_run_in_jobs_give_the_figures_of_one_after_the_other(tmp_path):
     assert (one["protocol"]["jobs"], two["protocol"]["jobs"]) == (1, 2)
 
 
+@pytest.mark.slow
+def test_a_seed_that_fails_in_a_job_ends_the_run_with_its_error(tmp_path):
+    """A failing seed in --jobs once let every queued seed run before its error came back,
+    and their results were thrown away; now no other seed starts, and the error is the
+    seed's own."""
+    with pytest.raises(ValidationError, match="target_epsilon must be a positive number"):
+        fl_protocol.main(["--task", "friedman", "--seeds", "4", "--users", "12", "--rounds", "1",
+                          "--epsilons", "-1", "--methods", "dp-fedavg", "--no-risk",
+                          "--jobs", "2", "--output", str(tmp_path)])
+    assert not (tmp_path / "federated_protocol_friedman.json").exists()  # no seed finished
+
+
 def test_every_methods_devices_score_every_training_record(monkeypatch, tmp_path):
     """DMT's devices once scored only their unshared records (``shared_records=``) while
     FL's scored all, though Flower's global model trained on all of them: DMT's devices now
