@@ -288,10 +288,10 @@ def ray_session() -> Iterator[None]:
     the arguments and the workers' import path :func:`run_rounds` gives it; unlike
     Flower's start, this process's ``PYTHONPATH`` is left as it is) and each run's backend
     takes the session's actors, made by the first run that asks for them; a run's end
-    leaves them for the next, and Ray stops when the block ends, whatever ended it. New
-    actors replace them when a run asks for other resources, when one of them no longer
-    answers (it died: Flower would send it clients all the same, and drop their replies),
-    and after a run that ended with an actor still busy (it was interrupted). Runs are the
+    leaves them for the next, and Ray stops when the block ends, whatever ended it. A run's
+    start replaces them with new ones when it asks for other resources, when one of them no
+    longer answers (it died: Flower would send it clients all the same, and drop their
+    replies), and when one is still busy (the run before was interrupted). Runs are the
     same as alone: a client's training depends only on its message (the network, its
     records and a seed drawn from the run's seed, round and client;
     :class:`_ClientTrainer`), not on which process ran what before it, and each run's
@@ -315,6 +315,7 @@ def ray_session() -> Iterator[None]:
                 tuple(sorted(backend.actor_kwargs.items())))
 
     def answering(pool: Any) -> bool:
+        """Every actor idle (one not back in the pool is busy, or lost) and alive."""
         if not pool.pool or len(pool.pool) != pool.num_actors:
             return False
         try:
@@ -344,10 +345,8 @@ def ray_session() -> Iterator[None]:
             actors.update(pool=pool, resources=resources, made=list(pool.pool))
         backend.pool, backend.app_fn = actors["pool"], app_fn
 
-    def keep_idle_actors(backend: Any) -> None:
-        pool = backend.pool
-        if pool is not None and (pool._future_to_actor or len(pool.pool) != pool.num_actors):
-            end_actors()
+    def leave_actors(backend: Any) -> None:
+        """A run's end: its actors stay for the next run, whose start checks them."""
 
     with tempfile.TemporaryDirectory(prefix="dmt-ray-", dir=_ray_temporary_root(),
                                      ignore_cleanup_errors=True) as folder:
@@ -359,7 +358,7 @@ def ray_session() -> Iterator[None]:
             ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
                      include_dashboard=False, **_ray_init_args(folder))
             RayBackend.build = with_session_actors  # type: ignore[method-assign,assignment]
-            RayBackend.terminate = keep_idle_actors  # type: ignore[method-assign,assignment]
+            RayBackend.terminate = leave_actors  # type: ignore[method-assign,assignment]
             yield
         finally:
             RayBackend.build, RayBackend.terminate = build, terminate  # type: ignore[method-assign]
