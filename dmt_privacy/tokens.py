@@ -12,7 +12,9 @@ must reproduce. :meth:`Tokenizer.to_dict` is what a model's metadata carries.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import re
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -90,11 +92,12 @@ def normalize(text: str) -> str:
 
 
 def _split(text: str) -> list[str]:
-    """Step 3 of :data:`SPEC`: maximal runs of letters, marks and numbers."""
+    """Step 3 of :data:`SPEC`: maximal runs of letters, marks and numbers (the reference,
+    one code point at a time)."""
     tokens: list[str] = []
     start = -1
     for i, char in enumerate(text):
-        if unicodedata.category(char)[0] in _TOKEN_CATEGORIES:
+        if _in_token(char):
             if start < 0:
                 start = i
         elif start >= 0:
@@ -105,9 +108,21 @@ def _split(text: str) -> list[str]:
     return tokens
 
 
+@functools.lru_cache(maxsize=4096)
+def _in_token(char: str) -> bool:
+    """Whether a code point's general category is a letter, a mark or a number (a cache of
+    code points, never of texts)."""
+    return unicodedata.category(char)[0] in _TOKEN_CATEGORIES
+
+
+#: Step 3 on ASCII: its letters (Lu, Ll) and digits (Nd) are its only code points in L, M or N.
+_ASCII_TOKEN = re.compile(r"[0-9A-Za-z]+")
+
+
 def tokenize(text: str) -> list[str]:
     """The tokens of ``text`` (steps 1–3 of :data:`SPEC`), before look-up and truncation."""
-    return _split(normalize(text))
+    normal = normalize(text)
+    return _ASCII_TOKEN.findall(normal) if normal.isascii() else _split(normal)
 
 
 def _is_token(value: object) -> bool:

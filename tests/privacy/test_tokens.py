@@ -62,18 +62,21 @@ def test_non_text_is_refused_naming_the_field(value):
         TOKENIZER.encode(value)
 
 
+def _reference_tokens(text):
+    """Steps 1-3 of SPEC written out slowly, one code point at a time."""
+    tokens, word = [], ""
+    for char in unicodedata.normalize("NFKC", text).casefold() + " ":
+        if unicodedata.category(char)[0] in "LMN":
+            word += char
+        elif word:
+            tokens.append(word)
+            word = ""
+    return tokens
+
+
 def _reference_vocabulary(texts, max_size, min_count):
     """The rule of SPEC written out slowly: count, filter, sort, cap."""
-    counts = Counter()
-    for text in texts:
-        folded = unicodedata.normalize("NFKC", text).casefold()
-        word = ""
-        for char in folded + " ":
-            if unicodedata.category(char)[0] in "LMN":
-                word += char
-            elif word:
-                counts[word] += 1
-                word = ""
+    counts = Counter(token for text in texts for token in _reference_tokens(text))
     ranked = sorted(counts.items(), key=lambda item: (-item[1], [ord(c) for c in item[0]]))
     return tuple(t for t, n in ranked if n >= min_count)[:max_size]
 
@@ -81,6 +84,15 @@ def _reference_vocabulary(texts, max_size, min_count):
 texts_strategy = st.lists(
     st.text(alphabet=st.sampled_from("ab cAB-'é\u0301ß\ufb01１2\u6771 \U0001f44d"), max_size=30),
     max_size=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.one_of(st.text(max_size=80), st.text(st.characters(max_codepoint=127),
+                                                    max_size=80)))
+def test_tokenize_is_the_rule_on_any_text_ascii_or_not(text):
+    # ASCII text takes a regular expression, the rest one code point at a time: both are
+    # the rule
+    assert tokenize(text) == _reference_tokens(text)
 
 
 @settings(max_examples=80, deadline=None)
