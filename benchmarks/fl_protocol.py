@@ -541,8 +541,11 @@ def foundation_for(sim: Simulation, task: ProtocolTask, seed: int) -> Any:
     return train_foundation(sim.proxy, task.schema, replace(task.config, seed=seed))
 
 
-def modified(sim: Simulation, task: ProtocolTask) -> list[Any]:
-    """Each user's shareable records after the device's modification (media tasks)."""
+def modified(sim: Simulation, task: ProtocolTask, seed: int) -> list[Any]:
+    """Each user's shareable records after the device's modification (media tasks). A
+    modification that draws at random (synonyms) draws from the seed and the user, as the
+    local-DP rows draw their noise, so that a seed's row reproduces; a device draws from
+    its own source (the modifiers' default)."""
     from dmt_model.server.retrain import SharedBatch
 
     assert task.modifiers is not None
@@ -550,6 +553,8 @@ def modified(sim: Simulation, task: ProtocolTask) -> list[Any]:
     for user in sim.users:
         records = user.shareable.copy()
         for name, transformer in task.modifiers().items():
+            if "random_state" in transformer.get_params():
+                transformer.set_params(random_state=np.random.default_rng([seed, user.user_id]))
             records[name] = list(transformer.transform(list(records[name])))
         batches.append(SharedBatch(records))
     return batches
@@ -622,7 +627,7 @@ def dmt_model_for(sim: Simulation, task: ProtocolTask, foundation: Any, how: dic
     from dmt_model.server.retrain import retrain_foundation
 
     if how.get("modified"):
-        batches, info = modified(sim, task), {}
+        batches, info = modified(sim, task, seed), {}
     else:
         batches, info = share(sim, seed=seed, schema=task.schema, **how)
     training, devices = split_held_out(sim, batches, held_out, foundation.featurizer, seed,
@@ -967,6 +972,25 @@ def _device_seconds(sizes: list[int], seconds: dict[int, float]) -> list[float]:
 
 
 
+#: numpy's BLAS threads in every process of a run (the run's own, each ``--jobs`` process and
+#: each ``--workers`` process). A run keeps the cores busy with processes of its own, and a
+#: second BLAS thread on the small matrices of a device's personalization spins for a core
+#: another process needs: the text task, 2 seeds, ``--jobs 2``, took 322 s with numpy's
+#: default (a thread a core) and 259 s with one, 23 % less CPU, every figure the same. A
+#: device's CPU seconds are one thread's (:meth:`TaskRun.timing`).
+BLAS_THREADS = 1
+
+
+def _one_blas_thread() -> None:
+    """Limit this process's BLAS to :data:`BLAS_THREADS` for the rest of its life: the
+    libraries loaded already (threadpoolctl), and through ``OPENBLAS_NUM_THREADS`` those
+    loaded later (scipy's own OpenBLAS) and those of the processes it starts."""
+    from threadpoolctl import threadpool_limits
+
+    os.environ["OPENBLAS_NUM_THREADS"] = str(BLAS_THREADS)
+    threadpool_limits(limits=BLAS_THREADS, user_api="blas")
+
+
 _POOLS: dict[int, Any] = {}
 
 
@@ -977,7 +1001,8 @@ def _pool(workers: int) -> Any:
         from concurrent.futures import ProcessPoolExecutor
 
         _POOLS[workers] = ProcessPoolExecutor(max_workers=workers,
-                                              mp_context=multiprocessing.get_context("spawn"))
+                                              mp_context=multiprocessing.get_context("spawn"),
+                                              initializer=_one_blas_thread)
     return _POOLS[workers]
 
 
@@ -1530,7 +1555,8 @@ class TaskRun:
     def timing() -> dict[str, Any]:
         """How a seed's CPU seconds are measured (written into the JSON; a run continued with
         ``--first-seed`` says when its earlier seeds were measured otherwise)."""
-        return {"timed_every": TIMED_EVERY, "client_warm_up_excluded": True}
+        return {"timed_every": TIMED_EVERY, "client_warm_up_excluded": True,
+                "blas_threads": BLAS_THREADS}
 
     def describe(self, seed: int, shape: dict[str, Any]) -> None:
         """Record and print ``seed``'s shape (:func:`describe`)."""
@@ -1611,6 +1637,7 @@ def _job_start(flower: bool) -> None:
     closed as the process ends."""
     import multiprocessing.util
 
+    _one_blas_thread()
     if flower:
         _JOB_SESSION.enter_context(ray_session())
         multiprocessing.util.Finalize(None, _JOB_SESSION.close, exitpriority=10)
@@ -1762,6 +1789,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="folder for the results (default benchmarks/results; a --quick "
                              "run never writes there, but into build/fl_protocol_quick)")
     args = parser.parse_args(argv)
+    _one_blas_thread()
     args.methods = [m for m in METHODS if m in args.methods]  # the table's order, once each
     if args.quick:
         args.seeds = 1

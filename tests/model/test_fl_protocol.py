@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from threadpoolctl import threadpool_info
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -46,6 +47,22 @@ def test_each_classification_task_has_power_law_users_and_a_proxy_that_misses_wh
         assert task.unseen(held).mean() > 0.2, name  # users hold what the server never sees
         mixes = np.array([u.label_distribution for u in sim.users])
         assert mixes.std(axis=0).max() > 0.1, name  # users' label mixes differ
+
+
+def test_the_text_rows_synonyms_are_drawn_from_the_seed_so_a_seed_reproduces():
+    # The synonyms once came from fresh OS entropy: the text task's "DMT modified" row moved
+    # from run to run of one seed (4.22 -> 4.27 in the 4 December re-run was that draw).
+    task = fl_protocol.TASKS["wordnet-topics"]
+    if not task.available():
+        pytest.skip("WordNet is not installed (make wordnet)")
+    sim = task.simulate(0, 12)
+
+    def texts(seed: int) -> list[list[str]]:
+        return [list(b.records["text"]) for b in fl_protocol.modified(sim, task, seed)]
+
+    first = texts(0)
+    assert first == texts(0) != texts(1)
+    assert first != [list(u.shareable["text"]) for u in sim.users]  # it did modify
 
 
 @pytest.mark.filterwarnings("ignore")
@@ -146,6 +163,12 @@ def test_personalizing_in_worker_processes_changes_nothing():
     for result in (one, two):
         assert result.pop("personalize_seconds") > 0  # CPU time: the one thing that varies
     assert one == two
+    # each worker process runs numpy's BLAS on one thread, as the run's own process does
+    (blas,) = {tuple(pool["num_threads"] for pool in info if pool["user_api"] == "blas")
+               for info in [fl_protocol._pool(2).submit(threadpool_info).result()
+                            for _ in range(4)]}
+    assert blas and set(blas) == {fl_protocol.BLAS_THREADS} == {1}
+    assert fl_protocol.TaskRun.timing()["blas_threads"] == 1  # recorded with the seconds
 
 
 @pytest.mark.slow
