@@ -183,7 +183,7 @@ import statistics
 import sys
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -553,8 +553,12 @@ def modified(sim: Simulation, task: ProtocolTask, seed: int) -> list[Any]:
     for user in sim.users:
         records = user.shareable.copy()
         for name, transformer in task.modifiers().items():
-            if "random_state" in transformer.get_params():
-                transformer.set_params(random_state=np.random.default_rng([seed, user.user_id]))
+            draws = [key for key in transformer.get_params()  # (a Pipeline's steps' too)
+                     if key == "random_state" or key.endswith("__random_state")]
+            # (the first from [seed, user] alone, as the results of 5 December were drawn)
+            transformer.set_params(**{key: np.random.default_rng([seed, user.user_id]
+                                                                 + [i] * (i > 0))
+                                      for i, key in enumerate(draws)})
             records[name] = list(transformer.transform(list(records[name])))
         batches.append(SharedBatch(records))
     return batches
@@ -982,13 +986,33 @@ BLAS_THREADS = 1
 
 
 def _one_blas_thread() -> None:
-    """Limit this process's BLAS to :data:`BLAS_THREADS` for the rest of its life: the
-    libraries loaded already (threadpoolctl), and through ``OPENBLAS_NUM_THREADS`` those
-    loaded later (scipy's own OpenBLAS) and those of the processes it starts."""
+    """Limit the BLAS of a process the run started (a ``--jobs`` or ``--workers`` process)
+    to :data:`BLAS_THREADS` for the rest of its life: the libraries loaded already
+    (threadpoolctl), and through ``OPENBLAS_NUM_THREADS`` those loaded later (scipy's own
+    OpenBLAS) and those of the processes it starts (Flower's actors)."""
     from threadpoolctl import threadpool_limits
 
     os.environ["OPENBLAS_NUM_THREADS"] = str(BLAS_THREADS)
     threadpool_limits(limits=BLAS_THREADS, user_api="blas")
+
+
+@contextlib.contextmanager
+def _blas_threads_of_a_run() -> Iterator[None]:
+    """:func:`_one_blas_thread` in the process that runs :func:`main`, while it runs; the
+    caller's ``OPENBLAS_NUM_THREADS`` and the loaded libraries' threads after (a BLAS
+    loaded during the run keeps one)."""
+    from threadpoolctl import threadpool_limits
+
+    before = os.environ.get("OPENBLAS_NUM_THREADS")
+    os.environ["OPENBLAS_NUM_THREADS"] = str(BLAS_THREADS)
+    try:
+        with threadpool_limits(limits=BLAS_THREADS, user_api="blas"):
+            yield
+    finally:
+        if before is None:
+            os.environ.pop("OPENBLAS_NUM_THREADS", None)
+        else:
+            os.environ["OPENBLAS_NUM_THREADS"] = before
 
 
 _POOLS: dict[int, Any] = {}
@@ -1748,6 +1772,11 @@ def render(task: ProtocolTask, output: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    with _blas_threads_of_a_run():
+        _main(argv)
+
+
+def _main(argv: list[str] | None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=[*TASKS, "all"], default="all",
                         help="the task (default: every task whose data is on this machine)")
@@ -1789,7 +1818,6 @@ def main(argv: list[str] | None = None) -> None:
                         help="folder for the results (default benchmarks/results; a --quick "
                              "run never writes there, but into build/fl_protocol_quick)")
     args = parser.parse_args(argv)
-    _one_blas_thread()
     args.methods = [m for m in METHODS if m in args.methods]  # the table's order, once each
     if args.quick:
         args.seeds = 1

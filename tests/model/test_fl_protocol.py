@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -63,6 +64,14 @@ def test_the_text_rows_synonyms_are_drawn_from_the_seed_so_a_seed_reproduces():
     first = texts(0)
     assert first == texts(0) != texts(1)
     assert first != [list(u.shareable["text"]) for u in sim.users]  # it did modify
+    # a modifier inside a Pipeline draws from the seed as well
+    from sklearn.pipeline import Pipeline
+
+    from dmt_privacy.modify import SynonymReplacer
+
+    task = dataclasses.replace(task, modifiers=lambda: {
+        "text": Pipeline([("synonyms", SynonymReplacer(rate=0.5))])})
+    assert texts(0) == texts(0) != texts(1)
 
 
 @pytest.mark.filterwarnings("ignore")
@@ -134,6 +143,20 @@ def _run_args(monkeypatch, argv: list[str]) -> list:
     monkeypatch.setattr(fl_protocol, "run_task", lambda task, args: seen.append(args))
     fl_protocol.main([*argv, "--jobs", "1"])
     return seen
+
+
+def test_a_run_has_one_blas_thread_and_leaves_the_callers_as_they_were(monkeypatch):
+    def blas() -> set[int]:
+        return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")
+    before = blas()
+    during: list = []
+    monkeypatch.setattr(fl_protocol, "run_task", lambda task, args: during.append(
+        (os.environ["OPENBLAS_NUM_THREADS"], blas())))
+    fl_protocol.main(["--task", "friedman", "--quick", "--jobs", "1"])
+    assert during == [("1", {1})]  # the run's processes, and the ones it starts, one thread
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "3" and blas() == before
 
 
 def test_every_method_runs_unless_methods_says_otherwise(tmp_path, monkeypatch):
