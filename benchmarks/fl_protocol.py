@@ -555,7 +555,8 @@ def modified(sim: Simulation, task: ProtocolTask, seed: int) -> list[Any]:
         for name, transformer in task.modifiers().items():
             draws = [key for key in transformer.get_params()  # (a Pipeline's steps' too)
                      if key == "random_state" or key.endswith("__random_state")]
-            # (the first from [seed, user] alone, as the results of 5 December were drawn)
+            # (the first from [seed, user] alone, as the results of 4 December, 22:48, were
+            # drawn; numpy drops a seed's trailing zeros, so user 0's is the seed's own)
             transformer.set_params(**{key: np.random.default_rng([seed, user.user_id]
                                                                  + [i] * (i > 0))
                                       for i, key in enumerate(draws)})

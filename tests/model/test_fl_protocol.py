@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from threadpoolctl import threadpool_info
+from threadpoolctl import threadpool_info, threadpool_limits
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -145,18 +145,23 @@ def _run_args(monkeypatch, argv: list[str]) -> list:
     return seen
 
 
-def test_a_run_has_one_blas_thread_and_leaves_the_callers_as_they_were(monkeypatch):
-    def blas() -> set[int]:
-        return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+def _blas_threads() -> set[int]:
+    return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
 
+
+def test_a_run_has_one_blas_thread_and_leaves_the_callers_as_they_were(monkeypatch):
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")
-    before = blas()
     during: list = []
     monkeypatch.setattr(fl_protocol, "run_task", lambda task, args: during.append(
-        (os.environ["OPENBLAS_NUM_THREADS"], blas())))
-    fl_protocol.main(["--task", "friedman", "--quick", "--jobs", "1"])
-    assert during == [("1", {1})]  # the run's processes, and the ones it starts, one thread
-    assert os.environ["OPENBLAS_NUM_THREADS"] == "3" and blas() == before
+        (os.environ["OPENBLAS_NUM_THREADS"], _blas_threads())))
+    with threadpool_limits(limits=2, user_api="blas"):  # (not already one: the test can fail)
+        assert _blas_threads() == {2}
+        fl_protocol.main(["--task", "friedman", "--quick", "--jobs", "1"])
+        assert during == [("1", {1})]  # the run's process, and those it starts, one thread
+        assert os.environ["OPENBLAS_NUM_THREADS"] == "3" and _blas_threads() == {2}
+        with pytest.raises(SystemExit):  # a run that fails gives them back too
+            fl_protocol.main(["--task", "friedman", "--jobs", "0"])
+        assert os.environ["OPENBLAS_NUM_THREADS"] == "3" and _blas_threads() == {2}
 
 
 def test_every_method_runs_unless_methods_says_otherwise(tmp_path, monkeypatch):
@@ -186,12 +191,23 @@ def test_personalizing_in_worker_processes_changes_nothing():
     for result in (one, two):
         assert result.pop("personalize_seconds") > 0  # CPU time: the one thing that varies
     assert one == two
-    # each worker process runs numpy's BLAS on one thread, as the run's own process does
-    (blas,) = {tuple(pool["num_threads"] for pool in info if pool["user_api"] == "blas")
-               for info in [fl_protocol._pool(2).submit(threadpool_info).result()
-                            for _ in range(4)]}
-    assert blas and set(blas) == {fl_protocol.BLAS_THREADS} == {1}
     assert fl_protocol.TaskRun.timing()["blas_threads"] == 1  # recorded with the seconds
+
+
+def test_worker_processes_run_one_blas_thread_whatever_they_inherit(monkeypatch):
+    # a fresh pool, from a process whose environment asks for more threads: the pool's
+    # initializer, not an inherited OPENBLAS_NUM_THREADS, gives each worker its one
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
+    kept = fl_protocol._POOLS.pop(2, None)  # (another test's pool, put back after)
+    try:
+        infos = [fl_protocol._pool(2).submit(threadpool_info).result() for _ in range(4)]
+    finally:
+        fl_protocol._POOLS.pop(2).shutdown()
+        if kept is not None:
+            fl_protocol._POOLS[2] = kept
+    blas = {pool["num_threads"] for info in infos for pool in info
+            if pool["user_api"] == "blas"}
+    assert blas == {fl_protocol.BLAS_THREADS} == {1}
 
 
 @pytest.mark.slow

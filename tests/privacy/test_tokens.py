@@ -86,6 +86,19 @@ texts_strategy = st.lists(
     max_size=12)
 
 
+@pytest.mark.parametrize("text", [
+    "ＡＢＣ ｄｅｆ",  # fullwidth letters: ASCII after NFKC
+    "ﬁne ﬂow",  # ligatures
+    "\u212a elvin",  # the Kelvin sign: K, then k after folding
+    "\u017fun",  # long s: folds to s
+    "\u2460\u2461 \u00bd",  # circled digits and a fraction: 1, 2 and 1⁄2
+    "Stra\u00dfe",  # ß folds to ss
+    "caf\u00e9 cafe\u0301",  # composed and decomposed
+])
+def test_tokenize_is_the_rule_on_text_that_becomes_ascii_or_not(text):
+    assert tokenize(text) == _reference_tokens(text)
+
+
 @settings(max_examples=200, deadline=None)
 @given(text=st.one_of(st.text(max_size=80), st.text(st.characters(max_codepoint=127),
                                                     max_size=80)))
