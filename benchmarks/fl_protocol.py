@@ -982,7 +982,8 @@ def _device_seconds(sizes: list[int], seconds: dict[int, float]) -> list[float]:
 #: second BLAS thread on the small matrices of a device's personalization spins for a core
 #: another process needs: the text task, 2 seeds, ``--jobs 2``, took 322 s with numpy's
 #: default (a thread a core) and 259 s with one, 23 % less CPU, every figure the same. A
-#: device's CPU seconds are one thread's (:meth:`TaskRun.timing`).
+#: device's CPU seconds (the process's, :func:`_devices`) then count its BLAS work on one
+#: thread, as on one core (:meth:`TaskRun.timing` records it).
 BLAS_THREADS = 1
 
 
