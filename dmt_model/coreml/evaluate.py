@@ -11,6 +11,7 @@ raises :class:`ModelFileError` naming it rather than guessing.
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -180,6 +181,37 @@ def _run_layer(layer: Any, blobs: Blobs, batch: int) -> np.ndarray:
     )
 
 
+def _counted_matches(equal: Any, reduce: Any, blobs: Blobs, read: Counter[str],
+                     wanted: Sequence[str]) -> np.ndarray | None:
+    """A text model's bag of tokens without its one-hot: ``equal`` of token ids
+    ``[batch, positions, 1]`` with a constant row of ids, then ``reduceSum`` over the
+    positions, is each id's count, ``[batch, ids]`` in float32 — the same numbers (whole
+    counts, exact in float32) without the ``[batch, positions, ids]`` blob between, which
+    nothing else reads. ``None`` for any other pair of layers (they run one by one)."""
+    if equal.WhichOneof("layer") != "equal" or reduce.WhichOneof("layer") != "reduceSum" \
+            or len(equal.input) != 2 or list(reduce.input) != [equal.output[0]] \
+            or read[equal.output[0]] != 1 or equal.output[0] in wanted:
+        return None
+    params = reduce.reduceSum
+    tokens, ids = (blobs[name] for name in equal.input)
+    if params.reduceAll or list(params.axes) != [0] or params.keepDims or tokens.ndim != 3 \
+            or tokens.shape[2] != 1 or ids.ndim != 2 or ids.shape[0] != tokens.shape[0] \
+            or ids.strides[0] != 0:  # (a constant: one row, broadcast over the batch)
+        return None
+    row = ids[0] if len(ids) else np.empty(ids.shape[1], ids.dtype)
+    order = np.argsort(row, kind="stable")
+    ordered = row[order]
+    if ordered.size == 0 or np.count_nonzero(ordered[1:] == ordered[:-1]):
+        return None  # (an id listed twice: counted one by one)
+    values = tokens[:, :, 0]
+    at = np.minimum(np.searchsorted(ordered, values), ordered.size - 1)
+    hit = ordered[at] == values
+    batch, width = values.shape[0], ordered.size
+    where = np.arange(batch)[:, None] * width + order[at]
+    return np.bincount(where[hit], minlength=batch * width).reshape(batch, width).astype(
+        np.float32)
+
+
 def input_names(spec: Any) -> list[str]:
     return [feature.name for feature in spec.description.input]
 
@@ -211,12 +243,24 @@ def evaluate_spec(spec: Any, inputs: Mapping[str, np.ndarray], *,
                                   f"expected {batch}.")
         blobs[name] = value
     assert batch is not None
-    for layer in network.layers:
+    wanted = list(outputs) if outputs is not None else [o.name for o in spec.description.output]
+    layers = list(network.layers)
+    read = Counter(name for layer in layers for name in layer.input)
+    skip = False
+    for at, layer in enumerate(layers):
+        if skip:  # (computed with the layer before it)
+            skip = False
+            continue
+        counts = None if on_layer is not None or at + 1 == len(layers) else _counted_matches(
+            layer, layers[at + 1], blobs, read, wanted)
+        if counts is not None:
+            blobs[layers[at + 1].output[0]] = counts
+            skip = True
+            continue
         result = _run_layer(layer, blobs, batch)
         blobs[layer.output[0]] = result
         if on_layer is not None:
             on_layer(layer, blobs)
-    wanted = list(outputs) if outputs is not None else [o.name for o in spec.description.output]
     label = spec.description.predictedFeatureName
     if label in wanted and label not in blobs:  # a classifier's label: the likeliest class
         labels = class_labels_of(spec)

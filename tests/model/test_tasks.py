@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from dmt_model.coreml import UpdateSettings, build_spec, export_coreml, load_spec
+from dmt_model.coreml import evaluate as evaluate_module
 from dmt_model.coreml.evaluate import evaluate_spec, frame_inputs, predict_frame
 from dmt_model.coreml.validate import validate_updatable
 from dmt_model.coreml.weights import get_weights
@@ -298,6 +299,38 @@ def test_text_classifier_learns_exports_and_equals_torch(text_classifier, tmp_pa
         data["note"].iloc[0])
     again = Foundation.load(text_classifier.save(tmp_path / "t.npz"))
     np.testing.assert_array_equal(again.predict(data), text_classifier.predict(data))
+
+
+def test_the_evaluators_token_counts_are_the_one_hots_summed_bit_for_bit(text_classifier,
+                                                                        tmp_path, monkeypatch):
+    # The evaluator counts each token id instead of summing a [records, tokens, vocabulary]
+    # one-hot; with a callback on every layer it runs them one by one, the reference.
+    spec = load_spec(export_coreml(text_classifier, tmp_path / "t.mlmodel",
+                                   updatable=UpdateSettings()))
+    data = pd.concat([_texts(60, 5), pd.DataFrame({
+        "note": ["", "zebra quark", "apple apple apple apple apple apple apple apple",
+                 "the and the and", "Run, WALK; jump!"], "topic": ["food"] * 5})])
+    inputs = frame_inputs(spec, data)
+    names = [layer.name for layer in spec.neuralNetworkClassifier.layers]
+    counts = next(n for n in names if n.startswith("counts_"))
+    counted: list = []
+    real = evaluate_module._counted_matches
+    monkeypatch.setattr(evaluate_module, "_counted_matches",
+                        lambda *args: counted.append(real(*args)) or counted[-1])
+    fused = evaluate_spec(spec, inputs, outputs=[counts, *[o.name for o in
+                                                            spec.description.output]])
+    assert sum(c is not None for c in counted) == 1  # the counts took the short way
+    seen: list[str] = []
+    one_by_one = evaluate_spec(spec, inputs, outputs=list(fused),
+                               on_layer=lambda layer, blobs: seen.append(layer.name))
+    assert seen == names  # (every layer ran, the one-hot among them)
+    assert fused[counts].dtype == np.float32 and fused[counts].max() == 8
+    for name, value in fused.items():
+        np.testing.assert_array_equal(value, one_by_one[name], err_msg=name)
+    # the one-hot itself, when asked for, is computed as it always was
+    one_hot = next(n for n in names if n.startswith("tokens_"))
+    asked = evaluate_spec(spec, inputs, outputs=[one_hot, counts])
+    np.testing.assert_array_equal(asked[one_hot].sum(axis=1), asked[counts])
 
 
 def test_a_text_longer_than_the_maximum_is_refused_naming_it(text_classifier, tmp_path):
