@@ -987,15 +987,16 @@ def _device_seconds(sizes: list[int], seconds: dict[int, float]) -> list[float]:
 BLAS_THREADS = 1
 
 
-def _one_blas_thread() -> None:
-    """Limit the BLAS of a process the run started (a ``--jobs`` or ``--workers`` process)
-    to :data:`BLAS_THREADS` for the rest of its life: the libraries loaded already
-    (threadpoolctl), and through ``OPENBLAS_NUM_THREADS`` those loaded later (scipy's own
-    OpenBLAS) and those of the processes it starts (Flower's actors)."""
+def _one_blas_thread() -> Any:
+    """Limit this process's BLAS to :data:`BLAS_THREADS`: the libraries loaded already
+    (threadpoolctl; what it returns gives their threads back), and through
+    ``OPENBLAS_NUM_THREADS`` those loaded later (scipy's own OpenBLAS) and those of the
+    processes it starts (Flower's actors). A ``--jobs`` or ``--workers`` process keeps it
+    for its life."""
     from threadpoolctl import threadpool_limits
 
     os.environ["OPENBLAS_NUM_THREADS"] = str(BLAS_THREADS)
-    threadpool_limits(limits=BLAS_THREADS, user_api="blas")
+    return threadpool_limits(limits=BLAS_THREADS, user_api="blas")
 
 
 @contextlib.contextmanager
@@ -1003,12 +1004,9 @@ def _blas_threads_of_a_run() -> Iterator[None]:
     """:func:`_one_blas_thread` in the process that runs :func:`main`, while it runs; the
     caller's ``OPENBLAS_NUM_THREADS`` and the loaded libraries' threads after (a BLAS
     loaded during the run keeps one)."""
-    from threadpoolctl import threadpool_limits
-
     before = os.environ.get("OPENBLAS_NUM_THREADS")
-    os.environ["OPENBLAS_NUM_THREADS"] = str(BLAS_THREADS)
     try:
-        with threadpool_limits(limits=BLAS_THREADS, user_api="blas"):
+        with _one_blas_thread():
             yield
     finally:
         if before is None:

@@ -196,9 +196,9 @@ def _counted_matches(equal: Any, reduce: Any, blobs: Blobs, read: Counter[str],
     tokens, ids = (blobs[name] for name in equal.input)
     if params.reduceAll or list(params.axes) != [0] or params.keepDims or tokens.ndim != 3 \
             or tokens.shape[2] != 1 or ids.ndim != 2 or ids.shape[0] != tokens.shape[0] \
-            or ids.strides[0] != 0:  # (a constant: one row, broadcast over the batch)
+            or not len(ids) or ids.strides[0] != 0:  # (a constant row broadcast over a batch)
         return None
-    row = ids[0] if len(ids) else np.empty(ids.shape[1], ids.dtype)
+    row = ids[0]
     order = np.argsort(row, kind="stable")
     ordered = row[order]
     if ordered.size == 0 or np.count_nonzero(ordered[1:] == ordered[:-1]):
@@ -246,21 +246,19 @@ def evaluate_spec(spec: Any, inputs: Mapping[str, np.ndarray], *,
     wanted = list(outputs) if outputs is not None else [o.name for o in spec.description.output]
     layers = list(network.layers)
     read = Counter(name for layer in layers for name in layer.input)
-    skip = False
-    for at, layer in enumerate(layers):
-        if skip:  # (computed with the layer before it)
-            skip = False
-            continue
+    at = 0
+    while at < len(layers):
+        layer = layers[at]
         counts = None if on_layer is not None or at + 1 == len(layers) else _counted_matches(
             layer, layers[at + 1], blobs, read, wanted)
-        if counts is not None:
+        if counts is not None:  # (the next layer's output, computed with this one)
             blobs[layers[at + 1].output[0]] = counts
-            skip = True
+            at += 2
             continue
-        result = _run_layer(layer, blobs, batch)
-        blobs[layer.output[0]] = result
+        blobs[layer.output[0]] = _run_layer(layer, blobs, batch)
         if on_layer is not None:
             on_layer(layer, blobs)
+        at += 1
     label = spec.description.predictedFeatureName
     if label in wanted and label not in blobs:  # a classifier's label: the likeliest class
         labels = class_labels_of(spec)
