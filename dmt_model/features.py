@@ -50,6 +50,7 @@ Shared records reach the server generalized or perturbed;
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -64,7 +65,7 @@ from dmt_privacy.errors import SchemaError, UnknownCategoryError, ValidationErro
 from dmt_privacy.schema import Kind, Role, Schema, row_label
 from dmt_privacy.tokens import Tokenizer
 
-__all__ = ["FeatureBatch", "Featurizer", "coded_input"]
+__all__ = ["FeatureBatch", "Featurizer", "category_codes", "coded_input"]
 
 FEATURIZER_FORMAT = 1
 #: A text field's vocabulary: the proxy texts' tokens seen at least twice, at most 5,000.
@@ -118,6 +119,19 @@ def coded_input(vocabulary: Sequence[Any]) -> bool:
     outside it. Either way an unknown value gives the all-zero one-hot.
     """
     return not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vocabulary)
+
+
+def category_codes(column: pd.Series | np.ndarray, vocabulary: Sequence[Any]) -> np.ndarray:
+    """Each value's position in ``vocabulary``, −1 for a value outside it or missing: the
+    codes of ``pd.Categorical(column, categories=vocabulary)``, looked up in the index it
+    builds, built once per vocabulary (building it cost a device's few records ten times
+    the look-up) and without pandas' deprecation of values outside the categories."""
+    return _categories(tuple(vocabulary)).get_indexer_for(column)  # type: ignore[no-any-return]
+
+
+@functools.lru_cache(maxsize=256)
+def _categories(vocabulary: tuple[Any, ...]) -> pd.Index:
+    return pd.CategoricalDtype(list(vocabulary)).categories
 
 
 class Featurizer:
@@ -186,8 +200,7 @@ class Featurizer:
     def model_input(self, name: str, column: pd.Series) -> np.ndarray:
         """The number(s) an exported model takes for input ``name`` (see :func:`coded_input`)."""
         if name in self.categorical_fields and coded_input(self.vocabularies_[name]):
-            codes = pd.Categorical(column, categories=self.vocabularies_[name]).codes
-            return codes.astype(np.float64)
+            return category_codes(column, self.vocabularies_[name]).astype(np.float64)
         if name in self.text_fields:  # ``[n, max_tokens]`` token ids; too long a text raises
             tokenizer = self.tokenizers_[name]
             return np.asarray(tokenizer.encode_many(column.tolist(), strict=True),
@@ -385,9 +398,7 @@ class Featurizer:
         if column.isna().any():
             row = row_label(column.index[int(column.isna().to_numpy().argmax())])
             raise ValidationError(f"Column {name!r} has a missing value at row {row!r}.")
-        # -1 for a value outside the vocabulary (pd.Categorical with such values is
-        # deprecated in pandas and will raise)
-        codes = pd.Index(vocabulary).get_indexer(column)
+        codes = category_codes(column, vocabulary)
         unknown = codes < 0
         if unknown.any() and self.unknown == "error":
             value = column.iloc[int(unknown.argmax())]
@@ -421,7 +432,7 @@ class Featurizer:
         return values.astype(dtype)
 
     def _class_indices(self, column: pd.Series) -> np.ndarray:
-        codes = pd.Categorical(column, categories=self.classes_).codes.astype(np.int64)
+        codes = category_codes(column, self.classes_).astype(np.int64)
         if (codes < 0).any():
             at = int((codes < 0).argmax())
             value = column.iloc[at]

@@ -91,3 +91,45 @@ def test_foundation_save_load_is_exact_and_pickle_free(foundation, boston, tmp_p
 def test_foundation_learns(foundation, simulation):
     metrics = foundation.evaluate(load_boston())
     assert metrics.rmse < 6.0  # 60 epochs on 152 rows; the benchmark checks the 500-epoch target
+
+
+# --- a category's code: one cached look-up, pandas' own rule ----------------------------------
+
+_VOCABULARIES = [["Private", "Self-emp", "State-gov", "?"], [1, 2, 3, 10], [0.5, 1.5, 2.0],
+                 [True, False], ["1", "2", "a"]]
+_VALUES = [["Private", "?", "private", " Private", "Other", None, float("nan"), 1, "State-gov"],
+           [1, 2.0, 3.5, 10, "1", None, float("nan"), True, 0],
+           [0.5, 1.5, 2, 2.0, "0.5", None, float("nan"), 3.0],
+           [True, False, 1, 0, "True", None],
+           ["1", 1, "a", "A", "2", None, float("nan")]]
+
+
+@pytest.mark.parametrize(("vocabulary", "values"), list(zip(_VOCABULARIES, _VALUES, strict=True)))
+@pytest.mark.parametrize("dtype", [None, "object", "category"])
+def test_category_codes_are_what_pandas_categorical_gives(vocabulary, values, dtype):
+    """``category_codes`` looks values up in the index ``pd.Categorical(categories=)`` builds,
+    built once per vocabulary (building it on every call cost a device's few records ten
+    times the look-up): the same codes for any column, -1 where pandas gives -1."""
+    import warnings
+
+    from dmt_model.features import category_codes
+
+    column = pd.Series(values) if dtype is None else pd.Series(values, dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (pandas deprecates values outside the categories)
+        expected = pd.Categorical(column, categories=vocabulary).codes
+    for _ in range(2):  # (the second from the cache)
+        np.testing.assert_array_equal(category_codes(column, vocabulary), expected)
+        np.testing.assert_array_equal(category_codes(column.to_numpy(), vocabulary), expected)
+
+
+def test_a_featurizers_codes_are_those_of_its_vocabulary_as_it_stands():
+    """The look-up is cached by the vocabulary's values, not by the featurizer: a vocabulary
+    changed in place is looked up as it now stands."""
+    from dmt_model.features import category_codes
+
+    vocabulary = ["a", "b"]
+    column = pd.Series(["b", "c"])
+    np.testing.assert_array_equal(category_codes(column, vocabulary), [1, -1])
+    vocabulary.append("c")
+    np.testing.assert_array_equal(category_codes(column, vocabulary), [1, 2])
