@@ -173,7 +173,7 @@ class LossConvention:
         (multiplying by ones changes no number)."""
         grad = (probabilities - onehot) * self._per_update(batch).astype(np.float32)[:, None,
                                                                                      None]
-        return (grad if present is None else grad * present).astype(np.float32)
+        return (grad if present is None else grad * present).astype(np.float32, copy=False)
 
 
 @dataclass(frozen=True)
@@ -526,7 +526,7 @@ def _update_specs(
                 if plan.partial[t] else None, batch)
             # (exactly the label's probability: the other terms are 0, or NaN for a row with a
             # NaN, whose loss is then not finite either)
-            label_probability = np.sum(probabilities * labels, axis=2)
+            label_probability = np.einsum("knc,knc->kn", probabilities, labels)
             chosen[:a, t] = label_probability
             loss = None if np.isfinite(label_probability).all() else convention.cross_entropies(
                 probabilities, labels, (index != 0)[..., None].astype(f32), batch)[0]
