@@ -881,6 +881,17 @@ def tune(args: argparse.Namespace, task: ProtocolTask) -> None:
 
 # --- one seed -------------------------------------------------------------------------
 def _devices(jobs: list[tuple]) -> list[tuple[bytes, bool, float, dict, dict]]:
+    """:func:`_decided`; a device decided alone (one job: a device timed) computes all that a
+    device computes, taking none of the held-out errors that the SDK keeps from other
+    calls (a device deciding on a new version re-personalizes the version it holds, the
+    same for every method), so that its seconds are a device's."""
+    from dmt_model.personalize import _held_out_errors_afresh
+
+    with _held_out_errors_afresh() if len(jobs) == 1 else contextlib.nullcontext():
+        return _decided(jobs)
+
+
+def _decided(jobs: list[tuple]) -> list[tuple[bytes, bool, float, dict, dict]]:
     """The decisions of devices that share a model, its previous version, a task and how the
     model was released (runs in a worker process): for each, the personal model it holds
     after ``personalize()`` (no current model) or ``adopt_new_version`` against its current

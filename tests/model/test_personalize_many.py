@@ -4,6 +4,7 @@ and the same result, whatever the devices' sizes, passes, divergences and errors
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 
 import numpy as np
@@ -241,3 +242,54 @@ def test_anchors_keep_the_label_columns_dtype_and_refuse_records_without_a_targe
         with_prior(regressor, devices[1].drop(columns="MEDV"), 3)
     with pytest.raises(ValidationError, match="on_event reports one update; got 0"):
         update_specs(regressor, [], on_event=print)
+
+
+def test_a_versions_held_out_errors_are_computed_once_for_the_same_records(foundation, devices,
+                                                                          monkeypatch):
+    """Deciding on a second new version, each device re-personalizes the version it holds
+    on the same folds: those updates are not trained again, and every decision is what it
+    is with everything computed afresh. A device whose records changed in one number, and
+    a held version changed in one weight, are computed again."""
+    from dmt_model import personalize
+
+    # (the tests' fixture computes everything afresh; this test is of what is kept)
+    monkeypatch.setattr(personalize, "_AFRESH", contextvars.ContextVar("afresh", default=False))
+    previous = build_spec(foundation, updatable=UpdateSettings())
+    calm = [devices[i] for i in (0, 1, 2, 4)]
+    currents = [spec for spec, _ in personalized_many(previous, calm, **FAST)]
+    versions = []
+    for shift in (0.3, -0.2):
+        new = build_spec(foundation, updatable=UpdateSettings())
+        weight, bias, _ = get_weights(new, "dense_2")
+        set_weights(new, "dense_2", weight, bias + shift)
+        versions.append(new)
+    trained: list[tuple[bytes, int]] = []  # (the spec updated, how many updates)
+    train = personalize._personal_updates
+    monkeypatch.setattr(personalize, "_personal_updates", lambda *args: trained.append(
+        (spec_bytes(args[0]), len(args[1]))) or train(*args))
+
+    def decide(new, records=calm, held=previous):
+        """The decisions, and how many updates of the held version and of the new one."""
+        trained.clear()
+        decisions = adopted_many(new, currents, records, previous=held, **FAST)
+        of_held = sum(n for spec, n in trained if spec == spec_bytes(held))
+        return decisions, of_held, sum(n for _, n in trained) - of_held
+
+    _, held_first, new_first = decide(versions[0])
+    second, held_second, new_second = decide(versions[1])
+    with personalize._held_out_errors_afresh():
+        afresh, held_afresh, new_afresh = decide(versions[1])
+    _assert_each_alone(second, afresh)
+    assert held_first == held_afresh > 0 and held_second == 0
+    assert new_first == new_second == new_afresh > 0
+    assert personalize._HELD_OUT_ERRORS and all(
+        not errors.flags.writeable for errors in personalize._HELD_OUT_ERRORS.values())
+
+    changed = [records.copy() for records in calm]
+    changed[1].iloc[0, 0] += 0.5  # one number of one device's records
+    _, held_changed, _ = decide(versions[1], changed)
+    assert 0 < held_changed < held_first
+    moved = build_spec(foundation, updatable=UpdateSettings())
+    weight, bias, _ = get_weights(moved, "dense_2")
+    set_weights(moved, "dense_2", weight, bias + 1e-3)  # the held version, one weight apart
+    assert decide(versions[1], calm, moved)[1] == held_first
