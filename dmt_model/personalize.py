@@ -2115,7 +2115,9 @@ def adopted_many(
     shared; all were personalized from ``previous`` (or it is not given). One (the
     personal model the device holds afterwards, result) per device, each what
     :func:`adopted` returns for it alone, as :func:`personalized_many` says (the rule
-    too: ``rule``, else :func:`adoption_rule_for` ``release``). No argument is modified."""
+    too: ``rule``, else :func:`adoption_rule_for` ``release``). No argument is modified.
+    ``previous``'s held-out errors on a device's folds, the same whichever version is new,
+    are kept for the next call on the same records (:data:`_HELD_OUT_ERRORS`)."""
     shared = _per_device(shared_records, record_sets, "shared_records")
     holdout = _per_device(holdouts, record_sets, "holdouts")
     if len(currents) != len(record_sets):
