@@ -1634,13 +1634,22 @@ class TaskRun:
         (args.output / task.files(".json")).write_text(json.dumps(result, indent=1))
         return result
 
-    def finish(self) -> dict[str, Any]:
-        """anonymeter's risks (once a task), the files, and the table printed."""
+    def wants_risk(self) -> bool:
+        """Whether :meth:`finish` computes anonymeter's risks: a tabular task, DMT's rows and
+        ``--risk``, and none yet (a continuation keeps the run's before)."""
+        args = self.args
+        return (self.task.tabular and not self.risk and bool(args.risk)
+                and "dmt" in args.methods and not args.describe_only)
+
+    def finish(self, risk: dict[str, Any] | None = None) -> dict[str, Any]:
+        """anonymeter's risks (once a task; ``risk``: as a ``--jobs`` job computed them),
+        the files, and the table printed."""
         args, task = self.args, self.task
         if args.describe_only:  # a shape, no results: the folder's files stay as they are
             return {"shape_per_seed": self.shapes}
-        if task.tabular and self.per_seed and not self.risk and args.risk \
-                and "dmt" in args.methods:
+        if risk is not None:
+            self.risk = risk
+        elif self.per_seed and self.wants_risk():
             self.risk = server_risk(task, 0, args.users, self.epsilons)
         result = self.write()
         print((args.output / task.files(".md")).read_text() if self.per_seed else "",
@@ -1687,45 +1696,60 @@ def _seed_job(task_name: str, seed: int, users: int, arguments: dict[str, Any]
     return describe(sim, task), run_seed(sim, task, seed, **arguments)
 
 
+def _risk_job(task_name: str, users: int, epsilons: tuple[float, ...]) -> dict[str, Any]:
+    """A task's anonymeter risks, as :meth:`TaskRun.finish` computes them (in a ``--jobs``
+    process)."""
+    return server_risk(TASKS[task_name], 0, users, epsilons)
+
+
 def run_in_jobs(tasks: list[ProtocolTask], args: argparse.Namespace) -> None:
     """Every seed of every task in ``tasks``, ``args.jobs`` at a time, each in a process of
-    its own (each with its own Ray); a task's files are written as its seeds finish, in
-    order, and its risks as its last seed does. Every figure but the seconds is that of one
-    seed after the other: a seed depends on its task, seed and settings only (its CPU and
-    wall seconds on what runs beside it). A seed that fails, or an interrupt, starts no
-    other: the seeds running finish (at most ``jobs`` − 1), and the error is raised; each
-    task keeps the files of the seeds it had added."""
+    its own (each with its own Ray), and each task's anonymeter risks as a job of their own
+    after its seeds (computed as the run's last seed finished, they left a core idle while
+    the main process computed them: 36 s on Synthetic); a task's files are written as its
+    seeds finish, in order, and its risks once its last seed and they are done. Every
+    figure but the seconds is that of one seed after the other: a seed depends on its
+    task, seed and settings only (its CPU and wall seconds on what runs beside it). A seed
+    that fails, or an interrupt, starts no other: the seeds running finish (at most
+    ``jobs`` − 1), and the error is raised; each task keeps the files of the seeds it had
+    added."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
     runs = [TaskRun.start(task, args) for task in tasks]
     flower = bool(set(args.methods) - {"dmt"})
-    todo = [(run, seed) for run in runs for seed in run.seeds]
-    done: dict[tuple[str, int], Any] = {}  # (task, seed) → (shape, rows), until added
+    # (a task's risks: seed None)
+    todo = [(run, seed) for run in runs
+            for seed in [*run.seeds, *([None] if run.wants_risk() else [])]]
+    done: dict[tuple[str, int | None], Any] = {}  # (task, seed) → (shape, rows), until added
     added = {run.task.name: 0 for run in runs}  # seeds added, per task
+    finished: set[str] = set()
 
     def add_in_order() -> None:
         for run in runs:
-            while added[run.task.name] < len(run.seeds):
-                seed = run.seeds[added[run.task.name]]
-                if (run.task.name, seed) not in done:
-                    break
-                shape, rows = done.pop((run.task.name, seed))
+            name = run.task.name
+            while added[name] < len(run.seeds) and (name, run.seeds[added[name]]) in done:
+                seed = run.seeds[added[name]]
+                shape, rows = done.pop((name, seed))
                 run.describe(seed, shape)
                 run.add(seed, rows)
-                added[run.task.name] += 1
-                if added[run.task.name] == len(run.seeds):
-                    run.finish()
+                added[name] += 1
+            if added[name] == len(run.seeds) and name not in finished and (
+                    (name, None) in done or not run.wants_risk()):
+                run.finish(done.pop((name, None), None))
+                finished.add(name)
 
     with ProcessPoolExecutor(max_workers=min(args.jobs, len(todo)),
                              mp_context=multiprocessing.get_context("spawn"),
                              initializer=_job_start, initargs=(flower,)) as pool:
-        running: dict[Future[Any], tuple[str, int]] = {}
+        running: dict[Future[Any], tuple[str, int | None]] = {}
         while todo or running:
             while todo and len(running) < args.jobs:  # (never more queued than run)
                 run, seed = todo.pop(0)
-                running[pool.submit(_seed_job, run.task.name, seed, args.users,
-                                    run.seed_arguments())] = (run.task.name, seed)
+                job = pool.submit(_risk_job, run.task.name, args.users, run.epsilons) \
+                    if seed is None else pool.submit(_seed_job, run.task.name, seed,
+                                                      args.users, run.seed_arguments())
+                running[job] = (run.task.name, seed)
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
                 done[running.pop(future)] = future.result()  # (a failed seed raises here)

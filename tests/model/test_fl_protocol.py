@@ -254,6 +254,31 @@ def test_seeds_run_in_jobs_give_the_figures_of_one_after_the_other(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_tasks_risks_are_a_job_of_their_own_with_the_same_figures(tmp_path, monkeypatch):
+    """issue 13: a task's anonymeter risks ran in the main process once its last seed was
+    done, while no seed started: a core idle for their 14-36 s, and at the end of the whole
+    run both. With --jobs they are a job after the task's seeds (a job process imports
+    server_risk afresh, so the main process's, made to fail, is not called); the same
+    risks."""
+    if not (Path(fl_protocol.__file__).parents[1] / ".venv-risk" / "bin" / "python").exists():
+        pytest.skip("anonymeter's environment is missing: `make risk-env`")
+    argv = ["--task", "friedman", "--seeds", "2", "--users", "12", "--rounds", "1",
+            "--epsilons", "4", "--methods", "dmt"]
+    fl_protocol.main([*argv, "--jobs", "1", "--output", str(tmp_path / "1")])
+
+    def in_the_main_process(*args, **kwargs):
+        raise AssertionError("the risks were computed in the main process")
+
+    monkeypatch.setattr(fl_protocol, "server_risk", in_the_main_process)
+    fl_protocol.main([*argv, "--jobs", "2", "--output", str(tmp_path / "2")])
+    one, two = (json.loads((tmp_path / jobs / "federated_protocol_friedman.json").read_text())
+                for jobs in ("1", "2"))
+    risks = [{k: v for k, v in run["anonymeter"].items() if k != "seconds"} for run in (one, two)]
+    assert risks[0]["cases"] and risks[0] == risks[1]
+    assert "anonymeter's risks" in (tmp_path / "2" / "federated_protocol_friedman.md").read_text()
+
+
+@pytest.mark.slow
 def test_a_seed_that_fails_in_a_job_ends_the_run_with_its_error(tmp_path):
     """A failing seed in --jobs once let every queued seed run before its error came back,
     and their results were thrown away; now no other seed starts, and the error is the
