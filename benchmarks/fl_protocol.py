@@ -958,8 +958,10 @@ def _decided(jobs: list[tuple]) -> list[tuple[bytes, bool, float, dict, dict]]:
 
 #: One device in this many is decided and timed alone (:func:`personalize_users`). A device
 #: alone costs about as much CPU as ten in a batch: one in ten timed was 40-45 % of the
-#: personalizations' CPU (Friedman, 120 devices: 1.7 of 4.1 s; adoption 3.0 of 6.0 s).
-TIMED_EVERY = 20
+#: personalizations' CPU (Friedman, 120 devices: 1.7 of 4.1 s; adoption 3.0 of 6.0 s), and
+#: one in twenty, once the held version's errors were kept, 26 % of an adoption's (Adult,
+#: 120 devices: 1.67 of 6.42 s). Three devices a row and seed, 15 a row, span the sizes.
+TIMED_EVERY = 40
 
 
 def _timed(sizes: list[int]) -> list[int]:
