@@ -126,12 +126,14 @@ def category_codes(column: pd.Series | np.ndarray, vocabulary: Sequence[Any]) ->
     codes of ``pd.Categorical(column, categories=vocabulary)``, looked up in the index it
     builds, built once per vocabulary (building it cost a device's few records ten times
     the look-up) and without pandas' deprecation of values outside the categories."""
-    return _categories(tuple(vocabulary)).get_indexer_for(column)  # type: ignore[no-any-return]
+    # (keyed by each value's type too: True == 1 == 1.0, and their indexes differ)
+    key = tuple((type(value), value) for value in vocabulary)
+    return _categories(key).get_indexer_for(column)  # type: ignore[no-any-return]
 
 
 @functools.lru_cache(maxsize=256)
-def _categories(vocabulary: tuple[Any, ...]) -> pd.Index:
-    return pd.CategoricalDtype(list(vocabulary)).categories
+def _categories(vocabulary: tuple[tuple[type, Any], ...]) -> pd.Index:
+    return pd.CategoricalDtype([value for _, value in vocabulary]).categories
 
 
 class Featurizer:

@@ -133,3 +133,18 @@ def test_a_featurizers_codes_are_those_of_its_vocabulary_as_it_stands():
     np.testing.assert_array_equal(category_codes(column, vocabulary), [1, -1])
     vocabulary.append("c")
     np.testing.assert_array_equal(category_codes(column, vocabulary), [1, 2])
+
+
+def test_vocabularies_equal_in_python_but_not_in_pandas_are_looked_up_apart():
+    """(1, 0) == (True, False) in Python, yet pandas looks a bool up in the one and not in
+    the other: each vocabulary keeps its own index."""
+    import warnings
+
+    from dmt_model.features import category_codes
+
+    for vocabulary in ([1, 0], [True, False], [1.0, 0.0], [True, False], [1, 0]):
+        for column in (pd.Series([True, False]), pd.Series([1, 0]), pd.Series([True, 1, 0.0])):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                expected = pd.Categorical(column, categories=vocabulary).codes
+            np.testing.assert_array_equal(category_codes(column, vocabulary), expected)
