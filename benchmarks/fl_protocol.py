@@ -1752,8 +1752,8 @@ def run_in_jobs(tasks: list[ProtocolTask], args: argparse.Namespace) -> None:
                     if seed is None else pool.submit(_seed_job, run.task.name, seed,
                                                       args.users, run.seed_arguments())
                 running[job] = (run.task.name, seed)
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
+            completed, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in completed:
                 done[running.pop(future)] = future.result()  # (a failed seed raises here)
             add_in_order()
 

@@ -253,6 +253,56 @@ def test_seeds_run_in_jobs_give_the_figures_of_one_after_the_other(tmp_path):
     assert (one["protocol"]["jobs"], two["protocol"]["jobs"]) == (1, 2)
 
 
+def test_jobs_finish_each_task_once_after_its_seeds_and_risks(monkeypatch):
+    """A name shared by the finished tasks and the finished futures once made every job
+    that ended after a task's last seed finish that task again (its table printed, its
+    files and plots written again, its seconds moved): each task finishes once, after
+    its seeds, in order, and with its risks when it wants them. Threads stand in for the
+    job processes, and stubs for a seed's and a task's work."""
+    import concurrent.futures
+    import types
+
+    events = []
+
+    class Run:
+        def __init__(self, task, args):
+            self.task, self.seeds, self.epsilons = task, range(3), (4.0,)
+            self.risky, self.risk = task.name == "friedman", {}
+
+        def wants_risk(self):  # (as TaskRun's: not once the risks are in)
+            return self.risky and not self.risk
+
+        def seed_arguments(self):
+            return {}
+
+        def describe(self, seed, shape):
+            assert shape == {"seed": seed}
+
+        def add(self, seed, rows):
+            events.append((self.task.name, seed))
+
+        def finish(self, risk=None):
+            self.risk = risk or self.risk
+            events.append((self.task.name, "finish", risk))
+
+    class Threads(concurrent.futures.ThreadPoolExecutor):
+        def __init__(self, max_workers, mp_context=None, initializer=None, initargs=()):
+            super().__init__(max_workers)
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", Threads)
+    monkeypatch.setattr(fl_protocol.TaskRun, "start", classmethod(lambda cls, task, args:
+                                                                   Run(task, args)))
+    monkeypatch.setattr(fl_protocol, "_seed_job", lambda name, seed, users, arguments: (
+        {"seed": seed}, {}))
+    monkeypatch.setattr(fl_protocol, "_risk_job", lambda name, users, epsilons: {"of": name})
+    tasks = [fl_protocol.TASKS[name] for name in ("friedman", "synthetic")]
+    fl_protocol.run_in_jobs(tasks, types.SimpleNamespace(jobs=2, methods=["dmt"], users=12))
+    assert events == [("friedman", 0), ("friedman", 1), ("friedman", 2),
+                      ("friedman", "finish", {"of": "friedman"}),
+                      ("synthetic", 0), ("synthetic", 1), ("synthetic", 2),
+                      ("synthetic", "finish", None)]
+
+
 @pytest.mark.slow
 def test_a_tasks_risks_are_a_job_of_their_own_with_the_same_figures(tmp_path, monkeypatch):
     """issue 13: a task's anonymeter risks ran in the main process once its last seed was
