@@ -122,10 +122,11 @@ def coded_input(vocabulary: Sequence[Any]) -> bool:
 
 
 def category_codes(column: pd.Series | np.ndarray, vocabulary: Sequence[Any]) -> np.ndarray:
-    """Each value's position in ``vocabulary``, −1 for a value outside it or missing: the
-    codes of ``pd.Categorical(column, categories=vocabulary)``, looked up in the index it
-    builds, built once per vocabulary (building it cost a device's few records ten times
-    the look-up) and without pandas' deprecation of values outside the categories."""
+    """Each value's position in ``vocabulary``, −1 for a value outside it: the codes of
+    ``pd.Categorical(column, categories=vocabulary)`` (−1 for a missing value too, unless
+    the vocabulary holds one, which ``pd.Categorical`` refuses and a schema's categories
+    may), looked up in an index built once per vocabulary (building it cost a device's few
+    records ten times the look-up), without pandas' deprecation of values outside it."""
     # (keyed by each value's type too: True == 1 == 1.0, and their indexes differ)
     key = tuple((type(value), value) for value in vocabulary)
     return _categories(key).get_indexer_for(column)  # type: ignore[no-any-return]
@@ -133,7 +134,7 @@ def category_codes(column: pd.Series | np.ndarray, vocabulary: Sequence[Any]) ->
 
 @functools.lru_cache(maxsize=256)
 def _categories(vocabulary: tuple[tuple[type, Any], ...]) -> pd.Index:
-    return pd.CategoricalDtype([value for _, value in vocabulary]).categories
+    return pd.Index([value for _, value in vocabulary])
 
 
 class Featurizer:

@@ -135,6 +135,23 @@ def test_a_featurizers_codes_are_those_of_its_vocabulary_as_it_stands():
     np.testing.assert_array_equal(category_codes(column, vocabulary), [1, 2])
 
 
+def test_a_schemas_categories_with_a_missing_value_still_one_hot():
+    """A schema may list a missing value among a field's categories; pd.Categorical refuses
+    such categories, and the one-hot read them before category_codes (helper-56): it still
+    does, each known value at its place and an unknown one refused."""
+    from dmt_privacy.schema import Field, Schema
+
+    for missing in (None, float("nan")):
+        schema = Schema((Field("c", "categorical", categories=("a", "b", missing)),
+                         Field("y", "numeric", "target", bounds=(0, 1))))
+        frame = pd.DataFrame({"c": ["b", "a", "b"], "y": [0.0, 1.0, 0.5]})
+        featurizer = Featurizer(schema).fit(frame)
+        np.testing.assert_array_equal(featurizer.transform(frame).categorical["c"],
+                                      [[0, 1, 0], [1, 0, 0], [0, 1, 0]])
+        with pytest.raises(UnknownCategoryError, match="'z' is not in the vocabulary"):
+            featurizer.transform(frame.assign(c=["z", "a", "b"]))
+
+
 def test_vocabularies_equal_in_python_but_not_in_pandas_are_looked_up_apart():
     """(1, 0) == (True, False) in Python, yet pandas looks a bool up in the one and not in
     the other: each vocabulary keeps its own index."""
