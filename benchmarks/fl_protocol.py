@@ -881,13 +881,14 @@ def tune(args: argparse.Namespace, task: ProtocolTask) -> None:
 
 # --- one seed -------------------------------------------------------------------------
 def _devices(jobs: list[tuple]) -> list[tuple[bytes, bool, float, dict, dict]]:
-    """:func:`_decided`; a device decided alone (one job: a device timed) computes all that a
-    device computes, taking none of the held-out errors that the SDK keeps from other
-    calls (a device deciding on a new version re-personalizes the version it holds, the
-    same for every method), so that its seconds are a device's."""
-    from dmt_model.personalize import _held_out_errors_afresh
+    """:func:`_decided`. Devices decided together keep the held version's held-out errors
+    for the next method's version (``_keeping_held_out_errors``: a device deciding on a
+    new version re-personalizes the version it holds on its folds, the same for every
+    method, about a third of an adoption); a device decided alone (one job: a device
+    timed) computes all that a device computes, so that its seconds are a device's."""
+    from dmt_model.personalize import _keeping_held_out_errors
 
-    with _held_out_errors_afresh() if len(jobs) == 1 else contextlib.nullcontext():
+    with _keeping_held_out_errors() if len(jobs) > 1 else contextlib.nullcontext():
         return _decided(jobs)
 
 

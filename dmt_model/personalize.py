@@ -1771,8 +1771,9 @@ def _held_out_errors(spec: Any, checks: Sequence[_Check], grid: Sequence[int],
 def _devices_held_out_errors(spec: Any, devices: Sequence[Sequence[_Check]], grid: Sequence[int],
                              overrides: Mapping[str, Any]) -> list[np.ndarray]:
     """:func:`_held_out_errors` of each device's checks, their updates trained together
-    (:func:`_devices_fits`); a device's errors already computed for the same spec, grid,
-    overrides and checks are taken from :data:`_HELD_OUT_ERRORS` (read-only)."""
+    (:func:`_devices_fits`); inside :func:`_keeping_held_out_errors`, a device's errors
+    already computed for the same spec, grid, overrides and checks are taken from
+    :data:`_HELD_OUT_ERRORS` (read-only)."""
     keys = _held_out_keys(spec, devices, grid, overrides)
     out = [None if key is None else _HELD_OUT_ERRORS.get(key) for key in keys]
     todo = [i for i, errors in enumerate(out) if errors is None]
@@ -1790,19 +1791,24 @@ def _devices_held_out_errors(spec: Any, devices: Sequence[Sequence[_Check]], gri
 
 
 class _KeptErrors(dict[bytes, np.ndarray]):
-    """Held-out errors by key, at most ``limit`` numbers in all (the oldest dropped first)."""
+    """Held-out errors by key, in at most ``limit`` bytes (each entry's numbers and
+    :attr:`ENTRY_BYTES`; the oldest dropped first, one larger than all not kept)."""
+
+    ENTRY_BYTES = 256  # (a key, an array's header, a dict slot)
 
     def __init__(self, limit: int) -> None:
         super().__init__()
         self.limit, self.size, self.lock = limit, 0, threading.Lock()
 
     def keep(self, key: bytes, errors: np.ndarray) -> None:
+        cost = errors.nbytes + self.ENTRY_BYTES
         with self.lock:
-            if key not in self:
-                self[key] = errors
-                self.size += errors.size
+            if key in self or cost > self.limit:
+                return
+            self[key] = errors
+            self.size += cost
             while self.size > self.limit:
-                self.size -= self.pop(next(iter(self))).size
+                self.size -= self.pop(next(iter(self))).nbytes + self.ENTRY_BYTES
 
     def clear(self) -> None:
         with self.lock:
@@ -1810,68 +1816,93 @@ class _KeptErrors(dict[bytes, np.ndarray]):
             self.size = 0
 
 
-#: A version's held-out errors on a device's checks, by :func:`_held_out_keys`: a device
-#: deciding on a new version re-personalizes the version it holds on its folds, the same
-#: updates for every new version, and a server's check re-scores its previous version on
-#: the same held-out devices for every candidate. Computing them once cut the FL
-#: benchmark's adoptions by about a third.
-_HELD_OUT_ERRORS = _KeptErrors(1 << 21)  # (16 MB of errors)
-_AFRESH: contextvars.ContextVar[bool] = contextvars.ContextVar("afresh", default=False)
+#: A version's held-out errors on a device's checks, by :func:`_held_out_keys`, kept only
+#: inside :func:`_keeping_held_out_errors`. A device deciding on a new version
+#: re-personalizes the version it holds on its folds, the same updates whichever version
+#: is new; a simulation of many devices deciding on many versions in one process (the FL
+#: benchmark: ten versions a seed, one held version, 120 devices) computes them once.
+_HELD_OUT_ERRORS = _KeptErrors(16 << 20)
+_KEEP: contextvars.ContextVar[bool] = contextvars.ContextVar("keep", default=False)
 
 
 @contextlib.contextmanager
-def _held_out_errors_afresh() -> Iterator[None]:
-    """Inside: every held-out error computed, none taken from or kept in
-    :data:`_HELD_OUT_ERRORS`, as a device alone computes them (to time one)."""
-    token = _AFRESH.set(True)
+def _keeping_held_out_errors() -> Iterator[None]:
+    """Inside: held-out errors are kept in :data:`_HELD_OUT_ERRORS` and taken from it, for
+    simulations of many devices in one process; they stay until pushed out. Outside (the
+    default), every error is computed, as a device computes it, and none is kept: a
+    device's per-record losses are not held beyond its call, nor its records hashed."""
+    token = _KEEP.set(True)
     try:
         yield
     finally:
-        _AFRESH.reset(token)
+        _KEEP.reset(token)
 
 
 def _held_out_keys(spec: Any, devices: Sequence[Sequence[_Check]], grid: Sequence[int],
                    overrides: Mapping[str, Any]) -> list[bytes | None]:
     """Each device's key in :data:`_HELD_OUT_ERRORS`: a digest of everything its held-out
     errors are computed from (the spec's bytes, the prior grid, the overrides, and its
-    checks' records and targets, every value's bytes), or ``None`` (an ExecuTorch program,
-    or inside :func:`_held_out_errors_afresh`: not kept)."""
-    if _is_program(spec) or _AFRESH.get():
+    checks' records and targets, every value written exactly, with its type), or ``None``:
+    not kept (outside :func:`_keeping_held_out_errors`, an ExecuTorch program, an override
+    or a record's value that is not written exactly, such as a list in a cell)."""
+    settings = _plain_overrides(overrides)
+    if not _KEEP.get() or _is_program(spec) or settings is None:
         return [None] * len(devices)
     common = hashlib.sha256(spec.SerializeToString(deterministic=True))
-    common.update(repr((tuple(grid), sorted(overrides.items()))).encode())
+    common.update(repr((tuple(int(prior) for prior in grid), settings)).encode())
     keys: list[bytes | None] = []
     for checks in devices:
         digest = common.copy()
-        for train, held, target in checks:
-            for frame in (train, held):
-                _digest_frame(digest, frame)
-            _digest_values(digest, np.asarray(target))
-        keys.append(digest.digest())
+        exact = all(_digest_frame(digest, train) and _digest_frame(digest, held)
+                    and _digest_values(digest, np.asarray(target))
+                    for train, held, target in checks)
+        keys.append(digest.digest() if exact else None)
     return keys
 
 
-def _digest_frame(digest: Any, frame: pd.DataFrame) -> None:
-    """Add ``frame``'s columns, index and every value, as its bytes, to ``digest``."""
-    digest.update(repr((frame.shape, list(frame.columns))).encode())
-    for values in (frame.index, *(frame[name] for name in frame.columns)):
-        _digest_values(digest, values.to_numpy())
+def _plain_overrides(overrides: Mapping[str, Any]) -> tuple | None:
+    """The overrides as a key (each name with its value's type and value; a
+    :class:`LossConvention` with its fields), or ``None`` for a value of another kind."""
+    out = []
+    for name, value in sorted(overrides.items()):
+        if type(value) in (type(None), bool, int, float, str) or type(value) is LossConvention:
+            out.append((name, type(value).__name__, repr(value)))
+        else:
+            return None
+    return tuple(out)
 
 
-def _digest_values(digest: Any, values: np.ndarray) -> None:
-    """Add an array's values to ``digest``: a number array's bytes, else each value's (a
-    string's, an image's array's, else its type and ``repr``), each with its length."""
+def _digest_frame(digest: Any, frame: pd.DataFrame) -> bool:
+    """Add ``frame``'s shape, columns, dtypes, index and every value to ``digest``; False if
+    some value is not written exactly (:func:`_digest_values`)."""
+    digest.update(repr((frame.shape, [(type(name).__name__, name) for name in frame.columns],
+                        [str(dtype) for dtype in frame.dtypes])).encode())
+    return all(_digest_values(digest, values.to_numpy())
+               for values in (frame.index, *(frame[name] for name in frame.columns)))
+
+
+def _digest_values(digest: Any, values: np.ndarray) -> bool:
+    """Add an array's values to ``digest``, each with its type: a number array's bytes; else
+    value by value a string, a Python bool, int, float or None, a numpy number, or an array
+    of numbers (an image), each tagged and with its length. False, with nothing to key on,
+    for any other value (a list, an array of objects, an object of some class)."""
     digest.update(repr((values.dtype.str, values.shape)).encode())
     if values.dtype.kind in "biufcmM":
         digest.update(np.ascontiguousarray(values).tobytes())
-        return
+        return True
     for value in values.ravel().tolist():
-        data = value.encode("utf-8", "surrogatepass") if isinstance(value, str) else (
-            np.asarray(value).tobytes() + repr((np.asarray(value).dtype.str,
-                                                 np.shape(value))).encode()
-            if isinstance(value, np.ndarray | list | tuple)
-            else repr((type(value).__name__, value)).encode())
-        digest.update(len(data).to_bytes(8, "little") + data)
+        if isinstance(value, str):
+            tag, data = b"str", value.encode("utf-8", "surrogatepass")
+        elif type(value) in (type(None), bool, int, float):
+            tag, data = type(value).__name__.encode(), repr(value).encode()
+        elif isinstance(value, np.generic | np.ndarray) and value.dtype.kind in "biufc":
+            tag = repr((type(value).__name__, value.dtype.str, np.shape(value))).encode()
+            data = np.ascontiguousarray(value).tobytes()
+        else:
+            return False
+        digest.update(len(tag).to_bytes(8, "little") + tag
+                      + len(data).to_bytes(8, "little") + data)
+    return True
 
 
 def _devices_fits(spec: Any, record_sets: Sequence[Sequence[pd.DataFrame]],
@@ -2116,8 +2147,9 @@ def adopted_many(
     personal model the device holds afterwards, result) per device, each what
     :func:`adopted` returns for it alone, as :func:`personalized_many` says (the rule
     too: ``rule``, else :func:`adoption_rule_for` ``release``). No argument is modified.
-    ``previous``'s held-out errors on a device's folds, the same whichever version is new,
-    are kept for the next call on the same records (:data:`_HELD_OUT_ERRORS`)."""
+    In a simulation of many devices deciding on many versions,
+    ``_keeping_held_out_errors()`` keeps ``previous``'s held-out errors on a device's
+    folds, the same whichever version is new, for the next call on the same records."""
     shared = _per_device(shared_records, record_sets, "shared_records")
     holdout = _per_device(holdouts, record_sets, "holdouts")
     if len(currents) != len(record_sets):

@@ -24,18 +24,6 @@ def _no_postgres_reason() -> str:
             "if missing and starts a throwaway cluster on 127.0.0.1")
 
 
-@pytest.fixture(autouse=True)
-def _held_out_errors_computed():
-    """Every test computes the held-out errors it compares: the SDK keeps a version's for
-    later calls (``personalize._HELD_OUT_ERRORS``), which would skip what a test checks. A
-    test of what is kept replaces ``personalize._AFRESH`` with a variable of its own."""
-    from dmt_model import personalize
-
-    personalize._HELD_OUT_ERRORS.clear()
-    with personalize._held_out_errors_afresh():
-        yield
-
-
 def load_server_load():
     """benchmarks/server_load.py as a module (the tests run its load client on small loads)."""
     name = "server_load"

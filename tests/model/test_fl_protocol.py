@@ -3,7 +3,6 @@ form: a test that the code works, not that any method wins (issue 13)."""
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
 import json
 import math
@@ -196,20 +195,18 @@ def test_personalizing_in_worker_processes_changes_nothing():
 
 
 def test_a_device_timed_alone_computes_what_a_device_computes(monkeypatch):
-    """The SDK keeps a held version's held-out errors for the next version's decision; a
-    device timed alone takes none of them (its seconds are a device's, which computes
-    them), and devices decided together may."""
+    """Devices decided together keep the held version's held-out errors for the next
+    method's version; a device timed alone keeps and takes none (its seconds are a
+    device's, which computes them)."""
     from dmt_model import personalize
 
-    # (the tests' fixture computes everything afresh; this test is of what is kept)
-    monkeypatch.setattr(personalize, "_AFRESH", contextvars.ContextVar("afresh", default=False))
     seen = []
     monkeypatch.setattr(fl_protocol, "_decided",
-                        lambda jobs: seen.append((len(jobs), personalize._AFRESH.get())) or [])
+                        lambda jobs: seen.append((len(jobs), personalize._KEEP.get())) or [])
     fl_protocol._devices([("job",)])
     fl_protocol._devices([("job",), ("another",)])
-    assert seen == [(1, True), (2, False)]
-    assert not personalize._AFRESH.get()  # (and afterwards, nothing is computed afresh)
+    assert seen == [(1, False), (2, True)]
+    assert not personalize._KEEP.get()  # (and afterwards, nothing is kept)
 
 
 def test_worker_processes_run_one_blas_thread_whatever_they_inherit(monkeypatch):

@@ -4,7 +4,7 @@ and the same result, whatever the devices' sizes, passes, divergences and errors
 
 from __future__ import annotations
 
-import contextvars
+import contextlib
 import dataclasses
 
 import numpy as np
@@ -252,8 +252,7 @@ def test_a_versions_held_out_errors_are_computed_once_for_the_same_records(found
     a held version changed in one weight, are computed again."""
     from dmt_model import personalize
 
-    # (the tests' fixture computes everything afresh; this test is of what is kept)
-    monkeypatch.setattr(personalize, "_AFRESH", contextvars.ContextVar("afresh", default=False))
+    personalize._HELD_OUT_ERRORS.clear()  # (nothing kept by another test)
     previous = build_spec(foundation, updatable=UpdateSettings())
     calm = [devices[i] for i in (0, 1, 2, 4)]
     currents = [spec for spec, _ in personalized_many(previous, calm, **FAST)]
@@ -268,17 +267,17 @@ def test_a_versions_held_out_errors_are_computed_once_for_the_same_records(found
     monkeypatch.setattr(personalize, "_personal_updates", lambda *args: trained.append(
         (spec_bytes(args[0]), len(args[1]))) or train(*args))
 
-    def decide(new, records=calm, held=previous):
+    def decide(new, records=calm, held=previous, keep=True):
         """The decisions, and how many updates of the held version and of the new one."""
         trained.clear()
-        decisions = adopted_many(new, currents, records, previous=held, **FAST)
+        with personalize._keeping_held_out_errors() if keep else contextlib.nullcontext():
+            decisions = adopted_many(new, currents, records, previous=held, **FAST)
         of_held = sum(n for spec, n in trained if spec == spec_bytes(held))
         return decisions, of_held, sum(n for _, n in trained) - of_held
 
     _, held_first, new_first = decide(versions[0])
     second, held_second, new_second = decide(versions[1])
-    with personalize._held_out_errors_afresh():
-        afresh, held_afresh, new_afresh = decide(versions[1])
+    afresh, held_afresh, new_afresh = decide(versions[1], keep=False)  # (the default)
     _assert_each_alone(second, afresh)
     assert held_first == held_afresh > 0 and held_second == 0
     assert new_first == new_second == new_afresh > 0
@@ -293,3 +292,49 @@ def test_a_versions_held_out_errors_are_computed_once_for_the_same_records(found
     weight, bias, _ = get_weights(moved, "dense_2")
     set_weights(moved, "dense_2", weight, bias + 1e-3)  # the held version, one weight apart
     assert decide(versions[1], calm, moved)[1] == held_first
+
+
+def test_held_out_errors_are_kept_apart_for_whatever_they_are_computed_from(foundation, devices):
+    """The key of a device's kept errors changes with anything they are computed from: the
+    spec, the grid, an override, a target, a value, a value's type, a column's order; a
+    value it cannot write exactly (a list in a cell, an override of another kind) keeps
+    nothing; outside ``_keeping_held_out_errors`` nothing is kept (the default)."""
+    from dmt_model import personalize
+    from dmt_model.personalize import LossConvention
+
+    spec = build_spec(foundation, updatable=UpdateSettings())
+    records = devices[4]
+    target = records[foundation.featurizer.target].to_numpy()
+
+    def key(frame=records, y=target, grid=(1, 10), overrides=FAST, model=spec):
+        with personalize._keeping_held_out_errors():
+            (out,) = personalize._held_out_keys(model, [[(frame.iloc[2:], frame.iloc[:2],
+                                                          y[:2])]], grid, overrides)
+        return out
+
+    base = key()
+    assert base is not None and key() == base  # (the same inputs, the same key)
+    other = build_spec(foundation, updatable=UpdateSettings())
+    weight, bias, _ = get_weights(other, "dense_2")
+    set_weights(other, "dense_2", weight, bias + 1e-6)
+    first = records.columns[0]
+    variants = {
+        "spec": key(model=other),
+        "grid": key(grid=(1, 3)),
+        "override": key(overrides={"epochs": 21}),
+        "override type": key(overrides={"epochs": 20.0}),
+        "convention": key(overrides={**FAST, "convention": LossConvention(half=True)}),
+        "target": key(y=np.r_[target[:1] + 1e-9, target[1:]]),
+        "value": key(frame=records.assign(**{first: records[first] + 1e-9})),
+        "0.0": key(frame=records.assign(**{first: np.where(np.arange(len(records)) == 3, 0.0,
+                                                            records[first])})),
+        "-0.0": key(frame=records.assign(**{first: np.where(np.arange(len(records)) == 3,
+                                                             -0.0, records[first])})),
+        "type": key(frame=records.astype({first: np.float32})),
+        "column order": key(frame=records[[*records.columns[1:], first]]),
+    }
+    assert all(k is not None for k in variants.values())
+    assert len({base, *variants.values()}) == len(variants) + 1, variants
+    assert key(frame=records.assign(cell=[[1, 2]] * len(records))) is None
+    assert key(overrides={"epochs": np.int64(20)}) is None
+    assert personalize._held_out_keys(spec, [[(records, records, target)]], (1,), {}) == [None]
