@@ -127,6 +127,17 @@ def _import_torch() -> Any:
     return torch
 
 
+def _rmsprop(parameters: Any, learning_rate: float) -> Any:
+    """The optimizer a dmt network trains with (the foundation, its retraining, DDP's, and a
+    Flower client's with ``local_optimizer="rmsprop"``): RMSprop, decay 0.9, ε 1e-7, each
+    step taken over all parameters at once (``foreach``: the same numbers, bit for bit, as
+    tensor by tensor, which cost a small network's step most of its time; Friedman's
+    foundation 2.41 → 1.37 s, the digits model's 1.53 → 0.48 s)."""
+    torch = _import_torch()
+    return torch.optim.RMSprop(parameters, lr=learning_rate, alpha=0.9, eps=1e-7,
+                               foreach=True)
+
+
 def network_for(featurizer: Featurizer,
                 hidden_units: tuple[int, ...] = HIDDEN_UNITS) -> torch.nn.Module:
     """A freshly initialized foundation network for ``featurizer``'s inputs and task."""
@@ -348,8 +359,7 @@ def fit_foundation(
         network.load_state_dict(initial.network.state_dict())
     foundation = Foundation(featurizer, network, config)
     inputs = foundation._tensors(batch)
-    optimizer = torch.optim.RMSprop(network.parameters(), lr=config.learning_rate,
-                                    alpha=0.9, eps=1e-7)
+    optimizer = _rmsprop(network.parameters(), config.learning_rate)
     shuffle = torch.Generator().manual_seed(config.seed)
     network.train()
     threads = torch.get_num_threads()

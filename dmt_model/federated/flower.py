@@ -59,7 +59,7 @@ from typing import Any, cast
 import numpy as np
 
 from dmt_model.federated.strategy import DPFedAvg, FedAvg, FedProx, Strategy
-from dmt_model.foundation import _import_torch
+from dmt_model.foundation import _import_torch, _rmsprop
 from dmt_privacy.errors import DMTError, MissingDependencyError, ValidationError
 
 __all__ = ["ClientData", "FederatedRunError", "RoundLog", "ray_session", "run_rounds",
@@ -133,7 +133,7 @@ def _torch_warmed_up() -> None:
     its compiler, about 2 s of CPU), so that a client's seconds are its training's."""
     torch = _import_torch()
     weight = torch.zeros(1, requires_grad=True)
-    for optimizer in (torch.optim.SGD([weight], lr=0.1), torch.optim.RMSprop([weight], lr=0.1)):
+    for optimizer in (torch.optim.SGD([weight], lr=0.1, foreach=True), _rmsprop([weight], 0.1)):
         (weight * 2).sum().backward()
         optimizer.step()
 
@@ -165,10 +165,9 @@ class _ClientTrainer:
             return [np.asarray(a) for a in arrays], metrics
         base = self.base
         if base.local_optimizer == "sgd":
-            optimizer = torch.optim.SGD(parameters, lr=base.local_learning_rate)
+            optimizer = torch.optim.SGD(parameters, lr=base.local_learning_rate, foreach=True)
         else:
-            optimizer = torch.optim.RMSprop(parameters, lr=base.local_learning_rate,
-                                            alpha=0.9, eps=1e-7)
+            optimizer = _rmsprop(parameters, base.local_learning_rate)
         shuffle = torch.Generator().manual_seed(_client_seed(base.seed, round_index, client))
         network.train()
         total, count = 0.0, 0

@@ -44,6 +44,7 @@ from dmt_model.foundation import (
     Foundation,
     TrainingConfig,
     _import_torch,
+    _rmsprop,
     network_for,
     standardized_squared_error,
 )
@@ -92,8 +93,7 @@ def fit_foundation_ddp(
     y = torch.from_numpy(np.asarray(target, np.float32))
     w = torch.from_numpy(weights)
     model = torch.nn.parallel.DistributedDataParallel(network)
-    optimizer = torch.optim.RMSprop(network.parameters(), lr=config.learning_rate,
-                                    alpha=0.9, eps=1e-7)
+    optimizer = _rmsprop(network.parameters(), config.learning_rate)
     shuffle = torch.Generator().manual_seed(config.seed)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
