@@ -158,10 +158,16 @@ class LossConvention:
         ``present [k, n, 1]`` (0 where a place is unused), the sizes ``batch [k]``."""
         chosen = np.sum(probabilities.astype(np.float64) * onehot, axis=2)
         return (self._chosen_cross_entropies(chosen, present[..., 0], batch),
-                self._cross_entropy_gradient(probabilities, onehot, present, batch))
+                self._cross_entropy_gradient(probabilities, onehot, present,
+                                             self.cross_entropy_scale(batch)))
 
     def _per_update(self, batch: np.ndarray) -> np.ndarray:
         return 1.0 / batch if self.reduction == "mean" else np.ones(len(batch))
+
+    def cross_entropy_scale(self, batch: np.ndarray) -> np.ndarray:
+        """d loss / d logits = scale · (p − onehot) for the cross-entropy, per update
+        (``batch``: the sizes of the updates' mini-batches), in float32."""
+        return self._per_update(batch).astype(np.float32)  # type: ignore[no-any-return]
 
     def _chosen_cross_entropies(self, chosen: np.ndarray, present: np.ndarray,
                                 batch: np.ndarray) -> np.ndarray:
@@ -172,11 +178,11 @@ class LossConvention:
         return total * self._per_update(batch)  # type: ignore[no-any-return]
 
     def _cross_entropy_gradient(self, probabilities: np.ndarray, onehot: np.ndarray,
-                                present: np.ndarray | None, batch: np.ndarray) -> np.ndarray:
-        """:meth:`cross_entropies`' gradient; ``present`` ``None`` when every place is used
-        (multiplying by ones changes no number)."""
-        grad = (probabilities - onehot) * self._per_update(batch).astype(np.float32)[:, None,
-                                                                                     None]
+                                present: np.ndarray | None, scale: np.ndarray) -> np.ndarray:
+        """:meth:`cross_entropies`' gradient (``scale``: :meth:`cross_entropy_scale` of the
+        batch sizes); ``present`` ``None`` when every place is used (multiplying by ones
+        changes no number)."""
+        grad = (probabilities - onehot) * scale[:, None, None]
         return (grad if present is None else grad * present).astype(np.float32, copy=False)
 
 
@@ -493,25 +499,28 @@ def _update_specs(
     names = [layer.name for layer in chain]
     nonlinear = [str(layer.activation.WhichOneof("NonlinearityType")) if kind == "activation"
                  else "" for layer, kind in zip(chain, kinds, strict=True)]
-    # d loss / d ŷ per unit of (ŷ − y), by batch size (each update's at each step is one of
-    # these: a full or a last partial mini-batch)
-    scale_of = convention.gradient_scale(np.maximum(np.arange(s.batch_size + 1), 1))
+    # d loss / d ŷ per unit of ŷ − y (a regression) or of p − onehot(y) (a classifier's
+    # logits), by batch size: each update's at each step is one of these, a full or a last
+    # partial mini-batch's (at a step where every running mini-batch is full, the full one's)
+    scale_of = (convention.cross_entropy_scale if cross_entropy else convention.gradient_scale)(
+        np.maximum(np.arange(s.batch_size + 1), 1))
+    full_scale = np.full(k, scale_of[s.batch_size])
     rejected: dict[int, UpdateRejected] = {}  # by lane
     alive = np.ones(k, dtype=bool)
     if on_event:
         on_event(UpdateEvent("training_begin", 0, 0, math.nan))
     lr, f32 = np.float32(s.learning_rate), np.float32
     event_loss = 0.0
-    for t, a in enumerate(plan.running.tolist()):
-        # Only the first a lanes take step t: every later update has run all its steps.
-        index, batch = plan.index[:a, t], plan.size[:a, t]
+    partial = plan.partial.tolist()
+    # Only the first a lanes take step t: every later update has run all its steps.
+    for t, a, index, batch, (rows, labels) in plan.steps_reading(frozen, y):
         # Until an update diverges, every running update is active and no mask is applied;
         # while every mini-batch is full, neither is the mask of a batch's unused places
         # (multiplying by an all-true mask changes no number).
         active = alive[:a] if rejected else None
         if active is not None and not active.any():
             continue
-        activations = [frozen[index]]
+        activations = [rows]
         for layer, name, kind in zip(chain, names, kinds, strict=True):
             x = activations[-1]
             if name in params:
@@ -521,31 +530,34 @@ def _update_specs(
                 activations.append(apply_activation(layer, x))
             else:  # the softmax before a cross-entropy loss
                 activations.append(softmax(x))
-        labels = y[index]
         loss: np.ndarray | None
         if defer:  # each row's probability of its label now, the losses once the pass is over
             probabilities = activations[-1]
             grad = convention._cross_entropy_gradient(
                 probabilities, labels, (index != 0)[..., None].astype(f32)
-                if plan.partial[t] else None, batch)
+                if partial[t] else None, scale_of[batch] if partial[t] else full_scale[:a])
             # (exactly the label's probability: the other terms are 0, or NaN for a row with a
             # NaN, whose loss is then not finite either)
-            label_probability = np.einsum("knc,knc->kn", probabilities, labels)
-            chosen[:a, t] = label_probability
-            loss = None if np.isfinite(label_probability).all() else convention.cross_entropies(
-                probabilities, labels, (index != 0)[..., None].astype(f32), batch)[0]
+            label_probability = np.einsum("knc,knc->kn", probabilities, labels,
+                                          out=chosen[:a, t])
+            # (a sum of probabilities, at most a few thousand: finite iff each one is)
+            loss = None if math.isfinite(np.add.reduce(label_probability, axis=None)) else \
+                convention.cross_entropies(probabilities, labels,
+                                           (index != 0)[..., None].astype(f32), batch)[0]
         elif cross_entropy:
             present = (index != 0)[..., None].astype(f32)
             loss, grad = convention.cross_entropies(activations[-1], labels, present, batch)
         else:
             diff = activations[-1] - labels
-            if plan.partial[t]:
+            if partial[t]:
                 diff = diff * (index != 0)[..., None].astype(f32)
             diffs[:a, t] = diff[..., 0]
-            grad = (diff * scale_of[batch][:, None, None]).astype(f32, copy=False)
-            # (a float32 ŷ − y squared in float64 cannot overflow: the loss is finite iff it is)
-            loss = convention.losses(diff, batch) if on_event or not np.isfinite(diff).all() \
-                else None
+            grad = (diff * (scale_of[batch] if partial[t] else full_scale[:a])[:, None, None]
+                    ).astype(f32, copy=False)
+            # (a float32 ŷ − y squared in float64 cannot overflow: the loss is finite iff it is;
+            # a sum that overflows, with every ŷ − y finite, only has the losses computed)
+            loss = convention.losses(diff, batch) if on_event or not math.isfinite(
+                np.add.reduce(diff, axis=None)) else None
         if loss is not None and not np.isfinite(loss).all():  # (a rejected update's loss is 0)
             active = alive[:a].copy()
             diverged = active & ~np.isfinite(loss)
@@ -569,21 +581,8 @@ def _update_specs(
         for i in range(backward_from, -1, -1):
             name, x = names[i], activations[i]
             if name in params:
-                w, bias = params[name]
-                g = groups[name]
-                if g == 1:  # (the same numbers as the grouped form's, with fewer calls)
-                    grads = [np.einsum("kno,kni->koi", grad, x), grad.sum(axis=1)]
-                    if i > 0:
-                        grad = np.einsum("kno,koi->kni", grad, w[:a])
-                else:
-                    gg = grad.reshape(a, grad.shape[1], g, -1)
-                    xg = x.reshape(a, x.shape[1], g, -1)
-                    grads = [np.einsum("kngo,kngi->kgoi", gg, xg).reshape(a, *w.shape[1:]),
-                             grad.sum(axis=1)]
-                    if i > 0:
-                        grad = np.einsum("kngo,kgoi->kngi", gg,
-                                         w[:a].reshape(a, g, -1, w.shape[2])
-                                         ).reshape(a, grad.shape[1], -1)
+                grads, grad = _lane_backward(grad, x, params[name][0][:a], groups[name],
+                                             inputs=i > 0)
                 _lane_step(s, a, params[name], grads, state[name], second[name], taken,
                            active, lr)
             else:
@@ -599,6 +598,7 @@ def _update_specs(
                 event_loss = 0.0
 
     out: list[_Fit] = []
+    has_bias = {name: get_weights(spec, name)[1] is not None for name in params}
     for length, lane in zip(lengths, plan.lane, strict=True):
         if lane in rejected:
             out.append(rejected[lane])
@@ -606,9 +606,8 @@ def _update_specs(
         updated = copy.deepcopy(spec)
         finite = True
         for name, (weight, bias) in params.items():
-            has_bias = get_weights(spec, name)[1] is not None
             finite &= bool(np.isfinite(weight[lane]).all() and np.isfinite(bias[lane]).all())
-            set_weights(updated, name, weight[lane], bias[lane] if has_bias else None)
+            set_weights(updated, name, weight[lane], bias[lane] if has_bias[name] else None)
         if not finite:
             out.append(UpdateRejected(
                 "The update produced non-finite weights; nothing was written."))
@@ -669,6 +668,27 @@ class _LanePlan:
         """How many steps the update in ``lane`` takes."""
         return int(np.count_nonzero(self.size[lane]))
 
+    def steps_reading(self, *tables: np.ndarray, budget: int = 1 << 22) -> Iterator[
+            tuple[int, int, np.ndarray, np.ndarray, list[np.ndarray]]]:
+        """Each step in order: ``(t, a, index, size, rows)``, where the first ``a`` lanes
+        run, ``index`` and ``size`` are theirs at step ``t``, and ``rows`` holds each table's
+        rows they read (``table[index]``, contiguous). The rows are gathered a chunk of
+        steps at a time, about ``budget`` bytes: one fancy index a chunk, not one a step (a
+        step of a small model is mostly such calls)."""
+        t0, running = 0, self.running.tolist()
+        row_bytes = sum(table[0].nbytes for table in tables) * self.index.shape[2]
+        while t0 < self.steps:
+            a0 = running[t0]  # (the most lanes of the chunk: fewer run later)
+            t1 = min(self.steps, t0 + max(1, budget // max(1, a0 * row_bytes)))
+            # [step, lane, place], laid out so (numpy's gather keeps its index's layout)
+            chunk = np.ascontiguousarray(self.index[:a0, t0:t1].transpose(1, 0, 2))
+            gathered = [table[chunk] for table in tables]
+            for t in range(t0, t1):
+                a = running[t]
+                yield (t, a, self.index[:a, t], self.size[:a, t],
+                       [rows[t - t0, :a] for rows in gathered])
+            t0 = t1
+
     @classmethod
     def of(cls, sizes: Sequence[int], s: _Settings) -> _LanePlan:
         b, k = s.batch_size, len(sizes)
@@ -703,9 +723,18 @@ class _LanePlan:
                    np.argsort(updates), running)
 
 
+def _diagonal(x: np.ndarray, weight: np.ndarray, groups: int) -> bool:
+    """Whether each output of the layer reads one input (as a personal head does): its
+    matrix products are then a product each, which einsum adds to a zero (so -0.0 comes out
+    0.0, and ``+ np.float32(0)`` gives its numbers exactly)."""
+    return groups == x.shape[2] == weight.shape[1]
+
+
 def _lane_matmul(x: np.ndarray, weight: np.ndarray, groups: int) -> np.ndarray:
     """Each update's ``x [k, n, in]`` through its ``weight [k, out, in / groups]``, group by
     group: ``[k, n, out]`` (:func:`~dmt_model.coreml.evaluate.grouped_matmul` per update)."""
+    if _diagonal(x, weight, groups):  # (einsum's numbers, with fewer calls)
+        return x * weight[:, None, :, 0] + np.float32(0)
     if groups == 1:  # (the same numbers as through the grouped form, with fewer calls)
         return np.einsum("kni,koi->kno", x, weight)
     k, n, width = x.shape
@@ -716,11 +745,35 @@ def _lane_matmul(x: np.ndarray, weight: np.ndarray, groups: int) -> np.ndarray:
                                                                             copy=False)
 
 
+def _lane_backward(grad: np.ndarray, x: np.ndarray, weight: np.ndarray, groups: int, *,
+                   inputs: bool) -> tuple[list[np.ndarray], np.ndarray]:
+    """The gradients of :func:`_lane_matmul` (plus a bias) from ``grad [k, n, out]``, the
+    gradient of its output: ``[d weight, d bias]``, and (if ``inputs``, else ``grad``
+    unchanged) the gradient of its input ``x``."""
+    k, n = grad.shape[:2]
+    bias = np.add.reduce(grad, axis=1)
+    if n == 1 and _diagonal(x, weight, groups):  # (einsum's numbers: a product each)
+        return ([(grad * x + np.float32(0))[:, 0, :, None], bias],
+                grad * weight[:, None, :, 0] + np.float32(0) if inputs else grad)
+    if groups == 1:  # (the same numbers as the grouped form's, with fewer calls)
+        return ([np.einsum("kno,kni->koi", grad, x), bias],
+                np.einsum("kno,koi->kni", grad, weight) if inputs else grad)
+    gg = grad.reshape(k, n, groups, -1)
+    xg = x.reshape(k, n, groups, -1)
+    return ([np.einsum("kngo,kngi->kgoi", gg, xg).reshape(k, *weight.shape[1:]), bias],
+            np.einsum("kngo,kgoi->kngi", gg, weight.reshape(k, groups, -1, weight.shape[2])
+                      ).reshape(k, n, -1) if inputs else grad)
+
+
 def _lane_step(s: _Settings, a: int, params: list[np.ndarray], grads: list[np.ndarray],
                velocity: list[np.ndarray], second: list[np.ndarray], taken: np.ndarray,
                active: np.ndarray | None, lr: np.float32) -> None:
     """One optimizer step of the updates in the first ``a`` lanes that are active (``active``
     None: all of them; ``taken``: the steps each has taken, counted for Adam only)."""
+    if s.optimizer == "sgd" and not s.momentum and active is None:  # (the common step, short)
+        for whole, g in zip(params, grads, strict=True):
+            whole[:a] -= lr * g
+        return
     for whole, g, velocities, seconds in zip(params, grads, velocity, second, strict=True):
         p, g = whole[:a], g.astype(np.float32, copy=False)
         on = None if active is None else active.reshape(-1, *([1] * (p.ndim - 1)))

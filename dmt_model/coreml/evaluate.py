@@ -105,9 +105,12 @@ def apply_activation(layer: Any, x: np.ndarray) -> np.ndarray:
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """``exp(x) / Σ exp(x)`` along ``axis``, computed stably in float32."""
-    shifted = np.exp(x - x.max(axis=axis, keepdims=True))
-    return (shifted / shifted.sum(axis=axis, keepdims=True)).astype(np.float32, copy=False)
+    """``exp(x) / Σ exp(x)`` along ``axis``, computed stably in float32 (in place, with the
+    ufuncs' own reductions: the personal updates call it once a step)."""
+    shifted = x - np.maximum.reduce(x, axis=axis, keepdims=True)
+    np.exp(shifted, out=shifted)
+    shifted /= np.add.reduce(shifted, axis=axis, keepdims=True)
+    return shifted.astype(np.float32, copy=False)
 
 
 def _load_constant_nd(layer: Any, batch: int) -> np.ndarray:

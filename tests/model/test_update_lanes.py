@@ -163,3 +163,80 @@ def test_many_updates_of_very_different_lengths_each_equal_the_update_alone(
             continue
         _assert_same(outcome, alone, CHAIN)
     assert [isinstance(o, UpdateRejected) for o in together] == [i == 4 for i in range(10)]
+
+
+def _awkward(rng, shape):
+    """float32 values with the numbers a product's sign and rounding turn on: ±0, NaN, ±inf,
+    subnormals, large and ordinary values."""
+    values = rng.normal(size=shape).astype(np.float32) * np.float32(3)
+    special = np.array([0.0, -0.0, np.nan, np.inf, -np.inf, 1e-40, -1e-40, 3e38, -3e38],
+                       np.float32)
+    flat = values.reshape(-1)
+    chosen = rng.random(flat.size) < 0.3
+    flat[chosen] = rng.choice(special, size=int(chosen.sum()))
+    return values
+
+
+@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("groups", [1, 5])
+def test_a_diagonal_layer_s_products_are_einsum_s_numbers(groups, n):
+    """A personal head (one input an output) is multiplied elementwise, not through einsum:
+    the same numbers to the bit, a product's -0.0 included (einsum adds it to a zero)."""
+    from dmt_model.personalize import _lane_backward, _lane_matmul
+
+    rng = np.random.default_rng(groups * 10 + n)
+    k, width = 4, groups
+    with np.errstate(all="ignore"):
+        for _ in range(20):
+            x, grad = _awkward(rng, (k, n, width)), _awkward(rng, (k, n, width))
+            weight = _awkward(rng, (k, width, 1))
+            xg, gg = x.reshape(k, n, groups, -1), grad.reshape(k, n, groups, -1)
+            wg = weight.reshape(k, groups, -1, 1)
+            want = np.einsum("kngi,kgoi->kngo", xg, wg).reshape(k, n, width)
+            want_weight = np.einsum("kngo,kngi->kgoi", gg, xg).reshape(weight.shape)
+            want_input = np.einsum("kngo,kgoi->kngi", gg, wg).reshape(k, n, width)
+            got = _lane_matmul(x, weight, groups)
+            (got_weight, got_bias), got_input = _lane_backward(grad, x, weight, groups,
+                                                               inputs=True)
+            for a, b in ((got, want), (got_weight, want_weight), (got_input, want_input),
+                         (got_bias, grad.sum(axis=1))):
+                assert a.dtype == np.float32 and a.shape == b.shape
+                assert a.tobytes() == b.tobytes()
+            assert _lane_backward(grad, x, weight, groups, inputs=False)[1] is grad
+
+
+def test_the_steps_read_each_step_s_rows_chunk_by_chunk():
+    """:meth:`_LanePlan.steps_reading` gathers a chunk of steps at once: every step's rows
+    are still ``table[index]`` of the lanes that run, contiguous, whatever the chunk."""
+    from dmt_model.personalize import _LanePlan, _Settings
+
+    settings = _Settings(optimizer="sgd", learning_rate=0.1, batch_size=3, epochs=4,
+                         shuffle=True, seed=5, momentum=0.0, beta1=0.9, beta2=0.999, eps=1e-8)
+    sizes = [7, 1, 12, 4]
+    plan = _LanePlan.of(sizes, settings)
+    rows = 1 + sum(sizes)
+    features = np.arange(rows * 2, dtype=np.float32).reshape(rows, 2)
+    labels = np.arange(rows, dtype=np.float32).reshape(rows, 1) * -1
+    for budget in (1, 200, 1 << 22):  # a step a chunk, a few steps, every step in one
+        seen = []
+        for t, a, index, size, (x, y) in plan.steps_reading(features, labels, budget=budget):
+            assert a == plan.running[t] and index.tobytes() == plan.index[:a, t].tobytes()
+            assert size.tobytes() == plan.size[:a, t].tobytes()
+            assert x.tobytes() == features[index].tobytes() and x.flags.c_contiguous
+            assert y.tobytes() == labels[index].tobytes() and y.flags.c_contiguous
+            seen.append(t)
+        assert seen == list(range(plan.steps))
+
+
+def test_softmax_keeps_its_numbers_in_place():
+    from dmt_model.coreml.evaluate import softmax
+
+    rng = np.random.default_rng(3)
+    with np.errstate(all="ignore"):
+        for x in (rng.normal(size=(5, 2, 10)).astype(np.float32) * 30,
+                  _awkward(rng, (6, 1, 3)), rng.normal(size=(4, 7)), np.float32([[1e30, -1e30]])):
+            before = x.copy()
+            shifted = np.exp(x - x.max(axis=-1, keepdims=True))
+            want = (shifted / shifted.sum(axis=-1, keepdims=True)).astype(np.float32)
+            assert softmax(x).tobytes() == want.tobytes()
+            assert x.tobytes() == before.tobytes()  # its input is left as it was
