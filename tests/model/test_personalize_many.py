@@ -318,6 +318,8 @@ def test_held_out_errors_are_kept_apart_for_whatever_they_are_computed_from(foun
     weight, bias, _ = get_weights(other, "dense_2")
     set_weights(other, "dense_2", weight, bias + 1e-6)
     first = records.columns[0]
+    numbers = [name for name in records.columns if records[name].dtype == np.float64]
+    assert len(numbers) >= 2 and not records[numbers[0]].equals(records[numbers[1]])
     variants = {
         "spec": key(model=other),
         "grid": key(grid=(1, 3)),
@@ -332,6 +334,10 @@ def test_held_out_errors_are_kept_apart_for_whatever_they_are_computed_from(foun
                                                              -0.0, records[first])})),
         "type": key(frame=records.astype({first: np.float32})),
         "column order": key(frame=records[[*records.columns[1:], first]]),
+        "values swapped between columns": key(frame=records.assign(
+            **{numbers[0]: records[numbers[1]], numbers[1]: records[numbers[0]]})),
+        "a value's row": key(frame=records.assign(**{first: records[first].to_numpy()[
+            [1, 0, *range(2, len(records))]]})),
     }
     assert all(k is not None for k in variants.values())
     assert len({base, *variants.values()}) == len(variants) + 1, variants
