@@ -1252,13 +1252,9 @@ def _updates_errors(spec: Any, updates: Sequence[Any], checks: Sequence[_Check]
 def _out_of_bounds(spec: Any, frame: pd.DataFrame) -> int:
     """Records with a numeric value outside its field's (sharing) bounds."""
     featurizer = _reading_featurizer(spec)
-    outside = np.zeros(len(frame), dtype=bool)
-    for name in [*featurizer.numeric_fields, featurizer.target]:
-        bounds = featurizer.schema[name].bounds
-        if bounds is not None:
-            values = frame[name].to_numpy(dtype=np.float64)
-            outside |= (values < bounds[0]) | (values > bounds[1])
-    return int(outside.sum())
+    _, outside = featurizer.schema.outside_bounds(
+        frame, columns=[*featurizer.numeric_fields, featurizer.target])
+    return int(outside.any(axis=1).sum())
 
 
 _GOLDEN = (math.sqrt(5) - 1) / 2  # a low-discrepancy step: anchors' draws cover [0, 1) evenly

@@ -240,10 +240,8 @@ def _finite_plain_numbers(schema: Schema, frame: Any, names: Sequence[str]) -> s
     """The numeric fields of ``names`` whose columns hold plain numbers (a numpy bool, int
     or float dtype), every one finite: checked in one conversion (or a few, for a large
     frame) instead of column by column. A column with a missing or non-finite value is left out, for
-    :func:`_validate_column` to name it; so is every column of a frame whose column names
-    repeat."""
-    if not frame.columns.is_unique:
-        return set()
+    :func:`_validate_column` to name it. The frame's column names are unique
+    (:func:`_refuse_repeated_columns`)."""
     import numpy as np
 
     dtypes = frame.dtypes
@@ -292,6 +290,15 @@ def finite_reals(column: Any, name: str, reads: str, *, purpose: str = "") -> An
         raise ValidationError(f"Column {name!r} has a non-finite value {float(values[at])!r} "
                               f"at row {row_label(column.index[at])!r}.")
     return values
+
+
+def _refuse_repeated_columns(frame: Any) -> None:
+    """Raise :class:`ValidationError` if some column name appears more than once (which
+    column would a field read?)."""
+    if not frame.columns.is_unique:
+        repeated = sorted({str(name) for name in frame.columns[frame.columns.duplicated()]})
+        raise ValidationError(f"Column(s) {repeated!r} appear more than once; keep one "
+                              "column a field.")
 
 
 def row_label(row: Any) -> Any:
@@ -420,6 +427,7 @@ class Schema:
         declared bounds are allowed here: DP clamps them, models extrapolate.
         """
         names = list(columns) if columns is not None else self.names
+        _refuse_repeated_columns(frame)
         present = list(frame.columns)
         missing = [n for n in names if n not in present]
         if missing:
@@ -438,34 +446,57 @@ class Schema:
             if name not in checked:
                 _validate_column(self[name], frame[name])
 
+    def outside_bounds(self, frame: Any, *, columns: Sequence[str] | None = None,
+                       slack: float = 0.0) -> tuple[list[str], Any]:
+        """The numeric fields of ``columns`` (default: every field) that have bounds, and for
+        each record and each of them whether its value lies outside the bounds widened by
+        ``slack`` times their width on either side: a boolean ``[records, fields]`` array (a
+        missing value is not outside). The columns are read in blocks, not one by one."""
+        import numpy as np
+
+        bounded = [(name, bounds) for name in (columns if columns is not None else self.names)
+                   if self[name].kind is Kind.NUMERIC and (bounds := self[name].bounds)]
+        names = [name for name, _ in bounded]
+        _refuse_repeated_columns(frame)
+        outside = np.zeros((len(frame), len(names)), dtype=bool)
+        low, high = (np.array([bounds[side] for _, bounds in bounded], dtype=np.float64)
+                     for side in (0, 1))
+        margin = slack * (high - low)
+        low, high = low - margin, high + margin
+        width = max(1, _VALIDATED_AT_ONCE // max(len(frame), 1))  # columns a conversion takes
+        for start in range(0, len(names), width):
+            block = names[start:start + width]
+            values = frame[block].to_numpy(dtype=np.float64)
+            end = start + len(block)
+            outside[:, start:end] = (values < low[start:end]) | (values > high[start:end])
+        return names, outside
+
     def check_bounds(self, frame: Any, *, columns: Sequence[str] | None = None,
                      slack: float = 0.0) -> None:
         """Raise :class:`ValidationError` for a numeric value outside its field's bounds.
 
-        Names the column, the row and the value. Fields without bounds are not
-        checked. ``slack`` widens each field's bounds by that many times their
-        width on either side: with ``slack=1`` a value is refused only when it
-        is so far outside that it looks corrupt (what personalization checks,
-        since bounds say what may be *shared*).
+        Names the column, the row and the value (the first column, in ``columns``' order,
+        with such a value, and its first). Fields without bounds are not checked. ``slack``
+        widens each field's bounds by that many times their width on either side: with
+        ``slack=1`` a value is refused only when it is so far outside that it looks corrupt
+        (what personalization checks, since bounds say what may be *shared*).
         """
-        for name in columns if columns is not None else self.names:
-            spec = self[name]
-            if spec.kind is not Kind.NUMERIC or spec.bounds is None:
-                continue
-            low, high = spec.bounds
-            margin = slack * (high - low)
-            values = frame[name].to_numpy(dtype=float)
-            outside = (values < low - margin) | (values > high + margin)
-            if outside.any():
-                at = int(outside.argmax())
-                row = row_label(frame.index[at])
-                where = (f"more than {slack:g}× the width of its bounds [{low:g}, {high:g}] "
-                         "outside them, so it looks corrupt" if slack
-                         else f"outside its bounds [{low:g}, {high:g}]")
-                raise ValidationError(
-                    f"Column {name!r} has {float(values[at])!r} at row {row!r}, {where}; fix "
-                    "the record or widen the schema's bounds."
-                )
+        names, outside = self.outside_bounds(frame, columns=columns, slack=slack)
+        if not outside.any():
+            return
+        column = int(outside.any(axis=0).argmax())
+        at = int(outside[:, column].argmax())
+        name = names[column]
+        low, high = self[name].bounds  # type: ignore[misc]
+        value = frame[name].to_numpy(dtype=float)[at]
+        row = row_label(frame.index[at])
+        where = (f"more than {slack:g}× the width of its bounds [{low:g}, {high:g}] "
+                 "outside them, so it looks corrupt" if slack
+                 else f"outside its bounds [{low:g}, {high:g}]")
+        raise ValidationError(
+            f"Column {name!r} has {float(value)!r} at row {row!r}, {where}; fix "
+            "the record or widen the schema's bounds."
+        )
 
     # --- JSON -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
