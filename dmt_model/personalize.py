@@ -531,11 +531,12 @@ def _update_specs(
             else:  # the softmax before a cross-entropy loss
                 activations.append(softmax(x))
         loss: np.ndarray | None
+        scale = scale_of[batch] if partial[t] else full_scale[:a]
         if defer:  # each row's probability of its label now, the losses once the pass is over
             probabilities = activations[-1]
             grad = convention._cross_entropy_gradient(
                 probabilities, labels, (index != 0)[..., None].astype(f32)
-                if partial[t] else None, scale_of[batch] if partial[t] else full_scale[:a])
+                if partial[t] else None, scale)
             # (exactly the label's probability: the other terms are 0, or NaN for a row with a
             # NaN, whose loss is then not finite either)
             label_probability = np.einsum("knc,knc->kn", probabilities, labels,
@@ -552,8 +553,7 @@ def _update_specs(
             if partial[t]:
                 diff = diff * (index != 0)[..., None].astype(f32)
             diffs[:a, t] = diff[..., 0]
-            grad = (diff * (scale_of[batch] if partial[t] else full_scale[:a])[:, None, None]
-                    ).astype(f32, copy=False)
+            grad = (diff * scale[:, None, None]).astype(f32, copy=False)
             # (a float32 ŷ − y squared in float64 cannot overflow: the loss is finite iff it is;
             # a sum that overflows, with every ŷ − y finite, only has the losses computed)
             loss = convention.losses(diff, batch) if on_event or not math.isfinite(
@@ -676,7 +676,8 @@ class _LanePlan:
         steps at a time, about ``budget`` bytes: one fancy index a chunk, not one a step (a
         step of a small model is mostly such calls)."""
         t0, running = 0, self.running.tolist()
-        row_bytes = sum(table[0].nbytes for table in tables) * self.index.shape[2]
+        # (each lane-step: its rows of every table, and their indexes)
+        row_bytes = (sum(table[0].nbytes for table in tables) + 8) * self.index.shape[2]
         while t0 < self.steps:
             a0 = running[t0]  # (the most lanes of the chunk: fewer run later)
             t1 = min(self.steps, t0 + max(1, budget // max(1, a0 * row_bytes)))
@@ -726,7 +727,9 @@ class _LanePlan:
 def _diagonal(x: np.ndarray, weight: np.ndarray, groups: int) -> bool:
     """Whether each output of the layer reads one input (as a personal head does): its
     matrix products are then a product each, which einsum adds to a zero (so -0.0 comes out
-    0.0, and ``+ np.float32(0)`` gives its numbers exactly)."""
+    0.0, and ``+ np.float32(0)`` gives its numbers exactly). Every blob of the update loop is
+    float32 (the frozen layers' outputs, the weights, each activation), as its products
+    are."""
     return groups == x.shape[2] == weight.shape[1]
 
 
@@ -772,7 +775,7 @@ def _lane_step(s: _Settings, a: int, params: list[np.ndarray], grads: list[np.nd
     None: all of them; ``taken``: the steps each has taken, counted for Adam only)."""
     if s.optimizer == "sgd" and not s.momentum and active is None:  # (the common step, short)
         for whole, g in zip(params, grads, strict=True):
-            whole[:a] -= lr * g
+            whole[:a] -= lr * g.astype(np.float32, copy=False)
         return
     for whole, g, velocities, seconds in zip(params, grads, velocity, second, strict=True):
         p, g = whole[:a], g.astype(np.float32, copy=False)

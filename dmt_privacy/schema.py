@@ -240,7 +240,7 @@ def _finite_plain_numbers(schema: Schema, frame: Any, names: Sequence[str]) -> s
     """The numeric fields of ``names`` whose columns hold plain numbers (a numpy bool, int
     or float dtype), every one finite: checked in one conversion (or a few, for a large
     frame) instead of column by column. A column with a missing or non-finite value is left out, for
-    :func:`_validate_column` to name it. The frame's column names are unique
+    :func:`_validate_column` to name it. No field's column is named twice
     (:func:`_refuse_repeated_columns`)."""
     import numpy as np
 
@@ -292,13 +292,30 @@ def finite_reals(column: Any, name: str, reads: str, *, purpose: str = "") -> An
     return values
 
 
-def _refuse_repeated_columns(frame: Any) -> None:
-    """Raise :class:`ValidationError` if some column name appears more than once (which
-    column would a field read?)."""
+def _refuse_repeated_columns(frame: Any, names: Sequence[str]) -> None:
+    """Raise :class:`ValidationError` if the column of one of the fields ``names`` appears
+    more than once (which one would the field read?); other columns may repeat."""
     if not frame.columns.is_unique:
-        repeated = sorted({str(name) for name in frame.columns[frame.columns.duplicated()]})
-        raise ValidationError(f"Column(s) {repeated!r} appear more than once; keep one "
-                              "column a field.")
+        repeated = set(frame.columns[frame.columns.duplicated()])
+        if clash := [name for name in names if name in repeated]:
+            raise ValidationError(f"Column(s) {clash!r} appear more than once; keep one "
+                                  "column a field.")
+
+
+def _outside(frame: Any, bounded: Sequence[tuple[str, tuple[float, float]]],
+             slack: float) -> tuple[list[str], Any]:
+    """:meth:`Schema.outside_bounds` of the fields ``bounded`` (each with its bounds), their
+    columns converted at once (one column as ``frame[name]``, which raises as the check
+    always did for a column missing or not of numbers)."""
+    import numpy as np
+
+    names = [name for name, _ in bounded]
+    low = np.array([bounds[0] for _, bounds in bounded], dtype=np.float64)
+    high = np.array([bounds[1] for _, bounds in bounded], dtype=np.float64)
+    margin = slack * (high - low)
+    values = frame[names[0]].to_numpy(dtype=np.float64)[:, None] if len(names) == 1 \
+        else frame[names].to_numpy(dtype=np.float64)
+    return names, (values < low - margin) | (values > high + margin)
 
 
 def row_label(row: Any) -> Any:
@@ -427,7 +444,7 @@ class Schema:
         declared bounds are allowed here: DP clamps them, models extrapolate.
         """
         names = list(columns) if columns is not None else self.names
-        _refuse_repeated_columns(frame)
+        _refuse_repeated_columns(frame, names)
         present = list(frame.columns)
         missing = [n for n in names if n not in present]
         if missing:
@@ -454,22 +471,28 @@ class Schema:
         missing value is not outside). The columns are read in blocks, not one by one."""
         import numpy as np
 
+        blocks = list(self._outside_blocks(frame, columns, slack))
+        return ([name for names, _ in blocks for name in names],
+                np.concatenate([outside for _, outside in blocks], axis=1) if blocks
+                else np.zeros((len(frame), 0), dtype=bool))
+
+    def _outside_blocks(self, frame: Any, columns: Sequence[str] | None,
+                        slack: float) -> Iterator[tuple[list[str], Any]]:
+        """:meth:`outside_bounds` a block of fields at a time, in ``columns``' order; a block
+        whose columns do not convert at once (one missing, or not of numbers) comes a field
+        at a time, so that its failing column raises only after the fields before it."""
         bounded = [(name, bounds) for name in (columns if columns is not None else self.names)
                    if self[name].kind is Kind.NUMERIC and (bounds := self[name].bounds)]
-        names = [name for name, _ in bounded]
-        _refuse_repeated_columns(frame)
-        outside = np.zeros((len(frame), len(names)), dtype=bool)
-        low, high = (np.array([bounds[side] for _, bounds in bounded], dtype=np.float64)
-                     for side in (0, 1))
-        margin = slack * (high - low)
-        low, high = low - margin, high + margin
+        _refuse_repeated_columns(frame, [name for name, _ in bounded])
         width = max(1, _VALIDATED_AT_ONCE // max(len(frame), 1))  # columns a conversion takes
-        for start in range(0, len(names), width):
-            block = names[start:start + width]
-            values = frame[block].to_numpy(dtype=np.float64)
-            end = start + len(block)
-            outside[:, start:end] = (values < low[start:end]) | (values > high[start:end])
-        return names, outside
+        for start in range(0, len(bounded), width):
+            block = bounded[start:start + width]
+            try:
+                at_once = _outside(frame, block, slack)
+            except (KeyError, ValueError, TypeError):
+                yield from (_outside(frame, [one], slack) for one in block)
+            else:
+                yield at_once
 
     def check_bounds(self, frame: Any, *, columns: Sequence[str] | None = None,
                      slack: float = 0.0) -> None:
@@ -481,22 +504,22 @@ class Schema:
         ``slack=1`` a value is refused only when it is so far outside that it looks corrupt
         (what personalization checks, since bounds say what may be *shared*).
         """
-        names, outside = self.outside_bounds(frame, columns=columns, slack=slack)
-        if not outside.any():
-            return
-        column = int(outside.any(axis=0).argmax())
-        at = int(outside[:, column].argmax())
-        name = names[column]
-        low, high = self[name].bounds  # type: ignore[misc]
-        value = frame[name].to_numpy(dtype=float)[at]
-        row = row_label(frame.index[at])
-        where = (f"more than {slack:g}× the width of its bounds [{low:g}, {high:g}] "
-                 "outside them, so it looks corrupt" if slack
-                 else f"outside its bounds [{low:g}, {high:g}]")
-        raise ValidationError(
-            f"Column {name!r} has {float(value)!r} at row {row!r}, {where}; fix "
-            "the record or widen the schema's bounds."
-        )
+        for names, outside in self._outside_blocks(frame, columns, slack):
+            if not outside.any():
+                continue
+            column = int(outside.any(axis=0).argmax())
+            at = int(outside[:, column].argmax())
+            name = names[column]
+            low, high = self[name].bounds  # type: ignore[misc]
+            value = frame[name].to_numpy(dtype=float)[at]
+            row = row_label(frame.index[at])
+            where = (f"more than {slack:g}× the width of its bounds [{low:g}, {high:g}] "
+                     "outside them, so it looks corrupt" if slack
+                     else f"outside its bounds [{low:g}, {high:g}]")
+            raise ValidationError(
+                f"Column {name!r} has {float(value)!r} at row {row!r}, {where}; fix "
+                "the record or widen the schema's bounds."
+            )
 
     # --- JSON -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
