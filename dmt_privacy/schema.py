@@ -232,8 +232,16 @@ class Field:
 
 
 #: At most this many values are converted at once (32 MiB of float64) by
-#: :func:`_finite_plain_numbers`: a wide frame of many records is converted in column blocks.
+#: :func:`_finite_plain_numbers` and :meth:`Schema.outside_bounds`: a wide frame of many
+#: records is converted in column blocks.
 _VALIDATED_AT_ONCE = 1 << 22
+
+
+def _column_blocks(frame: Any, names: Sequence[Any]) -> Iterator[Sequence[Any]]:
+    """``names`` in order, in blocks of as many columns as one conversion of ``frame``'s
+    rows takes (:data:`_VALIDATED_AT_ONCE`)."""
+    width = max(1, _VALIDATED_AT_ONCE // max(len(frame), 1))
+    return (names[start:start + width] for start in range(0, len(names), width))
 
 
 def _finite_plain_numbers(schema: Schema, frame: Any, names: Sequence[str]) -> set[str]:
@@ -248,9 +256,7 @@ def _finite_plain_numbers(schema: Schema, frame: Any, names: Sequence[str]) -> s
     plain = [name for name in names if name in schema and schema[name].kind is Kind.NUMERIC
              and isinstance(dtypes[name], np.dtype) and dtypes[name].kind in "biuf"]
     checked: set[str] = set()
-    width = max(1, _VALIDATED_AT_ONCE // max(len(frame), 1))  # columns a conversion takes
-    for start in range(0, len(plain), width):
-        block = plain[start:start + width]
+    for block in _column_blocks(frame, plain):
         finite = np.isfinite(frame[block].to_numpy(dtype=np.float64)).all(axis=0)
         checked.update(name for name, ok in zip(block, finite.tolist(), strict=True) if ok)
     return checked
@@ -484,9 +490,7 @@ class Schema:
         bounded = [(name, bounds) for name in (columns if columns is not None else self.names)
                    if self[name].kind is Kind.NUMERIC and (bounds := self[name].bounds)]
         _refuse_repeated_columns(frame, [name for name, _ in bounded])
-        width = max(1, _VALIDATED_AT_ONCE // max(len(frame), 1))  # columns a conversion takes
-        for start in range(0, len(bounded), width):
-            block = bounded[start:start + width]
+        for block in _column_blocks(frame, bounded):
             try:
                 at_once = _outside(frame, block, slack)
             except (KeyError, ValueError, TypeError):
