@@ -113,20 +113,31 @@ def _geometric_bits(source: RandomSource, n: int, lam: float, limit: float
     (computed to double precision), so the realized probabilities are within a
     relative ~1e-15 of the ideal ones whatever the scale. Digits are drawn
     until ``2**i`` exceeds ``limit`` (beyond it the output is clipped anyway)
-    and ``q_i`` is below ``e**-200``.
+    and ``q_i`` is below ``e**-200``. All digits' log-uniforms come in one
+    draw (:meth:`~dmt_privacy.dp.random.RandomSource.log_uniform_rows`: the
+    words one call a digit would read, in the same order).
     """
-    out = np.zeros(n, dtype=np.int64)
+    log_q = _digit_log_q(lam, limit)
+    digits = source.log_uniform_rows(len(log_q), n) < log_q[:, None]
+    return (digits.astype(np.int64) << np.arange(len(log_q), dtype=np.int64)[:, None]).sum(
+        axis=0)
+
+
+@functools.lru_cache(maxsize=256)
+def _digit_log_q(lam: float, limit: float) -> npt.NDArray[np.float64]:
+    """``log q_i`` of each digit :func:`_geometric_bits` draws (read-only)."""
+    log_q = []
     i = 0
     while True:
         x = (2.0**i) * lam
         if 2.0**i > limit and x > 200.0:
             break
-        log_q = -x - math.log1p(math.exp(-x))
-        log_u, _ = source.log_uniform_and_bit(n)
-        out += (log_u < log_q).astype(np.int64) << np.int64(i)
+        log_q.append(-x - math.log1p(math.exp(-x)))
         i += 1
         if i >= 62:
             break
+    out = np.array(log_q, dtype=np.float64)
+    out.flags.writeable = False
     return out
 
 

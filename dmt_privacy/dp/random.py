@@ -78,19 +78,61 @@ class RandomSource(ABC):
         neither underflows nor loses the tail.
         """
         w = self.words(n)
-        mantissa = (w & _MASK52).astype(np.float64)
         bit = ((w >> np.uint64(52)) & np.uint64(1)).astype(bool)
-        top = (w >> np.uint64(53)).astype(np.intp)
-        zeros = _CLZ11[top]
-        pending = np.flatnonzero(top == 0)
-        for _ in range(_MAX_EXTRA_ROUNDS):
-            if pending.size == 0:
+        return _log_uniform(w, self.words), bit
+
+    def log_uniform_rows(self, rows: int, n: int) -> npt.NDArray[np.float64]:
+        """``rows`` successive draws of :meth:`log_uniform_and_bit` (``n`` each, ``log U``
+        only) as one ``(rows, n)`` array: the same words read in the same order, in a few
+        numpy calls rather than a dozen a row.
+
+        A word whose exponent bits are all zero (about one in 2,048) continues with fresh
+        words before the next row's: the rows up to it are computed together, that row on
+        its own, and the rest from the words after those it took.
+        """
+        out = np.empty((rows, n), dtype=np.float64)
+        if rows == 0 or n == 0:
+            return out
+        unread = np.zeros(0, dtype=np.uint64)  # words drawn, not yet read
+
+        def more(k: int) -> npt.NDArray[np.uint64]:
+            nonlocal unread
+            taken, unread = unread[:k], unread[k:]
+            return taken if taken.size == k else np.concatenate(
+                [taken, self.words(k - taken.size)])
+
+        done = 0
+        while done < rows:
+            want = (rows - done) * n
+            w = unread[:want]
+            if w.size < want:
+                w = np.concatenate([w, self.words(want - w.size)])
+            w = w.reshape(-1, n)
+            continues = np.flatnonzero(((w >> np.uint64(53)) == 0).any(axis=1))
+            stop = int(continues[0]) if continues.size else len(w)
+            out[done:done + stop] = _log_uniform(w[:stop].ravel(), self.words).reshape(stop, n)
+            if stop == len(w):
                 break
-            extra = (self.words(pending.size) >> np.uint64(53)).astype(np.intp)
-            zeros[pending] += _CLZ11[extra]
-            pending = pending[extra == 0]
-        log_u = np.log1p((mantissa + 0.5) * 2.0**-52) - (zeros + 1) * _LN2
-        return log_u, bit
+            unread = w[stop + 1:].ravel()
+            out[done + stop] = _log_uniform(w[stop], more)
+            done += stop + 1
+        return out
+
+
+def _log_uniform(w: npt.NDArray[np.uint64], more: Any) -> npt.NDArray[np.float64]:
+    """``log U`` of each word (:meth:`RandomSource.log_uniform_and_bit`); ``more(k)`` gives the
+    ``k`` fresh words that continue the words whose exponent bits are all zero, in order."""
+    mantissa = (w & _MASK52).astype(np.float64)
+    top = (w >> np.uint64(53)).astype(np.intp)
+    zeros = _CLZ11[top]
+    pending = np.flatnonzero(top == 0)
+    for _ in range(_MAX_EXTRA_ROUNDS):
+        if pending.size == 0:
+            break
+        extra = (more(pending.size) >> np.uint64(53)).astype(np.intp)
+        zeros[pending] += _CLZ11[extra]
+        pending = pending[extra == 0]
+    return np.log1p((mantissa + 0.5) * 2.0**-52) - (zeros + 1) * _LN2
 
 
 class SystemSource(RandomSource):
