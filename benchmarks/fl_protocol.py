@@ -918,7 +918,8 @@ def _decided(jobs: list[tuple]) -> list[tuple[bytes, bool, float, dict, dict]]:
     assert all(job[0] is spec_data or job[0] == spec_data for job in jobs)
     assert all(job[6] == release for job in jobs)
     spec = spec_from_bytes(spec_data)
-    actual = [featurizer_of(spec).target_values(job[4], dtype=float) for job in jobs]
+    featurizer = featurizer_of(spec)
+    actual = [featurizer.target_values(job[4], dtype=float) for job in jobs]
     released = [user_scores(task, predict_frame(spec, job[4]), y)
                 for job, y in zip(jobs, actual, strict=True)]
     started = time.process_time()

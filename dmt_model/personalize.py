@@ -1026,7 +1026,7 @@ def personal_rule_for(release: Any, model: Any) -> DecisionRule:
     if isinstance(model, (str, os.PathLike)):
         model = _load_model(Path(model))
     if _version_of(model) != release.metadata.version or _is_program(model) \
-            or not featurizer_of(model).task.few_records:
+            or not _reading_featurizer(model).task.few_records:
         return DEFAULT_RULE
     return OPEN_RULE
 
@@ -1433,7 +1433,7 @@ def _plan_update(spec: Any, records: pd.DataFrame, *, holdout: pd.DataFrame | No
     """Validate one device's records, then the ``given`` models' predictions for them
     (:func:`_refuse_non_finite`), and cut its checks (:func:`_checked_update`); raises on bad
     input. ``final``: train the final updates in the same pass (not with ``on_event``)."""
-    rule = rule.for_task(featurizer_of(spec).task)
+    rule = rule.for_task(_reading_featurizer(spec).task)
     target = _check_records(spec, records, what="records")
     out_of_bounds = _out_of_bounds(spec, records)
     if holdout is not None:
@@ -1544,7 +1544,8 @@ def _decide_update(spec: Any, plan: _UpdatePlan, fits: Sequence[_Fit], before: n
                              list(checks) * len(grid))
     after = {prior: np.concatenate(errors[g * len(checks):(g + 1) * len(checks)])
              for g, prior in enumerate(grid)}
-    eligible = _eligible_priors(grid, before, after, plan.rule, featurizer_of(spec).task)
+    eligible = _eligible_priors(grid, before, after, plan.rule,
+                                _reading_featurizer(spec).task)
     chosen = min(eligible, key=lambda prior: float(np.mean(after[prior])))
     keep, why = plan.rule.decide(before, after[chosen])
     result_before, result_after = float(np.mean(before)), float(np.mean(after[chosen]))
@@ -1742,7 +1743,7 @@ def compare_personal_rules(model: Any, devices: Sequence[pd.DataFrame], *,
     """
     if not 0.5 <= confidence < 1:
         raise ValidationError(f"confidence must be in [0.5, 1), got {confidence!r}.")
-    task = featurizer_of(model).task
+    task = _reading_featurizer(model).task
     if not task.few_records:
         raise ValidationError(
             f"A {type(task).__name__.lower()} model's default rule does not guard devices "
@@ -1783,7 +1784,8 @@ def _versions_on_devices(previous: Any, candidate: Any, devices: Sequence[pd.Dat
     under ``candidate``, each personalized on the device's other records
     (:func:`compare_on_devices`)."""
     grid = _prior_grid(prior_records)
-    if featurizer_of(previous).schema.schema_id != featurizer_of(candidate).schema.schema_id:
+    if (_reading_featurizer(previous).schema.schema_id
+            != _reading_featurizer(candidate).schema.schema_id):
         raise ModelFileError("The previous version and the candidate describe different "
                              "records; compare versions of the same schema.")
     targets = {i: _check_records(candidate, records, what=f"device {i}'s records")
@@ -2330,8 +2332,8 @@ def _check_versions(new_spec: Any, current: Any, base: Any | None, *, new: str, 
             f"{new} is v{offered}, older than v{based_on} the personal model {personal} "
             "comes from; a device never goes back. The personal model is unchanged: keep it, "
             "and adopt the newest version the registry serves.")
-    schema = featurizer_of(new_spec).schema.schema_id
-    if featurizer_of(current).schema.schema_id != schema:
+    schema = _reading_featurizer(new_spec).schema.schema_id
+    if _reading_featurizer(current).schema.schema_id != schema:
         raise ModelFileError(
             f"{new} describes different records (schema {schema}) from the personal model "
             f"{personal}; it cannot replace it.")
@@ -2340,7 +2342,7 @@ def _check_versions(new_spec: Any, current: Any, base: Any | None, *, new: str, 
             f"{new} and the personal model {personal} are of different formats (Core ML "
             ".mlmodel, ExecuTorch .pte); adopt a new version exported in the personal model's "
             "format.")
-    if base is not None and (featurizer_of(base).schema.schema_id != schema
+    if base is not None and (_reading_featurizer(base).schema.schema_id != schema
                              or _is_program(base) != _is_program(new_spec)):
         raise ModelFileError(
             f"{previous} is not the version the personal model {personal} was personalized "
