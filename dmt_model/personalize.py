@@ -203,7 +203,39 @@ class UpdateHistory:
     epoch_losses: list[float] = field(default_factory=list)
 
 
-#: One update's outcome: the updated copy and its history, or why it was refused.
+@dataclass(frozen=True, eq=False)
+class _UpdatedLayers:
+    """A Core ML update not yet written into a copy of its ``base`` spec: each updatable
+    layer's new ``(weight, bias or None, groups)`` by name, as :func:`get_weights` would
+    read them back. A device scores every fold's update and keeps at most one, so the
+    batched loop hands out these and only a kept update is written (:meth:`spec`): a copy
+    of the spec for every update cost a Synthetic seed 6 s."""
+
+    base: Any
+    layers: Mapping[str, tuple[np.ndarray, np.ndarray | None, int]]
+
+    def spec(self) -> Any:
+        """A copy of ``base`` holding the update's weights."""
+        updated = copy.deepcopy(self.base)
+        for name, (weight, bias, _) in self.layers.items():
+            set_weights(updated, name, weight, bias)
+        return updated
+
+
+def _written(update: Any) -> Any:
+    """``update`` as a model: an :class:`_UpdatedLayers` written into its spec, else as is."""
+    return update.spec() if isinstance(update, _UpdatedLayers) else update
+
+
+def _layer_weights(update: Any, name: str) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """:func:`get_weights` of a spec, or of an update not yet written."""
+    if isinstance(update, _UpdatedLayers):
+        return update.layers[name]
+    return get_weights(update, name)
+
+
+#: One update's outcome: the updated copy (inside this module an :class:`_UpdatedLayers`
+#: until it is kept) and its history, or why it was refused.
 _Fit = tuple[Any, UpdateHistory] | UpdateRejected
 
 
@@ -405,10 +437,12 @@ def update_specs(
         raise ValidationError(f"on_event reports one update; got {len(frames)} frames.")
     if not frames:
         return []
-    return _update_specs(spec, frames[0] if len(frames) == 1 else pd.concat(
+    fits = _update_specs(spec, frames[0] if len(frames) == 1 else pd.concat(
         frames, ignore_index=True), [len(frame) for frame in frames], (len(frames),),
         learning_rate=learning_rate, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
         seed=seed, convention=convention, on_event=on_event)
+    return [fit if isinstance(fit, UpdateRejected) else (_written(fit[0]), fit[1])
+            for fit in fits]
 
 
 @np.errstate(over="ignore", invalid="ignore")  # divergence is detected and reported
@@ -603,11 +637,11 @@ def _update_specs(
         if lane in rejected:
             out.append(rejected[lane])
             continue
-        updated = copy.deepcopy(spec)
-        finite = True
-        for name, (weight, bias) in params.items():
-            finite &= bool(np.isfinite(weight[lane]).all() and np.isfinite(bias[lane]).all())
-            set_weights(updated, name, weight[lane], bias[lane] if has_bias[name] else None)
+        finite = all(bool(np.isfinite(weight[lane]).all() and np.isfinite(bias[lane]).all())
+                     for weight, bias in params.values())
+        updated = _UpdatedLayers(spec, {
+            name: (weight[lane], bias[lane] if has_bias[name] else None, groups[name])
+            for name, (weight, bias) in params.items()})
         if not finite:
             out.append(UpdateRejected(
                 "The update produced non-finite weights; nothing was written."))
@@ -1241,7 +1275,7 @@ def _updates_errors(spec: Any, updates: Sequence[Any], checks: Sequence[_Check]
         for layer in chain:
             kind = layer.WhichOneof("layer")
             if kind in ("innerProduct", "convolution"):
-                weight, bias, groups = get_weights(update, layer.name)
+                weight, bias, groups = _layer_weights(update, layer.name)
                 x = grouped_matmul(x, weight, groups) if groups > 1 else x @ weight.T
                 x = (x if bias is None else x + bias).astype(np.float32, copy=False)
             elif kind == "activation":
@@ -1567,7 +1601,7 @@ def _decide_update(spec: Any, plan: _UpdatePlan, fits: Sequence[_Fit], before: n
                                            history, out_of_bounds, chosen)
     how = "on the holdout" if plan.holdout else f"in {len(checks)}-fold cross-validation"
     anchors = f"{chosen} anchor record{'' if chosen == 1 else 's'}"
-    return candidate, PersonalizationResult(True, f"{why}, {how}, prior: {anchors}",
+    return _written(candidate), PersonalizationResult(True, f"{why}, {how}, prior: {anchors}",
                                             result_before, result_after, output, history,
                                             out_of_bounds, chosen)
 

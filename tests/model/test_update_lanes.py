@@ -240,3 +240,32 @@ def test_softmax_keeps_its_numbers_in_place():
             want = (shifted / shifted.sum(axis=-1, keepdims=True)).astype(np.float32)
             assert softmax(x).tobytes() == want.tobytes()
             assert x.tobytes() == before.tobytes()  # its input is left as it was
+
+
+def test_an_update_is_written_into_a_spec_only_when_kept(foundation, simulation):
+    """Inside the module the batched loop hands out each update's layers, not a copy of the
+    spec: the checks read the same weights the written copy holds, and what leaves the
+    module (``update_specs``, ``personalized``) is always a spec."""
+    from dmt_model.personalize import (
+        _layer_weights,
+        _personal_updates,
+        _UpdatedLayers,
+        predict_frame,
+    )
+
+    spec = build_spec(foundation, updatable=UpdateSettings(updatable_layers=2, learning_rate=3e-4,
+                                                           batch_size=8, epochs=10))
+    frames = [simulation.users[0].train, simulation.users[1].train.iloc[:4]]
+    lazy = _personal_updates(spec, frames, [0, 0], {})
+    written = update_specs(spec, frames)
+    for (update, _), (copy, _) in zip(lazy, written, strict=True):
+        assert isinstance(update, _UpdatedLayers) and not isinstance(copy, _UpdatedLayers)
+        for name in ("dense_2", "personal_head"):
+            for got, want in zip(_layer_weights(update, name), get_weights(copy, name),
+                                 strict=True):
+                np.testing.assert_array_equal(got, want)
+        assert update.spec().SerializeToString() == copy.SerializeToString()
+    personal, outcome = personalized(spec, simulation.users[0].train)
+    assert outcome.accepted and not isinstance(personal, _UpdatedLayers)
+    assert predict_frame(personal, simulation.users[0].test).shape[0] == len(
+        simulation.users[0].test)
