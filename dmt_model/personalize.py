@@ -49,6 +49,7 @@ same as an update for any other.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import contextvars
 import copy
@@ -521,13 +522,13 @@ def _update_specs(
     taken = np.zeros(k, np.int64)  # optimizer steps each update has taken
     # Each update's loss at each step it took (else 0); a regression's is computed once the
     # pass is over, from each step's ŷ − y (``diffs``), as it would have been at the step.
-    step_loss = np.zeros((k, plan.steps))
-    diffs = np.zeros((k, 0 if cross_entropy else plan.steps, s.batch_size), np.float32)
+    step_loss = np.zeros(plan.lane_steps)  # (by lane-step, as the plan lays them out)
+    diffs = np.zeros((0 if cross_entropy else plan.lane_steps, s.batch_size), np.float32)
     # A classifier's likewise (unless on_event wants every step's loss): from each step's
     # probability of each row's label (0 for a padding row), the one number of a row its
     # cross-entropy reads.
     defer = cross_entropy and not on_event
-    chosen = np.zeros((k, plan.steps if defer else 0, s.batch_size), np.float32)
+    chosen = np.zeros((plan.lane_steps if defer else 0, s.batch_size), np.float32)
     # The chain's layers as the loop reads them (protobuf fields are slow to read).
     kinds = [layer.WhichOneof("layer") for layer in chain]
     names = [layer.name for layer in chain]
@@ -547,7 +548,7 @@ def _update_specs(
     event_loss = 0.0
     partial = plan.partial.tolist()
     # Only the first a lanes take step t: every later update has run all its steps.
-    for t, a, index, batch, (rows, labels) in plan.steps_reading(frozen, y):
+    for t, a, o, index, batch, (rows, labels) in plan.steps_reading(frozen, y):
         # Until an update diverges, every running update is active and no mask is applied;
         # while every mini-batch is full, neither is the mask of a batch's unused places
         # (multiplying by an all-true mask changes no number).
@@ -574,7 +575,7 @@ def _update_specs(
             # (exactly the label's probability: the other terms are 0, or NaN for a row with a
             # NaN, whose loss is then not finite either)
             label_probability = np.einsum("knc,knc->kn", probabilities, labels,
-                                          out=chosen[:a, t])
+                                          out=chosen[o:o + a])
             # (a sum of probabilities, at most a few thousand: finite iff each one is)
             loss = None if math.isfinite(np.add.reduce(label_probability, axis=None)) else \
                 convention.cross_entropies(probabilities, labels,
@@ -586,7 +587,7 @@ def _update_specs(
             diff = activations[-1] - labels
             if partial[t]:
                 diff = diff * (index != 0)[..., None].astype(f32)
-            diffs[:a, t] = diff[..., 0]
+            diffs[o:o + a] = diff[..., 0]
             grad = (diff * scale[:, None, None]).astype(f32, copy=False)
             # (a float32 ŷ − y squared in float64 cannot overflow: the loss is finite iff it is;
             # a sum that overflows, with every ŷ − y finite, only has the losses computed)
@@ -596,10 +597,10 @@ def _update_specs(
             active = alive[:a].copy()
             diverged = active & ~np.isfinite(loss)
             for bad in np.flatnonzero(diverged).tolist():
+                epoch, mini_batch = plan.epoch_and_batch(bad, t)
                 rejected[bad] = UpdateRejected(
-                    f"The update diverged (loss {loss[bad]}) at epoch {plan.epoch[bad, t]}, "
-                    f"mini-batch {plan.batch[bad, t]}; lower the learning rate. Nothing was "
-                    "written.")
+                    f"The update diverged (loss {loss[bad]}) at epoch {epoch}, mini-batch "
+                    f"{mini_batch}; lower the learning rate. Nothing was written.")
                 for values in (*params.values(), *state.values(), *second.values()):
                     for value in values:
                         value[bad] = 0  # a rejected update's numbers no longer matter
@@ -609,7 +610,7 @@ def _update_specs(
         if active is not None:
             grad *= active[:, None, None]
         if loss is not None:
-            step_loss[:a, t] = loss if active is None else loss * active
+            step_loss[o:o + a] = loss if active is None else loss * active
         if s.optimizer == "adam":  # (only Adam's bias correction counts steps)
             taken[:a] += 1 if active is None else active
         for i in range(backward_from, -1, -1):
@@ -622,7 +623,7 @@ def _update_specs(
             else:
                 grad = _act_backward(nonlinear[i], activations[i + 1], grad)
         if on_event and loss is not None:  # (with on_event, every step's loss is computed)
-            epoch, mini_batch = int(plan.epoch[0, t]), int(plan.batch[0, t])
+            epoch, mini_batch = plan.epoch_and_batch(0, t)
             on_event(UpdateEvent("mini_batch_end", epoch, mini_batch, float(loss[0])))
             event_loss += float(loss[0]) * (int(batch[0]) if convention.reduction == "mean"
                                             else 1)
@@ -648,17 +649,17 @@ def _update_specs(
             continue
         # The update's loss per epoch: its steps' losses (weighted by batch size for a mean),
         # added up step by step.
-        steps = plan.steps_of(lane)
+        places = plan.at(lane)
+        size = plan.size[places]
         if defer:
             losses = convention._chosen_cross_entropies(
-                chosen[lane, :steps].astype(np.float64),
-                (plan.index[lane, :steps] != 0).astype(f32), plan.size[lane, :steps])
+                chosen[places].astype(np.float64), (plan.index[places] != 0).astype(f32), size)
         else:
-            losses = step_loss[lane, :steps] if cross_entropy else convention.losses(
-                diffs[lane, :steps, :, None], plan.size[lane, :steps])
-        weighted = losses * (plan.size[lane, :steps] if convention.reduction == "mean" else 1)
+            losses = step_loss[places] if cross_entropy else convention.losses(
+                diffs[places][..., None], size)
+        weighted = losses * (size if convention.reduction == "mean" else 1)
         epoch_loss = np.zeros(s.epochs)
-        np.add.at(epoch_loss, plan.epoch[lane, :steps], weighted)
+        np.add.at(epoch_loss, np.arange(len(places)) // plan.per_epoch[lane], weighted)
         out.append((updated, UpdateHistory(list(epoch_loss
                                                 / _per_epoch(convention, length)))))
     return out
@@ -675,20 +676,22 @@ class _LanePlan:
     The updates run in lanes, longest first: the updates still running at step
     ``t`` are those of the first ``running[t]`` lanes, and ``lane[i]`` is the lane
     of the ``i``-th update (its batches depend only on its own length and the
-    seed, not on its lane). ``index[lane, t]`` holds the rows of that update's
-    mini-batch: row 0 is padding (the unused places of a short batch, and every
-    place once the update has run all its epochs), the frames' rows follow in
-    their given order. ``size``, ``epoch`` and ``batch`` say how many rows it has
-    and which epoch and mini-batch it is; ``per_epoch`` is each lane's number of
-    mini-batches per epoch, ``partial[t]`` whether some running update's
-    mini-batch at step ``t`` is short. An update's batches are those of
-    :func:`batch_order`.
+    seed, not on its lane). A lane-step is one lane at one step it runs; they are
+    laid out step by step, lane by lane, so step ``t``'s are the ``running[t]``
+    places from ``offsets[t]`` (:meth:`at` finds a lane's). ``index[place]`` holds
+    the rows of that mini-batch: row 0 is padding (the unused places of a short
+    batch), the frames' rows follow in their given order; ``size[place]`` says
+    how many rows it has. ``per_epoch`` is each lane's number of mini-batches per
+    epoch (so a lane's step ``t`` is mini-batch ``t % per_epoch`` of epoch
+    ``t // per_epoch``), ``partial[t]`` whether some running update's mini-batch at
+    step ``t`` is short. An update's batches are those of :func:`batch_order`.
+    Only the lane-steps that run are held: a pass of one long update beside many
+    short ones held 2.4-3.8 times as many when every lane had a place at every step.
     """
 
     index: np.ndarray
     size: np.ndarray
-    epoch: np.ndarray
-    batch: np.ndarray
+    offsets: np.ndarray
     per_epoch: np.ndarray
     partial: np.ndarray
     lane: np.ndarray
@@ -696,32 +699,46 @@ class _LanePlan:
 
     @property
     def steps(self) -> int:
-        return int(self.index.shape[1])
+        return len(self.running)
+
+    @property
+    def lane_steps(self) -> int:
+        """How many lane-steps the plan holds (the length of :attr:`index`)."""
+        return int(self.offsets[-1])
 
     def steps_of(self, lane: int) -> int:
         """How many steps the update in ``lane`` takes."""
-        return int(np.count_nonzero(self.size[lane]))
+        return int(np.count_nonzero(self.running > lane))
+
+    def at(self, lane: int) -> np.ndarray:
+        """The places of ``lane``'s steps, in order."""
+        return self.offsets[:self.steps_of(lane)] + lane
+
+    def epoch_and_batch(self, lane: int, t: int) -> tuple[int, int]:
+        """Which epoch and mini-batch ``lane``'s step ``t`` is."""
+        return divmod(t, int(self.per_epoch[lane]))
 
     def steps_reading(self, *tables: np.ndarray, budget: int = 1 << 22) -> Iterator[
-            tuple[int, int, np.ndarray, np.ndarray, list[np.ndarray]]]:
-        """Each step in order: ``(t, a, index, size, rows)``, where the first ``a`` lanes
-        run, ``index`` and ``size`` are theirs at step ``t``, and ``rows`` holds each table's
-        rows they read (``table[index]``, contiguous). The rows are gathered a chunk of
-        steps at a time, about ``budget`` bytes: one fancy index a chunk, not one a step (a
-        step of a small model is mostly such calls)."""
-        t0, running = 0, self.running.tolist()
+            tuple[int, int, int, np.ndarray, np.ndarray, list[np.ndarray]]]:
+        """Each step in order: ``(t, a, place, index, size, rows)``, where the first ``a``
+        lanes run, from ``place`` on, ``index`` and ``size`` are theirs at step ``t``, and
+        ``rows`` holds each table's rows they read (``table[index]``, contiguous). The rows
+        are gathered a chunk of steps at a time, about ``budget`` bytes: one fancy index a
+        chunk, not one a step (a step of a small model is mostly such calls)."""
+        offsets, running = self.offsets.tolist(), self.running.tolist()
         # (each lane-step: its rows of every table, and their indexes)
-        row_bytes = (sum(table[0].nbytes for table in tables) + 8) * self.index.shape[2]
+        row_bytes = (sum(table[0].nbytes for table in tables) + 8) * self.index.shape[1]
+        most = max(1, budget // max(1, row_bytes))
+        t0 = 0
         while t0 < self.steps:
-            a0 = running[t0]  # (the most lanes of the chunk: fewer run later)
-            t1 = min(self.steps, t0 + max(1, budget // max(1, a0 * row_bytes)))
-            # [step, lane, place], laid out so (numpy's gather keeps its index's layout)
-            chunk = np.ascontiguousarray(self.index[:a0, t0:t1].transpose(1, 0, 2))
-            gathered = [table[chunk] for table in tables]
+            # (at least one step a chunk, else as many as fit the budget)
+            t1 = max(t0 + 1, bisect.bisect_right(offsets, offsets[t0] + most) - 1)
+            o0 = offsets[t0]
+            gathered = [table[self.index[o0:offsets[t1]]] for table in tables]
             for t in range(t0, t1):
-                a = running[t]
-                yield (t, a, self.index[:a, t], self.size[:a, t],
-                       [rows[t - t0, :a] for rows in gathered])
+                o, a = offsets[t], running[t]
+                yield (t, a, o, self.index[o:o + a], self.size[o:o + a],
+                       [rows[o - o0:o - o0 + a] for rows in gathered])
             t0 = t1
 
     @classmethod
@@ -730,16 +747,16 @@ class _LanePlan:
         per_epoch = np.array([-(-n // b) for n in sizes], dtype=np.int64)
         lengths = s.epochs * per_epoch  # each update's number of steps
         updates = np.argsort(-lengths, kind="stable")  # the update in each lane
-        offsets = np.cumsum([1, *sizes])  # where each frame's rows start (row 0 is padding)
+        first_row = np.cumsum([1, *sizes])  # where each frame's rows start (row 0 is padding)
         steps = int(lengths.max())
-        # Lane by lane, so that the zeros after an update's last step are never written.
-        index = np.zeros((k, steps, b), dtype=np.int64)
-        size = np.zeros((k, steps), dtype=np.int64)
-        epoch = np.zeros((k, steps), dtype=np.int64)
-        batch = np.zeros((k, steps), dtype=np.int64)
+        running = k - np.searchsorted(np.sort(lengths), np.arange(steps), side="right")
+        offsets = np.concatenate([[0], np.cumsum(running)])
+        # Every lane-step is written below: lane i runs at step t iff i < running[t].
+        index = np.empty((int(offsets[-1]), b), dtype=np.int64)
+        size = np.empty(int(offsets[-1]), dtype=np.int64)
         partial = np.zeros(steps, dtype=bool)
         # Updates of one length read their frames' rows in the same orders: drawn once.
-        of_length: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+        of_length: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for lane, update in enumerate(updates.tolist()):
             n, m, end = sizes[update], int(per_epoch[update]), int(lengths[update])
             if n not in of_length:
@@ -747,15 +764,15 @@ class _LanePlan:
                 padded[:, :n] = np.stack(list(_epoch_orders(n, epochs=s.epochs,
                                                             shuffle=s.shuffle, seed=s.seed)))
                 of_length[n] = (padded.reshape(end, b),
-                                np.tile(np.minimum(b, n - b * np.arange(m)), s.epochs),
-                                np.repeat(np.arange(s.epochs), m), np.tile(np.arange(m), s.epochs))
+                                np.tile(np.minimum(b, n - b * np.arange(m)), s.epochs))
                 if n % b:
                     partial[m - 1:end:m] = True
-            rows, size[lane, :end], epoch[lane, :end], batch[lane, :end] = of_length[n]
-            index[lane, :end] = np.where(rows >= 0, rows + offsets[update], 0)
-        running = k - np.searchsorted(np.sort(lengths), np.arange(steps), side="right")
-        return cls(index, size, epoch, batch, per_epoch[updates], partial,
-                   np.argsort(updates), running)
+            rows, size_of_step = of_length[n]
+            places = offsets[:end] + lane
+            index[places] = np.where(rows >= 0, rows + first_row[update], 0)
+            size[places] = size_of_step
+        return cls(index, size, offsets, per_epoch[updates], partial, np.argsort(updates),
+                   running)
 
 
 def _diagonal(x: np.ndarray, weight: np.ndarray, groups: int) -> bool:
@@ -1842,8 +1859,8 @@ def _versions_on_devices(previous: Any, candidate: Any, devices: Sequence[pd.Dat
     return before, after
 
 
-#: How many lane-steps (updates × the longest one's steps) one pass of
-#: :func:`_devices_fits` may hold: its plan's arrays grow with it.
+#: How many lane-steps (each update's steps, added up; :class:`_LanePlan`) one pass of
+#: :func:`_devices_fits` may hold: its plan's arrays grow with them (about 30 bytes each).
 _PASS_LANE_STEPS = 1 << 22
 
 
@@ -2048,15 +2065,15 @@ def _passes(spec: Any, lanes: Sequence[tuple[int, int]], overrides: Mapping[str,
     epochs, batch = overrides.get("epochs", stored.epochs), overrides.get("batch_size",
                                                                           stored.batch_size)
     group: list[int] = []
-    updates, steps = 0, 0
+    held = 0  # (at most: a device's updates each as long as its longest)
     for i in sorted(range(len(lanes)), key=lambda i: -lanes[i][1]):
         count, longest = lanes[i]
-        if group and (updates + count) * max(steps, epochs * -(-longest // batch)) \
-                > _PASS_LANE_STEPS:
+        need = count * epochs * -(-longest // batch)
+        if group and held + need > _PASS_LANE_STEPS:
             yield group
-            group, updates, steps = [], 0, 0
+            group, held = [], 0
         group.append(i)
-        updates, steps = updates + count, max(steps, epochs * -(-longest // batch))
+        held += need
     if group:
         yield group
 

@@ -219,9 +219,11 @@ def test_the_steps_read_each_step_s_rows_chunk_by_chunk():
     labels = np.arange(rows, dtype=np.float32).reshape(rows, 1) * -1
     for budget in (1, 200, 1 << 22):  # a step a chunk, a few steps, every step in one
         seen = []
-        for t, a, index, size, (x, y) in plan.steps_reading(features, labels, budget=budget):
-            assert a == plan.running[t] and index.tobytes() == plan.index[:a, t].tobytes()
-            assert size.tobytes() == plan.size[:a, t].tobytes()
+        for t, a, o, index, size, (x, y) in plan.steps_reading(features, labels,
+                                                                budget=budget):
+            assert a == plan.running[t] and o == plan.offsets[t]
+            assert index.tobytes() == plan.index[o:o + a].tobytes()
+            assert size.tobytes() == plan.size[o:o + a].tobytes()
             assert x.tobytes() == features[index].tobytes() and x.flags.c_contiguous
             assert y.tobytes() == labels[index].tobytes() and y.flags.c_contiguous
             seen.append(t)
