@@ -213,6 +213,36 @@ def test_the_client_step_trains_only_the_exchanged_layers(foundation):
         trainable_parameters(copy.deepcopy(foundation.network), FedAvg(trainable_layers=9))
 
 
+@pytest.mark.parametrize("base", [FedAvg(seed=3), FedAvg(seed=3, trainable_layers=2,
+                                                      local_optimizer="rmsprop")],
+                         ids=["sgd-all-layers", "rmsprop-two-layers"])
+def test_a_client_trains_a_reused_copy_of_the_network_as_a_fresh_one(simulation, foundation,
+                                                                      base):
+    """A client process keeps the copy a finished client trained and resets it for the next
+    one: every call trains exactly as on a fresh deep copy, and the copies never travel."""
+    import pickle
+
+    users = [_data(foundation, user.train) for user in simulation.users[:6]]
+    trainer = _ClientTrainer(copy.deepcopy(foundation.network), base, users)
+    arrays = [p.detach().numpy().copy() for p in trainable_parameters(trainer.network, base)]
+    before = _vector(foundation)
+    for step in range(6):
+        client, mu = step % len(users), 0.5 * (step % 2)
+        trainer._spare.clear()
+        fresh, fresh_metrics = trainer.train(client, arrays, step, mu)
+        assert len(trainer._spare) == 1  # (the copy this call trained, left for the next)
+        reused, reused_metrics = trainer.train(client, arrays, step, mu)
+        for got, want in zip(reused, fresh, strict=True):
+            np.testing.assert_array_equal(got, want)
+        assert {**reused_metrics, "seconds": 0} == {**fresh_metrics, "seconds": 0}
+        arrays = reused
+    np.testing.assert_array_equal(_vector(foundation), before)
+    own = torch.nn.utils.parameters_to_vector(trainer.network.parameters()).detach().numpy()
+    np.testing.assert_array_equal(own, before)  # the trainer's own network is never trained
+    travelling = _ClientTrainer(None, base, [], _spare=trainer._spare)  # (a network: cloudpickle)
+    assert travelling._spare and pickle.loads(pickle.dumps(travelling))._spare == []
+
+
 # --- the ledger -------------------------------------------------------------------------------
 
 def test_the_ledger_is_charged_per_release_and_refuses_past_the_target():
