@@ -638,15 +638,16 @@ def _update_specs(
         if lane in rejected:
             out.append(rejected[lane])
             continue
-        finite = all(bool(np.isfinite(weight[lane]).all() and np.isfinite(bias[lane]).all())
-                     for weight, bias in params.values())
-        updated = _UpdatedLayers(spec, {
-            name: (weight[lane], bias[lane] if has_bias[name] else None, groups[name])
-            for name, (weight, bias) in params.items()})
-        if not finite:
+        if not all(bool(np.isfinite(weight[lane]).all() and np.isfinite(bias[lane]).all())
+                   for weight, bias in params.values()):
             out.append(UpdateRejected(
                 "The update produced non-finite weights; nothing was written."))
             continue
+        # (copies: the pass's arrays of every lane are not kept alive by one update)
+        updated = _UpdatedLayers(spec, {
+            name: (weight[lane].copy(), bias[lane].copy() if has_bias[name] else None,
+                   groups[name])
+            for name, (weight, bias) in params.items()})
         # The update's loss per epoch: its steps' losses (weighted by batch size for a mean),
         # added up step by step.
         places = plan.at(lane)
@@ -1860,7 +1861,8 @@ def _versions_on_devices(previous: Any, candidate: Any, devices: Sequence[pd.Dat
 
 
 #: How many lane-steps (each update's steps, added up; :class:`_LanePlan`) one pass of
-#: :func:`_devices_fits` may hold: its plan's arrays grow with them (about 30 bytes each).
+#: :func:`_devices_fits` may hold: its plan's arrays grow with them (about 30 bytes each at
+#: batch size 1).
 _PASS_LANE_STEPS = 1 << 22
 
 

@@ -154,20 +154,22 @@ class _ClientTrainer:
         return {**self.__dict__, "_spare": []}
 
     def _working_network(self) -> Any:
-        """A copy of ``network`` to train: every parameter and buffer its values, no
-        gradients (a spare one reset, else a deep copy)."""
+        """A copy of ``network`` to train: every parameter and buffer its values, each
+        parameter's ``requires_grad`` its, no gradients (a spare one reset, else a deep
+        copy); :meth:`train` sets the mode."""
         try:
             network = self._spare.pop()
         except IndexError:
             return copy.deepcopy(self.network)
         torch = _import_torch()
         with torch.no_grad():
-            for mine, start in zip(network.state_dict(keep_vars=True).values(),
-                                   self.network.state_dict(keep_vars=True).values(),
+            for mine, start in zip(network.parameters(), self.network.parameters(),
                                    strict=True):
                 mine.copy_(start)
-        for parameter in network.parameters():
-            parameter.grad = None
+                mine.requires_grad_(start.requires_grad)
+                mine.grad = None
+            for mine, start in zip(network.buffers(), self.network.buffers(), strict=True):
+                mine.copy_(start)
         return network
 
     def train(self, client: int, arrays: list[np.ndarray], round_index: int,

@@ -117,15 +117,15 @@ def _geometric_bits(source: RandomSource, n: int, lam: float, limit: float
     draw (:meth:`~dmt_privacy.dp.random.RandomSource.log_uniform_rows`: the
     words one call a digit would read, in the same order).
     """
-    log_q = _digit_log_q(lam, limit)
+    log_q = np.array(_digit_log_q(float(lam), float(limit)))
     digits = source.log_uniform_rows(len(log_q), n) < log_q[:, None]
     return (digits.astype(np.int64) << np.arange(len(log_q), dtype=np.int64)[:, None]).sum(
         axis=0)
 
 
 @functools.lru_cache(maxsize=256)
-def _digit_log_q(lam: float, limit: float) -> npt.NDArray[np.float64]:
-    """``log q_i`` of each digit :func:`_geometric_bits` draws (read-only)."""
+def _digit_log_q(lam: float, limit: float) -> tuple[float, ...]:
+    """``log q_i`` of each digit :func:`_geometric_bits` draws."""
     log_q = []
     i = 0
     while True:
@@ -136,9 +136,7 @@ def _digit_log_q(lam: float, limit: float) -> npt.NDArray[np.float64]:
         i += 1
         if i >= 62:
             break
-    out = np.array(log_q, dtype=np.float64)
-    out.flags.writeable = False
-    return out
+    return tuple(log_q)
 
 
 def discrete_laplace_noise(source: RandomSource, n: int, scale: float, *,

@@ -38,6 +38,9 @@ _CLZ11 = np.array([11 - x.bit_length() for x in range(2048)], dtype=np.int64)
 # Extra 11-bit exponent rounds when the first 11 bits are all zero: U is
 # resolved with relative precision 2**-52 down to 2**-(11 * (1 + 24)) = 2**-275.
 _MAX_EXTRA_ROUNDS = 24
+#: About how many words :meth:`RandomSource.log_uniform_rows` draws and scans at once: its
+#: calls stay few for small rows, and its memory and rescans bounded for long ones.
+_ROW_BLOCK_WORDS = 4096
 
 
 class InsecureRandomnessWarning(UserWarning):
@@ -86,9 +89,11 @@ class RandomSource(ABC):
         only) as one ``(rows, n)`` array: the same words read in the same order, in a few
         numpy calls rather than a dozen a row.
 
-        A word whose exponent bits are all zero (about one in 2,048) continues with fresh
-        words before the next row's: the rows up to it are computed together, that row on
-        its own, and the rest from the words after those it took.
+        The rows are drawn in blocks of about :data:`_ROW_BLOCK_WORDS` words (one row a
+        block when a row is longer). A word whose exponent bits are all zero (about one in
+        2,048) continues with fresh words before the next row's: a block's rows up to it
+        are computed together, that row on its own, and the rest from the words after
+        those it took.
         """
         out = np.empty((rows, n), dtype=np.float64)
         if rows == 0 or n == 0:
@@ -101,21 +106,18 @@ class RandomSource(ABC):
             return taken if taken.size == k else np.concatenate(
                 [taken, self.words(k - taken.size)])
 
+        block = max(1, _ROW_BLOCK_WORDS // n)
         done = 0
         while done < rows:
-            want = (rows - done) * n
-            w = unread[:want]
-            if w.size < want:
-                w = np.concatenate([w, self.words(want - w.size)])
-            w = w.reshape(-1, n)
+            w = more(min(rows - done, block) * n).reshape(-1, n)
             continues = np.flatnonzero(((w >> np.uint64(53)) == 0).any(axis=1))
             stop = int(continues[0]) if continues.size else len(w)
             out[done:done + stop] = _log_uniform(w[:stop].ravel(), self.words).reshape(stop, n)
-            if stop == len(w):
-                break
-            unread = w[stop + 1:].ravel()
-            out[done + stop] = _log_uniform(w[stop], more)
-            done += stop + 1
+            if stop < len(w):  # (the block's later rows are read again, after its extras)
+                unread = np.concatenate([w[stop + 1:].ravel(), unread])
+                out[done + stop] = _log_uniform(w[stop], more)
+                stop += 1
+            done += stop
         return out
 
 

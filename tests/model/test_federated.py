@@ -231,6 +231,15 @@ def test_a_client_trains_a_reused_copy_of_the_network_as_a_fresh_one(simulation,
         trainer._spare.clear()
         fresh, fresh_metrics = trainer.train(client, arrays, step, mu)
         assert len(trainer._spare) == 1  # (the copy this call trained, left for the next)
+        (spare,) = trainer._spare  # whatever a call could leave in it, the reset undoes
+        with torch.no_grad():
+            for parameter in spare.parameters():
+                parameter.add_(torch.randn_like(parameter))
+                parameter.grad = torch.ones_like(parameter)
+                parameter.requires_grad_(not parameter.requires_grad)
+            for buffer in spare.buffers():
+                buffer.add_(1.0)
+        spare.eval()
         reused, reused_metrics = trainer.train(client, arrays, step, mu)
         for got, want in zip(reused, fresh, strict=True):
             np.testing.assert_array_equal(got, want)

@@ -8,6 +8,7 @@ The references below are the one-call-a-digit samplers it replaced.
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
@@ -72,7 +73,9 @@ def test_the_exact_laplace_draws_are_those_of_one_call_a_digit(n, scale, limit):
 
 @pytest.mark.parametrize("zero_at", [
     {0}, {5}, {6}, {7}, {0, 1, 2}, {13, 14, 15, 16}, {41}, {3, 30, 31, 90, 91, 92},
-    set(range(7, 7 + 30)),  # a word whose 24 extra rounds all come up zero, and beyond
+    set(range(7, 7 + 30)),  # a row's first word and the extra words after it
+    {6} | set(range(7, 31)),  # a word whose 24 extra rounds all come up zero: the cap
+    {6} | set(range(7, 40)),  # and zero words beyond the cap, read as the next row's
 ])
 def test_words_that_continue_with_fresh_words_are_read_in_the_same_order(zero_at):
     n, scale, limit = 7, 40.0, 4000.0
@@ -81,6 +84,43 @@ def test_words_that_continue_with_fresh_words_are_read_in_the_same_order(zero_at
         drawn = discrete_laplace_noise(new, n, scale, exact=True, limit=limit)
         np.testing.assert_array_equal(drawn, _reference_laplace(old, n, scale, limit))
         assert new.drawn == old.drawn
+
+
+def test_the_draws_are_those_of_the_sampler_before_the_change():
+    """Pinned from the one-call-a-digit sampler (cb1d81f), which the references above only
+    rewrite: the same seeds give the same noise, to the last unit."""
+    digest = hashlib.sha256()
+    for seed, n, scale, limit in [(11, 50, 3e5, 3e7), (12, 7, 17.0, 800.0),
+                                  (13, 3000, 2e9, 2e11)]:
+        noise = discrete_laplace_noise(SeededInsecureSource(seed), n, scale, exact=True,
+                                       limit=limit)
+        digest.update(noise.astype("<i8").tobytes())
+    digest.update(discrete_gaussian_noise(SeededInsecureSource(14), 100, 30.0,
+                                          exact=True).astype("<i8").tobytes())
+    assert digest.hexdigest() == ("e33707e97b892f9163c1db8e427e16e6"
+                                  "e441c7b29078f0174c776ccf6ef698bf")
+    assert discrete_laplace_noise(SeededInsecureSource(11), 5, 3e5, exact=True,
+                                  limit=3e7).tolist() == [257393, -198210, -239005, 194661,
+                                                          -450451]
+
+
+def test_long_rows_are_drawn_a_block_at_a_time(monkeypatch):
+    """Rows longer than a block come one a draw; the words and numbers stay the same."""
+    from dmt_privacy.dp import random as random_module
+
+    for block in (1, 5, 16, 4096):
+        monkeypatch.setattr(random_module, "_ROW_BLOCK_WORDS", block)
+        for seed in range(4):
+            zeros = {2, 3, 17, 40, 41, 42}
+            new, old = _Scripted(seed, zeros), _Scripted(seed, zeros)
+            sizes = []
+            words = new.words
+            new.words = lambda k, words=words, sizes=sizes: sizes.append(k) or words(k)  # type: ignore
+            got = new.log_uniform_rows(9, 6)
+            want = [old.log_uniform_and_bit(6)[0] for _ in range(9)]
+            np.testing.assert_array_equal(got, np.array(want))
+            assert new.drawn == old.drawn
+            assert max(sizes) <= max(6, block - block % 6)  # (a block is whole rows)
 
 
 @pytest.mark.parametrize("rows,n", [(0, 4), (4, 0), (1, 1), (3, 5), (30, 9)])
