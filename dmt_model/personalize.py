@@ -1619,9 +1619,9 @@ def _decide_update(spec: Any, plan: _UpdatePlan, fits: Sequence[_Fit], before: n
                                            history, out_of_bounds, chosen)
     how = "on the holdout" if plan.holdout else f"in {len(checks)}-fold cross-validation"
     anchors = f"{chosen} anchor record{'' if chosen == 1 else 's'}"
-    return _written(candidate), PersonalizationResult(True, f"{why}, {how}, prior: {anchors}",
-                                            result_before, result_after, output, history,
-                                            out_of_bounds, chosen)
+    return _written(candidate), PersonalizationResult(
+        True, f"{why}, {how}, prior: {anchors}", result_before, result_after, output, history,
+        out_of_bounds, chosen)
 
 
 #: The confidence a weaker prior's update needs on a device with few records to score
