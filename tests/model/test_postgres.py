@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import text
 from test_ingest import KEY, POLICY, _bad_packages, package
 
 from dmt_model.server import SharedStore, connect, ingest
@@ -58,19 +58,22 @@ def test_rejected_packages_leave_no_rows(db_url):
     assert table_counts(db_url) == before
 
 
-def test_a_write_failing_midway_leaves_nothing(db_url):
+def test_a_write_failing_midway_leaves_nothing(db_url, monkeypatch):
+    """The class counters fail after the package and its records were inserted (on
+    PostgreSQL, queued in the write's pipeline): nothing of the package stays."""
+    from dmt_model.server import write
+
     engine = connect(db_url)
     ingest([seal_package(package(0), KEY.public_key())], engine, KEY, POLICY)
     before = table_counts(db_url)
 
-    def fail_on_classes(conn, cursor, statement, *args):
-        if statement.lstrip().upper().startswith(("INSERT INTO CLASSES", "UPDATE CLASSES")):
-            raise RuntimeError("disk on fire")
+    def fail_on_classes(conn, counts):
+        raise RuntimeError("disk on fire")
 
-    event.listen(engine, "before_cursor_execute", fail_on_classes)
+    monkeypatch.setattr(write, "_add_to_classes", fail_on_classes)
     with pytest.raises(RuntimeError, match="disk on fire"):
         ingest([seal_package(package(1), KEY.public_key())], engine, KEY, POLICY)
-    event.remove(engine, "before_cursor_execute", fail_on_classes)
+    monkeypatch.undo()
     engine.dispose()
     assert table_counts(db_url) == before
 

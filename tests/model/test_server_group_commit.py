@@ -58,37 +58,68 @@ def test_a_group_stores_each_package_once_and_leaves_out_the_rest(db_url):
     assert replay.replay and replay.status == "rejected"
 
 
+def _record_statements(engine, seen: list[tuple[str, bool]]) -> None:
+    """Every statement run on ``engine`` from now, with whether it was pipelined: through
+    SQLAlchemy's events, and on PostgreSQL through psycopg's own cursors too (the group write
+    runs its statements there, in pipeline mode)."""
+    event.listen(engine, "before_cursor_execute",
+                 lambda conn, cursor, statement, *args: seen.append((statement, False)))
+    if engine.dialect.name != "postgresql":
+        return
+    import psycopg
+    from psycopg import pq
+
+    class Recording(psycopg.Cursor):
+        def execute(self, query, params=None, **kwargs):
+            pipelined = self.connection.pgconn.pipeline_status != pq.PipelineStatus.OFF
+            seen.append((str(query), pipelined))
+            return super().execute(query, params, **kwargs)
+
+    def on_checkout(dbapi_connection, record, proxy):
+        dbapi_connection.cursor_factory = Recording
+
+    event.listen(engine, "checkout", on_checkout)
+
+
 def test_statements_per_group_do_not_grow_with_its_size(db_url):
     """One statement sequence per group: 1 or 40 packages, the same statements, on both
     stores. The removed-id check is a statement of its own after the packages' insert:
     folded into that insert it missed a removal committed while the insert waited
-    (test_a_package_sent_again_while_its_removal_commits_is_not_stored_again)."""
+    (test_a_package_sent_again_while_its_removal_commits_is_not_stored_again). On
+    PostgreSQL every statement of the group is pipelined (sent without waiting for the
+    answer of the one before)."""
     ingestor = PackageIngestor(db_url, KEY, POLICY)
     ingestor.data_key()
     kinds = {"WITH blocks": "records, pending",
              "SELECT package_id FROM removed_packages": "removed ids",
              "INSERT INTO packages": "packages", "INSERT INTO spent_tokens": "tokens",
              "DELETE FROM packages": "delete packages", "INSERT INTO records": "records",
-             "INSERT INTO pending_blocks": "pending", "INSERT INTO classes": "classes"}
-    seen: list[str] = []
-
-    def count(conn, cursor, statement, *args):
-        seen.extend(kind for start, kind in kinds.items() if statement.startswith(start))
-
-    event.listen(ingestor.engine, "before_cursor_execute", count)
+             "INSERT INTO pending_blocks": "pending", "INSERT INTO classes": "classes",
+             "SELECT p.block_id": "pending of classes", "WITH c AS": "release"}
+    seen: list[tuple[str, bool]] = []
+    _record_statements(ingestor.engine, seen)
     per_size: dict[int, list[list[str]]] = {}
+    pipelined: set[bool] = set()
     for size, first in ((1, 0), (40, 100), (1, 200)):
         group = [r.prepared for r in _ready(ingestor, *(package(first + i)
                                                         for i in range(size)))]
         seen.clear()
         with ingestor.engine.begin() as conn:
             write_prepared(conn, group, POLICY, ingestor.data_key())
-        per_size.setdefault(size, []).append(list(seen))
-    # (the release of classes, after these, reads and writes what the data make due)
-    expected = (["packages", "removed ids", "records, pending", "classes"]
-                if db_url.startswith("postgresql") else
-                ["packages", "removed ids", "records", "pending", "classes"])
-    assert per_size[1][0] == per_size[40][0] == per_size[1][1] == expected
+        found = [(kind, p) for statement, p in seen
+                 for start, kind in kinds.items() if statement.startswith(start)]
+        per_size.setdefault(size, []).append([kind for kind, _ in found])
+        pipelined.update(p for _, p in found)
+    # (then the release of classes reads the pending blocks of the classes written, and
+    # writes what the data make due: 1 package releases nothing, 40 do)
+    if db_url.startswith("postgresql"):
+        expected = ["packages", "removed ids", "records, pending", "classes",
+                    "pending of classes"]
+        assert pipelined == {True}
+    else:
+        expected = ["packages", "removed ids", "records", "pending", "classes"]
+    assert per_size[1][0][:len(expected)] == per_size[1][1][:len(expected)] == expected
+    assert per_size[40][0][:len(expected)] == expected
 
 
 def test_concurrent_packages_share_transactions_each_acknowledged_after_commit(db_url):
@@ -267,7 +298,7 @@ def _release_read_plan(engine) -> str:
         keys = list(conn.execute(select(CLASSES.c.class_key)).scalars()) or ["0" * 32]
         conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
         conn.exec_driver_sql("PREPARE release_read(varchar[]) AS "
-                             + _PG_PENDING_OF.replace("%(keys)s", "$1"))
+                             + _PG_PENDING_OF.replace("%(keys)b", "$1"))
         array = "ARRAY[" + ", ".join(f"'{k}'" for k in keys) + "]::varchar[]"
         plan = "\n".join(row[0] for row in conn.exec_driver_sql(
             f"EXPLAIN EXECUTE release_read({array})"))
@@ -330,3 +361,47 @@ def test_pending_blocks_do_not_pile_up_dead_rows_on_postgresql(postgres_admin_ur
         finally:
             drop()
     assert sizes[True] * 3 < sizes[False], sizes
+
+
+def test_a_pipelined_write_fails_with_sqlalchemy_s_errors_and_stores_nothing(postgres_url):
+    """The group write runs its statements on psycopg's own connection, in pipeline mode
+    (store.pg_pipeline): its errors must still be SQLAlchemy's, which the write's retries
+    read (IntegrityError: a concurrent release of the same blocks), and roll back the whole
+    group."""
+    from sqlalchemy.exc import IntegrityError
+
+    from dmt_model.server.store import _pg_run, pg_pipeline
+
+    ingestor = PackageIngestor(postgres_url, KEY, POLICY)
+    group = [r.prepared for r in _ready(ingestor, *(package(i) for i in range(4)))]
+    with pytest.raises(IntegrityError), ingestor.engine.begin() as conn, pg_pipeline(conn):
+        write_prepared(conn, group, POLICY, ingestor.data_key())
+        _pg_run(conn, "INSERT INTO classes (class_key, n_records, n_packages, released) "
+                "SELECT class_key, 1, 1, false FROM classes LIMIT 1", {})
+    assert SharedStore(ingestor.engine, KEY).counts()["packages"] == 0
+    assert [w.status for w in ingestor.writer.commit_now(group)] == ["stored"] * 4
+
+
+def test_a_group_is_written_again_when_the_database_dropped_its_connection(
+        postgres_url, postgres_admin_url):
+    """A pooled connection the database dropped (a restart, an idle timeout) fails the
+    pipelined write with a disconnect SQLAlchemy recognizes (``connection_invalidated``, from
+    the pipeline's error or the rollback after it), so the write is tried again on a fresh
+    connection and each package is stored once."""
+    import psycopg
+
+    from dmt_model.server import connect
+
+    # as `dmt serve` makes it: no ping before each use, so the write meets the dropped one
+    ingestor = PackageIngestor(connect(postgres_url, pool_pre_ping=False), KEY, POLICY)
+    first, *rest = _ready(ingestor, *(package(i) for i in range(5)))
+    assert ingestor.writer.commit_now([first.prepared])[0].status == "stored"
+    database = ingestor.engine.url.database
+    with psycopg.connect(postgres_admin_url, autocommit=True) as admin:
+        dropped = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                                (database,)).fetchone()[0]
+    assert dropped >= 1  # the pool's connection
+    written = ingestor.writer.commit_now([r.prepared for r in rest])
+    assert [w.status for w in written] == ["stored"] * 4
+    assert SharedStore(ingestor.engine, KEY).counts()["packages"] == 5
