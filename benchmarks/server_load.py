@@ -20,7 +20,12 @@ packages acknowledged / time). Writes server_load.json into ``--output``
 
 Usage: python benchmarks/server_load.py [--packages 10000] [--clients 50]
        [--postgres URL --pg-ctl "pg_ctl -D DATA"] (default: DMT_TEST_POSTGRES_URL and
-       DMT_TEST_POSTGRES_CTL, as `make test` sets them)
+       DMT_TEST_POSTGRES_CTL, as `make test` sets them) [--stores sqlite,postgresql]
+
+Old code against new, in the same window: ``--peer DIR [--rounds 3]`` (DIR another
+checkout, e.g. ``git worktree add /tmp/before HEAD~1``) runs the steady loads with its
+`dmt serve` and this one's in turn and writes their medians and ratios to
+server_load_peer.json.
 
 The tests (tests/model/test_service.py) import this module and run smaller loads.
 """
@@ -39,6 +44,7 @@ import secrets
 import shlex
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -113,13 +119,30 @@ def listening_sockets(port: int) -> int:
     return sum(row[1] == f"0100007F:{port:04X}" and row[3] == "0A" for row in rows)
 
 
+def _in_checkout(root: Path) -> dict[str, Any]:
+    """``subprocess`` options that make a ``python -c`` child import ``root``'s code: its
+    ``PYTHONPATH``, and its working folder (``-c`` puts the working folder first on
+    ``sys.path``, so from another checkout the child imported that one's code)."""
+    return {"env": {**os.environ, "PYTHONPATH": str(root)}, "cwd": root}
+
+
+def imported_from(root: Path) -> Path:
+    """The ``dmt_model`` package a service started for ``root`` imports."""
+    found = subprocess.run([sys.executable, "-c", "import dmt_model; print(dmt_model.__file__)"],
+                           capture_output=True, text=True, check=True, **_in_checkout(root))
+    return Path(found.stdout.strip()).resolve()
+
+
 class ServiceProcess:
     """`dmt serve` in a child process on 127.0.0.1, restartable on the same port."""
 
     def __init__(self, db_url: str, key_file: Path, policy_file: Path, *,
                  models: Path | None = None, extra: Sequence[str] = (),
-                 port: int | None = None, log: Path | None = None) -> None:
+                 port: int | None = None, log: Path | None = None,
+                 root: Path = ROOT) -> None:
         self.port = port or free_port()
+        #: the checkout whose `dmt serve` runs (another one: --peer)
+        self.root = root
         self.argv = [sys.executable, "-c", _SERVE, "serve", "--db", db_url, "--key",
                      str(key_file), "--policy", str(policy_file), "--port", str(self.port),
                      *(["--models", str(models)] if models is not None else []), *extra]
@@ -131,15 +154,16 @@ class ServiceProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60.0) -> ServiceProcess:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        child = _in_checkout(self.root)
         # a session of its own: with --workers, SIGKILL takes the supervisor and its workers
         if self.log is None:
-            self.process = subprocess.Popen(self.argv, env=env, stdout=subprocess.DEVNULL,
-                                            stderr=subprocess.DEVNULL, start_new_session=True)
+            self.process = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.DEVNULL, start_new_session=True,
+                                            **child)
         else:
             with open(self.log, "ab") as out:  # the child keeps its own descriptor
-                self.process = subprocess.Popen(self.argv, env=env, stdout=out, stderr=out,
-                                                start_new_session=True)
+                self.process = subprocess.Popen(self.argv, stdout=out, stderr=out,
+                                                start_new_session=True, **child)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -519,10 +543,11 @@ def pg_restart(ctl: str) -> Callable[[], None]:
 def scenario(name: str, db_url: str, envelopes: Sequence[tuple[str, bytes]], *, clients: int,
              key_file: Path, policy_file: Path, records: int, pg_ctl: str | None = None,
              faults: bool = False, workers: int = 1, deadline: float = 600.0,
-             extra: Sequence[str] = ()) -> dict[str, Any]:
+             extra: Sequence[str] = (), root: Path = ROOT) -> dict[str, Any]:
     """One load on a fresh ``db_url``; ``pg_ctl`` measures PostgreSQL's CPU, and with
-    ``faults`` restarts it (crash and recovery) at 60 %. ``extra``: more `dmt serve` options."""
-    service = ServiceProcess(db_url, key_file, policy_file,
+    ``faults`` restarts it (crash and recovery) at 60 %. ``extra``: more `dmt serve` options;
+    ``root``: the checkout whose service runs."""
+    service = ServiceProcess(db_url, key_file, policy_file, root=root,
                              extra=["--workers", str(workers), *extra]).start()
     load_before = uptime()
     busy0, total0 = _machine_busy()
@@ -642,6 +667,63 @@ def _scaling(runs: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
+def _commit(root: Path) -> str:
+    done = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True, check=False)
+    return done.stdout.strip() or "?"
+
+
+def _compare(args: argparse.Namespace, stores: Sequence[tuple[str, Callable[[], str], str | None]],
+             worker_counts: Sequence[int], envelopes: Sequence[tuple[str, bytes]],
+             common: dict[str, Any], uptime_before: str) -> int:
+    """This checkout's service and ``args.peer``'s take the same steady loads in turn, in
+    ``args.rounds`` rounds (the order swapped each round, so a host speeding up or slowing
+    down through the window favours neither); the medians and their ratio by store and
+    worker count, into server_load_peer.json."""
+    roots = {"this": ROOT, "peer": args.peer.resolve()}
+    for which, root in roots.items():  # each service must import its own checkout's code
+        found = imported_from(root)
+        if not found.is_relative_to(root.resolve()):
+            raise RuntimeError(f"{which}'s service would import {found}, not {root}'s code")
+        print(f"{which}: {root} at {_commit(root)}", flush=True)
+    runs: list[dict[str, Any]] = []
+    for round_ in range(args.rounds):
+        for store, make_url, ctl in stores:
+            counts = worker_counts[:2] if store == "sqlite" else worker_counts
+            for workers in counts:
+                order = ("this", "peer") if round_ % 2 == 0 else ("peer", "this")
+                for which in order:
+                    run = scenario(f"{store} steady, {workers} worker(s), {which}", make_url(),
+                                   envelopes, records=args.records, workers=workers,
+                                   pg_ctl=ctl, root=roots[which], **common)
+                    run.update(store=store, code=which, round=round_)
+                    _print(run)
+                    runs.append(run)
+    summary = []
+    for store, _, _ in stores:
+        for workers in sorted({r["workers"] for r in runs if r["store"] == store}):
+            medians = {which: statistics.median(
+                r["packages_per_second"] for r in runs
+                if (r["store"], r["workers"], r["code"]) == (store, workers, which))
+                for which in roots}
+            summary.append({"store": store, "workers": workers,
+                            "packages_per_second": medians,
+                            "ratio": round(medians["this"] / medians["peer"], 3)})
+            print(f"{store}, {workers} worker(s): this {medians['this']:.0f} packages/s, peer "
+                  f"{medians['peer']:.0f} (median of {args.rounds}): "
+                  f"{medians['this'] / medians['peer']:.2f}x", flush=True)
+    out = {"benchmark": "server_load --peer", "this": _commit(ROOT),
+           "peer": {"root": str(roots["peer"]), "commit": _commit(roots["peer"])},
+           "rounds": args.rounds, "packages": args.packages, "clients": args.clients,
+           "records_per_package": args.records, "serve_options": args.serve_options,
+           "uptime_before": uptime_before, "uptime_after": _uptime_command(),
+           "summary": summary, "runs": runs}
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "server_load_peer.json").write_text(json.dumps(out, indent=1))
+    print(f"wrote {args.output / 'server_load_peer.json'}")
+    return 0 if all(all(r["checks"].values()) for r in runs) else 1
+
+
 def _print(run: dict[str, Any]) -> None:
     print(f"{run['scenario']:34s} {run['packages_per_second']:8.1f} packages/s "
           f"({run['records_per_second']:9.1f} records/s)  p50 {run['latency_ms']['p50']:7.1f} ms"
@@ -668,10 +750,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pg-ctl", default=os.environ.get("DMT_TEST_POSTGRES_CTL"))
     parser.add_argument("--serve-options", default="",
                         help="more `dmt serve` options for every run, e.g. '--threads 0'")
+    parser.add_argument("--stores", default="sqlite,postgresql",
+                        help="stores to measure, comma-separated (default both)")
+    parser.add_argument("--peer", type=Path, default=None,
+                        help="another checkout (e.g. a commit before a change): its `dmt serve` "
+                             "and this one's take the steady loads in turn, --rounds times "
+                             "(no ceilings, faults or large packages); writes "
+                             "server_load_peer.json")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of --peer (default 3)")
     parser.add_argument("--output", type=Path, default=RESULTS,
                         help="folder for the results (default benchmarks/results)")
     args = parser.parse_args(argv)
     worker_counts = [int(w) for w in args.workers.split(",")]
+    chosen = set(args.stores.split(","))
+    if not chosen <= {"sqlite", "postgresql"}:
+        parser.error(f"--stores: sqlite and/or postgresql, got {args.stores!r}")
+    if args.peer is not None and not (args.peer / "dmt_model" / "server").is_dir():
+        parser.error(f"--peer: {args.peer} is not a dmt checkout (no dmt_model/server)")
 
     key = generate_server_key()
     uptime_before = _uptime_command()
@@ -694,17 +789,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         stores: list[tuple[str, Callable[[], str], str | None]] = [
             ("sqlite", lambda: f"sqlite:///{folder / secrets.token_hex(4)}.db", None)]
         drops: list[Callable[[], None]] = []
-        if args.postgres:
+        if "postgresql" in chosen and args.postgres:
             def pg_url() -> str:
                 url, drop = postgres_database(args.postgres)
                 drops.append(drop)
                 return url
             stores.append(("postgresql", pg_url, args.pg_ctl))
-        else:
+        elif "postgresql" in chosen:
             print("no PostgreSQL URL (--postgres or DMT_TEST_POSTGRES_URL): SQLite only")
+        stores = [entry for entry in stores if entry[0] in chosen]
         common = dict(clients=args.clients, key_file=folder / "server.key",
                       policy_file=folder / "policy.json",
                       extra=shlex.split(args.serve_options))
+        if args.peer is not None:
+            try:
+                return _compare(args, stores, worker_counts, envelopes, common, uptime_before)
+            finally:
+                for drop in drops:
+                    drop()
         try:
             for store, make_url, ctl in stores:
                 ceilings[store] = ceiling(make_url(), envelopes, key)

@@ -245,6 +245,18 @@ def test_the_load_client_starts_when_every_worker_listens(tmp_path, server_load)
         service.stop()
 
 
+def test_a_peer_checkout_s_service_runs_that_checkout_s_code(tmp_path, server_load):
+    """server_load --peer measures another checkout's `dmt serve` against this one's. Its
+    children ran ``python -c`` from this checkout, and ``-c`` puts the working folder first on
+    sys.path: the "peer" imported this checkout's code, and old and new code measured the
+    same. A stand-in checkout's package must be the one imported."""
+    (tmp_path / "dmt_model").mkdir()
+    (tmp_path / "dmt_model" / "__init__.py").write_text("")
+    assert server_load.imported_from(tmp_path) == (tmp_path / "dmt_model" / "__init__.py"
+                                                   ).resolve()
+    assert server_load.imported_from(server_load.ROOT).is_relative_to(server_load.ROOT)
+
+
 def test_pending_blocks_are_the_unreleased_blocks(db_url):
     """The release reads pending_blocks: it stays records less released_blocks (and less
     the blocks a removal withdrew) through ingestion and removal, and a database from
