@@ -702,15 +702,25 @@ def _compare(args: argparse.Namespace, stores: Sequence[tuple[str, Callable[[], 
     summary = []
     for store, _, _ in stores:
         for workers in sorted({r["workers"] for r in runs if r["store"] == store}):
-            medians = {which: statistics.median(
-                r["packages_per_second"] for r in runs
-                if (r["store"], r["workers"], r["code"]) == (store, workers, which))
-                for which in roots}
+            mine = [r for r in runs if (r["store"], r["workers"]) == (store, workers)]
+            # a run whose exactly-once checks failed measured something else: not in a median
+            good = {which: [r["packages_per_second"] for r in mine
+                            if r["code"] == which and all(r["checks"].values())]
+                    for which in roots}
+            failed = sum(not all(r["checks"].values()) for r in mine)
+            if not all(good.values()):
+                summary.append({"store": store, "workers": workers, "failed_runs": failed})
+                print(f"{store}, {workers} worker(s): no median, {failed} run(s) failed "
+                      "their checks", flush=True)
+                continue
+            medians = {which: statistics.median(values) for which, values in good.items()}
             summary.append({"store": store, "workers": workers,
                             "packages_per_second": medians,
-                            "ratio": round(medians["this"] / medians["peer"], 3)})
+                            "ratio": round(medians["this"] / medians["peer"], 3),
+                            "failed_runs": failed})
             print(f"{store}, {workers} worker(s): this {medians['this']:.0f} packages/s, peer "
-                  f"{medians['peer']:.0f} (median of {args.rounds}): "
+                  f"{medians['peer']:.0f} (medians of the runs that passed their checks"
+                  f"{f'; {failed} failed' if failed else ''}): "
                   f"{medians['this'] / medians['peer']:.2f}x", flush=True)
     out = {"benchmark": "server_load --peer", "this": _commit(ROOT),
            "peer": {"root": str(roots["peer"]), "commit": _commit(roots["peer"])},

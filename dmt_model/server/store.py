@@ -563,15 +563,23 @@ def _psycopg(conn: Connection) -> bool:
 
 
 def _driver_connection(conn: Connection) -> Any:
-    """psycopg's own connection under ``conn``."""
+    """psycopg's own connection under ``conn``, inside SQLAlchemy's transaction: begun here
+    if none is (with ``engine.connect()``, statements run only on psycopg's connection begin
+    none, so the caller's ``conn.commit()`` would do nothing and the pool's rollback would
+    discard them)."""
+    if not conn.in_transaction():
+        conn.begin()
     return cast(Any, conn.connection.driver_connection)
 
 
 @contextlib.contextmanager
 def _driver_errors(conn: Connection, statement: str) -> Iterator[None]:
     """psycopg's errors as SQLAlchemy's (``IntegrityError``, ``DBAPIError`` with
-    ``connection_invalidated`` when the database dropped the connection, which is then
-    invalidated), as ``conn.execute`` raises them: the callers' retries read those."""
+    ``connection_invalidated`` when the database dropped the connection), as
+    ``conn.execute`` raises them: the callers' retries read those. On a disconnect the
+    connection is invalidated and the engine's pool renewed, as SQLAlchemy does for its own
+    statements: after a restart every pooled connection is stale, and `dmt serve` does not
+    ping them before use."""
     dbapi_error = conn.dialect.loaded_dbapi.Error
     try:
         yield
@@ -580,6 +588,7 @@ def _driver_errors(conn: Connection, statement: str) -> Iterator[None]:
         disconnect = conn.dialect.is_disconnect(exc, driver_connection, None)
         if disconnect:
             conn.invalidate(exc)
+            conn.engine.dispose()  # idle connections closed, the ones in use not reused
         raise DBAPIError.instance(statement, None, exc, dbapi_error,
                                   connection_invalidated=disconnect,
                                   dialect=conn.dialect) from exc
@@ -591,9 +600,11 @@ def pg_pipeline(conn: Connection) -> Iterator[None]:
     sent without waiting for the answer of the one before, and the connection waits only
     where a result is read (:func:`_pg_rows`) and at the end. Elsewhere it does nothing.
 
-    A group write's eight round trips (BEGIN, six statements, COMMIT) become four. The
-    statements still run one after the other, each on a snapshot of its own, so each sees
-    what the ones before it waited for (a concurrent writer's commit)."""
+    A group write waited for the database eight times (BEGIN, six statements, COMMIT), now
+    five. The statements still run one after the other, each on a snapshot of its own, so
+    each sees what the ones before it waited for (a concurrent writer's commit). Inside the
+    block only :func:`_pg_run` and :func:`_pg_rows` may run statements: a SQLAlchemy
+    statement reads its cursor's description before the pipeline has its result."""
     if not _psycopg(conn):
         yield
         return

@@ -257,6 +257,27 @@ def test_a_peer_checkout_s_service_runs_that_checkout_s_code(tmp_path, server_lo
     assert server_load.imported_from(server_load.ROOT).is_relative_to(server_load.ROOT)
 
 
+def test_a_service_process_starts_in_its_checkout(tmp_path, server_load, monkeypatch):
+    """ServiceProcess starts `dmt serve` with the options imported_from checks."""
+    seen = {}
+
+    class Exited:
+        returncode = 1
+
+        def __init__(self, argv, **options):
+            seen.update(options)
+
+        def poll(self):
+            return 1
+
+    monkeypatch.setattr(server_load.subprocess, "Popen", Exited)
+    service = server_load.ServiceProcess("sqlite://", tmp_path / "k", tmp_path / "p",
+                                         root=tmp_path)
+    with pytest.raises(RuntimeError, match="exited"):
+        service.start(timeout=5)
+    assert seen["cwd"] == tmp_path and seen["env"]["PYTHONPATH"] == str(tmp_path)
+
+
 def test_pending_blocks_are_the_unreleased_blocks(db_url):
     """The release reads pending_blocks: it stays records less released_blocks (and less
     the blocks a removal withdrew) through ingestion and removal, and a database from
@@ -408,12 +429,34 @@ def test_a_group_is_written_again_when_the_database_dropped_its_connection(
     ingestor = PackageIngestor(connect(postgres_url, pool_pre_ping=False), KEY, POLICY)
     first, *rest = _ready(ingestor, *(package(i) for i in range(5)))
     assert ingestor.writer.commit_now([first.prepared])[0].status == "stored"
+    # The pool holds more connections than the write has attempts: after a restart, every
+    # one of them is stale, so the first disconnect must renew the whole pool (as
+    # SQLAlchemy does for its own statements), not only the connection it was seen on.
+    held = [ingestor.engine.connect() for _ in range(ingestor.engine.pool.size())]
+    for conn in held:
+        conn.exec_driver_sql("SELECT 1")
+    for conn in held:
+        conn.close()
     database = ingestor.engine.url.database
     with psycopg.connect(postgres_admin_url, autocommit=True) as admin:
         dropped = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                                 "WHERE datname = %s AND pid <> pg_backend_pid()",
                                 (database,)).fetchone()[0]
-    assert dropped >= 1  # the pool's connection
+    assert dropped >= ingestor.engine.pool.size()  # the pool's connections
     written = ingestor.writer.commit_now([r.prepared for r in rest])
     assert [w.status for w in written] == ["stored"] * 4
     assert SharedStore(ingestor.engine, KEY).counts()["packages"] == 5
+
+
+def test_a_write_in_a_connection_s_own_transaction_is_committed(db_url):
+    """``engine.connect()`` and ``conn.commit()`` (SQLAlchemy's autobegin) must store what
+    ``write_prepared`` wrote. On PostgreSQL it runs no SQLAlchemy statement, so SQLAlchemy
+    began no transaction: its commit did nothing, and the pool's rollback on return threw
+    the packages away."""
+    ingestor = PackageIngestor(db_url, KEY, POLICY)
+    group = [r.prepared for r in _ready(ingestor, *(package(i) for i in range(4)))]
+    with ingestor.engine.connect() as conn:
+        written = write_prepared(conn, group, POLICY, ingestor.data_key())
+        conn.commit()
+    assert [w.status for w in written] == ["stored"] * 4
+    assert SharedStore(ingestor.engine, KEY).counts()["packages"] == 4
