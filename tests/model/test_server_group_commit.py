@@ -460,3 +460,72 @@ def test_a_write_in_a_connection_s_own_transaction_is_committed(db_url):
         conn.commit()
     assert [w.status for w in written] == ["stored"] * 4
     assert SharedStore(ingestor.engine, KEY).counts()["packages"] == 4
+
+
+def test_a_release_racing_the_group_write_is_retried_and_releases_each_block_once(
+        postgres_url, postgres_admin_url, monkeypatch):
+    """Two releases of the same pending blocks: an operator's (``release_due``, held open)
+    and a group write's, pipelined. The class was released before, so neither locks its
+    counter row: the write's insert of released blocks waits for the other's and fails on
+    their key when it commits. That must come out of the pipeline as SQLAlchemy's
+    IntegrityError, which the write retries; each block is released once."""
+    import psycopg
+    from sqlalchemy.exc import IntegrityError
+
+    from dmt_model.server import ingest as ingest_module
+    from dmt_model.server import write as write_module
+    from dmt_model.server.store import RELEASED_BLOCKS, release_due, release_rule
+
+    ingestor = PackageIngestor(postgres_url, KEY, POLICY)
+    released_before = _ready(ingestor, *(package(i, classes=[0]) for i in range(3)))
+    assert all(w.status == "stored" for w in ingestor.writer.commit_now(
+        [r.prepared for r in released_before]))  # class 0 released (k = 3)
+    monkeypatch.setattr(write_module, "released_classes", lambda *a, **k: [])
+    waiting = _ready(ingestor, *(package(i, classes=[0]) for i in range(3, 6)))
+    assert all(w.status == "stored" for w in ingestor.writer.commit_now(
+        [r.prepared for r in waiting]))  # three pending blocks, not released
+    monkeypatch.undo()
+    attempts: list[BaseException | None] = []
+    real_write = ingest_module.write_prepared
+
+    def counted(*args, **kwargs):
+        try:
+            written = real_write(*args, **kwargs)
+        except BaseException as exc:
+            attempts.append(exc)
+            raise
+        attempts.append(None)
+        return written
+
+    monkeypatch.setattr(ingest_module, "write_prepared", counted)
+    hold, held = threading.Event(), threading.Event()
+
+    def operator_release():
+        with ingestor.engine.begin() as conn:
+            release_due(conn, release_rule(POLICY), lambda key_id: ingestor.data_key())
+            held.set()
+            hold.wait(timeout=30)
+
+    operator = threading.Thread(target=operator_release)
+    operator.start()
+    assert held.wait(timeout=30)
+    (newcomer,) = _ready(ingestor, package(6, classes=[0]))
+    result: list = []
+    writer = threading.Thread(target=lambda: result.extend(
+        ingestor.writer.commit_now([newcomer.prepared])))
+    writer.start()
+    database = ingestor.engine.url.database
+    with psycopg.connect(postgres_admin_url, autocommit=True) as admin:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not admin.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+                "AND wait_event_type = 'Lock'", (database,)).fetchone()[0]:
+            time.sleep(0.01)
+    hold.set()
+    operator.join(timeout=30)
+    writer.join(timeout=30)
+    assert [w.status for w in result] == ["stored"]
+    assert isinstance(attempts[0], IntegrityError) and attempts[1:] == [None]
+    with ingestor.engine.connect() as conn:
+        ids = list(conn.execute(select(RELEASED_BLOCKS.c.block_id)).scalars())
+    assert len(ids) == len(set(ids)) == 6  # the first cohort's 3 and the operator's 3
