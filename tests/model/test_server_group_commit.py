@@ -472,8 +472,9 @@ def test_a_release_racing_the_group_write_is_retried_and_releases_each_block_onc
     import psycopg
     from sqlalchemy.exc import IntegrityError
 
-    from dmt_model.server import ingest as ingest_module
     from dmt_model.server import write as write_module
+
+    ingest_module = sys.modules["dmt_model.server.ingest"]  # (the package exports ingest())
     from dmt_model.server.store import RELEASED_BLOCKS, release_due, release_rule
 
     ingestor = PackageIngestor(postgres_url, KEY, POLICY)
