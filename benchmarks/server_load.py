@@ -23,8 +23,9 @@ Usage: python benchmarks/server_load.py [--packages 10000] [--clients 50]
        DMT_TEST_POSTGRES_CTL, as `make test` sets them) [--stores sqlite,postgresql]
 
 Old code against new, in the same window: ``--peer DIR [--rounds 3]`` (DIR another
-checkout, e.g. ``git worktree add /tmp/before HEAD~1``) runs the steady loads with its
-`dmt serve` and this one's in turn and writes their medians and ratios to
+checkout, e.g. ``git worktree add /tmp/before HEAD~1``; it runs on this interpreter, with
+its own code first on sys.path) runs the steady loads with its `dmt serve` and this
+checkout's in turn and writes their medians and ratios (this / peer) to
 server_load_peer.json.
 
 The tests (tests/model/test_service.py) import this module and run smaller loads.
@@ -678,8 +679,8 @@ def _compare(args: argparse.Namespace, stores: Sequence[tuple[str, Callable[[], 
              common: dict[str, Any], uptime_before: str) -> int:
     """This checkout's service and ``args.peer``'s take the same steady loads in turn, in
     ``args.rounds`` rounds (the order swapped each round, so a host speeding up or slowing
-    down through the window favours neither); the medians and their ratio by store and
-    worker count, into server_load_peer.json."""
+    down through the window favours neither); the medians and their ratio (this / peer) by
+    store and worker count, into server_load_peer.json."""
     roots = {"this": ROOT, "peer": args.peer.resolve()}
     for which, root in roots.items():  # each service must import its own checkout's code
         found = imported_from(root)
@@ -713,7 +714,8 @@ def _compare(args: argparse.Namespace, stores: Sequence[tuple[str, Callable[[], 
                 print(f"{store}, {workers} worker(s): no median, {failed} run(s) failed "
                       "their checks", flush=True)
                 continue
-            medians = {which: statistics.median(values) for which, values in good.items()}
+            medians = {which: round(statistics.median(values), 1)
+                       for which, values in good.items()}
             summary.append({"store": store, "workers": workers,
                             "packages_per_second": medians,
                             "ratio": round(medians["this"] / medians["peer"], 3),
@@ -763,10 +765,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--stores", default="sqlite,postgresql",
                         help="stores to measure, comma-separated (default both)")
     parser.add_argument("--peer", type=Path, default=None,
-                        help="another checkout (e.g. a commit before a change): its `dmt serve` "
-                             "and this one's take the steady loads in turn, --rounds times "
-                             "(no ceilings, faults or large packages); writes "
-                             "server_load_peer.json")
+                        help="another checkout (e.g. `git worktree add /tmp/before <commit>`): "
+                             "its `dmt serve` and this one's (the checkout holding this script) "
+                             "take the steady loads in turn, --rounds times (no ceilings, faults "
+                             "or large packages), both on this interpreter with their own code "
+                             "first on sys.path; writes server_load_peer.json, whose ratio is "
+                             "this / peer")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of --peer (default 3)")
     parser.add_argument("--output", type=Path, default=RESULTS,
                         help="folder for the results (default benchmarks/results)")
@@ -774,9 +778,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     worker_counts = [int(w) for w in args.workers.split(",")]
     chosen = set(args.stores.split(","))
     if not chosen <= {"sqlite", "postgresql"}:
-        parser.error(f"--stores: sqlite and/or postgresql, got {args.stores!r}")
+        parser.error(f"--stores: sqlite and/or postgresql, comma-separated, got "
+                     f"{args.stores!r}")
     if args.peer is not None and not (args.peer / "dmt_model" / "server").is_dir():
-        parser.error(f"--peer: {args.peer} is not a dmt checkout (no dmt_model/server)")
+        parser.error(f"--peer: {args.peer} is not a dmt checkout (no dmt_model/server); pass "
+                     "one, e.g. made with `git worktree add /tmp/before <commit>`")
 
     key = generate_server_key()
     uptime_before = _uptime_command()
@@ -793,7 +799,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         envelopes = make_envelopes(args.packages, key.public_key(), records=args.records)
         large = (make_envelopes(args.large_packages, key.public_key(),
                                 records=args.large_records, seed=1)
-                 if args.large_records else [])
+                 if args.large_records and args.peer is None else [])
         print(f"sealed {len(envelopes) + len(large)} packages in "
               f"{time.perf_counter() - t0:.1f} s")
         stores: list[tuple[str, Callable[[], str], str | None]] = [
