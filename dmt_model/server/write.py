@@ -246,14 +246,14 @@ def _columns(rows: list[dict[str, Any]], names: Sequence[str]) -> dict[str, list
 
 #: What a statement answers, read when it is needed: on PostgreSQL, a pipelined statement's
 #: rows are waited for only then (store.pg_pipeline).
-Answer = Callable[[], set[Any]]
+_Answer = Callable[[], set[Any]]
 
 
-def _answered(value: set[Any]) -> Answer:
+def _answered(value: set[Any]) -> _Answer:
     return lambda: value
 
 
-def _pg_keys(conn: Connection, statement: str, params: Mapping[str, Any]) -> Answer:
+def _pg_keys(conn: Connection, statement: str, params: Mapping[str, Any]) -> _Answer:
     """The first column of ``statement``'s rows, as a set, when asked (the statement is
     queued now)."""
     cursor = _pg_run(conn, statement, params)
@@ -265,8 +265,9 @@ def _pg_keys(conn: Connection, statement: str, params: Mapping[str, Any]) -> Ans
 
 
 def _insert_or_nothing(conn: Connection, table: Table, column: str,
-                       rows: list[dict[str, Any]]) -> Answer:
-    """Insert ``rows`` (unique on ``column`` among themselves); the keys actually inserted."""
+                       rows: list[dict[str, Any]]) -> _Answer:
+    """Insert ``rows`` (unique on ``column`` among themselves); the keys actually inserted,
+    when the answer is called."""
     if not rows:
         return _answered(set())
     if table is PACKAGES and _psycopg(conn):
@@ -445,7 +446,7 @@ _SQLITE_REMOVED = "SELECT package_id FROM removed_packages WHERE package_id IN (
 _PG_REMOVED = "SELECT package_id FROM removed_packages WHERE package_id = ANY(%(ids)b::varchar[])"
 
 
-def _removed(conn: Connection, package_ids: list[str]) -> Answer:
+def _removed(conn: Connection, package_ids: list[str]) -> _Answer:
     """Which of ``package_ids`` an operator removed before (``removed_packages``): plain
     SQL text on SQLite and PostgreSQL, as the group's other statements (a compiled select
     cost 0.4 ms a group of 64 on SQLite, a tenth of the write)."""
