@@ -530,3 +530,60 @@ def test_a_release_racing_the_group_write_is_retried_and_releases_each_block_onc
     with ingestor.engine.connect() as conn:
         ids = list(conn.execute(select(RELEASED_BLOCKS.c.block_id)).scalars())
     assert len(ids) == len(set(ids)) == 6  # the first cohort's 3 and the operator's 3
+
+
+def test_a_deadlock_inside_the_pipeline_is_retried_and_stores_each_package_once(
+        postgres_url, monkeypatch):
+    """A deadlock (SQLSTATE 40P01) met while the pipelined write waits on a class counter:
+    the group's class rows are locked in sorted order, an operator's transaction locks the
+    last one and then the first. PostgreSQL aborts the write (the operator's session waits
+    longer before it looks for deadlocks); the error must come out of the pipeline as
+    SQLAlchemy's with the SQLSTATE on ``orig``, which the write retries; the package is
+    stored once and counted once."""
+    from sqlalchemy.exc import DBAPIError
+
+    ingest_module = sys.modules["dmt_model.server.ingest"]  # (the package exports ingest())
+    ingestor = PackageIngestor(postgres_url, KEY, POLICY)
+    before = _ready(ingestor, package(0, classes=[0, 1]))
+    assert [w.status for w in ingestor.writer.commit_now([before[0].prepared])] == ["stored"]
+    with ingestor.engine.connect() as conn:
+        first, last = sorted(conn.execute(select(CLASSES.c.class_key)).scalars())
+    attempts: list[BaseException | None] = []
+    real_write = ingest_module.write_prepared
+
+    def counted(*args, **kwargs):
+        try:
+            written = real_write(*args, **kwargs)
+        except BaseException as exc:
+            attempts.append(exc)
+            raise
+        attempts.append(None)
+        return written
+
+    monkeypatch.setattr(ingest_module, "write_prepared", counted)
+    (newcomer,) = _ready(ingestor, package(1, classes=[0, 1]))
+    lock = "SELECT n_records FROM classes WHERE class_key = %(k)s FOR UPDATE"
+    result: list = []
+    with ingestor.engine.connect() as operator:
+        operator.exec_driver_sql("SET LOCAL deadlock_timeout = '60s'")
+        operator.exec_driver_sql(lock, {"k": last})
+        writer = threading.Thread(target=lambda: result.extend(
+            ingestor.writer.commit_now([newcomer.prepared])))
+        writer.start()
+        with ingestor.engine.connect() as watch:  # (a transaction's view of it is frozen)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not watch.exec_driver_sql(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock'").scalar():
+                watch.rollback()
+                time.sleep(0.01)
+        operator.exec_driver_sql(lock, {"k": first})  # the write holds it: a deadlock
+        operator.commit()
+    writer.join(timeout=30)
+    assert [w.status for w in result] == ["stored"]
+    assert isinstance(attempts[0], DBAPIError)
+    assert getattr(attempts[0].orig, "sqlstate", None) == "40P01"
+    assert attempts[1:] == [None]
+    store = SharedStore(ingestor.engine, KEY)
+    assert store.counts()["packages"] == 2
+    assert _class_totals(ingestor.engine) == (4, 2)  # two records in each of two classes
