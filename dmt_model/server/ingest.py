@@ -449,8 +449,13 @@ class Ingestor:
         """Queue ``ready`` for the next group transaction; its future is set after the commit."""
         return self.writer.submit(ready.prepared)
 
-    def finish(self, ready: PreparedIngest, written: Written) -> Outcome:
-        """The outcome of a written package (reads the database only for a stored id)."""
+    def finish(self, ready: PreparedIngest, written: Written, *, alone: bool = False) -> Outcome:
+        """The outcome of a written package (reads the database only for a stored id).
+
+        A package whose id was taken but has no row when it is read (a copy of it earlier
+        in its group was inserted, then dropped for a spent token) is written again on its
+        own, and answered as if it had come alone.
+        """
         if written.status == "stored":
             return Outcome(ready.source, "accepted", "", ready.package_id, ready.n_records,
                            released_classes=written.released_classes)
@@ -463,7 +468,19 @@ class Ingestor:
                            "removed from the store by its operator; it is not stored again",
                            ready.package_id, ready.n_records, True)
         with self._database():
-            return self._replay_or_conflict(ready)
+            outcome = self._replay_or_conflict(ready)
+        if outcome is not None:
+            return outcome
+        if alone:  # found stored on its own, then gone: an operator's removal meanwhile
+            raise DatabaseUnavailable(f"package {ready.package_id} was removed while it was "
+                                      "answered; try again.")
+        # No row under its id: a copy of it earlier in the same group was inserted and then
+        # dropped (its token was spent), so this one was never tried. Written alone, it is
+        # answered as if it had come alone.
+        (result,) = self.writer.commit_now([ready.prepared])
+        if isinstance(result, BaseException):
+            raise result
+        return self.finish(ready, result, alone=True)
 
     def ingest_one(self, envelope: bytes, source: str = "<bytes>") -> Outcome:
         """Open, validate and store one sealed package; its :class:`Outcome`.
@@ -504,15 +521,19 @@ class Ingestor:
                         raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _replay_or_conflict(self, ready: PreparedIngest) -> Outcome:
-        """A replay if the stored package is these bytes; a refusal if the id is reused."""
+    def _replay_or_conflict(self, ready: PreparedIngest) -> Outcome | None:
+        """A replay if the stored package is these bytes; a refusal if the id is reused; None
+        if no package is stored under its id."""
         pid = ready.package_id
         replay = Outcome(ready.source, "rejected", f"replay: package {pid} is already stored",
                          pid, ready.n_records, True)
         with self.engine.connect() as conn:
-            key_id, nonce, payload = conn.execute(
+            row = conn.execute(
                 select(PackageRow.key_id, PackageRow.nonce, PackageRow.payload)
-                .where(PackageRow.package_id == pid)).one()
+                .where(PackageRow.package_id == pid)).one_or_none()
+        if row is None:
+            return None
+        key_id, nonce, payload = row
         try:
             stored = self.store.key(key_id).decrypt(nonce, payload, payload_aad(pid, key_id))
         except Exception:  # a damaged row: the id is taken, these bytes are not it

@@ -214,3 +214,27 @@ def test_a_token_policy_needs_an_attestation_check(tmp_path):
     app = create_app(f"sqlite:///{tmp_path / 't.db'}", KEY, ServerPolicy(SCHEMA, min_k=3))
     with TestClient(app) as client:
         assert client.get("/v1/tokens/key").status_code == 404
+
+
+def test_a_package_twice_in_one_group_after_its_token_was_spent_is_refused_twice(server):
+    """A device's retry queued with its first try: the same envelope twice in one group, its
+    token already spent by another package. The first copy is inserted, then dropped for the
+    double spend; the second was never tried, and looking for its stored row found none
+    (helper-61): it was answered as a failing database (503), and `dmt ingest` over two
+    copies of the file stopped there on every run. Each copy must be answered as if it had
+    come alone."""
+    from dmt_model.server.ingest import BatchIngest
+
+    ingestor, issuer, _, _ = server
+    (token,) = fetch(issuer, "a", 1)
+    assert post(ingestor, 1, token).status == "accepted"
+    envelope = seal_package(package(2), KEY.public_key(), token=token)
+    other = seal_package(package(3), KEY.public_key(), token=fetch(issuer, "b", 1)[0])
+    done = dict(BatchIngest(ingestor, lambda _: None).run(
+        [(envelope, "first", "first"), (envelope, "again", "again"), (other, "other", "other")]))
+    for tag in ("first", "again"):
+        assert not isinstance(done[tag], BaseException), done[tag]
+        assert done[tag].status == "rejected", done[tag]
+        assert done[tag].reason.startswith("token: double spend"), done[tag]
+    assert done["other"].status == "accepted"
+    assert ingestor.store.counts()["packages"] == 2
