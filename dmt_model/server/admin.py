@@ -220,8 +220,16 @@ def _package_blocks(conn: Any, package_id: str) -> list[Any]:
 def _remove_one(conn: Any, package_id: str, min_k: int | None) -> tuple[int, int]:
     """Remove one package: (packages removed, 0 or 1; records of others withdrawn)."""
     blocks = _package_blocks(conn, package_id)
+    # Its classes' counter rows first, in sorted order, as the group write takes them: a
+    # write releasing these blocks is waited for. Deleting the blocks first, then waiting
+    # on a row the write held while it waited on the deleted blocks, was a deadlock.
+    classes = sorted({b.class_key for b in blocks})
+    for start in range(0, len(classes), _CHUNK):
+        conn.execute(select(CLASSES.c.class_key)
+                     .where(CLASSES.c.class_key.in_(classes[start:start + _CHUNK]))
+                     .order_by(CLASSES.c.class_key).with_for_update())
     ids = [b.id for b in blocks]
-    withdrawn = _withdraw_cohorts(conn, ids)
+    withdrawn = _withdraw_cohorts(conn, ids)  # read now: after the write it waited for
     per_class = Counter[str]()
     for b in blocks:
         per_class[b.class_key] += b.n_records

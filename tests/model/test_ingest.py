@@ -402,6 +402,79 @@ def test_a_package_sent_again_while_its_removal_commits_is_not_stored_again(post
     assert stored == 0
 
 
+def test_a_removal_while_a_group_write_releases_its_class_does_not_deadlock(
+        postgres_url, monkeypatch):
+    """Found in review (helper-61): a group write holds a class's counter row and has read
+    the class's pending blocks, among them package X's; an operator's removal of X deleted
+    X's pending block and records, then waited on the class row, while the write's release
+    waited on X's deleted rows. PostgreSQL broke the deadlock by failing the removal. A
+    removal now locks its classes' rows first, as the write does, so it waits for the
+    write, then removes X and withdraws the cohort X was just released in."""
+    import threading
+
+    from sqlalchemy import text
+
+    from dmt_model.server import admin
+    from dmt_model.server import store as store_module
+    from dmt_model.server import write as write_module
+    from dmt_model.server.ingest import Ingestor
+
+    engine = connect(postgres_url)
+    ingestor = Ingestor(engine, KEY, POLICY)
+    ready = [ingestor.check(seal_package(package(i, classes=[0]), KEY.public_key()))
+             for i in range(3)]
+    monkeypatch.setattr(write_module, "released_classes", lambda *a, **k: [])
+    assert [w.status for w in ingestor.writer.commit_now([r.prepared for r in ready[:2]])] \
+        == ["stored"] * 2  # two pending blocks of class 0: not enough to release (k = 3)
+    monkeypatch.undo()
+    release_statement, real_run = store_module._PG_RELEASE, store_module._pg_run
+    read, removal_waits = threading.Event(), threading.Event()
+
+    def paused(conn, statement, params):  # the write's release, after it read the blocks
+        if statement == release_statement and threading.current_thread().name != "operator":
+            read.set()
+            removal_waits.wait(timeout=30)
+        return real_run(conn, statement, params)
+
+    monkeypatch.setattr(store_module, "_pg_run", paused)
+    outcome: list = []
+
+    def operator():
+        assert read.wait(timeout=30)
+        try:
+            outcome.append(admin.remove_packages(engine, ids=[ready[0].package_id],
+                                                 policy=POLICY))
+        except BaseException as exc:  # the deadlock's victim
+            outcome.append(exc)
+
+    remover = threading.Thread(target=operator, name="operator")
+    remover.start()
+    writer = threading.Thread(target=lambda: outcome.append(
+        ingestor.writer.commit_now([ready[2].prepared])))
+    writer.start()
+    with engine.connect() as watch:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not watch.execute(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock'")).scalar():
+            watch.rollback()  # (a transaction's view of pg_stat_activity is frozen)
+            time.sleep(0.01)
+    removal_waits.set()
+    writer.join(timeout=30)
+    remover.join(timeout=30)
+    removed = next(o for o in outcome if not isinstance(o, list))
+    written = next(o for o in outcome if isinstance(o, list))
+    assert not isinstance(removed, BaseException), removed
+    assert removed.removed == [ready[0].package_id]
+    assert removed.withdrawn_records == 2  # the other two of the cohort X was released in
+    assert [w.status for w in written] == ["stored"]
+    with engine.connect() as conn:
+        left = conn.execute(text("SELECT count(*) FROM packages")).scalar()
+        released = conn.execute(text("SELECT count(*) FROM released_blocks")).scalar()
+    assert left == 2
+    assert released == 0  # the cohort of three lost X: the other two are withdrawn
+
+
 def test_removing_a_package_never_lets_two_snapshots_single_out_one_package(tmp_path):
     """Removing a package from a released cohort must not put its companions back in line:
     released again with one newcomer, two snapshots of the released data would differ by
