@@ -668,6 +668,31 @@ def _scaling(runs: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
+def _full_use(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """What 1 -> 2 workers would be if each ran flat out, by store, from the steady runs.
+
+    One worker is one process: the GIL holds it to about one core, so it can do at most
+    1 / s1 packages a second (s1: its CPU ms a package). Two share the machine with the
+    database and the load generator: at most ``cores`` / C2 (C2: all three's CPU ms a
+    package with two workers). ``ratio`` is the one over the other; the measured ratio is
+    about ``ratio`` x ``two_workers_machine_use`` / ``one_worker_core_use``, so a measured
+    ratio above it means that one worker left part of its core idle."""
+    out = {}
+    for store in ("sqlite", "postgresql"):
+        steady = {r["workers"]: r for r in runs if r["scenario"].startswith(f"{store} steady")}
+        if 1 not in steady or 2 not in steady:
+            continue
+        one, two = steady[1], steady[2]
+        s1 = one["cpu_ms_per_package"]["service"]
+        c2 = sum(v or 0.0 for v in two["cpu_ms_per_package"].values())
+        cores = two["cpu_cores"]["machine"]
+        out[store] = {"ratio": round(cores * s1 / c2, 2),
+                      "one_worker_core_use": one["cpu_cores"]["service"],
+                      "two_workers_machine_use": round(two["cpu_cores"]["machine_busy"] / cores,
+                                                       2)}
+    return out
+
+
 def _commit(root: Path) -> str:
     done = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
                           capture_output=True, text=True, check=False)
@@ -859,7 +884,13 @@ def main(argv: Sequence[str] | None = None) -> int:
            "serve_options": args.serve_options,
            "uptime_before": uptime_before, "uptime_after": _uptime_command(),
            "ceiling": ceilings, "scaling_1_to_2_workers": _scaling(runs),
+           "scaling_at_full_use_1_to_2_workers": _full_use(runs),
            "machine_scaling_1_to_2_processes": cpu_scaling, "runs": runs}
+    for store, scaling in out["scaling_1_to_2_workers"].items():
+        full = out["scaling_at_full_use_1_to_2_workers"][store]
+        print(f"{store}: 1 -> 2 workers {scaling}x; {full['ratio']}x if both ran flat out "
+              f"(one worker used {full['one_worker_core_use']} of its core, two "
+              f"{full['two_workers_machine_use']} of the machine)")
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "server_load.json").write_text(json.dumps(out, indent=1))
     print(f"wrote {args.output / 'server_load.json'}")

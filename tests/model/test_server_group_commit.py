@@ -245,6 +245,32 @@ def test_the_load_client_starts_when_every_worker_listens(tmp_path, server_load)
         service.stop()
 
 
+def test_the_ratio_at_full_use_explains_the_measured_one(server_load):
+    """server_load reports what 1 -> 2 workers would be with both flat out: one worker at
+    most one core (its GIL), two the machine shared with the database and the clients. With
+    the machine use of each, it gives back the measured ratio."""
+    def run(store, workers, rate, service, database, client, busy):
+        return {"scenario": f"{store} steady, {workers} worker(s)", "workers": workers,
+                "packages_per_second": rate,
+                "cpu_ms_per_package": {"service": service, "database": database,
+                                       "load_generator": client},
+                "cpu_cores": {"machine": 2, "machine_busy": busy,
+                              "service": round(rate * service / 1000, 2)}}
+
+    runs = [run("postgresql", 1, 2000, 0.35, 0.12, 0.03, 1.0),
+            run("postgresql", 2, 2600, 0.42, 0.17, 0.03, 2600 * 0.62 / 1000),
+            run("sqlite", 1, 2500, 0.38, None, 0.03, 1.0),
+            run("sqlite", 2, 3500, 0.43, None, 0.03, 3500 * 0.46 / 1000)]
+    full = server_load._full_use(runs)
+    measured = server_load._scaling(runs)
+    assert full["postgresql"] == {"ratio": 1.13, "one_worker_core_use": 0.7,
+                                  "two_workers_machine_use": 0.81}
+    assert full["sqlite"]["ratio"] == 1.65  # the database's CPU is the worker's own
+    for store, f in full.items():
+        explained = f["ratio"] * f["two_workers_machine_use"] / f["one_worker_core_use"]
+        assert explained == pytest.approx(measured[store], abs=0.02), store
+
+
 def test_a_peer_checkout_s_service_runs_that_checkout_s_code(tmp_path, server_load):
     """server_load --peer measures another checkout's `dmt serve` against this one's. Its
     children ran ``python -c`` from this checkout, and ``-c`` puts the working folder first on
