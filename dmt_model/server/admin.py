@@ -39,6 +39,7 @@ from dmt_model.server.store import (
     SharedStore,
     _now,
     connect,
+    lock_classes,
     payload_aad,
 )
 from dmt_model.server.validate import PackageRefused, validate_package
@@ -223,11 +224,10 @@ def _remove_one(conn: Any, package_id: str, min_k: int | None) -> tuple[int, int
     # Its classes' counter rows first, in sorted order, as the group write takes them: a
     # write releasing these blocks is waited for. Deleting the blocks first, then waiting
     # on a row the write held while it waited on the deleted blocks, was a deadlock.
-    classes = sorted({b.class_key for b in blocks})
-    for start in range(0, len(classes), _CHUNK):
-        conn.execute(select(CLASSES.c.class_key)
-                     .where(CLASSES.c.class_key.in_(classes[start:start + _CHUNK]))
-                     .order_by(CLASSES.c.class_key).with_for_update())
+    lock_classes(conn, [b.class_key for b in blocks])
+    if conn.execute(select(PACKAGES.c.package_id)
+                    .where(PACKAGES.c.package_id == package_id)).first() is None:
+        return 0, 0  # another removal of it committed while this one waited
     ids = [b.id for b in blocks]
     withdrawn = _withdraw_cohorts(conn, ids)  # read now: after the write it waited for
     per_class = Counter[str]()

@@ -509,7 +509,8 @@ class Ingestor:
                         if w.status == "stored"))
                     return written
                 except IntegrityError:
-                    # another process released the same blocks first: go again
+                    # another process released the same blocks first (one that does not
+                    # lock the class rows first, as store.lock_classes does): go again
                     if attempt == _WRITE_ATTEMPTS - 1:
                         raise
                 except DBAPIError as exc:

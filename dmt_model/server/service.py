@@ -41,9 +41,10 @@ for the whole batch. Replays are refused inside that write by the package
 id's uniqueness (insert-or-nothing), so two concurrent posts of the same package give exactly
 one ``201`` and one ``409``, also across service processes (``dmt serve
 --workers N``: uvicorn's worker processes on one shared socket, each with the
-same limits and timeouts). Class counters are updated in one fixed order, so
-writers of several processes never deadlock; a concurrent release of the
-same blocks, or a PostgreSQL deadlock, is retried. A ``201`` is sent only
+same limits and timeouts). Class counters are updated in one fixed order, and
+an operator's release or removal locks them first in the same order, so writers
+of several processes never deadlock and never act on blocks another is changing;
+a PostgreSQL deadlock is retried. A ``201`` is sent only
 after the commit, so an accepted package survives the service being killed; a
 client that got no answer posts again and gets ``201`` or ``409``, never a
 second copy.

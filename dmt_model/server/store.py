@@ -147,6 +147,8 @@ __all__ = [
     "WithdrawnBlock",
     "WriterLock",
     "connect",
+    "consistent_reads",
+    "lock_classes",
     "payload_aad",
     "release_due",
     "release_rule",
@@ -704,9 +706,69 @@ def release_due(
 ) -> int:
     """Release every pending cohort that meets ``rule``; the number of cohorts released.
 
-    :func:`released_classes` does the same and names the classes.
+    :func:`released_classes` does the same and names the classes (and locks them first).
     """
     return len(released_classes(conn, rule, data_key, class_keys, now, tokens=tokens))
+
+
+_PG_LOCK_CLASSES = ("SELECT class_key FROM classes WHERE class_key = ANY(%(keys)b::varchar[]) "
+                    "ORDER BY class_key FOR UPDATE")
+_PG_LOCK_ALL_CLASSES = "SELECT class_key FROM classes ORDER BY class_key FOR UPDATE"
+
+
+def _sqlite_write_lock(conn: Connection) -> None:
+    """Take the SQLite database's write lock now (a write that changes nothing): what the
+    transaction reads from here on, no other writer changes before it ends."""
+    conn.exec_driver_sql("UPDATE classes SET released = released WHERE 0")
+
+
+def lock_classes(conn: Connection, class_keys: Iterable[str] | None = None) -> list[str] | None:
+    """Lock the counter rows of ``class_keys`` (every class: None), in sorted order, inside
+    the caller's transaction, before reading the blocks that depend on them.
+
+    Whatever moves blocks between pending, released and withdrawn (the group write, a
+    release, a removal) takes these rows first, in this order: it waits for another one
+    instead of acting on blocks that one is changing. An operator's release read pending
+    blocks that a group write then released and a removal withdrew, and put them back into
+    the release (helper-62). SQLite: the database's write lock (one writer at a time).
+    Returns the classes locked (None: all of them, as on SQLite).
+    """
+    if _sqlite(conn):
+        _sqlite_write_lock(conn)
+        return None if class_keys is None else sorted(set(class_keys))
+    if class_keys is None:
+        if _psycopg(conn):
+            return [row[0] for row in _pg_rows(conn, _PG_LOCK_ALL_CLASSES, {})]
+        return list(conn.execute(select(CLASSES.c.class_key).order_by(CLASSES.c.class_key)
+                                 .with_for_update()).scalars())
+    wanted = sorted(set(class_keys))
+    for start in range(0, len(wanted), _CHUNK):
+        chunk = wanted[start:start + _CHUNK]
+        if _psycopg(conn):
+            _pg_run(conn, _PG_LOCK_CLASSES, {"keys": chunk})
+        else:
+            conn.execute(select(CLASSES.c.class_key).where(CLASSES.c.class_key.in_(chunk))
+                         .order_by(CLASSES.c.class_key).with_for_update())
+    return wanted
+
+
+@contextlib.contextmanager
+def consistent_reads(engine: Engine) -> Iterator[Connection]:
+    """A connection whose reads all see one snapshot of the database: PostgreSQL, a
+    REPEATABLE READ transaction; SQLite, one read transaction (its readers never wait for
+    a writer); other databases, a plain transaction.
+
+    For reads that must agree with each other: training read the blocks, then their
+    packages, and a removal committing in between left it a cohort minus the removed
+    package, a set that was never released (helper-62).
+    """
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin():
+            if _sqlite(conn):  # the driver begins a transaction only before a write
+                conn.exec_driver_sql("BEGIN")
+            yield conn
 
 
 @functools.cache
@@ -731,10 +793,13 @@ def released_classes(
     now: str | None = None,
     *,
     tokens: bool = False,
+    classes_locked: bool = False,
 ) -> list[str]:
     """Release every pending cohort that meets ``rule``; the keys of the classes released.
 
-    Runs inside the caller's transaction ``conn``. A class's pending cohort is
+    Runs inside the caller's transaction ``conn``, after locking the classes' counter rows
+    (:func:`lock_classes`; ``classes_locked``: the caller holds them already, as the group
+    write does once it has added to them). A class's pending cohort is
     all its blocks not yet released; it is released whole, or not at all, but
     for blocks that stay in quarantine on their own:
 
@@ -760,6 +825,9 @@ def released_classes(
     and needs ``rule.k`` distinct tokens of ONE period, so one device (at most
     N tokens per period) cannot fill a class by spreading packages over periods.
     """
+    if not classes_locked:
+        locked = lock_classes(conn, class_keys)
+        class_keys = locked if locked is not None else class_keys
     query, of_classes = _pending_queries()
     pending: list[Any] = []
     if class_keys is None:
@@ -881,11 +949,18 @@ class SharedStore:
 
     def current_key(self) -> DataKey:
         """The newest data key, created (and sealed to the public key) when there is none."""
+        newest = (select(DataKeyRow.key_id, DataKeyRow.wrapped)
+                  .order_by(DataKeyRow.created_at.desc(), DataKeyRow.key_id).limit(1))
         with self.engine.begin() as conn:
-            row = conn.execute(
-                select(DataKeyRow.key_id, DataKeyRow.wrapped)
-                .order_by(DataKeyRow.created_at.desc(), DataKeyRow.key_id).limit(1)
-            ).first()
+            row = conn.execute(newest).first()
+            if row is None:
+                # Two processes starting on a fresh store made one each, and each named every
+                # class under its own (helper-62): the first to lock makes it, the next reads it.
+                if _sqlite(conn):
+                    _sqlite_write_lock(conn)
+                elif conn.dialect.name == "postgresql":
+                    conn.exec_driver_sql("LOCK TABLE data_keys IN SHARE ROW EXCLUSIVE MODE")
+                row = conn.execute(newest).first()
             if row is None:
                 secret = secrets.token_bytes(32)
                 key_id = secrets.token_hex(8)
@@ -939,8 +1014,10 @@ class SharedStore:
                 tokens: bool = False) -> int:
         """Release every pending cohort that meets ``rule`` (see :func:`release_due`).
 
-        One transaction. Returns the number of cohorts released; 0 when another
-        process released the same blocks first.
+        One transaction, which locks the classes' counter rows first (:func:`lock_classes`):
+        a group write or a removal of these classes waits for it, or it for them. Returns
+        the number of cohorts released; 0 when another process released the same blocks
+        first.
         """
         if not isinstance(rule, ReleaseRule):
             raise ValidationError(f"rule must be a ReleaseRule, got {type(rule).__name__}.")
@@ -961,13 +1038,14 @@ class SharedStore:
             ReleasedBlock, ReleasedBlock.block_id == RecordBlock.id).outerjoin(
             WithdrawnBlock, WithdrawnBlock.block_id == RecordBlock.id).order_by(RecordBlock.id)
         if which == "released":
-            query = query.where(ReleasedBlock.block_id.is_not(None))
+            query = query.where(ReleasedBlock.block_id.is_not(None),
+                                WithdrawnBlock.block_id.is_(None))
         elif which == "quarantined":
             query = query.where(ReleasedBlock.block_id.is_(None),
                                 WithdrawnBlock.block_id.is_(None))
         elif which == "withdrawn":
             query = query.where(WithdrawnBlock.block_id.is_not(None))
-        with self.engine.connect() as conn:
+        with consistent_reads(self.engine) as conn:  # the packages as the blocks were
             blocks = conn.execute(query).all()
             by_package: dict[str, list[tuple[str, bytes, str | None]]] = {}
             for block in blocks:

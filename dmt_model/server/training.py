@@ -52,6 +52,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 from sqlalchemy import select
+from sqlalchemy.engine import Connection
 
 from dmt_model._non_finite import refuse_non_finite
 from dmt_model.server.store import (
@@ -62,6 +63,7 @@ from dmt_model.server.store import (
     WITHDRAWN_BLOCKS,
     SharedStore,
     _enough,
+    consistent_reads,
     payload_aad,
     release_rule,
 )
@@ -106,7 +108,7 @@ class _Contributor(NamedTuple):
     epoch: int | None
 
 
-def _block_rows(store: SharedStore, which: str) -> dict[str, list[_Block]]:
+def _block_rows(conn: Connection, which: str) -> dict[str, list[_Block]]:
     """package id → the blocks ``which`` selects, never a withdrawn one."""
     query = (select(RECORDS.c.package_id, RECORDS.c.rows, RELEASED_BLOCKS.c.cohort_id)
              .outerjoin(RELEASED_BLOCKS, RELEASED_BLOCKS.c.block_id == RECORDS.c.id)
@@ -114,11 +116,10 @@ def _block_rows(store: SharedStore, which: str) -> dict[str, list[_Block]]:
              .where(WITHDRAWN_BLOCKS.c.block_id.is_(None))
              .order_by(RECORDS.c.id))
     out: dict[str, list[_Block]] = {}
-    with store.engine.connect() as conn:
-        for package_id, rows, cohort in conn.execute(query):
-            if which == "all" or (cohort is not None) == (which == "released"):
-                out.setdefault(package_id, []).append(
-                    _Block(np.frombuffer(rows, dtype="<u4").tolist(), cohort))
+    for package_id, rows, cohort in conn.execute(query):
+        if which == "all" or (cohort is not None) == (which == "released"):
+            out.setdefault(package_id, []).append(
+                _Block(np.frombuffer(rows, dtype="<u4").tolist(), cohort))
     return out
 
 
@@ -256,8 +257,9 @@ def policy_batches(store: SharedStore, policy: Any, which: str = "released",
                           explanation=_DIVERGED, what="proxy record")
     read = TrainingRead()
     skipped: Counter[str] = Counter()
-    blocks = _block_rows(store, which)
-    with store.engine.connect() as conn:
+    # one snapshot: a removal committing between the reads left a cohort minus its package
+    with consistent_reads(store.engine) as conn:
+        blocks = _block_rows(conn, which)
         stored = {row.package_id: row for row in conn.execute(
             select(PACKAGES.c.package_id, PACKAGES.c.key_id, PACKAGES.c.nonce,
                    PACKAGES.c.payload).where(PACKAGES.c.package_id.in_(sorted(blocks))))}

@@ -435,7 +435,8 @@ def _write_group(conn: Connection, group: Sequence[PreparedPackage], policy: Ser
     # be differenced) is dmt_model.server.store.released_classes.
     released = released_classes(conn, release_rule(policy),
                                 lambda key_id: key if key_id == key.key_id else None,
-                                sorted(counts), now, tokens=policy.requires_tokens)
+                                sorted(counts), now, tokens=policy.requires_tokens,
+                                classes_locked=True)  # added to above, in sorted order
     per_package = [0] * len(group)
     for class_key in released:  # credited to the group's last package in that class
         per_package[last_toucher[class_key]] += 1
