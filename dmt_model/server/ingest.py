@@ -450,11 +450,11 @@ class Ingestor:
         return self.writer.submit(ready.prepared)
 
     def finish(self, ready: PreparedIngest, written: Written, *, alone: bool = False) -> Outcome:
-        """The outcome of a written package (reads the database only for a stored id).
+        """The outcome of a written package (reads the database for an id found stored).
 
         A package whose id was taken but has no row when it is read (a copy of it earlier
         in its group was inserted, then dropped for a spent token) is written again on its
-        own, and answered as if it had come alone.
+        own (one more transaction), and answered as if it had come alone.
         """
         if written.status == "stored":
             return Outcome(ready.source, "accepted", "", ready.package_id, ready.n_records,

@@ -156,6 +156,8 @@ __all__ = [
 ]
 
 DATA_KEY_INFO = b"dmt server data key v1"
+#: PostgreSQL advisory lock taken while a fresh store's data key is made ("dmt_dkey")
+_DATA_KEY_LOCK = int.from_bytes(b"dmt_dkey", "big")
 log = logging.getLogger("dmt.server.store")
 
 
@@ -726,12 +728,13 @@ def lock_classes(conn: Connection, class_keys: Iterable[str] | None = None) -> l
     """Lock the counter rows of ``class_keys`` (every class: None), in sorted order, inside
     the caller's transaction, before reading the blocks that depend on them.
 
-    Whatever moves blocks between pending, released and withdrawn (the group write, a
-    release, a removal) takes these rows first, in this order: it waits for another one
-    instead of acting on blocks that one is changing. An operator's release read pending
-    blocks that a group write then released and a removal withdrew, and put them back into
-    the release (helper-62). SQLite: the database's write lock (one writer at a time).
-    Returns the classes locked (None: all of them, as on SQLite).
+    What moves blocks between pending, released and withdrawn while the service runs (the
+    group write, a release, a removal) takes these rows first, in this order: it waits for
+    another one instead of acting on blocks that one is changing. An operator's release
+    read pending blocks that a group write then released and a removal withdrew, and put
+    them back into the release (helper-62). SQLite: the database's write lock (one writer
+    at a time). Returns the classes asked for, sorted (those with a row are locked; None:
+    every class, as on SQLite).
     """
     if _sqlite(conn):
         _sqlite_write_lock(conn)
@@ -766,7 +769,10 @@ def consistent_reads(engine: Engine) -> Iterator[Connection]:
         if conn.dialect.name == "postgresql":
             conn = conn.execution_options(isolation_level="REPEATABLE READ")
         with conn.begin():
-            if _sqlite(conn):  # the driver begins a transaction only before a write
+            # pysqlite begins a transaction only before a write (unless the engine begins
+            # one itself, as SQLAlchemy's recipe for SQLite does)
+            if _sqlite(conn) and not getattr(conn.connection.driver_connection,
+                                             "in_transaction", False):
                 conn.exec_driver_sql("BEGIN")
             yield conn
 
@@ -958,8 +964,8 @@ class SharedStore:
                 # class under its own (helper-62): the first to lock makes it, the next reads it.
                 if _sqlite(conn):
                     _sqlite_write_lock(conn)
-                elif conn.dialect.name == "postgresql":
-                    conn.exec_driver_sql("LOCK TABLE data_keys IN SHARE ROW EXCLUSIVE MODE")
+                elif conn.dialect.name == "postgresql":  # needs no privilege on the table
+                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_DATA_KEY_LOCK})")
                 row = conn.execute(newest).first()
             if row is None:
                 secret = secrets.token_bytes(32)
@@ -1045,25 +1051,30 @@ class SharedStore:
                                 WithdrawnBlock.block_id.is_(None))
         elif which == "withdrawn":
             query = query.where(WithdrawnBlock.block_id.is_not(None))
-        with consistent_reads(self.engine) as conn:  # the packages as the blocks were
-            blocks = conn.execute(query).all()
-            by_package: dict[str, list[tuple[str, bytes, str | None]]] = {}
-            for block in blocks:
+        by_package: dict[str, list[tuple[str, bytes, str | None]]] = {}
+        stored: dict[str, Any] = {}
+        # the packages as the blocks were (one snapshot), read first and decrypted after it
+        with consistent_reads(self.engine) as conn:
+            for block in conn.execute(query):
                 by_package.setdefault(block.package_id, []).append(
                     (block.class_key, block.rows, block.cohort_id))
-            for package_id, members in by_package.items():
-                key_id, nonce, payload = conn.execute(
-                    select(PackageRow.key_id, PackageRow.nonce, PackageRow.payload)
-                    .where(PackageRow.package_id == package_id)).one()
-                plaintext = self.key(key_id).decrypt(nonce, payload,
-                                                     payload_aad(package_id, key_id))
-                package = decode_package(plaintext, max_records=2**31 - 1,
-                                         max_bytes=max(len(plaintext), 1))
-                for class_key, rows, cohort_id in members:
-                    take = np.frombuffer(rows, dtype="<u4").tolist()
-                    yield package_id, class_key, cohort_id, {
-                        name: [values[i] for i in take] for name, values in package.columns.items()
-                    }
+            ids = list(by_package)
+            for start in range(0, len(ids), _CHUNK):
+                stored.update((row.package_id, row) for row in conn.execute(
+                    select(PackageRow.package_id, PackageRow.key_id, PackageRow.nonce,
+                           PackageRow.payload)
+                    .where(PackageRow.package_id.in_(ids[start:start + _CHUNK]))))
+        for package_id, members in by_package.items():
+            row = stored[package_id]
+            plaintext = self.key(row.key_id).decrypt(row.nonce, row.payload,
+                                                     payload_aad(package_id, row.key_id))
+            package = decode_package(plaintext, max_records=2**31 - 1,
+                                     max_bytes=max(len(plaintext), 1))
+            for class_key, rows, cohort_id in members:
+                take = np.frombuffer(rows, dtype="<u4").tolist()
+                yield package_id, class_key, cohort_id, {
+                    name: [values[i] for i in take] for name, values in package.columns.items()
+                }
 
     def frame(self, which: str = "released", *, cohorts: bool = False) -> pd.DataFrame:
         """Decrypted records: ``"released"`` (for training), ``"quarantined"`` (waiting for
@@ -1110,7 +1121,7 @@ class SharedStore:
                 .outerjoin(ReleasedBlock, ReleasedBlock.block_id == RecordBlock.id)
                 .outerjoin(WithdrawnBlock, WithdrawnBlock.block_id == RecordBlock.id)).all()
             n_cohorts = len(conn.execute(select(CohortRow.cohort_id)).all())
-        released = [(c, n) for c, n, b, _ in blocks if b is not None]
+        released = [(c, n) for c, n, b, out in blocks if b is not None and not out]
         held = [(c, n) for c, n, b, out in blocks if b is None and not out]
         return {
             "packages": len(n_packages),

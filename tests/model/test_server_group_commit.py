@@ -562,13 +562,23 @@ def test_a_deadlock_inside_the_pipeline_is_retried_and_stores_each_package_once(
         postgres_url, monkeypatch):
     """A deadlock (SQLSTATE 40P01) met while the pipelined write waits on a class counter:
     the group's class rows are locked in sorted order, an operator's transaction locks the
-    last one and then the first. PostgreSQL aborts the write (the operator's session waits
-    longer before it looks for deadlocks); the error must come out of the pipeline as
-    SQLAlchemy's with the SQLSTATE on ``orig``, which the write retries; the package is
-    stored once and counted once."""
+    last one and then the first. PostgreSQL aborts the write (it looks for deadlocks after
+    3 s of waiting, the operator's session after 60 s); the error must come out of the
+    pipeline as SQLAlchemy's with the SQLSTATE on ``orig``, which the write retries; the
+    package is stored once and counted once."""
     from sqlalchemy.exc import DBAPIError
 
+    from dmt_model.server import connect
+
     ingest_module = sys.modules["dmt_model.server.ingest"]  # (the package exports ingest())
+    # PostgreSQL looks for a deadlock once, deadlock_timeout after a session begins to wait:
+    # the write's look must come after the operator closes the cycle, even on a slow machine
+    setup = connect(postgres_url)
+    with setup.connect() as conn:
+        conn.exec_driver_sql(f'ALTER DATABASE "{setup.url.database}" SET deadlock_timeout = '
+                             "'3s'")
+        conn.commit()
+    setup.dispose()
     ingestor = PackageIngestor(postgres_url, KEY, POLICY)
     before = _ready(ingestor, package(0, classes=[0, 1]))
     assert [w.status for w in ingestor.writer.commit_now([before[0].prepared])] == ["stored"]

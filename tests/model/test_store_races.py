@@ -170,3 +170,30 @@ def test_a_package_removed_twice_at_once_is_counted_out_once(db_url, monkeypatch
     store = SharedStore(db_url, KEY)
     with store.engine.connect() as conn:
         assert conn.execute(select(CLASSES.c.n_packages, CLASSES.c.n_records)).all() == [(3, 6)]
+
+
+def test_frame_reads_one_snapshot_on_an_engine_that_begins_its_own_transactions(tmp_path):
+    """SQLAlchemy's recipe for SQLite has the engine emit BEGIN itself; the snapshot's own
+    BEGIN then failed ("cannot start a transaction within a transaction"), and so did
+    ``frame()`` and training on such an engine (helper-63)."""
+    from sqlalchemy import create_engine
+
+    from dmt_model.server.store import Base
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'own.db'}")
+
+    @event.listens_for(engine, "connect")
+    def no_driver_transactions(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def begin(conn):
+        conn.exec_driver_sql("BEGIN")
+
+    Base.metadata.create_all(engine)
+    packages = [_package() for _ in range(3)]
+    assert len(ingest(_sealed(*packages), engine, KEY, POLICY).accepted) == 3
+    store = SharedStore(engine, KEY)
+    assert set(store.frame("released")["package_id"]) == {p.package_id for p in packages}
+    batches, _ = policy_batches(store, POLICY)
+    assert {b.package_id for b in batches} == {p.package_id for p in packages}
