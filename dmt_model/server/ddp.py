@@ -30,6 +30,7 @@ large shared data sets, not for Boston: each step all-reduces the gradients.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -51,7 +52,49 @@ from dmt_model.foundation import (
 from dmt_model.server.retrain import SharedBatch, training_set
 from dmt_privacy.errors import OutputExistsError, ValidationError
 
-__all__ = ["fit_foundation_ddp", "main", "retrain_foundation_ddp"]
+__all__ = ["agreed_read", "fit_foundation_ddp", "main", "retrain_foundation_ddp"]
+
+
+def _digest(batches: Sequence[SharedBatch]) -> bytes:
+    """What a rank read: each batch's package and records (values and index), in order."""
+    h = hashlib.sha256()
+    for batch in batches:
+        h.update(batch.package_id.encode() + b"\0")
+        h.update(pd.util.hash_pandas_object(batch.records, index=True).to_numpy().tobytes())
+        h.update(",".join(map(str, batch.records.columns)).encode() + b"\0")
+    return h.digest()
+
+
+def _gather_digests(digest: bytes) -> list[bytes]:
+    """Every rank's ``digest`` (a tensor each: no pickled objects between processes)."""
+    torch = _import_torch()
+    import torch.distributed as dist
+
+    mine = torch.tensor(list(digest), dtype=torch.int64)
+    every = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(every, mine)
+    return [bytes(t.tolist()) for t in every]
+
+
+def agreed_read(read: Callable[[], list[SharedBatch]],
+                gather: Callable[[bytes], list[bytes]] = _gather_digests, *,
+                attempts: int = 3) -> list[SharedBatch]:
+    """``read()`` on every rank (each reads the store itself) until all read the same.
+
+    A release or removal committing between two ranks' reads gave them different data
+    (helper-62): records trained twice or not at all, and a removed package's on one rank
+    only. Each rank reads one snapshot (:func:`~dmt_model.server.store.consistent_reads`);
+    their digests are compared (``gather``: every rank's digest) and, if any differs, all
+    read again, ``attempts`` times at most. Raises :class:`ValidationError` when the store
+    kept changing.
+    """
+    for _ in range(attempts):
+        batches = read()
+        if len(set(gather(_digest(batches)))) == 1:
+            return batches
+    raise ValidationError(
+        f"The shared store changed while the ranks read it, {attempts} times in a row; run "
+        "again when packages are not being released or removed, or pass --shared files.")
 
 
 def fit_foundation_ddp(
@@ -197,8 +240,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from dmt_privacy.seal import load_private_key
 
             policy = ServerPolicy.from_json(args.policy.read_bytes())
-            shared += shared_batches(SharedStore(args.db, load_private_key(args.key)),
-                                     policy=policy, previous=previous, proxy=proxy)
+            store = SharedStore(args.db, load_private_key(args.key))
+            shared += agreed_read(lambda: shared_batches(store, policy=policy,
+                                                         previous=previous, proxy=proxy))
         rank = dist.get_rank()
         losses: list[float] = []
         result = retrain_foundation_ddp(previous, proxy, shared, config,

@@ -92,3 +92,45 @@ def test_torchrun_two_ranks_match_single_process(tmp_path, foundation, simulatio
           f"difference {difference:.2e}, weights {weights:.2e}; RMSE "
           f"{ddp.evaluate(proxy).rmse:.4f} vs {single.evaluate(proxy).rmse:.4f}")
     assert difference < 1e-3
+
+
+def test_ranks_read_the_store_again_until_they_read_the_same(simulation):
+    """Each rank reads the shared store itself; a release or removal committing between two
+    ranks' reads gave them different data (helper-62). The ranks compare digests of what
+    they read and read again until they agree, three times at most."""
+
+    from dmt_model.server.ddp import _digest, _gather_digests, agreed_read
+    from dmt_privacy.errors import ValidationError
+
+    records = simulation.users[0].train
+    before = [SharedBatch(records, package_id="a"), SharedBatch(records, package_id="b")]
+    after = before[:1]  # "b" removed meanwhile
+    assert _digest(before) != _digest(after)
+    assert _digest(before) == _digest([SharedBatch(records.copy(), package_id=b.package_id)
+                                       for b in before])
+    changed = records.copy()
+    changed.iloc[0, 0] = changed.iloc[0, 0] + 1
+    assert _digest([SharedBatch(changed, package_id="a")]) != _digest(after)
+
+    reads = iter([before, after, after])
+    other_rank = iter([_digest(after), _digest(after)])  # the other rank read after it
+    calls: list[int] = []
+
+    def two_ranks(mine: bytes) -> list[bytes]:
+        calls.append(1)
+        return [mine, next(other_rank)]
+
+    assert agreed_read(lambda: next(reads), two_ranks) == after
+    assert len(calls) == 2
+    with pytest.raises(ValidationError, match="changed while the ranks read it, 3 times"):
+        agreed_read(lambda: before, lambda mine: [mine, _digest(after)])
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}",
+                            rank=0, world_size=1)
+    try:  # the real gather, one rank
+        assert _gather_digests(_digest(before)) == [_digest(before)]
+        assert agreed_read(lambda: before) == before
+    finally:
+        dist.destroy_process_group()
