@@ -1084,11 +1084,13 @@ def personal_rule_for(release: Any, model: Any) -> DecisionRule:
 
 
 def _version_of(model: Any) -> int | None:
-    """The version number a Core ML model says it is (its ``versionString``, which the
-    registry sets to the version's number and personalization keeps), else ``None``."""
-    if model is None or _is_program(model):
+    """The version number a model says it is, else ``None``: a Core ML model's
+    ``versionString``, an ExecuTorch program's ``model_version`` (the registry sets both to
+    the version's number, and personalization keeps them)."""
+    if model is None:
         return None
-    text = str(model.description.metadata.versionString)
+    text = (str(model.metadata.get("model_version", "")) if _is_program(model)
+            else str(model.description.metadata.versionString))
     return int(text) if text.isdigit() and int(text) >= 1 else None
 
 
@@ -2377,7 +2379,14 @@ def _check_versions(new_spec: Any, current: Any, base: Any | None, *, new: str, 
     ``previous``) that is not the version ``current`` was personalized from."""
     from dmt_privacy.release import RollbackRefused, VerifiedRelease
 
-    based_on = _version_of(base) if base is not None else _version_of(current)
+    own, given = _version_of(current), _version_of(base)
+    if base is not None and own is not None and given is not None and own != given:
+        # a stale previous= hid the personal model's own version from the check below
+        raise ModelFileError(
+            f"{previous} is v{given}, but the personal model {personal} comes from v{own}: "
+            "pass the foundation version the device personalized (or adopted) last, or "
+            "leave previous= out. The personal model is unchanged.")
+    based_on = own if own is not None else given
     offered = (release.metadata.version if isinstance(release, VerifiedRelease)
                else _version_of(new_spec))
     if based_on is not None and offered is not None and offered < based_on:

@@ -667,6 +667,9 @@ class ModelRegistry:
         if not match or not versions[match[0]].published:
             raise ValidationError(f"No published version {version} in the registry "
                                   f"{self.folder}: devices report only on served versions.")
+        # its release is signed again: only the served version's (an older one signed after
+        # the newest would make devices that saw it refuse the newest)
+        versions, _ = self._served(version, "checked by devices")
         entry = versions[match[0]]
         actual = hashlib.sha256(self.path(entry.mlmodel_file).read_bytes()).hexdigest()
         if sha256 != actual:
