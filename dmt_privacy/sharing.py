@@ -295,7 +295,17 @@ def _select(eligible: pd.DataFrame, policy: SharingPolicy, random_state: Any) ->
         wanted = policy.record_ids
         return eligible.loc[[i for i in eligible.index if i in wanted]]
     if policy.predicate is not None:
-        mask = np.asarray(policy.predicate(eligible.copy()), dtype=object)
+        chosen = policy.predicate(eligible.copy())
+        if isinstance(chosen, pd.Series) and not chosen.index.equals(eligible.index):
+            # by record id, never by position: a reordered Series shared the records it
+            # left out (helper-64)
+            if chosen.index.has_duplicates or set(chosen.index) != set(eligible.index):
+                raise ValidationError(
+                    "predicate returned a Series whose index is not the eligible records' "
+                    "ids (each once); return one boolean per record, indexed like the frame "
+                    "it was given.")
+            chosen = chosen.reindex(eligible.index)
+        mask = np.asarray(chosen, dtype=object)
         if mask.shape != (len(eligible),) or not all(isinstance(m, (bool, np.bool_))
                                                      for m in mask):
             raise ValidationError(
@@ -333,9 +343,11 @@ def _device_free(receipt: ReleaseReceipt) -> ReleaseReceipt:
 def _refuse_oversized(policy: SharingPolicy, schema: Schema, frame: pd.DataFrame,
                       modifications: list[str], token: bytes | None,
                       dp_receipt: ReleaseReceipt | None) -> None:
-    """Refuse, before any charge, a package that could encode to more than
-    ``policy.max_bytes``: each cell local DP will replace at its widest, with the receipt
-    and token it would carry. The widest is a float, or a categorical field's category
+    """Refuse, before any charge, a package that could not be made (a cell of a type the
+    package format does not carry: each retry spent ε again, helper-64) or, with
+    ``policy.max_bytes``, one that could encode to more: each cell local DP will replace at
+    its widest, with the receipt and token it would carry. The widest is a float, or a
+    categorical field's category
     msgpack writes longest (``False``: 1 byte, ``"n/a"``: 4). A column of one number type
     is written packed (8 bytes a cell), a mixed one cell by cell (a float in 9): so a
     column sized packed is counted a byte a cell more, and a few for its header."""
@@ -352,6 +364,8 @@ def _refuse_oversized(policy: SharingPolicy, schema: Schema, frame: pd.DataFrame
         columns[name] = values
     package = SharePackage.create(schema.schema_id, columns,
                                   _package_receipt(policy, modifications, dp_receipt))
+    if policy.max_bytes is None:
+        return
     if token is not None:  # SharePackage takes the token's format itself
         package = dataclasses.replace(package, token=token)
     size = len(encode_package(package)) + packed
@@ -465,9 +479,9 @@ def share(
             mechanism=dict(policy.mechanism) or None, ledger=store.ledger,
             privacy_unit=str(policy.privacy_unit), random_state=random_state,
         ).fit()
-    if policy.max_bytes is not None:  # before the charge, with the receipt it would carry
-        _refuse_oversized(policy, schema, frame, modifications, token, None if perturber is None
-                          else _device_free(perturber.receipt_for(frame[dp_fields])))
+    # before the charge: the package can be made, and with max_bytes is not too large
+    _refuse_oversized(policy, schema, frame, modifications, token, None if perturber is None
+                      else _device_free(perturber.receipt_for(frame[dp_fields])))
     dp_receipt: ReleaseReceipt | None = None
     if perturber is not None:
         release = perturber.perturb(frame[dp_fields])  # charges the ledger, then draws

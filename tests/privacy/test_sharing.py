@@ -181,6 +181,47 @@ def test_a_token_that_cannot_be_sealed_is_refused_before_charging(tmp_path, toke
     assert store.count("eligible") == 4
 
 
+def test_a_predicate_s_series_selects_by_record_id_not_by_position(tmp_path):
+    """Found in review (helper-64): the predicate's result was applied by position, so a
+    boolean Series built in another order (a concat of two halves, a sort first) shared the
+    records it left out."""
+    schema = Schema((Field("x", "numeric", bounds=(0, 100), grid=1.0), Field("note", "text")))
+    store = LocalStore(tmp_path / "s.db", schema=schema, user_id="u", epsilon_budget=10.0,
+                       key=STORE_KEY)
+    store.add_records(pd.DataFrame({"x": [90.0, 10.0, 80.0, 20.0],
+                                    "note": ["ok", "PRIVATE", "ok", "PRIVATE"]},
+                                   index=list("abcd")))
+
+    def reordered(frame):
+        return pd.concat([frame.loc[frame.x <= 50, "x"] > 50, frame.loc[frame.x > 50, "x"] > 50])
+
+    result = share(store, SharingPolicy(fields=("x", "note"), predicate=reordered),
+                   KEY.public_key())
+    assert sorted(result.entry.record_ids) == ["a", "c"]
+    package = open_package(result.envelope, KEY)
+    assert "PRIVATE" not in package.columns["note"]
+    with pytest.raises(ValidationError, match="index is not the eligible records' ids"):
+        share(store, SharingPolicy(fields=("x",), predicate=lambda f: (f.x > 50).iloc[:1]),
+              KEY.public_key())
+
+
+def test_a_cell_the_package_cannot_carry_is_refused_before_charging(tmp_path):
+    """Found in review (helper-64): the store takes an image of any numeric dtype, the
+    package only some; the package was made after the ledger was charged, so every retry of
+    such a share spent ε again (3.0, 6.0, 9.0...) with nothing sent."""
+    schema = Schema((Field("photo", "image", shape=(4, 4)),
+                     Field("price", "numeric", bounds=(0, 100), grid=1.0)))
+    store = LocalStore(tmp_path / "s.db", schema=schema, user_id="u", epsilon_budget=10.0,
+                       key=STORE_KEY)
+    store.add_records(pd.DataFrame({"photo": [np.zeros((4, 4), dtype=np.int64)] * 2,
+                                    "price": [1.0, 2.0]}, index=["a", "b"]))
+    for _ in range(2):
+        with pytest.raises(ValidationError):
+            share(store, SharingPolicy(fields=("photo", "price"), epsilon={"price": 1.0}),
+                  KEY.public_key())
+    assert store.ledger.spent.epsilon == 0.0 and store.outbox() == []
+
+
 def test_suppressed_records_stay_on_the_device(tmp_path):
     store = make_store(tmp_path / "d.db", n=0, private=0)
     frame = records(6)
