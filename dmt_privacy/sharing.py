@@ -425,6 +425,11 @@ def share(
     policy.check(schema)
     _check_explicit_ids(store, policy)
     token = token_bytes(token)  # before the ledger is charged: a wrong one costs no ε
+    if token is not None and (held := store.token_package(token)) is not None:
+        raise ValidationError(
+            f"This token is already sealed in package {held}: one token, one package (two "
+            "would be linked to one device, and the server refuses the second). Take another "
+            "from the wallet; nothing was shared or charged.")
     if policy.requires_token and token is None:
         raise ValidationError(
             "The server's policy counts only packages that carry a token (tokens_per_period), "
@@ -495,5 +500,6 @@ def share(
     entry = store.add_to_outbox(
         package.package_id, envelope, [str(i) for i in frame.index],
         json.dumps(receipt.to_dict(), sort_keys=True, separators=(",", ":"), default=str),
+        token=token,
     )
     return ShareResult(envelope=envelope, receipt=receipt, entry=entry, suppressed=suppressed)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import hashlib
 import os
 import secrets
 import sqlite3
@@ -94,6 +95,13 @@ CREATE TABLE IF NOT EXISTS model_versions (
 """
 
 _STATES = ("all", "unshared", "eligible", "pending", "shared", "private")
+#: Privacy Pass tokens sealed in the outbox's packages, by digest (one token, one package)
+_TOKENS_TABLE = ("CREATE TABLE IF NOT EXISTS outbox_tokens (digest TEXT PRIMARY KEY, "
+                 "package_id TEXT NOT NULL REFERENCES outbox(package_id))")
+
+
+def _token_digest(token: bytes) -> str:
+    return hashlib.sha256(bytes(token)).hexdigest()
 
 
 def _now() -> str:
@@ -460,18 +468,30 @@ class LocalStore:
 
     # --- outbox -----------------------------------------------------------------------
     def add_to_outbox(
-        self, package_id: str, envelope: bytes, record_ids: Sequence[str], receipt: str
+        self, package_id: str, envelope: bytes, record_ids: Sequence[str], receipt: str,
+        *, token: bytes | None = None,
     ) -> OutboxEntry:
         """Put a sealed package in the outbox; its records become pending (not shared).
 
         Called by :func:`dmt_privacy.sharing.share`. Refuses records that are
-        unknown, never shareable, already shared or pending in another package.
+        unknown, never shareable, already shared or pending in another package, and a
+        ``token`` (the Privacy Pass token sealed in it) already sealed in another package:
+        two packages with one token would be linked to one device (:meth:`token_package`).
         """
         ids = [str(r) for r in record_ids]
         if not ids:
             raise ValidationError("A package in the outbox must carry at least one record.")
         now = _now()
         with self._transaction() as conn:
+            if token is not None:
+                conn.execute(_TOKENS_TABLE)  # a store from before it: made on first use
+                held = conn.execute("SELECT package_id FROM outbox_tokens WHERE digest = ?",
+                                    (_token_digest(token),)).fetchone()
+                if held is not None:
+                    raise ValidationError(
+                        f"This token is already sealed in package {held[0]}: one token, one "
+                        "package (two would be linked to one device). Take another from the "
+                        "wallet; nothing was added to the outbox.")
             placeholders = ",".join("?" * len(ids))
             ok: set[str] = set()
             for start in range(0, len(ids), 900):
@@ -493,7 +513,21 @@ class LocalStore:
             )
             conn.executemany("INSERT INTO outbox_records VALUES (?, ?)",
                              [(package_id, r) for r in ids])
+            if token is not None:
+                conn.execute("INSERT INTO outbox_tokens VALUES (?, ?)",
+                             (_token_digest(token), package_id))
         return self.outbox_entry(package_id)
+
+    def token_package(self, token: bytes) -> str | None:
+        """The package ``token`` (a Privacy Pass token's bytes) is sealed in, if any: kept
+        for every package, sent, pending or abandoned, since the server may have seen it."""
+        conn = self._read()
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'outbox_tokens'").fetchone() \
+                is None:
+            return None
+        row = conn.execute("SELECT package_id FROM outbox_tokens WHERE digest = ?",
+                           (_token_digest(token),)).fetchone()
+        return None if row is None else str(row[0])
 
     def outbox_entry(self, package_id: str) -> OutboxEntry:
         row = self._read().execute(

@@ -222,6 +222,38 @@ def test_a_cell_the_package_cannot_carry_is_refused_before_charging(tmp_path):
     assert store.ledger.spent.epsilon == 0.0 and store.outbox() == []
 
 
+def test_one_token_goes_into_one_package_only(tmp_path):
+    """Found in review (helper-64): nothing on the device kept a token out of a second
+    package. An app killed after share() but before it saved its wallet gets the token
+    again, and two packages with one token are linked to one device (the server, opening
+    the second, sees the double spend). The second share is refused before any charge, and
+    a store from before the token table works."""
+    from dmt_privacy.privacy_pass import (
+        IssuerKey,
+        blind_sign,
+        parse_token_requests,
+        request_tokens,
+    )
+
+    issuer = IssuerKey.generate()
+    pending = request_tokens(issuer.public_key(), 1)
+    (token,) = pending.finalize(b"".join(
+        blind_sign(issuer, m) for m in parse_token_requests(pending.body, issuer.public_key())))
+    store = make_store(tmp_path / "d.db", n=6, private=0)
+    assert store.token_package(token.to_bytes()) is None  # no table yet: none sealed
+    pol = policy(plan=None, required_k=None, fields=("income",), epsilon={"income": 1.0},
+                 privacy_unit="user", fraction=0.5)
+    first = share(store, pol, KEY.public_key(), token=token)
+    spent = store.ledger.spent.epsilon
+    assert store.token_package(token.to_bytes()) == first.package_id
+    with pytest.raises(ValidationError, match=f"already sealed in package {first.package_id}"):
+        share(store, pol, KEY.public_key(), token=token)
+    assert store.ledger.spent.epsilon == spent and len(store.outbox()) == 1
+    with pytest.raises(ValidationError, match="already sealed"):  # the store's own guard
+        store.add_to_outbox("p2", b"x", [str(store.records("eligible").index[0])], "{}",
+                            token=token.to_bytes())
+
+
 def test_suppressed_records_stay_on_the_device(tmp_path):
     store = make_store(tmp_path / "d.db", n=0, private=0)
     frame = records(6)
