@@ -2461,7 +2461,8 @@ def adopt_new_version(
     with ``validation_devices=``).
 
     ``previous`` is the foundation version the personal model was personalized
-    from (the device keeps it, or fetches it again from the registry). With it,
+    from (the device keeps it, or fetches it again from the registry); one whose version
+    number differs from the personal model's is refused (:class:`ModelFileError`). With it,
     both sides are scored out of fold: ``previous`` and the new version are each
     personalized on the training folds and scored on the held-out one. Without
     it, the personal model is scored on records it has trained on, which flatters
