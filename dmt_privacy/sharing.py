@@ -340,7 +340,7 @@ def _device_free(receipt: ReleaseReceipt) -> ReleaseReceipt:
     return dataclasses.replace(receipt, user_id=None)
 
 
-def _refuse_oversized(policy: SharingPolicy, schema: Schema, frame: pd.DataFrame,
+def _refuse_unpackable(policy: SharingPolicy, schema: Schema, frame: pd.DataFrame,
                       modifications: list[str], token: bytes | None,
                       dp_receipt: ReleaseReceipt | None) -> None:
     """Refuse, before any charge, a package that could not be made (a cell of a type the
@@ -485,7 +485,7 @@ def share(
             privacy_unit=str(policy.privacy_unit), random_state=random_state,
         ).fit()
     # before the charge: the package can be made, and with max_bytes is not too large
-    _refuse_oversized(policy, schema, frame, modifications, token, None if perturber is None
+    _refuse_unpackable(policy, schema, frame, modifications, token, None if perturber is None
                       else _device_free(perturber.receipt_for(frame[dp_fields])))
     dp_receipt: ReleaseReceipt | None = None
     if perturber is not None:

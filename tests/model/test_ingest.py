@@ -66,6 +66,20 @@ def table_counts(db: Path) -> dict[str, int]:
                 for t in ("packages", "records", "classes", "data_keys")}
 
 
+def wait_until_a_session_waits_on_a_lock(engine, timeout: float = 30.0) -> None:
+    """Until a session of ``engine``'s PostgreSQL database waits on a lock (or ``timeout``
+    seconds): a race set up by a test has reached its wait."""
+    from sqlalchemy import text
+
+    with engine.connect() as watch:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not watch.execute(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock'")).scalar():
+            watch.rollback()  # (a transaction's view of pg_stat_activity is frozen)
+            time.sleep(0.01)
+
+
 def test_device_to_server_and_acknowledgement(tmp_path):
     proxy = pd.DataFrame({"age": np.repeat(np.arange(20, 61), 8).astype(float),
                           "zip": np.tile(["a", "b", "c", "d"], 82)})
@@ -452,13 +466,7 @@ def test_a_removal_while_a_group_write_releases_its_class_does_not_deadlock(
     writer = threading.Thread(target=lambda: outcome.append(
         ingestor.writer.commit_now([ready[2].prepared])))
     writer.start()
-    with engine.connect() as watch:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not watch.execute(text(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND wait_event_type = 'Lock'")).scalar():
-            watch.rollback()  # (a transaction's view of pg_stat_activity is frozen)
-            time.sleep(0.01)
+    wait_until_a_session_waits_on_a_lock(engine)
     removal_waits.set()
     writer.join(timeout=30)
     remover.join(timeout=30)

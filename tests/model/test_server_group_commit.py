@@ -12,7 +12,7 @@ import time
 
 import pytest
 from sqlalchemy import event, func, select
-from test_ingest import KEY, POLICY, package
+from test_ingest import KEY, POLICY, package, wait_until_a_session_waits_on_a_lock
 
 from dmt_model.server import SharedStore
 from dmt_model.server.ingest import DatabaseUnavailable, GroupCommit, PreparedIngest
@@ -29,6 +29,25 @@ def _ready(ingestor, *packages) -> list[PreparedIngest]:
         assert isinstance(ready, PreparedIngest), ready
         out.append(ready)
     return out
+
+
+def _write_attempts(monkeypatch) -> list[BaseException | None]:
+    """Each attempt of the ingestor's group write from now on: the error it raised, or None."""
+    ingest_module = sys.modules["dmt_model.server.ingest"]  # (the package exports ingest())
+    attempts: list[BaseException | None] = []
+    real_write = ingest_module.write_prepared
+
+    def counted(*args, **kwargs):
+        try:
+            written = real_write(*args, **kwargs)
+        except BaseException as exc:
+            attempts.append(exc)
+            raise
+        attempts.append(None)
+        return written
+
+    monkeypatch.setattr(ingest_module, "write_prepared", counted)
+    return attempts
 
 
 def _class_totals(engine) -> tuple[int, int]:
@@ -489,18 +508,14 @@ def test_a_write_in_a_connection_s_own_transaction_is_committed(db_url):
 
 
 def test_a_release_racing_the_group_write_is_waited_for_and_releases_each_block_once(
-        postgres_url, postgres_admin_url, monkeypatch):
+        postgres_url, monkeypatch):
     """Two releases of the same pending blocks: an operator's (``release_due``, held open)
     and a group write's, pipelined. The class was released before. The write's insert of
     released blocks waited for the operator's and failed on their key when it committed
     (an IntegrityError the write retried). The operator's release now locks the class's
     counter row first (helper-62), so the write waits at its own upsert of that row, then
     finds the blocks released: written once, each block released once."""
-    import psycopg
-
     from dmt_model.server import write as write_module
-
-    ingest_module = sys.modules["dmt_model.server.ingest"]  # (the package exports ingest())
     from dmt_model.server.store import RELEASED_BLOCKS, release_due, release_rule
 
     ingestor = PackageIngestor(postgres_url, KEY, POLICY)
@@ -512,19 +527,7 @@ def test_a_release_racing_the_group_write_is_waited_for_and_releases_each_block_
     assert all(w.status == "stored" for w in ingestor.writer.commit_now(
         [r.prepared for r in waiting]))  # three pending blocks, not released
     monkeypatch.undo()
-    attempts: list[BaseException | None] = []
-    real_write = ingest_module.write_prepared
-
-    def counted(*args, **kwargs):
-        try:
-            written = real_write(*args, **kwargs)
-        except BaseException as exc:
-            attempts.append(exc)
-            raise
-        attempts.append(None)
-        return written
-
-    monkeypatch.setattr(ingest_module, "write_prepared", counted)
+    attempts = _write_attempts(monkeypatch)
     hold, held = threading.Event(), threading.Event()
 
     def operator_release():
@@ -541,13 +544,7 @@ def test_a_release_racing_the_group_write_is_waited_for_and_releases_each_block_
     writer = threading.Thread(target=lambda: result.extend(
         ingestor.writer.commit_now([newcomer.prepared])))
     writer.start()
-    database = ingestor.engine.url.database
-    with psycopg.connect(postgres_admin_url, autocommit=True) as admin:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not admin.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
-                "AND wait_event_type = 'Lock'", (database,)).fetchone()[0]:
-            time.sleep(0.01)
+    wait_until_a_session_waits_on_a_lock(ingestor.engine)
     hold.set()
     operator.join(timeout=30)
     writer.join(timeout=30)
@@ -570,7 +567,6 @@ def test_a_deadlock_inside_the_pipeline_is_retried_and_stores_each_package_once(
 
     from dmt_model.server import connect
 
-    ingest_module = sys.modules["dmt_model.server.ingest"]  # (the package exports ingest())
     # PostgreSQL looks for a deadlock once, deadlock_timeout after a session begins to wait:
     # the write's look must come after the operator closes the cycle, even on a slow machine
     setup = connect(postgres_url)
@@ -584,19 +580,7 @@ def test_a_deadlock_inside_the_pipeline_is_retried_and_stores_each_package_once(
     assert [w.status for w in ingestor.writer.commit_now([before[0].prepared])] == ["stored"]
     with ingestor.engine.connect() as conn:
         first, last = sorted(conn.execute(select(CLASSES.c.class_key)).scalars())
-    attempts: list[BaseException | None] = []
-    real_write = ingest_module.write_prepared
-
-    def counted(*args, **kwargs):
-        try:
-            written = real_write(*args, **kwargs)
-        except BaseException as exc:
-            attempts.append(exc)
-            raise
-        attempts.append(None)
-        return written
-
-    monkeypatch.setattr(ingest_module, "write_prepared", counted)
+    attempts = _write_attempts(monkeypatch)
     (newcomer,) = _ready(ingestor, package(1, classes=[0, 1]))
     lock = "SELECT n_records FROM classes WHERE class_key = %(k)s FOR UPDATE"
     result: list = []
@@ -606,13 +590,7 @@ def test_a_deadlock_inside_the_pipeline_is_retried_and_stores_each_package_once(
         writer = threading.Thread(target=lambda: result.extend(
             ingestor.writer.commit_now([newcomer.prepared])))
         writer.start()
-        with ingestor.engine.connect() as watch:  # (a transaction's view of it is frozen)
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and not watch.exec_driver_sql(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND wait_event_type = 'Lock'").scalar():
-                watch.rollback()
-                time.sleep(0.01)
+        wait_until_a_session_waits_on_a_lock(ingestor.engine)
         operator.exec_driver_sql(lock, {"k": first})  # the write holds it: a deadlock
         operator.commit()
     writer.join(timeout=30)
