@@ -41,6 +41,7 @@ import json
 import os
 import platform
 import random
+import re
 import secrets
 import shlex
 import signal
@@ -548,7 +549,8 @@ def scenario(name: str, db_url: str, envelopes: Sequence[tuple[str, bytes]], *, 
     """One load on a fresh ``db_url``; ``pg_ctl`` measures PostgreSQL's CPU, and with
     ``faults`` restarts it (crash and recovery) at 60 %. ``extra``: more `dmt serve` options;
     ``root``: the checkout whose service runs."""
-    service = ServiceProcess(db_url, key_file, policy_file, root=root,
+    log = Path(tempfile.mkdtemp(prefix="dmt-serve-log-")) / "serve.log"
+    service = ServiceProcess(db_url, key_file, policy_file, root=root, log=log,
                              extra=["--workers", str(workers), *extra]).start()
     load_before = uptime()
     busy0, total0 = _machine_busy()
@@ -568,6 +570,9 @@ def scenario(name: str, db_url: str, envelopes: Sequence[tuple[str, bytes]], *, 
     finally:
         busy1, total1 = _machine_busy()
         service.stop()
+        logged = log.read_text(errors="replace") if log.exists() else ""
+        log.unlink(missing_ok=True)
+        log.parent.rmdir()
     checks = check_exactly_once(result, stored(db_url), envelopes, records)
     cores = (total1 - total0) / result.seconds
     return {"scenario": name, "workers": workers, **result.summary(),
@@ -584,8 +589,27 @@ def scenario(name: str, db_url: str, envelopes: Sequence[tuple[str, bytes]], *, 
                     db_cpu / max(result.acknowledged, 1) * 1000, 3),
                 "load_generator": round(
                     result.client_cpu_seconds / max(result.acknowledged, 1) * 1000, 3)},
+            # a killed process logs none of its batches: a fault run's would be a part
+            "batches": None if faults else batches_logged(logged),
             "uptime_load_before": load_before, "uptime_load_after": uptime(),
             "checks": checks}
+
+
+_BATCHES = re.compile(r"ingested (\d+) packages in (\d+) batches")
+
+
+def batches_logged(log: str) -> dict[str, Any] | None:
+    """The batches the service's processes took, from what each logs when it stops: their
+    number and packages a batch, in all and by process (None if none logged: a process
+    killed logs nothing). Each batch is checked and written in one transaction, and costs
+    the service and the database a share that does not grow with its packages: the more
+    batches a package, the more CPU a package."""
+    taken = [(int(n), int(b)) for n, b in _BATCHES.findall(log)]
+    if not taken:
+        return None
+    packages, batches = sum(n for n, _ in taken), sum(b for _, b in taken)
+    return {"count": batches, "packages_per_batch": round(packages / max(batches, 1), 1),
+            "packages_per_batch_by_process": [round(n / max(b, 1), 1) for n, b in taken]}
 
 
 def ceiling(db_url: str, envelopes: Sequence[tuple[str, bytes]], key: Any, *,
@@ -761,10 +785,17 @@ def _compare(args: argparse.Namespace, stores: Sequence[tuple[str, Callable[[], 
     return 0 if all(all(r["checks"].values()) for r in runs) else 1
 
 
+def _batch_words(batches: dict[str, Any] | None) -> str:
+    if not batches:
+        return ""
+    return f"{batches['count']} batches ({batches['packages_per_batch']} packages each)  "
+
+
 def _print(run: dict[str, Any]) -> None:
     print(f"{run['scenario']:34s} {run['packages_per_second']:8.1f} packages/s "
           f"({run['records_per_second']:9.1f} records/s)  p50 {run['latency_ms']['p50']:7.1f} ms"
-          f"  p99 {run['latency_ms']['p99']:7.1f} ms  statuses {run['statuses']}  cores "
+          f"  p99 {run['latency_ms']['p99']:7.1f} ms  statuses {run['statuses']}  "
+          f"{_batch_words(run.get('batches'))}cores "
           f"{run['cpu_cores']}  CPU ms/package {run['cpu_ms_per_package']}  "
           f"load {run['uptime_load_before']}  "
           f"all checks {all(run['checks'].values())}", flush=True)

@@ -290,6 +290,20 @@ def test_the_ratio_at_full_use_explains_the_measured_one(server_load):
         assert explained == pytest.approx(measured[store], abs=0.02), store
 
 
+def test_the_batches_each_worker_took_are_read_from_its_log(server_load):
+    """server_load reports how many batches the workers took, from the line each logs when it
+    stops: two workers took twice the batches of one, half as full, and each batch costs a
+    fixed share of CPU. A log without the line (a killed process) reports none."""
+    log = ("2026-12-05 14:12:17,232 dmt serve: ingested 4902 packages in 425 batches (11.5 a "
+           "batch)\nsomething else\n"
+           "2026-12-05 14:12:17,251 dmt serve: ingested 5098 packages in 370 batches (13.8 a "
+           "batch)\n")
+    assert server_load.batches_logged(log) == {
+        "count": 795, "packages_per_batch": 12.6,
+        "packages_per_batch_by_process": [11.5, 13.8]}
+    assert server_load.batches_logged("dmt serve: listening\n") is None
+
+
 def test_a_peer_checkout_s_service_runs_that_checkout_s_code(tmp_path, server_load):
     """server_load --peer measures another checkout's `dmt serve` against this one's. Its
     children ran ``python -c`` from this checkout, and ``-c`` puts the working folder first on
