@@ -22,18 +22,37 @@ Two rules hold for every file the SDK writes for its user:
 
 from __future__ import annotations
 
+import glob
 import os
+import re
 import tempfile
 from pathlib import Path
 
 from dmt_privacy.errors import OutputExistsError
 
-__all__ = ["PRIVATE_FILE_MODE", "SHARED_FILE_MODE", "write_atomically"]
+__all__ = ["PRIVATE_FILE_MODE", "SHARED_FILE_MODE", "temporaries_of", "write_atomically"]
 
 PRIVATE_FILE_MODE = 0o600
 """Mode of secrets: read and written by their owner only."""
 SHARED_FILE_MODE = 0o644
 """Mode of files meant to be shipped or read by others: models, public keys, results."""
+
+
+_TEMP_SUFFIX = ".tmp"
+# what tempfile.mkstemp puts between the prefix and the suffix: 8 of these characters
+_TEMP_RANDOM = re.compile(r"[a-z0-9_]{8}")
+
+
+def temporaries_of(path: str | os.PathLike[str]) -> list[Path]:
+    """The temporary files :func:`write_atomically` left for ``path`` (a writer killed before
+    its rename), and no other file's: the temporaries of ``d.db.mlmodel`` are not
+    ``d.db``'s, though both begin with ``.d.db.`` (a store's write removed a model's while
+    it was being written, and the model's update failed)."""
+    path = Path(path)
+    prefix = f".{path.name}."
+    return sorted(
+        candidate for candidate in path.parent.glob(f"{glob.escape(prefix)}*{_TEMP_SUFFIX}")
+        if _TEMP_RANDOM.fullmatch(candidate.name[len(prefix):-len(_TEMP_SUFFIX)]))
 
 
 def write_atomically(path: str | os.PathLike[str], data: bytes, *,
@@ -57,7 +76,7 @@ def write_atomically(path: str | os.PathLike[str], data: bytes, *,
     path = Path(path)
     if make_parents:
         path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TEMP_SUFFIX)
     temp = Path(name)
     try:
         os.fchmod(fd, mode)

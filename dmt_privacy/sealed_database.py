@@ -63,7 +63,7 @@ from dmt_privacy.errors import (
     StoreLockedError,
     ValidationError,
 )
-from dmt_privacy.files import write_atomically
+from dmt_privacy.files import temporaries_of, write_atomically
 
 fcntl: ModuleType | None
 try:
@@ -282,10 +282,15 @@ class SealedDatabase:
         self._stamp, self.generation = header, generation
 
     def _restore_from_file(self) -> None:
-        """After a failed write: hold the file's state again (or the empty database)."""
-        self._stamp = None
-        self.generation = 0
+        """After a failed write: hold the file's state again (or the empty database, if there
+        never was a file). The generation reached stays the floor: an older copy put in the
+        file's place while the write failed is refused as on any read, not taken (with the
+        ledger in it) and its generation number reused (helper-68)."""
+        existed, self._stamp = self._stamp is not None, None
         try:
+            if existed and not self.path.exists():
+                raise StoreIntegrityError(
+                    f"{self.path} was deleted or moved while the store was open. {_RESTORE}")
             self.refresh()
             if self._stamp is None:
                 self._load(_empty_image())
@@ -295,7 +300,7 @@ class SealedDatabase:
 
     def _remove_stale_temporaries(self) -> None:
         """Temporary files of writers killed before their rename (sealed: nothing leaks)."""
-        for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+        for stale in temporaries_of(self.path):
             with contextlib.suppress(OSError):
                 stale.unlink()
 

@@ -325,6 +325,67 @@ def test_a_file_deleted_or_rolled_back_while_open_is_refused(tmp_path):
     store.close()
 
 
+def test_an_older_copy_put_back_during_a_failed_write_is_refused(tmp_path, monkeypatch):
+    """An older copy put in the file's place while a write fails (its temporary file deleted,
+    say) was taken as the store's state: the failed write forgot the generation it had
+    reached, and the next write reused its number. The ledger is in the same file, so the ε
+    spent since that copy came back with it (helper-68)."""
+    import dmt_privacy.sealed_database as sealed_module
+
+    path = tmp_path / "d.db"
+    store = make(path)
+    old = path.read_bytes()
+    store.add_records(frame(2, start=20))
+    generation = store.generation
+
+    def put_back_and_fail(*args, **kwargs):
+        path.write_bytes(old)
+        raise FileNotFoundError(2, "the temporary file was removed")
+
+    monkeypatch.setattr(sealed_module, "write_atomically", put_back_and_fail)
+    with pytest.raises(StoreIntegrityError, match=f"went back from generation {generation} "):
+        store.add_records(frame(1, start=9))
+    with pytest.raises(StoreIntegrityError, match="went back from generation"):
+        store.count()  # and on every read after it
+    store.close()
+
+
+def test_a_file_deleted_during_a_failed_write_is_refused(tmp_path, monkeypatch):
+    """The store's file gone after a failed write: not an empty new store (its ledger empty)."""
+    import dmt_privacy.sealed_database as sealed_module
+
+    path = tmp_path / "d.db"
+    store = make(path)
+
+    def delete_and_fail(*args, **kwargs):
+        path.unlink()
+        raise OSError(5, "I/O error")
+
+    monkeypatch.setattr(sealed_module, "write_atomically", delete_and_fail)
+    with pytest.raises(StoreIntegrityError, match="deleted or moved"):
+        store.add_records(frame(1, start=9))
+    store.close()
+
+
+def test_a_write_leaves_other_files_temporaries_alone(tmp_path, monkeypatch):
+    """A store's write removes the temporary files its killed writers left, and no other: a
+    personal model ``d.db.mlmodel`` being written next to the store ``d.db`` lost its
+    temporary file, and its update failed (helper-68)."""
+    from dmt_privacy import files
+
+    path = tmp_path / "d.db"
+    store = make(path)
+    others = [tmp_path / ".d.db.mlmodel.abcd1234.tmp", tmp_path / ".d.db.x.tmp",
+              tmp_path / ".d.db2.abcd1234.tmp"]
+    stale = tmp_path / ".d.db.k1l2m3n_.tmp"  # as mkstemp names them
+    for name in [*others, stale]:
+        name.write_bytes(b"in flight")
+    store.add_records(frame(1, start=9))
+    assert all(name.exists() for name in others) and not stale.exists()
+    assert files.temporaries_of(path) == []
+    store.close()
+
+
 # --- unencrypted stores from before -----------------------------------------------------------
 def _legacy_store(path: Path) -> None:
     """A store as older dmt-sdk versions left it: plain SQLite in WAL mode."""
