@@ -57,7 +57,7 @@ import secrets
 import struct
 import urllib.request
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -358,12 +358,13 @@ def _pss_verify(public_key: IssuerPublicKey, msg: bytes, sig: bytes) -> bool:
 # --- tokens ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Token:
-    """One Privacy Pass token (RFC 9577 §2.2, type 0x0002): spend it once."""
+    """One Privacy Pass token (RFC 9577 §2.2, type 0x0002): spend it once. A bearer
+    credential until spent: its repr shows neither its nonce nor its authenticator."""
 
-    nonce: bytes
+    nonce: bytes = field(repr=False)
     challenge_digest: bytes
     token_key_id: bytes
-    authenticator: bytes
+    authenticator: bytes = field(repr=False)
     token_type: int = TOKEN_TYPE
 
     def __post_init__(self) -> None:
@@ -418,12 +419,13 @@ def verify_token(token: Token | bytes, public_key: IssuerPublicKey, *,
 
 @dataclass(frozen=True)
 class PendingTokens:
-    """The device's secrets while a token request is under way (nonces, blinding inverses)."""
+    """The device's secrets while a token request is under way (nonces, blinding inverses):
+    its repr shows none of them (with an inverse the issuer links a token to its request)."""
 
     public_key: IssuerPublicKey
-    nonces: tuple[bytes, ...]
-    inverses: tuple[bytes, ...]
-    body: bytes
+    nonces: tuple[bytes, ...] = field(repr=False)
+    inverses: tuple[bytes, ...] = field(repr=False)
+    body: bytes = field(repr=False)
     challenge_digest: bytes = CHALLENGE_DIGEST
 
     def finalize(self, response: bytes) -> list[Token]:

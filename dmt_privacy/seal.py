@@ -152,8 +152,12 @@ def _parse_key(data: bytes, expected_kind: int) -> bytes:
     data = bytes(data)
     want = _KIND_NAMES[expected_kind]
     if data[:4] != KEY_MAGIC:
+        # a private key's first bytes are never echoed: raw key bytes passed by mistake
+        # would put 32 bits of the secret into the message (helper-68)
+        start = "" if expected_kind == _KIND_PRIVATE else f", it starts with {data[:4]!r}"
         raise ValidationError(
-            f"Not a dmt {want} key: it starts with {data[:4]!r}, expected {KEY_MAGIC!r}."
+            f"Not a dmt {want} key: it does not start with {KEY_MAGIC!r} ({len(data)} bytes"
+            f"{start})."
         )
     if len(data) != KEY_FILE_SIZE:
         raise ValidationError(

@@ -117,6 +117,21 @@ def test_the_issuer_never_sees_the_nonce_or_the_token() -> None:
     assert again[0] != again[1]
 
 
+def test_reprs_show_no_token_secret() -> None:
+    """A token is a bearer credential until spent, and a request's blinding inverses link a
+    token to the request the issuer saw: printed or logged, neither may show them (the
+    dataclasses' reprs printed every nonce, inverse and authenticator: helper-68)."""
+    public = ISSUER.public_key()
+    pending = request_tokens(public, 2)
+    tokens = pending.finalize(b"".join(blind_sign(ISSUER, m)
+                                       for m in parse_token_requests(pending.body, public)))
+    shown = repr(pending) + "".join(repr(t) for t in tokens)
+    secrets_ = [*pending.nonces, *pending.inverses, pending.body,
+                *(t.authenticator for t in tokens)]
+    for secret in secrets_:
+        assert repr(secret)[2:-1][:24] not in shown and secret.hex()[:16] not in shown
+
+
 @settings(max_examples=25, deadline=None)
 @given(st.integers(0, TOKEN_SIZE - 1), st.integers(0, 7))
 def test_every_bit_flip_of_a_token_fails(position: int, bit: int) -> None:

@@ -469,7 +469,7 @@ def test_key_format_errors() -> None:
         (lambda: ServerPublicKey.from_bytes(public[:-1]), "44 bytes long, got 43"),
         (lambda: ServerPublicKey.from_bytes(public + b"\x00"), "44 bytes long, got 45"),
         (lambda: ServerPublicKey.from_bytes(b"PK" + public[2:]), "starts with b'PK"),
-        (lambda: ServerPublicKey.from_bytes(b""), "expected b'DMTK'"),
+        (lambda: ServerPublicKey.from_bytes(b""), "does not start with b'DMTK' (0 bytes"),
         (lambda: ServerPublicKey.from_bytes(public[:4] + b"\x02" + public[5:]), "version 2"),
         (lambda: ServerPublicKey.from_bytes(public[:5] + b"\x07" + public[6:]), "0x07 is unknown"),
         (lambda: ServerPublicKey.from_bytes(public[:6] + b"\x00\x09" + public[8:]),
@@ -483,6 +483,15 @@ def test_key_format_errors() -> None:
     for call, message in cases:
         with pytest.raises(ValidationError, match=message.replace("(", r"\(")):
             call()
+
+
+def test_a_private_key_error_quotes_no_byte_of_the_key() -> None:
+    """Raw key bytes passed where a key file is expected: the message quoted the first four
+    bytes, 32 bits of the secret (helper-68)."""
+    raw = _KEY.key.private_bytes_raw()
+    with pytest.raises(ValidationError, match="private key: it does not start") as caught:
+        ServerPrivateKey.from_bytes(raw)
+    assert repr(raw[:4])[2:-1] not in str(caught.value) and raw[:2].hex() not in str(caught.value)
 
 
 def test_low_order_public_key_is_refused() -> None:
