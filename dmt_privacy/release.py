@@ -113,6 +113,7 @@ __all__ = [
     "ReleaseSigningKey",
     "ReleaseVerifyKey",
     "RollbackRefused",
+    "UnverifiedPolicyWarning",
     "VerifiedRelease",
     "conflicting_releases",
     "generate_release_key",
@@ -144,6 +145,11 @@ class RollbackRefused(InvalidRelease):
 
 class ReleaseExpired(InvalidRelease):
     """An authentic release past its expiry: refused (a server that stops publishing is seen)."""
+
+
+class UnverifiedPolicyWarning(UserWarning):
+    """:func:`sharing_policy_from` was given no verified release to check the policy against:
+    whoever serves the policy then sets the device's ε, plan and k."""
 
 
 def release_file_name(model_file: str) -> str:
@@ -659,14 +665,45 @@ def conflicting_releases(first: VerifiedRelease, second: VerifiedRelease) -> lis
     return fields
 
 
-def sharing_policy_from(policy_json: str | bytes, *, fields: Iterable[str] | None = None,
-                        **selection: Any) -> Any:
-    """The device's :class:`~dmt_privacy.sharing.SharingPolicy` for a (verified) server policy.
+def _check_signed_policy(policy_json: str | bytes, release: VerifiedRelease | None) -> None:
+    """That ``policy_json`` is the policy ``release`` signed (a warning without a release)."""
+    if release is None:
+        warnings.warn(UnverifiedPolicyWarning(
+            "sharing_policy_from was given no verified release: nothing checked that this "
+            "policy is the one the server signed. Pass release= (what verify_release "
+            "returned for the model the policy came with)."), stacklevel=3)
+        return
+    if not isinstance(release, VerifiedRelease):
+        raise ValidationError("release must be what verify_release returned, got "
+                              f"{type(release).__name__}.")
+    if not isinstance(policy_json, (str, bytes)):
+        raise ValidationError(f"policy_json must be the policy's JSON (str or bytes), got "
+                              f"{type(policy_json).__name__}.")
+    raw = policy_json.encode() if isinstance(policy_json, str) else policy_json
+    signed = release.metadata.policy_sha256
+    if signed is None:
+        raise InvalidRelease(
+            f"Release {release.metadata.name} v{release.metadata.version} names no policy "
+            "(published without policy=): it cannot vouch for one.")
+    if not hmac.compare_digest(signed, hashlib.sha256(raw).hexdigest()):
+        raise InvalidRelease()
+
+
+def sharing_policy_from(policy_json: str | bytes, *, release: VerifiedRelease | None = None,
+                        fields: Iterable[str] | None = None, **selection: Any) -> Any:
+    """The device's :class:`~dmt_privacy.sharing.SharingPolicy` for the server policy that
+    ``release`` signed.
+
+    ``release``: what :func:`verify_release` returned for the model the policy came with.
+    The policy travels beside the release, on a channel the device does not trust; a
+    policy whose SHA-256 is not the one the release signed raises :class:`InvalidRelease`
+    (so does a release that names no policy). Without ``release`` nothing here checks the
+    policy (:class:`UnverifiedPolicyWarning`): give ``verify_release`` the same bytes
+    (``policy_json=``), or whoever serves them sets ε, the plan and k.
 
     The server decides: ε, mechanisms, δ, the plan, the privacy unit its
     receipts must state and the most records and bytes a package may hold come from the
-    policy JSON the release signed (pass it to
-    :func:`verify_release` first); ``fields`` (default: every field the policy
+    policy JSON the release signed; ``fields`` (default: every field the policy
     accepts) and ``selection`` (``fraction``, ``predicate``, ``record_ids``,
     ``modifiers``, ``max_epsilon``, and ``privacy_unit`` where the policy leaves
     it open) are the device's choices of what to share. A choice the server
@@ -677,6 +714,7 @@ def sharing_policy_from(policy_json: str | bytes, *, fields: Iterable[str] | Non
     from dmt_privacy.anonymity.plan import AnonymizationPlan
     from dmt_privacy.sharing import SharingPolicy
 
+    _check_signed_policy(policy_json, release)
     try:
         data = json.loads(policy_json)
         plan = data.get("plan")

@@ -26,6 +26,9 @@ SCHEMA = Schema((
     Field("income", "numeric", bounds=(0, 1000), grid=1.0),
 ))
 KEY = generate_server_key()
+# these tests are about what the policy sets; the release that vouches for it is
+# tests/model/attacks/test_attack_model_release.py's
+pytestmark = pytest.mark.filterwarnings("ignore::dmt_privacy.release.UnverifiedPolicyWarning")
 
 
 def _proxy(n: int = 400) -> pd.DataFrame:

@@ -155,16 +155,41 @@ def test_the_device_shares_by_the_signed_policy(policy, simulation, tmp_path):
     from dmt_privacy.store import LocalStore
 
     policy_json = policy.to_json()
-    verify_release(sign_release(V2, KEY, version=2, schema_id="boston", now=NOW,
-                                policy_json=policy_json), V2, PINNED, now=NOW,
-                   policy_json=policy_json)
+    verified = verify_release(sign_release(V2, KEY, version=2, schema_id="boston", now=NOW,
+                                           policy_json=policy_json), V2, PINNED, now=NOW,
+                              policy_json=policy_json)
     store = LocalStore(tmp_path / "device.db", schema=BOSTON_SCHEMA, user_id="u",
                        epsilon_budget=1000.0, key=LocalStore.generate_key())
     store.add_records(simulation.users[0].shareable)
-    sharing = sharing_policy_from(policy_json, privacy_unit="user")
+    sharing = sharing_policy_from(policy_json, release=verified, privacy_unit="user")
     result = share(store, sharing, SERVER_KEY.public_key())
     report = ingest([result.envelope], str(tmp_path / "s.db"), SERVER_KEY, policy)
     assert len(report.accepted) == 1, report.to_text()
+
+
+def test_a_policy_swapped_on_the_channel_is_refused_with_the_release_it_claims(policy):
+    """The channel serves the policy beside the release. verify_release checks it only when
+    given it, and sharing_policy_from read whatever bytes it got: a swapped policy (ε 1000,
+    no plan) set the device's sharing (helper-68). With the verified release it is refused,
+    and without one the device is warned that nothing checked the policy."""
+    from dmt_privacy.release import UnverifiedPolicyWarning, sharing_policy_from
+
+    signed = policy.to_json()
+    verified = verify_release(sign_release(V2, KEY, version=2, schema_id="boston", now=NOW,
+                                           policy_json=signed), V2, PINNED, now=NOW)
+    swapped = json.dumps({**json.loads(signed), "plan": None,
+                          "epsilon": {name: 1000.0 for name in json.loads(signed)["epsilon"]}})
+    with pytest.raises(InvalidRelease):
+        sharing_policy_from(swapped, release=verified, privacy_unit="user")
+    with pytest.raises(InvalidRelease):
+        sharing_policy_from(swapped.encode(), release=verified, privacy_unit="user")
+    assert sharing_policy_from(signed, release=verified, privacy_unit="user").plan is not None
+    with pytest.warns(UnverifiedPolicyWarning, match="release="):
+        sharing_policy_from(signed, privacy_unit="user")
+    unsigned = verify_release(sign_release(V2, KEY, version=2, schema_id="boston", now=NOW),
+                              V2, PINNED, now=NOW)
+    with pytest.raises(InvalidRelease, match="names no policy"):
+        sharing_policy_from(signed, release=unsigned, privacy_unit="user")
 
 
 def test_the_device_evidence_is_signed_and_cannot_be_added_or_stripped():
