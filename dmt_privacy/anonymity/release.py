@@ -12,8 +12,11 @@ distinct packages, never records: one package of 50 records is one
 contributor. l-diversity and t-closeness are computed on the sensitive
 values with each contributor weighing the same (each package's records
 share a weight of 1), so a single package cannot make a class look diverse
-or close to the reference by volume. Distinct l counts the sensitive values
-present.
+or close to the reference by volume. Nor by variety: whatever the kind of l,
+the cohort also needs l contributors holding pairwise different values (one
+package of ten values beside two 'hiv' packages is not 3-diverse). A missing
+sensitive value, or a record without a contributor, is refused, not counted
+as a value or a contributor of its own.
 
 **The schedule: cohorts.** A class is not released once and then left to
 grow: comparing two snapshots of a growing class would show the newcomer's
@@ -36,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from dmt_privacy.anonymity.constraints import LDiversity
 from dmt_privacy.errors import AnonymizationError, ValidationError
@@ -138,39 +142,46 @@ class ReleaseRule:
         ``package_ids``: each record's contributor. ``sensitive_values``: each
         record's sensitive value (required when ``l`` or ``t`` is set).
         """
-        packages = np.asarray(list(package_ids), dtype=object)
-        if len(set(packages.tolist())) < self.k:
+        contributor = _contributors(package_ids)
+        n_contributors = int(contributor.max()) + 1 if len(contributor) else 0
+        if n_contributors < self.k:
             return False
         if not self.needs_values:
             return True
-        if sensitive_values is None or len(sensitive_values) != len(packages):
+        if sensitive_values is None or len(sensitive_values) != len(contributor):
             raise AnonymizationError(
                 f"ReleaseRule: judging l / t needs one {self.sensitive!r} value per record "
-                f"({len(packages)} records)."
+                f"({len(contributor)} records)."
             )
-        weights = self._weights(packages)
+        sizes = np.bincount(contributor)
+        weights = 1.0 / sizes[contributor]  # each contributor's records weigh 1 together
         labels, domain = self._domain(sensitive_values)
         counts = np.bincount(labels, weights=weights, minlength=len(domain))[None, :]
         if self.l is not None:
             ldiv = LDiversity(self.l, self.l_kind, self.c)  # type: ignore[arg-type]
             if not ldiv.holds(counts)[0]:
                 return False
+            # and l contributors with pairwise different values: one package's many values
+            # made a cohort of two 'hiv' contributors and itself look 11-diverse (helper-66)
+            if _distinct_representatives(contributor, labels, self.l) < self.l:
+                return False
         if self.t is not None and self.emd(counts)[0] > self.t + 1e-12:
             return False
         return True
 
-    @staticmethod
-    def _weights(packages: np.ndarray) -> np.ndarray:
-        _, inverse, sizes = np.unique(packages.astype(str), return_inverse=True,
-                                      return_counts=True)
-        return 1.0 / sizes[inverse.reshape(-1)]
-
     def _domain(self, values: Sequence[Any] | np.ndarray) -> tuple[np.ndarray, list[Any]]:
-        """Each value's column, the reference's values first, then any value outside it."""
+        """Each value's column, the reference's values first, then any value outside it. A
+        missing value is refused: counted as a value of its own, it made a cohort of 'hiv'
+        and a missing value 2-diverse (helper-66)."""
         domain: list[Any] = [v for v, _ in self.reference] if self.reference else []
         index: dict[Any, int] = {_key(v): i for i, v in enumerate(domain)}
         labels = np.empty(len(values), dtype=np.int64)
         for i, v in enumerate(values):
+            if _missing(v):
+                raise ValidationError(
+                    f"ReleaseRule: record {i} has no {self.sensitive!r} value ({v!r}); l and t "
+                    "are judged on known values only. Leave such records out of the cohort "
+                    "(they wait in quarantine) or fill the field.")
             key = _key(v)
             at = index.get(key)
             if at is None:
@@ -199,6 +210,51 @@ class ReleaseRule:
         adjusted = np.divide(inside, scale, out=np.zeros_like(inside), where=scale > 0)
         ordered = np.abs(np.cumsum(adjusted - q, axis=1)[:, :-1]).sum(axis=1) / (m_ref - 1)
         return outside + (1 - outside) * ordered
+
+
+def _missing(value: Any) -> bool:
+    return value is None or value is pd.NA or value is pd.NaT or (
+        isinstance(value, (float, np.floating)) and math.isnan(value))
+
+
+def _contributors(package_ids: Sequence[Any] | np.ndarray) -> np.ndarray:
+    """Each record's contributor as a number 0..n-1 (ids compared as the objects they are:
+    the k count and the weights group them alike). A missing id is refused: each NaN was a
+    contributor of its own, three of them k = 3 (helper-66)."""
+    ids = list(package_ids)
+    if any(_missing(v) for v in ids):
+        raise ValidationError(
+            "ReleaseRule: a record has no contributor (its package id is missing); every "
+            "record needs the id of the package it came in.")
+    codes, _ = pd.factorize(pd.Series(ids, dtype=object), use_na_sentinel=True)
+    return np.asarray(codes, dtype=np.int64)
+
+
+def _distinct_representatives(contributor: np.ndarray, labels: np.ndarray, enough: int) -> int:
+    """How many contributors can each be paired with a value of their own, every value used
+    once (a maximum bipartite matching, by augmenting paths), counted up to ``enough``."""
+    values_of: dict[int, set[int]] = {}
+    for who, value in zip(contributor.tolist(), labels.tolist(), strict=True):
+        values_of.setdefault(who, set()).add(value)
+    holder: dict[int, int] = {}  # value -> the contributor it is paired with
+
+    def pair(who: int, seen: set[int]) -> bool:
+        for value in values_of[who]:
+            if value in seen:
+                continue
+            seen.add(value)
+            if value not in holder or pair(holder[value], seen):
+                holder[value] = who
+                return True
+        return False
+
+    matched = 0
+    for who in values_of:
+        if pair(who, set()):
+            matched += 1
+            if matched >= enough:
+                break
+    return matched
 
 
 def _key(value: Any) -> Any:

@@ -236,6 +236,24 @@ def assert_t_close(
             )
 
 
+def _representatives(held: dict[Any, set[Any]]) -> int:
+    """The most packages that can each be given one of their values, no value twice: grown
+    one package at a time, each new one taking a free value or one a package already
+    paired can trade for another (augmenting paths, from the packages' side)."""
+    owner: dict[Any, Any] = {}
+
+    def place(package: Any, tried: set[Any]) -> bool:
+        for value in sorted(held[package], key=repr):
+            if value not in tried:
+                tried.add(value)
+                if value not in owner or place(owner[value], tried):
+                    owner[value] = package
+                    return True
+        return False
+
+    return sum(place(package, set()) for package in held)
+
+
 def assert_release_rule(
     released: pd.DataFrame,
     rule: Any,
@@ -272,9 +290,17 @@ def assert_release_rule(
         for p in members:
             size[p] = size.get(p, 0) + 1
         weight: dict[Any, float] = {}
+        held: dict[Any, set[Any]] = {}  # each package's values
         for i in rows:
             v = _key(values[i])
+            if v is _MISSING:
+                raise AssertionError(f"group {key!r}: row {i} has a missing {rule.sensitive!r} "
+                                     "value, which l and t cannot judge")
             weight[v] = weight.get(v, 0.0) + 1.0 / size[packages[i]]
+            held.setdefault(packages[i], set()).add(v)
+        if rule.l is not None and _representatives(held) < rule.l:
+            raise AssertionError(f"group {key!r}: fewer than l={rule.l} contributors hold "
+                                 "pairwise different values")
         total = sum(weight.values())
         dist = {v: w / total for v, w in weight.items()}
         if rule.l is not None:

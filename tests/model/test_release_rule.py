@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from dmt_model.server import ServerPolicy, SharedStore, ingest
 from dmt_model.server.store import release_rule
-from dmt_privacy import Field, Schema
+from dmt_privacy import Field, Schema, ValidationError
 from dmt_privacy.anonymity import KAnonymizer, ReleaseRule, release_classes
 from dmt_privacy.package import PrivacyReceipt, SharePackage, seal_package
 from dmt_privacy.seal import generate_server_key
@@ -99,6 +99,51 @@ def test_one_package_cannot_make_a_class_diverse():
     assert not rule.admits(["p1", "p2", "p3"] + ["p4"] * 30, ["x", "x", "x"] + ["y"] * 30)
     assert rule.admits(["p1", "p2", "p3", "p4"], ["x", "y", "x", "y"])
     assert not rule.admits(["p1", "p1", "p1", "p2"], ["x", "y", "x", "y"])  # 2 packages < k
+
+
+@pytest.mark.parametrize("kind", ["distinct", "entropy", "recursive"])
+def test_one_package_cannot_supply_the_diversity_of_others(kind):
+    """Two of three contributors have 'hiv'; the third sends ten records of ten other values.
+    Distinct l counted the values present (11), entropy spread the third package's weight
+    over its ten (4.07): both admitted a cohort whose contributors hold two values
+    (helper-66). l is now also met by l contributors with pairwise different values."""
+    packages = ["p1", "p2"] + ["p3"] * 10
+    values = ["hiv", "hiv"] + [f"v{i}" for i in range(10)]
+    rule = ReleaseRule(k=3, sensitive="s", l=3 if kind != "entropy" else 4, l_kind=kind, c=3.0)
+    assert not rule.admits(packages, values)
+    records = pd.DataFrame({"age": 30.0, "s": values, "package_id": packages})
+    with pytest.raises(AssertionError, match="contributors"):
+        assert_release_rule(records.assign(cohort_id="c"), rule)
+    # three contributors with three values: admitted, however many records each sends
+    assert ReleaseRule(k=3, sensitive="s", l=3).admits(
+        ["p1", "p2", "p3", "p3"], ["hiv", "flu", "cold", "hiv"])
+
+
+@pytest.mark.parametrize("missing", [None, float("nan"), pd.NA])
+def test_a_missing_sensitive_value_is_refused_not_counted_as_a_value(missing):
+    """None and NaN counted as values of their own: three 'hiv' records and a missing one
+    were distinct 2-diverse, and release_classes released them (helper-66)."""
+    rule = ReleaseRule(k=3, sensitive="dx", l=2)
+    with pytest.raises(ValidationError, match="dx"):
+        rule.admits(["p1", "p2", "p3"], ["hiv", "hiv", missing])
+    records = pd.DataFrame({"age": [30.0] * 3, "dx": ["hiv", "hiv", missing],
+                            "package_id": ["p1", "p2", "p3"]})
+    with pytest.raises(ValidationError, match="dx"):
+        release_classes(records, ["age"], 1, package_column="package_id", rule=rule)
+    with pytest.raises(AssertionError, match="missing"):
+        assert_release_rule(records.assign(cohort_id="c"), rule)
+
+
+def test_missing_or_ambiguous_contributors_are_refused():
+    """NaN package ids counted as three contributors (each NaN its own), and the k count
+    and the weights grouped ids differently (helper-66)."""
+    rule = ReleaseRule(k=3)
+    with pytest.raises(ValidationError, match="contributor"):
+        rule.admits([float("nan")] * 3)
+    with pytest.raises(ValidationError, match="contributor"):
+        rule.admits(["p1", None, "p2"])
+    assert not ReleaseRule(k=2, sensitive="s", l=2).admits(["p", "p"], ["x", "y"])
+    assert ReleaseRule(k=3).admits([1, "1", b"1"])  # distinct objects, distinct contributors
 
 
 def test_a_grown_class_is_not_released_by_one_newcomer(db_url):
