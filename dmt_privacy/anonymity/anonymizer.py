@@ -13,6 +13,7 @@ import time
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import ROUND_FLOOR, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -133,14 +134,27 @@ def _round_cut(below: float, at: float) -> float:
 
     A numeric split sends ``x < cut`` left. Any cut in ``(below, at]`` splits
     the fitted records the same way; the roundest one says only that the cut
-    lies between two fitted values, not what either value was.
+    lies between two fitted values, not what either value was. The steps tried
+    run from the numbers' magnitude down to the gap between them: a fixed range
+    (10^18 to 10^-12) found no cut between tiny or very close values, and huge
+    ones got eight digits of the lower value (helper-66). Where no float lies
+    between the two, ``at`` is the only cut there is.
     """
-    for exponent in range(18, -13, -1):
-        step = 10.0**exponent
-        cut = (math.floor(below / step) + 1) * step
+    gap = at - below
+    if not gap > 0 or not math.isfinite(gap):
+        return at
+    exact = Decimal(below)  # in decimal, exactly: 5 x 1e-15 in floats is 5.000000000000001e-15
+    top = math.floor(math.log10(max(abs(below), abs(at)))) + 1
+    for exponent in range(top, math.floor(math.log10(gap)) - 2, -1):
+        step = Decimal(10) ** exponent
+        multiple = (exact / step).to_integral_value(rounding=ROUND_FLOOR) + 1
+        cut = float(multiple * step)
+        if cut <= below:  # ``below`` is that round number's float, a hair under it
+            cut = float((multiple + 1) * step)
         if below < cut <= at:
-            return float(cut)
-    return at
+            return cut
+    middle = below + gap / 2
+    return middle if below < middle <= at else at
 
 
 def _plain(value: Any) -> Any:
