@@ -693,8 +693,13 @@ class KAnonymizer(TransformerMixin, BaseEstimator):
         not in a hierarchy) keep missing quasi-identifiers; :meth:`apply` also
         says which and why. The plan guarantees k only on the data it was
         fitted on: when the output of new records holds classes smaller than
-        k this warns (:class:`KAnonymityWarning`); gate such records with
+        k, or (with the sensitive column in ``X``) classes that are not
+        l-diverse or farther than t from the plan's reference distribution,
+        this warns (:class:`KAnonymityWarning`); gate such records with
         :class:`~dmt_privacy.anonymity.ReleaseRule` / :func:`release_classes`.
+        That includes the fitting table itself when fit suppressed records to
+        make it l-diverse: transform places them again (t against a numeric
+        sensitive column is not judged here: the plan keeps no reference for it).
         """
         applied = self.apply(X)
         kept = applied.class_ids[applied.class_ids >= 0]
@@ -708,7 +713,50 @@ class KAnonymizer(TransformerMixin, BaseEstimator):
                     "k-anonymous by itself (the plan guarantees k on its fitting data only). "
                     "Release such records through ReleaseRule / release_classes."),
                     stacklevel=2)
+            unmet = self._unmet_l_t(X, applied.class_ids)
+            if unmet:
+                warnings.warn(KAnonymityWarning(
+                    f"transform generalized {kept.size} records into classes of which "
+                    f"{unmet}: the plan guarantees l and t on its fitting data only, after "
+                    "the records fit suppressed. Release such records through ReleaseRule / "
+                    "release_classes."), stacklevel=2)
         return applied.data
+
+    def _unmet_l_t(self, X: pd.DataFrame, class_ids: np.ndarray) -> str:
+        """What the classes of ``class_ids`` miss of the plan's l and t, judged on ``X``'s
+        sensitive values record by record, as fit judged them ("" if nothing, or if ``X``
+        has no sensitive column); t against the plan's reference with the equal distance,
+        which is never below the hierarchical one a sensitive hierarchy gave fit (so with
+        one this may warn of a class fit judged t-close)."""
+        plan = self._fitted_plan()
+        if (plan.l is None and plan.t is None) or plan.sensitive not in X.columns:
+            return ""
+        from dmt_privacy.anonymity.release import ReleaseRule
+
+        rows = np.flatnonzero(class_ids >= 0)
+        reference = plan.sensitive_reference
+        judge_t = plan.t is not None and reference is not None
+        rule = ReleaseRule(k=1, sensitive=plan.sensitive, t=plan.t if judge_t else None,
+                           reference=reference if judge_t else None,
+                           ordered=bool(getattr(plan, "sensitive_ordered", False)))
+        labels, domain = rule._domain(X[plan.sensitive].to_numpy()[rows])
+        classes = class_ids[rows]
+        counts = np.zeros((int(classes.max()) + 1, len(domain)))
+        np.add.at(counts, (classes, labels), 1.0)
+        present = counts.sum(axis=1) > 0
+        unmet = []
+        if plan.l is not None:
+            ldiv = LDiversity(plan.l, plan.l_kind, plan.c)  # type: ignore[arg-type]
+            bad = int((present & ~ldiv.holds(counts)).sum())
+            if bad:
+                unmet.append(f"{bad} are not l-diverse ({ldiv.describe()})")
+        if judge_t:
+            # the plan's reference is rounded to 4 decimals: allow what that moves an EMD
+            slack = 0.5 * len(domain) * 1e-4
+            bad = int((present & (rule.emd(counts) > float(plan.t or 0.0) + slack)).sum())
+            if bad:
+                unmet.append(f"{bad} are farther than t={plan.t:g} from the reference")
+        return " and ".join(unmet)
 
     def apply(self, X: pd.DataFrame) -> Anonymized:
         """Like :meth:`transform`, with class ids and the suppressed records reported."""
@@ -716,7 +764,9 @@ class KAnonymizer(TransformerMixin, BaseEstimator):
         return plan.apply(X)
 
     def fit_transform(self, X: pd.DataFrame, y: Any = None, **fit_params: Any) -> pd.DataFrame:
-        """Fit on ``X`` and return its anonymized copy (equal to ``fit(X).transform(X)``)."""
+        """Fit on ``X`` and return its anonymized copy: ``fit(X).transform(X)``, but for the
+        records fit suppressed to make the table l-diverse, which stay suppressed here
+        (transform would place them in classes again, and warns)."""
         self.fit(X, y)
         return self.plan_.release(X, self.labels_)
 

@@ -3,6 +3,8 @@ suppressed one by one, and transform() saying when new records form classes belo
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -46,8 +48,6 @@ def test_transform_of_new_records_says_when_classes_are_below_k():
     est = KAnonymizer(["age"], k=10).fit(frame)
     with pytest.warns(KAnonymityWarning, match="smaller than k=10"):
         est.transform(pd.DataFrame({"age": [25, 45]}))
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("error", KAnonymityWarning)
         est.transform(frame)  # the fitted table: every class has k records
@@ -61,3 +61,38 @@ def test_a_complex_column_is_refused_not_coded_by_its_real_part():
     with pytest.raises(ValidationError, match="'age' holds complex numbers"):
         coding.encode(pd.Series([30 + 1j, 40 + 0j]))
     assert coding.encode(pd.Series([30.0, 40.0]))[1].tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("kind", ["entropy", "recursive"])
+def test_transform_warns_when_its_classes_break_the_plan_s_l(kind):
+    """fit suppressed 14 records to make the table entropy 2-diverse; transform on the same
+    table placed them back into classes (a class of 37 rows, entropy l 1.74) with no
+    warning, as it judged k only (helper-66)."""
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame({"age": rng.integers(20, 60, 40),
+                      "dx": ["flu"] * 34 + ["hiv"] * 3 + ["cold"] * 3})
+    est = KAnonymizer(["age"], sensitive="dx", k=4, l=2, l_kind=kind, c=3.0,
+                      max_suppression=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", KAnonymityWarning)
+        est.fit_transform(X)
+    assert est.report_.suppressed
+    with pytest.warns(KAnonymityWarning, match="l-diverse"):
+        est.transform(X)
+    kept = X.drop(index=list(est.report_.suppressed))
+    with warnings.catch_warnings():  # the records fit kept: their classes hold l
+        warnings.simplefilter("error", KAnonymityWarning)
+        est.transform(kept)
+
+
+def test_transform_warns_when_new_records_break_the_plan_s_t():
+    rng = np.random.default_rng(1)
+    X = pd.DataFrame({"age": rng.integers(20, 60, 200),
+                      "dx": rng.choice(["flu", "hiv", "cold"], 200, p=[0.5, 0.3, 0.2])})
+    est = KAnonymizer(["age"], sensitive="dx", k=5, t=0.3).fit(X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", KAnonymityWarning)
+        est.transform(X)
+    new = pd.DataFrame({"age": X["age"].to_numpy(), "dx": ["hiv"] * 200})
+    with pytest.warns(KAnonymityWarning, match="t=0.3"):
+        est.transform(new)
