@@ -619,3 +619,20 @@ def test_intervals_and_value_sets_decoded_once_across_packages_without_weakening
         package_module._SHARED_EXT[(0, 0, str(i).encode())] = i
     decode_package(encode_package(first))
     assert len(package_module._SHARED_EXT) <= package_module._SHARED_EXT_MAX
+
+
+def test_the_default_limits_keep_a_hostile_package_s_memory_small() -> None:
+    """decode_package and open_package took 64 MiB by default, and a package of short strings
+    becomes about 22 times its size in Python objects: 60 MiB held 1.3 GiB (helper-68). The
+    defaults now take what `dmt serve` takes (1 MiB); a caller who trusts a larger source
+    says so with max_bytes=."""
+    n = 600_000  # 2-character strings: about 1.8 MB encoded, about 40 MB as str objects
+    pkg = SharePackage(schema_id="s", package_id="0" * 32, created_day="2026-12-05",
+                       receipt=PrivacyReceipt(k=1), columns={"x": ["ab"] * n})
+    data = encode_package(pkg)
+    assert len(data) > 2**20
+    with pytest.raises(InvalidPackage):
+        decode_package(data)
+    with pytest.raises(InvalidPackage):
+        open_package(seal_package(pkg, _KEY.public_key()), _KEY)
+    assert decode_package(data, max_bytes=len(data)).n_records == n
