@@ -274,16 +274,19 @@ class Foundation:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Foundation:
         import json
+        import zipfile
+
+        from dmt_model.model_file import read_entries
 
         torch = _import_torch()
         try:
-            with np.load(path, allow_pickle=False) as data:
-                meta = json.loads(bytes(data["meta"]).decode())
-                weights = {k[2:]: torch.from_numpy(data[k].copy()) for k in data.files
-                           if k.startswith("w:")}
+            data = read_entries(Path(path))
+            meta = json.loads(bytes(data["meta"]).decode())
+            weights = {k[2:]: torch.from_numpy(v.copy()) for k, v in data.items()
+                       if k.startswith("w:")}
         except FileNotFoundError:
             raise ModelFileError(f"No foundation model at {path}.") from None
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
             raise ModelFileError(
                 f"{path} is not a dmt foundation model file ({exc}); train one with `dmt train`."
             ) from None

@@ -31,7 +31,7 @@ import numpy as np
 
 from dmt_privacy.errors import ModelFileError
 
-__all__ = ["FoundationArrays", "read_foundation"]
+__all__ = ["FoundationArrays", "read_entries", "read_foundation"]
 
 MODEL_FILE_FORMAT = 1
 _DENSE = re.compile(r"dense\.(\d+)\.(weight|bias)")
@@ -85,6 +85,30 @@ class FoundationArrays:
         return [_Layer(_Parameter(w), _Parameter(b)) for w, b in self.dense]
 
 
+def read_entries(path: Path) -> dict[str, np.ndarray]:
+    """The ``meta`` and ``w:`` entries of the model file (.npz) at ``path``, each read only
+    once its header's shape fits the bytes its entry holds (``ValueError`` if not). Every
+    entry was read first, whatever it was: an unused one inflating to 128 MiB cost that
+    much, and a header declaring 10^14 numbers raised MemoryError (helper-68)."""
+    arrays: dict[str, np.ndarray] = {}
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            name = info.filename.removesuffix(".npy")
+            if name != "meta" and not name.startswith("w:"):
+                continue
+            with archive.open(info) as entry:
+                version = np.lib.format.read_magic(entry)
+                shape, _, dtype = (np.lib.format.read_array_header_1_0(entry) if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0(entry))
+                if dtype.hasobject or int(np.prod(shape, dtype=object)) * dtype.itemsize \
+                        > info.file_size:
+                    raise ValueError(f"its {name!r} entry declares {shape} {dtype} values, "
+                                     f"more than its {info.file_size} bytes hold")
+            with archive.open(info) as entry:
+                arrays[name] = np.lib.format.read_array(entry, allow_pickle=False)
+    return arrays
+
+
 def read_foundation(path: str | os.PathLike[str]) -> FoundationArrays:
     """The featurizer and weights of the model file at ``path``, checked, without torch."""
     from dmt_model.features import Featurizer
@@ -96,8 +120,7 @@ def read_foundation(path: str | os.PathLike[str]) -> FoundationArrays:
                               "with 'dmt train'.")
 
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
+        arrays = read_entries(path)
     except FileNotFoundError:
         raise ModelFileError(f"No foundation model at {path}.") from None
     except IsADirectoryError:

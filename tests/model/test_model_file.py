@@ -80,3 +80,31 @@ def test_weights_that_do_not_chain_are_refused(model_file, tmp_path):
     np.savez(tmp_path / "bad.npz", **arrays)
     with pytest.raises(ModelFileError, match="dense layer 2 takes"):
         read_foundation(tmp_path / "bad.npz")
+
+
+def test_entries_are_read_only_when_used_and_only_as_large_as_they_are(model_file, tmp_path):
+    """Every entry was read before anything was checked: a 1 MB file whose unused entry
+    inflates to 128 MiB cost that much memory, and a header declaring 10^14 numbers raised
+    MemoryError, not ModelFileError (helper-68)."""
+    import tracemalloc
+    import zipfile
+
+    bomb = tmp_path / "bomb.npz"
+    bomb.write_bytes(model_file.read_bytes())
+    with zipfile.ZipFile(bomb, "a", zipfile.ZIP_DEFLATED) as z, z.open("junk.npy", "w") as m:
+        np.lib.format.write_array_header_1_0(
+            m, {"descr": "<f8", "fortran_order": False, "shape": (2**24,)})
+        for _ in range(128):
+            m.write(bytes(1 << 20))
+    assert bomb.stat().st_size < 2 * model_file.stat().st_size + 2**20
+    tracemalloc.start()
+    read_foundation(bomb)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 32 * 2**20
+    huge = tmp_path / "huge.npz"
+    with zipfile.ZipFile(huge, "w") as z, z.open("meta.npy", "w") as m:
+        np.lib.format.write_array_header_1_0(
+            m, {"descr": "<f8", "fortran_order": False, "shape": (10**14,)})
+    with pytest.raises(ModelFileError, match="meta"):
+        read_foundation(huge)
