@@ -280,6 +280,13 @@ class KAnonymizer(TransformerMixin, BaseEstimator):
                 f"Unknown quasi-identifier(s) {unknown!r}: not columns of the data "
                 f"({list(X.columns)!r}). Fix the names in quasi_identifiers."
             )
+        named = [*qis, *([self.sensitive] if self.sensitive is not None else [])]
+        repeated = sorted({repr(c) for c in X.columns[X.columns.duplicated()]
+                           if c in named})
+        if repeated:
+            raise ValidationError(
+                f"The data has more than one column named {', '.join(repeated)}: rename them "
+                "so that each quasi-identifier and the sensitive column is one column.")
         k = self.k
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise AnonymizationError(f"k must be a positive integer, got {k!r}.")

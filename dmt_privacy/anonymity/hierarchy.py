@@ -274,8 +274,11 @@ def interval_hierarchy(
     if not (width > 0 and math.isfinite(width)):
         raise ValidationError(f"interval_hierarchy: width must be positive, got {width!r}.")
 
-    def fmt(x: float) -> str:
-        return str(int(x)) if float(x).is_integer() else f"{x:g}"
+    def fmt(x: float) -> str:  # interval edges: multiples of width, float noise dropped
+        return str(int(x)) if float(x).is_integer() else f"{x:.15g}"
+
+    def leaf(x: float) -> str:  # every digit: 0.1234567 and 0.1234568 were one leaf
+        return str(int(x)) if float(x).is_integer() else repr(float(x))
 
     origin = math.floor(lo / width) * width
     rows: list[tuple[str, ...]] = []
@@ -283,7 +286,7 @@ def interval_hierarchy(
     levels = max(1, math.ceil(math.log(max(n_bins, 2), fanout)))
     for v in vals:
         b = math.floor((v - origin) / width)
-        row = [fmt(v)]
+        row = [leaf(v)]
         span = 1
         for _ in range(levels):
             start = (b // span) * span

@@ -641,6 +641,9 @@ def release_classes(
     snapshot; :class:`dmt_model.server.store.SharedStore` applies the same
     rule to cohorts, so that releases over time cannot be differenced.
     """
+    if not list(quasi_identifiers):
+        raise ValidationError("release_classes: quasi_identifiers is empty; name the columns "
+                              "the classes are formed on.")
     missing = [q for q in quasi_identifiers if q not in records.columns]
     if missing:
         raise ValidationError(

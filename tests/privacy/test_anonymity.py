@@ -313,3 +313,25 @@ def test_cli_anonymize(tmp_path, adult, capsys):
     assert len(written) == len(adult)
     assert_k_anonymous(written, ADULT_QIS, 10)
     assert json.loads(plan.read_text())["privacy"]["k"] == 10
+
+
+def test_interval_hierarchy_keeps_every_value_s_digits():
+    """Leaves were written with 6 significant digits: 0.1234567 and 0.1234568 became one
+    leaf (SchemaError), and 0.1234567 had no row when fitting (helper-66)."""
+    values = [0.1234567, 0.1234568, 0.25, 0.3, 0.75, 1e-9, 123456.789]
+    h = interval_hierarchy(values)
+    assert len(h.leaves) == len(values)
+    frame = pd.DataFrame({"x": values * 3})
+    est = KAnonymizer(["x"], k=3, hierarchies={"x": h}).fit(frame)
+    assert est.report_.n_released == len(frame)
+
+
+def test_repeated_columns_and_no_quasi_identifiers_are_clear_errors():
+    """A frame with two columns named 'a' raised AttributeError ('DataFrame' object has no
+    attribute 'dtype'), and release_classes with no quasi-identifier a numpy ValueError
+    (helper-66)."""
+    frame = pd.DataFrame([[1, 2, 0], [1, 3, 1], [5, 9, 0], [6, 9, 1]], columns=["a", "a", "s"])
+    with pytest.raises(ValidationError, match="more than one column named 'a'"):
+        KAnonymizer(["a"], k=2).fit(frame)
+    with pytest.raises(ValidationError, match="quasi_identifiers is empty"):
+        release_classes(pd.DataFrame({"x": [1, 2]}), [], 1)
