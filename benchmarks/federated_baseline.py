@@ -15,12 +15,17 @@ user's test RMSE, then mean ± std over the seeds:
   without noise, to separate the cost of noise from that of the setting);
 * DP-FedAvg at ε ∈ {1, 4, 8}, δ = 1e-5, with and without personalization.
 
-ε is **user-level** (neighbouring datasets differ by all records of one user)
-and is computed by Opacus' RDP accountant for the Gaussian mechanism (here
+ε is **user-level** (neighbouring datasets differ by all records of one user
+replaced by another user's; the number of users is public) and is computed by
+Opacus' RDP accountant for the Gaussian mechanism at sensitivity 2C (here
 every user takes part in every round, so there is no amplification by
 sampling to claim), composed over the rounds; the noise multiplier is
 calibrated to each target ε for the planned number of rounds, and the ε the
-run reports is the accountant's after the last round. Personalization is what
+run reports is the accountant's after the last round. DP-FedAvg's noise is
+seeded from the seed (``random_state=seed``, NOT secure: it warns, and each
+run's record says ``secure_random: false``) so that a seed's figures repeat
+and the tuning compares clip norms on the same draws; a deployment leaves
+``random_state`` unset and draws from the operating system. Personalization is what
 a DMT device does, ``personalize()`` with the default ``UpdateSettings`` (the
 personal head, a per-user prior, the decision rule) on each user's training
 records, exactly as in ``benchmarks/model_quality.py``.
@@ -124,7 +129,8 @@ def tune(output: Path) -> None:
         for mu in GRID["proximal_mu"]}
     trials["clip_norm"] = {
         f"{c:g}": score(lambda s, c=c: DPFedAvg(replace(DP_FEDAVG, seed=s), clip_norm=c,
-                                                target_epsilon=4.0, delta=DELTA))
+                                                target_epsilon=4.0, delta=DELTA,
+                                                random_state=s))
         for c in GRID["clip_norm"]}
     chosen = {axis: float(min(values, key=values.get)) for axis, values in trials.items()}
     for axis, values in trials.items():
@@ -181,7 +187,8 @@ def main() -> None:
         record("FedAvg, DP settings without noise", head.mean_error)
         for epsilon in EPSILONS:
             strategy = DPFedAvg(replace(DP_FEDAVG, seed=seed), clip_norm=CLIP_NORM,
-                                target_epsilon=epsilon, delta=DELTA)
+                                target_epsilon=epsilon, delta=DELTA,
+                                random_state=seed)  # repeatable, NOT secure: a benchmark
             with warnings.catch_warnings():  # Opacus' note on early, very noisy rounds
                 warnings.simplefilter("ignore", UserWarning)
                 dp = run_federated(sim, strategy, foundation=foundation, personalize=True)

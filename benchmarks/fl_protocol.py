@@ -520,9 +520,9 @@ def fl_strategies(settings: dict[str, Any], seed: int, rounds: int,
                       local_learning_rate=settings["dp_fedavg_learning_rate"],
                       trainable_layers=min(DP_FEDAVG.trainable_layers or layers, layers))
 
-    def dp(epsilon: float) -> Any:
+    def dp(epsilon: float) -> Any:  # noise seeded: a seed's figures repeat (NOT secure, warns)
         return DPFedAvg(private, clip_norm=clip_at(settings, epsilon), target_epsilon=epsilon,
-                        delta=DELTA)
+                        delta=DELTA, random_state=seed)
 
     return fedavg, fedprox, dp
 

@@ -8,10 +8,12 @@ simulated user. Three layers, as in Flower:
 * :mod:`~dmt_model.federated.strategy` — the settings: :class:`FedAvg`,
   :class:`FedProx`, and :class:`DPFedAvg`, which wraps either and holds the
   user-level privacy ledger (:mod:`~dmt_model.federated.accounting`, Opacus'
-  RDP or PRV accountant);
+  RDP or PRV accountant; one user's records replaced by another's, the number
+  of users public);
 * :mod:`~dmt_model.federated.flower` — Flower's strategies (``FedAvg``,
-  ``FedProx``, ``DifferentialPrivacyServerSideFixedClipping``), the client's
-  training step, and the simulation run;
+  ``FedProx``, ``DifferentialPrivacyServerSideFixedClipping``, its noise
+  drawn by :mod:`~dmt_model.federated.noise` from a secure source), the
+  client's training step, and the simulation run;
 * :mod:`~dmt_model.federated.simulation` — :func:`run_federated`, on
   :func:`~dmt_model.datasets.simulate_users`, with optional on-device
   personalization afterwards through the same emulated Core ML update as DMT.
@@ -22,6 +24,7 @@ Example::
     fl = run_federated(sim, FedAvg(rounds=30, client_fraction=0.5), personalize=True)
     dp = run_federated(sim, DPFedAvg(FedAvg(rounds=30), clip_norm=1.0, target_epsilon=4.0))
     dp.epsilon  # user-level, at dp.delta = 1e-5
+    dp.secure_random  # True: the noise came from the operating system's CSPRNG
 
 torch, flwr and ray are imported when a run starts; opacus when a DP strategy is built.
 

@@ -1,12 +1,25 @@
 """The privacy accountant of DP-FedAvg: user-level (ε, δ) of the rounds run so far.
 
-Each DP-FedAvg round is one application of the *Poisson-subsampled Gaussian
-mechanism* to the users: every user is sampled independently with
-probability ``q``, each sampled user's model delta is clipped to L2 norm
-``C`` and the sum gets Gaussian noise of std ``σ·C``. The neighbouring
-datasets differ by **all records of one user** (user-level DP, add/remove
-one user), so ε bounds what the released global models reveal about
-whether any one user took part, whatever their number of records.
+The ledger records rounds of the *subsampled Gaussian mechanism*
+``(noise_multiplier, sampling_rate)``: a query of L2 sensitivity Δ answered
+with Gaussian noise of std ``noise_multiplier · Δ``, each individual sampled
+with probability ``sampling_rate``. It is the generic accountant; what a
+DP-FedAvg round is charged is decided by
+:class:`~dmt_model.federated.DPFedAvg`, which spends it:
+
+* the neighbouring datasets differ by **all records of one user replaced by
+  another user's** (user-level DP, replace-one adjacency; the number of users
+  N is public), so ε bounds what the released global models reveal about any
+  one user's records, whatever their number;
+* a round adds noise of std ``σ·C`` to the sum of the ``m`` clipped updates
+  (Flower: ``σ·C/m`` on their mean), and replacing one user moves that sum by
+  up to ``2C`` (:data:`~dmt_model.federated.strategy.REPLACE_ONE_SENSITIVITY`),
+  so the round is charged at noise multiplier ``σ/2``;
+* at sampling rate 1
+  (:data:`~dmt_model.federated.strategy.ACCOUNTED_SAMPLING_RATE`): Flower
+  samples a fixed ``m`` users without replacement, which the Poisson analysis
+  does not cover, so no amplification is claimed (a valid, conservative bound;
+  at q = 1 it is exact for the Gaussian mechanism).
 
 The composition over rounds is computed by Opacus' accountants (Meta,
 ``opacus.accountants``): ``"rdp"`` (Rényi DP of the subsampled Gaussian,
@@ -77,8 +90,8 @@ def check_noise_multiplier(noise_multiplier: float) -> None:
 class PrivacyAccountant:
     """A ledger of subsampled-Gaussian rounds and the (ε, δ) they add up to.
 
-    Charged by :meth:`DPFedAvg.aggregate <dmt_model.federated.DPFedAvg.aggregate>`
-    itself, once per noisy aggregate, before the aggregate is returned.
+    Charged through :meth:`DPFedAvg.charge_round <dmt_model.federated.DPFedAvg.charge_round>`
+    by Flower's DP strategy itself, once per noisy aggregate it releases.
     """
 
     def __init__(self, accountant: Accountant = "rdp") -> None:

@@ -6,29 +6,37 @@ SuperNode per simulated user (``partition-id`` = the user's index). The
 server side is Flower's own strategy — ``FedAvg``, ``FedProx``, and for DP
 its ``DifferentialPrivacyServerSideFixedClipping`` wrapper (each client's
 update clipped to ``C`` in L2 norm, Gaussian noise of std ``σC/m`` on the
-mean of the ``m`` sampled clients) — and nothing of the arithmetic is ours.
-What this module adds:
+mean of the ``m`` sampled clients) — and of the arithmetic only the noise's
+draws are ours. What this module adds:
 
 * the client's training step, the same as the SDK's trainers (the scale-free
   squared error, SGD or RMSprop, batches reshuffled from a seed of
   ``(seed, round, client)``), with FedProx's proximal term
   ``μ/2 · ‖w − w_global‖²`` (the paper's squared norm) when Flower sends
   ``proximal-mu``;
-* the ledger: Flower's fixed-clipping wrapper is subclassed only to charge
-  the Opacus accountant of :class:`~dmt_model.federated.DPFedAvg` when a noisy
-  aggregate is released, and to refuse a round past ``target_epsilon``
-  before any client trains;
+* the ledger: Flower's fixed-clipping wrapper is subclassed to charge the
+  Opacus accountant of :class:`~dmt_model.federated.DPFedAvg` when a noisy
+  aggregate is released, to refuse a round past ``target_epsilon`` before any
+  client trains, and to refuse to release a round unless all ``m`` sampled
+  clients sent an update (:class:`FederatedRunError`; Flower would average
+  fewer under noise calibrated for ``m``, with a warning);
+* the noise's source: Flower draws it from numpy's global generator, which a
+  seed replays; the wrapper draws it from the strategy's
+  :attr:`~dmt_model.federated.DPFedAvg.noise_source` instead (the operating
+  system's CSPRNG unless ``random_state`` seeds it;
+  :mod:`dmt_model.federated.noise`);
 * per-round measurements (which clients, their loss, update norms and CPU
   seconds of local training, the
   mean per-user test error of the global model via Flower's ``evaluate_fn``).
 
 Client sampling is Flower's (``random.sample`` of ``max(1, round(f·N))``
-nodes once all ``N`` have connected); Flower's global ``random`` and numpy
-generators are seeded from the strategy's seed for the run and restored
+nodes once all ``N`` have connected), from a generator of the strategy's seed
+and the round; the global ``random`` is seeded for the run and restored
 afterwards, the nodes are numbered in the order of the users
 (:func:`_nodes_numbered_in_partition_order`) and the replies are aggregated
-in the order of the clients, not of their arrival, so a run is reproducible
-from its seed.
+in the order of the clients, not of their arrival, so a run without DP, or
+with seeded DP noise, is reproducible from its seeds. Flower's log shows its
+warnings during a run (its notes below WARNING are hidden).
 
 The client app is handed to Ray's worker processes by Ray (cloudpickle):
 that is inside one machine's simulation, not a trust boundary. The clients'
@@ -58,6 +66,7 @@ from typing import Any, cast
 
 import numpy as np
 
+from dmt_model.federated.noise import standard_normal
 from dmt_model.federated.strategy import DPFedAvg, FedAvg, FedProx, Strategy
 from dmt_model.foundation import _import_torch, _rmsprop
 from dmt_privacy.errors import DMTError, MissingDependencyError, ValidationError
@@ -505,6 +514,35 @@ def _client_of(reply: Any) -> tuple[int, float]:
     return (0, float(metrics.get("client", math.inf)))
 
 
+class _ExpectedFlowerNotes(logging.Filter):
+    """Flower's warnings about what every run does on purpose (no federated evaluation:
+    the server evaluates; ``run_simulation``, deprecated in flwr 1.42 for ``flwr run``),
+    dropped during a run so that its other warnings are read."""
+
+    EXPECTED = ("fraction_evaluate is set to 0.0", "`run_simulation` function is deprecated")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(note in message for note in self.EXPECTED)
+
+
+def _refuse_an_incomplete_round(server_round: int, replies: list[Any], sampled: int) -> None:
+    """DP-FedAvg's noise, σC/m on the mean, is calibrated for the mean of m updates: over
+    fewer, each counts for more than the noise hides (and Flower, without an accountant of
+    its own, would release such a round with a warning). Refused unless all m replied with
+    an update."""
+    updates = sum(not reply.has_error() for reply in replies)
+    if updates == sampled and len(replies) == sampled:
+        return
+    failed = len(replies) - updates
+    raise FederatedRunError(
+        f"Round {server_round}: {updates} of the {sampled} sampled clients sent an update "
+        f"({failed} failed, {max(0, sampled - len(replies))} did not reply). DP-FedAvg "
+        f"releases a round only with all {sampled} updates, since its noise is calibrated "
+        "for their mean; nothing was released or charged for this round (the ledger keeps "
+        "the rounds released before it). Find why the clients failed and run again.")
+
+
 def _flower_strategy(strategy: Strategy, n_clients: int, record: Callable[..., Any]) -> Any:
     """Flower's strategy for our settings; DP wraps it as Flower's DP wrappers do."""
     from flwr.serverapp.strategy import (
@@ -548,9 +586,16 @@ def _flower_strategy(strategy: Strategy, n_clients: int, record: Callable[..., A
     if dp is None:
         return inner
     ledger: DPFedAvg = dp
+    if not callable(getattr(DifferentialPrivacyServerSideFixedClipping,
+                            "_add_noise_to_aggregated_arrays", None)):
+        raise MissingDependencyError(
+            "This version of flwr adds its DP noise elsewhere than "
+            "_add_noise_to_aggregated_arrays (flwr 1.42), where DP-FedAvg draws it from a "
+            "secure source instead of numpy's global generator; install flwr 1.42.")
 
     class AccountedServerSideFixedClipping(DifferentialPrivacyServerSideFixedClipping):
-        """Flower's server-side fixed clipping, charging our Opacus ledger per release."""
+        """Flower's server-side fixed clipping, charging our Opacus ledger per release, its
+        noise drawn from the strategy's source, a round released only with all m updates."""
 
         def configure_train(self, server_round: int, arrays: Any, config: Any,
                             grid: Any) -> Iterable[Any]:
@@ -558,10 +603,26 @@ def _flower_strategy(strategy: Strategy, n_clients: int, record: Callable[..., A
             return super().configure_train(server_round, arrays, config, grid)
 
         def aggregate_train(self, server_round: int, replies: Iterable[Any]) -> Any:
+            replies = list(replies)
+            _refuse_an_incomplete_round(server_round, replies, self.num_sampled_clients)
             arrays, metrics = super().aggregate_train(server_round, replies)
             if arrays is not None:
                 ledger.charge_round()
             return arrays, metrics
+
+        def _add_noise_to_aggregated_arrays(self, aggregated_arrays: Any) -> Any:
+            """Flower's noise, std σC/m on the mean, from the strategy's source rather than
+            numpy's global generator (``np.random.normal``, which a seed replays)."""
+            from flwr.app import Array, ArrayRecord
+            from flwr.supercore.differential_privacy import compute_stdv
+
+            std = compute_stdv(self.noise_multiplier, self.clipping_norm,
+                               self.num_sampled_clients)
+            noisy = [array + (std * standard_normal(ledger.noise_source, array.shape)
+                              ).astype(array.dtype)
+                     for array in aggregated_arrays.to_numpy_ndarrays()]
+            return ArrayRecord({key: Array(np.asarray(value)) for key, value in zip(
+                aggregated_arrays.keys(), noisy, strict=True)})
 
     return AccountedServerSideFixedClipping(inner, noise_multiplier=dp.noise_multiplier,
                                             clipping_norm=dp.clip_norm, num_sampled_clients=m)
@@ -648,12 +709,12 @@ def run_rounds(strategy: Strategy, network: Any, train: list[ClientData],
 
     if isinstance(strategy, DPFedAvg):
         strategy.begin(n_clients)
-    saved = random.getstate(), np.random.get_state()  # noqa: NPY002 — restored below
+    saved = random.getstate()
     random.seed(base.seed)  # Flower samples nodes with `random`
-    np.random.seed(base.seed)  # noqa: NPY002 — Flower's DP noise uses the global generator
     flower_log = logging.getLogger("flwr")
-    level = flower_log.level
-    flower_log.setLevel(logging.ERROR)
+    level, expected = flower_log.level, _ExpectedFlowerNotes()
+    flower_log.setLevel(logging.WARNING)  # its round-by-round notes, not its warnings
+    flower_log.addFilter(expected)
     try:
         # Ray keeps each session's logs and sockets in its temporary folder (/tmp/ray) for
         # good; the run's own folder goes when the run ends.
@@ -667,9 +728,9 @@ def run_rounds(strategy: Strategy, network: Any, train: list[ClientData],
                            backend_config={"client_resources": {"num_cpus": 1},
                                            "init_args": _ray_init_args(ray_folder)})
     finally:
-        random.setstate(saved[0])
-        np.random.set_state(saved[1])  # noqa: NPY002
+        random.setstate(saved)
         flower_log.setLevel(level)
+        flower_log.removeFilter(expected)
     if "error" in outcome:
         raise outcome["error"]
     if "arrays" not in outcome or len(logs) != base.rounds:

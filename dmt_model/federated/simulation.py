@@ -99,7 +99,14 @@ class UserResult:
 
 @dataclass(frozen=True)
 class FederatedResult:
-    """Everything :func:`run_federated` measured, and the final global model."""
+    """Everything :func:`run_federated` measured, and the final global model.
+
+    For DP-FedAvg, ``epsilon`` is the user-level ε (at ``delta``) the strategy's ledger
+    holds after the run: of every run of that :class:`~dmt_model.federated.DPFedAvg`
+    so far, with respect to replacing one user's records by another's (the number of
+    users public). ``secure_random`` says whether its noise came from a cryptographically
+    secure source (``False``: a seeded generator, ``random_state=<int>``, whose noise
+    can be replayed); ``None`` without DP."""
 
     strategy: str
     start: str
@@ -112,6 +119,7 @@ class FederatedResult:
     noise_multiplier: float | None = None
     accountant: str | None = None
     seconds: float = math.nan
+    secure_random: bool | None = None
 
     @property
     def error_name(self) -> str:
@@ -155,9 +163,10 @@ class FederatedResult:
             "initial_error": self.initial_error, "mean_error": self.mean_error,
             "mean_personalized_error": self.mean_personalized_error,
             "epsilon": self.epsilon, "delta": self.delta,
-            "privacy_unit": "user-level (add/remove all records of one user)"
-            if self.epsilon is not None else None,
+            "privacy_unit": "user-level (all records of one user replaced by another "
+            "user's; the number of users public)" if self.epsilon is not None else None,
             "noise_multiplier": self.noise_multiplier, "accountant": self.accountant,
+            "secure_random": self.secure_random,
             "seconds": self.seconds,
             "rounds": [vars(r) | {"clients": list(r.clients)} for r in self.rounds],
             "users": [vars(u) for u in self.users],
@@ -337,5 +346,6 @@ def run_federated(
         rounds=tuple(history), users=tuple(users), foundation=model,
         epsilon=dp.epsilon() if dp else None, delta=dp.delta if dp else None,
         noise_multiplier=dp.noise_multiplier if dp else None,
-        accountant=dp.accountant if dp else None, seconds=time.perf_counter() - started)
+        accountant=dp.accountant if dp else None, seconds=time.perf_counter() - started,
+        secure_random=dp.secure_random if dp else None)
 
