@@ -34,6 +34,7 @@ import json
 import math
 import secrets
 import types
+import warnings
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +56,9 @@ from dmt_privacy.package import (
 from dmt_privacy.schema import Kind, Role, Schema
 from dmt_privacy.seal import ServerPublicKey
 from dmt_privacy.store import LocalStore, OutboxEntry
+
+#: The longest modification label a server takes (dmt_model.server.validate's _MAX_LABEL).
+_MAX_MODIFICATION_LABEL = 128
 
 __all__ = ["ShareResult", "SharingPolicy", "share"]
 
@@ -324,6 +328,49 @@ def _select(eligible: pd.DataFrame, policy: SharingPolicy, random_state: Any) ->
     return eligible.iloc[sorted(chosen)]
 
 
+def _warn_if_seeded(name: str, modifier: Any) -> None:
+    """Warn of a modifier (or a pipeline step) with a fixed ``random_state``: it draws the same
+    noise in every package, so two packages differ by exactly their records' difference, and
+    whoever knows the seed draws the noise again and removes it (helper-71)."""
+    from dmt_privacy.dp.random import InsecureRandomnessWarning
+
+    params = modifier.get_params(deep=True) if hasattr(modifier, "get_params") else {}
+    seeded = [f"{key}={value!r}" for key, value in params.items()
+              if key.endswith("random_state") and value is not None]
+    if seeded:
+        warnings.warn(InsecureRandomnessWarning(
+            f"The modifier of {name!r} is seeded ({', '.join(seeded)}): its noise repeats in "
+            "every package and can be drawn again and removed. NOT SECURE, tests only; leave "
+            "random_state=None."), stacklevel=3)
+
+
+def _modification(name: str, modifier: Any, before: pd.Series, after: pd.Series) -> str:
+    """What the receipt says of ``modifier`` on field ``name``: each step of a pipeline by
+    name, and how many of the records it changed. 'photo:Pipeline' said nothing of what
+    ran (a passthrough too), and a replacer that changed no record was claimed all the
+    same (helper-71)."""
+    steps = getattr(modifier, "steps", None)
+    names = ([step if isinstance(step, str) else type(step).__name__ for _, step in steps]
+             if steps else [type(modifier).__name__])
+    changed = sum(not _same(a, b) for a, b in zip(before, after, strict=True))
+    label = f"{name}:{'+'.join(names)} ({changed}/{len(before)} changed)"
+    if len(label) > _MAX_MODIFICATION_LABEL:
+        raise ValidationError(
+            f"The modifier of {name!r} would be named {label!r} in the receipt, longer than "
+            f"the {_MAX_MODIFICATION_LABEL} characters a server takes; use fewer steps. "
+            "Nothing was shared or charged.")
+    return label
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (str, bytes)) or isinstance(b, (str, bytes)):
+        return bool(a == b)
+    try:
+        return bool(np.array_equal(np.asarray(a), np.asarray(b)))
+    except (TypeError, ValueError):
+        return bool(a is b)
+
+
 def _package_receipt(policy: SharingPolicy, modifications: list[str],
                      dp_receipt: ReleaseReceipt | None) -> PrivacyReceipt:
     """The receipt a package under ``policy`` carries: the plan's k, l and t, the local-DP
@@ -446,8 +493,10 @@ def share(
     frame = selected[list(policy.fields)].copy()
     modifications = []
     for name, modifier in policy.modifiers.items():
-        frame[name] = modifier.transform(frame[name])
-        modifications.append(f"{name}:{type(modifier).__name__}")
+        _warn_if_seeded(name, modifier)
+        before = frame[name]
+        frame[name] = modifier.transform(before)
+        modifications.append(_modification(name, modifier, before, frame[name]))
     suppressed: tuple[str, ...] = ()
     if policy.plan is not None:
         anonymized = policy.plan.apply(frame)

@@ -20,6 +20,7 @@ from sklearn.pipeline import make_pipeline
 
 from dmt_model.server import ServerPolicy, SharedStore, ingest
 from dmt_privacy import Field, Schema, ValidationError
+from dmt_privacy.dp.random import InsecureRandomnessWarning
 from dmt_privacy.errors import InvalidPackage
 from dmt_privacy.modify import (
     AudioNoise,
@@ -112,7 +113,8 @@ def flow(tmp_path_factory):
                                   AudioNoise(25.0, random_state=4)),
         },
     )
-    result = share(store, policy, KEY.public_key())
+    with pytest.warns(InsecureRandomnessWarning):  # seeded: the replacements are checked
+        result = share(store, policy, KEY.public_key())
     states = {"after share": (store.count("shared"), store.count("pending"))}
     db = f"sqlite:///{folder / 'server.db'}"
     report = ingest(result.envelope, db, KEY, ServerPolicy(SCHEMA, min_k=5))
@@ -132,7 +134,8 @@ def test_server_accepts_the_package_with_its_modifications(flow):
     assert [o.status for o in flow["report"].outcomes] == ["accepted"]
     assert flow["result"].entry.record_ids == SHARED
     assert flow["result"].receipt.modifications == (
-        "notes:SynonymReplacer", "photo:Pipeline", "memo:Pipeline")
+        "notes:SynonymReplacer (2/2 changed)", "photo:GaussianBlur+ColorCorrection (2/2 changed)",
+        "memo:PitchShift+AudioNoise (2/2 changed)")
     assert len(flow["held"]) == len(SHARED)
 
 
@@ -262,3 +265,38 @@ def test_server_rejects_cells_that_are_not_images_or_audio(tmp_path, field, valu
     [outcome] = report.outcomes
     assert outcome.status == "rejected" and outcome.reason.startswith("bad values")
     assert repr(field) in outcome.reason
+
+
+def _media_store(tmp_path) -> LocalStore:
+    store = LocalStore(tmp_path / "device.db", schema=SCHEMA, user_id="u",
+                       key=LocalStore.generate_key())
+    store.add_records(RECORDS.iloc[:2])
+    return store
+
+
+def test_the_receipt_names_every_step_and_how_many_records_it_changed(tmp_path):
+    """The receipt said 'photo:Pipeline' whatever the pipeline held (a passthrough too), and
+    'notes:SynonymReplacer' for a replacer that changed nothing (helper-71): it now names
+    each step and counts the records whose value the modifier changed."""
+    from sklearn.preprocessing import FunctionTransformer
+
+    policy = SharingPolicy(fields=("notes", "photo", "memo"), modifiers={
+        "notes": SynonymReplacer(rate=0.0),
+        "photo": make_pipeline(FunctionTransformer(), GaussianBlur(sigma=1.2)),
+        "memo": make_pipeline(FunctionTransformer()),
+    })
+    result = share(_media_store(tmp_path), policy, KEY.public_key())
+    assert result.receipt.modifications == (
+        "notes:SynonymReplacer (0/2 changed)",
+        "photo:FunctionTransformer+GaussianBlur (2/2 changed)",
+        "memo:FunctionTransformer (0/2 changed)")
+
+
+def test_a_seeded_modifier_warns_that_it_protects_nothing(tmp_path):
+    """A seeded modifier draws the same noise in every package: two packages then differ by
+    exactly their records' difference, and the noise can be drawn again and removed
+    (helper-71 recovered a clip to 5.6e-17). share() took it without a word."""
+    policy = SharingPolicy(fields=("memo",), modifiers={
+        "memo": make_pipeline(PitchShift(2, sample_rate=RATE), AudioNoise(20.0, random_state=0))})
+    with pytest.warns(InsecureRandomnessWarning, match="memo.*audionoise__random_state=0"):
+        share(_media_store(tmp_path), policy, KEY.public_key())

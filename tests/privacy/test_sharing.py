@@ -273,7 +273,7 @@ def test_modifiers_apply_and_are_named_in_the_receipt(tmp_path):
     result = share(store, policy(modifiers={"note": Upper()}), KEY.public_key())
     package = open_package(result.envelope, KEY)
     assert all(v.startswith("SHARED-") for v in package.columns["note"])
-    assert result.receipt.modifications == ("note:Upper",)
+    assert result.receipt.modifications == ("note:Upper (40/40 changed)",)
 
 
 def test_generalized_values_in_the_package(tmp_path):
