@@ -116,8 +116,13 @@ class _ImageModifier(Modifier):
             return None if item.size[0] * item.size[1] else "the image has no pixels."
         if item.size == 0:
             return f"the image has no pixels (shape {item.shape})."
-        if np.issubdtype(item.dtype, np.floating) and not np.isfinite(item).all():
-            return "the image holds NaN or infinite values; fix them first."
+        if np.issubdtype(item.dtype, np.floating):
+            if not np.isfinite(item).all():
+                return "the image holds NaN or infinite values; fix them first."
+            low, high = float(item.min()), float(item.max())
+            if low < 0.0 or high > 1.0:  # 0..255 floats went white (helper-71)
+                return (f"a float image holds values in [0, 1], and this one spans [{low:g}, "
+                        f"{high:g}]; for 0..255 values divide by 255, or pass uint8.")
         return None
 
     def _modify_item(self, item: Any, rng: np.random.Generator) -> Any:

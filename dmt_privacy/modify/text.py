@@ -58,7 +58,9 @@ __all__ = ["POS_NAMES", "Replacement", "SynonymReplacer", "SynonymReport", "word
 #: WordNet POS letters used here, with their names. Adjective satellites (``s``) count as ``a``.
 POS_NAMES: dict[str, str] = {"n": "noun", "v": "verb", "a": "adjective", "r": "adverb"}
 
-_WORD = re.compile(r"[A-Za-z]+(?:[-'\u2019][A-Za-z]+)*")
+# An ASCII word between characters that are no word characters: the ASCII run inside
+# 'résumé', 'Martínez' or 'mp3player' is no word ('réamounté', helper-71).
+_WORD = re.compile(r"(?<!\w)[A-Za-z]+(?:[-'\u2019][A-Za-z]+)*(?!\w)")
 _LEMMA_OK = re.compile(r"[a-z]+(?:-[a-z]+)*(?: [a-z]+(?:-[a-z]+)*)*")
 
 

@@ -109,3 +109,25 @@ def test_bad_parameters_name_parameter_and_value(modifier, words):
 def test_non_finite_samples_are_refused():
     with pytest.raises(ValidationError, match="NaN"):
         AudioNoise(10.0).transform(np.array([0.1, np.nan]))
+
+
+@pytest.mark.parametrize("modifier", [PitchShift(4, sample_rate=16_000),
+                                      TempoChange(1.5, sample_rate=16_000)])
+def test_a_samples_by_channels_clip_is_refused_not_taken_as_16000_channels(modifier):
+    """soundfile reads (frames, channels): that layout was taken as 16,000 channels of 2
+    samples, so PitchShift left the clip as it was (correlation 1.0) and TempoChange sent the
+    first channel out bit for bit, the receipt claiming both (helper-71)."""
+    t = np.arange(16_000) / 16_000
+    clip = np.stack([np.sin(2 * np.pi * 220 * t), np.sin(2 * np.pi * 330 * t)], axis=1)
+    with pytest.raises(ValidationError, match=r"\(channels, samples\).*\.T"):
+        modifier.transform([clip.astype(np.float32)])
+    assert modifier.transform([clip.T.astype(np.float32)])[0].shape[0] == 2
+
+
+def test_integer_clips_are_worked_on_in_float32():
+    """int16 PCM became float64 before librosa: a 5-minute clip peaked at 55 times its size
+    (helper-71). The work copy is float32, as a float32 clip's is."""
+    from dmt_privacy.modify.audio import _to_float
+
+    work, restore = _to_float(np.zeros(1000, dtype=np.int16))
+    assert work.dtype == np.float32 and restore(work).dtype == np.int16

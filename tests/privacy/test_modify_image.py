@@ -171,3 +171,11 @@ def test_non_images_are_refused():
         GaussianBlur(1.0).transform(np.zeros((4, 4, 7)))
     with pytest.raises(ValidationError, match="unsigned"):
         GaussianBlur(1.0).transform(np.zeros((4, 4), dtype=np.int16))
+
+
+def test_a_float_image_beyond_one_is_refused_not_clipped_white():
+    """A float image in 0..255 was taken to be in [0, 1]: every pixel went to 1.0 (helper-71)."""
+    image = np.full((8, 8, 3), 128.0)
+    with pytest.raises(ValidationError, match=r"\[0, 1\].*255"):
+        GaussianBlur(1.0).transform([image])
+    assert GaussianBlur(1.0).transform([image / 255.0])[0].max() <= 1.0

@@ -212,3 +212,13 @@ def test_found_wordnet_is_a_data_root():
     root = find_wordnet()
     assert (root / "corpora" / "wordnet" / "lexnames").is_file() or \
         (root / "corpora" / "wordnet.zip").is_file()
+
+
+def test_ascii_runs_inside_non_ascii_words_are_not_words(wn):
+    """'résumé' became 'réamounté' and 'Martínez' 'Marketplaceínez': the word pattern took
+    the ASCII run inside a word with other letters for a word (helper-71). A word now
+    ends where letters end, and one with a letter outside ASCII is left alone."""
+    text = "Mr Martínez sent his résumé with an mp3player to Ramírez"
+    out = SynonymReplacer(rate=1.0).transform([text])[0]
+    for word in ("Martínez", "résumé", "Ramírez", "mp3player"):
+        assert word in out
