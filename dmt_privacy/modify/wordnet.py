@@ -30,6 +30,7 @@ import shutil
 import sys
 import threading
 import warnings
+import zipfile
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -110,12 +111,15 @@ def search_paths(data_dir: str | os.PathLike[str] | None = None) -> list[Path]:
 
 
 def _complete(wordnet_dir: Path) -> bool:
-    return all((wordnet_dir / name).is_file() for name in (*WORDNET_FILES, "lexnames"))
+    return all((wordnet_dir / name).is_file() and (wordnet_dir / name).stat().st_size > 0
+               for name in (*WORDNET_FILES, "lexnames"))
 
 
 def _has_wordnet(root: Path) -> bool:
+    """Whether ``root`` holds WordNet that can be read: every file, none empty, or a zip that
+    is one (a broken copy first on NLTK_DATA hid a good one after it: helper-71)."""
     corpora = root / "corpora"
-    return _complete(corpora / "wordnet") or (corpora / "wordnet.zip").is_file()
+    return _complete(corpora / "wordnet") or zipfile.is_zipfile(corpora / "wordnet.zip")
 
 
 def find_wordnet(data_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -167,10 +171,11 @@ def load_wordnet(data_dir: str | os.PathLike[str] | None = None) -> Any:
                 # "multilingual functions are not available": only English is used.
                 warnings.simplefilter("ignore", UserWarning)
                 reader = WordNetCorpusReader(pointer, None)
-        except (LookupError, OSError, ValueError, AssertionError) as exc:
+            reader.synsets("dog")  # files that exist but do not read fail here, not mid-transform
+        except Exception as exc:  # a corrupt zip, an empty or damaged file: all the same to us
             raise MissingDependencyError(
-                f"WordNet under {key} could not be read ({exc}); re-provision it.\n"
-                + install_instructions()
+                f"WordNet under {key} could not be read ({type(exc).__name__}: {exc}); "
+                "re-provision it.\n" + install_instructions()
             ) from exc
         _READERS[key] = reader
         return reader

@@ -86,3 +86,21 @@ def test_search_order_puts_explicit_dir_then_nltk_data_env_first(tmp_path, monke
     paths = wordnet.search_paths(tmp_path / "mine")
     assert paths[:2] == [tmp_path / "mine", tmp_path / "env"]
     assert Path.cwd() / "nltk_data" in paths
+
+
+def test_broken_wordnet_data_is_skipped_or_named_never_a_traceback(tmp_path, monkeypatch):
+    """A corrupt wordnet.zip raised BadZipFile, an empty data.noun an AttributeError in the
+    middle of a transform, and a broken root first on NLTK_DATA hid a good one after it
+    (helper-71)."""
+    good = find_wordnet()
+    zipped = tmp_path / "zipped"
+    (zipped / "corpora").mkdir(parents=True)
+    (zipped / "corpora" / "wordnet.zip").write_bytes(b"not a zip")
+    empty = tmp_path / "empty"
+    shutil.copytree(good / "corpora" / "wordnet", empty / "corpora" / "wordnet")
+    (empty / "corpora" / "wordnet" / "data.noun").write_bytes(b"")
+    for broken in (zipped, empty):
+        with pytest.raises(MissingDependencyError, match=str(broken)):
+            load_wordnet(broken)
+        monkeypatch.setenv("NLTK_DATA", f"{broken}:{good}")
+        assert find_wordnet() == good
