@@ -34,6 +34,10 @@ def snr_db(clean: np.ndarray, noisy: np.ndarray) -> float:
     return float(10.0 * np.log10(np.mean(clean**2) / np.mean(noise**2)))
 
 
+#: More channels than this, and than samples, is a (samples, channels) clip turned round.
+_MAX_CHANNELS = 256
+
+
 def _is_clip(value: Any) -> bool:
     return (isinstance(value, np.ndarray) and value.dtype != object and value.ndim in (1, 2)
             and (np.issubdtype(value.dtype, np.floating)
@@ -79,7 +83,7 @@ class _AudioModifier(Modifier):
             return f"the audio clip has no samples (shape {item.shape})."
         if np.issubdtype(item.dtype, np.floating) and not np.isfinite(item).all():
             return "the audio clip holds NaN or infinite samples; fix them first."
-        if item.ndim == 2 and item.shape[0] > max(item.shape[1], 2):
+        if item.ndim == 2 and item.shape[0] > max(item.shape[1], _MAX_CHANNELS):
             # soundfile reads (frames, channels): taken as 16,000 channels of 2 samples, the
             # clip went out unchanged with the modifier claimed (helper-71)
             return (f"the clip's shape is {item.shape}: (channels, samples) is expected, and "
