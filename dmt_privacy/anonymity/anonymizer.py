@@ -732,35 +732,47 @@ class KAnonymizer(TransformerMixin, BaseEstimator):
     def _unmet_l_t(self, X: pd.DataFrame, class_ids: np.ndarray) -> str:
         """What the classes of ``class_ids`` miss of the plan's l and t, judged on ``X``'s
         sensitive values record by record, as fit judged them ("" if nothing, or if ``X``
-        has no sensitive column); t against the plan's reference with the equal distance,
-        which is never below the hierarchical one a sensitive hierarchy gave fit (so with
-        one this may warn of a class fit judged t-close)."""
+        has no sensitive column). A record without a sensitive value is left out (it
+        raised: helper-72). t is judged only as fit judged it, with the equal distance,
+        against the plan's reference: for a plan fitted here on a categorical sensitive
+        column without a hierarchy (with one, fit's distance is the hierarchical one, and
+        the equal distance warned of classes fit had judged t-close)."""
         plan = self._fitted_plan()
         if (plan.l is None and plan.t is None) or plan.sensitive not in X.columns:
             return ""
-        from dmt_privacy.anonymity.release import ReleaseRule
+        from dmt_privacy.anonymity.release import ReleaseRule, _missing
 
         rows = np.flatnonzero(class_ids >= 0)
-        reference = plan.sensitive_reference
-        judge_t = plan.t is not None and reference is not None
+        values = X[plan.sensitive].to_numpy()[rows]
+        known = np.fromiter((not _missing(v) for v in values), dtype=bool, count=len(values))
+        rows, values = rows[known], values[known]
+        if not rows.size:
+            return ""
+        fitted_flat = (getattr(self, "_reference_", None) is not None
+                       and plan.sensitive not in (self.hierarchies or {}))
+        judge_t = plan.t is not None and plan.sensitive_reference is not None and fitted_flat
         rule = ReleaseRule(k=1, sensitive=plan.sensitive, t=plan.t if judge_t else None,
-                           reference=reference if judge_t else None,
-                           ordered=bool(getattr(plan, "sensitive_ordered", False)))
-        labels, domain = rule._domain(X[plan.sensitive].to_numpy()[rows])
+                           reference=plan.sensitive_reference if judge_t else None)
+        labels, domain = rule._domain(values)
         classes = class_ids[rows]
-        counts = np.zeros((int(classes.max()) + 1, len(domain)))
-        np.add.at(counts, (classes, labels), 1.0)
-        present = counts.sum(axis=1) > 0
+        # (class, value) pairs and their counts: no classes x values matrix (a numeric
+        # sensitive column has as many values as records: helper-72)
+        pairs, counts = np.unique(classes * len(domain) + labels, return_counts=True)
+        of_class = pairs // len(domain)
+        starts = np.flatnonzero(np.r_[True, np.diff(of_class) > 0])
         unmet = []
         if plan.l is not None:
             ldiv = LDiversity(plan.l, plan.l_kind, plan.c)  # type: ignore[arg-type]
-            bad = int((present & ~ldiv.holds(counts)).sum())
+            bad = sum(not ldiv.holds(group[None, :].astype(float))[0]
+                      for group in np.split(counts, starts[1:]))
             if bad:
                 unmet.append(f"{bad} are not l-diverse ({ldiv.describe()})")
         if judge_t:
+            dense = np.zeros((len(starts), len(domain)))
+            dense[np.searchsorted(of_class[starts], of_class), pairs % len(domain)] = counts
             # the plan's reference is rounded to 4 decimals: allow what that moves an EMD
             slack = 0.5 * len(domain) * 1e-4
-            bad = int((present & (rule.emd(counts) > float(plan.t or 0.0) + slack)).sum())
+            bad = int((rule.emd(dense) > float(plan.t or 0.0) + slack).sum())
             if bad:
                 unmet.append(f"{bad} are farther than t={plan.t:g} from the reference")
         return " and ".join(unmet)

@@ -29,6 +29,7 @@ import pandas as pd
 
 from dmt_privacy.anonymity.hierarchy import Hierarchy
 from dmt_privacy.anonymity.release import ReleaseRule
+from dmt_privacy.anonymity.release import _missing as _missing_value
 from dmt_privacy.errors import SchemaError, ValidationError
 from dmt_privacy.schema import finite_reals, row_label
 
@@ -387,6 +388,8 @@ class AnonymizationPlan:
             return True
         if self.t is not None and not self.sensitive_reference:
             return False
+        if any(_missing_value(v) for v in values):
+            return False  # l and t are judged on known values only
         rule = ReleaseRule(k=1, sensitive=self.sensitive or "sensitive", l=self.l,
                            l_kind=self.l_kind, c=self.c, t=self.t,
                            reference=self.sensitive_reference)
@@ -687,6 +690,11 @@ def release_classes(
         bounds = np.flatnonzero(np.diff(group[order])) + 1
         for members in np.split(order, bounds):
             if not keep[members[0]]:
+                continue
+            # a class holding a record without its sensitive value waits: l and t cannot be
+            # judged on it (the rule refuses it; the whole split failed: helper-72)
+            if values is not None and any(_missing_value(v) for v in values[members]):
+                keep[members] = False
                 continue
             if not rule.admits(contributors[members],
                                None if values is None else values[members]):

@@ -96,3 +96,38 @@ def test_transform_warns_when_new_records_break_the_plan_s_t():
     new = pd.DataFrame({"age": X["age"].to_numpy(), "dx": ["hiv"] * 200})
     with pytest.warns(KAnonymityWarning, match="t=0.3"):
         est.transform(new)
+
+
+def _diagnoses(n: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"age": rng.integers(18, 90, n).astype(float),
+                         "zip": rng.choice([f"z{i}" for i in range(20)], n),
+                         "diag": rng.choice(["flu", "cold", "hiv", "hepatitis"], n,
+                                            p=[.4, .3, .2, .1])})
+
+
+def test_transform_of_a_record_without_its_sensitive_value_judges_the_others():
+    """The l check of transform raised on a missing sensitive value (helper-72): new records
+    transformed before it; the record is left out of the judgement now."""
+    X = _diagnoses(2000, 1)
+    est = KAnonymizer(["age", "zip"], k=5, sensitive="diag", l=2).fit(X)
+    Y = X.copy()
+    Y.loc[0, "diag"] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", KAnonymityWarning)
+        est.transform(Y)
+
+
+def test_transform_does_not_warn_of_a_t_fit_judged_with_the_sensitive_hierarchy():
+    """fit judged t with the hierarchical distance, transform with the equal one (never
+    smaller): the fitting table, nothing suppressed, drew warnings for 38 to 59 classes
+    (helper-72)."""
+    X = _diagnoses(3000, 3)
+    hierarchy = {"diag": {"flu": ["resp"], "cold": ["resp"], "hiv": ["blood"],
+                          "hepatitis": ["blood"]}}
+    est = KAnonymizer(["age", "zip"], k=10, sensitive="diag", t=0.15,
+                      hierarchies=hierarchy).fit(X)
+    assert (est.labels_ >= 0).all() and est.report_.t_achieved <= 0.15
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", KAnonymityWarning)
+        est.transform(X)
