@@ -274,7 +274,6 @@ class Foundation:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Foundation:
         import json
-        import zipfile
 
         from dmt_model.model_file import read_entries
 
@@ -286,7 +285,7 @@ class Foundation:
                        if k.startswith("w:")}
         except FileNotFoundError:
             raise ModelFileError(f"No foundation model at {path}.") from None
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+        except (OSError, ValueError, KeyError) as exc:  # read_entries: a damaged file's
             raise ModelFileError(
                 f"{path} is not a dmt foundation model file ({exc}); train one with `dmt train`."
             ) from None

@@ -89,23 +89,31 @@ def read_entries(path: Path) -> dict[str, np.ndarray]:
     """The ``meta`` and ``w:`` entries of the model file (.npz) at ``path``, each read only
     once its header's shape fits the bytes its entry holds (``ValueError`` if not). Every
     entry was read first, whatever it was: an unused one inflating to 128 MiB cost that
-    much, and a header declaring 10^14 numbers raised MemoryError (helper-68)."""
+    much, and a header declaring 10^14 numbers raised MemoryError (helper-68). Whatever a
+    damaged file makes the zip or numpy reader raise (zlib.error, a header that does not
+    parse: helper-72) is a ``ValueError`` too; a missing file is ``FileNotFoundError``."""
     arrays: dict[str, np.ndarray] = {}
-    with zipfile.ZipFile(path) as archive:
-        for info in archive.infolist():
-            name = info.filename.removesuffix(".npy")
-            if name != "meta" and not name.startswith("w:"):
-                continue
-            with archive.open(info) as entry:
-                version = np.lib.format.read_magic(entry)
-                shape, _, dtype = (np.lib.format.read_array_header_1_0(entry) if version == (1, 0)
-                                   else np.lib.format.read_array_header_2_0(entry))
-                if dtype.hasobject or int(np.prod(shape, dtype=object)) * dtype.itemsize \
-                        > info.file_size:
-                    raise ValueError(f"its {name!r} entry declares {shape} {dtype} values, "
-                                     f"more than its {info.file_size} bytes hold")
-            with archive.open(info) as entry:
-                arrays[name] = np.lib.format.read_array(entry, allow_pickle=False)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                name = info.filename.removesuffix(".npy")
+                if name != "meta" and not name.startswith("w:"):
+                    continue
+                with archive.open(info) as entry:
+                    version = np.lib.format.read_magic(entry)
+                    shape, _, dtype = (np.lib.format.read_array_header_1_0(entry)
+                                       if version == (1, 0)
+                                       else np.lib.format.read_array_header_2_0(entry))
+                    if dtype.hasobject or int(np.prod(shape, dtype=object)) * dtype.itemsize \
+                            > info.file_size:
+                        raise ValueError(f"its {name!r} entry declares {shape} {dtype} "
+                                         f"values, more than its {info.file_size} bytes hold")
+                with archive.open(info) as entry:
+                    arrays[name] = np.lib.format.read_array(entry, allow_pickle=False)
+    except (FileNotFoundError, IsADirectoryError, ValueError):
+        raise
+    except Exception as exc:  # every other way a damaged file fails to read
+        raise ValueError(str(exc) or type(exc).__name__) from None
     return arrays
 
 
@@ -125,7 +133,7 @@ def read_foundation(path: str | os.PathLike[str]) -> FoundationArrays:
         raise ModelFileError(f"No foundation model at {path}.") from None
     except IsADirectoryError:
         raise ModelFileError(f"{path} is a directory, not a foundation model file.") from None
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError) as exc:  # read_entries: every other failure is a ValueError
         raise bad(f"it is damaged or truncated: {exc}") from None
     if "meta" not in arrays:
         raise bad("no 'meta' entry")

@@ -363,12 +363,22 @@ def _modification(name: str, modifier: Any, before: pd.Series, after: pd.Series)
 
 
 def _same(a: Any, b: Any) -> bool:
+    """Whether a modifier left a cell as it was: a missing number as missing (NaN is not
+    equal to itself), a list or an array element by element (helper-72)."""
     if isinstance(a, (str, bytes)) or isinstance(b, (str, bytes)):
         return bool(a == b)
     try:
-        return bool(np.array_equal(np.asarray(a), np.asarray(b)))
+        x, y = np.asarray(a), np.asarray(b)
+        if x.dtype.kind in "fc" and y.dtype.kind in "fc":
+            return bool(np.array_equal(x, y, equal_nan=True))
+        if x.dtype != object and y.dtype != object:
+            return bool(np.array_equal(x, y))
+    except (TypeError, ValueError):  # ragged lists
+        pass
+    try:
+        return bool(a == b)
     except (TypeError, ValueError):
-        return bool(a is b)
+        return a is b
 
 
 def _package_receipt(policy: SharingPolicy, modifications: list[str],

@@ -60,7 +60,10 @@ POS_NAMES: dict[str, str] = {"n": "noun", "v": "verb", "a": "adjective", "r": "a
 
 # An ASCII word between characters that are no word characters: the ASCII run inside
 # 'résumé', 'Martínez' or 'mp3player' is no word ('réamounté', helper-71).
-_WORD = re.compile(r"(?<!\w)[A-Za-z]+(?:[-'\u2019][A-Za-z]+)*(?!\w)")
+# Combining marks too: text in NFD puts them after ASCII letters ('café' as 'cafe' + U+0301
+# became 'coffeehousé': helper-72).
+_MARKS = "\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f"
+_WORD = re.compile(rf"(?<![\w{_MARKS}])[A-Za-z]+(?:[-'\u2019][A-Za-z]+)*(?![\w{_MARKS}])")
 _LEMMA_OK = re.compile(r"[a-z]+(?:-[a-z]+)*(?: [a-z]+(?:-[a-z]+)*)*")
 
 

@@ -119,7 +119,20 @@ def _has_wordnet(root: Path) -> bool:
     """Whether ``root`` holds WordNet that can be read: every file, none empty, or a zip that
     is one (a broken copy first on NLTK_DATA hid a good one after it: helper-71)."""
     corpora = root / "corpora"
-    return _complete(corpora / "wordnet") or zipfile.is_zipfile(corpora / "wordnet.zip")
+    return _complete(corpora / "wordnet") or _zip_complete(corpora / "wordnet.zip")
+
+
+def _zip_complete(path: Path) -> bool:
+    """Whether ``path`` is a zip holding WordNet's files (a valid zip of something else hid
+    a good copy after it: helper-72)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = {info.filename for info in archive.infolist() if info.file_size > 0}
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return all(f"wordnet/{name}" in names for name in WORDNET_FILES)
 
 
 def find_wordnet(data_dir: str | os.PathLike[str] | None = None) -> Path:

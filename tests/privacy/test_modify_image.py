@@ -173,9 +173,15 @@ def test_non_images_are_refused():
         GaussianBlur(1.0).transform(np.zeros((4, 4), dtype=np.int16))
 
 
-def test_a_float_image_beyond_one_is_refused_not_clipped_white():
-    """A float image in 0..255 was taken to be in [0, 1]: every pixel went to 1.0 (helper-71)."""
-    image = np.full((8, 8, 3), 128.0)
+@pytest.mark.parametrize("image", [
+    np.full((8, 8, 3), 128.0),  # 0..255 as floats
+    np.random.default_rng(0).integers(0, 16, (8, 8, 3)).astype(float),  # a dark one
+    np.r_[np.full((7, 8), 200.0), np.full((1, 8), -0.5)],  # one pixel below 0
+])
+def test_a_float_image_beyond_zero_to_one_is_refused_not_clipped_white(image):
+    """A float image in 0..255 was taken to be in [0, 1]: every pixel went to 1.0 (helper-71);
+    a rule that refused only images with no negative pixel and one above 16 let a dark
+    image, or one with a pixel at -0.5, go white (helper-72)."""
     with pytest.raises(ValidationError, match=r"\[0, 1\].*255"):
         GaussianBlur(1.0).transform([image])
-    assert GaussianBlur(1.0).transform([image / 255.0])[0].max() <= 1.0
+    assert GaussianBlur(1.0).transform([np.clip(image / 255.0, 0, 1)])[0].max() <= 1.0

@@ -222,3 +222,14 @@ def test_ascii_runs_inside_non_ascii_words_are_not_words(wn):
     out = SynonymReplacer(rate=1.0).transform([text])[0]
     for word in ("Martínez", "résumé", "Ramírez", "mp3player"):
         assert word in out
+
+
+def test_decomposed_accents_keep_words_whole(wn):
+    """Text in NFD (macOS, some keyboards) puts combining marks after ASCII letters, and \\w
+    does not match them: 'café' became 'coffeehousé' (helper-72)."""
+    import unicodedata
+
+    text = unicodedata.normalize("NFD", "a café au lait and a résumé for Señora")
+    out = SynonymReplacer(rate=1.0, min_length=1).transform([text])[0]
+    for word in ("café", "résumé", "Señora"):
+        assert unicodedata.normalize("NFD", word) in out

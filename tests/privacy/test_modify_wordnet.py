@@ -104,3 +104,17 @@ def test_broken_wordnet_data_is_skipped_or_named_never_a_traceback(tmp_path, mon
             load_wordnet(broken)
         monkeypatch.setenv("NLTK_DATA", f"{broken}:{good}")
         assert find_wordnet() == good
+
+
+def test_a_zip_that_holds_no_wordnet_does_not_hide_one_that_does(tmp_path, monkeypatch):
+    """A valid zip without WordNet's files passed the zip check and hid the good copy after it
+    (helper-72)."""
+    import zipfile
+
+    good = find_wordnet()
+    other = tmp_path / "other"
+    (other / "corpora").mkdir(parents=True)
+    with zipfile.ZipFile(other / "corpora" / "wordnet.zip", "w") as archive:
+        archive.writestr("README", "not wordnet")
+    monkeypatch.setenv("NLTK_DATA", f"{other}:{good}")
+    assert find_wordnet() == good

@@ -300,3 +300,18 @@ def test_a_seeded_modifier_warns_that_it_protects_nothing(tmp_path):
         "memo": make_pipeline(PitchShift(2, sample_rate=RATE), AudioNoise(20.0, random_state=0))})
     with pytest.warns(InsecureRandomnessWarning, match="memo.*audionoise__random_state=0"):
         share(_media_store(tmp_path), policy, KEY.public_key())
+
+
+def test_an_unchanged_missing_number_or_list_is_not_counted_changed():
+    """NaN != NaN counted an untouched missing number as changed, and list cells compared by
+    identity (helper-72)."""
+    from sklearn.preprocessing import FunctionTransformer
+
+    from dmt_privacy.sharing import _modification
+
+    numbers = pd.Series([1.0, np.nan, 3.0])
+    assert _modification("x", FunctionTransformer(), numbers, numbers.copy()).endswith(
+        "(0/3 changed)")
+    ragged = pd.Series([[1, 2], [3]], dtype=object)
+    copied = pd.Series([[1, 2], [3]], dtype=object)
+    assert _modification("x", FunctionTransformer(), ragged, copied).endswith("(0/2 changed)")
