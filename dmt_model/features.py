@@ -53,6 +53,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -65,7 +66,16 @@ from dmt_privacy.errors import SchemaError, UnknownCategoryError, ValidationErro
 from dmt_privacy.schema import Kind, Role, Schema, row_label
 from dmt_privacy.tokens import Tokenizer
 
-__all__ = ["FeatureBatch", "Featurizer", "category_codes", "coded_input"]
+__all__ = ["FeatureBatch", "Featurizer", "FloatPrecisionWarning", "category_codes",
+           "coded_input"]
+
+#: |mean| / std above which float32 (7 significant digits) keeps under 1 % of a std's steps.
+_FLOAT32_OFFSET = 1e5
+
+
+class FloatPrecisionWarning(UserWarning):
+    """A number is so far from zero against its spread that float32, which the device model
+    and the foundation compute in, keeps little of that spread: subtract an offset first."""
 
 FEATURIZER_FORMAT = 1
 #: A text field's vocabulary: the proxy texts' tokens seen at least twice, at most 5,000.
@@ -254,12 +264,31 @@ class Featurizer:
                                 max_tokens=int(self.schema[name].max_tokens or 1), field=name)
             for name in self.text_fields}
         self._fit_target(frame)
+        self._warn_of_offsets()
         self.vocabularies_: dict[str, list[Any]] = {}
         for name in self.categorical_fields:
             declared = self.schema[name].categories
             seen = sorted(pd.unique(frame[name]).tolist())
             self.vocabularies_[name] = list(declared) if declared is not None else seen
         return self
+
+    def _warn_of_offsets(self) -> None:
+        """Warn of numbers far from zero against their spread: the device model standardizes
+        in float32, so a timestamp (1.7e9, give or take seconds) kept only 128-second steps
+        and the exported model's RMSE doubled, the server's unchanged (helper-69)."""
+        far = [(name, float(mean), float(scale)) for name, mean, scale in zip(
+            self.numeric_fields, self.mean_, self.scale_, strict=True)
+            if abs(mean) > _FLOAT32_OFFSET * scale]
+        target = self.schema.target
+        if target is not None and abs(self.target_mean_) > _FLOAT32_OFFSET * self.target_scale_:
+            far.append((target.name, self.target_mean_, self.target_scale_))
+        for name, mean, scale in far:
+            warnings.warn(FloatPrecisionWarning(
+                f"{name!r} averages {mean:.6g} with a spread (std) of {scale:.3g}: the models "
+                "compute in float32, which keeps about 7 significant digits, so little of that "
+                f"spread survives. Subtract an offset from {name!r} in the data first (e.g. a "
+                "timestamp minus the start of its day), on the server and on the devices."),
+                stacklevel=3)
 
     def _fit_target(self, frame: pd.DataFrame) -> None:
         """What the target needs to be learned, fitted on the proxy data.
