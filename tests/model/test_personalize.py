@@ -188,3 +188,58 @@ def test_a_users_own_target_beyond_the_sharing_bounds_is_trained_on(personal_mod
     records.iloc[0, records.columns.get_loc("MEDV")] = 63.85
     result = personalize(personal_model, records)
     assert result.out_of_bounds >= 1
+
+
+# Found in review (5 December, helper-69): overrides a device cannot run were not refused by
+# name. epochs=0 raised numpy's ValueError, batch_size=0 a ZeroDivisionError,
+# learning_rate=-1 ran gradient ascent without a word, learning_rate=5 was reported as a
+# diverged update; records given as a numpy array raised an AttributeError.
+@pytest.mark.parametrize("override, words", [
+    ({"epochs": 0}, r"epochs must be a positive integer, got 0"),
+    ({"epochs": 2.5}, r"epochs must be a positive integer, got 2\.5"),
+    ({"batch_size": 0}, r"batch_size must be a positive integer, got 0"),
+    ({"learning_rate": -1.0}, r"learning_rate must be in \(0, 1\].*got -1\.0"),
+    ({"learning_rate": 5}, r"learning_rate must be in \(0, 1\].*got 5"),
+    ({"learning_rate": float("nan")}, r"learning_rate must be in \(0, 1\].*got nan"),
+    ({"shuffle": "no"}, r"shuffle must be True or False, got 'no'"),
+    ({"seed": -1}, r"seed must be a non-negative integer, got -1"),
+    ({"convention": "mean"}, r"convention must be a LossConvention, got 'mean'"),
+    ({"lerning_rate": 0.1}, r"lerning_rate cannot be overridden.*learning_rate"),
+])
+def test_an_override_a_device_cannot_run_is_refused_by_name(personal_model, simulation, foundation,
+                                                           override, words):
+    from dmt_model.personalize import personalized_many, update_specs
+
+    before = personal_model.read_bytes()
+    records = simulation.users[0].train
+    with pytest.raises(ValidationError, match=words):
+        personalize(personal_model, records, **override)
+    assert personal_model.read_bytes() == before
+    spec = build_spec(foundation, updatable=UpdateSettings())
+    with pytest.raises(ValidationError, match=words):
+        personalized_many(spec, [records], **override)
+    # (update_specs names its keywords: Python refuses another with a TypeError naming it)
+    with pytest.raises(TypeError if "lerning_rate" in override else ValidationError,
+                       match="lerning_rate" if "lerning_rate" in override else words):
+        update_specs(spec, [records], **override)
+
+
+def test_records_that_are_not_a_data_frame_are_refused_by_name(personal_model, simulation,
+                                                              foundation):
+    from dmt_model.personalize import adopt_new_version, personalized_many
+
+    before = personal_model.read_bytes()
+    records = simulation.users[0].train
+    for wrong in (records.to_numpy(), records.to_dict("records"), None):
+        with pytest.raises(ValidationError, match=r"records must be a pandas DataFrame.*got "):
+            personalize(personal_model, wrong)
+        with pytest.raises(ValidationError, match=r"device 0: records must be a pandas DataFrame"):
+            personalized_many(build_spec(foundation, updatable=UpdateSettings()), [wrong])
+    with pytest.raises(ValidationError, match=r"records must be a pandas DataFrame.*ndarray"):
+        adopt_new_version(personal_model, personal_model, records.to_numpy(),
+                          shared_records=records)
+    with pytest.raises(ValidationError, match=r"holdout records must be a pandas DataFrame"):
+        personalize(personal_model, records, holdout=records.to_numpy())
+    with pytest.raises(ValidationError, match=r"record_sets must hold one DataFrame per device"):
+        personalized_many(build_spec(foundation, updatable=UpdateSettings()), records)
+    assert personal_model.read_bytes() == before
