@@ -80,6 +80,7 @@ from dmt_model.coreml.evaluate import (
     predict_frame,
     softmax,
 )
+from dmt_model.coreml.export import UpdateSettings, _is_number, _is_whole
 from dmt_model.coreml.validate import validate_updatable
 from dmt_model.coreml.weights import _network, get_weights, set_weights
 from dmt_model.features import Featurizer
@@ -326,42 +327,32 @@ _DIVERGED_SLACK = 10.0
 
 
 #: What a device may override in an update (:func:`update_spec`'s keyword arguments but
-#: ``on_event``), as :class:`~dmt_model.coreml.UpdateSettings` checks them when exported.
+#: ``on_event``); all but ``convention`` are :class:`~dmt_model.coreml.UpdateSettings`'
+#: fields, and are checked by it, as when the model is exported.
 _OVERRIDES = ("learning_rate", "epochs", "batch_size", "shuffle", "seed", "convention")
 
 
 def _checked_overrides(overrides: Mapping[str, Any]) -> None:
     """Refuse an override a device cannot run, naming it and the value (``None``: the
-    model's own): a learning rate outside Core ML's (0, 1] (a negative one ran gradient
-    ascent without a word), a number of epochs or a batch size that is not a positive
-    integer, a shuffle that is not a bool, a negative seed, or an unknown name."""
-    for name, value in overrides.items():
-        if name not in _OVERRIDES:
-            raise ValidationError(
-                f"{name} cannot be overridden; an update's overrides are "
-                f"{', '.join(_OVERRIDES)} (check the spelling).")
-        if value is None:
-            continue
-        if name == "learning_rate" and not (_is_real(value) and 0 < value <= 1):
-            raise ValidationError(
-                f"learning_rate must be in (0, 1] (Core ML's range), got {value!r}; leave it "
-                "out to use the model's own.")
-        if name in ("epochs", "batch_size") and not (
-                _is_integer(value) and value >= 1):
-            raise ValidationError(f"{name} must be a positive integer, got {value!r}; leave "
-                                  "it out to use the model's own.")
-        if name == "shuffle" and not isinstance(value, (bool, np.bool_)):
-            raise ValidationError(f"shuffle must be True or False, got {value!r}.")
-        if name == "seed" and not (_is_integer(value) and value >= 0):
-            raise ValidationError(f"seed must be a non-negative integer, got {value!r}.")
-        if name == "convention" and not isinstance(value, LossConvention):
-            raise ValidationError(
-                f"convention must be a LossConvention, got {value!r}; pass "
-                "LossConvention(reduction='sum') or LossConvention(half=True).")
-
-
-def _is_integer(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    model's own): what :class:`~dmt_model.coreml.UpdateSettings` refuses (a learning rate
+    outside Core ML's (0, 1]: a negative one ran gradient ascent without a word; zero
+    epochs), a convention that is not a :class:`LossConvention`, or an unknown name."""
+    unknown = [name for name in overrides if name not in _OVERRIDES]
+    if unknown:
+        raise ValidationError(
+            f"{unknown[0]} cannot be overridden; an update's overrides are "
+            f"{', '.join(_OVERRIDES)} (check the spelling).")
+    given = {name: value for name, value in overrides.items()
+             if value is not None and name != "convention"}
+    try:
+        UpdateSettings(**given)
+    except ValidationError as exc:
+        raise ValidationError(f"{exc} Leave it out to use the model's own.") from None
+    convention = overrides.get("convention")
+    if convention is not None and not isinstance(convention, LossConvention):
+        raise ValidationError(
+            f"convention must be a LossConvention, got {convention!r}; pass "
+            "LossConvention(reduction='sum') or LossConvention(half=True).")
 
 
 def _require_frame(value: Any, what: str) -> None:
@@ -524,9 +515,6 @@ def _update_specs(
         raise ValidationError(f"on_event reports one update; got {len(lengths)} frames.")
     if not lengths:
         return []
-    _checked_overrides({"learning_rate": learning_rate, "epochs": epochs,
-                        "batch_size": batch_size, "shuffle": shuffle, "seed": seed,
-                        "convention": convention})
     validate_updatable(spec)
     target = _check_records(spec, whole, what="update")
     stored = read_settings(spec)
@@ -983,7 +971,7 @@ class DecisionRule:
         if self.confidence is not None and not 0.5 <= self.confidence < 1:
             raise ValidationError(f"confidence must be in [0.5, 1), got {self.confidence!r}.")
         if self.label_shift is not None and not (
-                _is_real(self.label_shift) and (self.label_shift == 0
+                _is_number(self.label_shift) and (self.label_shift == 0
                                                 or 0.5 <= self.label_shift < 1)):
             raise ValidationError(f"label_shift must be None (the task's), 0 (never asked) or "
                                   f"in [0.5, 1), got {self.label_shift!r}.")
@@ -1047,12 +1035,6 @@ class DecisionRule:
 #: of 27 on one degree of freedom, and 179 of 600 users drawn like the proxy kept an update
 #: (``make_friedman1``; +0.37 % test RMSE, helper-69's review).
 MIN_SCORED_RECORDS = 3
-
-
-def _is_real(value: Any) -> bool:
-    """Whether ``value`` is a real number (not a bool, which Python counts as one)."""
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
-        value, (bool, np.bool_))
 
 
 def _paired_t(improvement: np.ndarray, confidence: float) -> tuple[float, float, float]:
@@ -1597,7 +1579,7 @@ def _plan_update(spec: Any, records: pd.DataFrame, *, holdout: pd.DataFrame | No
     (:func:`_refuse_non_finite`), and cut its checks (:func:`_checked_update`); raises on bad
     input. ``final``: train the final updates in the same pass (not with ``on_event``);
     ``personal``: see :class:`_UpdatePlan`."""
-    if not (_is_integer(seed) and seed >= 0):
+    if not (_is_whole(seed) and seed >= 0):
         raise ValidationError(f"seed must be a non-negative integer, got {seed!r}.")
     rule = rule.for_task(_reading_featurizer(spec).task)
     target = _check_records(spec, records, what="records")

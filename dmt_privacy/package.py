@@ -83,6 +83,8 @@ __all__ = [
     "EXT_ARRAY",
     "EXT_INTERVAL",
     "EXT_VALUE_SET",
+    "MAX_MODIFICATIONS",
+    "MAX_RECEIPT_LABEL",
     "PACKAGE_FORMAT",
     "PACKAGE_FORMAT_TOKEN",
     "PACKAGE_INFO",
@@ -104,6 +106,11 @@ EXT_INTERVAL = 1
 EXT_VALUE_SET = 2
 EXT_ARRAY = 3
 DEFAULT_MAX_RECORDS = 1_000_000
+#: The most modifications a receipt names, and the longest text in a receipt (a
+#: modification's label, a DP receipt's ids): what a server takes (dmt_model.server.validate)
+#: and what share() refuses before any charge.
+MAX_MODIFICATIONS = 32
+MAX_RECEIPT_LABEL = 128
 #: What decode_package / open_package take unless told more: what `dmt serve` takes by default.
 #: Decoding holds up to about 22 times the bytes in Python objects (short strings): 64 MiB,
 #: the default until 5 December, let one package hold 1.3 GiB (helper-68).

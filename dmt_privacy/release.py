@@ -482,8 +482,7 @@ def sign_release(
     now = now or _dt.datetime.now(_dt.timezone.utc)
     policy_sha = None
     if policy_json is not None:
-        raw = policy_json.encode() if isinstance(policy_json, str) else policy_json
-        policy_sha = hashlib.sha256(raw).hexdigest()
+        policy_sha = _policy_sha256(policy_json)
     metadata = ReleaseMetadata(
         name=name, version=version, created=_utc(now), expires=_utc(now + valid_for),
         length=len(model), sha256=hashlib.sha256(model).hexdigest(), schema_id=schema_id,
@@ -588,10 +587,8 @@ def verify_release(
         raise InvalidRelease()
     if metadata.name != name:
         raise InvalidRelease()
-    if policy_json is not None:
-        raw = policy_json.encode() if isinstance(policy_json, str) else policy_json
-        if metadata.policy_sha256 != hashlib.sha256(raw).hexdigest():
-            raise InvalidRelease()
+    if policy_json is not None and not _signed_policy(metadata, policy_json):
+        raise InvalidRelease()
     if installed_version is not None:
         if metadata.version < installed_version or (
                 metadata.version == installed_version and installed_sha256 is not None
@@ -679,14 +676,24 @@ def _check_signed_policy(policy_json: str | bytes, release: VerifiedRelease | No
     if not isinstance(policy_json, (str, bytes)):
         raise ValidationError(f"policy_json must be the policy's JSON (str or bytes), got "
                               f"{type(policy_json).__name__}.")
-    raw = policy_json.encode() if isinstance(policy_json, str) else policy_json
-    signed = release.metadata.policy_sha256
-    if signed is None:
+    if release.metadata.policy_sha256 is None:
         raise InvalidRelease(
             f"Release {release.metadata.name} v{release.metadata.version} names no policy "
             "(published without policy=): it cannot vouch for one.")
-    if not hmac.compare_digest(signed, hashlib.sha256(raw).hexdigest()):
+    if not _signed_policy(release.metadata, policy_json):
         raise InvalidRelease()
+
+
+def _policy_sha256(policy_json: str | bytes) -> str:
+    """What a release signs of the server policy: the SHA-256 of its JSON's bytes."""
+    return hashlib.sha256(policy_json.encode() if isinstance(policy_json, str)
+                          else policy_json).hexdigest()
+
+
+def _signed_policy(metadata: ReleaseMetadata, policy_json: str | bytes) -> bool:
+    """Whether ``policy_json`` is the policy ``metadata`` names (none named: no)."""
+    return metadata.policy_sha256 is not None and hmac.compare_digest(
+        metadata.policy_sha256, _policy_sha256(policy_json))
 
 
 def sharing_policy_from(policy_json: str | bytes, *, release: VerifiedRelease | None = None,

@@ -47,6 +47,7 @@ from dmt_privacy.anonymity.plan import AnonymizationPlan
 from dmt_privacy.dp.receipt import ReleaseReceipt
 from dmt_privacy.errors import AnonymizationError, SchemaError, ValidationError
 from dmt_privacy.package import (
+    MAX_RECEIPT_LABEL,
     PrivacyReceipt,
     SharePackage,
     encode_package,
@@ -56,9 +57,6 @@ from dmt_privacy.package import (
 from dmt_privacy.schema import Kind, Role, Schema
 from dmt_privacy.seal import ServerPublicKey
 from dmt_privacy.store import LocalStore, OutboxEntry
-
-#: The longest modification label a server takes (dmt_model.server.validate's _MAX_LABEL).
-_MAX_MODIFICATION_LABEL = 128
 
 __all__ = ["ShareResult", "SharingPolicy", "share"]
 
@@ -354,10 +352,10 @@ def _modification(name: str, modifier: Any, before: pd.Series, after: pd.Series)
              if steps else [type(modifier).__name__])
     changed = sum(not _same(a, b) for a, b in zip(before, after, strict=True))
     label = f"{name}:{'+'.join(names)} ({changed}/{len(before)} changed)"
-    if len(label) > _MAX_MODIFICATION_LABEL:
+    if len(label) > MAX_RECEIPT_LABEL:
         raise ValidationError(
             f"The modifier of {name!r} would be named {label!r} in the receipt, longer than "
-            f"the {_MAX_MODIFICATION_LABEL} characters a server takes; use fewer steps. "
+            f"the {MAX_RECEIPT_LABEL} characters a server takes; use fewer steps. "
             "Nothing was shared or charged.")
     return label
 

@@ -83,6 +83,15 @@ DENSE_PREFIX = "dense_"
 HEAD = "personal_head"
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, (bool, np.bool_))
+
+
+def _is_whole(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
 @dataclass(frozen=True)
 class UpdateSettings:
     """How Core ML's ``MLUpdateTask`` trains the updatable model on a device.
@@ -121,14 +130,19 @@ class UpdateSettings:
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adam"):
             raise ValidationError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}.")
-        if not 0 < self.learning_rate <= 1:
+        rate = self.learning_rate
+        if not (_is_number(rate) and 0 < rate <= 1):
             raise ValidationError(
-                f"learning_rate must be in (0, 1] (Core ML's range), got {self.learning_rate!r}."
+                f"learning_rate must be in (0, 1] (Core ML's range), got {rate!r}."
             )
         for name in ("batch_size", "epochs", "updatable_layers"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not (_is_whole(value) and value >= 1):
                 raise ValidationError(f"{name} must be a positive integer, got {value!r}.")
+        if not isinstance(self.shuffle, (bool, np.bool_)):
+            raise ValidationError(f"shuffle must be True or False, got {self.shuffle!r}.")
+        if not (_is_whole(self.seed) and self.seed >= 0):
+            raise ValidationError(f"seed must be a non-negative integer, got {self.seed!r}.")
         if not 0 <= self.momentum < 1:
             raise ValidationError(f"momentum must be in [0, 1), got {self.momentum!r}.")
 

@@ -41,15 +41,15 @@ import pandas as pd
 
 from dmt_privacy.dp.receipt import RECEIPT_FORMAT, FieldReceipt
 from dmt_privacy.errors import InvalidPackage
-from dmt_privacy.package import SharePackage
+from dmt_privacy.package import MAX_MODIFICATIONS, MAX_RECEIPT_LABEL, SharePackage
 from dmt_privacy.schema import Kind, Role, Schema
 
 __all__ = ["PackageRefused", "ValidatedPackage", "cell_key", "validate_package"]
 
 #: Relative tolerance of "on the grid" (perturbed values are k × grid as binary64).
 _GRID_TOL = 1e-6
-_MAX_MODIFICATIONS = 32
-_MAX_LABEL = 128
+_MAX_MODIFICATIONS = MAX_MODIFICATIONS
+_MAX_LABEL = MAX_RECEIPT_LABEL
 #: Columns of at most this many numbers are checked without numpy (:func:`_checked_numbers`).
 _SHORT = 16
 _NUMBER_TYPES = frozenset({float, int})
