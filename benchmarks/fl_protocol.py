@@ -165,7 +165,8 @@ Ray, and a seed's devices are personalized in ``--workers`` processes (1 with jo
 neither changes a figure but the seconds.
 Run: ``.venv/bin/python benchmarks/fl_protocol.py [--task T] [--seeds 5]``;
 ``--quick`` is one seed, 60 users and 10 FedAvg rounds, never written into
-``benchmarks/results`` (into ``build/fl_protocol_quick`` instead); ``--tune`` the tuning
+``benchmarks/results`` (into ``build/fl_protocol_quick`` instead), as is a run with
+``--epochs N``, which caps every training's epochs (a smoke run); ``--tune`` the tuning
 run. ``--methods`` runs some of the method families (:data:`METHODS`: ``dmt``,
 ``fedavg``, ``fedprox``, ``dp-fedavg``; default all) — e.g. ``--methods dmt fedavg``
 on your own data — with *nothing shared* always run as the baseline; the table
@@ -1221,7 +1222,8 @@ def risk_table(risk: dict[str, Any]) -> str:
 
 def run_seed(sim: Simulation, task: ProtocolTask, seed: int, *, rounds: int,
              epsilons: tuple[float, ...], settings: dict[str, Any], workers: int = 1,
-             methods: tuple[str, ...] = METHODS) -> dict[str, dict[str, Any]]:
+             methods: tuple[str, ...] = METHODS, epochs: int | None = None
+             ) -> dict[str, dict[str, Any]]:
     """One seed of every method family in ``methods`` (:data:`METHODS`), after the
     baseline "nothing shared": a row per method, in the order of the table.
 
@@ -1230,7 +1232,10 @@ def run_seed(sim: Simulation, task: ProtocolTask, seed: int, *, rounds: int,
     checked on their devices (:func:`device_check`) and reaches every user, held-out ones
     included, only as the check's outcome releases it (:data:`RELEASE_AFTER`). DMT under
     local DP is checked by the held-out devices' own reports (:func:`device_reports`), at
-    the row's ε."""
+    the row's ε. ``epochs`` caps the epochs of the foundation's training and of every
+    retraining (``--epochs``: a smoke run; ``None``, the task's own)."""
+    if epochs is not None:
+        task = replace(task, config=replace(task.config, epochs=min(epochs, task.config.epochs)))
     rows: dict[str, dict[str, Any]] = {}
     started = time.perf_counter()
     foundation = foundation_for(sim, task, seed)
@@ -1573,6 +1578,11 @@ class TaskRun:
             raise ValidationError(
                 f"--methods {' '.join(args.methods)}: the run --first-seed continues ran "
                 f"{' '.join(ran)}; give those methods to continue it.")
+        capped = earlier.get("protocol", {}).get("epochs")
+        if capped != args.epochs:
+            raise ValidationError(
+                f"--epochs {args.epochs}: the run --first-seed continues ran with --epochs "
+                f"{capped}; give the same to continue it.")
         same_protocol(earlier, path)
         self.shapes.extend(earlier["shape_per_seed"])
         self.environments.extend(earlier.get("environment_per_seed")
@@ -1607,7 +1617,7 @@ class TaskRun:
         """What :func:`run_seed` takes besides the users and the seed."""
         return {"rounds": self.args.rounds, "epsilons": self.epsilons,
                 "settings": self.settings, "workers": self.args.workers,
-                "methods": tuple(self.args.methods)}
+                "methods": tuple(self.args.methods), "epochs": self.args.epochs}
 
     def add(self, seed: int, rows: dict[str, dict[str, Any]]) -> None:
         """``seed``'s rows (seeds are added in order); the files written again."""
@@ -1841,6 +1851,10 @@ def _main(argv: list[str] | None) -> None:
                              + " (default all; 'nothing shared' always runs as the "
                              "baseline; --tune tunes every method)")
     parser.add_argument("--quick", action="store_true", help="1 seed, 60 users, 10 rounds")
+    parser.add_argument("--epochs", type=int,
+                        help="cap every foundation's and retraining's epochs (default: the "
+                             "task's own, with early stopping): a smoke run, never written "
+                             "into benchmarks/results (as --quick)")
     parser.add_argument("--tune", action="store_true",
                         help="choose the hyperparameters on seeds 100 and 101 (not reported)")
     parser.add_argument("--no-risk", dest="risk", action="store_false",
@@ -1860,8 +1874,10 @@ def _main(argv: list[str] | None) -> None:
     args.methods = [m for m in METHODS if m in args.methods]  # the table's order, once each
     if args.quick:
         args.seeds = 1
-        if args.output.resolve() == RESULTS.resolve():  # never over the committed results
-            args.output = QUICK_RESULTS
+    if (args.quick or args.epochs is not None) and args.output.resolve() == RESULTS.resolve():
+        args.output = QUICK_RESULTS  # never over the committed results
+    if args.epochs is not None and (args.epochs < 1 or args.tune):
+        parser.error(f"--epochs must be 1 or more, and is not for --tune; got {args.epochs}")
     for name in ("jobs", "workers"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be 1 or more, got {getattr(args, name)}")

@@ -23,6 +23,11 @@ import fl_protocol  # noqa: E402
 from dmt_model.datasets import load_friedman  # noqa: E402
 from dmt_privacy.errors import ValidationError  # noqa: E402
 
+#: ``--epochs`` of the tests that run seeds end to end: what they check (rows, files, jobs,
+#: risks, errors) does not depend on how well the foundation trained, and the task's own
+#: 500 epochs with early stopping took about half of their CPU seconds.
+SMOKE_EPOCHS = 30
+
 
 def test_the_protocol_has_power_law_users_and_a_proxy_that_misses_their_region():
     sim = fl_protocol.open_protocol(load_friedman(6000, seed=0), n_users=120, seed=0)
@@ -90,6 +95,7 @@ def test_the_text_rows_synonyms_are_drawn_from_the_seed_so_a_seed_reproduces():
 def test_quick_run_writes_every_row_with_privacy_cost_and_risk(tmp_path, task, workers,
                                                                 methods):
     fl_protocol.main(["--task", task, "--quick", "--users", "12", "--rounds", "1",
+                      "--epochs", str(SMOKE_EPOCHS),
                       "--epsilons", "4", "--workers", str(workers), "--methods", *methods,
                       *(["--no-risk"] if task == "synthetic" else []),
                       "--output", str(tmp_path)])
@@ -231,6 +237,7 @@ def test_seeds_run_in_jobs_give_the_figures_of_one_after_the_other(tmp_path):
     time; --jobs runs seeds at once in processes of their own (each with its own Ray). Every
     seed's rows and shape are the same but for the seconds."""
     argv = ["--task", "friedman", "--seeds", "2", "--users", "12", "--rounds", "1",
+            "--epochs", str(SMOKE_EPOCHS),
             "--epsilons", "4", "--methods", "dp-fedavg", "--no-risk"]
     for jobs in (1, 2):
         fl_protocol.main([*argv, "--jobs", str(jobs), "--output", str(tmp_path / str(jobs))])
@@ -310,6 +317,7 @@ def test_a_tasks_risks_are_a_job_of_their_own_with_the_same_figures(tmp_path, mo
     if not (Path(fl_protocol.__file__).parents[1] / ".venv-risk" / "bin" / "python").exists():
         pytest.skip("anonymeter's environment is missing: `make risk-env`")
     argv = ["--task", "friedman", "--seeds", "2", "--users", "12", "--rounds", "1",
+            "--epochs", str(SMOKE_EPOCHS),
             "--epsilons", "4", "--methods", "dmt"]
     fl_protocol.main([*argv, "--jobs", "1", "--output", str(tmp_path / "1")])
 
@@ -332,6 +340,7 @@ def test_a_seed_that_fails_in_a_job_ends_the_run_with_its_error(tmp_path):
     seed's own."""
     with pytest.raises(ValidationError, match="target_epsilon must be a positive number"):
         fl_protocol.main(["--task", "friedman", "--seeds", "4", "--users", "12", "--rounds", "1",
+                          "--epochs", str(SMOKE_EPOCHS),
                           "--epsilons", "-1", "--methods", "dp-fedavg", "--no-risk",
                           "--jobs", "2", "--output", str(tmp_path)])
     assert not (tmp_path / "federated_protocol_friedman.json").exists()  # no seed finished
@@ -676,6 +685,40 @@ def test_describing_or_a_quick_run_never_replaces_the_committed_results(tmp_path
     (chosen,) = _run_args(monkeypatch, ["--task", "friedman", "--quick", "--output",
                                         str(tmp_path)])
     assert chosen.output == tmp_path
+
+
+def test_capped_epochs_are_a_smoke_run_of_their_own(tmp_path, monkeypatch):
+    """``--epochs`` caps every training's epochs (the tests' runs): such a run never writes
+    into the committed results, and never continues a run of the task's own epochs."""
+    path = tmp_path / "federated_protocol_friedman.json"
+    path.write_text(json.dumps({"protocol_version": fl_protocol.PROTOCOL_VERSION,
+                                "protocol": {"methods": list(fl_protocol.METHODS)},
+                                "per_seed": [{}], "shape_per_seed": [{}]}))
+    with pytest.raises(ValidationError, match="--epochs 30: the run --first-seed continues"):
+        fl_protocol.main(["--task", "friedman", "--users", "12", "--first-seed", "1",
+                          "--epochs", "30", "--jobs", "1", "--output", str(tmp_path)])
+    (capped,) = _run_args(monkeypatch, ["--task", "friedman", "--epochs", "30"])
+    assert capped.output == fl_protocol.QUICK_RESULTS and capped.epochs == 30
+    for argv in (["--epochs", "0"], ["--epochs", "30", "--tune"]):
+        with pytest.raises(SystemExit):
+            fl_protocol.main(["--task", "friedman", *argv, "--jobs", "1"])
+    trained = []
+
+    class Stop(Exception):
+        pass
+
+    def foundation_for(sim, task, seed):
+        trained.append(task.config.epochs)
+        raise Stop
+
+    monkeypatch.setattr(fl_protocol, "foundation_for", foundation_for)
+    sim = fl_protocol.TASKS["friedman"].simulate(0, 12)
+    for epochs, expected in ((None, fl_protocol.TASKS["friedman"].config.epochs), (30, 30),
+                             (10**6, fl_protocol.TASKS["friedman"].config.epochs)):
+        with pytest.raises(Stop):
+            fl_protocol.run_seed(sim, fl_protocol.TASKS["friedman"], 0, rounds=1,
+                                 epsilons=(4.0,), settings={}, epochs=epochs)
+        assert trained[-1] == expected
 
 
 def test_beyond_edge_steps_past_the_end_the_best_trial_sits_at():
