@@ -28,6 +28,7 @@ __all__ = [
     "RandomSource",
     "SeededInsecureSource",
     "SystemSource",
+    "numpy_generator",
     "resolve_source",
 ]
 
@@ -199,3 +200,22 @@ def resolve_source(random_state: Any) -> RandomSource:
         f"random_state must be None (secure, the default), an int seed (NOT secure, "
         f"for tests) or a RandomSource; got {random_state!r}."
     )
+
+
+def numpy_generator(random_state: Any = None) -> np.random.Generator:
+    """A numpy ``Generator`` for a ``random_state`` argument of the modifiers.
+
+    ``None`` (the default) gives ChaCha20 (randomgen's ``ChaCha``, 20 rounds), a
+    cryptographically secure stream keyed with 256 bits of ``os.urandom``: an image's,
+    clip's or text's modification shows draws of it (a silent lead-in shows the raw
+    noise), and from PCG64's outputs its state, and so every other draw of the call,
+    can be recovered. An integer or a ``Generator`` gives ``numpy.random.default_rng``'s
+    (reproducible, NOT secure: for tests and studies).
+    """
+    if random_state is not None:
+        return np.random.default_rng(random_state)
+    from randomgen import ChaCha
+
+    key = int.from_bytes(os.urandom(32), "little")
+    return np.random.Generator(ChaCha(key=key, rounds=20))
+

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
+from dmt_privacy.dp.random import numpy_generator
 from dmt_privacy.errors import ValidationError
 
 __all__ = ["Modifier", "check_number"]
@@ -105,7 +106,7 @@ class Modifier(TransformerMixin, BaseEstimator, ABC):  # type: ignore[misc]
     def transform(self, X: Any) -> Any:
         """Modified copies of the items of ``X``, in a container of the same kind."""
         self._check_params()
-        rng = np.random.default_rng(getattr(self, "random_state", None))
+        rng = numpy_generator(getattr(self, "random_state", None))
         return self._map(X, lambda item: self._modify_item(item, rng))
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:

@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from dmt_privacy.dp.random import numpy_generator
 from dmt_privacy.errors import ValidationError
 from dmt_privacy.modify._base import Modifier, check_number
 
@@ -301,7 +302,7 @@ class SynonymReplacer(Modifier):
         stop_words = self._stop_words()
         protected = self._protected_pattern()
         rate = float(self.rate)
-        rng = np.random.default_rng(self.random_state)
+        rng = numpy_generator(self.random_state)
         tally = {"texts": 0, "words": 0, "stop": 0, "protected": 0, "replaceable": 0}
         replacements: list[Replacement] = []
 
