@@ -16,13 +16,19 @@ $(PY):
 	$(PIP) install --quiet --upgrade pip
 
 # torch first, pinned: on the project's machines this pin is a local CPU build;
-# any other request would pull a multi-gigabyte CUDA build. pip byte-compiles what it
-# installs (about 110 of its 180 s here), and must: with PYTHONDONTWRITEBYTECODE set, as
-# on the project's machines, Python would otherwise compile torch and the rest from source
-# in every process that imports them (a clean-checkout `make test` ran twice as long).
+# any other request would pull a multi-gigabyte CUDA build. What is installed must be
+# byte-compiled: with PYTHONDONTWRITEBYTECODE set, as on the project's machines, Python
+# would otherwise compile torch and the rest from source in every process that imports
+# them (a clean-checkout `make test` ran twice as long). pip compiles one file after the
+# other (about 110 of its 180 s here); compileall does it on every core. A file it cannot
+# compile (torch ships a file of Python 3.12 syntax) only costs that file's import time, as
+# under pip, so compileall's exit status and its list of such files are not shown; a
+# site-packages folder that is not there stops the install.
 $(STAMP): pyproject.toml | $(PY)
-	$(PIP) install --quiet "torch==2.13.0"
-	$(PIP) install --quiet -e ".[model,server,federated,audio,image,dev,bench,executorch]"
+	$(PIP) install --quiet --no-compile "torch==2.13.0"
+	$(PIP) install --quiet --no-compile -e ".[model,server,federated,audio,image,dev,bench,executorch]"
+	site=$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') && \
+	  test -d "$$site" && { $(PY) -m compileall -q -j 0 "$$site" >/dev/null || true; }
 	touch $(STAMP)
 
 # WordNet 3.0 for nltk, offline: Debian's packages where apt-get exists, then a copy

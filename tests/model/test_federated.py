@@ -447,8 +447,11 @@ def test_dp_fedavg_on_flower_clips_adds_noise_reports_epsilon_and_repeats_when_s
                                trainable_layers=2, seed=3),
                         clip_norm=1e-3, target_epsilon=8.0, random_state=3)
 
+    from dmt_model.federated import ray_session
+
     strategies = strategy(), strategy()
-    first, second = (run_federated(sim, s, foundation=foundation) for s in strategies)
+    with ray_session():  # (one Ray for both: each run is what it is alone, test above)
+        first, second = [run_federated(sim, s, foundation=foundation) for s in strategies]
     # charged with no amplification by sampling, at sensitivity 2C (one user replaced)
     sigma = strategies[0].noise_multiplier / 2
     assert first.epsilon == pytest.approx(
