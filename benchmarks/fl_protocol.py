@@ -166,7 +166,8 @@ neither changes a figure but the seconds.
 Run: ``.venv/bin/python benchmarks/fl_protocol.py [--task T] [--seeds 5]``;
 ``--quick`` is one seed, 60 users and 10 FedAvg rounds, never written into
 ``benchmarks/results`` (into ``build/fl_protocol_quick`` instead), as is a run with
-``--epochs N``, which caps every training's epochs (a smoke run); ``--tune`` the tuning
+``--epochs N``, which caps the foundation's and DMT's retrainings' epochs (a smoke run);
+``--tune`` the tuning
 run. ``--methods`` runs some of the method families (:data:`METHODS`: ``dmt``,
 ``fedavg``, ``fedprox``, ``dp-fedavg``; default all) — e.g. ``--methods dmt fedavg``
 on your own data — with *nothing shared* always run as the baseline; the table
@@ -1852,9 +1853,9 @@ def _main(argv: list[str] | None) -> None:
                              "baseline; --tune tunes every method)")
     parser.add_argument("--quick", action="store_true", help="1 seed, 60 users, 10 rounds")
     parser.add_argument("--epochs", type=int,
-                        help="cap every foundation's and retraining's epochs (default: the "
-                             "task's own, with early stopping): a smoke run, never written "
-                             "into benchmarks/results (as --quick)")
+                        help="cap the epochs of the foundation's training and of DMT's "
+                             "retrainings (default: the task's own, with early stopping): a "
+                             "smoke run, never written into benchmarks/results (as --quick)")
     parser.add_argument("--tune", action="store_true",
                         help="choose the hyperparameters on seeds 100 and 101 (not reported)")
     parser.add_argument("--no-risk", dest="risk", action="store_false",

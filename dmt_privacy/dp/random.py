@@ -209,8 +209,8 @@ def numpy_generator(random_state: Any = None) -> np.random.Generator:
     cryptographically secure stream keyed with 256 bits of ``os.urandom``: an image's,
     clip's or text's modification shows draws of it (a silent lead-in shows the raw
     noise), and from PCG64's outputs its state, and so every other draw of the call,
-    can be recovered. An integer or a ``Generator`` gives ``numpy.random.default_rng``'s
-    (reproducible, NOT secure: for tests and studies).
+    can be recovered. An integer gives ``numpy.random.default_rng``'s PCG64 (reproducible,
+    NOT secure: for tests and studies); a ``Generator`` is used as given.
     """
     if random_state is not None:
         return np.random.default_rng(random_state)
@@ -218,4 +218,3 @@ def numpy_generator(random_state: Any = None) -> np.random.Generator:
 
     key = int.from_bytes(os.urandom(32), "little")
     return np.random.Generator(ChaCha(key=key, rounds=20))
-

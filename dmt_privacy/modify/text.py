@@ -203,7 +203,9 @@ class SynonymReplacer(Modifier):
         An nltk data root holding ``corpora/wordnet``; default: searched as in
         :mod:`dmt_privacy.modify.wordnet`.
     random_state:
-        Seed (int) or ``numpy.random.Generator``; ``None`` draws fresh entropy.
+        Seed (int) or ``numpy.random.Generator``, reproducible and not secure (tests and
+        studies); ``None`` (the default) draws from ChaCha20 keyed by ``os.urandom``
+        (:func:`dmt_privacy.dp.random.numpy_generator`).
 
     After :meth:`transform`, ``report_`` holds the :class:`SynonymReport` of
     that call; :meth:`transform_with_report` returns it instead.
