@@ -9,9 +9,11 @@ records, and ``personalized_many`` decides every user's update with
 
 * **now**: the defaults, the regression's rule at 90 % and, below 30 records to score,
   the prior grid's strongest prior, or a weaker one better at 99 % on 3 or 4 records and
-  at 97.5 % from 5 (``Task.few_records``, ``FEW_RECORDS_CONFIDENCE``);
-* **99 %**: the same with a weaker prior better at 99 % at any size from 3 records, the
-  first fix of the harm below;
+  at 97.5 % from 5 (``Task.few_records``, ``FEW_RECORDS_CONFIDENCE``),
+  and a weaker prior only if its update is also better than the strongest prior's (at
+  that confidence below 30 records, at 90 % from 30);
+* **5 Dec**: the rule until 5 December, as *now* but a weaker prior's update compared
+  with the current model only, and any prior chosen from 30 records;
 * **before**: the rule at 50 % (``DecisionRule(confidence=0.5)``) and any prior of the
   grid at any size (``few_records`` 0), the defaults until 4 December.
 
@@ -21,7 +23,11 @@ change, and the share of users worse off. Writes ``benchmarks/results/
 personalization_few_records.json`` and ``.md``.
 
     python benchmarks/personalization_few_records.py [--seeds 2 3] [--records 2 3 5 7 10 20 50]
+    python benchmarks/personalization_few_records.py --truth --seeds 0 1 2 3 4 5 \
+        --records 5 10 20 40 --spreads 0 0.1 [--proxy 2000]
     python benchmarks/personalization_few_records.py --datasets boston friedman star98
+    python benchmarks/personalization_few_records.py --classifier --seeds 0 1 2 \
+        --records 5 10 20 40
 
 The second form runs the three rules on model_quality's simulated users of other
 regression data sets (10 seeds), into ``personalization_few_records_datasets``.
@@ -32,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -52,17 +59,27 @@ SCHEMA = Schema(name="friedman1", fields=tuple(
     + [Field("y", "numeric", bounds=(-30.0, 60.0), role="target")]))
 
 
-def users_of(n: int, spread: float, seed: int) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
-    """The proxy, and each user's ``n`` training then 100 test records."""
-    X, y = make_friedman1(N_PROXY + N_USERS * (n + N_TEST), 10, noise=1.0, random_state=seed)
+def users_of(n: int, spread: float, seed: int, truth: bool = False, proxy: int = N_PROXY
+             ) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
+    """The proxy (``proxy`` records), and each user's ``n`` training then 100 test records;
+    with ``truth`` the test records' targets are the noiseless function (the same draws
+    without the noise)."""
+    size = proxy + N_USERS * (n + N_TEST)
+    X, y = make_friedman1(size, 10, noise=1.0, random_state=seed)
     frame = pd.DataFrame(X, columns=[f"x{i}" for i in range(10)]).assign(y=y)
+    if truth:  # (the noise is drawn after the inputs: the same inputs, y without it)
+        exact = make_friedman1(size, 10, noise=0.0, random_state=seed)[1]
+        test = np.zeros(size, dtype=bool)
+        for u in range(N_USERS):
+            test[proxy + u * (n + N_TEST) + n:proxy + (u + 1) * (n + N_TEST)] = True
+        frame.loc[test, "y"] = exact[test]
     factors = np.random.default_rng(seed).uniform(1 - spread, 1 + spread, N_USERS)
     users = []
     for u in range(N_USERS):
-        block = frame.iloc[N_PROXY + u * (n + N_TEST):][:n + N_TEST].copy()
+        block = frame.iloc[proxy + u * (n + N_TEST):][:n + N_TEST].copy()
         block["y"] *= factors[u]
         users.append(block)
-    return frame.iloc[:N_PROXY], users
+    return frame.iloc[:proxy], users
 
 
 def rmse(model, records: pd.DataFrame, target: str = "y") -> float:
@@ -70,31 +87,53 @@ def rmse(model, records: pd.DataFrame, target: str = "y") -> float:
 
 
 #: The rules compared, in the table's order (the module's docstring).
-RULES = ("before", "99 %", "now")
+RULES = ("before", "5 Dec", "now")
+
+
+def _eligible_priors_5_december(grid, before, after, rule, task, *, label_shift=False):
+    """``personalize._eligible_priors`` until 5 December (for *5 Dec*): below
+    ``few_records``, a weaker prior's update compared with the current model only; from
+    ``few_records``, every prior of the grid."""
+    few = rule.few_records if rule.few_records is not None else max(
+        task.few_records, personalize_module.LABEL_SHIFT_FEW_RECORDS if label_shift else 0)
+    if len(before) >= few:
+        return grid
+    strongest = max(grid)
+    levels = [confidence for least, confidence in personalize_module.FEW_RECORDS_CONFIDENCE
+              if len(before) >= least]
+    if rule.prefer != "current" or not levels:
+        return [strongest]
+    strict = replace(rule, confidence=max(levels[-1], rule.confidence or 0.0))
+    return [strongest] + [prior for prior in grid if prior != strongest
+                          and strict.decide(before, after[prior])[0]]
 
 
 def under_rule(name: str, spec, record_sets: list[pd.DataFrame]) -> list:
-    """``personalized_many`` under one of :data:`RULES`: *now*; *99 %* (the first fix: the
-    strongest prior, a weaker one only at 99 %); *before* (until 4 December: any prior, an
-    update kept at 50 %)."""
-    default, levels = Regression.few_records, personalize_module.FEW_RECORDS_CONFIDENCE
-    rule, few, confidence = {"now": (None, default, levels),
-                             "99 %": (None, default, ((3, 0.99),)),
-                             "before": (DecisionRule(confidence=0.5), 0, levels)}[name]
-    Regression.few_records, personalize_module.FEW_RECORDS_CONFIDENCE = few, confidence
+    """``personalized_many`` under one of :data:`RULES`: *now*; *5 Dec* (a weaker prior
+    against the current model only); *before* (until 4 December: any prior, an update
+    kept at 50 %)."""
+    eligible = personalize_module._eligible_priors
+    rule, few = {"now": (None, Regression.few_records),
+                 "5 Dec": (None, Regression.few_records),
+                 "before": (DecisionRule(confidence=0.5), 0)}[name]
+    default = Regression.few_records
+    Regression.few_records = few
+    if name == "5 Dec":
+        personalize_module._eligible_priors = _eligible_priors_5_december
     try:
         return personalized_many(spec, record_sets, rule=rule)
     finally:
-        Regression.few_records, personalize_module.FEW_RECORDS_CONFIDENCE = default, levels
+        Regression.few_records, personalize_module._eligible_priors = default, eligible
 
 
-def one(n: int, spread: float, seed: int) -> dict[str, dict[str, float]]:
-    proxy, users = users_of(n, spread, seed)
+def one(n: int, spread: float, seed: int, truth: bool = False, proxy_records: int = N_PROXY
+        ) -> dict[str, dict[str, float]]:
+    proxy, users = users_of(n, spread, seed, truth, proxy_records)
     foundation = build_spec(train_foundation(proxy, SCHEMA, TrainingConfig(epochs=500, seed=0)),
                             updatable=UpdateSettings())
     before = np.array([rmse(foundation, u.iloc[n:]) for u in users])
     out = {}
-    for name in ("now", "99 %", "before"):
+    for name in RULES:
         held = under_rule(name, foundation, [u.iloc[:n] for u in users])
         after = np.array([rmse(model, u.iloc[n:])
                           for (model, _), u in zip(held, users, strict=True)])
@@ -147,17 +186,87 @@ def on_simulated_users(names: list[str], seeds: int, output: Path) -> None:
     output.mkdir(parents=True, exist_ok=True)
     (output / "personalization_few_records_datasets.json").write_text(json.dumps(
         {"rows": rows, "seconds": time.perf_counter() - started}, indent=1))
-    lines = ["| data set | h | before: change from v1 | 99 %: change from v1 | "
-             "now: change from v1 | seeds where now is worse than 99 % / than before |",
+    lines = ["| data set | h | before: change from v1 | 5 Dec: change from v1 | "
+             "now: change from v1 | seeds where now is worse than 5 Dec / than before |",
              "|---|---|---|---|---|---|"]
     for row in rows:
         worse = [sum(a > b + 1e-12 for a, b in zip(row["per_seed"]["now"],
                                                    row["per_seed"][rule], strict=True))
-                 for rule in ("99 %", "before")]
+                 for rule in ("5 Dec", "before")]
         lines.append(f"| {row['dataset']} | {row['h']:g} | {row['before']:+.1%} | "
-                     f"{row['99 %']:+.1%} | {row['now']:+.1%} | {worse[0]} / {worse[1]} "
+                     f"{row['5 Dec']:+.1%} | {row['now']:+.1%} | {worse[0]} / {worse[1]} "
                      f"of {row['seeds']} |")
     (output / "personalization_few_records_datasets.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def on_classifier_users(seeds: list[int], records: list[int], output: Path) -> None:
+    """*5 Dec* against *now* on a classifier's users (``make_classification``: 8 inputs, 85/15
+    labels, 10 % of them flipped; the foundation trained on 2,000 records): 60 users a seed
+    drawn like the proxy (nothing to learn but chance) and 60 whose labels are half
+    positive (a label shift to learn), each ``n`` training and 200 unseen records; the mean
+    per-user change of unseen log loss. Writes ``personalization_few_records_classifier``
+    ``.json`` and ``.md``."""
+    from sklearn.datasets import make_classification
+
+    from dmt_privacy.schema import Kind, Role
+
+    started = time.perf_counter()
+    names = [f"x{i}" for i in range(8)]
+    schema = Schema((*(Field(c, Kind.NUMERIC) for c in names),
+                     Field("y", Kind.CATEGORICAL, role=Role.TARGET, categories=("neg", "pos"))))
+
+    def log_loss(model, frame: pd.DataFrame) -> float:
+        p = predict_frame(model, frame)
+        positive = (frame["y"] == "pos").to_numpy().astype(int)
+        return float(-np.log(np.clip(p[np.arange(len(frame)), positive], 1e-7, 1)).mean())
+
+    rules = ("5 Dec", "now")
+    per: dict[tuple[int, str], dict[str, list[float]]] = {}
+    for seed in seeds:
+        X, y = make_classification(n_samples=42000, n_features=8, n_informative=5,
+                                   weights=[0.85, 0.15], flip_y=0.1, random_state=seed)
+        frame = pd.DataFrame(X, columns=names).assign(y=np.where(y == 1, "pos", "neg"))
+        foundation = build_spec(train_foundation(frame.iloc[:2000], schema, TrainingConfig(
+            seed=seed, early_stopping=0.1)), updatable=UpdateSettings())
+        rest = frame.iloc[2000:].reset_index(drop=True)
+        positive, negative = rest[rest["y"] == "pos"], rest[rest["y"] == "neg"]
+        for n in records:
+            rng = np.random.default_rng([seed, n])
+
+            def draw(source: pd.DataFrame, size: int, rng=rng) -> pd.DataFrame:
+                return source.sample(size, random_state=int(rng.integers(1 << 30)))
+
+            users = {"like the proxy": [draw(rest, n + 200) for _ in range(N_USERS)],
+                     "half positive": [pd.concat([draw(positive, (n + 200) // 2),
+                                                  draw(negative, n + 200 - (n + 200) // 2)])
+                                       .sample(frac=1.0, random_state=seed)
+                                       for _ in range(N_USERS)]}
+            for kind, sets in users.items():
+                before = [log_loss(foundation, u.iloc[n:]) for u in sets]
+                for rule in rules:
+                    held = under_rule(rule, foundation, [u.iloc[:n] for u in sets])
+                    change = [log_loss(model, u.iloc[n:]) / b - 1
+                              for (model, _), u, b in zip(held, sets, before, strict=True)]
+                    cell = per.setdefault((n, kind), {r: [] for r in rules})
+                    cell[rule].append(float(np.mean(change)))
+                    cell.setdefault(f"{rule} kept", []).append(
+                        float(np.mean([r.accepted for _, r in held])))
+                print(f"seed {seed}, {n} records, {kind}: " + ", ".join(
+                    f"{rule} {per[(n, kind)][rule][-1]:+.2%}" for rule in rules), flush=True)
+    rows = [{"records": n, "users": kind, "seeds": seeds, **{
+        key: float(np.mean(values)) for key, values in cell.items()},
+        "per_seed": cell} for (n, kind), cell in sorted(per.items())]
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "personalization_few_records_classifier.json").write_text(json.dumps(
+        {"rows": rows, "users_per_seed": N_USERS, "unseen_records": 200,
+         "seconds": time.perf_counter() - started}, indent=1))
+    lines = ["| records a user | users | 5 Dec: unseen log loss change (kept) | "
+             "now: unseen log loss change (kept) |", "|---|---|---|---|"]
+    lines += [f"| {row['records']} | {row['users']} | "
+              + " | ".join(f"{row[rule]:+.2%} ({row[f'{rule} kept']:.0%})" for rule in rules)
+              + " |" for row in rows]
+    (output / "personalization_few_records_classifier.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
@@ -167,18 +276,32 @@ def main() -> None:
     parser.add_argument("--records", type=int, nargs="+", default=[2, 3, 5, 7, 10, 20, 50])
     parser.add_argument("--spreads", type=float, nargs="+", default=[0.0, 0.3])
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--classifier", action="store_true",
+                        help="instead: 5 Dec against now on a classifier's users (labels "
+                             "like the proxy's, or half positive), --seeds and --records")
+    parser.add_argument("--truth", action="store_true",
+                        help="score on the noiseless function, not on noisy test records "
+                             "(the noise hides most of a small harm); writes "
+                             "personalization_few_records_truth.{json,md}")
+    parser.add_argument("--proxy", type=int, default=N_PROXY,
+                        help=f"proxy records the foundation trains on (default {N_PROXY}; "
+                             "more leaves users less to learn); another number adds "
+                             "_proxy<N> to the files' names")
     parser.add_argument("--datasets", nargs="+", metavar="NAME",
-                        help="instead: 99 %% against now on model_quality's simulated users "
+                        help="instead: the rules on model_quality's simulated users "
                              "of these data sets (boston, friedman), 10 seeds")
     args = parser.parse_args()
     if args.datasets:
         on_simulated_users(args.datasets, 10, args.output)
         return
+    if args.classifier:
+        on_classifier_users(args.seeds, args.records, args.output)
+        return
     started = time.perf_counter()
     rows = []
     for spread in args.spreads:
         for n in args.records:
-            runs = [one(n, spread, seed) for seed in args.seeds]
+            runs = [one(n, spread, seed, args.truth, args.proxy) for seed in args.seeds]
             row = {"h": spread, "records": n, "seeds": args.seeds}
             for name in RULES:
                 row[name] = {key: float(np.mean([r[name][key] for r in runs]))
@@ -189,24 +312,28 @@ def main() -> None:
                 f"{name} {row[name]['personal']:.3f} ({row[name]['change']:+.1%})"
                 for name in RULES), flush=True)
     result = {"rows": rows, "users_per_seed": N_USERS, "test_records": N_TEST,
+              "test_targets": "noiseless" if args.truth else "noisy",
+              "proxy_records": args.proxy,
               "seconds": time.perf_counter() - started}
+    stem = ("personalization_few_records" + ("_truth" if args.truth else "")
+            + (f"_proxy{args.proxy}" if args.proxy != N_PROXY else ""))
     args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "personalization_few_records.json").write_text(json.dumps(result, indent=1))
+    (args.output / f"{stem}.json").write_text(json.dumps(result, indent=1))
     lines = ["| h | records a user | foundation | "
              + " | ".join(f"{name}: personal (change; worse off)" for name in RULES)
-             + " | change per seed, 99 % → now |",
+             + " | change per seed, 5 Dec → now |",
              "|---" * (4 + len(RULES)) + "|"]
     for row in rows:
         seeds = ", ".join(f"{x:+.1%} → {y:+.1%}" for x, y in
-                          zip(row["99 %"]["change_per_seed"], row["now"]["change_per_seed"],
+                          zip(row["5 Dec"]["change_per_seed"], row["now"]["change_per_seed"],
                               strict=True))
         lines.append(f"| {row['h']:g} | {row['records']} | {row['now']['foundation']:.3f} | "
                      + " | ".join(f"{row[name]['personal']:.3f} ({row[name]['change']:+.1%}; "
                                   f"{row[name]['worse_off']:.0%})" for name in RULES)
                      + f" | {seeds} |")
-    (args.output / "personalization_few_records.md").write_text("\n".join(lines) + "\n")
+    (args.output / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    print(f"wrote {args.output / 'personalization_few_records.json'} "
+    print(f"wrote {args.output / f'{stem}.json'} "
           f"({result['seconds']:.0f} s)")
 
 

@@ -58,8 +58,12 @@ every seed (``make_friedman1``, 60 users, 100 test records each: +5 to +13 %
 RMSE at 2-5 records, +3 % at 10): chance kept about half of the updates with
 nothing to learn. :attr:`Task.few_records` (30 for a regression): a device
 with fewer records to score takes the grid's strongest prior (30 anchor
-records), and a weaker one only if its update is better at 99 % on 3 or 4
-records, at 97.5 % from 5 (:data:`dmt_model.personalize.FEW_RECORDS_CONFIDENCE`).
+records), and a weaker one only if its update is better, than the current model
+and than the strongest prior's update, at 99 % on 3 or 4 records, at 97.5 % from 5
+(:data:`dmt_model.personalize.FEW_RECORDS_CONFIDENCE`); from 30 records, a weaker
+prior's update must be better than the strongest's at the rule's confidence (until
+5 December, a weaker prior was compared with the current model only, and any prior
+chosen from 30: users drawn like the proxy kept weak priors' updates by chance).
 At 90 % one update in ten with nothing to learn is still kept by chance; with a
 weak prior (1 or 3 anchor records) such an update on 10 records raised that
 user's test RMSE by a third, with 30 by little. A user who differs from the
@@ -79,7 +83,8 @@ rose by 5.6 % on average (3.4 % at 20 records). A shift kept by chance costs mor
 further the update moves: below 15 records the strongest prior holds it to a third of
 the records' shift or less, and from 15 on 90 % still left such users +1.6 % worse at
 20 records. A classifier whose records show a shift also takes the grid's strongest
-prior below 30 records to score unless a weaker one is better at
+prior below 30 records to score unless a weaker one is better (than the current model
+and than the strongest's update) at
 :data:`~dmt_model.personalize.FEW_RECORDS_CONFIDENCE`, as a regression does
 (:data:`~dmt_model.personalize.LABEL_SHIFT_FEW_RECORDS`). Users who differ keep most
 of their gain (README, *Personalization on any data*).
@@ -203,8 +208,10 @@ class Task(ABC):
     #: the confidence the device's keep-or-discard rule needs by default (module docstring)
     decision_confidence: ClassVar[float]
     #: with fewer records than this to score, a device's update takes the prior grid's
-    #: strongest prior, or a weaker one better at
-    #: :data:`~dmt_model.personalize.FEW_RECORDS_CONFIDENCE` (module docstring); 0: any prior
+    #: strongest prior, or a weaker one better (than the model and than the strongest's
+    #: update) at :data:`~dmt_model.personalize.FEW_RECORDS_CONFIDENCE`, and from this
+    #: many a weaker one better than the strongest's at the rule's confidence (module
+    #: docstring); 0: any prior
     few_records: ClassVar[int] = 0
     #: the confidence at which a device's records must show a label shift before a personal
     #: update is kept, by how many records it has to score: (from how many records,
