@@ -372,3 +372,12 @@ def test_a_weaker_prior_is_chosen_only_when_it_beats_the_strongest(records):
     assert list(_eligible_priors(grid, before, after, rule, REGRESSION)) == [30, 1]
     # a rule that does not guard few records chooses among the whole grid, as before
     assert list(_eligible_priors(grid, before, after, OPEN_RULE, REGRESSION)) == list(grid)
+    # below 30 records a weaker prior must beat the current model too: one that beats only
+    # a strongest prior's update worse than the model is not eligible (from 30 it is, and
+    # the decision then keeps nothing: it is no better than the model)
+    worse = {30: before + 0.3 + 0.01 * rng.standard_normal(records),
+             10: before + 0.3, 3: before + 0.3,
+             1: before + 0.01 * rng.standard_normal(records)}
+    assert rule.decide(worse[30], worse[1])[0] and not rule.decide(before, worse[1])[0]
+    assert list(_eligible_priors(grid, before, worse, rule, REGRESSION)) == (
+        [30] if records < REGRESSION.few_records else [30, 1])
