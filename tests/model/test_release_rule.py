@@ -323,3 +323,23 @@ def test_the_reference_check_of_l_stops_at_l_on_long_chains():
         rows += [("c", f"p{i:04d}", f"v{i - 1:04d}"), ("c", f"p{i:04d}", f"v{i:04d}")]
     frame = pd.DataFrame(rows, columns=["cohort_id", "package_id", "dx"])
     assert_release_rule(frame, ReleaseRule(k=3, sensitive="dx", l=2))
+
+
+def test_a_plan_whose_t_the_server_cannot_measure_is_refused_with_the_policy():
+    """A plan fitted with t on a numeric sensitive field carries no reference distribution:
+    the policy took it, and every ingest then raised inside the store's release rule (found
+    in helper-66's review, left open on 5 December). It is refused where the server is set
+    up, saying why."""
+    schema = Schema((
+        Field("age", "numeric", role="quasi-identifier", bounds=(0, 100), grid=1.0),
+        Field("zip", "categorical", role="quasi-identifier", categories=("a", "b", "c", "d")),
+        Field("income", "numeric", role="sensitive", bounds=(0, 1000), grid=1.0),
+    ))
+    frame = proxy().drop(columns="disease").assign(
+        income=np.random.default_rng(1).integers(0, 1000, 400).astype(float))
+    plan = KAnonymizer(["age", "zip"], k=K, sensitive="income", t=0.5).fit(frame).plan_
+    assert plan.sensitive_reference is None
+    with pytest.raises(ValidationError, match="t=0.5 on 'income'.*numeric sensitive field"):
+        ServerPolicy(schema, min_k=K, plan=plan.widened({"age": (0.0, 100.0)}))
+    ServerPolicy(schema, min_k=K, plan=KAnonymizer(["age", "zip"], k=K, sensitive="income")
+                 .fit(frame).plan_.widened({"age": (0.0, 100.0)}))  # without t: taken
