@@ -313,8 +313,10 @@ def main(argv: list[str] | None = None) -> int:
         previous = json.loads(earlier.read_text())
         for part in {"foundation", "personalization", "sharing"} - set(args.parts):
             result[part] = previous.get(part, {})
-            result.setdefault("carried_over", {})[part] = {
-                key: previous.get(key) for key in ("seeds", "personalization_seeds", "seconds")}
+            # (the run that measured it: the previous file's own, unless it carried it over)
+            result.setdefault("carried_over", {})[part] = previous.get("carried_over", {}).get(
+                part) or {key: previous.get(key)
+                          for key in ("seeds", "personalization_seeds", "seconds")}
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "task_quality.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.output / "task_quality.md").write_text(markdown(result))

@@ -28,10 +28,11 @@ from types import MappingProxyType
 from typing import Any
 
 from dmt_privacy.anonymity.plan import AnonymizationPlan
+from dmt_privacy.anonymity.release import ReleaseRule
 from dmt_privacy.dp.categorical import RandomizedResponse
 from dmt_privacy.dp.numeric import DiscreteGaussian, DiscreteLaplace
 from dmt_privacy.dp.receipt import FieldReceipt, ReleaseReceipt
-from dmt_privacy.errors import SchemaError, ValidationError
+from dmt_privacy.errors import AnonymizationError, SchemaError, ValidationError
 from dmt_privacy.schema import Kind, Role, Schema
 from dmt_privacy.seal import ENVELOPE_OVERHEAD
 
@@ -299,7 +300,13 @@ class ServerPolicy:
                 "not carry (a numeric sensitive field): the server measures t against the "
                 "plan's reference, never against the records it receives, so it could release "
                 "nothing. Fit the plan without t, or with the sensitive field binned into "
-                "categories.")
+                "categories (a categorical field stored as numbers: as strings).")
+        try:  # the store's release rule, built as every write builds it (store.release_rule)
+            ReleaseRule.from_plan(plan, k=int(self.min_k))
+        except (ValidationError, AnonymizationError) as exc:
+            raise ValidationError(
+                f"The plan's k, l and t give no release rule the server can apply ({exc}); "
+                "it would release nothing. Fit the plan again.") from exc
         import numpy as np
         import pandas as pd
 

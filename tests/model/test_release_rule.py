@@ -343,3 +343,34 @@ def test_a_plan_whose_t_the_server_cannot_measure_is_refused_with_the_policy():
         ServerPolicy(schema, min_k=K, plan=plan.widened({"age": (0.0, 100.0)}))
     ServerPolicy(schema, min_k=K, plan=KAnonymizer(["age", "zip"], k=K, sensitive="income")
                  .fit(frame).plan_.widened({"age": (0.0, 100.0)}))  # without t: taken
+
+
+@pytest.mark.parametrize("change", [
+    {"reference": []},  # empty, with t
+    {"reference": [["flu", 0.25], ["cold", 0.25]], "t": None},  # not summing to 1
+    {"reference": [["flu", 1.2], ["cold", -0.2]], "t": None},  # a negative probability
+    {"l_kind": "recursive", "c": 0.0},
+])
+def test_a_plan_the_release_rule_refuses_is_refused_with_the_policy(change):
+    """helper-75: a plan edited (or loaded) so that the store's release rule cannot be built
+    was taken by ServerPolicy, and every ingest raised; the policy builds that rule once."""
+    from dmt_privacy.anonymity import AnonymizationPlan
+
+    data = PLAN.to_dict()
+    data["privacy"].update(change)
+    plan = AnonymizationPlan.from_dict(data)
+    with pytest.raises(ValidationError, match="no release rule the server can apply"):
+        ServerPolicy(SCHEMA, min_k=K, plan=plan)
+
+
+def test_a_reference_of_many_values_is_never_negative():
+    """helper-75: the rounding error went to the most frequent value; with more values than
+    steps of 10^-4 (15,000 equal counts) its probability was -0.5."""
+    from dmt_privacy.anonymity import reference_from_counts
+
+    for counts in ({i: 1 for i in range(15_000)}, {"a": 3, "b": 3, "c": 3},
+                   {i: i + 1 for i in range(7)}):
+        reference = reference_from_counts(counts)
+        probabilities = np.asarray([p for _, p in reference])
+        assert (probabilities >= 0).all() and probabilities.sum() == pytest.approx(1.0, abs=1e-9)
+        ReleaseRule(k=2, sensitive="s", t=0.3, reference=reference)  # accepted
