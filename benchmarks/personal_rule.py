@@ -1,8 +1,10 @@
 """Which rule should devices personalize under? The server measures it on devices' records.
 
 A device with fewer than 30 records to score keeps the strongest prior unless a weaker one
-is better at 97.5–99 % (the default rule, since 4 December): users with nothing to learn no
-longer end worse off, but users who differ from the proxy keep only part of their gain.
+is better at 97.5–99 % (the default rule, since 4 December; since 5 December also better
+than the strongest prior's update, and from 30 records at 90 %): users with nothing to
+learn no longer end worse off, but users who differ from the proxy keep only part of their
+gain.
 No device can tell on its few records which kind of user it is; a population of devices
 can. ``compare_personal_rules`` personalizes a version on held-out devices' records under
 the default rule and under ``OPEN_RULE`` (any prior, kept when its mean held-out error is
