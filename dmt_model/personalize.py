@@ -1785,18 +1785,18 @@ def _eligible_priors(grid: Sequence[int], before: np.ndarray, after: Mapping[int
     if not few:
         return grid
     strongest = max(grid)
+    if rule.prefer != "current":  # an adoption: the strongest below few_records, then any
+        return grid if len(before) >= few else [strongest]
+    against: tuple[np.ndarray, ...]
     if len(before) >= few:
-        strict = rule
-        against: tuple[np.ndarray, ...] = (after[strongest],)
+        strict, against = rule, (after[strongest],)
     else:
         levels = [confidence for least, confidence in FEW_RECORDS_CONFIDENCE
                   if len(before) >= least]
-        if rule.prefer != "current" or not levels:  # two records: one degree of freedom
+        if not levels:  # two records: one degree of freedom
             return [strongest]
         strict = replace(rule, confidence=max(levels[-1], rule.confidence or 0.0))
         against = (before, after[strongest])
-    if rule.prefer != "current":  # (an adoption from few_records on: any prior)
-        return grid
     return [strongest] + [prior for prior in grid if prior != strongest and all(
         strict.decide(reference, after[prior])[0] for reference in against)]
 

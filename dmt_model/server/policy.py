@@ -293,20 +293,12 @@ class ServerPolicy:
                                   "plan and perturbed; give each one transform.")
         if plan.k < self.min_k:
             raise ValidationError(f"The plan's k={plan.k} is below min_k={self.min_k}.")
-        if plan.t is not None and plan.sensitive_reference is None:
-            # (the store's release rule would refuse at the first ingest, every package)
-            raise ValidationError(
-                f"The plan asks t={plan.t} on {plan.sensitive!r}, whose distribution it does "
-                "not carry (a numeric sensitive field): the server measures t against the "
-                "plan's reference, never against the records it receives, so it could release "
-                "nothing. Fit the plan without t, or with the sensitive field binned into "
-                "categories (a categorical field stored as numbers: as strings).")
         try:  # the store's release rule, built as every write builds it (store.release_rule)
             ReleaseRule.from_plan(plan, k=int(self.min_k))
         except (ValidationError, AnonymizationError) as exc:
             raise ValidationError(
-                f"The plan's k, l and t give no release rule the server can apply ({exc}); "
-                "it would release nothing. Fit the plan again.") from exc
+                f"The plan's k, l and t give no release rule the server can apply, so it "
+                f"would release nothing: {exc}") from exc
         import numpy as np
         import pandas as pd
 

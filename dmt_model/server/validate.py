@@ -48,8 +48,6 @@ __all__ = ["PackageRefused", "ValidatedPackage", "cell_key", "validate_package"]
 
 #: Relative tolerance of "on the grid" (perturbed values are k × grid as binary64).
 _GRID_TOL = 1e-6
-_MAX_MODIFICATIONS = MAX_MODIFICATIONS
-_MAX_LABEL = MAX_RECEIPT_LABEL
 #: Columns of at most this many numbers are checked without numpy (:func:`_checked_numbers`).
 _SHORT = 16
 _NUMBER_TYPES = frozenset({float, int})
@@ -222,7 +220,7 @@ def _check_receipt(package: SharePackage, policy: Any, columns: Mapping[str, lis
             raise _refuse("receipt", "DP noise from an insecure (seeded) random source")
         for attr in ("release_id", "random_source", "created"):
             value = getattr(dp, attr)
-            if type(value) is not str or len(value) > _MAX_LABEL:
+            if type(value) is not str or len(value) > MAX_RECEIPT_LABEL:
                 raise _refuse("receipt", f"the DP receipt's {attr} is malformed")
         if policy.privacy_unit is not None and dp.privacy_unit != policy.privacy_unit:
             raise _refuse("receipt", "the DP receipt's privacy unit is not the policy's")
@@ -240,8 +238,8 @@ def _check_receipt(package: SharePackage, policy: Any, columns: Mapping[str, lis
         if not (_is_number(dp.delta) and math.isfinite(dp.delta) and 0 <= dp.delta < 1):
             raise _refuse("epsilon", "the DP receipt's total δ is malformed")
     mods = receipt.modifications
-    if type(mods) is not tuple or len(mods) > _MAX_MODIFICATIONS or not all(
-            type(m) is str and 0 < len(m) <= _MAX_LABEL for m in mods):
+    if type(mods) is not tuple or len(mods) > MAX_MODIFICATIONS or not all(
+            type(m) is str and 0 < len(m) <= MAX_RECEIPT_LABEL for m in mods):
         raise _refuse("receipt", "malformed modifications")
     plan = policy.plan
     if qis:

@@ -121,11 +121,19 @@ class ReleaseRule:
         """The rule a fitted :class:`~dmt_privacy.anonymity.AnonymizationPlan` promises.
 
         ``k`` (default: the plan's) may only raise the plan's k. The reference
-        for t is the plan's ``sensitive_reference``.
+        for t is the plan's ``sensitive_reference``; a plan fitted with t on a numeric
+        sensitive field carries none, and is refused.
         """
         k_plan = int(plan.k)
         k_rule = k_plan if k is None else max(int(k), k_plan)
         reference = getattr(plan, "sensitive_reference", None)
+        if plan.t is not None and reference is None:
+            raise ValidationError(
+                f"The plan asks t={plan.t} on {plan.sensitive!r}, whose distribution it does "
+                "not carry (a numeric sensitive field): a release rule measures t against the "
+                "plan's reference, never against the records it receives. Fit the plan "
+                "without t, or with the sensitive field binned into categories (a "
+                "categorical field stored as numbers: as strings).")
         return cls(k=k_rule, sensitive=plan.sensitive, l=plan.l, l_kind=plan.l_kind,
                    c=plan.c, t=plan.t, reference=reference,
                    ordered=bool(getattr(plan, "sensitive_ordered", False)))
