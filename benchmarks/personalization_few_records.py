@@ -8,12 +8,11 @@ records (500 epochs); each of 60 users a seed holds ``n`` training records and 1
 records, and ``personalized_many`` decides every user's update with
 
 * **now**: the defaults, the regression's rule at 90 % and, below 30 records to score,
-  the prior grid's strongest prior, or a weaker one better at 99 % on 3 or 4 records and
-  at 97.5 % from 5 (``Task.few_records``, ``FEW_RECORDS_CONFIDENCE``),
-  and a weaker prior only if its update is also better than the strongest prior's (at
-  that confidence below 30 records, at 90 % from 30);
-* **5 Dec**: the rule until 5 December, as *now* but a weaker prior's update compared
-  with the current model only, and any prior chosen from 30 records;
+  the prior grid's strongest prior, or from 6 records a weaker one better at 97.5 %
+  (``Task.few_records``, ``FEW_RECORDS_CONFIDENCE``), than the current model and than
+  the strongest prior's update (at 90 % from 30 records);
+* **from 3**: the rule until 5 December's evening, as *now* but a weaker prior eligible
+  from 3 records, at 99 % on 3 or 4 and 97.5 % from 5;
 * **before**: the rule at 50 % (``DecisionRule(confidence=0.5)``) and any prior of the
   grid at any size (``few_records`` 0), the defaults until 4 December.
 
@@ -38,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -87,43 +85,26 @@ def rmse(model, records: pd.DataFrame, target: str = "y") -> float:
 
 
 #: The rules compared, in the table's order (the module's docstring).
-RULES = ("before", "5 Dec", "now")
-
-
-def _eligible_priors_5_december(grid, before, after, rule, task, *, label_shift=False):
-    """``personalize._eligible_priors`` until 5 December (for *5 Dec*): below
-    ``few_records``, a weaker prior's update compared with the current model only; from
-    ``few_records``, every prior of the grid."""
-    few = rule.few_records if rule.few_records is not None else max(
-        task.few_records, personalize_module.LABEL_SHIFT_FEW_RECORDS if label_shift else 0)
-    if len(before) >= few:
-        return grid
-    strongest = max(grid)
-    levels = [confidence for least, confidence in personalize_module.FEW_RECORDS_CONFIDENCE
-              if len(before) >= least]
-    if rule.prefer != "current" or not levels:
-        return [strongest]
-    strict = replace(rule, confidence=max(levels[-1], rule.confidence or 0.0))
-    return [strongest] + [prior for prior in grid if prior != strongest
-                          and strict.decide(before, after[prior])[0]]
+RULES = ("before", "from 3", "now")
+#: ``FEW_RECORDS_CONFIDENCE`` until 5 December's evening (*from 3*).
+FROM_3 = ((3, 0.99), (5, 0.975))
 
 
 def under_rule(name: str, spec, record_sets: list[pd.DataFrame]) -> list:
-    """``personalized_many`` under one of :data:`RULES`: *now*; *5 Dec* (a weaker prior
-    against the current model only); *before* (until 4 December: any prior, an update
-    kept at 50 %)."""
-    eligible = personalize_module._eligible_priors
-    rule, few = {"now": (None, Regression.few_records),
-                 "5 Dec": (None, Regression.few_records),
-                 "before": (DecisionRule(confidence=0.5), 0)}[name]
-    default = Regression.few_records
-    Regression.few_records = few
-    if name == "5 Dec":
-        personalize_module._eligible_priors = _eligible_priors_5_december
+    """``personalized_many`` under one of :data:`RULES`: *now*; *from 3* (a weaker prior
+    eligible from 3 records); *before* (until 4 December: any prior, an update kept at
+    50 %)."""
+    rule, few, levels = {"now": (None, Regression.few_records,
+                                 personalize_module.FEW_RECORDS_CONFIDENCE),
+                         "from 3": (None, Regression.few_records, FROM_3),
+                         "before": (DecisionRule(confidence=0.5), 0,
+                                    personalize_module.FEW_RECORDS_CONFIDENCE)}[name]
+    defaults = Regression.few_records, personalize_module.FEW_RECORDS_CONFIDENCE
+    Regression.few_records, personalize_module.FEW_RECORDS_CONFIDENCE = few, levels
     try:
         return personalized_many(spec, record_sets, rule=rule)
     finally:
-        Regression.few_records, personalize_module._eligible_priors = default, eligible
+        Regression.few_records, personalize_module.FEW_RECORDS_CONFIDENCE = defaults
 
 
 def one(n: int, spread: float, seed: int, truth: bool = False, proxy_records: int = N_PROXY
@@ -186,22 +167,22 @@ def on_simulated_users(names: list[str], seeds: int, output: Path) -> None:
     output.mkdir(parents=True, exist_ok=True)
     (output / "personalization_few_records_datasets.json").write_text(json.dumps(
         {"rows": rows, "seconds": time.perf_counter() - started}, indent=1))
-    lines = ["| data set | h | before: change from v1 | 5 Dec: change from v1 | "
-             "now: change from v1 | seeds where now is worse than 5 Dec / than before |",
+    lines = ["| data set | h | before: change from v1 | from 3: change from v1 | "
+             "now: change from v1 | seeds where now is worse than from 3 / than before |",
              "|---|---|---|---|---|---|"]
     for row in rows:
         worse = [sum(a > b + 1e-12 for a, b in zip(row["per_seed"]["now"],
                                                    row["per_seed"][rule], strict=True))
-                 for rule in ("5 Dec", "before")]
+                 for rule in ("from 3", "before")]
         lines.append(f"| {row['dataset']} | {row['h']:g} | {row['before']:+.1%} | "
-                     f"{row['5 Dec']:+.1%} | {row['now']:+.1%} | {worse[0]} / {worse[1]} "
+                     f"{row['from 3']:+.1%} | {row['now']:+.1%} | {worse[0]} / {worse[1]} "
                      f"of {row['seeds']} |")
     (output / "personalization_few_records_datasets.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
 def on_classifier_users(seeds: list[int], records: list[int], output: Path) -> None:
-    """*5 Dec* against *now* on a classifier's users (``make_classification``: 8 inputs, 85/15
+    """*from 3* against *now* on a classifier's users (``make_classification``: 8 inputs, 85/15
     labels, 10 % of them flipped; the foundation trained on 2,000 records): 60 users a seed
     drawn like the proxy (nothing to learn but chance) and 60 whose labels are half
     positive (a label shift to learn), each ``n`` training and 200 unseen records; the mean
@@ -221,7 +202,7 @@ def on_classifier_users(seeds: list[int], records: list[int], output: Path) -> N
         positive = (frame["y"] == "pos").to_numpy().astype(int)
         return float(-np.log(np.clip(p[np.arange(len(frame)), positive], 1e-7, 1)).mean())
 
-    rules = ("5 Dec", "now")
+    rules = ("from 3", "now")
     per: dict[tuple[int, str], dict[str, list[float]]] = {}
     for seed in seeds:
         X, y = make_classification(n_samples=42000, n_features=8, n_informative=5,
@@ -261,7 +242,7 @@ def on_classifier_users(seeds: list[int], records: list[int], output: Path) -> N
     (output / "personalization_few_records_classifier.json").write_text(json.dumps(
         {"rows": rows, "users_per_seed": N_USERS, "unseen_records": 200,
          "seconds": time.perf_counter() - started}, indent=1))
-    lines = ["| records a user | users | 5 Dec: unseen log loss change (kept) | "
+    lines = ["| records a user | users | from 3: unseen log loss change (kept) | "
              "now: unseen log loss change (kept) |", "|---|---|---|---|"]
     lines += [f"| {row['records']} | {row['users']} | "
               + " | ".join(f"{row[rule]:+.2%} ({row[f'{rule} kept']:.0%})" for rule in rules)
@@ -277,7 +258,7 @@ def main() -> None:
     parser.add_argument("--spreads", type=float, nargs="+", default=[0.0, 0.3])
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--classifier", action="store_true",
-                        help="instead: 5 Dec against now on a classifier's users (labels "
+                        help="instead: from 3 against now on a classifier's users (labels "
                              "like the proxy's, or half positive), --seeds and --records")
     parser.add_argument("--truth", action="store_true",
                         help="score on the noiseless function, not on noisy test records "
@@ -321,11 +302,11 @@ def main() -> None:
     (args.output / f"{stem}.json").write_text(json.dumps(result, indent=1))
     lines = ["| h | records a user | foundation | "
              + " | ".join(f"{name}: personal (change; worse off)" for name in RULES)
-             + " | change per seed, 5 Dec → now |",
+             + " | change per seed, from 3 → now |",
              "|---" * (4 + len(RULES)) + "|"]
     for row in rows:
         seeds = ", ".join(f"{x:+.1%} → {y:+.1%}" for x, y in
-                          zip(row["5 Dec"]["change_per_seed"], row["now"]["change_per_seed"],
+                          zip(row["from 3"]["change_per_seed"], row["now"]["change_per_seed"],
                               strict=True))
         lines.append(f"| {row['h']:g} | {row['records']} | {row['now']['foundation']:.3f} | "
                      + " | ".join(f"{row[name]['personal']:.3f} ({row[name]['change']:+.1%}; "

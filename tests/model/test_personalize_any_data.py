@@ -223,39 +223,48 @@ def test_validation_split_keeps_records_aside():
 # held-out error was lower (confidence 0.5).
 #
 # The 99 % that fixed it cost users who differ much of their gain on 5 records: users whose
-# target is × 0.6 kept 0.64 of the foundation's RMSE; at 97.5 % from 5 records, 0.51.
+# target is × 0.6 kept 0.64 of the foundation's RMSE; at 97.5 % from 5 records, 0.51. Since
+# a weaker prior is eligible only from 6 records (test_below_six_records_only_the_strongest
+# _prior_is_eligible), 0.86 on 5 records (the strongest prior's update; the server's check
+# grants the open rule where users differ: personal_rule_for), 0.35 on 6.
 @pytest.mark.parametrize(("n_records", "factor"),
-                         [(3, 1.0), (10, 1.0), (10, 0.7), (5, 0.6)])
+                         [(3, 1.0), (10, 1.0), (10, 0.7), (5, 0.6), (6, 0.6)])
 def test_few_records_drawn_like_the_proxy_leave_users_no_worse_off(n_records, factor):
-    """... and users who differ (their target × 0.7 or × 0.6) still gain: a weak prior's
-    update is kept on a few records when it is better at 99 % (3 or 4 records) or 97.5 %
-    (from 5)."""
+    """... and users who differ (their target × 0.7 or × 0.6) still gain: the strongest
+    prior's update below 6 records, a weaker prior's from 6 when it is better at 97.5 %."""
     from dmt_model.personalize import personalized_many
 
     foundation, users = _friedman1_users(n_records, factor)
     personal = personalized_many(foundation, [u.iloc[:n_records] for u in users])
     before, after = _mean_test_rmse(foundation, personal, users, n_records)
-    assert after <= before * {1.0: 1.01, 0.7: 0.6, 0.6: 0.56}[factor], (before, after)
+    bound = {(1.0, 3): 1.01, (1.0, 10): 1.01, (0.7, 10): 0.6, (0.6, 5): 0.9, (0.6, 6): 0.4}
+    assert after <= before * bound[factor, n_records], (before, after)
 
 
-def _friedman1_users(n_records: int, factor: float, *, seed: int = 0, n_users: int = 40):
-    """A foundation trained on 300 ``make_friedman1`` records, and ``n_users`` users of
-    ``n_records`` training then 100 test records each, their target × ``factor``."""
+def _friedman1_users(n_records: int, factor: float, *, seed: int = 0, n_users: int = 40,
+                     proxy: int = 300, truth: bool = False):
+    """A foundation trained on ``proxy`` ``make_friedman1`` records, and ``n_users`` users
+    of ``n_records`` training then 100 test records each, their target × ``factor``; with
+    ``truth`` the test records' targets are the noiseless function's."""
     from sklearn.datasets import make_friedman1
 
     from dmt_privacy.schema import Field
 
-    n_test = 100
-    X, y = make_friedman1(300 + n_users * (n_records + n_test), 10, noise=1.0,
-                          random_state=seed)
+    n_test, size = 100, proxy + n_users * (n_records + 100)
+    X, y = make_friedman1(size, 10, noise=1.0, random_state=seed)
     frame = pd.DataFrame(X, columns=[f"x{i}" for i in range(10)]).assign(y=y)
+    if truth:  # the same inputs (the noise is drawn after them), y without the noise
+        exact = make_friedman1(size, 10, noise=0.0, random_state=seed)[1]
+        tested = (np.arange(size) >= proxy) & ((np.arange(size) - proxy)
+                                               % (n_records + n_test) >= n_records)
+        frame.loc[tested, "y"] = exact[tested]
     schema = Schema(name="friedman1", fields=tuple(
         Field(c, "numeric", bounds=(-1.0, 2.0) if c != "y" else (-15.0, 45.0),
               role="target" if c == "y" else "insensitive") for c in frame.columns))
-    foundation = build_spec(train_foundation(frame.iloc[:300], schema,
+    foundation = build_spec(train_foundation(frame.iloc[:proxy], schema,
                                              TrainingConfig(epochs=500, seed=0)),
                             updatable=UpdateSettings())
-    users = [frame.iloc[300 + u * (n_records + n_test):][:n_records + n_test]
+    users = [frame.iloc[proxy + u * (n_records + n_test):][:n_records + n_test]
              .assign(y=lambda f: f["y"] * factor) for u in range(n_users)]
     return foundation, users
 
@@ -381,3 +390,28 @@ def test_a_weaker_prior_is_chosen_only_when_it_beats_the_strongest(records):
     assert rule.decide(worse[30], worse[1])[0] and not rule.decide(before, worse[1])[0]
     assert list(_eligible_priors(grid, before, worse, rule, REGRESSION)) == (
         [30] if records < REGRESSION.few_records else [30, 1])
+
+
+# Found in this session's check of users drawn like the proxy (make_friedman1, a foundation
+# of 2,000 records, scored on the noiseless truth, seeds 0-5 of 60 users): a weaker prior
+# was eligible from 3 records (99 % on 3 or 4, 97.5 % from 5), and users with 3 or 5
+# records ended +0.6 % and +0.8 % worse on average (+2.4 % at 5 records on seed 0). On so
+# few records each fold trains on most of the records the others score: a weak prior's
+# update passed the paired t by chance far more often than its confidence says.
+def test_below_six_records_only_the_strongest_prior_is_eligible():
+    from dmt_model.personalize import FEW_RECORDS_CONFIDENCE, _eligible_priors, personalized_many
+    from dmt_model.tasks import REGRESSION
+
+    assert FEW_RECORDS_CONFIDENCE[0][0] == 6
+    grid, rule = (1, 3, 10, 30), DecisionRule().for_task(REGRESSION)
+    for records in (3, 5, 6):
+        before = np.full(records, 2.0) + np.arange(records) / 100
+        after = {30: before - 0.1, 10: before - 0.2, 3: before - 0.3, 1: before - 1.0}
+        assert rule.decide(before, after[1])[0] and rule.decide(after[30], after[1])[0]
+        assert list(_eligible_priors(grid, before, after, rule, REGRESSION)) == (
+            [30] if records < 6 else [30, 1, 3, 10])
+
+    foundation, users = _friedman1_users(5, 1.0, seed=0, n_users=60, proxy=2000, truth=True)
+    personal = personalized_many(foundation, [u.iloc[:5] for u in users])
+    before_rmse, after_rmse = _mean_test_rmse(foundation, personal, users, 5)
+    assert after_rmse <= before_rmse * 1.003, (before_rmse, after_rmse)  # was +2.4 %
