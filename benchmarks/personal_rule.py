@@ -1,8 +1,9 @@
 """Which rule should devices personalize under? The server measures it on devices' records.
 
-A device with fewer than 30 records to score keeps the strongest prior unless a weaker one
-is better at 97.5–99 % (the default rule, since 4 December; since 5 December also better
-than the strongest prior's update, and from 30 records at 90 %): users with nothing to
+A device with fewer than 30 records to score keeps the strongest prior unless, from 6
+records, a weaker one is better at 97.5 % (the default rule, since 4 December; since 5
+December also better than the strongest prior's update, from 30 records at 90 %, and
+below 6 records never): users with nothing to
 learn no longer end worse off, but users who differ from the proxy keep only part of their
 gain.
 No device can tell on its few records which kind of user it is; a population of devices

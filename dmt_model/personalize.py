@@ -1733,9 +1733,10 @@ def _decide_update(spec: Any, plan: _UpdatePlan, fits: Sequence[_Fit], before: n
 
 #: The confidence a weaker prior's update needs on a device with few records to score
 #: (:func:`_eligible_priors`): (from how many records, confidence), in increasing order;
-#: below the first, the grid's strongest prior only. 97.5 % from 6 records; from 5 it won
-#: back a third of the gain a 99 % rule cost users who differ (``make_friedman1``, h = 0.6,
-#: 5 records: −36.9 % test RMSE against −27.6 %).
+#: below the first, the grid's strongest prior only. 97.5 % from 6 records: chosen when
+#: weaker priors were eligible from 5 records, where it won back a third of the gain a 99 %
+#: rule cost users who differ (``make_friedman1``, h = 0.6, 5 records: −36.9 % test RMSE
+#: against −27.6 %).
 #:
 #: Until 5 December (evening) a weaker prior was eligible from 3 records (99 % on 3 or 4,
 #: 97.5 % from 5), and users drawn like the proxy ended worse off on average: +0.6 % at 3
@@ -1743,10 +1744,10 @@ def _decide_update(spec: Any, plan: _UpdatePlan, fits: Sequence[_Fit], before: n
 #: seeds 0–5 of 60 users; +2.4 % in one seed). On 3–5 cross-validated records a weak
 #: prior's update passed the paired t by chance far more often than its confidence says:
 #: each fold trains on most of the records the others score, so the held-out errors are
-#: not independent (an exact sign-flip test, tried, passes no less often on them where it
-#: can pass at all). With the strongest prior only below 6 records they end −0.1 % at 3
-#: records and +0.1 % at 5; users who differ give up part of their gain there (h = 0.1:
-#: −1.5 → −1.3 % at 3 records, −3.2 → −2.4 % at 5; a target × 0.6 on 5 records: 0.53 →
+#: not independent (an exact sign-flip test, tried, passed as often at 90 or 95 % on 5
+#: records). With the strongest prior only below 6 records they end −0.1 % at 3 records
+#: and +0.15 % at 5; users who differ give up part of their gain there (h = 0.1:
+#: −1.5 → −1.3 % at 3 records, −3.2 → −2.7 % at 5; a target × 0.6 on 5 records: 0.53 →
 #: 0.86 of the foundation's RMSE) and none from 6 (README, *Few records*). Where users
 #: differ, the server's check (:func:`compare_personal_rules`) grants the open rule.
 FEW_RECORDS_CONFIDENCE: tuple[tuple[int, float], ...] = ((6, 0.975),)

@@ -398,6 +398,7 @@ def test_a_weaker_prior_is_chosen_only_when_it_beats_the_strongest(records):
 # records ended +0.6 % and +0.8 % worse on average (+2.4 % at 5 records on seed 0). On so
 # few records each fold trains on most of the records the others score: a weak prior's
 # update passed the paired t by chance far more often than its confidence says.
+@pytest.mark.slow
 def test_below_six_records_only_the_strongest_prior_is_eligible():
     from dmt_model.personalize import FEW_RECORDS_CONFIDENCE, _eligible_priors, personalized_many
     from dmt_model.tasks import REGRESSION
