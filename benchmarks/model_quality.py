@@ -21,7 +21,10 @@ Measures, in one run:
    test sets hold 4–6 records a user);
 6. the full loop (``dmt_model.loop.run_loop``: share with k = 5 and the
    target under local DP at ε = 1 per record, ingest, retrain, gate, adopt on
-   all local records) against personalizing v1 with nothing shared;
+   all local records) against personalizing v1 with nothing shared; on Friedman #2,
+   whose function is known, each adopter's expected error before and after adopting
+   too (3,000 fresh noiseless records in the user's own range of ``x0``), since a test
+   set of about 5 noisy records says little about one user;
 7. with ExecuTorch installed (the ``executorch`` extra): the same users
    personalized with the same seeds through a ``.pte`` trained in
    ExecuTorch's runtime, beside the Core ML emulation (mean MSE), user by
@@ -34,8 +37,8 @@ Writes ``model_quality.json``, ``.md`` (the README's tables) and ``.png`` into
 ``--output`` (default ``benchmarks/results``).
 Run: ``.venv/bin/python benchmarks/model_quality.py [--seeds 5] [--workers 2]
 [--output DIR]`` (about 48 minutes on 2 cores; ``--seeds 1 --datasets boston
---spreads 0.15`` for a quick check; ``--plot-only`` redraws the plot from the saved
-JSON; ``--executorch-only`` runs sections 5 and 7 alone, without the loop, into
+--spreads 0.15`` for a quick check; ``--plot-only`` rewrites the tables and the plot from
+the saved JSON; ``--executorch-only`` runs sections 5 and 7 alone, without the loop, into
 ``model_quality_executorch.json`` and ``.md``).
 """
 
@@ -47,7 +50,9 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -357,9 +362,17 @@ def run_task(task: tuple[str, float, int, bool]) -> dict:
             conventions = ("mean",)
         personalization = _personalization(dataset, sim, v1_path, folder, seed, conventions,
                                            pte_path)
-        loop = run_loop(sim, dataset.schema, quasi_identifiers=dataset.quasi_identifiers,
-                        workdir=folder / "loop", seed=seed, config=config,
-                        foundation=v1) if with_loop else None
+        before_adoption: dict[str, bytes] = {}
+        expected: dict[int, tuple[float, float]] = {}
+        if with_loop:
+            with _kept_before_adoption(before_adoption):
+                loop = run_loop(sim, dataset.schema,
+                                quasi_identifiers=dataset.quasi_identifiers,
+                                workdir=folder / "loop", seed=seed, config=config, foundation=v1)
+            if name == "friedman":
+                expected = _expected_adoption(sim, loop, before_adoption, seed)
+        else:
+            loop = None
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     out = {"dataset": name, "spread": spread, "seed": seed,
@@ -372,7 +385,65 @@ def run_task(task: tuple[str, float, int, bool]) -> dict:
                      "v2_published": loop.v2_published,
                      "records_released": loop.records_released,
                      "records_quarantined": loop.records_quarantined,
-                     "users": [vars(u) for u in loop.users]}}
+                     "users": [{**vars(u), **_expected_fields(expected.get(u.user_id))}
+                               for u in loop.users]}}
+
+
+def _expected_fields(pair: tuple[float, float] | None) -> dict:
+    return {} if pair is None else {"expected_personal": pair[0], "expected_final": pair[1]}
+
+
+@contextmanager
+def _kept_before_adoption(into: dict[str, bytes]) -> Iterator[None]:
+    """While open, every device's personal model is kept (its bytes, by path) as it was
+    before ``adopt_new_version`` ran on it: the loop overwrites it when the device adopts.
+    (``run_loop`` looks ``adopt_new_version`` up in its module when it runs.)"""
+    import dmt_model.personalize as personalize_module
+
+    adopt = personalize_module.adopt_new_version
+
+    def keeping(model, personal, *args, **kwargs):
+        into[str(personal)] = Path(personal).read_bytes()
+        return adopt(model, personal, *args, **kwargs)
+
+    personalize_module.adopt_new_version = keeping
+    try:
+        yield
+    finally:
+        personalize_module.adopt_new_version = adopt
+
+
+def _expected_adoption(sim, loop, before_adoption: dict[str, bytes], seed: int
+                       ) -> dict[int, tuple[float, float]]:
+    """Each Friedman #2 user who adopted v2: the RMSE of the personal model before and after
+    adopting against the noiseless function (``make_friedman2`` without noise: the user's
+    expected error less the data's noise), on 3,000 fresh records in the user's own range
+    of ``x0`` (the location users are cut by), the target × the user's factor. A user's test
+    set holds about 5 records of noise 60: whether an adoption raised it says little about
+    the user's expected error."""
+    import pandas as pd
+    from sklearn.datasets import make_friedman2
+
+    from dmt_model.coreml import load_spec, predict_frame, spec_from_bytes
+
+    x, y = make_friedman2(n_samples=400_000, noise=0.0, random_state=10_000 + seed)
+    fresh = pd.DataFrame(x, columns=["x0", "x1", "x2", "x3"]).assign(y=y)
+    out = {}
+    for user in sim.users:
+        outcome = next(u for u in loop.users if u.user_id == user.user_id)
+        if not outcome.adopted:
+            continue
+        path = str(loop.devices[user.user_id])
+        own = pd.concat([user.shareable, user.private, user.test])["x0"]
+        pool = fresh[fresh["x0"].between(own.min(), own.max())].iloc[:3000]
+        if len(pool) < 3000:
+            raise RuntimeError(f"user {user.user_id}: {len(pool)} fresh records in its range")
+        pool = pool.assign(y=pool["y"] * user.factor)
+        out[user.user_id] = tuple(
+            float(np.sqrt(np.mean((predict_frame(model, pool) - pool["y"]) ** 2)))
+            for model in (spec_from_bytes(before_adoption[path], source=path),
+                          load_spec(path)))
+    return out
 
 
 def summarize(tasks: list[dict]) -> dict:
@@ -441,12 +512,27 @@ def summarize(tasks: list[dict]) -> dict:
                 "adoptions_that_raised_test_error": sum(f > p_ for f, p_ in adoptions),
                 "largest_raise_relative": max([f / p_ - 1 for f, p_ in adoptions],
                                               default=0.0),
+                **_expected_cells([u for lp in loops for u in lp["users"]
+                                   if u["adopted"] and "expected_final" in u]),
                 "records_released_mean": statistics.mean(lp["records_released"]
                                                          for lp in loops),
                 "epsilon_spent_per_user_mean": float(np.mean(
                     [u["epsilon_spent"] for lp in loops for u in lp["users"]]))}
             summary.setdefault(name, {})[str(spread)] = cell
     return summary
+
+
+def _expected_cells(adopters: list[dict]) -> dict:
+    """What adopting did to the adopters' expected error (Friedman #2 only)."""
+    if not adopters:
+        return {}
+    change = [u["expected_final"] / u["expected_personal"] - 1 for u in adopters]
+    return {"expected_adopters": len(adopters),
+            "adoptions_that_raised_expected_error": sum(c > 0 for c in change),
+            "largest_expected_raise_relative": max(change),
+            "adopters_expected_change": float(np.mean(
+                [u["expected_final"] for u in adopters]) / np.mean(
+                [u["expected_personal"] for u in adopters]) - 1)}
 
 
 def _executorch_cells(p: list[dict], over_seeds) -> dict:
@@ -502,7 +588,15 @@ def report(summary: dict) -> None:
             print(f"  h={h}: the oracle itself raised the test error of {o['users']}/{o['of']} "
                   f"users; v2 published in {a['v2_published_runs']}/{a['runs']} runs, adopted "
                   f"by {a['adopted']}/{a['users']} users, {a['adoptions_that_raised_test_error']}"
-                  f" of them raised their test error (largest +{a['largest_raise_relative']:.1%})")
+                  f" of them raised their test error"
+                  + (f" (largest +{a['largest_raise_relative']:.1%})"
+                     if a["adoptions_that_raised_test_error"] else "")
+                  + (f"; against the noiseless function on fresh records: adopters "
+                     f"{a['adopters_expected_change']:+.1%}, raised for "
+                     f"{a['adoptions_that_raised_expected_error']}"
+                     + (f" (largest +{a['largest_expected_raise_relative']:.1%})"
+                        if a["adoptions_that_raised_expected_error"] else "")
+                     if "expected_adopters" in a else ""))
 
 
 def markdown(result: dict) -> str:
@@ -573,9 +667,22 @@ def markdown(result: dict) -> str:
         lines.append("| loop: v2 published / adopted by / adoptions that raised test error "
                      "(largest) | " + " | ".join(
                          f"{a['v2_published_runs']}/{a['runs']} runs; {a['adopted']}/{a['users']}"
-                         f" users; {a['adoptions_that_raised_test_error']} "
-                         f"(+{a['largest_raise_relative']:.0%})"
+                         f" users; {a['adoptions_that_raised_test_error']}"
+                         + (f" (+{a['largest_raise_relative']:.0%})"
+                            if a["adoptions_that_raised_test_error"] else "")
                          for a in (by_spread[h]["loop: adoption"] for h in spreads)) + " |")
+        if any("expected_adopters" in by_spread[h]["loop: adoption"] for h in spreads):
+            lines.append("| loop: adopters' RMSE against the noiseless function (3,000 fresh "
+                         "records in their own range), change / adoptions that raised it "
+                         "(largest) | " + " | ".join(
+                             f"{a['adopters_expected_change']:+.1%} / "
+                             f"{a['adoptions_that_raised_expected_error']} of "
+                             f"{a['expected_adopters']}"
+                             + (f" (+{a['largest_expected_raise_relative']:.0%})"
+                                if a["adoptions_that_raised_expected_error"] else "")
+                             if "expected_adopters" in a else "—"
+                             for a in (by_spread[h]["loop: adoption"] for h in spreads))
+                         + " |")
         lines.append("")
     lines.append("In brackets: against the oracle at h > 0 and the foundation at h = 0; the "
                  "loop's end against the same users' personal v1 with nothing shared.")
@@ -661,7 +768,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=RESULTS,
                         help="folder for the results (default benchmarks/results)")
     parser.add_argument("--plot-only", action="store_true",
-                        help="redraw model_quality.png from OUTPUT/model_quality.json")
+                        help="rewrite model_quality.md and .png from OUTPUT/model_quality.json")
     parser.add_argument("--executorch-only", action="store_true",
                         help="only ExecuTorch's runtime beside the emulation (sections 5 and 7, "
                              "no loop) into OUTPUT/model_quality_executorch.json and .md")
@@ -671,9 +778,13 @@ def main() -> None:
         return
     if args.plot_only:
         saved = json.loads((args.output / "model_quality.json").read_text())
+        saved["summary"] = summarize(saved["runs"])
+        (args.output / "model_quality.md").write_text(
+            markdown(saved) + ("\n\n" + per_user_markdown(saved["runs"])
+                               if executorch_available() else ""))
         plot(saved["summary"], args.output / "model_quality.png",
              len({run["seed"] for run in saved["runs"]}))
-        print(f"drew {args.output / 'model_quality.png'}")
+        print(f"wrote {args.output / 'model_quality.md'} and model_quality.png from the JSON")
         return
     args.output.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
