@@ -36,7 +36,7 @@ other 20 % is the server's validation data for the gate.
 Writes ``model_quality.json``, ``.md`` (the README's tables) and ``.png`` into
 ``--output`` (default ``benchmarks/results``).
 Run: ``.venv/bin/python benchmarks/model_quality.py [--seeds 5] [--workers 2]
-[--output DIR]`` (about 48 minutes on 2 cores; ``--seeds 1 --datasets boston
+[--output DIR]`` (about 20 minutes on 2 cores; ``--seeds 1 --datasets boston
 --spreads 0.15`` for a quick check; ``--plot-only`` rewrites the tables and the plot from
 the saved JSON; ``--executorch-only`` runs sections 5 and 7 alone, without the loop, into
 ``model_quality_executorch.json`` and ``.md``).
@@ -54,6 +54,7 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -402,9 +403,10 @@ def _kept_before_adoption(into: dict[str, bytes]) -> Iterator[None]:
 
     adopt = personalize_module.adopt_new_version
 
-    def keeping(model, personal, *args, **kwargs):
+    def keeping(*args: Any, **kwargs: Any) -> Any:
+        personal = args[1] if len(args) > 1 else kwargs["personal_model_path"]
         into[str(personal)] = Path(personal).read_bytes()
-        return adopt(model, personal, *args, **kwargs)
+        return adopt(*args, **kwargs)
 
     personalize_module.adopt_new_version = keeping
     try:
@@ -413,7 +415,7 @@ def _kept_before_adoption(into: dict[str, bytes]) -> Iterator[None]:
         personalize_module.adopt_new_version = adopt
 
 
-def _expected_adoption(sim, loop, before_adoption: dict[str, bytes], seed: int
+def _expected_adoption(sim: Any, loop: Any, before_adoption: dict[str, bytes], seed: int
                        ) -> dict[int, tuple[float, float]]:
     """Each Friedman #2 user who adopted v2: the RMSE of the personal model before and after
     adopting against the noiseless function (``make_friedman2`` without noise: the user's
@@ -437,7 +439,9 @@ def _expected_adoption(sim, loop, before_adoption: dict[str, bytes], seed: int
         own = pd.concat([user.shareable, user.private, user.test])["x0"]
         pool = fresh[fresh["x0"].between(own.min(), own.max())].iloc[:3000]
         if len(pool) < 3000:
-            raise RuntimeError(f"user {user.user_id}: {len(pool)} fresh records in its range")
+            raise RuntimeError(f"User {user.user_id}: only {len(pool)} of 400,000 fresh records "
+                               f"fall in its x0 range [{own.min():.3g}, {own.max():.3g}]; "
+                               "draw more (n_samples) or use fewer records per user.")
         pool = pool.assign(y=pool["y"] * user.factor)
         out[user.user_id] = tuple(
             float(np.sqrt(np.mean((predict_frame(model, pool) - pool["y"]) ** 2)))
@@ -778,10 +782,9 @@ def main() -> None:
         return
     if args.plot_only:
         saved = json.loads((args.output / "model_quality.json").read_text())
-        saved["summary"] = summarize(saved["runs"])
+        per_user = per_user_markdown(saved["runs"])  # "" for runs without ExecuTorch's
         (args.output / "model_quality.md").write_text(
-            markdown(saved) + ("\n\n" + per_user_markdown(saved["runs"])
-                               if executorch_available() else ""))
+            markdown(saved) + ("\n\n" + per_user if per_user else ""))
         plot(saved["summary"], args.output / "model_quality.png",
              len({run["seed"] for run in saved["runs"]}))
         print(f"wrote {args.output / 'model_quality.md'} and model_quality.png from the JSON")
