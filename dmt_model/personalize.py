@@ -1763,7 +1763,8 @@ LABEL_SHIFT_FEW_RECORDS_CONFIDENCE: tuple[tuple[int, float], ...] = ((3, 0.99), 
 
 #: Below how many records to score a classifier's personal update, kept on a label shift
 #: (:func:`_label_shift`), takes the grid's strongest prior unless a weaker one is better
-#: (than the model and than the strongest's update) at :data:`FEW_RECORDS_CONFIDENCE`, and
+#: (than the model and than the strongest's update) at
+#: :data:`LABEL_SHIFT_FEW_RECORDS_CONFIDENCE`, and
 #: from that many a weaker one better than the strongest's at the rule's confidence, as a
 #: regression does below and from
 #: :attr:`~dmt_model.tasks.Regression.few_records`. With the label-shift test alone, users
@@ -1785,9 +1786,9 @@ def _eligible_priors(grid: Sequence[int], before: np.ndarray, after: Mapping[int
     :data:`FEW_RECORDS_CONFIDENCE` of the device's number of records, and better than the
     current model at that confidence too (a personal update's rule only; below the first
     size :data:`FEW_RECORDS_CONFIDENCE` names, 6 records, the strongest only; a classifier's
-    update kept on a label shift follows :data:`LABEL_SHIFT_FEW_RECORDS_CONFIDENCE`, from 3); from
-    ``few_records`` on at the rule's confidence (an
-    unvouched version's :data:`UNCHECKED_RULE` too: it is a personal update's rule at 99 %).
+    update kept on a label shift follows :data:`LABEL_SHIFT_FEW_RECORDS_CONFIDENCE`, from
+    3); from ``few_records`` on at the rule's confidence (an unvouched version's
+    :data:`UNCHECKED_RULE` too: it is a personal update's rule at 99 %).
     A rule that does not guard few records (``few_records`` 0, :data:`OPEN_RULE`, or a
     classifier's adoption) chooses among the whole grid, and :data:`ADOPTION_RULE`
     (``prefer="update"``) the strongest below ``few_records`` and the whole grid from it.

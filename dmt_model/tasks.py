@@ -62,8 +62,8 @@ records), and a weaker one only if its update is better, than the current model
 and than the strongest prior's update, at 97.5 % from 6 records (none below 6: on 3–5
 records a weak prior's update was kept by chance; until 5 December's evening at 99 % on 3
 or 4 records and 97.5 % from 5; :data:`dmt_model.personalize.FEW_RECORDS_CONFIDENCE`);
-from 30 records, a weaker
-prior's update must be better than the strongest's at the rule's confidence (until
+from 30 records, a weaker prior's update must be better than the strongest's at the
+rule's confidence (until
 5 December, a weaker prior was compared with the current model only, and any prior
 chosen from 30: users drawn like the proxy kept weak priors' updates by chance).
 At 90 % one update in ten with nothing to learn is still kept by chance; with a
