@@ -167,6 +167,21 @@ def test_concurrent_packages_share_transactions_each_acknowledged_after_commit(d
     assert SharedStore(ingestor.engine, KEY).counts()["packages"] == 60
 
 
+def test_an_acknowledged_group_is_on_disk_before_its_answer(tmp_path):
+    """Acknowledged means durable: a device marks its records shared when the server says
+    accepted, and never sends them again. The server's SQLite flushes its write-ahead log at
+    every commit (``synchronous=FULL``); under NORMAL a power loss could drop the last groups
+    the devices were told were stored. PostgreSQL flushes at commit by its own default."""
+    from dmt_model.server.store import connect
+
+    engine = connect(str(tmp_path / "server.db"))
+    with engine.connect() as first, engine.connect() as second:  # each of the pool's
+        for conn in (first, second):
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+    engine.dispose()
+
+
 def test_a_package_that_fails_the_write_takes_only_itself_down():
     groups = []
     busy, go_on = threading.Event(), threading.Event()
