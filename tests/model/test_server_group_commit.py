@@ -167,7 +167,7 @@ def test_concurrent_packages_share_transactions_each_acknowledged_after_commit(d
     assert SharedStore(ingestor.engine, KEY).counts()["packages"] == 60
 
 
-def test_an_acknowledged_group_is_on_disk_before_its_answer(tmp_path):
+def test_the_server_s_sqlite_flushes_its_log_at_every_commit(tmp_path):
     """Acknowledged means durable: a device marks its records shared when the server says
     accepted, and never sends them again. The server's SQLite flushes its write-ahead log at
     every commit (``synchronous=FULL``); under NORMAL a power loss could drop the last groups
