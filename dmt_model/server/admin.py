@@ -38,8 +38,8 @@ from dmt_model.server.store import (
     PackageRow,
     SharedStore,
     _now,
-    connect,
     lock_classes,
+    open_engine,
     payload_aad,
 )
 from dmt_model.server.validate import PackageRefused, validate_package
@@ -91,13 +91,9 @@ class RemovalReport:
         return "\n".join(lines)
 
 
-def _engine(db: str | Engine) -> Engine:
-    return db if isinstance(db, Engine) else connect(db)
-
-
 def list_packages(db: str | Engine) -> list[StoredPackage]:
     """Every stored package: id, days, record count and receipt (JSON as stored)."""
-    with _engine(db).connect() as conn:
+    with open_engine(db).connect() as conn:
         rows = conn.execute(select(PackageRow.package_id, PackageRow.created_day,
                                    PackageRow.received_at, PackageRow.n_records,
                                    PackageRow.receipt).order_by(PackageRow.received_at,
@@ -283,7 +279,7 @@ def remove_packages(
     if reason is not None and (private_key is None or policy is None):
         raise ValidationError("Removing by reason re-validates every package: pass the "
                               "server's private key and policy.")
-    engine = _engine(db)
+    engine = open_engine(db)
     store = SharedStore(engine, private_key) if private_key is not None else None
     report = RemovalReport(dry_run=dry_run)
     kinds: Counter[str] = Counter()

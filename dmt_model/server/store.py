@@ -149,6 +149,7 @@ __all__ = [
     "connect",
     "consistent_reads",
     "lock_classes",
+    "open_engine",
     "payload_aad",
     "release_due",
     "release_rule",
@@ -319,6 +320,28 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+def _sqlite_pragmas_once(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    """At checkout, the server's settings on a connection that lacks them (a caller's
+    engine: its pool may hold connections opened before the store saw it)."""
+    if not record.info.get("dmt_pragmas"):
+        _sqlite_pragmas(dbapi_connection, record)
+        record.info["dmt_pragmas"] = True
+
+
+def open_engine(db: str | Engine) -> Engine:
+    """The store's engine for ``db``: :func:`connect` for a URL or path, else the caller's
+    Engine as it is, but a SQLite one with the server's settings on every connection (WAL,
+    a flush at every commit, foreign keys, the busy timeout), those it pooled already
+    included, at their next checkout. Without them a caller's engine wrote without enforced
+    foreign keys, in the rollback journal, with no busy timeout (helper-78)."""
+    if not isinstance(db, Engine):
+        return connect(db)
+    if db.dialect.name == "sqlite" and not event.contains(db, "connect", _sqlite_pragmas) \
+            and not event.contains(db, "checkout", _sqlite_pragmas_once):
+        event.listen(db, "checkout", _sqlite_pragmas_once)
+    return db
 
 
 def connect(db_url: str, **engine_options: Any) -> Engine:
@@ -928,7 +951,7 @@ class SharedStore:
 
     def __init__(self, db_url: str | Engine,
                  private_key: ServerPrivateKey | ServerKeyring) -> None:
-        self.engine = db_url if isinstance(db_url, Engine) else connect(db_url)
+        self.engine = open_engine(db_url)
         self.keyring = private_key if isinstance(private_key, ServerKeyring) \
             else ServerKeyring(private_key)
         self.private_key = self.keyring.current

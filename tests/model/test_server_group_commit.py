@@ -182,6 +182,33 @@ def test_the_server_s_sqlite_flushes_its_log_at_every_commit(tmp_path):
     engine.dispose()
 
 
+def test_a_callers_sqlite_engine_gets_the_servers_settings(tmp_path):
+    """An Engine passed in (``SharedStore(engine)``, ``ingest(..., engine)``, the admin
+    functions) is the caller's, but the store's promises hold on it too: it skipped
+    ``store.connect``'s settings, so its writes ran without enforced foreign keys, in
+    SQLite's rollback journal (writers blocking readers) and with no busy timeout
+    (helper-78). A connection the pool held before
+    the engine was handed over gets them too, at its next checkout."""
+    from sqlalchemy import create_engine
+
+    from dmt_model.server.admin import list_packages
+    from dmt_model.server.store import Base
+
+    for opened in (lambda e: SharedStore(e, KEY), list_packages):
+        engine = create_engine(f"sqlite:///{tmp_path / f'own{id(opened)}.db'}")
+        Base.metadata.create_all(engine)
+        with engine.connect() as conn:  # pooled before the store sees the engine
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 0
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "delete"
+        opened(engine)
+        with engine.connect() as first, engine.connect() as second:
+            for conn in (first, second):
+                assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+                assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2
+                assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        engine.dispose()
+
+
 def test_a_package_that_fails_the_write_takes_only_itself_down():
     groups = []
     busy, go_on = threading.Event(), threading.Event()
