@@ -52,6 +52,7 @@ from dmt_model.server.store import (
     SpentTokenRow,
     TokenIssuanceRow,
     TokenKeyRow,
+    open_engine,
 )
 from dmt_privacy.errors import DMTError, InvalidPackage, ValidationError
 from dmt_privacy.privacy_pass import (
@@ -95,7 +96,7 @@ class IssuerKeys:
         if isinstance(period_seconds, bool) or not isinstance(period_seconds, int) \
                 or period_seconds < 1:
             raise ValidationError(f"period_seconds must be a positive int, got {period_seconds!r}.")
-        self.engine = engine
+        self.engine = open_engine(engine)  # a caller's SQLite engine: the store's settings
         self.keyring = keyring
         self.period_seconds = period_seconds
         self.clock = clock

@@ -312,30 +312,56 @@ TOKEN_ISSUANCE = cast(Table, TokenIssuanceRow.__table__)
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA busy_timeout=30000")  # first: the switch to WAL may wait a lock
     cursor.execute("PRAGMA journal_mode=WAL")
     # WAL + FULL: the log is flushed at every commit, so a package acknowledged as stored
     # survives a power loss too (under NORMAL it survived a killed process only, and a
     # device that was told "accepted" never sends its records again). One flush a group.
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
 
 
 def _sqlite_pragmas_once(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
-    """At checkout, the server's settings on a connection that lacks them (a caller's
-    engine: its pool may hold connections opened before the store saw it)."""
-    if not record.info.get("dmt_pragmas"):
-        _sqlite_pragmas(dbapi_connection, record)
-        record.info["dmt_pragmas"] = True
+    """At checkout, the server's settings on a caller's engine's connection that lacks them
+    (its pool may hold connections opened before the store saw it). The switch to WAL
+    needs the file to itself: where another connection holds a transaction, or the engine
+    is read-only, the file stays in its rollback journal (said once a connection, tried
+    again at the next checkout) and the caller's work goes on, as it did before."""
+    import sqlite3
+
+    info = record.info
+    cursor = dbapi_connection.cursor()
+    try:
+        if not info.get("dmt_pragmas"):
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            info["dmt_pragmas"] = True
+        if not info.get("dmt_wal"):
+            cursor.execute("PRAGMA busy_timeout=0")  # never make the caller wait for it
+            try:
+                mode = cursor.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                info["dmt_wal"] = True
+            except sqlite3.Error as exc:
+                mode = f"not switched ({exc})"
+            if not info.get("dmt_wal") and not info.get("dmt_wal_said"):
+                info["dmt_wal_said"] = True
+                log.warning("A caller's SQLite engine stays in its rollback journal for now: "
+                            "the switch to WAL %s; it is tried again at the next checkout. "
+                            "Open the store by its path (dmt_model.server.store.connect) to "
+                            "have it in WAL from the start.", mode)
+        cursor.execute("PRAGMA busy_timeout=30000")
+    finally:
+        cursor.close()
 
 
 def open_engine(db: str | Engine) -> Engine:
     """The store's engine for ``db``: :func:`connect` for a URL or path, else the caller's
-    Engine as it is, but a SQLite one with the server's settings on every connection (WAL,
-    a flush at every commit, foreign keys, the busy timeout), those it pooled already
+    Engine as it is, but a SQLite one with the server's settings on every connection (a
+    flush at every commit, foreign keys, the busy timeout, WAL), those it pooled already
     included, at their next checkout. Without them a caller's engine wrote without enforced
-    foreign keys, in the rollback journal, with no busy timeout (helper-78)."""
+    foreign keys, in the rollback journal, with no busy timeout (helper-78). The settings
+    stay on the engine, for the caller's own use of it too, and WAL stays on the file."""
     if not isinstance(db, Engine):
         return connect(db)
     if db.dialect.name == "sqlite" and not event.contains(db, "connect", _sqlite_pragmas) \

@@ -60,6 +60,7 @@ from dmt_model.server.store import (
     _pg_run,
     _psycopg,
     _sqlite,
+    open_engine,
     payload_aad,
     pg_pipeline,
     release_rule,
@@ -477,7 +478,7 @@ def write_package(engine: Engine, package: Any, plaintext: bytes, policy: Server
     package id is already stored or the token already spent.
     """
     prepared = prepare_package(package, plaintext, policy, key, columns, token)
-    with engine.begin() as conn:
+    with open_engine(engine).begin() as conn:
         (written,) = write_prepared(conn, [prepared], policy, key)
         if written.status != "stored":
             raise IntegrityError("INSERT INTO packages", {"package_id": package.package_id},

@@ -206,7 +206,43 @@ def test_a_callers_sqlite_engine_gets_the_servers_settings(tmp_path):
                 assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
                 assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2
                 assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+                assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
         engine.dispose()
+
+
+def test_a_callers_engine_on_a_busy_file_still_reads_and_switches_to_wal_later(tmp_path,
+                                                                               caplog):
+    """The switch to WAL needs the file to itself. Another connection's open transaction
+    made the caller's read wait 5 s and fail ("database is locked"), where it had worked
+    before the store set anything (helper-79): now the read goes on in the rollback
+    journal, the store says so once, and the next checkout after the transaction switches."""
+    import logging
+    import sqlite3
+
+    from sqlalchemy import create_engine
+
+    from dmt_model.server.admin import list_packages
+    from dmt_model.server.store import Base
+
+    path = tmp_path / "busy.db"
+    engine = create_engine(f"sqlite:///{path}")
+    Base.metadata.create_all(engine)
+    engine.dispose()
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # a writer in the middle of its transaction
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="dmt.server.store"):
+        assert list_packages(engine) == []
+    assert time.monotonic() - started < 2
+    assert "stays in its rollback journal" in caplog.text
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "delete"
+    other.execute("COMMIT")
+    other.close()
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    engine.dispose()
 
 
 def test_a_package_that_fails_the_write_takes_only_itself_down():
