@@ -340,16 +340,16 @@ def _sqlite_pragmas_once(dbapi_connection: Any, record: Any, _proxy: Any) -> Non
         if not info.get("dmt_wal"):
             cursor.execute("PRAGMA busy_timeout=0")  # never make the caller wait for it
             try:
-                mode = cursor.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                cursor.execute("PRAGMA journal_mode=WAL").fetchone()
                 info["dmt_wal"] = True
             except sqlite3.Error as exc:
-                mode = f"not switched ({exc})"
-            if not info.get("dmt_wal") and not info.get("dmt_wal_said"):
-                info["dmt_wal_said"] = True
-                log.warning("A caller's SQLite engine stays in its rollback journal for now: "
-                            "the switch to WAL %s; it is tried again at the next checkout. "
-                            "Open the store by its path (dmt_model.server.store.connect) to "
-                            "have it in WAL from the start.", mode)
+                if not info.get("dmt_wal_said"):
+                    info["dmt_wal_said"] = True
+                    log.warning("A caller's SQLite engine stays in its rollback journal for "
+                                "now (the switch to WAL failed: %s); it is tried again at the "
+                                "next checkout. Open the store by its path "
+                                "(dmt_model.server.store.connect) to have WAL from the start.",
+                                exc)
         cursor.execute("PRAGMA busy_timeout=30000")
     finally:
         cursor.close()

@@ -187,8 +187,8 @@ def test_a_callers_sqlite_engine_gets_the_servers_settings(tmp_path):
     functions) is the caller's, but the store's promises hold on it too: it skipped
     ``store.connect``'s settings, so its writes ran without enforced foreign keys, in
     SQLite's rollback journal (writers blocking readers) and with no busy timeout
-    (helper-78). A connection the pool held before
-    the engine was handed over gets them too, at its next checkout."""
+    (helper-78). A connection the pool held before the engine was handed over gets them
+    too, at its next checkout."""
     from sqlalchemy import create_engine
 
     from dmt_model.server.admin import list_packages
@@ -213,9 +213,10 @@ def test_a_callers_sqlite_engine_gets_the_servers_settings(tmp_path):
 def test_a_callers_engine_on_a_busy_file_still_reads_and_switches_to_wal_later(tmp_path,
                                                                                caplog):
     """The switch to WAL needs the file to itself. Another connection's open transaction
-    made the caller's read wait 5 s and fail ("database is locked"), where it had worked
-    before the store set anything (helper-79): now the read goes on in the rollback
-    journal, the store says so once, and the next checkout after the transaction switches."""
+    made the caller's read fail ("database is locked": at once behind a writer, after 5 s
+    behind a reader), where it had worked before the store set anything (helper-79): now
+    the read goes on in the rollback journal, the store says so once, and the next
+    checkout after the transaction switches."""
     import logging
     import sqlite3
 
