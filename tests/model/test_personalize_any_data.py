@@ -250,7 +250,8 @@ def _friedman1_users(n_records: int, factor: float, *, seed: int = 0, n_users: i
 
     from dmt_privacy.schema import Field
 
-    n_test, size = 100, proxy + n_users * (n_records + 100)
+    n_test = 100
+    size = proxy + n_users * (n_records + n_test)
     X, y = make_friedman1(size, 10, noise=1.0, random_state=seed)
     frame = pd.DataFrame(X, columns=[f"x{i}" for i in range(10)]).assign(y=y)
     if truth:  # the same inputs (the noise is drawn after them), y without the noise
