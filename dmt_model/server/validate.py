@@ -335,8 +335,15 @@ def _check_categories(name: str, values: Sequence[Any], categories: Any) -> None
 def _check_generalized(name: str, values: Sequence[Any], view: _SchemaView) -> None:
     """Without a plan: intervals inside the domain, value sets of categories, hierarchy nodes."""
     spec = view.fields[name]
+    # Cells of one class are one object each (the decoder caches ext payloads): an object
+    # checked once is skipped by identity before it is keyed (the list holds every object,
+    # so no id is reused while this runs).
+    checked: set[int] = set()
     seen: set[Any] = set()
     for v in values:
+        if id(v) in checked:
+            continue
+        checked.add(id(v))
         t = type(v)
         if t not in (pd.Interval, frozenset, str):
             raise _refuse("generalization", f"quasi-identifier {name!r} holds cells that are "
