@@ -53,3 +53,26 @@ def test_widened_plan_round_trips_and_needs_numeric_domains():
                                   again.apply(new).data.astype(str))
     with pytest.raises(ValidationError, match="income"):
         fitted.widened({"age": (0.0, 120.0)})
+
+
+def test_a_central_release_by_the_tree_s_regions_names_no_record_s_value():
+    """The README's route for a central release without the class's exact ends: fit, widen to
+    the schema's bounds, apply to the same records. A tight release names the outlier's exact
+    income as its class's upper end; the regions name only cuts and the bounds (no income a
+    record holds), and every record is released in a class of at least k."""
+    data = frame(3, 200)
+    data.loc[data.index[0], "income"] = 987.65  # the largest income, and not a round number
+    anonymizer = KAnonymizer(["age", "income", "city"], k=5)
+    tight = anonymizer.fit_transform(data)
+    assert 987.65 in set(tight["income"].array.right)
+    regions = anonymizer.plan_.widened(DOMAINS).apply(data)
+    assert len(regions.suppressed) == 0
+    assert np.unique(regions.class_ids, return_counts=True)[1].min() >= 5
+    # (an integer column's cut between 35 and 36 is 36 whatever else: real incomes only)
+    ends = {end for iv in regions.data["income"] for end in (iv.left, iv.right)}
+    assert not ends & set(data["income"]) and 987.65 not in ends
+    assert all(v in iv for q in ("age", "income")
+               for v, iv in zip(data[q], regions.data[q], strict=True))
+    # released as one generalization per class, so the released table itself is k-anonymous
+    sizes = regions.data.groupby(["age", "income"], observed=True).size()
+    assert sizes.min() >= 5
