@@ -12,7 +12,12 @@ RMSE (mean ± std over seeds of the mean over 20 users) for:
   (k ∈ {2, 5, 10, 25}); perturbed with local DP at a user-level ε ∈
   {1, 4, 8, 64}; and k = 5 with the target alone perturbed at user-level
   ε = 1 — and each user re-personalizes the new foundation on the records
-  they never shared;
+  they never shared; and, as a device running the SDK does, each user decides on
+  the new version with ``adopt_new_version`` (``adopted_many``: all its records,
+  those it shared never scored, no release claim, so ``UNCHECKED_RULE``), keeping
+  its personal model unless the version proves itself (row "adopted as the SDK
+  decides"). Every row is also compared with sharing nothing ("foundation,
+  personalized") seed by seed;
 * FedAvg and DP-FedAvg at user-level ε ∈ {1, 4, 8} (``dmt_model.federated``
   on Flower, the settings of ``benchmarks/federated_baseline.py``), each
   personalized after training.
@@ -162,8 +167,10 @@ def share(sim, *, k: int | None = None, epsilon: float | None = None, seed: int 
 
 
 # --- evaluation -----------------------------------------------------------------------
-def per_user(model: Foundation, sim, *, personalize_on: str | None) -> tuple[float, float]:
-    """Mean per-user test RMSE of ``model``, without and with personalization."""
+def per_user(model: Foundation, sim, *, personalize_on: str | None,
+             held: list | None = None) -> tuple[float, float]:
+    """Mean per-user test RMSE of ``model``, without and with personalization; each user's
+    personal model is appended to ``held`` when it is given."""
     spec = build_spec(model, updatable=UpdateSettings())
     plain, personal = [], []
     for user in sim.users:
@@ -173,7 +180,28 @@ def per_user(model: Foundation, sim, *, personalize_on: str | None) -> tuple[flo
             records = user.train if personalize_on == "train" else user.private
             updated, _ = personalized(spec, records)
             personal.append(rmse(predict_frame(updated, user.test), y))
+            if held is not None:
+                held.append(updated)
     return float(np.mean(plain)), float(np.mean(personal)) if personal else float("nan")
+
+
+def adopted_by_devices(model: Foundation, foundation: Foundation, currents: list,
+                       sim) -> tuple[float, int]:
+    """(mean per-user test RMSE, devices that moved) when each user decides on the new
+    version as the SDK's device does: ``adopt_new_version`` on all its local records, its
+    current personal model personalized from ``foundation``, the records it shared never
+    scored (``shared_records``), and no release (no held-out devices vouched for the
+    version, as none are held out here), so the version must prove itself on the device's
+    records at 99 % (``UNCHECKED_RULE``); a user who does not move keeps its model."""
+    from dmt_model.personalize import adopted_many
+
+    new = build_spec(model, updatable=UpdateSettings())
+    outcomes = adopted_many(new, currents, [u.train for u in sim.users],
+                            previous=build_spec(foundation, updatable=UpdateSettings()),
+                            shared_records=[u.shareable for u in sim.users])
+    scores = [rmse(predict_frame(held, u.test), u.test[TARGET].to_numpy())
+              for (held, _), u in zip(outcomes, sim.users, strict=True)]
+    return float(np.mean(scores)), sum(bool(result.accepted) for _, result in outcomes)
 
 
 def local_only(sim, seed: int) -> float:
@@ -220,8 +248,9 @@ def run_seed(data: pd.DataFrame, seed: int, spread: float) -> tuple[dict, dict, 
     lost: dict[str, dict] = {}
     privacy: dict[str, dict] = {}
     foundation = train_foundation(sim.proxy, BOSTON_SCHEMA, config)
+    currents: list = []  # each user's personal model before anything is shared
     rows["foundation (proxy only)"], rows["foundation, personalized"] = per_user(
-        foundation, sim, personalize_on="train")
+        foundation, sim, personalize_on="train", held=currents)
     pooled = pd.concat([sim.proxy, *[u.train for u in sim.users]])
     central = fit_foundation(foundation.featurizer, foundation.featurizer.transform(pooled),
                              foundation.featurizer.target_values(pooled), config)
@@ -252,6 +281,8 @@ def run_seed(data: pd.DataFrame, seed: int, spread: float) -> tuple[dict, dict, 
         if name in ("DMT raw", "DMT k=5, target ε=1"):
             _, rows[f"{name}, re-personalized on all local records"] = per_user(
                 model, sim, personalize_on="train")
+        rows[f"{name}, adopted as the SDK decides"], info["adopted"] = adopted_by_devices(
+            model, foundation, currents, sim)
     fl_rows, fl_privacy = federated_rows(sim, foundation, seed)
     rows.update(fl_rows)
     privacy.update(fl_privacy)
@@ -260,7 +291,8 @@ def run_seed(data: pd.DataFrame, seed: int, spread: float) -> tuple[dict, dict, 
 
 def row_privacy(name: str, privacy: dict) -> dict:
     """The (ε, δ) of a result row: that of the setting it belongs to."""
-    for suffix in (", re-personalized on all local records", ", no re-personalization",
+    for suffix in (", re-personalized on all local records", ", adopted as the SDK decides",
+                   ", no re-personalization",
                    ", re-personalized", ", personalized"):
         if name.endswith(suffix):
             name = name[:-len(suffix)]
@@ -453,6 +485,8 @@ def plot(summary: dict, risks: dict, path: Path, seeds: int, spread: float) -> N
         if column == 0:  # DMT and DP-FedAvg at the same user-level ε
             series = [("DMT ε={:g}, re-personalized", USER_EPSILONS, "o-", "tab:purple", 0.96,
                        "DMT (local DP), re-personalized"),
+                      ("DMT ε={:g}, adopted as the SDK decides", USER_EPSILONS, "^-",
+                       "tab:green", 1.0, "DMT (local DP), adopted as the SDK decides"),
                       ("DP-FedAvg ε={:g}, personalized", FL_EPSILONS, "s-", "tab:red", 1.04,
                        "DP-FedAvg (Flower), personalized")]
             lines = {"foundation, personalized": "tab:blue",
@@ -460,6 +494,8 @@ def plot(summary: dict, risks: dict, path: Path, seeds: int, spread: float) -> N
         else:
             series = [("DMT k={}, re-personalized", KS, "o-", "tab:purple", 0.96,
                        "DMT, re-personalized"),
+                      ("DMT k={}, adopted as the SDK decides", KS, "^-", "tab:olive", 1.0,
+                       "DMT, adopted as the SDK decides"),
                       ("DMT k={}, no re-personalization", KS, "s--", "tab:orange", 1.04,
                        "DMT, no re-personalization")]
             lines = {"foundation, personalized": "tab:blue",
@@ -516,11 +552,33 @@ def plot(summary: dict, risks: dict, path: Path, seeds: int, spread: float) -> N
     plt.close(fig)
 
 
+#: The row every other is compared with seed by seed: each user personalizes the proxy
+#: foundation on their records and shares nothing.
+NOTHING_SHARED = "foundation, personalized"
+
+
+def paired(per_seed: Mapping[str, list[float]]) -> dict[str, dict[str, float]]:
+    """Each row against :data:`NOTHING_SHARED` in the same seeds: the mean and standard
+    deviation of the per-seed differences (negative: users better off than sharing nothing)
+    and in how many seeds users were worse off."""
+    base = np.asarray(per_seed[NOTHING_SHARED])
+    out = {}
+    for name, values in per_seed.items():
+        difference = np.asarray(values) - base
+        out[name] = {"mean": float(difference.mean()),
+                     "std": float(difference.std(ddof=1)) if len(difference) > 1 else 0.0,
+                     "seeds_worse": int((difference > 0).sum())}
+    return out
+
+
 def report(per_seed: dict, privacy: dict, lost: dict, risks: dict, *, seeds: list[int],
-           spread: float, output: Path, seconds: float) -> None:
+           spread: float, output: Path, seconds: float,
+           moved: Mapping[str, list[int]] | None = None) -> None:
     """Print the table, write privacy_utility.json and draw the plot."""
+    moved = dict(moved or {})
     summary = {name: {"mean": statistics.mean(v), "std": statistics.stdev(v) if len(v) > 1
                       else 0.0} for name, v in per_seed.items()}
+    against = paired(per_seed)
     reference = summary["centralized raw, personalized"]["mean"]
     print(f"\nper-user test RMSE, mean ± std over {len(seeds)} seeds, h = {spread}; "
           "privacy: user-level (ε, δ)")
@@ -528,6 +586,14 @@ def report(per_seed: dict, privacy: dict, lost: dict, risks: dict, *, seeds: lis
         print(f"{name:<58} {s['mean']:6.3f} ± {s['std']:.3f}  "
               f"{100 * (s['mean'] / reference - 1):+6.1f} % vs centralized raw + pers.  "
               f"{privacy_text(row_privacy(name, privacy))}")
+    print(f"\nagainst sharing nothing ({NOTHING_SHARED}), paired by seed (users' RMSE "
+          f"difference, mean ± std; seeds of {len(seeds)} where users were worse off)")
+    for name, d in against.items():
+        if name != NOTHING_SHARED:
+            print(f"{name:<58} {d['mean']:+6.3f} ± {d['std']:.3f}  worse in {d['seeds_worse']}")
+    if moved:
+        print(f"\ndevices (of {len(seeds)} × 20) that adopted the new version as the SDK "
+              "decides: " + ", ".join(f"{n}: {sum(v)}" for n, v in moved.items()))
     print(f"\nrecords quarantined by the server (seed {seeds[-1]}): " + ", ".join(
         f"{n}: {i['quarantined']}/{i['offered']}" for n, i in lost.items() if i["quarantined"]))
     if risks:
@@ -540,7 +606,9 @@ def report(per_seed: dict, privacy: dict, lost: dict, risks: dict, *, seeds: lis
     output.mkdir(parents=True, exist_ok=True)
     (output / "privacy_utility.json").write_text(json.dumps(
         {"seeds": len(seeds), "seed_list": seeds, "spread": spread, "per_seed": per_seed,
-         "summary": summary, "privacy": {name: row_privacy(name, privacy) for name in summary},
+         "summary": summary, "against_nothing_shared": against,
+         "devices_adopting_per_seed": moved,
+         "privacy": {name: row_privacy(name, privacy) for name in summary},
          "privacy_by_setting": privacy,
          "privacy_unit": "user-level: neighbouring data sets differ by all records of one user",
          "quarantined_last_seed": lost, "risk": risks, "seconds": seconds}, indent=2))
@@ -554,16 +622,19 @@ def merge(folders: list[Path], output: Path) -> None:
     runs.sort(key=lambda run: run["seed_list"][0])
     per_seed: dict[str, list[float]] = {}
     privacy: dict[str, dict] = {}
+    moved: dict[str, list[int]] = {}
     for run in runs:
         for name, values in run["per_seed"].items():
             per_seed.setdefault(name, []).extend(values)
+        for name, counts in run.get("devices_adopting_per_seed", {}).items():
+            moved.setdefault(name, []).extend(counts)
         for name, entry in run["privacy_by_setting"].items():
             if name not in privacy or (entry["epsilon"] or 0) > (privacy[name]["epsilon"] or 0):
                 privacy[name] = entry
     risks = next((run["risk"] for run in runs if run["risk"]), {})
     report(per_seed, privacy, runs[-1]["quarantined_last_seed"], risks,
            seeds=[s for run in runs for s in run["seed_list"]], spread=runs[0]["spread"],
-           output=output, seconds=sum(run["seconds"] for run in runs))
+           output=output, seconds=sum(run["seconds"] for run in runs), moved=moved)
 
 
 def main() -> None:
@@ -604,6 +675,7 @@ def main() -> None:
     data = load_boston()
     started = time.perf_counter()
     per_seed: dict[str, list[float]] = {}
+    moved: dict[str, list[int]] = {}
     lost: dict = {}
     privacy: dict[str, dict] = {}
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
@@ -611,13 +683,16 @@ def main() -> None:
         rows, lost, spent = run_seed(data, seed, args.spread)
         for name, value in rows.items():
             per_seed.setdefault(name, []).append(value)
+        for name, info in lost.items():
+            if "adopted" in info:
+                moved.setdefault(name, []).append(info["adopted"])
         for name, entry in spent.items():  # the largest ε any seed spent
             if name not in privacy or (entry["epsilon"] or 0) > (privacy[name]["epsilon"] or 0):
                 privacy[name] = entry
         print(f"seed {seed} done ({time.perf_counter() - started:.0f} s)", flush=True)
     risks = risk(data, args.spread) if args.risk else {}
     report(per_seed, privacy, lost, risks, seeds=seeds, spread=args.spread, output=args.output,
-           seconds=time.perf_counter() - started)
+           seconds=time.perf_counter() - started, moved=moved)
 
 
 if __name__ == "__main__":
