@@ -238,6 +238,31 @@ def test_records_the_device_shared_are_trained_on_but_never_scored(digits):
                 previous=v1)
 
 
+def test_shared_records_passed_among_all_the_records_are_still_never_scored(digits):
+    """The defect (privacy_utility.py's new adoption rows, 6 December): the docstring asks
+    for all the device's records in ``records=``, and shared_records= for those it shared;
+    a device that passed both held its shared records out too, the new version was scored
+    on records it had trained on, and one Boston user of 20 moved to a version that left
+    them 0.83 RMSE worse ("on 13 records": 6 of them shared). A record of ``records`` that
+    is a shared one is now trained on like the others shared, never scored: the decision is
+    the one the unshared records alone give."""
+    v1, v2, train, test = digits
+    current, _ = personalized(v1, train)
+    unshared, shared = test.iloc[:4], train
+    _, alone = adopted(v2, current, unshared, shared_records=shared, previous=v1)
+    _, among = adopted(v2, current, pd.concat([unshared, shared]), shared_records=shared,
+                       previous=v1)
+    assert f"on {len(unshared)} records" in among.reason, among.reason
+    assert (among.accepted, among.reason, among.holdout_loss_after) == (
+        alone.accepted, alone.reason, alone.holdout_loss_after)
+    [(_, many)] = adopted_many(v2, [current], [pd.concat([shared.iloc[:3], unshared])],
+                               previous=v1, shared_records=[shared])
+    assert (many.reason, many.holdout_loss_after) == (alone.reason, alone.holdout_loss_after)
+    with pytest.raises(ValidationError, match="cannot be cross-validated"):
+        adopted(v2, current, pd.concat([unshared.iloc[:1], shared]), shared_records=shared,
+                previous=v1)
+
+
 def test_a_version_no_devices_vouched_for_leaves_users_no_worse_off():
     """The defect (benchmarks/fl_protocol.py, Adult under local DP; adoption.py --unclaimed):
     a version released without a device claim, as under local DP where the server holds out
