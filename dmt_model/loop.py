@@ -55,7 +55,7 @@ import numpy as np
 
 from dmt_model.datasets.users import Simulation
 from dmt_model.foundation import TrainingConfig
-from dmt_privacy.errors import ValidationError
+from dmt_privacy.errors import TooFewRecords, ValidationError
 from dmt_privacy.schema import Schema
 
 __all__ = ["LoopResult", "UserOutcome", "run_loop"]
@@ -401,10 +401,13 @@ def run_loop(
         unshared = store.records("unshared")
         if shipped and len(unshared) >= 2:  # too few unseen records to judge: keep
             shared = store.records("shared") if adopt_on == "all" else None
-            adopted = adopt_new_version(v2_model,
-                                        personal_paths[user.user_id], unshared,
-                                        shared_records=shared, previous=v1_model, rule=rule,
-                                        seed=seed).accepted
+            try:
+                adopted = adopt_new_version(v2_model,
+                                            personal_paths[user.user_id], unshared,
+                                            shared_records=shared, previous=v1_model,
+                                            rule=rule, seed=seed).accepted
+            except TooFewRecords:  # unshared records that copy shared or each other: keep
+                adopted = False
         featurizer = foundation.featurizer
         base = predict_frame(v1_spec, user.test)
         personalized, personal_spec = first[user.user_id]

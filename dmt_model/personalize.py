@@ -85,7 +85,13 @@ from dmt_model.coreml.validate import validate_updatable
 from dmt_model.coreml.weights import _network, get_weights, set_weights
 from dmt_model.features import Featurizer
 from dmt_model.tasks import PROBABILITY_FLOOR, Task
-from dmt_privacy.errors import DMTError, ModelFileError, UpdateRejected, ValidationError
+from dmt_privacy.errors import (
+    DMTError,
+    ModelFileError,
+    TooFewRecords,
+    UpdateRejected,
+    ValidationError,
+)
 
 __all__ = [
     "ADOPTION_RULE",
@@ -1595,7 +1601,7 @@ def _plan_update(spec: Any, records: pd.DataFrame, *, holdout: pd.DataFrame | No
         distinct = len(np.unique(groups[:to_score]))
         if distinct < 2:
             copies = "" if distinct == to_score else f" ({distinct} distinct: the others copy it)"
-            raise ValidationError(
+            raise TooFewRecords(
                 f"{to_score} record(s){copies} cannot be cross-validated; give at least 2 "
                 "distinct records, or pass holdout= explicitly.")
         checks = _folds(records, target, rule.folds, seed, scored, groups=groups)
@@ -2606,9 +2612,16 @@ def _with_shared(spec: Any, records: pd.DataFrame, shared: pd.DataFrame | None
     _check_records(spec, both, what="records")  # a clear error before records are compared
     groups = _copies(spec, both)
     own = ~np.isin(groups[:len(records)], groups[len(records):])
-    if not own.all():
-        both = pd.concat([records[own], shared])
-    return both, int(own.sum())
+    if own.all():
+        return both, len(records)
+    if len(np.unique(groups[:len(records)][own])) < 2:
+        raise TooFewRecords(
+            f"records: {len(records)} given, {len(records) - int(own.sum())} of them the same "
+            f"as records in shared_records (trained on, never scored), which leaves "
+            f"{len(np.unique(groups[:len(records)][own]))} distinct record(s) to judge the new "
+            "version on; at least 2 are needed. Keep the current model until the device has "
+            "more records it did not share.")
+    return pd.concat([records[own], shared]), int(own.sum())
 
 
 def _check_versions(new_spec: Any, current: Any, base: Any | None, *, new: str, personal: str,

@@ -23,6 +23,7 @@ __all__ = [
     "StoreIntegrityError",
     "StoreKeyError",
     "StoreLockedError",
+    "TooFewRecords",
     "UnknownCategoryError",
     "UpdatableModelError",
     "UpdateRejected",
@@ -40,6 +41,11 @@ class SchemaError(DMTError, ValueError):
 
 class ValidationError(DMTError, ValueError):
     """Input data does not fit its schema: a missing column, NaN, out of domain..."""
+
+
+class TooFewRecords(ValidationError):
+    """A device has too few distinct records to judge an update or a new version on (fewer
+    than 2 to hold out, its shared records never counted): keep the model it has."""
 
 
 class UnknownCategoryError(ValidationError):

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from dmt_privacy.anonymity import AnonymizationPlan, KAnonymizer
 from dmt_privacy.errors import ValidationError
+from dmt_privacy.testing import assert_k_anonymous, assert_l_diverse
 
 DOMAINS = {"age": (0.0, 120.0), "income": (0.0, 1000.0)}
 
@@ -56,23 +57,38 @@ def test_widened_plan_round_trips_and_needs_numeric_domains():
 
 
 def test_a_central_release_by_the_tree_s_regions_names_no_record_s_value():
-    """The README's route for a central release without the class's exact ends: fit, widen to
-    the schema's bounds, apply to the same records. A tight release names the outlier's exact
-    income as its class's upper end; the regions name only cuts and the bounds (no income a
-    record holds), and every record is released in a class of at least k."""
+    """The README's route for a central release without the class's exact ends: fit, widen
+    to the schema's bounds, release the same records by the fitted labels. A tight release
+    names the outlier's exact income as its class's upper end; the regions' ends are only
+    the plan's cuts and the bounds, on the same partition, k-anonymous."""
     data = frame(3, 200)
+    data["income"] *= 0.9
     data.loc[data.index[0], "income"] = 987.65  # the largest income, and not a round number
     anonymizer = KAnonymizer(["age", "income", "city"], k=5)
     tight = anonymizer.fit_transform(data)
     assert 987.65 in set(tight["income"].array.right)
-    regions = anonymizer.plan_.widened(DOMAINS).apply(data)
-    assert len(regions.suppressed) == 0
-    assert np.unique(regions.class_ids, return_counts=True)[1].min() >= 5
-    # (an integer column's cut between 35 and 36 is 36 whatever else: real incomes only)
-    ends = {end for iv in regions.data["income"] for end in (iv.left, iv.right)}
-    assert not ends & set(data["income"]) and 987.65 not in ends
-    assert all(v in iv for q in ("age", "income")
-               for v, iv in zip(data[q], regions.data[q], strict=True))
-    # released as one generalization per class, so the released table itself is k-anonymous
-    sizes = regions.data.groupby(["age", "income"], observed=True).size()
-    assert sizes.min() >= 5
+    widened = anonymizer.plan_.widened(DOMAINS)
+    regions = widened.release(data, anonymizer.labels_)
+    np.testing.assert_array_equal(widened.apply(data).class_ids, anonymizer.labels_)
+    cuts = {t for t, d in zip(widened.threshold, widened.split_dim, strict=True) if d == 1}
+    ends = {end for iv in regions["income"] for end in (iv.left, iv.right)}
+    assert 987.65 not in ends and ends <= cuts | set(DOMAINS["income"])
+    assert all(v in iv for v, iv in zip(data["income"], regions["income"], strict=True))
+    assert_k_anonymous(regions, ["age", "income", "city"], 5)
+
+
+def test_records_fit_suppressed_stay_suppressed_in_a_release_by_regions():
+    """helper-80: the README's first recipe applied the widened plan to the records, which
+    placed the records fit had suppressed (to make the table l-diverse) in classes again;
+    released by the fitted labels they stay suppressed and l holds."""
+    data = frame(3, 200)
+    data["s"] = np.where(np.random.default_rng(4).random(len(data)) < 0.5, "a", "b")
+    anonymizer = KAnonymizer(["age", "income", "city"], sensitive="s", k=5, l=2,
+                             l_kind="entropy", max_suppression=0.5).fit(data)
+    suppressed = anonymizer.labels_ < 0
+    assert suppressed.any()
+    widened = anonymizer.plan_.widened(DOMAINS)
+    assert (widened.apply(data).class_ids >= 0).all()  # what the first recipe released
+    regions = widened.release(data, anonymizer.labels_)
+    assert regions["income"].isna().to_numpy().tolist() == suppressed.tolist()
+    assert_l_diverse(regions[~suppressed], ["age", "income", "city"], "s", 2, kind="entropy")
