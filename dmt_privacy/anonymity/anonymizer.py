@@ -130,14 +130,17 @@ class KAnonymityWarning(UserWarning):
 
 
 def _round_cut(below: float, at: float) -> float:
-    """The number in ``(below, at]`` with the fewest significant digits.
+    """The number strictly between ``below`` and ``at`` with the fewest significant digits.
 
     A numeric split sends ``x < cut`` left. Any cut in ``(below, at]`` splits
-    the fitted records the same way; the roundest one says only that the cut
-    lies between two fitted values, not what either value was. The steps tried
-    run from the numbers' magnitude down to the gap between them: a fixed range
-    (10^18 to 10^-12) found no cut between tiny or very close values, and huge
-    ones got eight digits of the lower value (helper-66). Where no float lies
+    the fitted records the same way; the roundest one strictly between says only
+    that the cut lies between two fitted values, not what either value was. Until
+    6 December ``at`` itself could be the cut, when it was the roundest number up
+    to it (36 between 35 and 36): a fitted value in a widened plan and in a
+    release by regions (helper-80). The steps tried run from the numbers'
+    magnitude down to a hundredth of the gap between them: a fixed range (10^18
+    to 10^-12) found no cut between tiny or very close values, and huge ones got
+    eight digits of the lower value (helper-66). Where no float lies strictly
     between the two, ``at`` is the only cut there is.
     """
     gap = at - below
@@ -151,10 +154,10 @@ def _round_cut(below: float, at: float) -> float:
         cut = float(multiple * step)
         if cut <= below:  # ``below`` is that round number's float, a hair under it
             cut = float((multiple + 1) * step)
-        if below < cut <= at:
+        if below < cut < at:
             return cut
     middle = below + gap / 2
-    return middle if below < middle <= at else at
+    return middle if below < middle < at else at
 
 
 def _plain(value: Any) -> Any:
