@@ -2537,7 +2537,11 @@ def adopted_many(
             validate_updatable(current)
         _check_versions(new_spec, current, previous, new="the new version",
                         personal=f"of device {i}", previous="previous=", release=release)
-        records, scored = _with_shared(new_spec, record_sets[i], shared[i])
+        try:
+            records, scored = _with_shared(new_spec, record_sets[i], shared[i],
+                                           holdout=holdout[i] is not None)
+        except DMTError as exc:  # as _device_plan says which device
+            raise type(exc)(f"device {i}: {exc}") from exc
         plans.append(_device_plan(i, new_spec, records, holdout=holdout[i], rule=rule,
                                   grid=grid, seed=seed, final=True, scored=scored))
     # The versions every device shares are checked on all devices' records at once.
@@ -2598,14 +2602,15 @@ def _device_plan(i: int, spec: Any, records: pd.DataFrame, **kwargs: Any) -> _Up
         raise type(exc)(f"device {i}: {exc}") from exc
 
 
-def _with_shared(spec: Any, records: pd.DataFrame, shared: pd.DataFrame | None
-                 ) -> tuple[pd.DataFrame, int | None]:
+def _with_shared(spec: Any, records: pd.DataFrame, shared: pd.DataFrame | None, *,
+                 holdout: bool = False) -> tuple[pd.DataFrame, int | None]:
     """(every record a device trains on, how many of the first are scored: ``None`` for all)
     — ``shared`` records are trained on, never scored (:func:`adopt_new_version`). A record
     of ``records`` that ``spec`` reads as a shared one (:func:`_copies`) is that shared
     record: a device that passed all its records, shared ones among them, held those out
     too, and the new version was scored on records it had trained on (one Boston user of
-    20 moved to a version 0.83 RMSE worse for them; ``benchmarks/privacy_utility.py``)."""
+    20 moved to a version 0.83 RMSE worse for them; ``benchmarks/privacy_utility.py``).
+    With a ``holdout`` nothing of ``records`` is scored, so none need be left to score."""
     if shared is None or not len(shared):
         return records, None
     both = pd.concat([records, shared])
@@ -2614,7 +2619,7 @@ def _with_shared(spec: Any, records: pd.DataFrame, shared: pd.DataFrame | None
     own = ~np.isin(groups[:len(records)], groups[len(records):])
     if own.all():
         return both, len(records)
-    if len(np.unique(groups[:len(records)][own])) < 2:
+    if not holdout and len(np.unique(groups[:len(records)][own])) < 2:
         raise TooFewRecords(
             f"records: {len(records)} given, {len(records) - int(own.sum())} of them the same "
             f"as records in shared_records (trained on, never scored), which leaves "
@@ -2731,7 +2736,8 @@ def adopt_new_version(
     (until 6 December such a record was held out too), and only the others are held
     out (``benchmarks/adoption.py``, Adult with 20 users: 57 % of devices moved when
     every record was scored, 45 % with ``shared_records=``; users' expected log loss
-    0.557 against 0.547).
+    0.557 against 0.547). Fewer than 2 distinct records left to hold out (and no
+    ``holdout``) raise :class:`~dmt_privacy.errors.TooFewRecords`: keep the personal model.
 
     The new model file is not modified; the personal model is replaced
     atomically, or not at all. A model among the three (the new version, ``previous``,
@@ -2757,7 +2763,8 @@ def adopt_new_version(
     _check_versions(new_spec, current, base, new=str(new_model_path),
                     personal=str(personal_model_path), previous=f"previous={previous}",
                     release=release)
-    records, scored = _with_shared(new_spec, records, shared_records)
+    records, scored = _with_shared(new_spec, records, shared_records,
+                                   holdout=holdout is not None)
     return _checked_update(new_spec, current, records, holdout=holdout,
                            output=Path(personal_model_path),
                            rule=_rule(rule or _release_rule(release, current, base), folds),

@@ -133,19 +133,24 @@ def _round_cut(below: float, at: float) -> float:
     """The number strictly between ``below`` and ``at`` with the fewest significant digits.
 
     A numeric split sends ``x < cut`` left. Any cut in ``(below, at]`` splits
-    the fitted records the same way; the roundest one strictly between says only
-    that the cut lies between two fitted values, not what either value was. Until
-    6 December ``at`` itself could be the cut, when it was the roundest number up
-    to it (36 between 35 and 36): a fitted value in a widened plan and in a
-    release by regions (helper-80). The steps tried run from the numbers'
+    the fitted records the same way; the roundest one strictly between is never a
+    fitted value, but it is the first multiple of its step above ``below``, so it
+    places ``below`` within one step under it (35.1: ``below`` in [35, 35.1); on an
+    integer column both neighbours exactly, as any cut between 35 and 36 does;
+    helper-81). Until 6 December ``at`` itself could be the cut, when it was the
+    roundest number up to it (36 between 35 and 36): a fitted value in a widened
+    plan and in a release by regions (helper-80). The steps tried run from the numbers'
     magnitude down to a hundredth of the gap between them: a fixed range (10^18
     to 10^-12) found no cut between tiny or very close values, and huge ones got
     eight digits of the lower value (helper-66). Where no float lies strictly
     between the two, ``at`` is the only cut there is.
     """
     gap = at - below
-    if not gap > 0 or not math.isfinite(gap):
+    if not gap > 0:
         return at
+    if not math.isfinite(gap):  # two finite values further apart than the largest float
+        middle = below / 2 + at / 2
+        return middle if below < middle < at else at
     exact = Decimal(below)  # in decimal, exactly: 5 x 1e-15 in floats is 5.000000000000001e-15
     top = math.floor(math.log10(max(abs(below), abs(at)))) + 1
     for exponent in range(top, math.floor(math.log10(gap)) - 2, -1):

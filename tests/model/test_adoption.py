@@ -266,6 +266,12 @@ def test_shared_records_passed_among_all_the_records_are_still_never_scored(digi
     with pytest.raises(TooFewRecords, match="leaves 1 distinct record"):
         adopted(v2, current, pd.concat([unshared.iloc[:1], shared]), shared_records=shared,
                 previous=v1)
+    with pytest.raises(TooFewRecords, match="^device 0: records: "):
+        adopted_many(v2, [current], [shared], shared_records=[shared], previous=v1)
+    # with a holdout nothing of records= is scored: all of them shared is fine (helper-81)
+    _, held = adopted(v2, current, shared, shared_records=shared, holdout=unshared,
+                      previous=v1)
+    assert "on the holdout" in held.reason or f"on {len(unshared)} records" in held.reason
 
 
 def test_a_version_no_devices_vouched_for_leaves_users_no_worse_off():

@@ -73,6 +73,7 @@ def test_a_central_release_by_the_tree_s_regions_names_no_record_s_value():
     cuts = {t for t, d in zip(widened.threshold, widened.split_dim, strict=True) if d == 1}
     ends = {end for iv in regions["income"] for end in (iv.left, iv.right)}
     assert 987.65 not in ends and ends <= cuts | set(DOMAINS["income"])
+    assert not ends & set(data["income"])  # cuts lie strictly between fitted values
     assert all(v in iv for v, iv in zip(data["income"], regions["income"], strict=True))
     assert_k_anonymous(regions, ["age", "income", "city"], 5)
 

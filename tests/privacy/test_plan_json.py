@@ -55,13 +55,14 @@ def test_a_widened_plan_carries_no_fitted_numeric_value():
     [0.5, 0.5 + 3e-13, 0.61, 0.73] * 6,  # two values closer than 1e-12
     [1.1e25, 1.23456789e25, 1.3e25, 1.4e25] * 6,  # huge: above the 1e18 they began at
     [33.0, 34.0, 35.0, 36.0, 40.0, 41.0] * 4,  # integers: 36 was the cut between 35 and 36
-    [480.67, 480.8, 481.3, 482.0] * 6,  # the upper neighbour the roundest in the gap
+    [480.67, 480.8, 481.3, 482.0] * 6,  # 482.0 the roundest number up to it from 481.3
 ])
 def test_a_widened_plan_s_cuts_are_no_fitted_value_at_any_scale(values):
     """_round_cut looked for a round cut between 10^18 and 10^-12 only, and otherwise cut at a
     fitted value, which the widened plan sent to devices (helper-66). It also took the upper
     of the two values it separates when that was the roundest number up to it (36 between
-    35 and 36, 480.8 above 480.67; helper-80): a cut strictly between names neither."""
+    35 and 36, 482.0 above 481.3; helper-80): a cut strictly between is neither (it still
+    places the lower value within one step under it)."""
     frame = pd.DataFrame({"x": values})
     plan = KAnonymizer(["x"], k=3).fit(frame).plan_
     lowest, highest = min(values), max(values)
