@@ -140,7 +140,7 @@ def _round_cut(below: float, at: float) -> float:
     helper-81). Until 6 December ``at`` itself could be the cut, when it was the
     roundest number up to it (36 between 35 and 36): a fitted value in a widened
     plan and in a release by regions (helper-80). The steps tried run from the numbers'
-    magnitude down to a hundredth of the gap between them: a fixed range (10^18
+    magnitude down to a tenth to a hundredth of the gap between them: a fixed range (10^18
     to 10^-12) found no cut between tiny or very close values, and huge ones got
     eight digits of the lower value (helper-66). Where no float lies strictly
     between the two, ``at`` is the only cut there is.
