@@ -37,6 +37,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from dmt_model.datasets import BOSTON_SCHEMA, load_boston
 from dmt_model.server import ServerPolicy, ingest
+from dmt_model.server.prescan import bounded_shape
+from dmt_model.server.validate import validate_package
 from dmt_privacy.anonymity import KAnonymizer
 from dmt_privacy.dp import InsecureRandomnessWarning, LocalDPPerturber
 from dmt_privacy.package import (
@@ -183,9 +185,6 @@ def main() -> None:
                      "packages_per_s": count / seconds})
     # where a replay of one large package goes, stage by stage (the rest of a replay, not
     # timed apart here: reading the file, preparing rows, answering the replay)
-    from dmt_model.server.prescan import bounded_shape
-    from dmt_model.server.validate import validate_package
-
     envelope = next(big_dir.glob("*.dmt")).read_bytes()
     opened = open_sealed(envelope, key, info=PACKAGE_INFO)
     package = decode_package(opened, max_records=10_000, max_bytes=len(opened))
