@@ -41,7 +41,7 @@ add it.
 
 How the data is shared here: the k-anonymity plan is fitted on the proxy data
 (the data the server may see, design.md), widened to the schema's bounds
-(``AnonymizationPlan.widened``) so that no device record falls between its
+(``AnonymizationPlan.widened_to``) so that no device record falls between its
 classes, applied to each user's shareable records, and the server releases
 only classes holding records from at least k users (packages); the rest stay
 quarantined. With 20 users, k = 25 can release nothing. Local DP perturbs the
@@ -130,8 +130,8 @@ def share(sim, *, k: int | None = None, epsilon: float | None = None, seed: int 
         # Categorical quasi-identifiers are generalized to value sets (object dtype), the
         # plan is fitted on proxy data, widened to the schema's bounds, applied per device.
         categorical = {f.name: object for f in schema.by_kind("categorical")}
-        plan = KAnonymizer(quasi_identifiers, k=k).fit(sim.proxy.astype(categorical)).plan_.widened(
-            {f.name: f.bounds for f in schema if f.bounds is not None})
+        plan = KAnonymizer(quasi_identifiers, k=k).fit(
+            sim.proxy.astype(categorical)).plan_.widened_to(schema)
         applied = plan.apply(shared.astype(categorical))
         released, quarantined = release_classes(applied.data, quasi_identifiers, k,
                                                 package_column="_package")

@@ -287,10 +287,8 @@ def run_loop(
     plan = None
     if quasi_identifiers:
         categorical = {f.name: object for f in schema.by_kind("categorical")}
-        domains = {q: bounds for q in quasi_identifiers
-                   if (bounds := schema[q].bounds) is not None}
         plan = KAnonymizer(list(quasi_identifiers), k=k).fit(
-            proxy.astype(categorical)).plan_.widened(domains)
+            proxy.astype(categorical)).plan_.widened_to(schema)
     dp = {} if epsilon is None else {target.name: epsilon}
     sharing = SharingPolicy(fields=tuple(schema.names), plan=plan, modifiers=modifiers or {},
                             epsilon=dp, required_k=k if plan else None,

@@ -50,7 +50,7 @@ simulation = simulate_users(load_boston(), seed=0)
 # and ships it with the model.
 qis = ["CHAS", "RAD", "TAX"]
 plan = KAnonymizer(qis, k=5).fit(simulation.proxy.astype({"CHAS": object, "RAD": object})).plan_
-plan = plan.widened({"TAX": BOSTON_SCHEMA["TAX"].bounds})
+plan = plan.widened_to(BOSTON_SCHEMA)
 policy = SharingPolicy(
     fields=("CHAS", "RAD", "TAX", "RM", "LSTAT", "PTRATIO", "MEDV"),
     plan=plan,                # quasi-identifiers released as their class's generalization

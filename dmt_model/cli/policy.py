@@ -69,7 +69,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                       help="the unit packages' DP receipts must state (default: either)")
     init.add_argument("--plan", type=Path,
                       help="anonymization plan JSON (dmt anonymize --plan) whose classes "
-                           "packages must carry")
+                           "packages must carry; written widened to the schema's bounds, "
+                           "which every quasi-identifier it generalizes needs")
     init.add_argument("--fields", type=_columns, metavar="COLS",
                       help="fields a package may carry (default: every field but identifiers)")
     init.add_argument("--max-records", type=int, help="most records of one package")
@@ -98,6 +99,10 @@ def run_policy_init(args: argparse.Namespace) -> int:
             plan = AnonymizationPlan.from_json(text)
         except ValueError as exc:
             raise ValidationError(f"--plan {args.plan}: {exc}") from None
+        # The policy ships to every device: its classes are regions of the schema's domain,
+        # not the fitted records' ends (proxy records' values, which would also suppress a
+        # device's record that falls between them).
+        plan = plan.widened_to(schema)
     limits = {name: value for name, value in (("max_records", args.max_records),
                                               ("max_bytes", args.max_bytes),
                                               ("max_training_records",
@@ -117,7 +122,8 @@ def run_policy_init(args: argparse.Namespace) -> int:
           f"{schema.name!r} id {schema.schema_id})")
     print(f"  k >= {policy.min_k} over quasi-identifiers "
           f"{', '.join(policy.quasi_identifiers or ()) or '(none)'}"
-          + (" (classes of the plan)" if plan is not None else ""))
+          + (" (classes of the plan, widened to the schema's bounds: no class end is a "
+             "fitted value)" if plan is not None else ""))
     for name, eps in policy.epsilon.items():
         mechanism = policy.mechanism.get(name) or (
             "laplace" if schema[name].kind.value == "numeric" else "k_rr")

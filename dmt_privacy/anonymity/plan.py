@@ -31,7 +31,7 @@ from dmt_privacy.anonymity.hierarchy import Hierarchy
 from dmt_privacy.anonymity.release import ReleaseRule
 from dmt_privacy.anonymity.release import _missing as _missing_value
 from dmt_privacy.errors import SchemaError, ValidationError
-from dmt_privacy.schema import finite_reals, row_label
+from dmt_privacy.schema import Schema, finite_reals, row_label
 
 __all__ = [
     "AnonymizationPlan",
@@ -111,7 +111,7 @@ class ColumnCoding:
         if self.hierarchy is not None:
             out["hierarchy"] = self.hierarchy.to_rows()
         elif self.kind == "numeric":
-            out["values"] = []  # the fitted values never leave the server
+            out["values"] = []  # not written; a class's ends are, until widened_to
         else:
             out["values"] = [_jsonable(v) for v in self.values]
         return out
@@ -262,6 +262,33 @@ class AnonymizationPlan:
                                       zip(first.tolist(), last.tolist(), strict=True))
         return dataclasses.replace(self, class_low=tuple(class_low), class_high=tuple(class_high),
                                    class_node=tuple(class_node), class_sets=tuple(class_sets))
+
+    def widened_to(self, schema: Schema) -> AnonymizationPlan:
+        """This plan widened to ``schema``'s domains: what a policy ships to devices.
+
+        :meth:`widened` with every numeric quasi-identifier's schema bounds and every
+        value-set one's schema categories (when the schema lists them). A quasi-identifier
+        the schema gives no bounds is refused, naming it: the bounds are never taken
+        from the fitted values, which the widened plan exists not to ship.
+        """
+        domains: dict[str, Any] = {}
+        unbounded = []
+        for coding in self.codings:
+            spec = schema[coding.name] if coding.name in schema else None
+            if coding.kind == "numeric":
+                if spec is None or spec.bounds is None:
+                    unbounded.append(coding.name)
+                else:
+                    domains[coding.name] = spec.bounds
+            elif coding.kind == "set" and spec is not None and spec.categories is not None:
+                domains[coding.name] = spec.categories
+        if unbounded:
+            raise ValidationError(
+                f"Quasi-identifier(s) {unbounded!r} have no bounds in schema "
+                f"{schema.name!r}: a plan for devices is widened to the schema's bounds, "
+                "never to the fitted values. Give them bounds (dmt schema init --bounds "
+                "NAME=LOW:HIGH, or Field(..., bounds=(low, high))).")
+        return self.widened(domains)
 
     def _with_set_domains(self, domains: Mapping[str, Any]) -> AnonymizationPlan:
         """This plan with value-set columns coded over ``domains[name]`` (the schema's

@@ -129,3 +129,46 @@ def test_train_and_ingest_have_no_boston_default(tmp_path, records, capsys):
     assert not (tmp_path / "f.npz").exists() and not (tmp_path / "s.db").exists()
     json.dumps(err)  # one line of text, no traceback
     assert "Traceback" not in err
+
+
+def test_policy_init_ships_the_plan_widened_to_the_schemas_bounds(tmp_path, records, capsys):
+    """A policy's plan goes to every device with the release. ``dmt anonymize --plan``
+    writes the plan as fitted: each class's ends are the fitted minimum and maximum, ages
+    proxy records hold, and a device's record beyond them (here 70, above the proxy's 61) is
+    suppressed, never shared. ``dmt policy init --plan`` wrote that plan as it was; it now
+    widens it to the schema's bounds, and refuses a quasi-identifier without bounds."""
+    from dmt_model.server import ServerPolicy
+    from dmt_privacy.release import UnverifiedPolicyWarning, sharing_policy_from
+
+    schema = tmp_path / "schema.json"
+    assert main(["schema", "init", str(records), "-o", str(schema), "--target", "income",
+                 "--quasi-identifiers", "age", "--identifiers", "name",
+                 "--bounds", "income=0:1000000", "--bounds", "zip=0:99999",
+                 "--grid", "income=0.25"]) == 0
+    plan = tmp_path / "plan.json"
+    assert main(["anonymize", str(records), "-o", str(tmp_path / "out.csv"), "--schema",
+                 str(schema), "--k", "2", "--plan", str(plan)]) == 0
+    policy = tmp_path / "policy.json"
+    code, _, err = _run(capsys, "policy", "init", "--schema", str(schema), "-o", str(policy),
+                        "--min-k", "2", "--plan", str(plan), "--epsilon", "income=1")
+    assert code == 1 and "'age'" in err and "bounds" in err and not policy.exists()
+
+    assert main(["schema", "init", str(records), "-o", str(schema), "--target", "income",
+                 "--quasi-identifiers", "age", "--identifiers", "name",
+                 "--bounds", "income=0:1000000", "--bounds", "zip=0:99999",
+                 "--bounds", "age=0:120", "--grid", "income=0.25", "--force"]) == 0
+    code, stdout, err = _run(capsys, "policy", "init", "--schema", str(schema), "-o",
+                             str(policy), "--min-k", "2", "--plan", str(plan),
+                             "--epsilon", "income=1")
+    assert code == 0, err
+    assert "widened" in stdout
+    shipped = ServerPolicy.from_json(policy.read_text()).plan
+    assert shipped is not None and shipped.n_classes >= 2
+    ends = {x for bound in (shipped.class_low, shipped.class_high) for row in bound for x in row}
+    fitted = set(pd.read_csv(records)["age"].astype(float))
+    assert ends.isdisjoint(fitted), ends & fitted
+    assert min(ends) == 0.0 and max(ends) == 120.0
+    with pytest.warns(UnverifiedPolicyWarning):  # no release here: the policy file alone
+        device = sharing_policy_from(policy.read_text()).plan
+    applied = device.apply(pd.DataFrame({"age": [70.0, 33.0]}))
+    assert len(applied.suppressed) == 0 and (applied.class_ids >= 0).all()

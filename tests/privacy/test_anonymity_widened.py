@@ -56,6 +56,34 @@ def test_widened_plan_round_trips_and_needs_numeric_domains():
         fitted.widened({"age": (0.0, 120.0)})
 
 
+def test_widened_to_a_schema_takes_its_bounds_and_categories_and_refuses_no_bounds():
+    """What a policy ships (``dmt policy init``, ``run_loop``): the schema's bounds for
+    numeric quasi-identifiers and its categories for value sets, so a city no fitted
+    record held falls into a class instead of being suppressed. A numeric one without
+    bounds is refused, naming it (its ends would otherwise be fitted values)."""
+    from dmt_privacy.schema import Field, Schema
+
+    fields = (Field("age", "numeric", role="quasi-identifier", bounds=DOMAINS["age"]),
+              Field("income", "numeric", role="quasi-identifier", bounds=DOMAINS["income"]),
+              Field("city", "categorical", role="quasi-identifier",
+                    categories=("a", "b", "c", "d", "e", "f")),
+              Field("y", "numeric", role="target", bounds=(-10.0, 10.0)))
+    schema = Schema(fields)
+    fitted = KAnonymizer(["age", "income", "city"], k=5).fit(frame(0, 100)).plan_
+    plan = fitted.widened_to(schema)
+    new = pd.DataFrame({"age": [0.0, 120.0, 50.5], "income": [0.0, 1000.0, 3.25],
+                        "city": ["f", "a", "c"], "y": 0.0})
+    assert len(fitted.widened(DOMAINS).apply(new).suppressed) == 1  # city f, never fitted
+    out = plan.apply(new)
+    assert len(out.suppressed) == 0 and (out.class_ids >= 0).all()
+    fitted_ages = set(frame(0, 100)["age"])
+    ends = {x for bound in (plan.class_low, plan.class_high) for x in bound[0]}
+    assert ends.isdisjoint(fitted_ages)
+    unbounded = Schema((Field("age", "numeric", role="quasi-identifier"), *fields[1:]))
+    with pytest.raises(ValidationError, match=r"\['age'\] have no bounds"):
+        fitted.widened_to(unbounded)
+
+
 def test_a_central_release_by_the_tree_s_regions_names_no_record_s_value():
     """The README's route for a central release without the class's exact ends: fit, widen
     to the schema's bounds, release the same records by the fitted labels. A tight release
