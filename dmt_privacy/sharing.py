@@ -88,9 +88,14 @@ class SharingPolicy:
     modifiers:
         field → a fitted-or-stateless modifier from :mod:`dmt_privacy.modify`.
     plan:
-        The fitted :class:`~dmt_privacy.anonymity.AnonymizationPlan`; its
-        quasi-identifiers must all be in ``fields``, and its sensitive field too
-        when it has l or t (the server judges them on it).
+        The fitted :class:`~dmt_privacy.anonymity.AnonymizationPlan`, as the
+        server's policy ships it: widened to the schema
+        (:meth:`~dmt_privacy.anonymity.AnonymizationPlan.widened_to`), so every
+        record inside the schema's bounds falls into a class (a plan as fitted
+        suppresses a record beyond or between the fitted records' values, and
+        such a record stays unshared). Its quasi-identifiers must all be in
+        ``fields``, and its sensitive field too when it has l or t (the server
+        judges them on it).
     epsilon, delta, mechanism:
         Local DP per field, as :class:`~dmt_privacy.dp.LocalDPPerturber` takes
         them (``"oue"`` is refused: its output columns are not schema fields).
