@@ -280,13 +280,17 @@ class ShareResult:
     """What :func:`share` produced: the sealed bytes to send, the receipt, the outbox entry.
 
     ``suppressed``: ids of selected records the plan suppressed; they were
-    left out of the package and stay eligible.
+    left out of the package and stay eligible. ``out_of_bounds``: ids of
+    selected records with a value the package would carry in clear outside
+    its field's schema bounds (the server refuses such a package); left out
+    before any charge, and eligible again once fixed.
     """
 
     envelope: bytes
     receipt: PrivacyReceipt
     entry: OutboxEntry
     suppressed: tuple[str, ...] = ()
+    out_of_bounds: tuple[str, ...] = ()
 
     @property
     def package_id(self) -> str:
@@ -437,6 +441,29 @@ def _refuse_unpackable(policy: SharingPolicy, schema: Schema, frame: pd.DataFram
             "the rest in another package.")
 
 
+def _within_bounds(policy: SharingPolicy, schema: Schema,
+                   frame: pd.DataFrame) -> tuple[pd.DataFrame, tuple[str, ...]]:
+    """``frame`` without the records whose fields shared in clear (neither perturbed nor
+    generalized by the plan) hold a number outside the schema's bounds, and their ids. The
+    store takes such a value (local DP clips it), the server refuses a package holding it in
+    clear: sharing it charged the ledger for a package refused, at every retry (helper-87).
+    Raises, before any charge, when no record is left."""
+    generalized = set(policy.plan.quasi_identifiers) if policy.plan is not None else set()
+    clear = [n for n in policy.fields if n not in policy.epsilon and n not in generalized]
+    _, outside = schema.outside_bounds(frame, columns=clear)
+    rows = outside.any(axis=1) if outside.size else np.zeros(len(frame), dtype=bool)
+    if not rows.any():
+        return frame, ()
+    if rows.all():
+        try:
+            schema.check_bounds(frame, columns=clear)
+        except ValidationError as exc:
+            raise ValidationError(
+                f"{exc} The server refuses a package that holds it in clear, and every "
+                "selected record has such a value: nothing was shared or charged.") from None
+    return frame.loc[~rows], tuple(str(i) for i in frame.index[rows])
+
+
 def _check_explicit_ids(store: LocalStore, policy: SharingPolicy) -> None:
     if policy.record_ids is None:
         return
@@ -520,6 +547,7 @@ def share(
                 f"The plan suppressed all {len(suppressed)} selected records (their values lie "
                 "outside every class it was fitted on); nothing was shared."
             )
+    frame, out_of_bounds = _within_bounds(policy, schema, frame)
     if policy.max_records is not None and len(frame) > policy.max_records:
         raise ValidationError(
             f"{len(frame)} records would go into one package, above max_records="
@@ -564,4 +592,5 @@ def share(
         json.dumps(receipt.to_dict(), sort_keys=True, separators=(",", ":"), default=str),
         token=token,
     )
-    return ShareResult(envelope=envelope, receipt=receipt, entry=entry, suppressed=suppressed)
+    return ShareResult(envelope=envelope, receipt=receipt, entry=entry, suppressed=suppressed,
+                       out_of_bounds=out_of_bounds)

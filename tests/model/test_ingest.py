@@ -771,3 +771,35 @@ def test_sqlite_plain_statements_store_what_the_sqlalchemy_path_stores(tmp_path,
     assert seen[0] == seen[1]
     statuses, rows = seen[0]
     assert statuses.count("accepted") == 7 and rows["cohorts"]  # something was released
+
+
+def test_a_record_the_server_would_refuse_in_clear_is_left_out_before_any_charge(tmp_path):
+    """helper-87: a record whose field shared in clear lies outside the schema's bounds
+    (the store takes values up to a width outside, since local DP clips them) made the
+    server refuse every package with it, after share() had charged the ledger for all of
+    them; the app's re-share after each refusal charged again, and the user's other
+    records were never shared. Now share() leaves that record out (it stays eligible, in
+    ``ShareResult.out_of_bounds``), charges for the others only, and the server takes the
+    package."""
+    from dmt_model.datasets import BOSTON_SCHEMA, load_boston
+
+    rows = load_boston().iloc[:6].copy()
+    rows.loc[rows.index[0], "RM"] = 9.2  # bounds (3, 9)
+    store = LocalStore(tmp_path / "u.db", schema=BOSTON_SCHEMA, user_id="u",
+                       epsilon_budget=100.0, key=LocalStore.generate_key())
+    store.add_records(rows)
+    odd = store.record_ids()[0]
+    policy = SharingPolicy(fields=("RM", "LSTAT", "MEDV"), epsilon={"MEDV": 1.0})
+    server = ServerPolicy(BOSTON_SCHEMA, min_k=1, epsilon={"MEDV": 1.0})
+    result = share(store, policy, KEY.public_key())
+    assert result.out_of_bounds == (odd,) and result.n_records == 5
+    assert store.ledger.spent.epsilon == pytest.approx(5.0)
+    report = ingest([result.envelope], f"sqlite:///{tmp_path / 's.db'}", KEY, server)
+    assert [o.package_id for o in report.accepted] == [result.package_id], report.reasons
+    state = store.state(odd)
+    assert state.pending_package is None and state.shared_package is None  # still eligible
+    from dmt_privacy.errors import ValidationError
+
+    with pytest.raises(ValidationError, match=r"RM.*9\.2.*outside.*\[3, 9\].*nothing was"):
+        share(store, policy.evolve(record_ids=[odd]), KEY.public_key())
+    assert store.ledger.spent.epsilon == pytest.approx(5.0)
