@@ -209,8 +209,9 @@ def check_version(release: Any, previous: Any, records: pd.DataFrame, *, ledger:
     personalized on ``records`` out of fold (``folds``, ``seed``, ``prior_records`` as
     :func:`~dmt_model.personalize.compare_on_devices`), and the bit "the new version's
     mean held-out error is lower" (false for a device that cannot tell: fewer than 2
-    distinct records, or a version that predicts no finite number for them; such a
-    device still reports, since whether it does must not depend on its records) goes
+    distinct records, records the check refuses (a value far outside its bounds, a class
+    the model does not know), or a version that predicts no finite number for them; such
+    a device still reports, since whether it does must not depend on its records) goes
     through randomized response at ``epsilon`` (by
     default the ε the release's ``version_check`` names, else
     :data:`VERSION_CHECK_EPSILON`; another than the release names is refused, and the
@@ -219,7 +220,9 @@ def check_version(release: Any, previous: Any, records: pd.DataFrame, *, ledger:
     :data:`~dmt_privacy.dp.UNACCOUNTED` in simulations; a budget the charge would exceed
     raises :class:`~dmt_privacy.errors.BudgetExceededError` and nothing is reported).
     ``token``: the one the server gave this device when it asked it to report
-    (:func:`request_version_check_token`). A release that announces the check
+    (:func:`request_version_check_token`). ``records`` without a column the model reads
+    raise :class:`~dmt_privacy.errors.ValidationError` before anything is charged (the
+    app's mistake, not the user's data). A release that announces the check
     (``version_check``) is tallied on tokens alone, so without one this raises
     :class:`~dmt_privacy.errors.ValidationError` before anything is charged.
     ``random_state`` other than ``None`` is not secure: for tests.
@@ -248,6 +251,8 @@ def check_version_many(release: Any, previous: Any, record_sets: Sequence[pd.Dat
         DEFAULT_PRIOR_RECORDS,
         _copies,
         _load_model,
+        _reading_featurizer,
+        _require_frame,
         _versions_on_devices,
     )
     from dmt_privacy.dp import PrivacyLedger, RandomizedResponse, Unaccounted
@@ -309,12 +314,23 @@ def check_version_many(release: Any, previous: Any, record_sets: Sequence[pd.Dat
     if isinstance(previous, (str, bytes)) or hasattr(previous, "__fspath__"):
         previous = _load_model(previous)
     grid = DEFAULT_PRIOR_RECORDS if prior_records is None else prior_records
+    featurizer = _reading_featurizer(candidate)
+    read = [*featurizer.input_fields, featurizer.target]
+    for i, records in enumerate(record_sets):  # the app's mistake, whatever the records hold
+        _require_frame(records, f"device {i}'s records")
+        if missing := [name for name in read if name not in records.columns]:
+            raise ValidationError(
+                f"device {i}'s records have no column(s) {missing!r}, which the model reads "
+                f"({read!r}); nothing was reported or charged. Pass the device's records "
+                "as the store gives them.")
     # Whether a report is sent must not depend on the device's records: a device that
-    # cannot check (fewer than 2 distinct records: one is held out), or whose check fails,
-    # reports "not better" with the same noise and charge as every other.
+    # cannot check (fewer than 2 distinct records: one is held out; values the check
+    # refuses as corrupt, a class the model does not know), or whose check fails, reports
+    # "not better" with the same noise and charge as every other (helper-87).
     before, after = [math.inf] * len(record_sets), [math.nan] * len(record_sets)
     able = [i for i, records in enumerate(record_sets)  # 2 distinct records, as compared
-            if len(records) >= 2 and _copies(candidate, records).max() >= 1]
+            if len(records) >= 2 and _checkable(candidate, records, i)
+            and _copies(candidate, records).max() >= 1]
     try:
         checked = _versions_on_devices(previous, candidate, [record_sets[i] for i in able],
                                        minimum=1, prior_records=grid, folds=folds,
@@ -345,6 +361,18 @@ def check_version_many(release: Any, previous: Any, record_sets: Sequence[pd.Dat
         checks.append(VersionCheck(release.metadata.version, release.metadata.sha256,
                                    baseline, told, float(mechanism.epsilon), token))
     return checks
+
+
+def _checkable(candidate: Any, records: pd.DataFrame, device: int) -> bool:
+    """Whether the check takes ``records`` (no value it refuses as corrupt, no class the
+    model does not know)."""
+    from dmt_model.personalize import _check_records
+
+    try:
+        _check_records(candidate, records, what=f"device {device}'s records")
+    except ValidationError:
+        return False
+    return True
 
 
 def _token_bytes(token: Any) -> bytes:

@@ -520,3 +520,34 @@ def test_an_announced_check_is_tallied_once(served, tmp_path):
                                        server_key=server_key.public_key())
     assert registry.versions()[1] == first
     assert _release(registry, key, 2).metadata.held_out_devices is None
+
+
+@SEEDED
+def test_a_device_whose_records_the_check_refuses_still_reports(served, tmp_path):
+    """helper-87: a device whose records the check refuses (here a class the model does not
+    know; a number far outside its bounds does the same) raised ValidationError instead of
+    reporting, and took every other device of the batch with it: whether a report arrived
+    depended on the records. It reports "not better", with the same noise and charge. A
+    frame that is not the model's records at all (a column missing) is the app's mistake:
+    refused before anything is charged."""
+    _, _, _, devices = served
+    registry, issuer, release = _check(served, tmp_path, epsilon=50.0)  # ε = 50: told as it is
+    v1 = registry.path(registry.versions()[0].mlmodel_file)
+    odd = devices[1].copy()
+    odd.loc[odd.index[0], "digit"] = 42
+    sets = [devices[0], odd, devices[2]]
+    tokens = []
+    for _ in sets:
+        pending = request_version_check_token(release, issuer.public_key, epsilon=50.0)
+        tokens.append(pending.finalize(issuer.ask(pending.body))[0])
+    ledgers = [PrivacyLedger(tmp_path / f"ledger{i}.db", user_id=f"u{i}", epsilon_budget=100.0)
+               for i in range(3)]
+    with pytest.raises(ValidationError, match=r"device 1.*'image'.*nothing was reported"):
+        check_version_many(release, v1, [devices[0], devices[1][["digit"]], devices[2]],
+                           ledgers=ledgers, epsilon=50.0, random_states=[0, 1, 2],
+                           tokens=tokens)
+    assert [ledger.spent.epsilon for ledger in ledgers] == [0.0] * 3
+    checks = check_version_many(release, v1, sets, ledgers=ledgers, epsilon=50.0,
+                                random_states=[0, 1, 2], tokens=tokens)
+    assert [c.better for c in checks] == [True, False, True]
+    assert [ledger.spent.epsilon for ledger in ledgers] == [50.0] * 3
