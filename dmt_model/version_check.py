@@ -318,9 +318,9 @@ def check_version_many(release: Any, previous: Any, record_sets: Sequence[pd.Dat
     read = [*featurizer.input_fields, featurizer.target]
     for i, records in enumerate(record_sets):  # the app's mistake, whatever the records hold
         _require_frame(records, f"device {i}'s records")
-        if missing := [name for name in read if name not in records.columns]:
+        if absent := [name for name in read if name not in records.columns]:
             raise ValidationError(
-                f"device {i}'s records have no column(s) {missing!r}, which the model reads "
+                f"device {i}'s records have no column(s) {absent!r}, which the model reads "
                 f"({read!r}); nothing was reported or charged. Pass the device's records "
                 "as the store gives them.")
     # Whether a report is sent must not depend on the device's records: a device that
