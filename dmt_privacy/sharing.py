@@ -83,7 +83,9 @@ class SharingPolicy:
         Which of the eligible records (shareable, not shared, not in a pending
         package) are shared: at most one of a fraction in (0, 1] drawn at
         random, a callable taking the eligible records (a DataFrame indexed by
-        record id) and returning a boolean mask, or explicit record ids. None
+        record id, holding only the fields shared as they are: a selection on a
+        perturbed, generalized or unshared field would tell the server its true
+        values) and returning a boolean mask, or explicit record ids. None
         given: all eligible records.
     modifiers:
         field → a fitted-or-stateless modifier from :mod:`dmt_privacy.modify`.
@@ -306,7 +308,7 @@ def _select(eligible: pd.DataFrame, policy: SharingPolicy, random_state: Any) ->
         wanted = policy.record_ids
         return eligible.loc[[i for i in eligible.index if i in wanted]]
     if policy.predicate is not None:
-        chosen = policy.predicate(eligible.copy())
+        chosen = _predicate(policy, eligible)
         if isinstance(chosen, pd.Series) and not chosen.index.equals(eligible.index):
             # by record id, never by position: a reordered Series shared the records it
             # left out (helper-64)
@@ -333,6 +335,34 @@ def _select(eligible: pd.DataFrame, policy: SharingPolicy, random_state: Any) ->
     else:
         chosen = np.random.default_rng(random_state).permutation(len(eligible))[:n].tolist()
     return eligible.iloc[sorted(chosen)]
+
+
+def _predicate(policy: SharingPolicy, eligible: pd.DataFrame) -> Any:
+    """``policy.predicate`` on the eligible records' fields the package carries as they are.
+
+    Which records leave is seen by the server: a selection on a field perturbed with local
+    DP, generalized by the plan or never shared would tell it that field's true values,
+    uncharged (helper-87: every record above 500 of a field under ε = 0.1). Reading such a
+    field is refused, naming it."""
+    generalized = set(policy.plan.quasi_identifiers) if policy.plan is not None else set()
+    clear = [n for n in policy.fields if n not in policy.epsilon and n not in generalized]
+    visible = eligible[[n for n in clear if n in eligible.columns]].copy()
+    try:
+        return policy.predicate(visible)  # type: ignore[misc]
+    except (KeyError, AttributeError) as exc:
+        name = exc.args[0] if isinstance(exc, KeyError) and exc.args else getattr(
+            exc, "name", None)
+        if name not in eligible.columns:
+            raise
+        why = ("the policy perturbs it with local DP" if name in policy.epsilon else
+               "the plan generalizes it" if name in generalized else
+               "it is not in the policy's fields")
+        raise ValidationError(
+            f"predicate read {name!r}, but {why}: a selection on its true value would tell "
+            f"the server about it. A predicate sees the fields shared as they are "
+            f"({clear!r}); nothing was shared or charged. To select on another field, "
+            "choose the record ids yourself (record_ids=), knowing that which records leave "
+            "tells the server about it.") from None
 
 
 def _warn_if_seeded(name: str, modifier: Any) -> None:

@@ -105,8 +105,8 @@ def test_package_holds_exactly_the_selected_eligible_records(tmp_path_factory, c
     if choice == "fraction":
         pol = policy(fraction=float(rng.uniform(0.05, 1.0)))
     elif choice == "predicate":
-        cut = float(rng.uniform(20, 60))
-        pol = policy(predicate=lambda df: (df["age"] >= cut).to_numpy())
+        cut = float(rng.uniform(1234, 1270))  # score: shared as it is
+        pol = policy(predicate=lambda df: (df["score"] >= cut).to_numpy())
     else:
         pol = policy(record_ids=frozenset(f"r{j}" for j in rng.choice(30, 7, replace=False)))
     try:
@@ -122,7 +122,7 @@ def test_package_holds_exactly_the_selected_eligible_records(tmp_path_factory, c
     if choice == "ids":
         assert set(ids) <= pol.record_ids
     if choice == "predicate":
-        assert (expected["age"] >= cut).all()
+        assert (expected["score"] >= cut).all()
     store.close()
 
 
@@ -203,6 +203,29 @@ def test_a_predicate_s_series_selects_by_record_id_not_by_position(tmp_path):
     with pytest.raises(ValidationError, match="index is not the eligible records' ids"):
         share(store, SharingPolicy(fields=("x",), predicate=lambda f: (f.x > 50).iloc[:1]),
               KEY.public_key())
+
+
+def test_a_predicate_reads_only_the_fields_the_package_carries_as_they_are(tmp_path):
+    """helper-87: the predicate was given every field, so ``predicate=lambda f: f.income >
+    500`` with ε on income sent exactly the records above 500: the selection told the
+    server what the noise was there to hide, uncharged (a generalized quasi-identifier's
+    exact value, or a field never shared, the same). It now sees the fields shared as they
+    are; reading another is refused, naming it, before any charge."""
+    store = make_store(tmp_path / "d.db")
+    for read, why in (("income", "local DP"), ("age", "generalizes"), ("uid", "not in")):
+        def select(frame, name=read):
+            return (frame[name] == frame[name]).to_numpy()
+
+        with pytest.raises(ValidationError, match=rf"predicate read {read!r}.*{why}.*record_ids"):
+            quiet_share(store, policy(predicate=select))
+        with pytest.raises(ValidationError, match=rf"predicate read {read!r}"):
+            quiet_share(store, policy(predicate=lambda f, name=read: getattr(f, name) > 0))
+    assert store.ledger.spent.epsilon == 0.0 and not store.outbox()
+    seen = []
+    result = quiet_share(store, policy(predicate=lambda f: seen.append(list(f.columns))
+                                       or (f.score > 1250).to_numpy()))
+    assert seen == [["note", "score"]]
+    assert (store.records().loc[list(result.entry.record_ids), "score"] > 1250).all()
 
 
 def test_a_cell_the_package_cannot_carry_is_refused_before_charging(tmp_path):
