@@ -285,7 +285,11 @@ class ShareResult:
     left out of the package and stay eligible. ``out_of_bounds``: ids of
     selected records with a value the package would carry in clear outside
     its field's schema bounds (the server refuses such a package); left out
-    before any charge, and eligible again once fixed.
+    before any charge, and eligible again once fixed. ``held_back``:
+    ids of selected records in a class of the plan this device already sent in
+    another package (pending or acknowledged); the server counts each package
+    as another contributor, so they stay eligible, held back while their class
+    has been sent (a later plan's classes are judged the same way).
     """
 
     envelope: bytes
@@ -293,6 +297,7 @@ class ShareResult:
     entry: OutboxEntry
     suppressed: tuple[str, ...] = ()
     out_of_bounds: tuple[str, ...] = ()
+    held_back: tuple[str, ...] = ()
 
     @property
     def package_id(self) -> str:
@@ -471,6 +476,23 @@ def _refuse_unpackable(policy: SharingPolicy, schema: Schema, frame: pd.DataFram
             "the rest in another package.")
 
 
+def _classes_sent(store: LocalStore, plan: AnonymizationPlan) -> dict[int, str]:
+    """The classes of ``plan`` this store has sent records in (pending or acknowledged
+    packages), each with a package that sent it. The server counts each package as another
+    contributor, since nothing links packages to devices: a device that sent a class again
+    in another package would count twice towards its k (helper-87: one device sharing a
+    record a day filled a k = 5 class alone)."""
+    package_of = {record: entry.package_id
+                  for entry in [*store.outbox("pending"), *store.outbox("acknowledged")]
+                  for record in entry.record_ids}
+    if not package_of:
+        return {}
+    records = store.records(ids=package_of)[list(plan.quasi_identifiers)]
+    classes = plan.apply(records).class_ids
+    return {int(c): package_of[str(i)]
+            for i, c in zip(records.index, classes.tolist(), strict=True) if c >= 0}
+
+
 def _within_bounds(policy: SharingPolicy, schema: Schema,
                    frame: pd.DataFrame) -> tuple[pd.DataFrame, tuple[str, ...]]:
     """``frame`` without the records whose fields shared in clear (neither perturbed nor
@@ -568,10 +590,22 @@ def share(
         frame[name] = modifier.transform(before)
         modifications.append(_modification(name, modifier, before, frame[name]))
     suppressed: tuple[str, ...] = ()
+    held_back: tuple[str, ...] = ()
     if policy.plan is not None:
         anonymized = policy.plan.apply(frame)
         suppressed = tuple(str(i) for i in anonymized.suppressed)
-        frame = anonymized.data.drop(index=anonymized.suppressed)
+        sent = _classes_sent(store, policy.plan)
+        again = np.isin(anonymized.class_ids, list(sent)) & (anonymized.class_ids >= 0)
+        held_back = tuple(str(i) for i in frame.index[again])
+        frame = anonymized.data.drop(index=[*anonymized.suppressed, *frame.index[again]])
+        if frame.empty and held_back:
+            packages = sorted({sent[c] for c in anonymized.class_ids[again]})
+            raise AnonymizationError(
+                f"Every selected record the plan does not suppress falls in a class this "
+                f"device already sent (package {', '.join(packages[:3])}): the server counts "
+                "each package as another person, so a second package in a class would let "
+                "this device alone fill its k. Nothing was shared or charged; the records "
+                "stay eligible, held back while a class of theirs has been sent.")
         if frame.empty:
             raise AnonymizationError(
                 f"The plan suppressed all {len(suppressed)} selected records (their values lie "
@@ -623,4 +657,4 @@ def share(
         token=token,
     )
     return ShareResult(envelope=envelope, receipt=receipt, entry=entry, suppressed=suppressed,
-                       out_of_bounds=out_of_bounds)
+                       out_of_bounds=out_of_bounds, held_back=held_back)

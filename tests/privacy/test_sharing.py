@@ -228,6 +228,37 @@ def test_a_predicate_reads_only_the_fields_the_package_carries_as_they_are(tmp_p
     assert (store.records().loc[list(result.entry.record_ids), "score"] > 1250).all()
 
 
+def test_a_device_sends_each_class_of_the_plan_in_one_package_only(tmp_path):
+    """helper-87: the server counts each package as another contributor (nothing links
+    packages to devices), so one honest device that shared a record a day in the same class
+    filled a k = 5 cohort alone on the fifth day, and its records were released as
+    5-anonymous. A device now sends a class in one package only: a later record of a class
+    it has sent (pending or acknowledged) is held back, stays eligible, and is named in
+    ``ShareResult.held_back``; several records of a class in one package are one
+    contributor, as before."""
+    store = LocalStore(tmp_path / "d.db", schema=SCHEMA, user_id="u", epsilon_budget=10.0,
+                       key=STORE_KEY)
+    base = records(4)
+    same = base.assign(age=31.0, zip="a")  # one class of PLAN
+    store.add_records(same.iloc[:2])
+    first = quiet_share(store, policy())
+    assert first.n_records == 2 and first.held_back == ()
+    spent = store.ledger.spent.epsilon
+    store.add_records(same.iloc[[2]])
+    with pytest.raises(AnonymizationError, match=r"already sent.*package.*Nothing was shared"):
+        quiet_share(store, policy())
+    assert store.ledger.spent.epsilon == spent and len(store.outbox()) == 1
+    store.acknowledge(first.package_id)  # acknowledged: the same
+    with pytest.raises(AnonymizationError, match="already sent"):
+        quiet_share(store, policy())
+    other = base.iloc[[3]].assign(age=58.0, zip="d")
+    store.add_records(other)
+    second = quiet_share(store, policy())
+    assert list(second.entry.record_ids) == list(other.index)
+    assert second.held_back == (same.index[2],)
+    assert store.state(same.index[2]).pending_package is None  # held back: still eligible
+
+
 def test_a_cell_the_package_cannot_carry_is_refused_before_charging(tmp_path):
     """Found in review (helper-64): the store takes an image of any numeric dtype, the
     package only some; the package was made after the ledger was charged, so every retry of
