@@ -387,10 +387,10 @@ def _warn_if_seeded(name: str, modifier: Any) -> None:
 
 
 def _modification(name: str, modifier: Any, before: pd.Series, after: pd.Series) -> str:
-    """What the receipt says of ``modifier`` on field ``name``: each step of a pipeline by
-    name, and how many of the records it changed. 'photo:Pipeline' said nothing of what
-    ran (a passthrough too), and a replacer that changed no record was claimed all the
-    same (helper-71)."""
+    """What the device's receipt says of ``modifier`` on field ``name``: each step of a
+    pipeline by name, and how many of the records it changed. 'photo:Pipeline' said nothing
+    of what ran (a passthrough too), and a replacer that changed no record was claimed all
+    the same (helper-71). The package's receipt drops the count (it depends on the values)."""
     steps = getattr(modifier, "steps", None)
     names = ([step if isinstance(step, str) else type(step).__name__ for _, step in steps]
              if steps else [type(modifier).__name__])
@@ -649,7 +649,12 @@ def share(
         dp_receipt = _device_free(release.receipt)
     receipt = _package_receipt(policy, modifications, dp_receipt)
     columns = {name: frame[name].tolist() for name in policy.fields}
-    package = SharePackage.create(schema.schema_id, columns, receipt)
+    # The package names each modification but not how many records it changed: the count
+    # depends on the records' values, and the server keeps receipts in clear (helper-87).
+    # The device's receipt (the result's, the outbox's) keeps it.
+    sent = dataclasses.replace(receipt, modifications=tuple(
+        label.rsplit(" (", 1)[0] for label in modifications))
+    package = SharePackage.create(schema.schema_id, columns, sent)
     envelope = seal_package(package, public_key, token=token)
     entry = store.add_to_outbox(
         package.package_id, envelope, [str(i) for i in frame.index],

@@ -139,6 +139,22 @@ def test_server_accepts_the_package_with_its_modifications(flow):
     assert len(flow["held"]) == len(SHARED)
 
 
+def test_the_package_names_each_modification_but_not_how_many_records_it_changed(flow):
+    """helper-87: how many of a user's records a modifier changed depends on their values
+    (how many texts had a word to replace, how many numbers a custom modifier coarsened),
+    and the count travelled in the package's receipt, which the server keeps in clear,
+    uncharged. The package names the modifiers; the count stays in the device's receipt
+    (``ShareResult.receipt``, the outbox's)."""
+    from dmt_privacy.package import open_package
+
+    package = open_package(flow["result"].envelope, KEY)
+    assert package.receipt.modifications == (
+        "notes:SynonymReplacer", "photo:GaussianBlur+ColorCorrection", "memo:PitchShift+AudioNoise")
+    assert b"changed" not in flow["plaintext"]
+    outbox = flow["store"].outbox_entry(flow["result"].package_id)
+    assert "(2/2 changed)" in str(outbox.receipt)
+
+
 def test_stored_text_differs_in_exactly_the_replaced_words(flow):
     replacements = flow["replacements"]
     assert replacements, "the seeded replacer changed no word; pick another seed"
