@@ -652,9 +652,9 @@ def share(
     # The package names each modification but not how many records it changed: the count
     # depends on the records' values, and the server keeps receipts in clear (helper-87).
     # The device's receipt (the result's, the outbox's) keeps it.
-    sent = dataclasses.replace(receipt, modifications=tuple(
+    carried = dataclasses.replace(receipt, modifications=tuple(
         label.rsplit(" (", 1)[0] for label in modifications))
-    package = SharePackage.create(schema.schema_id, columns, sent)
+    package = SharePackage.create(schema.schema_id, columns, carried)
     envelope = seal_package(package, public_key, token=token)
     entry = store.add_to_outbox(
         package.package_id, envelope, [str(i) for i in frame.index],
