@@ -83,10 +83,10 @@ class SharingPolicy:
         Which of the eligible records (shareable, not shared, not in a pending
         package) are shared: at most one of a fraction in (0, 1] drawn at
         random, a callable taking the eligible records (a DataFrame indexed by
-        record id, holding only the fields shared as they are: a selection on a
-        perturbed, generalized or unshared field would tell the server its true
-        values) and returning a boolean mask, or explicit record ids. None
-        given: all eligible records.
+        record id, holding only the fields shared as they are, in ``fields``'
+        order: a selection on a perturbed, generalized, modified or unshared
+        field would tell the server its true values) and returning a boolean
+        mask, or explicit record ids. None given: all eligible records.
     modifiers:
         field → a fitted-or-stateless modifier from :mod:`dmt_privacy.modify`.
     plan:
@@ -285,7 +285,7 @@ class ShareResult:
     left out of the package and stay eligible. ``out_of_bounds``: ids of
     selected records with a value the package would carry in clear outside
     its field's schema bounds (the server refuses such a package); left out
-    before any charge, and eligible again once fixed. ``held_back``:
+    before any charge, of every package while the schema's bounds exclude it. ``held_back``:
     ids of selected records in a class of the plan this device already sent in
     another package (pending or acknowledged); the server counts each package
     as another contributor, so they stay eligible, held back while their class
@@ -350,17 +350,22 @@ def _predicate(policy: SharingPolicy, eligible: pd.DataFrame) -> Any:
     uncharged (helper-87: every record above 500 of a field under ε = 0.1). Reading such a
     field is refused, naming it."""
     generalized = set(policy.plan.quasi_identifiers) if policy.plan is not None else set()
-    clear = [n for n in policy.fields if n not in policy.epsilon and n not in generalized]
+    clear = [n for n in policy.fields if n not in policy.epsilon and n not in generalized
+             and n not in policy.modifiers]
     visible = eligible[[n for n in clear if n in eligible.columns]].copy()
     try:
         return policy.predicate(visible)  # type: ignore[misc]
     except (KeyError, AttributeError) as exc:
-        name = exc.args[0] if isinstance(exc, KeyError) and exc.args else getattr(
-            exc, "name", None)
-        if name not in eligible.columns:
+        # pandas names a missing column quoted: KeyError('x'), "['x'] not in index",
+        # "'DataFrame' object has no attribute 'x'"; any other error is the predicate's own
+        hidden = [n for n in eligible.columns if n not in visible.columns]
+        named = [n for n in hidden if repr(str(n)) in str(exc)]
+        if not named:
             raise
+        name = named[0]
         why = ("the policy perturbs it with local DP" if name in policy.epsilon else
                "the plan generalizes it" if name in generalized else
+               "a modifier changes it before it leaves" if name in policy.modifiers else
                "it is not in the policy's fields")
         raise ValidationError(
             f"predicate read {name!r}, but {why}: a selection on its true value would tell "
@@ -512,7 +517,10 @@ def _within_bounds(policy: SharingPolicy, schema: Schema,
         except ValidationError as exc:
             raise ValidationError(
                 f"{exc} The server refuses a package that holds it in clear, and every "
-                "selected record has such a value: nothing was shared or charged.") from None
+                "record left to share (after the plan's suppressions and held-back "
+                "classes) has such a value: nothing was shared or charged. Such a record "
+                "stays on the device; widen the schema's bounds (the server's policy too) "
+                "if the value is real.") from None
     return frame.loc[~rows], tuple(str(i) for i in frame.index[rows])
 
 

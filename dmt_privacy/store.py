@@ -578,10 +578,13 @@ class LocalStore:
             return int(cur.rowcount)
 
     def abandon(self, package_id: str) -> None:
-        """Drop a pending package that was never delivered; its records become eligible again.
+        """Drop a pending package the server did not store; its records become eligible again.
 
-        Only for a package the server cannot have received: one that did reach
-        it is acknowledged, and its records are then marked shared anyway.
+        For a package never delivered, or one the server refused (it stored
+        nothing). One the server did store is acknowledged, and its records are
+        then marked shared anyway. An abandoned package's classes no longer hold
+        back the device's records (``share``'s ``held_back``); its token is never
+        sealed again.
         """
         with self._transaction() as conn:
             cur = conn.execute(

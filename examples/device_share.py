@@ -72,12 +72,13 @@ for user in simulation.users:
             continue
         try:
             result = share(store, policy, public_key)
-        except AnonymizationError as exc:  # every selected record outside the plan's classes
+        except AnonymizationError as exc:  # every record suppressed, or in a class it sent
             print(f"user {user.user_id:2}: nothing shared ({exc})")
             continue
         (DIR / "outbox" / f"{result.package_id}.dmt").write_bytes(result.envelope)
         print(f"user {user.user_id:2}: package {result.package_id[:8]}… {result.n_records} "
-              f"records, {len(result.suppressed)} suppressed, ε spent "
+              f"records, {len(result.suppressed)} suppressed, {len(result.held_back)} held "
+              f"back (class already sent), ε spent "
               f"{store.ledger.spent.epsilon:g}/{store.ledger.budget.epsilon:g}, "
               f"shared {store.count('shared')}, pending {store.count('pending')}")
 print(f"packages in {DIR / 'outbox'}; next: python examples/server_ingest.py {DIR}")

@@ -189,9 +189,14 @@ def _roles(args: argparse.Namespace, schema: Schema | None) -> tuple[list[str], 
     return qis, sensitive
 
 
-def _typed(frame: pd.DataFrame, kinds: dict[str, str]) -> pd.DataFrame:
-    """``frame`` (all text) with its numeric columns as numbers; empty or non-numeric cells
-    of the columns in ``kinds`` refused with their line."""
+def _typed(frame: pd.DataFrame, kinds: dict[str, str],
+           categories: dict[str, tuple[Any, ...]] | None = None) -> pd.DataFrame:
+    """``frame`` (all text) with its numeric columns as numbers, and each column of
+    ``categories`` (the schema's, for columns no hierarchy file codes) as the schema's
+    categories, matched by their text: a plan fitted on the text '0' would name a category
+    no device record holds (they hold 0) and suppress every one. Empty or non-numeric
+    cells of the columns in ``kinds``, and a cell that is none of the schema's categories,
+    are refused with their line."""
     import numpy as np
     import pandas as pd
 
@@ -203,6 +208,16 @@ def _typed(frame: pd.DataFrame, kinds: dict[str, str]) -> pd.DataFrame:
                 f"column {name!r} is empty at line {_line(int(empty.argmax()))}; fill or drop "
                 "such rows before anonymizing (an empty cell in the output means suppressed).")
         if kind != "numeric":
+            if categories and name in categories:
+                lookup = {str(c): c for c in categories[name]}
+                unknown = ~frame[name].isin(list(lookup)).to_numpy()
+                if unknown.any():
+                    at = int(unknown.argmax())
+                    raise ValidationError(
+                        f"column {name!r} holds {frame[name].iloc[at]!r} at line {_line(at)}, "
+                        f"none of the schema's categories {list(categories[name])[:10]!r}; fix "
+                        "the value or the schema.")
+                typed[name] = frame[name].map(lookup).astype(object)
             continue
         values = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float)
         bad = ~np.isfinite(values)
@@ -301,7 +316,10 @@ def run(args: argparse.Namespace) -> int:
         # Only t-closeness reads the sensitive column's kind (ordered or equal distance).
         kinds[sensitive] = (_column_kind(frame, sensitive, declared) if args.t is not None
                             else declared.get(sensitive, "categorical"))
-    typed = _typed(frame, kinds)
+    coded = {name for name, _ in args.hierarchy}
+    typed = _typed(frame, kinds, None if schema is None else {
+        spec.name: spec.categories for spec in schema
+        if spec.name in kinds and spec.categories is not None and spec.name not in coded})
     hierarchies = {
         column: Hierarchy.from_csv(path, sep=args.hierarchy_sep, name=column)
         for column, path in args.hierarchy

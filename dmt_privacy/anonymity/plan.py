@@ -275,6 +275,12 @@ class AnonymizationPlan:
         unbounded = []
         for coding in self.codings:
             spec = schema[coding.name] if coding.name in schema else None
+            if coding.kind == "numeric" and spec is not None and spec.kind.value != "numeric":
+                raise ValidationError(
+                    f"Quasi-identifier {coding.name!r} is {spec.kind.value} in schema "
+                    f"{schema.name!r} but the plan was fitted on it as numbers (intervals); "
+                    "fit it as categories (frame.astype({name: object})), released as value "
+                    "sets.")
             if coding.kind == "numeric":
                 if spec is None or spec.bounds is None:
                     unbounded.append(coding.name)

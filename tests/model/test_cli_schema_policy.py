@@ -172,3 +172,37 @@ def test_policy_init_ships_the_plan_widened_to_the_schemas_bounds(tmp_path, reco
         device = sharing_policy_from(policy.read_text()).plan
     applied = device.apply(pd.DataFrame({"age": [70.0, 33.0]}))
     assert len(applied.suppressed) == 0 and (applied.class_ids >= 0).all()
+
+
+def test_a_plan_from_a_csv_is_coded_in_the_schemas_categories(tmp_path, capsys):
+    """helper-89: ``dmt anonymize`` reads the CSV as text, so Boston's CHAS was fitted on
+    '0' and '1' while the schema (and every device record) holds 0 and 1. ``dmt policy init
+    --plan`` refused it since 20a2055, naming the schema's own categories as the fix; before
+    that, the plan it shipped suppressed every device record. A column with schema
+    categories is now read as them, and a cell that is none of them is refused."""
+    from dmt_model.datasets import BOSTON_SCHEMA, load_boston
+    from dmt_privacy.release import UnverifiedPolicyWarning, sharing_policy_from
+
+    boston = load_boston()
+    boston.to_csv(tmp_path / "b.csv", index=False)
+    (tmp_path / "schema.json").write_text(BOSTON_SCHEMA.to_json())
+    plan = tmp_path / "plan.json"
+    assert main(["anonymize", str(tmp_path / "b.csv"), "-o", str(tmp_path / "out.csv"),
+                 "--schema", str(tmp_path / "schema.json"), "--quasi-identifiers",
+                 "CHAS,RAD,TAX", "--k", "5", "--plan", str(plan)]) == 0
+    code, _, err = _run(capsys, "policy", "init", "--schema", str(tmp_path / "schema.json"),
+                        "-o", str(tmp_path / "policy.json"), "--min-k", "5", "--plan",
+                        str(plan), "--epsilon", "MEDV=1")
+    assert code == 0, err
+    with pytest.warns(UnverifiedPolicyWarning):
+        device = sharing_policy_from((tmp_path / "policy.json").read_text()).plan
+    assert len(device.apply(boston.iloc[:50]).suppressed) == 0
+    released = pd.read_csv(tmp_path / "out.csv", dtype=str)
+    assert set(released["CHAS"]) <= {"{0}", "{1}", "{0|1}"}
+    text = (tmp_path / "b.csv").read_text().replace(
+        "\n0.00632,18.0,2.31,0,", "\n0.00632,18.0,2.31,2,", 1)  # line 2: CHAS 2
+    (tmp_path / "bad.csv").write_text(text)
+    code, _, err = _run(capsys, "anonymize", str(tmp_path / "bad.csv"), "-o",
+                        str(tmp_path / "out2.csv"), "--schema", str(tmp_path / "schema.json"),
+                        "--quasi-identifiers", "CHAS,RAD,TAX", "--k", "5")
+    assert code == 1 and "'CHAS' holds '2' at line 2" in err

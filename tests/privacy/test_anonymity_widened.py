@@ -82,6 +82,12 @@ def test_widened_to_a_schema_takes_its_bounds_and_categories_and_refuses_no_boun
     unbounded = Schema((Field("age", "numeric", role="quasi-identifier"), *fields[1:]))
     with pytest.raises(ValidationError, match=r"\['age'\] have no bounds"):
         fitted.widened_to(unbounded)
+    numbers = KAnonymizer(["age", "income", "city"], k=5).fit(
+        frame(0, 100).assign(city=lambda f: f["age"] // 10)).plan_  # city fitted as numbers
+    as_categories = Schema((*fields[:2], Field("city", "categorical", role="quasi-identifier"),
+                            fields[3]))
+    with pytest.raises(ValidationError, match=r"'city' is categorical.*astype"):
+        numbers.widened_to(as_categories)
 
 
 def test_a_central_release_by_the_tree_s_regions_names_no_record_s_value():

@@ -228,6 +228,27 @@ def test_a_predicate_reads_only_the_fields_the_package_carries_as_they_are(tmp_p
     assert (store.records().loc[list(result.entry.record_ids), "score"] > 1250).all()
 
 
+def test_a_predicate_s_own_errors_stay_its_own_and_a_modified_field_is_hidden(tmp_path):
+    """helper-89: a KeyError the predicate raised for its own reasons was reported as reading
+    a hidden field (one it may read, named), a list selection of a hidden field gave pandas'
+    raw error, and a field a modifier changes was shown before the change."""
+    from sklearn.preprocessing import FunctionTransformer
+
+    store = make_store(tmp_path / "d.db")
+    own: dict[str, bool] = {}
+    with pytest.raises(KeyError) as raised:
+        quiet_share(store, policy(predicate=lambda f: own["score"]))
+    assert not isinstance(raised.value, ValidationError)
+    with pytest.raises(ValidationError, match="predicate read 'income'.*local DP"):
+        quiet_share(store, policy(predicate=lambda f: (f[["score", "income"]].sum(axis=1) > 0)
+                                  .to_numpy()))
+    modified = policy(modifiers={"note": FunctionTransformer()},
+                      predicate=lambda f: f["note"].str.startswith("shared").to_numpy())
+    with pytest.raises(ValidationError, match="predicate read 'note'.*a modifier changes it"):
+        quiet_share(store, modified)
+    assert store.ledger.spent.epsilon == 0.0 and not store.outbox()
+
+
 def test_a_device_sends_each_class_of_the_plan_in_one_package_only(tmp_path):
     """helper-87: the server counts each package as another contributor (nothing links
     packages to devices), so one honest device that shared a record a day in the same class
