@@ -229,7 +229,7 @@ def run_seed(name: str, seed: int, users: int, workers: int) -> dict[str, Any]:
     held_out = set(np.random.default_rng(seed).choice(len(sim.users), len(sim.users) // 4,
                                                       replace=False).tolist())
     trainers = replace(sim, users=tuple(u for i, u in enumerate(sim.users) if i not in held_out))
-    model, _, _ = dmt_model_for(trainers, task, foundation, {}, seed, rate)
+    model, _, _, _ = dmt_model_for(trainers, task, foundation, {}, seed, rate)
     new_spec = build_spec(model, updatable=UpdateSettings())
     previous_spec = build_spec(foundation, updatable=UpdateSettings())
     gate = compare_on_devices(previous_spec, new_spec,
