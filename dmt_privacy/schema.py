@@ -65,7 +65,10 @@ class Field:
         A :class:`Role` or its string value. Defaults to insensitive.
     bounds:
         ``(low, high)`` for numeric fields. Required before a numeric field can
-        be perturbed with differential privacy; never inferred from data.
+        be perturbed with differential privacy; never inferred from data. For
+        an image or audio field, the range of its pixels or samples (e.g.
+        ``(0, 255)`` for 8-bit pixels, ``(-1, 1)`` for float audio): a server
+        accepts such a field only with it, and refuses an array outside it.
     grid:
         Spacing of the grid numeric values are snapped to when perturbed
         (a positive number; ``None`` means no grid was declared).
@@ -114,8 +117,9 @@ class Field:
                 f"Field {self.name!r}: role {self.role!r} is not one of {roles}."
             ) from None
         if self.bounds is not None:
-            if self.kind is not Kind.NUMERIC:
-                raise SchemaError(f"Field {self.name!r}: bounds apply to numeric fields only.")
+            if self.kind not in (Kind.NUMERIC, Kind.IMAGE, Kind.AUDIO):
+                raise SchemaError(f"Field {self.name!r}: bounds apply to numeric fields (and to "
+                                  "image and audio fields: the range of their values) only.")
             low, high = (float(b) for b in self.bounds)
             if not (math.isfinite(low) and math.isfinite(high) and low < high):
                 raise SchemaError(

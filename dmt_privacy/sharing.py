@@ -509,18 +509,29 @@ def _within_bounds(policy: SharingPolicy, schema: Schema,
     clear = [n for n in policy.fields if n not in policy.epsilon and n not in generalized]
     _, outside = schema.outside_bounds(frame, columns=clear)
     rows = outside.any(axis=1) if outside.size else np.zeros(len(frame), dtype=bool)
+    for name in clear:  # an image or audio field's range of values, as the server checks it
+        spec = schema[name]
+        if spec.kind in (Kind.IMAGE, Kind.AUDIO) and spec.bounds is not None:
+            low, high = spec.bounds
+            low -= 1e-9 * max(1.0, abs(low))
+            high += 1e-9 * max(1.0, abs(high))
+            rows |= np.fromiter((np.asarray(v).min() < low or np.asarray(v).max() > high
+                                 for v in frame[name]), dtype=bool, count=len(frame))
     if not rows.any():
         return frame, ()
     if rows.all():
         try:
             schema.check_bounds(frame, columns=clear)
+            reason = ("Every record left to share holds an image or audio value outside its "
+                      f"field's bounds (the range of its values; fields {clear!r}).")
         except ValidationError as exc:
-            raise ValidationError(
-                f"{exc} The server refuses a package that holds it in clear, and every "
-                "record left to share (after the plan's suppressions and held-back "
-                "classes) has such a value: nothing was shared or charged. Such a record "
-                "stays on the device; widen the schema's bounds (the server's policy too) "
-                "if the value is real.") from None
+            reason = str(exc)
+        raise ValidationError(
+            f"{reason} The server refuses a package that holds it in clear, and every "
+            "record left to share (after the plan's suppressions and held-back classes) "
+            "has such a value: nothing was shared or charged. Such a record stays on the "
+            "device; widen the schema's bounds (the server's policy too) if the value is "
+            "real.")
     return frame.loc[~rows], tuple(str(i) for i in frame.index[rows])
 
 

@@ -42,8 +42,8 @@ RATE = 16_000  # Hz, the voice memos' sample rate
 SEMITONES = 3
 SCHEMA = Schema((
     Field("notes", "text", description="the user's notes about a room"),
-    Field("photo", "image", description="32x32 RGB, uint8"),
-    Field("memo", "audio", description=f"mono float32 at {RATE} Hz"),
+    Field("photo", "image", bounds=(0, 255), description="32x32 RGB, uint8"),
+    Field("memo", "audio", bounds=(-1, 1), description=f"mono float32 at {RATE} Hz"),
 ), name="home")
 NOTES = [
     "The kitchen window faces the quiet garden and gets bright morning light.",

@@ -55,7 +55,7 @@ __all__ = [
 DIGITS_SCHEMA = Schema(
     name="digits",
     fields=(
-        Field("image", Kind.IMAGE, shape=(8, 8),
+        Field("image", Kind.IMAGE, shape=(8, 8), bounds=(0, 255),
               description="8×8 grey handwritten digit, uint8 ink intensity (0 = background, "
                           "255 = full ink)"),
         Field("digit", Kind.CATEGORICAL, role=Role.TARGET, categories=tuple(range(10)),

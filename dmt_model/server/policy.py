@@ -221,6 +221,14 @@ class ServerPolicy:
                 "range there, so a package could carry any number (as an input, its pull on "
                 "retraining would have no limit). Give each bounds in the schema, or leave "
                 "it out of fields.")
+        unranged = [name for name in names if self.schema[name].kind in (Kind.IMAGE, Kind.AUDIO)
+                    and self.schema[name].bounds is None]
+        if unranged:  # retraining standardizes pixels and samples as they come (helper-90)
+            raise ValidationError(
+                f"image and audio fields {unranged!r} have no bounds, the range of their values: "
+                "validation could check none, so one package of pixels at ±1e6 would pull "
+                "retraining without limit. Give each bounds in the schema (e.g. (0, 255) for "
+                "8-bit pixels, (-1, 1) for float audio), or leave it out of fields.")
         _positive_int("max_records", self.max_records)
         _positive_int("max_bytes", self.max_bytes)
         _positive_int("max_training_records", self.max_training_records)

@@ -43,7 +43,7 @@ CLASSES = ("low", "mid", "high")
 SCHEMA = Schema((
     Field("x", "numeric", bounds=(-5.0, 5.0)),
     Field("colour", "categorical", categories=("red", "green", "blue")),
-    Field("patch", "image", shape=(4, 4)),
+    Field("patch", "image", shape=(4, 4), bounds=(0, 255)),
     Field("level", "categorical", "target", categories=CLASSES),
 ), name="toy-classification")
 

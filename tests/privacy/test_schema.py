@@ -55,7 +55,7 @@ def test_hierarchy_round_trips_with_key_types():
     ({"kind": "numeric", "bounds": (3, 1)}, "low < high"),
     ({"kind": "numeric", "grid": -1}, "grid"),
     ({"kind": "categorical", "categories": (1, 1)}, "repeat"),
-    ({"kind": "categorical", "bounds": (0, 1)}, "numeric fields only"),
+    ({"kind": "categorical", "bounds": (0, 1)}, "bounds apply to numeric fields"),
 ])
 def test_bad_fields_are_refused_with_the_field_named(kwargs, words):
     with pytest.raises(SchemaError, match=words) as info:

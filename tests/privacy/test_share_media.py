@@ -46,8 +46,8 @@ RATE = 16_000
 SEMITONES = 3
 SCHEMA = Schema((
     Field("notes", "text"),
-    Field("photo", "image"),
-    Field("memo", "audio"),
+    Field("photo", "image", bounds=(0, 255)),
+    Field("memo", "audio", bounds=(-1, 1)),
 ), name="home")
 KEY = generate_server_key()
 NOTES = [
