@@ -742,9 +742,33 @@ def _admitted(blocks: Sequence[Any], rule: ReleaseRule, values_of: Mapping[int, 
         contributors = [b.token_id if tokens else b.package_id for b in chosen
                         for _ in np.frombuffer(b.rows, dtype="<u4")]
         values = [v for b in chosen for v in values_of[b.id]] if rule.needs_values else None
-        if rule.admits(contributors, values):
+        if rule.admits(contributors, values) and (
+                not (tokens and rule.needs_values)
+                or one_period_admits(rule, k, [(b.epoch, b.token_id,
+                                                len(np.frombuffer(b.rows, dtype="<u4")),
+                                                values_of[b.id]) for b in chosen])):
             return chosen, contributors
     return [], []
+
+
+def one_period_admits(rule: ReleaseRule, k: int,
+                      blocks: Sequence[tuple[Any, Any, int, Sequence[Any]]]) -> bool:
+    """With tokens: whether the blocks of ONE period alone (``(period, token, records, their
+    sensitive values)`` each) hold k tokens and meet the rule's l and t. A device gets its
+    tokens a period at a time, so tokens of several periods may all be one device's: one
+    attested device that planted a 'cold' and an 'hiv' package in two earlier periods made
+    a cohort of three honest 'flu' devices look 3-diverse, and learnt every value
+    (helper-90). k already counts one period (:func:`_enough`); l and t now do too."""
+    periods: dict[Any, list[tuple[Any, int, Sequence[Any]]]] = {}
+    for period, token, n, values in blocks:
+        periods.setdefault(period, []).append((token, n, values))
+    for members in periods.values():
+        if len({token for token, _, _ in members}) < k:
+            continue
+        if rule.admits([token for token, n, _ in members for _ in range(n)],
+                       [v for _, _, values in members for v in values]):
+            return True
+    return False
 
 
 def release_due(

@@ -64,6 +64,7 @@ from dmt_model.server.store import (
     SharedStore,
     _enough,
     consistent_reads,
+    one_period_admits,
     payload_aad,
     release_rule,
 )
@@ -200,11 +201,13 @@ def _not_diverse(rule: Any, candidates: list[tuple[Any, Any, list[str | None], l
     cohorts (fail closed)."""
     contributors: dict[str, list[str]] = {}
     values: dict[str, list[Any]] = {}
+    periods: dict[str, list[tuple[Any, Any, int, list[Any]]]] = {}
     failed: set[str] = set()
     for package, _, cohorts, taken in candidates:
         token = token_of.get(package.package_id)
         who = token.token_id if tokens and token is not None else package.package_id
         column = package.columns.get(str(rule.sensitive))
+        mine: dict[str, list[Any]] = {}
         for cohort, position in zip(cohorts, taken, strict=True):
             if cohort is None:
                 continue
@@ -213,8 +216,13 @@ def _not_diverse(rule: Any, candidates: list[tuple[Any, Any, list[str | None], l
                 continue
             contributors.setdefault(cohort, []).append(who)
             values.setdefault(cohort, []).append(column[position])
+            mine.setdefault(cohort, []).append(column[position])
+        for cohort, held in mine.items():
+            periods.setdefault(cohort, []).append(
+                (None if token is None else token.epoch, who, len(held), held))
     return failed | {cohort for cohort in contributors
-                     if not rule.admits(contributors[cohort], values[cohort])}
+                     if not rule.admits(contributors[cohort], values[cohort])
+                     or (tokens and not one_period_admits(rule, rule.k, periods[cohort]))}
 
 
 def policy_batches(store: SharedStore, policy: Any, which: str = "released",

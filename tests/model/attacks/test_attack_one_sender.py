@@ -154,3 +154,62 @@ def test_retraining_counts_contributors_as_the_release_did(base, plan, tmp_path)
                                    exclude={p.package_id for p in honest})
     assert victim.package_id not in {b.package_id for b in batches}
     assert read.cohorts_left_out >= 1
+
+
+def test_l_diversity_counts_one_period_as_k_does(tmp_path):
+    """helper-90: k counted the tokens of one period, l and t every token of the cohort. One
+    attested device (one token a period) planted a 'cold' and an 'hiv' package in two
+    earlier periods; three honest 'flu' devices then made the cohort look 3-diverse, it was
+    released and trained on, and the planter learnt every member's value. l and t now hold
+    on the blocks of one period alone, at release and at training."""
+    import numpy as np
+    import pandas as pd
+
+    from dmt_model.server.training import policy_batches
+    from dmt_privacy import Field, Schema
+    from dmt_privacy.anonymity import KAnonymizer
+    from dmt_privacy.package import PrivacyReceipt, SharePackage
+
+    schema = Schema((
+        Field("age", "numeric", role="quasi-identifier", bounds=(0, 100), grid=1.0),
+        Field("zip", "categorical", role="quasi-identifier", categories=("a", "b", "c", "d")),
+        Field("disease", "categorical", role="sensitive", categories=("flu", "cold", "hiv"))))
+    rng = np.random.default_rng(0)
+    proxy = pd.DataFrame({"age": rng.integers(0, 101, 400).astype(float),
+                          "zip": rng.choice(list("abcd"), 400),
+                          "disease": rng.choice(["flu", "cold", "hiv"], 400, p=[.5, .35, .15])})
+    plan = KAnonymizer(["age", "zip"], k=3, sensitive="disease", l=3).fit(proxy).plan_ \
+        .widened_to(schema)
+    policy = ServerPolicy(schema, min_k=3, plan=plan, tokens_per_period=1)
+
+    def package(disease):
+        kept = plan.apply(pd.DataFrame({"age": [40.0], "zip": ["b"], "disease": [disease]})).data
+        return SharePackage.create(schema.schema_id, {c: kept[c].tolist() for c in kept.columns},
+                                   PrivacyReceipt(k=plan.k, l=float(plan.l), t=plan.t))
+
+    def run(planter: bool) -> tuple[list[str], int]:
+        db = f"sqlite:///{tmp_path / f'{planter}.db'}"
+        clock = Clock()
+        ingestor = Ingestor(db, KEY, policy, clock=clock)
+        issuer = TokenIssuer(ingestor.token_keys, lambda evidence: evidence.decode(), 1)
+
+        def token(device: str):
+            _, public = issuer.current_key()
+            pending = request_tokens(public, 1)
+            return pending.finalize(issuer.issue(device.encode(), pending.body))[0]
+
+        for value in ("cold", "hiv"):  # two earlier periods, one token each
+            if planter:
+                sealed = seal_package(package(value), KEY.public_key(), token=token("planter"))
+                assert ingestor.ingest_one(sealed).status == "accepted"
+            clock.now += PERIOD
+        for i in range(3):
+            sealed = seal_package(package("flu"), KEY.public_key(), token=token(f"honest{i}"))
+            assert ingestor.ingest_one(sealed).status == "accepted"
+        released = SharedStore(db, KEY).frame("released")
+        _, read = policy_batches(SharedStore(db, KEY), policy)
+        return ([] if released.empty else sorted(released["disease"])), read.packages
+
+    assert run(planter=False)[0] == []
+    released, trained = run(planter=True)
+    assert released == [] and trained == 0
