@@ -722,9 +722,9 @@ def device_reports(previous: Any, candidate: Any, devices: list[pd.DataFrame], e
         model, [key.verify_key()], installed_version=1)
     before = build_spec(previous, updatable=UpdateSettings())
     tokens = []
-    for _ in usable:  # each device asked gets one token for this check
+    for i, _ in enumerate(usable):  # each device asked gets one token for this check
         pending = request_version_check_token(release, issuer.public_key, epsilon=epsilon)
-        tokens.append(pending.finalize(issuer.ask(pending.body))[0])
+        tokens.append(pending.finalize(issuer.ask(pending.body, device=f"device-{i}"))[0])
     with warnings.catch_warnings():  # seeded randomized response: reproducible, not secure
         warnings.simplefilter("ignore", InsecureRandomnessWarning)
         checks = check_version_many(release, before, usable, ledgers=[UNACCOUNTED] * len(usable),

@@ -372,11 +372,11 @@ def run_loop(
                                              server_key=server_key.public_key())
         release = verified()
         tokens = []
-        for _ in reporters:
+        for user_id in reporters:
             # report_epsilon is this app's own choice, so it is passed, not taken from v2
             pending = request_version_check_token(release, issuer.public_key,
                                                   epsilon=report_epsilon)
-            tokens.append(pending.finalize(issuer.ask(pending.body))[0])
+            tokens.append(pending.finalize(issuer.ask(pending.body, device=str(user_id)))[0])
         checks = check_version_many(
             release, v1_model, [stores[u].records("all") for u in reporters],
             ledgers=[stores[u].ledger for u in reporters], epsilon=report_epsilon, seed=seed,

@@ -516,6 +516,7 @@ class VersionCheckIssuer:
         self.challenge = version_check_challenge(version, sha256, baseline, self.epsilon)
         self._key = IssuerKey.generate()
         self.asked = 0
+        self._devices: set[str] = set()
 
     @property
     def public_key(self) -> IssuerPublicKey:
@@ -531,16 +532,32 @@ class VersionCheckIssuer:
         return {"key": self.public_key.token_key_id.hex(), "baseline": self.baseline,
                 "epsilon": self.epsilon}
 
-    def ask(self, request: bytes) -> bytes:
+    def ask(self, request: bytes, *, device: str | None = None) -> bytes:
         """The answer to one device's token request (:func:`request_version_check_token`'s
         ``.body``): one blind signature, and the device counts as asked. A request for more
         than one token, or not for this key, raises
-        :class:`~dmt_privacy.errors.InvalidPackage`."""
+        :class:`~dmt_privacy.errors.InvalidPackage`.
+
+        ``device``: the deployment's id of the device it asked (what its attestation check
+        returned, as for :class:`~dmt_model.server.issuer.TokenIssuer`). A second request of
+        a device is refused (:class:`~dmt_privacy.errors.ValidationError`): every request
+        signed is one more report counted, so a device that could ask 14 times turned a
+        version better for no device into a majority (helper-90). Without it, each request
+        counts as another device: the caller must ask each device once."""
+        if device is not None:
+            if not isinstance(device, str) or not device:
+                raise ValidationError(f"device must be a non-empty str, got {device!r}.")
+            if device in self._devices:
+                raise ValidationError(
+                    f"Device {device!r} was already asked for this check: one token a "
+                    "device (each is one more report counted). Nothing was signed.")
         try:
             (blinded,) = parse_token_requests(request, self.public_key)
             answer = blind_sign(self._key, blinded)
         except (InvalidToken, ValueError):
             raise InvalidPackage() from None
+        if device is not None:
+            self._devices.add(device)
         self.asked += 1
         return answer
 

@@ -551,3 +551,19 @@ def test_a_device_whose_records_the_check_refuses_still_reports(served, tmp_path
                                 random_states=[0, 1, 2], tokens=tokens)
     assert [c.better for c in checks] == [True, False, True]
     assert [ledger.spent.epsilon for ledger in ledgers] == [50.0] * 3
+
+
+def test_an_issuer_gives_each_device_it_asked_one_token(served, tmp_path):
+    """helper-90: ask() signed every request, so a device that could call it 14 times sent
+    14 reports, all counted (asked = 20 for 7 devices), and turned a version better for no
+    device into a 93 % majority. With the device named (the deployment's attested id of
+    each device it asked), a second request of the same device is refused, and asked counts
+    devices."""
+    _, issuer, release = _check(served, tmp_path)
+    first = request_version_check_token(release, issuer.public_key, epsilon=1.0)
+    pending = request_version_check_token(release, issuer.public_key, epsilon=1.0)
+    first.finalize(issuer.ask(first.body, device="phone-1"))
+    with pytest.raises(ValidationError, match="Device 'phone-1' was already asked"):
+        issuer.ask(pending.body, device="phone-1")
+    pending.finalize(issuer.ask(pending.body, device="phone-2"))
+    assert issuer.asked == 2
