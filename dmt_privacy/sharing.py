@@ -522,8 +522,9 @@ def _within_bounds(policy: SharingPolicy, schema: Schema,
     if rows.all():
         try:
             schema.check_bounds(frame, columns=clear)
+            media = [n for n in clear if schema[n].kind in (Kind.IMAGE, Kind.AUDIO)]
             reason = ("Every record left to share holds an image or audio value outside its "
-                      f"field's bounds (the range of its values; fields {clear!r}).")
+                      f"field's bounds (the range of its values; fields {media!r}).")
         except ValidationError as exc:
             reason = str(exc)
         raise ValidationError(

@@ -744,24 +744,26 @@ def _admitted(blocks: Sequence[Any], rule: ReleaseRule, values_of: Mapping[int, 
         values = [v for b in chosen for v in values_of[b.id]] if rule.needs_values else None
         if rule.admits(contributors, values) and (
                 not (tokens and rule.needs_values)
-                or one_period_admits(rule, k, [(b.epoch, b.token_id,
+                or _one_period_admits(rule, k, [(b.epoch, b.token_id,
                                                 len(np.frombuffer(b.rows, dtype="<u4")),
                                                 values_of[b.id]) for b in chosen])):
             return chosen, contributors
     return [], []
 
 
-def one_period_admits(rule: ReleaseRule, k: int,
+def _one_period_admits(rule: ReleaseRule, k: int,
                       blocks: Sequence[tuple[Any, Any, int, Sequence[Any]]]) -> bool:
     """With tokens: whether the blocks of ONE period alone (``(period, token, records, their
     sensitive values)`` each) hold k tokens and meet the rule's l and t. A device gets its
     tokens a period at a time, so tokens of several periods may all be one device's: one
     attested device that planted a 'cold' and an 'hiv' package in two earlier periods made
     a cohort of three honest 'flu' devices look 3-diverse, and learnt every value
-    (helper-90). k already counts one period (:func:`_enough`); l and t now do too."""
+    (helper-90). k already counts one period (:func:`_enough`); l and t now do too. A
+    block of no period (a package stored before tokens were required) counts for none."""
     periods: dict[Any, list[tuple[Any, int, Sequence[Any]]]] = {}
     for period, token, n, values in blocks:
-        periods.setdefault(period, []).append((token, n, values))
+        if period is not None:
+            periods.setdefault(period, []).append((token, n, values))
     for members in periods.values():
         if len({token for token, _, _ in members}) < k:
             continue

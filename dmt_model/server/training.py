@@ -63,8 +63,8 @@ from dmt_model.server.store import (
     WITHDRAWN_BLOCKS,
     SharedStore,
     _enough,
+    _one_period_admits,
     consistent_reads,
-    one_period_admits,
     payload_aad,
     release_rule,
 )
@@ -192,7 +192,8 @@ def _bounded(previous: Any, batch: Any, bound: float | None) -> Any:
 
 
 def _not_diverse(rule: Any, candidates: list[tuple[Any, Any, list[str | None], list[int]]],
-                 token_of: dict[str, Any], *, tokens: bool) -> set[str]:
+                 token_of: dict[str, Any], *, tokens: bool,
+                 k_of: dict[str, int] | None = None) -> set[str]:
     """The cohorts whose records among ``candidates`` (package, batch, each record's cohort
     and position in the package) the release ``rule`` would not admit for their l or t,
     judged on the package's own values as the store judges a release
@@ -222,7 +223,8 @@ def _not_diverse(rule: Any, candidates: list[tuple[Any, Any, list[str | None], l
                 (None if token is None else token.epoch, who, len(held), held))
     return failed | {cohort for cohort in contributors
                      if not rule.admits(contributors[cohort], values[cohort])
-                     or (tokens and not one_period_admits(rule, rule.k, periods[cohort]))}
+                     or (tokens and not _one_period_admits(
+                         rule, (k_of or {}).get(cohort, rule.k), periods[cohort]))}
 
 
 def policy_batches(store: SharedStore, policy: Any, which: str = "released",
@@ -342,7 +344,8 @@ def policy_batches(store: SharedStore, policy: Any, which: str = "released",
                 if not _enough(trained.get(cohort, []), max(k, claimed.get(cohort, 0)),
                                tokens=tokens)}
     if rule.needs_values:
-        left_out |= _not_diverse(rule, candidates, token_of, tokens=tokens)
+        left_out |= _not_diverse(rule, candidates, token_of, tokens=tokens,
+                                 k_of={c: max(k, claimed.get(c, 0)) for c in released})
     batches = []
     for package, batch, cohorts, _ in candidates:
         whole = np.array([cohort not in left_out for cohort in cohorts], dtype=bool)

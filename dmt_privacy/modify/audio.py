@@ -3,7 +3,9 @@
 A clip is a ``numpy`` array: 1-D ``(n_samples,)`` for mono or 2-D
 ``(n_channels, n_samples)``; pass several clips as a list (or Series). Float
 clips are taken to be in [-1, 1] and come back as the same float dtype,
-unclipped; integer PCM (``int16``, ``int32``) is scaled to [-1, 1] and comes
+clipped to [-1, 1] (a schema's audio bounds, which the server checks, are that
+range: noise added to a clip at full scale went past it, and ``share()`` left
+the clip out); integer PCM (``int16``, ``int32``) is scaled to [-1, 1] and comes
 back in its dtype, clipped. The sample rate is a parameter of the transformers
 that need one.
 
@@ -58,7 +60,7 @@ def _to_float(clip: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.n
         work = np.dtype(np.float32 if dtype.itemsize <= 2 else np.float64)
         return np.divide(clip, scale, dtype=work), restore
     work = np.result_type(dtype, np.float32)  # float32 stays float32: librosa is faster
-    return clip.astype(work), lambda out: out.astype(dtype)
+    return clip.astype(work), lambda out: np.clip(out, -1.0, 1.0).astype(dtype)
 
 
 def _librosa() -> Any:

@@ -184,3 +184,34 @@ def test_packages_held_out_to_check_a_version_take_their_cohorts_out_of_training
     lenient = dataclasses.replace(POLICY, min_k=2)  # receipts of 30-50 and 60-80 ask for 3
     assert _k_or_nothing(store, packages, lenient, exclude=held) == {
         30: 0, 40: 3, 50: 0, 60: 0, 70: 0, 80: 0}
+
+
+def test_training_judges_l_on_one_period_as_the_release_does():
+    """helper-91: the training half of the one-period rule (helper-90) had no test of its
+    own, since the release already refuses such a cohort. A cohort released with a
+    planter's 'cold' and 'hiv' of two earlier periods and three 'flu' devices of a third
+    is 3-diverse only through the planter; training leaves it out. A package of no period
+    (stored before tokens were required) counts for no period: fail closed."""
+    from types import SimpleNamespace
+
+    from dmt_model.server.training import _not_diverse
+    from dmt_privacy.anonymity import ReleaseRule
+
+    rule = ReleaseRule(k=3, sensitive="disease", l=3)
+
+    def candidate(package_id, value):
+        package = SimpleNamespace(package_id=package_id, columns={"disease": [value]})
+        return package, None, ["c1"], [0]
+
+    rows = [("p1", "cold", "t1", 1), ("p2", "hiv", "t2", 2), ("a", "flu", "ta", 3),
+            ("d", "flu", "td", 3), ("e", "flu", "te", 3)]
+    candidates = [candidate(p, v) for p, v, _, _ in rows]
+    token_of = {p: SimpleNamespace(token_id=t, epoch=e) for p, _, t, e in rows}
+    assert _not_diverse(rule, candidates, token_of, tokens=True) == {"c1"}
+    assert _not_diverse(rule, candidates, token_of, tokens=False) == set()
+    honest = [("x", "flu", "tx", 3), ("y", "cold", "ty", 3), ("z", "hiv", "tz", 3)]
+    token_of = {p: SimpleNamespace(token_id=t, epoch=e) for p, _, t, e in honest}
+    assert _not_diverse(rule, [candidate(p, v) for p, v, _, _ in honest], token_of,
+                        tokens=True) == set()
+    assert _not_diverse(rule, [candidate(p, v) for p, v, _, _ in honest], {},
+                        tokens=True) == {"c1"}

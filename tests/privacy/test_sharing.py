@@ -280,6 +280,25 @@ def test_a_device_sends_each_class_of_the_plan_in_one_package_only(tmp_path):
     assert store.state(same.index[2]).pending_package is None  # held back: still eligible
 
 
+def test_an_image_outside_its_fields_range_is_left_out_before_any_charge(tmp_path):
+    """helper-91: the share-side half of the media range (helper-90) had no test. An image
+    with a pixel above the field's bounds would make the server refuse the package: it is
+    left out (``out_of_bounds``) before the charge, and alone it is refused, naming the
+    image field."""
+    schema = Schema((Field("photo", "image", shape=(2, 2), bounds=(0, 255)),
+                     Field("label", "categorical", categories=("a", "b"))))
+    store = LocalStore(tmp_path / "m.db", schema=schema, user_id="u", epsilon_budget=1.0,
+                       key=STORE_KEY)
+    store.add_records(pd.DataFrame({
+        "photo": [np.full((2, 2), 10.0), np.full((2, 2), 300.0), np.full((2, 2), 255.0)],
+        "label": ["a", "b", "a"]}, index=["ok", "hot", "edge"]))
+    policy = SharingPolicy(fields=("photo", "label"))
+    result = share(store, policy, KEY.public_key())
+    assert result.out_of_bounds == ("hot",) and sorted(result.entry.record_ids) == ["edge", "ok"]
+    with pytest.raises(ValidationError, match=r"image or audio value.*\['photo'\].*nothing was"):
+        share(store, policy, KEY.public_key())
+
+
 def test_a_cell_the_package_cannot_carry_is_refused_before_charging(tmp_path):
     """Found in review (helper-64): the store takes an image of any numeric dtype, the
     package only some; the package was made after the ledger was charged, so every retry of
