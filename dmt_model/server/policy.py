@@ -105,8 +105,11 @@ class ServerPolicy:
         ``"record"`` or ``"user"``: the unit a package's DP receipt must state;
         ``None`` (default) accepts either (the server does not use it).
     plan:
-        The fitted (and usually widened)
-        :class:`~dmt_privacy.anonymity.AnonymizationPlan` shipped to devices.
+        The fitted :class:`~dmt_privacy.anonymity.AnonymizationPlan` shipped to
+        devices, widened to the schema (``plan.widened_to(schema)``, as ``dmt policy
+        init`` writes it): a plan as fitted ships each class's fitted ends, values
+        proxy records hold, and devices suppress a record between them. It is taken
+        as given here.
         With a plan, a package's quasi-identifiers must be, record by record,
         exactly the generalization of one of its unsuppressed classes, and the
         receipt's k, l and t the plan's. Without one, they must be well-formed
