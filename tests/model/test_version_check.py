@@ -82,6 +82,15 @@ def _check(served, folder, epsilon=1.0):
     return copy, issuer, _release(copy, key, 2)
 
 
+def _tokens(release, issuer, n, *, epsilon):
+    """One token of ``issuer``'s check for each of ``n`` devices, as each device fetches it."""
+    tokens = []
+    for _ in range(n):
+        pending = request_version_check_token(release, issuer.public_key, epsilon=epsilon)
+        tokens.append(pending.finalize(issuer.ask(pending.body))[0])
+    return tokens
+
+
 @SEEDED
 def test_devices_reports_earn_a_version_the_claim(served, tmp_path):
     _, key, server_key, devices = served
@@ -460,10 +469,7 @@ def test_a_device_the_version_fails_on_still_reports(served, monkeypatch, tmp_pa
     monkeypatch.setattr(personalize, "_versions_on_devices", breaks_on_seven)
     v1 = registry.path(registry.versions()[0].mlmodel_file)
     sets = [devices[0], devices[1].iloc[:7], devices[2]]
-    tokens = []
-    for _ in sets:
-        pending = request_version_check_token(release, issuer.public_key, epsilon=50.0)
-        tokens.append(pending.finalize(issuer.ask(pending.body))[0])
+    tokens = _tokens(release, issuer, len(sets), epsilon=50.0)
     checks = check_version_many(release, v1, sets, ledgers=[UNACCOUNTED] * 3,
                                 epsilon=50.0, random_states=[0, 1, 2], tokens=tokens)
     assert [c.better for c in checks] == [True, False, True]  # ε = 50: told as it is
@@ -483,10 +489,7 @@ def test_a_device_with_too_few_records_to_check_still_reports(served, tmp_path):
     # one record; three copies of one record (helper-49: skipped by the comparison, which
     # then lost count of the devices)
     sets = [devices[0], devices[1].iloc[:1], devices[2], devices[1].iloc[[0, 0, 0]]]
-    tokens = []
-    for _ in sets:
-        pending = request_version_check_token(release, issuer.public_key, epsilon=50.0)
-        tokens.append(pending.finalize(issuer.ask(pending.body))[0])
+    tokens = _tokens(release, issuer, len(sets), epsilon=50.0)
     ledgers = [PrivacyLedger(tmp_path / f"ledger{i}.db", user_id=f"u{i}", epsilon_budget=100.0)
                for i in range(4)]
     checks = check_version_many(release, v1, sets, ledgers=ledgers, epsilon=50.0,
@@ -536,10 +539,7 @@ def test_a_device_whose_records_the_check_refuses_still_reports(served, tmp_path
     odd = devices[1].copy()
     odd.loc[odd.index[0], "digit"] = 42
     sets = [devices[0], odd, devices[2]]
-    tokens = []
-    for _ in sets:
-        pending = request_version_check_token(release, issuer.public_key, epsilon=50.0)
-        tokens.append(pending.finalize(issuer.ask(pending.body))[0])
+    tokens = _tokens(release, issuer, len(sets), epsilon=50.0)
     ledgers = [PrivacyLedger(tmp_path / f"ledger{i}.db", user_id=f"u{i}", epsilon_budget=100.0)
                for i in range(3)]
     with pytest.raises(ValidationError, match=r"device 1.*'image'.*nothing was reported"):
