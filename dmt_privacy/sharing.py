@@ -481,14 +481,19 @@ def _refuse_unpackable(policy: SharingPolicy, schema: Schema, frame: pd.DataFram
             "the rest in another package.")
 
 
-def _classes_sent(store: LocalStore, plan: AnonymizationPlan) -> dict[int, str]:
+def _classes_sent(store: LocalStore, plan: AnonymizationPlan,
+                  token_key: str | None = None) -> dict[int, str]:
     """The classes of ``plan`` this store has sent records in (pending or acknowledged
     packages), each with a package that sent it. The server counts each package as another
     contributor, since nothing links packages to devices: a device that sent a class again
     in another package would count twice towards its k (helper-87: one device sharing a
-    record a day filled a k = 5 class alone)."""
+    record a day filled a k = 5 class alone). With a token (``token_key``: its issuer key,
+    one a period), the server counts k, l and t over one period's tokens, so only the
+    packages sent with a token of that period count; one sent without a token counts too."""
+    keys = store.package_token_keys() if token_key is not None else {}
     package_of = {record: entry.package_id
                   for entry in [*store.outbox("pending"), *store.outbox("acknowledged")]
+                  if keys.get(entry.package_id, token_key) == token_key
                   for record in entry.record_ids}
     if not package_of:
         return {}
@@ -584,6 +589,11 @@ def share(
     policy.check(schema)
     _check_explicit_ids(store, policy)
     token = token_bytes(token)  # before the ledger is charged: a wrong one costs no ε
+    token_key = None
+    if token is not None:  # its issuer key is its period's (held back within one period)
+        from dmt_privacy.privacy_pass import Token
+
+        token_key = Token.from_bytes(token).token_key_id.hex()
     if token is not None and (held := store.token_package(token)) is not None:
         raise ValidationError(
             f"This token is already sealed in package {held}: one token, one package (two "
@@ -614,7 +624,7 @@ def share(
     if policy.plan is not None:
         anonymized = policy.plan.apply(frame)
         suppressed = tuple(str(i) for i in anonymized.suppressed)
-        sent = _classes_sent(store, policy.plan)
+        sent = _classes_sent(store, policy.plan, token_key)
         again = np.isin(anonymized.class_ids, list(sent)) & (anonymized.class_ids >= 0)
         held_back = tuple(str(i) for i in frame.index[again])
         frame = anonymized.data.drop(index=[*anonymized.suppressed, *frame.index[again]])
@@ -679,7 +689,7 @@ def share(
     entry = store.add_to_outbox(
         package.package_id, envelope, [str(i) for i in frame.index],
         json.dumps(receipt.to_dict(), sort_keys=True, separators=(",", ":"), default=str),
-        token=token,
+        token=token, token_key=token_key,
     )
     return ShareResult(envelope=envelope, receipt=receipt, entry=entry, suppressed=suppressed,
                        out_of_bounds=out_of_bounds, held_back=held_back)

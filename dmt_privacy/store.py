@@ -100,6 +100,12 @@ _TOKENS_TABLE = ("CREATE TABLE IF NOT EXISTS outbox_tokens (digest TEXT PRIMARY 
                  "package_id TEXT NOT NULL REFERENCES outbox(package_id))")
 
 
+#: The issuer key (one a period) of each package's token: a device may send a class of the
+#: plan again only in another period (:func:`dmt_privacy.sharing.share`'s ``held_back``)
+_PERIODS_TABLE = ("CREATE TABLE IF NOT EXISTS outbox_token_keys (package_id TEXT PRIMARY "
+                     "KEY REFERENCES outbox(package_id), key_id TEXT NOT NULL)")
+
+
 def _token_digest(token: bytes) -> str:
     return hashlib.sha256(bytes(token)).hexdigest()
 
@@ -469,7 +475,7 @@ class LocalStore:
     # --- outbox -----------------------------------------------------------------------
     def add_to_outbox(
         self, package_id: str, envelope: bytes, record_ids: Sequence[str], receipt: str,
-        *, token: bytes | None = None,
+        *, token: bytes | None = None, token_key: str | None = None,
     ) -> OutboxEntry:
         """Put a sealed package in the outbox; its records become pending (not shared).
 
@@ -477,6 +483,8 @@ class LocalStore:
         unknown, never shareable, already shared or pending in another package, and a
         ``token`` (the Privacy Pass token sealed in it) already sealed in another package:
         two packages with one token would be linked to one device (:meth:`token_package`).
+        ``token_key``: the token's issuer key id (its period), kept for
+        :meth:`package_token_keys`.
         """
         ids = [str(r) for r in record_ids]
         if not ids:
@@ -516,6 +524,10 @@ class LocalStore:
             if token is not None:
                 conn.execute("INSERT INTO outbox_tokens VALUES (?, ?)",
                              (_token_digest(token), package_id))
+            if token_key is not None:
+                conn.execute(_PERIODS_TABLE)  # made on first use, as outbox_tokens
+                conn.execute("INSERT INTO outbox_token_keys VALUES (?, ?)",
+                             (package_id, str(token_key)))
         return self.outbox_entry(package_id)
 
     def token_package(self, token: bytes) -> str | None:
@@ -528,6 +540,15 @@ class LocalStore:
         row = conn.execute("SELECT package_id FROM outbox_tokens WHERE digest = ?",
                            (_token_digest(token),)).fetchone()
         return None if row is None else str(row[0])
+
+    def package_token_keys(self) -> dict[str, str]:
+        """Each package's token issuer key id (its period), for the packages sent with one."""
+        conn = self._read()
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'outbox_token_keys'"
+                        ).fetchone() is None:
+            return {}
+        return {str(p): str(k) for p, k in conn.execute(
+            "SELECT package_id, key_id FROM outbox_token_keys")}
 
     def outbox_entry(self, package_id: str) -> OutboxEntry:
         row = self._read().execute(

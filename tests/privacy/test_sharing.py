@@ -228,6 +228,43 @@ def test_a_predicate_reads_only_the_fields_the_package_carries_as_they_are(tmp_p
     assert (store.records().loc[list(result.entry.record_ids), "score"] > 1250).all()
 
 
+def test_with_tokens_a_class_is_held_back_within_one_token_period_only(tmp_path):
+    """One package per class is what lets the server count packages as people when nothing
+    links them. With tokens the server counts k, l and t over the tokens of one period, and
+    a period's tokens come from its own issuer key: a device may send a class again with a
+    token of another period (a user whose quasi-identifiers never change could otherwise
+    share once in all), but not with another token of the same period."""
+    from dmt_privacy.privacy_pass import (
+        IssuerKey,
+        blind_sign,
+        parse_token_requests,
+        request_tokens,
+    )
+
+    def tokens(issuer, n):
+        pending = request_tokens(issuer.public_key(), n)
+        return pending.finalize(b"".join(
+            blind_sign(issuer, m) for m in parse_token_requests(pending.body,
+                                                              issuer.public_key())))
+
+    this_period, next_period = IssuerKey.generate(), IssuerKey.generate()
+    first, again = tokens(this_period, 2)
+    (later,) = tokens(next_period, 1)
+    store = LocalStore(tmp_path / "d.db", schema=SCHEMA, user_id="u", epsilon_budget=10.0,
+                       key=STORE_KEY)
+    same = records(3).assign(age=31.0, zip="a")  # one class of PLAN
+    store.add_records(same.iloc[:1])
+    pol = policy(requires_token=True)
+    sent = quiet_share(store, pol, token=first)
+    store.acknowledge(sent.package_id)
+    store.add_records(same.iloc[[1]])
+    with pytest.raises(AnonymizationError, match="already sent"):
+        quiet_share(store, pol, token=again)
+    store.add_records(same.iloc[[2]])
+    result = quiet_share(store, pol, token=later)
+    assert sorted(result.entry.record_ids) == sorted(same.index[1:]) and not result.held_back
+
+
 def test_a_predicate_s_own_errors_stay_its_own_and_a_modified_field_is_hidden(tmp_path):
     """helper-89: a KeyError the predicate raised for its own reasons was reported as reading
     a hidden field (one it may read, named), a list selection of a hidden field gave pandas'
