@@ -44,6 +44,19 @@ def device_key(device: str) -> bytes:
     return path.read_bytes()
 
 
+def last_generation(device: str) -> int | None:
+    """The store generation the app saw last, kept beside the key (outside the store file):
+    an older copy of the file put back, or the file deleted, is then refused instead of
+    resetting the user's ledger."""
+    path = DIR / "keystore" / f"{device}.generation"
+    return int(path.read_text()) if path.exists() else None
+
+
+def keep_generation(device: str, store: LocalStore) -> None:
+    write_atomically(DIR / "keystore" / f"{device}.generation",
+                     str(store.generation).encode(), overwrite=True, make_parents=True)
+
+
 simulation = simulate_users(load_boston(), seed=0)
 # The server fits the plan on its proxy data (CHAS and RAD as categories, released as value
 # sets), widens it to the schema's bounds so no device record falls between its classes,
@@ -62,23 +75,27 @@ for user in simulation.users:
     path = DIR / "devices" / f"user{user.user_id}.db"
     with LocalStore(path, schema=BOSTON_SCHEMA, user_id=f"user{user.user_id}",
                     epsilon_budget=10.0,  # user-level: 7 records at ε=1 cost 7
-                    key=device_key(path.stem)) as store:
-        if len(store) == 0:
-            store.add_records(user.shareable)
-            store.add_records(user.private, shareable=False)  # never leaves the device
-        if store.count("eligible") == 0:  # all in a package: pending or acknowledged
-            print(f"user {user.user_id:2}: nothing new to share (shared "
-                  f"{store.count('shared')}, pending {store.count('pending')})")
-            continue
+                    key=device_key(path.stem),
+                    min_generation=last_generation(path.stem)) as store:
         try:
-            result = share(store, policy, public_key)
-        except AnonymizationError as exc:  # every record suppressed, or in a class it sent
-            print(f"user {user.user_id:2}: nothing shared ({exc})")
-            continue
-        (DIR / "outbox" / f"{result.package_id}.dmt").write_bytes(result.envelope)
-        print(f"user {user.user_id:2}: package {result.package_id[:8]}… {result.n_records} "
-              f"records, {len(result.suppressed)} suppressed, {len(result.held_back)} held "
-              f"back (class already sent), ε spent "
-              f"{store.ledger.spent.epsilon:g}/{store.ledger.budget.epsilon:g}, "
-              f"shared {store.count('shared')}, pending {store.count('pending')}")
+            if len(store) == 0:
+                store.add_records(user.shareable)
+                store.add_records(user.private, shareable=False)  # never leaves the device
+            if store.count("eligible") == 0:  # all in a package: pending or acknowledged
+                print(f"user {user.user_id:2}: nothing new to share (shared "
+                      f"{store.count('shared')}, pending {store.count('pending')})")
+                continue
+            try:
+                result = share(store, policy, public_key)
+            except AnonymizationError as exc:  # every record suppressed, or in a class it sent
+                print(f"user {user.user_id:2}: nothing shared ({exc})")
+                continue
+            (DIR / "outbox" / f"{result.package_id}.dmt").write_bytes(result.envelope)
+            print(f"user {user.user_id:2}: package {result.package_id[:8]}… {result.n_records} "
+                  f"records, {len(result.suppressed)} suppressed, {len(result.held_back)} held "
+                  f"back (class already sent), ε spent "
+                  f"{store.ledger.spent.epsilon:g}/{store.ledger.budget.epsilon:g}, "
+                  f"shared {store.count('shared')}, pending {store.count('pending')}")
+        finally:  # after every write: kept where the key is, outside the store file
+            keep_generation(path.stem, store)
 print(f"packages in {DIR / 'outbox'}; next: python examples/server_ingest.py {DIR}")

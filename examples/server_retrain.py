@@ -31,7 +31,8 @@ from dmt_model.server.retrain import (
     shared_batches,
     validation_split,
 )
-from dmt_privacy.seal import load_private_key
+from dmt_privacy.release import generate_release_key, load_release_signing_key
+from dmt_privacy.seal import load_private_key, load_public_key
 
 DIR = Path(sys.argv[1] if len(sys.argv) > 1 else Path(tempfile.gettempdir()) / "dmt-share-example")
 simulation = simulate_users(load_boston(), seed=0)  # the same proxy data as the devices' model
@@ -39,11 +40,21 @@ held_out = pd.concat([u.test for u in simulation.users])  # for the evaluation o
 
 proxy, validation = validation_split(simulation.proxy, seed=0)  # the gate's data, never trained on
 
+# The release signing key: the app pins its public half; keep the private one off the serving
+# machines (here a file beside the example's other keys, as `dmt keygen --release` writes it).
+release_key_file = DIR / "keystore" / "release.key"
+if not release_key_file.exists():
+    release_key_file.parent.mkdir(parents=True, exist_ok=True)
+    generate_release_key().save(release_key_file)
+release_key = load_release_signing_key(release_key_file)
+server_public = load_public_key(DIR / "server.key.pub")  # devices seal packages to it
+
 registry = ModelRegistry(DIR / "models")
 foundation = train_foundation(proxy, BOSTON_SCHEMA)
 if registry.latest() is None:
     registry.publish(foundation, trained_on={"proxy": len(proxy)}, evaluation_data=held_out,
-                     validation_data=validation, notes="proxy data only")
+                     validation_data=validation, notes="proxy data only",
+                     signing_key=release_key, server_key=server_public)
 
 store = SharedStore(f"sqlite:///{DIR / 'server.db'}", load_private_key(DIR / "server.key"))
 # The same policy server_ingest.py accepted packages under: retraining re-validates every
@@ -54,7 +65,8 @@ retrained = retrain_foundation(foundation, proxy, batches)
 newest = registry.versions()[-1].version
 version = registry.publish(
     retrained, evaluation_data=held_out, validation_data=validation,
-    notes="proxy + released shared records",
+    notes="proxy + released shared records", signing_key=release_key,
+    server_key=server_public,
     trained_on={"proxy": len(proxy), "shared": sum(len(b.records) for b in batches)})
 if version.version == newest:  # the registry publishes no version twice
     print(f"nothing new since v{newest}: retrained on the same records, the foundation is "
@@ -69,8 +81,10 @@ for v in registry.versions():
           f"{gate}, test RMSE {v.evaluation['rmse']:.3f} ({v.notes})")
 served = registry.latest()
 assert served is not None
-print(f"devices fetch {registry.path(served.mlmodel_file)} (v{served.version}), verify its "
-      "release and adopt it with dmt_model.personalize.adopt_new_version(new, personal, "
-      "store.records('unshared'), shared_records=store.records('shared'), "
+print(f"devices fetch {registry.path(served.mlmodel_file)} (v{served.version}) and its signed "
+      f"release {registry.path(served.release_file)}, verify it with the app's pinned key "
+      f"{release_key.key_id} and adopt it with "
+      "dmt_model.personalize.adopt_new_version(new, personal, store.records('unshared'), "
+      "shared_records=store.records('shared'), "
       "previous=the_version_they_personalized, release=verified); this version was not "
       "checked on held-out devices, so each device asks it to prove itself on its records")
