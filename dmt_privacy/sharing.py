@@ -577,7 +577,9 @@ def share(
     the OS CSPRNG. An int makes both reproducible: NOT SECURE, tests only.
     ``token``: a :class:`~dmt_privacy.privacy_pass.Token` from the device's
     wallet, for a server whose policy limits packages per device; sealed
-    inside the package.
+    inside the package. Share from one process at a time: the check that a
+    class was not sent already (``held_back``) reads the outbox before the
+    package is written to it.
     """
     if not isinstance(store, LocalStore):
         raise ValidationError(f"store must be a LocalStore, got {type(store).__name__}.")
@@ -590,7 +592,9 @@ def share(
     _check_explicit_ids(store, policy)
     token = token_bytes(token)  # before the ledger is charged: a wrong one costs no ε
     token_key = None
-    if token is not None:  # its issuer key is its period's (held back within one period)
+    if token is not None and policy.requires_token:
+        # the server counts k, l and t over one period's tokens (its issuer key) only when
+        # its policy requires tokens; otherwise each package is a contributor (helper-93)
         from dmt_privacy.privacy_pass import Token
 
         token_key = Token.from_bytes(token).token_key_id.hex()

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from dmt_model.datasets import BOSTON_SCHEMA
 from dmt_model.server import ServerPolicy, SharedStore, ingest
+from dmt_privacy.files import write_atomically
 from dmt_privacy.seal import load_private_key
 from dmt_privacy.store import LocalStore
 
@@ -33,10 +34,13 @@ print(report.to_text())
 # The acknowledgement travels back to the devices: only now are records marked shared.
 stored = set(report.stored_ids)
 for path in sorted((DIR / "devices").glob("*.db")):
-    with LocalStore(path, key=(DIR / "keystore" / f"{path.stem}.key").read_bytes()) as store:
+    kept = DIR / "keystore" / f"{path.stem}.generation"  # device_share.py keeps it there
+    with LocalStore(path, key=(DIR / "keystore" / f"{path.stem}.key").read_bytes(),
+                    min_generation=int(kept.read_text()) if kept.exists() else None) as store:
         for entry in store.outbox():
             if entry.package_id in stored:
                 store.acknowledge(entry.package_id)
+        write_atomically(kept, str(store.generation).encode(), overwrite=True)
         print(f"{path.stem}: shared {store.count('shared')}, unshared {store.count('unshared')}")
 
 released = SharedStore(db, key).frame("released")

@@ -263,6 +263,12 @@ def test_with_tokens_a_class_is_held_back_within_one_token_period_only(tmp_path)
     store.add_records(same.iloc[[2]])
     result = quiet_share(store, pol, token=later)
     assert sorted(result.entry.record_ids) == sorted(same.index[1:]) and not result.held_back
+    # a server that does not count tokens counts packages: every key holds the class back
+    # (helper-93: three shares with tokens of three keys made one device three contributors)
+    (other,) = tokens(IssuerKey.generate(), 1)
+    store.add_records(records(4).iloc[[3]].assign(age=31.0, zip="a"))
+    with pytest.raises(AnonymizationError, match="already sent"):
+        quiet_share(store, policy(requires_token=False), token=other)
 
 
 def test_a_predicate_s_own_errors_stay_its_own_and_a_modified_field_is_hidden(tmp_path):
