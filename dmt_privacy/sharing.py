@@ -282,14 +282,18 @@ class ShareResult:
     """What :func:`share` produced: the sealed bytes to send, the receipt, the outbox entry.
 
     ``suppressed``: ids of selected records the plan suppressed; they were
-    left out of the package and stay eligible. ``out_of_bounds``: ids of
-    selected records with a value the package would carry in clear outside
-    its field's schema bounds (the server refuses such a package); left out
-    before any charge, of every package while the schema's bounds exclude it. ``held_back``:
-    ids of selected records in a class of the plan this device already sent in
-    another package (pending or acknowledged); the server counts each package
-    as another contributor, so they stay eligible, held back while their class
-    has been sent (a later plan's classes are judged the same way).
+    left out of the package and stay eligible.
+
+    ``out_of_bounds``: ids of selected records with a value the package would
+    carry in clear outside its field's schema bounds (the server refuses such
+    a package); left out before any charge, of every package while the
+    schema's bounds exclude it.
+
+    ``held_back``: ids of selected records in a class of the plan this device
+    already sent in another package (pending or acknowledged; under a policy
+    that requires tokens, of the same token period); the server counts each
+    package as another contributor, so they stay eligible, held back while
+    their class has been sent (a later plan's classes are judged the same way).
     """
 
     envelope: bytes

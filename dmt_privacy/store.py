@@ -103,7 +103,7 @@ _TOKENS_TABLE = ("CREATE TABLE IF NOT EXISTS outbox_tokens (digest TEXT PRIMARY 
 #: The issuer key (one a period) of each package's token: a device may send a class of the
 #: plan again only in another period (:func:`dmt_privacy.sharing.share`'s ``held_back``)
 _PERIODS_TABLE = ("CREATE TABLE IF NOT EXISTS outbox_token_keys (package_id TEXT PRIMARY "
-                     "KEY REFERENCES outbox(package_id), key_id TEXT NOT NULL)")
+                  "KEY REFERENCES outbox(package_id), key_id TEXT NOT NULL)")
 
 
 def _token_digest(token: bytes) -> str:
