@@ -401,11 +401,13 @@ def run_loop(
             shared = store.records("shared") if adopt_on == "all" else None
             try:
                 adopted = adopt_new_version(v2_model,
-                                            personal_paths[user.user_id], unshared,
+                                            store.check_model(), unshared,  # its bytes
                                             shared_records=shared, previous=v1_model,
                                             rule=rule, seed=seed).accepted
             except TooFewRecords:  # unshared records that copy shared or each other: keep
                 adopted = False
+            if adopted:
+                store.add_model_version(personal_paths[user.user_id], note="v2 adopted")
         featurizer = foundation.featurizer
         base = predict_frame(v1_spec, user.test)
         personalized, personal_spec = first[user.user_id]

@@ -100,6 +100,10 @@ _TOKENS_TABLE = ("CREATE TABLE IF NOT EXISTS outbox_tokens (digest TEXT PRIMARY 
                  "package_id TEXT NOT NULL REFERENCES outbox(package_id))")
 
 
+#: The SHA-256 of each personal model file when its version was added (:meth:`check_model`)
+_MODEL_HASHES_TABLE = ("CREATE TABLE IF NOT EXISTS model_hashes (version INTEGER PRIMARY KEY "
+                       "REFERENCES model_versions(version), sha256 TEXT NOT NULL)")
+
 #: The issuer key (one a period) of each package's token: a device may send a class of the
 #: plan again only in another period (:func:`dmt_privacy.sharing.share`'s ``held_back``)
 _PERIODS_TABLE = ("CREATE TABLE IF NOT EXISTS outbox_token_keys (package_id TEXT PRIMARY "
@@ -171,12 +175,15 @@ class OutboxEntry:
 
 @dataclass(frozen=True)
 class ModelVersion:
-    """One personal model the device kept: where its file is, its number and when."""
+    """One personal model the device kept: where its file is, its number and when, and
+    the SHA-256 of its bytes when it was added (``None``: no file there then, or a version
+    added before the store kept hashes)."""
 
     version: int
     path: Path
     created_at: str
     note: str = ""
+    sha256: str | None = None
 
 
 class LocalStore:
@@ -617,20 +624,58 @@ class LocalStore:
 
     # --- personal models ----------------------------------------------------------------
     def add_model_version(self, path: str | os.PathLike[str], *, note: str = "") -> ModelVersion:
-        """Record a new personal model file; its version is one more than the last."""
+        """Record a new personal model file; its version is one more than the last.
+
+        The file's SHA-256 is kept with it (when the file exists), so :meth:`check_model`
+        can tell the file replaced or put back at an older version: the file itself sits
+        beside the store, not sealed in it."""
+        file = Path(path)
+        digest = hashlib.sha256(file.read_bytes()).hexdigest() if file.is_file() else None
         with self._transaction() as conn:
             last = conn.execute("SELECT MAX(version) FROM model_versions").fetchone()[0]
             version = 1 if last is None else int(last) + 1
             conn.execute("INSERT INTO model_versions VALUES (?, ?, ?, ?)",
                          (version, os.fspath(path), _now(), note))
+            if digest is not None:
+                conn.execute(_MODEL_HASHES_TABLE)  # made on first use
+                conn.execute("INSERT INTO model_hashes VALUES (?, ?)", (version, digest))
         return self.model_versions()[-1]
 
     def model_versions(self) -> list[ModelVersion]:
+        conn = self._read()
+        hashes = {} if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'model_hashes'"
+                                    ).fetchone() is None else dict(
+            conn.execute("SELECT version, sha256 FROM model_hashes").fetchall())
         return [
-            ModelVersion(int(r[0]), Path(r[1]), r[2], r[3])
-            for r in self._read().execute(
+            ModelVersion(int(r[0]), Path(r[1]), r[2], r[3], hashes.get(int(r[0])))
+            for r in conn.execute(
                 "SELECT version, path, created_at, note FROM model_versions ORDER BY version")
         ]
+
+    def check_model(self, version: ModelVersion | None = None) -> Path:
+        """The path of ``version``'s file (default: the latest), after checking it holds
+        the bytes it held when the version was added; raises
+        :class:`~dmt_privacy.errors.StoreIntegrityError` naming the file if it is missing,
+        replaced, put back at an older version, or was added without a hash. Check
+        before loading a personal model: the file is 0600 beside the store, not sealed."""
+        chosen = version if version is not None else self.personal_model
+        if chosen is None:
+            raise ValidationError("This store has no personal model version; add one with "
+                                  "add_model_version(path) after personalizing.")
+        if chosen.sha256 is None:
+            raise StoreIntegrityError(
+                f"Personal model version {chosen.version} ({chosen.path}) has no hash in the "
+                "store (no file there when it was added, or added before the store kept "
+                "hashes): add the file again with add_model_version.")
+        if not chosen.path.is_file():
+            raise StoreIntegrityError(
+                f"Personal model file {chosen.path} (version {chosen.version}) is missing.")
+        if hashlib.sha256(chosen.path.read_bytes()).hexdigest() != chosen.sha256:
+            raise StoreIntegrityError(
+                f"Personal model file {chosen.path} is not the bytes of version "
+                f"{chosen.version}: replaced, or put back at another version. Do not load "
+                "it; restore it from its backup (dmt_model.backup) or personalize again.")
+        return chosen.path
 
     @property
     def personal_model(self) -> ModelVersion | None:

@@ -148,3 +148,29 @@ def test_personal_model_versions(store, tmp_path):
     assert (first.version, second.version) == (1, 2)
     assert store.personal_model == second and second.path.name == "v2.mlmodel"
     assert [v.version for v in store.model_versions()] == [1, 2]
+
+
+def test_a_personal_model_file_replaced_or_rolled_back_is_refused(store, tmp_path):
+    """helper-92: the store listed its personal model files by path only, so a file replaced
+    (a backdoored model) or put back at an older version went unnoticed. The store keeps
+    each file's SHA-256 when the version is added, and ``check_model`` refuses a file that
+    is no longer those bytes, naming it."""
+    from dmt_privacy.errors import StoreIntegrityError
+
+    path = tmp_path / "personal.mlmodel"
+    path.write_bytes(b"v1 weights")
+    first = store.add_model_version(path)
+    assert first.sha256 is not None and store.check_model() == path
+    path.write_bytes(b"v2 weights")
+    second = store.add_model_version(path, note="v2 adopted")
+    assert store.check_model() == path and second.sha256 != first.sha256
+    path.write_bytes(b"v1 weights")  # an older file put back
+    with pytest.raises(StoreIntegrityError, match="personal.mlmodel.*not the bytes"):
+        store.check_model()
+    path.unlink()
+    with pytest.raises(StoreIntegrityError, match="personal.mlmodel.*missing"):
+        store.check_model()
+    unhashed = store.add_model_version(tmp_path / "never-written.mlmodel")
+    assert unhashed.sha256 is None
+    with pytest.raises(StoreIntegrityError, match="no hash"):
+        store.check_model()
