@@ -346,6 +346,13 @@ def _select(eligible: pd.DataFrame, policy: SharingPolicy, random_state: Any) ->
     return eligible.iloc[sorted(chosen)]
 
 
+def _in_clear(policy: SharingPolicy) -> list[str]:
+    """The policy's fields a package carries in clear: neither perturbed with local DP nor
+    generalized by the plan (a modifier may still have changed them)."""
+    generalized = set(policy.plan.quasi_identifiers) if policy.plan is not None else set()
+    return [n for n in policy.fields if n not in policy.epsilon and n not in generalized]
+
+
 def _predicate(policy: SharingPolicy, eligible: pd.DataFrame) -> Any:
     """``policy.predicate`` on the eligible records' fields the package carries as they are.
 
@@ -353,9 +360,7 @@ def _predicate(policy: SharingPolicy, eligible: pd.DataFrame) -> Any:
     DP, generalized by the plan or never shared would tell it that field's true values,
     uncharged (helper-87: every record above 500 of a field under ε = 0.1). Reading such a
     field is refused, naming it."""
-    generalized = set(policy.plan.quasi_identifiers) if policy.plan is not None else set()
-    clear = [n for n in policy.fields if n not in policy.epsilon and n not in generalized
-             and n not in policy.modifiers]
+    clear = [n for n in _in_clear(policy) if n not in policy.modifiers]
     visible = eligible[[n for n in clear if n in eligible.columns]].copy()
     try:
         return policy.predicate(visible)  # type: ignore[misc]
@@ -368,7 +373,8 @@ def _predicate(policy: SharingPolicy, eligible: pd.DataFrame) -> Any:
             raise
         name = named[0]
         why = ("the policy perturbs it with local DP" if name in policy.epsilon else
-               "the plan generalizes it" if name in generalized else
+               "the plan generalizes it" if policy.plan is not None
+               and name in policy.plan.quasi_identifiers else
                "a modifier changes it before it leaves" if name in policy.modifiers else
                "it is not in the policy's fields")
         raise ValidationError(
@@ -513,18 +519,16 @@ def _within_bounds(policy: SharingPolicy, schema: Schema,
     generalized by the plan) hold a number outside the schema's bounds, and their ids. The
     store takes such a value (local DP clips it), the server refuses a package holding it in
     clear: sharing it charged the ledger for a package refused, at every retry (helper-87).
-    Raises, before any charge, when no record is left."""
-    generalized = set(policy.plan.quasi_identifiers) if policy.plan is not None else set()
-    clear = [n for n in policy.fields if n not in policy.epsilon and n not in generalized]
+    Raises, before any charge, when no record is left. Bounds are read exactly, as the
+    store's numbers are (the server allows a relative 1e-9 more)."""
+    clear = _in_clear(policy)
     _, outside = schema.outside_bounds(frame, columns=clear)
     rows = outside.any(axis=1) if outside.size else np.zeros(len(frame), dtype=bool)
     for name in clear:  # an image or audio field's range of values, as the server checks it
         spec = schema[name]
         if spec.kind in (Kind.IMAGE, Kind.AUDIO) and spec.bounds is not None:
             low, high = spec.bounds
-            low -= 1e-9 * max(1.0, abs(low))
-            high += 1e-9 * max(1.0, abs(high))
-            rows |= np.fromiter((np.asarray(v).min() < low or np.asarray(v).max() > high
+            rows |= np.fromiter((not (low <= np.min(v) and np.max(v) <= high)
                                  for v in frame[name]), dtype=bool, count=len(frame))
     if not rows.any():
         return frame, ()
