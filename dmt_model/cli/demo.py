@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import secrets
 import shutil
 import time
 from pathlib import Path
@@ -54,7 +53,7 @@ def run_demo(args: argparse.Namespace) -> int:
         return _classifier_demo(args)
     import numpy as np
 
-    from dmt_model.backup import backup, restore
+    from dmt_model.backup import backup, generate_recovery_key, restore
     from dmt_model.datasets import REGRESSION_DATASETS, simulate_users
     from dmt_model.loop import run_loop
 
@@ -74,7 +73,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     # An encrypted backup of one device's personal model, restored bit for bit.
     first_model = result.devices[simulation.users[0].user_id]
-    passphrase = secrets.token_urlsafe(12)
+    passphrase = generate_recovery_key()  # what the app shows the user to write down
     archive = first_model.with_suffix(".dmtbackup")
     restored = first_model.with_name("personal-restored.mlmodel")
     backup(first_model, archive, passphrase)

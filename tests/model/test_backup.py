@@ -6,6 +6,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import struct
 import time
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ from dmt_model.backup import (
     _insecure_kdf_for_tests,
     backup,
     backup_bytes,
+    generate_recovery_key,
     restore,
     restore_bytes,
 )
@@ -49,13 +51,15 @@ FLOOR_ONE_PASS = Argon2idParams(memory_kib=46 * 1024, iterations=1, lanes=1)
 CEILING_MEMORY = Argon2idParams(memory_kib=256 * 1024, iterations=4, lanes=8)
 CEILING_PASSES = Argon2idParams(memory_kib=(1 << 20) // 10, iterations=10, lanes=8)
 HEADER_SIZE = 46
+# A passphrase zxcvbn estimates at 10^20 guesses: new backups refuse guessable ones.
+PASSPHRASE = "violet anchor mosaic drift"
 
 
 def _id(params: Argon2idParams) -> str:
     return f"m{params.memory_kib}-t{params.iterations}-p{params.lanes}"
 
 
-def _tiny_backup(model: bytes = b"model", passphrase: str = "pw", **kwargs) -> bytes:
+def _tiny_backup(model: bytes = b"model", passphrase: str = PASSPHRASE, **kwargs) -> bytes:
     return _backup_bytes_with(
         model, passphrase, salt=os.urandom(16), nonce=os.urandom(12), kdf_params=TINY, **kwargs
     )
@@ -338,13 +342,13 @@ def test_wrong_passphrase(fast_kdf: None) -> None:
 
 def test_every_single_byte_flip_is_refused(fast_kdf: None) -> None:
     blob = _tiny_backup(b"\x00model\xff", metadata={"a": 1}, model_name="m.mlmodel")
-    assert restore_bytes(blob, "pw")[0] == b"\x00model\xff"
+    assert restore_bytes(blob, PASSPHRASE)[0] == b"\x00model\xff"
     for index in range(len(blob)):
         for mask in (0x01, 0x80, 0xFF):
             altered = bytearray(blob)
             altered[index] ^= mask
             with pytest.raises(InvalidBackup) as exc_info:
-                restore_bytes(bytes(altered), "pw")
+                restore_bytes(bytes(altered), PASSPHRASE)
             _assert_bare_invalid(exc_info)
 
 
@@ -352,11 +356,11 @@ def test_truncation_at_every_length_and_extension_are_refused(fast_kdf: None) ->
     blob = _tiny_backup()
     for length in range(len(blob)):
         with pytest.raises(InvalidBackup) as exc_info:
-            restore_bytes(blob[:length], "pw")
+            restore_bytes(blob[:length], PASSPHRASE)
         _assert_bare_invalid(exc_info)
     for suffix in (b"\x00", b"extra bytes"):
         with pytest.raises(InvalidBackup):
-            restore_bytes(blob + suffix, "pw")
+            restore_bytes(blob + suffix, PASSPHRASE)
 
 
 @pytest.mark.parametrize(
@@ -386,12 +390,12 @@ def test_kdf_parameters_above_the_ceiling_are_refused_before_deriving(
     monkeypatch.setattr(backup_module, "_derive_key", must_not_derive)
     start = time.perf_counter()
     with pytest.raises(InvalidBackup) as exc_info:
-        restore_bytes(crafted, "pw")
+        restore_bytes(crafted, PASSPHRASE)
     assert time.perf_counter() - start < 0.5
     _assert_bare_invalid(exc_info)
     with pytest.raises(ValidationError, match="outside what restore accepts"):
         _backup_bytes_with(
-            b"m", "pw", salt=bytes(16), nonce=bytes(12),
+            b"m", PASSPHRASE, salt=bytes(16), nonce=bytes(12),
             kdf_params=Argon2idParams(memory, iterations, lanes),
         )
 
@@ -411,8 +415,9 @@ def test_the_ceiling_itself_is_accepted(
         return _stand_in_kdf(secret, salt, kdf_params)
 
     monkeypatch.setattr(backup_module, "_derive_key", stand_in)
-    blob = _backup_bytes_with(b"model", "pw", salt=bytes(16), nonce=bytes(12), kdf_params=params)
-    assert restore_bytes(blob, "pw")[0] == b"model"
+    blob = _backup_bytes_with(b"model", PASSPHRASE, salt=bytes(16), nonce=bytes(12),
+                              kdf_params=params)
+    assert restore_bytes(blob, PASSPHRASE)[0] == b"model"
     assert seen == [params, params]
     assert params.within_ceiling() and params.meets_floor() and params.is_acceptable()
 
@@ -444,35 +449,35 @@ def test_an_authentic_backup_below_the_floor_is_refused_with_a_clear_error(
 ) -> None:
     """Issue 15.7: a header rewritten to a weak KDF and re-encrypted under it, so
     valid in every other respect, opened before the floor existed."""
-    blob = _reference_backup(b"SECRET-MODEL-BYTES", "pw", params)
+    blob = _reference_backup(b"SECRET-MODEL-BYTES", PASSPHRASE, params)
     with pytest.raises(WeakKDFParameters) as exc_info:
-        restore_bytes(blob, "pw")
+        restore_bytes(blob, PASSPHRASE)
     _assert_says_below_the_floor(exc_info.value, params)
     message = str(exc_info.value)
     assert "new backup" in message and "nothing was restored" in message
     assert exc_info.value.__cause__ is None and exc_info.value.__context__ is None
-    assert "SECRET" not in message and "pw" not in message.split()
+    assert "SECRET" not in message and PASSPHRASE not in message.split()
 
 
 @pytest.mark.parametrize("params", [FLOOR_TWO_PASSES, FLOOR_ONE_PASS], ids=_id)
 def test_a_backup_at_the_floor_opens(params: Argon2idParams) -> None:
     assert params.meets_floor() and params.is_acceptable()
-    assert restore_bytes(_reference_backup(b"model", "pw", params), "pw")[0] == b"model"
+    assert restore_bytes(_reference_backup(b"model", PASSPHRASE, params), PASSPHRASE)[0] == b"model"
 
 
 def test_below_the_floor_a_wrong_passphrase_or_an_altered_byte_is_still_opaque() -> None:
     """Weakness is reported only for an authentic backup, so it is no oracle on
     tampering; and a header lowered without re-encrypting is tampering."""
-    weak = _reference_backup(b"model", "pw", TINY)
+    weak = _reference_backup(b"model", PASSPHRASE, TINY)
     altered = bytearray(weak)
     altered[-1] ^= 1
-    floor = _reference_backup(b"model", "pw", FLOOR_TWO_PASSES)
+    floor = _reference_backup(b"model", PASSPHRASE, FLOOR_TWO_PASSES)
     lowered = floor[:6] + struct.pack(">III", 8, 1, 1) + floor[18:]
     for blob, passphrase in [
         (weak, "wrong"),
-        (bytes(altered), "pw"),
-        (weak[:18] + bytes(16) + weak[34:], "pw"),  # another salt
-        (lowered, "pw"),
+        (bytes(altered), PASSPHRASE),
+        (weak[:18] + bytes(16) + weak[34:], PASSPHRASE),  # another salt
+        (lowered, PASSPHRASE),
     ]:
         with pytest.raises(InvalidBackup) as exc_info:
             restore_bytes(blob, passphrase)
@@ -480,13 +485,13 @@ def test_below_the_floor_a_wrong_passphrase_or_an_altered_byte_is_still_opaque()
 
 
 def test_restoring_a_weak_backup_writes_nothing(tmp_path: Path) -> None:
-    (tmp_path / "weak.dmtbackup").write_bytes(_reference_backup(b"model", "pw", TINY))
+    (tmp_path / "weak.dmtbackup").write_bytes(_reference_backup(b"model", PASSPHRASE, TINY))
     target = tmp_path / "existing.mlmodel"
     target.write_bytes(b"do not touch")
     before = _listing(tmp_path)
     for destination in (target, tmp_path / "new.mlmodel"):
         with pytest.raises(WeakKDFParameters):
-            restore(tmp_path / "weak.dmtbackup", destination, "pw", overwrite=True)
+            restore(tmp_path / "weak.dmtbackup", destination, PASSPHRASE, overwrite=True)
     assert target.read_bytes() == b"do not touch"
     assert _listing(tmp_path) == before
 
@@ -497,8 +502,8 @@ def test_cli_restore_of_a_weak_backup_says_why(
     from dmt_model import cli
 
     monkeypatch.setattr(cli, "COMMAND_MODULES", ("backup",))
-    monkeypatch.setenv("DMT_TEST_BACKUP_PASSPHRASE", "pw")
-    (tmp_path / "weak").write_bytes(_reference_backup(b"model", "pw", TINY))
+    monkeypatch.setenv("DMT_TEST_BACKUP_PASSPHRASE", PASSPHRASE)
+    (tmp_path / "weak").write_bytes(_reference_backup(b"model", PASSPHRASE, TINY))
     env = ["--passphrase-env", "DMT_TEST_BACKUP_PASSPHRASE"]
     assert cli.main(["restore", str(tmp_path / "weak"), "-o", str(tmp_path / "r"), *env]) == 1
     err = capsys.readouterr().err
@@ -512,26 +517,26 @@ def test_no_backup_is_made_below_the_floor(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, params: Argon2idParams
 ) -> None:
     with pytest.raises(WeakKDFParameters) as exc_info:
-        _backup_bytes_with(b"model", "pw", salt=bytes(16), nonce=bytes(12), kdf_params=params)
+        _backup_bytes_with(b"model", PASSPHRASE, salt=bytes(16), nonce=bytes(12), kdf_params=params)
     _assert_says_below_the_floor(exc_info.value, params)
     assert "DEFAULT_KDF_PARAMS" in str(exc_info.value)
     # Lowering the defaults by hand, without the DANGEROUS knob, is refused too.
     monkeypatch.setattr(backup_module, "DEFAULT_KDF_PARAMS", params)
     with pytest.raises(WeakKDFParameters):
-        backup_bytes(b"model", "pw")
+        backup_bytes(b"model", PASSPHRASE)
     (tmp_path / "m.mlmodel").write_bytes(b"model")
     with pytest.raises(WeakKDFParameters):
-        backup(tmp_path / "m.mlmodel", tmp_path / "b", "pw")
+        backup(tmp_path / "m.mlmodel", tmp_path / "b", PASSPHRASE)
     assert _listing(tmp_path) == ["m.mlmodel"]
 
 
 def test_the_insecure_knob_is_scoped_and_keeps_the_ceiling() -> None:
     with _insecure_kdf_for_tests(TINY):
-        blob = backup_bytes(b"model", "pw")
+        blob = backup_bytes(b"model", PASSPHRASE)
         assert struct.unpack(">III", blob[6:18]) == (8, 1, 1)
-        assert restore_bytes(blob, "pw")[0] == b"model"
+        assert restore_bytes(blob, PASSPHRASE)[0] == b"model"
     with pytest.raises(WeakKDFParameters):
-        restore_bytes(blob, "pw")
+        restore_bytes(blob, PASSPHRASE)
     for too_dear in (Argon2idParams(1 << 20, 1, 1), Argon2idParams(65536, 3, 9)):
         with pytest.raises(ValidationError, match="ceiling"):
             with _insecure_kdf_for_tests(too_dear):
@@ -570,15 +575,15 @@ def test_any_header_derives_only_within_the_ceiling_and_opens_only_at_the_floor(
         patch.setattr(backup_module, "_derive_key", counting_stand_in)
         if within_ceiling:
             with _insecure_kdf_for_tests(params):
-                blob = backup_bytes(b"model", "pw")
+                blob = backup_bytes(b"model", PASSPHRASE)
         else:
             with _insecure_kdf_for_tests(TINY):
-                blob = backup_bytes(b"model", "pw")
+                blob = backup_bytes(b"model", PASSPHRASE)
             blob = blob[:6] + struct.pack(">III", memory, iterations, lanes) + blob[18:]
         derived.clear()
         outcome: object
         try:
-            outcome = restore_bytes(blob, "pw")[0]
+            outcome = restore_bytes(blob, PASSPHRASE)[0]
         except WeakKDFParameters:
             outcome = WeakKDFParameters
         except InvalidBackup:
@@ -616,7 +621,7 @@ def test_floor_and_ceiling_boundaries() -> None:
 def test_wrong_magic_version_or_kdf_is_refused(header: bytes, fast_kdf: None) -> None:
     blob = _tiny_backup()
     with pytest.raises(InvalidBackup) as exc_info:
-        restore_bytes(header + blob[6:], "pw")
+        restore_bytes(header + blob[6:], PASSPHRASE)
     _assert_bare_invalid(exc_info)
 
 
@@ -651,9 +656,41 @@ def test_wrong_types_are_validation_errors(fast_kdf: None) -> None:
     with pytest.raises(ValidationError, match="model_bytes"):
         _tiny_backup(model="a str")  # type: ignore[arg-type]
     with pytest.raises(ValidationError, match="blob"):
-        restore_bytes("not bytes", "pw")  # type: ignore[arg-type]
+        restore_bytes("not bytes", PASSPHRASE)  # type: ignore[arg-type]
     with pytest.raises(ValidationError, match="salt"):
-        _backup_bytes_with(b"m", "pw", salt=b"short", nonce=bytes(12), kdf_params=TINY)
+        _backup_bytes_with(b"m", PASSPHRASE, salt=b"short", nonce=bytes(12), kdf_params=TINY)
+
+
+# A backup can sit anywhere, so its passphrase is attacked offline. Until 6 December any
+# non-empty one was taken: at the default Argon2id cost a guess takes about 80 ms on one core
+# of the project's machine, so a 4-digit PIN fell in about 13 minutes (helper-92).
+@pytest.mark.parametrize("weak", ["1234", "pw", "password1", "hunter2hunter2",
+                                  "correct horse", "personal.mlmodel", b"0000"])
+def test_a_guessable_passphrase_is_refused_before_anything_is_written(
+        weak: str | bytes, tmp_path: Path, fast_kdf: None) -> None:
+    with pytest.raises(ValidationError, match="easy to guess") as exc_info:
+        backup_bytes(b"model", weak)
+    message = str(exc_info.value)
+    assert "10^10" in message and "generate_recovery_key" in message
+    assert (weak if isinstance(weak, str) else weak.decode()) not in message
+    model = tmp_path / "personal.mlmodel"
+    model.write_bytes(b"model")
+    with pytest.raises(ValidationError, match="easy to guess"):
+        backup(model, tmp_path / "b", weak)
+    assert _listing(tmp_path) == ["personal.mlmodel"]
+
+
+def test_a_backup_made_before_the_check_still_restores(fast_kdf: None) -> None:
+    """Restoring asks nothing of the passphrase: an old backup under "pw" opens."""
+    assert restore_bytes(_tiny_backup(b"old", passphrase="pw"), "pw")[0] == b"old"
+
+
+def test_a_generated_recovery_key_is_accepted_and_fresh(fast_kdf: None) -> None:
+    keys = {generate_recovery_key() for _ in range(50)}
+    assert len(keys) == 50
+    key = keys.pop()
+    assert re.fullmatch(r"[0-9A-HJKMNP-TV-Z]{5}(-[0-9A-HJKMNP-TV-Z]{5}){4}", key), key
+    assert restore_bytes(backup_bytes(b"model", key), key)[0] == b"model"
 
 
 # --- files ------------------------------------------------------------------------
@@ -666,12 +703,12 @@ def _listing(directory: Path) -> list[str]:
 def test_file_round_trip(tmp_path: Path, fast_kdf: None) -> None:
     model = tmp_path / "personal.mlmodel"
     model.write_bytes(os.urandom(10_000))
-    info = backup(model, tmp_path / "p.dmtbackup", "pw", metadata={"version": 3})
+    info = backup(model, tmp_path / "p.dmtbackup", PASSPHRASE, metadata={"version": 3})
     assert info.model_name == "personal.mlmodel"
     assert (tmp_path / "p.dmtbackup").stat().st_mode & 0o777 == 0o600
     restored = tmp_path / "out" / "restored.mlmodel"
     restored.parent.mkdir()
-    back = restore(tmp_path / "p.dmtbackup", restored, "pw")
+    back = restore(tmp_path / "p.dmtbackup", restored, PASSPHRASE)
     assert restored.read_bytes() == model.read_bytes()
     assert back == info
     assert _listing(restored.parent) == ["restored.mlmodel"]
@@ -681,15 +718,15 @@ def test_file_round_trip(tmp_path: Path, fast_kdf: None) -> None:
 def test_restore_never_overwrites_without_permission(tmp_path: Path, fast_kdf: None) -> None:
     model = tmp_path / "m.mlmodel"
     model.write_bytes(b"the model")
-    backup(model, tmp_path / "b", "pw")
+    backup(model, tmp_path / "b", PASSPHRASE)
     target = tmp_path / "existing.mlmodel"
     target.write_bytes(b"do not touch")
     with pytest.raises(OutputExistsError, match="already exists"):
-        restore(tmp_path / "b", target, "pw")
+        restore(tmp_path / "b", target, PASSPHRASE)
     assert target.read_bytes() == b"do not touch"
     with pytest.raises(OutputExistsError, match="already exists"):
-        backup(model, tmp_path / "b", "pw")
-    restore(tmp_path / "b", target, "pw", overwrite=True)
+        backup(model, tmp_path / "b", PASSPHRASE)
+    restore(tmp_path / "b", target, PASSPHRASE, overwrite=True)
     assert target.read_bytes() == b"the model"
     assert _listing(tmp_path) == ["b", "existing.mlmodel", "m.mlmodel"]
 
@@ -697,7 +734,7 @@ def test_restore_never_overwrites_without_permission(tmp_path: Path, fast_kdf: N
 def test_failed_restore_leaves_everything_as_it_was(tmp_path: Path, fast_kdf: None) -> None:
     model = tmp_path / "m.mlmodel"
     model.write_bytes(b"the model")
-    backup(model, tmp_path / "b", "pw")
+    backup(model, tmp_path / "b", PASSPHRASE)
     target = tmp_path / "existing.mlmodel"
     target.write_bytes(b"do not touch")
     blob = (tmp_path / "b").read_bytes()
@@ -705,9 +742,9 @@ def test_failed_restore_leaves_everything_as_it_was(tmp_path: Path, fast_kdf: No
     before = _listing(tmp_path)
     for source, passphrase, destination in [
         ("b", "wrong", "existing.mlmodel"),
-        ("altered", "pw", "existing.mlmodel"),
+        ("altered", PASSPHRASE, "existing.mlmodel"),
         ("b", "wrong", "new.mlmodel"),
-        ("altered", "pw", "new.mlmodel"),
+        ("altered", PASSPHRASE, "new.mlmodel"),
     ]:
         with pytest.raises(InvalidBackup):
             restore(tmp_path / source, tmp_path / destination, passphrase, overwrite=True)
@@ -720,7 +757,7 @@ def test_write_failure_removes_the_temporary_file(
 ) -> None:
     model = tmp_path / "m.mlmodel"
     model.write_bytes(b"the model")
-    backup(model, tmp_path / "b", "pw")
+    backup(model, tmp_path / "b", PASSPHRASE)
     target = tmp_path / "existing.mlmodel"
     target.write_bytes(b"do not touch")
     before = _listing(tmp_path)
@@ -730,22 +767,22 @@ def test_write_failure_removes_the_temporary_file(
 
     monkeypatch.setattr(backup_module.os, "replace", failing_replace)
     with pytest.raises(ModelFileError, match="nothing was replaced"):
-        restore(tmp_path / "b", target, "pw", overwrite=True)
+        restore(tmp_path / "b", target, PASSPHRASE, overwrite=True)
     assert target.read_bytes() == b"do not touch"
     assert _listing(tmp_path) == before
 
 
 def test_missing_files_are_model_file_errors(tmp_path: Path, fast_kdf: None) -> None:
     with pytest.raises(ModelFileError, match="does not exist"):
-        backup(tmp_path / "absent.mlmodel", tmp_path / "b", "pw")
+        backup(tmp_path / "absent.mlmodel", tmp_path / "b", PASSPHRASE)
     with pytest.raises(ModelFileError, match="does not exist"):
-        restore(tmp_path / "absent.dmtbackup", tmp_path / "m.mlmodel", "pw")
+        restore(tmp_path / "absent.dmtbackup", tmp_path / "m.mlmodel", PASSPHRASE)
     (tmp_path / "empty.mlmodel").write_bytes(b"")
     with pytest.raises(ModelFileError, match="empty"):
-        backup(tmp_path / "empty.mlmodel", tmp_path / "b", "pw")
+        backup(tmp_path / "empty.mlmodel", tmp_path / "b", PASSPHRASE)
     (tmp_path / "m.mlmodel").write_bytes(b"m")
     with pytest.raises(ModelFileError, match="directory"):
-        backup(tmp_path / "m.mlmodel", tmp_path / "no" / "such" / "b", "pw")
+        backup(tmp_path / "m.mlmodel", tmp_path / "no" / "such" / "b", PASSPHRASE)
     assert _listing(tmp_path) == ["empty.mlmodel", "m.mlmodel"]
 
 
@@ -762,7 +799,7 @@ def test_cli_round_trip_with_passphrase_env(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Through ``register`` on a fresh parser, at the default KDF cost."""
-    monkeypatch.setenv("DMT_TEST_BACKUP_PASSPHRASE", "correct horse")
+    monkeypatch.setenv("DMT_TEST_BACKUP_PASSPHRASE", PASSPHRASE)
     model = tmp_path / "personal.mlmodel"
     model.write_bytes(os.urandom(5000))
     out = tmp_path / "p.dmtbackup"
@@ -770,7 +807,7 @@ def test_cli_round_trip_with_passphrase_env(
         ["backup", str(model), "-o", str(out), "--passphrase-env", "DMT_TEST_BACKUP_PASSPHRASE"]
     )
     assert args.func(args) == 0
-    assert "correct horse" not in capsys.readouterr().out
+    assert PASSPHRASE not in capsys.readouterr().out
     assert struct.unpack(">III", out.read_bytes()[6:18]) == (65536, 3, 4)
 
     restored = tmp_path / "restored.mlmodel"
@@ -799,7 +836,7 @@ def test_cli_wrong_passphrase_prints_one_fixed_message(
 ) -> None:
     model = tmp_path / "m.mlmodel"
     model.write_bytes(b"model")
-    backup(model, tmp_path / "b", "right")
+    backup(model, tmp_path / "b", PASSPHRASE)
     monkeypatch.setenv("DMT_TEST_BACKUP_PASSPHRASE", "wrong")
     args = _parser().parse_args(
         ["restore", str(tmp_path / "b"), "-o", str(tmp_path / "r.mlmodel"),
@@ -822,9 +859,9 @@ def test_cli_prompts_twice_on_backup(
         args.func(args)
     assert not (tmp_path / "b").exists()
 
-    answers = iter(["same", "same"])
+    answers = iter([PASSPHRASE, PASSPHRASE])
     assert args.func(args) == 0
-    monkeypatch.setattr(backup_cli.getpass, "getpass", lambda prompt="": "same")
+    monkeypatch.setattr(backup_cli.getpass, "getpass", lambda prompt="": PASSPHRASE)
     args = _parser().parse_args(["restore", str(tmp_path / "b"), "-o", str(tmp_path / "r")])
     assert args.func(args) == 0
     assert (tmp_path / "r").read_bytes() == b"model"
@@ -871,7 +908,7 @@ def test_cli_through_main(
     from dmt_model import cli
 
     monkeypatch.setattr(cli, "COMMAND_MODULES", ("backup",))
-    monkeypatch.setenv("DMT_TEST_BACKUP_PASSPHRASE", "pw")
+    monkeypatch.setenv("DMT_TEST_BACKUP_PASSPHRASE", PASSPHRASE)
     model = tmp_path / "m.mlmodel"
     model.write_bytes(b"model")
     env = ["--passphrase-env", "DMT_TEST_BACKUP_PASSPHRASE"]
