@@ -721,24 +721,27 @@ class ModelRegistry:
 
         ``devices`` as :meth:`publish`'s ``validation_devices`` (each device's records as it
         holds them, of devices whose records the version did not train on). Their records
-        personalize the version under the default rule and under
-        :data:`~dmt_model.personalize.OPEN_RULE`
-        (:func:`~dmt_model.personalize.compare_personal_rules`, one-sided at
+        personalize the version under the default rule and under the task's open rule
+        (:func:`~dmt_model.personalize.open_rule_for`: a regression's
+        :data:`~dmt_model.personalize.OPEN_RULE`, a classifier's
+        :data:`~dmt_model.personalize.CLASSIFIER_OPEN_RULE`;
+        :func:`~dmt_model.personalize.compare_personal_rules`, one-sided at
         ``confidence``). If the open rule is shown better, the release says on how many
         devices (``open_rule_devices``), and devices personalizing this version follow it
         (:func:`~dmt_model.personalize.personal_rule_for`); otherwise the release is
         re-signed without it. The figures go into the version's ``validation``
         (``open_rule_*``, ``default_rule_error``).
 
-        The version must be the newest published (only its release is served), a
-        regression model, and not checked before, nor any version of the same weights (a
-        rollback published again): checking again as devices share more, and keeping the
-        check that shows the open rule better, would claim it more often than the test's
-        confidence says; for the same reason ``confidence`` may not be below 90 %. A first
-        version can be checked too, once devices have shared: its release is re-signed with
-        what was shown, and keeps it when signed again (:meth:`sign`). An SDK from before
-        ``open_rule_devices`` refuses a release that carries it (dmt_privacy.release), so
-        apps update before the server checks a version they run. The devices' records must
+        The version must be the newest published (only its release is served), and not
+        checked before, nor any version of the same weights (a rollback published again):
+        checking again as devices share more, and keeping the check that shows the open rule
+        better, would claim it more often than the test's confidence says; for the same
+        reason ``confidence`` may not be below 90 %. A first version can be checked too, once
+        devices have shared: its release is re-signed with what was shown, and keeps it when
+        signed again (:meth:`sign`). An SDK from before ``open_rule_devices`` refuses a
+        release that carries it (dmt_privacy.release), so apps update before the server
+        checks a version they run; one from before 6 December keeps a classifier's devices
+        on the default rule whatever the release says. The devices' records must
         be as they hold them (not under local DP, whose noise the rules would be compared
         on). ``signing_key``, ``policy`` and ``server_key`` as :meth:`record_version_checks`;
         nothing is written unless every check passes.
