@@ -305,11 +305,25 @@ class SealedDatabase:
                 stale.unlink()
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def turn(self, purpose: str) -> Iterator[None]:
+        """Hold ``<file>.<purpose>.lock`` exclusively for the block, waiting up to the
+        timeout for any other holder (another process, or another object on this file):
+        for a read-then-write that spans several transactions and must not interleave with
+        another of its kind (:func:`dmt_privacy.sharing.share`). Take it before any write;
+        writes inside the block take the write lock as usual."""
+        if not purpose.isidentifier():
+            raise ValueError(f"purpose must be a plain name, got {purpose!r}")
+        with self._locked(self.path.with_name(f"{self.path.name}.{purpose}.lock"),
+                          what=f"its {purpose} lock"):
+            yield
+
+    @contextlib.contextmanager
+    def _locked(self, lock_path: Path | None = None, *,
+                what: str = "the store's write lock") -> Iterator[None]:
         if fcntl is None:  # pragma: no cover
             yield
             return
-        lock_path = self.path.with_name(self.path.name + ".lock")
+        lock_path = lock_path or self.path.with_name(self.path.name + ".lock")
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
         try:
             deadline = time.monotonic() + self._timeout
@@ -320,7 +334,7 @@ class SealedDatabase:
                 except BlockingIOError:
                     if time.monotonic() >= deadline:
                         raise StoreLockedError(
-                            f"{self.path}: another process held the store's write lock "
+                            f"{self.path}: another process held {what} "
                             f"({lock_path}) for more than {self._timeout:g} s; nothing was "
                             "written. Retry, or pass a longer timeout=."
                         ) from None

@@ -585,12 +585,20 @@ def share(
     the OS CSPRNG. An int makes both reproducible: NOT SECURE, tests only.
     ``token``: a :class:`~dmt_privacy.privacy_pass.Token` from the device's
     wallet, for a server whose policy limits packages per device; sealed
-    inside the package. Share from one process at a time: the check that a
-    class was not sent already (``held_back``) reads the outbox before the
-    package is written to it.
+    inside the package. Shares of one store take turns (another process's, or another
+    store object's on the same file, waits up to the store's ``timeout``): the check that
+    a class was not sent already (``held_back``) reads the outbox before the package is
+    written to it, and two shares at once each sent a record of one class.
     """
     if not isinstance(store, LocalStore):
         raise ValidationError(f"store must be a LocalStore, got {type(store).__name__}.")
+    with store.sharing_turn():
+        return _share(store, policy, public_key, random_state=random_state, token=token)
+
+
+def _share(store: LocalStore, policy: SharingPolicy, public_key: ServerPublicKey, *,
+           random_state: Any, token: Any) -> ShareResult:
+    """:func:`share`, in the store's sharing turn."""
     if not isinstance(public_key, ServerPublicKey):
         raise ValidationError(
             f"public_key must be the server's ServerPublicKey, got {type(public_key).__name__}."

@@ -292,6 +292,16 @@ class LocalStore:
         for suffix in ("-wal", "-shm", "-journal"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
 
+    @contextlib.contextmanager
+    def sharing_turn(self) -> Iterator[None]:
+        """Hold the store's sharing lock for the block: one
+        :func:`~dmt_privacy.sharing.share` of this file at a time, across processes and
+        store objects (another waits up to the store's ``timeout``, then
+        :class:`~dmt_privacy.errors.StoreLockedError`). ``share`` takes it itself; an app
+        never needs to."""
+        with self._db.turn("share"):
+            yield
+
     @property
     def generation(self) -> int:
         """How many writes the file has had (1 once created); only grows.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import struct
+import time
 import warnings
 
 import numpy as np
@@ -321,6 +322,53 @@ def test_a_device_sends_each_class_of_the_plan_in_one_package_only(tmp_path):
     assert list(second.entry.record_ids) == list(other.index)
     assert second.held_back == (same.index[2],)
     assert store.state(same.index[2]).pending_package is None  # held back: still eligible
+
+
+def test_two_processes_sharing_from_one_store_send_a_class_once(tmp_path, monkeypatch):
+    """The hold-back above read the outbox before the package was written to it, and
+    share()'s docstring asked apps to share from one process at a time. Two shares at once
+    (an app and its background task, each with the store open) both read an outbox without
+    the other's package, and each sent a record of one class: two contributors to its k from
+    one device. Shares of one store now take turns: the second waits for the first and holds
+    its record back. Two store objects on one file stand in for two processes (each its own
+    lock file descriptor), each opened in its own thread."""
+    import threading
+
+    import dmt_privacy.sharing as sharing
+
+    path = tmp_path / "d.db"
+    store = LocalStore(path, schema=SCHEMA, user_id="u", epsilon_budget=10.0, key=STORE_KEY)
+    same = records(2).assign(age=31.0, zip="a")  # one class of PLAN
+    store.add_records(same)
+    second_started, outcome = threading.Event(), {}
+    real = sharing._refuse_unpackable
+
+    def pause_the_first(*args, **kwargs):  # between the hold-back check and the outbox
+        if threading.current_thread().name == "first":
+            second_started.set()
+            time.sleep(0.5)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sharing, "_refuse_unpackable", pause_the_first)
+
+    def run(name, ids):  # a store object of its own (sqlite3's are bound to a thread)
+        try:
+            outcome[name] = quiet_share(LocalStore(path, key=STORE_KEY), policy(record_ids=ids))
+        except AnonymizationError as error:
+            outcome[name] = error
+
+    first = threading.Thread(target=run, name="first", args=("first", [same.index[0]]))
+    first.start()
+    assert second_started.wait(10)
+    second = threading.Thread(target=run, name="second", args=("second", [same.index[1]]))
+    second.start()
+    first.join(20)
+    second.join(20)
+    assert outcome["first"].n_records == 1, outcome
+    assert isinstance(outcome["second"], AnonymizationError), outcome
+    assert "already sent" in str(outcome["second"])
+    assert len(store.outbox()) == 1
+    assert store.state(same.index[1]).pending_package is None  # held back: still eligible
 
 
 def test_an_image_outside_its_fields_range_is_left_out_before_any_charge(tmp_path):
