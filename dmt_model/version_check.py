@@ -543,8 +543,15 @@ class VersionCheckIssuer:
         a device is refused (:class:`~dmt_privacy.errors.ValidationError`): every request
         signed is one more report counted, so a device that could ask 14 times turned a
         version better for no device into a majority (helper-90). Without it, each request
-        counts as another device: the caller must ask each device once."""
-        if device is not None:
+        counts as another device: the caller must ask each device once, and a
+        :class:`DeprecationWarning` says so (``device`` will be required)."""
+        if device is None:
+            warnings.warn(
+                "VersionCheckIssuer.ask() without device= counts this request as another "
+                "device: a device that asks twice reports twice. Pass device= (the "
+                "deployment's attested id of the device); it will be required.",
+                DeprecationWarning, stacklevel=2)
+        else:
             if not isinstance(device, str) or not device:
                 raise ValidationError(f"device must be a non-empty str, got {device!r}.")
             if device in self._devices:

@@ -85,9 +85,9 @@ def _check(served, folder, epsilon=1.0):
 def _tokens(release, issuer, n, *, epsilon):
     """One token of ``issuer``'s check for each of ``n`` devices, as each device fetches it."""
     tokens = []
-    for _ in range(n):
+    for i in range(n):
         pending = request_version_check_token(release, issuer.public_key, epsilon=epsilon)
-        tokens.append(pending.finalize(issuer.ask(pending.body))[0])
+        tokens.append(pending.finalize(issuer.ask(pending.body, device=f"device-{i}"))[0])
     return tokens
 
 
@@ -101,9 +101,9 @@ def test_devices_reports_earn_a_version_the_claim(served, tmp_path):
     v1 = registry.path(registry.versions()[0].mlmodel_file)
     assert adoption_rule_for(release) == UNCHECKED_RULE  # announcing it claims nothing
     tokens = []
-    for _ in devices:
+    for i, _ in enumerate(devices):
         pending = request_version_check_token(release, issuer.public_key)
-        tokens.append(pending.finalize(issuer.ask(pending.body))[0])
+        tokens.append(pending.finalize(issuer.ask(pending.body, device=f"device-{i}"))[0])
     # one device as a device calls it, the other 29 in one batched pass (the same reports)
     checks = [check_version(release, v1, devices[0], ledger=UNACCOUNTED, random_state=0,
                             token=tokens[0]),
@@ -139,9 +139,9 @@ def test_only_reports_with_a_token_of_the_check_count(served, tmp_path):
     registry, issuer, release = _check(served, tmp_path)
     sha = release.metadata.sha256
     tokens = []
-    for _ in range(3):
+    for i in range(3):
         pending = request_version_check_token(release, issuer.public_key)
-        tokens.append(pending.finalize(issuer.ask(pending.body))[0])
+        tokens.append(pending.finalize(issuer.ask(pending.body, device=f"device-{i}"))[0])
     assert issuer.asked == 3 and len({t.token_id for t in tokens}) == 3
     # A token bound to this check does not verify as a share package's, nor for another ε.
     with pytest.raises(InvalidToken):
@@ -149,11 +149,11 @@ def test_only_reports_with_a_token_of_the_check_count(served, tmp_path):
     # Tokens an SDK device would not ask for (the release names this key at ε = 1), made by
     # hand: the server asked a 4th device, which asked at ε = 4...
     at_4 = request_tokens(issuer.public_key, 1, challenge=version_check_challenge(2, sha, 1, 4.0))
-    foreign = at_4.finalize(issuer.ask(at_4.body))[0]
+    foreign = at_4.finalize(issuer.ask(at_4.body, device="device-4"))[0]
     assert issuer.asked == 4
     other = VersionCheckIssuer(version=2, sha256=sha, baseline=1)  # ...and another check's key
     pending = request_tokens(other.public_key, 1, challenge=issuer.challenge)
-    stolen = pending.finalize(other.ask(pending.body))[0]
+    stolen = pending.finalize(other.ask(pending.body, device="device-1"))[0]
 
     def report(token=b"", better=True):
         envelope = seal_version_check(VersionCheck(2, sha, 1, better, 1.0,
@@ -167,10 +167,11 @@ def test_only_reports_with_a_token_of_the_check_count(served, tmp_path):
     assert tally.tokens and tally.devices == 3 and tally.asked == 4
     assert tally.ignored == {"no valid token": 4, "token spent twice": 1}
     with pytest.raises(InvalidPackage):  # one token a device: a request for two is refused
-        issuer.ask(request_tokens(issuer.public_key, 2, challenge=issuer.challenge).body)
+        issuer.ask(request_tokens(issuer.public_key, 2, challenge=issuer.challenge).body,
+                   device="device-5")
     kid = issuer.public_key.token_key_id
     with pytest.raises(InvalidPackage):  # a blinded message out of the key's range
-        issuer.ask(b"\x00\x02" + kid[-1:] + b"\xff" * 256)
+        issuer.ask(b"\x00\x02" + kid[-1:] + b"\xff" * 256, device="device-6")
     assert issuer.asked == 4 and "key" not in repr(issuer).replace("token_key", "")
     assert tokens[0].to_bytes().hex() not in repr(reports[0])  # a token stays out of logs
     with pytest.warns(DeprecationWarning, match="token_key"):  # without tokens, every
@@ -204,7 +205,7 @@ def test_a_token_names_its_check_and_no_report_spends_for_nothing(served, tmp_pa
         with pytest.raises(ValidationError):
             VersionCheckIssuer(version=bad[0], sha256=bad[1], baseline=bad[2], epsilon=bad[3])
     pending = request_version_check_token(release, issuer.public_key)  # at ε = 1
-    token = pending.finalize(issuer.ask(pending.body))[0]
+    token = pending.finalize(issuer.ask(pending.body, device="device-1"))[0]
     ledger = PrivacyLedger(tmp_path / "ledger.db", user_id="u", epsilon_budget=10.0)
     v1 = registry.path(registry.versions()[0].mlmodel_file)
     with pytest.raises(ValidationError, match="Nothing was charged"):  # reported at ε = 4
@@ -265,7 +266,7 @@ def test_a_device_takes_a_token_only_under_the_key_its_signed_release_names(serv
     with pytest.raises(ValidationError, match="another check"):
         check_version(release, registry.path(registry.versions()[0].mlmodel_file),
                       devices[0], ledger=ledger, random_state=0,
-                      token=pending.finalize(own.ask(pending.body))[0])
+                      token=pending.finalize(own.ask(pending.body, device="device-1"))[0])
     assert ledger.spent.epsilon == 0
     # One version, one check: announcing another key for it is refused (the same again
     # only re-signs), so two releases of v2 naming different keys are evidence.
@@ -510,7 +511,7 @@ def test_an_announced_check_is_tallied_once(served, tmp_path):
 
     def report(better: bool) -> VersionCheck:
         pending = request_version_check_token(release, issuer.public_key)
-        token = pending.finalize(issuer.ask(pending.body))[0]
+        token = pending.finalize(issuer.ask(pending.body, device=f"device-{issuer.asked}"))[0]
         return VersionCheck(2, issuer.sha256, 1, better, 1.0, token.to_bytes())
 
     reports = [report(b) for b in (True, False, True, True, False, True)]
@@ -567,3 +568,9 @@ def test_an_issuer_gives_each_device_it_asked_one_token(served, tmp_path):
         issuer.ask(pending.body, device="phone-1")
     pending.finalize(issuer.ask(pending.body, device="phone-2"))
     assert issuer.asked == 2
+    # without device= each request counts as another device: still taken, with a warning
+    # that says what it costs (helper-90's 14 requests of one device made a majority)
+    unnamed = request_version_check_token(release, issuer.public_key, epsilon=1.0)
+    with pytest.warns(DeprecationWarning, match="device="):
+        unnamed.finalize(issuer.ask(unnamed.body))
+    assert issuer.asked == 3
