@@ -72,12 +72,15 @@ make, are refused. Tests that need cheap key derivation wrap their calls in
 
 A new backup's passphrase must be hard to guess offline: zxcvbn (Dropbox's estimator)
 must put it at 10^10 guesses or more, its score 4, "strong protection from an offline
-slow-hash scenario" (:data:`MIN_GUESSES_LOG10`). At the default cost one guess takes about
-80 ms on one core of the project's machine, so 10^10 guesses take some 25 core-years; any
-non-empty passphrase was taken until 6 December, and a 4-digit PIN fell in about 13
-minutes. A guessable one raises :class:`~dmt_privacy.errors.ValidationError` with zxcvbn's
-advice and never the passphrase; :func:`generate_recovery_key` makes one that passes
-(about 125 bits). Restoring asks nothing of the passphrase, so older backups open.
+slow-hash scenario" (:data:`MIN_GUESSES_LOG10`; its first 72 characters are judged, what
+zxcvbn takes, and more characters only add guesses). At the default cost one guess took
+0.12 s of one core of the project's machine (0.117-0.143 s, 8 derivations pinned to one
+core, 6 December), so 10^10 guesses are some 38 core-years on such a CPU; faster hardware
+was not measured. Any non-empty passphrase was taken until 6 December, and a 4-digit PIN
+fell in about 13 minutes on the machine's two cores. A guessable one raises
+:class:`~dmt_privacy.errors.ValidationError` with zxcvbn's advice and never the passphrase
+or its estimate; :func:`generate_recovery_key` makes one that passes (125 bits). Restoring
+asks nothing of the passphrase, so older backups open.
 
 Any failure to open a backup -- a wrong passphrase, any altered, missing or
 extra byte, a wrong magic, an unknown version or KDF, KDF parameters that are
@@ -101,6 +104,7 @@ import hashlib
 import json
 import os
 import struct
+import threading
 import unicodedata
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -147,6 +151,10 @@ TAG_SIZE = 16
 #: The fewest guesses, as a power of ten, zxcvbn must estimate a new backup's passphrase
 #: takes (its score 4; module docstring).
 MIN_GUESSES_LOG10 = 10.0
+#: How many characters of a passphrase zxcvbn judges: 4.5 refuses longer input.
+_JUDGED_CHARACTERS = 72
+#: zxcvbn keeps the words of ``user_inputs`` in a module-level dictionary while it runs.
+_ZXCVBN = threading.Lock()
 #: Crockford's base32: no I, L, O or U, so a key read aloud or typed is not misread.
 _RECOVERY_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
@@ -382,9 +390,11 @@ def restore(
 
 
 def generate_recovery_key() -> str:
-    """A fresh passphrase for a backup: 25 characters of Crockford's base32 from the OS's
-    secure source, in five groups of five (``7K2QX-...``), about 125 bits. For an app that
-    shows the user a key to write down rather than asking for a passphrase."""
+    """A fresh passphrase for a backup: 25 characters of Crockford's base32 alphabet (no I,
+    L, O or U) from the OS's secure source, in five groups of five (``7K2QX-...``), 125
+    bits. For an app that shows the user a key to write down rather than asking for a
+    passphrase. Like any passphrase it opens the backup only as it was given: capitals and
+    dashes included."""
     import secrets
 
     characters = "".join(secrets.choice(_RECOVERY_ALPHABET) for _ in range(25))
@@ -641,26 +651,30 @@ def _refuse_guessable(passphrase: str | bytes, model_name: str | None) -> None:
     """Raise :class:`ValidationError` if zxcvbn estimates ``passphrase`` below
     :data:`MIN_GUESSES_LOG10` (the model's file name counts as a word an attacker knows).
     The message carries zxcvbn's advice, never the passphrase."""
-    from zxcvbn import zxcvbn
-
+    try:
+        from zxcvbn import zxcvbn
+    except ImportError:
+        raise MissingDependencyError(
+            "new backups judge the passphrase with zxcvbn; install it (pip install "
+            "'dmt-sdk[model]'). Nothing was written.") from None
     secret = _passphrase_bytes(passphrase)
     try:
         text = secret.decode("utf-8") if isinstance(passphrase, (bytes, bytearray, memoryview)) \
             else unicodedata.normalize("NFC", passphrase)
     except UnicodeDecodeError:  # binary: latin-1 maps every byte to one character
         text = secret.decode("latin-1")
-    found = zxcvbn(text[:100], user_inputs=[model_name] if model_name else [])
+    with _ZXCVBN:
+        found = zxcvbn(text[:_JUDGED_CHARACTERS], user_inputs=[model_name] if model_name else [])
     if found["guesses_log10"] >= MIN_GUESSES_LOG10:
         return
     advice = " ".join(part for part in (found["feedback"]["warning"],
                                         *found["feedback"]["suggestions"]) if part)
     raise ValidationError(
-        f"passphrase is too easy to guess: zxcvbn estimates about "
-        f"10^{found['guesses_log10']:.1f} guesses, and a backup can be attacked offline, so "
-        f"it needs 10^{MIN_GUESSES_LOG10:.0f} or more (at this SDK's Argon2id cost, 80 ms a "
-        f"guess on one core, 25 core-years). {advice + ' ' if advice else ''}Use several "
-        "uncommon words, or a key from dmt_model.backup.generate_recovery_key() for the user "
-        "to write down. Nothing was written.")
+        f"passphrase is too easy to guess: a backup can be attacked offline, and zxcvbn puts "
+        f"this one below 10^{MIN_GUESSES_LOG10:.0f} guesses, the least a backup needs. "
+        f"{advice + ' ' if advice else ''}Use several uncommon words, or a key from "
+        "dmt_model.backup.generate_recovery_key() for the user to write down. Nothing was "
+        "written.")
 
 
 def _passphrase_bytes(passphrase: str | bytes) -> bytes:

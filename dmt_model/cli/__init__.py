@@ -44,7 +44,7 @@ COMMAND_EXTRAS: dict[str, tuple[str, ...]] = {
 
 #: The top-level modules each extra installs that the commands cannot run without.
 EXTRA_MODULES: dict[str, tuple[str, ...]] = {
-    "model": ("torch", "coremltools", "argon2"),
+    "model": ("torch", "coremltools", "argon2", "zxcvbn"),
     "server": ("sqlalchemy", "fastapi", "uvicorn"),
     "federated": ("opacus",),
     "image": ("PIL",),

@@ -672,12 +672,36 @@ def test_a_guessable_passphrase_is_refused_before_anything_is_written(
         backup_bytes(b"model", weak)
     message = str(exc_info.value)
     assert "10^10" in message and "generate_recovery_key" in message
+    assert "10^0" not in message and "10^1." not in message  # no estimate of this one
     assert (weak if isinstance(weak, str) else weak.decode()) not in message
     model = tmp_path / "personal.mlmodel"
     model.write_bytes(b"model")
     with pytest.raises(ValidationError, match="easy to guess"):
         backup(model, tmp_path / "b", weak)
     assert _listing(tmp_path) == ["personal.mlmodel"]
+
+
+def test_a_long_passphrase_is_judged_on_its_first_characters(fast_kdf: None) -> None:
+    """helper-95: zxcvbn 4.5 raises a bare ValueError on more than 72 characters, so every
+    passphrase of 73 or more failed to make a backup (a traceback from `dmt backup`)."""
+    for strong in (PASSPHRASE * 3, PASSPHRASE + "x" * 1_000_000):
+        assert restore_bytes(backup_bytes(b"model", strong), strong)[0] == b"model"
+    with pytest.raises(ValidationError, match="easy to guess"):
+        backup_bytes(b"model", "a" * 200)
+
+
+def test_without_zxcvbn_a_new_backup_says_what_to_install(
+        monkeypatch: pytest.MonkeyPatch, fast_kdf: None) -> None:
+    import sys
+
+    from dmt_model.cli import EXTRA_OF_MODULE
+    from dmt_privacy.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "zxcvbn", None)  # import zxcvbn raises ImportError
+    with pytest.raises(MissingDependencyError, match=r"dmt-sdk\[model\]"):
+        backup_bytes(b"model", PASSPHRASE)
+    assert EXTRA_OF_MODULE["zxcvbn"] == "model"
+    assert restore_bytes(_tiny_backup(), PASSPHRASE)[0] == b"model"  # restoring needs none
 
 
 def test_a_backup_made_before_the_check_still_restores(fast_kdf: None) -> None:
