@@ -1171,9 +1171,11 @@ def personal_rule_for(release: Any, model: Any) -> DecisionRule:
     :func:`dmt_privacy.release.verify_release` returned, or ``None``; ``model`` the model
     the device personalizes (its path, or the model in memory). The claim was measured on
     the release's version only, so it counts only for a model that says it comes from that
-    version (its ``versionString``, which the registry sets and personalization keeps): a
-    model from another version (a device that verified version N + 1's release but has not
-    adopted it yet), one that names none, or an ExecuTorch program gets the default.
+    version (its ``versionString``, which the registry sets and personalization keeps) and
+    describes the release's records (its schema id): a model from another version (a device
+    that verified version N + 1's release but has not adopted it yet), one that names none,
+    a model of another schema (an app's other model, at the same version number), or an
+    ExecuTorch program gets the default.
     Anything but a verified release is refused, as :func:`adoption_rule_for` refuses it.
     """
     from dmt_privacy.release import VerifiedRelease
@@ -1190,7 +1192,10 @@ def personal_rule_for(release: Any, model: Any) -> DecisionRule:
         model = _load_model(Path(model))
     if _version_of(model) != release.metadata.version or _is_program(model):
         return DEFAULT_RULE
-    return open_rule_for(_reading_featurizer(model).task)
+    featurizer = _reading_featurizer(model)
+    if featurizer.schema.schema_id != release.metadata.schema_id:
+        return DEFAULT_RULE
+    return open_rule_for(featurizer.task)
 
 
 def _version_of(model: Any) -> int | None:
@@ -1934,7 +1939,8 @@ class DeviceComparison:
     other records; the paired t statistic of the per-device differences and the quantile
     it had to reach; whether the candidate is better, and why in words. From
     :func:`compare_personal_rules`: the same for one version personalized under the default
-    rule (``error_before``) and under :data:`OPEN_RULE` (``error_after``, the candidate)."""
+    rule (``error_before``) and under the task's open rule (``error_after``, the candidate;
+    :func:`open_rule_for`)."""
 
     devices: int
     error_before: float

@@ -48,14 +48,15 @@ published model version the server writes a small JSON document, the
                   once the server announced a check, so apps update before that.
     open_rule_devices  (only when the server showed it) the number of held-out
                   devices on which personal updates of this version under the
-                  open rule (any prior strength, whatever a device's number of
-                  records) beat the default rule, which keeps a device with few
-                  records on the strongest prior
-                  (``dmt_model.personalize.compare_personal_rules``); a device
-                  personalizing this version follows the open rule only then
-                  (``dmt_model.personalize.personal_rule_for``). The open rule
-                  also keeps an update at 50 % rather than the task's 90 %: the
-                  rule as the check measured it. Optional, as
+                  task's open rule (``dmt_model.personalize.open_rule_for``: any
+                  prior strength, whatever a device's number of records; a
+                  regression's keeps an update at 50 % rather than the task's
+                  90 %, a classifier's asks no label shift) beat the default
+                  rule, which keeps a device with few records on the strongest
+                  prior (``dmt_model.personalize.compare_personal_rules``); a
+                  device personalizing this version follows the open rule only
+                  then (``dmt_model.personalize.personal_rule_for``), the rule
+                  as the check measured it. Optional, as
                   ``held_out_devices`` is: an SDK from before the field refuses a
                   release that carries it, so apps update before the server
                   checks a version they run.

@@ -217,11 +217,24 @@ def test_a_classifiers_check_grants_its_open_rule_where_users_label_mixes_differ
         imbalanced_classifier, tmp_path):
     foundation, alike, differing = imbalanced_classifier
     key = generate_release_key()
+    import dmt_model.personalize as personalize_module
+
+    compared = []  # the rules the check personalizes under: what it grants is what it measured
+    real = personalize_module.personalized_many
+
+    def spy(*args, rule=None, **kwargs):
+        compared.append(rule)
+        return real(*args, rule=rule, **kwargs)
+
     for name, devices, better in (("alike", alike, False), ("differing", differing, True)):
         registry = ModelRegistry(tmp_path / name)
         registry.publish(foundation, trained_on={"proxy": 2000}, signing_key=key)
-        entry = registry.check_personal_rule(1, [d.iloc[:16] for d in devices],
-                                             signing_key=key)
+        compared.clear()
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(personalize_module, "personalized_many", spy)
+            entry = registry.check_personal_rule(1, [d.iloc[:16] for d in devices],
+                                                 signing_key=key)
+        assert compared == [None, CLASSIFIER_OPEN_RULE]
         assert bool(entry.validation["open_rule_better"]) is better, entry.validation
         release = _release(registry, key, installed=1)
         model = registry.path(entry.mlmodel_file)
@@ -259,16 +272,24 @@ def test_the_claim_is_signed_and_only_a_verified_release_grants_it(served):
     model = registry.path(entry.mlmodel_file).read_bytes()
     with pytest.raises(ValidationError, match="open_rule_devices"):
         sign_release(model, key, version=1, schema_id="s", open_rule_devices=1)
-    document = sign_release(model, key, version=1, schema_id="s", open_rule_devices=12)
+    document = sign_release(model, key, version=1, schema_id=FRIEDMAN_SCHEMA.schema_id,
+                            open_rule_devices=12)
     release = verify_release(document, model, [key.verify_key()], installed_version=1)
     assert release.metadata.open_rule_devices == 12
     assert personal_rule_for(release, _v1(registry)) == OPEN_RULE
-    # a classifier of that version gets a classifier's open rule
+    # helper-94: the claim was measured on this model's records only. An app's other model
+    # at the same version number, a classifier, took the classifier's open rule from it
+    # (it could not before classifiers had one); a model of another schema gets the default
     digits = load_digits().iloc[:200]
     classifier = build_spec(train_foundation(digits, DIGITS_SCHEMA, TrainingConfig(epochs=2)),
                             updatable=UpdateSettings())
     classifier.description.metadata.versionString = "1"
-    assert personal_rule_for(release, classifier) is CLASSIFIER_OPEN_RULE
+    assert personal_rule_for(release, classifier) == DEFAULT_RULE
+    digits_model = classifier.SerializeToString()
+    own = verify_release(sign_release(digits_model, key, version=1,
+                                      schema_id=DIGITS_SCHEMA.schema_id, open_rule_devices=12),
+                         digits_model, [key.verify_key()], installed_version=1)
+    assert personal_rule_for(own, classifier) is CLASSIFIER_OPEN_RULE
     # two releases of one version naming different outcomes of its one check conflict
     other = verify_release(sign_release(model, key, version=1, schema_id="s",
                                         open_rule_devices=13), model, [key.verify_key()])
