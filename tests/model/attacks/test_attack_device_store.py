@@ -61,9 +61,11 @@ def test_the_file_reveals_nothing_and_is_private(device):
     with pytest.raises(sqlite3.DatabaseError):
         sqlite3.connect(path).execute("SELECT * FROM records").fetchall()
     beside = sorted(p.name for p in path.parent.iterdir() if p.name.startswith(path.name))
-    assert beside == [path.name, path.name + ".lock"]  # no -wal, -journal or temporary file
-    lock = path.with_name(path.name + ".lock")
-    assert lock.stat().st_size == 0 and stat.S_IMODE(lock.stat().st_mode) == 0o600
+    # no -wal, -journal or temporary file: the write lock, and share()'s (its turn)
+    assert beside == [path.name, path.name + ".lock", path.name + ".share.lock"]
+    for lock in beside[1:]:
+        lock = path.with_name(lock)
+        assert lock.stat().st_size == 0 and stat.S_IMODE(lock.stat().st_mode) == 0o600
     with LocalStore(path, key=APP_KEY) as store:  # the owner reads it all back
         assert store.records("private").index.tolist() == private.index.tolist()
 
