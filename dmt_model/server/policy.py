@@ -109,7 +109,8 @@ class ServerPolicy:
         devices, widened to the schema (``plan.widened_to(schema)``, as ``dmt policy
         init`` writes it): a plan as fitted ships each class's fitted ends, values
         proxy records hold, and devices suppress a record between them. It is taken
-        as given here.
+        as given here, with a :class:`UserWarning` if widening it would change its
+        classes (or the schema has no bounds to widen it to).
         With a plan, a package's quasi-identifiers must be, record by record,
         exactly the generalization of one of its unsuppressed classes, and the
         receipt's k, l and t the plan's. Without one, they must be well-formed
@@ -315,11 +316,27 @@ class ServerPolicy:
 
         from dmt_model.server.validate import cell_key
 
-        n = plan.n_classes
-        released = plan.release(pd.DataFrame(index=range(n)), np.arange(n))
-        keep = [i for i in range(n) if not (plan.class_suppressed and plan.class_suppressed[i])]
-        return frozenset(
-            tuple(cell_key(released[q].iloc[i]) for q in plan.quasi_identifiers) for i in keep)
+        def cells(plan: AnonymizationPlan) -> frozenset[tuple[Any, ...]]:
+            n = plan.n_classes
+            released = plan.release(pd.DataFrame(index=range(n)), np.arange(n))
+            keep = [i for i in range(n)
+                    if not (plan.class_suppressed and plan.class_suppressed[i])]
+            return frozenset(tuple(cell_key(released[q].iloc[i])
+                                   for q in plan.quasi_identifiers) for i in keep)
+
+        classes = cells(plan)
+        try:
+            widened = cells(plan.widened_to(self.schema))
+            why = "" if widened == classes else (
+                "is as fitted: its classes end at values proxy records hold")
+        except ValidationError as exc:  # a numeric quasi-identifier without bounds
+            why = f"cannot be widened to the schema ({exc})"
+        if why:
+            warnings.warn(
+                f"The policy's plan {why}, so every device suppresses a record beyond them "
+                "(a value or a category no proxy record of its class held). Ship "
+                "plan.widened_to(schema), as dmt policy init does.", UserWarning, stacklevel=4)
+        return classes
 
     def field_receipt(self, name: str) -> FieldReceipt:
         """The exact local-DP receipt a package must carry for field ``name``."""
