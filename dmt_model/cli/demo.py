@@ -113,9 +113,10 @@ What happened:
   helps); mean error {result.mean('foundation'):.3f} → {result.mean('personal'):.3f}. The oracle, \
 which knows each user's
   factor, gets {result.mean('oracle'):.3f}.
-- Device {simulation.users[0].user_id} backed up its personal model (Argon2id + AES-256-GCM, a \
-fresh passphrase) and
-  restored it: {'identical' if same else 'DIFFERENT'} (sha256 {digest}…).
+- Device {simulation.users[0].user_id} backed up its personal model (Argon2id + AES-256-GCM, \
+under a generated
+  recovery key for the user to write down) and restored it: \
+{'identical' if same else 'DIFFERENT'} (sha256 {digest}…).
 - {who}: quasi-identifiers generalized to k={SHARE_K} classes,
   the price under local DP at ε={SHARE_EPSILON:g} per record (a sharing user spent \
 ε={spent:.3g} on average in all: a
