@@ -63,6 +63,7 @@ from dmt_model.server.store import (
     DataKey,
     PackageRow,
     PendingVacuum,
+    RemovedPackageRow,
     SharedStore,
     WriterLock,
     payload_aad,
@@ -431,16 +432,17 @@ class Ingestor:
         try:
             checked = validate_package(package, self.policy)
         except PackageRefused as exc:
-            return self._refused(source, exc.reason, pid, package.n_records)
+            return self._refused_unless_received(source, exc.reason, pid, plaintext,
+                                                 package.n_records)
         token: tuple[str, int] | None = None
         with self._database():
             if self.token_keys is not None:
                 try:
                     token = self.token_keys.redeem(package.token)
                 except InvalidToken as exc:
-                    return self._refused(source, str(exc.args[0] if exc.args
-                                                     else "token: invalid"),
-                                         pid, package.n_records)
+                    return self._refused_unless_received(
+                        source, str(exc.args[0] if exc.args else "token: invalid"), pid,
+                        plaintext, package.n_records)
             key = self.data_key()
         prepared = prepare_package(package, plaintext, self.policy, key, checked.columns, token)
         return PreparedIngest(source, pid, package.n_records, plaintext, prepared)
@@ -464,9 +466,7 @@ class Ingestor:
                                  "token: double spend (a stored package spent this token)",
                                  ready.package_id, ready.n_records)
         if written.status == "removed":  # received before: the device may acknowledge it
-            return Outcome(ready.source, "rejected", f"replay: package {ready.package_id} was "
-                           "removed from the store by its operator; it is not stored again",
-                           ready.package_id, ready.n_records, True)
+            return self._replay(ready.source, ready.package_id, ready.n_records, removed=True)
         with self._database():
             outcome = self._replay_or_conflict(ready)
         if outcome is not None:
@@ -525,9 +525,16 @@ class Ingestor:
     def _replay_or_conflict(self, ready: PreparedIngest) -> Outcome | None:
         """A replay if the stored package is these bytes; a refusal if the id is reused; None
         if no package is stored under its id."""
-        pid = ready.package_id
-        replay = Outcome(ready.source, "rejected", f"replay: package {pid} is already stored",
-                         pid, ready.n_records, True)
+        stored = self._stored(ready.package_id, ready.plaintext)
+        if stored is None:
+            return None
+        if stored:
+            return self._replay(ready.source, ready.package_id, ready.n_records)
+        return self._refused(ready.source, "conflict: the package id is stored with other "
+                             "content", ready.package_id, ready.n_records)
+
+    def _stored(self, pid: str, plaintext: bytes) -> bool | None:
+        """Whether the package stored under ``pid`` is ``plaintext`` (None: none is stored)."""
         with self.engine.connect() as conn:
             row = conn.execute(
                 select(PackageRow.key_id, PackageRow.nonce, PackageRow.payload)
@@ -539,10 +546,33 @@ class Ingestor:
             stored = self.store.key(key_id).decrypt(nonce, payload, payload_aad(pid, key_id))
         except Exception:  # a damaged row: the id is taken, these bytes are not it
             stored = None
-        if stored == ready.plaintext:
-            return replay
-        return self._refused(replay.source, "conflict: the package id is stored with other "
-                             "content", pid, replay.n_records)
+        return stored == plaintext
+
+    @staticmethod
+    def _replay(source: str, pid: str, n_records: int, *, removed: bool = False) -> Outcome:
+        """The answer to a package received before: the device may acknowledge it."""
+        what = ("was removed from the store by its operator; it is not stored again"
+                if removed else "is already stored")
+        return Outcome(source, "rejected", f"replay: package {pid} {what}", pid, n_records,
+                       True)
+
+    def _refused_unless_received(self, source: str, reason: str, pid: str, plaintext: bytes,
+                                 n_records: int) -> Outcome:
+        """A refusal for ``reason``, unless this very package was received before: stored
+        (these bytes under its id) or removed by the operator, which a device's retry of a
+        package whose answer it never got must hear as a replay, whatever changed since
+        (the policy, the token's period). Refused, a device abandons the package and shares
+        its records again: ε charged twice and one device two contributors to a class
+        (helper-96). Only refusals read the database for this."""
+        with self._database():
+            if self._stored(pid, plaintext):
+                return self._replay(source, pid, n_records)
+            with self.engine.connect() as conn:
+                removed = conn.execute(select(RemovedPackageRow.package_id).where(
+                    RemovedPackageRow.package_id == pid)).first() is not None
+        if removed:
+            return self._replay(source, pid, n_records, removed=True)
+        return self._refused(source, reason, pid, n_records)
 
     def __call__(self, envelope: bytes, source: str = "<http>") -> Outcome:
         return self.ingest_one(envelope, source)
