@@ -715,8 +715,10 @@ def sharing_policy_from(policy_json: str | bytes, *, release: VerifiedRelease | 
     accepts) and ``selection`` (``fraction``, ``predicate``, ``record_ids``,
     ``modifiers``, ``max_epsilon``, and ``privacy_unit`` where the policy leaves
     it open) are the device's choices of what to share. A choice the server
-    would refuse every package of (another privacy unit than the policy's, or
-    fields without the sensitive field the plan judges l or t on) raises
+    would refuse every package of (another privacy unit than the policy's,
+    fields without the sensitive field the plan judges l or t on, or a field the
+    policy checks as a quasi-identifier that its plan does not generalize and no ε
+    perturbs) raises
     :class:`~dmt_privacy.errors.ValidationError` here, before any budget is spent.
     """
     from dmt_privacy.anonymity.plan import AnonymizationPlan
@@ -735,6 +737,7 @@ def sharing_policy_from(policy_json: str | bytes, *, release: VerifiedRelease | 
         max_records = data.get("max_records")
         max_bytes = data.get("max_bytes")
         requires_token = data.get("tokens_per_period") is not None
+        checked = tuple(data.get("quasi_identifiers") or ())
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise ValidationError(f"Not a server policy document ({exc}).") from None
     if unit is not None:
@@ -759,9 +762,17 @@ def sharing_policy_from(policy_json: str | bytes, *, release: VerifiedRelease | 
     outside = [f for f in chosen if accepted and f not in accepted]
     if outside:
         raise ValidationError(f"The server's policy does not accept the fields {outside!r}.")
+    plan = None if plan is None else AnonymizationPlan.from_dict(plan)
+    stranded = [q for q in checked if q in chosen and q not in epsilon
+                and plan is not None and q not in plan.quasi_identifiers]
+    if stranded:  # the server checks them as generalized; this policy would send them as is
+        raise ValidationError(
+            f"The server checks {stranded!r} as quasi-identifiers, but its plan does not "
+            "generalize them and no ε perturbs them: it would refuse every package carrying "
+            "them, after the budget was charged. Choose fields= and leave it out of fields.")
     return SharingPolicy(
         fields=chosen,
-        plan=None if plan is None else AnonymizationPlan.from_dict(plan),
+        plan=plan,
         epsilon={k: v for k, v in epsilon.items() if k in chosen},
         mechanism={k: v for k, v in mechanism.items() if k in chosen},
         delta={k: v for k, v in delta.items() if k in chosen},

@@ -84,7 +84,9 @@ class ServerPolicy:
     quasi_identifiers:
         The fields checked as generalized. Default: the schema's fields with the
         quasi-identifier role. A quasi-identifier of the schema that ``fields``
-        accepts must be here or in ``epsilon``; never accepted raw.
+        accepts must be here or in ``epsilon``; never accepted raw. With a plan,
+        one that ``fields`` accepts and the plan does not generalize nor ``epsilon``
+        perturb is refused in every package: a :class:`UserWarning` says so.
     max_records, max_bytes:
         Limits on one package, enforced while decoding; devices size their packages by
         them before their ledger is charged (:func:`~dmt_privacy.release.sharing_policy_from`).
@@ -217,6 +219,15 @@ class ServerPolicy:
         # (a quasi-identifier the plan generalizes takes only its classes' values; without a
         # plan, any interval passes validation, and its midpoint trains)
         generalized = set(self.plan.quasi_identifiers) if self.plan is not None else set()
+        stranded = [q for q in qis if q in names and q not in eps
+                    and self.plan is not None and q not in generalized]
+        if stranded:  # every package carrying one is refused (helper-96); devices told
+            warnings.warn(  # by sharing_policy_from, before their budget is charged
+                f"quasi-identifiers {stranded!r} are accepted in fields but neither "
+                "generalized by the plan nor perturbed (epsilon=): validation refuses every "
+                "package that carries them, and a device that follows this policy is told "
+                "to leave them out. Fit the plan on them, give them an epsilon, or leave them "
+                "out of fields.", UserWarning, stacklevel=3)
         unbounded = [name for name in names if self.schema[name].kind is Kind.NUMERIC
                      and self.schema[name].bounds is None and name not in generalized]
         if unbounded:  # validation could check no range, and training clips none

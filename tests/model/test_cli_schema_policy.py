@@ -189,7 +189,7 @@ def test_a_plan_from_a_csv_is_coded_in_the_schemas_categories(tmp_path, capsys):
     plan = tmp_path / "plan.json"
     assert main(["anonymize", str(tmp_path / "b.csv"), "-o", str(tmp_path / "out.csv"),
                  "--schema", str(tmp_path / "schema.json"), "--quasi-identifiers",
-                 "CHAS,RAD,TAX", "--k", "5", "--plan", str(plan)]) == 0
+                 "CHAS,RAD,AGE,DIS,TAX", "--k", "5", "--plan", str(plan)]) == 0
     code, _, err = _run(capsys, "policy", "init", "--schema", str(tmp_path / "schema.json"),
                         "-o", str(tmp_path / "policy.json"), "--min-k", "5", "--plan",
                         str(plan), "--epsilon", "MEDV=1")

@@ -155,3 +155,26 @@ def test_a_package_without_the_token_the_policy_requires_is_refused_before_charg
     _nothing_spent(store)
     assert not sharing_policy_from(
         ServerPolicy(SCHEMA, min_k=1, epsilon={"income": 0.1}).to_json()).requires_token
+
+
+# helper-96: a policy could name, through quasi_identifiers=, a field its plan does not
+# generalize and no ε perturbs. Validation then refused every package that carried it
+# ("neither generalized by the plan nor perturbed"), while a device following the policy
+# shared it as it is: ε charged at every attempt (7, 14, 21 on Boston), nothing stored, and
+# the server decrypted the raw value of a field it had declared identifying.
+def test_a_quasi_identifier_neither_generalized_nor_perturbed_is_refused_before_any_charge(
+        tmp_path):
+    with pytest.warns(UserWarning, match=r"\['income'\].*neither generalized"):
+        server = ServerPolicy(SCHEMA, min_k=3, plan=PLAN,
+                              quasi_identifiers=("age", "zip", "income"))
+    # a device that follows it is told before its budget is charged
+    import json
+
+    data = json.loads(server.to_json())
+    with pytest.raises(ValidationError, match=r"\['income'\].*leave it out of fields"):
+        sharing_policy_from(json.dumps(data))
+    policy = sharing_policy_from(json.dumps(data), fields=("age", "zip", "disease"))
+    assert "income" not in policy.fields
+    # perturbed, it is shared: no refusal
+    ServerPolicy(SCHEMA, min_k=3, plan=PLAN, quasi_identifiers=("age", "zip", "income"),
+                 epsilon={"income": 1.0})
