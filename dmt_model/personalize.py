@@ -96,6 +96,7 @@ from dmt_privacy.errors import (
 __all__ = [
     "ADOPTION_RULE",
     "CLASSIFIER_OPEN_RULE",
+    "COPY_TOLERANCE",
     "IN_MEMORY",
     "OPEN_RULE",
     "UNCHECKED_RULE",
@@ -1624,6 +1625,10 @@ def _plan_update(spec: Any, records: pd.DataFrame, *, holdout: pd.DataFrame | No
             raise TooFewRecords(
                 f"{to_score} record(s){copies} cannot be cross-validated; give at least 2 "
                 "distinct records, or pass holdout= explicitly.")
+        first = ~pd.Series(groups).duplicated().to_numpy()
+        if not first.all():  # one copy of each record trains, as one is scored (_copies)
+            scored = None if scored is None else int(first[:scored].sum())
+            records, target, groups = records[first], target[first], groups[first]
         checks = _folds(records, target, rule.folds, seed, scored, groups=groups)
     _refuse_broken_models(given, [records, holdout])
     # With a holdout and one prior, the update on the check's training records is the final.
@@ -1901,35 +1906,86 @@ def _folds(records: pd.DataFrame, target: np.ndarray, folds: int, seed: int,
     is held out as one record, and no copy of it trains in that fold: a record stored
     twice (a sync that ran again) held out while its copy trained made an update look
     better than it was, and users drawn like the proxy ended worse off (README, *Few
-    records*). Without copies the folds are the ones cut before copies were looked for."""
+    records*). In the other folds one copy trains: trained twice, a record weighed twice
+    against the prior's anchors. Without copies the folds are the ones cut before copies
+    were looked for."""
     scored = len(records) if scored is None else scored
     groups = np.arange(len(records)) if groups is None else np.asarray(groups)
     held, first = np.unique(groups[:scored], return_index=True)  # each group's first record
+    once = ~pd.Series(groups).duplicated().to_numpy()  # one copy of each record trains
     order = np.random.default_rng(seed).permutation(len(held))
     parts = np.array_split(order, min(folds, len(held)))
-    return [(records.iloc[np.flatnonzero(~np.isin(groups, held[part]))],
+    return [(records.iloc[np.flatnonzero(once & ~np.isin(groups, held[part]))],
              records.iloc[first[part]], target[first[part]]) for part in parts]
 
 
-def _copies(spec: Any, records: pd.DataFrame) -> np.ndarray:
-    """Each record's group: records the model reads identically (inputs and target) share
-    one (:func:`_folds`).
+#: How close, in standard deviations of each field (the featurizer's scale; a regression
+#: target's too), every number of two records must be for the model to read them as one
+#: record (:func:`_copies`); categories, class labels and token ids must be equal. Written
+#: with 6 significant digits (a CSV or JSON export), a record moves by under 1e-5 of a
+#: spread; two different records of continuous fields are never that close in every one.
+COPY_TOLERANCE = 1e-3
 
-    The model reads numbers in float32 (Core ML's and ExecuTorch's layers, the update's
-    targets), so numeric fields and a numeric target are compared as float32: a record
-    synced again through a float32 store (every value moved by under 6e-8 of itself) is a
-    copy. Compared bit for bit in float64, such copies were new records, held out while
-    their twins trained, and users drawn like the proxy ended +7.0 % test RMSE worse
-    (``make_friedman1``, each record synced 3 times; helper-69's review)."""
+
+def _copies(spec: Any, records: pd.DataFrame) -> np.ndarray:
+    """Each record's group: records the model reads as the same record share one
+    (:func:`_folds`): equal categories, labels and tokens, and every number (standardized
+    input, regression target) within :data:`COPY_TOLERANCE` of a spread of the other's,
+    near-copies of near-copies included.
+
+    A record stored again is a copy however it travelled. Compared bit for bit, a record
+    synced through a float32 store (every value moved by under 6e-8 of itself) was a new
+    record, held out while its twin trained, and users drawn like the proxy ended +7.0 %
+    test RMSE worse (``make_friedman1``, each record synced 3 times; helper-69's review);
+    compared in float32, one written with 6 significant digits was, and users with 3 records
+    stored so twice ended +8 to +16 % worse (helper-97's review)."""
     featurizer = _reading_featurizer(spec)
-    numbers = [*featurizer.numeric_fields, *([] if featurizer.classes_ else [featurizer.target])]
-    records = records.assign(**{name: records[name].to_numpy(np.float64).astype(
-        np.float32).astype(np.float64) for name in numbers})
     batch = featurizer.transform(records)
-    read = np.column_stack([batch.numeric, *batch.categorical.values(),
-                            np.asarray(featurizer.target_values(records), dtype=np.float64)])
-    copies = np.unique(read, axis=0, return_inverse=True)[1].reshape(-1)
-    return pd.factorize(copies)[0]  # numbered in order: without copies, 0, 1, 2, ...
+    target = np.asarray(featurizer.target_values(records), dtype=np.float64)
+    exact = [*batch.categorical.values()]
+    close = [np.asarray(batch.numeric, dtype=np.float64).reshape(len(records), -1)]
+    if featurizer.classes_:
+        exact.append(target)
+    else:
+        close.append(((target - featurizer.target_mean_) / featurizer.target_scale_)[:, None])
+    keys = (np.unique(np.column_stack(exact), axis=0, return_inverse=True)[1].reshape(-1)
+            if exact else np.zeros(len(records), dtype=np.int64))
+    numbers = np.column_stack(close)
+    return pd.factorize(_near_groups(keys, numbers, COPY_TOLERANCE))[0]
+
+
+def _near_groups(keys: np.ndarray, numbers: np.ndarray, tolerance: float) -> np.ndarray:
+    """Each row's group: rows of one key whose numbers are all within ``tolerance`` of each
+    other's are joined, and joined rows' groups merged (a union-find over such pairs). Rows
+    are swept in the order of the column with the most distinct values, each compared only
+    with the rows after it that are within ``tolerance`` in that column."""
+    n = len(keys)
+    parent = np.arange(n)
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = int(parent[i])
+        return i
+
+    if n < 2 or numbers.shape[1] == 0:
+        return np.unique(keys, return_inverse=True)[1].reshape(-1)
+    sweep = int(np.argmax([len(np.unique(column)) for column in numbers.T]))
+    order = np.lexsort((numbers[:, sweep], keys))
+    ordered, ordered_keys = numbers[order], keys[order]
+    for a in range(n - 1):
+        b = a + 1
+        while b < n and ordered_keys[b] == ordered_keys[a] \
+                and ordered[b, sweep] - ordered[a, sweep] <= tolerance:
+            b += 1
+        if b == a + 1:
+            continue
+        near = np.flatnonzero(np.abs(ordered[a + 1:b] - ordered[a]).max(axis=1) <= tolerance)
+        for j in near + a + 1:
+            first, second = root(int(order[a])), root(int(order[j]))
+            if first != second:
+                parent[max(first, second)] = min(first, second)
+    return np.array([root(i) for i in range(n)])
 
 
 @dataclass(frozen=True)

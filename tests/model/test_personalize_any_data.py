@@ -347,14 +347,45 @@ def test_a_copy_that_went_through_float32_is_still_a_copy():
     assert not as_float32.equals(records)  # the round trip moved every value a little
     groups = _copies(foundation, pd.concat([records, as_float32, records]))
     assert list(groups) == list(range(15)) * 3
-    # A value moved by more than float32's rounding is another record.
-    moved = records.assign(x0=records["x0"] * (1 + 1e-5))
+    # A value moved by more than a thousandth of its field's spread is another record.
+    moved = records.assign(x0=records["x0"] + 0.01)
     assert len(set(_copies(foundation, pd.concat([records, moved])))) == 30
 
     personal = personalized_many(foundation, [
         pd.concat([u.iloc[:15], u.iloc[:15].astype(np.float32).astype(np.float64)] * 2)
         for u in users])
     before, after = _mean_test_rmse(foundation, personal, users, 15)
+    assert after <= before * 1.005, (before, after)
+
+
+# Found in review (6 December, helper-97): a record stored twice, once as it is and once
+# written with 6 significant digits (a CSV or JSON export, a sync through text), was two
+# records: held out while its near-copy trained, and counted twice towards the rule's
+# thresholds. Users drawn like the proxy with 3 records ended +16.0 / +7.9 / +8.0 % test RMSE
+# worse (seeds 0-2; 47-58 % of them worse off), against +0.1 % stored once.
+def test_a_near_copy_written_with_six_significant_digits_is_a_copy():
+    from dmt_model.personalize import COPY_TOLERANCE, _copies, personalized_many
+
+    def written(frame):
+        return frame.map(lambda value: float(f"{value:.6g}"))
+
+    foundation, users = _friedman1_users(3, 1.0, seed=0, n_users=60)
+    records = users[0].iloc[:15]
+    assert not written(records).equals(records)
+    groups = _copies(foundation, pd.concat([records, written(records), records.round(4)]))
+    assert list(groups) == list(range(15)) * 3
+    # apart by more than COPY_TOLERANCE of a field's spread in one field: two records
+    spread = float(records["x3"].std())
+    assert 0.01 > COPY_TOLERANCE * spread
+    apart = records.assign(x3=records["x3"] + 0.01)
+    assert len(set(_copies(foundation, pd.concat([records, apart])))) == 30
+    # a chain of near-copies, each within the tolerance of the next, is one record
+    chain = [records.iloc[:1].assign(y=records["y"].iloc[0] + step * 1e-4) for step in range(5)]
+    assert len(set(_copies(foundation, pd.concat(chain)))) == 1
+
+    personal = personalized_many(foundation, [pd.concat([u.iloc[:3], written(u.iloc[:3])])
+                                              for u in users])
+    before, after = _mean_test_rmse(foundation, personal, users, 3)
     assert after <= before * 1.005, (before, after)
 
 
