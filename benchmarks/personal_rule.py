@@ -1,11 +1,11 @@
 """Which rule should devices personalize under? The server measures it on devices' records.
 
 A device with fewer than 30 records to score keeps the strongest prior unless, from 6
-records, a weaker one is better at 97.5 % (the default rule, since 4 December; since 5
-December also better than the strongest prior's update, from 30 records at 90 %, and
-below 6 records never): users with nothing to
-learn no longer end worse off, but users who differ from the proxy keep only part of their
-gain.
+records, a weaker one is better at 99 % on 6 or 7 records and 97.5 % from 8 (the default
+rule: since 4 December at 97.5 %; since 5 December also better than the strongest prior's
+update, from 30 records at 90 %, and below 6 records never; since 6 December at 99 % on 6
+or 7): users with nothing to learn no longer end worse off, but users who differ from the
+proxy keep only part of their gain.
 No device can tell on its few records which kind of user it is; a population of devices
 can. ``compare_personal_rules`` personalizes a version on held-out devices' records under
 the default rule and under the task's open rule (``open_rule_for``: for a regression

@@ -8,11 +8,13 @@ records (500 epochs); each of 60 users a seed holds ``n`` training records and 1
 records, and ``personalized_many`` decides every user's update with
 
 * **now**: the defaults, the regression's rule at 90 % and, below 30 records to score,
-  the prior grid's strongest prior, or from 6 records a weaker one better at 97.5 %
-  (``Task.few_records``, ``FEW_RECORDS_CONFIDENCE``), than the current model and than
+  the prior grid's strongest prior, or from 6 records a weaker one better at 99 % (97.5 %
+  from 8; ``Task.few_records``, ``FEW_RECORDS_CONFIDENCE``), than the current model and than
   the strongest prior's update (at 90 % from 30 records);
 * **from 3**: the rule until 5 December's evening, as *now* but a weaker prior eligible
   from 3 records, at 99 % on 3 or 4 and 97.5 % from 5;
+* **6 Dec**: the rule until 6 December, as *now* but a weaker prior better at 97.5 % from
+  6 records (*now* asks 99 % on 6 or 7);
 * **before**: the rule at 50 % (``DecisionRule(confidence=0.5)``) and any prior of the
   grid at any size (``few_records`` 0), the defaults until 4 December.
 
@@ -25,7 +27,7 @@ and 1). Reports mean per-user test RMSE of the foundation and of what users hold
 change, and the share of users worse off. Writes ``benchmarks/results/
 personalization_few_records.json`` and ``.md``.
 
-    python benchmarks/personalization_few_records.py [--seeds 2 3] [--records 2 3 5 7 10 20 50]
+    python benchmarks/personalization_few_records.py [--seeds 2 3] [--records 2 3 5 6 7 8 10 20 50]
     python benchmarks/personalization_few_records.py --truth --seeds 0 1 2 3 4 5 \
         --records 5 10 20 40 --spreads 0 0.1 [--proxy 2000]
     python benchmarks/personalization_few_records.py --datasets boston friedman star98
@@ -89,12 +91,13 @@ def rmse(model, records: pd.DataFrame, target: str = "y") -> float:
 
 
 #: The rules compared, in the table's order (the module's docstring).
-RULES = ("before", "from 3", "now")
+RULES = ("before", "from 3", "6 Dec", "now")
 #: A weaker prior from 3 records, at 99 % on 3 or 4 and 97.5 % from 5: the regression's
 #: table until 5 December's evening (*from 3*), and a classifier's on a label shift now.
 FROM_3 = ((3, 0.99), (5, 0.975))
-#: A weaker prior from 6 records at 97.5 %: the regression's table now, and the one a
-#: classifier's update on a label shift was held to from a82cb36 to dde2440 (*from 6*).
+#: A weaker prior from 6 records at 97.5 %: the regression's table until 6 December
+#: (*6 Dec*), and the one a classifier's update on a label shift was held to from a82cb36
+#: to dde2440 (*from 6*).
 FROM_6 = ((6, 0.975),)
 
 
@@ -107,6 +110,7 @@ def under_rule(name: str, spec, record_sets: list[pd.DataFrame]) -> list:
     label_shift = personalize_module.LABEL_SHIFT_FEW_RECORDS_CONFIDENCE
     rule, few, tables = {"now": (None, Regression.few_records, (regression, label_shift)),
                          "from 3": (None, Regression.few_records, (FROM_3, label_shift)),
+                         "6 Dec": (None, Regression.few_records, (FROM_6, label_shift)),
                          "from 6": (None, Regression.few_records, (regression, FROM_6)),
                          "before": (DecisionRule(confidence=0.5), 0,
                                     (regression, label_shift))}[name]
@@ -181,15 +185,15 @@ def on_simulated_users(names: list[str], seeds: int, output: Path) -> None:
     (output / "personalization_few_records_datasets.json").write_text(json.dumps(
         {"rows": rows, "seconds": time.perf_counter() - started}, indent=1))
     lines = ["| data set | h | before: change from v1 | from 3: change from v1 | "
-             "now: change from v1 | seeds where now is worse than from 3 / than before |",
-             "|---|---|---|---|---|---|"]
+             "6 Dec: change from v1 | now: change from v1 | seeds where now is worse than "
+             "6 Dec / than before |", "|---|---|---|---|---|---|---|"]
     for row in rows:
         worse = [sum(a > b + 1e-12 for a, b in zip(row["per_seed"]["now"],
                                                    row["per_seed"][rule], strict=True))
-                 for rule in ("from 3", "before")]
+                 for rule in ("6 Dec", "before")]
         lines.append(f"| {row['dataset']} | {row['h']:g} | {row['before']:+.1%} | "
-                     f"{row['from 3']:+.1%} | {row['now']:+.1%} | {worse[0]} / {worse[1]} "
-                     f"of {row['seeds']} |")
+                     f"{row['from 3']:+.1%} | {row['6 Dec']:+.1%} | {row['now']:+.1%} | "
+                     f"{worse[0]} / {worse[1]} of {row['seeds']} |")
     (output / "personalization_few_records_datasets.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -268,7 +272,8 @@ def on_classifier_users(seeds: list[int], records: list[int], output: Path) -> N
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[2, 3])
-    parser.add_argument("--records", type=int, nargs="+", default=[2, 3, 5, 7, 10, 20, 50])
+    parser.add_argument("--records", type=int, nargs="+",
+                        default=[2, 3, 5, 6, 7, 8, 10, 20, 50])
     parser.add_argument("--spreads", type=float, nargs="+", default=[0.0, 0.3])
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--classifier", action="store_true",
@@ -316,11 +321,11 @@ def main() -> None:
     (args.output / f"{stem}.json").write_text(json.dumps(result, indent=1))
     lines = ["| h | records a user | foundation | "
              + " | ".join(f"{name}: personal (change; worse off)" for name in RULES)
-             + " | change per seed, from 3 → now |",
+             + " | change per seed, 6 Dec → now |",
              "|---" * (4 + len(RULES)) + "|"]
     for row in rows:
         seeds = ", ".join(f"{x:+.1%} → {y:+.1%}" for x, y in
-                          zip(row["from 3"]["change_per_seed"], row["now"]["change_per_seed"],
+                          zip(row["6 Dec"]["change_per_seed"], row["now"]["change_per_seed"],
                               strict=True))
         lines.append(f"| {row['h']:g} | {row['records']} | {row['now']['foundation']:.3f} | "
                      + " | ".join(f"{row[name]['personal']:.3f} ({row[name]['change']:+.1%}; "

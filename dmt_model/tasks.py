@@ -59,9 +59,10 @@ RMSE at 2-5 records, +3 % at 10): chance kept about half of the updates with
 nothing to learn. :attr:`Task.few_records` (30 for a regression): a device
 with fewer records to score takes the grid's strongest prior (30 anchor
 records), and a weaker one only if its update is better, than the current model
-and than the strongest prior's update, at 97.5 % from 6 records (none below 6: on 3–5
-records a weak prior's update was kept by chance; until 5 December's evening at 99 % on 3
-or 4 records and 97.5 % from 5; :data:`dmt_model.personalize.FEW_RECORDS_CONFIDENCE`);
+and than the strongest prior's update, at 99 % on 6 or 7 records and 97.5 % from 8 (none
+below 6: on 3–5 records a weak prior's update was kept by chance; until 5 December's
+evening at 99 % on 3 or 4 records and 97.5 % from 5, until 6 December 97.5 % from 6;
+:data:`dmt_model.personalize.FEW_RECORDS_CONFIDENCE`);
 from 30 records, a weaker prior's update must be better than the strongest's at the
 rule's confidence (until
 5 December, a weaker prior was compared with the current model only, and any prior

@@ -222,6 +222,23 @@ def _personal(boston_files, tmp_path, suffix=".pte"):
     return path
 
 
+def test_a_base_of_the_other_format_is_refused_and_nothing_written(boston_files, simulation,
+                                                                   tmp_path):
+    """helper-98: ``personalize(personal.pte, records, base=shipped.mlmodel)`` passed the
+    version and schema checks (both version 1) and wrote Core ML bytes into the .pte."""
+    records = simulation.users[0].train
+    for suffix, other in ((".pte", ".mlmodel"), (".mlmodel", ".pte")):
+        personal = _personal(boston_files, tmp_path, suffix)
+        before = personal.read_bytes()
+        with pytest.raises(ModelFileError, match="format"):
+            personalize(personal, records, base=boston_files / f"shipped{other}")
+        assert personal.read_bytes() == before
+    result = personalize(_personal(boston_files, tmp_path, ".pte"), records,
+                         base=boston_files / "shipped.pte", epochs=20)
+    assert result.accepted or result.reset_to_base
+    load_program(tmp_path / "personal.pte")  # still a program
+
+
 def test_personalize_trains_a_pte_in_the_runtime_like_the_emulation(boston_files, simulation,
                                                                     tmp_path):
     records = simulation.users[0].train

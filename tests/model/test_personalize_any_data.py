@@ -226,18 +226,19 @@ def test_validation_split_keeps_records_aside():
 # target is × 0.6 kept 0.64 of the foundation's RMSE; at 97.5 % from 5 records, 0.51. Since
 # a weaker prior is eligible only from 6 records (test_below_six_records_only_the_strongest
 # _prior_is_eligible), 0.86 on 5 records (the strongest prior's update; the server's check
-# grants the open rule where users differ: personal_rule_for), 0.35 on 6.
+# grants the open rule where users differ: personal_rule_for), 0.35 on 6 until a weaker prior
+# on 6 or 7 records was asked 99 % (6 December: users like the proxy +1.03 % at 6), 0.51.
 @pytest.mark.parametrize(("n_records", "factor"),
                          [(3, 1.0), (10, 1.0), (10, 0.7), (5, 0.6), (6, 0.6)])
 def test_few_records_drawn_like_the_proxy_leave_users_no_worse_off(n_records, factor):
     """... and users who differ (their target × 0.7 or × 0.6) still gain: the strongest
-    prior's update below 6 records, a weaker prior's from 6 when it is better at 97.5 %."""
+    prior's update below 6 records, a weaker prior's from 6 when it is better at 99 %."""
     from dmt_model.personalize import personalized_many
 
     foundation, users = _friedman1_users(n_records, factor)
     personal = personalized_many(foundation, [u.iloc[:n_records] for u in users])
     before, after = _mean_test_rmse(foundation, personal, users, n_records)
-    bound = {(1.0, 3): 1.01, (1.0, 10): 1.01, (0.7, 10): 0.6, (0.6, 5): 0.9, (0.6, 6): 0.4}
+    bound = {(1.0, 3): 1.01, (1.0, 10): 1.01, (0.7, 10): 0.6, (0.6, 5): 0.9, (0.6, 6): 0.55}
     assert after <= before * bound[factor, n_records], (before, after)
 
 
@@ -450,6 +451,30 @@ def test_below_six_records_only_the_strongest_prior_is_eligible():
     assert after_rmse <= before_rmse * 1.003, (before_rmse, after_rmse)  # was +2.4 %
 
 
+# Found measuring personalize(base=) (6 December, benchmarks/personalize_again.py's users):
+# at exactly 6 records, where a weaker prior first became eligible at 97.5 %, one
+# personalization left users drawn like the proxy +1.03 % test RMSE worse (seed 3: +3.1 %),
+# and at 7 +1.02 %, against +0.1 % at 8 (make_friedman1, 40 users, seeds 0-3; helper-97 saw
+# +0.35 % at 6 on the noiseless truth). Asked at 99 % on 6 or 7 records: +0.06 %, +0.06 %.
+def test_a_weaker_prior_needs_99_percent_on_six_or_seven_records():
+    from scipy.stats import t as student
+
+    from dmt_model.personalize import FEW_RECORDS_CONFIDENCE, _eligible_priors
+    from dmt_model.tasks import REGRESSION
+
+    assert FEW_RECORDS_CONFIDENCE == ((6, 0.99), (8, 0.975))
+    grid, rule = (1, 3, 10, 30), DecisionRule().for_task(REGRESSION)
+    for records, eligible in ((6, [30]), (7, [30]), (8, [30, 1])):
+        # a weaker prior better by a paired t of 2.8: past 97.5 %, short of 99 %
+        assert student.ppf(0.975, records - 1) < 2.8 < student.ppf(0.99, records - 1)
+        z = np.resize([1.0, -1.0], records) + np.arange(records) / 50
+        z = (z - z.mean()) / z.std(ddof=1)
+        gain = 2.8 / np.sqrt(records) + z
+        before = np.full(records, 5.0) + np.arange(records) / 10
+        after = {30: before.copy(), 10: before + 1, 3: before + 1, 1: before - gain}
+        assert list(_eligible_priors(grid, before, after, rule, REGRESSION)) == eligible
+
+
 # Found measuring the rule above on fl_protocol's Adult users (from 3 records a user, their
 # label mix their own): with a classifier's weaker priors also held back to 6 records,
 # users' unseen log loss with nothing shared rose 0.4517 -> 0.4757 (v1 0.5836), and users
@@ -476,8 +501,9 @@ def test_a_classifiers_update_on_a_label_shift_may_take_a_weaker_prior_from_thre
 # model the last chance update left, and nothing ever pulled it back: users drawn like the
 # proxy who personalized every 3 records ended +1.0 % test RMSE worse at 15 records (22-42 %
 # of them worse off, 4 seeds) against -0.1 % (2-10 %) personalizing the foundation once on
-# the same records. With base= each round personalizes the version the device installed on
-# all its records: what once on those records gives, whatever came before.
+# the same records, under the rule then (+0.39 % against -0.08 % since 99 % on 6-7
+# records). With base= each round personalizes the version the device installed on all its
+# records: what once on those records gives, whatever came before.
 def test_personalizing_again_from_the_base_is_personalizing_once(tmp_path):
     from dmt_model.coreml import load_spec, save_spec
     from dmt_model.personalize import personalize, personalized
@@ -493,7 +519,10 @@ def test_personalizing_again_from_the_base_is_personalizing_once(tmp_path):
         once, alone = personalized(foundation, user.iloc[:15])
         assert load_spec(personal).SerializeToString() == once.SerializeToString()
         assert result.accepted == alone.accepted
-    # the base must be the version the personal model comes from
+    assert result.reset_to_base == (not result.accepted)
+    assert not personalize(personal, users[0].iloc[:15]).reset_to_base  # without base=
+    # the base must be the version the personal model comes from (its format too:
+    # tests/model/test_executorch.py)
     other = load_spec(base)
     other.description.metadata.versionString = "2"
     save_spec(other, tmp_path / "v2.mlmodel")
