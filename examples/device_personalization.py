@@ -1,10 +1,12 @@
-"""Client tooling: personalize a shipped updatable model on one user's records, safely.
+"""Client tooling: personalize a shipped updatable model on one user's records, safely,
+and again as more records arrive (from the shipped version: ``base=``).
 
 Run: .venv/bin/python examples/device_personalization.py
 """
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -18,7 +20,9 @@ def main() -> None:
     simulation = simulate_users(load_boston(), spread=0.3, seed=1)
     foundation = train_foundation(simulation.proxy, BOSTON_SCHEMA, TrainingConfig(seed=1))
     folder = Path(tempfile.mkdtemp(prefix="dmt-device-"))
-    model = export_coreml(foundation, folder / "personal.mlmodel", updatable=UpdateSettings())
+    shipped = export_coreml(foundation, folder / "shipped.mlmodel", updatable=UpdateSettings())
+    model = folder / "personal.mlmodel"
+    shutil.copyfile(shipped, model)  # the device's personal copy of the installed version
 
     user = max(simulation.users, key=lambda u: abs(u.factor - 1))  # the most unusual appraiser
     before = predict_frame(load_spec(model), user.test)
@@ -27,7 +31,13 @@ def main() -> None:
         if event.kind == "epoch_end" and event.epoch % 25 == 24:
             print(f"  epoch {event.epoch + 1}: mean training MSE {event.loss:.3f}")
 
-    result = personalize(model, user.train, on_event=progress)
+    so_far = user.train.iloc[: len(user.train) // 2]  # the records the user has so far
+    first = personalize(model, so_far)
+    print(f"with {len(so_far)} records: update kept: {first.accepted}")
+    # More records arrived: personalize the installed version again on all of them, so that
+    # an update kept by chance in an earlier round does not stay (README, *Personalizing
+    # again as records arrive*).
+    result = personalize(model, user.train, base=shipped, on_event=progress)
     after = predict_frame(load_spec(model), user.test)
     truth = user.test["MEDV"].to_numpy()
     rmse = lambda p: float(((p - truth) ** 2).mean() ** 0.5)  # noqa: E731
