@@ -129,6 +129,7 @@ from dmt_privacy.files import write_atomically
 
 __all__ = [
     "DEFAULT_KDF_PARAMS",
+    "MIN_GUESSES_LOG10",
     "Argon2idParams",
     "BackupMetadata",
     "WeakKDFParameters",
