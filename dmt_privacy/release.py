@@ -763,13 +763,13 @@ def sharing_policy_from(policy_json: str | bytes, *, release: VerifiedRelease | 
     if outside:
         raise ValidationError(f"The server's policy does not accept the fields {outside!r}.")
     plan = None if plan is None else AnonymizationPlan.from_dict(plan)
-    stranded = [q for q in checked if q in chosen and q not in epsilon
-                and plan is not None and q not in plan.quasi_identifiers]
+    stranded = [] if plan is None else [
+        q for q in checked if q in chosen and q not in epsilon and q not in plan.quasi_identifiers]
     if stranded:  # the server checks them as generalized; this policy would send them as is
         raise ValidationError(
             f"The server checks {stranded!r} as quasi-identifiers, but its plan does not "
             "generalize them and no ε perturbs them: it would refuse every package carrying "
-            "them, after the budget was charged. Choose fields= and leave it out of fields.")
+            "them, after the budget was charged. Pass fields= and leave it out of fields.")
     return SharingPolicy(
         fields=chosen,
         plan=plan,

@@ -219,8 +219,8 @@ class ServerPolicy:
         # (a quasi-identifier the plan generalizes takes only its classes' values; without a
         # plan, any interval passes validation, and its midpoint trains)
         generalized = set(self.plan.quasi_identifiers) if self.plan is not None else set()
-        stranded = [q for q in qis if q in names and q not in eps
-                    and self.plan is not None and q not in generalized]
+        stranded = [] if self.plan is None else [
+            q for q in qis if q in names and q not in eps and q not in generalized]
         if stranded:  # every package carrying one is refused (helper-96); devices told
             warnings.warn(  # by sharing_policy_from, before their budget is charged
                 f"quasi-identifiers {stranded!r} are accepted in fields but neither "
