@@ -6,7 +6,7 @@ import argparse
 
 from dmt_model.cli._files import load_schema, read_records, refuse_existing
 from dmt_model.cli._progress import progress
-from dmt_privacy.errors import ValidationError
+from dmt_privacy.errors import ModelFileError, ValidationError
 
 __all__ = ["register"]
 
@@ -163,7 +163,11 @@ def run_personalize(args: argparse.Namespace) -> int:
                                        ("batch_size", args.batch_size)) if v is not None}
         try:
             result = personalize(args.model, records, holdout=holdout, output_path=args.output,
-                                 on_event=on_event, **overrides)
+                                 on_event=on_event, base=args.base, **overrides)
+        except ModelFileError as exc:
+            if args.base is None or not str(exc).startswith("base "):
+                raise
+            raise ModelFileError(f"--base {args.base}: {exc}") from None
         except ValidationError as exc:
             held = str(exc).startswith("holdout records:")
             raise _named(f"--holdout {args.holdout}" if held else f"--records {args.records}",
@@ -171,6 +175,9 @@ def run_personalize(args: argparse.Namespace) -> int:
     if result.accepted:
         print(f"Updated {result.model_path}: {result.reason}.")
         return 0
+    if result.reset_to_base:
+        print(f"Not updated; {result.model_path} is {args.base} again: {result.reason}")
+        return 3
     print(f"Not updated: {result.reason}")
     return 3
 
@@ -235,13 +242,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "personalize", help="retrain an updatable model on a user's records",
         description="Update the model on the user's records: a .mlmodel with an emulation of "
                     "Core ML's on-device update, a .pte in ExecuTorch's runtime. The model is "
-                    "replaced only if loss on held-out records does not get worse; otherwise "
-                    "it is left as it was and the command exits with status 3.")
+                    "replaced only if the update is better on held-out records (by default "
+                    "cross-validated on --records, significantly at the task's confidence); "
+                    "otherwise it is left as it was and the command exits with status 3. To "
+                    "personalize again as records arrive, pass all the records and --base, "
+                    "the version the model was personalized from.")
     pers.add_argument("model", help="the user's updatable .mlmodel, or ExecuTorch .pte")
     pers.add_argument("--records", required=True,
                       help="CSV of the user's records (model inputs and the target)")
     pers.add_argument("--holdout", help="CSV of held-out records for the check (default: "
-                                        "4-fold cross-validation on --records)")
+                                        "cross-validation on --records)")
+    pers.add_argument("--base", metavar="INSTALLED",
+                      help="the version MODEL was personalized from (the installed .mlmodel "
+                           "or .pte): personalize it on all of --records, and MODEL becomes "
+                           "the update if kept, else INSTALLED itself; what personalizing "
+                           "once gives, whatever earlier runs kept")
     pers.add_argument("-o", "--output", help="write the new model here instead of replacing "
                                              "MODEL")
     pers.add_argument("--learning-rate", type=float, help="override the model's")

@@ -48,3 +48,41 @@ def test_personalize_names_the_records_file(trained, boston, capsys):
     boston.head(12).to_csv(records, index=False, sep=";")  # the separator is sniffed
     assert main(["personalize", str(trained / "m.mlmodel"), "--records", str(records),
                  "--epochs", "5"]) in (0, 3)
+
+
+# Until 6 December the command had no --base: a user who personalized again as records
+# arrived updated the personal model on its own, each round another test against what the
+# last chance update left (README, *Personalizing again as records arrive*).
+def test_personalize_again_from_the_installed_version(trained, boston, tmp_path, capsys):
+    import shutil
+
+    from dmt_model.personalize import personalize
+
+    installed = trained / "m.mlmodel"
+    first, everything = tmp_path / "first.csv", tmp_path / "all.csv"
+    boston.head(6).to_csv(first, index=False)
+    boston.head(20).to_csv(everything, index=False)
+    personal = tmp_path / "personal.mlmodel"
+    shutil.copyfile(installed, personal)
+    assert main(["personalize", str(personal), "--records", str(first), "--epochs", "5"]
+                ) in (0, 3)
+    expected = tmp_path / "expected.mlmodel"
+    shutil.copyfile(personal, expected)
+    result = personalize(expected, boston.head(20), base=installed, epochs=5)
+    capsys.readouterr()
+    status = main(["personalize", str(personal), "--records", str(everything),
+                   "--base", str(installed), "--epochs", "5"])
+    out = capsys.readouterr().out
+    assert status == (0 if result.accepted else 3)
+    assert personal.read_bytes() == expected.read_bytes()  # what the call gives, to the byte
+    assert ("the personal model is the base version again" in out) is result.reset_to_base
+    # a base that is not the version the personal model comes from is refused by name
+    other = tmp_path / "other.mlmodel"
+    assert main(["export", str(trained / "f.npz"), "-o", str(other), "--updatable",
+                 "--version", "2"]) == 0
+    before = personal.read_bytes()
+    assert main(["personalize", str(personal), "--records", str(everything),
+                 "--base", str(other)]) == 1
+    err = capsys.readouterr().err
+    assert "--base" in err and "other.mlmodel" in err and "version 2" in err
+    assert personal.read_bytes() == before
