@@ -25,6 +25,10 @@ device applies, measured here as the SDK runs each one (``dmt_model.personalize`
   recommends): the new version may have trained on what the device shared, so those
   records are trained on but never held out; a device with fewer than 2 unshared records
   keeps its model;
+* **the same two, the new version re-personalized under the open rule's guard** (rows
+  "..., open"; since 6 December): what ``adoption_rule_for`` gives a device where the
+  new version's release also grants the open rule (``personal_rule_for``): any prior
+  strength whatever the device's number of records;
 * **always**: re-personalize the new version (``personalize()``) and take it;
 * **gated**: the SDK's flow, where the server checks each version on a quarter of the
   devices held out from retraining (``compare_on_devices``; the server retrains on the
@@ -32,7 +36,9 @@ device applies, measured here as the SDK runs each one (``dmt_model.personalize`
   ``ADOPTION_RULE`` (the row "the same, scored on unshared records only"), any other is
   refused (never); with ``publish_unless_worse=True`` only one shown worse is refused,
   and one the devices cannot tell apart must prove itself (the row "the same, out of
-  fold, scored on unshared records").
+  fold, scored on unshared records"). The server also compares the personal rules on the
+  held-out devices (``compare_personal_rules``, as ``ModelRegistry.check_personal_rule``);
+  where the open rule is shown better, devices take the rows "..., open".
 
 For each: users' mean per-user test error (RMSE, or log loss for a classifier), the share
 of devices that moved, how often the rule's choice raised a user's test error (harmed:
@@ -88,8 +94,9 @@ from fl_protocol import (  # a sibling benchmark script
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
-RULES = ("never", "asks proof", "proof, unshared", "unless worse, in sample",
-         "unless worse, out of fold", "even, out of fold", "even, unshared", "always")
+RULES = ("never", "asks proof", "proof, unshared", "proof, unshared, open",
+         "unless worse, in sample", "unless worse, out of fold", "even, out of fold",
+         "even, unshared", "even, unshared, open", "always")
 #: what a device holds when the server checks each version on held-out devices and devices
 #: adopt by the rule its release earns (adoption_rule_for)
 GATED = "gated"
@@ -107,6 +114,11 @@ LABELS = {
     "even, out of fold": "the lower out-of-fold error wins (ADOPTION_RULE, previous=), "
                          "scored on every record",
     "even, unshared": "**the same, scored on unshared records only (shared_records=)**",
+    "proof, unshared, open": "the version must prove itself, out of fold, scored on unshared "
+                             "records, re-personalized under the open rule's guard",
+    "even, unshared, open": "the lower error wins, scored on unshared records, the new "
+                            "version re-personalized under the open rule's guard (what a "
+                            "release granting the open rule gives, adoption_rule_for)",
     "always": "always adopt",
     GATED_LOOSE: "the server publishes unless shown worse on devices "
                  "(publish_unless_worse=True); the release decides the rule",
@@ -127,6 +139,7 @@ def _user(new_data: bytes, current_data: bytes, previous_data: bytes, unshared: 
         DecisionRule,
         adopted,
         featurizer_of,
+        open_rule_for,
         personalized,
     )
 
@@ -146,6 +159,8 @@ def _user(new_data: bytes, current_data: bytes, previous_data: bytes, unshared: 
         return float(np.dot(weights, task.record_errors(predict_frame(spec, reference), truth)))
 
     unless_worse = DecisionRule(prefer="update")  # the task's confidence: 90 % a classifier
+    # what adoption_rule_for gives where the new version's release grants the open rule
+    guard = open_rule_for(featurizer_of(new).task).few_records
     held = {
         "never": (current, False),
         "asks proof": adopted(new, current, train, rule=DecisionRule()),
@@ -161,6 +176,13 @@ def _user(new_data: bytes, current_data: bytes, previous_data: bytes, unshared: 
                                   shared_records=shared, rule=ADOPTION_RULE
                                   ) if len(unshared) >= 2 else (
                                       current, False),
+        "proof, unshared, open": adopted(
+            new, current, unshared, previous=previous, shared_records=shared,
+            rule=DecisionRule(few_records=guard)) if len(unshared) >= 2 else (current, False),
+        "even, unshared, open": adopted(
+            new, current, unshared, previous=previous, shared_records=shared,
+            rule=replace(ADOPTION_RULE, few_records=guard)) if len(unshared) >= 2 else (
+                current, False),
         "always": (personalized(new, train)[0], True),
     }
     return {rule: {"error": error(model), "expected": expected(model),
@@ -220,7 +242,8 @@ def run_seed(name: str, seed: int, users: int, workers: int) -> dict[str, Any]:
 
     from dmt_model.coreml import UpdateSettings, build_spec
     from dmt_model.coreml._spec import spec_bytes
-    from dmt_model.personalize import compare_on_devices
+    from dmt_model.personalize import compare_on_devices, compare_personal_rules
+    from dmt_privacy.errors import ValidationError
 
     started = time.perf_counter()
     task, sim, foundation, current, rate = _seed_setting(name, seed, users, workers)
@@ -234,6 +257,13 @@ def run_seed(name: str, seed: int, users: int, workers: int) -> dict[str, Any]:
     previous_spec = build_spec(foundation, updatable=UpdateSettings())
     gate = compare_on_devices(previous_spec, new_spec,
                               [sim.users[i].shareable for i in sorted(held_out)])
+    # and, as ModelRegistry.check_personal_rule does, the rule devices personalize it under
+    # (too few held-out devices with 4 records to compare on: no claim, as the registry)
+    try:
+        open_gate = asdict(compare_personal_rules(
+            new_spec, [sim.users[i].shareable for i in sorted(held_out)]))
+    except ValidationError as exc:
+        open_gate = {"better": False, "reason": str(exc)}
     new, previous = spec_bytes(new_spec), spec_bytes(previous_spec)
     references = expected_error_weights(sim, task.target) or [(None, None)] * len(sim.users)
     jobs = [(new, current[i], previous, u.private, u.shareable, u.test, task.task,
@@ -243,10 +273,11 @@ def run_seed(name: str, seed: int, users: int, workers: int) -> dict[str, Any]:
         per_user = list(pool.map(_user, *zip(*jobs, strict=True)))
     rows = _summary(per_user, list(RULES))
     print(f"{name} seed {seed}: " + ", ".join(f"{r} {v['error']:.4g}" for r, v in rows.items())
-          + f"; gate: {gate.reason} ({time.perf_counter() - started:.0f} s)", flush=True)
+          + f"; gate: {gate.reason}; open rule: {open_gate['reason']} "
+          f"({time.perf_counter() - started:.0f} s)", flush=True)
     return {"task": name, "seed": seed, "users": users, "error_name": task.task.error_name,
-            "rules": rows,
-            "gate": asdict(gate), "seconds": time.perf_counter() - started}
+            "rules": rows, "gate": asdict(gate), "open_gate": open_gate,
+            "seconds": time.perf_counter() - started}
 
 
 def _gated(run: dict[str, Any], *, unless_worse: bool = False) -> str:
@@ -254,14 +285,19 @@ def _gated(run: dict[str, Any], *, unless_worse: bool = False) -> str:
     device check shows it better (ADOPTION_RULE); otherwise it is refused (never), unless
     ``unless_worse`` (``publish_unless_worse=True``), where only a version shown worse is
     refused and one the devices cannot tell apart must prove itself. Runs before "proof,
-    unshared" existed fall back to the in-sample row."""
+    unshared" existed fall back to the in-sample row. Where the server's check of the
+    personal rule (``open_gate``: ``compare_personal_rules`` on the held-out devices) showed
+    the open rule better, the release grants it and the device re-personalizes the version
+    under its guard (the rows "..., open"; runs before 6 December ran no such check)."""
     gate, rules = run["gate"], run["rules"]
+    granted = ", open" if run.get("open_gate", {}).get("better") else ""
     if gate["better"]:
-        return "even, unshared" if "even, unshared" in rules else "even, out of fold"
+        return ("even, unshared" + granted if "even, unshared" in rules
+                else "even, out of fold")
     shown_worse = gate["error_after"] > gate["error_before"] and gate["t"] <= -gate["needed"]
     if shown_worse or not unless_worse:
         return "never"
-    return "proof, unshared" if "proof, unshared" in rules else "asks proof"
+    return "proof, unshared" + granted if "proof, unshared" in rules else "asks proof"
 
 
 # --- versions released without a device claim -----------------------------------------

@@ -1106,7 +1106,8 @@ def open_rule_for(task: Task) -> DecisionRule:
     return CLASSIFIER_OPEN_RULE if task.kind == "classification" else OPEN_RULE
 
 
-def adoption_rule_for(release: Any, *, based_on: int | None = None) -> DecisionRule:
+def adoption_rule_for(release: Any, *, based_on: int | None = None,
+                      new_version: Any = None) -> DecisionRule:
     """The adoption rule a new version's signed release earns.
 
     ``release`` is what :func:`dmt_privacy.release.verify_release` returned, or
@@ -1137,6 +1138,16 @@ def adoption_rule_for(release: Any, *, based_on: int | None = None) -> DecisionR
 
     Anything else is refused, metadata parsed from a release file included: only a
     verified release says what the server signed.
+
+    ``new_version``: the new version's model (its path, or the model in memory). Adopting
+    it re-personalizes it on the device's records, and where the release grants its devices
+    the open rule (:func:`personal_rule_for` ``release``, ``new_version``: the server showed
+    personal updates of this version better without the default's guard of few records),
+    that personalization follows the open rule's guard (none: any prior strength) while
+    whether to move stays the rule above. Until 6 December adoption kept the guard (the
+    strongest prior below a regression's 30 records) whatever the release granted, so users
+    who differ from the proxy gave up the open rule's gain at every version they adopted
+    (``benchmarks/adoption.py``). :func:`adopt_new_version` passes it.
     """
     from dmt_privacy.release import VerifiedRelease
 
@@ -1149,10 +1160,18 @@ def adoption_rule_for(release: Any, *, based_on: int | None = None) -> DecisionR
     if based_on is not None and (type(based_on) is not int or based_on < 1):
         raise ValidationError(f"based_on must be a version number (an int >= 1), got "
                               f"{based_on!r}: the version the personal model comes from.")
-    signed = release.metadata
+    rule = _claimed_adoption_rule(release.metadata, release.installed_version
+                                  if based_on is None else based_on)
+    granted = DEFAULT_RULE if new_version is None else personal_rule_for(release, new_version)
+    return rule if granted is DEFAULT_RULE else replace(rule, few_records=granted.few_records)
+
+
+def _claimed_adoption_rule(signed: Any, based_on: int | None) -> DecisionRule:
+    """:data:`ADOPTION_RULE` if the signed release metadata ``signed`` says held-out devices
+    showed the version better than ``based_on`` (the version the personal model comes from),
+    else :data:`UNCHECKED_RULE` (:func:`adoption_rule_for`)."""
     if not signed.held_out_devices:
         return UNCHECKED_RULE
-    based_on = release.installed_version if based_on is None else based_on
     if signed.held_out_baseline is not None:  # shown better than that version only
         return ADOPTION_RULE if signed.held_out_baseline == based_on else UNCHECKED_RULE
     # A claim from before baselines were signed: it beat the version published just before.
@@ -1210,12 +1229,13 @@ def _version_of(model: Any) -> int | None:
     return int(text) if text.isdigit() and int(text) >= 1 else None
 
 
-def _release_rule(release: Any, current: Any, previous: Any) -> DecisionRule:
-    """:func:`adoption_rule_for` ``release``, against the version the personal model comes
-    from: ``previous``'s number when it is given, else the personal model's own (both
-    device-local files the registry numbered), else what ``verify_release`` was told."""
+def _release_rule(release: Any, new: Any, current: Any, previous: Any) -> DecisionRule:
+    """:func:`adoption_rule_for` ``release`` of the version ``new``, against the version the
+    personal model comes from: ``previous``'s number when it is given, else the personal
+    model's own (both device-local files the registry numbered), else what
+    ``verify_release`` was told."""
     based_on = _version_of(previous) if previous is not None else _version_of(current)
-    return adoption_rule_for(release, based_on=based_on)
+    return adoption_rule_for(release, based_on=based_on, new_version=new)
 
 
 def _load_released(path: str | os.PathLike[str], release: Any) -> Any:
@@ -2564,7 +2584,8 @@ def adopted(new_spec: Any, current: Any, records: pd.DataFrame, *, previous: Any
         if previous is not None:
             _save_model(previous, paths["previous"])
         if kwargs.get("rule") is None:  # in memory there are no signed bytes to check
-            kwargs["rule"] = _release_rule(kwargs.pop("release", None), current, previous)
+            kwargs["rule"] = _release_rule(kwargs.pop("release", None), new_spec, current,
+                                           previous)
         kwargs.pop("release", None)
         result = adopt_new_version(paths["new"], paths["personal"], records,
                                    previous=paths["previous"] if previous is not None else None,
@@ -2661,7 +2682,7 @@ def adopted_many(
             f"The personal models come from versions {sorted(versions, key=str)}, and a "
             "release's claim counts against one version only: pass previous= (the version "
             "they were personalized from) or decide each version's devices apart.")
-    rule = _rule(rule or (_release_rule(release, currents[0], previous) if currents else
+    rule = _rule(rule or (_release_rule(release, new_spec, currents[0], previous) if currents else
                           adoption_rule_for(release)), folds)
     grid = _prior_grid(prior_records)
     if previous is not None:
@@ -2846,7 +2867,11 @@ def adopt_new_version(
     the lower mean held-out error wins, a tie going to the new version). Any
     other version, and any version when ``release`` is not given, must show it
     is better on the device's records, significantly at 99 % (:data:`UNCHECKED_RULE`).
-    A device's few
+    Where the release also grants the new version's devices the open rule
+    (``open_rule_devices``: :func:`personal_rule_for`), the new version is
+    re-personalized under the open rule's guard of few records (any prior strength),
+    as a device personalizing it would be; until 6 December it kept the default's
+    guard (``adoption_rule_for(..., new_version=)``). A device's few
     records are a weak judge either way: asking every version for proof kept
     most devices on a model that fails on classes the proxy missed (digits),
     and asking none moved 42 % of devices to a version worse for them where the
@@ -2902,7 +2927,8 @@ def adopt_new_version(
                                    holdout=holdout is not None)
     return _checked_update(new_spec, current, records, holdout=holdout,
                            output=Path(personal_model_path),
-                           rule=_rule(rule or _release_rule(release, current, base), folds),
+                           rule=_rule(rule or _release_rule(release, new_spec, current, base),
+                                      folds),
                            prior_records=prior_records, seed=seed, on_event=on_event,
                            overrides=overrides, baseline_from=base, scored=scored,
                            given=[(new_spec, f"The new version {new_model_path}", _NEW_VERSION),

@@ -5,6 +5,7 @@ release, read by the device."""
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -16,15 +17,21 @@ from dmt_model.datasets.classification import DIGITS_SCHEMA, load_digits
 from dmt_model.datasets.regression import FRIEDMAN_SCHEMA, load_friedman
 from dmt_model.foundation import TrainingConfig, train_foundation
 from dmt_model.personalize import (
+    ADOPTION_RULE,
     CLASSIFIER_OPEN_RULE,
     DEFAULT_RULE,
     OPEN_RULE,
+    UNCHECKED_RULE,
     DecisionRule,
+    adopt_new_version,
+    adopted_many,
+    adoption_rule_for,
     compare_personal_rules,
     featurizer_of,
     open_rule_for,
     personal_rule_for,
     personalize,
+    personalized,
     personalized_many,
 )
 from dmt_model.server.retrain import ModelRegistry
@@ -311,3 +318,55 @@ def test_the_claim_is_signed_and_only_a_verified_release_grants_it(served):
     with pytest.raises(ValidationError, match="verify_release"):
         personal_rule_for(release.metadata, _v1(registry))
     assert personal_rule_for(None, _v1(registry)) == DEFAULT_RULE
+
+
+# Until 6 December a device adopting a new version re-personalized it under the adoption
+# rule's guard of few records (the strongest prior below 30 records), even where the new
+# version's release granted its devices the open rule: users who differ from the proxy gave
+# up, at every version they adopted, the gain the server had shown the open rule gives them.
+def test_adopting_a_version_personalizes_it_under_the_open_rule_its_release_grants(
+        served, tmp_path):
+    registry, key, _, differing = served
+    v1 = _v1(registry)
+    v2 = build_spec(train_foundation(load_friedman(700, seed=1), FRIEDMAN_SCHEMA, QUICK),
+                    updatable=UpdateSettings())
+    v2.description.metadata.versionString = "2"
+    data = v2.SerializeToString()
+
+    def release(**claim):
+        return verify_release(sign_release(data, key, version=2, schema_id=FRIEDMAN_SCHEMA
+                                           .schema_id, **claim),
+                              data, [key.verify_key()], installed_version=1)
+
+    vouched = {"held_out_devices": 30, "held_out_baseline": 1}
+    for claim, expected in (({}, UNCHECKED_RULE), (vouched, ADOPTION_RULE)):
+        assert adoption_rule_for(release(**claim)) == expected
+        assert adoption_rule_for(release(**claim), new_version=v2) == expected
+        granted = adoption_rule_for(release(**claim, open_rule_devices=30), new_version=v2)
+        # the open rule's guard of few records (none); whether to move stays the adoption's
+        assert granted == replace(expected, few_records=OPEN_RULE.few_records)
+        # the claim is about version 2's personal updates: a model of another version, or
+        # no model, keeps the guard
+        assert adoption_rule_for(release(**claim, open_rule_devices=30)) == expected
+        assert adoption_rule_for(release(**claim, open_rule_devices=30),
+                                 new_version=v1) == expected
+    personal = [personalized(v1, records)[0] for records in differing[:10]]
+    priors = {}
+    for name, claim in (("default", vouched), ("open", {**vouched, "open_rule_devices": 30})):
+        held = adopted_many(v2, personal, differing[:10], previous=v1, release=release(**claim))
+        priors[name] = [result.prior_records for _, result in held]
+    assert all(prior in (None, 30) for prior in priors["default"]), priors
+    assert sum(prior is not None and prior < 30 for prior in priors["open"]) >= 3, priors
+    # as a device runs it, from the files the registry serves
+    folder = tmp_path / "device"
+    folder.mkdir()
+    (folder / "v2.mlmodel").write_bytes(data)
+    (folder / "v1.mlmodel").write_bytes(v1.SerializeToString())
+    chosen = []
+    for records, model in zip(differing[:10], personal, strict=True):
+        (folder / "personal.mlmodel").write_bytes(model.SerializeToString())
+        chosen.append(adopt_new_version(
+            folder / "v2.mlmodel", folder / "personal.mlmodel", records,
+            previous=folder / "v1.mlmodel",
+            release=release(**vouched, open_rule_devices=30)).prior_records)
+    assert chosen == priors["open"]
