@@ -317,12 +317,14 @@ def run_loop(
         stores[owners[package_id]].acknowledge(package_id)
     shared_store = SharedStore(db_url, server_key)
     counts = shared_store.counts()
+    sent = {package_id: i for i, package_id in enumerate(owners)}  # the order devices sent in
 
     # 4. Retrain on the training proxy + the released records of the devices not held out,
     # as received; the gate checks v2 on the validation data and on the held-out devices.
     # The held-out devices' records as received: not winsorized around v1's predictions,
     # which would pull their targets toward v1 and bias the comparison in its favour.
     received, _ = policy_batches(shared_store, server_policy)
+    received.sort(key=lambda batch: sent[batch.package_id])
     held = _hold_out({b.package_id: owners[b.package_id] for b in received},
                      held_out_share if epsilon is None else 0.0, seed)
     devices = _held_out_devices(received, owners, held, foundation.featurizer, seed=seed)
@@ -330,6 +332,9 @@ def run_loop(
     # would train on fewer than k packages of its class.
     batches, _ = policy_batches(shared_store, server_policy, previous=foundation, proxy=proxy,
                                 exclude=held)
+    # in the order the devices sent them: the store reads them in the order of their ids,
+    # which are random, and retraining on another order gave another v2 from the same seed
+    batches.sort(key=lambda batch: sent[batch.package_id])
     # every device asked reports: one that cannot check reports "not better" (check_version)
     reporters = sorted(checkers)
     on_stage(f"server: retraining v2 on {len(proxy)} proxy + "
