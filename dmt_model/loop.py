@@ -27,13 +27,17 @@
    ``report_epsilon``, charged to its ledger and sealed; the server tallies the
    reports and signs v2's release again with the claim if more than half of the
    devices are shown better off.
+   The server also compares, on the same held-out devices, the rules devices personalize
+   v2 under (:meth:`~dmt_model.server.retrain.ModelRegistry.check_personal_rule`); the
+   release grants the open rule only where it is shown better.
 5. If v2 is published, each device verifies its release and adopts it
    re-personalized on its local records (all of them by default) under the
    rule the release earns (:func:`~dmt_model.personalize.adoption_rule_for`):
    a version shown better than v1 (the release's baseline, the version the
    devices personalized) on held-out devices is adopted unless the device's
    own records show it worse; one that was not must prove itself on them,
-   significantly at 99 % (:data:`~dmt_model.personalize.UNCHECKED_RULE`).
+   significantly at 99 % (:data:`~dmt_model.personalize.UNCHECKED_RULE`); a release
+   granting the open rule has v2 re-personalized under its guard of few records.
    Both sides are scored out of fold on the records the device did not share
    (v2 may have trained on the others).
 
@@ -390,11 +394,24 @@ def run_loop(
         tally = issuer.tally([open_version_check(e, server_key) for e in sealed])
         v2 = registry.record_version_checks(tally, signing_key=release_key,
                                             server_key=server_key.public_key())
+    if shipped and server_check:
+        # On the same held-out devices the server compares the rules devices personalize v2
+        # under (check_personal_rule): v2's release grants the open rule only if it is shown
+        # better, and devices adopting v2 then re-personalize it under the open rule's guard.
+        try:
+            v2 = registry.check_personal_rule(v2.version, devices, signing_key=release_key,
+                                              server_key=server_key.public_key())
+            found = "better" if v2.validation["open_rule_better"] else "not shown better"
+            on_stage(f"server: the open rule for personalizing v2 is {found} on "
+                     f"{v2.validation['open_rule_devices']:.0f} held-out devices")
+        except TooFewRecords:  # fewer than 2 held-out devices of 4 records: no claim
+            on_stage("server: too few held-out devices with 4 records to compare the rules "
+                     "devices personalize v2 under; its release grants no open rule")
     if shipped:
         release = verified()
-        rule = adoption_rule_for(release)
         # and adopt exactly the bytes it verified, not the server's file read again
         write_atomically(v2_model, release.model)
+        rule = adoption_rule_for(release, new_version=v2_model)
 
     # 5. Devices adopt v2 if the gate published it, unless their records show it worse.
     outcomes = []

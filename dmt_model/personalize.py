@@ -2115,8 +2115,9 @@ def compare_personal_rules(model: Any, devices: Sequence[pd.DataFrame], *,
     the mean over devices of their error differences (default − open) is positive and a
     one-sided paired t-test over devices is significant at ``confidence``. Devices with
     fewer than 4 distinct records are skipped (a half must be cross-validated); at least
-    2 must remain. The result is a :class:`DeviceComparison` whose ``error_before`` is
-    the default rule's mean held-out error and ``error_after`` the open rule's.
+    2 must remain, else :class:`~dmt_privacy.errors.TooFewRecords` (a
+    ``ValidationError``). The result is a :class:`DeviceComparison` whose ``error_before``
+    is the default rule's mean held-out error and ``error_after`` the open rule's.
 
     Measured (``benchmarks/personal_rule.py``: 20 users a seed, 20 seeds; the check reads
     the records users shared, about half of each user's, and every user then personalizes
@@ -2136,7 +2137,7 @@ def compare_personal_rules(model: Any, devices: Sequence[pd.DataFrame], *,
     groups = {i: _copies(model, devices[i]) for i in targets}
     compared = [i for i in targets if groups[i].max() >= 3]  # 4 distinct records
     if len(compared) < 2:
-        raise ValidationError(
+        raise TooFewRecords(
             f"{len(compared)} device(s) with at least 4 distinct records; comparing the "
             "rules needs at least 2 such devices. Wait until more held-out devices have "
             "shared 4 distinct records or more, and compare then.")

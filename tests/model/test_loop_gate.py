@@ -57,11 +57,11 @@ def test_the_loop_holds_devices_out_and_the_release_says_what_they_showed(tmp_pa
 
     # 8 devices: 2 held out leave 6 packages of the one class (no quasi-identifiers) to train
     # on, at least k = 5 (with 6, the 4 left were fewer than k and nothing shared was used).
-    simulation = simulate_classifier_users(_records(800, 21), target="level", n_users=8,
-                                           image="patch", n_records=120, seed=0)
+    simulation = simulate_classifier_users(_records(800, 5), target="level", n_users=8,
+                                           image="patch", n_records=120, seed=1)
     config = TrainingConfig(epochs=20, early_stopping=0.1, patience=5)
     result = run_loop(simulation, SCHEMA, quasi_identifiers=(), workdir=tmp_path / "loop",
-                      config=config, epsilon=None)  # labels shared as they are
+                      config=config, epsilon=None, seed=1)  # labels shared as they are
     assert result.packages_accepted == 8 and result.held_out_devices == 2
     check = result.v2_validation
     assert check["devices"] == 2 and {"device_error", "current_device_error",
@@ -82,6 +82,10 @@ def test_the_loop_holds_devices_out_and_the_release_says_what_they_showed(tmp_pa
         # devices adopted the bytes they verified, kept apart from the server's folder
         adopted = (tmp_path / "loop/devices/v2.mlmodel").read_bytes()
         assert adopted == (models / v2["mlmodel_file"]).read_bytes()
+        # the server compared the rules devices personalize v2 under, on the same devices,
+        # and the release grants the open rule only if it was shown better
+        assert check["open_rule_devices"] == 2
+        assert signed.get("open_rule_devices") == (2 if check["open_rule_better"] else None)
     else:
         assert check["error"] > check["current_error"] or not check["devices_better"]
     with pytest.raises(ValidationError, match="held_out_share"):
@@ -216,3 +220,37 @@ def test_a_seed_gives_the_same_loop_on_every_run(tmp_path):
     assert runs[0].v2_validation == runs[1].v2_validation == runs[2].v2_validation
     assert [u.final for u in runs[0].users] == [u.final for u in runs[1].users]
 
+
+# Until 6 December the loop ran no check of the personal rules, and its devices adopted v2
+# under a rule that ignored any the release granted.
+def test_the_loops_devices_adopt_under_the_open_rule_v2s_release_grants(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    import dmt_model.personalize as personalize_module
+    from dmt_model.datasets.classifier_users import simulate_classifier_users
+    from dmt_model.loop import run_loop
+
+    real_compare, real_adopt = (personalize_module.compare_personal_rules,
+                                personalize_module.adopt_new_version)
+    rules = []
+
+    def shown_better(*args, **kwargs):  # the held-out devices show the open rule better
+        return replace(real_compare(*args, **kwargs), better=True)
+
+    def adopt(*args, rule=None, **kwargs):
+        rules.append(rule)
+        return real_adopt(*args, rule=rule, **kwargs)
+
+    monkeypatch.setattr(personalize_module, "compare_personal_rules", shown_better)
+    monkeypatch.setattr(personalize_module, "adopt_new_version", adopt)
+    simulation = simulate_classifier_users(_records(800, 5), target="level", n_users=8,
+                                           image="patch", n_records=120, seed=1)
+    config = TrainingConfig(epochs=20, early_stopping=0.1, patience=5)
+    result = run_loop(simulation, SCHEMA, quasi_identifiers=(), workdir=tmp_path / "loop",
+                      config=config, epsilon=None, seed=1)  # v2 is published (above)
+    assert result.v2_published and result.v2_validation["open_rule_better"] == 1
+    # v2 was shown better on the held-out devices, and its release grants the open rule:
+    # the adoption rule, with the open rule's guard of few records
+    expected = replace(personalize_module.ADOPTION_RULE,
+                       few_records=personalize_module.CLASSIFIER_OPEN_RULE.few_records)
+    assert rules and all(rule == expected for rule in rules), rules
