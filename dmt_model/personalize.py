@@ -998,6 +998,17 @@ class DecisionRule:
             return self
         return replace(self, confidence=task.decision_confidence)
 
+    def canonical(self, task: Task) -> str:
+        """This rule as a release names it (``open_rule``): its fields as canonical JSON
+        (sorted keys, no spaces), the confidence ``task``'s where it is ``None``
+        (:meth:`for_task`). A claim naming a rule grants only the rule of that name
+        (:func:`personal_rule_for`), so a claim measured on one rule never grants another."""
+        import json
+        from dataclasses import asdict
+
+        return json.dumps(asdict(self.for_task(task)), sort_keys=True, separators=(",", ":"),
+                          allow_nan=False)
+
     def label_shift_for(self, task: Task, records: int) -> float:
         """The confidence at which a personal update of ``task``'s model scored on
         ``records`` distinct records must show a label shift (0: none asked): this rule's
@@ -1196,6 +1207,11 @@ def personal_rule_for(release: Any, model: Any) -> DecisionRule:
     that verified version N + 1's release but has not adopted it yet), one that names none,
     a model of another schema (an app's other model, at the same version number), or an
     ExecuTorch program gets the default.
+    The claim names the rule the server compared (``open_rule``:
+    :meth:`DecisionRule.canonical`); it grants the open rule only if that is this SDK's
+    :func:`open_rule_for` the model's task, so a claim measured on a rule an SDK has
+    changed since grants the default. A claim signed before claims named their rule
+    (deprecated; ``sign_release`` warns) grants this SDK's open rule, as it did.
     Anything but a verified release is refused, as :func:`adoption_rule_for` refuses it.
     """
     from dmt_privacy.release import VerifiedRelease
@@ -1215,7 +1231,11 @@ def personal_rule_for(release: Any, model: Any) -> DecisionRule:
     featurizer = _reading_featurizer(model)
     if featurizer.schema.schema_id != release.metadata.schema_id:
         return DEFAULT_RULE
-    return open_rule_for(featurizer.task)
+    rule = open_rule_for(featurizer.task)
+    named = release.metadata.open_rule
+    if named is not None and named != rule.canonical(featurizer.task):
+        return DEFAULT_RULE  # shown better under a rule this SDK does not have
+    return rule
 
 
 def _version_of(model: Any) -> int | None:

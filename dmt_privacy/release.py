@@ -60,6 +60,14 @@ published model version the server writes a small JSON document, the
                   ``held_out_devices`` is: an SDK from before the field refuses a
                   release that carries it, so apps update before the server
                   checks a version they run.
+    open_rule     (with ``open_rule_devices`` only) the rule the check compared,
+                  as ``dmt_model.personalize.DecisionRule.canonical`` writes it
+                  (its fields as canonical JSON): the claim grants that rule and
+                  no other, so a device whose SDK's open rule has changed since
+                  keeps the default. Claims signed before it name no rule
+                  (deprecated: ``sign_release`` warns) and grant the device's
+                  SDK's open rule. An SDK from before the field refuses a
+                  release that carries it.
 
 and whose ``signatures`` are ``[{"key_id": ..., "sig": ...}]``: Ed25519
 (``cryptography``) over ``b"dmt model release v1\\n"`` followed by the
@@ -131,7 +139,10 @@ RELEASE_FORMAT = 1
 RELEASE_CONTEXT = b"dmt model release v1\n"
 _MAX_DOCUMENT = 64 * 1024
 #: Signed fields left out when ``None`` (releases signed before they existed lack them).
-_OPTIONAL = ("held_out_devices", "held_out_baseline", "version_check", "open_rule_devices")
+_OPTIONAL = ("held_out_devices", "held_out_baseline", "version_check", "open_rule_devices",
+             "open_rule")
+#: The longest rule name a release carries (``open_rule``).
+_MAX_RULE_NAME = 1024
 _VERSION_CHECK_KEYS = frozenset({"key", "baseline", "epsilon"})
 _HEX = frozenset("0123456789abcdef")
 
@@ -324,6 +335,7 @@ class ReleaseMetadata:
     #: read-only once made (a mapping proxy of the signed dict)
     version_check: Mapping[str, Any] | None = None
     open_rule_devices: int | None = None
+    open_rule: str | None = None
 
     def __post_init__(self) -> None:
         checks = {
@@ -345,6 +357,10 @@ class ReleaseMetadata:
                 self.version_check, self.version),
             "open_rule_devices": self.open_rule_devices is None or (
                 type(self.open_rule_devices) is int and self.open_rule_devices >= 2),
+            # the rule the claim was measured on, and only with the claim
+            "open_rule": self.open_rule is None or (
+                type(self.open_rule) is str and 0 < len(self.open_rule) <= _MAX_RULE_NAME
+                and self.open_rule_devices is not None),
         }
         for name in ("created", "expires"):
             try:
@@ -384,8 +400,8 @@ class ReleaseMetadata:
 
     def canonical(self) -> bytes:
         """The bytes that are signed (after :data:`RELEASE_CONTEXT`); ``held_out_devices``,
-        ``held_out_baseline``, ``version_check`` and ``open_rule_devices`` are left out when
-        ``None``, as releases signed before they existed were."""
+        ``held_out_baseline``, ``version_check``, ``open_rule_devices`` and ``open_rule``
+        are left out when ``None``, as releases signed before they existed were."""
         return json.dumps(self.as_signed(), sort_keys=True, separators=(",", ":"),
                           ensure_ascii=False, allow_nan=False).encode()
 
@@ -448,6 +464,7 @@ def sign_release(
     held_out_baseline: int | None = None,
     version_check: Mapping[str, Any] | None = None,
     open_rule_devices: int | None = None,
+    open_rule: str | None = None,
 ) -> bytes:
     """The signed release document (JSON bytes) for ``model`` as version ``version``.
 
@@ -466,7 +483,9 @@ def sign_release(
     can see it is given the same key and ε as every other. ``open_rule_devices``: on how
     many held-out devices the server found personal updates of this version better under
     the open rule (``dmt_model.personalize.compare_personal_rules``; leave ``None`` if it
-    did not check, or found it not better).
+    did not check, or found it not better), and ``open_rule`` that rule as the check compared
+    it (``DecisionRule.canonical``): a claim without it is deprecated (it warns), since it
+    would grant whatever rule a device's SDK calls open.
     """
     if not isinstance(model, bytes):
         raise ValidationError(f"model must be the model file's bytes, got {type(model).__name__}.")
@@ -480,6 +499,11 @@ def sign_release(
                       "deprecated: devices apply a claim that names no baseline whatever "
                       "version they run. Pass held_out_baseline=, the version the held-out "
                       "devices compared this one with.", DeprecationWarning, stacklevel=2)
+    if open_rule_devices is not None and open_rule is None:
+        warnings.warn("sign_release(open_rule_devices=...) without open_rule is deprecated: "
+                      "devices grant a claim that names no rule whatever rule their SDK calls "
+                      "open. Pass open_rule=, the rule the check compared "
+                      "(DecisionRule.canonical(task)).", DeprecationWarning, stacklevel=2)
     now = now or _dt.datetime.now(_dt.timezone.utc)
     policy_sha = None
     if policy_json is not None:
@@ -491,7 +515,7 @@ def sign_release(
         held_out_devices=held_out_devices, held_out_baseline=held_out_baseline,
         version_check=dict(version_check) if isinstance(version_check, Mapping)
         else version_check,  # anything else: malformed, named by ReleaseMetadata
-        open_rule_devices=open_rule_devices)
+        open_rule_devices=open_rule_devices, open_rule=open_rule)
     message = RELEASE_CONTEXT + metadata.canonical()
     document = {"signed": metadata.as_signed(),
                 "signatures": [{"key_id": k.key_id, "sig": k.sign(message).hex()}
@@ -639,7 +663,8 @@ def conflicting_releases(first: VerifiedRelease, second: VerifiedRelease) -> lis
     they agree, or name different versions (or models). Re-signing legitimately changes the
     rest (expiry, a claim the devices' reports earned, a rotated signing key, a server key
     rotated while no check is announced). ``open_rule_devices`` is one check's outcome, so
-    two releases that both name it name the same number.
+    two releases that both name it name the same number, and the same rule
+    (``open_rule``).
 
     Two releases that disagree, both signed by the server, are evidence that it told
     devices different things about one version, for instance a check key or a server key
@@ -657,6 +682,8 @@ def conflicting_releases(first: VerifiedRelease, second: VerifiedRelease) -> lis
     if a.open_rule_devices is not None and b.open_rule_devices is not None \
             and a.open_rule_devices != b.open_rule_devices:  # a version's rules compare once
         fields.append("open_rule_devices")
+    if a.open_rule is not None and b.open_rule is not None and a.open_rule != b.open_rule:
+        fields.append("open_rule")
     if a.version_check is not None and b.version_check is not None:
         fields += [name for name in ("version_check", "server_key")
                    if getattr(a, name) != getattr(b, name)]

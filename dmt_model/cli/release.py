@@ -105,6 +105,8 @@ def run_release(args: argparse.Namespace) -> int:
         claim["version_check"] = dict(meta.version_check)
     if meta.open_rule_devices:  # devices personalize this version under the open rule
         claim["open_rule_devices"] = meta.open_rule_devices
+        if meta.open_rule is not None:  # the rule the check compared: it grants that one only
+            claim["open_rule"] = meta.open_rule
     print(json.dumps({"verified": True, "version": meta.version, "sha256": meta.sha256,
                       "created": meta.created, "expires": meta.expires,
                       "key_id": verified.key_id, **claim}, indent=1))

@@ -268,6 +268,9 @@ class ModelVersion:
     #: the check devices are asked to make of it, as its release names it
     #: (:meth:`ModelRegistry.announce_version_check`), ``None`` if none
     version_check: dict[str, Any] | None = None
+    #: the rule :meth:`ModelRegistry.check_personal_rule` showed better and its release
+    #: grants (``DecisionRule.canonical``), ``None`` if none
+    open_rule: str | None = None
 
     @property
     def published(self) -> bool:
@@ -727,7 +730,9 @@ class ModelRegistry:
         :data:`~dmt_model.personalize.CLASSIFIER_OPEN_RULE`;
         :func:`~dmt_model.personalize.compare_personal_rules`, one-sided at
         ``confidence``). If the open rule is shown better, the release says on how many
-        devices (``open_rule_devices``), and devices personalizing this version follow it
+        devices (``open_rule_devices``) and names the rule compared (``open_rule``,
+        :meth:`~dmt_model.personalize.DecisionRule.canonical`, kept in the version's
+        ``open_rule``), and devices personalizing this version follow it
         (:func:`~dmt_model.personalize.personal_rule_for`); otherwise the release is
         re-signed without it. The figures go into the version's ``validation``
         (``open_rule_*``, ``default_rule_error``).
@@ -749,7 +754,7 @@ class ModelRegistry:
         from dataclasses import replace
 
         from dmt_model.coreml import load_spec
-        from dmt_model.personalize import compare_personal_rules
+        from dmt_model.personalize import compare_personal_rules, featurizer_of, open_rule_for
 
         if not (isinstance(confidence, float | int) and 0.9 <= confidence < 1):
             raise ValidationError(
@@ -773,14 +778,17 @@ class ModelRegistry:
                 "confidence says. Check the next version you publish.")
         server_key = self._resigned_key(entry, "the comparison showed", signing_key=signing_key,
                                         policy=policy, server_key=server_key)
-        found = compare_personal_rules(load_spec(self.path(entry.mlmodel_file)), devices,
-                                       confidence=confidence)
+        model = load_spec(self.path(entry.mlmodel_file))
+        found = compare_personal_rules(model, devices, confidence=confidence)
+        task = featurizer_of(model).task  # the rule compared, named in the claim
+        named = open_rule_for(task).canonical(task) if found.better else None
         figures = {"open_rule_devices": float(found.devices),
                    "open_rule_better": float(found.better), "open_rule_t": found.t,
                    "open_rule_t_needed": found.needed, "open_rule_error": found.error_after,
                    "default_rule_error": found.error_before}
         return self._store(versions, at,
-                           replace(entry, validation={**entry.validation, **figures}),
+                           replace(entry, validation={**entry.validation, **figures},
+                                   open_rule=named),
                            signing_key, policy=policy, server_key=server_key,
                            valid_for=valid_for)
 
@@ -804,7 +812,8 @@ class ModelRegistry:
             held_out_baseline=None if baseline is None else int(baseline),
             version_check=entry.version_check,
             open_rule_devices=int(entry.validation["open_rule_devices"])
-            if entry.validation.get("open_rule_better") else None)
+            if entry.validation.get("open_rule_better") else None,
+            open_rule=entry.open_rule if entry.validation.get("open_rule_better") else None)
         # Named by its content: a new signing never overwrites the release the index names.
         name = release_file_name(entry.mlmodel_file)
         if entry.release_file:  # a version signed before: its first release kept the name

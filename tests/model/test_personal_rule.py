@@ -334,6 +334,8 @@ def test_adopting_a_version_personalizes_it_under_the_open_rule_its_release_gran
     data = v2.SerializeToString()
 
     def release(**claim):
+        if "open_rule_devices" in claim:  # the rule the check compared
+            claim["open_rule"] = OPEN_RULE.canonical(featurizer_of(v2).task)
         return verify_release(sign_release(data, key, version=2, schema_id=FRIEDMAN_SCHEMA
                                            .schema_id, **claim),
                               data, [key.verify_key()], installed_version=1)
@@ -370,3 +372,51 @@ def test_adopting_a_version_personalizes_it_under_the_open_rule_its_release_gran
             previous=folder / "v1.mlmodel",
             release=release(**vouched, open_rule_devices=30)).prior_records)
     assert chosen == priors["open"]
+
+
+# helper-94: a claim named no rule, so it granted whatever open_rule_for names in the device's
+# SDK; were OPEN_RULE to change, a claim measured on the old rule would grant the new one, which
+# no held-out device was shown better under. A claim now names the rule the check compared.
+def test_a_claim_grants_only_the_rule_it_names(served, tmp_path):
+    registry, key, _, differing = served
+    v1 = _v1(registry)
+    task = featurizer_of(v1).task
+    model = registry.path(registry.versions()[0].mlmodel_file).read_bytes()
+    named = OPEN_RULE.canonical(task)
+    assert named == OPEN_RULE.for_task(task).canonical(task)  # the task's confidence filled in
+    assert json.loads(named)["few_records"] == 0
+    assert CLASSIFIER_OPEN_RULE.canonical(task) != named
+
+    def release(**claim):
+        return verify_release(sign_release(model, key, version=1, schema_id=FRIEDMAN_SCHEMA
+                                           .schema_id, open_rule_devices=12, **claim),
+                              model, [key.verify_key()], installed_version=1)
+
+    assert release(open_rule=named).metadata.open_rule == named
+    assert personal_rule_for(release(open_rule=named), v1) is OPEN_RULE
+    # a rule this SDK does not have (another confidence): the claim says nothing about its own
+    other = replace(OPEN_RULE, confidence=0.6).canonical(task)
+    assert personal_rule_for(release(open_rule=other), v1) == DEFAULT_RULE
+    v1_again = load_spec(registry.path(registry.versions()[0].mlmodel_file))
+    assert adoption_rule_for(release(open_rule=other), new_version=v1_again) == UNCHECKED_RULE
+    # a claim signed before claims named their rule grants the SDK's, as it did (deprecated)
+    with pytest.warns(DeprecationWarning, match="open_rule="):
+        unnamed = release()
+    assert unnamed.metadata.open_rule is None and personal_rule_for(unnamed, v1) is OPEN_RULE
+    # a name needs a claim, and is text
+    for bad in ({"open_rule_devices": None, "open_rule": named}, {"open_rule": ""},
+                {"open_rule": 3}, {"open_rule": "x" * 1025}):
+        with pytest.raises(ValidationError, match="open_rule"):
+            sign_release(model, key, version=1, schema_id="s",
+                         **{"open_rule_devices": 12, **bad})
+    # two releases of one version naming different rules conflict
+    assert conflicting_releases(release(open_rule=named), release(open_rule=other)) == [
+        "open_rule"]
+    # the registry's check signs the rule it compared, and signing again keeps it
+    copy = _copy(served, tmp_path)
+    entry = copy.check_personal_rule(1, differing, signing_key=key)
+    assert entry.validation["open_rule_better"] and entry.open_rule == named
+    assert _release(copy, key).metadata.open_rule == named
+    copy.sign(1, key)
+    assert _release(copy, key).metadata.open_rule == named
+    assert copy.versions()[0].open_rule == named  # kept in the index
