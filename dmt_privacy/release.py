@@ -664,7 +664,8 @@ def conflicting_releases(first: VerifiedRelease, second: VerifiedRelease) -> lis
     rest (expiry, a claim the devices' reports earned, a rotated signing key, a server key
     rotated while no check is announced). ``open_rule_devices`` is one check's outcome, so
     two releases that both name it name the same number, and the same rule
-    (``open_rule``).
+    (``open_rule``; a claim naming none and one naming a rule disagree: the unnamed one
+    grants whatever a device's SDK calls open).
 
     Two releases that disagree, both signed by the server, are evidence that it told
     devices different things about one version, for instance a check key or a server key
@@ -682,7 +683,8 @@ def conflicting_releases(first: VerifiedRelease, second: VerifiedRelease) -> lis
     if a.open_rule_devices is not None and b.open_rule_devices is not None \
             and a.open_rule_devices != b.open_rule_devices:  # a version's rules compare once
         fields.append("open_rule_devices")
-    if a.open_rule is not None and b.open_rule is not None and a.open_rule != b.open_rule:
+    if a.open_rule_devices is not None and b.open_rule_devices is not None \
+            and a.open_rule != b.open_rule:  # one check, one rule: named alike or not at all
         fields.append("open_rule")
     if a.version_check is not None and b.version_check is not None:
         fields += [name for name in ("version_check", "server_key")

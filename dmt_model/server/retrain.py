@@ -743,10 +743,11 @@ class ModelRegistry:
         better, would claim it more often than the test's confidence says; for the same
         reason ``confidence`` may not be below 90 %. A first version can be checked too, once
         devices have shared: its release is re-signed with what was shown, and keeps it when
-        signed again (:meth:`sign`). An SDK from before ``open_rule_devices`` refuses a
-        release that carries it (dmt_privacy.release), so apps update before the server
-        checks a version they run; one from before 6 December keeps a classifier's devices
-        on the default rule whatever the release says. The devices' records must
+        signed again (:meth:`sign`). An SDK from before ``open_rule`` (6 December) refuses a
+        release that carries it (dmt_privacy.release) and so cannot verify, let alone adopt,
+        a version whose check showed the open rule better: apps update before the server
+        checks a version they run. A version checked before claims named their rule keeps
+        its unnamed claim when signed again (``sign_release`` warns). The devices' records must
         be as they hold them (not under local DP, whose noise the rules would be compared
         on). ``signing_key``, ``policy`` and ``server_key`` as :meth:`record_version_checks`;
         nothing is written unless every check passes.

@@ -63,6 +63,7 @@ def test_the_loop_holds_devices_out_and_the_release_says_what_they_showed(tmp_pa
     result = run_loop(simulation, SCHEMA, quasi_identifiers=(), workdir=tmp_path / "loop",
                       config=config, epsilon=None, seed=1)  # labels shared as they are
     assert result.packages_accepted == 8 and result.held_out_devices == 2
+    assert result.v2_published  # this seed's v2 is: the branch below runs
     check = result.v2_validation
     assert check["devices"] == 2 and {"device_error", "current_device_error",
                                       "device_t"} <= set(check)
@@ -254,3 +255,19 @@ def test_the_loops_devices_adopt_under_the_open_rule_v2s_release_grants(tmp_path
     expected = replace(personalize_module.ADOPTION_RULE,
                        few_records=personalize_module.CLASSIFIER_OPEN_RULE.few_records)
     assert rules and all(rule == expected for rule in rules), rules
+    # and the release names the rule the check compared
+    index = json.loads((tmp_path / "loop/server/models/versions.json").read_text())
+    signed = json.loads((tmp_path / "loop/server/models" / index[1]["release_file"])
+                        .read_text())["signed"]
+    open_rule = personalize_module.CLASSIFIER_OPEN_RULE
+    assert signed["open_rule"] == open_rule.canonical(_served_task(tmp_path))
+
+
+def _served_task(tmp_path):
+    """The task of the loop's v1, read from the model file the registry serves."""
+    from dmt_model.coreml import load_spec
+    from dmt_model.personalize import featurizer_of
+
+    index = json.loads((tmp_path / "loop/server/models/versions.json").read_text())
+    return featurizer_of(load_spec(tmp_path / "loop/server/models" / index[0]["mlmodel_file"])
+                         ).task

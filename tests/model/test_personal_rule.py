@@ -3,6 +3,7 @@ whatever a device's number of records) only where held-out devices show it bette
 default, which keeps devices with few records on the strongest prior; signed into the
 release, read by the device."""
 
+import copy
 import json
 import shutil
 from dataclasses import replace
@@ -12,6 +13,7 @@ import pandas as pd
 import pytest
 
 from dmt_model.coreml import UpdateSettings, build_spec, load_spec
+from dmt_model.coreml._spec import spec_bytes
 from dmt_model.coreml.evaluate import predict_frame
 from dmt_model.datasets.classification import DIGITS_SCHEMA, load_digits
 from dmt_model.datasets.regression import FRIEDMAN_SCHEMA, load_friedman
@@ -24,6 +26,7 @@ from dmt_model.personalize import (
     UNCHECKED_RULE,
     DecisionRule,
     adopt_new_version,
+    adopted,
     adopted_many,
     adoption_rule_for,
     compare_personal_rules,
@@ -331,7 +334,7 @@ def test_adopting_a_version_personalizes_it_under_the_open_rule_its_release_gran
     v2 = build_spec(train_foundation(load_friedman(700, seed=1), FRIEDMAN_SCHEMA, QUICK),
                     updatable=UpdateSettings())
     v2.description.metadata.versionString = "2"
-    data = v2.SerializeToString()
+    data = spec_bytes(v2)  # as the registry writes it
 
     def release(**claim):
         if "open_rule_devices" in claim:  # the rule the check compared
@@ -345,8 +348,11 @@ def test_adopting_a_version_personalizes_it_under_the_open_rule_its_release_gran
         assert adoption_rule_for(release(**claim)) == expected
         assert adoption_rule_for(release(**claim), new_version=v2) == expected
         granted = adoption_rule_for(release(**claim, open_rule_devices=30), new_version=v2)
-        # the open rule's guard of few records (none); whether to move stays the adoption's
-        assert granted == replace(expected, few_records=OPEN_RULE.few_records)
+        # a version shown better on held-out devices: the open rule's guard of few records
+        # (none); one that must prove itself at 99 % keeps the guard (helper-99: the best of
+        # the grid tested once is a test of several priors, and no run measured it)
+        assert granted == (replace(expected, few_records=OPEN_RULE.few_records)
+                           if expected is ADOPTION_RULE else expected)
         # the claim is about version 2's personal updates: a model of another version, or
         # no model, keeps the guard
         assert adoption_rule_for(release(**claim, open_rule_devices=30)) == expected
@@ -372,6 +378,17 @@ def test_adopting_a_version_personalizes_it_under_the_open_rule_its_release_gran
             previous=folder / "v1.mlmodel",
             release=release(**vouched, open_rule_devices=30)).prior_records)
     assert chosen == priors["open"]
+    # in memory there is no file to check: the grant holds for the model the release signed
+    # only (helper-99: adopted() wrote the release's version into any spec, and granted it)
+    unsigned = copy.deepcopy(v2)
+    unsigned.description.metadata.shortDescription = "not what the release signed"
+    claim = release(**vouched, open_rule_devices=30)
+    one = [adopted(new, personal[i], differing[i], previous=v1, release=claim)[1].prior_records
+           for new in (v2, unsigned) for i in range(10)]
+    assert one[:10] == priors["open"]
+    assert all(prior in (None, 30) for prior in one[10:]), one
+    assert [r.prior_records for _, r in adopted_many(
+        unsigned, personal, differing[:10], previous=v1, release=claim)] == one[10:]
 
 
 # helper-94: a claim named no rule, so it granted whatever open_rule_for names in the device's
@@ -412,6 +429,8 @@ def test_a_claim_grants_only_the_rule_it_names(served, tmp_path):
     # two releases of one version naming different rules conflict
     assert conflicting_releases(release(open_rule=named), release(open_rule=other)) == [
         "open_rule"]
+    with pytest.warns(DeprecationWarning):  # helper-99: named and unnamed disagree too
+        assert conflicting_releases(release(open_rule=named), release()) == ["open_rule"]
     # the registry's check signs the rule it compared, and signing again keeps it
     copy = _copy(served, tmp_path)
     entry = copy.check_personal_rule(1, differing, signing_key=key)
@@ -420,3 +439,18 @@ def test_a_claim_grants_only_the_rule_it_names(served, tmp_path):
     copy.sign(1, key)
     assert _release(copy, key).metadata.open_rule == named
     assert copy.versions()[0].open_rule == named  # kept in the index
+
+
+def test_the_open_rules_names_are_pinned():
+    """A claim grants the rule it names only, so changing OPEN_RULE or CLASSIFIER_OPEN_RULE
+    (or adding a field to DecisionRule) makes every claim signed before it grant the default.
+    That is the point, but it should be a decision: update these names with it, and say in
+    the README that earlier claims no longer grant."""
+    from dmt_model.tasks import Classification, Regression
+
+    assert OPEN_RULE.canonical(Regression()) == (
+        '{"confidence":0.5,"few_records":0,"folds":5,"label_shift":null,"margin":0.0,'
+        '"prefer":"current"}')
+    assert CLASSIFIER_OPEN_RULE.canonical(Classification()) == (
+        '{"confidence":0.9,"few_records":0,"folds":5,"label_shift":0,"margin":0.0,'
+        '"prefer":"current"}')
