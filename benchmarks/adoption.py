@@ -25,10 +25,10 @@ device applies, measured here as the SDK runs each one (``dmt_model.personalize`
   recommends): the new version may have trained on what the device shared, so those
   records are trained on but never held out; a device with fewer than 2 unshared records
   keeps its model;
-* **the same two, the new version re-personalized under the open rule's guard** (rows
-  "..., open"; since 6 December): what ``adoption_rule_for`` gives a device where the
-  new version's release also grants the open rule (``personal_rule_for``): any prior
-  strength whatever the device's number of records;
+* **the same, the new version re-personalized under the open rule's guard** ("..., open";
+  since 6 December): what ``adoption_rule_for`` gives a device where the release of a
+  version shown better on held-out devices also grants the open rule
+  (``personal_rule_for``): any prior strength whatever the device's number of records;
 * **always**: re-personalize the new version (``personalize()``) and take it;
 * **gated**: the SDK's flow, where the server checks each version on a quarter of the
   devices held out from retraining (``compare_on_devices``; the server retrains on the
@@ -38,7 +38,8 @@ device applies, measured here as the SDK runs each one (``dmt_model.personalize`
   and one the devices cannot tell apart must prove itself (the row "the same, out of
   fold, scored on unshared records"). The server also compares the personal rules on the
   held-out devices (``compare_personal_rules``, as ``ModelRegistry.check_personal_rule``);
-  where the open rule is shown better, devices take the rows "..., open".
+  where the open rule is shown better, devices adopting a version shown better take the
+  row "..., open" (one that must prove itself keeps the guard).
 
 For each: users' mean per-user test error (RMSE, or log loss for a classifier), the share
 of devices that moved, how often the rule's choice raised a user's test error (harmed:
@@ -94,9 +95,9 @@ from fl_protocol import (  # a sibling benchmark script
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
-RULES = ("never", "asks proof", "proof, unshared", "proof, unshared, open",
-         "unless worse, in sample", "unless worse, out of fold", "even, out of fold",
-         "even, unshared", "even, unshared, open", "always")
+RULES = ("never", "asks proof", "proof, unshared", "unless worse, in sample",
+         "unless worse, out of fold", "even, out of fold", "even, unshared",
+         "even, unshared, open", "always")
 #: what a device holds when the server checks each version on held-out devices and devices
 #: adopt by the rule its release earns (adoption_rule_for)
 GATED = "gated"
@@ -106,22 +107,22 @@ GATED_LOOSE = "gated, unless worse"
 LABELS = {
     "never": "never adopt",
     "asks proof": "the version must prove itself (DecisionRule()), in sample",
-    "proof, unshared": "the version must prove itself, out of fold, scored on unshared "
-                       "records (the SDK's default without a device claim)",
+    "proof, unshared": "the version must prove itself at the task's confidence, out of "
+                       "fold, scored on unshared records (the SDK asks 99 % of a version "
+                       "without a device claim, UNCHECKED_RULE: --unclaimed)",
     "unless worse, in sample": "adopt unless shown worse at the task's confidence, in sample",
     "unless worse, out of fold": "adopt unless shown worse at the task's confidence, "
                                  "out of fold",
     "even, out of fold": "the lower out-of-fold error wins (ADOPTION_RULE, previous=), "
                          "scored on every record",
     "even, unshared": "**the same, scored on unshared records only (shared_records=)**",
-    "proof, unshared, open": "the version must prove itself, out of fold, scored on unshared "
-                             "records, re-personalized under the open rule's guard",
     "even, unshared, open": "the lower error wins, scored on unshared records, the new "
                             "version re-personalized under the open rule's guard (what a "
                             "release granting the open rule gives, adoption_rule_for)",
     "always": "always adopt",
     GATED_LOOSE: "the server publishes unless shown worse on devices "
-                 "(publish_unless_worse=True); the release decides the rule",
+                 "(publish_unless_worse=True); the release decides the rule (a version "
+                 "the devices cannot tell apart proves itself at the task's confidence)",
     GATED: "**the SDK's flow: the server's device check decides the rule "
            "(compare_on_devices, adoption_rule_for)**",
 }
@@ -176,9 +177,6 @@ def _user(new_data: bytes, current_data: bytes, previous_data: bytes, unshared: 
                                   shared_records=shared, rule=ADOPTION_RULE
                                   ) if len(unshared) >= 2 else (
                                       current, False),
-        "proof, unshared, open": adopted(
-            new, current, unshared, previous=previous, shared_records=shared,
-            rule=DecisionRule(few_records=guard)) if len(unshared) >= 2 else (current, False),
         "even, unshared, open": adopted(
             new, current, unshared, previous=previous, shared_records=shared,
             rule=replace(ADOPTION_RULE, few_records=guard)) if len(unshared) >= 2 else (
@@ -288,7 +286,8 @@ def _gated(run: dict[str, Any], *, unless_worse: bool = False) -> str:
     unshared" existed fall back to the in-sample row. Where the server's check of the
     personal rule (``open_gate``: ``compare_personal_rules`` on the held-out devices) showed
     the open rule better, the release grants it and the device re-personalizes the version
-    under its guard (the rows "..., open"; runs before 6 December ran no such check)."""
+    under its guard (the row "..., open"; runs before 6 December ran no such check), if the
+    version was shown better; one that must prove itself keeps the guard."""
     gate, rules = run["gate"], run["rules"]
     granted = ", open" if run.get("open_gate", {}).get("better") else ""
     if gate["better"]:
@@ -297,7 +296,7 @@ def _gated(run: dict[str, Any], *, unless_worse: bool = False) -> str:
     shown_worse = gate["error_after"] > gate["error_before"] and gate["t"] <= -gate["needed"]
     if shown_worse or not unless_worse:
         return "never"
-    return "proof, unshared" + granted if "proof, unshared" in rules else "asks proof"
+    return "proof, unshared" if "proof, unshared" in rules else "asks proof"
 
 
 # --- versions released without a device claim -----------------------------------------
