@@ -68,6 +68,9 @@ Run: ``.venv/bin/python benchmarks/adoption.py [--tasks friedman adult digits]
 [--seeds 2] [--users 120] [--workers 2] [--output DIR]`` (about 27 minutes on 2 cores;
 ``--tasks adult --users 20`` is the small deployment where a version hurts users once
 personalized, about 6 minutes). ``--render`` rewrites the table from the JSON.
+``--tasks friedman --spread 0`` gives Friedman #2's users no target factor of their own
+(fl_protocol's users lie within 1 ± 0.3): the control for the open rule's guard in
+adoption, written to ``adoption_friedman_spread0.{json,md}``.
 """
 
 from __future__ import annotations
@@ -89,6 +92,7 @@ from fl_protocol import (  # a sibling benchmark script
     TASKS,
     dmt_model_for,
     foundation_for,
+    friedman_users,
     personalize_users,
     settings_from,
     user_scores,
@@ -222,19 +226,21 @@ def expected_error_weights(sim: Any, target: str) -> list[tuple[Any, Any]] | Non
     return out
 
 
-def _seed_setting(name: str, seed: int, users: int, workers: int
+def _seed_setting(name: str, seed: int, users: int, workers: int, spread: float | None = None
                   ) -> tuple[Any, Any, Any, list[bytes], float]:
     """One seed's setting: the task, its simulation of ``users`` users, the proxy foundation,
     each user's personal model (the foundation personalized on their records) and DMT's
     retraining learning rate."""
     task = TASKS[name]
-    sim = task.simulate(seed, users)
+    sim = (task.simulate(seed, users) if spread is None
+           else friedman_users(seed, users, spread=spread))
     foundation = foundation_for(sim, task, seed)
     current = personalize_users(foundation, sim, task, workers=workers)["personal_models"]
     return task, sim, foundation, current, settings_from(RESULTS, task)["dmt_learning_rate"]
 
 
-def run_seed(name: str, seed: int, users: int, workers: int) -> dict[str, Any]:
+def run_seed(name: str, seed: int, users: int, workers: int, spread: float | None = None
+             ) -> dict[str, Any]:
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
@@ -244,7 +250,7 @@ def run_seed(name: str, seed: int, users: int, workers: int) -> dict[str, Any]:
     from dmt_privacy.errors import ValidationError
 
     started = time.perf_counter()
-    task, sim, foundation, current, rate = _seed_setting(name, seed, users, workers)
+    task, sim, foundation, current, rate = _seed_setting(name, seed, users, workers, spread)
     # The server holds out the packages of a quarter of the devices: it retrains on the
     # others' and checks the new version, personalized, on the held-out devices' records.
     held_out = set(np.random.default_rng(seed).choice(len(sim.users), len(sim.users) // 4,
@@ -275,6 +281,7 @@ def run_seed(name: str, seed: int, users: int, workers: int) -> dict[str, Any]:
           f"({time.perf_counter() - started:.0f} s)", flush=True)
     return {"task": name, "seed": seed, "users": users, "error_name": task.task.error_name,
             "rules": rows, "gate": asdict(gate), "open_gate": open_gate,
+            **({} if spread is None else {"spread": spread}),
             "seconds": time.perf_counter() - started}
 
 
@@ -500,7 +507,8 @@ def markdown(runs: list[dict[str, Any]]) -> str:
                   "missed"]
         if expected:
             header += ["users' mean expected error", "harmed, expected", "missed, expected"]
-        lines = [f"**{TASKS[name].title}, {users} users** ({mine[0]['error_name']}, "
+        spread = f", users' spread {mine[0]['spread']:g}" if "spread" in mine[0] else ""
+        lines = [f"**{TASKS[name].title}, {users} users{spread}** ({mine[0]['error_name']}, "
                  f"{len(mine)} seed{'s' * (len(mine) > 1)})", "",
                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for rule in (*RULES, GATED_LOOSE, GATED):
@@ -539,10 +547,17 @@ def main(argv: list[str] | None = None) -> None:
                              "'raw' (retrained on every user's packages as shared) or a "
                              "user-level epsilon of local DP ('4'); writes "
                              "adoption_unclaimed.{json,md}")
+    parser.add_argument("--spread", type=float,
+                        help="Friedman #2 users' target factors within 1 ± SPREAD (the "
+                             "task's 0.3 by default; 0: users whose targets follow the "
+                             "proxy's function); writes adoption_friedman_spread{SPREAD}")
     args = parser.parse_args(argv)
     if args.unclaimed == [] and not args.render:
         parser.error("--unclaimed needs the versions to measure: raw, or epsilons (4 1 8)")
-    stem = "adoption_unclaimed" if args.unclaimed is not None else "adoption"
+    if args.spread is not None and (args.unclaimed is not None or args.tasks != ["friedman"]):
+        parser.error("--spread is Friedman #2's: pass --tasks friedman, without --unclaimed")
+    stem = ("adoption_unclaimed" if args.unclaimed is not None else "adoption"
+            if args.spread is None else f"adoption_friedman_spread{args.spread:g}")
     render = unclaimed_markdown if args.unclaimed is not None else markdown
     if args.render:
         saved = json.loads((args.output / f"{stem}.json").read_text())["runs"]
@@ -555,7 +570,7 @@ def main(argv: list[str] | None = None) -> None:
                 for users in args.users for name in args.tasks if TASKS[name].available()
                 for version in versions for seed in range(args.seeds)]
     else:
-        runs = [run_seed(name, seed, users, args.workers) for users in args.users
+        runs = [run_seed(name, seed, users, args.workers, args.spread) for users in args.users
                 for name in args.tasks if TASKS[name].available()
                 for seed in range(args.seeds)]
     args.output.mkdir(parents=True, exist_ok=True)

@@ -376,8 +376,15 @@ class ProtocolTask:
         return f"federated_protocol_{self.name}{suffix}"
 
 
-def _friedman(seed: int, n_users: int) -> Simulation:
-    return open_protocol(load_friedman(6000, seed=seed), n_users=n_users, seed=seed)
+def friedman_users(seed: int, n_users: int, *, spread: float = 0.3) -> Simulation:
+    """The regression task's simulation; ``spread``: how far each user's target factor may
+    lie from 1 (0: users whose targets follow the proxy's function, ``adoption.py
+    --spread``)."""
+    return open_protocol(load_friedman(6000, seed=seed), n_users=n_users, seed=seed,
+                         spread=spread)
+
+
+_friedman = friedman_users
 
 
 def _classifier(name: str, unseen: Callable[[pd.DataFrame], pd.Series], proxy_records: int,

@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -45,7 +46,11 @@ def run_one(task: tuple[float, int]) -> dict:
 
     from dmt_model.coreml import UpdateSettings, build_spec, predict_frame
     from dmt_model.foundation import TrainingConfig, train_foundation
-    from dmt_model.personalize import personalized, personalized_many
+    from dmt_model.personalize import (
+        RepeatedPersonalizationWarning,
+        personalized,
+        personalized_many,
+    )
     from dmt_privacy.schema import Field, Schema
 
     torch.set_num_threads(1)
@@ -77,7 +82,9 @@ def run_one(task: tuple[float, int]) -> dict:
     based = [foundation] * CHECKED
     for n in range(STEP, RECORDS + 1, STEP):
         for u in range(USERS):
-            model, result = personalized(current[u], users[u].iloc[:n])
+            with warnings.catch_warnings():  # round by round on its own, as measured
+                warnings.simplefilter("ignore", RepeatedPersonalizationWarning)
+                model, result = personalized(current[u], users[u].iloc[:n])
             if result.accepted:
                 current[u], kept[u] = model, kept[u] + 1
             if u < CHECKED:

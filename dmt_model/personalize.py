@@ -104,6 +104,7 @@ __all__ = [
     "DeviceComparison",
     "LossConvention",
     "PersonalizationResult",
+    "RepeatedPersonalizationWarning",
     "UpdateEvent",
     "UpdateHistory",
     "adopt_new_version",
@@ -118,6 +119,7 @@ __all__ = [
     "personal_rule_for",
     "personalize",
     "personalized",
+    "personalized_from",
     "personalized_many",
     "update_spec",
     "update_specs",
@@ -1247,6 +1249,41 @@ def personal_rule_for(release: Any, model: Any) -> DecisionRule:
     return rule
 
 
+class RepeatedPersonalizationWarning(UserWarning):
+    """:func:`personalize` was asked to update, on its own, a personal model that was
+    personalized before: pass ``base=`` the version it came from (:func:`personalized_from`
+    names it) with all the device's records."""
+
+
+#: The metadata key under which a personal Core ML model names the version it was
+#: personalized from (:func:`personalized_from`).
+_PERSONALIZED_FROM = "dmt.personalized_from"
+
+
+def personalized_from(model: Any) -> str | None:
+    """The SHA-256 (hex) of the version a personal model was personalized from, or ``None``
+    for a version as shipped (and for an ExecuTorch program, which does not carry it).
+
+    :func:`personalize`, :func:`personalized_many` and :func:`adopt_new_version` write it into
+    the model they keep (its ``userDefined`` metadata): the bytes of the model they updated,
+    or the name that model carried already. A device that personalizes again as records
+    arrive passes that version as ``base=`` (:func:`personalize` warns without it)."""
+    if isinstance(model, (str, os.PathLike)):
+        model = _load_model(Path(model))
+    if _is_program(model):
+        return None
+    return model.description.metadata.userDefined.get(_PERSONALIZED_FROM) or None
+
+
+def _mark_personalized(candidate: Any, spec: Any) -> None:
+    """Write into ``candidate`` (an update of ``spec``) the version it was personalized from:
+    the name ``spec`` carries, else ``spec``'s own bytes' SHA-256."""
+    if _is_program(candidate) or personalized_from(candidate) is not None:
+        return  # a program carries none; an update of a personal model keeps its name
+    candidate.description.metadata.userDefined[_PERSONALIZED_FROM] = hashlib.sha256(
+        spec_bytes(spec)).hexdigest()
+
+
 def _version_of(model: Any) -> int | None:
     """The version number a model says it is, else ``None``: a Core ML model's
     ``versionString``, an ExecuTorch program's ``model_version`` (the registry sets both to
@@ -1770,7 +1807,11 @@ def _checked_updates(spec: Any, baselines: Sequence[Any], plans: Sequence[_Updat
                                  [plan.priors for plan in plans], overrides):
         out[i] = _decide_update(spec, plans[i], fits, befores[i], output=output,
                                 on_event=on_event, overrides=overrides)
-    return [decision for decision in out if decision is not None]
+    decisions = [decision for decision in out if decision is not None]
+    for kept, _ in decisions:
+        if kept is not None:  # it says which version it was personalized from
+            _mark_personalized(kept, spec)
+    return decisions
 
 
 def _decide_update(spec: Any, plan: _UpdatePlan, fits: Sequence[_Fit], before: np.ndarray, *,
@@ -2543,12 +2584,22 @@ def personalize(
     review). The update not kept (rejected, or its training diverged), the base replaces
     the personal model, atomically: ``reset_to_base``. A ``base`` of another version,
     schema or format (Core ML, ExecuTorch) than the personal model is refused
-    (:class:`ModelFileError`), and nothing is written.
+    (:class:`ModelFileError`), and nothing is written. A model this call keeps names the
+    version it was personalized from (:func:`personalized_from`), and a Core ML model that
+    names one, personalized again without ``base``, warns
+    (:class:`RepeatedPersonalizationWarning`).
     """
     model_path = Path(model_path)
     output = Path(output_path) if output_path is not None else model_path
     spec = _load_model(model_path)
     _check_records(spec, records, what="records")
+    if base is None and (came_from := personalized_from(spec)) is not None:
+        warnings.warn(RepeatedPersonalizationWarning(
+            f"{model_path} was personalized before (from the version whose SHA-256 begins "
+            f"{came_from[:16]}): updating it again on its own is another test against what a "
+            "chance update left, and nothing pulls it back (users like the proxy +0.39 % at "
+            "15 records, benchmarks/personalize_again.py). Pass base= that version (the "
+            "installed .mlmodel) with all the device's records."), stacklevel=2)
     if base is None:
         return _checked_update(spec, spec, records, holdout=holdout, output=output,
                                rule=_rule(rule, folds), prior_records=prior_records,
