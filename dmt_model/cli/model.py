@@ -125,10 +125,18 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_personalize(args: argparse.Namespace) -> int:
+    import sys
+    import warnings
     from pathlib import Path
 
     from dmt_model.coreml import load_spec
-    from dmt_model.personalize import UpdateEvent, featurizer_of, personalize, read_settings
+    from dmt_model.personalize import (
+        RepeatedPersonalizationWarning,
+        UpdateEvent,
+        featurizer_of,
+        personalize,
+        read_settings,
+    )
 
     refuse_existing(args.output, args.force, source=args.records)
     if Path(args.model).suffix == ".pte":  # an ExecuTorch program, trained in its runtime
@@ -162,8 +170,11 @@ def run_personalize(args: argparse.Namespace) -> int:
                                        ("epochs", args.epochs),
                                        ("batch_size", args.batch_size)) if v is not None}
         try:
-            result = personalize(args.model, records, holdout=holdout, output_path=args.output,
-                                 on_event=on_event, base=args.base, **overrides)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", RepeatedPersonalizationWarning)
+                result = personalize(args.model, records, holdout=holdout,
+                                     output_path=args.output, on_event=on_event,
+                                     base=args.base, **overrides)
         except ModelFileError as exc:
             if args.base is None or not str(exc).startswith("base "):
                 raise
@@ -172,6 +183,13 @@ def run_personalize(args: argparse.Namespace) -> int:
             held = str(exc).startswith("holdout records:")
             raise _named(f"--holdout {args.holdout}" if held else f"--records {args.records}",
                          exc) from None
+    for warning in caught:  # said as the command line says it, once the bar is done
+        if issubclass(warning.category, RepeatedPersonalizationWarning):
+            print(f"warning: {str(warning.message).replace('Pass base=', 'Pass --base')}",
+                  file=sys.stderr)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                   warning.lineno)
     if result.accepted:
         print(f"Updated {result.model_path}: {result.reason}.")
         return 0

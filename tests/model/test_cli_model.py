@@ -56,16 +56,23 @@ def test_personalize_names_the_records_file(trained, boston, capsys):
 def test_personalize_again_from_the_installed_version(trained, boston, tmp_path, capsys):
     import shutil
 
-    from dmt_model.personalize import personalize
+    from dmt_model.personalize import personalize, personalized_from
 
     installed = trained / "m.mlmodel"
     first, everything = tmp_path / "first.csv", tmp_path / "all.csv"
-    boston.head(6).to_csv(first, index=False)
+    boston.head(6).assign(MEDV=lambda f: f["MEDV"] * 1.6).to_csv(first, index=False)  # kept
     boston.head(20).to_csv(everything, index=False)
     personal = tmp_path / "personal.mlmodel"
     shutil.copyfile(installed, personal)
     assert main(["personalize", str(personal), "--records", str(first), "--epochs", "5"]
                 ) in (0, 3)
+    capsys.readouterr()
+    assert personalized_from(personal) is not None  # a personal model: updated on its own, it
+    shutil.copyfile(personal, tmp_path / "again.mlmodel")  # warns in the command's words
+    main(["personalize", str(tmp_path / "again.mlmodel"), "--records", str(first),
+          "--epochs", "5"])
+    err = capsys.readouterr().err
+    assert "warning:" in err and "Pass --base" in err and "base=" not in err
     expected = tmp_path / "expected.mlmodel"
     shutil.copyfile(personal, expected)
     result = personalize(expected, boston.head(20), base=installed, epochs=5)
