@@ -1261,12 +1261,16 @@ _PERSONALIZED_FROM = "dmt.personalized_from"
 
 
 def personalized_from(model: Any) -> str | None:
-    """The SHA-256 (hex) of the version a personal model was personalized from, or ``None``
-    for a version as shipped (and for an ExecuTorch program, which does not carry it).
+    """The version a personal model was personalized from (that version's
+    ``versionString``, the number the registry gives it; ``"unnumbered"`` for a model that
+    gave none), or ``None`` for a version as shipped, for a personal model made before
+    6 December or on the device by Core ML itself, and for an ExecuTorch program, which does
+    not carry it.
 
-    :func:`personalize`, :func:`personalized_many` and :func:`adopt_new_version` write it into
-    the model they keep (its ``userDefined`` metadata): the bytes of the model they updated,
-    or the name that model carried already. A device that personalizes again as records
+    :func:`personalize`, :func:`personalized_many` and the adoption calls write it into the
+    model they keep (its ``userDefined`` metadata): an update of a personal model keeps the
+    name it had, an adoption names the new version. It names a public version only, never
+    anything of the device's records or weights. A device that personalizes again as records
     arrive passes that version as ``base=`` (:func:`personalize` warns without it)."""
     if isinstance(model, (str, os.PathLike)):
         model = _load_model(Path(model))
@@ -1275,13 +1279,28 @@ def personalized_from(model: Any) -> str | None:
     return model.description.metadata.userDefined.get(_PERSONALIZED_FROM) or None
 
 
-def _mark_personalized(candidate: Any, spec: Any) -> None:
+def _mark_personalized(candidate: Any, spec: Any, *, adoption: bool) -> None:
     """Write into ``candidate`` (an update of ``spec``) the version it was personalized from:
-    the name ``spec`` carries, else ``spec``'s own bytes' SHA-256."""
-    if _is_program(candidate) or personalized_from(candidate) is not None:
+    the name ``spec`` carries (a personal model updated again), else ``spec``'s own version
+    string; an adoption always names ``spec``, the new version."""
+    if _is_program(candidate) or (not adoption and personalized_from(spec) is not None):
         return  # a program carries none; an update of a personal model keeps its name
-    candidate.description.metadata.userDefined[_PERSONALIZED_FROM] = hashlib.sha256(
-        spec_bytes(spec)).hexdigest()
+    version = str(spec.description.metadata.versionString) or "unnumbered"
+    candidate.description.metadata.userDefined[_PERSONALIZED_FROM] = version
+
+
+def _repeated(model: Any, what: str) -> RepeatedPersonalizationWarning | None:
+    """The warning for updating ``model`` (named ``what``) on its own, if it is a personal
+    model (:func:`personalized_from`), else ``None``."""
+    came_from = personalized_from(model)
+    if came_from is None:
+        return None
+    return RepeatedPersonalizationWarning(
+        f"{what} was personalized before (from version {came_from}): updating it again on "
+        "its own is another test against what a chance update left, and nothing pulls it "
+        "back (users like the proxy +0.39 % at 15 records, benchmarks/personalize_again.py). "
+        f"Pass base= version {came_from} (the installed model) with all the device's "
+        "records.")
 
 
 def _version_of(model: Any) -> int | None:
@@ -1808,9 +1827,9 @@ def _checked_updates(spec: Any, baselines: Sequence[Any], plans: Sequence[_Updat
         out[i] = _decide_update(spec, plans[i], fits, befores[i], output=output,
                                 on_event=on_event, overrides=overrides)
     decisions = [decision for decision in out if decision is not None]
-    for kept, _ in decisions:
+    for (kept, _), plan in zip(decisions, plans, strict=True):
         if kept is not None:  # it says which version it was personalized from
-            _mark_personalized(kept, spec)
+            _mark_personalized(kept, spec, adoption=not plan.personal)
     return decisions
 
 
@@ -2593,13 +2612,8 @@ def personalize(
     output = Path(output_path) if output_path is not None else model_path
     spec = _load_model(model_path)
     _check_records(spec, records, what="records")
-    if base is None and (came_from := personalized_from(spec)) is not None:
-        warnings.warn(RepeatedPersonalizationWarning(
-            f"{model_path} was personalized before (from the version whose SHA-256 begins "
-            f"{came_from[:16]}): updating it again on its own is another test against what a "
-            "chance update left, and nothing pulls it back (users like the proxy +0.39 % at "
-            "15 records, benchmarks/personalize_again.py). Pass base= that version (the "
-            "installed .mlmodel) with all the device's records."), stacklevel=2)
+    if base is None and (warning := _repeated(spec, str(model_path))) is not None:
+        warnings.warn(warning, stacklevel=2)
     if base is None:
         return _checked_update(spec, spec, records, holdout=holdout, output=output,
                                rule=_rule(rule, folds), prior_records=prior_records,
@@ -2607,6 +2621,11 @@ def personalize(
                                given=[(spec, f"The model {model_path}", _RESTORE)],
                                personal=True)
     start = _load_model(base) if isinstance(base, (str, os.PathLike)) else base
+    if personalized_from(start) is not None:
+        raise ModelFileError(
+            f"base is a personal model (personalized from version {personalized_from(start)}), "
+            f"not a version as installed: pass the installed version {personalized_from(start)} "
+            f"itself, not the personal model {model_path} or a copy of it. Nothing was written.")
     if _is_program(start) != _is_program(spec):
         raise ModelFileError(
             f"base is {'an ExecuTorch program' if _is_program(start) else 'a Core ML model'} "
@@ -2645,7 +2664,11 @@ def personalized(spec: Any, records: pd.DataFrame, **kwargs: Any,
     """
     import tempfile
 
-    with tempfile.TemporaryDirectory(prefix="dmt-personal-") as folder:
+    if kwargs.get("base") is None and (warning := _repeated(spec, "The spec")) is not None:
+        warnings.warn(warning, stacklevel=2)  # said of the caller's spec, not the copy below
+    with tempfile.TemporaryDirectory(prefix="dmt-personal-") as folder, \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore", RepeatedPersonalizationWarning)
         path = Path(folder) / ("personal.pte" if _is_program(spec) else "personal.mlmodel")
         _save_model(spec, path)
         result = personalize(path, records, **kwargs)

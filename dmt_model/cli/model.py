@@ -169,6 +169,7 @@ def run_personalize(args: argparse.Namespace) -> int:
         overrides = {k: v for k, v in (("learning_rate", args.learning_rate),
                                        ("epochs", args.epochs),
                                        ("batch_size", args.batch_size)) if v is not None}
+        caught: list[warnings.WarningMessage] = []
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", RepeatedPersonalizationWarning)
@@ -183,13 +184,14 @@ def run_personalize(args: argparse.Namespace) -> int:
             held = str(exc).startswith("holdout records:")
             raise _named(f"--holdout {args.holdout}" if held else f"--records {args.records}",
                          exc) from None
-    for warning in caught:  # said as the command line says it, once the bar is done
-        if issubclass(warning.category, RepeatedPersonalizationWarning):
-            print(f"warning: {str(warning.message).replace('Pass base=', 'Pass --base')}",
-                  file=sys.stderr)
-        else:
-            warnings.warn_explicit(warning.message, warning.category, warning.filename,
-                                   warning.lineno)
+        finally:  # said as the command line says it, once the bar is done, error or not
+            for warning in caught:
+                if issubclass(warning.category, RepeatedPersonalizationWarning):
+                    print(f"warning: {warning.message}".replace("Pass base=", "Pass --base"),
+                          file=sys.stderr)
+                else:
+                    warnings.warn_explicit(warning.message, warning.category,
+                                           warning.filename, warning.lineno)
     if result.accepted:
         print(f"Updated {result.model_path}: {result.reason}.")
         return 0
