@@ -89,6 +89,8 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fl_protocol import (  # a sibling benchmark script
+    LOCATION,
+    TARGET,
     TASKS,
     dmt_model_for,
     foundation_for,
@@ -161,7 +163,8 @@ def _user(new_data: bytes, current_data: bytes, previous_data: bytes, unshared: 
     def expected(spec: Any) -> float | None:
         if reference is None:
             return None
-        return float(np.dot(weights, task.record_errors(predict_frame(spec, reference), truth)))
+        mean = float(np.dot(weights, task.record_errors(predict_frame(spec, reference), truth)))
+        return float(np.sqrt(mean)) if task.kind == "regression" else mean  # RMSE, log loss
 
     unless_worse = DecisionRule(prefer="update")  # the task's confidence: 90 % a classifier
     # what adoption_rule_for gives where the new version's release grants the open rule
@@ -196,10 +199,14 @@ def _user(new_data: bytes, current_data: bytes, previous_data: bytes, unshared: 
 FRESH_RECORDS = 2000
 
 
-def expected_error_weights(sim: Any, target: str) -> list[tuple[Any, Any]] | None:
+def expected_error_weights(sim: Any, target: str, task: str | None = None
+                           ) -> list[tuple[Any, Any]] | None:
     """Per user, records and weights whose weighted error is the user's expected error.
     Synthetic(α, β), whose simulation knows each user's distribution: :data:`FRESH_RECORDS`
-    new records of the user's own, equally weighted. Classifier users who differ by their
+    new records of the user's own, equally weighted. Friedman #2 (``task="friedman"``),
+    whose function is known: :data:`FRESH_RECORDS` new records in the user's own range of
+    x2 (each user holds one neighbourhood of it), their targets the noiseless function's ×
+    the user's factor. Classifier users who differ by their
     label mix alone (no hand of their own), where a record of a class is a record of that
     class for every user: the other users' test records, each class weighted by the user's
     own label share. None otherwise. A handful of test records makes a per-user comparison
@@ -210,6 +217,9 @@ def expected_error_weights(sim: Any, target: str) -> list[tuple[Any, Any]] | Non
     if isinstance(sim, SyntheticSimulation):
         return [(sim.fresh_records(u.user_id, FRESH_RECORDS),
                  np.full(FRESH_RECORDS, 1.0 / FRESH_RECORDS)) for u in users]
+    if task == "friedman":
+        return [(_friedman_fresh(u, sim.seed), np.full(FRESH_RECORDS, 1.0 / FRESH_RECORDS))
+                for u in users]
     if not all(getattr(u, "label_distribution", ()) and not getattr(u, "rotation", 0.0)
                and not getattr(u, "stroke", 0.0) for u in users):
         return None
@@ -224,6 +234,23 @@ def expected_error_weights(sim: Any, target: str) -> list[tuple[Any, Any]] | Non
                 weights[mine] = share / mine.sum()
         out.append((reference, weights / weights.sum()))
     return out
+
+
+def _friedman_fresh(user: Any, seed: int) -> pd.DataFrame:
+    """:data:`FRESH_RECORDS` new Friedman #2 records in ``user``'s range of x2, their target
+    the noiseless function's × the user's factor (``fl_protocol.open_protocol``)."""
+
+    held = pd.concat([user.train, user.test])[LOCATION]
+    low, high = float(held.min()), float(held.max())
+    rng = np.random.default_rng([seed, user.user_id])
+    x = np.column_stack([rng.uniform(0, 100, FRESH_RECORDS),
+                         rng.uniform(40 * np.pi, 560 * np.pi, FRESH_RECORDS),
+                         rng.uniform(low, high, FRESH_RECORDS),
+                         rng.uniform(1, 11, FRESH_RECORDS)])
+    # make_friedman2's inputs and its function, without the noise
+    y = np.sqrt(x[:, 0] ** 2 + (x[:, 1] * x[:, 2] - 1 / (x[:, 1] * x[:, 3])) ** 2)
+    frame = pd.DataFrame(x, columns=["x0", "x1", "x2", "x3"])
+    return frame.assign(**{TARGET: y * user.factor})
 
 
 def _seed_setting(name: str, seed: int, users: int, workers: int, spread: float | None = None
@@ -269,7 +296,8 @@ def run_seed(name: str, seed: int, users: int, workers: int, spread: float | Non
     except ValidationError as exc:
         open_gate = {"better": False, "reason": str(exc)}
     new, previous = spec_bytes(new_spec), spec_bytes(previous_spec)
-    references = expected_error_weights(sim, task.target) or [(None, None)] * len(sim.users)
+    references = (expected_error_weights(sim, task.target, task=name)
+                  or [(None, None)] * len(sim.users))
     jobs = [(new, current[i], previous, u.private, u.shareable, u.test, task.task,
              *references[i])
             for i, u in enumerate(sim.users)]
@@ -418,7 +446,8 @@ def run_unclaimed(name: str, seed: int, users: int, version: str, workers: int
     model, _, _, _ = dmt_model_for(sim, task, foundation, how, seed, rate)
     new = spec_bytes(build_spec(model, updatable=UpdateSettings()))
     previous = spec_bytes(build_spec(foundation, updatable=UpdateSettings()))
-    references = expected_error_weights(sim, task.target) or [(None, None)] * len(sim.users)
+    references = (expected_error_weights(sim, task.target, task=name)
+                  or [(None, None)] * len(sim.users))
     jobs = [(new, current[i], previous, u.private, u.shareable, u.test, task.task,
              *references[i]) for i, u in enumerate(sim.users)]
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
