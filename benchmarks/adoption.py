@@ -49,7 +49,9 @@ that adopting would have lowered (missed). A user's test set is a handful of rec
 expectation still "harms" users whose few test records happen to favour the other model.
 Where the simulation knows each user's distribution, each user's **expected** error is
 measured too, and harmed and missed are counted on it, without that noise: for
-Synthetic(α, β), on 2,000 fresh records of the user's own (``fresh_records``); where users
+Synthetic(α, β), on 2,000 fresh records of the user's own (``fresh_records``); for
+Friedman #2, whose function is known, on 2,000 fresh records in the user's own range of x2,
+the noiseless target × the user's factor (since 6 December); where users
 differ by their label mix alone (Adult), on every other user's test record, each class
 weighted by the user's own label share.
 
@@ -161,10 +163,8 @@ def _user(new_data: bytes, current_data: bytes, previous_data: bytes, unshared: 
         return user_scores(task, predict_frame(spec, test), actual)["error"]
 
     def expected(spec: Any) -> float | None:
-        if reference is None:
-            return None
-        mean = float(np.dot(weights, task.record_errors(predict_frame(spec, reference), truth)))
-        return float(np.sqrt(mean)) if task.kind == "regression" else mean  # RMSE, log loss
+        return None if reference is None else expected_error(task, spec, reference, truth,
+                                                             weights)
 
     unless_worse = DecisionRule(prefer="update")  # the task's confidence: 90 % a classifier
     # what adoption_rule_for gives where the new version's release grants the open rule
@@ -193,6 +193,16 @@ def _user(new_data: bytes, current_data: bytes, previous_data: bytes, unshared: 
     return {rule: {"error": error(model), "expected": expected(model),
                    "moved": bool(result if isinstance(result, bool) else result.accepted)}
             for rule, (model, result) in held.items()}
+
+
+def expected_error(task: Any, spec: Any, reference: Any, truth: Any, weights: Any) -> float:
+    """A user's expected error under ``spec``: the ``weights``-weighted error over the
+    ``reference`` records (``truth`` their targets), as the task's headline error: a RMSE
+    for a regression, a log loss for a classification."""
+    from dmt_model.coreml import predict_frame
+
+    mean = float(np.dot(weights, task.record_errors(predict_frame(spec, reference), truth)))
+    return float(np.sqrt(mean)) if task.kind == "regression" else mean
 
 
 #: Fresh records a Synthetic user's expected error is measured on.
@@ -274,7 +284,7 @@ def run_seed(name: str, seed: int, users: int, workers: int, spread: float | Non
     from dmt_model.coreml import UpdateSettings, build_spec
     from dmt_model.coreml._spec import spec_bytes
     from dmt_model.personalize import compare_on_devices, compare_personal_rules
-    from dmt_privacy.errors import ValidationError
+    from dmt_privacy.errors import TooFewRecords
 
     started = time.perf_counter()
     task, sim, foundation, current, rate = _seed_setting(name, seed, users, workers, spread)
@@ -293,7 +303,7 @@ def run_seed(name: str, seed: int, users: int, workers: int, spread: float | Non
     try:
         open_gate = asdict(compare_personal_rules(
             new_spec, [sim.users[i].shareable for i in sorted(held_out)]))
-    except ValidationError as exc:
+    except TooFewRecords as exc:
         open_gate = {"better": False, "reason": str(exc)}
     new, previous = spec_bytes(new_spec), spec_bytes(previous_spec)
     references = (expected_error_weights(sim, task.target, task=name)
@@ -391,8 +401,8 @@ def _unclaimed_user(new_data: bytes, current_data: bytes, previous_data: bytes, 
                                                                              dtype=float)
 
     def scores(spec: Any, moved: bool) -> dict[str, Any]:
-        expected = None if reference is None else float(np.dot(
-            weights, task.record_errors(predict_frame(spec, reference), truth)))
+        expected = None if reference is None else expected_error(task, spec, reference, truth,
+                                                                 weights)
         return {"error": user_scores(task, predict_frame(spec, test), actual)["error"],
                 "expected": expected, "moved": moved}
 
@@ -527,7 +537,7 @@ def unclaimed_markdown(runs: list[dict[str, Any]]) -> str:
 def markdown(runs: list[dict[str, Any]]) -> str:
     """One table per task and number of users (the README's): each rule's users' mean test
     error, its change from never adopting, and the shares moved, harmed and missed; with a
-    user's expected error over their own label mix when the task has it (Adult)."""
+    user's expected error when the task has it (Adult, over their own label mix; Friedman #2)."""
     blocks = []
     for name, users in dict.fromkeys((r["task"], r.get("users", 120)) for r in runs):
         mine = [r for r in runs if r["task"] == name and r.get("users", 120) == users]

@@ -384,8 +384,6 @@ def friedman_users(seed: int, n_users: int, *, spread: float = 0.3) -> Simulatio
                          spread=spread)
 
 
-_friedman = friedman_users
-
 
 def _classifier(name: str, unseen: Callable[[pd.DataFrame], pd.Series], proxy_records: int,
                 records_per_user: float) -> Callable[[int, int], Simulation]:
@@ -431,7 +429,7 @@ def _every_record(frame: pd.DataFrame) -> pd.Series:
 
 
 TASKS: dict[str, ProtocolTask] = {task.name: task for task in (
-    ProtocolTask("friedman", "Friedman #2 regression", FRIEDMAN_SCHEMA, _friedman,
+    ProtocolTask("friedman", "Friedman #2 regression", FRIEDMAN_SCHEMA, friedman_users,
                  lambda frame: frame[LOCATION] > 0.6,
                  "no record with x2 > 0.6, where the targets are largest"),
     ProtocolTask("adult", "Adult income classification", CLASSIFICATION_DATASETS["adult"].schema,

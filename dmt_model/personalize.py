@@ -54,6 +54,7 @@ import contextlib
 import contextvars
 import copy
 import hashlib
+import hmac
 import itertools
 import math
 import os
@@ -1119,6 +1120,13 @@ def open_rule_for(task: Task) -> DecisionRule:
     return CLASSIFIER_OPEN_RULE if task.kind == "classification" else OPEN_RULE
 
 
+def _open_rule_name(task: Task) -> str:
+    """The name a release gives ``task``'s open rule (``open_rule``): what
+    :meth:`~dmt_model.server.retrain.ModelRegistry.check_personal_rule` signs and
+    :func:`personal_rule_for` grants."""
+    return open_rule_for(task).canonical(task)
+
+
 def adoption_rule_for(release: Any, *, based_on: int | None = None,
                       new_version: Any = None) -> DecisionRule:
     """The adoption rule a new version's signed release earns.
@@ -1163,11 +1171,14 @@ def adoption_rule_for(release: Any, *, based_on: int | None = None,
     among the whole grid. Until 6 December adoption kept the guard (the strongest prior
     below a regression's 30 records) whatever the release granted, so users who differ from
     the proxy gave up the open rule's gain at every version they adopted
-    (``benchmarks/adoption.py``: Friedman #2, 120 users, 113.6 never adopting, 104.0 under
-    the guard, 88.55 under the open rule's). A version that must prove itself
-    (:data:`UNCHECKED_RULE`) keeps the guard: the best of the grid tested once at 99 % is a
-    test of several priors, and no run measured it. :func:`adopt_new_version` passes it.
-    The open rule's claim is read for a Core ML model only (:func:`personal_rule_for`).
+    (``benchmarks/adoption.py``: Friedman #2, 120 users, expected RMSE 109.3 never
+    adopting, 95.43 under the guard, 78.66 under the open rule's; the server's check granted
+    it in no seed there). A version that must prove itself (:data:`UNCHECKED_RULE`) keeps
+    the guard: the best of the grid tested once at 99 % is a test of several priors, and no
+    run measured it. The grant holds only for the model the release signed: ``new_version``'s
+    bytes (a file's, or an in-memory spec's :func:`~dmt_model.coreml._spec.spec_bytes`) must
+    hash to the release's. :func:`adopt_new_version` passes it. The open rule's claim is
+    read for a Core ML model only (:func:`personal_rule_for`).
     """
     from dmt_privacy.release import VerifiedRelease
 
@@ -1182,7 +1193,7 @@ def adoption_rule_for(release: Any, *, based_on: int | None = None,
                               f"{based_on!r}: the version the personal model comes from.")
     rule = _claimed_adoption_rule(release.metadata, release.installed_version
                                   if based_on is None else based_on)
-    if rule is not ADOPTION_RULE or new_version is None:
+    if rule is not ADOPTION_RULE or new_version is None or not _signed(new_version, release):
         return rule
     granted = personal_rule_for(release, new_version)
     return rule if granted is DEFAULT_RULE else replace(rule, few_records=granted.few_records)
@@ -1242,22 +1253,33 @@ def personal_rule_for(release: Any, model: Any) -> DecisionRule:
     featurizer = _reading_featurizer(model)
     if featurizer.schema.schema_id != release.metadata.schema_id:
         return DEFAULT_RULE
-    rule = open_rule_for(featurizer.task)
     named = release.metadata.open_rule
-    if named is not None and named != rule.canonical(featurizer.task):
+    if named is not None and named != _open_rule_name(featurizer.task):
         return DEFAULT_RULE  # shown better under a rule this SDK does not have
-    return rule
+    return open_rule_for(featurizer.task)
 
 
 class RepeatedPersonalizationWarning(UserWarning):
     """:func:`personalize` was asked to update, on its own, a personal model that was
-    personalized before: pass ``base=`` the version it came from (:func:`personalized_from`
-    names it) with all the device's records."""
+    personalized before: pass ``base=`` the version it came from (``came_from``, what
+    :func:`personalized_from` names) with all the device's records."""
+
+    def __init__(self, message: str, came_from: str) -> None:
+        super().__init__(message)
+        self.came_from = came_from
+
+
+def _version_words(name: str) -> str:
+    """``name`` (:func:`personalized_from`) as a message says it: "version 3", or "an
+    unnumbered version"."""
+    return "an unnumbered version" if name == _UNNUMBERED else f"version {name}"
 
 
 #: The metadata key under which a personal Core ML model names the version it was
 #: personalized from (:func:`personalized_from`).
 _PERSONALIZED_FROM = "dmt.personalized_from"
+#: Its value for a version with no ``versionString``.
+_UNNUMBERED = "unnumbered"
 
 
 def personalized_from(model: Any) -> str | None:
@@ -1285,7 +1307,7 @@ def _mark_personalized(candidate: Any, spec: Any, *, adoption: bool) -> None:
     string; an adoption always names ``spec``, the new version."""
     if _is_program(candidate) or (not adoption and personalized_from(spec) is not None):
         return  # a program carries none; an update of a personal model keeps its name
-    version = str(spec.description.metadata.versionString) or "unnumbered"
+    version = str(spec.description.metadata.versionString) or _UNNUMBERED
     candidate.description.metadata.userDefined[_PERSONALIZED_FROM] = version
 
 
@@ -1295,12 +1317,12 @@ def _repeated(model: Any, what: str) -> RepeatedPersonalizationWarning | None:
     came_from = personalized_from(model)
     if came_from is None:
         return None
+    version = _version_words(came_from)
     return RepeatedPersonalizationWarning(
-        f"{what} was personalized before (from version {came_from}): updating it again on "
-        "its own is another test against what a chance update left, and nothing pulls it "
-        "back (users like the proxy +0.39 % at 15 records, benchmarks/personalize_again.py). "
-        f"Pass base= version {came_from} (the installed model) with all the device's "
-        "records.")
+        f"{what} was personalized before (from {version}): updating it again on its own is "
+        "another test against what a chance update left, and nothing pulls it back (users "
+        "like the proxy +0.39 % at 15 records, benchmarks/personalize_again.py). Pass base= "
+        f"{version} (the installed model) with all the device's records.", came_from)
 
 
 def _version_of(model: Any) -> int | None:
@@ -1323,16 +1345,16 @@ def _release_rule(release: Any, new: Any, current: Any, previous: Any) -> Decisi
     return adoption_rule_for(release, based_on=based_on, new_version=new)
 
 
-def _signed_spec(spec: Any, release: Any) -> Any | None:
-    """``spec`` (a new version in memory) if its bytes are the model ``release`` signed, else
-    ``None``: in memory there is no file to check, and a release's open-rule claim holds for
-    the model it signed only (:func:`adopted`, :func:`adopted_many`)."""
-    from dmt_privacy.release import VerifiedRelease
-
-    if not isinstance(release, VerifiedRelease) or _is_program(spec):
-        return None
-    signed = hashlib.sha256(spec_bytes(spec)).hexdigest() == release.metadata.sha256
-    return spec if signed else None
+def _signed(model: Any, release: Any) -> bool:
+    """Whether ``model`` (a path, or a Core ML spec in memory) is the model the verified
+    ``release`` signed: its bytes hash to the release's (:func:`adoption_rule_for`)."""
+    if isinstance(model, (str, os.PathLike)):
+        data = Path(model).read_bytes()
+    elif _is_program(model):
+        return False  # a program's open-rule claim is never read (personal_rule_for)
+    else:
+        data = spec_bytes(model)
+    return hmac.compare_digest(hashlib.sha256(data).hexdigest(), release.metadata.sha256)
 
 
 def _load_released(path: str | os.PathLike[str], release: Any) -> Any:
@@ -1340,8 +1362,6 @@ def _load_released(path: str | os.PathLike[str], release: Any) -> Any:
     bytes the release signed (read once: what is checked is what is loaded)."""
     if release is None:
         return _load_model(path)
-    import hashlib
-    import hmac
     import tempfile
 
     from dmt_privacy.release import InvalidRelease
@@ -2621,11 +2641,11 @@ def personalize(
                                given=[(spec, f"The model {model_path}", _RESTORE)],
                                personal=True)
     start = _load_model(base) if isinstance(base, (str, os.PathLike)) else base
-    if personalized_from(start) is not None:
+    if (came_from := personalized_from(start)) is not None:
         raise ModelFileError(
-            f"base is a personal model (personalized from version {personalized_from(start)}), "
-            f"not a version as installed: pass the installed version {personalized_from(start)} "
-            f"itself, not the personal model {model_path} or a copy of it. Nothing was written.")
+            f"base is a personal model (personalized from {_version_words(came_from)}), not a "
+            f"version as installed: pass the installed {_version_words(came_from)} itself, not "
+            f"the personal model {model_path} or a copy of it. Nothing was written.")
     if _is_program(start) != _is_program(spec):
         raise ModelFileError(
             f"base is {'an ExecuTorch program' if _is_program(start) else 'a Core ML model'} "
@@ -2680,14 +2700,15 @@ def adopted(new_spec: Any, current: Any, records: pd.DataFrame, *, previous: Any
     """:func:`adopt_new_version` on in-memory models: (the personal model the device holds
     afterwards, result) — ``new_spec`` re-personalized if the rule kept it, else a copy of
     ``current``; ``previous`` is the version ``current`` was personalized from. No argument
-    is modified. ``release=`` chooses the rule only (:func:`adoption_rule_for`): an
-    in-memory spec has no signed bytes to check. For simulations and benchmarks."""
+    is modified. ``release=`` chooses the rule only (:func:`adoption_rule_for`): its
+    open-rule grant holds only if ``new_spec``'s bytes are those the release signed, and
+    nothing else of the spec is checked against it. For simulations and benchmarks."""
     import tempfile
 
     from dmt_privacy.release import VerifiedRelease
 
     release = kwargs.get("release")
-    signed = _signed_spec(new_spec, release)  # before its version is written in below
+    signed = new_spec  # as given: its bytes, not the copy numbered below, are the release's
     if isinstance(release, VerifiedRelease) and not _is_program(new_spec):
         # the version the release signed, as the registry numbers the model it signs: the
         # rollback check and the rule read it from the file
@@ -2700,7 +2721,7 @@ def adopted(new_spec: Any, current: Any, records: pd.DataFrame, *, previous: Any
         _save_model(current, paths["personal"])
         if previous is not None:
             _save_model(previous, paths["previous"])
-        if kwargs.get("rule") is None:  # in memory there are no signed bytes to check
+        if kwargs.get("rule") is None:  # the rule the release earns, chosen in memory
             kwargs["rule"] = _release_rule(kwargs.pop("release", None), signed, current,
                                            previous)
         kwargs.pop("release", None)
@@ -2735,8 +2756,10 @@ def personalized_many(
     :data:`IN_MEMORY`): the devices' updates only share numpy's calls, in passes of bounded
     size. Bad input raises before any training, the error naming the device
     (``device 3: ...``); a device with fewer than 2 records cannot be cross-validated, as
-    alone. ``spec`` is not modified. An ExecuTorch program's devices run one by one. For
-    simulations and benchmarks of many devices."""
+    alone. ``spec`` is not modified. An ExecuTorch program's devices run one by one. It
+    never warns of a personal ``spec`` (:class:`RepeatedPersonalizationWarning`): a
+    simulation decides what its devices start from. For simulations and benchmarks of many
+    devices."""
     _require_devices(record_sets)
     if _is_program(spec):
         return [personalized(spec, records, holdout=holdout, rule=rule,
@@ -2799,8 +2822,7 @@ def adopted_many(
             f"The personal models come from versions {sorted(versions, key=str)}, and a "
             "release's claim counts against one version only: pass previous= (the version "
             "they were personalized from) or decide each version's devices apart.")
-    rule = _rule(rule or (_release_rule(release, _signed_spec(new_spec, release), currents[0],
-                                        previous) if currents else
+    rule = _rule(rule or (_release_rule(release, new_spec, currents[0], previous) if currents else
                           adoption_rule_for(release)), folds)
     grid = _prior_grid(prior_records)
     if previous is not None:
@@ -3045,8 +3067,8 @@ def adopt_new_version(
                                    holdout=holdout is not None)
     return _checked_update(new_spec, current, records, holdout=holdout,
                            output=Path(personal_model_path),
-                           rule=_rule(rule or _release_rule(release, new_spec, current, base),
-                                      folds),
+                           rule=_rule(rule or _release_rule(release, new_model_path, current,
+                                                            base), folds),
                            prior_records=prior_records, seed=seed, on_event=on_event,
                            overrides=overrides, baseline_from=base, scored=scored,
                            given=[(new_spec, f"The new version {new_model_path}", _NEW_VERSION),

@@ -499,6 +499,10 @@ def sign_release(
                       "deprecated: devices apply a claim that names no baseline whatever "
                       "version they run. Pass held_out_baseline=, the version the held-out "
                       "devices compared this one with.", DeprecationWarning, stacklevel=2)
+    if open_rule is not None and open_rule_devices is None:
+        raise ValidationError(
+            f"open_rule={open_rule!r} needs open_rule_devices: a release names the rule a "
+            "check compared only with its claim. Pass both, or neither.")
     if open_rule_devices is not None and open_rule is None:
         warnings.warn("sign_release(open_rule_devices=...) without open_rule is deprecated: "
                       "devices grant a claim that names no rule whatever rule their SDK calls "

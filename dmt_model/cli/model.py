@@ -133,6 +133,8 @@ def run_personalize(args: argparse.Namespace) -> int:
     from dmt_model.personalize import (
         RepeatedPersonalizationWarning,
         UpdateEvent,
+        _load_model,
+        _version_words,
         featurizer_of,
         personalize,
         read_settings,
@@ -159,46 +161,51 @@ def run_personalize(args: argparse.Namespace) -> int:
             featurizer.transform(holdout)
         except ValidationError as exc:
             raise _named(f"--holdout {args.holdout}", exc) from None
-    epochs = args.epochs or stored_epochs
-    with progress(total=epochs, desc="personalizing", unit="epoch") as bar:
-        def on_event(event: UpdateEvent) -> None:
-            if event.kind == "epoch_end":
-                bar.set_postfix(loss=f"{event.loss:.3f}", refresh=False)
-                bar.update()
-
-        overrides = {k: v for k, v in (("learning_rate", args.learning_rate),
-                                       ("epochs", args.epochs),
-                                       ("batch_size", args.batch_size)) if v is not None}
-        caught: list[warnings.WarningMessage] = []
+    base = None
+    if args.base is not None:  # read on its own, so that an error in it names --base
         try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", RepeatedPersonalizationWarning)
-                result = personalize(args.model, records, holdout=holdout,
-                                     output_path=args.output, on_event=on_event,
-                                     base=args.base, **overrides)
-        except ModelFileError as exc:
-            if args.base is None or not str(exc).startswith("base "):
-                raise
+            base = _load_model(args.base)  # a .pte or a .mlmodel, as the model
+        except (ModelFileError, OSError) as exc:
             raise ModelFileError(f"--base {args.base}: {exc}") from None
-        except ValidationError as exc:
-            held = str(exc).startswith("holdout records:")
-            raise _named(f"--holdout {args.holdout}" if held else f"--records {args.records}",
-                         exc) from None
-        finally:  # said as the command line says it, once the bar is done, error or not
-            for warning in caught:
-                if issubclass(warning.category, RepeatedPersonalizationWarning):
-                    print(f"warning: {warning.message}".replace("Pass base=", "Pass --base"),
-                          file=sys.stderr)
-                else:
-                    warnings.warn_explicit(warning.message, warning.category,
-                                           warning.filename, warning.lineno)
+    epochs = args.epochs or stored_epochs
+    overrides = {k: v for k, v in (("learning_rate", args.learning_rate),
+                                   ("epochs", args.epochs),
+                                   ("batch_size", args.batch_size)) if v is not None}
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with progress(total=epochs, desc="personalizing", unit="epoch") as bar, \
+                warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RepeatedPersonalizationWarning)
+
+            def on_event(event: UpdateEvent) -> None:
+                if event.kind == "epoch_end":
+                    bar.set_postfix(loss=f"{event.loss:.3f}", refresh=False)
+                    bar.update()
+
+            result = personalize(args.model, records, holdout=holdout, output_path=args.output,
+                                 on_event=on_event, base=base, **overrides)
+    except ModelFileError as exc:
+        if base is None or not str(exc).startswith("base "):
+            raise
+        raise ModelFileError(f"--base {args.base}: {exc}") from None
+    except ValidationError as exc:
+        held = str(exc).startswith("holdout records:")
+        raise _named(f"--holdout {args.holdout}" if held else f"--records {args.records}",
+                     exc) from None
+    finally:  # said as the command line says it, once the bar is closed, error or not
+        for warning in caught:
+            if isinstance(warning.message, RepeatedPersonalizationWarning):
+                print(f"warning: {args.model} was personalized before (from "
+                      f"{_version_words(warning.message.came_from)}): personalizing it again "
+                      "on its own compounds chance updates. Pass --base, the installed model "
+                      "it came from, with all the records.", file=sys.stderr)
+            else:
+                warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                       warning.lineno)
     if result.accepted:
         print(f"Updated {result.model_path}: {result.reason}.")
         return 0
-    if result.reset_to_base:
-        print(f"Not updated; {result.model_path} is {args.base} again: {result.reason}")
-        return 3
-    print(f"Not updated: {result.reason}")
+    print(f"Not updated: {result.reason}")  # with --base, the reason says it is the base again
     return 3
 
 

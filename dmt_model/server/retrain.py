@@ -24,6 +24,7 @@ import hashlib
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -755,7 +756,7 @@ class ModelRegistry:
         from dataclasses import replace
 
         from dmt_model.coreml import load_spec
-        from dmt_model.personalize import compare_personal_rules, featurizer_of, open_rule_for
+        from dmt_model.personalize import _open_rule_name, compare_personal_rules, featurizer_of
 
         if not (isinstance(confidence, float | int) and 0.9 <= confidence < 1):
             raise ValidationError(
@@ -781,8 +782,8 @@ class ModelRegistry:
                                         policy=policy, server_key=server_key)
         model = load_spec(self.path(entry.mlmodel_file))
         found = compare_personal_rules(model, devices, confidence=confidence)
-        task = featurizer_of(model).task  # the rule compared, named in the claim
-        named = open_rule_for(task).canonical(task) if found.better else None
+        # the rule compared, named in the claim
+        named = _open_rule_name(featurizer_of(model).task) if found.better else None
         figures = {"open_rule_devices": float(found.devices),
                    "open_rule_better": float(found.better), "open_rule_t": found.t,
                    "open_rule_t_needed": found.needed, "open_rule_error": found.error_after,
@@ -804,17 +805,28 @@ class ModelRegistry:
         devices = entry.validation.get("devices") if claimed else None
         # the version the devices compared it with: the claim holds against that one only
         baseline = entry.validation.get("current_version") if claimed else None
-        document = sign_release(
-            model, signing_key, version=entry.version, schema_id=schema_id,
-            now=self._signing_time(),
-            policy_json=policy.to_json() if policy is not None else None,
-            server_key=server_key.to_bytes() if server_key is not None else None,
-            valid_for=valid_for, held_out_devices=None if devices is None else int(devices),
-            held_out_baseline=None if baseline is None else int(baseline),
-            version_check=entry.version_check,
-            open_rule_devices=int(entry.validation["open_rule_devices"])
-            if entry.validation.get("open_rule_better") else None,
-            open_rule=entry.open_rule if entry.validation.get("open_rule_better") else None)
+        granted = bool(entry.validation.get("open_rule_better"))
+        if granted and entry.open_rule is None:
+            warnings.warn(
+                f"Version {entry.version}'s open-rule claim names no rule: it was checked before "
+                "releases named the rule compared, and devices grant it whatever rule their SDK "
+                "calls open. A version is checked once; check the next version you publish "
+                "(check_personal_rule), whose release names its rule.", DeprecationWarning,
+                stacklevel=3)
+        with warnings.catch_warnings():  # said above, in the registry's terms
+            warnings.filterwarnings("ignore", "sign_release\\(open_rule_devices=",
+                                    DeprecationWarning)
+            document = sign_release(
+                model, signing_key, version=entry.version, schema_id=schema_id,
+                now=self._signing_time(),
+                policy_json=policy.to_json() if policy is not None else None,
+                server_key=server_key.to_bytes() if server_key is not None else None,
+                valid_for=valid_for, held_out_devices=None if devices is None else int(devices),
+                held_out_baseline=None if baseline is None else int(baseline),
+                version_check=entry.version_check,
+                open_rule_devices=int(entry.validation["open_rule_devices"]) if granted
+                else None,
+                open_rule=entry.open_rule if granted else None)
         # Named by its content: a new signing never overwrites the release the index names.
         name = release_file_name(entry.mlmodel_file)
         if entry.release_file:  # a version signed before: its first release kept the name
