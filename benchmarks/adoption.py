@@ -94,15 +94,49 @@ from fl_protocol import (  # a sibling benchmark script
     LOCATION,
     TARGET,
     TASKS,
+    ProtocolTask,
     dmt_model_for,
     foundation_for,
     friedman_users,
+    open_protocol,
     personalize_users,
     settings_from,
     user_scores,
 )
 
+from dmt_privacy.schema import Field, Schema
+
 RESULTS = Path(__file__).resolve().parent / "results"
+
+#: Friedman #1 (``make_friedman1``'s function of 5 inputs, noise 1): this benchmark's
+#: second regression, whose function is known too, cut into users as Friedman #2 is
+#: (``fl_protocol.open_protocol``: the proxy holds no record with x2 > 0.6, each user one
+#: neighbourhood of x2 and a target factor within 1 ± spread).
+FRIEDMAN1_SCHEMA = Schema(name="friedman-1", fields=(
+    *(Field(f"x{i}", "numeric", bounds=(0.0, 1.0)) for i in range(5)),
+    Field(TARGET, "numeric", role="target", bounds=(-10.0, 40.0))))
+
+
+def _friedman1(x: np.ndarray) -> np.ndarray:
+    """Friedman #1's noiseless function of its 5 inputs."""
+    return (10 * np.sin(np.pi * x[:, 0] * x[:, 1]) + 20 * (x[:, 2] - 0.5) ** 2
+            + 10 * x[:, 3] + 5 * x[:, 4])
+
+
+def friedman1_users(seed: int, n_users: int, *, spread: float = 0.3) -> Any:
+    """The Friedman #1 task's simulation (:data:`FRIEDMAN1_SCHEMA`)."""
+    x = np.random.default_rng([seed, 1]).uniform(size=(6000, 5))
+    y = _friedman1(x) + np.random.default_rng([seed, 2]).normal(0, 1.0, len(x))
+    data = pd.DataFrame(x, columns=[f"x{i}" for i in range(5)]).assign(**{TARGET: y})
+    return open_protocol(data, n_users=n_users, seed=seed, spread=spread)
+
+
+#: The tasks this benchmark runs: fl_protocol's, and Friedman #1.
+ADOPTION_TASKS: dict[str, ProtocolTask] = {**TASKS, "friedman1": ProtocolTask(
+    "friedman1", "Friedman #1 regression", FRIEDMAN1_SCHEMA, friedman1_users,
+    lambda frame: frame[LOCATION] > 0.6, "no record with x2 > 0.6")}
+#: The tasks whose users' target factors ``--spread`` sets.
+SPREADS = {"friedman": friedman_users, "friedman1": friedman1_users}
 RULES = ("never", "asks proof", "proof, unshared", "unless worse, in sample",
          "unless worse, out of fold", "even, out of fold", "even, unshared",
          "even, unshared, open", "always")
@@ -227,9 +261,9 @@ def expected_error_weights(sim: Any, target: str, task: str | None = None
     if isinstance(sim, SyntheticSimulation):
         return [(sim.fresh_records(u.user_id, FRESH_RECORDS),
                  np.full(FRESH_RECORDS, 1.0 / FRESH_RECORDS)) for u in users]
-    if task == "friedman":
-        return [(_friedman_fresh(u, sim.seed), np.full(FRESH_RECORDS, 1.0 / FRESH_RECORDS))
-                for u in users]
+    if task in SPREADS:
+        return [(_friedman_fresh(u, sim.seed, task),
+                 np.full(FRESH_RECORDS, 1.0 / FRESH_RECORDS)) for u in users]
     if not all(getattr(u, "label_distribution", ()) and not getattr(u, "rotation", 0.0)
                and not getattr(u, "stroke", 0.0) for u in users):
         return None
@@ -246,13 +280,18 @@ def expected_error_weights(sim: Any, target: str, task: str | None = None
     return out
 
 
-def _friedman_fresh(user: Any, seed: int) -> pd.DataFrame:
-    """:data:`FRESH_RECORDS` new Friedman #2 records in ``user``'s range of x2, their target
-    the noiseless function's × the user's factor (``fl_protocol.open_protocol``)."""
-
+def _friedman_fresh(user: Any, seed: int, task: str = "friedman") -> pd.DataFrame:
+    """:data:`FRESH_RECORDS` new Friedman #2 (or #1: ``task="friedman1"``) records in
+    ``user``'s range of x2, their target the noiseless function's × the user's factor
+    (``fl_protocol.open_protocol``)."""
     held = pd.concat([user.train, user.test])[LOCATION]
     low, high = float(held.min()), float(held.max())
     rng = np.random.default_rng([seed, user.user_id])
+    if task == "friedman1":
+        fresh = rng.uniform(size=(FRESH_RECORDS, 5))
+        fresh[:, 2] = rng.uniform(low, high, FRESH_RECORDS)
+        return pd.DataFrame(fresh, columns=[f"x{i}" for i in range(5)]).assign(
+            **{TARGET: _friedman1(fresh) * user.factor})
     x = np.column_stack([rng.uniform(0, 100, FRESH_RECORDS),
                          rng.uniform(40 * np.pi, 560 * np.pi, FRESH_RECORDS),
                          rng.uniform(low, high, FRESH_RECORDS),
@@ -268,9 +307,9 @@ def _seed_setting(name: str, seed: int, users: int, workers: int, spread: float 
     """One seed's setting: the task, its simulation of ``users`` users, the proxy foundation,
     each user's personal model (the foundation personalized on their records) and DMT's
     retraining learning rate."""
-    task = TASKS[name]
+    task = ADOPTION_TASKS[name]
     sim = (task.simulate(seed, users) if spread is None
-           else friedman_users(seed, users, spread=spread))
+           else SPREADS[name](seed, users, spread=spread))
     foundation = foundation_for(sim, task, seed)
     current = personalize_users(foundation, sim, task, workers=workers)["personal_models"]
     return task, sim, foundation, current, settings_from(RESULTS, task)["dmt_learning_rate"]
@@ -490,7 +529,7 @@ def unclaimed_summary(runs: list[dict[str, Any]]) -> str:
             moved = np.mean([r["rules"][rule]["moved"] for r in mine])
             cells.append(f"{np.mean(change):+.3g} (worst {max(change):+.3g}; {moved:.0%})")
         never = np.mean([r["rules"]["never"]["error"] for r in mine])
-        lines.append(f"| {TASKS[name].title}, {users} users ({mine[0]['error_name']}, "
+        lines.append(f"| {ADOPTION_TASKS[name].title}, {users} users ({mine[0]['error_name']}, "
                      f"{len(mine)} seed{'s' * (len(mine) > 1)}) | {version} | {never:.4g} | "
                      + " | ".join(cells)
                      + " |")
@@ -528,7 +567,7 @@ def unclaimed_markdown(runs: list[dict[str, Any]]) -> str:
                 cells += ["—"] * 3
             label = rule if not rule.startswith("proof ") else \
                 f"must prove itself at {float(rule.split()[1]) * 100:g} %"
-            lines.append(f"| {TASKS[name].title}, {users} users ({mine[0]['error_name']}, "
+            lines.append(f"| {ADOPTION_TASKS[name].title}, {users} users ({mine[0]['error_name']}, "
                          f"{len(mine)} seed{'s' * (len(mine) > 1)}) | {version} | {label} | "
                          + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -547,7 +586,8 @@ def markdown(runs: list[dict[str, Any]]) -> str:
         if expected:
             header += ["users' mean expected error", "harmed, expected", "missed, expected"]
         spread = f", users' spread {mine[0]['spread']:g}" if "spread" in mine[0] else ""
-        lines = [f"**{TASKS[name].title}, {users} users{spread}** ({mine[0]['error_name']}, "
+        title = ADOPTION_TASKS[name].title
+        lines = [f"**{title}, {users} users{spread}** ({mine[0]['error_name']}, "
                  f"{len(mine)} seed{'s' * (len(mine) > 1)})", "",
                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for rule in (*RULES, GATED_LOOSE, GATED):
@@ -573,7 +613,7 @@ def markdown(runs: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", nargs="+", default=["friedman", "adult", "digits"],
-                        choices=sorted(TASKS))
+                        choices=sorted(ADOPTION_TASKS))
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--users", type=int, nargs="+", default=[120],
                         help="users per simulation; several values run each (default 120)")
@@ -587,16 +627,18 @@ def main(argv: list[str] | None = None) -> None:
                              "user-level epsilon of local DP ('4'); writes "
                              "adoption_unclaimed.{json,md}")
     parser.add_argument("--spread", type=float,
-                        help="Friedman #2 users' target factors within 1 ± SPREAD (the "
+                        help="the regression users' target factors within 1 ± SPREAD (the "
                              "task's 0.3 by default; 0: users whose targets follow the "
-                             "proxy's function); writes adoption_friedman_spread{SPREAD}")
+                             "proxy's function); writes adoption_{TASK}_spread{SPREAD}")
     args = parser.parse_args(argv)
     if args.unclaimed == [] and not args.render:
         parser.error("--unclaimed needs the versions to measure: raw, or epsilons (4 1 8)")
-    if args.spread is not None and (args.unclaimed is not None or args.tasks != ["friedman"]):
-        parser.error("--spread is Friedman #2's: pass --tasks friedman, without --unclaimed")
+    if args.spread is not None and (args.unclaimed is not None or len(args.tasks) != 1
+                                    or args.tasks[0] not in SPREADS):
+        parser.error(f"--spread is a regression's: pass one of --tasks {' '.join(SPREADS)}, "
+                     "without --unclaimed")
     stem = ("adoption_unclaimed" if args.unclaimed is not None else "adoption"
-            if args.spread is None else f"adoption_friedman_spread{args.spread:g}")
+            if args.spread is None else f"adoption_{args.tasks[0]}_spread{args.spread:g}")
     render = unclaimed_markdown if args.unclaimed is not None else markdown
     if args.render:
         saved = json.loads((args.output / f"{stem}.json").read_text())["runs"]
@@ -606,11 +648,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.unclaimed:
         versions = ["raw" if v == "raw" else f"ε={float(v):g}" for v in args.unclaimed]
         runs = [run_unclaimed(name, seed, users, version, args.workers)
-                for users in args.users for name in args.tasks if TASKS[name].available()
+                for users in args.users for name in args.tasks if ADOPTION_TASKS[name].available()
                 for version in versions for seed in range(args.seeds)]
     else:
         runs = [run_seed(name, seed, users, args.workers, args.spread) for users in args.users
-                for name in args.tasks if TASKS[name].available()
+                for name in args.tasks if ADOPTION_TASKS[name].available()
                 for seed in range(args.seeds)]
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / f"{stem}.json").write_text(json.dumps({"runs": runs}, indent=1))
