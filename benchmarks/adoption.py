@@ -72,7 +72,9 @@ Run: ``.venv/bin/python benchmarks/adoption.py [--tasks friedman adult digits]
 personalized, about 6 minutes). ``--render`` rewrites the table from the JSON.
 ``--tasks friedman --spread 0`` gives Friedman #2's users no target factor of their own
 (fl_protocol's users lie within 1 ± 0.3): the control for the open rule's guard in
-adoption, written to ``adoption_friedman_spread0.{json,md}``.
+adoption, written to ``adoption_friedman_spread0.{json,md}``. ``--tasks friedman1`` is a
+second regression, Friedman #1, cut into users the same way (with ``--spread``; without it
+``adoption.json`` is rewritten with that task alone, as for any ``--tasks``).
 """
 
 from __future__ import annotations
