@@ -2707,11 +2707,12 @@ def adopted(new_spec: Any, current: Any, records: pd.DataFrame, *, previous: Any
 
     from dmt_privacy.release import VerifiedRelease
 
-    release = kwargs.get("release")
-    signed = new_spec  # as given: its bytes, not the copy numbered below, are the release's
+    release = kwargs.pop("release", None)
+    if kwargs.get("rule") is None:  # the rule the release earns, of new_spec as given
+        kwargs["rule"] = _release_rule(release, new_spec, current, previous)
     if isinstance(release, VerifiedRelease) and not _is_program(new_spec):
         # the version the release signed, as the registry numbers the model it signs: the
-        # rollback check and the rule read it from the file
+        # rollback check reads it from the file
         new_spec = copy.deepcopy(new_spec)
         new_spec.description.metadata.versionString = str(release.metadata.version)
     with tempfile.TemporaryDirectory(prefix="dmt-adopt-") as folder:
@@ -2721,10 +2722,6 @@ def adopted(new_spec: Any, current: Any, records: pd.DataFrame, *, previous: Any
         _save_model(current, paths["personal"])
         if previous is not None:
             _save_model(previous, paths["previous"])
-        if kwargs.get("rule") is None:  # the rule the release earns, chosen in memory
-            kwargs["rule"] = _release_rule(kwargs.pop("release", None), signed, current,
-                                           previous)
-        kwargs.pop("release", None)
         result = adopt_new_version(paths["new"], paths["personal"], records,
                                    previous=paths["previous"] if previous is not None else None,
                                    **kwargs)
