@@ -74,7 +74,11 @@ personalized, about 6 minutes). ``--render`` rewrites the table from the JSON.
 (fl_protocol's users lie within 1 ± 0.3): the control for the open rule's guard in
 adoption, written to ``adoption_friedman_spread0.{json,md}``. ``--tasks friedman1`` is a
 second regression, Friedman #1, cut into users the same way (with ``--spread``; without it
-``adoption.json`` is rewritten with that task alone, as for any ``--tasks``).
+``adoption.json`` is rewritten with that task alone, as for any ``--tasks``). ``--tasks
+boston`` and ``star98`` are two real regressions cut as ``model_quality.py`` cuts them (20
+users a seed whatever ``--users``; the proxy a random 30 % of the records; users' factors
+within 1 ± 0.3, or ``--spread``): their users' expected error is not known, their test
+error only (about 50 s a seed: ``--tasks boston --spread 0.3 --seeds 10``).
 """
 
 from __future__ import annotations
@@ -133,12 +137,56 @@ def friedman1_users(seed: int, n_users: int, *, spread: float = 0.3) -> Any:
     return open_protocol(data, n_users=n_users, seed=seed, spread=spread)
 
 
-#: The tasks this benchmark runs: fl_protocol's, and Friedman #1.
+#: users a seed of a real regression (:func:`real_users`): model_quality's and
+#: personal_rule's 20
+REAL_USERS = 20
+
+
+def real_users(name: str) -> Any:
+    """The simulation of a real regression data set (``boston``, ``star98``) as
+    ``benchmarks/model_quality.py`` and ``personal_rule.py`` cut it
+    (:func:`~dmt_model.datasets.simulate_users`): the proxy a random 30 % of the records,
+    each user one neighbourhood of the data set's location column and a target factor
+    within 1 ± spread (0.3 by default; ``--spread``). ``--users`` is ignored: these data
+    sets hold a few hundred records, :data:`REAL_USERS` users a seed."""
+    from dmt_model.datasets import REGRESSION_DATASETS, simulate_users
+
+    dataset = REGRESSION_DATASETS[name]
+
+    def simulate(seed: int, n_users: int, *, spread: float = 0.3) -> Any:
+        return simulate_users(dataset.load(), n_users=REAL_USERS, spread=spread, seed=seed,
+                              location=dataset.location, target=dataset.target)
+    return simulate
+
+
+def _real_task(name: str, title: str) -> ProtocolTask:
+    from dmt_model.datasets import REGRESSION_DATASETS
+
+    def available() -> bool:
+        try:
+            REGRESSION_DATASETS[name].load()
+        except Exception:  # a data set whose package or file is missing here
+            return False
+        return True
+    return ProtocolTask(name, title, REGRESSION_DATASETS[name].schema, real_users(name),
+                        lambda frame: pd.Series(False, index=frame.index),
+                        "none: a random 30 % of the records", available=available)
+
+
+#: The tasks this benchmark runs: fl_protocol's, Friedman #1, and two real regressions
+#: (Boston house prices, star98's school districts) whose users' expected error is not
+#: known: their test error only.
 ADOPTION_TASKS: dict[str, ProtocolTask] = {**TASKS, "friedman1": ProtocolTask(
     "friedman1", "Friedman #1 regression", FRIEDMAN1_SCHEMA, friedman1_users,
-    lambda frame: frame[LOCATION] > 0.6, "no record with x2 > 0.6")}
+    lambda frame: frame[LOCATION] > 0.6, "no record with x2 > 0.6"),
+    "boston": _real_task("boston", "Boston house prices regression"),
+    "star98": _real_task("star98", "star98 school districts regression")}
 #: The tasks whose users' target factors ``--spread`` sets.
-SPREADS = {"friedman": friedman_users, "friedman1": friedman1_users}
+SPREADS = {"friedman": friedman_users, "friedman1": friedman1_users,
+           "boston": real_users("boston"), "star98": real_users("star98")}
+#: The regressions whose function is known: a user's expected error is measured on fresh
+#: records (:func:`_friedman_fresh`).
+KNOWN_FUNCTIONS = ("friedman", "friedman1")
 RULES = ("never", "asks proof", "proof, unshared", "unless worse, in sample",
          "unless worse, out of fold", "even, out of fold", "even, unshared",
          "even, unshared, open", "always")
@@ -263,7 +311,7 @@ def expected_error_weights(sim: Any, target: str, task: str | None = None
     if isinstance(sim, SyntheticSimulation):
         return [(sim.fresh_records(u.user_id, FRESH_RECORDS),
                  np.full(FRESH_RECORDS, 1.0 / FRESH_RECORDS)) for u in users]
-    if task in SPREADS:
+    if task in KNOWN_FUNCTIONS:
         return [(_friedman_fresh(u, sim.seed, task),
                  np.full(FRESH_RECORDS, 1.0 / FRESH_RECORDS)) for u in users]
     if not all(getattr(u, "label_distribution", ()) and not getattr(u, "rotation", 0.0)
@@ -358,7 +406,8 @@ def run_seed(name: str, seed: int, users: int, workers: int, spread: float | Non
     print(f"{name} seed {seed}: " + ", ".join(f"{r} {v['error']:.4g}" for r, v in rows.items())
           + f"; gate: {gate.reason}; open rule: {open_gate['reason']} "
           f"({time.perf_counter() - started:.0f} s)", flush=True)
-    return {"task": name, "seed": seed, "users": users, "error_name": task.task.error_name,
+    return {"task": name, "seed": seed, "users": len(sim.users),
+            "error_name": task.task.error_name,
             "rules": rows, "gate": asdict(gate), "open_gate": open_gate,
             **({} if spread is None else {"spread": spread}),
             "seconds": time.perf_counter() - started}
