@@ -75,8 +75,8 @@ personalized, about 6 minutes). ``--render`` rewrites the table from the JSON.
 adoption, written to ``adoption_friedman_spread0.{json,md}``. ``--tasks friedman1`` is a
 second regression, Friedman #1, cut into users the same way (with ``--spread``; without it
 ``adoption.json`` is rewritten with that task alone, as for any ``--tasks``). ``--tasks
-boston`` and ``star98`` are two real regressions cut as ``model_quality.py`` cuts them (20
-users a seed whatever ``--users``; the proxy a random 30 % of the records; users' factors
+boston`` and ``star98`` are two real regressions cut as ``personal_rule.py`` cuts them (20
+users a seed whatever ``--users``, run once; the proxy a random 30 % of the records; users' factors
 within 1 ± 0.3, or ``--spread``): their users' expected error is not known, their test
 error only, and no tuning file sets DMT's retraining rate (``settings_from``'s untuned
 1e-3; about 50 s a seed: ``--tasks boston --spread 0.3 --seeds 10``).
@@ -138,14 +138,15 @@ def friedman1_users(seed: int, n_users: int, *, spread: float = 0.3) -> Any:
     return open_protocol(data, n_users=n_users, seed=seed, spread=spread)
 
 
-#: users a seed of a real regression (:func:`real_users`): model_quality's and
-#: personal_rule's 20
+#: users a seed of a real regression (:func:`real_users`): personal_rule's 20
 REAL_USERS = 20
+#: the real regressions (:func:`real_users`), whose users' number is :data:`REAL_USERS`
+REAL_TASKS = ("boston", "star98")
 
 
 def real_users(name: str) -> Any:
     """The simulation of a real regression data set (``boston``, ``star98``) as
-    ``benchmarks/model_quality.py`` and ``personal_rule.py`` cut it
+    ``benchmarks/personal_rule.py`` cuts it
     (:func:`~dmt_model.datasets.simulate_users`): the proxy a random 30 % of the records,
     each user one neighbourhood of the data set's location column and a target factor
     within 1 ± spread (0.3 by default; ``--spread``). ``--users`` is ignored: these data
@@ -558,7 +559,7 @@ def run_unclaimed(name: str, seed: int, users: int, version: str, workers: int
     print(f"{name} {version} seed {seed}: " + ", ".join(
         f"{r} {v['error']:.4g} ({v['moved']:.0%})" for r, v in rows.items())
         + f" ({seconds:.0f} s)", flush=True)
-    return {"task": name, "seed": seed, "users": users, "version": version,
+    return {"task": name, "seed": seed, "users": len(sim.users), "version": version,
             "error_name": task.task.error_name, "rules": rows, "seconds": seconds}
 
 
@@ -662,6 +663,14 @@ def markdown(runs: list[dict[str, Any]]) -> str:
     return "\n\n".join(blocks) + "\n"
 
 
+def runs_asked(tasks: list[str], users: list[int]) -> list[tuple[int, str]]:
+    """(users, task) to run, in order: each available task at each number of ``users``, a
+    real regression once, at its :data:`REAL_USERS` (it holds a few hundred records)."""
+    return list(dict.fromkeys((REAL_USERS if name in REAL_TASKS else n, name)
+                              for n in users for name in tasks
+                              if ADOPTION_TASKS[name].available()))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", nargs="+", default=["friedman", "adult", "digits"],
@@ -700,11 +709,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.unclaimed:
         versions = ["raw" if v == "raw" else f"ε={float(v):g}" for v in args.unclaimed]
         runs = [run_unclaimed(name, seed, users, version, args.workers)
-                for users in args.users for name in args.tasks if ADOPTION_TASKS[name].available()
+                for users, name in runs_asked(args.tasks, args.users)
                 for version in versions for seed in range(args.seeds)]
     else:
-        runs = [run_seed(name, seed, users, args.workers, args.spread) for users in args.users
-                for name in args.tasks if ADOPTION_TASKS[name].available()
+        runs = [run_seed(name, seed, users, args.workers, args.spread)
+                for users, name in runs_asked(args.tasks, args.users)
                 for seed in range(args.seeds)]
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / f"{stem}.json").write_text(json.dumps({"runs": runs}, indent=1))

@@ -33,7 +33,7 @@ def test_the_sdks_flow_adopts_among_every_prior_only_where_the_open_rule_was_gra
 
 
 @pytest.mark.parametrize("name", ["boston", "star98"])
-def test_a_real_regressions_users_are_model_qualitys(adoption, name):
+def test_a_real_regressions_users_are_personal_rules(adoption, name):
     task = adoption.ADOPTION_TASKS[name]
     if not task.available():
         pytest.skip(f"{name} is not on this machine")
@@ -45,3 +45,10 @@ def test_a_real_regressions_users_are_model_qualitys(adoption, name):
     assert {u.factor for u in alike.users} == {1.0}
     # no known function: their test error only
     assert adoption.expected_error_weights(sim, task.target, task=name) is None
+
+
+def test_a_real_regression_runs_once_whatever_the_users_asked(adoption):
+    # (helper-102: --users 20 120 ran Boston's 20 users twice, and one table counted each
+    # seed twice)
+    assert adoption.runs_asked(["boston", "friedman"], [120, 20]) == [
+        (20, "boston"), (120, "friedman"), (20, "friedman")]
