@@ -23,7 +23,11 @@ under raw or k-anonymous sharing); every user then personalizes v1 on all its tr
 records under the rule the release earned. Reports, per data set and h, the mean per-user
 test RMSE's change from v1 under the default rule, the open rule and the server's choice,
 the share of users worse off than v1, and in how many seeds the server chose the open
-rule. The users the rules are compared on are the users who then personalize (the check
+rule. Beside it (since 6 December), the choice a **device-side** check would make: the same
+comparison on every record of each user, as devices comparing the rules on their own
+records could report it (the way ``dmt_model.version_check`` reports on versions; not
+built), without the randomized response such a private report adds, so an upper bound on
+its power. The users the rules are compared on are the users who then personalize (the check
 reads only what they shared, never their test records); in an app the check's devices
 are held out, other devices of the same population. The confidence, 90 %, is the one the
 server's version check uses (``compare_on_devices``). A scratch version of this script
@@ -61,7 +65,7 @@ ALPHAS = (None, 1.0, 0.3)
 #: records a user, where the default's guards bite
 CLASSIFIER_RECORDS = 600
 USERS = 20
-RULES = ("default", "open", "server")
+RULES = ("default", "open", "server", "device-side")
 
 
 def run_one(task: tuple[str, float | None, int]) -> dict:
@@ -81,6 +85,7 @@ def run_one(task: tuple[str, float | None, int]) -> dict:
     )
     from dmt_model.foundation import TrainingConfig, train_foundation
     from dmt_model.personalize import (
+        DeviceComparison,
         compare_personal_rules,
         featurizer_of,
         open_rule_for,
@@ -115,19 +120,29 @@ def run_one(task: tuple[str, float | None, int]) -> dict:
         return featurizer.task.test_error(predict_frame(model, test),
                                           featurizer.target_values(test))
 
-    found = compare_personal_rules(v1, [u.shareable for u in sim.users])
     records = [pd.concat([u.shareable, u.private]) for u in sim.users]
+    # the server's check reads what users shared; a device-side check (each device
+    # comparing the rules on all of its records, as dmt_model.version_check does for
+    # versions) would read every record, without the randomized response a private report
+    # adds: an upper bound on its power
+    found, device_side = (compare_personal_rules(v1, frames) for frames in (
+        [u.shareable for u in sim.users], records))
+
+    def figures(check: DeviceComparison) -> dict:
+        return {"devices": check.devices, "t": check.t, "needed": check.needed,
+                "default_error": check.error_before, "open_error": check.error_after,
+                "open_better": check.better}
+
     out = {"dataset": name, "population": population, "seed": seed,
            "error_name": featurizer.task.error_name,
            "records": [len(r) for r in records],
            "v1": [error(v1, u) for u in sim.users],
-           "check": {"devices": found.devices, "t": found.t, "needed": found.needed,
-                     "default_error": found.error_before, "open_error": found.error_after,
-                     "open_better": found.better}}
+           "check": figures(found), "check_device_side": figures(device_side)}
     for rule_name, rule in (("default", None), ("open", open_rule_for(featurizer.task))):
         held = personalized_many(v1, records, rule=rule)
         out[rule_name] = [error(model, u) for (model, _), u in zip(held, sim.users, strict=True)]
     out["server"] = out["open" if found.better else "default"]
+    out["device-side"] = out["open" if device_side.better else "default"]
     out["seconds"] = time.perf_counter() - started
     return out
 
@@ -154,8 +169,11 @@ def summarize(runs: list[dict]) -> list[dict]:
                    "records_median": float(np.median([n for r in cell for n in r["records"]])),
                    "v1": float(v1.mean()),
                    "open_chosen": int(sum(r["check"]["open_better"] for r in cell)),
-                   "open_chosen_seeds": [r["seed"] for r in cell if r["check"]["open_better"]]}
-            for rule in RULES:
+                   "open_chosen_seeds": [r["seed"] for r in cell if r["check"]["open_better"]],
+                   # (runs from before the device-side check have none)
+                   "device_side_chosen": int(sum(r.get("check_device_side", {}).get(
+                       "open_better", False) for r in cell))}
+            for rule in (r for r in RULES if r in cell[0]):
                 change = np.array([np.mean(r[rule]) for r in cell]) / v1 - 1
                 worse = [np.mean(np.array(r[rule]) > np.array(r["v1"]) * (1 + 1e-9))
                          for r in cell]
@@ -169,16 +187,20 @@ def markdown(rows: list[dict], seeds: int) -> str:
     lines = [f"Mean per-user test error (RMSE; a classifier's log loss) against v1 (± std "
              f"over {seeds} seeds; share of users worse off than v1), 20 users a seed; "
              "*server*: the rule the server signed after comparing both on the records users "
-             "shared (open rule chosen in n of the seeds); *records*: a user's median number "
-             "of training records.",
+             "shared (open rule chosen in n of the seeds); *device-side*: the rule a check of "
+             "every user's records would choose (each device comparing the rules on all its "
+             "records, without the randomized response a private report adds); *records*: a "
+             "user's median number of training records.",
              "", "| data set | users | records | v1 | default rule | open rule | server's choice "
-             "| open chosen |", "|---|---|---|---|---|---|---|---|"]
+             "| device-side choice | open chosen (server / device-side) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         cells = [f"{row[r]['change']:+.1%} ± {row[r]['change_std']:.1%} "
-                 f"({row[r]['worse_off']:.0%})" for r in RULES]
+                 f"({row[r]['worse_off']:.0%})" if r in row else "—" for r in RULES]
         lines.append(f"| {row['dataset']} | {row['users']} | {row['records_median']:g} | "
-                     f"{row['v1']:.4g} | "
-                     + " | ".join(cells) + f" | {row['open_chosen']}/{row['seeds']} |")
+                     f"{row['v1']:.4g} | " + " | ".join(cells)
+                     + f" | {row['open_chosen']} / {row.get('device_side_chosen', '—')} of "
+                     f"{row['seeds']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -199,13 +221,14 @@ def plot(rows: list[dict], path: Path, seeds: int) -> None:
     axes = axes[:len(names)]
     styles = {"default": ("tab:blue", "o", "default rule"),
               "open": ("tab:orange", "s", "open rule"),
-              "server": ("tab:green", "D", "server's choice")}
+              "server": ("tab:green", "D", "server's choice"),
+              "device-side": ("tab:purple", "^", "device-side choice")}
     for ax, name in zip(axes, names, strict=True):
         cell = [r for r in rows if r["dataset"] == name]
         x = np.arange(len(cell))
-        for k, rule in enumerate(RULES):
+        for k, rule in enumerate(r for r in RULES if r in cell[0]):
             color, marker, label = styles[rule]
-            ax.errorbar(x + (k - 1) * 0.12, [100 * r[rule]["change"] for r in cell],
+            ax.errorbar(x + (k - 1.5) * 0.12, [100 * r[rule]["change"] for r in cell],
                         yerr=[100 * r[rule]["change_std"] / np.sqrt(seeds) for r in cell],
                         color=color, marker=marker, linestyle="none", capsize=3, label=label)
         ax.axhline(0, color="grey", linewidth=0.8)
