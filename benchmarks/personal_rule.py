@@ -169,10 +169,10 @@ def summarize(runs: list[dict]) -> list[dict]:
                    "records_median": float(np.median([n for r in cell for n in r["records"]])),
                    "v1": float(v1.mean()),
                    "open_chosen": int(sum(r["check"]["open_better"] for r in cell)),
-                   "open_chosen_seeds": [r["seed"] for r in cell if r["check"]["open_better"]],
-                   # (runs from before the device-side check have none)
-                   "device_side_chosen": int(sum(r.get("check_device_side", {}).get(
-                       "open_better", False) for r in cell))}
+                   "open_chosen_seeds": [r["seed"] for r in cell if r["check"]["open_better"]]}
+            if "check_device_side" in cell[0]:  # (runs from before 6 December have none)
+                row["device_side_chosen"] = int(sum(r["check_device_side"]["open_better"]
+                                                    for r in cell))
             for rule in (r for r in RULES if r in cell[0]):
                 change = np.array([np.mean(r[rule]) for r in cell]) / v1 - 1
                 worse = [np.mean(np.array(r[rule]) > np.array(r["v1"]) * (1 + 1e-9))
