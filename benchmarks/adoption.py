@@ -104,7 +104,6 @@ from fl_protocol import (  # a sibling benchmark script
     ProtocolTask,
     dmt_model_for,
     foundation_for,
-    friedman_users,
     open_protocol,
     personalize_users,
     settings_from,
@@ -149,14 +148,14 @@ def real_users(name: str) -> Any:
     ``benchmarks/personal_rule.py`` cuts it
     (:func:`~dmt_model.datasets.simulate_users`): the proxy a random 30 % of the records,
     each user one neighbourhood of the data set's location column and a target factor
-    within 1 ± spread (0.3 by default; ``--spread``). ``--users`` is ignored: these data
-    sets hold a few hundred records, :data:`REAL_USERS` users a seed."""
+    within 1 ± spread (0.3 by default; ``--spread``). These data sets hold a few hundred
+    records: :func:`runs_asked` runs them at :data:`REAL_USERS` users a seed."""
     from dmt_model.datasets import REGRESSION_DATASETS, simulate_users
 
     dataset = REGRESSION_DATASETS[name]
 
     def simulate(seed: int, n_users: int, *, spread: float = 0.3) -> Any:
-        return simulate_users(dataset.load(), n_users=REAL_USERS, spread=spread, seed=seed,
+        return simulate_users(dataset.load(), n_users=n_users, spread=spread, seed=seed,
                               location=dataset.location, target=dataset.target)
     return simulate
 
@@ -183,9 +182,9 @@ ADOPTION_TASKS: dict[str, ProtocolTask] = {**TASKS, "friedman1": ProtocolTask(
     lambda frame: frame[LOCATION] > 0.6, "no record with x2 > 0.6"),
     "boston": _real_task("boston", "Boston house prices regression"),
     "star98": _real_task("star98", "star98 school districts regression")}
-#: The tasks whose users' target factors ``--spread`` sets.
-SPREADS = {"friedman": friedman_users, "friedman1": friedman1_users,
-           "boston": real_users("boston"), "star98": real_users("star98")}
+#: The regressions whose users' target factors ``--spread`` sets (their ``simulate`` takes
+#: ``spread=``).
+SPREADS = ("friedman", "friedman1", *REAL_TASKS)
 #: The regressions whose function is known: a user's expected error is measured on fresh
 #: records (:func:`_friedman_fresh`).
 KNOWN_FUNCTIONS = ("friedman", "friedman1")
@@ -360,8 +359,7 @@ def _seed_setting(name: str, seed: int, users: int, workers: int, spread: float 
     each user's personal model (the foundation personalized on their records) and DMT's
     retraining learning rate."""
     task = ADOPTION_TASKS[name]
-    sim = (task.simulate(seed, users) if spread is None
-           else SPREADS[name](seed, users, spread=spread))
+    sim = task.simulate(seed, users, **({} if spread is None else {"spread": spread}))
     foundation = foundation_for(sim, task, seed)
     current = personalize_users(foundation, sim, task, workers=workers)["personal_models"]
     return task, sim, foundation, current, settings_from(RESULTS, task)["dmt_learning_rate"]

@@ -384,7 +384,6 @@ def friedman_users(seed: int, n_users: int, *, spread: float = 0.3) -> Simulatio
                          spread=spread)
 
 
-
 def _classifier(name: str, unseen: Callable[[pd.DataFrame], pd.Series], proxy_records: int,
                 records_per_user: float) -> Callable[[int, int], Simulation]:
     dataset = CLASSIFICATION_DATASETS[name]

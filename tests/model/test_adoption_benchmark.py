@@ -37,11 +37,12 @@ def test_a_real_regressions_users_are_personal_rules(adoption, name):
     task = adoption.ADOPTION_TASKS[name]
     if not task.available():
         pytest.skip(f"{name} is not on this machine")
-    sim = task.simulate(0, 120)  # a few hundred records: 20 users whatever is asked
+    sim = task.simulate(0, adoption.REAL_USERS)  # what runs_asked runs it at (below)
     assert len(sim.users) == adoption.REAL_USERS
     factors = [u.factor for u in sim.users]
     assert max(abs(np.array(factors) - 1)) <= 0.3 and len(set(factors)) > 1
-    alike = adoption.SPREADS[name](0, 120, spread=0.0)
+    assert name in adoption.SPREADS
+    alike = task.simulate(0, adoption.REAL_USERS, spread=0.0)
     assert {u.factor for u in alike.users} == {1.0}
     # no known function: their test error only
     assert adoption.expected_error_weights(sim, task.target, task=name) is None
