@@ -23,17 +23,24 @@ under raw or k-anonymous sharing); every user then personalizes v1 on all its tr
 records under the rule the release earned. Reports, per data set and h, the mean per-user
 test RMSE's change from v1 under the default rule, the open rule and the server's choice,
 the share of users worse off than v1, and in how many seeds the server chose the open
-rule. Beside it (since 6 December), the choice a **device-side** check would make: the same
-comparison on every record of each user, as devices comparing the rules on their own
+rule. Beside it (since 6 December), the choice a **device-side** check would make: the
+same comparison on every record of each user, as devices comparing the rules on their own
 records could report it (the way ``dmt_model.version_check`` reports on versions; not
 built), without the randomized response such a private report adds, so an upper bound on
-its power. The users the rules are compared on are the users who then personalize (the check
-reads only what they shared, never their test records); in an app the check's devices
-are held out, other devices of the same population. The confidence, 90 %, is the one the
-server's version check uses (``compare_on_devices``). A scratch version of this script
-(halves drawn at random) tried 75 % and 95 % on seeds 0–9: at 75 % the server then chose
-the open rule for Boston at h = 0 in 2 of seeds 10–19, whose users lost 0.5 points
-against the default; at 95 % it chose it for star98 at h = 0.3 in 1 of 10 seeds.
+its power. And what that private report would choose (*private report*, also since 6
+December): each device tells the bit "the open rule's held-out error is lower on my
+records" by randomized response at ε = 1, as a version check's report does (a device that
+cannot compare tells "not better"), and the server grants the open rule if the tally shows
+a majority better at 90 % (``tally_version_checks``). Its chance of granting in a seed is
+computed exactly from how many devices were better off (``claim_chance``); the column is
+the users' expected error under it. The users the rules are compared on are the users who
+then personalize (the check reads only what they shared, never their test records); in an
+app the check's devices are held out, other devices of the same population. The
+confidence, 90 %, is the one the server's version check uses (``compare_on_devices``). A
+scratch version of this script (halves drawn at random) tried 75 % and 95 % on seeds 0–9:
+at 75 % the server then chose the open rule for Boston at h = 0 in 2 of seeds 10–19, whose
+users lost 0.5 points against the default; at 95 % it chose it for star98 at h = 0.3 in 1
+of 10 seeds.
 
 A classifier's users (Adult, digits; ``simulate_classifier_users``, 600 records among 20
 users, at least 8 each, images without a hand of their own) differ in their label mixes
@@ -65,7 +72,9 @@ ALPHAS = (None, 1.0, 0.3)
 #: records a user, where the default's guards bite
 CLASSIFIER_RECORDS = 600
 USERS = 20
-RULES = ("default", "open", "server", "device-side")
+RULES = ("default", "open", "server", "device-side", "private")
+#: the ε of the private report's bit (a version check's)
+PRIVATE_EPSILON = 1.0
 
 
 def run_one(task: tuple[str, float | None, int]) -> dict:
@@ -137,7 +146,10 @@ def run_one(task: tuple[str, float | None, int]) -> dict:
            "error_name": featurizer.task.error_name,
            "records": [len(r) for r in records],
            "v1": [error(v1, u) for u in sim.users],
-           "check": figures(found), "check_device_side": figures(device_side)}
+           "check": figures(found), "check_device_side": figures(device_side),
+           # each compared device's held-out error under the default rule less the open
+           # rule's, on all its records: whether it would report the open rule better
+           "device_side_differences": list(device_side.differences)}
     for rule_name, rule in (("default", None), ("open", open_rule_for(featurizer.task))):
         held = personalized_many(v1, records, rule=rule)
         out[rule_name] = [error(model, u) for (model, _), u in zip(held, sim.users, strict=True)]
@@ -173,14 +185,40 @@ def summarize(runs: list[dict]) -> list[dict]:
             if "check_device_side" in cell[0]:  # (runs from before 6 December have none)
                 row["device_side_chosen"] = int(sum(r["check_device_side"]["open_better"]
                                                     for r in cell))
+
+            def mean_error(run: dict, rule: str) -> float:
+                return float(np.mean(run[rule]))
+
+            def worse_off(run: dict, rule: str) -> float:
+                return float(np.mean(np.array(run[rule]) > np.array(run["v1"]) * (1 + 1e-9)))
+
             for rule in (r for r in RULES if r in cell[0]):
-                change = np.array([np.mean(r[rule]) for r in cell]) / v1 - 1
-                worse = [np.mean(np.array(r[rule]) > np.array(r["v1"]) * (1 + 1e-9))
-                         for r in cell]
+                change = np.array([mean_error(r, rule) for r in cell]) / v1 - 1
                 row[rule] = {"change": float(change.mean()), "change_std": float(change.std()),
-                             "worse_off": float(np.mean(worse))}
+                             "worse_off": float(np.mean([worse_off(r, rule) for r in cell]))}
+            if "device_side_differences" in cell[0]:  # (runs from before 6 December 13:00)
+                grant = np.array([_private_grant(r) for r in cell])
+                # the users' expected error: the open rule's with the grant's chance
+                change = np.array([g * mean_error(r, "open") + (1 - g) * mean_error(r, "default")
+                                   for g, r in zip(grant, cell, strict=True)]) / v1 - 1
+                row["private"] = {"change": float(change.mean()),
+                                  "change_std": float(change.std()),
+                                  "worse_off": float(np.mean([
+                                      g * worse_off(r, "open") + (1 - g) * worse_off(r, "default")
+                                      for g, r in zip(grant, cell, strict=True)]))}
+                row["private_chosen"] = float(grant.sum())
             rows.append(row)
     return rows
+
+
+def _private_grant(run: dict) -> float:
+    """The chance a tally of the seed's users' private reports grants the open rule: every
+    user reports, those whose records show the open rule's held-out error lower say
+    "better" (told by randomized response at :data:`PRIVATE_EPSILON`)."""
+    from dmt_model.version_check import claim_chance
+
+    better_off = sum(d > 0 for d in run["device_side_differences"])
+    return claim_chance(better_off, len(run["v1"]), epsilon=PRIVATE_EPSILON)
 
 
 def markdown(rows: list[dict], seeds: int) -> str:
@@ -189,18 +227,23 @@ def markdown(rows: list[dict], seeds: int) -> str:
              "*server*: the rule the server signed after comparing both on the records users "
              "shared (open rule chosen in n of the seeds); *device-side*: the rule a check of "
              "every user's records would choose (each device comparing the rules on all its "
-             "records, without the randomized response a private report adds); *records*: a "
-             "user's median number of training records.",
+             "records, without the randomized response a private report adds); *private report*: "
+             f"the users' expected error if each device told that comparison's bit by "
+             f"randomized response at ε = {PRIVATE_EPSILON:g} and the server granted the open "
+             "rule on a majority shown better at 90 % (open chosen: the expected number of "
+             "seeds); *records*: a user's median number of training records.",
              "", "| data set | users | records | v1 | default rule | open rule | server's choice "
-             "| device-side choice | open chosen (server / device-side) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| device-side choice | private report | open chosen (server / device-side / "
+             "private) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         cells = [f"{row[r]['change']:+.1%} ± {row[r]['change_std']:.1%} "
                  f"({row[r]['worse_off']:.0%})" if r in row else "—" for r in RULES]
         lines.append(f"| {row['dataset']} | {row['users']} | {row['records_median']:g} | "
                      f"{row['v1']:.4g} | " + " | ".join(cells)
-                     + f" | {row['open_chosen']} / {row.get('device_side_chosen', '—')} of "
-                     f"{row['seeds']} |")
+                     + f" | {row['open_chosen']} / {row.get('device_side_chosen', '—')} / "
+                     + (f"{row['private_chosen']:.1f}" if "private_chosen" in row else "—")
+                     + f" of {row['seeds']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -222,13 +265,14 @@ def plot(rows: list[dict], path: Path, seeds: int) -> None:
     styles = {"default": ("tab:blue", "o", "default rule"),
               "open": ("tab:orange", "s", "open rule"),
               "server": ("tab:green", "D", "server's choice"),
-              "device-side": ("tab:purple", "^", "device-side choice")}
+              "device-side": ("tab:purple", "^", "device-side choice"),
+              "private": ("tab:red", "v", f"private report (ε = {PRIVATE_EPSILON:g})")}
     for ax, name in zip(axes, names, strict=True):
         cell = [r for r in rows if r["dataset"] == name]
         x = np.arange(len(cell))
         for k, rule in enumerate(r for r in RULES if r in cell[0]):
             color, marker, label = styles[rule]
-            ax.errorbar(x + (k - 1.5) * 0.12, [100 * r[rule]["change"] for r in cell],
+            ax.errorbar(x + (k - 2) * 0.12, [100 * r[rule]["change"] for r in cell],
                         yerr=[100 * r[rule]["change_std"] / np.sqrt(seeds) for r in cell],
                         color=color, marker=marker, linestyle="none", capsize=3, label=label)
         ax.axhline(0, color="grey", linewidth=0.8)

@@ -2154,7 +2154,9 @@ class DeviceComparison:
     it had to reach; whether the candidate is better, and why in words. From
     :func:`compare_personal_rules`: the same for one version personalized under the default
     rule (``error_before``) and under the task's open rule (``error_after``, the candidate;
-    :func:`open_rule_for`)."""
+    :func:`open_rule_for`). ``differences``: each compared device's mean held-out error
+    before less after, in the order of the devices given (those compared), whose paired
+    t-test this is: how many devices were better off, not only on average."""
 
     devices: int
     error_before: float
@@ -2163,6 +2165,7 @@ class DeviceComparison:
     needed: float
     better: bool
     reason: str
+    differences: tuple[float, ...] = ()
 
     @property
     def worse(self) -> bool:
@@ -2216,7 +2219,8 @@ def _over_devices(before: Sequence[float], after: Sequence[float], confidence: f
     figures = (f"{errors(float(np.mean(before)), float(np.mean(after)))} on {n} devices, "
                f"paired t = {t:.2f} (needs {needed:.2f})")
     return DeviceComparison(n, float(np.mean(before)), float(np.mean(after)), t, needed,
-                            better, figures if better else f"{refused}: {figures}")
+                            better, figures if better else f"{refused}: {figures}",
+                            tuple(float(d) for d in np.subtract(before, after)))
 
 
 def compare_personal_rules(model: Any, devices: Sequence[pd.DataFrame], *,

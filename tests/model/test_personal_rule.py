@@ -263,6 +263,15 @@ def test_a_classifiers_check_grants_its_open_rule_where_users_label_mixes_differ
                                                          for d in differing])
 
 
+def test_the_comparison_gives_each_devices_difference(served):
+    """How many devices were better off, not only on average (the benchmark's private
+    report tells each device's bit from it)."""
+    registry, _, alike, _ = served
+    found = compare_personal_rules(_v1(registry), alike)
+    assert len(found.differences) == found.devices == len(alike)
+    assert np.mean(found.differences) == pytest.approx(found.error_before - found.error_after)
+
+
 def test_only_enough_devices_are_compared(served):
     registry, _, alike, _ = served
     v1 = _v1(registry)

@@ -574,3 +574,32 @@ def test_an_issuer_gives_each_device_it_asked_one_token(served, tmp_path):
     with pytest.warns(DeprecationWarning, match="device="):
         unnamed.finalize(issuer.ask(unnamed.body))
     assert issuer.asked == 3
+
+
+def test_the_chance_of_a_claim_is_the_tallys_own():
+    """claim_chance is exact: the binomial chance of each count of "better" reports, summed
+    where the tally of that count claims the version better."""
+    from scipy.stats import binom
+
+    from dmt_model.version_check import claim_chance
+
+    sha = "ab" * 32
+    n, epsilon = 12, 2.0
+    p = np.exp(epsilon) / (1 + np.exp(epsilon))
+    claims = [tally_version_checks([VersionCheck(2, sha, 1, i < said, epsilon)
+                                    for i in range(n)], version=2, sha256=sha, baseline=1,
+                                   asked=n, epsilon=epsilon).better for said in range(n + 1)]
+    for better_off in (0, 6, 9, 12):
+        said = np.convolve(binom.pmf(range(better_off + 1), better_off, p),
+                           binom.pmf(range(n - better_off + 1), n - better_off, 1 - p))
+        assert claim_chance(better_off, n, epsilon=epsilon) == pytest.approx(
+            said[claims].sum(), abs=1e-12)
+    chances = [claim_chance(k, 20) for k in range(21)]
+    assert chances == sorted(chances) and chances[10] < 0.1  # more better off, more claims
+    assert claim_chance(3, 3, epsilon=50.0) == 0.0  # fewer than reports_needed never claim
+    assert claim_chance(4, 4, epsilon=50.0) == pytest.approx(1.0)
+    assert claim_chance(0, 0) == 0.0
+    for bad in ({"better_off": 5, "devices": 4}, {"better_off": -1, "devices": 4},
+                {"better_off": 1, "devices": 2.0}):
+        with pytest.raises(ValidationError):
+            claim_chance(**bad)
