@@ -207,6 +207,11 @@ def summarize(runs: list[dict]) -> list[dict]:
                                       g * worse_off(r, "open") + (1 - g) * worse_off(r, "default")
                                       for g, r in zip(grant, cell, strict=True)]))}
                 row["private_chosen"] = float(grant.sum())
+                # the share of users whose records show the open rule better: what the
+                # report's power at more devices follows (claim_chance)
+                row["better_off_share"] = float(np.mean([
+                    np.sum(np.array(r["device_side_differences"]) > 0) / len(r["v1"])
+                    for r in cell]))
             rows.append(row)
     return rows
 

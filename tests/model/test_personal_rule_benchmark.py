@@ -44,3 +44,12 @@ def test_the_private_column_weighs_the_rules_by_the_chance_of_a_grant(personal_r
     old = {k: v for k, v in every.items() if k != "device_side_differences"}
     (row,) = personal_rule.summarize([old])
     assert "private" not in row and "/ — of 1 |" in personal_rule.markdown([row], 1)
+
+
+def test_the_share_better_off_counts_every_user(personal_rule):
+    """A user whose records could not be compared is not better off: the share is of all
+    users, as claim_chance counts them."""
+    every = _run(0, [0.1] * 20, default=1.0, open_=0.5)
+    few = _run(1, [0.1] * 5 + [-0.1] * 10, default=1.0, open_=3.0)
+    (row,) = personal_rule.summarize([every, few])
+    assert row["better_off_share"] == pytest.approx((1.0 + 5 / 20) / 2)
