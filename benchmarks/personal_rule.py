@@ -58,6 +58,7 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -168,7 +169,10 @@ def _population(name: str, population: float | None) -> str:
 def summarize(runs: list[dict]) -> list[dict]:
     """Per data set and population: each rule's mean change from v1 (the mean over seeds of
     the seed's mean per-user test error, against v1's), its std over seeds, the share of
-    users worse off, and how often the server chose the open rule."""
+    users worse off, and how often the server chose the open rule; for runs with each
+    device's difference, the private report's expected change (``private``), its expected
+    number of grants (``private_chosen``) and the share of users better off under the open
+    rule (``better_off_share``)."""
     rows = []
     for name in dict.fromkeys(r["dataset"] for r in runs):
         for population in dict.fromkeys(r["population"] for r in runs
@@ -185,27 +189,16 @@ def summarize(runs: list[dict]) -> list[dict]:
             if "check_device_side" in cell[0]:  # (runs from before 6 December have none)
                 row["device_side_chosen"] = int(sum(r["check_device_side"]["open_better"]
                                                     for r in cell))
-
-            def mean_error(run: dict, rule: str) -> float:
-                return float(np.mean(run[rule]))
-
-            def worse_off(run: dict, rule: str) -> float:
-                return float(np.mean(np.array(run[rule]) > np.array(run["v1"]) * (1 + 1e-9)))
-
             for rule in (r for r in RULES if r in cell[0]):
-                change = np.array([mean_error(r, rule) for r in cell]) / v1 - 1
+                change = np.array([_mean_error(r, rule) for r in cell]) / v1 - 1
                 row[rule] = {"change": float(change.mean()), "change_std": float(change.std()),
-                             "worse_off": float(np.mean([worse_off(r, rule) for r in cell]))}
+                             "worse_off": float(np.mean([_worse_off(r, rule) for r in cell]))}
             if "device_side_differences" in cell[0]:  # (runs from before 6 December 13:00)
                 grant = np.array([_private_grant(r) for r in cell])
-                # the users' expected error: the open rule's with the grant's chance
-                change = np.array([g * mean_error(r, "open") + (1 - g) * mean_error(r, "default")
-                                   for g, r in zip(grant, cell, strict=True)]) / v1 - 1
+                change = _expected(_mean_error, grant, cell) / v1 - 1
                 row["private"] = {"change": float(change.mean()),
                                   "change_std": float(change.std()),
-                                  "worse_off": float(np.mean([
-                                      g * worse_off(r, "open") + (1 - g) * worse_off(r, "default")
-                                      for g, r in zip(grant, cell, strict=True)]))}
+                                  "worse_off": float(_expected(_worse_off, grant, cell).mean())}
                 row["private_chosen"] = float(grant.sum())
                 # the share of users whose records show the open rule better: what the
                 # report's power at more devices follows (claim_chance)
@@ -214,6 +207,23 @@ def summarize(runs: list[dict]) -> list[dict]:
                     for r in cell]))
             rows.append(row)
     return rows
+
+
+def _mean_error(run: dict, rule: str) -> float:
+    return float(np.mean(run[rule]))
+
+
+def _worse_off(run: dict, rule: str) -> float:
+    """The share of the run's users worse off than v1 under ``rule``."""
+    return float(np.mean(np.array(run[rule]) > np.array(run["v1"]) * (1 + 1e-9)))
+
+
+def _expected(measure: Callable[[dict, str], float], grant: np.ndarray, runs: list[dict]
+              ) -> np.ndarray:
+    """Each run's ``measure`` under the open rule with its chance of a grant, else under the
+    default rule."""
+    return np.array([g * measure(r, "open") + (1 - g) * measure(r, "default")
+                     for g, r in zip(grant, runs, strict=True)])
 
 
 def _private_grant(run: dict) -> float:
@@ -236,7 +246,8 @@ def markdown(rows: list[dict], seeds: int) -> str:
              f"the users' expected error if each device told that comparison's bit by "
              f"randomized response at ε = {PRIVATE_EPSILON:g} and the server granted the open "
              "rule on a majority shown better at 90 % (open chosen: the expected number of "
-             "seeds); *records*: a user's median number of training records.",
+             "seeds; its ± is the std over seeds of that expected error, without the chance of "
+             "the grant itself); *records*: a user's median number of training records.",
              "", "| data set | users | records | v1 | default rule | open rule | server's choice "
              "| device-side choice | private report | open chosen (server / device-side / "
              "private) |",
@@ -275,9 +286,11 @@ def plot(rows: list[dict], path: Path, seeds: int) -> None:
     for ax, name in zip(axes, names, strict=True):
         cell = [r for r in rows if r["dataset"] == name]
         x = np.arange(len(cell))
-        for k, rule in enumerate(r for r in RULES if r in cell[0]):
+        drawn = [r for r in RULES if r in cell[0]]
+        for k, rule in enumerate(drawn):
             color, marker, label = styles[rule]
-            ax.errorbar(x + (k - 2) * 0.12, [100 * r[rule]["change"] for r in cell],
+            ax.errorbar(x + (k - (len(drawn) - 1) / 2) * 0.12,
+                        [100 * r[rule]["change"] for r in cell],
                         yerr=[100 * r[rule]["change_std"] / np.sqrt(seeds) for r in cell],
                         color=color, marker=marker, linestyle="none", capsize=3, label=label)
         ax.axhline(0, color="grey", linewidth=0.8)

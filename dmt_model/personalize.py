@@ -2155,8 +2155,10 @@ class DeviceComparison:
     :func:`compare_personal_rules`: the same for one version personalized under the default
     rule (``error_before``) and under the task's open rule (``error_after``, the candidate;
     :func:`open_rule_for`). ``differences``: each compared device's mean held-out error
-    before less after, in the order of the devices given (those compared), whose paired
-    t-test this is: how many devices were better off, not only on average."""
+    before less after (positive where the candidate is better), in the order the devices
+    were given; a device skipped (too few records) has none, so they number ``devices``,
+    not the devices given. The paired t-test is theirs; they say how many devices were
+    better off, not only on average."""
 
     devices: int
     error_before: float

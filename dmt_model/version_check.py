@@ -71,6 +71,7 @@ changes which rule devices apply to their own records).
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import math
 import uuid
@@ -734,8 +735,9 @@ def claim_chance(better_off: int, devices: int, *, epsilon: float = VERSION_CHEC
     """The chance that the tally of ``devices`` reports at ``epsilon``, ``better_off`` of
     them from devices truly better off, shows a majority better
     (:func:`tally_version_checks`' ``better``): the check's power, exactly, for planning how
-    many devices to ask and at what ε. A device that cannot tell reports "not better", so
-    count it among ``devices`` and not ``better_off``.
+    many devices to ask and at what ε. Every report counts (one per device asked, each with
+    a valid token); a device that cannot tell reports "not better", so count it among
+    ``devices`` and not ``better_off``.
 
     At ε = 1, 20 devices of which 15 are better off are shown better with probability
     0.28, and all 20 better off with 0.72; at ε = 4, 15 of 20 with 0.97."""
@@ -759,6 +761,8 @@ def claim_chance(better_off: int, devices: int, *, epsilon: float = VERSION_CHEC
     # ones among the rest
     said = np.convolve(binom.pmf(np.arange(better_off + 1), better_off, p),
                        binom.pmf(np.arange(devices - better_off + 1), devices - better_off, q))
-    claims = [_share_bounds(s, devices, mechanism, confidence)[1] > 0.5
-              for s in range(devices + 1)]
-    return float(min(said[claims].sum(), 1.0))
+    # the tally claims from the fewest "better" reports whose lower bound is above one half
+    # (the bound rises with them), so the chance is the tail from there
+    fewest = bisect.bisect_left(range(devices + 1), True, key=lambda s: _share_bounds(
+        s, devices, mechanism, confidence)[1] > 0.5)
+    return float(min(said[fewest:].sum(), 1.0))

@@ -196,7 +196,8 @@ def _compare_device_by_device(previous, candidate, devices, grid, *, confidence=
                f"(needs {needed:.2f})")
     return DeviceComparison(len(before), float(np.mean(before)), float(np.mean(after)), t,
                             needed, better,
-                            figures if better else f"not better on devices: {figures}")
+                            figures if better else f"not better on devices: {figures}",
+                            tuple(float(d) for d in np.subtract(before, after)))
 
 
 def test_comparing_every_device_in_one_pass_changes_no_number(digits, monkeypatch):

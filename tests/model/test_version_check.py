@@ -577,23 +577,25 @@ def test_an_issuer_gives_each_device_it_asked_one_token(served, tmp_path):
 
 
 def test_the_chance_of_a_claim_is_the_tallys_own():
-    """claim_chance is exact: the binomial chance of each count of "better" reports, summed
-    where the tally of that count claims the version better."""
-    from scipy.stats import binom
+    """claim_chance is exact: every way the devices' reports can fall, weighed by its
+    chance under randomized response and kept where the tally claims the version better."""
+    import itertools
 
     from dmt_model.version_check import claim_chance
 
     sha = "ab" * 32
-    n, epsilon = 12, 2.0
+    n, epsilon = 8, 2.0
     p = np.exp(epsilon) / (1 + np.exp(epsilon))
     claims = [tally_version_checks([VersionCheck(2, sha, 1, i < said, epsilon)
                                     for i in range(n)], version=2, sha256=sha, baseline=1,
                                    asked=n, epsilon=epsilon).better for said in range(n + 1)]
-    for better_off in (0, 6, 9, 12):
-        said = np.convolve(binom.pmf(range(better_off + 1), better_off, p),
-                           binom.pmf(range(n - better_off + 1), n - better_off, 1 - p))
-        assert claim_chance(better_off, n, epsilon=epsilon) == pytest.approx(
-            said[claims].sum(), abs=1e-12)
+    for better_off in (0, 3, 6, 7, 8):
+        truths = [i < better_off for i in range(n)]
+        chance = sum(np.prod([p if told == truth else 1 - p
+                              for told, truth in zip(reports, truths, strict=True)])
+                     for reports in itertools.product((False, True), repeat=n)
+                     if claims[sum(reports)])
+        assert claim_chance(better_off, n, epsilon=epsilon) == pytest.approx(chance, abs=1e-12)
     chances = [claim_chance(k, 20) for k in range(21)]
     assert chances == sorted(chances) and chances[10] < 0.1  # more better off, more claims
     assert claim_chance(3, 3, epsilon=50.0) == 0.0  # fewer than reports_needed never claim
