@@ -33,14 +33,16 @@ records" by randomized response at ε = 1, as a version check's report does (a d
 cannot compare tells "not better"), and the server grants the open rule if the tally shows
 a majority better at 90 % (``tally_version_checks``). Its chance of granting in a seed is
 computed exactly from how many devices were better off (``claim_chance``); the column is
-the users' expected error under it. The users the rules are compared on are the users who
-then personalize (the check reads only what they shared, never their test records); in an
-app the check's devices are held out, other devices of the same population. The
-confidence, 90 %, is the one the server's version check uses (``compare_on_devices``). A
-scratch version of this script (halves drawn at random) tried 75 % and 95 % on seeds 0–9:
-at 75 % the server then chose the open rule for Boston at h = 0 in 2 of seeds 10–19, whose
-users lost 0.5 points against the default; at 95 % it chose it for star98 at h = 0.3 in 1
-of 10 seeds.
+the users' expected error under it. A second table gives how often that report, and a
+three-valued one (better, unchanged or worse; an exact sign test of "better" against
+"worse"; not built either), would grant the open rule, at ε = 1, 4 and without noise. The
+users the rules are compared on are the users who then personalize (the check reads only
+what they shared, never their test records); in an app the check's devices are held out,
+other devices of the same population. The confidence, 90 %, is the one the server's
+version check uses (``compare_on_devices``). A scratch version of this script (halves
+drawn at random) tried 75 % and 95 % on seeds 0–9: at 75 % the server then chose the open
+rule for Boston at h = 0 in 2 of seeds 10–19, whose users lost 0.5 points against the
+default; at 95 % it chose it for star98 at h = 0.3 in 1 of 10 seeds.
 
 A classifier's users (Adult, digits; ``simulate_classifier_users``, 600 records among 20
 users, at least 8 each, images without a hand of their own) differ in their label mixes
@@ -55,7 +57,9 @@ Writes ``benchmarks/results/personal_rule.json``, ``.md`` and ``.png``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -76,6 +80,8 @@ USERS = 20
 RULES = ("default", "open", "server", "device-side", "private")
 #: the ε of the private report's bit (a version check's)
 PRIVATE_EPSILON = 1.0
+#: the ε a three-valued report is tried at (inf: told as it is)
+THREE_VALUED_EPSILONS = (1.0, 4.0, math.inf)
 
 
 def run_one(task: tuple[str, float | None, int]) -> dict:
@@ -202,9 +208,13 @@ def summarize(runs: list[dict]) -> list[dict]:
                 row["private_chosen"] = float(grant.sum())
                 # the share of users whose records show the open rule better: what the
                 # report's power at more devices follows (claim_chance)
-                row["better_off_share"] = float(np.mean([
-                    np.sum(np.array(r["device_side_differences"]) > 0) / len(r["v1"])
-                    for r in cell]))
+                for share, sign in (("better_off_share", 1), ("worse_off_share", -1)):
+                    row[share] = float(np.mean([
+                        np.sum(np.sign(r["device_side_differences"]) == sign) / len(r["v1"])
+                        for r in cell]))
+                row["three_valued_chosen"] = {
+                    f"{epsilon:g}": float(sum(_three_valued_grant(r, epsilon) for r in cell))
+                    for epsilon in THREE_VALUED_EPSILONS}
             rows.append(row)
     return rows
 
@@ -224,6 +234,44 @@ def _expected(measure: Callable[[dict, str], float], grant: np.ndarray, runs: li
     default rule."""
     return np.array([g * measure(r, "open") + (1 - g) * measure(r, "default")
                      for g, r in zip(grant, runs, strict=True)])
+
+
+def _three_valued_grant(run: dict, epsilon: float, confidence: float = 0.9) -> float:
+    """The chance a three-valued private report grants the open rule (not built; the
+    question a report for classifiers would ask): every user tells "better", "unchanged"
+    or "worse" under the open rule by randomized response over the three at ``epsilon``
+    (``math.inf``: the truth), a user whose records could not be compared "unchanged", and
+    the server grants it if an exact sign test of the "better" reports against the "worse"
+    ones is significant at ``confidence``. Computed exactly: the chance of each count of
+    "better" and "worse" reports, summed where the test grants."""
+    differences = np.array(run["device_side_differences"])
+    users = len(run["v1"])
+    # (a difference that is not finite is a comparison that failed: "unchanged")
+    signs = np.where(np.isfinite(differences), np.sign(differences), 0).astype(int)
+    truths = [*signs, *[0] * (users - len(differences))]
+    keep = 1.0 if math.isinf(epsilon) else math.exp(epsilon) / (math.exp(epsilon) + 2)
+    other = (1 - keep) / 2
+    counts = np.zeros((users + 1, users + 1))  # [better reports, worse reports]
+    counts[0, 0] = 1.0
+    for truth in truths:  # one user's report: "better", "worse" or "unchanged"
+        said = {1: (keep, other), -1: (other, keep), 0: (other, other)}[truth]
+        counts = (np.pad(counts, ((1, 0), (0, 0)))[:-1] * said[0]
+                  + np.pad(counts, ((0, 0), (1, 0)))[:, :-1] * said[1]
+                  + counts * (1 - said[0] - said[1]))
+    return float(counts[_sign_test_grants(users, confidence)].sum())
+
+
+@functools.cache
+def _sign_test_grants(users: int, confidence: float) -> np.ndarray:
+    """Whether an exact one-sided sign test of b "better" reports against w "worse" ones is
+    significant at ``confidence``, for every b and w of ``users`` reports."""
+    from scipy.stats import binomtest
+
+    grants = np.zeros((users + 1, users + 1), dtype=bool)
+    for b in range(1, users + 1):
+        for w in range(users + 1 - b):
+            grants[b, w] = binomtest(b, b + w, 0.5, alternative="greater").pvalue < 1 - confidence
+    return grants
 
 
 def _private_grant(run: dict) -> float:
@@ -260,6 +308,26 @@ def markdown(rows: list[dict], seeds: int) -> str:
                      + f" | {row['open_chosen']} / {row.get('device_side_chosen', '—')} / "
                      + (f"{row['private_chosen']:.1f}" if "private_chosen" in row else "—")
                      + f" of {row['seeds']} |")
+    reported = [row for row in rows if "three_valued_chosen" in row]
+    if reported:
+        lines += ["", "Seeds (of the run's) in which a private report would grant the open "
+                  "rule: *one bit*, the version check's question (\"lower on my records\", a "
+                  "majority at 90 %); *three-valued* (not built): better, unchanged or worse, "
+                  "an exact sign test of the \"better\" reports against the \"worse\" ones at "
+                  "90 %, at each ε (*no noise*: told as it is). Expected numbers, computed "
+                  "exactly from each user's comparison; *users*: the share better off / worse "
+                  "off under the open rule on their own records (the rest unchanged, or too "
+                  "few records to compare).",
+                  "", "| data set | users | better / worse off | server's check | device-side "
+                  "check | one bit, ε = 1 | three-valued, ε = 1 | ε = 4 | no noise |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for row in reported:
+            chosen = row["three_valued_chosen"]
+            lines.append(f"| {row['dataset']} | {row['users']} | {row['better_off_share']:.0%}"
+                         f" / {row['worse_off_share']:.0%} | {row['open_chosen']} | "
+                         f"{row['device_side_chosen']} | {row['private_chosen']:.1f} | "
+                         + " | ".join(f"{chosen[f'{e:g}']:.1f}" for e in THREE_VALUED_EPSILONS)
+                         + " |")
     return "\n".join(lines) + "\n"
 
 
