@@ -218,6 +218,7 @@ def run_loop(
     from dmt_model.version_check import (
         VersionCheckIssuer,
         check_version_many,
+        claim_chance,
         open_version_check,
         reports_needed,
         request_version_check_token,
@@ -369,8 +370,11 @@ def run_loop(
     if shipped and len(reporters) >= reports_needed():
         # Each held-out device checks v2 on its records and reports one bit, sealed; the
         # server tallies them and signs v2's release again if they show it better.
+        # what the check can show at best: every device asked better off with v2
+        at_best = claim_chance(len(reporters), len(reporters), epsilon=report_epsilon)
         on_stage(f"devices: {len(reporters)} devices asked to check v2 report (one bit each "
-                 f"at ε={report_epsilon:g})")
+                 f"at ε={report_epsilon:g}; were every one better off with v2, the tally "
+                 f"would show it better with chance {at_best:.0%})")
         # The server gives each device it asks one token for this check (a blind signature:
         # it never sees the token), and counts only reports that carry one, each once. It
         # signs the check's key and ε into v2's release first; each device verifies that
