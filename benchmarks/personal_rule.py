@@ -177,8 +177,9 @@ def summarize(runs: list[dict]) -> list[dict]:
     the seed's mean per-user test error, against v1's), its std over seeds, the share of
     users worse off, and how often the server chose the open rule; for runs with each
     device's difference, the private report's expected change (``private``), its expected
-    number of grants (``private_chosen``) and the share of users better off under the open
-    rule (``better_off_share``)."""
+    number of grants (``private_chosen``), the shares of users better and worse off under
+    the open rule (``better_off_share``, ``worse_off_share``) and a three-valued report's
+    expected number of grants at each ε (``three_valued_chosen``)."""
     rows = []
     for name in dict.fromkeys(r["dataset"] for r in runs):
         for population in dict.fromkeys(r["population"] for r in runs
@@ -206,8 +207,8 @@ def summarize(runs: list[dict]) -> list[dict]:
                                   "change_std": float(change.std()),
                                   "worse_off": float(_expected(_worse_off, grant, cell).mean())}
                 row["private_chosen"] = float(grant.sum())
-                # the share of users whose records show the open rule better: what the
-                # report's power at more devices follows (claim_chance)
+                # the shares of users whose records show the open rule better and worse: what
+                # a report's power at more devices follows (claim_chance for one bit)
                 for share, sign in (("better_off_share", 1), ("worse_off_share", -1)):
                     row[share] = float(np.mean([
                         np.sum(np.sign(r["device_side_differences"]) == sign) / len(r["v1"])
