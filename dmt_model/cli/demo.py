@@ -233,9 +233,17 @@ def _device_check(result: Any) -> str:
         if check.get("devices_better"):
             return told + ("\n  More than half, so v2's release was signed again saying so, "
                            "and devices adopt it\n  unless their own records show it worse.")
-        return told + ("\n  That does not show more than half better off, so v2's signed "
-                       "release claims\n  nothing about devices, and each device asked v2 to "
-                       "prove itself on its own\n  records, at 99 %.")
+        from dmt_model.version_check import claim_chance
+
+        told += ("\n  That does not show more than half better off, so v2's signed release "
+                 "claims\n  nothing about devices, and each device asked v2 to prove itself on "
+                 "its own\n  records, at 99 %.")
+        if reports := int(check["device_reports"]):  # what so few reports can show at best
+            at_best = claim_chance(reports, reports, epsilon=check["device_reports_epsilon"])
+            told += (f" Had all {reports} been better off, their reports would have\n  shown "
+                     f"it with chance {at_best:.0%}: the check needs more devices, or a "
+                     "higher ε.")
+        return told
     if "devices" not in check and getattr(result, "epsilon", None) is not None \
             and result.held_out_devices:
         told = (f"- The server asked {result.held_out_devices} devices to check v2 instead "
