@@ -238,8 +238,10 @@ def _device_check(result: Any) -> str:
         told += ("\n  That does not show more than half better off, so v2's signed release "
                  "claims\n  nothing about devices, and each device asked v2 to prove itself on "
                  "its own\n  records, at 99 %.")
-        if reports := int(check["device_reports"]):  # what so few reports can show at best
-            at_best = claim_chance(reports, reports, epsilon=check["device_reports_epsilon"])
+        reports = int(check["device_reports"])
+        at_best = claim_chance(reports, reports, epsilon=check["device_reports_epsilon"],
+                               confidence=check["device_reports_confidence"]) if reports else 1.0
+        if at_best < 0.5:  # so few reports that "not shown better" says little
             told += (f" Had all {reports} been better off, their reports would have\n  shown "
                      f"it with chance {at_best:.0%}: the check needs more devices, or a "
                      "higher ε.")

@@ -24,9 +24,10 @@ def test_demo_never_empties_a_folder_it_did_not_write(tmp_path, capsys):
 
 
 def test_a_check_that_shows_nothing_says_what_it_could_have_shown():
-    """Under local DP the demo asks 5 devices: even all of them better off would be shown
-    so with chance 21 % at ε = 1, and the demo says so rather than leave "not shown
-    better" to read as "not better"."""
+    """Under local DP the demo asks 5 devices at its default 20 users: even all of them
+    better off would be shown so with chance 21 % at ε = 1, and the demo says so rather
+    than leave "not shown better" to read as "not better". With enough reports to show it
+    (40 devices: 0.95) it does not."""
     from types import SimpleNamespace
 
     from dmt_model.cli.demo import _device_check
@@ -40,3 +41,6 @@ def test_a_check_that_shows_nothing_says_what_it_could_have_shown():
     shown = _device_check(SimpleNamespace(v2_validation={**check, "devices_better": 1.0},
                                           held_out_devices=5))
     assert "signed again" in shown and "Had all" not in shown
+    many = _device_check(SimpleNamespace(v2_validation={**check, "device_reports": 40.0},
+                                         held_out_devices=40))
+    assert "does not show more than half" in many and "Had all" not in many
