@@ -250,8 +250,12 @@ def _three_valued_grant(run: dict, epsilon: float, confidence: float = 0.9) -> f
     # (a difference that is not finite is a comparison that failed: "unchanged")
     signs = np.where(np.isfinite(differences), np.sign(differences), 0).astype(int)
     truths = [*signs, *[0] * (users - len(differences))]
-    keep = 1.0 if math.isinf(epsilon) else math.exp(epsilon) / (math.exp(epsilon) + 2)
-    other = (1 - keep) / 2
+    keep, other = 1.0, 0.0
+    if not math.isinf(epsilon):  # the probabilities the SDK's mechanism draws with
+        from dmt_privacy.dp import RandomizedResponse
+
+        mechanism = RandomizedResponse(epsilon=epsilon, categories=(-1, 0, 1), field="rule")
+        keep, other = mechanism.keep_probability, mechanism.flip_probability
     counts = np.zeros((users + 1, users + 1))  # [better reports, worse reports]
     counts[0, 0] = 1.0
     for truth in truths:  # one user's report: "better", "worse" or "unchanged"
