@@ -450,8 +450,23 @@ def _package_receipt(policy: SharingPolicy, modifications: list[str],
 
 
 def _device_free(receipt: ReleaseReceipt) -> ReleaseReceipt:
-    """A release receipt as a package carries it: without the user id its ledger knows."""
+    """A release receipt as the share's result keeps it: without the user id its ledger
+    knows."""
     return dataclasses.replace(receipt, user_id=None)
+
+
+def _carried(receipt: ReleaseReceipt) -> ReleaseReceipt:
+    """A release receipt as a package carries it, every figure in it independent of the
+    records' values: no user id and, per record, the ε and δ the policy gives a record. A
+    record-level release charges the ledger Σε times the largest number of records alike
+    (:func:`~dmt_privacy.dp.release_epsilon`), a count of the true values; carried, it told
+    the server, which keeps receipts in clear, whether a device's values repeat
+    (helper-106). A user-level release's total (records × Σε) is already the public count's."""
+    receipt = _device_free(receipt)
+    if receipt.privacy_unit != "record":
+        return receipt
+    return dataclasses.replace(receipt, epsilon=math.fsum(f.epsilon for f in receipt.fields),
+                               delta=math.fsum(f.delta for f in receipt.fields))
 
 
 def _refuse_unpackable(policy: SharingPolicy, schema: Schema, frame: pd.DataFrame,
@@ -690,7 +705,7 @@ def _share(store: LocalStore, policy: SharingPolicy, public_key: ServerPublicKey
         ).fit()
     # before the charge: the package can be made, and with max_bytes is not too large
     _refuse_unpackable(policy, schema, frame, modifications, token, None if perturber is None
-                      else _device_free(perturber.receipt_for(frame[dp_fields])))
+                      else _carried(perturber.receipt_for(frame[dp_fields])))
     dp_receipt: ReleaseReceipt | None = None
     if perturber is not None:
         release = perturber.perturb(frame[dp_fields])  # charges the ledger, then draws
@@ -699,11 +714,13 @@ def _share(store: LocalStore, policy: SharingPolicy, public_key: ServerPublicKey
         dp_receipt = _device_free(release.receipt)
     receipt = _package_receipt(policy, modifications, dp_receipt)
     columns = {name: frame[name].tolist() for name in policy.fields}
-    # The package names each modification but not how many records it changed: the count
-    # depends on the records' values, and the server keeps receipts in clear (helper-87).
-    # The device's receipt (the result's, the outbox's) keeps it.
+    # The package names each modification but not how many records it changed, nor a
+    # record-level release's charge for records alike: both depend on the records' values,
+    # and the server keeps receipts in clear (helper-87, helper-106). The device's receipt
+    # (the result's, the outbox's) keeps them.
     carried = dataclasses.replace(receipt, modifications=tuple(
-        label.rsplit(" (", 1)[0] for label in modifications))
+        label.rsplit(" (", 1)[0] for label in modifications),
+        dp=None if dp_receipt is None else _carried(dp_receipt))
     package = SharePackage.create(schema.schema_id, columns, carried)
     envelope = seal_package(package, public_key, token=token)
     entry = store.add_to_outbox(

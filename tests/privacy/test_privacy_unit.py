@@ -105,3 +105,35 @@ def test_share_charges_user_level(tmp_path):
         result = share(store, policy, key.public_key())
     assert result.receipt.dp is not None and result.receipt.dp.epsilon == pytest.approx(1.5)
     assert store.ledger.spent.epsilon == pytest.approx(1.5)
+
+
+def test_a_record_level_package_does_not_tell_how_many_records_are_alike(tmp_path):
+    """helper-106: a record-level package's receipt said Σε × the largest number of records
+    whose true values are alike (ε = 2 for two distinct records, 4 for two copies), so the
+    server read, from its receipts in clear, whether a device's values repeat. The ledger
+    is charged for the copies; what travels is the same for every package of that size."""
+    from dmt_privacy.package import open_package
+    from dmt_privacy.seal import generate_server_key
+    from dmt_privacy.sharing import SharingPolicy, share
+    from dmt_privacy.store import LocalStore
+
+    key = generate_server_key()
+    policy = SharingPolicy(fields=("x",), epsilon={"x": 1.0}, privacy_unit="record")
+    carried, charged = [], []
+    for name, values in (("distinct", [1.0, 2.0, 3.0]), ("alike", [7.0, 7.0, 3.0]),
+                         ("same", [7.0, 7.0, 7.0])):
+        store = LocalStore(tmp_path / f"{name}.db", schema=SCHEMA, user_id=name,
+                           epsilon_budget=10.0, key=LocalStore.generate_key())
+        store.add_records(pd.DataFrame({"x": values, "c": ["a"] * 3},
+                                       index=[f"{name}{i}" for i in range(3)]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", InsecureRandomnessWarning)
+            result = share(store, policy, key.public_key())
+        dp = open_package(result.envelope, key).receipt.dp
+        assert dp is not None and dp.privacy_unit == "record"
+        carried.append((dp.epsilon, dp.delta))
+        charged.append(store.ledger.spent.epsilon)
+        assert result.receipt.dp is not None  # the device's own receipt says what it paid
+        assert result.receipt.dp.epsilon == pytest.approx(charged[-1])
+    assert charged == pytest.approx([1.0, 2.0, 3.0])  # copies cost what they reveal
+    assert carried == [(1.0, 0.0)] * 3  # the package says only the policy's ε a record
