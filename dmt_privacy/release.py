@@ -748,13 +748,16 @@ def sharing_policy_from(policy_json: str | bytes, *, release: VerifiedRelease | 
     accepts) and ``selection`` (``fraction``, ``predicate``, ``record_ids``,
     ``modifiers``, ``max_epsilon``, and ``privacy_unit`` where the policy leaves
     it open) are the device's choices of what to share. A choice the server
-    would refuse every package of (another privacy unit than the policy's,
+    would refuse every package of (a store of another schema than the policy's, which
+    :func:`~dmt_privacy.sharing.share` refuses; another privacy unit than the policy's,
     fields without the sensitive field the plan judges l or t on, or a field the
     policy checks as a quasi-identifier that its plan does not generalize and no ε
     perturbs) raises
     :class:`~dmt_privacy.errors.ValidationError` here, before any budget is spent.
     """
     from dmt_privacy.anonymity.plan import AnonymizationPlan
+    from dmt_privacy.errors import SchemaError
+    from dmt_privacy.schema import Schema
     from dmt_privacy.sharing import SharingPolicy
 
     _check_signed_policy(policy_json, release)
@@ -771,7 +774,8 @@ def sharing_policy_from(policy_json: str | bytes, *, release: VerifiedRelease | 
         max_bytes = data.get("max_bytes")
         requires_token = data.get("tokens_per_period") is not None
         checked = tuple(data.get("quasi_identifiers") or ())
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        schema_id = Schema.from_dict(data["schema"]).schema_id
+    except (ValueError, TypeError, KeyError, AttributeError, SchemaError) as exc:
         raise ValidationError(f"Not a server policy document ({exc}).") from None
     if unit is not None:
         chosen_unit = selection.setdefault("privacy_unit", unit)
@@ -812,5 +816,6 @@ def sharing_policy_from(policy_json: str | bytes, *, release: VerifiedRelease | 
         required_k=min_k if plan is not None else None,
         **limits,
         requires_token=requires_token,
+        schema_id=schema_id,
         **selection,
     )

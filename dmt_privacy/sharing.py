@@ -127,6 +127,11 @@ class SharingPolicy:
     requires_token:
         The server counts only packages that carry a Privacy Pass token (its policy's
         ``tokens_per_period``): ``share`` without ``token=`` is refused before any charge.
+    schema_id:
+        The :attr:`~dmt_privacy.schema.Schema.schema_id` of the server's schema (its
+        policy's; :func:`~dmt_privacy.release.sharing_policy_from` takes it from there):
+        a store of another schema is refused before any charge, since the server refuses
+        every package whose schema is not its own. ``None``: not checked.
 
     A field may take one transform only. A schema quasi-identifier must be
     generalized by the plan or perturbed; an identifier is never shared.
@@ -147,6 +152,7 @@ class SharingPolicy:
     max_records: int | None = None
     max_bytes: int | None = None
     requires_token: bool = False
+    schema_id: str | None = None
 
     def __post_init__(self) -> None:
         names = (self.fields,) if isinstance(self.fields, str) else tuple(self.fields)
@@ -165,6 +171,10 @@ class SharingPolicy:
             f = self.fraction
             if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
                 raise ValidationError(f"fraction must be in (0, 1], got {f!r}.")
+        if self.schema_id is not None and not (
+                isinstance(self.schema_id, str) and self.schema_id.isalnum()):
+            raise ValidationError(f"schema_id must be a schema's id (Schema.schema_id) or "
+                                  f"None, got {self.schema_id!r}.")
         if not isinstance(self.requires_token, bool):
             raise ValidationError(
                 f"requires_token must be a bool, got {self.requires_token!r}.")
@@ -252,6 +262,14 @@ class SharingPolicy:
 
     def check(self, schema: Schema) -> None:
         """Raise unless this policy can apply to records of ``schema``."""
+        if self.schema_id is not None and schema.schema_id != self.schema_id:
+            raise ValidationError(
+                f"The server's policy is for schema {self.schema_id}, and this store's "
+                f"schema {schema.name!r} is {schema.schema_id}: the server refuses every "
+                "package of another schema, so nothing was shared or charged. Update the "
+                "app's schema to the server's (the policy JSON's \"schema\") and open the "
+                "store with it."
+            )
         unknown = [n for n in self.fields if n not in schema]
         if unknown:
             raise SchemaError(

@@ -178,3 +178,25 @@ def test_a_quasi_identifier_neither_generalized_nor_perturbed_is_refused_before_
     # perturbed, it is shared: no refusal
     ServerPolicy(SCHEMA, min_k=3, plan=PLAN, quasi_identifiers=("age", "zip", "income"),
                  epsilon={"income": 1.0})
+
+
+def test_a_store_of_another_schema_than_the_servers_is_refused_before_any_charge(tmp_path):
+    """helper-106: sharing_policy_from left out the schema the policy carries, and share()
+    perturbed by the store's. Once the server's schema changed (income's bounds widened),
+    every share was charged and every package refused ('schema'), retry after retry."""
+    widened = Schema(tuple(Field("income", "numeric", bounds=(0, 2000), grid=1.0)
+                           if f.name == "income" else f for f in SCHEMA.fields))
+    server = ServerPolicy(widened, min_k=3, plan=PLAN, epsilon={"income": 1.0})
+    policy = sharing_policy_from(server.to_json())
+    assert policy.schema_id == widened.schema_id != SCHEMA.schema_id
+    store = _device(tmp_path)
+    with pytest.raises(ValidationError, match=rf"{widened.schema_id}.*{SCHEMA.schema_id}"):
+        share(store, policy, KEY.public_key())
+    _nothing_spent(store)
+    # a store of the server's schema shares, and the server accepts the package
+    same = LocalStore(tmp_path / "same.db", schema=widened, user_id="u", epsilon_budget=100,
+                      key=LocalStore.generate_key())
+    same.add_records(_proxy().iloc[:3].set_axis(["r0", "r1", "r2"]))
+    report = ingest([share(same, policy, KEY.public_key()).envelope],
+                    f"sqlite:///{tmp_path / 'server.db'}", KEY, server)
+    assert len(report.accepted) == 1, report.to_text()
