@@ -546,8 +546,14 @@ def _open(blob: bytes, secret: bytes) -> tuple[bytes, BackupMetadata] | None:
         plaintext = AESGCM(key).decrypt(nonce, blob[HEADER_SIZE:], header)
     except InvalidTag:
         return None
+    opened = _parse_plaintext(plaintext)
+    del plaintext
+    # Only a backup says it opens: AES-GCM does not commit to its key, so a crafted file
+    # can verify under many passphrases at once, and telling "the tag verified" apart
+    # from "invalid" told its maker whether the passphrase was among them (helper-107).
+    if opened is None:
+        return None
     if not params.meets_floor() and _INSECURE_TEST_KDF.get() is None:
-        del plaintext
         raise WeakKDFParameters(
             f"this backup opens with the passphrase given, but its key derivation "
             f"({params}) is below the floor, {_FLOOR_TEXT}. Guessing its passphrase costs "
@@ -557,7 +563,7 @@ def _open(blob: bytes, secret: bytes) -> tuple[bytes, BackupMetadata] | None:
             "the software that made it, make a new backup with dmt_model.backup.backup() "
             "or 'dmt backup', and stop using this passphrase anywhere else."
         )
-    return _parse_plaintext(plaintext)
+    return opened
 
 
 def _parse_plaintext(plaintext: bytes) -> tuple[bytes, BackupMetadata] | None:

@@ -133,6 +133,30 @@ def _reference_backup(
     return header + AESGCM(key).encrypt(nonce, plaintext, header)
 
 
+def test_a_weak_backup_that_is_not_a_backup_is_just_invalid() -> None:
+    """helper-107: below the floor, WeakKDFParameters ("opens with the passphrase given")
+    was raised as soon as the AES-GCM tag verified, before the plaintext was read. AES-GCM
+    does not commit to its key, so one crafted file verifies under many passphrases (a
+    key multi-collision) without holding a backup under any: its maker learned from the
+    error whether the victim's passphrase was one of them. A verified tag over a
+    plaintext that is no backup is now the bare InvalidBackup, as at the floor."""
+    params = TINY
+    salt, nonce = os.urandom(16), os.urandom(12)
+    header = struct.pack(">4sBBIII", b"DMTB", 1, 1, params.memory_kib, params.iterations,
+                         params.lanes) + salt + nonce
+    key = hash_secret_raw(PASSPHRASE.encode(), salt, time_cost=params.iterations,
+                          memory_cost=params.memory_kib, parallelism=params.lanes,
+                          hash_len=32, type=Type.ID)
+    # what a multi-collision's solution looks like to the one key: random blocks
+    blob = header + AESGCM(key).encrypt(nonce, os.urandom(48), header)
+    with pytest.raises(InvalidBackup) as exc_info:
+        restore_bytes(blob, PASSPHRASE)
+    assert type(exc_info.value) is InvalidBackup
+    # the same passphrase over a real backup below the floor still says why
+    with pytest.raises(WeakKDFParameters):
+        restore_bytes(_reference_backup(b"model", PASSPHRASE, params), PASSPHRASE)
+
+
 # --- known-answer vector --------------------------------------------------------
 
 KAT_PASSPHRASE = "correct horse battery staple"
