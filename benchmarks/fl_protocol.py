@@ -358,7 +358,8 @@ class ProtocolTask:
     unseen: Callable[[pd.DataFrame], pd.Series]
     bias: str
     config: TrainingConfig = field(default_factory=TrainingConfig)
-    #: the SDK's local DP covers every field shared (tabular data): DMT's ε rows and k=5
+    #: tabular data: DMT's ε rows (local DP on every field but those the schema declares
+    #: insensitive, which are shared as they are) and k=5
     tabular: bool = True
     #: media: the modification a device applies before sharing (field → transformer)
     modifiers: Callable[[], Mapping[str, Any]] | None = None
