@@ -251,7 +251,7 @@ def run_loop(
     target = schema.target
     if target is None:
         raise ValidationError(f"Schema {schema.name!r} has no target field.")
-    config = config or TrainingConfig(seed=seed)
+    config = config or TrainingConfig.for_schema(schema, seed=seed)
 
     # 1. The server: training proxy, validation proxy, v1.
     proxy, validation = validation_split(simulation.proxy, fraction=validation_fraction,

@@ -29,16 +29,16 @@ def run_train(args: argparse.Namespace) -> int:
                               "'target' role ('dmt schema init ... --target COLUMN').")
     data = read_records(args.data, "--data", schema=schema)
     classifier = schema.target.kind.value == "categorical"
+    default = TrainingConfig.for_schema(schema, seed=args.seed)  # the task's (README)
     stopping = args.early_stopping
-    if stopping == "auto":  # the reference's fixed epochs overfit classifiers (README)
-        stopping = "0.1" if classifier else "none"
     config = TrainingConfig(
-        epochs=args.epochs if args.epochs is not None else (300 if classifier else 500),
+        epochs=args.epochs if args.epochs is not None else default.epochs,
         batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
-        early_stopping=None if stopping == "none" else _fraction(stopping),
+        early_stopping=default.early_stopping if stopping == "auto"
+        else None if stopping == "none" else _fraction(stopping),
         patience=args.patience,
         hidden_units=tuple(args.hidden_units) if args.hidden_units is not None
-        else TrainingConfig().hidden_units)
+        else default.hidden_units)
     print(f"Training a {'classifier' if classifier else 'regression'} for "
           f"{schema.target.name!r}: up to {config.epochs} epochs"
           + (f", stopped early on {config.early_stopping:.0%} of the records held out"

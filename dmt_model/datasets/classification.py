@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -35,7 +35,7 @@ from dmt_model.datasets.adult import (
     adult_available,
     load_adult,
 )
-from dmt_model.foundation import TrainingConfig
+from dmt_model.foundation import CLASSIFIER_TRAINING, TrainingConfig
 from dmt_privacy.errors import MissingDependencyError, ValidationError
 from dmt_privacy.schema import Category, Field, Kind, Role, Schema
 
@@ -194,9 +194,6 @@ def _wordnet_available() -> bool:
 
 # --- the registry and the split -------------------------------------------------------------
 
-#: How the classifiers' foundations train: up to 300 epochs, stopped early on 10 % of the
-#: proxy data (patience 20), where the reference's 500 fixed epochs overfit (README).
-CLASSIFIER_TRAINING = TrainingConfig(epochs=300, early_stopping=0.1, patience=20)
 
 
 @dataclass(frozen=True)
@@ -252,7 +249,7 @@ CLASSIFICATION_DATASETS: dict[str, ClassificationDataset] = {
                                     style_field="image", modifiers=_blur),
     "wordnet-topics": ClassificationDataset(
         "wordnet-topics", load_wordnet_topics, WORDNET_TOPICS_SCHEMA, (), _wordnet_available,
-        config=TrainingConfig(epochs=300, early_stopping=0.1, patience=20, hidden_units=()),
+        config=replace(CLASSIFIER_TRAINING, hidden_units=()),
         modifiers=_synonyms, user_records=2000),
 }
 

@@ -209,14 +209,15 @@ def _starting_model(simulation: Simulation, strategy: Strategy, foundation: Foun
         schema = BOSTON_SCHEMA
     if start == "proxy":
         if foundation is None:
-            config = foundation_config or TrainingConfig(seed=strategy.base.seed)
+            config = foundation_config or TrainingConfig.for_schema(schema,
+                                                                    seed=strategy.base.seed)
             return train_foundation(simulation.proxy, schema, config)
         return Foundation(foundation.featurizer, copy.deepcopy(foundation.network),
                           foundation.config)
     featurizer = (foundation.featurizer if foundation is not None
                   else Featurizer(schema).fit(simulation.proxy))
     torch.manual_seed(strategy.base.seed)
-    config = foundation_config or TrainingConfig()
+    config = foundation_config or TrainingConfig.for_schema(schema)
     network = network_for(featurizer, config.hidden_units)
     return Foundation(featurizer, network, config)
 

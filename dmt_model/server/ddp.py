@@ -116,7 +116,7 @@ def fit_foundation_ddp(
     if not dist.is_initialized():
         raise ValidationError("fit_foundation_ddp needs torch.distributed initialized "
                               "(launch with torchrun); use fit_foundation otherwise.")
-    config = config or TrainingConfig()
+    config = config or TrainingConfig.for_schema(featurizer.schema)
     n = len(target)
     if len(batch) == 0 or len(batch) != n:
         raise ValidationError(f"Need as many targets as records, and at least one: got "
