@@ -229,9 +229,14 @@ class Field:
             return self.categories.index(value)
         except ValueError:
             value = value.item() if hasattr(value, "item") else value  # numpy scalars
+            # '2' against the category 2 reads as if it were one (helper-105): say the types
+            alike = next((c for c in self.categories if str(c) == str(value)), None)
+            hint = ("Map it to a known category or extend the schema." if alike is None else
+                    f"It is of type {type(value).__name__} and the category {alike!r} of "
+                    f"type {type(alike).__name__}: convert the column to the schema's type.")
             raise UnknownCategoryError(
                 f"Field {self.name!r}: value {value!r} is not one of its categories "
-                f"{list(self.categories)!r}. Map it to a known category or extend the schema."
+                f"{list(self.categories)!r}. {hint}"
             ) from None
 
 

@@ -205,3 +205,13 @@ def test_a_plans_missing_quasi_identifier_names_its_row_as_python_prints_it():
     frame = pd.DataFrame({"age": [30.0, None]}, index=np.array([7, 8], dtype=np.int64))
     with pytest.raises(ValidationError, match=r"'age' has a missing value \(NaN/None\) at row 8;"):
         check_no_missing(frame, ["age"])
+
+
+def test_a_category_of_another_type_is_named_as_such():
+    """helper-105: '2' against the categories [1, 2, 3] read as if it were one of them."""
+    field = Field("rooms", "categorical", categories=(1, 2, 3))
+    with pytest.raises(UnknownCategoryError,
+                       match=r"value '2' .* of type str and the category 2 of type int: convert"):
+        field.category_index("2")
+    with pytest.raises(UnknownCategoryError, match=r"value 7 .*extend the schema\.$"):
+        field.category_index(7)
