@@ -320,5 +320,7 @@ def test_a_version_no_devices_vouched_for_leaves_users_no_worse_off():
 
     assert adoption_rule_for(None) == UNCHECKED_RULE
     kept = mean_error(currents)
-    assert mean_error(held(DecisionRule())) > kept + 0.01  # the reproduced defect
+    # the reproduced defect (+0.011 until records all of one class took the strongest
+    # prior, which spares part of it even under the old rule: +0.008)
+    assert mean_error(held(DecisionRule())) > kept + 0.005
     assert mean_error(held(None)) <= kept

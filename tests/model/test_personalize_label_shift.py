@@ -135,3 +135,25 @@ def test_an_adoption_is_not_asked_for_a_label_shift(imbalanced):
     spec, users = imbalanced
     _, result = adopted(spec, spec, users[0].iloc[:20], rule=ADOPTION_RULE)
     assert result.accepted and "label shift" not in result.reason, result.reason
+
+
+def test_records_of_one_class_cannot_choose_a_weak_prior(imbalanced):
+    """helper-105: a user drawn like the proxy whose few records are all of one class
+    holds out that class only in every fold, so the weaker the prior the lower the
+    held-out loss, whatever the update costs on the other class: with 10 records all
+    positive (15 % of the proxy's) every update kept took 1 anchor record, and unseen log
+    loss rose 4.4 times over. Such a device takes the grid's strongest prior."""
+    spec, users = imbalanced
+    pool = pd.concat(users)
+    positives = pool[pool["y"] == "pos"]
+    trains = [positives.iloc[u * 10:(u + 1) * 10] for u in range(20)]
+    unseen = pool[~pool.index.isin(positives.index[:200])].iloc[:2000]
+    held = personalized_many(spec, trains, seed=12)
+    kept = [result for _, result in held if result.accepted]
+    assert kept and all(result.prior_records == 30 for result in kept)
+    before = _log_loss(spec, unseen)
+    after = np.mean([_log_loss(model, unseen) for model, _ in held])
+    # 0.226 → 0.986 with the weak priors; 0.311 with the strongest. Ten positives of ten
+    # are next to impossible for a user drawn like the proxy (0.15¹⁰), so a device that
+    # holds them has most likely shifted, and the strongest prior's update is kept for it.
+    assert after < before * 1.5, (before, after)
