@@ -971,7 +971,9 @@ class DecisionRule:
     #: :data:`FEW_RECORDS_CONFIDENCE`, and from that many better than the strongest's at
     #: the rule's confidence (:func:`_eligible_priors`): ``None`` (the default) takes the
     #: task's :attr:`~dmt_model.tasks.Task.few_records` (30 for a regression, 0 for a
-    #: classification); 0 never guards: any prior of the grid (:data:`OPEN_RULE`).
+    #: classification); 0 never guards: any prior of the grid (:data:`OPEN_RULE`), but a
+    #: classifier's update scored on records all of one class takes the strongest under
+    #: every rule (:func:`_strongest_only`).
     few_records: int | None = None
     label_shift: float | None = None
 
@@ -1105,8 +1107,9 @@ UNCHECKED_RULE = DecisionRule(confidence=0.99)
 #: on devices like it, that it is the better one.
 OPEN_RULE = DecisionRule(confidence=0.5, few_records=0)
 #: The open rule of a classifier (:func:`open_rule_for`): any prior strength whatever the
-#: device's number of records, and no label shift asked, at the task's 90 % (the rule until
-#: 5 December). Where users' label mixes differ from the proxy's it keeps gains the default's
+#: device's number of records (but the strongest on records all of one class, as under every
+#: rule: :func:`_strongest_only`), and no label shift asked, at the task's 90 % (the rule
+#: until 5 December). Where users' label mixes differ from the proxy's it keeps gains the default's
 #: guards give up; where they do not, users kept updates by chance that raised their unseen
 #: log loss (85/15 labels, 5 records: +5.6 %), so no device takes it unless the server has
 #: measured, on devices like it, that it is the better one (``benchmarks/personal_rule.py``).
@@ -1876,7 +1879,7 @@ def _decide_update(spec: Any, plan: _UpdatePlan, fits: Sequence[_Fit], before: n
     task = _reading_featurizer(spec).task
     level = plan.rule.label_shift_for(task, len(before)) if plan.personal else 0.0
     eligible = _eligible_priors(grid, before, after, plan.rule, task, label_shift=bool(level))
-    if task.kind == "classification" and _one_class(checks):
+    if _strongest_only(task, checks):
         eligible = [max(grid)]
     chosen = min(eligible, key=lambda prior: float(np.mean(after[prior])))
     keep, why = plan.rule.decide(before, after[chosen])
@@ -2008,19 +2011,26 @@ def _eligible_priors(grid: Sequence[int], before: np.ndarray, after: Mapping[int
 
 
 def _one_class(checks: Sequence[_Check]) -> bool:
-    """Whether every record held out in ``checks`` (every distinct record the device
-    holds) has one class label.
-
-    Then cross-validation cannot choose a classifier's prior: every fold scores that class
-    only, so the weaker the prior, the further the head moves toward always predicting it,
-    and the lower the held-out loss, whatever the update costs on the classes the device
-    holds no record of. Such a device takes the grid's strongest prior. Users drawn like
-    the proxy whose few records happened to be of one class (statsmodels' fair, 32 %
-    positive, 10 records all positive) kept 1 anchor record's update in every case and
-    ended +100 % to +185 % unseen log loss, accuracy 0.72 → 0.32 (helper-105); with
-    30 anchor records, +1.5 % to +5.3 %. One record of another class held out is enough
-    for the folds to see that cost."""
+    """Whether every record held out in ``checks`` (each fold's, or the holdout's) has one
+    class label."""
     return len(np.unique(np.concatenate([y for _, _, y in checks]))) < 2
+
+
+def _strongest_only(task: Any, checks: Sequence[_Check]) -> bool:
+    """Whether a classifier's update scored on ``checks`` must take the grid's strongest
+    prior, whatever the rule: its held-out records are all of one class.
+
+    Then the held-out loss cannot choose the prior: every record scored is of that class,
+    so the weaker the prior, the further the head moves toward always predicting it and
+    the lower the loss, whatever the update costs on the classes the device holds no
+    record of. Users drawn like the proxy whose few records happened to be of one class
+    (statsmodels' fair, 32 % positive) kept 1 anchor record's update every time and ended
+    +100 % unseen log loss at 6 records, +158 % at 10, accuracy −33 points (helper-105);
+    with 30 anchor records +1.5 % and +3.9 %. One record of another class held out is
+    enough for the folds to see that cost. A device re-personalizing the version it holds,
+    to compare it with a new one (:func:`_best_errors`), follows the same rule, so both
+    sides of the comparison are scored alike."""
+    return task.kind == "classification" and _one_class(checks)
 
 
 def _label_shift(model: Any, checks: Sequence[_Check], confidence: float) -> tuple[bool, str]:
@@ -2559,12 +2569,16 @@ def _passes(spec: Any, lanes: Sequence[tuple[int, int]], overrides: Mapping[str,
 def _best_errors(spec: Any, fits: Sequence[_Fit], checks: Sequence[_Check],
                  grid: Sequence[int]) -> np.ndarray:
     """The held-out errors of the prior strength with the lowest mean, from ``fits``: the
-    update on each check's training records, prior by prior (``grid``'s order)."""
+    update on each check's training records, prior by prior (``grid``'s order); the
+    strongest's only where a personal update would have to take it
+    (:func:`_strongest_only`)."""
     best: np.ndarray | None = None
     scored = _updates_errors(spec, [spec if isinstance(fit, UpdateRejected) else fit[0]
                                     for fit in fits[:len(grid) * len(checks)]],
                              list(checks) * len(grid))
-    for g in range(len(grid)):
+    choosable = [grid.index(max(grid))] if _strongest_only(
+        _reading_featurizer(spec).task, checks) else range(len(grid))
+    for g in choosable:
         errors = np.concatenate(scored[g * len(checks):(g + 1) * len(checks)])
         if best is None or float(np.mean(errors)) < float(np.mean(best)):
             best = errors

@@ -157,3 +157,17 @@ def test_records_of_one_class_cannot_choose_a_weak_prior(imbalanced):
     # are next to impossible for a user drawn like the proxy (0.15¹⁰), so a device that
     # holds them has most likely shifted, and the strongest prior's update is kept for it.
     assert after < before * 1.5, (before, after)
+
+
+def test_records_of_one_class_score_both_versions_of_an_adoption_alike(imbalanced):
+    """helper-108: with the strongest prior forced on the new version only, the version
+    a device holds was re-personalized at the weakest (0.194 against 0.493 held-out log
+    loss for the same model on both sides), and such a device would never adopt."""
+    from dmt_model.personalize import adopted_many
+
+    spec, users = imbalanced
+    positives = pd.concat(users).query("y == 'pos'")
+    trains = [positives.iloc[u * 10:(u + 1) * 10] for u in range(4)]
+    for _, result in adopted_many(spec, [spec] * len(trains), trains, previous=spec):
+        assert result.holdout_loss_before == pytest.approx(result.holdout_loss_after)
+        assert not result.accepted
