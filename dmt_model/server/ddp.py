@@ -116,7 +116,16 @@ def fit_foundation_ddp(
     if not dist.is_initialized():
         raise ValidationError("fit_foundation_ddp needs torch.distributed initialized "
                               "(launch with torchrun); use fit_foundation otherwise.")
-    config = config or TrainingConfig.for_schema(featurizer.schema)
+    # what it does not do is refused, not ignored (helper-108): a saved config would say it
+    if featurizer.task.kind != "regression":
+        raise ValidationError(f"fit_foundation_ddp trains regressions only (a squared-error "
+                              f"loss); this featurizer's task is {featurizer.task.kind}: "
+                              "train it with fit_foundation.")
+    config = config or TrainingConfig()
+    if config.early_stopping is not None:
+        raise ValidationError(f"fit_foundation_ddp does not stop early; got early_stopping="
+                              f"{config.early_stopping!r}. Pass early_stopping=None, or train "
+                              "with fit_foundation.")
     n = len(target)
     if len(batch) == 0 or len(batch) != n:
         raise ValidationError(f"Need as many targets as records, and at least one: got "

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from dmt_model.foundation import Foundation, TrainingConfig, fit_foundation
@@ -134,3 +135,27 @@ def test_ranks_read_the_store_again_until_they_read_the_same(simulation):
         assert agreed_read(lambda: before) == before
     finally:
         dist.destroy_process_group()
+
+
+
+def test_what_ddp_does_not_do_is_refused(foundation, simulation, monkeypatch):
+    """helper-108: fit_foundation_ddp ignored early_stopping and a classifier's loss, so a
+    saved config could say it had stopped early."""
+    import torch
+
+    from dmt_model.features import Featurizer
+    from dmt_privacy.errors import ValidationError
+    from dmt_privacy.schema import Field, Schema
+
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    features, target, _ = training_set(foundation, simulation.proxy)
+    with pytest.raises(ValidationError, match="does not stop early"):
+        fit_foundation_ddp(foundation.featurizer, features, target,
+                           TrainingConfig(early_stopping=0.1))
+    schema = Schema((Field("x", "numeric", bounds=(0.0, 1.0)),
+                     Field("y", "categorical", "target", categories=("a", "b"))))
+    frame = pd.DataFrame({"x": [0.1, 0.9], "y": ["a", "b"]})
+    featurizer = Featurizer(schema).fit(frame)
+    with pytest.raises(ValidationError, match="regressions only"):
+        fit_foundation_ddp(featurizer, featurizer.transform(frame),
+                           featurizer.target_values(frame))
