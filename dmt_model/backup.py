@@ -55,7 +55,12 @@ floor and a ceiling (:meth:`Argon2idParams.meets_floor`,
   and an authentic backup raises :class:`WeakKDFParameters`, which names the
   parameters and what to do, and the model is not returned. The error
   therefore tells the holder of the right passphrase that it is right, which
-  the file's weak KDF already lets anyone with a copy learn offline.
+  the file's weak KDF already lets anyone with a copy learn offline. Authentic
+  means a backup: its plaintext parses and its model's SHA-256 matches. A
+  verified tag alone is not enough, because AES-GCM does not commit to its key:
+  one crafted file verifies under many chosen passphrases, and telling its
+  tag apart from a wrong one told the file's maker whether the victim's
+  passphrase was among them (helper-107).
 - **Ceiling**: memory <= 256 MiB, t <= 10, p <= 8, and memory x t <= 1 GiB
   of passes (5.3 times the default's work, room for a stronger default). A
   phone can hold 256 MiB in a foreground app, and a restore at the ceiling

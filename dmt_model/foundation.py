@@ -224,7 +224,7 @@ class Foundation:
                  config: TrainingConfig | None = None) -> None:
         self.featurizer = featurizer
         self.network: Any = network
-        self.config = config or TrainingConfig()
+        self.config = config or TrainingConfig.for_schema(featurizer.schema)
 
     @property
     def schema(self) -> Schema:
@@ -362,7 +362,10 @@ def fit_foundation(
     for a clean label) trains with the forward correction (:mod:`dmt_model.tasks`).
     """
     torch = _import_torch()
-    config = config or TrainingConfig.for_schema(featurizer.schema)
+    if config is None:
+        config = TrainingConfig.for_schema(featurizer.schema)
+        if len(target) < 2:  # nothing to hold out: a classifier of one record trains on it
+            config = replace(config, early_stopping=None)
     if len(batch) == 0 or len(batch) != len(target):
         raise ValidationError(
             f"Need as many targets as records, and at least one: got {len(batch)} records "

@@ -787,6 +787,9 @@ def sharing_policy_from(policy_json: str | bytes, *, release: VerifiedRelease | 
     if "requires_token" in selection:
         raise ValidationError("requires_token comes from the server's policy (its "
                               "tokens_per_period); leave it out.")
+    if "schema_id" in selection:
+        raise ValidationError("schema_id comes from the server's policy (its schema); "
+                              "leave it out.")
     limits = {"max_records": max_records, "max_bytes": max_bytes}
     for name, servers in list(limits.items()):  # the device may ask for less, never more
         mine = selection.pop(name, None)  # (SharingPolicy refuses one that is not an int)

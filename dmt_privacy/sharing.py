@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import secrets
 import types
 import warnings
@@ -172,7 +173,8 @@ class SharingPolicy:
             if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
                 raise ValidationError(f"fraction must be in (0, 1], got {f!r}.")
         if self.schema_id is not None and not (
-                isinstance(self.schema_id, str) and self.schema_id.isalnum()):
+                isinstance(self.schema_id, str)
+                and re.fullmatch(r"[0-9a-f]{16}", self.schema_id)):
             raise ValidationError(f"schema_id must be a schema's id (Schema.schema_id) or "
                                   f"None, got {self.schema_id!r}.")
         if not isinstance(self.requires_token, bool):

@@ -200,3 +200,7 @@ def test_a_store_of_another_schema_than_the_servers_is_refused_before_any_charge
     report = ingest([share(same, policy, KEY.public_key()).envelope],
                     f"sqlite:///{tmp_path / 'server.db'}", KEY, server)
     assert len(report.accepted) == 1, report.to_text()
+    with pytest.raises(ValidationError, match="schema_id comes from the server's policy"):
+        sharing_policy_from(server.to_json(), schema_id=SCHEMA.schema_id)
+    with pytest.raises(ValidationError, match="schema_id must be"):
+        SharingPolicy(fields=("income",), schema_id="é" * 16)

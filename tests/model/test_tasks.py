@@ -430,3 +430,5 @@ def test_a_classifier_trained_without_a_config_stops_early_and_beats_the_base_ra
     assert log_loss(train_foundation(proxy, schema, TrainingConfig())) > base_rate
     assert TrainingConfig.for_schema(schema, seed=3).seed == 3
     assert TrainingConfig.for_schema(BOSTON_SCHEMA) == TrainingConfig()
+    # one record has none to hold out: it trains on it, as before (helper-108)
+    assert train_foundation(proxy.iloc[:1], schema).config.early_stopping is None
