@@ -20,7 +20,9 @@ records, and ``personalized_many`` decides every user's update with
 
 ``--classifier`` compares instead, on a classifier's users, **now** (an update kept on a
 label shift may take a weaker prior from 3 records, ``LABEL_SHIFT_FEW_RECORDS_CONFIDENCE``)
-with **from 6** (held to 6 records, as a regression's is: the rule from a82cb36 to dde2440).
+with **from 6** (held to 6 records, as a regression's is: the rule from a82cb36 to dde2440)
+and **one class: any prior** (records all of one class may choose any prior, as until
+ac27e4c), on users drawn like the proxy, half positive, 70 % and 90 % positive.
 
 The seeds reported by default, 2 and 3, are not the ones the 97.5 % was chosen on (0
 and 1). Reports mean per-user test RMSE of the foundation and of what users hold, the
@@ -104,24 +106,32 @@ FROM_6 = ((6, 0.975),)
 def under_rule(name: str, spec, record_sets: list[pd.DataFrame]) -> list:
     """``personalized_many`` under *now* (the defaults), *from 3* (a regression's weaker
     prior eligible from 3 records), *from 6* (a classifier's held to 6 records, as a
-    regression's is now) or *before* (until 4 December: any prior, an update kept at
-    50 %)."""
+    regression's is now), *before* (until 4 December: any prior, an update kept at
+    50 %); or *one class: any prior* (now, but a classifier's records all of one class may
+    choose any prior, as until ac27e4c)."""
     regression = personalize_module.FEW_RECORDS_CONFIDENCE
     label_shift = personalize_module.LABEL_SHIFT_FEW_RECORDS_CONFIDENCE
+    one_class_weak = name == "one class: any prior"
     rule, few, tables = {"now": (None, Regression.few_records, (regression, label_shift)),
+                         "one class: any prior": (None, Regression.few_records,
+                                                  (regression, label_shift)),
                          "from 3": (None, Regression.few_records, (FROM_3, label_shift)),
                          "6 Dec": (None, Regression.few_records, (FROM_6, label_shift)),
                          "from 6": (None, Regression.few_records, (regression, FROM_6)),
                          "before": (DecisionRule(confidence=0.5), 0,
                                     (regression, label_shift))}[name]
-    defaults = Regression.few_records, regression, label_shift
+    defaults = (Regression.few_records, regression, label_shift,
+                personalize_module._strongest_only)
     (Regression.few_records, personalize_module.FEW_RECORDS_CONFIDENCE,
      personalize_module.LABEL_SHIFT_FEW_RECORDS_CONFIDENCE) = (few, *tables)
+    if one_class_weak:  # the rule until ac27e4c: records of one class chose any prior
+        personalize_module._strongest_only = lambda task, checks: False
     try:
         return personalized_many(spec, record_sets, rule=rule)
     finally:
         (Regression.few_records, personalize_module.FEW_RECORDS_CONFIDENCE,
-         personalize_module.LABEL_SHIFT_FEW_RECORDS_CONFIDENCE) = defaults
+         personalize_module.LABEL_SHIFT_FEW_RECORDS_CONFIDENCE,
+         personalize_module._strongest_only) = defaults
 
 
 def one(n: int, spread: float, seed: int, truth: bool = False, proxy_records: int = N_PROXY
@@ -199,11 +209,11 @@ def on_simulated_users(names: list[str], seeds: int, output: Path) -> None:
 
 
 def on_classifier_users(seeds: list[int], records: list[int], output: Path) -> None:
-    """*from 6* against *now* (a weaker prior on a label shift from 3 records) on a
-    classifier's users (``make_classification``: 8 inputs, 85/15
-    labels, 10 % of them flipped; the foundation trained on 2,000 records): 60 users a seed
-    drawn like the proxy (nothing to learn but chance) and 60 whose labels are half
-    positive (a label shift to learn), each ``n`` training and 200 unseen records; the mean
+    """*from 6*, *one class: any prior* and *now* on a classifier's users
+    (``make_classification``: 8 inputs, 85/15 labels, 10 % of them flipped; the foundation
+    trained on 2,000 records): 60 users a seed drawn like the proxy (nothing to learn but
+    chance) and 60 each whose labels are half, 70 % and 90 % positive (a label shift to
+    learn), each ``n`` training and 200 unseen records; the mean
     per-user change of unseen log loss. Writes ``personalization_few_records_classifier``
     ``.json`` and ``.md``."""
     from sklearn.datasets import make_classification
@@ -220,7 +230,7 @@ def on_classifier_users(seeds: list[int], records: list[int], output: Path) -> N
         positive = (frame["y"] == "pos").to_numpy().astype(int)
         return float(-np.log(np.clip(p[np.arange(len(frame)), positive], 1e-7, 1)).mean())
 
-    rules = ("from 6", "now")
+    rules = ("from 6", "one class: any prior", "now")
     per: dict[tuple[int, str], dict[str, list[float]]] = {}
     for seed in seeds:
         X, y = make_classification(n_samples=42000, n_features=8, n_informative=5,
@@ -236,11 +246,23 @@ def on_classifier_users(seeds: list[int], records: list[int], output: Path) -> N
             def draw(source: pd.DataFrame, size: int, rng=rng) -> pd.DataFrame:
                 return source.sample(size, random_state=int(rng.integers(1 << 30)))
 
+            def mixed(share: float, n: int = n, rng=rng, positive=positive,
+                      negative=negative) -> list[pd.DataFrame]:
+                # a user whose records are `share` positive, in a random order
+                sets = []
+                for _ in range(N_USERS):
+                    k = int(rng.binomial(n + 200, share))
+                    sets.append(pd.concat([draw(positive, k), draw(negative, n + 200 - k)])
+                                .sample(frac=1.0, random_state=int(rng.integers(1 << 30))))
+                return sets
+
             users = {"like the proxy": [draw(rest, n + 200) for _ in range(N_USERS)],
                      "half positive": [pd.concat([draw(positive, (n + 200) // 2),
                                                   draw(negative, n + 200 - (n + 200) // 2)])
                                        .sample(frac=1.0, random_state=seed)
-                                       for _ in range(N_USERS)]}
+                                       for _ in range(N_USERS)],
+                     # so far from the proxy's 15 % that few records are often all positive
+                     "90 % positive": mixed(0.9), "70 % positive": mixed(0.7)}
             for kind, sets in users.items():
                 before = [log_loss(foundation, u.iloc[n:]) for u in sets]
                 for rule in rules:
@@ -260,8 +282,9 @@ def on_classifier_users(seeds: list[int], records: list[int], output: Path) -> N
     (output / "personalization_few_records_classifier.json").write_text(json.dumps(
         {"rows": rows, "users_per_seed": N_USERS, "unseen_records": 200,
          "seconds": time.perf_counter() - started}, indent=1))
-    lines = ["| records a user | users | from 6: unseen log loss change (kept) | "
-             "now: unseen log loss change (kept) |", "|---|---|---|---|"]
+    lines = ["| records a user | users | " + " | ".join(
+        f"{rule}: unseen log loss change (kept)" for rule in rules) + " |",
+        "|---|---|" + "---|" * len(rules)]
     lines += [f"| {row['records']} | {row['users']} | "
               + " | ".join(f"{row[rule]:+.2%} ({row[f'{rule} kept']:.0%})" for rule in rules)
               + " |" for row in rows]
