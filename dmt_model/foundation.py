@@ -160,14 +160,24 @@ def _rmsprop(parameters: Any, learning_rate: float) -> Any:
 
 def network_for(featurizer: Featurizer,
                 hidden_units: tuple[int, ...] = HIDDEN_UNITS) -> torch.nn.Module:
-    """A freshly initialized foundation network for ``featurizer``'s inputs and task."""
-    return _build_network(hidden_units,
-        [(featurizer.bag_width(n), embedding_size(featurizer.bag_width(n)) if n in
-          featurizer.categorical_fields else TEXT_EMBEDDING) for n in featurizer.bag_fields],
+    """A freshly initialized foundation network for ``featurizer``'s inputs and task; its
+    first layer's weights on the numeric fields the featurizer found flat in the proxy
+    (``flat_fields_``, :data:`~dmt_model.features.FLAT_SHARE`) start at zero, so that the
+    network ignores them unless the proxy teaches it otherwise."""
+    bags = [(featurizer.bag_width(n), embedding_size(featurizer.bag_width(n)) if n in
+             featurizer.categorical_fields else TEXT_EMBEDDING) for n in featurizer.bag_fields]
+    network: Any = _build_network(hidden_units, bags,
         len(featurizer.numeric_fields)
         + sum(featurizer.image_width(n) for n in featurizer.image_fields),
         task=featurizer.task, outputs=featurizer.task.output_units(featurizer),
         target_mean=featurizer.target_mean_, target_scale=featurizer.target_scale_)
+    flat = [featurizer.numeric_fields.index(n) for n in getattr(featurizer, "flat_fields_", ())]
+    if flat:  # the numeric inputs follow the embeddings, in the featurizer's order
+        torch = _import_torch()
+        first = sum(width for _, width in bags)
+        with torch.no_grad():
+            network.dense[0].weight[:, [first + i for i in flat]] = 0.0
+    return network
 
 
 def standardized_squared_error(network: Any, predicted: Any, target: Any) -> Any:

@@ -4,8 +4,9 @@ import pytest
 
 from dmt_model.datasets import BOSTON_SCHEMA, load_boston, simulate_users
 from dmt_model.features import Featurizer
-from dmt_model.foundation import Foundation, regression_metrics
+from dmt_model.foundation import Foundation, TrainingConfig, regression_metrics, train_foundation
 from dmt_privacy.errors import ModelFileError, UnknownCategoryError, ValidationError
+from dmt_privacy.schema import Field, Schema
 
 
 def test_boston_is_bundled_and_matches_its_schema(boston):
@@ -207,3 +208,36 @@ def test_a_number_far_from_zero_against_its_spread_is_warned_of():
         Featurizer(schema).fit(frame.assign(when=frame["when"] - 1.7e9))
     with pytest.warns(FloatPrecisionWarning, match="'y'"):
         Featurizer(schema).fit(frame.assign(when=0.0, y=frame["y"] + 1e8))
+
+
+@pytest.mark.parametrize("k", [np.full(300, 5.0), np.r_[np.full(299, 5.0), 5.01]],
+                         ids=["constant", "all but one record"])
+def test_a_field_flat_in_the_proxy_moves_no_prediction(k):
+    """helper-105: a field constant in the proxy kept its untrained random weights, and
+    one constant but for a record at 5.01 got a scale of 0.0006, so a device's 5.5 was
+    860 spreads out: test RMSE 26.0 where 0.37 held at 5.0. A field that varies by less
+    than FLAT_SHARE of its bounds' width is ignored: every value within them reads as 0,
+    and the foundation's weights on it start at zero."""
+    from dmt_model.coreml import build_spec, predict_frame
+    from dmt_model.features import FLAT_SCALE
+
+    schema = Schema((*(Field(n, "numeric", bounds=(0.0, 1.0)) for n in "abc"),
+                     Field("k", "numeric", bounds=(0.0, 10.0)),
+                     Field("y", "numeric", "target", bounds=(-3.0, 5.0))))
+
+    def frame(n, seed, k):
+        rng = np.random.default_rng(seed)
+        x = rng.uniform(0, 1, (n, 3))
+        return pd.DataFrame(x, columns=list("abc")).assign(
+            k=k, y=3 * x[:, 0] - 2 * x[:, 1] + x[:, 2] + rng.normal(0, 0.3, n))
+
+    foundation = train_foundation(frame(300, 1, k), schema, TrainingConfig(epochs=60))
+    assert foundation.featurizer.flat_fields_ == ("k",)
+    assert foundation.featurizer.scale_[3] == pytest.approx(FLAT_SCALE * 10)
+    test = frame(200, 5, 5.0)
+    spec = build_spec(foundation)  # the device's graph reads it the same way
+    at_five = foundation.predict(test), predict_frame(spec, test)
+    for value in (0.0, 5.5, 7.0, 10.0):
+        moved = test.assign(k=value)
+        assert np.abs(foundation.predict(moved) - at_five[0]).max() < 1e-4
+        assert np.abs(predict_frame(spec, moved) - at_five[1]).max() < 1e-4
