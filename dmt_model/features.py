@@ -67,24 +67,34 @@ from dmt_privacy.errors import SchemaError, UnknownCategoryError, ValidationErro
 from dmt_privacy.schema import Kind, Role, Schema, row_label
 from dmt_privacy.tokens import Tokenizer
 
-__all__ = ["FeatureBatch", "Featurizer", "FloatPrecisionWarning", "category_codes",
-           "coded_input"]
+__all__ = ["FLAT_SCALE", "FLAT_SHARE", "FeatureBatch", "Featurizer", "FlatFieldWarning",
+           "FloatPrecisionWarning", "category_codes", "coded_input"]
 
 #: |mean| / std above which float32 (7 significant digits) keeps under 1 % of a std's steps.
 _FLOAT32_OFFSET = 1e5
 
-#: A numeric field whose proxy values spread (std) by less than this share of its bounds'
-#: width, or not at all, is *flat*: the proxy cannot teach what it does, so the foundation
-#: ignores it. A flat field with bounds is scaled by :data:`FLAT_SCALE` times their width,
-#: which puts every value within them at 0 to float32's precision, in the foundation and
-#: in the Core ML graph alike; the foundation's weights on any flat field start at zero
-#: (:func:`~dmt_model.foundation.network_for`). With 299 records at 5.0 and one at 5.01
+#: A numeric field is *flat* when its proxy values spread (std) by less than this share of
+#: its bounds' width, or (for any field) this share of them or fewer differ from the most
+#: common value, a constant included: the proxy cannot teach what it does, so the
+#: foundation ignores it, and fitting warns (:class:`FlatFieldWarning`). A flat field is
+#: scaled by :data:`FLAT_SCALE` times its bounds' width (without bounds, its mean's
+#: magnitude, at least 1), which puts every value within them (or of that magnitude) at 0
+#: to float32's precision, in the foundation and in the Core ML graph alike. The
+#: foundation's weights on any flat field start at zero
+#: (:func:`~dmt_model.foundation.network_for`; the featurizer's JSON marks it ``"flat"``,
+#: so a loaded one starts them at zero too). With 299 records at 5.0 and one at 5.01
 #: (bounds 0–10) the scale was 0.0006, a device's 5.5 was 860 spreads out, and the
 #: foundation's test RMSE 26.0 against 0.37 where the field held 5.0; a field constant in
-#: the proxy kept its untrained random weights (0.64 against 0.36 at 7.0; helper-105).
-#: Every bundled data set's fields spread by 3 % of their bounds' width or more.
+#: the proxy kept its untrained random weights (0.64 against 0.36 at 7.0; helper-105), and
+#: 0.1 three hundred times, whose std is 1.4e-17, 5.5e14 at 0.2 (helper-109). Every bundled
+#: data set's fields spread by 3 % of their bounds' width or more.
 FLAT_SHARE = 0.01
 FLAT_SCALE = 1e6
+
+
+class FlatFieldWarning(UserWarning):
+    """Numeric fields barely vary in the proxy, so the foundation ignores them
+    (:data:`FLAT_SHARE`): give the proxy records that show their spread, or drop them."""
 
 
 class FloatPrecisionWarning(UserWarning):
@@ -268,12 +278,28 @@ class Featurizer:
         std = values.std(axis=0, ddof=0) if len(values) else np.ones(len(self.numeric_fields))
         width = np.array([spec.bounds[1] - spec.bounds[0] if spec.bounds else 0.0
                           for spec in (self.schema[n] for n in self.numeric_fields)])
-        flat = (std <= 0) | (std < FLAT_SHARE * width)
+        # a constant column's std is not 0 in floating point (0.1 three hundred times:
+        # 1.4e-17), so constancy is read from the values, as is the most common one's share
+        constant = (values.max(axis=0) == values.min(axis=0)) if len(values) else \
+            np.ones(len(self.numeric_fields), dtype=bool)
+        others = np.array([len(column) - pd.Series(column).value_counts().iloc[0]
+                           if len(column) else 0 for column in values.T], dtype=np.float64)
+        flat = constant | (std < FLAT_SHARE * width) | (others <= FLAT_SHARE * len(values))
         #: numeric fields that barely vary in the proxy (:data:`FLAT_SHARE`), which the
-        #: foundation ignores (their scale says so once saved; this name list is not kept)
-        self.flat_fields_ = tuple(np.asarray(self.numeric_fields, dtype=object)[flat])
-        self.scale_ = np.where(flat & (width > 0), FLAT_SCALE * width,
+        #: foundation ignores
+        self.flat_fields_ = tuple(str(n) for n, f in zip(self.numeric_fields, flat,
+                                                         strict=True) if f)
+        reach = np.where(width > 0, width, np.maximum(np.abs(self.mean_), 1.0))
+        self.scale_ = np.where(flat, np.minimum(FLAT_SCALE * reach, 1e300),
                                np.where(std > 0, std, 1.0))
+        if self.flat_fields_:
+            warnings.warn(FlatFieldWarning(
+                f"{list(self.flat_fields_)!r} barely vary in these {len(values)} records "
+                f"(fewer than {FLAT_SHARE:.0%} of them differ from the most common value, or "
+                f"they spread by under {FLAT_SHARE:.0%} of their bounds' width): the "
+                "foundation ignores them, since these records cannot teach what they do. "
+                "Give the proxy records that show their spread, or drop them from the "
+                "schema."), stacklevel=2)
         self.image_stats_: dict[str, tuple[float, float]] = {}
         for name in self.image_fields:
             pixels = self._pixels(name, frame[name]) if len(frame) else np.zeros(1)
@@ -299,7 +325,7 @@ class Featurizer:
         and the exported model's RMSE doubled, the server's unchanged (helper-69)."""
         far = [(name, float(mean), float(scale)) for name, mean, scale in zip(
             self.numeric_fields, self.mean_, self.scale_, strict=True)
-            if abs(mean) > _FLOAT32_OFFSET * scale]
+            if abs(mean) > _FLOAT32_OFFSET * scale and name not in self.flat_fields_]
         target = self.schema.target
         if target is not None and abs(self.target_mean_) > _FLOAT32_OFFSET * self.target_scale_:
             far.append((target.name, self.target_mean_, self.target_scale_))
@@ -637,7 +663,8 @@ class Featurizer:
             "schema": self.schema.to_dict(),
             "unknown": self.unknown,
             "numeric": [
-                {"name": n, "mean": float(m), "scale": float(s)}
+                {"name": n, "mean": float(m), "scale": float(s),
+                 **({"flat": True} if n in self.flat_fields_ else {})}
                 for n, m, s in zip(self.numeric_fields, self.mean_, self.scale_, strict=True)
             ],
             "categorical": [
@@ -668,6 +695,11 @@ class Featurizer:
             raise SchemaError("Featurizer JSON: numeric fields do not match its schema.")
         featurizer.mean_ = np.array([n["mean"] for n in numeric], dtype=np.float64)
         featurizer.scale_ = np.array([n["scale"] for n in numeric], dtype=np.float64)
+        if not (np.isfinite(featurizer.mean_).all() and np.isfinite(featurizer.scale_).all()
+                and (featurizer.scale_ > 0).all()):
+            raise SchemaError("Featurizer JSON: numeric fields' mean and scale must be finite, "
+                              "the scale positive.")
+        featurizer.flat_fields_ = tuple(str(n["name"]) for n in numeric if n.get("flat") is True)
         featurizer.vocabularies_ = {c["name"]: list(c["vocabulary"]) for c in data["categorical"]}
         if list(featurizer.vocabularies_) != featurizer.categorical_fields:
             raise SchemaError("Featurizer JSON: categorical fields do not match its schema.")

@@ -210,19 +210,24 @@ def test_a_number_far_from_zero_against_its_spread_is_warned_of():
         Featurizer(schema).fit(frame.assign(when=0.0, y=frame["y"] + 1e8))
 
 
-@pytest.mark.parametrize("k", [np.full(300, 5.0), np.r_[np.full(299, 5.0), 5.01]],
-                         ids=["constant", "all but one record"])
-def test_a_field_flat_in_the_proxy_moves_no_prediction(k):
+
+@pytest.mark.parametrize("bounds", [(0.0, 10.0), None], ids=["bounds", "no bounds"])
+@pytest.mark.parametrize("k", [np.full(300, 5.0), np.full(300, 0.1),
+                               np.r_[np.full(299, 5.0), 5.01]],
+                         ids=["constant", "constant 0.1", "all but one record"])
+def test_a_field_flat_in_the_proxy_moves_no_prediction(k, bounds, tmp_path):
     """helper-105: a field constant in the proxy kept its untrained random weights, and
     one constant but for a record at 5.01 got a scale of 0.0006, so a device's 5.5 was
-    860 spreads out: test RMSE 26.0 where 0.37 held at 5.0. A field that varies by less
-    than FLAT_SHARE of its bounds' width is ignored: every value within them reads as 0,
-    and the foundation's weights on it start at zero."""
+    860 spreads out: test RMSE 26.0 where 0.37 held at 5.0. helper-109: 0.1 three hundred
+    times has a std of 1.4e-17, not 0 (RMSE 5.5e14 at 0.2), and a loaded featurizer lost
+    which fields were flat. A field that barely varies is ignored, says so, and stays
+    ignored once saved and loaded."""
     from dmt_model.coreml import build_spec, predict_frame
-    from dmt_model.features import FLAT_SCALE
+    from dmt_model.features import FLAT_SCALE, FlatFieldWarning
+    from dmt_model.foundation import network_for
 
     schema = Schema((*(Field(n, "numeric", bounds=(0.0, 1.0)) for n in "abc"),
-                     Field("k", "numeric", bounds=(0.0, 10.0)),
+                     Field("k", "numeric", bounds=bounds),
                      Field("y", "numeric", "target", bounds=(-3.0, 5.0))))
 
     def frame(n, seed, k):
@@ -231,13 +236,23 @@ def test_a_field_flat_in_the_proxy_moves_no_prediction(k):
         return pd.DataFrame(x, columns=list("abc")).assign(
             k=k, y=3 * x[:, 0] - 2 * x[:, 1] + x[:, 2] + rng.normal(0, 0.3, n))
 
-    foundation = train_foundation(frame(300, 1, k), schema, TrainingConfig(epochs=60))
+    with pytest.warns(FlatFieldWarning, match=r"\['k'\] barely vary"):
+        foundation = train_foundation(frame(300, 1, k), schema, TrainingConfig(epochs=60))
     assert foundation.featurizer.flat_fields_ == ("k",)
-    assert foundation.featurizer.scale_[3] == pytest.approx(FLAT_SCALE * 10)
-    test = frame(200, 5, 5.0)
-    spec = build_spec(foundation)  # the device's graph reads it the same way
-    at_five = foundation.predict(test), predict_frame(spec, test)
-    for value in (0.0, 5.5, 7.0, 10.0):
+    # every value within the bounds (or of the mean's magnitude) reads as 0, on the device too
+    assert foundation.featurizer.scale_[3] == pytest.approx(
+        FLAT_SCALE * (10 if bounds else max(abs(float(np.mean(k))), 1.0)))
+    test = frame(200, 5, float(k[0]))
+    spec = build_spec(foundation)
+    at_start = foundation.predict(test), predict_frame(spec, test)
+    for value in ((0.0, 5.5, 7.0, 10.0) if bounds else (k[0] + 0.1, k[0] + 2.0)):
         moved = test.assign(k=value)
-        assert np.abs(foundation.predict(moved) - at_five[0]).max() < 1e-4
-        assert np.abs(predict_frame(spec, moved) - at_five[1]).max() < 1e-4
+        assert np.abs(foundation.predict(moved) - at_start[0]).max() < 1e-3
+        assert np.abs(predict_frame(spec, moved) - at_start[1]).max() < 1e-3
+    # saved and loaded, the featurizer still says so: a network made for it (a retraining
+    # from scratch) starts its weights on the field at zero
+    foundation.save(tmp_path / "v1.npz")
+    loaded = Foundation.load(tmp_path / "v1.npz").featurizer
+    assert loaded.flat_fields_ == ("k",)
+    first = network_for(loaded).dense[0].weight
+    assert float(first[:, loaded.numeric_fields.index("k")].abs().max()) == 0.0
