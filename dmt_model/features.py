@@ -67,28 +67,36 @@ from dmt_privacy.errors import SchemaError, UnknownCategoryError, ValidationErro
 from dmt_privacy.schema import Kind, Role, Schema, row_label
 from dmt_privacy.tokens import Tokenizer
 
-__all__ = ["FLAT_SCALE", "FLAT_SHARE", "FeatureBatch", "Featurizer", "FlatFieldWarning",
+__all__ = ["FLAT_FEW", "FLAT_SCALE", "FLAT_SHARE", "FeatureBatch", "Featurizer", "FlatFieldWarning",
            "FloatPrecisionWarning", "category_codes", "coded_input"]
 
 #: |mean| / std above which float32 (7 significant digits) keeps under 1 % of a std's steps.
 _FLOAT32_OFFSET = 1e5
 
-#: A numeric field is *flat* when its proxy values spread (std) by less than this share of
-#: its bounds' width, or (for any field) this share of them or fewer differ from the most
-#: common value, a constant included: the proxy cannot teach what it does, so the
-#: foundation ignores it, and fitting warns (:class:`FlatFieldWarning`). A flat field is
-#: scaled by :data:`FLAT_SCALE` times its bounds' width (without bounds, its mean's
-#: magnitude, at least 1), which puts every value within them (or of that magnitude) at 0
-#: to float32's precision, in the foundation and in the Core ML graph alike. The
-#: foundation's weights on any flat field start at zero
+#: A numeric field is *flat* when it is constant in the proxy, when its values spread
+#: (std) by less than this share of its bounds' width, or, for a field without bounds, when
+#: fewer than :data:`FLAT_FEW` records (and fewer than half) differ from the most common
+#: value: the proxy cannot teach what it does, so the foundation ignores it, and fitting
+#: warns (:class:`FlatFieldWarning`). A flat field is scaled by :data:`FLAT_SCALE` times
+#: its bounds' width (without bounds, its mean's magnitude, at least 1), which puts every
+#: value within them (or of that magnitude) at 0 to float32's precision, in the foundation
+#: and in the Core ML graph alike. The foundation's weights on any flat field start at zero
 #: (:func:`~dmt_model.foundation.network_for`; the featurizer's JSON marks it ``"flat"``,
-#: so a loaded one starts them at zero too). With 299 records at 5.0 and one at 5.01
+#: so a loaded one starts them at zero too). A rare value of a field with bounds is no
+#: reason: a 0/1 indicator set in 1 % of the records spreads by 10 % of its width, and
+#: the foundation learns it (helper-110: ignored, its effect of 5 read as 6e-8; learned,
+#: 4.92). Retraining keeps the featurizer, so a flat field stays ignored.
+#:
+#: With 299 records at 5.0 and one at 5.01
 #: (bounds 0–10) the scale was 0.0006, a device's 5.5 was 860 spreads out, and the
 #: foundation's test RMSE 26.0 against 0.37 where the field held 5.0; a field constant in
 #: the proxy kept its untrained random weights (0.64 against 0.36 at 7.0; helper-105), and
 #: 0.1 three hundred times, whose std is 1.4e-17, 5.5e14 at 0.2 (helper-109). Every bundled
 #: data set's fields spread by 3 % of their bounds' width or more.
 FLAT_SHARE = 0.01
+#: See :data:`FLAT_SHARE`: fewer records than this off the most common value of a field
+#: without bounds make it flat.
+FLAT_FEW = 5
 FLAT_SCALE = 1e6
 
 
@@ -278,27 +286,28 @@ class Featurizer:
         std = values.std(axis=0, ddof=0) if len(values) else np.ones(len(self.numeric_fields))
         width = np.array([spec.bounds[1] - spec.bounds[0] if spec.bounds else 0.0
                           for spec in (self.schema[n] for n in self.numeric_fields)])
-        # a constant column's std is not 0 in floating point (0.1 three hundred times:
-        # 1.4e-17), so constancy is read from the values, as is the most common one's share
-        constant = (values.max(axis=0) == values.min(axis=0)) if len(values) else \
-            np.ones(len(self.numeric_fields), dtype=bool)
-        others = np.array([len(column) - pd.Series(column).value_counts().iloc[0]
-                           if len(column) else 0 for column in values.T], dtype=np.float64)
-        flat = constant | (std < FLAT_SHARE * width) | (others <= FLAT_SHARE * len(values))
+        # A constant column's std is not 0 in floating point (0.1 three hundred times:
+        # 1.4e-17), so the values are counted: how many differ from the middle one, which is
+        # the most common one wherever fewer than half differ from it.
+        n = len(values)
+        others = (values != np.partition(values, n // 2, axis=0)[n // 2]).sum(axis=0) \
+            if n else np.zeros(len(self.numeric_fields), dtype=np.int64)
+        flat = (n > 0) & ((others == 0) | (std < FLAT_SHARE * width)
+                          | ((width == 0) & (others < FLAT_FEW) & (2 * others < n)))
         #: numeric fields that barely vary in the proxy (:data:`FLAT_SHARE`), which the
         #: foundation ignores
         self.flat_fields_ = tuple(str(n) for n, f in zip(self.numeric_fields, flat,
                                                          strict=True) if f)
         reach = np.where(width > 0, width, np.maximum(np.abs(self.mean_), 1.0))
         self.scale_ = np.where(flat, np.minimum(FLAT_SCALE * reach, 1e300),
-                               np.where(std > 0, std, 1.0))
+                               np.where((others > 0) & (std > 0), std, 1.0))
         if self.flat_fields_:
             warnings.warn(FlatFieldWarning(
-                f"{list(self.flat_fields_)!r} barely vary in these {len(values)} records "
-                f"(fewer than {FLAT_SHARE:.0%} of them differ from the most common value, or "
-                f"they spread by under {FLAT_SHARE:.0%} of their bounds' width): the "
-                "foundation ignores them, since these records cannot teach what they do. "
-                "Give the proxy records that show their spread, or drop them from the "
+                f"{list(self.flat_fields_)!r} barely vary in these {n} records (constant, "
+                f"spread by under {FLAT_SHARE:.0%} of their bounds' width, or, without "
+                f"bounds, fewer than {FLAT_FEW} of the records off the most common value): "
+                "the foundation ignores them, since these records cannot teach what they "
+                "do. Give the proxy records that show their spread, or drop them from the "
                 "schema."), stacklevel=2)
         self.image_stats_: dict[str, tuple[float, float]] = {}
         for name in self.image_fields:

@@ -256,3 +256,24 @@ def test_a_field_flat_in_the_proxy_moves_no_prediction(k, bounds, tmp_path):
     assert loaded.flat_fields_ == ("k",)
     first = network_for(loaded).dense[0].weight
     assert float(first[:, loaded.numeric_fields.index("k")].abs().max()) == 0.0
+
+
+def test_a_rare_value_is_not_a_reason_to_ignore_a_field():
+    """helper-110: 'at most 1 % of records off the most common value' ignored a 0/1
+    indicator set in 20 of 2,000 records, whose effect of 5 on the target the foundation
+    then read as 6e-8, for good (retraining keeps the featurizer). A field with bounds is
+    flat only by its spread; one without, by fewer than FLAT_FEW records off its mode."""
+    import warnings
+
+    from dmt_model.features import FLAT_FEW, FlatFieldWarning
+
+    schema = Schema((Field("flag", "numeric", bounds=(0.0, 1.0)), Field("count", "numeric"),
+                     Field("y", "numeric", "target")))
+    flag = np.r_[np.ones(20), np.zeros(1980)]
+    frame = pd.DataFrame({"flag": flag, "count": flag * 3.0, "y": 5 * flag})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FlatFieldWarning)
+        assert Featurizer(schema).fit(frame).flat_fields_ == ()
+    few = frame.assign(count=np.r_[np.full(FLAT_FEW - 1, 3.0), np.zeros(2000 - FLAT_FEW + 1)])
+    with pytest.warns(FlatFieldWarning, match=r"\['count'\]"):
+        assert Featurizer(schema).fit(few).flat_fields_ == ("count",)
