@@ -218,7 +218,7 @@ def test_a_number_far_from_zero_against_its_spread_is_warned_of():
 def test_a_field_flat_in_the_proxy_moves_no_prediction(k, bounds, tmp_path):
     """helper-105: a field constant in the proxy kept its untrained random weights, and
     one constant but for a record at 5.01 got a scale of 0.0006, so a device's 5.5 was
-    860 spreads out: test RMSE 26.0 where 0.37 held at 5.0. helper-109: 0.1 three hundred
+    867 spreads out: test RMSE 26.0 where 0.37 held at 5.0. helper-109: 0.1 three hundred
     times has a std of 1.4e-17, not 0 (RMSE 5.5e14 at 0.2), and a loaded featurizer lost
     which fields were flat. A field that barely varies is ignored, says so, and stays
     ignored once saved and loaded."""
