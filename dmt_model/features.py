@@ -302,7 +302,7 @@ class Featurizer:
                                                          strict=True) if f)
         reach = np.where(width > 0, width, np.maximum(np.abs(self.mean_), 1.0))
         self.scale_ = np.where(flat, np.minimum(FLAT_SCALE * reach, 1e300),
-                               np.where((others > 0) & (std > 0), std, 1.0))
+                               np.where(std > 0, std, 1.0))
         if self.flat_fields_:
             warnings.warn(FlatFieldWarning(
                 f"{list(self.flat_fields_)!r} barely vary in these {n} records (constant, "

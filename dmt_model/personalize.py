@@ -2010,15 +2010,10 @@ def _eligible_priors(grid: Sequence[int], before: np.ndarray, after: Mapping[int
         strict.decide(reference, after[prior])[0] for reference in against)]
 
 
-def _one_class(checks: Sequence[_Check]) -> bool:
-    """Whether every record held out in ``checks`` (each fold's, or the holdout's) has one
-    class label."""
-    return len(np.unique(np.concatenate([y for _, _, y in checks]))) < 2
-
-
 def _strongest_only(task: Any, checks: Sequence[_Check]) -> bool:
     """Whether a classifier's update scored on ``checks`` must take the grid's strongest
-    prior, whatever the rule: its held-out records are all of one class.
+    prior, whatever the rule: its held-out records (each fold's, or the holdout's) are all
+    of one class.
 
     Then the held-out loss cannot choose the prior: every record scored is of that class,
     so the weaker the prior, the further the head moves toward always predicting it and
@@ -2030,7 +2025,8 @@ def _strongest_only(task: Any, checks: Sequence[_Check]) -> bool:
     enough for the folds to see that cost. A device re-personalizing the version it holds,
     to compare it with a new one (:func:`_best_errors`), follows the same rule, so both
     sides of the comparison are scored alike."""
-    return task.kind == "classification" and _one_class(checks)
+    return task.kind == "classification" and len(
+        np.unique(np.concatenate([y for _, _, y in checks]))) < 2
 
 
 def _label_shift(model: Any, checks: Sequence[_Check], confidence: float) -> tuple[bool, str]:

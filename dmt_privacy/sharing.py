@@ -475,18 +475,23 @@ def _device_free(receipt: ReleaseReceipt) -> ReleaseReceipt:
     return dataclasses.replace(receipt, user_id=None)
 
 
-def _carried(receipt: ReleaseReceipt) -> ReleaseReceipt:
-    """A release receipt as a package carries it, every figure in it independent of the
-    records' values: no user id and, per record, the ε and δ the policy gives a record. A
-    record-level release charges the ledger Σε times the largest number of records alike
-    (:func:`~dmt_privacy.dp.release_epsilon`), a count of the true values; carried, it told
-    the server, which keeps receipts in clear, whether a device's values repeat
-    (helper-106). A user-level release's total (records × Σε) is already the public count's."""
-    receipt = _device_free(receipt)
-    if receipt.privacy_unit != "record":
-        return receipt
-    return dataclasses.replace(receipt, epsilon=math.fsum(f.epsilon for f in receipt.fields),
-                               delta=math.fsum(f.delta for f in receipt.fields))
+def _carried(receipt: PrivacyReceipt) -> PrivacyReceipt:
+    """A package's receipt as the package carries it, every figure in it independent of the
+    records' values (the device's receipt, the result's and the outbox's, keeps them), as
+    the server keeps receipts in clear:
+
+    - each modification named, but not how many records it changed (helper-87);
+    - a record-level release's ε and δ for one record, as the policy gives them, not the
+      ledger's charge: Σε times the largest number of records alike
+      (:func:`~dmt_privacy.dp.release_epsilon`), a count of the true values, told the
+      server whether a device's values repeat (helper-106). A user-level release's total
+      (records × Σε) is already the public count's."""
+    dp = receipt.dp
+    if dp is not None and dp.privacy_unit == "record":
+        dp = dataclasses.replace(dp, epsilon=math.fsum(f.epsilon for f in dp.fields),
+                                 delta=math.fsum(f.delta for f in dp.fields))
+    return dataclasses.replace(receipt, dp=dp, modifications=tuple(
+        label.rsplit(" (", 1)[0] for label in receipt.modifications))
 
 
 def _refuse_unpackable(policy: SharingPolicy, schema: Schema, frame: pd.DataFrame,
@@ -512,7 +517,7 @@ def _refuse_unpackable(policy: SharingPolicy, schema: Schema, frame: pd.DataFram
             packed += (len(values) + 5) * (type(widest) in (float, int))
         columns[name] = values
     package = SharePackage.create(schema.schema_id, columns,
-                                  _package_receipt(policy, modifications, dp_receipt))
+                                  _carried(_package_receipt(policy, modifications, dp_receipt)))
     if policy.max_bytes is None:
         return
     if token is not None:  # SharePackage takes the token's format itself
@@ -725,7 +730,7 @@ def _share(store: LocalStore, policy: SharingPolicy, public_key: ServerPublicKey
         ).fit()
     # before the charge: the package can be made, and with max_bytes is not too large
     _refuse_unpackable(policy, schema, frame, modifications, token, None if perturber is None
-                      else _carried(perturber.receipt_for(frame[dp_fields])))
+                      else _device_free(perturber.receipt_for(frame[dp_fields])))
     dp_receipt: ReleaseReceipt | None = None
     if perturber is not None:
         release = perturber.perturb(frame[dp_fields])  # charges the ledger, then draws
@@ -734,14 +739,7 @@ def _share(store: LocalStore, policy: SharingPolicy, public_key: ServerPublicKey
         dp_receipt = _device_free(release.receipt)
     receipt = _package_receipt(policy, modifications, dp_receipt)
     columns = {name: frame[name].tolist() for name in policy.fields}
-    # The package names each modification but not how many records it changed, nor a
-    # record-level release's charge for records alike: both depend on the records' values,
-    # and the server keeps receipts in clear (helper-87, helper-106). The device's receipt
-    # (the result's, the outbox's) keeps them.
-    carried = dataclasses.replace(receipt, modifications=tuple(
-        label.rsplit(" (", 1)[0] for label in modifications),
-        dp=None if dp_receipt is None else _carried(dp_receipt))
-    package = SharePackage.create(schema.schema_id, columns, carried)
+    package = SharePackage.create(schema.schema_id, columns, _carried(receipt))
     envelope = seal_package(package, public_key, token=token)
     entry = store.add_to_outbox(
         package.package_id, envelope, [str(i) for i in frame.index],
