@@ -262,6 +262,27 @@ class PrivacyReceipt:
             "modifications": list(self.modifications),
         }
 
+    def carried(self) -> PrivacyReceipt:
+        """This receipt as a share package carries it and the server stores it (in clear):
+        every figure independent of the records' values. The device's own receipt (the
+        share's result, the outbox, the ledger) keeps what it paid.
+
+        - each modification named, but not how many records it changed (helper-87);
+        - a record-level release's ε and δ for one record, the sums of its fields', not the
+          ledger's charge: Σε times the largest number of records alike
+          (:func:`~dmt_privacy.dp.release_epsilon`), a count of the true values, told the
+          server whether a device's values repeat (helper-106). A user-level release's
+          total (records × Σε) is the public count's already.
+
+        ``share()`` sends this, and the server stores this of whatever a package carries,
+        so a package from an SDK older than either rule leaves nothing more in clear."""
+        dp = self.dp
+        if dp is not None and dp.privacy_unit == "record":
+            dp = dataclasses.replace(dp, epsilon=math.fsum(f.epsilon for f in dp.fields),
+                                     delta=math.fsum(f.delta for f in dp.fields))
+        return dataclasses.replace(self, dp=dp, modifications=tuple(
+            label.rsplit(" (", 1)[0] for label in self.modifications))
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PrivacyReceipt:
         if not isinstance(data, Mapping):

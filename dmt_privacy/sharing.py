@@ -475,25 +475,6 @@ def _device_free(receipt: ReleaseReceipt) -> ReleaseReceipt:
     return dataclasses.replace(receipt, user_id=None)
 
 
-def _carried(receipt: PrivacyReceipt) -> PrivacyReceipt:
-    """A package's receipt as the package carries it, every figure in it independent of the
-    records' values (the device's receipt, the result's and the outbox's, keeps them), as
-    the server keeps receipts in clear:
-
-    - each modification named, but not how many records it changed (helper-87);
-    - a record-level release's ε and δ for one record, as the policy gives them, not the
-      ledger's charge: Σε times the largest number of records alike
-      (:func:`~dmt_privacy.dp.release_epsilon`), a count of the true values, told the
-      server whether a device's values repeat (helper-106). A user-level release's total
-      (records × Σε) is already the public count's."""
-    dp = receipt.dp
-    if dp is not None and dp.privacy_unit == "record":
-        dp = dataclasses.replace(dp, epsilon=math.fsum(f.epsilon for f in dp.fields),
-                                 delta=math.fsum(f.delta for f in dp.fields))
-    return dataclasses.replace(receipt, dp=dp, modifications=tuple(
-        label.rsplit(" (", 1)[0] for label in receipt.modifications))
-
-
 def _refuse_unpackable(policy: SharingPolicy, schema: Schema, frame: pd.DataFrame,
                       modifications: list[str], token: bytes | None,
                       dp_receipt: ReleaseReceipt | None) -> None:
@@ -517,7 +498,7 @@ def _refuse_unpackable(policy: SharingPolicy, schema: Schema, frame: pd.DataFram
             packed += (len(values) + 5) * (type(widest) in (float, int))
         columns[name] = values
     package = SharePackage.create(schema.schema_id, columns,
-                                  _carried(_package_receipt(policy, modifications, dp_receipt)))
+                                  _package_receipt(policy, modifications, dp_receipt).carried())
     if policy.max_bytes is None:
         return
     if token is not None:  # SharePackage takes the token's format itself
@@ -739,7 +720,7 @@ def _share(store: LocalStore, policy: SharingPolicy, public_key: ServerPublicKey
         dp_receipt = _device_free(release.receipt)
     receipt = _package_receipt(policy, modifications, dp_receipt)
     columns = {name: frame[name].tolist() for name in policy.fields}
-    package = SharePackage.create(schema.schema_id, columns, _carried(receipt))
+    package = SharePackage.create(schema.schema_id, columns, receipt.carried())
     envelope = seal_package(package, public_key, token=token)
     entry = store.add_to_outbox(
         package.package_id, envelope, [str(i) for i in frame.index],

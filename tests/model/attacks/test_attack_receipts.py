@@ -140,6 +140,27 @@ def test_no_user_id_is_ever_stored(base, policy, tmp_path):
     assert not any("alice" in r for r in stored)
 
 
+def test_what_is_stored_in_clear_never_depends_on_the_values(base, policy, tmp_path):
+    """The receipt a package carries travels into the server's clear ``receipt`` column.
+    An SDK from before 6 December sent, at record level, the ledger's charge (Σε times the
+    largest number of records alike, helper-106) and, before helper-87, how many records
+    each modification changed: both functions of the hidden values. The server stores the
+    receipt as a current SDK carries it (:meth:`PrivacyReceipt.carried`), whoever made it."""
+    from dmt_model.server import SharedStore
+
+    dp = base.receipt.dp
+    per_record = math.fsum(f.epsilon for f in dp.fields)
+    older = PrivacyReceipt(k=base.receipt.k, dp=dataclasses_replace(
+        dp, privacy_unit="record", epsilon=3 * per_record),
+        modifications=("text.synonyms:NOTE (2/3 changed)",))
+    db = tmp_path / "s.db"
+    report = ingest([seal(forge(base, receipt=older))], str(db), KEY, policy)
+    assert len(report.accepted) == 1, report.to_text()
+    [stored] = SharedStore(f"sqlite:///{db}", KEY).receipts().values()
+    assert stored.dp is not None and stored.dp.epsilon == pytest.approx(per_record)
+    assert stored.modifications == ("text.synonyms:NOTE",)
+
+
 @pytest.mark.parametrize("field", ["CRIM", "MEDV"])
 def test_strings_never_read_as_numbers(base, policy, tmp_path, field):
     pkg = forge(base, columns={field: ["6_5"] * base.n_records})
