@@ -6,7 +6,9 @@ and the HTTP service alike (:meth:`Ingestor.check`, :meth:`~Ingestor.submit`,
 
 1. opens it with the server's private key (:func:`dmt_privacy.seal.open_sealed`
    and :func:`dmt_privacy.package.decode_package`, with the policy's size
-   limits); any failure is one reason, "could not be opened";
+   limits); any failure is one reason, "could not be opened", unless the
+   very bytes were stored before (sealed to a key since retired: a device's
+   retry), which is a replay;
 2. validates it against the :class:`~dmt_model.server.policy.ServerPolicy`,
    exactly and strictly typed (:func:`dmt_model.server.validate.validate_package`):
    nothing the package claims is believed;
@@ -40,6 +42,7 @@ Encryption at rest and the tables are described in :mod:`dmt_model.server.store`
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import queue
@@ -61,6 +64,7 @@ from dmt_model.server.prescan import bounded_shape
 from dmt_model.server.report import IngestReport, Outcome
 from dmt_model.server.store import (
     DataKey,
+    EnvelopeRow,
     PackageRow,
     PendingVacuum,
     RemovedPackageRow,
@@ -427,7 +431,7 @@ class Ingestor:
         try:
             package, plaintext = _open(envelope, self.keyring, self.policy)
         except InvalidPackage:
-            return self._refused(source, _unreadable(envelope, self.keyring))
+            return self._unreadable_unless_received(source, envelope)
         pid = package.package_id
         try:
             checked = validate_package(package, self.policy)
@@ -444,7 +448,8 @@ class Ingestor:
                         source, str(exc.args[0] if exc.args else "token: invalid"), pid,
                         plaintext, package.n_records)
             key = self.data_key()
-        prepared = prepare_package(package, plaintext, self.policy, key, checked.columns, token)
+        prepared = prepare_package(package, plaintext, self.policy, key, checked.columns, token,
+                                   envelope_digest=hashlib.sha256(envelope).hexdigest())
         return PreparedIngest(source, pid, package.n_records, plaintext, prepared)
 
     def submit(self, ready: PreparedIngest) -> Future[Written]:
@@ -573,6 +578,25 @@ class Ingestor:
         if removed:
             return self._replay(source, pid, n_records, removed=True)
         return self._refused(source, reason, pid, n_records)
+
+    def _unreadable_unless_received(self, source: str, envelope: bytes) -> Outcome:
+        """A refusal of an envelope nothing opens, unless it is sealed to a key this server
+        does not hold (any more) and these very bytes were stored: a device's retry of a
+        package stored before its key was retired, a replay (refused, the device abandons
+        it and shares its records again, as in helper-96). An envelope sealed to a key the
+        server holds that does not open is no package it stored."""
+        reason = _unreadable(envelope, self.keyring)
+        if reason == UNREADABLE:
+            return self._refused(source, reason)
+        with self._database(), self.engine.connect() as conn:
+            row = conn.execute(
+                select(EnvelopeRow.package_id, PackageRow.n_records)
+                .outerjoin(PackageRow, PackageRow.package_id == EnvelopeRow.package_id)
+                .where(EnvelopeRow.digest == hashlib.sha256(envelope).hexdigest())).first()
+        if row is None:
+            return self._refused(source, reason)
+        pid, n_records = row
+        return self._replay(source, pid, n_records or 0, removed=n_records is None)
 
     def __call__(self, envelope: bytes, source: str = "<http>") -> Outcome:
         return self.ingest_one(envelope, source)

@@ -37,6 +37,10 @@ Tables:
 - ``removed_packages``: the ids of packages an operator removed, so that the
   same sealed bytes sent again (a device retrying, or anyone who kept them) are
   answered as a replay and never stored again: a removal is for good;
+- ``envelopes``: the SHA-256 of each stored package's sealed bytes and its id,
+  kept when the package is removed: a device's retry is the envelope it sealed,
+  and once the server key it was sealed to is retired nothing opens it, so the
+  digest is what answers it as a replay (:meth:`~dmt_model.server.ingest.Ingestor.check`);
 - ``data_keys``: the server data keys, each sealed (HPKE) to the server's
   public key;
 - ``spent_tokens``, ``token_keys`` and ``token_issuance``: the per-device
@@ -121,6 +125,7 @@ __all__ = [
     "CLASSES",
     "COHORTS",
     "DATA_KEYS",
+    "ENVELOPES",
     "PACKAGES",
     "PENDING_BLOCKS",
     "RECORDS",
@@ -135,6 +140,7 @@ __all__ = [
     "CohortRow",
     "DataKey",
     "DataKeyRow",
+    "EnvelopeRow",
     "PackageRow",
     "PendingBlock",
     "PendingVacuum",
@@ -286,6 +292,17 @@ class RemovedPackageRow(Base):
     removed_at: Mapped[str] = mapped_column(String(32))
 
 
+class EnvelopeRow(Base):
+    """The SHA-256 (hex) of a stored package's sealed bytes: what recognises a retry sealed
+    to a server key since retired, which nothing opens any more. Kept when the package is
+    removed, as its id in ``removed_packages`` is."""
+
+    __tablename__ = "envelopes"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    package_id: Mapped[str] = mapped_column(String(64))
+
+
 class TokenIssuanceRow(Base):
     """Tokens issued to one attested device (SHA-256 of its id) in one period."""
 
@@ -306,6 +323,7 @@ PENDING_BLOCKS = cast(Table, PendingBlock.__table__)
 WITHDRAWN_BLOCKS = cast(Table, WithdrawnBlock.__table__)
 SPENT_TOKENS = cast(Table, SpentTokenRow.__table__)
 REMOVED_PACKAGES = cast(Table, RemovedPackageRow.__table__)
+ENVELOPES = cast(Table, EnvelopeRow.__table__)
 TOKEN_KEYS = cast(Table, TokenKeyRow.__table__)
 TOKEN_ISSUANCE = cast(Table, TokenIssuanceRow.__table__)
 

@@ -32,6 +32,7 @@ quasi-identifiers, never by the values. Callers validate first
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -49,6 +50,7 @@ from sqlalchemy.exc import IntegrityError
 from dmt_model.server.policy import ServerPolicy
 from dmt_model.server.store import (
     CLASSES,
+    ENVELOPES,
     PACKAGES,
     PENDING_BLOCKS,
     RECORDS,
@@ -111,6 +113,8 @@ class PreparedPackage:
     per_class: dict[str, int] = field(repr=False)
     #: (token id, period) of the verified token the package spends, if the policy asks one
     token: tuple[str, int] | None = None
+    #: SHA-256 (hex) of the sealed bytes, kept to answer a retry no key opens any more
+    envelope_digest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -123,8 +127,12 @@ class Written:
 
 def prepare_package(package: Any, plaintext: bytes, policy: ServerPolicy, key: DataKey,
                     columns: Mapping[str, list[Any]],
-                    token: tuple[str, int] | None = None) -> PreparedPackage:
-    """Encrypt and name the classes of one validated package (no database needed)."""
+                    token: tuple[str, int] | None = None, *,
+                    envelope_digest: str | None = None) -> PreparedPackage:
+    """Encrypt and name the classes of one validated package (no database needed).
+
+    ``envelope_digest``: the SHA-256 (hex) of the sealed bytes it came in, stored with it
+    (``envelopes``) so that a retry sealed to a key since retired is still a replay."""
     qis = policy.class_quasi_identifiers(columns)
     pid = package.package_id
     per_class: dict[str, list[int]] = {}
@@ -140,7 +148,8 @@ def prepare_package(package: Any, plaintext: bytes, policy: ServerPolicy, key: D
            "created_day": str(package.created_day), "received_at": "",
            "n_records": n, "receipt": receipt, "key_id": key.key_id,
            "nonce": nonce, "payload": payload}
-    return PreparedPackage(pid, row, rows, {k: len(v) for k, v in per_class.items()}, token)
+    return PreparedPackage(pid, row, rows, {k: len(v) for k, v in per_class.items()}, token,
+                           envelope_digest)
 
 
 # --- insert-or-nothing and upserts, by dialect --------------------------------------------
@@ -208,6 +217,9 @@ _PG_TOKENS = (
     "%(package_id)b::varchar[], %(spent_at)b::varchar[]) "
     "ON CONFLICT (token_id) DO NOTHING RETURNING token_id")
 _PG_DELETE = "DELETE FROM packages WHERE package_id = ANY(%(ids)b::varchar[])"
+_PG_ENVELOPES = (
+    "INSERT INTO envelopes (digest, package_id) SELECT * FROM unnest(%(digest)b::varchar[], "
+    "%(package_id)b::varchar[]) ON CONFLICT (digest) DO NOTHING")
 
 
 # SQLite (the standard library's driver): statements of plain text with "?" placeholders,
@@ -237,8 +249,9 @@ def _sqlite_rows(conn: Connection, table: str, columns: tuple[str, ...],
     for start in range(0, len(rows), _CHUNK):
         chunk = rows[start:start + _CHUNK]
         values = tuple(row[c] for row in chunk for c in columns)
-        out += conn.exec_driver_sql(_sqlite_insert(table, columns, len(chunk), tail),
-                                    values).all()
+        result = conn.exec_driver_sql(_sqlite_insert(table, columns, len(chunk), tail), values)
+        if result.returns_rows:
+            out += result.all()
     return out
 
 
@@ -323,6 +336,21 @@ def _insert_pending(conn: Connection, records: list[dict[str, Any]]) -> None:
         blocks = [conn.execute(_RECORDS_INSERT, row).one() for row in records]
     conn.execute(_PENDING_INSERT, [{"block_id": block_id, "class_key": class_key}
                                    for block_id, class_key in blocks])
+
+
+def _insert_envelopes(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Keep the stored packages' envelope digests (a digest already kept is left as it is)."""
+    if not rows:
+        return
+    if _psycopg(conn):
+        _pg_run(conn, _PG_ENVELOPES, _columns(rows, ["digest", "package_id"]))
+    elif _sqlite(conn):
+        _sqlite_rows(conn, "envelopes", ("digest", "package_id"), rows,
+                     "ON CONFLICT (digest) DO NOTHING")
+    else:  # any other database: one savepoint per row
+        for row in rows:
+            with contextlib.suppress(IntegrityError), conn.begin_nested():
+                conn.execute(insert(ENVELOPES), row)
 
 
 def _add_to_classes(conn: Connection, counts: dict[str, tuple[int, int]]) -> None:
@@ -423,6 +451,9 @@ def _write_group(conn: Connection, group: Sequence[PreparedPackage], policy: Ser
     records = [row for i in stored for row in group[i].record_rows]
     if records:
         _insert_pending(conn, records)
+    _insert_envelopes(conn, [{"digest": group[i].envelope_digest,
+                              "package_id": group[i].package_id}
+                             for i in stored if group[i].envelope_digest is not None])
     counts: dict[str, tuple[int, int]] = {}
     last_toucher: dict[str, int] = {}
     for i in stored:

@@ -78,3 +78,33 @@ def test_a_stored_package_retried_after_its_token_period_is_a_replay(simulation,
     clock.now += 2 * PERIOD  # offline for two weeks, then the pending package is retried
     retry = ingestor.ingest_one(sent.envelope)
     assert retry.replay and "replay" in retry.reason, retry
+
+
+def test_a_stored_package_retried_after_its_key_was_retired_is_a_replay(simulation, plan,
+                                                                          tmp_path):
+    """A device's retry is the envelope it sealed then. Once the server's key was rotated,
+    re-wrapped and retired, nothing opens it: it was refused as unreadable, and a device
+    that abandoned it charged ε for the same records again and counted twice in their
+    classes, as in helper-96. The server keeps each stored envelope's SHA-256, and a retry
+    it can no longer open is answered as the replay it is, removed by the operator or not."""
+    from dmt_model.server import SharedStore
+    from dmt_privacy.seal import ServerKeyring, generate_server_key
+
+    db = f"sqlite:///{tmp_path / 'server.db'}"
+    policy = attack_kit.server_policy(plan)
+    old, new = generate_server_key(), generate_server_key()
+    store = _device(simulation, tmp_path, "u")
+    sent = share(store, attack_kit.sharing_policy(plan), old.public_key())
+    assert Ingestor(db, old, policy).ingest_one(sent.envelope).status == "accepted"
+    assert SharedStore(db, ServerKeyring([new, old])).rewrap() == 1
+    retry = Ingestor(db, new, policy).ingest_one(sent.envelope)  # the old key is retired
+    assert retry.replay and retry.package_id == sent.package_id, retry
+    remove_packages(db, ids=[sent.package_id], private_key=new)
+    again = Ingestor(db, new, policy).ingest_one(sent.envelope)
+    assert again.replay and again.package_id == sent.package_id, again
+    # an envelope sealed to the retired key and never stored is still unreadable
+    other = _device(simulation, tmp_path, "v")
+    fresh = share(other, attack_kit.sharing_policy(plan), old.public_key())
+    refused = Ingestor(db, new, policy).ingest_one(fresh.envelope)
+    assert refused.status == "rejected" and not refused.replay
+    assert refused.reason.startswith("unreadable"), refused
