@@ -537,6 +537,13 @@ class PackageRoute:
             return answers["timeout"]
         if not size:
             return answers["invalid"]
+        # Counted in flight from here, where the work begins (InFlightLimit defers it): while
+        # a body arrives it holds only the bytes sent and a socket (helper-113).
+        limiter: InFlightLimit | None = scope.get(_ADMISSION)
+        if limiter is not None:
+            if limiter.in_flight >= limiter.limit:
+                return answers["unavailable"]
+            limiter.in_flight += 1  # one event loop: no lock needed
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._submit(parts[0] if len(parts) == 1 else b"".join(parts), future)
         try:
@@ -547,6 +554,9 @@ class PackageRoute:
         except Exception:
             log.exception("package ingestion failed")
             return answers["error"]
+        finally:
+            if limiter is not None:
+                limiter.in_flight -= 1
         if outcome.status == "accepted":
             return answers["accepted"]
         if outcome.replay:
@@ -668,6 +678,11 @@ else:  # pragma: no cover - httptools is in the server extra
     _PROTOCOL = HeaderTimeoutH11Protocol
 
 
+#: The scope key under which :class:`InFlightLimit` hands a package post to
+#: :class:`PackageRoute`, which counts it in flight once its body has arrived.
+_ADMISSION = "dmt.in_flight"
+
+
 class InFlightLimit:
     """ASGI middleware: at most ``limit`` HTTP requests in flight; beyond, ``503`` at once.
 
@@ -675,7 +690,11 @@ class InFlightLimit:
     sent) costs a file descriptor until the header timeout closes it, and never
     a place that legitimate requests wait for. uvicorn's own
     ``limit_concurrency`` counts connections, so 300 idle sockets made it answer
-    ``503`` to nearly every real request.
+    ``503`` to nearly every real request. A package post (``POST /v1/packages``)
+    is counted once its body has arrived (by :class:`PackageRoute`): counted from
+    its headers, 256 bodies trickling a byte every 2 s held every place until the
+    body timeout, and every device and ``/v1/health`` got ``503`` (helper-113).
+    While a body arrives it holds the bytes sent so far, for ``body_timeout`` at most.
     """
 
     def __init__(self, app: Any, limit: int, retry_after: int = 1) -> None:
@@ -686,6 +705,10 @@ class InFlightLimit:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["path"] == "/v1/packages" and scope["method"] == "POST":
+            scope[_ADMISSION] = self  # counted by PackageRoute once its body has arrived
             await self.app(scope, receive, send)
             return
         if self.in_flight >= self.limit:

@@ -72,3 +72,46 @@ def test_idle_sockets_do_not_starve_legitimate_requests(tmp_path, server_load):
     # No request waits on the idle sockets: starvation costs a header timeout (seconds)
     # or a 503, far above the scheduling noise this bound leaves room for.
     assert p99_loaded <= 0.1
+
+
+def _post(port: int, body: bytes) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("POST", "/v1/packages", body=body,
+                 headers={"Content-Type": "application/octet-stream"})
+    status = conn.getresponse().status
+    conn.close()
+    return status
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="many sockets; Linux CI")
+def test_slow_bodies_do_not_starve_legitimate_requests(tmp_path, server_load, base, policy):
+    """helper-113: a request whose headers are complete counted as in flight for as long as
+    its body trickled (up to the body timeout), so 256 connections sending a byte every 2 s
+    (128 bytes a second) held every place: /v1/health and every device's package got 503
+    for as long as they kept at it. A package's body is now counted once it has arrived,
+    when the work it costs begins; while it arrives it holds the bytes sent and a socket."""
+    from attack_kit import forge, seal
+
+    save_private_key(KEY, tmp_path / "server.key")
+    (tmp_path / "policy.json").write_text(policy.to_json())
+    service = server_load.ServiceProcess(f"sqlite:///{tmp_path / 's.db'}",
+                                         tmp_path / "server.key", tmp_path / "policy.json",
+                                         extra=["--limit-concurrency", "16"])
+    service.start()
+    slow: list[socket.socket] = []
+    try:
+        for _ in range(64):  # four times the limit, each body 1 byte short of complete
+            s = socket.create_connection(("127.0.0.1", service.port), timeout=10)
+            s.sendall(b"POST /v1/packages HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                      b"application/octet-stream\r\nContent-Length: 1000\r\n\r\n" + b"A" * 999)
+            slow.append(s)
+        time.sleep(0.5)
+        _, statuses = _latencies(service.port, 20)
+        posted = [_post(service.port, seal(forge(base))) for _ in range(5)]
+    finally:
+        for s in slow:
+            s.close()
+        service.stop()
+    assert set(statuses) == {200}
+    assert posted == [201] * 5
