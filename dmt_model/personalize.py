@@ -1026,9 +1026,11 @@ class DecisionRule:
         return max((confidence for least, confidence in task.label_shift_confidence
                     if records >= least), default=0.0)
 
-    def decide(self, before: np.ndarray, after: np.ndarray) -> tuple[bool, str]:
+    def decide(self, before: np.ndarray, after: np.ndarray, *,
+               error: str = "error") -> tuple[bool, str]:
         """(keep the update?, why) from per-record held-out errors of the current model and
-        the update (squared errors of a regressor, log losses of a classifier)."""
+        the update (squared errors of a regressor, log losses of a classifier), ``error``
+        naming them in the reason (:attr:`~dmt_model.tasks.Task.record_error_name`)."""
         before = np.asarray(before, dtype=np.float64)
         after = np.asarray(after, dtype=np.float64)
         mse_before, mse_after = float(np.mean(before)), float(np.mean(after))
@@ -1037,7 +1039,7 @@ class DecisionRule:
         confidence = 0.5 if self.confidence is None else self.confidence
         mean, t, needed = _paired_t(before - after, confidence)
         n = len(before)
-        figures = f"held-out mean error {mse_before:.4g} → {mse_after:.4g} on {n} records"
+        figures = f"held-out mean {error} {mse_before:.4g} → {mse_after:.4g} on {n} records"
         if self.prefer == "update":
             figures += f", paired t = {t:.2f} (refused at {-needed:.2f} or below)"
             if -mean > self.margin * mse_after and -t >= needed:
@@ -1882,7 +1884,7 @@ def _decide_update(spec: Any, plan: _UpdatePlan, fits: Sequence[_Fit], before: n
     if _strongest_only(task, checks):
         eligible = [max(grid)]
     chosen = min(eligible, key=lambda prior: float(np.mean(after[prior])))
-    keep, why = plan.rule.decide(before, after[chosen])
+    keep, why = plan.rule.decide(before, after[chosen], error=task.record_error_name)
     if level:
         shown, words = _label_shift(spec, checks, level)
         keep, why = (keep, f"{why}; a label shift: {words}") if shown else (

@@ -209,6 +209,9 @@ class Task(ABC):
     kind: ClassVar[str]
     #: what :meth:`test_error` reports: ``"RMSE"`` or ``"log loss"``
     error_name: ClassVar[str]
+    #: what one record's error is (the keep-or-discard rule compares their means):
+    #: ``"squared error"`` or ``"log loss"``
+    record_error_name: ClassVar[str]
     #: the confidence the device's keep-or-discard rule needs by default (module docstring)
     decision_confidence: ClassVar[float]
     #: with fewer records than this to score, a device's update takes the prior grid's
@@ -265,6 +268,7 @@ class Regression(Task):
 
     kind = "regression"
     error_name = "RMSE"
+    record_error_name = "squared error"
     decision_confidence = 0.9
     few_records = 30
 
@@ -305,6 +309,7 @@ class Classification(Task):
 
     kind = "classification"
     error_name = "log loss"
+    record_error_name = "log loss"
     decision_confidence = 0.9
     label_shift_confidence = ((0, 0.9), (15, 0.99))
 

@@ -110,9 +110,9 @@ def run_demo(args: argparse.Namespace) -> int:
 What happened:
 - v1, trained on the server's proxy data, was personalized on each device. The update was
   kept for {kept} of {len(users)} users (only where cross-validation on their own records said it
-  helps); mean error {result.mean('foundation'):.3f} → {result.mean('personal'):.3f}. The oracle, \
-which knows each user's
-  factor, gets {result.mean('oracle'):.3f}.
+  helps); mean test RMSE {result.mean('foundation'):.3f} → {result.mean('personal'):.3f}. \
+The oracle, which knows each
+  user's factor, gets {result.mean('oracle'):.3f}.
 - Device {simulation.users[0].user_id} backed up its personal model (Argon2id + AES-256-GCM, \
 under a generated
   recovery key for the user to write down) and restored it: \

@@ -89,3 +89,23 @@ def test_no_command_accepts_abbreviations(tiny, tmp_path):
               "--numeric", "age", "--k", "2"])
     assert exit_.value.code == 2
     assert not (tmp_path / "o.csv").exists()
+
+
+def test_a_missing_file_is_named_not_a_traceback(tmp_path, capsys):
+    """helper-114: `dmt release sign --policy` and `dmt release verify` with a file that is
+    not there printed Python's FileNotFoundError traceback. Every command names the file."""
+    assert main(["keygen", "--release", "-o", str(tmp_path / "r.key")]) == 0
+    (tmp_path / "m.mlmodel").write_bytes(b"model")
+    capsys.readouterr()
+    sign = ["release", "sign", "--version", "1", "--key", str(tmp_path / "r.key"),
+            "--schema-id", "s"]
+    for missing, argv in (
+            ("no.json", ["release", "verify", str(tmp_path / "m.mlmodel"),
+                         str(tmp_path / "no.json"), "--pin", str(tmp_path / "r.key.pub")]),
+            ("nopolicy.json", [*sign, str(tmp_path / "m.mlmodel"), "--policy",
+                               str(tmp_path / "nopolicy.json")]),
+            ("nomodel", [*sign, str(tmp_path / "nomodel")])):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("dmt release: error:") and missing in err, err
+        assert "Traceback" not in err
