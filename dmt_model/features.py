@@ -54,7 +54,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -63,7 +62,7 @@ import numpy as np
 import pandas as pd
 
 from dmt_model.tasks import Task, task_for
-from dmt_privacy.errors import SchemaError, UnknownCategoryError, ValidationError
+from dmt_privacy.errors import SchemaError, UnknownCategoryError, ValidationError, warn_caller
 from dmt_privacy.schema import Kind, Role, Schema, row_label
 from dmt_privacy.tokens import Tokenizer
 
@@ -304,13 +303,13 @@ class Featurizer:
         self.scale_ = np.where(flat, np.minimum(FLAT_SCALE * reach, 1e300),
                                np.where(std > 0, std, 1.0))
         if self.flat_fields_:
-            warnings.warn(FlatFieldWarning(
+            warn_caller(FlatFieldWarning(
                 f"{list(self.flat_fields_)!r} barely vary in these {n} records (constant, "
                 f"spread by under {FLAT_SHARE:.0%} of their bounds' width, or, without "
                 f"bounds, fewer than {FLAT_FEW} of the records off the most common value): "
                 "the foundation ignores them, since these records cannot teach what they "
                 "do. Give the proxy records that show their spread, or drop them from the "
-                "schema."), stacklevel=2)
+                "schema."))
         self.image_stats_: dict[str, tuple[float, float]] = {}
         for name in self.image_fields:
             pixels = self._pixels(name, frame[name]) if len(frame) else np.zeros(1)
@@ -341,12 +340,11 @@ class Featurizer:
         if target is not None and abs(self.target_mean_) > _FLOAT32_OFFSET * self.target_scale_:
             far.append((target.name, self.target_mean_, self.target_scale_))
         for name, mean, scale in far:
-            warnings.warn(FloatPrecisionWarning(
+            warn_caller(FloatPrecisionWarning(
                 f"{name!r} averages {mean:.6g} with a spread (std) of {scale:.3g}: the models "
                 "compute in float32, which keeps about 7 significant digits, so little of that "
                 f"spread survives. Subtract an offset from {name!r} in the data first (e.g. a "
-                "timestamp minus the start of its day), on the server and on the devices."),
-                stacklevel=3)
+                "timestamp minus the start of its day), on the server and on the devices."))
 
     def _fit_target(self, frame: pd.DataFrame) -> None:
         """What the target needs to be learned, fitted on the proxy data.

@@ -92,6 +92,7 @@ from dmt_privacy.errors import (
     TooFewRecords,
     UpdateRejected,
     ValidationError,
+    warn_caller,
 )
 
 __all__ = [
@@ -2669,7 +2670,7 @@ def personalize(
     spec = _load_model(model_path)
     _check_records(spec, records, what="records")
     if base is None and (warning := _repeated(spec, str(model_path))) is not None:
-        warnings.warn(warning, stacklevel=2)
+        warn_caller(warning)
     if base is None:
         return _checked_update(spec, spec, records, holdout=holdout, output=output,
                                rule=_rule(rule, folds), prior_records=prior_records,
@@ -2721,7 +2722,7 @@ def personalized(spec: Any, records: pd.DataFrame, **kwargs: Any,
     import tempfile
 
     if kwargs.get("base") is None and (warning := _repeated(spec, "The spec")) is not None:
-        warnings.warn(warning, stacklevel=2)  # said of the caller's spec, not the copy below
+        warn_caller(warning)  # said of the caller's spec, not the copy below
     with tempfile.TemporaryDirectory(prefix="dmt-personal-") as folder, \
             warnings.catch_warnings():
         warnings.simplefilter("ignore", RepeatedPersonalizationWarning)
@@ -3081,8 +3082,8 @@ def adopt_new_version(
     if unshared_records is not None:
         if records is not None:
             raise ValidationError("Pass records= only (unshared_records= is its old name).")
-        warnings.warn("adopt_new_version(unshared_records=...) is deprecated; pass records= "
-                      "(all local records by default).", DeprecationWarning, stacklevel=2)
+        warn_caller("adopt_new_version(unshared_records=...) is deprecated; pass records= "
+                      "(all local records by default).", DeprecationWarning)
         records = unshared_records
     if records is None:
         raise ValidationError("adopt_new_version needs the device's records (records=...).")

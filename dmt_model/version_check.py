@@ -77,7 +77,6 @@ import bisect
 import hashlib
 import math
 import uuid
-import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
@@ -93,6 +92,7 @@ from dmt_privacy.errors import (
     InvalidPackage,
     ModelFileError,
     ValidationError,
+    warn_caller,
 )
 from dmt_privacy.privacy_pass import (
     TOKEN_SIZE,
@@ -551,11 +551,11 @@ class VersionCheckIssuer:
         counts as another device: the caller must ask each device once, and a
         :class:`DeprecationWarning` says so (``device`` will be required)."""
         if device is None:
-            warnings.warn(
+            warn_caller(
                 "VersionCheckIssuer.ask() without device= counts this request as another "
                 "device: a device that asks twice reports twice. Pass device= (the "
                 "deployment's attested id of the device); it will be required.",
-                DeprecationWarning, stacklevel=2)
+                DeprecationWarning)
         else:
             if not isinstance(device, str) or not device:
                 raise ValidationError(f"device must be a non-empty str, got {device!r}.")
@@ -654,10 +654,10 @@ def tally_version_checks(checks: Iterable[VersionCheck], *, version: int, sha256
         raise ValidationError(f"asked must be the number of devices asked to report (an int "
                               f">= 0), got {asked!r}.")
     if token_key is None:
-        warnings.warn("tally_version_checks without token_key counts reports anyone holding "
+        warn_caller("tally_version_checks without token_key counts reports anyone holding "
                       "the release's server key can forge; give each device asked a token "
                       "(VersionCheckIssuer) and tally with token_key= or "
-                      "VersionCheckIssuer.tally.", DeprecationWarning, stacklevel=2)
+                      "VersionCheckIssuer.tally.", DeprecationWarning)
     elif not isinstance(token_key, IssuerPublicKey):
         raise ValidationError(f"token_key must be the check's IssuerPublicKey, got "
                               f"{type(token_key).__name__}.")

@@ -9,6 +9,9 @@ for an attacker who feeds altered bytes.
 
 from __future__ import annotations
 
+import sys
+import warnings
+
 __all__ = [
     "AnonymizationError",
     "BudgetExceededError",
@@ -28,6 +31,7 @@ __all__ = [
     "UpdatableModelError",
     "UpdateRejected",
     "ValidationError",
+    "warn_caller",
 ]
 
 
@@ -106,3 +110,20 @@ class InvalidPackage(DMTError):
 
 class InvalidBackup(DMTError):
     """A backup could not be restored: wrong passphrase or altered bytes. Says nothing more."""
+
+
+#: The packages whose frames a warning skips to name the caller's line (:func:`warn_caller`).
+_SDK_PACKAGES = ("dmt_privacy", "dmt_model")
+
+
+def warn_caller(message: str | Warning, category: type[Warning] | None = None) -> None:
+    """``warnings.warn``, attributed to the first frame outside the SDK: the user's line that
+    led to it, however deep inside the SDK it was found (a hand-counted ``stacklevel`` named
+    the SDK's own file whenever another of its functions was the caller)."""
+    frame = sys._getframe(1)  # the SDK's function that warns: stacklevel 2 (1 is this one)
+    level = 2
+    while frame.f_back is not None and \
+            frame.f_globals.get("__name__", "").partition(".")[0] in _SDK_PACKAGES:
+        frame = frame.f_back
+        level += 1  # (a stack of SDK frames only, as under `dmt`, names its outermost)
+    warnings.warn(message, category, stacklevel=level)

@@ -99,7 +99,6 @@ import json
 import math
 import os
 import stat
-import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -110,7 +109,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from dmt_privacy.errors import DMTError, ValidationError
+from dmt_privacy.errors import DMTError, ValidationError, warn_caller
 from dmt_privacy.files import write_atomically
 
 __all__ = [
@@ -495,19 +494,19 @@ def sign_release(
     if not isinstance(valid_for, _dt.timedelta) or valid_for <= _dt.timedelta(0):
         raise ValidationError(f"valid_for must be a positive timedelta, got {valid_for!r}.")
     if held_out_devices is not None and held_out_baseline is None:
-        warnings.warn("sign_release(held_out_devices=...) without held_out_baseline is "
+        warn_caller("sign_release(held_out_devices=...) without held_out_baseline is "
                       "deprecated: devices apply a claim that names no baseline whatever "
                       "version they run. Pass held_out_baseline=, the version the held-out "
-                      "devices compared this one with.", DeprecationWarning, stacklevel=2)
+                      "devices compared this one with.", DeprecationWarning)
     if open_rule is not None and open_rule_devices is None:
         raise ValidationError(
             f"open_rule={open_rule!r} needs open_rule_devices: a release names the rule a "
             "check compared only with its claim. Pass both, or neither.")
     if open_rule_devices is not None and open_rule is None:
-        warnings.warn("sign_release(open_rule_devices=...) without open_rule is deprecated: "
+        warn_caller("sign_release(open_rule_devices=...) without open_rule is deprecated: "
                       "devices grant a claim that names no rule whatever rule their SDK calls "
                       "open. Pass open_rule=, the rule the check compared "
-                      "(DecisionRule.canonical(task)).", DeprecationWarning, stacklevel=2)
+                      "(DecisionRule.canonical(task)).", DeprecationWarning)
     now = now or _dt.datetime.now(_dt.timezone.utc)
     policy_sha = None
     if policy_json is not None:
@@ -699,10 +698,10 @@ def conflicting_releases(first: VerifiedRelease, second: VerifiedRelease) -> lis
 def _check_signed_policy(policy_json: str | bytes, release: VerifiedRelease | None) -> None:
     """That ``policy_json`` is the policy ``release`` signed (a warning without a release)."""
     if release is None:
-        warnings.warn(UnverifiedPolicyWarning(
+        warn_caller(UnverifiedPolicyWarning(
             "sharing_policy_from was given no verified release: nothing checked that this "
             "policy is the one the server signed. Pass release= (what verify_release "
-            "returned for the model the policy came with)."), stacklevel=3)
+            "returned for the model the policy came with)."))
         return
     if not isinstance(release, VerifiedRelease):
         raise ValidationError("release must be what verify_release returned, got "

@@ -35,7 +35,6 @@ import math
 import re
 import secrets
 import types
-import warnings
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,7 +45,7 @@ import pandas as pd
 
 from dmt_privacy.anonymity.plan import AnonymizationPlan
 from dmt_privacy.dp.receipt import ReleaseReceipt
-from dmt_privacy.errors import AnonymizationError, SchemaError, ValidationError
+from dmt_privacy.errors import AnonymizationError, SchemaError, ValidationError, warn_caller
 from dmt_privacy.package import (
     MAX_RECEIPT_LABEL,
     PrivacyReceipt,
@@ -415,10 +414,10 @@ def _warn_if_seeded(name: str, modifier: Any) -> None:
     seeded = [f"{key}={value!r}" for key, value in params.items()
               if key.endswith("random_state") and value is not None]
     if seeded:
-        warnings.warn(InsecureRandomnessWarning(
+        warn_caller(InsecureRandomnessWarning(
             f"The modifier of {name!r} is seeded ({', '.join(seeded)}): its noise repeats in "
             "every package and can be drawn again and removed. NOT SECURE, tests only; leave "
-            "random_state=None."), stacklevel=3)
+            "random_state=None."))
 
 
 def _modification(name: str, modifier: Any, before: pd.Series, after: pd.Series) -> str:

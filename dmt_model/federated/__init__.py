@@ -34,7 +34,6 @@ rounds; removed in 0.2): ``ClientUpdate``, ``clip_update``, ``dp_aggregate``,
 ``DeprecationWarning``.
 """
 
-import warnings
 from typing import Any
 
 from dmt_model.federated.accounting import (
@@ -50,6 +49,7 @@ from dmt_model.federated.simulation import (
     run_federated,
 )
 from dmt_model.federated.strategy import DPFedAvg, FedAvg, FedProx, Strategy
+from dmt_privacy.errors import warn_caller
 
 _DEPRECATED = ("ClientUpdate", "clip_update", "dp_aggregate", "fedavg_aggregate",
                "gaussian_noise")
@@ -77,10 +77,10 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name in _DEPRECATED:
-        warnings.warn(
+        warn_caller(
             f"dmt_model.federated.{name} is deprecated and will be removed in 0.2: Flower "
             "aggregates, clips and adds the noise now (flwr.serverapp.strategy); "
-            "run_federated does not use it.", DeprecationWarning, stacklevel=2)
+            "run_federated does not use it.", DeprecationWarning)
         from dmt_model.federated import aggregation
 
         return getattr(aggregation, name)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import math
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -35,16 +34,16 @@ from dmt_model.foundation import (
     network_for,
     train_foundation,
 )
-from dmt_privacy.errors import ValidationError
+from dmt_privacy.errors import ValidationError, warn_caller
 from dmt_privacy.schema import Schema
 
 __all__ = ["FederatedResult", "RoundMetrics", "UserResult", "run_federated"]
 
 
 def _renamed(old: str, new: str) -> None:
-    warnings.warn(f"{old} is deprecated and will be removed in 0.2: it is {new} now, the "
+    warn_caller(f"{old} is deprecated and will be removed in 0.2: it is {new} now, the "
                   "task's test error (RMSE for a regression, log loss for a classifier).",
-                  DeprecationWarning, stacklevel=3)
+                  DeprecationWarning)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -32,7 +31,7 @@ from dmt_privacy.anonymity.release import ReleaseRule
 from dmt_privacy.dp.categorical import RandomizedResponse
 from dmt_privacy.dp.numeric import DiscreteGaussian, DiscreteLaplace
 from dmt_privacy.dp.receipt import FieldReceipt, ReleaseReceipt
-from dmt_privacy.errors import AnonymizationError, SchemaError, ValidationError
+from dmt_privacy.errors import AnonymizationError, SchemaError, ValidationError, warn_caller
 from dmt_privacy.schema import Kind, Role, Schema
 from dmt_privacy.seal import ENVELOPE_OVERHEAD
 
@@ -173,8 +172,8 @@ class ServerPolicy:
                 raise ValidationError(f"{name} must be a mapping field -> value, got {value!r}.")
         eps = dict(self.epsilon)
         if self.max_epsilon:
-            warnings.warn("ServerPolicy(max_epsilon=...) is deprecated: the ε is required "
-                          "exactly; pass epsilon=... instead.", DeprecationWarning, stacklevel=3)
+            warn_caller("ServerPolicy(max_epsilon=...) is deprecated: the ε is required "
+                          "exactly; pass epsilon=... instead.", DeprecationWarning)
             if eps and eps != dict(self.max_epsilon):
                 raise ValidationError(
                     f"epsilon {eps!r} and the deprecated max_epsilon {dict(self.max_epsilon)!r} "
@@ -222,12 +221,12 @@ class ServerPolicy:
         stranded = [] if self.plan is None else [
             q for q in qis if q in names and q not in eps and q not in generalized]
         if stranded:  # every package carrying one is refused (helper-96); devices told
-            warnings.warn(  # by sharing_policy_from, before their budget is charged
+            warn_caller(  # by sharing_policy_from, before their budget is charged
                 f"quasi-identifiers {stranded!r} are accepted in fields but neither "
                 "generalized by the plan nor perturbed (epsilon=): validation refuses every "
                 "package that carries them, and a device that follows this policy is told "
                 "to leave them out. Fit the plan on them, give them an epsilon, or leave them "
-                "out of fields.", UserWarning, stacklevel=3)
+                "out of fields.", UserWarning)
         unbounded = [name for name in names if self.schema[name].kind is Kind.NUMERIC
                      and self.schema[name].bounds is None and name not in generalized]
         if unbounded:  # validation could check no range, and training clips none
@@ -343,10 +342,10 @@ class ServerPolicy:
         except ValidationError as exc:  # a numeric quasi-identifier without bounds
             why = f"cannot be widened to the schema ({exc})"
         if why:
-            warnings.warn(
+            warn_caller(
                 f"The policy's plan {why}, so every device suppresses a record beyond them "
                 "(a value or a category no proxy record of its class held). Ship "
-                "plan.widened_to(schema), as dmt policy init does.", UserWarning, stacklevel=4)
+                "plan.widened_to(schema), as dmt policy init does.", UserWarning)
         return classes
 
     def field_receipt(self, name: str) -> FieldReceipt:

@@ -38,7 +38,7 @@ from dmt_model._non_finite import refuse_non_finite
 from dmt_model.coreml import UpdateSettings, export_coreml
 from dmt_model.features import FeatureBatch
 from dmt_model.foundation import Foundation, TrainingConfig, fit_foundation
-from dmt_privacy.errors import ModelFileError, ValidationError
+from dmt_privacy.errors import ModelFileError, ValidationError, warn_caller
 from dmt_privacy.files import write_atomically
 from dmt_privacy.release import ReleaseSigningKey, release_file_name, sign_release
 
@@ -84,10 +84,9 @@ def shared_batches(store: Any, which: str = "released", *, policy: Any = None,
         from dmt_model.server.training import policy_batches
 
         return policy_batches(store, policy, which, previous=previous, proxy=proxy)[0]
-    import warnings
 
-    warnings.warn("shared_batches(store) without policy= weighs records by the packages' own "
-                  "receipts; pass the server's policy.", DeprecationWarning, stacklevel=2)
+    warn_caller("shared_batches(store) without policy= weighs records by the packages' own "
+                  "receipts; pass the server's policy.", DeprecationWarning)
     frame = store.frame(which)
     if frame.empty:
         return []
@@ -610,11 +609,10 @@ class ModelRegistry:
             raise ValidationError(f"tally must be what tally_version_checks returned, got "
                                   f"{type(tally).__name__}.")
         if not tally.tokens:
-            import warnings
 
-            warnings.warn("record_version_checks of a tally without tokens records reports "
+            warn_caller("record_version_checks of a tally without tokens records reports "
                           "anyone holding the release's server key can forge; tally with "
-                          "VersionCheckIssuer.tally.", DeprecationWarning, stacklevel=2)
+                          "VersionCheckIssuer.tally.", DeprecationWarning)
         versions, at, server_key = self._checked(
             tally.version, tally.sha256, tally.baseline, "The reports",
             signing_key=signing_key, policy=policy, server_key=server_key)
@@ -807,12 +805,11 @@ class ModelRegistry:
         baseline = entry.validation.get("current_version") if claimed else None
         granted = bool(entry.validation.get("open_rule_better"))
         if granted and entry.open_rule is None:
-            warnings.warn(
+            warn_caller(
                 f"Version {entry.version}'s open-rule claim names no rule: it was checked before "
                 "releases named the rule compared, and devices grant it whatever rule their SDK "
                 "calls open. A version is checked once; check the next version you publish "
-                "(check_personal_rule), whose release names its rule.", DeprecationWarning,
-                stacklevel=3)
+                "(check_personal_rule), whose release names its rule.", DeprecationWarning)
         with warnings.catch_warnings():  # said above, in the registry's terms
             warnings.filterwarnings("ignore", "sign_release\\(open_rule_devices=",
                                     DeprecationWarning)

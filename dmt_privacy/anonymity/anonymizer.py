@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_FLOOR, Decimal
@@ -37,7 +36,7 @@ from dmt_privacy.anonymity.plan import (
     check_no_missing,
 )
 from dmt_privacy.anonymity.release import reference_from_counts
-from dmt_privacy.errors import AnonymizationError, ValidationError
+from dmt_privacy.errors import AnonymizationError, ValidationError, warn_caller
 
 __all__ = ["AnonymizationReport", "KAnonymityWarning", "KAnonymizer"]
 
@@ -722,19 +721,18 @@ class KAnonymizer(TransformerMixin, BaseEstimator):
             sizes = np.bincount(kept)
             small = int(((sizes > 0) & (sizes < int(self.k))).sum())
             if small:
-                warnings.warn(KAnonymityWarning(
+                warn_caller(KAnonymityWarning(
                     f"transform generalized {kept.size} records into {int((sizes > 0).sum())} "
                     f"classes, {small} of them smaller than k={self.k}: the output is not "
                     "k-anonymous by itself (the plan guarantees k on its fitting data only). "
-                    "Release such records through ReleaseRule / release_classes."),
-                    stacklevel=2)
+                    "Release such records through ReleaseRule / release_classes."))
             unmet = self._unmet_l_t(X, applied.class_ids)
             if unmet:
-                warnings.warn(KAnonymityWarning(
+                warn_caller(KAnonymityWarning(
                     f"transform generalized {kept.size} records into classes of which "
                     f"{unmet}: the plan guarantees l and t on its fitting data only, after "
                     "the records fit suppressed. Release such records through ReleaseRule / "
-                    "release_classes."), stacklevel=2)
+                    "release_classes."))
         return applied.data
 
     def _unmet_l_t(self, X: pd.DataFrame, class_ids: np.ndarray) -> str:

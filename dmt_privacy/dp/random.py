@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from abc import ABC, abstractmethod
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from dmt_privacy.errors import warn_caller
 
 __all__ = [
     "InsecureRandomnessWarning",
@@ -188,12 +189,11 @@ def resolve_source(random_state: Any) -> RandomSource:
     if isinstance(random_state, RandomSource):
         return random_state
     if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool):
-        warnings.warn(
+        warn_caller(
             f"random_state={int(random_state)} draws DP noise from a seeded numpy generator, "
             "which is NOT cryptographically secure: use it in tests only, never for data "
             "that leaves a device (leave random_state=None).",
             InsecureRandomnessWarning,
-            stacklevel=3,
         )
         return SeededInsecureSource(int(random_state))
     raise TypeError(

@@ -277,3 +277,23 @@ def test_a_rare_value_is_not_a_reason_to_ignore_a_field():
     few = frame.assign(count=np.r_[np.full(FLAT_FEW - 1, 3.0), np.zeros(2000 - FLAT_FEW + 1)])
     with pytest.warns(FlatFieldWarning, match=r"\['count'\]"):
         assert Featurizer(schema).fit(few).flat_fields_ == ("count",)
+
+
+def test_the_sdks_warnings_name_the_callers_line():
+    """A FlatFieldWarning named dmt_model/features.py, the warn() call, whether the caller
+    fitted the featurizer or trained a foundation: the user could not tell which of their
+    calls it was about. Every warning of the SDK names the first frame outside it."""
+    import warnings
+
+    from dmt_model.features import FlatFieldWarning
+
+    schema = Schema((Field("x", "numeric", bounds=(0.0, 1.0)), Field("k", "numeric"),
+                     Field("y", "numeric", "target")))
+    frame = pd.DataFrame({"x": np.linspace(0, 1, 40), "k": 2.0, "y": np.linspace(0, 3, 40)})
+    for fit in (lambda: Featurizer(schema).fit(frame),
+                lambda: train_foundation(frame, schema, TrainingConfig(epochs=2))):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fit()
+        flat = [w for w in caught if issubclass(w.category, FlatFieldWarning)]
+        assert flat and {w.filename for w in flat} == {__file__}, [w.filename for w in flat]
