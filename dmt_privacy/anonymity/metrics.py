@@ -12,7 +12,6 @@ the mean over all quasi-identifier cells.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from dmt_privacy.anonymity.hierarchy import Hierarchy
+from dmt_privacy.anonymity.release import _missing as _is_missing
 from dmt_privacy.errors import ValidationError
 
 __all__ = ["InformationLoss", "equivalence_classes", "information_loss", "ncp_by_attribute"]
@@ -42,14 +42,6 @@ class InformationLoss:
     average_class_size: float
     n_classes: int
     n_suppressed: int
-
-
-def _is_missing(v: Any) -> bool:
-    if v is None:
-        return True
-    if isinstance(v, float) and math.isnan(v):
-        return True
-    return isinstance(v, pd.Interval) and (math.isnan(v.left) or math.isnan(v.right))
 
 
 def _leaf_positions(h: Hierarchy, items: Any) -> list[int]:

@@ -221,8 +221,23 @@ class ReleaseRule:
 
 
 def _missing(value: Any) -> bool:
-    return value is None or value is pd.NA or value is pd.NaT or (
-        isinstance(value, (float, np.floating)) and math.isnan(value))
+    """Whether a cell is missing, as :func:`pandas.isna` says of a scalar: None, pd.NA,
+    pandas' or numpy's NaT, a NaN of any float type, Decimal's NaN; an interval with a NaN
+    end. numpy's float32 NaN, its NaT and Decimal's NaN were values here, each NaN one of
+    its own, so a class of 'hiv' and a NaT was released as 2-diverse (helper-115)."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return True
+    kind = type(value)
+    if kind is float:
+        return value != value
+    if kind is str or kind is int or kind is bool or kind is frozenset:
+        return False
+    if kind is pd.Interval:
+        return _missing(value.left) or _missing(value.right)
+    try:
+        return bool(pd.isna(value)) if np.ndim(value) == 0 else False
+    except (TypeError, ValueError):
+        return False
 
 
 def _contributors(package_ids: Sequence[Any] | np.ndarray) -> np.ndarray:

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from dmt_privacy.anonymity.release import _missing
 from dmt_privacy.errors import ValidationError
 
 if TYPE_CHECKING:
@@ -88,8 +89,6 @@ def format_exact(x: float) -> str:
     return repr(x)
 
 
-def _missing(value: Any) -> bool:
-    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
 
 
 def _text(value: Any) -> str:

@@ -34,15 +34,19 @@ class _Missing:
 _MISSING = _Missing()
 
 
+def _is_na(value: Any) -> bool:
+    """pandas.isna of a scalar (any NaN, NaT, None, pd.NA, Decimal's NaN); False otherwise.
+    Checked here, not with the library's function: these helpers are its reference."""
+    try:
+        return np.ndim(value) == 0 and bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
 def _key(value: Any) -> Any:
-    if value is None or value is pd.NA or value is pd.NaT:
+    if _is_na(value):  # numpy's float32 NaN, its NaT, Decimal's NaN were values (helper-115)
         return _MISSING
-    if isinstance(value, float) and math.isnan(value):
-        return _MISSING
-    if isinstance(value, pd.Interval) and (
-        (isinstance(value.left, float) and math.isnan(value.left))
-        or (isinstance(value.right, float) and math.isnan(value.right))
-    ):
+    if isinstance(value, pd.Interval) and (_is_na(value.left) or _is_na(value.right)):
         return _MISSING
     if isinstance(value, (list, set, np.ndarray)):
         return frozenset(np.asarray(list(value), dtype=object).tolist())

@@ -335,3 +335,33 @@ def test_repeated_columns_and_no_quasi_identifiers_are_clear_errors():
         KAnonymizer(["a"], k=2).fit(frame)
     with pytest.raises(ValidationError, match="quasi_identifiers is empty"):
         release_classes(pd.DataFrame({"x": [1, 2]}), [], 1)
+
+
+_MISSING_KINDS = [None, float("nan"), pd.NA, pd.NaT, np.float32("nan"), np.float16("nan"),
+                  np.datetime64("NaT"), __import__("decimal").Decimal("NaN")]
+
+
+@pytest.mark.parametrize("missing", _MISSING_KINDS, ids=repr)
+def test_every_kind_of_missing_value_adds_no_diversity(missing):
+    """helper-115: numpy's float32/float16 NaN, numpy's NaT and Decimal's NaN, in an object
+    column, counted as sensitive values, each NaN of them a value of its own: a class of
+    'hiv' and two such NaNs passed assert_l_diverse at l = 3, and the server's release rule
+    released 'hiv' beside numpy's NaT as 2-diverse (assert_release_rule agreeing). Missing
+    is what pandas.isna says of a cell, in the helpers and the library alike."""
+    from dmt_privacy.anonymity import ReleaseRule, release_classes
+    from dmt_privacy.testing import assert_l_diverse, assert_release_rule, assert_t_close
+
+    table = pd.DataFrame({"qi": ["a"] * 3, "s": pd.Series(["hiv", missing, missing],
+                                                         dtype=object)})
+    with pytest.raises(AssertionError, match="1 distinct"):
+        assert_l_diverse(table, ["qi"], "s", 2)
+    with pytest.raises(AssertionError, match="2 distinct"):
+        assert_l_diverse(table.assign(s=["hiv", missing, "flu"]), ["qi"], "s", 3)
+    assert_t_close(table, ["qi"], "s", 0.0, reference=table["s"])  # the known values alone
+    cohort = pd.DataFrame({"q": ["x", "x"], "package_id": ["p1", "p2"],
+                           "s": pd.Series(["hiv", missing], dtype=object)})
+    rule = ReleaseRule(k=2, sensitive="s", l=2)
+    released, _ = release_classes(cohort, ["q"], 2, package_column="package_id", rule=rule)
+    assert len(released) == 0
+    with pytest.raises(AssertionError, match="missing"):
+        assert_release_rule(cohort.assign(cohort_id=1), rule)
