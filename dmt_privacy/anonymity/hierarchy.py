@@ -245,6 +245,11 @@ class Hierarchy:
         return [list(r) for r in self.rows]
 
 
+#: The most level-1 intervals :func:`interval_hierarchy` makes (each value of a column is a
+#: leaf; the intervals between them cost nothing, their count bounds the levels' arithmetic).
+MAX_INTERVALS = 10**9
+
+
 def interval_hierarchy(
     values: Iterable[float],
     *,
@@ -267,12 +272,19 @@ def interval_hierarchy(
     if fanout < 2:
         raise ValidationError(f"interval_hierarchy: fanout must be at least 2, got {fanout!r}.")
     lo, hi = float(vals[0]), float(vals[-1])
+    if not math.isfinite(hi - lo):
+        raise ValidationError(f"interval_hierarchy {name!r}: the values span {lo!r} to {hi!r}, "
+                              "wider than a float holds; subtract an offset or scale them.")
     if width is None:
         raw = max((hi - lo) / 16.0, 1e-12)
         base = 10 ** math.floor(math.log10(raw))
         width = next(m * base for m in (1, 2, 5, 10) if m * base >= raw)
     if not (width > 0 and math.isfinite(width)):
         raise ValidationError(f"interval_hierarchy: width must be positive, got {width!r}.")
+    if (hi - lo) / width > MAX_INTERVALS:
+        raise ValidationError(
+            f"interval_hierarchy {name!r}: width {width!r} cuts {lo!r} to {hi!r} into more than "
+            f"{MAX_INTERVALS:,} intervals; choose a larger width.")
 
     def fmt(x: float) -> str:  # interval edges: multiples of width, float noise dropped
         return str(int(x)) if float(x).is_integer() else f"{x:.15g}"
@@ -281,17 +293,34 @@ def interval_hierarchy(
         return str(int(x)) if float(x).is_integer() else repr(float(x))
 
     origin = math.floor(lo / width) * width
-    rows: list[tuple[str, ...]] = []
-    n_bins = math.floor((hi - origin) / width) + 1
-    levels = max(1, math.ceil(math.log(max(n_bins, 2), fanout)))
+
+    def edge(i: int) -> float:
+        """The i-th edge as its label reads it: a value is put by these, so every label
+        holds its values (floor((v - origin) / width) put 0.3 in '[0.2, 0.3)', helper-115)."""
+        return float(fmt(origin + i * width))
+
+    bins = []
     for v in vals:
         b = math.floor((v - origin) / width)
+        while v < edge(b):
+            b -= 1
+        while v >= edge(b + 1):
+            b += 1
+        if not edge(b) < edge(b + 1):
+            raise ValidationError(
+                f"interval_hierarchy {name!r}: width {width!r} is finer than labels of 15 "
+                f"digits show at {v!r}; choose a larger width.")
+        bins.append(b)
+    first = min(bins)
+    n_bins = max(bins) - first + 1
+    levels = max(1, math.ceil(math.log(max(n_bins, 2), fanout)))
+    rows: list[tuple[str, ...]] = []
+    for v, b in zip(vals, bins, strict=True):
         row = [leaf(v)]
         span = 1
         for _ in range(levels):
-            start = (b // span) * span
-            a = origin + start * width
-            row.append(f"[{fmt(a)}, {fmt(a + span * width)})")
+            start = first + ((b - first) // span) * span
+            row.append(f"[{fmt(edge(start))}, {fmt(edge(start + span))})")
             span *= fanout
             if span >= n_bins * fanout:
                 break

@@ -365,3 +365,25 @@ def test_every_kind_of_missing_value_adds_no_diversity(missing):
     assert len(released) == 0
     with pytest.raises(AssertionError, match="missing"):
         assert_release_rule(cohort.assign(cohort_id=1), rule)
+
+
+def test_every_interval_label_holds_its_values():
+    """helper-115: values were binned by floor((v - origin) / width) in floating point, so
+    0.3 fell in '[0.2, 0.3)', 1.2 in '[1.1, 1.2)', and KAnonymizer released them so. Each
+    value now lies in every label above it, as the label reads; a range wider than a float,
+    or of more intervals than MAX_INTERVALS (a RecursionError), is refused by name."""
+    from fractions import Fraction
+
+    rng = np.random.default_rng(0)
+    cases = [([0.3, 1.2, 0.6], 0.1), (list(range(17, 91)), 5)]
+    cases += [(list(np.round(rng.uniform(0, 10, 30), 2)), w) for w in (0.1, 0.3, 7.5)]
+    cases += [(list(rng.uniform(-1, 1, 20) * 10.0 ** e), None) for e in (-3, 0, 6)]
+    for values, width in cases:
+        for row in interval_hierarchy(values, width=width).rows:
+            value = Fraction(float(row[0]))
+            for label in row[1:-1]:
+                low, high = (Fraction(float(x)) for x in label[1:-1].split(", "))
+                assert low <= value < high, (row[0], label, width)
+    for values, width in (([-1e308, 1e308], None), ([0.0, 1e300], 5)):
+        with pytest.raises(ValidationError, match="interval_hierarchy"):
+            interval_hierarchy(values, width=width)
