@@ -163,7 +163,8 @@ def network_for(featurizer: Featurizer,
     """A freshly initialized foundation network for ``featurizer``'s inputs and task; its
     first layer's weights on the numeric fields the featurizer found flat in the proxy
     (``flat_fields_``, :data:`~dmt_model.features.FLAT_SHARE`) start at zero, so that the
-    network ignores them unless the proxy teaches it otherwise."""
+    network ignores them unless the proxy teaches it otherwise, and so do the embedding rows
+    of categories the proxy never shows (``unseen_categories_``)."""
     bags = [(featurizer.bag_width(n), embedding_size(featurizer.bag_width(n)) if n in
              featurizer.categorical_fields else TEXT_EMBEDDING) for n in featurizer.bag_fields]
     network: Any = _build_network(hidden_units, bags,
@@ -172,11 +173,15 @@ def network_for(featurizer: Featurizer,
         task=featurizer.task, outputs=featurizer.task.output_units(featurizer),
         target_mean=featurizer.target_mean_, target_scale=featurizer.target_scale_)
     flat = [featurizer.numeric_fields.index(n) for n in getattr(featurizer, "flat_fields_", ())]
-    if flat:  # the numeric inputs follow the embeddings, in the featurizer's order
+    unseen = getattr(featurizer, "unseen_categories_", {})
+    if flat or unseen:
         torch = _import_torch()
         first = sum(width for _, width in bags)
         with torch.no_grad():
+            # the numeric inputs follow the embeddings, in the featurizer's order
             network.dense[0].weight[:, [first + i for i in flat]] = 0.0
+            for name, rows in unseen.items():
+                network.embeddings[featurizer.bag_fields.index(name)].weight[list(rows)] = 0.0
     return network
 
 

@@ -297,3 +297,55 @@ def test_the_sdks_warnings_name_the_callers_line():
             fit()
         flat = [w for w in caught if issubclass(w.category, FlatFieldWarning)]
         assert flat and {w.filename for w in flat} == {__file__}, [w.filename for w in flat]
+
+
+def test_a_category_the_proxy_never_shows_gets_no_random_embedding(tmp_path):
+    """helper-112: a category declared in the schema but absent from the proxy kept its
+    embedding row's random N(0, 1) start, which no training touched: users in the 5-8 of
+    40 cities missing from a 300-record proxy saw their foundation RMSE 38 % above what a
+    zero row gave. Such rows start at zero, as a category outside the vocabulary reads on
+    the device, and stay so once saved and loaded (a retraining starts them at zero too)."""
+    from dmt_model.foundation import network_for
+
+    cities = tuple(f"c{i}" for i in range(10))
+    schema = Schema((Field("city", "categorical", categories=cities),
+                     Field("x", "numeric", bounds=(0.0, 1.0)),
+                     Field("y", "numeric", "target")))
+    rng = np.random.default_rng(0)
+    seen = rng.choice(cities[:7], 300)
+    x = rng.uniform(0, 1, 300)
+    proxy = pd.DataFrame({"city": seen, "x": x,
+                          "y": 2 * x + np.array([int(c[1:]) for c in seen]) / 3})
+    foundation = train_foundation(proxy, schema, TrainingConfig(epochs=30))
+    assert foundation.featurizer.unseen_categories_ == {"city": (7, 8, 9)}
+    rows = foundation.network.embeddings[0].weight.detach().numpy()
+    assert np.abs(rows[7:]).max() == 0.0 and np.abs(rows[:7]).max() > 0
+    unseen = pd.DataFrame({"city": ["c8"], "x": [0.5], "y": [0.0]})
+    foundation.save(tmp_path / "v1.npz")
+    loaded = Foundation.load(tmp_path / "v1.npz")
+    assert loaded.featurizer.unseen_categories_ == {"city": (7, 8, 9)}
+    assert float(network_for(loaded.featurizer).embeddings[0].weight[7:].abs().max()) == 0.0
+    assert loaded.predict(unseen) == pytest.approx(foundation.predict(unseen))
+
+
+def test_a_skewed_field_with_wide_bounds_is_learned():
+    """helper-112: income, log-normal about 50,000 with bounds (0, 10⁷), drives the target,
+    but its standard deviation is 0.62 % of the bounds' width, so it was ignored as flat
+    (test RMSE 2.63 against 1.06, the target's spread 2.69). Flat is now a field whose
+    proxy values all lie within FLAT_SHARE of its bounds' width, not one whose standard
+    deviation does: one outlying record no longer decides, either way."""
+    import warnings
+
+    from dmt_model.features import FlatFieldWarning
+
+    rng = np.random.default_rng(0)
+    income = np.exp(rng.normal(np.log(5e4), 0.8, 400))
+    frame = pd.DataFrame({"income": income, "y": 3 * np.log(income / 5e4)})
+    schema = Schema((Field("income", "numeric", bounds=(0.0, 1e7)),
+                     Field("y", "numeric", "target")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FlatFieldWarning)
+        assert Featurizer(schema).fit(frame).flat_fields_ == ()
+    narrow = frame.assign(income=np.r_[np.full(399, 5e4), 5e4 + 0.005 * 1e7])  # 0.5 % of it
+    with pytest.warns(FlatFieldWarning, match=r"\['income'\]"):
+        assert Featurizer(schema).fit(narrow).flat_fields_ == ("income",)
