@@ -82,13 +82,53 @@ def test_users_whose_labels_differ_still_gain(imbalanced):
         m = min(len(pos), len(neg))
         balanced.append(pd.concat([pos.iloc[:m], neg.iloc[:m]]).sample(frac=1, random_state=u))
     before, after, results = _mean_unseen_log_loss(spec, balanced, 20)
-    assert after <= before * 0.96, (before, after)  # −7.4 % (−6.8 % before the test)
-    assert sum(r.accepted for r in results) >= 20
+    # −3.3 %, 10 of 60 kept: −7.4 % and 20 or more with each record's own covariance, which
+    # showed a shift for 49 % of wine users drawn like the proxy (helper-112); half of each,
+    # −5.2 % and 15, but +0.3 % for these users drawn like the proxy at 20 records
+    assert after <= before * 0.98, (before, after)
+    assert sum(r.accepted for r in results) >= 8
     assert all("a label shift: class counts" in r.reason for r in results if r.accepted)
 
 
-def test_the_label_shift_statistic_is_the_poisson_binomial_z_squared_for_two_classes():
-    """The slow, obvious reference: (count − Σp)² / Σp(1 − p)."""
+def _shown(probabilities, labels, confidence=0.99):
+    """_label_shift on a model that predicts ``probabilities`` for the records."""
+    import dmt_model.personalize as personalize_module
+
+    class Model:
+        p = np.asarray(probabilities, dtype=np.float32)  # as Core ML gives
+
+    frame = pd.DataFrame({"i": range(len(labels))})
+    original = personalize_module._predict
+    personalize_module._predict = lambda m, f: m.p[f["i"].to_numpy()]
+    try:
+        return personalize_module._label_shift(Model(), [(frame, frame, np.asarray(labels))],
+                                               confidence)
+    finally:
+        personalize_module._predict = original
+
+
+def test_a_confident_model_s_one_miss_is_no_label_shift():
+    """helper-112: the counts' covariance trusted every record's probability, so one record
+    of a class a confident model gave 0.001 made 'counts 15 (16.70), 16 (13.30), 9 (10.00)'
+    a chi-square of 9,162, a label shift at 99 %: 49 % of wine users drawn like the proxy
+    (19 % iris, 25 % breast cancer) 'showed' one, and updates that made them worse were
+    kept. The test trusts only the model's mean prediction now."""
+    rows, labels = [], []
+    for c, n in ((0, 15), (1, 15), (2, 9)):
+        row = np.full(3, 0.0001)
+        row[c] = 0.9998
+        rows += [row] * n
+        labels += [c] * n
+    rows.append(np.array([0.9998, 0.0001, 0.0001]))  # a confident miss: its class is 1
+    labels.append(1)
+    shown, words = _shown(rows, labels)
+    assert not shown, words
+    shifted = [r for r in rows[:15]] * 2 + rows[15:25]  # 30 of class 0, 10 of class 1
+    assert _shown(shifted, [0] * 30 + [1] * 5 + [2] * 5)[0]  # the model expects 15 / 10 / 0.4
+
+
+def test_the_label_shift_statistic_is_the_binomial_z_squared_for_two_classes():
+    """The slow, obvious reference: (count − Σp)² / n p̄(1 − p̄), p̄ the mean prediction."""
     import dmt_model.personalize as personalize_module
 
     class Model:  # what _label_shift reads of a model: its predicted probabilities
@@ -109,7 +149,7 @@ def test_the_label_shift_statistic_is_the_poisson_binomial_z_squared_for_two_cla
             shown, words = personalize_module._label_shift(model, checks, 0.99)
         finally:
             personalize_module._predict = original
-        z2 = (labels.sum() - p1.sum()) ** 2 / np.sum(p1 * (1 - p1))
+        z2 = (labels.sum() - p1.sum()) ** 2 / (n * p1.mean() * (1 - p1.mean()))
         assert f"chi-square {z2:.2f} on 1 degree of freedom" in words, (words, z2)
         assert shown == (np.sqrt(z2) > 2.5758), (words, z2)
 
