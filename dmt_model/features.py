@@ -400,8 +400,17 @@ class Featurizer:
             raise ValidationError("This Featurizer is not fitted yet; call fit(proxy_data) first.")
 
     # --- transforming ---------------------------------------------------------
-    def transform(self, frame: pd.DataFrame) -> FeatureBatch:
-        """Features of ``frame``'s records; extra columns (the target) are ignored."""
+    def transform(self, frame: pd.DataFrame, *,
+                  undeclared: Literal["policy", "zero"] = "policy") -> FeatureBatch:
+        """Features of ``frame``'s records; extra columns (the target) are ignored.
+
+        ``undeclared="zero"``: a value outside the vocabulary of a field whose categories
+        the schema does not declare (its vocabulary is the proxy's) is a new category, the
+        zero vector, whatever :attr:`unknown` says; a field whose categories are declared
+        still follows it. Personalization reads a device's records so, as the Core ML
+        model does: a user in a city the proxy never showed was refused every update, the
+        users personalization helps most (helper-112: -21 % at 10 records, -33 % at 40).
+        """
         self._check_fitted()
         missing = [c for c in self.input_fields if c not in frame.columns]
         if missing:
@@ -428,7 +437,8 @@ class Featurizer:
                                     frame)
         categorical = {}
         for name in self.categorical_fields:
-            categorical[name] = self._one_hot(name, frame[name])
+            new = undeclared == "zero" and self.schema[name].categories is None
+            categorical[name] = self._one_hot(name, frame[name], strict=not new)
         for name in self.text_fields:
             categorical[name] = self._bag(name, frame[name], strict=True)
         return FeatureBatch(numeric=numeric, categorical=categorical)
@@ -499,14 +509,14 @@ class Featurizer:
             parts.append(pixels.astype(np.float32))
         return np.concatenate(parts, axis=1)
 
-    def _one_hot(self, name: str, column: pd.Series) -> np.ndarray:
+    def _one_hot(self, name: str, column: pd.Series, *, strict: bool = True) -> np.ndarray:
         vocabulary = self.vocabularies_[name]
         if column.isna().any():
             row = row_label(column.index[int(column.isna().to_numpy().argmax())])
             raise ValidationError(f"Column {name!r} has a missing value at row {row!r}.")
         codes = category_codes(column, vocabulary)
         unknown = codes < 0
-        if unknown.any() and self.unknown == "error":
+        if unknown.any() and self.unknown == "error" and strict:
             value = column.iloc[int(unknown.argmax())]
             raise UnknownCategoryError(
                 f"Column {name!r}: value {value!r} is not in the vocabulary {vocabulary!r}. "

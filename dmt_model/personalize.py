@@ -391,7 +391,9 @@ def _check_records(spec: Any, frame: pd.DataFrame, *, what: str) -> np.ndarray:
     if len(frame) == 0:
         raise ValidationError(f"{what}: no records given.")
     featurizer.schema.validate(frame, columns=columns)
-    featurizer.transform(frame)  # unknown categories raise here, naming the field
+    # a category outside a declared list raises here, naming the field; one the proxy never
+    # showed, of a field without a declared list, reads as the Core ML model reads it
+    featurizer.transform(frame, undeclared="zero")
     target = featurizer.target_values(frame)  # an unknown class raises here
     try:
         featurizer.schema.check_bounds(
@@ -2131,7 +2133,7 @@ def _copies(spec: Any, records: pd.DataFrame) -> np.ndarray:
     compared in float32, one written with 6 significant digits was, and users with 3 records
     stored so twice ended +8 to +16 % worse (helper-97's review)."""
     featurizer = _reading_featurizer(spec)
-    batch = featurizer.transform(records)
+    batch = featurizer.transform(records, undeclared="zero")  # as _check_records reads them
     target = np.asarray(featurizer.target_values(records), dtype=np.float64)
     exact = [*batch.categorical.values()]
     close = [np.asarray(batch.numeric, dtype=np.float64).reshape(len(records), -1)]

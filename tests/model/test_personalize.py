@@ -243,3 +243,41 @@ def test_records_that_are_not_a_data_frame_are_refused_by_name(personal_model, s
     with pytest.raises(ValidationError, match=r"record_sets must hold one DataFrame per device"):
         personalized_many(build_spec(foundation, updatable=UpdateSettings()), records)
     assert personal_model.read_bytes() == before
+
+
+def test_a_category_the_proxy_never_showed_is_personalized_as_the_device_reads_it(tmp_path):
+    """helper-112: with a field's categories left to the proxy, a device in a city the proxy
+    never showed got UnknownCategoryError from personalize(), every time, though the Core
+    ML model reads such a city as the zero vector and serves it; these users gain most
+    (-21 % at 40 records in helper-112's cities). A category outside a list the schema
+    declares is still refused, naming it."""
+    import pandas as pd
+
+    from dmt_model.foundation import TrainingConfig, train_foundation
+    from dmt_privacy.schema import Field, Schema
+
+    rng = np.random.default_rng(0)
+    effect = {f"c{i}": float(e) for i, e in enumerate(rng.normal(0, 3, 12))}
+
+    def records(n, cities):
+        x = rng.uniform(0, 1, n)
+        city = rng.choice(cities, n)
+        return pd.DataFrame({"x": x, "city": city,
+                             "y": 4 * x + np.array([effect[c] for c in city])
+                             + rng.normal(0, 0.3, n)})
+
+    schema = Schema((Field("x", "numeric", bounds=(0.0, 1.0)), Field("city", "categorical"),
+                     Field("y", "numeric", "target")))
+    foundation = train_foundation(records(300, [f"c{i}" for i in range(8)]), schema,
+                                  TrainingConfig(epochs=60))
+    path = export_coreml(foundation, tmp_path / "p.mlmodel", updatable=UpdateSettings())
+    result = personalize(path, records(40, ["c11"]))  # a city the proxy never showed
+    assert result.accepted, result.reason
+    declared = Schema((schema["x"], Field("city", "categorical",
+                                          categories=tuple(f"c{i}" for i in range(8))),
+                       schema["y"]))
+    strict = export_coreml(train_foundation(records(300, [f"c{i}" for i in range(8)]),
+                                            declared, TrainingConfig(epochs=5)),
+                           tmp_path / "d.mlmodel", updatable=UpdateSettings())
+    with pytest.raises(UnknownCategoryError, match="'city'.*'c11'"):
+        personalize(strict, records(40, ["c11"]))
