@@ -285,15 +285,45 @@ def refuse_complex(column: Any, name: str, reads: str, *, cells: bool = False) -
             "the part it should hold (.real, abs()) first.")
 
 
-def finite_reals(column: Any, name: str, reads: str, *, purpose: str = "") -> Any:
+#: The largest magnitude below which every integer is a float64 exactly.
+EXACT_INTEGERS = 2**53
+
+
+def finite_reals(column: Any, name: str, reads: str, *, purpose: str = "",
+                 exact: bool = False) -> Any:
     """``column`` as a float64 array, or :class:`ValidationError` naming the column (and the
     row of the first offending value) if it holds complex numbers (``reads``, as
     :func:`refuse_complex`), values that are not numbers ("must be numeric" + ``purpose``)
     or non-finite ones. The one check of a numeric column: :meth:`Schema.validate` and the
-    anonymization plans both use it."""
+    anonymization plans both use it.
+
+    ``exact``: refuse integers beyond :data:`EXACT_INTEGERS` too, which float64 rounds. A
+    k-anonymity plan releases intervals of float64 ends, so a nanosecond timestamp
+    1700000000000000123 was released as [1700000000000000000, 1700000000000000000], and
+    uint64 2⁶⁴ − 1 as [2⁶⁴, 2⁶⁴]: intervals that do not hold the value (helper-115)."""
     import numpy as np
 
     refuse_complex(column, name, reads)
+    if exact:
+        raw = column.to_numpy()
+        if raw.dtype.kind in "iu":
+            far = np.abs(raw.astype(object) if raw.dtype.kind == "u" else raw) > EXACT_INTEGERS \
+                if len(raw) else np.zeros(0, dtype=bool)
+            far = np.asarray(far, dtype=bool)
+        elif raw.dtype == object:
+            far = np.fromiter((isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                               and abs(int(v)) > EXACT_INTEGERS for v in raw),
+                              dtype=bool, count=len(raw))
+        else:
+            far = np.zeros(len(raw), dtype=bool)
+        if far.any():
+            at = int(np.flatnonzero(far)[0])
+            value = raw[at].item() if isinstance(raw[at], np.generic) else raw[at]
+            raise ValidationError(
+                f"Column {name!r} has {value!r} at row {row_label(column.index[at])!r}, an "
+                f"integer beyond 2**53 that a float64 cannot hold exactly, so no released "
+                "interval could hold it; subtract an offset first (a timestamp less the start "
+                "of its day), or share it as a category.")
     try:
         values = column.to_numpy(dtype=float)
     except (TypeError, ValueError):

@@ -37,6 +37,7 @@ from dmt_privacy.anonymity.plan import (
 )
 from dmt_privacy.anonymity.release import reference_from_counts
 from dmt_privacy.errors import AnonymizationError, ValidationError, warn_caller
+from dmt_privacy.schema import finite_reals
 
 __all__ = ["AnonymizationReport", "KAnonymityWarning", "KAnonymizer"]
 
@@ -365,13 +366,8 @@ class KAnonymizer(TransformerMixin, BaseEstimator):
                 codes = h.encode(col, column=q)
                 codings.append(ColumnCoding(q, "hierarchy", hierarchy=h))
             elif _is_numeric(col):
-                x = col.to_numpy(dtype=float)
-                if not np.isfinite(x).all():
-                    at = int(np.flatnonzero(~np.isfinite(x))[0])
-                    raise ValidationError(
-                        f"Quasi-identifier {q!r} has a non-finite value {x[at]!r} at row "
-                        f"{X.index[at]!r}; fill or drop it."
-                    )
+                x = finite_reals(col, q, "a k-anonymity plan codes real ones",
+                                 purpose=" as a quasi-identifier", exact=True)
                 values, codes = np.unique(x, return_inverse=True)
                 codings.append(ColumnCoding(q, "numeric", tuple(float(v) for v in values)))
             else:

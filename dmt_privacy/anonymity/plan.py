@@ -91,7 +91,7 @@ class ColumnCoding:
         """
         if self.kind == "numeric":
             x = finite_reals(column, self.name, "the plan codes real ones",
-                             purpose=" for this plan")
+                             purpose=" for this plan", exact=True)
             vals = np.asarray(self.values, dtype=float)
             if vals.size == 0:  # a plan read from JSON: numeric codes are never needed
                 return x, np.zeros(len(x), dtype=np.int64)

@@ -20,6 +20,7 @@ import pandas as pd
 
 from dmt_privacy.anonymity.constraints import emd_hierarchical, emd_ordered
 from dmt_privacy.anonymity.hierarchy import Hierarchy
+from dmt_privacy.errors import ValidationError
 
 __all__ = ["assert_k_anonymous", "assert_l_diverse", "assert_release_rule", "assert_t_close"]
 
@@ -55,6 +56,21 @@ def _key(value: Any) -> Any:
 
 def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
+
+
+def _check_parameter(name: str, value: Any, *, integer: bool, low: float,
+                     high: float = math.inf) -> None:
+    """Refuse a guarantee's parameter that is not a number in [low, high] (an int where
+    ``integer``): k = NaN or t = NaN passed every table, since every comparison with NaN is
+    false, and k = '5' crashed inside (helper-115). A ValueError: the test is wrong, not the
+    table."""
+    number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, (bool, np.bool_))
+    if not (number and (not integer or float(value).is_integer()) and math.isfinite(value)
+            and low <= value <= high):
+        kind = "an integer" if integer else "a number"
+        bound = f"at least {low:g}" if high == math.inf else f"in [{low:g}, {high:g}]"
+        raise ValidationError(f"{name} must be {kind} {bound}, got {value!r}.")
 
 
 def _check_columns(frame: pd.DataFrame, columns: Sequence[str]) -> None:
@@ -103,6 +119,7 @@ def assert_k_anonymous(
     ``ignore_suppressed``: skip rows whose quasi-identifiers are all missing
     (the suppressed rows of an anonymizer), which otherwise form a class.
     """
+    _check_parameter("k", k, integer=True, low=1)
     groups = _classes(frame, quasi_identifiers, ignore_suppressed)
     small = [(key, rows) for key, rows in groups.items() if len(rows) < k]
     if small:
@@ -141,6 +158,10 @@ def assert_l_diverse(
     _check_columns(frame, [sensitive])
     if kind not in ("distinct", "entropy", "recursive"):
         raise AssertionError(f"unknown l-diversity kind {kind!r}")
+    _check_parameter("l", l, integer=kind != "entropy", low=1)
+    if kind == "recursive":
+        _check_parameter("c", c, integer=False, low=0)
+    l = int(l) if kind != "entropy" else l  # noqa: E741
     groups = _classes(frame, quasi_identifiers, ignore_suppressed)
     values = frame[sensitive].astype(object).tolist()
     for key, rows in groups.items():
@@ -182,6 +203,7 @@ def assert_t_close(
     Missing sensitive values are left out of every distribution.
     """
     _check_columns(frame, [sensitive])
+    _check_parameter("t", t, integer=False, low=0, high=1)
     groups = _classes(frame, quasi_identifiers, ignore_suppressed)
     ref = reference if reference is not None else frame[sensitive]
     ref_values = [v for v in ref.astype(object).tolist() if _key(v) is not _MISSING]

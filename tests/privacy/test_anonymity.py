@@ -387,3 +387,43 @@ def test_every_interval_label_holds_its_values():
     for values, width in (([-1e308, 1e308], None), ([0.0, 1e300], 5)):
         with pytest.raises(ValidationError, match="interval_hierarchy"):
             interval_hierarchy(values, width=width)
+
+
+@pytest.mark.parametrize("call", [
+    lambda t: assert_k_anonymous(t, ["qi"], float("nan")),
+    lambda t: assert_k_anonymous(t, ["qi"], np.float64("nan")),
+    lambda t: assert_k_anonymous(t, ["qi"], "5"),
+    lambda t: assert_k_anonymous(t, ["qi"], None),
+    lambda t: assert_t_close(t, ["qi"], "s", float("nan")),
+    lambda t: assert_t_close(t, ["qi"], "s", -0.1),
+    lambda t: assert_l_diverse(t, ["qi"], "s", float("nan"), kind="entropy"),
+    lambda t: assert_l_diverse(t, ["qi"], "s", 2, kind="recursive", c=float("nan")),
+    lambda t: assert_l_diverse(t, ["qi"], "s", 0),
+], ids=["k nan", "k numpy nan", "k str", "k None", "t nan", "t negative", "l nan",
+        "c nan", "l 0"])
+def test_a_guarantee_asked_with_a_meaningless_parameter_is_refused(call):
+    """helper-115: k = NaN and t = NaN passed every table (each comparison with NaN is
+    false), so a test that computed its k wrongly checked nothing; k = '5' crashed inside.
+    The test is wrong, not the table: ValueError, naming the parameter."""
+    table = pd.DataFrame({"qi": [1, 2, 3], "s": ["a", "b", "c"]})  # classes of one record
+    with pytest.raises(ValueError, match=r"^(k|l|t|c) must be"):
+        call(table)
+
+
+@pytest.mark.parametrize("column", [
+    pd.Series([1_700_000_000_000_000_123] * 4, dtype="int64"),
+    pd.Series([2**64 - 1] * 4, dtype="uint64"),
+    pd.Series([2**53 + 1, 5, 7, 9], dtype=object),
+], ids=["int64 ns timestamp", "uint64 max", "object int"])
+def test_an_integer_a_float_cannot_hold_is_refused_as_a_quasi_identifier(column):
+    """helper-115: integer quasi-identifiers were coded as float64, so a nanosecond
+    timestamp 1700000000000000123 was released as [1700000000000000000,
+    1700000000000000000] and uint64 2⁶⁴ − 1 as [2⁶⁴, 2⁶⁴]: intervals that do not hold the
+    value, which the records' own Interval objects, compared in float, said they did."""
+    frame = pd.DataFrame({"q": column, "s": ["a", "b", "a", "b"]})
+    if column.dtype != object:  # an object column is fitted as categories: exact value sets
+        with pytest.raises(ValidationError, match=r"'q'.*beyond 2\*\*53.*offset"):
+            KAnonymizer(["q"], k=2).fit(frame)
+    plan = KAnonymizer(["q"], k=2).fit(frame.assign(q=[1, 2, 3, 4])).plan_
+    with pytest.raises(ValidationError, match=r"'q'.*beyond 2\*\*53"):
+        plan.apply(frame)
