@@ -216,6 +216,9 @@ def assert_t_close(
 
         def index_of(v: Any) -> int:
             key = str(v)
+            if key not in position and isinstance(v, (float, np.floating)) and \
+                    float(v).is_integer():
+                key = str(int(v))  # an integer code stored as float (a NaN beside it): 1.0 is "1"
             if key not in position:
                 raise AssertionError(f"value {v!r} of {sensitive!r} is not in the hierarchy")
             return position[key]

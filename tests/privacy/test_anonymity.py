@@ -427,3 +427,12 @@ def test_an_integer_a_float_cannot_hold_is_refused_as_a_quasi_identifier(column)
     plan = KAnonymizer(["q"], k=2).fit(frame.assign(q=[1, 2, 3, 4])).plan_
     with pytest.raises(ValidationError, match=r"'q'.*beyond 2\*\*53"):
         plan.apply(frame)
+
+
+def test_t_closeness_over_a_hierarchy_reads_integer_codes_stored_as_floats():
+    """helper-115: assert_t_close(hierarchy=) looked values up by str(v), so an integer-coded
+    column that one NaN made float64 failed with "value 1.0 ... not in the hierarchy",
+    though 1.0 is leaf "1"."""
+    h = Hierarchy.from_mapping({1: ("low", "*"), 2: ("low", "*"), 3: ("high", "*")}, name="s")
+    table = pd.DataFrame({"q": ["a", "a", "b", "b", "c"], "s": [1, 2, 1, 2, np.nan]})
+    assert_t_close(table, ["q"], "s", 0.5, hierarchy=h)
