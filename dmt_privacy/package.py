@@ -211,6 +211,13 @@ def _check_release_receipt(dp: ReleaseReceipt) -> None:
             _check(ok(value), f"Field receipt {name!r} of {f.field!r}", value, expected)
 
 
+#: The count a device's own receipt gives a modification ("photo:Blur (3/7 changed)"), which
+#: what a package carries leaves out (:meth:`PrivacyReceipt.carried`); only that, so a label
+#: that is nothing else, which a crafted package may carry, is kept as it is (helper-116:
+#: stripped, " (2/3 changed)" was empty, which a receipt refuses, and ingestion raised).
+_COUNTED = re.compile(r" \(\d+/\d+ changed\)$")
+
+
 @dataclass(frozen=True)
 class PrivacyReceipt:
     """What was done to a package's records before they left the device.
@@ -281,7 +288,7 @@ class PrivacyReceipt:
             dp = dataclasses.replace(dp, epsilon=math.fsum(f.epsilon for f in dp.fields),
                                      delta=math.fsum(f.delta for f in dp.fields))
         return dataclasses.replace(self, dp=dp, modifications=tuple(
-            label.rsplit(" (", 1)[0] for label in self.modifications))
+            _COUNTED.sub("", label) or label for label in self.modifications))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PrivacyReceipt:
