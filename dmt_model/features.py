@@ -72,10 +72,10 @@ __all__ = ["FLAT_FEW", "FLAT_SCALE", "FLAT_SHARE", "FeatureBatch", "Featurizer",
 #: |mean| / std above which float32 (7 significant digits) keeps under 1 % of a std's steps.
 _FLOAT32_OFFSET = 1e5
 
-#: A numeric field is *flat* when it is constant in the proxy, when its values all lie
-#: within this share of its bounds' width (largest less smallest), or, for a field without
-#: bounds, when fewer than :data:`FLAT_FEW` records (and fewer than half) differ from the most
-#: common value: the proxy cannot teach what it does, so the foundation ignores it, and fitting
+#: A numeric field is *flat* when it is constant in the proxy, when its values spread
+#: (std) by less than this share of its bounds' width, or, for a field without bounds, when
+#: fewer than :data:`FLAT_FEW` records (and fewer than half) differ from the most common
+#: value: the proxy cannot teach what it does, so the foundation ignores it, and fitting
 #: warns (:class:`FlatFieldWarning`). A flat field is scaled by :data:`FLAT_SCALE` times
 #: its bounds' width (without bounds, its mean's magnitude, at least 1), which puts every
 #: value within them (or of that magnitude) at 0 to float32's precision, in the foundation
@@ -84,11 +84,12 @@ _FLOAT32_OFFSET = 1e5
 #: so a loaded one starts them at zero too). A rare value of a field with bounds is no
 #: reason: a 0/1 indicator set in 1 % of the records spreads by 10 % of its width, and
 #: the foundation learns it (helper-110: ignored, its effect of 5 read as 6e-8; learned,
-#: 4.92). Retraining keeps the featurizer, so a flat field stays ignored. Any other field
-#: with bounds is scaled by its standard deviation but at least this share of the width, so
-#: a value within the bounds is at most 1 / FLAT_SHARE scales from the mean however the proxy
-#: bunches. Its standard deviation was the test until helper-112: a log-normal income with
-#: bounds (0, 10⁷), 0.62 % of the width, was ignored (test RMSE 2.63 against 1.06 learned).
+#: 4.92). Retraining keeps the featurizer, so a flat field stays ignored. The price: a
+#: log-normal income with bounds (0, 10⁷) spreads by 0.62 % of the width and is ignored
+#: (test RMSE 2.63 against 1.06 learned; helper-112). A test by the proxy's range instead
+#: learned it, but also a field the proxy covers on 2 % of its bounds, which devices
+#: elsewhere in them then read far outside what it taught (test RMSE 6.7-9.0 against 0.30;
+#: helper-116): no test of the proxy alone tells the two apart.
 #:
 #: Before: with 299 records at 5.0 and one at 5.01 (bounds 0–10) the scale was 0.0006, a
 #: device's 5.5 was 867 spreads out, and the foundation's test RMSE 26.0 against 0.37
@@ -297,23 +298,20 @@ class Featurizer:
         n = len(values)
         others = (values != np.partition(values, n // 2, axis=0)[n // 2]).sum(axis=0) \
             if n else np.zeros(len(self.numeric_fields), dtype=np.int64)
-        spread = np.ptp(values, axis=0) if n else np.zeros(len(self.numeric_fields))
-        flat = (n > 0) & ((others == 0) | (spread < FLAT_SHARE * width)
+        flat = (n > 0) & ((others == 0) | (std < FLAT_SHARE * width)
                           | ((width == 0) & (others < FLAT_FEW) & (2 * others < n)))
         #: numeric fields that barely vary in the proxy (:data:`FLAT_SHARE`), which the
         #: foundation ignores
         self.flat_fields_ = tuple(str(n) for n, f in zip(self.numeric_fields, flat,
                                                          strict=True) if f)
         reach = np.where(width > 0, width, np.maximum(np.abs(self.mean_), 1.0))
-        # at least FLAT_SHARE of the bounds' width: a value within them is at most 1 /
-        # FLAT_SHARE scales from the mean, however the proxy bunches its records
         self.scale_ = np.where(flat, np.minimum(FLAT_SCALE * reach, 1e300),
-                               np.where(std > 0, np.maximum(std, FLAT_SHARE * width), 1.0))
+                               np.where(std > 0, std, 1.0))
         if self.flat_fields_:
             warn_caller(FlatFieldWarning(
                 f"{list(self.flat_fields_)!r} barely vary in these {n} records (constant, "
-                f"all within {FLAT_SHARE:.0%} of their bounds' width, or, without bounds, "
-                f"fewer than {FLAT_FEW} of the records off the most common value): "
+                f"spread by under {FLAT_SHARE:.0%} of their bounds' width, or, without "
+                f"bounds, fewer than {FLAT_FEW} of the records off the most common value): "
                 "the foundation ignores them, since these records cannot teach what they "
                 "do. Give the proxy records that show their spread, or drop them from the "
                 "schema."))
