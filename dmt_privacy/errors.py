@@ -112,8 +112,9 @@ class InvalidBackup(DMTError):
     """A backup could not be restored: wrong passphrase or altered bytes. Says nothing more."""
 
 
-#: The packages whose frames a warning skips to name the caller's line (:func:`warn_caller`).
-_SDK_PACKAGES = ("dmt_privacy", "dmt_model")
+#: The packages whose frames a warning skips to name the caller's line (:func:`warn_caller`):
+#: the SDK's, and scikit-learn's, whose set_output wraps the anonymizer's transform.
+_SDK_PACKAGES = ("dmt_privacy", "dmt_model", "sklearn")
 
 
 def warn_caller(message: str | Warning, category: type[Warning] | None = None) -> None:

@@ -307,9 +307,8 @@ def finite_reals(column: Any, name: str, reads: str, *, purpose: str = "",
     if exact:
         raw = column.to_numpy()
         if raw.dtype.kind in "iu":
-            far = np.abs(raw.astype(object) if raw.dtype.kind == "u" else raw) > EXACT_INTEGERS \
-                if len(raw) else np.zeros(0, dtype=bool)
-            far = np.asarray(far, dtype=bool)
+            # compared, not abs(): abs(-2**63) overflows int64 and stayed -2**63 (helper-116)
+            far = np.asarray((raw > EXACT_INTEGERS) | (raw < -EXACT_INTEGERS), dtype=bool)
         elif raw.dtype == object:
             far = np.fromiter((isinstance(v, (int, np.integer)) and not isinstance(v, bool)
                                and abs(int(v)) > EXACT_INTEGERS for v in raw),

@@ -162,8 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
         # a file a command reads without a message of its own: named, not a traceback
         what = exc.strerror or type(exc).__name__
-        print(f"dmt {args.command}: error: {what}: {exc.filename}; nothing was written.",
-              file=sys.stderr)
+        where = f": {exc.filename}" if exc.filename is not None else ""
+        print(f"dmt {args.command}: error: {what}{where}.", file=sys.stderr)
         return 1
     except ModuleNotFoundError as exc:
         missing = missing_extra(exc)

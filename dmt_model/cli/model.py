@@ -158,7 +158,7 @@ def run_personalize(args: argparse.Namespace) -> int:
         try:
             featurizer.schema.validate(holdout, columns=[*featurizer.input_fields,
                                                          featurizer.target])
-            featurizer.transform(holdout)
+            featurizer.transform(holdout, undeclared="zero")  # as personalize() reads it
         except ValidationError as exc:
             raise _named(f"--holdout {args.holdout}", exc) from None
     base = None

@@ -580,14 +580,11 @@ class Ingestor:
         return self._refused(source, reason, pid, n_records)
 
     def _unreadable_unless_received(self, source: str, envelope: bytes) -> Outcome:
-        """A refusal of an envelope nothing opens, unless it is sealed to a key this server
-        does not hold (any more) and these very bytes were stored: a device's retry of a
-        package stored before its key was retired, a replay (refused, the device abandons
-        it and shares its records again, as in helper-96). An envelope sealed to a key the
-        server holds that does not open is no package it stored."""
+        """A refusal of an envelope that does not open, unless these very bytes were stored:
+        a device's retry of a package stored before its key was retired, or before the
+        policy's size limits were lowered, is a replay (refused, the device abandons it and
+        shares its records again, as in helper-96). Only such refusals read the table."""
         reason = _unreadable(envelope, self.keyring)
-        if reason == UNREADABLE:
-            return self._refused(source, reason)
         with self._database(), self.engine.connect() as conn:
             row = conn.execute(
                 select(EnvelopeRow.package_id, PackageRow.n_records)

@@ -54,9 +54,11 @@ reading; a streamed body is counted and refused at the first byte past the
 limit; the request line and headers, then the whole body, must each arrive
 within ``body_timeout`` seconds (:func:`run_service` closes a connection
 whose headers do not; the app answers ``408`` to a slow body). Memory is
-therefore bounded by ``max_body_bytes`` × concurrent requests (:class:`InFlightLimit` answers
-``503`` beyond ``limit_concurrency`` requests in flight; idle connections do
-not count, and are closed by the header timeout).
+therefore bounded by ``max_body_bytes`` × the requests in flight (:class:`InFlightLimit`
+answers ``503`` beyond ``limit_concurrency``; idle connections do not count, and are
+closed by the header timeout), plus the bytes of package bodies still arriving, which
+count only once whole: at most ``max_body_bytes`` a connection, for ``body_timeout``
+(a proxy that buffers bodies bounds those).
 """
 
 from __future__ import annotations
@@ -543,10 +545,11 @@ class PackageRoute:
         if limiter is not None:
             if limiter.in_flight >= limiter.limit:
                 return answers["unavailable"]
-            limiter.in_flight += 1  # one event loop: no lock needed
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._submit(parts[0] if len(parts) == 1 else b"".join(parts), future)
         try:
+            if limiter is not None:
+                limiter.in_flight += 1  # one event loop: no lock needed
+            self._submit(parts[0] if len(parts) == 1 else b"".join(parts), future)
             outcome = await future
         except DatabaseUnavailable as exc:
             log.warning("database unavailable: %s", exc)

@@ -281,7 +281,7 @@ def interval_hierarchy(
         width = next(m * base for m in (1, 2, 5, 10) if m * base >= raw)
     if not (width > 0 and math.isfinite(width)):
         raise ValidationError(f"interval_hierarchy: width must be positive, got {width!r}.")
-    if (hi - lo) / width > MAX_INTERVALS:
+    if (hi - lo) / width > MAX_INTERVALS or not math.isfinite(lo / width):
         raise ValidationError(
             f"interval_hierarchy {name!r}: width {width!r} cuts {lo!r} to {hi!r} into more than "
             f"{MAX_INTERVALS:,} intervals; choose a larger width.")

@@ -124,7 +124,7 @@ def test_a_confident_model_s_one_miss_is_no_label_shift():
     shown, words = _shown(rows, labels)
     assert not shown, words
     shifted = [r for r in rows[:15]] * 2 + rows[15:25]  # 30 of class 0, 10 of class 1
-    assert _shown(shifted, [0] * 30 + [1] * 5 + [2] * 5)[0]  # the model expects 15 / 10 / 0.4
+    assert _shown(shifted, [0] * 30 + [1] * 5 + [2] * 5)[0]  # the model expects 30 / 10 / 0
 
 
 def test_the_label_shift_statistic_is_the_binomial_z_squared_for_two_classes():

@@ -436,3 +436,16 @@ def test_t_closeness_over_a_hierarchy_reads_integer_codes_stored_as_floats():
     h = Hierarchy.from_mapping({1: ("low", "*"), 2: ("low", "*"), 3: ("high", "*")}, name="s")
     table = pd.DataFrame({"q": ["a", "a", "b", "b", "c"], "s": [1, 2, 1, 2, np.nan]})
     assert_t_close(table, ["q"], "s", 0.5, hierarchy=h)
+
+
+def test_the_anonymizers_warning_names_the_callers_line():
+    """helper-116: scikit-learn's set_output wraps KAnonymizer.transform, so its
+    KAnonymityWarning named sklearn's _set_output.py; warn_caller skips those frames too."""
+    import warnings
+
+    frame = pd.DataFrame({"age": [20, 21, 22, 23, 40, 41, 42, 43]})
+    anonymizer = KAnonymizer(["age"], k=4).fit(frame)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        anonymizer.transform(frame.iloc[:1])
+    assert caught and {w.filename for w in caught} == {__file__}, [w.filename for w in caught]
