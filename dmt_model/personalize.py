@@ -2052,10 +2052,11 @@ def _label_shift(model: Any, checks: Sequence[_Check], confidence: float) -> tup
     often than each record's tail: of 240 users drawn like the proxy with 40 records it
     shows a shift for none, in wine, iris, breast cancer and a 3-class
     make_classification alike (flooring the probabilities at 1 %, the other fix tried: 8 %,
-    1 %, 12 %, 2 %). Its price is power: users whose labels do differ
-    (``test_personalize_label_shift.py``) gain 3.3 % in log loss, 7.4 % before; half of each
-    covariance, tried, gave 5.2 % but made users drawn like the proxy 0.3 % worse at 20
-    records, where now none is. A classifier's
+    1 %, 12 %, 2 %). It is wider, so :attr:`~dmt_model.tasks.Task.label_shift_confidence`
+    asks 95 % from 15 records, not 99 %: users whose labels do differ
+    (``test_personalize_label_shift.py``) then gain 7.5 % in log loss (7.4 % before; 3.3 %
+    at 99 %), and the wine, iris and breast cancer users above still keep no update. A
+    classifier's
     personal head moves its class priors, so records whose class counts the model already
     predicts give it nothing to learn: an update kept on such records was kept by chance
     (a user with no minority-class record among a few held out only majority-class records

@@ -60,7 +60,7 @@ def _mean_unseen_log_loss(spec, users: list[pd.DataFrame], n_records: int):
     return float(before), float(after), [result for _, result in personal]
 
 
-@pytest.mark.parametrize(("n_records", "level"), [(5, "90%"), (20, "99%")])
+@pytest.mark.parametrize(("n_records", "level"), [(5, "90%"), (20, "95%")])
 def test_users_drawn_like_the_proxy_are_not_made_worse_by_an_imbalanced_label(
         imbalanced, n_records, level):
     """Before the label-shift test: +6.8 % at 5 records (29 of 60 updates kept), +5.0 % at
@@ -82,11 +82,11 @@ def test_users_whose_labels_differ_still_gain(imbalanced):
         m = min(len(pos), len(neg))
         balanced.append(pd.concat([pos.iloc[:m], neg.iloc[:m]]).sample(frac=1, random_state=u))
     before, after, results = _mean_unseen_log_loss(spec, balanced, 20)
-    # −3.3 %, 10 of 60 kept: −7.4 % and 20 or more with each record's own covariance, which
-    # showed a shift for 49 % of wine users drawn like the proxy (helper-112); half of each,
-    # −5.2 % and 15, but +0.3 % for these users drawn like the proxy at 20 records
-    assert after <= before * 0.98, (before, after)
-    assert sum(r.accepted for r in results) >= 8
+    # −7.5 %, 22 of 60 kept at 95 % (the mean prediction's spread; at 99 %, −3.3 % and 10);
+    # −7.4 % with each record's own spread at 99 %, which showed a shift for 49 % of wine
+    # users drawn like the proxy (helper-112); −6.8 % before the label-shift test
+    assert after <= before * 0.96, (before, after)
+    assert sum(r.accepted for r in results) >= 20
     assert all("a label shift: class counts" in r.reason for r in results if r.accepted)
 
 
@@ -155,10 +155,10 @@ def test_the_label_shift_statistic_is_the_binomial_z_squared_for_two_classes():
 
 
 def test_the_rule_says_how_sure_a_label_shift_must_be():
-    assert CLASSIFICATION.label_shift_confidence == ((0, 0.9), (15, 0.99))
+    assert CLASSIFICATION.label_shift_confidence == ((0, 0.9), (15, 0.95))
     assert REGRESSION.label_shift_confidence == ()
     assert [DecisionRule().label_shift_for(CLASSIFICATION, n) for n in (3, 14, 15, 500)] == [
-        0.9, 0.9, 0.99, 0.99]
+        0.9, 0.9, 0.95, 0.95]
     assert DecisionRule(label_shift=0).label_shift_for(CLASSIFICATION, 5) == 0
     assert DecisionRule(label_shift=0.95).label_shift_for(CLASSIFICATION, 50) == 0.95
     assert DecisionRule(label_shift=0.9).label_shift_for(REGRESSION, 5) == 0  # no label
