@@ -281,7 +281,11 @@ def interval_hierarchy(
         width = next(m * base for m in (1, 2, 5, 10) if m * base >= raw)
     if not (width > 0 and math.isfinite(width)):
         raise ValidationError(f"interval_hierarchy: width must be positive, got {width!r}.")
-    if (hi - lo) / width > MAX_INTERVALS or not math.isfinite(lo / width):
+    if not math.isfinite(lo / width) or not math.isfinite(hi / width):
+        raise ValidationError(
+            f"interval_hierarchy {name!r}: width {width!r} is too small for values as large "
+            f"as {max(abs(lo), abs(hi))!r} (their quotient overflows); choose a larger width.")
+    if (hi - lo) / width > MAX_INTERVALS:
         raise ValidationError(
             f"interval_hierarchy {name!r}: width {width!r} cuts {lo!r} to {hi!r} into more than "
             f"{MAX_INTERVALS:,} intervals; choose a larger width.")

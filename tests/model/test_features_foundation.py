@@ -326,3 +326,29 @@ def test_a_category_the_proxy_never_shows_gets_no_random_embedding(tmp_path):
     assert loaded.featurizer.unseen_categories_ == {"city": (7, 8, 9)}
     assert float(network_for(loaded.featurizer).embeddings[0].weight[7:].abs().max()) == 0.0
     assert loaded.predict(unseen) == pytest.approx(foundation.predict(unseen))
+
+
+def test_a_field_the_proxy_covers_on_a_sliver_of_its_bounds_stays_flat():
+    """helper-116: judged by its range (cc311b3), a field uniform on [5.0, 5.2] of bounds
+    0-10, with no effect on the target, was learned, and devices elsewhere in the bounds
+    got test RMSE 6.7-9.0 against 0.30 with it flat; so did 299 records at 5.0 and one at
+    5.2. The standard deviation decides again (c2c966d)."""
+    schema = Schema((Field("x", "numeric", bounds=(0.0, 1.0)),
+                     Field("z", "numeric", bounds=(0.0, 10.0)),
+                     Field("y", "numeric", "target")))
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, 300)
+    for z in (rng.uniform(5.0, 5.2, 300), np.r_[np.full(299, 5.0), 5.2]):
+        proxy = pd.DataFrame({"x": x, "z": z, "y": 4 * x})
+        with pytest.warns(Warning, match=r"\['z'\] barely vary"):
+            assert Featurizer(schema).fit(proxy).flat_fields_ == ("z",)
+
+
+def test_transform_refuses_an_unknown_reading_of_new_categories():
+    frame = pd.DataFrame({"c": ["a", "b"], "y": [1.0, 2.0]})
+    schema = Schema((Field("c", "categorical"), Field("y", "numeric", "target")))
+    featurizer = Featurizer(schema).fit(frame)
+    assert featurizer.transform(frame.assign(c=["z", "a"]), undeclared="zero") \
+        .categorical["c"].sum() == 1.0
+    with pytest.raises(ValidationError, match="undeclared must be 'policy' or 'zero'"):
+        featurizer.transform(frame, undeclared="zeros")

@@ -384,7 +384,7 @@ def test_every_interval_label_holds_its_values():
             for label in row[1:-1]:
                 low, high = (Fraction(float(x)) for x in label[1:-1].split(", "))
                 assert low <= value < high, (row[0], label, width)
-    for values, width in (([-1e308, 1e308], None), ([0.0, 1e300], 5)):
+    for values, width in (([-1e308, 1e308], None), ([0.0, 1e300], 5), ([1e300], 1e-10)):
         with pytest.raises(ValidationError, match="interval_hierarchy"):
             interval_hierarchy(values, width=width)
 
@@ -413,8 +413,9 @@ def test_a_guarantee_asked_with_a_meaningless_parameter_is_refused(call):
 @pytest.mark.parametrize("column", [
     pd.Series([1_700_000_000_000_000_123] * 4, dtype="int64"),
     pd.Series([2**64 - 1] * 4, dtype="uint64"),
+    pd.Series([-(2**63)] * 4, dtype="int64"),  # abs() of it overflowed (helper-116)
     pd.Series([2**53 + 1, 5, 7, 9], dtype=object),
-], ids=["int64 ns timestamp", "uint64 max", "object int"])
+], ids=["int64 ns timestamp", "uint64 max", "int64 min", "object int"])
 def test_an_integer_a_float_cannot_hold_is_refused_as_a_quasi_identifier(column):
     """helper-115: integer quasi-identifiers were coded as float64, so a nanosecond
     timestamp 1700000000000000123 was released as [1700000000000000000,
