@@ -2054,10 +2054,11 @@ def _label_shift(model: Any, checks: Sequence[_Check], confidence: float) -> tup
     cancer and a 3-class make_classification (flooring the probabilities at 1 %, the other
     fix tried: 8 %, 1 %, 12 %, 2 % at 99 %). It is wider, so
     :attr:`~dmt_model.tasks.Task.label_shift_confidence` asks 95 % from 15 records, not
-    99 %: users whose labels do differ
-    (``test_personalize_label_shift.py``) then gain 7.5 % in log loss (7.4 % before; 3.3 %
-    at 99 %), and the wine, iris and breast cancer users above still keep no update. A
-    classifier's
+    99 %: users whose labels do differ (``test_personalize_label_shift.py``) then gain
+    7.5 % in log loss (7.4 % before; 3.3 % at 99 %), and the wine, iris and breast cancer
+    users above still keep no update.
+
+    A classifier's
     personal head moves its class priors, so records whose class counts the model already
     predicts give it nothing to learn: an update kept on such records was kept by chance
     (a user with no minority-class record among a few held out only majority-class records
@@ -3100,7 +3101,7 @@ def adopt_new_version(
         if records is not None:
             raise ValidationError("Pass records= only (unshared_records= is its old name).")
         warn_caller("adopt_new_version(unshared_records=...) is deprecated; pass records= "
-                      "(all local records by default).", DeprecationWarning)
+                    "(all local records by default).", DeprecationWarning)
         records = unshared_records
     if records is None:
         raise ValidationError("adopt_new_version needs the device's records (records=...).")

@@ -82,8 +82,8 @@ test of calibration in the large), at 90 % below 15 records to score and at 95 %
 mean prediction's, which is wider, 95 % keeps as many updates of users who differ, and
 its chance of showing a shift where there is none is 0-1 % on confident models where
 the old one's was 4-49 %). Without it, a user drawn like the proxy whose few records held
-no minority-class record held out only majority-class records in every fold, every paired difference
-favoured an update shifted to the majority, and the paired t-test passed: on 85/15
+no minority-class record held out only majority-class records in every fold, every paired
+difference favoured an update shifted to the majority, and the paired t-test passed: on 85/15
 labels, 101 of 240 such users kept an update at 5 records, and users' unseen log loss
 rose by 5.6 % on average (3.4 % at 20 records). A shift kept by chance costs more the
 further the update moves: below 15 records the strongest prior holds it to a third of

@@ -655,9 +655,9 @@ def tally_version_checks(checks: Iterable[VersionCheck], *, version: int, sha256
                               f">= 0), got {asked!r}.")
     if token_key is None:
         warn_caller("tally_version_checks without token_key counts reports anyone holding "
-                      "the release's server key can forge; give each device asked a token "
-                      "(VersionCheckIssuer) and tally with token_key= or "
-                      "VersionCheckIssuer.tally.", DeprecationWarning)
+                    "the release's server key can forge; give each device asked a token "
+                    "(VersionCheckIssuer) and tally with token_key= or "
+                    "VersionCheckIssuer.tally.", DeprecationWarning)
     elif not isinstance(token_key, IssuerPublicKey):
         raise ValidationError(f"token_key must be the check's IssuerPublicKey, got "
                               f"{type(token_key).__name__}.")

@@ -495,18 +495,18 @@ def sign_release(
         raise ValidationError(f"valid_for must be a positive timedelta, got {valid_for!r}.")
     if held_out_devices is not None and held_out_baseline is None:
         warn_caller("sign_release(held_out_devices=...) without held_out_baseline is "
-                      "deprecated: devices apply a claim that names no baseline whatever "
-                      "version they run. Pass held_out_baseline=, the version the held-out "
-                      "devices compared this one with.", DeprecationWarning)
+                    "deprecated: devices apply a claim that names no baseline whatever "
+                    "version they run. Pass held_out_baseline=, the version the held-out "
+                    "devices compared this one with.", DeprecationWarning)
     if open_rule is not None and open_rule_devices is None:
         raise ValidationError(
             f"open_rule={open_rule!r} needs open_rule_devices: a release names the rule a "
             "check compared only with its claim. Pass both, or neither.")
     if open_rule_devices is not None and open_rule is None:
         warn_caller("sign_release(open_rule_devices=...) without open_rule is deprecated: "
-                      "devices grant a claim that names no rule whatever rule their SDK calls "
-                      "open. Pass open_rule=, the rule the check compared "
-                      "(DecisionRule.canonical(task)).", DeprecationWarning)
+                    "devices grant a claim that names no rule whatever rule their SDK calls "
+                    "open. Pass open_rule=, the rule the check compared "
+                    "(DecisionRule.canonical(task)).", DeprecationWarning)
     now = now or _dt.datetime.now(_dt.timezone.utc)
     policy_sha = None
     if policy_json is not None:

@@ -42,8 +42,8 @@ __all__ = ["FederatedResult", "RoundMetrics", "UserResult", "run_federated"]
 
 def _renamed(old: str, new: str) -> None:
     warn_caller(f"{old} is deprecated and will be removed in 0.2: it is {new} now, the "
-                  "task's test error (RMSE for a regression, log loss for a classifier).",
-                  DeprecationWarning)
+                "task's test error (RMSE for a regression, log loss for a classifier).",
+                DeprecationWarning)
 
 
 @dataclass(frozen=True)

@@ -173,7 +173,7 @@ class ServerPolicy:
         eps = dict(self.epsilon)
         if self.max_epsilon:
             warn_caller("ServerPolicy(max_epsilon=...) is deprecated: the ε is required "
-                          "exactly; pass epsilon=... instead.", DeprecationWarning)
+                        "exactly; pass epsilon=... instead.", DeprecationWarning)
             if eps and eps != dict(self.max_epsilon):
                 raise ValidationError(
                     f"epsilon {eps!r} and the deprecated max_epsilon {dict(self.max_epsilon)!r} "

@@ -86,7 +86,7 @@ def shared_batches(store: Any, which: str = "released", *, policy: Any = None,
         return policy_batches(store, policy, which, previous=previous, proxy=proxy)[0]
 
     warn_caller("shared_batches(store) without policy= weighs records by the packages' own "
-                  "receipts; pass the server's policy.", DeprecationWarning)
+                "receipts; pass the server's policy.", DeprecationWarning)
     frame = store.frame(which)
     if frame.empty:
         return []
@@ -611,8 +611,8 @@ class ModelRegistry:
         if not tally.tokens:
 
             warn_caller("record_version_checks of a tally without tokens records reports "
-                          "anyone holding the release's server key can forge; tally with "
-                          "VersionCheckIssuer.tally.", DeprecationWarning)
+                        "anyone holding the release's server key can forge; tally with "
+                        "VersionCheckIssuer.tally.", DeprecationWarning)
         versions, at, server_key = self._checked(
             tally.version, tally.sha256, tally.baseline, "The reports",
             signing_key=signing_key, policy=policy, server_key=server_key)

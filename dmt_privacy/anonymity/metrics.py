@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from dmt_privacy.anonymity.hierarchy import Hierarchy
-from dmt_privacy.anonymity.release import _missing as _is_missing
+from dmt_privacy.anonymity.release import _missing
 from dmt_privacy.errors import ValidationError
 
 __all__ = ["InformationLoss", "equivalence_classes", "information_loss", "ncp_by_attribute"]
@@ -67,7 +67,7 @@ def _cell_ncp(
     domain: int,
     label_index: Mapping[str, int] | None,
 ) -> float:
-    if _is_missing(value):
+    if _missing(value):
         return 1.0
     if isinstance(value, pd.Interval):
         return float(value.right - value.left) / span if span > 0 else 0.0
