@@ -218,6 +218,7 @@ def build_spec(foundation: Foundation, *, updatable: UpdateSettings | None = Non
         pixel_mean, pixel_scale = featurizer.image_stats_[name]
         means.append(np.full(width, pixel_mean))
         scales.append(np.full(width, pixel_scale))
+    low, high = featurizer.input_range()
     concat_inputs: list[str] = []
     if numeric:
         raw = numeric[0]
@@ -230,7 +231,19 @@ def build_spec(foundation: Foundation, *, updatable: UpdateSettings | None = Non
             b=(-mean / scale).astype(np.float32),
             input_channels=len(scale), output_channels=len(scale), has_bias=True,
             input_name=raw, output_name="numeric_standardized")
-        concat_inputs.append("numeric_standardized")
+        standardized = "numeric_standardized"
+        if np.isfinite(low).any() or np.isfinite(high).any():
+            # Each standardized input held to the proxy's range (pixels are not held).
+            largest = float(np.finfo(np.float32).max)
+            for end, held, layer in (("low", low, builder.add_max_broadcastable),
+                                     ("high", high, builder.add_min_broadcastable)):
+                builder.add_load_constant_nd(
+                    f"numeric_{end}", f"numeric_{end}",
+                    constant_value=np.clip(held, -largest, largest).astype(np.float32),
+                    shape=held.shape)
+                layer(f"hold_{end}", [standardized, f"numeric_{end}"], f"numeric_held_{end}")
+                standardized = f"numeric_held_{end}"
+        concat_inputs.append(standardized)
 
     # Category indexing, token bags and embeddings.
     embedded = []

@@ -193,7 +193,12 @@ def test_personalizing_in_worker_processes_changes_nothing():
     sim = task.simulate(0, 120)
     sim = dataclasses.replace(sim, users=sim.users[:6])
     foundation = fl_protocol.foundation_for(sim, task, 0)
-    one, two = (fl_protocol.personalize_users(foundation, sim, task, workers=w) for w in (1, 2))
+    # One BLAS thread in this process too, as main() runs: an update's last float32 digit
+    # depends on how many threads a matrix product is cut into (a device decided here with
+    # numpy's default threads, and in a worker with one, differed by one ulp of its head).
+    with fl_protocol._blas_threads_of_a_run():
+        one, two = (fl_protocol.personalize_users(foundation, sim, task, workers=w)
+                    for w in (1, 2))
     for result in (one, two):
         assert result.pop("personalize_seconds") > 0  # CPU time: the one thing that varies
     assert one == two
