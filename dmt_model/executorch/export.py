@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from dmt_model.coreml._spec import quiet_third_party
-from dmt_model.coreml.export import UpdateSettings
+from dmt_model.coreml.export import UpdateSettings, warn_of_rounded_steps
 from dmt_privacy.errors import MissingDependencyError, ValidationError
 from dmt_privacy.files import SHARED_FILE_MODE, write_atomically
 
@@ -132,6 +132,7 @@ def program_bytes(featurizer: Any, weights: Any, settings: UpdateSettings, *,
 
     chain = chain_names(len(weights.layers) - 1)
     updatable = updatable_names(chain, settings, classifier=bool(featurizer.classes_))
+    warn_of_rounded_steps(featurizer, settings)
     graph = TrainingGraph(featurizer, weights, updatable)
     meta = _metadata(featurizer, settings, version, updatable)
     values, example = graph_inputs(graph, 2)

@@ -215,3 +215,43 @@ def test_importing_coremltools_is_quiet_and_loads_no_converter_dependency():
                           check=True, timeout=300)
     assert done.stderr == ""
     assert done.stdout.split() == ["[0,", "0,", "0]", "[]", "True"]
+
+
+@pytest.mark.parametrize("export", ["coreml", "executorch"])
+def test_a_target_whose_offset_rounds_away_the_heads_steps_is_warned_of(export, tmp_path):
+    """helper-112: a target of 4e5 ± 5 gave no warning, yet float32 holds the personal head's
+    bias there in steps of 0.031, more than half an update's step (learning rate 0.01 × the
+    spread): updates rounded away, and users drawn like the proxy ended +0.58 % test RMSE
+    at 5 records against +0.14 % without the offset (+0.07 % both at learning rate 0.1,
+    whose steps float32 holds). An updatable export says so, naming the target."""
+    import warnings
+
+    import pandas as pd
+
+    from dmt_model.features import FloatPrecisionWarning
+    from dmt_model.foundation import TrainingConfig, train_foundation
+    from dmt_privacy.schema import Field, Schema
+
+    schema = Schema((Field("x", "numeric", bounds=(0.0, 1.0)), Field("y", "numeric", "target")))
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, 200)
+    frame = pd.DataFrame({"x": x, "y": 30 * x + rng.normal(0, 3, 200)})  # a spread of 9
+
+    def exported(offset, settings):
+        foundation = train_foundation(frame.assign(y=frame["y"] + offset), schema,
+                                      TrainingConfig(epochs=2))
+        if export == "coreml":
+            return build_spec(foundation, updatable=settings)
+        pytest.importorskip("executorch.extension.training")
+        from dmt_model.executorch import export_executorch
+
+        return export_executorch(foundation, tmp_path / f"{offset}.pte", updatable=settings,
+                                 overwrite=True)
+
+    with pytest.warns(FloatPrecisionWarning, match=r"'y'.*learning rate 0\.01.*Subtract"):
+        exported(4e5, UpdateSettings())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FloatPrecisionWarning)
+        exported(0.0, UpdateSettings())
+        exported(1e4, UpdateSettings())
+        exported(4e5, UpdateSettings(learning_rate=0.5))
