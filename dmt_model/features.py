@@ -72,17 +72,10 @@ __all__ = ["FLAT_FEW", "FLAT_SCALE", "FLAT_SHARE", "FeatureBatch", "Featurizer",
 #: |mean| / std above which float32 (7 significant digits) keeps under 1 % of a std's steps.
 _FLOAT32_OFFSET = 1e5
 
-#: Every numeric input is held to the proxy's range (the featurizer's ``low_`` and
-#: ``high_``): the featurizer, the Core ML graph and the ExecuTorch program read a value
-#: outside it as its nearest end, since the proxy taught nothing beyond it. helper-116's
-#: field, uniform on [5.0, 5.2] of bounds 0-10 with no effect on the target, gave devices
-#: elsewhere in the bounds test RMSE 6.7-9.0 against 0.30 when learned without being held;
-#: held, 0.31-0.36.
-#:
-#: A numeric field is *flat* when it is constant in the proxy, or when fewer than
-#: :data:`FLAT_FEW` records (and fewer than half) differ from the most common value and,
-#: for a field with bounds, its values spread (std) by less than this share of their
-#: width: the proxy cannot teach what it does, so the foundation ignores it, and fitting
+#: A numeric field is *flat* when it is constant in the proxy, when its values spread
+#: (std) by less than this share of its bounds' width, or, for a field without bounds, when
+#: fewer than :data:`FLAT_FEW` records (and fewer than half) differ from the most common
+#: value: the proxy cannot teach what it does, so the foundation ignores it, and fitting
 #: warns (:class:`FlatFieldWarning`). A flat field is scaled by :data:`FLAT_SCALE` times
 #: its bounds' width (without bounds, its mean's magnitude, at least 1), which puts every
 #: value within them (or of that magnitude) at 0 to float32's precision, in the foundation
@@ -91,16 +84,19 @@ _FLOAT32_OFFSET = 1e5
 #: so a loaded one starts them at zero too). A rare value of a field with bounds is no
 #: reason: a 0/1 indicator set in 1 % of the records spreads by 10 % of its width, and
 #: the foundation learns it (helper-110: ignored, its effect of 5 read as 6e-8; learned,
-#: 4.92). Retraining keeps the featurizer, so a flat field stays ignored. Nor is a small
-#: spread against generous bounds, now that inputs are held: a log-normal income with
-#: bounds (0, 10⁷) spreads by 0.62 % of the width and was ignored until 7 December (test
-#: RMSE 2.63 against 1.06 learned; helper-112).
+#: 4.92). Retraining keeps the featurizer, so a flat field stays ignored. The price: a
+#: log-normal income with bounds (0, 10⁷) spreads by 0.62 % of the width and is ignored
+#: (test RMSE 2.63 against 1.06 learned; helper-112). A test by the proxy's range instead
+#: learned it, but also a field the proxy covers on 2 % of its bounds, which devices
+#: elsewhere in them then read far outside what it taught (test RMSE 6.7-9.0 against 0.30;
+#: helper-116): no test of the proxy alone tells the two apart.
 #:
 #: Before: with 299 records at 5.0 and one at 5.01 (bounds 0–10) the scale was 0.0006, a
 #: device's 5.5 was 867 spreads out, and the foundation's test RMSE 26.0 against 0.37
 #: where the field held 5.0; a field constant in the proxy kept its untrained random
 #: weights (0.64 against 0.36 at 7.0; helper-105), and 0.1 three hundred times, whose std
-#: is 1.4e-17, gave 5.5e14 at 0.2 (helper-109).
+#: is 1.4e-17, gave 5.5e14 at 0.2 (helper-109). Every bundled data set's fields spread by
+#: 3 % of their bounds' width or more.
 FLAT_SHARE = 0.01
 #: See :data:`FLAT_SHARE`: fewer records than this off the most common value of a field
 #: without bounds make it flat.
@@ -119,10 +115,7 @@ class FloatPrecisionWarning(UserWarning):
     """A number is so far from zero against its spread that float32, which the device model
     and the foundation compute in, keeps little of that spread: subtract an offset first."""
 
-#: 2 (7 December): each numeric field holds its proxy range (``low``, ``high``), to which
-#: every input is clipped (:data:`FLAT_SHARE`); format 1, without it, is still read and
-#: clips nothing.
-FEATURIZER_FORMAT = 2
+FEATURIZER_FORMAT = 1
 #: A text field's vocabulary: the proxy texts' tokens seen at least twice, at most 5,000.
 TEXT_VOCABULARY = 5_000
 TEXT_MIN_COUNT = 2
@@ -305,24 +298,20 @@ class Featurizer:
         n = len(values)
         others = (values != np.partition(values, n // 2, axis=0)[n // 2]).sum(axis=0) \
             if n else np.zeros(len(self.numeric_fields), dtype=np.int64)
-        flat = (n > 0) & ((others == 0) | ((others < FLAT_FEW) & (2 * others < n)
-                                           & ((width == 0) | (std < FLAT_SHARE * width))))
+        flat = (n > 0) & ((others == 0) | (std < FLAT_SHARE * width)
+                          | ((width == 0) & (others < FLAT_FEW) & (2 * others < n)))
         #: numeric fields that barely vary in the proxy (:data:`FLAT_SHARE`), which the
         #: foundation ignores
         self.flat_fields_ = tuple(str(n) for n, f in zip(self.numeric_fields, flat,
                                                          strict=True) if f)
-        #: each numeric field's range in the proxy: the featurizer and the exported graphs
-        #: read a value outside it as the nearest end (:data:`FLAT_SHARE`)
-        self.low_ = values.min(axis=0) if n else np.full(len(self.numeric_fields), -np.inf)
-        self.high_ = values.max(axis=0) if n else np.full(len(self.numeric_fields), np.inf)
         reach = np.where(width > 0, width, np.maximum(np.abs(self.mean_), 1.0))
         self.scale_ = np.where(flat, np.minimum(FLAT_SCALE * reach, 1e300),
                                np.where(std > 0, std, 1.0))
         if self.flat_fields_:
             warn_caller(FlatFieldWarning(
                 f"{list(self.flat_fields_)!r} barely vary in these {n} records (constant, "
-                f"or fewer than {FLAT_FEW} of them off the most common value and, with "
-                f"bounds, a spread under {FLAT_SHARE:.0%} of their width): "
+                f"spread by under {FLAT_SHARE:.0%} of their bounds' width, or, without "
+                f"bounds, fewer than {FLAT_FEW} of the records off the most common value): "
                 "the foundation ignores them, since these records cannot teach what they "
                 "do. Give the proxy records that show their spread, or drop them from the "
                 "schema."))
@@ -444,7 +433,8 @@ class Featurizer:
                 f"Column {self.numeric_fields[col]!r} has {raw[row, col]!r} at row "
                 f"{frame.index[row]!r}; every input must be a finite number."
             )
-        numeric = self._with_images(self._standardized(raw), frame)
+        numeric = self._with_images(((raw - self.mean_) / self.scale_).astype(np.float32),
+                                    frame)
         categorical = {}
         for name in self.categorical_fields:
             new = undeclared == "zero" and self.schema[name].categories is None
@@ -489,23 +479,6 @@ class Featurizer:
                     "first.")
             out[i] = array.reshape(-1)
         return out
-
-    def _standardized(self, raw: np.ndarray) -> np.ndarray:
-        """Raw numeric values ``[n, fields]`` as the model reads them: each held to the
-        proxy's range, then standardized (float32)."""
-        return ((np.clip(raw, self.low_, self.high_) - self.mean_) / self.scale_).astype(
-            np.float32)
-
-    def input_range(self) -> tuple[np.ndarray, np.ndarray]:
-        """(lowest, highest) of each standardized input, in the model's order (numeric fields,
-        then every image's pixels): the ends of a numeric field's proxy range, which the
-        exported graphs clip it to, and ±inf for a pixel, or for any field of a featurizer of
-        format 1, which held no range."""
-        self._check_fitted()
-        pixels = sum(self.image_width(name) for name in self.image_fields)
-        unbounded = np.full(pixels, np.inf)
-        return (np.r_[(self.low_ - self.mean_) / self.scale_, -unbounded],
-                np.r_[(self.high_ - self.mean_) / self.scale_, unbounded])
 
     def _with_images(self, numeric: np.ndarray, frame: pd.DataFrame, *,
                      missing_ok: bool = False) -> np.ndarray:
@@ -609,7 +582,8 @@ class Featurizer:
                 numeric[:, j] = self.mean_[j]
                 continue
             numeric[:, j] = released_numbers(frame[name], fallback=float(self.mean_[j]))
-        numeric = self._with_images(self._standardized(numeric), frame, missing_ok=True)
+        numeric = self._with_images(((numeric - self.mean_) / self.scale_).astype(np.float32),
+                                    frame, missing_ok=True)
         k_rr = {}
         if receipt is not None:
             k_rr = {f.field: f for f in receipt.fields if f.mechanism == "k_rr"}
@@ -722,17 +696,13 @@ class Featurizer:
     def to_dict(self) -> dict[str, Any]:
         self._check_fitted()
         return {
-            "format": FEATURIZER_FORMAT if np.isfinite(self.low_).all()
-            and np.isfinite(self.high_).all() else 1,
+            "format": FEATURIZER_FORMAT,
             "schema": self.schema.to_dict(),
             "unknown": self.unknown,
             "numeric": [
                 {"name": n, "mean": float(m), "scale": float(s),
-                 **({"low": float(lo), "high": float(hi)} if np.isfinite([lo, hi]).all()
-                    else {}),
                  **({"flat": True} if n in self.flat_fields_ else {})}
-                for n, m, s, lo, hi in zip(self.numeric_fields, self.mean_, self.scale_,
-                                           self.low_, self.high_, strict=True)
+                for n, m, s in zip(self.numeric_fields, self.mean_, self.scale_, strict=True)
             ],
             "categorical": [
                 {"name": n, "vocabulary": self.vocabularies_[n],
@@ -754,7 +724,7 @@ class Featurizer:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Featurizer:
-        if data.get("format") not in (1, FEATURIZER_FORMAT):
+        if data.get("format") != FEATURIZER_FORMAT:
             raise SchemaError(
                 f"Featurizer format {data.get('format')!r} is not supported "
                 f"(this SDK reads {FEATURIZER_FORMAT}); upgrade dmt."
@@ -769,16 +739,6 @@ class Featurizer:
                 and (featurizer.scale_ > 0).all()):
             raise SchemaError("Featurizer JSON: numeric fields' mean and scale must be finite, "
                               "the scale positive.")
-        ranged = data["format"] >= 2  # format 1 held no range: nothing is clipped
-        featurizer.low_ = np.array([n["low"] if ranged else -np.inf for n in numeric],
-                                   dtype=np.float64)
-        featurizer.high_ = np.array([n["high"] if ranged else np.inf for n in numeric],
-                                    dtype=np.float64)
-        if ranged and not (np.isfinite(featurizer.low_).all()
-                           and np.isfinite(featurizer.high_).all()
-                           and (featurizer.low_ <= featurizer.high_).all()):
-            raise SchemaError("Featurizer JSON: numeric fields' low and high must be finite, "
-                              "low at most high.")
         featurizer.flat_fields_ = tuple(str(n["name"]) for n in numeric if n.get("flat") is True)
         featurizer.vocabularies_ = {c["name"]: list(c["vocabulary"]) for c in data["categorical"]}
         if list(featurizer.vocabularies_) != featurizer.categorical_fields:

@@ -147,10 +147,9 @@ class UpdateSettings:
             raise ValidationError(f"momentum must be in [0, 1), got {self.momentum!r}.")
 
 
-#: How large float32's spacing at a regression target's mean may be against an update's
-#: step (the learning rate × the target's spread under SGD, whose steps scale with the
-#: target; the learning rate under Adam) before an updatable export warns
-#: (:func:`warn_of_rounded_steps`).
+#: How large float32's spacing at a regression target's mean may be against an SGD update's
+#: step (the learning rate × the target's spread: its steps scale with the target) before an
+#: updatable export warns (:func:`warn_of_rounded_steps`).
 ROUNDED_STEP_SHARE = 0.1
 
 
@@ -164,13 +163,17 @@ def warn_of_rounded_steps(featurizer: Any, settings: UpdateSettings) -> None:
     +0.14 % without the offset; at learning rate 0.1, whose steps float32 holds, +0.07 % both,
     but that rate cost users who differ from the proxy (a per-user factor on the target, 40
     records: -26.4 % against -29.9 % at 0.01), so the remedy is the offset. The featurizer's
-    own warning fires only where standardizing loses the spread (1e5 spreads)."""
+    own warning fires only where standardizing loses the spread (1e5 spreads).
+
+    SGD only: Adam's steps are about the learning rate in the target's units whatever the
+    target's spread, so a price in dollars would warn at any spread, and an offset would not
+    make such steps large enough to matter (helper-118)."""
     from dmt_model.features import FloatPrecisionWarning
 
-    if featurizer.classes_:
+    if featurizer.classes_ or settings.optimizer != "sgd":
         return
     mean, spread = float(featurizer.target_mean_), float(featurizer.target_scale_)
-    step = settings.learning_rate * (spread if settings.optimizer == "sgd" else 1.0)
+    step = settings.learning_rate * spread
     spacing = float(np.spacing(np.float32(abs(mean))))
     if spacing <= ROUNDED_STEP_SHARE * step:
         return
@@ -178,8 +181,8 @@ def warn_of_rounded_steps(featurizer: Any, settings: UpdateSettings) -> None:
         f"{featurizer.target!r} averages {mean:.6g} with a spread (std) of {spread:.3g}: the "
         f"device holds the personal head's bias, that mean, in float32, whose steps there are "
         f"{spacing:.3g}, more than {ROUNDED_STEP_SHARE:.0%} of an update's step (learning "
-        f"rate {settings.learning_rate:g}{' × the spread' if settings.optimizer == 'sgd' else ''}"
-        f" = {step:.3g}), so updates round away and users can end worse off. Subtract an "
+        f"rate {settings.learning_rate:g} × the spread = {step:.3g}), so updates round away "
+        f"and users can end worse off. Subtract an "
         f"offset from {featurizer.target!r} in the data first, on the server and on the "
         "devices."))
 
@@ -255,7 +258,6 @@ def build_spec(foundation: Foundation, *, updatable: UpdateSettings | None = Non
         pixel_mean, pixel_scale = featurizer.image_stats_[name]
         means.append(np.full(width, pixel_mean))
         scales.append(np.full(width, pixel_scale))
-    low, high = featurizer.input_range()
     concat_inputs: list[str] = []
     if numeric:
         raw = numeric[0]
@@ -268,19 +270,7 @@ def build_spec(foundation: Foundation, *, updatable: UpdateSettings | None = Non
             b=(-mean / scale).astype(np.float32),
             input_channels=len(scale), output_channels=len(scale), has_bias=True,
             input_name=raw, output_name="numeric_standardized")
-        standardized = "numeric_standardized"
-        if np.isfinite(low).any() or np.isfinite(high).any():
-            # Each standardized input held to the proxy's range (pixels are not held).
-            largest = float(np.finfo(np.float32).max)
-            for end, held, layer in (("low", low, builder.add_max_broadcastable),
-                                     ("high", high, builder.add_min_broadcastable)):
-                builder.add_load_constant_nd(
-                    f"numeric_{end}", f"numeric_{end}",
-                    constant_value=np.clip(held, -largest, largest).astype(np.float32),
-                    shape=held.shape)
-                layer(f"hold_{end}", [standardized, f"numeric_{end}"], f"numeric_held_{end}")
-                standardized = f"numeric_held_{end}"
-        concat_inputs.append(standardized)
+        concat_inputs.append("numeric_standardized")
 
     # Category indexing, token bags and embeddings.
     embedded = []

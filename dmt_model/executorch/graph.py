@@ -117,12 +117,6 @@ class TrainingGraph(torch.nn.Module):
         mean, scale = np.concatenate(means), np.concatenate(scales)
         self.register_buffer("inverse_scale", torch.tensor((1.0 / scale).astype(np.float32)))
         self.register_buffer("shift", torch.tensor((-mean / scale).astype(np.float32)))
-        low, high = featurizer.input_range()
-        largest = float(np.finfo(np.float32).max)
-        self.register_buffer("low", torch.tensor(np.clip(low, -largest, largest).astype(
-            np.float32)))
-        self.register_buffer("high", torch.tensor(np.clip(high, -largest, largest).astype(
-            np.float32)))
         self.chain = chain_names(len(weights.layers) - 1)
         for name, (weight, bias) in zip(self.chain, weights.layers, strict=True):
             self.add_module(name, _Layer(weight, bias, trainable=name in updatable))
@@ -156,10 +150,7 @@ class TrainingGraph(torch.nn.Module):
         if column < self.width:  # numeric fields and image pixels, standardized together
             scale: Any = self.inverse_scale
             shift: Any = self.shift
-            low: Any = self.low
-            high: Any = self.high
-            parts.append(torch.minimum(torch.maximum(values[:, column:] * scale + shift, low),
-                                       high))
+            parts.append(values[:, column:] * scale + shift)
         return self._dense(self.chain[:self.first_updatable], torch.cat(parts, dim=1))
 
     def predictions(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

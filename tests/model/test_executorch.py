@@ -183,26 +183,6 @@ def test_the_program_predicts_what_the_core_ml_model_predicts_on_raw_values(task
                                    rtol=1e-5, atol=1e-5)
 
 
-def test_the_program_holds_inputs_to_the_proxys_range_as_the_core_ml_model(task_programs):
-    """Values far outside what the proxy showed read as the range's nearest end in both
-    formats, as in the featurizer the foundation trained through."""
-    foundation, records, spec, program, _ = task_programs("boston")
-    featurizer = foundation.featurizer
-    far = records.copy()
-    for i, name in enumerate(featurizer.numeric_fields):
-        far[name] = np.where(np.arange(len(far)) % 2, featurizer.high_[i] * 10 + 100,
-                             featurizer.low_[i] - 100)
-    edge = far.copy()
-    for i, name in enumerate(featurizer.numeric_fields):
-        edge[name] = np.clip(far[name], featurizer.low_[i], featurizer.high_[i])
-    np.testing.assert_allclose(program.predict(far), predict_frame(spec, far), rtol=1e-5,
-                               atol=1e-5)
-    np.testing.assert_allclose(program.predict(far), program.predict(edge), rtol=1e-5,
-                               atol=1e-5)
-    np.testing.assert_allclose(foundation.predict(far), program.predict(far), rtol=1e-4,
-                               atol=1e-4)
-
-
 def test_the_program_carries_the_core_ml_exports_update_settings(task_programs):
     _, _, _, program, settings = task_programs("boston")
     assert program.settings == settings
