@@ -1,8 +1,8 @@
 """Featurizer: raw records to model inputs, fitted once on the server's proxy data.
 
 Numeric fields are standardized with the proxy data's mean and *population*
-standard deviation (``ddof=0``; a field that barely varies in the proxy is ignored,
-:data:`FLAT_SHARE`; a constant column without bounds gets a scale of 1), and so
+standard deviation (``ddof=0``; a field that barely varies in the proxy, a constant one
+included, is ignored: :data:`FLAT_SHARE`), and so
 is the target (``target_mean_``, ``target_scale_``): the foundation learns the
 standardized target, which makes training and on-device updates independent
 of the target's units. The
