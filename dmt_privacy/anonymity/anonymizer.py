@@ -350,7 +350,7 @@ class KAnonymizer(TransformerMixin, BaseEstimator):
             )
         check_no_missing(X, qis)
         if self.sensitive is not None:
-            check_no_missing(X, [self.sensitive])
+            check_no_missing(X, [self.sensitive], what="Sensitive column")
         return qis, hierarchies
 
     # --- fitting --------------------------------------------------------------------
@@ -402,7 +402,7 @@ class KAnonymizer(TransformerMixin, BaseEstimator):
 
     def _admissible(self, sens: _Sensitive) -> Any:
         ldiv = LDiversity(self.l, self.l_kind, self.c) if self.l is not None else None  # type: ignore[arg-type]
-        t = self.t
+        t = None if self.t is None else float(self.t)
 
         def admissible(counts: np.ndarray) -> np.ndarray:
             ok = np.ones(counts.shape[0], dtype=bool)
@@ -598,7 +598,7 @@ class KAnonymizer(TransformerMixin, BaseEstimator):
             l=self.l,
             l_kind=self.l_kind,
             c=float(self.c),
-            t=self.t,
+            t=None if self.t is None else float(self.t),
             sensitive_reference=self._reference_,
         )
 
@@ -691,7 +691,7 @@ class KAnonymizer(TransformerMixin, BaseEstimator):
             seconds=seconds,
             k=int(self.k),
             l=self.l,
-            t=self.t,
+            t=None if self.t is None else float(self.t),
             notes=tuple(notes),
         )
 

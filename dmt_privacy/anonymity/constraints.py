@@ -9,6 +9,7 @@ judged for thousands of classes in one numpy expression.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Literal
 
@@ -155,7 +156,8 @@ class TCloseness:
     t: float
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.t, (int, float)) and 0 <= self.t <= 1 and not isinstance(
-            self.t, bool
-        )):
+        # Any real number (numpy's float32 too, helper-115), never a bool.
+        if not (isinstance(self.t, numbers.Real) and not isinstance(self.t, (bool, np.bool_))
+                and 0 <= self.t <= 1):
             raise AnonymizationError(f"t must be a number in [0, 1], got {self.t!r}.")
+        object.__setattr__(self, "t", float(self.t))

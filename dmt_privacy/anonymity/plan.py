@@ -130,14 +130,17 @@ class ColumnCoding:
         )
 
 
-def check_no_missing(frame: pd.DataFrame, columns: Sequence[str]) -> None:
-    """Raise :class:`ValidationError` naming the first missing value in ``columns``."""
+def check_no_missing(frame: pd.DataFrame, columns: Sequence[str], *,
+                     what: str = "Quasi-identifier") -> None:
+    """Raise :class:`ValidationError` naming the first missing value in ``columns`` (each
+    called ``what`` in the message: a sensitive column was once called a quasi-identifier,
+    helper-115)."""
     for name in columns:
         nulls = frame[name].isna().to_numpy()
         if nulls.any():
             row = row_label(frame.index[int(nulls.argmax())])
             raise ValidationError(
-                f"Quasi-identifier {name!r} has a missing value (NaN/None) at row {row!r}; "
+                f"{what} {name!r} has a missing value (NaN/None) at row {row!r}; "
                 "fill or drop such rows before anonymizing."
             )
 

@@ -34,6 +34,7 @@ cohorts cost the least data for the same guarantee.)
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -96,8 +97,10 @@ class ReleaseRule:
             LDiversity(self.l, self.l_kind, self.c)  # type: ignore[arg-type]  # validates
         if self.t is not None:
             t = self.t
-            if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 1:
+            if isinstance(t, (bool, np.bool_)) or not isinstance(t, numbers.Real) \
+                    or not 0 <= t <= 1:
                 raise ValidationError(f"ReleaseRule: t must be a number in [0, 1], got {t!r}.")
+            object.__setattr__(self, "t", float(t))
             if not self.reference:
                 raise ValidationError(
                     f"ReleaseRule: t={t!r} needs the reference distribution of "

@@ -131,3 +131,34 @@ def test_transform_does_not_warn_of_a_t_fit_judged_with_the_sensitive_hierarchy(
     with warnings.catch_warnings():
         warnings.simplefilter("error", KAnonymityWarning)
         est.transform(X)
+
+
+def test_t_may_be_any_real_number_numpys_too():
+    """helper-115: t=np.float32(0.2) was refused ("t must be a number in [0, 1]") where
+    0.2 and np.float64(0.2) were taken; a ReleaseRule refused it too. The report and the
+    plan keep t as a float, so their JSON still writes."""
+    import json
+
+    from dmt_privacy.anonymity import ReleaseRule
+
+    frame = pd.DataFrame({"q": [1, 2, 3, 4, 5, 6], "s": list("ababab")})
+    for t in (0.2, np.float64(0.2), np.float32(0.2), 1):
+        anonymizer = KAnonymizer(["q"], k=2, sensitive="s", t=t).fit(frame)
+        assert type(anonymizer.report_.t) is float and type(anonymizer.plan_.t) is float
+        json.dumps(anonymizer.report_.to_dict())
+        assert type(ReleaseRule(k=2, sensitive="s", t=t, reference=(("a", 0.5), ("b", 0.5))).t) \
+            is float
+    for bad in (True, np.bool_(True), np.float32("nan"), 1.5, "0.2"):
+        with pytest.raises(Exception, match="t must be a number in"):
+            KAnonymizer(["q"], k=2, sensitive="s", t=bad).fit(frame)
+
+
+def test_a_missing_sensitive_value_is_named_as_sensitive():
+    """helper-115: NaN in the sensitive column was reported as a 'Quasi-identifier'."""
+    from dmt_privacy.errors import ValidationError
+
+    frame = pd.DataFrame({"q": [1, 1, 2, 2], "s": ["a", None, "a", "b"]})
+    with pytest.raises(ValidationError, match=r"^Sensitive column 's' has a missing value"):
+        KAnonymizer(["q"], k=2, sensitive="s", l=2).fit(frame)
+    with pytest.raises(ValidationError, match=r"^Quasi-identifier 'q' has a missing value"):
+        KAnonymizer(["q"], k=2, sensitive="s", l=2).fit(frame.assign(q=[1, None, 2, 2]))
