@@ -508,8 +508,17 @@ class AnonymizationPlan:
         }
 
     def to_json(self) -> str:
-        """Compact JSON; :meth:`from_json` reverses it."""
-        return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False)
+        """Compact JSON; :meth:`from_json` reverses it. A plan fitted on values JSON has no
+        type for (timestamps, Decimals) raises :class:`SchemaError` naming the type (a raw
+        ``TypeError`` until helper-115)."""
+        try:
+            return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False)
+        except TypeError as exc:
+            raise SchemaError(
+                f"This plan cannot be written as JSON: {exc}. Its quasi-identifiers or "
+                "sensitive column hold values JSON has no type for; convert them to numbers "
+                "or strings (a timestamp to its ISO text or epoch seconds, a Decimal to a "
+                "float or a string) before fitting.") from None
 
     def check(self) -> AnonymizationPlan:
         """Raise :class:`SchemaError` unless the plan is structurally sound; return it.
@@ -637,7 +646,8 @@ class AnonymizationPlan:
             ).check()
         except SchemaError:
             raise
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError,
+                OverflowError) as exc:  # (Infinity where an integer belongs: helper-115)
             raise SchemaError(
                 f"Anonymization plan JSON is incomplete or malformed: {exc!r}."
             ) from None

@@ -85,6 +85,8 @@ CORRUPTIONS = [
     ("classes", "low", lambda v: v[:1]),
     ("privacy", "k", lambda v: -3),
     ("privacy", "t", lambda v: 7.0),
+    ("privacy", "k", lambda v: float("inf")),  # helper-115: a raw OverflowError
+    ("tree", "split_dim", lambda v: [float("inf"), *v[1:]]),
 ]
 
 
@@ -132,3 +134,16 @@ def test_a_widened_plan_codes_value_sets_over_the_schema_categories():
     assert len(new.suppressed) == 0
     again = AnonymizationPlan.from_json(widened.to_json())
     np.testing.assert_array_equal(again.apply(frame).class_ids, widened.apply(frame).class_ids)
+
+
+def test_a_plan_of_values_json_cannot_hold_says_so_when_written():
+    """helper-115: a plan fitted on timestamps or Decimals fitted, then to_json raised a raw
+    TypeError ('Object of type Timestamp is not JSON serializable')."""
+    from decimal import Decimal
+
+    for values in (pd.to_datetime(["2020-01-01", "2020-01-02", "2020-01-03", "2020-01-04"]),
+                   pd.Series([Decimal(1), Decimal(2), Decimal(1), Decimal(2)], dtype=object)):
+        frame = pd.DataFrame({"q": values, "s": list("abab")})
+        plan = KAnonymizer(["q"], k=2).fit(frame).plan_
+        with pytest.raises(SchemaError, match="cannot be written as JSON.*convert them"):
+            plan.to_json()
