@@ -183,6 +183,22 @@ def _sorted_unique(series: pd.Series) -> list[Any]:
         return sorted(uniques, key=lambda v: (type(v).__name__, str(v)))
 
 
+def _refuse_colliding_text(values: Sequence[Any], column: str) -> None:
+    """Refuse distinct values of a sensitive column that read the same as text (1 and '1',
+    'a' and ' a'): the t-closeness distance reads a column without a hierarchy by its text,
+    and they collided there with a message about a hierarchy the user never gave
+    ("Hierarchy 's': value '1' has more than one row", helper-115)."""
+    by_text: dict[str, Any] = {}
+    for value in values:
+        text = str(value).strip()
+        if text in by_text:
+            raise ValidationError(
+                f"Sensitive column {column!r} holds {by_text[text]!r} and {value!r}, which read "
+                f"the same as text ({text!r}); make the column one type (e.g. all strings, "
+                "stripped) so that each value reads as itself.")
+        by_text[text] = value
+
+
 @dataclass(frozen=True)
 class _Sensitive:
     codes: np.ndarray
@@ -391,6 +407,7 @@ class KAnonymizer(TransformerMixin, BaseEstimator):
             kind = "ordered"
         else:
             values = _sorted_unique(col)
+            _refuse_colliding_text(values, self.sensitive)
             h = Hierarchy(rows=tuple((str(v),) for v in values), name=self.sensitive)
             lookup = {v: i for i, v in enumerate(values)}
             codes = col.map(lookup).to_numpy(dtype=np.int64)

@@ -162,3 +162,14 @@ def test_a_missing_sensitive_value_is_named_as_sensitive():
         KAnonymizer(["q"], k=2, sensitive="s", l=2).fit(frame)
     with pytest.raises(ValidationError, match=r"^Quasi-identifier 'q' has a missing value"):
         KAnonymizer(["q"], k=2, sensitive="s", l=2).fit(frame.assign(q=[1, None, 2, 2]))
+
+
+@pytest.mark.parametrize("values", [[1, "1"], ["a", " a"]], ids=["1 and '1'", "'a' and ' a'"])
+def test_sensitive_values_that_read_alike_as_text_are_named(values):
+    """helper-115: a sensitive column holding 1 and '1' failed with "Hierarchy 's': value '1'
+    has more than one row", about a hierarchy the user never gave."""
+    from dmt_privacy.errors import ValidationError
+
+    frame = pd.DataFrame({"q": [1, 1, 2, 2], "s": pd.Series(values * 2, dtype=object)})
+    with pytest.raises(ValidationError, match=r"^Sensitive column 's' holds .* read the same"):
+        KAnonymizer(["q"], k=2, sensitive="s", l=2).fit(frame)
