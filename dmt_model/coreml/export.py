@@ -182,9 +182,8 @@ def warn_of_rounded_steps(featurizer: Any, settings: UpdateSettings) -> None:
         f"device holds the personal head's bias, that mean, in float32, whose steps there are "
         f"{spacing:.3g}, more than {ROUNDED_STEP_SHARE:.0%} of an update's step (learning "
         f"rate {settings.learning_rate:g} × the spread = {step:.3g}), so updates round away "
-        f"and users can end worse off. Subtract an "
-        f"offset from {featurizer.target!r} in the data first, on the server and on the "
-        "devices."))
+        f"and users can end worse off. Subtract an offset from {featurizer.target!r} in the "
+        "data first, on the server and on the devices."))
 
 
 def probabilities_name(target: str) -> str:

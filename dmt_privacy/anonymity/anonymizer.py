@@ -417,9 +417,14 @@ class KAnonymizer(TransformerMixin, BaseEstimator):
         reference = np.bincount(codes, minlength=m) / len(codes)
         return _Sensitive(codes, m, kind, h, reference)
 
+    @property
+    def _t(self) -> float | None:
+        """``t`` as a float (numpy's float32 too), validated; ``None`` when not asked."""
+        return None if self.t is None else TCloseness(self.t).t
+
     def _admissible(self, sens: _Sensitive) -> Any:
         ldiv = LDiversity(self.l, self.l_kind, self.c) if self.l is not None else None  # type: ignore[arg-type]
-        t = None if self.t is None else float(self.t)
+        t = self._t
 
         def admissible(counts: np.ndarray) -> np.ndarray:
             ok = np.ones(counts.shape[0], dtype=bool)
@@ -615,7 +620,7 @@ class KAnonymizer(TransformerMixin, BaseEstimator):
             l=self.l,
             l_kind=self.l_kind,
             c=float(self.c),
-            t=None if self.t is None else float(self.t),
+            t=self._t,
             sensitive_reference=self._reference_,
         )
 
@@ -708,7 +713,7 @@ class KAnonymizer(TransformerMixin, BaseEstimator):
             seconds=seconds,
             k=int(self.k),
             l=self.l,
-            t=None if self.t is None else float(self.t),
+            t=self._t,
             notes=tuple(notes),
         )
 

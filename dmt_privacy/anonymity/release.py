@@ -34,7 +34,6 @@ cohorts cost the least data for the same guarantee.)
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,7 +41,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dmt_privacy.anonymity.constraints import LDiversity
+from dmt_privacy.anonymity.constraints import LDiversity, TCloseness
 from dmt_privacy.errors import AnonymizationError, ValidationError
 
 __all__ = ["ReleaseRule", "reference_from_counts"]
@@ -97,10 +96,10 @@ class ReleaseRule:
             LDiversity(self.l, self.l_kind, self.c)  # type: ignore[arg-type]  # validates
         if self.t is not None:
             t = self.t
-            if isinstance(t, (bool, np.bool_)) or not isinstance(t, numbers.Real) \
-                    or not 0 <= t <= 1:
-                raise ValidationError(f"ReleaseRule: t must be a number in [0, 1], got {t!r}.")
-            object.__setattr__(self, "t", float(t))
+            try:
+                object.__setattr__(self, "t", TCloseness(t).t)  # validates, as a float
+            except AnonymizationError as exc:
+                raise ValidationError(f"ReleaseRule: {exc}") from None
             if not self.reference:
                 raise ValidationError(
                     f"ReleaseRule: t={t!r} needs the reference distribution of "
