@@ -545,6 +545,15 @@ class AnonymizationPlan:
         n_classes = self.n_classes
         if n_classes == 0:
             raise bad("no classes")
+        # every entry, a leaf's unused children too, is read into an int64 array (2**63 in a
+        # leaf's left child loaded, then stopped apply with OverflowError; helper-115)
+        for name, array, low, high in (("split_dim", self.split_dim, -1, n_qi),
+                                       ("left", self.left, -1, nodes),
+                                       ("right", self.right, -1, nodes),
+                                       ("leaf_class", self.leaf_class, -1, n_classes)):
+            if any(isinstance(v, bool) or not isinstance(v, int) or not low <= v < high
+                   for v in array):
+                raise bad(f"tree.{name} holds a value outside {low}..{high - 1}")
         seen = np.zeros(nodes, dtype=bool)
         stack = [0]
         leaves: list[int] = []
@@ -590,6 +599,10 @@ class AnonymizationPlan:
                     raise bad(f"a class of {coding.name!r} names a hierarchy node outside "
                               f"0..{n_nodes - 1}")
             else:
+                if not all(isinstance(v, str | int | float | bool) or v is None
+                           for v in coding.values):
+                    raise bad(f"the values of {coding.name!r} must be strings, numbers, "
+                              "booleans or null")
                 card = coding.cardinality
                 if any(not s or any(not 0 <= v < card for v in s) for s in self.class_sets[j]):
                     raise bad(f"a class of {coding.name!r} names a value outside 0..{card - 1}")

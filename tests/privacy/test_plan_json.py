@@ -87,6 +87,9 @@ CORRUPTIONS = [
     ("privacy", "t", lambda v: 7.0),
     ("privacy", "k", lambda v: float("inf")),  # helper-115: a raw OverflowError
     ("tree", "split_dim", lambda v: [float("inf"), *v[1:]]),
+    # helper-115: a leaf's unused child, which check() did not read, loaded and then stopped
+    # apply with a raw OverflowError
+    ("tree", "left", lambda v: [*v[:-1], 2**63]),
 ]
 
 
@@ -95,6 +98,17 @@ def test_a_corrupted_plan_says_what_is_wrong(section, key, change):
     data = copy.deepcopy(PLAN.to_dict())
     data[section][key] = change(data[section][key])
     with pytest.raises(SchemaError, match="malformed"):
+        AnonymizationPlan.from_dict(data)
+
+
+@pytest.mark.parametrize("value", [["red", "blue"], {"a": 1}])
+def test_a_category_that_is_no_scalar_is_refused_on_loading(value):
+    """helper-115: a value-set coding edited to hold a list loaded, then stopped apply with
+    "unhashable type: 'list'"."""
+    data = copy.deepcopy(PLAN.to_dict())
+    shape = next(c for c in data["codings"] if c["kind"] == "set")
+    shape["values"][0] = value
+    with pytest.raises(SchemaError, match="must be strings, numbers, booleans or null"):
         AnonymizationPlan.from_dict(data)
 
 
