@@ -2,10 +2,10 @@
 
 Numeric fields are standardized with the proxy data's mean and *population*
 standard deviation (``ddof=0``; a field that barely varies in the proxy, a constant one
-included, is ignored: :data:`FLAT_SHARE`), and so
-is the target (``target_mean_``, ``target_scale_``): the foundation learns the
-standardized target, which makes training and on-device updates independent
-of the target's units. The
+included, is ignored: :data:`FLAT_SHARE`) and held within :data:`INPUT_REACH` spreads of
+that mean. The target is standardized too (``target_mean_``, ``target_scale_``): the
+foundation learns the standardized target, which makes training and on-device updates
+independent of the target's units. The
 reference iOS app divided by the variance instead, which made its predictions
 useless on device; here the same fitted numbers are baked into the Core ML
 graph, so a device passes raw values and cannot diverge from the server.
@@ -33,9 +33,10 @@ Shared records reach the server generalized or perturbed;
 * a numeric **interval** (``pandas.Interval`` or a ``(low, high)`` pair) becomes
   its midpoint, the value that minimizes the worst-case squared error for a
   value known only to lie in it;
-* a numeric value perturbed with local DP is used as it is: the noise is
-  zero-mean and the grid rounding unbiased, so a regression on it stays
-  unbiased in the inputs' expectation (its variance is the price);
+* a numeric value perturbed with local DP is used as it is, not held within
+  :data:`INPUT_REACH`: the noise is zero-mean and the grid rounding unbiased, so a
+  regression on it stays unbiased in the inputs' expectation (its variance is the
+  price);
 * a categorical **value set** or **hierarchy node** becomes the uniform
   distribution over the categories it covers (a fractional one-hot, so the
   embedding is the mean of their embeddings); ``"*"``, a suppressed cell
@@ -66,17 +67,19 @@ from dmt_privacy.errors import SchemaError, UnknownCategoryError, ValidationErro
 from dmt_privacy.schema import Kind, Role, Schema, row_label
 from dmt_privacy.tokens import Tokenizer
 
-__all__ = ["FLAT_FEW", "FLAT_SCALE", "FLAT_SHARE", "FeatureBatch", "Featurizer", "FlatFieldWarning",
-           "FloatPrecisionWarning", "category_codes", "coded_input"]
+__all__ = ["FLAT_EVIDENCE", "FLAT_FEW", "FLAT_SCALE", "FLAT_SHARE", "INPUT_REACH", "FeatureBatch",
+           "Featurizer", "FlatFieldWarning", "FloatPrecisionWarning", "category_codes",
+           "coded_input"]
 
 #: |mean| / std above which float32 (7 significant digits) keeps under 1 % of a std's steps.
 _FLOAT32_OFFSET = 1e5
 
 #: A numeric field is *flat* when it is constant in the proxy, when its values spread
-#: (std) by less than this share of its bounds' width, or, for a field without bounds, when
-#: fewer than :data:`FLAT_FEW` records (and fewer than half) differ from the most common
-#: value: the proxy cannot teach what it does, so the foundation ignores it, and fitting
-#: warns (:class:`FlatFieldWarning`). A flat field is scaled by :data:`FLAT_SCALE` times
+#: (std) by less than this share of its bounds' width and the proxy does not show it moving
+#: the target (:data:`FLAT_EVIDENCE`), or, for a field without bounds, when fewer than
+#: :data:`FLAT_FEW` records (and fewer than half) differ from the most common value: the
+#: proxy cannot teach what it does, so the foundation ignores it, and fitting warns
+#: (:class:`FlatFieldWarning`). A flat field is scaled by :data:`FLAT_SCALE` times
 #: its bounds' width (without bounds, its mean's magnitude, at least 1), which puts every
 #: value within them (or of that magnitude) at 0 to float32's precision, in the foundation
 #: and in the Core ML graph alike. The foundation's weights on any flat field start at zero
@@ -84,12 +87,9 @@ _FLOAT32_OFFSET = 1e5
 #: so a loaded one starts them at zero too). A rare value of a field with bounds is no
 #: reason: a 0/1 indicator set in 1 % of the records spreads by 10 % of its width, and
 #: the foundation learns it (helper-110: ignored, its effect of 5 read as 6e-8; learned,
-#: 4.92). Retraining keeps the featurizer, so a flat field stays ignored. The price: a
-#: log-normal income with bounds (0, 10⁷) spreads by 0.62 % of the width and is ignored
-#: (test RMSE 2.63 against 1.06 learned; helper-112). A test by the proxy's range instead
-#: learned it, but also a field the proxy covers on 2 % of its bounds, which devices
-#: elsewhere in them then read far outside what it taught (test RMSE 6.7-9.0 against 0.30;
-#: helper-116): no test of the proxy alone tells the two apart.
+#: 4.92). Retraining keeps the featurizer, so a flat field stays ignored. A field the proxy
+#: covers on 2 % of its bounds, with no effect, is flat: learned, devices elsewhere in the
+#: bounds read far outside what it taught (test RMSE 6.7-9.0 against 0.30; helper-116).
 #:
 #: Before: with 299 records at 5.0 and one at 5.01 (bounds 0–10) the scale was 0.0006, a
 #: device's 5.5 was 867 spreads out, and the foundation's test RMSE 26.0 against 0.37
@@ -98,6 +98,15 @@ _FLOAT32_OFFSET = 1e5
 #: is 1.4e-17, gave 5.5e14 at 0.2 (helper-109). Every bundled data set's fields spread by
 #: 3 % of their bounds' width or more.
 FLAT_SHARE = 0.01
+#: See :data:`FLAT_SHARE`: a field that spreads by less than FLAT_SHARE of its bounds'
+#: width is learned all the same when the proxy shows it moving the target: most of its
+#: records off its middle value, and a rank test of it against the target (Spearman's, or
+#: Kruskal-Wallis's across classes) at p under this. A field with no effect is so learned
+#: once in a thousand proxies. helper-112's log-normal income with bounds (0, 10⁷) spreads
+#: by 0.62 % of the width and drives the target: ignored, users drawn like the proxy ended
+#: personalization at test RMSE 2.65 (5 records), learned and held within
+#: :data:`INPUT_REACH`, 1.06 (3 seeds of 30 users; 4.60 against 1.17 for users 4× richer).
+FLAT_EVIDENCE = 1e-3
 #: See :data:`FLAT_SHARE`: fewer records than this off the most common value of a field
 #: without bounds make it flat.
 FLAT_FEW = 5
@@ -115,7 +124,22 @@ class FloatPrecisionWarning(UserWarning):
     """A number is so far from zero against its spread that float32, which the device model
     and the foundation compute in, keeps little of that spread: subtract an offset first."""
 
-FEATURIZER_FORMAT = 1
+#: Every numeric input is held within this many spreads (its scale) of the proxy's mean, in
+#: the featurizer, the Core ML graph and the ExecuTorch program alike. The foundation's
+#: layers extrapolate linearly, so a value far beyond what the proxy taught gave any
+#: prediction: a device's income of 10⁷, 160 spreads out, read 88 where the truth was 18.
+#: Users 20× richer than helper-112's proxy ended personalization at test RMSE 7.11 with
+#: 40 records, one +339 % above its foundation; held, 2.04 (reach 5: 2.50; 20: 1.61; the
+#: income ignored as flat: 2.69). The reach is one number for every field, not the proxy's
+#: extremes, so no proxy record's value is published. Numbers perturbed with local DP are
+#: not held in training, so their zero-mean noise still averages out
+#: (:meth:`Featurizer.transform_released`). Retraining keeps the featurizer, so a shared
+#: value beyond the reach is learned as if at it: shared records up to 15 spreads out left
+#: v2 at test RMSE 1.5-1.8 there, against 0.6-0.7 unheld (up to 5 spreads: the same).
+INPUT_REACH = 10.0
+#: Format 2 holds numeric inputs within :data:`INPUT_REACH` spreads; format 1 held
+#: nothing, is still read, and holds nothing.
+FEATURIZER_FORMAT = 2
 #: A text field's vocabulary: the proxy texts' tokens seen at least twice, at most 5,000.
 TEXT_VOCABULARY = 5_000
 TEXT_MIN_COUNT = 2
@@ -287,6 +311,9 @@ class Featurizer:
             raise SchemaError(f"Text field(s) {unsized!r} need max_tokens in the schema "
                               "(Field(..., max_tokens=64)) to size the model's input.")
         self.schema.validate(frame, columns=self.input_fields, allow_extra=True)
+        #: how many spreads from the proxy's mean a numeric input is held within
+        #: (:data:`INPUT_REACH`; ∞ in a format 1 featurizer, which held nothing)
+        self.reach_ = float(INPUT_REACH)
         values = frame[self.numeric_fields].to_numpy(dtype=np.float64)
         self.mean_ = values.mean(axis=0) if len(values) else np.zeros(len(self.numeric_fields))
         std = values.std(axis=0, ddof=0) if len(values) else np.ones(len(self.numeric_fields))
@@ -298,7 +325,8 @@ class Featurizer:
         n = len(values)
         others = (values != np.partition(values, n // 2, axis=0)[n // 2]).sum(axis=0) \
             if n else np.zeros(len(self.numeric_fields), dtype=np.int64)
-        flat = (n > 0) & ((others == 0) | (std < FLAT_SHARE * width)
+        narrow = (std < FLAT_SHARE * width) & ~self._moves_target(frame, values, others)
+        flat = (n > 0) & ((others == 0) | narrow
                           | ((width == 0) & (others < FLAT_FEW) & (2 * others < n)))
         #: numeric fields that barely vary in the proxy (:data:`FLAT_SHARE`), which the
         #: foundation ignores
@@ -344,6 +372,52 @@ class Featurizer:
                 if not held.all():
                     self.unseen_categories_[name] = tuple(int(i) for i in np.flatnonzero(~held))
         return self
+
+    def _moves_target(self, frame: pd.DataFrame, values: np.ndarray,
+                      others: np.ndarray) -> np.ndarray:
+        """Which numeric fields the proxy shows moving the target (:data:`FLAT_EVIDENCE`):
+        most records off the field's middle value, and a rank test of the field against the
+        target (Spearman's for a numeric target, Kruskal-Wallis's across a categorical
+        one's classes) at p under :data:`FLAT_EVIDENCE`. Ranks, so a skewed field's tail
+        does not decide."""
+        from scipy.stats import kruskal, spearmanr
+
+        moves = np.zeros(len(self.numeric_fields), dtype=bool)
+        target = self.schema.target
+        if target is None or target.name not in frame.columns or not len(values):
+            return moves
+        if target.kind is Kind.CATEGORICAL:
+            labels = frame[target.name].to_numpy(dtype=object)
+            known = pd.notna(labels)
+        else:
+            labels = pd.to_numeric(frame[target.name], errors="coerce").to_numpy(np.float64)
+            known = np.isfinite(labels)
+        for j in np.flatnonzero(2 * others >= len(values)):
+            held = known & np.isfinite(values[:, j])
+            x, y = values[held, j], labels[held]
+            if target.kind is Kind.CATEGORICAL:
+                groups = [x[y == c] for c in pd.unique(y)]
+                groups = [g for g in groups if len(g)]
+                p = kruskal(*groups).pvalue if len(groups) > 1 else 1.0
+            else:
+                p = spearmanr(x, y).pvalue if len(x) > 2 else 1.0
+            moves[j] = bool(np.isfinite(p) and p < FLAT_EVIDENCE)
+        return moves
+
+    def held(self, standardized: np.ndarray, *, unheld: Sequence[int] = ()) -> np.ndarray:
+        """Standardized numeric fields ``[n, fields]`` held within ±:attr:`reach_` spreads
+        (:data:`INPUT_REACH`), but for the columns ``unheld``."""
+        if not math.isfinite(self.reach_):
+            return standardized
+        held = np.clip(standardized, -self.reach_, self.reach_)
+        held[:, list(unheld)] = standardized[:, list(unheld)]
+        return held
+
+    def input_reach(self) -> np.ndarray:
+        """How far each standardized model input (the numeric fields, then every image
+        pixel) is held from 0: :attr:`reach_` for a numeric field, ∞ for a pixel."""
+        pixels = sum(self.image_width(n) for n in self.image_fields)
+        return np.r_[np.full(len(self.numeric_fields), self.reach_), np.full(pixels, np.inf)]
 
     def _warn_of_offsets(self) -> None:
         """Warn of numbers far from zero against their spread: the device model standardizes
@@ -433,8 +507,8 @@ class Featurizer:
                 f"Column {self.numeric_fields[col]!r} has {raw[row, col]!r} at row "
                 f"{frame.index[row]!r}; every input must be a finite number."
             )
-        numeric = self._with_images(((raw - self.mean_) / self.scale_).astype(np.float32),
-                                    frame)
+        numeric = self._with_images(self.held((raw - self.mean_) / self.scale_).astype(
+            np.float32), frame)
         categorical = {}
         for name in self.categorical_fields:
             new = undeclared == "zero" and self.schema[name].categories is None
@@ -582,7 +656,12 @@ class Featurizer:
                 numeric[:, j] = self.mean_[j]
                 continue
             numeric[:, j] = released_numbers(frame[name], fallback=float(self.mean_[j]))
-        numeric = self._with_images(((numeric - self.mean_) / self.scale_).astype(np.float32),
+        # Numbers perturbed with local DP are not held: their noise averages out only unclipped.
+        perturbed = [] if receipt is None else [
+            self.numeric_fields.index(f.field) for f in receipt.fields
+            if f.field in self.numeric_fields and f.noise_variance is not None]
+        numeric = self._with_images(self.held((numeric - self.mean_) / self.scale_,
+                                              unheld=perturbed).astype(np.float32),
                                     frame, missing_ok=True)
         k_rr = {}
         if receipt is not None:
@@ -696,7 +775,8 @@ class Featurizer:
     def to_dict(self) -> dict[str, Any]:
         self._check_fitted()
         return {
-            "format": FEATURIZER_FORMAT,
+            "format": FEATURIZER_FORMAT if math.isfinite(self.reach_) else 1,
+            **({"reach": self.reach_} if math.isfinite(self.reach_) else {}),
             "schema": self.schema.to_dict(),
             "unknown": self.unknown,
             "numeric": [
@@ -724,12 +804,20 @@ class Featurizer:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Featurizer:
-        if data.get("format") != FEATURIZER_FORMAT:
+        if data.get("format") not in (1, FEATURIZER_FORMAT):
             raise SchemaError(
                 f"Featurizer format {data.get('format')!r} is not supported "
-                f"(this SDK reads {FEATURIZER_FORMAT}); upgrade dmt."
+                f"(this SDK reads 1 and {FEATURIZER_FORMAT}); upgrade dmt."
             )
         featurizer = cls(Schema.from_dict(data["schema"]), unknown=data["unknown"])
+        reach = math.inf  # format 1 held nothing
+        if data["format"] >= 2:
+            reach = data["reach"]
+            if isinstance(reach, bool) or not isinstance(reach, int | float) or not (
+                    math.isfinite(reach) and reach > 0):
+                raise SchemaError(f"Featurizer JSON: format 2's reach must be a positive "
+                                  f"number, got {reach!r}.")
+        featurizer.reach_ = float(reach)
         numeric: Sequence[Mapping[str, Any]] = data["numeric"]
         if [n["name"] for n in numeric] != featurizer.numeric_fields:
             raise SchemaError("Featurizer JSON: numeric fields do not match its schema.")

@@ -151,6 +151,9 @@ def _run_layer(layer: Any, blobs: Blobs, batch: int) -> np.ndarray:
         a, b = _aligned(*(blobs[name] for name in layer.input)) if len(layer.input) == 2 else (
             blobs[layer.input[0]], np.float32(layer.equal.alpha))
         return (a == b).astype(np.float32)
+    if kind in ("maxBroadcastable", "minBroadcastable"):
+        a, b = _aligned(*(blobs[name] for name in layer.input))
+        return np.maximum(a, b) if kind == "maxBroadcastable" else np.minimum(a, b)
     if kind in ("addBroadcastable", "multiplyBroadcastable", "divideBroadcastable"):
         a, b = _aligned(*(blobs[name] for name in layer.input))
         if kind == "divideBroadcastable":

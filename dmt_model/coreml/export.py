@@ -269,7 +269,18 @@ def build_spec(foundation: Foundation, *, updatable: UpdateSettings | None = Non
             b=(-mean / scale).astype(np.float32),
             input_channels=len(scale), output_channels=len(scale), has_bias=True,
             input_name=raw, output_name="numeric_standardized")
-        concat_inputs.append("numeric_standardized")
+        standardized = "numeric_standardized"
+        reach = featurizer.input_reach()
+        if np.isfinite(reach).any():
+            # Each numeric input held within the featurizer's reach (pixels are not held).
+            reach = np.minimum(reach, float(np.finfo(np.float32).max)).astype(np.float32)
+            for end, limit, layer in (("low", -reach, builder.add_max_broadcastable),
+                                      ("high", reach, builder.add_min_broadcastable)):
+                builder.add_load_constant_nd(f"numeric_{end}", f"numeric_{end}",
+                                             constant_value=limit, shape=limit.shape)
+                layer(f"hold_{end}", [standardized, f"numeric_{end}"], f"numeric_held_{end}")
+                standardized = f"numeric_held_{end}"
+        concat_inputs.append(standardized)
 
     # Category indexing, token bags and embeddings.
     embedded = []

@@ -411,3 +411,23 @@ def test_exporting_a_pte_shows_none_of_executorchs_warnings_and_later_ones_still
     assert json.loads(done.stdout) == [leaf_spec]
     assert done.stderr == ""
     load_program(tmp_path / "p.pte")
+
+
+def test_the_program_holds_inputs_within_the_reach_as_the_core_ml_model(task_programs):
+    """Values far beyond what the proxy showed read as at the featurizer's reach
+    (INPUT_REACH spreads from its mean) in both formats, as in the featurizer the foundation
+    trained through; values within it are read as they are."""
+    foundation, records, spec, program, _ = task_programs("boston")
+    featurizer = foundation.featurizer
+    far, edge = records.copy(), records.copy()
+    side = np.where(np.arange(len(far)) % 2, 1.0, -1.0)
+    for i, name in enumerate(featurizer.numeric_fields):
+        far[name] = featurizer.mean_[i] + side * 50 * featurizer.scale_[i]
+        edge[name] = featurizer.mean_[i] + side * featurizer.reach_ * featurizer.scale_[i]
+    np.testing.assert_allclose(program.predict(far), predict_frame(spec, far), rtol=1e-5,
+                               atol=1e-5)
+    np.testing.assert_allclose(program.predict(far), program.predict(edge), rtol=1e-5,
+                               atol=1e-5)
+    np.testing.assert_allclose(foundation.predict(far), program.predict(far), rtol=1e-4,
+                               atol=1e-4)
+    assert np.abs(program.predict(records) - foundation.predict(records)).max() < 1e-4

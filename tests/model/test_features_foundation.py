@@ -344,6 +344,103 @@ def test_a_field_the_proxy_covers_on_a_sliver_of_its_bounds_stays_flat():
             assert Featurizer(schema).fit(proxy).flat_fields_ == ("z",)
 
 
+def _income(n, rng, median=5e4, effect=3.0):
+    income = np.exp(rng.normal(np.log(median), 0.8, n))
+    return pd.DataFrame({"income": income,
+                         "y": effect * np.log(income / 5e4) + rng.normal(0, 1, n)})
+
+
+INCOME_SCHEMA = Schema((Field("income", "numeric", bounds=(0.0, 1e7)),
+                        Field("y", "numeric", "target")))
+
+
+def test_a_skewed_field_that_moves_the_target_is_learned():
+    """helper-112: a log-normal income with bounds (0, 10**7) spreads by 0.62 % of them and
+    was ignored as flat: test RMSE 2.63 against 1.06 learned. A narrow field is learned when
+    most of its records are off its middle value and it moves the target (FLAT_EVIDENCE);
+    with no effect, or with only 5 records off its mode that hold the 5 largest targets, it
+    stays flat."""
+    import warnings
+
+    from dmt_model.features import FlatFieldWarning
+
+    rng = np.random.default_rng(0)
+    proxy, test = _income(400, rng), _income(3000, rng)
+    assert proxy.income.std() < 0.01 * 1e7
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FlatFieldWarning)
+        foundation = train_foundation(proxy, INCOME_SCHEMA, TrainingConfig(seed=0))
+    assert float(np.sqrt(np.mean((foundation.predict(test) - test.y) ** 2))) < 1.2
+    with pytest.warns(FlatFieldWarning, match=r"\['income'\]"):
+        assert Featurizer(INCOME_SCHEMA).fit(
+            proxy.assign(y=rng.normal(0, 1, 400))).flat_fields_ == ("income",)
+    mode = np.full(400, 5e4)
+    mode[np.argsort(proxy.y.to_numpy())[-5:]] = 5.01e4
+    with pytest.warns(FlatFieldWarning, match=r"\['income'\]"):
+        assert Featurizer(INCOME_SCHEMA).fit(proxy.assign(income=mode)).flat_fields_ \
+            == ("income",)
+
+
+def test_a_value_far_beyond_the_proxy_is_held_at_the_reach(tmp_path):
+    """Unheld, a device's income of 10**7 (160 spreads beyond the proxy's mean) read 88 where
+    the truth was 18, and users with such incomes ended personalization at test RMSE 7.11,
+    the worst +339 % above its foundation. Every numeric input is held within INPUT_REACH
+    spreads of the proxy's mean, in the featurizer and the Core ML graph alike; numbers
+    perturbed with local DP are not held in training, so their noise still averages out."""
+    from dmt_model.coreml import build_spec, predict_frame
+    from dmt_model.features import INPUT_REACH
+    from dmt_privacy.dp.receipt import FieldReceipt, ReleaseReceipt
+
+    rng = np.random.default_rng(1)
+    foundation = train_foundation(_income(400, rng), INCOME_SCHEMA,
+                                  TrainingConfig(epochs=60, seed=0))
+    featurizer = foundation.featurizer
+    assert featurizer.reach_ == INPUT_REACH
+    at_reach = float(featurizer.mean_[0] + INPUT_REACH * featurizer.scale_[0])
+    far = pd.DataFrame({"income": [1e7, 2e6, at_reach], "y": 0.0})
+    spec = build_spec(foundation)
+    for predict in (foundation.predict, lambda d: predict_frame(spec, d)):
+        held = predict(far)
+        assert held[0] == pytest.approx(held[2], abs=1e-4)
+        assert held[1] == pytest.approx(held[2], abs=1e-4)
+        within = predict(pd.DataFrame({"income": [3e4, 3e5], "y": 0.0}))
+        assert abs(within[1] - within[0]) > 1.0  # the field is learned, not flat
+    # saved and loaded, it holds as before
+    foundation.save(tmp_path / "v1.npz")
+    assert Foundation.load(tmp_path / "v1.npz").predict(far) == pytest.approx(
+        foundation.predict(far), abs=1e-6)
+    # a locally perturbed income trains as released; an exact one is held
+    noise = FieldReceipt(field="income", mechanism="discrete_laplace", epsilon=1.0,
+                         bounds=(0.0, 1e7), grid=1e3, scale_units=1e4)
+    receipt = ReleaseReceipt(release_id="r", n_records=3, epsilon=1.0, delta=0.0,
+                             fields=(noise,))
+    released = featurizer.transform_released(far, receipt=receipt).numeric[:, 0]
+    assert released[0] == pytest.approx((1e7 - featurizer.mean_[0]) / featurizer.scale_[0])
+    assert featurizer.transform_released(far).numeric[0, 0] == pytest.approx(INPUT_REACH)
+
+
+def test_a_featurizer_of_format_1_holds_nothing():
+    """Models written before 7 December held no input: they read every value as they
+    always did, and write themselves back as format 1."""
+    from dmt_privacy.errors import SchemaError
+
+    schema = Schema((Field("x", "numeric"), Field("y", "numeric", "target")))
+    frame = pd.DataFrame({"x": np.linspace(0, 1, 20), "y": np.linspace(0, 2, 20)})
+    fitted = Featurizer(schema).fit(frame)
+    data = fitted.to_dict()
+    assert data["format"] == 2 and data["reach"] == fitted.reach_
+    far = pd.DataFrame({"x": [100.0], "y": [0.0]})
+    assert fitted.transform(far).numeric[0, 0] == pytest.approx(fitted.reach_)
+    old = {k: v for k, v in data.items() if k != "reach"} | {"format": 1}
+    loaded = Featurizer.from_dict(old)
+    assert loaded.transform(far).numeric[0, 0] == pytest.approx(
+        (100.0 - fitted.mean_[0]) / fitted.scale_[0])
+    assert loaded.to_dict()["format"] == 1 and "reach" not in loaded.to_dict()
+    for reach in (0, -1.0, float("nan"), True, "10"):
+        with pytest.raises(SchemaError, match="reach must be a positive number"):
+            Featurizer.from_dict({**data, "reach": reach})
+
+
 def test_transform_refuses_an_unknown_reading_of_new_categories():
     frame = pd.DataFrame({"c": ["a", "b"], "y": [1.0, 2.0]})
     schema = Schema((Field("c", "categorical"), Field("y", "numeric", "target")))
