@@ -80,6 +80,7 @@ def personalization(task: tuple[str, int]) -> dict:
     arm, seed = task
     started = time.perf_counter()
     features.FLAT_EVIDENCE, features.INPUT_REACH = _arm_constants(arm)
+    flat = arm == "ignored"
     schema = Schema(name="income", fields=(
         Field("income", "numeric", bounds=(0.0, 1e7)), Field("age", "numeric", bounds=(18.0, 90.0)),
         Field("y", "numeric", role="target")))
@@ -90,6 +91,9 @@ def personalization(task: tuple[str, int]) -> dict:
     def rmse(model: object, test) -> float:
         return float(np.sqrt(np.mean((predict_frame(model, test) - test["y"]) ** 2)))
 
+    if (foundation.featurizer.flat_fields_ == ("income",)) != flat:
+        raise RuntimeError(f"{arm}: the income should be {'flat' if flat else 'learned'}; "
+                           f"flat fields {foundation.featurizer.flat_fields_!r}")
     out: dict = {"arm": arm, "seed": seed, "flat": list(foundation.featurizer.flat_fields_),
                  "cells": []}
     for median in MEDIANS:
@@ -222,7 +226,8 @@ def main() -> None:
     started = time.perf_counter()
     arms = ["ignored", "unheld", *(f"reach {r:g}" for r in args.reaches)]
     runs, retrained = [], []
-    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+    # one task a process: each arm sets the featurizer's constants in its own
+    with ProcessPoolExecutor(max_workers=args.workers, max_tasks_per_child=1) as pool:
         for run in pool.map(personalization, [(a, s) for a in arms for s in range(args.seeds)]):
             print(f"  {run['arm']}, seed {run['seed']}: flat {run['flat']}, "
                   f"{run['seconds']:.0f} s", flush=True)

@@ -105,7 +105,7 @@ FLAT_SHARE = 0.01
 #: once in a thousand proxies. helper-112's log-normal income with bounds (0, 10⁷) spreads
 #: by 0.62 % of the width and drives the target: ignored, users drawn like the proxy ended
 #: personalization at test RMSE 2.65 (5 records), learned and held within
-#: :data:`INPUT_REACH`, 1.06 (3 seeds of 30 users; 4.60 against 1.17 for users 4× richer).
+#: :data:`INPUT_REACH`, 1.06 (3 seeds of 30 users; 4.52 against 1.17 for users 4× richer).
 FLAT_EVIDENCE = 1e-3
 #: See :data:`FLAT_SHARE`: fewer records than this off the most common value of a field
 #: without bounds make it flat.
@@ -128,10 +128,11 @@ class FloatPrecisionWarning(UserWarning):
 #: the featurizer, the Core ML graph and the ExecuTorch program alike. The foundation's
 #: layers extrapolate linearly, so a value far beyond what the proxy taught gave any
 #: prediction: a device's income of 10⁷, 160 spreads out, read 88 where the truth was 18.
-#: Users 20× richer than helper-112's proxy ended personalization at test RMSE 7.11 with
-#: 40 records, one +339 % above its foundation; held, 2.04 (reach 5: 2.50; 20: 1.61; the
-#: income ignored as flat: 2.69). The reach is one number for every field, not the proxy's
-#: extremes, so no proxy record's value is published. Numbers perturbed with local DP are
+#: Users 20× richer than helper-112's proxy ended personalization at test RMSE 8.04 with
+#: 40 records, one +607 % above its foundation; held, 2.03 (reach 5: 2.51; 20: 1.63; the
+#: income ignored as flat: 2.71; ``benchmarks/skewed_inputs.py``). The reach is one
+#: number for every field, not the proxy's extremes, so no proxy record's value is
+#: published. Numbers perturbed with local DP are
 #: not held in training, so their zero-mean noise still averages out
 #: (:meth:`Featurizer.transform_released`). Retraining keeps the featurizer, so a shared
 #: value beyond the reach is learned as if at it: shared records up to 15 spreads out left
