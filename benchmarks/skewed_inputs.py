@@ -12,13 +12,15 @@ Arms, each set through the featurizer's own constants before the foundation is f
 * *ignored*: the income is flat, as until 7 December (``FLAT_EVIDENCE = 0``: no narrow
   field is learned);
 * *unheld*: learned, no input held (``INPUT_REACH = inf``, a format 1 featurizer);
-* *reach r*: learned, every input held within r spreads of the proxy's mean (10 is the
+* *reach r*: learned, every input held within r spreads of the proxy's mean, or the
+  power of 2 that covers the proxy's own farthest value (``INPUT_REACH = r``; 10 is the
   default).
 
-A second table retrains: the proxy holds x on [0, 1], 600 shared records x on [1, hi],
-the target 3x + sin 3x; it reports v1's and v2's test RMSE where the devices are and on the
-proxy's own region, held at the default reach and unheld, since retraining keeps the
-featurizer and so learns a shared value beyond the reach as if at it.
+A second table retrains: the proxy holds x on [0, 1] of bounds 0-100 (so x is held), 600
+shared records x on [1, hi], the target 3x + sin 3x. It reports v1's and v2's test RMSE
+where the devices are and on the proxy's own region, held at the default reach and
+unheld, since retraining keeps the featurizer and so learns a shared value beyond the
+reach as if at it.
 
     python benchmarks/skewed_inputs.py [--seeds 3] [--reaches 5 10 20] [--workers 2]
 
@@ -39,6 +41,8 @@ from pathlib import Path
 import numpy as np
 from run_environment import environment  # a sibling, on the path above
 
+from dmt_model.features import FLAT_EVIDENCE  # the default, before any arm sets its own
+
 RESULTS = Path(__file__).resolve().parent / "results"
 PROXY, USERS, TEST = 400, 30, 200
 MEDIANS = (5e4, 2e5, 1e6)
@@ -47,14 +51,13 @@ RETRAIN_HIGHS = (2.0, 5.0)
 
 
 def _arm_constants(arm: str) -> tuple[float, float]:
-    """(FLAT_EVIDENCE, INPUT_REACH) of an arm."""
-    from dmt_model import features
-
+    """(FLAT_EVIDENCE, INPUT_REACH) of an arm: the library's own, as imported, but for what
+    the arm changes."""
     if arm == "ignored":
         return 0.0, math.inf
     if arm == "unheld":
-        return features.FLAT_EVIDENCE, math.inf
-    return features.FLAT_EVIDENCE, float(arm.removeprefix("reach "))
+        return FLAT_EVIDENCE, math.inf
+    return FLAT_EVIDENCE, float(arm.removeprefix("reach "))
 
 
 def _income(n: int, rng: np.random.Generator, median: float = 5e4):
@@ -94,7 +97,9 @@ def personalization(task: tuple[str, int]) -> dict:
     if (foundation.featurizer.flat_fields_ == ("income",)) != flat:
         raise RuntimeError(f"{arm}: the income should be {'flat' if flat else 'learned'}; "
                            f"flat fields {foundation.featurizer.flat_fields_!r}")
+    reach = float(np.broadcast_to(foundation.featurizer.reach_, (2,))[0])
     out: dict = {"arm": arm, "seed": seed, "flat": list(foundation.featurizer.flat_fields_),
+                 "income_reach": reach if math.isfinite(reach) else None,
                  "cells": []}
     for median in MEDIANS:
         for records in RECORDS:
@@ -128,14 +133,16 @@ def retraining(task: tuple[float, int]) -> dict:
         return pd.DataFrame({"x": x, "z": rng.uniform(0, 1, n),
                              "y": 3 * x + np.sin(3 * x) + rng.normal(0, 0.1, n)})
 
+    # x's bounds are wide, so the proxy shows it on a sliver of them, and it is held
     schema = Schema(name="beyond", fields=(
-        Field("x", "numeric", bounds=(0.0, high)), Field("z", "numeric", bounds=(0.0, 1.0)),
+        Field("x", "numeric", bounds=(0.0, 100.0)), Field("z", "numeric", bounds=(0.0, 1.0)),
         Field("y", "numeric", role="target", bounds=(-5.0, 3 * high + 2))))
     proxy, shared, devices, near = draw(300, 0, 1), draw(600, 1, high), draw(2000, 1, high), \
         draw(2000, 0, 1)
     config = TrainingConfig(epochs=60, seed=seed)
     v1 = train_foundation(proxy, schema, config)
     unheld_v1 = train_foundation(proxy, schema, config)
+    assert np.isfinite(v1.featurizer.reach_[0])
     unheld_v1.featurizer.reach_ = math.inf
 
     def rmse(model, test) -> float:
@@ -171,14 +178,18 @@ def summarize(runs: list[dict], arms: list[str]) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict], retrained: list[dict], arms: list[str]) -> str:
+def markdown(rows: list[dict], retrained: list[dict], arms: list[str],
+             runs: list[dict]) -> str:
     lines = [f"Mean test RMSE of users' foundation and personal model ({USERS} users a seed), "
              "the worst user's change from its foundation, and the share of updates kept. "
              "Target std 2.69 for users like the proxy.", "",
-             "| arm | income median | records | foundation | personal | worst user | kept |",
-             "|---|---|---|---|---|---|---|"]
+             "| arm | income held at (spreads, per seed) | income median | records | "
+             "foundation | personal | worst user | kept |", "|---|---|---|---|---|---|---|---|"]
+    held = {arm: ", ".join("-" if r["income_reach"] is None else f"{r['income_reach']:g}"
+                           for r in runs if r["arm"] == arm) for arm in arms}
     for row in rows:
-        lines.append(f"| {row['arm']} | {row['median']:.0e} | {row['records']} | "
+        lines.append(f"| {row['arm']} | {held[row['arm']]} | {row['median']:.0e} | "
+                     f"{row['records']} | "
                      f"{row['foundation']:.3f} | {row['personal']:.3f} | "
                      f"{row['worst_change']:+.1%} | {row['kept']:.0%} |")
     lines += ["", "Retraining on 600 shared records beyond the proxy's x on [0, 1] (test RMSE; "
@@ -229,7 +240,8 @@ def main() -> None:
     # one task a process: each arm sets the featurizer's constants in its own
     with ProcessPoolExecutor(max_workers=args.workers, max_tasks_per_child=1) as pool:
         for run in pool.map(personalization, [(a, s) for a in arms for s in range(args.seeds)]):
-            print(f"  {run['arm']}, seed {run['seed']}: flat {run['flat']}, "
+            print(f"  {run['arm']}, seed {run['seed']}: flat {run['flat']}, income held "
+                  f"at {run['income_reach']} spreads, "
                   f"{run['seconds']:.0f} s", flush=True)
             runs.append(run)
         retrained = list(pool.map(retraining, [(h, s) for h in RETRAIN_HIGHS
@@ -243,9 +255,9 @@ def main() -> None:
                       "retrain_highs": RETRAIN_HIGHS},
          "summary": rows, "retraining": retrained, "runs": runs, "seconds": seconds,
          "environment": environment()}, indent=1))
-    (args.output / "skewed_inputs.md").write_text(markdown(rows, retrained, arms))
+    (args.output / "skewed_inputs.md").write_text(markdown(rows, retrained, arms, runs))
     plot(rows, arms, args.output / "skewed_inputs.png")
-    print(markdown(rows, retrained, arms))
+    print(markdown(rows, retrained, arms, runs))
     print(f"wrote {args.output / 'skewed_inputs.json'}, .md and .png in {seconds / 60:.1f} min")
 
 

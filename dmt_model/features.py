@@ -2,10 +2,10 @@
 
 Numeric fields are standardized with the proxy data's mean and *population*
 standard deviation (``ddof=0``; a field that barely varies in the proxy, a constant one
-included, is ignored: :data:`FLAT_SHARE`) and held within :data:`INPUT_REACH` spreads of
-that mean. The target is standardized too (``target_mean_``, ``target_scale_``): the
-foundation learns the standardized target, which makes training and on-device updates
-independent of the target's units. The
+included, is ignored: :data:`FLAT_SHARE`; one learned from a sliver of its bounds is held
+within :data:`INPUT_REACH` spreads of that mean). The target is standardized too
+(``target_mean_``, ``target_scale_``): the foundation learns the standardized target,
+which makes training and on-device updates independent of the target's units. The
 reference iOS app divided by the variance instead, which made its predictions
 useless on device; here the same fitted numbers are baked into the Core ML
 graph, so a device passes raw values and cannot diverge from the server.
@@ -33,8 +33,8 @@ Shared records reach the server generalized or perturbed;
 * a numeric **interval** (``pandas.Interval`` or a ``(low, high)`` pair) becomes
   its midpoint, the value that minimizes the worst-case squared error for a
   value known only to lie in it;
-* a numeric value perturbed with local DP is used as it is, not held within
-  :data:`INPUT_REACH`: the noise is zero-mean and the grid rounding unbiased, so a
+* a numeric value perturbed with local DP is used as it is, never held
+  (:data:`INPUT_REACH`): the noise is zero-mean and the grid rounding unbiased, so a
   regression on it stays unbiased in the inputs' expectation (its variance is the
   price);
 * a categorical **value set** or **hierarchy node** becomes the uniform
@@ -124,22 +124,27 @@ class FloatPrecisionWarning(UserWarning):
     """A number is so far from zero against its spread that float32, which the device model
     and the foundation compute in, keeps little of that spread: subtract an offset first."""
 
-#: Every numeric input is held within this many spreads (its scale) of the proxy's mean, in
-#: the featurizer, the Core ML graph and the ExecuTorch program alike. The foundation's
-#: layers extrapolate linearly, so a value far beyond what the proxy taught gave any
-#: prediction: a device's income of 10⁷, 160 spreads out, read 88 where the truth was 18.
-#: Users 20× richer than helper-112's proxy ended personalization at test RMSE 8.04 with
-#: 40 records, one +607 % above its foundation; held, 2.03 (reach 5: 2.51; 20: 1.63; the
-#: income ignored as flat: 2.71; ``benchmarks/skewed_inputs.py``). The reach is one
-#: number for every field, not the proxy's extremes, so no proxy record's value is
-#: published. Numbers perturbed with local DP are
-#: not held in training, so their zero-mean noise still averages out
-#: (:meth:`Featurizer.transform_released`). Retraining keeps the featurizer, so a shared
-#: value beyond the reach is learned as if at it: shared records up to 15 spreads out left
-#: v2 at test RMSE 1.5-1.8 there, against 0.6-0.7 unheld (up to 5 spreads: the same).
+#: A field learned from a sliver of its bounds (:data:`FLAT_EVIDENCE`) is held within this
+#: many spreads (its scale) of the proxy's mean, in the featurizer, the Core ML graph and
+#: the ExecuTorch program alike: devices elsewhere in its bounds lie far beyond what the
+#: proxy taught, and the foundation's layers extrapolate linearly. Unheld, a device's income
+#: of 10⁷, 160 spreads out, read 88 where the truth was 18, and users 20× richer than
+#: helper-112's proxy ended personalization at test RMSE 8.04 with 40 records, one +607 %
+#: above its foundation; held, 2.03 (reach 20: 1.63; the income ignored as flat,
+#: as until 7 December: 2.71; ``benchmarks/skewed_inputs.py``). Its own proxy records are
+#: never held: a proxy that reaches further is held at the power of 2 (in spreads) that
+#: covers its farthest value, so the model publishes the mean, the spread and that bracket,
+#: within a factor of 2 of the farthest value, and no proxy record's value. Every other field
+#: is not held: held at 10, a log-normal (σ 2) field without bounds read its users beyond
+#: 10 spreads as if at 10, and users drawn like the proxy got test RMSE 1.05-1.49 against
+#: 0.53 (a straight-line effect; helper-120). Numbers perturbed with local DP are not held in
+#: training (:meth:`Featurizer.transform_released`): their noise is zero-mean only
+#: unclipped. Retraining keeps the featurizer, so a shared value beyond the reach is learned
+#: as if at it: shared records up to 15 spreads out left v2 at test RMSE 1.5-1.8 there,
+#: against 0.6-0.7 unheld (up to 5 spreads: the same).
 INPUT_REACH = 10.0
-#: Format 2 holds numeric inputs within :data:`INPUT_REACH` spreads; format 1 held
-#: nothing, is still read, and holds nothing.
+#: Format 2 stores the reach of each field it holds (:data:`INPUT_REACH`); a featurizer
+#: that holds none writes format 1, which held nothing and is still read.
 FEATURIZER_FORMAT = 2
 #: A text field's vocabulary: the proxy texts' tokens seen at least twice, at most 5,000.
 TEXT_VOCABULARY = 5_000
@@ -312,9 +317,6 @@ class Featurizer:
             raise SchemaError(f"Text field(s) {unsized!r} need max_tokens in the schema "
                               "(Field(..., max_tokens=64)) to size the model's input.")
         self.schema.validate(frame, columns=self.input_fields, allow_extra=True)
-        #: how many spreads from the proxy's mean a numeric input is held within
-        #: (:data:`INPUT_REACH`; ∞ in a format 1 featurizer, which held nothing)
-        self.reach_ = float(INPUT_REACH)
         values = frame[self.numeric_fields].to_numpy(dtype=np.float64)
         self.mean_ = values.mean(axis=0) if len(values) else np.zeros(len(self.numeric_fields))
         std = values.std(axis=0, ddof=0) if len(values) else np.ones(len(self.numeric_fields))
@@ -326,7 +328,8 @@ class Featurizer:
         n = len(values)
         others = (values != np.partition(values, n // 2, axis=0)[n // 2]).sum(axis=0) \
             if n else np.zeros(len(self.numeric_fields), dtype=np.int64)
-        narrow = (std < FLAT_SHARE * width) & ~self._moves_target(frame, values, others)
+        sliver = std < FLAT_SHARE * width  # the proxy shows a sliver of the field's bounds
+        narrow = sliver & ~self._moves_target(frame, values, others)
         flat = (n > 0) & ((others == 0) | narrow
                           | ((width == 0) & (others < FLAT_FEW) & (2 * others < n)))
         #: numeric fields that barely vary in the proxy (:data:`FLAT_SHARE`), which the
@@ -336,6 +339,14 @@ class Featurizer:
         reach = np.where(width > 0, width, np.maximum(np.abs(self.mean_), 1.0))
         self.scale_ = np.where(flat, np.minimum(FLAT_SCALE * reach, 1e300),
                                np.where(std > 0, std, 1.0))
+        farthest = np.abs((values - self.mean_) / self.scale_).max(axis=0) if n \
+            else np.zeros(len(self.numeric_fields))
+        #: how many spreads from the proxy's mean each numeric input is held within: for a
+        #: field learned from a sliver of its bounds, :data:`INPUT_REACH`, or the power of 2
+        #: that covers the proxy's farthest value; ∞ (not held) for every other field
+        self.reach_ = np.where(~sliver | flat, np.inf,
+                               np.where(farthest <= INPUT_REACH, INPUT_REACH,
+                                        2.0 ** np.ceil(np.log2(np.maximum(farthest, 1.0)))))
         if self.flat_fields_:
             warn_caller(FlatFieldWarning(
                 f"{list(self.flat_fields_)!r} barely vary in these {n} records (constant, "
@@ -406,19 +417,23 @@ class Featurizer:
         return moves
 
     def held(self, standardized: np.ndarray, *, unheld: Sequence[int] = ()) -> np.ndarray:
-        """Standardized numeric fields ``[n, fields]`` held within ±:attr:`reach_` spreads
-        (:data:`INPUT_REACH`), but for the columns ``unheld``."""
-        if not math.isfinite(self.reach_):
+        """Standardized numeric fields ``[n, fields]``, each held within ±its :attr:`reach_`
+        spreads (:data:`INPUT_REACH`; ∞ for a field not held), but for the columns
+        ``unheld``."""
+        reach = np.broadcast_to(self.reach_, (len(self.numeric_fields),))
+        if not np.isfinite(reach).any():
             return standardized
-        held = np.clip(standardized, -self.reach_, self.reach_)
+        held = np.clip(standardized, -reach, reach)
         held[:, list(unheld)] = standardized[:, list(unheld)]
         return held
 
     def input_reach(self) -> np.ndarray:
         """How far each standardized model input (the numeric fields, then every image
-        pixel) is held from 0: :attr:`reach_` for a numeric field, ∞ for a pixel."""
+        pixel) is held from 0: :attr:`reach_` for a numeric field (∞ where not held), ∞ for
+        a pixel."""
         pixels = sum(self.image_width(n) for n in self.image_fields)
-        return np.r_[np.full(len(self.numeric_fields), self.reach_), np.full(pixels, np.inf)]
+        return np.r_[np.broadcast_to(self.reach_, (len(self.numeric_fields),)),
+                     np.full(pixels, np.inf)]
 
     def _warn_of_offsets(self) -> None:
         """Warn of numbers far from zero against their spread: the device model standardizes
@@ -775,15 +790,18 @@ class Featurizer:
     # --- JSON -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         self._check_fitted()
+        reach = np.broadcast_to(self.reach_, (len(self.numeric_fields),))
+        held = bool(np.isfinite(reach).any())
         return {
-            "format": FEATURIZER_FORMAT if math.isfinite(self.reach_) else 1,
-            **({"reach": self.reach_} if math.isfinite(self.reach_) else {}),
+            "format": FEATURIZER_FORMAT if held else 1,
             "schema": self.schema.to_dict(),
             "unknown": self.unknown,
             "numeric": [
                 {"name": n, "mean": float(m), "scale": float(s),
+                 **({"reach": float(r)} if math.isfinite(r) else {}),
                  **({"flat": True} if n in self.flat_fields_ else {})}
-                for n, m, s in zip(self.numeric_fields, self.mean_, self.scale_, strict=True)
+                for n, m, s, r in zip(self.numeric_fields, self.mean_, self.scale_, reach,
+                                      strict=True)
             ],
             "categorical": [
                 {"name": n, "vocabulary": self.vocabularies_[n],
@@ -811,14 +829,6 @@ class Featurizer:
                 f"(this SDK reads 1 and {FEATURIZER_FORMAT}); upgrade dmt."
             )
         featurizer = cls(Schema.from_dict(data["schema"]), unknown=data["unknown"])
-        reach = math.inf  # format 1 held nothing
-        if data["format"] >= 2:
-            reach = data["reach"]
-            if isinstance(reach, bool) or not isinstance(reach, int | float) or not (
-                    math.isfinite(reach) and reach > 0):
-                raise SchemaError(f"Featurizer JSON: format 2's reach must be a positive "
-                                  f"number, got {reach!r}.")
-        featurizer.reach_ = float(reach)
         numeric: Sequence[Mapping[str, Any]] = data["numeric"]
         if [n["name"] for n in numeric] != featurizer.numeric_fields:
             raise SchemaError("Featurizer JSON: numeric fields do not match its schema.")
@@ -829,6 +839,15 @@ class Featurizer:
             raise SchemaError("Featurizer JSON: numeric fields' mean and scale must be finite, "
                               "the scale positive.")
         featurizer.flat_fields_ = tuple(str(n["name"]) for n in numeric if n.get("flat") is True)
+        # a field without a reach is not held (format 1 held nothing)
+        reach = [n.get("reach", math.inf) if data["format"] >= 2 else math.inf
+                 for n in numeric]
+        bad = [r for r in reach if isinstance(r, bool) or not isinstance(r, int | float)
+               or not (r > 0) or (r != math.inf and not math.isfinite(r))]
+        if bad:
+            raise SchemaError(f"Featurizer JSON: a numeric field's reach must be a positive "
+                              f"number, got {bad[0]!r}.")
+        featurizer.reach_ = np.array(reach, dtype=np.float64)
         featurizer.vocabularies_ = {c["name"]: list(c["vocabulary"]) for c in data["categorical"]}
         if list(featurizer.vocabularies_) != featurizer.categorical_fields:
             raise SchemaError("Featurizer JSON: categorical fields do not match its schema.")

@@ -413,21 +413,35 @@ def test_exporting_a_pte_shows_none_of_executorchs_warnings_and_later_ones_still
     load_program(tmp_path / "p.pte")
 
 
-def test_the_program_holds_inputs_within_the_reach_as_the_core_ml_model(task_programs):
-    """Values far beyond what the proxy showed read as at the featurizer's reach
-    (INPUT_REACH spreads from its mean) in both formats, as in the featurizer the foundation
-    trained through; values within it are read as they are."""
-    foundation, records, spec, program, _ = task_programs("boston")
+def test_the_program_holds_inputs_within_the_reach_as_the_core_ml_model(tmp_path):
+    """A field learned from a sliver of its bounds (a log-normal income, bounds 0-10**7):
+    values far beyond what the proxy showed read as at its reach (INPUT_REACH spreads from
+    its mean) in both formats, as in the featurizer the foundation trained through; values
+    within it are read as they are."""
+    import pandas as pd
+
+    from dmt_privacy.schema import Field, Schema
+
+    rng = np.random.default_rng(0)
+    income = np.exp(rng.normal(np.log(5e4), 0.8, 300))
+    proxy = pd.DataFrame({"income": income, "age": rng.uniform(20, 70, 300)})
+    proxy["y"] = 3 * np.log(income / 5e4) + 0.05 * (proxy["age"] - 45)
+    schema = Schema((Field("income", "numeric", bounds=(0.0, 1e7)),
+                     Field("age", "numeric", bounds=(18.0, 90.0)),
+                     Field("y", "numeric", "target")))
+    foundation = train_foundation(proxy, schema, TrainingConfig(epochs=30, seed=0))
     featurizer = foundation.featurizer
-    far, edge = records.copy(), records.copy()
-    side = np.where(np.arange(len(far)) % 2, 1.0, -1.0)
-    for i, name in enumerate(featurizer.numeric_fields):
-        far[name] = featurizer.mean_[i] + side * 50 * featurizer.scale_[i]
-        edge[name] = featurizer.mean_[i] + side * featurizer.reach_ * featurizer.scale_[i]
+    assert np.isfinite(featurizer.reach_[0]) and not np.isfinite(featurizer.reach_[1])
+    settings = UpdateSettings()
+    spec = build_spec(foundation, updatable=settings)
+    program = load_program(export_executorch(foundation, tmp_path / "p.pte", updatable=settings))
+    at_reach = featurizer.mean_[0] + featurizer.reach_[0] * featurizer.scale_[0]
+    far = pd.DataFrame({"income": [1e7, 5e6, 2e4, 3e5], "age": [30.0, 80.0, 25.0, 60.0]})
+    edge = far.assign(income=np.minimum(far["income"], at_reach))
+    for predict in (program.predict, lambda d: predict_frame(spec, d), foundation.predict):
+        np.testing.assert_allclose(predict(far), predict(edge), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(program.predict(far), predict_frame(spec, far), rtol=1e-5,
-                               atol=1e-5)
-    np.testing.assert_allclose(program.predict(far), program.predict(edge), rtol=1e-5,
                                atol=1e-5)
     np.testing.assert_allclose(foundation.predict(far), program.predict(far), rtol=1e-4,
                                atol=1e-4)
-    assert np.abs(program.predict(records) - foundation.predict(records)).max() < 1e-4
+    assert abs(program.predict(far)[3] - program.predict(far)[2]) > 1.0  # learned, not flat

@@ -395,8 +395,9 @@ def test_a_value_far_beyond_the_proxy_is_held_at_the_reach(tmp_path):
     foundation = train_foundation(_income(400, rng), INCOME_SCHEMA,
                                   TrainingConfig(epochs=60, seed=0))
     featurizer = foundation.featurizer
-    assert featurizer.reach_ == INPUT_REACH
-    at_reach = float(featurizer.mean_[0] + INPUT_REACH * featurizer.scale_[0])
+    reach = float(featurizer.reach_[0])
+    assert reach == INPUT_REACH  # the proxy's farthest income is within it
+    at_reach = float(featurizer.mean_[0] + reach * featurizer.scale_[0])
     far = pd.DataFrame({"income": [1e7, 2e6, at_reach], "y": 0.0})
     spec = build_spec(foundation)
     for predict in (foundation.predict, lambda d: predict_frame(spec, d)):
@@ -416,29 +417,67 @@ def test_a_value_far_beyond_the_proxy_is_held_at_the_reach(tmp_path):
                              fields=(noise,))
     released = featurizer.transform_released(far, receipt=receipt).numeric[:, 0]
     assert released[0] == pytest.approx((1e7 - featurizer.mean_[0]) / featurizer.scale_[0])
-    assert featurizer.transform_released(far).numeric[0, 0] == pytest.approx(INPUT_REACH)
+    assert featurizer.transform_released(far).numeric[0, 0] == pytest.approx(reach)
+
+
+def test_only_a_field_learned_from_a_sliver_of_its_bounds_is_held():
+    """helper-120: held at 10 spreads, a log-normal (sigma 2) field without bounds, which the
+    foundation learned before holding existed, read its users beyond 10 spreads as if at 10:
+    users drawn like the proxy got test RMSE 1.05-1.49 against 0.53 unheld, those in its top
+    0.5 % 19-24 against 0.8-2.1 (a straight-line effect). Only a field the proxy shows on a
+    sliver of its bounds, learned because it moves the target, is held: devices elsewhere in
+    its bounds lie far beyond what the proxy taught. Held, its own proxy records are not:
+    a proxy that reaches past INPUT_REACH is held at the power of 2 that covers its
+    farthest value, and only that bracket, within a factor of 2 of it, is published."""
+    from dmt_model.features import INPUT_REACH
+
+    rng = np.random.default_rng(0)
+    x = np.exp(rng.normal(0, 2.0, 400))
+    schema = Schema((Field("x", "numeric", bounds=(0.0, 1e9)), Field("u", "numeric"),
+                     Field("w", "numeric", bounds=(-5.0, 5.0)), Field("y", "numeric", "target")))
+    proxy = pd.DataFrame({"x": x, "u": rng.normal(size=400), "w": rng.normal(size=400),
+                          "y": x + rng.normal(size=400)})
+    featurizer = Featurizer(schema).fit(proxy)
+    assert featurizer.flat_fields_ == ()
+    assert featurizer.reach_[1:].tolist() == [np.inf, np.inf]  # learned from their spread
+    near = np.exp(rng.normal(0, 0.5, 400))  # its farthest value within INPUT_REACH
+    assert Featurizer(schema).fit(proxy.assign(x=near, y=near + rng.normal(size=400))).reach_[0] \
+        == INPUT_REACH
+    farthest = float(np.abs((x - featurizer.mean_[0]) / featurizer.scale_[0]).max())
+    assert farthest > INPUT_REACH
+    assert farthest <= featurizer.reach_[0] < 2 * farthest
+    assert np.log2(featurizer.reach_[0]) == int(np.log2(featurizer.reach_[0]))
+    unheld = (proxy[["x", "u", "w"]].to_numpy() - featurizer.mean_) / featurizer.scale_
+    np.testing.assert_allclose(featurizer.transform(proxy).numeric, unheld, rtol=1e-6)
+    assert Featurizer.from_json(featurizer.to_json()).reach_.tolist() \
+        == featurizer.reach_.tolist()
+    assert [("reach" in n) for n in featurizer.to_dict()["numeric"]] == [True, False, False]
 
 
 def test_a_featurizer_of_format_1_holds_nothing():
     """Models written before 7 December held no input: they read every value as they
-    always did, and write themselves back as format 1."""
+    always did, and write themselves back as format 1, as does a featurizer that holds no
+    field (an SDK of before 7 December reads it)."""
     from dmt_privacy.errors import SchemaError
 
-    schema = Schema((Field("x", "numeric"), Field("y", "numeric", "target")))
+    schema = Schema((Field("x", "numeric", bounds=(0.0, 1e4)), Field("y", "numeric", "target")))
     frame = pd.DataFrame({"x": np.linspace(0, 1, 20), "y": np.linspace(0, 2, 20)})
     fitted = Featurizer(schema).fit(frame)
+    assert Featurizer(Schema((Field("x", "numeric"), Field("y", "numeric", "target")))).fit(
+        frame).to_dict()["format"] == 1
     data = fitted.to_dict()
-    assert data["format"] == 2 and data["reach"] == fitted.reach_
+    assert data["format"] == 2 and data["numeric"][0]["reach"] == fitted.reach_[0]
     far = pd.DataFrame({"x": [100.0], "y": [0.0]})
-    assert fitted.transform(far).numeric[0, 0] == pytest.approx(fitted.reach_)
-    old = {k: v for k, v in data.items() if k != "reach"} | {"format": 1}
+    assert fitted.transform(far).numeric[0, 0] == pytest.approx(fitted.reach_[0])
+    old = data | {"format": 1, "numeric": [{k: v for k, v in n.items() if k != "reach"}
+                                           for n in data["numeric"]]}
     loaded = Featurizer.from_dict(old)
     assert loaded.transform(far).numeric[0, 0] == pytest.approx(
         (100.0 - fitted.mean_[0]) / fitted.scale_[0])
-    assert loaded.to_dict()["format"] == 1 and "reach" not in loaded.to_dict()
-    for reach in (0, -1.0, float("nan"), True, "10"):
-        with pytest.raises(SchemaError, match="reach must be a positive number"):
-            Featurizer.from_dict({**data, "reach": reach})
+    assert loaded.to_dict()["format"] == 1 and "reach" not in loaded.to_dict()["numeric"][0]
+    for reach in (0, -1.0, float("nan"), True, "10", None):
+        with pytest.raises(SchemaError, match="must be a positive number"):
+            Featurizer.from_dict(data | {"numeric": [data["numeric"][0] | {"reach": reach}]})
 
 
 def test_transform_refuses_an_unknown_reading_of_new_categories():
