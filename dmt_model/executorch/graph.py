@@ -117,8 +117,11 @@ class TrainingGraph(torch.nn.Module):
         mean, scale = np.concatenate(means), np.concatenate(scales)
         self.register_buffer("inverse_scale", torch.tensor((1.0 / scale).astype(np.float32)))
         self.register_buffer("shift", torch.tensor((-mean / scale).astype(np.float32)))
-        reach = np.minimum(featurizer.input_reach(), float(np.finfo(np.float32).max))
-        self.register_buffer("reach", torch.tensor(reach.astype(np.float32)))
+        reach = featurizer.input_reach()
+        self.held = bool(np.isfinite(reach).any())  # else the program holds nothing
+        if self.held:
+            reach = np.minimum(reach, float(np.finfo(np.float32).max))
+            self.register_buffer("reach", torch.tensor(reach.astype(np.float32)))
         self.chain = chain_names(len(weights.layers) - 1)
         for name, (weight, bias) in zip(self.chain, weights.layers, strict=True):
             self.add_module(name, _Layer(weight, bias, trainable=name in updatable))
@@ -152,9 +155,11 @@ class TrainingGraph(torch.nn.Module):
         if column < self.width:  # numeric fields and image pixels, standardized together
             scale: Any = self.inverse_scale
             shift: Any = self.shift
-            reach: Any = self.reach
-            parts.append(torch.minimum(torch.maximum(values[:, column:] * scale + shift, -reach),
-                                       reach))
+            standardized = values[:, column:] * scale + shift
+            if self.held:
+                reach: Any = self.reach
+                standardized = torch.minimum(torch.maximum(standardized, -reach), reach)
+            parts.append(standardized)
         return self._dense(self.chain[:self.first_updatable], torch.cat(parts, dim=1))
 
     def predictions(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

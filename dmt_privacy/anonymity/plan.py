@@ -599,10 +599,9 @@ class AnonymizationPlan:
                     raise bad(f"a class of {coding.name!r} names a hierarchy node outside "
                               f"0..{n_nodes - 1}")
             else:
-                if not all(isinstance(v, str | int | float | bool) or v is None
-                           for v in coding.values):
+                if not all(_hashable(v) for v in coding.values):
                     raise bad(f"the values of {coding.name!r} must be strings, numbers, "
-                              "booleans or null")
+                              "booleans or null, not lists or objects")
                 card = coding.cardinality
                 if any(not s or any(not 0 <= v < card for v in s) for s in self.class_sets[j]):
                     raise bad(f"a class of {coding.name!r} names a value outside 0..{card - 1}")
@@ -674,6 +673,16 @@ class AnonymizationPlan:
         if not isinstance(data, dict):
             raise SchemaError("Anonymization plan JSON must be an object.")
         return cls.from_dict(data)
+
+
+def _hashable(value: Any) -> bool:
+    """Whether ``value`` can be a category: a list or an object read from JSON cannot
+    (np.int64 and timestamps, which fitted and widened plans hold, can)."""
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
 
 
 def _cell_key(value: Any) -> Any:

@@ -112,6 +112,23 @@ def test_a_category_that_is_no_scalar_is_refused_on_loading(value):
         AnonymizationPlan.from_dict(data)
 
 
+def test_a_plan_widened_over_numpy_categories_still_checks():
+    """helper-121: the check above first required JSON's own scalars, so a plan widened over
+    a schema whose categories are np.int64 (or fitted on timestamps) was called malformed."""
+    from dmt_privacy.schema import Field, Schema
+
+    rng = np.random.default_rng(0)
+    schema = Schema((Field("c", "categorical", role="quasi-identifier",
+                           categories=tuple(np.arange(4))),
+                     Field("x", "numeric", role="quasi-identifier", bounds=(0.0, 10.0))))
+    frame = pd.DataFrame({"c": pd.Series(rng.integers(0, 4, 100)).astype(object),
+                          "x": rng.uniform(0, 10, 100)})
+    assert KAnonymizer(["c", "x"], k=5).fit(frame).plan_.widened_to(schema).check()
+    times = pd.DataFrame({"t": pd.to_datetime(["2020-01-01", "2020-01-02"] * 10).astype(object),
+                          "x": rng.uniform(0, 1, 20)})
+    assert KAnonymizer(["t", "x"], k=5).fit(times).plan_.check()
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.data())
 def test_any_json_edit_raises_a_dmt_error_or_applies(data):
