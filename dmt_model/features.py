@@ -129,19 +129,19 @@ class FloatPrecisionWarning(UserWarning):
 #: the ExecuTorch program alike: devices elsewhere in its bounds lie far beyond what the
 #: proxy taught, and the foundation's layers extrapolate linearly. Unheld, a device's income
 #: of 10⁷, 160 spreads out, read 52-122 (3 seeds) where the truth was 15-17, and users 20×
-#: richer than helper-112's proxy ended personalization at test RMSE 8.04 with 40
-#: records, one +607 % above its foundation; held, 2.03 (reach 20: 1.63; the income ignored as flat,
+#: richer than helper-112's proxy ended personalization at test RMSE 8.04 with 40 records,
+#: one +607 % above its foundation; held, 2.03 (reach 20: 1.63; the income ignored as flat,
 #: as until 7 December: 2.71; ``benchmarks/skewed_inputs.py``). Its own proxy records are
 #: never held: a proxy that reaches further is held at the power of 2 (in spreads) that
 #: covers its farthest value, so the model publishes the mean, the spread and that bracket,
-#: within a factor of 2 of the farthest value, and no proxy record's value. Every other field
-#: is not held: held at 10, a log-normal (σ 2) field without bounds read its users beyond
-#: 10 spreads as if at 10, and users drawn like the proxy got test RMSE 1.05-1.49 against
-#: 0.53 (a straight-line effect; helper-120). Numbers perturbed with local DP are not held in
-#: training (:meth:`Featurizer.transform_released`): their noise is zero-mean only
-#: unclipped. Retraining keeps the featurizer, so a shared value beyond the reach is learned
-#: as if at it: shared records up to 15 spreads out left v2 at test RMSE 1.5-1.8 there,
-#: against 0.6-0.7 unheld (up to 5 spreads: the same).
+#: within a factor of 2 of the farthest value, and no proxy record's value. Every other
+#: field is not held: held at 10, a log-normal (σ 2) field without bounds read its users
+#: beyond 10 spreads as if at 10, and users drawn like the proxy got test RMSE 1.05-1.49
+#: against 0.53 (a straight-line effect; helper-120). Numbers perturbed with local DP are
+#: not held in training (:meth:`Featurizer.transform_released`): their noise is zero-mean
+#: only unclipped. Retraining keeps the featurizer, so a shared value beyond the reach is
+#: learned as if at it: shared records up to 15 spreads out left v2 at test RMSE 1.5-1.8
+#: there, against 0.6-0.7 unheld (up to 5 spreads: the same).
 INPUT_REACH = 10.0
 #: Format 2 stores the reach of each field it holds (:data:`INPUT_REACH`); a featurizer
 #: that holds none writes format 1, which held nothing and is still read.

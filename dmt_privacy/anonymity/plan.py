@@ -551,8 +551,8 @@ class AnonymizationPlan:
                                        ("left", self.left, -1, nodes),
                                        ("right", self.right, -1, nodes),
                                        ("leaf_class", self.leaf_class, -1, n_classes)):
-            if any(isinstance(v, bool) or not isinstance(v, int) or not low <= v < high
-                   for v in array):
+            if any(isinstance(v, bool) or not isinstance(v, int | np.integer)
+                   or not low <= v < high for v in array):
                 raise bad(f"tree.{name} holds a value outside {low}..{high - 1}")
         seen = np.zeros(nodes, dtype=bool)
         stack = [0]
