@@ -421,7 +421,7 @@ class Featurizer:
         """Standardized numeric fields ``[n, fields]``, each held within ±its :attr:`reach_`
         spreads (:data:`INPUT_REACH`; ∞ for a field not held), but for the columns
         ``unheld``."""
-        reach = np.broadcast_to(self.reach_, (len(self.numeric_fields),))
+        reach = self.input_reach()[:len(self.numeric_fields)]
         if not np.isfinite(reach).any():
             return standardized
         held = np.clip(standardized, -reach, reach)
@@ -431,7 +431,8 @@ class Featurizer:
     def input_reach(self) -> np.ndarray:
         """How far each standardized model input (the numeric fields, then every image
         pixel) is held from 0: :attr:`reach_` for a numeric field (∞ where not held), ∞ for
-        a pixel."""
+        a pixel. (A scalar :attr:`reach_`, as a test or a benchmark may set, holds every
+        numeric field alike.)"""
         pixels = sum(self.image_width(n) for n in self.image_fields)
         return np.r_[np.broadcast_to(self.reach_, (len(self.numeric_fields),)),
                      np.full(pixels, np.inf)]
@@ -791,7 +792,7 @@ class Featurizer:
     # --- JSON -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         self._check_fitted()
-        reach = np.broadcast_to(self.reach_, (len(self.numeric_fields),))
+        reach = self.input_reach()[:len(self.numeric_fields)]
         held = bool(np.isfinite(reach).any())
         return {
             "format": FEATURIZER_FORMAT if held else 1,
