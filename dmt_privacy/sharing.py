@@ -22,6 +22,12 @@ record is marked shared until :meth:`LocalStore.acknowledge
 <dmt_privacy.store.LocalStore.acknowledge>` records the server's
 acknowledgement.
 
+A record shared again after its package was abandoned (the server refused it, or it
+was never delivered) releases what it released the first time, field by field under the
+same transformation (:meth:`LocalStore.draws <dmt_privacy.store.LocalStore.draws>`): the
+server opened the first package, and a second draw set beside the first would tell it
+more than either. Re-sent noisy values are not charged again.
+
 A share package does not name the user: the DP receipt it carries has its
 ``user_id`` removed (the ledger keeps the full receipt), since anything
 stable across packages would link a user's anonymized records together.
@@ -30,6 +36,8 @@ stable across packages would link a user's anonymized records together.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import json
 import math
 import re
@@ -313,6 +321,11 @@ class ShareResult:
     that requires tokens, of the same token period); the server counts each
     package as another contributor, so they stay eligible, held back while
     their class has been sent (a later plan's classes are judged the same way).
+
+    ``released_before``: ids of records of the package that carry a value an abandoned
+    package of theirs released before, under the same transformation, sent again rather
+    than drawn afresh (:meth:`LocalStore.draws <dmt_privacy.store.LocalStore.draws>`); the
+    ledger was not charged for their noisy values again.
     """
 
     envelope: bytes
@@ -321,6 +334,7 @@ class ShareResult:
     suppressed: tuple[str, ...] = ()
     out_of_bounds: tuple[str, ...] = ()
     held_back: tuple[str, ...] = ()
+    released_before: tuple[str, ...] = ()
 
     @property
     def package_id(self) -> str:
@@ -584,6 +598,82 @@ def _check_explicit_ids(store: LocalStore, policy: SharingPolicy) -> None:
         )
 
 
+class _Unnamed(Exception):
+    """A transformation's parameter has no stable name."""
+
+
+def _describe(value: Any) -> Any:
+    """A JSON-ready name of a transformation's parameter that is the same in every process:
+    estimators by type and parameters (their random source aside), sets sorted, arrays by
+    digest. Raises :class:`_Unnamed` for a lambda, a local function (a closure's captured
+    values are not in its name) or an object printed by its address."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return ["ndarray", value.dtype.str, list(value.shape),
+                hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest()]
+    if isinstance(value, Mapping):
+        return {str(k): _describe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_describe(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted(json.dumps(_describe(v), sort_keys=True) for v in value)
+    if isinstance(value, type):
+        return f"{value.__module__}.{value.__qualname__}"
+    if isinstance(value, functools.partial):
+        return ["partial", _describe(value.func), _describe(value.args),
+                _describe(value.keywords)]
+    if isinstance(value, (types.FunctionType, types.BuiltinFunctionType, types.MethodType)):
+        name = f"{getattr(value, '__module__', '')}.{value.__qualname__}"
+        if "<lambda>" in name or "<locals>" in name or isinstance(value, types.MethodType):
+            raise _Unnamed(name)
+        return name
+    kind = f"{type(value).__module__}.{type(value).__qualname__}"
+    if hasattr(value, "get_params"):
+        params = value.get_params(deep=False)
+    elif hasattr(value, "__dict__"):
+        params = vars(value)
+    else:
+        text = repr(value)
+        if " at 0x" in text:
+            raise _Unnamed(text)
+        return [kind, text]
+    return [kind, {k: _describe(v) for k, v in params.items()
+                   if not str(k).endswith("random_state")}]
+
+
+def _transform_key(kind: str, spec: Any) -> str | None:
+    """The key a record's draw under one transformation is kept and found under
+    (:meth:`LocalStore.draws`): a digest of its name with every parameter but its random
+    source. None when a parameter has no stable name: the record then draws afresh."""
+    try:
+        text = json.dumps([kind, _describe(spec)], sort_keys=True)
+    except (_Unnamed, RecursionError, TypeError, ValueError):
+        return None
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _drawn_once(store: LocalStore, column: pd.Series, key: str | None,
+                draw: Callable[[pd.Series], Any], draws: dict[tuple[str, str], dict[str, Any]]
+                ) -> tuple[Any, set[str]]:
+    """``column`` transformed by ``draw``, each record released before under ``key`` given its
+    earlier value instead; the fresh values are added to ``draws``. Returns the column and the
+    ids of the records given an earlier value."""
+    name = str(column.name)
+    earlier = {} if key is None else store.draws(name, key, column.index)
+    fresh = [rid for rid in column.index if rid not in earlier]
+    drawn = draw(column.loc[fresh]) if fresh else pd.Series([], dtype=object)
+    if key is not None:
+        draws[(name, key)] = dict(zip(map(str, fresh), list(drawn), strict=True))
+    if not earlier:
+        return drawn, set()
+    values = {**earlier, **dict(zip(fresh, list(drawn), strict=True))}
+    return pd.Series([values[rid] for rid in column.index], index=column.index,
+                     name=column.name), set(earlier)
+
+
 def share(
     store: LocalStore,
     policy: SharingPolicy,
@@ -654,10 +744,15 @@ def _share(store: LocalStore, policy: SharingPolicy, public_key: ServerPublicKey
         )
     frame = selected[list(policy.fields)].copy()
     modifications = []
+    # what each record releases, kept with the package: shared again, it releases the same
+    draws: dict[tuple[str, str], dict[str, Any]] = {}
+    released_before: set[str] = set()
     for name, modifier in policy.modifiers.items():
         _warn_if_seeded(name, modifier)
         before = frame[name]
-        frame[name] = modifier.transform(before)
+        frame[name], earlier = _drawn_once(store, before, _transform_key("modify", modifier),
+                                           modifier.transform, draws)
+        released_before |= earlier
         modifications.append(_modification(name, modifier, before, frame[name]))
     suppressed: tuple[str, ...] = ()
     held_back: tuple[str, ...] = ()
@@ -689,34 +784,63 @@ def _share(store: LocalStore, policy: SharingPolicy, public_key: ServerPublicKey
             "or charged. Select fewer (fraction=, record_ids=) and share the rest in another "
             "package.")
     dp_fields = list(policy.epsilon)
-    perturber = None
+    perturber, planned = None, None
+    dp_keys: dict[str, str | None] = {}
+    earlier_dp: dict[str, dict[str, Any]] = {}
+    noisy_before: set[str] = set()  # records whose every noisy value was released before
     if dp_fields:
         # Imported here: the perturber is a scikit-learn transformer, and scikit-learn takes
         # seconds to import; a device that shares without local DP never needs it.
         from dmt_privacy.dp.perturber import LocalDPPerturber, release_epsilon
 
-        cost, _ = release_epsilon(frame[dp_fields], policy.epsilon, policy.delta,
-                                  privacy_unit=str(policy.privacy_unit))
-        if policy.max_epsilon is not None and cost > policy.max_epsilon * (1 + 1e-12):
-            raise ValidationError(
-                f"This share would charge ε={cost:g} (privacy_unit={policy.privacy_unit!r}, "
-                f"{len(frame)} records), above max_epsilon={policy.max_epsilon:g}; share "
-                "fewer records or lower ε."
-            )
         perturber = LocalDPPerturber(
             schema, epsilon=dict(policy.epsilon), delta=dict(policy.delta) or None,
             mechanism=dict(policy.mechanism) or None, ledger=store.ledger,
             privacy_unit=str(policy.privacy_unit), random_state=random_state,
         ).fit()
-    # before the charge: the package can be made, and with max_bytes is not too large
-    _refuse_unpackable(policy, schema, frame, modifications, token, None if perturber is None
-                      else _device_free(perturber.receipt_for(frame[dp_fields])))
-    dp_receipt: ReleaseReceipt | None = None
-    if perturber is not None:
-        release = perturber.perturb(frame[dp_fields])  # charges the ledger, then draws
         for name in dp_fields:
-            frame[name] = release.data[name]
-        dp_receipt = _device_free(release.receipt)
+            dp_keys[name] = _transform_key(
+                "local-dp", perturber.mechanisms_[name].field_receipt().to_dict())
+            key = dp_keys[name]
+            earlier_dp[name] = {} if key is None else store.draws(name, key, frame.index)
+        noisy_before = {rid for rid in frame.index
+                        if all(rid in earlier_dp[name] for name in dp_fields)}
+        fresh = [rid for rid in frame.index if rid not in noisy_before]
+        cost, _ = release_epsilon(frame.loc[fresh, dp_fields], policy.epsilon, policy.delta,
+                                  privacy_unit=str(policy.privacy_unit))
+        if policy.max_epsilon is not None and cost > policy.max_epsilon * (1 + 1e-12):
+            raise ValidationError(
+                f"This share would charge ε={cost:g} (privacy_unit={policy.privacy_unit!r}, "
+                f"{len(fresh)} records drawn afresh), above max_epsilon="
+                f"{policy.max_epsilon:g}; share fewer records or lower ε."
+            )
+        planned = perturber.receipt_for(frame[dp_fields])  # what the package claims
+    # before the charge: the package can be made, and with max_bytes is not too large
+    _refuse_unpackable(policy, schema, frame, modifications, token,
+                       None if planned is None else _device_free(planned))
+    dp_receipt: ReleaseReceipt | None = None
+    if perturber is not None and planned is not None:
+        fresh = [rid for rid in frame.index if rid not in noisy_before]
+        # charges the ledger for the records drawn afresh, then draws
+        release = perturber.perturb(frame.loc[fresh, dp_fields]) if fresh else None
+        for name in dp_fields:
+            new = {} if release is None else dict(zip(fresh, release.data[name].tolist(),
+                                                      strict=True))
+            if (key := dp_keys[name]) is not None:
+                draws[(name, key)] = {str(rid): value for rid, value in new.items()}
+            if release is not None and not noisy_before:
+                frame[name] = release.data[name]
+            else:
+                frame[name] = pd.Series([earlier_dp[name][rid] if rid in noisy_before
+                                         else new[rid] for rid in frame.index],
+                                        index=frame.index)
+        if release is None:  # every noisy value sent again: nothing charged
+            dp_receipt = _device_free(planned)
+        else:  # the ledger's release, claiming what the package carries
+            dp_receipt = _device_free(dataclasses.replace(
+                release.receipt, n_records=planned.n_records, epsilon=planned.epsilon,
+                delta=planned.delta))
+        released_before |= noisy_before
     receipt = _package_receipt(policy, modifications, dp_receipt)
     columns = {name: frame[name].tolist() for name in policy.fields}
     package = SharePackage.create(schema.schema_id, columns, receipt.carried())
@@ -724,7 +848,9 @@ def _share(store: LocalStore, policy: SharingPolicy, public_key: ServerPublicKey
     entry = store.add_to_outbox(
         package.package_id, envelope, [str(i) for i in frame.index],
         json.dumps(receipt.to_dict(), sort_keys=True, separators=(",", ":"), default=str),
-        token=token, token_key=token_key,
+        token=token, token_key=token_key, draws=draws,
     )
     return ShareResult(envelope=envelope, receipt=receipt, entry=entry, suppressed=suppressed,
-                       out_of_bounds=out_of_bounds, held_back=held_back)
+                       out_of_bounds=out_of_bounds, held_back=held_back,
+                       released_before=tuple(r for r in map(str, frame.index)
+                                             if r in released_before))

@@ -12,7 +12,11 @@ One sealed file holds, for one user and one :class:`~dmt_privacy.schema.Schema`:
 - the **privacy ledger**: :class:`~dmt_privacy.dp.PrivacyLedger` keeps its
   ``dp_`` tables in this same file (:attr:`LocalStore.ledger`); nothing here
   writes to them, the DP perturber charges them when it releases;
-- **personal model versions**: path, version number, creation time.
+- **personal model versions**: path, version number, creation time;
+- the **draws** of records in packages the server has not acknowledged: what each
+  modified or perturbed field released, by transformation. A record shared again after
+  its package was abandoned releases the same values (:meth:`LocalStore.draws`), not a
+  fresh draw the server could set beside the first.
 
 Record values are stored as one msgpack array per record, in schema order
 (numpy arrays, e.g. images and audio, as a msgpack extension).
@@ -38,7 +42,7 @@ import hashlib
 import os
 import secrets
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,6 +103,12 @@ _STATES = ("all", "unshared", "eligible", "pending", "shared", "private")
 _TOKENS_TABLE = ("CREATE TABLE IF NOT EXISTS outbox_tokens (digest TEXT PRIMARY KEY, "
                  "package_id TEXT NOT NULL REFERENCES outbox(package_id))")
 
+#: What each record released in a package not acknowledged, field by field under one
+#: transformation (:meth:`LocalStore.draws`); dropped when a package carrying it is
+#: acknowledged
+_DRAWS_TABLE = ("CREATE TABLE IF NOT EXISTS release_draws (record_id TEXT NOT NULL REFERENCES "
+                "records(record_id), field TEXT NOT NULL, transform TEXT NOT NULL, value BLOB "
+                "NOT NULL, PRIMARY KEY (record_id, field, transform))")
 
 #: The SHA-256 of each personal model file when its version was added (:meth:`check_model`)
 _MODEL_HASHES_TABLE = ("CREATE TABLE IF NOT EXISTS model_hashes (version INTEGER PRIMARY KEY "
@@ -132,6 +142,23 @@ def _pack_default(obj: Any) -> Any:
         f"A value of type {type(obj).__name__} cannot be stored in a LocalStore; store "
         "numbers, strings, booleans or numpy arrays."
     )
+
+
+def _draw_rows(draws: Mapping[tuple[str, str], Mapping[str, Any]],
+               ids: set[str]) -> list[tuple[str, str, str, bytes]]:
+    """The rows of ``release_draws`` for the records of one package, each value packed as
+    record payloads are; a value that cannot be packed (an object array) is left out."""
+    rows = []
+    for (name, transform), values in draws.items():
+        for record_id, value in values.items():
+            if str(record_id) not in ids:
+                continue
+            try:
+                packed = msgpack.packb(value, default=_pack_default, use_bin_type=True)
+            except (ValidationError, TypeError, ValueError, OverflowError):
+                continue
+            rows.append((str(record_id), str(name), str(transform), packed))
+    return rows
 
 
 def _ext_hook(code: int, data: bytes) -> Any:
@@ -493,6 +520,7 @@ class LocalStore:
     def add_to_outbox(
         self, package_id: str, envelope: bytes, record_ids: Sequence[str], receipt: str,
         *, token: bytes | None = None, token_key: str | None = None,
+        draws: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
     ) -> OutboxEntry:
         """Put a sealed package in the outbox; its records become pending (not shared).
 
@@ -501,7 +529,9 @@ class LocalStore:
         ``token`` (the Privacy Pass token sealed in it) already sealed in another package:
         two packages with one token would be linked to one device (:meth:`token_package`).
         ``token_key``: the token's issuer key id (its period), kept for
-        :meth:`package_token_keys`.
+        :meth:`package_token_keys`. ``draws``: (field, transformation) → record id → the value
+        the package releases, kept for :meth:`draws` (a value the store cannot pack is not
+        kept: that record draws afresh if shared again).
         """
         ids = [str(r) for r in record_ids]
         if not ids:
@@ -545,7 +575,40 @@ class LocalStore:
                 conn.execute(_PERIODS_TABLE)  # made on first use, as outbox_tokens
                 conn.execute("INSERT INTO outbox_token_keys VALUES (?, ?)",
                              (package_id, str(token_key)))
+            rows = _draw_rows(draws or {}, set(ids))
+            if rows:
+                conn.execute(_DRAWS_TABLE)  # made on first use, as outbox_tokens
+                conn.executemany("INSERT OR REPLACE INTO release_draws VALUES (?, ?, ?, ?)",
+                                 rows)
         return self.outbox_entry(package_id)
+
+    def draws(self, field: str, transform: str, record_ids: Iterable[str]) -> dict[str, Any]:
+        """What ``field`` of these records released under ``transform`` in a package the server
+        never acknowledged (record id → value; a record with none is left out).
+
+        :func:`~dmt_privacy.sharing.share` sends these values again rather than drawing new
+        ones: the server opened the abandoned package, and a second synonym draw or a second
+        noisy value of one record, set beside the first, tells it more than either
+        (helper-106: 19 of 20 original words visible across 4 re-shares, 16–17 in one). A
+        value re-sent is post-processing of its first release, so the ledger is not charged
+        for it again. ``transform`` names the transformation with its parameters; under
+        another one the record draws afresh.
+        """
+        wanted = [str(r) for r in record_ids]
+        conn = self._read()
+        if not wanted or conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'release_draws'").fetchone() is None:
+            return {}
+        found: dict[str, Any] = {}
+        for start in range(0, len(wanted), 900):
+            chunk = wanted[start:start + 900]
+            placeholders = ",".join("?" * len(chunk))
+            for record_id, value in conn.execute(
+                    f"SELECT record_id, value FROM release_draws WHERE field = ? AND "  # noqa: S608
+                    f"transform = ? AND record_id IN ({placeholders})",
+                    [field, transform, *chunk]):
+                found[str(record_id)] = msgpack.unpackb(value, raw=False, ext_hook=_ext_hook)
+        return found
 
     def token_package(self, token: bytes) -> str | None:
         """The package ``token`` (a Privacy Pass token's bytes) is sealed in, if any: kept
@@ -613,6 +676,10 @@ class LocalStore:
                 "UPDATE outbox SET status = 'acknowledged', envelope = NULL, closed_at = ? "
                 "WHERE package_id = ?", (now, package_id),
             )
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'release_draws'"
+                            ).fetchone() is not None:  # shared now: never drawn again
+                conn.execute("DELETE FROM release_draws WHERE record_id IN (SELECT record_id "
+                             "FROM outbox_records WHERE package_id = ?)", (package_id,))
             return int(cur.rowcount)
 
     def abandon(self, package_id: str) -> None:
@@ -622,7 +689,8 @@ class LocalStore:
         nothing). One the server did store is acknowledged, and its records are
         then marked shared anyway. An abandoned package's classes no longer hold
         back the device's records (``share``'s ``held_back``); its token is never
-        sealed again.
+        sealed again. What its records released is kept (:meth:`draws`): shared again,
+        they release the same values.
         """
         with self._transaction() as conn:
             cur = conn.execute(

@@ -523,3 +523,86 @@ def test_a_package_the_device_sizes_under_max_bytes_fits_it(tmp_path, categories
     sized = int(re.search(r"about ([\d,]+) bytes", str(refused.value))[1].replace(",", ""))
     result = quiet_share(store, pol.evolve(max_bytes=sized), random_state=1)
     assert len(open_sealed(result.envelope, KEY, info=PACKAGE_INFO)) <= sized
+
+
+class _Noisy:
+    """A modifier that draws: each record's note gets a fresh random suffix."""
+
+    def __init__(self, width: int = 8) -> None:
+        self.width = width
+
+    def transform(self, x):
+        rng = np.random.default_rng()
+        return x.map(lambda v: f"{v}-{rng.integers(10 ** self.width)}")
+
+
+def test_a_record_shared_again_after_a_refusal_releases_what_it_released_before(tmp_path):
+    # helper-106 f2: a device that abandoned a refused package and shared the same records
+    # again drew fresh modifications (19 of 20 original words visible across 4 packages) and,
+    # for its local-DP fields, fresh noise charged again; the server had opened the first.
+    store = make_store(tmp_path / "d.db", budget=100.0, private=0)
+    pol = policy(modifiers={"note": _Noisy()}, epsilon={"income": 0.5}, privacy_unit="user",
+                 record_ids=frozenset(f"r{j}" for j in range(12)))
+    first = share(store, pol, KEY.public_key())
+    spent = store.ledger.spent.epsilon
+    assert first.released_before == () and spent > 0
+    store.abandon(first.package_id)  # the server refused it
+    again = share(store, pol, KEY.public_key())
+    a, b = open_package(first.envelope, KEY), open_package(again.envelope, KEY)
+    assert a.columns["note"] == b.columns["note"] and a.columns["income"] == b.columns["income"]
+    assert set(again.released_before) == set(first.entry.record_ids)
+    assert store.ledger.spent.epsilon == spent  # sent again: post-processing, not charged
+    assert b.receipt.dp.epsilon == a.receipt.dp.epsilon  # the package claims the same
+    assert b.receipt.dp.n_records == a.receipt.dp.n_records
+
+    # a record not in the first package draws afresh, and only it is charged
+    store.abandon(again.package_id)
+    wider = share(store, pol.evolve(record_ids=frozenset(f"r{j}" for j in range(16))),
+                  KEY.public_key())
+    c = open_package(wider.envelope, KEY)
+    new = [i for i in wider.entry.record_ids if i not in first.entry.record_ids]
+    assert new and set(wider.released_before) == set(first.entry.record_ids)
+    before = dict(zip(first.entry.record_ids, a.columns["note"], strict=True))
+    for rid, note in zip(wider.entry.record_ids, c.columns["note"], strict=True):
+        if rid in before:
+            assert note == before[rid]
+    assert spent == pytest.approx(0.5 * len(first.entry.record_ids))
+    assert store.ledger.spent.epsilon == pytest.approx(spent + 0.5 * len(new))
+
+    # once acknowledged, a record is shared and its draws are dropped
+    assert store.acknowledge(wider.package_id) == len(wider.entry.record_ids)
+    assert store.draws("note", "any", wider.entry.record_ids) == {}
+
+
+def test_another_transformation_draws_afresh_and_is_charged(tmp_path):
+    store = make_store(tmp_path / "d.db", budget=100.0, private=0)
+    ids = frozenset(f"r{j}" for j in range(12))
+    first = share(store, policy(modifiers={"note": _Noisy(8)}, privacy_unit="user",
+                                record_ids=ids), KEY.public_key())
+    spent = store.ledger.spent.epsilon
+    store.abandon(first.package_id)
+    # another ε for income and another modifier parameter: nothing is the same transformation
+    again = share(store, policy(modifiers={"note": _Noisy(9)}, epsilon={"income": 0.25},
+                                privacy_unit="user", record_ids=ids), KEY.public_key())
+    assert again.released_before == ()
+    assert store.ledger.spent.epsilon == pytest.approx(spent + 12 * 0.25)
+    a, b = open_package(first.envelope, KEY), open_package(again.envelope, KEY)
+    assert not set(a.columns["note"]) & set(b.columns["note"])
+
+
+def test_a_transformation_without_a_stable_name_draws_afresh(tmp_path):
+    from dmt_privacy.sharing import _transform_key
+
+    assert _transform_key("modify", _Noisy(8)) == _transform_key("modify", _Noisy(8))
+    assert _transform_key("modify", _Noisy(8)) != _transform_key("modify", _Noisy(9))
+    closure = _Noisy()
+    closure.pick = lambda v: v  # a lambda has no name that says what it does
+    assert _transform_key("modify", closure) is None
+    store = make_store(tmp_path / "d.db", private=0)
+    ids = frozenset(f"r{j}" for j in range(6))
+    first = share(store, policy(modifiers={"note": closure}, epsilon={}, record_ids=ids),
+                  KEY.public_key())
+    store.abandon(first.package_id)
+    again = share(store, policy(modifiers={"note": closure}, epsilon={}, record_ids=ids),
+                  KEY.public_key())
+    assert again.released_before == ()
