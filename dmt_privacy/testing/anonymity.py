@@ -4,7 +4,9 @@ These are deliberately plain: classes are formed by grouping rows on their
 released quasi-identifier values with a Python dict, so they serve as the
 slow, obvious reference the fast anonymizer is tested against. They do not
 depend on the index (shuffled or duplicated labels are fine) and they treat a
-missing value as a value of its own, never dropping the row. On failure they
+missing value as a value of its own, never dropping the row. A class is what a
+reader of the released table tells apart: ``True``, ``1`` and ``1.0`` in one column are
+equal in Python but read differently, so they are three classes. On failure they
 raise ``AssertionError`` naming the offending class, its size and some of
 its row labels.
 """
@@ -54,6 +56,40 @@ def _key(value: Any) -> Any:
     return value
 
 
+class _Typed:
+    """A cell Python calls equal to cells of other types that a released file does not:
+    ``True == 1 == 1.0``, written ``True``, ``1`` and ``1.0``."""
+
+    __slots__ = ("kind", "value")
+
+    def __init__(self, kind: str, value: Any) -> None:
+        self.kind, self.value = kind, value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Typed) and (self.kind, self.value) == (other.kind, other.value)
+
+    def __hash__(self) -> int:
+        return hash((self.kind, self.value))
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+def _class_key(value: Any) -> Any:
+    """A released quasi-identifier as a reader tells it apart (helper-115: ``True``, ``1`` and
+    ``1.0`` in an object column were one class, so a table of three classes of 2, 2 and 1
+    records passed k = 5). A bool and an integral float are keyed by their kind; an int, as it
+    is. Only ever splits a class: stricter, never laxer."""
+    key = _key(value)
+    if isinstance(key, frozenset):
+        return frozenset(_class_key(v) for v in key)
+    if isinstance(key, (bool, np.bool_)):
+        return _Typed("bool", bool(key))
+    if isinstance(key, (float, np.floating)) and float(key).is_integer():
+        return _Typed("float", float(key))
+    return key
+
+
 def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
@@ -92,7 +128,7 @@ def _classes(
     columns = [frame[q].astype(object).tolist() for q in qis]
     groups: dict[tuple[Any, ...], list[int]] = {}
     for pos in range(len(frame)):
-        key = tuple(_key(col[pos]) for col in columns)
+        key = tuple(_class_key(col[pos]) for col in columns)
         if ignore_suppressed and all(v is _MISSING for v in key):
             continue
         groups.setdefault(key, []).append(pos)

@@ -367,6 +367,30 @@ def test_every_kind_of_missing_value_adds_no_diversity(missing):
         assert_release_rule(cohort.assign(cohort_id=1), rule)
 
 
+def test_cells_python_calls_equal_but_a_reader_tells_apart_are_classes_of_their_own():
+    """helper-115: True, 1 and 1.0 in an object column were one class of the helpers, so a
+    table whose released file reads 1, 1, True, True, 1.0 (classes of 2, 2 and 1) passed
+    k = 5. The released file is what an attacker reads."""
+    from dmt_privacy.testing import assert_k_anonymous, assert_l_diverse
+
+    table = pd.DataFrame({"q": pd.Series([1, 1, True, True, 1.0] + ["x"] * 5, dtype=object),
+                          "s": list("abcdeabcde")})
+    assert table["q"].astype(str).value_counts().min() == 1  # what the file shows
+    with pytest.raises(AssertionError, match="not 5-anonymous: 3 class"):
+        assert_k_anonymous(table, ["q"], 5)
+    assert_k_anonymous(table, ["q"], 1)
+    with pytest.raises(AssertionError):
+        assert_l_diverse(table, ["q"], "s", 2)  # the 1.0 class holds one value
+    # value sets and numpy kinds: the same rule, and nothing a column of one kind splits
+    sets = pd.Series([frozenset({1, 2})] * 2 + [frozenset({True, 2})] * 2, dtype=object)
+    with pytest.raises(AssertionError, match="not 3-anonymous"):
+        assert_k_anonymous(pd.DataFrame({"q": sets}), ["q"], 3)
+    floats = pd.DataFrame({"q": [1.0, 1.0, np.float32(1.0), 1.5, 1.5, 1.5]})
+    assert_k_anonymous(floats, ["q"], 3)
+    assert_k_anonymous(pd.DataFrame({"q": [True, np.True_, True]}), ["q"], 3)
+    assert_k_anonymous(pd.DataFrame({"q": [1, np.int64(1), 1]}), ["q"], 3)
+
+
 def test_every_interval_label_holds_its_values():
     """helper-115: values were binned by floor((v - origin) / width) in floating point, so
     0.3 fell in '[0.2, 0.3)', 1.2 in '[1.1, 1.2)', and KAnonymizer released them so. Each
