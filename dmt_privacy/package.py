@@ -272,7 +272,9 @@ class PrivacyReceipt:
     def carried(self) -> PrivacyReceipt:
         """This receipt as a share package carries it and the server stores it (in clear):
         every figure independent of the records' values. The device's own receipt (the
-        share's result, the outbox, the ledger) keeps what it paid.
+        share's result, the outbox) keeps what the package's records cost, and the ledger what
+        was charged (less, where a re-share sends values drawn before:
+        ``ShareResult.released_before``).
 
         - each modification named, but not how many records it changed (helper-87);
         - a record-level release's ε and δ for one record, the sums of its fields', not the

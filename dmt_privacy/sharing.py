@@ -42,6 +42,7 @@ import json
 import math
 import re
 import secrets
+import sys
 import types
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -53,7 +54,13 @@ import pandas as pd
 
 from dmt_privacy.anonymity.plan import AnonymizationPlan
 from dmt_privacy.dp.receipt import ReleaseReceipt
-from dmt_privacy.errors import AnonymizationError, SchemaError, ValidationError, warn_caller
+from dmt_privacy.errors import (
+    AnonymizationError,
+    BudgetExceededError,
+    SchemaError,
+    ValidationError,
+    warn_caller,
+)
 from dmt_privacy.package import (
     MAX_RECEIPT_LABEL,
     PrivacyReceipt,
@@ -322,10 +329,12 @@ class ShareResult:
     package as another contributor, so they stay eligible, held back while
     their class has been sent (a later plan's classes are judged the same way).
 
-    ``released_before``: ids of records of the package that carry a value an abandoned
-    package of theirs released before, under the same transformation, sent again rather
-    than drawn afresh (:meth:`LocalStore.draws <dmt_privacy.store.LocalStore.draws>`); the
-    ledger was not charged for their noisy values again.
+    ``released_before``: ids of records of the package that carry a value (a modification or
+    a noisy value) an abandoned package of theirs released before, under the same
+    transformation, sent again rather than drawn afresh (:meth:`LocalStore.draws
+    <dmt_privacy.store.LocalStore.draws>`). A noisy value sent again is not charged again; a
+    record's other fields may have been drawn, and charged, afresh. ``receipt`` states what
+    the package claims; the ledger holds what this share charged.
     """
 
     envelope: bytes
@@ -603,53 +612,86 @@ class _Unnamed(Exception):
 
 
 def _describe(value: Any) -> Any:
-    """A JSON-ready name of a transformation's parameter that is the same in every process:
-    estimators by type and parameters (their random source aside), sets sorted, arrays by
-    digest. Raises :class:`_Unnamed` for a lambda, a local function (a closure's captured
-    values are not in its name) or an object printed by its address."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
+    """A JSON-ready name of a transformation's parameter, the same in every process and
+    tagged by type, so that no two parameters that transform differently share one (helper-123:
+    ``{1: 'a'}`` against ``{'1': 'a'}``, a regular expression by its cut ``repr``). Estimators by
+    type and parameters, sets sorted, mappings in their order, arrays by digest. Raises
+    :class:`_Unnamed` for what has no such name: a lambda, a local function (a closure's
+    captured values are not in its name), an object array, or an object that is neither an
+    estimator nor plain data."""
+    if value is None or isinstance(value, (bool, int, float, str, bytes)):
+        return [type(value).__name__, value.hex() if isinstance(value, bytes) else value]
     if isinstance(value, np.generic):
-        return value.item()
+        return [f"numpy.{value.dtype.str}", value.item()]
     if isinstance(value, np.ndarray):
+        if value.dtype.hasobject:
+            raise _Unnamed("an object array")
         return ["ndarray", value.dtype.str, list(value.shape),
                 hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest()]
+    if isinstance(value, re.Pattern):
+        return ["re.Pattern", _describe(value.pattern), value.flags]
     if isinstance(value, Mapping):
-        return {str(k): _describe(v) for k, v in value.items()}
+        return [_type_name(value), [[_describe(k), _describe(v)] for k, v in value.items()]]
     if isinstance(value, (list, tuple)):
-        return [_describe(v) for v in value]
+        return [_type_name(value), [_describe(v) for v in value]]
     if isinstance(value, (set, frozenset)):
-        return sorted(json.dumps(_describe(v), sort_keys=True) for v in value)
+        return [_type_name(value), sorted(json.dumps(_describe(v)) for v in value)]
     if isinstance(value, type):
-        return f"{value.__module__}.{value.__qualname__}"
+        return ["type", _type_name(value, itself=True)]
     if isinstance(value, functools.partial):
         return ["partial", _describe(value.func), _describe(value.args),
                 _describe(value.keywords)]
-    if isinstance(value, (types.FunctionType, types.BuiltinFunctionType, types.MethodType)):
-        name = f"{getattr(value, '__module__', '')}.{value.__qualname__}"
-        if "<lambda>" in name or "<locals>" in name or isinstance(value, types.MethodType):
+    if isinstance(value, (types.FunctionType, types.BuiltinFunctionType, np.ufunc)):
+        name = f"{getattr(value, '__module__', None)}.{value.__qualname__}" if not isinstance(
+            value, np.ufunc) else f"numpy.{value.__name__}"
+        if "<lambda>" in name or "<locals>" in name:
             raise _Unnamed(name)
-        return name
-    kind = f"{type(value).__module__}.{type(value).__qualname__}"
+        return ["function", name]
     if hasattr(value, "get_params"):
         params = value.get_params(deep=False)
-    elif hasattr(value, "__dict__"):
+    elif type(value).__module__ != "builtins" and hasattr(value, "__dict__"):
         params = vars(value)
     else:
-        text = repr(value)
-        if " at 0x" in text:
-            raise _Unnamed(text)
-        return [kind, text]
-    return [kind, {k: _describe(v) for k, v in params.items()
-                   if not str(k).endswith("random_state")}]
+        raise _Unnamed(type(value).__qualname__)
+    return ["object", _type_name(value), _package_version(value),
+            [[str(k), _describe(v)] for k, v in sorted(params.items())]]
+
+
+def _type_name(value: Any, *, itself: bool = False) -> str:
+    kind = value if itself else type(value)
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _package_version(value: Any) -> str | None:
+    """The version of the package ``value``'s type comes from: a modifier fixed in a later
+    release transforms differently."""
+    top = type(value).__module__.split(".")[0]
+    if top == "dmt_privacy":
+        return _dmt_version()
+    return str(getattr(sys.modules.get(top), "__version__", None))
+
+
+@functools.lru_cache(maxsize=1)
+def _dmt_version() -> str:
+    import dmt_privacy
+
+    return str(dmt_privacy.__version__)
+
+
+def _seeded(transformer: Any) -> bool:
+    """Whether ``transformer`` (or a step of it) draws from a fixed ``random_state``."""
+    params = transformer.get_params(deep=True) if hasattr(transformer, "get_params") else {}
+    return any(key.endswith("random_state") and value is not None
+               for key, value in params.items())
 
 
 def _transform_key(kind: str, spec: Any) -> str | None:
     """The key a record's draw under one transformation is kept and found under
-    (:meth:`LocalStore.draws`): a digest of its name with every parameter but its random
-    source. None when a parameter has no stable name: the record then draws afresh."""
+    (:meth:`LocalStore.draws`): a digest of its name with every parameter, its random source
+    aside, and the SDK's version. None when a parameter has no stable name: the record then
+    draws afresh (so does one whose source is seeded, :func:`_share`)."""
     try:
-        text = json.dumps([kind, _describe(spec)], sort_keys=True)
+        text = json.dumps([kind, _dmt_version(), _describe(spec)], sort_keys=True)
     except (_Unnamed, RecursionError, TypeError, ValueError):
         return None
     return hashlib.sha256(text.encode()).hexdigest()
@@ -672,6 +714,20 @@ def _drawn_once(store: LocalStore, column: pd.Series, key: str | None,
     values = {**earlier, **dict(zip(fresh, list(drawn), strict=True))}
     return pd.Series([values[rid] for rid in column.index], index=column.index,
                      name=column.name), set(earlier)
+
+
+def _fresh_cost(frame: pd.DataFrame, groups: Mapping[tuple[str, ...], list[str]],
+                policy: SharingPolicy) -> tuple[float, float]:
+    """The (ε, δ) the releases of ``groups`` (fields → the records that draw them afresh)
+    charge the ledger, each a release of its own."""
+    from dmt_privacy.dp.perturber import release_epsilon
+
+    costs = [release_epsilon(frame.loc[ids, list(names)],
+                             {n: policy.epsilon[n] for n in names},
+                             {n: policy.delta[n] for n in names if n in policy.delta},
+                             privacy_unit=str(policy.privacy_unit))
+             for names, ids in groups.items()]
+    return math.fsum(c[0] for c in costs), math.fsum(c[1] for c in costs)
 
 
 def share(
@@ -750,8 +806,8 @@ def _share(store: LocalStore, policy: SharingPolicy, public_key: ServerPublicKey
     for name, modifier in policy.modifiers.items():
         _warn_if_seeded(name, modifier)
         before = frame[name]
-        frame[name], earlier = _drawn_once(store, before, _transform_key("modify", modifier),
-                                           modifier.transform, draws)
+        key = None if _seeded(modifier) else _transform_key("modify", modifier)
+        frame[name], earlier = _drawn_once(store, before, key, modifier.transform, draws)
         released_before |= earlier
         modifications.append(_modification(name, modifier, before, frame[name]))
     suppressed: tuple[str, ...] = ()
@@ -785,62 +841,77 @@ def _share(store: LocalStore, policy: SharingPolicy, public_key: ServerPublicKey
             "package.")
     dp_fields = list(policy.epsilon)
     perturber, planned = None, None
+    earlier_dp: dict[str, dict[str, Any]] = {}  # field → record → its noisy value sent before
     dp_keys: dict[str, str | None] = {}
-    earlier_dp: dict[str, dict[str, Any]] = {}
-    noisy_before: set[str] = set()  # records whose every noisy value was released before
+    groups: dict[tuple[str, ...], list[str]] = {}  # the fields each record draws afresh
     if dp_fields:
         # Imported here: the perturber is a scikit-learn transformer, and scikit-learn takes
         # seconds to import; a device that shares without local DP never needs it.
-        from dmt_privacy.dp.perturber import LocalDPPerturber, release_epsilon
+        from dmt_privacy.dp.perturber import LocalDPPerturber
 
-        perturber = LocalDPPerturber(
-            schema, epsilon=dict(policy.epsilon), delta=dict(policy.delta) or None,
-            mechanism=dict(policy.mechanism) or None, ledger=store.ledger,
-            privacy_unit=str(policy.privacy_unit), random_state=random_state,
-        ).fit()
+        def perturber_of(names: list[str]) -> LocalDPPerturber:
+            return LocalDPPerturber(
+                schema, epsilon={n: policy.epsilon[n] for n in names},
+                delta={n: policy.delta[n] for n in names if n in policy.delta} or None,
+                mechanism={n: policy.mechanism[n] for n in names if n in policy.mechanism}
+                or None, ledger=store.ledger, privacy_unit=str(policy.privacy_unit),
+                random_state=random_state).fit()
+
+        perturber = perturber_of(dp_fields)
         for name in dp_fields:
-            dp_keys[name] = _transform_key(
-                "local-dp", perturber.mechanisms_[name].field_receipt().to_dict())
+            # a seeded source's noise can be drawn again by whoever knows the seed: never
+            # sent again as if drawn from the secure one (helper-123)
+            dp_keys[name] = None if not perturber.source_.secure else _transform_key(
+                "local-dp", [perturber.mechanisms_[name].field_receipt().to_dict(),
+                             str(policy.privacy_unit)])
             key = dp_keys[name]
             earlier_dp[name] = {} if key is None else store.draws(name, key, frame.index)
-        noisy_before = {rid for rid in frame.index
-                        if all(rid in earlier_dp[name] for name in dp_fields)}
-        fresh = [rid for rid in frame.index if rid not in noisy_before]
-        cost, _ = release_epsilon(frame.loc[fresh, dp_fields], policy.epsilon, policy.delta,
-                                  privacy_unit=str(policy.privacy_unit))
+        for rid in frame.index:
+            names = tuple(n for n in dp_fields if rid not in earlier_dp[n])
+            if names:
+                groups.setdefault(names, []).append(rid)
+        cost, cost_delta = _fresh_cost(frame, groups, policy)
         if policy.max_epsilon is not None and cost > policy.max_epsilon * (1 + 1e-12):
             raise ValidationError(
                 f"This share would charge ε={cost:g} (privacy_unit={policy.privacy_unit!r}, "
-                f"{len(fresh)} records drawn afresh), above max_epsilon="
-                f"{policy.max_epsilon:g}; share fewer records or lower ε."
+                f"{len(frame)} records), above max_epsilon={policy.max_epsilon:g}; share "
+                "fewer records or lower ε."
             )
+        if len(groups) > 1 and not store.ledger.can_spend(cost, cost_delta):
+            raise BudgetExceededError(
+                f"This share would spend ε={cost:g}, δ={cost_delta:g} for user "
+                f"{store.user_id!r}, who has ε={store.ledger.remaining.epsilon:g}, "
+                f"δ={store.ledger.remaining.delta:g} left. Nothing was released; lower the "
+                "per-field ε, release fewer fields or records, or wait for a new budget "
+                "period.")
         planned = perturber.receipt_for(frame[dp_fields])  # what the package claims
     # before the charge: the package can be made, and with max_bytes is not too large
     _refuse_unpackable(policy, schema, frame, modifications, token,
                        None if planned is None else _device_free(planned))
     dp_receipt: ReleaseReceipt | None = None
     if perturber is not None and planned is not None:
-        fresh = [rid for rid in frame.index if rid not in noisy_before]
-        # charges the ledger for the records drawn afresh, then draws
-        release = perturber.perturb(frame.loc[fresh, dp_fields]) if fresh else None
-        for name in dp_fields:
-            new = {} if release is None else dict(zip(fresh, release.data[name].tolist(),
-                                                      strict=True))
-            if (key := dp_keys[name]) is not None:
-                draws[(name, key)] = {str(rid): value for rid, value in new.items()}
-            if release is not None and not noisy_before:
+        reused = {rid for rid in frame.index if any(rid in earlier_dp[n] for n in dp_fields)}
+        if not reused:  # every value drawn afresh, in one release: as before 7 December
+            release = perturber.perturb(frame[dp_fields])  # charges the ledger, then draws
+            for name in dp_fields:
                 frame[name] = release.data[name]
-            else:
-                frame[name] = pd.Series([earlier_dp[name][rid] if rid in noisy_before
-                                         else new[rid] for rid in frame.index],
-                                        index=frame.index)
-        if release is None:  # every noisy value sent again: nothing charged
+            dp_receipt = _device_free(release.receipt)
+            fresh = {name: dict(zip(frame.index, frame[name].tolist(), strict=True))
+                     for name in dp_fields}
+        else:  # one release for each set of fields records draw afresh, each charged
+            fresh = {name: {} for name in dp_fields}
+            for names, ids in groups.items():
+                release = perturber_of(list(names)).perturb(frame.loc[ids, list(names)])
+                for name in names:
+                    fresh[name].update(zip(ids, release.data[name].tolist(), strict=True))
+            for name in dp_fields:
+                frame[name] = pd.Series([fresh[name].get(rid, earlier_dp[name].get(rid))
+                                         for rid in frame.index], index=frame.index)
             dp_receipt = _device_free(planned)
-        else:  # the ledger's release, claiming what the package carries
-            dp_receipt = _device_free(dataclasses.replace(
-                release.receipt, n_records=planned.n_records, epsilon=planned.epsilon,
-                delta=planned.delta))
-        released_before |= noisy_before
+            released_before |= reused
+        for name in dp_fields:
+            if (key := dp_keys[name]) is not None:
+                draws[(name, key)] = {str(rid): value for rid, value in fresh[name].items()}
     receipt = _package_receipt(policy, modifications, dp_receipt)
     columns = {name: frame[name].tolist() for name in policy.fields}
     package = SharePackage.create(schema.schema_id, columns, receipt.carried())

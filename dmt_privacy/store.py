@@ -147,7 +147,9 @@ def _pack_default(obj: Any) -> Any:
 def _draw_rows(draws: Mapping[tuple[str, str], Mapping[str, Any]],
                ids: set[str]) -> list[tuple[str, str, str, bytes]]:
     """The rows of ``release_draws`` for the records of one package, each value packed as
-    record payloads are; a value that cannot be packed (an object array) is left out."""
+    record payloads are. A value that cannot be packed (an object array), or that would not
+    come back as it went (a tuple as a list, a timestamp as text, a structured array), is left
+    out: that record draws afresh if shared again (helper-123)."""
     rows = []
     for (name, transform), values in draws.items():
         for record_id, value in values.items():
@@ -155,10 +157,23 @@ def _draw_rows(draws: Mapping[tuple[str, str], Mapping[str, Any]],
                 continue
             try:
                 packed = msgpack.packb(value, default=_pack_default, use_bin_type=True)
-            except (ValidationError, TypeError, ValueError, OverflowError):
+                back = msgpack.unpackb(packed, raw=False, ext_hook=_ext_hook)
+            except (ValidationError, TypeError, ValueError, OverflowError, UnicodeError):
                 continue
-            rows.append((str(record_id), str(name), str(transform), packed))
+            if _comes_back(value, back):
+                rows.append((str(record_id), str(name), str(transform), packed))
     return rows
+
+
+def _comes_back(value: Any, back: Any) -> bool:
+    """Whether ``back``, unpacked, is ``value`` as a package carries it (numpy scalars as
+    Python's, as ``tolist`` gives them)."""
+    if isinstance(value, np.ndarray):
+        return (isinstance(back, np.ndarray) and back.dtype == value.dtype
+                and back.shape == value.shape and value.dtype.names is None)
+    if isinstance(value, np.generic):
+        return type(back) is type(value.item())
+    return type(back) is type(value)
 
 
 def _ext_hook(code: int, data: bytes) -> Any:
@@ -589,7 +604,8 @@ class LocalStore:
         :func:`~dmt_privacy.sharing.share` sends these values again rather than drawing new
         ones: the server opened the abandoned package, and a second synonym draw or a second
         noisy value of one record, set beside the first, tells it more than either
-        (helper-106: 19 of 20 original words visible across 4 re-shares, 16–17 in one). A
+        (helper-106: 18–19 of a note's 20 original words visible across 4 re-shares, 16–17 in
+        one). A
         value re-sent is post-processing of its first release, so the ledger is not charged
         for it again. ``transform`` names the transformation with its parameters; under
         another one the record draws afresh.

@@ -538,7 +538,7 @@ class _Noisy:
 
 def test_a_record_shared_again_after_a_refusal_releases_what_it_released_before(tmp_path):
     # helper-106 f2: a device that abandoned a refused package and shared the same records
-    # again drew fresh modifications (19 of 20 original words visible across 4 packages) and,
+    # again drew fresh modifications (18–19 of 20 original words visible across 4 packages) and,
     # for its local-DP fields, fresh noise charged again; the server had opened the first.
     store = make_store(tmp_path / "d.db", budget=100.0, private=0)
     pol = policy(modifiers={"note": _Noisy()}, epsilon={"income": 0.5}, privacy_unit="user",
@@ -606,3 +606,86 @@ def test_a_transformation_without_a_stable_name_draws_afresh(tmp_path):
     again = share(store, policy(modifiers={"note": closure}, epsilon={}, record_ids=ids),
                   KEY.public_key())
     assert again.released_before == ()
+
+
+class _SeededNoisy(_Noisy):
+    def get_params(self, deep=True):
+        return {"width": self.width, "random_state": 0}
+
+
+def test_a_draw_from_a_seeded_source_is_never_sent_again(tmp_path):
+    # helper-123 F1: a seeded share abandoned, then shared unseeded, sent the seeded noise
+    # again under a receipt claiming the secure source; whoever knows the seed removes it.
+    store = make_store(tmp_path / "d.db", budget=100.0, private=0)
+    pol = policy(modifiers={"note": _SeededNoisy()}, privacy_unit="user",
+                 record_ids=frozenset(f"r{j}" for j in range(8)))
+    first = quiet_share(store, pol, random_state=0)
+    spent = store.ledger.spent.epsilon
+    store.abandon(first.package_id)
+    again = quiet_share(store, pol.evolve(modifiers={"note": _Noisy()}))
+    assert again.released_before == ()
+    assert store.ledger.spent.epsilon == pytest.approx(2 * spent)
+    a, b = open_package(first.envelope, KEY), open_package(again.envelope, KEY)
+    assert a.columns["income"] != b.columns["income"] and b.receipt.dp.secure_random
+    assert not set(a.columns["note"]) & set(b.columns["note"])
+
+
+def test_another_privacy_unit_draws_afresh(tmp_path):
+    # helper-123 F2: record-level values (charged 0.5 for the package) re-sent under a
+    # user-level claim of 6 × 0.5 got past a budget of 2.
+    from dmt_privacy import BudgetExceededError as Refused
+
+    store = make_store(tmp_path / "d.db", budget=2.0, private=0)
+    ids = frozenset(f"r{j}" for j in range(6))
+    first = share(store, policy(record_ids=ids, privacy_unit="record"), KEY.public_key())
+    assert store.ledger.spent.epsilon == 0.5
+    store.abandon(first.package_id)
+    with pytest.raises(Refused):
+        share(store, policy(record_ids=ids, privacy_unit="user"), KEY.public_key())
+    assert store.ledger.spent.epsilon == 0.5 and store.outbox() == []
+
+
+def test_a_field_added_to_the_noise_draws_alone_and_alone_is_charged(tmp_path):
+    # helper-123 F4: adding a field redrew every field of the record; each field is its own
+    store = make_store(tmp_path / "d.db", budget=100.0, private=0)
+    ids = frozenset(f"r{j}" for j in range(10))
+    one = policy(record_ids=ids, privacy_unit="user", plan=None, required_k=None,
+                 fields=("note", "income"))
+    first = share(store, one, KEY.public_key())
+    assert store.ledger.spent.epsilon == pytest.approx(5.0)
+    store.abandon(first.package_id)
+    both = one.evolve(fields=("age", "note", "income"), epsilon={"income": 0.5, "age": 0.25})
+    again = share(store, both, KEY.public_key())
+    assert store.ledger.spent.epsilon == pytest.approx(5.0 + 10 * 0.25)
+    a, b = open_package(first.envelope, KEY), open_package(again.envelope, KEY)
+    assert a.columns["income"] == b.columns["income"]
+    assert b.receipt.dp.epsilon == pytest.approx(10 * 0.75)  # the package claims both fields
+    assert set(again.released_before) == set(ids)
+
+
+def test_transformations_that_differ_have_keys_that_differ():
+    import re as regex
+
+    from dmt_privacy.sharing import _transform_key
+
+    long = "|".join(f"Name{i} Surname{i}" for i in range(30))
+    pairs = [({1: "a"}, {"1": "a"}), ({"a": 1, "b": 2}, {"b": 2, "a": 1}),
+             (regex.compile(long), regex.compile(long + "|Zoe Quinn")), (str, "builtins.str"),
+             ((1, 2), [1, 2]), (1, 1.0), (True, 1), (np.float32(0.5), 0.5)]
+    for x, y in pairs:
+        kx, ky = _transform_key("modify", x), _transform_key("modify", y)
+        assert kx is not None and ky is not None and kx != ky, (x, y)
+    assert _transform_key("modify", np.array([object()], dtype=object)) is None
+    assert _transform_key("modify", object()) is None  # nothing says what it does
+
+
+def test_a_draw_that_would_not_come_back_as_it_went_is_not_kept(tmp_path):
+    store = make_store(tmp_path / "d.db", private=0)
+    ids = [f"r{j}" for j in range(3)]
+    values = {"r0": ("a", 1), "r1": pd.Timestamp("2026-12-07"), "r2": np.arange(3)}
+    result = share(store, policy(record_ids=frozenset(ids), epsilon={}), KEY.public_key())
+    store.abandon(result.package_id)
+    from dmt_privacy.store import _draw_rows
+
+    rows = _draw_rows({("note", "k"): values}, set(ids))
+    assert [r[0] for r in rows] == ["r2"]
