@@ -140,6 +140,7 @@ bench: install wordnet risk-env postgres
 	run sharing_crypto $(call quick,--records 500 --repeat 2); \
 	run sharing_pipeline $(call quick,--records 500 --packages 2 --small 20 --repeat 1); \
 	run device_store --label encrypted $(call quick,--records 500 --repeat 1); \
+	run reshare_exposure $(call quick,--notes 20 --attempts 2); \
 	run privacy_pass_tokens $(call quick,--packages 20 --repeats 1); \
 	run server_load $(call quick,--packages 200 --clients 5); \
 	run ingest_cli $(call quick,--packages 200 --rounds 1); \
