@@ -33,6 +33,7 @@ from dmt_privacy.anonymity.plan import (
     AnonymizationPlan,
     Anonymized,
     ColumnCoding,
+    category_order,
     check_no_missing,
 )
 from dmt_privacy.anonymity.release import reference_from_counts
@@ -176,11 +177,7 @@ def _is_numeric(series: pd.Series) -> bool:
 
 
 def _sorted_unique(series: pd.Series) -> list[Any]:
-    uniques = pd.unique(series.to_numpy(dtype=object))
-    try:
-        return sorted(uniques)
-    except TypeError:
-        return sorted(uniques, key=lambda v: (type(v).__name__, str(v)))
+    return category_order(pd.unique(series.to_numpy(dtype=object)))
 
 
 def _refuse_colliding_text(values: Sequence[Any], column: str) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -128,6 +129,27 @@ class ColumnCoding:
             values=tuple(data.get("values", ())),
             hierarchy=hierarchy,
         )
+
+
+def category_order(values: Sequence[Any]) -> list[Any]:
+    """The order in which a value-set column codes its categories (the tree cuts ranges of
+    it): their natural order where they compare; otherwise numbers in numeric order, then
+    text in alphabetical order, then anything else by type and text. Until 7 December the
+    fallback ordered every value by type and text, so a domain of ints and 'other' put 10
+    before 2, and a plan widened to it merged classes (helper-115)."""
+    values = list(values)
+    try:
+        return sorted(values)
+    except TypeError:
+        return sorted(values, key=_category_key)
+
+
+def _category_key(value: Any) -> tuple[Any, ...]:
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+        return (0, value)
+    if isinstance(value, str):
+        return (1, value)
+    return (2, type(value).__name__, str(value))
 
 
 def check_no_missing(frame: pd.DataFrame, columns: Sequence[str], *,
@@ -317,12 +339,17 @@ class AnonymizationPlan:
                     f"not in the domain given ({categories[:10]!r}...); pass the schema's "
                     "categories."
                 )
-            try:
-                ordered = sorted(categories)
-            except TypeError:
-                ordered = sorted(categories, key=lambda v: (type(v).__name__, str(v)))
+            ordered = category_order(categories)
             position = {v: i for i, v in enumerate(ordered)}
             remap = np.asarray([position[v] for v in coding.values], dtype=np.int64)
+            if np.any(np.diff(remap) <= 0):
+                # fitted in another order (a plan fitted before 7 December on mixed types):
+                # the cuts hold only if the fitted values keep theirs, and the domain's other
+                # categories follow them
+                fitted = set(coding.values)
+                ordered = [*coding.values, *(v for v in ordered if v not in fitted)]
+                position = {v: i for i, v in enumerate(ordered)}
+                remap = np.asarray([position[v] for v in coding.values], dtype=np.int64)
             for node, dim in enumerate(self.split_dim):
                 if dim == j:
                     cut = math.ceil(self.threshold[node])

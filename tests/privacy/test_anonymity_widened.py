@@ -127,3 +127,46 @@ def test_records_fit_suppressed_stay_suppressed_in_a_release_by_regions():
     regions = widened.release(data, anonymizer.labels_)
     assert regions["income"].isna().to_numpy().tolist() == suppressed.tolist()
     assert_l_diverse(regions[~suppressed], ["age", "income", "city"], "s", 2, kind="entropy")
+
+
+@pytest.mark.parametrize("extra", [["other"], [2.5, "other", None.__class__.__name__]])
+def test_a_value_set_domain_of_mixed_types_keeps_the_fitted_classes(extra):
+    """helper-115: codes were reordered by the domain's text order when it mixed types (ints
+    and 'other'), and the tree's cuts, remapped by position, then joined 2 with 10, 3 with 20
+    and 4 with 30 and left three classes empty. Widening adds the domain's other categories
+    to classes; it moves no fitted value to another class."""
+    values = [1, 2, 3, 4, 10, 20, 30, 40] * 3
+    data = pd.DataFrame({"q": pd.Series(values, dtype=object), "s": ["a", "b", "c"] * 8})
+    anon = KAnonymizer(["q"], k=3).fit(data)
+    widened = anon.plan_.widened({"q": [1, 2, 3, 4, 10, 20, 30, 40, *extra]})
+    applied = widened.apply(data)
+    assert len(applied.suppressed) == 0
+    fitted = pd.Series(anon.labels_).groupby(values).agg(set)
+    now = pd.Series(applied.class_ids).groupby(values).agg(set)
+    assert all(len(c) == 1 for c in now) and len(set(map(frozenset, now))) == 8
+    assert list(map(len, fitted)) == list(map(len, now))
+    for value, released in zip(values, applied.data["q"], strict=True):
+        assert value in released and not ({1, 2, 3, 4, 10, 20, 30, 40} - {value}) & released
+    assert_k_anonymous(applied.data, ["q"], 3)
+    other = widened.apply(pd.DataFrame({"q": pd.Series(extra, dtype=object), "s": "a"}))
+    assert len(other.suppressed) == 0  # the domain's other categories join some class
+
+
+def test_a_plan_fitted_in_the_old_text_order_widens_without_moving_a_value(monkeypatch):
+    """A plan fitted before 7 December on a mixed column coded it by type and text (10 before
+    2); widened now, its fitted values keep their order and the domain's others follow."""
+    import dmt_privacy.anonymity.anonymizer as anonymizer
+
+    monkeypatch.setattr(anonymizer, "category_order",
+                        lambda v: sorted(v, key=lambda x: (type(x).__name__, str(x))))
+    values = [1, 2, 10, 20, "a", "b"] * 3
+    data = pd.DataFrame({"q": pd.Series(values, dtype=object)})
+    anon = KAnonymizer(["q"], k=3).fit(data)
+    assert anon.plan_.codings[0].values == (1, 10, 2, 20, "a", "b")
+    monkeypatch.undo()
+    widened = anon.plan_.widened({"q": [1, 2, 10, 20, "a", "b", "c", 3]})
+    applied = widened.apply(data)
+    assert len(applied.suppressed) == 0
+    assert list(applied.class_ids) == list(anon.labels_)
+    for value, released in zip(values, applied.data["q"], strict=True):
+        assert value in released and not ({1, 2, 10, 20, "a", "b"} - {value}) & released
