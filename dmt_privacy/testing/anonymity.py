@@ -189,7 +189,10 @@ def assert_l_diverse(
 
     ``kind``: ``"distinct"`` (at least ``l`` distinct values), ``"entropy"``
     (entropy at least ``log l``) or ``"recursive"`` (r1 < c (r_l + ... + r_m)).
-    Missing sensitive values add no diversity.
+    Missing sensitive values add no diversity. A class whose sensitive values are all
+    missing tells nothing of them and passes, as in :func:`assert_t_close`: the anonymizer
+    withholds the values of a suppressed class that does not meet k, l and t, and the
+    README's recipe failed on such a release (helper-115).
     """
     _check_columns(frame, [sensitive])
     if kind not in ("distinct", "entropy", "recursive"):
@@ -203,10 +206,12 @@ def assert_l_diverse(
     for key, rows in groups.items():
         counts = sorted(_counts([values[p] for p in rows]).values(), reverse=True)
         total = sum(counts)
+        if total == 0:  # every value withheld: nothing to infer
+            continue
         if kind == "distinct":
             ok, measured = len(counts) >= l, f"{len(counts)} distinct value(s)"
         elif kind == "entropy":
-            ent = -sum(n / total * math.log(n / total) for n in counts) if total else 0.0
+            ent = max(0.0, -sum(n / total * math.log(n / total) for n in counts))
             ok = ent >= math.log(l) - 1e-12
             measured = f"entropy {ent:.4f} < log({l}) = {math.log(l):.4f}"
         else:

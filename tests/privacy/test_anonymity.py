@@ -474,3 +474,27 @@ def test_the_anonymizers_warning_names_the_callers_line():
         warnings.simplefilter("always")
         anonymizer.transform(frame.iloc[:1])
     assert caught and {w.filename for w in caught} == {__file__}, [w.filename for w in caught]
+
+
+def test_the_readme_recipe_passes_a_release_whose_suppressed_values_are_withheld():
+    """helper-115: with max_suppression > 0 the suppressed records form a class whose sensitive
+    values the anonymizer withholds (missing) unless it meets k, l and t; assert_l_diverse
+    failed it (0 distinct values) where assert_t_close passed it. A class that shows no
+    sensitive value tells nothing of it; one that shows one still needs l."""
+    from dmt_privacy.testing import assert_k_anonymous, assert_l_diverse, assert_t_close
+
+    rng = np.random.default_rng(0)
+    data = pd.DataFrame({"age": rng.integers(18, 80, 200), "zip": rng.choice(list("abcd"), 200),
+                         "s": rng.choice(["flu", "hiv", "cold"], 200, p=[0.9, 0.05, 0.05])})
+    anon = KAnonymizer(["age", "zip"], sensitive="s", k=5, l=2, l_kind="entropy",
+                       max_suppression=0.9)
+    released = anon.fit_transform(data)
+    withheld = released["age"].isna()
+    assert withheld.sum() > 0 and released.loc[withheld, "s"].isna().all()
+    assert_k_anonymous(released, ["age", "zip"], 5)
+    assert_l_diverse(released, ["age", "zip"], "s", 2, kind="entropy")
+    assert_t_close(released, ["age", "zip"], "s", 0.5, reference=data["s"])
+    shown = released.copy()
+    shown.loc[withheld, "s"] = "hiv"  # the same class, its values released
+    with pytest.raises(AssertionError, match="age=<missing>, zip=<missing>"):
+        assert_l_diverse(shown, ["age", "zip"], "s", 2, kind="entropy")
