@@ -12,8 +12,9 @@ Arms, in the same run, on the same notes:
 * *drawn once*: this checkout's ``share()``, which sends a record shared again with what
   it released before (``LocalStore.draws``, since 7 December);
 * *the SDK at BEFORE*: the same script's arm run by the SDK of commit ``--before``
-  (default ce82fa7, the last before ``LocalStore.draws``), checked out in a temporary git
-  worktree and imported in a process of its own: every attempt draws afresh, and is
+  (default ce82fa7, the last before ``LocalStore.draws``), unpacked with ``git archive``
+  into a temporary folder and imported in a process of its own (which fails if any
+  ``dmt_privacy`` module comes from elsewhere): every attempt draws afresh, and is
   charged.
 
     NLTK_DATA=nltk_data python benchmarks/reshare_exposure.py [--notes 200] [--attempts 4]
@@ -110,26 +111,28 @@ def run_arm(texts: list[str], attempts: int, rate: float) -> dict[str, Any]:
 
 
 def before_arm(commit: str, args: argparse.Namespace) -> dict[str, Any]:
-    """The arm run by the SDK of ``commit``, from a temporary git worktree of this checkout."""
+    """The arm run by the SDK of ``commit``, unpacked from this checkout's git history into a
+    temporary folder (``git archive``: nothing to clean up in the repository if the run is
+    killed)."""
     root = HERE.parent
     with tempfile.TemporaryDirectory() as tmp:
         tree = Path(tmp) / "before"
-        subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", "-q", str(tree),
-                        commit], check=True)
-        try:
-            env = {**os.environ, "PYTHONPATH": str(tree)}
-            if "NLTK_DATA" in env:  # as this process reads it, from wherever it runs
-                env["NLTK_DATA"] = str(Path(env["NLTK_DATA"]).resolve())
-            out = subprocess.run(
-                [sys.executable, str(Path(__file__).resolve()), "--arm-only", "--notes",
-                 str(args.notes), "--attempts", str(args.attempts), "--rate", str(args.rate)],
-                env=env, capture_output=True, text=True, cwd=tmp)
-            if out.returncode != 0:
-                raise RuntimeError(f"the arm of {commit} failed:\n{out.stderr}")
-        finally:
-            subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force",
-                            str(tree)], check=True)
-    row: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+        tree.mkdir()
+        archive = subprocess.run(["git", "-C", str(root), "archive", commit, "dmt_privacy"],
+                                 check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        if "NLTK_DATA" in env:  # as this process reads it, from wherever it runs
+            env["NLTK_DATA"] = str(Path(env["NLTK_DATA"]).resolve())
+        out = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), "--arm-only", "--notes",
+             str(args.notes), "--attempts", str(args.attempts), "--rate", str(args.rate)],
+            env=env, capture_output=True, text=True, cwd=tmp)
+        if out.returncode != 0:
+            raise RuntimeError(f"the arm of {commit} failed:\n{out.stderr}")
+        row: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+        if not all(Path(m).is_relative_to(tree) for m in row.pop("modules")):
+            raise RuntimeError(f"the arm of {commit} imported dmt_privacy from elsewhere too")
     return row
 
 
@@ -148,9 +151,9 @@ def main() -> None:
         warnings.simplefilter("ignore")
         row = run_arm(texts, args.attempts, args.rate)
     if args.arm_only:
-        import dmt_privacy
-
-        print(json.dumps({**row, "sdk": str(Path(dmt_privacy.__file__).parent)}))
+        modules = [m.__file__ for name, m in sys.modules.items()
+                   if name.split(".")[0] == "dmt_privacy" and getattr(m, "__file__", None)]
+        print(json.dumps({**row, "modules": modules}))
         return
     from run_environment import environment  # a sibling, on the path above
 

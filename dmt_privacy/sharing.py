@@ -26,7 +26,9 @@ A record shared again after its package was abandoned (the server refused it, or
 was never delivered) releases what it released the first time, field by field under the
 same transformation (:meth:`LocalStore.draws <dmt_privacy.store.LocalStore.draws>`): the
 server opened the first package, and a second draw set beside the first would tell it
-more than either. Re-sent noisy values are not charged again.
+more than either. Re-sent noisy values are not charged again. Drawn once: local-DP values
+and the SDK's own modifiers' output, from a secure source; an app's own modifier, whose
+code can change under its name, and a seeded source draw afresh.
 
 A share package does not name the user: the DP receipt it carries has its
 ``user_id`` removed (the ledger keeps the full receipt), since anything
@@ -40,12 +42,15 @@ import functools
 import hashlib
 import json
 import math
+import os
 import re
 import secrets
 import sys
 import types
+import uuid
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -56,7 +61,6 @@ from dmt_privacy.anonymity.plan import AnonymizationPlan
 from dmt_privacy.dp.receipt import ReleaseReceipt
 from dmt_privacy.errors import (
     AnonymizationError,
-    BudgetExceededError,
     SchemaError,
     ValidationError,
     warn_caller,
@@ -613,12 +617,12 @@ class _Unnamed(Exception):
 
 def _describe(value: Any) -> Any:
     """A JSON-ready name of a transformation's parameter, the same in every process and
-    tagged by type, so that no two parameters that transform differently share one (helper-123:
-    ``{1: 'a'}`` against ``{'1': 'a'}``, a regular expression by its cut ``repr``). Estimators by
-    type and parameters, sets sorted, mappings in their order, arrays by digest. Raises
-    :class:`_Unnamed` for what has no such name: a lambda, a local function (a closure's
-    captured values are not in its name), an object array, or an object that is neither an
-    estimator nor plain data."""
+    tagged by type (helper-123: ``{1: 'a'}`` against ``{'1': 'a'}``, a regular expression by
+    its cut ``repr``): estimators by type, code and parameters, sets and plain dicts sorted,
+    other mappings in their order, paths by their text, arrays by digest. Raises
+    :class:`_Unnamed` for what has no such name: a function (its code and the globals it
+    reads can change under its name), an object array, or an object that is not an
+    estimator or plain data."""
     if value is None or isinstance(value, (bool, int, float, str, bytes)):
         return [type(value).__name__, value.hex() if isinstance(value, bytes) else value]
     if isinstance(value, np.generic):
@@ -630,31 +634,23 @@ def _describe(value: Any) -> Any:
                 hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest()]
     if isinstance(value, re.Pattern):
         return ["re.Pattern", _describe(value.pattern), value.flags]
+    if isinstance(value, os.PathLike):
+        return ["path", os.fspath(value)]
     if isinstance(value, Mapping):
-        return [_type_name(value), [[_describe(k), _describe(v)] for k, v in value.items()]]
+        items = [[_describe(k), _describe(v)] for k, v in value.items()]
+        if type(value) is dict:  # its order is how it was built, not what it says
+            items.sort(key=lambda item: json.dumps(item[0]))
+        return [_type_name(value), items]
     if isinstance(value, (list, tuple)):
         return [_type_name(value), [_describe(v) for v in value]]
     if isinstance(value, (set, frozenset)):
         return [_type_name(value), sorted(json.dumps(_describe(v)) for v in value)]
     if isinstance(value, type):
         return ["type", _type_name(value, itself=True)]
-    if isinstance(value, functools.partial):
-        return ["partial", _describe(value.func), _describe(value.args),
-                _describe(value.keywords)]
-    if isinstance(value, (types.FunctionType, types.BuiltinFunctionType, np.ufunc)):
-        name = f"{getattr(value, '__module__', None)}.{value.__qualname__}" if not isinstance(
-            value, np.ufunc) else f"numpy.{value.__name__}"
-        if "<lambda>" in name or "<locals>" in name:
-            raise _Unnamed(name)
-        return ["function", name]
-    if hasattr(value, "get_params"):
-        params = value.get_params(deep=False)
-    elif type(value).__module__ != "builtins" and hasattr(value, "__dict__"):
-        params = vars(value)
-    else:
+    if not hasattr(value, "get_params"):
         raise _Unnamed(type(value).__qualname__)
-    return ["object", _type_name(value), _package_version(value),
-            [[str(k), _describe(v)] for k, v in sorted(params.items())]]
+    return ["object", _type_name(value), _code_of(value),
+            [[str(k), _describe(v)] for k, v in sorted(value.get_params(deep=False).items())]]
 
 
 def _type_name(value: Any, *, itself: bool = False) -> str:
@@ -662,20 +658,42 @@ def _type_name(value: Any, *, itself: bool = False) -> str:
     return f"{kind.__module__}.{kind.__qualname__}"
 
 
-def _package_version(value: Any) -> str | None:
-    """The version of the package ``value``'s type comes from: a modifier fixed in a later
-    release transforms differently."""
+def _code_of(value: Any) -> str | None:
+    """What ``value``'s type transforms with: the SDK's code (:func:`_sdk_code`) for its own
+    types, else its package's version (scikit-learn's, for a Pipeline)."""
     top = type(value).__module__.split(".")[0]
     if top == "dmt_privacy":
-        return _dmt_version()
+        return _sdk_code()
     return str(getattr(sys.modules.get(top), "__version__", None))
 
 
 @functools.lru_cache(maxsize=1)
-def _dmt_version() -> str:
+def _sdk_code() -> str:
+    """A digest of the SDK's version and of the code its modifiers and local-DP mechanisms
+    draw with (``dmt_privacy/modify``, ``dmt_privacy/dp``): a fix there (helper-125: the
+    version string stays 0.1.0 from commit to commit) draws afresh."""
     import dmt_privacy
 
-    return str(dmt_privacy.__version__)
+    digest = hashlib.sha256(str(dmt_privacy.__version__).encode())
+    root = Path(__file__).resolve().parent
+    for path in sorted([*root.joinpath("modify").glob("*.py"), *root.joinpath("dp").glob("*.py")]):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _reusable(modifier: Any) -> bool:
+    """Whether a record's draw by ``modifier`` may be sent again: the SDK's own modifiers
+    (:mod:`dmt_privacy.modify`, whose code the key digests) and scikit-learn pipelines of
+    them, unseeded. An app's own modifier is not: its code can change under the same name,
+    and a re-share would send what the old code made (helper-125: an app's next version,
+    which also redacted e-mail addresses, re-sent the first version's output, an address in
+    it)."""
+    from sklearn.pipeline import Pipeline
+
+    if isinstance(modifier, Pipeline):
+        return all(step is None or step == "passthrough" or _reusable(step)
+                   for _, step in modifier.steps) and not _seeded(modifier)
+    return type(modifier).__module__.startswith("dmt_privacy.modify.") and not _seeded(modifier)
 
 
 def _seeded(transformer: Any) -> bool:
@@ -687,11 +705,11 @@ def _seeded(transformer: Any) -> bool:
 
 def _transform_key(kind: str, spec: Any) -> str | None:
     """The key a record's draw under one transformation is kept and found under
-    (:meth:`LocalStore.draws`): a digest of its name with every parameter, its random source
-    aside, and the SDK's version. None when a parameter has no stable name: the record then
-    draws afresh (so does one whose source is seeded, :func:`_share`)."""
+    (:meth:`LocalStore.draws`): a digest of its name with every parameter and of the SDK's
+    code. None when a parameter has no stable name: the record then draws afresh (so does
+    one whose modifier is not the SDK's or is seeded, :func:`_reusable`)."""
     try:
-        text = json.dumps([kind, _dmt_version(), _describe(spec)], sort_keys=True)
+        text = json.dumps([kind, _sdk_code(), _describe(spec)], sort_keys=True)
     except (_Unnamed, RecursionError, TypeError, ValueError):
         return None
     return hashlib.sha256(text.encode()).hexdigest()
@@ -718,16 +736,26 @@ def _drawn_once(store: LocalStore, column: pd.Series, key: str | None,
 
 def _fresh_cost(frame: pd.DataFrame, groups: Mapping[tuple[str, ...], list[str]],
                 policy: SharingPolicy) -> tuple[float, float]:
-    """The (ε, δ) the releases of ``groups`` (fields → the records that draw them afresh)
-    charge the ledger, each a release of its own."""
-    from dmt_privacy.dp.perturber import release_epsilon
-
-    costs = [release_epsilon(frame.loc[ids, list(names)],
-                             {n: policy.epsilon[n] for n in names},
-                             {n: policy.delta[n] for n in names if n in policy.delta},
-                             privacy_unit=str(policy.privacy_unit))
-             for names, ids in groups.items()]
-    return math.fsum(c[0] for c in costs), math.fsum(c[1] for c in costs)
+    """The (ε, δ) of drawing ``groups`` afresh (fields → the records that draw them), as one
+    release. ``"user"``: each record's fields drawn afresh, summed. ``"record"``: records
+    alike in every noisy field of the package are one record released that many times, as a
+    package drawn whole counts them (:func:`~dmt_privacy.dp.release_epsilon`); the cost is
+    the most any such record pays. Counted over a group's fields alone, four records alike in
+    x but not in y cost a re-share of x 4 ε where the package drawn whole claims 2
+    (helper-125)."""
+    eps: dict[Any, float] = {}
+    dlt: dict[Any, float] = {}
+    alike = pd.util.hash_pandas_object(frame[list(policy.epsilon)].astype(object), index=False)
+    for names, ids in groups.items():
+        e = math.fsum(float(policy.epsilon[n]) for n in names)
+        d = math.fsum(float(policy.delta.get(n, 0.0)) for n in names)
+        for rid in ids:
+            key = rid if policy.privacy_unit == "user" else int(alike.loc[rid])
+            eps[key] = eps.get(key, 0.0) + e
+            dlt[key] = dlt.get(key, 0.0) + d
+    if policy.privacy_unit == "user":
+        return math.fsum(eps.values()), math.fsum(dlt.values())
+    return max(eps.values(), default=0.0), max(dlt.values(), default=0.0)
 
 
 def share(
@@ -745,7 +773,9 @@ def share(
     ``store.acknowledge(result.package_id)`` when the server acknowledges.
     The ledger is charged (by the DP perturber) only when ``policy.epsilon``
     is not empty; a refused release (budget, bad input) leaves the outbox
-    unchanged.
+    unchanged. Records shared again after their package was abandoned send what they
+    released then, under the same transformation, and are not charged for it again
+    (``ShareResult.released_before``; the module's docstring).
 
     ``random_state``: ``None`` (default) draws the selection and the noise from
     the OS CSPRNG. An int makes both reproducible: NOT SECURE, tests only.
@@ -806,7 +836,7 @@ def _share(store: LocalStore, policy: SharingPolicy, public_key: ServerPublicKey
     for name, modifier in policy.modifiers.items():
         _warn_if_seeded(name, modifier)
         before = frame[name]
-        key = None if _seeded(modifier) else _transform_key("modify", modifier)
+        key = _transform_key("modify", modifier) if _reusable(modifier) else None
         frame[name], earlier = _drawn_once(store, before, key, modifier.transform, draws)
         released_before |= earlier
         modifications.append(_modification(name, modifier, before, frame[name]))
@@ -847,17 +877,18 @@ def _share(store: LocalStore, policy: SharingPolicy, public_key: ServerPublicKey
     if dp_fields:
         # Imported here: the perturber is a scikit-learn transformer, and scikit-learn takes
         # seconds to import; a device that shares without local DP never needs it.
+        from dmt_privacy.dp.ledger import UNACCOUNTED
         from dmt_privacy.dp.perturber import LocalDPPerturber
 
-        def perturber_of(names: list[str]) -> LocalDPPerturber:
+        def perturber_of(names: list[str], ledger: Any) -> LocalDPPerturber:
             return LocalDPPerturber(
                 schema, epsilon={n: policy.epsilon[n] for n in names},
                 delta={n: policy.delta[n] for n in names if n in policy.delta} or None,
                 mechanism={n: policy.mechanism[n] for n in names if n in policy.mechanism}
-                or None, ledger=store.ledger, privacy_unit=str(policy.privacy_unit),
+                or None, ledger=ledger, privacy_unit=str(policy.privacy_unit),
                 random_state=random_state).fit()
 
-        perturber = perturber_of(dp_fields)
+        perturber = perturber_of(dp_fields, store.ledger)
         for name in dp_fields:
             # a seeded source's noise can be drawn again by whoever knows the seed: never
             # sent again as if drawn from the secure one (helper-123)
@@ -877,13 +908,6 @@ def _share(store: LocalStore, policy: SharingPolicy, public_key: ServerPublicKey
                 f"{len(frame)} records), above max_epsilon={policy.max_epsilon:g}; share "
                 "fewer records or lower ε."
             )
-        if len(groups) > 1 and not store.ledger.can_spend(cost, cost_delta):
-            raise BudgetExceededError(
-                f"This share would spend ε={cost:g}, δ={cost_delta:g} for user "
-                f"{store.user_id!r}, who has ε={store.ledger.remaining.epsilon:g}, "
-                f"δ={store.ledger.remaining.delta:g} left. Nothing was released; lower the "
-                "per-field ε, release fewer fields or records, or wait for a new budget "
-                "period.")
         planned = perturber.receipt_for(frame[dp_fields])  # what the package claims
     # before the charge: the package can be made, and with max_bytes is not too large
     _refuse_unpackable(policy, schema, frame, modifications, token,
@@ -898,16 +922,21 @@ def _share(store: LocalStore, policy: SharingPolicy, public_key: ServerPublicKey
             dp_receipt = _device_free(release.receipt)
             fresh = {name: dict(zip(frame.index, frame[name].tolist(), strict=True))
                      for name in dp_fields}
-        else:  # one release for each set of fields records draw afresh, each charged
+        else:  # the values drawn afresh, charged as one release, each set of fields drawn
+            charge = dataclasses.replace(    # by a perturber of its own that charges nothing
+                planned, release_id=uuid.uuid4().hex, epsilon=cost, delta=cost_delta,
+                n_records=sum(len(ids) for ids in groups.values()))
             fresh = {name: {} for name in dp_fields}
-            for names, ids in groups.items():
-                release = perturber_of(list(names)).perturb(frame.loc[ids, list(names)])
-                for name in names:
-                    fresh[name].update(zip(ids, release.data[name].tolist(), strict=True))
+            with store.ledger.release(charge):  # atomic: one charge, or none
+                for names, ids in groups.items():
+                    drawn = perturber_of(list(names), UNACCOUNTED).perturb(  # charged above
+                        frame.loc[ids, list(names)])
+                    for name in names:
+                        fresh[name].update(zip(ids, drawn.data[name].tolist(), strict=True))
             for name in dp_fields:
                 frame[name] = pd.Series([fresh[name].get(rid, earlier_dp[name].get(rid))
                                          for rid in frame.index], index=frame.index)
-            dp_receipt = _device_free(planned)
+            dp_receipt = _device_free(dataclasses.replace(planned, release_id=charge.release_id))
             released_before |= reused
         for name in dp_fields:
             if (key := dp_keys[name]) is not None:

@@ -531,11 +531,25 @@ class _Noisy:
     def __init__(self, width: int = 8) -> None:
         self.width = width
 
+    def get_params(self, deep=True):
+        return {"width": self.width}
+
     def transform(self, x):
         rng = np.random.default_rng()
         return x.map(lambda v: f"{v}-{rng.integers(10 ** self.width)}")
 
 
+@pytest.fixture
+def trusted(monkeypatch):
+    """_Noisy taken for one of the SDK's modifiers, whose draws share() may send again."""
+    from dmt_privacy import sharing
+
+    sdk = sharing._reusable
+    monkeypatch.setattr(sharing, "_reusable", lambda m: (
+        isinstance(m, _Noisy) and not sharing._seeded(m)) or sdk(m))
+
+
+@pytest.mark.usefixtures("trusted")
 def test_a_record_shared_again_after_a_refusal_releases_what_it_released_before(tmp_path):
     # helper-106 f2: a device that abandoned a refused package and shared the same records
     # again drew fresh modifications (18–19 of 20 original words visible across 4 packages) and,
@@ -574,6 +588,7 @@ def test_a_record_shared_again_after_a_refusal_releases_what_it_released_before(
     assert store.draws("note", "any", wider.entry.record_ids) == {}
 
 
+@pytest.mark.usefixtures("trusted")
 def test_another_transformation_draws_afresh_and_is_charged(tmp_path):
     store = make_store(tmp_path / "d.db", budget=100.0, private=0)
     ids = frozenset(f"r{j}" for j in range(12))
@@ -590,22 +605,56 @@ def test_another_transformation_draws_afresh_and_is_charged(tmp_path):
     assert not set(a.columns["note"]) & set(b.columns["note"])
 
 
-def test_a_transformation_without_a_stable_name_draws_afresh(tmp_path):
-    from dmt_privacy.sharing import _transform_key
+def redact(values):
+    """An app's own modifier: digits out (its next version may also take e-mail addresses)."""
+    return values.str.replace(r"\d", "#", regex=True)
+
+
+class _AppModifier:
+    def transform(self, values):
+        return redact(values)
+
+
+def test_an_app_s_own_modifier_draws_afresh(tmp_path):
+    # helper-125 F1: a function is named by its module and name, not its code, so an app's
+    # next version (redacting e-mail addresses too) re-sent the first version's output
+    from dmt_privacy.sharing import _reusable, _transform_key
 
     assert _transform_key("modify", _Noisy(8)) == _transform_key("modify", _Noisy(8))
     assert _transform_key("modify", _Noisy(8)) != _transform_key("modify", _Noisy(9))
-    closure = _Noisy()
-    closure.pick = lambda v: v  # a lambda has no name that says what it does
-    assert _transform_key("modify", closure) is None
+    assert not _reusable(_Noisy()) and not _reusable(_AppModifier())
+    assert _transform_key("modify", _AppModifier()) is None  # nothing says what it does
+    assert _transform_key("modify", redact) is None
     store = make_store(tmp_path / "d.db", private=0)
     ids = frozenset(f"r{j}" for j in range(6))
-    first = share(store, policy(modifiers={"note": closure}, epsilon={}, record_ids=ids),
-                  KEY.public_key())
-    store.abandon(first.package_id)
-    again = share(store, policy(modifiers={"note": closure}, epsilon={}, record_ids=ids),
-                  KEY.public_key())
-    assert again.released_before == ()
+    for modifier in (_AppModifier(), _Noisy()):
+        first = share(store, policy(modifiers={"note": modifier}, epsilon={}, record_ids=ids),
+                      KEY.public_key())
+        store.abandon(first.package_id)
+        again = share(store, policy(modifiers={"note": modifier}, epsilon={}, record_ids=ids),
+                      KEY.public_key())
+        store.abandon(again.package_id)
+        assert again.released_before == ()
+
+
+def test_the_sdk_s_synonyms_are_drawn_once(tmp_path):
+    from dmt_privacy.modify import SynonymReplacer
+
+    schema = Schema((Field("note", "text"),))
+    store = LocalStore(tmp_path / "t.db", schema=schema, user_id="u", key=STORE_KEY)
+    texts = ["the patient reported severe chest pain after running in the old park",
+             "a small dog was found near the large river bank by two children"]
+    store.add_records(pd.DataFrame({"note": texts}, index=["a", "b"]))
+    pol = SharingPolicy(fields=("note",), modifiers={"note": SynonymReplacer(1.0)})
+    seen = []
+    for _ in range(3):
+        result = share(store, pol, KEY.public_key())
+        seen.append(open_package(result.envelope, KEY).columns["note"])
+        store.abandon(result.package_id)
+    assert seen[0] != texts and seen[0] == seen[1] == seen[2]
+    assert result.released_before == ("a", "b")
+    other = share(store, pol.evolve(modifiers={"note": SynonymReplacer(0.5)}), KEY.public_key())
+    assert other.released_before == ()  # another rate, another transformation
 
 
 class _SeededNoisy(_Noisy):
@@ -613,6 +662,7 @@ class _SeededNoisy(_Noisy):
         return {"width": self.width, "random_state": 0}
 
 
+@pytest.mark.usefixtures("trusted")
 def test_a_draw_from_a_seeded_source_is_never_sent_again(tmp_path):
     # helper-123 F1: a seeded share abandoned, then shared unseeded, sent the seeded noise
     # again under a receipt claiming the secure source; whoever knows the seed removes it.
@@ -669,7 +719,11 @@ def test_transformations_that_differ_have_keys_that_differ():
     from dmt_privacy.sharing import _transform_key
 
     long = "|".join(f"Name{i} Surname{i}" for i in range(30))
-    pairs = [({1: "a"}, {"1": "a"}), ({"a": 1, "b": 2}, {"b": 2, "a": 1}),
+    from collections import OrderedDict
+    from pathlib import Path
+
+    ordered = (OrderedDict(a=1, b=2), OrderedDict(b=2, a=1))  # rules applied in turn
+    pairs = [({1: "a"}, {"1": "a"}), ordered, (Path("/a"), Path("/b")),
              (regex.compile(long), regex.compile(long + "|Zoe Quinn")), (str, "builtins.str"),
              ((1, 2), [1, 2]), (1, 1.0), (True, 1), (np.float32(0.5), 0.5)]
     for x, y in pairs:
@@ -677,6 +731,9 @@ def test_transformations_that_differ_have_keys_that_differ():
         assert kx is not None and ky is not None and kx != ky, (x, y)
     assert _transform_key("modify", np.array([object()], dtype=object)) is None
     assert _transform_key("modify", object()) is None  # nothing says what it does
+    # the same transformation whatever the order a plain dict was built in, or a path's type
+    assert _transform_key("modify", {"a": 1, "b": 2}) == _transform_key("modify", {"b": 2, "a": 1})
+    assert _transform_key("modify", Path("/a")) is not None
 
 
 def test_a_draw_that_would_not_come_back_as_it_went_is_not_kept(tmp_path):
@@ -689,3 +746,28 @@ def test_a_draw_that_would_not_come_back_as_it_went_is_not_kept(tmp_path):
 
     rows = _draw_rows({("note", "k"): values}, set(ids))
     assert [r[0] for r in rows] == ["r2"]
+
+
+def test_a_re_share_drawn_in_parts_is_one_charge_counted_as_a_whole_package_counts(tmp_path):
+    # helper-125 F3: each set of fields drawn afresh was charged on its own, so a spend
+    # between two charges left the first charged and its noise thrown away. F4: records
+    # alike were counted over the set's fields alone (alike in income, not in age: 4 ε).
+    store = LocalStore(tmp_path / "d.db", schema=SCHEMA, user_id="alice", epsilon_budget=10.0,
+                       key=STORE_KEY)
+    frame = records(5).assign(income=500.0, age=[20.0, 30.0, 40.0, 50.0, 60.0])
+    store.add_records(frame)
+    one = SharingPolicy(fields=("note", "age"), epsilon={"age": 0.25}, privacy_unit="record",
+                        record_ids=frozenset(f"r{j}" for j in range(4)))
+    first = share(store, one, KEY.public_key())
+    assert store.ledger.spent.epsilon == pytest.approx(0.25)
+    store.abandon(first.package_id)
+    both = one.evolve(fields=("note", "income", "age"), epsilon={"income": 0.5, "age": 0.25},
+                      record_ids=frozenset(frame.index))
+    again = share(store, both, KEY.public_key())  # r0-r3: income afresh; r4: both afresh
+    assert set(again.released_before) == {"r0", "r1", "r2", "r3"}
+    assert [e.status for e in store.ledger.entries()] == ["released", "released"]
+    # record-level: r4 draws both fields (0.75), r0-r3 income alone (0.5), all of them alike
+    # in income but not in age, so no record pays more than 0.75, as a whole package's would
+    assert store.ledger.spent.epsilon == pytest.approx(0.25 + 0.75)
+    assert again.receipt.dp.epsilon == pytest.approx(0.75)
+    assert again.receipt.dp.release_id == store.ledger.entries()[-1].release_id
