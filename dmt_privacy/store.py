@@ -604,7 +604,7 @@ class LocalStore:
         :func:`~dmt_privacy.sharing.share` sends these values again rather than drawing new
         ones: the server opened the abandoned package, and a second synonym draw or a second
         noisy value of one record, set beside the first, tells it more than either
-        (``benchmarks/reshare_exposure.py``: 96.5 % of a note's original words across 4
+        (``benchmarks/reshare_exposure.py``: 97.4 % of a note's original words across 4
         re-shares, where one package shows 85 %). A value re-sent is post-processing of its
         first release, so the ledger is not charged for it again. ``transform`` names the
         transformation with its parameters and the SDK's code; under another one the record
