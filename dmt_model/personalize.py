@@ -53,6 +53,7 @@ import bisect
 import contextlib
 import contextvars
 import copy
+import dataclasses
 import hashlib
 import hmac
 import itertools
@@ -1409,7 +1410,11 @@ class PersonalizationResult:
     error, in the target's units squared; a classifier's log loss);
     ``out_of_bounds`` counts the training records with a numeric value outside
     its field's sharing bounds (trained on as they are);
-    ``prior_records`` is the prior strength cross-validation chose.
+    ``prior_records`` is the prior strength cross-validation chose;
+    ``learning_rate`` the rate the update ran at when it was not the model's own: an update
+    at the model's rate that diverges is tried again at a tenth of it, then a hundredth
+    (unless a ``learning_rate`` was passed), and a device does the same (Core ML's
+    ``MLUpdateTask`` takes the rate as a parameter).
     """
 
     accepted: bool
@@ -1421,6 +1426,7 @@ class PersonalizationResult:
     out_of_bounds: int = 0
     prior_records: int | None = None
     reset_to_base: bool = False
+    learning_rate: float | None = None
 
     def raise_if_rejected(self) -> PersonalizationResult:
         if not self.accepted:
@@ -1854,11 +1860,48 @@ def _checked_updates(spec: Any, baselines: Sequence[Any], plans: Sequence[_Updat
                                  [plan.priors for plan in plans], overrides):
         out[i] = _decide_update(spec, plans[i], fits, befores[i], output=output,
                                 on_event=on_event, overrides=overrides)
+    if overrides.get("learning_rate") is None:  # the model's own rate, not one passed
+        rate = _learning_rate(spec)
+        for slower in (rate / 10, rate / 100):
+            again = [i for i, decision in enumerate(out)
+                     if decision is not None and _diverged(decision[1])]
+            if not again:
+                break
+            retried = {**overrides, "learning_rate": slower}
+            for j, fits in _devices_fits(spec, [plans[i].record_sets for i in again],
+                                         [plans[i].priors for i in again], retried):
+                i = again[j]
+                kept, result = _decide_update(spec, plans[i], fits, befores[i], output=output,
+                                              on_event=on_event, overrides=retried)
+                out[i] = kept, dataclasses.replace(result, learning_rate=slower, reason=(
+                    f"{result.reason.removesuffix('.')} (at learning rate {slower:g}: at "
+                    f"{rate:g} the update diverged)."))
     decisions = [decision for decision in out if decision is not None]
     for (kept, _), plan in zip(decisions, plans, strict=True):
         if kept is not None:  # it says which version it was personalized from
             _mark_personalized(kept, spec, adoption=not plan.personal)
     return decisions
+
+
+#: An update whose held-out error is this many times the model's, or not finite, diverged
+#: though its loss stayed finite (helper-124: 92 → 1e47 on randhie, a record 5 spreads past
+#: the proxy): :func:`_checked_updates` tries it again at a lower learning rate.
+_EXPLODED = 1e3
+
+
+def _diverged(result: PersonalizationResult) -> bool:
+    """Whether an update was not kept because its training diverged: its loss not finite (no
+    held-out error), or its held-out error :data:`_EXPLODED` times the model's."""
+    after, before = result.holdout_loss_after, result.holdout_loss_before
+    return not result.accepted and (math.isnan(after) or not math.isfinite(after)
+                                    or after > _EXPLODED * max(before, 1e-12))
+
+
+def _learning_rate(model: Any) -> float:
+    """The learning rate ``model``'s updates run at: its own, as exported."""
+    if _is_program(model):
+        return float(model.settings.learning_rate)
+    return read_settings(model).learning_rate
 
 
 def _decide_update(spec: Any, plan: _UpdatePlan, fits: Sequence[_Fit], before: np.ndarray, *,

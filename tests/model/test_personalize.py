@@ -281,3 +281,33 @@ def test_a_category_the_proxy_never_showed_is_personalized_as_the_device_reads_i
                            tmp_path / "d.mlmodel", updatable=UpdateSettings())
     with pytest.raises(UnknownCategoryError, match="'city'.*'c11'"):
         personalize(strict, records(40, ["c11"]))
+
+
+def test_an_update_that_diverges_at_the_model_s_rate_is_tried_again_at_a_lower_one(tmp_path):
+    """helper-124: on randhie, users far from the proxy (free care, a proxy of coinsurance
+    plans) had 179 of 180 updates diverge at the default rate 0.01 and kept nothing (test RMSE
+    57-58, where 0.001 reaches about 3); the users who need personalization most. The rate
+    the model was exported with is tried again at a tenth, then a hundredth, as a device
+    overrides MLUpdateTask's; a rate the caller passes is used as given."""
+    import pandas as pd
+
+    from dmt_model.foundation import train_foundation
+    from dmt_privacy import Field, Schema
+
+    schema = Schema((Field("x", "numeric", bounds=(0, 100)), Field("z", "numeric", bounds=(0, 10)),
+                     Field("y", "numeric", role="target", bounds=(-1000, 1000))))
+    rng = np.random.default_rng(0)
+    proxy = pd.DataFrame({"x": rng.uniform(0, 10, 300), "z": rng.uniform(0, 10, 300)})
+    proxy["y"] = proxy.x + 0.3 * proxy.z + rng.normal(0, 1, 300)
+    foundation = train_foundation(proxy, schema)
+    user = pd.DataFrame({"x": rng.uniform(85, 90, 20), "z": rng.uniform(0, 10, 20)})
+    user["y"] = user.x + 0.3 * user.z + rng.normal(0, 1, 20)
+    model = export_coreml(foundation, tmp_path / "p.mlmodel", updatable=UpdateSettings())
+    before = model.read_bytes()
+    given = personalize(model, user, learning_rate=0.01)  # the model's own, passed: as given
+    assert not given.accepted and "diverged" in given.reason and given.learning_rate is None
+    assert model.read_bytes() == before
+    result = personalize(model, user)
+    assert result.accepted and result.learning_rate == pytest.approx(0.001)
+    assert "at learning rate 0.001: at 0.01 the update diverged" in result.reason
+    assert result.holdout_loss_after < 0.01 * result.holdout_loss_before
