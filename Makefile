@@ -152,6 +152,7 @@ bench: install wordnet risk-env postgres
 	run personalization_few_records $(call quick,--seeds 2 --records 3 --spreads 0); \
 	run personal_rule $(call quick,--seeds 1 --datasets boston adult --spreads 0.3 --alphas 1 --workers 1); \
 	run personalize_again $(call quick,--seeds 1 --spreads 0 --workers 1); \
+	run far_from_proxy $(call quick,--seeds 1 --distances 5 90 --records 20); \
 	run skewed_inputs $(call quick,--seeds 1 --reaches 10 --workers 1); \
 	run privacy_utility --risk $(call quick,--seeds 1); \
 	run task_baselines $(call quick,--seeds 1); \
