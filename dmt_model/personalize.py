@@ -1778,7 +1778,8 @@ def _plan_update(spec: Any, records: pd.DataFrame, *, holdout: pd.DataFrame | No
             copies = "" if distinct == to_score else f" ({distinct} distinct: the others copy it)"
             raise TooFewRecords(
                 f"{to_score} record(s){copies} cannot be cross-validated; give at least 2 "
-                "distinct records, or pass holdout= explicitly.")
+                "distinct records, or held-out records to judge the update on (holdout=; "
+                "dmt personalize --holdout).")
         first = ~pd.Series(groups).duplicated().to_numpy()
         if not first.all():  # one copy of each record trains, as one is scored (_copies)
             scored = None if scored is None else int(first[:scored].sum())

@@ -202,6 +202,9 @@ def run_personalize(args: argparse.Namespace) -> int:
             else:
                 warnings.warn_explicit(warning.message, warning.category, warning.filename,
                                        warning.lineno)
+    if result.out_of_bounds:  # trained on as they are; said, since bounds are the schema's
+        print(f"note: {result.out_of_bounds} of the records hold a number outside its field's "
+              "bounds in the schema; the update trained on them as they are.", file=sys.stderr)
     if result.accepted:
         print(f"Updated {result.model_path}: {result.reason}.")
         return 0

@@ -93,3 +93,23 @@ def test_personalize_again_from_the_installed_version(trained, boston, tmp_path,
     err = capsys.readouterr().err
     assert "--base" in err and "other.mlmodel" in err and "version 2" in err
     assert personal.read_bytes() == before
+
+
+def test_personalize_says_how_many_records_lie_outside_the_bounds(trained, boston, tmp_path,
+                                                                 capsys):
+    # helper-124: records outside the schema's bounds were trained on without a word, and
+    # the copies' message named holdout=, the Python argument, not --holdout
+    import shutil
+
+    model = tmp_path / "m.mlmodel"
+    shutil.copyfile(trained / "m.mlmodel", model)
+    records = tmp_path / "user.csv"
+    outside = boston.head(12).copy()
+    outside.loc[outside.index[:2], "CRIM"] = 150.0  # past its bounds (0, 100)
+    outside.to_csv(records, index=False)
+    assert main(["personalize", str(model), "--records", str(records), "--epochs", "5"]
+                ) in (0, 3)
+    assert "note: 2 of the records hold a number outside" in capsys.readouterr().err
+    boston.head(1).pipe(lambda f: f.loc[f.index.repeat(4)]).to_csv(records, index=False)
+    assert main(["personalize", str(model), "--records", str(records)]) == 1
+    assert "--holdout" in capsys.readouterr().err
