@@ -1873,10 +1873,10 @@ def _checked_updates(spec: Any, baselines: Sequence[Any], plans: Sequence[_Updat
                                          [plans[i].priors for i in again], retried):
                 i = again[j]
                 kept, result = _decide_update(spec, plans[i], fits, befores[i], output=output,
-                                              on_event=on_event, overrides=retried)
-                out[i] = kept, dataclasses.replace(result, learning_rate=slower, reason=(
-                    f"{result.reason.removesuffix('.')} (at learning rate {slower:g}: at "
-                    f"{rate:g} the update diverged)."))
+                                              on_event=on_event, overrides=retried,
+                                              retried=True)
+                out[i] = kept, dataclasses.replace(
+                    result, learning_rate=slower, reason=_at_rate(result.reason, slower, rate))
     decisions = [decision for decision in out if decision is not None]
     for (kept, _), plan in zip(decisions, plans, strict=True):
         if kept is not None:  # it says which version it was personalized from
@@ -1898,6 +1898,15 @@ def _diverged(result: PersonalizationResult) -> bool:
                                     or after > _EXPLODED * max(before, 1e-12))
 
 
+def _at_rate(reason: str, slower: float, rate: float) -> str:
+    """``reason``, saying the update ran at ``slower`` since it diverged at ``rate``."""
+    note = f" (at learning rate {slower:g}: at {rate:g} the update diverged)"
+    kept = "; the model was kept as it was."
+    if reason.endswith(kept):
+        return reason.removesuffix(kept) + note + kept
+    return reason.removesuffix(".") + note + ("." if reason.endswith(".") else "")
+
+
 def _learning_rate(model: Any) -> float:
     """The learning rate ``model``'s updates run at: its own, as exported."""
     if _is_program(model):
@@ -1907,9 +1916,11 @@ def _learning_rate(model: Any) -> float:
 
 def _decide_update(spec: Any, plan: _UpdatePlan, fits: Sequence[_Fit], before: np.ndarray, *,
                    output: Path, on_event: Callable[[UpdateEvent], None] | None,
-                   overrides: Mapping[str, Any]) -> _Decision:
+                   overrides: Mapping[str, Any], retried: bool = False) -> _Decision:
     """``plan``'s decision from its ``fits`` (:attr:`_UpdatePlan.record_sets`' order) and
-    the baseline's held-out errors ``before``: (the update to write or ``None``, result)."""
+    the baseline's held-out errors ``before``: (the update to write or ``None``, result).
+    ``retried``: at a lower rate than the model's, after it diverged there; the update kept
+    must then also fit its own records better than ``spec`` does."""
     grid, checks, out_of_bounds = plan.grid, plan.checks, plan.out_of_bounds
     history = UpdateHistory()
     rejection = next((fit for fit in fits[:len(grid) * len(checks)]
@@ -1953,6 +1964,20 @@ def _decide_update(spec: Any, plan: _UpdatePlan, fits: Sequence[_Fit], before: n
     except UpdateRejected as exc:
         return None, PersonalizationResult(False, str(exc), result_before, math.nan, output,
                                            history, out_of_bounds, chosen)
+    # it trained on these records: worse on them than where it started, it oscillated at the
+    # edge of stability (helper-126: kept at rate/10 on folds that converged, the final
+    # update on all records left a user +77 % worse than the model)
+    started = fitted = 0.0
+    if retried:
+        own = (plan.records, plan.records, _check_records(spec, plan.records, what="records"))
+        started, fitted = (float(np.mean(e))
+                           for e in _updates_errors(spec, [spec, candidate], [own, own]))
+    if not fitted <= started:
+        return None, PersonalizationResult(
+            False, f"The update fits the records it trained on worse than the model it started "
+            f"from ({task.record_error_name} {started:.4g} → {fitted:.4g}): its training "
+            "diverged. Nothing was written.", result_before, math.nan, output, history,
+            out_of_bounds, chosen)
     how = "on the holdout" if plan.holdout else f"in {len(checks)}-fold cross-validation"
     anchors = f"{chosen} anchor record{'' if chosen == 1 else 's'}"
     return _written(candidate), PersonalizationResult(
@@ -2431,17 +2456,43 @@ def _devices_held_out_errors(spec: Any, devices: Sequence[Sequence[_Check]], gri
     keys = _held_out_keys(spec, devices, grid, overrides)
     out = [None if key is None else _HELD_OUT_ERRORS.get(key) for key in keys]
     todo = [i for i, errors in enumerate(out) if errors is None]
-    for j, fits in _devices_fits(spec, [[train for _ in grid for train, _, _ in devices[i]]
-                                        for i in todo],
-                                 [[prior for prior in grid for _ in devices[i]]
-                                  for i in todo], overrides):
-        i = todo[j]
-        errors = _best_errors(spec, fits, devices[i], grid)
-        errors.setflags(write=False)
-        out[i] = errors
-        if (key := keys[i]) is not None:
-            _HELD_OUT_ERRORS.keep(key, errors)
+    # a device whose updates diverge at the model's own rate tries a tenth, then a hundredth
+    # (:func:`_checked_updates`), so its baseline is personalized the same way
+    attempts = [overrides]
+    if overrides.get("learning_rate") is None:
+        rate = _learning_rate(spec)
+        attempts += [{**overrides, "learning_rate": rate / 10},
+                     {**overrides, "learning_rate": rate / 100}]
+    for k, tried in enumerate(attempts):
+        again = []
+        for j, fits in _devices_fits(spec, [[train for _ in grid for train, _, _ in devices[i]]
+                                            for i in todo],
+                                     [[prior for prior in grid for _ in devices[i]]
+                                      for i in todo], tried):
+            i = todo[j]
+            errors = _best_errors(spec, fits, devices[i], grid)
+            if k + 1 < len(attempts) and _folds_diverged(spec, fits, devices[i], grid, errors):
+                again.append(i)
+                continue
+            errors.setflags(write=False)
+            out[i] = errors
+            if (key := keys[i]) is not None:
+                _HELD_OUT_ERRORS.keep(key, errors)
+        todo = again
+        if not todo:
+            break
     return out  # type: ignore[return-value]
+
+
+def _folds_diverged(spec: Any, fits: Sequence[_Fit], checks: Sequence[_Check],
+                    grid: Sequence[int], errors: np.ndarray) -> bool:
+    """Whether a device's fold updates diverged, as :func:`_diverged` judges its own: one
+    rejected, or the best held-out errors not finite or :data:`_EXPLODED` times the model's."""
+    if any(isinstance(fit, UpdateRejected) for fit in fits[:len(grid) * len(checks)]):
+        return True
+    mean = float(np.mean(errors))
+    return not math.isfinite(mean) or mean > _EXPLODED * max(
+        float(np.mean(_checks_errors(spec, checks))), 1e-12)
 
 
 class _KeptErrors(dict[bytes, np.ndarray]):

@@ -311,3 +311,35 @@ def test_an_update_that_diverges_at_the_model_s_rate_is_tried_again_at_a_lower_o
     assert result.accepted and result.learning_rate == pytest.approx(0.001)
     assert "at learning rate 0.001: at 0.01 the update diverged" in result.reason
     assert result.holdout_loss_after < 0.01 * result.holdout_loss_before
+
+
+def test_a_retried_update_that_oscillates_on_its_own_records_is_not_kept():
+    """helper-126: at a tenth of the rate a far user's folds converged and the update was
+    kept, but the final update on all 20 records oscillated at the edge of stability and
+    was never scored: unseen squared error 2,267 against the foundation's 1,281 (+77 %). An
+    update that fits the records it trained on worse than its starting model diverged."""
+    import pandas as pd
+
+    from dmt_model.coreml import build_spec
+    from dmt_model.foundation import train_foundation
+    from dmt_model.personalize import _predict, personalized
+    from dmt_privacy import Field, Schema
+
+    schema = Schema((Field("x", "numeric", bounds=(0, 200)), Field("z", "numeric", bounds=(0, 10)),
+                     Field("y", "numeric", role="target", bounds=(-1000, 1000))))
+    rng = np.random.default_rng(0)
+    proxy = pd.DataFrame({"x": rng.uniform(0, 10, 300), "z": rng.uniform(0, 10, 300)})
+    proxy["y"] = proxy.x + 0.3 * proxy.z + rng.normal(0, 1, 300)
+    spec = build_spec(train_foundation(proxy, schema), updatable=UpdateSettings())
+
+    def user(n, seed):
+        r = np.random.default_rng(seed)
+        frame = pd.DataFrame({"x": r.uniform(125, 130, n), "z": r.uniform(0, 10, n)})
+        frame["y"] = frame.x + 0.3 * frame.z + r.normal(0, 1, n)
+        return frame
+
+    records, test = user(20, 2), user(500, 102)
+    error = lambda model: float(np.mean((_predict(model, test) - test.y.to_numpy()) ** 2))  # noqa: E731
+    model, result = personalized(spec, records)
+    assert result.accepted and result.learning_rate == pytest.approx(1e-4)
+    assert error(model) < 0.01 * error(spec)
