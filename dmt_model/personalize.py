@@ -1411,10 +1411,10 @@ class PersonalizationResult:
     ``out_of_bounds`` counts the training records with a numeric value outside
     its field's sharing bounds (trained on as they are);
     ``prior_records`` is the prior strength cross-validation chose;
-    ``learning_rate`` the rate the update ran at when it was not the model's own: an update
-    at the model's rate that diverges is tried again at a tenth of it, then a hundredth
-    (unless a ``learning_rate`` was passed), and a device does the same (Core ML's
-    ``MLUpdateTask`` takes the rate as a parameter).
+    ``learning_rate`` the lower rate the update ran at (``None``: the model's own, or the one
+    passed): an update at the model's rate that diverges is tried again at a tenth of it,
+    then a hundredth (unless a ``learning_rate`` was passed). An app must do the same on a
+    device (Core ML's ``MLUpdateTask`` takes the rate as a parameter).
     """
 
     accepted: bool
@@ -1885,8 +1885,8 @@ def _checked_updates(spec: Any, baselines: Sequence[Any], plans: Sequence[_Updat
 
 
 #: An update whose held-out error is this many times the model's, or not finite, diverged
-#: though its loss stayed finite (helper-124: 92 → 1e47 on randhie, a record 5 spreads past
-#: the proxy): :func:`_checked_updates` tries it again at a lower learning rate.
+#: though its loss stayed finite (helper-124: 92 → 1e47 on randhie, a record 9 spreads from
+#: the proxy's mean): :func:`_checked_updates` tries it again at a lower learning rate.
 _EXPLODED = 1e3
 
 

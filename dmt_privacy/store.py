@@ -605,10 +605,10 @@ class LocalStore:
         ones: the server opened the abandoned package, and a second synonym draw or a second
         noisy value of one record, set beside the first, tells it more than either
         (``benchmarks/reshare_exposure.py``: 97.4 % of a note's original words across 4
-        re-shares, where one package shows 85 %). A value re-sent is post-processing of its
-        first release, so the ledger is not charged for it again. ``transform`` names the
-        transformation with its parameters and the SDK's code; under another one the record
-        draws afresh.
+        refused shares, a mean over 200 notes, where one package shows 85 %). A value re-sent
+        is post-processing of its first release, so the ledger is not charged for it again.
+        ``transform`` names the transformation with its parameters and the SDK's code; under
+        another one the record draws afresh.
         """
         wanted = [str(r) for r in record_ids]
         conn = self._read()
