@@ -1861,22 +1861,19 @@ def _checked_updates(spec: Any, baselines: Sequence[Any], plans: Sequence[_Updat
                                  [plan.priors for plan in plans], overrides):
         out[i] = _decide_update(spec, plans[i], fits, befores[i], output=output,
                                 on_event=on_event, overrides=overrides)
-    if overrides.get("learning_rate") is None:  # the model's own rate, not one passed
-        rate = _learning_rate(spec)
-        for slower in (rate / 10, rate / 100):
-            again = [i for i, decision in enumerate(out)
-                     if decision is not None and _diverged(decision[1])]
-            if not again:
-                break
-            retried = {**overrides, "learning_rate": slower}
-            for j, fits in _devices_fits(spec, [plans[i].record_sets for i in again],
-                                         [plans[i].priors for i in again], retried):
-                i = again[j]
-                kept, result = _decide_update(spec, plans[i], fits, befores[i], output=output,
-                                              on_event=on_event, overrides=retried,
-                                              retried=True)
-                out[i] = kept, dataclasses.replace(
-                    result, learning_rate=slower, reason=_at_rate(result.reason, slower, rate))
+    for slower in _slower_rates(spec, overrides):
+        again = [i for i, decision in enumerate(out)
+                 if decision is not None and _diverged(decision[1])]
+        if not again:
+            break
+        retried = {**overrides, "learning_rate": slower}
+        for j, fits in _devices_fits(spec, [plans[i].record_sets for i in again],
+                                     [plans[i].priors for i in again], retried):
+            i = again[j]
+            kept, result = _decide_update(spec, plans[i], fits, befores[i], output=output,
+                                          on_event=on_event, overrides=retried, retried=True)
+            out[i] = kept, dataclasses.replace(result, learning_rate=slower, reason=_at_rate(
+                result.reason, slower, _learning_rate(spec)))
     decisions = [decision for decision in out if decision is not None]
     for (kept, _), plan in zip(decisions, plans, strict=True):
         if kept is not None:  # it says which version it was personalized from
@@ -1890,12 +1887,26 @@ def _checked_updates(spec: Any, baselines: Sequence[Any], plans: Sequence[_Updat
 _EXPLODED = 1e3
 
 
+def _exploded(after: float, before: float) -> bool:
+    """Whether a held-out error ``after`` is not finite, or :data:`_EXPLODED` times
+    ``before``'s: a training that diverged."""
+    return not math.isfinite(after) or after > _EXPLODED * max(before, 1e-12)
+
+
 def _diverged(result: PersonalizationResult) -> bool:
     """Whether an update was not kept because its training diverged: its loss not finite (no
-    held-out error), or its held-out error :data:`_EXPLODED` times the model's."""
-    after, before = result.holdout_loss_after, result.holdout_loss_before
-    return not result.accepted and (math.isnan(after) or not math.isfinite(after)
-                                    or after > _EXPLODED * max(before, 1e-12))
+    held-out error), or its held-out error :func:`_exploded`."""
+    return not result.accepted and _exploded(result.holdout_loss_after,
+                                             result.holdout_loss_before)
+
+
+def _slower_rates(spec: Any, overrides: Mapping[str, Any]) -> tuple[float, ...]:
+    """The rates an update that diverged at ``spec``'s own is tried again at: a tenth, then a
+    hundredth; none when ``overrides`` pass a rate, which is used as given."""
+    if overrides.get("learning_rate") is not None:
+        return ()
+    rate = _learning_rate(spec)
+    return (rate / 10, rate / 100)
 
 
 def _at_rate(reason: str, slower: float, rate: float) -> str:
@@ -1967,17 +1978,16 @@ def _decide_update(spec: Any, plan: _UpdatePlan, fits: Sequence[_Fit], before: n
     # it trained on these records: worse on them than where it started, it oscillated at the
     # edge of stability (helper-126: kept at rate/10 on folds that converged, the final
     # update on all records left a user +77 % worse than the model)
-    started = fitted = 0.0
     if retried:
         own = (plan.records, plan.records, _check_records(spec, plan.records, what="records"))
         started, fitted = (float(np.mean(e))
                            for e in _updates_errors(spec, [spec, candidate], [own, own]))
-    if not fitted <= started:
-        return None, PersonalizationResult(
-            False, f"The update fits the records it trained on worse than the model it started "
-            f"from ({task.record_error_name} {started:.4g} → {fitted:.4g}): its training "
-            "diverged. Nothing was written.", result_before, math.nan, output, history,
-            out_of_bounds, chosen)
+        if not fitted <= started:
+            return None, PersonalizationResult(
+                False, f"The update fits the records it trained on worse than the model it "
+                f"started from ({task.record_error_name} {started:.4g} → {fitted:.4g}): its "
+                "training diverged. Nothing was written.", result_before, math.nan, output,
+                history, out_of_bounds, chosen)
     how = "on the holdout" if plan.holdout else f"in {len(checks)}-fold cross-validation"
     anchors = f"{chosen} anchor record{'' if chosen == 1 else 's'}"
     return _written(candidate), PersonalizationResult(
@@ -2458,11 +2468,8 @@ def _devices_held_out_errors(spec: Any, devices: Sequence[Sequence[_Check]], gri
     todo = [i for i, errors in enumerate(out) if errors is None]
     # a device whose updates diverge at the model's own rate tries a tenth, then a hundredth
     # (:func:`_checked_updates`), so its baseline is personalized the same way
-    attempts = [overrides]
-    if overrides.get("learning_rate") is None:
-        rate = _learning_rate(spec)
-        attempts += [{**overrides, "learning_rate": rate / 10},
-                     {**overrides, "learning_rate": rate / 100}]
+    attempts = [overrides, *({**overrides, "learning_rate": slower}
+                             for slower in _slower_rates(spec, overrides))]
     for k, tried in enumerate(attempts):
         again = []
         for j, fits in _devices_fits(spec, [[train for _ in grid for train, _, _ in devices[i]]
@@ -2490,9 +2497,7 @@ def _folds_diverged(spec: Any, fits: Sequence[_Fit], checks: Sequence[_Check],
     rejected, or the best held-out errors not finite or :data:`_EXPLODED` times the model's."""
     if any(isinstance(fit, UpdateRejected) for fit in fits[:len(grid) * len(checks)]):
         return True
-    mean = float(np.mean(errors))
-    return not math.isfinite(mean) or mean > _EXPLODED * max(
-        float(np.mean(_checks_errors(spec, checks))), 1e-12)
+    return _exploded(float(np.mean(errors)), float(np.mean(_checks_errors(spec, checks))))
 
 
 class _KeptErrors(dict[bytes, np.ndarray]):

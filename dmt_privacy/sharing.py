@@ -59,12 +59,7 @@ import pandas as pd
 
 from dmt_privacy.anonymity.plan import AnonymizationPlan
 from dmt_privacy.dp.receipt import ReleaseReceipt
-from dmt_privacy.errors import (
-    AnonymizationError,
-    SchemaError,
-    ValidationError,
-    warn_caller,
-)
+from dmt_privacy.errors import AnonymizationError, SchemaError, ValidationError, warn_caller
 from dmt_privacy.package import (
     MAX_RECEIPT_LABEL,
     PrivacyReceipt,
@@ -437,9 +432,7 @@ def _warn_if_seeded(name: str, modifier: Any) -> None:
     whoever knows the seed draws the noise again and removes it (helper-71)."""
     from dmt_privacy.dp.random import InsecureRandomnessWarning
 
-    params = modifier.get_params(deep=True) if hasattr(modifier, "get_params") else {}
-    seeded = [f"{key}={value!r}" for key, value in params.items()
-              if key.endswith("random_state") and value is not None]
+    seeded = _seeded_params(modifier)
     if seeded:
         warn_caller(InsecureRandomnessWarning(
             f"The modifier of {name!r} is seeded ({', '.join(seeded)}): its noise repeats in "
@@ -692,15 +685,17 @@ def _reusable(modifier: Any) -> bool:
 
     if isinstance(modifier, Pipeline):
         return all(step is None or step == "passthrough" or _reusable(step)
-                   for _, step in modifier.steps) and not _seeded(modifier)
-    return type(modifier).__module__.startswith("dmt_privacy.modify.") and not _seeded(modifier)
+                   for _, step in modifier.steps) and not _seeded_params(modifier)
+    return (type(modifier).__module__.startswith("dmt_privacy.modify.")
+            and not _seeded_params(modifier))
 
 
-def _seeded(transformer: Any) -> bool:
-    """Whether ``transformer`` (or a step of it) draws from a fixed ``random_state``."""
+def _seeded_params(transformer: Any) -> list[str]:
+    """The fixed ``random_state`` parameters of ``transformer`` and its steps, as
+    ``name=value``: a seeded one draws the same noise in every package."""
     params = transformer.get_params(deep=True) if hasattr(transformer, "get_params") else {}
-    return any(key.endswith("random_state") and value is not None
-               for key, value in params.items())
+    return [f"{key}={value!r}" for key, value in params.items()
+            if key.endswith("random_state") and value is not None]
 
 
 def _transform_key(kind: str, spec: Any) -> str | None:

@@ -176,6 +176,13 @@ def _comes_back(value: Any, back: Any) -> bool:
     return type(back) is type(value)
 
 
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    """Whether the store holds table ``name`` (tables added since its format are made on
+    first use)."""
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (name,)).fetchone() \
+        is not None
+
+
 def _ext_hook(code: int, data: bytes) -> Any:
     if code != _NDARRAY_EXT:
         return msgpack.ExtType(code, data)
@@ -612,8 +619,7 @@ class LocalStore:
         """
         wanted = [str(r) for r in record_ids]
         conn = self._read()
-        if not wanted or conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE name = 'release_draws'").fetchone() is None:
+        if not wanted or not _has_table(conn, "release_draws"):
             return {}
         found: dict[str, Any] = {}
         for start in range(0, len(wanted), 900):
@@ -692,8 +698,7 @@ class LocalStore:
                 "UPDATE outbox SET status = 'acknowledged', envelope = NULL, closed_at = ? "
                 "WHERE package_id = ?", (now, package_id),
             )
-            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'release_draws'"
-                            ).fetchone() is not None:  # shared now: never drawn again
+            if _has_table(conn, "release_draws"):  # shared now: never drawn again
                 conn.execute("DELETE FROM release_draws WHERE record_id IN (SELECT record_id "
                              "FROM outbox_records WHERE package_id = ?)", (package_id,))
             return int(cur.rowcount)

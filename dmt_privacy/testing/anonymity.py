@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -56,20 +57,13 @@ def _key(value: Any) -> Any:
     return value
 
 
+@dataclass(frozen=True)
 class _Typed:
     """A cell Python calls equal to cells of other types that a released file does not:
     ``True == 1 == 1.0``, written ``True``, ``1`` and ``1.0``."""
 
-    __slots__ = ("kind", "value")
-
-    def __init__(self, kind: str, value: Any) -> None:
-        self.kind, self.value = kind, value
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Typed) and (self.kind, self.value) == (other.kind, other.value)
-
-    def __hash__(self) -> int:
-        return hash((self.kind, self.value))
+    kind: str
+    value: Any
 
     def __repr__(self) -> str:
         return repr(self.value)

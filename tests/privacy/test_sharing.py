@@ -546,7 +546,7 @@ def trusted(monkeypatch):
 
     sdk = sharing._reusable
     monkeypatch.setattr(sharing, "_reusable", lambda m: (
-        isinstance(m, _Noisy) and not sharing._seeded(m)) or sdk(m))
+        isinstance(m, _Noisy) and not sharing._seeded_params(m)) or sdk(m))
 
 
 @pytest.mark.usefixtures("trusted")
