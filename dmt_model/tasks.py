@@ -259,6 +259,12 @@ class Task(ABC):
         what benchmarks average over users to compare models of this task."""
 
     @abstractmethod
+    def constant_prediction(self, featurizer: Featurizer, seen: np.ndarray,
+                            n: int) -> np.ndarray:
+        """The best prediction that ignores the inputs, learned from the targets ``seen``
+        (:meth:`Featurizer.target_values`), for ``n`` records: the floor a model must beat."""
+
+    @abstractmethod
     def personal_layers(self, featurizer: Featurizer, dense: list[tuple[np.ndarray, np.ndarray]],
                         ) -> list[tuple[np.ndarray, np.ndarray]]:
         """The exported layers after the embeddings, as float32 (weight, bias) pairs: the
@@ -293,6 +299,11 @@ class Regression(Task):
 
     def metrics(self, predicted: np.ndarray, actual: np.ndarray) -> Metrics:
         return regression_metrics(predicted, actual)
+
+    def constant_prediction(self, featurizer: Featurizer, seen: np.ndarray,
+                            n: int) -> np.ndarray:
+        """The mean of ``seen``."""
+        return np.full(n, float(np.mean(np.asarray(seen, np.float64))))
 
     def record_errors(self, predicted: np.ndarray, actual: np.ndarray) -> np.ndarray:
         return (np.asarray(predicted, np.float64) - np.asarray(actual, np.float64)) ** 2
@@ -339,6 +350,13 @@ class Classification(Task):
 
     def metrics(self, predicted: np.ndarray, actual: np.ndarray) -> ClassificationMetrics:
         return classification_metrics(predicted, actual)
+
+    def constant_prediction(self, featurizer: Featurizer, seen: np.ndarray,
+                            n: int) -> np.ndarray:
+        """The classes' frequencies in ``seen``, each counted once more (Laplace), so that a
+        class ``seen`` lacks is not certain never to come."""
+        counts = np.bincount(np.asarray(seen, np.int64), minlength=len(featurizer.classes_))
+        return np.tile((counts + 1.0) / (counts.sum() + len(counts)), (n, 1))
 
     def record_errors(self, predicted: np.ndarray, actual: np.ndarray) -> np.ndarray:
         return _log_losses(predicted, np.asarray(actual, dtype=np.int64))

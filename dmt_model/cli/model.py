@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from dmt_model.cli._files import load_schema, read_records, refuse_existing
 from dmt_model.cli._progress import progress
 from dmt_privacy.errors import ModelFileError, ValidationError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from dmt_model.foundation import Foundation
 
 __all__ = ["register"]
 
@@ -50,10 +56,40 @@ def run_train(args: argparse.Namespace) -> int:
             bar.update()
 
         foundation = train_foundation(data, schema, config, on_epoch_end=on_epoch_end)
-    metrics = foundation.evaluate(data)
     foundation.save(args.output, overwrite=args.force)
-    print(f"Saved {args.output}: on the training data, {metrics.summary()}.")
+    print(f"Saved {args.output}.\n" + _quality(foundation, data))
     return 0
+
+
+def _quality(foundation: Foundation, data: pd.DataFrame) -> str:
+    """How the foundation scores on the records early stopping held out, beside the best
+    prediction that ignores the inputs (helper-124: a model worse than the target's mean
+    was reported by its training error alone), then on every training record."""
+    from dmt_model.foundation import _early_stopping_split
+
+    config, task, featurizer = foundation.config, foundation.task, foundation.featurizer
+    everything = foundation.evaluate(data).summary()
+    kept, held = _early_stopping_split(len(data), config)
+    if not len(held):
+        return (f"  on the records it trained on: {everything}\n  (none were held out "
+                "(--early-stopping none): this says little of how it does on new records)")
+    lines = [f"  on every record given, those held out too: {everything}"]
+    part = data.iloc[held]
+    actual = featurizer.target_values(part)
+    model = task.metrics(foundation.predict(part), actual)
+    floor = task.metrics(task.constant_prediction(
+        featurizer, featurizer.target_values(data.iloc[kept]), len(part)), actual)
+    ignoring = "the mean of the target" if task.kind == "regression" else "the class frequencies"
+    lines[:0] = [f"  on the records held out to stop training (they chose its epoch): "
+                 f"{model.summary()}",
+                 f"  predicting {ignoring} instead: {floor.summary()}"]
+    if model.error >= floor.error:
+        lines.append(
+            f"Warning: on the records held out the foundation's {task.error_name} "
+            f"({model.error:.4g}) is no better than predicting {ignoring} ({floor.error:.4g}): "
+            "its inputs did not help. Check the schema's bounds and fields, give more proxy "
+            "records, or try a smaller network (--hidden-units 16, or none for a linear one).")
+    return "\n".join(lines)
 
 
 def _fraction(text: str) -> float:
@@ -224,11 +260,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                        help="where to write the model (default: %(default)s)")
     train.add_argument("--epochs", type=int,
                        help="the most epochs (default: 500 for a regression, the reference "
-                            "app's; 300 for a classifier)")
+                            "app's number; 300 for a classifier)")
     train.add_argument("--early-stopping", default="auto", metavar="FRACTION",
                        help="hold out this fraction of the records to pick the epoch and stop "
-                            "when it stops improving; 'none' trains every epoch (default "
-                            "'auto': 0.1 for a classifier, none for a regression)")
+                            "when it stops improving; 'none' trains every epoch, as the "
+                            "reference app did (default 'auto': 0.1)")
     train.add_argument("--patience", type=int, default=20,
                        help="epochs without improvement before stopping (default: 20)")
     train.add_argument("--hidden-units", type=int, nargs="*", metavar="N",

@@ -113,3 +113,37 @@ def test_personalize_says_how_many_records_lie_outside_the_bounds(trained, bosto
     boston.head(1).pipe(lambda f: f.loc[f.index.repeat(4)]).to_csv(records, index=False)
     assert main(["personalize", str(model), "--records", str(records)]) == 1
     assert "--holdout" in capsys.readouterr().err
+
+
+def test_train_scores_the_records_held_out_beside_the_mean(tmp_path, capsys):
+    """helper-124: `dmt train` printed the training error alone, so a foundation worse than
+    predicting the target's mean (randhie) looked fine. It now scores the records early
+    stopping held out beside the best prediction that ignores the inputs, and warns when
+    the inputs did not help."""
+    import numpy as np
+    import pandas as pd
+
+    from dmt_privacy.schema import Field, Schema
+
+    schema = Schema((Field("x", "numeric", bounds=(0, 10)),
+                     Field("y", "numeric", role="target", bounds=(-100, 100))))
+    (tmp_path / "schema.json").write_text(schema.to_json())
+    files = ["--data", str(tmp_path / "proxy.csv"), "--schema", str(tmp_path / "schema.json")]
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 10, 400)
+    learnable = pd.DataFrame({"x": x, "y": 3 * x + rng.normal(0, 1, 400)})
+    rng = np.random.default_rng(4)  # 60 records of noise: x says nothing of y
+    noise = pd.DataFrame({"x": rng.uniform(0, 10, 60), "y": rng.standard_t(2, 60)})
+    for frame, helped in ((learnable, True), (noise, False)):
+        frame.to_csv(tmp_path / "proxy.csv", index=False)
+        assert main(["train", *files, "-o", str(tmp_path / "f.npz"), "--force"]) == 0
+        out = capsys.readouterr().out
+        held = float(out.split("held out to stop training (they chose its epoch): RMSE ")[1]
+                     .split(",")[0])
+        mean = float(out.split("predicting the mean of the target instead: RMSE ")[1]
+                     .split(",")[0])
+        assert (held < mean) is helped
+        assert ("no better than predicting the mean of the target" in out) is not helped
+    assert main(["train", *files, "-o", str(tmp_path / "f.npz"), "--force",
+                 "--early-stopping", "none", "--epochs", "2"]) == 0
+    assert "none were held out (--early-stopping none)" in capsys.readouterr().out
