@@ -4,7 +4,8 @@ The same training as :func:`dmt_model.server.retrain.retrain_foundation`
 (same featurizer, sample weights, RMSProp, batches and shuffles), spread over
 processes: every rank builds the whole training set and draws the same
 permutation each epoch; each global mini-batch of ``batch_size`` records is
-split across the ranks (rank r takes positions r, r + W, …). A rank's loss is
+split across the ranks (rank r takes positions r, r + W, …). Early stopping holds
+out the same records; every rank scores them and rank 0's score decides. A rank's loss is
 ``W · Σ_local w (ŷ − y)² / Σ_batch w``, so DDP's gradient average equals the
 gradient of the single-process weighted batch mean: both paths give the same
 model for the same seed, up to float rounding in the all-reduce.
@@ -30,7 +31,10 @@ large shared data sets, not for Boston: each step all-reduces the gradients.
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import hashlib
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -44,6 +48,7 @@ from dmt_model.features import FeatureBatch, Featurizer
 from dmt_model.foundation import (
     Foundation,
     TrainingConfig,
+    _early_stopping_split,
     _import_torch,
     _rmsprop,
     network_for,
@@ -121,12 +126,11 @@ def fit_foundation_ddp(
         raise ValidationError(f"fit_foundation_ddp trains regressions only (a squared-error "
                               f"loss); this featurizer's task is {featurizer.task.kind}: "
                               "train it with fit_foundation.")
-    config = config or TrainingConfig()
-    if config.early_stopping is not None:
-        raise ValidationError(f"fit_foundation_ddp does not stop early; got early_stopping="
-                              f"{config.early_stopping!r}. Pass early_stopping=None, or train "
-                              "with fit_foundation.")
     n = len(target)
+    if config is None:  # as fit_foundation: one record has none to hold out
+        config = TrainingConfig.for_schema(featurizer.schema)
+        if n < 2:
+            config = dataclasses.replace(config, early_stopping=None)
     if len(batch) == 0 or len(batch) != n:
         raise ValidationError(f"Need as many targets as records, and at least one: got "
                               f"{len(batch)} records and {n} targets.")
@@ -147,14 +151,20 @@ def fit_foundation_ddp(
     model = torch.nn.parallel.DistributedDataParallel(network)
     optimizer = _rmsprop(network.parameters(), config.learning_rate)
     shuffle = torch.Generator().manual_seed(config.seed)
+    # early stopping as fit_foundation's: the same rows held out; every rank scores them all
+    # with the same weights, and rank 0's score decides for every rank
+    rows, held = (torch.from_numpy(a) for a in _early_stopping_split(n, config))
+    trained = len(rows)
+    best, best_epoch, best_state = math.inf, -1, None
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     model.train()
     try:
         for epoch in range(config.epochs):
-            order = torch.randperm(n, generator=shuffle)
+            order = rows[torch.randperm(trained, generator=shuffle)] if len(held) else \
+                torch.randperm(n, generator=shuffle)
             total = torch.zeros(1)
-            for start in range(0, n, config.batch_size):
+            for start in range(0, trained, config.batch_size):
                 index = order[start:start + config.batch_size]
                 mine = index[rank::world]
                 optimizer.zero_grad()
@@ -167,9 +177,22 @@ def fit_foundation_ddp(
                 total += weighted.detach() / torch.sum(w[index]) * len(index)
             if on_epoch_end is not None:
                 dist.all_reduce(total)
-                on_epoch_end(epoch, float(total) / n)
+                on_epoch_end(epoch, float(total) / trained)
+            if len(held):
+                with torch.no_grad():
+                    squared = standardized_squared_error(
+                        network, network(*(t[held] for t in inputs)), y[held])
+                    score = (torch.sum(w[held] * squared) / torch.sum(w[held])).reshape(1)
+                dist.broadcast(score, 0)
+                if float(score) < best:
+                    best, best_epoch = float(score), epoch
+                    best_state = copy.deepcopy(network.state_dict())
+                elif epoch - best_epoch >= config.patience:
+                    break
     finally:
         torch.set_num_threads(threads)
+    if best_state is not None:
+        network.load_state_dict(best_state)
     network.eval()
     return foundation
 
@@ -219,8 +242,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``torchrun`` entry point (``-m dmt_model.server.ddp``)."""
-    import dataclasses
-
     torch = _import_torch()
     args = _parser().parse_args(argv)
     if args.db is not None and (args.key is None or args.policy is None):

@@ -31,22 +31,33 @@ def _max_relative(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
-def test_one_rank_equals_fit_foundation(foundation, simulation):
+@pytest.mark.parametrize("config", [
+    TrainingConfig(epochs=5, seed=3),
+    # stopped early, as a regression trains by default since 7 December: patience 2 ends it
+    # before 40 epochs, so the best epoch's weights are the ones returned
+    TrainingConfig(epochs=40, seed=3, early_stopping=0.2, patience=2)],
+    ids=["fixed epochs", "stopped early"])
+def test_one_rank_equals_fit_foundation(foundation, simulation, config):
     import torch.distributed as dist
 
     shared = [SharedBatch(simulation.users[0].train)]
     features, target, weights = training_set(foundation, simulation.proxy, shared)
     weights[-5:] = 0.3  # the weighted mean, not only the plain one
-    config = TrainingConfig(epochs=5, seed=3)
+    epochs: dict[str, list[int]] = {"single": [], "ddp": []}
     single = fit_foundation(foundation.featurizer, features, target, config,
-                            sample_weight=weights)
+                            sample_weight=weights,
+                            on_epoch_end=lambda e, _loss: epochs["single"].append(e))
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}",
                              rank=0, world_size=1)
     try:
         ddp = fit_foundation_ddp(foundation.featurizer, features, target, config,
-                                 sample_weight=weights)
+                                 sample_weight=weights,
+                                 on_epoch_end=lambda e, _loss: epochs["ddp"].append(e))
     finally:
         dist.destroy_process_group()
+    assert epochs["ddp"] == epochs["single"]
+    if config.early_stopping is not None:
+        assert len(epochs["single"]) < config.epochs
     for (name, a), (_, b) in zip(single.network.state_dict().items(),
                                  ddp.network.state_dict().items(), strict=True):
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-6, err_msg=name)
@@ -59,9 +70,14 @@ def test_fit_foundation_ddp_needs_a_process_group(foundation, simulation):
 
 
 @pytest.mark.slow
-def test_torchrun_two_ranks_match_single_process(tmp_path, foundation, simulation):
+@pytest.mark.parametrize("stopping", [None, 0.2], ids=["fixed epochs", "stopped early"])
+def test_torchrun_two_ranks_match_single_process(tmp_path, foundation, simulation, stopping):
+    """The second case: a foundation trained as the SDK trains a regression by default
+    since 7 December, stopped early, whose saved config the command retrains with."""
     epochs = 30
     previous = tmp_path / "previous.npz"
+    foundation = Foundation(foundation.featurizer, foundation.network, dataclasses.replace(
+        foundation.config, early_stopping=stopping, patience=3))
     foundation.save(previous)
     simulation.proxy.to_csv(tmp_path / "proxy.csv", index=False)
     shared = simulation.users[0].train
@@ -138,9 +154,9 @@ def test_ranks_read_the_store_again_until_they_read_the_same(simulation):
 
 
 
-def test_what_ddp_does_not_do_is_refused(foundation, simulation, monkeypatch):
-    """helper-108: fit_foundation_ddp ignored early_stopping and a classifier's loss, so a
-    saved config could say it had stopped early."""
+def test_what_ddp_does_not_do_is_refused(monkeypatch):
+    """helper-108: fit_foundation_ddp ignored a classifier's loss (and early stopping, which
+    it has done since 7 December, when a regression began to stop early by default)."""
     import torch
 
     from dmt_model.features import Featurizer
@@ -148,10 +164,6 @@ def test_what_ddp_does_not_do_is_refused(foundation, simulation, monkeypatch):
     from dmt_privacy.schema import Field, Schema
 
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
-    features, target, _ = training_set(foundation, simulation.proxy)
-    with pytest.raises(ValidationError, match="does not stop early"):
-        fit_foundation_ddp(foundation.featurizer, features, target,
-                           TrainingConfig(early_stopping=0.1))
     schema = Schema((Field("x", "numeric", bounds=(0.0, 1.0)),
                      Field("y", "categorical", "target", categories=("a", "b"))))
     frame = pd.DataFrame({"x": [0.1, 0.9], "y": ["a", "b"]})
