@@ -167,6 +167,13 @@ def run_schema_init(args: argparse.Namespace) -> int:
         if unknown:
             raise ValidationError(f"{flag} names {unknown!r}, not columns of {args.data} "
                                   f"(columns: {columns!r}).")
+    for flag, pairs in (("--bounds", args.bounds), ("--grid", args.grid)):
+        given: dict[str, Any] = {}
+        for name, value in pairs:  # a repeated column kept the last value silently (helper-124)
+            if name in given and given[name] != value:
+                raise ValidationError(f"{flag} gives {name!r} twice, {given[name]!r} and "
+                                      f"{value!r}; give it once.")
+            given[name] = value
     bounds, grids = dict(args.bounds), dict(args.grid)
     fields, from_data, unbounded = [], [], []
     for name in columns:

@@ -74,6 +74,21 @@ def test_schema_init_refuses_mixed_columns_and_unknown_names(tmp_path, capsys):
     assert not (tmp_path / "s.json").exists()
 
 
+def test_schema_init_refuses_a_column_given_two_bounds(tmp_path, records, capsys):
+    """helper-124: a second --bounds for the same column replaced the first without a word."""
+    out = tmp_path / "schema.json"
+    code, _, err = _run(capsys, "schema", "init", str(records), "-o", str(out),
+                        "--bounds", "age=0:120", "--bounds", "age=18:99")
+    assert code == 1 and "--bounds gives 'age' twice, (0.0, 120.0) and (18.0, 99.0)" in err
+    assert not out.exists()
+    code, _, err = _run(capsys, "schema", "init", str(records), "-o", str(out),
+                        "--grid", "age=1", "--grid", "age=5")
+    assert code == 1 and "--grid gives 'age' twice" in err
+    code, _, err = _run(capsys, "schema", "init", str(records), "-o", str(out),
+                        "--bounds", "age=0:120", "--bounds", "age=0:120")  # the same: harmless
+    assert code == 0, err
+
+
 def test_policy_init_writes_what_ingest_reads(tmp_path, records, capsys):
     schema = tmp_path / "schema.json"
     assert main(["schema", "init", str(records), "-o", str(schema), "--target", "income",
