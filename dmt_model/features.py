@@ -349,13 +349,29 @@ class Featurizer:
                                np.where(farthest <= INPUT_REACH, INPUT_REACH,
                                         2.0 ** np.ceil(np.log2(np.maximum(farthest, 1.0)))))
         if self.flat_fields_:
+            reasons, narrower = [], []
+            for i, name in enumerate(self.numeric_fields):
+                if not flat[i]:
+                    continue
+                if others[i] == 0:
+                    reasons.append(f"{name!r} is constant")
+                elif width[i] > 0:  # helper-124: generous bounds, not the data, can cause it
+                    reasons.append(f"{name!r} spreads by {std[i] / width[i]:.2%} of its "
+                                   f"bounds' width")
+                    narrower.append(name)
+                else:
+                    reasons.append(f"{name!r} has {int(others[i])} record(s) off its most "
+                                   "common value")
             warn_caller(FlatFieldWarning(
-                f"{list(self.flat_fields_)!r} barely vary in these {n} records (constant, "
-                f"spread by under {FLAT_SHARE:.0%} of their bounds' width, or, without "
-                f"bounds, fewer than {FLAT_FEW} of the records off the most common value): "
-                "the foundation ignores them, since these records cannot teach what they "
-                "do. Give the proxy records that show their spread, or drop them from the "
-                "schema."))
+                f"{list(self.flat_fields_)!r} barely vary in these {n} records "
+                f"({'; '.join(reasons)}; a field is flat when constant, spread by under "
+                f"{FLAT_SHARE:.0%} of its bounds' width, or, without bounds, with fewer than "
+                f"{FLAT_FEW} records off its most common value): the foundation ignores "
+                "them, since these records cannot teach what they do. Give the proxy records "
+                "that show their spread, or drop them from the schema"
+                + (f"; if {narrower!r} cannot spread wider than these records do, their "
+                   "bounds are wider than the values can be: narrow them to what the values "
+                   "can be (never to what the data shows)" if narrower else "") + "."))
         self.image_stats_: dict[str, tuple[float, float]] = {}
         for name in self.image_fields:
             pixels = self._pixels(name, frame[name]) if len(frame) else np.zeros(1)

@@ -258,6 +258,31 @@ def test_a_field_flat_in_the_proxy_moves_no_prediction(k, bounds, tmp_path):
     assert float(first[:, loaded.numeric_fields.index("k")].abs().max()) == 0.0
 
 
+def test_a_flat_field_warning_says_why_and_suspects_generous_bounds():
+    """helper-124: on breast_cancer, 'smoothness error' (0.002-0.031, bounds 0-0.5) was
+    ignored with advice to give the proxy records that show their spread, as if the data
+    were at fault; the bounds were. The warning names each field's reason, and points at
+    the bounds where the field spreads, but by too little of their width."""
+    import warnings
+
+    from dmt_model.features import FlatFieldWarning
+
+    rng = np.random.default_rng(0)
+    schema = Schema((Field("wide", "numeric", bounds=(0.0, 0.5)),
+                     Field("same", "numeric", bounds=(0.0, 1.0)),
+                     Field("y", "numeric", "target", bounds=(-10.0, 10.0))))
+    frame = pd.DataFrame({"wide": rng.uniform(0.002, 0.006, 200), "same": 0.5,
+                          "y": rng.normal(0, 1, 200)})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Featurizer(schema).fit(frame)
+    message = str(next(w.message for w in caught if w.category is FlatFieldWarning))
+    assert "['wide', 'same'] barely vary" in message
+    assert "'wide' spreads by 0.2" in message and "'same' is constant" in message
+    assert "if ['wide'] cannot spread wider than these records do, their bounds are wider" \
+        in message
+
+
 def test_a_rare_value_is_not_a_reason_to_ignore_a_field():
     """helper-110: 'at most 1 % of records off the most common value' ignored a 0/1
     indicator set in 20 of 2,000 records, whose effect of 5 on the target the foundation
