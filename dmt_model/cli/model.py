@@ -213,8 +213,18 @@ def run_personalize(args: argparse.Namespace) -> int:
                 warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", RepeatedPersonalizationWarning)
 
+            began = 0
+
             def on_event(event: UpdateEvent) -> None:
-                if event.kind == "epoch_end":
+                nonlocal began
+                if event.kind == "training_begin":  # a diverged update trains again, slower
+                    began += 1
+                    if began > 1:
+                        bar.reset()
+                        bar.set_description(f"personalizing, again at a lower rate ({began})")
+                        if bar.disable:
+                            print("diverged: personalizing again at a lower rate …", flush=True)
+                elif event.kind == "epoch_end":
                     bar.set_postfix(loss=f"{event.loss:.3f}", refresh=False)
                     bar.update()
 

@@ -147,3 +147,33 @@ def test_train_scores_the_records_held_out_beside_the_mean(tmp_path, capsys):
     assert main(["train", *files, "-o", str(tmp_path / "f.npz"), "--force",
                  "--early-stopping", "none", "--epochs", "2"]) == 0
     assert "none were held out (--early-stopping none)" in capsys.readouterr().out
+
+
+def test_personalize_says_when_a_diverged_update_trains_again(trained, boston, monkeypatch,
+                                                               capsys):
+    """helper-126 1.6: an update retried at a lower rate reports its epochs again from a
+    second ``training_begin``, and the command's bar counted past its total as if one
+    update ran twice as long. The bar starts again and says why (in a log: one line)."""
+    import dmt_model.personalize as personalize_module
+    from dmt_model.personalize import UpdateEvent
+
+    real = personalize_module.personalize
+
+    def twice(*args, on_event, **kwargs):
+        # what an update that diverged on all records reports, then its retry, then the
+        # real command's update (which reports nothing more unless it trains a kept one)
+        for loss in (1e9, 1.0):
+            on_event(UpdateEvent("training_begin", 0, 0, float("nan")))
+            for epoch in range(3):
+                on_event(UpdateEvent("epoch_end", epoch, 0, loss))
+        return real(*args, on_event=on_event, **kwargs)
+
+    monkeypatch.setattr(personalize_module, "personalize", twice)
+    records = trained / "again.csv"
+    boston.head(12).to_csv(records, index=False)
+    model = trained / "again.mlmodel"
+    model.write_bytes((trained / "m.mlmodel").read_bytes())
+    assert main(["personalize", str(model), "--records", str(records), "--epochs", "3"]) in (0, 3)
+    out = capsys.readouterr().out
+    assert out.count("personalizing …") == 1
+    assert out.count("diverged: personalizing again at a lower rate …") == 1
