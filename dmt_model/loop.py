@@ -183,7 +183,9 @@ def run_loop(
     re-personalizes v2 on. ``foundation``: a v1 already trained on the
     training part of :func:`~dmt_model.server.retrain.validation_split` with
     the same ``seed`` and ``validation_fraction`` (it is trained here if
-    ``None``). ``modifiers`` (field → a :mod:`dmt_privacy.modify` transformer)
+    ``None``); without ``config``, v2 trains as it did (else as
+    :meth:`TrainingConfig.for_schema` says). ``modifiers`` (field → a
+    :mod:`dmt_privacy.modify` transformer)
     modify what devices share before it is anonymized; the server retrains on
     it as modified. Without ``quasi_identifiers`` no k-anonymity plan is
     applied (a classifier of images or texts has none). ``epsilon``: the
@@ -251,7 +253,9 @@ def run_loop(
     target = schema.target
     if target is None:
         raise ValidationError(f"Schema {schema.name!r} has no target field.")
-    config = config or TrainingConfig.for_schema(schema, seed=seed)
+    if config is None:  # v2 trains as the v1 given did (helper-128), else as the SDK's
+        config = foundation.config if foundation is not None else \
+            TrainingConfig.for_schema(schema, seed=seed)
 
     # 1. The server: training proxy, validation proxy, v1.
     proxy, validation = validation_split(simulation.proxy, fraction=validation_fraction,

@@ -271,3 +271,34 @@ def _served_task(tmp_path):
     index = json.loads((tmp_path / "loop/server/models/versions.json").read_text())
     return featurizer_of(load_spec(tmp_path / "loop/server/models" / index[0]["mlmodel_file"])
                          ).task
+
+
+def test_the_loop_retrains_v2_as_the_v1_it_was_given_trained(tmp_path, monkeypatch):
+    """helper-128: given a v1 and no config, run_loop retrained v2 as the SDK's default, so
+    a v1 of the reference's fixed epochs was compared at the gate with an early-stopped v2.
+    v2 now trains as v1 did; without a v1, as TrainingConfig.for_schema says."""
+    from dmt_model.datasets import BOSTON_SCHEMA, load_boston, simulate_users
+    from dmt_model.foundation import train_foundation
+    from dmt_model.loop import run_loop
+    from dmt_model.server import retrain
+    from dmt_model.server.retrain import validation_split
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def retrain_foundation(previous, proxy, batches, config):
+        seen.append(config)
+        raise Stop
+
+    monkeypatch.setattr(retrain, "retrain_foundation", retrain_foundation)
+    simulation = simulate_users(load_boston(), n_users=8, seed=0)
+    given = TrainingConfig(epochs=3, seed=0)
+    v1 = train_foundation(validation_split(simulation.proxy, seed=0)[0], BOSTON_SCHEMA, given)
+    for folder, foundation in (("given", v1), ("none", None)):
+        with pytest.raises(Stop):
+            run_loop(simulation, BOSTON_SCHEMA, quasi_identifiers=("CHAS", "RAD", "AGE", "DIS",
+                                                                   "TAX"),
+                     workdir=tmp_path / folder, seed=0, foundation=foundation)
+    assert seen == [given, TrainingConfig.for_schema(BOSTON_SCHEMA, seed=0)]
