@@ -91,7 +91,8 @@ def foundation_protocol(seeds: int) -> dict:
         train, test = data.iloc[order[:405]], data.iloc[order[405:]]
         started = time.perf_counter()
         model = train_foundation(train, BOSTON_SCHEMA,
-                                 TrainingConfig.for_schema(BOSTON_SCHEMA, seed=seed))
+                                 TrainingConfig.for_schema(BOSTON_SCHEMA, seed=seed,
+                                                           records=len(train)))
         metrics = model.evaluate(test)
         rows.append({"seed": seed, "rmse": metrics.rmse, "mae": metrics.mae,
                      "train_seconds": time.perf_counter() - started})
@@ -111,7 +112,8 @@ def parity() -> dict:
     from dmt_model.foundation import TrainingConfig, train_foundation
 
     data = load_boston()
-    model = train_foundation(data, BOSTON_SCHEMA, TrainingConfig.for_schema(BOSTON_SCHEMA))
+    model = train_foundation(data, BOSTON_SCHEMA, TrainingConfig.for_schema(BOSTON_SCHEMA,
+                                                                        records=len(data)))
     expected = model.predict(data)
     out = {}
     with tempfile.TemporaryDirectory() as folder:
@@ -263,7 +265,8 @@ def scale_invariance() -> dict:
     with tempfile.TemporaryDirectory() as folder:
         for factor, schema in ((1.0, BOSTON_SCHEMA), (1000.0, scaled_schema)):
             proxy = sim.proxy.assign(MEDV=sim.proxy["MEDV"] * factor)
-            model = train_foundation(proxy, schema, TrainingConfig.for_schema(schema))
+            model = train_foundation(proxy, schema,
+                                     TrainingConfig.for_schema(schema, records=len(proxy)))
             path = export_coreml(model, Path(folder) / f"v1-{factor:g}.mlmodel",
                                  updatable=UpdateSettings())
             errors[factor] = []
@@ -352,7 +355,7 @@ def run_task(task: tuple[str, float, int, bool]) -> dict:
     sim = simulate_users(dataset.load(), n_users=USERS[name], spread=spread, seed=seed,
                          location=dataset.location, target=dataset.target)
     proxy, _ = validation_split(sim.proxy, seed=seed)
-    config = TrainingConfig.for_schema(dataset.schema, seed=seed)
+    config = TrainingConfig.for_schema(dataset.schema, seed=seed, records=len(proxy))
     v1 = train_foundation(proxy, dataset.schema, config)
     folder = Path(tempfile.mkdtemp(prefix="dmt-bench-"))
     try:

@@ -253,13 +253,13 @@ def run_loop(
     target = schema.target
     if target is None:
         raise ValidationError(f"Schema {schema.name!r} has no target field.")
-    if config is None:  # v2 trains as the v1 given did (helper-128), else as the SDK's
-        config = foundation.config if foundation is not None else \
-            TrainingConfig.for_schema(schema, seed=seed)
 
     # 1. The server: training proxy, validation proxy, v1.
     proxy, validation = validation_split(simulation.proxy, fraction=validation_fraction,
                                          seed=seed)
+    if config is None:  # v2 trains as the v1 given did (helper-128), else as the SDK's
+        config = foundation.config if foundation is not None else \
+            TrainingConfig.for_schema(schema, seed=seed, records=len(proxy))
     if foundation is None:
         on_stage(f"server: training v1 on {len(proxy)} proxy records "
                  f"({len(validation)} kept aside for validation)")

@@ -33,7 +33,8 @@ QIS = ["CHAS", "RAD", "AGE", "DIS", "TAX"]
 sim = simulate_users(load_boston(), spread=0.15, seed=SEED)
 training_proxy, _ = validation_split(sim.proxy, seed=SEED)  # the rest: the server's gate
 v1 = train_foundation(training_proxy, BOSTON_SCHEMA,  # the SDK's default: stopped early
-                      TrainingConfig.for_schema(BOSTON_SCHEMA, seed=SEED))
+                      TrainingConfig.for_schema(BOSTON_SCHEMA, seed=SEED,
+                                                records=len(training_proxy)))
 
 with tempfile.TemporaryDirectory() as workdir:
     dmt = run_loop(sim, BOSTON_SCHEMA, quasi_identifiers=QIS, workdir=workdir, k=5,

@@ -19,7 +19,8 @@ from dmt_model.personalize import UpdateEvent, personalize
 def main() -> None:
     simulation = simulate_users(load_boston(), spread=0.3, seed=1)
     foundation = train_foundation(simulation.proxy, BOSTON_SCHEMA,
-                                  TrainingConfig.for_schema(BOSTON_SCHEMA, seed=1))
+                                  TrainingConfig.for_schema(
+                                      BOSTON_SCHEMA, seed=1, records=len(simulation.proxy)))
     folder = Path(tempfile.mkdtemp(prefix="dmt-device-"))
     shipped = export_coreml(foundation, folder / "shipped.mlmodel", updatable=UpdateSettings())
     model = folder / "personal.mlmodel"

@@ -208,8 +208,8 @@ def _starting_model(simulation: Simulation, strategy: Strategy, foundation: Foun
         schema = BOSTON_SCHEMA
     if start == "proxy":
         if foundation is None:
-            config = foundation_config or TrainingConfig.for_schema(schema,
-                                                                    seed=strategy.base.seed)
+            config = foundation_config or TrainingConfig.for_schema(
+                schema, seed=strategy.base.seed, records=len(simulation.proxy))
             return train_foundation(simulation.proxy, schema, config)
         return Foundation(foundation.featurizer, copy.deepcopy(foundation.network),
                           foundation.config)

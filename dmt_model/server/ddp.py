@@ -128,7 +128,7 @@ def fit_foundation_ddp(
                               "train it with fit_foundation.")
     n = len(target)
     if config is None:  # as fit_foundation: one record has none to hold out
-        config = TrainingConfig.for_schema(featurizer.schema)
+        config = TrainingConfig.for_schema(featurizer.schema, records=n)
         if n < 2:
             config = dataclasses.replace(config, early_stopping=None)
     if len(batch) == 0 or len(batch) != n:
@@ -281,9 +281,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if rank == 0:
             result.save(args.output, overwrite=args.force)
             records = len(proxy) + sum(len(b.records) for b in shared)
-            print(f"rank 0 of {dist.get_world_size()}: trained on {records} records, "
-                  f"{config.epochs} epochs, final training MSE {losses[-1]:.4f}; wrote "
-                  f"{args.output}", flush=True)
+            run = (f"{len(losses)} of up to {config.epochs} epochs, stopped early on "
+                   f"{config.early_stopping:.0%} held out (the best epoch's weights kept)"
+                   if config.early_stopping is not None else f"{len(losses)} epochs")
+            print(f"rank 0 of {dist.get_world_size()}: trained on {records} records, {run}, "
+                  f"last epoch's training MSE {losses[-1]:.4f}; wrote {args.output}",
+                  flush=True)
         dist.barrier()
     finally:
         dist.destroy_process_group()

@@ -93,6 +93,9 @@ def test_torchrun_two_ranks_match_single_process(tmp_path, foundation, simulatio
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "rank 0 of 2" in done.stdout
+    if stopping is not None:  # it did stop before the last epoch (helper-128)
+        assert f"of up to {epochs} epochs, stopped early" in done.stdout
+        assert int(done.stdout.split(" of up to")[0].split(", ")[-1]) < epochs
     # the single-process path, same previous model, data and seed
     proxy = simulation.proxy.reset_index(drop=True)
     import pandas as pd
