@@ -301,4 +301,4 @@ def test_the_loop_retrains_v2_as_the_v1_it_was_given_trained(tmp_path, monkeypat
             run_loop(simulation, BOSTON_SCHEMA, quasi_identifiers=("CHAS", "RAD", "AGE", "DIS",
                                                                    "TAX"),
                      workdir=tmp_path / folder, seed=0, foundation=foundation)
-    assert seen == [given, TrainingConfig.for_schema(BOSTON_SCHEMA, seed=0)]
+    assert seen == [given, TrainingConfig.for_schema(BOSTON_SCHEMA, seed=0, records=122)]
