@@ -16,8 +16,8 @@ columns. Test RMSE on the records not trained on; training sizes a data set:
 * Boston, star98, Friedman #2: *large*, an 80/20 split (Boston: 405 rows, the
   reference's protocol); *small*, 24 % of the rows; *loop*, the proxy ``run_loop`` trains
   v1 on (``simulate_users``' proxy less the server's validation part: 24 % of the rows),
-  tested on every simulated user's test records (each user's prices scaled by its
-  factor, h = 0.15), which is the foundation's error the demo prints;
+  tested on every simulated user's test records pooled (each user's target scaled by its
+  factor, h = 0.15; the demo prints the mean of per-user RMSEs);
 * randhie (20,190 person-years; families, runs of the family-level plan fields, never
   split): whole families up to about 3,000 rows (*large*) and 800 (*small*), tested on
   every other family.

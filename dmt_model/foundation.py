@@ -157,8 +157,9 @@ CLASSIFIER_TRAINING = TrainingConfig(epochs=300, early_stopping=0.1, patience=20
 REGRESSION_TRAINING = TrainingConfig(epochs=500, early_stopping=0.1, patience=20)
 #: A regression trained by default stops early only with this many records held out
 #: (:meth:`TrainingConfig.for_schema`): with 24 (star98's 242 records) stopping early
-#: always helped; with 7-14 (the loop's proxies of star98, Friedman #2 and Boston) it
-#: helped two data sets and cost Boston's users 21 % (helper-128; README).
+#: always helped; with 7-14 (the small proxies of star98, Friedman #2 and Boston) it was
+#: better in 20 of 30 runs, but cost the users of Boston's loop proxy 21 % (helper-128;
+#: README).
 EARLY_STOPPING_MIN_HELD_OUT = 20
 
 

@@ -32,7 +32,7 @@ SEED = 1
 QIS = ["CHAS", "RAD", "AGE", "DIS", "TAX"]
 sim = simulate_users(load_boston(), spread=0.15, seed=SEED)
 training_proxy, _ = validation_split(sim.proxy, seed=SEED)  # the rest: the server's gate
-v1 = train_foundation(training_proxy, BOSTON_SCHEMA,  # the SDK's default: stopped early
+v1 = train_foundation(training_proxy, BOSTON_SCHEMA,  # the default: 122 records, fixed epochs
                       TrainingConfig.for_schema(BOSTON_SCHEMA, seed=SEED,
                                                 records=len(training_proxy)))
 

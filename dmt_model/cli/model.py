@@ -277,7 +277,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     train.add_argument("--early-stopping", default="auto", metavar="FRACTION",
                        help="hold out this fraction of the records to pick the epoch and stop "
                             "when it stops improving; 'none' trains every epoch, as the "
-                            "reference app did (default 'auto': 0.1)")
+                            "reference app did (default 'auto': 0.1, or none for a regression "
+                            "of fewer than about 200 records)")
     train.add_argument("--patience", type=int, default=20,
                        help="epochs without improvement before stopping (default: 20)")
     train.add_argument("--hidden-units", type=int, nargs="*", metavar="N",

@@ -283,7 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             records = len(proxy) + sum(len(b.records) for b in shared)
             run = (f"{len(losses)} of up to {config.epochs} epochs, stopped early on "
                    f"{config.early_stopping:.0%} held out (the best epoch's weights kept)"
-                   if config.early_stopping is not None else f"{len(losses)} epochs")
+                   if len(losses) < config.epochs else f"{len(losses)} epochs"
+                   + (" (the best epoch's weights kept)" if config.early_stopping else ""))
             print(f"rank 0 of {dist.get_world_size()}: trained on {records} records, {run}, "
                   f"last epoch's training MSE {losses[-1]:.4f}; wrote {args.output}",
                   flush=True)
