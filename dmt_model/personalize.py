@@ -1409,7 +1409,8 @@ class PersonalizationResult:
     errors of the current model and of the update (a regressor's squared
     error, in the target's units squared; a classifier's log loss);
     ``out_of_bounds`` counts the training records with a numeric value outside
-    its field's sharing bounds (trained on as they are);
+    its field's sharing bounds (trained on as they are); ``copies`` those that copy
+    another record (:data:`COPY_TOLERANCE`), which train and are scored once with it;
     ``prior_records`` is the prior strength cross-validation chose;
     ``learning_rate`` the lower rate the update ran at (``None``: the model's own, or the one
     passed): an update at the model's rate that diverges is tried again at a tenth of it,
@@ -1427,6 +1428,7 @@ class PersonalizationResult:
     prior_records: int | None = None
     reset_to_base: bool = False
     learning_rate: float | None = None
+    copies: int = 0
 
     def raise_if_rejected(self) -> PersonalizationResult:
         if not self.accepted:
@@ -1736,6 +1738,7 @@ class _UpdatePlan:
     final: bool
     out_of_bounds: int
     personal: bool = False
+    copies: int = 0  # records that copy another and train once with it (_copies)
 
     @property
     def record_sets(self) -> list[pd.DataFrame]:
@@ -1767,6 +1770,7 @@ def _plan_update(spec: Any, records: pd.DataFrame, *, holdout: pd.DataFrame | No
     rule = rule.for_task(_reading_featurizer(spec).task)
     target = _check_records(spec, records, what="records")
     out_of_bounds = _out_of_bounds(spec, records)
+    merged = 0
     if holdout is not None:
         held_target = _check_records(spec, holdout, what="holdout records")
         checks = [(records, holdout, held_target)]
@@ -1781,14 +1785,16 @@ def _plan_update(spec: Any, records: pd.DataFrame, *, holdout: pd.DataFrame | No
                 "distinct records, or held-out records to judge the update on (holdout=; "
                 "dmt personalize --holdout).")
         first = ~pd.Series(groups).duplicated().to_numpy()
-        if not first.all():  # one copy of each record trains, as one is scored (_copies)
+        merged = int((~first).sum())
+        if merged:  # one copy of each record trains, as one is scored (_copies)
             scored = None if scored is None else int(first[:scored].sum())
             records, target, groups = records[first], target[first], groups[first]
         checks = _folds(records, target, rule.folds, seed, scored, groups=groups)
     _refuse_broken_models(given, [records, holdout])
     # With a holdout and one prior, the update on the check's training records is the final.
     return _UpdatePlan(records, checks, grid, rule, holdout is not None,
-                       final and (holdout is None or len(grid) > 1), out_of_bounds, personal)
+                       final and (holdout is None or len(grid) > 1), out_of_bounds, personal,
+                       merged)
 
 
 def _checked_update(
@@ -1874,7 +1880,9 @@ def _checked_updates(spec: Any, baselines: Sequence[Any], plans: Sequence[_Updat
                                           on_event=on_event, overrides=retried, retried=True)
             out[i] = kept, dataclasses.replace(result, learning_rate=slower, reason=_at_rate(
                 result.reason, slower, _learning_rate(spec)))
-    decisions = [decision for decision in out if decision is not None]
+    decisions = [(kept, dataclasses.replace(result, copies=plan.copies))
+                 for (kept, result), plan in zip((d for d in out if d is not None), plans,
+                                                 strict=True)]
     for (kept, _), plan in zip(decisions, plans, strict=True):
         if kept is not None:  # it says which version it was personalized from
             _mark_personalized(kept, spec, adoption=not plan.personal)

@@ -170,6 +170,7 @@ def run_personalize(args: argparse.Namespace) -> int:
 
     from dmt_model.coreml import load_spec
     from dmt_model.personalize import (
+        COPY_TOLERANCE,
         RepeatedPersonalizationWarning,
         UpdateEvent,
         _load_model,
@@ -254,6 +255,10 @@ def run_personalize(args: argparse.Namespace) -> int:
     if result.out_of_bounds:  # trained on as they are; said, since bounds are the schema's
         print(f"note: {result.out_of_bounds} of the records hold a number outside its field's "
               "bounds in the schema; the update trained on them as they are.", file=sys.stderr)
+    if result.copies:  # helper-124: "on 25 records" of 41 given, without a word why
+        print(f"note: {result.copies} of the records copy another (every number within "
+              f"{COPY_TOLERANCE:g} of a spread of it, the rest equal): each trains and is "
+              "scored once with it.", file=sys.stderr)
     if result.accepted:
         print(f"Updated {result.model_path}: {result.reason}.")
         return 0

@@ -1,5 +1,6 @@
 """The train / export / personalize commands refuse to overwrite and name bad input."""
 
+import pandas as pd
 import pytest
 
 from dmt_model.cli import main
@@ -186,3 +187,27 @@ def test_personalize_says_when_a_diverged_update_trains_again(trained, boston, m
     out = capsys.readouterr().out
     assert out.count("personalizing …") == 1
     assert out.count("diverged: personalizing again at a lower rate …") == 1
+
+
+def test_personalize_says_how_many_records_copy_another(trained, boston, capsys):
+    """helper-124: a user's repeated observations (the same inputs and count) trained and
+    were scored once, and the command said "on 25 records" of 41 given without a word why.
+    The result counts them (``copies``) and the command says so."""
+    records = trained / "copies.csv"
+    rows = boston.head(12)
+    pd.concat([rows, rows.head(5)]).to_csv(records, index=False)  # 5 records again
+    model = trained / "copies.mlmodel"
+    model.write_bytes((trained / "m.mlmodel").read_bytes())
+    assert main(["personalize", str(model), "--records", str(records), "--epochs", "3"]) in (0, 3)
+    err = capsys.readouterr().err
+    assert "note: 5 of the records copy another" in err
+
+
+def test_a_personalization_result_counts_the_copies(trained, boston):
+    from dmt_model.personalize import personalize
+
+    model = trained / "counted.mlmodel"
+    model.write_bytes((trained / "m.mlmodel").read_bytes())
+    rows = boston.head(12)
+    assert personalize(model, pd.concat([rows, rows.head(3)]), epochs=3).copies == 3
+    assert personalize(model, rows, epochs=3).copies == 0
