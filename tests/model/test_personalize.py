@@ -345,3 +345,43 @@ def test_a_retried_update_that_oscillates_on_its_own_records_is_not_kept():
     model, result = personalized(spec, records)
     assert result.accepted and result.learning_rate == pytest.approx(1e-4)
     assert error(model) < 0.01 * error(spec)
+
+
+def test_an_update_that_oscillates_at_the_models_own_rate_is_tried_slower():
+    """helper-130: 35-40 past the proxy, the personal head's step at the model's own rate
+    (0.01) overshoots each record by 60-80 % without blowing up, so the final update on all
+    records is a random point of a wide oscillation, never scored: 46 of 90 users of
+    far_from_proxy kept an update worse on their test records than the model, this one
+    4.84 -> 8.48 test RMSE. A regression's update that fits its own records worse than the
+    model it started from diverged, at any rate, and is tried again at a tenth."""
+    import sys
+    import tempfile
+    import warnings
+    from pathlib import Path
+
+    from dmt_model.coreml import export_coreml
+    from dmt_model.foundation import train_foundation
+    from dmt_model.personalize import personalize
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from far_from_proxy import PROXY, SCHEMA, TEST, USERS, _records, _rmse
+
+    rng = np.random.default_rng(2)  # far_from_proxy's seed 2, d = 40, user 12, 20 records
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        foundation = train_foundation(_records(rng, 0, 10, PROXY), SCHEMA)
+    for d in (5, 20):
+        for _ in range(USERS):
+            _records(rng, d - 5, d, 20 + TEST)
+    for _ in range(12):
+        _records(rng, 35, 40, 20 + TEST)
+    data = _records(rng, 35, 40, 20 + TEST)
+    with tempfile.TemporaryDirectory() as folder:
+        model = export_coreml(foundation, Path(folder) / "m.mlmodel",
+                              updatable=UpdateSettings())
+        before = _rmse(model, data.iloc[20:])
+        result = personalize(model, data.iloc[:20], seed=2)
+        after = _rmse(model, data.iloc[20:])
+    assert before == pytest.approx(4.84, abs=0.01)
+    assert result.accepted and result.learning_rate == pytest.approx(1e-3)
+    assert after < 0.5 * before
