@@ -139,11 +139,11 @@ class TrainingConfig:
         ``benchmarks/foundation_training.py``)."""
         target = schema.target
         if target is not None and target.kind is Kind.CATEGORICAL:
-            return replace(CLASSIFIER_TRAINING, seed=seed)
-        config = replace(REGRESSION_TRAINING, seed=seed)
-        if records is not None and _held_out_count(records, config) < \
-                EARLY_STOPPING_MIN_HELD_OUT:
-            return replace(config, early_stopping=None)
+            config, least = replace(CLASSIFIER_TRAINING, seed=seed), 1
+        else:
+            config, least = replace(REGRESSION_TRAINING, seed=seed), EARLY_STOPPING_MIN_HELD_OUT
+        if records is not None and (records < 2 or _held_out_count(records, config) < least):
+            return replace(config, early_stopping=None)  # one record has none to hold out
         return config
 
 
@@ -408,8 +408,6 @@ def fit_foundation(
     torch = _import_torch()
     if config is None:
         config = TrainingConfig.for_schema(featurizer.schema, records=len(target))
-        if len(target) < 2:  # nothing to hold out: a classifier of one record trains on it
-            config = replace(config, early_stopping=None)
     if len(batch) == 0 or len(batch) != len(target):
         raise ValidationError(
             f"Need as many targets as records, and at least one: got {len(batch)} records "
@@ -475,16 +473,39 @@ def _mean_loss(network: Any, inputs: list[Any], target: Any, weight: Any, noise:
     return torch.sum(weight[index] * losses) / torch.sum(weight[index])
 
 
+class _Stopping:
+    """Early stopping's rule, for :func:`_train_epochs` and DDP's loop alike: keep the
+    weights of the epoch with the lowest held-out loss, and stop once ``patience`` epochs
+    have not improved on it."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience, self.best, self.best_epoch = patience, math.inf, -1
+        self.state: dict[str, Any] | None = None
+
+    def stop(self, network: Any, epoch: int, held_loss: float) -> bool:
+        """Record ``epoch``'s held-out loss; whether to stop training."""
+        import copy
+
+        if held_loss < self.best:
+            self.best, self.best_epoch = held_loss, epoch
+            self.state = copy.deepcopy(network.state_dict())
+            return False
+        return epoch - self.best_epoch >= self.patience
+
+    def restore(self, network: Any) -> None:
+        """Load the best epoch's weights (if any epoch was scored)."""
+        if self.state is not None:
+            network.load_state_dict(self.state)
+
+
 def _train_epochs(network: Any, inputs: list[Any], target: Any, weight: Any, noise: Any,
                   optimizer: Any, shuffle: Any, config: TrainingConfig,
                   on_epoch_end: Callable[[int, float], None] | None) -> None:
-    import copy
-
     torch = _import_torch()
     rows, held = (torch.from_numpy(a) for a in _early_stopping_split(int(target.shape[0]),
                                                                         config))
     n = len(rows)
-    best, best_epoch, best_state = math.inf, -1, None
+    stopping = _Stopping(config.patience)
     for epoch in range(config.epochs):
         order = rows[torch.randperm(n, generator=shuffle)] if len(held) else \
             torch.randperm(n, generator=shuffle)
@@ -501,10 +522,6 @@ def _train_epochs(network: Any, inputs: list[Any], target: Any, weight: Any, noi
         if len(held):
             with torch.no_grad():
                 held_loss = float(_mean_loss(network, inputs, target, weight, noise, held))
-            if held_loss < best:
-                best, best_epoch = held_loss, epoch
-                best_state = copy.deepcopy(network.state_dict())
-            elif epoch - best_epoch >= config.patience:
+            if stopping.stop(network, epoch, held_loss):
                 break
-    if best_state is not None:
-        network.load_state_dict(best_state)
+    stopping.restore(network)

@@ -1880,12 +1880,11 @@ def _checked_updates(spec: Any, baselines: Sequence[Any], plans: Sequence[_Updat
                                           on_event=on_event, overrides=retried, retried=True)
             out[i] = kept, dataclasses.replace(result, learning_rate=slower, reason=_at_rate(
                 result.reason, slower, _learning_rate(spec)))
-    decisions = [(kept, dataclasses.replace(result, copies=plan.copies))
-                 for (kept, result), plan in zip((d for d in out if d is not None), plans,
-                                                 strict=True)]
-    for (kept, _), plan in zip(decisions, plans, strict=True):
+    decisions = []
+    for (kept, result), plan in zip((d for d in out if d is not None), plans, strict=True):
         if kept is not None:  # it says which version it was personalized from
             _mark_personalized(kept, spec, adoption=not plan.personal)
+        decisions.append((kept, dataclasses.replace(result, copies=plan.copies)))
     return decisions
 
 

@@ -41,8 +41,8 @@ def run_train(args: argparse.Namespace) -> int:
     config = TrainingConfig(
         epochs=args.epochs if args.epochs is not None else default.epochs,
         batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
-        early_stopping=(default.early_stopping if len(data) >= 2 else None)
-        if stopping == "auto" else None if stopping == "none" else _fraction(stopping),
+        early_stopping=default.early_stopping if stopping == "auto"
+        else None if stopping == "none" else _fraction(stopping),
         patience=args.patience,
         hidden_units=tuple(args.hidden_units) if args.hidden_units is not None
         else default.hidden_units)
@@ -66,7 +66,11 @@ def _quality(foundation: Foundation, data: pd.DataFrame) -> str:
     """How the foundation scores on the records early stopping held out, beside the best
     prediction that ignores the inputs (helper-124: a model worse than the target's mean
     was reported by its training error alone), then on every training record."""
-    from dmt_model.foundation import EARLY_STOPPING_MIN_HELD_OUT, _early_stopping_split
+    from dmt_model.foundation import (
+        EARLY_STOPPING_MIN_HELD_OUT,
+        REGRESSION_TRAINING,
+        _early_stopping_split,
+    )
 
     config, task, featurizer = foundation.config, foundation.task, foundation.featurizer
     everything = foundation.evaluate(data).summary()
@@ -74,7 +78,9 @@ def _quality(foundation: Foundation, data: pd.DataFrame) -> str:
     if not len(held):
         return (f"  on the records it trained on: {everything}\n  (none were held out: this "
                 "says little of how it does on new records; a regression stops early, and "
-                f"holds records out, from about {EARLY_STOPPING_MIN_HELD_OUT / 0.1:.0f} records, "
+                "holds records out, from about "
+                f"{EARLY_STOPPING_MIN_HELD_OUT / (REGRESSION_TRAINING.early_stopping or 1):.0f} "
+                "records, "
                 "or as --early-stopping says)")
     lines = [f"  on every record given, those held out too: {everything}"]
     part = data.iloc[held]

@@ -31,10 +31,8 @@ large shared data sets, not for Boston: each step all-reduces the gradients.
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import hashlib
-import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -51,6 +49,7 @@ from dmt_model.foundation import (
     _early_stopping_split,
     _import_torch,
     _rmsprop,
+    _Stopping,
     network_for,
     standardized_squared_error,
 )
@@ -127,10 +126,7 @@ def fit_foundation_ddp(
                               f"loss); this featurizer's task is {featurizer.task.kind}: "
                               "train it with fit_foundation.")
     n = len(target)
-    if config is None:  # as fit_foundation: one record has none to hold out
-        config = TrainingConfig.for_schema(featurizer.schema, records=n)
-        if n < 2:
-            config = dataclasses.replace(config, early_stopping=None)
+    config = config or TrainingConfig.for_schema(featurizer.schema, records=n)
     if len(batch) == 0 or len(batch) != n:
         raise ValidationError(f"Need as many targets as records, and at least one: got "
                               f"{len(batch)} records and {n} targets.")
@@ -155,7 +151,7 @@ def fit_foundation_ddp(
     # with the same weights, and rank 0's score decides for every rank
     rows, held = (torch.from_numpy(a) for a in _early_stopping_split(n, config))
     trained = len(rows)
-    best, best_epoch, best_state = math.inf, -1, None
+    stopping = _Stopping(config.patience)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     model.train()
@@ -184,15 +180,11 @@ def fit_foundation_ddp(
                         network, network(*(t[held] for t in inputs)), y[held])
                     score = (torch.sum(w[held] * squared) / torch.sum(w[held])).reshape(1)
                 dist.broadcast(score, 0)
-                if float(score) < best:
-                    best, best_epoch = float(score), epoch
-                    best_state = copy.deepcopy(network.state_dict())
-                elif epoch - best_epoch >= config.patience:
+                if stopping.stop(network, epoch, float(score)):
                     break
     finally:
         torch.set_num_threads(threads)
-    if best_state is not None:
-        network.load_state_dict(best_state)
+    stopping.restore(network)
     network.eval()
     return foundation
 
