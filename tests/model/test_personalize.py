@@ -347,41 +347,66 @@ def test_a_retried_update_that_oscillates_on_its_own_records_is_not_kept():
     assert error(model) < 0.01 * error(spec)
 
 
-def test_an_update_that_oscillates_at_the_models_own_rate_is_tried_slower():
+def _far_user(seed: int, distance: int, user: int, *, records: int = 20):
+    """``far_from_proxy``'s seed ``seed``: (its Core ML foundation's path, a user's first
+    ``records`` records, the foundation's test RMSE on the user's test records, a function
+    of a model's path giving its test RMSE) for user ``user`` at ``distance`` (the
+    benchmark's users at 20 records come from the same draws as at 5)."""
+    import sys
+    import warnings
+    from functools import partial
+    from pathlib import Path
+
+    from dmt_model.foundation import train_foundation
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from far_from_proxy import PROXY, SCHEMA, TEST, USERS, _records, _rmse
+
+    rng = np.random.default_rng(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        foundation = train_foundation(_records(rng, 0, 10, PROXY), SCHEMA)
+    for d in (5, 20, 40, 60, 90):
+        for i in range(USERS):
+            data = _records(rng, d - 5, d, 20 + TEST)
+            if (d, i) == (distance, user):
+                return foundation, data.iloc[:records], partial(_rmse, frame=data.iloc[20:])
+    raise AssertionError(f"no user {user} at {distance}")
+
+
+def test_an_update_that_oscillates_at_the_models_own_rate_is_tried_slower(tmp_path):
     """helper-130: 35-40 past the proxy, the personal head's step at the model's own rate
     (0.01) overshoots each record by 60-80 % without blowing up, so the final update on all
     records is a random point of a wide oscillation, never scored: 46 of 90 users of
     far_from_proxy kept an update worse on their test records than the model, this one
     4.84 -> 8.48 test RMSE. A regression's update that fits its own records worse than the
     model it started from diverged, at any rate, and is tried again at a tenth."""
-    import sys
-    import tempfile
-    import warnings
-    from pathlib import Path
-
-    from dmt_model.coreml import export_coreml
-    from dmt_model.foundation import train_foundation
-    from dmt_model.personalize import personalize
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-    from far_from_proxy import PROXY, SCHEMA, TEST, USERS, _records, _rmse
-
-    rng = np.random.default_rng(2)  # far_from_proxy's seed 2, d = 40, user 12, 20 records
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        foundation = train_foundation(_records(rng, 0, 10, PROXY), SCHEMA)
-    for d in (5, 20):
-        for _ in range(USERS):
-            _records(rng, d - 5, d, 20 + TEST)
-    for _ in range(12):
-        _records(rng, 35, 40, 20 + TEST)
-    data = _records(rng, 35, 40, 20 + TEST)
-    with tempfile.TemporaryDirectory() as folder:
-        model = export_coreml(foundation, Path(folder) / "m.mlmodel",
-                              updatable=UpdateSettings())
-        before = _rmse(model, data.iloc[20:])
-        result = personalize(model, data.iloc[:20], seed=2)
-        after = _rmse(model, data.iloc[20:])
+    foundation, records, rmse = _far_user(2, 40, 12)
+    model = export_coreml(foundation, tmp_path / "m.mlmodel", updatable=UpdateSettings())
+    before = rmse(model)
+    result = personalize(model, records, seed=2)
+    after = rmse(model)
     assert before == pytest.approx(4.84, abs=0.01)
     assert result.accepted and result.learning_rate == pytest.approx(1e-3)
     assert after < 0.5 * before
+
+
+def test_an_update_left_where_its_last_steps_put_it_is_tried_slower(tmp_path):
+    """far_from_proxy's seed 0, 90 past the proxy, user 1: at 0.001 each step moves the
+    prediction nearly all the way to one record's target, and an anchor's target is the
+    foundation's own prediction, 13 away. The cross-validated updates fit the records they
+    left out (MSE 173 → 1.3) but the final one ended near the foundation: 13.11 -> 12.50
+    test RMSE, kept. Fitting its own records 119 times worse than its folds fit unseen
+    ones, its training did not settle: it is tried again at a hundredth of the rate."""
+    foundation, records, rmse = _far_user(0, 90, 1)
+    model = export_coreml(foundation, tmp_path / "m.mlmodel", updatable=UpdateSettings())
+    before = rmse(model)
+    result = personalize(model, records, seed=0)
+    assert before == pytest.approx(13.11, abs=0.01)
+    assert result.accepted and result.learning_rate == pytest.approx(1e-4)
+    assert rmse(model) < 0.15 * before
+    # at 0.001 passed, used as given, the unsettled update is not kept
+    model = export_coreml(foundation, tmp_path / "given.mlmodel", updatable=UpdateSettings())
+    given = personalize(model, records, seed=0, learning_rate=0.001)
+    assert not given.accepted and "did not settle" in given.reason
+    assert rmse(model) == before
