@@ -108,7 +108,10 @@ class UpdateSettings:
       (a ½ factor only halves the step);
     * SGD at 0.01 for 100 epochs runs the head to the fixed point that
       :func:`dmt_model.personalize.with_prior` sets, so what the update
-      converges to does not depend on the step size either.
+      converges to does not depend on the step size either. Where a
+      device's records lie far past the proxy, the head's inputs are large
+      and the step too long to settle there: :func:`~dmt_model.personalize.personalize`
+      tries such an update again at a tenth of the rate, then a hundredth.
 
     ``updatable_layers`` counts inner-product layers back from the output:
     1 is the head; 2 adds ``dense_2`` and so on (whose gradients are in the
