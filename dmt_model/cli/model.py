@@ -227,13 +227,15 @@ def run_personalize(args: argparse.Namespace) -> int:
 
             def on_event(event: UpdateEvent) -> None:
                 nonlocal began
-                if event.kind == "training_begin":  # a diverged update trains again, slower
+                # an update that diverged or did not settle trains again, slower
+                if event.kind == "training_begin":
                     began += 1
                     if began > 1:
                         bar.reset()
                         bar.set_description(f"personalizing, again at a lower rate ({began})")
                         if bar.disable:
-                            print("diverged: personalizing again at a lower rate …", flush=True)
+                            print("diverged or did not settle: personalizing again at a "
+                                  "lower rate …", flush=True)
                 elif event.kind == "epoch_end":
                     bar.set_postfix(loss=f"{event.loss:.3f}", refresh=False)
                     bar.update()
