@@ -1907,8 +1907,9 @@ def _diverged(result: PersonalizationResult) -> bool:
                                              result.holdout_loss_before)
 
 
-#: How many times its cross-validated held-out error a regression's final update may fit
-#: its own records before its training counts as unsettled (:func:`_unsettled`). Settled,
+#: How many times worse than its cross-validated updates fit them unseen a regression's final
+#: update may fit the records they scored before its training counts as unsettled
+#: (:func:`_unsettled`). Settled,
 #: the update fits each record no worse than an update that did not see it (least squares
 #: shrunk toward the model: the in-sample residual is (1 − leverage) × the left-out one),
 #: and on users of Boston, star98 and Friedman #2 drawn as ``model_quality`` draws them
@@ -1929,7 +1930,7 @@ def _unsettled(fitted: float, held_out: float, started: float) -> bool:
     at a rate near ``1 / |input|²`` moves the prediction most of the way to one record's
     target, and an anchor's target is the model's own prediction, far from the record's for
     a user far from the proxy: the final update is a record's fit or the model's by the
-    order of its last steps. (``started``, the model's own error on them, sets
+    order of its last steps. (``started``, the model's own error on all its records, sets
     the scale of a tolerance for a held-out error of 0.)"""
     return not fitted <= _UNSETTLED * held_out + 1e-9 * started
 
@@ -1978,12 +1979,12 @@ def _decide_update(spec: Any, plan: _UpdatePlan, fits: Sequence[_Fit], before: n
                    overrides: Mapping[str, Any], retried: bool = False) -> _Decision:
     """``plan``'s decision from its ``fits`` (:attr:`_UpdatePlan.record_sets`' order) and
     the baseline's held-out errors ``before``: (the update to write or ``None``, result).
-    ``retried``: at a lower rate than the model's, after it diverged there. The update kept
-    must fit its own records no worse than ``spec`` does when retried, and a regression's
-    always; a regression's cross-validated update must also fit them no more than
-    :data:`_UNSETTLED` times worse than its folds fit the records they left out
-    (:func:`_unsettled`). One that does not diverged (:func:`_diverged`), and is tried
-    again slower."""
+    ``retried``: at a lower rate than the model's, after it diverged or did not settle
+    there. The update kept must fit its own records no worse than ``spec`` does when
+    retried, and a regression's always; a regression's cross-validated update must also fit
+    the records its folds scored no more than :data:`_UNSETTLED` times worse than the folds
+    fit them unseen (:func:`_unsettled`). One that does not diverged (:func:`_diverged`),
+    and is tried again slower."""
     grid, checks, out_of_bounds = plan.grid, plan.checks, plan.out_of_bounds
     history = UpdateHistory()
     rejection = next((fit for fit in fits[:len(grid) * len(checks)]
@@ -2052,8 +2053,9 @@ def _decide_update(spec: Any, plan: _UpdatePlan, fits: Sequence[_Fit], before: n
             _updates_errors(spec, [candidate] * len(checks), list(checks)))))
         if _unsettled(in_sample, result_after, started):
             return None, PersonalizationResult(
-                False, f"The update fits the records it was scored on worse than its "
-                f"cross-validated updates fit them unseen (mean {task.record_error_name} "
+                False, f"The update fits the records it was scored on more than "
+                f"{_UNSETTLED:g} times worse than its cross-validated updates fit them unseen "
+                f"(mean {task.record_error_name} "
                 f"{in_sample:.4g} against {result_after:.4g}): its training did not settle. "
                 "Nothing was written.", result_before, math.nan, output, history,
                 out_of_bounds, chosen)
