@@ -62,6 +62,11 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Below how many records held out `dmt train` says their comparison with the mean says
+#: little: on a dozen, Boston's loop proxies chose their epoch by chance (helper-128).
+FEW_HELD_OUT = 10
+
+
 def _quality(foundation: Foundation, data: pd.DataFrame) -> str:
     """How the foundation scores on the records early stopping held out, beside the best
     prediction that ignores the inputs (helper-124: a model worse than the target's mean
@@ -92,6 +97,11 @@ def _quality(foundation: Foundation, data: pd.DataFrame) -> str:
     lines[:0] = [f"  on the records held out to stop training (they chose its epoch): "
                  f"{model.summary()}",
                  f"  predicting {ignoring} instead: {floor.summary()}"]
+    if len(held) < FEW_HELD_OUT:
+        lines.append(
+            f"  (only {len(held)} record{'' if len(held) == 1 else 's'} held out: the two "
+            "figures above say little; give more proxy records, or hold out a larger part "
+            "with --early-stopping)")
     if model.error >= floor.error:
         lines.append(
             f"Warning: on the records held out the foundation's {task.error_name} "

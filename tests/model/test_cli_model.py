@@ -146,6 +146,9 @@ def test_train_scores_the_records_held_out_beside_the_mean(tmp_path, capsys):
                      .split(",")[0])
         assert (held < mean) is helped
         assert ("no better than predicting the mean of the target" in out) is not helped
+        # 40 records held out of 400, 6 of 60: a handful says little (helper-128)
+        assert ("(only 6 records held out: the two figures above say little" in out) \
+            is not helped
     assert main(["train", *files, "-o", str(tmp_path / "f.npz"), "--force",
                  "--early-stopping", "none", "--epochs", "2"]) == 0
     assert "none were held out: this says little" in capsys.readouterr().out
