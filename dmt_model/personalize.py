@@ -1867,6 +1867,7 @@ def _checked_updates(spec: Any, baselines: Sequence[Any], plans: Sequence[_Updat
                                  [plan.priors for plan in plans], overrides):
         out[i] = _decide_update(spec, plans[i], fits, befores[i], output=output,
                                 on_event=on_event, overrides=overrides)
+    tried = [_learning_rate(spec)]  # the rates every update retried below ran at first
     for slower in _slower_rates(spec, overrides):
         again = [i for i, decision in enumerate(out)
                  if decision is not None and _diverged(decision[1])]
@@ -1879,7 +1880,8 @@ def _checked_updates(spec: Any, baselines: Sequence[Any], plans: Sequence[_Updat
             kept, result = _decide_update(spec, plans[i], fits, befores[i], output=output,
                                           on_event=on_event, overrides=retried, retried=True)
             out[i] = kept, dataclasses.replace(result, learning_rate=slower, reason=_at_rate(
-                result.reason, slower, _learning_rate(spec)))
+                result.reason, slower, tried))
+        tried.append(slower)
     decisions = []
     for (kept, result), plan in zip((d for d in out if d is not None), plans, strict=True):
         if kept is not None:  # it says which version it was personalized from
@@ -1909,16 +1911,15 @@ def _diverged(result: PersonalizationResult) -> bool:
 
 #: How many times worse than its cross-validated updates fit them unseen a regression's final
 #: update may fit the records they scored before its training counts as unsettled
-#: (:func:`_unsettled`). Settled,
-#: the update fits each record no worse than an update that did not see it (least squares
-#: shrunk toward the model: the in-sample residual is (1 − leverage) × the left-out one),
-#: and on users of Boston, star98 and Friedman #2 drawn as ``model_quality`` draws them
-#: (73 kept updates) the ratio was 0.53–1.12; 20 past ``far_from_proxy``'s proxy, at most
-#: 1.76. Unsettled it was 2–250: at d = 90 and 20 records, 47 of 90 users (3 seeds) kept
-#: such an update at 0.001, on cross-validated folds that fit (one: held-out MSE 173 → 1.3),
-#: and ended at test RMSE 9.03 against their foundation's 14.51; tried again at 0.0001,
-#: 1.22. With shared records (``scored=``) only the device's own are scored, and the check
-#: reads the update's fit of those.
+#: (:func:`_unsettled`). Settled, the update fits each record no worse than an update that
+#: did not see it (least squares shrunk toward the model: the in-sample residual is
+#: (1 − leverage) × the left-out one), and on users of Boston, star98 and Friedman #2 drawn
+#: as ``model_quality`` draws them (73 kept updates) the ratio was 0.53–1.12; 20 past
+#: ``far_from_proxy``'s proxy, at most 1.76. Unsettled it was 2–250: at d = 90 and 20
+#: records, 47 of 90 users (3 seeds) kept such an update at 0.001, on cross-validated folds
+#: that fit (one: held-out MSE 173 → 1.3), and ended at test RMSE 9.03 against their
+#: foundation's 14.51; tried again at 0.0001, 1.22. With shared records (``scored=``) only
+#: the device's own are scored, and the check reads the update's fit of those.
 _UNSETTLED = 2.0
 
 
@@ -1957,13 +1958,12 @@ def _kept_ending(reason: str) -> tuple[str, str]:
     return reason.removesuffix("."), "." if reason.endswith(".") else ""
 
 
-def _at_rate(reason: str, slower: float, rate: float) -> str:
-    """``reason``, saying the update ran at ``slower`` since at ``rate`` and every rate of
-    the ladder above ``slower`` (:func:`_slower_rates`) it diverged or did not settle."""
-    above = [rate] + [r for r in (rate / 10, rate / 100) if r > slower * (1 + 1e-9)]
-    tried = " and ".join(f"{r:g}" for r in above)
+def _at_rate(reason: str, slower: float, tried: Sequence[float]) -> str:
+    """``reason``, saying the update ran at ``slower`` since at each rate ``tried`` before
+    it diverged or did not settle."""
+    rates = " and ".join(f"{rate:g}" for rate in tried)
     what, ending = _kept_ending(reason)
-    note = f" (at learning rate {slower:g}: at {tried} the update diverged or did not settle)"
+    note = f" (at learning rate {slower:g}: at {rates} the update diverged or did not settle)"
     return what + note + ending
 
 
@@ -2035,16 +2035,18 @@ def _decide_update(spec: Any, plan: _UpdatePlan, fits: Sequence[_Fit], before: n
     # A regression's converged update cannot fit them worse: its anchors' targets are the
     # model's own predictions, so records and anchors together cost it no more than the
     # start. A classifier's anchors are drawn labels, and its update may (the Adult case).
+    def refused(why: str) -> _Decision:
+        return None, PersonalizationResult(False, f"{why}. Nothing was written.", result_before,
+                                           math.nan, output, history, out_of_bounds, chosen)
+
     if retried or task.kind == "regression":
         own = (plan.records, plan.records, _check_records(spec, plan.records, what="records"))
         started, fitted = (float(np.mean(e))
                            for e in _updates_errors(spec, [spec, candidate], [own, own]))
         if not fitted <= started:
-            return None, PersonalizationResult(
-                False, f"The update fits the records it trained on worse than the model it "
-                f"started from (mean {task.record_error_name} {started:.4g} → {fitted:.4g}): "
-                "its training diverged. Nothing was written.", result_before, math.nan,
-                output, history, out_of_bounds, chosen)
+            return refused(f"The update fits the records it trained on worse than the model it "
+                           f"started from (mean {task.record_error_name} {started:.4g} → "
+                           f"{fitted:.4g}): its training diverged")
     if task.kind == "regression" and not plan.holdout:
         # the records the folds scored, each held out once: all of them, or (scored=) the
         # device's own among shared ones (helper-131: own and shared against own alone
@@ -2052,13 +2054,10 @@ def _decide_update(spec: Any, plan: _UpdatePlan, fits: Sequence[_Fit], before: n
         in_sample = float(np.mean(np.concatenate(
             _updates_errors(spec, [candidate] * len(checks), list(checks)))))
         if _unsettled(in_sample, result_after, started):
-            return None, PersonalizationResult(
-                False, f"The update fits the records it was scored on more than "
-                f"{_UNSETTLED:g} times worse than its cross-validated updates fit them unseen "
-                f"(mean {task.record_error_name} "
-                f"{in_sample:.4g} against {result_after:.4g}): its training did not settle. "
-                "Nothing was written.", result_before, math.nan, output, history,
-                out_of_bounds, chosen)
+            return refused(f"The update fits the records it was scored on more than "
+                           f"{_UNSETTLED:g} times worse than its cross-validated updates fit "
+                           f"them unseen (mean {task.record_error_name} {in_sample:.4g} "
+                           f"against {result_after:.4g}): its training did not settle")
     how = "on the holdout" if plan.holdout else f"in {len(checks)}-fold cross-validation"
     anchors = f"{chosen} anchor record{'' if chosen == 1 else 's'}"
     return _written(candidate), PersonalizationResult(

@@ -347,30 +347,38 @@ def test_a_retried_update_that_oscillates_on_its_own_records_is_not_kept():
     assert error(model) < 0.01 * error(spec)
 
 
-def _far_user(seed: int, distance: int, user: int, *, records: int = 20):
-    """``far_from_proxy``'s seed ``seed``: (its Core ML foundation's path, a user's first
-    ``records`` records, the foundation's test RMSE on the user's test records, a function
-    of a model's path giving its test RMSE) for user ``user`` at ``distance`` (the
-    benchmark's users at 20 records come from the same draws as at 5)."""
+def _far_from_proxy():
+    """The benchmark module whose synthetic users lie past the proxy."""
     import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import far_from_proxy
+
+    return far_from_proxy
+
+
+def _far_user(seed: int, distance: int, user: int, *, records: int = 20):
+    """``far_from_proxy``'s seed ``seed``: (its foundation, user ``user``'s first
+    ``records`` records at ``distance``, a function of a model's path giving its test RMSE
+    on the user's test records); the benchmark's users at 20 records come from the same
+    draws as at 5."""
     import warnings
     from functools import partial
-    from pathlib import Path
 
     from dmt_model.foundation import train_foundation
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-    from far_from_proxy import PROXY, SCHEMA, TEST, USERS, _records, _rmse
-
+    bench = _far_from_proxy()
     rng = np.random.default_rng(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        foundation = train_foundation(_records(rng, 0, 10, PROXY), SCHEMA)
+        foundation = train_foundation(bench._records(rng, 0, 10, bench.PROXY), bench.SCHEMA)
     for d in (5, 20, 40, 60, 90):
-        for i in range(USERS):
-            data = _records(rng, d - 5, d, 20 + TEST)
+        for i in range(bench.USERS):
+            data = bench._records(rng, d - 5, d, 20 + bench.TEST)
             if (d, i) == (distance, user):
-                return foundation, data.iloc[:records], partial(_rmse, frame=data.iloc[20:])
+                return foundation, data.iloc[:records], partial(bench._rmse,
+                                                                frame=data.iloc[20:])
     raise AssertionError(f"no user {user} at {distance}")
 
 
@@ -427,27 +435,23 @@ def test_an_adoption_with_shared_records_is_judged_settled_on_the_records_it_sco
     with the folds' held-out error on the 3 own ones: a version 3 better for everyone was
     refused on this device as unsettled (in-sample 1.09 against held-out 0.285) and the
     device kept v1, test RMSE 3.06 against v2's 1.02. It is judged on the records scored."""
-    import sys
     import warnings
-    from pathlib import Path
 
     from dmt_model.coreml import predict_frame
     from dmt_model.foundation import train_foundation
     from dmt_model.personalize import ADOPTION_RULE, adopted
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-    from far_from_proxy import SCHEMA, _records
-
+    bench = _far_from_proxy()
     rng = np.random.default_rng(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        proxy = _records(rng, 0, 10, 300)
-        v2 = build_spec(train_foundation(proxy, SCHEMA), updatable=UpdateSettings())
-        v1 = build_spec(train_foundation(proxy.assign(y=proxy.y + 3), SCHEMA),
+        proxy = bench._records(rng, 0, 10, 300)
+        v2 = build_spec(train_foundation(proxy, bench.SCHEMA), updatable=UpdateSettings())
+        v1 = build_spec(train_foundation(proxy.assign(y=proxy.y + 3), bench.SCHEMA),
                         updatable=UpdateSettings())
     for _ in range(10):
-        _records(rng, 0, 10, 223)
-    data = _records(rng, 0, 10, 223)  # the 11th device: 3 own records, 20 shared, 200 test
+        bench._records(rng, 0, 10, 223)
+    data = bench._records(rng, 0, 10, 223)  # the 11th device: 3 own, 20 shared, 200 test
     own, shared, test = data.iloc[:3], data.iloc[3:23], data.iloc[23:]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
