@@ -237,15 +237,16 @@ def run_personalize(args: argparse.Namespace) -> int:
 
             def on_event(event: UpdateEvent) -> None:
                 nonlocal began
-                # an update that diverged or did not settle trains again, slower
+                # an update that diverged or did not settle trains again, slower; a
+                # classifier's that stalled, faster
                 if event.kind == "training_begin":
                     began += 1
                     if began > 1:
                         bar.reset()
-                        bar.set_description(f"personalizing, again at a lower rate ({began})")
+                        bar.set_description(f"personalizing, again at another rate ({began})")
                         if bar.disable:
-                            print("diverged or did not settle: personalizing again at a "
-                                  "lower rate …", flush=True)
+                            print("diverged, did not settle or stalled: personalizing again "
+                                  "at another rate …", flush=True)
                 elif event.kind == "epoch_end":
                     bar.set_postfix(loss=f"{event.loss:.3f}", refresh=False)
                     bar.update()

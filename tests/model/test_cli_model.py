@@ -189,7 +189,8 @@ def test_personalize_says_when_a_diverged_update_trains_again(trained, boston, m
     assert main(["personalize", str(model), "--records", str(records), "--epochs", "3"]) in (0, 3)
     out = capsys.readouterr().out
     assert out.count("personalizing …") == 1
-    assert out.count("diverged or did not settle: personalizing again at a lower rate …") == 1
+    assert out.count("diverged, did not settle or stalled: personalizing again at another "
+                     "rate …") == 1
 
 
 def test_personalize_says_how_many_records_copy_another(trained, boston, capsys):

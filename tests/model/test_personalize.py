@@ -358,11 +358,12 @@ def _far_from_proxy():
     return far_from_proxy
 
 
-def _far_user(seed: int, distance: int, user: int, *, records: int = 20):
+def _far_user(seed: int, distance: int, user: int, *, records: int = 20,
+              classifier: bool = False):
     """``far_from_proxy``'s seed ``seed``: (its foundation, user ``user``'s first
     ``records`` records at ``distance``, a function of a model's path giving its test RMSE
-    on the user's test records); the benchmark's users at 20 records come from the same
-    draws as at 5."""
+    on the user's test records, or a classifier's (log loss, accuracy)); the benchmark's
+    users at 20 records come from the same draws as at 5."""
     import warnings
     from functools import partial
 
@@ -370,16 +371,61 @@ def _far_user(seed: int, distance: int, user: int, *, records: int = 20):
 
     bench = _far_from_proxy()
     rng = np.random.default_rng(seed)
+    proxy = bench._records(rng, 0, 10, bench.PROXY)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        foundation = train_foundation(bench._records(rng, 0, 10, bench.PROXY), bench.SCHEMA)
+        foundation = (train_foundation(bench._labelled(proxy, 6.5), bench.CLASSIFIER_SCHEMA)
+                      if classifier else train_foundation(proxy, bench.SCHEMA))
     for d in (5, 20, 40, 60, 90):
         for i in range(bench.USERS):
             data = bench._records(rng, d - 5, d, 20 + bench.TEST)
+            if classifier:
+                data = bench._labelled(data, d - 1)
             if (d, i) == (distance, user):
-                return foundation, data.iloc[:records], partial(bench._rmse,
-                                                                frame=data.iloc[20:])
+                score = bench._log_loss_accuracy if classifier else bench._rmse
+                return foundation, data.iloc[:records], partial(score, frame=data.iloc[20:])
     raise AssertionError(f"no user {user} at {distance}")
+
+
+def test_a_classifier_s_update_that_stalls_short_of_its_records_is_tried_faster(tmp_path):
+    """far_from_proxy's classifier, seed 0, 40 past the proxy, user 0: 11 of its 20 records
+    are "no", and the foundation, extrapolating, calls every one "yes" with logits 60 and
+    more apart. At 0.01 a bias moves at most 0.01 a step: after 100 epochs the held-out
+    log loss was 8.865 as before, nothing was kept, and the test log loss stayed 8.78. The
+    update left all of the gap between the class counts it trained on and the model's: it
+    stalled, and is tried again ten times faster, where it reaches them (0.36)."""
+    foundation, records, score = _far_user(0, 40, 0, classifier=True)
+    model = export_coreml(foundation, tmp_path / "m.mlmodel", updatable=UpdateSettings())
+    before = score(model)
+    assert before[0] == pytest.approx(8.78, abs=0.01) and before[1] < 0.5
+    result = personalize(model, records, seed=0)
+    assert result.accepted and result.learning_rate == pytest.approx(0.1)
+    assert ("(at learning rate 0.1: at 0.01 the update stalled short of the class counts it "
+            "trained on)") in result.reason
+    after = score(model)
+    assert after[0] < 0.1 * before[0] and after[1] > 0.8
+    # the model's rate passed is used as given: no faster try, nothing kept
+    given = export_coreml(foundation, tmp_path / "given.mlmodel", updatable=UpdateSettings())
+    kept = personalize(given, records, seed=0, learning_rate=0.01)
+    assert not kept.accepted and kept.learning_rate is None and score(given) == before
+    # a user drawn like the proxy settles at the model's own rate and is not tried again
+    foundation, records, score = _far_user(0, 5, 0, classifier=True)
+    near = export_coreml(foundation, tmp_path / "near.mlmodel", updatable=UpdateSettings())
+    assert personalize(near, records, seed=0).learning_rate is None
+
+
+def test_a_classifier_far_past_its_proxy_sees_the_shift_of_the_classes_it_rules_out(tmp_path):
+    """90 past the proxy (user 0: 10 of 20 records "no"), the foundation's float32
+    probability of "no" is 0 on every record: the label-shift test read the counts as no
+    shift (a chi-square of 0 on 0 degrees of freedom) and nothing was kept (test log loss
+    7.82). Now it shows one, and the update, stalled at 0.01, is kept at 0.1 (0.35)."""
+    foundation, records, score = _far_user(0, 90, 0, classifier=True)
+    model = export_coreml(foundation, tmp_path / "m.mlmodel", updatable=UpdateSettings())
+    before = score(model)
+    result = personalize(model, records, seed=0)
+    assert "the model rules out classes the records hold" in result.reason
+    assert result.accepted and result.learning_rate == pytest.approx(0.1)
+    assert score(model)[0] < 0.1 * before[0]
 
 
 def test_an_update_that_oscillates_at_the_models_own_rate_is_tried_slower(tmp_path):

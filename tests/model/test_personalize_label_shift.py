@@ -128,6 +128,23 @@ def test_a_confident_model_s_one_miss_is_no_label_shift():
     assert _shown(shifted, [0] * 30 + [1] * 5 + [2] * 5)[0]  # the model expects 30 / 10 / 0
 
 
+def test_records_of_a_class_the_model_rules_out_show_a_label_shift():
+    """A classifier far past its proxy gives a class probability 0 in float32 on every
+    record (its logits 60 and more apart), and 10 of the user's 20 records are of that
+    class: the model's counts (0, 20) have no spread, and the chi-square read the counts
+    as no shift (statistic 0 on 0 degrees of freedom), so the user kept nothing
+    (``benchmarks/far_from_proxy.py``'s classifier, d = 90). Counts the model rules out are the
+    plainest shift there is."""
+    ruled_out = [[0.0, 1.0]] * 20
+    shown, words = _shown(ruled_out, [0] * 10 + [1] * 10)
+    assert shown, words
+    assert "10 (0.00), 10 (20.00)" in words and "the model rules out" in words, words
+    assert not _shown(ruled_out, [1] * 20)[0]  # counts it predicts are no shift
+    three = [[0.0, 0.5, 0.5]] * 20  # one class ruled out, the others spread
+    assert _shown(three, [0] + [1] * 10 + [2] * 9)[0]
+    assert not _shown(three, [1] * 10 + [2] * 10)[0]
+
+
 def test_the_label_shift_statistic_is_the_binomial_z_squared_for_two_classes():
     """The slow, obvious reference: (count − Σp)² / n p̄(1 − p̄), p̄ the mean prediction."""
     import dmt_model.personalize as personalize_module
