@@ -19,7 +19,7 @@ A classifier's users (``--tasks classification``) are the same draws labelled "y
 x + 0.3 z + N(0, 1) passes the middle of their own records (6.5 for the proxy, d − 1 for a
 user): a user far past the proxy splits their records where the foundation, extrapolating,
 calls every one "yes" with logits 60 and more apart. There a bias moves at most 0.01 a
-step, and 100 epochs fell short: since 8 December an update that leaves more than half the
+step, and 100 epochs fell short: since 7 December an update that leaves more than half the
 gap between the class counts it trained on and the model's is tried again ten, then a
 hundred, times faster (``dmt_model.personalize._STALLED``). Mean test log loss and
 accuracy, with the same two arms.

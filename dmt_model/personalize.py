@@ -1883,7 +1883,8 @@ def _checked_updates(spec: Any, baselines: Sequence[Any], plans: Sequence[_Updat
             (_slower_rates(spec, overrides), lambda i, v: _diverged(v[1]),
              "diverged or did not settle"),
             (_faster_rates(spec, overrides), lambda i, v: v[2] and i not in slowed,
-             "stalled short of the class counts it trained on")):
+             "stalled, moving less than half way from the model's class counts to those of "
+             "the records it trained on")):
         tried = [_learning_rate(spec)]  # the rates every update retried below ran at first
         for rate in rates:
             again = [i for i, verdict in enumerate(out)
@@ -2048,13 +2049,16 @@ def _decide_update(spec: Any, plan: _UpdatePlan, fits: Sequence[_Fit], before: n
                    output: Path, on_event: Callable[[UpdateEvent], None] | None,
                    overrides: Mapping[str, Any], retried: bool = False) -> _Verdict:
     """``plan``'s decision from its ``fits`` (:attr:`_UpdatePlan.record_sets`' order) and
-    the baseline's held-out errors ``before``: (the update to write or ``None``, result).
-    ``retried``: at a lower rate than the model's, after it diverged or did not settle
-    there. The update kept must fit its own records no worse than ``spec`` does when
-    retried, and a regression's always; a regression's cross-validated update must also fit
-    the records its folds scored no more than :data:`_UNSETTLED` times worse than the folds
-    fit them unseen (:func:`_unsettled`). One that does not diverged (:func:`_diverged`),
-    and is tried again slower."""
+    the baseline's held-out errors ``before``: (the update to write or ``None``, result,
+    whether it stalled). ``retried``: at another rate than the model's, lower after it
+    diverged or did not settle there, higher after a classifier's update stalled there.
+    The update kept must fit its own records no worse than ``spec`` does when retried, and
+    a regression's always; a regression's cross-validated update must also fit the records
+    its folds scored no more than :data:`_UNSETTLED` times worse than the folds fit them
+    unseen (:func:`_unsettled`). One that does not diverged (:func:`_diverged`), and is
+    tried again slower. A classifier's personal update that left more than
+    :data:`_STALLED` of the gap between the class counts it trained on and the model's
+    stalled, and is tried again faster."""
     grid, checks, out_of_bounds = plan.grid, plan.checks, plan.out_of_bounds
     history = UpdateHistory()
     rejection = next((fit for fit in fits[:len(grid) * len(checks)]
@@ -2301,7 +2305,10 @@ def _label_shift(model: Any, checks: Sequence[_Check], confidence: float) -> tup
     expected = probabilities.sum(axis=0)
     mean = expected / len(labels)
     values, vectors = np.linalg.eigh(len(labels) * (np.diag(mean) - np.outer(mean, mean)))
-    kept = values > 1e-9 * max(float(values.max()), 1e-300)
+    # float64 leaves about n × 1e-16 in the direction every count shares, which is no spread
+    # (helper-132: 1.4e-15 against a largest value of 2.6e-8 gave two classes 2 degrees of
+    # freedom); a class of mean probability below about 1e-12 the model rules out
+    kept = values > max(1e-9 * float(values.max()), 1e-12 * len(labels))
     projected = vectors[:, kept].T @ (observed - expected)
     statistic = float(np.sum(projected**2 / values[kept]))
     df = int(kept.sum())

@@ -400,8 +400,9 @@ def test_a_classifier_s_update_that_stalls_short_of_its_records_is_tried_faster(
     assert before[0] == pytest.approx(8.78, abs=0.01) and before[1] < 0.5
     result = personalize(model, records, seed=0)
     assert result.accepted and result.learning_rate == pytest.approx(0.1)
-    assert ("(at learning rate 0.1: at 0.01 the update stalled short of the class counts it "
-            "trained on)") in result.reason
+    assert ("(at learning rate 0.1: at 0.01 the update stalled, moving less than half way "
+            "from the model's class counts to those of the records it trained on)"
+            ) in result.reason
     after = score(model)
     assert after[0] < 0.1 * before[0] and after[1] > 0.8
     # the model's rate passed is used as given: no faster try, nothing kept
@@ -412,6 +413,62 @@ def test_a_classifier_s_update_that_stalls_short_of_its_records_is_tried_faster(
     foundation, records, score = _far_user(0, 5, 0, classifier=True)
     near = export_coreml(foundation, tmp_path / "near.mlmodel", updatable=UpdateSettings())
     assert personalize(near, records, seed=0).learning_rate is None
+
+
+def test_the_retry_ladders_keep_what_the_rule_kept_and_never_turn_back(monkeypatch):
+    """helper-132's script of ``_checked_updates``' two ladders, each device's verdict at
+    each rate given: a stalled update the rule kept stays when the faster one is not kept;
+    one that diverged and stalled slower is never tried faster; a rate passed is used as
+    given; the reason names every rate tried."""
+    import math
+    from pathlib import Path
+
+    import dmt_model.personalize as module
+    from dmt_model.personalize import PersonalizationResult, UpdateHistory
+
+    script: dict[tuple[int, float], tuple[str, bool]] = {}
+
+    def decide(spec, plan, fits, before, *, output, on_event, overrides, retried=False):
+        rate = overrides.get("learning_rate", 0.01)
+        kind, stalled = script[(plan.device, rate)]
+        after = {"kept": 0.5, "no": 1.0, "diverged": math.inf}[kind]
+        return (f"{plan.device}@{rate}" if kind == "kept" else None), PersonalizationResult(
+            kind == "kept", f"{kind} at {rate}; the model was kept as it was.", 1.0, after,
+            Path("unused"), UpdateHistory()), stalled
+
+    class Plan:
+        grid, checks, record_sets, priors, personal, copies = (0,), [], [None], [0], True, 0
+
+        def __init__(self, device):
+            self.device = device
+
+    monkeypatch.setattr(module, "_decide_update", decide)
+    monkeypatch.setattr(module, "_devices_fits",
+                        lambda spec, sets, priors, overrides: enumerate([None] * len(sets)))
+    monkeypatch.setattr(module, "_learning_rate", lambda spec: 0.01)
+    monkeypatch.setattr(module, "_checks_errors", lambda baseline, checks: np.zeros(1))
+    monkeypatch.setattr(module, "_mark_personalized", lambda *args, **kwargs: None)
+
+    def run(verdicts, devices=1, **overrides):
+        script.clear()
+        script.update(verdicts)
+        return module._checked_updates(None, [None] * devices, [Plan(i) for i in range(devices)],
+                                       output=Path("unused"), baseline_from=None,
+                                       on_event=None, overrides=overrides)
+
+    ((kept, result),) = run({(0, 0.01): ("kept", True), (0, 0.1): ("no", True)})
+    assert kept == "0@0.01" and result.learning_rate is None
+    ((kept, result),) = run({(0, 0.01): ("no", True), (0, 0.1): ("no", True),
+                             (0, 1.0): ("kept", False)})
+    assert kept == "0@1.0" and result.learning_rate == 1.0
+    assert "(at learning rate 1: at 0.01 and 0.1 the update stalled" in result.reason
+    (_, slowed), (kept, faster) = run({(0, 0.01): ("diverged", False), (0, 0.001): ("no", True),
+                                       (1, 0.01): ("no", True), (1, 0.1): ("kept", False)},
+                                      devices=2)
+    assert slowed.learning_rate == pytest.approx(0.001) and "0.1" not in slowed.reason
+    assert kept == "1@0.1" and faster.learning_rate == pytest.approx(0.1)
+    ((kept, result),) = run({(0, 0.01): ("no", True)}, learning_rate=0.01)
+    assert kept is None and result.learning_rate is None
 
 
 def test_a_classifier_far_past_its_proxy_sees_the_shift_of_the_classes_it_rules_out(tmp_path):

@@ -145,6 +145,17 @@ def test_records_of_a_class_the_model_rules_out_show_a_label_shift():
     assert not _shown(three, [1] * 10 + [2] * 10)[0]
 
 
+def test_two_classes_have_one_degree_of_freedom_however_confident_the_model():
+    """helper-132: a model that gives one class 1e-13 to 5e-9 (far_from_proxy's classifier,
+    d = 20) left the counts' covariance a rounding error of 1e-15 in the direction every
+    count shares, above a cut-off of 1e-9 × its largest value (2.6e-8): "chi-square
+    14577997925.42 on 2 degrees of freedom (needs 5.99)" for two classes."""
+    for seed in range(5):
+        p = 10 ** np.random.default_rng(seed).uniform(-13.5, -8.3, 20)
+        shown, words = _shown(np.column_stack([p, 1 - p]), [0] * 10 + [1] * 10)
+        assert shown and "on 1 degree of freedom (needs 3.84)" in words, words
+
+
 def test_the_label_shift_statistic_is_the_binomial_z_squared_for_two_classes():
     """The slow, obvious reference: (count − Σp)² / n p̄(1 − p̄), p̄ the mean prediction."""
     import dmt_model.personalize as personalize_module
