@@ -73,28 +73,28 @@ user's test RMSE by a third, with 30 by little. A user who differs from the
 proxy shows it at that confidence on a few records and keeps much of the weak
 prior's gain (README, *Personalization on any data*).
 
-A classifier's personal head moves its class priors, so all a device's update can learn is
-a label shift, and :attr:`Task.label_shift_confidence` asks the device's records to show
-one before the update is kept: the class counts must differ from the sums of the current
-model's predicted probabilities on the same records (a chi-square test of calibration in
-the large), at 90 % below 15 records to score and at 95 % from 15 (99 % until helper-112,
-when the test took each record's own spread; its spread is now half that and half the
-model's mean prediction's, which is wider, and its chance of showing a shift where there
-is none is 0-2.5 % on confident models where the old one's was 4-49 %;
-:data:`dmt_model.personalize._LABEL_SHIFT_TRUST`). Without it, a user drawn like the proxy
-whose few records held no minority-class record held out only majority-class records in
-every fold, every paired difference favoured an update shifted to the majority, and the
-paired t-test passed: on 85/15 labels, 101 of 240 such users kept an update at 5 records,
-and users' unseen log loss rose by 5.6 % on average (3.4 % at 20 records). A shift kept by
-chance costs more the further the update moves: below 15 records the strongest prior holds
-it to a third of the records' shift or less, and from 15 on 90 % still left such users
-+1.6 % worse at 20 records. A classifier whose records show a shift also takes the grid's
-strongest prior below 30 records to score unless a weaker one is better (than the current
-model and than the strongest's update) at
+A classifier's personal head moves its class priors, so all a device's update can
+learn is a label shift, and :attr:`Task.label_shift_confidence` asks the device's
+records to show one before the update is kept: the class counts must differ from the
+sums of the current model's predicted probabilities on the same records (a chi-square
+test of calibration in the large), at 90 % below 15 records to score and at 95 % from
+15 (99 % until helper-112, when the test took each record's own spread; with the model's
+mean prediction's, which is wider, 95 % keeps as many updates of users who differ, and
+its chance of showing a shift where there is none is 0-1 % on confident models where
+the old one's was 4-49 %). Without it, a user drawn like the proxy whose few records held
+no minority-class record held out only majority-class records in every fold, every paired
+difference favoured an update shifted to the majority, and the paired t-test passed: on 85/15
+labels, 101 of 240 such users kept an update at 5 records, and users' unseen log loss
+rose by 5.6 % on average (3.4 % at 20 records). A shift kept by chance costs more the
+further the update moves: below 15 records the strongest prior holds it to a third of
+the records' shift or less, and from 15 on 90 % still left such users +1.6 % worse at
+20 records. A classifier whose records show a shift also takes the grid's strongest
+prior below 30 records to score unless a weaker one is better (than the current model
+and than the strongest's update) at
 :data:`~dmt_model.personalize.LABEL_SHIFT_FEW_RECORDS_CONFIDENCE` (from 3 records; a
 regression's weaker priors begin at 6), as a regression does
-(:data:`~dmt_model.personalize.LABEL_SHIFT_FEW_RECORDS`). Users who differ keep most of
-their gain (README, *Personalization on any data*).
+(:data:`~dmt_model.personalize.LABEL_SHIFT_FEW_RECORDS`). Users who differ keep most
+of their gain (README, *Personalization on any data*).
 
 Labels released under k-ary randomized response (keep probability ``p``,
 flip probability ``q``) are learned with the *forward correction* of Patrini
