@@ -45,9 +45,9 @@ import pandas as pd
 
 from dmt_model.coreml import UpdateSettings, export_coreml
 from dmt_model.coreml._spec import load_spec
-from dmt_model.coreml.evaluate import class_labels_of, predict_frame
+from dmt_model.coreml.evaluate import predict_frame
 from dmt_model.foundation import train_foundation
-from dmt_model.personalize import personalize
+from dmt_model.personalize import featurizer_of, personalize
 from dmt_privacy import Field, Schema
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -77,15 +77,12 @@ def _labelled(frame: pd.DataFrame, middle: float) -> pd.DataFrame:
 
 
 def _log_loss_accuracy(model: Path, frame: pd.DataFrame) -> tuple[float, float]:
-    """A classifier's mean test log loss (probabilities floored at 1e-7, as the rule's) and
-    accuracy on ``frame``."""
+    """A classifier's mean test log loss and accuracy on ``frame`` (its task's metrics)."""
     spec = load_spec(model)
-    probabilities = predict_frame(spec, frame.drop(columns="y"))
-    classes = [str(label) for label in class_labels_of(spec)]
-    actual = np.array([classes.index(label) for label in frame["y"]])
-    p = probabilities[np.arange(len(actual)), actual]
-    return (float(-np.log(np.clip(p, 1e-7, 1)).mean()),
-            float((probabilities.argmax(axis=1) == actual).mean()))
+    featurizer = featurizer_of(spec)
+    metrics = featurizer.task.metrics(predict_frame(spec, frame.drop(columns="y")),
+                                      featurizer.target_values(frame))
+    return metrics.log_loss, metrics.accuracy
 
 
 def run_seed(seed: int, distances: list[float], records: list[int], *,
@@ -209,9 +206,10 @@ def main() -> None:
         summary_key, rows_key = _KEYS[task]
         results |= {summary_key: summarize(rows, classifier=classifier), rows_key: rows,
                     f"{task}_seconds": time.perf_counter() - began}
+    done = [task for task, (summary_key, _) in _KEYS.items() if summary_key in results]
     results |= {"environment": environment(), "seeds": args.seeds, "users": USERS,
-                "distances": args.distances, "records": args.records, "tasks": args.tasks,
-                "seconds": time.perf_counter() - started}
+                "distances": args.distances, "records": args.records, "tasks": done,
+                "seconds": sum(results.get(f"{task}_seconds", 0.0) for task in done)}
     args.output.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1) + "\n")
     text = "\n".join(markdown(results[summary_key], args.seeds,

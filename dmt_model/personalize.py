@@ -1878,17 +1878,16 @@ def _checked_updates(spec: Any, baselines: Sequence[Any], plans: Sequence[_Updat
                                  [plan.priors for plan in plans], overrides):
         out[i] = _decide_update(spec, plans[i], fits, befores[i], output=output,
                                 on_event=on_event, overrides=overrides)
-    slowed: set[int] = set()  # a device whose update diverged is never tried faster
     for rates, again_if, why in (
-            (_slower_rates(spec, overrides), lambda i, v: _diverged(v[1]),
+            (_slower_rates(spec, overrides), lambda v: _diverged(v[1]),
              "diverged or did not settle"),
-            (_faster_rates(spec, overrides), lambda i, v: v[2] and i not in slowed,
+            (_faster_rates(spec, overrides), lambda v: v[2],
              "stalled, moving less than half way from the model's class counts to those of "
              "the records it trained on")):
         tried = [_learning_rate(spec)]  # the rates every update retried below ran at first
         for rate in rates:
             again = [i for i, verdict in enumerate(out)
-                     if verdict is not None and again_if(i, verdict)]
+                     if verdict is not None and again_if(verdict)]
             if not again:
                 break
             retried = {**overrides, "learning_rate": rate}
@@ -1902,10 +1901,9 @@ def _checked_updates(spec: Any, baselines: Sequence[Any], plans: Sequence[_Updat
                     # a stalled update the rule kept stays, unless one that ran faster is
                     out[i] = (*out[i][:2], False)  # type: ignore[index]
                     continue
+                # (one that diverged is never tried faster, however it ends slower)
                 out[i] = kept, dataclasses.replace(result, learning_rate=rate, reason=_at_rate(
-                    result.reason, rate, tried, why)), stalled
-            if rate < tried[0]:
-                slowed.update(again)
+                    result.reason, rate, tried, why)), stalled and rate > tried[0]
             tried.append(rate)
     decisions = []
     for (kept, result, _), plan in zip((v for v in out if v is not None), plans, strict=True):
