@@ -153,6 +153,7 @@ bench: install wordnet risk-env postgres
 	run personal_rule $(call quick,--seeds 1 --datasets boston adult --spreads 0.3 --alphas 1 --workers 1); \
 	run personalize_again $(call quick,--seeds 1 --spreads 0 --workers 1); \
 	run far_from_proxy $(call quick,--seeds 1 --distances 5 90 --records 20); \
+	run label_noise $(call quick,--seeds 1); \
 	run foundation_training $(call quick,--seeds 1 --datasets boston star98); \
 	run skewed_inputs $(call quick,--seeds 1 --reaches 10 --workers 1); \
 	run privacy_utility --risk $(call quick,--seeds 1); \

@@ -285,6 +285,39 @@ class TrainingProgram:
         return TrainingProgram(self.data, self.metadata, self.source, trained, module), history
 
     # --- writing ---------------------------------------------------------------------
+    def _trainable_tensors(self) -> tuple[Any, list[tuple[str, Any, Any]]]:
+        """(the deserialized program, each updatable tensor's (name, tensor, its buffer in
+        the program's mutable data))."""
+        from executorch.exir._serialize._program import deserialize_pte_binary
+
+        pte = deserialize_pte_binary(self.data)
+        plans = {plan.name: plan for plan in pte.program.execution_plan}
+        forward = plans["forward"]
+        start = plans["__et_training_parameters_index_forward"].values[0].val.int_val
+        names = [v.val.string_val for v in plans["__et_training_fqn_forward"].values]
+        if pte.mutable_data is None or (self.parameters is not None
+                                        and set(names) != set(self.parameters)):
+            raise ModelFileError(f"{self.source}: its trainable tensors {names!r} are not the "
+                                 f"trained ones {sorted(self.parameters or {})!r}.")
+        tensors = [forward.values[output].val for output in forward.outputs[start:]]
+        return pte, [(name, tensor, pte.mutable_data[tensor.data_buffer_idx])
+                     for name, tensor in zip(names, tensors, strict=True)]
+
+    def parameter_values(self) -> dict[str, np.ndarray]:
+        """The updatable tensors' values (copies): the trained ones after :meth:`updated`,
+        else those the program holds."""
+        if self.parameters is not None:
+            return {name: value.copy() for name, value in self.parameters.items()}
+        _, tensors = self._trainable_tensors()
+        return {name: np.frombuffer(bytes(buffer.storage), dtype="<f4").reshape(
+            tuple(tensor.sizes)).astype(np.float32) for name, tensor, buffer in tensors}
+
+    def with_parameters(self, values: dict[str, np.ndarray]) -> TrainingProgram:
+        """A copy of the program holding ``values`` for its updatable tensors (its bytes
+        written again, :meth:`to_bytes`)."""
+        return program_from_bytes(replace(self, parameters=values, _module=None).to_bytes(),
+                                  source=self.source)
+
     def to_bytes(self) -> bytes:
         """The program's ``.pte`` bytes, with the trained parameters if it was updated.
 
@@ -295,23 +328,11 @@ class TrainingProgram:
         """
         if self.parameters is None:
             return self.data
-        from executorch.exir._serialize._program import (
-            deserialize_pte_binary,
-            serialize_pte_binary,
-        )
+        from executorch.exir._serialize._program import serialize_pte_binary
 
-        pte = deserialize_pte_binary(self.data)
-        plans = {plan.name: plan for plan in pte.program.execution_plan}
-        forward = plans["forward"]
-        start = plans["__et_training_parameters_index_forward"].values[0].val.int_val
-        names = [v.val.string_val for v in plans["__et_training_fqn_forward"].values]
-        if set(names) != set(self.parameters) or pte.mutable_data is None:
-            raise ModelFileError(f"{self.source}: its trainable tensors {names!r} are not the "
-                                 f"trained ones {sorted(self.parameters)!r}.")
-        for name, output in zip(names, forward.outputs[start:], strict=True):
-            tensor = forward.values[output].val
+        pte, tensors = self._trainable_tensors()
+        for name, tensor, buffer in tensors:
             value = np.ascontiguousarray(self.parameters[name], dtype="<f4")
-            buffer = pte.mutable_data[tensor.data_buffer_idx]
             if list(tensor.sizes) != list(value.shape) or len(buffer.storage) != value.nbytes:
                 raise ModelFileError(f"{self.source}: tensor {name!r} has shape "
                                      f"{list(tensor.sizes)}, the trained one {value.shape}.")

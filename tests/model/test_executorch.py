@@ -204,6 +204,28 @@ def test_only_sgd_is_exported_and_a_classifier_updates_only_its_head(foundation,
     assert not list(tmp_path.iterdir())
 
 
+def test_a_program_s_update_moved_part_of_the_way_is_the_core_ml_one_moved_alike(task_programs):
+    """A classifier's update kept on a label shift its records barely show moves only part of
+    the way (``personalize._toward``): in both formats, to the same predictions."""
+    from dmt_model.personalize import _toward
+
+    _, records, spec, program, _ = task_programs("digits")
+    start = program.parameter_values()
+    for name, value in start.items():  # the program's own values are the Core ML head's
+        weight, bias, _ = get_weights(spec, name.split(".")[0])
+        want = weight if name.endswith("weight") else bias
+        np.testing.assert_allclose(value, np.asarray(want).reshape(value.shape), rtol=1e-6)
+    trained, _ = program.updated(records)
+    emulated, _ = update_spec(spec, records)
+    moved, moved_spec = _toward(program, trained, 0.3), _toward(spec, emulated, 0.3)
+    for name, value in moved.parameter_values().items():
+        np.testing.assert_allclose(value, start[name] + 0.3 * (trained.parameters[name]
+                                                               - start[name]), rtol=1e-6)
+    np.testing.assert_allclose(moved.predict(records), predict_frame(moved_spec, records),
+                               rtol=1e-4, atol=1e-5)
+    assert not np.allclose(moved.predict(records), trained.predict(records), atol=1e-3)
+
+
 # --- personalize, backup, adopt, the CLI -----------------------------------------------------
 @pytest.fixture(scope="module")
 def boston_files(foundation, tmp_path_factory):

@@ -73,20 +73,60 @@ def test_users_drawn_like_the_proxy_are_not_made_worse_by_an_imbalanced_label(
                                       for r in refused)
 
 
-def test_users_whose_labels_differ_still_gain(imbalanced):
-    """Users holding as many positives as negatives: their update is kept on the shift."""
-    spec, users = imbalanced
+def _balanced(users: list[pd.DataFrame]) -> list[pd.DataFrame]:
+    """Each user's positives and as many of their negatives, shuffled."""
     balanced = []
     for u, user in enumerate(users):
         pos, neg = user[user["y"] == "pos"], user[user["y"] == "neg"]
         m = min(len(pos), len(neg))
         balanced.append(pd.concat([pos.iloc[:m], neg.iloc[:m]]).sample(frac=1, random_state=u))
-    before, after, results = _mean_unseen_log_loss(spec, balanced, 20)
-    # −7.5 %, 22 of 60 kept at 95 % (the mean prediction's spread; at 99 %, −3.3 % and 10);
-    # −7.4 % with each record's own spread at 99 %, which showed a shift for 49 % of wine
-    # users drawn like the proxy (helper-112); −6.8 % before the label-shift test
-    assert after <= before * 0.96, (before, after)
-    assert sum(r.accepted for r in results) >= 20
+    return balanced
+
+
+def test_the_update_kept_on_a_shift_is_moved_the_share_likeliest_not_chance(imbalanced,
+                                                                             monkeypatch):
+    """What is written is the model plus the share (``_label_shift``'s, on the device's
+    records) of the change of the update the same prior trained: each weight of the head."""
+    import dmt_model.personalize as personalize_module
+    from dmt_model.coreml.weights import _network, get_weights
+    from dmt_model.personalize import featurizer_of
+
+    spec, users = imbalanced
+    records = [user.iloc[:20] for user in _balanced(users)[:30]]
+    moved = personalized_many(spec, records, seed=12)
+    monkeypatch.setattr(personalize_module, "_shift_share", lambda statistic, df, needed: 1.0)
+    whole = personalized_many(spec, records, seed=12)
+    monkeypatch.undo()
+    head = [layer.name for layer in _network(spec).layers if layer.isUpdatable]
+    checked = 0
+    for (model, result), (whole_model, whole_result), own in zip(moved, whole, records,
+                                                                 strict=True):
+        if not (result.accepted and whole_result.accepted):
+            continue
+        assert result.prior_records == whole_result.prior_records, (result, whole_result)
+        target = featurizer_of(spec).target_values(own)
+        shown, _, share = personalize_module._label_shift(spec, [(own, own, target)], 0.95)
+        assert shown and 0.0 < share < 1.0 and "of its change" in result.reason, result.reason
+        for name in head:
+            for start, kept, trained in zip(get_weights(spec, name)[:2],
+                                            get_weights(model, name)[:2],
+                                            get_weights(whole_model, name)[:2], strict=True):
+                np.testing.assert_allclose(kept, start + share * (trained - start), atol=1e-5)
+        checked += 1
+    assert checked >= 5, checked
+
+
+def test_users_whose_labels_differ_still_gain(imbalanced):
+    """Users holding as many positives as negatives: their update is kept on the shift."""
+    spec, users = imbalanced
+    before, after, results = _mean_unseen_log_loss(spec, _balanced(users), 20)
+    # −4.3 %, 16 of 60 kept, since an update learns only the share of a shift likeliest not
+    # chance (7 December, label noise: ``_shift_share``); −7.5 % and 22 kept learning it
+    # whole at 95 % (the mean prediction's spread; at 99 %, −3.3 % and 10); −7.4 % with each
+    # record's own spread at 99 %, which showed a shift for 49 % of wine users drawn like
+    # the proxy (helper-112); −6.8 % before the label-shift test
+    assert after <= before * 0.97, (before, after)
+    assert sum(r.accepted for r in results) >= 14
     assert all("a label shift: class counts" in r.reason for r in results if r.accepted)
 
 
@@ -102,7 +142,7 @@ def _shown(probabilities, labels, confidence=0.95):
     personalize_module._predict = lambda m, f: m.p[f["i"].to_numpy()]
     try:
         return personalize_module._label_shift(Model(), [(frame, frame, np.asarray(labels))],
-                                               confidence)
+                                               confidence)[:2]
     finally:
         personalize_module._predict = original
 
@@ -175,7 +215,7 @@ def test_the_label_shift_statistic_is_the_binomial_z_squared_for_two_classes():
         original = personalize_module._predict
         personalize_module._predict = lambda m, f: m.p[f["i"].to_numpy()]
         try:
-            shown, words = personalize_module._label_shift(model, checks, 0.99)
+            shown, words, _ = personalize_module._label_shift(model, checks, 0.99)
         finally:
             personalize_module._predict = original
         z2 = (labels.sum() - p1.sum()) ** 2 / (n * p1.mean() * (1 - p1.mean()))
