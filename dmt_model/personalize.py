@@ -2149,7 +2149,7 @@ def _decide_update(spec: Any, plan: _UpdatePlan, fits: Sequence[_Fit], before: n
     if shown and share < 1.0:
         candidate = _toward(spec, candidate, share)
         moved = (f"; the update keeps {_share_words(share)} of its change: the part of its "
-                 "records' label shift likeliest not chance")
+                 "records' label shift most likely real rather than chance")
     # it trained on these records: worse on them than where it started, it oscillated at the
     # edge of stability (helper-126: kept at rate/10 on folds that converged, the final
     # update on all records left a user +77 % worse than the model; helper-130: at the
@@ -2383,9 +2383,8 @@ def _label_shift(model: Any, checks: Sequence[_Check], confidence: float
         return True, words, share
     if statistic > needed:
         return False, (f"the records' class counts pass the label-shift test at "
-                       f"{confidence:.0%}, but by no more than chance most likely gives "
-                       f"counts that pass it, so the personal head has nothing to learn: "
-                       f"{words}"), 0.0
+                       f"{confidence:.0%}, but only narrowly: a margin this small is most "
+                       f"likely chance, so the update learns none of it: {words}"), 0.0
     return False, (f"the records show no label shift at {confidence:.0%}, so the personal "
                    f"head has nothing to learn: {words}"), 0.0
 

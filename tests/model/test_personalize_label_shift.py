@@ -120,7 +120,7 @@ def test_users_whose_labels_differ_still_gain(imbalanced):
     """Users holding as many positives as negatives: their update is kept on the shift."""
     spec, users = imbalanced
     before, after, results = _mean_unseen_log_loss(spec, _balanced(users), 20)
-    # −4.3 %, 16 of 60 kept, since an update learns only the share of a shift likeliest not
+    # −4.0 %, 16 of 60 kept, since an update learns only the share of a shift likeliest not
     # chance (7 December, label noise: ``_shift_share``); −7.5 % and 22 kept learning it
     # whole at 95 % (the mean prediction's spread; at 99 %, −3.3 % and 10); −7.4 % with each
     # record's own spread at 99 %, which showed a shift for 49 % of wine users drawn like
