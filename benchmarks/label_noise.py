@@ -55,7 +55,7 @@ import dmt_model.personalize as personalize_module
 from dmt_model.coreml import UpdateSettings, build_spec
 from dmt_model.coreml.evaluate import predict_frame
 from dmt_model.foundation import TrainingConfig, train_foundation
-from dmt_model.personalize import personalized_many
+from dmt_model.personalize import featurizer_of, personalized_many
 from dmt_privacy import Field, Schema
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -83,21 +83,22 @@ def _arm(name: str) -> Iterator[None]:
         personalize_module._shift_share = original
 
 
-def _log_loss(model: Any, records: pd.DataFrame, classes: tuple[str, ...]) -> float:
-    p = predict_frame(model, records)
-    labels = np.array([classes.index(v) for v in records["y"]])
-    return float(-np.log(np.clip(p[np.arange(len(labels)), labels], 1e-7, 1)).mean())
+def _log_loss(model: Any, records: pd.DataFrame) -> float:
+    """``model``'s mean log loss on ``records`` (its task's test error)."""
+    featurizer = featurizer_of(model)
+    return featurizer.task.test_error(predict_frame(model, records),
+                                      featurizer.target_values(records))
 
 
-def _changes(spec: Any, users: list[tuple[pd.DataFrame, pd.DataFrame]],
-             classes: tuple[str, ...]) -> dict[str, list[float | None]]:
+def _changes(spec: Any, users: list[tuple[pd.DataFrame, pd.DataFrame]]
+             ) -> dict[str, list[float | None]]:
     """Each arm's relative change of each user's unseen log loss (``None``: nothing kept)."""
     out: dict[str, list[float | None]] = {}
     for arm in ARMS:
         with _arm(arm), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             personal = personalized_many(spec, [train for train, _ in users], seed=0)
-        out[arm] = [(_log_loss(model, test, classes) / _log_loss(spec, test, classes) - 1)
+        out[arm] = [(_log_loss(model, test) / _log_loss(spec, test) - 1)
                     if result.accepted else None
                     for (model, result), (_, test) in zip(personal, users, strict=True)]
     return out
@@ -135,7 +136,7 @@ def noisy_rows(seeds: int) -> list[dict[str, Any]]:
                 pick = rng.choice(len(pool), size=size, replace=False)
                 users.append((pool.iloc[pick], pool.drop(pool.index[pick])))
             for name, spec in specs.items():
-                for arm, changes in _changes(spec, users, classes).items():
+                for arm, changes in _changes(spec, users).items():
                     rows.append({"data": f"noisy, {name}", "users": "drawn like the proxy",
                                  "seed": seed, "records": size, "arm": arm,
                                  "changes": changes})
@@ -169,7 +170,7 @@ def imbalanced_rows() -> list[dict[str, Any]]:
         for size in IMBALANCED_SIZES:
             users = [(person.iloc[:size], person.iloc[max(test_from, size):])
                      for person, test_from in group]
-            for arm, changes in _changes(spec, users, classes).items():
+            for arm, changes in _changes(spec, users).items():
                 rows.append({"data": "imbalanced", "users": who, "seed": 12, "records": size,
                              "arm": arm, "changes": changes})
         print(f"imbalanced {who} done", flush=True)

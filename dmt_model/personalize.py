@@ -84,7 +84,7 @@ from dmt_model.coreml.evaluate import (
 )
 from dmt_model.coreml.export import UpdateSettings, _is_number, _is_whole
 from dmt_model.coreml.validate import validate_updatable
-from dmt_model.coreml.weights import _network, get_weights, set_weights
+from dmt_model.coreml.weights import _network, get_weights, set_weights, updatable_layers
 from dmt_model.features import Featurizer
 from dmt_model.tasks import PROBABILITY_FLOOR, Task
 from dmt_privacy.errors import (
@@ -2061,11 +2061,10 @@ def _toward(spec: Any, update: Any, share: float) -> Any:
         start, end = spec.parameter_values(), update.parameter_values()
         return update.with_parameters({name: start[name] + share * (value - start[name])
                                        for name, value in end.items()})
-    layers = update.layers if isinstance(update, _UpdatedLayers) else {
-        layer.name: get_weights(update, layer.name)
-        for layer in _network(update).layers if layer.isUpdatable}
     moved = {}
-    for name, (weight, bias, groups) in layers.items():
+    for name in (update.layers if isinstance(update, _UpdatedLayers)
+                 else updatable_layers(update)):
+        weight, bias, groups = _layer_weights(update, name)
         weight_from, bias_from, _ = get_weights(spec, name)
         moved[name] = (weight_from + share * (weight - weight_from),
                        None if bias is None else bias_from + share * (bias - bias_from), groups)
@@ -2110,24 +2109,23 @@ def _decide_update(spec: Any, plan: _UpdatePlan, fits: Sequence[_Fit], before: n
     if _strongest_only(task, checks):
         eligible = [max(grid)]
     chosen = min(eligible, key=lambda prior: float(np.mean(after[prior])))
+    g = grid.index(chosen)
+    folds = trained[g * len(checks):(g + 1) * len(checks)]  # the chosen prior's updates
     if shown and share < 1.0:
         # The rule scores what would be kept: the chosen prior's updates moved the share of
         # the shift likeliest not chance (:func:`_label_shift`). The prior is chosen on the
         # updates as trained: chosen on moved ones, a weak prior's update, moved as little,
         # covered more of the shift and won (helper-135: 1 anchor record at a share of 2 %,
         # the user 0.2 % worse, where the strongest prior kept nothing).
-        g = grid.index(chosen)
-        after[chosen] = np.concatenate(_updates_errors(spec, [
-            _toward(spec, update, share) for update in trained[g * len(checks):(g + 1) * len(
-                checks)]], list(checks)))
+        after[chosen] = np.concatenate(_updates_errors(
+            spec, [_toward(spec, update, share) for update in folds], list(checks)))
     keep, why = plan.rule.decide(before, after[chosen], error=task.record_error_name)
     stalled = False
     if level:
         keep, why = (keep, f"{why}; a label shift: {words}") if shown else (
             False, f"{words}; {why}")
-        g = grid.index(chosen)  # a shift to learn: did the chosen prior's folds learn it?
-        stalled = shown and _gap_left(spec, trained[g * len(checks):(g + 1) * len(checks)],
-                                      checks, chosen) > _STALLED
+        # a shift to learn: did the chosen prior's folds, as trained, learn it?
+        stalled = shown and _gap_left(spec, folds, checks, chosen) > _STALLED
     result_before, result_after = float(np.mean(before)), float(np.mean(after[chosen]))
     if not keep:
         return None, PersonalizationResult(False, f"{why}; the model was kept as it was.",

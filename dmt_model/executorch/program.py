@@ -314,9 +314,9 @@ class TrainingProgram:
 
     def with_parameters(self, values: dict[str, np.ndarray]) -> TrainingProgram:
         """A copy of the program holding ``values`` for its updatable tensors (its bytes
-        written again, :meth:`to_bytes`)."""
-        return program_from_bytes(replace(self, parameters=values, _module=None).to_bytes(),
-                                  source=self.source)
+        written again, :meth:`to_bytes`; the runtime loads them when it first runs)."""
+        data = replace(self, parameters=values, _module=None).to_bytes()
+        return replace(self, data=data, parameters=None, _module=None)
 
     def to_bytes(self) -> bytes:
         """The program's ``.pte`` bytes, with the trained parameters if it was updated.

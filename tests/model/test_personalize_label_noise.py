@@ -53,9 +53,9 @@ def noisy():
 
 
 def _log_loss(model, records: pd.DataFrame) -> float:
-    p = predict_frame(model, records)
-    labels = np.array([CLASSES.index(v) for v in records["y"]])
-    return float(-np.log(np.clip(p[np.arange(len(labels)), labels], 1e-7, 1)).mean())
+    featurizer = personalize_module.featurizer_of(model)
+    return featurizer.task.test_error(predict_frame(model, records),
+                                      featurizer.target_values(records))
 
 
 def test_users_drawn_like_the_proxy_of_noisy_labels_are_not_made_worse(noisy):
@@ -75,31 +75,6 @@ def test_users_drawn_like_the_proxy_of_noisy_labels_are_not_made_worse(noisy):
     for (model, result), (_, rest) in zip(personal, users, strict=True):
         if result.accepted:
             assert _log_loss(model, rest) <= _log_loss(spec, rest) * 1.005, result.reason
-
-
-def test_the_share_learned_grows_with_the_evidence_of_a_shift():
-    """None of a shift the test barely shows (chance is the likeliest cause of a statistic
-    just past the threshold, among those that pass it), most of a plain one."""
-    def share(labels):
-        class Model:
-            p = np.full((len(labels), 2), 0.5, dtype=np.float32)
-
-        frame = pd.DataFrame({"i": range(len(labels))})
-        original = personalize_module._predict
-        personalize_module._predict = lambda m, f: m.p[f["i"].to_numpy()]
-        try:
-            return personalize_module._label_shift(
-                Model(), [(frame, frame, np.asarray(labels))], 0.95)
-        finally:
-            personalize_module._predict = original
-
-    # 40 records the model calls 50/50: z = (o - 20) / sqrt(10), needs z² > 3.84
-    barely, some, plain, none = (share([0] * n + [1] * (40 - n)) for n in (27, 28, 36, 22))
-    assert not barely[0] and barely[2] == 0.0, barely  # z² = 4.9: as likely chance
-    assert "only narrowly" in barely[1], barely
-    assert some[0] and 0.3 < some[2] < 0.7, some  # z² = 6.4
-    assert plain[0] and plain[2] > 0.9, plain  # z² = 25.6
-    assert not none[0] and none[2] == 0.0, none  # z² = 0.4
 
 
 def test_an_update_moved_part_of_the_way_moves_each_logit_that_part(noisy):

@@ -88,7 +88,7 @@ def test_the_update_kept_on_a_shift_is_moved_the_share_likeliest_not_chance(imba
     """What is written is the model plus the share (``_label_shift``'s, on the device's
     records) of the change of the update the same prior trained: each weight of the head."""
     import dmt_model.personalize as personalize_module
-    from dmt_model.coreml.weights import _network, get_weights
+    from dmt_model.coreml.weights import get_weights, updatable_layers
     from dmt_model.personalize import featurizer_of
 
     spec, users = imbalanced
@@ -97,7 +97,7 @@ def test_the_update_kept_on_a_shift_is_moved_the_share_likeliest_not_chance(imba
     monkeypatch.setattr(personalize_module, "_shift_share", lambda statistic, df, needed: 1.0)
     whole = personalized_many(spec, records, seed=12)
     monkeypatch.undo()
-    head = [layer.name for layer in _network(spec).layers if layer.isUpdatable]
+    head = updatable_layers(spec)
     checked = 0
     for (model, result), (whole_model, whole_result), own in zip(moved, whole, records,
                                                                  strict=True):
@@ -131,6 +131,11 @@ def test_users_whose_labels_differ_still_gain(imbalanced):
 
 
 def _shown(probabilities, labels, confidence=0.95):
+    """(shown, words) of :func:`_tested`."""
+    return _tested(probabilities, labels, confidence)[:2]
+
+
+def _tested(probabilities, labels, confidence=0.95):
     """_label_shift on a model that predicts ``probabilities`` for the records."""
     import dmt_model.personalize as personalize_module
 
@@ -142,9 +147,23 @@ def _shown(probabilities, labels, confidence=0.95):
     personalize_module._predict = lambda m, f: m.p[f["i"].to_numpy()]
     try:
         return personalize_module._label_shift(Model(), [(frame, frame, np.asarray(labels))],
-                                               confidence)[:2]
+                                               confidence)
     finally:
         personalize_module._predict = original
+
+
+def test_the_share_learned_grows_with_the_evidence_of_a_shift():
+    """None of a shift the test barely shows (chance is the likeliest cause of a statistic
+    just past the threshold, among those that pass it), most of a plain one
+    (``test_personalize_label_noise.py``: why)."""
+    # 40 records the model calls 50/50: z = (o - 20) / sqrt(10), needs z² > 3.84
+    barely, some, plain, none = (_tested([[0.5, 0.5]] * 40, [0] * n + [1] * (40 - n))
+                                 for n in (27, 28, 36, 22))
+    assert not barely[0] and barely[2] == 0.0, barely  # z² = 4.9: as likely chance
+    assert "only narrowly" in barely[1], barely
+    assert some[0] and 0.3 < some[2] < 0.7, some  # z² = 6.4
+    assert plain[0] and plain[2] > 0.9, plain  # z² = 25.6
+    assert not none[0] and none[2] == 0.0, none  # z² = 0.4
 
 
 def test_a_confident_model_s_one_miss_is_no_label_shift():
