@@ -18,11 +18,13 @@ records, and ``personalized_many`` decides every user's update with
 * **before**: the rule at 50 % (``DecisionRule(confidence=0.5)``) and any prior of the
   grid at any size (``few_records`` 0), the defaults until 4 December.
 
-``--classifier`` compares instead, on a classifier's users, **now** (an update kept on a
-label shift may take a weaker prior from 3 records, ``LABEL_SHIFT_FEW_RECORDS_CONFIDENCE``)
-with **from 6** (held to 6 records, as a regression's is: the rule from a82cb36 to dde2440)
-and **one class: any prior** (records all of one class may choose any prior, as until
-ac27e4c), on users drawn like the proxy, half positive, 70 % and 90 % positive.
+``--classifier`` compares instead, on a classifier's users, **now** (below 30 records an
+update kept on a label shift may take a weaker prior from 3 records,
+``LABEL_SHIFT_FEW_RECORDS_CONFIDENCE``, on a plain shift only, ``PLAIN_SHIFT_SHARE``) with
+**from 3** (on any shift, until 7 December's evening), **from 6** (on any shift from 6
+records at 97.5 %: the rule from a82cb36 to dde2440) and **one class: any prior** (*from
+3*, and records all of one class may choose any prior, as until ac27e4c), on users drawn
+like the proxy, half positive, 70 % and 90 % positive.
 
 The seeds reported by default, 2 and 3, are not the ones the 97.5 % was chosen on (0
 and 1). Reports mean per-user test RMSE of the foundation and of what users hold, the
@@ -94,8 +96,9 @@ def rmse(model, records: pd.DataFrame, target: str = "y") -> float:
 
 #: The rules compared, in the table's order (the module's docstring).
 RULES = ("before", "from 3", "6 Dec", "now")
-#: A weaker prior from 3 records, at 99 % on 3 or 4 and 97.5 % from 5: the regression's
-#: table until 5 December's evening (*from 3*), and a classifier's on a label shift now.
+#: A weaker prior from 3 records, at 99 % on 3 or 4 and 97.5 % from 5 (*from 3*): the
+#: regression's table until 5 December's evening, and a classifier's on a label shift
+#: (since 7 December's evening on a plain one only).
 FROM_3 = ((3, 0.99), (5, 0.975))
 #: A weaker prior from 6 records at 97.5 %: the regression's table until 6 December
 #: (*6 Dec*), and the one a classifier's update on a label shift was held to from a82cb36
@@ -104,26 +107,30 @@ FROM_6 = ((6, 0.975),)
 
 
 def under_rule(name: str, spec, record_sets: list[pd.DataFrame]) -> list:
-    """``personalized_many`` under *now* (the defaults), *from 3* (a regression's weaker
-    prior eligible from 3 records), *from 6* (a classifier's held to 6 records, as a
-    regression's is now), *before* (until 4 December: any prior, an update kept at
-    50 %); or *one class: any prior* (now, but a classifier's records all of one class may
-    choose any prior, as until ac27e4c)."""
+    """``personalized_many`` under *now* (the defaults), *from 3* (a weaker prior
+    eligible from 3 records, a regression's and a classifier's on any label shift), *from
+    6* (a classifier's from 6 records at 97.5 %, on any shift), *before* (until 4 December:
+    any prior, an update kept at 50 %); or *one class: any prior* (*from 3*, and a
+    classifier's records all of one class may choose any prior, as until ac27e4c). Every
+    rule but *now* lets a classifier's weaker prior in on any shift, plain or not
+    (``PLAIN_SHIFT_SHARE`` 0, as until 7 December's evening)."""
     regression = personalize_module.FEW_RECORDS_CONFIDENCE
     label_shift = personalize_module.LABEL_SHIFT_FEW_RECORDS_CONFIDENCE
     one_class_weak = name == "one class: any prior"
     rule, few, tables = {"now": (None, Regression.few_records, (regression, label_shift)),
                          "one class: any prior": (None, Regression.few_records,
-                                                  (regression, label_shift)),
-                         "from 3": (None, Regression.few_records, (FROM_3, label_shift)),
+                                                  (regression, FROM_3)),
+                         "from 3": (None, Regression.few_records, (FROM_3, FROM_3)),
                          "6 Dec": (None, Regression.few_records, (FROM_6, label_shift)),
                          "from 6": (None, Regression.few_records, (regression, FROM_6)),
                          "before": (DecisionRule(confidence=0.5), 0,
                                     (regression, label_shift))}[name]
     defaults = (Regression.few_records, regression, label_shift,
-                personalize_module._strongest_only)
+                personalize_module._strongest_only, personalize_module.PLAIN_SHIFT_SHARE)
     (Regression.few_records, personalize_module.FEW_RECORDS_CONFIDENCE,
      personalize_module.LABEL_SHIFT_FEW_RECORDS_CONFIDENCE) = (few, *tables)
+    if name != "now":
+        personalize_module.PLAIN_SHIFT_SHARE = 0.0
     if one_class_weak:  # the rule until ac27e4c: records of one class chose any prior
         personalize_module._strongest_only = lambda task, checks: False
     try:
@@ -131,7 +138,7 @@ def under_rule(name: str, spec, record_sets: list[pd.DataFrame]) -> list:
     finally:
         (Regression.few_records, personalize_module.FEW_RECORDS_CONFIDENCE,
          personalize_module.LABEL_SHIFT_FEW_RECORDS_CONFIDENCE,
-         personalize_module._strongest_only) = defaults
+         personalize_module._strongest_only, personalize_module.PLAIN_SHIFT_SHARE) = defaults
 
 
 def one(n: int, spread: float, seed: int, truth: bool = False, proxy_records: int = N_PROXY
@@ -209,7 +216,7 @@ def on_simulated_users(names: list[str], seeds: int, output: Path) -> None:
 
 
 def on_classifier_users(seeds: list[int], records: list[int], output: Path) -> None:
-    """*from 6*, *one class: any prior* and *now* on a classifier's users
+    """*from 6*, *one class: any prior*, *from 3* and *now* on a classifier's users
     (``make_classification``: 8 inputs, 85/15 labels, 10 % of them flipped; the foundation
     trained on 2,000 records): 60 users a seed drawn like the proxy (nothing to learn but
     chance) and 60 each whose labels are half, 70 % and 90 % positive (a label shift to
@@ -230,7 +237,7 @@ def on_classifier_users(seeds: list[int], records: list[int], output: Path) -> N
         positive = (frame["y"] == "pos").to_numpy().astype(int)
         return float(-np.log(np.clip(p[np.arange(len(frame)), positive], 1e-7, 1)).mean())
 
-    rules = ("from 6", "one class: any prior", "now")
+    rules = ("from 6", "one class: any prior", "from 3", "now")
     per: dict[tuple[int, str], dict[str, list[float]]] = {}
     for seed in seeds:
         X, y = make_classification(n_samples=42000, n_features=8, n_informative=5,
@@ -300,8 +307,9 @@ def main() -> None:
     parser.add_argument("--spreads", type=float, nargs="+", default=[0.0, 0.3])
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--classifier", action="store_true",
-                        help="instead: from 6 against now on a classifier's users (labels "
-                             "like the proxy's, or half positive), --seeds and --records")
+                        help="instead: from 6 and from 3 against now on a classifier's "
+                             "users (labels like the proxy's, or half, 70 %% or 90 %% "
+                             "positive), --seeds and --records")
     parser.add_argument("--truth", action="store_true",
                         help="score on the noiseless function, not on noisy test records "
                              "(the noise hides most of a small harm); writes "

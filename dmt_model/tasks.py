@@ -92,7 +92,8 @@ the records' shift or less, and from 15 on 90 % still left such users +1.6 % wor
 prior below 30 records to score unless a weaker one is better (than the current model
 and than the strongest's update) at
 :data:`~dmt_model.personalize.LABEL_SHIFT_FEW_RECORDS_CONFIDENCE` (from 3 records; a
-regression's weaker priors begin at 6), as a regression does
+regression's weaker priors begin at 6) and the shift is plain
+(:data:`~dmt_model.personalize.PLAIN_SHIFT_SHARE`), as a regression does
 (:data:`~dmt_model.personalize.LABEL_SHIFT_FEW_RECORDS`). Users who differ keep most
 of their gain (README, *Personalization on any data*).
 

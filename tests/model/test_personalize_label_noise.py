@@ -26,10 +26,10 @@ from dmt_privacy.schema import Field, Schema
 CLASSES = ("c0", "c1")
 
 
-@pytest.fixture(scope="module")
-def noisy():
-    """A foundation trained on 300 records of noisy labels, and 25 users of 40 records
-    drawn from the other 300 (each with the rest of them to score on)."""
+def _foundation_and_pool(seed: int, before: tuple[int, ...] = ()):
+    """``label_noise.py``'s noisy data of seed ``seed``: a foundation trained on 300 of its
+    records and the rng that drew them, the other 300, and 25 users of each size of
+    ``before`` drawn first (as the benchmark's users of smaller sizes are)."""
     from sklearn.datasets import make_classification
 
     X, y = make_classification(600, 8, n_informative=3, flip_y=0.3, class_sep=0.7,
@@ -39,17 +39,33 @@ def noisy():
     schema = Schema(name="noisy", fields=(
         *(Field(f"x{i}", "numeric", bounds=(-12.0, 12.0)) for i in range(8)),
         Field("y", "categorical", "target", categories=CLASSES)))
-    rng = np.random.default_rng(101)
+    rng = np.random.default_rng(100 + seed)
     order = rng.permutation(len(frame))
     proxy, pool = frame.iloc[order[:300]], frame.iloc[order[300:]]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         spec = build_spec(train_foundation(proxy, schema), updatable=UpdateSettings())
+    for size in before:
+        for _ in range(25):
+            rng.choice(len(pool), size=size, replace=False)
+    return spec, rng, pool
+
+
+def _users(rng: np.random.Generator, pool: pd.DataFrame, size: int):
+    """25 users of ``size`` records drawn from ``pool``, each with the rest to score on."""
     users = []
     for _ in range(25):
-        pick = rng.choice(len(pool), size=40, replace=False)
+        pick = rng.choice(len(pool), size=size, replace=False)
         users.append((pool.iloc[pick], pool.drop(pool.index[pick])))
-    return spec, users
+    return users
+
+
+@pytest.fixture(scope="module")
+def noisy():
+    """A foundation trained on 300 records of noisy labels, and 25 users of 40 records
+    drawn from the other 300 (each with the rest of them to score on)."""
+    spec, rng, pool = _foundation_and_pool(1)
+    return spec, _users(rng, pool, 40)
 
 
 def _log_loss(model, records: pd.DataFrame) -> float:
@@ -92,3 +108,36 @@ def test_an_update_moved_part_of_the_way_moves_each_logit_that_part(noisy):
     # (as logits, up to each row's constant)
     want = start + 0.4 * (end - start)
     np.testing.assert_allclose(moved - moved[:, :1], want - want[:, :1], atol=1e-4)
+
+
+# Found on 7 December (label_noise.py's seed 0, default foundation): below 30 records a
+# classifier's update kept on a label shift could take a weaker prior from 3 records, and on
+# noisy labels two users of 10 records drawn like the proxy, whose records passed the test
+# at shares of 0.78 and 0.70, kept 10 anchor records' update and ended +25.7 % and +6.5 %
+# unseen log loss worse; with the strongest prior, +11.0 % and +0.35 %. (What remains of
+# the +11 % is the foundation's overconfidence on noisy labels, which the label-shift test
+# takes for a shift.) A weaker prior now needs a plain shift (PLAIN_SHIFT_SHARE).
+@pytest.fixture(scope="module")
+def noisy_ten():
+    """label_noise.py's seed 0: its default foundation and its 25 users of 10 records."""
+    spec, rng, pool = _foundation_and_pool(0, before=(5,))
+    return spec, _users(rng, pool, 10)
+
+
+def test_below_thirty_records_an_update_kept_on_a_shift_not_plain_takes_the_strongest_prior(
+        noisy_ten):
+    spec, users = noisy_ten
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        personal = personalized_many(spec, [user for user, _ in users], seed=0)
+    kept = [(model, result, rest) for (model, result), (_, rest)
+            in zip(personal, users, strict=True) if result.accepted]
+    assert len(kept) >= 2, "no update kept on a label shift: nothing checked"
+    changes = sorted(_log_loss(model, rest) / _log_loss(spec, rest) - 1
+                     for model, _, rest in kept)
+    for _, result, _ in kept:  # (each keeps under 90 % of its change: no plain shift)
+        assert "keeps" in result.reason and "over 99%" not in result.reason, result.reason
+        assert result.prior_records == max(personalize_module.DEFAULT_PRIOR_RECORDS), (
+            result.reason)
+    # before: +6.5 % and +25.7 %; now +0.35 % and +11.0 %
+    assert changes[-2] < 0.01 and changes[-1] < 0.15, changes
