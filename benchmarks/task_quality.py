@@ -259,7 +259,9 @@ def markdown(result: dict[str, Any]) -> str:
                 lines.append(f"| {name} | {model} | " + " | ".join(cells) + " |")
         lines.append("")
     if result["personalization"]:
-        lines += ["### Personalization (20 users, mean per-user test figures)", "",
+        seeds = len(next(iter(next(iter(result["personalization"].values())).values())))
+        lines += [f"### Personalization ({seeds} seed{'s' * (seeds != 1)} × 20 users, mean "
+                  "per-user test figures)", "",
                   "| task | users' shift | accuracy: v1 → personal (oracle) | "
                   "log loss: v1 → personal (oracle) | kept | kept but log loss rose | "
                   "kept but accuracy fell |", "|---|---|---|---|---|---|---|"]

@@ -89,12 +89,12 @@ rose by 5.6 % on average (3.4 % at 20 records). A shift kept by chance costs mor
 further the update moves: below 15 records the strongest prior holds it to a third of
 the records' shift or less, and from 15 on 90 % still left such users +1.6 % worse at
 20 records. A classifier whose records show a shift also takes the grid's strongest
-prior below 30 records to score unless a weaker one is better (than the current model
-and than the strongest's update) at
+prior below 30 records to score, as a regression does
+(:data:`~dmt_model.personalize.LABEL_SHIFT_FEW_RECORDS`), unless a weaker one is better
+(than the current model and than the strongest's update) at
 :data:`~dmt_model.personalize.LABEL_SHIFT_FEW_RECORDS_CONFIDENCE` (from 3 records; a
-regression's weaker priors begin at 6) and the shift is plain
-(:data:`~dmt_model.personalize.PLAIN_SHIFT_SHARE`), as a regression does
-(:data:`~dmt_model.personalize.LABEL_SHIFT_FEW_RECORDS`). Users who differ keep most
+regression's weaker priors begin at 6) and, for a classifier alone, the shift is plain
+(:data:`~dmt_model.personalize.PLAIN_SHIFT_SHARE`). Users who differ keep most
 of their gain (README, *Personalization on any data*).
 
 Labels released under k-ary randomized response (keep probability ``p``,
