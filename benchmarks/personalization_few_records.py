@@ -132,7 +132,7 @@ def under_rule(name: str, spec, record_sets: list[pd.DataFrame]) -> list:
     if name != "now":
         personalize_module.PLAIN_SHIFT_SHARE = 0.0
     if one_class_weak:  # the rule until ac27e4c: records of one class chose any prior
-        personalize_module._strongest_only = lambda task, checks: False
+        personalize_module._strongest_only = lambda model, task, checks: False
     try:
         return personalized_many(spec, record_sets, rule=rule)
     finally:
