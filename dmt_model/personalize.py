@@ -2346,11 +2346,17 @@ def _strongest_only(model: Any, task: Any, checks: Sequence[_Check]) -> bool:
     (statsmodels' fair, 32 % positive) kept 1 anchor record's update every time and ended
     +100 % unseen log loss at 6 records, +158 % at 10, accuracy −33 points (helper-105);
     with 30 anchor records +1.5 % and +3.9 %. One record of another class held out is
-    enough for the folds to see that cost. A device re-personalizing the version it holds,
-    to compare it with a new one (:func:`_best_errors`), follows the same rule, so both
-    sides of the comparison are scored alike, but each side reads its own model's
-    probabilities: where the two versions disagree about :data:`ONE_CLASS_PLAUSIBLE`, one
-    side may choose among the grid and the other not (an open defect, helper-142)."""
+    enough for the folds to see that cost.
+
+    A device re-personalizing the version it holds, to compare it with a new one
+    (:func:`_best_errors`), follows the same rule with that version's probabilities: each
+    side is scored as its own personalization would run, so where the versions disagree
+    about :data:`ONE_CLASS_PLAUSIBLE` one side may choose among the grid and the other not.
+    One answer for both sides was tried (7 December) and measured worse: the strongest
+    prior for both where either version gives the class 0.1 left ``fl_protocol``'s
+    Synthetic users worse in 9 of 16 seed × rows of DMT and better in none; any prior for
+    both where either rules it out, worse in 7 of 15 local-DP seed × rows, better in 3
+    (``test_each_version_compared_chooses_its_priors_as_its_own_personalization_would``)."""
     if task.kind != "classification":
         return False
     labels = np.unique(np.concatenate([y for _, _, y in checks]))
