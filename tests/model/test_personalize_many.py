@@ -296,7 +296,8 @@ def test_a_versions_held_out_errors_are_computed_once_for_the_same_records(found
 
 def test_held_out_errors_are_kept_apart_for_whatever_they_are_computed_from(foundation, devices):
     """The key of a device's kept errors changes with anything they are computed from: the
-    spec, the grid, an override, a target, a value, a value's type, a column's order; a
+    spec, the grid, an override, whether a stalled update is tried faster, a target, a
+    value, a value's type, a column's order; a
     value it cannot write exactly (a list in a cell, an override of another kind) keeps
     nothing; outside ``_keeping_held_out_errors`` nothing is kept (the default)."""
     from dmt_model import personalize
@@ -306,10 +307,10 @@ def test_held_out_errors_are_kept_apart_for_whatever_they_are_computed_from(foun
     records = devices[4]
     target = records[foundation.featurizer.target].to_numpy()
 
-    def key(frame=records, y=target, grid=(1, 10), overrides=FAST, model=spec):
+    def key(frame=records, y=target, grid=(1, 10), overrides=FAST, model=spec, faster=False):
         with personalize._keeping_held_out_errors():
             (out,) = personalize._held_out_keys(model, [[(frame.iloc[2:], frame.iloc[:2],
-                                                          y[:2])]], grid, overrides)
+                                                          y[:2])]], grid, overrides, faster)
         return out
 
     base = key()
@@ -323,6 +324,7 @@ def test_held_out_errors_are_kept_apart_for_whatever_they_are_computed_from(foun
     variants = {
         "spec": key(model=other),
         "grid": key(grid=(1, 3)),
+        "faster": key(faster=True),
         "override": key(overrides={"epochs": 21}),
         "override type": key(overrides={"epochs": 20.0}),
         "convention": key(overrides={**FAST, "convention": LossConvention(half=True)}),
@@ -344,3 +346,27 @@ def test_held_out_errors_are_kept_apart_for_whatever_they_are_computed_from(foun
     assert key(frame=records.assign(cell=[[1, 2]] * len(records))) is None
     assert key(overrides={"epochs": np.int64(20)}) is None
     assert personalize._held_out_keys(spec, [[(records, records, target)]], (1,), {}) == [None]
+
+
+def test_errors_kept_without_the_faster_retry_are_never_taken_for_errors_with_it(
+        foundation, devices, monkeypatch):
+    """The version a device holds, re-personalized for an adoption, tries a stalled update
+    faster (``faster=True``); errors kept from a computation without that retry, on the
+    same checks, must not stand in for it."""
+    from dmt_model import personalize
+
+    spec = build_spec(foundation, updatable=UpdateSettings())
+    records = devices[4]
+    target = records[foundation.featurizer.target].to_numpy()
+    checks = [(records.iloc[2:], records.iloc[:2], target[:2])]
+    calls = []
+    retry = personalize._faster_errors
+    monkeypatch.setattr(personalize, "_faster_errors",
+                        lambda *args: calls.append(1) or retry(*args))
+    with personalize._keeping_held_out_errors():
+        personalize._devices_held_out_errors(spec, [checks], (1, 10), FAST)
+        assert not calls
+        personalize._devices_held_out_errors(spec, [checks], (1, 10), FAST, faster=True)
+        assert calls == [1]  # computed, not taken from the errors kept without it
+        personalize._devices_held_out_errors(spec, [checks], (1, 10), FAST, faster=True)
+        assert calls == [1]  # and kept
