@@ -2852,7 +2852,8 @@ def _faster_errors(spec: Any, fits: Sequence[_Fit], checks: Sequence[_Check], gr
     own update is tried faster on a plain one only); the label-shift level is the task's
     own (:data:`DEFAULT_RULE`), though a device granted the open rule never tried its
     personal update faster; and the update is not moved a share of the shift
-    (:func:`_toward`)."""
+    (:func:`_toward`). Folds that diverged at the model's rate are tried slower, never
+    faster, as :func:`personalize` tries them."""
     for rate in _faster_rates(spec, overrides):
         g = list(grid).index(prior)
         folds = [spec if isinstance(fit, UpdateRejected) else fit[0]
