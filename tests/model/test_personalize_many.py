@@ -366,7 +366,34 @@ def test_errors_kept_without_the_faster_retry_are_never_taken_for_errors_with_it
     with personalize._keeping_held_out_errors():
         personalize._devices_held_out_errors(spec, [checks], (1, 10), FAST)
         assert not calls
-        personalize._devices_held_out_errors(spec, [checks], (1, 10), FAST, faster=True)
+        personalize._devices_held_out_errors(spec, [checks], (1, 10), FAST, rates=[None])
         assert calls == [1]  # computed, not taken from the errors kept without it
-        personalize._devices_held_out_errors(spec, [checks], (1, 10), FAST, faster=True)
+        personalize._devices_held_out_errors(spec, [checks], (1, 10), FAST, rates=[None])
         assert calls == [1]  # and kept
+        rate = personalize._learning_rate(spec)
+        personalize._devices_held_out_errors(spec, [checks], (1, 10), FAST, rates=[rate])
+        assert calls == [1]  # a known rate is the rate it trained at, never tried faster
+
+
+def test_an_adoption_re_personalizes_the_version_held_at_the_rate_its_model_trained_at(
+        foundation, devices):
+    """The rate an adoption re-personalizes the version a device holds at: the one its
+    personal model records; the model's own where the device holds the version as shipped;
+    not known (``None``: a stalled update is tried faster) for a personal model that does
+    not say; and a rate that is not a positive number is not read as one."""
+    import copy
+
+    from dmt_model import personalize
+
+    spec = build_spec(foundation, updatable=UpdateSettings())
+    rate = personalize._learning_rate(spec)
+    personal, result = next(outcome for outcome in personalized_many(spec, devices, **FAST)
+                            if outcome[1].accepted)
+    recorded = personalize._personalized_at(personal)
+    assert recorded == pytest.approx(result.learning_rate or rate)
+    unsaid = copy.deepcopy(personal)
+    del unsaid.description.metadata.userDefined["dmt.personalized_at"]
+    garbled = copy.deepcopy(personal)
+    garbled.description.metadata.userDefined["dmt.personalized_at"] = "-inf"
+    assert personalize._held_rates(spec, [personal, copy.deepcopy(spec), unsaid, garbled]) == [
+        recorded, rate, None, None]
