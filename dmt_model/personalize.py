@@ -1331,21 +1331,23 @@ _PERSONALIZED_AT = "dmt.personalized_at"
 def _personalized_at(model: Any) -> float | None:
     """The learning rate ``model``'s personal update ran at, as :func:`personalize`,
     :func:`personalized_many` and the adoption calls write it into the model they keep
-    (since the night of 7 December): the model's own, or the slower or faster one an update that
-    diverged or stalled was tried again at (:attr:`PersonalizationResult.learning_rate`).
+    (since the night of 7 December): the model's own, or the slower or faster one an update
+    that diverged or stalled was tried again at (:attr:`PersonalizationResult.learning_rate`).
     ``None`` where it is not written (a version as shipped, a personal model made by an
-    earlier SDK or by Core ML on the device, an ExecuTorch program) or is not a positive
-    finite number. An adoption re-personalizes the version the device holds at this rate
+    earlier SDK or by Core ML on the device, an ExecuTorch program) or is not a number in
+    Core ML's range (0, 1] (an app may write it: :class:`PersonalizationResult`). An
+    adoption re-personalizes the version the device holds at this rate
     (:func:`_held_rates`). It says whether the device's update stalled or diverged, which
     the personal model's weights, on the same device, say too; it never leaves the device
-    unless the model does."""
+    unless the model does. It names the last update's rate only: an app that trains the
+    model again itself should write its own rate or delete the key."""
     if _is_program(model):
         return None
     try:
         rate = float(model.description.metadata.userDefined.get(_PERSONALIZED_AT, ""))
     except ValueError:
         return None
-    return rate if math.isfinite(rate) and rate > 0 else None
+    return rate if 0 < rate <= 1 else None  # (NaN fails both)
 
 
 def _held_rates(previous: Any, currents: Sequence[Any]) -> list[float | None]:
@@ -2931,7 +2933,7 @@ def _faster_errors(spec: Any, fits: Sequence[_Fit], checks: Sequence[_Check], gr
     faster, as :func:`personalize` tries them. Where the rate is known this retry is not
     used: on ``fl_protocol``'s digits (bb98399) it tried faster versions held whose
     personal update had run at the model's rate, and fewer devices adopted better versions
-    (users' test log loss 0.547 -> 0.567)."""
+    (DMT modified's users' test log loss 0.494 -> 0.527; 0.514 at the rate recorded)."""
     for rate in _faster_rates(spec, overrides):
         g = list(grid).index(prior)
         folds = [spec if isinstance(fit, UpdateRejected) else fit[0]

@@ -380,7 +380,8 @@ def test_an_adoption_re_personalizes_the_version_held_at_the_rate_its_model_trai
     """The rate an adoption re-personalizes the version a device holds at: the one its
     personal model records; the model's own where the device holds the version as shipped;
     not known (``None``: a stalled update is tried faster) for a personal model that does
-    not say; and a rate that is not a positive number is not read as one."""
+    not say; and a value that is not a rate in Core ML's range (0, 1] is not read as one
+    (helper-147: "5" trained the version held at 5)."""
     import copy
 
     from dmt_model import personalize
@@ -393,7 +394,9 @@ def test_an_adoption_re_personalizes_the_version_held_at_the_rate_its_model_trai
     assert recorded == pytest.approx(result.learning_rate or rate)
     unsaid = copy.deepcopy(personal)
     del unsaid.description.metadata.userDefined["dmt.personalized_at"]
-    garbled = copy.deepcopy(personal)
-    garbled.description.metadata.userDefined["dmt.personalized_at"] = "-inf"
-    assert personalize._held_rates(spec, [personal, copy.deepcopy(spec), unsaid, garbled]) == [
-        recorded, rate, None, None]
+    garbled = []
+    for text in ("-inf", "nan", "5", "0", "fast"):  # not a rate Core ML takes
+        garbled.append(copy.deepcopy(personal))
+        garbled[-1].description.metadata.userDefined["dmt.personalized_at"] = text
+    assert personalize._held_rates(spec, [personal, copy.deepcopy(spec), unsaid, *garbled]) == [
+        recorded, rate, None, *[None] * len(garbled)]
