@@ -2908,8 +2908,7 @@ def _faster_errors(spec: Any, fits: Sequence[_Fit], checks: Sequence[_Check], gr
     """For a device whose personal model does not say the rate it trained at
     (:func:`_held_rates`): its held-out ``errors`` of ``spec`` personalized on its
     ``checks`` (from ``fits``, best at ``prior``), or, where those updates stalled on a label
-    shift
-    (:func:`_stalled_on_a_shift`), the errors of the same updates ten, then a hundred,
+    shift (:func:`_stalled_on_a_shift`), the errors of the same updates ten, then a hundred,
     times faster (:func:`_faster_rates`), as far as each rate lowers their mean and does
     not diverge.
 
