@@ -20,11 +20,15 @@ device applies, measured here as the SDK runs each one (``dmt_model.personalize`
 * **the lower out-of-fold error wins** (``ADOPTION_RULE`` with ``previous=``, what the
   SDK's device applies to a version shown better on held-out devices): the previous
   version and the new one are each personalized on the training folds and scored on the
-  held-out fold, no significance asked either way;
+  held-out fold, no significance asked either way, but of a device holding the previous
+  version as shipped (no personal update kept), which declines only where its records
+  show that version better at 99 % (``ADOPTION_RULE.as_shipped``, since 8 December);
 * **the same, scored on unshared records only** (``shared_records=``, as the SDK
   recommends): the new version may have trained on what the device shared, so those
   records are trained on but never held out; a device with fewer than 2 unshared records
   keeps its model;
+* **the same, a device as shipped declining at 50 % too** (``ADOPTION_RULE`` until 8
+  December, ``as_shipped=None``);
 * **the same, the new version re-personalized under the open rule's guard** ("..., open";
   since 6 December): what ``adoption_rule_for`` gives a device where the release of a
   version shown better on held-out devices also grants the open rule
@@ -44,7 +48,8 @@ device applies, measured here as the SDK runs each one (``dmt_model.personalize`
 For each: users' mean per-user test error (RMSE, or log loss for a classifier), the share
 of devices that moved, how often the rule's choice raised a user's test error (harmed:
 moved, and the test error rose above the personal model's) and how often it kept one
-that adopting would have lowered (missed). A user's test set is a handful of records
+that adopting would have lowered (missed), and what the users harmed in expectation lose
+(their mean rise in expected error, and the worst). A user's test set is a handful of records
 (25 % of theirs), so these per-user comparisons hold much noise: a rule that is right in
 expectation still "harms" users whose few test records happen to favour the other model.
 Where the simulation knows each user's distribution, each user's **expected** error is
@@ -190,7 +195,7 @@ SPREADS = ("friedman", "friedman1", *REAL_TASKS)
 KNOWN_FUNCTIONS = ("friedman", "friedman1")
 RULES = ("never", "asks proof", "proof, unshared", "unless worse, in sample",
          "unless worse, out of fold", "even, out of fold", "even, unshared",
-         "even, unshared, open", "always")
+         "even, unshared, 50 % as shipped", "even, unshared, open", "always")
 #: what a device holds when the server checks each version on held-out devices and devices
 #: adopt by the rule its release earns (adoption_rule_for)
 GATED = "gated"
@@ -209,6 +214,9 @@ LABELS = {
     "even, out of fold": "the lower out-of-fold error wins (ADOPTION_RULE, previous=), "
                          "scored on every record",
     "even, unshared": "**the same, scored on unshared records only (shared_records=)**",
+    "even, unshared, 50 % as shipped": "the same, a device holding the version as shipped "
+                                       "declining at 50 % too, not 99 % (ADOPTION_RULE "
+                                       "until 8 December)",
     "even, unshared, open": "the lower error wins, scored on unshared records, the new "
                             "version re-personalized under the open rule's guard (what a "
                             "release granting the open rule gives, adoption_rule_for)",
@@ -269,6 +277,10 @@ def _user(new_data: bytes, current_data: bytes, previous_data: bytes, unshared: 
                                   shared_records=shared, rule=ADOPTION_RULE
                                   ) if len(unshared) >= 2 else (
                                       current, False),
+        "even, unshared, 50 % as shipped": adopted(
+            new, current, unshared, previous=previous, shared_records=shared,
+            rule=replace(ADOPTION_RULE, as_shipped=None)) if len(unshared) >= 2 else (
+                current, False),
         "even, unshared, open": adopted(
             new, current, unshared, previous=previous, shared_records=shared,
             rule=replace(ADOPTION_RULE, few_records=guard)) if len(unshared) >= 2 else (
@@ -507,7 +519,8 @@ def _unclaimed_user(new_data: bytes, current_data: bytes, previous_data: bytes, 
 def _summary(per_user: list[dict[str, Any]], rules: list[str]) -> dict[str, Any]:
     """Per rule: users' mean test error, the share that moved, harmed (moved, and the test
     error rose above the personal model's) and missed (kept the personal model where
-    adopting would have lowered it), and the same on the expected error where measured."""
+    adopting would have lowered it), and the same on the expected error where measured,
+    with what the users harmed in expectation lose (their mean rise and the worst)."""
     keep = np.array([u["never"]["error"] for u in per_user])
     take = np.array([u["always"]["error"] for u in per_user])
     rows = {}
@@ -520,10 +533,14 @@ def _summary(per_user: list[dict[str, Any]], rules: list[str]) -> dict[str, Any]
         if per_user[0]["never"]["expected"] is not None:
             keep_e, take_e, mine = (np.array([u[r]["expected"] for u in per_user])
                                     for r in ("never", "always", rule))
+            harmed = moved & (mine > keep_e)
+            loss = (mine - keep_e)[harmed]  # what the harmed lose, in expectation
             rows[rule] |= {
                 "expected": float(mine.mean()),
-                "harmed_expected": float(np.mean(moved & (mine > keep_e))),
-                "missed_expected": float(np.mean(~moved & (take_e < keep_e)))}
+                "harmed_expected": float(np.mean(harmed)),
+                "missed_expected": float(np.mean(~moved & (take_e < keep_e))),
+                "harmed_loss_expected": float(loss.mean()) if loss.size else None,
+                "harmed_loss_worst": float(loss.max()) if loss.size else None}
     return rows
 
 
@@ -636,6 +653,9 @@ def markdown(runs: list[dict[str, Any]]) -> str:
                   "missed"]
         if expected:
             header += ["users' mean expected error", "harmed, expected", "missed, expected"]
+        losses = expected and "harmed_loss_expected" in mine[0]["rules"]["never"]
+        if losses:  # (runs before 8 December did not measure it)
+            header += ["the harmed lose, expected (mean, worst)"]
         spread = f", users' spread {mine[0]['spread']:g}" if "spread" in mine[0] else ""
         title = ADOPTION_TASKS[name].title
         lines = [f"**{title}, {users} users{spread}** ({mine[0]['error_name']}, "
@@ -656,6 +676,10 @@ def markdown(runs: list[dict[str, Any]]) -> str:
                 cells += [f"{np.mean([c['expected'] for c in cell]):.4g}"]
                 cells += [f"{np.mean([c[k] for c in cell]):.0%}"
                           for k in ("harmed_expected", "missed_expected")]
+            if losses:  # over the seeds where any were harmed (None: none)
+                lost = [c for c in cell if c["harmed_loss_expected"] is not None]
+                cells += [f"{np.mean([c['harmed_loss_expected'] for c in lost]):.3g}, "
+                          f"{max(c['harmed_loss_worst'] for c in lost):.3g}" if lost else "—"]
             lines.append(f"| {LABELS[rule]} | " + " | ".join(cells) + " |")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"

@@ -980,6 +980,12 @@ class DecisionRule:
     #: takes the strongest under every rule (:func:`_strongest_only`).
     few_records: int | None = None
     label_shift: float | None = None
+    #: An adoption by a device that holds the version its personal model comes from as
+    #: shipped (``previous=`` given, and no personal update kept: :func:`_held_as_shipped`):
+    #: the confidence at which its records must show that version better to decline the new
+    #: one, in place of ``confidence`` (:meth:`for_device`); ``None``: ``confidence``.
+    #: :data:`ADOPTION_RULE`'s is 0.99.
+    as_shipped: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.folds, int) or self.folds < 2:
@@ -997,6 +1003,10 @@ class DecisionRule:
                                   f"in [0.5, 1), got {self.label_shift!r}.")
         if not (math.isfinite(self.margin) and self.margin >= 0):
             raise ValidationError(f"margin must be a non-negative number, got {self.margin!r}.")
+        if self.as_shipped is not None and not (
+                _is_number(self.as_shipped) and 0.5 <= self.as_shipped < 1):
+            raise ValidationError(f"as_shipped must be None (the rule's confidence) or in "
+                                  f"[0.5, 1), got {self.as_shipped!r}.")
         if self.prefer not in ("current", "update"):
             raise ValidationError(
                 f"prefer must be 'current' or 'update', got {self.prefer!r}.")
@@ -1007,6 +1017,13 @@ class DecisionRule:
             return self
         return replace(self, confidence=task.decision_confidence)
 
+    def for_device(self, *, as_shipped: bool) -> DecisionRule:
+        """The rule a device applies: with ``as_shipped`` (it holds the version its personal
+        model comes from as shipped), ``confidence`` is :attr:`as_shipped` where that is set."""
+        if not as_shipped or self.as_shipped is None:
+            return self
+        return replace(self, confidence=self.as_shipped, as_shipped=None)
+
     def canonical(self, task: Task) -> str:
         """This rule as a release names it (``open_rule``): its fields as canonical JSON
         (sorted keys, no spaces), the confidence ``task``'s where it is ``None``
@@ -1015,8 +1032,10 @@ class DecisionRule:
         import json
         from dataclasses import asdict
 
-        return json.dumps(asdict(self.for_task(task)), sort_keys=True, separators=(",", ":"),
-                          allow_nan=False)
+        fields = asdict(self.for_task(task))
+        if fields["as_shipped"] is None:  # the names releases signed before it existed
+            del fields["as_shipped"]
+        return json.dumps(fields, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
     def label_shift_for(self, task: Task, records: int) -> float:
         """The confidence at which a personal update of ``task``'s model scored on
@@ -1089,8 +1108,16 @@ DEFAULT_RULE = DecisionRule()
 #: of either side; with ``previous=`` both are scored out of fold). Asking such a version to
 #: prove itself kept most users on a worse model; refusing it only when shown worse at 90 %
 #: moved 45 % of Adult users to a version worse for them in expectation, against 27 % with
-#: this rule, for the same mean gain (``benchmarks/adoption.py``).
-ADOPTION_RULE = DecisionRule(confidence=0.5, prefer="update")
+#: this rule, for the same mean gain (``benchmarks/adoption.py``). A device that holds the
+#: version as shipped (``previous=`` given, no personal update kept) declines only where its
+#: records show that version better at 99 % (:attr:`DecisionRule.as_shipped`, since 8
+#: December): its records, all of kinds the proxy covered, favoured the proxy's version by a
+#: hair, which says nothing of what the proxy missed, and digits' decliners (10 % of
+#: devices, all as shipped) then lost 5-16 log loss on a digit the version they held rules
+#: out (``fl_protocol``'s digits, DMT raw users 0.567 -> 0.388). The cost: on Adult, whose
+#: users differ by their label mix alone, 18 % of users moved to a version worse for them
+#: in expectation in the SDK's flow, against 8 % (README, *Adopting a new version*).
+ADOPTION_RULE = DecisionRule(confidence=0.5, prefer="update", as_shipped=0.99)
 #: The rule :func:`adopt_new_version` applies to a version no held-out devices vouched for
 #: (:func:`adoption_rule_for`): released without that claim — under local DP, where the
 #: server cannot check and the held-out devices' reports (:mod:`dmt_model.version_check`)
@@ -1350,20 +1377,30 @@ def _personalized_at(model: Any) -> float | None:
     return rate if 0 < rate <= 1 else None  # (NaN fails both)
 
 
-def _held_rates(previous: Any, currents: Sequence[Any]) -> list[float | None]:
-    """For each device holding ``currents[i]``, personalized from ``previous``: the learning
-    rate an adoption re-personalizes ``previous`` at on its folds, to score the version it
-    holds as :func:`personalize` trained it (:func:`_devices_held_out_errors`). The rate
-    its personal model records (:func:`_personalized_at`); the model's own where the device
-    holds ``previous`` as shipped (its network unchanged: no update was kept); else
-    ``None``, not known: a stalled update is tried faster (:func:`_faster_errors`)."""
+def _held_as_shipped(previous: Any, currents: Sequence[Any]) -> list[bool]:
+    """For each device holding ``currents[i]``, personalized from ``previous``: whether it
+    holds ``previous`` as shipped, its network unchanged (no personal update was kept). A
+    Core ML model's only: an ExecuTorch program's weights are not compared."""
     if _is_program(previous):
-        return [None] * len(currents)
+        return [False] * len(currents)
     shipped = _network(previous).SerializeToString(deterministic=True)
-    return [rate if (rate := _personalized_at(current)) is not None
-            else _learning_rate(previous) if not _is_program(current)
+    return [not _is_program(current)
             and _network(current).SerializeToString(deterministic=True) == shipped
-            else None for current in currents]
+            for current in currents]
+
+
+def _held_rates(previous: Any, currents: Sequence[Any], as_shipped: Sequence[bool]
+                ) -> list[float | None]:
+    """For each device holding ``currents[i]``, personalized from ``previous`` (as shipped
+    where ``as_shipped[i]``: :func:`_held_as_shipped`): the learning rate an adoption
+    re-personalizes ``previous`` at on its folds, to score the version it holds as
+    :func:`personalize` trained it (:func:`_devices_held_out_errors`). The rate its
+    personal model records (:func:`_personalized_at`); the model's own where the device
+    holds ``previous`` as shipped; else ``None``, not known: a stalled update is tried
+    faster (:func:`_faster_errors`)."""
+    return [rate if (rate := _personalized_at(current)) is not None
+            else _learning_rate(previous) if shipped else None
+            for current, shipped in zip(currents, as_shipped, strict=True)]
 
 
 def _repeated(model: Any, what: str) -> RepeatedPersonalizationWarning | None:
@@ -1925,9 +1962,13 @@ def _checked_updates(spec: Any, baselines: Sequence[Any], plans: Sequence[_Updat
         befores = [_checks_errors(baseline, plan.checks)
                    for baseline, plan in zip(baselines, plans, strict=True)]
     else:
+        shipped = _held_as_shipped(baseline_from, baselines)
         befores = _devices_held_out_errors(baseline_from, [plan.checks for plan in plans],
                                            grid, overrides,
-                                           rates=_held_rates(baseline_from, baselines))
+                                           rates=_held_rates(baseline_from, baselines, shipped))
+        # a device that kept no update of the version it holds asks more to decline another
+        plans = [replace(plan, rule=plan.rule.for_device(as_shipped=held))
+                 for plan, held in zip(plans, shipped, strict=True)]
     out: list[_Verdict | None] = [None] * len(plans)
     for i, fits in _devices_fits(spec, [plan.record_sets for plan in plans],
                                  [plan.priors for plan in plans], overrides):
@@ -3616,7 +3657,9 @@ def adopt_new_version(
     the version the device's personal model comes from (the release's baseline;
     the ``installed_version`` given to ``verify_release``) is adopted unless the
     device's records show it worse (:data:`ADOPTION_RULE`:
-    the lower mean held-out error wins, a tie going to the new version). Any
+    the lower mean held-out error wins, a tie going to the new version; a device holding
+    ``previous`` as shipped, no personal update kept, declines it only where its records
+    show ``previous`` better at 99 %: :attr:`DecisionRule.as_shipped`). Any
     other version, and any version when ``release`` is not given, must show it
     is better on the device's records, significantly at 99 % (:data:`UNCHECKED_RULE`).
     Where the release also grants the new version's devices the open rule

@@ -119,6 +119,51 @@ def test_a_version_better_where_the_user_has_no_records_yet_is_adopted(digits):
         assert not asked.accepted and "not significant" in asked.reason, asked.reason
 
 
+def test_a_device_holding_the_version_as_shipped_declines_a_version_shown_better_only_if_sure(
+        digits):
+    """Found by helper-146 replaying ``fl_protocol``'s digits (DMT raw, seeds 0 and 2): the
+    10 % of devices that declined v2 made the whole gap between users' test log loss (0.567)
+    and v2 as released (0.387). They held v1 as shipped (personalize kept no update), their
+    3-7 records all of digits the proxy covers, on which v1 is surer than v2, so v1 won out of
+    fold by a hair under ADOPTION_RULE; then a test record of 7, 8 or 9 cost them 5-16. Here
+    12 such devices: nearly all declined v2 (test log loss 4.0 against 0.09). A device that
+    holds the version as shipped now declines a version shown better only where its records
+    show the version held better at 99 % (``ADOPTION_RULE.as_shipped``); a version sure of
+    the wrong digit is still declined, but by the smallest devices."""
+    from dataclasses import replace
+
+    from dmt_model.coreml.weights import get_weights, set_weights
+    from dmt_model.personalize import personalized_many
+
+    v1, v2, _, test = digits
+    seen, later = test[~test["digit"].isin(UNSEEN)].iloc[:60], test.iloc[150:]
+    devices = [seen.iloc[5 * i:5 * i + 3 + i % 5] for i in range(12)]
+    held = [model for model, result in personalized_many(v1, devices)
+            if not result.accepted]
+    assert len(held) == len(devices)  # the premise: each holds v1 as shipped
+
+    def users(rule, new=v2):
+        outcomes = adopted_many(new, held, devices, previous=v1, rule=rule)
+        return ([result.accepted for _, result in outcomes],
+                np.mean([_log_loss(model, later) for model, _ in outcomes]))
+
+    before, before_loss = users(replace(ADOPTION_RULE, as_shipped=None))
+    assert sum(before) <= 3, before  # the reproduced defect
+    now, now_loss = users(ADOPTION_RULE)
+    assert all(now) and now_loss < 0.1 * before_loss, (now_loss, before_loss)
+    wrong = v2.__class__()
+    wrong.CopyFrom(v2)
+    weight, bias, _ = get_weights(wrong, "dense_2")
+    set_weights(wrong, "dense_2", -weight, -bias)  # sure of the wrong digit
+    taken, _ = users(ADOPTION_RULE, wrong)
+    # (one device of 3 records takes it: 99 % asks a paired t of 6.96 on 2 degrees of freedom)
+    assert sum(taken) <= 1, taken
+    assert ADOPTION_RULE.for_device(as_shipped=False) is ADOPTION_RULE
+    assert ADOPTION_RULE.for_device(as_shipped=True).confidence == 0.99
+    with pytest.raises(ValidationError, match="as_shipped"):
+        DecisionRule(as_shipped=1.0)
+
+
 def test_out_of_fold_scores_do_not_depend_on_the_model_that_saw_the_records(digits):
     """With previous=, the personal model's held-out errors are those of previous
     personalized on the training folds, whatever the personal model has become since:

@@ -53,3 +53,28 @@ def test_a_real_regression_runs_once_whatever_the_users_asked(adoption):
     # seed twice)
     assert adoption.runs_asked(["boston", "friedman"], [120, 20]) == [
         (20, "boston"), (120, "friedman"), (20, "friedman")]
+
+
+def test_what_the_users_harmed_in_expectation_lose_is_measured_and_shown(adoption):
+    """Not only how many users a rule moves to a version worse for them in expectation, but
+    how much they lose: their mean rise in expected error and the worst (8 December: the
+    as-shipped rule's trade was judged on it)."""
+    def user(keep, take, mine, moved):
+        return {"never": {"error": keep, "expected": keep, "moved": False},
+                "always": {"error": take, "expected": take, "moved": True},
+                "rule": {"error": mine, "expected": mine, "moved": moved}}
+
+    users = [user(1.0, 1.2, 1.2, True), user(1.0, 1.5, 1.5, True), user(1.0, 0.5, 0.5, True),
+             user(1.0, 0.8, 1.0, False)]
+    row = adoption._summary(users, ["never", "rule"])["rule"]
+    assert row["harmed_expected"] == pytest.approx(0.5)
+    assert row["harmed_loss_expected"] == pytest.approx(0.35)
+    assert row["harmed_loss_worst"] == pytest.approx(0.5)
+    assert adoption._summary(users, ["never"])["never"]["harmed_loss_expected"] is None
+    run = {"task": "adult", "users": 120, "error_name": "log loss",
+           "rules": adoption._summary(users, ["never", "rule"]) | {
+               rule: adoption._summary(users, ["rule"])["rule"] for rule in adoption.RULES
+               if rule != "never"},
+           "gate": {"better": True}, "open_gate": {"better": False}}
+    table = adoption.markdown([run])
+    assert "the harmed lose, expected (mean, worst)" in table and "| 0.35, 0.5 |" in table

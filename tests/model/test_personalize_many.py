@@ -77,12 +77,22 @@ def test_many_classifier_devices_with_a_holdout_each_alone(classifier):  # noqa:
 
 def test_adopting_on_many_devices_is_adopting_on_each_alone(foundation, devices, monkeypatch):
     """previous=, shared records (never scored), the rule from the release or given, and
-    devices split over several passes."""
+    devices split over several passes; the versions held re-personalized at several rates
+    (helper-147: devices holding previous as shipped, one whose model says its update ran
+    ten times slower), and those as shipped asking ADOPTION_RULE's 99 %."""
+    import copy
+
     from dmt_model import personalize
 
     previous = build_spec(foundation, updatable=UpdateSettings())
     calm = [devices[i] for i in (0, 1, 2, 4)]
     currents = [spec for spec, _ in personalized_many(previous, calm, **FAST)]
+    currents[0] = copy.deepcopy(previous)
+    rate = personalize._learning_rate(previous)
+    currents[2].description.metadata.userDefined["dmt.personalized_at"] = str(rate / 10)
+    shipped = personalize._held_as_shipped(previous, currents)
+    assert shipped == [True, True, False, True]  # (device 2 kept an update)
+    assert personalize._held_rates(previous, currents, shipped) == [rate, rate, rate / 10, rate]
     new = build_spec(foundation, updatable=UpdateSettings())
     weight, bias, _ = get_weights(new, "dense_2")
     set_weights(new, "dense_2", weight, bias + 0.3)  # a new version somewhat off
@@ -398,5 +408,8 @@ def test_an_adoption_re_personalizes_the_version_held_at_the_rate_its_model_trai
     for text in ("-inf", "nan", "5", "0", "fast"):  # not a rate Core ML takes
         garbled.append(copy.deepcopy(personal))
         garbled[-1].description.metadata.userDefined["dmt.personalized_at"] = text
-    assert personalize._held_rates(spec, [personal, copy.deepcopy(spec), unsaid, *garbled]) == [
+    held = [personal, copy.deepcopy(spec), unsaid, *garbled]
+    shipped = personalize._held_as_shipped(spec, held)
+    assert shipped == [False, True, False, *[False] * len(garbled)]
+    assert personalize._held_rates(spec, held, shipped) == [
         recorded, rate, None, *[None] * len(garbled)]
