@@ -22,7 +22,7 @@ device applies, measured here as the SDK runs each one (``dmt_model.personalize`
   version and the new one are each personalized on the training folds and scored on the
   held-out fold, no significance asked either way, but of a device holding the previous
   version as shipped (no personal update kept), which declines only where its records
-  show that version better at 99 % (``ADOPTION_RULE.as_shipped``, since 8 December);
+  show that version better at 99 % (``ADOPTION_RULE.as_shipped``, since 083488f);
 * **the same, scored on unshared records only** (``shared_records=``, as the SDK
   recommends): the new version may have trained on what the device shared, so those
   records are trained on but never held out; a device with fewer than 2 unshared records
@@ -216,7 +216,7 @@ LABELS = {
     "even, unshared": "**the same, scored on unshared records only (shared_records=)**",
     "even, unshared, 50 % as shipped": "the same, a device holding the version as shipped "
                                        "declining at 50 % too, not 99 % (ADOPTION_RULE "
-                                       "until 8 December)",
+                                       "until 083488f)",
     "even, unshared, open": "the lower error wins, scored on unshared records, the new "
                             "version re-personalized under the open rule's guard (what a "
                             "release granting the open rule gives, adoption_rule_for)",
@@ -654,7 +654,7 @@ def markdown(runs: list[dict[str, Any]]) -> str:
         if expected:
             header += ["users' mean expected error", "harmed, expected", "missed, expected"]
         losses = expected and "harmed_loss_expected" in mine[0]["rules"]["never"]
-        if losses:  # (runs before 8 December did not measure it)
+        if losses:  # (runs before 083488f did not measure it)
             header += ["the harmed lose, expected (mean, worst)"]
         spread = f", users' spread {mine[0]['spread']:g}" if "spread" in mine[0] else ""
         title = ADOPTION_TASKS[name].title

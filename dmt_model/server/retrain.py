@@ -343,7 +343,8 @@ class ModelRegistry:
         one-sided at ``device_confidence``). A version shown *better*
         (``validation["devices_better"]``) is published with it said in its
         signed release, and devices adopt it unless their own records show it
-        worse (:data:`~dmt_model.personalize.ADOPTION_RULE`): the proxy's
+        worse (:data:`~dmt_model.personalize.ADOPTION_RULE`; at 99 % where a device
+        holds the version it came from as shipped): the proxy's
         validation data cannot see how a version serves users once personalized,
         and one device's few records cannot either. Any other version is refused
         by default. With ``publish_unless_worse=True`` only a version shown

@@ -158,10 +158,23 @@ def test_a_device_holding_the_version_as_shipped_declines_a_version_shown_better
     taken, _ = users(ADOPTION_RULE, wrong)
     # (one device of 3 records takes it: 99 % asks a paired t of 6.96 on 2 degrees of freedom)
     assert sum(taken) <= 1, taken
+    # the release's rule: v2 shown better than v1 on 30 held-out devices, on files
+    from dmt_model.coreml._spec import spec_bytes
+    from dmt_privacy.release import generate_release_key, sign_release, verify_release
+
+    key, model = generate_release_key(), spec_bytes(v2)
+    document = sign_release(model, key, version=2, schema_id="digits", held_out_devices=30,
+                            held_out_baseline=1)
+    shown = verify_release(document, model, [key.verify_key()], installed_version=1)
+    k = before.index(False)  # a device the rule before kept on v1
+    _, result = adopted(v2, held[k], devices[k], previous=v1, release=shown)
+    assert result.accepted, result.reason
     assert ADOPTION_RULE.for_device(as_shipped=False) is ADOPTION_RULE
     assert ADOPTION_RULE.for_device(as_shipped=True).confidence == 0.99
     with pytest.raises(ValidationError, match="as_shipped"):
         DecisionRule(as_shipped=1.0)
+    with pytest.raises(ValidationError, match="prefer='update'"):
+        DecisionRule(as_shipped=0.99)  # asks an update to prove itself: declines nothing
 
 
 def test_out_of_fold_scores_do_not_depend_on_the_model_that_saw_the_records(digits):

@@ -57,7 +57,7 @@ def test_a_real_regression_runs_once_whatever_the_users_asked(adoption):
 
 def test_what_the_users_harmed_in_expectation_lose_is_measured_and_shown(adoption):
     """Not only how many users a rule moves to a version worse for them in expectation, but
-    how much they lose: their mean rise in expected error and the worst (8 December: the
+    how much they lose: their mean rise in expected error and the worst (083488f: the
     as-shipped rule's trade was judged on it)."""
     def user(keep, take, mine, moved):
         return {"never": {"error": keep, "expected": keep, "moved": False},
