@@ -1964,6 +1964,7 @@ def _checked_updates(spec: Any, baselines: Sequence[Any], plans: Sequence[_Updat
     if not plans:
         return []
     grid = plans[0].grid
+    stricter = [False] * len(plans)  # devices as shipped whose rule asks more to decline
     if baseline_from is None:
         befores = [_checks_errors(baseline, plan.checks)
                    for baseline, plan in zip(baselines, plans, strict=True)]
@@ -1973,6 +1974,8 @@ def _checked_updates(spec: Any, baselines: Sequence[Any], plans: Sequence[_Updat
                                            grid, overrides,
                                            rates=_held_rates(baseline_from, baselines, shipped))
         # a device that kept no update of the version it holds asks more to decline another
+        stricter = [held and plan.rule.as_shipped is not None
+                    for plan, held in zip(plans, shipped, strict=True)]
         plans = [replace(plan, rule=plan.rule.for_device(as_shipped=held))
                  for plan, held in zip(plans, shipped, strict=True)]
     out: list[_Verdict | None] = [None] * len(plans)
@@ -2008,10 +2011,15 @@ def _checked_updates(spec: Any, baselines: Sequence[Any], plans: Sequence[_Updat
                     result.reason, rate, tried, why)), stalled and rate > tried[0]
             tried.append(rate)
     decisions = []
-    for (kept, result, _), plan in zip((v for v in out if v is not None), plans, strict=True):
+    for (kept, result, _), plan, as_shipped in zip((v for v in out if v is not None), plans,
+                                                   stricter, strict=True):
         if kept is not None:  # it says which version it was personalized from, at what rate
             _mark_personalized(kept, spec, adoption=not plan.personal, rate=(
                 result.learning_rate or overrides.get("learning_rate") or _learning_rate(spec)))
+        if as_shipped:  # why the rule asked what it did (helper-148)
+            result = dataclasses.replace(result, reason=(
+                f"the device holds the version it came from as shipped, so it declines only "
+                f"at {plan.rule.confidence:.0%}; {result.reason}"))
         decisions.append((kept, dataclasses.replace(result, copies=plan.copies)))
     return decisions
 
