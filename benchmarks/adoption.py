@@ -20,15 +20,15 @@ device applies, measured here as the SDK runs each one (``dmt_model.personalize`
 * **the lower out-of-fold error wins** (``ADOPTION_RULE`` with ``previous=``, what the
   SDK's device applies to a version shown better on held-out devices): the previous
   version and the new one are each personalized on the training folds and scored on the
-  held-out fold, no significance asked either way, but of a device holding the previous
-  version as shipped (no personal update kept), which declines only where its records
-  show that version better at 99 % (``ADOPTION_RULE.as_shipped``, since 083488f);
+  held-out fold, no significance asked either way (but a device holding the previous
+  version as shipped, no personal update kept, declines only where its records show that
+  version better at 99 %: ``ADOPTION_RULE.as_shipped``, since 083488f);
 * **the same, scored on unshared records only** (``shared_records=``, as the SDK
   recommends): the new version may have trained on what the device shared, so those
   records are trained on but never held out; a device with fewer than 2 unshared records
   keeps its model;
-* **the same, a device as shipped declining at 50 % too** (``ADOPTION_RULE`` until 8
-  December, ``as_shipped=None``);
+* **the same, a device as shipped declining at 50 % too** (``ADOPTION_RULE`` until
+  083488f, ``as_shipped=None``);
 * **the same, the new version re-personalized under the open rule's guard** ("..., open";
   since 6 December): what ``adoption_rule_for`` gives a device where the release of a
   version shown better on held-out devices also grants the open rule
