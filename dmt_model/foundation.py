@@ -36,7 +36,7 @@ from __future__ import annotations
 import io
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 
 from dmt_model.features import FeatureBatch, Featurizer
+from dmt_model.model_file import checked_classes_trained
 from dmt_model.tasks import (
     REGRESSION,
     ClassificationMetrics,
@@ -262,13 +263,24 @@ def _build_network(hidden_units: tuple[int, ...], bags: list[tuple[int, int]], n
 
 
 class Foundation:
-    """A trained foundation network with the featurizer it was trained with."""
+    """A trained foundation network with the featurizer it was trained with.
+
+    ``classes_trained``: a classifier's classes (positions in the featurizer's
+    ``classes_``) of which the network was fitted on at least one record, as
+    :func:`fit_foundation` records them; ``None`` where that is not known (a regressor, a
+    network trained elsewhere, as federated learning's is). The Core ML model carries it
+    (``userDefined["dmt.classes_trained"]``): a device holding a version trained on no
+    record of a class the new version covers asks more of its records before it declines
+    the new one (:attr:`dmt_model.personalize.DecisionRule.as_shipped`). It names classes,
+    never counts."""
 
     def __init__(self, featurizer: Featurizer, network: torch.nn.Module,
-                 config: TrainingConfig | None = None) -> None:
+                 config: TrainingConfig | None = None, *,
+                 classes_trained: Sequence[int] | None = None) -> None:
         self.featurizer = featurizer
         self.network: Any = network
         self.config = config or TrainingConfig.for_schema(featurizer.schema)
+        self.classes_trained = checked_classes_trained(featurizer, classes_trained)
 
     @property
     def schema(self) -> Schema:
@@ -323,7 +335,8 @@ class Foundation:
 
         arrays = {f"w:{k}": v.detach().numpy() for k, v in self.network.state_dict().items()}
         meta = {"featurizer": self.featurizer.to_dict(), "config": asdict(self.config),
-                "format": 1}
+                "format": 1, **({} if self.classes_trained is None
+                                else {"classes_trained": list(self.classes_trained)})}
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         buffer = io.BytesIO()
         # What np.savez writes, with a fixed entry date so that the bytes are reproducible.
@@ -355,13 +368,25 @@ class Foundation:
             ) from None
         featurizer = Featurizer.from_dict(meta["featurizer"])
         config = TrainingConfig(**meta["config"])
+        try:
+            classes_trained = checked_classes_trained(featurizer, meta.get("classes_trained"))
+        except ValidationError as exc:
+            raise ModelFileError(f"{path}: {exc}") from None
         network = network_for(featurizer, config.hidden_units)
         try:
             network.load_state_dict(weights)
         except RuntimeError as exc:
             raise ModelFileError(
                 f"{path} does not hold the weights its featurizer describes ({exc}).") from None
-        return cls(featurizer, network, config)
+        return cls(featurizer, network, config, classes_trained=classes_trained)
+
+
+def classes_in(featurizer: Featurizer, target: np.ndarray) -> tuple[int, ...] | None:
+    """The classes ``target`` (a classifier's class positions) holds a record of, for
+    :attr:`Foundation.classes_trained`; ``None`` for a regressor."""
+    if not featurizer.classes_:
+        return None
+    return tuple(int(c) for c in np.unique(np.asarray(target, np.int64)))
 
 
 def train_foundation(
@@ -424,7 +449,8 @@ def fit_foundation(
     network = network_for(featurizer, config.hidden_units)
     if initial is not None:
         network.load_state_dict(initial.network.state_dict())
-    foundation = Foundation(featurizer, network, config)
+    foundation = Foundation(featurizer, network, config,
+                            classes_trained=classes_in(featurizer, target))
     inputs = foundation._tensors(batch)
     optimizer = _rmsprop(network.parameters(), config.learning_rate)
     shuffle = torch.Generator().manual_seed(config.seed)

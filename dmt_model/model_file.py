@@ -22,14 +22,14 @@ import json
 import os
 import re
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dmt_privacy.errors import ModelFileError
+from dmt_privacy.errors import ModelFileError, ValidationError
 
 __all__ = ["FoundationArrays", "read_entries", "read_foundation"]
 
@@ -71,6 +71,8 @@ class FoundationArrays:
     embedding_tables: tuple[np.ndarray, ...]
     dense: tuple[tuple[np.ndarray, np.ndarray], ...]
     config: Mapping[str, Any]
+    #: :attr:`dmt_model.foundation.Foundation.classes_trained`
+    classes_trained: tuple[int, ...] | None = None
 
     @property
     def schema(self) -> Any:
@@ -143,6 +145,7 @@ def read_foundation(path: str | os.PathLike[str]) -> FoundationArrays:
             raise bad(f"format {meta.get('format')!r}, this SDK reads {MODEL_FILE_FORMAT}")
         featurizer = Featurizer.from_dict(meta["featurizer"])
         config = dict(meta.get("config", {}))
+        classes_trained = checked_classes_trained(featurizer, meta.get("classes_trained"))
     except ModelFileError:
         raise
     except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, KeyError, TypeError,
@@ -186,4 +189,26 @@ def read_foundation(path: str | os.PathLike[str]) -> FoundationArrays:
                   f"featurizer gives {width}")
     return FoundationArrays(path=path, featurizer=featurizer,
                             embedding_tables=tuple(tables[i] for i in range(len(tables))),
-                            dense=tuple(layers), config=config)
+                            dense=tuple(layers), config=config,
+                            classes_trained=classes_trained)
+
+
+def checked_classes_trained(featurizer: Any, classes: Sequence[int] | None
+                            ) -> tuple[int, ...] | None:
+    """``classes`` (:attr:`~dmt_model.foundation.Foundation.classes_trained`) as a sorted
+    tuple, checked: distinct positions in ``featurizer``'s classes, and ``None`` for a
+    regressor (``ValidationError`` otherwise)."""
+    if classes is None:
+        return None
+    if not featurizer.classes_:
+        raise ValidationError("classes_trained names a classifier's classes; this model is a "
+                              "regressor: leave it None.")
+    if not isinstance(classes, Sequence) or isinstance(classes, str):
+        raise ValidationError(f"classes_trained must be a list of class positions, got "
+                              f"{classes!r}.")
+    out = tuple(sorted(classes))
+    if not all(type(c) is int and 0 <= c < len(featurizer.classes_) for c in out) or \
+            len(set(out)) != len(out):
+        raise ValidationError(f"classes_trained must hold distinct positions in the model's "
+                              f"{len(featurizer.classes_)} classes, got {list(classes)!r}.")
+    return out

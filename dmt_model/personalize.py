@@ -57,6 +57,7 @@ import dataclasses
 import hashlib
 import hmac
 import itertools
+import json
 import math
 import os
 import threading
@@ -82,7 +83,7 @@ from dmt_model.coreml.evaluate import (
     predict_frame,
     softmax,
 )
-from dmt_model.coreml.export import UpdateSettings, _is_number, _is_whole
+from dmt_model.coreml.export import CLASSES_TRAINED, UpdateSettings, _is_number, _is_whole
 from dmt_model.coreml.validate import validate_updatable
 from dmt_model.coreml.weights import _network, get_weights, set_weights, updatable_layers
 from dmt_model.features import Featurizer
@@ -982,8 +983,8 @@ class DecisionRule:
     label_shift: float | None = None
     #: An adoption by a device that holds the version its personal model comes from as
     #: shipped (``previous=`` given, and no personal update kept: :func:`_held_as_shipped`)
-    #: where, for a classifier, that version all but rules out on the device's records a
-    #: class the new one does not (:func:`_rules_out_a_class`): the confidence at which its
+    #: where, for a classifier, that version was trained on no record of a class the new one
+    #: may cover (:func:`_classes_only_new`): the confidence at which its
     #: records must show that version better to decline the new one, in place of
     #: ``confidence`` (:meth:`for_device`); ``None``: ``confidence``. :data:`ADOPTION_RULE`'s
     #: is 0.99.
@@ -1025,8 +1026,8 @@ class DecisionRule:
 
     def for_device(self, *, as_shipped: bool) -> DecisionRule:
         """The rule a device applies: with ``as_shipped`` (it holds the version its personal
-        model comes from as shipped and, for a classifier, that version all but rules out a
-        class the new one does not: :attr:`as_shipped`), ``confidence`` is
+        model comes from as shipped and, for a classifier, that version was trained on no
+        record of a class the new one may cover: :attr:`as_shipped`), ``confidence`` is
         :attr:`as_shipped` where that is set."""
         if not as_shipped or self.as_shipped is None:
             return self
@@ -1123,13 +1124,13 @@ DEFAULT_RULE = DecisionRule()
 #: version by a hair, which says nothing of what the proxy missed, and digits' decliners
 #: (10 % of devices, all as shipped) then lost 5-16 log loss on a digit the version they
 #: held rules out (``fl_protocol``'s digits, DMT raw users 0.567 -> 0.388). A classifier's
-#: device asks the 99 % only where the version it holds all but rules out, on its records,
-#: a class the new one does not (:func:`_rules_out_a_class`, since 8 December): asked of
+#: device asks the 99 % only where the version it holds was trained on no record of a class
+#: the new one may cover (:func:`_classes_only_new`, since 8 December): asked of
 #: every device as shipped, it moved Adult's users, who differ by their label mix alone and
-#: whose versions rule out neither class, to a version worse for them in expectation twice
-#: as often (8 -> 18 % in the SDK's flow) for no lower mean expected error. A Core ML
-#: model's device only: an ExecuTorch program's weights are not compared
-#: (:func:`_held_as_shipped`).
+#: whose versions were both trained on both classes, to a version worse for them in
+#: expectation twice as often (8 -> 18 % in the SDK's flow) for no lower mean expected
+#: error. A Core ML model's device only: an ExecuTorch program's weights are not compared
+#: (:func:`_held_as_shipped`), nor does it say which classes it was trained on.
 ADOPTION_RULE = DecisionRule(confidence=0.5, prefer="update", as_shipped=0.99)
 #: The rule :func:`adopt_new_version` applies to a version no held-out devices vouched for
 #: (:func:`adoption_rule_for`): released without that claim — under local DP, where the
@@ -1402,35 +1403,57 @@ def _held_as_shipped(previous: Any, currents: Sequence[Any]) -> list[bool]:
             for current in currents]
 
 
-#: A classifier that gives a class under this probability on every record a device holds
-#: all but rules it out there: a record of it would cost that device at least 6.9 log loss,
-#: and no record it holds can show the version's comparison that (:func:`_rules_out_a_class`).
-#: ``fl_protocol``'s proxy versions gave the classes their proxy lacked at most 10^-4.6 on
-#: any user's record (digits) and 10^-5.4 (WordNet topics); Adult's two versions never gave
-#: a class under 0.06 on every record of a device.
-_RULED_OUT = 1e-3
+def _classes_trained(model: Any) -> set[Any] | None:
+    """The classes a Core ML version's network was fitted on a record of, as its
+    ``userDefined[CLASSES_TRAINED]`` says
+    (:attr:`~dmt_model.foundation.Foundation.classes_trained`); ``None`` where it does not
+    say or says nothing readable: a regressor, an ExecuTorch program, a network trained by
+    federated learning or by an earlier SDK."""
+    if _is_program(model):
+        return None
+    text = model.description.metadata.userDefined.get(CLASSES_TRAINED)
+    classes = _reading_featurizer(model).classes_
+    if text is None or not classes:
+        return None
+    try:
+        positions = json.loads(text)
+    except ValueError:
+        return None
+    if not (isinstance(positions, list)
+            and all(type(c) is int and 0 <= c < len(classes) for c in positions)):
+        return None
+    return {classes[c] for c in positions}
 
 
-def _rules_out_a_class(previous: Any, spec: Any, devices: Sequence[Sequence[_Check]]
-                       ) -> list[bool]:
-    """For each device (its checks ``devices[i]``; every record it holds is held out in one
-    of them): whether ``previous``, the version it holds as shipped, all but rules out on its
-    records a class the new version ``spec`` does not: some class ``previous`` gives under
-    :data:`_RULED_OUT` on every record, which ``spec`` gives at least that on one. Its
-    records cannot show what declining costs there, so :attr:`DecisionRule.as_shipped`
-    applies. A regressor's devices: every one (no such test; on ``fl_protocol``'s
-    Friedman #2 the 99 % moved no more users to a version worse for them, 1 % either way,
-    and lowered their mean expected RMSE 94.6 -> 89.8). Both versions predict every
-    device's records in one batch."""
-    if not _reading_featurizer(spec).classes_ or not devices:
-        return [True] * len(devices)
-    frames = [frame for checks in devices for _, frame, _ in checks]
-    whole = frames[0] if len(frames) == 1 else pd.concat(frames)
-    ends = np.cumsum([sum(len(frame) for _, frame, _ in checks) for checks in devices])
-    held, new = (np.split(np.asarray(_predict(model, whole), np.float64), ends[:-1])
-                 for model in (previous, spec))
-    return [bool(np.any((h.max(axis=0) < _RULED_OUT) & (n.max(axis=0) >= _RULED_OUT)))
-            for h, n in zip(held, new, strict=True)]
+def _listed(items: Sequence[Any]) -> str:
+    """``items`` in words: ``7``, ``7 and 8``, ``7, 8 and 9``."""
+    words = [str(item) for item in items]
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
+
+
+def _classes_only_new(previous: Any, spec: Any) -> list[Any] | None:
+    """For a device that holds ``previous`` as shipped and adopts ``spec``: the classes
+    ``previous`` was fitted on no record of while ``spec`` may cover them (it was fitted on
+    a record of each, or does not say which it was, as a federated version does not), in
+    ``spec``'s order; ``[]`` where there are none, or ``previous`` does not say; ``None``
+    for a regressor. The device's records cannot show what declining costs on a record of
+    such a class, which ``previous`` has never learned to give any probability (digits'
+    v1, trained on no 7, 8 or 9, gave them under 10^-4.3 on every user's record), so
+    :attr:`DecisionRule.as_shipped` applies where this is not ``[]`` (a regressor's every
+    device as shipped: on ``adoption.py``'s Friedman #2 the 99 % moved no more users to a
+    version worse for them, 1 % either way, and lowered their mean expected RMSE
+    94.6 -> 89.8). Its classes are the model's, as trained: a confident version that did
+    learn a class gives it a tiny probability on records of others too, which says
+    nothing (helper-149: a test on the device's records fired for 31 of 40 digits devices
+    holding a version trained on every digit)."""
+    classes = _reading_featurizer(spec).classes_
+    if not classes:
+        return None
+    held = _classes_trained(previous)
+    if held is None:
+        return []
+    new = _classes_trained(spec)
+    return [c for c in classes if c not in held and (new is None or c in new)]
 
 
 def _held_rates(previous: Any, currents: Sequence[Any], as_shipped: Sequence[bool]
@@ -2011,13 +2034,11 @@ def _checked_updates(spec: Any, baselines: Sequence[Any], plans: Sequence[_Updat
         befores = _devices_held_out_errors(baseline_from, [plan.checks for plan in plans],
                                            grid, overrides,
                                            rates=_held_rates(baseline_from, baselines, shipped))
-        # a device that kept no update of the version it holds, where that version all but
-        # rules out what the new one does not, asks more to decline it
-        asks = [i for i, (plan, held) in enumerate(zip(plans, shipped, strict=True))
-                if held and plan.rule.as_shipped is not None]
-        blind = _rules_out_a_class(baseline_from, spec, [plans[i].checks for i in asks])
-        for i, held_blind in zip(asks, blind, strict=True):
-            stricter[i] = held_blind
+        # a device that kept no update of the version it holds asks more to decline another,
+        # where that version was trained on no record of a class the new one may cover
+        only_new = _classes_only_new(baseline_from, spec)
+        stricter = [held and plan.rule.as_shipped is not None and only_new != []
+                    for plan, held in zip(plans, shipped, strict=True)]
         plans = [replace(plan, rule=plan.rule.for_device(as_shipped=strict))
                  for plan, strict in zip(plans, stricter, strict=True)]
     out: list[_Verdict | None] = [None] * len(plans)
@@ -2053,8 +2074,9 @@ def _checked_updates(spec: Any, baselines: Sequence[Any], plans: Sequence[_Updat
                     result.reason, rate, tried, why)), stalled and rate > tried[0]
             tried.append(rate)
     decisions = []
-    blind_where = (", which gives a class the new version allows under 0.1 % on every record "
-                   "the device holds" if _reading_featurizer(spec).classes_ else "")
+    only_new = _classes_only_new(baseline_from, spec) if any(stricter) else None
+    untrained = (f", trained on no record of {_listed(only_new)} (the new version may cover "
+                 f"{'them' if len(only_new) > 1 else 'it'})" if only_new else "")
     for (kept, result, _), plan, as_shipped in zip((v for v in out if v is not None), plans,
                                                    stricter, strict=True):
         if kept is not None:  # it says which version it was personalized from, at what rate
@@ -2062,7 +2084,7 @@ def _checked_updates(spec: Any, baselines: Sequence[Any], plans: Sequence[_Updat
                 result.learning_rate or overrides.get("learning_rate") or _learning_rate(spec)))
         if as_shipped:  # why the rule asked what it did (helper-148)
             result = dataclasses.replace(result, reason=(
-                f"the device holds the version it came from as shipped{blind_where}, so it "
+                f"the device holds the version it came from as shipped{untrained}, so it "
                 f"declines only at {plan.rule.confidence:.0%}; {result.reason}"))
         decisions.append((kept, dataclasses.replace(result, copies=plan.copies)))
     return decisions

@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +80,10 @@ from dmt_privacy.files import SHARED_FILE_MODE
 __all__ = ["UpdateSettings", "build_spec", "export_coreml"]
 
 METADATA_FORMAT = "1"
+#: ``userDefined`` key: the classes a classifier's network was fitted on a record of (a JSON
+#: list of positions in its classes; :attr:`~dmt_model.foundation.Foundation.classes_trained`),
+#: absent where that is not known
+CLASSES_TRAINED = "dmt.classes_trained"
 DENSE_PREFIX = "dense_"
 HEAD = "personal_head"
 
@@ -411,6 +416,8 @@ def _describe(spec: Any, foundation: Foundation, *, version: str, description: s
     meta.userDefined["dmt.featurizer"] = featurizer.to_json()
     meta.userDefined["dmt.schema"] = featurizer.schema.to_json()
     meta.userDefined["dmt.schema_id"] = featurizer.schema.schema_id
+    if foundation.classes_trained is not None:
+        meta.userDefined[CLASSES_TRAINED] = json.dumps(list(foundation.classes_trained))
     inputs = {feature.name for feature in spec.description.input}
     for feature in list(spec.description.input) + list(spec.description.trainingInput):
         name = feature.name.removesuffix("_true")

@@ -210,7 +210,9 @@ def _starting_model(simulation: Simulation, strategy: Strategy, foundation: Foun
         if foundation is None:
             config = foundation_config or TrainingConfig.for_schema(
                 schema, seed=strategy.base.seed, records=len(simulation.proxy))
-            return train_foundation(simulation.proxy, schema, config)
+            foundation = train_foundation(simulation.proxy, schema, config)
+        # federated rounds train it further on records the server never sees, so which
+        # classes it was trained on is not known (Foundation.classes_trained)
         return Foundation(foundation.featurizer, copy.deepcopy(foundation.network),
                           foundation.config)
     featurizer = (foundation.featurizer if foundation is not None

@@ -1,0 +1,109 @@
+"""Which classes a foundation was trained on: recorded where it is fitted, carried by its
+file and its Core ML model, dropped where training leaves the server (federated learning),
+and read by an adoption to decide whether a device holding the version as shipped asks
+99 % before declining (``ADOPTION_RULE.as_shipped``; helper-149's review of 69c3dc5: a
+test on how sure the version held is of the device's records could not tell a version
+trained on no 7 from one too sure of its records, and crashed on versions whose class
+lists differ)."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dmt_model.coreml import UpdateSettings, build_spec
+from dmt_model.coreml.export import CLASSES_TRAINED
+from dmt_model.foundation import Foundation, TrainingConfig, train_foundation
+from dmt_model.personalize import ADOPTION_RULE, adopted_many, personalized_many
+from dmt_privacy.errors import ModelFileError, ValidationError
+from dmt_privacy.schema import Field, Schema
+
+QUICK = TrainingConfig(epochs=30, seed=0)
+
+
+def _records(n: int, labels: list[str], seed: int) -> pd.DataFrame:
+    """``n`` records whose label is the quadrant of (x0, x1), of the labels given."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(rng.uniform(-1, 1, (4 * n, 2)), columns=["x0", "x1"])
+    frame["y"] = np.where(frame["x0"] < 0, "a", np.where(frame["x1"] < 0, "b", "c"))
+    return frame[frame["y"].isin(labels)].iloc[:n].reset_index(drop=True)
+
+
+def _schema(categories: tuple[str, ...] | None) -> Schema:
+    return Schema(name="quadrants", fields=(
+        Field("x0", "numeric", bounds=(-1.0, 1.0)), Field("x1", "numeric", bounds=(-1.0, 1.0)),
+        Field("y", "categorical", "target", categories=categories)))
+
+
+def test_a_foundation_records_the_classes_it_was_trained_on(tmp_path):
+    schema = _schema(("a", "b", "c"))
+    model = train_foundation(_records(200, ["a", "b"], 0), schema, QUICK)
+    assert model.classes_trained == (0, 1)
+    path = model.save(tmp_path / "v1.npz")
+    assert Foundation.load(path).classes_trained == (0, 1)
+    spec = build_spec(model, updatable=UpdateSettings())
+    assert json.loads(spec.description.metadata.userDefined[CLASSES_TRAINED]) == [0, 1]
+    # what is not known is not written
+    unknown = Foundation(model.featurizer, model.network, model.config)
+    assert unknown.classes_trained is None
+    assert CLASSES_TRAINED not in build_spec(unknown).description.metadata.userDefined
+    with pytest.raises(ValidationError, match="classes_trained"):
+        Foundation(model.featurizer, model.network, classes_trained=[0, 3])
+    # a file that says something else is refused, not read as another model
+    bad = Foundation(model.featurizer, model.network, model.config)
+    bad.classes_trained = (0, 7)
+    (tmp_path / "bad.npz").write_bytes(bad.to_bytes())
+    with pytest.raises(ModelFileError, match="classes_trained"):
+        Foundation.load(tmp_path / "bad.npz")
+    regressor = train_foundation(_records(50, ["a", "b", "c"], 1).assign(
+        y=lambda f: f["x0"] + f["x1"]), Schema(name="sum", fields=(
+            Field("x0", "numeric", bounds=(-1.0, 1.0)), Field("x1", "numeric", bounds=(-1.0, 1.0)),
+            Field("y", "numeric", "target", bounds=(-2.0, 2.0)))), QUICK)
+    assert regressor.classes_trained is None
+
+
+def test_a_federated_version_does_not_say_which_classes_it_was_trained_on():
+    """Its rounds train on devices' records the server never sees: a start copied from a
+    foundation trained on the proxy must not carry the proxy's classes."""
+    from dmt_model.federated.simulation import _starting_model
+
+    schema = _schema(("a", "b", "c"))
+    proxy = train_foundation(_records(200, ["a", "b"], 0), schema, QUICK)
+
+    simulation = SimpleNamespace(proxy=_records(200, ["a", "b"], 0))
+    strategy = SimpleNamespace(base=SimpleNamespace(seed=0))
+    for foundation in (proxy, None):
+        start = _starting_model(simulation, strategy, foundation, "proxy", schema, QUICK)
+        assert start.classes_trained is None
+
+
+@pytest.mark.parametrize("categories", [("a", "b", "c"), None])
+def test_a_device_as_shipped_asks_99_percent_only_of_a_version_trained_on_no_record_of_a_class(
+        categories):
+    """v1 trained on a and b, v2 on every class. A device holding v1 as shipped asks 99 %
+    before it declines v2 and is told which class it was; one holding v2 as shipped declines
+    v1 at the rule's own 50 % (v1 covers nothing v2 does not). Without declared categories
+    the two versions' class lists differ (['a', 'b'] and ['a', 'b', 'c']): compared by name,
+    not position (helper-149 1: a ValueError before)."""
+    schema = _schema(categories)
+    v1 = build_spec(train_foundation(_records(300, ["a", "b"], 0), schema, QUICK),
+                    updatable=UpdateSettings())
+    v2 = build_spec(train_foundation(_records(300, ["a", "b", "c"], 1), schema, QUICK),
+                    updatable=UpdateSettings())
+    devices = [_records(6, ["a", "b"], 10 + i) for i in range(4)]
+    for held_version, new, named in ((v1, v2, "trained on no record of c (the new version may "
+                                              "cover it), so it declines only at 99%"),
+                                     (v2, v1, None)):
+        held = [model for model, result in personalized_many(held_version, devices)
+                if not result.accepted]
+        assert len(held) == len(devices)  # each holds the version as shipped
+        outcomes = adopted_many(new, held, devices, previous=held_version, rule=ADOPTION_RULE)
+        for _, result in outcomes:
+            if named:
+                assert named in result.reason, result.reason
+            else:
+                assert "as shipped" not in result.reason, result.reason
