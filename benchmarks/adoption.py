@@ -22,7 +22,9 @@ device applies, measured here as the SDK runs each one (``dmt_model.personalize`
   version and the new one are each personalized on the training folds and scored on the
   held-out fold, no significance asked either way (but a device holding the previous
   version as shipped, no personal update kept, declines only where its records show that
-  version better at 99 %: ``ADOPTION_RULE.as_shipped``, since 083488f);
+  version better at 99 %: ``ADOPTION_RULE.as_shipped``, since 083488f; for a classifier,
+  only where that version was trained on no record of a class the new one may cover,
+  since bf3115e);
 * **the same, scored on unshared records only** (``shared_records=``, as the SDK
   recommends): the new version may have trained on what the device shared, so those
   records are trained on but never held out; a device with fewer than 2 unshared records

@@ -381,12 +381,27 @@ class Foundation:
         return cls(featurizer, network, config, classes_trained=classes_trained)
 
 
-def classes_in(featurizer: Featurizer, target: np.ndarray) -> tuple[int, ...] | None:
-    """The classes ``target`` (a classifier's class positions) holds a record of, for
-    :attr:`Foundation.classes_trained`; ``None`` for a regressor."""
-    if not featurizer.classes_:
+def classes_in(featurizer: Featurizer, target: np.ndarray, config: TrainingConfig, *,
+               initial: Foundation | None = None,
+               label_noise: tuple[np.ndarray, np.ndarray] | None = None
+               ) -> tuple[int, ...] | None:
+    """:attr:`Foundation.classes_trained` of a network :func:`fit_foundation` fits on
+    ``target`` (a classifier's class positions): the classes of the rows it trains on (not
+    those early stopping holds out: helper-150 found a class whose only record was held out
+    recorded as trained on), with those ``initial`` was trained on where it warm-starts
+    (its weights still hold them). ``None`` (not known) for a regressor, for a warm start
+    from a network that does not say, and where any label is randomized (``label_noise``
+    with a keep probability below 1): a randomized label names a class its record may not
+    hold."""
+    if not featurizer.classes_ or (initial is not None and initial.classes_trained is None):
         return None
-    return tuple(int(c) for c in np.unique(np.asarray(target, np.int64)))
+    if label_noise is not None and bool(np.any(np.asarray(label_noise[0]) < 1)):
+        return None
+    rows, _ = _early_stopping_split(len(target), config)
+    trained = {int(c) for c in np.unique(np.asarray(target, np.float64)[rows].astype(np.int64))}
+    if initial is not None:  # (its classes_trained is known: above)
+        trained |= set(initial.classes_trained or ())
+    return tuple(sorted(trained))
 
 
 def train_foundation(
@@ -449,8 +464,8 @@ def fit_foundation(
     network = network_for(featurizer, config.hidden_units)
     if initial is not None:
         network.load_state_dict(initial.network.state_dict())
-    foundation = Foundation(featurizer, network, config,
-                            classes_trained=classes_in(featurizer, target))
+    foundation = Foundation(featurizer, network, config, classes_trained=classes_in(
+        featurizer, target, config, initial=initial, label_noise=label_noise))
     inputs = foundation._tensors(batch)
     optimizer = _rmsprop(network.parameters(), config.learning_rate)
     shuffle = torch.Generator().manual_seed(config.seed)

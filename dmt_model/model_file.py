@@ -203,12 +203,10 @@ def checked_classes_trained(featurizer: Any, classes: Sequence[int] | None
     if not featurizer.classes_:
         raise ValidationError("classes_trained names a classifier's classes; this model is a "
                               "regressor: leave it None.")
-    if not isinstance(classes, Sequence) or isinstance(classes, str):
-        raise ValidationError(f"classes_trained must be a list of class positions, got "
-                              f"{classes!r}.")
-    out = tuple(sorted(classes))
-    if not all(type(c) is int and 0 <= c < len(featurizer.classes_) for c in out) or \
-            len(set(out)) != len(out):
-        raise ValidationError(f"classes_trained must hold distinct positions in the model's "
-                              f"{len(featurizer.classes_)} classes, got {list(classes)!r}.")
-    return out
+    if not (isinstance(classes, Sequence) and not isinstance(classes, str) and classes
+            and all(type(c) is int and 0 <= c < len(featurizer.classes_) for c in classes)
+            and len(set(classes)) == len(classes)):
+        raise ValidationError(f"classes_trained must list distinct positions in the model's "
+                              f"{len(featurizer.classes_)} classes, at least one (a network is "
+                              f"trained on a record of some class), got {classes!r}.")
+    return tuple(sorted(classes))

@@ -87,6 +87,7 @@ from dmt_model.coreml.export import CLASSES_TRAINED, UpdateSettings, _is_number,
 from dmt_model.coreml.validate import validate_updatable
 from dmt_model.coreml.weights import _network, get_weights, set_weights, updatable_layers
 from dmt_model.features import Featurizer
+from dmt_model.model_file import checked_classes_trained
 from dmt_model.tasks import PROBABILITY_FLOOR, Task
 from dmt_privacy.errors import (
     DMTError,
@@ -1404,25 +1405,26 @@ def _held_as_shipped(previous: Any, currents: Sequence[Any]) -> list[bool]:
 
 
 def _classes_trained(model: Any) -> set[Any] | None:
-    """The classes a Core ML version's network was fitted on a record of, as its
+    """The classes a Core ML version's network was trained on a record of, as its
     ``userDefined[CLASSES_TRAINED]`` says
     (:attr:`~dmt_model.foundation.Foundation.classes_trained`); ``None`` where it does not
-    say or says nothing readable: a regressor, an ExecuTorch program, a network trained by
-    federated learning or by an earlier SDK."""
+    say: a regressor, an ExecuTorch program, a network trained by federated learning, on
+    randomized labels or by an earlier SDK. A value that does not read as the model's class
+    positions is refused (:class:`ModelFileError`), as a featurizer that does not read is:
+    it sits in the signed model's bytes, and read as "not known" it would change the rule a
+    device applies."""
     if _is_program(model):
         return None
     text = model.description.metadata.userDefined.get(CLASSES_TRAINED)
-    classes = _reading_featurizer(model).classes_
-    if text is None or not classes:
+    featurizer = _reading_featurizer(model)
+    if text is None or not featurizer.classes_:
         return None
     try:
-        positions = json.loads(text)
-    except ValueError:
-        return None
-    if not (isinstance(positions, list)
-            and all(type(c) is int and 0 <= c < len(classes) for c in positions)):
-        return None
-    return {classes[c] for c in positions}
+        positions = checked_classes_trained(featurizer, json.loads(text))
+    except ValueError as exc:  # (ValidationError is one)
+        raise ModelFileError(f"The model's {CLASSES_TRAINED} does not read: {exc} Export it "
+                             "again with this SDK.") from None
+    return {featurizer.classes_[c] for c in positions or ()}
 
 
 def _listed(items: Sequence[Any]) -> str:
@@ -1433,26 +1435,25 @@ def _listed(items: Sequence[Any]) -> str:
 
 def _classes_only_new(previous: Any, spec: Any) -> list[Any] | None:
     """For a device that holds ``previous`` as shipped and adopts ``spec``: the classes
-    ``previous`` was fitted on no record of while ``spec`` may cover them (it was fitted on
-    a record of each, or does not say which it was, as a federated version does not), in
-    ``spec``'s order; ``[]`` where there are none, or ``previous`` does not say; ``None``
-    for a regressor. The device's records cannot show what declining costs on a record of
-    such a class, which ``previous`` has never learned to give any probability (digits'
-    v1, trained on no 7, 8 or 9, gave them under 10^-4.3 on every user's record), so
-    :attr:`DecisionRule.as_shipped` applies where this is not ``[]`` (a regressor's every
+    ``previous`` was trained on no record of while ``spec`` may cover them (it was trained
+    on a record of each, or does not say which it was, as a federated version does not),
+    in ``spec``'s order; ``[]`` where there are none; ``None`` where it cannot be told: a
+    regressor, or a ``previous`` that does not say (:func:`_classes_trained`: an earlier
+    SDK's, a federated one). The device's records cannot show what declining costs on a
+    record of such a class, which ``previous`` never learned to give any probability
+    (digits' v1, trained on no 7, 8 or 9, gave them under 10^-4.3 on every user's record),
+    so :attr:`DecisionRule.as_shipped` applies unless this is ``[]`` (a regressor's every
     device as shipped: on ``adoption.py``'s Friedman #2 the 99 % moved no more users to a
     version worse for them, 1 % either way, and lowered their mean expected RMSE
-    94.6 -> 89.8). Its classes are the model's, as trained: a confident version that did
-    learn a class gives it a tiny probability on records of others too, which says
-    nothing (helper-149: a test on the device's records fired for 31 of 40 digits devices
-    holding a version trained on every digit)."""
+    94.6 -> 89.8; a ``previous`` that does not say, since the digits devices' loss of 5-16
+    on one record outweighs the Adult users' 0.09). Its classes are the model's, as
+    trained: a confident version that did learn a class gives it a tiny probability on
+    records of others too, which says nothing (helper-149: a test on the device's records
+    fired for 31 of 40 digits devices holding a version trained on every digit)."""
     classes = _reading_featurizer(spec).classes_
-    if not classes:
+    held, new = _classes_trained(previous), _classes_trained(spec)  # (each refused first)
+    if not classes or held is None:
         return None
-    held = _classes_trained(previous)
-    if held is None:
-        return []
-    new = _classes_trained(spec)
     return [c for c in classes if c not in held and (new is None or c in new)]
 
 
@@ -2026,17 +2027,18 @@ def _checked_updates(spec: Any, baselines: Sequence[Any], plans: Sequence[_Updat
         return []
     grid = plans[0].grid
     stricter = [False] * len(plans)  # devices as shipped whose rule asks more to decline
+    only_new: list[Any] | None = []
     if baseline_from is None:
         befores = [_checks_errors(baseline, plan.checks)
                    for baseline, plan in zip(baselines, plans, strict=True)]
     else:
+        only_new = _classes_only_new(baseline_from, spec)  # (refuses a model first)
         shipped = _held_as_shipped(baseline_from, baselines)
         befores = _devices_held_out_errors(baseline_from, [plan.checks for plan in plans],
                                            grid, overrides,
                                            rates=_held_rates(baseline_from, baselines, shipped))
         # a device that kept no update of the version it holds asks more to decline another,
         # where that version was trained on no record of a class the new one may cover
-        only_new = _classes_only_new(baseline_from, spec)
         stricter = [held and plan.rule.as_shipped is not None and only_new != []
                     for plan, held in zip(plans, shipped, strict=True)]
         plans = [replace(plan, rule=plan.rule.for_device(as_shipped=strict))
@@ -2074,9 +2076,10 @@ def _checked_updates(spec: Any, baselines: Sequence[Any], plans: Sequence[_Updat
                     result.reason, rate, tried, why)), stalled and rate > tried[0]
             tried.append(rate)
     decisions = []
-    only_new = _classes_only_new(baseline_from, spec) if any(stricter) else None
     untrained = (f", trained on no record of {_listed(only_new)} (the new version may cover "
-                 f"{'them' if len(only_new) > 1 else 'it'})" if only_new else "")
+                 f"{'them' if len(only_new) > 1 else 'it'})" if only_new else
+                 ", which does not say which classes it was trained on"
+                 if _reading_featurizer(spec).classes_ else "")
     for (kept, result, _), plan, as_shipped in zip((v for v in out if v is not None), plans,
                                                    stricter, strict=True):
         if kept is not None:  # it says which version it was personalized from, at what rate
@@ -3739,7 +3742,9 @@ def adopt_new_version(
     device's records show it worse (:data:`ADOPTION_RULE`:
     the lower mean held-out error wins, a tie going to the new version; a device holding
     ``previous`` as shipped, no personal update kept, declines it only where its records
-    show ``previous`` better at 99 %: :attr:`DecisionRule.as_shipped`). Any
+    show ``previous`` better at 99 %, if ``previous`` is a classifier trained on no record
+    of a class the new version may cover or does not say which it was trained on:
+    :attr:`DecisionRule.as_shipped`). Any
     other version, and any version when ``release`` is not given, must show it
     is better on the device's records, significantly at 99 % (:data:`UNCHECKED_RULE`).
     Where the release also grants the new version's devices the open rule

@@ -344,7 +344,8 @@ class ModelRegistry:
         (``validation["devices_better"]``) is published with it said in its
         signed release, and devices adopt it unless their own records show it
         worse (:data:`~dmt_model.personalize.ADOPTION_RULE`; at 99 % where a device
-        holds the version it came from as shipped): the proxy's
+        holds the version it came from as shipped and, for a classifier, that version
+        was trained on no record of a class the new one may cover): the proxy's
         validation data cannot see how a version serves users once personalized,
         and one device's few records cannot either. Any other version is refused
         by default. With ``publish_unless_worse=True`` only a version shown

@@ -9,6 +9,7 @@ lists differ)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -17,7 +18,8 @@ import pytest
 
 from dmt_model.coreml import UpdateSettings, build_spec
 from dmt_model.coreml.export import CLASSES_TRAINED
-from dmt_model.foundation import Foundation, TrainingConfig, train_foundation
+from dmt_model.foundation import Foundation, TrainingConfig, fit_foundation, train_foundation
+from dmt_model.model_file import read_foundation
 from dmt_model.personalize import ADOPTION_RULE, adopted_many, personalized_many
 from dmt_privacy.errors import ModelFileError, ValidationError
 from dmt_privacy.schema import Field, Schema
@@ -53,12 +55,17 @@ def test_a_foundation_records_the_classes_it_was_trained_on(tmp_path):
     assert CLASSES_TRAINED not in build_spec(unknown).description.metadata.userDefined
     with pytest.raises(ValidationError, match="classes_trained"):
         Foundation(model.featurizer, model.network, classes_trained=[0, 3])
-    # a file that says something else is refused, not read as another model
-    bad = Foundation(model.featurizer, model.network, model.config)
-    bad.classes_trained = (0, 7)
-    (tmp_path / "bad.npz").write_bytes(bad.to_bytes())
-    with pytest.raises(ModelFileError, match="classes_trained"):
-        Foundation.load(tmp_path / "bad.npz")
+    # a file that says something else is refused, not read as another model (helper-150 4)
+    with pytest.raises(ValidationError, match="classes_trained"):
+        Foundation(model.featurizer, model.network, classes_trained=[])
+    for forged in ([0, 7], [None, 1], [0, 0], "01"):
+        bad = Foundation(model.featurizer, model.network, model.config)
+        bad.classes_trained = forged  # type: ignore[assignment]
+        (tmp_path / "bad.npz").write_bytes(bad.to_bytes())
+        with pytest.raises(ModelFileError, match="classes_trained"):
+            Foundation.load(tmp_path / "bad.npz")
+        with pytest.raises(ModelFileError, match="classes_trained"):
+            read_foundation(tmp_path / "bad.npz")
     regressor = train_foundation(_records(50, ["a", "b", "c"], 1).assign(
         y=lambda f: f["x0"] + f["x1"]), Schema(name="sum", fields=(
             Field("x0", "numeric", bounds=(-1.0, 1.0)), Field("x1", "numeric", bounds=(-1.0, 1.0)),
@@ -107,3 +114,72 @@ def test_a_device_as_shipped_asks_99_percent_only_of_a_version_trained_on_no_rec
                 assert named in result.reason, result.reason
             else:
                 assert "as shipped" not in result.reason, result.reason
+
+
+def test_only_the_classes_a_network_was_fitted_on_are_named():
+    """helper-150 2 and 3: a class whose only records early stopping held out was named,
+    though the network never trained on it; randomized labels (k-RR) name classes no record
+    may hold, so such a version does not say; a warm start keeps what the network it
+    starts from was trained on."""
+    schema = _schema(("a", "b", "c"))
+    frame = pd.concat([_records(300, ["a", "b"], 0), _records(1, ["c"], 1)], ignore_index=True)
+    stopping = TrainingConfig(epochs=5, seed=4, early_stopping=0.1)
+    held_out = np.random.default_rng(4).permutation(len(frame))[:round(0.1 * len(frame))]
+    assert len(frame) - 1 in held_out  # the premise: the only c is held out at this seed
+    assert train_foundation(frame, schema, stopping).classes_trained == (0, 1)
+    assert train_foundation(frame, schema, replace(stopping, seed=0)).classes_trained == (
+        0, 1, 2)
+    model = train_foundation(frame.iloc[:300], schema, QUICK)
+    batch, target = model.featurizer.transform(frame), model.featurizer.target_values(frame)
+    keep = np.full(len(target), 0.8)
+    noisy = fit_foundation(model.featurizer, batch, target, QUICK,
+                           label_noise=(keep, np.full(len(target), 0.1)))
+    assert noisy.classes_trained is None
+    clean = fit_foundation(model.featurizer, batch, target, QUICK,
+                           label_noise=(np.ones(len(target)), np.zeros(len(target))))
+    assert clean.classes_trained == (0, 1, 2)
+    every = train_foundation(frame, schema, QUICK)
+    first = frame.iloc[:300]  # no c
+    batch, target = every.featurizer.transform(first), every.featurizer.target_values(first)
+    warm = fit_foundation(every.featurizer, batch, target, QUICK, initial=every)
+    assert warm.classes_trained == (0, 1, 2)
+    assert fit_foundation(every.featurizer, batch, target, QUICK).classes_trained == (0, 1)
+    unknown = Foundation(every.featurizer, every.network, every.config)
+    assert fit_foundation(every.featurizer, batch, target, QUICK,
+                          initial=unknown).classes_trained is None
+
+
+def test_a_version_that_does_not_say_is_held_to_the_99_percent_and_a_forged_one_is_refused():
+    """helper-150 1: a version held as shipped that does not say which classes it was
+    trained on (an earlier SDK's, a federated one) may lack any, and its devices ask 99 %,
+    as every device as shipped did before; a new version that does not say may cover any.
+    A value that does not read is refused, nothing adopted (helper-150 4)."""
+    from dmt_model.personalize import _classes_only_new
+
+    schema = _schema(("a", "b", "c"))
+    v1 = build_spec(train_foundation(_records(300, ["a", "b"], 0), schema, QUICK),
+                    updatable=UpdateSettings())
+    v2 = build_spec(train_foundation(_records(300, ["a", "b", "c"], 1), schema, QUICK),
+                    updatable=UpdateSettings())
+
+    def without(spec, value=None):
+        copy = spec.__class__()
+        copy.CopyFrom(spec)
+        del copy.description.metadata.userDefined[CLASSES_TRAINED]
+        if value is not None:
+            copy.description.metadata.userDefined[CLASSES_TRAINED] = value
+        return copy
+
+    assert _classes_only_new(v1, v2) == ["c"] and _classes_only_new(v2, v1) == []
+    assert _classes_only_new(v1, without(v2)) == ["c"]  # may cover it
+    assert _classes_only_new(without(v1), v2) is None  # may lack any: 99 %
+    devices = [_records(6, ["a", "b"], 10 + i) for i in range(3)]
+    legacy = without(v1)
+    held = [model for model, _ in personalized_many(legacy, devices)]
+    for _, result in adopted_many(v2, held, devices, previous=legacy, rule=ADOPTION_RULE):
+        assert "which does not say which classes it was trained on, so it declines only at " \
+               "99%" in result.reason, result.reason
+    for forged in ("[]", "[0, 0]", "[3]", "a"):
+        with pytest.raises(ModelFileError, match="classes_trained"):
+            adopted_many(without(v2, forged), held, devices, previous=legacy,
+                         rule=ADOPTION_RULE)
