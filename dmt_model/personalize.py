@@ -2076,10 +2076,12 @@ def _checked_updates(spec: Any, baselines: Sequence[Any], plans: Sequence[_Updat
                     result.reason, rate, tried, why)), stalled and rate > tried[0]
             tried.append(rate)
     decisions = []
-    untrained = (f", trained on no record of {_listed(only_new)} (the new version may cover "
-                 f"{'them' if len(only_new) > 1 else 'it'})" if only_new else
-                 ", which does not say which classes it was trained on"
-                 if _reading_featurizer(spec).classes_ else "")
+    untrained = ""  # (read only where a device asked more: a regressor's reason says none)
+    if only_new:
+        untrained = (f", trained on no record of {_listed(only_new)} (the new version may "
+                     f"cover {'them' if len(only_new) > 1 else 'it'})")
+    elif any(stricter) and _reading_featurizer(spec).classes_:
+        untrained = ", which does not say which classes it was trained on"
     for (kept, result, _), plan, as_shipped in zip((v for v in out if v is not None), plans,
                                                    stricter, strict=True):
         if kept is not None:  # it says which version it was personalized from, at what rate
