@@ -381,10 +381,10 @@ class Foundation:
         return cls(featurizer, network, config, classes_trained=classes_trained)
 
 
-def classes_in(featurizer: Featurizer, target: np.ndarray, config: TrainingConfig, *,
-               initial: Foundation | None = None,
-               label_noise: tuple[np.ndarray, np.ndarray] | None = None
-               ) -> tuple[int, ...] | None:
+def _classes_fitted(featurizer: Featurizer, target: np.ndarray, config: TrainingConfig, *,
+                    initial: Foundation | None = None,
+                    label_noise: tuple[np.ndarray, np.ndarray] | None = None
+                    ) -> tuple[int, ...] | None:
     """:attr:`Foundation.classes_trained` of a network :func:`fit_foundation` fits on
     ``target`` (a classifier's class positions): the classes of the rows it trains on (not
     those early stopping holds out: helper-150 found a class whose only record was held out
@@ -464,7 +464,7 @@ def fit_foundation(
     network = network_for(featurizer, config.hidden_units)
     if initial is not None:
         network.load_state_dict(initial.network.state_dict())
-    foundation = Foundation(featurizer, network, config, classes_trained=classes_in(
+    foundation = Foundation(featurizer, network, config, classes_trained=_classes_fitted(
         featurizer, target, config, initial=initial, label_noise=label_noise))
     inputs = foundation._tensors(batch)
     optimizer = _rmsprop(network.parameters(), config.learning_rate)
