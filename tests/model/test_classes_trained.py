@@ -183,3 +183,30 @@ def test_a_version_that_does_not_say_is_held_to_the_99_percent_and_a_forged_one_
         with pytest.raises(ModelFileError, match="classes_trained"):
             adopted_many(without(v2, forged), held, devices, previous=legacy,
                          rule=ADOPTION_RULE)
+
+
+def test_a_small_device_as_shipped_declines_a_version_that_rules_out_its_own_labels():
+    """helper-148 1: on 2 or 3 records the 99 % asks a paired t of -31.8 or -6.96, so a
+    device holding a version trained on no record of a class all but never declines: 11 of
+    12 two-record devices and 12 of 12 three-record ones took a v2 whose last layer was
+    negated. Where the new version gives one of the device's records its own label under
+    0.1 % and the version held does not, the records show what adopting costs: the device
+    decides at the rule's own 50 %, and says so."""
+    from dmt_model.coreml.weights import get_weights, set_weights
+
+    schema = _schema(("a", "b", "c"))
+    v1 = build_spec(train_foundation(_records(300, ["a", "b"], 0), schema, QUICK),
+                    updatable=UpdateSettings())
+    wrong = build_spec(train_foundation(_records(300, ["a", "b", "c"], 1), schema, QUICK),
+                       updatable=UpdateSettings())
+    weights, bias, _ = get_weights(wrong, "dense_2")
+    set_weights(wrong, "dense_2", -weights, bias if bias is None else -bias)
+    for size in (2, 3):
+        devices = [_records(size, ["a", "b"], 10 + i) for i in range(12)]
+        held = [model for model, _ in personalized_many(v1, devices)]
+        for _, result in adopted_many(wrong, held, devices, previous=v1, rule=ADOPTION_RULE):
+            assert not result.accepted, result.reason
+            assert "trained on no record of c (the new version may cover it), but the new " \
+                   "version gives" in result.reason, result.reason
+            assert "own label under 0.1% where that version does not, so it declines at " \
+                   "50%" in result.reason, result.reason
