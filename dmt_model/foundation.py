@@ -63,6 +63,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CLASSIFIER_TRAINING",
     "EARLY_STOPPING_MIN_HELD_OUT",
+    "NAME_CLASSES_FROM",
     "REGRESSION_TRAINING",
     "Foundation",
     "Metrics",
@@ -381,24 +382,46 @@ class Foundation:
         return cls(featurizer, network, config, classes_trained=classes_trained)
 
 
+#: How many packages must hold a record of a class the server's own records hold none of
+#: before a version trained on them names it (:attr:`Foundation.classes_trained`,
+#: :func:`fit_foundation`'s ``name_classes_from``). The Core ML model states its classes to
+#: every device: a class named from one user's shared record told them all that someone
+#: shared one (helper-150 5). A class fewer packages hold is learned from too few records to
+#: count as covered, and the version does not name it. 5: the k of the SDK's examples'
+#: ``ServerPolicy(min_k=5)``.
+NAME_CLASSES_FROM = 5
+
+
 def _classes_fitted(featurizer: Featurizer, target: np.ndarray, config: TrainingConfig, *,
                     initial: Foundation | None = None,
-                    label_noise: tuple[np.ndarray, np.ndarray] | None = None
-                    ) -> tuple[int, ...] | None:
+                    label_noise: tuple[np.ndarray, np.ndarray] | None = None,
+                    sources: np.ndarray | None = None,
+                    name_classes_from: int = NAME_CLASSES_FROM) -> tuple[int, ...] | None:
     """:attr:`Foundation.classes_trained` of a network :func:`fit_foundation` fits on
     ``target`` (a classifier's class positions): the classes of the rows it trains on (not
     those early stopping holds out: helper-150 found a class whose only record was held out
     recorded as trained on), with those ``initial`` was trained on where it warm-starts
-    (its weights still hold them). ``None`` (not known) for a regressor, for a warm start
-    from a network that does not say, and where any label is randomized (``label_noise``
-    with a keep probability below 1): a randomized label names a class its record may not
-    hold."""
+    (its weights still hold them). With ``sources`` (each row's package number, -1 for the
+    server's own records), a class no row of the server's own trains on is named only where
+    rows of at least ``name_classes_from`` packages do. ``None`` (not known) for a
+    regressor, for a warm start from a network that does not say, and where any label is
+    randomized (``label_noise`` with a keep probability below 1): a randomized label names
+    a class its record may not hold."""
     if not featurizer.classes_ or (initial is not None and initial.classes_trained is None):
         return None
     if label_noise is not None and bool(np.any(np.asarray(label_noise[0]) < 1)):
         return None
     rows, _ = _early_stopping_split(len(target), config)
-    trained = {int(c) for c in np.unique(np.asarray(target, np.float64)[rows].astype(np.int64))}
+    classes = np.asarray(target, np.float64)[rows].astype(np.int64)
+    if sources is None:
+        trained = {int(c) for c in np.unique(classes)}
+    else:
+        source = np.asarray(sources, np.int64)[rows]
+        own, shared = source < 0, source >= 0
+        trained = {int(c) for c in np.unique(classes[own])}
+        pairs = np.unique(np.stack([classes[shared], source[shared]]), axis=1)
+        held, packages = np.unique(pairs[0], return_counts=True)
+        trained |= {int(c) for c in held[packages >= name_classes_from]}
     if initial is not None:  # (its classes_trained is known: above)
         trained |= set(initial.classes_trained or ())
     return tuple(sorted(trained))
@@ -434,6 +457,8 @@ def fit_foundation(
     initial: Foundation | None = None,
     sample_weight: np.ndarray | None = None,
     label_noise: tuple[np.ndarray, np.ndarray] | None = None,
+    sources: np.ndarray | None = None,
+    name_classes_from: int = NAME_CLASSES_FROM,
     on_epoch_end: Callable[[int, float], None] | None = None,
 ) -> Foundation:
     """Train the foundation network on features already computed by ``featurizer``.
@@ -444,6 +469,11 @@ def fit_foundation(
     the weighted mean ``Σ w · loss / Σ w``. ``label_noise`` (classification:
     per-record keep and flip probabilities of randomized response, 1 and 0
     for a clean label) trains with the forward correction (:mod:`dmt_model.tasks`).
+    ``sources`` (one integer per record: the number of the package it came in, -1 for the
+    server's own records; ``None``: every record is the server's own) and
+    ``name_classes_from`` say which classes the version names
+    (:attr:`Foundation.classes_trained`): a class only shared records hold is named once
+    records of ``name_classes_from`` packages train (:data:`NAME_CLASSES_FROM`).
     """
     torch = _import_torch()
     if config is None:
@@ -452,6 +482,12 @@ def fit_foundation(
         raise ValidationError(
             f"Need as many targets as records, and at least one: got {len(batch)} records "
             f"and {len(target)} targets.")
+    if not (type(name_classes_from) is int and name_classes_from >= 1):
+        raise ValidationError(f"name_classes_from must be an integer of at least 1 (packages), "
+                              f"got {name_classes_from!r}.")
+    if sources is not None and np.shape(sources) != (len(target),):
+        raise ValidationError(f"sources must hold one package number per record "
+                              f"({len(target)}), got shape {np.shape(sources)}.")
     weight = None
     if sample_weight is not None:
         weight = np.asarray(sample_weight, dtype=np.float32)
@@ -465,7 +501,8 @@ def fit_foundation(
     if initial is not None:
         network.load_state_dict(initial.network.state_dict())
     foundation = Foundation(featurizer, network, config, classes_trained=_classes_fitted(
-        featurizer, target, config, initial=initial, label_noise=label_noise))
+        featurizer, target, config, initial=initial, label_noise=label_noise, sources=sources,
+        name_classes_from=name_classes_from))
     inputs = foundation._tensors(batch)
     optimizer = _rmsprop(network.parameters(), config.learning_rate)
     shuffle = torch.Generator().manual_seed(config.seed)

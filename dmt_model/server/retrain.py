@@ -37,7 +37,7 @@ import pandas as pd
 from dmt_model._non_finite import refuse_non_finite
 from dmt_model.coreml import UpdateSettings, export_coreml
 from dmt_model.features import FeatureBatch
-from dmt_model.foundation import Foundation, TrainingConfig, fit_foundation
+from dmt_model.foundation import NAME_CLASSES_FROM, Foundation, TrainingConfig, fit_foundation
 from dmt_privacy.errors import ModelFileError, ValidationError, warn_caller
 from dmt_privacy.files import write_atomically
 from dmt_privacy.release import ReleaseSigningKey, release_file_name, sign_release
@@ -107,6 +107,7 @@ def retrain_foundation(
     *,
     warm_start: bool = False,
     weigh_by_noise: bool = True,
+    name_classes_from: int = NAME_CLASSES_FROM,
     on_epoch_end: Callable[[int, float], None] | None = None,
 ) -> Foundation:
     """Train a new foundation on ``proxy`` plus the ``shared`` records, as received.
@@ -119,12 +120,32 @@ def retrain_foundation(
     under randomized response is learned with the forward correction
     (:mod:`dmt_model.tasks`), with the keep and flip probabilities of its
     receipt.
+
+    The version names the classes it was trained on
+    (:attr:`~dmt_model.foundation.Foundation.classes_trained`, stated to every device by its
+    Core ML model): the proxy's, and a class only shared records hold once records of
+    ``name_classes_from`` packages hold it (:data:`~dmt_model.foundation.NAME_CLASSES_FROM`);
+    batches with one ``package_id`` count as one package, and each batch without one as
+    its own.
     """
     features, target, weight, label_noise = training_set(
         previous, proxy, shared, weigh_by_noise=weigh_by_noise, label_noise=True)
     return fit_foundation(previous.featurizer, features, target, config or previous.config,
                           initial=previous if warm_start else None, sample_weight=weight,
-                          label_noise=label_noise, on_epoch_end=on_epoch_end)
+                          label_noise=label_noise, sources=_sources(proxy, shared),
+                          name_classes_from=name_classes_from, on_epoch_end=on_epoch_end)
+
+
+def _sources(proxy: pd.DataFrame, shared: Sequence[SharedBatch]) -> np.ndarray:
+    """Each record's package number in :func:`training_set`'s order: -1 for the proxy's,
+    one number per ``package_id`` (each batch without one its own)."""
+    numbers: dict[str, int] = {}
+    parts = [np.full(len(proxy), -1, np.int64)]
+    for i, batch in enumerate(shared):
+        if len(batch.records):
+            key = batch.package_id or f"\0batch {i}"  # (no package id holds a NUL)
+            parts.append(np.full(len(batch.records), numbers.setdefault(key, len(numbers))))
+    return np.concatenate(parts)
 
 
 def _label_noise(featurizer: Any, receipt: Any) -> tuple[float, float]:

@@ -210,3 +210,34 @@ def test_a_small_device_as_shipped_declines_a_version_that_rules_out_its_own_lab
                    "version gives" in result.reason, result.reason
             assert "own label under 0.1% where that version does not, so it declines at " \
                    "50%" in result.reason, result.reason
+
+
+def test_a_retrained_version_names_a_shared_class_only_once_enough_packages_hold_it():
+    """helper-150 5: a version retrained on raw or k-anonymous shares named a class only one
+    user's shared record held, telling every device that someone shared one. It names the
+    proxy's classes and a shared class only once ``name_classes_from`` packages (5 unless
+    told) hold a record of it that trains; batches of one package id count once."""
+    from dmt_model.server.retrain import SharedBatch, retrain_foundation
+
+    schema = _schema(("a", "b", "c"))
+    proxy = _records(200, ["a", "b"], 0)
+    v1 = train_foundation(proxy, schema, QUICK)
+    c = _records(6, ["c"], 1)
+
+    def named(batches, **kw):
+        return retrain_foundation(v1, proxy, batches, QUICK, **kw).classes_trained
+
+    ab = SharedBatch(_records(4, ["a", "b"], 2), package_id="p-ab")
+    assert named([ab, SharedBatch(c.iloc[:1], package_id="p0")]) == (0, 1)
+    four = [SharedBatch(c.iloc[i:i + 1], package_id=f"p{i}") for i in range(4)]
+    assert named([ab, *four]) == (0, 1)
+    assert named([ab, *four, SharedBatch(c.iloc[4:5], package_id="p4")]) == (0, 1, 2)
+    # one package's records in several batches are one package; batches without an id each one
+    assert named([*four, SharedBatch(c.iloc[4:6], package_id="p3")]) == (0, 1)
+    assert named([SharedBatch(c.iloc[i:i + 1]) for i in range(5)]) == (0, 1, 2)
+    assert named([ab, *four], name_classes_from=4) == (0, 1, 2)
+    # the proxy's own classes are named whoever else holds them
+    assert retrain_foundation(v1, pd.concat([proxy, c.iloc[:1]], ignore_index=True), [],
+                              QUICK).classes_trained == (0, 1, 2)
+    with pytest.raises(ValidationError, match="name_classes_from"):
+        named([ab], name_classes_from=0)
