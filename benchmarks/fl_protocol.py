@@ -568,7 +568,7 @@ def modified(sim: Simulation, task: ProtocolTask, seed: int) -> list[Any]:
                                                                  + [i] * (i > 0))
                                       for i, key in enumerate(draws)})
             records[name] = list(transformer.transform(list(records[name])))
-        batches.append(SharedBatch(records))
+        batches.append(SharedBatch(records, package_id=str(user.user_id)))
     return batches
 
 

@@ -137,8 +137,10 @@ def share(sim, *, k: int | None = None, epsilon: float | None = None, seed: int 
                                                 package_column="_package")
         info["quarantined"] = len(quarantined)
         shared = released
-    if epsilon is None:
-        return [SharedBatch(shared.drop(columns="_package"))], info
+    if epsilon is None:  # one batch per package, as the server's shared_batches gives them
+        return [SharedBatch(records.drop(columns="_package"), package_id=str(package))
+                for package, records in shared.groupby("_package", sort=False)
+                ] or [SharedBatch(shared.drop(columns="_package"))], info  # (none released)
     # Every field but the insensitive ones is perturbed (quasi-identifiers already
     # generalized under k are not): a sensitive field left as it was would void the user-level
     # ε the row states.
@@ -161,7 +163,7 @@ def share(sim, *, k: int | None = None, epsilon: float | None = None, seed: int 
         received = records.drop(columns="_package").copy()
         for f in fields:
             received[f] = release.data[f].to_numpy()
-        batches.append(SharedBatch(received, receipt=release.receipt))
+        batches.append(SharedBatch(received, receipt=release.receipt, package_id=str(package)))
     info["user_epsilon"] = max(charged)
     return batches, info
 
