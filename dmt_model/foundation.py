@@ -273,7 +273,9 @@ class Foundation:
     (``userDefined["dmt.classes_trained"]``): a device holding a version trained on no
     record of a class the new version covers asks more of its records before it declines
     the new one (:attr:`dmt_model.personalize.DecisionRule.as_shipped`). It names classes,
-    never counts."""
+    never counts, and a retrained version names a class only shared records hold once
+    records of :data:`NAME_CLASSES_FROM` packages do (:func:`fit_foundation`'s
+    ``sources``)."""
 
     def __init__(self, featurizer: Featurizer, network: torch.nn.Module,
                  config: TrainingConfig | None = None, *,

@@ -988,7 +988,8 @@ class DecisionRule:
     #: may cover (:func:`_classes_only_new`): the confidence at which its
     #: records must show that version better to decline the new one, in place of
     #: ``confidence`` (:meth:`for_device`); ``None``: ``confidence``. :data:`ADOPTION_RULE`'s
-    #: is 0.99.
+    #: is 0.99. Not where the new version as shipped is far worse than the version held on
+    #: most of the device's records (:func:`_far_worse_on`).
     as_shipped: float | None = None
 
     def __post_init__(self) -> None:
@@ -1130,8 +1131,12 @@ DEFAULT_RULE = DecisionRule()
 #: every device as shipped, it moved Adult's users, who differ by their label mix alone and
 #: whose versions were both trained on both classes, to a version worse for them in
 #: expectation twice as often (8 -> 18 % in the SDK's flow) for no lower mean expected
-#: error. A Core ML model's device only: an ExecuTorch program's weights are not compared
-#: (:func:`_held_as_shipped`), nor does it say which classes it was trained on.
+#: error. Nor where the new version as shipped is far worse than the version held on most
+#: of the device's records (:func:`_far_worse_on`, since 8 December): they then show what
+#: adopting costs, and on 2 or 3 records the 99 % let 23 of 24 devices take a version whose
+#: last layer was negated (three-class quadrant data; 4 of 24 on digits). A Core ML model's
+#: device only: an ExecuTorch program's weights are not compared (:func:`_held_as_shipped`),
+#: nor does it say which classes it was trained on.
 ADOPTION_RULE = DecisionRule(confidence=0.5, prefer="update", as_shipped=0.99)
 #: The rule :func:`adopt_new_version` applies to a version no held-out devices vouched for
 #: (:func:`adoption_rule_for`): released without that claim — under local DP, where the
@@ -1457,30 +1462,58 @@ def _classes_only_new(previous: Any, spec: Any) -> list[Any] | None:
     return [c for c in classes if c not in held and (new is None or c in new)]
 
 
-#: The probability under which a version all but rules out a label: a device that holds the
-#: version as shipped decides at its rule's own confidence where the new version gives one
-#: of its records' own label less (:func:`_own_labels_ruled_out`). digits' v1, trained on no
-#: 7, 8 or 9, gave them under 10^-4.3 on every user's record.
-_RULED_OUT = 1e-3
+#: How much higher, in log loss, the new version's must be than the version held's on more
+#: than half of a device's scored records for the device to decide at its rule's own
+#: confidence rather than :attr:`DecisionRule.as_shipped`'s (:func:`_far_worse_on`): 1, the
+#: new version giving their own labels under 1/e of the probability the version held gives.
+_FAR_WORSE = 1.0
 
 
-def _own_labels_ruled_out(spec: Any, held: Any, checks: Sequence[_Check]) -> int:
-    """How many of the records ``checks`` score a classifier ``spec`` gives their own label a
-    probability under :data:`_RULED_OUT` while ``held``, the version the device holds as
-    shipped, does not (0 for a regressor).
+def _far_worse_on(spec: Any, held: Any, checks: Sequence[_Check]) -> int:
+    """How many of the records ``checks`` score a classifier ``spec``, as shipped, gives a log
+    loss more than :data:`_FAR_WORSE` above ``held``'s, the version the device holds as
+    shipped, where that is more than half of them; else 0 (and for a regressor).
 
     :attr:`DecisionRule.as_shipped`'s 99 % is asked because the device's records cannot show
-    what declining costs on a class the version held never learned; these records show what
-    adopting costs, on the same scale. On 2 or 3 records the 99 % asks a paired t of -31.8
-    or -6.96: 11 of 12 two-record devices and 12 of 12 three-record ones took a new version
-    whose last layer was negated (helper-148 1). On ``fl_protocol``'s DMT raw v2 of seed 0
-    (8 December, a probe) this held for no digits device, 1 % of text's and none of
-    Synthetic's."""
+    what declining costs on a class the version held never learned; where the new version
+    is far worse on most of them, they show what adopting costs. On 2 or 3 records the 99 %
+    asks a paired t of -31.8 or -6.96: on three-class quadrant data 11 of 12 two-record
+    devices and 12 of 12 three-record ones took a new version whose last layer was negated
+    (helper-148 1; on digits 3 of 12 and 1 of 12). A first form (2f07125) asked one record
+    whose own label the new version gave under 0.1 % (the version held not): helper-151
+    found it turned digits devices away from a version better on every digit for one
+    ambiguous record (0.5 % of records, so about 1 % of 2-record devices, 3 % of 6-record
+    ones) and let a version negated and scaled by 0.2, wrong without being sure, through
+    on 11 of 12 two-record devices; the majority of records 1 higher caught 98-100 % of such
+    broken versions and fired for no device on versions trained on every digit."""
     if not _reading_featurizer(spec).classes_:
         return 0
-    limit = -math.log(_RULED_OUT)
-    new, old = _checks_errors(spec, checks), _checks_errors(held, checks)
-    return int(np.count_nonzero((new > limit) & (old <= limit)))
+    gap = _checks_errors(spec, checks) - _checks_errors(held, _in_classes_of(held, spec, checks))
+    worse = int(np.count_nonzero(gap > _FAR_WORSE))
+    return worse if 2 * worse > len(gap) else 0
+
+
+def _in_classes_of(model: Any, spec: Any, checks: Sequence[_Check]) -> list[_Check]:
+    """``checks``, whose labels are positions in ``spec``'s classes, with their labels as
+    positions in ``model``'s: versions trained apart without the target's categories
+    declared list different classes, and one scored on the other's positions read another
+    class's probability (helper-151 3: a log loss of 16 where the version gave the record's
+    class all but 1). A record of a class ``model`` has no output for is refused, naming
+    it: the version cannot be scored on it."""
+    new, held = _reading_featurizer(spec).classes_, _reading_featurizer(model).classes_
+    if list(new) == list(held):
+        return list(checks)
+    position = {label: i for i, label in enumerate(held)}
+    labels = {new[int(v)] for _, _, y in checks for v in y}
+    missing = sorted((label for label in labels if label not in position), key=str)
+    if missing:
+        raise ValidationError(
+            f"The device's records hold {_listed([repr(m) for m in missing])}, a class the "
+            f"model it holds has no output for (its classes: {list(held)}), so that model "
+            f"cannot be scored against the new version on them. Declare the target's "
+            f"categories in the schema, so that every version lists the same classes.")
+    return [(train, frame, np.asarray([position[new[int(v)]] for v in y], np.int64))
+            for train, frame, y in checks]
 
 
 def _held_rates(previous: Any, currents: Sequence[Any], as_shipped: Sequence[bool]
@@ -2053,25 +2086,25 @@ def _checked_updates(spec: Any, baselines: Sequence[Any], plans: Sequence[_Updat
         return []
     grid = plans[0].grid
     asked = [False] * len(plans)  # devices as shipped whose rule would ask more to decline
-    ruled_out = [0] * len(plans)  # ... and their records the new version rules out
+    far_worse = [0] * len(plans)  # ... and their records the new version is far worse on
     only_new: list[Any] | None = []
     if baseline_from is None:
-        befores = [_checks_errors(baseline, plan.checks)
+        befores = [_checks_errors(baseline, _in_classes_of(baseline, spec, plan.checks))
                    for baseline, plan in zip(baselines, plans, strict=True)]
     else:
         only_new = _classes_only_new(baseline_from, spec)  # (refuses a model first)
         shipped = _held_as_shipped(baseline_from, baselines)
-        befores = _devices_held_out_errors(baseline_from, [plan.checks for plan in plans],
-                                           grid, overrides,
-                                           rates=_held_rates(baseline_from, baselines, shipped))
+        befores = _devices_held_out_errors(
+            baseline_from, [_in_classes_of(baseline_from, spec, plan.checks) for plan in plans],
+            grid, overrides, rates=_held_rates(baseline_from, baselines, shipped))
         # a device that kept no update of the version it holds asks more to decline another,
         # where that version was trained on no record of a class the new one may cover...
         asked = [held and plan.rule.as_shipped is not None and only_new != []
                  for plan, held in zip(plans, shipped, strict=True)]
         # ...unless its records show what adopting costs (helper-148 1)
-        ruled_out = [_own_labels_ruled_out(spec, baseline, plan.checks) if ask else 0
+        far_worse = [_far_worse_on(spec, baseline, plan.checks) if ask else 0
                      for baseline, plan, ask in zip(baselines, plans, asked, strict=True)]
-        stricter = [ask and not ruled for ask, ruled in zip(asked, ruled_out, strict=True)]
+        stricter = [ask and not worse for ask, worse in zip(asked, far_worse, strict=True)]
         plans = [replace(plan, rule=plan.rule.for_device(as_shipped=strict))
                  for plan, strict in zip(plans, stricter, strict=True)]
     out: list[_Verdict | None] = [None] * len(plans)
@@ -2113,17 +2146,18 @@ def _checked_updates(spec: Any, baselines: Sequence[Any], plans: Sequence[_Updat
                      f"cover {'them' if len(only_new) > 1 else 'it'})")
     elif any(asked) and _reading_featurizer(spec).classes_:
         untrained = ", which does not say which classes it was trained on"
-    for (kept, result, _), plan, ask, ruled in zip((v for v in out if v is not None), plans,
-                                                   asked, ruled_out, strict=True):
+    for (kept, result, _), plan, ask, worse in zip((v for v in out if v is not None), plans,
+                                                   asked, far_worse, strict=True):
         if kept is not None:  # it says which version it was personalized from, at what rate
             _mark_personalized(kept, spec, adoption=not plan.personal, rate=(
                 result.learning_rate or overrides.get("learning_rate") or _learning_rate(spec)))
         if ask:  # why the rule asked what it did (helper-148)
             held = f"the device holds the version it came from as shipped{untrained}"
-            if ruled:
-                held += (f", but the new version gives {ruled} of its records "
-                         f"{'their' if ruled > 1 else 'its'} own label under "
-                         f"{_RULED_OUT:.1%} where that version does not, so it declines at")
+            if worse:
+                scored = sum(len(y) for _, _, y in plan.checks)
+                held += (f", but the new version as shipped is far worse on {worse} of its "
+                         f"{scored} records (a log loss more than {_FAR_WORSE:g} above the "
+                         f"version held's), so it declines at")
             else:
                 held += ", so it declines only at"
             result = dataclasses.replace(result, reason=(
@@ -3782,7 +3816,8 @@ def adopt_new_version(
     the lower mean held-out error wins, a tie going to the new version; a device holding
     ``previous`` as shipped, no personal update kept, declines it only where its records
     show ``previous`` better at 99 %, if ``previous`` is a classifier trained on no record
-    of a class the new version may cover or does not say which it was trained on:
+    of a class the new version may cover or does not say which it was trained on, and the
+    new version as shipped is not far worse than it on most of the device's records:
     :attr:`DecisionRule.as_shipped`). Any
     other version, and any version when ``release`` is not given, must show it
     is better on the device's records, significantly at 99 % (:data:`UNCHECKED_RULE`).
