@@ -1493,13 +1493,15 @@ def _far_worse_on(spec: Any, held: Any, checks: Sequence[_Check]) -> int:
     return worse if 2 * worse > len(gap) else 0
 
 
-def _in_classes_of(model: Any, spec: Any, checks: Sequence[_Check]) -> list[_Check]:
+def _in_classes_of(model: Any, spec: Any, checks: Sequence[_Check], *,
+                   what: str = "the device's records") -> list[_Check]:
     """``checks``, whose labels are positions in ``spec``'s classes, with their labels as
     positions in ``model``'s: versions trained apart without the target's categories
     declared list different classes, and one scored on the other's positions read another
     class's probability (helper-151 3: a log loss of 16 where the version gave the record's
     class all but 1). A record of a class ``model`` has no output for is refused, naming
-    it: the version cannot be scored on it."""
+    it and the device (``what``): the version cannot be scored on it, nor re-personalized
+    on its folds."""
     new, held = _reading_featurizer(spec).classes_, _reading_featurizer(model).classes_
     if list(new) == list(held):
         return list(checks)
@@ -1508,9 +1510,9 @@ def _in_classes_of(model: Any, spec: Any, checks: Sequence[_Check]) -> list[_Che
     missing = sorted((label for label in labels if label not in position), key=str)
     if missing:
         raise ValidationError(
-            f"The device's records hold {_listed([repr(m) for m in missing])}, a class the "
-            f"model it holds has no output for (its classes: {list(held)}), so that model "
-            f"cannot be scored against the new version on them. Declare the target's "
+            f"{what[0].upper()}{what[1:]} hold {_listed([repr(m) for m in missing])}, a "
+            f"class the model compared has no output for (its classes: {list(held)}), so it "
+            f"cannot be scored against the other version on them. Declare the target's "
             f"categories in the schema, so that every version lists the same classes.")
     return [(train, frame, np.asarray([position[new[int(v)]] for v in y], np.int64))
             for train, frame, y in checks]
@@ -2089,13 +2091,17 @@ def _checked_updates(spec: Any, baselines: Sequence[Any], plans: Sequence[_Updat
     far_worse = [0] * len(plans)  # ... and their records the new version is far worse on
     only_new: list[Any] | None = []
     if baseline_from is None:
-        befores = [_checks_errors(baseline, _in_classes_of(baseline, spec, plan.checks))
-                   for baseline, plan in zip(baselines, plans, strict=True)]
+        befores = [
+            _checks_errors(baseline, _in_classes_of(baseline, spec, plan.checks,
+                                                    what=f"device {i}'s records"))
+            for i, (baseline, plan) in enumerate(zip(baselines, plans, strict=True))]
     else:
         only_new = _classes_only_new(baseline_from, spec)  # (refuses a model first)
         shipped = _held_as_shipped(baseline_from, baselines)
         befores = _devices_held_out_errors(
-            baseline_from, [_in_classes_of(baseline_from, spec, plan.checks) for plan in plans],
+            baseline_from, [_in_classes_of(baseline_from, spec, plan.checks,
+                                           what=f"device {i}'s records")
+                            for i, plan in enumerate(plans)],
             grid, overrides, rates=_held_rates(baseline_from, baselines, shipped))
         # a device that kept no update of the version it holds asks more to decline another,
         # where that version was trained on no record of a class the new one may cover...
@@ -2156,8 +2162,8 @@ def _checked_updates(spec: Any, baselines: Sequence[Any], plans: Sequence[_Updat
             if worse:
                 scored = sum(len(y) for _, _, y in plan.checks)
                 held += (f", but the new version as shipped is far worse on {worse} of its "
-                         f"{scored} records (a log loss more than {_FAR_WORSE:g} above the "
-                         f"version held's), so it declines at")
+                         f"{scored} record{'s' * (scored != 1)} (a log loss more than "
+                         f"{_FAR_WORSE:g} above the version held's), so it declines at")
             else:
                 held += ", so it declines only at"
             result = dataclasses.replace(result, reason=(
@@ -3015,8 +3021,9 @@ def _versions_on_devices(previous: Any, candidate: Any, devices: Sequence[pd.Dat
                            (candidate, "The candidate", _CANDIDATE)],
                           [records for _, records in compared], [i for i, _ in compared])
     # Each version's updates on every device (folds × priors) train together.
-    before, after = ([float(np.mean(errors))
-                      for errors in _devices_held_out_errors(version, checks, grid, {})]
+    before, after = ([float(np.mean(errors)) for errors in _devices_held_out_errors(
+        version, [_in_classes_of(version, candidate, device, what=f"device {i}'s records")
+                  for (i, _), device in zip(compared, checks, strict=True)], grid, {})]
                      for version in (previous, candidate))
     return before, after
 
