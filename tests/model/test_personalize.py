@@ -447,6 +447,7 @@ def test_the_retry_ladders_keep_what_the_rule_kept_and_never_turn_back(monkeypat
                         lambda spec, sets, priors, overrides: enumerate([None] * len(sets)))
     monkeypatch.setattr(module, "_learning_rate", lambda spec: 0.01)
     monkeypatch.setattr(module, "_checks_errors", lambda baseline, checks: np.zeros(1))
+    monkeypatch.setattr(module, "_in_classes_of", lambda model, spec, checks, **kw: checks)
     monkeypatch.setattr(module, "_mark_personalized", lambda *args, **kwargs: None)
 
     def run(verdicts, devices=1, **overrides):
