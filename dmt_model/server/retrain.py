@@ -139,11 +139,11 @@ def retrain_foundation(
 def _sources(proxy: pd.DataFrame, shared: Sequence[SharedBatch]) -> np.ndarray:
     """Each record's package number in :func:`training_set`'s order: -1 for the proxy's,
     one number per ``package_id`` (each batch without one its own)."""
-    numbers: dict[str, int] = {}
+    numbers: dict[str | int, int] = {}
     parts = [np.full(len(proxy), -1, np.int64)]
     for i, batch in enumerate(shared):
         if len(batch.records):
-            key = batch.package_id or f"\0batch {i}"  # (no package id holds a NUL)
+            key = batch.package_id or i  # (a batch's index is never a package id)
             parts.append(np.full(len(batch.records), numbers.setdefault(key, len(numbers))))
     return np.concatenate(parts)
 

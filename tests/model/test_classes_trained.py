@@ -35,6 +35,12 @@ def _records(n: int, labels: list[str], seed: int) -> pd.DataFrame:
     return frame[frame["y"].isin(labels)].iloc[:n].reset_index(drop=True)
 
 
+def _version(labels: list[str], seed: int, schema: Schema):
+    """An updatable Core ML version trained on 300 records of ``labels``."""
+    return build_spec(train_foundation(_records(300, labels, seed), schema, QUICK),
+                      updatable=UpdateSettings())
+
+
 def _schema(categories: tuple[str, ...] | None) -> Schema:
     return Schema(name="quadrants", fields=(
         Field("x0", "numeric", bounds=(-1.0, 1.0)), Field("x1", "numeric", bounds=(-1.0, 1.0)),
@@ -97,10 +103,8 @@ def test_a_device_as_shipped_asks_99_percent_only_of_a_version_trained_on_no_rec
     the two versions' class lists differ (['a', 'b'] and ['a', 'b', 'c']): compared by name,
     not position (helper-149 1: a ValueError before)."""
     schema = _schema(categories)
-    v1 = build_spec(train_foundation(_records(300, ["a", "b"], 0), schema, QUICK),
-                    updatable=UpdateSettings())
-    v2 = build_spec(train_foundation(_records(300, ["a", "b", "c"], 1), schema, QUICK),
-                    updatable=UpdateSettings())
+    v1 = _version(["a", "b"], 0, schema)
+    v2 = _version(["a", "b", "c"], 1, schema)
     devices = [_records(6, ["a", "b"], 10 + i) for i in range(4)]
     for held_version, new, named in ((v1, v2, "trained on no record of c (the new version may "
                                               "cover it), so it declines only at 99%"),
@@ -157,10 +161,8 @@ def test_a_version_that_does_not_say_is_held_to_the_99_percent_and_a_forged_one_
     from dmt_model.personalize import _classes_only_new
 
     schema = _schema(("a", "b", "c"))
-    v1 = build_spec(train_foundation(_records(300, ["a", "b"], 0), schema, QUICK),
-                    updatable=UpdateSettings())
-    v2 = build_spec(train_foundation(_records(300, ["a", "b", "c"], 1), schema, QUICK),
-                    updatable=UpdateSettings())
+    v1 = _version(["a", "b"], 0, schema)
+    v2 = _version(["a", "b", "c"], 1, schema)
 
     def without(spec, value=None):
         copy = spec.__class__()
@@ -198,10 +200,8 @@ def test_a_small_device_as_shipped_declines_a_version_far_worse_on_most_of_its_r
     from dmt_model.coreml.weights import get_weights, set_weights
 
     schema = _schema(("a", "b", "c"))
-    v1 = build_spec(train_foundation(_records(300, ["a", "b"], 0), schema, QUICK),
-                    updatable=UpdateSettings())
-    good = build_spec(train_foundation(_records(300, ["a", "b", "c"], 1), schema, QUICK),
-                      updatable=UpdateSettings())
+    v1 = _version(["a", "b"], 0, schema)
+    good = _version(["a", "b", "c"], 1, schema)
 
     def negated(scale):
         wrong = good.__class__()
@@ -265,10 +265,8 @@ def test_versions_whose_class_lists_differ_are_each_scored_on_their_own_classes(
     scored on its own positions; a record of a class the version held has no output for is
     refused, naming it."""
     schema = _schema(None)
-    v1 = build_spec(train_foundation(_records(300, ["b", "c"], 0), schema, QUICK),
-                    updatable=UpdateSettings())
-    v2 = build_spec(train_foundation(_records(300, ["a", "b", "c"], 1), schema, QUICK),
-                    updatable=UpdateSettings())
+    v1 = _version(["b", "c"], 0, schema)
+    v2 = _version(["a", "b", "c"], 1, schema)
     devices = [_records(4, ["b", "c"], 20 + i) for i in range(3)]
     held = [model for model, _ in personalized_many(v1, devices)]
     for _, result in adopted_many(v2, held, devices, previous=v1, rule=ADOPTION_RULE):
